@@ -1,0 +1,254 @@
+//! Records the eBPF programs write to the `EVENTS` ring buffer.
+//!
+//! Every record starts with an [`EventHeader`]; its `kind` says which struct follows. Data
+//! records are variable-sized: a [`DataEvent`] followed by `captured_len` payload bytes.
+
+/// Largest payload prefix one data event can carry. A power of two, so the eBPF side can bound
+/// lengths with a mask the verifier understands. The per-CPU scratch holds twice this plus a
+/// header, and per-CPU values are limited to 32 KiB.
+pub const MAX_CAPTURE_BYTES: usize = 8 * 1024;
+/// Payload prefix captured per syscall unless the user configures another size.
+pub const DEFAULT_CAPTURE_BYTES: u32 = 4096;
+/// Largest number of iovec entries walked for `readv`/`writev`/`sendmsg`/`recvmsg`; entries past
+/// it are counted in `ret` but not copied.
+pub const MAX_IOVECS: usize = 8;
+/// Length of a task's `comm`, as in the kernel's `TASK_COMM_LEN`.
+pub const COMM_LEN: usize = 16;
+
+/// What follows the header.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A connection became known: accepted, connected, or first seen in use.
+    ConnOpen = 1,
+    /// A tracked connection's fd was closed.
+    ConnClose = 2,
+    /// Bytes moved through a tracked connection.
+    Data = 3,
+}
+
+impl EventKind {
+    #[must_use]
+    pub const fn from_u32(value: u32) -> Option<Self> {
+        match value {
+            1 => Some(Self::ConnOpen),
+            2 => Some(Self::ConnClose),
+            3 => Some(Self::Data),
+            _ => None,
+        }
+    }
+}
+
+/// Which end of the connection the traced process is.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The socket was already open when sockspan first saw it (it pre-dates the agent, or was
+    /// inherited across fork); user space may refine this from procfs.
+    Unknown = 0,
+    /// The process called `connect`.
+    Client = 1,
+    /// The process got the socket from `accept`/`accept4`.
+    Server = 2,
+}
+
+impl Role {
+    #[must_use]
+    pub const fn from_u32(value: u32) -> Self {
+        match value {
+            1 => Self::Client,
+            2 => Self::Server,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// Which way the bytes moved, seen from the traced process.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Written or sent by the process.
+    Egress = 1,
+    /// Read or received by the process.
+    Ingress = 2,
+}
+
+impl Direction {
+    #[must_use]
+    pub const fn from_u32(value: u32) -> Option<Self> {
+        match value {
+            1 => Some(Self::Egress),
+            2 => Some(Self::Ingress),
+            _ => None,
+        }
+    }
+}
+
+/// The syscall that produced an event.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syscall {
+    Read = 1,
+    Write = 2,
+    Recvfrom = 3,
+    Sendto = 4,
+    Recvmsg = 5,
+    Sendmsg = 6,
+    Readv = 7,
+    Writev = 8,
+    Accept = 9,
+    Accept4 = 10,
+    Connect = 11,
+    Close = 12,
+}
+
+impl Syscall {
+    pub const ALL: [Self; 12] = [
+        Self::Read,
+        Self::Write,
+        Self::Recvfrom,
+        Self::Sendto,
+        Self::Recvmsg,
+        Self::Sendmsg,
+        Self::Readv,
+        Self::Writev,
+        Self::Accept,
+        Self::Accept4,
+        Self::Connect,
+        Self::Close,
+    ];
+
+    #[must_use]
+    pub const fn from_u32(value: u32) -> Option<Self> {
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            if Self::ALL[i] as u32 == value {
+                return Some(Self::ALL[i]);
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// The syscall's name as in `syscalls/sys_enter_<name>`.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Recvfrom => "recvfrom",
+            Self::Sendto => "sendto",
+            Self::Recvmsg => "recvmsg",
+            Self::Sendmsg => "sendmsg",
+            Self::Readv => "readv",
+            Self::Writev => "writev",
+            Self::Accept => "accept",
+            Self::Accept4 => "accept4",
+            Self::Connect => "connect",
+            Self::Close => "close",
+        }
+    }
+
+    /// Direction of the bytes for data syscalls; `None` for the others.
+    #[must_use]
+    pub const fn direction(self) -> Option<Direction> {
+        match self {
+            Self::Write | Self::Sendto | Self::Sendmsg | Self::Writev => Some(Direction::Egress),
+            Self::Read | Self::Recvfrom | Self::Recvmsg | Self::Readv => Some(Direction::Ingress),
+            Self::Accept | Self::Accept4 | Self::Connect | Self::Close => None,
+        }
+    }
+}
+
+/// Address family values as in `<sys/socket.h>`.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+/// Socket types as in `<sys/socket.h>`.
+pub const SOCK_STREAM: u16 = 1;
+pub const SOCK_DGRAM: u16 = 2;
+
+/// A socket's local and remote endpoints as the kernel's `struct sock_common` holds them.
+///
+/// IPv4 addresses sit in the first four bytes of the 16-byte fields (network order) with the
+/// rest zero; IPv6 addresses (v4-mapped included) fill all sixteen. Ports are in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockTuple {
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// `SOCK_STREAM` (TCP) or `SOCK_DGRAM` (UDP).
+    pub sock_type: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockTuple>() == 40);
+
+/// Fields every record starts with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
+    /// An [`EventKind`].
+    pub kind: u32,
+    /// Process id (the kernel's tgid).
+    pub pid: u32,
+    /// Thread id (the kernel's pid).
+    pub tid: u32,
+    pub fd: i32,
+    /// Identifies the socket for its whole life in this process; a reused fd number gets a new id.
+    pub conn_id: u64,
+    /// `bpf_ktime_get_ns()`: nanoseconds since boot, `CLOCK_MONOTONIC`.
+    pub ts_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 32);
+
+/// A connection opened, was first seen, or closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnEvent {
+    pub header: EventHeader,
+    pub tuple: SockTuple,
+    /// A [`Role`].
+    pub role: u32,
+    /// The [`Syscall`] that revealed the connection (or `Close`).
+    pub syscall: u32,
+    /// Bytes the process wrote / read on it while tracked (close events only).
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// The task's `comm`, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<ConnEvent>() == 32 + 40 + 8 + 16 + 16);
+
+/// Bytes moved through a connection; `captured_len` payload bytes follow this struct in the
+/// ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DataEvent {
+    pub header: EventHeader,
+    /// The syscall's return value: how many bytes it really moved.
+    pub ret: i64,
+    /// A [`Role`].
+    pub role: u32,
+    /// A [`Direction`].
+    pub direction: u32,
+    /// A [`Syscall`].
+    pub syscall: u32,
+    /// Payload bytes that follow; less than `ret` when the capture limit cut it.
+    pub captured_len: u32,
+}
+const _: () = assert!(core::mem::size_of::<DataEvent>() == 32 + 8 + 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all these are #[repr(C)], made only of integers and integer arrays, with every
+    // padding byte spelled out as a field, so any bit pattern is a valid value.
+    unsafe impl aya::Pod for super::SockTuple {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::EventHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ConnEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DataEvent {}
+}

@@ -1,0 +1,91 @@
+//! Kernel struct field offsets, resolved by user space from the running kernel's BTF.
+//!
+//! Rust eBPF emits no CO-RE relocations, so a program compiled against one kernel's struct
+//! layout reads garbage on another. Instead, the agent reads `/sys/kernel/btf/vmlinux` at
+//! start-up, resolves each field below, and hands the result to the programs as the global
+//! `KERNEL_OFFSETS`. The programs walk `current->files->fdt->fd[fd]->private_data->sk` with
+//! `bpf_probe_read_kernel` at base + offset and stay inert while `ready` is 0.
+
+/// Byte offsets of the fields the programs read, and the size of each read where it varies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// 1 once user space filled the offsets in; the programs do nothing while it is 0.
+    pub ready: u32,
+    /// `struct task_struct`: `files` (`struct files_struct *`).
+    pub task_files: u32,
+    /// `struct files_struct`: `fdt` (`struct fdtable *`).
+    pub files_fdt: u32,
+    /// `struct fdtable`: `max_fds` (`unsigned int`).
+    pub fdtable_max_fds: u32,
+    /// `struct fdtable`: `fd` (`struct file **`).
+    pub fdtable_fd: u32,
+    /// `struct file`: `f_inode` (`struct inode *`).
+    pub file_f_inode: u32,
+    /// `struct file`: `private_data` (`struct socket *` for sockets).
+    pub file_private_data: u32,
+    /// `struct inode`: `i_mode` (`umode_t`, u16).
+    pub inode_i_mode: u32,
+    /// `struct socket`: `type` (`short`).
+    pub socket_type: u32,
+    /// `struct socket`: `sk` (`struct sock *`).
+    pub socket_sk: u32,
+    /// `struct sock_common` (at the start of `struct sock`): `skc_family` (u16).
+    pub skc_family: u32,
+    /// `skc_daddr` (`__be32`).
+    pub skc_daddr: u32,
+    /// `skc_rcv_saddr` (`__be32`).
+    pub skc_rcv_saddr: u32,
+    /// `skc_dport` (`__be16`).
+    pub skc_dport: u32,
+    /// `skc_num` (u16, host order).
+    pub skc_num: u32,
+    /// `skc_v6_daddr` (`struct in6_addr`).
+    pub skc_v6_daddr: u32,
+    /// `skc_v6_rcv_saddr` (`struct in6_addr`).
+    pub skc_v6_rcv_saddr: u32,
+    /// Explicit padding to a multiple of eight bytes.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 18 * 4);
+
+/// Load-time settings the agent writes into the programs' read-only globals.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaptureConfig {
+    /// The agent's own tgid: its sockets are never traced.
+    pub agent_tgid: u32,
+    /// Payload bytes captured per syscall, at most [`crate::MAX_CAPTURE_BYTES`].
+    pub capture_bytes: u32,
+}
+const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 8);
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            agent_tgid: 0,
+            capture_bytes: crate::DEFAULT_CAPTURE_BYTES,
+        }
+    }
+}
+
+/// Byte offsets of the arguments in a `syscalls/sys_enter_*` tracepoint record: eight bytes of
+/// common fields, `int __syscall_nr` padded to eight, then each argument as eight bytes. The agent
+/// checks this against `/sys/kernel/tracing/events/syscalls/*/format` before it attaches.
+pub const SYS_ENTER_ARG0: usize = 16;
+/// Size of one syscall argument slot in the record.
+pub const SYS_ARG_SIZE: usize = 8;
+/// Byte offset of `long ret` in a `syscalls/sys_exit_*` tracepoint record.
+pub const SYS_EXIT_RET: usize = 16;
+
+/// `S_IFMT` and `S_IFSOCK` from `<sys/stat.h>`: how the programs tell a socket's inode.
+pub const S_IFMT: u16 = 0o170_000;
+pub const S_IFSOCK: u16 = 0o140_000;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: #[repr(C)], only u32 fields, padding spelled out: every bit pattern is valid.
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CaptureConfig {}
+}

@@ -1,0 +1,38 @@
+//! sockspan's eBPF programs: socket syscalls seen from `syscalls/sys_{enter,exit}_*` tracepoints.
+//!
+//! Tracepoints are the hook that holds on every kernel this agent targets (kprobes may be absent,
+//! fentry refused). The programs resolve each fd to its kernel socket with offsets user space read
+//! from BTF (see `agent_common::KernelOffsets`), keep a table of tracked sockets, and stream
+//! connection and data records through one ring buffer. Regular files, pipes and non-inet sockets
+//! produce nothing.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+// Kernel pointers are u64 in the records; these casts are the point of the code.
+#![allow(clippy::cast_ptr_alignment)]
+
+#[cfg(target_arch = "bpf")]
+mod capture;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod socket;
+#[cfg(target_arch = "bpf")]
+mod syscalls;
+
+/// The helpers these programs call (`bpf_probe_read_kernel`, `bpf_get_current_task`) are
+/// GPL-only.
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach this; it exists only to link.
+    loop {}
+}
+
+/// Host builds (clippy, `cargo check --workspace`) see an empty binary.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

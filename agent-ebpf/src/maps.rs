@@ -1,0 +1,121 @@
+//! Maps and load-time globals shared by every program, and small helpers around them.
+
+use agent_common::{
+    COMM_LEN, CaptureConfig, ConnInfo, ConnKey, Counter, DEFAULT_MAX_CONNS, DEFAULT_RING_BYTES,
+    DataEvent, KernelOffsets, MAX_CAPTURE_BYTES, MAX_PENDING, PendingCall,
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+
+/// Connection and data records for user space. Its size is set at load time.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+/// Tracked sockets. An LRU, so sockets whose close was never seen (the process died) age out.
+#[map]
+pub static CONNS: LruHashMap<ConnKey, ConnInfo> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_CONNS, 0);
+
+/// Arguments saved at syscall entry for the exit program, keyed by `pid_tgid`. An LRU, so an entry
+/// orphaned by a thread killed inside a syscall cannot leak.
+#[map]
+pub static PENDING: LruHashMap<u64, PendingCall> = LruHashMap::with_max_entries(MAX_PENDING, 0);
+
+/// Self-metrics; user space sums the per-CPU values.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Per-CPU sequence for connection ids (one slot).
+#[map]
+pub static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where a data record is assembled before it is copied to the ring: too big for the 512-byte
+/// stack. Twice the capture limit, so that an iovec copy at any offset below the limit, of any
+/// length up to the limit, stays inside the buffer in a way the verifier can prove.
+#[repr(C)]
+pub struct DataScratch {
+    pub event: DataEvent,
+    pub payload: [u8; 2 * MAX_CAPTURE_BYTES],
+}
+
+#[map]
+pub static SCRATCH: PerCpuArray<DataScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Field offsets resolved by user space from the running kernel's BTF.
+#[unsafe(no_mangle)]
+static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
+    ready: 0,
+    task_files: 0,
+    files_fdt: 0,
+    fdtable_max_fds: 0,
+    fdtable_fd: 0,
+    file_f_inode: 0,
+    file_private_data: 0,
+    inode_i_mode: 0,
+    socket_type: 0,
+    socket_sk: 0,
+    skc_family: 0,
+    skc_daddr: 0,
+    skc_rcv_saddr: 0,
+    skc_dport: 0,
+    skc_num: 0,
+    skc_v6_daddr: 0,
+    skc_v6_rcv_saddr: 0,
+    _pad: 0,
+};
+
+/// The agent's tgid and the capture size.
+#[unsafe(no_mangle)]
+static CAPTURE_CONFIG: CaptureConfig = CaptureConfig {
+    agent_tgid: 0,
+    capture_bytes: agent_common::DEFAULT_CAPTURE_BYTES,
+};
+
+/// The offsets, read so that the compiler cannot fold the load-time value away.
+#[inline(always)]
+pub fn offsets() -> KernelOffsets {
+    // SAFETY: a plain read of a static the loader patched before the program ran.
+    unsafe { core::ptr::read_volatile(&raw const KERNEL_OFFSETS) }
+}
+
+#[inline(always)]
+pub fn config() -> CaptureConfig {
+    // SAFETY: as in `offsets`.
+    unsafe { core::ptr::read_volatile(&raw const CAPTURE_CONFIG) }
+}
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: the pointer comes from a successful lookup in this CPU's slot; programs on
+        // syscall tracepoints do not nest on one CPU, so nothing else writes it meanwhile.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// A connection id unique on this host for the agent's life: a per-CPU sequence number with the
+/// CPU number in the low 12 bits. Never 0.
+#[inline(always)]
+pub fn next_conn_id() -> u64 {
+    // SAFETY: the helper has no preconditions.
+    let cpu = u64::from(unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() }) & 0xfff;
+    let seq = match CONN_SEQ.get_ptr_mut(0) {
+        Some(slot) => {
+            // SAFETY: as in `count`.
+            unsafe {
+                *slot += 1;
+                *slot
+            }
+        }
+        None => 0,
+    };
+    (seq << 12) | cpu | (1 << 63)
+}
+
+/// The current task's `comm`, zeroed on failure.
+#[inline(always)]
+pub fn current_comm() -> [u8; COMM_LEN] {
+    aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; COMM_LEN])
+}

@@ -1,0 +1,92 @@
+//! From an fd of the current process to its kernel socket and that socket's endpoints.
+//!
+//! The walk is `current->files->fdt->fd[fd]`, then the file's inode mode (is it a socket?), then
+//! `file->private_data` (a `struct socket`), its `type` and `sk`, and the `struct sock_common`
+//! fields of the endpoints. Every offset comes from `KERNEL_OFFSETS`, resolved from this kernel's
+//! BTF by user space: nothing here depends on the layout of the kernel it was compiled against.
+
+use agent_common::{AF_INET, AF_INET6, KernelOffsets, S_IFMT, S_IFSOCK, SockTuple};
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+
+use crate::maps::offsets;
+
+/// What the walk found for an fd.
+pub enum FdKind {
+    /// Not a socket (regular file, pipe, …), or not an fd at all.
+    Other,
+    /// A socket that is not IPv4/IPv6: remembered as ignored, never reported.
+    NonInetSocket,
+    /// An IPv4/IPv6 socket with its endpoints.
+    Inet(SockTuple),
+}
+
+/// Reads a `T` at `base + offset` in kernel memory.
+#[inline(always)]
+fn read_at<T>(base: u64, offset: u32) -> Result<T, i64> {
+    // SAFETY: bpf_probe_read_kernel copes with any address: a bad one returns an error, never
+    // faults. The pointer is never dereferenced directly.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.map_err(i64::from)
+}
+
+/// Classifies `fd` of the current task. Errors are failed kernel reads.
+#[inline(always)]
+pub fn classify_fd(fd: i32) -> Result<FdKind, i64> {
+    let off = offsets();
+    if off.ready == 0 || fd < 0 {
+        return Ok(FdKind::Other);
+    }
+    // SAFETY: the helper has no preconditions; the pointer it returns is only used as an address
+    // for bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read_at(task, off.task_files)?;
+    let fdt: u64 = read_at(files, off.files_fdt)?;
+    let max_fds: u32 = read_at(fdt, off.fdtable_max_fds)?;
+    if fd as u32 >= max_fds {
+        return Ok(FdKind::Other);
+    }
+    let fd_array: u64 = read_at(fdt, off.fdtable_fd)?;
+    let file: u64 = read_at(fd_array + (fd as u64) * 8, 0)?;
+    if file == 0 {
+        return Ok(FdKind::Other);
+    }
+    let inode: u64 = read_at(file, off.file_f_inode)?;
+    let mode: u16 = read_at(inode, off.inode_i_mode)?;
+    if mode & S_IFMT != S_IFSOCK {
+        return Ok(FdKind::Other);
+    }
+    let socket: u64 = read_at(file, off.file_private_data)?;
+    let sock_type: i16 = read_at(socket, off.socket_type)?;
+    let sk: u64 = read_at(socket, off.socket_sk)?;
+    if sk == 0 {
+        return Ok(FdKind::NonInetSocket);
+    }
+    let family: u16 = read_at(sk, off.skc_family)?;
+    if family != AF_INET && family != AF_INET6 {
+        return Ok(FdKind::NonInetSocket);
+    }
+    let mut tuple = read_tuple(sk, family, &off)?;
+    tuple.sock_type = sock_type as u16;
+    Ok(FdKind::Inet(tuple))
+}
+
+/// Reads the endpoints of an inet socket.
+#[inline(always)]
+fn read_tuple(sk: u64, family: u16, off: &KernelOffsets) -> Result<SockTuple, i64> {
+    let mut tuple = SockTuple {
+        family,
+        ..SockTuple::default()
+    };
+    if family == AF_INET {
+        let local: [u8; 4] = read_at(sk, off.skc_rcv_saddr)?;
+        let remote: [u8; 4] = read_at(sk, off.skc_daddr)?;
+        tuple.local_addr[..4].copy_from_slice(&local);
+        tuple.remote_addr[..4].copy_from_slice(&remote);
+    } else {
+        tuple.local_addr = read_at(sk, off.skc_v6_rcv_saddr)?;
+        tuple.remote_addr = read_at(sk, off.skc_v6_daddr)?;
+    }
+    tuple.local_port = read_at(sk, off.skc_num)?;
+    let remote_port_be: u16 = read_at(sk, off.skc_dport)?;
+    tuple.remote_port = u16::from_be(remote_port_be);
+    Ok(tuple)
+}

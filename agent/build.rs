@@ -1,0 +1,61 @@
+//! Builds the eBPF programs (crate `agent-ebpf`) with aya-build and leaves the object in
+//! `OUT_DIR/agent-ebpf`, where `probes` embeds it.
+//!
+//! The BPF target is compiled by Debian's rustc (linked into rustup as the toolchain
+//! `sockspan-bpf`) with its prebuilt `core`, and linked by bpf-linker; `cargo xtask setup`
+//! installs all three. See ../shared/docs/toolchain.md for why.
+
+use std::{path::PathBuf, process::Command};
+
+/// The rustup name `cargo xtask setup` gives Debian's toolchain.
+const BPF_TOOLCHAIN: &str = "sockspan-bpf";
+
+fn toolchain_ready() -> Result<(), String> {
+    let rustc = Command::new("rustup")
+        .args(["run", BPF_TOOLCHAIN, "rustc", "--print", "sysroot"])
+        .output()
+        .map_err(|e| format!("rustup is not runnable: {e}"))?;
+    if !rustc.status.success() {
+        return Err(format!("the rustup toolchain `{BPF_TOOLCHAIN}` is missing"));
+    }
+    let sysroot = String::from_utf8_lossy(&rustc.stdout).trim().to_string();
+    if !PathBuf::from(&sysroot).join("lib/rustlib/bpfel-unknown-none").is_dir() {
+        return Err(format!("{sysroot} has no prebuilt core for bpfel-unknown-none"));
+    }
+    which_bpf_linker().ok_or_else(|| "bpf-linker is not on PATH".to_string())?;
+    Ok(())
+}
+
+fn which_bpf_linker() -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("bpf-linker"))
+            .find(|p| p.is_file())
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    println!("cargo:rerun-if-env-changed=PATH");
+    if let Err(missing) = toolchain_ready() {
+        anyhow::bail!(
+            "cannot build sockspan's eBPF programs: {missing}. Run `cargo xtask setup` once \
+             (it installs Debian's rustc-web, the BPF core library and bpf-linker)."
+        );
+    }
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    let root_dir = manifest_dir
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("agent crate has no parent directory"))?
+        .join("agent-ebpf");
+    let root_dir = root_dir
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {}", root_dir.display()))?;
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "agent-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
+        aya_build::Toolchain::Custom(BPF_TOOLCHAIN),
+    )
+}

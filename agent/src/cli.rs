@@ -1,0 +1,96 @@
+//! Command-line interface.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{conntrack::ConntrackConfig, probes::ProbesConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sockspan",
+    version,
+    about = "Zero-code distributed tracing from socket syscalls (eBPF)",
+    long_about = "sockspan watches the socket syscalls of every process on this host with eBPF \
+                  tracepoints and turns the traffic into traces, with nothing to instrument.",
+    after_help = "Examples:\n  \
+        sudo sockspan check                          # what this kernel offers sockspan\n  \
+        sudo sockspan events --port 8080             # raw connection and data events as JSON lines\n  \
+        sudo sockspan events --comm nginx --duration 10\n\n\
+        Log level: RUST_LOG (e.g. RUST_LOG=sockspan=debug)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Report what this kernel offers (BTF, tracefs, tracepoints, ring buffer, uprobes, …), what
+    /// sockspan uses each for, and whether the capture path works (exit 0) or not (exit 1).
+    #[command(after_help = "Example:\n  sudo sockspan check")]
+    Check,
+    /// Stream raw connection and data events as JSON lines on stdout (the debugging view).
+    ///
+    /// One object per line, with "type" = "open", "data", "close", and a final "stats" line.
+    /// Fields are described in docs/events.md.
+    #[command(after_help = "Examples:\n  \
+        sudo sockspan events --port 8080 --duration 30\n  \
+        sudo sockspan events --pid 1234 --pid 5678\n  \
+        sudo sockspan events --comm curl --capture-bytes 256 | jq -c 'select(.type == \"data\")'")]
+    Events(EventsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only events of this process id (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Only events of processes or threads with this comm, as in /proc/PID/comm (repeatable).
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+    /// Only connections with this local or remote port (repeatable).
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// Stop by itself after this many seconds (default: run until SIGINT/SIGTERM).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<u64>,
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+}
+
+/// Options of the capture path, shared by the commands that run it.
+#[derive(Debug, Args, Clone)]
+pub struct CaptureArgs {
+    /// Payload bytes captured per syscall (1 to 8192).
+    #[arg(long, value_name = "BYTES", default_value_t = agent_common::DEFAULT_CAPTURE_BYTES)]
+    pub capture_bytes: u32,
+    /// Size of the kernel→agent event ring in bytes (a power of two, at least 4096).
+    #[arg(long, value_name = "BYTES", default_value_t = agent_common::DEFAULT_RING_BYTES)]
+    pub ring_bytes: u32,
+    /// Bound on tracked connections, in the kernel and in the agent.
+    #[arg(long, value_name = "N", default_value_t = agent_common::DEFAULT_MAX_CONNS)]
+    pub max_conns: u32,
+    /// Forget a connection after this many seconds without traffic.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub idle_timeout: u64,
+}
+
+impl CaptureArgs {
+    #[must_use]
+    pub fn probes(&self) -> ProbesConfig {
+        ProbesConfig {
+            capture_bytes: self.capture_bytes,
+            ring_bytes: self.ring_bytes,
+            max_conns: self.max_conns,
+        }
+    }
+
+    #[must_use]
+    pub fn conntrack(&self) -> ConntrackConfig {
+        ConntrackConfig {
+            max_conns: self.max_conns as usize,
+            idle_timeout: Duration::from_secs(self.idle_timeout),
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! The subcommands.
+
+pub mod check;
+pub mod events;

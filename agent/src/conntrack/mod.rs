@@ -1,0 +1,341 @@
+//! Stage 3 of the pipeline: the user-space connection table.
+//!
+//! Keyed by the kernel's connection id, so a reused fd number is a new connection. Entries go on
+//! close, after `idle_timeout` without traffic, and — oldest first — when the table reaches
+//! `max_conns`. Roles the kernel could not see (sockets older than the agent) are inferred from
+//! the listening ports of the process's network namespace.
+
+pub mod discovery;
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use agent_common::{ConnEvent, DataEvent, Role, SOCK_STREAM, SockTuple};
+
+use crate::{
+    net::tuple_addrs,
+    process::{ProcessCache, ProcessInfo},
+};
+use discovery::{DiscoveredSocket, ListeningPorts};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConntrackConfig {
+    /// Hard bound on tracked connections.
+    pub max_conns: usize,
+    /// A connection with no traffic for this long is forgotten.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        Self {
+            max_conns: 65_536,
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConntrackError {
+    #[error("conntrack max-conns must be at least 16, got {0}")]
+    MaxConns(usize),
+    #[error("conntrack idle-timeout must be at least 1s, got {0:?}")]
+    IdleTimeout(Duration),
+}
+
+impl ConntrackConfig {
+    pub fn validate(&self) -> Result<(), ConntrackError> {
+        if self.max_conns < 16 {
+            return Err(ConntrackError::MaxConns(self.max_conns));
+        }
+        if self.idle_timeout < Duration::from_secs(1) {
+            return Err(ConntrackError::IdleTimeout(self.idle_timeout));
+        }
+        Ok(())
+    }
+}
+
+/// How the role of a connection is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleSource {
+    /// The `accept`/`connect` was seen.
+    Syscall,
+    /// Inferred from the listening ports in procfs.
+    Procfs,
+    /// Not known.
+    Unknown,
+}
+
+impl RoleSource {
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Syscall => "syscall",
+            Self::Procfs => "procfs",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// A tracked connection.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub conn_id: u64,
+    pub pid: u32,
+    pub fd: i32,
+    pub tuple: SockTuple,
+    pub role: Role,
+    pub role_source: RoleSource,
+    /// The socket was already open when the agent started (found by the procfs scan).
+    pub preexisting: bool,
+    pub opened_ns: u64,
+    pub last_seen_ns: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub process: Arc<ProcessInfo>,
+}
+
+impl Connection {
+    /// Local and remote endpoints.
+    #[must_use]
+    pub fn addrs(&self) -> (SocketAddr, SocketAddr) {
+        tuple_addrs(&self.tuple)
+    }
+}
+
+/// Self-metrics of the connection table.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ConntrackStats {
+    pub opened: u64,
+    pub closed: u64,
+    pub evicted_idle: u64,
+    pub evicted_full: u64,
+    /// Data events for a connection the table did not know (its open event was lost).
+    pub data_unknown_conn: u64,
+    /// Pre-existing sockets whose procfs tuple disagreed with the kernel's.
+    pub tuple_mismatches: u64,
+}
+
+pub struct Conntrack {
+    config: ConntrackConfig,
+    conns: HashMap<u64, Connection>,
+    preexisting: HashMap<(u32, i32), DiscoveredSocket>,
+    listening: ListeningPorts,
+    pub processes: ProcessCache,
+    pub stats: ConntrackStats,
+}
+
+impl Conntrack {
+    /// A table that knows the sockets `discovered` at start-up.
+    #[must_use]
+    pub fn new(config: ConntrackConfig, discovered: Vec<DiscoveredSocket>) -> Self {
+        let preexisting = discovered.into_iter().map(|s| ((s.pid, s.fd), s)).collect();
+        Self {
+            conns: HashMap::with_capacity(config.max_conns.min(4096)),
+            config,
+            preexisting,
+            listening: ListeningPorts::new(Duration::from_secs(2)),
+            processes: ProcessCache::new(16_384, Duration::from_secs(30)),
+            stats: ConntrackStats::default(),
+        }
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    #[must_use]
+    pub fn get(&self, conn_id: u64) -> Option<&Connection> {
+        self.conns.get(&conn_id)
+    }
+
+    /// Records an open event and returns the connection.
+    pub fn open(&mut self, event: &ConnEvent) -> &Connection {
+        let h = &event.header;
+        let mut role = Role::from_u32(event.role);
+        let mut role_source = RoleSource::Syscall;
+        let preexisting = self.preexisting.remove(&(h.pid, h.fd));
+        if let Some(found) = &preexisting {
+            let (local, remote) = tuple_addrs(&event.tuple);
+            if !same_endpoint(found.local, local) || !same_endpoint(found.remote, remote) {
+                self.stats.tuple_mismatches += 1;
+                tracing::warn!(
+                    pid = h.pid,
+                    fd = h.fd,
+                    "procfs says {} -> {}, the kernel socket says {local} -> {remote}",
+                    found.local,
+                    found.remote
+                );
+            }
+        }
+        if role == Role::Unknown {
+            role_source = RoleSource::Unknown;
+            if event.tuple.sock_type == SOCK_STREAM
+                && let Some(listening) = self.listening.is_listening(h.pid, event.tuple.local_port)
+            {
+                role = if listening { Role::Server } else { Role::Client };
+                role_source = RoleSource::Procfs;
+            }
+        }
+        if self.conns.len() >= self.config.max_conns && !self.conns.contains_key(&h.conn_id) {
+            self.evict_oldest();
+        }
+        let process = self.processes.get(h.pid);
+        self.stats.opened += 1;
+        let conn = Connection {
+            conn_id: h.conn_id,
+            pid: h.pid,
+            fd: h.fd,
+            tuple: event.tuple,
+            role,
+            role_source,
+            preexisting: preexisting.is_some(),
+            opened_ns: h.ts_ns,
+            last_seen_ns: h.ts_ns,
+            bytes_sent: 0,
+            bytes_received: 0,
+            process,
+        };
+        self.conns.entry(h.conn_id).insert_entry(conn).into_mut()
+    }
+
+    /// Records a close event; returns the connection with the kernel's byte totals.
+    pub fn close(&mut self, event: &ConnEvent) -> Option<Connection> {
+        let mut conn = self.conns.remove(&event.header.conn_id)?;
+        self.stats.closed += 1;
+        conn.last_seen_ns = event.header.ts_ns;
+        conn.bytes_sent = event.bytes_sent;
+        conn.bytes_received = event.bytes_received;
+        Some(conn)
+    }
+
+    /// Records traffic on a connection; `None` if the table does not know it.
+    pub fn touch(&mut self, event: &DataEvent) -> Option<&Connection> {
+        let Some(conn) = self.conns.get_mut(&event.header.conn_id) else {
+            self.stats.data_unknown_conn += 1;
+            return None;
+        };
+        conn.last_seen_ns = event.header.ts_ns;
+        if event.direction == agent_common::Direction::Egress as u32 {
+            conn.bytes_sent += event.ret as u64;
+        } else {
+            conn.bytes_received += event.ret as u64;
+        }
+        Some(conn)
+    }
+
+    /// Forgets connections idle for longer than the timeout, as of `now_ns` (kernel clock).
+    pub fn sweep(&mut self, now_ns: u64) {
+        let timeout = self.config.idle_timeout.as_nanos() as u64;
+        let before = self.conns.len();
+        self.conns
+            .retain(|_, c| now_ns.saturating_sub(c.last_seen_ns) < timeout);
+        self.stats.evicted_idle += (before - self.conns.len()) as u64;
+    }
+
+    /// Drops the least recently used eighth of the table.
+    fn evict_oldest(&mut self) {
+        let mut ages: Vec<u64> = self.conns.values().map(|c| c.last_seen_ns).collect();
+        let cut = (ages.len() / 8).max(1);
+        let (_, &mut threshold, _) = ages.select_nth_unstable(cut - 1);
+        let before = self.conns.len();
+        self.conns.retain(|_, c| c.last_seen_ns > threshold);
+        self.stats.evicted_full += (before - self.conns.len()) as u64;
+    }
+}
+
+/// Compares endpoints, treating an IPv4 address and its v4-mapped IPv6 form as equal.
+fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
+    let canon = |s: SocketAddr| (s.ip().to_canonical(), s.port());
+    canon(a) == canon(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_common::{AF_INET, EventHeader, EventKind};
+
+    fn open_event(conn_id: u64, fd: i32, ts: u64, role: Role) -> ConnEvent {
+        ConnEvent {
+            header: EventHeader {
+                kind: EventKind::ConnOpen as u32,
+                pid: std::process::id(),
+                tid: 1,
+                fd,
+                conn_id,
+                ts_ns: ts,
+            },
+            tuple: SockTuple {
+                local_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                remote_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                local_port: 40_000,
+                remote_port: 8080,
+                family: AF_INET,
+                sock_type: SOCK_STREAM,
+            },
+            role: role as u32,
+            ..ConnEvent::default()
+        }
+    }
+
+    fn config(max_conns: usize) -> ConntrackConfig {
+        ConntrackConfig {
+            max_conns,
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn reused_fd_is_a_new_connection() {
+        let mut table = Conntrack::new(config(16), Vec::new());
+        table.open(&open_event(1, 5, 10, Role::Client));
+        let closed = table.close(&open_event(1, 5, 20, Role::Client)).expect("known");
+        assert_eq!(closed.conn_id, 1);
+        table.open(&open_event(2, 5, 30, Role::Server));
+        assert!(table.get(1).is_none());
+        assert_eq!(table.get(2).expect("new").role, Role::Server);
+    }
+
+    #[test]
+    fn bounded_and_idle_eviction() {
+        let mut table = Conntrack::new(config(16), Vec::new());
+        for id in 0..100u64 {
+            table.open(&open_event(id + 1, id as i32, id, Role::Client));
+            assert!(table.len() <= 16);
+        }
+        assert!(table.stats.evicted_full > 0);
+        // Newest survive the size bound.
+        assert!(table.get(100).is_some());
+        table.sweep(100 + Duration::from_secs(11).as_nanos() as u64);
+        assert!(table.is_empty());
+        assert!(table.stats.evicted_idle > 0);
+    }
+
+    #[test]
+    fn unknown_role_is_inferred_from_listening_ports() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let mut table = Conntrack::new(config(16), Vec::new());
+        let mut event = open_event(7, 9, 1, Role::Unknown);
+        event.tuple.local_port = port;
+        let conn = table.open(&event);
+        assert_eq!((conn.role, conn.role_source), (Role::Server, RoleSource::Procfs));
+        let conn = table.open(&open_event(8, 10, 1, Role::Unknown));
+        assert_eq!((conn.role, conn.role_source), (Role::Client, RoleSource::Procfs));
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        assert!(config(8).validate().expect_err("small").to_string().contains("max-conns"));
+        let bad = ConntrackConfig {
+            idle_timeout: Duration::ZERO,
+            ..config(16)
+        };
+        assert!(bad.validate().expect_err("zero").to_string().contains("idle-timeout"));
+    }
+}

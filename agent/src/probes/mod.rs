@@ -1,0 +1,325 @@
+//! Stage 1 of the pipeline: loads the eBPF programs, fills in their load-time globals, and
+//! attaches them to the `syscalls` tracepoints.
+
+pub mod btf;
+pub mod offsets;
+pub mod tracefs;
+
+use agent_common::{
+    CaptureConfig, Counter, DEFAULT_CAPTURE_BYTES, DEFAULT_MAX_CONNS, DEFAULT_RING_BYTES,
+    KernelOffsets, MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAX_CAPTURE_BYTES,
+};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{ProgramError, TracePoint},
+};
+
+/// The compiled programs, built by `build.rs` through aya-build.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+
+/// Every program, named as its tracepoint in the `syscalls` category.
+pub const TRACEPOINTS: &[&str] = &[
+    "sys_enter_read",
+    "sys_exit_read",
+    "sys_enter_write",
+    "sys_exit_write",
+    "sys_enter_recvfrom",
+    "sys_exit_recvfrom",
+    "sys_enter_sendto",
+    "sys_exit_sendto",
+    "sys_enter_recvmsg",
+    "sys_exit_recvmsg",
+    "sys_enter_sendmsg",
+    "sys_exit_sendmsg",
+    "sys_enter_readv",
+    "sys_exit_readv",
+    "sys_enter_writev",
+    "sys_exit_writev",
+    "sys_enter_accept",
+    "sys_exit_accept",
+    "sys_enter_accept4",
+    "sys_exit_accept4",
+    "sys_enter_connect",
+    "sys_exit_connect",
+    "sys_enter_close",
+];
+
+/// What the capture stage can be told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbesConfig {
+    /// Payload bytes captured per syscall.
+    pub capture_bytes: u32,
+    /// Size of the event ring in bytes.
+    pub ring_bytes: u32,
+    /// Bound of the in-kernel connection table.
+    pub max_conns: u32,
+}
+
+impl Default for ProbesConfig {
+    fn default() -> Self {
+        Self {
+            capture_bytes: DEFAULT_CAPTURE_BYTES,
+            ring_bytes: DEFAULT_RING_BYTES,
+            max_conns: DEFAULT_MAX_CONNS,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbesError {
+    #[error("capture-bytes must be between 1 and {max}, got {got}")]
+    CaptureBytes { got: u32, max: usize },
+    #[error("ring-bytes must be a power of two of at least 4096 (the page size), got {0}")]
+    RingBytes(u32),
+    #[error("max-conns must be between 16 and 16777216, got {0}")]
+    MaxConns(u32),
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
+    #[error(transparent)]
+    Tracefs(#[from] tracefs::TracefsError),
+    #[error(
+        "the kernel refused to load sockspan's programs: permission denied; run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE (see deploy/README.md)"
+    )]
+    PermissionDenied,
+    #[error("loading the eBPF object failed: {0}")]
+    Object(String),
+    #[error("program `{program}` was rejected by the verifier: {reason}")]
+    Verifier { program: String, reason: String },
+    #[error("attaching `{program}` to tracepoint syscalls/{program} failed: {reason}")]
+    Attach { program: String, reason: String },
+    #[error("map `{0}` is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map `{name}`: {reason}")]
+    Map { name: &'static str, reason: String },
+}
+
+impl ProbesConfig {
+    pub fn validate(&self) -> Result<(), ProbesError> {
+        if self.capture_bytes == 0 || self.capture_bytes as usize > MAX_CAPTURE_BYTES {
+            return Err(ProbesError::CaptureBytes {
+                got: self.capture_bytes,
+                max: MAX_CAPTURE_BYTES,
+            });
+        }
+        if !self.ring_bytes.is_power_of_two() || self.ring_bytes < 4096 {
+            return Err(ProbesError::RingBytes(self.ring_bytes));
+        }
+        if !(16..=16_777_216).contains(&self.max_conns) {
+            return Err(ProbesError::MaxConns(self.max_conns));
+        }
+        Ok(())
+    }
+}
+
+/// Loaded and attached programs. Dropping it detaches everything.
+pub struct Probes {
+    ebpf: Ebpf,
+    pub offsets: KernelOffsets,
+}
+
+/// Totals of the in-kernel self-metrics, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub values: [u64; Counter::COUNT as usize],
+}
+
+impl KernelCounters {
+    #[must_use]
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.values[counter as usize]
+    }
+}
+
+fn is_permission_error(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+}
+
+/// An error and its sources on one line: aya's top-level messages omit the errno.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// The last lines of a verifier log, which say why.
+fn verifier_tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(6);
+    lines[start..].join(" | ")
+}
+
+impl Probes {
+    /// Resolves offsets, loads, and attaches every program. `agent_tgid` is never traced.
+    pub fn load(config: &ProbesConfig, agent_tgid: u32) -> Result<Self, ProbesError> {
+        config.validate()?;
+        let offsets = offsets::resolve(&btf::Btf::from_kernel()?)?;
+        let tracefs_root = tracefs::root()?;
+        for name in TRACEPOINTS {
+            tracefs::check_layout(&tracefs_root, name)?;
+        }
+        raise_memlock_limit();
+
+        let capture = CaptureConfig {
+            agent_tgid,
+            capture_bytes: config.capture_bytes,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global("KERNEL_OFFSETS", &offsets, true)
+            .override_global("CAPTURE_CONFIG", &capture, true)
+            .map_max_entries(MAP_EVENTS, config.ring_bytes)
+            .map_max_entries(MAP_CONNS, config.max_conns)
+            .load(EBPF_OBJECT)
+            .map_err(|err| match err {
+                aya::EbpfError::MapError(aya::maps::MapError::CreateError { ref io_error, .. })
+                    if is_permission_error(io_error) =>
+                {
+                    ProbesError::PermissionDenied
+                }
+                other => ProbesError::Object(error_chain(&other)),
+            })?;
+        for name in TRACEPOINTS {
+            attach(&mut ebpf, name)?;
+        }
+        Ok(Self { ebpf, offsets })
+    }
+
+    /// The event ring, for the receiver. Can be taken once.
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, ProbesError> {
+        let map = self
+            .ebpf
+            .take_map(MAP_EVENTS)
+            .ok_or(ProbesError::MissingMap(MAP_EVENTS))?;
+        RingBuf::try_from(map).map_err(|e| ProbesError::Map {
+            name: MAP_EVENTS,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Starts forwarding aya-log records from the programs to `tracing` (through `log`).
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        match aya_log::EbpfLogger::init(&mut self.ebpf) {
+            Ok(logger) => Some(logger),
+            Err(err) => {
+                tracing::warn!("eBPF log records are unavailable: {err}");
+                None
+            }
+        }
+    }
+
+    /// Sums the per-CPU counters.
+    pub fn counters(&self) -> Result<KernelCounters, ProbesError> {
+        let map = self
+            .ebpf
+            .map(MAP_COUNTERS)
+            .ok_or(ProbesError::MissingMap(MAP_COUNTERS))?;
+        let array: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|e| ProbesError::Map {
+                name: MAP_COUNTERS,
+                reason: e.to_string(),
+            })?;
+        let mut totals = KernelCounters::default();
+        for counter in Counter::ALL {
+            let per_cpu = array.get(&(counter as u32), 0).map_err(|e| ProbesError::Map {
+                name: MAP_COUNTERS,
+                reason: e.to_string(),
+            })?;
+            totals.values[counter as usize] = per_cpu.iter().sum();
+        }
+        Ok(totals)
+    }
+
+    /// The in-kernel connection table, for lookups of connections user space lost track of.
+    pub fn conns(&self) -> Option<&aya::maps::Map> {
+        self.ebpf.map(MAP_CONNS)
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, name: &str) -> Result<(), ProbesError> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| ProbesError::Object(format!("program `{name}` is missing")))?
+        .try_into()
+        .map_err(|e: ProgramError| ProbesError::Object(e.to_string()))?;
+    program.load().map_err(|err| match err {
+        ProgramError::LoadError {
+            ref io_error,
+            ref verifier_log,
+        } => {
+            if is_permission_error(io_error) && verifier_log.to_string().trim().is_empty() {
+                ProbesError::PermissionDenied
+            } else {
+                ProbesError::Verifier {
+                    program: name.to_string(),
+                    reason: format!("{io_error}: {}", verifier_tail(&verifier_log.to_string())),
+                }
+            }
+        }
+        other => ProbesError::Verifier {
+            program: name.to_string(),
+            reason: error_chain(&other),
+        },
+    })?;
+    program
+        .attach("syscalls", name)
+        .map_err(|err| ProbesError::Attach {
+            program: name.to_string(),
+            reason: error_chain(&err),
+        })?;
+    Ok(())
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it so maps fit there too.
+fn raise_memlock_limit() {
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid rlimit struct; failure is only logged.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const limit) } != 0 {
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_names_the_bad_field() {
+        let ok = ProbesConfig::default();
+        assert!(ok.validate().is_ok());
+        let bad = ProbesConfig {
+            capture_bytes: 0,
+            ..ok.clone()
+        };
+        assert!(bad.validate().expect_err("0").to_string().contains("capture-bytes"));
+        let bad = ProbesConfig {
+            ring_bytes: 5000,
+            ..ok.clone()
+        };
+        assert!(bad.validate().expect_err("5000").to_string().contains("ring-bytes"));
+        let bad = ProbesConfig { max_conns: 1, ..ok };
+        assert!(bad.validate().expect_err("1").to_string().contains("max-conns"));
+    }
+
+    #[test]
+    fn every_syscall_has_its_tracepoints() {
+        for syscall in agent_common::Syscall::ALL {
+            let enter = format!("sys_enter_{}", syscall.name());
+            assert!(TRACEPOINTS.contains(&enter.as_str()), "{enter}");
+            if syscall != agent_common::Syscall::Close {
+                let exit = format!("sys_exit_{}", syscall.name());
+                assert!(TRACEPOINTS.contains(&exit.as_str()), "{exit}");
+            }
+        }
+    }
+}

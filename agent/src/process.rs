@@ -1,0 +1,159 @@
+//! Process metadata (comm, executable, command line, container id) read from procfs and cached.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+/// What sockspan knows about a traced process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub comm: String,
+    /// Path of the executable; empty when it could not be read (the process exited).
+    pub exe: String,
+    pub cmdline: Vec<String>,
+    /// Container id taken from the cgroup path, when the process runs in one.
+    pub container_id: Option<String>,
+}
+
+impl ProcessInfo {
+    /// Reads `/proc/<pid>`. Fields that cannot be read stay empty: a process may exit between a
+    /// syscall and this read, and that must not lose the event.
+    #[must_use]
+    pub fn read(pid: u32) -> Self {
+        let base = format!("/proc/{pid}");
+        let comm = std::fs::read_to_string(format!("{base}/comm"))
+            .map(|s| s.trim_end().to_string())
+            .unwrap_or_default();
+        let exe = std::fs::read_link(format!("{base}/exe"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let cmdline = std::fs::read(format!("{base}/cmdline"))
+            .map(|raw| {
+                raw.split(|&b| b == 0)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let container_id = std::fs::read_to_string(format!("{base}/cgroup"))
+            .ok()
+            .and_then(|text| container_id_from_cgroup(&text));
+        Self {
+            pid,
+            comm,
+            exe,
+            cmdline,
+            container_id,
+        }
+    }
+
+    /// The executable's file name, or the comm when the executable is unknown.
+    #[must_use]
+    pub fn exe_name(&self) -> &str {
+        self.exe
+            .rsplit('/')
+            .next()
+            .filter(|s| !s.is_empty())
+            .unwrap_or(&self.comm)
+    }
+}
+
+/// Finds a container id in `/proc/<pid>/cgroup`: the last path segment holding 64 hex digits, as
+/// Docker (`docker-<id>.scope`, `/docker/<id>`), containerd (`cri-containerd-<id>.scope`), CRI-O
+/// (`crio-<id>.scope`) and Kubernetes (`/kubepods/.../<id>`) name them.
+#[must_use]
+pub fn container_id_from_cgroup(text: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|line| line.splitn(3, ':').nth(2))
+        .flat_map(|path| path.rsplit('/'))
+        .find_map(|segment| {
+            let segment = segment.strip_suffix(".scope").unwrap_or(segment);
+            let id = segment.rsplit(['-', ':']).next()?;
+            (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_string())
+        })
+}
+
+/// Bounded cache of [`ProcessInfo`], refreshed after `ttl` so that a reused pid is noticed.
+pub struct ProcessCache {
+    entries: HashMap<u32, (Instant, Arc<ProcessInfo>)>,
+    capacity: usize,
+    ttl: Duration,
+    /// procfs reads done (cache misses and refreshes).
+    pub reads: u64,
+}
+
+impl ProcessCache {
+    #[must_use]
+    pub fn new(capacity: usize, ttl: Duration) -> Self {
+        Self {
+            entries: HashMap::with_capacity(capacity.min(1024)),
+            capacity: capacity.max(1),
+            ttl,
+            reads: 0,
+        }
+    }
+
+    /// The process's metadata, reading procfs on a miss or when the entry is stale.
+    pub fn get(&mut self, pid: u32) -> Arc<ProcessInfo> {
+        let now = Instant::now();
+        if let Some((at, info)) = self.entries.get(&pid)
+            && now.duration_since(*at) < self.ttl
+        {
+            return Arc::clone(info);
+        }
+        if self.entries.len() >= self.capacity {
+            let horizon = now.checked_sub(self.ttl).unwrap_or(now);
+            self.entries.retain(|_, (at, _)| *at > horizon);
+            if self.entries.len() >= self.capacity {
+                self.entries.clear();
+            }
+        }
+        self.reads += 1;
+        let info = Arc::new(ProcessInfo::read(pid));
+        self.entries.insert(pid, (now, Arc::clone(&info)));
+        info
+    }
+
+    /// Forgets a process (it exited).
+    pub fn forget(&mut self, pid: u32) {
+        self.entries.remove(&pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f1e7c0a9b2d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7";
+
+    #[test]
+    fn finds_container_ids_in_cgroup_paths() {
+        for path in [
+            format!("0::/system.slice/docker-{ID}.scope"),
+            format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-{ID}.scope"),
+            format!("12:memory:/docker/{ID}"),
+            format!("0::/kubepods/besteffort/pod0a1b/{ID}"),
+            format!("0::/machine.slice/crio-{ID}.scope"),
+        ] {
+            assert_eq!(container_id_from_cgroup(&path).as_deref(), Some(ID), "{path}");
+        }
+        assert_eq!(container_id_from_cgroup("0::/user.slice/user-0.slice/session-1.scope"), None);
+        assert_eq!(container_id_from_cgroup("garbage"), None);
+    }
+
+    #[test]
+    fn reads_own_process() {
+        let info = ProcessInfo::read(std::process::id());
+        assert!(!info.comm.is_empty());
+        assert!(!info.exe.is_empty());
+        assert!(!info.cmdline.is_empty());
+        let mut cache = ProcessCache::new(2, Duration::from_secs(60));
+        let a = cache.get(std::process::id());
+        let b = cache.get(std::process::id());
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(cache.reads, 1);
+    }
+}

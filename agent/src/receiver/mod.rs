@@ -1,0 +1,77 @@
+//! Stage 2 of the pipeline: drains the kernel's event ring and hands each decoded record to the
+//! next stage, in place, without copying or allocating per event.
+
+pub mod decode;
+
+use std::{future::Future, os::fd::AsRawFd as _, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+
+pub use decode::Event;
+
+/// The next stage: gets every event, and a tick now and then for housekeeping.
+pub trait EventSink {
+    fn on_event(&mut self, event: &Event<'_>);
+    /// Called about once per `tick` even when no events arrive.
+    fn on_tick(&mut self) {}
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiverError {
+    #[error("cannot poll the event ring: {0}")]
+    Poll(std::io::Error),
+}
+
+/// Self-metrics of the receiver.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReceiverStats {
+    pub records: u64,
+    pub decode_errors: u64,
+}
+
+/// Reads `ring` until `stop` resolves, then drains what is left.
+pub async fn run(
+    ring: RingBuf<MapData>,
+    sink: &mut impl EventSink,
+    tick: Duration,
+    stop: impl Future<Output = ()>,
+) -> Result<ReceiverStats, ReceiverError> {
+    // SAFETY: the ring owns its map fd and keeps it open, unchanged, for as long as it lives;
+    // the AsyncFd owns the ring, so the fd outlives the registration.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| ReceiverError::Poll(e.into()))?;
+    let mut stats = ReceiverStats::default();
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.map_err(ReceiverError::Poll)?;
+                drain(guard.get_inner_mut(), sink, &mut stats);
+                guard.clear_ready();
+            }
+            _ = ticker.tick() => sink.on_tick(),
+            () = &mut stop => break,
+        }
+    }
+    drain(ring.get_mut(), sink, &mut stats);
+    tracing::debug!(fd = ring.get_ref().as_raw_fd(), ?stats, "receiver stopped");
+    Ok(stats)
+}
+
+fn drain(ring: &mut RingBuf<MapData>, sink: &mut impl EventSink, stats: &mut ReceiverStats) {
+    while let Some(item) = ring.next() {
+        stats.records += 1;
+        match decode::decode(&item) {
+            Ok(event) => sink.on_event(&event),
+            Err(err) => {
+                stats.decode_errors += 1;
+                if stats.decode_errors.is_power_of_two() {
+                    tracing::warn!(count = stats.decode_errors, "undecodable ring record: {err}");
+                }
+            }
+        }
+    }
+}
