@@ -19,8 +19,13 @@ fn toolchain_ready() -> Result<(), String> {
         return Err(format!("the rustup toolchain `{BPF_TOOLCHAIN}` is missing"));
     }
     let sysroot = String::from_utf8_lossy(&rustc.stdout).trim().to_string();
-    if !PathBuf::from(&sysroot).join("lib/rustlib/bpfel-unknown-none").is_dir() {
-        return Err(format!("{sysroot} has no prebuilt core for bpfel-unknown-none"));
+    if !PathBuf::from(&sysroot)
+        .join("lib/rustlib/bpfel-unknown-none")
+        .is_dir()
+    {
+        return Err(format!(
+            "{sysroot} has no prebuilt core for bpfel-unknown-none"
+        ));
     }
     which_bpf_linker().ok_or_else(|| "bpf-linker is not on PATH".to_string())?;
     Ok(())

@@ -45,7 +45,7 @@ pub struct KernelOffsets {
     /// `skc_v6_rcv_saddr` (`struct in6_addr`).
     pub skc_v6_rcv_saddr: u32,
     /// Explicit padding to a multiple of eight bytes.
-    pub _pad: u32,
+    pub reserved: u32,
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 18 * 4);
 

@@ -56,7 +56,7 @@ pub struct PendingCall {
     /// Connection id and role looked up at entry; 0 for accept/connect (known only at exit).
     pub conn_id: u64,
     pub role: u32,
-    pub _pad: u32,
+    pub reserved: u32,
 }
 const _: () = assert!(core::mem::size_of::<PendingCall>() == 40);
 

@@ -63,7 +63,7 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     skc_num: 0,
     skc_v6_daddr: 0,
     skc_v6_rcv_saddr: 0,
-    _pad: 0,
+    reserved: 0,
 };
 
 /// The agent's tgid and the capture size.

@@ -5,9 +5,8 @@
 //! copy the payload prefix and send the record. Record layouts are in `agent_common::event`.
 
 use agent_common::{
-    ConnEvent, ConnInfo, ConnKey, Counter, DataEvent, EventHeader, EventKind,
-    MAX_CAPTURE_BYTES, PendingCall, Role, SYS_ARG_SIZE, SYS_ENTER_ARG0, SYS_EXIT_RET, SockTuple,
-    Syscall,
+    ConnEvent, ConnInfo, ConnKey, Counter, DataEvent, EventHeader, EventKind, MAX_CAPTURE_BYTES,
+    PendingCall, Role, SYS_ARG_SIZE, SYS_ENTER_ARG0, SYS_EXIT_RET, SockTuple, Syscall,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -188,7 +187,7 @@ fn data_enter(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
         len: arg(ctx, 2)?,
         conn_id,
         role,
-        _pad: 0,
+        reserved: 0,
     };
     save_pending(pid_tgid, &call);
     Ok(())

@@ -82,8 +82,7 @@ pub fn check_can_load() -> Result<(), String> {
         .map(|(_, cap)| cap.name())
         .collect();
     Err(format!(
-        "sockspan needs root or the capabilities {} (missing: {}); run it with sudo, or see deploy/README.md for the capability set",
-        "CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE",
+        "sockspan needs root, or at least CAP_BPF and CAP_PERFMON (missing: {}); run it with sudo, or see deploy/README.md for the measured capability set",
         missing.join(", ")
     ))
 }

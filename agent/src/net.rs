@@ -58,7 +58,7 @@ mod tests {
         assert_eq!(r.to_string(), "10.0.0.2:2");
         t.family = AF_INET6;
         t.local_addr = Ipv6Addr::LOCALHOST.octets();
-        t.remote_addr = Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().octets();
+        t.remote_addr = Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets();
         let (l, r) = tuple_addrs(&t);
         assert_eq!(l.to_string(), "[::1]:1");
         assert_eq!(r.ip().to_canonical().to_string(), "127.0.0.1");

@@ -49,16 +49,6 @@ impl ProcessInfo {
             container_id,
         }
     }
-
-    /// The executable's file name, or the comm when the executable is unknown.
-    #[must_use]
-    pub fn exe_name(&self) -> &str {
-        self.exe
-            .rsplit('/')
-            .next()
-            .filter(|s| !s.is_empty())
-            .unwrap_or(&self.comm)
-    }
 }
 
 /// Finds a container id in `/proc/<pid>/cgroup`: the last path segment holding 64 hex digits, as
@@ -116,11 +106,6 @@ impl ProcessCache {
         self.entries.insert(pid, (now, Arc::clone(&info)));
         info
     }
-
-    /// Forgets a process (it exited).
-    pub fn forget(&mut self, pid: u32) {
-        self.entries.remove(&pid);
-    }
 }
 
 #[cfg(test)]
@@ -133,14 +118,23 @@ mod tests {
     fn finds_container_ids_in_cgroup_paths() {
         for path in [
             format!("0::/system.slice/docker-{ID}.scope"),
-            format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-{ID}.scope"),
+            format!(
+                "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-{ID}.scope"
+            ),
             format!("12:memory:/docker/{ID}"),
             format!("0::/kubepods/besteffort/pod0a1b/{ID}"),
             format!("0::/machine.slice/crio-{ID}.scope"),
         ] {
-            assert_eq!(container_id_from_cgroup(&path).as_deref(), Some(ID), "{path}");
+            assert_eq!(
+                container_id_from_cgroup(&path).as_deref(),
+                Some(ID),
+                "{path}"
+            );
         }
-        assert_eq!(container_id_from_cgroup("0::/user.slice/user-0.slice/session-1.scope"), None);
+        assert_eq!(
+            container_id_from_cgroup("0::/user.slice/user-0.slice/session-1.scope"),
+            None
+        );
         assert_eq!(container_id_from_cgroup("garbage"), None);
     }
 
@@ -150,7 +144,7 @@ mod tests {
         assert!(!info.comm.is_empty());
         assert!(!info.exe.is_empty());
         assert!(!info.cmdline.is_empty());
-        let mut cache = ProcessCache::new(2, Duration::from_secs(60));
+        let mut cache = ProcessCache::new(2, Duration::from_mins(1));
         let a = cache.get(std::process::id());
         let b = cache.get(std::process::id());
         assert!(Arc::ptr_eq(&a, &b));

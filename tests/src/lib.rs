@@ -1,1 +1,282 @@
-//! Helpers for the root integration tests.
+//! Helpers for the root integration tests: start the real agent, real servers and clients, and
+//! read back what the agent printed.
+//!
+//! The agent binary comes from `SOCKSPAN_BIN` (set by `cargo xtask test`), else
+//! `target/debug/sockspan`. Every wait is bounded in time.
+// Test helpers fail by panicking, with a message saying what was expected; that is their job.
+#![allow(clippy::missing_panics_doc)]
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Path of the sockspan binary under test.
+#[must_use]
+pub fn sockspan_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("SOCKSPAN_BIN") {
+        return PathBuf::from(path);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let bin = root.join("../target/debug/sockspan");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo xtask test`",
+        bin.display()
+    );
+    bin
+}
+
+/// Path of a file under `tests/fixtures`.
+#[must_use]
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// A TCP port free on loopback right now.
+#[must_use]
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Proc {
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until something accepts connections on `addr`, at most `timeout`.
+pub fn wait_listening(addr: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on {addr} after {timeout:?}");
+}
+
+/// `python3 -m http.server` bound to `bind` (an IPv4 or IPv6 address) on `port`.
+#[must_use]
+pub fn http_server(bind: &str, port: u16) -> Proc {
+    let child = Command::new("python3")
+        .args(["-m", "http.server", &port.to_string(), "--bind", bind])
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start python3 http.server");
+    let addr = if bind.contains(':') {
+        format!("[{bind}]:{port}")
+    } else {
+        format!("{bind}:{port}")
+    };
+    wait_listening(&addr, Duration::from_secs(10));
+    Proc(child)
+}
+
+/// A running `sockspan events`, stopped with SIGINT by [`Agent::stop`].
+pub struct Agent {
+    child: Option<Child>,
+    stderr_lines: mpsc::Receiver<String>,
+    stderr_seen: Vec<String>,
+    /// Reads stdout while the agent runs, so a large output never blocks it on a full pipe.
+    stdout_reader: Option<std::thread::JoinHandle<String>>,
+}
+
+/// What the agent printed.
+pub struct Output {
+    pub events: Vec<Value>,
+    pub stderr: String,
+    pub status: std::process::ExitStatus,
+}
+
+impl Output {
+    /// Events of one type.
+    pub fn of_type<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.events.iter().filter(move |e| e["type"] == kind)
+    }
+
+    /// The final stats record.
+    #[must_use]
+    pub fn stats(&self) -> &Value {
+        self.of_type("stats")
+            .last()
+            .expect("a stats record at the end")
+    }
+}
+
+impl Agent {
+    /// Starts `sockspan events ARGS` and waits until its programs are attached.
+    #[must_use]
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(sockspan_bin())
+            .arg("events")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sockspan");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let stdout_reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text);
+            text
+        });
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut agent = Self {
+            child: Some(child),
+            stderr_lines: rx,
+            stderr_seen: Vec::new(),
+            stdout_reader: Some(stdout_reader),
+        };
+        agent.wait_for_stderr("capture path attached", Duration::from_secs(30));
+        agent
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        if self.stderr_seen.iter().any(|l| l.contains(needle)) {
+            return;
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.contains(needle);
+                    self.stderr_seen.push(line);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "sockspan did not print {needle:?} within {timeout:?}; stderr so far:\n{}",
+                        self.stderr_seen.join("\n")
+                    )
+                }
+            }
+        }
+    }
+
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends SIGINT, waits for exit (bounded), and parses stdout.
+    #[must_use]
+    pub fn stop(mut self) -> Output {
+        let mut child = self.child.take().expect("running");
+        // Give the last syscalls' events a moment to cross the ring before stopping.
+        std::thread::sleep(Duration::from_millis(500));
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("sockspan did not exit within 20 s of SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stdout = self
+            .stdout_reader
+            .take()
+            .expect("stdout reader")
+            .join()
+            .expect("stdout reader thread");
+        while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_millis(200)) {
+            self.stderr_seen.push(line);
+        }
+        let events = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .collect();
+        Output {
+            events,
+            stderr: self.stderr_seen.join("\n"),
+            status,
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The payload of a data event as bytes (each JSON character U+0000..U+00FF is one byte).
+#[must_use]
+pub fn payload(event: &Value) -> Vec<u8> {
+    event["payload"]
+        .as_str()
+        .expect("payload string")
+        .chars()
+        .map(|c| u8::try_from(u32::from(c)).expect("latin-1 payload"))
+        .collect()
+}
+
+/// Runs a command to completion with a time bound; panics with its output on failure.
+#[must_use]
+pub fn run_ok(cmd: &mut Command, timeout: Duration) -> std::process::Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{cmd:?} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

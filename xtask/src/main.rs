@@ -1,1 +1,74 @@
-fn main(){}
+//! Developer tasks: `cargo xtask setup | test | run`.
+
+mod setup;
+mod test;
+mod util;
+
+use std::process::Command;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "sockspan developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain (Debian rustc-web, BPF core, bpf-linker); idempotent.
+    Setup,
+    /// Unit tests, then the root integration tests (real processes, real kernel).
+    Test {
+        /// Only integration tests whose name contains this.
+        filter: Option<String>,
+        /// Unit tests only (no root needed).
+        #[arg(long = "unit")]
+        unit_only: bool,
+    },
+    /// Build (release) and run sockspan as root; arguments after `--` go to sockspan
+    /// (default: `events`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn run_agent(args: Vec<String>) -> Result<()> {
+    if !setup::is_ready() {
+        setup::setup()?;
+    }
+    util::run(util::cargo().current_dir(util::workspace_root()).args([
+        "build",
+        "--release",
+        "--package",
+        "agent",
+        "--bin",
+        "sockspan",
+    ]))?;
+    let bin = util::workspace_root().join("target/release/sockspan");
+    let args = if args.is_empty() {
+        vec!["events".to_string()]
+    } else {
+        args
+    };
+    let mut cmd = if util::is_root() {
+        Command::new(&bin)
+    } else {
+        let mut sudo = Command::new("sudo");
+        sudo.arg(&bin);
+        sudo
+    };
+    let status = cmd.args(&args).status()?;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::setup(),
+        Task::Test { filter, unit_only } => test::test(filter.as_deref(), unit_only),
+        Task::Run { args } => run_agent(args),
+    }
+}

@@ -20,6 +20,8 @@ enum Need {
     Optional,
     /// Not used: sockspan is built to work without it.
     NotUsed,
+    /// Required, unless `CAP_SYS_ADMIN` stands in; the `privileges` row gives the verdict.
+    RequiredOrAdmin,
 }
 
 struct Row {
@@ -54,14 +56,19 @@ fn pmu(name: &str) -> (bool, String) {
 /// Loads a two-instruction fentry program on `btf_id`: the only honest test, since some kernels
 /// (lockdown, Firecracker) refuse it with EPERM even when BTF and the program type exist.
 fn probe_fentry(btf: Option<&Btf>) -> (bool, String) {
-    let Some(id) = btf.and_then(|b| b.func_id("do_nanosleep").or_else(|| b.func_id("tcp_sendmsg"))) else {
+    let Some(id) = btf.and_then(|b| {
+        b.func_id("do_nanosleep")
+            .or_else(|| b.func_id("tcp_sendmsg"))
+    }) else {
         return (false, "no BTF function to attach to".into());
     };
     // r0 = 0; exit
     let insns: [u64; 2] = [0xb7, 0x95];
     let license = c"GPL";
     let mut attr = [0u8; 128];
-    let put32 = |attr: &mut [u8; 128], at: usize, v: u32| attr[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    let put32 = |attr: &mut [u8; 128], at: usize, v: u32| {
+        attr[at..at + 4].copy_from_slice(&v.to_le_bytes())
+    };
     put32(&mut attr, 0, 26); // prog_type = BPF_PROG_TYPE_TRACING
     put32(&mut attr, 4, 2); // insn_cnt
     attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_le_bytes());
@@ -81,33 +88,61 @@ fn probe_fentry(btf: Option<&Btf>) -> (bool, String) {
     }
 }
 
-fn rows() -> (Vec<Row>, Option<String>) {
-    let mut rows = Vec::new();
-    let mut broken: Option<String> = None;
-
-    let cap_bits = caps::effective().unwrap_or(0);
-    let privileged = caps::check_can_load();
+/// One row per capability, then whether they add up to what loading needs.
+fn privilege_rows(rows: &mut Vec<Row>) {
+    let bits = caps::effective().unwrap_or(0);
+    for cap in Cap::ALL {
+        let need = match cap {
+            Cap::Bpf | Cap::Perfmon => Need::RequiredOrAdmin,
+            _ => Need::Optional,
+        };
+        rows.push(Row {
+            feature: format!("capability {}", cap.name()),
+            ok: caps::has(bits, cap),
+            detail: if caps::has(bits, cap) {
+                "held".into()
+            } else {
+                "not held".into()
+            },
+            // CAP_SYS_ADMIN covers BPF and PERFMON: only the combined verdict below is binding.
+            need: if need == Need::Required {
+                Need::Optional
+            } else {
+                need
+            },
+            role: cap.purpose(),
+            fix: "",
+        });
+    }
+    let verdict = caps::check_can_load();
     rows.push(Row {
         feature: "privileges".into(),
-        ok: privileged.is_ok(),
-        detail: Cap::ALL
-            .iter()
-            .filter(|&&c| caps::has(cap_bits, c))
-            .map(|c| c.name())
-            .collect::<Vec<_>>()
-            .join(" "),
+        ok: verdict.is_ok(),
+        detail: verdict
+            .err()
+            .unwrap_or_else(|| "enough to load and attach".into()),
         need: Need::Required,
-        role: "load programs and maps, attach tracepoints",
-        fix: "run as root, or grant CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE (deploy/README.md)",
+        role: "CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN)",
+        fix: "run as root, or grant CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE (deploy/README.md)",
     });
+}
 
-    let btf = Btf::from_kernel();
-    let (btf_ok, btf_detail) = match &btf {
-        Ok(b) => match offsets::resolve(b) {
-            Ok(o) => (true, format!("{} resolved (sock.skc_daddr at +{}, task_struct.files at +{})", probes::btf::VMLINUX_BTF, o.skc_daddr, o.task_files)),
+/// BTF, tracefs, each tracepoint, the ring buffer, and a real load of the programs.
+fn capture_rows(rows: &mut Vec<Row>, btf: Option<&Btf>, btf_error: Option<String>) {
+    let (btf_ok, btf_detail) = match (btf, btf_error) {
+        (Some(b), _) => match offsets::resolve(b) {
+            Ok(o) => (
+                true,
+                format!(
+                    "{} resolved (sock.skc_daddr at +{}, task_struct.files at +{})",
+                    probes::btf::VMLINUX_BTF,
+                    o.skc_daddr,
+                    o.task_files
+                ),
+            ),
             Err(e) => (false, e.to_string()),
         },
-        Err(e) => (false, e.to_string()),
+        (None, e) => (false, e.unwrap_or_default()),
     };
     rows.push(Row {
         feature: "BTF".into(),
@@ -130,14 +165,12 @@ fn rows() -> (Vec<Row>, Option<String>) {
         role: "tracepoint ids and record layouts",
         fix: "mount -t tracefs tracefs /sys/kernel/tracing",
     });
-
     for pair in probes::TRACEPOINTS.chunks(2) {
         let result = match &tracefs_root {
             Ok(root) => pair
                 .iter()
-                .map(|tp| tracefs::check_layout(root, tp))
-                .collect::<Result<Vec<()>, _>>()
-                .map(|_| "present, layout as expected".to_string())
+                .try_for_each(|tp| tracefs::check_layout(root, tp))
+                .map(|()| "present, layout as expected".to_string())
                 .map_err(|e| e.to_string()),
             Err(_) => Err("tracefs unavailable".to_string()),
         };
@@ -170,35 +203,87 @@ fn rows() -> (Vec<Row>, Option<String>) {
         feature: "capture path".into(),
         ok: capture.is_ok(),
         detail: match &capture {
-            Ok(_) => format!("{} programs loaded, verified and attached", probes::TRACEPOINTS.len()),
+            Ok(_) => format!(
+                "{} programs loaded, verified and attached",
+                probes::TRACEPOINTS.len()
+            ),
             Err(e) => e.to_string(),
         },
         need: Need::Required,
         role: "everything: the programs sockspan runs",
         fix: "see the detail; the rows above name the missing piece",
     });
-    drop(capture);
+}
 
-    let (ok, detail) = pmu("uprobe");
-    rows.push(Row { feature: "uprobes".into(), ok, detail, need: Need::Optional, role: "TLS plaintext from libssl (planned); without: TLS traffic stays opaque", fix: "" });
-    let (ok, detail) = program_supported(ProgramType::SockOps);
-    rows.push(Row { feature: "sock_ops".into(), ok, detail, need: Need::Optional, role: "TCP sequence numbers for cross-host linking (planned)", fix: "" });
-    let (ok, detail) = program_supported(ProgramType::SkMsg);
-    rows.push(Row { feature: "sk_msg".into(), ok, detail, need: Need::Optional, role: "message-level hooks on sockets (planned)", fix: "" });
-    let (ok, detail) = program_supported(ProgramType::SchedClassifier);
-    rows.push(Row { feature: "TC (sched_cls)".into(), ok, detail, need: Need::Optional, role: "network-hop timing on the wire (planned)", fix: "" });
-    let (ok, detail) = program_supported(ProgramType::CgroupSkb);
-    rows.push(Row { feature: "cgroup_skb".into(), ok, detail, need: Need::Optional, role: "per-container packet accounting (planned)", fix: "" });
-    let (ok, detail) = pmu("kprobe");
-    rows.push(Row { feature: "kprobes".into(), ok, detail, need: Need::NotUsed, role: "not needed: sockspan uses syscall tracepoints", fix: "" });
-    let (ok, detail) = probe_fentry(btf.as_ref().ok());
-    rows.push(Row { feature: "fentry/fexit".into(), ok, detail, need: Need::NotUsed, role: "not needed: sockspan uses syscall tracepoints", fix: "" });
-
-    for row in &rows {
-        if row.need == Need::Required && !row.ok && broken.is_none() {
-            broken = Some(format!("{}: {} — fix: {}", row.feature, row.detail, row.fix));
-        }
+/// Hooks later capabilities use, and hooks sockspan deliberately does without.
+fn other_hook_rows(rows: &mut Vec<Row>, btf: Option<&Btf>) {
+    let optional: [(&str, (bool, String), &'static str); 5] = [
+        (
+            "uprobes",
+            pmu("uprobe"),
+            "TLS plaintext from libssl (planned); without: TLS traffic stays opaque",
+        ),
+        (
+            "sock_ops",
+            program_supported(ProgramType::SockOps),
+            "TCP sequence numbers for cross-host linking (planned)",
+        ),
+        (
+            "sk_msg",
+            program_supported(ProgramType::SkMsg),
+            "message-level hooks on sockets (planned)",
+        ),
+        (
+            "TC (sched_cls)",
+            program_supported(ProgramType::SchedClassifier),
+            "network-hop timing on the wire (planned)",
+        ),
+        (
+            "cgroup_skb",
+            program_supported(ProgramType::CgroupSkb),
+            "per-container packet accounting (planned)",
+        ),
+    ];
+    for (feature, (ok, detail), role) in optional {
+        rows.push(Row {
+            feature: feature.into(),
+            ok,
+            detail,
+            need: Need::Optional,
+            role,
+            fix: "",
+        });
     }
+    let unused = [
+        ("kprobes", pmu("kprobe")),
+        ("fentry/fexit", probe_fentry(btf)),
+    ];
+    for (feature, (ok, detail)) in unused {
+        rows.push(Row {
+            feature: feature.into(),
+            ok,
+            detail,
+            need: Need::NotUsed,
+            role: "not needed: sockspan uses syscall tracepoints",
+            fix: "",
+        });
+    }
+}
+
+fn rows() -> (Vec<Row>, Option<String>) {
+    let mut rows = Vec::new();
+    privilege_rows(&mut rows);
+    let btf = Btf::from_kernel();
+    let (btf, btf_error) = match btf {
+        Ok(b) => (Some(b), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    capture_rows(&mut rows, btf.as_ref(), btf_error);
+    other_hook_rows(&mut rows, btf.as_ref());
+    let broken = rows
+        .iter()
+        .find(|r| r.need == Need::Required && !r.ok)
+        .map(|r| format!("{}: {} — fix: {}", r.feature, r.detail, r.fix));
     (rows, broken)
 }
 
@@ -207,17 +292,25 @@ fn rows() -> (Vec<Row>, Option<String>) {
 pub fn run() -> i32 {
     let (rows, broken) = rows();
     let width = rows.iter().map(|r| r.feature.len()).max().unwrap_or(10);
-    println!("{:<width$}  {:<7}  {:<9}  DETAIL / USE", "FEATURE", "STATUS", "NEED");
+    println!(
+        "{:<width$}  {:<7}  {:<9}  DETAIL / USE",
+        "FEATURE", "STATUS", "NEED"
+    );
     for row in &rows {
         let status = if row.ok { "ok" } else { "MISSING" };
         let need = match row.need {
             Need::Required => "required",
             Need::Optional => "optional",
             Need::NotUsed => "not used",
+            Need::RequiredOrAdmin => "required*",
         };
-        println!("{:<width$}  {status:<7}  {need:<9}  {}", row.feature, row.detail);
+        println!(
+            "{:<width$}  {status:<7}  {need:<9}  {}",
+            row.feature, row.detail
+        );
         println!("{:<width$}  {:<7}  {:<9}  ↳ {}", "", "", "", row.role);
     }
+    println!("\n* CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON (kernels before 5.8 know only it).");
     if let Some(reason) = broken {
         println!("\ncapture path: BROKEN — {reason}");
         1

@@ -124,11 +124,15 @@ struct ConnRecord<'a> {
     syscall: &'static str,
     #[serde(flatten)]
     conn: ConnFields<'a>,
+    cmdline: &'a [String],
     preexisting: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     bytes_sent: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     bytes_received: Option<u64>,
+    /// How long the connection was tracked, open to close (close events only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_ns: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -217,9 +221,11 @@ impl<W: Write> JsonSink<'_, W> {
             comm: nul_trimmed(&event.comm),
             syscall: syscall_name(event.syscall),
             conn: ConnFields::of(conn),
+            cmdline: &conn.process.cmdline,
             preexisting: conn.preexisting,
             bytes_sent: totals.then_some(event.bytes_sent),
             bytes_received: totals.then_some(event.bytes_received),
+            duration_ns: totals.then(|| h.ts_ns.saturating_sub(conn.opened_ns)),
         }
     }
 
@@ -258,8 +264,13 @@ impl<W: Write> JsonSink<'_, W> {
             Some(c) => std::sync::Arc::clone(&c.process),
             None => self.conntrack.processes.get(h.pid),
         };
-        let ports = conn.as_ref().map(|c| (c.tuple.local_port, c.tuple.remote_port));
-        if !self.filter.matches(h.pid, [&process.comm, &process.comm], ports) {
+        let ports = conn
+            .as_ref()
+            .map(|c| (c.tuple.local_port, c.tuple.remote_port));
+        if !self
+            .filter
+            .matches(h.pid, [&process.comm, &process.comm], ports)
+        {
             return;
         }
         let direction = match Direction::from_u32(event.direction) {
@@ -312,7 +323,7 @@ impl<W: Write> JsonSink<'_, W> {
             receiver_records: receiver.records,
             receiver_decode_errors: receiver.decode_errors,
             printed: self.printed,
-            conntrack_open: self.conntrack.len(),
+            conntrack_open: self.conntrack.open_count(),
             conntrack_opened: c.opened,
             conntrack_closed: c.closed,
             conntrack_evicted_idle: c.evicted_idle,
@@ -386,7 +397,10 @@ mod tests {
         let back: String = serde_json::from_str(&json).expect("parse");
         let decoded: Vec<u8> = back.chars().map(|c| c as u32 as u8).collect();
         assert_eq!(decoded, bytes);
-        assert_eq!(serde_json::to_string(&Latin1(b"GET /")).expect("json"), "\"GET /\"");
+        assert_eq!(
+            serde_json::to_string(&Latin1(b"GET /")).expect("json"),
+            "\"GET /\""
+        );
     }
 
     #[test]

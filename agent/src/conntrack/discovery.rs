@@ -118,7 +118,9 @@ impl ListeningPorts {
             }
             self.by_netns.insert(netns, (now, ports));
         }
-        self.by_netns.get(&netns).map(|(_, ports)| ports.contains(&port))
+        self.by_netns
+            .get(&netns)
+            .map(|(_, ports)| ports.contains(&port))
     }
 }
 
@@ -139,10 +141,15 @@ mod tests {
         let mine: Vec<_> = found.iter().filter(|s| s.pid == me).collect();
         let client_local = client.local_addr().expect("local");
         assert!(
-            mine.iter().any(|s| s.fd == client.as_raw_fd() && s.local == client_local && s.remote.port() == port),
+            mine.iter().any(|s| s.fd == client.as_raw_fd()
+                && s.local == client_local
+                && s.remote.port() == port),
             "{mine:?}"
         );
-        assert!(mine.iter().any(|s| s.fd == listener.as_raw_fd() && s.listening));
+        assert!(
+            mine.iter()
+                .any(|s| s.fd == listener.as_raw_fd() && s.listening)
+        );
         let mut ports = ListeningPorts::new(Duration::from_secs(5));
         assert_eq!(ports.is_listening(me, port), Some(true));
         assert_eq!(ports.is_listening(me, client_local.port()), Some(false));

@@ -29,7 +29,7 @@ impl Default for ConntrackConfig {
     fn default() -> Self {
         Self {
             max_conns: 65_536,
-            idle_timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_mins(5),
         }
     }
 }
@@ -80,8 +80,6 @@ impl RoleSource {
 #[derive(Debug, Clone)]
 pub struct Connection {
     pub conn_id: u64,
-    pub pid: u32,
-    pub fd: i32,
     pub tuple: SockTuple,
     pub role: Role,
     pub role_source: RoleSource,
@@ -140,17 +138,12 @@ impl Conntrack {
     }
 
     #[must_use]
-    pub fn len(&self) -> usize {
+    pub fn open_count(&self) -> usize {
         self.conns.len()
     }
 
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.conns.is_empty()
-    }
-
-    #[must_use]
-    pub fn get(&self, conn_id: u64) -> Option<&Connection> {
+    #[cfg(test)]
+    fn get(&self, conn_id: u64) -> Option<&Connection> {
         self.conns.get(&conn_id)
     }
 
@@ -178,7 +171,11 @@ impl Conntrack {
             if event.tuple.sock_type == SOCK_STREAM
                 && let Some(listening) = self.listening.is_listening(h.pid, event.tuple.local_port)
             {
-                role = if listening { Role::Server } else { Role::Client };
+                role = if listening {
+                    Role::Server
+                } else {
+                    Role::Client
+                };
                 role_source = RoleSource::Procfs;
             }
         }
@@ -189,8 +186,6 @@ impl Conntrack {
         self.stats.opened += 1;
         let conn = Connection {
             conn_id: h.conn_id,
-            pid: h.pid,
-            fd: h.fd,
             tuple: event.tuple,
             role,
             role_source,
@@ -294,7 +289,9 @@ mod tests {
     fn reused_fd_is_a_new_connection() {
         let mut table = Conntrack::new(config(16), Vec::new());
         table.open(&open_event(1, 5, 10, Role::Client));
-        let closed = table.close(&open_event(1, 5, 20, Role::Client)).expect("known");
+        let closed = table
+            .close(&open_event(1, 5, 20, Role::Client))
+            .expect("known");
         assert_eq!(closed.conn_id, 1);
         table.open(&open_event(2, 5, 30, Role::Server));
         assert!(table.get(1).is_none());
@@ -306,13 +303,13 @@ mod tests {
         let mut table = Conntrack::new(config(16), Vec::new());
         for id in 0..100u64 {
             table.open(&open_event(id + 1, id as i32, id, Role::Client));
-            assert!(table.len() <= 16);
+            assert!(table.open_count() <= 16);
         }
         assert!(table.stats.evicted_full > 0);
         // Newest survive the size bound.
         assert!(table.get(100).is_some());
         table.sweep(100 + Duration::from_secs(11).as_nanos() as u64);
-        assert!(table.is_empty());
+        assert_eq!(table.open_count(), 0);
         assert!(table.stats.evicted_idle > 0);
     }
 
@@ -324,18 +321,35 @@ mod tests {
         let mut event = open_event(7, 9, 1, Role::Unknown);
         event.tuple.local_port = port;
         let conn = table.open(&event);
-        assert_eq!((conn.role, conn.role_source), (Role::Server, RoleSource::Procfs));
+        assert_eq!(
+            (conn.role, conn.role_source),
+            (Role::Server, RoleSource::Procfs)
+        );
         let conn = table.open(&open_event(8, 10, 1, Role::Unknown));
-        assert_eq!((conn.role, conn.role_source), (Role::Client, RoleSource::Procfs));
+        assert_eq!(
+            (conn.role, conn.role_source),
+            (Role::Client, RoleSource::Procfs)
+        );
     }
 
     #[test]
     fn validate_names_the_field() {
-        assert!(config(8).validate().expect_err("small").to_string().contains("max-conns"));
+        assert!(
+            config(8)
+                .validate()
+                .expect_err("small")
+                .to_string()
+                .contains("max-conns")
+        );
         let bad = ConntrackConfig {
             idle_timeout: Duration::ZERO,
             ..config(16)
         };
-        assert!(bad.validate().expect_err("zero").to_string().contains("idle-timeout"));
+        assert!(
+            bad.validate()
+                .expect_err("zero")
+                .to_string()
+                .contains("idle-timeout")
+        );
     }
 }

@@ -73,7 +73,7 @@ struct Type {
     name_off: u32,
     kind: u8,
     /// Size in bytes for INT/STRUCT/UNION/ENUM, the referenced type id for modifiers and PTR.
-    size_or_type: u32,
+    size_or_ref: u32,
     /// Element type and count for ARRAY.
     array: Option<(u32, u32)>,
     members: Vec<Member>,
@@ -151,7 +151,7 @@ impl Btf {
             let ty = self.get(id)?;
             match ty.kind {
                 kind::TYPEDEF | kind::VOLATILE | kind::CONST | kind::RESTRICT | kind::TYPE_TAG => {
-                    id = ty.size_or_type;
+                    id = ty.size_or_ref;
                 }
                 _ => return Ok(id),
             }
@@ -169,7 +169,7 @@ impl Btf {
                 let (elem, n) = ty.array.ok_or(BtfError::Malformed("array without info"))?;
                 self.size_of(elem)?.saturating_mul(n)
             }
-            _ => ty.size_or_type,
+            _ => ty.size_or_ref,
         })
     }
 
@@ -178,7 +178,9 @@ impl Btf {
         self.types
             .iter()
             .position(|t| {
-                t.kind == kind::STRUCT && !t.members.is_empty() && self.name(t.name_off) == name.as_bytes()
+                t.kind == kind::STRUCT
+                    && !t.members.is_empty()
+                    && self.name(t.name_off) == name.as_bytes()
             })
             .map(|i| i as u32)
             .ok_or_else(|| BtfError::NoStruct(name.to_string()))
@@ -216,15 +218,22 @@ impl Btf {
 
     /// Byte offset of `path` (fields separated by dots, e.g. `__sk_common.skc_family`) inside
     /// struct `strukt`, checking that the last field is `expected_size` bytes.
-    pub fn field_offset(&self, strukt: &str, path: &str, expected_size: u32) -> Result<u32, BtfError> {
+    pub fn field_offset(
+        &self,
+        strukt: &str,
+        path: &str,
+        expected_size: u32,
+    ) -> Result<u32, BtfError> {
         let mut id = self.struct_id(strukt)?;
         let mut bits = 0u32;
         let mut last = None;
         for field in path.split('.') {
-            let (off, member) = self.find_member(id, field)?.ok_or_else(|| BtfError::NoField {
-                strukt: strukt.to_string(),
-                field: path.to_string(),
-            })?;
+            let (off, member) = self
+                .find_member(id, field)?
+                .ok_or_else(|| BtfError::NoField {
+                    strukt: strukt.to_string(),
+                    field: path.to_string(),
+                })?;
             if member.bitfield_size != 0 || off % 8 != 0 {
                 return Err(BtfError::Bitfield {
                     strukt: strukt.to_string(),
@@ -254,7 +263,7 @@ fn parse_types(data: &[u8]) -> Result<Vec<Type>, BtfError> {
     let mut types = vec![Type {
         name_off: 0,
         kind: 0,
-        size_or_type: 0,
+        size_or_ref: 0,
         array: None,
         members: Vec::new(),
     }];
@@ -262,7 +271,7 @@ fn parse_types(data: &[u8]) -> Result<Vec<Type>, BtfError> {
     while at < data.len() {
         let name_off = u32_at(data, at)?;
         let info = u32_at(data, at + 4)?;
-        let size_or_type = u32_at(data, at + 8)?;
+        let size_or_ref = u32_at(data, at + 8)?;
         at += 12;
         let vlen = (info & 0xffff) as usize;
         let kind = ((info >> 24) & 0x1f) as u8;
@@ -270,7 +279,7 @@ fn parse_types(data: &[u8]) -> Result<Vec<Type>, BtfError> {
         let mut ty = Type {
             name_off,
             kind,
-            size_or_type,
+            size_or_ref,
             array: None,
             members: Vec::new(),
         };
@@ -326,7 +335,9 @@ mod tests {
         let s = |name: &str| {
             let pos = strings
                 .windows(name.len() + 2)
-                .position(|w| w[0] == 0 && &w[1..=name.len()] == name.as_bytes() && w[name.len() + 1] == 0)
+                .position(|w| {
+                    w[0] == 0 && &w[1..=name.len()] == name.as_bytes() && w[name.len() + 1] == 0
+                })
                 .expect("name in table");
             (pos + 1) as u32
         };
@@ -356,7 +367,14 @@ mod tests {
         push(&[0, 5, 64]);
         push(&[s("d"), 6, 128]);
         let mut blob = Vec::new();
-        for w in [u32::from(BTF_MAGIC) | (1 << 16), 24, 0, t.len() as u32, t.len() as u32, strings.len() as u32] {
+        for w in [
+            u32::from(BTF_MAGIC) | (1 << 16),
+            24,
+            0,
+            t.len() as u32,
+            t.len() as u32,
+            strings.len() as u32,
+        ] {
             blob.extend_from_slice(&w.to_le_bytes());
         }
         blob.extend_from_slice(&t);
@@ -376,9 +394,13 @@ mod tests {
     #[test]
     fn names_what_is_missing_or_mismatched() {
         let btf = Btf::parse(&sample()).expect("parse");
-        let err = btf.field_offset("outer", "zz", 4).expect_err("missing field");
+        let err = btf
+            .field_offset("outer", "zz", 4)
+            .expect_err("missing field");
         assert!(err.to_string().contains("no field `zz`"), "{err}");
-        let err = btf.field_offset("nope", "a", 4).expect_err("missing struct");
+        let err = btf
+            .field_offset("nope", "a", 4)
+            .expect_err("missing struct");
         assert!(err.to_string().contains("no struct `nope`"), "{err}");
         let err = btf.field_offset("outer", "a", 8).expect_err("size");
         assert!(err.to_string().contains("4 bytes here"), "{err}");

@@ -7,7 +7,7 @@ pub mod tracefs;
 
 use agent_common::{
     CaptureConfig, Counter, DEFAULT_CAPTURE_BYTES, DEFAULT_MAX_CONNS, DEFAULT_RING_BYTES,
-    KernelOffsets, MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAX_CAPTURE_BYTES,
+    MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAX_CAPTURE_BYTES,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -79,7 +79,7 @@ pub enum ProbesError {
     #[error(transparent)]
     Tracefs(#[from] tracefs::TracefsError),
     #[error(
-        "the kernel refused to load sockspan's programs: permission denied; run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE (see deploy/README.md)"
+        "the kernel refused to load sockspan's programs: permission denied; run as root, or grant CAP_BPF and CAP_PERFMON (see deploy/README.md)"
     )]
     PermissionDenied,
     #[error("loading the eBPF object failed: {0}")]
@@ -115,7 +115,6 @@ impl ProbesConfig {
 /// Loaded and attached programs. Dropping it detaches everything.
 pub struct Probes {
     ebpf: Ebpf,
-    pub offsets: KernelOffsets,
 }
 
 /// Totals of the in-kernel self-metrics, summed over CPUs.
@@ -176,17 +175,16 @@ impl Probes {
             .map_max_entries(MAP_CONNS, config.max_conns)
             .load(EBPF_OBJECT)
             .map_err(|err| match err {
-                aya::EbpfError::MapError(aya::maps::MapError::CreateError { ref io_error, .. })
-                    if is_permission_error(io_error) =>
-                {
-                    ProbesError::PermissionDenied
-                }
+                aya::EbpfError::MapError(aya::maps::MapError::CreateError {
+                    ref io_error, ..
+                }) if is_permission_error(io_error) => ProbesError::PermissionDenied,
                 other => ProbesError::Object(error_chain(&other)),
             })?;
         for name in TRACEPOINTS {
             attach(&mut ebpf, name)?;
         }
-        Ok(Self { ebpf, offsets })
+        tracing::debug!(?offsets, "kernel struct offsets from BTF");
+        Ok(Self { ebpf })
     }
 
     /// The event ring, for the receiver. Can be taken once.
@@ -225,18 +223,15 @@ impl Probes {
             })?;
         let mut totals = KernelCounters::default();
         for counter in Counter::ALL {
-            let per_cpu = array.get(&(counter as u32), 0).map_err(|e| ProbesError::Map {
-                name: MAP_COUNTERS,
-                reason: e.to_string(),
-            })?;
+            let per_cpu = array
+                .get(&(counter as u32), 0)
+                .map_err(|e| ProbesError::Map {
+                    name: MAP_COUNTERS,
+                    reason: e.to_string(),
+                })?;
             totals.values[counter as usize] = per_cpu.iter().sum();
         }
         Ok(totals)
-    }
-
-    /// The in-kernel connection table, for lookups of connections user space lost track of.
-    pub fn conns(&self) -> Option<&aya::maps::Map> {
-        self.ebpf.map(MAP_CONNS)
     }
 }
 
@@ -274,7 +269,7 @@ fn attach(ebpf: &mut Ebpf, name: &str) -> Result<(), ProbesError> {
     Ok(())
 }
 
-/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it so maps fit there too.
+/// Kernels before 5.11 charge BPF memory to `RLIMIT_MEMLOCK`; lift it so maps fit there too.
 fn raise_memlock_limit() {
     let limit = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
@@ -301,14 +296,29 @@ mod tests {
             capture_bytes: 0,
             ..ok.clone()
         };
-        assert!(bad.validate().expect_err("0").to_string().contains("capture-bytes"));
+        assert!(
+            bad.validate()
+                .expect_err("0")
+                .to_string()
+                .contains("capture-bytes")
+        );
         let bad = ProbesConfig {
             ring_bytes: 5000,
             ..ok.clone()
         };
-        assert!(bad.validate().expect_err("5000").to_string().contains("ring-bytes"));
+        assert!(
+            bad.validate()
+                .expect_err("5000")
+                .to_string()
+                .contains("ring-bytes")
+        );
         let bad = ProbesConfig { max_conns: 1, ..ok };
-        assert!(bad.validate().expect_err("1").to_string().contains("max-conns"));
+        assert!(
+            bad.validate()
+                .expect_err("1")
+                .to_string()
+                .contains("max-conns")
+        );
     }
 
     #[test]

@@ -18,11 +18,17 @@ const FIELDS: &[(&str, &str, u32, Setter)] = &[
     ("socket", "sk", 8, |o, v| o.socket_sk = v),
     ("sock", "__sk_common.skc_family", 2, |o, v| o.skc_family = v),
     ("sock", "__sk_common.skc_daddr", 4, |o, v| o.skc_daddr = v),
-    ("sock", "__sk_common.skc_rcv_saddr", 4, |o, v| o.skc_rcv_saddr = v),
+    ("sock", "__sk_common.skc_rcv_saddr", 4, |o, v| {
+        o.skc_rcv_saddr = v
+    }),
     ("sock", "__sk_common.skc_dport", 2, |o, v| o.skc_dport = v),
     ("sock", "__sk_common.skc_num", 2, |o, v| o.skc_num = v),
-    ("sock", "__sk_common.skc_v6_daddr", 16, |o, v| o.skc_v6_daddr = v),
-    ("sock", "__sk_common.skc_v6_rcv_saddr", 16, |o, v| o.skc_v6_rcv_saddr = v),
+    ("sock", "__sk_common.skc_v6_daddr", 16, |o, v| {
+        o.skc_v6_daddr = v
+    }),
+    ("sock", "__sk_common.skc_v6_rcv_saddr", 16, |o, v| {
+        o.skc_v6_rcv_saddr = v
+    }),
 ];
 
 /// Looks every field up; the first one missing names itself in the error.
@@ -44,7 +50,10 @@ mod tests {
     #[test]
     fn resolves_the_running_kernel() {
         let Ok(btf) = Btf::from_kernel() else {
-            panic!("this host has no {} — sockspan needs BTF", super::super::btf::VMLINUX_BTF);
+            panic!(
+                "this host has no {} — sockspan needs BTF",
+                super::super::btf::VMLINUX_BTF
+            );
         };
         let offsets = resolve(&btf).expect("all fields resolve");
         assert_eq!(offsets.ready, 1);

@@ -38,7 +38,8 @@ pub fn root() -> Result<PathBuf, TracefsError> {
         return Ok(found);
     }
     mount().map_err(TracefsError::NotMounted)?;
-    find().ok_or_else(|| TracefsError::NotMounted(std::io::Error::other("mounted, but still empty")))
+    find()
+        .ok_or_else(|| TracefsError::NotMounted(std::io::Error::other("mounted, but still empty")))
 }
 
 /// The tracefs root if one is mounted.

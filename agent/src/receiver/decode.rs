@@ -20,16 +20,6 @@ pub enum Event<'a> {
     Data { event: DataEvent, payload: &'a [u8] },
 }
 
-impl Event<'_> {
-    #[must_use]
-    pub fn header(&self) -> &EventHeader {
-        match self {
-            Self::Open(e) | Self::Close(e) => &e.header,
-            Self::Data { event, .. } => &event.header,
-        }
-    }
-}
-
 /// Reads a `T` from the front of `bytes`.
 fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
     if bytes.len() < size_of::<T>() {
@@ -69,8 +59,10 @@ mod tests {
 
     fn bytes_of<T: Copy>(value: &T) -> Vec<u8> {
         // SAFETY: reading the bytes of a plain #[repr(C)] value with explicit padding.
-        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
-            .to_vec()
+        unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(value).cast::<u8>(), size_of::<T>())
+        }
+        .to_vec()
     }
 
     fn data_record(payload: &[u8], declared: u32) -> Vec<u8> {
@@ -106,11 +98,23 @@ mod tests {
 
     #[test]
     fn rejects_malformed_records() {
-        assert!(matches!(decode(&[1, 2, 3]), Err(DecodeError::TooShort { .. })));
+        assert!(matches!(
+            decode(&[1, 2, 3]),
+            Err(DecodeError::TooShort { .. })
+        ));
         let mut record = data_record(b"abc", 3);
         record[0] = 99;
-        assert_eq!(decode(&record).expect_err("kind").to_string(), "record has unknown kind 99");
+        assert_eq!(
+            decode(&record).expect_err("kind").to_string(),
+            "record has unknown kind 99"
+        );
         let record = data_record(b"abc", 300);
-        assert!(matches!(decode(&record), Err(DecodeError::PayloadLength { declared: 300, available: 3 })));
+        assert!(matches!(
+            decode(&record),
+            Err(DecodeError::PayloadLength {
+                declared: 300,
+                available: 3
+            })
+        ));
     }
 }

@@ -69,7 +69,10 @@ fn drain(ring: &mut RingBuf<MapData>, sink: &mut impl EventSink, stats: &mut Rec
             Err(err) => {
                 stats.decode_errors += 1;
                 if stats.decode_errors.is_power_of_two() {
-                    tracing::warn!(count = stats.decode_errors, "undecodable ring record: {err}");
+                    tracing::warn!(
+                        count = stats.decode_errors,
+                        "undecodable ring record: {err}"
+                    );
                 }
             }
         }

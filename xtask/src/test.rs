@@ -1,0 +1,135 @@
+//! `cargo xtask test`: unit tests, then the root integration tests against the real kernel.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::Stdio,
+};
+
+use anyhow::{Result, bail};
+
+use crate::{
+    setup,
+    util::{cargo, is_root, run, workspace_root},
+};
+
+/// Passed and failed counts read from `test result:` lines.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+impl Tally {
+    fn read(&mut self, line: &str) {
+        // "test result: ok. 12 passed; 0 failed; 0 ignored; ..."
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let n: u64 = n
+                .trim_start_matches("ok.")
+                .trim_start_matches("FAILED.")
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            match label {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs a cargo test command, echoing its output and tallying results.
+fn cargo_test(args: &[&str], envs: &[(&str, String)], tally: &mut Tally) -> Result<bool> {
+    let mut cmd = cargo();
+    cmd.current_dir(workspace_root())
+        .arg("test")
+        .args(args)
+        .stdout(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    eprintln!("xtask test: {cmd:?}");
+    let mut child = cmd.spawn()?;
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            println!("{line}");
+            tally.read(&line);
+        }
+    }
+    Ok(child.wait()?.success())
+}
+
+pub fn test(filter: Option<&str>, unit_only: bool) -> Result<()> {
+    if !setup::is_ready() {
+        setup::setup()?;
+    }
+    setup::test_dependencies()?;
+    let mut tally = Tally::default();
+    let mut ok = cargo_test(
+        &[
+            "--workspace",
+            "--exclude",
+            "agent-ebpf",
+            "--exclude",
+            "sockspan-tests",
+        ],
+        &[],
+        &mut tally,
+    )?;
+    if !unit_only {
+        if !is_root() {
+            bail!(
+                "the integration tests load eBPF programs: run `cargo xtask test` as root (or `--unit` for unit tests only)"
+            );
+        }
+        run(cargo().current_dir(workspace_root()).args([
+            "build",
+            "--package",
+            "agent",
+            "--bin",
+            "sockspan",
+        ]))?;
+        let bin = workspace_root().join("target/debug/sockspan");
+        let mut args = vec!["--package", "sockspan-tests", "--"];
+        if let Some(f) = filter {
+            args.push(f);
+        }
+        // One at a time: each test attaches programs and reads system-wide traffic.
+        args.push("--test-threads=1");
+        ok &= cargo_test(
+            &args,
+            &[("SOCKSPAN_BIN", bin.display().to_string())],
+            &mut tally,
+        )?;
+    }
+    println!(
+        "xtask test: {} passed, {} failed",
+        tally.passed, tally.failed
+    );
+    if !ok {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tallies_cargo_summaries() {
+        let mut t = Tally::default();
+        t.read("test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s");
+        t.read("test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out");
+        t.read("running 5 tests");
+        assert_eq!((t.passed, t.failed), (15, 2));
+    }
+}

@@ -1,0 +1,55 @@
+//! Running commands with errors that name the command.
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+/// Runs `cmd`, inheriting stdio; fails unless it exits 0.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs `cmd` and returns its stdout; fails unless it exits 0.
+pub fn output_of(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether `cmd` runs and exits 0 (output discarded).
+pub fn command_ok(cmd: &mut Command) -> bool {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `cargo`, as the one that runs this xtask.
+pub fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> std::path::PathBuf {
+    let here = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent()
+        .map_or(here.clone(), std::path::Path::to_path_buf)
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    output_of(Command::new("id").arg("-u")).is_ok_and(|s| s.trim() == "0")
+}
