@@ -12,6 +12,9 @@ pub const DEFAULT_CAPTURE_BYTES: u32 = 4096;
 /// Largest number of iovec entries walked for `readv`/`writev`/`sendmsg`/`recvmsg`; entries past
 /// it are counted in `ret` but not copied.
 pub const MAX_IOVECS: usize = 8;
+/// Messages of one `sendmmsg`/`recvmmsg` reported as data events; the rest are counted in the
+/// `payload_truncated` counter.
+pub const MAX_MMSG: usize = 4;
 /// Length of a task's `comm`, as in the kernel's `TASK_COMM_LEN`.
 pub const COMM_LEN: usize = 16;
 
@@ -100,10 +103,15 @@ pub enum Syscall {
     Accept4 = 10,
     Connect = 11,
     Close = 12,
+    /// `sendfile64`: bytes from a file; counted, never captured (they are not in user memory).
+    Sendfile = 13,
+    /// One data event per message, for the first [`MAX_MMSG`] messages.
+    Sendmmsg = 14,
+    Recvmmsg = 15,
 }
 
 impl Syscall {
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 15] = [
         Self::Read,
         Self::Write,
         Self::Recvfrom,
@@ -116,6 +124,9 @@ impl Syscall {
         Self::Accept4,
         Self::Connect,
         Self::Close,
+        Self::Sendfile,
+        Self::Sendmmsg,
+        Self::Recvmmsg,
     ];
 
     #[must_use]
@@ -146,6 +157,9 @@ impl Syscall {
             Self::Accept4 => "accept4",
             Self::Connect => "connect",
             Self::Close => "close",
+            Self::Sendfile => "sendfile64",
+            Self::Sendmmsg => "sendmmsg",
+            Self::Recvmmsg => "recvmmsg",
         }
     }
 
@@ -153,8 +167,15 @@ impl Syscall {
     #[must_use]
     pub const fn direction(self) -> Option<Direction> {
         match self {
-            Self::Write | Self::Sendto | Self::Sendmsg | Self::Writev => Some(Direction::Egress),
-            Self::Read | Self::Recvfrom | Self::Recvmsg | Self::Readv => Some(Direction::Ingress),
+            Self::Write
+            | Self::Sendto
+            | Self::Sendmsg
+            | Self::Writev
+            | Self::Sendfile
+            | Self::Sendmmsg => Some(Direction::Egress),
+            Self::Read | Self::Recvfrom | Self::Recvmsg | Self::Readv | Self::Recvmmsg => {
+                Some(Direction::Ingress)
+            }
             Self::Accept | Self::Accept4 | Self::Connect | Self::Close => None,
         }
     }

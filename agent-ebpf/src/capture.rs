@@ -25,8 +25,10 @@ pub enum Source {
     Buffer { ptr: u64 },
     /// An iovec array (`readv`, `writev`).
     Iovecs { ptr: u64, count: u64 },
-    /// A `struct user_msghdr` (`recvmsg`, `sendmsg`).
+    /// A `struct user_msghdr` (`recvmsg`, `sendmsg`, one message of `*mmsg`).
     MsgHdr { ptr: u64 },
+    /// Nothing to copy: `sendfile` moves file bytes that never pass through user memory.
+    Uncapturable,
 }
 
 /// The result of a copy.
@@ -46,6 +48,10 @@ pub fn copy_payload(dst: &mut [u8; 2 * MAX_CAPTURE_BYTES], src: Source, want: u6
         want
     };
     match src {
+        Source::Uncapturable => Copied {
+            len: 0,
+            failed: false,
+        },
         Source::Buffer { ptr } => copy_one(dst, 0, ptr, want),
         Source::Iovecs { ptr, count } => copy_iovecs(dst, ptr, count, want),
         Source::MsgHdr { ptr } => {

@@ -9,7 +9,7 @@ use agent_common::{
     PendingCall, Role, SYS_ARG_SIZE, SYS_ENTER_ARG0, SYS_EXIT_RET, SockTuple, Syscall,
 };
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -193,6 +193,10 @@ fn data_enter(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
     Ok(())
 }
 
+/// `struct mmsghdr` (64-bit ABI): a `struct user_msghdr` (56 bytes) then `unsigned int msg_len`.
+const MMSGHDR_SIZE: u64 = 64;
+const MMSGHDR_LEN: u64 = 56;
+
 #[inline(always)]
 fn data_exit(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
     let Some(pid_tgid) = traced_pid_tgid() else {
@@ -201,23 +205,69 @@ fn data_exit(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
     let Some(call) = take_pending(pid_tgid, syscall) else {
         return Ok(());
     };
-    let moved = ret(ctx)?;
-    if moved <= 0 {
+    let result = ret(ctx)?;
+    if result <= 0 {
         return Ok(());
     }
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+    let Some(direction) = syscall.direction() else {
         return Ok(());
+    };
+    match syscall {
+        Syscall::Sendmmsg | Syscall::Recvmmsg => {
+            // `result` is a message count; each message's byte count is in its msg_len.
+            let mut i: u64 = 0;
+            while i < MAX_MMSG as u64 {
+                if i >= result as u64 {
+                    break;
+                }
+                let msg = call.buf + i * MMSGHDR_SIZE;
+                // SAFETY: bpf_probe_read_user returns an error for a bad user address.
+                let len = unsafe { bpf_probe_read_user((msg + MMSGHDR_LEN) as *const u32) }
+                    .map_err(i64::from)?;
+                emit_data(pid_tgid, &call, syscall, direction, i64::from(len), Source::MsgHdr { ptr: msg });
+                i += 1;
+            }
+            if result as u64 > MAX_MMSG as u64 {
+                count(Counter::PayloadTruncated);
+            }
+        }
+        Syscall::Readv | Syscall::Writev => {
+            let source = Source::Iovecs {
+                ptr: call.buf,
+                count: call.len,
+            };
+            emit_data(pid_tgid, &call, syscall, direction, result, source);
+        }
+        Syscall::Recvmsg | Syscall::Sendmsg => {
+            let source = Source::MsgHdr { ptr: call.buf };
+            emit_data(pid_tgid, &call, syscall, direction, result, source);
+        }
+        Syscall::Sendfile => {
+            emit_data(pid_tgid, &call, syscall, direction, result, Source::Uncapturable);
+        }
+        _ => {
+            let source = Source::Buffer { ptr: call.buf };
+            emit_data(pid_tgid, &call, syscall, direction, result, source);
+        }
+    }
+    Ok(())
+}
+
+/// Copies the payload prefix of `moved` bytes from `source` and sends one data record.
+#[inline(always)]
+fn emit_data(
+    pid_tgid: u64,
+    call: &PendingCall,
+    syscall: Syscall,
+    direction: Direction,
+    moved: i64,
+    source: Source,
+) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
     };
     // SAFETY: this CPU's scratch slot; syscall tracepoint programs do not nest on one CPU.
     let scratch = unsafe { &mut *scratch };
-    let source = match syscall {
-        Syscall::Readv | Syscall::Writev => Source::Iovecs {
-            ptr: call.buf,
-            count: call.len,
-        },
-        Syscall::Recvmsg | Syscall::Sendmsg => Source::MsgHdr { ptr: call.buf },
-        _ => Source::Buffer { ptr: call.buf },
-    };
     let limit = u64::from(config().capture_bytes);
     let want = if (moved as u64) < limit {
         moved as u64
@@ -228,12 +278,9 @@ fn data_exit(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
     if copied.failed {
         count(Counter::PayloadReadFailed);
     }
-    if i64::from(copied.len) < moved {
+    if i64::from(copied.len) < moved && !matches!(source, Source::Uncapturable) {
         count(Counter::PayloadTruncated);
     }
-    let Some(direction) = syscall.direction() else {
-        return Ok(());
-    };
     scratch.event = DataEvent {
         header: header(EventKind::Data, pid_tgid, call.fd, call.conn_id),
         ret: moved,
@@ -256,7 +303,6 @@ fn data_exit(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
         count(Counter::RingFull);
     }
     add_bytes(pid_tgid, call.fd, direction as u32, moved as u64);
-    Ok(())
 }
 
 /// Adds to the per-connection byte totals reported at close.
@@ -269,7 +315,7 @@ fn add_bytes(pid_tgid: u64, fd: i32, direction: u32, bytes: u64) {
     if let Some(info) = CONNS.get_ptr_mut(&key) {
         // SAFETY: a pointer from a successful lookup; a racing update can at worst lose a count.
         unsafe {
-            if direction == agent_common::Direction::Egress as u32 {
+            if direction == Direction::Egress as u32 {
                 (*info).bytes_sent += bytes;
             } else {
                 (*info).bytes_received += bytes;
@@ -403,6 +449,22 @@ data_syscall!(
     /// `syscalls/sys_enter_writev`: `(unsigned long fd, const struct iovec *vec,
     /// unsigned long vlen)`.
     sys_enter_writev, sys_exit_writev, Syscall::Writev
+);
+data_syscall!(
+    /// `syscalls/sys_enter_sendfile64`: `(int out_fd, int in_fd, loff_t *offset, size_t count)`;
+    /// `out_fd` is the socket. The bytes come from a file and are counted, not captured.
+    sys_enter_sendfile64, sys_exit_sendfile64, Syscall::Sendfile
+);
+data_syscall!(
+    /// `syscalls/sys_enter_sendmmsg`: `(int fd, struct mmsghdr *mmsg, unsigned int vlen,
+    /// unsigned int flags)`; `ret` is the number of messages sent.
+    sys_enter_sendmmsg, sys_exit_sendmmsg, Syscall::Sendmmsg
+);
+data_syscall!(
+    /// `syscalls/sys_enter_recvmmsg`: `(int fd, struct mmsghdr *mmsg, unsigned int vlen,
+    /// unsigned int flags, struct __kernel_timespec *timeout)`; `ret` is the number of
+    /// messages received.
+    sys_enter_recvmmsg, sys_exit_recvmmsg, Syscall::Recvmmsg
 );
 
 /// `syscalls/sys_enter_accept`: `(int fd, struct sockaddr *upeer_sockaddr, int *upeer_addrlen)`.

@@ -457,3 +457,98 @@ fn bad_flags_name_the_field() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--port"));
 }
+
+#[test]
+fn sendfile_is_counted_and_mmsg_messages_are_captured() {
+    let port = free_port();
+    let mut server = Command::new("python3")
+        .arg(fixture("echo_server.py"))
+        .args(["127.0.0.1", &port.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("echo server");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().expect("stdout")).read_line(&mut line).expect("ready");
+    let server = Proc(server);
+    let agent = Agent::start(&[]);
+    let sendfile = Command::new("python3")
+        .arg(fixture("sendfile_mmsg.py"))
+        .args(["sendfile", &port.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sendfile client");
+    let sendfile_pid = sendfile.id();
+    assert!(sendfile.wait_with_output().expect("ran").status.success());
+    let mmsg = Command::new("python3")
+        .arg(fixture("sendfile_mmsg.py"))
+        .arg("mmsg")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mmsg script");
+    let mmsg_pid = mmsg.id();
+    let mmsg_out = mmsg.wait_with_output().expect("ran");
+    assert!(mmsg_out.status.success());
+    let info: Value = serde_json::from_slice(&mmsg_out.stdout).expect("json");
+    let out = agent.stop();
+
+    // sendfile: the bytes are counted (ret) though none pass through user memory.
+    let sent: u64 = out
+        .of_type("data")
+        .filter(|e| e["pid"] == sendfile_pid && e["syscall"] == "sendfile64")
+        .inspect(|e| assert_eq!(e["captured"], 0, "{e}"))
+        .map(|e| u64_of(e, "ret"))
+        .sum();
+    assert_eq!(sent, 10_000);
+    let echoed: usize = stream_of(&out, server.pid(), "ingress").len();
+    assert_eq!(echoed, 10_000, "the echo server's reads carry the file bytes");
+
+    // sendmmsg / recvmmsg: one data event per message, payload and length each.
+    let messages = |syscall: &str, fd: &Value| -> Vec<(u64, Vec<u8>)> {
+        out.of_type("data")
+            .filter(|e| e["pid"] == mmsg_pid && e["syscall"] == syscall && &e["fd"] == fd)
+            .map(|e| (u64_of(e, "ret"), payload(e)))
+            .collect()
+    };
+    let expected = vec![(2, b"M1".to_vec()), (4, b"M2-x".to_vec()), (5, b"M3-yy".to_vec())];
+    assert_eq!(messages("sendmmsg", &info["client_fd"]), expected);
+    assert_eq!(messages("recvmmsg", &info["server_fd"]), expected);
+    let client_open = out
+        .of_type("open")
+        .find(|e| e["pid"] == mmsg_pid && e["fd"] == info["client_fd"])
+        .expect("udp client open");
+    assert_eq!(str_of(client_open, "transport"), "udp");
+    assert_eq!(str_of(client_open, "role"), "client");
+    assert_eq!(client_open["remote_port"], info["port"]);
+    assert_no_loss(&out);
+}
+
+#[test]
+fn dual_stack_server_sees_v4_mapped_peer() {
+    let port = free_port();
+    let mut server = Command::new("python3")
+        .arg(fixture("echo_server.py"))
+        .args(["::", &port.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("echo server");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().expect("stdout")).read_line(&mut line).expect("ready");
+    let server = Proc(server);
+    let agent = Agent::start(&["--port", &port.to_string()]);
+    let client = Command::new("python3")
+        .args(["-c", "import socket,sys; s=socket.create_connection(('127.0.0.1', int(sys.argv[1]))); s.sendall(b'v4'); assert s.recv(2)==b'v4'"])
+        .arg(port.to_string())
+        .spawn()
+        .expect("client");
+    let client_pid = client.id();
+    assert!(client.wait_with_output().expect("ran").status.success());
+    let out = agent.stop();
+    let client_open = open_of(&out, client_pid);
+    let server_open = open_of(&out, server.pid());
+    assert_eq!(str_of(&client_open, "family"), "ipv4");
+    assert_eq!(str_of(&server_open, "family"), "ipv6");
+    assert_eq!(str_of(&server_open, "remote_addr"), "::ffff:127.0.0.1");
+    assert_eq!(str_of(&server_open, "local_addr"), "::ffff:127.0.0.1");
+    assert_eq!(server_open["remote_port"], client_open["local_port"]);
+    assert_eq!(stream_of(&out, server.pid(), "ingress"), b"v4");
+}

@@ -83,7 +83,11 @@ pub fn setup() -> Result<()> {
     let major = rustc_llvm_major()?;
     say(&format!("Debian rustc uses LLVM {major}"));
     let llvm_prefix = format!("/usr/lib/llvm-{major}");
-    if !std::path::Path::new(&llvm_prefix).join("lib").is_dir() {
+    // rustc-web's own runtime libLLVM already lives in <prefix>/lib; only the -dev package
+    // adds the unversioned libLLVM.so that bpf-linker links against.
+    if std::path::Path::new(&llvm_prefix).join("lib/libLLVM.so").exists() {
+        say(&format!("llvm-{major}-dev is installed"));
+    } else {
         apt_install(&[&format!("llvm-{major}-dev")])?;
     }
     if bpf_linker_matches(major) {

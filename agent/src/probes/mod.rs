@@ -42,6 +42,13 @@ pub const TRACEPOINTS: &[&str] = &[
     "sys_exit_accept4",
     "sys_enter_connect",
     "sys_exit_connect",
+    "sys_enter_sendfile64",
+    "sys_exit_sendfile64",
+    "sys_enter_sendmmsg",
+    "sys_exit_sendmmsg",
+    "sys_enter_recvmmsg",
+    "sys_exit_recvmmsg",
+    // Alone at the end: `check` shows the list as enter/exit pairs.
     "sys_enter_close",
 ];
 
