@@ -5,8 +5,9 @@
 //! copy the payload prefix and send the record. Record layouts are in `agent_common::event`.
 
 use agent_common::{
-    ConnEvent, ConnInfo, ConnKey, Counter, DataEvent, EventHeader, EventKind, MAX_CAPTURE_BYTES,
-    PendingCall, Role, SYS_ARG_SIZE, SYS_ENTER_ARG0, SYS_EXIT_RET, SockTuple, Syscall,
+    ConnEvent, ConnInfo, ConnKey, Counter, DataEvent, Direction, EventHeader, EventKind,
+    MAX_CAPTURE_BYTES, MAX_MMSG, PendingCall, Role, SYS_ARG_SIZE, SYS_ENTER_ARG0, SYS_EXIT_RET,
+    SockTuple, Syscall,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
@@ -224,7 +225,14 @@ fn data_exit(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
                 // SAFETY: bpf_probe_read_user returns an error for a bad user address.
                 let len = unsafe { bpf_probe_read_user((msg + MMSGHDR_LEN) as *const u32) }
                     .map_err(i64::from)?;
-                emit_data(pid_tgid, &call, syscall, direction, i64::from(len), Source::MsgHdr { ptr: msg });
+                emit_data(
+                    pid_tgid,
+                    &call,
+                    syscall,
+                    direction,
+                    i64::from(len),
+                    Source::MsgHdr { ptr: msg },
+                );
                 i += 1;
             }
             if result as u64 > MAX_MMSG as u64 {
@@ -243,7 +251,14 @@ fn data_exit(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
             emit_data(pid_tgid, &call, syscall, direction, result, source);
         }
         Syscall::Sendfile => {
-            emit_data(pid_tgid, &call, syscall, direction, result, Source::Uncapturable);
+            emit_data(
+                pid_tgid,
+                &call,
+                syscall,
+                direction,
+                result,
+                Source::Uncapturable,
+            );
         }
         _ => {
             let source = Source::Buffer { ptr: call.buf };

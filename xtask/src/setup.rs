@@ -85,7 +85,10 @@ pub fn setup() -> Result<()> {
     let llvm_prefix = format!("/usr/lib/llvm-{major}");
     // rustc-web's own runtime libLLVM already lives in <prefix>/lib; only the -dev package
     // adds the unversioned libLLVM.so that bpf-linker links against.
-    if std::path::Path::new(&llvm_prefix).join("lib/libLLVM.so").exists() {
+    if std::path::Path::new(&llvm_prefix)
+        .join("lib/libLLVM.so")
+        .exists()
+    {
         say(&format!("llvm-{major}-dev is installed"));
     } else {
         apt_install(&[&format!("llvm-{major}-dev")])?;

@@ -67,7 +67,7 @@ fn probe_fentry(btf: Option<&Btf>) -> (bool, String) {
     let license = c"GPL";
     let mut attr = [0u8; 128];
     let put32 = |attr: &mut [u8; 128], at: usize, v: u32| {
-        attr[at..at + 4].copy_from_slice(&v.to_le_bytes())
+        attr[at..at + 4].copy_from_slice(&v.to_le_bytes());
     };
     put32(&mut attr, 0, 26); // prog_type = BPF_PROG_TYPE_TRACING
     put32(&mut attr, 4, 2); // insn_cnt
@@ -310,7 +310,9 @@ pub fn run() -> i32 {
         );
         println!("{:<width$}  {:<7}  {:<9}  ↳ {}", "", "", "", row.role);
     }
-    println!("\n* CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON (kernels before 5.8 know only it).");
+    println!(
+        "\n* CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON (kernels before 5.8 know only it)."
+    );
     if let Some(reason) = broken {
         println!("\ncapture path: BROKEN — {reason}");
         1

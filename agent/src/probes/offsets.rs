@@ -19,15 +19,15 @@ const FIELDS: &[(&str, &str, u32, Setter)] = &[
     ("sock", "__sk_common.skc_family", 2, |o, v| o.skc_family = v),
     ("sock", "__sk_common.skc_daddr", 4, |o, v| o.skc_daddr = v),
     ("sock", "__sk_common.skc_rcv_saddr", 4, |o, v| {
-        o.skc_rcv_saddr = v
+        o.skc_rcv_saddr = v;
     }),
     ("sock", "__sk_common.skc_dport", 2, |o, v| o.skc_dport = v),
     ("sock", "__sk_common.skc_num", 2, |o, v| o.skc_num = v),
     ("sock", "__sk_common.skc_v6_daddr", 16, |o, v| {
-        o.skc_v6_daddr = v
+        o.skc_v6_daddr = v;
     }),
     ("sock", "__sk_common.skc_v6_rcv_saddr", 16, |o, v| {
-        o.skc_v6_rcv_saddr = v
+        o.skc_v6_rcv_saddr = v;
     }),
 ];
 
