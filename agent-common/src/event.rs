@@ -248,6 +248,9 @@ const _: () = assert!(core::mem::size_of::<ConnEvent>() == 32 + 40 + 8 + 16 + 16
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DataEvent {
     pub header: EventHeader,
+    /// `bpf_ktime_get_ns()` at syscall entry (the header's `ts_ns` is the exit). Egress bytes are
+    /// handed to the kernel at entry, ingress bytes to the process at exit: spans use those.
+    pub enter_ns: u64,
     /// The syscall's return value: how many bytes it really moved.
     pub ret: i64,
     /// A [`Role`].
@@ -259,7 +262,7 @@ pub struct DataEvent {
     /// Payload bytes that follow; less than `ret` when the capture limit cut it.
     pub captured_len: u32,
 }
-const _: () = assert!(core::mem::size_of::<DataEvent>() == 32 + 8 + 16);
+const _: () = assert!(core::mem::size_of::<DataEvent>() == 32 + 16 + 16);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -57,8 +57,10 @@ pub struct PendingCall {
     pub conn_id: u64,
     pub role: u32,
     pub reserved: u32,
+    /// `bpf_ktime_get_ns()` at syscall entry.
+    pub enter_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<PendingCall>() == 40);
+const _: () = assert!(core::mem::size_of::<PendingCall>() == 48);
 
 /// Indices of the `COUNTERS` per-CPU array.
 #[repr(u32)]

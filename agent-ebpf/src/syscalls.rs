@@ -189,6 +189,8 @@ fn data_enter(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
         conn_id,
         role,
         reserved: 0,
+        // SAFETY: the helper has no preconditions.
+        enter_ns: unsafe { bpf_ktime_get_ns() },
     };
     save_pending(pid_tgid, &call);
     Ok(())
@@ -298,6 +300,7 @@ fn emit_data(
     }
     scratch.event = DataEvent {
         header: header(EventKind::Data, pid_tgid, call.fd, call.conn_id),
+        enter_ns: call.enter_ns,
         ret: moved,
         role: call.role,
         direction: direction as u32,

@@ -4,7 +4,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{conntrack::ConntrackConfig, probes::ProbesConfig};
+use crate::{
+    conntrack::ConntrackConfig,
+    probes::ProbesConfig,
+    trace::{TraceConfig, resource::ServiceNameRule},
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -16,7 +20,8 @@ use crate::{conntrack::ConntrackConfig, probes::ProbesConfig};
     after_help = "Examples:\n  \
         sudo sockspan check                          # what this kernel offers sockspan\n  \
         sudo sockspan events --port 8080             # raw connection and data events as JSON lines\n  \
-        sudo sockspan events --comm nginx --duration 10\n\n\
+        sudo sockspan events --comm nginx --duration 10\n  \
+        sudo sockspan run --output jsonl             # linked HTTP spans, one per line\n\n\
         Log level: RUST_LOG (e.g. RUST_LOG=sockspan=debug)."
 )]
 pub struct Cli {
@@ -39,6 +44,51 @@ pub enum Command {
         sudo sockspan events --pid 1234 --pid 5678\n  \
         sudo sockspan events --comm curl --capture-bytes 256 | jq -c 'select(.type == \"data\")'")]
     Events(EventsArgs),
+    /// Trace: turn captured HTTP/1.x traffic into linked spans and export them.
+    ///
+    /// Spans are linked by W3C traceparent / B3 headers, by same-thread causality inside a
+    /// process, and across the two ends of local connections. With `--output jsonl`, one span
+    /// per line on stdout (fields in docs/spans.md).
+    #[command(after_help = "Examples:\n  \
+        sudo sockspan run --output jsonl\n  \
+        sudo sockspan run --output jsonl --service-name cmdline --duration 60 > spans.jsonl")]
+    Run(RunArgs),
+}
+
+/// How finished spans leave the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// One JSON object per span on stdout.
+    Jsonl,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Where spans go.
+    #[arg(long, value_enum, default_value_t = Output::Jsonl)]
+    pub output: Output,
+    /// How `service.name` is chosen: auto (`OTEL_SERVICE_NAME` of the process, else its
+    /// executable), exe, comm, cmdline (the script an interpreter runs), container.
+    #[arg(long, value_name = "RULE", default_value = "auto")]
+    pub service_name: ServiceNameRule,
+    /// Milliseconds a finished span waits for late linking evidence before export.
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    pub link_delay_ms: u64,
+    /// Stop by itself after this many seconds, exporting every finished span first.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<u64>,
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+}
+
+impl RunArgs {
+    #[must_use]
+    pub fn trace(&self) -> TraceConfig {
+        TraceConfig {
+            link_delay: Duration::from_millis(self.link_delay_ms),
+            ..TraceConfig::default()
+        }
+    }
 }
 
 #[derive(Debug, Args)]

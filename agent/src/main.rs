@@ -8,11 +8,14 @@ mod cli;
 mod clock;
 mod commands;
 mod conntrack;
+mod exporter;
 mod net;
 mod pipeline;
 mod probes;
 mod process;
+mod protocol;
 mod receiver;
+mod trace;
 
 use clap::Parser as _;
 
@@ -27,30 +30,36 @@ fn init_logging() {
         .init();
 }
 
+/// Runs an async command on a single-threaded runtime; errors become one line on stderr.
+fn run_async(
+    command: impl std::future::Future<Output = Result<(), pipeline::PipelineError>>,
+) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("sockspan: error: cannot start the async runtime: {err}");
+            return 1;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("sockspan: error: {err}");
+            1
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     init_logging();
     let code = match cli.command {
         cli::Command::Check => commands::check::run(),
-        cli::Command::Events(args) => {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(err) => {
-                    eprintln!("sockspan: error: cannot start the async runtime: {err}");
-                    return std::process::ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(commands::events::run(args)) {
-                Ok(()) => 0,
-                Err(err) => {
-                    eprintln!("sockspan: error: {err}");
-                    1
-                }
-            }
-        }
+        cli::Command::Events(args) => run_async(commands::events::run(args)),
+        cli::Command::Run(args) => run_async(commands::run::run(args)),
     };
     std::process::ExitCode::from(code as u8)
 }

@@ -21,6 +21,8 @@ pub enum PipelineError {
     Probes(#[from] ProbesError),
     #[error(transparent)]
     Conntrack(#[from] ConntrackError),
+    #[error(transparent)]
+    Trace(#[from] crate::trace::linker::TraceError),
 }
 
 /// A running capture path.

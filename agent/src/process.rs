@@ -16,6 +16,8 @@ pub struct ProcessInfo {
     pub cmdline: Vec<String>,
     /// Container id taken from the cgroup path, when the process runs in one.
     pub container_id: Option<String>,
+    /// `OTEL_SERVICE_NAME` from the process's environment, when set.
+    pub otel_service_name: Option<String>,
 }
 
 impl ProcessInfo {
@@ -41,14 +43,37 @@ impl ProcessInfo {
         let container_id = std::fs::read_to_string(format!("{base}/cgroup"))
             .ok()
             .and_then(|text| container_id_from_cgroup(&text));
+        let otel_service_name = std::fs::read(format!("{base}/environ"))
+            .ok()
+            .and_then(|env| env_var(&env, b"OTEL_SERVICE_NAME"));
         Self {
             pid,
             comm,
             exe,
             cmdline,
             container_id,
+            otel_service_name,
         }
     }
+
+    /// The executable's file name, or the comm when the executable is unknown.
+    #[must_use]
+    pub fn exe_name(&self) -> &str {
+        self.exe
+            .rsplit('/')
+            .next()
+            .filter(|s| !s.is_empty())
+            .unwrap_or(&self.comm)
+    }
+}
+
+/// The value of `name` in a NUL-separated environment block; empty values count as unset.
+fn env_var(environ: &[u8], name: &[u8]) -> Option<String> {
+    environ.split(|&b| b == 0).find_map(|entry| {
+        let value = entry.strip_prefix(name)?.strip_prefix(b"=")?;
+        let value = String::from_utf8_lossy(value).trim().to_string();
+        (!value.is_empty()).then_some(value)
+    })
 }
 
 /// Finds a container id in `/proc/<pid>/cgroup`: the last path segment holding 64 hex digits, as
@@ -136,6 +161,17 @@ mod tests {
             None
         );
         assert_eq!(container_id_from_cgroup("garbage"), None);
+    }
+
+    #[test]
+    fn finds_environment_variables() {
+        let env = b"PATH=/bin\0OTEL_SERVICE_NAME=checkout\0OTEL_SERVICE_NAME_X=no\0";
+        assert_eq!(
+            env_var(env, b"OTEL_SERVICE_NAME").as_deref(),
+            Some("checkout")
+        );
+        assert_eq!(env_var(b"OTEL_SERVICE_NAME=\0", b"OTEL_SERVICE_NAME"), None);
+        assert_eq!(env_var(b"", b"OTEL_SERVICE_NAME"), None);
     }
 
     #[test]

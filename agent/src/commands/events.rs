@@ -146,6 +146,8 @@ struct DataRecord<'a> {
     fd: i32,
     direction: &'static str,
     syscall: &'static str,
+    /// Kernel monotonic ns at syscall entry (`ts_ns` is the exit).
+    enter_ns: u64,
     /// Bytes the syscall moved.
     ret: i64,
     /// Bytes in `payload`.
@@ -287,6 +289,7 @@ impl<W: Write> JsonSink<'_, W> {
             fd: h.fd,
             direction,
             syscall: syscall_name(event.syscall),
+            enter_ns: event.enter_ns,
             ret: event.ret,
             captured: event.captured_len,
             truncated: i64::from(event.captured_len) < event.ret,

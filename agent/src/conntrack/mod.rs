@@ -142,6 +142,11 @@ impl Conntrack {
         self.conns.len()
     }
 
+    #[must_use]
+    pub fn contains(&self, conn_id: u64) -> bool {
+        self.conns.contains_key(&conn_id)
+    }
+
     #[cfg(test)]
     fn get(&self, conn_id: u64) -> Option<&Connection> {
         self.conns.get(&conn_id)

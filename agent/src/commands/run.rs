@@ -1,0 +1,220 @@
+//! `sockspan run`: the tracing pipeline. Captured traffic → connections → HTTP exchanges →
+//! linked spans → an exporter.
+
+use std::{collections::HashMap, io, time::Duration};
+
+use agent_common::{ConnEvent, DataEvent, Direction, Role};
+
+use crate::{
+    cli::RunArgs,
+    clock::monotonic_ns,
+    conntrack::{Connection, Conntrack},
+    exporter::{SpanExporter, jsonl::JsonlExporter},
+    pipeline,
+    protocol::http1::{HttpConnection, HttpEvent, Side, Stamp, framer::looks_like_start},
+    receiver::{self, Event, EventSink},
+    trace::{SpanData, Tracer, resource::Resources},
+};
+
+/// Data chunks on a connection that may pass before it is declared not HTTP.
+const DETECT_CHUNKS: u8 = 8;
+
+/// What a connection carries, as far as sockspan can tell.
+enum ConnProtocol {
+    Detecting {
+        misses: u8,
+    },
+    Http {
+        conn: Box<HttpConnection>,
+        server: bool,
+    },
+    Other,
+}
+
+/// Self-metrics of the protocol stage.
+#[derive(Debug, Default, Clone, Copy)]
+struct ProtocolStats {
+    http_connections: u64,
+    other_connections: u64,
+}
+
+struct RunSink<'a> {
+    conntrack: Conntrack,
+    protocols: HashMap<u64, ConnProtocol>,
+    tracer: Tracer,
+    exporter: &'a mut dyn SpanExporter,
+    events: Vec<HttpEvent>,
+    spans: Vec<SpanData>,
+    stats: ProtocolStats,
+    ticks: u64,
+}
+
+impl RunSink<'_> {
+    fn on_open(&mut self, event: &ConnEvent) {
+        self.conntrack.open(event);
+        self.protocols
+            .insert(event.header.conn_id, ConnProtocol::Detecting { misses: 0 });
+    }
+
+    fn on_data(&mut self, event: &DataEvent, payload: &[u8]) {
+        let Some(conn) = self.conntrack.touch(event) else {
+            return;
+        };
+        let egress = event.direction == Direction::Egress as u32;
+        let state = self
+            .protocols
+            .entry(conn.conn_id)
+            .or_insert(ConnProtocol::Detecting { misses: 0 });
+        if let ConnProtocol::Detecting { misses } = state {
+            // The request direction decides: a client writes requests, a server reads them.
+            let server = match conn.role {
+                Role::Client => Some(false),
+                Role::Server => Some(true),
+                Role::Unknown => None,
+            };
+            let request_side = server.is_none_or(|s| s != egress);
+            if request_side && looks_like_start(Side::Request, payload) {
+                self.stats.http_connections += 1;
+                *state = ConnProtocol::Http {
+                    conn: Box::new(HttpConnection::new()),
+                    server: server.unwrap_or(!egress),
+                };
+            } else {
+                *misses += 1;
+                if *misses >= DETECT_CHUNKS {
+                    self.stats.other_connections += 1;
+                    *state = ConnProtocol::Other;
+                }
+                return;
+            }
+        }
+        let ConnProtocol::Http { conn: http, server } = state else {
+            return;
+        };
+        // A client writes requests and reads responses; a server does the opposite.
+        let side = if egress == *server {
+            Side::Response
+        } else {
+            Side::Request
+        };
+        // Egress bytes leave the process at syscall entry, ingress bytes arrive at its exit.
+        let ts = if egress {
+            event.enter_ns
+        } else {
+            event.header.ts_ns
+        };
+        let total = u64::try_from(event.ret).unwrap_or(0);
+        http.feed(side, payload, total, ts, event.header.tid, &mut self.events);
+        let server = *server;
+        let conn = conn.clone();
+        self.dispatch(&conn, server);
+    }
+
+    fn on_close(&mut self, event: &ConnEvent) {
+        let Some(conn) = self.conntrack.close(event) else {
+            return;
+        };
+        if let Some(ConnProtocol::Http {
+            conn: mut http,
+            server,
+        }) = self.protocols.remove(&conn.conn_id)
+        {
+            let at = Stamp {
+                ts: event.header.ts_ns,
+                tid: event.header.tid,
+                offset: 0,
+            };
+            http.close(at, &mut self.events);
+            self.dispatch(&conn, server);
+        }
+    }
+
+    /// Hands the HTTP events of `conn` to the tracer.
+    fn dispatch(&mut self, conn: &Connection, server: bool) {
+        let now = monotonic_ns();
+        for event in self.events.drain(..) {
+            match event {
+                HttpEvent::Request { head, start } => {
+                    self.tracer.on_request(conn, server, &head, start)
+                }
+                HttpEvent::Exchange(exchange) => self.tracer.on_exchange(conn, &exchange, now),
+            }
+        }
+    }
+
+    fn export(&mut self, flush: bool) {
+        self.tracer.poll(monotonic_ns(), flush, &mut self.spans);
+        if !self.spans.is_empty() {
+            self.exporter.export(&self.spans);
+            self.spans.clear();
+        }
+        self.exporter.flush();
+    }
+}
+
+impl EventSink for RunSink<'_> {
+    fn on_event(&mut self, event: &Event<'_>) {
+        match event {
+            Event::Open(e) => self.on_open(e),
+            Event::Close(e) => self.on_close(e),
+            Event::Data { event, payload } => self.on_data(event, payload),
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.ticks += 1;
+        self.export(false);
+        if self.ticks.is_multiple_of(20) {
+            self.conntrack.sweep(monotonic_ns());
+            let conntrack = &self.conntrack;
+            self.protocols.retain(|id, _| conntrack.contains(*id));
+        }
+    }
+}
+
+pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
+    let trace_config = args.trace();
+    trace_config.validate()?;
+    let capture = pipeline::start(&args.capture)?;
+    let pipeline::Capture {
+        probes,
+        ring,
+        discovered,
+    } = capture;
+    let stdout = io::stdout();
+    let mut exporter = JsonlExporter::new(io::BufWriter::new(stdout.lock()));
+    let mut sink = RunSink {
+        conntrack: Conntrack::new(args.capture.conntrack(), discovered),
+        protocols: HashMap::new(),
+        tracer: Tracer::new(trace_config, Resources::new(args.service_name)),
+        exporter: &mut exporter,
+        events: Vec::new(),
+        spans: Vec::new(),
+        stats: ProtocolStats::default(),
+        ticks: 0,
+    };
+    let stop = pipeline::stop_signal(args.duration.map(Duration::from_secs));
+    receiver::run(ring, &mut sink, Duration::from_millis(100), stop)
+        .await
+        .map_err(|e| pipeline::PipelineError::Privilege(e.to_string()))?;
+    // Everything finished is exported before exit.
+    sink.export(true);
+    let kernel = probes.counters().unwrap_or_default();
+    let (spans_out, spans_lost) = sink.exporter.counts();
+    tracing::info!(
+        spans_exported = spans_out,
+        export_failed = spans_lost,
+        spans_started = sink.tracer.stats.spans_started,
+        parent_from_header = sink.tracer.stats.parent_from_header,
+        parent_from_thread = sink.tracer.stats.parent_from_thread,
+        parent_from_connection = sink.tracer.stats.parent_from_connection,
+        roots = sink.tracer.stats.roots,
+        ambiguous = sink.tracer.stats.ambiguous,
+        held = sink.tracer.held(),
+        http_connections = sink.stats.http_connections,
+        other_connections = sink.stats.other_connections,
+        ring_full_drops = kernel.get(agent_common::Counter::RingFull),
+        "stopped"
+    );
+    Ok(())
+}

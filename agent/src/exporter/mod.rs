@@ -1,0 +1,15 @@
+//! Stage 6 of the pipeline: where finished spans go.
+
+pub mod jsonl;
+
+use crate::trace::SpanData;
+
+/// A destination for finished spans. Export never blocks the capture path: an exporter that
+/// cannot keep up drops and counts.
+pub trait SpanExporter {
+    fn export(&mut self, spans: &[SpanData]);
+    /// Pushes out anything buffered (called on ticks and at shutdown).
+    fn flush(&mut self);
+    /// Spans handed out, and spans lost (write errors, full queues).
+    fn counts(&self) -> (u64, u64);
+}

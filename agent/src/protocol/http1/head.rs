@@ -1,0 +1,236 @@
+//! Request and response heads: the start line and the few headers tracing needs.
+//!
+//! Only the headers below are kept; everything else (credentials and cookies included) is
+//! dropped while parsing and never copied.
+
+use super::framer::{Framing, Side};
+
+const MAX_HEADERS: usize = 128;
+
+/// The start line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartLine {
+    Request { method: String, target: String },
+    Response { status: u16 },
+}
+
+/// Headers sockspan uses; `None` when absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeptHeaders {
+    pub host: Option<String>,
+    pub user_agent: Option<String>,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+    /// B3 single-header form.
+    pub b3: Option<String>,
+    pub x_b3_traceid: Option<String>,
+    pub x_b3_spanid: Option<String>,
+    pub x_b3_sampled: Option<String>,
+}
+
+/// A parsed head.
+// The flags are independent facts the headers state; an enum would not model them better.
+#[allow(clippy::struct_excessive_bools)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub start: StartLine,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    pub headers: KeptHeaders,
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+    pub connection_close: bool,
+    pub upgrade: bool,
+    pub expect_continue: bool,
+}
+
+impl Head {
+    /// Request method, if a request.
+    #[must_use]
+    pub fn method(&self) -> Option<&str> {
+        match &self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    #[must_use]
+    pub fn status(&self) -> Option<u16> {
+        match self.start {
+            StartLine::Response { status } => Some(status),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    /// How the body is delimited, judged from this head alone (RFC 9112 §6.3).
+    #[must_use]
+    pub fn framing(&self, side: Side) -> Framing {
+        if self.chunked {
+            Framing::Chunked
+        } else if let Some(n) = self.content_length {
+            Framing::Length(n)
+        } else if side == Side::Response {
+            Framing::UntilClose
+        } else {
+            Framing::None
+        }
+    }
+
+    /// `METHOD target` or the status, for tests.
+    #[cfg(test)]
+    pub fn summary(&self) -> String {
+        match &self.start {
+            StartLine::Request { method, target } => format!("{method} {target}"),
+            StartLine::Response { status } => status.to_string(),
+        }
+    }
+}
+
+fn text(value: &[u8]) -> String {
+    String::from_utf8_lossy(value).trim().to_string()
+}
+
+fn has_token(value: &[u8], token: &str) -> bool {
+    String::from_utf8_lossy(value)
+        .split(',')
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Parses a head at the start of `data`: `Ok(Some((head, length)))`, `Ok(None)` if more bytes
+/// are needed, `Err(())` if the bytes are not an HTTP/1.x head.
+pub fn parse_head(side: Side, data: &[u8]) -> Result<Option<(Head, usize)>, ()> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let (start, minor_version, used, headers) = match side {
+        Side::Request => {
+            let mut req = httparse::Request::new(&mut headers);
+            let used = match req.parse(data) {
+                Ok(httparse::Status::Complete(n)) => n,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(_) => return Err(()),
+            };
+            let start = StartLine::Request {
+                method: req.method.unwrap_or_default().to_string(),
+                target: req.path.unwrap_or_default().to_string(),
+            };
+            (start, req.version.unwrap_or(1), used, req.headers)
+        }
+        Side::Response => {
+            let mut resp = httparse::Response::new(&mut headers);
+            let used = match resp.parse(data) {
+                Ok(httparse::Status::Complete(n)) => n,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(_) => return Err(()),
+            };
+            let start = StartLine::Response {
+                status: resp.code.unwrap_or(0),
+            };
+            (start, resp.version.unwrap_or(1), used, resp.headers)
+        }
+    };
+    let mut head = Head {
+        start,
+        minor_version,
+        headers: KeptHeaders::default(),
+        content_length: None,
+        chunked: false,
+        connection_close: minor_version == 0,
+        upgrade: false,
+        expect_continue: false,
+    };
+    for h in headers.iter() {
+        let name = h.name;
+        let value = h.value;
+        if name.eq_ignore_ascii_case("content-length") {
+            // Conflicting or invalid lengths make the framing unknowable (RFC 9112 §6.3).
+            let n: u64 = text(value).parse().map_err(|_| ())?;
+            if head.content_length.is_some_and(|old| old != n) {
+                return Err(());
+            }
+            head.content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            head.chunked = has_token(value, "chunked");
+        } else if name.eq_ignore_ascii_case("connection") {
+            if has_token(value, "close") {
+                head.connection_close = true;
+            }
+            if has_token(value, "keep-alive") {
+                head.connection_close = false;
+            }
+            head.upgrade |= has_token(value, "upgrade");
+        } else if name.eq_ignore_ascii_case("expect") {
+            head.expect_continue = has_token(value, "100-continue");
+        } else {
+            let kept = &mut head.headers;
+            let slot = match name.to_ascii_lowercase().as_str() {
+                "host" => &mut kept.host,
+                "user-agent" => &mut kept.user_agent,
+                "traceparent" => &mut kept.traceparent,
+                "tracestate" => &mut kept.tracestate,
+                "b3" => &mut kept.b3,
+                "x-b3-traceid" => &mut kept.x_b3_traceid,
+                "x-b3-spanid" => &mut kept.x_b3_spanid,
+                "x-b3-sampled" => &mut kept.x_b3_sampled,
+                _ => continue,
+            };
+            *slot = Some(text(value));
+        }
+    }
+    Ok(Some((head, used)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_tracing_headers_and_drops_credentials() {
+        let raw = b"GET /x?y=1 HTTP/1.1\r\nHost: api:8080\r\nAuthorization: Bearer secret\r\nCookie: s=1\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\nUser-Agent: curl/8\r\n\r\n";
+        let (head, used) = parse_head(Side::Request, raw)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(used, raw.len());
+        assert_eq!(head.method(), Some("GET"));
+        assert_eq!(head.headers.host.as_deref(), Some("api:8080"));
+        assert_eq!(
+            head.headers.traceparent.as_deref(),
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        );
+        let debug = format!("{head:?}");
+        assert!(
+            !debug.contains("secret") && !debug.contains("s=1"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn framing_rules() {
+        let parse = |side, raw: &[u8]| parse_head(side, raw).expect("valid").expect("complete").0;
+        let h = parse(
+            Side::Response,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n",
+        );
+        assert_eq!(h.framing(Side::Response), Framing::Chunked);
+        let h = parse(Side::Response, b"HTTP/1.0 200 OK\r\n\r\n");
+        assert_eq!(h.framing(Side::Response), Framing::UntilClose);
+        assert!(h.connection_close);
+        let h = parse(Side::Request, b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(h.framing(Side::Request), Framing::None);
+        let h = parse(
+            Side::Request,
+            b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+        );
+        assert!(h.expect_continue);
+        assert_eq!(h.framing(Side::Request), Framing::Length(3));
+        assert_eq!(
+            parse_head(
+                Side::Request,
+                b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+            ),
+            Err(())
+        );
+        assert_eq!(
+            parse_head(Side::Request, b"GET / HTTP/1.1\r\nHost"),
+            Ok(None)
+        );
+    }
+}

@@ -1,0 +1,429 @@
+//! HTTP/1.x on one connection: frames both directions and pairs each request with its response
+//! (FIFO, so pipelining works) into an [`Exchange`].
+
+pub mod framer;
+pub mod head;
+
+use std::collections::VecDeque;
+
+use framer::{AfterHead, DesyncReason, FrameSink, Framer};
+pub use framer::{Side, Stamp};
+pub use head::{Head, StartLine};
+
+/// Requests waiting for responses on one connection; more means the stream is not what we think.
+const MAX_PENDING_REQUESTS: usize = 64;
+
+/// What the connection reports, in stream order.
+// Events live briefly in one reused scratch Vec; variant sizes do not matter there.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum HttpEvent {
+    /// A request head was read; its exchange will follow (keyed by `start.offset`).
+    Request { head: Head, start: Stamp },
+    /// A request and its response (or the close that ended it) are complete.
+    Exchange(Exchange),
+}
+
+/// A request and what answered it.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub request: Head,
+    /// `None` when the connection closed before a response came.
+    pub response: Option<Head>,
+    /// First request byte (`offset` is its position in the request stream).
+    pub request_start: Stamp,
+    /// Last request byte.
+    pub request_end: Stamp,
+    /// First response byte.
+    pub response_start: Option<Stamp>,
+    /// Last response byte (or the close, when no response came).
+    pub end: Stamp,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HttpStats {
+    pub exchanges: u64,
+    /// Responses that had no request to pair with (after a desync, or mid-stream start).
+    pub unpaired_responses: u64,
+    pub desyncs: u64,
+    /// Requests dropped because too many were pending.
+    pub pending_overflow: u64,
+}
+
+#[derive(Debug)]
+struct PendingRequest {
+    head: Head,
+    start: Stamp,
+    end: Option<Stamp>,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    request: PendingRequest,
+    head: Head,
+    start: Stamp,
+}
+
+/// Both directions of one HTTP/1.x connection.
+#[derive(Debug)]
+pub struct HttpConnection {
+    requests: Framer,
+    responses: Framer,
+    pending: VecDeque<PendingRequest>,
+    in_flight: Option<InFlight>,
+    /// An interim (1xx) response head is being read; its end completes nothing.
+    interim: bool,
+    tunnel: bool,
+    pub stats: HttpStats,
+}
+
+struct RequestSink<'a> {
+    pending: &'a mut VecDeque<PendingRequest>,
+    stats: &'a mut HttpStats,
+    out: &'a mut Vec<HttpEvent>,
+}
+
+impl FrameSink for RequestSink<'_> {
+    fn head(&mut self, head: Head, start: Stamp) -> AfterHead {
+        if self.pending.len() >= MAX_PENDING_REQUESTS {
+            self.pending.pop_front();
+            self.stats.pending_overflow += 1;
+        }
+        self.out.push(HttpEvent::Request {
+            head: head.clone(),
+            start,
+        });
+        self.pending.push_back(PendingRequest {
+            head,
+            start,
+            end: None,
+        });
+        AfterHead::Body
+    }
+
+    fn end(&mut self, at: Stamp) {
+        if let Some(last) = self.pending.back_mut() {
+            last.end = Some(at);
+        }
+    }
+
+    fn desync(&mut self, _why: DesyncReason) {
+        // Requests may have been lost: responses would pair with the wrong ones.
+        self.pending.clear();
+        self.stats.desyncs += 1;
+    }
+}
+
+struct ResponseSink<'a> {
+    pending: &'a mut VecDeque<PendingRequest>,
+    in_flight: &'a mut Option<InFlight>,
+    interim: &'a mut bool,
+    tunnel: &'a mut bool,
+    stats: &'a mut HttpStats,
+    out: &'a mut Vec<HttpEvent>,
+}
+
+impl ResponseSink<'_> {
+    fn complete(&mut self, at: Stamp) {
+        if let Some(InFlight {
+            request,
+            head,
+            start,
+        }) = self.in_flight.take()
+        {
+            self.stats.exchanges += 1;
+            self.out.push(HttpEvent::Exchange(Exchange {
+                request_end: request.end.unwrap_or(request.start),
+                request: request.head,
+                response: Some(head),
+                request_start: request.start,
+                response_start: Some(start),
+                end: at,
+            }));
+        }
+    }
+}
+
+impl FrameSink for ResponseSink<'_> {
+    fn head(&mut self, head: Head, start: Stamp) -> AfterHead {
+        let status = head.status().unwrap_or(0);
+        if (100..200).contains(&status) && status != 101 {
+            *self.interim = true;
+            return AfterHead::NoBody;
+        }
+        *self.interim = false;
+        let Some(request) = self.pending.pop_front() else {
+            self.stats.unpaired_responses += 1;
+            return AfterHead::Body;
+        };
+        let method = request.head.method().unwrap_or_default().to_string();
+        let after = if status == 101 || (method == "CONNECT" && (200..300).contains(&status)) {
+            AfterHead::Tunnel
+        } else if method == "HEAD" || status == 204 || status == 304 {
+            AfterHead::NoBody
+        } else {
+            AfterHead::Body
+        };
+        *self.in_flight = Some(InFlight {
+            request,
+            head,
+            start,
+        });
+        if after == AfterHead::Tunnel {
+            *self.tunnel = true;
+            self.complete(start);
+        }
+        after
+    }
+
+    fn end(&mut self, at: Stamp) {
+        if std::mem::take(self.interim) {
+            return;
+        }
+        self.complete(at);
+    }
+
+    fn desync(&mut self, _why: DesyncReason) {
+        *self.in_flight = None;
+        *self.interim = false;
+        self.stats.desyncs += 1;
+    }
+}
+
+impl HttpConnection {
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            requests: Framer::new(Side::Request),
+            responses: Framer::new(Side::Response),
+            pending: VecDeque::new(),
+            in_flight: None,
+            interim: false,
+            tunnel: false,
+            stats: HttpStats::default(),
+        }
+    }
+
+    /// True once the connection switched protocols; nothing more is parsed.
+    #[cfg(test)]
+    fn is_tunnel(&self) -> bool {
+        self.tunnel
+    }
+
+    /// Feeds one syscall's bytes of one direction; completed exchanges go to `out`.
+    pub fn feed(
+        &mut self,
+        side: Side,
+        data: &[u8],
+        total: u64,
+        ts: u64,
+        tid: u32,
+        out: &mut Vec<HttpEvent>,
+    ) {
+        if self.tunnel {
+            return;
+        }
+        match side {
+            Side::Request => {
+                let mut sink = RequestSink {
+                    pending: &mut self.pending,
+                    stats: &mut self.stats,
+                    out,
+                };
+                self.requests.feed(data, total, ts, tid, &mut sink);
+            }
+            Side::Response => {
+                let mut sink = ResponseSink {
+                    pending: &mut self.pending,
+                    in_flight: &mut self.in_flight,
+                    interim: &mut self.interim,
+                    tunnel: &mut self.tunnel,
+                    stats: &mut self.stats,
+                    out,
+                };
+                self.responses.feed(data, total, ts, tid, &mut sink);
+            }
+        }
+    }
+
+    /// The connection closed: a read-until-close response ends, and requests that never got a
+    /// response complete without one.
+    pub fn close(&mut self, at: Stamp, out: &mut Vec<HttpEvent>) {
+        let mut sink = ResponseSink {
+            pending: &mut self.pending,
+            in_flight: &mut self.in_flight,
+            interim: &mut self.interim,
+            tunnel: &mut self.tunnel,
+            stats: &mut self.stats,
+            out,
+        };
+        self.responses.close(at, &mut sink);
+        for request in self.pending.drain(..) {
+            self.stats.exchanges += 1;
+            out.push(HttpEvent::Exchange(Exchange {
+                request_end: request.end.unwrap_or(request.start),
+                request: request.head,
+                response: None,
+                request_start: request.start,
+                response_start: None,
+                end: at,
+            }));
+        }
+    }
+}
+
+impl Default for HttpConnection {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(x: &Exchange) -> String {
+        format!(
+            "{} -> {}",
+            x.request.summary(),
+            x.response
+                .as_ref()
+                .map_or("none".to_string(), Head::summary)
+        )
+    }
+
+    /// The exchanges among `events`, after checking each was announced by a request event.
+    fn exchanges(events: &[HttpEvent]) -> Vec<Exchange> {
+        let mut announced = Vec::new();
+        let mut done = Vec::new();
+        for e in events {
+            match e {
+                HttpEvent::Request { start, .. } => announced.push(start.offset),
+                HttpEvent::Exchange(x) => {
+                    assert!(
+                        announced.contains(&x.request_start.offset),
+                        "{x:?} not announced"
+                    );
+                    done.push(x.clone());
+                }
+            }
+        }
+        done
+    }
+
+    #[test]
+    fn pipelined_requests_pair_in_order() {
+        let mut conn = HttpConnection::new();
+        let mut out = Vec::new();
+        let reqs = b"GET /a HTTP/1.1\r\n\r\nHEAD /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n";
+        conn.feed(Side::Request, reqs, reqs.len() as u64, 1, 10, &mut out);
+        let resps = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\nHTTP/1.1 304 Not Modified\r\n\r\n";
+        conn.feed(Side::Response, resps, resps.len() as u64, 2, 10, &mut out);
+        let out = exchanges(&out);
+        let got: Vec<String> = out.iter().map(summary).collect();
+        assert_eq!(got, ["GET /a -> 200", "HEAD /b -> 200", "GET /c -> 304"]);
+        assert_eq!(out[1].request_start.offset, 19);
+    }
+
+    #[test]
+    fn continue_then_final_response() {
+        let mut conn = HttpConnection::new();
+        let mut out = Vec::new();
+        let head = b"PUT /f HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n";
+        conn.feed(Side::Request, head, head.len() as u64, 1, 1, &mut out);
+        conn.feed(
+            Side::Response,
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            25,
+            2,
+            1,
+            &mut out,
+        );
+        conn.feed(Side::Request, b"data", 4, 3, 1, &mut out);
+        conn.feed(
+            Side::Response,
+            b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+            43,
+            4,
+            1,
+            &mut out,
+        );
+        let out = exchanges(&out);
+        assert_eq!(
+            out.iter().map(summary).collect::<Vec<_>>(),
+            ["PUT /f -> 201"]
+        );
+        assert_eq!(out[0].end.ts, 4);
+        assert_eq!(out[0].request_end.ts, 3);
+    }
+
+    #[test]
+    fn upgrade_stops_parsing_and_close_completes_unanswered() {
+        let mut conn = HttpConnection::new();
+        let mut out = Vec::new();
+        let req = b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+        conn.feed(Side::Request, req, req.len() as u64, 1, 1, &mut out);
+        conn.feed(
+            Side::Response,
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            36,
+            2,
+            1,
+            &mut out,
+        );
+        conn.feed(
+            Side::Request,
+            b"GET /x HTTP/1.1\r\n\r\n",
+            19,
+            3,
+            1,
+            &mut out,
+        );
+        assert!(conn.is_tunnel());
+        let out = exchanges(&out);
+        assert_eq!(
+            out.iter().map(summary).collect::<Vec<_>>(),
+            ["GET /ws -> 101"]
+        );
+
+        let mut conn = HttpConnection::new();
+        let mut out = Vec::new();
+        conn.feed(
+            Side::Request,
+            b"GET /slow HTTP/1.1\r\n\r\n",
+            22,
+            1,
+            1,
+            &mut out,
+        );
+        conn.close(
+            Stamp {
+                ts: 9,
+                tid: 1,
+                offset: 0,
+            },
+            &mut out,
+        );
+        let out = exchanges(&out);
+        assert_eq!(
+            out.iter().map(summary).collect::<Vec<_>>(),
+            ["GET /slow -> none"]
+        );
+    }
+
+    #[test]
+    fn response_without_request_is_counted_not_paired() {
+        let mut conn = HttpConnection::new();
+        let mut out = Vec::new();
+        conn.feed(
+            Side::Response,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            38,
+            1,
+            1,
+            &mut out,
+        );
+        assert!(out.is_empty());
+        assert_eq!(conn.stats.unpaired_responses, 1);
+    }
+}

@@ -1,0 +1,477 @@
+//! Turns HTTP exchanges into spans and links them into traces.
+//!
+//! A span opens when its request head is read (so children can find it) and finishes when its
+//! exchange completes. Its parent comes from the strongest evidence available:
+//! 1. a `traceparent` / B3 header on the request (adopted for that request only);
+//! 2. same-thread causality: a CLIENT request written by a thread while it serves exactly one
+//!    SERVER request is that request's child;
+//! 3. both ends on this host: the SERVER span on one end of a TCP connection is the child of the
+//!    CLIENT span on the other end whose request starts at the same offset of the byte stream;
+//! 4. otherwise a new root.
+//!
+//! Several candidates give span links, never a guessed parent. Finished spans wait `link_delay`
+//! before export, so that evidence arriving slightly out of order (the two ends of a connection
+//! are seen on different CPUs) still links them; trace ids are shared references, so a span that
+//! learns its parent late moves its whole subtree into the parent's trace.
+
+use std::{
+    cell::RefCell,
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    rc::Rc,
+    sync::Arc,
+    time::Duration,
+};
+
+use super::{
+    ids::{IdGenerator, SpanId, TraceId},
+    propagation,
+    resource::Resources,
+    route,
+    span::{KeyValue, Resource, SpanData, SpanKind, SpanLink, SpanStatus},
+};
+use crate::{
+    clock::WallClock,
+    conntrack::Connection,
+    protocol::http1::{Exchange, Head, Stamp},
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// How long a finished span waits for late evidence before export.
+    pub link_delay: Duration,
+    /// Bound on spans held (open or waiting).
+    pub max_spans: usize,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        Self {
+            link_delay: Duration::from_millis(500),
+            max_spans: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("trace link-delay must be between 0 and 60s, got {0:?}")]
+    LinkDelay(Duration),
+    #[error("trace max-spans must be at least 100, got {0}")]
+    MaxSpans(usize),
+}
+
+impl TraceConfig {
+    pub fn validate(&self) -> Result<(), TraceError> {
+        if self.link_delay > Duration::from_mins(1) {
+            return Err(TraceError::LinkDelay(self.link_delay));
+        }
+        if self.max_spans < 100 {
+            return Err(TraceError::MaxSpans(self.max_spans));
+        }
+        Ok(())
+    }
+}
+
+/// Self-metrics of the trace stage.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TraceStats {
+    pub spans_started: u64,
+    pub spans_exported: u64,
+    pub parent_from_header: u64,
+    pub parent_from_thread: u64,
+    pub parent_from_connection: u64,
+    pub roots: u64,
+    pub ambiguous: u64,
+    /// Exchanges whose request head was never seen (the agent started mid-request).
+    pub orphan_exchanges: u64,
+    /// Spans dropped because `max_spans` were held.
+    pub dropped_full: u64,
+}
+
+/// A trace id that can be redirected: spans share it, and a root that learns its parent late
+/// becomes an alias of the parent's trace.
+#[derive(Debug, Clone)]
+struct TraceRef(Rc<RefCell<TraceNode>>);
+
+#[derive(Debug)]
+enum TraceNode {
+    Root(TraceId),
+    Alias(TraceRef),
+}
+
+impl TraceRef {
+    fn new(id: TraceId) -> Self {
+        Self(Rc::new(RefCell::new(TraceNode::Root(id))))
+    }
+
+    fn root(&self) -> Self {
+        let mut node = self.clone();
+        loop {
+            let next = match &*node.0.borrow() {
+                TraceNode::Root(_) => None,
+                TraceNode::Alias(to) => Some(to.clone()),
+            };
+            match next {
+                Some(to) => node = to,
+                None => return node,
+            }
+        }
+    }
+
+    fn id(&self) -> TraceId {
+        match &*self.root().0.borrow() {
+            TraceNode::Root(id) => *id,
+            TraceNode::Alias(_) => [0; 16],
+        }
+    }
+
+    /// Moves every span sharing this trace into `other`'s trace.
+    fn join(&self, other: &Self) {
+        let mine = self.root();
+        let theirs = other.root();
+        if !Rc::ptr_eq(&mine.0, &theirs.0) {
+            *mine.0.borrow_mut() = TraceNode::Alias(theirs);
+        }
+    }
+}
+
+/// A request on a connection, seen from the client's end: (client addr, server addr, offset of
+/// the request in the client→server byte stream). Both ends compute the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct MirrorKey {
+    client: SocketAddr,
+    server: SocketAddr,
+    offset: u64,
+}
+
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+type SpanKey = (u64, u64);
+
+#[derive(Debug)]
+struct OpenSpan {
+    span_id: SpanId,
+    trace: TraceRef,
+    parent: Option<SpanId>,
+    evidence: &'static str,
+    links: Vec<SpanLink>,
+    kind: SpanKind,
+    pid: u32,
+    tid: u32,
+    start_ts: u64,
+    local: SocketAddr,
+    remote: SocketAddr,
+    resource: Arc<Resource>,
+    mirror: MirrorKey,
+    finished: Option<Finished>,
+}
+
+#[derive(Debug)]
+struct Finished {
+    end_ts: u64,
+    name: String,
+    attributes: Vec<KeyValue>,
+    status: SpanStatus,
+}
+
+pub struct Tracer {
+    config: TraceConfig,
+    ids: IdGenerator,
+    resources: Resources,
+    clock: WallClock,
+    spans: HashMap<SpanKey, OpenSpan>,
+    /// Open SERVER spans per (pid, tid) that read their request.
+    serving: HashMap<(u32, u32), Vec<SpanKey>>,
+    /// CLIENT spans by their request's mirror key.
+    clients: HashMap<MirrorKey, SpanKey>,
+    /// SERVER spans still looking for their client (seen first).
+    waiting_servers: HashMap<MirrorKey, SpanKey>,
+    /// Finished spans in export order: (ready at, monotonic ns; key).
+    ready: VecDeque<(u64, SpanKey)>,
+    pub stats: TraceStats,
+}
+
+impl Tracer {
+    #[must_use]
+    pub fn new(config: TraceConfig, resources: Resources) -> Self {
+        Self {
+            config,
+            ids: IdGenerator::from_entropy(),
+            resources,
+            clock: WallClock::new(),
+            spans: HashMap::new(),
+            serving: HashMap::new(),
+            clients: HashMap::new(),
+            waiting_servers: HashMap::new(),
+            ready: VecDeque::new(),
+            stats: TraceStats::default(),
+        }
+    }
+
+    /// Spans held now (open or waiting for export).
+    #[must_use]
+    pub fn held(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// A request head was read (`server`) or written (client) on `conn`.
+    pub fn on_request(&mut self, conn: &Connection, server: bool, head: &Head, start: Stamp) {
+        let key = (conn.conn_id, start.offset);
+        if self.spans.len() >= self.config.max_spans {
+            self.stats.dropped_full += 1;
+            return;
+        }
+        self.stats.spans_started += 1;
+        let (local, remote) = conn.addrs();
+        let (local, remote) = (canonical(local), canonical(remote));
+        let span_id = self.ids.span_id();
+        let context = propagation::extract(&head.headers);
+        let mirror = if server {
+            MirrorKey {
+                client: remote,
+                server: local,
+                offset: start.offset,
+            }
+        } else {
+            MirrorKey {
+                client: local,
+                server: remote,
+                offset: start.offset,
+            }
+        };
+        let mut links = Vec::new();
+        let (trace, parent, evidence) = if let Some(ctx) = context {
+            self.stats.parent_from_header += 1;
+            (TraceRef::new(ctx.trace_id), Some(ctx.span_id), ctx.format)
+        } else if server {
+            self.server_parent(mirror, key)
+        } else {
+            self.client_parent(conn.process.pid, start, &mut links)
+        };
+        if parent.is_none() {
+            self.stats.roots += 1;
+        }
+        if server {
+            self.serving
+                .entry((conn.process.pid, start.tid))
+                .or_default()
+                .push(key);
+        } else {
+            self.clients.insert(mirror, key);
+            if let Some(server_key) = self.waiting_servers.remove(&mirror)
+                && let Some(server_span) = self.spans.get_mut(&server_key)
+                && server_span.parent.is_none()
+            {
+                // The server end was seen first: it becomes this span's child after all.
+                server_span.trace.join(&trace);
+                server_span.parent = Some(span_id);
+                server_span.evidence = "connection";
+                self.stats.parent_from_connection += 1;
+                self.stats.roots = self.stats.roots.saturating_sub(1);
+            }
+        }
+        let resource = self.resources.get(&conn.process);
+        self.spans.insert(
+            key,
+            OpenSpan {
+                span_id,
+                trace,
+                parent,
+                evidence,
+                links,
+                kind: if server {
+                    SpanKind::Server
+                } else {
+                    SpanKind::Client
+                },
+                pid: conn.process.pid,
+                tid: start.tid,
+                start_ts: start.ts,
+                local,
+                remote,
+                resource,
+                mirror,
+                finished: None,
+            },
+        );
+    }
+
+    /// Parent of a server span without a header: the client on the other end, if seen.
+    fn server_parent(
+        &mut self,
+        mirror: MirrorKey,
+        key: SpanKey,
+    ) -> (TraceRef, Option<SpanId>, &'static str) {
+        if let Some(client) = self.clients.get(&mirror).and_then(|k| self.spans.get(k)) {
+            self.stats.parent_from_connection += 1;
+            return (client.trace.clone(), Some(client.span_id), "connection");
+        }
+        self.waiting_servers.insert(mirror, key);
+        (TraceRef::new(self.ids.trace_id()), None, "none")
+    }
+
+    /// Parent of a client span without a header: the one request its thread is serving.
+    fn client_parent(
+        &mut self,
+        pid: u32,
+        start: Stamp,
+        links: &mut Vec<SpanLink>,
+    ) -> (TraceRef, Option<SpanId>, &'static str) {
+        let candidates: Vec<&OpenSpan> = self
+            .serving
+            .get(&(pid, start.tid))
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.spans.get(k))
+            .filter(|s| s.finished.is_none() && s.start_ts <= start.ts)
+            .collect();
+        match candidates.as_slice() {
+            [one] => {
+                self.stats.parent_from_thread += 1;
+                (one.trace.clone(), Some(one.span_id), "thread")
+            }
+            [] => (TraceRef::new(self.ids.trace_id()), None, "none"),
+            several => {
+                self.stats.ambiguous += 1;
+                links.extend(several.iter().map(|s| SpanLink {
+                    trace_id: s.trace.id(),
+                    span_id: s.span_id,
+                    reason: "same thread serves several requests",
+                }));
+                (TraceRef::new(self.ids.trace_id()), None, "ambiguous")
+            }
+        }
+    }
+
+    /// The exchange whose request head was reported earlier is complete.
+    pub fn on_exchange(&mut self, conn: &Connection, exchange: &Exchange, now_mono: u64) {
+        let key = (conn.conn_id, exchange.request_start.offset);
+        let Some(span) = self.spans.get_mut(&key) else {
+            self.stats.orphan_exchanges += 1;
+            return;
+        };
+        let server = span.kind == SpanKind::Server;
+        let request = &exchange.request;
+        let method = request.method().unwrap_or("_OTHER").to_string();
+        let target = match &request.start {
+            crate::protocol::http1::StartLine::Request { target, .. } => target.as_str(),
+            crate::protocol::http1::StartLine::Response { .. } => "/",
+        };
+        let route = route::route_of(target);
+        let status_code = exchange.response.as_ref().and_then(Head::status);
+        let mut attributes = vec![
+            KeyValue::str("http.request.method", method.clone()),
+            KeyValue::str("url.path", route::path_of(target)),
+            KeyValue::str(
+                "network.protocol.version",
+                format!("1.{}", request.minor_version),
+            ),
+            KeyValue::str("network.transport", "tcp"),
+            KeyValue::str("network.peer.address", span.remote.ip().to_string()),
+            KeyValue::int("network.peer.port", i64::from(span.remote.port())),
+            KeyValue::str("sockspan.parent.evidence", span.evidence),
+            KeyValue::int("thread.id", i64::from(span.tid)),
+        ];
+        if let Some(code) = status_code {
+            attributes.push(KeyValue::int("http.response.status_code", i64::from(code)));
+        }
+        if let Some(first_byte) = exchange.response_start {
+            // Last request byte to first response byte: the callee's time (plus the network,
+            // for a client span).
+            let wait = first_byte.ts.saturating_sub(exchange.request_end.ts);
+            attributes.push(KeyValue::int(
+                "sockspan.response.wait_ns",
+                i64::try_from(wait).unwrap_or(i64::MAX),
+            ));
+        }
+        if let Some(ua) = &request.headers.user_agent {
+            attributes.push(KeyValue::str("user_agent.original", ua.clone()));
+        }
+        let host = request.headers.host.as_deref().map(|h| {
+            h.rsplit_once(':')
+                .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+                .map_or(h, |(host, _)| host)
+                .trim_matches(['[', ']'])
+                .to_string()
+        });
+        if server {
+            attributes.push(KeyValue::str("http.route", route.clone()));
+            attributes.push(KeyValue::str("url.scheme", "http"));
+            attributes.push(KeyValue::str(
+                "server.address",
+                host.unwrap_or_else(|| span.local.ip().to_string()),
+            ));
+            attributes.push(KeyValue::int("server.port", i64::from(span.local.port())));
+            attributes.push(KeyValue::str(
+                "client.address",
+                span.remote.ip().to_string(),
+            ));
+        } else {
+            attributes.push(KeyValue::str(
+                "server.address",
+                host.unwrap_or_else(|| span.remote.ip().to_string()),
+            ));
+            attributes.push(KeyValue::int("server.port", i64::from(span.remote.port())));
+        }
+        let status = match status_code {
+            None => SpanStatus::Error("connection closed before a response".to_string()),
+            Some(code) if code >= 500 || (!server && code >= 400) => {
+                SpanStatus::Error(format!("HTTP {code}"))
+            }
+            Some(_) => SpanStatus::Unset,
+        };
+        span.finished = Some(Finished {
+            end_ts: exchange.end.ts.max(span.start_ts),
+            name: format!("{method} {route}"),
+            attributes,
+            status,
+        });
+        if server && let Some(open) = self.serving.get_mut(&(span.pid, span.tid)) {
+            open.retain(|k| *k != key);
+            if open.is_empty() {
+                self.serving.remove(&(span.pid, span.tid));
+            }
+        }
+        let ready_at = now_mono + self.config.link_delay.as_nanos() as u64;
+        self.ready.push_back((ready_at, key));
+    }
+
+    /// Moves spans whose wait is over to `out`; everything finished when `flush`.
+    pub fn poll(&mut self, now_mono: u64, flush: bool, out: &mut Vec<SpanData>) {
+        while let Some(&(ready_at, key)) = self.ready.front() {
+            if !flush && ready_at > now_mono {
+                break;
+            }
+            self.ready.pop_front();
+            let Some(span) = self.spans.remove(&key) else {
+                continue;
+            };
+            if self.clients.get(&span.mirror) == Some(&key) {
+                self.clients.remove(&span.mirror);
+            }
+            if self.waiting_servers.get(&span.mirror) == Some(&key) {
+                self.waiting_servers.remove(&span.mirror);
+            }
+            let Some(finished) = span.finished else {
+                continue;
+            };
+            self.stats.spans_exported += 1;
+            out.push(SpanData {
+                trace_id: span.trace.id(),
+                span_id: span.span_id,
+                parent_span_id: span.parent,
+                links: span.links,
+                kind: span.kind,
+                name: finished.name,
+                start_unix_nano: self.clock.to_unix_ns(span.start_ts),
+                end_unix_nano: self.clock.to_unix_ns(finished.end_ts),
+                attributes: finished.attributes,
+                status: finished.status,
+                resource: span.resource,
+            });
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Stage 5 of the pipeline: spans from exchanges, linked into traces.
+
+pub mod ids;
+pub mod linker;
+pub mod propagation;
+pub mod resource;
+pub mod route;
+pub mod span;
+
+pub use linker::{TraceConfig, Tracer};
+pub use span::SpanData;

@@ -1,0 +1,88 @@
+//! Finished spans, as the exporters receive them.
+
+use std::sync::Arc;
+
+use super::ids::{SpanId, TraceId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanKind {
+    Server,
+    Client,
+}
+
+impl SpanKind {
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Server => "SERVER",
+            Self::Client => "CLIENT",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttrValue {
+    Str(String),
+    Int(i64),
+}
+
+/// One attribute. Keys are the OpenTelemetry semantic-convention names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: AttrValue,
+}
+
+impl KeyValue {
+    pub fn str(key: &str, value: impl Into<String>) -> Self {
+        Self {
+            key: key.to_string(),
+            value: AttrValue::Str(value.into()),
+        }
+    }
+
+    #[must_use]
+    pub fn int(key: &str, value: i64) -> Self {
+        Self {
+            key: key.to_string(),
+            value: AttrValue::Int(value),
+        }
+    }
+}
+
+/// A reference to a span that is related but not provably the parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanLink {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    /// Why the link exists (`sockspan.link.reason`).
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpanStatus {
+    Unset,
+    Error(String),
+}
+
+/// The process a span belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    pub attributes: Vec<KeyValue>,
+}
+
+/// A finished span.
+#[derive(Debug, Clone)]
+pub struct SpanData {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    pub links: Vec<SpanLink>,
+    pub kind: SpanKind,
+    pub name: String,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+    pub attributes: Vec<KeyValue>,
+    pub status: SpanStatus,
+    pub resource: Arc<Resource>,
+}
