@@ -131,8 +131,14 @@ impl Agent {
     /// Starts `sockspan events ARGS` and waits until its programs are attached.
     #[must_use]
     pub fn start(args: &[&str]) -> Self {
+        Self::start_command("events", args)
+    }
+
+    /// Starts `sockspan SUBCOMMAND ARGS` and waits until its programs are attached.
+    #[must_use]
+    pub fn start_command(subcommand: &str, args: &[&str]) -> Self {
         let mut child = Command::new(sockspan_bin())
-            .arg("events")
+            .arg(subcommand)
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

@@ -124,8 +124,28 @@ pub fn setup() -> Result<()> {
     Ok(())
 }
 
+/// Python packages the integration tests use: an instrumented client (OpenTelemetry SDK) and an
+/// OTLP receiver built on the official protobuf bindings, over gRPC and HTTP.
+const TEST_PYTHON_PACKAGES: &[&str] = &["opentelemetry-sdk", "opentelemetry-proto", "grpcio"];
+const TEST_PYTHON_IMPORTS: &str = "import opentelemetry.sdk.trace, opentelemetry.proto.collector.trace.v1.trace_service_pb2, grpc";
+
 /// Installs what the integration tests run (servers, clients) when missing.
 pub fn test_dependencies() -> Result<()> {
+    if command_ok(Command::new("python3").args(["-c", TEST_PYTHON_IMPORTS])) {
+        say("test Python packages are installed");
+    } else {
+        say(&format!("pip install {}", TEST_PYTHON_PACKAGES.join(" ")));
+        run(Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--root-user-action=ignore",
+            ])
+            .args(TEST_PYTHON_PACKAGES))?;
+    }
     let missing: Vec<&str> = TEST_PACKAGES
         .iter()
         .filter(|(binary, _)| {

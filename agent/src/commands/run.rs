@@ -135,7 +135,7 @@ impl RunSink<'_> {
         for event in self.events.drain(..) {
             match event {
                 HttpEvent::Request { head, start } => {
-                    self.tracer.on_request(conn, server, &head, start)
+                    self.tracer.on_request(conn, server, &head, start);
                 }
                 HttpEvent::Exchange(exchange) => self.tracer.on_exchange(conn, &exchange, now),
             }

@@ -97,7 +97,7 @@ mod tests {
     #[test]
     fn w3c_b3_single_and_multi() {
         let h = headers(|h| {
-            h.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into())
+            h.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
         });
         let ctx = extract(&h).expect("w3c");
         assert_eq!(
@@ -108,7 +108,7 @@ mod tests {
         assert!(ctx.sampled);
         let h = headers(|h| {
             h.b3 =
-                Some("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90".into())
+                Some("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90".into());
         });
         assert_eq!(extract(&h).expect("b3").format, "b3");
         let h = headers(|h| {

@@ -306,41 +306,8 @@ impl Framer {
         sink: &mut impl FrameSink,
     ) -> usize {
         match state {
-            Chunked::Size {
-                mut len,
-                mut size,
-                mut in_ext,
-            } => {
-                for (i, &b) in data.iter().enumerate() {
-                    len += 1;
-                    if b == b'\n' {
-                        self.state = if size == 0 {
-                            State::Chunked(Chunked::Trailer { len: 0 })
-                        } else {
-                            State::Chunked(Chunked::Data(size))
-                        };
-                        return i + 1;
-                    }
-                    if len > MAX_LINE_BYTES {
-                        self.lose_sync(DesyncReason::MalformedChunk, sink);
-                        return data.len();
-                    }
-                    if b == b';' || b == b' ' || b == b'\t' {
-                        in_ext = true;
-                    } else if b != b'\r' && !in_ext {
-                        let Some(digit) = char::from(b).to_digit(16) else {
-                            self.lose_sync(DesyncReason::MalformedChunk, sink);
-                            return data.len();
-                        };
-                        let Some(shifted) = size.checked_mul(16) else {
-                            self.lose_sync(DesyncReason::MalformedChunk, sink);
-                            return data.len();
-                        };
-                        size = shifted + u64::from(digit);
-                    }
-                }
-                self.state = State::Chunked(Chunked::Size { len, size, in_ext });
-                data.len()
+            Chunked::Size { len, size, in_ext } => {
+                self.chunk_size_bytes(len, size, in_ext, data, sink)
             }
             Chunked::Data(left) => {
                 let take = left.min(data.len() as u64);
@@ -351,63 +318,112 @@ impl Framer {
                 });
                 take as usize
             }
-            Chunked::DataEnd(left) => {
-                // Expect CRLF; accept a bare LF.
-                let mut used = 0;
-                let mut left = left;
-                while left > 0 && used < data.len() {
-                    match data[used] {
-                        b'\r' => {
-                            used += 1;
-                            left -= 1;
-                        }
-                        b'\n' => {
-                            used += 1;
-                            left = 0;
-                        }
-                        _ => {
-                            self.lose_sync(DesyncReason::MalformedChunk, sink);
-                            return data.len();
-                        }
-                    }
-                }
-                self.state = State::Chunked(if left == 0 {
-                    Chunked::Size {
-                        len: 0,
-                        size: 0,
-                        in_ext: false,
-                    }
+            Chunked::DataEnd(left) => self.chunk_end_bytes(left, data, sink),
+            Chunked::Trailer { len } => self.trailer_bytes(len, data, at, sink),
+        }
+    }
+
+    /// A chunk-size line: hex digits, optional `;extensions`, CRLF.
+    fn chunk_size_bytes(
+        &mut self,
+        mut len: usize,
+        mut size: u64,
+        mut in_ext: bool,
+        data: &[u8],
+        sink: &mut impl FrameSink,
+    ) -> usize {
+        for (i, &b) in data.iter().enumerate() {
+            len += 1;
+            if b == b'\n' {
+                self.state = if size == 0 {
+                    State::Chunked(Chunked::Trailer { len: 0 })
                 } else {
-                    Chunked::DataEnd(left)
-                });
-                used
+                    State::Chunked(Chunked::Data(size))
+                };
+                return i + 1;
             }
-            Chunked::Trailer { mut len } => {
-                for (i, &b) in data.iter().enumerate() {
-                    match b {
-                        b'\n' if len == 0 => {
-                            self.state = State::Head;
-                            sink.end(Stamp {
-                                offset: at.offset + i as u64 + 1,
-                                ..at
-                            });
-                            return i + 1;
-                        }
-                        b'\n' => len = 0,
-                        b'\r' => {}
-                        _ => {
-                            len += 1;
-                            if len > MAX_LINE_BYTES {
-                                self.lose_sync(DesyncReason::MalformedChunk, sink);
-                                return data.len();
-                            }
-                        }
-                    }
-                }
-                self.state = State::Chunked(Chunked::Trailer { len });
-                data.len()
+            if len > MAX_LINE_BYTES {
+                self.lose_sync(DesyncReason::MalformedChunk, sink);
+                return data.len();
+            }
+            if b == b';' || b == b' ' || b == b'\t' {
+                in_ext = true;
+            } else if b != b'\r' && !in_ext {
+                let digit = char::from(b).to_digit(16);
+                let shifted = size.checked_mul(16);
+                let (Some(digit), Some(shifted)) = (digit, shifted) else {
+                    self.lose_sync(DesyncReason::MalformedChunk, sink);
+                    return data.len();
+                };
+                size = shifted + u64::from(digit);
             }
         }
+        self.state = State::Chunked(Chunked::Size { len, size, in_ext });
+        data.len()
+    }
+
+    /// The CRLF after chunk data (a bare LF is accepted).
+    fn chunk_end_bytes(&mut self, mut left: u8, data: &[u8], sink: &mut impl FrameSink) -> usize {
+        let mut used = 0;
+        while left > 0 && used < data.len() {
+            match data[used] {
+                b'\r' => {
+                    used += 1;
+                    left -= 1;
+                }
+                b'\n' => {
+                    used += 1;
+                    left = 0;
+                }
+                _ => {
+                    self.lose_sync(DesyncReason::MalformedChunk, sink);
+                    return data.len();
+                }
+            }
+        }
+        self.state = State::Chunked(if left == 0 {
+            Chunked::Size {
+                len: 0,
+                size: 0,
+                in_ext: false,
+            }
+        } else {
+            Chunked::DataEnd(left)
+        });
+        used
+    }
+
+    /// Trailer lines after the last chunk, up to the empty line that ends the message.
+    fn trailer_bytes(
+        &mut self,
+        mut len: usize,
+        data: &[u8],
+        at: Stamp,
+        sink: &mut impl FrameSink,
+    ) -> usize {
+        for (i, &b) in data.iter().enumerate() {
+            match b {
+                b'\n' if len == 0 => {
+                    self.state = State::Head;
+                    sink.end(Stamp {
+                        offset: at.offset + i as u64 + 1,
+                        ..at
+                    });
+                    return i + 1;
+                }
+                b'\n' => len = 0,
+                b'\r' => {}
+                _ => {
+                    len += 1;
+                    if len > MAX_LINE_BYTES {
+                        self.lose_sync(DesyncReason::MalformedChunk, sink);
+                        return data.len();
+                    }
+                }
+            }
+        }
+        self.state = State::Chunked(Chunked::Trailer { len });
+        data.len()
     }
 
     /// Accounts `gap` bytes that the syscall moved beyond the captured prefix.

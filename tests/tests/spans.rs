@@ -1,0 +1,318 @@
+//! Root integration tests of `sockspan run`: uninstrumented Python services on loopback, real
+//! curl and OpenTelemetry SDK clients, assertions on the spans the agent exported.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use sockspan_tests::{Agent, Proc, fixture, free_port, run_ok};
+
+/// The three services of the chain, each named through `OTEL_SERVICE_NAME`.
+struct Chain {
+    frontend: u16,
+    model: u16,
+    _procs: Vec<Proc>,
+}
+
+fn start_service(name: &str, args: &[String]) -> Proc {
+    let mut child = Command::new("python3")
+        .arg(fixture("chain.py"))
+        .arg(name)
+        .args(args)
+        .env("OTEL_SERVICE_NAME", name)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start service");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ready line");
+    assert_eq!(line.trim(), "ready", "{name} did not start");
+    Proc(child)
+}
+
+impl Chain {
+    fn start() -> Self {
+        let (frontend, features, model) = (free_port(), free_port(), free_port());
+        let model_proc = start_service("model", &[model.to_string()]);
+        let features_proc = start_service("features", &[features.to_string()]);
+        let frontend_proc = start_service(
+            "frontend",
+            &[
+                frontend.to_string(),
+                features.to_string(),
+                model.to_string(),
+            ],
+        );
+        Self {
+            frontend,
+            model,
+            _procs: vec![model_proc, features_proc, frontend_proc],
+        }
+    }
+}
+
+fn attr<'a>(span: &'a Value, key: &str) -> &'a Value {
+    &span["attributes"][key]
+}
+
+fn service(span: &Value) -> &str {
+    span["resource"]["service.name"]
+        .as_str()
+        .expect("service.name")
+}
+
+fn kind(span: &Value) -> &str {
+    span["kind"].as_str().expect("kind")
+}
+
+fn time(span: &Value, key: &str) -> u64 {
+    span[key].as_u64().expect("time")
+}
+
+/// Spans grouped by trace id.
+fn traces(spans: &[Value]) -> BTreeMap<String, Vec<&Value>> {
+    let mut by_trace: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for s in spans {
+        by_trace
+            .entry(s["trace_id"].as_str().expect("trace_id").to_string())
+            .or_default()
+            .push(s);
+    }
+    by_trace
+}
+
+/// Checks one request's trace through the chain: six spans, the right tree, children inside
+/// their parents' time. Returns the item id the request asked for.
+fn check_chain_trace(trace: &[&Value]) -> String {
+    let find = |service_name: &str, span_kind: &str, path_prefix: &str| -> &Value {
+        let found: Vec<&&Value> = trace
+            .iter()
+            .filter(|s| {
+                service(s) == service_name
+                    && kind(s) == span_kind
+                    && attr(s, "url.path")
+                        .as_str()
+                        .is_some_and(|p| p.starts_with(path_prefix))
+            })
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "one {span_kind} span of {service_name} {path_prefix} in {trace:#?}"
+        );
+        found[0]
+    };
+    assert_eq!(trace.len(), 6, "six spans in the trace: {trace:#?}");
+    let curl = find("curl", "CLIENT", "/predict/");
+    let front = find("frontend", "SERVER", "/predict/");
+    let front_features = find("frontend", "CLIENT", "/features/");
+    let features = find("features", "SERVER", "/features/");
+    let front_model = find("frontend", "CLIENT", "/score");
+    let model = find("model", "SERVER", "/score");
+    assert!(
+        curl["parent_span_id"].is_null(),
+        "curl's span is the root: {curl}"
+    );
+    for (child, parent) in [
+        (front, curl),
+        (front_features, front),
+        (features, front_features),
+        (front_model, front),
+        (model, front_model),
+    ] {
+        assert_eq!(
+            child["parent_span_id"], parent["span_id"],
+            "parent of {child} should be {parent}"
+        );
+        assert!(
+            time(child, "start_time_unix_nano") >= time(parent, "start_time_unix_nano")
+                && time(child, "end_time_unix_nano") <= time(parent, "end_time_unix_nano"),
+            "child {} [{}, {}] inside parent {} [{}, {}]",
+            child["name"],
+            time(child, "start_time_unix_nano"),
+            time(child, "end_time_unix_nano"),
+            parent["name"],
+            time(parent, "start_time_unix_nano"),
+            time(parent, "end_time_unix_nano")
+        );
+    }
+    assert_eq!(front["name"], "GET /predict/{id}");
+    assert_eq!(model["name"], "POST /score");
+    assert_eq!(attr(front, "http.request.method"), "GET");
+    assert_eq!(attr(front, "http.response.status_code"), 200);
+    assert_eq!(attr(front, "http.route"), "/predict/{id}");
+    assert_eq!(attr(front_model, "server.address"), "127.0.0.1");
+    assert_eq!(attr(front_model, "http.request.method"), "POST");
+    assert!(
+        attr(curl, "user_agent.original")
+            .as_str()
+            .is_some_and(|ua| ua.starts_with("curl/"))
+    );
+    assert_eq!(front["status"]["code"], "UNSET");
+    assert_eq!(
+        front["resource"]["process.executable.name"]
+            .as_str()
+            .map(|s| s.starts_with("python")),
+        Some(true)
+    );
+    // The item asked of the frontend is the one it asked of features: no cross-talk.
+    let item = attr(front, "url.path")
+        .as_str()
+        .expect("path")
+        .trim_start_matches("/predict/")
+        .to_string();
+    assert_eq!(
+        attr(features, "url.path").as_str(),
+        Some(format!("/features/{item}").as_str())
+    );
+    assert_eq!(
+        attr(curl, "url.path").as_str(),
+        Some(format!("/predict/{item}").as_str())
+    );
+    item
+}
+
+fn curl(port: u16, item: u32) -> Command {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sf", "--max-time", "20"])
+        .arg(format!("http://127.0.0.1:{port}/predict/{item}"))
+        .stdout(Stdio::null());
+    cmd
+}
+
+#[test]
+fn chain_of_three_uninstrumented_services_is_one_trace() {
+    let chain = Chain::start();
+    let agent = Agent::start_command("run", &["--output", "jsonl"]);
+    let _ = run_ok(&mut curl(chain.frontend, 7), Duration::from_secs(30));
+    let out = agent.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let by_trace = traces(&out.events);
+    let chain_traces: Vec<&Vec<&Value>> = by_trace
+        .values()
+        .filter(|t| t.iter().any(|s| service(s) == "frontend"))
+        .collect();
+    assert_eq!(
+        chain_traces.len(),
+        1,
+        "one trace for one request: {by_trace:#?}"
+    );
+    assert_eq!(check_chain_trace(chain_traces[0]), "7");
+}
+
+#[test]
+fn twenty_concurrent_requests_are_twenty_traces() {
+    let chain = Chain::start();
+    let agent = Agent::start_command("run", &["--output", "jsonl"]);
+    let clients: Vec<_> = (100..120)
+        .map(|item| curl(chain.frontend, item).spawn().expect("curl"))
+        .collect();
+    for c in clients {
+        let status = c.wait_with_output().expect("curl ran").status;
+        assert!(status.success(), "curl failed: {status}");
+    }
+    let out = agent.stop();
+    let by_trace = traces(&out.events);
+    let chain_traces: Vec<&Vec<&Value>> = by_trace
+        .values()
+        .filter(|t| t.iter().any(|s| service(s) == "frontend"))
+        .collect();
+    assert_eq!(chain_traces.len(), 20, "twenty traces: {by_trace:#?}");
+    let items: HashSet<String> = chain_traces.iter().map(|t| check_chain_trace(t)).collect();
+    let expected: HashSet<String> = (100..120).map(|i| i.to_string()).collect();
+    assert_eq!(items, expected, "each request is its own trace");
+}
+
+#[test]
+fn keep_alive_connections_between_services_link_every_request() {
+    let chain = Chain::start();
+    let agent = Agent::start_command("run", &["--output", "jsonl"]);
+    for item in 1..=5 {
+        let _ = run_ok(&mut curl(chain.frontend, item), Duration::from_secs(30));
+    }
+    let out = agent.stop();
+    let by_trace = traces(&out.events);
+    let chain_traces: Vec<&Vec<&Value>> = by_trace
+        .values()
+        .filter(|t| t.iter().any(|s| service(s) == "frontend"))
+        .collect();
+    assert_eq!(chain_traces.len(), 5);
+    for t in &chain_traces {
+        check_chain_trace(t);
+    }
+    // Sequential requests reuse one pooled connection per downstream: the features server saw
+    // every request come from the same client port.
+    let peer_ports: HashSet<i64> = out
+        .events
+        .iter()
+        .filter(|s| service(s) == "features" && kind(s) == "SERVER")
+        .map(|s| attr(s, "network.peer.port").as_i64().expect("port"))
+        .collect();
+    assert_eq!(peer_ports.len(), 1, "one reused connection: {peer_ports:?}");
+}
+
+#[test]
+fn traceparent_from_an_instrumented_client_is_adopted() {
+    let chain = Chain::start();
+    let agent = Agent::start_command("run", &["--output", "jsonl"]);
+    let client = run_ok(
+        Command::new("python3")
+            .arg(fixture("otel_client.py"))
+            .arg(chain.model.to_string()),
+        Duration::from_secs(30),
+    );
+    let sdk: Value = serde_json::from_slice(&client.stdout).expect("client json");
+    assert_eq!(sdk["status"], 200);
+    // A plain request right after: it must not inherit the header's trace.
+    let plain = run_ok(
+        Command::new("curl")
+            .args([
+                "-sf",
+                "--max-time",
+                "10",
+                "-X",
+                "POST",
+                "-d",
+                r#"{"f":[1]}"#,
+            ])
+            .arg(format!("http://127.0.0.1:{}/score", chain.model)),
+        Duration::from_secs(30),
+    );
+    assert!(!plain.stdout.is_empty());
+    let out = agent.stop();
+    let model_spans: Vec<&Value> = out
+        .events
+        .iter()
+        .filter(|s| service(s) == "model" && kind(s) == "SERVER")
+        .collect();
+    assert_eq!(model_spans.len(), 2, "{model_spans:#?}");
+    let joined: Vec<&&Value> = model_spans
+        .iter()
+        .filter(|s| s["trace_id"] == sdk["trace_id"])
+        .collect();
+    assert_eq!(joined.len(), 1, "exactly the SDK's request joins its trace");
+    assert_eq!(joined[0]["parent_span_id"], sdk["span_id"]);
+    assert_eq!(attr(joined[0], "sockspan.parent.evidence"), "w3c");
+    let other = model_spans
+        .iter()
+        .find(|s| s["trace_id"] != sdk["trace_id"])
+        .expect("plain request");
+    assert_ne!(other["parent_span_id"], sdk["span_id"]);
+    // The SDK client's own socket calls are traced too, in the SDK's trace.
+    let client_spans: Vec<&Value> = out
+        .events
+        .iter()
+        .filter(|s| kind(s) == "CLIENT" && s["trace_id"] == sdk["trace_id"])
+        .collect();
+    assert_eq!(client_spans.len(), 1);
+    let mut by_kind: HashMap<&str, usize> = HashMap::new();
+    for s in &out.events {
+        *by_kind.entry(kind(s)).or_default() += 1;
+    }
+    assert_eq!(by_kind.get("SERVER"), Some(&2), "{by_kind:?}");
+}
