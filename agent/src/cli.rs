@@ -51,7 +51,9 @@ pub enum Command {
     /// per line on stdout (fields in docs/spans.md).
     #[command(after_help = "Examples:\n  \
         sudo sockspan run --output jsonl\n  \
-        sudo sockspan run --output jsonl --service-name cmdline --duration 60 > spans.jsonl")]
+        sudo sockspan run --output jsonl --service-name cmdline --duration 60 > spans.jsonl\n  \
+        sudo sockspan run --output otlp --otlp-endpoint http://127.0.0.1:4318\n  \
+        sudo OTEL_EXPORTER_OTLP_PROTOCOL=grpc OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 sockspan run --output otlp")]
     Run(RunArgs),
 }
 
@@ -60,6 +62,9 @@ pub enum Command {
 pub enum Output {
     /// One JSON object per span on stdout.
     Jsonl,
+    /// OTLP to a collector, Jaeger or Tempo: `--otlp-endpoint` or the `OTEL_EXPORTER_OTLP_*`
+    /// variables (protocol `http/protobuf` by default, or `grpc`).
+    Otlp,
 }
 
 #[derive(Debug, Args)]
@@ -67,6 +72,10 @@ pub struct RunArgs {
     /// Where spans go.
     #[arg(long, value_enum, default_value_t = Output::Jsonl)]
     pub output: Output,
+    /// OTLP endpoint (base URL, e.g. `http://127.0.0.1:4318`); overrides
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` and `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// How `service.name` is chosen: auto (`OTEL_SERVICE_NAME` of the process, else its
     /// executable), exe, comm, cmdline (the script an interpreter runs), container.
     #[arg(long, value_name = "RULE", default_value = "auto")]

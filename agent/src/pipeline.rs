@@ -23,6 +23,8 @@ pub enum PipelineError {
     Conntrack(#[from] ConntrackError),
     #[error(transparent)]
     Trace(#[from] crate::trace::linker::TraceError),
+    #[error(transparent)]
+    Otlp(#[from] crate::exporter::otlp::OtlpConfigError),
 }
 
 /// A running capture path.

@@ -137,9 +137,16 @@ impl Agent {
     /// Starts `sockspan SUBCOMMAND ARGS` and waits until its programs are attached.
     #[must_use]
     pub fn start_command(subcommand: &str, args: &[&str]) -> Self {
+        Self::start_with_env(subcommand, args, &[])
+    }
+
+    /// As [`Agent::start_command`], with extra environment variables.
+    #[must_use]
+    pub fn start_with_env(subcommand: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut child = Command::new(sockspan_bin())
             .arg(subcommand)
             .args(args)
+            .envs(envs.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -316,3 +316,75 @@ fn traceparent_from_an_instrumented_client_is_adopted() {
     }
     assert_eq!(by_kind.get("SERVER"), Some(&2), "{by_kind:?}");
 }
+
+/// The chain's trace sent over OTLP (`protocol` as in `OTEL_EXPORTER_OTLP_PROTOCOL`) to a
+/// receiver built on the official `opentelemetry-proto` package, which refuses the first request
+/// as retryable.
+fn otlp_chain(protocol: &str) {
+    let chain = Chain::start();
+    let port = free_port();
+    let spans_file = std::env::temp_dir()
+        .join(format!("sockspan-otlp-{protocol}-{port}.jsonl").replace('/', "-"));
+    let _ = std::fs::remove_file(&spans_file);
+    let mode = if protocol == "grpc" { "grpc" } else { "http" };
+    let mut receiver = Command::new("python3")
+        .arg(fixture("otlp_receiver.py"))
+        .args([mode, &port.to_string()])
+        .arg(&spans_file)
+        .arg("1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("receiver");
+    let mut line = String::new();
+    BufReader::new(receiver.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ready");
+    let _receiver = Proc(receiver);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let agent = Agent::start_with_env(
+        "run",
+        &["--output", "otlp", "--otlp-endpoint", &endpoint],
+        &[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=sockspan"),
+        ],
+    );
+    let _ = run_ok(&mut curl(chain.frontend, 9), Duration::from_secs(30));
+    let out = agent.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let text = std::fs::read_to_string(&spans_file).unwrap_or_default();
+    let spans: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("receiver json"))
+        .collect();
+    let by_trace = traces(&spans);
+    let chain_traces: Vec<&Vec<&Value>> = by_trace
+        .values()
+        .filter(|t| t.iter().any(|s| service(s) == "frontend"))
+        .collect();
+    assert_eq!(
+        chain_traces.len(),
+        1,
+        "one trace received over {protocol}:\n{text}\nagent:\n{}",
+        out.stderr
+    );
+    assert_eq!(check_chain_trace(chain_traces[0]), "9");
+    for s in chain_traces[0] {
+        assert_eq!(
+            s["resource"]["deployment.environment"], "test",
+            "OTEL_RESOURCE_ATTRIBUTES applied"
+        );
+        assert_eq!(s["scope"], "sockspan");
+    }
+}
+
+#[test]
+fn otlp_over_grpc_reaches_an_official_receiver() {
+    otlp_chain("grpc");
+}
+
+#[test]
+fn otlp_over_http_protobuf_reaches_an_official_receiver() {
+    otlp_chain("http/protobuf");
+}

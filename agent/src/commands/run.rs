@@ -6,10 +6,15 @@ use std::{collections::HashMap, io, time::Duration};
 use agent_common::{ConnEvent, DataEvent, Direction, Role};
 
 use crate::{
+    cli::Output,
     cli::RunArgs,
     clock::monotonic_ns,
     conntrack::{Connection, Conntrack},
-    exporter::{SpanExporter, jsonl::JsonlExporter},
+    exporter::{
+        SpanExporter,
+        jsonl::JsonlExporter,
+        otlp::{OtlpConfig, OtlpExporter},
+    },
     pipeline,
     protocol::http1::{HttpConnection, HttpEvent, Side, Stamp, framer::looks_like_start},
     receiver::{self, Event, EventSink},
@@ -172,22 +177,40 @@ impl EventSink for RunSink<'_> {
     }
 }
 
+/// How long shutdown waits for the OTLP sender to deliver what it holds.
+const EXPORT_DRAIN: Duration = Duration::from_secs(15);
+
 pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     let trace_config = args.trace();
     trace_config.validate()?;
+    // Configuration errors surface before anything is attached.
+    let otlp = match args.output {
+        Output::Otlp => Some(OtlpConfig::resolve(args.otlp_endpoint.as_deref(), &|k| {
+            std::env::var(k).ok()
+        })?),
+        Output::Jsonl => None,
+    };
     let capture = pipeline::start(&args.capture)?;
     let pipeline::Capture {
         probes,
         ring,
         discovered,
     } = capture;
-    let stdout = io::stdout();
-    let mut exporter = JsonlExporter::new(io::BufWriter::new(stdout.lock()));
+    let (mut exporter, sender): (Box<dyn SpanExporter>, _) = match otlp {
+        Some(config) => {
+            let (exporter, task) = OtlpExporter::start(config)?;
+            (Box::new(exporter), Some(task))
+        }
+        None => (
+            Box::new(JsonlExporter::new(io::BufWriter::new(io::stdout()))),
+            None,
+        ),
+    };
     let mut sink = RunSink {
         conntrack: Conntrack::new(args.capture.conntrack(), discovered),
         protocols: HashMap::new(),
         tracer: Tracer::new(trace_config, Resources::new(args.service_name)),
-        exporter: &mut exporter,
+        exporter: exporter.as_mut(),
         events: Vec::new(),
         spans: Vec::new(),
         stats: ProtocolStats::default(),
@@ -199,6 +222,12 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         .map_err(|e| pipeline::PipelineError::Privilege(e.to_string()))?;
     // Everything finished is exported before exit.
     sink.export(true);
+    sink.exporter.finish();
+    if let Some(task) = sender
+        && tokio::time::timeout(EXPORT_DRAIN, task).await.is_err()
+    {
+        tracing::warn!("OTLP sender still busy after {EXPORT_DRAIN:?}; stopping without it");
+    }
     let kernel = probes.counters().unwrap_or_default();
     let (spans_out, spans_lost) = sink.exporter.counts();
     tracing::info!(

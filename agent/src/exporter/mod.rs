@@ -1,6 +1,7 @@
 //! Stage 6 of the pipeline: where finished spans go.
 
 pub mod jsonl;
+pub mod otlp;
 
 use crate::trace::SpanData;
 
@@ -10,6 +11,8 @@ pub trait SpanExporter {
     fn export(&mut self, spans: &[SpanData]);
     /// Pushes out anything buffered (called on ticks and at shutdown).
     fn flush(&mut self);
+    /// No more spans will come; background senders finish what they hold.
+    fn finish(&mut self) {}
     /// Spans handed out, and spans lost (write errors, full queues).
     fn counts(&self) -> (u64, u64);
 }
