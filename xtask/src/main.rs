@@ -29,7 +29,7 @@ enum Task {
         unit_only: bool,
     },
     /// Build (release) and run sockspan as root; arguments after `--` go to sockspan
-    /// (default: `events`).
+    /// (default: `run`, spans as JSON lines).
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -50,7 +50,7 @@ fn run_agent(args: Vec<String>) -> Result<()> {
     ]))?;
     let bin = util::workspace_root().join("target/release/sockspan");
     let args = if args.is_empty() {
-        vec!["events".to_string()]
+        vec!["run".to_string()]
     } else {
         args
     };
