@@ -110,10 +110,7 @@ pub fn test(filter: Option<&str>, unit_only: bool) -> Result<()> {
             &mut tally,
         )?;
     }
-    println!(
-        "xtask test: {} passed, {} failed",
-        tally.passed, tally.failed
-    );
+    println!("tests: {} passed, {} failed", tally.passed, tally.failed);
     if !ok {
         bail!("tests failed");
     }

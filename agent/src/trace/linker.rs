@@ -475,3 +475,191 @@ impl Tracer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        conntrack::RoleSource,
+        process::ProcessInfo,
+        protocol::http1::{Side, head::parse_head},
+    };
+    use agent_common::{AF_INET, Role, SOCK_STREAM, SockTuple};
+
+    fn tuple(local_port: u16, remote_port: u16) -> SockTuple {
+        let mut t = SockTuple {
+            local_port,
+            remote_port,
+            family: AF_INET,
+            sock_type: SOCK_STREAM,
+            ..SockTuple::default()
+        };
+        t.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        t.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        t
+    }
+
+    fn conn(conn_id: u64, pid: u32, role: Role, local_port: u16, remote_port: u16) -> Connection {
+        Connection {
+            conn_id,
+            tuple: tuple(local_port, remote_port),
+            role,
+            role_source: RoleSource::Syscall,
+            preexisting: false,
+            opened_ns: 0,
+            last_seen_ns: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            process: Arc::new(ProcessInfo {
+                pid,
+                comm: format!("p{pid}"),
+                ..ProcessInfo::default()
+            }),
+        }
+    }
+
+    fn head(raw: &[u8]) -> Head {
+        parse_head(Side::Request, raw)
+            .expect("valid")
+            .expect("complete")
+            .0
+    }
+
+    fn stamp(ts: u64, tid: u32, offset: u64) -> Stamp {
+        Stamp { ts, tid, offset }
+    }
+
+    fn exchange(request: Head, start: Stamp, end_ts: u64) -> Exchange {
+        let response = parse_head(
+            Side::Response,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        )
+        .expect("valid")
+        .expect("complete")
+        .0;
+        Exchange {
+            request,
+            response: Some(response),
+            request_start: start,
+            request_end: start,
+            response_start: Some(Stamp {
+                ts: end_ts,
+                ..start
+            }),
+            end: Stamp {
+                ts: end_ts,
+                ..start
+            },
+        }
+    }
+
+    fn tracer() -> Tracer {
+        Tracer::new(
+            TraceConfig {
+                link_delay: Duration::ZERO,
+                max_spans: 1000,
+            },
+            Resources::new(super::super::resource::ServiceNameRule::Auto),
+        )
+    }
+
+    fn drain(t: &mut Tracer) -> Vec<SpanData> {
+        let mut out = Vec::new();
+        t.poll(u64::MAX, true, &mut out);
+        out
+    }
+
+    #[test]
+    fn server_seen_before_its_client_joins_the_client_trace_with_its_subtree() {
+        let mut t = tracer();
+        let get = head(b"GET /a HTTP/1.1\r\n\r\n");
+        // Process 2 serves on :80 (connection from :5000); its thread 20 then calls out.
+        let server_conn = conn(1, 2, Role::Server, 80, 5000);
+        let downstream = conn(2, 2, Role::Client, 6000, 90);
+        let client_conn = conn(3, 1, Role::Client, 5000, 80);
+        t.on_request(&server_conn, true, &get, stamp(10, 20, 0));
+        t.on_request(&downstream, false, &get, stamp(11, 20, 0));
+        // Only now does the client end appear (its event came late through the ring).
+        t.on_request(&client_conn, false, &get, stamp(5, 10, 0));
+        for (c, s, end) in [
+            (&downstream, 11, 12),
+            (&server_conn, 10, 13),
+            (&client_conn, 5, 14),
+        ] {
+            t.on_exchange(c, &exchange(get.clone(), stamp(s, 0, 0), end), 0);
+        }
+        let spans = drain(&mut t);
+        assert_eq!(spans.len(), 3);
+        let (down, server, client) = (&spans[0], &spans[1], &spans[2]);
+        assert_eq!(server.parent_span_id, Some(client.span_id));
+        assert_eq!(down.parent_span_id, Some(server.span_id));
+        assert!(
+            spans.iter().all(|s| s.trace_id == client.trace_id),
+            "one trace"
+        );
+        assert_eq!(t.stats.roots, 1);
+    }
+
+    #[test]
+    fn a_thread_serving_two_requests_gives_links_not_a_parent() {
+        let mut t = tracer();
+        let get = head(b"GET /a HTTP/1.1\r\n\r\n");
+        let a = conn(1, 2, Role::Server, 80, 5000);
+        let b = conn(2, 2, Role::Server, 80, 5001);
+        let out = conn(3, 2, Role::Client, 6000, 90);
+        t.on_request(&a, true, &get, stamp(10, 7, 0));
+        t.on_request(&b, true, &get, stamp(11, 7, 0));
+        t.on_request(&out, false, &get, stamp(12, 7, 0));
+        t.on_exchange(&out, &exchange(get.clone(), stamp(12, 7, 0), 13), 0);
+        let spans = drain(&mut t);
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].parent_span_id, None);
+        assert_eq!(spans[0].links.len(), 2);
+        assert_eq!(t.stats.ambiguous, 1);
+    }
+
+    #[test]
+    fn traceparent_is_adopted_for_its_request_only() {
+        let mut t = tracer();
+        let with = head(b"GET /a HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n");
+        let without = head(b"GET /b HTTP/1.1\r\n\r\n");
+        let c = conn(1, 2, Role::Server, 80, 5000);
+        t.on_request(&c, true, &with, stamp(10, 7, 0));
+        t.on_exchange(&c, &exchange(with, stamp(10, 7, 0), 11), 0);
+        t.on_request(&c, true, &without, stamp(12, 7, 100));
+        t.on_exchange(&c, &exchange(without, stamp(12, 7, 100), 13), 0);
+        let spans = drain(&mut t);
+        assert_eq!(
+            super::super::ids::hex(&spans[0].trace_id),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(
+            spans[0].parent_span_id,
+            Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
+        );
+        assert_ne!(spans[1].trace_id, spans[0].trace_id);
+        assert_eq!(spans[1].parent_span_id, None);
+    }
+
+    #[test]
+    fn spans_wait_for_the_link_delay() {
+        let mut t = Tracer::new(
+            TraceConfig {
+                link_delay: Duration::from_millis(500),
+                max_spans: 1000,
+            },
+            Resources::new(super::super::resource::ServiceNameRule::Auto),
+        );
+        let get = head(b"GET /a HTTP/1.1\r\n\r\n");
+        let c = conn(1, 2, Role::Client, 5000, 80);
+        t.on_request(&c, false, &get, stamp(10, 7, 0));
+        t.on_exchange(&c, &exchange(get, stamp(10, 7, 0), 11), 1_000);
+        let mut out = Vec::new();
+        t.poll(1_000 + 499_000_000, false, &mut out);
+        assert!(out.is_empty());
+        t.poll(1_000 + 500_000_000, false, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].name, "GET /a");
+        assert_eq!(t.held(), 0);
+    }
+}
