@@ -48,6 +48,31 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
+/// Starts `python3 tests/fixtures/SCRIPT ARGS` with extra environment variables and waits (at
+/// most 20 s) for the line `ready` it prints once listening.
+#[must_use]
+pub fn python_fixture(script: &str, args: &[&str], envs: &[(&str, &str)]) -> Proc {
+    let mut child = Command::new("python3")
+        .arg(fixture(script))
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {script}: {e}"));
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let proc = Proc(child);
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(line) if line.trim() == "ready" => proc,
+        other => panic!("{script} {args:?} did not print `ready`: {other:?}"),
+    }
+}
+
 /// A child process killed when dropped.
 pub struct Proc(pub Child);
 

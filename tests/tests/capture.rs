@@ -10,7 +10,9 @@ use std::{
 };
 
 use serde_json::Value;
-use sockspan_tests::{Agent, Output, Proc, fixture, free_port, http_server, payload, run_ok};
+use sockspan_tests::{
+    Agent, Output, Proc, fixture, free_port, http_server, payload, python_fixture, run_ok,
+};
 
 const CURL_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -154,17 +156,7 @@ fn http_over_ipv6_both_ends() {
 #[test]
 fn connection_opened_before_the_agent() {
     let port = free_port();
-    let mut server = Command::new("python3")
-        .arg(fixture("echo_server.py"))
-        .args(["127.0.0.1", &port.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("echo server");
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ready");
-    let server = Proc(server);
+    let server = python_fixture("echo_server.py", &["127.0.0.1", &port.to_string()], &[]);
     let mut client = Command::new("python3")
         .arg(fixture("preexisting_client.py"))
         .args(["127.0.0.1", &port.to_string()])
@@ -221,16 +213,7 @@ fn connection_opened_before_the_agent() {
 #[test]
 fn vectored_io_sendmsg_recvmsg_readv_writev() {
     let port = free_port();
-    let mut server = Command::new("python3")
-        .arg(fixture("vectored_io.py"))
-        .args(["server", &port.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("server");
-    let mut server_out = BufReader::new(server.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    server_out.read_line(&mut line).expect("ready");
-    let server = Proc(server);
+    let server = python_fixture("vectored_io.py", &["server", &port.to_string()], &[]);
     let agent = Agent::start(&["--port", &port.to_string()]);
     let client = Command::new("python3")
         .arg(fixture("vectored_io.py"))
@@ -271,17 +254,7 @@ fn vectored_io_sendmsg_recvmsg_readv_writev() {
 #[test]
 fn files_and_pipes_are_filtered_in_the_kernel() {
     let port = free_port();
-    let mut server = Command::new("python3")
-        .arg(fixture("echo_server.py"))
-        .args(["127.0.0.1", &port.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("echo server");
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ready");
-    let _server = Proc(server);
+    let _server = python_fixture("echo_server.py", &["127.0.0.1", &port.to_string()], &[]);
     // No filter: everything the kernel sends is printed.
     let agent = Agent::start(&[]);
     let script = Command::new("python3")
@@ -322,17 +295,7 @@ fn files_and_pipes_are_filtered_in_the_kernel() {
 #[test]
 fn small_ring_overflow_is_counted() {
     let port = free_port();
-    let mut server = Command::new("python3")
-        .arg(fixture("echo_server.py"))
-        .args(["127.0.0.1", &port.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("echo server");
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ready");
-    let _server = Proc(server);
+    let _server = python_fixture("echo_server.py", &["127.0.0.1", &port.to_string()], &[]);
     // An 8 KiB ring holds one full 4 KiB-payload record: a burst must overflow it.
     let agent = Agent::start(&[
         "--port",
@@ -461,17 +424,7 @@ fn bad_flags_name_the_field() {
 #[test]
 fn sendfile_is_counted_and_mmsg_messages_are_captured() {
     let port = free_port();
-    let mut server = Command::new("python3")
-        .arg(fixture("echo_server.py"))
-        .args(["127.0.0.1", &port.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("echo server");
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ready");
-    let server = Proc(server);
+    let server = python_fixture("echo_server.py", &["127.0.0.1", &port.to_string()], &[]);
     let agent = Agent::start(&[]);
     let sendfile = Command::new("python3")
         .arg(fixture("sendfile_mmsg.py"))
@@ -538,17 +491,7 @@ fn sendfile_is_counted_and_mmsg_messages_are_captured() {
 #[test]
 fn dual_stack_server_sees_v4_mapped_peer() {
     let port = free_port();
-    let mut server = Command::new("python3")
-        .arg(fixture("echo_server.py"))
-        .args(["::", &port.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("echo server");
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ready");
-    let server = Proc(server);
+    let server = python_fixture("echo_server.py", &["::", &port.to_string()], &[]);
     let agent = Agent::start(&["--port", &port.to_string()]);
     let client = Command::new("python3")
         .args(["-c", "import socket,sys; s=socket.create_connection(('127.0.0.1', int(sys.argv[1]))); s.sendall(b'v4'); assert s.recv(2)==b'v4'"])

@@ -3,13 +3,13 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    io::{BufRead as _, BufReader},
+    io::BufRead as _,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use serde_json::Value;
-use sockspan_tests::{Agent, Proc, fixture, free_port, run_ok};
+use sockspan_tests::{Agent, Proc, fixture, free_port, python_fixture, run_ok};
 
 /// The three services of the chain, each named through `OTEL_SERVICE_NAME`.
 struct Chain {
@@ -19,20 +19,9 @@ struct Chain {
 }
 
 fn start_service(name: &str, args: &[String]) -> Proc {
-    let mut child = Command::new("python3")
-        .arg(fixture("chain.py"))
-        .arg(name)
-        .args(args)
-        .env("OTEL_SERVICE_NAME", name)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start service");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ready line");
-    assert_eq!(line.trim(), "ready", "{name} did not start");
-    Proc(child)
+    let mut all = vec![name];
+    all.extend(args.iter().map(String::as_str));
+    python_fixture("chain.py", &all, &[("OTEL_SERVICE_NAME", name)])
 }
 
 impl Chain {
@@ -327,19 +316,12 @@ fn otlp_chain(protocol: &str) {
         .join(format!("sockspan-otlp-{protocol}-{port}.jsonl").replace('/', "-"));
     let _ = std::fs::remove_file(&spans_file);
     let mode = if protocol == "grpc" { "grpc" } else { "http" };
-    let mut receiver = Command::new("python3")
-        .arg(fixture("otlp_receiver.py"))
-        .args([mode, &port.to_string()])
-        .arg(&spans_file)
-        .arg("1")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("receiver");
-    let mut line = String::new();
-    BufReader::new(receiver.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ready");
-    let _receiver = Proc(receiver);
+    let spans_path = spans_file.display().to_string();
+    let _receiver = python_fixture(
+        "otlp_receiver.py",
+        &[mode, &port.to_string(), &spans_path, "1"],
+        &[],
+    );
     let endpoint = format!("http://127.0.0.1:{port}");
     let agent = Agent::start_with_env(
         "run",

@@ -210,6 +210,24 @@ impl HttpConnection {
         self.tunnel
     }
 
+    /// The response framer and a sink over the pairing state, borrowed together.
+    fn response_side<'a>(
+        &'a mut self,
+        out: &'a mut Vec<HttpEvent>,
+    ) -> (&'a mut Framer, ResponseSink<'a>) {
+        (
+            &mut self.responses,
+            ResponseSink {
+                pending: &mut self.pending,
+                in_flight: &mut self.in_flight,
+                interim: &mut self.interim,
+                tunnel: &mut self.tunnel,
+                stats: &mut self.stats,
+                out,
+            },
+        )
+    }
+
     /// Feeds one syscall's bytes of one direction; completed exchanges go to `out`.
     pub fn feed(
         &mut self,
@@ -233,15 +251,8 @@ impl HttpConnection {
                 self.requests.feed(data, total, ts, tid, &mut sink);
             }
             Side::Response => {
-                let mut sink = ResponseSink {
-                    pending: &mut self.pending,
-                    in_flight: &mut self.in_flight,
-                    interim: &mut self.interim,
-                    tunnel: &mut self.tunnel,
-                    stats: &mut self.stats,
-                    out,
-                };
-                self.responses.feed(data, total, ts, tid, &mut sink);
+                let (framer, mut sink) = self.response_side(out);
+                framer.feed(data, total, ts, tid, &mut sink);
             }
         }
     }
@@ -249,15 +260,8 @@ impl HttpConnection {
     /// The connection closed: a read-until-close response ends, and requests that never got a
     /// response complete without one.
     pub fn close(&mut self, at: Stamp, out: &mut Vec<HttpEvent>) {
-        let mut sink = ResponseSink {
-            pending: &mut self.pending,
-            in_flight: &mut self.in_flight,
-            interim: &mut self.interim,
-            tunnel: &mut self.tunnel,
-            stats: &mut self.stats,
-            out,
-        };
-        self.responses.close(at, &mut sink);
+        let (framer, mut sink) = self.response_side(out);
+        framer.close(at, &mut sink);
         for request in self.pending.drain(..) {
             self.stats.exchanges += 1;
             out.push(HttpEvent::Exchange(Exchange {
