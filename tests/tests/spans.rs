@@ -3,7 +3,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    io::BufRead as _,
     process::{Command, Stdio},
     time::Duration,
 };
