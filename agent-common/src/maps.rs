@@ -6,7 +6,7 @@ use crate::SockTuple;
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Tracked sockets: [`ConnKey`] → [`ConnInfo`].
 pub const MAP_CONNS: &str = "CONNS";
-/// Per-thread arguments saved at syscall entry: `pid_tgid` → [`PendingCall`].
+/// Per-thread arguments saved at syscall entry: `pid_tgid` → [`PendingCall`] (a plain hash map).
 pub const MAP_PENDING: &str = "PENDING";
 /// Per-CPU counters indexed by [`Counter`].
 pub const MAP_COUNTERS: &str = "COUNTERS";

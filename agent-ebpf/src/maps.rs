@@ -6,7 +6,7 @@ use agent_common::{
 };
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 
 /// Connection and data records for user space. Its size is set at load time.
@@ -18,10 +18,12 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 pub static CONNS: LruHashMap<ConnKey, ConnInfo> =
     LruHashMap::with_max_entries(DEFAULT_MAX_CONNS, 0);
 
-/// Arguments saved at syscall entry for the exit program, keyed by `pid_tgid`. An LRU, so an entry
-/// orphaned by a thread killed inside a syscall cannot leak.
+/// Arguments saved at syscall entry for the exit program, keyed by `pid_tgid`. A plain
+/// preallocated hash: updated on every traced syscall, where an LRU's bookkeeping cost ~300 ns
+/// (BENCHMARKS.md). Entries orphaned by threads that died inside a syscall are swept by user
+/// space (`probes::sweep_pending`).
 #[map]
-pub static PENDING: LruHashMap<u64, PendingCall> = LruHashMap::with_max_entries(MAX_PENDING, 0);
+pub static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(MAX_PENDING, 0);
 
 /// Self-metrics; user space sums the per-CPU values.
 #[map]

@@ -55,6 +55,20 @@ pub enum Command {
         sudo sockspan run --output otlp --otlp-endpoint http://127.0.0.1:4318\n  \
         sudo OTEL_EXPORTER_OTLP_PROTOCOL=grpc OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 sockspan run --output otlp")]
     Run(RunArgs),
+    /// Benchmark helper: attach empty programs to sockspan's tracepoints (the floor).
+    #[command(hide = true)]
+    BenchFloor {
+        #[arg(long, value_name = "SECS")]
+        duration: Option<u64>,
+        #[command(flatten)]
+        capture: CaptureArgs,
+    },
+    /// Benchmark helper: the user-space pipeline alone on synthesized HTTP traffic.
+    #[command(hide = true)]
+    BenchPipeline {
+        #[arg(long, default_value_t = 200_000)]
+        exchanges: u64,
+    },
 }
 
 /// How finished spans leave the agent.

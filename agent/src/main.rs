@@ -60,6 +60,13 @@ fn main() -> std::process::ExitCode {
         cli::Command::Check => commands::check::run(),
         cli::Command::Events(args) => run_async(commands::events::run(args)),
         cli::Command::Run(args) => run_async(commands::run::run(args)),
+        cli::Command::BenchFloor { duration, capture } => {
+            run_async(async move { commands::bench::floor(&capture, duration).await })
+        }
+        cli::Command::BenchPipeline { exchanges } => {
+            commands::bench::pipeline_throughput(exchanges);
+            0
+        }
     };
     std::process::ExitCode::from(code as u8)
 }

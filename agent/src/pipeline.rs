@@ -47,6 +47,7 @@ pub fn start(args: &CaptureArgs) -> Result<Capture, PipelineError> {
     let discovered = discovery::scan(me);
     let mut probes = Probes::load(&probes_config, me)?;
     let ring = probes.take_ring()?;
+    spawn_pending_sweeper(probes.take_pending()?);
     if let Some(logger) = probes.take_logger() {
         spawn_ebpf_logger(logger);
     }
@@ -62,6 +63,23 @@ pub fn start(args: &CaptureArgs) -> Result<Capture, PipelineError> {
         ring,
         discovered,
     })
+}
+
+/// How often orphaned in-flight entries are looked for.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Sweeps the in-flight syscall table now and then (threads killed inside a syscall).
+fn spawn_pending_sweeper(mut table: crate::probes::PendingTable) {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+        loop {
+            interval.tick().await;
+            let removed = table.sweep();
+            if removed > 0 {
+                tracing::debug!(removed, "swept in-flight entries of exited threads");
+            }
+        }
+    });
 }
 
 /// Forwards the programs' aya-log records to `tracing` (through the `log` bridge).

@@ -1,5 +1,6 @@
 //! Developer tasks: `cargo xtask setup | test | run`.
 
+mod bench;
 mod setup;
 mod test;
 mod util;
@@ -27,6 +28,13 @@ enum Task {
         /// Unit tests only (no root needed).
         #[arg(long = "unit")]
         unit_only: bool,
+    },
+    /// Measure overhead over the empty-program floor, agent cost and pipeline throughput;
+    /// writes BENCHMARKS.md.
+    Bench {
+        /// Fewer iterations (about two minutes).
+        #[arg(long)]
+        quick: bool,
     },
     /// Build (release) and run sockspan as root; arguments after `--` go to sockspan
     /// (default: `run`, spans as JSON lines).
@@ -70,5 +78,6 @@ fn main() -> Result<()> {
         Task::Setup => setup::setup(),
         Task::Test { filter, unit_only } => test::test(filter.as_deref(), unit_only),
         Task::Run { args } => run_agent(args),
+        Task::Bench { quick } => bench::bench(quick),
     }
 }

@@ -43,9 +43,9 @@ struct ProtocolStats {
     other_connections: u64,
 }
 
-struct RunSink<'a> {
+pub(crate) struct RunSink<'a> {
     conntrack: Conntrack,
-    protocols: HashMap<u64, ConnProtocol>,
+    protocols: HashMap<u64, ConnProtocol, foldhash::fast::RandomState>,
     tracer: Tracer,
     exporter: &'a mut dyn SpanExporter,
     events: Vec<HttpEvent>,
@@ -54,7 +54,24 @@ struct RunSink<'a> {
     ticks: u64,
 }
 
-impl RunSink<'_> {
+impl<'a> RunSink<'a> {
+    pub(crate) fn new(
+        conntrack: Conntrack,
+        tracer: Tracer,
+        exporter: &'a mut dyn SpanExporter,
+    ) -> Self {
+        Self {
+            conntrack,
+            protocols: HashMap::default(),
+            tracer,
+            exporter,
+            events: Vec::new(),
+            spans: Vec::new(),
+            stats: ProtocolStats::default(),
+            ticks: 0,
+        }
+    }
+
     fn on_open(&mut self, event: &ConnEvent) {
         self.conntrack.open(event);
         self.protocols
@@ -147,7 +164,7 @@ impl RunSink<'_> {
         }
     }
 
-    fn export(&mut self, flush: bool) {
+    pub(crate) fn export(&mut self, flush: bool) {
         self.tracer.poll(monotonic_ns(), flush, &mut self.spans);
         if !self.spans.is_empty() {
             self.exporter.export(&self.spans);
@@ -206,16 +223,11 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
             None,
         ),
     };
-    let mut sink = RunSink {
-        conntrack: Conntrack::new(args.capture.conntrack(), discovered),
-        protocols: HashMap::new(),
-        tracer: Tracer::new(trace_config, Resources::new(args.service_name)),
-        exporter: exporter.as_mut(),
-        events: Vec::new(),
-        spans: Vec::new(),
-        stats: ProtocolStats::default(),
-        ticks: 0,
-    };
+    let mut sink = RunSink::new(
+        Conntrack::new(args.capture.conntrack(), discovered),
+        Tracer::new(trace_config, Resources::new(args.service_name)),
+        exporter.as_mut(),
+    );
     let stop = pipeline::stop_signal(args.duration.map(Duration::from_secs));
     receiver::run(ring, &mut sink, Duration::from_millis(100), stop)
         .await

@@ -115,7 +115,7 @@ pub struct ConntrackStats {
 
 pub struct Conntrack {
     config: ConntrackConfig,
-    conns: HashMap<u64, Connection>,
+    conns: HashMap<u64, Connection, foldhash::fast::RandomState>,
     preexisting: HashMap<(u32, i32), DiscoveredSocket>,
     listening: ListeningPorts,
     pub processes: ProcessCache,
@@ -128,7 +128,10 @@ impl Conntrack {
     pub fn new(config: ConntrackConfig, discovered: Vec<DiscoveredSocket>) -> Self {
         let preexisting = discovered.into_iter().map(|s| ((s.pid, s.fd), s)).collect();
         Self {
-            conns: HashMap::with_capacity(config.max_conns.min(4096)),
+            conns: HashMap::with_capacity_and_hasher(
+                config.max_conns.min(4096),
+                foldhash::fast::RandomState::default(),
+            ),
             config,
             preexisting,
             listening: ListeningPorts::new(Duration::from_secs(2)),

@@ -7,7 +7,7 @@ pub mod tracefs;
 
 use agent_common::{
     CaptureConfig, Counter, DEFAULT_CAPTURE_BYTES, DEFAULT_MAX_CONNS, DEFAULT_RING_BYTES,
-    MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAX_CAPTURE_BYTES,
+    MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAP_PENDING, MAX_CAPTURE_BYTES,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -124,6 +124,31 @@ pub struct Probes {
     ebpf: Ebpf,
 }
 
+/// The kernel's in-flight syscall table (a plain hash map: it never evicts by itself).
+pub struct PendingTable {
+    map: aya::maps::HashMap<MapData, u64, agent_common::PendingCall>,
+}
+
+impl PendingTable {
+    /// Removes entries of threads that no longer exist (killed inside a syscall, so their exit
+    /// never ran); returns how many.
+    pub fn sweep(&mut self) -> usize {
+        let dead: Vec<u64> = self
+            .map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|pid_tgid| {
+                let (process, thread) = (pid_tgid >> 32, pid_tgid & 0xffff_ffff);
+                !std::path::Path::new(&format!("/proc/{process}/task/{thread}")).exists()
+            })
+            .collect();
+        for key in &dead {
+            let _ = self.map.remove(key);
+        }
+        dead.len()
+    }
+}
+
 /// Totals of the in-kernel self-metrics, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KernelCounters {
@@ -160,9 +185,27 @@ fn verifier_tail(log: &str) -> String {
     lines[start..].join(" | ")
 }
 
+/// Which programs of the object to attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgramSet {
+    /// The capture programs.
+    Capture,
+    /// Empty programs on the same tracepoints: the benchmark floor.
+    Floor,
+}
+
 impl Probes {
     /// Resolves offsets, loads, and attaches every program. `agent_tgid` is never traced.
     pub fn load(config: &ProbesConfig, agent_tgid: u32) -> Result<Self, ProbesError> {
+        Self::load_set(config, agent_tgid, ProgramSet::Capture)
+    }
+
+    /// Loads the object and attaches one set of its programs to the `syscalls` tracepoints.
+    pub fn load_set(
+        config: &ProbesConfig,
+        agent_tgid: u32,
+        set: ProgramSet,
+    ) -> Result<Self, ProbesError> {
         config.validate()?;
         let offsets = offsets::resolve(&btf::Btf::from_kernel()?)?;
         let tracefs_root = tracefs::root()?;
@@ -188,7 +231,10 @@ impl Probes {
                 other => ProbesError::Object(error_chain(&other)),
             })?;
         for name in TRACEPOINTS {
-            attach(&mut ebpf, name)?;
+            match set {
+                ProgramSet::Capture => attach(&mut ebpf, name, name)?,
+                ProgramSet::Floor => attach(&mut ebpf, &format!("floor_{name}"), name)?,
+            }
         }
         tracing::debug!(?offsets, "kernel struct offsets from BTF");
         Ok(Self { ebpf })
@@ -217,6 +263,19 @@ impl Probes {
         }
     }
 
+    /// The in-flight syscall table, for [`PendingTable::sweep`]. Can be taken once.
+    pub fn take_pending(&mut self) -> Result<PendingTable, ProbesError> {
+        let map = self
+            .ebpf
+            .take_map(MAP_PENDING)
+            .ok_or(ProbesError::MissingMap(MAP_PENDING))?;
+        let map = aya::maps::HashMap::try_from(map).map_err(|e| ProbesError::Map {
+            name: MAP_PENDING,
+            reason: e.to_string(),
+        })?;
+        Ok(PendingTable { map })
+    }
+
     /// Sums the per-CPU counters.
     pub fn counters(&self) -> Result<KernelCounters, ProbesError> {
         let map = self
@@ -242,7 +301,8 @@ impl Probes {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, name: &str) -> Result<(), ProbesError> {
+/// Loads program `name` and attaches it to `syscalls/<tracepoint>`.
+fn attach(ebpf: &mut Ebpf, name: &str, tracepoint: &str) -> Result<(), ProbesError> {
     let program: &mut TracePoint = ebpf
         .program_mut(name)
         .ok_or_else(|| ProbesError::Object(format!("program `{name}` is missing")))?
@@ -268,7 +328,7 @@ fn attach(ebpf: &mut Ebpf, name: &str) -> Result<(), ProbesError> {
         },
     })?;
     program
-        .attach("syscalls", name)
+        .attach("syscalls", tracepoint)
         .map_err(|err| ProbesError::Attach {
             program: name.to_string(),
             reason: error_chain(&err),

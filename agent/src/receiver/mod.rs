@@ -30,6 +30,10 @@ pub struct ReceiverStats {
     pub decode_errors: u64,
 }
 
+/// How often the ring is drained without a wake-up: data records only wake the agent when a
+/// backlog builds up (see the eBPF side), so this bounds the latency of a quiet trickle.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+
 /// Reads `ring` until `stop` resolves, then drains what is left.
 pub async fn run(
     ring: RingBuf<MapData>,
@@ -44,6 +48,8 @@ pub async fn run(
     let mut stats = ReceiverStats::default();
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut drain_timer = tokio::time::interval(DRAIN_INTERVAL);
+    drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -52,6 +58,7 @@ pub async fn run(
                 drain(guard.get_inner_mut(), sink, &mut stats);
                 guard.clear_ready();
             }
+            _ = drain_timer.tick() => drain(ring.get_mut(), sink, &mut stats),
             _ = ticker.tick() => sink.on_tick(),
             () = &mut stop => break,
         }

@@ -1,6 +1,6 @@
 //! Finished spans, as the exporters receive them.
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use super::ids::{SpanId, TraceId};
 
@@ -26,26 +26,36 @@ pub enum AttrValue {
     Int(i64),
 }
 
-/// One attribute. Keys are the OpenTelemetry semantic-convention names.
+/// One attribute. Keys are the OpenTelemetry semantic-convention names: static strings, except
+/// for user-supplied ones (`OTEL_RESOURCE_ATTRIBUTES`), so a span allocates no keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyValue {
-    pub key: String,
+    pub key: Cow<'static, str>,
     pub value: AttrValue,
 }
 
 impl KeyValue {
-    pub fn str(key: &str, value: impl Into<String>) -> Self {
+    pub fn str(key: &'static str, value: impl Into<String>) -> Self {
         Self {
-            key: key.to_string(),
+            key: Cow::Borrowed(key),
             value: AttrValue::Str(value.into()),
         }
     }
 
     #[must_use]
-    pub fn int(key: &str, value: i64) -> Self {
+    pub fn int(key: &'static str, value: i64) -> Self {
         Self {
-            key: key.to_string(),
+            key: Cow::Borrowed(key),
             value: AttrValue::Int(value),
+        }
+    }
+
+    /// An attribute whose key is only known at run time.
+    #[must_use]
+    pub fn owned(key: String, value: String) -> Self {
+        Self {
+            key: Cow::Owned(key),
+            value: AttrValue::Str(value),
         }
     }
 }

@@ -149,7 +149,7 @@ impl OtlpConfig {
         let resource_attributes = match env("OTEL_RESOURCE_ATTRIBUTES") {
             Some(a) => pairs(&a, "OTEL_RESOURCE_ATTRIBUTES")?
                 .into_iter()
-                .map(|(k, v)| KeyValue::str(&k, v))
+                .map(|(k, v)| KeyValue::owned(k, v))
                 .collect(),
             None => Vec::new(),
         };

@@ -20,7 +20,7 @@ fn value(kv: &KeyValue) -> ProtoKeyValue {
         AttrValue::Int(i) => any_value::Value::IntValue(*i),
     };
     ProtoKeyValue {
-        key: kv.key.clone(),
+        key: kv.key.to_string(),
         value: Some(AnyValue { value: Some(value) }),
         ..Default::default()
     }
