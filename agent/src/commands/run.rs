@@ -156,8 +156,8 @@ impl<'a> RunSink<'a> {
         let now = monotonic_ns();
         for event in self.events.drain(..) {
             match event {
-                HttpEvent::Request { head, start } => {
-                    self.tracer.on_request(conn, server, &head, start);
+                HttpEvent::Request { trace, start } => {
+                    self.tracer.on_request(conn, server, &trace, start);
                 }
                 HttpEvent::Exchange(exchange) => self.tracer.on_exchange(conn, &exchange, now),
             }

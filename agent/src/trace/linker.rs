@@ -33,7 +33,7 @@ use super::{
 use crate::{
     clock::WallClock,
     conntrack::Connection,
-    protocol::http1::{Exchange, Head, Stamp},
+    protocol::http1::{Exchange, Head, Stamp, TraceHeaders},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,7 +222,13 @@ impl Tracer {
     }
 
     /// A request head was read (`server`) or written (client) on `conn`.
-    pub fn on_request(&mut self, conn: &Connection, server: bool, head: &Head, start: Stamp) {
+    pub fn on_request(
+        &mut self,
+        conn: &Connection,
+        server: bool,
+        trace: &TraceHeaders,
+        start: Stamp,
+    ) {
         let key = (conn.conn_id, start.offset);
         if self.spans.len() >= self.config.max_spans {
             self.stats.dropped_full += 1;
@@ -232,7 +238,7 @@ impl Tracer {
         let (local, remote) = conn.addrs();
         let (local, remote) = (canonical(local), canonical(remote));
         let span_id = self.ids.span_id();
-        let context = propagation::extract(&head.headers);
+        let context = propagation::extract(trace);
         let mirror = if server {
             MirrorKey {
                 client: remote,
@@ -365,16 +371,22 @@ impl Tracer {
             crate::protocol::http1::StartLine::Response { .. } => "/",
         };
         let route = route::route_of(target);
+        // Formatted once: it is both the peer and, on servers, the client address.
+        let peer = span.remote.ip().to_string();
         let status_code = exchange.response.as_ref().and_then(Head::status);
         let mut attributes = vec![
             KeyValue::str("http.request.method", method.clone()),
             KeyValue::str("url.path", route::path_of(target)),
             KeyValue::str(
                 "network.protocol.version",
-                format!("1.{}", request.minor_version),
+                if request.minor_version == 0 {
+                    "1.0"
+                } else {
+                    "1.1"
+                },
             ),
             KeyValue::str("network.transport", "tcp"),
-            KeyValue::str("network.peer.address", span.remote.ip().to_string()),
+            KeyValue::str("network.peer.address", peer.clone()),
             KeyValue::int("network.peer.port", i64::from(span.remote.port())),
             KeyValue::str("sockspan.parent.evidence", span.evidence),
             KeyValue::int("thread.id", i64::from(span.tid)),
@@ -409,15 +421,9 @@ impl Tracer {
                 host.unwrap_or_else(|| span.local.ip().to_string()),
             ));
             attributes.push(KeyValue::int("server.port", i64::from(span.local.port())));
-            attributes.push(KeyValue::str(
-                "client.address",
-                span.remote.ip().to_string(),
-            ));
+            attributes.push(KeyValue::str("client.address", peer));
         } else {
-            attributes.push(KeyValue::str(
-                "server.address",
-                host.unwrap_or_else(|| span.remote.ip().to_string()),
-            ));
+            attributes.push(KeyValue::str("server.address", host.unwrap_or(peer)));
             attributes.push(KeyValue::int("server.port", i64::from(span.remote.port())));
         }
         let status = match status_code {
@@ -581,10 +587,10 @@ mod tests {
         let server_conn = conn(1, 2, Role::Server, 80, 5000);
         let downstream = conn(2, 2, Role::Client, 6000, 90);
         let client_conn = conn(3, 1, Role::Client, 5000, 80);
-        t.on_request(&server_conn, true, &get, stamp(10, 20, 0));
-        t.on_request(&downstream, false, &get, stamp(11, 20, 0));
+        t.on_request(&server_conn, true, &get.headers.trace, stamp(10, 20, 0));
+        t.on_request(&downstream, false, &get.headers.trace, stamp(11, 20, 0));
         // Only now does the client end appear (its event came late through the ring).
-        t.on_request(&client_conn, false, &get, stamp(5, 10, 0));
+        t.on_request(&client_conn, false, &get.headers.trace, stamp(5, 10, 0));
         for (c, s, end) in [
             (&downstream, 11, 12),
             (&server_conn, 10, 13),
@@ -611,9 +617,9 @@ mod tests {
         let a = conn(1, 2, Role::Server, 80, 5000);
         let b = conn(2, 2, Role::Server, 80, 5001);
         let out = conn(3, 2, Role::Client, 6000, 90);
-        t.on_request(&a, true, &get, stamp(10, 7, 0));
-        t.on_request(&b, true, &get, stamp(11, 7, 0));
-        t.on_request(&out, false, &get, stamp(12, 7, 0));
+        t.on_request(&a, true, &get.headers.trace, stamp(10, 7, 0));
+        t.on_request(&b, true, &get.headers.trace, stamp(11, 7, 0));
+        t.on_request(&out, false, &get.headers.trace, stamp(12, 7, 0));
         t.on_exchange(&out, &exchange(get.clone(), stamp(12, 7, 0), 13), 0);
         let spans = drain(&mut t);
         assert_eq!(spans.len(), 1);
@@ -628,9 +634,9 @@ mod tests {
         let with = head(b"GET /a HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n");
         let without = head(b"GET /b HTTP/1.1\r\n\r\n");
         let c = conn(1, 2, Role::Server, 80, 5000);
-        t.on_request(&c, true, &with, stamp(10, 7, 0));
+        t.on_request(&c, true, &with.headers.trace, stamp(10, 7, 0));
         t.on_exchange(&c, &exchange(with, stamp(10, 7, 0), 11), 0);
-        t.on_request(&c, true, &without, stamp(12, 7, 100));
+        t.on_request(&c, true, &without.headers.trace, stamp(12, 7, 100));
         t.on_exchange(&c, &exchange(without, stamp(12, 7, 100), 13), 0);
         let spans = drain(&mut t);
         assert_eq!(
@@ -656,7 +662,7 @@ mod tests {
         );
         let get = head(b"GET /a HTTP/1.1\r\n\r\n");
         let c = conn(1, 2, Role::Client, 5000, 80);
-        t.on_request(&c, false, &get, stamp(10, 7, 0));
+        t.on_request(&c, false, &get.headers.trace, stamp(10, 7, 0));
         t.on_exchange(&c, &exchange(get, stamp(10, 7, 0), 11), 1_000);
         let mut out = Vec::new();
         t.poll(1_000 + 499_000_000, false, &mut out);

@@ -1,7 +1,7 @@
 //! Trace context carried by HTTP headers: W3C `traceparent`, B3 single and multi header.
 
 use super::ids::{SpanId, TraceId, parse_hex};
-use crate::protocol::http1::head::KeptHeaders;
+use crate::protocol::http1::head::TraceHeaders;
 
 /// A remote parent announced by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +63,7 @@ fn b3_single(value: &str) -> Option<RemoteContext> {
 
 /// The caller's context, W3C first, then B3 single, then B3 multi.
 #[must_use]
-pub fn extract(headers: &KeptHeaders) -> Option<RemoteContext> {
+pub fn extract(headers: &TraceHeaders) -> Option<RemoteContext> {
     if let Some(ctx) = headers.traceparent.as_deref().and_then(traceparent) {
         return Some(ctx);
     }
@@ -88,8 +88,8 @@ pub fn extract(headers: &KeptHeaders) -> Option<RemoteContext> {
 mod tests {
     use super::*;
 
-    fn headers(f: impl FnOnce(&mut KeptHeaders)) -> KeptHeaders {
-        let mut h = KeptHeaders::default();
+    fn headers(f: impl FnOnce(&mut TraceHeaders)) -> TraceHeaders {
+        let mut h = TraceHeaders::default();
         f(&mut h);
         h
     }

@@ -14,11 +14,9 @@ pub enum StartLine {
     Response { status: u16 },
 }
 
-/// Headers sockspan uses; `None` when absent.
+/// Trace-context headers; `None` when absent (the usual case: nothing is allocated).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KeptHeaders {
-    pub host: Option<String>,
-    pub user_agent: Option<String>,
+pub struct TraceHeaders {
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
     /// B3 single-header form.
@@ -26,6 +24,38 @@ pub struct KeptHeaders {
     pub x_b3_traceid: Option<String>,
     pub x_b3_spanid: Option<String>,
     pub x_b3_sampled: Option<String>,
+}
+
+/// Headers sockspan uses; `None` when absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeptHeaders {
+    pub host: Option<String>,
+    pub user_agent: Option<String>,
+    pub trace: TraceHeaders,
+}
+
+/// Which kept header a name is, compared without allocating.
+fn kept_slot<'a>(kept: &'a mut KeptHeaders, name: &str) -> Option<&'a mut Option<String>> {
+    let is = |candidate: &str| name.eq_ignore_ascii_case(candidate);
+    if is("host") {
+        Some(&mut kept.host)
+    } else if is("user-agent") {
+        Some(&mut kept.user_agent)
+    } else if is("traceparent") {
+        Some(&mut kept.trace.traceparent)
+    } else if is("tracestate") {
+        Some(&mut kept.trace.tracestate)
+    } else if is("b3") {
+        Some(&mut kept.trace.b3)
+    } else if is("x-b3-traceid") {
+        Some(&mut kept.trace.x_b3_traceid)
+    } else if is("x-b3-spanid") {
+        Some(&mut kept.trace.x_b3_spanid)
+    } else if is("x-b3-sampled") {
+        Some(&mut kept.trace.x_b3_sampled)
+    } else {
+        None
+    }
 }
 
 /// A parsed head.
@@ -159,19 +189,7 @@ pub fn parse_head(side: Side, data: &[u8]) -> Result<Option<(Head, usize)>, ()> 
             head.upgrade |= has_token(value, "upgrade");
         } else if name.eq_ignore_ascii_case("expect") {
             head.expect_continue = has_token(value, "100-continue");
-        } else {
-            let kept = &mut head.headers;
-            let slot = match name.to_ascii_lowercase().as_str() {
-                "host" => &mut kept.host,
-                "user-agent" => &mut kept.user_agent,
-                "traceparent" => &mut kept.traceparent,
-                "tracestate" => &mut kept.tracestate,
-                "b3" => &mut kept.b3,
-                "x-b3-traceid" => &mut kept.x_b3_traceid,
-                "x-b3-spanid" => &mut kept.x_b3_spanid,
-                "x-b3-sampled" => &mut kept.x_b3_sampled,
-                _ => continue,
-            };
+        } else if let Some(slot) = kept_slot(&mut head.headers, name) {
             *slot = Some(text(value));
         }
     }
@@ -192,7 +210,7 @@ mod tests {
         assert_eq!(head.method(), Some("GET"));
         assert_eq!(head.headers.host.as_deref(), Some("api:8080"));
         assert_eq!(
-            head.headers.traceparent.as_deref(),
+            head.headers.trace.traceparent.as_deref(),
             Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
         );
         let debug = format!("{head:?}");

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 
 use framer::{AfterHead, DesyncReason, FrameSink, Framer};
 pub use framer::{Side, Stamp};
-pub use head::{Head, StartLine};
+pub use head::{Head, StartLine, TraceHeaders};
 
 /// Requests waiting for responses on one connection; more means the stream is not what we think.
 const MAX_PENDING_REQUESTS: usize = 64;
@@ -18,8 +18,9 @@ const MAX_PENDING_REQUESTS: usize = 64;
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum HttpEvent {
-    /// A request head was read; its exchange will follow (keyed by `start.offset`).
-    Request { head: Head, start: Stamp },
+    /// A request head was read; its exchange will follow (keyed by `start.offset`). Only the
+    /// trace-context headers travel with it: that is all linking needs at this point.
+    Request { trace: TraceHeaders, start: Stamp },
     /// A request and its response (or the close that ended it) are complete.
     Exchange(Exchange),
 }
@@ -90,7 +91,7 @@ impl FrameSink for RequestSink<'_> {
             self.stats.pending_overflow += 1;
         }
         self.out.push(HttpEvent::Request {
-            head: head.clone(),
+            trace: head.headers.trace.clone(),
             start,
         });
         self.pending.push_back(PendingRequest {
