@@ -9,6 +9,7 @@ mod clock;
 mod commands;
 mod conntrack;
 mod exporter;
+mod lock;
 mod net;
 mod pipeline;
 mod probes;

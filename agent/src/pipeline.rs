@@ -25,6 +25,8 @@ pub enum PipelineError {
     Trace(#[from] crate::trace::linker::TraceError),
     #[error(transparent)]
     Otlp(#[from] crate::exporter::otlp::OtlpConfigError),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
 }
 
 /// A running capture path.

@@ -235,12 +235,18 @@ impl Agent {
 
     /// Sends SIGINT, waits for exit (bounded), and parses stdout.
     #[must_use]
-    pub fn stop(mut self) -> Output {
+    pub fn stop(self) -> Output {
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// Sends `signal`, waits for exit (bounded), and parses stdout.
+    #[must_use]
+    pub fn stop_with(mut self, signal: i32) -> Output {
         let mut child = self.child.take().expect("running");
         // Give the last syscalls' events a moment to cross the ring before stopping.
         std::thread::sleep(Duration::from_millis(500));
         // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        unsafe { libc::kill(child.id() as i32, signal) };
         let deadline = Instant::now() + Duration::from_secs(20);
         let status = loop {
             if let Some(status) = child.try_wait().expect("wait") {

@@ -369,3 +369,49 @@ fn otlp_over_grpc_reaches_an_official_receiver() {
 fn otlp_over_http_protobuf_reaches_an_official_receiver() {
     otlp_chain("http/protobuf");
 }
+
+#[test]
+fn secrets_in_traced_traffic_never_reach_the_spans() {
+    let chain = Chain::start();
+    let agent = Agent::start_command("run", &["--output", "jsonl"]);
+    let _ = run_ok(
+        Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", "--max-time", "20"])
+            .args(["-H", "Authorization: Bearer SECRET-BEARER-7f3a"])
+            .args(["-H", "Cookie: session=SECRET-COOKIE-91c2"])
+            .args(["-H", "X-Api-Key: SECRET-APIKEY-55d0"])
+            .arg(format!(
+                "http://127.0.0.1:{}/predict/3?token=SECRET-QUERY-0b1e",
+                chain.frontend
+            )),
+        Duration::from_secs(30),
+    );
+    let _ = run_ok(
+        Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", "--max-time", "20", "-X", "POST"])
+            .args(["-d", r#"{"f":[1],"password":"SECRET-BODY-3e77"}"#])
+            .arg(format!("http://127.0.0.1:{}/score", chain.model)),
+        Duration::from_secs(30),
+    );
+    let out = agent.stop();
+    assert!(
+        out.events.len() >= 7,
+        "spans were exported: {}",
+        out.events.len()
+    );
+    let everything = serde_json::to_string(&out.events).expect("json");
+    assert!(
+        !everything.contains("SECRET-"),
+        "a secret leaked into the spans"
+    );
+    let front = out
+        .events
+        .iter()
+        .find(|s| service(s) == "frontend" && kind(s) == "SERVER")
+        .expect("frontend span");
+    assert_eq!(
+        attr(front, "url.path"),
+        "/predict/3",
+        "the query string is not kept"
+    );
+}

@@ -21,6 +21,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("python3", "python3"),
     ("setpriv", "util-linux"),
+    ("bpftool", "bpftool"),
 ];
 
 fn say(what: &str) {

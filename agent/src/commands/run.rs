@@ -207,6 +207,11 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         })?),
         Output::Jsonl => None,
     };
+    // One agent per host; the lock is held until this function returns (or the process dies).
+    // Privileges first: without them the lock file cannot be made either, and that message is
+    // less useful.
+    crate::caps::check_can_load().map_err(pipeline::PipelineError::Privilege)?;
+    let _lock = crate::lock::acquire()?;
     let capture = pipeline::start(&args.capture)?;
     let pipeline::Capture {
         probes,

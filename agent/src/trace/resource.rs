@@ -92,6 +92,47 @@ pub fn service_name(rule: ServiceNameRule, process: &ProcessInfo) -> String {
     }
 }
 
+/// Words that mark an argument (or the one after a flag) as carrying a credential.
+const SECRET_MARKERS: [&str; 9] = [
+    "password", "passwd", "token", "secret", "apikey", "api-key", "api_key", "auth", "cookie",
+];
+
+fn looks_secret(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    SECRET_MARKERS.iter().any(|m| lower.contains(m)) || lower.contains("bearer ")
+}
+
+/// The command line with credential-bearing arguments replaced by `REDACTED`: values of header
+/// flags (`-H`, `--header`), of flags named like credentials (`--password x`, `--token=x`),
+/// `key=value` pairs with such keys, and anything that itself reads like a credential. Command
+/// lines are resource attributes of every span; a secret passed on one must not leave the host.
+#[must_use]
+pub fn redacted_command_line(argv: &[String]) -> String {
+    let mut out = Vec::with_capacity(argv.len());
+    let mut redact_next = false;
+    for arg in argv {
+        if redact_next {
+            out.push("REDACTED".to_string());
+            redact_next = false;
+            continue;
+        }
+        let is_flag = arg.starts_with('-');
+        if let Some((key, _)) = arg.split_once('=')
+            && looks_secret(key)
+        {
+            out.push(format!("{key}=REDACTED"));
+        } else if is_flag && (arg == "-H" || arg == "--header" || looks_secret(arg)) {
+            out.push(arg.clone());
+            redact_next = true;
+        } else if looks_secret(arg) {
+            out.push("REDACTED".to_string());
+        } else {
+            out.push(arg.clone());
+        }
+    }
+    out.join(" ")
+}
+
 /// Resources per process, built once per process metadata snapshot.
 pub struct Resources {
     rule: ServiceNameRule,
@@ -124,7 +165,10 @@ impl Resources {
             KeyValue::str("host.name", self.host_name.clone()),
             KeyValue::int("process.pid", i64::from(process.pid)),
             KeyValue::str("process.executable.name", process.exe_name()),
-            KeyValue::str("process.command_line", process.cmdline.join(" ")),
+            KeyValue::str(
+                "process.command_line",
+                redacted_command_line(&process.cmdline),
+            ),
             KeyValue::str("telemetry.sdk.name", "sockspan"),
             KeyValue::str("telemetry.sdk.language", "rust"),
             KeyValue::str("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
@@ -155,6 +199,35 @@ mod tests {
             container_id: None,
             otel_service_name: env_name.map(String::from),
         }
+    }
+
+    #[test]
+    fn command_lines_lose_their_secrets() {
+        let argv: Vec<String> = [
+            "curl",
+            "-H",
+            "Authorization: Bearer abc",
+            "--password",
+            "hunter2",
+            "--api-key=k1",
+            "DB_TOKEN=t0",
+            "https://x/",
+            "-v",
+            "--header",
+            "X-Trace: 1",
+        ]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect();
+        assert_eq!(
+            redacted_command_line(&argv),
+            "curl -H REDACTED --password REDACTED --api-key=REDACTED DB_TOKEN=REDACTED https://x/ -v --header REDACTED"
+        );
+        let plain: Vec<String> = ["python3", "app.py", "--port", "80"]
+            .iter()
+            .map(|s| (*s).to_string())
+            .collect();
+        assert_eq!(redacted_command_line(&plain), "python3 app.py --port 80");
     }
 
     #[test]

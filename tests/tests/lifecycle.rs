@@ -1,0 +1,113 @@
+//! Root integration tests of the agent's lifecycle: one agent per host, flush on SIGTERM, and
+//! nothing left attached in the kernel after `kill -9`.
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use sockspan_tests::{Agent, free_port, http_server, run_ok, sockspan_bin};
+
+/// Loaded tracepoint programs named like sockspan's (`sys_enter_*` / `sys_exit_*`).
+fn sockspan_programs() -> usize {
+    let out = run_ok(
+        Command::new("bpftool").args(["prog", "show", "--json"]),
+        Duration::from_secs(20),
+    );
+    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            p["type"] == "tracepoint" && p["name"].as_str().is_some_and(|n| n.starts_with("sys_e"))
+        })
+        .count()
+}
+
+#[test]
+fn a_second_agent_refuses_and_names_the_first() {
+    let agent = Agent::start_command("run", &["--output", "jsonl"]);
+    let second = Command::new(sockspan_bin())
+        .args(["run", "--output", "jsonl", "--duration", "2"])
+        .stdout(Stdio::null())
+        .output()
+        .expect("second agent");
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("already running") && stderr.contains(&format!("pid {}", agent.pid())),
+        "{stderr}"
+    );
+    let out = agent.stop();
+    assert!(out.status.success());
+    // With the first gone the lock is free again.
+    let third = Command::new(sockspan_bin())
+        .args(["run", "--output", "jsonl", "--duration", "1"])
+        .stdout(Stdio::null())
+        .output()
+        .expect("third agent");
+    assert!(
+        third.status.success(),
+        "{}",
+        String::from_utf8_lossy(&third.stderr)
+    );
+}
+
+#[test]
+fn sigterm_exports_finished_spans_and_exits_promptly() {
+    let port = free_port();
+    let _server = http_server("127.0.0.1", port);
+    let agent = Agent::start_command("run", &["--output", "jsonl", "--link-delay-ms", "10000"]);
+    let _ = run_ok(
+        Command::new("curl")
+            .args(["-sf", "-o", "/dev/null"])
+            .arg(format!("http://127.0.0.1:{port}/")),
+        Duration::from_secs(20),
+    );
+    // The spans wait 10 s for late evidence; SIGTERM must export them at once anyway.
+    let started = Instant::now();
+    let out = agent.stop_with(libc::SIGTERM);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped in {:?}",
+        started.elapsed()
+    );
+    let kinds: Vec<&str> = out
+        .events
+        .iter()
+        .filter_map(|s| s["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"CLIENT") && kinds.contains(&"SERVER"),
+        "{kinds:?}"
+    );
+    assert!(out.stderr.contains("SIGTERM"), "{}", out.stderr);
+}
+
+#[test]
+fn kill_9_leaves_no_program_attached() {
+    let baseline = sockspan_programs();
+    let mut child = Command::new(sockspan_bin())
+        .args(["run", "--output", "jsonl"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sockspan_programs() <= baseline {
+        assert!(Instant::now() < deadline, "programs never appeared");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    child.kill().expect("kill -9");
+    child.wait().expect("reaped");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sockspan_programs() > baseline {
+        assert!(
+            Instant::now() < deadline,
+            "programs still loaded 10 s after kill -9"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
