@@ -50,6 +50,7 @@ pub enum Command {
     /// process, and across the two ends of local connections. With `--output jsonl`, one span
     /// per line on stdout (fields in docs/spans.md).
     #[command(after_help = "Examples:\n  \
+        sudo sockspan run                            # store + query API on http://127.0.0.1:16686/api/services\n  \
         sudo sockspan run --output jsonl\n  \
         sudo sockspan run --output jsonl --service-name cmdline --duration 60 > spans.jsonl\n  \
         sudo sockspan run --output otlp --otlp-endpoint http://127.0.0.1:4318\n  \
@@ -74,6 +75,8 @@ pub enum Command {
 /// How finished spans leave the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
+    /// The embedded store (`--store`), queried through the Jaeger-compatible API on `--ui`.
+    Store,
     /// One JSON object per span on stdout.
     Jsonl,
     /// OTLP to a collector, Jaeger or Tempo: `--otlp-endpoint` or the `OTEL_EXPORTER_OTLP_*`
@@ -84,8 +87,24 @@ pub enum Output {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Where spans go.
-    #[arg(long, value_enum, default_value_t = Output::Jsonl)]
+    #[arg(long, value_enum, default_value_t = Output::Store)]
     pub output: Output,
+    /// Span store file (`--output store`).
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/var/lib/sockspan/traces.redb"
+    )]
+    pub store: std::path::PathBuf,
+    /// Address of the query API (`--output store`); loopback only for now.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:16686")]
+    pub ui: std::net::SocketAddr,
+    /// Hours spans are kept in the store.
+    #[arg(long, value_name = "HOURS", default_value_t = 24)]
+    pub retention_hours: u64,
+    /// Most spans kept in the store; the oldest go first.
+    #[arg(long, value_name = "N", default_value_t = 5_000_000)]
+    pub store_max_spans: u64,
     /// OTLP endpoint (base URL, e.g. `http://127.0.0.1:4318`); overrides
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` and `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
     #[arg(long, value_name = "URL")]
@@ -105,6 +124,15 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    #[must_use]
+    pub fn store_config(&self) -> crate::store::StoreConfig {
+        crate::store::StoreConfig {
+            path: self.store.clone(),
+            retention: Duration::from_hours(self.retention_hours),
+            max_spans: self.store_max_spans,
+        }
+    }
+
     #[must_use]
     pub fn trace(&self) -> TraceConfig {
         TraceConfig {

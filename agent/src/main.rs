@@ -3,6 +3,7 @@
 //! Pipeline: `probes` (eBPF on syscall tracepoints) → `receiver` (ring buffer) → `conntrack`
 //! (connections, processes) → commands that print or export what it sees.
 
+mod api;
 mod caps;
 mod cli;
 mod clock;
@@ -16,6 +17,7 @@ mod probes;
 mod process;
 mod protocol;
 mod receiver;
+mod store;
 mod trace;
 
 use clap::Parser as _;

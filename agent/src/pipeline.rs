@@ -27,6 +27,10 @@ pub enum PipelineError {
     Otlp(#[from] crate::exporter::otlp::OtlpConfigError),
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
 }
 
 /// A running capture path.

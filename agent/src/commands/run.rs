@@ -14,10 +14,12 @@ use crate::{
         SpanExporter,
         jsonl::JsonlExporter,
         otlp::{OtlpConfig, OtlpExporter},
+        store::StoreExporter,
     },
     pipeline,
     protocol::http1::{HttpConnection, HttpEvent, Side, Stamp, framer::looks_like_start},
     receiver::{self, Event, EventSink},
+    store::Store,
     trace::{SpanData, Tracer, resource::Resources},
 };
 
@@ -205,8 +207,12 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         Output::Otlp => Some(OtlpConfig::resolve(args.otlp_endpoint.as_deref(), &|k| {
             std::env::var(k).ok()
         })?),
-        Output::Jsonl => None,
+        Output::Jsonl | Output::Store => None,
     };
+    let store_config = args.store_config();
+    if args.output == Output::Store {
+        store_config.validate()?;
+    }
     // One agent per host; the lock is held until this function returns (or the process dies).
     // Privileges first: without them the lock file cannot be made either, and that message is
     // less useful.
@@ -218,12 +224,18 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         ring,
         discovered,
     } = capture;
-    let (mut exporter, sender): (Box<dyn SpanExporter>, _) = match otlp {
-        Some(config) => {
+    let (mut exporter, sender): (Box<dyn SpanExporter>, _) = match (args.output, otlp) {
+        (Output::Otlp, Some(config)) => {
             let (exporter, task) = OtlpExporter::start(config)?;
             (Box::new(exporter), Some(task))
         }
-        None => (
+        (Output::Store, _) => {
+            let store = Store::open(store_config)?;
+            crate::api::serve(args.ui, store.clone()).await?;
+            tracing::info!(path = %store.path().display(), "storing spans");
+            (Box::new(StoreExporter::new(store)), None)
+        }
+        _ => (
             Box::new(JsonlExporter::new(io::BufWriter::new(io::stdout()))),
             None,
         ),

@@ -107,6 +107,12 @@ fn record(span: &SpanData) -> SpanRecord<'_> {
     }
 }
 
+/// One span as the JSON object `--output jsonl` prints (and the store keeps).
+#[must_use]
+pub fn to_json(span: &SpanData) -> Vec<u8> {
+    serde_json::to_vec(&record(span)).unwrap_or_default()
+}
+
 impl<W: Write> SpanExporter for JsonlExporter<W> {
     fn export(&mut self, spans: &[SpanData]) {
         for span in spans {

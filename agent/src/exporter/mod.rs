@@ -2,6 +2,7 @@
 
 pub mod jsonl;
 pub mod otlp;
+pub mod store;
 
 use crate::trace::SpanData;
 

@@ -81,6 +81,21 @@ pub struct Resource {
     pub attributes: Vec<KeyValue>,
 }
 
+impl Resource {
+    /// The `service.name` attribute.
+    #[must_use]
+    pub fn service_name(&self) -> &str {
+        self.attributes
+            .iter()
+            .find(|kv| kv.key == "service.name")
+            .and_then(|kv| match &kv.value {
+                AttrValue::Str(s) => Some(s.as_str()),
+                AttrValue::Int(_) => None,
+            })
+            .unwrap_or("unknown_service")
+    }
+}
+
 /// A finished span.
 #[derive(Debug, Clone)]
 pub struct SpanData {

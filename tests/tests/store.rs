@@ -1,0 +1,266 @@
+//! Root integration tests of the embedded store and its Jaeger-compatible query API: traces
+//! made by real traffic through uninstrumented services, read back over HTTP the way Grafana's
+//! Jaeger data source and the Jaeger UI read them.
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sockspan_tests::{Agent, Proc, free_port, python_fixture, run_ok};
+
+fn get(url: &str) -> (u16, Value) {
+    let out = run_ok(
+        Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "--max-time", "10"])
+            .arg(url),
+        Duration::from_secs(20),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').expect("status line");
+    (
+        code.trim().parse().expect("code"),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+fn start_chain() -> (u16, Vec<Proc>) {
+    let (frontend, features, model) = (free_port(), free_port(), free_port());
+    let procs = vec![
+        python_fixture(
+            "chain.py",
+            &["model", &model.to_string()],
+            &[("OTEL_SERVICE_NAME", "model")],
+        ),
+        python_fixture(
+            "chain.py",
+            &["features", &features.to_string()],
+            &[("OTEL_SERVICE_NAME", "features")],
+        ),
+        python_fixture(
+            "chain.py",
+            &[
+                "frontend",
+                &frontend.to_string(),
+                &features.to_string(),
+                &model.to_string(),
+            ],
+            &[("OTEL_SERVICE_NAME", "frontend")],
+        ),
+    ];
+    (frontend, procs)
+}
+
+fn store_path() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sockspan-store-{}", free_port()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir.join("traces.redb")
+}
+
+/// Polls `url` until `done` holds for its body (at most 15 s).
+fn wait_for(url: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, body) = get(url);
+        if done(&body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} never satisfied the condition; last: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Services, operations, and Jaeger's trace model: six spans, five `CHILD_OF` references inside
+/// the trace, a process for each span.
+fn check_listings_and_model(base: &str, trace: &Value) {
+    let (code, services) = get(&format!("{base}/api/services"));
+    assert_eq!(code, 200);
+    for s in ["curl", "frontend", "features", "model"] {
+        assert!(
+            services["data"]
+                .as_array()
+                .expect("list")
+                .contains(&Value::from(s)),
+            "{services}"
+        );
+    }
+    let (_, ops) = get(&format!("{base}/api/services/frontend/operations"));
+    assert!(
+        ops["data"]
+            .as_array()
+            .expect("ops")
+            .contains(&Value::from("GET /predict/{id}")),
+        "{ops}"
+    );
+    let (_, kinds) = get(&format!(
+        "{base}/api/operations?service=model&spanKind=server"
+    ));
+    assert_eq!(
+        kinds["data"][0],
+        serde_json::json!({"name": "POST /score", "spanKind": "server"})
+    );
+
+    let spans = trace["spans"].as_array().expect("spans");
+    assert_eq!(spans.len(), 6, "{trace}");
+    let ids: Vec<&Value> = spans.iter().map(|s| &s["spanID"]).collect();
+    let child_of: Vec<&Value> = spans
+        .iter()
+        .flat_map(|s| s["references"].as_array().expect("refs").iter())
+        .filter(|r| r["refType"] == "CHILD_OF")
+        .collect();
+    assert_eq!(child_of.len(), 5);
+    assert!(
+        child_of
+            .iter()
+            .all(|r| ids.contains(&&r["spanID"]) && r["traceID"] == trace["traceID"])
+    );
+    for s in spans {
+        assert!(s["startTime"].as_u64().is_some() && s["duration"].as_u64().is_some());
+        let process = &trace["processes"][s["processID"].as_str().expect("pid")];
+        assert!(process["serviceName"].is_string(), "{process}");
+        assert!(
+            s["tags"]
+                .as_array()
+                .expect("tags")
+                .iter()
+                .any(|t| t["key"] == "span.kind")
+        );
+    }
+}
+
+fn check_search_filters(base: &str, search: &str) {
+    let n = |url: String| get(&url).1["data"].as_array().map_or(0, Vec::len);
+    assert_eq!(n(format!("{search}&operation=GET%20/predict/%7Bid%7D")), 2);
+    // The frontend's client call to the model is one of its operations too.
+    assert_eq!(n(format!("{search}&operation=POST%20/score")), 2);
+    assert_eq!(n(format!("{search}&operation=GET%20/nothing")), 0);
+    assert_eq!(n(format!("{search}&minDuration=1us&maxDuration=1h")), 2);
+    assert_eq!(n(format!("{search}&minDuration=1h")), 0);
+    assert_eq!(
+        n(format!(
+            "{search}&tags=%7B%22url.path%22%3A%22/predict/11%22%7D"
+        )),
+        1
+    );
+    let (code, bad) = get(&format!(
+        "{base}/api/traces?service=frontend&minDuration=soon"
+    ));
+    assert_eq!(code, 400);
+    assert!(
+        bad["errors"][0]["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("minDuration")),
+        "{bad}"
+    );
+}
+
+fn check_service_map(base: &str) {
+    let (_, deps) = get(&format!(
+        "{base}/api/dependencies?endTs=99999999999999&lookback=99999999999999"
+    ));
+    let edges: Vec<(String, String, u64)> = deps["data"]
+        .as_array()
+        .expect("deps")
+        .iter()
+        .map(|d| {
+            (
+                d["parent"].as_str().unwrap_or("").to_string(),
+                d["child"].as_str().unwrap_or("").to_string(),
+                d["callCount"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    for (parent, child) in [
+        ("curl", "frontend"),
+        ("frontend", "features"),
+        ("frontend", "model"),
+    ] {
+        assert!(
+            edges.contains(&(parent.to_string(), child.to_string(), 2)),
+            "{parent}->{child} twice: {edges:?}"
+        );
+    }
+}
+
+#[test]
+fn jaeger_api_serves_traces_of_real_traffic_and_survives_a_restart() {
+    let (frontend, _procs) = start_chain();
+    let store = store_path();
+    let store_arg = store.display().to_string();
+    let ui = format!("127.0.0.1:{}", free_port());
+    let base = format!("http://{ui}");
+    let agent = Agent::start_command("run", &["--store", &store_arg, "--ui", &ui]);
+    for item in [11, 12] {
+        let _ = run_ok(
+            Command::new("curl")
+                .args(["-sf", "-o", "/dev/null"])
+                .arg(format!("http://127.0.0.1:{frontend}/predict/{item}")),
+            Duration::from_secs(20),
+        );
+    }
+    let search = format!("{base}/api/traces?service=frontend&limit=20");
+    let found = wait_for(&search, |b| {
+        b["data"].as_array().is_some_and(|d| d.len() == 2)
+    });
+    assert_eq!(found["errors"], Value::Null);
+    assert_eq!(found["total"], 2);
+
+    // One trace by id; unknown and malformed ids.
+    let trace = &found["data"][0];
+    let trace_id = trace["traceID"].as_str().expect("id").to_string();
+    let (code, one) = get(&format!("{base}/api/traces/{trace_id}"));
+    assert_eq!(
+        (code, one["data"][0]["spans"].as_array().map(Vec::len)),
+        (200, Some(6))
+    );
+    assert_eq!(
+        get(&format!(
+            "{base}/api/traces/00000000000000000000000000000abc"
+        ))
+        .0,
+        404
+    );
+    assert_eq!(get(&format!("{base}/api/traces/not-hex")).0, 400);
+
+    check_listings_and_model(&base, &found["data"][0]);
+    check_search_filters(&base, &search);
+    check_service_map(&base);
+    let out = agent.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    // A new agent on the same store still answers for the trace.
+    let agent = Agent::start_command("run", &["--store", &store_arg, "--ui", &ui]);
+    let (code, again) = get(&format!("{base}/api/traces/{trace_id}"));
+    assert_eq!(code, 200, "{again}");
+    assert_eq!(again["data"][0]["spans"].as_array().map(Vec::len), Some(6));
+    let _ = agent.stop();
+    if let Some(dir) = store.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
+fn the_api_refuses_non_loopback_addresses() {
+    let out = Command::new(sockspan_tests::sockspan_bin())
+        .args([
+            "run",
+            "--ui",
+            "0.0.0.0:16686",
+            "--store",
+            "/tmp/sockspan-never.redb",
+            "--duration",
+            "1",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--ui 0.0.0.0:16686") && stderr.contains("loopback"),
+        "{stderr}"
+    );
+}
