@@ -56,6 +56,12 @@ pub enum Command {
         sudo sockspan run --output otlp --otlp-endpoint http://127.0.0.1:4318\n  \
         sudo OTEL_EXPORTER_OTLP_PROTOCOL=grpc OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 sockspan run --output otlp")]
     Run(RunArgs),
+    /// Why is an endpoint slow: the share of its latency each service and network hop owns on
+    /// the critical path, at a percentile, over recent traces (asks the running agent).
+    #[command(
+        after_help = "Example:\n  sockspan blame --service frontend --operation 'GET /predict/{id}' --percentile 99"
+    )]
+    Blame(BlameArgs),
     /// Benchmark helper: attach empty programs to sockspan's tracepoints (the floor).
     #[command(hide = true)]
     BenchFloor {
@@ -70,6 +76,25 @@ pub enum Command {
         #[arg(long, default_value_t = 200_000)]
         exchanges: u64,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct BlameArgs {
+    /// The service whose endpoint is slow (as in `/api/services`).
+    #[arg(long)]
+    pub service: String,
+    /// The endpoint, a span name such as `GET /predict/{id}`.
+    #[arg(long)]
+    pub operation: String,
+    /// Which requests to explain: 99 = the slowest tail, 50 = the typical request.
+    #[arg(long, default_value_t = 99.0)]
+    pub percentile: f64,
+    /// How far back to look.
+    #[arg(long, value_name = "MINUTES", default_value_t = 60)]
+    pub lookback_minutes: u64,
+    /// The running agent's API.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:16686")]
+    pub api: String,
 }
 
 /// How finished spans leave the agent.

@@ -3,6 +3,7 @@
 //! Pipeline: `probes` (eBPF on syscall tracepoints) → `receiver` (ring buffer) → `conntrack`
 //! (connections, processes) → commands that print or export what it sees.
 
+mod analysis;
 mod api;
 mod caps;
 mod cli;
@@ -63,6 +64,7 @@ fn main() -> std::process::ExitCode {
         cli::Command::Check => commands::check::run(),
         cli::Command::Events(args) => run_async(commands::events::run(args)),
         cli::Command::Run(args) => run_async(commands::run::run(args)),
+        cli::Command::Blame(args) => run_async(commands::blame::run(args)),
         cli::Command::BenchFloor { duration, capture } => {
             run_async(async move { commands::bench::floor(&capture, duration).await })
         }

@@ -299,23 +299,27 @@ pub fn payload(event: &Value) -> Vec<u8> {
         .collect()
 }
 
-/// Runs a command to completion with a time bound; panics with its output on failure.
+/// Runs a command to completion with a time bound; panics with its output on failure. Output
+/// is collected while the command runs, so a large one never blocks it on a full pipe.
 #[must_use]
 pub fn run_ok(cmd: &mut Command, timeout: Duration) -> std::process::Output {
-    let mut child = cmd
+    let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let deadline = Instant::now() + timeout;
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{cmd:?} did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().expect("output");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = if let Ok(result) = rx.recv_timeout(timeout) {
+        result.expect("wait for output")
+    } else {
+        // SAFETY: kill(2) on the pid of our own child, still unreaped.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        panic!("{cmd:?} did not finish within {timeout:?}");
+    };
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",

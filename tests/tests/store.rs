@@ -27,12 +27,18 @@ fn get(url: &str) -> (u16, Value) {
 }
 
 fn start_chain() -> (u16, Vec<Proc>) {
+    start_chain_with_model_delay(5)
+}
+
+/// The chain, with the model taking `model_ms` per request.
+fn start_chain_with_model_delay(model_ms: u32) -> (u16, Vec<Proc>) {
     let (frontend, features, model) = (free_port(), free_port(), free_port());
+    let delay = model_ms.to_string();
     let procs = vec![
         python_fixture(
             "chain.py",
             &["model", &model.to_string()],
-            &[("OTEL_SERVICE_NAME", "model")],
+            &[("OTEL_SERVICE_NAME", "model"), ("MODEL_DELAY_MS", &delay)],
         ),
         python_fixture(
             "chain.py",
@@ -263,4 +269,110 @@ fn the_api_refuses_non_loopback_addresses() {
         stderr.contains("--ui 0.0.0.0:16686") && stderr.contains("loopback"),
         "{stderr}"
     );
+}
+
+#[test]
+fn blame_names_the_slow_service_and_the_critical_path_covers_the_request() {
+    let (frontend, _procs) = start_chain_with_model_delay(40);
+    let store = store_path();
+    let store_arg = store.display().to_string();
+    let ui = format!("127.0.0.1:{}", free_port());
+    let base = format!("http://{ui}");
+    let agent = Agent::start_command("run", &["--store", &store_arg, "--ui", &ui]);
+    for item in 0..10 {
+        let _ = run_ok(
+            Command::new("curl")
+                .args(["-sf", "-o", "/dev/null"])
+                .arg(format!("http://127.0.0.1:{frontend}/predict/{item}")),
+            Duration::from_secs(20),
+        );
+    }
+    // Complete traces only: a server span ends after its children, so it is exported last.
+    let found = wait_for(
+        &format!("{base}/api/traces?service=frontend&limit=20"),
+        |b| {
+            b["data"].as_array().is_some_and(|d| {
+                d.len() == 10
+                    && d.iter()
+                        .all(|t| t["spans"].as_array().map(Vec::len) == Some(6))
+            })
+        },
+    );
+
+    // The model sleeps 40 ms, and its two-write responses meet Nagle and delayed ACKs on the
+    // frontend's keep-alive connection: another ~40 ms that belong to the hop, not the model
+    // (measured without sockspan too: 42 ms for the first request on a connection, 84 ms after).
+    // At the median and in the tail, the path through the model owns the latency, and the two
+    // top rows are the model and the hop to it.
+    for percentile in ["50", "99"] {
+        let out = run_ok(
+            Command::new(sockspan_tests::sockspan_bin()).args([
+                "blame",
+                "--service",
+                "frontend",
+                "--operation",
+                "GET /predict/{id}",
+                "--percentile",
+                percentile,
+                "--api",
+                &base,
+            ]),
+            Duration::from_secs(20),
+        );
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert!(table.contains("of 10 requests analysed"), "{table}");
+        let share_of = |owner: &str| -> f64 {
+            table
+                .lines()
+                .find(|l| l.ends_with(owner))
+                .and_then(|l| l.trim().split('%').next()?.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        let model_path = share_of("service model") + share_of("hop frontend → model");
+        assert!(
+            model_path > 80.0,
+            "p{percentile}: the model's path owns the latency:\n{table}"
+        );
+        let top_two: Vec<&str> = table.lines().skip(2).take(2).collect();
+        assert!(
+            top_two.iter().any(|l| l.ends_with("service model"))
+                && top_two.iter().any(|l| l.ends_with("hop frontend → model")),
+            "p{percentile}:\n{table}"
+        );
+    }
+
+    // The critical path of one trace covers its root span exactly and runs through the model.
+    let trace_id = found["data"][0]["traceID"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let (code, path) = get(&format!(
+        "{base}/api/sockspan/traces/{trace_id}/critical-path"
+    ));
+    assert_eq!(code, 200, "{path}");
+    let segments = path["segments"].as_array().expect("segments");
+    let covered: u64 = segments
+        .iter()
+        .map(|s| {
+            s["end_time_unix_nano"].as_u64().unwrap_or(0)
+                - s["start_time_unix_nano"].as_u64().unwrap_or(0)
+        })
+        .sum();
+    let root = found["data"][0]["spans"]
+        .as_array()
+        .expect("spans")
+        .iter()
+        .find(|s| s["spanID"] == path["root_span_id"])
+        .expect("root in trace")
+        .clone();
+    assert_eq!(
+        covered / 1000,
+        root["duration"].as_u64().expect("duration"),
+        "{path}"
+    );
+    assert!(segments.iter().any(|s| s["owner"] == "service model"));
+    let _ = agent.stop();
+    if let Some(dir) = store.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -1,6 +1,7 @@
 //! The query API over the embedded store, served by the agent itself (`--ui`, loopback by
 //! default).
 
+pub mod analysis;
 pub mod jaeger;
 
 use std::net::SocketAddr;
@@ -29,7 +30,7 @@ pub async fn serve(addr: SocketAddr, store: Store) -> Result<SocketAddr, ApiErro
         .await
         .map_err(|source| ApiError::Bind { addr, source })?;
     let bound = listener.local_addr().unwrap_or(addr);
-    let app = jaeger::router(store);
+    let app = jaeger::router(store.clone()).merge(analysis::router(store));
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app).await {
             tracing::warn!("query API stopped: {err}");

@@ -1,6 +1,7 @@
 //! The subcommands.
 
 pub mod bench;
+pub mod blame;
 pub mod check;
 pub mod events;
 pub mod run;
