@@ -2,3 +2,4 @@
 
 pub mod blame;
 pub mod critical_path;
+pub mod service_map;

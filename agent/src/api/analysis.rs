@@ -32,6 +32,7 @@ pub fn router(store: Store) -> Router {
             "/api/sockspan/traces/{id}/critical-path",
             get(path_endpoint),
         )
+        .route("/api/sockspan/service-map", get(map_endpoint))
         .with_state(store)
 }
 
@@ -86,6 +87,54 @@ async fn blame_endpoint(State(store): State<Store>, Query(q): Query<BlameQuery>)
     .await;
     match result {
         Ok(Ok(b)) => Json(b).into_response(),
+        Ok(Err(e)) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct MapQuery {
+    /// Seconds back from now.
+    #[serde(default = "default_lookback")]
+    lookback: u64,
+}
+
+async fn map_endpoint(State(store): State<Store>, Query(q): Query<MapQuery>) -> Response {
+    let now = crate::clock::WallClock::new().to_unix_ns(crate::clock::monotonic_ns());
+    let start = now.saturating_sub(q.lookback.saturating_mul(1_000_000_000));
+    let result = tokio::task::spawn_blocking(move || {
+        let mut ids = Vec::new();
+        let mut seen = HashSet::new();
+        store.scan(start, u64::MAX, |s| {
+            if seen.insert(s.trace_id) {
+                ids.push(s.trace_id);
+            }
+            ids.len() < MAX_TRACES
+        })?;
+        let mut failed: HashSet<String> = HashSet::new();
+        let mut traces: Vec<Vec<Node>> = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let spans = store.trace(id)?;
+            for s in &spans {
+                if s["status"]["code"] == "ERROR"
+                    && let Some(id) = s["span_id"].as_str()
+                {
+                    failed.insert(id.to_string());
+                }
+            }
+            traces.push(spans.iter().filter_map(Node::from_json).collect());
+        }
+        Ok::<_, crate::store::StoreError>(crate::analysis::service_map::service_map(
+            &traces,
+            &|id| failed.contains(id),
+            q.lookback as f64,
+        ))
+    })
+    .await;
+    match result {
+        Ok(Ok(edges)) => {
+            Json(json!({"lookback_seconds": q.lookback, "edges": edges})).into_response()
+        }
         Ok(Err(e)) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
