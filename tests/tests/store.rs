@@ -271,6 +271,40 @@ fn the_api_refuses_non_loopback_addresses() {
     );
 }
 
+/// The service map: three edges, ten calls each, the model edge slow with network time measured;
+/// and the OpenAPI document.
+fn check_service_map_edges(base: &str) {
+    let (code, map) = get(&format!("{base}/api/sockspan/service-map?lookback=600"));
+    assert_eq!(code, 200, "{map}");
+    let edge = |client: &str, server: &str| -> Value {
+        map["edges"]
+            .as_array()
+            .expect("edges")
+            .iter()
+            .find(|e| e["client"] == client && e["server"] == server)
+            .cloned()
+            .unwrap_or_else(|| panic!("no edge {client} -> {server} in {map}"))
+    };
+    for (client, server) in [
+        ("curl", "frontend"),
+        ("frontend", "features"),
+        ("frontend", "model"),
+    ] {
+        let e = edge(client, server);
+        assert_eq!(e["calls"], 10, "{e}");
+        assert_eq!(e["errors"], 0, "{e}");
+    }
+    let model = edge("frontend", "model");
+    assert!(model["p50_ms"].as_f64().expect("p50") >= 40.0, "{model}");
+    assert!(model["network_p50_ms"].as_f64().is_some(), "{model}");
+    let (code, openapi) = get(&format!("{base}/api/openapi.json"));
+    assert_eq!(code, 200);
+    assert!(
+        openapi["paths"]["/api/sockspan/blame"].is_object(),
+        "{openapi}"
+    );
+}
+
 #[test]
 fn blame_names_the_slow_service_and_the_critical_path_covers_the_request() {
     let (frontend, _procs) = start_chain_with_model_delay(40);
@@ -341,38 +375,7 @@ fn blame_names_the_slow_service_and_the_critical_path_covers_the_request() {
         );
     }
 
-    // The service map: three edges, ten calls each, the model edge slow and mostly network
-    // beyond the model's own 40 ms on the worst requests.
-    let (code, map) = get(&format!("{base}/api/sockspan/service-map?lookback=600"));
-    assert_eq!(code, 200, "{map}");
-    let edge = |client: &str, server: &str| -> Value {
-        map["edges"]
-            .as_array()
-            .expect("edges")
-            .iter()
-            .find(|e| e["client"] == client && e["server"] == server)
-            .cloned()
-            .unwrap_or_else(|| panic!("no edge {client} -> {server} in {map}"))
-    };
-    for (client, server) in [
-        ("curl", "frontend"),
-        ("frontend", "features"),
-        ("frontend", "model"),
-    ] {
-        let e = edge(client, server);
-        assert_eq!(e["calls"], 10, "{e}");
-        assert_eq!(e["errors"], 0, "{e}");
-    }
-    let model = edge("frontend", "model");
-    assert!(model["p50_ms"].as_f64().expect("p50") >= 40.0, "{model}");
-    assert!(model["network_p50_ms"].as_f64().is_some(), "{model}");
-    let (code, openapi) = get(&format!("{base}/api/openapi.json"));
-    assert_eq!(code, 200);
-    assert!(
-        openapi["paths"]["/api/sockspan/blame"].is_object(),
-        "{openapi}"
-    );
-
+    check_service_map_edges(&base);
     // The critical path of one trace covers its root span exactly and runs through the model.
     let trace_id = found["data"][0]["traceID"]
         .as_str()

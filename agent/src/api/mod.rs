@@ -21,7 +21,7 @@ pub enum ApiError {
     },
 }
 
-/// The OpenAPI document describing every endpoint.
+/// The `OpenAPI` document describing every endpoint.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 async fn openapi() -> impl axum::response::IntoResponse {
