@@ -272,7 +272,7 @@ fn the_api_refuses_non_loopback_addresses() {
 }
 
 /// The service map: three edges, ten calls each, the model edge slow with network time measured;
-/// and the OpenAPI document.
+/// and the `OpenAPI` document.
 fn check_service_map_edges(base: &str) {
     let (code, map) = get(&format!("{base}/api/sockspan/service-map?lookback=600"));
     assert_eq!(code, 200, "{map}");

@@ -56,15 +56,15 @@ pub fn service_map(
         for client in trace.iter().filter(|n| n.kind == "CLIENT") {
             let duration = client.end.saturating_sub(client.start);
             let served = servers.get(client.span_id.as_str());
-            let server = served.map_or_else(|| client.peer.clone(), |s| s.service.clone());
-            let a = acc.entry((client.service.clone(), server)).or_default();
-            a.durations.push(duration);
+            let callee = served.map_or_else(|| client.peer.clone(), |s| s.service.clone());
+            let edge = acc.entry((client.service.clone(), callee)).or_default();
+            edge.durations.push(duration);
             if let Some(s) = served {
-                a.network
+                edge.network
                     .push(duration.saturating_sub(s.end.saturating_sub(s.start)));
             }
             if errors(&client.span_id) {
-                a.errors += 1;
+                edge.errors += 1;
             }
         }
     }
