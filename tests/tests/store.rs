@@ -411,3 +411,87 @@ fn blame_names_the_slow_service_and_the_critical_path_covers_the_request() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+#[test]
+fn the_web_ui_searches_opens_a_trace_and_shows_the_critical_path_in_chromium() {
+    let (frontend, _procs) = start_chain_with_model_delay(20);
+    let store = store_path();
+    let store_arg = store.display().to_string();
+    let ui = format!("127.0.0.1:{}", free_port());
+    let base = format!("http://{ui}");
+    let agent = Agent::start_command("run", &["--store", &store_arg, "--ui", &ui]);
+    for item in 0..3 {
+        let _ = run_ok(
+            Command::new("curl")
+                .args(["-sf", "-o", "/dev/null"])
+                .arg(format!("http://127.0.0.1:{frontend}/predict/{item}")),
+            Duration::from_secs(20),
+        );
+    }
+    let _ = wait_for(
+        &format!("{base}/api/traces?service=frontend&limit=20"),
+        |b| {
+            b["data"].as_array().is_some_and(|d| {
+                d.len() == 3
+                    && d.iter()
+                        .all(|t| t["spans"].as_array().map(Vec::len) == Some(6))
+            })
+        },
+    );
+    let shots = store.parent().expect("dir").display().to_string();
+    let out = run_ok(
+        Command::new("python3")
+            .arg(sockspan_tests::fixture("ui_check.py"))
+            .args([&base, &shots]),
+        Duration::from_secs(120),
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).expect("ui_check json");
+    assert_eq!(seen["traces"], 3, "{seen}");
+    assert_eq!(seen["spans"], 6, "{seen}");
+    assert_eq!(
+        seen["services"],
+        serde_json::json!(["curl", "features", "frontend", "model"]),
+        "{seen}"
+    );
+    assert!(
+        seen["critical_segments"].as_u64().unwrap_or(0) >= 3,
+        "the critical path is drawn: {seen}"
+    );
+    assert!(
+        seen["splits"].as_array().expect("splits").iter().any(|s| s
+            .as_str()
+            .is_some_and(|t| t.contains("server") && t.contains("network"))),
+        "client spans show their server/network split: {seen}"
+    );
+    let edges: Vec<String> = seen["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .map(|e| format!("{}->{}", e[0], e[1]))
+        .collect();
+    for edge in [
+        "\"curl\"->\"frontend\"",
+        "\"frontend\"->\"model\"",
+        "\"frontend\"->\"features\"",
+    ] {
+        assert!(edges.contains(&edge.to_string()), "{edge} in {edges:?}");
+    }
+    // The blame table lists the services and hops of the path with their shares (which hop, if
+    // any, meets a Nagle / delayed-ACK stall varies from run to run: both are real).
+    let blame: Vec<&str> = seen["blame"]
+        .as_array()
+        .expect("blame")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        blame.len() >= 3 && blame.iter().any(|r| r.ends_with("service model")),
+        "{seen}"
+    );
+    let total: f64 = blame
+        .iter()
+        .filter_map(|r| r.split('%').next()?.trim().parse::<f64>().ok())
+        .sum();
+    assert!((total - 100.0).abs() < 1.0, "shares add up: {seen}");
+    let _ = agent.stop();
+}

@@ -22,6 +22,9 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("python3", "python3"),
     ("setpriv", "util-linux"),
     ("bpftool", "bpftool"),
+    // The web UI's test drives a real headless Chromium.
+    ("chromium", "chromium"),
+    ("chromedriver", "chromium-driver"),
 ];
 
 fn say(what: &str) {
@@ -127,8 +130,13 @@ pub fn setup() -> Result<()> {
 
 /// Python packages the integration tests use: an instrumented client (OpenTelemetry SDK) and an
 /// OTLP receiver built on the official protobuf bindings, over gRPC and HTTP.
-const TEST_PYTHON_PACKAGES: &[&str] = &["opentelemetry-sdk", "opentelemetry-proto", "grpcio"];
-const TEST_PYTHON_IMPORTS: &str = "import opentelemetry.sdk.trace, opentelemetry.proto.collector.trace.v1.trace_service_pb2, grpc";
+const TEST_PYTHON_PACKAGES: &[&str] = &[
+    "opentelemetry-sdk",
+    "opentelemetry-proto",
+    "grpcio",
+    "selenium",
+];
+const TEST_PYTHON_IMPORTS: &str = "import opentelemetry.sdk.trace, opentelemetry.proto.collector.trace.v1.trace_service_pb2, grpc, selenium";
 
 /// Installs what the integration tests run (servers, clients) when missing.
 pub fn test_dependencies() -> Result<()> {

@@ -168,8 +168,12 @@ struct SearchQuery {
     limit: Option<usize>,
 }
 
-/// Whether a stored span carries `key` = `value` among its attributes or resource.
+/// Whether a stored span carries `key` = `value` among its attributes or resource; `error` is
+/// the span's status, as Jaeger clients expect.
 fn has_tag(span: &Value, key: &str, value: &str) -> bool {
+    if key == "error" {
+        return (span["status"]["code"] == "ERROR") == (value == "true");
+    }
     ["attributes", "resource"].iter().any(|section| {
         span[section].get(key).is_some_and(|v| match v {
             Value::String(s) => s == value,

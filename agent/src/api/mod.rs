@@ -24,6 +24,13 @@ pub enum ApiError {
 /// The `OpenAPI` document describing every endpoint.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
+/// The web UI: one self-contained page over the API.
+const UI: &str = include_str!("ui.html");
+
+async fn ui() -> axum::response::Html<&'static str> {
+    axum::response::Html(UI)
+}
+
 async fn openapi() -> impl axum::response::IntoResponse {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -42,7 +49,8 @@ pub async fn serve(addr: SocketAddr, store: Store) -> Result<SocketAddr, ApiErro
     let bound = listener.local_addr().unwrap_or(addr);
     let app = jaeger::router(store.clone())
         .merge(analysis::router(store))
-        .route("/api/openapi.json", axum::routing::get(openapi));
+        .route("/api/openapi.json", axum::routing::get(openapi))
+        .route("/", axum::routing::get(ui));
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app).await {
             tracing::warn!("query API stopped: {err}");
