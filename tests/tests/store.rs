@@ -443,7 +443,7 @@ fn the_web_ui_searches_opens_a_trace_and_shows_the_critical_path_in_chromium() {
         Command::new("python3")
             .arg(sockspan_tests::fixture("ui_check.py"))
             .args([&base, &shots]),
-        Duration::from_secs(120),
+        Duration::from_mins(2),
     );
     let seen: Value = serde_json::from_slice(&out.stdout).expect("ui_check json");
     assert_eq!(seen["traces"], 3, "{seen}");

@@ -36,6 +36,12 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// The demo: an uninstrumented prediction chain with a slow service and a slow network hop,
+    /// traced with the web UI; prints the URL and the blame table (`--check`: verify and exit).
+    Demo {
+        #[arg(long)]
+        check: bool,
+    },
     /// Build (release) and run sockspan as root; arguments after `--` go to sockspan
     /// (default: `run`, spans as JSON lines).
     Run {
@@ -73,11 +79,37 @@ fn run_agent(args: Vec<String>) -> Result<()> {
     std::process::exit(status.code().unwrap_or(1));
 }
 
+fn demo(check: bool) -> Result<()> {
+    if !setup::is_ready() {
+        setup::setup()?;
+    }
+    setup::test_dependencies()?;
+    util::run(util::cargo().current_dir(util::workspace_root()).args([
+        "build",
+        "--release",
+        "--package",
+        "agent",
+        "--bin",
+        "sockspan",
+    ]))?;
+    let mut cmd = Command::new("bash");
+    cmd.arg(util::workspace_root().join("demo/run.sh")).env(
+        "SOCKSPAN_BIN",
+        util::workspace_root().join("target/release/sockspan"),
+    );
+    if check {
+        cmd.arg("--check");
+    }
+    let status = cmd.status()?;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::setup(),
         Task::Test { filter, unit_only } => test::test(filter.as_deref(), unit_only),
         Task::Run { args } => run_agent(args),
         Task::Bench { quick } => bench::bench(quick),
+        Task::Demo { check } => demo(check),
     }
 }

@@ -22,6 +22,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("python3", "python3"),
     ("setpriv", "util-linux"),
     ("bpftool", "bpftool"),
+    // The demo's network namespace and shaped link.
+    ("tc", "iproute2"),
     // The web UI's test drives a real headless Chromium.
     ("chromium", "chromium"),
     ("chromedriver", "chromium-driver"),
