@@ -23,6 +23,9 @@ const SERVICES: TableDefinition<&str, u64> = TableDefinition::new("services");
 /// (service, operation) → span kind.
 const OPERATIONS: TableDefinition<(&str, &str), &str> = TableDefinition::new("operations");
 
+/// Page cache of the store: bounded, so the agent's memory is.
+const STORE_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
     pub path: PathBuf,
@@ -109,7 +112,11 @@ impl Store {
         {
             std::fs::create_dir_all(dir).map_err(|e| open_err(&e))?;
         }
-        let db = Database::create(&config.path).map_err(|e| open_err(&e))?;
+        // redb's default cache may grow to 1 GiB; the agent's memory must stay bounded.
+        let db = Database::builder()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(&config.path)
+            .map_err(|e| open_err(&e))?;
         // Create the tables so readers never find them missing.
         let txn = db.begin_write().map_err(db_err)?;
         {
