@@ -102,12 +102,21 @@ pub fn wait_listening(addr: &str, timeout: Duration) {
     panic!("nothing listens on {addr} after {timeout:?}");
 }
 
-/// `python3 -m http.server` bound to `bind` (an IPv4 or IPv6 address) on `port`.
+/// `python3 -m http.server` bound to `bind` (an IPv4 or IPv6 address) on `port`, serving a
+/// directory of its own whose `/` is a small fixed page (a listing of a shared directory would
+/// change size as other tests write there).
 #[must_use]
 pub fn http_server(bind: &str, port: u16) -> Proc {
+    let root = std::env::temp_dir().join(format!("sockspan-http-{port}"));
+    std::fs::create_dir_all(&root).expect("server root");
+    std::fs::write(
+        root.join("index.html"),
+        "<!doctype html><title>sockspan test</title><p>hello</p>\n",
+    )
+    .expect("index.html");
     let child = Command::new("python3")
         .args(["-m", "http.server", &port.to_string(), "--bind", bind])
-        .current_dir(std::env::temp_dir())
+        .current_dir(&root)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
