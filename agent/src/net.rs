@@ -22,6 +22,21 @@ pub fn tuple_addrs(tuple: &SockTuple) -> (SocketAddr, SocketAddr) {
     )
 }
 
+/// A TCP tuple between two ports of 127.0.0.1 (synthesized traffic and tests).
+#[must_use]
+pub fn loopback_tuple(local_port: u16, remote_port: u16) -> SockTuple {
+    let mut t = SockTuple {
+        local_port,
+        remote_port,
+        family: AF_INET,
+        sock_type: SOCK_STREAM,
+        ..SockTuple::default()
+    };
+    t.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    t.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    t
+}
+
 /// `"ipv4"` or `"ipv6"`.
 #[must_use]
 pub const fn family_name(family: u16) -> &'static str {

@@ -16,10 +16,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{
-    setup,
-    util::{cargo, is_root, output_of, run, workspace_root},
-};
+use crate::util::{is_root, output_of, run, workspace_root};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Variant {
@@ -235,9 +232,6 @@ pub fn bench(quick: bool) -> Result<()> {
     if !is_root() {
         bail!("benchmarks attach eBPF programs: run `cargo xtask bench` as root");
     }
-    if !setup::is_ready() {
-        setup::setup()?;
-    }
     if !crate::util::command_ok(Command::new("bpftool").arg("version")) {
         run(Command::new("apt-get").args([
             "install",
@@ -247,15 +241,7 @@ pub fn bench(quick: bool) -> Result<()> {
             "bpftool",
         ]))?;
     }
-    run(cargo().current_dir(workspace_root()).args([
-        "build",
-        "--release",
-        "--package",
-        "agent",
-        "--bin",
-        "sockspan",
-    ]))?;
-    let bin = workspace_root().join("target/release/sockspan");
+    let bin = crate::util::release_agent()?;
     let (round_trips, rounds, exchanges, pipeline_rounds) = if quick {
         (100_000u64, 2usize, 200_000u64, 3usize)
     } else {

@@ -51,18 +51,7 @@ enum Task {
 }
 
 fn run_agent(args: Vec<String>) -> Result<()> {
-    if !setup::is_ready() {
-        setup::setup()?;
-    }
-    util::run(util::cargo().current_dir(util::workspace_root()).args([
-        "build",
-        "--release",
-        "--package",
-        "agent",
-        "--bin",
-        "sockspan",
-    ]))?;
-    let bin = util::workspace_root().join("target/release/sockspan");
+    let bin = util::release_agent()?;
     let args = if args.is_empty() {
         vec!["run".to_string()]
     } else {
@@ -80,23 +69,11 @@ fn run_agent(args: Vec<String>) -> Result<()> {
 }
 
 fn demo(check: bool) -> Result<()> {
-    if !setup::is_ready() {
-        setup::setup()?;
-    }
+    let bin = util::release_agent()?;
     setup::test_dependencies()?;
-    util::run(util::cargo().current_dir(util::workspace_root()).args([
-        "build",
-        "--release",
-        "--package",
-        "agent",
-        "--bin",
-        "sockspan",
-    ]))?;
     let mut cmd = Command::new("bash");
-    cmd.arg(util::workspace_root().join("demo/run.sh")).env(
-        "SOCKSPAN_BIN",
-        util::workspace_root().join("target/release/sockspan"),
-    );
+    cmd.arg(util::workspace_root().join("demo/run.sh"))
+        .env("SOCKSPAN_BIN", &bin);
     if check {
         cmd.arg("--check");
     }

@@ -53,3 +53,19 @@ pub fn workspace_root() -> std::path::PathBuf {
 pub fn is_root() -> bool {
     output_of(Command::new("id").arg("-u")).is_ok_and(|s| s.trim() == "0")
 }
+
+/// Installs the toolchain if missing, builds the release agent, and returns its path.
+pub fn release_agent() -> Result<std::path::PathBuf> {
+    if !crate::setup::is_ready() {
+        crate::setup::setup()?;
+    }
+    run(cargo().current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "--package",
+        "agent",
+        "--bin",
+        "sockspan",
+    ]))?;
+    Ok(workspace_root().join("target/release/sockspan"))
+}

@@ -145,14 +145,8 @@ mod tests {
         end: u64,
     ) -> Node {
         Node {
-            span_id: id.into(),
-            parent: parent.map(str::to_string),
-            service: service.into(),
             name: name.into(),
-            kind: kind.into(),
-            start,
-            end,
-            peer: "?".into(),
+            ..crate::analysis::critical_path::test_node(id, parent, service, kind, start, end)
         }
     }
 

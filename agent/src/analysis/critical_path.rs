@@ -137,29 +137,33 @@ pub fn owner(nodes: &[Node], span_id: &str) -> String {
     format!("hop {} → {}", span.service, server)
 }
 
+/// A span for tests: `node("id", Some("parent"), "service", "SERVER", start, end)`.
+#[cfg(test)]
+pub fn test_node(
+    id: &str,
+    parent: Option<&str>,
+    service: &str,
+    kind: &str,
+    start: u64,
+    end: u64,
+) -> Node {
+    Node {
+        span_id: id.into(),
+        parent: parent.map(str::to_string),
+        service: service.into(),
+        name: "op".into(),
+        kind: kind.into(),
+        start,
+        end,
+        peer: "10.0.0.9:80".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn node(
-        id: &str,
-        parent: Option<&str>,
-        service: &str,
-        kind: &str,
-        start: u64,
-        end: u64,
-    ) -> Node {
-        Node {
-            span_id: id.into(),
-            parent: parent.map(str::to_string),
-            service: service.into(),
-            name: "op".into(),
-            kind: kind.into(),
-            start,
-            end,
-            peer: "10.0.0.9:80".into(),
-        }
-    }
+    use super::test_node as node;
 
     /// curl → frontend; frontend calls features (short) then model (long, slow server).
     fn chain() -> Vec<Node> {

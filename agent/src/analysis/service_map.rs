@@ -92,25 +92,7 @@ pub fn service_map(
 mod tests {
     use super::*;
 
-    fn node(
-        id: &str,
-        parent: Option<&str>,
-        service: &str,
-        kind: &str,
-        start: u64,
-        end: u64,
-    ) -> Node {
-        Node {
-            span_id: id.into(),
-            parent: parent.map(str::to_string),
-            service: service.into(),
-            name: "op".into(),
-            kind: kind.into(),
-            start,
-            end,
-            peer: "203.0.113.7:443".into(),
-        }
-    }
+    use crate::analysis::critical_path::test_node as node;
 
     #[test]
     fn edges_with_counts_errors_latency_and_network() {
@@ -141,7 +123,7 @@ mod tests {
         let remote = &edges[0];
         assert_eq!(
             (remote.client.as_str(), remote.server.as_str()),
-            ("api", "203.0.113.7:443")
+            ("api", "10.0.0.9:80")
         );
         assert_eq!(remote.network_p50_ms, None);
         let web = &edges[1];

@@ -3,10 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use agent_common::{
-    AF_INET, ConnEvent, DataEvent, Direction, EventHeader, EventKind, Role, SOCK_STREAM, SockTuple,
-    Syscall,
-};
+use agent_common::{ConnEvent, DataEvent, Direction, EventHeader, EventKind, Role, Syscall};
 
 use crate::{
     caps,
@@ -14,6 +11,7 @@ use crate::{
     commands::run::RunSink,
     conntrack::{Conntrack, ConntrackConfig},
     exporter::SpanExporter,
+    net::loopback_tuple,
     pipeline::{self, PipelineError},
     probes::{Probes, ProgramSet},
     receiver::{Event, EventSink as _},
@@ -43,19 +41,6 @@ impl SpanExporter for CountingExporter {
     fn counts(&self) -> (u64, u64) {
         (self.spans, 0)
     }
-}
-
-fn tuple(local_port: u16, remote_port: u16) -> SockTuple {
-    let mut t = SockTuple {
-        local_port,
-        remote_port,
-        family: AF_INET,
-        sock_type: SOCK_STREAM,
-        ..SockTuple::default()
-    };
-    t.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-    t.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-    t
 }
 
 fn header(kind: EventKind, tid: u32, conn_id: u64, ts: u64) -> EventHeader {
@@ -90,8 +75,18 @@ pub fn pipeline_throughput(exchanges: u64) {
         let port = 20_000 + pair as u16;
         let (client, server) = (pair * 2 + 1, pair * 2 + 2);
         for (id, t, role, syscall) in [
-            (client, tuple(port, 8080), Role::Client, Syscall::Connect),
-            (server, tuple(8080, port), Role::Server, Syscall::Accept4),
+            (
+                client,
+                loopback_tuple(port, 8080),
+                Role::Client,
+                Syscall::Connect,
+            ),
+            (
+                server,
+                loopback_tuple(8080, port),
+                Role::Server,
+                Syscall::Accept4,
+            ),
         ] {
             sink.on_event(&Event::Open(ConnEvent {
                 header: header(EventKind::ConnOpen, 1, id, 0),

@@ -494,25 +494,12 @@ mod tests {
         process::ProcessInfo,
         protocol::http1::{Side, head::parse_head},
     };
-    use agent_common::{AF_INET, Role, SOCK_STREAM, SockTuple};
-
-    fn tuple(local_port: u16, remote_port: u16) -> SockTuple {
-        let mut t = SockTuple {
-            local_port,
-            remote_port,
-            family: AF_INET,
-            sock_type: SOCK_STREAM,
-            ..SockTuple::default()
-        };
-        t.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        t.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        t
-    }
+    use agent_common::Role;
 
     fn conn(conn_id: u64, pid: u32, role: Role, local_port: u16, remote_port: u16) -> Connection {
         Connection {
             conn_id,
-            tuple: tuple(local_port, remote_port),
+            tuple: crate::net::loopback_tuple(local_port, remote_port),
             role,
             role_source: RoleSource::Syscall,
             preexisting: false,
