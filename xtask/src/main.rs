@@ -1,6 +1,7 @@
 //! Developer tasks: `cargo xtask setup | test | run`.
 
 mod bench;
+mod bench_http;
 mod setup;
 mod test;
 mod util;
