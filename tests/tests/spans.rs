@@ -74,6 +74,14 @@ fn traces(spans: &[Value]) -> BTreeMap<String, Vec<&Value>> {
     by_trace
 }
 
+/// The traces that pass through the frontend (the chain's), leaving out unrelated traffic.
+fn through_frontend<'a>(by_trace: &'a BTreeMap<String, Vec<&'a Value>>) -> Vec<&'a Vec<&'a Value>> {
+    by_trace
+        .values()
+        .filter(|t| t.iter().any(|s| service(s) == "frontend"))
+        .collect()
+}
+
 /// Checks one request's trace through the chain: six spans, the right tree, children inside
 /// their parents' time. Returns the item id the request asked for.
 fn check_chain_trace(trace: &[&Value]) -> String {
@@ -181,10 +189,7 @@ fn chain_of_three_uninstrumented_services_is_one_trace() {
     let out = agent.stop();
     assert!(out.status.success(), "{}", out.stderr);
     let by_trace = traces(&out.events);
-    let chain_traces: Vec<&Vec<&Value>> = by_trace
-        .values()
-        .filter(|t| t.iter().any(|s| service(s) == "frontend"))
-        .collect();
+    let chain_traces = through_frontend(&by_trace);
     assert_eq!(
         chain_traces.len(),
         1,
@@ -206,10 +211,7 @@ fn twenty_concurrent_requests_are_twenty_traces() {
     }
     let out = agent.stop();
     let by_trace = traces(&out.events);
-    let chain_traces: Vec<&Vec<&Value>> = by_trace
-        .values()
-        .filter(|t| t.iter().any(|s| service(s) == "frontend"))
-        .collect();
+    let chain_traces = through_frontend(&by_trace);
     assert_eq!(chain_traces.len(), 20, "twenty traces: {by_trace:#?}");
     let items: HashSet<String> = chain_traces.iter().map(|t| check_chain_trace(t)).collect();
     let expected: HashSet<String> = (100..120).map(|i| i.to_string()).collect();
@@ -225,10 +227,7 @@ fn keep_alive_connections_between_services_link_every_request() {
     }
     let out = agent.stop();
     let by_trace = traces(&out.events);
-    let chain_traces: Vec<&Vec<&Value>> = by_trace
-        .values()
-        .filter(|t| t.iter().any(|s| service(s) == "frontend"))
-        .collect();
+    let chain_traces = through_frontend(&by_trace);
     assert_eq!(chain_traces.len(), 5);
     for t in &chain_traces {
         check_chain_trace(t);
@@ -340,10 +339,7 @@ fn otlp_chain(protocol: &str) {
         .map(|l| serde_json::from_str(l).expect("receiver json"))
         .collect();
     let by_trace = traces(&spans);
-    let chain_traces: Vec<&Vec<&Value>> = by_trace
-        .values()
-        .filter(|t| t.iter().any(|s| service(s) == "frontend"))
-        .collect();
+    let chain_traces = through_frontend(&by_trace);
     assert_eq!(
         chain_traces.len(),
         1,

@@ -36,6 +36,12 @@ pub fn router(store: Store) -> Router {
         .with_state(store)
 }
 
+/// Nanoseconds since the epoch, `lookback_s` seconds ago.
+fn since(lookback_s: u64) -> u64 {
+    let now = crate::clock::WallClock::new().to_unix_ns(crate::clock::monotonic_ns());
+    now.saturating_sub(lookback_s.saturating_mul(1_000_000_000))
+}
+
 fn problem(code: StatusCode, msg: impl Into<String>) -> Response {
     (code, Json(json!({"error": msg.into()}))).into_response()
 }
@@ -63,16 +69,10 @@ async fn blame_endpoint(State(store): State<Store>, Query(q): Query<BlameQuery>)
     if !(0.0..=100.0).contains(&q.percentile) {
         return problem(StatusCode::BAD_REQUEST, "percentile: expected 0 to 100");
     }
-    let now = crate::clock::WallClock::new().to_unix_ns(crate::clock::monotonic_ns());
-    let start = now.saturating_sub(q.lookback.saturating_mul(1_000_000_000));
+    let start = since(q.lookback);
     let result = tokio::task::spawn_blocking(move || {
-        let mut ids = Vec::new();
-        let mut seen = HashSet::new();
-        store.scan(start, u64::MAX, |s| {
-            if s.service == q.service && s.name == q.operation && seen.insert(s.trace_id) {
-                ids.push(s.trace_id);
-            }
-            ids.len() < MAX_TRACES
+        let ids = store.trace_ids(start, u64::MAX, MAX_TRACES, |s| {
+            s.service == q.service && s.name == q.operation
         })?;
         let traces: Vec<Vec<Node>> = ids
             .iter()
@@ -100,17 +100,9 @@ struct MapQuery {
 }
 
 async fn map_endpoint(State(store): State<Store>, Query(q): Query<MapQuery>) -> Response {
-    let now = crate::clock::WallClock::new().to_unix_ns(crate::clock::monotonic_ns());
-    let start = now.saturating_sub(q.lookback.saturating_mul(1_000_000_000));
+    let start = since(q.lookback);
     let result = tokio::task::spawn_blocking(move || {
-        let mut ids = Vec::new();
-        let mut seen = HashSet::new();
-        store.scan(start, u64::MAX, |s| {
-            if seen.insert(s.trace_id) {
-                ids.push(s.trace_id);
-            }
-            ids.len() < MAX_TRACES
-        })?;
+        let ids = store.trace_ids(start, u64::MAX, MAX_TRACES, |_| true)?;
         let mut failed: HashSet<String> = HashSet::new();
         let mut traces: Vec<Vec<Node>> = Vec::with_capacity(ids.len());
         for id in &ids {

@@ -329,14 +329,7 @@ async fn dependencies(State(store): State<Store>, Query(q): Query<DependenciesQu
         .lookback
         .map_or(0, |ms| end_ns.saturating_sub(ms.saturating_mul(1_000_000)));
     let result = blocking(move || {
-        let mut traces: Vec<[u8; 16]> = Vec::new();
-        let mut seen = HashSet::new();
-        store.scan(start_ns, end_ns, |s| {
-            if seen.insert(s.trace_id) {
-                traces.push(s.trace_id);
-            }
-            traces.len() < 10_000
-        })?;
+        let traces = store.trace_ids(start_ns, end_ns, 10_000, |_| true)?;
         let mut edges: BTreeMap<(String, String), u64> = BTreeMap::new();
         for id in &traces {
             let spans = store.trace(id)?;

@@ -276,6 +276,26 @@ impl Store {
         Ok(())
     }
 
+    /// Distinct trace ids with a span started in `[start_ns, end_ns]` that `matches`, newest
+    /// first, at most `limit`.
+    pub fn trace_ids(
+        &self,
+        start_ns: u64,
+        end_ns: u64,
+        limit: usize,
+        matches: impl Fn(&SpanSummary) -> bool,
+    ) -> Result<Vec<[u8; 16]>, StoreError> {
+        let mut ids = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        self.scan(start_ns, end_ns, |s| {
+            if matches(&s) && seen.insert(s.trace_id) {
+                ids.push(s.trace_id);
+            }
+            ids.len() < limit
+        })?;
+        Ok(ids)
+    }
+
     /// Spans stored now.
     #[cfg(test)]
     fn span_count(&self) -> Result<u64, StoreError> {
