@@ -121,9 +121,15 @@ pub struct RunArgs {
         default_value = "/var/lib/sockspan/traces.redb"
     )]
     pub store: std::path::PathBuf,
-    /// Address of the query API (`--output store`); loopback only for now.
+    /// Address of the query API and web UI (`--output store`). Any address other than loopback
+    /// needs `--ui-token-file`.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:16686")]
     pub ui: std::net::SocketAddr,
+    /// File holding the bearer token the API then requires of every request (`Authorization:
+    /// Bearer <token>`; at least 16 characters). A file, not a flag, so the token stays out of
+    /// process listings.
+    #[arg(long, value_name = "PATH", env = "SOCKSPAN_UI_TOKEN_FILE")]
+    pub ui_token_file: Option<std::path::PathBuf>,
     /// Hours spans are kept in the store.
     #[arg(long, value_name = "HOURS", default_value_t = 24)]
     pub retention_hours: u64,

@@ -177,10 +177,27 @@ impl Agent {
     /// As [`Agent::start_command`], with extra environment variables.
     #[must_use]
     pub fn start_with_env(subcommand: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(sockspan_bin())
+        let mut cmd = Command::new(sockspan_bin());
+        cmd.arg(subcommand).args(args).envs(envs.iter().copied());
+        Self::spawn(cmd)
+    }
+
+    /// As [`Agent::start_command`], inside network namespace `netns` (`ip netns exec`, which
+    /// execs sockspan in place, so signals reach it).
+    #[must_use]
+    pub fn start_in_netns(netns: &str, subcommand: &str, args: &[&str]) -> Self {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns])
+            .arg(sockspan_bin())
             .arg(subcommand)
-            .args(args)
-            .envs(envs.iter().copied())
+            .args(args);
+        Self::spawn(cmd)
+    }
+
+    /// Starts `cmd` (a sockspan command line) and waits until its programs are attached.
+    #[must_use]
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

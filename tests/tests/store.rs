@@ -495,3 +495,139 @@ fn the_web_ui_searches_opens_a_trace_and_shows_the_critical_path_in_chromium() {
     assert!((total - 100.0).abs() < 1.0, "shares add up: {seen}");
     let _ = agent.stop();
 }
+
+/// A network namespace made for one test, removed on drop.
+struct Netns(String);
+
+impl Netns {
+    /// A namespace whose loopback is up and also carries `addr` (a non-loopback address).
+    fn with_address(name: &str, addr: &str) -> Self {
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let ip = |args: &[&str]| {
+            let _ = run_ok(Command::new("ip").args(args), Duration::from_secs(10));
+        };
+        ip(&["netns", "add", name]);
+        let ns = Self(name.to_string());
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            name,
+            "addr",
+            "add",
+            &format!("{addr}/32"),
+            "dev",
+            "lo",
+        ]);
+        ns
+    }
+
+    fn curl(&self, args: &[&str]) -> String {
+        let out = run_ok(
+            Command::new("ip")
+                .args(["netns", "exec", &self.0, "curl", "-s", "--max-time", "10"])
+                .args(["-w", "\n%{http_code}"])
+                .args(args),
+            Duration::from_secs(20),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Beyond loopback the API needs a bearer token: refused at start without one (naming the
+/// flag), and once given, every API request without the token gets 401 while the page itself
+/// loads. Served on a non-loopback address inside a namespace the test makes.
+#[test]
+fn api_beyond_loopback_requires_the_bearer_token() {
+    let store = store_path();
+    let store_arg = store.display().to_string();
+    let addr = "10.213.0.1";
+    let ui = format!("{addr}:{}", free_port());
+
+    let refused = refusal_of(&["run", "--store", &store_arg, "--ui", &ui]);
+    assert!(
+        refused.contains("--ui-token-file"),
+        "refusal should name the flag: {refused}"
+    );
+    let token_file = store.with_file_name("ui-token");
+    std::fs::create_dir_all(store.parent().expect("dir")).expect("store dir");
+    std::fs::write(&token_file, "short\n").expect("token");
+    let token_arg = token_file.display().to_string();
+    let weak = refusal_of(&[
+        "run",
+        "--store",
+        &store_arg,
+        "--ui",
+        &ui,
+        "--ui-token-file",
+        &token_arg,
+    ]);
+    assert!(weak.contains("at least 16"), "{weak}");
+
+    let token = "4f2c9d7e1b8a6035c4d2e9f1a7b3c580";
+    std::fs::write(&token_file, format!("{token}\n")).expect("token");
+    let ns = Netns::with_address(&format!("ssauth{}", free_port()), addr);
+    let mut agent = Agent::start_in_netns(
+        &ns.0,
+        "run",
+        &[
+            "--store",
+            &store_arg,
+            "--ui",
+            &ui,
+            "--ui-token-file",
+            &token_arg,
+        ],
+    );
+    agent.wait_for_stderr("query API", Duration::from_secs(10));
+    let base = format!("http://{ui}");
+    let status = |text: &str| text.rsplit('\n').next().unwrap_or("").trim().to_string();
+
+    let anonymous = ns.curl(&[&format!("{base}/api/services")]);
+    assert_eq!(status(&anonymous), "401", "{anonymous}");
+    assert!(anonymous.contains("Authorization: Bearer"), "{anonymous}");
+    let wrong = ns.curl(&[
+        "-H",
+        "Authorization: Bearer 4f2c9d7e1b8a6035c4d2e9f1a7b3c581",
+        &format!("{base}/api/services"),
+    ]);
+    assert_eq!(status(&wrong), "401");
+    let good = ns.curl(&[
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &format!("{base}/api/services"),
+    ]);
+    assert_eq!(status(&good), "200", "{good}");
+    assert!(good.contains("\"data\""), "{good}");
+    let page = ns.curl(&[&format!("{base}/")]);
+    assert_eq!(status(&page), "200");
+    assert!(
+        page.contains("sessionStorage"),
+        "the page asks for the token"
+    );
+
+    let out = agent.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains(token),
+        "the token never appears in the agent's logs"
+    );
+}
+
+/// Runs sockspan with `args`, expecting it to fail at once; returns its stderr.
+fn refusal_of(args: &[&str]) -> String {
+    let out = Command::new(sockspan_tests::sockspan_bin())
+        .args(args)
+        .output()
+        .expect("run sockspan");
+    assert!(!out.status.success(), "sockspan {args:?} should refuse");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

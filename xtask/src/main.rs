@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_http;
+mod fuzz;
 mod setup;
 mod test;
 mod util;
@@ -42,6 +43,16 @@ enum Task {
     Demo {
         #[arg(long)]
         check: bool,
+    },
+    /// Build the cargo-fuzz targets (fuzz/) and run each for a while; crashes are kept as
+    /// regression inputs; figures go to HARDENING.md.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
     },
     /// Build (release) and run sockspan as root; arguments after `--` go to sockspan
     /// (default: `run`, spans as JSON lines).
@@ -89,5 +100,6 @@ fn main() -> Result<()> {
         Task::Run { args } => run_agent(args),
         Task::Bench { quick } => bench::bench(quick),
         Task::Demo { check } => demo(check),
+        Task::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),
     }
 }

@@ -69,3 +69,19 @@ pub fn release_agent() -> Result<std::path::PathBuf> {
     ]))?;
     Ok(workspace_root().join("target/release/sockspan"))
 }
+
+/// Replaces the text between `<!-- name:begin -->` and `<!-- name:end -->` in `path` with `body`
+/// (appending the section when it is missing), so several tasks can each own part of one file.
+pub fn write_section(path: &std::path::Path, name: &str, body: &str) -> Result<()> {
+    let begin = format!("<!-- {name}:begin -->");
+    let end = format!("<!-- {name}:end -->");
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let section = format!("{begin}\n{body}{end}");
+    let updated = match (text.find(&begin), text.find(&end)) {
+        (Some(b), Some(e)) if b < e => {
+            format!("{}{section}{}", &text[..b], &text[e + end.len()..])
+        }
+        _ => format!("{}\n{section}\n", text.trim_end()),
+    };
+    std::fs::write(path, updated).with_context(|| format!("cannot write {}", path.display()))
+}

@@ -2,18 +2,30 @@
 //! default).
 
 pub mod analysis;
+pub mod auth;
 pub mod jaeger;
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
+
+pub use auth::ApiConfig;
 
 use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error(
-        "--ui {0}: only loopback addresses are served until bearer-token authentication lands; use 127.0.0.1 or [::1] and a tunnel"
+        "--ui {0}: a non-loopback address needs --ui-token-file (clients then send `Authorization: Bearer <token>`); or listen on 127.0.0.1 / [::1]"
     )]
     NotLoopback(SocketAddr),
+    #[error("--ui-token-file {path}: cannot read the token: {source}")]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "--ui-token-file: the token must be at least {min} printable characters without spaces (e.g. `openssl rand -hex 32`)"
+    )]
+    WeakToken { min: usize },
     #[error("--ui {addr}: cannot listen: {source}")]
     Bind {
         addr: SocketAddr,
@@ -38,11 +50,11 @@ async fn openapi() -> impl axum::response::IntoResponse {
     )
 }
 
-/// Binds `addr` and serves the API on the current runtime; returns the bound address.
-pub async fn serve(addr: SocketAddr, store: Store) -> Result<SocketAddr, ApiError> {
-    if !addr.ip().is_loopback() {
-        return Err(ApiError::NotLoopback(addr));
-    }
+/// Binds the configured address and serves the API on the current runtime; returns the bound
+/// address.
+pub async fn serve(config: &ApiConfig, store: Store) -> Result<SocketAddr, ApiError> {
+    config.validate()?;
+    let addr = config.addr;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ApiError::Bind { addr, source })?;
@@ -51,12 +63,22 @@ pub async fn serve(addr: SocketAddr, store: Store) -> Result<SocketAddr, ApiErro
         .merge(analysis::router(store))
         .route("/api/openapi.json", axum::routing::get(openapi))
         .route("/", axum::routing::get(ui));
+    let app = match config.token() {
+        Some(token) => app.layer(axum::middleware::from_fn_with_state(
+            token,
+            auth::require_token,
+        )),
+        None => app,
+    };
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app).await {
             tracing::warn!("query API stopped: {err}");
         }
     });
-    tracing::info!("query API (Jaeger-compatible) on http://{bound}/api/services");
+    tracing::info!(
+        token_required = config.token().is_some(),
+        "query API (Jaeger-compatible) on http://{bound}/api/services"
+    );
     Ok(bound)
 }
 

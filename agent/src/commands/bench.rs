@@ -27,15 +27,20 @@ pub async fn floor(args: &CaptureArgs, duration: Option<u64>) -> Result<(), Pipe
     Ok(())
 }
 
-/// Counts spans and drops them.
+/// Counts spans and drops them (and counts spans that end before they start, for `fuzz`).
 #[derive(Default)]
-struct CountingExporter {
-    spans: u64,
+pub(crate) struct CountingExporter {
+    pub(crate) spans: u64,
+    pub(crate) bad_spans: u64,
 }
 
 impl SpanExporter for CountingExporter {
     fn export(&mut self, spans: &[SpanData]) {
         self.spans += spans.len() as u64;
+        self.bad_spans += spans
+            .iter()
+            .filter(|s| s.end_unix_nano < s.start_unix_nano)
+            .count() as u64;
     }
     fn flush(&mut self) {}
     fn counts(&self) -> (u64, u64) {

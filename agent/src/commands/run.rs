@@ -210,9 +210,15 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         Output::Jsonl | Output::Store => None,
     };
     let store_config = args.store_config();
-    if args.output == Output::Store {
+    let api_config = if args.output == Output::Store {
         store_config.validate()?;
-    }
+        Some(crate::api::ApiConfig::new(
+            args.ui,
+            args.ui_token_file.as_deref(),
+        )?)
+    } else {
+        None
+    };
     // One agent per host; the lock is held until this function returns (or the process dies).
     // Privileges first: without them the lock file cannot be made either, and that message is
     // less useful.
@@ -231,7 +237,9 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         }
         (Output::Store, _) => {
             let store = Store::open(store_config)?;
-            crate::api::serve(args.ui, store.clone()).await?;
+            if let Some(api) = &api_config {
+                crate::api::serve(api, store.clone()).await?;
+            }
             tracing::info!(path = %store.path().display(), "storing spans");
             (Box::new(StoreExporter::new(store)), None)
         }

@@ -33,6 +33,20 @@ pub enum OtlpConfigError {
     Endpoint { field: &'static str, got: String },
     #[error("{field}: `{entry}` is not a key=value pair")]
     Pair { field: &'static str, entry: String },
+    #[error("{field}: `{got}` is not a timeout in milliseconds (a whole number from 1 to 600000)")]
+    Timeout { field: &'static str, got: String },
+}
+
+/// `OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT`: milliseconds per export request, as the specification
+/// says (default 10 s).
+fn timeout(text: &str, field: &'static str) -> Result<Duration, OtlpConfigError> {
+    match text.trim().parse::<u64>() {
+        Ok(ms @ 1..=600_000) => Ok(Duration::from_millis(ms)),
+        _ => Err(OtlpConfigError::Timeout {
+            field,
+            got: text.to_string(),
+        }),
+    }
 }
 
 /// Where and how spans are sent.
@@ -153,6 +167,14 @@ impl OtlpConfig {
                 .collect(),
             None => Vec::new(),
         };
+        let timeout = match (
+            env("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
+            env("OTEL_EXPORTER_OTLP_TIMEOUT"),
+        ) {
+            (Some(t), _) => timeout(&t, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")?,
+            (None, Some(t)) => timeout(&t, "OTEL_EXPORTER_OTLP_TIMEOUT")?,
+            (None, None) => Duration::from_secs(10),
+        };
         Ok(Self {
             protocol,
             endpoint,
@@ -160,7 +182,7 @@ impl OtlpConfig {
             resource_attributes,
             queue_spans: 8192,
             batch_spans: 512,
-            timeout: Duration::from_secs(10),
+            timeout,
         })
     }
 }
@@ -177,6 +199,29 @@ mod tests {
             .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
             .collect();
         OtlpConfig::resolve(flag, &|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn timeouts_are_milliseconds_and_bad_ones_name_the_variable() {
+        assert_eq!(
+            resolve(None, &[]).expect("default").timeout,
+            Duration::from_secs(10)
+        );
+        let c = resolve(
+            None,
+            &[
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "700"),
+            ],
+        )
+        .expect("timeout");
+        assert_eq!(c.timeout, Duration::from_millis(700));
+        let err = resolve(None, &[("OTEL_EXPORTER_OTLP_TIMEOUT", "10s")]).expect_err("unit");
+        assert!(
+            err.to_string()
+                .starts_with("OTEL_EXPORTER_OTLP_TIMEOUT: `10s`"),
+            "{err}"
+        );
     }
 
     #[test]

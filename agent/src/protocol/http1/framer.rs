@@ -213,8 +213,19 @@ impl Framer {
         }
     }
 
-    /// The connection closed: a read-until-close body ends here.
+    /// Bytes of this direction seen so far: where the stream ends if it closes now.
+    #[must_use]
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The connection closed: a read-until-close body ends here, at the stream's last byte
+    /// (`at.offset` is replaced by that position).
     pub fn close(&mut self, at: Stamp, sink: &mut impl FrameSink) {
+        let at = Stamp {
+            offset: self.offset,
+            ..at
+        };
         if self.state == State::UntilClose {
             self.state = State::Head;
             sink.end(at);

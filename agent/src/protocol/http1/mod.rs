@@ -259,8 +259,13 @@ impl HttpConnection {
     }
 
     /// The connection closed: a read-until-close response ends, and requests that never got a
-    /// response complete without one.
+    /// response complete without one. Both end where the response stream ends (`at.offset` is
+    /// replaced by that position), so offsets never run backwards within an exchange.
     pub fn close(&mut self, at: Stamp, out: &mut Vec<HttpEvent>) {
+        let at = Stamp {
+            offset: self.responses.offset(),
+            ..at
+        };
         let (framer, mut sink) = self.response_side(out);
         framer.close(at, &mut sink);
         for request in self.pending.drain(..) {

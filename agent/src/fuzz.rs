@@ -1,0 +1,390 @@
+//! Entry points for the fuzz targets in `fuzz/` (cargo-fuzz) and for the tests that replay the
+//! inputs they found.
+//!
+//! Each function takes arbitrary bytes, drives one parser the way the agent does, and panics only
+//! when an invariant breaks: a panic is what the fuzzer reports. The parsers themselves never
+//! panic on bad input; the assertions here state what "correct" means beyond "did not crash".
+//! Not an API: these exist for `fuzz/` and may change with it.
+
+// Panicking on a broken invariant is what these functions are for (see above).
+#![allow(clippy::missing_panics_doc)]
+
+use std::{collections::HashSet, time::Duration};
+
+use agent_common::{ConnEvent, DataEvent, Direction, EventHeader, EventKind, Role, Syscall};
+
+use crate::{
+    commands::{bench::CountingExporter, run::RunSink},
+    conntrack::{Conntrack, ConntrackConfig},
+    net::loopback_tuple,
+    probes::{btf::Btf, offsets},
+    protocol::http1::{
+        HttpConnection, HttpEvent,
+        framer::{Side, Stamp},
+        head::{TraceHeaders, parse_head},
+    },
+    receiver::{Event, EventSink as _, decode::decode},
+    trace::{
+        TraceConfig, Tracer, propagation,
+        resource::{Resources, ServiceNameRule, redacted_command_line},
+        route::route_of,
+    },
+};
+
+/// Reads bytes off the front of a fuzz input; runs dry as zeros.
+struct Input<'a>(&'a [u8]);
+
+impl<'a> Input<'a> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn byte(&mut self) -> u8 {
+        let Some((&first, rest)) = self.0.split_first() else {
+            return 0;
+        };
+        self.0 = rest;
+        first
+    }
+
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let (taken, rest) = self.0.split_at(n.min(self.0.len()));
+        self.0 = rest;
+        taken
+    }
+}
+
+/// One HTTP/1.x connection fed a script of reads from both directions, some of them captured only
+/// in part (the kernel copies at most `capture_bytes` of a syscall), then closed.
+///
+/// Script: per step a control byte (bit 0: response side; bit 1: truncated capture; bits 2..:
+/// thread), a length byte, then that many payload bytes; a truncated step adds a byte of
+/// uncaptured length (×64).
+///
+/// Invariants: every exchange was announced by a request event at the same offset; stamps run
+/// forward within an exchange; the connection's own count matches what it emitted.
+pub fn http1_connection(data: &[u8]) {
+    let mut input = Input(data);
+    let mut conn = HttpConnection::new();
+    let mut out = Vec::new();
+    let mut announced = HashSet::new();
+    let mut emitted = 0u64;
+    let mut ts = 0u64;
+    let mut check = |out: &mut Vec<HttpEvent>| {
+        for event in out.drain(..) {
+            match event {
+                HttpEvent::Request { start, .. } => {
+                    announced.insert(start.offset);
+                }
+                HttpEvent::Exchange(x) => {
+                    emitted += 1;
+                    assert!(
+                        announced.contains(&x.request_start.offset),
+                        "exchange at request offset {} was never announced",
+                        x.request_start.offset
+                    );
+                    assert!(x.request_start.ts <= x.request_end.ts, "{x:?}");
+                    assert!(x.request_start.offset <= x.request_end.offset, "{x:?}");
+                    if let Some(response_start) = x.response_start {
+                        assert!(response_start.ts <= x.end.ts, "{x:?}");
+                        assert!(response_start.offset <= x.end.offset, "{x:?}");
+                    }
+                }
+            }
+        }
+    };
+    while !input.is_empty() {
+        let control = input.byte();
+        let len = usize::from(input.byte());
+        let payload = input.take(len);
+        let uncaptured = if control & 2 == 0 {
+            0
+        } else {
+            u64::from(input.byte()) * 64
+        };
+        let side = if control & 1 == 0 {
+            Side::Request
+        } else {
+            Side::Response
+        };
+        ts += 1;
+        let total = payload.len() as u64 + uncaptured;
+        conn.feed(side, payload, total, ts, u32::from(control >> 2), &mut out);
+        check(&mut out);
+    }
+    let at = Stamp {
+        ts: ts + 1,
+        tid: 0,
+        offset: 0,
+    };
+    conn.close(at, &mut out);
+    check(&mut out);
+    assert_eq!(conn.stats.exchanges, emitted);
+}
+
+/// What a stream framed to, independent of how it was cut into reads.
+type Framed = Vec<(String, u64, u64, Option<u64>, u64)>;
+
+fn frame_cut(requests: &[u8], responses: &[u8], mut cut: impl FnMut() -> usize) -> (Framed, u64) {
+    let mut conn = HttpConnection::new();
+    let mut out = Vec::new();
+    for (side, mut rest) in [(Side::Request, requests), (Side::Response, responses)] {
+        while !rest.is_empty() {
+            let n = cut().clamp(1, rest.len());
+            conn.feed(side, &rest[..n], n as u64, 0, 1, &mut out);
+            rest = &rest[n..];
+        }
+    }
+    let framed = out
+        .iter()
+        .filter_map(|event| match event {
+            HttpEvent::Exchange(x) => Some((
+                format!("{:?} -> {:?}", x.request, x.response),
+                x.request_start.offset,
+                x.request_end.offset,
+                x.response_start.map(|s| s.offset),
+                x.end.offset,
+            )),
+            HttpEvent::Request { .. } => None,
+        })
+        .collect();
+    (framed, conn.stats.desyncs)
+}
+
+/// Reassembly property: a request stream and a response stream that frame cleanly when each
+/// arrives in one read frame to the same exchanges at the same offsets however they are cut
+/// into reads.
+///
+/// Input: a cut-size seed byte, the request stream's length (u16, little-endian), the request
+/// stream, then the response stream.
+pub fn http1_resplit(data: &[u8]) {
+    let mut input = Input(data);
+    let seed = input.byte();
+    let request_len = usize::from(u16::from_le_bytes([input.byte(), input.byte()]));
+    let requests = input.take(request_len);
+    let responses = input.0;
+    let (reference, desyncs) = frame_cut(requests, responses, || usize::MAX);
+    if desyncs > 0 {
+        // Resynchronising scans read starts, so where garbage is cut changes what follows it;
+        // the property is about streams that are HTTP.
+        return;
+    }
+    // Cut sizes from a xorshift seeded by the input: 1..=seed+1 bytes.
+    let mut state = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let (split, _) = frame_cut(requests, responses, || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        1 + (state % (u64::from(seed) + 1)) as usize
+    });
+    assert_eq!(split, reference, "cut sizes up to {}", u16::from(seed) + 1);
+}
+
+/// Head parsing, both sides: a parsed head never claims more bytes than it was given, and a
+/// request head never claims fewer than its start line.
+pub fn http1_head(data: &[u8]) {
+    for side in [Side::Request, Side::Response] {
+        if let Ok(Some((head, used))) = parse_head(side, data) {
+            assert!(used <= data.len());
+            let _ = head.framing(side);
+            let _ = (head.method(), head.status());
+        }
+    }
+}
+
+/// One ring-buffer record: decodes or fails with an error; a data record's payload lies inside it.
+pub fn ring_record(data: &[u8]) {
+    if let Ok(Event::Data { payload, .. }) = decode(data) {
+        assert!(payload.len() <= data.len());
+    }
+}
+
+/// A BTF blob as `/sys/kernel/btf/vmlinux` would hold it: parses or fails with an error, and the
+/// field lookups the agent makes at start-up terminate (type cycles included).
+pub fn btf(data: &[u8]) {
+    if let Ok(btf) = Btf::parse(data) {
+        let _ = offsets::resolve(&btf);
+        let _ = btf.func_id("do_sys_open");
+    }
+}
+
+/// Trace-context headers (traceparent, B3 single and multi): an adopted context is never the
+/// all-zero (invalid) id.
+pub fn trace_context(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.split('\n').map(str::to_string);
+    let headers = TraceHeaders {
+        traceparent: parts.next(),
+        tracestate: parts.next(),
+        b3: parts.next(),
+        x_b3_traceid: parts.next(),
+        x_b3_spanid: parts.next(),
+        x_b3_sampled: parts.next(),
+    };
+    if let Some(context) = propagation::extract(&headers) {
+        assert_ne!(context.trace_id, [0; 16], "{context:?}");
+        assert_ne!(context.span_id, [0; 8], "{context:?}");
+    }
+}
+
+/// Request targets and command lines: a route never carries the query string, and the argument
+/// after a kept `--password` flag is always replaced.
+pub fn redaction(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let route = route_of(&text);
+    assert!(!route.contains('?'), "{text:?} -> {route:?}");
+    let argv: Vec<String> = text.split('\0').map(str::to_string).collect();
+    let redacted = redacted_command_line(&argv);
+    // Output tokens line up with arguments only when no argument is empty or holds a space.
+    if argv.iter().any(|a| a.is_empty() || a.contains(' ')) {
+        return;
+    }
+    let tokens: Vec<&str> = redacted.split(' ').collect();
+    assert_eq!(tokens.len(), argv.len(), "{argv:?} -> {redacted:?}");
+    for pair in tokens.windows(2) {
+        if pair[0] == "--password" {
+            assert_eq!(pair[1], "REDACTED", "{argv:?} -> {redacted:?}");
+        }
+    }
+}
+
+/// The whole user-space pipeline (conntrack, protocol detection, HTTP, pairing, linking, span
+/// building) fed a script of connection and data events among eight connections of this
+/// process, as the ring would deliver them.
+///
+/// Script: per step a control byte (bits 0-1: open, data, close, flush; bits 2-4: connection;
+/// bit 5: direction; bit 6: role on open), a thread byte, a length byte and the payload.
+///
+/// Invariant: every span ends no earlier than it starts.
+pub fn pipeline(data: &[u8]) {
+    let mut input = Input(data);
+    let mut exporter = CountingExporter::default();
+    let tracer = Tracer::new(
+        TraceConfig {
+            link_delay: Duration::ZERO,
+            ..TraceConfig::default()
+        },
+        Resources::new(ServiceNameRule::Auto),
+    );
+    let mut sink = RunSink::new(
+        Conntrack::new(ConntrackConfig::default(), Vec::new()),
+        tracer,
+        &mut exporter,
+    );
+    let pid = std::process::id();
+    let mut ts = 1_000_000u64;
+    while !input.is_empty() {
+        let control = input.byte();
+        let tid = 100 + u32::from(input.byte() & 7);
+        let conn_id = 1 + u64::from((control >> 2) & 7);
+        ts += 1_000;
+        let header = |kind: EventKind| EventHeader {
+            kind: kind as u32,
+            pid,
+            tid,
+            fd: 3 + conn_id as i32,
+            conn_id,
+            ts_ns: ts,
+        };
+        match control & 3 {
+            0 => {
+                let server = control & 0x40 != 0;
+                let (role, syscall, tuple) = if server {
+                    (
+                        Role::Server,
+                        Syscall::Accept4,
+                        loopback_tuple(8080, 20_000 + conn_id as u16),
+                    )
+                } else {
+                    (
+                        Role::Client,
+                        Syscall::Connect,
+                        loopback_tuple(20_000 + conn_id as u16, 8080),
+                    )
+                };
+                sink.on_event(&Event::Open(ConnEvent {
+                    header: header(EventKind::ConnOpen),
+                    tuple,
+                    role: role as u32,
+                    syscall: syscall as u32,
+                    ..ConnEvent::default()
+                }));
+            }
+            1 => {
+                let len = usize::from(input.byte());
+                let payload = input.take(len);
+                let direction = if control & 0x20 == 0 {
+                    Direction::Egress
+                } else {
+                    Direction::Ingress
+                };
+                let event = DataEvent {
+                    header: header(EventKind::Data),
+                    enter_ns: ts - 500,
+                    ret: payload.len() as i64,
+                    role: 0,
+                    direction: direction as u32,
+                    syscall: Syscall::Read as u32,
+                    captured_len: payload.len() as u32,
+                };
+                sink.on_event(&Event::Data { event, payload });
+            }
+            2 => sink.on_event(&Event::Close(ConnEvent {
+                header: header(EventKind::ConnClose),
+                ..ConnEvent::default()
+            })),
+            _ => sink.export(true),
+        }
+    }
+    sink.export(true);
+    drop(sink);
+    assert!(exporter.bad_spans == 0, "a span ended before it started");
+}
+
+/// A fuzz target: arbitrary bytes in, a panic when an invariant breaks.
+pub type Target = fn(&[u8]);
+
+/// Every target by the name its `fuzz/fuzz_targets/*.rs` file and corpus folders use.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("http1_connection", http1_connection),
+    ("http1_resplit", http1_resplit),
+    ("http1_head", http1_head),
+    ("ring_record", ring_record),
+    ("btf", btf),
+    ("trace_context", trace_context),
+    ("redaction", redaction),
+    ("pipeline", pipeline),
+];
+
+#[cfg(test)]
+mod tests {
+    //! Every input the fuzzers found that once broke an invariant, replayed (fuzz/regressions),
+    //! plus each target's seed corpus (fuzz/seeds).
+
+    use std::path::Path;
+
+    fn replay(dir: &str, target: fn(&[u8])) -> usize {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz")
+            .join(dir);
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            return 0;
+        };
+        let mut n = 0;
+        for entry in entries.flatten() {
+            let bytes = std::fs::read(entry.path()).expect("readable fuzz input");
+            target(&bytes);
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn seeds_and_regressions_replay_cleanly() {
+        for (name, target) in super::TARGETS {
+            let seeds = replay(&format!("seeds/{name}"), *target);
+            assert!(seeds > 0, "target {name} has no seeds in fuzz/seeds/{name}");
+            replay(&format!("regressions/{name}"), *target);
+        }
+    }
+}

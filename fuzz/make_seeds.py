@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Writes fuzz/seeds/<target>/* from the project's own test fixtures and samples.
+
+Run from anywhere: `python3 fuzz/make_seeds.py`. The output is committed; rerun it when a
+target's input format (documented in agent/src/fuzz.rs) changes.
+"""
+import json
+import pathlib
+import struct
+
+ROOT = pathlib.Path(__file__).resolve().parent
+FIXTURES = ROOT.parent / "agent/src/protocol/http1/fixtures"
+SEEDS = ROOT / "seeds"
+
+
+def write(target, name, data):
+    folder = SEEDS / target
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(data)
+
+
+def fixture_reads(name):
+    """(egress, bytes) per captured syscall of a fixture (payload strings are latin-1)."""
+    reads = []
+    for line in (FIXTURES / name).read_text().splitlines():
+        record = json.loads(line)
+        reads.append((record["direction"] == "egress", record["payload"].encode("latin-1")))
+    return reads
+
+
+def connection_script(reads, server, truncate_over=None):
+    """http1_connection script: control (bit0 response side, bit1 truncated), length, bytes."""
+    out = bytearray()
+    for egress, data in reads:
+        response = egress == server
+        for start in range(0, len(data), 255):
+            piece = data[start:start + 255]
+            control = 1 if response else 0
+            extra = b""
+            if truncate_over is not None and len(piece) > truncate_over:
+                extra = bytes([(len(piece) - truncate_over + 63) // 64])
+                piece = piece[:truncate_over]
+                control |= 2
+            out += bytes([control, len(piece)]) + piece + extra
+    return bytes(out)
+
+
+KEEPALIVE = [
+    (True, b"GET /users/42?token=abc HTTP/1.1\r\nHost: api\r\ntraceparent: "
+           b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n"),
+    (False, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"),
+    (True, b"POST /upload HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"4\r\nwiki\r\n0\r\n\r\n"),
+    (False, b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"),
+    (True, b"HEAD /x HTTP/1.1\r\n\r\n"),
+    (False, b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"),
+    (True, b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"),
+    (False, b"HTTP/1.1 101 Switching Protocols\r\n\r\n\x81\x05hello"),
+]
+
+
+def main():
+    server = fixture_reads("python_server_pipelined_chunked.jsonl")
+    client = fixture_reads("python_client_pipelined_chunked.jsonl")
+    # The fixtures were captured on the server (egress = responses) and the client.
+    write("http1_connection", "server_capture", connection_script(server, True))
+    write("http1_connection", "client_capture", connection_script(client, False))
+    write("http1_connection", "server_capture_160", connection_script(server, True, 160))
+    write("http1_connection", "keepalive_upgrade", connection_script(KEEPALIVE, False))
+
+    for name, reads, server_side in [("server", server, True), ("client", client, False)]:
+        requests = b"".join(d for e, d in reads if e != server_side)
+        responses = b"".join(d for e, d in reads if e == server_side)
+        write("http1_resplit", name, resplit_input(7, requests, responses))
+    requests = b"".join(d for e, d in KEEPALIVE if e)
+    responses = b"".join(d for e, d in KEEPALIVE if not e)
+    write("http1_resplit", "keepalive_upgrade", resplit_input(3, requests, responses))
+
+    for i, (_, data) in enumerate(KEEPALIVE):
+        write("http1_head", f"keepalive_{i}", data)
+
+    header = struct.pack("<IIIiQQ", 3, 4242, 4243, 5, 77, 1_000_000)
+    payload = b"GET / HTTP/1.1\r\n\r\n"
+    data_event = header + struct.pack("<qqIIII", 999_000, len(payload), 1, 0, 1, len(payload))
+    write("ring_record", "data", data_event + payload)
+    open_header = struct.pack("<IIIiQQ", 1, 4242, 4243, 5, 77, 1_000_000)
+    tuple_ = struct.pack("<HHHH16s16s", 2, 0, 8080, 40000, b"\x7f\0\0\x01" + bytes(12),
+                         b"\x7f\0\0\x01" + bytes(12))
+    write("ring_record", "open", open_header + tuple_ + struct.pack("<IIQQ16s", 2, 12, 0, 0,
+                                                                    b"python3".ljust(16, b"\0")))
+
+    write("btf", "outer_union", btf_sample())
+
+    write("trace_context", "w3c",
+          b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\nrojo=00f067aa0ba902b7\n")
+    write("trace_context", "b3_single",
+          b"\n\n80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90\n")
+    write("trace_context", "b3_multi",
+          b"\n\n\n80f198ee56343ba864fe8b2a57d3eff7\ne457b5a2e4d86bd1\n1")
+
+    write("redaction", "curl",
+          b"curl\0-H\0Authorization: Bearer abc\0--password\0hunter22\0http://a/b/42?token=1")
+    write("redaction", "route", b"/users/12345/orders/9f3c2a7e-1111-4c1e-9d2f-0123456789ab?x=1")
+
+    write("pipeline", "exchange", pipeline_script())
+
+
+def resplit_input(seed, requests, responses):
+    """http1_resplit input: cut-size seed, request length (u16 LE), requests, responses."""
+    return bytes([seed]) + struct.pack("<H", len(requests)) + requests + responses
+
+
+def btf_sample():
+    """`struct outer { int a; union { short b; long c; }; char d[3]; }` (as in btf.rs's tests)."""
+    strings = b"\0outer\0a\0b\0c\0d\0int\0short\0long\0char\0"
+    s = lambda name: strings.index(b"\0" + name.encode() + b"\0") + 1
+    INT, ARRAY, STRUCT, UNION = 1, 3, 4, 5
+    words = [
+        s("int"), INT << 24, 4, 32,
+        s("short"), INT << 24, 2, 16,
+        s("long"), INT << 24, 8, 64,
+        s("char"), INT << 24, 1, 8,
+        0, (UNION << 24) | 2, 8, s("b"), 2, 0, s("c"), 3, 0,
+        0, ARRAY << 24, 0, 4, 1, 3,
+        s("outer"), (STRUCT << 24) | 3, 24, s("a"), 1, 0, 0, 5, 64, s("d"), 6, 128,
+    ]
+    types = struct.pack(f"<{len(words)}I", *words)
+    header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
+    return header + types + strings
+
+
+def pipeline_script():
+    """Client connection 1 and server connection 2 of one request, as the ring delivers them."""
+    request = b"GET /score/7 HTTP/1.1\r\nHost: model\r\n\r\n"
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    conn = lambda n: (n - 1) << 2
+    out = bytearray()
+    out += bytes([0 | conn(1), 0])                      # open client
+    out += bytes([0 | conn(2) | 0x40, 1])               # open server
+    out += bytes([1 | conn(1), 0, len(request)]) + request             # client writes
+    out += bytes([1 | conn(2) | 0x20, 1, len(request)]) + request      # server reads
+    out += bytes([1 | conn(2), 1, len(response)]) + response           # server writes
+    out += bytes([1 | conn(1) | 0x20, 0, len(response)]) + response    # client reads
+    out += bytes([2 | conn(1), 0])                      # close client
+    out += bytes([3, 0])                                # flush
+    return bytes(out)
+
+
+if __name__ == "__main__":
+    main()
