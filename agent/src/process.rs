@@ -133,6 +133,20 @@ impl ProcessCache {
     }
 }
 
+/// This process's peak resident set (`VmHWM`), in KiB; 0 if /proc cannot say.
+#[must_use]
+pub fn own_peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -130,6 +130,64 @@ pub fn http_server(bind: &str, port: u16) -> Proc {
     Proc(child)
 }
 
+/// nginx on 127.0.0.1 (one worker, room for 30 000 connections, heads up to 2 MiB, slow clients
+/// held 5 minutes), answering `ok` to everything; stopped on drop.
+pub struct Nginx {
+    proc: Proc,
+    dir: PathBuf,
+    pub port: u16,
+}
+
+impl Nginx {
+    #[must_use]
+    pub fn start() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("sockspan-nginx-{port}"));
+        std::fs::create_dir_all(&dir).expect("nginx dir");
+        let d = dir.display();
+        let conf = format!(
+            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             worker_rlimit_nofile 40000;\nevents {{ worker_connections 30000; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  \
+             proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  \
+             uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
+             client_header_timeout 300s;\n  large_client_header_buffers 4 2m;\n  \
+             server {{ listen 127.0.0.1:{port}; \
+             location / {{ default_type text/plain; return 200 \"ok\\n\"; }} }}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-p")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx (apt package nginx-light)");
+        let nginx = Self {
+            proc: Proc(child),
+            dir,
+            port,
+        };
+        wait_listening(&format!("127.0.0.1:{port}"), Duration::from_secs(10));
+        nginx
+    }
+
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.proc.0.kill();
+        let _ = self.proc.0.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A running `sockspan events`, stopped with SIGINT by [`Agent::stop`].
 pub struct Agent {
     child: Option<Child>,
@@ -353,4 +411,77 @@ pub fn run_ok(cmd: &mut Command, timeout: Duration) -> std::process::Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// A fixture whose stdout lines are all kept (`python_fixture` reads only the first).
+pub struct Talking {
+    pub proc: Proc,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Talking {
+    #[must_use]
+    pub fn start(script: &str, args: &[&str]) -> Self {
+        let mut child = Command::new("python3")
+            .arg(fixture(script))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {script}: {e}"));
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            proc: Proc(child),
+            lines,
+        }
+    }
+
+    /// The next line starting with `prefix`, waiting at most `timeout`.
+    #[must_use]
+    pub fn line(&self, prefix: &str, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no line starting {prefix:?} within {timeout:?}: {e}"),
+            }
+        }
+    }
+
+    /// Closes the process's stdin (fixtures that hold something release it then).
+    pub fn close_stdin(&mut self) {
+        drop(self.proc.0.stdin.take());
+    }
+
+    /// SIGTERM, then the line starting with `prefix` the process prints on the way out.
+    #[must_use]
+    pub fn stop(self, prefix: &str) -> String {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.proc.pid() as i32, libc::SIGTERM) };
+        self.line(prefix, Duration::from_secs(10))
+    }
+}
+
+/// `key=value` from the agent's final `stopped` log line.
+#[must_use]
+pub fn stopped_field(stderr: &str, key: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains("stopped"))
+        .unwrap_or_else(|| panic!("no `stopped` line in:\n{stderr}"));
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {line}"))
 }

@@ -1,78 +1,10 @@
 //! Root integration tests of the agent under faults it does not control: an OTLP back end that
 //! is down, refusing, slow and failing, and hostile traffic through traced sockets.
 
-use std::{
-    io::{BufRead as _, BufReader},
-    process::{Command, Stdio},
-    sync::mpsc,
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use serde_json::Value;
-use sockspan_tests::{Agent, Proc, fixture, free_port, http_server};
-
-/// A fixture whose stdout lines are all kept (`python_fixture` reads only the first).
-struct Talking {
-    proc: Proc,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Talking {
-    fn start(script: &str, args: &[&str]) -> Self {
-        let mut child = Command::new("python3")
-            .arg(fixture(script))
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {script}: {e}"));
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            proc: Proc(child),
-            lines,
-        }
-    }
-
-    /// The next line starting with `prefix`, waiting at most `timeout`.
-    fn line(&self, prefix: &str, timeout: Duration) -> String {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("no line starting {prefix:?} within {timeout:?}: {e}"),
-            }
-        }
-    }
-
-    /// SIGTERM, then the line starting with `prefix` the process prints on the way out.
-    fn stop(self, prefix: &str) -> String {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.proc.pid() as i32, libc::SIGTERM) };
-        self.line(prefix, Duration::from_secs(10))
-    }
-}
-
-/// `key=value` from the agent's final `stopped` log line.
-fn stopped_field(stderr: &str, key: &str) -> u64 {
-    let line = stderr
-        .lines()
-        .rev()
-        .find(|l| l.contains("stopped"))
-        .unwrap_or_else(|| panic!("no `stopped` line in:\n{stderr}"));
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key}= in {line}"))
-}
+use sockspan_tests::{Agent, Nginx, Talking, free_port, http_server, run_ok, stopped_field};
 
 /// The OTLP back end goes through every bad state (nothing listening, 503s, answers slower
 /// than the export timeout, 400s) and comes back. Traffic never stops meanwhile: every request
@@ -90,7 +22,7 @@ fn otlp_outage_is_counted_survived_and_recovered() {
             "down:6,unavailable:6,slow:6,error:6,up:0",
         ],
     );
-    receiver.line("ready", Duration::from_secs(20));
+    let _ = receiver.line("ready", Duration::from_secs(20));
     let endpoint = format!("http://127.0.0.1:{otlp_port}");
     let agent = Agent::start_with_env(
         "run",
@@ -137,4 +69,73 @@ fn otlp_outage_is_counted_survived_and_recovered() {
         report["last_span_start_ns"].as_u64() > Some(up_since_ns + 2_000_000_000),
         "spans of requests made after recovery were delivered: {report}"
     );
+}
+
+/// Hostile traffic through a traced nginx, with the connection table bounded at 4096: random
+/// bytes, a 1 MiB header, a truncated request, a reset mid-body, a response nobody asked for,
+/// 5000 connections each holding 2 KiB of an unfinished head (10 000 sockets traced, both ends),
+/// and 20 000 short connections. The agent keeps running and tracing, the table never passes its
+/// bound (evictions counted), memory stays bounded, and every short request became two spans
+/// unless the ring said it dropped events.
+#[test]
+fn hostile_traffic_keeps_the_agent_bounded_and_tracing() {
+    let nginx = Nginx::start();
+    let port = nginx.port.to_string();
+    let agent = Agent::start_command("run", &["--output", "jsonl", "--max-conns", "4096"]);
+    let mix = Talking::start("hostile.py", &["mix", &port]);
+    let _ = mix.line("done", Duration::from_mins(1));
+    let mut idle = Talking::start("hostile.py", &["idle", &port, "5000", "2048"]);
+    let _ = idle.line("holding 5000", Duration::from_mins(2));
+    let churn = Talking::start("hostile.py", &["churn", &port, "20000"]);
+    let churned: u64 = churn
+        .line("churned", Duration::from_mins(3))
+        .trim_start_matches("churned ")
+        .parse()
+        .expect("churn count");
+    // Still tracing after all that.
+    let _ = run_ok(
+        Command::new("curl")
+            .args(["-sf", "-o", "/dev/null"])
+            .arg(format!("http://127.0.0.1:{port}/after-the-storm")),
+        Duration::from_secs(10),
+    );
+    idle.close_stdin();
+    std::thread::sleep(Duration::from_secs(2));
+    let out = agent.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+
+    let peak = stopped_field(&out.stderr, "conns_peak");
+    assert!(peak <= 4096, "table bound held: peak {peak}");
+    assert!(
+        stopped_field(&out.stderr, "conns_evicted_full") > 0,
+        "10 000 held sockets past a 4096 bound are evicted, and counted"
+    );
+    let rss_mib = stopped_field(&out.stderr, "peak_rss_kib") / 1024;
+    assert!(rss_mib < 160, "peak RSS {rss_mib} MiB");
+
+    let spans: Vec<&Value> = out
+        .events
+        .iter()
+        .filter(|e| e["span_id"].is_string())
+        .collect();
+    let after: Vec<&&Value> = spans
+        .iter()
+        .filter(|s| s["attributes"]["url.path"] == "/after-the-storm")
+        .collect();
+    assert_eq!(after.len(), 2, "curl's and nginx's spans: {after:?}");
+    assert!(
+        after
+            .iter()
+            .all(|s| s["attributes"]["http.response.status_code"] == 200)
+    );
+    assert!(churned > 19_000, "the churn ran: {churned}");
+    let short = spans
+        .iter()
+        .filter(|s| s["attributes"]["url.path"] == "/c")
+        .count() as u64;
+    if stopped_field(&out.stderr, "ring_full_drops") == 0 {
+        assert_eq!(short, 2 * churned, "two spans per short connection");
+    } else {
+        assert!(short > 0);
+    }
 }

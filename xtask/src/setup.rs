@@ -27,6 +27,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // The web UI's test drives a real headless Chromium.
     ("chromium", "chromium"),
     ("chromedriver", "chromium-driver"),
+    // Hostile traffic needs a server that holds thousands of connections.
+    ("nginx", "nginx-light"),
 ];
 
 fn say(what: &str) {

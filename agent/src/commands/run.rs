@@ -280,6 +280,13 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         http_connections = sink.stats.http_connections,
         other_connections = sink.stats.other_connections,
         ring_full_drops = kernel.get(agent_common::Counter::RingFull),
+        conns_opened = sink.conntrack.stats.opened,
+        conns_peak = sink.conntrack.stats.peak,
+        conns_evicted_full = sink.conntrack.stats.evicted_full,
+        conns_evicted_idle = sink.conntrack.stats.evicted_idle,
+        head_budget_drops = crate::protocol::http1::budget::HEADS.refusals(),
+        head_bytes_buffered = crate::protocol::http1::budget::HEADS.in_use(),
+        peak_rss_kib = crate::process::own_peak_rss_kib(),
         "stopped"
     );
     Ok(())

@@ -111,6 +111,8 @@ pub struct ConntrackStats {
     pub data_unknown_conn: u64,
     /// Pre-existing sockets whose procfs tuple disagreed with the kernel's.
     pub tuple_mismatches: u64,
+    /// Most connections tracked at once.
+    pub peak: u64,
 }
 
 pub struct Conntrack {
@@ -192,6 +194,8 @@ impl Conntrack {
         }
         let process = self.processes.get(h.pid);
         self.stats.opened += 1;
+        let tracked = self.conns.len() + usize::from(!self.conns.contains_key(&h.conn_id));
+        self.stats.peak = self.stats.peak.max(tracked as u64);
         let conn = Connection {
             conn_id: h.conn_id,
             tuple: event.tuple,

@@ -79,6 +79,9 @@ struct Type {
     members: Vec<Member>,
 }
 
+/// Deepest nesting of arrays or anonymous members followed; the kernel's are a few levels.
+const MAX_NESTING: u32 = 32;
+
 /// Parsed type and string sections of a BTF blob.
 #[derive(Debug)]
 pub struct Btf {
@@ -161,13 +164,24 @@ impl Btf {
 
     /// Size in bytes of a type.
     fn size_of(&self, id: u32) -> Result<u32, BtfError> {
+        self.size_at_depth(id, 0)
+    }
+
+    /// `size_of`, refusing arrays nested deeper than any kernel declares (a malformed blob can
+    /// make an array its own element).
+    fn size_at_depth(&self, id: u32, depth: u32) -> Result<u32, BtfError> {
+        if depth > MAX_NESTING {
+            return Err(BtfError::Malformed(
+                "arrays nested too deep (a type cycle?)",
+            ));
+        }
         let id = self.resolve(id)?;
         let ty = self.get(id)?;
         Ok(match ty.kind {
             kind::PTR => 8,
             kind::ARRAY => {
                 let (elem, n) = ty.array.ok_or(BtfError::Malformed("array without info"))?;
-                self.size_of(elem)?.saturating_mul(n)
+                self.size_at_depth(elem, depth + 1)?.saturating_mul(n)
             }
             _ => ty.size_or_ref,
         })
@@ -198,6 +212,22 @@ impl Btf {
     /// Finds `field` in the struct/union `id`, looking into anonymous members; returns the bit
     /// offset from the start of `id` and the member.
     fn find_member(&self, id: u32, field: &str) -> Result<Option<(u32, Member)>, BtfError> {
+        self.find_member_at_depth(id, field, 0)
+    }
+
+    /// `find_member`, refusing anonymous members nested deeper than any kernel declares (a
+    /// malformed blob can make a struct its own anonymous member).
+    fn find_member_at_depth(
+        &self,
+        id: u32,
+        field: &str,
+        depth: u32,
+    ) -> Result<Option<(u32, Member)>, BtfError> {
+        if depth > MAX_NESTING {
+            return Err(BtfError::Malformed(
+                "anonymous members nested too deep (a type cycle?)",
+            ));
+        }
         let ty = self.get(self.resolve(id)?)?;
         for m in &ty.members {
             let name = self.name(m.name_off);
@@ -207,9 +237,14 @@ impl Btf {
             if name.is_empty() {
                 let inner = self.get(self.resolve(m.type_id)?)?;
                 if matches!(inner.kind, kind::STRUCT | kind::UNION)
-                    && let Some((off, found)) = self.find_member(m.type_id, field)?
+                    && let Some((off, found)) =
+                        self.find_member_at_depth(m.type_id, field, depth + 1)?
                 {
-                    return Ok(Some((m.bit_offset + off, found)));
+                    let total = m
+                        .bit_offset
+                        .checked_add(off)
+                        .ok_or(BtfError::Malformed("member offset overflows"))?;
+                    return Ok(Some((total, found)));
                 }
             }
         }
@@ -240,7 +275,9 @@ impl Btf {
                     field: path.to_string(),
                 });
             }
-            bits += off;
+            bits = bits
+                .checked_add(off)
+                .ok_or(BtfError::Malformed("member offset overflows"))?;
             id = member.type_id;
             last = Some(member);
         }
@@ -404,6 +441,28 @@ mod tests {
         assert!(err.to_string().contains("no struct `nope`"), "{err}");
         let err = btf.field_offset("outer", "a", 8).expect_err("size");
         assert!(err.to_string().contains("4 bytes here"), "{err}");
+    }
+
+    /// Found by the `btf` fuzz target: a struct whose anonymous member is the struct itself
+    /// recursed until the stack overflowed.
+    #[test]
+    fn type_cycles_are_malformed_not_a_stack_overflow() {
+        let mut blob = sample();
+        // Point the anonymous member of `outer` (type 7, member 2 → type 5) at `outer` itself.
+        // Types start at 24; `outer` is the 7th type, after 4 ints (16 bytes each), the union
+        // (12 + 2×12) and the array (24): its second member's type id is 16 + 12 + 12 + 4 bytes in.
+        let outer = 24 + 4 * 16 + 36 + 24;
+        let member_type = outer + 12 + 12 + 4;
+        blob[member_type..member_type + 4].copy_from_slice(&7u32.to_le_bytes());
+        let btf = Btf::parse(&blob).expect("parse");
+        let err = btf.field_offset("outer", "zz", 4).expect_err("cycle");
+        assert!(err.to_string().contains("cycle"), "{err}");
+        // And an array that is its own element.
+        let mut blob = sample();
+        let array = 24 + 4 * 16 + 36;
+        blob[array + 12..array + 16].copy_from_slice(&6u32.to_le_bytes());
+        let btf = Btf::parse(&blob).expect("parse");
+        assert!(btf.field_offset("outer", "d", 3).is_err());
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! a gap past the end of a message put the framer in `Desync`, from which it recovers at the next
 //! syscall whose bytes start like a message.
 
-use super::head::{Head, parse_head};
+use super::{
+    budget::{HEADS, HeadBudget},
+    head::{Head, parse_head},
+};
 
 /// Largest head (start line + headers) buffered across reads.
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;
@@ -60,6 +63,8 @@ pub enum DesyncReason {
     GapPastMessage,
     MalformedHead,
     HeadTooLarge,
+    /// All connections together already buffer as many head bytes as the agent allows.
+    HeadBudget,
     MalformedChunk,
 }
 
@@ -102,8 +107,10 @@ pub struct FramerStats {
 pub struct Framer {
     side: Side,
     state: State,
-    /// Head bytes collected across reads (only when a head spans reads).
+    /// Head bytes collected across reads (only when a head spans reads); its capacity is
+    /// charged to `budget`.
     buf: Vec<u8>,
+    budget: &'static HeadBudget,
     /// Where the head in progress started.
     head_start: Option<Stamp>,
     /// Bytes of this direction seen so far (captured or not).
@@ -136,10 +143,16 @@ pub fn looks_like_start(side: Side, data: &[u8]) -> bool {
 impl Framer {
     #[must_use]
     pub fn new(side: Side) -> Self {
+        Self::with_budget(side, &HEADS)
+    }
+
+    #[must_use]
+    pub fn with_budget(side: Side, budget: &'static HeadBudget) -> Self {
         Self {
             side,
             state: State::Head,
             buf: Vec::new(),
+            budget,
             head_start: None,
             offset: 0,
             stats: FramerStats::default(),
@@ -152,9 +165,35 @@ impl Framer {
         self.state == State::Tunnel
     }
 
+    /// Appends head bytes to the buffer if the budget has room for them; false otherwise.
+    fn buffer(&mut self, bytes: &[u8]) -> bool {
+        let before = self.buf.capacity();
+        let grow = (self.buf.len() + bytes.len()).saturating_sub(before);
+        if grow > 0 {
+            if !self.budget.try_take(grow) {
+                return false;
+            }
+            self.buf.reserve_exact(bytes.len());
+            // The allocator may round up; charge what it actually gave.
+            self.budget
+                .take((self.buf.capacity() - before).saturating_sub(grow));
+        }
+        self.buf.extend_from_slice(bytes);
+        true
+    }
+
+    /// Empties the head buffer and returns its memory (heads rarely span reads; keeping the
+    /// capacity would pin it for the life of every connection that once had one).
+    fn release_buffer(&mut self) {
+        if self.buf.capacity() > 0 {
+            self.budget.give_back(self.buf.capacity());
+            self.buf = Vec::new();
+        }
+    }
+
     fn lose_sync(&mut self, why: DesyncReason, sink: &mut impl FrameSink) {
         self.state = State::Desync;
-        self.buf.clear();
+        self.release_buffer();
         self.head_start = None;
         self.stats.desyncs += 1;
         sink.desync(why);
@@ -264,12 +303,15 @@ impl Framer {
         } else {
             let before = self.buf.len();
             let room = MAX_HEAD_BYTES.saturating_sub(before);
-            self.buf.extend_from_slice(&data[..data.len().min(room)]);
+            if !self.buffer(&data[..data.len().min(room)]) {
+                self.lose_sync(DesyncReason::HeadBudget, sink);
+                return None;
+            }
             parse_head(self.side, &self.buf).map(|o| o.map(|(h, n)| (h, n - before)))
         };
         match parsed {
             Ok(Some((head, used))) => {
-                self.buf.clear();
+                self.release_buffer();
                 let start = self.head_start.take().unwrap_or(at);
                 self.stats.heads += 1;
                 let framing = head.framing(self.side);
@@ -294,7 +336,10 @@ impl Framer {
                         self.lose_sync(DesyncReason::HeadTooLarge, sink);
                         return None;
                     }
-                    self.buf.extend_from_slice(data);
+                    if !self.buffer(data) {
+                        self.lose_sync(DesyncReason::HeadBudget, sink);
+                        return None;
+                    }
                 } else if self.buf.len() >= MAX_HEAD_BYTES {
                     self.lose_sync(DesyncReason::HeadTooLarge, sink);
                     return None;
@@ -459,6 +504,12 @@ impl Framer {
     }
 }
 
+impl Drop for Framer {
+    fn drop(&mut self) {
+        self.release_buffer();
+    }
+}
+
 /// How a message's body is delimited, from its head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -486,6 +537,40 @@ impl Framing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Half heads on many connections share one budget: past it a connection loses framing
+    /// (counted) instead of buffering, and every byte comes back when heads complete or
+    /// connections go away.
+    #[test]
+    fn buffered_heads_share_one_budget() {
+        let budget: &'static HeadBudget = Box::leak(Box::new(HeadBudget::new(256)));
+        let half = b"GET /slow HTTP/1.1\r\nHost: h\r\nX-Pad: ";
+        let mut log = Log::default();
+        let mut framers: Vec<Framer> = (0..10)
+            .map(|_| Framer::with_budget(Side::Request, budget))
+            .collect();
+        for f in &mut framers {
+            f.feed(half, half.len() as u64, 1, 1, &mut log);
+        }
+        let refused = framers.iter().filter(|f| f.stats.desyncs > 0).count();
+        assert!(refused > 0 && refused < 10, "{refused} of 10 refused");
+        assert!(budget.in_use() <= 256);
+        assert_eq!(budget.refusals(), refused as u64);
+        // A buffered head completes: its bytes are given back.
+        // Connections going away give their bytes back; a buffered head that completes too.
+        framers.truncate(1);
+        assert_eq!(budget.in_use(), half.len());
+        let rest = b"1\r\n\r\n";
+        framers[0].feed(rest, rest.len() as u64, 2, 1, &mut log);
+        assert!(
+            log.events.iter().any(|e| e.starts_with("head GET /slow")),
+            "{:?}",
+            log.events
+        );
+        assert_eq!(budget.in_use(), 0);
+        framers.clear();
+        assert_eq!(budget.in_use(), 0);
+    }
 
     /// Records what the framer reports.
     #[derive(Default)]

@@ -1,0 +1,89 @@
+//! One memory budget for the head bytes all connections hold between reads.
+//!
+//! A head that arrives in one read is parsed in place; only a head split across reads is copied
+//! into its connection's buffer. Each buffer is bounded (`MAX_HEAD_BYTES`), but a host with tens
+//! of thousands of connections each holding half a head (a slowloris, or just a slow network)
+//! would still add up to gigabytes. Past this budget a connection that needs to buffer more loses
+//! framing (counted) instead of growing the agent.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Head bytes all connections together may buffer.
+pub const HEAD_BUFFER_BUDGET: usize = 64 << 20;
+
+#[derive(Debug)]
+pub struct HeadBudget {
+    used: AtomicUsize,
+    limit: usize,
+    refused: AtomicU64,
+}
+
+/// The agent's budget.
+pub static HEADS: HeadBudget = HeadBudget::new(HEAD_BUFFER_BUDGET);
+
+impl HeadBudget {
+    #[must_use]
+    pub const fn new(limit: usize) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            limit,
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes `n` bytes if they fit; counts a refusal otherwise.
+    pub fn try_take(&self, n: usize) -> bool {
+        let taken = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(n).filter(|&total| total <= self.limit)
+            })
+            .is_ok();
+        if !taken {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    /// Takes `n` bytes whether or not they fit (an allocator rounding up what was asked).
+    pub fn take(&self, n: usize) {
+        self.used.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn give_back(&self, n: usize) {
+        // Saturating: a give-back never drives the count below zero, whatever the caller did.
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                Some(used.saturating_sub(n))
+            });
+    }
+
+    /// Bytes buffered now.
+    pub fn in_use(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Times a connection was refused room (and lost framing).
+    pub fn refusals(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn takes_up_to_the_limit_then_refuses_and_counts() {
+        let budget = HeadBudget::new(100);
+        assert!(budget.try_take(60));
+        assert!(!budget.try_take(41));
+        assert!(budget.try_take(40));
+        assert_eq!((budget.in_use(), budget.refusals()), (100, 1));
+        budget.give_back(70);
+        assert!(budget.try_take(41));
+        budget.give_back(1000);
+        assert_eq!(budget.in_use(), 0);
+    }
+}
