@@ -240,12 +240,15 @@ impl Agent {
         Self::spawn(cmd)
     }
 
-    /// As [`Agent::start_command`], inside network namespace `netns` (`ip netns exec`, which
-    /// execs sockspan in place, so signals reach it).
+    /// As [`Agent::start_command`], inside network namespace `netns` (nsenter execs sockspan in
+    /// place, so signals reach it).
     #[must_use]
     pub fn start_in_netns(netns: &str, subcommand: &str, args: &[&str]) -> Self {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", netns])
+        // nsenter switches only the network namespace; `ip netns exec` would also give the
+        // agent a private /sys without tracefs, which it may not be allowed to mount.
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{netns}"))
+            .arg("--")
             .arg(sockspan_bin())
             .arg(subcommand)
             .args(args);

@@ -4,6 +4,7 @@ mod bench;
 mod bench_http;
 mod fuzz;
 mod setup;
+mod stress;
 mod test;
 mod util;
 
@@ -54,6 +55,22 @@ enum Task {
         #[arg(long)]
         target: Option<String>,
     },
+    /// Hostile traffic at full scale through a traced nginx (odd requests, connections holding
+    /// half a head, short connections); figures go to HARDENING.md.
+    Stress {
+        /// Connections held open, each with half a request head.
+        #[arg(long, default_value_t = 10_000)]
+        idle: u64,
+        /// Short connections, one request each.
+        #[arg(long, default_value_t = 1_000_000)]
+        churn: u64,
+    },
+    /// An OTLP back end down, refusing, slow and failing for this long in all, then back, under
+    /// steady traffic; figures go to HARDENING.md.
+    Soak {
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+    },
     /// Build (release) and run sockspan as root; arguments after `--` go to sockspan
     /// (default: `run`, spans as JSON lines).
     Run {
@@ -101,5 +118,7 @@ fn main() -> Result<()> {
         Task::Bench { quick } => bench::bench(quick),
         Task::Demo { check } => demo(check),
         Task::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),
+        Task::Stress { idle, churn } => stress::stress(idle, churn),
+        Task::Soak { minutes } => stress::soak(minutes),
     }
 }

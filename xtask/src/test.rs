@@ -67,6 +67,47 @@ fn cargo_test(args: &[&str], envs: &[(&str, String)], tally: &mut Tally) -> Resu
     Ok(child.wait()?.success())
 }
 
+/// The capability set deploy/ grants the agent (measured; deploy/README.md says why each).
+pub const AGENT_CAPABILITIES: &[&str] = &["bpf", "perfmon", "sys_ptrace"];
+
+/// A script that runs the agent with exactly [`AGENT_CAPABILITIES`] when started as root (the
+/// bounding set is all a uid-0 exec keeps), and as-is otherwise. The integration tests start
+/// every agent through it, so they prove the deployed set, not full root, is enough.
+fn least_privilege_wrapper(agent: &std::path::Path) -> Result<std::path::PathBuf> {
+    let caps: Vec<String> = AGENT_CAPABILITIES.iter().map(|c| format!("+{c}")).collect();
+    let script = format!(
+        "#!/bin/sh\n# Written by `cargo xtask test`: the agent under deploy/'s capability set.\n\
+         if [ \"$(id -u)\" = 0 ]; then\n  \
+         exec setpriv --inh-caps=-all --bounding-set=-all,{} -- {} \"$@\"\nfi\n\
+         exec {} \"$@\"\n",
+        caps.join(","),
+        agent.display(),
+        agent.display()
+    );
+    let path = workspace_root().join("target/debug/sockspan-least-privilege");
+    std::fs::write(&path, script)?;
+    run(std::process::Command::new("chmod").arg("755").arg(&path))?;
+    Ok(path)
+}
+
+/// Mounts tracefs where the agent looks for it, as deploy/ does for the agent (mounting it is
+/// the one thing that would need `CAP_SYS_ADMIN`).
+fn ensure_tracefs() -> Result<()> {
+    let mounted = std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("/sys/kernel/tracing"))
+    });
+    if !mounted {
+        run(std::process::Command::new("mount").args([
+            "-t",
+            "tracefs",
+            "nodev",
+            "/sys/kernel/tracing",
+        ]))?;
+    }
+    Ok(())
+}
+
 pub fn test(filter: Option<&str>, unit_only: bool) -> Result<()> {
     if !setup::is_ready() {
         setup::setup()?;
@@ -97,7 +138,8 @@ pub fn test(filter: Option<&str>, unit_only: bool) -> Result<()> {
             "--bin",
             "sockspan",
         ]))?;
-        let bin = workspace_root().join("target/debug/sockspan");
+        ensure_tracefs()?;
+        let bin = least_privilege_wrapper(&workspace_root().join("target/debug/sockspan"))?;
         let mut args = vec!["--package", "sockspan-tests", "--"];
         if let Some(f) = filter {
             args.push(f);
