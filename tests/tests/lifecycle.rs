@@ -111,3 +111,40 @@ fn kill_9_leaves_no_program_attached() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Every agent these tests start runs with exactly deploy/'s capability set (`cargo xtask test`
+/// starts them through setpriv), and still captures: the tests prove the deployed privileges are
+/// enough, not that full root is.
+#[test]
+fn agents_under_test_hold_exactly_the_deployed_capabilities() {
+    // Bit numbers from linux/capability.h.
+    const CAP_SYS_PTRACE: u32 = 19;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let port = free_port();
+    let _server = http_server("127.0.0.1", port);
+    let agent = Agent::start(&["--port", &port.to_string()]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("status");
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .expect("CapEff");
+    let expected = (1u64 << CAP_SYS_PTRACE) | (1 << CAP_PERFMON) | (1 << CAP_BPF);
+    assert_eq!(
+        effective, expected,
+        "agent capabilities {effective:#x}, deploy/ grants {expected:#x}: run the tests with `cargo xtask test`"
+    );
+    let _ = run_ok(
+        Command::new("curl")
+            .args(["-sf", "-o", "/dev/null"])
+            .arg(format!("http://127.0.0.1:{port}/")),
+        Duration::from_secs(10),
+    );
+    let out = agent.stop();
+    assert!(
+        out.of_type("data")
+            .any(|e| sockspan_tests::payload(e).starts_with(b"GET / HTTP/1.1")),
+        "captured under the reduced set"
+    );
+}
