@@ -150,6 +150,15 @@ pub struct RunArgs {
     /// Stop by itself after this many seconds, exporting every finished span first.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<u64>,
+    /// Headers to record on spans (comma-separated, repeatable) as `http.request.header.<name>`
+    /// and `http.response.header.<name>`. None by default; a listed header is recorded whatever
+    /// it holds, credentials included: this is the explicit opt-in.
+    #[arg(long, value_name = "NAMES")]
+    pub record_headers: Vec<String>,
+    /// Query parameters whose values are kept in `url.query` (comma-separated, repeatable);
+    /// every other value is recorded as `REDACTED`.
+    #[arg(long, value_name = "NAMES")]
+    pub record_query_values: Vec<String>,
     #[command(flatten)]
     pub capture: CaptureArgs,
 }

@@ -227,12 +227,21 @@ pub fn trace_context(data: &[u8]) {
     }
 }
 
-/// Request targets and command lines: a route never carries the query string, and the argument
-/// after a kept `--password` flag is always replaced.
+/// Request targets and command lines: a route never carries the query string, a recorded query
+/// keeps no value, and the argument after a kept `--password` flag is always replaced.
 pub fn redaction(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let route = route_of(&text);
     assert!(!route.contains('?'), "{text:?} -> {route:?}");
+    // No allowlist is configured here: every query value must come out replaced.
+    if let Some(query) = crate::protocol::http1::record::redacted_query(&text) {
+        for part in query.split('&') {
+            assert!(
+                part == "REDACTED" || part.ends_with("=REDACTED"),
+                "{text:?} -> {query:?}"
+            );
+        }
+    }
     let argv: Vec<String> = text.split('\0').map(str::to_string).collect();
     let redacted = redacted_command_line(&argv);
     // Output tokens line up with arguments only when no argument is empty or holds a space.

@@ -31,6 +31,8 @@ pub enum PipelineError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
+    #[error(transparent)]
+    Record(#[from] crate::protocol::http1::record::RecordError),
 }
 
 /// A running capture path.

@@ -52,23 +52,10 @@ pub fn free_port() -> u16 {
 /// most 20 s) for the line `ready` it prints once listening.
 #[must_use]
 pub fn python_fixture(script: &str, args: &[&str], envs: &[(&str, &str)]) -> Proc {
-    let mut child = Command::new("python3")
-        .arg(fixture(script))
-        .args(args)
-        .envs(envs.iter().copied())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {script}: {e}"));
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let proc = Proc(child);
-    match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(line) if line.trim() == "ready" => proc,
+    let fixture = Talking::start_with_env(script, args, envs);
+    let first = fixture.lines.recv_timeout(Duration::from_secs(20));
+    match first {
+        Ok(line) if line.trim() == "ready" => fixture.proc,
         other => panic!("{script} {args:?} did not print `ready`: {other:?}"),
     }
 }
@@ -425,9 +412,15 @@ pub struct Talking {
 impl Talking {
     #[must_use]
     pub fn start(script: &str, args: &[&str]) -> Self {
+        Self::start_with_env(script, args, &[])
+    }
+
+    #[must_use]
+    pub fn start_with_env(script: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut child = Command::new("python3")
             .arg(fixture(script))
             .args(args)
+            .envs(envs.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

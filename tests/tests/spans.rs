@@ -366,18 +366,19 @@ fn otlp_over_http_protobuf_reaches_an_official_receiver() {
     otlp_chain("http/protobuf");
 }
 
-#[test]
-fn secrets_in_traced_traffic_never_reach_the_spans() {
-    let chain = Chain::start();
-    let agent = Agent::start_command("run", &["--output", "jsonl"]);
+/// Sends credentials every way a client might through the chain: headers, a query string, a
+/// request body. The request to the frontend also carries an `X-Request-Id` and a `page`
+/// parameter, which the allowlist test opts into.
+fn send_secrets(chain: &Chain) {
     let _ = run_ok(
         Command::new("curl")
             .args(["-sf", "-o", "/dev/null", "--max-time", "20"])
             .args(["-H", "Authorization: Bearer SECRET-BEARER-7f3a"])
             .args(["-H", "Cookie: session=SECRET-COOKIE-91c2"])
             .args(["-H", "X-Api-Key: SECRET-APIKEY-55d0"])
+            .args(["-H", "X-Request-Id: rid-42"])
             .arg(format!(
-                "http://127.0.0.1:{}/predict/3?token=SECRET-QUERY-0b1e",
+                "http://127.0.0.1:{}/predict/3?page=7&token=SECRET-QUERY-0b1e",
                 chain.frontend
             )),
         Duration::from_secs(30),
@@ -389,25 +390,120 @@ fn secrets_in_traced_traffic_never_reach_the_spans() {
             .arg(format!("http://127.0.0.1:{}/score", chain.model)),
         Duration::from_secs(30),
     );
+}
+
+fn assert_no_secret(output: &str, what: &str) {
+    assert!(output.len() > 200, "{what} produced output: {output}");
+    assert!(
+        !output.contains("SECRET-"),
+        "a secret leaked into {what}: {output}"
+    );
+}
+
+/// Credentials in headers, query strings and bodies reach none of the outputs: JSON lines, OTLP
+/// (as an official receiver decodes it), the store's file, and the query API the UI reads.
+#[test]
+fn secrets_in_traced_traffic_never_reach_any_output() {
+    let chain = Chain::start();
+
+    let agent = Agent::start_command("run", &["--output", "jsonl"]);
+    send_secrets(&chain);
     let out = agent.stop();
-    assert!(
-        out.events.len() >= 7,
-        "spans were exported: {}",
-        out.events.len()
-    );
-    let everything = serde_json::to_string(&out.events).expect("json");
-    assert!(
-        !everything.contains("SECRET-"),
-        "a secret leaked into the spans"
-    );
+    assert!(out.events.len() >= 7, "spans: {}", out.events.len());
+    assert_no_secret(&serde_json::to_string(&out.events).expect("json"), "jsonl");
     let front = out
         .events
         .iter()
         .find(|s| service(s) == "frontend" && kind(s) == "SERVER")
         .expect("frontend span");
-    assert_eq!(
-        attr(front, "url.path"),
-        "/predict/3",
-        "the query string is not kept"
+    assert_eq!(attr(front, "url.path"), "/predict/3");
+    assert_eq!(attr(front, "url.query"), "page=REDACTED&token=REDACTED");
+    assert!(attr(front, "http.request.header.x-request-id").is_null());
+
+    let port = free_port();
+    let received = std::env::temp_dir().join(format!("sockspan-secrets-otlp-{port}.jsonl"));
+    let received_arg = received.display().to_string();
+    let _receiver = python_fixture(
+        "otlp_receiver.py",
+        &["http", &port.to_string(), &received_arg],
+        &[],
     );
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let agent = Agent::start_command("run", &["--output", "otlp", "--otlp-endpoint", &endpoint]);
+    send_secrets(&chain);
+    let out = agent.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_no_secret(
+        &std::fs::read_to_string(&received).unwrap_or_default(),
+        "OTLP",
+    );
+    let _ = std::fs::remove_file(&received);
+
+    let dir = std::env::temp_dir().join(format!("sockspan-secrets-store-{}", free_port()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = dir.join("traces.redb").display().to_string();
+    let ui = format!("127.0.0.1:{}", free_port());
+    let agent = Agent::start_command("run", &["--store", &store, "--ui", &ui]);
+    send_secrets(&chain);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut api = String::new();
+    for path in [
+        "/api/services",
+        "/api/traces?service=frontend&limit=50",
+        "/api/traces?service=model&limit=50",
+        "/api/dependencies",
+    ] {
+        let body = run_ok(
+            Command::new("curl")
+                .args(["-sf", "--max-time", "10"])
+                .arg(format!("http://{ui}{path}")),
+            Duration::from_secs(20),
+        );
+        api.push_str(&String::from_utf8_lossy(&body.stdout));
+    }
+    assert!(
+        api.contains("page=REDACTED"),
+        "the API shows the redacted query: {api}"
+    );
+    let out = agent.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_no_secret(&api, "the query API");
+    let file = std::fs::read(&store).expect("store file");
+    assert!(
+        !file.windows(7).any(|w| w == b"SECRET-"),
+        "a secret leaked into the store file"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The allowlists are the explicit opt-in: a listed header is recorded, a listed query
+/// parameter keeps its value, and nothing else changes.
+#[test]
+fn allowlisted_headers_and_query_values_are_recorded() {
+    let chain = Chain::start();
+    let agent = Agent::start_command(
+        "run",
+        &[
+            "--output",
+            "jsonl",
+            "--record-headers",
+            "X-Request-Id,content-type",
+            "--record-query-values",
+            "page",
+        ],
+    );
+    send_secrets(&chain);
+    let out = agent.stop();
+    let front = out
+        .events
+        .iter()
+        .find(|s| service(s) == "frontend" && kind(s) == "SERVER")
+        .expect("frontend span");
+    assert_eq!(attr(front, "http.request.header.x-request-id"), "rid-42");
+    assert_eq!(attr(front, "url.query"), "page=7&token=REDACTED");
+    assert!(
+        attr(front, "http.response.header.content-type").is_string(),
+        "{front}"
+    );
+    assert_no_secret(&serde_json::to_string(&out.events).expect("json"), "jsonl");
 }

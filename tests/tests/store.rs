@@ -561,32 +561,21 @@ fn api_beyond_loopback_requires_the_bearer_token() {
     std::fs::create_dir_all(store.parent().expect("dir")).expect("store dir");
     std::fs::write(&token_file, "short\n").expect("token");
     let token_arg = token_file.display().to_string();
-    let weak = refusal_of(&[
-        "run",
+    let with_token = [
         "--store",
         &store_arg,
         "--ui",
         &ui,
         "--ui-token-file",
         &token_arg,
-    ]);
+    ];
+    let weak = refusal_of(&[&["run"][..], &with_token].concat());
     assert!(weak.contains("at least 16"), "{weak}");
 
     let token = "4f2c9d7e1b8a6035c4d2e9f1a7b3c580";
     std::fs::write(&token_file, format!("{token}\n")).expect("token");
     let ns = Netns::with_address(&format!("ssauth{}", free_port()), addr);
-    let mut agent = Agent::start_in_netns(
-        &ns.0,
-        "run",
-        &[
-            "--store",
-            &store_arg,
-            "--ui",
-            &ui,
-            "--ui-token-file",
-            &token_arg,
-        ],
-    );
+    let mut agent = Agent::start_in_netns(&ns.0, "run", &with_token);
     agent.wait_for_stderr("query API", Duration::from_secs(10));
     let base = format!("http://{ui}");
     let status = |text: &str| text.rsplit('\n').next().unwrap_or("").trim().to_string();

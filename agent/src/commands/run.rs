@@ -202,6 +202,10 @@ const EXPORT_DRAIN: Duration = Duration::from_secs(15);
 pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     let trace_config = args.trace();
     trace_config.validate()?;
+    crate::protocol::http1::record::configure(crate::protocol::http1::record::RecordConfig::new(
+        &args.record_headers,
+        &args.record_query_values,
+    )?);
     // Configuration errors surface before anything is attached.
     let otlp = match args.output {
         Output::Otlp => Some(OtlpConfig::resolve(args.otlp_endpoint.as_deref(), &|k| {

@@ -406,6 +406,13 @@ impl Tracer {
         if let Some(ua) = &request.headers.user_agent {
             attributes.push(KeyValue::str("user_agent.original", ua.clone()));
         }
+        if let Some(query) = crate::protocol::http1::record::redacted_query(target) {
+            attributes.push(KeyValue::str("url.query", query));
+        }
+        recorded_headers(&mut attributes, "http.request.header.", request);
+        if let Some(response) = &exchange.response {
+            recorded_headers(&mut attributes, "http.response.header.", response);
+        }
         let host = request.headers.host.as_deref().map(|h| {
             h.rsplit_once(':')
                 .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
@@ -483,6 +490,13 @@ impl Tracer {
                 resource: span.resource,
             });
         }
+    }
+}
+
+/// Allowlisted headers (`--record-headers`) as semantic-convention attributes.
+fn recorded_headers(attributes: &mut Vec<KeyValue>, prefix: &str, head: &Head) {
+    for (name, value) in &head.headers.recorded {
+        attributes.push(KeyValue::owned(format!("{prefix}{name}"), value.clone()));
     }
 }
 

@@ -32,6 +32,9 @@ pub struct KeptHeaders {
     pub host: Option<String>,
     pub user_agent: Option<String>,
     pub trace: TraceHeaders,
+    /// Headers the operator allowlisted (`--record-headers`): lower-case name, value. Empty
+    /// (and unallocated) unless configured.
+    pub recorded: Vec<(String, String)>,
 }
 
 /// Which kept header a name is, compared without allocating.
@@ -191,6 +194,11 @@ pub fn parse_head(side: Side, data: &[u8]) -> Result<Option<(Head, usize)>, ()> 
             head.expect_continue = has_token(value, "100-continue");
         } else if let Some(slot) = kept_slot(&mut head.headers, name) {
             *slot = Some(text(value));
+        }
+        if super::record::header_recorded(name) {
+            head.headers
+                .recorded
+                .push((name.to_ascii_lowercase(), text(value)));
         }
     }
     Ok(Some((head, used)))

@@ -4,6 +4,7 @@
 pub mod budget;
 pub mod framer;
 pub mod head;
+pub mod record;
 
 use std::collections::VecDeque;
 
