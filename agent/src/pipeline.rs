@@ -54,6 +54,11 @@ pub fn start(args: &CaptureArgs) -> Result<Capture, PipelineError> {
     // that was open before is in this list.
     let discovered = discovery::scan(me);
     let mut probes = Probes::load(&probes_config, me)?;
+    // Loading parsed the kernel's BTF (megabytes, freed again); hand those pages back to the
+    // system instead of keeping them as the heap's high-water mark for the agent's whole life.
+    // SAFETY: malloc_trim only releases free memory at the top of glibc's heaps; it has no
+    // preconditions and touches no live allocation.
+    unsafe { libc::malloc_trim(0) };
     let ring = probes.take_ring()?;
     spawn_pending_sweeper(probes.take_pending()?);
     if let Some(logger) = probes.take_logger() {

@@ -167,10 +167,16 @@ impl<'a> RunSink<'a> {
     }
 
     pub(crate) fn export(&mut self, flush: bool) {
-        self.tracer.poll(monotonic_ns(), flush, &mut self.spans);
-        if !self.spans.is_empty() {
-            self.exporter.export(&self.spans);
-            self.spans.clear();
+        let now = monotonic_ns();
+        loop {
+            let more = self.tracer.poll(now, flush, &mut self.spans, EXPORT_CHUNK);
+            if !self.spans.is_empty() {
+                self.exporter.export(&self.spans);
+                self.spans.clear();
+            }
+            if !more {
+                break;
+            }
         }
         self.exporter.flush();
     }
@@ -188,6 +194,14 @@ impl EventSink for RunSink<'_> {
     fn on_tick(&mut self) {
         self.ticks += 1;
         self.export(false);
+        if self.ticks.is_multiple_of(10) {
+            tracing::debug!(
+                held = self.tracer.held(),
+                dropped_full = self.tracer.stats.dropped_full,
+                spans_started = self.tracer.stats.spans_started,
+                "trace stage"
+            );
+        }
         if self.ticks.is_multiple_of(20) {
             self.conntrack.sweep(monotonic_ns());
             let conntrack = &self.conntrack;
@@ -195,6 +209,9 @@ impl EventSink for RunSink<'_> {
         }
     }
 }
+
+/// Spans built and handed to the exporter at a time.
+const EXPORT_CHUNK: usize = 1024;
 
 /// How long shutdown waits for the OTLP sender to deliver what it holds.
 const EXPORT_DRAIN: Duration = Duration::from_secs(15);

@@ -24,16 +24,17 @@ use std::{
 };
 
 use super::{
+    finished::{Finished, SpanFacts},
     ids::{IdGenerator, SpanId, TraceId},
+    intern::Interner,
     propagation,
     resource::Resources,
-    route,
-    span::{KeyValue, Resource, SpanData, SpanKind, SpanLink, SpanStatus},
+    span::{Resource, SpanData, SpanKind, SpanLink},
 };
 use crate::{
     clock::WallClock,
     conntrack::Connection,
-    protocol::http1::{Exchange, Head, Stamp, TraceHeaders},
+    protocol::http1::{Exchange, Stamp, TraceHeaders},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,19 +167,23 @@ struct OpenSpan {
     pid: u32,
     tid: u32,
     start_ts: u64,
-    local: SocketAddr,
-    remote: SocketAddr,
     resource: Arc<Resource>,
+    /// Both ends of the connection (which is local follows from `kind`) and the request's
+    /// offset.
     mirror: MirrorKey,
-    finished: Option<Finished>,
+    /// Boxed: an open span waits with 8 bytes here, not the whole exchange summary, and a
+    /// table of tens of thousands of spans doubles by the size of its entries.
+    finished: Option<Box<Finished>>,
 }
 
-#[derive(Debug)]
-struct Finished {
-    end_ts: u64,
-    name: String,
-    attributes: Vec<KeyValue>,
-    status: SpanStatus,
+impl OpenSpan {
+    /// (local, remote) addresses.
+    fn ends(&self) -> (SocketAddr, SocketAddr) {
+        match self.kind {
+            SpanKind::Server => (self.mirror.server, self.mirror.client),
+            SpanKind::Client => (self.mirror.client, self.mirror.server),
+        }
+    }
 }
 
 pub struct Tracer {
@@ -186,6 +191,8 @@ pub struct Tracer {
     ids: IdGenerator,
     resources: Resources,
     clock: WallClock,
+    /// Shared `Host` and `User-Agent` values of finished spans.
+    strings: Interner,
     spans: FastMap<SpanKey, OpenSpan>,
     /// Open SERVER spans per (pid, tid) that read their request.
     serving: FastMap<(u32, u32), Vec<SpanKey>>,
@@ -206,6 +213,7 @@ impl Tracer {
             ids: IdGenerator::from_entropy(),
             resources,
             clock: WallClock::new(),
+            strings: Interner::default(),
             spans: FastMap::default(),
             serving: FastMap::default(),
             clients: FastMap::default(),
@@ -300,8 +308,6 @@ impl Tracer {
                 pid: conn.process.pid,
                 tid: start.tid,
                 start_ts: start.ts,
-                local,
-                remote,
                 resource,
                 mirror,
                 finished: None,
@@ -364,88 +370,11 @@ impl Tracer {
             return;
         };
         let server = span.kind == SpanKind::Server;
-        let request = &exchange.request;
-        let method = request.method().unwrap_or("_OTHER").to_string();
-        let target = match &request.start {
-            crate::protocol::http1::StartLine::Request { target, .. } => target.as_str(),
-            crate::protocol::http1::StartLine::Response { .. } => "/",
-        };
-        let route = route::route_of(target);
-        // Formatted once: it is both the peer and, on servers, the client address.
-        let peer = span.remote.ip().to_string();
-        let status_code = exchange.response.as_ref().and_then(Head::status);
-        let mut attributes = vec![
-            KeyValue::str("http.request.method", method.clone()),
-            KeyValue::str("url.path", route::path_of(target)),
-            KeyValue::str(
-                "network.protocol.version",
-                if request.minor_version == 0 {
-                    "1.0"
-                } else {
-                    "1.1"
-                },
-            ),
-            KeyValue::str("network.transport", "tcp"),
-            KeyValue::str("network.peer.address", peer.clone()),
-            KeyValue::int("network.peer.port", i64::from(span.remote.port())),
-            KeyValue::str("sockspan.parent.evidence", span.evidence),
-            KeyValue::int("thread.id", i64::from(span.tid)),
-        ];
-        if let Some(code) = status_code {
-            attributes.push(KeyValue::int("http.response.status_code", i64::from(code)));
-        }
-        if let Some(first_byte) = exchange.response_start {
-            // Last request byte to first response byte: the callee's time (plus the network,
-            // for a client span).
-            let wait = first_byte.ts.saturating_sub(exchange.request_end.ts);
-            attributes.push(KeyValue::int(
-                "sockspan.response.wait_ns",
-                i64::try_from(wait).unwrap_or(i64::MAX),
-            ));
-        }
-        if let Some(ua) = &request.headers.user_agent {
-            attributes.push(KeyValue::str("user_agent.original", ua.clone()));
-        }
-        if let Some(query) = crate::protocol::http1::record::redacted_query(target) {
-            attributes.push(KeyValue::str("url.query", query));
-        }
-        recorded_headers(&mut attributes, "http.request.header.", request);
-        if let Some(response) = &exchange.response {
-            recorded_headers(&mut attributes, "http.response.header.", response);
-        }
-        let host = request.headers.host.as_deref().map(|h| {
-            h.rsplit_once(':')
-                .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-                .map_or(h, |(host, _)| host)
-                .trim_matches(['[', ']'])
-                .to_string()
-        });
-        if server {
-            attributes.push(KeyValue::str("http.route", route.clone()));
-            attributes.push(KeyValue::str("url.scheme", "http"));
-            attributes.push(KeyValue::str(
-                "server.address",
-                host.unwrap_or_else(|| span.local.ip().to_string()),
-            ));
-            attributes.push(KeyValue::int("server.port", i64::from(span.local.port())));
-            attributes.push(KeyValue::str("client.address", peer));
-        } else {
-            attributes.push(KeyValue::str("server.address", host.unwrap_or(peer)));
-            attributes.push(KeyValue::int("server.port", i64::from(span.remote.port())));
-        }
-        let status = match status_code {
-            None => SpanStatus::Error("connection closed before a response".to_string()),
-            Some(code) if code >= 500 || (!server && code >= 400) => {
-                SpanStatus::Error(format!("HTTP {code}"))
-            }
-            Some(_) => SpanStatus::Unset,
-        };
-        span.finished = Some(Finished {
-            end_ts: exchange.end.ts.max(span.start_ts),
-            name: format!("{method} {route}"),
-            attributes,
-            status,
-        });
+        span.finished = Some(Box::new(Finished::new(
+            exchange,
+            span.start_ts,
+            &mut self.strings,
+        )));
         if server && let Some(open) = self.serving.get_mut(&(span.pid, span.tid)) {
             open.retain(|k| *k != key);
             if open.is_empty() {
@@ -456,11 +385,22 @@ impl Tracer {
         self.ready.push_back((ready_at, key));
     }
 
-    /// Moves spans whose wait is over to `out`; everything finished when `flush`.
-    pub fn poll(&mut self, now_mono: u64, flush: bool, out: &mut Vec<SpanData>) {
+    /// Moves spans whose wait is over to `out`, at most `max` of them (callers export in
+    /// chunks: a flush of everything held must not build every span at once); everything
+    /// finished is due when `flush`. Returns whether more are due.
+    pub fn poll(
+        &mut self,
+        now_mono: u64,
+        flush: bool,
+        out: &mut Vec<SpanData>,
+        max: usize,
+    ) -> bool {
         while let Some(&(ready_at, key)) = self.ready.front() {
             if !flush && ready_at > now_mono {
                 break;
+            }
+            if out.len() >= max {
+                return true;
             }
             self.ready.pop_front();
             let Some(span) = self.spans.remove(&key) else {
@@ -472,31 +412,34 @@ impl Tracer {
             if self.waiting_servers.get(&span.mirror) == Some(&key) {
                 self.waiting_servers.remove(&span.mirror);
             }
+            let (local, remote) = span.ends();
             let Some(finished) = span.finished else {
                 continue;
             };
             self.stats.spans_exported += 1;
+            let end_unix_nano = self.clock.to_unix_ns(finished.end_ts);
+            let (name, attributes, status) = finished.expand(&SpanFacts {
+                server: span.kind == SpanKind::Server,
+                local,
+                remote,
+                evidence: span.evidence,
+                tid: span.tid,
+            });
             out.push(SpanData {
                 trace_id: span.trace.id(),
                 span_id: span.span_id,
                 parent_span_id: span.parent,
                 links: span.links,
                 kind: span.kind,
-                name: finished.name,
+                name,
                 start_unix_nano: self.clock.to_unix_ns(span.start_ts),
-                end_unix_nano: self.clock.to_unix_ns(finished.end_ts),
-                attributes: finished.attributes,
-                status: finished.status,
+                end_unix_nano,
+                attributes,
+                status,
                 resource: span.resource,
             });
         }
-    }
-}
-
-/// Allowlisted headers (`--record-headers`) as semantic-convention attributes.
-fn recorded_headers(attributes: &mut Vec<KeyValue>, prefix: &str, head: &Head) {
-    for (name, value) in &head.headers.recorded {
-        attributes.push(KeyValue::owned(format!("{prefix}{name}"), value.clone()));
+        false
     }
 }
 
@@ -506,7 +449,7 @@ mod tests {
     use crate::{
         conntrack::RoleSource,
         process::ProcessInfo,
-        protocol::http1::{Side, head::parse_head},
+        protocol::http1::{Head, Side, head::parse_head},
     };
     use agent_common::Role;
 
@@ -576,7 +519,7 @@ mod tests {
 
     fn drain(t: &mut Tracer) -> Vec<SpanData> {
         let mut out = Vec::new();
-        t.poll(u64::MAX, true, &mut out);
+        let _ = t.poll(u64::MAX, true, &mut out, usize::MAX);
         out
     }
 
@@ -666,9 +609,9 @@ mod tests {
         t.on_request(&c, false, &get.headers.trace, stamp(10, 7, 0));
         t.on_exchange(&c, &exchange(get, stamp(10, 7, 0), 11), 1_000);
         let mut out = Vec::new();
-        t.poll(1_000 + 499_000_000, false, &mut out);
+        let _ = t.poll(1_000 + 499_000_000, false, &mut out, usize::MAX);
         assert!(out.is_empty());
-        t.poll(1_000 + 500_000_000, false, &mut out);
+        let _ = t.poll(1_000 + 500_000_000, false, &mut out, usize::MAX);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].name, "GET /a");
         assert_eq!(t.held(), 0);

@@ -1,0 +1,52 @@
+//! Shared copies of strings that repeat across requests (`Host`, `User-Agent`), so thousands of
+//! spans waiting for export hold one allocation each, not one per span.
+
+use std::{collections::HashSet, sync::Arc};
+
+/// Distinct strings kept before the set starts over (a bound, since both headers are chosen by
+/// clients; starting over only costs new copies, never correctness).
+const MAX_STRINGS: usize = 4096;
+/// Longer strings are not worth sharing (and would let one client pin a lot of memory).
+const MAX_LEN: usize = 512;
+
+#[derive(Debug, Default)]
+pub struct Interner {
+    strings: HashSet<Arc<str>, foldhash::fast::RandomState>,
+}
+
+impl Interner {
+    /// The shared copy of `s`.
+    pub fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(shared) = self.strings.get(s) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = Arc::from(s);
+        if s.len() <= MAX_LEN {
+            if self.strings.len() >= MAX_STRINGS {
+                self.strings.clear();
+            }
+            self.strings.insert(Arc::clone(&shared));
+        }
+        shared
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeats_share_one_copy_and_the_set_is_bounded() {
+        let mut strings = Interner::default();
+        let a = strings.get("curl/7.88.1");
+        let b = strings.get("curl/7.88.1");
+        assert!(Arc::ptr_eq(&a, &b));
+        for i in 0..(MAX_STRINGS + 10) {
+            let _ = strings.get(&format!("host-{i}"));
+        }
+        assert!(strings.strings.len() <= MAX_STRINGS);
+        let long = "x".repeat(MAX_LEN + 1);
+        assert_eq!(&*strings.get(&long), long.as_str());
+        assert!(!strings.strings.contains(long.as_str()));
+    }
+}
