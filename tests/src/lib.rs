@@ -169,7 +169,10 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.proc.0.kill();
+        // SIGTERM, not SIGKILL: the master then stops its worker, which SIGKILL would orphan
+        // (still holding the port and its connections).
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.proc.pid() as i32, libc::SIGTERM) };
         let _ = self.proc.0.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
