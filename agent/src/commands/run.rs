@@ -159,7 +159,8 @@ impl<'a> RunSink<'a> {
         for event in self.events.drain(..) {
             match event {
                 HttpEvent::Request { trace, start } => {
-                    self.tracer.on_request(conn, server, &trace, start);
+                    self.tracer
+                        .on_request(conn, server, trace.as_deref(), start);
                 }
                 HttpEvent::Exchange(exchange) => self.tracer.on_exchange(conn, &exchange, now),
             }

@@ -86,13 +86,17 @@ impl Finished {
     }
 
     /// Name, attributes (OpenTelemetry semantic conventions) and status of the span.
-    pub fn expand(self, span: &SpanFacts) -> (String, Vec<KeyValue>, SpanStatus) {
+    pub fn expand(
+        self,
+        span: &SpanFacts,
+        strings: &mut Interner,
+    ) -> (String, Vec<KeyValue>, SpanStatus) {
         let route = route::route_of(&self.target);
-        let peer = span.remote.ip().to_string();
+        let peer = strings.ip(span.remote.ip());
         let mut attributes = Vec::with_capacity(18 + self.recorded.len());
         attributes.extend([
             KeyValue::str("http.request.method", self.method.clone()),
-            KeyValue::str("url.path", route::path_of(&self.target)),
+            KeyValue::str("url.path", route::path_of(&self.target).to_string()),
             KeyValue::str(
                 "network.protocol.version",
                 if self.minor_version == 0 {
@@ -117,7 +121,7 @@ impl Finished {
             ));
         }
         if let Some(ua) = &self.user_agent {
-            attributes.push(KeyValue::str("user_agent.original", ua.as_ref()));
+            attributes.push(KeyValue::str("user_agent.original", ua.to_string()));
         }
         if let Some(query) = record::redacted_query(&self.target) {
             attributes.push(KeyValue::str("url.query", query));
@@ -135,7 +139,7 @@ impl Finished {
             attributes.push(KeyValue::str("url.scheme", "http"));
             attributes.push(KeyValue::str(
                 "server.address",
-                host.unwrap_or_else(|| span.local.ip().to_string()),
+                host.unwrap_or_else(|| strings.ip(span.local.ip())),
             ));
             attributes.push(KeyValue::int("server.port", i64::from(span.local.port())));
             attributes.push(KeyValue::str("client.address", peer));

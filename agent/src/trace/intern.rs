@@ -1,7 +1,11 @@
 //! Shared copies of strings that repeat across requests (`Host`, `User-Agent`), so thousands of
 //! spans waiting for export hold one allocation each, not one per span.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    sync::Arc,
+};
 
 /// Distinct strings kept before the set starts over (a bound, since both headers are chosen by
 /// clients; starting over only costs new copies, never correctness).
@@ -12,6 +16,8 @@ const MAX_LEN: usize = 512;
 #[derive(Debug, Default)]
 pub struct Interner {
     strings: HashSet<Arc<str>, foldhash::fast::RandomState>,
+    /// Addresses as text: formatting an IP goes through `fmt` machinery on every span otherwise.
+    ips: HashMap<IpAddr, String, foldhash::fast::RandomState>,
 }
 
 impl Interner {
@@ -28,6 +34,14 @@ impl Interner {
             self.strings.insert(Arc::clone(&shared));
         }
         shared
+    }
+
+    /// `ip` as text (a copy of a cached string).
+    pub fn ip(&mut self, ip: IpAddr) -> String {
+        if self.ips.len() >= MAX_STRINGS && !self.ips.contains_key(&ip) {
+            self.ips.clear();
+        }
+        self.ips.entry(ip).or_insert_with(|| ip.to_string()).clone()
     }
 }
 

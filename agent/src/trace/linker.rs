@@ -234,7 +234,7 @@ impl Tracer {
         &mut self,
         conn: &Connection,
         server: bool,
-        trace: &TraceHeaders,
+        trace: Option<&TraceHeaders>,
         start: Stamp,
     ) {
         let key = (conn.conn_id, start.offset);
@@ -246,7 +246,7 @@ impl Tracer {
         let (local, remote) = conn.addrs();
         let (local, remote) = (canonical(local), canonical(remote));
         let span_id = self.ids.span_id();
-        let context = propagation::extract(trace);
+        let context = trace.and_then(propagation::extract);
         let mirror = if server {
             MirrorKey {
                 client: remote,
@@ -418,13 +418,16 @@ impl Tracer {
             };
             self.stats.spans_exported += 1;
             let end_unix_nano = self.clock.to_unix_ns(finished.end_ts);
-            let (name, attributes, status) = finished.expand(&SpanFacts {
-                server: span.kind == SpanKind::Server,
-                local,
-                remote,
-                evidence: span.evidence,
-                tid: span.tid,
-            });
+            let (name, attributes, status) = finished.expand(
+                &SpanFacts {
+                    server: span.kind == SpanKind::Server,
+                    local,
+                    remote,
+                    evidence: span.evidence,
+                    tid: span.tid,
+                },
+                &mut self.strings,
+            );
             out.push(SpanData {
                 trace_id: span.trace.id(),
                 span_id: span.span_id,
@@ -531,10 +534,25 @@ mod tests {
         let server_conn = conn(1, 2, Role::Server, 80, 5000);
         let downstream = conn(2, 2, Role::Client, 6000, 90);
         let client_conn = conn(3, 1, Role::Client, 5000, 80);
-        t.on_request(&server_conn, true, &get.headers.trace, stamp(10, 20, 0));
-        t.on_request(&downstream, false, &get.headers.trace, stamp(11, 20, 0));
+        t.on_request(
+            &server_conn,
+            true,
+            get.headers.trace.as_deref(),
+            stamp(10, 20, 0),
+        );
+        t.on_request(
+            &downstream,
+            false,
+            get.headers.trace.as_deref(),
+            stamp(11, 20, 0),
+        );
         // Only now does the client end appear (its event came late through the ring).
-        t.on_request(&client_conn, false, &get.headers.trace, stamp(5, 10, 0));
+        t.on_request(
+            &client_conn,
+            false,
+            get.headers.trace.as_deref(),
+            stamp(5, 10, 0),
+        );
         for (c, s, end) in [
             (&downstream, 11, 12),
             (&server_conn, 10, 13),
@@ -561,9 +579,9 @@ mod tests {
         let a = conn(1, 2, Role::Server, 80, 5000);
         let b = conn(2, 2, Role::Server, 80, 5001);
         let out = conn(3, 2, Role::Client, 6000, 90);
-        t.on_request(&a, true, &get.headers.trace, stamp(10, 7, 0));
-        t.on_request(&b, true, &get.headers.trace, stamp(11, 7, 0));
-        t.on_request(&out, false, &get.headers.trace, stamp(12, 7, 0));
+        t.on_request(&a, true, get.headers.trace.as_deref(), stamp(10, 7, 0));
+        t.on_request(&b, true, get.headers.trace.as_deref(), stamp(11, 7, 0));
+        t.on_request(&out, false, get.headers.trace.as_deref(), stamp(12, 7, 0));
         t.on_exchange(&out, &exchange(get.clone(), stamp(12, 7, 0), 13), 0);
         let spans = drain(&mut t);
         assert_eq!(spans.len(), 1);
@@ -578,9 +596,14 @@ mod tests {
         let with = head(b"GET /a HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n");
         let without = head(b"GET /b HTTP/1.1\r\n\r\n");
         let c = conn(1, 2, Role::Server, 80, 5000);
-        t.on_request(&c, true, &with.headers.trace, stamp(10, 7, 0));
+        t.on_request(&c, true, with.headers.trace.as_deref(), stamp(10, 7, 0));
         t.on_exchange(&c, &exchange(with, stamp(10, 7, 0), 11), 0);
-        t.on_request(&c, true, &without.headers.trace, stamp(12, 7, 100));
+        t.on_request(
+            &c,
+            true,
+            without.headers.trace.as_deref(),
+            stamp(12, 7, 100),
+        );
         t.on_exchange(&c, &exchange(without, stamp(12, 7, 100), 13), 0);
         let spans = drain(&mut t);
         assert_eq!(
@@ -606,7 +629,7 @@ mod tests {
         );
         let get = head(b"GET /a HTTP/1.1\r\n\r\n");
         let c = conn(1, 2, Role::Client, 5000, 80);
-        t.on_request(&c, false, &get.headers.trace, stamp(10, 7, 0));
+        t.on_request(&c, false, get.headers.trace.as_deref(), stamp(10, 7, 0));
         t.on_exchange(&c, &exchange(get, stamp(10, 7, 0), 11), 1_000);
         let mut out = Vec::new();
         let _ = t.poll(1_000 + 499_000_000, false, &mut out, usize::MAX);

@@ -164,7 +164,7 @@ impl Resources {
             KeyValue::str("service.name", service_name(self.rule, process)),
             KeyValue::str("host.name", self.host_name.clone()),
             KeyValue::int("process.pid", i64::from(process.pid)),
-            KeyValue::str("process.executable.name", process.exe_name()),
+            KeyValue::str("process.executable.name", process.exe_name().to_string()),
             KeyValue::str(
                 "process.command_line",
                 redacted_command_line(&process.cmdline),

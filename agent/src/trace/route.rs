@@ -24,7 +24,11 @@ fn is_identifier(segment: &str) -> bool {
 /// The path of a request target (no query or fragment; an absolute-form URL loses its origin).
 #[must_use]
 pub fn path_of(target: &str) -> &str {
-    let target = match target.find("://") {
+    // Origin form (`/path?query`), nearly every request, skips the search for a scheme.
+    let target = match (!target.starts_with('/'))
+        .then(|| target.find("://"))
+        .flatten()
+    {
         Some(i) => target[i + 3..]
             .find('/')
             .map_or("/", |j| &target[i + 3 + j..]),
@@ -41,10 +45,19 @@ pub fn route_of(target: &str) -> String {
     if path.is_empty() {
         return "/".to_string();
     }
-    path.split('/')
-        .map(|s| if is_identifier(s) { "{id}" } else { s })
-        .collect::<Vec<_>>()
-        .join("/")
+    // One pass into one allocation: this runs for every span.
+    let mut route = String::with_capacity(path.len() + 8);
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            route.push('/');
+        }
+        route.push_str(if is_identifier(segment) {
+            "{id}"
+        } else {
+            segment
+        });
+    }
+    route
 }
 
 #[cfg(test)]

@@ -20,9 +20,11 @@ impl SpanKind {
     }
 }
 
+/// An attribute value. Strings are `Cow`: the many fixed values (`"tcp"`, `"1.1"`, `"http"`, the
+/// evidence names) cost no allocation per span.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttrValue {
-    Str(String),
+    Str(Cow<'static, str>),
     Int(i64),
 }
 
@@ -35,7 +37,7 @@ pub struct KeyValue {
 }
 
 impl KeyValue {
-    pub fn str(key: &'static str, value: impl Into<String>) -> Self {
+    pub fn str(key: &'static str, value: impl Into<Cow<'static, str>>) -> Self {
         Self {
             key: Cow::Borrowed(key),
             value: AttrValue::Str(value.into()),
@@ -55,7 +57,7 @@ impl KeyValue {
     pub fn owned(key: String, value: String) -> Self {
         Self {
             key: Cow::Owned(key),
-            value: AttrValue::Str(value),
+            value: AttrValue::Str(Cow::Owned(value)),
         }
     }
 }
@@ -89,7 +91,7 @@ impl Resource {
             .iter()
             .find(|kv| kv.key == "service.name")
             .and_then(|kv| match &kv.value {
-                AttrValue::Str(s) => Some(s.as_str()),
+                AttrValue::Str(s) => Some(s.as_ref()),
                 AttrValue::Int(_) => None,
             })
             .unwrap_or("unknown_service")

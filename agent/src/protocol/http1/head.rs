@@ -31,7 +31,9 @@ pub struct TraceHeaders {
 pub struct KeptHeaders {
     pub host: Option<String>,
     pub user_agent: Option<String>,
-    pub trace: TraceHeaders,
+    /// Boxed and absent unless a trace header came: heads travel by value through the
+    /// pipeline, and most carry none.
+    pub trace: Option<Box<TraceHeaders>>,
     /// Headers the operator allowlisted (`--record-headers`): lower-case name, value. Empty
     /// (and unallocated) unless configured.
     pub recorded: Vec<(String, String)>,
@@ -41,24 +43,27 @@ pub struct KeptHeaders {
 fn kept_slot<'a>(kept: &'a mut KeptHeaders, name: &str) -> Option<&'a mut Option<String>> {
     let is = |candidate: &str| name.eq_ignore_ascii_case(candidate);
     if is("host") {
-        Some(&mut kept.host)
-    } else if is("user-agent") {
-        Some(&mut kept.user_agent)
-    } else if is("traceparent") {
-        Some(&mut kept.trace.traceparent)
-    } else if is("tracestate") {
-        Some(&mut kept.trace.tracestate)
-    } else if is("b3") {
-        Some(&mut kept.trace.b3)
-    } else if is("x-b3-traceid") {
-        Some(&mut kept.trace.x_b3_traceid)
-    } else if is("x-b3-spanid") {
-        Some(&mut kept.trace.x_b3_spanid)
-    } else if is("x-b3-sampled") {
-        Some(&mut kept.trace.x_b3_sampled)
-    } else {
-        None
+        return Some(&mut kept.host);
     }
+    if is("user-agent") {
+        return Some(&mut kept.user_agent);
+    }
+    let field: fn(&mut TraceHeaders) -> &mut Option<String> = if is("traceparent") {
+        |t| &mut t.traceparent
+    } else if is("tracestate") {
+        |t| &mut t.tracestate
+    } else if is("b3") {
+        |t| &mut t.b3
+    } else if is("x-b3-traceid") {
+        |t| &mut t.x_b3_traceid
+    } else if is("x-b3-spanid") {
+        |t| &mut t.x_b3_spanid
+    } else if is("x-b3-sampled") {
+        |t| &mut t.x_b3_sampled
+    } else {
+        return None;
+    };
+    Some(field(kept.trace.get_or_insert_with(Box::default)))
 }
 
 /// A parsed head.
@@ -119,8 +124,24 @@ impl Head {
     }
 }
 
+/// A header value as text: optional whitespace (SP / HTAB) trimmed, invalid UTF-8 replaced.
 fn text(value: &[u8]) -> String {
-    String::from_utf8_lossy(value).trim().to_string()
+    let value = value.trim_ascii();
+    std::str::from_utf8(value).map_or_else(
+        |_| String::from_utf8_lossy(value).into_owned(),
+        str::to_string,
+    )
+}
+
+/// A Content-Length value: digits only, surrounding whitespace allowed, no allocation.
+fn content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
 }
 
 fn has_token(value: &[u8], token: &str) -> bool {
@@ -175,7 +196,7 @@ pub fn parse_head(side: Side, data: &[u8]) -> Result<Option<(Head, usize)>, ()> 
         let value = h.value;
         if name.eq_ignore_ascii_case("content-length") {
             // Conflicting or invalid lengths make the framing unknowable (RFC 9112 §6.3).
-            let n: u64 = text(value).parse().map_err(|_| ())?;
+            let n = content_length(value).ok_or(())?;
             if head.content_length.is_some_and(|old| old != n) {
                 return Err(());
             }
@@ -218,7 +239,10 @@ mod tests {
         assert_eq!(head.method(), Some("GET"));
         assert_eq!(head.headers.host.as_deref(), Some("api:8080"));
         assert_eq!(
-            head.headers.trace.traceparent.as_deref(),
+            head.headers
+                .trace
+                .as_ref()
+                .and_then(|t| t.traceparent.as_deref()),
             Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
         );
         let debug = format!("{head:?}");

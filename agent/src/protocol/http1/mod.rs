@@ -22,7 +22,10 @@ const MAX_PENDING_REQUESTS: usize = 64;
 pub enum HttpEvent {
     /// A request head was read; its exchange will follow (keyed by `start.offset`). Only the
     /// trace-context headers travel with it: that is all linking needs at this point.
-    Request { trace: TraceHeaders, start: Stamp },
+    Request {
+        trace: Option<Box<TraceHeaders>>,
+        start: Stamp,
+    },
     /// A request and its response (or the close that ended it) are complete.
     Exchange(Exchange),
 }
