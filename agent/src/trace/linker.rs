@@ -97,20 +97,27 @@ struct TraceRef(Rc<RefCell<TraceNode>>);
 
 #[derive(Debug)]
 enum TraceNode {
-    Root(TraceId),
+    /// The trace's id, and whether it is settled: no later evidence can move it into another
+    /// trace. Only a SERVER span whose client has not been seen starts an unsettled trace.
+    Root(TraceId, bool),
     Alias(TraceRef),
 }
 
 impl TraceRef {
     fn new(id: TraceId) -> Self {
-        Self(Rc::new(RefCell::new(TraceNode::Root(id))))
+        Self(Rc::new(RefCell::new(TraceNode::Root(id, true))))
+    }
+
+    /// A trace that may still join its client's (a SERVER span seen before its client).
+    fn unsettled(id: TraceId) -> Self {
+        Self(Rc::new(RefCell::new(TraceNode::Root(id, false))))
     }
 
     fn root(&self) -> Self {
         let mut node = self.clone();
         loop {
             let next = match &*node.0.borrow() {
-                TraceNode::Root(_) => None,
+                TraceNode::Root(..) => None,
                 TraceNode::Alias(to) => Some(to.clone()),
             };
             match next {
@@ -122,9 +129,13 @@ impl TraceRef {
 
     fn id(&self) -> TraceId {
         match &*self.root().0.borrow() {
-            TraceNode::Root(id) => *id,
+            TraceNode::Root(id, _) => *id,
             TraceNode::Alias(_) => [0; 16],
         }
+    }
+
+    fn settled(&self) -> bool {
+        matches!(&*self.root().0.borrow(), TraceNode::Root(_, true))
     }
 
     /// Moves every span sharing this trace into `other`'s trace.
@@ -200,8 +211,10 @@ pub struct Tracer {
     clients: FastMap<MirrorKey, SpanKey>,
     /// SERVER spans still looking for their client (seen first).
     waiting_servers: FastMap<MirrorKey, SpanKey>,
-    /// Finished spans in export order: (ready at, monotonic ns; key).
+    /// Finished spans of unsettled traces in export order: (ready at, monotonic ns; key).
     ready: VecDeque<(u64, SpanKey)>,
+    /// Finished spans of settled traces: exported at the next poll.
+    ready_now: VecDeque<SpanKey>,
     pub stats: TraceStats,
 }
 
@@ -219,6 +232,7 @@ impl Tracer {
             clients: FastMap::default(),
             waiting_servers: FastMap::default(),
             ready: VecDeque::new(),
+            ready_now: VecDeque::new(),
             stats: TraceStats::default(),
         }
     }
@@ -326,7 +340,7 @@ impl Tracer {
             return (client.trace.clone(), Some(client.span_id), "connection");
         }
         self.waiting_servers.insert(mirror, key);
-        (TraceRef::new(self.ids.trace_id()), None, "none")
+        (TraceRef::unsettled(self.ids.trace_id()), None, "none")
     }
 
     /// Parent of a client span without a header: the one request its thread is serving.
@@ -381,8 +395,15 @@ impl Tracer {
                 self.serving.remove(&(span.pid, span.tid));
             }
         }
-        let ready_at = now_mono + self.config.link_delay.as_nanos() as u64;
-        self.ready.push_back((ready_at, key));
+        // A span of a settled trace has all the evidence it will get: events reach the agent in
+        // the order their syscalls returned, and a client's exchange completes only after its
+        // server end read the request. Only traces that may still join another wait.
+        if span.trace.settled() {
+            self.ready_now.push_back(key);
+        } else {
+            let ready_at = now_mono + self.config.link_delay.as_nanos() as u64;
+            self.ready.push_back((ready_at, key));
+        }
     }
 
     /// Moves spans whose wait is over to `out`, at most `max` of them (callers export in
@@ -395,14 +416,25 @@ impl Tracer {
         out: &mut Vec<SpanData>,
         max: usize,
     ) -> bool {
-        while let Some(&(ready_at, key)) = self.ready.front() {
-            if !flush && ready_at > now_mono {
+        loop {
+            let key = if let Some(&key) = self.ready_now.front() {
+                if out.len() >= max {
+                    return true;
+                }
+                self.ready_now.pop_front();
+                key
+            } else if let Some(&(ready_at, key)) = self.ready.front() {
+                if !flush && ready_at > now_mono {
+                    break;
+                }
+                if out.len() >= max {
+                    return true;
+                }
+                self.ready.pop_front();
+                key
+            } else {
                 break;
-            }
-            if out.len() >= max {
-                return true;
-            }
-            self.ready.pop_front();
+            };
             let Some(span) = self.spans.remove(&key) else {
                 continue;
             };
@@ -619,7 +651,7 @@ mod tests {
     }
 
     #[test]
-    fn spans_wait_for_the_link_delay() {
+    fn only_unsettled_traces_wait_for_the_link_delay() {
         let mut t = Tracer::new(
             TraceConfig {
                 link_delay: Duration::from_millis(500),
@@ -627,16 +659,25 @@ mod tests {
             },
             Resources::new(super::super::resource::ServiceNameRule::Auto),
         );
+        // A server whose client was not seen may still join the client's trace: it waits.
         let get = head(b"GET /a HTTP/1.1\r\n\r\n");
-        let c = conn(1, 2, Role::Client, 5000, 80);
-        t.on_request(&c, false, get.headers.trace.as_deref(), stamp(10, 7, 0));
-        t.on_exchange(&c, &exchange(get, stamp(10, 7, 0), 11), 1_000);
+        let s = conn(1, 2, Role::Server, 80, 5000);
+        t.on_request(&s, true, get.headers.trace.as_deref(), stamp(10, 7, 0));
+        t.on_exchange(&s, &exchange(get.clone(), stamp(10, 7, 0), 11), 1_000);
+        // A client with no parent starts a trace nothing can move: it goes at once.
+        let c = conn(3, 4, Role::Client, 6000, 81);
+        t.on_request(&c, false, get.headers.trace.as_deref(), stamp(12, 9, 0));
+        t.on_exchange(&c, &exchange(get, stamp(12, 9, 0), 13), 1_000);
         let mut out = Vec::new();
-        let _ = t.poll(1_000 + 499_000_000, false, &mut out, usize::MAX);
-        assert!(out.is_empty());
-        let _ = t.poll(1_000 + 500_000_000, false, &mut out, usize::MAX);
+        let _ = t.poll(1_000, false, &mut out, usize::MAX);
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].name, "GET /a");
+        assert_eq!(out[0].kind, SpanKind::Client);
+        let _ = t.poll(1_000 + 499_000_000, false, &mut out, usize::MAX);
+        assert_eq!(out.len(), 1);
+        let _ = t.poll(1_000 + 500_000_000, false, &mut out, usize::MAX);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].kind, SpanKind::Server);
+        assert_eq!(out[1].name, "GET /a");
         assert_eq!(t.held(), 0);
     }
 }
