@@ -17,7 +17,7 @@ use crate::{
     net::{family_name, transport_name, tuple_addrs},
     pipeline,
     probes::{KernelCounters, Probes},
-    receiver::{self, Event, EventSink, ReceiverStats},
+    receiver::{self, EventSink, ReceiverStats},
 };
 
 /// Which events to print.
@@ -231,6 +231,45 @@ impl<W: Write> JsonSink<'_, W> {
         }
     }
 
+    /// Reads the kernel counters and says loudly when events were lost.
+    fn report_loss(&mut self) {
+        let Ok(now) = self.probes.counters() else {
+            return;
+        };
+        let lost = now.get(Counter::RingFull) - self.last_counters.get(Counter::RingFull);
+        if lost > 0 {
+            tracing::warn!(
+                lost,
+                total = now.get(Counter::RingFull),
+                "events dropped because the ring was full; raise --ring-bytes or lower --capture-bytes"
+            );
+        }
+        self.last_counters = now;
+    }
+
+    fn stats(&self, receiver: ReceiverStats, kernel: KernelCounters) -> StatsRecord {
+        let c: ConntrackStats = self.conntrack.stats;
+        StatsRecord {
+            kind: "stats",
+            kernel: Counter::ALL
+                .iter()
+                .map(|&counter| (counter.name(), kernel.get(counter)))
+                .collect(),
+            receiver_records: receiver.records,
+            receiver_decode_errors: receiver.decode_errors,
+            printed: self.printed,
+            conntrack_open: self.conntrack.open_count(),
+            conntrack_opened: c.opened,
+            conntrack_closed: c.closed,
+            conntrack_evicted_idle: c.evicted_idle,
+            conntrack_evicted_full: c.evicted_full,
+            conntrack_data_unknown_conn: c.data_unknown_conn,
+            conntrack_tuple_mismatches: c.tuple_mismatches,
+        }
+    }
+}
+
+impl<W: Write> EventSink for JsonSink<'_, W> {
     fn on_open(&mut self, event: &ConnEvent) {
         let conn = self.conntrack.open(event).clone();
         let (local, remote) = tuple_addrs(&event.tuple);
@@ -240,21 +279,6 @@ impl<W: Write> JsonSink<'_, W> {
             Some((local.port(), remote.port())),
         ) {
             let record = self.conn_record("open", event, &conn, false);
-            self.write(&record);
-        }
-    }
-
-    fn on_close(&mut self, event: &ConnEvent) {
-        let Some(conn) = self.conntrack.close(event) else {
-            return;
-        };
-        let (local, remote) = conn.addrs();
-        if self.filter.matches(
-            event.header.pid,
-            [nul_trimmed(&event.comm), &conn.process.comm],
-            Some((local.port(), remote.port())),
-        ) {
-            let record = self.conn_record("close", event, &conn, true);
             self.write(&record);
         }
     }
@@ -299,50 +323,18 @@ impl<W: Write> JsonSink<'_, W> {
         self.write(&record);
     }
 
-    /// Reads the kernel counters and says loudly when events were lost.
-    fn report_loss(&mut self) {
-        let Ok(now) = self.probes.counters() else {
+    fn on_close(&mut self, event: &ConnEvent) {
+        let Some(conn) = self.conntrack.close(event) else {
             return;
         };
-        let lost = now.get(Counter::RingFull) - self.last_counters.get(Counter::RingFull);
-        if lost > 0 {
-            tracing::warn!(
-                lost,
-                total = now.get(Counter::RingFull),
-                "events dropped because the ring was full; raise --ring-bytes or lower --capture-bytes"
-            );
-        }
-        self.last_counters = now;
-    }
-
-    fn stats(&self, receiver: ReceiverStats, kernel: KernelCounters) -> StatsRecord {
-        let c: ConntrackStats = self.conntrack.stats;
-        StatsRecord {
-            kind: "stats",
-            kernel: Counter::ALL
-                .iter()
-                .map(|&counter| (counter.name(), kernel.get(counter)))
-                .collect(),
-            receiver_records: receiver.records,
-            receiver_decode_errors: receiver.decode_errors,
-            printed: self.printed,
-            conntrack_open: self.conntrack.open_count(),
-            conntrack_opened: c.opened,
-            conntrack_closed: c.closed,
-            conntrack_evicted_idle: c.evicted_idle,
-            conntrack_evicted_full: c.evicted_full,
-            conntrack_data_unknown_conn: c.data_unknown_conn,
-            conntrack_tuple_mismatches: c.tuple_mismatches,
-        }
-    }
-}
-
-impl<W: Write> EventSink for JsonSink<'_, W> {
-    fn on_event(&mut self, event: &Event<'_>) {
-        match event {
-            Event::Open(e) => self.on_open(e),
-            Event::Close(e) => self.on_close(e),
-            Event::Data { event, payload } => self.on_data(event, payload),
+        let (local, remote) = conn.addrs();
+        if self.filter.matches(
+            event.header.pid,
+            [nul_trimmed(&event.comm), &conn.process.comm],
+            Some((local.port(), remote.port())),
+        ) {
+            let record = self.conn_record("close", event, &conn, true);
+            self.write(&record);
         }
     }
 

@@ -18,7 +18,7 @@ use crate::{
     },
     pipeline,
     protocol::http1::{HttpConnection, HttpEvent, Side, Stamp, framer::looks_like_start},
-    receiver::{self, Event, EventSink},
+    receiver::{self, EventSink},
     store::Store,
     trace::{SpanData, Tracer, resource::Resources},
 };
@@ -74,6 +74,37 @@ impl<'a> RunSink<'a> {
         }
     }
 
+    /// Hands the HTTP events of `conn` to the tracer.
+    fn dispatch(&mut self, conn: &Connection, server: bool) {
+        let now = monotonic_ns();
+        for event in self.events.drain(..) {
+            match event {
+                HttpEvent::Request { trace, start } => {
+                    self.tracer
+                        .on_request(conn, server, trace.as_deref(), start);
+                }
+                HttpEvent::Exchange(exchange) => self.tracer.on_exchange(conn, &exchange, now),
+            }
+        }
+    }
+
+    pub(crate) fn export(&mut self, flush: bool) {
+        let now = monotonic_ns();
+        loop {
+            let more = self.tracer.poll(now, flush, &mut self.spans, EXPORT_CHUNK);
+            if !self.spans.is_empty() {
+                self.exporter.export(&self.spans);
+                self.spans.clear();
+            }
+            if !more {
+                break;
+            }
+        }
+        self.exporter.flush();
+    }
+}
+
+impl EventSink for RunSink<'_> {
     fn on_open(&mut self, event: &ConnEvent) {
         self.conntrack.open(event);
         self.protocols
@@ -150,45 +181,6 @@ impl<'a> RunSink<'a> {
             };
             http.close(at, &mut self.events);
             self.dispatch(&conn, server);
-        }
-    }
-
-    /// Hands the HTTP events of `conn` to the tracer.
-    fn dispatch(&mut self, conn: &Connection, server: bool) {
-        let now = monotonic_ns();
-        for event in self.events.drain(..) {
-            match event {
-                HttpEvent::Request { trace, start } => {
-                    self.tracer
-                        .on_request(conn, server, trace.as_deref(), start);
-                }
-                HttpEvent::Exchange(exchange) => self.tracer.on_exchange(conn, &exchange, now),
-            }
-        }
-    }
-
-    pub(crate) fn export(&mut self, flush: bool) {
-        let now = monotonic_ns();
-        loop {
-            let more = self.tracer.poll(now, flush, &mut self.spans, EXPORT_CHUNK);
-            if !self.spans.is_empty() {
-                self.exporter.export(&self.spans);
-                self.spans.clear();
-            }
-            if !more {
-                break;
-            }
-        }
-        self.exporter.flush();
-    }
-}
-
-impl EventSink for RunSink<'_> {
-    fn on_event(&mut self, event: &Event<'_>) {
-        match event {
-            Event::Open(e) => self.on_open(e),
-            Event::Close(e) => self.on_close(e),
-            Event::Data { event, payload } => self.on_data(event, payload),
         }
     }
 

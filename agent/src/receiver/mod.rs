@@ -5,6 +5,7 @@ pub mod decode;
 
 use std::{future::Future, os::fd::AsRawFd as _, time::Duration};
 
+use agent_common::{ConnEvent, DataEvent};
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
@@ -12,9 +13,20 @@ pub use decode::Event;
 
 /// The next stage: gets every event, and a tick now and then for housekeeping.
 pub trait EventSink {
-    fn on_event(&mut self, event: &Event<'_>);
+    fn on_open(&mut self, event: &ConnEvent);
+    fn on_close(&mut self, event: &ConnEvent);
+    fn on_data(&mut self, event: &DataEvent, payload: &[u8]);
     /// Called about once per `tick` even when no events arrive.
     fn on_tick(&mut self) {}
+
+    /// Hands a decoded record to the method for its kind.
+    fn on_event(&mut self, event: &Event<'_>) {
+        match event {
+            Event::Open(e) => self.on_open(e),
+            Event::Close(e) => self.on_close(e),
+            Event::Data { event, payload } => self.on_data(event, payload),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
