@@ -77,6 +77,19 @@ impl Drop for Proc {
     }
 }
 
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`, …), if the process and field exist.
+#[must_use]
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Waits until something accepts connections on `addr`, at most `timeout`.
 pub fn wait_listening(addr: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
@@ -118,7 +131,8 @@ pub fn http_server(bind: &str, port: u16) -> Proc {
 }
 
 /// nginx on 127.0.0.1 (one worker, room for 30 000 connections, heads up to 2 MiB, slow clients
-/// held 5 minutes), answering `ok` to everything; stopped on drop.
+/// held 5 minutes, keep-alive without a request limit), answering one fixed body to everything;
+/// stopped on drop.
 pub struct Nginx {
     proc: Proc,
     dir: PathBuf,
@@ -126,8 +140,19 @@ pub struct Nginx {
 }
 
 impl Nginx {
+    /// nginx answering `ok`.
     #[must_use]
     pub fn start() -> Self {
+        Self::serving("ok\n")
+    }
+
+    /// nginx answering `body` (text/plain) to every request.
+    #[must_use]
+    pub fn serving(body: &str) -> Self {
+        let body = body
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("sockspan-nginx-{port}"));
         std::fs::create_dir_all(&dir).expect("nginx dir");
@@ -139,8 +164,8 @@ impl Nginx {
              proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  \
              uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
              client_header_timeout 300s;\n  large_client_header_buffers 4 2m;\n  \
-             server {{ listen 127.0.0.1:{port}; \
-             location / {{ default_type text/plain; return 200 \"ok\\n\"; }} }}\n}}\n"
+             keepalive_requests 1000000;\n  server {{ listen 127.0.0.1:{port}; \
+             location / {{ default_type text/plain; return 200 \"{body}\"; }} }}\n}}\n"
         );
         std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
         let child = Command::new("nginx")

@@ -392,6 +392,13 @@ fn send_secrets(chain: &Chain) {
     );
 }
 
+fn frontend_server_span(spans: &[Value]) -> &Value {
+    spans
+        .iter()
+        .find(|s| service(s) == "frontend" && kind(s) == "SERVER")
+        .expect("frontend span")
+}
+
 fn assert_no_secret(output: &str, what: &str) {
     assert!(output.len() > 200, "{what} produced output: {output}");
     assert!(
@@ -411,11 +418,7 @@ fn secrets_in_traced_traffic_never_reach_any_output() {
     let out = agent.stop();
     assert!(out.events.len() >= 7, "spans: {}", out.events.len());
     assert_no_secret(&serde_json::to_string(&out.events).expect("json"), "jsonl");
-    let front = out
-        .events
-        .iter()
-        .find(|s| service(s) == "frontend" && kind(s) == "SERVER")
-        .expect("frontend span");
+    let front = frontend_server_span(&out.events);
     assert_eq!(attr(front, "url.path"), "/predict/3");
     assert_eq!(attr(front, "url.query"), "page=REDACTED&token=REDACTED");
     assert!(attr(front, "http.request.header.x-request-id").is_null());
@@ -494,11 +497,7 @@ fn allowlisted_headers_and_query_values_are_recorded() {
     );
     send_secrets(&chain);
     let out = agent.stop();
-    let front = out
-        .events
-        .iter()
-        .find(|s| service(s) == "frontend" && kind(s) == "SERVER")
-        .expect("frontend span");
+    let front = frontend_server_span(&out.events);
     assert_eq!(attr(front, "http.request.header.x-request-id"), "rid-42");
     assert_eq!(attr(front, "url.query"), "page=7&token=REDACTED");
     assert!(

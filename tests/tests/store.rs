@@ -251,20 +251,16 @@ fn jaeger_api_serves_traces_of_real_traffic_and_survives_a_restart() {
 
 #[test]
 fn the_api_refuses_non_loopback_addresses() {
-    let out = Command::new(sockspan_tests::sockspan_bin())
-        .args([
-            "run",
-            "--ui",
-            "0.0.0.0:16686",
-            "--store",
-            "/tmp/sockspan-never.redb",
-            "--duration",
-            "1",
-        ])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = refusal_of(&[
+        "run",
+        "--ui",
+        "0.0.0.0:16686",
+        "--store",
+        "/tmp/sockspan-never.redb",
+        "--duration",
+        "1",
+    ]);
+    assert_eq!(code, Some(1));
     assert!(
         stderr.contains("--ui 0.0.0.0:16686") && stderr.contains("loopback"),
         "{stderr}"
@@ -552,7 +548,7 @@ fn api_beyond_loopback_requires_the_bearer_token() {
     let addr = "10.213.0.1";
     let ui = format!("{addr}:{}", free_port());
 
-    let refused = refusal_of(&["run", "--store", &store_arg, "--ui", &ui]);
+    let (_, refused) = refusal_of(&["run", "--store", &store_arg, "--ui", &ui]);
     assert!(
         refused.contains("--ui-token-file"),
         "refusal should name the flag: {refused}"
@@ -569,7 +565,7 @@ fn api_beyond_loopback_requires_the_bearer_token() {
         "--ui-token-file",
         &token_arg,
     ];
-    let weak = refusal_of(&[&["run"][..], &with_token].concat());
+    let (_, weak) = refusal_of(&[&["run"][..], &with_token].concat());
     assert!(weak.contains("at least 16"), "{weak}");
 
     let token = "4f2c9d7e1b8a6035c4d2e9f1a7b3c580";
@@ -611,12 +607,15 @@ fn api_beyond_loopback_requires_the_bearer_token() {
     );
 }
 
-/// Runs sockspan with `args`, expecting it to fail at once; returns its stderr.
-fn refusal_of(args: &[&str]) -> String {
+/// Runs sockspan with `args`, expecting it to fail at once; returns its exit code and stderr.
+fn refusal_of(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(sockspan_tests::sockspan_bin())
         .args(args)
         .output()
         .expect("run sockspan");
     assert!(!out.status.success(), "sockspan {args:?} should refuse");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

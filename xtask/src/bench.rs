@@ -100,14 +100,7 @@ fn proc_cpu_seconds(pid: u32) -> f64 {
 }
 
 fn proc_peak_rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
+    sockspan_tests::proc_status_kib(pid, "VmHWM").unwrap_or(0)
 }
 
 /// Starts the agent (or the floor) and waits until its programs are attached; the agent's
@@ -303,7 +296,7 @@ struct HttpSample {
 /// saturation rate (calibrated once before the rounds).
 fn http_rounds(bin: &Path, quick: bool) -> Result<Vec<HttpSample>> {
     crate::bench_http::ensure_installed()?;
-    let nginx = crate::bench_http::start_nginx()?;
+    let nginx = crate::bench_http::start_nginx();
     let (seconds, rounds) = if quick { (4, 1) } else { (8, 3) };
     let (calibration, _) = crate::bench_http::wrk(nginx.port, seconds)?;
     let fixed_rate = (calibration * 0.5).min(crate::bench_http::CLIENT_MAX_RATE);

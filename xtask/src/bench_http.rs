@@ -5,8 +5,8 @@
 use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -21,30 +21,6 @@ pub const CLIENT_MAX_RATE: f64 = 40_000.0;
 
 /// The body nginx answers with.
 const BODY: &str = "hello from nginx, traced or not\n";
-
-/// nginx on 127.0.0.1:`port` with one worker, serving `BODY`; stopped on drop.
-pub struct Nginx {
-    child: Child,
-    dir: PathBuf,
-    pub port: u16,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM, not SIGKILL: the master then stops its worker, which SIGKILL would orphan.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 pub fn ensure_installed() -> Result<()> {
     if !command_ok(Command::new("sh").args(["-c", "command -v wrk && command -v nginx"])) {
@@ -62,39 +38,9 @@ pub fn ensure_installed() -> Result<()> {
     Ok(())
 }
 
-pub fn start_nginx() -> Result<Nginx> {
-    let port = free_port()?;
-    let dir = std::env::temp_dir().join(format!("sockspan-bench-nginx-{port}"));
-    std::fs::create_dir_all(&dir)?;
-    let d = dir.display();
-    let conf = format!(
-        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-         events {{ worker_connections 4096; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
-         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
-         keepalive_requests 1000000;\n  server {{\n    listen 127.0.0.1:{port};\n    \
-         location / {{ default_type text/plain; return 200 \"{}\"; }}\n  }}\n}}\n",
-        BODY.trim_end().replace('"', "")
-    );
-    std::fs::write(dir.join("nginx.conf"), conf)?;
-    let child = Command::new("nginx")
-        .args(["-c"])
-        .arg(dir.join("nginx.conf"))
-        .args(["-p"])
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start nginx")?;
-    let nginx = Nginx { child, dir, port };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nginx did not listen on {port}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(nginx)
+/// nginx serving [`BODY`] (the root tests' nginx, one worker).
+pub fn start_nginx() -> sockspan_tests::Nginx {
+    sockspan_tests::Nginx::serving(BODY.trim_end())
 }
 
 /// wrk's requests/s and total requests at saturation.

@@ -46,7 +46,7 @@ enum Task {
         check: bool,
     },
     /// Build the cargo-fuzz targets (fuzz/) and run each for a while; crashes are kept as
-    /// regression inputs; figures go to HARDENING.md.
+    /// regression inputs; figures of a run of all targets go to HARDENING.md.
     Fuzz {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]

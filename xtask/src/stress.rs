@@ -32,14 +32,7 @@ struct RssSampler {
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    sockspan_tests::proc_status_kib(pid, "VmRSS")
 }
 
 impl RssSampler {

@@ -86,7 +86,7 @@ fn least_privilege_wrapper(agent: &std::path::Path) -> Result<std::path::PathBuf
     );
     let path = workspace_root().join("target/debug/sockspan-least-privilege");
     std::fs::write(&path, script)?;
-    run(std::process::Command::new("chmod").arg("755").arg(&path))?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     Ok(path)
 }
 
