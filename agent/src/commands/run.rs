@@ -83,7 +83,7 @@ impl<'a> RunSink<'a> {
                     self.tracer
                         .on_request(conn, server, trace.as_deref(), start);
                 }
-                HttpEvent::Exchange(exchange) => self.tracer.on_exchange(conn, &exchange, now),
+                HttpEvent::Exchange(exchange) => self.tracer.on_exchange(conn, exchange, now),
             }
         }
     }

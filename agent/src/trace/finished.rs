@@ -55,32 +55,40 @@ pub struct SpanFacts {
 }
 
 impl Finished {
-    pub fn new(exchange: &Exchange, start_ts: u64, strings: &mut Interner) -> Self {
+    /// Takes the exchange by value: the request target moves into the summary, not a copy.
+    pub fn new(exchange: Exchange, start_ts: u64, strings: &mut Interner) -> Self {
         let request = &exchange.request;
-        let target = match &request.start {
-            StartLine::Request { target, .. } => target.as_str(),
-            StartLine::Response { .. } => "/",
-        };
         let mut recorded = Vec::new();
         recorded_headers(&mut recorded, "http.request.header.", request);
         if let Some(response) = &exchange.response {
             recorded_headers(&mut recorded, "http.response.header.", response);
         }
+        let method = method_of(request);
+        let host = request.headers.host.as_deref().map(|h| strings.get(h));
+        let user_agent = request
+            .headers
+            .user_agent
+            .as_deref()
+            .map(|u| strings.get(u));
+        let minor_version = request.minor_version;
+        let status_code = exchange.response.as_ref().and_then(Head::status);
+        let wait_ns = exchange
+            .response_start
+            .map(|first| first.ts.saturating_sub(exchange.request_end.ts));
+        let end_ts = exchange.end.ts.max(start_ts);
+        let target = match exchange.request.start {
+            StartLine::Request { target, .. } => target.into_boxed_str(),
+            StartLine::Response { .. } => "/".into(),
+        };
         Self {
-            end_ts: exchange.end.ts.max(start_ts),
-            method: method_of(request),
-            target: target.into(),
-            host: request.headers.host.as_deref().map(|h| strings.get(h)),
-            user_agent: request
-                .headers
-                .user_agent
-                .as_deref()
-                .map(|u| strings.get(u)),
-            status_code: exchange.response.as_ref().and_then(Head::status),
-            wait_ns: exchange
-                .response_start
-                .map(|first| first.ts.saturating_sub(exchange.request_end.ts)),
-            minor_version: request.minor_version,
+            end_ts,
+            method,
+            target,
+            host,
+            user_agent,
+            status_code,
+            wait_ns,
+            minor_version,
             recorded,
         }
     }

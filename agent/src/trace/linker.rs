@@ -377,7 +377,7 @@ impl Tracer {
     }
 
     /// The exchange whose request head was reported earlier is complete.
-    pub fn on_exchange(&mut self, conn: &Connection, exchange: &Exchange, now_mono: u64) {
+    pub fn on_exchange(&mut self, conn: &Connection, exchange: Exchange, now_mono: u64) {
         let key = (conn.conn_id, exchange.request_start.offset);
         let Some(span) = self.spans.get_mut(&key) else {
             self.stats.orphan_exchanges += 1;
@@ -590,7 +590,7 @@ mod tests {
             (&server_conn, 10, 13),
             (&client_conn, 5, 14),
         ] {
-            t.on_exchange(c, &exchange(get.clone(), stamp(s, 0, 0), end), 0);
+            t.on_exchange(c, exchange(get.clone(), stamp(s, 0, 0), end), 0);
         }
         let spans = drain(&mut t);
         assert_eq!(spans.len(), 3);
@@ -614,7 +614,7 @@ mod tests {
         t.on_request(&a, true, get.headers.trace.as_deref(), stamp(10, 7, 0));
         t.on_request(&b, true, get.headers.trace.as_deref(), stamp(11, 7, 0));
         t.on_request(&out, false, get.headers.trace.as_deref(), stamp(12, 7, 0));
-        t.on_exchange(&out, &exchange(get.clone(), stamp(12, 7, 0), 13), 0);
+        t.on_exchange(&out, exchange(get.clone(), stamp(12, 7, 0), 13), 0);
         let spans = drain(&mut t);
         assert_eq!(spans.len(), 1);
         assert_eq!(spans[0].parent_span_id, None);
@@ -629,14 +629,14 @@ mod tests {
         let without = head(b"GET /b HTTP/1.1\r\n\r\n");
         let c = conn(1, 2, Role::Server, 80, 5000);
         t.on_request(&c, true, with.headers.trace.as_deref(), stamp(10, 7, 0));
-        t.on_exchange(&c, &exchange(with, stamp(10, 7, 0), 11), 0);
+        t.on_exchange(&c, exchange(with, stamp(10, 7, 0), 11), 0);
         t.on_request(
             &c,
             true,
             without.headers.trace.as_deref(),
             stamp(12, 7, 100),
         );
-        t.on_exchange(&c, &exchange(without, stamp(12, 7, 100), 13), 0);
+        t.on_exchange(&c, exchange(without, stamp(12, 7, 100), 13), 0);
         let spans = drain(&mut t);
         assert_eq!(
             super::super::ids::hex(&spans[0].trace_id),
@@ -663,11 +663,11 @@ mod tests {
         let get = head(b"GET /a HTTP/1.1\r\n\r\n");
         let s = conn(1, 2, Role::Server, 80, 5000);
         t.on_request(&s, true, get.headers.trace.as_deref(), stamp(10, 7, 0));
-        t.on_exchange(&s, &exchange(get.clone(), stamp(10, 7, 0), 11), 1_000);
+        t.on_exchange(&s, exchange(get.clone(), stamp(10, 7, 0), 11), 1_000);
         // A client with no parent starts a trace nothing can move: it goes at once.
         let c = conn(3, 4, Role::Client, 6000, 81);
         t.on_request(&c, false, get.headers.trace.as_deref(), stamp(12, 9, 0));
-        t.on_exchange(&c, &exchange(get, stamp(12, 9, 0), 13), 1_000);
+        t.on_exchange(&c, exchange(get, stamp(12, 9, 0), 13), 1_000);
         let mut out = Vec::new();
         let _ = t.poll(1_000, false, &mut out, usize::MAX);
         assert_eq!(out.len(), 1);
