@@ -248,9 +248,11 @@ const _: () = assert!(core::mem::size_of::<ConnEvent>() == 32 + 40 + 8 + 16 + 16
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DataEvent {
     pub header: EventHeader,
-    /// `bpf_ktime_get_ns()` at syscall entry (the header's `ts_ns` is the exit). Egress bytes are
-    /// handed to the kernel at entry, ingress bytes to the process at exit: spans use those.
-    pub enter_ns: u64,
+    /// When the bytes moved, kernel monotonic ns: for egress the syscall's entry (when the
+    /// process handed them to the kernel), for ingress its exit (the header's `ts_ns`, when the
+    /// kernel handed them to the process). An egress syscall whose entry was not seen (in flight
+    /// at attach, or its CPU's entry stamp taken by another thread) is timed at exit.
+    pub moved_ns: u64,
     /// The syscall's return value: how many bytes it really moved.
     pub ret: i64,
     /// A [`Role`].

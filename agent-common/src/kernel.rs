@@ -57,26 +57,24 @@ pub struct CaptureConfig {
     pub agent_tgid: u32,
     /// Payload bytes captured per syscall, at most [`crate::MAX_CAPTURE_BYTES`].
     pub capture_bytes: u32,
+    /// 1: connections found not to speak a protocol sockspan parses ([`crate::Protocol::Opaque`])
+    /// send no data records, only their byte totals at close. 0: every connection's bytes are
+    /// sent (`sockspan events`, the raw view).
+    pub skip_opaque: u32,
+    pub reserved: u32,
 }
-const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 16);
 
 impl Default for CaptureConfig {
     fn default() -> Self {
         Self {
             agent_tgid: 0,
             capture_bytes: crate::DEFAULT_CAPTURE_BYTES,
+            skip_opaque: 1,
+            reserved: 0,
         }
     }
 }
-
-/// Byte offsets of the arguments in a `syscalls/sys_enter_*` tracepoint record: eight bytes of
-/// common fields, `int __syscall_nr` padded to eight, then each argument as eight bytes. The agent
-/// checks this against `/sys/kernel/tracing/events/syscalls/*/format` before it attaches.
-pub const SYS_ENTER_ARG0: usize = 16;
-/// Size of one syscall argument slot in the record.
-pub const SYS_ARG_SIZE: usize = 8;
-/// Byte offset of `long ret` in a `syscalls/sys_exit_*` tracepoint record.
-pub const SYS_EXIT_RET: usize = 16;
 
 /// `S_IFMT` and `S_IFSOCK` from `<sys/stat.h>`: how the programs tell a socket's inode.
 pub const S_IFMT: u16 = 0o170_000;

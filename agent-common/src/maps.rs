@@ -6,16 +6,12 @@ use crate::SockTuple;
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Tracked sockets: [`ConnKey`] → [`ConnInfo`].
 pub const MAP_CONNS: &str = "CONNS";
-/// Per-thread arguments saved at syscall entry: `pid_tgid` → [`PendingCall`] (a plain hash map).
-pub const MAP_PENDING: &str = "PENDING";
 /// Per-CPU counters indexed by [`Counter`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// Default ring size; a power of two times the page size, as the kernel requires.
 pub const DEFAULT_RING_BYTES: u32 = 8 * 1024 * 1024;
 /// Default bound of the in-kernel connection table (an LRU: the oldest entries go first).
 pub const DEFAULT_MAX_CONNS: u32 = 65_536;
-/// Bound of the in-flight syscall table: at most one entry per thread inside a traced syscall.
-pub const MAX_PENDING: u32 = 16_384;
 
 /// A socket as the process sees it.
 #[repr(C)]
@@ -39,28 +35,47 @@ pub struct ConnInfo {
     pub ignored: u32,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// A [`Protocol`]: what the first data syscalls showed.
+    pub protocol: u32,
+    /// Data syscalls seen while [`Protocol::Detecting`] that did not start a request.
+    pub misses: u32,
 }
-const _: () = assert!(core::mem::size_of::<ConnInfo>() == 8 + 40 + 8 + 16);
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 8 + 40 + 8 + 16 + 8);
 
-/// A syscall's arguments between its enter and exit tracepoints.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PendingCall {
-    /// A [`crate::Syscall`].
-    pub syscall: u32,
-    pub fd: i32,
-    /// User pointer: the buffer, the iovec array, or the `struct user_msghdr`.
-    pub buf: u64,
-    /// Buffer length or iovec count.
-    pub len: u64,
-    /// Connection id and role looked up at entry; 0 for accept/connect (known only at exit).
-    pub conn_id: u64,
-    pub role: u32,
-    pub reserved: u32,
-    /// `bpf_ktime_get_ns()` at syscall entry.
-    pub enter_ns: u64,
+/// What a connection speaks, as far as the programs can tell from its first bytes. They
+/// recognise the start of an HTTP/1 request on the request side (a client's writes, a server's
+/// reads, either when the role is unknown) with the same rule as the agent's detector, but
+/// looser (four bytes of the method), so the programs never give up on a connection the agent
+/// would still parse.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// Every data syscall is sent in full while the first [`DETECT_CHUNKS`] are looked at.
+    Detecting = 0,
+    /// HTTP/1: every data syscall is sent.
+    Http = 1,
+    /// Nothing sockspan parses: with [`crate::CaptureConfig::skip_opaque`], no data records,
+    /// only byte totals at close.
+    Opaque = 2,
 }
-const _: () = assert!(core::mem::size_of::<PendingCall>() == 48);
+
+/// Data syscalls without a request start after which a connection is [`Protocol::Opaque`]; the
+/// agent's detector gives up after as many.
+pub const DETECT_CHUNKS: u32 = 8;
+
+/// The first four bytes of every request line the agent recognises (`GET `, `POST `, …), as a
+/// little-endian `u32` of the payload's first bytes.
+pub const REQUEST_PREFIXES: [u32; 9] = [
+    u32::from_le_bytes(*b"GET "),
+    u32::from_le_bytes(*b"POST"),
+    u32::from_le_bytes(*b"PUT "),
+    u32::from_le_bytes(*b"DELE"),
+    u32::from_le_bytes(*b"HEAD"),
+    u32::from_le_bytes(*b"OPTI"),
+    u32::from_le_bytes(*b"PATC"),
+    u32::from_le_bytes(*b"CONN"),
+    u32::from_le_bytes(*b"TRAC"),
+];
 
 /// Indices of the `COUNTERS` per-CPU array.
 #[repr(u32)]
@@ -74,8 +89,9 @@ pub enum Counter {
     PayloadTruncated = 2,
     /// Payload reads from user memory that faulted (the event is sent without payload).
     PayloadReadFailed = 3,
-    /// Syscall entries not tracked because the in-flight table was full.
-    PendingFull = 4,
+    /// Egress syscalls whose entry this CPU did not see last (the thread slept inside the
+    /// syscall and another ran, or it moved CPU, or it was in flight at attach): timed at exit.
+    EntryTimeMissed = 4,
     /// Sockets not tracked because inserting into the connection table failed.
     ConnTableFull = 5,
     /// Kernel struct reads that failed while resolving an fd to its socket.
@@ -89,7 +105,7 @@ impl Counter {
         Self::RingFull,
         Self::PayloadTruncated,
         Self::PayloadReadFailed,
-        Self::PendingFull,
+        Self::EntryTimeMissed,
         Self::ConnTableFull,
         Self::SocketWalkFailed,
     ];
@@ -102,7 +118,7 @@ impl Counter {
             Self::RingFull => "ring_full_drops",
             Self::PayloadTruncated => "payload_truncated",
             Self::PayloadReadFailed => "payload_read_failed",
-            Self::PendingFull => "pending_table_full",
+            Self::EntryTimeMissed => "entry_time_missed",
             Self::ConnTableFull => "conn_table_full",
             Self::SocketWalkFailed => "socket_walk_failed",
         }
@@ -115,6 +131,4 @@ mod pod {
     unsafe impl aya::Pod for super::ConnKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ConnInfo {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::PendingCall {}
 }

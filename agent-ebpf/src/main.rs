@@ -1,7 +1,7 @@
-//! sockspan's eBPF programs: socket syscalls seen from `syscalls/sys_{enter,exit}_*` tracepoints.
+//! sockspan's eBPF programs: socket syscalls seen from the raw `sys_enter`/`sys_exit` tracepoints.
 //!
 //! Tracepoints are the hook that holds on every kernel this agent targets (kprobes may be absent,
-//! fentry refused). The programs resolve each fd to its kernel socket with offsets user space read
+//! fentry refused); the raw syscall ones, attached by BTF, are the cheapest of them. The programs resolve each fd to its kernel socket with offsets user space read
 //! from BTF (see `agent_common::KernelOffsets`), keep a table of tracked sockets, and stream
 //! connection and data records through one ring buffer. Regular files, pipes and non-inet sockets
 //! produce nothing.
@@ -16,6 +16,8 @@ mod capture;
 mod floor;
 #[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod regs;
 #[cfg(target_arch = "bpf")]
 mod socket;
 #[cfg(target_arch = "bpf")]

@@ -2,11 +2,11 @@
 
 use agent_common::{
     COMM_LEN, CaptureConfig, ConnInfo, ConnKey, Counter, DEFAULT_MAX_CONNS, DEFAULT_RING_BYTES,
-    DataEvent, KernelOffsets, MAX_CAPTURE_BYTES, MAX_PENDING, PendingCall,
+    DataEvent, KernelOffsets, MAX_CAPTURE_BYTES,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
 };
 
 /// Connection and data records for user space. Its size is set at load time.
@@ -18,12 +18,21 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 pub static CONNS: LruHashMap<ConnKey, ConnInfo> =
     LruHashMap::with_max_entries(DEFAULT_MAX_CONNS, 0);
 
-/// Arguments saved at syscall entry for the exit program, keyed by `pid_tgid`. A plain
-/// preallocated hash: updated on every traced syscall, where an LRU's bookkeeping cost ~300 ns
-/// (BENCHMARKS.md). Entries orphaned by threads that died inside a syscall are swept by user
-/// space (`probes::sweep_pending`).
+/// When the last egress syscall on this CPU entered, and whose it was. The exit program uses it
+/// only if the same thread's same syscall is the one exiting: a thread that slept inside the
+/// syscall may have been followed by another, or moved to another CPU; then the exit time
+/// stands in (counted as `entry_time_missed`). A per-CPU slot instead of a table keyed by
+/// thread: a hash-map insert and delete per syscall cost ~300 ns here (BENCHMARKS.md).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EntryStamp {
+    pub pid_tgid: u64,
+    pub number: u64,
+    pub ts_ns: u64,
+}
+
 #[map]
-pub static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(MAX_PENDING, 0);
+pub static ENTRY_STAMPS: PerCpuArray<EntryStamp> = PerCpuArray::with_max_entries(1, 0);
 
 /// Self-metrics; user space sums the per-CPU values.
 #[map]
@@ -68,11 +77,13 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     reserved: 0,
 };
 
-/// The agent's tgid and the capture size.
+/// The agent's tgid, the capture size, and whether opaque connections are skipped.
 #[unsafe(no_mangle)]
 static CAPTURE_CONFIG: CaptureConfig = CaptureConfig {
     agent_tgid: 0,
     capture_bytes: agent_common::DEFAULT_CAPTURE_BYTES,
+    skip_opaque: 1,
+    reserved: 0,
 };
 
 /// The offsets, read so that the compiler cannot fold the load-time value away.

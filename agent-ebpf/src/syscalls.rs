@@ -1,25 +1,34 @@
-//! The tracepoint programs: one pair per socket syscall, plus `close`.
+//! The two programs: the raw syscall tracepoints `sys_enter` and `sys_exit`, as BTF tracepoints.
 //!
-//! Entry programs decide whether the fd is a tracked inet socket (looking it up, or walking the
-//! kernel's structs the first time) and save the arguments; exit programs read the return value,
-//! copy the payload prefix and send the record. Record layouts are in `agent_common::event`.
+//! The exit program does the work. It reads the syscall number and arguments from the task's
+//! registers and the return value from the tracepoint, decides whether the fd is a tracked inet
+//! socket (looking it up, or walking the kernel's structs the first time), copies the payload
+//! prefix and sends the record. The entry program only notes when an egress syscall started
+//! (its bytes left then) and drops a socket from the table when `close` starts. Record layouts
+//! are in `agent_common::event`.
+//!
+//! Two programs on the raw tracepoints instead of a pair per syscall on `syscalls/*`: every
+//! syscall tracepoint puts all tasks on the slow syscall path, but the per-syscall ones also
+//! build a trace record and run the perf glue for each traced syscall, which measured ~250 ns
+//! more per syscall here than the raw ones (BENCHMARKS.md).
 
 use agent_common::{
-    ConnEvent, ConnInfo, ConnKey, Counter, DataEvent, Direction, EventHeader, EventKind,
-    MAX_CAPTURE_BYTES, MAX_MMSG, PendingCall, Role, SYS_ARG_SIZE, SYS_ENTER_ARG0, SYS_EXIT_RET,
-    SockTuple, Syscall,
+    ConnEvent, ConnInfo, ConnKey, Counter, DETECT_CHUNKS, DataEvent, Direction, EventHeader,
+    EventKind, MAX_CAPTURE_BYTES, MAX_MMSG, Protocol, REQUEST_PREFIXES, Role, SockTuple, Syscall,
 };
 use aya_ebpf::{
-    EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
 };
-use aya_log_ebpf::warn;
 
 use crate::{
     capture::{Source, copy_payload},
-    maps::{CONNS, EVENTS, PENDING, SCRATCH, config, count, current_comm, next_conn_id},
+    maps::{
+        CONNS, ENTRY_STAMPS, EVENTS, EntryStamp, SCRATCH, config, count, current_comm,
+        next_conn_id,
+    },
+    regs::{Regs, exit_traced, is_egress, nr},
     socket::{FdKind, classify_fd},
 };
 
@@ -30,31 +39,6 @@ const WAKEUP_BACKLOG_BYTES: u64 = 256 * 1024;
 
 /// `-EINPROGRESS`: a non-blocking connect that has sent its SYN and picked its local port.
 const EINPROGRESS_RET: i64 = -115;
-
-/// Reads the `index`th argument straight from the tracepoint record: a direct context load,
-/// which the verifier bounds-checks, instead of a `bpf_probe_read_kernel` call per argument.
-#[inline(always)]
-fn arg(ctx: &TracePointContext, index: usize) -> Result<u64, i64> {
-    // SAFETY: the record of every syscalls/sys_enter_* tracepoint this program attaches to has
-    // 8-byte argument slots from SYS_ENTER_ARG0 (checked by user space against the format file
-    // before attaching), and index < 6 at every call site.
-    Ok(unsafe {
-        core::ptr::read_unaligned(
-            ctx.as_ptr()
-                .cast::<u8>()
-                .add(SYS_ENTER_ARG0 + index * SYS_ARG_SIZE)
-                .cast::<u64>(),
-        )
-    })
-}
-
-#[inline(always)]
-fn ret(ctx: &TracePointContext) -> Result<i64, i64> {
-    // SAFETY: `ret` of every syscalls/sys_exit_* record is a long at SYS_EXIT_RET.
-    Ok(unsafe {
-        core::ptr::read_unaligned(ctx.as_ptr().cast::<u8>().add(SYS_EXIT_RET).cast::<i64>())
-    })
-}
 
 /// The current `pid_tgid`, or `None` for the agent's own threads.
 #[inline(always)]
@@ -68,16 +52,21 @@ fn traced_pid_tgid() -> Option<u64> {
 }
 
 #[inline(always)]
-fn header(kind: EventKind, pid_tgid: u64, fd: i32, conn_id: u64) -> EventHeader {
+fn header(kind: EventKind, pid_tgid: u64, fd: i32, conn_id: u64, ts_ns: u64) -> EventHeader {
     EventHeader {
         kind: kind as u32,
         pid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         fd,
         conn_id,
-        // SAFETY: the helper has no preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns,
     }
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: the helper has no preconditions.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 /// Sends an open or close record.
@@ -88,7 +77,7 @@ fn emit_conn(kind: EventKind, pid_tgid: u64, fd: i32, info: &ConnInfo, syscall: 
         return;
     };
     entry.write(ConnEvent {
-        header: header(kind, pid_tgid, fd, info.conn_id),
+        header: header(kind, pid_tgid, fd, info.conn_id, now_ns()),
         tuple: info.tuple,
         role: info.role,
         syscall: syscall as u32,
@@ -107,9 +96,7 @@ fn track(pid_tgid: u64, fd: i32, tuple: SockTuple, role: Role, syscall: Syscall)
         conn_id: next_conn_id(),
         tuple,
         role: role as u32,
-        ignored: 0,
-        bytes_sent: 0,
-        bytes_received: 0,
+        ..ConnInfo::default()
     };
     let key = ConnKey {
         tgid: (pid_tgid >> 32) as u32,
@@ -139,19 +126,35 @@ fn ignore(pid_tgid: u64, fd: i32) {
     }
 }
 
-/// The connection id and role of `fd` if it is a tracked inet socket, discovering it on first
-/// sight (a socket that pre-dates the agent or came through fork).
+/// A tracked socket as the exit program needs it.
+struct Tracked {
+    conn_id: u64,
+    role: u32,
+    /// A [`Protocol`].
+    protocol: u32,
+    /// The table entry, for the byte totals; null if it could not be found again.
+    entry: *mut ConnInfo,
+}
+
+/// `fd` if it is a tracked inet socket, discovering it on first sight (a socket that pre-dates
+/// the agent or came through fork).
 #[inline(always)]
-fn tracked(pid_tgid: u64, fd: i32, syscall: Syscall) -> Option<(u64, u32)> {
+fn tracked(pid_tgid: u64, fd: i32, syscall: Syscall) -> Option<Tracked> {
     let key = ConnKey {
         tgid: (pid_tgid >> 32) as u32,
         fd,
     };
-    // SAFETY: the value is copied out at once; a concurrent delete can at worst make the copy
-    // stale, which costs one mislabelled event, never memory safety.
-    if let Some(info) = unsafe { CONNS.get(&key) } {
+    if let Some(entry) = CONNS.get_ptr_mut(&key) {
+        // SAFETY: a pointer from a successful lookup, read at once; a concurrent delete can at
+        // worst make the copy stale, which costs one mislabelled event, never memory safety.
+        let info = unsafe { &*entry };
         return if info.ignored == 0 {
-            Some((info.conn_id, info.role))
+            Some(Tracked {
+                conn_id: info.conn_id,
+                role: info.role,
+                protocol: info.protocol,
+                entry,
+            })
         } else {
             None
         };
@@ -163,7 +166,15 @@ fn tracked(pid_tgid: u64, fd: i32, syscall: Syscall) -> Option<(u64, u32)> {
             None
         }
         Ok(FdKind::Inet(tuple)) => {
-            track(pid_tgid, fd, tuple, Role::Unknown, syscall).map(|id| (id, Role::Unknown as u32))
+            let conn_id = track(pid_tgid, fd, tuple, Role::Unknown, syscall)?;
+            Some(Tracked {
+                conn_id,
+                role: Role::Unknown as u32,
+                protocol: Protocol::Detecting as u32,
+                entry: CONNS
+                    .get_ptr_mut(&key)
+                    .unwrap_or(core::ptr::null_mut()),
+            })
         }
         Err(_) => {
             count(Counter::SocketWalkFailed);
@@ -172,46 +183,49 @@ fn tracked(pid_tgid: u64, fd: i32, syscall: Syscall) -> Option<(u64, u32)> {
     }
 }
 
+/// Notes when the current thread's egress syscall `number` started.
 #[inline(always)]
-fn save_pending(pid_tgid: u64, call: &PendingCall) {
-    if PENDING.insert(&pid_tgid, call, 0).is_err() {
-        count(Counter::PendingFull);
+fn stamp_entry(number: u64) {
+    let Some(slot) = ENTRY_STAMPS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; syscall tracepoint programs run with preemption off, so nothing
+    // else on this CPU writes it meanwhile.
+    unsafe {
+        *slot = EntryStamp {
+            pid_tgid: bpf_get_current_pid_tgid(),
+            number,
+            ts_ns: bpf_ktime_get_ns(),
+        };
     }
 }
 
-/// Takes the saved arguments of the current thread's syscall, if they belong to `syscall`.
+/// When the exiting egress syscall started, if this CPU saw its entry; otherwise `exit_ns`.
 #[inline(always)]
-fn take_pending(pid_tgid: u64, syscall: Syscall) -> Option<PendingCall> {
-    // SAFETY: copied out at once, then removed; only this thread writes its own key.
-    let call = unsafe { PENDING.get(&pid_tgid) }.copied();
-    if call.is_some() {
-        let _ = PENDING.remove(&pid_tgid);
+fn entry_time(pid_tgid: u64, number: u64, exit_ns: u64) -> u64 {
+    if let Some(slot) = ENTRY_STAMPS.get_ptr_mut(0) {
+        // SAFETY: as in `stamp_entry`.
+        let stamp = unsafe { &mut *slot };
+        if stamp.pid_tgid == pid_tgid && stamp.number == number {
+            // Used once: a later exit whose entry this CPU missed must not match it.
+            stamp.pid_tgid = 0;
+            return stamp.ts_ns;
+        }
     }
-    call.filter(|c| c.syscall == syscall as u32)
+    count(Counter::EntryTimeMissed);
+    exit_ns
 }
 
-#[inline(always)]
-fn data_enter(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
-    let Some(pid_tgid) = traced_pid_tgid() else {
-        return Ok(());
-    };
-    let fd = arg(ctx, 0)? as i32;
-    let Some((conn_id, role)) = tracked(pid_tgid, fd, syscall) else {
-        return Ok(());
-    };
-    let call = PendingCall {
-        syscall: syscall as u32,
-        fd,
-        buf: arg(ctx, 1)?,
-        len: arg(ctx, 2)?,
-        conn_id,
-        role,
-        reserved: 0,
-        // SAFETY: the helper has no preconditions.
-        enter_ns: unsafe { bpf_ktime_get_ns() },
-    };
-    save_pending(pid_tgid, &call);
-    Ok(())
+/// What one data syscall's exit knows.
+struct Exit {
+    pid_tgid: u64,
+    fd: i32,
+    syscall: Syscall,
+    direction: Direction,
+    conn: Tracked,
+    exit_ns: u64,
+    /// When the bytes moved: the syscall's entry for egress, its exit for ingress.
+    moved_ns: u64,
 }
 
 /// `struct mmsghdr` (64-bit ABI): a `struct user_msghdr` (56 bytes) then `unsigned int msg_len`.
@@ -219,20 +233,41 @@ const MMSGHDR_SIZE: u64 = 64;
 const MMSGHDR_LEN: u64 = 56;
 
 #[inline(always)]
-fn data_exit(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
-    let Some(pid_tgid) = traced_pid_tgid() else {
-        return Ok(());
-    };
-    let Some(call) = take_pending(pid_tgid, syscall) else {
-        return Ok(());
-    };
-    let result = ret(ctx)?;
-    if result <= 0 {
-        return Ok(());
-    }
+fn data_exit(regs: Regs, pid_tgid: u64, syscall: Syscall, result: i64) -> Result<(), i64> {
     let Some(direction) = syscall.direction() else {
         return Ok(());
     };
+    if result <= 0 {
+        return Ok(());
+    }
+    let fd = regs.arg0() as i32;
+    let Some(conn) = tracked(pid_tgid, fd, syscall) else {
+        return Ok(());
+    };
+    if conn.protocol == Protocol::Opaque as u32 && config().skip_opaque != 0 {
+        // Nothing to parse: no payload copy, no record; the bytes still count for the close
+        // (not for `*mmsg`, whose result is a message count).
+        if !matches!(syscall, Syscall::Sendmmsg | Syscall::Recvmmsg) {
+            add_bytes(conn.entry, direction, result as u64);
+        }
+        return Ok(());
+    }
+    let exit_ns = now_ns();
+    let moved_ns = if direction == Direction::Egress {
+        entry_time(pid_tgid, regs.number(), exit_ns)
+    } else {
+        exit_ns
+    };
+    let exit = Exit {
+        pid_tgid,
+        fd,
+        syscall,
+        direction,
+        conn,
+        exit_ns,
+        moved_ns,
+    };
+    let buf = regs.arg1();
     match syscall {
         Syscall::Sendmmsg | Syscall::Recvmmsg => {
             // `result` is a message count; each message's byte count is in its msg_len.
@@ -241,18 +276,11 @@ fn data_exit(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
                 if i >= result as u64 {
                     break;
                 }
-                let msg = call.buf + i * MMSGHDR_SIZE;
+                let msg = buf + i * MMSGHDR_SIZE;
                 // SAFETY: bpf_probe_read_user returns an error for a bad user address.
                 let len = unsafe { bpf_probe_read_user((msg + MMSGHDR_LEN) as *const u32) }
                     .map_err(i64::from)?;
-                emit_data(
-                    pid_tgid,
-                    &call,
-                    syscall,
-                    direction,
-                    i64::from(len),
-                    Source::MsgHdr { ptr: msg },
-                );
+                emit_data(&exit, i64::from(len), Source::MsgHdr { ptr: msg });
                 i += 1;
             }
             if result as u64 > MAX_MMSG as u64 {
@@ -261,47 +289,28 @@ fn data_exit(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
         }
         Syscall::Readv | Syscall::Writev => {
             let source = Source::Iovecs {
-                ptr: call.buf,
-                count: call.len,
+                ptr: buf,
+                count: regs.arg2(),
             };
-            emit_data(pid_tgid, &call, syscall, direction, result, source);
+            emit_data(&exit, result, source);
         }
         Syscall::Recvmsg | Syscall::Sendmsg => {
-            let source = Source::MsgHdr { ptr: call.buf };
-            emit_data(pid_tgid, &call, syscall, direction, result, source);
+            emit_data(&exit, result, Source::MsgHdr { ptr: buf });
         }
-        Syscall::Sendfile => {
-            emit_data(
-                pid_tgid,
-                &call,
-                syscall,
-                direction,
-                result,
-                Source::Uncapturable,
-            );
-        }
-        _ => {
-            let source = Source::Buffer { ptr: call.buf };
-            emit_data(pid_tgid, &call, syscall, direction, result, source);
-        }
+        Syscall::Sendfile => emit_data(&exit, result, Source::Uncapturable),
+        _ => emit_data(&exit, result, Source::Buffer { ptr: buf }),
     }
     Ok(())
 }
 
 /// Copies the payload prefix of `moved` bytes from `source` and sends one data record.
 #[inline(always)]
-fn emit_data(
-    pid_tgid: u64,
-    call: &PendingCall,
-    syscall: Syscall,
-    direction: Direction,
-    moved: i64,
-    source: Source,
-) {
+fn emit_data(exit: &Exit, moved: i64, source: Source) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY: this CPU's scratch slot; syscall tracepoint programs do not nest on one CPU.
+    // SAFETY: this CPU's scratch slot. Only this program uses it, and the kernel runs syscall
+    // tracepoint programs with preemption off and never re-enters a program on one CPU.
     let scratch = unsafe { &mut *scratch };
     let limit = u64::from(config().capture_bytes);
     let want = if (moved as u64) < limit {
@@ -313,16 +322,25 @@ fn emit_data(
     if copied.failed {
         count(Counter::PayloadReadFailed);
     }
+    if exit.conn.protocol == Protocol::Detecting as u32 {
+        detect(exit, &scratch.payload, copied.len);
+    }
     if i64::from(copied.len) < moved && !matches!(source, Source::Uncapturable) {
         count(Counter::PayloadTruncated);
     }
     scratch.event = DataEvent {
-        header: header(EventKind::Data, pid_tgid, call.fd, call.conn_id),
-        enter_ns: call.enter_ns,
+        header: header(
+            EventKind::Data,
+            exit.pid_tgid,
+            exit.fd,
+            exit.conn.conn_id,
+            exit.exit_ns,
+        ),
+        moved_ns: exit.moved_ns,
         ret: moved,
-        role: call.role,
-        direction: direction as u32,
-        syscall: syscall as u32,
+        role: exit.conn.role,
+        direction: exit.direction as u32,
+        syscall: exit.syscall as u32,
         captured_len: copied.len,
     };
     let payload_len = if copied.len as usize > MAX_CAPTURE_BYTES {
@@ -333,8 +351,12 @@ fn emit_data(
     let size = core::mem::size_of::<DataEvent>() + payload_len;
     // SAFETY: `size` is at most the DataEvent plus MAX_CAPTURE_BYTES, inside the scratch value.
     let record = unsafe { core::slice::from_raw_parts((&raw const *scratch).cast::<u8>(), size) };
+    // Wake the agent only when this record takes the backlog over the threshold: above it the
+    // agent is either draining already or about to on its timer, and a forced wake-up per
+    // record (an irq_work each) would cost more than the record.
     let backlog = EVENTS.query(u64::from(aya_ebpf::bindings::BPF_RB_AVAIL_DATA));
-    let flags = if backlog >= WAKEUP_BACKLOG_BYTES {
+    let flags = if backlog < WAKEUP_BACKLOG_BYTES && backlog + size as u64 >= WAKEUP_BACKLOG_BYTES
+    {
         u64::from(aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP)
     } else {
         u64::from(aya_ebpf::bindings::BPF_RB_NO_WAKEUP)
@@ -344,61 +366,73 @@ fn emit_data(
     } else {
         count(Counter::RingFull);
     }
-    add_bytes(pid_tgid, call.fd, direction as u32, moved as u64);
+    add_bytes(exit.conn.entry, exit.direction, moved as u64);
 }
 
-/// Adds to the per-connection byte totals reported at close.
+/// Looks at the first bytes of a data syscall on a connection whose protocol is not known yet:
+/// a request start on the request side makes it HTTP; [`DETECT_CHUNKS`] syscalls without one
+/// make it opaque. The record of this syscall is sent either way, so the agent's own detector
+/// sees the same bytes.
 #[inline(always)]
-fn add_bytes(pid_tgid: u64, fd: i32, direction: u32, bytes: u64) {
-    let key = ConnKey {
-        tgid: (pid_tgid >> 32) as u32,
-        fd,
-    };
-    if let Some(info) = CONNS.get_ptr_mut(&key) {
-        // SAFETY: a pointer from a successful lookup; a racing update can at worst lose a count.
-        unsafe {
-            if direction == Direction::Egress as u32 {
-                (*info).bytes_sent += bytes;
-            } else {
-                (*info).bytes_received += bytes;
+fn detect(exit: &Exit, payload: &[u8; 2 * MAX_CAPTURE_BYTES], len: u32) {
+    let entry = exit.conn.entry;
+    if entry.is_null() {
+        return;
+    }
+    let role = exit.conn.role;
+    let egress = exit.direction == Direction::Egress;
+    let request_side = role == Role::Unknown as u32 || (role == Role::Client as u32) == egress;
+    let prefix = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
+    let mut is_request = false;
+    let mut i = 0;
+    while i < REQUEST_PREFIXES.len() {
+        if REQUEST_PREFIXES[i] == prefix {
+            is_request = true;
+        }
+        i += 1;
+    }
+    // SAFETY: a pointer from a successful lookup in this run; a racing update can at worst
+    // delay the decision by one syscall.
+    unsafe {
+        if request_side && len >= 4 && is_request {
+            (*entry).protocol = Protocol::Http as u32;
+        } else {
+            (*entry).misses += 1;
+            if (*entry).misses >= DETECT_CHUNKS {
+                (*entry).protocol = Protocol::Opaque as u32;
             }
         }
     }
 }
 
-/// Saves the fd of an `accept`/`accept4`/`connect` for its exit program.
+/// Adds to the per-connection byte totals reported at close.
 #[inline(always)]
-fn open_enter(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
-    let Some(pid_tgid) = traced_pid_tgid() else {
-        return Ok(());
-    };
-    let call = PendingCall {
-        syscall: syscall as u32,
-        fd: arg(ctx, 0)? as i32,
-        ..PendingCall::default()
-    };
-    save_pending(pid_tgid, &call);
-    Ok(())
+fn add_bytes(entry: *mut ConnInfo, direction: Direction, bytes: u64) {
+    if entry.is_null() {
+        return;
+    }
+    // SAFETY: a pointer from a successful lookup in this run; a racing update can at worst lose
+    // a count.
+    unsafe {
+        if direction == Direction::Egress {
+            (*entry).bytes_sent += bytes;
+        } else {
+            (*entry).bytes_received += bytes;
+        }
+    }
 }
 
 /// Tracks the socket an `accept` returned or a `connect` connected.
 #[inline(always)]
-fn open_exit(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
-    let Some(pid_tgid) = traced_pid_tgid() else {
-        return Ok(());
-    };
-    let Some(call) = take_pending(pid_tgid, syscall) else {
-        return Ok(());
-    };
-    let result = ret(ctx)?;
+fn open_exit(regs: Regs, pid_tgid: u64, syscall: Syscall, result: i64) {
     let (fd, role) = if syscall == Syscall::Connect {
         if result != 0 && result != EINPROGRESS_RET {
-            return Ok(());
+            return;
         }
-        (call.fd, Role::Client)
+        (regs.arg0() as i32, Role::Client)
     } else {
         if result < 0 {
-            return Ok(());
+            return;
         }
         (result as i32, Role::Server)
     };
@@ -408,154 +442,71 @@ fn open_exit(ctx: &TracePointContext, syscall: Syscall) -> Result<(), i64> {
         }
         Ok(FdKind::NonInetSocket) => ignore(pid_tgid, fd),
         Ok(FdKind::Other) => {}
-        Err(err) => {
-            count(Counter::SocketWalkFailed);
-            warn!(ctx, "sockspan: socket walk failed for fd {} ({})", fd, err);
-        }
+        Err(_) => count(Counter::SocketWalkFailed),
     }
-    Ok(())
 }
 
+/// Forgets `fd` and reports its close. At entry: once close starts, another thread may get the
+/// same fd number.
 #[inline(always)]
-fn close_enter(ctx: &TracePointContext) -> Result<(), i64> {
+fn close_enter(regs: Regs) {
     let Some(pid_tgid) = traced_pid_tgid() else {
-        return Ok(());
+        return;
     };
-    let fd = arg(ctx, 0)? as i32;
+    let fd = regs.arg0() as i32;
     let key = ConnKey {
         tgid: (pid_tgid >> 32) as u32,
         fd,
     };
     // SAFETY: copied out at once.
     let Some(info) = (unsafe { CONNS.get(&key) }).copied() else {
-        return Ok(());
+        return;
     };
     let _ = CONNS.remove(&key);
     if info.ignored == 0 {
         emit_conn(EventKind::ConnClose, pid_tgid, fd, &info, Syscall::Close);
     }
-    Ok(())
 }
 
-/// Defines the enter/exit pair of a data syscall.
-macro_rules! data_syscall {
-    ($(#[$doc:meta])* $enter:ident, $exit:ident, $syscall:expr) => {
-        $(#[$doc])*
-        #[tracepoint]
-        pub fn $enter(ctx: TracePointContext) -> u32 {
-            let _ = data_enter(&ctx, $syscall);
-            0
+/// `raw_syscalls/sys_enter`, attached by BTF: `(struct pt_regs *regs, long id)`, for every
+/// syscall of every task. Egress syscalls note their start; `close` drops its socket.
+#[btf_tracepoint(function = "sys_enter")]
+pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
+    let number: u64 = ctx.arg(1);
+    if is_egress(number) {
+        stamp_entry(number);
+    } else if number == nr::CLOSE {
+        let regs = Regs::of(&ctx);
+        if regs.is_native() {
+            close_enter(regs);
         }
+    }
+    0
+}
 
-        /// Exit side of the same syscall: `long ret` is the number of bytes moved.
-        #[tracepoint]
-        pub fn $exit(ctx: TracePointContext) -> u32 {
-            let _ = data_exit(&ctx, $syscall);
-            0
-        }
+/// `raw_syscalls/sys_exit`, attached by BTF: `(struct pt_regs *regs, long ret)`, for every
+/// syscall of every task. `ret` is the bytes moved (a message count for `*mmsg`), the accepted
+/// fd, or `connect`'s status.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
+    let regs = Regs::of(&ctx);
+    let Some(syscall) = exit_traced(regs.number()) else {
+        return 0;
     };
-}
-
-data_syscall!(
-    /// `syscalls/sys_enter_read`: `(unsigned int fd, char *buf, size_t count)`.
-    sys_enter_read, sys_exit_read, Syscall::Read
-);
-data_syscall!(
-    /// `syscalls/sys_enter_write`: `(unsigned int fd, const char *buf, size_t count)`.
-    sys_enter_write, sys_exit_write, Syscall::Write
-);
-data_syscall!(
-    /// `syscalls/sys_enter_recvfrom`: `(int fd, void *ubuf, size_t size, unsigned int flags,
-    /// struct sockaddr *addr, int *addr_len)`.
-    sys_enter_recvfrom, sys_exit_recvfrom, Syscall::Recvfrom
-);
-data_syscall!(
-    /// `syscalls/sys_enter_sendto`: `(int fd, void *buff, size_t len, unsigned int flags,
-    /// struct sockaddr *addr, int addr_len)`.
-    sys_enter_sendto, sys_exit_sendto, Syscall::Sendto
-);
-data_syscall!(
-    /// `syscalls/sys_enter_recvmsg`: `(int fd, struct user_msghdr *msg, unsigned int flags)`.
-    sys_enter_recvmsg, sys_exit_recvmsg, Syscall::Recvmsg
-);
-data_syscall!(
-    /// `syscalls/sys_enter_sendmsg`: `(int fd, struct user_msghdr *msg, unsigned int flags)`.
-    sys_enter_sendmsg, sys_exit_sendmsg, Syscall::Sendmsg
-);
-data_syscall!(
-    /// `syscalls/sys_enter_readv`: `(unsigned long fd, const struct iovec *vec,
-    /// unsigned long vlen)`.
-    sys_enter_readv, sys_exit_readv, Syscall::Readv
-);
-data_syscall!(
-    /// `syscalls/sys_enter_writev`: `(unsigned long fd, const struct iovec *vec,
-    /// unsigned long vlen)`.
-    sys_enter_writev, sys_exit_writev, Syscall::Writev
-);
-data_syscall!(
-    /// `syscalls/sys_enter_sendfile64`: `(int out_fd, int in_fd, loff_t *offset, size_t count)`;
-    /// `out_fd` is the socket. The bytes come from a file and are counted, not captured.
-    sys_enter_sendfile64, sys_exit_sendfile64, Syscall::Sendfile
-);
-data_syscall!(
-    /// `syscalls/sys_enter_sendmmsg`: `(int fd, struct mmsghdr *mmsg, unsigned int vlen,
-    /// unsigned int flags)`; `ret` is the number of messages sent.
-    sys_enter_sendmmsg, sys_exit_sendmmsg, Syscall::Sendmmsg
-);
-data_syscall!(
-    /// `syscalls/sys_enter_recvmmsg`: `(int fd, struct mmsghdr *mmsg, unsigned int vlen,
-    /// unsigned int flags, struct __kernel_timespec *timeout)`; `ret` is the number of
-    /// messages received.
-    sys_enter_recvmmsg, sys_exit_recvmmsg, Syscall::Recvmmsg
-);
-
-/// `syscalls/sys_enter_accept`: `(int fd, struct sockaddr *upeer_sockaddr, int *upeer_addrlen)`.
-#[tracepoint]
-pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
-    let _ = open_enter(&ctx, Syscall::Accept);
-    0
-}
-
-/// `syscalls/sys_exit_accept`: `long ret` is the accepted fd.
-#[tracepoint]
-pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    let _ = open_exit(&ctx, Syscall::Accept);
-    0
-}
-
-/// `syscalls/sys_enter_accept4`: `(int fd, struct sockaddr *upeer_sockaddr,
-/// int *upeer_addrlen, int flags)`.
-#[tracepoint]
-pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
-    let _ = open_enter(&ctx, Syscall::Accept4);
-    0
-}
-
-/// `syscalls/sys_exit_accept4`: `long ret` is the accepted fd.
-#[tracepoint]
-pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    let _ = open_exit(&ctx, Syscall::Accept4);
-    0
-}
-
-/// `syscalls/sys_enter_connect`: `(int fd, struct sockaddr *uservaddr, int addrlen)`.
-#[tracepoint]
-pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    let _ = open_enter(&ctx, Syscall::Connect);
-    0
-}
-
-/// `syscalls/sys_exit_connect`: `long ret` is 0, `-EINPROGRESS` or an error.
-#[tracepoint]
-pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    let _ = open_exit(&ctx, Syscall::Connect);
-    0
-}
-
-/// `syscalls/sys_enter_close`: `(unsigned int fd)`. The table entry goes at entry: once close
-/// starts, the fd number may be reused by another thread.
-#[tracepoint]
-pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
-    let _ = close_enter(&ctx);
+    if !regs.is_native() {
+        return 0;
+    }
+    let result: i64 = ctx.arg(1);
+    let Some(pid_tgid) = traced_pid_tgid() else {
+        return 0;
+    };
+    match syscall {
+        Syscall::Accept | Syscall::Accept4 | Syscall::Connect => {
+            open_exit(regs, pid_tgid, syscall, result);
+        }
+        _ => {
+            let _ = data_exit(regs, pid_tgid, syscall, result);
+        }
+    }
     0
 }

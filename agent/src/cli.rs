@@ -31,7 +31,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Report what this kernel offers (BTF, tracefs, tracepoints, ring buffer, uprobes, …), what
+    /// Report what this kernel offers (BTF, raw syscall tracepoints, ring buffer, uprobes, …), what
     /// sockspan uses each for, and whether the capture path works (exit 0) or not (exit 1).
     #[command(after_help = "Example:\n  sudo sockspan check")]
     Check,
@@ -224,6 +224,7 @@ impl CaptureArgs {
             capture_bytes: self.capture_bytes,
             ring_bytes: self.ring_bytes,
             max_conns: self.max_conns,
+            skip_opaque: true,
         }
     }
 

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
-use tokio::io::unix::AsyncFd;
 
 use crate::{
     caps,
@@ -43,9 +42,19 @@ pub struct Capture {
     pub discovered: Vec<discovery::DiscoveredSocket>,
 }
 
+/// Which connections' bytes the programs send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Traffic {
+    /// Only connections that may carry a protocol the agent parses (tracing).
+    Parsed,
+    /// Every connection's bytes (the raw event view).
+    All,
+}
+
 /// Validates the configuration, scans procfs, then loads and attaches the programs.
-pub fn start(args: &CaptureArgs) -> Result<Capture, PipelineError> {
-    let probes_config = args.probes();
+pub fn start(args: &CaptureArgs, traffic: Traffic) -> Result<Capture, PipelineError> {
+    let mut probes_config = args.probes();
+    probes_config.skip_opaque = traffic == Traffic::Parsed;
     probes_config.validate()?;
     args.conntrack().validate()?;
     caps::check_can_load().map_err(PipelineError::Privilege)?;
@@ -60,12 +69,8 @@ pub fn start(args: &CaptureArgs) -> Result<Capture, PipelineError> {
     // preconditions and touches no live allocation.
     unsafe { libc::malloc_trim(0) };
     let ring = probes.take_ring()?;
-    spawn_pending_sweeper(probes.take_pending()?);
-    if let Some(logger) = probes.take_logger() {
-        spawn_ebpf_logger(logger);
-    }
     tracing::info!(
-        programs = crate::probes::TRACEPOINTS.len(),
+        programs = crate::probes::PROGRAMS.len(),
         preexisting_sockets = discovered.len(),
         capture_bytes = probes_config.capture_bytes,
         ring_bytes = probes_config.ring_bytes,
@@ -76,44 +81,6 @@ pub fn start(args: &CaptureArgs) -> Result<Capture, PipelineError> {
         ring,
         discovered,
     })
-}
-
-/// How often orphaned in-flight entries are looked for.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
-
-/// Sweeps the in-flight syscall table now and then (threads killed inside a syscall).
-fn spawn_pending_sweeper(mut table: crate::probes::PendingTable) {
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(SWEEP_INTERVAL);
-        loop {
-            interval.tick().await;
-            let removed = table.sweep();
-            if removed > 0 {
-                tracing::debug!(removed, "swept in-flight entries of exited threads");
-            }
-        }
-    });
-}
-
-/// Forwards the programs' aya-log records to `tracing` (through the `log` bridge).
-fn spawn_ebpf_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
-    tokio::spawn(async move {
-        // SAFETY: the logger owns its ring's map fd for its whole life, and the AsyncFd owns
-        // the logger.
-        let registered =
-            unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
-        let Ok(mut fd) = registered else {
-            tracing::warn!("cannot poll the eBPF log ring; eBPF log records are dropped");
-            return;
-        };
-        loop {
-            let Ok(mut guard) = fd.readable_mut().await else {
-                return;
-            };
-            guard.get_inner_mut().flush();
-            guard.clear_ready();
-        }
-    });
 }
 
 /// Resolves on SIGINT, SIGTERM, or after `duration`.

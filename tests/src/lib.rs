@@ -259,8 +259,8 @@ impl Agent {
     /// place, so signals reach it).
     #[must_use]
     pub fn start_in_netns(netns: &str, subcommand: &str, args: &[&str]) -> Self {
-        // nsenter switches only the network namespace; `ip netns exec` would also give the
-        // agent a private /sys without tracefs, which it may not be allowed to mount.
+        // nsenter switches only the network namespace; `ip netns exec` would also remount /sys
+        // for the agent, which it has no need of.
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{netns}"))
             .arg("--")

@@ -6,10 +6,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sockspan_tests::{Agent, free_port, http_server, run_ok, sockspan_bin};
+use sockspan_tests::{Agent, Proc, free_port, http_server, run_ok, sockspan_bin};
 
-/// Loaded tracepoint programs named like sockspan's (`sys_enter_*` / `sys_exit_*`).
-fn sockspan_programs() -> usize {
+/// Ids of the loaded programs named like sockspan's (`sys_enter` / `sys_exit`). Detaching a
+/// BTF tracepoint waits for an RCU grace period, so an exited agent's programs may stay listed a
+/// moment: tests follow ids, never counts.
+fn sockspan_programs() -> Vec<u64> {
     let out = run_ok(
         Command::new("bpftool").args(["prog", "show", "--json"]),
         Duration::from_secs(20),
@@ -20,9 +22,29 @@ fn sockspan_programs() -> usize {
         .into_iter()
         .flatten()
         .filter(|p| {
-            p["type"] == "tracepoint" && p["name"].as_str().is_some_and(|n| n.starts_with("sys_e"))
+            // BTF raw tracepoints load as tracing programs.
+            p["type"] == "tracing" && p["name"].as_str().is_some_and(|n| n.starts_with("sys_e"))
         })
-        .count()
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
+}
+
+/// Ids of the programs process `pid` holds, from its fds' `prog_id` (program and link fds).
+fn programs_held_by(pid: u32) -> Vec<u64> {
+    let mut ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 #[test]
@@ -88,25 +110,42 @@ fn sigterm_exports_finished_spans_and_exits_promptly() {
 
 #[test]
 fn kill_9_leaves_no_program_attached() {
-    let baseline = sockspan_programs();
-    let mut child = Command::new(sockspan_bin())
-        .args(["run", "--output", "jsonl"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("agent");
+    let mut child = Proc(
+        Command::new(sockspan_bin())
+            .args(["run", "--output", "jsonl"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("agent"),
+    );
+    let pid = child.pid();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while sockspan_programs() <= baseline {
-        assert!(Instant::now() < deadline, "programs never appeared");
+    let ids: Vec<u64> = loop {
+        let loaded = sockspan_programs();
+        let held: Vec<u64> = programs_held_by(pid)
+            .into_iter()
+            .filter(|id| loaded.contains(id))
+            .collect();
+        if held.len() == 2 {
+            break held;
+        }
+        assert!(Instant::now() < deadline, "programs never appeared: {held:?}");
         std::thread::sleep(Duration::from_millis(200));
-    }
-    child.kill().expect("kill -9");
-    child.wait().expect("reaped");
+    };
+    child.0.kill().expect("kill -9");
+    child.0.wait().expect("reaped");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while sockspan_programs() > baseline {
+    loop {
+        let left: Vec<u64> = sockspan_programs()
+            .into_iter()
+            .filter(|id| ids.contains(id))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
-            "programs still loaded 10 s after kill -9"
+            "programs {left:?} still loaded 10 s after kill -9"
         );
         std::thread::sleep(Duration::from_millis(200));
     }

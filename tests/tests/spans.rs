@@ -8,7 +8,9 @@ use std::{
 };
 
 use serde_json::Value;
-use sockspan_tests::{Agent, Proc, fixture, free_port, python_fixture, run_ok};
+use sockspan_tests::{
+    Agent, Proc, fixture, free_port, http_server, python_fixture, run_ok, stopped_field,
+};
 
 /// The three services of the chain, each named through `OTEL_SERVICE_NAME`.
 struct Chain {
@@ -505,4 +507,70 @@ fn allowlisted_headers_and_query_values_are_recorded() {
         "{front}"
     );
     assert_no_secret(&serde_json::to_string(&out.events).expect("json"), "jsonl");
+}
+
+/// Sends `messages` 64-byte binary messages through the echo server on `port`, one at a time.
+fn binary_ping_pong(port: u16, messages: usize) {
+    let script = "import socket, sys\n\
+        s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
+        for _ in range(int(sys.argv[2])):\n\
+        \x20   s.sendall(bytes(range(64)))\n\
+        \x20   got = 0\n\
+        \x20   while got < 64:\n\
+        \x20       got += len(s.recv(64 - got))\n";
+    let _ = run_ok(
+        Command::new("python3").args([
+            "-c",
+            script,
+            &port.to_string(),
+            &messages.to_string(),
+        ]),
+        Duration::from_mins(1),
+    );
+}
+
+/// Traffic that never starts an HTTP request costs the ring nothing after its first data
+/// syscalls: the programs decide in the kernel that the connection is opaque. The raw view
+/// (`sockspan events`) still sees every syscall, and HTTP next to it is still traced.
+#[test]
+fn opaque_connections_stop_sending_records() {
+    const MESSAGES: usize = 2000;
+    let echo_port = free_port();
+    let _echo = python_fixture("echo_server.py", &["127.0.0.1", &echo_port.to_string()], &[]);
+
+    let raw = Agent::start(&["--port", &echo_port.to_string()]);
+    binary_ping_pong(echo_port, MESSAGES);
+    let raw_out = raw.stop();
+    let raw_records = raw_out.of_type("data").count();
+    assert!(
+        raw_records >= 3 * MESSAGES,
+        "the raw view sends every send and recv of both ends: {raw_records} records"
+    );
+
+    let http_port = free_port();
+    let _http = http_server("127.0.0.1", http_port);
+    let agent = Agent::start_command("run", &["--output", "jsonl"]);
+    binary_ping_pong(echo_port, MESSAGES);
+    let _ = run_ok(
+        Command::new("curl")
+            .args(["-s", "-o", "/dev/null"])
+            .arg(format!("http://127.0.0.1:{http_port}/opaque-neighbour")),
+        Duration::from_secs(20),
+    );
+    let out = agent.stop();
+    // Both ends of the echo connection send at most 8 data records each before the programs
+    // give up on it, against 4 × MESSAGES without inference; the margin is for whatever else
+    // the host does meanwhile.
+    let sent = stopped_field(&out.stderr, "events_sent");
+    assert!(
+        sent < 1000,
+        "{sent} records sent for {MESSAGES} opaque round trips; the raw view needed {raw_records}"
+    );
+    assert!(
+        out.events
+            .iter()
+            .any(|s| attr(s, "url.path") == "/opaque-neighbour" && kind(s) == "SERVER"),
+        "HTTP next to the opaque traffic is traced: {:#?}",
+        out.events
+    );
 }

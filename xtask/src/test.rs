@@ -90,24 +90,6 @@ fn least_privilege_wrapper(agent: &std::path::Path) -> Result<std::path::PathBuf
     Ok(path)
 }
 
-/// Mounts tracefs where the agent looks for it, as deploy/ does for the agent (mounting it is
-/// the one thing that would need `CAP_SYS_ADMIN`).
-fn ensure_tracefs() -> Result<()> {
-    let mounted = std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
-        m.lines()
-            .any(|l| l.split_whitespace().nth(1) == Some("/sys/kernel/tracing"))
-    });
-    if !mounted {
-        run(std::process::Command::new("mount").args([
-            "-t",
-            "tracefs",
-            "nodev",
-            "/sys/kernel/tracing",
-        ]))?;
-    }
-    Ok(())
-}
-
 pub fn test(filter: Option<&str>, unit_only: bool) -> Result<()> {
     if !setup::is_ready() {
         setup::setup()?;
@@ -138,7 +120,6 @@ pub fn test(filter: Option<&str>, unit_only: bool) -> Result<()> {
             "--bin",
             "sockspan",
         ]))?;
-        ensure_tracefs()?;
         let bin = least_privilege_wrapper(&workspace_root().join("target/debug/sockspan"))?;
         let mut args = vec!["--package", "sockspan-tests", "--"];
         if let Some(f) = filter {

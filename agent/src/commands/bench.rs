@@ -106,7 +106,7 @@ pub fn pipeline_throughput(exchanges: u64) {
         |conn_id: u64, tid: u32, ts: u64, direction: Direction, syscall: Syscall, len: usize| {
             DataEvent {
                 header: header(EventKind::Data, tid, conn_id, ts),
-                enter_ns: ts,
+                moved_ns: ts,
                 ret: len as i64,
                 role: 0,
                 direction: direction as u32,

@@ -8,7 +8,7 @@ use aya::{maps::MapType, programs::ProgramType};
 
 use crate::{
     caps::{self, Cap},
-    probes::{self, Probes, ProbesConfig, btf::Btf, offsets, tracefs},
+    probes::{self, Probes, ProbesConfig, btf::Btf, offsets},
 };
 
 /// How much a feature matters to sockspan.
@@ -127,7 +127,7 @@ fn privilege_rows(rows: &mut Vec<Row>) {
     });
 }
 
-/// BTF, tracefs, each tracepoint, the ring buffer, and a real load of the programs.
+/// BTF, the raw syscall tracepoints, the ring buffer, and a real load of the programs.
 fn capture_rows(rows: &mut Vec<Row>, btf: Option<&Btf>, btf_error: Option<String>) {
     let (btf_ok, btf_detail) = match (btf, btf_error) {
         (Some(b), _) => match offsets::resolve(b) {
@@ -153,36 +153,28 @@ fn capture_rows(rows: &mut Vec<Row>, btf: Option<&Btf>, btf_error: Option<String
         fix: "use a kernel built with CONFIG_DEBUG_INFO_BTF=y",
     });
 
-    let tracefs_root = tracefs::root();
+    let missing: Vec<&str> = match btf {
+        Some(b) => probes::PROGRAMS
+            .iter()
+            .copied()
+            .filter(|tp| !b.has_raw_tracepoint(tp))
+            .collect(),
+        None => probes::PROGRAMS.to_vec(),
+    };
     rows.push(Row {
-        feature: "tracefs".into(),
-        ok: tracefs_root.is_ok(),
-        detail: match &tracefs_root {
-            Ok(p) => p.display().to_string(),
-            Err(e) => e.to_string(),
+        feature: format!("raw tracepoints {} (BTF)", probes::PROGRAMS.join(" + ")),
+        ok: missing.is_empty(),
+        detail: if missing.is_empty() {
+            "declared in the kernel's BTF".into()
+        } else if btf.is_none() {
+            "BTF unavailable".into()
+        } else {
+            format!("not in the kernel's BTF: {}", missing.join(", "))
         },
         need: Need::Required,
-        role: "tracepoint ids and record layouts",
-        fix: "mount -t tracefs tracefs /sys/kernel/tracing",
+        role: "socket syscall capture: one program at every syscall's entry and exit",
+        fix: "use Linux 5.5 or newer built with CONFIG_DEBUG_INFO_BTF=y",
     });
-    for pair in probes::TRACEPOINTS.chunks(2) {
-        let result = match &tracefs_root {
-            Ok(root) => pair
-                .iter()
-                .try_for_each(|tp| tracefs::check_layout(root, tp))
-                .map(|()| "present, layout as expected".to_string())
-                .map_err(|e| e.to_string()),
-            Err(_) => Err("tracefs unavailable".to_string()),
-        };
-        rows.push(Row {
-            feature: format!("tracepoint {}", pair.join(" + ")),
-            ok: result.is_ok(),
-            detail: result.unwrap_or_else(|e| e),
-            need: Need::Required,
-            role: "socket syscall capture",
-            fix: "use a kernel with CONFIG_FTRACE_SYSCALLS=y",
-        });
-    }
 
     let ring = aya::sys::is_map_supported(MapType::RingBuf);
     rows.push(Row {
@@ -205,7 +197,7 @@ fn capture_rows(rows: &mut Vec<Row>, btf: Option<&Btf>, btf_error: Option<String
         detail: match &capture {
             Ok(_) => format!(
                 "{} programs loaded, verified and attached",
-                probes::TRACEPOINTS.len()
+                probes::PROGRAMS.len()
             ),
             Err(e) => e.to_string(),
         },

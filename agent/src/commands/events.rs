@@ -147,7 +147,7 @@ struct DataRecord<'a> {
     direction: &'static str,
     syscall: &'static str,
     /// Kernel monotonic ns at syscall entry (`ts_ns` is the exit).
-    enter_ns: u64,
+    moved_ns: u64,
     /// Bytes the syscall moved.
     ret: i64,
     /// Bytes in `payload`.
@@ -313,7 +313,7 @@ impl<W: Write> EventSink for JsonSink<'_, W> {
             fd: h.fd,
             direction,
             syscall: syscall_name(event.syscall),
-            enter_ns: event.enter_ns,
+            moved_ns: event.moved_ns,
             ret: event.ret,
             captured: event.captured_len,
             truncated: i64::from(event.captured_len) < event.ret,
@@ -348,7 +348,7 @@ impl<W: Write> EventSink for JsonSink<'_, W> {
 }
 
 pub async fn run(args: EventsArgs) -> Result<(), pipeline::PipelineError> {
-    let capture = pipeline::start(&args.capture)?;
+    let capture = pipeline::start(&args.capture, pipeline::Traffic::All)?;
     let pipeline::Capture {
         probes,
         ring,

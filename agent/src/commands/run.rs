@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// Data chunks on a connection that may pass before it is declared not HTTP.
-const DETECT_CHUNKS: u8 = 8;
+const DETECT_CHUNKS: u32 = agent_common::DETECT_CHUNKS;
 
 /// What a connection carries, as far as sockspan can tell.
 enum ConnProtocol {
@@ -136,7 +136,7 @@ impl EventSink for RunSink<'_> {
                 };
             } else {
                 *misses += 1;
-                if *misses >= DETECT_CHUNKS {
+                if u32::from(*misses) >= DETECT_CHUNKS {
                     self.stats.other_connections += 1;
                     *state = ConnProtocol::Other;
                 }
@@ -153,11 +153,7 @@ impl EventSink for RunSink<'_> {
             Side::Request
         };
         // Egress bytes leave the process at syscall entry, ingress bytes arrive at its exit.
-        let ts = if egress {
-            event.enter_ns
-        } else {
-            event.header.ts_ns
-        };
+        let ts = event.moved_ns;
         let total = u64::try_from(event.ret).unwrap_or(0);
         http.feed(side, payload, total, ts, event.header.tid, &mut self.events);
         let server = *server;
@@ -238,7 +234,7 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     // less useful.
     crate::caps::check_can_load().map_err(pipeline::PipelineError::Privilege)?;
     let _lock = crate::lock::acquire()?;
-    let capture = pipeline::start(&args.capture)?;
+    let capture = pipeline::start(&args.capture, pipeline::Traffic::Parsed)?;
     let pipeline::Capture {
         probes,
         ring,
@@ -293,7 +289,9 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         held = sink.tracer.held(),
         http_connections = sink.stats.http_connections,
         other_connections = sink.stats.other_connections,
+        events_sent = kernel.get(agent_common::Counter::EventsSent),
         ring_full_drops = kernel.get(agent_common::Counter::RingFull),
+        entry_time_missed = kernel.get(agent_common::Counter::EntryTimeMissed),
         conns_opened = sink.conntrack.stats.opened,
         conns_peak = sink.conntrack.stats.peak,
         conns_evicted_full = sink.conntrack.stats.evicted_full,

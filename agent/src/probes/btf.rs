@@ -209,6 +209,16 @@ impl Btf {
             .map(|i| i as u32)
     }
 
+    /// Whether the kernel declares the raw tracepoint `name` for BTF attachment (its
+    /// `btf_trace_<name>` typedef), as the `sys_enter`/`sys_exit` programs need.
+    #[must_use]
+    pub fn has_raw_tracepoint(&self, name: &str) -> bool {
+        let typedef = format!("btf_trace_{name}");
+        self.types
+            .iter()
+            .any(|t| t.kind == kind::TYPEDEF && self.name(t.name_off) == typedef.as_bytes())
+    }
+
     /// Finds `field` in the struct/union `id`, looking into anonymous members; returns the bit
     /// offset from the start of `id` and the member.
     fn find_member(&self, id: u32, field: &str) -> Result<Option<(u32, Member)>, BtfError> {

@@ -1,56 +1,25 @@
 //! Stage 1 of the pipeline: loads the eBPF programs, fills in their load-time globals, and
-//! attaches them to the `syscalls` tracepoints.
+//! attaches them to the raw syscall tracepoints by BTF.
 
 pub mod btf;
 pub mod offsets;
-pub mod tracefs;
 
 use agent_common::{
     CaptureConfig, Counter, DEFAULT_CAPTURE_BYTES, DEFAULT_MAX_CONNS, DEFAULT_RING_BYTES,
-    MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAP_PENDING, MAX_CAPTURE_BYTES,
+    MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAX_CAPTURE_BYTES,
 };
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint},
+    programs::{BtfTracePoint, ProgramError},
 };
 
 /// The compiled programs, built by `build.rs` through aya-build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
-/// Every program, named as its tracepoint in the `syscalls` category.
-pub const TRACEPOINTS: &[&str] = &[
-    "sys_enter_read",
-    "sys_exit_read",
-    "sys_enter_write",
-    "sys_exit_write",
-    "sys_enter_recvfrom",
-    "sys_exit_recvfrom",
-    "sys_enter_sendto",
-    "sys_exit_sendto",
-    "sys_enter_recvmsg",
-    "sys_exit_recvmsg",
-    "sys_enter_sendmsg",
-    "sys_exit_sendmsg",
-    "sys_enter_readv",
-    "sys_exit_readv",
-    "sys_enter_writev",
-    "sys_exit_writev",
-    "sys_enter_accept",
-    "sys_exit_accept",
-    "sys_enter_accept4",
-    "sys_exit_accept4",
-    "sys_enter_connect",
-    "sys_exit_connect",
-    "sys_enter_sendfile64",
-    "sys_exit_sendfile64",
-    "sys_enter_sendmmsg",
-    "sys_exit_sendmmsg",
-    "sys_enter_recvmmsg",
-    "sys_exit_recvmmsg",
-    // Alone at the end: `check` shows the list as enter/exit pairs.
-    "sys_enter_close",
-];
+/// Every program, named as the raw tracepoint it attaches to (`raw_syscalls/sys_enter` and
+/// `sys_exit`, which fire for every syscall; the programs pick out the socket ones).
+pub const PROGRAMS: &[&str] = &["sys_enter", "sys_exit"];
 
 /// What the capture stage can be told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +30,9 @@ pub struct ProbesConfig {
     pub ring_bytes: u32,
     /// Bound of the in-kernel connection table.
     pub max_conns: u32,
+    /// Whether connections found not to speak HTTP stop sending data records (the kernel still
+    /// counts their bytes). Off only for the raw view of `sockspan events`.
+    pub skip_opaque: bool,
 }
 
 impl Default for ProbesConfig {
@@ -69,6 +41,7 @@ impl Default for ProbesConfig {
             capture_bytes: DEFAULT_CAPTURE_BYTES,
             ring_bytes: DEFAULT_RING_BYTES,
             max_conns: DEFAULT_MAX_CONNS,
+            skip_opaque: true,
         }
     }
 }
@@ -83,8 +56,10 @@ pub enum ProbesError {
     MaxConns(u32),
     #[error(transparent)]
     Btf(#[from] btf::BtfError),
-    #[error(transparent)]
-    Tracefs(#[from] tracefs::TracefsError),
+    #[error(
+        "the kernel's BTF cannot be read for attaching to the raw syscall tracepoints ({0}); sockspan needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
+    KernelBtf(String),
     #[error(
         "the kernel refused to load sockspan's programs: permission denied; run as root, or grant CAP_BPF and CAP_PERFMON (see deploy/README.md)"
     )]
@@ -93,7 +68,9 @@ pub enum ProbesError {
     Object(String),
     #[error("program `{program}` was rejected by the verifier: {reason}")]
     Verifier { program: String, reason: String },
-    #[error("attaching `{program}` to tracepoint syscalls/{program} failed: {reason}")]
+    #[error(
+        "attaching `{program}` to the raw tracepoint {program} failed: {reason}; sockspan needs BTF tracepoints (Linux 5.5 or newer, CONFIG_DEBUG_INFO_BTF=y)"
+    )]
     Attach { program: String, reason: String },
     #[error("map `{0}` is missing from the eBPF object")]
     MissingMap(&'static str),
@@ -122,31 +99,6 @@ impl ProbesConfig {
 /// Loaded and attached programs. Dropping it detaches everything.
 pub struct Probes {
     ebpf: Ebpf,
-}
-
-/// The kernel's in-flight syscall table (a plain hash map: it never evicts by itself).
-pub struct PendingTable {
-    map: aya::maps::HashMap<MapData, u64, agent_common::PendingCall>,
-}
-
-impl PendingTable {
-    /// Removes entries of threads that no longer exist (killed inside a syscall, so their exit
-    /// never ran); returns how many.
-    pub fn sweep(&mut self) -> usize {
-        let dead: Vec<u64> = self
-            .map
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|pid_tgid| {
-                let (process, thread) = (pid_tgid >> 32, pid_tgid & 0xffff_ffff);
-                !std::path::Path::new(&format!("/proc/{process}/task/{thread}")).exists()
-            })
-            .collect();
-        for key in &dead {
-            let _ = self.map.remove(key);
-        }
-        dead.len()
-    }
 }
 
 /// Totals of the in-kernel self-metrics, summed over CPUs.
@@ -190,7 +142,7 @@ fn verifier_tail(log: &str) -> String {
 pub enum ProgramSet {
     /// The capture programs.
     Capture,
-    /// Empty programs on the same tracepoints: the benchmark floor.
+    /// Empty programs on the same hooks: the benchmark floor.
     Floor,
 }
 
@@ -200,7 +152,7 @@ impl Probes {
         Self::load_set(config, agent_tgid, ProgramSet::Capture)
     }
 
-    /// Loads the object and attaches one set of its programs to the `syscalls` tracepoints.
+    /// Loads the object and attaches one set of its programs to the raw syscall tracepoints.
     pub fn load_set(
         config: &ProbesConfig,
         agent_tgid: u32,
@@ -208,15 +160,13 @@ impl Probes {
     ) -> Result<Self, ProbesError> {
         config.validate()?;
         let offsets = offsets::resolve(&btf::Btf::from_kernel()?)?;
-        let tracefs_root = tracefs::root()?;
-        for name in TRACEPOINTS {
-            tracefs::check_layout(&tracefs_root, name)?;
-        }
         raise_memlock_limit();
 
         let capture = CaptureConfig {
             agent_tgid,
             capture_bytes: config.capture_bytes,
+            skip_opaque: u32::from(config.skip_opaque),
+            reserved: 0,
         };
         let mut ebpf = EbpfLoader::new()
             .override_global("KERNEL_OFFSETS", &offsets, true)
@@ -230,10 +180,14 @@ impl Probes {
                 }) if is_permission_error(io_error) => ProbesError::PermissionDenied,
                 other => ProbesError::Object(error_chain(&other)),
             })?;
-        for name in TRACEPOINTS {
+        let kernel_btf =
+            aya::Btf::from_sys_fs().map_err(|e| ProbesError::KernelBtf(error_chain(&e)))?;
+        for name in PROGRAMS {
             match set {
-                ProgramSet::Capture => attach(&mut ebpf, name, name)?,
-                ProgramSet::Floor => attach(&mut ebpf, &format!("floor_{name}"), name)?,
+                ProgramSet::Capture => attach(&mut ebpf, name, name, &kernel_btf)?,
+                ProgramSet::Floor => {
+                    attach(&mut ebpf, &format!("floor_{name}"), name, &kernel_btf)?;
+                }
             }
         }
         tracing::debug!(?offsets, "kernel struct offsets from BTF");
@@ -250,30 +204,6 @@ impl Probes {
             name: MAP_EVENTS,
             reason: e.to_string(),
         })
-    }
-
-    /// Starts forwarding aya-log records from the programs to `tracing` (through `log`).
-    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
-        match aya_log::EbpfLogger::init(&mut self.ebpf) {
-            Ok(logger) => Some(logger),
-            Err(err) => {
-                tracing::warn!("eBPF log records are unavailable: {err}");
-                None
-            }
-        }
-    }
-
-    /// The in-flight syscall table, for [`PendingTable::sweep`]. Can be taken once.
-    pub fn take_pending(&mut self) -> Result<PendingTable, ProbesError> {
-        let map = self
-            .ebpf
-            .take_map(MAP_PENDING)
-            .ok_or(ProbesError::MissingMap(MAP_PENDING))?;
-        let map = aya::maps::HashMap::try_from(map).map_err(|e| ProbesError::Map {
-            name: MAP_PENDING,
-            reason: e.to_string(),
-        })?;
-        Ok(PendingTable { map })
     }
 
     /// Sums the per-CPU counters.
@@ -301,14 +231,19 @@ impl Probes {
     }
 }
 
-/// Loads program `name` and attaches it to `syscalls/<tracepoint>`.
-fn attach(ebpf: &mut Ebpf, name: &str, tracepoint: &str) -> Result<(), ProbesError> {
-    let program: &mut TracePoint = ebpf
+/// Loads program `name` and attaches it to the raw tracepoint `tracepoint`, found in `btf`.
+fn attach(
+    ebpf: &mut Ebpf,
+    name: &str,
+    tracepoint: &str,
+    btf: &aya::Btf,
+) -> Result<(), ProbesError> {
+    let program: &mut BtfTracePoint = ebpf
         .program_mut(name)
         .ok_or_else(|| ProbesError::Object(format!("program `{name}` is missing")))?
         .try_into()
         .map_err(|e: ProgramError| ProbesError::Object(e.to_string()))?;
-    program.load().map_err(|err| match err {
+    program.load(tracepoint, btf).map_err(|err| match err {
         ProgramError::LoadError {
             ref io_error,
             ref verifier_log,
@@ -328,7 +263,7 @@ fn attach(ebpf: &mut Ebpf, name: &str, tracepoint: &str) -> Result<(), ProbesErr
         },
     })?;
     program
-        .attach("syscalls", tracepoint)
+        .attach()
         .map_err(|err| ProbesError::Attach {
             program: name.to_string(),
             reason: error_chain(&err),
@@ -386,17 +321,5 @@ mod tests {
                 .to_string()
                 .contains("max-conns")
         );
-    }
-
-    #[test]
-    fn every_syscall_has_its_tracepoints() {
-        for syscall in agent_common::Syscall::ALL {
-            let enter = format!("sys_enter_{}", syscall.name());
-            assert!(TRACEPOINTS.contains(&enter.as_str()), "{enter}");
-            if syscall != agent_common::Syscall::Close {
-                let exit = format!("sys_exit_{}", syscall.name());
-                assert!(TRACEPOINTS.contains(&exit.as_str()), "{exit}");
-            }
-        }
     }
 }

@@ -75,7 +75,7 @@ mod tests {
                 conn_id: 42,
                 ts_ns: 1,
             },
-            enter_ns: 0,
+            moved_ns: 0,
             ret: payload.len() as i64,
             role: Role::Client as u32,
             direction: Direction::Egress as u32,

@@ -1,0 +1,122 @@
+//! A syscall's number and arguments from the registers the raw `sys_enter`/`sys_exit`
+//! tracepoints pass (`struct pt_regs *regs`), and the syscall numbers sockspan traces.
+//!
+//! `struct pt_regs` on x86_64 is the user ABI that ptrace(2) reads (`<asm/ptrace.h>`), the same on
+//! every kernel, so reading its fields at fixed offsets does not tie the programs to the kernel
+//! they were built against. The programs are BTF tracepoints, so the verifier checks each load
+//! against the running kernel's own `struct pt_regs` and turns it into a fault-safe direct load:
+//! no helper call per argument. The argument registers are not touched by the syscall, so the
+//! exit program reads the arguments there and no table carries them from entry to exit.
+
+#[cfg(not(bpf_target_arch = "x86_64"))]
+compile_error!(
+    "sockspan's programs read syscall registers with the x86_64 `pt_regs` layout and x86_64 \
+     syscall numbers; another architecture needs its own table in agent-ebpf/src/regs.rs"
+);
+
+use agent_common::Syscall;
+use aya_ebpf::{bindings::pt_regs, programs::BtfTracePointContext};
+
+/// `__USER_CS`: the code segment of a 64-bit task. A 32-bit (compat) task has `__USER32_CS` and
+/// its own syscall numbers and argument registers; it is skipped, as the `syscalls/*`
+/// tracepoints skip it.
+const USER_CS: u64 = 0x33;
+
+/// x86_64 syscall numbers (`<asm/unistd_64.h>`).
+pub mod nr {
+    pub const READ: u64 = 0;
+    pub const WRITE: u64 = 1;
+    pub const CLOSE: u64 = 3;
+    pub const READV: u64 = 19;
+    pub const WRITEV: u64 = 20;
+    pub const SENDFILE: u64 = 40;
+    pub const CONNECT: u64 = 42;
+    pub const ACCEPT: u64 = 43;
+    pub const SENDTO: u64 = 44;
+    pub const RECVFROM: u64 = 45;
+    pub const SENDMSG: u64 = 46;
+    pub const RECVMSG: u64 = 47;
+    pub const ACCEPT4: u64 = 288;
+    pub const RECVMMSG: u64 = 299;
+    pub const SENDMMSG: u64 = 307;
+}
+
+/// The syscall a number stands for, if its exit is traced (`close` is handled at entry).
+#[inline(always)]
+pub fn exit_traced(number: u64) -> Option<Syscall> {
+    Some(match number {
+        nr::READ => Syscall::Read,
+        nr::WRITE => Syscall::Write,
+        nr::READV => Syscall::Readv,
+        nr::WRITEV => Syscall::Writev,
+        nr::SENDFILE => Syscall::Sendfile,
+        nr::CONNECT => Syscall::Connect,
+        nr::ACCEPT => Syscall::Accept,
+        nr::SENDTO => Syscall::Sendto,
+        nr::RECVFROM => Syscall::Recvfrom,
+        nr::SENDMSG => Syscall::Sendmsg,
+        nr::RECVMSG => Syscall::Recvmsg,
+        nr::ACCEPT4 => Syscall::Accept4,
+        nr::RECVMMSG => Syscall::Recvmmsg,
+        nr::SENDMMSG => Syscall::Sendmmsg,
+        _ => return None,
+    })
+}
+
+/// Whether a syscall number hands bytes to the kernel (its entry time is when they left).
+#[inline(always)]
+pub fn is_egress(number: u64) -> bool {
+    matches!(
+        number,
+        nr::WRITE | nr::SENDTO | nr::SENDMSG | nr::WRITEV | nr::SENDFILE | nr::SENDMMSG
+    )
+}
+
+/// The registers of the current task's syscall.
+#[derive(Clone, Copy)]
+pub struct Regs(*const pt_regs);
+
+impl Regs {
+    /// The `struct pt_regs *` that both raw syscall tracepoints pass as their first argument.
+    #[inline(always)]
+    pub fn of(ctx: &BtfTracePointContext) -> Self {
+        Self(ctx.arg(0))
+    }
+
+    /// The syscall number (`orig_ax`: `ax` holds the return value by exit).
+    #[inline(always)]
+    pub fn number(self) -> u64 {
+        // SAFETY: a BTF-typed `struct pt_regs *` from the tracepoint; the verifier checks the
+        // load against the kernel's BTF and makes it fault-safe.
+        unsafe { (*self.0).orig_rax }
+    }
+
+    /// Whether the task made a native 64-bit syscall (not a 32-bit compat one).
+    #[inline(always)]
+    pub fn is_native(self) -> bool {
+        // SAFETY: as in `number`. Only the low 16 bits are the selector (kernels with FRED keep
+        // more state in the same word).
+        (unsafe { (*self.0).cs } & 0xffff) == USER_CS
+    }
+
+    /// First argument: the fd of every traced syscall.
+    #[inline(always)]
+    pub fn arg0(self) -> u64 {
+        // SAFETY: as in `number`.
+        unsafe { (*self.0).rdi }
+    }
+
+    /// Second argument: the buffer, iovec array or message header.
+    #[inline(always)]
+    pub fn arg1(self) -> u64 {
+        // SAFETY: as in `number`.
+        unsafe { (*self.0).rsi }
+    }
+
+    /// Third argument: the length or the iovec count.
+    #[inline(always)]
+    pub fn arg2(self) -> u64 {
+        // SAFETY: as in `number`.
+        unsafe { (*self.0).rdx }
+    }
+}
