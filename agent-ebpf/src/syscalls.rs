@@ -25,8 +25,7 @@ use aya_ebpf::{
 use crate::{
     capture::{Source, copy_payload},
     maps::{
-        CONNS, ENTRY_STAMPS, EVENTS, EntryStamp, SCRATCH, config, count, current_comm,
-        next_conn_id,
+        CONNS, ENTRY_STAMPS, EVENTS, EntryStamp, SCRATCH, config, count, current_comm, next_conn_id,
     },
     regs::{Regs, exit_traced, is_egress, nr},
     socket::{FdKind, classify_fd},
@@ -171,9 +170,7 @@ fn tracked(pid_tgid: u64, fd: i32, syscall: Syscall) -> Option<Tracked> {
                 conn_id,
                 role: Role::Unknown as u32,
                 protocol: Protocol::Detecting as u32,
-                entry: CONNS
-                    .get_ptr_mut(&key)
-                    .unwrap_or(core::ptr::null_mut()),
+                entry: CONNS.get_ptr_mut(&key).unwrap_or(core::ptr::null_mut()),
             })
         }
         Err(_) => {
@@ -355,8 +352,7 @@ fn emit_data(exit: &Exit, moved: i64, source: Source) {
     // agent is either draining already or about to on its timer, and a forced wake-up per
     // record (an irq_work each) would cost more than the record.
     let backlog = EVENTS.query(u64::from(aya_ebpf::bindings::BPF_RB_AVAIL_DATA));
-    let flags = if backlog < WAKEUP_BACKLOG_BYTES && backlog + size as u64 >= WAKEUP_BACKLOG_BYTES
-    {
+    let flags = if backlog < WAKEUP_BACKLOG_BYTES && backlog + size as u64 >= WAKEUP_BACKLOG_BYTES {
         u64::from(aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP)
     } else {
         u64::from(aya_ebpf::bindings::BPF_RB_NO_WAKEUP)

@@ -330,7 +330,11 @@ pub fn pipeline(data: &[u8]) {
                 let event = DataEvent {
                     header: header(EventKind::Data),
                     // Egress bytes moved at the write's entry, ingress bytes at the read's exit.
-                    moved_ns: if direction == Direction::Egress { ts - 500 } else { ts },
+                    moved_ns: if direction == Direction::Egress {
+                        ts - 500
+                    } else {
+                        ts
+                    },
                     ret: payload.len() as i64,
                     role: 0,
                     direction: direction as u32,

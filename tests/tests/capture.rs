@@ -205,7 +205,10 @@ fn connection_opened_before_the_agent() {
     // attached. The exit program reads the arguments from the registers, so that read is
     // captured too: nothing depends on having seen the syscall's entry.
     assert_eq!(stream_of(&out, server.pid(), "egress"), b"PING-1\nPING-2\n");
-    assert_eq!(stream_of(&out, server.pid(), "ingress"), b"PING-1\nPING-2\n");
+    assert_eq!(
+        stream_of(&out, server.pid(), "ingress"),
+        b"PING-1\nPING-2\n"
+    );
     assert_eq!(out.stats()["conntrack_tuple_mismatches"], 0);
     assert_no_loss(&out);
 }

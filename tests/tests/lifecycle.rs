@@ -129,7 +129,10 @@ fn kill_9_leaves_no_program_attached() {
         if held.len() == 2 {
             break held;
         }
-        assert!(Instant::now() < deadline, "programs never appeared: {held:?}");
+        assert!(
+            Instant::now() < deadline,
+            "programs never appeared: {held:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     child.0.kill().expect("kill -9");

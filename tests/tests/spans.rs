@@ -519,12 +519,7 @@ fn binary_ping_pong(port: u16, messages: usize) {
         \x20   while got < 64:\n\
         \x20       got += len(s.recv(64 - got))\n";
     let _ = run_ok(
-        Command::new("python3").args([
-            "-c",
-            script,
-            &port.to_string(),
-            &messages.to_string(),
-        ]),
+        Command::new("python3").args(["-c", script, &port.to_string(), &messages.to_string()]),
         Duration::from_mins(1),
     );
 }
@@ -536,7 +531,11 @@ fn binary_ping_pong(port: u16, messages: usize) {
 fn opaque_connections_stop_sending_records() {
     const MESSAGES: usize = 2000;
     let echo_port = free_port();
-    let _echo = python_fixture("echo_server.py", &["127.0.0.1", &echo_port.to_string()], &[]);
+    let _echo = python_fixture(
+        "echo_server.py",
+        &["127.0.0.1", &echo_port.to_string()],
+        &[],
+    );
 
     let raw = Agent::start(&["--port", &echo_port.to_string()]);
     binary_ping_pong(echo_port, MESSAGES);

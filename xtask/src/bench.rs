@@ -739,7 +739,10 @@ fn agent_section(out: &mut String, samples: &[(Variant, Sample)], round_trips: u
     let (_, cpu_text) = summary(&cpu, 2);
     let (_, rss_text) = summary(&rss, 1);
     let median_ns = summary(
-        &sockspan.iter().map(|s| s.ns_per_syscall).collect::<Vec<_>>(),
+        &sockspan
+            .iter()
+            .map(|s| s.ns_per_syscall)
+            .collect::<Vec<_>>(),
         0,
     )
     .0;

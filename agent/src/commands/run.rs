@@ -254,7 +254,11 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
             (Box::new(StoreExporter::new(store)), None)
         }
         _ => (
-            Box::new(JsonlExporter::new(io::BufWriter::new(io::stdout()))),
+            // 64 KiB per write: each write is a syscall the programs see too.
+            Box::new(JsonlExporter::new(io::BufWriter::with_capacity(
+                64 * 1024,
+                io::stdout(),
+            ))),
             None,
         ),
     };

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::SpanExporter;
 use crate::trace::{
     SpanData,
-    ids::hex,
+    ids::HexId,
     span::{AttrValue, KeyValue, SpanStatus},
 };
 
@@ -30,8 +30,8 @@ impl Serialize for Attributes<'_> {
 
 #[derive(Serialize)]
 struct LinkRecord {
-    trace_id: String,
-    span_id: String,
+    trace_id: HexId,
+    span_id: HexId,
     reason: &'static str,
 }
 
@@ -44,9 +44,9 @@ struct StatusRecord<'a> {
 
 #[derive(Serialize)]
 struct SpanRecord<'a> {
-    trace_id: String,
-    span_id: String,
-    parent_span_id: Option<String>,
+    trace_id: HexId,
+    span_id: HexId,
+    parent_span_id: Option<HexId>,
     links: Vec<LinkRecord>,
     kind: &'static str,
     name: &'a str,
@@ -76,15 +76,15 @@ impl<W: Write> JsonlExporter<W> {
 
 fn record(span: &SpanData) -> SpanRecord<'_> {
     SpanRecord {
-        trace_id: hex(&span.trace_id),
-        span_id: hex(&span.span_id),
-        parent_span_id: span.parent_span_id.map(|p| hex(&p)),
+        trace_id: HexId::new(&span.trace_id),
+        span_id: HexId::new(&span.span_id),
+        parent_span_id: span.parent_span_id.map(|p| HexId::new(&p)),
         links: span
             .links
             .iter()
             .map(|l| LinkRecord {
-                trace_id: hex(&l.trace_id),
-                span_id: hex(&l.span_id),
+                trace_id: HexId::new(&l.trace_id),
+                span_id: HexId::new(&l.span_id),
                 reason: l.reason,
             })
             .collect(),

@@ -262,12 +262,10 @@ fn attach(
             reason: error_chain(&other),
         },
     })?;
-    program
-        .attach()
-        .map_err(|err| ProbesError::Attach {
-            program: name.to_string(),
-            reason: error_chain(&err),
-        })?;
+    program.attach().map_err(|err| ProbesError::Attach {
+        program: name.to_string(),
+        reason: error_chain(&err),
+    })?;
     Ok(())
 }
 

@@ -639,7 +639,7 @@ mod tests {
         t.on_exchange(&c, exchange(without, stamp(12, 7, 100), 13), 0);
         let spans = drain(&mut t);
         assert_eq!(
-            super::super::ids::hex(&spans[0].trace_id),
+            super::super::ids::HexId::new(&spans[0].trace_id).as_str(),
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
         assert_eq!(

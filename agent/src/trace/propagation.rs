@@ -101,10 +101,13 @@ mod tests {
         });
         let ctx = extract(&h).expect("w3c");
         assert_eq!(
-            super::super::ids::hex(&ctx.trace_id),
+            super::super::ids::HexId::new(&ctx.trace_id).as_str(),
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
-        assert_eq!(super::super::ids::hex(&ctx.span_id), "00f067aa0ba902b7");
+        assert_eq!(
+            super::super::ids::HexId::new(&ctx.span_id).as_str(),
+            "00f067aa0ba902b7"
+        );
         assert!(ctx.sampled);
         let h = headers(|h| {
             h.b3 =
@@ -118,7 +121,7 @@ mod tests {
         });
         let ctx = extract(&h).expect("b3 multi");
         assert_eq!(
-            super::super::ids::hex(&ctx.trace_id),
+            super::super::ids::HexId::new(&ctx.trace_id).as_str(),
             "0000000000000000463ac35c9f6413ad"
         );
     }
