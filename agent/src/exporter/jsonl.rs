@@ -54,7 +54,7 @@ struct SpanRecord<'a> {
     end_time_unix_nano: u64,
     status: StatusRecord<'a>,
     attributes: Attributes<'a>,
-    resource: Attributes<'a>,
+    resource: &'a serde_json::value::RawValue,
 }
 
 /// Writes spans as JSON lines to any writer (stdout for `sockspan run --output jsonl`).
@@ -103,7 +103,11 @@ fn record(span: &SpanData) -> SpanRecord<'_> {
             },
         },
         attributes: Attributes(&span.attributes),
-        resource: Attributes(&span.resource.attributes),
+        // Encoded once per process: an object of strings and integers always encodes (the
+        // default, `null`, is unreachable).
+        resource: span.resource.json(|attributes| {
+            serde_json::value::to_raw_value(&Attributes(attributes)).unwrap_or_default()
+        }),
     }
 }
 

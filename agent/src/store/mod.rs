@@ -322,9 +322,10 @@ mod tests {
             end_unix_nano: start + 1_000,
             attributes: vec![KeyValue::int("http.response.status_code", 200)],
             status: SpanStatus::Unset,
-            resource: Arc::new(Resource {
-                attributes: vec![KeyValue::str("service.name", service.to_string())],
-            }),
+            resource: Arc::new(Resource::new(vec![KeyValue::str(
+                "service.name",
+                service.to_string(),
+            )])),
         }
     }
 

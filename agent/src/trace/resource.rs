@@ -176,7 +176,7 @@ impl Resources {
         if let Some(id) = &process.container_id {
             attributes.push(KeyValue::str("container.id", id.clone()));
         }
-        let resource = Arc::new(Resource { attributes });
+        let resource = Arc::new(Resource::new(attributes));
         if self.cache.len() > 16_384 {
             self.cache.clear();
         }

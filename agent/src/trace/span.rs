@@ -78,12 +78,39 @@ pub enum SpanStatus {
 }
 
 /// The process a span belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Resource {
     pub attributes: Vec<KeyValue>,
+    /// The attributes as a JSON object, encoded on first use: every span of the process carries
+    /// them, and they are a third of each exported JSON line.
+    json: std::sync::OnceLock<Box<serde_json::value::RawValue>>,
 }
 
+impl PartialEq for Resource {
+    fn eq(&self, other: &Self) -> bool {
+        self.attributes == other.attributes
+    }
+}
+
+impl Eq for Resource {}
+
 impl Resource {
+    #[must_use]
+    pub fn new(attributes: Vec<KeyValue>) -> Self {
+        Self {
+            attributes,
+            json: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The attributes as JSON, encoded by `encode` the first time.
+    pub fn json(
+        &self,
+        encode: impl FnOnce(&[KeyValue]) -> Box<serde_json::value::RawValue>,
+    ) -> &serde_json::value::RawValue {
+        self.json.get_or_init(|| encode(&self.attributes))
+    }
+
     /// The `service.name` attribute.
     #[must_use]
     pub fn service_name(&self) -> &str {

@@ -134,12 +134,8 @@ mod tests {
 
     #[test]
     fn groups_by_resource_and_maps_fields() {
-        let a = Arc::new(Resource {
-            attributes: vec![KeyValue::str("service.name", "a")],
-        });
-        let b = Arc::new(Resource {
-            attributes: vec![KeyValue::str("service.name", "b")],
-        });
+        let a = Arc::new(Resource::new(vec![KeyValue::str("service.name", "a")]));
+        let b = Arc::new(Resource::new(vec![KeyValue::str("service.name", "b")]));
         let extra = [
             KeyValue::str("deployment.environment", "prod"),
             KeyValue::str("service.name", "override"),
