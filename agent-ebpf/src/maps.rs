@@ -49,6 +49,8 @@ pub static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 pub struct DataScratch {
     pub event: DataEvent,
     pub payload: [u8; 2 * MAX_CAPTURE_BYTES],
+    /// Record bytes this CPU has sent since it last looked at the ring's backlog.
+    pub unchecked_bytes: u64,
 }
 
 #[map]
