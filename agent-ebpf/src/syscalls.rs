@@ -71,6 +71,15 @@ fn traced_pid_tgid() -> Option<u64> {
     }
 }
 
+/// The connection table's key for `fd` of the current process.
+#[inline(always)]
+fn conn_key(pid_tgid: u64, fd: i32) -> ConnKey {
+    ConnKey {
+        tgid: (pid_tgid >> 32) as u32,
+        fd,
+    }
+}
+
 #[inline(always)]
 fn header(kind: EventKind, pid_tgid: u64, fd: i32, conn_id: u64, ts_ns: u64) -> EventHeader {
     EventHeader {
@@ -118,10 +127,7 @@ fn track(pid_tgid: u64, fd: i32, tuple: SockTuple, role: Role, syscall: Syscall)
         role: role as u32,
         ..ConnInfo::default()
     };
-    let key = ConnKey {
-        tgid: (pid_tgid >> 32) as u32,
-        fd,
-    };
+    let key = conn_key(pid_tgid, fd);
     if CONNS.insert(&key, &info, 0).is_err() {
         count(Counter::ConnTableFull);
         return None;
@@ -137,10 +143,7 @@ fn ignore(pid_tgid: u64, fd: i32) {
         ignored: 1,
         ..ConnInfo::default()
     };
-    let key = ConnKey {
-        tgid: (pid_tgid >> 32) as u32,
-        fd,
-    };
+    let key = conn_key(pid_tgid, fd);
     if CONNS.insert(&key, &info, 0).is_err() {
         count(Counter::ConnTableFull);
     }
@@ -160,10 +163,7 @@ struct Tracked {
 /// the agent or came through fork).
 #[inline(always)]
 fn tracked(pid_tgid: u64, fd: i32, syscall: Syscall) -> Option<Tracked> {
-    let key = ConnKey {
-        tgid: (pid_tgid >> 32) as u32,
-        fd,
-    };
+    let key = conn_key(pid_tgid, fd);
     if let Some(entry) = CONNS.get_ptr_mut(&key) {
         // SAFETY: a pointer from a successful lookup, read at once; a concurrent delete can at
         // worst make the copy stale, which costs one mislabelled event, never memory safety.
@@ -463,10 +463,7 @@ fn close_enter(regs: Regs) {
         return;
     };
     let fd = regs.arg0() as i32;
-    let key = ConnKey {
-        tgid: (pid_tgid >> 32) as u32,
-        fd,
-    };
+    let key = conn_key(pid_tgid, fd);
     // SAFETY: copied out at once.
     let Some(info) = (unsafe { CONNS.get(&key) }).copied() else {
         return;

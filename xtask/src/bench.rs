@@ -205,8 +205,11 @@ fn stopped_value(lines: &[String], key: &str) -> Option<u64> {
 
 /// Turns the kernel's BPF run-time statistics on or off.
 fn bpf_stats(on: bool) -> Result<()> {
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", if on { "1" } else { "0" })
-        .context("set kernel.bpf_stats_enabled")
+    std::fs::write(
+        "/proc/sys/kernel/bpf_stats_enabled",
+        if on { "1" } else { "0" },
+    )
+    .context("set kernel.bpf_stats_enabled")
 }
 
 /// Round trips of the pass that reads the programs' run times, per timed round trip.
@@ -402,19 +405,14 @@ fn phase(
     let requests = load()?;
     let cpu_after = pid.map_or(0.0, proc_cpu_seconds);
     let peak_rss_kb = pid.map_or(0, proc_peak_rss_kb);
-    let Some(child) = child else {
+    let lines = child.map(stop).transpose()?;
+    // Only the agent has spans, drops and a cost to report; (a) and (b) just count requests.
+    let Some(lines) = lines.filter(|_| variant == Variant::Sockspan) else {
         return Ok(AgentPhase {
             requests,
             ..AgentPhase::default()
         });
     };
-    let lines = stop(child)?;
-    if variant != Variant::Sockspan {
-        return Ok(AgentPhase {
-            requests,
-            ..AgentPhase::default()
-        });
-    }
     Ok(AgentPhase {
         requests,
         nginx_spans: crate::bench_http::nginx_server_spans(spans_file),

@@ -146,7 +146,8 @@ struct DataRecord<'a> {
     fd: i32,
     direction: &'static str,
     syscall: &'static str,
-    /// Kernel monotonic ns at syscall entry (`ts_ns` is the exit).
+    /// Kernel monotonic ns when the bytes moved: egress at syscall entry, ingress at exit
+    /// (`ts_ns`).
     moved_ns: u64,
     /// Bytes the syscall moved.
     ret: i64,
