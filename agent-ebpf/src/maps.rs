@@ -79,13 +79,14 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     reserved: 0,
 };
 
-/// The agent's tgid, the capture size, and whether opaque connections are skipped.
+/// The agent's tgid, the capture size, whether opaque connections are skipped, and the backlog
+/// that wakes the agent.
 #[unsafe(no_mangle)]
 static CAPTURE_CONFIG: CaptureConfig = CaptureConfig {
     agent_tgid: 0,
     capture_bytes: agent_common::DEFAULT_CAPTURE_BYTES,
     skip_opaque: 1,
-    reserved: 0,
+    wakeup_backlog_bytes: agent_common::wakeup_backlog_bytes(agent_common::DEFAULT_RING_BYTES),
 };
 
 /// The offsets, read so that the compiler cannot fold the load-time value away.

@@ -31,11 +31,6 @@ use crate::{
     socket::{FdKind, classify_fd},
 };
 
-/// Unconsumed bytes in the ring above which a data record wakes the agent. Below it records are
-/// submitted without a wake-up and the agent drains the ring on a short timer: one wake-up per
-/// batch instead of one per syscall (each costs an IPI and a context switch on both sides).
-const WAKEUP_BACKLOG_BYTES: u64 = 256 * 1024;
-
 /// Record bytes a CPU sends between two looks at the ring's backlog. Reading the backlog touches
 /// the cache line the agent writes as it consumes (~30 ns a query here, `perf`), so a CPU looks
 /// once per this many bytes, and wakes the agent then if the backlog is over the threshold: at
@@ -50,7 +45,10 @@ fn wakeup_flags(unchecked_bytes: &mut u64, size: u64) -> u64 {
         return u64::from(aya_ebpf::bindings::BPF_RB_NO_WAKEUP);
     }
     *unchecked_bytes = 0;
-    if EVENTS.query(u64::from(aya_ebpf::bindings::BPF_RB_AVAIL_DATA)) >= WAKEUP_BACKLOG_BYTES {
+    // Below the threshold records are submitted without a wake-up and the agent drains the ring
+    // on a short timer: no wake-up per record (each costs an IPI and a context switch).
+    let threshold = u64::from(config().wakeup_backlog_bytes);
+    if EVENTS.query(u64::from(aya_ebpf::bindings::BPF_RB_AVAIL_DATA)) >= threshold {
         u64::from(aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP)
     } else {
         u64::from(aya_ebpf::bindings::BPF_RB_NO_WAKEUP)

@@ -3,13 +3,12 @@
 
 use std::time::Duration;
 
-use aya::maps::{MapData, RingBuf};
-
 use crate::{
     caps,
     cli::CaptureArgs,
     conntrack::{ConntrackError, discovery},
     probes::{Probes, ProbesError},
+    receiver::{EventRing, RingError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +17,8 @@ pub enum PipelineError {
     Privilege(String),
     #[error(transparent)]
     Probes(#[from] ProbesError),
+    #[error(transparent)]
+    Ring(#[from] RingError),
     #[error(transparent)]
     Conntrack(#[from] ConntrackError),
     #[error(transparent)]
@@ -37,7 +38,7 @@ pub enum PipelineError {
 /// A running capture path.
 pub struct Capture {
     pub probes: Probes,
-    pub ring: RingBuf<MapData>,
+    pub ring: EventRing,
     /// TCP sockets found open before the programs were attached.
     pub discovered: Vec<discovery::DiscoveredSocket>,
 }
@@ -68,7 +69,7 @@ pub fn start(args: &CaptureArgs, traffic: Traffic) -> Result<Capture, PipelineEr
     // SAFETY: malloc_trim only releases free memory at the top of glibc's heaps; it has no
     // preconditions and touches no live allocation.
     unsafe { libc::malloc_trim(0) };
-    let ring = probes.take_ring()?;
+    let ring = EventRing::new(probes.take_ring()?)?;
     tracing::info!(
         programs = crate::probes::PROGRAMS.len(),
         preexisting_sockets = discovered.len(),

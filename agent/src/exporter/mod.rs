@@ -1,5 +1,6 @@
 //! Stage 6 of the pipeline: where finished spans go.
 
+pub mod json;
 pub mod jsonl;
 pub mod otlp;
 pub mod store;

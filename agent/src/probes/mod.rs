@@ -10,7 +10,7 @@ use agent_common::{
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Map, MapData, PerCpuArray},
     programs::{BtfTracePoint, ProgramError},
 };
 
@@ -166,7 +166,7 @@ impl Probes {
             agent_tgid,
             capture_bytes: config.capture_bytes,
             skip_opaque: u32::from(config.skip_opaque),
-            reserved: 0,
+            wakeup_backlog_bytes: agent_common::wakeup_backlog_bytes(config.ring_bytes),
         };
         let mut ebpf = EbpfLoader::new()
             .override_global("KERNEL_OFFSETS", &offsets, true)
@@ -194,16 +194,16 @@ impl Probes {
         Ok(Self { ebpf })
     }
 
-    /// The event ring, for the receiver. Can be taken once.
-    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, ProbesError> {
-        let map = self
-            .ebpf
-            .take_map(MAP_EVENTS)
-            .ok_or(ProbesError::MissingMap(MAP_EVENTS))?;
-        RingBuf::try_from(map).map_err(|e| ProbesError::Map {
-            name: MAP_EVENTS,
-            reason: e.to_string(),
-        })
+    /// The event ring's map, for the receiver. Can be taken once.
+    pub fn take_ring(&mut self) -> Result<MapData, ProbesError> {
+        match self.ebpf.take_map(MAP_EVENTS) {
+            Some(Map::RingBuf(map)) => Ok(map),
+            Some(_) => Err(ProbesError::Map {
+                name: MAP_EVENTS,
+                reason: "not a ring buffer".to_owned(),
+            }),
+            None => Err(ProbesError::MissingMap(MAP_EVENTS)),
+        }
     }
 
     /// Sums the per-CPU counters.

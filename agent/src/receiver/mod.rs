@@ -2,14 +2,15 @@
 //! next stage, in place, without copying or allocating per event.
 
 pub mod decode;
+pub mod ring;
 
 use std::{future::Future, os::fd::AsRawFd as _, time::Duration};
 
 use agent_common::{ConnEvent, DataEvent};
-use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 pub use decode::Event;
+pub use ring::{Drained, EventRing, RingError};
 
 /// The next stage: gets every event, and a tick now and then for housekeeping.
 pub trait EventSink {
@@ -40,6 +41,8 @@ pub enum ReceiverError {
 pub struct ReceiverStats {
     pub records: u64,
     pub decode_errors: u64,
+    /// Times the ring reader met a record header it could not follow and skipped the backlog.
+    pub ring_resyncs: u64,
 }
 
 /// How often the ring is drained without a wake-up: data records only wake the agent when a
@@ -48,7 +51,7 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Reads `ring` until `stop` resolves, then drains what is left.
 pub async fn run(
-    ring: RingBuf<MapData>,
+    ring: EventRing,
     sink: &mut impl EventSink,
     tick: Duration,
     stop: impl Future<Output = ()>,
@@ -81,6 +84,7 @@ pub async fn run(
         }
     }
     drain(ring.get_mut(), sink, &mut stats, usize::MAX);
+    stats.ring_resyncs = ring.get_ref().resyncs();
     tracing::debug!(fd = ring.get_ref().as_raw_fd(), ?stats, "receiver stopped");
     Ok(stats)
 }
@@ -91,24 +95,15 @@ pub async fn run(
 /// spans under wrk against nginx).
 const BATCH: usize = 4096;
 
-#[derive(Debug, PartialEq, Eq)]
-enum Drained {
-    Empty,
-    BatchFull,
-}
-
 fn drain(
-    ring: &mut RingBuf<MapData>,
+    ring: &mut EventRing,
     sink: &mut impl EventSink,
     stats: &mut ReceiverStats,
     limit: usize,
 ) -> Drained {
-    for _ in 0..limit {
-        let Some(item) = ring.next() else {
-            return Drained::Empty;
-        };
+    ring.drain(limit, |record| {
         stats.records += 1;
-        match decode::decode(&item) {
+        match decode::decode(record) {
             Ok(event) => sink.on_event(&event),
             Err(err) => {
                 stats.decode_errors += 1;
@@ -120,6 +115,5 @@ fn drain(
                 }
             }
         }
-    }
-    Drained::BatchFull
+    })
 }

@@ -83,7 +83,7 @@ pub struct Resource {
     pub attributes: Vec<KeyValue>,
     /// The attributes as a JSON object, encoded on first use: every span of the process carries
     /// them, and they are a third of each exported JSON line.
-    json: std::sync::OnceLock<Box<serde_json::value::RawValue>>,
+    json: std::sync::OnceLock<Box<[u8]>>,
 }
 
 impl PartialEq for Resource {
@@ -104,10 +104,7 @@ impl Resource {
     }
 
     /// The attributes as JSON, encoded by `encode` the first time.
-    pub fn json(
-        &self,
-        encode: impl FnOnce(&[KeyValue]) -> Box<serde_json::value::RawValue>,
-    ) -> &serde_json::value::RawValue {
+    pub fn json(&self, encode: impl FnOnce(&[KeyValue]) -> Box<[u8]>) -> &[u8] {
         self.json.get_or_init(|| encode(&self.attributes))
     }
 
