@@ -15,17 +15,11 @@ use super::{
 };
 use crate::protocol::http1::{Exchange, Head, StartLine, record};
 
-/// The methods of RFC 9110 and PATCH, as static strings; anything else is kept as sent.
+/// The method as the span names it: as parsed (known methods are static strings already).
 fn method_of(head: &Head) -> Cow<'static, str> {
-    const KNOWN: [&str; 9] = [
-        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
-    ];
-    match head.method() {
-        None => Cow::Borrowed("_OTHER"),
-        Some(m) => KNOWN
-            .iter()
-            .find(|k| **k == m)
-            .map_or_else(|| Cow::Owned(m.to_string()), |k| Cow::Borrowed(*k)),
+    match &head.start {
+        StartLine::Request { method, .. } => method.clone(),
+        StartLine::Response { .. } => Cow::Borrowed("_OTHER"),
     }
 }
 

@@ -3,6 +3,8 @@
 //! Only the headers below are kept; everything else (credentials and cookies included) is
 //! dropped while parsing and never copied.
 
+use std::{borrow::Cow, mem::MaybeUninit};
+
 use super::framer::{Framing, Side};
 
 const MAX_HEADERS: usize = 128;
@@ -10,8 +12,15 @@ const MAX_HEADERS: usize = 128;
 /// The start line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartLine {
-    Request { method: String, target: String },
-    Response { status: u16 },
+    /// The method is a static string for the methods of RFC 9110 and PATCH (no allocation per
+    /// request), anything else as sent.
+    Request {
+        method: Cow<'static, str>,
+        target: String,
+    },
+    Response {
+        status: u16,
+    },
 }
 
 /// Trace-context headers; `None` when absent (the usual case: nothing is allocated).
@@ -150,37 +159,58 @@ fn has_token(value: &[u8], token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// The methods of RFC 9110 and PATCH.
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+];
+
+/// `method` as a static string if it is a known one, else a copy.
+fn method_of(method: &str) -> Cow<'static, str> {
+    KNOWN_METHODS
+        .iter()
+        .find(|known| **known == method)
+        .map_or_else(
+            || Cow::Owned(method.to_owned()),
+            |known| Cow::Borrowed(*known),
+        )
+}
+
 /// Parses a head at the start of `data`: `Ok(Some((head, length)))`, `Ok(None)` if more bytes
 /// are needed, `Err(())` if the bytes are not an HTTP/1.x head.
 pub fn parse_head(side: Side, data: &[u8]) -> Result<Option<(Head, usize)>, ()> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let (start, minor_version, used, headers) = match side {
-        Side::Request => {
-            let mut req = httparse::Request::new(&mut headers);
-            let used = match req.parse(data) {
-                Ok(httparse::Status::Complete(n)) => n,
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(_) => return Err(()),
-            };
-            let start = StartLine::Request {
-                method: req.method.unwrap_or_default().to_string(),
-                target: req.path.unwrap_or_default().to_string(),
-            };
-            (start, req.version.unwrap_or(1), used, req.headers)
-        }
-        Side::Response => {
-            let mut resp = httparse::Response::new(&mut headers);
-            let used = match resp.parse(data) {
-                Ok(httparse::Status::Complete(n)) => n,
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(_) => return Err(()),
-            };
-            let start = StartLine::Response {
-                status: resp.code.unwrap_or(0),
-            };
-            (start, resp.version.unwrap_or(1), used, resp.headers)
-        }
-    };
+    // Left uninitialised: httparse writes the entries it returns, and zeroing 128 of them
+    // (4 KiB) for every head was a visible share of the parse.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let (start, minor_version, used, headers) =
+        match side {
+            Side::Request => {
+                let mut req = httparse::Request::new(&mut []);
+                let used = match req.parse_with_uninit_headers(data, &mut headers) {
+                    Ok(httparse::Status::Complete(n)) => n,
+                    Ok(httparse::Status::Partial) => return Ok(None),
+                    Err(_) => return Err(()),
+                };
+                let start = StartLine::Request {
+                    method: method_of(req.method.unwrap_or_default()),
+                    target: req.path.unwrap_or_default().to_string(),
+                };
+                (start, req.version.unwrap_or(1), used, req.headers)
+            }
+            Side::Response => {
+                let mut resp = httparse::Response::new(&mut []);
+                let used = match httparse::ParserConfig::default()
+                    .parse_response_with_uninit_headers(&mut resp, data, &mut headers)
+                {
+                    Ok(httparse::Status::Complete(n)) => n,
+                    Ok(httparse::Status::Partial) => return Ok(None),
+                    Err(_) => return Err(()),
+                };
+                let start = StartLine::Response {
+                    status: resp.code.unwrap_or(0),
+                };
+                (start, resp.version.unwrap_or(1), used, resp.headers)
+            }
+        };
     let mut head = Head {
         start,
         minor_version,

@@ -162,7 +162,7 @@ impl FrameSink for ResponseSink<'_> {
             self.stats.unpaired_responses += 1;
             return AfterHead::Body;
         };
-        let method = request.head.method().unwrap_or_default().to_string();
+        let method = request.head.method().unwrap_or_default();
         let after = if status == 101 || (method == "CONNECT" && (200..300).contains(&status)) {
             AfterHead::Tunnel
         } else if method == "HEAD" || status == 204 || status == 304 {
