@@ -74,20 +74,6 @@ impl<'a> RunSink<'a> {
         }
     }
 
-    /// Hands the HTTP events of `conn` to the tracer.
-    fn dispatch(&mut self, conn: &Connection, server: bool) {
-        let now = monotonic_ns();
-        for event in self.events.drain(..) {
-            match event {
-                HttpEvent::Request { trace, start } => {
-                    self.tracer
-                        .on_request(conn, server, trace.as_deref(), start);
-                }
-                HttpEvent::Exchange(exchange) => self.tracer.on_exchange(conn, exchange, now),
-            }
-        }
-    }
-
     pub(crate) fn export(&mut self, flush: bool) {
         let now = monotonic_ns();
         loop {
@@ -101,6 +87,24 @@ impl<'a> RunSink<'a> {
             }
         }
         self.exporter.flush();
+    }
+}
+
+/// Hands the HTTP events of `conn` to the tracer. A free function over the sink's fields, so
+/// the connection can stay borrowed from the connection table (no clone per data event).
+fn dispatch(tracer: &mut Tracer, events: &mut Vec<HttpEvent>, conn: &Connection, server: bool) {
+    // The clock only for exchanges (half the events at most), not for every chunk of bytes.
+    let mut now = None;
+    for event in events.drain(..) {
+        match event {
+            HttpEvent::Request { trace, start } => {
+                tracer.on_request(conn, server, trace.as_deref(), start);
+            }
+            HttpEvent::Exchange(exchange) => {
+                let now = *now.get_or_insert_with(monotonic_ns);
+                tracer.on_exchange(conn, exchange, now);
+            }
+        }
     }
 }
 
@@ -157,8 +161,7 @@ impl EventSink for RunSink<'_> {
         let total = u64::try_from(event.ret).unwrap_or(0);
         http.feed(side, payload, total, ts, event.header.tid, &mut self.events);
         let server = *server;
-        let conn = conn.clone();
-        self.dispatch(&conn, server);
+        dispatch(&mut self.tracer, &mut self.events, conn, server);
     }
 
     fn on_close(&mut self, event: &ConnEvent) {
@@ -176,7 +179,7 @@ impl EventSink for RunSink<'_> {
                 offset: 0,
             };
             http.close(at, &mut self.events);
-            self.dispatch(&conn, server);
+            dispatch(&mut self.tracer, &mut self.events, &conn, server);
         }
     }
 

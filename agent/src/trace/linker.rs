@@ -17,7 +17,7 @@
 use std::{
     cell::RefCell,
     collections::{HashMap, VecDeque},
-    net::SocketAddr,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     rc::Rc,
     sync::Arc,
     time::Duration,
@@ -152,13 +152,37 @@ impl TraceRef {
 /// the request in the client→server byte stream). Both ends compute the same key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct MirrorKey {
-    client: SocketAddr,
-    server: SocketAddr,
+    client: Endpoint,
+    server: Endpoint,
     offset: u64,
 }
 
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+/// An address as a mirror key holds it: IPv4 in its IPv6-mapped form, so that a v4 socket and a
+/// v6 socket with a mapped peer meet, and a key compares and hashes as plain integers (a pair of
+/// `SocketAddr`s, hashed field by field with enum tags, flow info and scope id, was a visible
+/// share of the linker's time under load, `perf`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Endpoint {
+    ip: u128,
+    port: u16,
+}
+
+impl Endpoint {
+    fn new(addr: SocketAddr) -> Self {
+        let ip = match addr.ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        };
+        Self {
+            ip: u128::from(ip),
+            port: addr.port(),
+        }
+    }
+
+    /// The address, IPv4 again where it was mapped.
+    fn addr(self) -> SocketAddr {
+        SocketAddr::new(Ipv6Addr::from(self.ip).to_canonical(), self.port)
+    }
 }
 
 type SpanKey = (u64, u64);
@@ -191,8 +215,8 @@ impl OpenSpan {
     /// (local, remote) addresses.
     fn ends(&self) -> (SocketAddr, SocketAddr) {
         match self.kind {
-            SpanKind::Server => (self.mirror.server, self.mirror.client),
-            SpanKind::Client => (self.mirror.client, self.mirror.server),
+            SpanKind::Server => (self.mirror.server.addr(), self.mirror.client.addr()),
+            SpanKind::Client => (self.mirror.client.addr(), self.mirror.server.addr()),
         }
     }
 }
@@ -258,7 +282,7 @@ impl Tracer {
         }
         self.stats.spans_started += 1;
         let (local, remote) = conn.addrs();
-        let (local, remote) = (canonical(local), canonical(remote));
+        let (local, remote) = (Endpoint::new(local), Endpoint::new(remote));
         let span_id = self.ids.span_id();
         let context = trace.and_then(propagation::extract);
         let mirror = if server {
@@ -487,6 +511,22 @@ mod tests {
         protocol::http1::{Head, Side, head::parse_head},
     };
     use agent_common::Role;
+
+    #[test]
+    fn endpoints_of_both_families_meet_and_come_back_as_sent() {
+        let v4: SocketAddr = "127.0.0.1:8080".parse().expect("v4");
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:8080".parse().expect("mapped");
+        let v6: SocketAddr = "[::1]:8080".parse().expect("v6");
+        assert_eq!(Endpoint::new(v4), Endpoint::new(mapped));
+        assert_ne!(Endpoint::new(v4), Endpoint::new(v6));
+        assert_ne!(
+            Endpoint::new(v4),
+            Endpoint::new("127.0.0.1:8081".parse().expect("port"))
+        );
+        assert_eq!(Endpoint::new(v4).addr(), v4);
+        assert_eq!(Endpoint::new(mapped).addr(), v4);
+        assert_eq!(Endpoint::new(v6).addr(), v6);
+    }
 
     fn conn(conn_id: u64, pid: u32, role: Role, local_port: u16, remote_port: u16) -> Connection {
         Connection {
