@@ -76,6 +76,7 @@ pub fn write_attributes(out: &mut Vec<u8>, attributes: &[KeyValue]) {
         out.push(b':');
         match &kv.value {
             AttrValue::Str(value) => write_str(out, value),
+            AttrValue::Shared(value) => write_str(out, value),
             AttrValue::Int(value) => write_int(out, *value),
         }
     }
@@ -196,6 +197,7 @@ mod tests {
             for kv in self.0 {
                 match &kv.value {
                     AttrValue::Str(v) => map.serialize_entry(&kv.key, v)?,
+                    AttrValue::Shared(v) => map.serialize_entry(&kv.key, &**v)?,
                     AttrValue::Int(v) => map.serialize_entry(&kv.key, v)?,
                 }
             }
@@ -275,6 +277,7 @@ mod tests {
                 KeyValue::str("http.request.method", "GET"),
                 KeyValue::str("url.path", "/api/items/42?full=1&sort=name"),
                 KeyValue::int("http.response.status_code", 200),
+                KeyValue::shared("server.address", Arc::from("api.example.test")),
                 KeyValue::int("network.peer.port", -1),
                 KeyValue::int("big", i64::MIN),
             ],

@@ -108,7 +108,7 @@ impl Finished {
                 },
             ),
             KeyValue::str("network.transport", "tcp"),
-            KeyValue::str("network.peer.address", peer.clone()),
+            KeyValue::shared("network.peer.address", Arc::clone(&peer)),
             KeyValue::int("network.peer.port", i64::from(span.remote.port())),
             KeyValue::str("sockspan.parent.evidence", span.evidence),
             KeyValue::int("thread.id", i64::from(span.tid)),
@@ -122,31 +122,32 @@ impl Finished {
                 i64::try_from(wait).unwrap_or(i64::MAX),
             ));
         }
-        if let Some(ua) = &self.user_agent {
-            attributes.push(KeyValue::str("user_agent.original", ua.to_string()));
+        if let Some(ua) = self.user_agent {
+            attributes.push(KeyValue::shared("user_agent.original", ua));
         }
         if let Some(query) = record::redacted_query(&self.target) {
             attributes.push(KeyValue::str("url.query", query));
         }
         attributes.extend(self.recorded);
         let host = self.host.as_deref().map(|h| {
-            h.rsplit_once(':')
-                .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-                .map_or(h, |(host, _)| host)
-                .trim_matches(['[', ']'])
-                .to_string()
+            strings.get(
+                h.rsplit_once(':')
+                    .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+                    .map_or(h, |(host, _)| host)
+                    .trim_matches(['[', ']']),
+            )
         });
         if span.server {
-            attributes.push(KeyValue::str("http.route", route.clone()));
+            attributes.push(KeyValue::shared("http.route", strings.get(&route)));
             attributes.push(KeyValue::str("url.scheme", "http"));
-            attributes.push(KeyValue::str(
+            attributes.push(KeyValue::shared(
                 "server.address",
                 host.unwrap_or_else(|| strings.ip(span.local.ip())),
             ));
             attributes.push(KeyValue::int("server.port", i64::from(span.local.port())));
-            attributes.push(KeyValue::str("client.address", peer));
+            attributes.push(KeyValue::shared("client.address", peer));
         } else {
-            attributes.push(KeyValue::str("server.address", host.unwrap_or(peer)));
+            attributes.push(KeyValue::shared("server.address", host.unwrap_or(peer)));
             attributes.push(KeyValue::int("server.port", i64::from(span.remote.port())));
         }
         let status = match self.status_code {

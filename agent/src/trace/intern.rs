@@ -17,7 +17,7 @@ const MAX_LEN: usize = 512;
 pub struct Interner {
     strings: HashSet<Arc<str>, foldhash::fast::RandomState>,
     /// Addresses as text: formatting an IP goes through `fmt` machinery on every span otherwise.
-    ips: HashMap<IpAddr, String, foldhash::fast::RandomState>,
+    ips: HashMap<IpAddr, Arc<str>, foldhash::fast::RandomState>,
 }
 
 impl Interner {
@@ -36,12 +36,16 @@ impl Interner {
         shared
     }
 
-    /// `ip` as text (a copy of a cached string).
-    pub fn ip(&mut self, ip: IpAddr) -> String {
+    /// `ip` as text, shared.
+    pub fn ip(&mut self, ip: IpAddr) -> Arc<str> {
         if self.ips.len() >= MAX_STRINGS && !self.ips.contains_key(&ip) {
             self.ips.clear();
         }
-        self.ips.entry(ip).or_insert_with(|| ip.to_string()).clone()
+        Arc::clone(
+            self.ips
+                .entry(ip)
+                .or_insert_with(|| Arc::from(ip.to_string())),
+        )
     }
 }
 

@@ -21,12 +21,38 @@ impl SpanKind {
 }
 
 /// An attribute value. Strings are `Cow`: the many fixed values (`"tcp"`, `"1.1"`, `"http"`, the
-/// evidence names) cost no allocation per span.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// evidence names) cost no allocation per span; values that repeat across spans (addresses,
+/// `Host`, `User-Agent`, routes) are shared copies from the tracer's interner.
+#[derive(Debug, Clone)]
 pub enum AttrValue {
     Str(Cow<'static, str>),
+    Shared(Arc<str>),
     Int(i64),
 }
+
+impl AttrValue {
+    /// The value if it is a string, however it is held.
+    #[must_use]
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::Str(s) => Some(s),
+            Self::Shared(s) => Some(s),
+            Self::Int(_) => None,
+        }
+    }
+}
+
+/// Values compare by content: a shared string equals the same text held any other way.
+impl PartialEq for AttrValue {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Int(a), Self::Int(b)) => a == b,
+            _ => self.as_str().is_some() && self.as_str() == other.as_str(),
+        }
+    }
+}
+
+impl Eq for AttrValue {}
 
 /// One attribute. Keys are the OpenTelemetry semantic-convention names: static strings, except
 /// for user-supplied ones (`OTEL_RESOURCE_ATTRIBUTES`), so a span allocates no keys.
@@ -41,6 +67,15 @@ impl KeyValue {
         Self {
             key: Cow::Borrowed(key),
             value: AttrValue::Str(value.into()),
+        }
+    }
+
+    /// A string attribute whose value is a shared copy.
+    #[must_use]
+    pub fn shared(key: &'static str, value: Arc<str>) -> Self {
+        Self {
+            key: Cow::Borrowed(key),
+            value: AttrValue::Shared(value),
         }
     }
 
@@ -114,10 +149,7 @@ impl Resource {
         self.attributes
             .iter()
             .find(|kv| kv.key == "service.name")
-            .and_then(|kv| match &kv.value {
-                AttrValue::Str(s) => Some(s.as_ref()),
-                AttrValue::Int(_) => None,
-            })
+            .and_then(|kv| kv.value.as_str())
             .unwrap_or("unknown_service")
     }
 }

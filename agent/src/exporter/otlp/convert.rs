@@ -17,6 +17,7 @@ use crate::trace::{
 fn value(kv: &KeyValue) -> ProtoKeyValue {
     let value = match &kv.value {
         AttrValue::Str(s) => any_value::Value::StringValue(s.to_string()),
+        AttrValue::Shared(s) => any_value::Value::StringValue(s.to_string()),
         AttrValue::Int(i) => any_value::Value::IntValue(*i),
     };
     ProtoKeyValue {
