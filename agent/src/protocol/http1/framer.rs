@@ -8,7 +8,7 @@
 
 use super::{
     budget::{HEADS, HeadBudget},
-    head::{Head, parse_head},
+    head::{Head, RepeatedValues, parse_head_with},
 };
 
 /// Largest head (start line + headers) buffered across reads.
@@ -115,6 +115,8 @@ pub struct Framer {
     head_start: Option<Stamp>,
     /// Bytes of this direction seen so far (captured or not).
     offset: u64,
+    /// Header values this direction's heads keep repeating.
+    repeats: RepeatedValues,
     pub stats: FramerStats,
 }
 
@@ -155,6 +157,7 @@ impl Framer {
             budget,
             head_start: None,
             offset: 0,
+            repeats: RepeatedValues::default(),
             stats: FramerStats::default(),
         }
     }
@@ -299,7 +302,7 @@ impl Framer {
         }
         let data = &data[skipped..];
         let parsed = if self.buf.is_empty() {
-            parse_head(self.side, data)
+            parse_head_with(self.side, data, &mut self.repeats)
         } else {
             let before = self.buf.len();
             let room = MAX_HEAD_BYTES.saturating_sub(before);
@@ -307,7 +310,8 @@ impl Framer {
                 self.lose_sync(DesyncReason::HeadBudget, sink);
                 return None;
             }
-            parse_head(self.side, &self.buf).map(|o| o.map(|(h, n)| (h, n - before)))
+            parse_head_with(self.side, &self.buf, &mut self.repeats)
+                .map(|o| o.map(|(h, n)| (h, n - before)))
         };
         match parsed {
             Ok(Some((head, used))) => {
