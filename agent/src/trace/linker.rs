@@ -16,7 +16,7 @@
 
 use std::{
     cell::RefCell,
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, VecDeque, hash_map::Entry},
     net::{IpAddr, Ipv6Addr, SocketAddr},
     rc::Rc,
     sync::Arc,
@@ -187,6 +187,46 @@ impl Endpoint {
 
 type SpanKey = (u64, u64);
 
+/// The open SERVER spans of one thread: nearly always one, so it is held inline and a request
+/// costs no allocation here.
+#[derive(Debug)]
+enum Serving {
+    One(SpanKey),
+    Many(Vec<SpanKey>),
+}
+
+impl Serving {
+    fn keys(&self) -> &[SpanKey] {
+        match self {
+            Self::One(key) => std::slice::from_ref(key),
+            Self::Many(keys) => keys,
+        }
+    }
+
+    fn push(&mut self, key: SpanKey) {
+        match self {
+            Self::One(first) => *self = Self::Many(vec![*first, key]),
+            Self::Many(keys) => keys.push(key),
+        }
+    }
+
+    /// Drops `key`; returns whether none are left.
+    fn remove(&mut self, key: SpanKey) -> bool {
+        match self {
+            Self::One(only) => *only == key,
+            Self::Many(keys) => {
+                keys.retain(|k| *k != key);
+                if let [last] = keys.as_slice() {
+                    *self = Self::One(*last);
+                    false
+                } else {
+                    keys.is_empty()
+                }
+            }
+        }
+    }
+}
+
 /// Hash maps on the per-event path: foldhash is several times faster than the default `SipHash`
 /// and still randomly seeded per process.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -230,7 +270,7 @@ pub struct Tracer {
     strings: Interner,
     spans: FastMap<SpanKey, OpenSpan>,
     /// Open SERVER spans per (pid, tid) that read their request.
-    serving: FastMap<(u32, u32), Vec<SpanKey>>,
+    serving: FastMap<(u32, u32), Serving>,
     /// CLIENT spans by their request's mirror key.
     clients: FastMap<MirrorKey, SpanKey>,
     /// SERVER spans still looking for their client (seen first).
@@ -311,10 +351,12 @@ impl Tracer {
             self.stats.roots += 1;
         }
         if server {
-            self.serving
-                .entry((conn.process.pid, start.tid))
-                .or_default()
-                .push(key);
+            match self.serving.entry((conn.process.pid, start.tid)) {
+                Entry::Occupied(mut open) => open.get_mut().push(key),
+                Entry::Vacant(none) => {
+                    none.insert(Serving::One(key));
+                }
+            }
         } else {
             self.clients.insert(mirror, key);
             if let Some(server_key) = self.waiting_servers.remove(&mirror)
@@ -374,11 +416,21 @@ impl Tracer {
         start: Stamp,
         links: &mut Vec<SpanLink>,
     ) -> (TraceRef, Option<SpanId>, &'static str) {
-        let candidates: Vec<&OpenSpan> = self
-            .serving
-            .get(&(pid, start.tid))
-            .into_iter()
-            .flatten()
+        let Some(keys) = self.serving.get(&(pid, start.tid)) else {
+            return (TraceRef::new(self.ids.trace_id()), None, "none");
+        };
+        // The usual case, one request served by the thread, without collecting candidates.
+        if let Serving::One(k) = keys
+            && let Some(one) = self.spans.get(k)
+            && one.finished.is_none()
+            && one.start_ts <= start.ts
+        {
+            self.stats.parent_from_thread += 1;
+            return (one.trace.clone(), Some(one.span_id), "thread");
+        }
+        let candidates: Vec<&OpenSpan> = keys
+            .keys()
+            .iter()
             .filter_map(|k| self.spans.get(k))
             .filter(|s| s.finished.is_none() && s.start_ts <= start.ts)
             .collect();
@@ -413,11 +465,11 @@ impl Tracer {
             span.start_ts,
             &mut self.strings,
         )));
-        if server && let Some(open) = self.serving.get_mut(&(span.pid, span.tid)) {
-            open.retain(|k| *k != key);
-            if open.is_empty() {
-                self.serving.remove(&(span.pid, span.tid));
-            }
+        if server
+            && let Entry::Occupied(mut open) = self.serving.entry((span.pid, span.tid))
+            && open.get_mut().remove(key)
+        {
+            open.remove();
         }
         // A span of a settled trace has all the evidence it will get: events reach the agent in
         // the order their syscalls returned, and a client's exchange completes only after its
@@ -462,11 +514,12 @@ impl Tracer {
             let Some(span) = self.spans.remove(&key) else {
                 continue;
             };
-            if self.clients.get(&span.mirror) == Some(&key) {
-                self.clients.remove(&span.mirror);
-            }
-            if self.waiting_servers.get(&span.mirror) == Some(&key) {
-                self.waiting_servers.remove(&span.mirror);
+            for table in [&mut self.clients, &mut self.waiting_servers] {
+                if let Entry::Occupied(entry) = table.entry(span.mirror)
+                    && *entry.get() == key
+                {
+                    entry.remove();
+                }
             }
             let (local, remote) = span.ends();
             let Some(finished) = span.finished else {
@@ -511,6 +564,19 @@ mod tests {
         protocol::http1::{Head, Side, head::parse_head},
     };
     use agent_common::Role;
+
+    #[test]
+    fn a_thread_serving_goes_from_one_to_many_and_back() {
+        let mut serving = Serving::One((1, 0));
+        assert!(!serving.remove((9, 9)), "another key leaves it as it was");
+        serving.push((2, 0));
+        serving.push((3, 0));
+        assert_eq!(serving.keys(), &[(1, 0), (2, 0), (3, 0)]);
+        assert!(!serving.remove((2, 0)));
+        assert!(!serving.remove((1, 0)));
+        assert!(matches!(serving, Serving::One((3, 0))));
+        assert!(serving.remove((3, 0)), "the last key empties it");
+    }
 
     #[test]
     fn endpoints_of_both_families_meet_and_come_back_as_sent() {
