@@ -9,12 +9,15 @@
 //! batch leaves the line shared almost all the time.
 //!
 //! Layout (kernel/bpf/ringbuf.c): page 0 holds the consumer position (the only page user space
-//! may write); page 1 the producer position; then the data pages, mapped twice in a row so that a
-//! record that wraps around the end reads as one contiguous slice. Each record starts on an
+//! may write); page 1 the producer position; then the data pages. The kernel offers them twice
+//! in a row so that a record wrapping around the end reads as one slice, but every mapped page
+//! counts in the agent's resident memory (an 8 MiB ring showed as 16 MiB of RSS), so the reader
+//! maps them once and gathers the rare wrapped record into a buffer. Each record starts on an
 //! 8-byte boundary with an 8-byte header whose first word is the length, with a busy bit while
 //! the producer writes it and a discard bit if it gave the space back.
 
 use std::{
+    ops::Range,
     os::fd::{AsFd as _, AsRawFd, RawFd},
     ptr::NonNull,
     sync::atomic::{AtomicU32, AtomicUsize, Ordering, fence},
@@ -111,10 +114,12 @@ pub struct EventRing {
     map: MapData,
     /// The consumer page, read-write.
     consumer: Mapping,
-    /// The producer page and the data pages twice, read-only.
+    /// The producer page and the data pages once, read-only.
     producer: Mapping,
     page: usize,
     mask: usize,
+    /// Where a record that wraps around the end of the data pages is put together.
+    gathered: Vec<u8>,
     /// Where the next record starts.
     pos: usize,
     /// The consumer position last given to the kernel.
@@ -148,13 +153,14 @@ impl EventRing {
             0,
             "consumer page",
         )?;
-        let producer = Mapping::new(fd, page + 2 * size, libc::PROT_READ, page, "data pages")?;
+        let producer = Mapping::new(fd, page + size, libc::PROT_READ, page, "data pages")?;
         let mut ring = Self {
             map,
             consumer,
             producer,
             page,
             mask: size - 1,
+            gathered: Vec::new(),
             pos: 0,
             published: 0,
             producer_pos: 0,
@@ -187,8 +193,8 @@ impl EventRing {
     /// The header word of the record at `pos`.
     fn header(&self, pos: usize) -> u32 {
         let offset = self.page + (pos & self.mask);
-        // SAFETY: `offset` is inside the first copy of the data pages and 8-byte aligned (every
-        // position is); the kernel commits the header with a fully ordered exchange, paired with
+        // SAFETY: `offset` is inside the data pages and 8-byte aligned (every position is, and
+        // the data size is a multiple of 8, so a header never wraps); the kernel commits the header with a fully ordered exchange, paired with
         // this acquire load so the record's bytes are visible once the busy bit is clear.
         unsafe { self.producer.ptr.add(offset).cast::<AtomicU32>().as_ref() }
             .load(Ordering::Acquire)
@@ -242,19 +248,31 @@ impl EventRing {
                 }
             }
             let len = (header & !(BUSY_BIT | DISCARD_BIT)) as usize;
-            let Some(start) = self.record_start(len) else {
+            if len > self.mask {
                 // Cannot happen with a sane kernel; never read outside the mapping.
                 self.resyncs += 1;
                 self.pos = self.producer_pos;
                 self.publish();
                 return Drained::Empty;
-            };
+            }
             if header & DISCARD_BIT == 0 {
-                // SAFETY: `record_start` checked that `start .. start + len` lies inside the
-                // mapping; the kernel does not reuse this space before `publish` moves past it,
-                // which happens only after `on_record` returns and the slice is gone.
-                let record = unsafe { std::slice::from_raw_parts(start.as_ptr(), len) };
-                on_record(record);
+                let start = (self.pos & self.mask) + HEADER_BYTES;
+                let (head, tail) = record_parts(start, len, self.mask + 1);
+                if tail.is_empty() {
+                    // SAFETY: a committed record the kernel does not reuse before `publish`
+                    // moves past it, which happens only after `on_record` returns.
+                    on_record(unsafe { self.data(head) });
+                } else {
+                    let mut gathered = std::mem::take(&mut self.gathered);
+                    gathered.clear();
+                    // SAFETY: as above, both parts of one committed record.
+                    unsafe {
+                        gathered.extend_from_slice(self.data(head));
+                        gathered.extend_from_slice(self.data(tail));
+                    }
+                    on_record(&gathered);
+                    self.gathered = gathered;
+                }
                 handed += 1;
             }
             self.pos += (HEADER_BYTES + len).next_multiple_of(8);
@@ -264,20 +282,50 @@ impl EventRing {
         }
     }
 
-    /// Where the payload of a `len`-byte record at the current position starts, if it fits in
-    /// the mapping.
-    fn record_start(&self, len: usize) -> Option<NonNull<u8>> {
-        let offset = self.page + (self.pos & self.mask) + HEADER_BYTES;
-        if len > self.mask || offset + len > self.producer.len {
-            return None;
+    /// The data pages' bytes in `range`.
+    ///
+    /// # Safety
+    /// `range` must lie in one committed record that has not been published yet: the kernel
+    /// writes no byte of it until then.
+    unsafe fn data(&self, range: Range<usize>) -> &[u8] {
+        debug_assert!(range.end <= self.mask + 1);
+        // SAFETY: `range` is inside the data pages (`record_parts` keeps both parts below the
+        // data size), which are mapped for the ring's life; the caller vouches for the bytes.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.producer.ptr.add(self.page + range.start).as_ptr(),
+                range.len(),
+            )
         }
-        // SAFETY: `offset` is inside the producer mapping (checked above).
-        Some(unsafe { self.producer.ptr.add(offset) })
+    }
+}
+
+/// The data-page ranges of a `len`-byte record starting `start` bytes into data pages of `size`
+/// bytes: all of it before the end, or the part up to the end and the rest from the beginning.
+fn record_parts(start: usize, len: usize, size: usize) -> (Range<usize>, Range<usize>) {
+    if start + len <= size {
+        (start..start + len, 0..0)
+    } else {
+        (start..size, 0..start + len - size)
     }
 }
 
 impl AsRawFd for EventRing {
     fn as_raw_fd(&self) -> RawFd {
         self.map.fd().as_fd().as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::record_parts;
+
+    #[test]
+    fn records_split_only_where_they_cross_the_end() {
+        assert_eq!(record_parts(8, 100, 4096), (8..108, 0..0));
+        assert_eq!(record_parts(3996, 100, 4096), (3996..4096, 0..0));
+        assert_eq!(record_parts(4000, 100, 4096), (4000..4096, 0..4));
+        // A header in the last 8 bytes: the whole payload is at the beginning.
+        assert_eq!(record_parts(4096, 100, 4096), (4096..4096, 0..100));
     }
 }
