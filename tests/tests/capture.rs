@@ -54,6 +54,7 @@ fn assert_no_loss(out: &Output) {
     let stats = out.stats();
     assert_eq!(stats["kernel"]["ring_full_drops"], 0, "stats: {stats}");
     assert_eq!(stats["receiver_decode_errors"], 0, "stats: {stats}");
+    assert_eq!(stats["receiver_ring_resyncs"], 0, "stats: {stats}");
 }
 
 /// curl against `python3 -m http.server`: both ends, mirrored tuples, request and response bytes.

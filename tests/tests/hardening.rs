@@ -56,6 +56,8 @@ fn otlp_outage_is_counted_survived_and_recovered() {
         "{started} spans for {requests} requests"
     );
     assert_eq!(stopped_field(&out.stderr, "ring_full_drops"), 0);
+    assert_eq!(stopped_field(&out.stderr, "undecodable_records"), 0);
+    assert_eq!(stopped_field(&out.stderr, "ring_resyncs"), 0);
     let failed = stopped_field(&out.stderr, "export_failed");
     let exported = stopped_field(&out.stderr, "spans_exported");
     assert!(failed > 0, "undeliverable spans are counted");

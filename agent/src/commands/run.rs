@@ -271,7 +271,7 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         exporter.as_mut(),
     );
     let stop = pipeline::stop_signal(args.duration.map(Duration::from_secs));
-    receiver::run(ring, &mut sink, Duration::from_millis(100), stop)
+    let receiver = receiver::run(ring, &mut sink, Duration::from_millis(100), stop)
         .await
         .map_err(|e| pipeline::PipelineError::Privilege(e.to_string()))?;
     // Everything finished is exported before exit.
@@ -297,6 +297,9 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         http_connections = sink.stats.http_connections,
         other_connections = sink.stats.other_connections,
         events_sent = kernel.get(agent_common::Counter::EventsSent),
+        ring_records = receiver.records,
+        undecodable_records = receiver.decode_errors,
+        ring_resyncs = receiver.ring_resyncs,
         ring_full_drops = kernel.get(agent_common::Counter::RingFull),
         entry_time_missed = kernel.get(agent_common::Counter::EntryTimeMissed),
         conns_opened = sink.conntrack.stats.opened,
