@@ -77,13 +77,21 @@ pub async fn run(
                 }
             }
             _ = drain_timer.tick() => {
-                drain(ring.get_mut(), sink, &mut stats, BATCH);
+                // Records submitted without a wake-up reach the agent only through this timer;
+                // a full batch means more wait, so come back at once, not in 10 ms.
+                if drain(ring.get_mut(), sink, &mut stats, BATCH) == Drained::BatchFull {
+                    drain_timer.reset_immediately();
+                }
             }
             _ = ticker.tick() => sink.on_tick(),
             () = &mut stop => break,
         }
     }
-    drain(ring.get_mut(), sink, &mut stats, usize::MAX);
+    // Only what was in the ring when the stop came: the programs are still attached, and under
+    // a sustained load "until empty" would never end.
+    let backlog = ring.get_ref().backlog_end();
+    ring.get_mut()
+        .drain_until(backlog, |record| receive(record, sink, &mut stats));
     stats.ring_resyncs = ring.get_ref().resyncs();
     tracing::debug!(fd = ring.get_ref().as_raw_fd(), ?stats, "receiver stopped");
     Ok(stats)
@@ -101,19 +109,22 @@ fn drain(
     stats: &mut ReceiverStats,
     limit: usize,
 ) -> Drained {
-    ring.drain(limit, |record| {
-        stats.records += 1;
-        match decode::decode(record) {
-            Ok(event) => sink.on_event(&event),
-            Err(err) => {
-                stats.decode_errors += 1;
-                if stats.decode_errors.is_power_of_two() {
-                    tracing::warn!(
-                        count = stats.decode_errors,
-                        "undecodable ring record: {err}"
-                    );
-                }
+    ring.drain(limit, |record| receive(record, sink, stats))
+}
+
+/// Decodes one record and hands it on.
+fn receive(record: &[u8], sink: &mut impl EventSink, stats: &mut ReceiverStats) {
+    stats.records += 1;
+    match decode::decode(record) {
+        Ok(event) => sink.on_event(&event),
+        Err(err) => {
+            stats.decode_errors += 1;
+            if stats.decode_errors.is_power_of_two() {
+                tracing::warn!(
+                    count = stats.decode_errors,
+                    "undecodable ring record: {err}"
+                );
             }
         }
-    })
+    }
 }

@@ -226,12 +226,36 @@ impl EventRing {
     }
 
     /// Hands each committed record, up to `limit`, to `on_record` as a slice of the ring.
-    pub fn drain(&mut self, limit: usize, mut on_record: impl FnMut(&[u8])) -> Drained {
+    pub fn drain(&mut self, limit: usize, on_record: impl FnMut(&[u8])) -> Drained {
+        self.drain_bounded(limit, None, on_record)
+    }
+
+    /// Where the records written so far end: [`Self::drain_until`] stops there.
+    pub fn backlog_end(&self) -> usize {
+        self.load_producer_pos()
+    }
+
+    /// Hands on the records that start before `end` (from [`Self::backlog_end`]), and none
+    /// written after it, however fast they come.
+    pub fn drain_until(&mut self, end: usize, on_record: impl FnMut(&[u8])) -> Drained {
+        self.drain_bounded(usize::MAX, Some(end), on_record)
+    }
+
+    fn drain_bounded(
+        &mut self,
+        limit: usize,
+        end: Option<usize>,
+        mut on_record: impl FnMut(&[u8]),
+    ) -> Drained {
         let mut handed = 0;
         loop {
             if handed >= limit {
                 self.publish();
                 return Drained::BatchFull;
+            }
+            if end.is_some_and(|end| end.wrapping_sub(self.pos) as isize <= 0) {
+                self.publish();
+                return Drained::Empty;
             }
             if !self.has_record() {
                 return Drained::Empty;
@@ -248,8 +272,11 @@ impl EventRing {
                 }
             }
             let len = (header & !(BUSY_BIT | DISCARD_BIT)) as usize;
-            if len > self.mask {
-                // Cannot happen with a sane kernel; never read outside the mapping.
+            let advance = (HEADER_BYTES + len).next_multiple_of(8);
+            if advance > self.producer_pos.wrapping_sub(self.pos) {
+                // A record reaching past what the producer has written: cannot happen with a sane
+                // kernel. Skipping to the producer keeps every read inside the mapping and never
+                // gives the kernel a consumer position ahead of its own.
                 self.resyncs += 1;
                 self.pos = self.producer_pos;
                 self.publish();
@@ -275,8 +302,9 @@ impl EventRing {
                 }
                 handed += 1;
             }
-            self.pos += (HEADER_BYTES + len).next_multiple_of(8);
-            if self.pos - self.published >= self.publish_every {
+            // Positions are the kernel's free-running counters: they wrap, as the kernel's do.
+            self.pos = self.pos.wrapping_add(advance);
+            if self.pos.wrapping_sub(self.published) >= self.publish_every {
                 self.publish();
             }
         }
@@ -323,7 +351,7 @@ mod tests {
     #[test]
     fn records_split_only_where_they_cross_the_end() {
         assert_eq!(record_parts(8, 100, 4096), (8..108, 0..0));
-        assert_eq!(record_parts(3996, 100, 4096), (3996..4096, 0..0));
+        assert_eq!(record_parts(3992, 104, 4096), (3992..4096, 0..0));
         assert_eq!(record_parts(4000, 100, 4096), (4000..4096, 0..4));
         // A header in the last 8 bytes: the whole payload is at the beginning.
         assert_eq!(record_parts(4096, 100, 4096), (4096..4096, 0..100));
