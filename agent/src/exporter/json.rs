@@ -238,7 +238,7 @@ mod tests {
                 },
             },
             attributes: ReferenceAttributes(&span.attributes),
-            resource: ReferenceAttributes(&span.resource.attributes),
+            resource: ReferenceAttributes(span.resource.attributes()),
         };
         serde_json::to_vec(&record).expect("serde encodes")
     }

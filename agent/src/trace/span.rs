@@ -115,7 +115,8 @@ pub enum SpanStatus {
 /// The process a span belongs to.
 #[derive(Debug, Clone)]
 pub struct Resource {
-    pub attributes: Vec<KeyValue>,
+    /// Private and never changed after `new`: the cached JSON below must stay true to them.
+    attributes: Vec<KeyValue>,
     /// The attributes as a JSON object, encoded on first use: every span of the process carries
     /// them, and they are a third of each exported JSON line.
     json: std::sync::OnceLock<Box<[u8]>>,
@@ -136,6 +137,11 @@ impl Resource {
             attributes,
             json: std::sync::OnceLock::new(),
         }
+    }
+
+    #[must_use]
+    pub fn attributes(&self) -> &[KeyValue] {
+        &self.attributes
     }
 
     /// The attributes as JSON, encoded by `encode` the first time.

@@ -63,9 +63,9 @@ fn span(data: &SpanData) -> Span {
 }
 
 fn resource(resource: &Resource, extra: &[KeyValue]) -> ProtoResource {
-    let mut attributes: Vec<ProtoKeyValue> = resource.attributes.iter().map(value).collect();
+    let mut attributes: Vec<ProtoKeyValue> = resource.attributes().iter().map(value).collect();
     for kv in extra {
-        if !resource.attributes.iter().any(|own| own.key == kv.key) {
+        if !resource.attributes().iter().any(|own| own.key == kv.key) {
             attributes.push(value(kv));
         }
     }
