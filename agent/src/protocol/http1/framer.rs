@@ -8,7 +8,7 @@
 
 use super::{
     budget::{HEADS, HeadBudget},
-    head::{Head, RepeatedValues, parse_head_with},
+    head::{Head, KNOWN_METHODS, RepeatedValues, parse_head_with},
 };
 
 /// Largest head (start line + headers) buffered across reads.
@@ -125,20 +125,9 @@ pub struct Framer {
 pub fn looks_like_start(side: Side, data: &[u8]) -> bool {
     match side {
         Side::Response => data.starts_with(b"HTTP/1."),
-        Side::Request => {
-            const METHODS: [&[u8]; 9] = [
-                b"GET ",
-                b"POST ",
-                b"PUT ",
-                b"DELETE ",
-                b"HEAD ",
-                b"OPTIONS ",
-                b"PATCH ",
-                b"CONNECT ",
-                b"TRACE ",
-            ];
-            METHODS.iter().any(|m| data.starts_with(m))
-        }
+        Side::Request => KNOWN_METHODS
+            .iter()
+            .any(|m| data.starts_with(m.as_bytes()) && data.get(m.len()) == Some(&b' ')),
     }
 }
 

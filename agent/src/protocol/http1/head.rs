@@ -176,8 +176,9 @@ fn has_token(value: &[u8], token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// The methods of RFC 9110 and PATCH.
-const KNOWN_METHODS: [&str; 9] = [
+/// The methods of RFC 9110 and PATCH: the ones a request may start with for the framer to
+/// resynchronise on it, and the ones kept as static strings.
+pub const KNOWN_METHODS: [&str; 9] = [
     "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
 ];
 
@@ -310,6 +311,18 @@ mod tests {
             !debug.contains("secret") && !debug.contains("s=1"),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn the_programs_recognise_every_method_the_agent_parses() {
+        for method in KNOWN_METHODS {
+            let line = format!("{method} / HTTP/1.1");
+            let first: [u8; 4] = line.as_bytes()[..4].try_into().expect("4 bytes");
+            assert!(
+                agent_common::REQUEST_PREFIXES.contains(&u32::from_le_bytes(first)),
+                "{method}"
+            );
+        }
     }
 
     #[test]
