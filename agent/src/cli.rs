@@ -62,6 +62,19 @@ pub enum Command {
         after_help = "Example:\n  sockspan blame --service frontend --operation 'GET /predict/{id}' --percentile 99"
     )]
     Blame(BlameArgs),
+    /// Print every span of a store as JSON lines (the `--output jsonl` objects), oldest first:
+    /// to read a store with other tools, or keep it elsewhere. The agent must not be running on
+    /// the same store.
+    #[command(after_help = "Example:\n  sudo sockspan dump | jq -c 'select(.kind == \"SERVER\")'")]
+    Dump {
+        /// The store's file.
+        #[arg(
+            long,
+            value_name = "PATH",
+            default_value = "/var/lib/sockspan/traces.redb"
+        )]
+        store: std::path::PathBuf,
+    },
     /// Benchmark helper: attach empty programs to sockspan's tracepoints (the floor).
     #[command(hide = true)]
     BenchFloor {
@@ -75,6 +88,17 @@ pub enum Command {
     BenchPipeline {
         #[arg(long, default_value_t = 200_000)]
         exchanges: u64,
+        /// Export into an embedded store at this path (the default output) instead of counting.
+        #[arg(long, value_name = "PATH")]
+        store: Option<std::path::PathBuf>,
+    },
+    /// Benchmark helper: how many spans of a service a stopped agent's store holds.
+    #[command(hide = true)]
+    BenchStoreCount {
+        #[arg(long, value_name = "PATH")]
+        store: std::path::PathBuf,
+        #[arg(long)]
+        service: String,
     },
 }
 

@@ -77,9 +77,27 @@ pub fn cli_main() -> std::process::ExitCode {
         cli::Command::BenchFloor { duration, capture } => {
             run_async(async move { commands::bench::floor(&capture, duration).await })
         }
-        cli::Command::BenchPipeline { exchanges } => {
-            commands::bench::pipeline_throughput(exchanges);
-            0
+        cli::Command::Dump { store } => commands::dump::run(&store),
+        cli::Command::BenchStoreCount { store, service } => {
+            match commands::bench::store_count(&store, &service) {
+                Ok(n) => {
+                    println!("{n}");
+                    0
+                }
+                Err(err) => {
+                    eprintln!("sockspan: {err}");
+                    1
+                }
+            }
+        }
+        cli::Command::BenchPipeline { exchanges, store } => {
+            match commands::bench::pipeline_throughput(exchanges, store.as_deref()) {
+                Ok(()) => 0,
+                Err(err) => {
+                    eprintln!("sockspan: {err}");
+                    1
+                }
+            }
         }
     };
     std::process::ExitCode::from(code as u8)

@@ -9,7 +9,8 @@ use std::{
 
 use serde_json::Value;
 use sockspan_tests::{
-    Agent, Proc, fixture, free_port, http_server, python_fixture, run_ok, stopped_field,
+    Agent, Proc, fixture, free_port, http_server, python_fixture, run_ok, sockspan_bin,
+    stopped_field,
 };
 
 /// The three services of the chain, each named through `OTEL_SERVICE_NAME`.
@@ -473,11 +474,23 @@ fn secrets_in_traced_traffic_never_reach_any_output() {
     let out = agent.stop();
     assert!(out.status.success(), "{}", out.stderr);
     assert_no_secret(&api, "the query API");
+    // The store compresses spans, so its raw bytes alone could hide a secret: read every span
+    // back as well.
     let file = std::fs::read(&store).expect("store file");
     assert!(
         !file.windows(7).any(|w| w == b"SECRET-"),
         "a secret leaked into the store file"
     );
+    let dump = run_ok(
+        Command::new(sockspan_bin()).args(["dump", "--store", &store]),
+        Duration::from_secs(20),
+    );
+    let dumped = String::from_utf8_lossy(&dump.stdout);
+    assert!(
+        dumped.contains("page=REDACTED"),
+        "the dump holds the spans: {dumped}"
+    );
+    assert_no_secret(&dumped, "the store's spans");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -25,11 +25,19 @@ enum Variant {
     Sockspan,
     /// The agent, with the ping-pong carrying bytes that are not HTTP (section 1 only).
     SockspanOpaque,
+    /// The agent as `sockspan run` starts it by default: spans into the embedded store, query
+    /// API and UI up (section 4 only).
+    SockspanStore,
 }
 
 impl Variant {
     /// The end-to-end variants (section 4).
-    const ALL: [Self; 3] = [Self::Untraced, Self::Floor, Self::Sockspan];
+    const ALL: [Self; 4] = [
+        Self::Untraced,
+        Self::Floor,
+        Self::Sockspan,
+        Self::SockspanStore,
+    ];
     /// The ping-pong variants (section 1).
     const PING_PONG: [Self; 4] = [
         Self::Untraced,
@@ -44,7 +52,15 @@ impl Variant {
             Self::Floor => "(b) empty programs (floor)",
             Self::Sockspan => "(c) sockspan run",
             Self::SockspanOpaque => "(d) sockspan run, bytes that are not HTTP",
+            Self::SockspanStore => "(e) sockspan run, default output (embedded store and UI)",
         }
+    }
+
+    fn is_agent(self) -> bool {
+        matches!(
+            self,
+            Self::Sockspan | Self::SockspanOpaque | Self::SockspanStore
+        )
     }
 }
 
@@ -141,12 +157,23 @@ impl Running {
 }
 
 /// Starts the agent (or the floor) and waits until its programs are attached; the agent's
-/// stdout (spans as JSON lines) goes to `spans` when given.
+/// stdout (spans as JSON lines) goes to `spans` when given, and (e) stores its spans in a new
+/// store beside it ([`store_path`]).
 fn start_variant(bin: &Path, variant: Variant, spans: Option<&Path>) -> Result<Option<Running>> {
+    let store = spans.map(store_path);
+    let store_arg = store
+        .as_deref()
+        .map_or_else(String::new, |p| p.display().to_string());
     let args: &[&str] = match variant {
         Variant::Untraced => return Ok(None),
         Variant::Floor => &["bench-floor"],
         Variant::Sockspan | Variant::SockspanOpaque => &["run", "--output", "jsonl"],
+        Variant::SockspanStore => {
+            if let Some(path) = &store {
+                let _ = std::fs::remove_file(path);
+            }
+            &["run", "--store", &store_arg, "--ui", "127.0.0.1:0"]
+        }
     };
     let stdout = match spans {
         Some(path) => Stdio::from(std::fs::File::create(path)?),
@@ -179,6 +206,11 @@ fn start_variant(bin: &Path, variant: Variant, spans: Option<&Path>) -> Result<O
         child,
         stderr: reader,
     }))
+}
+
+/// Where (e) keeps its store: beside the span file of the other variants.
+fn store_path(spans: &Path) -> std::path::PathBuf {
+    spans.with_extension("redb")
 }
 
 /// Stops a started variant with SIGINT; returns its stderr lines.
@@ -290,18 +322,35 @@ fn program_ns(sample: &Sample, names: &[&str]) -> Option<f64> {
     (count > 0).then(|| time as f64 / count as f64)
 }
 
-fn pipeline_run(bin: &Path, exchanges: u64) -> Result<(f64, f64)> {
-    let text = output_of(Command::new(bin).args([
-        "bench-pipeline",
-        "--exchanges",
-        &exchanges.to_string(),
-    ]))?;
+/// One run of `sockspan bench-pipeline`.
+#[derive(Debug, Clone, Copy)]
+struct PipelineRun {
+    events_per_s: f64,
+    exchanges_per_s: f64,
+    /// With the store: its file's bytes per span, and microseconds to read a trace back.
+    store_bytes_per_span: f64,
+    lookup_us: f64,
+}
+
+fn pipeline_run(bin: &Path, exchanges: u64, store: Option<&Path>) -> Result<PipelineRun> {
+    let mut command = Command::new(bin);
+    command.args(["bench-pipeline", "--exchanges", &exchanges.to_string()]);
+    if let Some(path) = store {
+        command.arg("--store").arg(path);
+    }
+    let text = output_of(&mut command)?;
+    if let Some(path) = store {
+        let _ = std::fs::remove_file(path);
+    }
     let v: serde_json::Value =
         serde_json::from_str(text.trim()).context("bench-pipeline output")?;
-    Ok((
-        v["events_per_second"].as_f64().unwrap_or(0.0),
-        v["exchanges_per_second"].as_f64().unwrap_or(0.0),
-    ))
+    let number = |key: &str| v[key].as_f64().unwrap_or(0.0);
+    Ok(PipelineRun {
+        events_per_s: number("events_per_second"),
+        exchanges_per_s: number("exchanges_per_second"),
+        store_bytes_per_span: number("store_bytes") / number("spans").max(1.0),
+        lookup_us: number("trace_lookup_us"),
+    })
 }
 
 pub fn bench(quick: bool) -> Result<()> {
@@ -341,10 +390,20 @@ pub fn bench(quick: bool) -> Result<()> {
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
     let http = http_rounds(&bin, quick)?;
     let mut pipeline = Vec::new();
+    let mut stored = Vec::new();
+    let store = std::env::temp_dir().join("sockspan-bench-pipeline.redb");
     for _ in 0..pipeline_rounds {
-        pipeline.push(pipeline_run(&bin, exchanges)?);
+        pipeline.push(pipeline_run(&bin, exchanges, None)?);
+        stored.push(pipeline_run(&bin, exchanges, Some(&store))?);
     }
-    let mut report = report(&samples, &pipeline, round_trips, rounds, exchanges, quick);
+    let mut report = report(
+        &samples,
+        (&pipeline, &stored),
+        round_trips,
+        rounds,
+        exchanges,
+        quick,
+    );
     http_section(&mut report, &http);
     if let Ok(history) = std::fs::read_to_string(workspace_root().join("bench/HISTORY.md")) {
         report.push('\n');
@@ -407,15 +466,29 @@ fn phase(
     let peak_rss_kb = pid.map_or(0, proc_peak_rss_kb);
     let lines = child.map(stop).transpose()?;
     // Only the agent has spans, drops and a cost to report; (a) and (b) just count requests.
-    let Some(lines) = lines.filter(|_| variant == Variant::Sockspan) else {
+    let Some(lines) = lines.filter(|_| variant.is_agent()) else {
         return Ok(AgentPhase {
             requests,
             ..AgentPhase::default()
         });
     };
+    let nginx_spans = if variant == Variant::SockspanStore {
+        let store = store_path(spans_file);
+        let count = output_of(Command::new(bin).args([
+            "bench-store-count",
+            "--store",
+            &store.display().to_string(),
+            "--service",
+            "nginx",
+        ]))?;
+        let _ = std::fs::remove_file(&store);
+        count.trim().parse().context("bench-store-count output")?
+    } else {
+        crate::bench_http::nginx_server_spans(spans_file)
+    };
     Ok(AgentPhase {
         requests,
-        nginx_spans: crate::bench_http::nginx_server_spans(spans_file),
+        nginx_spans,
         ring_drops: stopped_value(&lines, "ring_full_drops").unwrap_or(0),
         cpu_s: cpu_after - cpu_before,
         peak_rss_kb,
@@ -433,8 +506,8 @@ fn http_rounds(bin: &Path, quick: bool) -> Result<Vec<HttpSample>> {
     let spans_file = std::env::temp_dir().join("sockspan-bench-spans.jsonl");
     let mut out = Vec::new();
     for round in 0..rounds {
-        for k in 0..3 {
-            let variant = Variant::ALL[(round + k) % 3];
+        for k in 0..Variant::ALL.len() {
+            let variant = Variant::ALL[(round + k) % Variant::ALL.len()];
             eprintln!(
                 "xtask bench: nginx round {} of {rounds}: {}",
                 round + 1,
@@ -495,7 +568,9 @@ fn http_section(out: &mut String, samples: &[HttpSample]) {
          measured once before the rounds, capped at the 40 000 requests/s this client sustains on the \
          same 2 vCPUs (above it the client, not the server, sets the latency). In (c) a fresh `sockspan run \
          --output jsonl` runs through each phase; its nginx SERVER spans are counted against the requests \
-         sent, its ring drops read from its final log line.\n"
+         sent, its ring drops read from its final log line. (e) is the agent as its README starts it: \
+         `sockspan run` with spans into its embedded store (a new one per phase) and the query API and UI \
+         serving; its nginx spans are counted in the store after it stops (`sockspan bench-store-count`).\n"
     );
     let _ = writeln!(
         out,
@@ -528,16 +603,18 @@ fn http_section(out: &mut String, samples: &[HttpSample]) {
             rps / untraced.max(1.0)
         );
     }
-    let traced = of(Variant::Sockspan);
-    let (rps, _) = summary(
-        &traced.iter().map(|s| s.saturation_rps).collect::<Vec<_>>(),
-        0,
-    );
-    agent_table(out, &traced, rps / untraced.max(1.0), fixed);
+    for variant in [Variant::Sockspan, Variant::SockspanStore] {
+        let traced = of(variant);
+        let (rps, _) = summary(
+            &traced.iter().map(|s| s.saturation_rps).collect::<Vec<_>>(),
+            0,
+        );
+        agent_table(out, variant, &traced, rps / untraced.max(1.0), fixed);
+    }
 }
 
 /// The agent's figures in both phases of section 4, against the targets.
-fn agent_table(out: &mut String, traced: &[&HttpSample], ratio: f64, fixed: f64) {
+fn agent_table(out: &mut String, variant: Variant, traced: &[&HttpSample], ratio: f64, fixed: f64) {
     let figure = |f: &dyn Fn(&AgentPhase) -> f64, digits: usize| -> [(f64, String); 2] {
         [
             summary(
@@ -557,7 +634,8 @@ fn agent_table(out: &mut String, traced: &[&HttpSample], ratio: f64, fixed: f64)
     let [(_, rss_sat), (rss_fixed, rss_fixed_text)] = figure(&AgentPhase::rss_mib, 1);
     let _ = writeln!(
         out,
-        "\n| figure (c) | at saturation | at {fixed:.0} req/s | target |\n|---|---|---|---|"
+        "\n| {} | at saturation | at {fixed:.0} req/s | target |\n|---|---|---|---|",
+        variant.label()
     );
     let _ = writeln!(
         out,
@@ -598,7 +676,7 @@ fn samples_of(samples: &[(Variant, Sample)], v: Variant) -> Vec<&Sample> {
 
 fn report(
     samples: &[(Variant, Sample)],
-    pipeline: &[(f64, f64)],
+    pipeline: (&[PipelineRun], &[PipelineRun]),
     round_trips: u64,
     rounds: usize,
     exchanges: u64,
@@ -785,11 +863,22 @@ fn agent_section(out: &mut String, samples: &[(Variant, Sample)], round_trips: u
     );
 }
 
-/// Section 3: the user-space pipeline's throughput on one core.
-fn pipeline_section(out: &mut String, pipeline: &[(f64, f64)], exchanges: u64) {
-    let (events_rate, events_text) = summary(&pipeline.iter().map(|p| p.0).collect::<Vec<_>>(), 0);
-    let (exchanges_rate, exchanges_text) =
-        summary(&pipeline.iter().map(|p| p.1).collect::<Vec<_>>(), 0);
+/// Section 3: the user-space pipeline's throughput on one core, counting spans and into the
+/// embedded store.
+fn pipeline_section(
+    out: &mut String,
+    (pipeline, stored): (&[PipelineRun], &[PipelineRun]),
+    exchanges: u64,
+) {
+    let of = |runs: &[PipelineRun], f: fn(&PipelineRun) -> f64, digits| {
+        summary(&runs.iter().map(f).collect::<Vec<_>>(), digits)
+    };
+    let (events_rate, events_text) = of(pipeline, |p| p.events_per_s, 0);
+    let (exchanges_rate, exchanges_text) = of(pipeline, |p| p.exchanges_per_s, 0);
+    let (_, stored_events) = of(stored, |p| p.events_per_s, 0);
+    let (_, stored_exchanges) = of(stored, |p| p.exchanges_per_s, 0);
+    let (_, bytes_per_span) = of(stored, |p| p.store_bytes_per_span, 0);
+    let (_, lookup) = of(stored, |p| p.lookup_us, 1);
     let _ = writeln!(out, "\n## 3. The user-space pipeline alone\n");
     let _ = writeln!(
         out,
@@ -810,6 +899,23 @@ fn pipeline_section(out: &mut String, pipeline: &[(f64, f64)], exchanges: u64) {
         "| HTTP exchanges per second | {exchanges_text} | ≥ 200 000: {} |",
         verdict(exchanges_rate >= 2e5)
     );
+    let _ = writeln!(
+        out,
+        "\nThe same, with `--store`: spans into the embedded store (the default output) instead of \
+         the counting exporter, alternating with the runs above; a new store per run. Then up to 1 000 \
+         traces spread over the store are read back by id.\n"
+    );
+    let _ = writeln!(out, "| figure | value |\n|---|---|");
+    let _ = writeln!(
+        out,
+        "| events per second, into the store | {stored_events} |"
+    );
+    let _ = writeln!(
+        out,
+        "| HTTP exchanges per second, into the store | {stored_exchanges} |"
+    );
+    let _ = writeln!(out, "| store file bytes per span | {bytes_per_span} |");
+    let _ = writeln!(out, "| µs to read one trace back by id | {lookup} |");
     let _ = writeln!(
         out,
         "\nThe end-to-end figures against nginx follow in section 4."

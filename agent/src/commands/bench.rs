@@ -1,7 +1,10 @@
 //! Hidden subcommands `cargo xtask bench` drives: the empty-program floor, and the user-space
 //! pipeline alone on synthesized traffic.
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use agent_common::{ConnEvent, DataEvent, Direction, EventHeader, EventKind, Role, Syscall};
 
@@ -10,11 +13,12 @@ use crate::{
     cli::CaptureArgs,
     commands::run::RunSink,
     conntrack::{Conntrack, ConntrackConfig},
-    exporter::SpanExporter,
+    exporter::{SpanExporter, store::StoreExporter},
     net::loopback_tuple,
     pipeline::{self, PipelineError},
     probes::{Probes, ProgramSet},
     receiver::{Event, EventSink as _},
+    store::{Store, StoreConfig, StoreError},
     trace::{SpanData, TraceConfig, Tracer, resource::Resources},
 };
 
@@ -48,10 +52,10 @@ impl SpanExporter for CountingExporter {
     }
 }
 
-fn header(kind: EventKind, tid: u32, conn_id: u64, ts: u64) -> EventHeader {
+fn header(kind: EventKind, pid: u32, tid: u32, conn_id: u64, ts: u64) -> EventHeader {
     EventHeader {
         kind: kind as u32,
-        pid: std::process::id(),
+        pid,
         tid,
         fd: 3,
         conn_id,
@@ -59,23 +63,11 @@ fn header(kind: EventKind, tid: u32, conn_id: u64, ts: u64) -> EventHeader {
     }
 }
 
-/// `sockspan bench-pipeline`: `exchanges` HTTP request/response pairs between 64 client/server
-/// connection pairs on this host (both ends seen, keep-alive), through conntrack, HTTP framing,
-/// pairing and linking, on one core. Prints events/s and exchanges/s.
-pub fn pipeline_throughput(exchanges: u64) {
-    const PAIRS: u64 = 64;
-    let request = b"POST /score/8812 HTTP/1.1\r\nHost: model:8080\r\nUser-Agent: python-urllib3/2.0\r\nContent-Type: application/json\r\nContent-Length: 27\r\n\r\n{\"f\": [1.0, 2.5, 3.0, 4.1]}";
-    let response = b"HTTP/1.1 200 OK\r\nServer: BaseHTTP/0.6 Python/3.11\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n{\"score\": 10.65}";
-    let mut exporter = CountingExporter::default();
-    let conntrack = Conntrack::new(ConntrackConfig::default(), Vec::new());
-    let tracer = Tracer::new(
-        TraceConfig {
-            link_delay: Duration::ZERO,
-            ..TraceConfig::default()
-        },
-        Resources::new(crate::trace::resource::ServiceNameRule::Auto),
-    );
-    let mut sink = RunSink::new(conntrack, tracer, &mut exporter);
+/// Client/server connection pairs the synthesized exchanges run over.
+const PAIRS: u64 = 64;
+
+/// Opens [`PAIRS`] loopback connections, each seen from both ends.
+fn open_connections(sink: &mut RunSink<'_>, pid: u32) {
     for pair in 0..PAIRS {
         let port = 20_000 + pair as u16;
         let (client, server) = (pair * 2 + 1, pair * 2 + 2);
@@ -94,7 +86,7 @@ pub fn pipeline_throughput(exchanges: u64) {
             ),
         ] {
             sink.on_event(&Event::Open(ConnEvent {
-                header: header(EventKind::ConnOpen, 1, id, 0),
+                header: header(EventKind::ConnOpen, pid, 1, id, 0),
                 tuple: t,
                 role: role as u32,
                 syscall: syscall as u32,
@@ -102,10 +94,38 @@ pub fn pipeline_throughput(exchanges: u64) {
             }));
         }
     }
+}
+
+/// `sockspan bench-pipeline`: `exchanges` HTTP request/response pairs between 64 client/server
+/// connection pairs on this host (both ends seen, keep-alive), through conntrack, HTTP framing,
+/// pairing and linking, on one core. Prints events/s and exchanges/s. With `store`, spans go
+/// into an embedded store there (the default output) instead of being counted and dropped; the
+/// figures then include the store, and the file's size per span is printed too.
+pub fn pipeline_throughput(exchanges: u64, store: Option<&Path>) -> Result<(), StoreError> {
+    let request = b"POST /score/8812 HTTP/1.1\r\nHost: model:8080\r\nUser-Agent: python-urllib3/2.0\r\nContent-Type: application/json\r\nContent-Length: 27\r\n\r\n{\"f\": [1.0, 2.5, 3.0, 4.1]}";
+    let response = b"HTTP/1.1 200 OK\r\nServer: BaseHTTP/0.6 Python/3.11\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n{\"score\": 10.65}";
+    // Read once: a getpid per synthesized event was 8 % of this benchmark.
+    let pid = std::process::id();
+    let mut counter = CountingExporter::default();
+    let mut stored = store.map(store_exporter).transpose()?;
+    let exporter: &mut dyn SpanExporter = match stored.as_mut() {
+        Some(s) => s,
+        None => &mut counter,
+    };
+    let conntrack = Conntrack::new(ConntrackConfig::default(), Vec::new());
+    let tracer = Tracer::new(
+        TraceConfig {
+            link_delay: Duration::ZERO,
+            ..TraceConfig::default()
+        },
+        Resources::new(crate::trace::resource::ServiceNameRule::Auto),
+    );
+    let mut sink = RunSink::new(conntrack, tracer, exporter);
+    open_connections(&mut sink, pid);
     let data =
         |conn_id: u64, tid: u32, ts: u64, direction: Direction, syscall: Syscall, len: usize| {
             DataEvent {
-                header: header(EventKind::Data, tid, conn_id, ts),
+                header: header(EventKind::Data, pid, tid, conn_id, ts),
                 moved_ns: ts,
                 ret: len as i64,
                 role: 0,
@@ -156,11 +176,77 @@ pub fn pipeline_throughput(exchanges: u64) {
         }
     }
     sink.export(true);
+    drop(sink);
+    if let Some(s) = stored.as_mut() {
+        s.finish();
+    }
     let elapsed = started.elapsed().as_secs_f64();
-    let spans = exporter.spans;
+    let (spans, file_bytes, lookup_us) = match (&stored, store) {
+        (Some(s), Some(path)) => (
+            s.counts().0,
+            std::fs::metadata(path).map_or(0, |m| m.len()),
+            lookup_micros(s.store())?,
+        ),
+        _ => (counter.spans, 0, 0.0),
+    };
     println!(
-        "{{\"events\":{events},\"exchanges\":{exchanges},\"spans\":{spans},\"seconds\":{elapsed:.4},\"events_per_second\":{:.0},\"exchanges_per_second\":{:.0}}}",
+        "{{\"events\":{events},\"exchanges\":{exchanges},\"spans\":{spans},\"seconds\":{elapsed:.4},\"events_per_second\":{:.0},\"exchanges_per_second\":{:.0},\"store_bytes\":{file_bytes},\"trace_lookup_us\":{lookup_us:.1}}}",
         events as f64 / elapsed,
         exchanges as f64 / elapsed
     );
+    Ok(())
+}
+
+/// A store exporter into a new store at `path`, as `sockspan run` makes by default.
+fn store_exporter(path: &Path) -> Result<StoreExporter, StoreError> {
+    let _ = std::fs::remove_file(path);
+    Ok(StoreExporter::new(Store::open(StoreConfig {
+        path: path.to_path_buf(),
+        retention: Duration::from_hours(24),
+        max_spans: u64::MAX,
+    })?))
+}
+
+/// `sockspan bench-store-count`: spans of `service` in the store at `path` (of a stopped agent).
+pub fn store_count(path: &Path, service: &str) -> Result<u64, StoreError> {
+    let store = Store::open(StoreConfig {
+        path: path.to_path_buf(),
+        retention: Duration::from_hours(24 * 90),
+        max_spans: u64::MAX,
+    })?;
+    let mut count = 0;
+    store.scan(0, u64::MAX, |summary| {
+        count += u64::from(summary.service == service);
+        true
+    })?;
+    Ok(count)
+}
+
+/// Mean microseconds to read one whole trace back by id, over up to 1000 traces spread over
+/// everything stored (ids taken from the start-time index).
+fn lookup_micros(store: &Store) -> Result<f64, StoreError> {
+    let mut ids = Vec::new();
+    let mut seen = 0u64;
+    store.scan(0, u64::MAX, |summary| {
+        if seen.is_multiple_of(97) {
+            ids.push(summary.trace_id);
+        }
+        seen += 1;
+        true
+    })?;
+    let step = ids.len().div_ceil(1000).max(1);
+    let ids: Vec<[u8; 16]> = ids.into_iter().step_by(step).collect();
+    let started = Instant::now();
+    let mut spans = 0;
+    for id in &ids {
+        spans += store.trace(id)?.len();
+    }
+    let micros = started.elapsed().as_secs_f64() * 1e6 / ids.len().max(1) as f64;
+    if spans < ids.len() {
+        return Err(StoreError::Db(format!(
+            "{} traces read back {spans} spans",
+            ids.len()
+        )));
+    }
+    Ok(micros)
 }

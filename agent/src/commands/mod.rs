@@ -3,5 +3,6 @@
 pub mod bench;
 pub mod blame;
 pub mod check;
+pub mod dump;
 pub mod events;
 pub mod run;

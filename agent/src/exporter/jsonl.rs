@@ -25,14 +25,6 @@ impl<W: Write> JsonlExporter<W> {
     }
 }
 
-/// One span as the JSON object `--output jsonl` prints (and the store keeps).
-#[must_use]
-pub fn to_json(span: &SpanData) -> Vec<u8> {
-    let mut json = Vec::with_capacity(1024);
-    write_span(&mut json, span);
-    json
-}
-
 impl<W: Write> SpanExporter for JsonlExporter<W> {
     fn export(&mut self, spans: &[SpanData]) {
         for span in spans {

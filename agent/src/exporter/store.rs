@@ -8,8 +8,9 @@ use crate::{store::Store, trace::SpanData};
 /// How often a commit is made durable (fsync); commits in between are not, so a crash loses at
 /// most this much.
 const DURABLE_EVERY: Duration = Duration::from_secs(5);
-/// How often retention runs.
-const RETAIN_EVERY: Duration = Duration::from_secs(30);
+/// How often retention runs. Often: each run removes a bounded number of frames, so it must
+/// keep up with the rate spans arrive at (4096 frames of up to 64 spans per 2 s).
+const RETAIN_EVERY: Duration = Duration::from_secs(2);
 
 pub struct StoreExporter {
     store: Store,
@@ -31,6 +32,11 @@ impl StoreExporter {
             last_retention: Instant::now(),
             dirty: false,
         }
+    }
+
+    #[must_use]
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     fn commit_durably(&mut self) {

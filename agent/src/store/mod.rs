@@ -1,30 +1,59 @@
-//! The embedded span store: spans on disk (redb), indexed by time, service and operation, with
-//! retention by age and by count. The pipeline writes while the query API reads (MVCC).
+//! The embedded span store: spans on disk (redb), indexed by start time, trace id, service and
+//! operation, with retention by age and by count. The pipeline writes while the query API reads
+//! (MVCC).
+//!
+//! Spans are written in compressed frames under an increasing sequence number ([`frame`]), so a
+//! commit appends instead of touching a page per span; the index by start time appends too
+//! (spans end, and so arrive, roughly in start order); the index by trace id is a small
+//! log-structured tree ([`trace_index`]).
+
+mod bloom;
+mod frame;
+mod trace_index;
 
 use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError, RwLock},
     time::Duration,
 };
 
 use redb::{
     Database, Durability, ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _,
-    TableDefinition,
+    TableDefinition, TableHandle as _,
 };
 
+use self::{
+    bloom::Bloom,
+    frame::{FrameBuilder, FrameHeader},
+    trace_index::{OpenRun, RUN_PAIRS},
+};
 use crate::trace::SpanData;
 
-/// trace id (16 bytes) ++ span id (8 bytes) → the span as one JSON object (the jsonl format).
-const SPANS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("spans");
-/// (start ns since the epoch, trace id ++ span id) → summary: service, name, duration, error.
-const BY_TIME: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("spans_by_time");
-/// service → last time a span of it was stored.
+/// Frame sequence number → frame (see [`frame`]).
+const FRAMES: TableDefinition<u64, &[u8]> = TableDefinition::new("frames");
+/// (start ns since the epoch, span address) → summary: trace id, duration, service, operation.
+/// A span's address is its frame << 8 | its index in the frame.
+const BY_START: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("spans_by_start");
+/// Sealed runs of the trace-id index: (run, first trace id of a block) → a block of sorted
+/// (trace id, frame) pairs, see [`trace_index`].
+const TRACE_RUNS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("trace_runs");
+/// Sealed run (its last frame) → the Bloom filter of its trace ids ([`bloom`]).
+const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs");
+/// service → last time a span of it was stored (to within [`SERVICE_REFRESH_NS`]).
 const SERVICES: TableDefinition<&str, u64> = TableDefinition::new("services");
 /// (service, operation) → span kind.
 const OPERATIONS: TableDefinition<(&str, &str), &str> = TableDefinition::new("operations");
+/// The table a store of the first layout (a record per span keyed by trace id) has.
+const FIRST_LAYOUT_TABLE: &str = "spans";
 
 /// Page cache of the store: bounded, so the agent's memory is.
 const STORE_CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// A service's last-seen time is rewritten at most this often, not with every span.
+const SERVICE_REFRESH_NS: u64 = 10_000_000_000;
+/// Frames retention removes in one call at most, so one call never stalls the pipeline long;
+/// the next call goes on.
+const RETENTION_FRAMES: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
@@ -64,7 +93,7 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
-/// What the time index keeps of a span, enough to filter searches without reading it.
+/// What the start-time index keeps of a span, enough to filter searches without reading it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpanSummary {
     pub trace_id: [u8; 16],
@@ -74,23 +103,79 @@ pub struct SpanSummary {
     pub duration_ns: u64,
 }
 
-fn summary_bytes(service: &str, name: &str, duration_ns: u64) -> Vec<u8> {
-    format!("{service}\u{1f}{name}\u{1f}{duration_ns}").into_bytes()
+fn write_summary(out: &mut Vec<u8>, span: &SpanData, service: &str) {
+    out.clear();
+    out.extend_from_slice(&span.trace_id);
+    let duration = span.end_unix_nano.saturating_sub(span.start_unix_nano);
+    out.extend_from_slice(&duration.to_le_bytes());
+    out.extend_from_slice(service.as_bytes());
+    out.push(0x1f);
+    out.extend_from_slice(span.name.as_bytes());
 }
 
-fn parse_summary(start_ns: u64, key: &[u8], bytes: &[u8]) -> Option<SpanSummary> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let mut parts = text.split('\u{1f}');
-    let service = parts.next()?.to_string();
-    let name = parts.next()?.to_string();
-    let duration_ns = parts.next()?.parse().ok()?;
+fn parse_summary(start_ns: u64, bytes: &[u8]) -> Option<SpanSummary> {
+    let trace_id = bytes.get(..16)?.try_into().ok()?;
+    let duration_ns = u64::from_le_bytes(bytes.get(16..24)?.try_into().ok()?);
+    let text = std::str::from_utf8(bytes.get(24..)?).ok()?;
+    let (service, name) = text.split_once('\u{1f}')?;
     Some(SpanSummary {
-        trace_id: key.get(..16)?.try_into().ok()?,
-        service,
-        name,
+        trace_id,
+        service: service.to_string(),
+        name: name.to_string(),
         start_ns,
         duration_ns,
     })
+}
+
+/// The writer's state: the next frame's number, buffers reused from commit to commit, and what
+/// the service and operation tables already hold (so a span writes them only when it adds
+/// something).
+#[derive(Default)]
+struct Writer {
+    next_frame: u64,
+    frame: FrameBuilder,
+    summary: Vec<u8>,
+    pairs: Vec<([u8; 16], u64)>,
+    services: HashMap<String, u64>,
+    operations: HashMap<String, HashSet<String>>,
+}
+
+impl Writer {
+    /// Whether `service`'s last-seen time should be written for a span ending at `end_ns`;
+    /// notes it if so.
+    fn service_due(&mut self, service: &str, end_ns: u64) -> bool {
+        match self.services.get_mut(service) {
+            Some(last) if end_ns < last.saturating_add(SERVICE_REFRESH_NS) => false,
+            Some(last) => {
+                *last = end_ns;
+                true
+            }
+            None => {
+                self.services.insert(service.to_string(), end_ns);
+                true
+            }
+        }
+    }
+
+    /// Whether (`service`, `name`) is new to the operations table; notes it if so.
+    fn operation_new(&mut self, service: &str, name: &str) -> bool {
+        if let Some(names) = self.operations.get_mut(service) {
+            if names.contains(name) {
+                return false;
+            }
+            names.insert(name.to_string());
+        } else {
+            self.operations
+                .insert(service.to_string(), HashSet::from([name.to_string()]));
+        }
+        true
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere while holding the lock leaves state that is still consistent enough to
+    // go on with (at worst a cache entry too many); the agent must not stop storing for it.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Shared handle; clones are cheap.
@@ -98,10 +183,20 @@ fn parse_summary(start_ns: u64, key: &[u8], bytes: &[u8]) -> Option<SpanSummary>
 pub struct Store {
     db: Arc<Database>,
     config: StoreConfig,
+    writer: Arc<Mutex<Writer>>,
+    open_run: Arc<RwLock<OpenRun>>,
+    /// The filter of each sealed run; `None` where a stored filter was damaged (the run is then
+    /// always probed).
+    blooms: Arc<RwLock<BTreeMap<u64, Option<Bloom>>>>,
+    run_pairs: usize,
 }
 
 impl Store {
     pub fn open(config: StoreConfig) -> Result<Self, StoreError> {
+        Self::open_with_run_pairs(config, RUN_PAIRS)
+    }
+
+    fn open_with_run_pairs(config: StoreConfig, run_pairs: usize) -> Result<Self, StoreError> {
         config.validate()?;
         let open_err = |e: &dyn std::fmt::Display| StoreError::Open {
             path: config.path.display().to_string(),
@@ -117,19 +212,80 @@ impl Store {
             .set_cache_size(STORE_CACHE_BYTES)
             .create(&config.path)
             .map_err(|e| open_err(&e))?;
+        let first_layout = db
+            .begin_read()
+            .map_err(db_err)?
+            .list_tables()
+            .map_err(db_err)?
+            .any(|t| t.name() == FIRST_LAYOUT_TABLE);
+        if first_layout {
+            return Err(open_err(
+                &"it was written by an earlier sockspan, whose layout this one does not read; \
+                  move it aside (or pass --store with another path) and sockspan starts a new one",
+            ));
+        }
         // Create the tables so readers never find them missing.
         let txn = db.begin_write().map_err(db_err)?;
         {
-            txn.open_table(SPANS).map_err(db_err)?;
-            txn.open_table(BY_TIME).map_err(db_err)?;
+            txn.open_table(FRAMES).map_err(db_err)?;
+            txn.open_table(BY_START).map_err(db_err)?;
+            txn.open_table(TRACE_RUNS).map_err(db_err)?;
+            txn.open_table(RUNS).map_err(db_err)?;
             txn.open_table(SERVICES).map_err(db_err)?;
             txn.open_table(OPERATIONS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
-        Ok(Self {
+        let store = Self {
             db: Arc::new(db),
             config,
-        })
+            writer: Arc::new(Mutex::new(Writer::default())),
+            open_run: Arc::new(RwLock::new(OpenRun::default())),
+            blooms: Arc::new(RwLock::new(BTreeMap::new())),
+            run_pairs,
+        };
+        store.recover()?;
+        Ok(store)
+    }
+
+    /// Loads the sealed runs' filters, rebuilds the open run from the frames newer than the last
+    /// sealed run, and finds the next frame's number.
+    fn recover(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let frames = txn.open_table(FRAMES).map_err(db_err)?;
+        let runs = txn.open_table(RUNS).map_err(db_err)?;
+        {
+            let mut blooms = self.blooms.write().unwrap_or_else(PoisonError::into_inner);
+            for entry in runs.iter().map_err(db_err)? {
+                let (run, bytes) = entry.map_err(db_err)?;
+                let bloom = Bloom::from_bytes(bytes.value());
+                if bloom.is_none() {
+                    tracing::warn!(run = run.value(), "span store: damaged run filter");
+                }
+                blooms.insert(run.value(), bloom);
+            }
+        }
+        let sealed = runs.last().map_err(db_err)?.map(|(run, _)| run.value());
+        let last_frame = frames.last().map_err(db_err)?.map(|(f, _)| f.value());
+        let next = last_frame.max(sealed).map_or(0, |n| n + 1);
+        let mut open_run = self
+            .open_run
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut raw = Vec::new();
+        let from = sealed.map_or(0, |s| s + 1);
+        for entry in frames.range(from..).map_err(db_err)? {
+            let (frame, bytes) = entry.map_err(db_err)?;
+            match frame::decode(bytes.value(), &mut raw) {
+                Ok(records) => {
+                    for record in records {
+                        open_run.insert(record.trace_id, frame.value());
+                    }
+                }
+                Err(err) => tracing::warn!(frame = frame.value(), "span store: {err}"),
+            }
+        }
+        lock(&self.writer).next_frame = next;
+        Ok(())
     }
 
     #[must_use]
@@ -140,6 +296,8 @@ impl Store {
     /// Stores a batch. `durable` commits to disk now; otherwise the commit becomes durable with
     /// the next durable one (the exporter makes one every few seconds and at shutdown).
     pub fn write(&self, spans: &[SpanData], durable: bool) -> Result<(), StoreError> {
+        let mut guard = lock(&self.writer);
+        let writer = &mut *guard;
         let mut txn = self.db.begin_write().map_err(db_err)?;
         txn.set_durability(if durable {
             Durability::Immediate
@@ -147,63 +305,156 @@ impl Store {
             Durability::None
         })
         .map_err(db_err)?;
+        let mut frame = writer.next_frame;
+        let mut sealed = None;
         {
-            let mut table = txn.open_table(SPANS).map_err(db_err)?;
-            let mut by_time = txn.open_table(BY_TIME).map_err(db_err)?;
+            let mut frames = txn.open_table(FRAMES).map_err(db_err)?;
+            let mut by_start = txn.open_table(BY_START).map_err(db_err)?;
             let mut services = txn.open_table(SERVICES).map_err(db_err)?;
             let mut operations = txn.open_table(OPERATIONS).map_err(db_err)?;
             for span in spans {
-                let mut key = [0u8; 24];
-                key[..16].copy_from_slice(&span.trace_id);
-                key[16..].copy_from_slice(&span.span_id);
-                let json = crate::exporter::jsonl::to_json(span);
-                table.insert(&key[..], json.as_slice()).map_err(db_err)?;
+                let index = writer.frame.push(span);
                 let service = span.resource.service_name();
-                let duration = span.end_unix_nano.saturating_sub(span.start_unix_nano);
-                by_time
+                write_summary(&mut writer.summary, span, service);
+                by_start
                     .insert(
-                        (span.start_unix_nano, &key[..]),
-                        summary_bytes(service, &span.name, duration).as_slice(),
+                        (span.start_unix_nano, frame << 8 | u64::from(index)),
+                        writer.summary.as_slice(),
                     )
                     .map_err(db_err)?;
-                services
-                    .insert(service, span.end_unix_nano)
+                writer.pairs.push((span.trace_id, frame));
+                if writer.service_due(service, span.end_unix_nano) {
+                    services
+                        .insert(service, span.end_unix_nano)
+                        .map_err(db_err)?;
+                }
+                if writer.operation_new(service, &span.name) {
+                    operations
+                        .insert((service, span.name.as_str()), span.kind.as_str())
+                        .map_err(db_err)?;
+                }
+                if writer.frame.is_full() {
+                    frames
+                        .insert(frame, writer.frame.finish())
+                        .map_err(db_err)?;
+                    frame += 1;
+                }
+            }
+            if !writer.frame.is_empty() {
+                frames
+                    .insert(frame, writer.frame.finish())
                     .map_err(db_err)?;
-                operations
-                    .insert((service, span.name.as_str()), span.kind.as_str())
+                frame += 1;
+            }
+            // Into the open run before the commit, so a reader never misses a committed span.
+            let mut open_run = self
+                .open_run
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (trace_id, f) in writer.pairs.drain(..) {
+                open_run.insert(trace_id, f);
+            }
+            if open_run.len() >= self.run_pairs && frame > 0 {
+                let run = frame - 1;
+                let mut index = txn.open_table(TRACE_RUNS).map_err(db_err)?;
+                let mut bloom = Bloom::with_capacity(open_run.len());
+                for (trace_id, _) in open_run.iter() {
+                    bloom.insert(trace_id);
+                }
+                open_run.for_each_block(run, |key, block| {
+                    index.insert(&key[..], block).map(drop).map_err(db_err)
+                })?;
+                let mut runs = txn.open_table(RUNS).map_err(db_err)?;
+                runs.insert(run, bloom.to_bytes().as_slice())
                     .map_err(db_err)?;
+                sealed = Some((run, bloom));
             }
         }
-        txn.commit().map_err(db_err)
+        match txn.commit() {
+            Ok(()) => {
+                writer.next_frame = frame;
+                if let Some((run, bloom)) = sealed {
+                    // The filter before the open run is cleared: a reader that finds the pairs
+                    // gone then finds the run.
+                    self.blooms
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(run, Some(bloom));
+                    self.open_run
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clear();
+                }
+                Ok(())
+            }
+            Err(err) => {
+                // What the caches say was written was not: write it again with the next spans.
+                writer.services.clear();
+                writer.operations.clear();
+                Err(db_err(err))
+            }
+        }
     }
 
-    /// Deletes spans older than the retention, then the oldest beyond `max_spans`; returns how
-    /// many went.
+    /// Deletes spans older than the retention, then the oldest beyond `max_spans`, a frame at a
+    /// time (at most [`RETENTION_FRAMES`] per call); returns how many spans went.
     pub fn enforce_retention(&self, now_unix_ns: u64) -> Result<u64, StoreError> {
         let horizon = now_unix_ns.saturating_sub(self.config.retention.as_nanos() as u64);
+        let _writer = lock(&self.writer);
         let txn = self.db.begin_write().map_err(db_err)?;
-        let removed;
+        let mut removed = 0u64;
+        let last_removed;
         {
-            let mut table = txn.open_table(SPANS).map_err(db_err)?;
-            let mut by_time = txn.open_table(BY_TIME).map_err(db_err)?;
-            let total = by_time.len().map_err(db_err)?;
-            let excess = total.saturating_sub(self.config.max_spans);
-            let mut doomed: Vec<(u64, Vec<u8>)> = Vec::new();
-            for entry in by_time.iter().map_err(db_err)? {
-                let (key, _) = entry.map_err(db_err)?;
-                let (start, id) = key.value();
-                if start >= horizon && (doomed.len() as u64) >= excess {
+            let mut frames = txn.open_table(FRAMES).map_err(db_err)?;
+            let mut by_start = txn.open_table(BY_START).map_err(db_err)?;
+            let excess = by_start
+                .len()
+                .map_err(db_err)?
+                .saturating_sub(self.config.max_spans);
+            let mut last_doomed = None;
+            let mut latest_start = 0u64;
+            for entry in frames.iter().map_err(db_err)?.take(RETENTION_FRAMES) {
+                let (frame, bytes) = entry.map_err(db_err)?;
+                // A frame whose header cannot be read is dropped with the old ones.
+                let header = FrameHeader::parse(bytes.value()).ok();
+                let (spans, latest) =
+                    header.map_or((0, 0), |h| (u64::from(h.spans), h.latest_start_ns));
+                if latest >= horizon && removed >= excess {
                     break;
                 }
-                doomed.push((start, id.to_vec()));
+                removed += spans;
+                latest_start = latest_start.max(latest);
+                last_doomed = Some(frame.value());
             }
-            for (start, id) in &doomed {
-                by_time.remove((*start, id.as_slice())).map_err(db_err)?;
-                table.remove(id.as_slice()).map_err(db_err)?;
+            let Some(last) = last_doomed else {
+                return Ok(0);
+            };
+            last_removed = last;
+            frames.retain_in(..=last, |_, _| false).map_err(db_err)?;
+            by_start
+                .retain_in(..=(latest_start, u64::MAX), |(_, address), _| {
+                    address >> 8 > last
+                })
+                .map_err(db_err)?;
+            let mut runs = txn.open_table(RUNS).map_err(db_err)?;
+            let mut index = txn.open_table(TRACE_RUNS).map_err(db_err)?;
+            let mut gone = Vec::new();
+            for entry in runs.range(..=last).map_err(db_err)? {
+                gone.push(entry.map_err(db_err)?.0.value());
             }
-            removed = doomed.len() as u64;
+            for run in gone {
+                let (low, high) = trace_index::whole_run(run);
+                index
+                    .retain_in(&low[..]..=&high[..], |_, _| false)
+                    .map_err(db_err)?;
+                runs.remove(run).map_err(db_err)?;
+            }
         }
         txn.commit().map_err(db_err)?;
+        self.blooms
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|&run, _| run > last_removed);
         Ok(removed)
     }
 
@@ -236,20 +487,76 @@ impl Store {
 
     /// The spans of one trace, as stored (jsonl objects).
     pub fn trace(&self, trace_id: &[u8; 16]) -> Result<Vec<serde_json::Value>, StoreError> {
+        // The open run first, then the filters, then the snapshot: a run sealed in between is
+        // then in the filters and the snapshot, and the pairs read from memory are still right.
+        let mut frames: BTreeSet<u64> = self
+            .open_run
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .frames_of(trace_id)
+            .collect();
+        let candidates: Vec<u64> = self
+            .blooms
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(_, bloom)| bloom.as_ref().is_none_or(|b| b.may_contain(trace_id)))
+            .map(|(&run, _)| run)
+            .collect();
         let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(SPANS).map_err(db_err)?;
-        let mut low = [0u8; 24];
-        low[..16].copy_from_slice(trace_id);
-        let mut high = [0xffu8; 24];
-        high[..16].copy_from_slice(trace_id);
+        let index = txn.open_table(TRACE_RUNS).map_err(db_err)?;
+        for run in candidates {
+            let (low, high) = trace_index::blocks_up_to(run, trace_id);
+            if let Some(entry) = index
+                .range(&low[..]..=&high[..])
+                .map_err(db_err)?
+                .next_back()
+            {
+                let (_, block) = entry.map_err(db_err)?;
+                frames.extend(trace_index::frames_in_block(block.value(), trace_id));
+            }
+        }
+        let table = txn.open_table(FRAMES).map_err(db_err)?;
+        let mut raw = Vec::new();
         let mut out = Vec::new();
-        for entry in table.range(&low[..]..=&high[..]).map_err(db_err)? {
-            let (_, json) = entry.map_err(db_err)?;
-            if let Ok(v) = serde_json::from_slice(json.value()) {
-                out.push(v);
+        for frame in frames {
+            // Retention may have taken a frame the index still names.
+            let Some(bytes) = table.get(frame).map_err(db_err)? else {
+                continue;
+            };
+            match frame::decode(bytes.value(), &mut raw) {
+                Ok(records) => out.extend(
+                    records
+                        .iter()
+                        .filter(|r| r.trace_id == *trace_id)
+                        .filter_map(|r| serde_json::from_slice(r.json).ok()),
+                ),
+                Err(err) => tracing::warn!(frame, "span store: {err}"),
             }
         }
         Ok(out)
+    }
+
+    /// Every stored span as JSON, in the order they were stored, until `f` returns false. A
+    /// frame that does not decode is reported and skipped.
+    pub fn for_each_span(&self, mut f: impl FnMut(&[u8]) -> bool) -> Result<(), StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let frames = txn.open_table(FRAMES).map_err(db_err)?;
+        let mut raw = Vec::new();
+        for entry in frames.iter().map_err(db_err)? {
+            let (frame, bytes) = entry.map_err(db_err)?;
+            match frame::decode(bytes.value(), &mut raw) {
+                Ok(records) => {
+                    for record in records {
+                        if !f(record.json) {
+                            return Ok(());
+                        }
+                    }
+                }
+                Err(err) => tracing::warn!(frame = frame.value(), "span store: {err}"),
+            }
+        }
+        Ok(())
     }
 
     /// Span summaries started in `[start_ns, end_ns]`, newest first, calling `keep` on each
@@ -261,13 +568,14 @@ impl Store {
         mut keep: impl FnMut(SpanSummary) -> bool,
     ) -> Result<(), StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
-        let by_time = txn.open_table(BY_TIME).map_err(db_err)?;
-        let low: (u64, &[u8]) = (start_ns, &[]);
-        let high: (u64, &[u8]) = (end_ns, &[0xff; 25]);
-        for entry in by_time.range(low..=high).map_err(db_err)?.rev() {
+        let by_start = txn.open_table(BY_START).map_err(db_err)?;
+        for entry in by_start
+            .range((start_ns, 0)..=(end_ns, u64::MAX))
+            .map_err(db_err)?
+            .rev()
+        {
             let (key, value) = entry.map_err(db_err)?;
-            let (start, id) = key.value();
-            if let Some(summary) = parse_summary(start, id, value.value())
+            if let Some(summary) = parse_summary(key.value().0, value.value())
                 && !keep(summary)
             {
                 break;
@@ -300,7 +608,7 @@ impl Store {
     #[cfg(test)]
     fn span_count(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(SPANS).map_err(db_err)?;
+        let table = txn.open_table(BY_START).map_err(db_err)?;
         table.len().map_err(db_err)
     }
 }
@@ -345,6 +653,10 @@ mod tests {
         let now = 10_000_000_000_000u64;
         {
             let s = store(&path, 1000);
+            // Older than the retention: two hours before now. Retention goes in the order
+            // spans were stored (a frame goes once all of its spans are old).
+            s.write(&[span(3, 1, "old", now - 7_200_000_000_000)], true)
+                .expect("old");
             s.write(
                 &[
                     span(1, 1, "a", now - 10),
@@ -354,7 +666,7 @@ mod tests {
                 true,
             )
             .expect("write");
-            assert_eq!(s.services().expect("services"), ["a", "b"]);
+            assert_eq!(s.services().expect("services"), ["a", "b", "old"]);
             assert_eq!(
                 s.operations("a").expect("ops"),
                 [("GET /x".to_string(), "SERVER".to_string())]
@@ -366,16 +678,210 @@ mod tests {
                 true
             })
             .expect("scan");
-            assert_eq!(seen, ["a", "b", "a"], "newest first");
-            // Older than the retention: two hours before now.
-            s.write(&[span(3, 1, "old", now - 7_200_000_000_000)], true)
-                .expect("old");
+            assert_eq!(seen, ["a", "b", "a", "old"], "newest first");
+            assert_eq!(s.trace(&[3; 16]).expect("old").len(), 1);
             assert_eq!(s.enforce_retention(now).expect("retain"), 1);
             assert!(s.trace(&[3; 16]).expect("gone").is_empty());
         }
         let s = store(&path, 1000);
         assert_eq!(s.span_count().expect("count"), 3, "survives a reopen");
+        let mut dumped = Vec::new();
+        s.for_each_span(|json| {
+            dumped.push(serde_json::from_slice::<serde_json::Value>(json).expect("json"));
+            true
+        })
+        .expect("dump");
+        let services: Vec<&str> = dumped
+            .iter()
+            .filter_map(|s| s["resource"]["service.name"].as_str())
+            .collect();
+        assert_eq!(services, ["a", "b", "a"], "every span, in the order stored");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn temp_path(name: &str) -> PathBuf {
+        std::env::temp_dir()
+            .join(format!("sockspan-store-{name}-{}", std::process::id()))
+            .join("t.redb")
+    }
+
+    /// Span `i` of trace `i % 97`, with a service and id of its own.
+    fn numbered(i: u32, start: u64) -> SpanData {
+        let mut s = span(0, 0, "svc", start);
+        s.trace_id = [0; 16];
+        s.trace_id[..4].copy_from_slice(&(i % 97).to_be_bytes());
+        s.span_id[..4].copy_from_slice(&i.to_be_bytes());
+        s
+    }
+
+    fn span_ids(spans: &[serde_json::Value]) -> Vec<String> {
+        let mut ids: Vec<String> = spans
+            .iter()
+            .filter_map(|s| s["span_id"].as_str().map(str::to_string))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn trace_of(trace: u32) -> [u8; 16] {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&trace.to_be_bytes());
+        id
+    }
+
+    /// The span ids of `trace` among `spans`, sorted, as the store returns them.
+    fn expected_ids(spans: &[SpanData], trace: u32) -> Vec<String> {
+        let mut ids: Vec<String> = spans
+            .iter()
+            .filter(|s| s.trace_id == trace_of(trace))
+            .map(|s| {
+                crate::trace::ids::HexId::new(&s.span_id)
+                    .as_str()
+                    .to_string()
+            })
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    const NOW: u64 = 10_000_000_000_000;
+
+    /// 3000 numbered spans written 110 at a time into a new store with runs of 500 pairs, so
+    /// several runs are sealed and some pairs stay open.
+    fn filled(name: &str, max_spans: u64) -> (Store, Vec<SpanData>) {
+        let path = temp_path(name);
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+        let config = StoreConfig {
+            path,
+            retention: Duration::from_hours(1),
+            max_spans,
+        };
+        let spans: Vec<SpanData> = (0..3000).map(|i| numbered(i, NOW + u64::from(i))).collect();
+        let s = Store::open_with_run_pairs(config, 500).expect("open");
+        for chunk in spans.chunks(110) {
+            s.write(chunk, false).expect("write");
+        }
+        s.write(&[], true).expect("durable");
+        (s, spans)
+    }
+
+    #[test]
+    fn traces_are_found_across_sealed_runs_the_open_run_and_a_reopen() {
+        let (s, mut spans) = filled("runs", 1_000_000);
+        let runs = s.blooms.read().expect("lock").len();
+        assert!(runs >= 4, "{runs} sealed runs");
+        assert!(s.open_run.read().expect("lock").len() > 0, "an open run");
+        for trace in [0, 5, 96] {
+            assert_eq!(
+                span_ids(&s.trace(&trace_of(trace)).expect("trace")),
+                expected_ids(&spans, trace)
+            );
+        }
+        assert!(s.trace(&[0xee; 16]).expect("absent").is_empty());
+        let config = s.config.clone();
+        drop(s);
+        // After a reopen the filters are loaded and the open run rebuilt from the frames.
+        let s = Store::open_with_run_pairs(config, 500).expect("reopen");
+        assert_eq!(s.blooms.read().expect("lock").len(), runs);
+        assert!(s.open_run.read().expect("lock").len() > 0);
+        for trace in [1, 50] {
+            assert_eq!(
+                span_ids(&s.trace(&trace_of(trace)).expect("trace")),
+                expected_ids(&spans, trace)
+            );
+        }
+        // New frames after a reopen do not reuse numbers the old ones have.
+        let late = numbered(97 * 40 + 3, NOW + 5000);
+        s.write(std::slice::from_ref(&late), true).expect("write");
+        spans.push(late);
+        assert_eq!(
+            span_ids(&s.trace(&trace_of(3)).expect("trace")),
+            expected_ids(&spans, 3)
+        );
+        assert_eq!(s.span_count().expect("count"), 3001);
+        let _ = std::fs::remove_dir_all(s.path().parent().expect("dir"));
+    }
+
+    #[test]
+    fn retention_by_count_drops_frames_their_summaries_and_dead_runs() {
+        let (s, spans) = filled("retention", 1000);
+        let removed = s.enforce_retention(NOW).expect("retain");
+        let left = s.span_count().expect("count");
+        assert_eq!(left + removed, 3000);
+        // At most max-spans are kept; whole frames go, so up to a frame fewer.
+        assert!(
+            (1000 - FRAME_SPANS_U64..=1000).contains(&left),
+            "{left} left"
+        );
+        let mut oldest = u64::MAX;
+        s.scan(0, u64::MAX, |sum| {
+            oldest = oldest.min(sum.start_ns);
+            true
+        })
+        .expect("scan");
+        assert!(oldest >= NOW + 3000 - left - FRAME_SPANS_U64, "{oldest}");
+        let txn = s.db.begin_read().expect("read");
+        let first_frame = txn
+            .open_table(FRAMES)
+            .expect("frames")
+            .first()
+            .expect("first")
+            .map(|(f, _)| f.value())
+            .expect("some frame");
+        for run in txn.open_table(RUNS).expect("runs").iter().expect("iter") {
+            assert!(
+                run.expect("run").0.value() >= first_frame,
+                "a dead run was kept"
+            );
+        }
+        drop(txn);
+        assert!(
+            s.blooms
+                .read()
+                .expect("lock")
+                .keys()
+                .all(|&run| run >= first_frame),
+            "a dead run's filter was kept"
+        );
+        // A trace keeps the spans still stored, and only those.
+        let kept = s.trace(&trace_of(96)).expect("trace");
+        assert!(!kept.is_empty() && kept.len() < expected_ids(&spans, 96).len());
+        // A second call finds nothing more to do.
+        assert_eq!(s.enforce_retention(NOW).expect("retain"), 0);
+        let _ = std::fs::remove_dir_all(s.path().parent().expect("dir"));
+    }
+
+    const FRAME_SPANS_U64: u64 = frame::FRAME_SPANS as u64;
+
+    #[test]
+    fn a_store_of_the_first_layout_is_refused_by_name_not_overwritten() {
+        let path = temp_path("first-layout");
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+        std::fs::create_dir_all(path.parent().expect("dir")).expect("dir");
+        {
+            let db = Database::create(&path).expect("create");
+            let txn = db.begin_write().expect("write");
+            let old: TableDefinition<&[u8], &[u8]> = TableDefinition::new(FIRST_LAYOUT_TABLE);
+            txn.open_table(old)
+                .expect("table")
+                .insert(&[1u8; 24][..], &b"{}"[..])
+                .expect("insert");
+            txn.commit().expect("commit");
+        }
+        let err = Store::open(StoreConfig {
+            path: path.clone(),
+            retention: Duration::from_hours(1),
+            max_spans: 1000,
+        })
+        .err()
+        .expect("refused")
+        .to_string();
+        assert!(
+            err.contains("earlier sockspan") && err.contains("--store"),
+            "{err}"
+        );
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
     }
 
     #[test]

@@ -1,0 +1,56 @@
+//! `sockspan dump`: every span of a store as JSON lines on stdout.
+
+use std::{
+    io::{self, Write as _},
+    path::Path,
+    time::Duration,
+};
+
+use crate::store::{Store, StoreConfig};
+
+/// Exit code: 0 when every span was written, 1 when the store cannot be read or stdout closes.
+pub fn run(path: &Path) -> i32 {
+    if !path.exists() {
+        eprintln!("sockspan: no store at {}", path.display());
+        return 1;
+    }
+    // Retention and the span limit only matter to a writer; these pass validation and keep
+    // the store as it is (opening never deletes).
+    let store = match Store::open(StoreConfig {
+        path: path.to_path_buf(),
+        retention: Duration::from_hours(24 * 90),
+        max_spans: u64::MAX,
+    }) {
+        Ok(store) => store,
+        Err(err) => {
+            eprintln!("sockspan: {err}");
+            return 1;
+        }
+    };
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let mut write_error = None;
+    let result = store.for_each_span(|json| {
+        let written = out.write_all(json).and_then(|()| out.write_all(b"\n"));
+        match written {
+            Ok(()) => true,
+            Err(err) => {
+                write_error = Some(err);
+                false
+            }
+        }
+    });
+    let flushed = out.flush();
+    match (result, write_error.map_or(flushed, Err)) {
+        (Ok(()), Ok(())) => 0,
+        (Err(err), _) => {
+            eprintln!("sockspan: {err}");
+            1
+        }
+        // A closed pipe (`| head`) is how a reader says it has enough.
+        (Ok(()), Err(err)) if err.kind() == io::ErrorKind::BrokenPipe => 0,
+        (Ok(()), Err(err)) => {
+            eprintln!("sockspan: cannot write the spans: {err}");
+            1
+        }
+    }
+}

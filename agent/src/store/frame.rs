@@ -1,0 +1,281 @@
+//! A frame: up to [`FRAME_SPANS`] consecutive spans of one commit, compressed together, the unit
+//! the store writes and reads spans in.
+//!
+//! Why frames and not a record per span: the spans of a trace are looked up by trace id, and
+//! ids are random. Keyed by trace id, nearly every span of a commit landed in its own B-tree leaf
+//! and the copy-on-write store rewrote a 4 KiB page for each (27 µs and 2.8 KB written per span,
+//! `sockspan bench-pipeline --store`). Frames are keyed by a sequence number, so each commit only
+//! appends; and spans of one process share most of their JSON (keys, resource), so LZ4 over a
+//! frame shrinks it several times over what the disk must take.
+//!
+//! Layout of a stored frame: `FORMAT` (u8), span count (u8), latest start of its spans (u64 LE,
+//! what retention by age reads without decompressing), raw length (u32 LE), then the LZ4 block
+//! of the raw records. A raw record: trace id (16 bytes), JSON length (u32 LE), the span as
+//! JSON (the `--output jsonl` object).
+
+use crate::{exporter::json::write_span, trace::SpanData};
+
+/// Spans in a frame at most: lookups decompress a whole frame to read one span of it.
+pub const FRAME_SPANS: usize = 64;
+/// A frame is closed once its raw records reach this size, whatever its span count.
+pub const FRAME_RAW_BYTES: usize = 64 * 1024;
+
+/// Raw size a frame header may claim: the byte budget plus one span far larger than any the
+/// tracer makes. Beyond it the header is damaged, and is not trusted with an allocation.
+const MAX_RAW_BYTES: usize = 16 * 1024 * 1024;
+const FORMAT: u8 = 1;
+const HEADER: usize = 1 + 1 + 8 + 4;
+const RECORD_HEADER: usize = 16 + 4;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("frame of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("frame format {0} is not one this sockspan reads")]
+    Format(u8),
+    #[error("frame does not decompress: {0}")]
+    Decompress(String),
+    #[error("frame header claims {0} raw bytes")]
+    Size(usize),
+    #[error("frame record at byte {0} runs past the frame's end")]
+    Record(usize),
+}
+
+/// What retention needs of a frame, read from its header alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub spans: u8,
+    pub latest_start_ns: u64,
+    raw_len: u32,
+}
+
+impl FrameHeader {
+    pub fn parse(frame: &[u8]) -> Result<Self, FrameError> {
+        let header = frame.get(..HEADER).ok_or(FrameError::Short(frame.len()))?;
+        if header[0] != FORMAT {
+            return Err(FrameError::Format(header[0]));
+        }
+        Ok(Self {
+            spans: header[1],
+            latest_start_ns: u64::from_le_bytes(array(&header[2..10])),
+            raw_len: u32::from_le_bytes(array(&header[10..14])),
+        })
+    }
+}
+
+fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(bytes);
+    out
+}
+
+/// Builds frames into buffers reused from one frame to the next (the writer's hot path).
+#[derive(Default)]
+pub struct FrameBuilder {
+    raw: Vec<u8>,
+    spans: u8,
+    latest_start_ns: u64,
+    encoded: Vec<u8>,
+}
+
+impl FrameBuilder {
+    /// Appends `span`; returns its index in the frame.
+    pub fn push(&mut self, span: &SpanData) -> u8 {
+        let at = self.raw.len();
+        self.raw.extend_from_slice(&span.trace_id);
+        self.raw.extend_from_slice(&[0; 4]);
+        write_span(&mut self.raw, span);
+        let json_len = (self.raw.len() - at - RECORD_HEADER) as u32;
+        self.raw[at + 16..at + 20].copy_from_slice(&json_len.to_le_bytes());
+        self.latest_start_ns = self.latest_start_ns.max(span.start_unix_nano);
+        let index = self.spans;
+        self.spans += 1;
+        index
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans == 0
+    }
+
+    pub fn is_full(&self) -> bool {
+        usize::from(self.spans) >= FRAME_SPANS || self.raw.len() >= FRAME_RAW_BYTES
+    }
+
+    /// Compresses the frame and starts the next one; the bytes stay valid until the next call.
+    pub fn finish(&mut self) -> &[u8] {
+        let bound = lz4_flex::block::get_maximum_output_size(self.raw.len());
+        self.encoded.clear();
+        self.encoded.resize(HEADER + bound, 0);
+        self.encoded[0] = FORMAT;
+        self.encoded[1] = self.spans;
+        self.encoded[2..10].copy_from_slice(&self.latest_start_ns.to_le_bytes());
+        self.encoded[10..14].copy_from_slice(&(self.raw.len() as u32).to_le_bytes());
+        // The output buffer holds the worst case, so compression cannot run out of room.
+        let written = lz4_flex::block::compress_into(&self.raw, &mut self.encoded[HEADER..])
+            .unwrap_or_else(|_| unreachable_compress());
+        self.encoded.truncate(HEADER + written);
+        self.raw.clear();
+        self.spans = 0;
+        self.latest_start_ns = 0;
+        &self.encoded
+    }
+}
+
+#[cold]
+fn unreachable_compress() -> usize {
+    // get_maximum_output_size is LZ4's documented bound; a failure would be a bug in lz4_flex.
+    // Writing nothing makes the frame fail to decompress on read, never the agent panic.
+    0
+}
+
+/// One span of a decoded frame.
+pub struct Record<'a> {
+    pub trace_id: [u8; 16],
+    pub json: &'a [u8],
+}
+
+/// Decompresses `frame` into `raw` (reused by the caller) and returns its records.
+pub fn decode<'a>(frame: &[u8], raw: &'a mut Vec<u8>) -> Result<Vec<Record<'a>>, FrameError> {
+    let header = FrameHeader::parse(frame)?;
+    if header.raw_len as usize > MAX_RAW_BYTES {
+        return Err(FrameError::Size(header.raw_len as usize));
+    }
+    raw.clear();
+    raw.resize(header.raw_len as usize, 0);
+    let n = lz4_flex::block::decompress_into(&frame[HEADER..], raw)
+        .map_err(|e| FrameError::Decompress(e.to_string()))?;
+    if n != raw.len() {
+        return Err(FrameError::Decompress(format!(
+            "{n} bytes, the header says {}",
+            raw.len()
+        )));
+    }
+    let mut records = Vec::with_capacity(usize::from(header.spans));
+    let mut at = 0;
+    let raw: &'a [u8] = raw;
+    while at < raw.len() {
+        let head = raw
+            .get(at..at + RECORD_HEADER)
+            .ok_or(FrameError::Record(at))?;
+        let json_len = u32::from_le_bytes(array(&head[16..20])) as usize;
+        let json = raw
+            .get(at + RECORD_HEADER..at + RECORD_HEADER + json_len)
+            .ok_or(FrameError::Record(at))?;
+        records.push(Record {
+            trace_id: array(&head[..16]),
+            json,
+        });
+        at += RECORD_HEADER + json_len;
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::trace::span::{KeyValue, Resource, SpanKind, SpanStatus};
+
+    fn span(trace: u8, start: u64, path: &str) -> SpanData {
+        SpanData {
+            trace_id: [trace; 16],
+            span_id: [trace; 8],
+            parent_span_id: None,
+            links: Vec::new(),
+            kind: SpanKind::Server,
+            name: "GET /x".into(),
+            start_unix_nano: start,
+            end_unix_nano: start + 10,
+            attributes: vec![KeyValue::str("url.path", path.to_string())],
+            status: SpanStatus::Unset,
+            resource: Arc::new(Resource::new(vec![KeyValue::str(
+                "service.name",
+                "svc".to_string(),
+            )])),
+        }
+    }
+
+    fn json_of(span: &SpanData) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_span(&mut out, span);
+        out
+    }
+
+    #[test]
+    fn frames_round_trip_and_compress() {
+        let mut builder = FrameBuilder::default();
+        let spans: Vec<SpanData> = (0..FRAME_SPANS as u8)
+            .map(|i| span(i, 1_000 + u64::from(i), "/a/rather/long/path/that/repeats"))
+            .collect();
+        let mut raw_size = 0;
+        for (i, s) in spans.iter().enumerate() {
+            assert!(!builder.is_full());
+            assert_eq!(usize::from(builder.push(s)), i);
+            raw_size += RECORD_HEADER + json_of(s).len();
+        }
+        assert!(builder.is_full());
+        let frame = builder.finish().to_vec();
+        assert!(builder.is_empty());
+        assert!(
+            frame.len() * 4 < raw_size,
+            "{} bytes for {raw_size} raw",
+            frame.len()
+        );
+        let header = FrameHeader::parse(&frame).expect("header");
+        assert_eq!(usize::from(header.spans), FRAME_SPANS);
+        assert_eq!(header.latest_start_ns, 1_000 + FRAME_SPANS as u64 - 1);
+        let mut raw = Vec::new();
+        let records = decode(&frame, &mut raw).expect("decode");
+        assert_eq!(records.len(), FRAME_SPANS);
+        for (record, s) in records.iter().zip(&spans) {
+            assert_eq!(record.trace_id, s.trace_id);
+            assert_eq!(record.json, json_of(s).as_slice());
+        }
+    }
+
+    #[test]
+    fn a_frame_closes_at_its_byte_budget() {
+        let mut builder = FrameBuilder::default();
+        let long = "x".repeat(FRAME_RAW_BYTES / 4);
+        let mut pushed = 0;
+        while !builder.is_full() {
+            builder.push(&span(1, 1, &long));
+            pushed += 1;
+        }
+        assert!((4..FRAME_SPANS).contains(&pushed), "{pushed}");
+    }
+
+    #[test]
+    fn damaged_frames_are_errors_not_panics() {
+        let mut builder = FrameBuilder::default();
+        builder.push(&span(7, 5, "/p"));
+        let frame = builder.finish().to_vec();
+        let mut raw = Vec::new();
+        assert_eq!(
+            decode(&frame[..5], &mut raw).err(),
+            Some(FrameError::Short(5))
+        );
+        let mut other = frame.clone();
+        other[0] = 9;
+        assert_eq!(decode(&other, &mut raw).err(), Some(FrameError::Format(9)));
+        // Every truncation and every single-byte change of the compressed part: no panic.
+        for cut in HEADER..frame.len() {
+            let _ = decode(&frame[..cut], &mut raw);
+        }
+        for at in HEADER..frame.len() {
+            let mut bad = frame.clone();
+            bad[at] ^= 0x5a;
+            let _ = decode(&bad, &mut raw);
+        }
+        // A header claiming more raw bytes than the block holds.
+        let mut long = frame.clone();
+        long[10..14].copy_from_slice(&1_000_000u32.to_le_bytes());
+        assert!(decode(&long, &mut raw).is_err());
+        long[10..14].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            decode(&long, &mut raw).err(),
+            Some(FrameError::Size(u32::MAX as usize))
+        );
+    }
+}
