@@ -134,12 +134,15 @@ pub fn pipeline_throughput(exchanges: u64, store: Option<&Path>) -> Result<(), S
                 captured_len: len as u32,
             }
         };
+    let base_ns = crate::clock::monotonic_ns();
     let started = Instant::now();
     let mut events = 0u64;
     for i in 0..exchanges {
         let pair = i % PAIRS;
         let (client, server) = (pair * 2 + 1, pair * 2 + 2);
-        let ts = 1_000_000 + i * 1_000;
+        // Now on the monotonic clock: spans from boot time would be past the store's retention
+        // on a host up more than a day, and retention would delete them during the run.
+        let ts = base_ns + i * 1_000;
         let tid = 100 + pair as u32;
         let steps: [(u64, u32, Direction, Syscall, &[u8]); 4] = [
             (client, tid, Direction::Egress, Syscall::Sendto, request),

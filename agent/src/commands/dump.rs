@@ -8,7 +8,8 @@ use std::{
 
 use crate::store::{Store, StoreConfig};
 
-/// Exit code: 0 when every span was written, 1 when the store cannot be read or stdout closes.
+/// Exit code: 0 when every span was written; 1 when the store cannot be read, a frame of it is
+/// damaged (the spans of the others are still written), or stdout fails.
 pub fn run(path: &Path) -> i32 {
     if !path.exists() {
         eprintln!("sockspan: no store at {}", path.display());
@@ -41,14 +42,18 @@ pub fn run(path: &Path) -> i32 {
     });
     let flushed = out.flush();
     match (result, write_error.map_or(flushed, Err)) {
-        (Ok(()), Ok(())) => 0,
+        (Ok(0), Ok(())) => 0,
+        (Ok(damaged), Ok(())) => {
+            eprintln!("sockspan: {damaged} damaged frames of the store were skipped");
+            1
+        }
         (Err(err), _) => {
             eprintln!("sockspan: {err}");
             1
         }
         // A closed pipe (`| head`) is how a reader says it has enough.
-        (Ok(()), Err(err)) if err.kind() == io::ErrorKind::BrokenPipe => 0,
-        (Ok(()), Err(err)) => {
+        (Ok(_), Err(err)) if err.kind() == io::ErrorKind::BrokenPipe => 0,
+        (Ok(_), Err(err)) => {
             eprintln!("sockspan: cannot write the spans: {err}");
             1
         }

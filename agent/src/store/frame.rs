@@ -97,6 +97,13 @@ impl FrameBuilder {
         self.spans == 0
     }
 
+    /// Drops a frame begun by a write that failed.
+    pub fn reset(&mut self) {
+        self.raw.clear();
+        self.spans = 0;
+        self.latest_start_ns = 0;
+    }
+
     pub fn is_full(&self) -> bool {
         usize::from(self.spans) >= FRAME_SPANS || self.raw.len() >= FRAME_RAW_BYTES
     }
@@ -114,9 +121,7 @@ impl FrameBuilder {
         let written = lz4_flex::block::compress_into(&self.raw, &mut self.encoded[HEADER..])
             .unwrap_or_else(|_| unreachable_compress());
         self.encoded.truncate(HEADER + written);
-        self.raw.clear();
-        self.spans = 0;
-        self.latest_start_ns = 0;
+        self.reset();
         &self.encoded
     }
 }

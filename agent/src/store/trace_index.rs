@@ -75,8 +75,14 @@ pub struct OpenRun {
 }
 
 impl OpenRun {
-    pub fn insert(&mut self, trace_id: [u8; 16], frame: u64) {
-        self.pairs.insert((trace_id, frame));
+    /// Adds a pair; false if it was there already.
+    pub fn insert(&mut self, trace_id: [u8; 16], frame: u64) -> bool {
+        self.pairs.insert((trace_id, frame))
+    }
+
+    /// Takes back a pair of a write that was not committed.
+    pub fn remove(&mut self, trace_id: [u8; 16], frame: u64) {
+        self.pairs.remove(&(trace_id, frame));
     }
 
     /// Frames of the open run holding spans of `trace_id`.
@@ -190,6 +196,10 @@ mod tests {
             run.insert([trace; 16], frame);
         }
         assert_eq!(run.len(), 4, "the repeated pair is kept once");
+        assert!(!run.insert([1; 16], 9));
+        run.remove([3; 16], 1);
+        assert_eq!(run.frames_of(&[3; 16]).count(), 0);
+        run.insert([3; 16], 1);
         assert_eq!(run.frames_of(&[1; 16]).collect::<Vec<_>>(), [4, 9]);
         assert_eq!(run.frames_of(&[9; 16]).count(), 0);
         let order: Vec<u8> = run.iter().map(|(t, _)| t[0]).collect();
