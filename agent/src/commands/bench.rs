@@ -200,23 +200,16 @@ pub fn pipeline_throughput(exchanges: u64, store: Option<&Path>) -> Result<(), S
     Ok(())
 }
 
-/// A store exporter into a new store at `path`, as `sockspan run` makes by default.
+/// A store exporter into a new store at `path`, as `sockspan run` makes by default (with no
+/// span limit, so retention has nothing to do during the run).
 fn store_exporter(path: &Path) -> Result<StoreExporter, StoreError> {
     let _ = std::fs::remove_file(path);
-    Ok(StoreExporter::new(Store::open(StoreConfig {
-        path: path.to_path_buf(),
-        retention: Duration::from_hours(24),
-        max_spans: u64::MAX,
-    })?))
+    Ok(StoreExporter::new(Store::open(StoreConfig::reading(path))?))
 }
 
 /// `sockspan bench-store-count`: spans of `service` in the store at `path` (of a stopped agent).
 pub fn store_count(path: &Path, service: &str) -> Result<u64, StoreError> {
-    let store = Store::open(StoreConfig {
-        path: path.to_path_buf(),
-        retention: Duration::from_hours(24 * 90),
-        max_spans: u64::MAX,
-    })?;
+    let store = Store::open(StoreConfig::reading(path))?;
     let mut count = 0;
     store.scan(0, u64::MAX, |summary| {
         count += u64::from(summary.service == service);

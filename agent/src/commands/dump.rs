@@ -3,7 +3,6 @@
 use std::{
     io::{self, Write as _},
     path::Path,
-    time::Duration,
 };
 
 use crate::store::{Store, StoreConfig};
@@ -15,13 +14,7 @@ pub fn run(path: &Path) -> i32 {
         eprintln!("sockspan: no store at {}", path.display());
         return 1;
     }
-    // Retention and the span limit only matter to a writer; these pass validation and keep
-    // the store as it is (opening never deletes).
-    let store = match Store::open(StoreConfig {
-        path: path.to_path_buf(),
-        retention: Duration::from_hours(24 * 90),
-        max_spans: u64::MAX,
-    }) {
+    let store = match Store::open(StoreConfig::reading(path)) {
         Ok(store) => store,
         Err(err) => {
             eprintln!("sockspan: {err}");

@@ -177,28 +177,13 @@ pub fn decode<'a>(frame: &[u8], raw: &'a mut Vec<u8>) -> Result<Vec<Record<'a>>,
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::trace::span::{KeyValue, Resource, SpanKind, SpanStatus};
+    use crate::trace::span::KeyValue;
 
     fn span(trace: u8, start: u64, path: &str) -> SpanData {
-        SpanData {
-            trace_id: [trace; 16],
-            span_id: [trace; 8],
-            parent_span_id: None,
-            links: Vec::new(),
-            kind: SpanKind::Server,
-            name: "GET /x".into(),
-            start_unix_nano: start,
-            end_unix_nano: start + 10,
-            attributes: vec![KeyValue::str("url.path", path.to_string())],
-            status: SpanStatus::Unset,
-            resource: Arc::new(Resource::new(vec![KeyValue::str(
-                "service.name",
-                "svc".to_string(),
-            )])),
-        }
+        let mut span = super::super::tests::span(trace, trace, "svc", start);
+        span.attributes = vec![KeyValue::str("url.path", path.to_string())];
+        span
     }
 
     fn json_of(span: &SpanData) -> Vec<u8> {

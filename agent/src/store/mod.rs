@@ -80,6 +80,17 @@ pub enum StoreError {
 }
 
 impl StoreConfig {
+    /// For opening an existing store to read it (`dump`, the bench): the widest retention and
+    /// no span limit, so nothing a writer would enforce applies (opening never deletes).
+    #[must_use]
+    pub fn reading(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            retention: Duration::from_hours(24 * 90),
+            max_spans: u64::MAX,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), StoreError> {
         if self.retention < Duration::from_mins(1) || self.retention > Duration::from_hours(24 * 90)
         {
@@ -175,11 +186,25 @@ impl Writer {
     }
 }
 
+// A panic while a lock was held leaves at most a half-built frame and pairs of a write that
+// was not committed, which the next write drops first; the agent must not stop storing for it.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while the lock was held leaves at most a half-built frame and pairs of a write
-    // that was not committed, which the next write drops first; the agent must not stop
-    // storing for it.
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The records of a stored frame; a frame that does not decode is reported and skipped.
+fn records<'a>(frame: u64, bytes: &[u8], raw: &'a mut Vec<u8>) -> Option<Vec<frame::Record<'a>>> {
+    frame::decode(bytes, raw)
+        .map_err(|err| tracing::warn!(frame, "span store: {err}"))
+        .ok()
 }
 
 /// Shared handle; clones are cheap.
@@ -258,7 +283,7 @@ impl Store {
         let frames = txn.open_table(FRAMES).map_err(db_err)?;
         let runs = txn.open_table(RUNS).map_err(db_err)?;
         {
-            let mut blooms = self.blooms.write().unwrap_or_else(PoisonError::into_inner);
+            let mut blooms = write(&self.blooms);
             for entry in runs.iter().map_err(db_err)? {
                 let (run, bytes) = entry.map_err(db_err)?;
                 let bloom = Bloom::from_bytes(bytes.value());
@@ -272,21 +297,13 @@ impl Store {
         let last_frame = frames.last().map_err(db_err)?.map(|(f, _)| f.value());
         let next = last_frame.max(sealed).map_or(0, |n| n + 1);
         lock(&self.writer).next_frame = next;
-        let mut open_run = self
-            .open_run
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut open_run = write(&self.open_run);
         let mut raw = Vec::new();
         let from = sealed.map_or(0, |s| s + 1);
         for entry in frames.range(from..).map_err(db_err)? {
             let (frame, bytes) = entry.map_err(db_err)?;
-            match frame::decode(bytes.value(), &mut raw) {
-                Ok(records) => {
-                    for record in records {
-                        open_run.insert(record.trace_id, frame.value());
-                    }
-                }
-                Err(err) => tracing::warn!(frame = frame.value(), "span store: {err}"),
+            for record in records(frame.value(), bytes.value(), &mut raw).unwrap_or_default() {
+                open_run.insert(record.trace_id, frame.value());
             }
         }
         Ok(())
@@ -302,7 +319,8 @@ impl Store {
     pub fn write(&self, spans: &[SpanData], durable: bool) -> Result<(), StoreError> {
         let mut guard = lock(&self.writer);
         let writer = &mut *guard;
-        // Whatever a write left half done (a panic while it held the lock) goes first.
+        // Whatever a write left half done (an error, or a panic while it held the lock) goes
+        // first.
         writer.frame.reset();
         writer.pairs.clear();
         let result = self.write_locked(writer, spans, durable);
@@ -312,16 +330,11 @@ impl Store {
             // used again by the next write).
             writer.services.clear();
             writer.operations.clear();
-            writer.frame.reset();
-            let mut open_run = self
-                .open_run
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut open_run = write(&self.open_run);
             for (trace_id, frame) in writer.pairs.drain(..) {
                 open_run.remove(trace_id, frame);
             }
         }
-        writer.pairs.clear();
         result
     }
 
@@ -382,15 +395,12 @@ impl Store {
             // Into the open run before the commit, so a reader never misses a committed span;
             // `pairs` keeps the ones this write added, for the caller to take back on failure.
             {
-                let mut open_run = self
-                    .open_run
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner);
+                let mut open_run = write(&self.open_run);
                 writer
                     .pairs
                     .retain(|&(trace_id, f)| open_run.insert(trace_id, f));
             }
-            let open_run = self.open_run.read().unwrap_or_else(PoisonError::into_inner);
+            let open_run = read(&self.open_run);
             // Sealed only by a write that added frames: the run is named by its last frame,
             // which must not be a run's name already.
             if open_run.len() >= self.run_pairs && frame > writer.next_frame {
@@ -414,14 +424,8 @@ impl Store {
         if let Some((run, bloom)) = sealed {
             // The filter before the open run is cleared: a reader that finds the pairs gone
             // then finds the run.
-            self.blooms
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(run, Some(bloom));
-            self.open_run
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clear();
+            write(&self.blooms).insert(run, Some(bloom));
+            write(&self.open_run).clear();
         }
         Ok(())
     }
@@ -481,10 +485,7 @@ impl Store {
             }
         }
         txn.commit().map_err(db_err)?;
-        self.blooms
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|&run, _| run > last_removed);
+        write(&self.blooms).retain(|&run, _| run > last_removed);
         Ok(removed)
     }
 
@@ -519,16 +520,8 @@ impl Store {
     pub fn trace(&self, trace_id: &[u8; 16]) -> Result<Vec<serde_json::Value>, StoreError> {
         // The open run first, then the filters, then the snapshot: a run sealed in between is
         // then in the filters and the snapshot, and the pairs read from memory are still right.
-        let mut frames: BTreeSet<u64> = self
-            .open_run
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .frames_of(trace_id)
-            .collect();
-        let candidates: Vec<u64> = self
-            .blooms
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+        let mut frames: BTreeSet<u64> = read(&self.open_run).frames_of(trace_id).collect();
+        let candidates: Vec<u64> = read(&self.blooms)
             .iter()
             .filter(|(_, bloom)| bloom.as_ref().is_none_or(|b| b.may_contain(trace_id)))
             .map(|(&run, _)| run)
@@ -554,15 +547,13 @@ impl Store {
             let Some(bytes) = table.get(frame).map_err(db_err)? else {
                 continue;
             };
-            match frame::decode(bytes.value(), &mut raw) {
-                Ok(records) => out.extend(
-                    records
-                        .iter()
-                        .filter(|r| r.trace_id == *trace_id)
-                        .filter_map(|r| serde_json::from_slice(r.json).ok()),
-                ),
-                Err(err) => tracing::warn!(frame, "span store: {err}"),
-            }
+            out.extend(
+                records(frame, bytes.value(), &mut raw)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|r| r.trace_id == *trace_id)
+                    .filter_map(|r| serde_json::from_slice(r.json).ok()),
+            );
         }
         Ok(out)
     }
@@ -576,17 +567,13 @@ impl Store {
         let mut damaged = 0;
         for entry in frames.iter().map_err(db_err)? {
             let (frame, bytes) = entry.map_err(db_err)?;
-            match frame::decode(bytes.value(), &mut raw) {
-                Ok(records) => {
-                    for record in records {
-                        if !f(record.json) {
-                            return Ok(damaged);
-                        }
-                    }
-                }
-                Err(err) => {
-                    damaged += 1;
-                    tracing::warn!(frame = frame.value(), "span store: {err}");
+            let Some(records) = records(frame.value(), bytes.value(), &mut raw) else {
+                damaged += 1;
+                continue;
+            };
+            for record in records {
+                if !f(record.json) {
+                    return Ok(damaged);
                 }
             }
         }
@@ -652,7 +639,8 @@ mod tests {
     use super::*;
     use crate::trace::span::{KeyValue, Resource, SpanKind, SpanStatus};
 
-    fn span(trace: u8, id: u8, service: &str, start: u64) -> SpanData {
+    /// A SERVER span of `service` (also the frame tests' builder).
+    pub(super) fn span(trace: u8, id: u8, service: &str, start: u64) -> SpanData {
         SpanData {
             trace_id: [trace; 16],
             span_id: [id; 8],
