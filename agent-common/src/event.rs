@@ -219,7 +219,10 @@ pub struct EventHeader {
     pub fd: i32,
     /// Identifies the socket for its whole life in this process; a reused fd number gets a new id.
     pub conn_id: u64,
-    /// `bpf_ktime_get_ns()`: nanoseconds since boot, `CLOCK_MONOTONIC`.
+    /// `bpf_ktime_get_ns()`: nanoseconds since boot, `CLOCK_MONOTONIC`, when the record was made:
+    /// at the syscall's exit, except for an egress data record whose entry was seen, which
+    /// carries its entry time (the same as `moved_ns`): reading the clock again at exit would
+    /// cost ~30 ns per syscall for a time nothing uses.
     pub ts_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 32);

@@ -23,10 +23,16 @@ pub static CONNS: LruHashMap<ConnKey, ConnInfo> =
 /// syscall may have been followed by another, or moved to another CPU; then the exit time
 /// stands in (counted as `entry_time_missed`). A per-CPU slot instead of a table keyed by
 /// thread: a hash-map insert and delete per syscall cost ~300 ns here (BENCHMARKS.md).
+///
+/// The thread is named by the address of its syscall registers (`struct pt_regs` sits at the
+/// top of each task's own kernel stack), which the tracepoint passes anyway, instead of by
+/// `bpf_get_current_pid_tgid()`: a helper call saved on every egress syscall. A stack reused by
+/// a new task after its owner exited could match a stale stamp only if the new task exits the
+/// same syscall on this CPU without having entered it here; the cost is one wrong time.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct EntryStamp {
-    pub pid_tgid: u64,
+    pub regs: u64,
     pub number: u64,
     pub ts_ns: u64,
 }

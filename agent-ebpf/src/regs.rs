@@ -83,6 +83,12 @@ impl Regs {
         Self(ctx.arg(0))
     }
 
+    /// The registers' address: it names the current task while the task lives.
+    #[inline(always)]
+    pub fn address(self) -> u64 {
+        self.0 as u64
+    }
+
     /// The syscall number (`orig_ax`: `ax` holds the return value by exit).
     #[inline(always)]
     pub fn number(self) -> u64 {

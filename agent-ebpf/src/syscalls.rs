@@ -201,7 +201,7 @@ fn tracked(pid_tgid: u64, fd: i32, syscall: Syscall) -> Option<Tracked> {
 
 /// Notes when the current thread's egress syscall `number` started.
 #[inline(always)]
-fn stamp_entry(number: u64) {
+fn stamp_entry(regs: Regs, number: u64) {
     let Some(slot) = ENTRY_STAMPS.get_ptr_mut(0) else {
         return;
     };
@@ -209,27 +209,26 @@ fn stamp_entry(number: u64) {
     // else on this CPU writes it meanwhile.
     unsafe {
         *slot = EntryStamp {
-            pid_tgid: bpf_get_current_pid_tgid(),
+            regs: regs.address(),
             number,
             ts_ns: bpf_ktime_get_ns(),
         };
     }
 }
 
-/// When the exiting egress syscall started, if this CPU saw its entry; otherwise `exit_ns`.
+/// When the exiting egress syscall started, if this CPU saw its entry.
 #[inline(always)]
-fn entry_time(pid_tgid: u64, number: u64, exit_ns: u64) -> u64 {
-    if let Some(slot) = ENTRY_STAMPS.get_ptr_mut(0) {
-        // SAFETY: as in `stamp_entry`.
-        let stamp = unsafe { &mut *slot };
-        if stamp.pid_tgid == pid_tgid && stamp.number == number {
-            // Used once: a later exit whose entry this CPU missed must not match it.
-            stamp.pid_tgid = 0;
-            return stamp.ts_ns;
-        }
+fn entry_time(regs: Regs, number: u64) -> Option<u64> {
+    let slot = ENTRY_STAMPS.get_ptr_mut(0)?;
+    // SAFETY: as in `stamp_entry`.
+    let stamp = unsafe { &mut *slot };
+    if stamp.regs == regs.address() && stamp.number == number {
+        // Used once: a later exit whose entry this CPU missed must not match it.
+        stamp.regs = 0;
+        return Some(stamp.ts_ns);
     }
     count(Counter::EntryTimeMissed);
-    exit_ns
+    None
 }
 
 /// What one data syscall's exit knows.
@@ -239,7 +238,8 @@ struct Exit {
     syscall: Syscall,
     direction: Direction,
     conn: Tracked,
-    exit_ns: u64,
+    /// The record's time (`EventHeader::ts_ns`).
+    ts_ns: u64,
     /// When the bytes moved: the syscall's entry for egress, its exit for ingress.
     moved_ns: u64,
 }
@@ -268,11 +268,19 @@ fn data_exit(regs: Regs, pid_tgid: u64, syscall: Syscall, result: i64) -> Result
         }
         return Ok(());
     }
-    let exit_ns = now_ns();
-    let moved_ns = if direction == Direction::Egress {
-        entry_time(pid_tgid, regs.number(), exit_ns)
+    // Egress bytes left when the syscall entered; the exit's own time is read only when that
+    // entry was not seen (see `EventHeader::ts_ns`).
+    let entered = if direction == Direction::Egress {
+        entry_time(regs, regs.number())
     } else {
-        exit_ns
+        None
+    };
+    let (ts_ns, moved_ns) = match entered {
+        Some(ts) => (ts, ts),
+        None => {
+            let now = now_ns();
+            (now, now)
+        }
     };
     let exit = Exit {
         pid_tgid,
@@ -280,7 +288,7 @@ fn data_exit(regs: Regs, pid_tgid: u64, syscall: Syscall, result: i64) -> Result
         syscall,
         direction,
         conn,
-        exit_ns,
+        ts_ns,
         moved_ns,
     };
     let buf = regs.arg1();
@@ -350,7 +358,7 @@ fn emit_data(exit: &Exit, moved: i64, source: Source) {
             exit.pid_tgid,
             exit.fd,
             exit.conn.conn_id,
-            exit.exit_ns,
+            exit.ts_ns,
         ),
         moved_ns: exit.moved_ns,
         ret: moved,
@@ -478,7 +486,7 @@ fn close_enter(regs: Regs) {
 pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
     let number: u64 = ctx.arg(1);
     if is_egress(number) {
-        stamp_entry(number);
+        stamp_entry(Regs::of(&ctx), number);
     } else if number == nr::CLOSE {
         let regs = Regs::of(&ctx);
         if regs.is_native() {
