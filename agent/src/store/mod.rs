@@ -3,38 +3,43 @@
 //! (MVCC).
 //!
 //! Spans are written in compressed frames under an increasing sequence number ([`frame`]), so a
-//! commit appends instead of touching a page per span; the index by start time appends too
-//! (spans end, and so arrive, roughly in start order); the index by trace id is a small
-//! log-structured tree ([`trace_index`]).
+//! commit appends instead of touching a page per span; the index by start time has an entry per
+//! frame and appends too (spans end, and so arrive, roughly in start order; [`start_index`]);
+//! the index by trace id is a small log-structured tree ([`trace_index`]).
 
 mod bloom;
 mod frame;
+mod start_index;
 mod trace_index;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError, RwLock},
     time::Duration,
 };
 
 use redb::{
-    Database, Durability, ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _,
-    TableDefinition, TableHandle as _,
+    Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition,
+    TableHandle as _,
 };
 
 use self::{
     bloom::Bloom,
     frame::{FrameBuilder, FrameHeader},
+    start_index::StartBlock,
     trace_index::{OpenRun, RUN_PAIRS},
 };
 use crate::trace::SpanData;
 
 /// Frame sequence number → frame (see [`frame`]).
 const FRAMES: TableDefinition<u64, &[u8]> = TableDefinition::new("frames");
-/// (start ns since the epoch, span address) → summary: trace id, duration, service, operation.
-/// A span's address is its frame << 8 | its index in the frame.
-const BY_START: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("spans_by_start");
+/// (latest start of a frame's spans, ns since the epoch; frame) → a summary of each of its spans
+/// ([`start_index`]).
+const BY_START: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("frames_by_start");
+/// Running totals; [`SPANS`] is the number of spans stored (retention by count reads it).
+const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
+const SPANS: &str = "spans";
 /// Sealed runs of the trace-id index: (run, first trace id of a block) → a block of sorted
 /// (trace id, frame) pairs, see [`trace_index`].
 const TRACE_RUNS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("trace_runs");
@@ -44,8 +49,9 @@ const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs");
 const SERVICES: TableDefinition<&str, u64> = TableDefinition::new("services");
 /// (service, operation) → span kind.
 const OPERATIONS: TableDefinition<(&str, &str), &str> = TableDefinition::new("operations");
-/// The table a store of the first layout (a record per span keyed by trace id) has.
-const FIRST_LAYOUT_TABLE: &str = "spans";
+/// Tables only stores of earlier layouts have: a record per span keyed by trace id (the first),
+/// an index entry per span by start time (the second).
+const EARLIER_LAYOUT_TABLES: [&str; 2] = ["spans", "spans_by_start"];
 
 /// Page cache of the store: bounded, so the agent's memory is. The writer only appends, and a
 /// lookup reads one block per candidate run and its frames, so a small cache costs nothing
@@ -117,30 +123,6 @@ pub struct SpanSummary {
     pub duration_ns: u64,
 }
 
-fn write_summary(out: &mut Vec<u8>, span: &SpanData, service: &str) {
-    out.clear();
-    out.extend_from_slice(&span.trace_id);
-    let duration = span.end_unix_nano.saturating_sub(span.start_unix_nano);
-    out.extend_from_slice(&duration.to_le_bytes());
-    out.extend_from_slice(service.as_bytes());
-    out.push(0x1f);
-    out.extend_from_slice(span.name.as_bytes());
-}
-
-fn parse_summary(start_ns: u64, bytes: &[u8]) -> Option<SpanSummary> {
-    let trace_id = bytes.get(..16)?.try_into().ok()?;
-    let duration_ns = u64::from_le_bytes(bytes.get(16..24)?.try_into().ok()?);
-    let text = std::str::from_utf8(bytes.get(24..)?).ok()?;
-    let (service, name) = text.split_once('\u{1f}')?;
-    Some(SpanSummary {
-        trace_id,
-        service: service.to_string(),
-        name: name.to_string(),
-        start_ns,
-        duration_ns,
-    })
-}
-
 /// The writer's state: the next frame's number, buffers reused from commit to commit, and what
 /// the service and operation tables already hold (so a span writes them only when it adds
 /// something).
@@ -148,7 +130,7 @@ fn parse_summary(start_ns: u64, bytes: &[u8]) -> Option<SpanSummary> {
 struct Writer {
     next_frame: u64,
     frame: FrameBuilder,
-    summary: Vec<u8>,
+    starts: StartBlock,
     pairs: Vec<([u8; 16], u64)>,
     services: HashMap<String, u64>,
     operations: HashMap<String, HashSet<String>>,
@@ -207,6 +189,46 @@ fn records<'a>(frame: u64, bytes: &[u8], raw: &'a mut Vec<u8>) -> Option<Vec<fra
         .ok()
 }
 
+/// Writes the frame being built, and its start-index entry, as `frame`.
+fn close_frame(
+    writer: &mut Writer,
+    frames: &mut redb::Table<u64, &[u8]>,
+    by_start: &mut redb::Table<(u64, u64), &[u8]>,
+    frame: u64,
+) -> Result<(), StoreError> {
+    frames
+        .insert(frame, writer.frame.finish())
+        .map_err(db_err)?;
+    if let Some((latest, entry)) = writer.starts.finish() {
+        by_start.insert((latest, frame), entry).map_err(db_err)?;
+    }
+    writer.starts.reset();
+    Ok(())
+}
+
+/// A summary ordered by start, for the merge in [`Store::scan`] (ties in any order).
+struct Newest(SpanSummary);
+
+impl PartialEq for Newest {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.start_ns == other.0.start_ns
+    }
+}
+
+impl Eq for Newest {}
+
+impl PartialOrd for Newest {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Newest {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.start_ns.cmp(&other.0.start_ns)
+    }
+}
+
 /// Shared handle; clones are cheap.
 #[derive(Clone)]
 pub struct Store {
@@ -241,13 +263,13 @@ impl Store {
             .set_cache_size(STORE_CACHE_BYTES)
             .create(&config.path)
             .map_err(|e| open_err(&e))?;
-        let first_layout = db
+        let earlier_layout = db
             .begin_read()
             .map_err(db_err)?
             .list_tables()
             .map_err(db_err)?
-            .any(|t| t.name() == FIRST_LAYOUT_TABLE);
-        if first_layout {
+            .any(|t| EARLIER_LAYOUT_TABLES.contains(&t.name()));
+        if earlier_layout {
             return Err(open_err(
                 &"it was written by an earlier sockspan, whose layout this one does not read; \
                   move it aside (or pass --store with another path) and sockspan starts a new one",
@@ -258,6 +280,7 @@ impl Store {
         {
             txn.open_table(FRAMES).map_err(db_err)?;
             txn.open_table(BY_START).map_err(db_err)?;
+            txn.open_table(COUNTS).map_err(db_err)?;
             txn.open_table(TRACE_RUNS).map_err(db_err)?;
             txn.open_table(RUNS).map_err(db_err)?;
             txn.open_table(SERVICES).map_err(db_err)?;
@@ -322,6 +345,7 @@ impl Store {
         // Whatever a write left half done (an error, or a panic while it held the lock) goes
         // first.
         writer.frame.reset();
+        writer.starts.reset();
         writer.pairs.clear();
         let result = self.write_locked(writer, spans, durable);
         if result.is_err() {
@@ -358,16 +382,15 @@ impl Store {
             let mut by_start = txn.open_table(BY_START).map_err(db_err)?;
             let mut services = txn.open_table(SERVICES).map_err(db_err)?;
             let mut operations = txn.open_table(OPERATIONS).map_err(db_err)?;
+            let mut counts = txn.open_table(COUNTS).map_err(db_err)?;
+            let stored = counts.get(SPANS).map_err(db_err)?.map_or(0, |v| v.value());
+            counts
+                .insert(SPANS, stored + spans.len() as u64)
+                .map_err(db_err)?;
             for span in spans {
-                let index = writer.frame.push(span);
+                writer.frame.push(span);
                 let service = span.resource.service_name();
-                write_summary(&mut writer.summary, span, service);
-                by_start
-                    .insert(
-                        (span.start_unix_nano, frame << 8 | u64::from(index)),
-                        writer.summary.as_slice(),
-                    )
-                    .map_err(db_err)?;
+                writer.starts.push(span, service);
                 writer.pairs.push((span.trace_id, frame));
                 if writer.service_due(service, span.end_unix_nano) {
                     services
@@ -380,16 +403,12 @@ impl Store {
                         .map_err(db_err)?;
                 }
                 if writer.frame.is_full() {
-                    frames
-                        .insert(frame, writer.frame.finish())
-                        .map_err(db_err)?;
+                    close_frame(writer, &mut frames, &mut by_start, frame)?;
                     frame += 1;
                 }
             }
             if !writer.frame.is_empty() {
-                frames
-                    .insert(frame, writer.frame.finish())
-                    .map_err(db_err)?;
+                close_frame(writer, &mut frames, &mut by_start, frame)?;
                 frame += 1;
             }
             // Into the open run before the commit, so a reader never misses a committed span;
@@ -441,10 +460,9 @@ impl Store {
         {
             let mut frames = txn.open_table(FRAMES).map_err(db_err)?;
             let mut by_start = txn.open_table(BY_START).map_err(db_err)?;
-            let excess = by_start
-                .len()
-                .map_err(db_err)?
-                .saturating_sub(self.config.max_spans);
+            let mut counts = txn.open_table(COUNTS).map_err(db_err)?;
+            let stored = counts.get(SPANS).map_err(db_err)?.map_or(0, |v| v.value());
+            let excess = stored.saturating_sub(self.config.max_spans);
             let mut last_doomed = None;
             let mut latest_start = 0u64;
             for entry in frames.iter().map_err(db_err)?.take(RETENTION_FRAMES) {
@@ -466,9 +484,10 @@ impl Store {
             last_removed = last;
             frames.retain_in(..=last, |_, _| false).map_err(db_err)?;
             by_start
-                .retain_in(..=(latest_start, u64::MAX), |(_, address), _| {
-                    address >> 8 > last
-                })
+                .retain_in(..=(latest_start, u64::MAX), |(_, frame), _| frame > last)
+                .map_err(db_err)?;
+            counts
+                .insert(SPANS, stored.saturating_sub(removed))
                 .map_err(db_err)?;
             let mut runs = txn.open_table(RUNS).map_err(db_err)?;
             let mut index = txn.open_table(TRACE_RUNS).map_err(db_err)?;
@@ -582,6 +601,11 @@ impl Store {
 
     /// Span summaries started in `[start_ns, end_ns]`, newest first, calling `keep` on each
     /// until it returns false.
+    ///
+    /// Entries are per frame, keyed by the latest start in the frame: they are read from the
+    /// newest key down, and a summary is handed out once every entry still unread has a key
+    /// below its start (none of them can hold a newer span). Entries keyed after `end_ns` are
+    /// read only when their earliest start says they may hold a span in the range.
     pub fn scan(
         &self,
         start_ns: u64,
@@ -590,15 +614,33 @@ impl Store {
     ) -> Result<(), StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let by_start = txn.open_table(BY_START).map_err(db_err)?;
-        for entry in by_start
-            .range((start_ns, 0)..=(end_ns, u64::MAX))
-            .map_err(db_err)?
-            .rev()
-        {
+        let mut pending = BinaryHeap::new();
+        for entry in by_start.range((start_ns, 0)..).map_err(db_err)?.rev() {
             let (key, value) = entry.map_err(db_err)?;
-            if let Some(summary) = parse_summary(key.value().0, value.value())
-                && !keep(summary)
+            let (latest, frame) = key.value();
+            while pending
+                .peek()
+                .is_some_and(|p: &Newest| p.0.start_ns > latest)
             {
+                if let Some(Newest(summary)) = pending.pop()
+                    && !keep(summary)
+                {
+                    return Ok(());
+                }
+            }
+            let value = value.value();
+            let decoded = start_index::earliest_start(value).and_then(|earliest| {
+                if earliest > end_ns {
+                    return Ok(());
+                }
+                start_index::for_each_in(value, start_ns, end_ns, |s| pending.push(Newest(s)))
+            });
+            if let Err(err) = decoded {
+                tracing::warn!(frame, "span store: {err}");
+            }
+        }
+        while let Some(Newest(summary)) = pending.pop() {
+            if !keep(summary) {
                 break;
             }
         }
@@ -629,13 +671,15 @@ impl Store {
     #[cfg(test)]
     fn span_count(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(BY_START).map_err(db_err)?;
-        table.len().map_err(db_err)
+        let table = txn.open_table(COUNTS).map_err(db_err)?;
+        Ok(table.get(SPANS).map_err(db_err)?.map_or(0, |v| v.value()))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use redb::ReadableTableMetadata as _;
+
     use super::*;
     use crate::trace::span::{KeyValue, Resource, SpanKind, SpanStatus};
 
@@ -878,34 +922,91 @@ mod tests {
     const FRAME_SPANS_U64: u64 = frame::FRAME_SPANS as u64;
 
     #[test]
-    fn a_store_of_the_first_layout_is_refused_by_name_not_overwritten() {
-        let path = temp_path("first-layout");
+    fn scans_merge_frames_into_exact_newest_first_order() {
+        let path = temp_path("scan-merge");
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
-        std::fs::create_dir_all(path.parent().expect("dir")).expect("dir");
-        {
-            let db = Database::create(&path).expect("create");
-            let txn = db.begin_write().expect("write");
-            let old: TableDefinition<&[u8], &[u8]> = TableDefinition::new(FIRST_LAYOUT_TABLE);
-            txn.open_table(old)
-                .expect("table")
-                .insert(&[1u8; 24][..], &b"{}"[..])
-                .expect("insert");
-            txn.commit().expect("commit");
+        let s = store(&path, 1_000_000);
+        // Spans arrive in end order, so a frame's starts spread widely and frames overlap: span
+        // i starts at a pseudo-random point up to 50 000 ns before its arrival.
+        let mut starts = Vec::new();
+        let mut batch = Vec::new();
+        for i in 0..2_000u32 {
+            let arrival = 100_000 + u64::from(i) * 100;
+            let start = arrival - (u64::from(i).wrapping_mul(2_654_435_761) % 50_000);
+            starts.push(start);
+            batch.push(numbered(i, start));
+            if batch.len() == 150 {
+                s.write(&batch, false).expect("write");
+                batch.clear();
+            }
         }
-        let err = Store::open(StoreConfig {
-            path: path.clone(),
-            retention: Duration::from_hours(1),
-            max_spans: 1000,
-        })
-        .err()
-        .expect("refused")
-        .to_string();
-        assert!(
-            err.contains("earlier sockspan") && err.contains("--store"),
-            "{err}"
-        );
-        assert!(err.contains(&path.display().to_string()), "{err}");
+        s.write(&batch, true).expect("write");
+        for (from, to, limit) in [
+            (0, u64::MAX, usize::MAX),
+            (120_000, 180_000, usize::MAX),
+            (120_000, 180_000, 37),
+            (250_000, 260_000, 5),
+            (400_000, 500_000, usize::MAX),
+        ] {
+            let mut expected: Vec<u64> = starts
+                .iter()
+                .copied()
+                .filter(|t| (from..=to).contains(t))
+                .collect();
+            expected.sort_unstable_by(|a, b| b.cmp(a));
+            expected.truncate(limit);
+            let mut got = Vec::new();
+            s.scan(from, to, |summary| {
+                got.push(summary.start_ns);
+                got.len() < limit
+            })
+            .expect("scan");
+            assert_eq!(got, expected, "window {from}..={to}, limit {limit}");
+        }
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+
+    #[test]
+    fn stores_of_earlier_layouts_are_refused_by_name_not_overwritten() {
+        for table in EARLIER_LAYOUT_TABLES {
+            let path = temp_path(&format!("layout-{table}"));
+            let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+            std::fs::create_dir_all(path.parent().expect("dir")).expect("dir");
+            {
+                let db = Database::create(&path).expect("create");
+                let txn = db.begin_write().expect("write");
+                let old: TableDefinition<&[u8], &[u8]> = TableDefinition::new(table);
+                txn.open_table(old)
+                    .expect("table")
+                    .insert(&[1u8; 24][..], &b"{}"[..])
+                    .expect("insert");
+                txn.commit().expect("commit");
+            }
+            let err = Store::open(StoreConfig {
+                path: path.clone(),
+                retention: Duration::from_hours(1),
+                max_spans: 1000,
+            })
+            .err()
+            .expect("refused")
+            .to_string();
+            assert!(
+                err.contains("earlier sockspan") && err.contains("--store"),
+                "{err}"
+            );
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            let db = Database::open(&path).expect("still there");
+            let txn = db.begin_read().expect("read");
+            let old: TableDefinition<&[u8], &[u8]> = TableDefinition::new(table);
+            assert_eq!(
+                txn.open_table(old).expect("table").len().expect("len"),
+                1,
+                "{table}: not overwritten"
+            );
+            drop(txn);
+            drop(db);
+            let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+        }
     }
 
     #[test]
