@@ -21,6 +21,8 @@ mod regs;
 #[cfg(target_arch = "bpf")]
 mod socket;
 #[cfg(target_arch = "bpf")]
+mod stages;
+#[cfg(target_arch = "bpf")]
 mod syscalls;
 
 /// The helpers these programs call (`bpf_probe_read_kernel`, `bpf_get_current_task`) are

@@ -249,7 +249,12 @@ const MMSGHDR_SIZE: u64 = 64;
 const MMSGHDR_LEN: u64 = 56;
 
 #[inline(always)]
-fn data_exit(regs: Regs, pid_tgid: u64, syscall: Syscall, result: i64) -> Result<(), i64> {
+fn data_exit<const STAGE: u8>(
+    regs: Regs,
+    pid_tgid: u64,
+    syscall: Syscall,
+    result: i64,
+) -> Result<(), i64> {
     let Some(direction) = syscall.direction() else {
         return Ok(());
     };
@@ -268,6 +273,9 @@ fn data_exit(regs: Regs, pid_tgid: u64, syscall: Syscall, result: i64) -> Result
         }
         return Ok(());
     }
+    if STAGE == stage::LOOKUP {
+        return Ok(());
+    }
     // Egress bytes left when the syscall entered; the exit's own time is read only when that
     // entry was not seen (see `EventHeader::ts_ns`).
     let entered = if direction == Direction::Egress {
@@ -282,6 +290,9 @@ fn data_exit(regs: Regs, pid_tgid: u64, syscall: Syscall, result: i64) -> Result
             (now, now)
         }
     };
+    if STAGE == stage::CLOCK {
+        return Ok(());
+    }
     let exit = Exit {
         pid_tgid,
         fd,
@@ -304,7 +315,7 @@ fn data_exit(regs: Regs, pid_tgid: u64, syscall: Syscall, result: i64) -> Result
                 // SAFETY: bpf_probe_read_user returns an error for a bad user address.
                 let len = unsafe { bpf_probe_read_user((msg + MMSGHDR_LEN) as *const u32) }
                     .map_err(i64::from)?;
-                emit_data(&exit, i64::from(len), Source::MsgHdr { ptr: msg });
+                emit_data::<STAGE>(&exit, i64::from(len), Source::MsgHdr { ptr: msg });
                 i += 1;
             }
             if result as u64 > MAX_MMSG as u64 {
@@ -316,20 +327,20 @@ fn data_exit(regs: Regs, pid_tgid: u64, syscall: Syscall, result: i64) -> Result
                 ptr: buf,
                 count: regs.arg2(),
             };
-            emit_data(&exit, result, source);
+            emit_data::<STAGE>(&exit, result, source);
         }
         Syscall::Recvmsg | Syscall::Sendmsg => {
-            emit_data(&exit, result, Source::MsgHdr { ptr: buf });
+            emit_data::<STAGE>(&exit, result, Source::MsgHdr { ptr: buf });
         }
-        Syscall::Sendfile => emit_data(&exit, result, Source::Uncapturable),
-        _ => emit_data(&exit, result, Source::Buffer { ptr: buf }),
+        Syscall::Sendfile => emit_data::<STAGE>(&exit, result, Source::Uncapturable),
+        _ => emit_data::<STAGE>(&exit, result, Source::Buffer { ptr: buf }),
     }
     Ok(())
 }
 
 /// Copies the payload prefix of `moved` bytes from `source` and sends one data record.
 #[inline(always)]
-fn emit_data(exit: &Exit, moved: i64, source: Source) {
+fn emit_data<const STAGE: u8>(exit: &Exit, moved: i64, source: Source) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -351,6 +362,9 @@ fn emit_data(exit: &Exit, moved: i64, source: Source) {
     }
     if i64::from(copied.len) < moved && !matches!(source, Source::Uncapturable) {
         count(Counter::PayloadTruncated);
+    }
+    if STAGE == stage::COPY {
+        return;
     }
     scratch.event = DataEvent {
         header: header(
@@ -501,7 +515,26 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
 /// fd, or `connect`'s status.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
-    let regs = Regs::of(&ctx);
+    exit_program::<{ stage::FULL }>(&ctx)
+}
+
+/// How far an exit program goes. The capture program goes all the way; the benchmark's
+/// breakdown programs ([`crate::stages`]) stop after one step each, so the cost of each step is
+/// the difference between two of them. `STAGE` is a constant, so the capture program carries
+/// none of the checks.
+pub mod stage {
+    /// Up to the connection lookup (and the opaque check).
+    pub const LOOKUP: u8 = 1;
+    /// Then the timestamps (the entry stamp, or the clock).
+    pub const CLOCK: u8 = 2;
+    /// Then the payload copy and the protocol detection, without the ring output.
+    pub const COPY: u8 = 3;
+    pub const FULL: u8 = 4;
+}
+
+#[inline(always)]
+pub fn exit_program<const STAGE: u8>(ctx: &BtfTracePointContext) -> i32 {
+    let regs = Regs::of(ctx);
     let Some(syscall) = exit_traced(regs.number()) else {
         return 0;
     };
@@ -517,7 +550,7 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
             open_exit(regs, pid_tgid, syscall, result);
         }
         _ => {
-            let _ = data_exit(regs, pid_tgid, syscall, result);
+            let _ = data_exit::<STAGE>(regs, pid_tgid, syscall, result);
         }
     }
     0

@@ -80,6 +80,10 @@ pub enum Command {
     BenchFloor {
         #[arg(long, value_name = "SECS")]
         duration: Option<u64>,
+        /// Instead of empty programs, the capture `sys_enter` and an exit program that stops
+        /// after this step.
+        #[arg(long)]
+        stage: Option<crate::probes::ExitStage>,
         #[command(flatten)]
         capture: CaptureArgs,
     },

@@ -74,9 +74,11 @@ pub fn cli_main() -> std::process::ExitCode {
         cli::Command::Events(args) => run_async(commands::events::run(args)),
         cli::Command::Run(args) => run_async(commands::run::run(args)),
         cli::Command::Blame(args) => run_async(commands::blame::run(args)),
-        cli::Command::BenchFloor { duration, capture } => {
-            run_async(async move { commands::bench::floor(&capture, duration).await })
-        }
+        cli::Command::BenchFloor {
+            duration,
+            stage,
+            capture,
+        } => run_async(async move { commands::bench::floor(&capture, duration, stage).await }),
         cli::Command::Dump { store } => commands::dump::run(&store),
         cli::Command::BenchStoreCount { store, service } => {
             match commands::bench::store_count(&store, &service) {

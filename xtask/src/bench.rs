@@ -28,6 +28,11 @@ enum Variant {
     /// The agent as `sockspan run` starts it by default: spans into the embedded store, query
     /// API and UI up (section 4 only).
     SockspanStore,
+    /// The capture `sys_enter` with an exit program that stops after the connection lookup,
+    /// after the timestamps, after the payload copy (section 1's breakdown only).
+    StageLookup,
+    StageClock,
+    StageCopy,
 }
 
 impl Variant {
@@ -46,8 +51,14 @@ impl Variant {
         Self::SockspanOpaque,
     ];
 
+    /// The breakdown variants (section 1), each ending one step later than the one before.
+    const STAGES: [Self; 3] = [Self::StageLookup, Self::StageClock, Self::StageCopy];
+
     fn label(self) -> &'static str {
         match self {
+            Self::StageLookup => "exit program stopped after the connection lookup",
+            Self::StageClock => "… and after the timestamps",
+            Self::StageCopy => "… and after the payload copy (no ring output)",
             Self::Untraced => "(a) no programs",
             Self::Floor => "(b) empty programs (floor)",
             Self::Sockspan => "(c) sockspan run",
@@ -167,6 +178,9 @@ fn start_variant(bin: &Path, variant: Variant, spans: Option<&Path>) -> Result<O
     let args: &[&str] = match variant {
         Variant::Untraced => return Ok(None),
         Variant::Floor => &["bench-floor"],
+        Variant::StageLookup => &["bench-floor", "--stage", "lookup"],
+        Variant::StageClock => &["bench-floor", "--stage", "clock"],
+        Variant::StageCopy => &["bench-floor", "--stage", "copy"],
         Variant::Sockspan | Variant::SockspanOpaque => &["run", "--output", "jsonl"],
         Variant::SockspanStore => {
             if let Some(path) = &store {
@@ -385,6 +399,18 @@ pub fn bench(quick: bool) -> Result<()> {
                 variant.label()
             );
             samples.push((variant, measure(&bin, variant, round_trips)?));
+        }
+    }
+    // The breakdown reads only the programs' run times, so a shorter ping-pong does.
+    for round in 0..rounds {
+        for k in 0..Variant::STAGES.len() {
+            let variant = Variant::STAGES[(round + k) % Variant::STAGES.len()];
+            eprintln!(
+                "xtask bench: breakdown round {} of {rounds}: {}",
+                round + 1,
+                variant.label()
+            );
+            samples.push((variant, measure(&bin, variant, round_trips / 4)?));
         }
     }
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
@@ -794,6 +820,7 @@ fn program_table(out: &mut String, samples: &[(Variant, Sample)], c_over_b: f64)
     );
     let (c_prog, c_prog_text) = per_syscall(Variant::Sockspan, &both);
     let (_, d_prog_text) = per_syscall(Variant::SockspanOpaque, &both);
+    let breakdown = breakdown_table(samples);
     let (floor_prog, floor_prog_text) = per_syscall(Variant::Floor, &floor_both);
     let _ = writeln!(
         out,
@@ -821,6 +848,69 @@ fn program_table(out: &mut String, samples: &[(Variant, Sample)], c_over_b: f64)
         c_prog - floor_prog,
         (c_over_b - (c_prog - floor_prog)).max(0.0)
     );
+    out.push_str(&breakdown);
+}
+
+/// Where the exit program's time goes: its run time cut short after each step, against the
+/// empty program and the whole one.
+fn breakdown_table(samples: &[(Variant, Sample)]) -> String {
+    let per_run = |v: Variant, name: &str| -> (f64, String) {
+        let values: Vec<f64> = samples_of(samples, v)
+            .iter()
+            .filter_map(|s| program_ns(s, &[name]))
+            .collect();
+        summary(&values, 0)
+    };
+    let rows = [
+        (
+            "empty program (b)",
+            "the hook itself and the statistics",
+            per_run(Variant::Floor, "floor_sys_exit"),
+        ),
+        (
+            Variant::StageLookup.label(),
+            "syscall filter, pid, the connection table lookup",
+            per_run(Variant::StageLookup, "lookup_sys_exit"),
+        ),
+        (
+            Variant::StageClock.label(),
+            "the entry stamp (egress) or one clock read (ingress)",
+            per_run(Variant::StageClock, "clock_sys_exit"),
+        ),
+        (
+            Variant::StageCopy.label(),
+            "`bpf_probe_read_user` of the 64-byte payload, protocol detection",
+            per_run(Variant::StageCopy, "copy_sys_exit"),
+        ),
+        (
+            "the whole exit program (c)",
+            "the record's header, the ring output, counters, byte totals",
+            per_run(Variant::Sockspan, "sys_exit"),
+        ),
+    ];
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "### Where the exit program's time goes
+"
+    );
+    let _ = writeln!(
+        out,
+        "Method: `sockspan bench-floor --stage …` loads the capture `sys_enter` and an exit program          built from the same code that returns after one step (`agent-ebpf/src/stages.rs`; a          compile-time constant, so the capture program carries no checks); each ran a ping-pong of a          quarter of the round trips, in rotating order, with the statistics pass as above. A step          costs the difference between its row and the one before (medians; the per-run figures          include the statistics' ~50 ns and the host's other syscalls, which leave at the filter).
+"
+    );
+    let _ = writeln!(
+        out,
+        "| exit program | ns per run | step | the step adds |\n|---|---|---|---|"
+    );
+    let mut before: Option<f64> = None;
+    for (label, step, (median, text)) in rows {
+        let added = before.map_or_else(|| "—".to_string(), |b| format!("{:.0} ns", median - b));
+        let _ = writeln!(out, "| {label} | {text} | {step} | {added} |");
+        before = Some(median);
+    }
+    out.push('\n');
+    out
 }
 
 /// Section 2: the agent's CPU and memory while it captured the ping-pong.

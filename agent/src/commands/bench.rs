@@ -16,17 +16,28 @@ use crate::{
     exporter::{SpanExporter, store::StoreExporter},
     net::loopback_tuple,
     pipeline::{self, PipelineError},
-    probes::{Probes, ProgramSet},
+    probes::{ExitStage, Probes, ProgramSet},
     receiver::{Event, EventSink as _},
     store::{Store, StoreConfig, StoreError},
     trace::{SpanData, TraceConfig, Tracer, resource::Resources},
 };
 
-/// `sockspan bench-floor`: empty programs on sockspan's tracepoints until stopped.
-pub async fn floor(args: &CaptureArgs, duration: Option<u64>) -> Result<(), PipelineError> {
+/// `sockspan bench-floor`: empty programs on sockspan's tracepoints until stopped, or with
+/// `stage`, the capture path cut short after one step (nothing reads the ring meanwhile: these
+/// programs send only connection records).
+pub async fn floor(
+    args: &CaptureArgs,
+    duration: Option<u64>,
+    stage: Option<ExitStage>,
+) -> Result<(), PipelineError> {
     caps::check_can_load().map_err(PipelineError::Privilege)?;
-    let _probes = Probes::load_set(&args.probes(), std::process::id(), ProgramSet::Floor)?;
-    tracing::info!("capture path attached (floor: empty programs)");
+    let set = stage.map_or(ProgramSet::Floor, ProgramSet::Stage);
+    let _probes = Probes::load_set(&args.probes(), std::process::id(), set)?;
+    if let Some(stage) = stage {
+        tracing::info!(?stage, "capture path attached (cut short)");
+    } else {
+        tracing::info!("capture path attached (floor: empty programs)");
+    }
     pipeline::stop_signal(duration.map(Duration::from_secs)).await;
     Ok(())
 }

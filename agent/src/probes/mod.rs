@@ -144,6 +144,30 @@ pub enum ProgramSet {
     Capture,
     /// Empty programs on the same hooks: the benchmark floor.
     Floor,
+    /// The capture `sys_enter` with an exit program cut short: the benchmark's breakdown.
+    Stage(ExitStage),
+}
+
+/// Where a breakdown exit program stops (`agent-ebpf/src/stages.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExitStage {
+    /// After the connection lookup.
+    Lookup,
+    /// After the timestamps.
+    Clock,
+    /// After the payload copy (no ring output).
+    Copy,
+}
+
+impl ExitStage {
+    /// The program's name in the object.
+    fn program(self) -> &'static str {
+        match self {
+            Self::Lookup => "lookup_sys_exit",
+            Self::Clock => "clock_sys_exit",
+            Self::Copy => "copy_sys_exit",
+        }
+    }
 }
 
 impl Probes {
@@ -187,6 +211,14 @@ impl Probes {
                 ProgramSet::Capture => attach(&mut ebpf, name, name, &kernel_btf)?,
                 ProgramSet::Floor => {
                     attach(&mut ebpf, &format!("floor_{name}"), name, &kernel_btf)?;
+                }
+                ProgramSet::Stage(stage) => {
+                    let program = if *name == "sys_exit" {
+                        stage.program()
+                    } else {
+                        name
+                    };
+                    attach(&mut ebpf, program, name, &kernel_btf)?;
                 }
             }
         }
