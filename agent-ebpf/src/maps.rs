@@ -26,9 +26,11 @@ pub static CONNS: LruHashMap<ConnKey, ConnInfo> =
 ///
 /// The thread is named by the address of its syscall registers (`struct pt_regs` sits at the
 /// top of each task's own kernel stack), which the tracepoint passes anyway, instead of by
-/// `bpf_get_current_pid_tgid()`: a helper call saved on every egress syscall. A stack reused by
-/// a new task after its owner exited could match a stale stamp only if the new task exits the
-/// same syscall on this CPU without having entered it here; the cost is one wrong time.
+/// `bpf_get_current_pid_tgid()`: a helper call saved on every egress syscall. Every egress exit
+/// takes the stamp whether or not it matches a tracked socket, so a stamp outlives its syscall
+/// only when the thread moved to another CPU inside it; a new task that got the departed
+/// thread's kernel stack could then match it only by exiting the same syscall here without
+/// entering it here. The cost is one wrong time.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct EntryStamp {

@@ -216,18 +216,22 @@ fn stamp_entry(regs: Regs, number: u64) {
     }
 }
 
-/// When the exiting egress syscall started, if this CPU saw its entry.
+/// When the exiting syscall started, if it is an egress one and this CPU saw its entry. Every
+/// egress exit takes its stamp, tracked socket or not, so no stamp outlives its syscall (unless
+/// the thread moved to another CPU inside it): a left-over stamp could match a later task that
+/// got the same kernel stack.
 #[inline(always)]
-fn entry_time(regs: Regs, number: u64) -> Option<u64> {
+fn take_entry_stamp(regs: Regs, number: u64) -> Option<u64> {
+    if !is_egress(number) {
+        return None;
+    }
     let slot = ENTRY_STAMPS.get_ptr_mut(0)?;
     // SAFETY: as in `stamp_entry`.
     let stamp = unsafe { &mut *slot };
     if stamp.regs == regs.address() && stamp.number == number {
-        // Used once: a later exit whose entry this CPU missed must not match it.
         stamp.regs = 0;
         return Some(stamp.ts_ns);
     }
-    count(Counter::EntryTimeMissed);
     None
 }
 
@@ -254,6 +258,7 @@ fn data_exit<const STAGE: u8>(
     pid_tgid: u64,
     syscall: Syscall,
     result: i64,
+    entered: Option<u64>,
 ) -> Result<(), i64> {
     let Some(direction) = syscall.direction() else {
         return Ok(());
@@ -278,14 +283,12 @@ fn data_exit<const STAGE: u8>(
     }
     // Egress bytes left when the syscall entered; the exit's own time is read only when that
     // entry was not seen (see `EventHeader::ts_ns`).
-    let entered = if direction == Direction::Egress {
-        entry_time(regs, regs.number())
-    } else {
-        None
-    };
     let (ts_ns, moved_ns) = match entered {
         Some(ts) => (ts, ts),
         None => {
+            if direction == Direction::Egress {
+                count(Counter::EntryTimeMissed);
+            }
             let now = now_ns();
             (now, now)
         }
@@ -535,12 +538,14 @@ pub mod stage {
 #[inline(always)]
 pub fn exit_program<const STAGE: u8>(ctx: &BtfTracePointContext) -> i32 {
     let regs = Regs::of(ctx);
-    let Some(syscall) = exit_traced(regs.number()) else {
+    let number = regs.number();
+    let Some(syscall) = exit_traced(number) else {
         return 0;
     };
     if !regs.is_native() {
         return 0;
     }
+    let entered = take_entry_stamp(regs, number);
     let result: i64 = ctx.arg(1);
     let Some(pid_tgid) = traced_pid_tgid() else {
         return 0;
@@ -550,7 +555,7 @@ pub fn exit_program<const STAGE: u8>(ctx: &BtfTracePointContext) -> i32 {
             open_exit(regs, pid_tgid, syscall, result);
         }
         _ => {
-            let _ = data_exit::<STAGE>(regs, pid_tgid, syscall, result);
+            let _ = data_exit::<STAGE>(regs, pid_tgid, syscall, result, entered);
         }
     }
     0

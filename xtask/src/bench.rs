@@ -869,12 +869,12 @@ fn breakdown_table(samples: &[(Variant, Sample)]) -> String {
         ),
         (
             Variant::StageLookup.label(),
-            "syscall filter, pid, the connection table lookup",
+            "syscall filter, the entry stamp taken (egress), pid, the connection table lookup",
             per_run(Variant::StageLookup, "lookup_sys_exit"),
         ),
         (
             Variant::StageClock.label(),
-            "the entry stamp (egress) or one clock read (ingress)",
+            "one clock read (ingress; egress uses its entry stamp)",
             per_run(Variant::StageClock, "clock_sys_exit"),
         ),
         (
@@ -889,15 +889,18 @@ fn breakdown_table(samples: &[(Variant, Sample)]) -> String {
         ),
     ];
     let mut out = String::new();
+    let _ = writeln!(out, "### Where the exit program's time goes\n");
     let _ = writeln!(
         out,
-        "### Where the exit program's time goes
-"
-    );
-    let _ = writeln!(
-        out,
-        "Method: `sockspan bench-floor --stage …` loads the capture `sys_enter` and an exit program          built from the same code that returns after one step (`agent-ebpf/src/stages.rs`; a          compile-time constant, so the capture program carries no checks); each ran a ping-pong of a          quarter of the round trips, in rotating order, with the statistics pass as above. A step          costs the difference between its row and the one before (medians; the per-run figures          include the statistics' ~50 ns and the host's other syscalls, which leave at the filter).
-"
+        "Method: `sockspan bench-floor --stage …` loads the capture `sys_enter` and an exit program \
+         built from the same code that returns after one step (`agent-ebpf/src/stages.rs`; a \
+         compile-time constant, so the capture program carries no checks); each ran a ping-pong of a \
+         quarter of the round trips, in rotating order, with the statistics pass as above. A step \
+         costs the difference between its row and the one before (medians; the per-run figures \
+         include the statistics' ~50 ns and the host's other syscalls, which leave at the filter). \
+         The first and last rows are (b) and (c) of the main rotation: in (c) the agent also runs \
+         and drains the ring on the other vCPU, so the last step carries what its reading costs \
+         the writer (cache lines moving between the vCPUs).\n"
     );
     let _ = writeln!(
         out,

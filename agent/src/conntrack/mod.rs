@@ -227,7 +227,9 @@ impl Conntrack {
             self.stats.data_unknown_conn += 1;
             return None;
         };
-        conn.last_seen_ns = event.header.ts_ns;
+        // An egress record carries its syscall's entry time, which may precede the last record
+        // seen (an ingress one that exited meanwhile): the idle clock never runs backwards.
+        conn.last_seen_ns = conn.last_seen_ns.max(event.header.ts_ns);
         if event.direction == agent_common::Direction::Egress as u32 {
             conn.bytes_sent += event.ret as u64;
         } else {

@@ -37,9 +37,12 @@ const FRAMES: TableDefinition<u64, &[u8]> = TableDefinition::new("frames");
 /// (latest start of a frame's spans, ns since the epoch; frame) → a summary of each of its spans
 /// ([`start_index`]).
 const BY_START: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("frames_by_start");
-/// Running totals; [`SPANS`] is the number of spans stored (retention by count reads it).
+/// Running totals: [`SPANS`], the number of spans stored (retention by count reads it), and
+/// [`SPREAD`], the widest (latest − earliest start) of any frame ever written (a search for
+/// spans started by `t` reads the start index up to `t` + it).
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
 const SPANS: &str = "spans";
+const SPREAD: &str = "spread";
 /// Sealed runs of the trace-id index: (run, first trace id of a block) → a block of sorted
 /// (trace id, frame) pairs, see [`trace_index`].
 const TRACE_RUNS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("trace_runs");
@@ -189,21 +192,24 @@ fn records<'a>(frame: u64, bytes: &[u8], raw: &'a mut Vec<u8>) -> Option<Vec<fra
         .ok()
 }
 
-/// Writes the frame being built, and its start-index entry, as `frame`.
+/// Writes the frame being built, and its start-index entry, as `frame`; returns the entry's
+/// spread.
 fn close_frame(
     writer: &mut Writer,
     frames: &mut redb::Table<u64, &[u8]>,
     by_start: &mut redb::Table<(u64, u64), &[u8]>,
     frame: u64,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     frames
         .insert(frame, writer.frame.finish())
         .map_err(db_err)?;
-    if let Some((latest, entry)) = writer.starts.finish() {
+    let mut spread = 0;
+    if let Some((latest, entry_spread, entry)) = writer.starts.finish() {
         by_start.insert((latest, frame), entry).map_err(db_err)?;
+        spread = entry_spread;
     }
     writer.starts.reset();
-    Ok(())
+    Ok(spread)
 }
 
 /// A summary ordered by start, for the merge in [`Store::scan`] (ties in any order).
@@ -387,6 +393,8 @@ impl Store {
             counts
                 .insert(SPANS, stored + spans.len() as u64)
                 .map_err(db_err)?;
+            let stored_spread = counts.get(SPREAD).map_err(db_err)?.map_or(0, |v| v.value());
+            let mut spread = stored_spread;
             for span in spans {
                 writer.frame.push(span);
                 let service = span.resource.service_name();
@@ -403,13 +411,16 @@ impl Store {
                         .map_err(db_err)?;
                 }
                 if writer.frame.is_full() {
-                    close_frame(writer, &mut frames, &mut by_start, frame)?;
+                    spread = spread.max(close_frame(writer, &mut frames, &mut by_start, frame)?);
                     frame += 1;
                 }
             }
             if !writer.frame.is_empty() {
-                close_frame(writer, &mut frames, &mut by_start, frame)?;
+                spread = spread.max(close_frame(writer, &mut frames, &mut by_start, frame)?);
                 frame += 1;
+            }
+            if spread > stored_spread {
+                counts.insert(SPREAD, spread).map_err(db_err)?;
             }
             // Into the open run before the commit, so a reader never misses a committed span;
             // `pairs` keeps the ones this write added, for the caller to take back on failure.
@@ -467,8 +478,12 @@ impl Store {
             let mut latest_start = 0u64;
             for entry in frames.iter().map_err(db_err)?.take(RETENTION_FRAMES) {
                 let (frame, bytes) = entry.map_err(db_err)?;
-                // A frame whose header cannot be read is dropped with the old ones.
+                // A frame whose header cannot be read is dropped with the old ones; its start-index
+                // entry could then be keyed anywhere.
                 let header = FrameHeader::parse(bytes.value()).ok();
+                if header.is_none() {
+                    latest_start = u64::MAX;
+                }
                 let (spans, latest) =
                     header.map_or((0, 0), |h| (u64::from(h.spans), h.latest_start_ns));
                 if latest >= horizon && removed >= excess {
@@ -483,11 +498,20 @@ impl Store {
             };
             last_removed = last;
             frames.retain_in(..=last, |_, _| false).map_err(db_err)?;
+            // The totals go down by what the index held of the frames removed, so they stay the
+            // index's count even where a frame's header was damaged.
+            let mut indexed = 0u64;
             by_start
-                .retain_in(..=(latest_start, u64::MAX), |(_, frame), _| frame > last)
+                .retain_in(..=(latest_start, u64::MAX), |(_, frame), entry| {
+                    let doomed = frame <= last;
+                    if doomed {
+                        indexed += start_index::count(entry);
+                    }
+                    !doomed
+                })
                 .map_err(db_err)?;
             counts
-                .insert(SPANS, stored.saturating_sub(removed))
+                .insert(SPANS, stored.saturating_sub(indexed))
                 .map_err(db_err)?;
             let mut runs = txn.open_table(RUNS).map_err(db_err)?;
             let mut index = txn.open_table(TRACE_RUNS).map_err(db_err)?;
@@ -604,8 +628,8 @@ impl Store {
     ///
     /// Entries are per frame, keyed by the latest start in the frame: they are read from the
     /// newest key down, and a summary is handed out once every entry still unread has a key
-    /// below its start (none of them can hold a newer span). Entries keyed after `end_ns` are
-    /// read only when their earliest start says they may hold a span in the range.
+    /// below its start (none of them can hold a newer span). Entries keyed after `end_ns` may
+    /// hold spans in the range only up to the widest spread any frame had.
     pub fn scan(
         &self,
         start_ns: u64,
@@ -614,8 +638,18 @@ impl Store {
     ) -> Result<(), StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let by_start = txn.open_table(BY_START).map_err(db_err)?;
+        let spread = txn
+            .open_table(COUNTS)
+            .map_err(db_err)?
+            .get(SPREAD)
+            .map_err(db_err)?
+            .map_or(0, |v| v.value());
         let mut pending = BinaryHeap::new();
-        for entry in by_start.range((start_ns, 0)..).map_err(db_err)?.rev() {
+        for entry in by_start
+            .range((start_ns, 0)..=(end_ns.saturating_add(spread), u64::MAX))
+            .map_err(db_err)?
+            .rev()
+        {
             let (key, value) = entry.map_err(db_err)?;
             let (latest, frame) = key.value();
             while pending
@@ -868,6 +902,45 @@ mod tests {
         );
         assert_eq!(s.span_count().expect("count"), 3001);
         let _ = std::fs::remove_dir_all(s.path().parent().expect("dir"));
+    }
+
+    #[test]
+    fn a_frame_with_a_damaged_header_leaves_no_summary_or_count_behind() {
+        let path = temp_path("damaged-header");
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+        let s = store(&path, 1000);
+        let old = NOW - 7_200_000_000_000;
+        // The first frame holds the latest starts, so only its own (unreadable) header could
+        // say where its start-index entry is.
+        for batch in 0..3u32 {
+            let base = if batch == 0 { old + 10_000 } else { old };
+            let spans: Vec<SpanData> = (0..64)
+                .map(|i| numbered(batch * 64 + i, base + u64::from(batch * 64 + i)))
+                .collect();
+            s.write(&spans, true).expect("write");
+        }
+        assert_eq!(s.span_count().expect("count"), 192);
+        // Frame 0's header damaged on disk (format byte and all).
+        {
+            let txn = s.db.begin_write().expect("write");
+            txn.open_table(FRAMES)
+                .expect("frames")
+                .insert(0, &[0xffu8; 8][..])
+                .expect("damage");
+            txn.commit().expect("commit");
+        }
+        // All three are past the retention; the damaged one goes with them, and its summaries
+        // with it, though its header cannot say how many spans it had.
+        s.enforce_retention(NOW).expect("retain");
+        assert_eq!(s.span_count().expect("count"), 0);
+        let mut left = 0;
+        s.scan(0, u64::MAX, |_| {
+            left += 1;
+            true
+        })
+        .expect("scan");
+        assert_eq!(left, 0, "no summary of a removed frame is left");
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
     }
 
     #[test]

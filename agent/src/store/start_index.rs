@@ -61,14 +61,14 @@ impl StartBlock {
         push_name(&mut self.bytes, &span.name);
     }
 
-    /// Ends the entry: its key's start (the latest in it) and its bytes, valid until the next
-    /// push or reset. `None` when nothing was pushed.
-    pub fn finish(&mut self) -> Option<(u64, &[u8])> {
+    /// Ends the entry: its key's start (the latest in it), its spread (latest − earliest) and
+    /// its bytes, valid until the next push or reset. `None` when nothing was pushed.
+    pub fn finish(&mut self) -> Option<(u64, u64, &[u8])> {
         if self.bytes.is_empty() {
             return None;
         }
         self.bytes[1..HEADER].copy_from_slice(&self.earliest.to_le_bytes());
-        Some((self.latest, &self.bytes))
+        Some((self.latest, self.latest - self.earliest, &self.bytes))
     }
 
     pub fn reset(&mut self) {
@@ -130,6 +130,23 @@ pub fn for_each_in(
     Ok(())
 }
 
+/// How many whole summaries an entry holds (those before any damage).
+pub fn count(entry: &[u8]) -> u64 {
+    if earliest_start(entry).is_err() {
+        return 0;
+    }
+    let mut at = HEADER;
+    let mut n = 0;
+    while at + 32 <= entry.len() {
+        let Some((_, next)) = name_at(entry, at + 32).and_then(|(_, n)| name_at(entry, n)) else {
+            break;
+        };
+        n += 1;
+        at = next;
+    }
+    n
+}
+
 /// The length-prefixed name at `at` and the offset after it.
 fn name_at(entry: &[u8], at: usize) -> Option<(&[u8], usize)> {
     let len = usize::from(u16::from_le_bytes(entry.get(at..at + 2)?.try_into().ok()?));
@@ -155,10 +172,11 @@ mod tests {
         block.push(&span(1, 1, "front", 500), "front");
         block.push(&span(2, 1, "back", 300), "back");
         block.push(&span(3, 1, "front", 900), "front");
-        let (latest, entry) = block.finish().expect("entry");
-        assert_eq!(latest, 900);
+        let (latest, spread, entry) = block.finish().expect("entry");
+        assert_eq!((latest, spread), (900, 600));
         let entry = entry.to_vec();
         assert_eq!(earliest_start(&entry), Ok(300));
+        assert_eq!(count(&entry), 3);
         let summaries = all(&entry).expect("decode");
         assert_eq!(summaries.len(), 3);
         assert_eq!(summaries[1].trace_id, [2; 16]);
@@ -172,10 +190,10 @@ mod tests {
 
         block.reset();
         block.push(&span(4, 1, "x", 7), "x");
-        let (latest, entry) = block.finish().expect("next entry");
+        let (latest, spread, entry) = block.finish().expect("next entry");
         assert_eq!(
-            (latest, earliest_start(entry)),
-            (7, Ok(7)),
+            (latest, spread, earliest_start(entry)),
+            (7, 0, Ok(7)),
             "reset starts afresh"
         );
     }
@@ -185,7 +203,7 @@ mod tests {
         let mut block = StartBlock::default();
         let service = "é".repeat(MAX_NAME_BYTES);
         block.push(&span(1, 1, &service, 1), &service);
-        let (_, entry) = block.finish().expect("entry");
+        let (_, _, entry) = block.finish().expect("entry");
         let summaries = all(entry).expect("decode");
         assert_eq!(summaries[0].service.len(), MAX_NAME_BYTES);
         assert!(service.starts_with(&summaries[0].service));
@@ -196,11 +214,16 @@ mod tests {
         let mut block = StartBlock::default();
         block.push(&span(1, 1, "front", 5), "front");
         block.push(&span(2, 1, "back", 6), "back");
-        let (_, entry) = block.finish().expect("entry");
+        let (_, _, entry) = block.finish().expect("entry");
         let entry = entry.to_vec();
+        assert_eq!(count(&entry), 2);
         for cut in 0..entry.len() {
             // Cut at a summary boundary the rest reads fine; anywhere else it is an error.
             let _ = all(&entry[..cut]);
+            assert!(
+                count(&entry[..cut]) < 2,
+                "a cut entry counts only whole summaries"
+            );
             if cut < HEADER {
                 assert_eq!(
                     earliest_start(&entry[..cut]),
@@ -213,6 +236,7 @@ mod tests {
                 let mut bad = entry.clone();
                 bad[at] ^= flip;
                 let _ = all(&bad);
+                let _ = count(&bad);
             }
         }
         let mut wrong_format = entry.clone();
