@@ -74,6 +74,12 @@ impl<'a> RunSink<'a> {
         }
     }
 
+    /// The most spans the tracer held at once.
+    #[cfg(test)]
+    pub(crate) fn held_peak(&self) -> u64 {
+        self.tracer.stats.held_peak
+    }
+
     pub(crate) fn export(&mut self, flush: bool) {
         let now = monotonic_ns();
         loop {
@@ -162,6 +168,12 @@ impl EventSink for RunSink<'_> {
         http.feed(side, payload, total, ts, event.header.tid, &mut self.events);
         let server = *server;
         dispatch(&mut self.tracer, &mut self.events, conn, server);
+        // The export tick competes with draining the ring, and under load ran only every
+        // ~100 ms: 10–25 k finished spans waited for it (`held_peak`), ~15 MB of the agent's
+        // peak memory. A chunk's worth goes out as soon as it is ready.
+        if self.tracer.ready_now() >= EXPORT_CHUNK {
+            self.export(false);
+        }
     }
 
     fn on_close(&mut self, event: &ConnEvent) {
@@ -203,7 +215,7 @@ impl EventSink for RunSink<'_> {
 }
 
 /// Spans built and handed to the exporter at a time.
-const EXPORT_CHUNK: usize = 1024;
+pub(crate) const EXPORT_CHUNK: usize = 1024;
 
 /// How long shutdown waits for the OTLP sender to deliver what it holds.
 const EXPORT_DRAIN: Duration = Duration::from_secs(15);
@@ -294,6 +306,7 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         roots = sink.tracer.stats.roots,
         ambiguous = sink.tracer.stats.ambiguous,
         held = sink.tracer.held(),
+        held_peak = sink.tracer.stats.held_peak,
         http_connections = sink.stats.http_connections,
         other_connections = sink.stats.other_connections,
         events_sent = kernel.get(agent_common::Counter::EventsSent),

@@ -88,6 +88,8 @@ pub struct TraceStats {
     pub orphan_exchanges: u64,
     /// Spans dropped because `max_spans` were held.
     pub dropped_full: u64,
+    /// The most spans held at once (open or waiting for export).
+    pub held_peak: u64,
 }
 
 /// A trace id that can be redirected: spans share it, and a root that learns its parent late
@@ -307,6 +309,12 @@ impl Tracer {
         self.spans.len()
     }
 
+    /// Finished spans of settled traces, ready to export now.
+    #[must_use]
+    pub fn ready_now(&self) -> usize {
+        self.ready_now.len()
+    }
+
     /// A request head was read (`server`) or written (client) on `conn`.
     pub fn on_request(
         &mut self,
@@ -393,6 +401,7 @@ impl Tracer {
                 finished: None,
             },
         );
+        self.stats.held_peak = self.stats.held_peak.max(self.spans.len() as u64);
     }
 
     /// Parent of a server span without a header: the client on the other end, if seen.
