@@ -305,6 +305,14 @@ fn measure(bin: &Path, variant: Variant, round_trips: u64) -> Result<Sample> {
     })
 }
 
+/// `rounds` rounds of `variants`, each round starting one variant later (A B C, B C A, C A B,
+/// …), with the round's number.
+fn rotating(variants: &[Variant], rounds: usize) -> impl Iterator<Item = (usize, Variant)> + '_ {
+    (0..rounds).flat_map(move |round| {
+        (0..variants.len()).map(move |k| (round, variants[(round + k) % variants.len()]))
+    })
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
@@ -390,28 +398,22 @@ pub fn bench(quick: bool) -> Result<()> {
         std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
     bpf_stats(false)?;
     let mut samples: Vec<(Variant, Sample)> = Vec::new();
-    for round in 0..rounds {
-        for k in 0..Variant::PING_PONG.len() {
-            let variant = Variant::PING_PONG[(round + k) % Variant::PING_PONG.len()];
-            eprintln!(
-                "xtask bench: round {} of {rounds}: {} ({round_trips} round trips)",
-                round + 1,
-                variant.label()
-            );
-            samples.push((variant, measure(&bin, variant, round_trips)?));
-        }
+    for (round, variant) in rotating(&Variant::PING_PONG, rounds) {
+        eprintln!(
+            "xtask bench: round {} of {rounds}: {} ({round_trips} round trips)",
+            round + 1,
+            variant.label()
+        );
+        samples.push((variant, measure(&bin, variant, round_trips)?));
     }
     // The breakdown reads only the programs' run times, so a shorter ping-pong does.
-    for round in 0..rounds {
-        for k in 0..Variant::STAGES.len() {
-            let variant = Variant::STAGES[(round + k) % Variant::STAGES.len()];
-            eprintln!(
-                "xtask bench: breakdown round {} of {rounds}: {}",
-                round + 1,
-                variant.label()
-            );
-            samples.push((variant, measure(&bin, variant, round_trips / 4)?));
-        }
+    for (round, variant) in rotating(&Variant::STAGES, rounds) {
+        eprintln!(
+            "xtask bench: breakdown round {} of {rounds}: {}",
+            round + 1,
+            variant.label()
+        );
+        samples.push((variant, measure(&bin, variant, round_trips / 4)?));
     }
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
     let http = http_rounds(&bin, quick)?;
@@ -531,43 +533,40 @@ fn http_rounds(bin: &Path, quick: bool) -> Result<Vec<HttpSample>> {
     let fixed_rate = (calibration * 0.5).min(crate::bench_http::CLIENT_MAX_RATE);
     let spans_file = std::env::temp_dir().join("sockspan-bench-spans.jsonl");
     let mut out = Vec::new();
-    for round in 0..rounds {
-        for k in 0..Variant::ALL.len() {
-            let variant = Variant::ALL[(round + k) % Variant::ALL.len()];
-            eprintln!(
-                "xtask bench: nginx round {} of {rounds}: {}",
-                round + 1,
-                variant.label()
-            );
-            let mut saturation_rps = 0.0;
-            let saturation = phase(bin, variant, &spans_file, || {
-                let (rps, requests) = crate::bench_http::wrk(nginx.port, seconds)?;
-                saturation_rps = rps;
-                Ok(requests)
-            })?;
-            let mut latencies = Vec::new();
-            let fixed = phase(bin, variant, &spans_file, || {
-                let (requests, sorted) =
-                    crate::bench_http::constant_rate(nginx.port, fixed_rate, seconds)?;
-                latencies = sorted;
-                Ok(requests)
-            })?;
-            let pick = |q: f64| {
-                latencies
-                    .get(((latencies.len().saturating_sub(1)) as f64 * q) as usize)
-                    .copied()
-                    .unwrap_or(0)
-            };
-            out.push(HttpSample {
-                variant,
-                saturation_rps,
-                fixed_rate,
-                p50_us: pick(0.5),
-                p99_us: pick(0.99),
-                saturation,
-                fixed,
-            });
-        }
+    for (round, variant) in rotating(&Variant::ALL, rounds) {
+        eprintln!(
+            "xtask bench: nginx round {} of {rounds}: {}",
+            round + 1,
+            variant.label()
+        );
+        let mut saturation_rps = 0.0;
+        let saturation = phase(bin, variant, &spans_file, || {
+            let (rps, requests) = crate::bench_http::wrk(nginx.port, seconds)?;
+            saturation_rps = rps;
+            Ok(requests)
+        })?;
+        let mut latencies = Vec::new();
+        let fixed = phase(bin, variant, &spans_file, || {
+            let (requests, sorted) =
+                crate::bench_http::constant_rate(nginx.port, fixed_rate, seconds)?;
+            latencies = sorted;
+            Ok(requests)
+        })?;
+        let pick = |q: f64| {
+            latencies
+                .get(((latencies.len().saturating_sub(1)) as f64 * q) as usize)
+                .copied()
+                .unwrap_or(0)
+        };
+        out.push(HttpSample {
+            variant,
+            saturation_rps,
+            fixed_rate,
+            p50_us: pick(0.5),
+            p99_us: pick(0.99),
+            saturation,
+            fixed,
+        });
     }
     let _ = std::fs::remove_file(&spans_file);
     Ok(out)
