@@ -121,16 +121,7 @@ pub fn pipeline_throughput(exchanges: u64, store: Option<&Path>) -> Result<(), S
         Some(s) => s,
         None => &mut counter,
     };
-    let conntrack = Conntrack::new(ConntrackConfig::default(), Vec::new());
-    let tracer = Tracer::new(
-        TraceConfig {
-            link_delay: Duration::ZERO,
-            ..TraceConfig::default()
-        },
-        Resources::new(crate::trace::resource::ServiceNameRule::Auto),
-    );
-    let mut sink = RunSink::new(conntrack, tracer, exporter);
-    open_connections(&mut sink, pid);
+    let mut sink = synthetic_sink(exporter, pid);
     let started = Instant::now();
     // An explicit export every 1024 exchanges, as the tick would.
     let events = feed_exchanges(&mut sink, pid, exchanges, 1024);
@@ -154,6 +145,22 @@ pub fn pipeline_throughput(exchanges: u64, store: Option<&Path>) -> Result<(), S
         exchanges as f64 / elapsed
     );
     Ok(())
+}
+
+/// The pipeline `sockspan run` builds, with no link delay (both ends are synthesized), and the
+/// connections [`feed_exchanges`] uses already open.
+fn synthetic_sink(exporter: &mut dyn SpanExporter, pid: u32) -> RunSink<'_> {
+    let conntrack = Conntrack::new(ConntrackConfig::default(), Vec::new());
+    let tracer = Tracer::new(
+        TraceConfig {
+            link_delay: Duration::ZERO,
+            ..TraceConfig::default()
+        },
+        Resources::new(crate::trace::resource::ServiceNameRule::Auto),
+    );
+    let mut sink = RunSink::new(conntrack, tracer, exporter);
+    open_connections(&mut sink, pid);
+    sink
 }
 
 /// Feeds `exchanges` synthesized HTTP exchanges (four data events each) through `sink`,
@@ -273,17 +280,8 @@ mod tests {
     #[test]
     fn finished_spans_leave_without_waiting_for_the_tick() {
         let mut counter = CountingExporter::default();
-        let tracer = Tracer::new(
-            TraceConfig {
-                link_delay: Duration::ZERO,
-                ..TraceConfig::default()
-            },
-            Resources::new(crate::trace::resource::ServiceNameRule::Auto),
-        );
-        let conntrack = Conntrack::new(ConntrackConfig::default(), Vec::new());
-        let mut sink = RunSink::new(conntrack, tracer, &mut counter);
         let pid = std::process::id();
-        open_connections(&mut sink, pid);
+        let mut sink = synthetic_sink(&mut counter, pid);
         // No tick and no export for 20 000 exchanges: a busy ring starves the tick.
         feed_exchanges(&mut sink, pid, 20_000, u64::MAX);
         let peak = sink.held_peak();
