@@ -106,26 +106,19 @@ pub fn for_each_in(
     mut f: impl FnMut(SpanSummary),
 ) -> Result<(), StartIndexError> {
     earliest_start(entry)?;
-    let mut at = HEADER;
-    while at < entry.len() {
-        let fixed = entry.get(at..at + 32).ok_or(StartIndexError::Summary(at))?;
-        let start = u64::from_le_bytes(fixed[..8].try_into().unwrap_or_default());
-        let duration_ns = u64::from_le_bytes(fixed[8..16].try_into().unwrap_or_default());
-        let mut trace_id = [0u8; 16];
-        trace_id.copy_from_slice(&fixed[16..32]);
-        let (service, next) = name_at(entry, at + 32).ok_or(StartIndexError::Summary(at))?;
-        let (name, next) = name_at(entry, next).ok_or(StartIndexError::Summary(at))?;
-        if (from..=to).contains(&start) {
-            let text = |bytes| std::str::from_utf8(bytes).map_err(|_| StartIndexError::Utf8(at));
+    for raw in raw_summaries(entry) {
+        let raw = raw?;
+        if (from..=to).contains(&raw.start_ns) {
+            let text =
+                |bytes| std::str::from_utf8(bytes).map_err(|_| StartIndexError::Utf8(raw.at));
             f(SpanSummary {
-                trace_id,
-                service: text(service)?.to_string(),
-                name: text(name)?.to_string(),
-                start_ns: start,
-                duration_ns,
+                trace_id: raw.trace_id,
+                service: text(raw.service)?.to_string(),
+                name: text(raw.name)?.to_string(),
+                start_ns: raw.start_ns,
+                duration_ns: raw.duration_ns,
             });
         }
-        at = next;
     }
     Ok(())
 }
@@ -135,16 +128,49 @@ pub fn count(entry: &[u8]) -> u64 {
     if earliest_start(entry).is_err() {
         return 0;
     }
+    raw_summaries(entry).take_while(Result::is_ok).count() as u64
+}
+
+/// A summary as stored, its names not yet checked as UTF-8.
+struct RawSummary<'a> {
+    /// Where it starts in the entry.
+    at: usize,
+    start_ns: u64,
+    duration_ns: u64,
+    trace_id: [u8; 16],
+    service: &'a [u8],
+    name: &'a [u8],
+}
+
+/// The summaries after the header, in order; ends after the first one that runs past the entry.
+fn raw_summaries(entry: &[u8]) -> impl Iterator<Item = Result<RawSummary<'_>, StartIndexError>> {
     let mut at = HEADER;
-    let mut n = 0;
-    while at + 32 <= entry.len() {
-        let Some((_, next)) = name_at(entry, at + 32).and_then(|(_, n)| name_at(entry, n)) else {
-            break;
+    std::iter::from_fn(move || {
+        if at >= entry.len() {
+            return None;
+        }
+        let this = at;
+        let parsed = entry.get(this..this + 32).and_then(|fixed| {
+            let (service, next) = name_at(entry, this + 32)?;
+            let (name, next) = name_at(entry, next)?;
+            Some((fixed, service, name, next))
+        });
+        let Some((fixed, service, name, next)) = parsed else {
+            at = entry.len();
+            return Some(Err(StartIndexError::Summary(this)));
         };
-        n += 1;
         at = next;
-    }
-    n
+        let mut trace_id = [0u8; 16];
+        trace_id.copy_from_slice(&fixed[16..32]);
+        Some(Ok(RawSummary {
+            at: this,
+            start_ns: u64::from_le_bytes(fixed[..8].try_into().unwrap_or_default()),
+            duration_ns: u64::from_le_bytes(fixed[8..16].try_into().unwrap_or_default()),
+            trace_id,
+            service,
+            name,
+        }))
+    })
 }
 
 /// The length-prefixed name at `at` and the offset after it.
