@@ -9,9 +9,10 @@
 pub const MAX_CAPTURE_BYTES: usize = 8 * 1024;
 /// Payload prefix captured per syscall unless the user configures another size.
 pub const DEFAULT_CAPTURE_BYTES: u32 = 4096;
-/// Largest number of iovec entries walked for `readv`/`writev`/`sendmsg`/`recvmsg`; entries past
+/// Largest number of iovec entries walked for `readv`/`writev`/`sendmsg`/`recvmsg` (by `bpf_loop`:
+/// gRPC spreads one frame over many small entries); entries past
 /// it are counted in `ret` but not copied.
-pub const MAX_IOVECS: usize = 8;
+pub const MAX_IOVECS: usize = 64;
 /// Messages of one `sendmmsg`/`recvmmsg` reported as data events; the rest are counted in the
 /// `payload_truncated` counter.
 pub const MAX_MMSG: usize = 4;

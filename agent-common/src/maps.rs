@@ -43,10 +43,12 @@ pub struct ConnInfo {
 const _: () = assert!(core::mem::size_of::<ConnInfo>() == 8 + 40 + 8 + 16 + 8);
 
 /// What a connection speaks, as far as the programs can tell from its first bytes. They
-/// recognise the start of an HTTP/1 request on the request side (a client's writes, a server's
-/// reads, either when the role is unknown) with the same rule as the agent's detector, but
-/// looser (four bytes of the method), so the programs never give up on a connection the agent
-/// would still parse.
+/// recognise, with the same rules as the agent's detectors but looser (so they never give up on
+/// a connection the agent would still parse): the start of an HTTP/1 request on the request side
+/// (a client's writes, a server's reads, either when the role is unknown: four bytes of the
+/// method); HTTP/2's client preface there; and, with a known role, a plausible HTTP/2 frame
+/// header at the start of a syscall's bytes (a connection open before the agent). The agent
+/// confirms, and marks the connection [`Protocol::Opaque`] in the table when it gives up.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -57,7 +59,13 @@ pub enum Protocol {
     /// Nothing sockspan parses: with [`crate::CaptureConfig::skip_opaque`], no data records,
     /// only byte totals at close.
     Opaque = 2,
+    /// HTTP/2 (gRPC): every data syscall is sent.
+    Http2 = 3,
 }
+
+/// The first four bytes of HTTP/2's client preface (`PRI * HTTP/2.0…`), as a little-endian
+/// `u32`.
+pub const HTTP2_PREFACE_PREFIX: u32 = u32::from_le_bytes(*b"PRI ");
 
 /// Data syscalls without a request start after which a connection is [`Protocol::Opaque`]; the
 /// agent's detector gives up after as many.

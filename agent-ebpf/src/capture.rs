@@ -4,7 +4,10 @@
 //! verifier can prove every copy stays inside the scratch buffer.
 
 use agent_common::{MAX_CAPTURE_BYTES, MAX_IOVECS};
-use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw};
+use aya_ebpf::helpers::{
+    bpf_probe_read_user,
+    generated::{bpf_loop, bpf_probe_read_user as read_user_raw},
+};
 
 /// `struct iovec` of the user ABI (64-bit).
 #[repr(C)]
@@ -39,35 +42,48 @@ pub struct Copied {
     pub failed: bool,
 }
 
-/// Copies up to `want` bytes (at most `MAX_CAPTURE_BYTES`) from `src` into `dst`.
+/// Copies up to `want` bytes (at most `MAX_CAPTURE_BYTES`) from `src` into `dst`, walking at
+/// most `max_iovecs` iovec entries (a constant at each call site, so the loop's bound is one).
 #[inline(always)]
-pub fn copy_payload(dst: &mut [u8; 2 * MAX_CAPTURE_BYTES], src: Source, want: u64) -> Copied {
+pub fn copy_payload(
+    dst: &mut [u8; 2 * MAX_CAPTURE_BYTES],
+    src: Source,
+    want: u64,
+    max_iovecs: usize,
+) -> Copied {
     let want = if want > MAX_CAPTURE_BYTES as u64 {
         MAX_CAPTURE_BYTES as u64
     } else {
         want
     };
-    match src {
-        Source::Uncapturable => Copied {
-            len: 0,
-            failed: false,
-        },
-        Source::Buffer { ptr } => copy_one(dst, 0, ptr, want),
-        Source::Iovecs { ptr, count } => copy_iovecs(dst, ptr, count, want),
+    // One call site for the iovec walk whichever way the iovecs are reached: the verifier
+    // walks each inlined copy of the loop on its own.
+    let (iov, count) = match src {
+        Source::Uncapturable => {
+            return Copied {
+                len: 0,
+                failed: false,
+            };
+        }
+        Source::Buffer { ptr } => return copy_one(dst, 0, ptr, want),
+        Source::Iovecs { ptr, count } => (ptr, count),
         Source::MsgHdr { ptr } => {
             // SAFETY: bpf_probe_read_user returns an error for a bad user address; it never faults.
             let iov = unsafe { bpf_probe_read_user((ptr + MSGHDR_IOV) as *const u64) };
             // SAFETY: as above.
             let count = unsafe { bpf_probe_read_user((ptr + MSGHDR_IOVLEN) as *const u64) };
             match (iov, count) {
-                (Ok(iov), Ok(count)) => copy_iovecs(dst, iov, count, want),
-                _ => Copied {
-                    len: 0,
-                    failed: true,
-                },
+                (Ok(iov), Ok(count)) => (iov, count),
+                _ => {
+                    return Copied {
+                        len: 0,
+                        failed: true,
+                    };
+                }
             }
         }
-    }
+    };
+    copy_iovecs(dst, iov, count, want, max_iovecs)
 }
 
 /// Copies `len` bytes from user `src` to `dst[off..]`.
@@ -103,40 +119,96 @@ fn copy_one(dst: &mut [u8; 2 * MAX_CAPTURE_BYTES], off: u64, src: u64, len: u64)
     }
 }
 
-#[inline(always)]
-fn copy_iovecs(dst: &mut [u8; 2 * MAX_CAPTURE_BYTES], iov: u64, count: u64, want: u64) -> Copied {
-    let mut copied: u64 = 0;
-    let mut i: usize = 0;
-    while i < MAX_IOVECS {
-        if i as u64 >= count || copied >= want {
-            break;
-        }
-        // SAFETY: as in `copy_payload`: a bad user address yields an error.
-        let Ok(entry) = (unsafe { bpf_probe_read_user((iov + i as u64 * 16) as *const Iovec) })
-        else {
-            return Copied {
-                len: copied as u32,
-                failed: true,
-            };
-        };
-        let remaining = want - copied;
-        let take = if entry.len < remaining {
-            entry.len
-        } else {
-            remaining
-        };
-        let part = copy_one(dst, copied, entry.base, take);
-        if part.failed {
-            return Copied {
-                len: copied as u32,
-                failed: true,
-            };
-        }
-        copied += u64::from(part.len);
-        i += 1;
+/// The state of an iovec walk, on the caller's stack, handed to each step of `bpf_loop`.
+#[repr(C)]
+struct IovWalk {
+    dst: *mut [u8; 2 * MAX_CAPTURE_BYTES],
+    iov: u64,
+    count: u64,
+    want: u64,
+    copied: u64,
+    failed: u64,
+}
+
+/// One entry of the iovec walk (a `bpf_loop` callback: index, context; 1 stops the loop).
+/// A callback is verified once for every entry, where an unrolled loop was verified once per
+/// entry: past 16 entries that walk no longer fit the verifier's budget, and gRPC's writes
+/// spread one frame over many small iovecs.
+#[inline(never)]
+extern "C" fn iov_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the `IovWalk` `copy_iovecs` passed to `bpf_loop`, on its stack, alive for
+    // the whole loop; nothing else touches it meanwhile.
+    let walk = unsafe { &mut *ctx.cast::<IovWalk>() };
+    if index >= walk.count || walk.copied >= walk.want {
+        return 1;
     }
+    // SAFETY: bpf_probe_read_user returns an error for a bad user address; it never faults.
+    let Ok(entry) = (unsafe { bpf_probe_read_user((walk.iov + index * 16) as *const Iovec) })
+    else {
+        walk.failed = 1;
+        return 1;
+    };
+    let remaining = walk.want - walk.copied;
+    let take = if entry.len < remaining {
+        entry.len
+    } else {
+        remaining
+    };
+    // SAFETY: `dst` points at this CPU's scratch payload, which outlives the walk.
+    let dst = unsafe { &mut *walk.dst };
+    let part = copy_one(dst, walk.copied, entry.base, take);
+    if part.failed {
+        walk.failed = 1;
+        return 1;
+    }
+    walk.copied += u64::from(part.len);
+    0
+}
+
+#[inline(always)]
+fn copy_iovecs(
+    dst: &mut [u8; 2 * MAX_CAPTURE_BYTES],
+    iov: u64,
+    count: u64,
+    want: u64,
+    max_iovecs: usize,
+) -> Copied {
+    let mut walk = IovWalk {
+        dst: core::ptr::from_mut(dst),
+        iov,
+        count,
+        want,
+        copied: 0,
+        failed: 0,
+    };
+    let max_iovecs = if max_iovecs < MAX_IOVECS {
+        max_iovecs
+    } else {
+        MAX_IOVECS
+    };
+    // The callback goes to the helper as a function reference (a BPF_PSEUDO_FUNC load), never
+    // through an integer, which would lose the relocation.
+    let step: extern "C" fn(u64, *mut core::ffi::c_void) -> i64 = iov_step;
+    // SAFETY: the helper calls `step` at most `max_iovecs` times with `&mut walk`, which lives on
+    // this stack frame until it returns.
+    let ret = unsafe {
+        bpf_loop(
+            max_iovecs as u32,
+            core::mem::transmute::<
+                extern "C" fn(u64, *mut core::ffi::c_void) -> i64,
+                *mut core::ffi::c_void,
+            >(step),
+            (&raw mut walk).cast(),
+            0,
+        )
+    };
+    let copied = if walk.copied > MAX_CAPTURE_BYTES as u64 {
+        MAX_CAPTURE_BYTES as u64
+    } else {
+        walk.copied
+    };
     Copied {
         len: copied as u32,
-        failed: false,
+        failed: walk.failed != 0 || ret < 0,
     }
 }

@@ -14,7 +14,8 @@
 
 use agent_common::{
     ConnEvent, ConnInfo, ConnKey, Counter, DETECT_CHUNKS, DataEvent, Direction, EventHeader,
-    EventKind, MAX_CAPTURE_BYTES, MAX_MMSG, Protocol, REQUEST_PREFIXES, Role, SockTuple, Syscall,
+    EventKind, HTTP2_PREFACE_PREFIX, MAX_CAPTURE_BYTES, MAX_IOVECS, MAX_MMSG, Protocol,
+    REQUEST_PREFIXES, Role, SockTuple, Syscall,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
@@ -251,6 +252,8 @@ struct Exit {
 /// `struct mmsghdr` (64-bit ABI): a `struct user_msghdr` (56 bytes) then `unsigned int msg_len`.
 const MMSGHDR_SIZE: u64 = 64;
 const MMSGHDR_LEN: u64 = 56;
+/// Iovec entries walked per message of a `*mmsg` call.
+const MMSG_IOVECS: usize = 4;
 
 #[inline(always)]
 fn data_exit<const STAGE: u8>(
@@ -318,32 +321,36 @@ fn data_exit<const STAGE: u8>(
                 // SAFETY: bpf_probe_read_user returns an error for a bad user address.
                 let len = unsafe { bpf_probe_read_user((msg + MMSGHDR_LEN) as *const u32) }
                     .map_err(i64::from)?;
-                emit_data::<STAGE>(&exit, i64::from(len), Source::MsgHdr { ptr: msg });
+                // No protocol detection on datagrams: none of the protocols it looks for is
+                // carried by `*mmsg` (and each unrolled copy would add to what the verifier
+                // walks).
+                emit_data::<STAGE, false>(&exit, i64::from(len), Source::MsgHdr { ptr: msg });
                 i += 1;
             }
             if result as u64 > MAX_MMSG as u64 {
                 count(Counter::PayloadTruncated);
             }
         }
-        Syscall::Readv | Syscall::Writev => {
-            let source = Source::Iovecs {
-                ptr: buf,
-                count: regs.arg2(),
+        Syscall::Sendfile => emit_data::<STAGE, false>(&exit, result, Source::Uncapturable),
+        _ => {
+            // One call site for the single-buffer syscalls: the verifier walks it once.
+            let source = match syscall {
+                Syscall::Readv | Syscall::Writev => Source::Iovecs {
+                    ptr: buf,
+                    count: regs.arg2(),
+                },
+                Syscall::Recvmsg | Syscall::Sendmsg => Source::MsgHdr { ptr: buf },
+                _ => Source::Buffer { ptr: buf },
             };
-            emit_data::<STAGE>(&exit, result, source);
+            emit_data::<STAGE, true>(&exit, result, source);
         }
-        Syscall::Recvmsg | Syscall::Sendmsg => {
-            emit_data::<STAGE>(&exit, result, Source::MsgHdr { ptr: buf });
-        }
-        Syscall::Sendfile => emit_data::<STAGE>(&exit, result, Source::Uncapturable),
-        _ => emit_data::<STAGE>(&exit, result, Source::Buffer { ptr: buf }),
     }
     Ok(())
 }
 
 /// Copies the payload prefix of `moved` bytes from `source` and sends one data record.
 #[inline(always)]
-fn emit_data<const STAGE: u8>(exit: &Exit, moved: i64, source: Source) {
+fn emit_data<const STAGE: u8, const DETECT: bool>(exit: &Exit, moved: i64, source: Source) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -356,12 +363,15 @@ fn emit_data<const STAGE: u8>(exit: &Exit, moved: i64, source: Source) {
     } else {
         limit
     };
-    let copied = copy_payload(&mut scratch.payload, source, want);
+    // Datagrams (`*mmsg`, the only callers without detection) carry few iovecs; the walk is
+    // inlined once per message there, so it stays short.
+    let max_iovecs = if DETECT { MAX_IOVECS } else { MMSG_IOVECS };
+    let copied = copy_payload(&mut scratch.payload, source, want, max_iovecs);
     if copied.failed {
         count(Counter::PayloadReadFailed);
     }
-    if exit.conn.protocol == Protocol::Detecting as u32 {
-        detect(exit, &scratch.payload, copied.len);
+    if DETECT && exit.conn.protocol == Protocol::Detecting as u32 {
+        detect(exit, &scratch.payload, copied.len, moved as u64);
     }
     if i64::from(copied.len) < moved && !matches!(source, Source::Uncapturable) {
         count(Counter::PayloadTruncated);
@@ -401,12 +411,12 @@ fn emit_data<const STAGE: u8>(exit: &Exit, moved: i64, source: Source) {
     add_bytes(exit.conn.entry, exit.direction, moved as u64);
 }
 
-/// Looks at the first bytes of a data syscall on a connection whose protocol is not known yet:
-/// a request start on the request side makes it HTTP; [`DETECT_CHUNKS`] syscalls without one
-/// make it opaque. The record of this syscall is sent either way, so the agent's own detector
-/// sees the same bytes.
+/// Looks at the first bytes of a data syscall on a connection whose protocol is not known yet
+/// (the rules are [`Protocol`]'s); [`DETECT_CHUNKS`] syscalls that match nothing make it
+/// opaque. The record of this syscall is sent either way, so the agent's own detectors see the
+/// same bytes.
 #[inline(always)]
-fn detect(exit: &Exit, payload: &[u8; 2 * MAX_CAPTURE_BYTES], len: u32) {
+fn detect(exit: &Exit, payload: &[u8; 2 * MAX_CAPTURE_BYTES], len: u32, moved: u64) {
     let entry = exit.conn.entry;
     if entry.is_null() {
         return;
@@ -423,17 +433,57 @@ fn detect(exit: &Exit, payload: &[u8; 2 * MAX_CAPTURE_BYTES], len: u32) {
         }
         i += 1;
     }
+    let found = if len >= 4 && request_side && is_request {
+        Protocol::Http
+    } else if len >= 4 && request_side && prefix == HTTP2_PREFACE_PREFIX {
+        Protocol::Http2
+    } else if role != Role::Unknown as u32 && len >= 9 && is_http2_frame(payload, moved) {
+        Protocol::Http2
+    } else {
+        Protocol::Detecting
+    };
     // SAFETY: a pointer from a successful lookup in this run; a racing update can at worst
     // delay the decision by one syscall.
     unsafe {
-        if request_side && len >= 4 && is_request {
-            (*entry).protocol = Protocol::Http as u32;
+        if found != Protocol::Detecting {
+            (*entry).protocol = found as u32;
         } else {
             (*entry).misses += 1;
             if (*entry).misses >= DETECT_CHUNKS {
                 (*entry).protocol = Protocol::Opaque as u32;
             }
         }
+    }
+}
+
+/// Whether the payload starts with an HTTP/2 frame header a peer could send, of a frame the
+/// syscall moved whole (RFC 9113 §4.1, §6; the agent's `FrameHeader::plausible`).
+#[inline(always)]
+fn is_http2_frame(payload: &[u8; 2 * MAX_CAPTURE_BYTES], moved: u64) -> bool {
+    let len = u32::from_be_bytes([0, payload[0], payload[1], payload[2]]);
+    let kind = payload[3];
+    let reserved = payload[5] & 0x80 != 0;
+    let stream = u32::from_be_bytes([payload[5] & 0x7f, payload[6], payload[7], payload[8]]);
+    if reserved || 9 + u64::from(len) > moved {
+        return false;
+    }
+    let on_stream = stream != 0;
+    match kind {
+        // DATA, HEADERS, PUSH_PROMISE, CONTINUATION
+        0 | 1 | 5 | 9 => on_stream,
+        // PRIORITY
+        2 => on_stream && len == 5,
+        // RST_STREAM
+        3 => on_stream && len == 4,
+        // SETTINGS
+        4 => !on_stream && len % 6 == 0,
+        // PING
+        6 => !on_stream && len == 8,
+        // GOAWAY
+        7 => !on_stream && len >= 8,
+        // WINDOW_UPDATE
+        8 => len == 4,
+        _ => false,
     }
 }
 

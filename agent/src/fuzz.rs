@@ -14,9 +14,10 @@ use std::{collections::HashSet, time::Duration};
 use agent_common::{ConnEvent, DataEvent, Direction, EventHeader, EventKind, Role, Syscall};
 
 use crate::{
-    commands::{bench::CountingExporter, run::RunSink},
+    commands::bench::CountingExporter,
     conntrack::{Conntrack, ConntrackConfig},
     net::loopback_tuple,
+    pipeline::sink::TraceSink,
     probes::{btf::Btf, offsets},
     protocol::http1::{
         HttpConnection, HttpEvent,
@@ -139,7 +140,7 @@ fn frame_cut(requests: &[u8], responses: &[u8], mut cut: impl FnMut() -> usize) 
         .iter()
         .filter_map(|event| match event {
             HttpEvent::Exchange(x) => Some((
-                format!("{:?} -> {:?}", x.request, x.response),
+                x.summary.describe(),
                 x.request_start.offset,
                 x.request_end.offset,
                 x.response_start.map(|s| s.offset),
@@ -275,7 +276,7 @@ pub fn pipeline(data: &[u8]) {
         },
         Resources::new(ServiceNameRule::Auto),
     );
-    let mut sink = RunSink::new(
+    let mut sink = TraceSink::new(
         Conntrack::new(ConntrackConfig::default(), Vec::new()),
         tracer,
         &mut exporter,

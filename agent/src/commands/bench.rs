@@ -11,10 +11,10 @@ use agent_common::{ConnEvent, DataEvent, Direction, EventHeader, EventKind, Role
 use crate::{
     caps,
     cli::CaptureArgs,
-    commands::run::RunSink,
     conntrack::{Conntrack, ConntrackConfig},
     exporter::{SpanExporter, store::StoreExporter},
     net::loopback_tuple,
+    pipeline::sink::TraceSink,
     pipeline::{self, PipelineError},
     probes::{ExitStage, Probes, ProgramSet},
     receiver::{Event, EventSink as _},
@@ -78,7 +78,7 @@ fn header(kind: EventKind, pid: u32, tid: u32, conn_id: u64, ts: u64) -> EventHe
 const PAIRS: u64 = 64;
 
 /// Opens [`PAIRS`] loopback connections, each seen from both ends.
-fn open_connections(sink: &mut RunSink<'_>, pid: u32) {
+fn open_connections(sink: &mut TraceSink<'_>, pid: u32) {
     for pair in 0..PAIRS {
         let port = 20_000 + pair as u16;
         let (client, server) = (pair * 2 + 1, pair * 2 + 2);
@@ -149,7 +149,7 @@ pub fn pipeline_throughput(exchanges: u64, store: Option<&Path>) -> Result<(), S
 
 /// The pipeline `sockspan run` builds, with no link delay (both ends are synthesized), and the
 /// connections [`feed_exchanges`] uses already open.
-fn synthetic_sink(exporter: &mut dyn SpanExporter, pid: u32) -> RunSink<'_> {
+fn synthetic_sink(exporter: &mut dyn SpanExporter, pid: u32) -> TraceSink<'_> {
     let conntrack = Conntrack::new(ConntrackConfig::default(), Vec::new());
     let tracer = Tracer::new(
         TraceConfig {
@@ -158,14 +158,14 @@ fn synthetic_sink(exporter: &mut dyn SpanExporter, pid: u32) -> RunSink<'_> {
         },
         Resources::new(crate::trace::resource::ServiceNameRule::Auto),
     );
-    let mut sink = RunSink::new(conntrack, tracer, exporter);
+    let mut sink = TraceSink::new(conntrack, tracer, exporter);
     open_connections(&mut sink, pid);
     sink
 }
 
 /// Feeds `exchanges` synthesized HTTP exchanges (four data events each) through `sink`,
 /// exporting with a flush every `export_every` exchanges; returns the events fed.
-fn feed_exchanges(sink: &mut RunSink<'_>, pid: u32, exchanges: u64, export_every: u64) -> u64 {
+fn feed_exchanges(sink: &mut TraceSink<'_>, pid: u32, exchanges: u64, export_every: u64) -> u64 {
     let request = b"POST /score/8812 HTTP/1.1\r\nHost: model:8080\r\nUser-Agent: python-urllib3/2.0\r\nContent-Type: application/json\r\nContent-Length: 27\r\n\r\n{\"f\": [1.0, 2.5, 3.0, 4.1]}";
     let response = b"HTTP/1.1 200 OK\r\nServer: BaseHTTP/0.6 Python/3.11\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n{\"score\": 10.65}";
     let data =
@@ -286,7 +286,7 @@ mod tests {
         feed_exchanges(&mut sink, pid, 20_000, u64::MAX);
         let peak = sink.held_peak();
         assert!(
-            peak <= 2 * crate::commands::run::EXPORT_CHUNK as u64,
+            peak <= 2 * crate::pipeline::sink::EXPORT_CHUNK as u64,
             "{peak} spans held at once"
         );
         sink.export(true);

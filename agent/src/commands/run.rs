@@ -1,221 +1,23 @@
-//! `sockspan run`: the tracing pipeline. Captured traffic → connections → HTTP exchanges →
+//! `sockspan run`: the tracing pipeline. Captured traffic → connections → protocol exchanges →
 //! linked spans → an exporter.
 
-use std::{collections::HashMap, io, time::Duration};
-
-use agent_common::{ConnEvent, DataEvent, Direction, Role};
+use std::{io, time::Duration};
 
 use crate::{
     cli::Output,
     cli::RunArgs,
-    clock::monotonic_ns,
-    conntrack::{Connection, Conntrack},
+    conntrack::Conntrack,
     exporter::{
         SpanExporter,
         jsonl::JsonlExporter,
         otlp::{OtlpConfig, OtlpExporter},
         store::StoreExporter,
     },
-    pipeline,
-    protocol::http1::{HttpConnection, HttpEvent, Side, Stamp, framer::looks_like_start},
-    receiver::{self, EventSink},
+    pipeline::{self, sink::TraceSink},
+    receiver,
     store::Store,
-    trace::{SpanData, Tracer, resource::Resources},
+    trace::{Tracer, resource::Resources},
 };
-
-/// Data chunks on a connection that may pass before it is declared not HTTP.
-const DETECT_CHUNKS: u32 = agent_common::DETECT_CHUNKS;
-
-/// What a connection carries, as far as sockspan can tell.
-enum ConnProtocol {
-    Detecting {
-        misses: u8,
-    },
-    Http {
-        conn: Box<HttpConnection>,
-        server: bool,
-    },
-    Other,
-}
-
-/// Self-metrics of the protocol stage.
-#[derive(Debug, Default, Clone, Copy)]
-struct ProtocolStats {
-    http_connections: u64,
-    other_connections: u64,
-}
-
-pub(crate) struct RunSink<'a> {
-    conntrack: Conntrack,
-    protocols: HashMap<u64, ConnProtocol, foldhash::fast::RandomState>,
-    tracer: Tracer,
-    exporter: &'a mut dyn SpanExporter,
-    events: Vec<HttpEvent>,
-    spans: Vec<SpanData>,
-    stats: ProtocolStats,
-    ticks: u64,
-}
-
-impl<'a> RunSink<'a> {
-    pub(crate) fn new(
-        conntrack: Conntrack,
-        tracer: Tracer,
-        exporter: &'a mut dyn SpanExporter,
-    ) -> Self {
-        Self {
-            conntrack,
-            protocols: HashMap::default(),
-            tracer,
-            exporter,
-            events: Vec::new(),
-            spans: Vec::new(),
-            stats: ProtocolStats::default(),
-            ticks: 0,
-        }
-    }
-
-    /// The most spans the tracer held at once.
-    #[cfg(test)]
-    pub(crate) fn held_peak(&self) -> u64 {
-        self.tracer.stats.held_peak
-    }
-
-    pub(crate) fn export(&mut self, flush: bool) {
-        let now = monotonic_ns();
-        loop {
-            let more = self.tracer.poll(now, flush, &mut self.spans, EXPORT_CHUNK);
-            if !self.spans.is_empty() {
-                self.exporter.export(&self.spans);
-                self.spans.clear();
-            }
-            if !more {
-                break;
-            }
-        }
-        self.exporter.flush();
-    }
-}
-
-/// Hands the HTTP events of `conn` to the tracer. A free function over the sink's fields, so
-/// the connection can stay borrowed from the connection table (no clone per data event).
-fn dispatch(tracer: &mut Tracer, events: &mut Vec<HttpEvent>, conn: &Connection, server: bool) {
-    // The clock only for exchanges (half the events at most), not for every chunk of bytes.
-    let mut now = None;
-    for event in events.drain(..) {
-        match event {
-            HttpEvent::Request { trace, start } => {
-                tracer.on_request(conn, server, trace.as_deref(), start);
-            }
-            HttpEvent::Exchange(exchange) => {
-                let now = *now.get_or_insert_with(monotonic_ns);
-                tracer.on_exchange(conn, exchange, now);
-            }
-        }
-    }
-}
-
-impl EventSink for RunSink<'_> {
-    fn on_open(&mut self, event: &ConnEvent) {
-        self.conntrack.open(event);
-        self.protocols
-            .insert(event.header.conn_id, ConnProtocol::Detecting { misses: 0 });
-    }
-
-    fn on_data(&mut self, event: &DataEvent, payload: &[u8]) {
-        let Some(conn) = self.conntrack.touch(event) else {
-            return;
-        };
-        let egress = event.direction == Direction::Egress as u32;
-        let state = self
-            .protocols
-            .entry(conn.conn_id)
-            .or_insert(ConnProtocol::Detecting { misses: 0 });
-        if let ConnProtocol::Detecting { misses } = state {
-            // The request direction decides: a client writes requests, a server reads them.
-            let server = match conn.role {
-                Role::Client => Some(false),
-                Role::Server => Some(true),
-                Role::Unknown => None,
-            };
-            let request_side = server.is_none_or(|s| s != egress);
-            if request_side && looks_like_start(Side::Request, payload) {
-                self.stats.http_connections += 1;
-                *state = ConnProtocol::Http {
-                    conn: Box::new(HttpConnection::new()),
-                    server: server.unwrap_or(!egress),
-                };
-            } else {
-                *misses += 1;
-                if u32::from(*misses) >= DETECT_CHUNKS {
-                    self.stats.other_connections += 1;
-                    *state = ConnProtocol::Other;
-                }
-                return;
-            }
-        }
-        let ConnProtocol::Http { conn: http, server } = state else {
-            return;
-        };
-        // A client writes requests and reads responses; a server does the opposite.
-        let side = if egress == *server {
-            Side::Response
-        } else {
-            Side::Request
-        };
-        // Egress bytes leave the process at syscall entry, ingress bytes arrive at its exit.
-        let ts = event.moved_ns;
-        let total = u64::try_from(event.ret).unwrap_or(0);
-        http.feed(side, payload, total, ts, event.header.tid, &mut self.events);
-        let server = *server;
-        dispatch(&mut self.tracer, &mut self.events, conn, server);
-        // The export tick competes with draining the ring, and under load ran only every
-        // ~100 ms: 10–25 k finished spans waited for it (`held_peak`), ~15 MB of the agent's
-        // peak memory. A chunk's worth goes out as soon as it is ready.
-        if self.tracer.ready_now() >= EXPORT_CHUNK {
-            self.export(false);
-        }
-    }
-
-    fn on_close(&mut self, event: &ConnEvent) {
-        let Some(conn) = self.conntrack.close(event) else {
-            return;
-        };
-        if let Some(ConnProtocol::Http {
-            conn: mut http,
-            server,
-        }) = self.protocols.remove(&conn.conn_id)
-        {
-            let at = Stamp {
-                ts: event.header.ts_ns,
-                tid: event.header.tid,
-                offset: 0,
-            };
-            http.close(at, &mut self.events);
-            dispatch(&mut self.tracer, &mut self.events, &conn, server);
-        }
-    }
-
-    fn on_tick(&mut self) {
-        self.ticks += 1;
-        self.export(false);
-        if self.ticks.is_multiple_of(10) {
-            tracing::debug!(
-                held = self.tracer.held(),
-                dropped_full = self.tracer.stats.dropped_full,
-                spans_started = self.tracer.stats.spans_started,
-                "trace stage"
-            );
-        }
-        if self.ticks.is_multiple_of(20) {
-            self.conntrack.sweep(monotonic_ns());
-            let conntrack = &self.conntrack;
-            self.protocols.retain(|id, _| conntrack.contains(*id));
-        }
-    }
-}
-
-/// Spans built and handed to the exporter at a time.
-pub(crate) const EXPORT_CHUNK: usize = 1024;
 
 /// How long shutdown waits for the OTLP sender to deliver what it holds.
 const EXPORT_DRAIN: Duration = Duration::from_secs(15);
@@ -251,10 +53,11 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     let _lock = crate::lock::acquire()?;
     let capture = pipeline::start(&args.capture, pipeline::Traffic::Parsed)?;
     let pipeline::Capture {
-        probes,
+        mut probes,
         ring,
         discovered,
     } = capture;
+    let kernel_conns = probes.take_conns()?;
     let (mut exporter, sender): (Box<dyn SpanExporter>, _) = match (args.output, otlp) {
         (Output::Otlp, Some(config)) => {
             let (exporter, task) = OtlpExporter::start(config)?;
@@ -277,11 +80,12 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
             None,
         ),
     };
-    let mut sink = RunSink::new(
+    let mut sink = TraceSink::new(
         Conntrack::new(args.capture.conntrack(), discovered),
         Tracer::new(trace_config, Resources::new(args.service_name)),
         exporter.as_mut(),
-    );
+    )
+    .with_kernel_conns(kernel_conns);
     let stop = pipeline::stop_signal(args.duration.map(Duration::from_secs));
     let receiver = receiver::run(ring, &mut sink, Duration::from_millis(100), stop)
         .await
@@ -294,6 +98,16 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     {
         tracing::warn!("OTLP sender still busy after {EXPORT_DRAIN:?}; stopping without it");
     }
+    log_stopped(&sink, &probes, &receiver);
+    Ok(())
+}
+
+/// The final log line: every stage's counters.
+fn log_stopped(
+    sink: &TraceSink<'_>,
+    probes: &crate::probes::Probes,
+    receiver: &receiver::ReceiverStats,
+) {
     let kernel = probes.counters().unwrap_or_default();
     let (spans_out, spans_lost) = sink.exporter.counts();
     tracing::info!(
@@ -307,8 +121,10 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         ambiguous = sink.tracer.stats.ambiguous,
         held = sink.tracer.held(),
         held_peak = sink.tracer.stats.held_peak,
-        http_connections = sink.stats.http_connections,
-        other_connections = sink.stats.other_connections,
+        protocol_connections = %ProtocolCounts(&sink.protocols.stats),
+        other_connections = sink.protocols.stats.other_connections,
+        protocol_given_up = sink.protocols.stats.given_up,
+        marked_opaque = sink.feedback.marked_opaque,
         events_sent = kernel.get(agent_common::Counter::EventsSent),
         ring_records = receiver.records,
         undecodable_records = receiver.decode_errors,
@@ -324,5 +140,19 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         peak_rss_kib = crate::process::own_peak_rss_kib(),
         "stopped"
     );
-    Ok(())
+}
+
+/// Connections recognised per protocol, as `http1:3,http2:1` in the final log line.
+struct ProtocolCounts<'a>(&'a crate::protocol::table::ProtocolStats);
+
+impl std::fmt::Display for ProtocolCounts<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, n)) in self.0.recognised().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{name}:{n}")?;
+        }
+        Ok(())
+    }
 }

@@ -101,6 +101,33 @@ pub struct Probes {
     ebpf: Ebpf,
 }
 
+/// `BPF_EXIST` (uapi `bpf.h`): update an existing entry only, so a connection the programs
+/// removed at close meanwhile is never re-created.
+const BPF_EXIST: u64 = 2;
+
+/// The programs' connection table, as the agent writes to it.
+pub struct KernelConns {
+    map: aya::maps::HashMap<MapData, agent_common::ConnKey, agent_common::ConnInfo>,
+}
+
+impl KernelConns {
+    /// Marks the socket `fd` of `tgid` opaque, if it is still the connection `conn_id`: the
+    /// programs then stop copying and sending its bytes (they still count them for the close).
+    /// Returns whether the mark was written. A byte count the programs add between this read
+    /// and write is lost (the totals at close may then be short by one syscall's bytes).
+    pub fn mark_opaque(&mut self, tgid: u32, fd: i32, conn_id: u64) -> bool {
+        let key = agent_common::ConnKey { tgid, fd };
+        let Ok(mut info) = self.map.get(&key, 0) else {
+            return false;
+        };
+        if info.conn_id != conn_id {
+            return false;
+        }
+        info.protocol = agent_common::Protocol::Opaque as u32;
+        self.map.insert(key, info, BPF_EXIST).is_ok()
+    }
+}
+
 /// Totals of the in-kernel self-metrics, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KernelCounters {
@@ -236,6 +263,20 @@ impl Probes {
             }),
             None => Err(ProbesError::MissingMap(MAP_EVENTS)),
         }
+    }
+
+    /// The connection table, for the agent to tell the programs which connections it gave up
+    /// on. Can be taken once.
+    pub fn take_conns(&mut self) -> Result<KernelConns, ProbesError> {
+        let map = self
+            .ebpf
+            .take_map(MAP_CONNS)
+            .ok_or(ProbesError::MissingMap(MAP_CONNS))?;
+        let map = aya::maps::HashMap::try_from(map).map_err(|e| ProbesError::Map {
+            name: MAP_CONNS,
+            reason: e.to_string(),
+        })?;
+        Ok(KernelConns { map })
     }
 
     /// Sums the per-CPU counters.

@@ -1,3 +1,182 @@
 //! Stage 4 of the pipeline: application protocols over tracked connections.
+//!
+//! A protocol is one folder here, behind two things: a [`Detect`] function that recognises a
+//! connection from the first bytes it carries (either side may speak first), and the
+//! [`ConnectionParser`] that detection returns, which frames both directions and pairs requests
+//! with responses into [`Exchange`]s. Each exchange carries a [`Summary`] that names its span
+//! and gives its attributes and status at export. Adding a protocol is a folder and a line in
+//! [`PROTOCOLS`]; conntrack, linking and the exporters do not change.
 
 pub mod http1;
+pub mod http2;
+pub mod table;
+
+use std::{fmt::Debug, net::SocketAddr};
+
+use agent_common::Role;
+
+use crate::trace::{
+    intern::Interner,
+    propagation::TraceHeaders,
+    span::{KeyValue, SpanStatus},
+};
+
+/// Which messages a direction carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Request,
+    Response,
+}
+
+impl Side {
+    /// The side a direction of a connection carries: a client writes requests and reads
+    /// responses, a server does the opposite.
+    #[must_use]
+    pub fn of(server: bool, egress: bool) -> Self {
+        if egress == server {
+            Self::Response
+        } else {
+            Self::Request
+        }
+    }
+}
+
+/// When and on which thread bytes were seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stamp {
+    /// Kernel monotonic ns of the syscall.
+    pub ts: u64,
+    pub tid: u32,
+    /// Bytes of this direction before the message's first byte (the stream offset).
+    pub offset: u64,
+}
+
+/// What a connection's parser reports, in stream order.
+#[derive(Debug)]
+pub enum ProtoEvent {
+    /// A request started; its [`Exchange`] follows under the same `key`. Only the trace-context
+    /// headers travel with it: that is all linking needs at this point.
+    Request {
+        /// Names the request on its connection, the same at both ends: the request's offset in
+        /// the byte stream for HTTP/1, the stream id for HTTP/2.
+        key: u64,
+        trace: Option<Box<TraceHeaders>>,
+        start: Stamp,
+    },
+    /// A request and its response (or what ended it) are complete.
+    Exchange(Exchange),
+}
+
+/// A request and what answered it, as linking and export need it.
+#[derive(Debug)]
+pub struct Exchange {
+    /// As in [`ProtoEvent::Request`].
+    pub key: u64,
+    /// First request byte.
+    pub request_start: Stamp,
+    /// Last request byte.
+    pub request_end: Stamp,
+    /// First response byte, if a response came.
+    pub response_start: Option<Stamp>,
+    /// Last response byte (or what ended the exchange without one).
+    pub end: Stamp,
+    /// The protocol's own facts, expanded into name, attributes and status at export.
+    pub summary: Box<dyn Summary>,
+}
+
+/// The span's own facts a summary needs to expand.
+pub struct SpanFacts {
+    pub server: bool,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// What one protocol's exchange contributes to its span. Kept compact while the span waits out
+/// the link delay (tens of thousands wait at high rates), expanded only at export.
+pub trait Summary: Debug {
+    /// Span name, the protocol's attributes (OpenTelemetry semantic conventions) and status.
+    fn expand(
+        self: Box<Self>,
+        span: &SpanFacts,
+        strings: &mut Interner,
+    ) -> (String, Vec<KeyValue>, SpanStatus);
+
+    /// One line for tests and debug logs (`GET /a -> 200`); never exported.
+    fn describe(&self) -> String;
+}
+
+/// One connection's parser: both directions, in syscall order.
+pub trait ConnectionParser: Debug {
+    /// Feeds one syscall's captured bytes (`data`, a prefix of the `total` it moved) of one
+    /// direction; requests and completed exchanges go to `out`.
+    fn feed(
+        &mut self,
+        side: Side,
+        data: &[u8],
+        total: u64,
+        ts: u64,
+        tid: u32,
+        out: &mut Vec<ProtoEvent>,
+    );
+
+    /// The connection closed: what is still open completes without a response.
+    fn close(&mut self, at: Stamp, out: &mut Vec<ProtoEvent>);
+
+    /// The bytes turned out not to be this protocol: the connection is given up.
+    fn failed(&self) -> bool {
+        false
+    }
+
+    /// Whether the thread that reads a request on this protocol is the one that serves it (and
+    /// writes its downstream requests). True for HTTP/1, where a connection carries one request
+    /// at a time; false where requests are multiplexed and read by an I/O thread that hands
+    /// them on (HTTP/2 in grpcio, Go, Node.js), so same-thread causality would name a wrong
+    /// parent.
+    fn thread_causality(&self) -> bool;
+}
+
+/// A data chunk as detection sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk<'a> {
+    pub egress: bool,
+    /// The connection's role as far as it is known.
+    pub role: Role,
+    /// The captured prefix.
+    pub payload: &'a [u8],
+    /// Bytes the syscall moved.
+    pub total: u64,
+}
+
+impl Chunk<'_> {
+    /// Whether the role is known to be server (`Some(true)`), client, or unknown.
+    #[must_use]
+    pub fn server(&self) -> Option<bool> {
+        match self.role {
+            Role::Client => Some(false),
+            Role::Server => Some(true),
+            Role::Unknown => None,
+        }
+    }
+
+    /// Whether this chunk may carry requests: a client's writes, a server's reads, either when
+    /// the role is unknown.
+    #[must_use]
+    pub fn request_side(&self) -> bool {
+        self.server().is_none_or(|s| s != self.egress)
+    }
+}
+
+/// A recognised connection: which end this process is, and the parser that takes it from the
+/// chunk that was recognised (inclusive).
+#[derive(Debug)]
+pub struct Detected {
+    pub server: bool,
+    pub parser: Box<dyn ConnectionParser>,
+}
+
+/// Recognises a protocol from one chunk, or says it is not (yet) this one.
+pub type Detect = fn(&Chunk<'_>) -> Option<Detected>;
+
+/// The protocols sockspan parses, tried in this order on each chunk of a connection whose
+/// protocol is not known yet.
+pub const PROTOCOLS: &[(&str, Detect)] = &[("http1", http1::detect), ("http2", http2::detect)];

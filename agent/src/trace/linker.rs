@@ -1,12 +1,14 @@
-//! Turns HTTP exchanges into spans and links them into traces.
+//! Turns exchanges (of any protocol) into spans and links them into traces.
 //!
 //! A span opens when its request head is read (so children can find it) and finishes when its
 //! exchange completes. Its parent comes from the strongest evidence available:
 //! 1. a `traceparent` / B3 header on the request (adopted for that request only);
-//! 2. same-thread causality: a CLIENT request written by a thread while it serves exactly one
-//!    SERVER request is that request's child;
+//! 2. same-thread causality, on protocols where the reading thread serves the request (HTTP/1):
+//!    a CLIENT request written by a thread while it serves exactly one SERVER request is that
+//!    request's child;
 //! 3. both ends on this host: the SERVER span on one end of a TCP connection is the child of the
-//!    CLIENT span on the other end whose request starts at the same offset of the byte stream;
+//!    CLIENT span on the other end whose request has the same key (its offset in the byte stream
+//!    for HTTP/1, its stream id for HTTP/2);
 //! 4. otherwise a new root.
 //!
 //! Several candidates give span links, never a guessed parent. Finished spans wait `link_delay`
@@ -24,17 +26,16 @@ use std::{
 };
 
 use super::{
-    finished::{Finished, SpanFacts},
     ids::{IdGenerator, SpanId, TraceId},
     intern::Interner,
-    propagation,
+    propagation::{self, TraceHeaders},
     resource::Resources,
-    span::{Resource, SpanData, SpanKind, SpanLink},
+    span::{KeyValue, Resource, SpanData, SpanKind, SpanLink},
 };
 use crate::{
     clock::WallClock,
     conntrack::Connection,
-    protocol::http1::{Exchange, Stamp, TraceHeaders},
+    protocol::{Exchange, SpanFacts, Stamp, Summary},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,13 +151,14 @@ impl TraceRef {
     }
 }
 
-/// A request on a connection, seen from the client's end: (client addr, server addr, offset of
-/// the request in the client→server byte stream). Both ends compute the same key.
+/// A request on a connection, seen from the client's end: (client addr, server addr, the
+/// request's key on the connection). Both ends compute the same key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct MirrorKey {
     client: Endpoint,
     server: Endpoint,
-    offset: u64,
+    /// The protocol's request key ([`crate::protocol::ProtoEvent::Request`]).
+    request: u64,
 }
 
 /// An address as a mirror key holds it: IPv4 in its IPv6-mapped form, so that a v4 socket and a
@@ -245,12 +247,20 @@ struct OpenSpan {
     tid: u32,
     start_ts: u64,
     resource: Arc<Resource>,
-    /// Both ends of the connection (which is local follows from `kind`) and the request's
-    /// offset.
+    /// Both ends of the connection (which is local follows from `kind`) and the request's key.
     mirror: MirrorKey,
-    /// Boxed: an open span waits with 8 bytes here, not the whole exchange summary, and a
-    /// table of tens of thousands of spans doubles by the size of its entries.
-    finished: Option<Box<Finished>>,
+    finished: Option<Done>,
+}
+
+/// What a finished exchange left for its span. The protocol's part is boxed: an open span waits
+/// with a pointer here, not the whole summary, and a table of tens of thousands of spans grows
+/// by the size of its entries.
+#[derive(Debug)]
+struct Done {
+    end_ts: u64,
+    /// Last request byte to first response byte.
+    wait_ns: Option<u64>,
+    summary: Box<dyn Summary>,
 }
 
 impl OpenSpan {
@@ -261,6 +271,14 @@ impl OpenSpan {
             SpanKind::Client => (self.mirror.client.addr(), self.mirror.server.addr()),
         }
     }
+}
+
+/// Which end of a connection a request was seen at, and whether its protocol lets same-thread
+/// causality apply ([`crate::protocol::ConnectionParser::thread_causality`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct End {
+    pub server: bool,
+    pub thread_causality: bool,
 }
 
 pub struct Tracer {
@@ -315,15 +333,18 @@ impl Tracer {
         self.ready_now.len()
     }
 
-    /// A request head was read (`server`) or written (client) on `conn`.
+    /// A request was read (`end.server`) or written (client) on `conn`; `request` names it on
+    /// the connection, the same at both ends.
     pub fn on_request(
         &mut self,
         conn: &Connection,
-        server: bool,
+        end: End,
+        request: u64,
         trace: Option<&TraceHeaders>,
         start: Stamp,
     ) {
-        let key = (conn.conn_id, start.offset);
+        let server = end.server;
+        let key = (conn.conn_id, request);
         if self.spans.len() >= self.config.max_spans {
             self.stats.dropped_full += 1;
             return;
@@ -337,13 +358,13 @@ impl Tracer {
             MirrorKey {
                 client: remote,
                 server: local,
-                offset: start.offset,
+                request,
             }
         } else {
             MirrorKey {
                 client: local,
                 server: remote,
-                offset: start.offset,
+                request,
             }
         };
         let mut links = Vec::new();
@@ -352,20 +373,22 @@ impl Tracer {
             (TraceRef::new(ctx.trace_id), Some(ctx.span_id), ctx.format)
         } else if server {
             self.server_parent(mirror, key)
-        } else {
+        } else if end.thread_causality {
             self.client_parent(conn.process.pid, start, &mut links)
+        } else {
+            (TraceRef::new(self.ids.trace_id()), None, "none")
         };
         if parent.is_none() {
             self.stats.roots += 1;
         }
-        if server {
+        if server && end.thread_causality {
             match self.serving.entry((conn.process.pid, start.tid)) {
                 Entry::Occupied(mut open) => open.get_mut().push(key),
                 Entry::Vacant(none) => {
                     none.insert(Serving::One(key));
                 }
             }
-        } else {
+        } else if !server {
             self.clients.insert(mirror, key);
             if let Some(server_key) = self.waiting_servers.remove(&mirror)
                 && let Some(server_span) = self.spans.get_mut(&server_key)
@@ -461,19 +484,21 @@ impl Tracer {
         }
     }
 
-    /// The exchange whose request head was reported earlier is complete.
+    /// The exchange whose request was reported earlier is complete.
     pub fn on_exchange(&mut self, conn: &Connection, exchange: Exchange, now_mono: u64) {
-        let key = (conn.conn_id, exchange.request_start.offset);
+        let key = (conn.conn_id, exchange.key);
         let Some(span) = self.spans.get_mut(&key) else {
             self.stats.orphan_exchanges += 1;
             return;
         };
         let server = span.kind == SpanKind::Server;
-        span.finished = Some(Box::new(Finished::new(
-            exchange,
-            span.start_ts,
-            &mut self.strings,
-        )));
+        span.finished = Some(Done {
+            end_ts: exchange.end.ts.max(span.start_ts),
+            wait_ns: exchange
+                .response_start
+                .map(|first| first.ts.saturating_sub(exchange.request_end.ts)),
+            summary: exchange.summary,
+        });
         if server
             && let Entry::Occupied(mut open) = self.serving.entry((span.pid, span.tid))
             && open.get_mut().remove(key)
@@ -536,16 +561,27 @@ impl Tracer {
             };
             self.stats.spans_exported += 1;
             let end_unix_nano = self.clock.to_unix_ns(finished.end_ts);
-            let (name, attributes, status) = finished.expand(
+            let (name, mut attributes, status) = finished.summary.expand(
                 &SpanFacts {
                     server: span.kind == SpanKind::Server,
                     local,
                     remote,
-                    evidence: span.evidence,
-                    tid: span.tid,
                 },
                 &mut self.strings,
             );
+            attributes.extend([
+                KeyValue::str("network.transport", "tcp"),
+                KeyValue::shared("network.peer.address", self.strings.ip(remote.ip())),
+                KeyValue::int("network.peer.port", i64::from(remote.port())),
+                KeyValue::str("sockspan.parent.evidence", span.evidence),
+                KeyValue::int("thread.id", i64::from(span.tid)),
+            ]);
+            if let Some(wait) = finished.wait_ns {
+                attributes.push(KeyValue::int(
+                    "sockspan.response.wait_ns",
+                    i64::try_from(wait).unwrap_or(i64::MAX),
+                ));
+            }
             out.push(SpanData {
                 trace_id: span.trace.id(),
                 span_id: span.span_id,
@@ -570,7 +606,7 @@ mod tests {
     use crate::{
         conntrack::RoleSource,
         process::ProcessInfo,
-        protocol::http1::{Head, Side, head::parse_head},
+        protocol::http1::{Head, Side, head::parse_head, summary::Http1Summary},
     };
     use agent_common::Role;
 
@@ -633,6 +669,21 @@ mod tests {
         Stamp { ts, tid, offset }
     }
 
+    /// A request seen on `conn` at `start`, keyed by its offset as HTTP/1 keys it.
+    fn on_req(
+        t: &mut Tracer,
+        conn: &Connection,
+        server: bool,
+        trace: Option<&TraceHeaders>,
+        start: Stamp,
+    ) {
+        let end = End {
+            server,
+            thread_causality: true,
+        };
+        t.on_request(conn, end, start.offset, trace, start);
+    }
+
     fn exchange(request: Head, start: Stamp, end_ts: u64) -> Exchange {
         let response = parse_head(
             Side::Response,
@@ -642,8 +693,8 @@ mod tests {
         .expect("complete")
         .0;
         Exchange {
-            request,
-            response: Some(response),
+            key: start.offset,
+            summary: Box::new(Http1Summary::new(request, Some(&response))),
             request_start: start,
             request_end: start,
             response_start: Some(Stamp {
@@ -681,20 +732,23 @@ mod tests {
         let server_conn = conn(1, 2, Role::Server, 80, 5000);
         let downstream = conn(2, 2, Role::Client, 6000, 90);
         let client_conn = conn(3, 1, Role::Client, 5000, 80);
-        t.on_request(
+        on_req(
+            &mut t,
             &server_conn,
             true,
             get.headers.trace.as_deref(),
             stamp(10, 20, 0),
         );
-        t.on_request(
+        on_req(
+            &mut t,
             &downstream,
             false,
             get.headers.trace.as_deref(),
             stamp(11, 20, 0),
         );
         // Only now does the client end appear (its event came late through the ring).
-        t.on_request(
+        on_req(
+            &mut t,
             &client_conn,
             false,
             get.headers.trace.as_deref(),
@@ -726,9 +780,27 @@ mod tests {
         let a = conn(1, 2, Role::Server, 80, 5000);
         let b = conn(2, 2, Role::Server, 80, 5001);
         let out = conn(3, 2, Role::Client, 6000, 90);
-        t.on_request(&a, true, get.headers.trace.as_deref(), stamp(10, 7, 0));
-        t.on_request(&b, true, get.headers.trace.as_deref(), stamp(11, 7, 0));
-        t.on_request(&out, false, get.headers.trace.as_deref(), stamp(12, 7, 0));
+        on_req(
+            &mut t,
+            &a,
+            true,
+            get.headers.trace.as_deref(),
+            stamp(10, 7, 0),
+        );
+        on_req(
+            &mut t,
+            &b,
+            true,
+            get.headers.trace.as_deref(),
+            stamp(11, 7, 0),
+        );
+        on_req(
+            &mut t,
+            &out,
+            false,
+            get.headers.trace.as_deref(),
+            stamp(12, 7, 0),
+        );
         t.on_exchange(&out, exchange(get.clone(), stamp(12, 7, 0), 13), 0);
         let spans = drain(&mut t);
         assert_eq!(spans.len(), 1);
@@ -743,9 +815,16 @@ mod tests {
         let with = head(b"GET /a HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n");
         let without = head(b"GET /b HTTP/1.1\r\n\r\n");
         let c = conn(1, 2, Role::Server, 80, 5000);
-        t.on_request(&c, true, with.headers.trace.as_deref(), stamp(10, 7, 0));
+        on_req(
+            &mut t,
+            &c,
+            true,
+            with.headers.trace.as_deref(),
+            stamp(10, 7, 0),
+        );
         t.on_exchange(&c, exchange(with, stamp(10, 7, 0), 11), 0);
-        t.on_request(
+        on_req(
+            &mut t,
             &c,
             true,
             without.headers.trace.as_deref(),
@@ -777,11 +856,23 @@ mod tests {
         // A server whose client was not seen may still join the client's trace: it waits.
         let get = head(b"GET /a HTTP/1.1\r\n\r\n");
         let s = conn(1, 2, Role::Server, 80, 5000);
-        t.on_request(&s, true, get.headers.trace.as_deref(), stamp(10, 7, 0));
+        on_req(
+            &mut t,
+            &s,
+            true,
+            get.headers.trace.as_deref(),
+            stamp(10, 7, 0),
+        );
         t.on_exchange(&s, exchange(get.clone(), stamp(10, 7, 0), 11), 1_000);
         // A client with no parent starts a trace nothing can move: it goes at once.
         let c = conn(3, 4, Role::Client, 6000, 81);
-        t.on_request(&c, false, get.headers.trace.as_deref(), stamp(12, 9, 0));
+        on_req(
+            &mut t,
+            &c,
+            false,
+            get.headers.trace.as_deref(),
+            stamp(12, 9, 0),
+        );
         t.on_exchange(&c, exchange(get, stamp(12, 9, 0), 13), 1_000);
         let mut out = Vec::new();
         let _ = t.poll(1_000, false, &mut out, usize::MAX);

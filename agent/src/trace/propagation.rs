@@ -1,7 +1,44 @@
-//! Trace context carried by HTTP headers: W3C `traceparent`, B3 single and multi header.
+//! Trace context carried by request headers (HTTP/1 heads, HTTP/2 header blocks): W3C
+//! `traceparent`, B3 single and multi header.
 
 use super::ids::{SpanId, TraceId, parse_hex};
-use crate::protocol::http1::head::TraceHeaders;
+
+/// Trace-context headers; `None` when absent (the usual case: nothing is allocated).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceHeaders {
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+    /// B3 single-header form.
+    pub b3: Option<String>,
+    pub x_b3_traceid: Option<String>,
+    pub x_b3_spanid: Option<String>,
+    pub x_b3_sampled: Option<String>,
+}
+
+/// The field of `trace` a header named `name` fills, if it is a trace header (compared without
+/// allocating; `trace` is allocated only when one is).
+pub fn slot<'a>(
+    trace: &'a mut Option<Box<TraceHeaders>>,
+    name: &str,
+) -> Option<&'a mut Option<String>> {
+    let is = |candidate: &str| name.eq_ignore_ascii_case(candidate);
+    let field: fn(&mut TraceHeaders) -> &mut Option<String> = if is("traceparent") {
+        |t| &mut t.traceparent
+    } else if is("tracestate") {
+        |t| &mut t.tracestate
+    } else if is("b3") {
+        |t| &mut t.b3
+    } else if is("x-b3-traceid") {
+        |t| &mut t.x_b3_traceid
+    } else if is("x-b3-spanid") {
+        |t| &mut t.x_b3_spanid
+    } else if is("x-b3-sampled") {
+        |t| &mut t.x_b3_sampled
+    } else {
+        return None;
+    };
+    Some(field(trace.get_or_insert_with(Box::default)))
+}
 
 /// A remote parent announced by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

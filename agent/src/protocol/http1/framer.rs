@@ -16,22 +16,7 @@ pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 /// Longest chunk-size or trailer line accepted.
 const MAX_LINE_BYTES: usize = 1024;
 
-/// Which messages this direction carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Request,
-    Response,
-}
-
-/// When and on which thread bytes were seen.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stamp {
-    /// Kernel monotonic ns of the syscall.
-    pub ts: u64,
-    pub tid: u32,
-    /// Bytes of this direction before the message's first byte (the stream offset).
-    pub offset: u64,
-}
+pub use crate::protocol::{Side, Stamp};
 
 /// What follows a head, as decided by the framer's owner (it knows the paired request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

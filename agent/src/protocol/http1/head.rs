@@ -23,17 +23,7 @@ pub enum StartLine {
     },
 }
 
-/// Trace-context headers; `None` when absent (the usual case: nothing is allocated).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TraceHeaders {
-    pub traceparent: Option<String>,
-    pub tracestate: Option<String>,
-    /// B3 single-header form.
-    pub b3: Option<String>,
-    pub x_b3_traceid: Option<String>,
-    pub x_b3_spanid: Option<String>,
-    pub x_b3_sampled: Option<String>,
-}
+pub use crate::trace::propagation::TraceHeaders;
 
 /// Headers sockspan uses; `None` when absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,27 +59,6 @@ fn repeated(last: &mut Option<Arc<str>>, value: &[u8]) -> Arc<str> {
     let shared: Arc<str> = Arc::from(String::from_utf8_lossy(value));
     *last = Some(Arc::clone(&shared));
     shared
-}
-
-/// Which trace header a name is, compared without allocating.
-fn trace_slot<'a>(kept: &'a mut KeptHeaders, name: &str) -> Option<&'a mut Option<String>> {
-    let is = |candidate: &str| name.eq_ignore_ascii_case(candidate);
-    let field: fn(&mut TraceHeaders) -> &mut Option<String> = if is("traceparent") {
-        |t| &mut t.traceparent
-    } else if is("tracestate") {
-        |t| &mut t.tracestate
-    } else if is("b3") {
-        |t| &mut t.b3
-    } else if is("x-b3-traceid") {
-        |t| &mut t.x_b3_traceid
-    } else if is("x-b3-spanid") {
-        |t| &mut t.x_b3_spanid
-    } else if is("x-b3-sampled") {
-        |t| &mut t.x_b3_sampled
-    } else {
-        return None;
-    };
-    Some(field(kept.trace.get_or_insert_with(Box::default)))
 }
 
 /// A parsed head.
@@ -274,7 +243,7 @@ pub fn parse_head_with(
             head.headers.host = Some(repeated(&mut repeats.host, value));
         } else if name.eq_ignore_ascii_case("user-agent") {
             head.headers.user_agent = Some(repeated(&mut repeats.user_agent, value));
-        } else if let Some(slot) = trace_slot(&mut head.headers, name) {
+        } else if let Some(slot) = crate::trace::propagation::slot(&mut head.headers.trace, name) {
             *slot = Some(text(value));
         }
         if super::record::header_recorded(name) {

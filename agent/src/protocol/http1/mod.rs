@@ -5,46 +5,38 @@ pub mod budget;
 pub mod framer;
 pub mod head;
 pub mod record;
+pub mod summary;
 
 use std::collections::VecDeque;
 
-use framer::{AfterHead, DesyncReason, FrameSink, Framer};
-pub use framer::{Side, Stamp};
-pub use head::{Head, StartLine, TraceHeaders};
+use framer::{AfterHead, DesyncReason, FrameSink, Framer, looks_like_start};
+pub use head::{Head, StartLine};
+use summary::Http1Summary;
+
+use super::{Chunk, ConnectionParser, Detected, ProtoEvent};
+pub use super::{Side, Stamp};
+
+/// A connection is HTTP/1 when a chunk on its request side starts like a request (a known
+/// method and a space). The connection's end comes from its role, or, when that is unknown,
+/// from the direction: whoever writes a request is the client.
+pub fn detect(chunk: &Chunk<'_>) -> Option<Detected> {
+    if !chunk.request_side() || !looks_like_start(Side::Request, chunk.payload) {
+        return None;
+    }
+    Some(Detected {
+        server: chunk.server().unwrap_or(!chunk.egress),
+        parser: Box::new(HttpConnection::new()),
+    })
+}
+
+/// What the HTTP/1 parser reports (the protocol layer's events).
+pub type HttpEvent = ProtoEvent;
+
+/// A completed HTTP/1 exchange as the protocol layer carries it.
+pub type Exchange = super::Exchange;
 
 /// Requests waiting for responses on one connection; more means the stream is not what we think.
 const MAX_PENDING_REQUESTS: usize = 64;
-
-/// What the connection reports, in stream order.
-// Events live briefly in one reused scratch Vec; variant sizes do not matter there.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
-pub enum HttpEvent {
-    /// A request head was read; its exchange will follow (keyed by `start.offset`). Only the
-    /// trace-context headers travel with it: that is all linking needs at this point.
-    Request {
-        trace: Option<Box<TraceHeaders>>,
-        start: Stamp,
-    },
-    /// A request and its response (or the close that ended it) are complete.
-    Exchange(Exchange),
-}
-
-/// A request and what answered it.
-#[derive(Debug, Clone)]
-pub struct Exchange {
-    pub request: Head,
-    /// `None` when the connection closed before a response came.
-    pub response: Option<Head>,
-    /// First request byte (`offset` is its position in the request stream).
-    pub request_start: Stamp,
-    /// Last request byte.
-    pub request_end: Stamp,
-    /// First response byte.
-    pub response_start: Option<Stamp>,
-    /// Last response byte (or the close, when no response came).
-    pub end: Stamp,
-}
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct HttpStats {
@@ -95,7 +87,8 @@ impl FrameSink for RequestSink<'_> {
             self.pending.pop_front();
             self.stats.pending_overflow += 1;
         }
-        self.out.push(HttpEvent::Request {
+        self.out.push(ProtoEvent::Request {
+            key: start.offset,
             trace: head.headers.trace.clone(),
             start,
         });
@@ -138,13 +131,13 @@ impl ResponseSink<'_> {
         }) = self.in_flight.take()
         {
             self.stats.exchanges += 1;
-            self.out.push(HttpEvent::Exchange(Exchange {
+            self.out.push(ProtoEvent::Exchange(Exchange {
+                key: request.start.offset,
                 request_end: request.end.unwrap_or(request.start),
-                request: request.head,
-                response: Some(head),
                 request_start: request.start,
                 response_start: Some(start),
                 end: at,
+                summary: Box::new(Http1Summary::new(request.head, Some(&head))),
             }));
         }
     }
@@ -275,15 +268,37 @@ impl HttpConnection {
         framer.close(at, &mut sink);
         for request in self.pending.drain(..) {
             self.stats.exchanges += 1;
-            out.push(HttpEvent::Exchange(Exchange {
+            out.push(ProtoEvent::Exchange(Exchange {
+                key: request.start.offset,
                 request_end: request.end.unwrap_or(request.start),
-                request: request.head,
-                response: None,
                 request_start: request.start,
                 response_start: None,
                 end: at,
+                summary: Box::new(Http1Summary::new(request.head, None)),
             }));
         }
+    }
+}
+
+impl ConnectionParser for HttpConnection {
+    fn feed(
+        &mut self,
+        side: Side,
+        data: &[u8],
+        total: u64,
+        ts: u64,
+        tid: u32,
+        out: &mut Vec<ProtoEvent>,
+    ) {
+        HttpConnection::feed(self, side, data, total, ts, tid, out);
+    }
+
+    fn close(&mut self, at: Stamp, out: &mut Vec<ProtoEvent>) {
+        HttpConnection::close(self, at, out);
+    }
+
+    fn thread_causality(&self) -> bool {
+        true
     }
 }
 
@@ -298,28 +313,24 @@ mod tests {
     use super::*;
 
     fn summary(x: &Exchange) -> String {
-        format!(
-            "{} -> {}",
-            x.request.summary(),
-            x.response
-                .as_ref()
-                .map_or("none".to_string(), Head::summary)
-        )
+        // "GET /a -> 200"
+        x.summary.describe()
     }
 
     /// The exchanges among `events`, after checking each was announced by a request event.
-    fn exchanges(events: &[HttpEvent]) -> Vec<Exchange> {
+    fn exchanges(events: Vec<HttpEvent>) -> Vec<Exchange> {
         let mut announced = Vec::new();
         let mut done = Vec::new();
         for e in events {
             match e {
-                HttpEvent::Request { start, .. } => announced.push(start.offset),
+                HttpEvent::Request { key, start, .. } => {
+                    assert_eq!(key, start.offset);
+                    announced.push(key);
+                }
                 HttpEvent::Exchange(x) => {
-                    assert!(
-                        announced.contains(&x.request_start.offset),
-                        "{x:?} not announced"
-                    );
-                    done.push(x.clone());
+                    assert!(announced.contains(&x.key), "{x:?} not announced");
+                    assert_eq!(x.key, x.request_start.offset);
+                    done.push(x);
                 }
             }
         }
@@ -334,7 +345,7 @@ mod tests {
         conn.feed(Side::Request, reqs, reqs.len() as u64, 1, 10, &mut out);
         let resps = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\nHTTP/1.1 304 Not Modified\r\n\r\n";
         conn.feed(Side::Response, resps, resps.len() as u64, 2, 10, &mut out);
-        let out = exchanges(&out);
+        let out = exchanges(out);
         let got: Vec<String> = out.iter().map(summary).collect();
         assert_eq!(got, ["GET /a -> 200", "HEAD /b -> 200", "GET /c -> 304"]);
         assert_eq!(out[1].request_start.offset, 19);
@@ -363,7 +374,7 @@ mod tests {
             1,
             &mut out,
         );
-        let out = exchanges(&out);
+        let out = exchanges(out);
         assert_eq!(
             out.iter().map(summary).collect::<Vec<_>>(),
             ["PUT /f -> 201"]
@@ -395,7 +406,7 @@ mod tests {
             &mut out,
         );
         assert!(conn.is_tunnel());
-        let out = exchanges(&out);
+        let out = exchanges(out);
         assert_eq!(
             out.iter().map(summary).collect::<Vec<_>>(),
             ["GET /ws -> 101"]
@@ -419,7 +430,7 @@ mod tests {
             },
             &mut out,
         );
-        let out = exchanges(&out);
+        let out = exchanges(out);
         assert_eq!(
             out.iter().map(summary).collect::<Vec<_>>(),
             ["GET /slow -> none"]
@@ -459,7 +470,7 @@ mod tests {
             },
             &mut out,
         );
-        (exchanges(&out), conn.stats)
+        (exchanges(out), conn.stats)
     }
 
     const SERVER_SIDE: &str = include_str!("fixtures/python_server_pipelined_chunked.jsonl");
@@ -547,7 +558,7 @@ mod tests {
                     rest = &rest[cut..];
                 }
             }
-            exchanges(&out)
+            exchanges(out)
                 .iter()
                 .map(|x| (summary(x), x.request_start.offset, x.end.offset))
                 .collect()

@@ -1,19 +1,22 @@
-//! What a finished HTTP exchange contributes to its span, kept compact while the span waits out
-//! the link delay, and expanded into name, attributes and status only at export.
+//! What a finished HTTP/1 exchange contributes to its span, kept compact while the span waits
+//! out the link delay, and expanded into name, attributes and status only at export.
 //!
 //! At 40 k requests/s with both ends on the host, the tracer holds ~45 k finished spans at any
 //! time (rate × link delay). Built attribute lists cost ~1.5 KB a span (a `KeyValue` is 56 bytes
 //! and most values are their own heap strings); this is ~100 bytes plus the request target,
 //! with `Host` and `User-Agent` shared through an interner.
 
-use std::{borrow::Cow, net::SocketAddr, sync::Arc};
+use std::{borrow::Cow, sync::Arc};
 
-use super::{
-    intern::Interner,
-    route,
-    span::{KeyValue, SpanStatus},
+use super::{Head, StartLine, record};
+use crate::{
+    protocol::{SpanFacts, Summary},
+    trace::{
+        intern::Interner,
+        route,
+        span::{KeyValue, SpanStatus},
+    },
 };
-use crate::protocol::http1::{Exchange, Head, StartLine, record};
 
 /// The method as the span names it: as parsed (known methods are static strings already).
 fn method_of(head: &Head) -> Cow<'static, str> {
@@ -24,112 +27,78 @@ fn method_of(head: &Head) -> Cow<'static, str> {
 }
 
 #[derive(Debug)]
-pub struct Finished {
-    pub end_ts: u64,
+pub struct Http1Summary {
     method: Cow<'static, str>,
     /// The request target as sent (path and query; the query is redacted at export).
     target: Box<str>,
     host: Option<Arc<str>>,
     user_agent: Option<Arc<str>>,
     status_code: Option<u16>,
-    /// Last request byte to first response byte.
-    wait_ns: Option<u64>,
     minor_version: u8,
     /// Allowlisted headers (`--record-headers`), already as attributes; empty by default.
     recorded: Vec<KeyValue>,
 }
 
-/// The span's own facts the attributes also need.
-pub struct SpanFacts {
-    pub server: bool,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    pub evidence: &'static str,
-    pub tid: u32,
-}
-
-impl Finished {
-    /// Takes the exchange by value: the request target moves into the summary, not a copy.
-    pub fn new(exchange: Exchange, start_ts: u64, strings: &mut Interner) -> Self {
-        let request = &exchange.request;
+impl Http1Summary {
+    /// Takes the heads by value: the request target moves into the summary, not a copy.
+    pub fn new(request: Head, response: Option<&Head>) -> Self {
         let mut recorded = Vec::new();
-        recorded_headers(&mut recorded, "http.request.header.", request);
-        if let Some(response) = &exchange.response {
+        recorded_headers(&mut recorded, "http.request.header.", &request);
+        if let Some(response) = response {
             recorded_headers(&mut recorded, "http.response.header.", response);
         }
-        let method = method_of(request);
-        let host = request.headers.host.as_deref().map(|h| strings.get(h));
-        let user_agent = request
-            .headers
-            .user_agent
-            .as_deref()
-            .map(|u| strings.get(u));
+        let method = method_of(&request);
+        let status_code = response.and_then(Head::status);
         let minor_version = request.minor_version;
-        let status_code = exchange.response.as_ref().and_then(Head::status);
-        let wait_ns = exchange
-            .response_start
-            .map(|first| first.ts.saturating_sub(exchange.request_end.ts));
-        let end_ts = exchange.end.ts.max(start_ts);
-        let target = match exchange.request.start {
+        let target = match request.start {
             StartLine::Request { target, .. } => target.into_boxed_str(),
             StartLine::Response { .. } => "/".into(),
         };
         Self {
-            end_ts,
             method,
             target,
-            host,
-            user_agent,
+            host: request.headers.host,
+            user_agent: request.headers.user_agent,
             status_code,
-            wait_ns,
             minor_version,
             recorded,
         }
     }
+}
 
+impl Summary for Http1Summary {
     /// Name, attributes (OpenTelemetry semantic conventions) and status of the span.
-    pub fn expand(
-        self,
+    fn expand(
+        self: Box<Self>,
         span: &SpanFacts,
         strings: &mut Interner,
     ) -> (String, Vec<KeyValue>, SpanStatus) {
-        let route = route::route_of(&self.target);
-        let peer = strings.ip(span.remote.ip());
-        let mut attributes = Vec::with_capacity(18 + self.recorded.len());
+        let this = *self;
+        let route = route::route_of(&this.target);
+        let mut attributes = Vec::with_capacity(18 + this.recorded.len());
         attributes.extend([
-            KeyValue::str("http.request.method", self.method.clone()),
-            KeyValue::str("url.path", route::path_of(&self.target).to_string()),
+            KeyValue::str("http.request.method", this.method.clone()),
+            KeyValue::str("url.path", route::path_of(&this.target).to_string()),
             KeyValue::str(
                 "network.protocol.version",
-                if self.minor_version == 0 {
+                if this.minor_version == 0 {
                     "1.0"
                 } else {
                     "1.1"
                 },
             ),
-            KeyValue::str("network.transport", "tcp"),
-            KeyValue::shared("network.peer.address", Arc::clone(&peer)),
-            KeyValue::int("network.peer.port", i64::from(span.remote.port())),
-            KeyValue::str("sockspan.parent.evidence", span.evidence),
-            KeyValue::int("thread.id", i64::from(span.tid)),
         ]);
-        if let Some(code) = self.status_code {
+        if let Some(code) = this.status_code {
             attributes.push(KeyValue::int("http.response.status_code", i64::from(code)));
         }
-        if let Some(wait) = self.wait_ns {
-            attributes.push(KeyValue::int(
-                "sockspan.response.wait_ns",
-                i64::try_from(wait).unwrap_or(i64::MAX),
-            ));
+        if let Some(ua) = this.user_agent {
+            attributes.push(KeyValue::shared("user_agent.original", strings.get(&ua)));
         }
-        if let Some(ua) = self.user_agent {
-            attributes.push(KeyValue::shared("user_agent.original", ua));
-        }
-        if let Some(query) = record::redacted_query(&self.target) {
+        if let Some(query) = record::redacted_query(&this.target) {
             attributes.push(KeyValue::str("url.query", query));
         }
-        attributes.extend(self.recorded);
-        let host = self.host.as_deref().map(|h| {
+        attributes.extend(this.recorded);
+        let host = this.host.as_deref().map(|h| {
             strings.get(
                 h.rsplit_once(':')
                     .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
@@ -145,19 +114,32 @@ impl Finished {
                 host.unwrap_or_else(|| strings.ip(span.local.ip())),
             ));
             attributes.push(KeyValue::int("server.port", i64::from(span.local.port())));
-            attributes.push(KeyValue::shared("client.address", peer));
+            attributes.push(KeyValue::shared(
+                "client.address",
+                strings.ip(span.remote.ip()),
+            ));
         } else {
-            attributes.push(KeyValue::shared("server.address", host.unwrap_or(peer)));
+            attributes.push(KeyValue::shared(
+                "server.address",
+                host.unwrap_or_else(|| strings.ip(span.remote.ip())),
+            ));
             attributes.push(KeyValue::int("server.port", i64::from(span.remote.port())));
         }
-        let status = match self.status_code {
+        let status = match this.status_code {
             None => SpanStatus::Error("connection closed before a response".to_string()),
             Some(code) if code >= 500 || (!span.server && code >= 400) => {
                 SpanStatus::Error(format!("HTTP {code}"))
             }
             Some(_) => SpanStatus::Unset,
         };
-        (format!("{} {route}", self.method), attributes, status)
+        (format!("{} {route}", this.method), attributes, status)
+    }
+
+    fn describe(&self) -> String {
+        let status = self
+            .status_code
+            .map_or_else(|| "none".to_string(), |c| c.to_string());
+        format!("{} {} -> {status}", self.method, self.target)
     }
 }
 

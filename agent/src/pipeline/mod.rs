@@ -1,5 +1,8 @@
 //! Wiring shared by the commands that run the capture path: start-up checks, procfs discovery,
-//! program loading, the eBPF log forwarder, and the stop signal.
+//! program loading, the eBPF log forwarder, and the stop signal; [`sink`] is the tracing
+//! pipeline's consumer of the ring.
+
+pub mod sink;
 
 use std::time::Duration;
 

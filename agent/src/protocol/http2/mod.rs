@@ -1,0 +1,793 @@
+//! HTTP/2 (RFC 9113) and gRPC on one connection: frames both directions, decodes every header
+//! block in order through a per-direction HPACK table, and reports each stream as one exchange.
+//!
+//! A connection is recognised by the client preface, or, when the agent attached after it
+//! opened, by a plausible frame at the start of a syscall's bytes; the latter is confirmed by the
+//! first header block that decodes to pseudo-headers, and given up if the framing fails first.
+//! Requests are keyed by stream id, which both ends of a connection share, so the two ends'
+//! spans pair by stream, whatever order the frames of concurrent streams came in.
+
+pub mod frame;
+pub mod grpc;
+pub mod hpack;
+pub mod summary;
+
+use std::{borrow::Cow, collections::HashMap, sync::Arc};
+
+use frame::{Frame, FrameSink, Framer, PREFACE, flag, kind};
+use hpack::{Decoder, Field};
+use summary::{Ending, Http2Summary, RequestFacts, ResponseFacts};
+
+use super::{Chunk, ConnectionParser, Detected, Exchange, ProtoEvent, Side, Stamp, http1::record};
+use crate::trace::{
+    propagation::{self, TraceHeaders},
+    span::KeyValue,
+};
+
+/// Streams tracked at once per connection; more are not reported (counted).
+const MAX_STREAMS: usize = 1024;
+/// Largest header block assembled from HEADERS and CONTINUATION frames.
+const MAX_BLOCK: usize = 64 * 1024;
+
+/// A connection is HTTP/2 when its request side starts with the client preface, or, attached
+/// mid-connection with a known role, when a syscall's bytes start with a plausible frame.
+pub fn detect(chunk: &Chunk<'_>) -> Option<Detected> {
+    let payload = chunk.payload;
+    let preface = payload.len() >= 4 && PREFACE.starts_with(&payload[..payload.len().min(24)]);
+    if preface && chunk.request_side() {
+        return Some(Detected {
+            server: chunk.server().unwrap_or(!chunk.egress),
+            parser: Box::new(Http2Connection::from_start()),
+        });
+    }
+    let server = chunk.server()?;
+    frame::starts_with_frame(payload, chunk.total).then(|| Detected {
+        server,
+        parser: Box::new(Http2Connection::midstream()),
+    })
+}
+
+/// Self-metrics of one connection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Stats {
+    pub exchanges: u64,
+    /// Response headers for streams whose request was not seen (opened before the attach).
+    pub unseen_streams: u64,
+    /// Streams not tracked because `MAX_STREAMS` were open.
+    pub streams_dropped: u64,
+    /// Header blocks lost (bytes not captured, or too long) or malformed.
+    pub blocks_lost: u64,
+}
+
+/// One stream's exchange in progress.
+#[derive(Debug)]
+struct Stream {
+    start: Stamp,
+    /// The request's last frame so far, and whether it ended the request.
+    request_last: Stamp,
+    request_ended: bool,
+    response_start: Option<Stamp>,
+    /// The response's first header block was read (later ones are trailers).
+    response_headers: bool,
+    request: RequestFacts,
+    response: ResponseFacts,
+}
+
+/// A header block being assembled from `HEADERS` (or `PUSH_PROMISE`) and `CONTINUATION` frames.
+#[derive(Debug)]
+struct Block {
+    stream: u32,
+    end_stream: bool,
+    /// A server push's promise: decoded for the table's sake, reported nowhere.
+    promise: bool,
+    start: Stamp,
+    /// Part of the block was not captured (or was too long): it cannot be decoded.
+    lost: bool,
+    bytes: Vec<u8>,
+}
+
+/// One direction: its framing, its HPACK table, and the header block being assembled.
+#[derive(Debug)]
+struct Direction {
+    framer: Framer,
+    hpack: Decoder,
+    block: Option<Block>,
+}
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Both directions of one HTTP/2 connection.
+#[derive(Debug)]
+pub struct Http2Connection {
+    request: Direction,
+    response: Direction,
+    streams: FastMap<u32, Stream>,
+    /// The highest client stream id opened: stream ids only grow (RFC 9113 §5.1.1), so a
+    /// header block on a lower id that is not open is never a new request.
+    highest_stream: u32,
+    /// Known to be HTTP/2: the preface was seen, or a header block decoded to pseudo-headers.
+    confirmed: bool,
+    failed: bool,
+    pub stats: Http2Stats,
+}
+
+impl Http2Connection {
+    /// A connection seen from its first byte: the request side starts with the preface.
+    #[must_use]
+    pub fn from_start() -> Self {
+        Self::with(
+            Direction {
+                framer: Framer::after_preface(),
+                hpack: Decoder::new(),
+                block: None,
+            },
+            Direction {
+                framer: Framer::at_frame(),
+                hpack: Decoder::new(),
+                block: None,
+            },
+            true,
+        )
+    }
+
+    /// A connection first seen in the middle: both directions look for a frame at the start of
+    /// a syscall's bytes, and their tables start unknown.
+    #[must_use]
+    pub fn midstream() -> Self {
+        let lost = || Direction {
+            framer: Framer::lost(),
+            hpack: Decoder::midstream(),
+            block: None,
+        };
+        Self::with(lost(), lost(), false)
+    }
+
+    fn with(request: Direction, response: Direction, confirmed: bool) -> Self {
+        Self {
+            request,
+            response,
+            streams: FastMap::default(),
+            highest_stream: 0,
+            confirmed,
+            failed: false,
+            stats: Http2Stats::default(),
+        }
+    }
+}
+
+/// The frame handler of one direction, over the connection's shared state.
+struct Handler<'a> {
+    side: Side,
+    hpack: &'a mut Decoder,
+    block: &'a mut Option<Block>,
+    streams: &'a mut FastMap<u32, Stream>,
+    highest_stream: &'a mut u32,
+    confirmed: &'a mut bool,
+    failed: &'a mut bool,
+    stats: &'a mut Http2Stats,
+    out: &'a mut Vec<ProtoEvent>,
+}
+
+impl FrameSink for Handler<'_> {
+    fn frame(&mut self, frame: Frame<'_>) {
+        let header = frame.header;
+        match header.kind {
+            kind::HEADERS | kind::PUSH_PROMISE => {
+                if self.block.is_some() {
+                    // A block must be finished by CONTINUATION frames before anything else.
+                    self.block_lost();
+                }
+                let promise = header.kind == kind::PUSH_PROMISE;
+                let fragment = frame
+                    .payload
+                    .and_then(|p| fragment(p, header.flags, promise));
+                *self.block = Some(Block {
+                    stream: header.stream,
+                    end_stream: !promise && header.flags & flag::END_STREAM != 0,
+                    promise,
+                    start: frame.start,
+                    lost: fragment.is_none(),
+                    bytes: fragment.map(<[u8]>::to_vec).unwrap_or_default(),
+                });
+                if header.flags & flag::END_HEADERS != 0 {
+                    self.finish_block(frame.end);
+                }
+            }
+            kind::CONTINUATION => {
+                let Some(block) = self.block.as_mut().filter(|b| b.stream == header.stream) else {
+                    // A continuation of a block not seen: whatever it inserted is unknowable.
+                    self.block_lost();
+                    return;
+                };
+                match frame.payload {
+                    Some(p) if block.bytes.len() + p.len() <= MAX_BLOCK => {
+                        block.bytes.extend_from_slice(p);
+                    }
+                    _ => block.lost = true,
+                }
+                if header.flags & flag::END_HEADERS != 0 {
+                    self.finish_block(frame.end);
+                }
+            }
+            kind::DATA => self.data(header.stream, header.flags, frame.start, frame.end),
+            kind::RST_STREAM => {
+                let code = frame
+                    .payload
+                    .and_then(|p| p.first_chunk::<4>())
+                    .map_or(0, |b| u32::from_be_bytes(*b));
+                self.complete(header.stream, Ending::Reset(code), frame.end);
+            }
+            kind::GOAWAY if self.side == Side::Response => {
+                if let Some(last) = frame.payload.and_then(|p| p.first_chunk::<4>()) {
+                    let last = u32::from_be_bytes(*last) & 0x7fff_ffff;
+                    let refused: Vec<u32> = self
+                        .streams
+                        .iter()
+                        .filter(|(id, s)| **id > last && s.response_start.is_none())
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in refused {
+                        self.complete(id, Ending::Refused, frame.end);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn gap(&mut self) {
+        // Frames were lost: a header block among them would have changed the table.
+        *self.block = None;
+        self.hpack.gap();
+        if !*self.confirmed {
+            *self.failed = true;
+        }
+    }
+}
+
+/// The header block fragment of a `HEADERS` or `PUSH_PROMISE` payload: padding, priority and the
+/// promised stream id taken off. `None` when the payload is malformed.
+fn fragment(payload: &[u8], flags: u8, promise: bool) -> Option<&[u8]> {
+    let mut p = payload;
+    if flags & flag::PADDED != 0 {
+        let (&pad, rest) = p.split_first()?;
+        p = rest.get(..rest.len().checked_sub(usize::from(pad))?)?;
+    }
+    if promise {
+        p = p.get(4..)?;
+    } else if flags & flag::PRIORITY != 0 {
+        p = p.get(5..)?;
+    }
+    Some(p)
+}
+
+impl Handler<'_> {
+    fn block_lost(&mut self) {
+        *self.block = None;
+        self.stats.blocks_lost += 1;
+        self.hpack.gap();
+    }
+
+    /// A header block is complete: decode it (always, for the table's sake) and act on it.
+    fn finish_block(&mut self, end: Stamp) {
+        let Some(block) = self.block.take() else {
+            return;
+        };
+        if block.lost {
+            self.stats.blocks_lost += 1;
+            self.hpack.gap();
+        }
+        if block.promise {
+            if !block.lost {
+                let _ = self.hpack.decode(&block.bytes, |_| {});
+            }
+            return;
+        }
+        match self.side {
+            Side::Request => self.request_block(&block, end),
+            Side::Response => self.response_block(&block, end),
+        }
+    }
+
+    fn request_block(&mut self, block: &Block, end: Stamp) {
+        let id = block.stream;
+        if let Some(stream) = self.streams.get_mut(&id) {
+            // Trailers of the request.
+            if !block.lost {
+                let _ = self.hpack.decode(&block.bytes, |_| {});
+            }
+            stream.request_last = end;
+            stream.request_ended |= block.end_stream;
+            return;
+        }
+        let mut facts = RequestFacts::default();
+        let mut trace = None;
+        let mut pseudo = false;
+        if block.lost {
+            facts.unknown_fields += 1;
+        } else {
+            let decoded = self.hpack.decode(&block.bytes, |field| match field {
+                Field::Known { name, value } => {
+                    pseudo |= name.first() == Some(&b':');
+                    request_field(&mut facts, &mut trace, name, value);
+                }
+                Field::Unknown => facts.unknown_fields += 1,
+            });
+            if decoded.is_err() {
+                self.stats.blocks_lost += 1;
+                facts.unknown_fields += 1;
+                if !*self.confirmed {
+                    *self.failed = true;
+                    return;
+                }
+            }
+        }
+        *self.confirmed |= pseudo;
+        // Client streams are odd and only grow; anything else is not a new request.
+        if id.is_multiple_of(2) || id <= *self.highest_stream {
+            return;
+        }
+        *self.highest_stream = id;
+        if self.streams.len() >= MAX_STREAMS {
+            self.stats.streams_dropped += 1;
+            return;
+        }
+        self.out.push(ProtoEvent::Request {
+            key: u64::from(id),
+            trace,
+            start: block.start,
+        });
+        self.streams.insert(
+            id,
+            Stream {
+                start: block.start,
+                request_last: end,
+                request_ended: block.end_stream,
+                response_start: None,
+                response_headers: false,
+                request: facts,
+                response: ResponseFacts::default(),
+            },
+        );
+    }
+
+    fn response_block(&mut self, block: &Block, end: Stamp) {
+        let id = block.stream;
+        let mut facts = ResponseFacts::default();
+        let mut pseudo = false;
+        if block.lost {
+            facts.unknown_fields += 1;
+        } else {
+            let decoded = self.hpack.decode(&block.bytes, |field| match field {
+                Field::Known { name, value } => {
+                    pseudo |= name.first() == Some(&b':');
+                    response_field(&mut facts, name, value);
+                }
+                Field::Unknown => facts.unknown_fields += 1,
+            });
+            if decoded.is_err() {
+                self.stats.blocks_lost += 1;
+                facts.unknown_fields += 1;
+                if !*self.confirmed {
+                    *self.failed = true;
+                    return;
+                }
+            }
+        }
+        *self.confirmed |= pseudo;
+        let Some(stream) = self.streams.get_mut(&id) else {
+            if pseudo {
+                self.stats.unseen_streams += 1;
+            }
+            return;
+        };
+        let interim = facts.status.is_some_and(|s| (100..200).contains(&s));
+        if stream.response_headers {
+            // Trailers: gRPC's status lives here.
+            if facts.grpc_status.is_some() {
+                stream.response.grpc_status = facts.grpc_status;
+            }
+            stream.response.unknown_fields += facts.unknown_fields;
+        } else {
+            stream.response_start.get_or_insert(block.start);
+            if !interim {
+                stream.response_headers = true;
+                let unknown = stream.response.unknown_fields + facts.unknown_fields;
+                stream.response = facts;
+                stream.response.unknown_fields = unknown;
+            }
+        }
+        if block.end_stream {
+            self.complete(id, Ending::Complete, end);
+        }
+    }
+
+    fn data(&mut self, id: u32, flags: u8, start: Stamp, end: Stamp) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let end_stream = flags & flag::END_STREAM != 0;
+        match self.side {
+            Side::Request => {
+                stream.request_last = end;
+                stream.request_ended |= end_stream;
+            }
+            Side::Response => {
+                stream.response_start.get_or_insert(start);
+                if end_stream {
+                    self.complete(id, Ending::Complete, end);
+                }
+            }
+        }
+    }
+
+    fn complete(&mut self, id: u32, ending: Ending, end: Stamp) {
+        if let Some(stream) = self.streams.remove(&id) {
+            self.stats.exchanges += 1;
+            self.out
+                .push(ProtoEvent::Exchange(exchange(id, stream, ending, end)));
+        }
+    }
+}
+
+fn exchange(id: u32, stream: Stream, ending: Ending, end: Stamp) -> Exchange {
+    Exchange {
+        key: u64::from(id),
+        request_start: stream.start,
+        request_end: stream.request_last,
+        response_start: stream.response_start,
+        end,
+        summary: Box::new(Http2Summary {
+            request: stream.request,
+            response: stream.response,
+            ending,
+        }),
+    }
+}
+
+/// Keeps what a span needs of one request header field; everything else (credentials
+/// included) is dropped here, unless the operator allowlisted its name.
+fn request_field(
+    facts: &mut RequestFacts,
+    trace: &mut Option<Box<TraceHeaders>>,
+    name: &[u8],
+    value: &[u8],
+) {
+    match name {
+        b":method" => facts.method = Some(method(value)),
+        b":path" => facts.path = Some(String::from_utf8_lossy(value).into()),
+        b":authority" => facts.authority = Some(Arc::from(String::from_utf8_lossy(value))),
+        b":scheme" => {
+            facts.scheme = match value {
+                b"https" => Some("https"),
+                b"http" => Some("http"),
+                _ => None,
+            }
+        }
+        b"content-type" => facts.grpc = grpc::is_grpc_content_type(value),
+        b"user-agent" => facts.user_agent = Some(Arc::from(String::from_utf8_lossy(value))),
+        _ => {
+            let Ok(name) = std::str::from_utf8(name) else {
+                return;
+            };
+            if let Some(slot) = propagation::slot(trace, name) {
+                *slot = Some(String::from_utf8_lossy(value).into_owned());
+            }
+            if record::header_recorded(name) {
+                facts.recorded.push(KeyValue::owned(
+                    format!("http.request.header.{name}"),
+                    String::from_utf8_lossy(value).into_owned(),
+                ));
+            }
+        }
+    }
+}
+
+fn response_field(facts: &mut ResponseFacts, name: &[u8], value: &[u8]) {
+    match name {
+        b":status" => {
+            facts.status = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok());
+        }
+        b"content-type" => facts.grpc = grpc::is_grpc_content_type(value),
+        b"grpc-status" => facts.grpc_status = grpc::parse_status(value),
+        _ => {}
+    }
+}
+
+/// Known methods as static strings (no allocation per request).
+fn method(value: &[u8]) -> Cow<'static, str> {
+    super::http1::head::KNOWN_METHODS
+        .iter()
+        .find(|m| m.as_bytes() == value)
+        .map_or_else(
+            || Cow::Owned(String::from_utf8_lossy(value).into_owned()),
+            |m| Cow::Borrowed(*m),
+        )
+}
+
+impl Http2Connection {
+    /// The framer of `side` and a handler over the rest, borrowed together.
+    fn split<'a>(
+        &'a mut self,
+        side: Side,
+        out: &'a mut Vec<ProtoEvent>,
+    ) -> (&'a mut Framer, Handler<'a>) {
+        let direction = match side {
+            Side::Request => &mut self.request,
+            Side::Response => &mut self.response,
+        };
+        (
+            &mut direction.framer,
+            Handler {
+                side,
+                hpack: &mut direction.hpack,
+                block: &mut direction.block,
+                streams: &mut self.streams,
+                highest_stream: &mut self.highest_stream,
+                confirmed: &mut self.confirmed,
+                failed: &mut self.failed,
+                stats: &mut self.stats,
+                out,
+            },
+        )
+    }
+}
+
+impl ConnectionParser for Http2Connection {
+    fn feed(
+        &mut self,
+        side: Side,
+        data: &[u8],
+        total: u64,
+        ts: u64,
+        tid: u32,
+        out: &mut Vec<ProtoEvent>,
+    ) {
+        if self.failed {
+            return;
+        }
+        let (framer, mut handler) = self.split(side, out);
+        framer.feed(data, total, ts, tid, &mut handler);
+    }
+
+    fn close(&mut self, at: Stamp, out: &mut Vec<ProtoEvent>) {
+        let at = Stamp {
+            offset: self.response.framer.offset(),
+            ..at
+        };
+        let mut open: Vec<(u32, Stream)> = self.streams.drain().collect();
+        open.sort_unstable_by_key(|(id, _)| *id);
+        for (id, stream) in open {
+            self.stats.exchanges += 1;
+            out.push(ProtoEvent::Exchange(exchange(
+                id,
+                stream,
+                Ending::Closed,
+                at,
+            )));
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.failed
+    }
+
+    fn thread_causality(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One syscall of a fixture: (egress, bytes, bytes moved).
+    type Write = (bool, Vec<u8>, u64);
+
+    /// Reads a stream captured by `sockspan events` from real processes: a grpcio 1.85 client
+    /// making five calls on one channel (unary, server streaming, bidirectional streaming, a
+    /// call that fails with `NOT_FOUND`, unary again) to a grpcio server, seen at each end.
+    fn writes(fixture: &str) -> Vec<Write> {
+        fixture
+            .lines()
+            .map(|line| {
+                let record: serde_json::Value = serde_json::from_str(line).expect("fixture line");
+                let bytes = record["payload"]
+                    .as_str()
+                    .expect("payload")
+                    .chars()
+                    .map(|c| u8::try_from(u32::from(c)).expect("latin-1"))
+                    .collect();
+                (
+                    record["direction"] == "egress",
+                    bytes,
+                    record["ret"].as_u64().expect("ret"),
+                )
+            })
+            .collect()
+    }
+
+    const CLIENT: &str = include_str!("fixtures/grpcio_client_calls.jsonl");
+    const SERVER: &str = include_str!("fixtures/grpcio_server_calls.jsonl");
+    const EXPECTED: [&str; 5] = [
+        "POST /demo.Model/Predict -> grpc 0",
+        "POST /demo.Model/Stream -> grpc 0",
+        "POST /demo.Model/Chat -> grpc 0",
+        "POST /demo.Model/Fail -> grpc 5",
+        "POST /demo.Model/Predict -> grpc 0",
+    ];
+
+    /// Feeds writes (cut to `capture` bytes each, as a smaller `--capture-bytes` would) to a
+    /// parser found by detection, as the protocol table does; returns (key, line) per exchange.
+    fn replay(writes: &[Write], server: bool, capture: usize) -> (Vec<(u64, String)>, bool) {
+        let role = if server {
+            agent_common::Role::Server
+        } else {
+            agent_common::Role::Client
+        };
+        let mut parser: Option<Box<dyn ConnectionParser>> = None;
+        let mut out = Vec::new();
+        for (i, (egress, bytes, total)) in writes.iter().enumerate() {
+            let data = &bytes[..bytes.len().min(capture)];
+            if parser.is_none() {
+                let chunk = Chunk {
+                    egress: *egress,
+                    role,
+                    payload: data,
+                    total: *total,
+                };
+                parser = detect(&chunk).map(|d| {
+                    assert_eq!(d.server, server);
+                    d.parser
+                });
+            }
+            if let Some(p) = parser.as_mut() {
+                p.feed(
+                    Side::of(server, *egress),
+                    data,
+                    *total,
+                    i as u64,
+                    1,
+                    &mut out,
+                );
+            }
+        }
+        let failed = parser.as_ref().is_some_and(|p| p.failed());
+        if let Some(p) = parser.as_mut() {
+            p.close(Stamp::default(), &mut out);
+        }
+        let mut announced = Vec::new();
+        let mut done = Vec::new();
+        for event in out {
+            match event {
+                ProtoEvent::Request { key, .. } => announced.push(key),
+                ProtoEvent::Exchange(x) => {
+                    assert!(announced.contains(&x.key), "{x:?} was not announced");
+                    done.push((x.key, x.summary.describe()));
+                }
+            }
+        }
+        (done, failed)
+    }
+
+    /// `line` (`METHOD PATH -> OUTCOME`) says nothing `real` contradicts: its method and path
+    /// are the real ones or unknown (`?`), and a gRPC status it gives is the real one. With
+    /// fields unresolved it may know less (a gRPC call whose content-type and trailers were
+    /// unresolvable shows as its HTTP/2 `:status`).
+    fn assert_not_contradicting(line: &str, real: &str, context: &str) {
+        let (head, outcome) = line.split_once(" -> ").expect("describe line");
+        let (real_head, real_outcome) = real.split_once(" -> ").expect("describe line");
+        for (part, real_part) in head.split(' ').zip(real_head.split(' ')) {
+            assert!(
+                part == real_part || part == "?",
+                "{context}: {line:?} contradicts {real:?}"
+            );
+        }
+        if outcome.starts_with("grpc") {
+            assert_eq!(
+                outcome, real_outcome,
+                "{context}: {line:?} against {real:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn captured_grpc_calls_are_one_exchange_per_stream_at_both_ends() {
+        for (fixture, server) in [(CLIENT, false), (SERVER, true)] {
+            let (found, failed) = replay(&writes(fixture), server, usize::MAX);
+            assert!(!failed);
+            let lines: Vec<&str> = found.iter().map(|(_, l)| l.as_str()).collect();
+            assert_eq!(lines, EXPECTED, "server side: {server}");
+            let keys: Vec<u64> = found.iter().map(|(k, _)| *k).collect();
+            assert_eq!(keys, [1, 3, 5, 7, 9], "stream ids, the same at both ends");
+        }
+    }
+
+    /// Property: however each end's capture is cut into reads (random sizes, in order), the
+    /// same exchanges come out. 200 seeded splittings of each end.
+    #[test]
+    fn any_split_of_a_captured_stream_gives_the_same_exchanges() {
+        for (fixture, server) in [(CLIENT, false), (SERVER, true)] {
+            let whole = writes(fixture);
+            let reference = replay(&whole, server, usize::MAX).0;
+            for run in 1..=200u64 {
+                let mut seed = run.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                let mut split = Vec::new();
+                for (egress, bytes, _) in &whole {
+                    let mut rest = bytes.as_slice();
+                    while !rest.is_empty() {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        let cut = (1 + (seed % 40) as usize).min(rest.len());
+                        split.push((*egress, rest[..cut].to_vec(), cut as u64));
+                        rest = &rest[cut..];
+                    }
+                }
+                // The first piece must still be recognisable: keep the opening write whole.
+                let mut pieces = vec![whole[0].clone()];
+                let first_len = whole[0].1.len();
+                let mut skipped = 0;
+                for piece in split {
+                    if skipped < first_len {
+                        skipped += piece.1.len();
+                        continue;
+                    }
+                    pieces.push(piece);
+                }
+                assert_eq!(
+                    replay(&pieces, server, usize::MAX).0,
+                    reference,
+                    "splitting {run} (server side: {server})"
+                );
+            }
+        }
+    }
+
+    /// Attached after the connection opened: every call that started later is reported, each
+    /// either with its real method or with none, never with another call's.
+    #[test]
+    fn attached_midway_names_later_calls_rightly_or_not_at_all() {
+        for (fixture, server) in [(CLIENT, false), (SERVER, true)] {
+            let whole = writes(fixture);
+            let truth = replay(&whole, server, usize::MAX).0;
+            for skip in 1..whole.len() {
+                let (found, failed) = replay(&whole[skip..], server, usize::MAX);
+                assert!(!failed, "skip {skip} (server side: {server})");
+                for (key, line) in &found {
+                    let (_, real) = truth.iter().find(|(k, _)| k == key).expect("a real stream");
+                    assert_not_contradicting(line, real, &format!("skip {skip}, stream {key}"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_small_capture_limit_loses_names_not_correctness() {
+        for capture in [9, 16, 40, 64] {
+            for (fixture, server) in [(CLIENT, false), (SERVER, true)] {
+                let whole = writes(fixture);
+                let truth = replay(&whole, server, usize::MAX).0;
+                let (found, _) = replay(&whole, server, capture);
+                for (key, line) in &found {
+                    if let Some((_, real)) = truth.iter().find(|(k, _)| k == key) {
+                        assert_not_contradicting(line, real, &format!("capture {capture}"));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bytes_that_only_look_like_a_frame_are_given_up() {
+        // A plausible SETTINGS frame header, then bytes that frame nothing.
+        let mut conn = Http2Connection::midstream();
+        let mut out = Vec::new();
+        let first = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+        conn.feed(Side::Request, &first, 9, 1, 1, &mut out);
+        conn.feed(Side::Request, &[0xff; 30], 30, 2, 1, &mut out);
+        conn.feed(Side::Request, &[0xff; 4], 100, 3, 1, &mut out);
+        assert!(conn.failed());
+        assert!(out.is_empty());
+    }
+}

@@ -1,0 +1,158 @@
+//! What each tracked connection carries: detection while unknown, then its protocol's parser.
+
+use std::collections::HashMap;
+
+use super::{Chunk, ConnectionParser, PROTOCOLS, ProtoEvent, Side, Stamp};
+
+/// Data chunks on a connection that may pass before it is declared none of ours; the programs
+/// give up after as many.
+const DETECT_CHUNKS: u32 = agent_common::DETECT_CHUNKS;
+
+/// What a connection carries, as far as sockspan can tell.
+#[derive(Debug)]
+enum State {
+    Detecting {
+        misses: u8,
+    },
+    Parsed(Parsed),
+    /// None of the protocols: its chunks are ignored.
+    Other,
+}
+
+#[derive(Debug)]
+struct Parsed {
+    /// Index into [`PROTOCOLS`].
+    protocol: usize,
+    server: bool,
+    parser: Box<dyn ConnectionParser>,
+}
+
+/// Self-metrics of the protocol stage.
+#[derive(Debug, Default, Clone)]
+pub struct ProtocolStats {
+    /// Connections recognised, per entry of [`PROTOCOLS`].
+    pub recognised: [u64; PROTOCOLS.len()],
+    /// Connections that matched no protocol within the detection window.
+    pub other_connections: u64,
+    /// Connections a parser gave up on after detection (the bytes were not its protocol).
+    pub given_up: u64,
+}
+
+impl ProtocolStats {
+    /// `(protocol name, connections)` pairs.
+    pub fn recognised(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        PROTOCOLS
+            .iter()
+            .zip(self.recognised)
+            .map(|((name, _), n)| (*name, n))
+    }
+}
+
+/// What feeding a chunk led to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fed {
+    /// Nothing parsed (still detecting, or not ours).
+    Skipped,
+    /// Parsed; `server` is this process's end, `thread_causality` the parser's.
+    Parsed {
+        server: bool,
+        thread_causality: bool,
+    },
+    /// The connection is none of ours from now on (detection window over, or a parser failed):
+    /// the programs can stop sending its bytes.
+    GaveUp,
+}
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Per-connection protocol state, keyed by the kernel's connection id.
+#[derive(Debug, Default)]
+pub struct ProtocolTable {
+    conns: FastMap<u64, State>,
+    pub stats: ProtocolStats,
+}
+
+impl ProtocolTable {
+    /// A connection opened: its protocol is looked for from its first chunk.
+    pub fn open(&mut self, conn_id: u64) {
+        self.conns.insert(conn_id, State::Detecting { misses: 0 });
+    }
+
+    /// Feeds one chunk of `conn_id`; parsed events go to `out`.
+    pub fn feed(
+        &mut self,
+        conn_id: u64,
+        chunk: &Chunk<'_>,
+        ts: u64,
+        tid: u32,
+        out: &mut Vec<ProtoEvent>,
+    ) -> Fed {
+        let state = self
+            .conns
+            .entry(conn_id)
+            .or_insert(State::Detecting { misses: 0 });
+        if let State::Detecting { misses } = state {
+            let found = PROTOCOLS
+                .iter()
+                .enumerate()
+                .find_map(|(i, (_, detect))| detect(chunk).map(|d| (i, d)));
+            let Some((protocol, detected)) = found else {
+                *misses += 1;
+                if u32::from(*misses) >= DETECT_CHUNKS {
+                    self.stats.other_connections += 1;
+                    *state = State::Other;
+                    return Fed::GaveUp;
+                }
+                return Fed::Skipped;
+            };
+            self.stats.recognised[protocol] += 1;
+            *state = State::Parsed(Parsed {
+                protocol,
+                server: detected.server,
+                parser: detected.parser,
+            });
+        }
+        let State::Parsed(parsed) = state else {
+            return Fed::Skipped;
+        };
+        let side = Side::of(parsed.server, chunk.egress);
+        parsed
+            .parser
+            .feed(side, chunk.payload, chunk.total, ts, tid, out);
+        if parsed.parser.failed() {
+            tracing::debug!(
+                conn_id,
+                protocol = PROTOCOLS[parsed.protocol].0,
+                "not that protocol after all: connection given up"
+            );
+            self.stats.given_up += 1;
+            *state = State::Other;
+            // What it reported before failing stands: those exchanges were well formed.
+            return Fed::GaveUp;
+        }
+        Fed::Parsed {
+            server: parsed.server,
+            thread_causality: parsed.parser.thread_causality(),
+        }
+    }
+
+    /// The connection closed; what it still held completes. Returns this process's end and the
+    /// parser's thread rule if it was parsed.
+    pub fn close(&mut self, conn_id: u64, at: Stamp, out: &mut Vec<ProtoEvent>) -> Fed {
+        match self.conns.remove(&conn_id) {
+            Some(State::Parsed(mut parsed)) => {
+                parsed.parser.close(at, out);
+                Fed::Parsed {
+                    server: parsed.server,
+                    thread_causality: parsed.parser.thread_causality(),
+                }
+            }
+            _ => Fed::Skipped,
+        }
+    }
+
+    /// Keeps only the connections `keep` says are still tracked.
+    pub fn retain(&mut self, keep: impl Fn(u64) -> bool) {
+        self.conns.retain(|id, _| keep(*id));
+    }
+}
