@@ -10,6 +10,7 @@ import struct
 
 ROOT = pathlib.Path(__file__).resolve().parent
 FIXTURES = ROOT.parent / "agent/src/protocol/http1/fixtures"
+H2_FIXTURES = ROOT.parent / "agent/src/protocol/http2/fixtures"
 SEEDS = ROOT / "seeds"
 
 
@@ -19,10 +20,10 @@ def write(target, name, data):
     (folder / name).write_bytes(data)
 
 
-def fixture_reads(name):
+def fixture_reads(name, folder=FIXTURES):
     """(egress, bytes) per captured syscall of a fixture (payload strings are latin-1)."""
     reads = []
-    for line in (FIXTURES / name).read_text().splitlines():
+    for line in (folder / name).read_text().splitlines():
         record = json.loads(line)
         reads.append((record["direction"] == "egress", record["payload"].encode("latin-1")))
     return reads
@@ -103,6 +104,31 @@ def main():
     write("redaction", "route", b"/users/12345/orders/9f3c2a7e-1111-4c1e-9d2f-0123456789ab?x=1")
 
     write("pipeline", "exchange", pipeline_script())
+
+    # HTTP/2: the grpcio captures at both ends, from the preface and attached midway.
+    for name, server_side in [("client", False), ("server", True)]:
+        calls = fixture_reads(f"grpcio_{name}_calls.jsonl", H2_FIXTURES)
+        midstream = fixture_reads(f"grpcio_{name}_midstream.jsonl", H2_FIXTURES)
+        write("http2_connection", f"{name}_calls", b"\0" + connection_script(calls, server_side))
+        write("http2_connection", f"{name}_calls_40",
+              b"\0" + connection_script(calls, server_side, 40))
+        write("http2_connection", f"{name}_midstream",
+              b"\1" + connection_script(midstream, server_side))
+    write("hpack", "rfc7541_c4", hpack_input(1, RFC7541_C4))
+    write("hpack", "rfc7541_c4_whole", hpack_input(0, RFC7541_C4))
+
+
+# RFC 7541 Appendix C.4: three requests with Huffman coding, sharing a dynamic table.
+RFC7541_C4 = [
+    bytes.fromhex("828684418cf1e3c2e5f23a6ba0ab90f4ff"),
+    bytes.fromhex("828684be5886a8eb10649cbf"),
+    bytes.fromhex("828785bf408825a849e95ba97d7f8925a849e95bb8e8b4bf"),
+]
+
+
+def hpack_input(skip, blocks):
+    """hpack input: blocks the late decoder skips, then each block after a length byte."""
+    return bytes([skip]) + b"".join(bytes([len(b)]) + b for b in blocks)
 
 
 def resplit_input(seed, requests, responses):

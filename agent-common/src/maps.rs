@@ -46,8 +46,8 @@ const _: () = assert!(core::mem::size_of::<ConnInfo>() == 8 + 40 + 8 + 16 + 8);
 /// recognise, with the same rules as the agent's detectors but looser (so they never give up on
 /// a connection the agent would still parse): the start of an HTTP/1 request on the request side
 /// (a client's writes, a server's reads, either when the role is unknown: four bytes of the
-/// method); HTTP/2's client preface there; and, with a known role, a plausible HTTP/2 frame
-/// header at the start of a syscall's bytes (a connection open before the agent). The agent
+/// method); HTTP/2's client preface there; and a plausible HTTP/2 frame header at the start of a
+/// syscall's bytes, on either side (a connection open before the agent). The agent
 /// confirms, and marks the connection [`Protocol::Opaque`] in the table when it gives up.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

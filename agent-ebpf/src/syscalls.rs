@@ -437,7 +437,9 @@ fn detect(exit: &Exit, payload: &[u8; 2 * MAX_CAPTURE_BYTES], len: u32, moved: u
         Protocol::Http
     } else if len >= 4 && request_side && prefix == HTTP2_PREFACE_PREFIX {
         Protocol::Http2
-    } else if role != Role::Unknown as u32 && len >= 9 && is_http2_frame(payload, moved) {
+    } else if len >= 9 && is_http2_frame(payload, moved) {
+        // Frames look alike from both ends, so the role is not needed here (a socket open before
+        // the agent has none in this table: the agent infers it from procfs).
         Protocol::Http2
     } else {
         Protocol::Detecting

@@ -87,7 +87,7 @@ pub enum Command {
         #[command(flatten)]
         capture: CaptureArgs,
     },
-    /// Benchmark helper: the user-space pipeline alone on synthesized HTTP traffic.
+    /// Benchmark helper: the user-space pipeline alone on synthesized HTTP/1 or gRPC traffic.
     #[command(hide = true)]
     BenchPipeline {
         #[arg(long, default_value_t = 200_000)]
@@ -95,6 +95,9 @@ pub enum Command {
         /// Export into an embedded store at this path (the default output) instead of counting.
         #[arg(long, value_name = "PATH")]
         store: Option<std::path::PathBuf>,
+        /// What to synthesize.
+        #[arg(long, value_enum, default_value = "http1")]
+        protocol: crate::commands::bench::BenchProtocol,
     },
     /// Benchmark helper: how many spans of a service a stopped agent's store holds.
     #[command(hide = true)]

@@ -24,6 +24,13 @@ use crate::{
         framer::{Side, Stamp},
         head::{TraceHeaders, parse_head},
     },
+    protocol::{
+        ConnectionParser, ProtoEvent,
+        http2::{
+            Http2Connection,
+            hpack::{Decoder, Field},
+        },
+    },
     receiver::{Event, EventSink as _, decode::decode},
     trace::{
         TraceConfig, Tracer, propagation,
@@ -258,6 +265,137 @@ pub fn redaction(data: &[u8]) {
     }
 }
 
+/// One HTTP/2 connection fed a script of reads from both directions, some captured only in
+/// part, then closed.
+///
+/// Script: a start byte (bit 0: attached mid-connection, else the client preface is expected
+/// first), then per step a control byte (bit 0: response side; bit 1: truncated capture; bits
+/// 2..: thread), a length byte, that many payload bytes, and for a truncated step a byte of
+/// uncaptured length (×64).
+///
+/// Invariants: every exchange was announced by a request event under the same key, client
+/// stream ids are odd and each is reported once; stamps run forward within an exchange; the
+/// connection's own count matches what it emitted.
+pub fn http2_connection(data: &[u8]) {
+    let mut input = Input(data);
+    let mut conn = if input.byte() & 1 == 0 {
+        Http2Connection::from_start()
+    } else {
+        Http2Connection::midstream()
+    };
+    let mut out = Vec::new();
+    let mut announced = HashSet::new();
+    let mut reported = HashSet::new();
+    let mut emitted = 0u64;
+    let mut ts = 0u64;
+    let mut check = |out: &mut Vec<ProtoEvent>| {
+        for event in out.drain(..) {
+            match event {
+                ProtoEvent::Request { key, .. } => {
+                    assert_eq!(key % 2, 1, "client streams are odd: {key}");
+                    assert!(announced.insert(key), "stream {key} announced twice");
+                }
+                ProtoEvent::Exchange(x) => {
+                    emitted += 1;
+                    assert!(
+                        announced.contains(&x.key),
+                        "stream {} never announced",
+                        x.key
+                    );
+                    assert!(reported.insert(x.key), "stream {} reported twice", x.key);
+                    assert!(x.request_start.ts <= x.request_end.ts, "{x:?}");
+                    if let Some(response_start) = x.response_start {
+                        assert!(x.request_start.ts <= response_start.ts, "{x:?}");
+                    }
+                    let _ = x.summary.describe();
+                }
+            }
+        }
+    };
+    while !input.is_empty() {
+        let control = input.byte();
+        let len = usize::from(input.byte());
+        let payload = input.take(len);
+        let uncaptured = if control & 2 == 0 {
+            0
+        } else {
+            u64::from(input.byte()) * 64
+        };
+        let side = if control & 1 == 0 {
+            Side::Request
+        } else {
+            Side::Response
+        };
+        ts += 1;
+        let total = payload.len() as u64 + uncaptured;
+        ConnectionParser::feed(
+            &mut conn,
+            side,
+            payload,
+            total,
+            ts,
+            u32::from(control >> 2),
+            &mut out,
+        );
+        check(&mut out);
+    }
+    let at = Stamp {
+        ts: ts + 1,
+        tid: 0,
+        offset: 0,
+    };
+    ConnectionParser::close(&mut conn, at, &mut out);
+    check(&mut out);
+    assert_eq!(conn.stats.exchanges, emitted);
+}
+
+/// HPACK decoding, differentially: a decoder that saw every block against one that attached
+/// after the first `k` of them.
+///
+/// Input: `k` (a byte), then blocks, each a length byte and that many bytes.
+///
+/// Invariant: while both decode without error, the late decoder never contradicts the one that
+/// saw everything: each of its fields is the same one or unknown.
+pub fn hpack(data: &[u8]) {
+    let mut input = Input(data);
+    let skip = usize::from(input.byte() % 8);
+    let mut full = Decoder::new();
+    let mut late = Decoder::midstream();
+    let mut index = 0;
+    let mut comparing = true;
+    let collect = |decoder: &mut Decoder, block: &[u8]| {
+        let mut fields = Vec::new();
+        let result = decoder.decode(block, |field| {
+            fields.push(match field {
+                Field::Known { name, value } => Some((name.to_vec(), value.to_vec())),
+                Field::Unknown => None,
+            });
+        });
+        (fields, result.is_ok())
+    };
+    while !input.is_empty() {
+        let len = usize::from(input.byte());
+        let block = input.take(len);
+        let (seen, full_ok) = collect(&mut full, block);
+        if index >= skip {
+            let (guessed, late_ok) = collect(&mut late, block);
+            comparing &= full_ok && late_ok;
+            if comparing {
+                assert_eq!(seen.len(), guessed.len(), "one field per representation");
+                for (truth, late_field) in seen.iter().zip(&guessed) {
+                    assert!(
+                        late_field.is_none() || late_field == truth,
+                        "block {index}: {late_field:?} where the whole view has {truth:?}"
+                    );
+                }
+            }
+        } else {
+            comparing &= full_ok;
+        }
+        index += 1;
+    }
+}
+
 /// The whole user-space pipeline (conntrack, protocol detection, HTTP, pairing, linking, span
 /// building) fed a script of connection and data events among eight connections of this
 /// process, as the ring would deliver them.
@@ -369,6 +507,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("trace_context", trace_context),
     ("redaction", redaction),
     ("pipeline", pipeline),
+    ("http2_connection", http2_connection),
+    ("hpack", hpack),
 ];
 
 #[cfg(test)]

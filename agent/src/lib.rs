@@ -92,15 +92,17 @@ pub fn cli_main() -> std::process::ExitCode {
                 }
             }
         }
-        cli::Command::BenchPipeline { exchanges, store } => {
-            match commands::bench::pipeline_throughput(exchanges, store.as_deref()) {
-                Ok(()) => 0,
-                Err(err) => {
-                    eprintln!("sockspan: {err}");
-                    1
-                }
+        cli::Command::BenchPipeline {
+            exchanges,
+            store,
+            protocol,
+        } => match commands::bench::pipeline_throughput(exchanges, store.as_deref(), protocol) {
+            Ok(()) => 0,
+            Err(err) => {
+                eprintln!("sockspan: {err}");
+                1
             }
-        }
+        },
     };
     std::process::ExitCode::from(code as u8)
 }

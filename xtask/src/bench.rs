@@ -354,9 +354,24 @@ struct PipelineRun {
     lookup_us: f64,
 }
 
-fn pipeline_run(bin: &Path, exchanges: u64, store: Option<&Path>) -> Result<PipelineRun> {
+/// What `bench-pipeline` synthesizes (its `--protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Synthesized {
+    Http1,
+    Grpc,
+}
+
+fn pipeline_run(
+    bin: &Path,
+    exchanges: u64,
+    store: Option<&Path>,
+    protocol: Synthesized,
+) -> Result<PipelineRun> {
     let mut command = Command::new(bin);
     command.args(["bench-pipeline", "--exchanges", &exchanges.to_string()]);
+    if protocol == Synthesized::Grpc {
+        command.args(["--protocol", "http2"]);
+    }
     if let Some(path) = store {
         command.arg("--store").arg(path);
     }
@@ -419,14 +434,21 @@ pub fn bench(quick: bool) -> Result<()> {
     let http = http_rounds(&bin, quick)?;
     let mut pipeline = Vec::new();
     let mut stored = Vec::new();
+    let mut grpc = Vec::new();
     let store = std::env::temp_dir().join("sockspan-bench-pipeline.redb");
     for _ in 0..pipeline_rounds {
-        pipeline.push(pipeline_run(&bin, exchanges, None)?);
-        stored.push(pipeline_run(&bin, exchanges, Some(&store))?);
+        pipeline.push(pipeline_run(&bin, exchanges, None, Synthesized::Http1)?);
+        stored.push(pipeline_run(
+            &bin,
+            exchanges,
+            Some(&store),
+            Synthesized::Http1,
+        )?);
+        grpc.push(pipeline_run(&bin, exchanges, None, Synthesized::Grpc)?);
     }
     let mut report = report(
         &samples,
-        (&pipeline, &stored),
+        (&pipeline, &stored, &grpc),
         round_trips,
         rounds,
         exchanges,
@@ -701,7 +723,7 @@ fn samples_of(samples: &[(Variant, Sample)], v: Variant) -> Vec<&Sample> {
 
 fn report(
     samples: &[(Variant, Sample)],
-    pipeline: (&[PipelineRun], &[PipelineRun]),
+    pipeline: (&[PipelineRun], &[PipelineRun], &[PipelineRun]),
     round_trips: u64,
     rounds: usize,
     exchanges: u64,
@@ -959,7 +981,7 @@ fn agent_section(out: &mut String, samples: &[(Variant, Sample)], round_trips: u
 /// embedded store.
 fn pipeline_section(
     out: &mut String,
-    (pipeline, stored): (&[PipelineRun], &[PipelineRun]),
+    (pipeline, stored, grpc): (&[PipelineRun], &[PipelineRun], &[PipelineRun]),
     exchanges: u64,
 ) {
     let of = |runs: &[PipelineRun], f: fn(&PipelineRun) -> f64, digits| {
@@ -971,6 +993,8 @@ fn pipeline_section(
     let (_, stored_exchanges) = of(stored, |p| p.exchanges_per_s, 0);
     let (_, bytes_per_span) = of(stored, |p| p.store_bytes_per_span, 0);
     let (_, lookup) = of(stored, |p| p.lookup_us, 1);
+    let (_, grpc_events) = of(grpc, |p| p.events_per_s, 0);
+    let (_, grpc_exchanges) = of(grpc, |p| p.exchanges_per_s, 0);
     let _ = writeln!(out, "\n## 3. The user-space pipeline alone\n");
     let _ = writeln!(
         out,
@@ -990,6 +1014,18 @@ fn pipeline_section(
         out,
         "| HTTP exchanges per second | {exchanges_text} | ≥ 200 000: {} |",
         verdict(exchanges_rate >= 2e5)
+    );
+    let _ = writeln!(
+        out,
+        "| gRPC unary calls (HTTP/2) per second (`--protocol http2`) | {grpc_exchanges} ({grpc_events} events/s) | — |"
+    );
+    let _ = writeln!(
+        out,
+        "\nThe gRPC runs synthesize what a grpcio client and server write for a unary call \
+         (HEADERS + DATA one way, HEADERS + DATA + trailers back), each connection's first call \
+         inserting its headers into both HPACK tables and later calls referring to them by index, \
+         through the same stages with HTTP/2 framing, HPACK and stream pairing; alternating with \
+         the HTTP/1.1 runs.\n"
     );
     let _ = writeln!(
         out,

@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::util::{cargo, command_ok, workspace_root, write_section};
 
 /// The targets, as `fuzz/Cargo.toml` names them (and `sockspan::fuzz::TARGETS`).
-const TARGETS: [&str; 8] = [
+const TARGETS: [&str; 10] = [
     "http1_connection",
     "http1_resplit",
     "http1_head",
@@ -25,6 +25,8 @@ const TARGETS: [&str; 8] = [
     "trace_context",
     "redaction",
     "pipeline",
+    "http2_connection",
+    "hpack",
 ];
 
 /// The cargo-fuzz release this task drives.

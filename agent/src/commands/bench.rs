@@ -112,7 +112,11 @@ fn open_connections(sink: &mut TraceSink<'_>, pid: u32) {
 /// pairing and linking, on one core. Prints events/s and exchanges/s. With `store`, spans go
 /// into an embedded store there (the default output) instead of being counted and dropped; the
 /// figures then include the store, and the file's size per span is printed too.
-pub fn pipeline_throughput(exchanges: u64, store: Option<&Path>) -> Result<(), StoreError> {
+pub fn pipeline_throughput(
+    exchanges: u64,
+    store: Option<&Path>,
+    protocol: BenchProtocol,
+) -> Result<(), StoreError> {
     // Read once: a getpid per synthesized event was 8 % of this benchmark.
     let pid = std::process::id();
     let mut counter = CountingExporter::default();
@@ -124,7 +128,7 @@ pub fn pipeline_throughput(exchanges: u64, store: Option<&Path>) -> Result<(), S
     let mut sink = synthetic_sink(exporter, pid);
     let started = Instant::now();
     // An explicit export every 1024 exchanges, as the tick would.
-    let events = feed_exchanges(&mut sink, pid, exchanges, 1024);
+    let events = feed_exchanges(&mut sink, pid, protocol, exchanges, 1024);
     sink.export(true);
     drop(sink);
     if let Some(s) = stored.as_mut() {
@@ -163,11 +167,156 @@ fn synthetic_sink(exporter: &mut dyn SpanExporter, pid: u32) -> TraceSink<'_> {
     sink
 }
 
-/// Feeds `exchanges` synthesized HTTP exchanges (four data events each) through `sink`,
-/// exporting with a flush every `export_every` exchanges; returns the events fed.
-fn feed_exchanges(sink: &mut TraceSink<'_>, pid: u32, exchanges: u64, export_every: u64) -> u64 {
-    let request = b"POST /score/8812 HTTP/1.1\r\nHost: model:8080\r\nUser-Agent: python-urllib3/2.0\r\nContent-Type: application/json\r\nContent-Length: 27\r\n\r\n{\"f\": [1.0, 2.5, 3.0, 4.1]}";
-    let response = b"HTTP/1.1 200 OK\r\nServer: BaseHTTP/0.6 Python/3.11\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n{\"score\": 10.65}";
+/// The HTTP/1.1 exchange the pipeline benchmark repeats: a JSON scoring call.
+const HTTP1_REQUEST: &[u8] = b"POST /score/8812 HTTP/1.1\r\nHost: model:8080\r\nUser-Agent: python-urllib3/2.0\r\nContent-Type: application/json\r\nContent-Length: 27\r\n\r\n{\"f\": [1.0, 2.5, 3.0, 4.1]}";
+const HTTP1_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: BaseHTTP/0.6 Python/3.11\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n{\"score\": 10.65}";
+
+/// What `bench-pipeline` synthesizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchProtocol {
+    /// HTTP/1.1 keep-alive JSON calls.
+    Http1,
+    /// gRPC unary calls over HTTP/2, HPACK-indexed after each connection's first call.
+    Http2,
+}
+
+/// The data events of an HTTP/2 connection's opening: the client's preface and SETTINGS, the
+/// server's SETTINGS, each written by one end and read by the other. Returns the events fed.
+fn open_http2(
+    sink: &mut TraceSink<'_>,
+    pid: u32,
+    (client, server): (u64, u64),
+    tid: u32,
+    ts: u64,
+) -> u64 {
+    let mut preface = crate::protocol::http2::frame::PREFACE.to_vec();
+    preface.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    let settings: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+    let steps: [(u64, u32, Direction, &[u8]); 4] = [
+        (client, tid, Direction::Egress, &preface),
+        (server, tid + 1000, Direction::Ingress, &preface),
+        (server, tid + 1000, Direction::Egress, settings),
+        (client, tid, Direction::Ingress, settings),
+    ];
+    for (conn_id, tid, direction, payload) in steps {
+        let event = DataEvent {
+            header: header(EventKind::Data, pid, tid, conn_id, ts),
+            moved_ns: ts,
+            ret: payload.len() as i64,
+            role: 0,
+            direction: direction as u32,
+            syscall: Syscall::Sendmsg as u32,
+            captured_len: payload.len() as u32,
+        };
+        sink.on_event(&Event::Data { event, payload });
+    }
+    4
+}
+
+/// gRPC unary calls as a grpcio client and server write them: HEADERS + DATA(END_STREAM) one
+/// way, HEADERS + DATA + trailers(END_STREAM) back. A connection's first call inserts its
+/// headers into both HPACK tables; later calls refer to them by index. Built once; a call
+/// only patches its stream id into reused buffers.
+struct GrpcCalls {
+    first: (Vec<u8>, Vec<u8>),
+    next: (Vec<u8>, Vec<u8>),
+    /// Offsets of the stream ids in `first` and `next` (request, response).
+    ids: (Vec<usize>, Vec<usize>, Vec<usize>, Vec<usize>),
+}
+
+impl GrpcCalls {
+    fn new() -> Self {
+        fn frame(out: &mut Vec<u8>, ids: &mut Vec<usize>, kind: u8, flags: u8, payload: &[u8]) {
+            let len = u32::try_from(payload.len()).unwrap_or(0).to_be_bytes();
+            out.extend_from_slice(&[len[1], len[2], len[3], kind, flags]);
+            ids.push(out.len());
+            out.extend_from_slice(&[0, 0, 0, 1]);
+            out.extend_from_slice(payload);
+        }
+        fn literal(out: &mut Vec<u8>, first: u8, name: Option<&str>, value: &str) {
+            out.push(first);
+            if let Some(name) = name {
+                out.push(name.len() as u8);
+                out.extend_from_slice(name.as_bytes());
+            }
+            out.push(value.len() as u8);
+            out.extend_from_slice(value.as_bytes());
+        }
+        let message = b"\0\0\0\0\x1b{\"f\": [1.0, 2.5, 3.0, 4.1]}";
+        let answer = b"\0\0\0\0\x10{\"score\": 10.65}";
+        // Request block: :method POST, :scheme http, then :path, :authority, content-type and
+        // te inserted (newest first afterwards: te 62, content-type 63, :authority 64, :path 65).
+        let mut block = vec![0x83, 0x86];
+        literal(&mut block, 0x44, None, "/model.Scorer/Score");
+        literal(&mut block, 0x41, None, "model:8080");
+        literal(&mut block, 0x5f, None, "application/grpc");
+        literal(&mut block, 0x40, Some("te"), "trailers");
+        let (mut first_req, mut first_req_ids) = (Vec::new(), Vec::new());
+        frame(&mut first_req, &mut first_req_ids, 1, 4, &block);
+        frame(&mut first_req, &mut first_req_ids, 0, 1, message);
+        let (mut next_req, mut next_req_ids) = (Vec::new(), Vec::new());
+        frame(
+            &mut next_req,
+            &mut next_req_ids,
+            1,
+            4,
+            &[0x83, 0x86, 0xc1, 0xc0, 0xbf, 0xbe],
+        );
+        frame(&mut next_req, &mut next_req_ids, 0, 1, message);
+        // Response: :status 200 and content-type inserted; trailers grpc-status 0 inserted
+        // (newest first afterwards: grpc-status 62, content-type 63).
+        let mut headers = vec![0x88];
+        literal(&mut headers, 0x5f, None, "application/grpc");
+        let mut trailers = Vec::new();
+        literal(&mut trailers, 0x40, Some("grpc-status"), "0");
+        let (mut first_resp, mut first_resp_ids) = (Vec::new(), Vec::new());
+        frame(&mut first_resp, &mut first_resp_ids, 1, 4, &headers);
+        frame(&mut first_resp, &mut first_resp_ids, 0, 0, answer);
+        frame(&mut first_resp, &mut first_resp_ids, 1, 5, &trailers);
+        let (mut next_resp, mut next_resp_ids) = (Vec::new(), Vec::new());
+        frame(&mut next_resp, &mut next_resp_ids, 1, 4, &[0x88, 0xbf]);
+        frame(&mut next_resp, &mut next_resp_ids, 0, 0, answer);
+        frame(&mut next_resp, &mut next_resp_ids, 1, 5, &[0xbe]);
+        Self {
+            first: (first_req, first_resp),
+            next: (next_req, next_resp),
+            ids: (first_req_ids, first_resp_ids, next_req_ids, next_resp_ids),
+        }
+    }
+
+    /// The `n`-th call on a connection (stream id 2n + 1): request and response bytes.
+    fn call(&mut self, n: u64) -> (&[u8], &[u8]) {
+        let id = u32::try_from(2 * n + 1).unwrap_or(u32::MAX).to_be_bytes();
+        let (request, response, request_ids, response_ids) = if n == 0 {
+            (
+                &mut self.first.0,
+                &mut self.first.1,
+                &self.ids.0,
+                &self.ids.1,
+            )
+        } else {
+            (&mut self.next.0, &mut self.next.1, &self.ids.2, &self.ids.3)
+        };
+        for &at in request_ids {
+            request[at..at + 4].copy_from_slice(&id);
+        }
+        for &at in response_ids {
+            response[at..at + 4].copy_from_slice(&id);
+        }
+        (request, response)
+    }
+}
+
+/// Feeds `exchanges` synthesized exchanges of `protocol` (four data events each) through
+/// `sink`, exporting with a flush every `export_every` exchanges; returns the events fed.
+fn feed_exchanges(
+    sink: &mut TraceSink<'_>,
+    pid: u32,
+    protocol: BenchProtocol,
+    exchanges: u64,
+    export_every: u64,
+) -> u64 {
+    let mut grpc = GrpcCalls::new();
     let data =
         |conn_id: u64, tid: u32, ts: u64, direction: Direction, syscall: Syscall, len: usize| {
             DataEvent {
@@ -189,6 +338,16 @@ fn feed_exchanges(sink: &mut TraceSink<'_>, pid: u32, exchanges: u64, export_eve
         // on a host up more than a day, and retention would delete them during the run.
         let ts = base_ns + i * 1_000;
         let tid = 100 + pair as u32;
+        let (request, response): (&[u8], &[u8]) = match protocol {
+            BenchProtocol::Http1 => (HTTP1_REQUEST, HTTP1_RESPONSE),
+            BenchProtocol::Http2 => {
+                if i < PAIRS {
+                    // Each connection opens with the client preface and both ends' SETTINGS.
+                    events += open_http2(sink, pid, (client, server), tid, ts);
+                }
+                grpc.call(i / PAIRS)
+            }
+        };
         let steps: [(u64, u32, Direction, Syscall, &[u8]); 4] = [
             (client, tid, Direction::Egress, Syscall::Sendto, request),
             (
@@ -283,7 +442,7 @@ mod tests {
         let pid = std::process::id();
         let mut sink = synthetic_sink(&mut counter, pid);
         // No tick and no export for 20 000 exchanges: a busy ring starves the tick.
-        feed_exchanges(&mut sink, pid, 20_000, u64::MAX);
+        feed_exchanges(&mut sink, pid, BenchProtocol::Http1, 20_000, u64::MAX);
         let peak = sink.held_peak();
         assert!(
             peak <= 2 * crate::pipeline::sink::EXPORT_CHUNK as u64,
@@ -292,5 +451,34 @@ mod tests {
         sink.export(true);
         drop(sink);
         assert_eq!(counter.spans, 40_000, "every span still leaves");
+    }
+
+    #[test]
+    fn synthesized_grpc_calls_become_linked_grpc_spans() {
+        struct Keep(Vec<SpanData>);
+        impl SpanExporter for Keep {
+            fn export(&mut self, spans: &[SpanData]) {
+                self.0.extend_from_slice(spans);
+            }
+            fn flush(&mut self) {}
+            fn counts(&self) -> (u64, u64) {
+                (self.0.len() as u64, 0)
+            }
+        }
+        let mut kept = Keep(Vec::new());
+        let pid = std::process::id();
+        let mut sink = synthetic_sink(&mut kept, pid);
+        // Three calls on each connection: the first inserts, the others index.
+        feed_exchanges(&mut sink, pid, BenchProtocol::Http2, 3 * PAIRS, u64::MAX);
+        sink.export(true);
+        drop(sink);
+        assert_eq!(kept.0.len() as u64, 6 * PAIRS);
+        for span in &kept.0 {
+            assert_eq!(span.name, "model.Scorer/Score");
+            assert_eq!(span.status, crate::trace::span::SpanStatus::Unset);
+            if span.kind == crate::trace::span::SpanKind::Server {
+                assert!(span.parent_span_id.is_some(), "{span:?}");
+            }
+        }
     }
 }

@@ -46,6 +46,8 @@ pub struct RequestFacts {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ResponseFacts {
     pub status: Option<u16>,
+    /// A header block came after the first (trailers), as gRPC always sends.
+    pub trailers: bool,
     pub grpc_status: Option<u32>,
     pub grpc: bool,
     pub unknown_fields: u32,
@@ -60,7 +62,27 @@ pub struct Http2Summary {
 
 impl Http2Summary {
     fn is_grpc(&self) -> bool {
-        self.request.grpc || self.response.grpc || self.response.grpc_status.is_some()
+        self.request.grpc
+            || self.response.grpc
+            || self.response.grpc_status.is_some()
+            || self.shaped_like_grpc()
+    }
+
+    /// With the content-types unresolvable (HPACK entries from before the attach), the shape of
+    /// a gRPC call: a POST to `/Service/Method` (or to a path that could not be resolved either)
+    /// whose response ended with trailers, which plain HTTP/2 servers hardly ever send.
+    fn shaped_like_grpc(&self) -> bool {
+        let path_fits = self.request.path.as_deref().is_none_or(|p| {
+            p.strip_prefix('/')
+                .and_then(|p| p.split_once('/'))
+                .is_some_and(|(service, method)| {
+                    !service.is_empty() && !method.is_empty() && !method.contains(['/', '?'])
+                })
+        });
+        self.request.unknown_fields + self.response.unknown_fields > 0
+            && self.response.trailers
+            && self.request.method.as_deref().is_none_or(|m| m == "POST")
+            && path_fits
     }
 
     /// `package.Service/Method` from `/package.Service/Method`.
@@ -118,6 +140,8 @@ impl Http2Summary {
                 Some(code) => {
                     SpanStatus::Error(format!("gRPC status {code} {}", grpc::status_name(code)))
                 }
+                // Sent, but as a reference to a table entry the agent never saw: unknown.
+                None if self.response.unknown_fields > 0 => SpanStatus::Unset,
                 None => SpanStatus::Error("response without grpc-status".to_string()),
             }
         };
@@ -244,6 +268,7 @@ impl Summary for Http2Summary {
         let method = self.request.method.as_deref().unwrap_or("?");
         let outcome = match (self.ending, self.response.grpc_status, self.response.status) {
             (Ending::Complete, Some(code), _) => format!("grpc {code}"),
+            (Ending::Complete, None, _) if self.is_grpc() => "grpc ?".to_string(),
             (Ending::Complete, None, Some(status)) => status.to_string(),
             (Ending::Complete, None, None) => "none".to_string(),
             (Ending::Reset(code), ..) => format!("reset {code}"),
