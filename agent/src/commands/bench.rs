@@ -213,8 +213,8 @@ fn open_http2(
     4
 }
 
-/// gRPC unary calls as a grpcio client and server write them: HEADERS + DATA(END_STREAM) one
-/// way, HEADERS + DATA + trailers(END_STREAM) back. A connection's first call inserts its
+/// gRPC unary calls as a grpcio client and server write them: `HEADERS` + `DATA` (ending the
+/// stream) one way, `HEADERS` + `DATA` + trailers (ending it) back. A connection's first call inserts its
 /// headers into both HPACK tables; later calls refer to them by index. Built once; a call
 /// only patches its stream id into reused buffers.
 struct GrpcCalls {

@@ -176,6 +176,22 @@ fn capture_rows(rows: &mut Vec<Row>, btf: Option<&Btf>, btf_error: Option<String
         fix: "use Linux 5.5 or newer built with CONFIG_DEBUG_INFO_BTF=y",
     });
 
+    let bpf_loop = btf.and_then(|b| b.func_id("bpf_loop")).is_some();
+    rows.push(Row {
+        feature: "bpf_loop helper".into(),
+        ok: bpf_loop,
+        detail: if bpf_loop {
+            "in the kernel's BTF".into()
+        } else if btf.is_none() {
+            "BTF unavailable".into()
+        } else {
+            "not in the kernel's BTF (kernel older than 5.17)".into()
+        },
+        need: Need::Required,
+        role: "walks a syscall's iovecs (gRPC writes one frame from many buffers)",
+        fix: "use Linux 5.17 or newer",
+    });
+
     let ring = aya::sys::is_map_supported(MapType::RingBuf);
     rows.push(Row {
         feature: "ring buffer map".into(),

@@ -73,6 +73,21 @@ struct Stream {
     response: ResponseFacts,
 }
 
+impl Stream {
+    /// Notes where the response started, if it had not yet. A frame whose header began in a
+    /// read before the request was seen (possible only for bytes that are not what they claim)
+    /// still never starts the response before its request.
+    fn first_response_byte(&mut self, at: Stamp) {
+        if self.response_start.is_none() {
+            self.response_start = Some(if at.ts < self.start.ts {
+                self.start
+            } else {
+                at
+            });
+        }
+    }
+}
+
 /// A header block being assembled from `HEADERS` (or `PUSH_PROMISE`) and `CONTINUATION` frames.
 #[derive(Debug)]
 struct Block {
@@ -390,7 +405,7 @@ impl Handler<'_> {
             }
             stream.response.unknown_fields += facts.unknown_fields;
         } else {
-            stream.response_start.get_or_insert(block.start);
+            stream.first_response_byte(block.start);
             if !interim {
                 stream.response_headers = true;
                 let unknown = stream.response.unknown_fields + facts.unknown_fields;
@@ -414,7 +429,7 @@ impl Handler<'_> {
                 stream.request_ended |= end_stream;
             }
             Side::Response => {
-                stream.response_start.get_or_insert(start);
+                stream.first_response_byte(start);
                 if end_stream {
                     self.complete(id, Ending::Complete, end);
                 }
