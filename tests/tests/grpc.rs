@@ -23,7 +23,7 @@ fn grpc_client(port: u16, script: &str) -> Vec<String> {
         Command::new("python3")
             .arg(fixture("grpc_service.py"))
             .args(["client", &port.to_string(), script]),
-        Duration::from_secs(60),
+        Duration::from_mins(1),
     );
     String::from_utf8_lossy(&out.stdout)
         .lines()
