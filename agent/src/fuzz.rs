@@ -60,6 +60,41 @@ impl<'a> Input<'a> {
         self.0 = rest;
         taken
     }
+
+    /// One read of a connection script: a control byte (bit 0: response side; bit 1: truncated
+    /// capture; bits 2..: thread), a length byte, that many payload bytes, and for a truncated
+    /// read a byte of uncaptured length (×64). `None` at the end of the input.
+    fn read(&mut self) -> Option<ScriptedRead<'a>> {
+        if self.is_empty() {
+            return None;
+        }
+        let control = self.byte();
+        let len = usize::from(self.byte());
+        let payload = self.take(len);
+        let uncaptured = if control & 2 == 0 {
+            0
+        } else {
+            u64::from(self.byte()) * 64
+        };
+        Some(ScriptedRead {
+            side: if control & 1 == 0 {
+                Side::Request
+            } else {
+                Side::Response
+            },
+            payload,
+            total: payload.len() as u64 + uncaptured,
+            tid: u32::from(control >> 2),
+        })
+    }
+}
+
+/// A syscall's worth of one direction, as a connection script gives it.
+struct ScriptedRead<'a> {
+    side: Side,
+    payload: &'a [u8],
+    total: u64,
+    tid: u32,
 }
 
 /// One HTTP/1.x connection fed a script of reads from both directions, some of them captured only
@@ -101,23 +136,9 @@ pub fn http1_connection(data: &[u8]) {
             }
         }
     };
-    while !input.is_empty() {
-        let control = input.byte();
-        let len = usize::from(input.byte());
-        let payload = input.take(len);
-        let uncaptured = if control & 2 == 0 {
-            0
-        } else {
-            u64::from(input.byte()) * 64
-        };
-        let side = if control & 1 == 0 {
-            Side::Request
-        } else {
-            Side::Response
-        };
+    while let Some(read) = input.read() {
         ts += 1;
-        let total = payload.len() as u64 + uncaptured;
-        conn.feed(side, payload, total, ts, u32::from(control >> 2), &mut out);
+        conn.feed(read.side, read.payload, read.total, ts, read.tid, &mut out);
         check(&mut out);
     }
     let at = Stamp {
@@ -312,31 +333,10 @@ pub fn http2_connection(data: &[u8]) {
             }
         }
     };
-    while !input.is_empty() {
-        let control = input.byte();
-        let len = usize::from(input.byte());
-        let payload = input.take(len);
-        let uncaptured = if control & 2 == 0 {
-            0
-        } else {
-            u64::from(input.byte()) * 64
-        };
-        let side = if control & 1 == 0 {
-            Side::Request
-        } else {
-            Side::Response
-        };
+    while let Some(read) = input.read() {
         ts += 1;
-        let total = payload.len() as u64 + uncaptured;
-        ConnectionParser::feed(
-            &mut conn,
-            side,
-            payload,
-            total,
-            ts,
-            u32::from(control >> 2),
-            &mut out,
-        );
+        let (side, total, tid) = (read.side, read.total, read.tid);
+        ConnectionParser::feed(&mut conn, side, read.payload, total, ts, tid, &mut out);
         check(&mut out);
     }
     let at = Stamp {

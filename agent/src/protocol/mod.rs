@@ -91,6 +91,38 @@ pub struct SpanFacts {
     pub remote: SocketAddr,
 }
 
+impl SpanFacts {
+    /// `server.address` (the request's own name for the server, `Host` or `:authority` without
+    /// its port, else the server's IP), `server.port`, and on SERVER spans `client.address`.
+    pub fn address_attributes(
+        &self,
+        authority: Option<&str>,
+        strings: &mut Interner,
+        attributes: &mut Vec<KeyValue>,
+    ) {
+        let host = authority.map(|a| {
+            strings.get(
+                a.rsplit_once(':')
+                    .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+                    .map_or(a, |(host, _)| host)
+                    .trim_matches(['[', ']']),
+            )
+        });
+        let server = if self.server { self.local } else { self.remote };
+        attributes.push(KeyValue::shared(
+            "server.address",
+            host.unwrap_or_else(|| strings.ip(server.ip())),
+        ));
+        attributes.push(KeyValue::int("server.port", i64::from(server.port())));
+        if self.server {
+            attributes.push(KeyValue::shared(
+                "client.address",
+                strings.ip(self.remote.ip()),
+            ));
+        }
+    }
+}
+
 /// What one protocol's exchange contributes to its span. Kept compact while the span waits out
 /// the link delay (tens of thousands wait at high rates), expanded only at export.
 pub trait Summary: Debug {

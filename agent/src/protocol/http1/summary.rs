@@ -98,33 +98,11 @@ impl Summary for Http1Summary {
             attributes.push(KeyValue::str("url.query", query));
         }
         attributes.extend(this.recorded);
-        let host = this.host.as_deref().map(|h| {
-            strings.get(
-                h.rsplit_once(':')
-                    .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-                    .map_or(h, |(host, _)| host)
-                    .trim_matches(['[', ']']),
-            )
-        });
         if span.server {
             attributes.push(KeyValue::shared("http.route", strings.get(&route)));
             attributes.push(KeyValue::str("url.scheme", "http"));
-            attributes.push(KeyValue::shared(
-                "server.address",
-                host.unwrap_or_else(|| strings.ip(span.local.ip())),
-            ));
-            attributes.push(KeyValue::int("server.port", i64::from(span.local.port())));
-            attributes.push(KeyValue::shared(
-                "client.address",
-                strings.ip(span.remote.ip()),
-            ));
-        } else {
-            attributes.push(KeyValue::shared(
-                "server.address",
-                host.unwrap_or_else(|| strings.ip(span.remote.ip())),
-            ));
-            attributes.push(KeyValue::int("server.port", i64::from(span.remote.port())));
         }
+        span.address_attributes(this.host.as_deref(), strings, &mut attributes);
         let status = match this.status_code {
             None => SpanStatus::Error("connection closed before a response".to_string()),
             Some(code) if code >= 500 || (!span.server && code >= 400) => {

@@ -304,6 +304,35 @@ impl Handler<'_> {
         }
     }
 
+    /// Decodes a request or response block through this direction's table, handing each known
+    /// field to `known`; a pseudo-header confirms the connection. Returns the fields that could
+    /// not be resolved (a lost or malformed block counts as one), or `None` when the block was
+    /// malformed on a connection not confirmed yet, which then fails.
+    fn decode_block(&mut self, block: &Block, mut known: impl FnMut(&[u8], &[u8])) -> Option<u32> {
+        if block.lost {
+            return Some(1);
+        }
+        let mut unknown = 0;
+        let mut pseudo = false;
+        let decoded = self.hpack.decode(&block.bytes, |field| match field {
+            Field::Known { name, value } => {
+                pseudo |= name.first() == Some(&b':');
+                known(name, value);
+            }
+            Field::Unknown => unknown += 1,
+        });
+        if decoded.is_err() {
+            self.stats.blocks_lost += 1;
+            unknown += 1;
+            if !*self.confirmed {
+                *self.failed = true;
+                return None;
+            }
+        }
+        *self.confirmed |= pseudo;
+        Some(unknown)
+    }
+
     fn request_block(&mut self, block: &Block, end: Stamp) {
         let id = block.stream;
         if let Some(stream) = self.streams.get_mut(&id) {
@@ -317,27 +346,12 @@ impl Handler<'_> {
         }
         let mut facts = RequestFacts::default();
         let mut trace = None;
-        let mut pseudo = false;
-        if block.lost {
-            facts.unknown_fields += 1;
-        } else {
-            let decoded = self.hpack.decode(&block.bytes, |field| match field {
-                Field::Known { name, value } => {
-                    pseudo |= name.first() == Some(&b':');
-                    request_field(&mut facts, &mut trace, name, value);
-                }
-                Field::Unknown => facts.unknown_fields += 1,
-            });
-            if decoded.is_err() {
-                self.stats.blocks_lost += 1;
-                facts.unknown_fields += 1;
-                if !*self.confirmed {
-                    *self.failed = true;
-                    return;
-                }
-            }
-        }
-        *self.confirmed |= pseudo;
+        let Some(unknown) = self.decode_block(block, |name, value| {
+            request_field(&mut facts, &mut trace, name, value);
+        }) else {
+            return;
+        };
+        facts.unknown_fields = unknown;
         // Client streams are odd and only grow; anything else is not a new request.
         if id.is_multiple_of(2) || id <= *self.highest_stream {
             return;
@@ -369,29 +383,14 @@ impl Handler<'_> {
     fn response_block(&mut self, block: &Block, end: Stamp) {
         let id = block.stream;
         let mut facts = ResponseFacts::default();
-        let mut pseudo = false;
-        if block.lost {
-            facts.unknown_fields += 1;
-        } else {
-            let decoded = self.hpack.decode(&block.bytes, |field| match field {
-                Field::Known { name, value } => {
-                    pseudo |= name.first() == Some(&b':');
-                    response_field(&mut facts, name, value);
-                }
-                Field::Unknown => facts.unknown_fields += 1,
-            });
-            if decoded.is_err() {
-                self.stats.blocks_lost += 1;
-                facts.unknown_fields += 1;
-                if !*self.confirmed {
-                    *self.failed = true;
-                    return;
-                }
-            }
-        }
-        *self.confirmed |= pseudo;
+        let Some(unknown) =
+            self.decode_block(block, |name, value| response_field(&mut facts, name, value))
+        else {
+            return;
+        };
+        facts.unknown_fields = unknown;
         let Some(stream) = self.streams.get_mut(&id) else {
-            if pseudo {
+            if facts.status.is_some() {
                 self.stats.unseen_streams += 1;
             }
             return;

@@ -214,31 +214,7 @@ impl Http2Summary {
     ) {
         attributes.push(KeyValue::str("network.protocol.name", "http"));
         attributes.push(KeyValue::str("network.protocol.version", "2"));
-        let authority = self.request.authority.as_deref().map(|a| {
-            strings.get(
-                a.rsplit_once(':')
-                    .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-                    .map_or(a, |(host, _)| host)
-                    .trim_matches(['[', ']']),
-            )
-        });
-        if span.server {
-            attributes.push(KeyValue::shared(
-                "server.address",
-                authority.unwrap_or_else(|| strings.ip(span.local.ip())),
-            ));
-            attributes.push(KeyValue::int("server.port", i64::from(span.local.port())));
-            attributes.push(KeyValue::shared(
-                "client.address",
-                strings.ip(span.remote.ip()),
-            ));
-        } else {
-            attributes.push(KeyValue::shared(
-                "server.address",
-                authority.unwrap_or_else(|| strings.ip(span.remote.ip())),
-            ));
-            attributes.push(KeyValue::int("server.port", i64::from(span.remote.port())));
-        }
+        span.address_attributes(self.request.authority.as_deref(), strings, attributes);
         let unknown = self.unknown_fields();
         if unknown > 0 {
             attributes.push(KeyValue::int(
