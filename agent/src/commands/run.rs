@@ -135,8 +135,8 @@ fn log_stopped(
         conns_peak = sink.conntrack.stats.peak,
         conns_evicted_full = sink.conntrack.stats.evicted_full,
         conns_evicted_idle = sink.conntrack.stats.evicted_idle,
-        head_budget_drops = crate::protocol::http1::budget::HEADS.refusals(),
-        head_bytes_buffered = crate::protocol::http1::budget::HEADS.in_use(),
+        head_budget_drops = crate::protocol::budget::HEADS.refusals(),
+        head_bytes_buffered = crate::protocol::budget::HEADS.in_use(),
         peak_rss_kib = crate::process::own_peak_rss_kib(),
         "stopped"
     );

@@ -7,6 +7,7 @@
 //! and gives its attributes and status at export. Adding a protocol is a folder and a line in
 //! [`PROTOCOLS`]; conntrack, linking and the exporters do not change.
 
+pub mod budget;
 pub mod http1;
 pub mod http2;
 pub mod table;

@@ -6,10 +6,8 @@
 //! a gap past the end of a message put the framer in `Desync`, from which it recovers at the next
 //! syscall whose bytes start like a message.
 
-use super::{
-    budget::{HEADS, HeadBudget},
-    head::{Head, KNOWN_METHODS, RepeatedValues, parse_head_with},
-};
+use super::head::{Head, KNOWN_METHODS, RepeatedValues, parse_head_with};
+use crate::protocol::budget::{HEADS, HeadBudget};
 
 /// Largest head (start line + headers) buffered across reads.
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;

@@ -1,7 +1,6 @@
 //! HTTP/1.x on one connection: frames both directions and pairs each request with its response
 //! (FIFO, so pipelining works) into an [`Exchange`].
 
-pub mod budget;
 pub mod framer;
 pub mod head;
 pub mod record;

@@ -6,7 +6,7 @@
 //! is said to the sink as a gap and recovered at the next syscall whose bytes start with a
 //! plausible frame header.
 
-use crate::protocol::Stamp;
+use crate::protocol::{Stamp, budget::BudgetedBytes};
 
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -150,7 +150,8 @@ pub struct Framer {
     remaining: u32,
     /// Whether `current`'s payload is kept.
     keep: bool,
-    payload: Vec<u8>,
+    /// A kept payload split across reads, held against the parsers' budget.
+    payload: BudgetedBytes,
     pub stats: FramerStats,
 }
 
@@ -183,7 +184,7 @@ impl Framer {
             current: None,
             remaining: 0,
             keep: false,
-            payload: Vec::new(),
+            payload: BudgetedBytes::default(),
             stats: FramerStats::default(),
         }
     }
@@ -294,8 +295,10 @@ impl Framer {
             return take;
         }
         let take = (self.remaining as usize).min(data.len());
-        if self.keep {
-            self.payload.extend_from_slice(&data[..take]);
+        if self.keep && !self.payload.extend(&data[..take]) {
+            // No room in the budget: the frame is skipped like DATA, a lost block for HPACK.
+            self.keep = false;
+            self.payload.clear();
         }
         // `take` ≤ `remaining`, a u32.
         self.remaining -= take as u32;
@@ -334,7 +337,7 @@ impl Framer {
             return;
         };
         self.stats.frames += 1;
-        let payload = self.keep.then_some(self.payload.as_slice());
+        let payload = self.keep.then(|| self.payload.as_slice());
         sink.frame(Frame {
             header,
             payload,

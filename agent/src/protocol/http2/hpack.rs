@@ -15,6 +15,8 @@
 
 use std::collections::VecDeque;
 
+use crate::protocol::budget::HEADS;
+
 /// The static table (RFC 7541 Appendix A), index 1 first.
 const STATIC: [(&str, &str); 61] = [
     (":authority", ""),
@@ -187,6 +189,7 @@ impl Decoder {
     /// index, so everything known is forgotten and later references to it are unknown.
     pub fn gap(&mut self) {
         self.entries.clear();
+        HEADS.give_back(self.size);
         self.size = 0;
         self.max_size = None;
         self.complete = false;
@@ -299,10 +302,17 @@ impl Decoder {
         if self.max_size.is_some_and(|max| size > max) {
             // RFC 7541 §4.4: an entry larger than the table empties it and is not added.
             self.entries.clear();
+            HEADS.give_back(self.size);
             self.size = 0;
             return;
         }
         self.evict(size);
+        if !HEADS.try_take(size) {
+            // No room in the parsers' budget: an entry not kept shifts every later index, so
+            // the table is forgotten, as after a lost block (counted by the budget).
+            self.gap();
+            return;
+        }
         self.entries.push_front(Entry { name, value, size });
         self.size += size;
     }
@@ -315,7 +325,14 @@ impl Decoder {
                 break;
             };
             self.size -= old.size;
+            HEADS.give_back(old.size);
         }
+    }
+}
+
+impl Drop for Decoder {
+    fn drop(&mut self) {
+        HEADS.give_back(self.size);
     }
 }
 

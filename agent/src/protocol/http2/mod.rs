@@ -18,7 +18,10 @@ use frame::{Frame, FrameSink, Framer, PREFACE, flag, kind};
 use hpack::{Decoder, Field};
 use summary::{Ending, Http2Summary, RequestFacts, ResponseFacts};
 
-use super::{Chunk, ConnectionParser, Detected, Exchange, ProtoEvent, Side, Stamp, http1::record};
+use super::{
+    Chunk, ConnectionParser, Detected, Exchange, ProtoEvent, Side, Stamp, budget::BudgetedBytes,
+    http1::record,
+};
 use crate::trace::{
     propagation::{self, TraceHeaders},
     span::KeyValue,
@@ -96,9 +99,10 @@ struct Block {
     /// A server push's promise: decoded for the table's sake, reported nowhere.
     promise: bool,
     start: Stamp,
-    /// Part of the block was not captured (or was too long): it cannot be decoded.
+    /// Part of the block was not captured (or was too long, or found no room in the budget):
+    /// it cannot be decoded.
     lost: bool,
-    bytes: Vec<u8>,
+    bytes: BudgetedBytes,
 }
 
 /// One direction: its framing, its HPACK table, and the header block being assembled.
@@ -196,13 +200,15 @@ impl FrameSink for Handler<'_> {
                 let fragment = frame
                     .payload
                     .and_then(|p| fragment(p, header.flags, promise));
+                let mut bytes = BudgetedBytes::default();
+                let kept = fragment.is_some_and(|f| bytes.extend(f));
                 *self.block = Some(Block {
                     stream: header.stream,
                     end_stream: !promise && header.flags & flag::END_STREAM != 0,
                     promise,
                     start: frame.start,
-                    lost: fragment.is_none(),
-                    bytes: fragment.map(<[u8]>::to_vec).unwrap_or_default(),
+                    lost: !kept,
+                    bytes,
                 });
                 if header.flags & flag::END_HEADERS != 0 {
                     self.finish_block(frame.end);
@@ -215,8 +221,8 @@ impl FrameSink for Handler<'_> {
                     return;
                 };
                 match frame.payload {
-                    Some(p) if block.bytes.len() + p.len() <= MAX_BLOCK => {
-                        block.bytes.extend_from_slice(p);
+                    Some(p) if block.bytes.len() + p.len() <= MAX_BLOCK && !block.lost => {
+                        block.lost = !block.bytes.extend(p);
                     }
                     _ => block.lost = true,
                 }
@@ -294,7 +300,7 @@ impl Handler<'_> {
         }
         if block.promise {
             if !block.lost {
-                let _ = self.hpack.decode(&block.bytes, |_| {});
+                let _ = self.hpack.decode(block.bytes.as_slice(), |_| {});
             }
             return;
         }
@@ -314,13 +320,15 @@ impl Handler<'_> {
         }
         let mut unknown = 0;
         let mut pseudo = false;
-        let decoded = self.hpack.decode(&block.bytes, |field| match field {
-            Field::Known { name, value } => {
-                pseudo |= name.first() == Some(&b':');
-                known(name, value);
-            }
-            Field::Unknown => unknown += 1,
-        });
+        let decoded = self
+            .hpack
+            .decode(block.bytes.as_slice(), |field| match field {
+                Field::Known { name, value } => {
+                    pseudo |= name.first() == Some(&b':');
+                    known(name, value);
+                }
+                Field::Unknown => unknown += 1,
+            });
         if decoded.is_err() {
             self.stats.blocks_lost += 1;
             unknown += 1;
@@ -338,7 +346,7 @@ impl Handler<'_> {
         if let Some(stream) = self.streams.get_mut(&id) {
             // Trailers of the request.
             if !block.lost {
-                let _ = self.hpack.decode(&block.bytes, |_| {});
+                let _ = self.hpack.decode(block.bytes.as_slice(), |_| {});
             }
             stream.request_last = end;
             stream.request_ended |= block.end_stream;

@@ -1,14 +1,16 @@
-//! One memory budget for the head bytes all connections hold between reads.
+//! One memory budget for the bytes all connections' parsers hold between reads: HTTP/1 heads
+//! split across reads, HTTP/2 frames and header blocks split across reads, and HPACK tables.
 //!
 //! A head that arrives in one read is parsed in place; only a head split across reads is copied
-//! into its connection's buffer. Each buffer is bounded (`MAX_HEAD_BYTES`), but a host with tens
-//! of thousands of connections each holding half a head (a slowloris, or just a slow network)
-//! would still add up to gigabytes. Past this budget a connection that needs to buffer more loses
-//! framing (counted) instead of growing the agent.
+//! into its connection's buffer. Each buffer is bounded (`MAX_HEAD_BYTES`, HTTP/2's 64 KiB per
+//! frame, block and table), but a host with tens of thousands of connections each holding half a
+//! head (a slowloris, or just a slow network) would still add up to gigabytes. Past this budget a
+//! connection that needs to buffer more loses framing, or its HPACK table (counted), instead of
+//! growing the agent.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// Head bytes all connections together may buffer.
+/// Bytes all connections together may buffer.
 pub const HEAD_BUFFER_BUDGET: usize = 64 << 20;
 
 #[derive(Debug)]
@@ -67,6 +69,52 @@ impl HeadBudget {
     /// Times a connection was refused room (and lost framing).
     pub fn refusals(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+}
+
+/// Bytes a parser holds against [`HEADS`]: taken as they are added, given back when cleared or
+/// dropped.
+#[derive(Debug, Default)]
+pub struct BudgetedBytes {
+    bytes: Vec<u8>,
+}
+
+/// Capacity a cleared buffer keeps for its next use; a larger one is freed (one large frame
+/// must not pin its memory for the connection's life).
+const RETAINED_CAPACITY: usize = 4096;
+
+impl BudgetedBytes {
+    /// Appends `data` if the budget has room; returns whether it did.
+    pub fn extend(&mut self, data: &[u8]) -> bool {
+        if !HEADS.try_take(data.len()) {
+            return false;
+        }
+        self.bytes.extend_from_slice(data);
+        true
+    }
+
+    pub fn clear(&mut self) {
+        HEADS.give_back(self.bytes.len());
+        self.bytes.clear();
+        if self.bytes.capacity() > RETAINED_CAPACITY {
+            self.bytes = Vec::new();
+        }
+    }
+
+    #[must_use]
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+impl Drop for BudgetedBytes {
+    fn drop(&mut self) {
+        HEADS.give_back(self.bytes.len());
     }
 }
 
