@@ -122,6 +122,7 @@ fn log_stopped(
         held = sink.tracer.held(),
         held_peak = sink.tracer.stats.held_peak,
         protocol_connections = %ProtocolCounts(&sink.protocols.stats),
+        http2 = %Http2Totals,
         other_connections = sink.protocols.stats.other_connections,
         protocol_given_up = sink.protocols.stats.given_up,
         marked_opaque = sink.feedback.marked_opaque,
@@ -148,6 +149,21 @@ struct ProtocolCounts<'a>(&'a crate::protocol::table::ProtocolStats);
 impl std::fmt::Display for ProtocolCounts<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for (i, (name, n)) in self.0.recognised().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{name}:{n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The HTTP/2 stage's totals as `key=value` pairs in the final log line.
+struct Http2Totals;
+
+impl std::fmt::Display for Http2Totals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, n)) in crate::protocol::http2::TOTALS.fields().iter().enumerate() {
             if i > 0 {
                 f.write_str(",")?;
             }

@@ -212,6 +212,7 @@ impl Decoder {
         let result = self.decode_fields(block, &mut field);
         if result.is_err() {
             self.stats.malformed_blocks += 1;
+            super::bump(&super::TOTALS.malformed_blocks);
             self.gap();
         }
         result
@@ -235,6 +236,7 @@ impl Decoder {
                     field(Field::Known { name, value });
                 } else {
                     self.stats.unknown_fields += 1;
+                    super::bump(&super::TOTALS.unknown_fields);
                     field(Field::Unknown);
                 }
             } else if first & 0xe0 == 0x20 {
@@ -278,6 +280,7 @@ impl Decoder {
                     });
                 } else {
                     self.stats.unknown_fields += 1;
+                    super::bump(&super::TOTALS.unknown_fields);
                     field(Field::Unknown);
                 }
                 if insert {

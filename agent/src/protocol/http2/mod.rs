@@ -12,7 +12,14 @@ pub mod grpc;
 pub mod hpack;
 pub mod summary;
 
-use std::{borrow::Cow, collections::HashMap, sync::Arc};
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use frame::{Frame, FrameSink, Framer, PREFACE, flag, kind};
 use hpack::{Decoder, Field};
@@ -49,6 +56,49 @@ pub fn detect(chunk: &Chunk<'_>) -> Option<Detected> {
         parser: Box::new(Http2Connection::midstream()),
     })
 }
+
+/// The HTTP/2 stage's self-metrics over all connections, for the agent's final log line.
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Header fields that referred to HPACK entries the agent never saw (reported unknown).
+    pub unknown_fields: AtomicU64,
+    /// Header blocks HPACK could not decode (the table was then forgotten).
+    pub malformed_blocks: AtomicU64,
+    /// Header blocks lost: bytes not captured, too long, or no room in the budget.
+    pub blocks_lost: AtomicU64,
+    /// Streams not tracked because `MAX_STREAMS` were open on their connection.
+    pub streams_dropped: AtomicU64,
+    /// Responses to streams whose request the agent never saw (opened before it attached).
+    pub unseen_streams: AtomicU64,
+}
+
+/// Adds one to a counter of [`TOTALS`].
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Totals {
+    /// `(name, value)` pairs for the final log line.
+    pub fn fields(&self) -> [(&'static str, u64); 5] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("hpack_unknown_fields", get(&self.unknown_fields)),
+            ("hpack_malformed_blocks", get(&self.malformed_blocks)),
+            ("http2_blocks_lost", get(&self.blocks_lost)),
+            ("http2_streams_dropped", get(&self.streams_dropped)),
+            ("http2_unseen_streams", get(&self.unseen_streams)),
+        ]
+    }
+}
+
+/// The agent's HTTP/2 totals.
+pub static TOTALS: Totals = Totals {
+    unknown_fields: AtomicU64::new(0),
+    malformed_blocks: AtomicU64::new(0),
+    blocks_lost: AtomicU64::new(0),
+    streams_dropped: AtomicU64::new(0),
+    unseen_streams: AtomicU64::new(0),
+};
 
 /// Self-metrics of one connection.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +302,9 @@ impl FrameSink for Handler<'_> {
                     }
                 }
             }
+            // SETTINGS need nothing here: a peer's SETTINGS_HEADER_TABLE_SIZE only caps the size
+            // the other end's encoder may choose, and the encoder announces every change of its
+            // table's size in a header block (RFC 7541 §4.2, §6.3), which HPACK decodes.
             _ => {}
         }
     }
@@ -286,6 +339,7 @@ impl Handler<'_> {
     fn block_lost(&mut self) {
         *self.block = None;
         self.stats.blocks_lost += 1;
+        bump(&TOTALS.blocks_lost);
         self.hpack.gap();
     }
 
@@ -296,6 +350,7 @@ impl Handler<'_> {
         };
         if block.lost {
             self.stats.blocks_lost += 1;
+            bump(&TOTALS.blocks_lost);
             self.hpack.gap();
         }
         if block.promise {
@@ -331,6 +386,7 @@ impl Handler<'_> {
             });
         if decoded.is_err() {
             self.stats.blocks_lost += 1;
+            bump(&TOTALS.blocks_lost);
             unknown += 1;
             if !*self.confirmed {
                 *self.failed = true;
@@ -367,6 +423,7 @@ impl Handler<'_> {
         *self.highest_stream = id;
         if self.streams.len() >= MAX_STREAMS {
             self.stats.streams_dropped += 1;
+            bump(&TOTALS.streams_dropped);
             return;
         }
         self.out.push(ProtoEvent::Request {
@@ -400,6 +457,7 @@ impl Handler<'_> {
         let Some(stream) = self.streams.get_mut(&id) else {
             if facts.status.is_some() {
                 self.stats.unseen_streams += 1;
+                bump(&TOTALS.unseen_streams);
             }
             return;
         };
