@@ -225,16 +225,18 @@ impl HttpConnection {
             },
         )
     }
+}
 
+impl ConnectionParser for HttpConnection {
     /// Feeds one syscall's bytes of one direction; completed exchanges go to `out`.
-    pub fn feed(
+    fn feed(
         &mut self,
         side: Side,
         data: &[u8],
         total: u64,
         ts: u64,
         tid: u32,
-        out: &mut Vec<HttpEvent>,
+        out: &mut Vec<ProtoEvent>,
     ) {
         if self.tunnel {
             return;
@@ -258,7 +260,7 @@ impl HttpConnection {
     /// The connection closed: a read-until-close response ends, and requests that never got a
     /// response complete without one. Both end where the response stream ends (`at.offset` is
     /// replaced by that position), so offsets never run backwards within an exchange.
-    pub fn close(&mut self, at: Stamp, out: &mut Vec<HttpEvent>) {
+    fn close(&mut self, at: Stamp, out: &mut Vec<ProtoEvent>) {
         let at = Stamp {
             offset: self.responses.offset(),
             ..at
@@ -276,24 +278,6 @@ impl HttpConnection {
                 summary: Box::new(Http1Summary::new(request.head, None)),
             }));
         }
-    }
-}
-
-impl ConnectionParser for HttpConnection {
-    fn feed(
-        &mut self,
-        side: Side,
-        data: &[u8],
-        total: u64,
-        ts: u64,
-        tid: u32,
-        out: &mut Vec<ProtoEvent>,
-    ) {
-        HttpConnection::feed(self, side, data, total, ts, tid, out);
-    }
-
-    fn close(&mut self, at: Stamp, out: &mut Vec<ProtoEvent>) {
-        HttpConnection::close(self, at, out);
     }
 
     fn thread_causality(&self) -> bool {
