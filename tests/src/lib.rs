@@ -509,3 +509,36 @@ pub fn stopped_field(stderr: &str, key: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {key}= in {line}"))
 }
+
+/// Against an echo server on 127.0.0.1:`port`: sends `opening` (if any) and reads its echo, then
+/// `messages` round trips of the 64 bytes 0..63, bytes no protocol sockspan parses starts with.
+pub fn binary_ping_pong(port: u16, opening: &[u8], messages: usize) {
+    let script = "import socket, sys\n\
+        s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
+        opening = bytes.fromhex(sys.argv[3])\n\
+        if opening:\n\
+        \x20   s.sendall(opening)\n\
+        \x20   got = 0\n\
+        \x20   while got < len(opening):\n\
+        \x20       got += len(s.recv(len(opening) - got))\n\
+        for _ in range(int(sys.argv[2])):\n\
+        \x20   s.sendall(bytes(range(64)))\n\
+        \x20   got = 0\n\
+        \x20   while got < 64:\n\
+        \x20       got += len(s.recv(64 - got))\n";
+    let hex = opening.iter().fold(String::new(), |mut hex, b| {
+        use std::fmt::Write as _;
+        let _ = write!(hex, "{b:02x}");
+        hex
+    });
+    let _ = run_ok(
+        Command::new("python3").args([
+            "-c",
+            script,
+            &port.to_string(),
+            &messages.to_string(),
+            &hex,
+        ]),
+        Duration::from_mins(1),
+    );
+}

@@ -323,19 +323,7 @@ fn bytes_that_only_start_like_http2_are_given_up_and_stop_costing() {
     let agent = Agent::start_command("run", &["--output", "jsonl"]);
     // An empty SETTINGS frame first (what the programs and the agent take for HTTP/2 seen
     // mid-connection), then bytes that frame nothing.
-    let script = "import socket, sys\n\
-        s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
-        s.sendall(bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))\n\
-        s.recv(9)\n\
-        for _ in range(int(sys.argv[2])):\n\
-        \x20   s.sendall(bytes(range(64)))\n\
-        \x20   got = 0\n\
-        \x20   while got < 64:\n\
-        \x20       got += len(s.recv(64 - got))\n";
-    let _ = run_ok(
-        Command::new("python3").args(["-c", script, &port.to_string(), &MESSAGES.to_string()]),
-        Duration::from_mins(1),
-    );
+    sockspan_tests::binary_ping_pong(port, &[0, 0, 0, 4, 0, 0, 0, 0, 0], MESSAGES);
     let out = agent.stop();
     let given_up = sockspan_tests::stopped_field(&out.stderr, "protocol_given_up");
     let marked = sockspan_tests::stopped_field(&out.stderr, "marked_opaque");

@@ -524,17 +524,7 @@ fn allowlisted_headers_and_query_values_are_recorded() {
 
 /// Sends `messages` 64-byte binary messages through the echo server on `port`, one at a time.
 fn binary_ping_pong(port: u16, messages: usize) {
-    let script = "import socket, sys\n\
-        s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
-        for _ in range(int(sys.argv[2])):\n\
-        \x20   s.sendall(bytes(range(64)))\n\
-        \x20   got = 0\n\
-        \x20   while got < 64:\n\
-        \x20       got += len(s.recv(64 - got))\n";
-    let _ = run_ok(
-        Command::new("python3").args(["-c", script, &port.to_string(), &messages.to_string()]),
-        Duration::from_mins(1),
-    );
+    sockspan_tests::binary_ping_pong(port, &[], messages);
 }
 
 /// Traffic that never starts an HTTP request costs the ring nothing after its first data
