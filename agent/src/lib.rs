@@ -21,6 +21,7 @@ mod probes;
 mod process;
 mod protocol;
 mod receiver;
+mod runtime;
 mod store;
 mod trace;
 

@@ -6,6 +6,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::runtime::Runtime;
+
 /// What sockspan knows about a traced process.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcessInfo {
@@ -18,6 +20,8 @@ pub struct ProcessInfo {
     pub container_id: Option<String>,
     /// `OTEL_SERVICE_NAME` from the process's environment, when set.
     pub otel_service_name: Option<String>,
+    /// The language runtime its executable was built for, where that changes causality rules.
+    pub runtime: Runtime,
 }
 
 impl ProcessInfo {
@@ -53,6 +57,7 @@ impl ProcessInfo {
             cmdline,
             container_id,
             otel_service_name,
+            runtime: Runtime::of_process(pid),
         }
     }
 
@@ -128,7 +133,17 @@ impl ProcessCache {
         }
         self.reads += 1;
         let info = Arc::new(ProcessInfo::read(pid));
-        self.entries.insert(pid, (now, Arc::clone(&info)));
+        let previous = self.entries.insert(pid, (now, Arc::clone(&info)));
+        if !info.runtime.threads_are_tasks()
+            && previous.is_none_or(|(_, before)| before.runtime != info.runtime)
+        {
+            tracing::info!(
+                pid,
+                comm = %info.comm,
+                runtime = %info.runtime.describe(),
+                "a Go program: same-thread causality is off for it (goroutines change threads)"
+            );
+        }
         info
     }
 }

@@ -17,6 +17,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod chains;
+
 /// Path of the sockspan binary under test.
 #[must_use]
 pub fn sockspan_bin() -> PathBuf {
@@ -153,6 +155,25 @@ impl Nginx {
             .replace('\\', "\\\\")
             .replace('"', "\\\"")
             .replace('\n', "\\n");
+        Self::with_config(
+            "",
+            &format!("location / {{ default_type text/plain; return 200 \"{body}\"; }}"),
+        )
+    }
+
+    /// nginx as a reverse proxy in front of 127.0.0.1:`upstream`, over a pool of keep-alive
+    /// upstream connections (HTTP/1.1, `Connection` header cleared).
+    #[must_use]
+    pub fn proxy(upstream: u16) -> Self {
+        Self::with_config(
+            &format!("upstream backend {{ server 127.0.0.1:{upstream}; keepalive 32; }}"),
+            "location / { proxy_pass http://backend; proxy_http_version 1.1; \
+             proxy_set_header Connection \"\"; }",
+        )
+    }
+
+    /// nginx with `http_extra` in its `http` block and `location` in its one server.
+    fn with_config(http_extra: &str, location: &str) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("sockspan-nginx-{port}"));
         std::fs::create_dir_all(&dir).expect("nginx dir");
@@ -164,8 +185,8 @@ impl Nginx {
              proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  \
              uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
              client_header_timeout 300s;\n  large_client_header_buffers 4 2m;\n  \
-             keepalive_requests 1000000;\n  server {{ listen 127.0.0.1:{port}; \
-             location / {{ default_type text/plain; return 200 \"{body}\"; }} }}\n}}\n"
+             keepalive_requests 1000000;\n  {http_extra}\n  server {{ listen 127.0.0.1:{port}; \
+             {location} }}\n}}\n"
         );
         std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
         let child = Command::new("nginx")

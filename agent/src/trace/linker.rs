@@ -344,6 +344,9 @@ impl Tracer {
         start: Stamp,
     ) {
         let server = end.server;
+        // Same-thread causality needs a protocol whose reading thread serves the request and a
+        // runtime whose threads are its units of work (not Go's: goroutines change threads).
+        let thread_rule = end.thread_causality && conn.process.runtime.threads_are_tasks();
         let key = (conn.conn_id, request);
         if self.spans.len() >= self.config.max_spans {
             self.stats.dropped_full += 1;
@@ -373,7 +376,7 @@ impl Tracer {
             (TraceRef::new(ctx.trace_id), Some(ctx.span_id), ctx.format)
         } else if server {
             self.server_parent(mirror, key)
-        } else if end.thread_causality {
+        } else if thread_rule {
             self.client_parent(conn.process.pid, start, &mut links)
         } else {
             (TraceRef::new(self.ids.trace_id()), None, "none")
@@ -381,7 +384,7 @@ impl Tracer {
         if parent.is_none() {
             self.stats.roots += 1;
         }
-        if server && end.thread_causality {
+        if server && thread_rule {
             match self.serving.entry((conn.process.pid, start.tid)) {
                 Entry::Occupied(mut open) => open.get_mut().push(key),
                 Entry::Vacant(none) => {

@@ -1,0 +1,49 @@
+//! Which language runtime a traced process runs, from its executable: it decides which
+//! causality rules are sound for the process (an OS thread is not a request's unit of work in
+//! every runtime) and, later, which runtime probes attach.
+
+pub mod go;
+
+/// What the agent knows of a process's runtime.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Runtime {
+    /// Nothing that changes the thread rules was found.
+    #[default]
+    Other,
+    /// A Go program: goroutines move between OS threads, so one thread's consecutive syscalls
+    /// may serve different requests. `version` is the toolchain's (`go1.19.8`), when recorded.
+    Go { version: Option<String> },
+}
+
+impl Runtime {
+    /// Reads the executable of `pid` (through `/proc/<pid>/exe`, which reaches into containers).
+    /// A file that cannot be read or parsed is `Other`: detection must never lose the event.
+    #[must_use]
+    pub fn of_process(pid: u32) -> Self {
+        let Ok(file) = std::fs::File::open(format!("/proc/{pid}/exe")) else {
+            return Self::Other;
+        };
+        match go::build_info(&file) {
+            Ok(Some(info)) => Self::Go {
+                version: info.version,
+            },
+            Ok(None) | Err(_) => Self::Other,
+        }
+    }
+
+    /// Whether a thread's syscalls belong to the work it is doing, so that same-thread rules
+    /// hold: not in Go, where the running goroutine, not the thread, carries a request.
+    #[must_use]
+    pub fn threads_are_tasks(&self) -> bool {
+        !matches!(self, Self::Go { .. })
+    }
+
+    /// A short name for logs and `sockspan check`.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Other => "other".to_string(),
+            Self::Go { version } => version.clone().unwrap_or_else(|| "go (version unknown)".into()),
+        }
+    }
+}

@@ -1,0 +1,536 @@
+//! Runtime chains: real services of one runtime (or a mix) calling each other over keep-alive
+//! connections, driven by sequential requests and waves of concurrent ones, and the score of the
+//! trees the agent exported against the truth the request ids give.
+//!
+//! Every service `S` answers `GET /S/<id>` after calling each of its downstreams `D` with
+//! `GET /D/<id>`, so every span of one request carries the request's id in its path and the
+//! expected tree follows from the chain's shape: nothing in the traffic tells the agent which
+//! request a call belongs to.
+
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::{OnceLock, mpsc},
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+use crate::{Nginx, Proc, fixture, free_port, run_ok};
+
+/// How a service of a chain is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Python `ThreadingHTTPServer`, `http.client` pools: a thread per request.
+    Threaded,
+    /// aiohttp server and `ClientSession`, `asyncio.gather`; on uvloop when `uvloop`.
+    Aiohttp { uvloop: bool },
+    /// uvicorn (uvloop, httptools) + FastAPI + `httpx.AsyncClient`.
+    Fastapi,
+    /// Node.js `http` server and keep-alive `http.Agent`, `Promise.all`.
+    Node,
+    /// Go `net/http` server and `http.Client`, a goroutine per call.
+    Go,
+    /// nginx reverse proxy with upstream keep-alive (its one downstream gets the same path).
+    Nginx,
+}
+
+/// One service of a chain and the services it calls.
+#[derive(Debug, Clone)]
+pub struct Hop {
+    pub kind: Kind,
+    /// The `service.name` its spans carry.
+    pub service: &'static str,
+    /// The first path segment of the requests it serves.
+    pub segment: &'static str,
+    pub calls: Vec<Hop>,
+}
+
+impl Hop {
+    #[must_use]
+    pub fn leaf(kind: Kind, segment: &'static str) -> Self {
+        Self {
+            kind,
+            service: segment,
+            segment,
+            calls: Vec::new(),
+        }
+    }
+
+    #[must_use]
+    pub fn calling(kind: Kind, segment: &'static str, calls: Vec<Hop>) -> Self {
+        Self {
+            kind,
+            service: segment,
+            segment,
+            calls,
+        }
+    }
+}
+
+/// The chains measured, by name: a front calling two downstreams, per runtime; nginx in front of
+/// a threaded chain; and a mixed chain (Go front → asyncio → threaded).
+#[must_use]
+pub fn chain_named(name: &str) -> Hop {
+    let two_leaves = |kind| {
+        Hop::calling(
+            kind,
+            "front",
+            vec![Hop::leaf(kind, "a"), Hop::leaf(kind, "b")],
+        )
+    };
+    match name {
+        "threaded" => two_leaves(Kind::Threaded),
+        "aiohttp" => two_leaves(Kind::Aiohttp { uvloop: false }),
+        "aiohttp-uvloop" => two_leaves(Kind::Aiohttp { uvloop: true }),
+        "fastapi" => two_leaves(Kind::Fastapi),
+        "node" => two_leaves(Kind::Node),
+        "go" => two_leaves(Kind::Go),
+        "nginx" => Hop {
+            kind: Kind::Nginx,
+            service: "nginx",
+            segment: "front",
+            calls: vec![Hop {
+                segment: "front",
+                ..two_leaves(Kind::Threaded)
+            }],
+        },
+        "mixed" => Hop::calling(
+            Kind::Go,
+            "front",
+            vec![
+                Hop::calling(
+                    Kind::Aiohttp { uvloop: false },
+                    "a",
+                    vec![Hop::leaf(Kind::Threaded, "c")],
+                ),
+                Hop::leaf(Kind::Threaded, "b"),
+            ],
+        ),
+        other => panic!("no chain named {other}"),
+    }
+}
+
+/// Every chain [`chain_named`] knows, in table order.
+pub const CHAINS: [&str; 8] = [
+    "threaded",
+    "nginx",
+    "aiohttp",
+    "aiohttp-uvloop",
+    "fastapi",
+    "node",
+    "go",
+    "mixed",
+];
+
+/// The Go service, built once per test process into `target/chains/` from the fixture's
+/// sources (standard library only, so no network).
+fn go_service() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/chains/go_service");
+            let _ = run_ok(
+                Command::new("go")
+                    .args(["build", "-o"])
+                    .arg(&out)
+                    .arg(".")
+                    .current_dir(fixture("chains/go_service")),
+                Duration::from_mins(3),
+            );
+            out
+        })
+        .clone()
+}
+
+/// Starts `cmd` and waits (at most 30 s) for the `ready` line it prints once listening.
+fn start_ready(mut cmd: Command, what: &str) -> Proc {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let proc = Proc(child);
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(line) if line.trim() == "ready" => proc,
+        other => panic!("{what} did not print `ready`: {other:?}"),
+    }
+}
+
+/// A running chain; its processes stop when it is dropped.
+pub struct Chain {
+    pub root: Hop,
+    /// Where the driver sends its requests.
+    pub port: u16,
+    _procs: Vec<Proc>,
+    _nginx: Vec<Nginx>,
+}
+
+impl Chain {
+    /// Starts the chain's services, leaves first.
+    #[must_use]
+    pub fn start(root: Hop) -> Self {
+        let mut procs = Vec::new();
+        let mut nginx = Vec::new();
+        let port = start_hop(&root, &mut procs, &mut nginx);
+        Self {
+            root,
+            port,
+            _procs: procs,
+            _nginx: nginx,
+        }
+    }
+
+    /// Runs the driver to completion: `sequential` requests one after another, then `waves`
+    /// waves of `width` concurrent ones. Returns the request ids.
+    #[must_use]
+    pub fn drive(&self, sequential: usize, waves: usize, width: usize) -> Vec<String> {
+        let out = run_ok(
+            Command::new("python3")
+                .arg(fixture("chains/driver.py"))
+                .args([
+                    self.port.to_string(),
+                    self.root.segment.to_string(),
+                    sequential.to_string(),
+                    waves.to_string(),
+                    width.to_string(),
+                ])
+                .env("OTEL_SERVICE_NAME", "driver"),
+            Duration::from_mins(3),
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("failed 0"),
+            "every request through the chain succeeds: {text}"
+        );
+        let mut ids: Vec<String> = (0..sequential).map(|i| format!("s{i}")).collect();
+        for wave in 0..waves {
+            ids.extend((0..width).map(|i| format!("w{wave}x{i}")));
+        }
+        ids
+    }
+}
+
+/// Starts `hop` and what it calls; returns its port.
+fn start_hop(hop: &Hop, procs: &mut Vec<Proc>, nginx: &mut Vec<Nginx>) -> u16 {
+    let downstream: Vec<String> = hop
+        .calls
+        .iter()
+        .map(|d| format!("{}={}", d.segment, start_hop(d, procs, nginx)))
+        .collect();
+    if hop.kind == Kind::Nginx {
+        let [upstream] = downstream.as_slice() else {
+            panic!("nginx proxies to exactly one service")
+        };
+        let port = upstream
+            .split('=')
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        let proxy = Nginx::proxy(port);
+        let port = proxy.port;
+        nginx.push(proxy);
+        return port;
+    }
+    let port = free_port();
+    let mut cmd = match hop.kind {
+        Kind::Threaded => python("threaded.py"),
+        Kind::Aiohttp { .. } => python("aiohttp_service.py"),
+        Kind::Fastapi => python("fastapi_service.py"),
+        Kind::Node => {
+            let mut cmd = Command::new("node");
+            cmd.arg(fixture("chains/node_service.js"));
+            cmd
+        }
+        Kind::Go => Command::new(go_service()),
+        Kind::Nginx => unreachable!("handled above"),
+    };
+    cmd.arg(hop.segment)
+        .arg(port.to_string())
+        .args(&downstream)
+        .env("OTEL_SERVICE_NAME", hop.service);
+    if hop.kind == (Kind::Aiohttp { uvloop: true }) {
+        cmd.env("USE_UVLOOP", "1");
+    }
+    procs.push(start_ready(cmd, hop.service));
+    port
+}
+
+fn python(script: &str) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.arg(fixture(&format!("chains/{script}")));
+    cmd
+}
+
+/// A span the chain should produce: who exports it, its kind, its path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Expected {
+    service: &'static str,
+    kind: &'static str,
+    path: String,
+}
+
+/// The spans of request `id` through `hop`, each with the one it should have as parent.
+fn expected_spans(hop: &Hop, id: &str, caller: &Expected, out: &mut Vec<(Expected, Expected)>) {
+    let server = Expected {
+        service: hop.service,
+        kind: "SERVER",
+        path: format!("/{}/{id}", hop.segment),
+    };
+    out.push((server.clone(), caller.clone()));
+    for down in &hop.calls {
+        let client = Expected {
+            service: hop.service,
+            kind: "CLIENT",
+            path: format!("/{}/{id}", down.segment),
+        };
+        out.push((client.clone(), server.clone()));
+        expected_spans(down, id, &client, out);
+    }
+}
+
+/// How well the exported spans match the chain's trees.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Score {
+    pub chain: String,
+    pub requests: usize,
+    /// Spans the trees should have (the driver's roots included), and how many were exported.
+    pub expected_spans: usize,
+    pub present_spans: usize,
+    /// Parent links the trees should have; exported right, exported pointing elsewhere.
+    pub expected_links: usize,
+    pub right_links: usize,
+    pub wrong_links: usize,
+    /// Requests whose whole tree is right: every span, every parent, one trace, each child
+    /// inside its parent's time.
+    pub whole_traces: usize,
+    /// Evidence of the right links, counted (`thread`, `connection`, …).
+    pub evidence: HashMap<String, usize>,
+    /// The first few problems, for the test's message.
+    pub problems: Vec<String>,
+}
+
+fn ratio(part: usize, whole: usize) -> f64 {
+    if whole == 0 {
+        1.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+impl Score {
+    #[must_use]
+    pub fn completeness(&self) -> f64 {
+        ratio(self.present_spans, self.expected_spans)
+    }
+
+    /// Right links over all links exported among the chain's spans.
+    #[must_use]
+    pub fn precision(&self) -> f64 {
+        ratio(self.right_links, self.right_links + self.wrong_links)
+    }
+
+    #[must_use]
+    pub fn recall(&self) -> f64 {
+        ratio(self.right_links, self.expected_links)
+    }
+
+    #[must_use]
+    pub fn whole_trace(&self) -> f64 {
+        ratio(self.whole_traces, self.requests)
+    }
+
+    #[must_use]
+    pub fn to_json(&self) -> Value {
+        json!({
+            "chain": self.chain,
+            "requests": self.requests,
+            "expected_spans": self.expected_spans,
+            "present_spans": self.present_spans,
+            "expected_links": self.expected_links,
+            "right_links": self.right_links,
+            "wrong_links": self.wrong_links,
+            "whole_traces": self.whole_traces,
+            "evidence": self.evidence,
+            "problems": self.problems,
+        })
+    }
+
+    /// One line for a test's output.
+    #[must_use]
+    pub fn line(&self) -> String {
+        format!(
+            "{}: {} requests, completeness {:.1} %, precision {:.1} % ({} wrong), recall {:.1} %, \
+             whole-trace {:.1} %, evidence {:?}",
+            self.chain,
+            self.requests,
+            100.0 * self.completeness(),
+            100.0 * self.precision(),
+            self.wrong_links,
+            100.0 * self.recall(),
+            100.0 * self.whole_trace(),
+            self.evidence,
+        )
+    }
+
+    /// Keeps the first dozen problems, and every wrong parent up to fifty.
+    fn problem(&mut self, text: String) {
+        let limit = if text.contains("WRONG") { 50 } else { 12 };
+        if self.problems.len() < limit {
+            self.problems.push(text);
+        }
+    }
+}
+
+fn str_of<'a>(span: &'a Value, pointer: &str) -> &'a str {
+    span.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+fn time(span: &Value, key: &str) -> u64 {
+    span[key].as_u64().unwrap_or(0)
+}
+
+/// Scores `spans` (as `sockspan run --output jsonl` printed them) against the trees of requests
+/// `ids` through `root`.
+#[must_use]
+pub fn score(chain: &str, root: &Hop, ids: &[String], spans: &[Value]) -> Score {
+    let mut by_identity: HashMap<Expected, Vec<&Value>> = HashMap::new();
+    for span in spans {
+        let Some(path) = span.pointer("/attributes/url.path").and_then(Value::as_str) else {
+            continue;
+        };
+        let Some(service) = [root.service, "driver"]
+            .into_iter()
+            .chain(services(root))
+            .find(|s| *s == str_of(span, "/resource/service.name"))
+        else {
+            continue;
+        };
+        let kind = if str_of(span, "/kind") == "SERVER" {
+            "SERVER"
+        } else {
+            "CLIENT"
+        };
+        by_identity
+            .entry(Expected {
+                service,
+                kind,
+                path: path.to_string(),
+            })
+            .or_default()
+            .push(span);
+    }
+    let mut score = Score {
+        chain: chain.to_string(),
+        requests: ids.len(),
+        ..Score::default()
+    };
+    for id in ids {
+        let driver = Expected {
+            service: "driver",
+            kind: "CLIENT",
+            path: format!("/{}/{id}", root.segment),
+        };
+        let mut edges = Vec::new();
+        expected_spans(root, id, &driver, &mut edges);
+        let find = |e: &Expected| -> Option<&Value> {
+            match by_identity.get(e).map(Vec::as_slice) {
+                Some([one]) => Some(*one),
+                _ => None,
+            }
+        };
+        score.expected_spans += edges.len() + 1;
+        score.expected_links += edges.len();
+        let mut whole = true;
+        let root_span = find(&driver);
+        if let Some(root_span) = root_span {
+            score.present_spans += 1;
+            if !root_span["parent_span_id"].is_null() {
+                whole = false;
+                score.problem(format!("{id}: the driver's span has a parent"));
+            }
+        } else {
+            whole = false;
+            score.problem(format!("{id}: no (single) driver span"));
+        }
+        let trace = root_span.map(|s| str_of(s, "/trace_id"));
+        for (child, parent) in &edges {
+            let Some(c) = find(child) else {
+                whole = false;
+                let n = by_identity.get(child).map_or(0, Vec::len);
+                score.problem(format!("{id}: {n} spans for {child:?}"));
+                continue;
+            };
+            score.present_spans += 1;
+            let p = find(parent);
+            let got = str_of(c, "/parent_span_id");
+            if got.is_empty() {
+                whole = false;
+                score.problem(format!("{id}: {child:?} has no parent"));
+                continue;
+            }
+            if p.is_some_and(|p| str_of(p, "/span_id") == got) {
+                score.right_links += 1;
+                *score
+                    .evidence
+                    .entry(str_of(c, "/attributes/sockspan.parent.evidence").to_string())
+                    .or_default() += 1;
+            } else {
+                score.wrong_links += 1;
+                whole = false;
+                score.problem(format!(
+                    "{id}: WRONG parent of {child:?} ({})",
+                    str_of(c, "/attributes/sockspan.parent.evidence")
+                ));
+                continue;
+            }
+            let p = p.expect("found above");
+            if Some(str_of(c, "/trace_id")) != trace {
+                whole = false;
+                score.problem(format!("{id}: {child:?} in another trace"));
+            }
+            if time(c, "start_time_unix_nano") < time(p, "start_time_unix_nano")
+                || time(c, "end_time_unix_nano") > time(p, "end_time_unix_nano")
+            {
+                whole = false;
+                score.problem(format!("{id}: {child:?} outside its parent's time"));
+            }
+        }
+        if whole {
+            score.whole_traces += 1;
+        }
+    }
+    score
+}
+
+fn services(hop: &Hop) -> Vec<&'static str> {
+    let mut out = vec![hop.service];
+    for down in &hop.calls {
+        out.extend(services(down));
+    }
+    out
+}
+
+/// Writes `score` to `$SOCKSPAN_SCORES/<chain>.json` when that variable names a directory
+/// (`cargo xtask causality` sets it and renders the table from the files).
+pub fn save(score: &Score) {
+    let Some(dir) = std::env::var_os("SOCKSPAN_SCORES") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).expect("scores dir");
+    let mut text = serde_json::to_string_pretty(&score.to_json()).expect("json");
+    let _ = writeln!(text);
+    std::fs::write(dir.join(format!("{}.json", score.chain)), text).expect("write score");
+}
