@@ -15,6 +15,11 @@ const WAVES: usize = 3;
 const WIDTH: usize = 10;
 
 fn measure(name: &str) -> Score {
+    measure_with_log(name).0
+}
+
+/// The score, and what the agent logged.
+fn measure_with_log(name: &str) -> (Score, String) {
     let chain = Chain::start(chain_named(name));
     let agent = Agent::start_command("run", &["--output", "jsonl"]);
     let ids = chain.drive(SEQUENTIAL, WAVES, WIDTH);
@@ -23,7 +28,7 @@ fn measure(name: &str) -> Score {
     let result = score(name, &chain.root, &ids, &out.events);
     save(&result);
     eprintln!("{}", result.line());
-    result
+    (result, out.stderr)
 }
 
 /// No rule may name a parent it is not sure of, on any runtime.
@@ -52,9 +57,16 @@ fn threaded_chain_is_whole() {
     assert_whole(&measure("threaded"));
 }
 
+/// The proxy rule: nginx's forwarded request asks what the incoming one asked.
 #[test]
-fn nginx_chain() {
-    assert_precise(&measure("nginx"));
+fn nginx_chain_is_whole() {
+    let score = measure("nginx");
+    assert_whole(&score);
+    assert!(
+        score.evidence.get("proxy").copied().unwrap_or(0) > 0,
+        "{}",
+        score.line()
+    );
 }
 
 #[test]
@@ -77,9 +89,17 @@ fn node_chain() {
     assert_precise(&measure("node"));
 }
 
+/// Go's goroutines move between threads: same-thread causality named wrong parents there, so
+/// the agent recognises Go programs and keeps them out of it.
 #[test]
 fn go_chain() {
-    assert_precise(&measure("go"));
+    let (score, log) = measure_with_log("go");
+    assert_precise(&score);
+    assert!(
+        log.contains("a Go program: same-thread causality is off"),
+        "the Go service is recognised: {log}"
+    );
+    assert_eq!(score.evidence.get("thread"), None, "{}", score.line());
 }
 
 #[test]

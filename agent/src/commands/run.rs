@@ -116,6 +116,7 @@ fn log_stopped(
         spans_started = sink.tracer.stats.spans_started,
         parent_from_header = sink.tracer.stats.parent_from_header,
         parent_from_thread = sink.tracer.stats.parent_from_thread,
+        parent_from_proxy = sink.tracer.stats.parent_from_proxy,
         parent_from_connection = sink.tracer.stats.parent_from_connection,
         roots = sink.tracer.stats.roots,
         ambiguous = sink.tracer.stats.ambiguous,

@@ -92,8 +92,13 @@ fn dispatch(tracer: &mut Tracer, events: &mut Vec<ProtoEvent>, conn: &Connection
     let mut now = None;
     for event in events.drain(..) {
         match event {
-            ProtoEvent::Request { key, trace, start } => {
-                tracer.on_request(conn, end, key, trace.as_deref(), start);
+            ProtoEvent::Request {
+                key,
+                trace,
+                start,
+                forward,
+            } => {
+                tracer.on_request(conn, end, key, forward, trace.as_deref(), start);
             }
             ProtoEvent::Exchange(exchange) => {
                 let now = *now.get_or_insert_with(monotonic_ns);

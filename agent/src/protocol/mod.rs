@@ -63,9 +63,24 @@ pub enum ProtoEvent {
         key: u64,
         trace: Option<Box<TraceHeaders>>,
         start: Stamp,
+        /// What the request asks ([`forward_key`] of method and target), 0 when unknown: a
+        /// proxy's forwarded request asks the same as the request it forwards.
+        forward: u64,
     },
     /// A request and its response (or what ended it) are complete.
     Exchange(Exchange),
+}
+
+/// A request's method and target (path and query as sent) as a number that is never 0: the proxy
+/// rule compares a process's outgoing requests with its incoming ones by it, so that neither
+/// side's text is held. Seeded the same in every run (it never leaves the process).
+#[must_use]
+pub fn forward_key(method: &str, target: &str) -> u64 {
+    use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+    let mut hasher = foldhash::quality::FixedState::with_seed(0x5ec5_9a9e).build_hasher();
+    method.hash(&mut hasher);
+    target.hash(&mut hasher);
+    hasher.finish().max(1)
 }
 
 /// A request and what answered it, as linking and export need it.

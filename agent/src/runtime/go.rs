@@ -39,7 +39,8 @@ pub fn build_info(file: &std::fs::File) -> Result<Option<BuildInfo>, GoError> {
     };
     // `data_range` takes virtual addresses.
     let header = section
-        .data_range(section.address(), 32)?.ok_or(GoError::BuildInfo("shorter than its header"))?;
+        .data_range(section.address(), 32)?
+        .ok_or(GoError::BuildInfo("shorter than its header"))?;
     if &header[..14] != MAGIC {
         return Err(GoError::BuildInfo("no magic"));
     }
@@ -133,6 +134,98 @@ mod tests {
         assert_eq!(uvarint(&[0x96, 0x01]), Some((150, 2)));
         assert_eq!(uvarint(&[0x80]), None);
         assert_eq!(uvarint(&[]), None);
+    }
+
+    /// A minimal ELF64 file with one `.go.buildinfo` section holding `buildinfo`.
+    fn elf_with_buildinfo(buildinfo: &[u8]) -> Vec<u8> {
+        let names = b"\0.go.buildinfo\0.shstrtab\0";
+        let data_at = 64u64;
+        let names_at = data_at + buildinfo.len() as u64;
+        let headers_at = (names_at + names.len() as u64).next_multiple_of(8);
+        let mut elf = Vec::new();
+        elf.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+        elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        elf.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+        elf.extend_from_slice(&1u32.to_le_bytes());
+        elf.extend_from_slice(&0u64.to_le_bytes()); // entry
+        elf.extend_from_slice(&0u64.to_le_bytes()); // no program headers
+        elf.extend_from_slice(&headers_at.to_le_bytes());
+        elf.extend_from_slice(&0u32.to_le_bytes());
+        for half in [64u16, 56, 0, 64, 3, 2] {
+            elf.extend_from_slice(&half.to_le_bytes());
+        }
+        elf.extend_from_slice(buildinfo);
+        elf.extend_from_slice(names);
+        elf.resize(usize::try_from(headers_at).expect("small"), 0);
+        let section = |name: u32, kind: u32, flags: u64, addr: u64, offset: u64, size: u64| {
+            let mut h = Vec::new();
+            h.extend_from_slice(&name.to_le_bytes());
+            h.extend_from_slice(&kind.to_le_bytes());
+            for word in [flags, addr, offset, size] {
+                h.extend_from_slice(&word.to_le_bytes());
+            }
+            h.extend_from_slice(&[0; 8]); // link, info
+            h.extend_from_slice(&16u64.to_le_bytes());
+            h.extend_from_slice(&0u64.to_le_bytes());
+            h
+        };
+        elf.extend(section(0, 0, 0, 0, 0, 0));
+        let size = buildinfo.len() as u64;
+        elf.extend(section(1, 1, 3, 0x40_0000 + data_at, data_at, size));
+        elf.extend(section(15, 3, 0, 0, names_at, names.len() as u64));
+        elf
+    }
+
+    fn parse(elf: &[u8]) -> Result<Option<BuildInfo>, GoError> {
+        let path = std::env::temp_dir().join(format!(
+            "sockspan-go-elf-{}-{}",
+            std::process::id(),
+            elf.len()
+        ));
+        std::fs::write(&path, elf).expect("write");
+        let result = build_info(&std::fs::File::open(&path).expect("open"));
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+
+    #[test]
+    fn the_version_of_a_go_1_18_or_later_header_is_read() {
+        let mut info = MAGIC.to_vec();
+        info.extend_from_slice(&[8, FLAG_INLINE_STRINGS]);
+        info.resize(32, 0);
+        info.push(8);
+        info.extend_from_slice(b"go1.19.8");
+        info.extend_from_slice(&[0; 8]);
+        let found = parse(&elf_with_buildinfo(&info)).expect("parsed");
+        assert_eq!(
+            found,
+            Some(BuildInfo {
+                version: Some("go1.19.8".into())
+            })
+        );
+    }
+
+    #[test]
+    fn a_bad_header_is_an_error_and_a_pre_1_18_header_resolves_its_pointers() {
+        let mut info = b"\xff Go buildinf?".to_vec();
+        info.resize(48, 0);
+        assert!(parse(&elf_with_buildinfo(&info)).is_err());
+        // Before 1.18: offset 16 holds the address of a string header (pointer, length), here
+        // placed at offset 32 of the section, pointing at the text at offset 48.
+        let base = 0x40_0000 + 64u64;
+        let mut info = MAGIC.to_vec();
+        info.extend_from_slice(&[8, 0]);
+        info.extend_from_slice(&(base + 32).to_le_bytes());
+        info.extend_from_slice(&[0; 8]);
+        info.extend_from_slice(&(base + 48).to_le_bytes());
+        info.extend_from_slice(&9u64.to_le_bytes());
+        info.extend_from_slice(b"go1.16.15");
+        let found = parse(&elf_with_buildinfo(&info)).expect("parsed");
+        assert_eq!(found.and_then(|i| i.version).as_deref(), Some("go1.16.15"));
+        // A length past the bound is refused, not allocated.
+        let at = 40;
+        info[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(parse(&elf_with_buildinfo(&info)).is_err());
     }
 
     #[test]

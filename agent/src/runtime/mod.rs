@@ -43,7 +43,9 @@ impl Runtime {
     pub fn describe(&self) -> String {
         match self {
             Self::Other => "other".to_string(),
-            Self::Go { version } => version.clone().unwrap_or_else(|| "go (version unknown)".into()),
+            Self::Go { version } => version
+                .clone()
+                .unwrap_or_else(|| "go (version unknown)".into()),
         }
     }
 }

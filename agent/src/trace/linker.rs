@@ -3,9 +3,12 @@
 //! A span opens when its request head is read (so children can find it) and finishes when its
 //! exchange completes. Its parent comes from the strongest evidence available:
 //! 1. a `traceparent` / B3 header on the request (adopted for that request only);
-//! 2. same-thread causality, on protocols where the reading thread serves the request (HTTP/1):
-//!    a CLIENT request written by a thread while it serves exactly one SERVER request is that
-//!    request's child;
+//! 2. same-thread causality, on protocols where the reading thread serves the request (HTTP/1)
+//!    and in runtimes whose threads are units of work (not Go): a CLIENT request written by a
+//!    thread while it serves exactly one SERVER request is that request's child;
+//!    the proxy rule: a CLIENT request that asks exactly what one SERVER request in flight in the
+//!    same process asks (method and target) forwards it, and is its child. When both rules name
+//!    one parent each and they differ, neither is trusted;
 //! 3. both ends on this host: the SERVER span on one end of a TCP connection is the child of the
 //!    CLIENT span on the other end whose request has the same key (its offset in the byte stream
 //!    for HTTP/1, its stream id for HTTP/2);
@@ -82,6 +85,7 @@ pub struct TraceStats {
     pub spans_exported: u64,
     pub parent_from_header: u64,
     pub parent_from_thread: u64,
+    pub parent_from_proxy: u64,
     pub parent_from_connection: u64,
     pub roots: u64,
     pub ambiguous: u64,
@@ -231,6 +235,30 @@ impl Serving {
     }
 }
 
+/// Open SERVER spans a rule may pick a parent from.
+enum Candidates {
+    None,
+    One(SpanKey),
+    Several(Vec<SpanKey>),
+}
+
+fn add_open<K: std::hash::Hash + Eq>(table: &mut FastMap<K, Serving>, at: K, key: SpanKey) {
+    match table.entry(at) {
+        Entry::Occupied(mut open) => open.get_mut().push(key),
+        Entry::Vacant(none) => {
+            none.insert(Serving::One(key));
+        }
+    }
+}
+
+fn remove_open<K: std::hash::Hash + Eq>(table: &mut FastMap<K, Serving>, at: K, key: SpanKey) {
+    if let Entry::Occupied(mut open) = table.entry(at)
+        && open.get_mut().remove(key)
+    {
+        open.remove();
+    }
+}
+
 /// Hash maps on the per-event path: foldhash is several times faster than the default `SipHash`
 /// and still randomly seeded per process.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -249,6 +277,8 @@ struct OpenSpan {
     resource: Arc<Resource>,
     /// Both ends of the connection (which is local follows from `kind`) and the request's key.
     mirror: MirrorKey,
+    /// What the request asks ([`crate::protocol::forward_key`]), 0 when unknown.
+    forward: u64,
     finished: Option<Done>,
 }
 
@@ -291,6 +321,8 @@ pub struct Tracer {
     spans: FastMap<SpanKey, OpenSpan>,
     /// Open SERVER spans per (pid, tid) that read their request.
     serving: FastMap<(u32, u32), Serving>,
+    /// Open SERVER spans per (pid, what the request asks), for the proxy rule.
+    forwardable: FastMap<(u32, u64), Serving>,
     /// CLIENT spans by their request's mirror key.
     clients: FastMap<MirrorKey, SpanKey>,
     /// SERVER spans still looking for their client (seen first).
@@ -313,6 +345,7 @@ impl Tracer {
             strings: Interner::default(),
             spans: FastMap::default(),
             serving: FastMap::default(),
+            forwardable: FastMap::default(),
             clients: FastMap::default(),
             waiting_servers: FastMap::default(),
             ready: VecDeque::new(),
@@ -334,12 +367,13 @@ impl Tracer {
     }
 
     /// A request was read (`end.server`) or written (client) on `conn`; `request` names it on
-    /// the connection, the same at both ends.
+    /// the connection, the same at both ends; `forward` is what it asks (0 when unknown).
     pub fn on_request(
         &mut self,
         conn: &Connection,
         end: End,
         request: u64,
+        forward: u64,
         trace: Option<&TraceHeaders>,
         start: Stamp,
     ) {
@@ -376,22 +410,20 @@ impl Tracer {
             (TraceRef::new(ctx.trace_id), Some(ctx.span_id), ctx.format)
         } else if server {
             self.server_parent(mirror, key)
-        } else if thread_rule {
-            self.client_parent(conn.process.pid, start, &mut links)
         } else {
-            (TraceRef::new(self.ids.trace_id()), None, "none")
+            self.client_parent(conn.process.pid, thread_rule, forward, start, &mut links)
         };
         if parent.is_none() {
             self.stats.roots += 1;
         }
-        if server && thread_rule {
-            match self.serving.entry((conn.process.pid, start.tid)) {
-                Entry::Occupied(mut open) => open.get_mut().push(key),
-                Entry::Vacant(none) => {
-                    none.insert(Serving::One(key));
-                }
+        if server {
+            if thread_rule {
+                add_open(&mut self.serving, (conn.process.pid, start.tid), key);
             }
-        } else if !server {
+            if forward != 0 {
+                add_open(&mut self.forwardable, (conn.process.pid, forward), key);
+            }
+        } else {
             self.clients.insert(mirror, key);
             if let Some(server_key) = self.waiting_servers.remove(&mirror)
                 && let Some(server_span) = self.spans.get_mut(&server_key)
@@ -424,6 +456,7 @@ impl Tracer {
                 start_ts: start.ts,
                 resource,
                 mirror,
+                forward,
                 finished: None,
             },
         );
@@ -444,46 +477,97 @@ impl Tracer {
         (TraceRef::unsettled(self.ids.trace_id()), None, "none")
     }
 
-    /// Parent of a client span without a header: the one request its thread is serving.
+    /// Parent of a client span without a header, from the thread rule (when `thread_rule`) and
+    /// the proxy rule (when `forward` is known); see the module's doc for how they combine.
     fn client_parent(
         &mut self,
         pid: u32,
+        thread_rule: bool,
+        forward: u64,
         start: Stamp,
         links: &mut Vec<SpanLink>,
     ) -> (TraceRef, Option<SpanId>, &'static str) {
-        let Some(keys) = self.serving.get(&(pid, start.tid)) else {
-            return (TraceRef::new(self.ids.trace_id()), None, "none");
+        let by_thread = if thread_rule {
+            self.candidates(self.serving.get(&(pid, start.tid)), start.ts)
+        } else {
+            Candidates::None
         };
-        // The usual case, one request served by the thread, without collecting candidates.
-        if let Serving::One(k) = keys
-            && let Some(one) = self.spans.get(k)
-            && one.finished.is_none()
-            && one.start_ts <= start.ts
+        let by_proxy = if forward == 0 {
+            Candidates::None
+        } else {
+            self.candidates(self.forwardable.get(&(pid, forward)), start.ts)
+        };
+        let chosen = match (&by_thread, &by_proxy) {
+            (Candidates::One(t), Candidates::One(p)) if t != p => None,
+            (Candidates::One(t), _) => Some((*t, "thread")),
+            (_, Candidates::One(p)) => Some((*p, "proxy")),
+            _ => None,
+        };
+        if let Some((key, evidence)) = chosen
+            && let Some(parent) = self.spans.get(&key)
         {
-            self.stats.parent_from_thread += 1;
-            return (one.trace.clone(), Some(one.span_id), "thread");
-        }
-        let candidates: Vec<&OpenSpan> = keys
-            .keys()
-            .iter()
-            .filter_map(|k| self.spans.get(k))
-            .filter(|s| s.finished.is_none() && s.start_ts <= start.ts)
-            .collect();
-        match candidates.as_slice() {
-            [one] => {
+            if evidence == "thread" {
                 self.stats.parent_from_thread += 1;
-                (one.trace.clone(), Some(one.span_id), "thread")
+            } else {
+                self.stats.parent_from_proxy += 1;
             }
-            [] => (TraceRef::new(self.ids.trace_id()), None, "none"),
-            several => {
-                self.stats.ambiguous += 1;
-                links.extend(several.iter().map(|s| SpanLink {
-                    trace_id: s.trace.id(),
-                    span_id: s.span_id,
-                    reason: "same thread serves several requests",
-                }));
-                (TraceRef::new(self.ids.trace_id()), None, "ambiguous")
+            return (parent.trace.clone(), Some(parent.span_id), evidence);
+        }
+        let mut ambiguous = false;
+        for (candidates, reason) in [
+            (by_thread, "same thread serves several requests"),
+            (by_proxy, "several requests in flight ask the same"),
+        ] {
+            let keys = match candidates {
+                Candidates::None => continue,
+                // Only when the two rules disagree: each names a candidate.
+                Candidates::One(key) => vec![key],
+                Candidates::Several(keys) => keys,
+            };
+            ambiguous = true;
+            for key in keys {
+                if let Some(s) = self.spans.get(&key)
+                    && !links.iter().any(|l| l.span_id == s.span_id)
+                {
+                    links.push(SpanLink {
+                        trace_id: s.trace.id(),
+                        span_id: s.span_id,
+                        reason,
+                    });
+                }
             }
+        }
+        if ambiguous {
+            self.stats.ambiguous += 1;
+            (TraceRef::new(self.ids.trace_id()), None, "ambiguous")
+        } else {
+            (TraceRef::new(self.ids.trace_id()), None, "none")
+        }
+    }
+
+    /// The open SERVER spans of `open` that started before `ts`.
+    fn candidates(&self, open: Option<&Serving>, ts: u64) -> Candidates {
+        let Some(open) = open else {
+            return Candidates::None;
+        };
+        let live = |k: &&SpanKey| {
+            self.spans
+                .get(k)
+                .is_some_and(|s| s.finished.is_none() && s.start_ts <= ts)
+        };
+        // The usual case, one request, without collecting.
+        if let Serving::One(k) = open {
+            return if live(&k) {
+                Candidates::One(*k)
+            } else {
+                Candidates::None
+            };
+        }
+        let keys: Vec<SpanKey> = open.keys().iter().filter(live).copied().collect();
+        match keys.as_slice() {
+            [] => Candidates::None,
+            [one] => Candidates::One(*one),
+            _ => Candidates::Several(keys),
         }
     }
 
@@ -502,11 +586,11 @@ impl Tracer {
                 .map(|first| first.ts.saturating_sub(exchange.request_end.ts)),
             summary: exchange.summary,
         });
-        if server
-            && let Entry::Occupied(mut open) = self.serving.entry((span.pid, span.tid))
-            && open.get_mut().remove(key)
-        {
-            open.remove();
+        if server {
+            remove_open(&mut self.serving, (span.pid, span.tid), key);
+            if span.forward != 0 {
+                remove_open(&mut self.forwardable, (span.pid, span.forward), key);
+            }
         }
         // A span of a settled trace has all the evidence it will get: events reach the agent in
         // the order their syscalls returned, and a client's exchange completes only after its
@@ -684,7 +768,7 @@ mod tests {
             server,
             thread_causality: true,
         };
-        t.on_request(conn, end, start.offset, trace, start);
+        t.on_request(conn, end, start.offset, 0, trace, start);
     }
 
     fn exchange(request: Head, start: Stamp, end_ts: u64) -> Exchange {
@@ -810,6 +894,97 @@ mod tests {
         assert_eq!(spans[0].parent_span_id, None);
         assert_eq!(spans[0].links.len(), 2);
         assert_eq!(t.stats.ambiguous, 1);
+    }
+
+    /// A request seen on `conn` asking `method target`, with only the proxy rule's fingerprint.
+    fn on_asking(t: &mut Tracer, conn: &Connection, server: bool, ask: &str, start: Stamp) {
+        let (method, target) = ask.split_once(' ').expect("METHOD TARGET");
+        let end = End {
+            server,
+            thread_causality: true,
+        };
+        let forward = crate::protocol::forward_key(method, target);
+        t.on_request(conn, end, start.offset, forward, None, start);
+    }
+
+    fn finish(t: &mut Tracer, conn: &Connection, start: Stamp, end_ts: u64) {
+        let get = head(b"GET /x HTTP/1.1\r\n\r\n");
+        t.on_exchange(conn, exchange(get, start, end_ts), 0);
+    }
+
+    #[test]
+    fn a_forwarded_request_is_the_child_of_the_one_request_asking_the_same() {
+        let mut t = tracer();
+        // An event loop (one thread, 7) holds two requests; it forwards the second.
+        let a = conn(1, 2, Role::Server, 80, 5000);
+        let b = conn(2, 2, Role::Server, 80, 5001);
+        let up = conn(3, 2, Role::Client, 6000, 90);
+        on_asking(&mut t, &a, true, "GET /items/1", stamp(10, 7, 0));
+        on_asking(&mut t, &b, true, "GET /items/2", stamp(11, 7, 0));
+        on_asking(&mut t, &up, false, "GET /items/2", stamp(12, 7, 0));
+        finish(&mut t, &up, stamp(12, 7, 0), 13);
+        finish(&mut t, &b, stamp(11, 7, 0), 14);
+        finish(&mut t, &a, stamp(10, 7, 0), 15);
+        let spans = drain(&mut t);
+        let (forwarded, b_span) = (&spans[0], &spans[1]);
+        assert_eq!(forwarded.parent_span_id, Some(b_span.span_id));
+        assert_eq!(forwarded.trace_id, b_span.trace_id);
+        assert_eq!(t.stats.parent_from_proxy, 1);
+        assert_eq!(t.stats.ambiguous, 0);
+    }
+
+    #[test]
+    fn two_requests_asking_the_same_give_links_not_a_parent() {
+        let mut t = tracer();
+        let a = conn(1, 2, Role::Server, 80, 5000);
+        let b = conn(2, 2, Role::Server, 80, 5001);
+        let up = conn(3, 2, Role::Client, 6000, 90);
+        on_asking(&mut t, &a, true, "GET /same", stamp(10, 7, 0));
+        on_asking(&mut t, &b, true, "GET /same", stamp(11, 8, 0));
+        // Written on a thread serving nothing (a proxy's own I/O thread).
+        on_asking(&mut t, &up, false, "GET /same", stamp(12, 9, 0));
+        finish(&mut t, &up, stamp(12, 9, 0), 13);
+        let spans = drain(&mut t);
+        assert_eq!(spans[0].parent_span_id, None);
+        assert_eq!(spans[0].links.len(), 2);
+        assert!(
+            spans[0]
+                .links
+                .iter()
+                .all(|l| l.reason == "several requests in flight ask the same")
+        );
+        assert_eq!(t.stats.ambiguous, 1);
+    }
+
+    #[test]
+    fn thread_and_proxy_rules_that_disagree_name_no_parent() {
+        let mut t = tracer();
+        // Thread 7 serves /y; thread 8 serves /x; thread 7 then asks /x of another service.
+        let y = conn(1, 2, Role::Server, 80, 5000);
+        let x = conn(2, 2, Role::Server, 80, 5001);
+        let out = conn(3, 2, Role::Client, 6000, 90);
+        on_asking(&mut t, &y, true, "GET /y", stamp(10, 7, 0));
+        on_asking(&mut t, &x, true, "GET /x", stamp(11, 8, 0));
+        on_asking(&mut t, &out, false, "GET /x", stamp(12, 7, 0));
+        finish(&mut t, &out, stamp(12, 7, 0), 13);
+        let spans = drain(&mut t);
+        assert_eq!(spans[0].parent_span_id, None);
+        assert_eq!(spans[0].links.len(), 2);
+        assert_eq!(t.stats.parent_from_thread + t.stats.parent_from_proxy, 0);
+    }
+
+    #[test]
+    fn a_finished_request_is_not_forwarded_later() {
+        let mut t = tracer();
+        let a = conn(1, 2, Role::Server, 80, 5000);
+        let up = conn(3, 2, Role::Client, 6000, 90);
+        on_asking(&mut t, &a, true, "GET /x", stamp(10, 7, 0));
+        finish(&mut t, &a, stamp(10, 7, 0), 11);
+        on_asking(&mut t, &up, false, "GET /x", stamp(12, 9, 0));
+        finish(&mut t, &up, stamp(12, 9, 0), 13);
+        let spans = drain(&mut t);
+        assert!(spans.iter().all(|s| s.parent_span_id.is_none()));
+        assert_eq!(t.stats.parent_from_proxy, 0);
     }
 
     #[test]

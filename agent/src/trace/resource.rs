@@ -196,8 +196,8 @@ mod tests {
             comm: "worker".into(),
             exe: exe.into(),
             cmdline: cmdline.iter().map(|s| (*s).to_string()).collect(),
-            container_id: None,
             otel_service_name: env_name.map(String::from),
+            ..ProcessInfo::default()
         }
     }
 

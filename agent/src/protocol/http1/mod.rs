@@ -86,10 +86,15 @@ impl FrameSink for RequestSink<'_> {
             self.pending.pop_front();
             self.stats.pending_overflow += 1;
         }
+        let forward = match &head.start {
+            StartLine::Request { method, target } => super::forward_key(method, target),
+            StartLine::Response { .. } => 0,
+        };
         self.out.push(ProtoEvent::Request {
             key: start.offset,
             trace: head.headers.trace.clone(),
             start,
+            forward,
         });
         self.pending.push_back(PendingRequest {
             head,

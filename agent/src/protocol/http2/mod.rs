@@ -426,10 +426,15 @@ impl Handler<'_> {
             bump(&TOTALS.streams_dropped);
             return;
         }
+        let forward = match (&facts.method, &facts.path) {
+            (Some(method), Some(path)) => super::forward_key(method, path),
+            _ => 0,
+        };
         self.out.push(ProtoEvent::Request {
             key: u64::from(id),
             trace,
             start: block.start,
+            forward,
         });
         self.streams.insert(
             id,
