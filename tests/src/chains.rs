@@ -28,7 +28,7 @@ pub enum Kind {
     Threaded,
     /// aiohttp server and `ClientSession`, `asyncio.gather`; on uvloop when `uvloop`.
     Aiohttp { uvloop: bool },
-    /// uvicorn (uvloop, httptools) + FastAPI + `httpx.AsyncClient`.
+    /// uvicorn (uvloop, httptools) + `FastAPI` + `httpx.AsyncClient`.
     Fastapi,
     /// Node.js `http` server and keep-alive `http.Agent`, `Promise.all`.
     Node,
@@ -437,81 +437,91 @@ pub fn score(chain: &str, root: &Hop, ids: &[String], spans: &[Value]) -> Score 
         ..Score::default()
     };
     for id in ids {
-        let driver = Expected {
-            service: "driver",
-            kind: "CLIENT",
-            path: format!("/{}/{id}", root.segment),
-        };
-        let mut edges = Vec::new();
-        expected_spans(root, id, &driver, &mut edges);
-        let find = |e: &Expected| -> Option<&Value> {
-            match by_identity.get(e).map(Vec::as_slice) {
-                Some([one]) => Some(*one),
-                _ => None,
-            }
-        };
-        score.expected_spans += edges.len() + 1;
-        score.expected_links += edges.len();
-        let mut whole = true;
-        let root_span = find(&driver);
-        if let Some(root_span) = root_span {
-            score.present_spans += 1;
-            if !root_span["parent_span_id"].is_null() {
-                whole = false;
-                score.problem(format!("{id}: the driver's span has a parent"));
-            }
-        } else {
-            whole = false;
-            score.problem(format!("{id}: no (single) driver span"));
-        }
-        let trace = root_span.map(|s| str_of(s, "/trace_id"));
-        for (child, parent) in &edges {
-            let Some(c) = find(child) else {
-                whole = false;
-                let n = by_identity.get(child).map_or(0, Vec::len);
-                score.problem(format!("{id}: {n} spans for {child:?}"));
-                continue;
-            };
-            score.present_spans += 1;
-            let p = find(parent);
-            let got = str_of(c, "/parent_span_id");
-            if got.is_empty() {
-                whole = false;
-                score.problem(format!("{id}: {child:?} has no parent"));
-                continue;
-            }
-            if p.is_some_and(|p| str_of(p, "/span_id") == got) {
-                score.right_links += 1;
-                *score
-                    .evidence
-                    .entry(str_of(c, "/attributes/sockspan.parent.evidence").to_string())
-                    .or_default() += 1;
-            } else {
-                score.wrong_links += 1;
-                whole = false;
-                score.problem(format!(
-                    "{id}: WRONG parent of {child:?} ({})",
-                    str_of(c, "/attributes/sockspan.parent.evidence")
-                ));
-                continue;
-            }
-            let p = p.expect("found above");
-            if Some(str_of(c, "/trace_id")) != trace {
-                whole = false;
-                score.problem(format!("{id}: {child:?} in another trace"));
-            }
-            if time(c, "start_time_unix_nano") < time(p, "start_time_unix_nano")
-                || time(c, "end_time_unix_nano") > time(p, "end_time_unix_nano")
-            {
-                whole = false;
-                score.problem(format!("{id}: {child:?} outside its parent's time"));
-            }
-        }
-        if whole {
-            score.whole_traces += 1;
-        }
+        score_request(&mut score, root, id, &by_identity);
     }
     score
+}
+
+/// Adds request `id`'s tree to `score`.
+fn score_request(
+    score: &mut Score,
+    root: &Hop,
+    id: &str,
+    by_identity: &HashMap<Expected, Vec<&Value>>,
+) {
+    let driver = Expected {
+        service: "driver",
+        kind: "CLIENT",
+        path: format!("/{}/{id}", root.segment),
+    };
+    let mut edges = Vec::new();
+    expected_spans(root, id, &driver, &mut edges);
+    let find = |e: &Expected| -> Option<&Value> {
+        match by_identity.get(e).map(Vec::as_slice) {
+            Some([one]) => Some(*one),
+            _ => None,
+        }
+    };
+    score.expected_spans += edges.len() + 1;
+    score.expected_links += edges.len();
+    let mut whole = true;
+    let root_span = find(&driver);
+    if let Some(root_span) = root_span {
+        score.present_spans += 1;
+        if !root_span["parent_span_id"].is_null() {
+            whole = false;
+            score.problem(format!("{id}: the driver's span has a parent"));
+        }
+    } else {
+        whole = false;
+        score.problem(format!("{id}: no (single) driver span"));
+    }
+    let trace = root_span.map(|s| str_of(s, "/trace_id"));
+    for (child, parent) in &edges {
+        let Some(c) = find(child) else {
+            whole = false;
+            let n = by_identity.get(child).map_or(0, Vec::len);
+            score.problem(format!("{id}: {n} spans for {child:?}"));
+            continue;
+        };
+        score.present_spans += 1;
+        let p = find(parent);
+        let got = str_of(c, "/parent_span_id");
+        if got.is_empty() {
+            whole = false;
+            score.problem(format!("{id}: {child:?} has no parent"));
+            continue;
+        }
+        if p.is_some_and(|p| str_of(p, "/span_id") == got) {
+            score.right_links += 1;
+            *score
+                .evidence
+                .entry(str_of(c, "/attributes/sockspan.parent.evidence").to_string())
+                .or_default() += 1;
+        } else {
+            score.wrong_links += 1;
+            whole = false;
+            score.problem(format!(
+                "{id}: WRONG parent of {child:?} ({})",
+                str_of(c, "/attributes/sockspan.parent.evidence")
+            ));
+            continue;
+        }
+        let p = p.expect("found above");
+        if Some(str_of(c, "/trace_id")) != trace {
+            whole = false;
+            score.problem(format!("{id}: {child:?} in another trace"));
+        }
+        if time(c, "start_time_unix_nano") < time(p, "start_time_unix_nano")
+            || time(c, "end_time_unix_nano") > time(p, "end_time_unix_nano")
+        {
+            whole = false;
+            score.problem(format!("{id}: {child:?} outside its parent's time"));
+        }
+    }
+    if whole {
+        score.whole_traces += 1;
+    }
 }
 
 fn services(hop: &Hop) -> Vec<&'static str> {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_http;
+mod causality;
 mod fuzz;
 mod setup;
 mod stress;
@@ -38,6 +39,13 @@ enum Task {
         /// Fewer iterations (about two minutes).
         #[arg(long)]
         quick: bool,
+    },
+    /// Runtime chains (threaded, nginx, asyncio, Node.js, Go, mixed) under the release agent,
+    /// every request's tree scored; the table goes to docs/causality.md.
+    Causality {
+        /// Only this chain (the table is not written).
+        #[arg(long)]
+        chain: Option<String>,
     },
     /// The demo: an uninstrumented prediction chain with a slow service and a slow network hop,
     /// traced with the web UI; prints the URL and the blame table (`--check`: verify and exit).
@@ -117,6 +125,7 @@ fn main() -> Result<()> {
         Task::Run { args } => run_agent(args),
         Task::Bench { quick } => bench::bench(quick),
         Task::Demo { check } => demo(check),
+        Task::Causality { chain } => causality::causality(chain.as_deref()),
         Task::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),
         Task::Stress { idle, churn } => stress::stress(idle, churn),
         Task::Soak { minutes } => stress::soak(minutes),

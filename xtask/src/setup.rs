@@ -27,8 +27,12 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // The web UI's test drives a real headless Chromium.
     ("chromium", "chromium"),
     ("chromedriver", "chromium-driver"),
-    // Hostile traffic needs a server that holds thousands of connections.
+    // Hostile traffic needs a server that holds thousands of connections; the causality chains
+    // put it in front as a reverse proxy.
     ("nginx", "nginx-light"),
+    // Runtimes of the causality chains (tests/fixtures/chains) and the HTTP/2 tests.
+    ("node", "nodejs"),
+    ("go", "golang-go"),
 ];
 
 fn say(what: &str) {
@@ -139,8 +143,13 @@ const TEST_PYTHON_PACKAGES: &[&str] = &[
     "opentelemetry-proto",
     "grpcio",
     "selenium",
+    // asyncio services of the causality chains.
+    "aiohttp",
+    "uvicorn[standard]",
+    "fastapi",
+    "httpx",
 ];
-const TEST_PYTHON_IMPORTS: &str = "import opentelemetry.sdk.trace, opentelemetry.proto.collector.trace.v1.trace_service_pb2, grpc, selenium";
+const TEST_PYTHON_IMPORTS: &str = "import opentelemetry.sdk.trace, opentelemetry.proto.collector.trace.v1.trace_service_pb2, grpc, selenium, aiohttp, uvicorn, uvloop, httptools, fastapi, httpx";
 
 /// Installs what the integration tests run (servers, clients) when missing.
 pub fn test_dependencies() -> Result<()> {

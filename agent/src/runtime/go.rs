@@ -103,10 +103,11 @@ fn read_at<'a, R: ReadRef<'a>>(
 ) -> Result<Vec<u8>, GoError> {
     for section in elf.sections() {
         let start = section.address();
-        if address >= start && address.saturating_add(len) <= start + section.size() {
-            if let Some(bytes) = section.data_range(address, len)? {
-                return Ok(bytes.to_vec());
-            }
+        if address >= start
+            && address.saturating_add(len) <= start + section.size()
+            && let Some(bytes) = section.data_range(address, len)?
+        {
+            return Ok(bytes.to_vec());
         }
     }
     Err(GoError::BuildInfo("an address outside every section"))

@@ -1,0 +1,159 @@
+//! `cargo xtask causality`: runs every runtime chain (`sockspan_tests::chains`) under the release
+//! agent, scores each request's tree, and writes the table to docs/causality.md.
+
+use std::{fmt::Write as _, process::Command, time::Duration};
+
+use anyhow::{Result, bail};
+use sockspan_tests::{
+    Agent,
+    chains::{CHAINS, Chain, Score, chain_named, score},
+};
+
+use crate::util::{release_agent, workspace_root, write_section};
+
+/// Requests per chain: sequential, then waves × width concurrent (more than the tests send).
+const SEQUENTIAL: usize = 20;
+const WAVES: usize = 5;
+const WIDTH: usize = 10;
+
+/// Why a chain scores as it does, and what comes next; kept beside the figures it explains.
+fn reason(chain: &str) -> &'static str {
+    match chain {
+        "threaded" => "A thread serves one request at a time: the thread rule holds.",
+        "nginx" => {
+            "The proxy rule: nginx's upstream request asks what the incoming one asked, \
+             while it is in flight in the worker; the thread rule covers the threaded chain behind it."
+        }
+        "aiohttp" | "aiohttp-uvloop" | "fastapi" => {
+            "One event-loop thread serves every request: the thread rule links a call only while \
+             a single request is in flight (sequential requests), concurrent ones get links. \
+             Next: task ancestry from uprobes on CPython's `_asyncio` (#14 step 3)."
+        }
+        "node" => {
+            "As asyncio: one loop thread, links only while a single request is in flight. \
+             Next: a signal from node/libuv internals (#14 step 4)."
+        }
+        "go" => {
+            "Go programs are kept out of the thread rule (goroutines change threads; it named \
+             wrong parents): no wrong parent, but no client call is linked. Next: goroutine \
+             tracking, `g` from R14 and uprobes on net/http's hand-off (#14 step 2)."
+        }
+        "mixed" => "Go front (no link yet, see go) → aiohttp middle (see aiohttp) → threaded leaf.",
+        _ => "",
+    }
+}
+
+fn percent(x: f64) -> String {
+    format!("{:.1} %", 100.0 * x)
+}
+
+fn render(scores: &[Score], started: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Written by `cargo xtask causality` ({started}; kernel {}). Each chain: a front calling \
+         two downstreams over keep-alive connections (in parallel where the runtime does so \
+         naturally), {SEQUENTIAL} sequential requests then {WAVES} waves of {WIDTH} concurrent \
+         ones; every span's expected parent follows from the request id in its path \
+         (`tests/src/chains.rs`). Targets: whole-trace ≥ 95 %, link precision ≥ 99 %.\n",
+        kernel()
+    );
+    let _ = writeln!(
+        out,
+        "| chain | requests | completeness | link precision (wrong) | recall | whole-trace | evidence of right links | target met |\n|---|---|---|---|---|---|---|---|"
+    );
+    for s in scores {
+        let mut evidence: Vec<_> = s.evidence.iter().collect();
+        evidence.sort();
+        let evidence = evidence
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let met = s.precision() >= 0.99 && s.whole_trace() >= 0.95;
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} ({}) | {} | {} | {} | {} |",
+            s.chain,
+            s.requests,
+            percent(s.completeness()),
+            percent(s.precision()),
+            s.wrong_links,
+            percent(s.recall()),
+            percent(s.whole_trace()),
+            evidence,
+            if met { "yes" } else { "**no**" }
+        );
+    }
+    let _ = writeln!(out, "\nWhy, and what is next:\n");
+    for s in scores {
+        let _ = writeln!(out, "- **{}**: {}", s.chain, reason(&s.chain));
+    }
+    out
+}
+
+fn kernel() -> String {
+    Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+pub fn causality(only: Option<&str>) -> Result<()> {
+    if !crate::util::is_root() {
+        bail!("causality loads eBPF programs: run it as root");
+    }
+    if let Some(name) = only
+        && !CHAINS.contains(&name)
+    {
+        bail!("no chain named `{name}`; known: {}", CHAINS.join(", "));
+    }
+    crate::setup::test_dependencies()?;
+    let bin = release_agent()?;
+    // The test helpers start the agent from SOCKSPAN_BIN.
+    // SAFETY: set before any thread of ours reads the environment.
+    unsafe { std::env::set_var("SOCKSPAN_BIN", &bin) };
+    let started = String::from_utf8_lossy(
+        &Command::new("date")
+            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+            .output()?
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    let mut scores = Vec::new();
+    for name in CHAINS.iter().filter(|c| only.is_none_or(|o| o == **c)) {
+        eprintln!("xtask causality: {name}");
+        let chain = Chain::start(chain_named(name));
+        let agent = Agent::start_command("run", &["--output", "jsonl"]);
+        let ids = chain.drive(SEQUENTIAL, WAVES, WIDTH);
+        let out = agent.stop();
+        if !out.status.success() {
+            bail!("the agent failed on {name}: {}", out.stderr);
+        }
+        let result = score(name, &chain.root, &ids, &out.events);
+        eprintln!("xtask causality: {}", result.line());
+        for problem in result.problems.iter().filter(|p| p.contains("WRONG")) {
+            eprintln!("xtask causality:   {problem}");
+        }
+        scores.push(result);
+        drop(chain);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if only.is_some() {
+        eprintln!("xtask causality: one chain only; docs/causality.md left as it was");
+        return Ok(());
+    }
+    let path = workspace_root().join("docs/causality.md");
+    if !path.exists() {
+        std::fs::write(
+            &path,
+            "# Causality per runtime\n\nHow often sockspan gets a request's whole call tree right, \
+             per runtime, measured on real services. See docs/spans.md (Linking) for the rules.\n\n",
+        )?;
+    }
+    write_section(&path, "scores", &render(&scores, &started))?;
+    eprintln!("xtask causality: wrote {}", path.display());
+    Ok(())
+}
