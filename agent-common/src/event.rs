@@ -29,6 +29,8 @@ pub enum EventKind {
     ConnClose = 2,
     /// Bytes moved through a tracked connection.
     Data = 3,
+    /// A Go runtime probe fired ([`GoProbeEvent`]).
+    GoProbe = 4,
 }
 
 impl EventKind {
@@ -38,6 +40,7 @@ impl EventKind {
             1 => Some(Self::ConnOpen),
             2 => Some(Self::ConnClose),
             3 => Some(Self::Data),
+            4 => Some(Self::GoProbe),
             _ => None,
         }
     }
@@ -267,8 +270,64 @@ pub struct DataEvent {
     pub syscall: u32,
     /// Payload bytes that follow; less than `ret` when the capture limit cut it.
     pub captured_len: u32,
+    /// The task's `r14` at the syscall. In Go code (the `ABIInternal` calling convention, Go
+    /// 1.17+ on amd64) it holds the running goroutine's `g`, which names the goroutine while it
+    /// lives; in any other process it means nothing and the agent ignores it. Read from the
+    /// registers the tracepoint already has: no lookup, no helper.
+    pub task: u64,
 }
-const _: () = assert!(core::mem::size_of::<DataEvent>() == 32 + 16 + 16);
+const _: () = assert!(core::mem::size_of::<DataEvent>() == 32 + 16 + 16 + 8);
+
+/// Where a Go runtime probe sits ([`GoProbeEvent::probe`]); also the uprobe's attach cookie.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoProbe {
+    /// `runtime.newproc1` entered: `a` is `callergp` (the spawning goroutine's `g`).
+    NewprocEnter = 1,
+    /// `runtime.newproc1` returned (a probe on each of its return instructions): `a` is the new
+    /// goroutine's `g`. Entry and return run on the same thread, on the system stack.
+    NewprocReturn = 2,
+    /// `net/http.(*Transport).roundTrip` entered: `a` is the calling goroutine's `g`, `b` the
+    /// `*http.Request`.
+    RoundTrip = 3,
+    /// `net/http.(*Request).write` entered (in the connection's write loop): `a` is the writing
+    /// goroutine's `g`, `b` the `*http.Request`.
+    RequestWrite = 4,
+}
+
+impl GoProbe {
+    pub const ALL: [Self; 4] = [
+        Self::NewprocEnter,
+        Self::NewprocReturn,
+        Self::RoundTrip,
+        Self::RequestWrite,
+    ];
+
+    #[must_use]
+    pub const fn from_u32(value: u32) -> Option<Self> {
+        match value {
+            1 => Some(Self::NewprocEnter),
+            2 => Some(Self::NewprocReturn),
+            3 => Some(Self::RoundTrip),
+            4 => Some(Self::RequestWrite),
+            _ => None,
+        }
+    }
+}
+
+/// A Go runtime probe fired: which one, and the two values it read from the registers (see
+/// [`GoProbe`]). The header's `fd` is -1 and `conn_id` 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GoProbeEvent {
+    pub header: EventHeader,
+    /// A [`GoProbe`].
+    pub probe: u32,
+    pub reserved: u32,
+    pub a: u64,
+    pub b: u64,
+}
+const _: () = assert!(core::mem::size_of::<GoProbeEvent>() == 32 + 8 + 16);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -281,4 +340,6 @@ mod pod {
     unsafe impl aya::Pod for super::ConnEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DataEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::GoProbeEvent {}
 }

@@ -125,4 +125,12 @@ impl Regs {
         // SAFETY: as in `number`.
         unsafe { (*self.0).rdx }
     }
+
+    /// `r14`: the running goroutine's `g` when the syscall came from Go code (see
+    /// `DataEvent::task`); the syscall does not touch it.
+    #[inline(always)]
+    pub fn r14(self) -> u64 {
+        // SAFETY: as in `number`.
+        unsafe { (*self.0).r14 }
+    }
 }

@@ -61,7 +61,7 @@ const EINPROGRESS_RET: i64 = -115;
 
 /// The current `pid_tgid`, or `None` for the agent's own threads.
 #[inline(always)]
-fn traced_pid_tgid() -> Option<u64> {
+pub fn traced_pid_tgid() -> Option<u64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == config().agent_tgid {
         None
@@ -80,7 +80,7 @@ fn conn_key(pid_tgid: u64, fd: i32) -> ConnKey {
 }
 
 #[inline(always)]
-fn header(kind: EventKind, pid_tgid: u64, fd: i32, conn_id: u64, ts_ns: u64) -> EventHeader {
+pub fn header(kind: EventKind, pid_tgid: u64, fd: i32, conn_id: u64, ts_ns: u64) -> EventHeader {
     EventHeader {
         kind: kind as u32,
         pid: (pid_tgid >> 32) as u32,
@@ -92,7 +92,7 @@ fn header(kind: EventKind, pid_tgid: u64, fd: i32, conn_id: u64, ts_ns: u64) -> 
 }
 
 #[inline(always)]
-fn now_ns() -> u64 {
+pub fn now_ns() -> u64 {
     // SAFETY: the helper has no preconditions.
     unsafe { bpf_ktime_get_ns() }
 }
@@ -247,6 +247,8 @@ struct Exit {
     ts_ns: u64,
     /// When the bytes moved: the syscall's entry for egress, its exit for ingress.
     moved_ns: u64,
+    /// `DataEvent::task`.
+    task: u64,
 }
 
 /// `struct mmsghdr` (64-bit ABI): a `struct user_msghdr` (56 bytes) then `unsigned int msg_len`.
@@ -307,6 +309,7 @@ fn data_exit<const STAGE: u8>(
         conn,
         ts_ns,
         moved_ns,
+        task: regs.r14(),
     };
     let buf = regs.arg1();
     match syscall {
@@ -393,6 +396,7 @@ fn emit_data<const STAGE: u8, const DETECT: bool>(exit: &Exit, moved: i64, sourc
         direction: exit.direction as u32,
         syscall: exit.syscall as u32,
         captured_len: copied.len,
+        task: exit.task,
     };
     let payload_len = if copied.len as usize > MAX_CAPTURE_BYTES {
         MAX_CAPTURE_BYTES

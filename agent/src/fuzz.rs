@@ -479,6 +479,7 @@ pub fn pipeline(data: &[u8]) {
                     direction: direction as u32,
                     syscall: Syscall::Read as u32,
                     captured_len: payload.len() as u32,
+                    task: 0,
                 };
                 sink.on_event(&Event::Data { event, payload });
             }

@@ -207,6 +207,7 @@ fn open_http2(
             direction: direction as u32,
             syscall: Syscall::Sendmsg as u32,
             captured_len: payload.len() as u32,
+            task: 0,
         };
         sink.on_event(&Event::Data { event, payload });
     }
@@ -327,6 +328,7 @@ fn feed_exchanges(
                 direction: direction as u32,
                 syscall: syscall as u32,
                 captured_len: len as u32,
+                task: 0,
             }
         };
     let base_ns = crate::clock::monotonic_ns();

@@ -85,7 +85,8 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         Tracer::new(trace_config, Resources::new(args.service_name)),
         exporter.as_mut(),
     )
-    .with_kernel_conns(kernel_conns);
+    .with_kernel_conns(kernel_conns)
+    .with_probes(&mut probes);
     let stop = pipeline::stop_signal(args.duration.map(Duration::from_secs));
     let receiver = receiver::run(ring, &mut sink, Duration::from_millis(100), stop)
         .await
@@ -98,17 +99,17 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     {
         tracing::warn!("OTLP sender still busy after {EXPORT_DRAIN:?}; stopping without it");
     }
-    log_stopped(&sink, &probes, &receiver);
+    log_stopped(&sink, &receiver);
     Ok(())
 }
 
 /// The final log line: every stage's counters.
-fn log_stopped(
-    sink: &TraceSink<'_>,
-    probes: &crate::probes::Probes,
-    receiver: &receiver::ReceiverStats,
-) {
-    let kernel = probes.counters().unwrap_or_default();
+fn log_stopped(sink: &TraceSink<'_>, receiver: &receiver::ReceiverStats) {
+    let kernel = sink
+        .probes()
+        .and_then(|p| p.counters().ok())
+        .unwrap_or_default();
+    let goroutines = sink.tracer.goroutines.stats;
     let (spans_out, spans_lost) = sink.exporter.counts();
     tracing::info!(
         spans_exported = spans_out,
@@ -117,6 +118,12 @@ fn log_stopped(
         parent_from_header = sink.tracer.stats.parent_from_header,
         parent_from_thread = sink.tracer.stats.parent_from_thread,
         parent_from_proxy = sink.tracer.stats.parent_from_proxy,
+        parent_from_goroutine = sink.tracer.stats.parent_from_goroutine,
+        go_spawns = goroutines.spawns,
+        go_spawns_unpaired = goroutines.spawns_unpaired,
+        go_handoffs = goroutines.handoffs,
+        go_handoffs_unpaired = goroutines.handoffs_unpaired,
+        go_forgotten = goroutines.forgotten,
         parent_from_connection = sink.tracer.stats.parent_from_connection,
         roots = sink.tracer.stats.roots,
         ambiguous = sink.tracer.stats.ambiguous,

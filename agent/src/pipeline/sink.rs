@@ -1,13 +1,16 @@
 //! The tracing pipeline's consumer of the event ring: records → conntrack → protocol → trace →
 //! exporter, one event at a time, on the thread that drains the ring.
 
-use agent_common::{ConnEvent, DataEvent, Direction};
+use std::collections::HashSet;
+
+use agent_common::{ConnEvent, DataEvent, Direction, GoProbe, GoProbeEvent};
 
 use crate::{
     clock::monotonic_ns,
     conntrack::{Connection, Conntrack},
     exporter::SpanExporter,
-    probes::KernelConns,
+    probes::{KernelConns, Probes, go::Attached},
+    process::ProcessInfo,
     protocol::{
         Chunk, ProtoEvent, Stamp,
         table::{Fed, ProtocolTable},
@@ -33,6 +36,10 @@ pub struct TraceSink<'a> {
     pub exporter: &'a mut dyn SpanExporter,
     /// The programs' connection table, when running against the kernel (not in benchmarks).
     kernel_conns: Option<KernelConns>,
+    /// The loaded programs, to attach the Go runtime probes to Go programs as they appear.
+    probes: Option<&'a mut Probes>,
+    /// Go processes already considered for the runtime probes.
+    go_seen: HashSet<u32>,
     pub feedback: FeedbackStats,
     events: Vec<ProtoEvent>,
     spans: Vec<SpanData>,
@@ -47,6 +54,8 @@ impl<'a> TraceSink<'a> {
             tracer,
             exporter,
             kernel_conns: None,
+            probes: None,
+            go_seen: HashSet::new(),
             feedback: FeedbackStats::default(),
             events: Vec::new(),
             spans: Vec::new(),
@@ -60,6 +69,22 @@ impl<'a> TraceSink<'a> {
     pub fn with_kernel_conns(mut self, conns: KernelConns) -> Self {
         self.kernel_conns = Some(conns);
         self
+    }
+
+    /// Attaches the Go runtime probes to the Go programs running now, and to those that appear.
+    #[must_use]
+    pub fn with_probes(mut self, probes: &'a mut Probes) -> Self {
+        for process in crate::runtime::go_programs_running() {
+            watch_go(&mut self.go_seen, &mut self.tracer, probes, &process);
+        }
+        self.probes = Some(probes);
+        self
+    }
+
+    /// The loaded programs, when running against the kernel.
+    #[must_use]
+    pub fn probes(&self) -> Option<&Probes> {
+        self.probes.as_deref()
     }
 
     /// The most spans the tracer held at once.
@@ -82,6 +107,36 @@ impl<'a> TraceSink<'a> {
             }
         }
         self.exporter.flush();
+    }
+}
+
+/// Attaches the Go runtime probes for `process`, a Go program, once per process; the tracer
+/// follows its goroutines when that worked. Why it did not is logged once per process.
+fn watch_go(seen: &mut HashSet<u32>, tracer: &mut Tracer, probes: &mut Probes, process: &ProcessInfo) {
+    let crate::runtime::Runtime::Go { version } = &process.runtime else {
+        return;
+    };
+    if !seen.insert(process.pid) {
+        return;
+    }
+    match probes.attach_go(process.pid, version.as_deref()) {
+        Ok(attached) => {
+            tracer.goroutines.track(process.pid);
+            if let Attached::New { probes } = attached {
+                tracing::info!(
+                    pid = process.pid,
+                    exe = %process.exe,
+                    probes,
+                    "Go runtime probes attached: goroutine causality on"
+                );
+            }
+        }
+        Err(err) => tracing::warn!(
+            pid = process.pid,
+            exe = %process.exe,
+            "no goroutine causality for this Go program: {err}; its client calls get no parent \
+             from the agent (headers and the proxy rule still apply)"
+        ),
     }
 }
 
@@ -110,14 +165,33 @@ fn dispatch(tracer: &mut Tracer, events: &mut Vec<ProtoEvent>, conn: &Connection
 
 impl EventSink for TraceSink<'_> {
     fn on_open(&mut self, event: &ConnEvent) {
-        self.conntrack.open(event);
+        let conn = self.conntrack.open(event);
+        if let Some(probes) = self.probes.as_deref_mut()
+            && !conn.process.runtime.threads_are_tasks()
+        {
+            watch_go(&mut self.go_seen, &mut self.tracer, probes, &conn.process);
+        }
         self.protocols.open(event.header.conn_id);
+    }
+
+    fn on_go_probe(&mut self, event: &GoProbeEvent) {
+        if let Some(probe) = GoProbe::from_u32(event.probe) {
+            let h = &event.header;
+            self.tracer
+                .goroutines
+                .on_probe(h.pid, h.tid, probe, event.a, event.b, h.ts_ns);
+        }
     }
 
     fn on_data(&mut self, event: &DataEvent, payload: &[u8]) {
         let Some(conn) = self.conntrack.touch(event) else {
             return;
         };
+        if let Some(probes) = self.probes.as_deref_mut()
+            && !conn.process.runtime.threads_are_tasks()
+        {
+            watch_go(&mut self.go_seen, &mut self.tracer, probes, &conn.process);
+        }
         let chunk = Chunk {
             egress: event.direction == Direction::Egress as u32,
             role: conn.role,
@@ -140,6 +214,7 @@ impl EventSink for TraceSink<'_> {
                 let end = End {
                     server,
                     thread_causality,
+                    task: event.task,
                 };
                 dispatch(&mut self.tracer, &mut self.events, conn, end);
             }
@@ -178,6 +253,7 @@ impl EventSink for TraceSink<'_> {
             let end = End {
                 server,
                 thread_causality,
+                task: 0,
             };
             dispatch(&mut self.tracer, &mut self.events, &conn, end);
         }

@@ -2,6 +2,7 @@
 //! attaches them to the raw syscall tracepoints by BTF.
 
 pub mod btf;
+pub mod go;
 pub mod offsets;
 
 use agent_common::{
@@ -99,6 +100,8 @@ impl ProbesConfig {
 /// Loaded and attached programs. Dropping it detaches everything.
 pub struct Probes {
     ebpf: Ebpf,
+    /// The Go runtime probes (capture set only), attached per Go executable met.
+    go: Option<go::GoProbes>,
 }
 
 /// `BPF_EXIST` (uapi `bpf.h`): update an existing entry only, so a connection the programs
@@ -250,7 +253,22 @@ impl Probes {
             }
         }
         tracing::debug!(?offsets, "kernel struct offsets from BTF");
-        Ok(Self { ebpf })
+        let go = matches!(set, ProgramSet::Capture).then(|| go::GoProbes::load(&mut ebpf));
+        Ok(Self { ebpf, go })
+    }
+
+    /// Attaches the Go runtime probes to the executable of `pid`, built by Go `version`.
+    pub fn attach_go(
+        &mut self,
+        pid: u32,
+        version: Option<&str>,
+    ) -> Result<go::Attached, go::GoProbeError> {
+        match &mut self.go {
+            Some(go) => go.attach(&mut self.ebpf, pid, version),
+            None => Err(go::GoProbeError::Unavailable(
+                "not loaded with this program set".into(),
+            )),
+        }
     }
 
     /// The event ring's map, for the receiver. Can be taken once.

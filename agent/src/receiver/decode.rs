@@ -1,6 +1,6 @@
 //! Turns one ring-buffer record into a typed event without copying the payload.
 
-use agent_common::{ConnEvent, DataEvent, EventHeader, EventKind};
+use agent_common::{ConnEvent, DataEvent, EventHeader, EventKind, GoProbeEvent};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -18,6 +18,7 @@ pub enum Event<'a> {
     Open(ConnEvent),
     Close(ConnEvent),
     Data { event: DataEvent, payload: &'a [u8] },
+    GoProbe(GoProbeEvent),
 }
 
 /// Reads a `T` from the front of `bytes`.
@@ -48,6 +49,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
             })?;
             Ok(Event::Data { event, payload })
         }
+        Some(EventKind::GoProbe) => Ok(Event::GoProbe(read(record, "Go probe event")?)),
         None => Err(DecodeError::UnknownKind(header.kind)),
     }
 }
@@ -81,6 +83,7 @@ mod tests {
             direction: Direction::Egress as u32,
             syscall: Syscall::Write as u32,
             captured_len: declared,
+            task: 0,
         };
         let mut record = bytes_of(&event);
         record.extend_from_slice(payload);

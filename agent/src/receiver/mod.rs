@@ -6,7 +6,7 @@ pub mod ring;
 
 use std::{future::Future, os::fd::AsRawFd as _, time::Duration};
 
-use agent_common::{ConnEvent, DataEvent};
+use agent_common::{ConnEvent, DataEvent, GoProbeEvent};
 use tokio::io::unix::AsyncFd;
 
 pub use decode::Event;
@@ -17,6 +17,8 @@ pub trait EventSink {
     fn on_open(&mut self, event: &ConnEvent);
     fn on_close(&mut self, event: &ConnEvent);
     fn on_data(&mut self, event: &DataEvent, payload: &[u8]);
+    /// A Go runtime probe fired; only sinks that link spans care.
+    fn on_go_probe(&mut self, _event: &GoProbeEvent) {}
     /// Called about once per `tick` even when no events arrive.
     fn on_tick(&mut self) {}
 
@@ -26,6 +28,7 @@ pub trait EventSink {
             Event::Open(e) => self.on_open(e),
             Event::Close(e) => self.on_close(e),
             Event::Data { event, payload } => self.on_data(event, payload),
+            Event::GoProbe(e) => self.on_go_probe(e),
         }
     }
 }

@@ -4,6 +4,37 @@
 
 pub mod go;
 
+/// The Go programs running now, as processes (one per executable file is enough to attach the
+/// runtime probes; all are returned so each is known to be followed).
+#[must_use]
+pub fn go_programs_running() -> Vec<crate::process::ProcessInfo> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    let mut by_file: std::collections::HashMap<(u64, u64), bool> = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/exe")) else {
+            continue;
+        };
+        let is_go = *by_file
+            .entry((meta.dev(), meta.ino()))
+            .or_insert_with(|| !Runtime::of_process(pid).threads_are_tasks());
+        if is_go {
+            out.push(crate::process::ProcessInfo::read(pid));
+        }
+    }
+    out
+}
+
 /// What the agent knows of a process's runtime.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Runtime {

@@ -6,6 +6,10 @@
 //! 2. same-thread causality, on protocols where the reading thread serves the request (HTTP/1)
 //!    and in runtimes whose threads are units of work (not Go): a CLIENT request written by a
 //!    thread while it serves exactly one SERVER request is that request's child;
+//!    in Go programs whose runtime probes are attached, the goroutine rule instead: a CLIENT
+//!    request made by a goroutine (for `net/http`, the one that called `roundTrip`, not the
+//!    connection's write loop) serving exactly one SERVER request, or spawned, directly or not,
+//!    by a goroutine serving exactly one that started before the spawn, is that request's child;
 //!    the proxy rule: a CLIENT request that asks exactly what one SERVER request in flight in the
 //!    same process asks (method and target) forwards it, and is its child. When both rules name
 //!    one parent each and they differ, neither is trusted;
@@ -29,6 +33,7 @@ use std::{
 };
 
 use super::{
+    goroutines::Goroutines,
     ids::{IdGenerator, SpanId, TraceId},
     intern::Interner,
     propagation::{self, TraceHeaders},
@@ -86,6 +91,7 @@ pub struct TraceStats {
     pub parent_from_header: u64,
     pub parent_from_thread: u64,
     pub parent_from_proxy: u64,
+    pub parent_from_goroutine: u64,
     pub parent_from_connection: u64,
     pub roots: u64,
     pub ambiguous: u64,
@@ -279,6 +285,8 @@ struct OpenSpan {
     mirror: MirrorKey,
     /// What the request asks ([`crate::protocol::forward_key`]), 0 when unknown.
     forward: u64,
+    /// The goroutine serving a SERVER span of a tracked Go program, else 0.
+    goroutine: u64,
     finished: Option<Done>,
 }
 
@@ -309,6 +317,9 @@ impl OpenSpan {
 pub struct End {
     pub server: bool,
     pub thread_causality: bool,
+    /// The task whose syscall completed the request (`DataEvent::task`): in Go, the running
+    /// goroutine's `g`; 0 when unknown.
+    pub task: u64,
 }
 
 pub struct Tracer {
@@ -323,6 +334,10 @@ pub struct Tracer {
     serving: FastMap<(u32, u32), Serving>,
     /// Open SERVER spans per (pid, what the request asks), for the proxy rule.
     forwardable: FastMap<(u32, u64), Serving>,
+    /// Open SERVER spans per (pid, goroutine) in tracked Go programs.
+    goroutine_serving: FastMap<(u32, u64), Serving>,
+    /// What the Go runtime probes said.
+    pub goroutines: Goroutines,
     /// CLIENT spans by their request's mirror key.
     clients: FastMap<MirrorKey, SpanKey>,
     /// SERVER spans still looking for their client (seen first).
@@ -346,6 +361,8 @@ impl Tracer {
             spans: FastMap::default(),
             serving: FastMap::default(),
             forwardable: FastMap::default(),
+            goroutine_serving: FastMap::default(),
+            goroutines: Goroutines::default(),
             clients: FastMap::default(),
             waiting_servers: FastMap::default(),
             ready: VecDeque::new(),
@@ -380,7 +397,17 @@ impl Tracer {
         let server = end.server;
         // Same-thread causality needs a protocol whose reading thread serves the request and a
         // runtime whose threads are its units of work (not Go's: goroutines change threads).
+        let pid = conn.process.pid;
         let thread_rule = end.thread_causality && conn.process.runtime.threads_are_tasks();
+        // Go: the goroutine, when its probes are attached (else no rule by unit of work at all).
+        let goroutine = if !conn.process.runtime.threads_are_tasks()
+            && end.task != 0
+            && self.goroutines.is_tracked(pid)
+        {
+            end.task
+        } else {
+            0
+        };
         let key = (conn.conn_id, request);
         if self.spans.len() >= self.config.max_spans {
             self.stats.dropped_full += 1;
@@ -411,14 +438,30 @@ impl Tracer {
         } else if server {
             self.server_parent(mirror, key)
         } else {
-            self.client_parent(conn.process.pid, thread_rule, forward, start, &mut links)
+            let by_unit = if goroutine != 0 {
+                (self.goroutine_candidates(pid, goroutine, start.ts), "goroutine")
+            } else if thread_rule {
+                let open = self.serving.get(&(pid, start.tid));
+                (self.candidates(open, start.ts), "thread")
+            } else {
+                (Candidates::None, "thread")
+            };
+            self.client_parent(pid, by_unit, forward, start, &mut links)
         };
         if parent.is_none() {
             self.stats.roots += 1;
         }
+        let serving_goroutine = if server && end.thread_causality {
+            goroutine
+        } else {
+            0
+        };
         if server {
             if thread_rule {
                 add_open(&mut self.serving, (conn.process.pid, start.tid), key);
+            }
+            if serving_goroutine != 0 {
+                add_open(&mut self.goroutine_serving, (pid, serving_goroutine), key);
             }
             if forward != 0 {
                 add_open(&mut self.forwardable, (conn.process.pid, forward), key);
@@ -457,6 +500,7 @@ impl Tracer {
                 resource,
                 mirror,
                 forward,
+                goroutine: serving_goroutine,
                 finished: None,
             },
         );
@@ -477,21 +521,17 @@ impl Tracer {
         (TraceRef::unsettled(self.ids.trace_id()), None, "none")
     }
 
-    /// Parent of a client span without a header, from the thread rule (when `thread_rule`) and
-    /// the proxy rule (when `forward` is known); see the module's doc for how they combine.
+    /// Parent of a client span without a header, from the candidates of the rule by unit of work
+    /// (thread or goroutine, named by `by_unit.1`) and the proxy rule (when `forward` is known);
+    /// see the module's doc for how they combine.
     fn client_parent(
         &mut self,
         pid: u32,
-        thread_rule: bool,
+        (by_thread, unit): (Candidates, &'static str),
         forward: u64,
         start: Stamp,
         links: &mut Vec<SpanLink>,
     ) -> (TraceRef, Option<SpanId>, &'static str) {
-        let by_thread = if thread_rule {
-            self.candidates(self.serving.get(&(pid, start.tid)), start.ts)
-        } else {
-            Candidates::None
-        };
         let by_proxy = if forward == 0 {
             Candidates::None
         } else {
@@ -499,23 +539,30 @@ impl Tracer {
         };
         let chosen = match (&by_thread, &by_proxy) {
             (Candidates::One(t), Candidates::One(p)) if t != p => None,
-            (Candidates::One(t), _) => Some((*t, "thread")),
+            (Candidates::One(t), _) => Some((*t, unit)),
             (_, Candidates::One(p)) => Some((*p, "proxy")),
             _ => None,
         };
         if let Some((key, evidence)) = chosen
             && let Some(parent) = self.spans.get(&key)
         {
-            if evidence == "thread" {
-                self.stats.parent_from_thread += 1;
-            } else {
-                self.stats.parent_from_proxy += 1;
+            match evidence {
+                "thread" => self.stats.parent_from_thread += 1,
+                "goroutine" => self.stats.parent_from_goroutine += 1,
+                _ => self.stats.parent_from_proxy += 1,
             }
             return (parent.trace.clone(), Some(parent.span_id), evidence);
         }
         let mut ambiguous = false;
         for (candidates, reason) in [
-            (by_thread, "same thread serves several requests"),
+            (
+                by_thread,
+                if unit == "goroutine" {
+                    "same goroutine serves several requests"
+                } else {
+                    "same thread serves several requests"
+                },
+            ),
             (by_proxy, "several requests in flight ask the same"),
         ] {
             let keys = match candidates {
@@ -543,6 +590,31 @@ impl Tracer {
         } else {
             (TraceRef::new(self.ids.trace_id()), None, "none")
         }
+    }
+
+    /// The goroutine rule's candidates for a request written by goroutine `g` at `ts`: the
+    /// requests its calling goroutine serves; when `net/http` handed the request over (so the
+    /// caller is known to have made it), else those of the nearest ancestor serving any that
+    /// started before the spawn that leads here.
+    fn goroutine_candidates(&self, pid: u32, g: u64, ts: u64) -> Candidates {
+        /// Spawns followed up from the caller: a handler's `go` statements nest shallowly.
+        const MAX_DEPTH: usize = 8;
+        let (mut at, handed_over) = self.goroutines.caller(pid, g);
+        let mut before = ts;
+        for _ in 0..MAX_DEPTH {
+            let found = self.candidates(self.goroutine_serving.get(&(pid, at)), before);
+            if !matches!(found, Candidates::None) || !handed_over {
+                // Without a hand-off the writer may be a helper a request spawned once and that
+                // now writes for others (a connection's writer): only its own requests count.
+                return found;
+            }
+            let Some((parent, spawned)) = self.goroutines.parent(pid, at) else {
+                return Candidates::None;
+            };
+            at = parent;
+            before = before.min(spawned);
+        }
+        Candidates::None
     }
 
     /// The open SERVER spans of `open` that started before `ts`.
@@ -588,6 +660,9 @@ impl Tracer {
         });
         if server {
             remove_open(&mut self.serving, (span.pid, span.tid), key);
+            if span.goroutine != 0 {
+                remove_open(&mut self.goroutine_serving, (span.pid, span.goroutine), key);
+            }
             if span.forward != 0 {
                 remove_open(&mut self.forwardable, (span.pid, span.forward), key);
             }
@@ -767,6 +842,7 @@ mod tests {
         let end = End {
             server,
             thread_causality: true,
+            task: 0,
         };
         t.on_request(conn, end, start.offset, 0, trace, start);
     }
@@ -902,6 +978,7 @@ mod tests {
         let end = End {
             server,
             thread_causality: true,
+            task: 0,
         };
         let forward = crate::protocol::forward_key(method, target);
         t.on_request(conn, end, start.offset, forward, None, start);

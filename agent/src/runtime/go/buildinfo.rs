@@ -20,6 +20,8 @@ pub enum GoError {
     Elf(#[from] object::Error),
     #[error(".go.buildinfo is malformed: {0}")]
     BuildInfo(&'static str),
+    #[error("cannot find Go functions: {0}")]
+    Symbols(&'static str),
 }
 
 /// What `.go.buildinfo` says.

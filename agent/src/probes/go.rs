@@ -1,0 +1,165 @@
+//! The Go runtime probes: one uprobe program (`go_probe` in agent-ebpf), attached to each Go
+//! executable the agent meets, at the functions [`agent_common::GoProbe`] names. Attached by
+//! file (device and inode), so every process running that executable is covered, in containers
+//! too (`/proc/<pid>/exe` reaches the file), and detached when the agent stops.
+
+use std::{collections::HashMap, os::unix::fs::MetadataExt as _};
+
+use agent_common::GoProbe;
+use aya::{
+    Ebpf,
+    programs::{
+        ProgramError, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
+};
+
+use crate::runtime::go::{self, symbols::find_functions};
+
+pub const PROGRAM: &str = "go_probe";
+const NEWPROC1: &str = "runtime.newproc1";
+const ROUND_TRIP: &str = "net/http.(*Transport).roundTrip";
+const REQUEST_WRITE: &str = "net/http.(*Request).write";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GoProbeError {
+    #[error("the Go probe program did not load: {0}")]
+    Unavailable(String),
+    #[error("cannot read /proc/{pid}/exe: {reason}")]
+    Exe { pid: u32, reason: String },
+    #[error("{0}")]
+    Go(#[from] go::GoError),
+    #[error("`{0}` is not in the executable")]
+    Missing(&'static str),
+    #[error("goroutine tracking is verified on go1.19 only; this program is {0}")]
+    Version(String),
+    #[error("attaching at `{function}` failed: {reason}")]
+    Attach {
+        function: &'static str,
+        reason: String,
+    },
+}
+
+/// What attaching to one executable gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attached {
+    /// The probes are on that file now.
+    New { probes: usize },
+    /// Another process of the same file had them attached already.
+    Already,
+}
+
+/// Loads the program once; attaches per executable file.
+pub struct GoProbes {
+    /// Why the program is not usable, when it is not.
+    unavailable: Option<String>,
+    /// (device, inode) of executables seen, and whether attaching worked.
+    files: HashMap<(u64, u64), bool>,
+}
+
+impl GoProbes {
+    /// Loads `go_probe` from `ebpf`. A failure is kept, not returned: the agent traces without
+    /// goroutine tracking, and says why when a Go program appears.
+    pub fn load(ebpf: &mut Ebpf) -> Self {
+        let unavailable = match program(ebpf) {
+            Ok(program) => program.load().err().map(|e| super::error_chain(&e)),
+            Err(e) => Some(e),
+        };
+        Self {
+            unavailable,
+            files: HashMap::new(),
+        }
+    }
+
+    /// Attaches the probes to the executable of `pid`, a Go program built by `version`.
+    pub fn attach(
+        &mut self,
+        ebpf: &mut Ebpf,
+        pid: u32,
+        version: Option<&str>,
+    ) -> Result<Attached, GoProbeError> {
+        if let Some(why) = &self.unavailable {
+            return Err(GoProbeError::Unavailable(why.clone()));
+        }
+        let exe = format!("/proc/{pid}/exe");
+        let meta = std::fs::metadata(&exe).map_err(|e| GoProbeError::Exe {
+            pid,
+            reason: e.to_string(),
+        })?;
+        let file_key = (meta.dev(), meta.ino());
+        if let Some(&ok) = self.files.get(&file_key) {
+            return if ok {
+                Ok(Attached::Already)
+            } else {
+                Err(GoProbeError::Exe {
+                    pid,
+                    reason: "attaching to this executable failed before".into(),
+                })
+            };
+        }
+        let result = attach_file(ebpf, pid, &exe, version);
+        self.files.insert(file_key, result.is_ok());
+        result.map(|probes| Attached::New { probes })
+    }
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut UProbe, String> {
+    ebpf.program_mut(PROGRAM)
+        .ok_or_else(|| format!("program `{PROGRAM}` is missing"))?
+        .try_into()
+        .map_err(|e: ProgramError| e.to_string())
+}
+
+fn attach_file(
+    ebpf: &mut Ebpf,
+    pid: u32,
+    exe: &str,
+    version: Option<&str>,
+) -> Result<usize, GoProbeError> {
+    let version = version.unwrap_or("an unknown version");
+    if !go::probes_supported(version) {
+        return Err(GoProbeError::Version(version.to_string()));
+    }
+    let file = std::fs::File::open(exe).map_err(|e| GoProbeError::Exe {
+        pid,
+        reason: e.to_string(),
+    })?;
+    let functions = find_functions(&file, &[NEWPROC1, ROUND_TRIP, REQUEST_WRITE], &[NEWPROC1])?;
+    let get = |name: &'static str| functions.get(name).ok_or(GoProbeError::Missing(name));
+    let newproc1 = get(NEWPROC1)?;
+    if newproc1.returns.is_empty() {
+        return Err(GoProbeError::Missing("a RET instruction in runtime.newproc1"));
+    }
+    let mut points = vec![
+        (NEWPROC1, newproc1.file_offset, GoProbe::NewprocEnter),
+        (ROUND_TRIP, get(ROUND_TRIP)?.file_offset, GoProbe::RoundTrip),
+        (
+            REQUEST_WRITE,
+            get(REQUEST_WRITE)?.file_offset,
+            GoProbe::RequestWrite,
+        ),
+    ];
+    points.extend(
+        newproc1
+            .returns
+            .iter()
+            .map(|&at| (NEWPROC1, at, GoProbe::NewprocReturn)),
+    );
+    let program = program(ebpf).map_err(GoProbeError::Unavailable)?;
+    for (function, offset, probe) in &points {
+        program
+            .attach(
+                UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(*offset),
+                    cookie: Some(*probe as u64),
+                },
+                exe,
+                UProbeScope::AllProcesses,
+            )
+            .map_err(|e| GoProbeError::Attach {
+                function,
+                reason: super::error_chain(&e),
+            })?;
+    }
+    Ok(points.len())
+}
