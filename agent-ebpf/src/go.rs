@@ -12,9 +12,7 @@
 //! Go 1.19 (Debian `golang-go` 1.19.8).
 
 use agent_common::{EventKind, GoProbe, GoProbeEvent};
-use aya_ebpf::{
-    helpers::generated::bpf_get_attach_cookie, macros::uprobe, programs::ProbeContext,
-};
+use aya_ebpf::{helpers::generated::bpf_get_attach_cookie, macros::uprobe, programs::ProbeContext};
 
 use crate::{
     maps::{EVENTS, count},

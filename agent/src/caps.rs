@@ -39,7 +39,9 @@ impl Cap {
         match self {
             Self::Bpf => "create maps and load programs",
             Self::Perfmon => "attach to tracepoints, read kernel memory from programs",
-            Self::SysAdmin => "stands in for CAP_BPF + CAP_PERFMON on kernels before 5.8",
+            Self::SysAdmin => {
+                "attach uprobes (Go goroutine causality); stands in for CAP_BPF + CAP_PERFMON before 5.8"
+            }
             Self::SysResource => "lift RLIMIT_MEMLOCK on kernels before 5.11",
             Self::SysPtrace => "read /proc/<pid>/exe and fd of other users' processes",
             Self::DacReadSearch => "read /proc/<pid>/fd and net tables of other users",

@@ -35,6 +35,13 @@ pub fn sockspan_bin() -> PathBuf {
     bin
 }
 
+/// The agent binary itself, not the capability-dropping wrapper `cargo xtask test` puts in
+/// `SOCKSPAN_BIN`: for tests that start it under a capability set of their own.
+#[must_use]
+pub fn sockspan_unwrapped_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sockspan")
+}
+
 /// Path of a file under `tests/fixtures`.
 #[must_use]
 pub fn fixture(name: &str) -> PathBuf {

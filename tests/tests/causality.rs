@@ -4,9 +4,12 @@
 //! ids in its paths (`sockspan_tests::chains`). `cargo xtask causality` runs these and writes the
 //! score table to docs/causality.md.
 
+use std::process::Command;
+
 use sockspan_tests::{
     Agent,
     chains::{Chain, Score, chain_named, save, score},
+    sockspan_unwrapped_bin,
 };
 
 /// Requests per run: sequential, then waves × width concurrent.
@@ -89,20 +92,62 @@ fn node_chain() {
     assert_precise(&measure("node"));
 }
 
-/// Go's goroutines move between threads: same-thread causality named wrong parents there, so
-/// the agent recognises Go programs and keeps them out of it.
+/// Go's goroutines move between threads: same-thread causality named wrong parents there. The
+/// agent recognises Go programs, keeps them out of it, and follows goroutines instead (spawns,
+/// and net/http's hand-off of a request to the connection's write loop).
 #[test]
-fn go_chain() {
+fn go_chain_is_whole() {
     let (score, log) = measure_with_log("go");
-    assert_precise(&score);
+    assert_whole(&score);
     assert!(
-        log.contains("a Go program: same-thread causality is off"),
-        "the Go service is recognised: {log}"
+        log.contains("a Go program: same-thread causality is off")
+            && log.contains("Go runtime probes attached"),
+        "the Go service is recognised and probed: {log}"
     );
     assert_eq!(score.evidence.get("thread"), None, "{}", score.line());
+    assert!(
+        score.evidence.get("goroutine").copied().unwrap_or(0) > 0,
+        "{}",
+        score.line()
+    );
 }
 
 #[test]
 fn mixed_chain() {
     assert_precise(&measure("mixed"));
+}
+
+/// Without `CAP_SYS_ADMIN` the kernel refuses uprobes: the agent traces the Go chain on, with no
+/// goroutine links (so no wrong ones), and says why.
+#[test]
+fn go_without_cap_sys_admin_traces_on_and_says_why() {
+    let chain = Chain::start(chain_named("go"));
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--inh-caps=-all",
+        "--bounding-set=-all,+bpf,+perfmon,+sys_ptrace",
+        "--",
+    ])
+    .arg(sockspan_unwrapped_bin())
+    .args(["run", "--output", "jsonl"]);
+    let agent = Agent::spawn(cmd);
+    let ids = chain.drive(4, 1, 4);
+    let out = agent.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let result = score("go-without-cap-sys-admin", &chain.root, &ids, &out.events);
+    eprintln!("{}", result.line());
+    assert_precise(&result);
+    assert!(
+        (result.completeness() - 1.0).abs() < f64::EPSILON,
+        "{}",
+        result.line()
+    );
+    assert_eq!(result.evidence.get("goroutine"), None, "{}", result.line());
+    assert!(
+        out.stderr
+            .contains("no goroutine causality for this Go program")
+            && out.stderr.contains("without CAP_SYS_ADMIN"),
+        "the log says why: {}",
+        out.stderr
+    );
 }

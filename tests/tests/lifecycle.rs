@@ -161,6 +161,7 @@ fn kill_9_leaves_no_program_attached() {
 fn agents_under_test_hold_exactly_the_deployed_capabilities() {
     // Bit numbers from linux/capability.h.
     const CAP_SYS_PTRACE: u32 = 19;
+    const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
     let port = free_port();
@@ -172,7 +173,8 @@ fn agents_under_test_hold_exactly_the_deployed_capabilities() {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .expect("CapEff");
-    let expected = (1u64 << CAP_SYS_PTRACE) | (1 << CAP_PERFMON) | (1 << CAP_BPF);
+    let expected =
+        (1u64 << CAP_SYS_PTRACE) | (1 << CAP_SYS_ADMIN) | (1 << CAP_PERFMON) | (1 << CAP_BPF);
     assert_eq!(
         effective, expected,
         "agent capabilities {effective:#x}, deploy/ grants {expected:#x}: run the tests with `cargo xtask test`"

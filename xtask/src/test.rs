@@ -68,7 +68,7 @@ fn cargo_test(args: &[&str], envs: &[(&str, String)], tally: &mut Tally) -> Resu
 }
 
 /// The capability set deploy/ grants the agent (measured; deploy/README.md says why each).
-pub const AGENT_CAPABILITIES: &[&str] = &["bpf", "perfmon", "sys_ptrace"];
+pub const AGENT_CAPABILITIES: &[&str] = &["bpf", "perfmon", "sys_ptrace", "sys_admin"];
 
 /// A script that runs the agent with exactly [`AGENT_CAPABILITIES`] when started as root (the
 /// bounding set is all a uid-0 exec keeps), and as-is otherwise. The integration tests start

@@ -229,7 +229,7 @@ fn other_hook_rows(rows: &mut Vec<Row>, btf: Option<&Btf>) {
         (
             "uprobes",
             pmu("uprobe"),
-            "TLS plaintext from libssl (planned); without: TLS traffic stays opaque",
+            "runtime probes: Go goroutine causality; TLS plaintext from libssl (planned)",
         ),
         (
             "sock_ops",
@@ -262,6 +262,7 @@ fn other_hook_rows(rows: &mut Vec<Row>, btf: Option<&Btf>) {
             fix: "",
         });
     }
+    rows.push(go_row());
     let unused = [
         ("kprobes", pmu("kprobe")),
         ("fentry/fexit", probe_fentry(btf)),
@@ -275,6 +276,30 @@ fn other_hook_rows(rows: &mut Vec<Row>, btf: Option<&Btf>) {
             role: "not needed: sockspan uses syscall tracepoints",
             fix: "",
         });
+    }
+}
+
+/// Whether Go programs get goroutine causality here: the uprobe PMU, and `CAP_SYS_ADMIN`, which
+/// kernels since the 2025 fix "perf/core: Require `CAP_SYS_ADMIN` for uprobes" (in stable updates
+/// too) demand for every uprobe.
+fn go_row() -> Row {
+    let (pmu_ok, pmu_detail) = pmu("uprobe");
+    let admin = caps::effective().is_some_and(|bits| caps::has(bits, Cap::SysAdmin));
+    let (ok, detail) = match (pmu_ok, admin) {
+        (true, true) => (true, "uprobes attachable; verified on go1.19".to_string()),
+        (false, _) => (false, pmu_detail),
+        (true, false) => (
+            false,
+            "CAP_SYS_ADMIN not held: uprobes are refused (EACCES)".to_string(),
+        ),
+    };
+    Row {
+        feature: "Go goroutine causality".into(),
+        ok,
+        detail,
+        need: Need::Optional,
+        role: "without: Go programs' client calls get no parent (no wrong one either)",
+        fix: "grant CAP_SYS_ADMIN (deploy/README.md)",
     }
 }
 

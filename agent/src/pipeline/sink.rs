@@ -112,7 +112,12 @@ impl<'a> TraceSink<'a> {
 
 /// Attaches the Go runtime probes for `process`, a Go program, once per process; the tracer
 /// follows its goroutines when that worked. Why it did not is logged once per process.
-fn watch_go(seen: &mut HashSet<u32>, tracer: &mut Tracer, probes: &mut Probes, process: &ProcessInfo) {
+fn watch_go(
+    seen: &mut HashSet<u32>,
+    tracer: &mut Tracer,
+    probes: &mut Probes,
+    process: &ProcessInfo,
+) {
     let crate::runtime::Runtime::Go { version } = &process.runtime else {
         return;
     };

@@ -33,6 +33,10 @@ pub enum GoProbeError {
     Missing(&'static str),
     #[error("goroutine tracking is verified on go1.19 only; this program is {0}")]
     Version(String),
+    #[error(
+        "uprobes are refused without CAP_SYS_ADMIN on this kernel (perf_event_open: {0}); grant it (deploy/README.md)"
+    )]
+    Privilege(String),
     #[error("attaching at `{function}` failed: {reason}")]
     Attach {
         function: &'static str,
@@ -128,7 +132,9 @@ fn attach_file(
     let get = |name: &'static str| functions.get(name).ok_or(GoProbeError::Missing(name));
     let newproc1 = get(NEWPROC1)?;
     if newproc1.returns.is_empty() {
-        return Err(GoProbeError::Missing("a RET instruction in runtime.newproc1"));
+        return Err(GoProbeError::Missing(
+            "a RET instruction in runtime.newproc1",
+        ));
     }
     let mut points = vec![
         (NEWPROC1, newproc1.file_offset, GoProbe::NewprocEnter),
@@ -156,9 +162,13 @@ fn attach_file(
                 exe,
                 UProbeScope::AllProcesses,
             )
-            .map_err(|e| GoProbeError::Attach {
-                function,
-                reason: super::error_chain(&e),
+            .map_err(|e| {
+                let reason = super::error_chain(&e);
+                if reason.contains("Permission denied") {
+                    GoProbeError::Privilege(reason)
+                } else {
+                    GoProbeError::Attach { function, reason }
+                }
             })?;
     }
     Ok(points.len())

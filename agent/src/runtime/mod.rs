@@ -16,7 +16,11 @@ pub fn go_programs_running() -> Vec<crate::process::ProcessInfo> {
     let mut by_file: std::collections::HashMap<(u64, u64), bool> = std::collections::HashMap::new();
     let mut out = Vec::new();
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == me {

@@ -145,7 +145,10 @@ mod tests {
         g.track(1);
         g.on_probe(1, 10, GoProbe::NewprocEnter, 0xa, 0, 5);
         g.on_probe(1, 11, GoProbe::NewprocReturn, 0xc, 0, 6);
-        assert_eq!(g.stats.spawns_unpaired, 1, "another thread's return pairs nothing");
+        assert_eq!(
+            g.stats.spawns_unpaired, 1,
+            "another thread's return pairs nothing"
+        );
         g.on_probe(1, 10, GoProbe::NewprocReturn, 0xb, 0, 7);
         assert_eq!(g.parent(1, 0xb), Some((0xa, 7)));
         assert_eq!(g.parent(2, 0xb), None);
@@ -155,15 +158,15 @@ mod tests {
     fn a_write_loop_writes_for_the_goroutine_that_called_round_trip() {
         let mut g = Goroutines::default();
         g.track(1);
-        g.on_probe(1, 10, GoProbe::RoundTrip, 0xcaller, 0x5eed, 1);
+        g.on_probe(1, 10, GoProbe::RoundTrip, 0xca11, 0x5eed, 1);
         assert_eq!(g.caller(1, 0x100), (0x100, false));
         g.on_probe(1, 12, GoProbe::RequestWrite, 0x100, 0x5eed, 2);
-        assert_eq!(g.caller(1, 0x100), (0xcaller, true));
+        assert_eq!(g.caller(1, 0x100), (0xca11, true));
         // The next request it writes came from nowhere the probes saw: no caller, not the last.
         g.on_probe(1, 12, GoProbe::RequestWrite, 0x100, 0xbad, 3);
         assert_eq!(g.caller(1, 0x100), (0x100, false));
         // A reused `g` starts afresh.
-        g.on_probe(1, 10, GoProbe::RoundTrip, 0xcaller, 0x5eed, 4);
+        g.on_probe(1, 10, GoProbe::RoundTrip, 0xca11, 0x5eed, 4);
         g.on_probe(1, 12, GoProbe::RequestWrite, 0x100, 0x5eed, 5);
         g.on_probe(1, 13, GoProbe::NewprocEnter, 0xa, 0, 6);
         g.on_probe(1, 13, GoProbe::NewprocReturn, 0x100, 0, 7);

@@ -241,6 +241,16 @@ impl Serving {
     }
 }
 
+/// What a request was made or read by, for the rules by unit of work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    /// No rule by unit applies (a multiplexed protocol, or a Go program not followed).
+    None,
+    Thread(u32),
+    /// A goroutine's `g`, in a Go program whose runtime probes are attached.
+    Goroutine(u64),
+}
+
 /// Open SERVER spans a rule may pick a parent from.
 enum Candidates {
     None,
@@ -285,8 +295,8 @@ struct OpenSpan {
     mirror: MirrorKey,
     /// What the request asks ([`crate::protocol::forward_key`]), 0 when unknown.
     forward: u64,
-    /// The goroutine serving a SERVER span of a tracked Go program, else 0.
-    goroutine: u64,
+    /// The unit of work that made or read the request, as the rules by unit know it.
+    unit: Unit,
     finished: Option<Done>,
 }
 
@@ -395,19 +405,8 @@ impl Tracer {
         start: Stamp,
     ) {
         let server = end.server;
-        // Same-thread causality needs a protocol whose reading thread serves the request and a
-        // runtime whose threads are its units of work (not Go's: goroutines change threads).
         let pid = conn.process.pid;
-        let thread_rule = end.thread_causality && conn.process.runtime.threads_are_tasks();
-        // Go: the goroutine, when its probes are attached (else no rule by unit of work at all).
-        let goroutine = if !conn.process.runtime.threads_are_tasks()
-            && end.task != 0
-            && self.goroutines.is_tracked(pid)
-        {
-            end.task
-        } else {
-            0
-        };
+        let unit = self.unit_of(conn, end, start);
         let key = (conn.conn_id, request);
         if self.spans.len() >= self.config.max_spans {
             self.stats.dropped_full += 1;
@@ -438,47 +437,16 @@ impl Tracer {
         } else if server {
             self.server_parent(mirror, key)
         } else {
-            let by_unit = if goroutine != 0 {
-                (self.goroutine_candidates(pid, goroutine, start.ts), "goroutine")
-            } else if thread_rule {
-                let open = self.serving.get(&(pid, start.tid));
-                (self.candidates(open, start.ts), "thread")
-            } else {
-                (Candidates::None, "thread")
-            };
+            let by_unit = self.unit_candidates(pid, unit, start.ts);
             self.client_parent(pid, by_unit, forward, start, &mut links)
         };
         if parent.is_none() {
             self.stats.roots += 1;
         }
-        let serving_goroutine = if server && end.thread_causality {
-            goroutine
-        } else {
-            0
-        };
         if server {
-            if thread_rule {
-                add_open(&mut self.serving, (conn.process.pid, start.tid), key);
-            }
-            if serving_goroutine != 0 {
-                add_open(&mut self.goroutine_serving, (pid, serving_goroutine), key);
-            }
-            if forward != 0 {
-                add_open(&mut self.forwardable, (conn.process.pid, forward), key);
-            }
+            self.register_server(pid, unit, forward, key);
         } else {
-            self.clients.insert(mirror, key);
-            if let Some(server_key) = self.waiting_servers.remove(&mirror)
-                && let Some(server_span) = self.spans.get_mut(&server_key)
-                && server_span.parent.is_none()
-            {
-                // The server end was seen first: it becomes this span's child after all.
-                server_span.trace.join(&trace);
-                server_span.parent = Some(span_id);
-                server_span.evidence = "connection";
-                self.stats.parent_from_connection += 1;
-                self.stats.roots = self.stats.roots.saturating_sub(1);
-            }
+            self.register_client(mirror, key, span_id, &trace);
         }
         let resource = self.resources.get(&conn.process);
         self.spans.insert(
@@ -500,11 +468,71 @@ impl Tracer {
                 resource,
                 mirror,
                 forward,
-                goroutine: serving_goroutine,
+                unit,
                 finished: None,
             },
         );
         self.stats.held_peak = self.stats.held_peak.max(self.spans.len() as u64);
+    }
+
+    /// The unit of work a request was made or read by, for the rules by unit. Same-thread
+    /// causality needs a protocol whose reading thread serves the request and a runtime whose
+    /// threads are its units of work; in Go, the goroutine, when its probes are attached (else
+    /// no rule by unit at all: goroutines change threads).
+    fn unit_of(&self, conn: &Connection, end: End, start: Stamp) -> Unit {
+        if !end.thread_causality {
+            return Unit::None;
+        }
+        if conn.process.runtime.threads_are_tasks() {
+            Unit::Thread(start.tid)
+        } else if end.task != 0 && self.goroutines.is_tracked(conn.process.pid) {
+            Unit::Goroutine(end.task)
+        } else {
+            Unit::None
+        }
+    }
+
+    /// The candidates of the rule by unit of work for a CLIENT request, and the rule's name.
+    fn unit_candidates(&self, pid: u32, unit: Unit, ts: u64) -> (Candidates, &'static str) {
+        match unit {
+            Unit::Thread(tid) => (self.candidates(self.serving.get(&(pid, tid)), ts), "thread"),
+            Unit::Goroutine(g) => (self.goroutine_candidates(pid, g, ts), "goroutine"),
+            Unit::None => (Candidates::None, "thread"),
+        }
+    }
+
+    /// Makes an open SERVER span findable by the rules that look for one.
+    fn register_server(&mut self, pid: u32, unit: Unit, forward: u64, key: SpanKey) {
+        match unit {
+            Unit::Thread(tid) => add_open(&mut self.serving, (pid, tid), key),
+            Unit::Goroutine(g) => add_open(&mut self.goroutine_serving, (pid, g), key),
+            Unit::None => {}
+        }
+        if forward != 0 {
+            add_open(&mut self.forwardable, (pid, forward), key);
+        }
+    }
+
+    /// Makes a CLIENT span findable by its server end, and adopts that end if it came first.
+    fn register_client(
+        &mut self,
+        mirror: MirrorKey,
+        key: SpanKey,
+        span_id: SpanId,
+        trace: &TraceRef,
+    ) {
+        self.clients.insert(mirror, key);
+        if let Some(server_key) = self.waiting_servers.remove(&mirror)
+            && let Some(server_span) = self.spans.get_mut(&server_key)
+            && server_span.parent.is_none()
+        {
+            // The server end was seen first: it becomes this span's child after all.
+            server_span.trace.join(trace);
+            server_span.parent = Some(span_id);
+            server_span.evidence = "connection";
+            self.stats.parent_from_connection += 1;
+            self.stats.roots = self.stats.roots.saturating_sub(1);
+        }
     }
 
     /// Parent of a server span without a header: the client on the other end, if seen.
@@ -659,9 +687,10 @@ impl Tracer {
             summary: exchange.summary,
         });
         if server {
-            remove_open(&mut self.serving, (span.pid, span.tid), key);
-            if span.goroutine != 0 {
-                remove_open(&mut self.goroutine_serving, (span.pid, span.goroutine), key);
+            match span.unit {
+                Unit::Thread(tid) => remove_open(&mut self.serving, (span.pid, tid), key),
+                Unit::Goroutine(g) => remove_open(&mut self.goroutine_serving, (span.pid, g), key),
+                Unit::None => {}
             }
             if span.forward != 0 {
                 remove_open(&mut self.forwardable, (span.pid, span.forward), key);

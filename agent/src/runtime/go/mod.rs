@@ -33,7 +33,10 @@ mod tests {
     #[test]
     fn only_releases_that_were_checked_are_probed() {
         assert!(probes_supported("go1.19.8"));
-        assert!(!probes_supported("go1.17.3"), "newproc1 took argp and narg first");
+        assert!(
+            !probes_supported("go1.17.3"),
+            "newproc1 took argp and narg first"
+        );
         assert!(!probes_supported("go1.16.15"), "stack-based ABI");
         assert!(!probes_supported("go1.23.1"), "not checked yet");
         assert!(!probes_supported("devel +abc"));
