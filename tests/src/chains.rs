@@ -34,6 +34,8 @@ pub enum Kind {
     Node,
     /// Go `net/http` server and `http.Client`, a goroutine per call.
     Go,
+    /// As `Go`, the calls one after the other in the handler's goroutine.
+    GoSequential,
     /// nginx reverse proxy with upstream keep-alive (its one downstream gets the same path).
     Nginx,
 }
@@ -89,6 +91,17 @@ pub fn chain_named(name: &str) -> Hop {
         "fastapi" => two_leaves(Kind::Fastapi),
         "node" => two_leaves(Kind::Node),
         "go" => two_leaves(Kind::Go),
+        "go-sequential" => two_leaves(Kind::GoSequential),
+        // Go in the middle: a threaded front's keep-alive pool into it, goroutines out of it.
+        "go-middle" => Hop::calling(
+            Kind::Threaded,
+            "front",
+            vec![Hop::calling(
+                Kind::Go,
+                "mid",
+                vec![Hop::leaf(Kind::Threaded, "a"), Hop::leaf(Kind::Threaded, "b")],
+            )],
+        ),
         "nginx" => Hop {
             kind: Kind::Nginx,
             service: "nginx",
@@ -115,7 +128,7 @@ pub fn chain_named(name: &str) -> Hop {
 }
 
 /// Every chain [`chain_named`] knows, in table order.
-pub const CHAINS: [&str; 8] = [
+pub const CHAINS: [&str; 10] = [
     "threaded",
     "nginx",
     "aiohttp",
@@ -123,6 +136,8 @@ pub const CHAINS: [&str; 8] = [
     "fastapi",
     "node",
     "go",
+    "go-sequential",
+    "go-middle",
     "mixed",
 ];
 
@@ -253,7 +268,7 @@ fn start_hop(hop: &Hop, procs: &mut Vec<Proc>, nginx: &mut Vec<Nginx>) -> u16 {
             cmd.arg(fixture("chains/node_service.js"));
             cmd
         }
-        Kind::Go => Command::new(go_service()),
+        Kind::Go | Kind::GoSequential => Command::new(go_service()),
         Kind::Nginx => unreachable!("handled above"),
     };
     cmd.arg(hop.segment)
@@ -262,6 +277,9 @@ fn start_hop(hop: &Hop, procs: &mut Vec<Proc>, nginx: &mut Vec<Nginx>) -> u16 {
         .env("OTEL_SERVICE_NAME", hop.service);
     if hop.kind == (Kind::Aiohttp { uvloop: true }) {
         cmd.env("USE_UVLOOP", "1");
+    }
+    if hop.kind == Kind::GoSequential {
+        cmd.env("GO_SEQUENTIAL", "1");
     }
     procs.push(start_ready(cmd, hop.service));
     port

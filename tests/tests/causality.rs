@@ -112,6 +112,19 @@ fn go_chain_is_whole() {
     );
 }
 
+/// The hand-off alone: the handler's own goroutine calls, one call after the other.
+#[test]
+fn go_sequential_chain_is_whole() {
+    assert_whole(&measure("go-sequential"));
+}
+
+/// Go behind a threaded front's keep-alive pool: requests reach its `conn.serve` goroutines over
+/// reused connections.
+#[test]
+fn go_middle_chain_is_whole() {
+    assert_whole(&measure("go-middle"));
+}
+
 #[test]
 fn mixed_chain() {
     assert_precise(&measure("mixed"));

@@ -34,9 +34,10 @@ fn reason(chain: &str) -> &'static str {
              Next: a signal from node/libuv internals (#14 step 4)."
         }
         "go" => {
-            "Go programs are kept out of the thread rule (goroutines change threads; it named \
-             wrong parents): no wrong parent, but no client call is linked. Next: goroutine \
-             tracking, `g` from R14 and uprobes on net/http's hand-off (#14 step 2)."
+            "Goroutine rule: the running `g` (R14) on every syscall, spawns from `runtime.newproc1`, \
+             and `net/http`'s hand-off of a request from `roundTrip` to the write loop (uprobes, \
+             `CAP_SYS_ADMIN`). The thread rule is off for Go (goroutines change threads: it named \
+             wrong parents)."
         }
         "mixed" => "Go front (no link yet, see go) → aiohttp middle (see aiohttp) → threaded leaf.",
         _ => "",
