@@ -237,6 +237,22 @@ pub fn btf(data: &[u8]) {
     }
 }
 
+/// A traced process's executable, as the Go runtime detection and the probe placement read it:
+/// build info, functions from `.symtab` or `.gopclntab` and their `RET`s, never a panic; a RET
+/// found lies inside the file.
+pub fn go_executable(data: &[u8]) {
+    use crate::runtime::go::{buildinfo::build_info_of, pclntab, symbols::find_functions_in};
+    let _ = build_info_of(data);
+    let names = ["runtime.newproc1", "net/http.(*Request).write"];
+    if let Ok(found) = find_functions_in(data, &names, &names[..1]) {
+        for function in found.values() {
+            assert!(function.file_offset <= data.len() as u64);
+            assert!(function.returns.iter().all(|&r| r < data.len() as u64));
+        }
+    }
+    let _ = pclntab::find(data, &names);
+}
+
 /// Trace-context headers (traceparent, B3 single and multi): an adopted context is never the
 /// all-zero (invalid) id.
 pub fn trace_context(data: &[u8]) {
@@ -510,6 +526,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("pipeline", pipeline),
     ("http2_connection", http2_connection),
     ("hpack", hpack),
+    ("go_executable", go_executable),
 ];
 
 #[cfg(test)]

@@ -36,6 +36,8 @@ pub enum Kind {
     Go,
     /// As `Go`, the calls one after the other in the handler's goroutine.
     GoSequential,
+    /// As `Go`, built with `-ldflags=-s -w` (no `.symtab`, no DWARF).
+    GoStripped,
     /// nginx reverse proxy with upstream keep-alive (its one downstream gets the same path).
     Nginx,
 }
@@ -92,6 +94,7 @@ pub fn chain_named(name: &str) -> Hop {
         "node" => two_leaves(Kind::Node),
         "go" => two_leaves(Kind::Go),
         "go-sequential" => two_leaves(Kind::GoSequential),
+        "go-stripped" => two_leaves(Kind::GoStripped),
         // Go in the middle: a threaded front's keep-alive pool into it, goroutines out of it.
         "go-middle" => Hop::calling(
             Kind::Threaded,
@@ -99,7 +102,10 @@ pub fn chain_named(name: &str) -> Hop {
             vec![Hop::calling(
                 Kind::Go,
                 "mid",
-                vec![Hop::leaf(Kind::Threaded, "a"), Hop::leaf(Kind::Threaded, "b")],
+                vec![
+                    Hop::leaf(Kind::Threaded, "a"),
+                    Hop::leaf(Kind::Threaded, "b"),
+                ],
             )],
         ),
         "nginx" => Hop {
@@ -128,7 +134,7 @@ pub fn chain_named(name: &str) -> Hop {
 }
 
 /// Every chain [`chain_named`] knows, in table order.
-pub const CHAINS: [&str; 10] = [
+pub const CHAINS: [&str; 11] = [
     "threaded",
     "nginx",
     "aiohttp",
@@ -137,28 +143,35 @@ pub const CHAINS: [&str; 10] = [
     "node",
     "go",
     "go-sequential",
+    "go-stripped",
     "go-middle",
     "mixed",
 ];
 
 /// The Go service, built once per test process into `target/chains/` from the fixture's
-/// sources (standard library only, so no network).
-fn go_service() -> PathBuf {
+/// sources (standard library only, so no network); `stripped` without `.symtab` and DWARF.
+fn go_service(stripped: bool) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/chains/go_service");
-            let _ = run_ok(
-                Command::new("go")
-                    .args(["build", "-o"])
-                    .arg(&out)
-                    .arg(".")
-                    .current_dir(fixture("chains/go_service")),
-                Duration::from_mins(3),
-            );
-            out
-        })
-        .clone()
+    static STRIPPED: OnceLock<PathBuf> = OnceLock::new();
+    let (cell, name, flags) = if stripped {
+        (&STRIPPED, "go_service_stripped", "-ldflags=-s -w")
+    } else {
+        (&BUILT, "go_service", "-ldflags=")
+    };
+    cell.get_or_init(|| {
+        let out =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../target/chains/{name}"));
+        let _ = run_ok(
+            Command::new("go")
+                .args(["build", flags, "-o"])
+                .arg(&out)
+                .arg(".")
+                .current_dir(fixture("chains/go_service")),
+            Duration::from_mins(3),
+        );
+        out
+    })
+    .clone()
 }
 
 /// Starts `cmd` and waits (at most 30 s) for the `ready` line it prints once listening.
@@ -268,7 +281,8 @@ fn start_hop(hop: &Hop, procs: &mut Vec<Proc>, nginx: &mut Vec<Nginx>) -> u16 {
             cmd.arg(fixture("chains/node_service.js"));
             cmd
         }
-        Kind::Go | Kind::GoSequential => Command::new(go_service()),
+        Kind::Go | Kind::GoSequential => Command::new(go_service(false)),
+        Kind::GoStripped => Command::new(go_service(true)),
         Kind::Nginx => unreachable!("handled above"),
     };
     cmd.arg(hop.segment)

@@ -118,6 +118,12 @@ fn go_sequential_chain_is_whole() {
     assert_whole(&measure("go-sequential"));
 }
 
+/// A Go program without `.symtab`: the probes find their functions in `.gopclntab`.
+#[test]
+fn go_stripped_chain_is_whole() {
+    assert_whole(&measure("go-stripped"));
+}
+
 /// Go behind a threaded front's keep-alive pool: requests reach its `conn.serve` goroutines over
 /// reused connections.
 #[test]

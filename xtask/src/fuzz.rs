@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::util::{cargo, command_ok, workspace_root, write_section};
 
 /// The targets, as `fuzz/Cargo.toml` names them (and `sockspan::fuzz::TARGETS`).
-const TARGETS: [&str; 10] = [
+const TARGETS: [&str; 11] = [
     "http1_connection",
     "http1_resplit",
     "http1_head",
@@ -27,6 +27,7 @@ const TARGETS: [&str; 10] = [
     "pipeline",
     "http2_connection",
     "hpack",
+    "go_executable",
 ];
 
 /// The cargo-fuzz release this task drives.

@@ -34,8 +34,12 @@ pub struct BuildInfo {
 /// The build info of `file` if it is a Go executable, `None` if it is another ELF file.
 pub fn build_info(file: &std::fs::File) -> Result<Option<BuildInfo>, GoError> {
     // Reads only the pages it touches: executables are tens of MB, processes are many.
-    let cache = ReadCache::new(file);
-    let elf = object::File::parse(&cache)?;
+    build_info_of(&ReadCache::new(file))
+}
+
+/// As [`build_info`], of an executable's bytes however they are read.
+pub fn build_info_of<'a, R: ReadRef<'a>>(data: R) -> Result<Option<BuildInfo>, GoError> {
+    let elf = object::File::parse(data)?;
     let Some(section) = elf.section_by_name(".go.buildinfo") else {
         return Ok(None);
     };

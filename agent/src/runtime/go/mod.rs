@@ -2,6 +2,7 @@
 //! probes attach to are ([`symbols`]), and the layouts the agent relies on per version.
 
 pub mod buildinfo;
+pub mod pclntab;
 pub mod symbols;
 
 pub use buildinfo::{GoError, build_info};

@@ -2,14 +2,15 @@
 //! offsets (what a uprobe attaches at) and, for a function whose return is probed, the offsets
 //! of its `RET` instructions, found by decoding its machine code.
 //!
-//! Functions are looked up in `.symtab`, which `go build` writes unless `-ldflags=-s` strips it.
+//! Functions are looked up in `.symtab`, which `go build` writes unless `-ldflags=-s` strips it,
+//! else in `.gopclntab` ([`super::pclntab`]), which every Go executable keeps.
 
 use std::collections::HashMap;
 
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
-use object::{Object as _, ObjectSection as _, ObjectSymbol as _, ReadCache};
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _, ReadCache, ReadRef};
 
-use super::GoError;
+use super::{GoError, pclntab};
 
 /// Largest function body decoded (Go's `newproc1` is about 1 KiB).
 const MAX_FUNCTION_BYTES: u64 = 64 * 1024;
@@ -23,40 +24,56 @@ pub struct Function {
     pub returns: Vec<u64>,
 }
 
-/// Finds `names` in `file`'s symbol table; for those in `with_returns`, also their `RET`s.
-/// Names not found are absent from the result.
+/// Finds `names` in `file`'s symbol table, else in its `.gopclntab` (stripped executables);
+/// for those in `with_returns`, also their `RET`s. Names found in neither are absent.
 pub fn find_functions(
     file: &std::fs::File,
     names: &[&str],
     with_returns: &[&str],
 ) -> Result<HashMap<String, Function>, GoError> {
-    let cache = ReadCache::new(file);
-    let elf = object::File::parse(&cache)?;
-    if elf.symbol_table().is_none() {
-        return Err(GoError::Symbols(
-            "no symbol table (built with -ldflags=-s, or stripped)",
-        ));
+    find_functions_in(&ReadCache::new(file), names, with_returns)
+}
+
+/// As [`find_functions`], in an executable's bytes however they are read.
+pub fn find_functions_in<'a, R: ReadRef<'a>>(
+    data: R,
+    names: &[&str],
+    with_returns: &[&str],
+) -> Result<HashMap<String, Function>, GoError> {
+    let elf = object::File::parse(data)?;
+    // (address, size) per name.
+    let mut located: HashMap<String, (u64, u64)> = HashMap::new();
+    for symbol in elf.symbols() {
+        if let Ok(name) = symbol.name()
+            && names.contains(&name)
+        {
+            located
+                .entry(name.to_string())
+                .or_insert((symbol.address(), symbol.size()));
+        }
+    }
+    if located.len() < names.len() {
+        let section = elf.section_by_name(".gopclntab").ok_or(GoError::Symbols(
+            "neither .symtab nor .gopclntab names them",
+        ))?;
+        let table = section.data()?;
+        for (name, entry) in pclntab::find(table, names)? {
+            located.entry(name).or_insert((entry.address, entry.size));
+        }
     }
     let mut found = HashMap::new();
-    for symbol in elf.symbols() {
-        let Ok(name) = symbol.name() else { continue };
-        if !names.contains(&name) || found.contains_key(name) {
-            continue;
-        }
-        let Some(index) = symbol.section_index() else {
+    for (name, (address, size)) in located {
+        let Some(section) = elf.sections().find(|s| {
+            address >= s.address() && address < s.address() + s.size() && s.file_range().is_some()
+        }) else {
             continue;
         };
-        let section = elf.section_by_index(index)?;
         let Some((section_offset, _)) = section.file_range() else {
             continue;
         };
-        let address = symbol.address();
-        let Some(delta) = address.checked_sub(section.address()) else {
-            continue;
-        };
-        let file_offset = section_offset + delta;
-        let returns = if with_returns.contains(&name) {
-            let size = symbol.size().min(MAX_FUNCTION_BYTES);
+        let file_offset = section_offset + (address - section.address());
+        let returns = if with_returns.contains(&name.as_str()) {
+            let size = size.min(MAX_FUNCTION_BYTES);
             let code = section
                 .data_range(address, size)?
                 .ok_or(GoError::Symbols("a function outside its section"))?;
@@ -68,7 +85,7 @@ pub fn find_functions(
             Vec::new()
         };
         found.insert(
-            name.to_string(),
+            name,
             Function {
                 file_offset,
                 returns,
@@ -106,11 +123,31 @@ mod tests {
         assert!(return_offsets(&[0xb8, 0xc3], 0x1000).is_empty());
     }
 
+    /// The fuzz seed (fuzz/seeds/go_executable/make_seed.py): no `.symtab`, so the functions
+    /// come from `.gopclntab`, and newproc1's one RET is found past the `mov` that holds 0xc3s.
     #[test]
-    fn an_executable_without_the_names_gives_nothing() {
+    fn a_stripped_executable_is_read_through_its_pclntab() {
+        let seed = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../fuzz/seeds/go_executable/minimal_go.elf"),
+        )
+        .expect("seed");
+        let names = ["runtime.newproc1", "net/http.(*Request).write"];
+        let found = find_functions_in(seed.as_slice(), &names, &names[..1]).expect("found");
+        let newproc1 = &found["runtime.newproc1"];
+        assert_eq!(newproc1.file_offset, 64);
+        assert_eq!(newproc1.returns, vec![64 + 21]);
+        assert_eq!(found["net/http.(*Request).write"].file_offset, 64 + 24);
+        let info = super::super::buildinfo::build_info_of(seed.as_slice()).expect("ELF");
+        assert_eq!(info.and_then(|i| i.version).as_deref(), Some("go1.19.8"));
+    }
+
+    #[test]
+    fn an_executable_without_the_names_is_an_error() {
         let exe = std::fs::File::open("/proc/self/exe").expect("own executable");
-        let found = find_functions(&exe, &["runtime.newproc1"], &["runtime.newproc1"])
-            .expect("a symbol table");
-        assert!(found.is_empty());
+        assert!(
+            find_functions(&exe, &["runtime.newproc1"], &["runtime.newproc1"]).is_err(),
+            "no symbol and no .gopclntab: an error that says so"
+        );
     }
 }
