@@ -21,8 +21,8 @@ fn reason(chain: &str) -> &'static str {
     match chain {
         "threaded" => "A thread serves one request at a time: the thread rule holds.",
         "nginx" => {
-            "The proxy rule: nginx's upstream request asks what the incoming one asked, \
-             while it is in flight in the worker; the thread rule covers the threaded chain behind it."
+            "The proxy rule: nginx's upstream request asks what the incoming one asked, while it \
+             is in flight in the worker; the thread rule covers the threaded chain behind it."
         }
         "aiohttp" | "aiohttp-uvloop" | "fastapi" => {
             "One event-loop thread serves every request: the thread rule links a call only while \
@@ -34,12 +34,25 @@ fn reason(chain: &str) -> &'static str {
              Next: a signal from node/libuv internals (#14 step 4)."
         }
         "go" => {
-            "Goroutine rule: the running `g` (R14) on every syscall, spawns from `runtime.newproc1`, \
-             and `net/http`'s hand-off of a request from `roundTrip` to the write loop (uprobes, \
-             `CAP_SYS_ADMIN`). The thread rule is off for Go (goroutines change threads: it named \
-             wrong parents)."
+            "Goroutine rule: the running `g` (R14) on every syscall, spawns from \
+             `runtime.newproc1`, and `net/http`'s hand-off of a request from `roundTrip` to the \
+             connection's write loop (uprobes; `CAP_SYS_ADMIN`). The thread rule is off for Go: \
+             goroutines change threads, and it named wrong parents."
         }
-        "mixed" => "Go front (no link yet, see go) → aiohttp middle (see aiohttp) → threaded leaf.",
+        "go-sequential" => {
+            "Goroutine rule, the `net/http` hand-off alone: the handler's own goroutine calls."
+        }
+        "go-stripped" => {
+            "As go, built with `-ldflags=-s -w`: the probes find their functions in `.gopclntab`."
+        }
+        "go-middle" => {
+            "Goroutine rule behind a threaded front's keep-alive pool (requests reach Go's \
+             `conn.serve` goroutines over reused connections); thread rule in the front."
+        }
+        "mixed" => {
+            "Go front (goroutine rule) → aiohttp middle (event loop: links only while one \
+             request is in flight) → threaded leaf: the asyncio hop bounds the whole trace."
+        }
         _ => "",
     }
 }

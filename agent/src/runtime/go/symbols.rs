@@ -123,7 +123,7 @@ mod tests {
         assert!(return_offsets(&[0xb8, 0xc3], 0x1000).is_empty());
     }
 
-    /// The fuzz seed (fuzz/seeds/go_executable/make_seed.py): no `.symtab`, so the functions
+    /// The fuzz seed (`fuzz/seeds/go_executable/make_seed.py`): no `.symtab`, so the functions
     /// come from `.gopclntab`, and newproc1's one RET is found past the `mov` that holds 0xc3s.
     #[test]
     fn a_stripped_executable_is_read_through_its_pclntab() {
