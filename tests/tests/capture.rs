@@ -371,6 +371,15 @@ fn check_reports_the_kernel_and_passes_here() {
         fentry.contains("MISSING") && fentry.contains("refused"),
         "{fentry}"
     );
+    // Under the deployed capabilities (CAP_SYS_ADMIN included) a real uprobe attaches.
+    let go = text
+        .lines()
+        .find(|l| l.starts_with("Go goroutine causality"))
+        .expect("Go row");
+    assert!(
+        go.contains(" ok ") && go.contains("a uprobe attached"),
+        "{go}"
+    );
 }
 
 #[test]

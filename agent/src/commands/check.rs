@@ -128,7 +128,12 @@ fn privilege_rows(rows: &mut Vec<Row>) {
 }
 
 /// BTF, the raw syscall tracepoints, the ring buffer, and a real load of the programs.
-fn capture_rows(rows: &mut Vec<Row>, btf: Option<&Btf>, btf_error: Option<String>) {
+/// Returns whether a uprobe attached (the runtime probes' real test; the programs are loaded here).
+fn capture_rows(
+    rows: &mut Vec<Row>,
+    btf: Option<&Btf>,
+    btf_error: Option<String>,
+) -> Result<(), String> {
     let (btf_ok, btf_detail) = match (btf, btf_error) {
         (Some(b), _) => match offsets::resolve(b) {
             Ok(o) => (
@@ -206,7 +211,11 @@ fn capture_rows(rows: &mut Vec<Row>, btf: Option<&Btf>, btf_error: Option<String
         fix: "use Linux 5.8 or newer",
     });
 
-    let capture = Probes::load(&ProbesConfig::default(), std::process::id());
+    let mut capture = Probes::load(&ProbesConfig::default(), std::process::id());
+    let uprobe_test = match &mut capture {
+        Ok(probes) => probes.attach_self_test().map_err(|e| e.to_string()),
+        Err(_) => Err("the capture path did not load".to_string()),
+    };
     rows.push(Row {
         feature: "capture path".into(),
         ok: capture.is_ok(),
@@ -221,10 +230,11 @@ fn capture_rows(rows: &mut Vec<Row>, btf: Option<&Btf>, btf_error: Option<String
         role: "everything: the programs sockspan runs",
         fix: "see the detail; the rows above name the missing piece",
     });
+    uprobe_test
 }
 
 /// Hooks later capabilities use, and hooks sockspan deliberately does without.
-fn other_hook_rows(rows: &mut Vec<Row>, btf: Option<&Btf>) {
+fn other_hook_rows(rows: &mut Vec<Row>, btf: Option<&Btf>, uprobe_test: Result<(), String>) {
     let optional: [(&str, (bool, String), &'static str); 5] = [
         (
             "uprobes",
@@ -262,7 +272,7 @@ fn other_hook_rows(rows: &mut Vec<Row>, btf: Option<&Btf>) {
             fix: "",
         });
     }
-    rows.push(go_row());
+    rows.push(go_row(uprobe_test));
     let unused = [
         ("kprobes", pmu("kprobe")),
         ("fentry/fexit", probe_fentry(btf)),
@@ -279,19 +289,16 @@ fn other_hook_rows(rows: &mut Vec<Row>, btf: Option<&Btf>) {
     }
 }
 
-/// Whether Go programs get goroutine causality here: the uprobe PMU, and `CAP_SYS_ADMIN`, which
-/// kernels since the 2025 fix "perf/core: Require `CAP_SYS_ADMIN` for uprobes" (in stable updates
-/// too) demand for every uprobe.
-fn go_row() -> Row {
-    let (pmu_ok, pmu_detail) = pmu("uprobe");
-    let admin = caps::effective().is_some_and(|bits| caps::has(bits, Cap::SysAdmin));
-    let (ok, detail) = match (pmu_ok, admin) {
-        (true, true) => (true, "uprobes attachable; verified on go1.19".to_string()),
-        (false, _) => (false, pmu_detail),
-        (true, false) => (
-            false,
-            "CAP_SYS_ADMIN not held: uprobes are refused (EACCES)".to_string(),
+/// Whether Go programs get goroutine causality here: a real uprobe attach (kernels with the 2025
+/// fix "perf/core: Require `CAP_SYS_ADMIN` for uprobes", in stable updates too, refuse it to
+/// `CAP_PERFMON` alone).
+fn go_row(uprobe_test: Result<(), String>) -> Row {
+    let (ok, detail) = match uprobe_test {
+        Ok(()) => (
+            true,
+            "a uprobe attached (at this agent's own main); probes verified on go1.19".to_string(),
         ),
+        Err(e) => (false, e),
     };
     Row {
         feature: "Go goroutine causality".into(),
@@ -311,8 +318,8 @@ fn rows() -> (Vec<Row>, Option<String>) {
         Ok(b) => (Some(b), None),
         Err(e) => (None, Some(e.to_string())),
     };
-    capture_rows(&mut rows, btf.as_ref(), btf_error);
-    other_hook_rows(&mut rows, btf.as_ref());
+    let uprobe_test = capture_rows(&mut rows, btf.as_ref(), btf_error);
+    other_hook_rows(&mut rows, btf.as_ref(), uprobe_test);
     let broken = rows
         .iter()
         .find(|r| r.need == Need::Required && !r.ok)

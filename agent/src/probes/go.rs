@@ -107,6 +107,45 @@ impl GoProbes {
     }
 }
 
+impl GoProbes {
+    /// `sockspan check`'s real probe: attaches the program at this agent's own `main` (which
+    /// never runs again, and cookie 0 makes the program return at once). The link goes with the
+    /// loaded programs.
+    pub fn attach_self_test(&mut self, ebpf: &mut Ebpf) -> Result<(), GoProbeError> {
+        if let Some(why) = &self.unavailable {
+            return Err(GoProbeError::Unavailable(why.clone()));
+        }
+        let exe = "/proc/self/exe";
+        let file = std::fs::File::open(exe).map_err(|e| GoProbeError::Exe {
+            pid: std::process::id(),
+            reason: e.to_string(),
+        })?;
+        let found = find_functions(&file, &["main"], &[])?;
+        let main = found.get("main").ok_or(GoProbeError::Missing("main"))?;
+        let program = program(ebpf).map_err(GoProbeError::Unavailable)?;
+        program
+            .attach(
+                UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(main.file_offset),
+                    cookie: Some(0),
+                },
+                exe,
+                UProbeScope::AllProcesses,
+            )
+            .map(|_| ())
+            .map_err(|e| attach_error("main", &e))
+    }
+}
+
+fn attach_error(function: &'static str, err: &ProgramError) -> GoProbeError {
+    let reason = super::error_chain(err);
+    if reason.contains("Permission denied") {
+        GoProbeError::Privilege(reason)
+    } else {
+        GoProbeError::Attach { function, reason }
+    }
+}
+
 fn program(ebpf: &mut Ebpf) -> Result<&mut UProbe, String> {
     ebpf.program_mut(PROGRAM)
         .ok_or_else(|| format!("program `{PROGRAM}` is missing"))?
@@ -162,14 +201,7 @@ fn attach_file(
                 exe,
                 UProbeScope::AllProcesses,
             )
-            .map_err(|e| {
-                let reason = super::error_chain(&e);
-                if reason.contains("Permission denied") {
-                    GoProbeError::Privilege(reason)
-                } else {
-                    GoProbeError::Attach { function, reason }
-                }
-            })?;
+            .map_err(|e| attach_error(function, &e))?;
     }
     Ok(points.len())
 }

@@ -257,6 +257,16 @@ impl Probes {
         Ok(Self { ebpf, go })
     }
 
+    /// Attaches the runtime probe program at this agent's own `main`: whether uprobes work here.
+    pub fn attach_self_test(&mut self) -> Result<(), go::GoProbeError> {
+        match &mut self.go {
+            Some(go) => go.attach_self_test(&mut self.ebpf),
+            None => Err(go::GoProbeError::Unavailable(
+                "not loaded with this program set".into(),
+            )),
+        }
+    }
+
     /// Attaches the Go runtime probes to the executable of `pid`, built by Go `version`.
     pub fn attach_go(
         &mut self,
