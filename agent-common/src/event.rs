@@ -278,14 +278,15 @@ pub struct DataEvent {
 }
 const _: () = assert!(core::mem::size_of::<DataEvent>() == 32 + 16 + 16 + 8);
 
-/// Where a Go runtime probe sits ([`GoProbeEvent::probe`]); also the uprobe's attach cookie.
+/// Where a Go runtime probe sits ([`GoProbeEvent::probe`]); the low 16 bits of the uprobe's
+/// attach cookie ([`go_probe_cookie`]).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GoProbe {
-    /// `runtime.newproc1` entered: `a` is `callergp` (the spawning goroutine's `g`).
-    NewprocEnter = 1,
-    /// `runtime.newproc1` returned (a probe on each of its return instructions): `a` is the new
-    /// goroutine's `g`. Entry and return run on the same thread, on the system stack.
+    /// `runtime.newproc1` returns (a probe on each of its return instructions, one trap per
+    /// spawn): `a` is the new goroutine's `g` (the result, in AX), `b` the spawning goroutine's:
+    /// `newproc1` runs on the system stack, so R14 holds the thread's `g0`, whose `m.curg` is
+    /// the goroutine that ran the `go` statement.
     NewprocReturn = 2,
     /// `net/http.(*Transport).roundTrip` entered: `a` is the calling goroutine's `g`, `b` the
     /// `*http.Request`.
@@ -296,23 +297,25 @@ pub enum GoProbe {
 }
 
 impl GoProbe {
-    pub const ALL: [Self; 4] = [
-        Self::NewprocEnter,
-        Self::NewprocReturn,
-        Self::RoundTrip,
-        Self::RequestWrite,
-    ];
+    pub const ALL: [Self; 3] = [Self::NewprocReturn, Self::RoundTrip, Self::RequestWrite];
 
     #[must_use]
     pub const fn from_u32(value: u32) -> Option<Self> {
         match value {
-            1 => Some(Self::NewprocEnter),
             2 => Some(Self::NewprocReturn),
             3 => Some(Self::RoundTrip),
             4 => Some(Self::RequestWrite),
             _ => None,
         }
     }
+}
+
+/// The attach cookie of a Go runtime probe: the probe in bits 0–15, then the offsets the
+/// program reads through (of this executable's Go release): `g.m` in bits 16–31, `m.curg` in
+/// bits 32–47. Carried by the cookie, they need no map and differ per executable for free.
+#[must_use]
+pub const fn go_probe_cookie(probe: GoProbe, g_m: u16, m_curg: u16) -> u64 {
+    probe as u64 | (g_m as u64) << 16 | (m_curg as u64) << 32
 }
 
 /// A Go runtime probe fired: which one, and the two values it read from the registers (see

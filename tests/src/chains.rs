@@ -201,6 +201,8 @@ pub struct Chain {
     pub root: Hop,
     /// Where the driver sends its requests.
     pub port: u16,
+    /// The pid of each service started (nginx's master for nginx), by segment.
+    pub pids: Vec<(&'static str, u32)>,
     _procs: Vec<Proc>,
     _nginx: Vec<Nginx>,
 }
@@ -211,10 +213,12 @@ impl Chain {
     pub fn start(root: Hop) -> Self {
         let mut procs = Vec::new();
         let mut nginx = Vec::new();
-        let port = start_hop(&root, &mut procs, &mut nginx);
+        let mut pids = Vec::new();
+        let port = start_hop(&root, &mut procs, &mut nginx, &mut pids);
         Self {
             root,
             port,
+            pids,
             _procs: procs,
             _nginx: nginx,
         }
@@ -251,11 +255,16 @@ impl Chain {
 }
 
 /// Starts `hop` and what it calls; returns its port.
-fn start_hop(hop: &Hop, procs: &mut Vec<Proc>, nginx: &mut Vec<Nginx>) -> u16 {
+fn start_hop(
+    hop: &Hop,
+    procs: &mut Vec<Proc>,
+    nginx: &mut Vec<Nginx>,
+    pids: &mut Vec<(&'static str, u32)>,
+) -> u16 {
     let downstream: Vec<String> = hop
         .calls
         .iter()
-        .map(|d| format!("{}={}", d.segment, start_hop(d, procs, nginx)))
+        .map(|d| format!("{}={}", d.segment, start_hop(d, procs, nginx, pids)))
         .collect();
     if hop.kind == Kind::Nginx {
         let [upstream] = downstream.as_slice() else {
@@ -268,6 +277,7 @@ fn start_hop(hop: &Hop, procs: &mut Vec<Proc>, nginx: &mut Vec<Nginx>) -> u16 {
             .expect("port");
         let proxy = Nginx::proxy(port);
         let port = proxy.port;
+        pids.push((hop.segment, proxy.pid()));
         nginx.push(proxy);
         return port;
     }
@@ -295,7 +305,9 @@ fn start_hop(hop: &Hop, procs: &mut Vec<Proc>, nginx: &mut Vec<Nginx>) -> u16 {
     if hop.kind == Kind::GoSequential {
         cmd.env("GO_SEQUENTIAL", "1");
     }
-    procs.push(start_ready(cmd, hop.service));
+    let proc = start_ready(cmd, hop.service);
+    pids.push((hop.segment, proc.pid()));
+    procs.push(proc);
     port
 }
 

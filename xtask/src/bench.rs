@@ -137,7 +137,8 @@ fn program_stats() -> Result<Vec<(String, u64, u64)>> {
         .collect())
 }
 
-fn proc_cpu_seconds(pid: u32) -> f64 {
+/// User + system CPU seconds of `pid` so far (`/proc/PID/stat`, 100 Hz clock ticks).
+pub fn proc_cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
@@ -326,7 +327,7 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 /// "median (min–max)" of a list.
-fn summary(values: &[f64], digits: usize) -> (f64, String) {
+pub fn summary(values: &[f64], digits: usize) -> (f64, String) {
     let mut v = values.to_vec();
     let m = median(&mut v);
     let lo = v.first().copied().unwrap_or(0.0);
@@ -390,9 +391,18 @@ fn pipeline_run(
     })
 }
 
-pub fn bench(quick: bool) -> Result<()> {
+pub fn bench(quick: bool, runtime_probes_only: bool) -> Result<()> {
     if !is_root() {
         bail!("benchmarks attach eBPF programs: run `cargo xtask bench` as root");
+    }
+    if runtime_probes_only {
+        crate::setup::test_dependencies()?;
+        let bin = crate::util::release_agent()?;
+        let probes = crate::bench_runtime::rounds(&bin, quick)?;
+        let mut out = String::new();
+        crate::bench_runtime::section(&mut out, &probes, summary);
+        println!("{out}");
+        return Ok(());
     }
     if !crate::util::command_ok(Command::new("bpftool").arg("version")) {
         run(Command::new("apt-get").args([
@@ -432,6 +442,8 @@ pub fn bench(quick: bool) -> Result<()> {
     }
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
     let http = http_rounds(&bin, quick)?;
+    crate::setup::test_dependencies()?;
+    let probes = crate::bench_runtime::rounds(&bin, quick)?;
     let mut pipeline = Vec::new();
     let mut stored = Vec::new();
     let mut grpc = Vec::new();
@@ -455,6 +467,7 @@ pub fn bench(quick: bool) -> Result<()> {
         quick,
     );
     http_section(&mut report, &http);
+    crate::bench_runtime::section(&mut report, &probes, summary);
     if let Ok(history) = std::fs::read_to_string(workspace_root().join("bench/HISTORY.md")) {
         report.push('\n');
         report.push_str(&history);

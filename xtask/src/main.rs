@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_http;
+mod bench_runtime;
 mod causality;
 mod fuzz;
 mod setup;
@@ -39,6 +40,9 @@ enum Task {
         /// Fewer iterations (about two minutes).
         #[arg(long)]
         quick: bool,
+        /// Only the runtime probes' section, printed (BENCHMARKS.md is left as it is).
+        #[arg(long)]
+        runtime_probes_only: bool,
     },
     /// Runtime chains (threaded, nginx, asyncio, Node.js, Go, mixed) under the release agent,
     /// every request's tree scored; the table goes to docs/causality.md.
@@ -123,7 +127,10 @@ fn main() -> Result<()> {
         Task::Setup => setup::setup(),
         Task::Test { filter, unit_only } => test::test(filter.as_deref(), unit_only),
         Task::Run { args } => run_agent(args),
-        Task::Bench { quick } => bench::bench(quick),
+        Task::Bench {
+            quick,
+            runtime_probes_only,
+        } => bench::bench(quick, runtime_probes_only),
         Task::Demo { check } => demo(check),
         Task::Causality { chain } => causality::causality(chain.as_deref()),
         Task::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),

@@ -184,7 +184,7 @@ impl EventSink for TraceSink<'_> {
             let h = &event.header;
             self.tracer
                 .goroutines
-                .on_probe(h.pid, h.tid, probe, event.a, event.b, h.ts_ns);
+                .on_probe(h.pid, probe, event.a, event.b, h.ts_ns);
         }
     }
 

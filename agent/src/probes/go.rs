@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, os::unix::fs::MetadataExt as _};
 
-use agent_common::GoProbe;
+use agent_common::{GoProbe, go_probe_cookie};
 use aya::{
     Ebpf,
     programs::{
@@ -160,9 +160,7 @@ fn attach_file(
     version: Option<&str>,
 ) -> Result<usize, GoProbeError> {
     let version = version.unwrap_or("an unknown version");
-    if !go::probes_supported(version) {
-        return Err(GoProbeError::Version(version.to_string()));
-    }
+    let layout = go::layout(version).ok_or_else(|| GoProbeError::Version(version.to_string()))?;
     let file = std::fs::File::open(exe).map_err(|e| GoProbeError::Exe {
         pid,
         reason: e.to_string(),
@@ -176,7 +174,6 @@ fn attach_file(
         ));
     }
     let mut points = vec![
-        (NEWPROC1, newproc1.file_offset, GoProbe::NewprocEnter),
         (ROUND_TRIP, get(ROUND_TRIP)?.file_offset, GoProbe::RoundTrip),
         (
             REQUEST_WRITE,
@@ -196,7 +193,7 @@ fn attach_file(
             .attach(
                 UProbeAttachPoint {
                     location: UProbeAttachLocation::AbsoluteOffset(*offset),
-                    cookie: Some(*probe as u64),
+                    cookie: Some(go_probe_cookie(*probe, layout.g_m, layout.m_curg)),
                 },
                 exe,
                 UProbeScope::AllProcesses,

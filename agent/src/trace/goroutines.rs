@@ -23,7 +23,7 @@ type Goroutine = (u32, u64);
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct GoroutineStats {
     pub spawns: u64,
-    /// `newproc1` returns without a matching entry on that thread (the agent attached between).
+    /// Spawns whose spawning goroutine could not be read.
     pub spawns_unpaired: u64,
     pub handoffs: u64,
     /// `Request.write` of a request whose `roundTrip` was not seen.
@@ -40,8 +40,6 @@ pub struct Goroutines {
     parents: FastMap<Goroutine, (u64, u64)>,
     /// Spawn order, to forget the oldest first.
     order: VecDeque<Goroutine>,
-    /// `newproc1` entered on (pid, tid) by this parent `g`, not yet returned.
-    spawning: FastMap<(u32, u32), u64>,
     /// (pid, `*http.Request`) → the goroutine that called `roundTrip` with it.
     round_trips: FastMap<(u32, u64), u64>,
     /// A write loop's goroutine → the goroutine whose request it writes now.
@@ -60,21 +58,22 @@ impl Goroutines {
         self.tracked.contains(&pid)
     }
 
-    /// A probe fired in `pid` on thread `tid` at `ts`, with the values [`GoProbe`] describes.
-    pub fn on_probe(&mut self, pid: u32, tid: u32, probe: GoProbe, a: u64, b: u64, ts: u64) {
+    /// A probe fired in `pid` at `ts`, with the values [`GoProbe`] describes.
+    pub fn on_probe(&mut self, pid: u32, probe: GoProbe, a: u64, b: u64, ts: u64) {
         if !self.tracked.contains(&pid) {
             return;
         }
         match probe {
-            GoProbe::NewprocEnter => {
-                self.spawning.insert((pid, tid), a);
-            }
             GoProbe::NewprocReturn => {
-                let Some(parent) = self.spawning.remove(&(pid, tid)) else {
+                if b == 0 {
+                    // The spawner could not be read: the new goroutine has no known parent, and
+                    // whatever was known of a previous goroutine with this `g` is void.
                     self.stats.spawns_unpaired += 1;
+                    self.parents.remove(&(pid, a));
+                    self.writing_for.remove(&(pid, a));
                     return;
-                };
-                self.spawned((pid, a), parent, ts);
+                }
+                self.spawned((pid, a), b, ts);
             }
             GoProbe::RoundTrip => {
                 if self.round_trips.len() >= MAX_HANDOFFS {
@@ -138,38 +137,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_spawn_pairs_entry_and_return_on_one_thread() {
+    fn a_spawn_names_its_parent() {
         let mut g = Goroutines::default();
-        g.on_probe(1, 10, GoProbe::NewprocEnter, 0xa, 0, 5);
+        g.on_probe(1, GoProbe::NewprocReturn, 0xb, 0xa, 5);
         assert_eq!(g.parent(1, 0xb), None, "untracked processes are ignored");
         g.track(1);
-        g.on_probe(1, 10, GoProbe::NewprocEnter, 0xa, 0, 5);
-        g.on_probe(1, 11, GoProbe::NewprocReturn, 0xc, 0, 6);
-        assert_eq!(
-            g.stats.spawns_unpaired, 1,
-            "another thread's return pairs nothing"
-        );
-        g.on_probe(1, 10, GoProbe::NewprocReturn, 0xb, 0, 7);
+        g.on_probe(1, GoProbe::NewprocReturn, 0xb, 0xa, 7);
         assert_eq!(g.parent(1, 0xb), Some((0xa, 7)));
         assert_eq!(g.parent(2, 0xb), None);
+        // A reused `g` whose spawner could not be read keeps no stale parent.
+        g.on_probe(1, GoProbe::NewprocReturn, 0xb, 0, 9);
+        assert_eq!(g.parent(1, 0xb), None);
+        assert_eq!(g.stats.spawns_unpaired, 1);
     }
 
     #[test]
     fn a_write_loop_writes_for_the_goroutine_that_called_round_trip() {
         let mut g = Goroutines::default();
         g.track(1);
-        g.on_probe(1, 10, GoProbe::RoundTrip, 0xca11, 0x5eed, 1);
+        g.on_probe(1, GoProbe::RoundTrip, 0xca11, 0x5eed, 1);
         assert_eq!(g.caller(1, 0x100), (0x100, false));
-        g.on_probe(1, 12, GoProbe::RequestWrite, 0x100, 0x5eed, 2);
+        g.on_probe(1, GoProbe::RequestWrite, 0x100, 0x5eed, 2);
         assert_eq!(g.caller(1, 0x100), (0xca11, true));
         // The next request it writes came from nowhere the probes saw: no caller, not the last.
-        g.on_probe(1, 12, GoProbe::RequestWrite, 0x100, 0xbad, 3);
+        g.on_probe(1, GoProbe::RequestWrite, 0x100, 0xbad, 3);
         assert_eq!(g.caller(1, 0x100), (0x100, false));
         // A reused `g` starts afresh.
-        g.on_probe(1, 10, GoProbe::RoundTrip, 0xca11, 0x5eed, 4);
-        g.on_probe(1, 12, GoProbe::RequestWrite, 0x100, 0x5eed, 5);
-        g.on_probe(1, 13, GoProbe::NewprocEnter, 0xa, 0, 6);
-        g.on_probe(1, 13, GoProbe::NewprocReturn, 0x100, 0, 7);
+        g.on_probe(1, GoProbe::RoundTrip, 0xca11, 0x5eed, 4);
+        g.on_probe(1, GoProbe::RequestWrite, 0x100, 0x5eed, 5);
+        g.on_probe(1, GoProbe::NewprocReturn, 0x100, 0xa, 7);
         assert_eq!(g.caller(1, 0x100), (0x100, false));
     }
 

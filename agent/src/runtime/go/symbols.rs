@@ -72,11 +72,13 @@ pub fn find_functions_in<'a, R: ReadRef<'a>>(
             continue;
         };
         let file_offset = section_offset + (address - section.address());
+        // The function's bytes must be in the file: a damaged header could place it past the
+        // end, and a uprobe is never attached where no instruction was read.
+        let size = size.clamp(1, MAX_FUNCTION_BYTES);
+        let Ok(Some(code)) = section.data_range(address, size) else {
+            continue;
+        };
         let returns = if with_returns.contains(&name.as_str()) {
-            let size = size.min(MAX_FUNCTION_BYTES);
-            let code = section
-                .data_range(address, size)?
-                .ok_or(GoError::Symbols("a function outside its section"))?;
             return_offsets(code, address)
                 .into_iter()
                 .map(|at| file_offset + (at - address))

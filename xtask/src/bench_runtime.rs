@@ -1,0 +1,177 @@
+//! The runtime probes' cost: a Go front calling two Go leaves (the causality test's `go` chain,
+//! leaves answering at once), sequential requests, the front's CPU time per request with the
+//! agent's Go runtime probes attached and with them refused (the same agent without
+//! `CAP_SYS_ADMIN`, which the kernel requires for uprobes): the difference is what the probes
+//! cost the traced program.
+
+use std::{
+    fmt::Write as _,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use sockspan_tests::{
+    Agent,
+    chains::{Chain, chain_named},
+    fixture, run_ok, stopped_field,
+};
+
+/// One measured phase.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeSample {
+    pub probes: bool,
+    pub requests: u64,
+    /// The Go front's CPU (user + system) per request, µs.
+    pub front_cpu_us: f64,
+    /// Wall time per request as the driver saw it, µs.
+    pub wall_us: f64,
+    /// Uprobe hits per request in all three Go processes (two per spawn, two per hand-off).
+    pub hits_per_request: f64,
+}
+
+/// User + system CPU of `pid` so far, in µs.
+fn cpu_us(pid: u32) -> f64 {
+    crate::bench::proc_cpu_seconds(pid) * 1e6
+}
+
+fn agent(bin: &Path, probes: bool) -> Agent {
+    let mut cmd = Command::new("setpriv");
+    let caps = if probes {
+        "--bounding-set=-all,+bpf,+perfmon,+sys_ptrace,+sys_admin"
+    } else {
+        "--bounding-set=-all,+bpf,+perfmon,+sys_ptrace"
+    };
+    cmd.args(["--inh-caps=-all", caps, "--"])
+        .arg(bin)
+        .args(["run", "--output", "jsonl"]);
+    Agent::spawn(cmd)
+}
+
+fn phase(bin: &Path, chain: &Chain, probes: bool, requests: u64) -> Result<ProbeSample> {
+    let front = chain
+        .pids
+        .iter()
+        .find(|(s, _)| *s == "front")
+        .map(|(_, p)| *p)
+        .context("front pid")?;
+    let agent = agent(bin, probes);
+    let before = cpu_us(front);
+    let started = Instant::now();
+    let _ = run_ok(
+        Command::new("python3")
+            .arg(fixture("chains/driver.py"))
+            .args([
+                &chain.port.to_string(),
+                "front",
+                &requests.to_string(),
+                "0",
+                "0",
+            ]),
+        Duration::from_mins(10),
+    );
+    let wall = started.elapsed().as_secs_f64() * 1e6;
+    let cpu = cpu_us(front) - before;
+    let out = agent.stop();
+    if !out.status.success() {
+        bail!("the agent failed: {}", out.stderr);
+    }
+    let attached = out.stderr.contains("Go runtime probes attached");
+    if attached != probes {
+        bail!(
+            "probes attached: {attached}, wanted {probes}: {}",
+            out.stderr
+        );
+    }
+    let hits = stopped_field(&out.stderr, "go_spawns")
+        + stopped_field(&out.stderr, "go_spawns_unpaired")
+        + 2 * stopped_field(&out.stderr, "go_handoffs")
+        + stopped_field(&out.stderr, "go_handoffs_unpaired");
+    let n = requests as f64;
+    Ok(ProbeSample {
+        probes,
+        requests,
+        front_cpu_us: cpu / n,
+        wall_us: wall / n,
+        hits_per_request: hits as f64 / n,
+    })
+}
+
+/// Interleaved rounds of both phases on one chain.
+pub fn rounds(bin: &Path, quick: bool) -> Result<Vec<ProbeSample>> {
+    let (requests, rounds) = if quick { (1_000, 1) } else { (3_000, 3) };
+    // SAFETY: set before the chain's processes start; nothing else reads it concurrently.
+    unsafe { std::env::set_var("LEAF_MS", "0") };
+    let chain = Chain::start(chain_named("go"));
+    let mut samples = Vec::new();
+    for round in 0..rounds {
+        for probes in if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        } {
+            eprintln!(
+                "xtask bench: runtime probes round {} of {rounds}: probes {}",
+                round + 1,
+                if probes { "on" } else { "refused" }
+            );
+            samples.push(phase(bin, &chain, probes, requests)?);
+        }
+    }
+    Ok(samples)
+}
+
+pub fn section(
+    out: &mut String,
+    samples: &[ProbeSample],
+    summary: impl Fn(&[f64], usize) -> (f64, String),
+) {
+    let of = |probes: bool, f: fn(&ProbeSample) -> f64| -> Vec<f64> {
+        samples
+            .iter()
+            .filter(|s| s.probes == probes)
+            .map(f)
+            .collect()
+    };
+    let requests = samples.first().map_or(0, |s| s.requests);
+    let _ = writeln!(out, "\n## 5. Runtime probes (Go goroutine causality)\n");
+    let _ = writeln!(
+        out,
+        "Method: the causality tests' `go` chain (a Go 1.19 front calling two Go leaves in parallel \
+         through one keep-alive `http.Client`, leaves answering at once), {requests} sequential \
+         requests per phase from a Python client; the front's CPU time (user + system, \
+         `/proc/PID/stat`) per request under `sockspan run` with the Go runtime probes attached, \
+         and under the same agent without `CAP_SYS_ADMIN`, where the kernel refuses the uprobes \
+         and everything else is the same. Uprobe hits are counted from the agent's final log line \
+         (one per goroutine spawn, two per `net/http` hand-off) over all three Go processes.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| phase | front CPU µs per request | wall µs per request | uprobe hits per request |\n|---|---|---|---|"
+    );
+    let mut medians = [0.0; 2];
+    for (i, probes) in [true, false].into_iter().enumerate() {
+        let (cpu, cpu_text) = summary(&of(probes, |s| s.front_cpu_us), 1);
+        medians[i] = cpu;
+        let (_, wall_text) = summary(&of(probes, |s| s.wall_us), 0);
+        let (_, hits_text) = summary(&of(probes, |s| s.hits_per_request), 1);
+        let _ = writeln!(
+            out,
+            "| {} | {cpu_text} | {wall_text} | {hits_text} |",
+            if probes {
+                "probes attached"
+            } else {
+                "probes refused"
+            }
+        );
+    }
+    let (hits, _) = summary(&of(true, |s| s.hits_per_request), 1);
+    let extra = medians[0] - medians[1];
+    let _ = writeln!(
+        out,
+        "\nThe probes cost the front **{extra:.1} µs of CPU per request** (difference of the \
+         medians), with {hits:.1} uprobe hits per request over the chain's three processes (each \
+         hit is a trap into the kernel and a run of the program)."
+    );
+}
