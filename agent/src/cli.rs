@@ -140,6 +140,12 @@ pub enum Output {
     Otlp,
 }
 
+/// A runtime whose probes `--no-runtime-probes` can leave off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeProbe {
+    Go,
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Where spans go.
@@ -190,6 +196,10 @@ pub struct RunArgs {
     /// every other value is recorded as `REDACTED`.
     #[arg(long, value_name = "NAMES")]
     pub record_query_values: Vec<String>,
+    /// Runtime probes to leave off (comma-separated, repeatable): `go` (goroutine causality:
+    /// uprobes on each Go executable; every hit traps into the kernel, see BENCHMARKS.md).
+    #[arg(long, value_name = "RUNTIMES", value_delimiter = ',')]
+    pub no_runtime_probes: Vec<RuntimeProbe>,
     #[command(flatten)]
     pub capture: CaptureArgs,
 }

@@ -170,3 +170,27 @@ fn go_without_cap_sys_admin_traces_on_and_says_why() {
         out.stderr
     );
 }
+
+/// `--no-runtime-probes go` leaves the Go probes off: traced on, no goroutine links, said so.
+#[test]
+fn go_runtime_probes_can_be_turned_off() {
+    let chain = Chain::start(chain_named("go"));
+    let agent = Agent::start_command("run", &["--output", "jsonl", "--no-runtime-probes", "go"]);
+    let ids = chain.drive(4, 1, 4);
+    let out = agent.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let result = score("go-probes-off", &chain.root, &ids, &out.events);
+    assert_precise(&result);
+    assert!(
+        (result.completeness() - 1.0).abs() < f64::EPSILON,
+        "{}",
+        result.line()
+    );
+    assert_eq!(result.evidence.get("goroutine"), None, "{}", result.line());
+    assert!(
+        out.stderr.contains("Go runtime probes off")
+            && !out.stderr.contains("Go runtime probes attached"),
+        "{}",
+        out.stderr
+    );
+}

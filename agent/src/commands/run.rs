@@ -80,13 +80,19 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
             None,
         ),
     };
-    let mut sink = TraceSink::new(
+    let sink = TraceSink::new(
         Conntrack::new(args.capture.conntrack(), discovered),
         Tracer::new(trace_config, Resources::new(args.service_name)),
         exporter.as_mut(),
     )
-    .with_kernel_conns(kernel_conns)
-    .with_probes(&mut probes);
+    .with_kernel_conns(kernel_conns);
+    let go_probes = !args
+        .no_runtime_probes
+        .contains(&crate::cli::RuntimeProbe::Go);
+    if !go_probes {
+        tracing::info!("Go runtime probes off (--no-runtime-probes go): no goroutine causality");
+    }
+    let mut sink = sink.with_probes(&mut probes, go_probes);
     let stop = pipeline::stop_signal(args.duration.map(Duration::from_secs));
     let receiver = receiver::run(ring, &mut sink, Duration::from_millis(100), stop)
         .await

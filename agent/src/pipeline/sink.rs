@@ -40,6 +40,8 @@ pub struct TraceSink<'a> {
     probes: Option<&'a mut Probes>,
     /// Go processes already considered for the runtime probes.
     go_seen: HashSet<u32>,
+    /// Whether the Go runtime probes are attached to Go programs (`--no-runtime-probes go`).
+    go_probes: bool,
     pub feedback: FeedbackStats,
     events: Vec<ProtoEvent>,
     spans: Vec<SpanData>,
@@ -56,6 +58,7 @@ impl<'a> TraceSink<'a> {
             kernel_conns: None,
             probes: None,
             go_seen: HashSet::new(),
+            go_probes: false,
             feedback: FeedbackStats::default(),
             events: Vec::new(),
             spans: Vec::new(),
@@ -71,11 +74,15 @@ impl<'a> TraceSink<'a> {
         self
     }
 
-    /// Attaches the Go runtime probes to the Go programs running now, and to those that appear.
+    /// Keeps the loaded programs (their counters); with `go_probes`, attaches the Go runtime
+    /// probes to the Go programs running now, and to those that appear.
     #[must_use]
-    pub fn with_probes(mut self, probes: &'a mut Probes) -> Self {
-        for process in crate::runtime::go_programs_running() {
-            watch_go(&mut self.go_seen, &mut self.tracer, probes, &process);
+    pub fn with_probes(mut self, probes: &'a mut Probes, go_probes: bool) -> Self {
+        self.go_probes = go_probes;
+        if go_probes {
+            for process in crate::runtime::go_programs_running() {
+                watch_go(&mut self.go_seen, &mut self.tracer, probes, &process);
+            }
         }
         self.probes = Some(probes);
         self
@@ -171,7 +178,8 @@ fn dispatch(tracer: &mut Tracer, events: &mut Vec<ProtoEvent>, conn: &Connection
 impl EventSink for TraceSink<'_> {
     fn on_open(&mut self, event: &ConnEvent) {
         let conn = self.conntrack.open(event);
-        if let Some(probes) = self.probes.as_deref_mut()
+        if self.go_probes
+            && let Some(probes) = self.probes.as_deref_mut()
             && !conn.process.runtime.threads_are_tasks()
         {
             watch_go(&mut self.go_seen, &mut self.tracer, probes, &conn.process);
@@ -192,7 +200,8 @@ impl EventSink for TraceSink<'_> {
         let Some(conn) = self.conntrack.touch(event) else {
             return;
         };
-        if let Some(probes) = self.probes.as_deref_mut()
+        if self.go_probes
+            && let Some(probes) = self.probes.as_deref_mut()
             && !conn.process.runtime.threads_are_tasks()
         {
             watch_go(&mut self.go_seen, &mut self.tracer, probes, &conn.process);
