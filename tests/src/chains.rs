@@ -26,6 +26,11 @@ use crate::{Nginx, Proc, fixture, free_port, run_ok};
 pub enum Kind {
     /// Python `ThreadingHTTPServer`, `http.client` pools: a thread per request.
     Threaded,
+    /// As `Threaded`, served by a fixed pool of 8 threads (one thread, many requests in turn).
+    ThreadPool,
+    /// grpcio server (thread pool) serving `/chain.Svc/<segment>`; calls its downstreams over
+    /// gRPC. Callers reach it over gRPC too, the request id in the metadata `x-request-id`.
+    Grpc,
     /// aiohttp server and `ClientSession`, `asyncio.gather`; on uvloop when `uvloop`.
     Aiohttp { uvloop: bool },
     /// uvicorn (uvloop, httptools) + `FastAPI` + `httpx.AsyncClient`.
@@ -93,6 +98,27 @@ pub fn chain_named(name: &str) -> Hop {
         "fastapi" => two_leaves(Kind::Fastapi),
         "node" => two_leaves(Kind::Node),
         "go" => two_leaves(Kind::Go),
+        // An HTTP front calling a gRPC model server: the caller → gRPC client link.
+        "grpc" => Hop::calling(
+            Kind::Threaded,
+            "front",
+            vec![Hop::leaf(Kind::Grpc, "model")],
+        ),
+        "grpc-pool" => Hop::calling(
+            Kind::ThreadPool,
+            "front",
+            vec![Hop::leaf(Kind::Grpc, "model")],
+        ),
+        // The chain: HTTP front → gRPC model → gRPC feature server.
+        "grpc-chain" => Hop::calling(
+            Kind::Threaded,
+            "front",
+            vec![Hop::calling(
+                Kind::Grpc,
+                "model",
+                vec![Hop::leaf(Kind::Grpc, "feature")],
+            )],
+        ),
         "go-sequential" => two_leaves(Kind::GoSequential),
         "go-stripped" => two_leaves(Kind::GoStripped),
         // Go in the middle: a threaded front's keep-alive pool into it, goroutines out of it.
@@ -134,7 +160,7 @@ pub fn chain_named(name: &str) -> Hop {
 }
 
 /// Every chain [`chain_named`] knows, in table order.
-pub const CHAINS: [&str; 11] = [
+pub const CHAINS: [&str; 14] = [
     "threaded",
     "nginx",
     "aiohttp",
@@ -146,6 +172,9 @@ pub const CHAINS: [&str; 11] = [
     "go-stripped",
     "go-middle",
     "mixed",
+    "grpc",
+    "grpc-pool",
+    "grpc-chain",
 ];
 
 /// The Go service, built once per test process into `target/chains/` from the fixture's
@@ -193,6 +222,20 @@ fn start_ready(mut cmd: Command, what: &str) -> Proc {
     match rx.recv_timeout(Duration::from_secs(30)) {
         Ok(line) if line.trim() == "ready" => proc,
         other => panic!("{what} did not print `ready`: {other:?}"),
+    }
+}
+
+/// Extra `sockspan run` flags a chain needs: gRPC hops carry the request id in the metadata
+/// `x-request-id`, which the agent records only when asked by name.
+#[must_use]
+pub fn agent_flags(root: &Hop) -> Vec<&'static str> {
+    fn has_grpc(hop: &Hop) -> bool {
+        hop.kind == Kind::Grpc || hop.calls.iter().any(has_grpc)
+    }
+    if has_grpc(root) {
+        vec!["--record-headers", "x-request-id"]
+    } else {
+        Vec::new()
     }
 }
 
@@ -264,7 +307,15 @@ fn start_hop(
     let downstream: Vec<String> = hop
         .calls
         .iter()
-        .map(|d| format!("{}={}", d.segment, start_hop(d, procs, nginx, pids)))
+        .map(|d| {
+            let port = start_hop(d, procs, nginx, pids);
+            // An HTTP service calls a gRPC one through its gRPC client.
+            if d.kind == Kind::Grpc && hop.kind != Kind::Grpc {
+                format!("grpc:{}={port}", d.segment)
+            } else {
+                format!("{}={port}", d.segment)
+            }
+        })
         .collect();
     if hop.kind == Kind::Nginx {
         let [upstream] = downstream.as_slice() else {
@@ -283,7 +334,8 @@ fn start_hop(
     }
     let port = free_port();
     let mut cmd = match hop.kind {
-        Kind::Threaded => python("threaded.py"),
+        Kind::Threaded | Kind::ThreadPool => python("threaded.py"),
+        Kind::Grpc => python("grpc_chain.py"),
         Kind::Aiohttp { .. } => python("aiohttp_service.py"),
         Kind::Fastapi => python("fastapi_service.py"),
         Kind::Node => {
@@ -304,6 +356,9 @@ fn start_hop(
     }
     if hop.kind == Kind::GoSequential {
         cmd.env("GO_SEQUENTIAL", "1");
+    }
+    if hop.kind == Kind::ThreadPool {
+        cmd.env("POOL", "8");
     }
     let proc = start_ready(cmd, hop.service);
     pids.push((hop.segment, proc.pid()));
@@ -437,6 +492,23 @@ impl Score {
     }
 }
 
+/// A span's path as the chain's truth names it: `url.path` for HTTP; for gRPC (no path, the
+/// method names the service's segment) `/<method>/<x-request-id>`.
+fn path_of(span: &Value) -> Option<String> {
+    if let Some(path) = span.pointer("/attributes/url.path").and_then(Value::as_str) {
+        return Some(path.to_string());
+    }
+    // `rpc.method` is `service/method` (`chain.Svc/model`).
+    let full = span
+        .pointer("/attributes/rpc.method")
+        .and_then(Value::as_str)?;
+    let method = full.rsplit('/').next().unwrap_or(full);
+    let id = span
+        .pointer("/attributes/http.request.header.x-request-id")
+        .and_then(Value::as_str)?;
+    Some(format!("/{method}/{id}"))
+}
+
 fn str_of<'a>(span: &'a Value, pointer: &str) -> &'a str {
     span.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
@@ -451,7 +523,7 @@ fn time(span: &Value, key: &str) -> u64 {
 pub fn score(chain: &str, root: &Hop, ids: &[String], spans: &[Value]) -> Score {
     let mut by_identity: HashMap<Expected, Vec<&Value>> = HashMap::new();
     for span in spans {
-        let Some(path) = span.pointer("/attributes/url.path").and_then(Value::as_str) else {
+        let Some(path) = path_of(span) else {
             continue;
         };
         let Some(service) = [root.service, "driver"]
@@ -470,7 +542,7 @@ pub fn score(chain: &str, root: &Hop, ids: &[String], spans: &[Value]) -> Score 
             .entry(Expected {
                 service,
                 kind,
-                path: path.to_string(),
+                path,
             })
             .or_default()
             .push(span);

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use sockspan_tests::{
     Agent,
-    chains::{Chain, Score, chain_named, save, score},
+    chains::{Chain, Score, agent_flags, chain_named, save, score},
     sockspan_unwrapped_bin,
 };
 
@@ -24,7 +24,9 @@ fn measure(name: &str) -> Score {
 /// The score, and what the agent logged.
 fn measure_with_log(name: &str) -> (Score, String) {
     let chain = Chain::start(chain_named(name));
-    let agent = Agent::start_command("run", &["--output", "jsonl"]);
+    let mut flags = vec!["--output", "jsonl"];
+    flags.extend(agent_flags(&chain.root));
+    let agent = Agent::start_command("run", &flags);
     let ids = chain.drive(SEQUENTIAL, WAVES, WIDTH);
     let out = agent.stop();
     assert!(out.status.success(), "{}", out.stderr);
@@ -193,4 +195,32 @@ fn go_runtime_probes_can_be_turned_off() {
         "{}",
         out.stderr
     );
+}
+
+/// An HTTP front (a thread per request) calling a grpcio model server: the thread rule for a
+/// write that opens one HTTP/2 stream alone (grpcio's calling thread writes its own HEADERS).
+#[test]
+fn grpc_chain_from_a_threaded_front_is_whole() {
+    let score = measure("grpc");
+    assert_whole(&score);
+    assert!(
+        score.evidence.get("thread").copied().unwrap_or(0) > 0,
+        "{}",
+        score.line()
+    );
+}
+
+/// The same from a fixed pool of threads, where one thread serves many requests in turn (the
+/// case where grpc-core could flush another caller's stream from a thread serving a request).
+#[test]
+fn grpc_chain_from_a_thread_pool_is_whole() {
+    assert_whole(&measure("grpc-pool"));
+}
+
+/// HTTP front → gRPC model → gRPC feature server: the model's handler runs on grpcio's pool
+/// thread, not the thread that read the call, so its call to the feature server gets no parent
+/// yet (no wrong one either).
+#[test]
+fn grpc_chain_of_three() {
+    assert_precise(&measure("grpc-chain"));
 }

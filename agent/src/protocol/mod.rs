@@ -181,6 +181,15 @@ pub trait ConnectionParser: Debug {
     /// them on (HTTP/2 in grpcio, Go, Node.js), so same-thread causality would name a wrong
     /// parent.
     fn thread_causality(&self) -> bool;
+
+    /// Whether a CLIENT request may still take same-thread causality when it is the only
+    /// request in the syscall that completed it. Multiplexed protocols say yes where the calling
+    /// thread usually writes its own request: a write that opens exactly one stream is that
+    /// thread's call (measured for grpcio, `tests/tests/causality.rs`), while one that carries
+    /// several may be a flush of other callers' streams.
+    fn lone_client_requests(&self) -> bool {
+        false
+    }
 }
 
 /// A data chunk as detection sees it.

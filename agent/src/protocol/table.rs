@@ -87,6 +87,7 @@ impl ProtocolTable {
         tid: u32,
         out: &mut Vec<ProtoEvent>,
     ) -> Fed {
+        let already = out.len();
         let state = self
             .conns
             .entry(conn_id)
@@ -130,9 +131,18 @@ impl ProtocolTable {
             // What it reported before failing stands: those exchanges were well formed.
             return Fed::GaveUp;
         }
+        // A client request alone in the syscall that completed it may take the thread rule
+        // where the parser allows that (HTTP/2: a write opening one stream, by the caller).
+        let lone_client_request = !parsed.server
+            && parsed.parser.lone_client_requests()
+            && out[already..]
+                .iter()
+                .filter(|e| matches!(e, ProtoEvent::Request { .. }))
+                .count()
+                == 1;
         Fed::Parsed {
             server: parsed.server,
-            thread_causality: parsed.parser.thread_causality(),
+            thread_causality: parsed.parser.thread_causality() || lone_client_request,
         }
     }
 
@@ -154,5 +164,57 @@ impl ProtocolTable {
     /// Keeps only the connections `keep` says are still tracked.
     pub fn retain(&mut self, keep: impl Fn(u64) -> bool) {
         self.conns.retain(|id, _| keep(*id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_common::Role;
+
+    use super::*;
+    use crate::protocol::http2::frame::{PREFACE, flag, kind};
+
+    /// A HEADERS frame opening `stream`: POST `/a.B/C` over http, the path not indexed.
+    fn headers(stream: u8) -> Vec<u8> {
+        let mut block = vec![0x83, 0x86, 0x04, 6];
+        block.extend_from_slice(b"/a.B/C");
+        let len = u8::try_from(block.len()).expect("short");
+        let mut frame = vec![0, 0, len, kind::HEADERS, flag::END_HEADERS, 0, 0, 0, stream];
+        frame.extend_from_slice(&block);
+        frame
+    }
+
+    fn feed(table: &mut ProtocolTable, payload: &[u8]) -> Fed {
+        let chunk = Chunk {
+            egress: true,
+            role: Role::Client,
+            payload,
+            total: payload.len() as u64,
+        };
+        table.feed(7, &chunk, 1, 1, &mut Vec::new())
+    }
+
+    #[test]
+    fn an_http2_client_write_opening_one_stream_alone_may_take_the_thread_rule() {
+        let mut table = ProtocolTable::default();
+        let mut first = PREFACE.to_vec();
+        first.extend_from_slice(&[0, 0, 0, kind::SETTINGS, 0, 0, 0, 0, 0]);
+        first.extend(headers(1));
+        let lone = Fed::Parsed {
+            server: false,
+            thread_causality: true,
+        };
+        assert_eq!(feed(&mut table, &first), lone);
+        // A write carrying two streams may be a flush of other callers' calls.
+        let mut two = headers(3);
+        two.extend(headers(5));
+        assert_eq!(
+            feed(&mut table, &two),
+            Fed::Parsed {
+                server: false,
+                thread_causality: false
+            }
+        );
+        assert_eq!(feed(&mut table, &headers(7)), lone);
     }
 }

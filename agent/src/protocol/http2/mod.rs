@@ -661,6 +661,10 @@ impl ConnectionParser for Http2Connection {
     fn thread_causality(&self) -> bool {
         false
     }
+
+    fn lone_client_requests(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
