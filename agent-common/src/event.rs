@@ -288,8 +288,8 @@ pub enum GoProbe {
     /// `newproc1` runs on the system stack, so R14 holds the thread's `g0`, whose `m.curg` is
     /// the goroutine that ran the `go` statement.
     NewprocReturn = 2,
-    /// `net/http.(*Transport).roundTrip` entered: `a` is the calling goroutine's `g`, `b` the
-    /// `*http.Request`.
+    /// `net/http.(*persistConn).roundTrip` entered (on the calling goroutine): `a` is its `g`,
+    /// `b` the `*http.Request` embedded first in the `*transportRequest` argument (BX).
     RoundTrip = 3,
     /// `net/http.(*Request).write` entered (in the connection's write loop): `a` is the writing
     /// goroutine's `g`, `b` the `*http.Request`.

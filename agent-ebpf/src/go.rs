@@ -1,6 +1,6 @@
 //! One uprobe program for the Go runtime probes: attached (by the agent, once per Go executable)
 //! at each return instruction of `runtime.newproc1`, and at the entries of
-//! `net/http.(*Transport).roundTrip` and `net/http.(*Request).write`. The attach cookie says
+//! `net/http.(*persistConn).roundTrip` and `net/http.(*Request).write`. The attach cookie says
 //! which ([`GoProbe`]) and carries the struct offsets of that executable's Go release
 //! ([`agent_common::go_probe_cookie`]); the program reads what that probe needs and sends it in
 //! a [`GoProbeEvent`]. Each hit is a trap into the kernel (tens of µs on some VMs, see
@@ -50,7 +50,7 @@ pub fn go_probe(ctx: ProbeContext) -> u32 {
     let probe = cookie & 0xffff;
     let (a, b) = match probe {
         p if p == GoProbe::NewprocReturn as u64 => (rax, spawner(r14, cookie)),
-        p if p == GoProbe::RoundTrip as u64 => (r14, rbx),
+        p if p == GoProbe::RoundTrip as u64 => (r14, embedded_request(rbx)),
         p if p == GoProbe::RequestWrite as u64 => (r14, rax),
         _ => return 0,
     };
@@ -85,4 +85,11 @@ fn spawner(g0: u64, cookie: u64) -> u64 {
     };
     // SAFETY: as above.
     unsafe { bpf_probe_read_user((m + m_curg) as *const u64) }.unwrap_or(0)
+}
+
+/// The `*http.Request` a `*transportRequest` embeds as its first field; 0 if unreadable.
+#[inline(always)]
+fn embedded_request(transport_request: u64) -> u64 {
+    // SAFETY: bpf_probe_read_user returns an error for a bad user address; it never faults.
+    unsafe { bpf_probe_read_user(transport_request as *const u64) }.unwrap_or(0)
 }

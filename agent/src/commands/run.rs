@@ -133,6 +133,7 @@ fn log_stopped(sink: &TraceSink<'_>, receiver: &receiver::ReceiverStats) {
         parent_from_connection = sink.tracer.stats.parent_from_connection,
         roots = sink.tracer.stats.roots,
         ambiguous = sink.tracer.stats.ambiguous,
+        spans_abandoned = sink.tracer.stats.abandoned,
         held = sink.tracer.held(),
         held_peak = sink.tracer.stats.held_peak,
         protocol_connections = %ProtocolCounts(&sink.protocols.stats),

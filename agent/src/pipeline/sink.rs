@@ -191,8 +191,7 @@ impl EventSink for TraceSink<'_> {
         if let Some(probe) = GoProbe::from_u32(event.probe) {
             let h = &event.header;
             self.tracer
-                .goroutines
-                .on_probe(h.pid, probe, event.a, event.b, h.ts_ns);
+                .on_go_probe(h.pid, probe, event.a, event.b, h.ts_ns);
         }
     }
 
@@ -287,7 +286,9 @@ impl EventSink for TraceSink<'_> {
         if self.ticks.is_multiple_of(20) {
             self.conntrack.sweep(monotonic_ns());
             let conntrack = &self.conntrack;
-            self.protocols.retain(|id| conntrack.contains(id));
+            let dropped = self.protocols.retain(|id| conntrack.contains(id));
+            // Their open requests never complete: no rule may pick them as a parent later.
+            self.tracer.abandon_connections(&dropped);
         }
     }
 }

@@ -18,7 +18,10 @@ use crate::runtime::go::{self, symbols::find_functions};
 
 pub const PROGRAM: &str = "go_probe";
 const NEWPROC1: &str = "runtime.newproc1";
-const ROUND_TRIP: &str = "net/http.(*Transport).roundTrip";
+/// Not `Transport.roundTrip`: that one may rewind a request with a body into a copy, and the
+/// copy is what the write loop writes. `persistConn.roundTrip` gets the `transportRequest`
+/// whose embedded `*Request` (its first field) is the one `Request.write` receives.
+const ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
 const REQUEST_WRITE: &str = "net/http.(*Request).write";
 
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +34,12 @@ pub enum GoProbeError {
     Go(#[from] go::GoError),
     #[error("`{0}` is not in the executable")]
     Missing(&'static str),
-    #[error("goroutine tracking is verified on go1.19 only; this program is {0}")]
+    #[error(
+        "goroutine tracking is verified on go1.19 only and this program is {0}; its struct layout needs a test before it is trusted"
+    )]
     Version(String),
+    #[error("the same executable failed before: {0}")]
+    Before(String),
     #[error(
         "uprobes are refused without CAP_SYS_ADMIN on this kernel (perf_event_open: {0}); grant it (deploy/README.md)"
     )]
@@ -57,8 +64,8 @@ pub enum Attached {
 pub struct GoProbes {
     /// Why the program is not usable, when it is not.
     unavailable: Option<String>,
-    /// (device, inode) of executables seen, and whether attaching worked.
-    files: HashMap<(u64, u64), bool>,
+    /// (device, inode) of executables seen, and why attaching failed if it did.
+    files: HashMap<(u64, u64), Result<(), String>>,
 }
 
 impl GoProbes {
@@ -66,7 +73,12 @@ impl GoProbes {
     /// goroutine tracking, and says why when a Go program appears.
     pub fn load(ebpf: &mut Ebpf) -> Self {
         let unavailable = match program(ebpf) {
-            Ok(program) => program.load().err().map(|e| super::error_chain(&e)),
+            Ok(program) => program.load().err().map(|e| {
+                format!(
+                    "{} (the program needs Linux 5.15 or newer: bpf_get_attach_cookie for uprobes)",
+                    super::error_chain(&e)
+                )
+            }),
             Err(e) => Some(e),
         };
         Self {
@@ -91,18 +103,17 @@ impl GoProbes {
             reason: e.to_string(),
         })?;
         let file_key = (meta.dev(), meta.ino());
-        if let Some(&ok) = self.files.get(&file_key) {
-            return if ok {
-                Ok(Attached::Already)
-            } else {
-                Err(GoProbeError::Exe {
-                    pid,
-                    reason: "attaching to this executable failed before".into(),
-                })
+        if let Some(before) = self.files.get(&file_key) {
+            return match before {
+                Ok(()) => Ok(Attached::Already),
+                Err(why) => Err(GoProbeError::Before(why.clone())),
             };
         }
         let result = attach_file(ebpf, pid, &exe, version);
-        self.files.insert(file_key, result.is_ok());
+        self.files.insert(
+            file_key,
+            result.as_ref().map(|_| ()).map_err(ToString::to_string),
+        );
         result.map(|probes| Attached::New { probes })
     }
 }

@@ -131,15 +131,18 @@ impl ProtocolTable {
             // What it reported before failing stands: those exchanges were well formed.
             return Fed::GaveUp;
         }
-        // A client request alone in the syscall that completed it may take the thread rule
-        // where the parser allows that (HTTP/2: a write opening one stream, by the caller).
-        let lone_client_request = !parsed.server
-            && parsed.parser.lone_client_requests()
-            && out[already..]
-                .iter()
-                .filter(|e| matches!(e, ProtoEvent::Request { .. }))
-                .count()
-                == 1;
+        // A client request alone in the syscall that completed it, and begun by that syscall
+        // too (a header block a short write split began in another thread's write, maybe),
+        // may take the thread rule where the parser allows that (HTTP/2: a write opening one
+        // stream, by the caller).
+        let lone_client_request = !parsed.server && parsed.parser.lone_client_requests() && {
+            let mut starts = out[already..].iter().filter_map(|e| match e {
+                ProtoEvent::Request { start, .. } => Some(start),
+                ProtoEvent::Exchange(_) => None,
+            });
+            matches!((starts.next(), starts.next()),
+                    (Some(start), None) if start.ts == ts && start.tid == tid)
+        };
         Fed::Parsed {
             server: parsed.server,
             thread_causality: parsed.parser.thread_causality() || lone_client_request,
@@ -162,8 +165,17 @@ impl ProtocolTable {
     }
 
     /// Keeps only the connections `keep` says are still tracked.
-    pub fn retain(&mut self, keep: impl Fn(u64) -> bool) {
-        self.conns.retain(|id, _| keep(*id));
+    /// Returns the connections dropped, whose open requests will never complete.
+    pub fn retain(&mut self, keep: impl Fn(u64) -> bool) -> Vec<u64> {
+        let mut dropped = Vec::new();
+        self.conns.retain(|id, _| {
+            let kept = keep(*id);
+            if !kept {
+                dropped.push(*id);
+            }
+            kept
+        });
+        dropped
     }
 }
 
@@ -216,5 +228,23 @@ mod tests {
             }
         );
         assert_eq!(feed(&mut table, &headers(7)), lone);
+        // A header block begun by an earlier write (split by a short write) is not this
+        // write's alone.
+        let nine = headers(9);
+        let (head, tail) = nine.split_at(6);
+        let _ = feed(&mut table, head);
+        let chunk = Chunk {
+            egress: true,
+            role: Role::Client,
+            payload: tail,
+            total: tail.len() as u64,
+        };
+        assert_eq!(
+            table.feed(7, &chunk, 2, 2, &mut Vec::new()),
+            Fed::Parsed {
+                server: false,
+                thread_causality: false
+            }
+        );
     }
 }

@@ -16,6 +16,9 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 const MAX_GOROUTINES: usize = 256 * 1024;
 /// Requests handed from `roundTrip` to a write loop and not yet written, and write loops.
 const MAX_HANDOFFS: usize = 64 * 1024;
+/// Longest a request may wait between its `roundTrip` and its write loop's `Request.write`
+/// (a dial to a slow server included) and still pair.
+const MAX_HANDOFF_NS: u64 = 10_000_000_000;
 
 /// A goroutine in a process: (pid, `g`).
 type Goroutine = (u32, u64);
@@ -40,8 +43,8 @@ pub struct Goroutines {
     parents: FastMap<Goroutine, (u64, u64)>,
     /// Spawn order, to forget the oldest first.
     order: VecDeque<Goroutine>,
-    /// (pid, `*http.Request`) → the goroutine that called `roundTrip` with it.
-    round_trips: FastMap<(u32, u64), u64>,
+    /// (pid, `*http.Request`) → the goroutine that called `roundTrip` with it, and when.
+    round_trips: FastMap<(u32, u64), (u64, u64)>,
     /// A write loop's goroutine → the goroutine whose request it writes now.
     writing_for: FastMap<Goroutine, u64>,
     pub stats: GoroutineStats,
@@ -66,12 +69,10 @@ impl Goroutines {
         match probe {
             GoProbe::NewprocReturn => {
                 if b == 0 {
-                    // The spawner could not be read: the new goroutine has no known parent, and
-                    // whatever was known of a previous goroutine with this `g` is void.
+                    // The spawner could not be read (a spawn from the scheduler, `m.curg`
+                    // nil): the goroutine has no known parent; 0 says so to the walk, and
+                    // replaces whatever a previous goroutine with this `g` had.
                     self.stats.spawns_unpaired += 1;
-                    self.parents.remove(&(pid, a));
-                    self.writing_for.remove(&(pid, a));
-                    return;
                 }
                 self.spawned((pid, a), b, ts);
             }
@@ -80,10 +81,18 @@ impl Goroutines {
                     self.stats.forgotten += self.round_trips.len() as u64;
                     self.round_trips.clear();
                 }
-                self.round_trips.insert((pid, b), a);
+                self.round_trips.insert((pid, b), (a, ts));
             }
             GoProbe::RequestWrite => {
-                let Some(caller) = self.round_trips.remove(&(pid, b)) else {
+                // A hand-off is the write loop's next write after the caller's `roundTrip`: an
+                // entry older than that is a request that was never written (its connection
+                // failed), and its address may since hold another request.
+                let fresh = self
+                    .round_trips
+                    .remove(&(pid, b))
+                    .filter(|&(_, at)| ts.saturating_sub(at) <= MAX_HANDOFF_NS)
+                    .map(|(caller, _)| caller);
+                let Some(caller) = fresh else {
                     // The write loop now writes for a caller it cannot name: forget the last.
                     self.writing_for.remove(&(pid, a));
                     self.stats.handoffs_unpaired += 1;
@@ -116,11 +125,12 @@ impl Goroutines {
     }
 
     /// The goroutine a request written by `g` was made by: its caller when `g` is a write loop
-    /// that took the request over (`true`), else `g` itself (`false`).
-    #[must_use]
-    pub fn caller(&self, pid: u32, g: u64) -> (u64, bool) {
-        match self.writing_for.get(&(pid, g)) {
-            Some(&caller) => (caller, true),
+    /// that took the request over (`true`), else `g` itself (`false`). A hand-off serves one
+    /// request: the write loop's next request needs its own (a lost probe record then costs a
+    /// parent, never names the previous caller).
+    pub fn take_caller(&mut self, pid: u32, g: u64) -> (u64, bool) {
+        match self.writing_for.remove(&(pid, g)) {
+            Some(caller) => (caller, true),
             None => (g, false),
         }
     }
@@ -145,9 +155,9 @@ mod tests {
         g.on_probe(1, GoProbe::NewprocReturn, 0xb, 0xa, 7);
         assert_eq!(g.parent(1, 0xb), Some((0xa, 7)));
         assert_eq!(g.parent(2, 0xb), None);
-        // A reused `g` whose spawner could not be read keeps no stale parent.
+        // A reused `g` whose spawner could not be read keeps no stale parent: 0 says unknown.
         g.on_probe(1, GoProbe::NewprocReturn, 0xb, 0, 9);
-        assert_eq!(g.parent(1, 0xb), None);
+        assert_eq!(g.parent(1, 0xb), Some((0, 9)));
         assert_eq!(g.stats.spawns_unpaired, 1);
     }
 
@@ -156,17 +166,35 @@ mod tests {
         let mut g = Goroutines::default();
         g.track(1);
         g.on_probe(1, GoProbe::RoundTrip, 0xca11, 0x5eed, 1);
-        assert_eq!(g.caller(1, 0x100), (0x100, false));
+        assert_eq!(g.take_caller(1, 0x100), (0x100, false));
         g.on_probe(1, GoProbe::RequestWrite, 0x100, 0x5eed, 2);
-        assert_eq!(g.caller(1, 0x100), (0xca11, true));
+        assert_eq!(g.take_caller(1, 0x100), (0xca11, true));
+        assert_eq!(
+            g.take_caller(1, 0x100),
+            (0x100, false),
+            "one request per hand-off"
+        );
         // The next request it writes came from nowhere the probes saw: no caller, not the last.
-        g.on_probe(1, GoProbe::RequestWrite, 0x100, 0xbad, 3);
-        assert_eq!(g.caller(1, 0x100), (0x100, false));
+        g.on_probe(1, GoProbe::RoundTrip, 0xca11, 0x5eed, 3);
+        g.on_probe(1, GoProbe::RequestWrite, 0x100, 0x5eed, 4);
+        g.on_probe(1, GoProbe::RequestWrite, 0x100, 0xbad, 5);
+        assert_eq!(g.take_caller(1, 0x100), (0x100, false));
         // A reused `g` starts afresh.
-        g.on_probe(1, GoProbe::RoundTrip, 0xca11, 0x5eed, 4);
-        g.on_probe(1, GoProbe::RequestWrite, 0x100, 0x5eed, 5);
-        g.on_probe(1, GoProbe::NewprocReturn, 0x100, 0xa, 7);
-        assert_eq!(g.caller(1, 0x100), (0x100, false));
+        g.on_probe(1, GoProbe::RoundTrip, 0xca11, 0x5eed, 6);
+        g.on_probe(1, GoProbe::RequestWrite, 0x100, 0x5eed, 7);
+        g.on_probe(1, GoProbe::NewprocReturn, 0x100, 0xa, 8);
+        assert_eq!(g.take_caller(1, 0x100), (0x100, false));
+        // A `roundTrip` whose request was never written does not pair with a later request
+        // that happens to get its address.
+        g.on_probe(1, GoProbe::RoundTrip, 0xca11, 0x0dd, 10);
+        g.on_probe(
+            1,
+            GoProbe::RequestWrite,
+            0x100,
+            0x0dd,
+            10 + MAX_HANDOFF_NS + 1,
+        );
+        assert_eq!(g.take_caller(1, 0x100), (0x100, false));
     }
 
     #[test]

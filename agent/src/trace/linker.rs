@@ -40,6 +40,8 @@ use super::{
     resource::Resources,
     span::{KeyValue, Resource, SpanData, SpanKind, SpanLink},
 };
+use agent_common::GoProbe;
+
 use crate::{
     clock::WallClock,
     conntrack::Connection,
@@ -99,6 +101,8 @@ pub struct TraceStats {
     pub orphan_exchanges: u64,
     /// Spans dropped because `max_spans` were held.
     pub dropped_full: u64,
+    /// Open spans dropped because their connection stopped being tracked.
+    pub abandoned: u64,
     /// The most spans held at once (open or waiting for export).
     pub held_peak: u64,
 }
@@ -493,7 +497,7 @@ impl Tracer {
     }
 
     /// The candidates of the rule by unit of work for a CLIENT request, and the rule's name.
-    fn unit_candidates(&self, pid: u32, unit: Unit, ts: u64) -> (Candidates, &'static str) {
+    fn unit_candidates(&mut self, pid: u32, unit: Unit, ts: u64) -> (Candidates, &'static str) {
         match unit {
             Unit::Thread(tid) => (self.candidates(self.serving.get(&(pid, tid)), ts), "thread"),
             Unit::Goroutine(g) => (self.goroutine_candidates(pid, g, ts), "goroutine"),
@@ -535,6 +539,55 @@ impl Tracer {
         }
     }
 
+    /// A Go runtime probe fired. A spawn reuses its `g`: whatever that `g` served before belonged
+    /// to a goroutine that exited, and can be nobody's parent now.
+    pub fn on_go_probe(&mut self, pid: u32, probe: GoProbe, a: u64, b: u64, ts: u64) {
+        if probe == GoProbe::NewprocReturn {
+            self.goroutine_serving.remove(&(pid, a));
+        }
+        self.goroutines.on_probe(pid, probe, a, b, ts);
+    }
+
+    /// Connections the pipeline stopped tracking (evicted, idle): their open spans will never
+    /// finish. They leave every table a rule picks parents from, and are dropped (counted).
+    pub fn abandon_connections(&mut self, conns: &[u64]) {
+        if conns.is_empty() {
+            return;
+        }
+        let conns: std::collections::HashSet<u64> = conns.iter().copied().collect();
+        let keys: Vec<SpanKey> = self
+            .spans
+            .iter()
+            .filter(|(k, s)| conns.contains(&k.0) && s.finished.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            let Some(span) = self.spans.remove(&key) else {
+                continue;
+            };
+            self.stats.abandoned += 1;
+            match span.unit {
+                Unit::Thread(tid) if span.kind == SpanKind::Server => {
+                    remove_open(&mut self.serving, (span.pid, tid), key);
+                }
+                Unit::Goroutine(g) if span.kind == SpanKind::Server => {
+                    remove_open(&mut self.goroutine_serving, (span.pid, g), key);
+                }
+                _ => {}
+            }
+            if span.kind == SpanKind::Server && span.forward != 0 {
+                remove_open(&mut self.forwardable, (span.pid, span.forward), key);
+            }
+            for table in [&mut self.clients, &mut self.waiting_servers] {
+                if let Entry::Occupied(entry) = table.entry(span.mirror)
+                    && *entry.get() == key
+                {
+                    entry.remove();
+                }
+            }
+        }
+    }
+
     /// Parent of a server span without a header: the client on the other end, if seen.
     fn server_parent(
         &mut self,
@@ -568,18 +621,27 @@ impl Tracer {
         let chosen = match (&by_thread, &by_proxy) {
             (Candidates::One(t), Candidates::One(p)) if t != p => None,
             (Candidates::One(t), _) => Some((*t, unit)),
+            // The unit serves several, none of them the one asking the same: this write is
+            // some other work's, not a forward.
+            (Candidates::Several(serving), Candidates::One(p)) if !serving.contains(p) => None,
             (_, Candidates::One(p)) => Some((*p, "proxy")),
             _ => None,
         };
         if let Some((key, evidence)) = chosen
             && let Some(parent) = self.spans.get(&key)
         {
+            let found = (parent.trace.clone(), Some(parent.span_id), evidence);
             match evidence {
                 "thread" => self.stats.parent_from_thread += 1,
                 "goroutine" => self.stats.parent_from_goroutine += 1,
-                _ => self.stats.parent_from_proxy += 1,
+                _ => {
+                    self.stats.parent_from_proxy += 1;
+                    // A request is forwarded once: a later request asking the same (a health
+                    // check the proxy makes itself, say) is not its child too.
+                    remove_open(&mut self.forwardable, (pid, forward), key);
+                }
             }
-            return (parent.trace.clone(), Some(parent.span_id), evidence);
+            return found;
         }
         let mut ambiguous = false;
         for (candidates, reason) in [
@@ -624,10 +686,10 @@ impl Tracer {
     /// requests its calling goroutine serves; when `net/http` handed the request over (so the
     /// caller is known to have made it), else those of the nearest ancestor serving any that
     /// started before the spawn that leads here.
-    fn goroutine_candidates(&self, pid: u32, g: u64, ts: u64) -> Candidates {
+    fn goroutine_candidates(&mut self, pid: u32, g: u64, ts: u64) -> Candidates {
         /// Spawns followed up from the caller: a handler's `go` statements nest shallowly.
         const MAX_DEPTH: usize = 8;
-        let (mut at, handed_over) = self.goroutines.caller(pid, g);
+        let (mut at, handed_over) = self.goroutines.take_caller(pid, g);
         let mut before = ts;
         for _ in 0..MAX_DEPTH {
             let found = self.candidates(self.goroutine_serving.get(&(pid, at)), before);
@@ -639,8 +701,13 @@ impl Tracer {
             let Some((parent, spawned)) = self.goroutines.parent(pid, at) else {
                 return Candidates::None;
             };
+            // 0: the spawner was unknown. A record spawned after the child it should be the
+            // parent of belongs to a later goroutine that reused the `g`: the chain is broken.
+            if parent == 0 || spawned > before {
+                return Candidates::None;
+            }
             at = parent;
-            before = before.min(spawned);
+            before = spawned;
         }
         Candidates::None
     }
@@ -966,6 +1033,24 @@ mod tests {
     }
 
     #[test]
+    fn requests_of_an_abandoned_connection_are_nobodys_parent() {
+        let mut t = tracer();
+        let get = head(b"GET /a HTTP/1.1\r\n\r\n");
+        let served = conn(1, 2, Role::Server, 80, 5000);
+        let out = conn(2, 2, Role::Client, 6000, 90);
+        on_req(&mut t, &served, true, None, stamp(10, 7, 0));
+        // The connection was evicted with its request open: it will never finish.
+        t.abandon_connections(&[1]);
+        on_req(&mut t, &out, false, None, stamp(12, 7, 0));
+        t.on_exchange(&out, exchange(get, stamp(12, 7, 0), 13), 0);
+        let spans = drain(&mut t);
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].parent_span_id, None);
+        assert_eq!(t.stats.abandoned, 1);
+        assert_eq!(t.held(), 0);
+    }
+
+    #[test]
     fn a_thread_serving_two_requests_gives_links_not_a_parent() {
         let mut t = tracer();
         let get = head(b"GET /a HTTP/1.1\r\n\r\n");
@@ -1077,6 +1162,40 @@ mod tests {
         assert_eq!(spans[0].parent_span_id, None);
         assert_eq!(spans[0].links.len(), 2);
         assert_eq!(t.stats.parent_from_thread + t.stats.parent_from_proxy, 0);
+    }
+
+    #[test]
+    fn a_request_is_forwarded_once() {
+        let mut t = tracer();
+        let a = conn(1, 2, Role::Server, 80, 5000);
+        let up = conn(3, 2, Role::Client, 6000, 90);
+        let again = conn(4, 2, Role::Client, 6001, 90);
+        on_asking(&mut t, &a, true, "GET /healthz", stamp(10, 7, 0));
+        on_asking(&mut t, &up, false, "GET /healthz", stamp(11, 9, 0));
+        on_asking(&mut t, &again, false, "GET /healthz", stamp(12, 9, 0));
+        finish(&mut t, &up, stamp(11, 9, 0), 13);
+        finish(&mut t, &again, stamp(12, 9, 0), 14);
+        finish(&mut t, &a, stamp(10, 7, 0), 15);
+        let spans = drain(&mut t);
+        let with_parent: Vec<_> = spans
+            .iter()
+            .filter(|s| s.kind == SpanKind::Client && s.parent_span_id.is_some())
+            .collect();
+        assert_eq!(
+            with_parent.len(),
+            1,
+            "the first forwards it, the second does not"
+        );
+        assert_eq!(
+            with_parent[0].start_unix_nano,
+            spans
+                .iter()
+                .filter(|s| s.kind == SpanKind::Client)
+                .map(|s| s.start_unix_nano)
+                .min()
+                .expect("clients")
+        );
+        assert_eq!(t.stats.parent_from_proxy, 1);
     }
 
     #[test]

@@ -74,7 +74,7 @@ fn inline_version<'a, R: ReadRef<'a>>(
     section: &object::Section<'a, '_, R>,
 ) -> Result<Option<String>, GoError> {
     let data = section
-        .data_range(section.address() + 32, 10 + MAX_VERSION)
+        .data_range(section.address().saturating_add(32), 10 + MAX_VERSION)
         .ok()
         .flatten()
         .or_else(|| section.data().ok().and_then(|d| d.get(32..)))
@@ -110,7 +110,7 @@ fn read_at<'a, R: ReadRef<'a>>(
     for section in elf.sections() {
         let start = section.address();
         if address >= start
-            && address.saturating_add(len) <= start + section.size()
+            && address.saturating_add(len) <= start.saturating_add(section.size())
             && let Some(bytes) = section.data_range(address, len)?
         {
             return Ok(bytes.to_vec());
@@ -184,15 +184,7 @@ mod tests {
     }
 
     fn parse(elf: &[u8]) -> Result<Option<BuildInfo>, GoError> {
-        let path = std::env::temp_dir().join(format!(
-            "sockspan-go-elf-{}-{}",
-            std::process::id(),
-            elf.len()
-        ));
-        std::fs::write(&path, elf).expect("write");
-        let result = build_info(&std::fs::File::open(&path).expect("open"));
-        let _ = std::fs::remove_file(&path);
-        result
+        build_info_of(elf)
     }
 
     #[test]

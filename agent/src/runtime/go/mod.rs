@@ -9,7 +9,7 @@ pub use buildinfo::{GoError, build_info};
 
 /// What the runtime probes rely on in one Go release: the registers they read (`ABIInternal` on
 /// amd64: `runtime.newproc1`'s result in AX and R14 = `g0` on the system stack,
-/// `net/http.(*Transport).roundTrip`'s request in BX, `net/http.(*Request).write`'s receiver in
+/// `net/http.(*persistConn).roundTrip`'s `*transportRequest` in BX (its `*Request` first), `net/http.(*Request).write`'s receiver in
 /// AX) and two struct offsets (`g.m`, `m.curg`), read from the release's DWARF.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {

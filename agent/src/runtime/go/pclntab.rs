@@ -80,17 +80,20 @@ pub fn find(table: &[u8], names: &[&str]) -> Result<Vec<(String, Entry)>, GoErro
         let rest = table
             .get(name_start..)
             .ok_or(GoError::Symbols(".gopclntab name outside the table"))?;
-        let name_len = rest
+        // Only as many bytes as the longest name wanted are looked at: scanning each name to
+        // its end would make a crafted table quadratic.
+        let wanted = names
             .iter()
-            .position(|&b| b == 0)
-            .ok_or(GoError::Symbols(".gopclntab name without its end"))?;
-        let name = &rest[..name_len];
-        if let Some(wanted) = names.iter().find(|n| n.as_bytes() == name) {
+            .find(|n| rest.get(..n.len()) == Some(n.as_bytes()) && rest.get(n.len()) == Some(&0));
+        if let Some(wanted) = wanted {
             let next = u32_at(table, add(pair, 8)?)?;
+            let address = text_start
+                .checked_add(u64::from(entry))
+                .ok_or(GoError::Symbols(".gopclntab entry out of range"))?;
             found.push((
                 (*wanted).to_string(),
                 Entry {
-                    address: text_start + u64::from(entry),
+                    address,
                     size: u64::from(next.saturating_sub(entry)),
                 },
             ));

@@ -64,7 +64,7 @@ pub fn find_functions_in<'a, R: ReadRef<'a>>(
     let mut found = HashMap::new();
     for (name, (address, size)) in located {
         let Some(section) = elf.sections().find(|s| {
-            address >= s.address() && address < s.address() + s.size() && s.file_range().is_some()
+            address >= s.address() && address - s.address() < s.size() && s.file_range().is_some()
         }) else {
             continue;
         };
