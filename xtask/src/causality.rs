@@ -79,8 +79,9 @@ fn render(scores: &[Score], started: &str) -> String {
         out,
         "Written by `cargo xtask causality` ({started}; kernel {}). Each chain: a front calling \
          two downstreams over keep-alive connections (in parallel where the runtime does so \
-         naturally), {SEQUENTIAL} sequential requests then {WAVES} waves of {WIDTH} concurrent \
-         ones; every span's expected parent follows from the request id in its path \
+         naturally), one warm-up request (not scored: connections and gRPC channels open; grpcio \
+         writes a new channel's first call from its own thread), {SEQUENTIAL} sequential \
+         requests then {WAVES} waves of {WIDTH} concurrent ones; every span's expected parent follows from the request id in its path \
          (`tests/src/chains.rs`). Targets: whole-trace ≥ 95 %, link precision ≥ 99 %.\n",
         kernel()
     );
