@@ -116,6 +116,28 @@ impl ProcessCache {
         }
     }
 
+    /// As [`ProcessCache::get`], with the `comm` the kernel recorded at the syscall (NUL-padded)
+    /// standing in when procfs could not be read: a short-lived client (curl) may have exited
+    /// before the agent drained its first record, and still deserves its name.
+    pub fn get_with_comm(&mut self, pid: u32, comm: &[u8]) -> Arc<ProcessInfo> {
+        let info = self.get(pid);
+        if !info.comm.is_empty() {
+            return info;
+        }
+        let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+        if end == 0 {
+            return info;
+        }
+        let named = Arc::new(ProcessInfo {
+            comm: String::from_utf8_lossy(&comm[..end]).into_owned(),
+            ..(*info).clone()
+        });
+        if let Some((_, cached)) = self.entries.get_mut(&pid) {
+            *cached = Arc::clone(&named);
+        }
+        named
+    }
+
     /// The process's metadata, reading procfs on a miss or when the entry is stale.
     pub fn get(&mut self, pid: u32) -> Arc<ProcessInfo> {
         let now = Instant::now();
@@ -214,5 +236,19 @@ mod tests {
         let b = cache.get(std::process::id());
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(cache.reads, 1);
+    }
+
+    #[test]
+    fn a_process_gone_before_its_read_keeps_the_kernels_comm() {
+        let mut cache = ProcessCache::new(4, Duration::from_mins(1));
+        // No such pid (above pid_max): every procfs read fails, as for an exited process.
+        let gone = cache.get_with_comm(u32::MAX - 1, b"curl\0\0\0\0\0\0\0\0\0\0\0\0");
+        assert_eq!(gone.comm, "curl");
+        assert_eq!(gone.exe_name(), "curl");
+        let again = cache.get(u32::MAX - 1);
+        assert_eq!(again.comm, "curl", "the name is cached with the entry");
+        // A readable process keeps what procfs says.
+        let me = cache.get_with_comm(std::process::id(), b"other\0\0\0\0\0\0\0\0\0\0\0");
+        assert_ne!(me.comm, "other");
     }
 }

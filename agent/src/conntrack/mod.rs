@@ -192,7 +192,7 @@ impl Conntrack {
         if self.conns.len() >= self.config.max_conns && !self.conns.contains_key(&h.conn_id) {
             self.evict_oldest();
         }
-        let process = self.processes.get(h.pid);
+        let process = self.processes.get_with_comm(h.pid, &event.comm);
         self.stats.opened += 1;
         let tracked = self.conns.len() + usize::from(!self.conns.contains_key(&h.conn_id));
         self.stats.peak = self.stats.peak.max(tracked as u64);

@@ -55,15 +55,42 @@ impl Runtime {
     /// A file that cannot be read or parsed is `Other`: detection must never lose the event.
     #[must_use]
     pub fn of_process(pid: u32) -> Self {
+        use std::{
+            collections::HashMap,
+            os::unix::fs::MetadataExt as _,
+            sync::{Mutex, PoisonError},
+        };
+        /// Executables already parsed, by device, inode, size and change time (a rebuilt
+        /// binary may get a freed inode back): a short-lived client run again and again (curl)
+        /// costs one `fstat`, not a parse, on the path that drains the ring.
+        type FileKey = (u64, u64, u64, i64, i64);
+        static KNOWN: Mutex<Option<HashMap<FileKey, Runtime>>> = Mutex::new(None);
+        const MAX_KNOWN: usize = 4096;
         let Ok(file) = std::fs::File::open(format!("/proc/{pid}/exe")) else {
             return Self::Other;
         };
-        match go::build_info(&file) {
+        let key = file
+            .metadata()
+            .ok()
+            .map(|m| (m.dev(), m.ino(), m.size(), m.ctime(), m.ctime_nsec()));
+        let mut known = KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
+        let known = known.get_or_insert_with(HashMap::new);
+        if let Some(found) = key.and_then(|k| known.get(&k)) {
+            return found.clone();
+        }
+        let runtime = match go::build_info(&file) {
             Ok(Some(info)) => Self::Go {
                 version: info.version,
             },
             Ok(None) | Err(_) => Self::Other,
+        };
+        if let Some(key) = key {
+            if known.len() >= MAX_KNOWN {
+                known.clear();
+            }
+            known.insert(key, runtime.clone());
         }
+        runtime
     }
 
     /// Whether a thread's syscalls belong to the work it is doing, so that same-thread rules
