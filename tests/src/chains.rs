@@ -8,18 +8,13 @@
 //! request a call belongs to.
 
 use std::{
-    collections::HashMap,
-    fmt::Write as _,
-    io::{BufRead as _, BufReader},
-    path::PathBuf,
-    process::{Command, Stdio},
-    sync::{OnceLock, mpsc},
+    collections::HashMap, fmt::Write as _, path::PathBuf, process::Command, sync::OnceLock,
     time::Duration,
 };
 
 use serde_json::{Value, json};
 
-use crate::{Nginx, Proc, fixture, free_port, run_ok};
+use crate::{Nginx, Proc, Talking, fixture, free_port, run_ok};
 
 /// How a service of a chain is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +86,7 @@ pub fn chain_named(name: &str) -> Hop {
             vec![Hop::leaf(kind, "a"), Hop::leaf(kind, "b")],
         )
     };
+    let grpc_front = |kind| Hop::calling(kind, "front", vec![Hop::leaf(Kind::Grpc, "model")]);
     match name {
         "threaded" => two_leaves(Kind::Threaded),
         "aiohttp" => two_leaves(Kind::Aiohttp { uvloop: false }),
@@ -99,16 +95,8 @@ pub fn chain_named(name: &str) -> Hop {
         "node" => two_leaves(Kind::Node),
         "go" => two_leaves(Kind::Go),
         // An HTTP front calling a gRPC model server: the caller → gRPC client link.
-        "grpc" => Hop::calling(
-            Kind::Threaded,
-            "front",
-            vec![Hop::leaf(Kind::Grpc, "model")],
-        ),
-        "grpc-pool" => Hop::calling(
-            Kind::ThreadPool,
-            "front",
-            vec![Hop::leaf(Kind::Grpc, "model")],
-        ),
+        "grpc" => grpc_front(Kind::Threaded),
+        "grpc-pool" => grpc_front(Kind::ThreadPool),
         // The chain: HTTP front → gRPC model → gRPC feature server.
         "grpc-chain" => Hop::calling(
             Kind::Threaded,
@@ -204,25 +192,8 @@ fn go_service(stripped: bool) -> PathBuf {
 }
 
 /// Starts `cmd` and waits (at most 30 s) for the `ready` line it prints once listening.
-fn start_ready(mut cmd: Command, what: &str) -> Proc {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let proc = Proc(child);
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(line) if line.trim() == "ready" => proc,
-        other => panic!("{what} did not print `ready`: {other:?}"),
-    }
+fn start_ready(cmd: Command, what: &str) -> Proc {
+    Talking::spawn(cmd, what).ready(what, Duration::from_secs(30))
 }
 
 /// Extra `sockspan run` flags a chain needs: gRPC hops carry the request id in the metadata

@@ -61,12 +61,8 @@ pub fn free_port() -> u16 {
 /// most 20 s) for the line `ready` it prints once listening.
 #[must_use]
 pub fn python_fixture(script: &str, args: &[&str], envs: &[(&str, &str)]) -> Proc {
-    let fixture = Talking::start_with_env(script, args, envs);
-    let first = fixture.lines.recv_timeout(Duration::from_secs(20));
-    match first {
-        Ok(line) if line.trim() == "ready" => fixture.proc,
-        other => panic!("{script} {args:?} did not print `ready`: {other:?}"),
-    }
+    Talking::start_with_env(script, args, envs)
+        .ready(&format!("{script} {args:?}"), Duration::from_secs(20))
 }
 
 /// A child process killed when dropped.
@@ -473,14 +469,21 @@ impl Talking {
 
     #[must_use]
     pub fn start_with_env(script: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut child = Command::new("python3")
-            .arg(fixture(script))
+        let mut cmd = Command::new("python3");
+        cmd.arg(fixture(script))
             .args(args)
-            .envs(envs.iter().copied())
+            .envs(envs.iter().copied());
+        Self::spawn(cmd, script)
+    }
+
+    /// Starts `cmd` (any program), its stdout read line by line.
+    #[must_use]
+    pub fn spawn(mut cmd: Command, what: &str) -> Self {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {script}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
         let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -493,6 +496,15 @@ impl Talking {
         Self {
             proc: Proc(child),
             lines,
+        }
+    }
+
+    /// The process, once its first line is `ready` (within `timeout`).
+    #[must_use]
+    pub fn ready(self, what: &str, timeout: Duration) -> Proc {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) if line.trim() == "ready" => self.proc,
+            other => panic!("{what} did not print `ready`: {other:?}"),
         }
     }
 

@@ -138,24 +138,15 @@ fn mixed_chain() {
     assert_precise(&measure("mixed"));
 }
 
-/// Without `CAP_SYS_ADMIN` the kernel refuses uprobes: the agent traces the Go chain on, with no
-/// goroutine links (so no wrong ones), and says why.
-#[test]
-fn go_without_cap_sys_admin_traces_on_and_says_why() {
+/// The Go chain under an agent without its runtime probes (started by `agent`): every span is
+/// there, no goroutine link (so no wrong one); returns what the agent logged.
+fn go_chain_without_probes(name: &str, agent: impl FnOnce() -> Agent) -> String {
     let chain = Chain::start(chain_named("go"));
-    let mut cmd = Command::new("setpriv");
-    cmd.args([
-        "--inh-caps=-all",
-        "--bounding-set=-all,+bpf,+perfmon,+sys_ptrace",
-        "--",
-    ])
-    .arg(sockspan_unwrapped_bin())
-    .args(["run", "--output", "jsonl"]);
-    let agent = Agent::spawn(cmd);
+    let agent = agent();
     let ids = chain.drive(4, 1, 4);
     let out = agent.stop();
     assert!(out.status.success(), "{}", out.stderr);
-    let result = score("go-without-cap-sys-admin", &chain.root, &ids, &out.events);
+    let result = score(name, &chain.root, &ids, &out.events);
     eprintln!("{}", result.line());
     assert_precise(&result);
     assert!(
@@ -164,36 +155,40 @@ fn go_without_cap_sys_admin_traces_on_and_says_why() {
         result.line()
     );
     assert_eq!(result.evidence.get("goroutine"), None, "{}", result.line());
+    out.stderr
+}
+
+/// Without `CAP_SYS_ADMIN` the kernel refuses uprobes: the agent traces the Go chain on, with no
+/// goroutine links (so no wrong ones), and says why.
+#[test]
+fn go_without_cap_sys_admin_traces_on_and_says_why() {
+    let log = go_chain_without_probes("go-without-cap-sys-admin", || {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--inh-caps=-all",
+            "--bounding-set=-all,+bpf,+perfmon,+sys_ptrace",
+            "--",
+        ])
+        .arg(sockspan_unwrapped_bin())
+        .args(["run", "--output", "jsonl"]);
+        Agent::spawn(cmd)
+    });
     assert!(
-        out.stderr
-            .contains("no goroutine causality for this Go program")
-            && out.stderr.contains("without CAP_SYS_ADMIN"),
-        "the log says why: {}",
-        out.stderr
+        log.contains("no goroutine causality for this Go program")
+            && log.contains("without CAP_SYS_ADMIN"),
+        "the log says why: {log}"
     );
 }
 
 /// `--no-runtime-probes go` leaves the Go probes off: traced on, no goroutine links, said so.
 #[test]
 fn go_runtime_probes_can_be_turned_off() {
-    let chain = Chain::start(chain_named("go"));
-    let agent = Agent::start_command("run", &["--output", "jsonl", "--no-runtime-probes", "go"]);
-    let ids = chain.drive(4, 1, 4);
-    let out = agent.stop();
-    assert!(out.status.success(), "{}", out.stderr);
-    let result = score("go-probes-off", &chain.root, &ids, &out.events);
-    assert_precise(&result);
+    let log = go_chain_without_probes("go-probes-off", || {
+        Agent::start_command("run", &["--output", "jsonl", "--no-runtime-probes", "go"])
+    });
     assert!(
-        (result.completeness() - 1.0).abs() < f64::EPSILON,
-        "{}",
-        result.line()
-    );
-    assert_eq!(result.evidence.get("goroutine"), None, "{}", result.line());
-    assert!(
-        out.stderr.contains("Go runtime probes off")
-            && !out.stderr.contains("Go runtime probes attached"),
-        "{}",
-        out.stderr
+        log.contains("Go runtime probes off") && !log.contains("Go runtime probes attached"),
+        "{log}"
     );
 }
 

@@ -178,6 +178,8 @@ fn dispatch(tracer: &mut Tracer, events: &mut Vec<ProtoEvent>, conn: &Connection
 impl EventSink for TraceSink<'_> {
     fn on_open(&mut self, event: &ConnEvent) {
         let conn = self.conntrack.open(event);
+        // Every connection's records start with this one ("first seen in use" included), and
+        // Go programs already running were probed at start: the data path needs no check.
         if self.go_probes
             && let Some(probes) = self.probes.as_deref_mut()
             && !conn.process.runtime.threads_are_tasks()
@@ -199,12 +201,6 @@ impl EventSink for TraceSink<'_> {
         let Some(conn) = self.conntrack.touch(event) else {
             return;
         };
-        if self.go_probes
-            && let Some(probes) = self.probes.as_deref_mut()
-            && !conn.process.runtime.threads_are_tasks()
-        {
-            watch_go(&mut self.go_seen, &mut self.tracer, probes, &conn.process);
-        }
         let chunk = Chunk {
             egress: event.direction == Direction::Egress as u32,
             role: conn.role,

@@ -133,28 +133,38 @@ impl GoProbes {
         })?;
         let found = find_functions(&file, &["main"], &[])?;
         let main = found.get("main").ok_or(GoProbeError::Missing("main"))?;
-        let program = program(ebpf).map_err(GoProbeError::Unavailable)?;
-        program
-            .attach(
-                UProbeAttachPoint {
-                    location: UProbeAttachLocation::AbsoluteOffset(main.file_offset),
-                    cookie: Some(0),
-                },
-                exe,
-                UProbeScope::AllProcesses,
-            )
-            .map(|_| ())
-            .map_err(|e| attach_error("main", &e))
+        attach_at(ebpf, exe, "main", main.file_offset, 0)
     }
 }
 
-fn attach_error(function: &'static str, err: &ProgramError) -> GoProbeError {
-    let reason = super::error_chain(err);
-    if reason.contains("Permission denied") {
-        GoProbeError::Privilege(reason)
-    } else {
-        GoProbeError::Attach { function, reason }
-    }
+/// Attaches the program at file offset `offset` of `exe` (all processes running it), `function`
+/// naming the place in errors.
+fn attach_at(
+    ebpf: &mut Ebpf,
+    exe: &str,
+    function: &'static str,
+    offset: u64,
+    cookie: u64,
+) -> Result<(), GoProbeError> {
+    program(ebpf)
+        .map_err(GoProbeError::Unavailable)?
+        .attach(
+            UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(offset),
+                cookie: Some(cookie),
+            },
+            exe,
+            UProbeScope::AllProcesses,
+        )
+        .map(|_| ())
+        .map_err(|err| {
+            let reason = super::error_chain(&err);
+            if reason.contains("Permission denied") {
+                GoProbeError::Privilege(reason)
+            } else {
+                GoProbeError::Attach { function, reason }
+            }
+        })
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut UProbe, String> {
@@ -198,18 +208,14 @@ fn attach_file(
             .iter()
             .map(|&at| (NEWPROC1, at, GoProbe::NewprocReturn)),
     );
-    let program = program(ebpf).map_err(GoProbeError::Unavailable)?;
-    for (function, offset, probe) in &points {
-        program
-            .attach(
-                UProbeAttachPoint {
-                    location: UProbeAttachLocation::AbsoluteOffset(*offset),
-                    cookie: Some(go_probe_cookie(*probe, layout.g_m, layout.m_curg)),
-                },
-                exe,
-                UProbeScope::AllProcesses,
-            )
-            .map_err(|e| attach_error(function, &e))?;
+    for &(function, offset, probe) in &points {
+        attach_at(
+            ebpf,
+            exe,
+            function,
+            offset,
+            go_probe_cookie(probe, layout.g_m, layout.m_curg),
+        )?;
     }
     Ok(points.len())
 }

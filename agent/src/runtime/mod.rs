@@ -5,38 +5,20 @@
 pub mod go;
 
 /// The Go programs running now, as processes (one per executable file is enough to attach the
-/// runtime probes; all are returned so each is known to be followed).
+/// runtime probes; all are returned so each is known to be followed). Each executable is parsed
+/// once ([`Runtime::of_process`] keeps what it found).
 #[must_use]
 pub fn go_programs_running() -> Vec<crate::process::ProcessInfo> {
-    use std::os::unix::fs::MetadataExt as _;
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     let me = std::process::id();
-    let mut by_file: std::collections::HashMap<(u64, u64), bool> = std::collections::HashMap::new();
-    let mut out = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/exe")) else {
-            continue;
-        };
-        let is_go = *by_file
-            .entry((meta.dev(), meta.ino()))
-            .or_insert_with(|| !Runtime::of_process(pid).threads_are_tasks());
-        if is_go {
-            out.push(crate::process::ProcessInfo::read(pid));
-        }
-    }
-    out
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me && !Runtime::of_process(pid).threads_are_tasks())
+        .map(crate::process::ProcessInfo::read)
+        .collect()
 }
 
 /// What the agent knows of a process's runtime.
