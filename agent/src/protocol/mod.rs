@@ -8,6 +8,7 @@
 //! [`PROTOCOLS`]; conntrack, linking and the exporters do not change.
 
 pub mod budget;
+pub mod db;
 pub mod http1;
 pub mod http2;
 pub mod table;
