@@ -46,9 +46,10 @@ const _: () = assert!(core::mem::size_of::<ConnInfo>() == 8 + 40 + 8 + 16 + 8);
 /// recognise, with the same rules as the agent's detectors but looser (so they never give up on
 /// a connection the agent would still parse): the start of an HTTP/1 request on the request side
 /// (a client's writes, a server's reads, either when the role is unknown: four bytes of the
-/// method); HTTP/2's client preface there; and a plausible HTTP/2 frame header at the start of a
-/// syscall's bytes, on either side (a connection open before the agent). The agent
-/// confirms, and marks the connection [`Protocol::Opaque`] in the table when it gives up.
+/// method); HTTP/2's client preface there; a plausible HTTP/2 frame header at the start of a
+/// syscall's bytes, on either side (a connection open before the agent); and the first message
+/// of each datastore protocol (`agent-ebpf/src/detect.rs`). The agent confirms, and marks the
+/// connection [`Protocol::Opaque`] in the table when it gives up.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -61,6 +62,16 @@ pub enum Protocol {
     Opaque = 2,
     /// HTTP/2 (gRPC): every data syscall is sent.
     Http2 = 3,
+    /// Redis (RESP): a request array of bulk strings.
+    Redis = 4,
+    /// PostgreSQL: a startup message or an SSL/GSSAPI encryption request.
+    Postgres = 5,
+    /// MySQL/MariaDB: the server's greeting (protocol 10).
+    Mysql = 6,
+    /// memcached's text protocol: a command word.
+    Memcached = 7,
+    /// DNS: a query written whole (UDP, or TCP after its length).
+    Dns = 8,
 }
 
 /// The first four bytes of HTTP/2's client preface (`PRI * HTTP/2.0…`), as a little-endian
@@ -84,6 +95,46 @@ pub const REQUEST_PREFIXES: [u32; 9] = [
     u32::from_le_bytes(*b"CONN"),
     u32::from_le_bytes(*b"TRAC"),
 ];
+
+/// memcached text commands the programs recognise on the request side, by their first four
+/// bytes (little-endian `u32`, as [`REQUEST_PREFIXES`]); lowercase, so never an HTTP method.
+pub const MEMCACHED_PREFIXES: [u32; 18] = [
+    u32::from_le_bytes(*b"get "),
+    u32::from_le_bytes(*b"gets"),
+    u32::from_le_bytes(*b"gat "),
+    u32::from_le_bytes(*b"gats"),
+    u32::from_le_bytes(*b"set "),
+    u32::from_le_bytes(*b"add "),
+    u32::from_le_bytes(*b"repl"),
+    u32::from_le_bytes(*b"appe"),
+    u32::from_le_bytes(*b"prep"),
+    u32::from_le_bytes(*b"cas "),
+    u32::from_le_bytes(*b"dele"),
+    u32::from_le_bytes(*b"incr"),
+    u32::from_le_bytes(*b"decr"),
+    u32::from_le_bytes(*b"touc"),
+    u32::from_le_bytes(*b"stat"),
+    u32::from_le_bytes(*b"vers"),
+    u32::from_le_bytes(*b"flus"),
+    u32::from_le_bytes(*b"verb"),
+];
+
+/// memcached meta commands (`mg `, `ms `, `md `, `ma `, `mn\r`, `me `) by their first three
+/// bytes (the low 24 bits of the little-endian `u32`).
+pub const MEMCACHED_META_PREFIXES: [u32; 6] = [
+    u32::from_le_bytes(*b"mg \0"),
+    u32::from_le_bytes(*b"ms \0"),
+    u32::from_le_bytes(*b"md \0"),
+    u32::from_le_bytes(*b"ma \0"),
+    u32::from_le_bytes(*b"me \0"),
+    u32::from_le_bytes(*b"mn\r\0"),
+];
+
+/// PostgreSQL's protocol 3.0 startup code and its encryption requests (`SSLRequest`,
+/// `GSSENCRequest`), the big-endian `i32` after a startup packet's length.
+pub const POSTGRES_PROTOCOL_3: u32 = 0x0003_0000;
+pub const POSTGRES_SSL_REQUEST: u32 = 80_877_103;
+pub const POSTGRES_GSSENC_REQUEST: u32 = 80_877_104;
 
 /// Indices of the `COUNTERS` per-CPU array.
 #[repr(u32)]

@@ -13,6 +13,8 @@
 #[cfg(target_arch = "bpf")]
 mod capture;
 #[cfg(target_arch = "bpf")]
+mod detect;
+#[cfg(target_arch = "bpf")]
 mod floor;
 #[cfg(target_arch = "bpf")]
 mod go;

@@ -13,9 +13,8 @@
 //! more per syscall here than the raw ones (BENCHMARKS.md).
 
 use agent_common::{
-    ConnEvent, ConnInfo, ConnKey, Counter, DETECT_CHUNKS, DataEvent, Direction, EventHeader,
-    EventKind, HTTP2_PREFACE_PREFIX, MAX_CAPTURE_BYTES, MAX_IOVECS, MAX_MMSG, Protocol,
-    REQUEST_PREFIXES, Role, SockTuple, Syscall,
+    ConnEvent, ConnInfo, ConnKey, Counter, DataEvent, Direction, EventHeader, EventKind,
+    MAX_CAPTURE_BYTES, MAX_IOVECS, MAX_MMSG, Protocol, Role, SockTuple, Syscall,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
@@ -25,6 +24,7 @@ use aya_ebpf::{
 
 use crate::{
     capture::{Source, copy_payload},
+    detect,
     maps::{
         CONNS, ENTRY_STAMPS, EVENTS, EntryStamp, SCRATCH, config, count, current_comm, next_conn_id,
     },
@@ -374,7 +374,14 @@ fn emit_data<const STAGE: u8, const DETECT: bool>(exit: &Exit, moved: i64, sourc
         count(Counter::PayloadReadFailed);
     }
     if DETECT && exit.conn.protocol == Protocol::Detecting as u32 {
-        detect(exit, &scratch.payload, copied.len, moved as u64);
+        detect::detect(
+            exit.conn.entry,
+            exit.conn.role,
+            exit.direction == Direction::Egress,
+            &scratch.payload,
+            copied.len,
+            moved as u64,
+        );
     }
     if i64::from(copied.len) < moved && !matches!(source, Source::Uncapturable) {
         count(Counter::PayloadTruncated);
@@ -413,84 +420,6 @@ fn emit_data<const STAGE: u8, const DETECT: bool>(exit: &Exit, moved: i64, sourc
         count(Counter::RingFull);
     }
     add_bytes(exit.conn.entry, exit.direction, moved as u64);
-}
-
-/// Looks at the first bytes of a data syscall on a connection whose protocol is not known yet
-/// (the rules are [`Protocol`]'s); [`DETECT_CHUNKS`] syscalls that match nothing make it
-/// opaque. The record of this syscall is sent either way, so the agent's own detectors see the
-/// same bytes.
-#[inline(always)]
-fn detect(exit: &Exit, payload: &[u8; 2 * MAX_CAPTURE_BYTES], len: u32, moved: u64) {
-    let entry = exit.conn.entry;
-    if entry.is_null() {
-        return;
-    }
-    let role = exit.conn.role;
-    let egress = exit.direction == Direction::Egress;
-    let request_side = role == Role::Unknown as u32 || (role == Role::Client as u32) == egress;
-    let prefix = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
-    let mut is_request = false;
-    let mut i = 0;
-    while i < REQUEST_PREFIXES.len() {
-        if REQUEST_PREFIXES[i] == prefix {
-            is_request = true;
-        }
-        i += 1;
-    }
-    let found = if len >= 4 && request_side && is_request {
-        Protocol::Http
-    } else if len >= 4 && request_side && prefix == HTTP2_PREFACE_PREFIX {
-        Protocol::Http2
-    } else if len >= 9 && is_http2_frame(payload, moved) {
-        // Frames look alike from both ends, so the role is not needed here (a socket open before
-        // the agent has none in this table: the agent infers it from procfs).
-        Protocol::Http2
-    } else {
-        Protocol::Detecting
-    };
-    // SAFETY: a pointer from a successful lookup in this run; a racing update can at worst
-    // delay the decision by one syscall.
-    unsafe {
-        if found != Protocol::Detecting {
-            (*entry).protocol = found as u32;
-        } else {
-            (*entry).misses += 1;
-            if (*entry).misses >= DETECT_CHUNKS {
-                (*entry).protocol = Protocol::Opaque as u32;
-            }
-        }
-    }
-}
-
-/// Whether the payload starts with an HTTP/2 frame header a peer could send, of a frame the
-/// syscall moved whole (RFC 9113 §4.1, §6; the agent's `FrameHeader::plausible`).
-#[inline(always)]
-fn is_http2_frame(payload: &[u8; 2 * MAX_CAPTURE_BYTES], moved: u64) -> bool {
-    let len = u32::from_be_bytes([0, payload[0], payload[1], payload[2]]);
-    let kind = payload[3];
-    let reserved = payload[5] & 0x80 != 0;
-    let stream = u32::from_be_bytes([payload[5] & 0x7f, payload[6], payload[7], payload[8]]);
-    if reserved || 9 + u64::from(len) > moved {
-        return false;
-    }
-    let on_stream = stream != 0;
-    match kind {
-        // DATA, HEADERS, PUSH_PROMISE, CONTINUATION
-        0 | 1 | 5 | 9 => on_stream,
-        // PRIORITY
-        2 => on_stream && len == 5,
-        // RST_STREAM
-        3 => on_stream && len == 4,
-        // SETTINGS
-        4 => !on_stream && len % 6 == 0,
-        // PING
-        6 => !on_stream && len == 8,
-        // GOAWAY
-        7 => !on_stream && len >= 8,
-        // WINDOW_UPDATE
-        8 => len == 4,
-        _ => false,
-    }
 }
 
 /// Adds to the per-connection byte totals reported at close.

@@ -18,6 +18,7 @@ use std::{
 use serde_json::Value;
 
 pub mod chains;
+pub mod datastores;
 
 /// Path of the sockspan binary under test.
 #[must_use]

@@ -33,6 +33,12 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // Runtimes of the causality chains (tests/fixtures/chains) and the HTTP/2 tests.
     ("node", "nodejs"),
     ("go", "golang-go"),
+    // Datastores and a DNS resolver the datastore tests start on loopback.
+    ("redis-server", "redis-server"),
+    ("memcached", "memcached"),
+    ("mariadbd", "mariadb-server"),
+    ("/usr/lib/postgresql/15/bin/initdb", "postgresql"),
+    ("dnsmasq", "dnsmasq-base"),
 ];
 
 fn say(what: &str) {
@@ -148,8 +154,13 @@ const TEST_PYTHON_PACKAGES: &[&str] = &[
     "uvicorn[standard]",
     "fastapi",
     "httpx",
+    // Datastore clients of the datastore tests' front service.
+    "redis",
+    "psycopg[binary]",
+    "pymysql",
+    "pymemcache",
 ];
-const TEST_PYTHON_IMPORTS: &str = "import opentelemetry.sdk.trace, opentelemetry.proto.collector.trace.v1.trace_service_pb2, grpc, selenium, aiohttp, uvicorn, uvloop, httptools, fastapi, httpx";
+const TEST_PYTHON_IMPORTS: &str = "import opentelemetry.sdk.trace, opentelemetry.proto.collector.trace.v1.trace_service_pb2, grpc, selenium, aiohttp, uvicorn, uvloop, httptools, fastapi, httpx, redis, psycopg, pymysql, pymemcache";
 
 /// Installs what the integration tests run (servers, clients) when missing.
 pub fn test_dependencies() -> Result<()> {

@@ -9,6 +9,7 @@
 
 pub mod budget;
 pub mod db;
+pub mod dns;
 pub mod http1;
 pub mod http2;
 pub mod table;
@@ -237,4 +238,8 @@ pub type Detect = fn(&Chunk<'_>) -> Option<Detected>;
 
 /// The protocols sockspan parses, tried in this order on each chunk of a connection whose
 /// protocol is not known yet.
-pub const PROTOCOLS: &[(&str, Detect)] = &[("http1", http1::detect), ("http2", http2::detect)];
+pub const PROTOCOLS: &[(&str, Detect)] = &[
+    ("http1", http1::detect),
+    ("http2", http2::detect),
+    ("dns", dns::detect),
+];

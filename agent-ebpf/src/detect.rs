@@ -1,0 +1,205 @@
+//! Recognises what a connection speaks from the first bytes of its data syscalls, while its
+//! protocol is not known yet (the rules are `agent_common::Protocol`'s).
+//!
+//! Looser than the agent's detectors, never stricter: a connection the programs call opaque
+//! stops sending bytes, so a miss here loses every span of the connection, while a false match
+//! only costs records until the agent gives up and marks it opaque itself. Each rule is still
+//! exact where the protocol allows (a length field equal to the bytes the syscall moved), and
+//! none matches a TLS record (`16 03 ..`) or another rule's bytes. Checks run in a fixed order,
+//! the cheapest first.
+
+use agent_common::{
+    ConnInfo, DETECT_CHUNKS, HTTP2_PREFACE_PREFIX, MAX_CAPTURE_BYTES, MEMCACHED_META_PREFIXES,
+    MEMCACHED_PREFIXES, POSTGRES_GSSENC_REQUEST, POSTGRES_PROTOCOL_3, POSTGRES_SSL_REQUEST,
+    Protocol, REQUEST_PREFIXES, Role,
+};
+
+type Payload = [u8; 2 * MAX_CAPTURE_BYTES];
+
+/// Looks at one data syscall of a connection still being detected (`entry` is its table
+/// entry); [`DETECT_CHUNKS`] syscalls that match nothing make it opaque. The record of this
+/// syscall is sent either way, so the agent's own detectors see the same bytes.
+#[inline(always)]
+pub fn detect(
+    entry: *mut ConnInfo,
+    role: u32,
+    egress: bool,
+    payload: &Payload,
+    len: u32,
+    moved: u64,
+) {
+    if entry.is_null() {
+        return;
+    }
+    let unknown = role == Role::Unknown as u32;
+    // A client's writes, a server's reads; either when the role is unknown.
+    let request_side = unknown || (role == Role::Client as u32) == egress;
+    // What the server says first (MySQL's greeting): a server's writes, a client's reads.
+    let response_side = unknown || (role == Role::Client as u32) != egress;
+    let prefix = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
+    let found = if len < 4 {
+        Protocol::Detecting
+    } else if request_side && is_one_of(prefix, &REQUEST_PREFIXES) {
+        Protocol::Http
+    } else if request_side && prefix == HTTP2_PREFACE_PREFIX {
+        Protocol::Http2
+    } else if request_side && is_redis_request(payload, len) {
+        Protocol::Redis
+    } else if request_side && is_postgres_startup(payload, len, moved) {
+        Protocol::Postgres
+    } else if response_side && is_mysql_greeting(payload, len, moved) {
+        Protocol::Mysql
+    } else if request_side
+        && (is_one_of(prefix, &MEMCACHED_PREFIXES)
+            || is_one_of(prefix & 0x00ff_ffff, &MEMCACHED_META_PREFIXES))
+    {
+        Protocol::Memcached
+    } else if egress && role != Role::Server as u32 && is_dns_query(payload, len, moved) {
+        Protocol::Dns
+    } else if len >= 9 && is_http2_frame(payload, moved) {
+        // Frames look alike from both ends, so the role is not needed here (a socket open before
+        // the agent has none in this table: the agent infers it from procfs).
+        Protocol::Http2
+    } else {
+        Protocol::Detecting
+    };
+    // SAFETY: a pointer from a successful lookup in this run; a racing update can at worst
+    // delay the decision by one syscall.
+    unsafe {
+        if found != Protocol::Detecting {
+            (*entry).protocol = found as u32;
+        } else {
+            (*entry).misses += 1;
+            if (*entry).misses >= DETECT_CHUNKS {
+                (*entry).protocol = Protocol::Opaque as u32;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn is_one_of<const N: usize>(prefix: u32, table: &[u32; N]) -> bool {
+    let mut found = false;
+    let mut i = 0;
+    while i < N {
+        if table[i] == prefix {
+            found = true;
+        }
+        i += 1;
+    }
+    found
+}
+
+#[inline(always)]
+fn is_digit(b: u8) -> bool {
+    b.is_ascii_digit()
+}
+
+/// The start of a RESP request: an array of 1 to 9999 elements whose first is a bulk string
+/// (`*3\r\n$3\r\nSET…`). Every request of a connection starts so, so a connection open
+/// before the agent is recognised too.
+#[inline(always)]
+fn is_redis_request(p: &Payload, len: u32) -> bool {
+    if len < 6 || p[0] != b'*' || !(b'1'..=b'9').contains(&p[1]) {
+        return false;
+    }
+    // The count's end: the first of positions 2..=5 that is not a digit must be "\r\n$".
+    let mut i = 2;
+    while i < 6 && is_digit(p[i]) {
+        i += 1;
+    }
+    i < 6
+        && u32::try_from(i + 3).is_ok_and(|end| end <= len)
+        && p[i] == b'\r'
+        && p[i + 1] == b'\n'
+        && p[i + 2] == b'$'
+}
+
+/// A PostgreSQL startup packet: a big-endian length equal to the bytes the syscall moved, then
+/// protocol 3.0 (at least one parameter follows) or an 8-byte encryption request.
+#[inline(always)]
+fn is_postgres_startup(p: &Payload, len: u32, moved: u64) -> bool {
+    if len < 8 {
+        return false;
+    }
+    let length = u32::from_be_bytes([p[0], p[1], p[2], p[3]]);
+    let code = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+    if u64::from(length) != moved {
+        return false;
+    }
+    match code {
+        POSTGRES_PROTOCOL_3 => (9..=10_000).contains(&length),
+        POSTGRES_SSL_REQUEST | POSTGRES_GSSENC_REQUEST => length == 8,
+        _ => false,
+    }
+}
+
+/// A MySQL/MariaDB server greeting: a packet (`u24` little-endian length equal to the bytes the
+/// syscall moved, less the header; sequence 0) of protocol 10 whose version string starts with
+/// a digit.
+#[inline(always)]
+fn is_mysql_greeting(p: &Payload, len: u32, moved: u64) -> bool {
+    if len < 6 {
+        return false;
+    }
+    let length = u32::from_le_bytes([p[0], p[1], p[2], 0]);
+    u64::from(length) + 4 == moved && p[3] == 0 && p[4] == 0x0a && is_digit(p[5])
+}
+
+/// A standard DNS query a client sends whole: over UDP the message itself, over TCP after a
+/// two-byte length equal to the rest of the bytes moved. Opcode 0, one question, no answers,
+/// at most one additional record (EDNS), and a first label of 1 to 63 bytes.
+#[inline(always)]
+fn is_dns_query(p: &Payload, len: u32, moved: u64) -> bool {
+    if u64::from(len) != moved || len < 17 {
+        return false;
+    }
+    is_dns_header(p, 0)
+        || (u64::from(u16::from_be_bytes([p[0], p[1]])) + 2 == moved && is_dns_header(p, 2))
+}
+
+#[inline(always)]
+fn is_dns_header(p: &Payload, at: usize) -> bool {
+    // QR 0 and opcode 0 are the top five bits of the flags.
+    p[at + 2] & 0xf8 == 0
+        && p[at + 4] == 0
+        && p[at + 5] == 1
+        && p[at + 6] == 0
+        && p[at + 7] == 0
+        && p[at + 8] == 0
+        && p[at + 9] == 0
+        && p[at + 10] == 0
+        && p[at + 11] <= 1
+        && (1..=63).contains(&p[at + 12])
+}
+
+/// Whether the payload starts with an HTTP/2 frame header a peer could send, of a frame the
+/// syscall moved whole (RFC 9113 §4.1, §6; the agent's `FrameHeader::plausible`).
+#[inline(always)]
+fn is_http2_frame(payload: &Payload, moved: u64) -> bool {
+    let len = u32::from_be_bytes([0, payload[0], payload[1], payload[2]]);
+    let kind = payload[3];
+    let reserved = payload[5] & 0x80 != 0;
+    let stream = u32::from_be_bytes([payload[5] & 0x7f, payload[6], payload[7], payload[8]]);
+    if reserved || 9 + u64::from(len) > moved {
+        return false;
+    }
+    let on_stream = stream != 0;
+    match kind {
+        // DATA, HEADERS, PUSH_PROMISE, CONTINUATION
+        0 | 1 | 5 | 9 => on_stream,
+        // PRIORITY
+        2 => on_stream && len == 5,
+        // RST_STREAM
+        3 => on_stream && len == 4,
+        // SETTINGS
+        4 => !on_stream && len % 6 == 0,
+        // PING
+        6 => !on_stream && len == 8,
+        // GOAWAY
+        7 => !on_stream && len >= 8,
+        // WINDOW_UPDATE
+        8 => len == 4,
+        _ => false,
+    }
+}

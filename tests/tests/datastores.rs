@@ -1,0 +1,315 @@
+//! Root integration tests of datastore spans: real Redis, PostgreSQL, MariaDB and memcached
+//! servers on loopback, a front service calling them through their usual Python clients with
+//! pooled connections and concurrency, no tracing library loaded; assertions on the spans
+//! `sockspan run` exported.
+
+use std::{
+    collections::HashMap,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sockspan_tests::{
+    Agent, Proc, Talking, datastores, datastores::Server, fixture, free_port, run_ok,
+};
+
+fn attr<'a>(span: &'a Value, key: &str) -> &'a Value {
+    &span["attributes"][key]
+}
+
+fn text<'a>(span: &'a Value, key: &str) -> &'a str {
+    attr(span, key).as_str().unwrap_or("")
+}
+
+fn kind(span: &Value) -> &str {
+    span["kind"].as_str().expect("kind")
+}
+
+fn id(span: &Value) -> &str {
+    span["span_id"].as_str().expect("span_id")
+}
+
+struct Stack {
+    redis: Server,
+    postgres: Server,
+    mariadb: Server,
+    memcached: Server,
+    _dns: Server,
+    front: Proc,
+    front_port: u16,
+}
+
+impl Stack {
+    fn start() -> Self {
+        let (redis, postgres, mariadb, memcached) = (
+            datastores::redis(),
+            datastores::postgres(),
+            datastores::mariadb(),
+            datastores::memcached(),
+        );
+        let dns = datastores::dns();
+        let front_port = free_port();
+        let ports = [
+            front_port,
+            redis.port,
+            postgres.port,
+            mariadb.port,
+            memcached.port,
+        ]
+        .map(|p| p.to_string());
+        let mut args: Vec<&str> = ports.iter().map(String::as_str).collect();
+        args.extend([datastores::PASSWORD, datastores::DNS_DOMAIN]);
+        // The front resolves names through the test's DNS server: its own mount namespace
+        // with that server's resolv.conf (the host's is untouched).
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount --bind {} /etc/resolv.conf && exec python3 \"$0\" \"$@\"",
+                dns.resolv_conf().display()
+            ))
+            .arg(fixture("datastore_front.py"))
+            .args(&args);
+        let front = Talking::spawn(cmd, "datastore_front.py")
+            .ready("datastore_front.py", Duration::from_secs(60));
+        Self {
+            redis,
+            postgres,
+            mariadb,
+            memcached,
+            _dns: dns,
+            front,
+            front_port,
+        }
+    }
+
+    /// `requests` GETs of `path_of(i)`, `width` at a time, each on a connection of its own.
+    fn drive(&self, requests: usize, width: usize, path_of: impl Fn(usize) -> String) {
+        let deadline = Instant::now() + Duration::from_mins(2);
+        let mut i = 0;
+        while i < requests {
+            assert!(Instant::now() < deadline, "requests took over 2 minutes");
+            let batch: Vec<String> = (i..(i + width).min(requests))
+                .map(|n| format!("http://127.0.0.1:{}{}", self.front_port, path_of(n)))
+                .collect();
+            i += batch.len();
+            let mut curl = Command::new("curl");
+            curl.args(["-sf", "--max-time", "30", "--parallel", "--no-keepalive"]);
+            for url in &batch {
+                curl.args(["-o", "/dev/null", url]);
+            }
+            let _ = run_ok(&mut curl, Duration::from_secs(60));
+        }
+    }
+}
+
+/// The front's SERVER span per request, and every CLIENT span by its parent.
+fn front_requests<'a>(
+    spans: &'a [Value],
+    front_port: u16,
+    path_prefix: &str,
+) -> (Vec<&'a Value>, HashMap<&'a str, Vec<&'a Value>>) {
+    let fronts: Vec<&Value> = spans
+        .iter()
+        .filter(|s| {
+            kind(s) == "SERVER"
+                && attr(s, "server.port").as_i64() == Some(i64::from(front_port))
+                && text(s, "url.path").starts_with(path_prefix)
+        })
+        .collect();
+    let mut children: HashMap<&str, Vec<&Value>> = HashMap::new();
+    for span in spans.iter().filter(|s| kind(s) == "CLIENT") {
+        if let Some(parent) = span["parent_span_id"].as_str() {
+            children.entry(parent).or_default().push(span);
+        }
+    }
+    (fronts, children)
+}
+
+fn of_system<'a>(children: &[&'a Value], system: &str) -> Vec<&'a Value> {
+    children
+        .iter()
+        .copied()
+        .filter(|s| text(s, "db.system.name") == system)
+        .collect()
+}
+
+/// A summary of spans for failure messages.
+fn show(spans: &[&Value]) -> String {
+    spans
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} {}",
+                s["name"],
+                attr(s, "db.query.text"),
+                attr(s, "db.response.status_code")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn assert_no_secret(output: &str, what: &str) {
+    for secret in [
+        datastores::PASSWORD,
+        "SECRET-VALUE-8c21",
+        "SECRET-LITERAL-77ab",
+        "SECRET-",
+    ] {
+        assert!(!output.contains(secret), "{secret} leaked into {what}");
+    }
+}
+
+/// Every request of the front service has its datastore calls as children, with the database
+/// conventions' attributes; pooled connections, concurrent requests, start-up and
+/// authentication exchanges included; and no password, value or literal reaches any output.
+#[test]
+fn datastore_calls_are_children_of_the_request_that_made_them() {
+    let stack = Stack::start();
+    let agent = Agent::start_command("run", &["--output", "jsonl"]);
+    // Sequential first (connections opened), then concurrent ones (the pool grows and is
+    // reused).
+    stack.drive(6, 1, |n| format!("/order/{n}"));
+    stack.drive(24, 4, |n| format!("/order/{}", 100 + n));
+    let out = agent.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let all = serde_json::to_string(&out.events).expect("json");
+    assert_no_secret(&all, "the spans");
+    assert_no_secret(&out.stderr, "the log");
+
+    let (fronts, children) = front_requests(&out.events, stack.front_port, "/order/");
+    assert_eq!(fronts.len(), 30, "front spans");
+    for front in &fronts {
+        let kids = children.get(id(front)).cloned().unwrap_or_default();
+        let context = format!("{}:\n{}", front["name"], show(&kids));
+
+        let redis = of_system(&kids, "redis");
+        let mut ops: Vec<&str> = redis.iter().map(|s| text(s, "db.operation.name")).collect();
+        ops.sort_unstable();
+        assert_eq!(ops, ["EXPIRE", "GET", "INCR", "SET"], "{context}");
+        for span in &redis {
+            assert_eq!(attr(span, "server.port"), stack.redis.port, "{context}");
+            assert_eq!(attr(span, "db.namespace"), "0", "{context}");
+            assert!(span["status"]["code"] != "ERROR", "{context}");
+        }
+        let set = redis
+            .iter()
+            .find(|s| text(s, "db.operation.name") == "SET")
+            .expect("SET");
+        assert_eq!(attr(set, "db.query.text"), "SET ? ?", "{context}");
+
+        let pg = of_system(&kids, "postgresql");
+        assert_eq!(pg.len(), 2, "{context}");
+        for span in &pg {
+            assert_eq!(span["name"], "SELECT items", "{context}");
+            assert_eq!(attr(span, "db.collection.name"), "items", "{context}");
+            assert_eq!(
+                attr(span, "db.namespace"),
+                datastores::DATABASE,
+                "{context}"
+            );
+            assert_eq!(attr(span, "server.port"), stack.postgres.port, "{context}");
+        }
+        let queries: Vec<&str> = pg.iter().map(|s| text(s, "db.query.text")).collect();
+        assert!(
+            queries.contains(&"SELECT id, name FROM items WHERE id = $1 AND name <> $2"),
+            "parameterised text is kept: {context}"
+        );
+        assert!(
+            queries.contains(&"SELECT count(*) FROM items WHERE name = ?"),
+            "literals are `?`: {context}"
+        );
+
+        let my = of_system(&kids, "mariadb");
+        assert_eq!(my.len(), 1, "{context}");
+        assert_eq!(my[0]["name"], "SELECT items", "{context}");
+        assert_eq!(
+            attr(my[0], "db.query.text"),
+            "SELECT id, name FROM items WHERE id = ? AND name <> ?",
+            "{context}"
+        );
+        assert_eq!(
+            attr(my[0], "db.namespace"),
+            datastores::DATABASE,
+            "{context}"
+        );
+        assert_eq!(attr(my[0], "server.port"), stack.mariadb.port, "{context}");
+
+        let mut dns: Vec<(&str, &str)> = kids
+            .iter()
+            .filter(|s| !attr(s, "dns.question.name").is_null())
+            .map(|s| (text(s, "dns.question.type"), text(s, "dns.question.name")))
+            .collect();
+        dns.sort_unstable();
+        let name = format!("features.{}", datastores::DNS_DOMAIN);
+        assert_eq!(
+            dns,
+            [("A", name.as_str()), ("AAAA", name.as_str())],
+            "{context}"
+        );
+        for span in kids
+            .iter()
+            .filter(|s| !attr(s, "dns.question.name").is_null())
+        {
+            assert_eq!(
+                attr(span, "server.address"),
+                datastores::DNS_ADDRESS,
+                "{context}"
+            );
+            assert_eq!(attr(span, "server.port"), 53, "{context}");
+        }
+
+        let mc = of_system(&kids, "memcached");
+        let mut ops: Vec<&str> = mc.iter().map(|s| text(s, "db.operation.name")).collect();
+        ops.sort_unstable();
+        assert_eq!(ops, ["get", "set"], "{context}");
+        let get = mc
+            .iter()
+            .find(|s| text(s, "db.operation.name") == "get")
+            .expect("get");
+        assert_eq!(attr(get, "db.operation.batch.size"), 3, "{context}");
+        assert_eq!(attr(get, "db.query.text"), "get ? ? ?", "{context}");
+        assert_eq!(attr(get, "server.port"), stack.memcached.port, "{context}");
+    }
+    let _ = (&stack.front, &stack.postgres.pid(), &stack.mariadb.pid());
+}
+
+/// A failing call is an error span carrying the datastore's code, never its message.
+#[test]
+fn datastore_errors_carry_their_codes() {
+    let stack = Stack::start();
+    let agent = Agent::start_command("run", &["--output", "jsonl"]);
+    stack.drive(2, 1, |_| "/fail".to_string());
+    let out = agent.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_no_secret(
+        &serde_json::to_string(&out.events).expect("json"),
+        "the spans",
+    );
+    let (fronts, children) = front_requests(&out.events, stack.front_port, "/fail");
+    assert_eq!(fronts.len(), 2, "front spans");
+    for front in &fronts {
+        let kids = children.get(id(front)).cloned().unwrap_or_default();
+        let context = format!("{}:\n{}", front["name"], show(&kids));
+        let failed: Vec<(&str, &str)> = kids
+            .iter()
+            .filter(|s| s["status"]["code"] == "ERROR")
+            .map(|s| {
+                (
+                    text(s, "db.system.name"),
+                    text(s, "db.response.status_code"),
+                )
+            })
+            .collect();
+        for expected in [
+            ("redis", "WRONGTYPE"),
+            ("postgresql", "23505"),
+            ("mariadb", "1062"),
+            ("memcached", "CLIENT_ERROR"),
+        ] {
+            assert!(failed.contains(&expected), "{expected:?} in {context}");
+        }
+        assert_eq!(failed.len(), 4, "{context}");
+    }
+}
