@@ -60,7 +60,7 @@ fn spawn(cmd: &mut Command, what: &str) -> Proc {
 fn ready(server: Server) -> Server {
     wait_listening(
         &format!("127.0.0.1:{}", server.port),
-        Duration::from_secs(60),
+        Duration::from_mins(1),
     );
     server
 }

@@ -71,7 +71,7 @@ impl Stack {
             .arg(fixture("datastore_front.py"))
             .args(&args);
         let front = Talking::spawn(cmd, "datastore_front.py")
-            .ready("datastore_front.py", Duration::from_secs(60));
+            .ready("datastore_front.py", Duration::from_mins(1));
         Self {
             redis,
             postgres,
@@ -98,7 +98,7 @@ impl Stack {
             for url in &batch {
                 curl.args(["-o", "/dev/null", url]);
             }
-            let _ = run_ok(&mut curl, Duration::from_secs(60));
+            let _ = run_ok(&mut curl, Duration::from_mins(1));
         }
     }
 }

@@ -143,18 +143,15 @@ impl Summary for DbSummary {
             DbOutcome::Ok | DbOutcome::NoReply => SpanStatus::Unset,
             DbOutcome::Error { code } => {
                 let system = this.system.as_str();
-                match code {
-                    Some(code) => {
-                        let status = SpanStatus::Error(format!("{system} error {code}"));
-                        let code = strings.get(&code);
-                        attributes.push(KeyValue::shared("db.response.status_code", code.clone()));
-                        attributes.push(KeyValue::shared("error.type", code));
-                        status
-                    }
-                    None => {
-                        attributes.push(KeyValue::str("error.type", "_OTHER"));
-                        SpanStatus::Error(format!("{system} error"))
-                    }
+                if let Some(code) = code {
+                    let status = SpanStatus::Error(format!("{system} error {code}"));
+                    let code = strings.get(&code);
+                    attributes.push(KeyValue::shared("db.response.status_code", code.clone()));
+                    attributes.push(KeyValue::shared("error.type", code));
+                    status
+                } else {
+                    attributes.push(KeyValue::str("error.type", "_OTHER"));
+                    SpanStatus::Error(format!("{system} error"))
                 }
             }
             DbOutcome::NoResponse => {
