@@ -136,10 +136,11 @@ fn log_stopped(sink: &TraceSink<'_>, receiver: &receiver::ReceiverStats) {
         spans_abandoned = sink.tracer.stats.abandoned,
         held = sink.tracer.held(),
         held_peak = sink.tracer.stats.held_peak,
-        protocol_connections = %ProtocolCounts(&sink.protocols.stats),
+        protocol_connections = %ProtocolCounts(sink.protocols.stats.recognised()),
         http2 = %Http2Totals,
         other_connections = sink.protocols.stats.other_connections,
         protocol_given_up = sink.protocols.stats.given_up,
+        protocol_given_up_by = %ProtocolCounts(sink.protocols.stats.given_up_by()),
         marked_opaque = sink.feedback.marked_opaque,
         events_sent = kernel.get(agent_common::Counter::EventsSent),
         ring_records = receiver.records,
@@ -158,12 +159,12 @@ fn log_stopped(sink: &TraceSink<'_>, receiver: &receiver::ReceiverStats) {
     );
 }
 
-/// Connections recognised per protocol, as `http1:3,http2:1` in the final log line.
-struct ProtocolCounts<'a>(&'a crate::protocol::table::ProtocolStats);
+/// Connections per protocol, as `http1:3,http2:1` in the final log line.
+struct ProtocolCounts<I>(I);
 
-impl std::fmt::Display for ProtocolCounts<'_> {
+impl<I: Iterator<Item = (&'static str, u64)> + Clone> std::fmt::Display for ProtocolCounts<I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, (name, n)) in self.0.recognised().enumerate() {
+        for (i, (name, n)) in self.0.clone().enumerate() {
             if i > 0 {
                 f.write_str(",")?;
             }

@@ -36,14 +36,25 @@ pub struct ProtocolStats {
     pub other_connections: u64,
     /// Connections a parser gave up on after detection (the bytes were not its protocol).
     pub given_up: u64,
+    /// The same per entry of [`PROTOCOLS`]: its detector's mis-detections (or streams its
+    /// parser lost beyond recovery, such as TLS after a PostgreSQL `SSLRequest` was accepted).
+    pub given_up_by: [u64; PROTOCOLS.len()],
 }
 
 impl ProtocolStats {
     /// `(protocol name, connections)` pairs.
-    pub fn recognised(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+    pub fn recognised(&self) -> impl Iterator<Item = (&'static str, u64)> + Clone + '_ {
         PROTOCOLS
             .iter()
             .zip(self.recognised)
+            .map(|((name, _), n)| (*name, n))
+    }
+
+    /// `(protocol name, connections given up)` pairs.
+    pub fn given_up_by(&self) -> impl Iterator<Item = (&'static str, u64)> + Clone + '_ {
+        PROTOCOLS
+            .iter()
+            .zip(self.given_up_by)
             .map(|((name, _), n)| (*name, n))
     }
 }
@@ -127,6 +138,7 @@ impl ProtocolTable {
                 "not that protocol after all: connection given up"
             );
             self.stats.given_up += 1;
+            self.stats.given_up_by[parsed.protocol] += 1;
             *state = State::Other;
             // What it reported before failing stands: those exchanges were well formed.
             return Fed::GaveUp;
