@@ -360,6 +360,17 @@ struct PipelineRun {
 enum Synthesized {
     Http1,
     Grpc,
+    Redis,
+}
+
+/// Every `bench-pipeline` run of a benchmark, by what it synthesized.
+#[derive(Default)]
+struct PipelineRuns {
+    http: Vec<PipelineRun>,
+    /// HTTP/1.1 into the embedded store.
+    stored: Vec<PipelineRun>,
+    grpc: Vec<PipelineRun>,
+    redis: Vec<PipelineRun>,
 }
 
 fn pipeline_run(
@@ -370,8 +381,14 @@ fn pipeline_run(
 ) -> Result<PipelineRun> {
     let mut command = Command::new(bin);
     command.args(["bench-pipeline", "--exchanges", &exchanges.to_string()]);
-    if protocol == Synthesized::Grpc {
-        command.args(["--protocol", "http2"]);
+    match protocol {
+        Synthesized::Http1 => {}
+        Synthesized::Grpc => {
+            command.args(["--protocol", "http2"]);
+        }
+        Synthesized::Redis => {
+            command.args(["--protocol", "redis"]);
+        }
     }
     if let Some(path) = store {
         command.arg("--store").arg(path);
@@ -444,28 +461,23 @@ pub fn bench(quick: bool, runtime_probes_only: bool) -> Result<()> {
     let http = http_rounds(&bin, quick)?;
     crate::setup::test_dependencies()?;
     let probes = crate::bench_runtime::rounds(&bin, quick)?;
-    let mut pipeline = Vec::new();
-    let mut stored = Vec::new();
-    let mut grpc = Vec::new();
+    let mut runs = PipelineRuns::default();
     let store = std::env::temp_dir().join("sockspan-bench-pipeline.redb");
     for _ in 0..pipeline_rounds {
-        pipeline.push(pipeline_run(&bin, exchanges, None, Synthesized::Http1)?);
-        stored.push(pipeline_run(
+        runs.http
+            .push(pipeline_run(&bin, exchanges, None, Synthesized::Http1)?);
+        runs.stored.push(pipeline_run(
             &bin,
             exchanges,
             Some(&store),
             Synthesized::Http1,
         )?);
-        grpc.push(pipeline_run(&bin, exchanges, None, Synthesized::Grpc)?);
+        runs.grpc
+            .push(pipeline_run(&bin, exchanges, None, Synthesized::Grpc)?);
+        runs.redis
+            .push(pipeline_run(&bin, exchanges, None, Synthesized::Redis)?);
     }
-    let mut report = report(
-        &samples,
-        (&pipeline, &stored, &grpc),
-        round_trips,
-        rounds,
-        exchanges,
-        quick,
-    );
+    let mut report = report(&samples, &runs, round_trips, rounds, exchanges, quick);
     http_section(&mut report, &http);
     crate::bench_runtime::section(&mut report, &probes, summary);
     if let Ok(history) = std::fs::read_to_string(workspace_root().join("bench/HISTORY.md")) {
@@ -736,7 +748,7 @@ fn samples_of(samples: &[(Variant, Sample)], v: Variant) -> Vec<&Sample> {
 
 fn report(
     samples: &[(Variant, Sample)],
-    pipeline: (&[PipelineRun], &[PipelineRun], &[PipelineRun]),
+    pipeline: &PipelineRuns,
     round_trips: u64,
     rounds: usize,
     exchanges: u64,
@@ -992,11 +1004,8 @@ fn agent_section(out: &mut String, samples: &[(Variant, Sample)], round_trips: u
 
 /// Section 3: the user-space pipeline's throughput on one core, counting spans and into the
 /// embedded store.
-fn pipeline_section(
-    out: &mut String,
-    (pipeline, stored, grpc): (&[PipelineRun], &[PipelineRun], &[PipelineRun]),
-    exchanges: u64,
-) {
+fn pipeline_section(out: &mut String, runs: &PipelineRuns, exchanges: u64) {
+    let (pipeline, stored, grpc) = (&runs.http, &runs.stored, &runs.grpc);
     let of = |runs: &[PipelineRun], f: fn(&PipelineRun) -> f64, digits| {
         summary(&runs.iter().map(f).collect::<Vec<_>>(), digits)
     };
@@ -1008,6 +1017,8 @@ fn pipeline_section(
     let (_, lookup) = of(stored, |p| p.lookup_us, 1);
     let (_, grpc_events) = of(grpc, |p| p.events_per_s, 0);
     let (_, grpc_exchanges) = of(grpc, |p| p.exchanges_per_s, 0);
+    let (_, redis_events) = of(&runs.redis, |p| p.events_per_s, 0);
+    let (_, redis_exchanges) = of(&runs.redis, |p| p.exchanges_per_s, 0);
     let _ = writeln!(out, "\n## 3. The user-space pipeline alone\n");
     let _ = writeln!(
         out,
@@ -1034,11 +1045,16 @@ fn pipeline_section(
     );
     let _ = writeln!(
         out,
+        "| Redis commands per second (`--protocol redis`) | {redis_exchanges} ({redis_events} events/s) | — |"
+    );
+    let _ = writeln!(
+        out,
         "\nThe gRPC runs synthesize what a grpcio client and server write for a unary call \
          (HEADERS + DATA one way, HEADERS + DATA + trailers back), each connection's first call \
          inserting its headers into both HPACK tables and later calls referring to them by index, \
-         through the same stages with HTTP/2 framing, HPACK and stream pairing; alternating with \
-         the HTTP/1.1 runs.\n"
+         through the same stages with HTTP/2 framing, HPACK and stream pairing; the Redis runs, what \
+         redis-py and redis-server write for a `GET` of a 64-byte value (RESP2), through RESP framing, \
+         pairing in order and the database summary; both alternating with the HTTP/1.1 runs.\n"
     );
     let _ = writeln!(
         out,

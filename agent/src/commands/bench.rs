@@ -169,6 +169,10 @@ fn synthetic_sink(exporter: &mut dyn SpanExporter, pid: u32) -> TraceSink<'_> {
 
 /// The HTTP/1.1 exchange the pipeline benchmark repeats: a JSON scoring call.
 const HTTP1_REQUEST: &[u8] = b"POST /score/8812 HTTP/1.1\r\nHost: model:8080\r\nUser-Agent: python-urllib3/2.0\r\nContent-Type: application/json\r\nContent-Length: 27\r\n\r\n{\"f\": [1.0, 2.5, 3.0, 4.1]}";
+/// What redis-py writes for `GET features:8812`, and redis-server's answer.
+const REDIS_REQUEST: &[u8] = b"*2\r\n$3\r\nGET\r\n$13\r\nfeatures:8812\r\n";
+const REDIS_RESPONSE: &[u8] =
+    b"$64\r\n0.125,0.250,0.375,0.500,0.625,0.750,0.875,1.000,1.125,1.250,1.37\r\n";
 const HTTP1_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: BaseHTTP/0.6 Python/3.11\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n{\"score\": 10.65}";
 
 /// What `bench-pipeline` synthesizes.
@@ -178,6 +182,8 @@ pub enum BenchProtocol {
     Http1,
     /// gRPC unary calls over HTTP/2, HPACK-indexed after each connection's first call.
     Http2,
+    /// Redis `GET`s of a 64-byte value (RESP2).
+    Redis,
 }
 
 /// The data events of an HTTP/2 connection's opening: the client's preface and SETTINGS, the
@@ -342,6 +348,7 @@ fn feed_exchanges(
         let tid = 100 + pair as u32;
         let (request, response): (&[u8], &[u8]) = match protocol {
             BenchProtocol::Http1 => (HTTP1_REQUEST, HTTP1_RESPONSE),
+            BenchProtocol::Redis => (REDIS_REQUEST, REDIS_RESPONSE),
             BenchProtocol::Http2 => {
                 if i < PAIRS {
                     // Each connection opens with the client preface and both ends' SETTINGS.
