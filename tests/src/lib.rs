@@ -583,3 +583,69 @@ pub fn binary_ping_pong(port: u16, opening: &[u8], messages: usize) {
         Duration::from_mins(1),
     );
 }
+
+/// What the agent's non-JSON outputs held after the same traffic went through each:
+/// `otlp` as an official OpenTelemetry receiver decoded it, `api` the query API's answers to
+/// `api_paths` (what the UI reads), `dump` every span read back from the store, `store_file` the
+/// store's raw bytes (compressed: a secret could hide there in other words, so `dump` too).
+pub struct EveryOutput {
+    pub otlp: String,
+    pub api: String,
+    pub dump: String,
+    pub store_file: Vec<u8>,
+}
+
+/// Runs `traffic` twice more: once with `sockspan run --output otlp` into
+/// `otlp_receiver.py` over HTTP, once with the default output (store + UI), and returns what
+/// each output held (see [`EveryOutput`]).
+#[must_use]
+pub fn every_output(traffic: impl Fn(), api_paths: &[&str]) -> EveryOutput {
+    let port = free_port();
+    let received = std::env::temp_dir().join(format!("sockspan-every-output-otlp-{port}.jsonl"));
+    let received_arg = received.display().to_string();
+    let receiver = python_fixture(
+        "otlp_receiver.py",
+        &["http", &port.to_string(), &received_arg],
+        &[],
+    );
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let agent = Agent::start_command("run", &["--output", "otlp", "--otlp-endpoint", &endpoint]);
+    traffic();
+    let out = agent.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    drop(receiver);
+    let otlp = std::fs::read_to_string(&received).unwrap_or_default();
+    let _ = std::fs::remove_file(&received);
+
+    let dir = std::env::temp_dir().join(format!("sockspan-every-output-store-{}", free_port()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = dir.join("traces.redb").display().to_string();
+    let ui = format!("127.0.0.1:{}", free_port());
+    let agent = Agent::start_command("run", &["--store", &store, "--ui", &ui]);
+    traffic();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut api = String::new();
+    for path in api_paths {
+        let body = run_ok(
+            Command::new("curl")
+                .args(["-sf", "--max-time", "10"])
+                .arg(format!("http://{ui}{path}")),
+            Duration::from_secs(20),
+        );
+        api.push_str(&String::from_utf8_lossy(&body.stdout));
+    }
+    let out = agent.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let store_file = std::fs::read(&store).expect("store file");
+    let dump = run_ok(
+        Command::new(sockspan_bin()).args(["dump", "--store", &store]),
+        Duration::from_secs(20),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    EveryOutput {
+        otlp,
+        api,
+        dump: String::from_utf8_lossy(&dump.stdout).into_owned(),
+        store_file,
+    }
+}

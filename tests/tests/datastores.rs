@@ -11,7 +11,7 @@ use std::{
 
 use serde_json::Value;
 use sockspan_tests::{
-    Agent, Proc, Talking, datastores, datastores::Server, fixture, free_port, run_ok,
+    Agent, Proc, Talking, datastores, datastores::Server, every_output, fixture, free_port, run_ok,
 };
 
 fn attr<'a>(span: &'a Value, key: &str) -> &'a Value {
@@ -312,4 +312,39 @@ fn datastore_errors_carry_their_codes() {
         }
         assert_eq!(failed.len(), 4, "{context}");
     }
+}
+
+/// The password of every datastore login, the values written and the literals of every query
+/// reach none of the outputs: OTLP as an official receiver decodes it, the store, the query
+/// API (JSON lines are checked above).
+#[test]
+fn datastore_secrets_reach_no_output() {
+    let stack = Stack::start();
+    let outputs = every_output(
+        || {
+            stack.drive(3, 1, |n| format!("/order/{n}"));
+            stack.drive(1, 1, |_| "/fail".to_string());
+        },
+        &[
+            "/api/services",
+            "/api/traces?service=datastore_front&limit=50",
+            "/api/traces?service=postgres&limit=50",
+            "/api/dependencies",
+        ],
+    );
+    for (text, what) in [
+        (&outputs.otlp, "OTLP"),
+        (&outputs.api, "the query API"),
+        (&outputs.dump, "the store's spans"),
+    ] {
+        assert!(
+            text.contains("db.query.text"),
+            "{what} holds datastore spans"
+        );
+        assert_no_secret(text, what);
+    }
+    assert!(
+        !outputs.store_file.windows(7).any(|w| w == b"SECRET-"),
+        "a secret leaked into the store file"
+    );
 }

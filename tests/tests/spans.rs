@@ -9,7 +9,7 @@ use std::{
 
 use serde_json::Value;
 use sockspan_tests::{
-    Agent, Proc, fixture, free_port, http_server, python_fixture, run_ok, sockspan_bin,
+    Agent, Proc, every_output, fixture, free_port, http_server, python_fixture, run_ok,
     stopped_field,
 };
 
@@ -426,72 +426,32 @@ fn secrets_in_traced_traffic_never_reach_any_output() {
     assert_eq!(attr(front, "url.query"), "page=REDACTED&token=REDACTED");
     assert!(attr(front, "http.request.header.x-request-id").is_null());
 
-    let port = free_port();
-    let received = std::env::temp_dir().join(format!("sockspan-secrets-otlp-{port}.jsonl"));
-    let received_arg = received.display().to_string();
-    let _receiver = python_fixture(
-        "otlp_receiver.py",
-        &["http", &port.to_string(), &received_arg],
-        &[],
+    let outputs = every_output(
+        || send_secrets(&chain),
+        &[
+            "/api/services",
+            "/api/traces?service=frontend&limit=50",
+            "/api/traces?service=model&limit=50",
+            "/api/dependencies",
+        ],
     );
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let agent = Agent::start_command("run", &["--output", "otlp", "--otlp-endpoint", &endpoint]);
-    send_secrets(&chain);
-    let out = agent.stop();
-    assert!(out.status.success(), "{}", out.stderr);
-    assert_no_secret(
-        &std::fs::read_to_string(&received).unwrap_or_default(),
-        "OTLP",
-    );
-    let _ = std::fs::remove_file(&received);
-
-    let dir = std::env::temp_dir().join(format!("sockspan-secrets-store-{}", free_port()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let store = dir.join("traces.redb").display().to_string();
-    let ui = format!("127.0.0.1:{}", free_port());
-    let agent = Agent::start_command("run", &["--store", &store, "--ui", &ui]);
-    send_secrets(&chain);
-    std::thread::sleep(Duration::from_secs(2));
-    let mut api = String::new();
-    for path in [
-        "/api/services",
-        "/api/traces?service=frontend&limit=50",
-        "/api/traces?service=model&limit=50",
-        "/api/dependencies",
-    ] {
-        let body = run_ok(
-            Command::new("curl")
-                .args(["-sf", "--max-time", "10"])
-                .arg(format!("http://{ui}{path}")),
-            Duration::from_secs(20),
-        );
-        api.push_str(&String::from_utf8_lossy(&body.stdout));
-    }
+    assert_no_secret(&outputs.otlp, "OTLP");
     assert!(
-        api.contains("page=REDACTED"),
-        "the API shows the redacted query: {api}"
+        outputs.api.contains("page=REDACTED"),
+        "the API shows the redacted query: {}",
+        outputs.api
     );
-    let out = agent.stop();
-    assert!(out.status.success(), "{}", out.stderr);
-    assert_no_secret(&api, "the query API");
-    // The store compresses spans, so its raw bytes alone could hide a secret: read every span
-    // back as well.
-    let file = std::fs::read(&store).expect("store file");
+    assert_no_secret(&outputs.api, "the query API");
     assert!(
-        !file.windows(7).any(|w| w == b"SECRET-"),
+        !outputs.store_file.windows(7).any(|w| w == b"SECRET-"),
         "a secret leaked into the store file"
     );
-    let dump = run_ok(
-        Command::new(sockspan_bin()).args(["dump", "--store", &store]),
-        Duration::from_secs(20),
-    );
-    let dumped = String::from_utf8_lossy(&dump.stdout);
     assert!(
-        dumped.contains("page=REDACTED"),
-        "the dump holds the spans: {dumped}"
+        outputs.dump.contains("page=REDACTED"),
+        "the dump holds the spans: {}",
+        outputs.dump
     );
-    assert_no_secret(&dumped, "the store's spans");
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_no_secret(&outputs.dump, "the store's spans");
 }
 
 /// The allowlists are the explicit opt-in: a listed header is recorded, a listed query
