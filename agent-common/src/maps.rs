@@ -64,9 +64,11 @@ pub enum Protocol {
     Http2 = 3,
     /// Redis (RESP): a request array of bulk strings.
     Redis = 4,
-    /// PostgreSQL: a startup message or an SSL/GSSAPI encryption request.
+    /// PostgreSQL: a startup message or an SSL/GSSAPI encryption request; on a connection open
+    /// before the agent, a simple query or a Parse/Bind.
     Postgres = 5,
-    /// MySQL/MariaDB: the server's greeting (protocol 10).
+    /// MySQL/MariaDB: the server's greeting (protocol 10); on a connection open before the
+    /// agent, a command packet written whole.
     Mysql = 6,
     /// memcached's text protocol: a command word.
     Memcached = 7,

@@ -45,9 +45,13 @@ pub fn detect(
         Protocol::Http2
     } else if request_side && is_redis_request(payload, len) {
         Protocol::Redis
-    } else if request_side && is_postgres_startup(payload, len, moved) {
+    } else if request_side
+        && (is_postgres_startup(payload, len, moved) || is_postgres_query(payload, len, moved))
+    {
         Protocol::Postgres
-    } else if response_side && is_mysql_greeting(payload, len, moved) {
+    } else if (response_side && is_mysql_greeting(payload, len, moved))
+        || (request_side && is_mysql_command(payload, len, moved))
+    {
         Protocol::Mysql
     } else if request_side
         && (is_one_of(prefix, &MEMCACHED_PREFIXES)
@@ -132,6 +136,36 @@ fn is_postgres_startup(p: &Payload, len: u32, moved: u64) -> bool {
         POSTGRES_SSL_REQUEST | POSTGRES_GSSENC_REQUEST => length == 8,
         _ => false,
     }
+}
+
+/// A PostgreSQL client message that starts a query on a connection open before the agent:
+/// `Q` (simple query, its length exactly the rest of the bytes moved), or `P`/`B` (extended
+/// query: Parse or Bind, usually followed in the same write by the rest of the batch).
+#[inline(always)]
+fn is_postgres_query(p: &Payload, len: u32, moved: u64) -> bool {
+    if len < 6 {
+        return false;
+    }
+    let length = u64::from(u32::from_be_bytes([p[1], p[2], p[3], p[4]]));
+    match p[0] {
+        b'Q' => length + 1 == moved && length > 5,
+        b'P' | b'B' => length >= 4 && length < moved,
+        _ => false,
+    }
+}
+
+/// A MySQL/MariaDB command packet a client writes whole (length exactly the rest of the bytes
+/// moved, sequence 0) on a connection open before the agent: query, prepare, execute, close,
+/// reset, ping, init-db.
+#[inline(always)]
+fn is_mysql_command(p: &Payload, len: u32, moved: u64) -> bool {
+    if len < 5 {
+        return false;
+    }
+    let length = u32::from_le_bytes([p[0], p[1], p[2], 0]);
+    u64::from(length) + 4 == moved
+        && p[3] == 0
+        && matches!(p[4], 0x02 | 0x03 | 0x0e | 0x16 | 0x17 | 0x19 | 0x1a)
 }
 
 /// A MySQL/MariaDB server greeting: a packet (`u24` little-endian length equal to the bytes the

@@ -42,6 +42,12 @@ struct Stack {
 
 impl Stack {
     fn start() -> Self {
+        Self::start_warm(0)
+    }
+
+    /// With `warm` bundles of client connections opened (and used) before it returns: older
+    /// than an agent started afterwards.
+    fn start_warm(warm: usize) -> Self {
         let (redis, postgres, mariadb, memcached) = (
             datastores::redis(),
             datastores::postgres(),
@@ -63,7 +69,8 @@ impl Stack {
         // The front resolves names through the test's DNS server: its own mount namespace
         // with that server's resolv.conf (the host's is untouched).
         let mut cmd = Command::new("unshare");
-        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        cmd.env("WARM_BUNDLES", warm.to_string())
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
             .arg(format!(
                 "mount --bind {} /etc/resolv.conf && exec python3 \"$0\" \"$@\"",
                 dns.resolv_conf().display()
@@ -347,4 +354,40 @@ fn datastore_secrets_reach_no_output() {
         !outputs.store_file.windows(7).any(|w| w == b"SECRET-"),
         "a secret leaked into the store file"
     );
+}
+
+/// Connections a client pool opened before the agent started (an agent restarted under running
+/// services): their start-up and authentication were never seen, yet later commands are spans,
+/// children of the requests that made them. Redis, memcached and DNS carry everything a span
+/// needs in each request; PostgreSQL and MariaDB without their start-up lose only the database
+/// name.
+#[test]
+fn pooled_connections_older_than_the_agent_give_spans_too() {
+    let stack = Stack::start_warm(2);
+    let agent = Agent::start_command("run", &["--output", "jsonl"]);
+    stack.drive(6, 1, |n| format!("/order/{n}"));
+    stack.drive(8, 2, |n| format!("/order/{}", 100 + n));
+    let out = agent.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_no_secret(
+        &serde_json::to_string(&out.events).expect("json"),
+        "the spans",
+    );
+    let (fronts, children) = front_requests(&out.events, stack.front_port, "/order/");
+    assert_eq!(fronts.len(), 14, "front spans");
+    for front in &fronts {
+        let kids = children.get(id(front)).cloned().unwrap_or_default();
+        let context = format!("{}:\n{}", front["name"], show(&kids));
+        let count = |system: &str| of_system(&kids, system).len();
+        assert_eq!(count("redis"), 4, "{context}");
+        assert_eq!(count("memcached"), 2, "{context}");
+        assert_eq!(count("postgresql"), 2, "{context}");
+        assert_eq!(count("mariadb"), 1, "{context}");
+        for span in of_system(&kids, "postgresql")
+            .into_iter()
+            .chain(of_system(&kids, "mariadb"))
+        {
+            assert_eq!(span["name"], "SELECT items", "{context}");
+        }
+    }
 }
