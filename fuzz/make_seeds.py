@@ -105,6 +105,18 @@ def main():
 
     write("pipeline", "exchange", pipeline_script())
 
+    # DNS: glibc's A and AAAA (one sendmmsg), answered out of order, over UDP and over TCP.
+    a = (b"\xd4\x7b\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+         b"\x03api\x05model\x08internal\x00\x00\x01\x00\x01")
+    aaaa = b"\xff\x7e" + a[2:-4] + b"\x00\x1c\x00\x01"
+    answer_a = (a[:2] + b"\x81\x80\x00\x01\x00\x01" + a[8:]
+                + b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x00\x00\x04\x0a\x01\x02\x03")
+    nxdomain_aaaa = aaaa[:2] + b"\x81\x83" + aaaa[4:]
+    exchange = [(True, a), (True, aaaa), (False, nxdomain_aaaa), (False, answer_a)]
+    write("dns_connection", "udp", b"\0" + connection_script(exchange, False))
+    framed = [(e, struct.pack(">H", len(m)) + m) for e, m in exchange]
+    write("dns_connection", "tcp", b"\1" + connection_script(framed, False))
+
     # HTTP/2: the grpcio captures at both ends, from the preface and attached midway.
     for name, server_side in [("client", False), ("server", True)]:
         calls = fixture_reads(f"grpcio_{name}_calls.jsonl", H2_FIXTURES)

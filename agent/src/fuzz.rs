@@ -26,6 +26,7 @@ use crate::{
     },
     protocol::{
         ConnectionParser, ProtoEvent,
+        dns::DnsConnection,
         http2::{
             Http2Connection,
             hpack::{Decoder, Field},
@@ -514,6 +515,65 @@ pub fn pipeline(data: &[u8]) {
 /// A fuzz target: arbitrary bytes in, a panic when an invariant breaks.
 pub type Target = fn(&[u8]);
 
+/// Feeds a connection script (the format of [`http1_connection`]) to `conn` and closes it,
+/// checking what every connection parser promises: each exchange was announced by a request
+/// event under the same key, no key is reported twice, and stamps run forward within an
+/// exchange. Returns the exchanges it reported.
+fn drive_connection(conn: &mut dyn ConnectionParser, data: &[u8]) -> u64 {
+    let mut input = Input(data);
+    let mut out = Vec::new();
+    let mut announced = HashSet::new();
+    let mut reported = HashSet::new();
+    let mut emitted = 0u64;
+    let mut check = |out: &mut Vec<ProtoEvent>| {
+        for event in out.drain(..) {
+            match event {
+                ProtoEvent::Request { key, .. } => {
+                    announced.insert(key);
+                }
+                ProtoEvent::Exchange(x) => {
+                    emitted += 1;
+                    assert!(announced.contains(&x.key), "{} never announced", x.key);
+                    assert!(reported.insert(x.key), "{} reported twice", x.key);
+                    assert!(x.request_start.ts <= x.request_end.ts, "{x:?}");
+                    if let Some(response_start) = x.response_start {
+                        assert!(x.request_start.ts <= response_start.ts, "{x:?}");
+                    }
+                    let _ = x.summary.describe();
+                }
+            }
+        }
+    };
+    let mut ts = 0u64;
+    while let Some(read) = input.read() {
+        ts += 1;
+        conn.feed(read.side, read.payload, read.total, ts, read.tid, &mut out);
+        check(&mut out);
+    }
+    conn.close(
+        Stamp {
+            ts: ts + 1,
+            tid: 0,
+            offset: 0,
+        },
+        &mut out,
+    );
+    check(&mut out);
+    emitted
+}
+
+/// A DNS connection (the first input byte's bit 0: TCP, else UDP) fed a connection script
+/// ([`http1_connection`]'s format), then closed.
+///
+/// Invariants: those of every connection parser (see `drive_connection`), and the parser's
+/// own count of answered queries is at most what it reported.
+pub fn dns_connection(data: &[u8]) {
+    let mut input = Input(data);
+    let mut conn = DnsConnection::new(input.byte() & 1 == 1);
+    let emitted = drive_connection(&mut conn, input.0);
+    assert!(conn.stats.exchanges <= emitted);
+}
+
 /// Every target by the name its `fuzz/fuzz_targets/*.rs` file and corpus folders use.
 pub const TARGETS: &[(&str, Target)] = &[
     ("http1_connection", http1_connection),
@@ -527,6 +587,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("http2_connection", http2_connection),
     ("hpack", hpack),
     ("go_executable", go_executable),
+    ("dns_connection", dns_connection),
 ];
 
 #[cfg(test)]

@@ -603,7 +603,7 @@ pub fn every_output(traffic: impl Fn(), api_paths: &[&str]) -> EveryOutput {
     let port = free_port();
     let received = std::env::temp_dir().join(format!("sockspan-every-output-otlp-{port}.jsonl"));
     let received_arg = received.display().to_string();
-    let receiver = python_fixture(
+    let otlp_receiver = python_fixture(
         "otlp_receiver.py",
         &["http", &port.to_string(), &received_arg],
         &[],
@@ -613,7 +613,7 @@ pub fn every_output(traffic: impl Fn(), api_paths: &[&str]) -> EveryOutput {
     traffic();
     let out = agent.stop();
     assert!(out.status.success(), "{}", out.stderr);
-    drop(receiver);
+    drop(otlp_receiver);
     let otlp = std::fs::read_to_string(&received).unwrap_or_default();
     let _ = std::fs::remove_file(&received);
 

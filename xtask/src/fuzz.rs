@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::util::{cargo, command_ok, workspace_root, write_section};
 
 /// The targets, as `fuzz/Cargo.toml` names them (and `sockspan::fuzz::TARGETS`).
-const TARGETS: [&str; 11] = [
+const TARGETS: [&str; 12] = [
     "http1_connection",
     "http1_resplit",
     "http1_head",
@@ -28,6 +28,7 @@ const TARGETS: [&str; 11] = [
     "http2_connection",
     "hpack",
     "go_executable",
+    "dns_connection",
 ];
 
 /// The cargo-fuzz release this task drives.
