@@ -112,10 +112,15 @@ pub enum Syscall {
     /// One data event per message, for the first [`MAX_MMSG`] messages.
     Sendmmsg = 14,
     Recvmmsg = 15,
+    /// Plaintext an OpenSSL `SSL_write`/`SSL_write_ex` took (a uprobe, not a syscall): the
+    /// connection is the socket the call wrote to.
+    SslWrite = 16,
+    /// Plaintext an OpenSSL `SSL_read`/`SSL_read_ex` returned.
+    SslRead = 17,
 }
 
 impl Syscall {
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 17] = [
         Self::Read,
         Self::Write,
         Self::Recvfrom,
@@ -131,6 +136,8 @@ impl Syscall {
         Self::Sendfile,
         Self::Sendmmsg,
         Self::Recvmmsg,
+        Self::SslWrite,
+        Self::SslRead,
     ];
 
     #[must_use]
@@ -145,7 +152,7 @@ impl Syscall {
         None
     }
 
-    /// The syscall's name as in `syscalls/sys_enter_<name>`.
+    /// The syscall's name as in `syscalls/sys_enter_<name>` (the library function's for TLS).
     #[must_use]
     pub const fn name(self) -> &'static str {
         match self {
@@ -164,10 +171,18 @@ impl Syscall {
             Self::Sendfile => "sendfile64",
             Self::Sendmmsg => "sendmmsg",
             Self::Recvmmsg => "recvmmsg",
+            Self::SslWrite => "SSL_write",
+            Self::SslRead => "SSL_read",
         }
     }
 
     /// Direction of the bytes for data syscalls; `None` for the others.
+    /// Whether the bytes are TLS plaintext from a library probe rather than a syscall's.
+    #[must_use]
+    pub const fn is_tls(self) -> bool {
+        matches!(self, Self::SslWrite | Self::SslRead)
+    }
+
     #[must_use]
     pub const fn direction(self) -> Option<Direction> {
         match self {
@@ -176,10 +191,14 @@ impl Syscall {
             | Self::Sendmsg
             | Self::Writev
             | Self::Sendfile
-            | Self::Sendmmsg => Some(Direction::Egress),
-            Self::Read | Self::Recvfrom | Self::Recvmsg | Self::Readv | Self::Recvmmsg => {
-                Some(Direction::Ingress)
-            }
+            | Self::Sendmmsg
+            | Self::SslWrite => Some(Direction::Egress),
+            Self::Read
+            | Self::Recvfrom
+            | Self::Recvmsg
+            | Self::Readv
+            | Self::Recvmmsg
+            | Self::SslRead => Some(Direction::Ingress),
             Self::Accept | Self::Accept4 | Self::Connect | Self::Close => None,
         }
     }

@@ -74,7 +74,92 @@ pub enum Protocol {
     Memcached = 7,
     /// DNS: a query written whole (UDP, or TCP after its length).
     Dns = 8,
+    /// TLS: a record header (`16 03 ..` and the rest). The socket's own bytes (ciphertext) are
+    /// counted, never sent; the plaintext comes from the TLS library probes instead.
+    Tls = 9,
 }
+
+/// The OpenSSL functions the TLS probes attach to, as their attach cookie.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslFunction {
+    /// `int SSL_write(SSL *ssl, const void *buf, int num)`: returns the bytes written.
+    Write = 0,
+    /// `int SSL_write_ex(SSL *ssl, const void *buf, size_t num, size_t *written)`: returns 1 on
+    /// success, the count in `*written`.
+    WriteEx = 1,
+    /// `int SSL_read(SSL *ssl, void *buf, int num)`.
+    Read = 2,
+    /// `int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes)`.
+    ReadEx = 3,
+}
+
+impl SslFunction {
+    pub const ALL: [Self; 4] = [Self::Write, Self::WriteEx, Self::Read, Self::ReadEx];
+
+    #[must_use]
+    pub const fn symbol(self) -> &'static str {
+        match self {
+            Self::Write => "SSL_write",
+            Self::WriteEx => "SSL_write_ex",
+            Self::Read => "SSL_read",
+            Self::ReadEx => "SSL_read_ex",
+        }
+    }
+
+    #[must_use]
+    pub const fn from_u64(value: u64) -> Option<Self> {
+        match value {
+            0 => Some(Self::Write),
+            1 => Some(Self::WriteEx),
+            2 => Some(Self::Read),
+            3 => Some(Self::ReadEx),
+            _ => None,
+        }
+    }
+}
+
+/// An OpenSSL read or write in progress on a thread: saved at the function's entry, taken at
+/// its return (`SSL_CALLS`, keyed by pid_tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SslCall {
+    /// The `SSL *`.
+    pub ssl: u64,
+    pub buf: u64,
+    /// `_ex` forms: where the function writes the byte count.
+    pub count_ptr: u64,
+    /// When the call started (the plaintext of a write leaves then).
+    pub entry_ns: u64,
+    /// The connection a socket syscall made inside the call belongs to, 0 if none yet.
+    pub conn_id: u64,
+    /// A [`SslFunction`].
+    pub function: u32,
+    /// That syscall's fd, -1 if none yet.
+    pub fd: i32,
+}
+const _: () = assert!(core::mem::size_of::<SslCall>() == 48);
+
+/// Which connection an `SSL *` of a process reads and writes (`SSL_FD`): learnt from a socket
+/// syscall made inside one of its calls, kept for the calls OpenSSL serves from its own buffer
+/// (no syscall), dropped at `SSL_free`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SslKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub ssl: u64,
+}
+const _: () = assert!(core::mem::size_of::<SslKey>() == 16);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SslSocket {
+    pub conn_id: u64,
+    pub fd: i32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<SslSocket>() == 16);
 
 /// The first four bytes of HTTP/2's client preface (`PRI * HTTP/2.0…`), as a little-endian
 /// `u32`.
@@ -157,10 +242,12 @@ pub enum Counter {
     ConnTableFull = 5,
     /// Kernel struct reads that failed while resolving an fd to its socket.
     SocketWalkFailed = 6,
+    /// TLS plaintext dropped: the call's `SSL *` was never seen on a socket syscall.
+    TlsUnlinked = 7,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::EventsSent,
         Self::RingFull,
@@ -169,6 +256,7 @@ impl Counter {
         Self::EntryTimeMissed,
         Self::ConnTableFull,
         Self::SocketWalkFailed,
+        Self::TlsUnlinked,
     ];
 
     /// The name used in logs and self-metrics.
@@ -182,6 +270,7 @@ impl Counter {
             Self::EntryTimeMissed => "entry_time_missed",
             Self::ConnTableFull => "conn_table_full",
             Self::SocketWalkFailed => "socket_walk_failed",
+            Self::TlsUnlinked => "tls_unlinked",
         }
     }
 }

@@ -17,20 +17,20 @@ use agent_common::{
 type Payload = [u8; 2 * MAX_CAPTURE_BYTES];
 
 /// Looks at one data syscall of a connection still being detected (`entry` is its table
-/// entry); [`DETECT_CHUNKS`] syscalls that match nothing make it opaque. The record of this
-/// syscall is sent either way, so the agent's own detectors see the same bytes.
-#[inline(always)]
-pub fn detect(
-    entry: *mut ConnInfo,
-    role: u32,
-    egress: bool,
-    payload: &Payload,
-    len: u32,
-    moved: u64,
-) {
+/// entry; `role_egress` its [`Role`], plus 256 for an egress syscall); [`DETECT_CHUNKS`]
+/// syscalls that match nothing make it opaque. The record of this syscall is sent either way,
+/// so the agent's own detectors see the same bytes.
+///
+/// A function of its own in the object (a BPF-to-BPF call, at most five arguments): inlined,
+/// each of its outcomes would carry its own register state into the rest of the exit program,
+/// and the verifier, walking every path, went past its million-instruction limit.
+#[inline(never)]
+pub fn detect(entry: *mut ConnInfo, role_egress: u32, payload: &Payload, len: u32, moved: u64) {
     if entry.is_null() {
         return;
     }
+    let role = role_egress & 0xff;
+    let egress = role_egress & 0x100 != 0;
     let unknown = role == Role::Unknown as u32;
     // A client's writes, a server's reads; either when the role is unknown.
     let request_side = unknown || (role == Role::Client as u32) == egress;
@@ -43,6 +43,8 @@ pub fn detect(
         Protocol::Http
     } else if request_side && prefix == HTTP2_PREFACE_PREFIX {
         Protocol::Http2
+    } else if is_tls_record(payload, len) {
+        Protocol::Tls
     } else if request_side && is_redis_request(payload, len) {
         Protocol::Redis
     } else if request_side
@@ -97,6 +99,21 @@ fn is_one_of<const N: usize>(prefix: u32, table: &[u32; N]) -> bool {
 #[inline(always)]
 fn is_digit(b: u8) -> bool {
     b.is_ascii_digit()
+}
+
+/// A TLS record header (RFC 8446 §5.1): content type change-cipher-spec, alert, handshake or
+/// application data; legacy version 3.x (SSL 3.0 to TLS 1.3 all say 3.1–3.4 or 3.0); a length
+/// within the limit for a protected record. From either end: the first bytes a TLS client
+/// writes (ClientHello), or any record of a connection open before the agent.
+#[inline(always)]
+fn is_tls_record(p: &Payload, len: u32) -> bool {
+    let length = u16::from_be_bytes([p[3], p[4]]);
+    len >= 5
+        && (0x14..=0x17).contains(&p[0])
+        && p[1] == 3
+        && p[2] <= 4
+        && length > 0
+        && length <= 18_432
 }
 
 /// The start of a RESP request: an array of 1 to 9999 elements whose first is a bulk string

@@ -28,6 +28,8 @@ mod socket;
 mod stages;
 #[cfg(target_arch = "bpf")]
 mod syscalls;
+#[cfg(target_arch = "bpf")]
+mod tls;
 
 /// The helpers these programs call (`bpf_probe_read_kernel`, `bpf_get_current_task`) are
 /// GPL-only.

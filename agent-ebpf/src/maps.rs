@@ -2,7 +2,7 @@
 
 use agent_common::{
     COMM_LEN, CaptureConfig, ConnInfo, ConnKey, Counter, DEFAULT_MAX_CONNS, DEFAULT_RING_BYTES,
-    DataEvent, KernelOffsets, MAX_CAPTURE_BYTES,
+    DataEvent, KernelOffsets, MAX_CAPTURE_BYTES, SslCall, SslKey, SslSocket,
 };
 use aya_ebpf::{
     macros::map,
@@ -63,6 +63,16 @@ pub struct DataScratch {
 
 #[map]
 pub static SCRATCH: PerCpuArray<DataScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// OpenSSL reads and writes in progress, by thread (pid_tgid): an LRU, since a thread can die
+/// inside a call.
+#[map]
+pub static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16_384, 0);
+
+/// The connection each `SSL *` of a process uses, learnt from a socket syscall inside one of
+/// its calls; dropped at `SSL_free`.
+#[map]
+pub static SSL_SOCKETS: LruHashMap<SslKey, SslSocket> = LruHashMap::with_max_entries(65_536, 0);
 
 /// Field offsets resolved by user space from the running kernel's BTF.
 #[unsafe(no_mangle)]

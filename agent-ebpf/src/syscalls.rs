@@ -30,6 +30,7 @@ use crate::{
     },
     regs::{Regs, exit_traced, is_egress, nr},
     socket::{FdKind, classify_fd},
+    tls,
 };
 
 /// Record bytes a CPU sends between two looks at the ring's backlog. Reading the backlog touches
@@ -275,6 +276,15 @@ fn data_exit<const STAGE: u8>(
     let Some(conn) = tracked(pid_tgid, fd, syscall) else {
         return Ok(());
     };
+    if conn.protocol == Protocol::Tls as u32 {
+        // Ciphertext: counted, never sent; the TLS probes send the plaintext. A call of theirs
+        // in progress on this thread learns its socket here.
+        if !matches!(syscall, Syscall::Sendmmsg | Syscall::Recvmmsg) {
+            add_bytes(conn.entry, direction, result as u64);
+        }
+        tls::note_socket(pid_tgid, fd, conn.conn_id);
+        return Ok(());
+    }
     if conn.protocol == Protocol::Opaque as u32 && config().skip_opaque != 0 {
         // Nothing to parse: no payload copy, no record; the bytes still count for the close
         // (not for `*mmsg`, whose result is a message count).
@@ -376,8 +386,7 @@ fn emit_data<const STAGE: u8, const DETECT: bool>(exit: &Exit, moved: i64, sourc
     if DETECT && exit.conn.protocol == Protocol::Detecting as u32 {
         detect::detect(
             exit.conn.entry,
-            exit.conn.role,
-            exit.direction == Direction::Egress,
+            exit.conn.role | (u32::from(exit.direction == Direction::Egress) << 8),
             &scratch.payload,
             copied.len,
             moved as u64,

@@ -144,6 +144,8 @@ pub enum Output {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RuntimeProbe {
     Go,
+    /// The OpenSSL probes: TLS plaintext.
+    Tls,
 }
 
 #[derive(Debug, Args)]
@@ -197,7 +199,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAMES")]
     pub record_query_values: Vec<String>,
     /// Runtime probes to leave off (comma-separated, repeatable): `go` (goroutine causality:
-    /// uprobes on each Go executable; every hit traps into the kernel, see BENCHMARKS.md).
+    /// uprobes on each Go executable), `tls` (TLS plaintext: uprobes on each libssl). Every
+    /// probe hit traps into the kernel, see BENCHMARKS.md.
     #[arg(long, value_name = "RUNTIMES", value_delimiter = ',')]
     pub no_runtime_probes: Vec<RuntimeProbe>,
     #[command(flatten)]

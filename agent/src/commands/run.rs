@@ -92,7 +92,13 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     if !go_probes {
         tracing::info!("Go runtime probes off (--no-runtime-probes go): no goroutine causality");
     }
-    let mut sink = sink.with_probes(&mut probes, go_probes);
+    let tls_probes = !args
+        .no_runtime_probes
+        .contains(&crate::cli::RuntimeProbe::Tls);
+    if !tls_probes {
+        tracing::info!("TLS probes off (--no-runtime-probes tls): no spans from TLS connections");
+    }
+    let mut sink = sink.with_probes(&mut probes, go_probes, tls_probes);
     let stop = pipeline::stop_signal(args.duration.map(Duration::from_secs));
     let receiver = receiver::run(ring, &mut sink, Duration::from_millis(100), stop)
         .await

@@ -90,6 +90,9 @@ pub struct Connection {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub process: Arc<ProcessInfo>,
+    /// Its bytes come as TLS plaintext from the library probes (the socket's own are
+    /// ciphertext, never sent).
+    pub tls: bool,
 }
 
 impl Connection {
@@ -207,6 +210,7 @@ impl Conntrack {
             bytes_sent: 0,
             bytes_received: 0,
             process,
+            tls: false,
         };
         self.conns.entry(h.conn_id).insert_entry(conn).into_mut()
     }
@@ -230,6 +234,10 @@ impl Conntrack {
         // An egress record carries its syscall's entry time, which may precede the last record
         // seen (an ingress one that exited meanwhile): the idle clock never runs backwards.
         conn.last_seen_ns = conn.last_seen_ns.max(event.header.ts_ns);
+        if agent_common::Syscall::from_u32(event.syscall).is_some_and(agent_common::Syscall::is_tls)
+        {
+            conn.tls = true;
+        }
         if event.direction == agent_common::Direction::Egress as u32 {
             conn.bytes_sent += event.ret as u64;
         } else {

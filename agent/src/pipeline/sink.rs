@@ -42,6 +42,10 @@ pub struct TraceSink<'a> {
     go_seen: HashSet<u32>,
     /// Whether the Go runtime probes are attached to Go programs (`--no-runtime-probes go`).
     go_probes: bool,
+    /// Processes already looked at for libssl files to probe.
+    tls_seen: HashSet<u32>,
+    /// Whether the OpenSSL probes are attached (`--no-runtime-probes tls`).
+    tls_probes: bool,
     pub feedback: FeedbackStats,
     events: Vec<ProtoEvent>,
     spans: Vec<SpanData>,
@@ -59,6 +63,8 @@ impl<'a> TraceSink<'a> {
             probes: None,
             go_seen: HashSet::new(),
             go_probes: false,
+            tls_seen: HashSet::new(),
+            tls_probes: false,
             feedback: FeedbackStats::default(),
             events: Vec::new(),
             spans: Vec::new(),
@@ -75,13 +81,27 @@ impl<'a> TraceSink<'a> {
     }
 
     /// Keeps the loaded programs (their counters); with `go_probes`, attaches the Go runtime
-    /// probes to the Go programs running now, and to those that appear.
+    /// probes to the Go programs running now, and to those that appear; with `tls_probes`, the
+    /// OpenSSL probes to the system's libssl and to those of the processes running now and
+    /// of those that appear.
     #[must_use]
-    pub fn with_probes(mut self, probes: &'a mut Probes, go_probes: bool) -> Self {
+    pub fn with_probes(
+        mut self,
+        probes: &'a mut Probes,
+        go_probes: bool,
+        tls_probes: bool,
+    ) -> Self {
         self.go_probes = go_probes;
         if go_probes {
             for process in crate::runtime::go_programs_running() {
                 watch_go(&mut self.go_seen, &mut self.tracer, probes, &process);
+            }
+        }
+        self.tls_probes = tls_probes;
+        if tls_probes {
+            watch_tls(&mut self.tls_seen, probes, None);
+            for pid in crate::runtime::processes_running() {
+                watch_tls(&mut self.tls_seen, probes, Some(pid));
             }
         }
         self.probes = Some(probes);
@@ -152,6 +172,40 @@ fn watch_go(
     }
 }
 
+/// Attaches the OpenSSL probes to the system's libssl (`pid` `None`), or to the libssl files
+/// process `pid` maps, once per process; each library met is logged once.
+fn watch_tls(seen: &mut HashSet<u32>, probes: &mut Probes, pid: Option<u32>) {
+    if let Some(pid) = pid
+        && !seen.insert(pid)
+    {
+        return;
+    }
+    match probes.attach_tls(pid) {
+        Ok(libraries) => {
+            for library in libraries {
+                match &library.result {
+                    Ok(probes) => tracing::info!(
+                        library = %library.path,
+                        probes,
+                        "TLS probes attached: plaintext of its connections traced"
+                    ),
+                    Err(why) => tracing::warn!(
+                        library = %library.path,
+                        "no TLS plaintext for the processes using this library: {why}"
+                    ),
+                }
+            }
+        }
+        // A process gone meanwhile has nothing to probe.
+        Err(crate::probes::tls::TlsProbeError::Maps { .. }) => {}
+        Err(err) => {
+            if seen.insert(0) {
+                tracing::warn!("no TLS plaintext: {err}");
+            }
+        }
+    }
+}
+
 /// Hands the protocol events of `conn` to the tracer. A free function over the sink's fields, so
 /// the connection can stay borrowed from the connection table (no clone per data event).
 fn dispatch(tracer: &mut Tracer, events: &mut Vec<ProtoEvent>, conn: &Connection, end: End) {
@@ -185,6 +239,11 @@ impl EventSink for TraceSink<'_> {
             && !conn.process.runtime.threads_are_tasks()
         {
             watch_go(&mut self.go_seen, &mut self.tracer, probes, &conn.process);
+        }
+        if self.tls_probes
+            && let Some(probes) = self.probes.as_deref_mut()
+        {
+            watch_tls(&mut self.tls_seen, probes, Some(conn.process.pid));
         }
         self.protocols.open(event.header.conn_id);
     }

@@ -4,6 +4,7 @@
 pub mod btf;
 pub mod go;
 pub mod offsets;
+pub mod tls;
 
 use agent_common::{
     CaptureConfig, Counter, DEFAULT_CAPTURE_BYTES, DEFAULT_MAX_CONNS, DEFAULT_RING_BYTES,
@@ -102,6 +103,8 @@ pub struct Probes {
     ebpf: Ebpf,
     /// The Go runtime probes (capture set only), attached per Go executable met.
     go: Option<go::GoProbes>,
+    /// The OpenSSL probes (capture set only), attached per libssl file met.
+    tls: Option<tls::TlsProbes>,
 }
 
 /// `BPF_EXIST` (uapi `bpf.h`): update an existing entry only, so a connection the programs
@@ -254,7 +257,8 @@ impl Probes {
         }
         tracing::debug!(?offsets, "kernel struct offsets from BTF");
         let go = matches!(set, ProgramSet::Capture).then(|| go::GoProbes::load(&mut ebpf));
-        Ok(Self { ebpf, go })
+        let tls = matches!(set, ProgramSet::Capture).then(|| tls::TlsProbes::load(&mut ebpf));
+        Ok(Self { ebpf, go, tls })
     }
 
     /// Attaches the runtime probe program at this agent's own `main`: whether uprobes work here.
@@ -265,6 +269,31 @@ impl Probes {
                 "not loaded with this program set".into(),
             )),
         }
+    }
+
+    /// Attaches the OpenSSL probes to the system's libssl, and with `pid` to the libssl files
+    /// that process maps. Returns the libraries newly met.
+    pub fn attach_tls(
+        &mut self,
+        pid: Option<u32>,
+    ) -> Result<Vec<tls::Library>, tls::TlsProbeError> {
+        let Some(probes) = &mut self.tls else {
+            return Err(tls::TlsProbeError::Unavailable(
+                "not loaded with this program set".into(),
+            ));
+        };
+        match pid {
+            None => probes.attach_system(&mut self.ebpf),
+            Some(pid) => probes.attach_process(&mut self.ebpf, pid),
+        }
+    }
+
+    /// The libssl files the OpenSSL probes met.
+    pub fn tls_libraries(&self) -> Vec<tls::Library> {
+        self.tls
+            .as_ref()
+            .map(|t| t.libraries().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Attaches the Go runtime probes to the executable of `pid`, built by Go `version`.

@@ -9,6 +9,16 @@ pub mod go;
 /// once ([`Runtime::of_process`] keeps what it found).
 #[must_use]
 pub fn go_programs_running() -> Vec<crate::process::ProcessInfo> {
+    processes_running()
+        .into_iter()
+        .filter(|&pid| !Runtime::of_process(pid).threads_are_tasks())
+        .map(crate::process::ProcessInfo::read)
+        .collect()
+}
+
+/// The pids of the processes running now, the agent's own left out.
+#[must_use]
+pub fn processes_running() -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -16,8 +26,7 @@ pub fn go_programs_running() -> Vec<crate::process::ProcessInfo> {
     entries
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != me && !Runtime::of_process(pid).threads_are_tasks())
-        .map(crate::process::ProcessInfo::read)
+        .filter(|&pid| pid != me)
         .collect()
 }
 

@@ -38,7 +38,7 @@ use super::{
     intern::Interner,
     propagation::{self, TraceHeaders},
     resource::Resources,
-    span::{KeyValue, Resource, SpanData, SpanKind, SpanLink},
+    span::{AttrValue, KeyValue, Resource, SpanData, SpanKind, SpanLink},
 };
 use agent_common::GoProbe;
 
@@ -301,6 +301,10 @@ struct OpenSpan {
     forward: u64,
     /// The unit of work that made or read the request, as the rules by unit know it.
     unit: Unit,
+    /// The connection is UDP (else TCP).
+    datagram: bool,
+    /// The exchange was read as TLS plaintext (the library probes), not off the socket.
+    tls: bool,
     finished: Option<Done>,
 }
 
@@ -473,6 +477,8 @@ impl Tracer {
                 mirror,
                 forward,
                 unit,
+                datagram: conn.tuple.sock_type == agent_common::SOCK_DGRAM,
+                tls: conn.tls,
                 finished: None,
             },
         );
@@ -827,8 +833,21 @@ impl Tracer {
                 },
                 &mut self.strings,
             );
+            if span.tls {
+                // The protocol's summary knows bytes, not where they were read: a TLS
+                // connection's URLs are https.
+                for kv in &mut attributes {
+                    if kv.key == "url.scheme" {
+                        kv.value = AttrValue::Str("https".into());
+                    }
+                }
+                attributes.push(KeyValue::str("tls.protocol.name", "tls"));
+            }
             attributes.extend([
-                KeyValue::str("network.transport", "tcp"),
+                KeyValue::str(
+                    "network.transport",
+                    if span.datagram { "udp" } else { "tcp" },
+                ),
                 KeyValue::shared("network.peer.address", self.strings.ip(remote.ip())),
                 KeyValue::int("network.peer.port", i64::from(remote.port())),
                 KeyValue::str("sockspan.parent.evidence", span.evidence),

@@ -179,7 +179,6 @@ impl DnsConnection {
                 qtype: p.question.qtype,
                 rcode: response.map(|(h, _)| h.rcode),
                 answers: response.map_or(0, |(h, _)| h.answers),
-                stream: self.stream,
             }),
         })
     }

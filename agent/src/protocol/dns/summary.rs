@@ -19,8 +19,6 @@ pub struct DnsSummary {
     pub rcode: Option<u8>,
     /// Answer records in the response.
     pub answers: u16,
-    /// Over TCP rather than UDP.
-    pub stream: bool,
 }
 
 impl DnsSummary {
@@ -44,10 +42,6 @@ impl Summary for DnsSummary {
             strings.get(&self.name),
         ));
         attributes.push(KeyValue::str("dns.question.type", qtype.clone()));
-        attributes.push(KeyValue::str(
-            "network.transport",
-            if self.stream { "tcp" } else { "udp" },
-        ));
         let status = match self.rcode {
             Some(rcode) => {
                 let code = rcode_name(rcode);

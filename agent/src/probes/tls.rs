@@ -1,0 +1,257 @@
+//! The OpenSSL probes (`ssl_enter`, `ssl_return`, `ssl_free` in agent-ebpf): attached to each
+//! `libssl` file the agent meets, by device and inode, so every process that maps the file is
+//! covered, in containers too (the file is reached through `/proc/<pid>/root`). The system's
+//! own libssl is attached at start, so a process that starts later and speaks TLS at once (curl)
+//! is covered from its first byte; a process's other libssl copies are attached when it opens a
+//! connection.
+//!
+//! Uprobes are per file, not per process: every process using an attached libssl pays one trap
+//! per probed call (BENCHMARKS.md section 5 has the cost), whether or not its connections are
+//! otherwise traced. `--no-runtime-probes tls` leaves them off.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead as _, BufReader},
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use agent_common::SslFunction;
+use aya::{
+    Ebpf,
+    programs::{
+        ProgramError, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
+};
+
+pub const ENTER: &str = "ssl_enter";
+pub const RETURN: &str = "ssl_return";
+pub const FREE: &str = "ssl_free";
+
+/// Where Debian, Ubuntu, Fedora and Alpine put the system's libssl.
+const SYSTEM_LIBSSL: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+    "/usr/lib/x86_64-linux-gnu/libssl.so.1.1",
+    "/lib/x86_64-linux-gnu/libssl.so.3",
+    "/lib/x86_64-linux-gnu/libssl.so.1.1",
+    "/usr/lib64/libssl.so.3",
+    "/usr/lib64/libssl.so.1.1",
+    "/lib/libssl.so.3",
+    "/usr/lib/libssl.so.3",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsProbeError {
+    #[error("the TLS probe programs did not load: {0}")]
+    Unavailable(String),
+    #[error("cannot read /proc/{pid}/maps: {reason}")]
+    Maps { pid: u32, reason: String },
+    #[error(
+        "uprobes are refused without CAP_SYS_ADMIN on this kernel (perf_event_open: {0}); grant it (deploy/README.md)"
+    )]
+    Privilege(String),
+    #[error("attaching at `{function}` of {library} failed: {reason}")]
+    Attach {
+        function: &'static str,
+        library: String,
+        reason: String,
+    },
+}
+
+/// One libssl file and what attaching to it gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Library {
+    /// As the process that led to it names it.
+    pub path: String,
+    /// Probes attached, or why not.
+    pub result: Result<usize, String>,
+}
+
+/// Loads the programs once; attaches per libssl file.
+pub struct TlsProbes {
+    unavailable: Option<String>,
+    /// (device, inode) of the libssl files met.
+    files: HashMap<(u64, u64), Library>,
+}
+
+impl TlsProbes {
+    /// Loads the three programs from `ebpf`. A failure is kept, not returned: the agent then
+    /// traces without TLS plaintext and says why.
+    pub fn load(ebpf: &mut Ebpf) -> Self {
+        let mut unavailable = None;
+        for name in [ENTER, RETURN, FREE] {
+            if let Err(why) = program(ebpf, name).and_then(|p| {
+                p.load().map_err(|e| {
+                    format!(
+                        "{} (uprobe attach cookies need Linux 5.15 or newer)",
+                        super::error_chain(&e)
+                    )
+                })
+            }) {
+                unavailable = Some(why);
+                break;
+            }
+        }
+        Self {
+            unavailable,
+            files: HashMap::new(),
+        }
+    }
+
+    /// The libssl files met so far.
+    pub fn libraries(&self) -> impl Iterator<Item = &Library> {
+        self.files.values()
+    }
+
+    /// Attaches to the system's libssl (those of [`SYSTEM_LIBSSL`] that exist). Returns the
+    /// libraries newly met.
+    pub fn attach_system(&mut self, ebpf: &mut Ebpf) -> Result<Vec<Library>, TlsProbeError> {
+        let mut met = Vec::new();
+        for path in SYSTEM_LIBSSL {
+            if let Some(library) = self.attach_file(ebpf, Path::new(path), path)? {
+                met.push(library);
+            }
+        }
+        Ok(met)
+    }
+
+    /// Attaches to every libssl `pid` maps. Returns the libraries newly met.
+    pub fn attach_process(
+        &mut self,
+        ebpf: &mut Ebpf,
+        pid: u32,
+    ) -> Result<Vec<Library>, TlsProbeError> {
+        let mut met = Vec::new();
+        for mapped in libssl_mapped_by(pid)? {
+            let through_root = PathBuf::from(format!("/proc/{pid}/root"))
+                .join(mapped.strip_prefix("/").unwrap_or(&mapped));
+            if let Some(library) =
+                self.attach_file(ebpf, &through_root, &mapped.display().to_string())?
+            {
+                met.push(library);
+            }
+        }
+        Ok(met)
+    }
+
+    /// Attaches to `file` unless its (device, inode) was met before; `None` then.
+    fn attach_file(
+        &mut self,
+        ebpf: &mut Ebpf,
+        file: &Path,
+        name: &str,
+    ) -> Result<Option<Library>, TlsProbeError> {
+        if let Some(why) = &self.unavailable {
+            return Err(TlsProbeError::Unavailable(why.clone()));
+        }
+        let Ok(meta) = std::fs::metadata(file) else {
+            return Ok(None);
+        };
+        let key = (meta.dev(), meta.ino());
+        if self.files.contains_key(&key) {
+            return Ok(None);
+        }
+        let result = attach_library(ebpf, file, name);
+        if let Err(TlsProbeError::Privilege(_)) = &result {
+            // Not this file's fault: the next one would fail the same way.
+            return result.map(|_| None);
+        }
+        let library = Library {
+            path: name.to_string(),
+            result: result.map_err(|e| e.to_string()),
+        };
+        self.files.insert(key, library.clone());
+        Ok(Some(library))
+    }
+}
+
+/// Paths (as the process sees them) of the libssl files `pid` maps.
+fn libssl_mapped_by(pid: u32) -> Result<Vec<PathBuf>, TlsProbeError> {
+    let maps =
+        std::fs::File::open(format!("/proc/{pid}/maps")).map_err(|e| TlsProbeError::Maps {
+            pid,
+            reason: e.to_string(),
+        })?;
+    let mut found: Vec<PathBuf> = Vec::new();
+    for line in BufReader::new(maps).lines().map_while(Result::ok) {
+        // address perms offset dev inode path
+        let Some(path) = line.split_whitespace().nth(5) else {
+            continue;
+        };
+        let path = Path::new(path);
+        let is_libssl = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("libssl.so"));
+        if is_libssl && !found.iter().any(|p| p == path) {
+            found.push(path.to_path_buf());
+        }
+    }
+    Ok(found)
+}
+
+/// Attaches the entry and return probes at the four functions, and `SSL_free`'s. A library
+/// without the `_ex` forms (OpenSSL before 1.1.1, BoringSSL) gets the others.
+fn attach_library(ebpf: &mut Ebpf, file: &Path, name: &str) -> Result<usize, TlsProbeError> {
+    let mut attached = 0;
+    for function in SslFunction::ALL {
+        let ex = matches!(function, SslFunction::WriteEx | SslFunction::ReadEx);
+        for program_name in [ENTER, RETURN] {
+            match attach_at(
+                ebpf,
+                program_name,
+                file,
+                name,
+                function.symbol(),
+                function as u64,
+            ) {
+                Ok(()) => attached += 1,
+                Err(TlsProbeError::Attach { .. }) if ex => break,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    attach_at(ebpf, FREE, file, name, "SSL_free", 0)?;
+    Ok(attached + 1)
+}
+
+fn attach_at(
+    ebpf: &mut Ebpf,
+    program_name: &'static str,
+    file: &Path,
+    library: &str,
+    function: &'static str,
+    cookie: u64,
+) -> Result<(), TlsProbeError> {
+    program(ebpf, program_name)
+        .map_err(TlsProbeError::Unavailable)?
+        .attach(
+            UProbeAttachPoint {
+                location: UProbeAttachLocation::Symbol(function),
+                cookie: Some(cookie),
+            },
+            file,
+            UProbeScope::AllProcesses,
+        )
+        .map(|_| ())
+        .map_err(|err| {
+            let reason = super::error_chain(&err);
+            if reason.contains("Permission denied") {
+                TlsProbeError::Privilege(reason)
+            } else {
+                TlsProbeError::Attach {
+                    function,
+                    library: library.to_string(),
+                    reason,
+                }
+            }
+        })
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, String> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("program `{name}` is missing"))?
+        .try_into()
+        .map_err(|e: ProgramError| e.to_string())
+}
