@@ -21,9 +21,11 @@ type Payload = [u8; 2 * MAX_CAPTURE_BYTES];
 /// syscalls that match nothing make it opaque. The record of this syscall is sent either way,
 /// so the agent's own detectors see the same bytes.
 ///
-/// A function of its own in the object (a BPF-to-BPF call, at most five arguments): inlined,
-/// each of its outcomes would carry its own register state into the rest of the exit program,
-/// and the verifier, walking every path, went past its million-instruction limit.
+/// A function of its own in the object (a BPF-to-BPF call, at most five arguments), and so is
+/// each protocol's check: inlined, every point where a check fails left its own knowledge of
+/// the payload's bytes in registers, the states multiplied from check to check, and the
+/// verifier, walking every path, went past its million-instruction limit. Behind a call only
+/// the boolean result comes back, and the paths join again.
 #[inline(never)]
 pub fn detect(entry: *mut ConnInfo, role_egress: u32, payload: &Payload, len: u32, moved: u64) {
     if entry.is_null() {
@@ -105,7 +107,7 @@ fn is_digit(b: u8) -> bool {
 /// application data; legacy version 3.x (SSL 3.0 to TLS 1.3 all say 3.1–3.4 or 3.0); a length
 /// within the limit for a protected record. From either end: the first bytes a TLS client
 /// writes (ClientHello), or any record of a connection open before the agent.
-#[inline(always)]
+#[inline(never)]
 fn is_tls_record(p: &Payload, len: u32) -> bool {
     let length = u16::from_be_bytes([p[3], p[4]]);
     len >= 5
@@ -119,7 +121,7 @@ fn is_tls_record(p: &Payload, len: u32) -> bool {
 /// The start of a RESP request: an array of 1 to 9999 elements whose first is a bulk string
 /// (`*3\r\n$3\r\nSET…`). Every request of a connection starts so, so a connection open
 /// before the agent is recognised too.
-#[inline(always)]
+#[inline(never)]
 fn is_redis_request(p: &Payload, len: u32) -> bool {
     if len < 6 || p[0] != b'*' || !(b'1'..=b'9').contains(&p[1]) {
         return false;
@@ -138,7 +140,7 @@ fn is_redis_request(p: &Payload, len: u32) -> bool {
 
 /// A PostgreSQL startup packet: a big-endian length equal to the bytes the syscall moved, then
 /// protocol 3.0 (at least one parameter follows) or an 8-byte encryption request.
-#[inline(always)]
+#[inline(never)]
 fn is_postgres_startup(p: &Payload, len: u32, moved: u64) -> bool {
     if len < 8 {
         return false;
@@ -158,7 +160,7 @@ fn is_postgres_startup(p: &Payload, len: u32, moved: u64) -> bool {
 /// A PostgreSQL client message that starts a query on a connection open before the agent:
 /// `Q` (simple query, its length exactly the rest of the bytes moved), or `P`/`B` (extended
 /// query: Parse or Bind, usually followed in the same write by the rest of the batch).
-#[inline(always)]
+#[inline(never)]
 fn is_postgres_query(p: &Payload, len: u32, moved: u64) -> bool {
     if len < 6 {
         return false;
@@ -174,7 +176,7 @@ fn is_postgres_query(p: &Payload, len: u32, moved: u64) -> bool {
 /// A MySQL/MariaDB command packet a client writes whole (length exactly the rest of the bytes
 /// moved, sequence 0) on a connection open before the agent: query, prepare, execute, close,
 /// reset, ping, init-db.
-#[inline(always)]
+#[inline(never)]
 fn is_mysql_command(p: &Payload, len: u32, moved: u64) -> bool {
     if len < 5 {
         return false;
@@ -188,7 +190,7 @@ fn is_mysql_command(p: &Payload, len: u32, moved: u64) -> bool {
 /// A MySQL/MariaDB server greeting: a packet (`u24` little-endian length equal to the bytes the
 /// syscall moved, less the header; sequence 0) of protocol 10 whose version string starts with
 /// a digit.
-#[inline(always)]
+#[inline(never)]
 fn is_mysql_greeting(p: &Payload, len: u32, moved: u64) -> bool {
     if len < 6 {
         return false;
@@ -200,7 +202,7 @@ fn is_mysql_greeting(p: &Payload, len: u32, moved: u64) -> bool {
 /// A standard DNS query a client sends whole: over UDP the message itself, over TCP after a
 /// two-byte length equal to the rest of the bytes moved. Opcode 0, one question, no answers,
 /// at most one additional record (EDNS), and a first label of 1 to 63 bytes.
-#[inline(always)]
+#[inline(never)]
 fn is_dns_query(p: &Payload, len: u32, moved: u64) -> bool {
     if u64::from(len) != moved || len < 17 {
         return false;
@@ -226,7 +228,7 @@ fn is_dns_header(p: &Payload, at: usize) -> bool {
 
 /// Whether the payload starts with an HTTP/2 frame header a peer could send, of a frame the
 /// syscall moved whole (RFC 9113 §4.1, §6; the agent's `FrameHeader::plausible`).
-#[inline(always)]
+#[inline(never)]
 fn is_http2_frame(payload: &Payload, moved: u64) -> bool {
     let len = u32::from_be_bytes([0, payload[0], payload[1], payload[2]]);
     let kind = payload[3];
