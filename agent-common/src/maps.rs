@@ -120,7 +120,7 @@ impl SslFunction {
 }
 
 /// An OpenSSL read or write in progress on a thread: saved at the function's entry, taken at
-/// its return (`SSL_CALLS`, keyed by pid_tgid).
+/// its return (`SSL_CALLS`, keyed by `pid_tgid`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SslCall {
@@ -147,7 +147,8 @@ const _: () = assert!(core::mem::size_of::<SslCall>() == 48);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SslKey {
     pub tgid: u32,
-    pub _pad: u32,
+    /// Zero: explicit padding, so the key hashes the same bytes in the kernel and here.
+    pub pad: u32,
     pub ssl: u64,
 }
 const _: () = assert!(core::mem::size_of::<SslKey>() == 16);
@@ -157,7 +158,8 @@ const _: () = assert!(core::mem::size_of::<SslKey>() == 16);
 pub struct SslSocket {
     pub conn_id: u64,
     pub fd: i32,
-    pub _pad: u32,
+    /// Zero: explicit padding, so the key hashes the same bytes in the kernel and here.
+    pub pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<SslSocket>() == 16);
 

@@ -26,10 +26,18 @@ type Payload = [u8; 2 * MAX_CAPTURE_BYTES];
 /// the payload's bytes in registers, the states multiplied from check to check, and the
 /// verifier, walking every path, went past its million-instruction limit. Behind a call only
 /// the boolean result comes back, and the paths join again.
+///
+/// Returns what it found ([`Protocol::Detecting`] for nothing yet).
 #[inline(never)]
-pub fn detect(entry: *mut ConnInfo, role_egress: u32, payload: &Payload, len: u32, moved: u64) {
+pub fn detect(
+    entry: *mut ConnInfo,
+    role_egress: u32,
+    payload: &Payload,
+    len: u32,
+    moved: u64,
+) -> u32 {
     if entry.is_null() {
-        return;
+        return Protocol::Detecting as u32;
     }
     let role = role_egress & 0xff;
     let egress = role_egress & 0x100 != 0;
@@ -83,6 +91,7 @@ pub fn detect(entry: *mut ConnInfo, role_egress: u32, payload: &Payload, len: u3
             }
         }
     }
+    found as u32
 }
 
 #[inline(always)]

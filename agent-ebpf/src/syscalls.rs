@@ -384,13 +384,18 @@ fn emit_data<const STAGE: u8, const DETECT: bool>(exit: &Exit, moved: i64, sourc
         count(Counter::PayloadReadFailed);
     }
     if DETECT && exit.conn.protocol == Protocol::Detecting as u32 {
-        detect::detect(
+        let found = detect::detect(
             exit.conn.entry,
             exit.conn.role | (u32::from(exit.direction == Direction::Egress) << 8),
             &scratch.payload,
             copied.len,
             moved as u64,
         );
+        if found == Protocol::Tls as u32 {
+            // A connection first seen at this syscall (open before the agent) may be inside an
+            // OpenSSL call already: that call is this socket's.
+            tls::note_socket(exit.pid_tgid, exit.fd, exit.conn.conn_id);
+        }
     }
     if i64::from(copied.len) < moved && !matches!(source, Source::Uncapturable) {
         count(Counter::PayloadTruncated);

@@ -102,7 +102,7 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
         (call.fd, call.conn_id)
     } else if let Some(known) = SSL_SOCKETS.get_ptr(&SslKey {
         tgid,
-        _pad: 0,
+        pad: 0,
         ssl: call.ssl,
     }) {
         // SAFETY: a pointer from a successful lookup, read at once.
@@ -137,7 +137,7 @@ pub fn ssl_free(ctx: ProbeContext) -> u32 {
     let ssl = unsafe { core::ptr::read_volatile(&raw const (*ctx.regs).rdi) };
     let _ = SSL_SOCKETS.remove(&SslKey {
         tgid: (pid_tgid >> 32) as u32,
-        _pad: 0,
+        pad: 0,
         ssl,
     });
     0
@@ -161,13 +161,13 @@ pub fn note_socket(pid_tgid: u64, fd: i32, conn_id: u64) {
     let _ = SSL_SOCKETS.insert(
         &SslKey {
             tgid: (pid_tgid >> 32) as u32,
-            _pad: 0,
+            pad: 0,
             ssl: call.ssl,
         },
         &SslSocket {
             conn_id,
             fd,
-            _pad: 0,
+            pad: 0,
         },
         0,
     );

@@ -9,7 +9,7 @@
 use std::{
     io::{BufRead as _, BufReader, Read as _},
     net::TcpListener,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -176,8 +176,30 @@ impl Nginx {
         )
     }
 
+    /// nginx terminating TLS (`cert`, `key`: PEM files) in front of 127.0.0.1:`upstream`, as
+    /// [`Nginx::proxy`] does in cleartext; keep-alive on both sides.
+    #[must_use]
+    pub fn tls_proxy(upstream: u16, cert: &Path, key: &Path) -> Self {
+        Self::with_listen(
+            &format!("upstream backend {{ server 127.0.0.1:{upstream}; keepalive 32; }}"),
+            " ssl",
+            &format!(
+                "ssl_certificate {}; ssl_certificate_key {}; \
+                 location / {{ proxy_pass http://backend; proxy_http_version 1.1; \
+                 proxy_set_header Connection \"\"; }}",
+                cert.display(),
+                key.display()
+            ),
+        )
+    }
+
     /// nginx with `http_extra` in its `http` block and `location` in its one server.
     fn with_config(http_extra: &str, location: &str) -> Self {
+        Self::with_listen(http_extra, "", location)
+    }
+
+    /// As [`Nginx::with_config`], `listen_extra` after the listening address (` ssl`).
+    fn with_listen(http_extra: &str, listen_extra: &str, location: &str) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("sockspan-nginx-{port}"));
         std::fs::create_dir_all(&dir).expect("nginx dir");
@@ -189,7 +211,7 @@ impl Nginx {
              proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  \
              uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
              client_header_timeout 300s;\n  large_client_header_buffers 4 2m;\n  \
-             keepalive_requests 1000000;\n  {http_extra}\n  server {{ listen 127.0.0.1:{port}; \
+             keepalive_requests 1000000;\n  {http_extra}\n  server {{ listen 127.0.0.1:{port}{listen_extra}; \
              {location} }}\n}}\n"
         );
         std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
@@ -272,12 +294,17 @@ impl Agent {
         Self::start_with_env(subcommand, args, &[])
     }
 
-    /// As [`Agent::start_command`], with extra environment variables.
+    /// As [`Agent::start_command`], with extra environment variables. `run` is waited for
+    /// until its runtime probes (TLS, Go) are attached too.
     #[must_use]
     pub fn start_with_env(subcommand: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(sockspan_bin());
         cmd.arg(subcommand).args(args).envs(envs.iter().copied());
-        Self::spawn(cmd)
+        let mut agent = Self::spawn(cmd);
+        if subcommand == "run" {
+            agent.wait_for_stderr("runtime probes attached", Duration::from_secs(30));
+        }
+        agent
     }
 
     /// As [`Agent::start_command`], inside network namespace `netns` (nsenter execs sockspan in
@@ -523,6 +550,15 @@ impl Talking {
         }
     }
 
+    /// Writes `line` and a newline to the process's stdin.
+    pub fn say(&mut self, line: &str) {
+        use std::io::Write as _;
+        let stdin = self.proc.0.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .expect("write to the fixture's stdin");
+    }
+
     /// Closes the process's stdin (fixtures that hold something release it then).
     pub fn close_stdin(&mut self) {
         drop(self.proc.0.stdin.take());
@@ -648,4 +684,30 @@ pub fn every_output(traffic: impl Fn(), api_paths: &[&str]) -> EveryOutput {
         dump: String::from_utf8_lossy(&dump.stdout).into_owned(),
         store_file,
     }
+}
+
+/// A self-signed certificate and its key for `localhost`/127.0.0.1, made with `openssl` in
+/// `dir`: (certificate, key) PEM paths.
+#[must_use]
+pub fn self_signed_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).expect("certificate dir");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let _ = run_ok(
+        Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args([
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+        Duration::from_mins(1),
+    );
+    (cert, key)
 }

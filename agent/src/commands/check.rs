@@ -2,7 +2,7 @@
 //! capture path works. Every row is a real probe of this host (a load, an attach, a file), not a
 //! guess from the kernel version.
 
-use std::path::Path;
+use std::{fmt::Write as _, path::Path};
 
 use aya::{maps::MapType, programs::ProgramType};
 
@@ -230,7 +230,60 @@ fn capture_rows(
         role: "everything: the programs sockspan runs",
         fix: "see the detail; the rows above name the missing piece",
     });
+    if let Ok(probes) = &mut capture {
+        rows.push(tls_row(probes));
+    }
     uprobe_test
+}
+
+/// Which TLS libraries of the processes running now get their plaintext traced: the OpenSSL
+/// probes attached for real to the system's libssl and to every libssl a process maps.
+fn tls_row(probes: &mut Probes) -> Row {
+    let mut failed = probes.attach_tls(None).err().map(|e| e.to_string());
+    if failed.is_none() {
+        for pid in crate::runtime::processes_running() {
+            if let Err(e @ crate::probes::tls::TlsProbeError::Privilege(_)) =
+                probes.attach_tls(Some(pid))
+            {
+                failed = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let libraries = probes.tls_libraries();
+    let covered: Vec<String> = libraries
+        .iter()
+        .filter(|l| l.result.is_ok())
+        .map(|l| l.path.clone())
+        .collect();
+    let refused: Vec<String> = libraries
+        .iter()
+        .filter_map(|l| l.result.as_ref().err().map(|e| format!("{}: {e}", l.path)))
+        .collect();
+    let ok = failed.is_none() && !covered.is_empty();
+    let mut detail = if covered.is_empty() {
+        "no libssl covered".to_string()
+    } else {
+        format!("OpenSSL covered: {}", covered.join(", "))
+    };
+    if !refused.is_empty() {
+        let _ = write!(detail, "; not covered: {}", refused.join("; "));
+    }
+    if let Some(why) = failed {
+        let _ = write!(detail, "; {why}");
+    }
+    detail.push_str(
+        "; not covered yet: Go crypto/tls, OpenSSL linked into an executable (NodeSource's Node.js), \
+         BoringSSL, rustls",
+    );
+    Row {
+        feature: "TLS plaintext (OpenSSL uprobes)".into(),
+        ok,
+        detail,
+        need: Need::Optional,
+        role: "without: TLS connections give no span (never one from ciphertext)",
+        fix: "grant CAP_SYS_ADMIN (deploy/README.md); `--no-runtime-probes tls` turns it off",
+    }
 }
 
 /// Hooks later capabilities use, and hooks sockspan deliberately does without.
@@ -239,7 +292,7 @@ fn other_hook_rows(rows: &mut Vec<Row>, btf: Option<&Btf>, uprobe_test: Result<(
         (
             "uprobes",
             pmu("uprobe"),
-            "runtime probes: Go goroutine causality; TLS plaintext from libssl (planned)",
+            "runtime probes: Go goroutine causality; TLS plaintext from libssl",
         ),
         (
             "sock_ops",

@@ -99,6 +99,9 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         tracing::info!("TLS probes off (--no-runtime-probes tls): no spans from TLS connections");
     }
     let mut sink = sink.with_probes(&mut probes, go_probes, tls_probes);
+    // After this line, processes running now are traced with their runtime probes too (tests
+    // and scripts wait for it before sending traffic).
+    tracing::info!(go = go_probes, tls = tls_probes, "runtime probes attached");
     let stop = pipeline::stop_signal(args.duration.map(Duration::from_secs));
     let receiver = receiver::run(ring, &mut sink, Duration::from_millis(100), stop)
         .await
@@ -137,6 +140,7 @@ fn log_stopped(sink: &TraceSink<'_>, receiver: &receiver::ReceiverStats) {
         go_handoffs_unpaired = goroutines.handoffs_unpaired,
         go_forgotten = goroutines.forgotten,
         parent_from_connection = sink.tracer.stats.parent_from_connection,
+        mirror_mismatches = sink.tracer.stats.mirror_mismatches,
         roots = sink.tracer.stats.roots,
         ambiguous = sink.tracer.stats.ambiguous,
         spans_abandoned = sink.tracer.stats.abandoned,

@@ -95,6 +95,10 @@ pub struct TraceStats {
     pub parent_from_proxy: u64,
     pub parent_from_goroutine: u64,
     pub parent_from_connection: u64,
+    /// Ends of a connection whose request keys matched but whose requests did not (different
+    /// method or target): one end missed bytes the other saw (a TLS read in flight when the
+    /// probes attached), so its offsets are shifted. Not paired.
+    pub mirror_mismatches: u64,
     pub roots: u64,
     pub ambiguous: u64,
     /// Exchanges whose request head was never seen (the agent started mid-request).
@@ -260,6 +264,13 @@ enum Candidates {
     None,
     One(SpanKey),
     Several(Vec<SpanKey>),
+}
+
+/// Whether the two ends of a connection saw the same request under one key: the same
+/// [`crate::protocol::forward_key`], or one unknown (0: HTTP/2 streams are named by id, which
+/// both ends share anyway).
+fn same_request(a: u64, b: u64) -> bool {
+    a == 0 || b == 0 || a == b
 }
 
 fn add_open<K: std::hash::Hash + Eq>(table: &mut FastMap<K, Serving>, at: K, key: SpanKey) {
@@ -443,7 +454,7 @@ impl Tracer {
             self.stats.parent_from_header += 1;
             (TraceRef::new(ctx.trace_id), Some(ctx.span_id), ctx.format)
         } else if server {
-            self.server_parent(mirror, key)
+            self.server_parent(mirror, key, forward)
         } else {
             let by_unit = self.unit_candidates(pid, unit, start.ts);
             self.client_parent(pid, by_unit, forward, start, &mut links)
@@ -454,7 +465,7 @@ impl Tracer {
         if server {
             self.register_server(pid, unit, forward, key);
         } else {
-            self.register_client(mirror, key, span_id, &trace);
+            self.register_client(mirror, key, span_id, &trace, forward);
         }
         let resource = self.resources.get(&conn.process);
         self.spans.insert(
@@ -530,12 +541,17 @@ impl Tracer {
         key: SpanKey,
         span_id: SpanId,
         trace: &TraceRef,
+        forward: u64,
     ) {
         self.clients.insert(mirror, key);
         if let Some(server_key) = self.waiting_servers.remove(&mirror)
             && let Some(server_span) = self.spans.get_mut(&server_key)
             && server_span.parent.is_none()
         {
+            if !same_request(server_span.forward, forward) {
+                self.stats.mirror_mismatches += 1;
+                return;
+            }
             // The server end was seen first: it becomes this span's child after all.
             server_span.trace.join(trace);
             server_span.parent = Some(span_id);
@@ -599,8 +615,13 @@ impl Tracer {
         &mut self,
         mirror: MirrorKey,
         key: SpanKey,
+        forward: u64,
     ) -> (TraceRef, Option<SpanId>, &'static str) {
         if let Some(client) = self.clients.get(&mirror).and_then(|k| self.spans.get(k)) {
+            if !same_request(client.forward, forward) {
+                self.stats.mirror_mismatches += 1;
+                return (TraceRef::unsettled(self.ids.trace_id()), None, "none");
+            }
             self.stats.parent_from_connection += 1;
             return (client.trace.clone(), Some(client.span_id), "connection");
         }
@@ -932,6 +953,7 @@ mod tests {
                 comm: format!("p{pid}"),
                 ..ProcessInfo::default()
             }),
+            tls: false,
         }
     }
 
