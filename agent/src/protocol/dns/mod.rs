@@ -162,12 +162,12 @@ impl DnsConnection {
                     return;
                 };
                 self.stats.exchanges += 1;
-                out.push(self.exchange(pending, Some((header, start)), end));
+                out.push(Self::exchange(pending, Some((header, start)), end));
             }
         }
     }
 
-    fn exchange(&self, p: Pending, response: Option<(Header, Stamp)>, end: Stamp) -> ProtoEvent {
+    fn exchange(p: Pending, response: Option<(Header, Stamp)>, end: Stamp) -> ProtoEvent {
         ProtoEvent::Exchange(Exchange {
             key: p.key,
             request_start: p.start,
@@ -286,7 +286,7 @@ impl ConnectionParser for DnsConnection {
 
     fn close(&mut self, at: Stamp, out: &mut Vec<ProtoEvent>) {
         while let Some(pending) = self.pending.pop_front() {
-            out.push(self.exchange(pending, None, at));
+            out.push(Self::exchange(pending, None, at));
         }
     }
 
