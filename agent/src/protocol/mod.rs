@@ -11,6 +11,10 @@ pub mod budget;
 pub mod db;
 pub mod http1;
 pub mod http2;
+pub mod memcached;
+pub mod redis;
+#[cfg(test)]
+pub mod replay;
 pub mod table;
 
 use std::{fmt::Debug, net::SocketAddr};
@@ -237,4 +241,9 @@ pub type Detect = fn(&Chunk<'_>) -> Option<Detected>;
 
 /// The protocols sockspan parses, tried in this order on each chunk of a connection whose
 /// protocol is not known yet.
-pub const PROTOCOLS: &[(&str, Detect)] = &[("http1", http1::detect), ("http2", http2::detect)];
+pub const PROTOCOLS: &[(&str, Detect)] = &[
+    ("http1", http1::detect),
+    ("http2", http2::detect),
+    ("redis", redis::detect),
+    ("memcached", memcached::detect),
+];

@@ -1,0 +1,5 @@
+//! memcached text protocol (placeholder while written).
+use super::{Chunk, Detected};
+pub fn detect(_chunk: &Chunk<'_>) -> Option<Detected> {
+    None
+}
