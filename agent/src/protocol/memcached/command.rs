@@ -2,6 +2,8 @@
 //! data block that follows it, and its sanitised query text (`get ? ?`). Keys, flags, times and
 //! values are never kept: only counted.
 
+use std::fmt::Write as _;
+
 /// Longest key memcached accepts.
 const MAX_KEY: usize = 250;
 /// Most `?` written into a query text (a `get` of thousands of keys says how many more).
@@ -75,7 +77,7 @@ fn digits(token: &[u8]) -> Option<u64> {
 }
 
 fn key(token: &[u8]) -> bool {
-    !token.is_empty() && token.len() <= MAX_KEY && token.iter().all(|b| b.is_ascii_graphic())
+    !token.is_empty() && token.len() <= MAX_KEY && token.iter().all(u8::is_ascii_graphic)
 }
 
 /// Parses a request line (without its CRLF); `None` when it is not a well-formed request of a
@@ -167,11 +169,22 @@ pub fn parse(line: &[u8]) -> Option<Request> {
         }
         _ => return None,
     };
-    let shown = tokens.len() - 1;
     let total = line.split(|b| *b == b' ').filter(|t| !t.is_empty()).count() - 1;
+    Some(Request {
+        operation: Some(operation),
+        query: Some(query(operation, args, noreply, total)),
+        expect,
+        data,
+        keys,
+        quiet,
+    })
+}
+
+/// `operation` and a `?` per argument (`noreply` is the protocol's own word, kept), the first
+/// [`MAX_PLACEHOLDERS`] of `total` arguments written.
+fn query(operation: &str, args: &[&[u8]], noreply: bool, total: usize) -> Box<str> {
     let mut query = String::from(operation);
-    for (i, arg) in args.iter().enumerate().take(shown.min(MAX_PLACEHOLDERS)) {
-        // `noreply` is the protocol's own word, not data.
+    for (i, arg) in args.iter().enumerate().take(MAX_PLACEHOLDERS) {
         if i + 1 == args.len() && noreply && *arg == b"noreply" {
             query.push_str(" noreply");
         } else {
@@ -179,16 +192,9 @@ pub fn parse(line: &[u8]) -> Option<Request> {
         }
     }
     if total > MAX_PLACEHOLDERS {
-        query.push_str(&format!(" ... ({} more)", total - MAX_PLACEHOLDERS));
+        let _ = write!(query, " ... ({} more)", total - MAX_PLACEHOLDERS);
     }
-    Some(Request {
-        operation: Some(operation),
-        query: Some(query.into_boxed_str()),
-        expect,
-        data,
-        keys,
-        quiet,
-    })
+    query.into_boxed_str()
 }
 
 impl Request {

@@ -11,7 +11,7 @@
 
 pub mod command;
 
-use std::collections::VecDeque;
+use std::{cmp::Ordering, collections::VecDeque};
 
 use command::{Expect, Request};
 
@@ -152,28 +152,30 @@ impl Lines {
             }
             let line = std::mem::take(&mut self.line);
             let start = self.start.take().unwrap_or_else(|| stamp(pos));
-            match on(Unit::Line(line, start, stamp(pos))) {
-                Some(n) => self.data = n,
-                None => {
-                    self.lose();
-                    return false;
-                }
+            if let Some(n) = on(Unit::Line(line, start, stamp(pos))) {
+                self.data = n;
+            } else {
+                self.lose();
+                return false;
             }
         }
         let uncaptured = total.saturating_sub(data.len() as u64);
         if uncaptured > 0 && !self.lost {
-            if self.data > uncaptured {
-                self.data -= uncaptured;
-            } else if self.data == uncaptured {
-                self.data = 0;
-                let _ = on(Unit::DataEnd(Stamp {
-                    ts,
-                    tid,
-                    offset: self.offset,
-                }));
-            } else {
-                self.lose();
-                return false;
+            match self.data.cmp(&uncaptured) {
+                Ordering::Greater => self.data -= uncaptured,
+                Ordering::Equal => {
+                    self.data = 0;
+                    let _ = on(Unit::DataEnd(Stamp {
+                        ts,
+                        tid,
+                        offset: self.offset,
+                    }));
+                }
+                Ordering::Less => {
+                    // Unseen bytes past the data block hold unknown lines.
+                    self.lose();
+                    return false;
+                }
             }
         }
         was_lost || !self.lost
@@ -392,12 +394,10 @@ impl MemcachedConnection {
             && self.tail.is_none()
             && self.after_request
             && !self.pending.is_empty()
+            && (data.first().is_some_and(u8::is_ascii_uppercase)
+                || data.first().is_some_and(u8::is_ascii_digit))
         {
-            if data.first().is_some_and(u8::is_ascii_uppercase)
-                || data.first().is_some_and(u8::is_ascii_digit)
-            {
-                self.responses.restart();
-            }
+            self.responses.restart();
         }
         let Self {
             responses,
@@ -431,19 +431,17 @@ impl MemcachedConnection {
             if front.request.expect == Expect::Values && !done && size == 0 {
                 return None;
             }
-            if done {
-                if let Some(p) = pending.pop_front() {
-                    let outcome = match error {
-                        Some(code) => DbOutcome::Error {
-                            code: Some(code.into()),
-                        },
-                        None => DbOutcome::Ok,
-                    };
-                    let response_start = p.reply_start;
-                    let keep = p.key != u64::MAX;
-                    if keep {
-                        Self::emit(stats, p, response_start, end, outcome, out);
-                    }
+            if done && let Some(p) = pending.pop_front() {
+                let outcome = match error {
+                    Some(code) => DbOutcome::Error {
+                        code: Some(code.into()),
+                    },
+                    None => DbOutcome::Ok,
+                };
+                let response_start = p.reply_start;
+                let keep = p.key != u64::MAX;
+                if keep {
+                    Self::emit(stats, p, response_start, end, outcome, out);
                 }
             }
             Some(size)
@@ -464,10 +462,10 @@ impl MemcachedConnection {
                 self.tail = self.pending.pop_front().map(|p| (p, at));
             }
             self.desync(Side::Response);
-        } else if self.responses.lost {
-            if let Some((_, last)) = self.tail.as_mut() {
-                *last = at;
-            }
+        } else if self.responses.lost
+            && let Some((_, last)) = self.tail.as_mut()
+        {
+            *last = at;
         }
     }
 
@@ -527,11 +525,11 @@ mod tests {
     ];
 
     /// pymemcache 4.0 against memcached 1.6.18, first connection: set (pymemcache's default
-    /// `noreply`), set, get hit, get miss, set_many (three sets in one write), get_many of four
-    /// keys, gets, delete hit and miss, set, incr, decr, incr of a non-number (CLIENT_ERROR,
+    /// `noreply`), set, get hit, get miss, `set_many` (three sets in one write), `get_many` of four
+    /// keys, gets, delete hit and miss, set, incr, decr, incr of a non-number (`CLIENT_ERROR`,
     /// after which pymemcache closes the connection).
     const CLIENT_1: &str = include_str!("fixtures/pymemcache_client_1.jsonl");
-    /// Its second connection: add (NOT_STORED), touch, a 100 KB set and get, version, stats.
+    /// Its second connection: add (`NOT_STORED`), touch, a 100 KB set and get, version, stats.
     const CLIENT_2: &str = include_str!("fixtures/pymemcache_client_2.jsonl");
     /// The same connections seen at memcached (`read`, `sendmsg`).
     const SERVER_1: &str = include_str!("fixtures/pymemcache_server_1.jsonl");
@@ -696,8 +694,8 @@ mod tests {
                         rest = &rest[cut..];
                     }
                 }
-                let seen = replay(detect, &pieces, server, usize::MAX).0;
-                assert_eq!(lines(&seen), lines(&reference), "splitting {run}");
+                let found = replay(detect, &pieces, server, usize::MAX).0;
+                assert_eq!(lines(&found), lines(&reference), "splitting {run}");
             }
             for capture in [5, 12, 20, 40] {
                 let (seen, _) = replay(detect, &whole, server, capture);

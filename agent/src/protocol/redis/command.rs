@@ -2,7 +2,7 @@
 //! container commands) and its query text, the operation followed by one `?` per argument.
 //! Arguments are keys and values, user data: none of them is ever kept, only counted.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, fmt::Write as _};
 
 use super::resp::{Message, Word};
 
@@ -155,11 +155,12 @@ impl Command {
             Some(known) => Cow::Borrowed(known),
             None => Cow::Owned(name),
         };
-        if CONTAINERS.contains(&operation.as_ref()) && args > 0 {
-            if let Some(sub) = command_word(&message.words[1]) {
-                operation = Cow::Owned(format!("{operation} {sub}"));
-                args -= 1;
-            }
+        if CONTAINERS.contains(&operation.as_ref())
+            && args > 0
+            && let Some(sub) = command_word(&message.words[1])
+        {
+            operation = Cow::Owned(format!("{operation} {sub}"));
+            args -= 1;
         }
         let mut query =
             String::with_capacity(operation.len() + 2 * args.min(MAX_PLACEHOLDERS) as usize + 8);
@@ -168,7 +169,7 @@ impl Command {
             query.push_str(" ?");
         }
         if args > MAX_PLACEHOLDERS {
-            query.push_str(&format!(" ... ({} more)", args - MAX_PLACEHOLDERS));
+            let _ = write!(query, " ... ({} more)", args - MAX_PLACEHOLDERS);
         }
         let confirmations = if matches!(
             operation.as_ref(),

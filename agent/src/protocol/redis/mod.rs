@@ -134,6 +134,8 @@ struct Tail {
 /// the loss, so a reply is never paired with a command from before it. What this cannot prove:
 /// that an asynchronous client had no replies of lost commands still in flight when it wrote
 /// the new one (a synchronous client always had).
+// Independent facts about the connection (not one state spelled as flags).
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug)]
 pub struct RedisConnection {
     requests: Framer,
@@ -180,12 +182,12 @@ impl RedisConnection {
         }
     }
 
-    fn summary(&self, command: Command, outcome: DbOutcome) -> Box<DbSummary> {
+    fn summary(&self, command: Command, outcome: DbOutcome) -> DbSummary {
         let mut summary = DbSummary::new(DbSystem::Redis, outcome);
         summary.operation = command.operation;
         summary.query = command.query;
-        summary.namespace = self.namespace.clone();
-        Box::new(summary)
+        summary.namespace.clone_from(&self.namespace);
+        summary
     }
 
     fn complete(
@@ -206,7 +208,7 @@ impl RedisConnection {
             request_end,
             response_start,
             end,
-            summary,
+            summary: Box::new(summary),
         }));
     }
 
@@ -232,19 +234,19 @@ impl RedisConnection {
         self.stats.desyncs += 1;
         if side == Side::Response {
             // The only command waiting, whose reply was being read, keeps that reply.
-            if let Some((reply_start, kind)) = self.responses.lost_inside.take() {
-                if self.pending.len() == 1 && self.owed == 0 && self.tail.is_none() {
-                    if let Some(pending) = self.pending.pop_front() {
-                        if pending.command.confirmations == 0 {
-                            self.tail = Some(Tail {
-                                reply_start: pending.first_reply.unwrap_or(reply_start),
-                                pending,
-                                last: at,
-                                error: matches!(kind, b'-' | b'!'),
-                            });
-                        }
-                    }
-                }
+            if let Some((reply_start, kind)) = self.responses.lost_inside.take()
+                && self.pending.len() == 1
+                && self.owed == 0
+                && self.tail.is_none()
+                && let Some(pending) = self.pending.pop_front()
+                && pending.command.confirmations == 0
+            {
+                self.tail = Some(Tail {
+                    reply_start: pending.first_reply.unwrap_or(reply_start),
+                    pending,
+                    last: at,
+                    error: matches!(kind, b'-' | b'!'),
+                });
             }
         } else {
             self.requests.lost_inside = None;
@@ -425,10 +427,8 @@ impl ConnectionParser for RedisConnection {
                 };
                 if !ok {
                     self.desync(Side::Response, at);
-                } else if was_lost {
-                    if let Some(tail) = self.tail.as_mut() {
-                        tail.last = at;
-                    }
+                } else if was_lost && let Some(tail) = self.tail.as_mut() {
+                    tail.last = at;
                 }
                 self.after_request = false;
             }
@@ -644,8 +644,8 @@ mod tests {
                         rest = &rest[cut..];
                     }
                 }
-                let seen = replay(detect, &pieces, server, usize::MAX).0;
-                assert_eq!(lines(&seen), reference, "splitting {run}");
+                let found = replay(detect, &pieces, server, usize::MAX).0;
+                assert_eq!(lines(&found), reference, "splitting {run}");
             }
         }
     }

@@ -226,10 +226,10 @@ impl Framer {
             match self.state {
                 State::Bulk { left, total } if left > uncaptured => {
                     // The prefix kept of a word stops at the gap.
-                    if let (Sink::Word(i), Some(m)) = (self.sink, self.current.as_mut()) {
-                        if let Some(word) = m.words.get_mut(i) {
-                            word.cut = true;
-                        }
+                    if let (Sink::Word(i), Some(m)) = (self.sink, self.current.as_mut())
+                        && let Some(word) = m.words.get_mut(i)
+                    {
+                        word.cut = true;
                     }
                     self.sink = Sink::None;
                     self.state = State::Bulk {
@@ -455,10 +455,10 @@ impl Framer {
                     self.lose();
                     return;
                 };
-                if self.depth1_index().is_some() {
-                    if let Some(m) = self.current.as_mut() {
-                        m.last_int = Some(n);
-                    }
+                if self.depth1_index().is_some()
+                    && let Some(m) = self.current.as_mut()
+                {
+                    m.last_int = Some(n);
                 }
                 self.value_done(false, end, ts, tid, out);
             }
@@ -496,10 +496,11 @@ impl Framer {
                     self.lose();
                     return;
                 }
-                if self.stack.is_empty() && kind != b'|' {
-                    if let Some(m) = self.current.as_mut() {
-                        m.elements = count;
-                    }
+                if self.stack.is_empty()
+                    && kind != b'|'
+                    && let Some(m) = self.current.as_mut()
+                {
+                    m.elements = count;
                 }
                 let attribute = kind == b'|';
                 if count == 0 {
