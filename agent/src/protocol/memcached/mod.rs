@@ -416,9 +416,10 @@ impl MemcachedConnection {
                 stats.unpaired_replies += 1;
                 return Some(size);
             };
-            if *owed > 0 {
-                // Replies of requests dropped from a full queue: multi-line ones cannot be
-                // told apart from the next reply, so the stream is given up.
+            if *owed > 0 || front.end.is_none() {
+                // Replies of requests dropped from a full queue (multi-line ones cannot be told
+                // apart from the next reply), or a reply before its request's data was all
+                // written: the stream is not what it seems.
                 return None;
             }
             front.reply_start.get_or_insert(start);
