@@ -26,12 +26,12 @@ use crate::{
     },
     protocol::{
         ConnectionParser, ProtoEvent,
-        memcached::MemcachedConnection,
-        redis::RedisConnection,
         http2::{
             Http2Connection,
             hpack::{Decoder, Field},
         },
+        memcached::MemcachedConnection,
+        redis::RedisConnection,
     },
     receiver::{Event, EventSink as _, decode::decode},
     trace::{

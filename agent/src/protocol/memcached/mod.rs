@@ -196,6 +196,8 @@ struct Pending {
 /// the next syscall that starts with a request line; the reply direction at the first reply
 /// syscall after a request syscall, with the pending requests cleared at the loss (so a reply
 /// never pairs with a request from before it).
+// Independent facts about the connection (not one state spelled as flags).
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug)]
 pub struct MemcachedConnection {
     requests: Lines,
@@ -205,6 +207,9 @@ pub struct MemcachedConnection {
     owed: u64,
     /// A quiet meta command was written and no `mn` since.
     quiet: bool,
+    /// A reply was paired: the peer speaks memcached.
+    confirmed: bool,
+    failed: bool,
     after_request: bool,
     /// The only request waiting, whose reply began but could not be followed to its end (its
     /// end fell beyond the capture): the reply is its, complete when the client writes again.
@@ -259,6 +264,8 @@ impl MemcachedConnection {
             pending: VecDeque::new(),
             owed: 0,
             quiet: false,
+            confirmed: false,
+            failed: false,
             after_request: false,
             tail: None,
             stats: MemcachedStats::default(),
@@ -394,15 +401,24 @@ impl MemcachedConnection {
             && self.tail.is_none()
             && self.after_request
             && !self.pending.is_empty()
-            && (data.first().is_some_and(u8::is_ascii_uppercase)
-                || data.first().is_some_and(u8::is_ascii_digit))
         {
-            self.responses.restart();
+            // Replies are uppercase words or (incr/decr) numbers.
+            if data
+                .first()
+                .is_some_and(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+            {
+                self.responses.restart();
+            } else if !self.confirmed {
+                // The first reply to a well-formed request is not memcached's.
+                self.failed = true;
+                return;
+            }
         }
         let Self {
             responses,
             pending,
             owed,
+            confirmed,
             stats,
             ..
         } = self;
@@ -416,22 +432,24 @@ impl MemcachedConnection {
                 stats.unpaired_replies += 1;
                 return Some(size);
             };
-            if *owed > 0 || front.end.is_none() {
+            let early = front.reply_start.is_none() && front.end.is_none_or(|e| start.ts < e.ts);
+            if *owed > 0 || early {
                 // Replies of requests dropped from a full queue (multi-line ones cannot be told
-                // apart from the next reply), or a reply before its request's data was all
-                // written: the stream is not what it seems.
+                // apart from the next reply), or a reply begun before its request was all
+                // written (it answers something unseen): the stream is not what it seems.
                 return None;
             }
             front.reply_start.get_or_insert(start);
             let done = match front.request.expect {
-                Expect::Values => error.is_some() || line == b"END" || !line.starts_with(b"VALUE "),
-                Expect::Stats => error.is_some() || line == b"END",
+                Expect::Values | Expect::Stats if error.is_some() || line == b"END" => true,
+                Expect::Values if line.starts_with(b"VALUE ") => false,
+                Expect::Stats if line.starts_with(b"STAT ") => false,
+                // Anything else inside a multi-line reply is not memcached's.
+                Expect::Values | Expect::Stats => return None,
                 Expect::Noop => line == b"MN" || error.is_some(),
                 Expect::Line | Expect::Nothing => true,
             };
-            if front.request.expect == Expect::Values && !done && size == 0 {
-                return None;
-            }
+            *confirmed = true;
             if done && let Some(p) = pending.pop_front() {
                 let outcome = match error {
                     Some(code) => DbOutcome::Error {
@@ -453,7 +471,10 @@ impl MemcachedConnection {
             offset: self.responses.offset,
         };
         if !ok {
-            if self.pending.len() == 1
+            // The only request waiting, whose reply was being read when bytes beyond the
+            // capture hid its end, keeps that reply.
+            if total > data.len() as u64
+                && self.pending.len() == 1
                 && self.owed == 0
                 && self
                     .pending
@@ -488,6 +509,9 @@ impl ConnectionParser for MemcachedConnection {
         tid: u32,
         out: &mut Vec<ProtoEvent>,
     ) {
+        if self.failed {
+            return;
+        }
         match side {
             Side::Request => {
                 self.finish_tail(out);
@@ -502,6 +526,9 @@ impl ConnectionParser for MemcachedConnection {
     }
 
     fn close(&mut self, at: Stamp, out: &mut Vec<ProtoEvent>) {
+        if self.failed {
+            return;
+        }
         self.finish_tail(out);
         while let Some(p) = self.pending.pop_front() {
             if p.key != u64::MAX {
@@ -509,6 +536,10 @@ impl ConnectionParser for MemcachedConnection {
                 Self::emit(&mut self.stats, p, start, at, DbOutcome::NoResponse, out);
             }
         }
+    }
+
+    fn failed(&self) -> bool {
+        self.failed
     }
 
     fn thread_causality(&self) -> bool {
@@ -739,6 +770,7 @@ mod tests {
                 b"SERVER_ERROR out of memory storing s3cr3t\r\n",
                 43,
             ),
+            // Binary-protocol bytes, captured in part.
             (Side::Request, b"\x80\x01\x00\x05 binary", 12),
             (Side::Response, b"VALUE x 0 1\r\n", 13),
             (Side::Request, b"get b\r\n", 7),
@@ -798,6 +830,47 @@ mod tests {
         }
         let long_key = [b"get ".to_vec(), vec![b'k'; 251], b"\r\n".to_vec()].concat();
         assert!(command::parse(&long_key[..long_key.len() - 2]).is_none());
+    }
+
+    #[test]
+    fn replies_that_are_not_memcached_give_the_connection_up() {
+        // A Redis server answering an inline `get` detected as memcached.
+        let (seen, conn) = run(&[
+            (Side::Request, b"get k\r\n", 7),
+            (Side::Response, b"$5\r\nhello\r\n", 11),
+        ]);
+        assert!(seen.is_empty() && conn.failed());
+        // Inside a multi-line reply, a line that is neither VALUE nor END loses the stream
+        // rather than ending the reply.
+        let (seen, conn) = run(&[
+            (Side::Request, b"get k\r\n", 7),
+            (Side::Response, b"VALUE k 0 1\r\nx\r\nSTORED\r\n", 24),
+            (Side::Request, b"version\r\n", 9),
+            (Side::Response, b"VERSION 1.6.18\r\n", 16),
+        ]);
+        assert_eq!(lines(&seen), ["version [version] -> ok"]);
+        assert_eq!(conn.stats.desyncs, 1);
+    }
+
+    #[test]
+    fn noreply_storage_completes_when_written_and_pipelines_pair_in_order() {
+        let (seen, _) = run(&[
+            (
+                Side::Request,
+                b"set a 0 0 1 noreply\r\nx\r\nget a\r\ndelete a noreply\r\nincr n 1\r\n",
+                59,
+            ),
+            (Side::Response, b"VALUE a 0 1\r\nx\r\nEND\r\n42\r\n", 25),
+        ]);
+        assert_eq!(
+            lines(&seen),
+            [
+                "set [set ? ? ? ? noreply] -> noreply",
+                "delete [delete ? noreply] -> noreply",
+                "get [get ?] -> ok",
+                "incr [incr ? ?] -> ok",
+            ]
+        );
     }
 
     #[test]

@@ -229,17 +229,21 @@ impl RedisConnection {
         }
     }
 
-    /// Framing was lost on `side`: nothing pending may pair any more.
-    fn desync(&mut self, side: Side, at: Stamp) {
+    /// Framing was lost on `side` (in a syscall captured only in part when `gap`): nothing
+    /// pending may pair any more.
+    fn desync(&mut self, side: Side, at: Stamp, gap: bool) {
         self.stats.desyncs += 1;
         if side == Side::Response {
-            // The only command waiting, whose reply was being read, keeps that reply.
+            // The only command waiting, whose reply was being read (begun after the command)
+            // when bytes beyond the capture hid its end, keeps that reply.
             if let Some((reply_start, kind)) = self.responses.lost_inside.take()
+                && gap
                 && self.pending.len() == 1
                 && self.owed == 0
                 && self.tail.is_none()
                 && let Some(pending) = self.pending.pop_front()
                 && pending.command.confirmations == 0
+                && pending.first_reply.unwrap_or(reply_start).ts >= pending.end.ts
             {
                 self.tail = Some(Tail {
                     reply_start: pending.first_reply.unwrap_or(reply_start),
@@ -252,9 +256,7 @@ impl RedisConnection {
             self.requests.lost_inside = None;
             // A lost SELECT may have changed the database.
             self.namespace = None;
-            if !self.responses.lost() {
-                self.responses = Framer::new(false, true);
-            }
+            self.responses.abandon();
         }
         if self.pending.iter().any(|p| p.command.select.is_some()) {
             self.namespace = None;
@@ -289,6 +291,16 @@ impl RedisConnection {
 
     fn reply(&mut self, message: &Message, out: &mut Vec<ProtoEvent>) {
         self.confirmed = true;
+        if self
+            .pending
+            .front()
+            .is_some_and(|p| message.start.ts < p.end.ts)
+        {
+            // It began before the oldest waiting command was all written: it answers something
+            // unseen (before an attach or a loss), never that command.
+            self.stats.unpaired_replies += 1;
+            return;
+        }
         let first = message.words[0].whole();
         let aggregate = matches!(message.kind, b'*' | b'>');
         let subscription =
@@ -393,11 +405,13 @@ impl ConnectionParser for RedisConnection {
                     self.request(message, out);
                 }
                 if !ok {
-                    if !self.confirmed {
+                    // Malformed bytes (not bytes beyond the capture) before any reply: this
+                    // is not Redis after all.
+                    if !self.confirmed && total <= data.len() as u64 {
                         self.failed = true;
                     }
                     let at = Stamp { ts, tid, offset: 0 };
-                    self.desync(Side::Request, at);
+                    self.desync(Side::Request, at, false);
                 }
                 self.after_request = true;
             }
@@ -426,7 +440,7 @@ impl ConnectionParser for RedisConnection {
                     offset: self.responses_offset(),
                 };
                 if !ok {
-                    self.desync(Side::Response, at);
+                    self.desync(Side::Response, at, total > data.len() as u64);
                 } else if was_lost && let Some(tail) = self.tail.as_mut() {
                     tail.last = at;
                 }
@@ -753,6 +767,33 @@ mod tests {
             lines(&seen),
             ["LRANGE [LRANGE ?] -> ok", "PING [PING] -> ok"]
         );
+    }
+
+    #[test]
+    fn the_database_index_is_unknown_after_a_mid_stream_attach_until_a_select() {
+        let mut conn = RedisConnection::new();
+        let mut out = Vec::new();
+        for (i, (side, data)) in [
+            (Side::Request, &b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"[..]),
+            (Side::Response, b"$-1\r\n"),
+            (Side::Request, b"*2\r\n$6\r\nSELECT\r\n$1\r\n7\r\n"),
+            (Side::Response, b"+OK\r\n"),
+            (Side::Request, b"*2\r\n$6\r\nSELECT\r\n$2\r\n99\r\n"),
+            (Side::Response, b"-ERR DB index is out of range\r\n"),
+            (Side::Request, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"),
+            (Side::Response, b"$-1\r\n"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            conn.feed(side, data, data.len() as u64, i as u64, 1, &mut out);
+        }
+        let seen = check(out);
+        let namespaces: Vec<Option<&str>> = seen.iter().map(namespace).collect();
+        assert!(namespaces[0].is_none() && namespaces[1].is_none());
+        assert!(namespaces[2].is_some_and(|n| n.contains('7')));
+        assert!(namespaces[3].is_some_and(|n| n.contains('7')));
+        assert_eq!(seen[2].line, "SELECT [SELECT ?] -> error ERR");
     }
 
     #[test]

@@ -162,6 +162,12 @@ impl Framer {
         self.sink = Sink::None;
     }
 
+    /// Stops framing (the other direction lost what this one answers); offsets keep counting.
+    pub fn abandon(&mut self) {
+        self.lose();
+        self.lost_inside = None;
+    }
+
     fn lose(&mut self) {
         self.state = State::Lost;
         self.stack.clear();
