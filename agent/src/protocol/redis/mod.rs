@@ -574,7 +574,7 @@ mod tests {
     }
 
     #[test]
-    fn a_4096_byte_capture_still_frames_the_100kb_value_by_length() {
+    fn smaller_captures_lose_names_or_exchanges_never_pair_wrongly() {
         // The fixtures hold 4096 bytes of each syscall already; smaller captures lose names or
         // exchanges, never pair wrongly.
         let truth = replay(detect, &syscalls(RESP2_CLIENT), false, usize::MAX).0;
