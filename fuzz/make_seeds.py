@@ -11,6 +11,8 @@ import struct
 ROOT = pathlib.Path(__file__).resolve().parent
 FIXTURES = ROOT.parent / "agent/src/protocol/http1/fixtures"
 H2_FIXTURES = ROOT.parent / "agent/src/protocol/http2/fixtures"
+REDIS_FIXTURES = ROOT.parent / "agent/src/protocol/redis/fixtures"
+MEMCACHED_FIXTURES = ROOT.parent / "agent/src/protocol/memcached/fixtures"
 SEEDS = ROOT / "seeds"
 
 
@@ -27,6 +29,34 @@ def fixture_reads(name, folder=FIXTURES):
         record = json.loads(line)
         reads.append((record["direction"] == "egress", record["payload"].encode("latin-1")))
     return reads
+
+
+def fixture_calls(name, folder):
+    """(egress, captured bytes, bytes moved) per captured syscall of a datastore fixture."""
+    calls = []
+    for line in (folder / name).read_text().splitlines():
+        record = json.loads(line)
+        calls.append((record["direction"] == "egress", record["payload"].encode("latin-1"),
+                      record["ret"]))
+    return calls
+
+
+def datastore_script(calls, server, keep=255):
+    """redis/memcached_connection script: the connection script, each syscall's bytes beyond
+    its capture (or beyond `keep` bytes) as an uncaptured count (x64, rounded so that a data
+    block skipped by length still ends inside it)."""
+    out = bytearray()
+    for egress, data, moved in calls:
+        response = egress == server
+        piece = data[:keep]
+        control = 1 if response else 0
+        extra = b""
+        if moved > len(piece):
+            units = min(255, (moved - len(piece) + 63) // 64)
+            extra = bytes([units])
+            control |= 2
+        out += bytes([control, len(piece)]) + piece + extra
+    return bytes(out)
 
 
 def connection_script(reads, server, truncate_over=None):
@@ -126,6 +156,16 @@ def main():
               b"\0" + connection_script(calls, server_side, 40))
         write("http2_connection", f"{name}_midstream",
               b"\1" + connection_script(midstream, server_side))
+    # Datastores: redis-py and pymemcache captures, at the client and at the server.
+    for name, server_side in [("redis_py_resp2_client", False), ("redis_py_resp2_server", True),
+                              ("redis_py_pubsub_resp2_client", False),
+                              ("redis_py_resp3_client", False)]:
+        calls = fixture_calls(f"{name}.jsonl", REDIS_FIXTURES)
+        write("redis_connection", name, datastore_script(calls, server_side))
+    for name, server_side in [("pymemcache_client_1", False), ("pymemcache_server_2", True),
+                              ("raw_meta_client", False)]:
+        calls = fixture_calls(f"{name}.jsonl", MEMCACHED_FIXTURES)
+        write("memcached_connection", name, datastore_script(calls, server_side))
     write("hpack", "rfc7541_c4", hpack_input(1, RFC7541_C4))
     write("hpack", "rfc7541_c4_whole", hpack_input(0, RFC7541_C4))
 

@@ -31,6 +31,8 @@ use crate::{
             Http2Connection,
             hpack::{Decoder, Field},
         },
+        memcached::MemcachedConnection,
+        redis::RedisConnection,
     },
     receiver::{Event, EventSink as _, decode::decode},
     trace::{
@@ -366,6 +368,80 @@ pub fn http2_connection(data: &[u8]) {
     assert_eq!(conn.stats.exchanges, emitted);
 }
 
+/// Feeds a connection of a request/response protocol (Redis, memcached, DNS) a connection
+/// script (see [`Input::read`]) and closes it; returns the exchanges it reported.
+///
+/// Invariants: every exchange was announced by a request event under the same key first; each
+/// key is announced and reported once; stamps run forward (request start, request end, reply
+/// start, end).
+fn drive_connection(conn: &mut dyn ConnectionParser, data: &[u8]) -> u64 {
+    let mut input = Input(data);
+    let mut out = Vec::new();
+    let mut announced = HashSet::new();
+    let mut reported = HashSet::new();
+    let mut emitted = 0u64;
+    let mut ts = 0u64;
+    let mut check = |out: &mut Vec<ProtoEvent>| {
+        for event in out.drain(..) {
+            match event {
+                ProtoEvent::Request { key, .. } => {
+                    assert!(announced.insert(key), "request {key} announced twice");
+                }
+                ProtoEvent::Exchange(x) => {
+                    emitted += 1;
+                    assert!(announced.contains(&x.key), "{} never announced", x.key);
+                    assert!(reported.insert(x.key), "{} reported twice", x.key);
+                    assert!(x.request_start.ts <= x.request_end.ts, "{x:?}");
+                    assert!(x.request_start.offset <= x.request_end.offset, "{x:?}");
+                    assert!(x.request_end.ts <= x.end.ts, "{x:?}");
+                    if let Some(response_start) = x.response_start {
+                        assert!(x.request_end.ts <= response_start.ts, "{x:?}");
+                        assert!(response_start.ts <= x.end.ts, "{x:?}");
+                    }
+                    let _ = x.summary.describe();
+                }
+            }
+        }
+    };
+    while let Some(read) = input.read() {
+        ts += 1;
+        let (side, total, tid) = (read.side, read.total, read.tid);
+        conn.feed(side, read.payload, total, ts, tid, &mut out);
+        check(&mut out);
+    }
+    let at = Stamp {
+        ts: ts + 1,
+        tid: 0,
+        offset: 0,
+    };
+    conn.close(at, &mut out);
+    check(&mut out);
+    emitted
+}
+
+/// One Redis connection (RESP2/RESP3) fed a script of reads from both directions, some captured
+/// only in part, then closed.
+///
+/// Script: as for [`http1_connection`] (a control byte, a length byte, the payload, and for a
+/// truncated read a byte of uncaptured length ×64).
+///
+/// Invariants: those of `drive_connection` (announced first, reported once, stamps in
+/// order), and the connection's own count matches what it emitted.
+pub fn redis_connection(data: &[u8]) {
+    let mut conn = RedisConnection::new();
+    let emitted = drive_connection(&mut conn, data);
+    assert_eq!(conn.stats.exchanges, emitted);
+}
+
+/// One memcached text-protocol connection fed a script of reads, as [`redis_connection`].
+///
+/// Invariants: as for [`redis_connection`].
+pub fn memcached_connection(data: &[u8]) {
+    let mut conn = MemcachedConnection::new();
+    let emitted = drive_connection(&mut conn, data);
+    assert_eq!(conn.stats.exchanges, emitted);
+}
+
 /// HPACK decoding, differentially: a decoder that saw every block against one that attached
 /// after the first `k` of them.
 ///
@@ -515,53 +591,6 @@ pub fn pipeline(data: &[u8]) {
 /// A fuzz target: arbitrary bytes in, a panic when an invariant breaks.
 pub type Target = fn(&[u8]);
 
-/// Feeds a connection script (the format of [`http1_connection`]) to `conn` and closes it,
-/// checking what every connection parser promises: each exchange was announced by a request
-/// event under the same key, no key is reported twice, and stamps run forward within an
-/// exchange. Returns the exchanges it reported.
-fn drive_connection(conn: &mut dyn ConnectionParser, data: &[u8]) -> u64 {
-    let mut input = Input(data);
-    let mut out = Vec::new();
-    let mut announced = HashSet::new();
-    let mut reported = HashSet::new();
-    let mut emitted = 0u64;
-    let mut check = |out: &mut Vec<ProtoEvent>| {
-        for event in out.drain(..) {
-            match event {
-                ProtoEvent::Request { key, .. } => {
-                    announced.insert(key);
-                }
-                ProtoEvent::Exchange(x) => {
-                    emitted += 1;
-                    assert!(announced.contains(&x.key), "{} never announced", x.key);
-                    assert!(reported.insert(x.key), "{} reported twice", x.key);
-                    assert!(x.request_start.ts <= x.request_end.ts, "{x:?}");
-                    if let Some(response_start) = x.response_start {
-                        assert!(x.request_start.ts <= response_start.ts, "{x:?}");
-                    }
-                    let _ = x.summary.describe();
-                }
-            }
-        }
-    };
-    let mut ts = 0u64;
-    while let Some(read) = input.read() {
-        ts += 1;
-        conn.feed(read.side, read.payload, read.total, ts, read.tid, &mut out);
-        check(&mut out);
-    }
-    conn.close(
-        Stamp {
-            ts: ts + 1,
-            tid: 0,
-            offset: 0,
-        },
-        &mut out,
-    );
-    check(&mut out);
-    emitted
-}
-
 /// A DNS connection (the first input byte's bit 0: TCP, else UDP) fed a connection script
 /// ([`http1_connection`]'s format), then closed.
 ///
@@ -588,6 +617,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("hpack", hpack),
     ("go_executable", go_executable),
     ("dns_connection", dns_connection),
+    ("redis_connection", redis_connection),
+    ("memcached_connection", memcached_connection),
 ];
 
 #[cfg(test)]

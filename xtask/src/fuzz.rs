@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::util::{cargo, command_ok, workspace_root, write_section};
 
 /// The targets, as `fuzz/Cargo.toml` names them (and `sockspan::fuzz::TARGETS`).
-const TARGETS: [&str; 12] = [
+const TARGETS: [&str; 14] = [
     "http1_connection",
     "http1_resplit",
     "http1_head",
@@ -29,6 +29,8 @@ const TARGETS: [&str; 12] = [
     "hpack",
     "go_executable",
     "dns_connection",
+    "redis_connection",
+    "memcached_connection",
 ];
 
 /// The cargo-fuzz release this task drives.

@@ -12,6 +12,10 @@ pub mod db;
 pub mod dns;
 pub mod http1;
 pub mod http2;
+pub mod memcached;
+pub mod redis;
+#[cfg(test)]
+pub mod replay;
 pub mod table;
 
 use std::{fmt::Debug, net::SocketAddr};
@@ -241,5 +245,7 @@ pub type Detect = fn(&Chunk<'_>) -> Option<Detected>;
 pub const PROTOCOLS: &[(&str, Detect)] = &[
     ("http1", http1::detect),
     ("http2", http2::detect),
+    ("redis", redis::detect),
+    ("memcached", memcached::detect),
     ("dns", dns::detect),
 ];
