@@ -462,29 +462,50 @@ mod tests {
         assert_eq!(counter.spans, 40_000, "every span still leaves");
     }
 
-    #[test]
-    fn synthesized_grpc_calls_become_linked_grpc_spans() {
-        struct Keep(Vec<SpanData>);
-        impl SpanExporter for Keep {
-            fn export(&mut self, spans: &[SpanData]) {
-                self.0.extend_from_slice(spans);
-            }
-            fn flush(&mut self) {}
-            fn counts(&self) -> (u64, u64) {
-                (self.0.len() as u64, 0)
-            }
+    /// Keeps every exported span.
+    struct Keep(Vec<SpanData>);
+
+    impl SpanExporter for Keep {
+        fn export(&mut self, spans: &[SpanData]) {
+            self.0.extend_from_slice(spans);
         }
+        fn flush(&mut self) {}
+        fn counts(&self) -> (u64, u64) {
+            (self.0.len() as u64, 0)
+        }
+    }
+
+    /// The spans `exchanges` synthesized exchanges of `protocol` become.
+    fn spans_of(protocol: BenchProtocol, exchanges: u64) -> Vec<SpanData> {
         let mut kept = Keep(Vec::new());
         let pid = std::process::id();
         let mut sink = synthetic_sink(&mut kept, pid);
-        // Three calls on each connection: the first inserts, the others index.
-        feed_exchanges(&mut sink, pid, BenchProtocol::Http2, 3 * PAIRS, u64::MAX);
+        feed_exchanges(&mut sink, pid, protocol, exchanges, u64::MAX);
         sink.export(true);
         drop(sink);
-        assert_eq!(kept.0.len() as u64, 6 * PAIRS);
-        for span in &kept.0 {
+        kept.0
+    }
+
+    #[test]
+    fn synthesized_grpc_calls_become_linked_grpc_spans() {
+        // Three calls on each connection: the first inserts, the others index.
+        let spans = spans_of(BenchProtocol::Http2, 3 * PAIRS);
+        assert_eq!(spans.len() as u64, 6 * PAIRS);
+        for span in &spans {
             assert_eq!(span.name, "model.Scorer/Score");
             assert_eq!(span.status, crate::trace::span::SpanStatus::Unset);
+            if span.kind == crate::trace::span::SpanKind::Server {
+                assert!(span.parent_span_id.is_some(), "{span:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn synthesized_redis_commands_become_linked_redis_spans() {
+        let spans = spans_of(BenchProtocol::Redis, 2 * PAIRS);
+        assert_eq!(spans.len() as u64, 4 * PAIRS);
+        for span in &spans {
+            assert_eq!(span.name, "GET");
             if span.kind == crate::trace::span::SpanKind::Server {
                 assert!(span.parent_span_id.is_some(), "{span:?}");
             }
