@@ -416,8 +416,10 @@ pub fn bench(quick: bool, runtime_probes_only: bool) -> Result<()> {
         crate::setup::test_dependencies()?;
         let bin = crate::util::release_agent()?;
         let probes = crate::bench_runtime::rounds(&bin, quick)?;
+        let tls = crate::bench_tls::rounds(&bin, quick)?;
         let mut out = String::new();
         crate::bench_runtime::section(&mut out, &probes, summary);
+        crate::bench_tls::section(&mut out, &tls, summary);
         println!("{out}");
         return Ok(());
     }
@@ -461,6 +463,7 @@ pub fn bench(quick: bool, runtime_probes_only: bool) -> Result<()> {
     let http = http_rounds(&bin, quick)?;
     crate::setup::test_dependencies()?;
     let probes = crate::bench_runtime::rounds(&bin, quick)?;
+    let tls = crate::bench_tls::rounds(&bin, quick)?;
     let mut runs = PipelineRuns::default();
     let store = std::env::temp_dir().join("sockspan-bench-pipeline.redb");
     for _ in 0..pipeline_rounds {
@@ -480,6 +483,7 @@ pub fn bench(quick: bool, runtime_probes_only: bool) -> Result<()> {
     let mut report = report(&samples, &runs, round_trips, rounds, exchanges, quick);
     http_section(&mut report, &http);
     crate::bench_runtime::section(&mut report, &probes, summary);
+    crate::bench_tls::section(&mut report, &tls, summary);
     if let Ok(history) = std::fs::read_to_string(workspace_root().join("bench/HISTORY.md")) {
         report.push('\n');
         report.push_str(&history);

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_http;
 mod bench_runtime;
+mod bench_tls;
 mod causality;
 mod fuzz;
 mod setup;
