@@ -9,8 +9,14 @@
 
 pub mod budget;
 pub mod db;
+pub mod frames;
 pub mod http1;
 pub mod http2;
+pub mod mysql;
+pub mod postgres;
+#[cfg(test)]
+pub mod replay;
+pub mod sql;
 pub mod table;
 
 use std::{fmt::Debug, net::SocketAddr};
