@@ -243,4 +243,9 @@ pub type Detect = fn(&Chunk<'_>) -> Option<Detected>;
 
 /// The protocols sockspan parses, tried in this order on each chunk of a connection whose
 /// protocol is not known yet.
-pub const PROTOCOLS: &[(&str, Detect)] = &[("http1", http1::detect), ("http2", http2::detect)];
+pub const PROTOCOLS: &[(&str, Detect)] = &[
+    ("http1", http1::detect),
+    ("http2", http2::detect),
+    ("postgres", postgres::detect),
+    ("mysql", mysql::detect),
+];

@@ -167,6 +167,23 @@ fn dollar_quote_end(text: &[u8], start: usize) -> Option<Option<usize>> {
     )
 }
 
+impl Sanitised {
+    /// Marks the text as cut: the query was longer than what was captured or kept.
+    pub fn mark_cut(&mut self) {
+        if self.text.ends_with(CUT) {
+            return;
+        }
+        let mut text = String::from(std::mem::take(&mut self.text));
+        let mut at = text.len().min(MAX_TEXT - CUT.len());
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+        text.push_str(CUT);
+        self.text = text.into_boxed_str();
+    }
+}
+
 /// Sanitises `text` (the bytes as sent; invalid UTF-8 is replaced).
 #[must_use]
 pub fn sanitise(text: &[u8], dialect: Dialect) -> Sanitised {

@@ -226,7 +226,7 @@ impl PgConnection {
         match m.tag {
             b'Q' => {
                 let text = cstr(&m.body).unwrap_or(&m.body);
-                let statement = Arc::new(sanitise(text, Dialect::Postgres));
+                let statement = query(text, m.cut);
                 self.group_start = None;
                 let open = self.announce(m.start, m.end, Some(statement), out);
                 self.push(Slot::Query(open));
@@ -234,9 +234,9 @@ impl PgConnection {
             b'P' => {
                 self.group_start.get_or_insert(m.start);
                 let name = cstr(&m.body).unwrap_or_default();
-                let query = m.body.get(name.len() + 1..).unwrap_or_default();
-                let query = cstr(query).unwrap_or(query);
-                let statement = Arc::new(sanitise(query, Dialect::Postgres));
+                let rest = m.body.get(name.len() + 1..).unwrap_or_default();
+                // Cut only matters when it fell inside the text (not in the parameter types).
+                let statement = query(text_of(rest), m.cut && cstr(rest).is_none());
                 if self.statements.len() >= MAX_STATEMENTS && !self.statements.contains_key(name) {
                     self.evict_statement();
                 }
@@ -444,6 +444,20 @@ impl PgConnection {
             _ => {}
         }
     }
+}
+
+/// A message's sanitised query, marked when the message was longer than what was kept.
+fn query(text: &[u8], cut: bool) -> Arc<Sanitised> {
+    let mut statement = sanitise(text, Dialect::Postgres);
+    if cut {
+        statement.mark_cut();
+    }
+    Arc::new(statement)
+}
+
+/// The text up to its NUL, or all of it when the NUL was not kept.
+fn text_of(body: &[u8]) -> &[u8] {
+    cstr(body).unwrap_or(body)
 }
 
 /// The NUL-terminated string at the start of `body` (without its NUL).
