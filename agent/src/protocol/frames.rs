@@ -1,7 +1,7 @@
-//! Length-prefixed message framing for one direction of a datastore connection (PostgreSQL's
-//! `tag | i32 len` messages, MySQL's `u24 len | seq` packets), across syscalls.
+//! Length-prefixed message framing for one direction of a datastore connection (`PostgreSQL`'s
+//! `tag | i32 len` messages, `MySQL`'s `u24 len | seq` packets), across syscalls.
 //!
-//! A header split across syscalls is assembled (a MySQL server reads the 4-byte header alone);
+//! A header split across syscalls is assembled (a `MySQL` server reads the 4-byte header alone);
 //! a body is skipped by length, keeping only the bounded prefix its protocol asks for. Bytes a
 //! syscall moved but the capture did not copy are skipped by count while they fall inside a
 //! body; when they cover a header the framing is lost ([`Lost`]): the caller clears what it
@@ -20,7 +20,7 @@ pub struct Lost;
 /// One complete message (or packet).
 #[derive(Debug, Default)]
 pub struct Message {
-    /// The protocol's tag (PostgreSQL's type byte, MySQL's sequence number).
+    /// The protocol's tag (`PostgreSQL`'s type byte, `MySQL`'s sequence number).
     pub tag: u8,
     /// Body length as the header gave it.
     pub len: u64,
@@ -191,10 +191,10 @@ mod tests {
             let (one, two) = bytes.split_at(cut);
             framer
                 .feed(&Tiny, one, one.len() as u64, 1, 1, &mut out)
-                .unwrap();
+                .expect("framed");
             framer
                 .feed(&Tiny, two, two.len() as u64, 2, 1, &mut out)
-                .unwrap();
+                .expect("framed");
             let found: Vec<(u8, &[u8], bool)> = out
                 .iter()
                 .map(|m| (m.tag, m.body.as_slice(), m.cut))
@@ -214,10 +214,14 @@ mod tests {
     fn uncaptured_bytes_inside_a_body_are_skipped_and_over_a_header_lose_framing() {
         let mut framer = Framer::default();
         let mut out = Vec::new();
-        framer.feed(&Tiny, b"a\x0aab", 12, 1, 1, &mut out).unwrap();
+        framer
+            .feed(&Tiny, b"a\x0aab", 12, 1, 1, &mut out)
+            .expect("framed");
         assert_eq!(out.len(), 1);
         assert!(out[0].cut);
-        framer.feed(&Tiny, b"b\x01x", 3, 2, 1, &mut out).unwrap();
+        framer
+            .feed(&Tiny, b"b\x01x", 3, 2, 1, &mut out)
+            .expect("framed");
         assert_eq!(framer.offset(), 15);
         assert_eq!(framer.feed(&Tiny, b"c\x01", 10, 3, 1, &mut out), Err(Lost));
         assert_eq!(

@@ -1,10 +1,10 @@
-//! SQL text sanitising shared by the PostgreSQL and MySQL parsers: every literal becomes `?`,
+//! SQL text sanitising shared by the `PostgreSQL` and `MySQL` parsers: every literal becomes `?`,
 //! comments go, and the statement's operation keyword and (single, plainly named) table are
 //! picked out for the span name.
 //!
 //! One linear pass over the bytes, output capped at [`MAX_TEXT`]: a query of any size costs
 //! time proportional to the part read, never more. What cannot be told apart safely errs
-//! towards hiding: an unterminated literal or comment hides everything after it, and a MySQL
+//! towards hiding: an unterminated literal or comment hides everything after it, and a `MySQL`
 //! `"double-quoted"` word is a string (it is one unless `ANSI_QUOTES` is set).
 
 use std::borrow::Cow;
@@ -15,7 +15,7 @@ pub const MAX_TEXT: usize = 2048;
 const CUT: &str = "...";
 /// Tokens kept for finding the operation and the table: statements name them early.
 const MAX_TOKENS: usize = 96;
-/// Longest PostgreSQL dollar-quote tag looked for (`$tag$`); a longer one is not a tag.
+/// Longest `PostgreSQL` dollar-quote tag looked for (`$tag$`); a longer one is not a tag.
 const MAX_TAG: usize = 64;
 
 /// Which SQL the text is.
@@ -143,9 +143,16 @@ fn number_end(text: &[u8], start: usize) -> usize {
     i
 }
 
-/// A PostgreSQL dollar quote opened at `start` (`$` or `$tag$`): the index past its closing
-/// tag, `Some(None)` when unterminated, `None` when this `$` opens no dollar quote.
-fn dollar_quote_end(text: &[u8], start: usize) -> Option<Option<usize>> {
+/// What a `$` opens in `PostgreSQL`.
+enum Dollar {
+    /// A dollar quote ending just before this index.
+    Closed(usize),
+    Unterminated,
+}
+
+/// A `PostgreSQL` dollar quote opened at `start` (`$$` or `$tag$`), `None` when this `$` opens
+/// none.
+fn dollar_quote_end(text: &[u8], start: usize) -> Option<Dollar> {
     let rest = text.get(start + 1..)?;
     let tag_len = rest
         .iter()
@@ -163,7 +170,9 @@ fn dollar_quote_end(text: &[u8], start: usize) -> Option<Option<usize>> {
     Some(
         text.get(body..)
             .and_then(|b| b.windows(delimiter.len()).position(|w| w == delimiter))
-            .map(|p| body + p + delimiter.len()),
+            .map_or(Dollar::Unterminated, |p| {
+                Dollar::Closed(body + p + delimiter.len())
+            }),
     )
 }
 
@@ -185,6 +194,9 @@ impl Sanitised {
 }
 
 /// Sanitises `text` (the bytes as sent; invalid UTF-8 is replaced).
+// One loop over the bytes with a branch per lexical form: split up, each branch would need
+// the output, the token list and the position passed around.
+#[allow(clippy::too_many_lines)]
 #[must_use]
 pub fn sanitise(text: &[u8], dialect: Dialect) -> Sanitised {
     let mysql = dialect == Dialect::Mysql;
@@ -283,8 +295,8 @@ pub fn sanitise(text: &[u8], dialect: Dialect) -> Sanitised {
                 out.push(b"?");
                 note(&mut tokens, Kind::Literal, i, i);
                 match end {
-                    Some(end) => i = end,
-                    None => break,
+                    Dollar::Closed(end) => i = end,
+                    Dollar::Unterminated => break,
                 }
                 continue;
             }

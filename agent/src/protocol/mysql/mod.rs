@@ -1,8 +1,8 @@
-//! MySQL / MariaDB classic protocol: one exchange per command (`COM_QUERY`, prepared statement
+//! `MySQL` / `MariaDB` classic protocol: one exchange per command (`COM_QUERY`, prepared statement
 //! commands, `COM_INIT_DB`, `COM_PING`, ...), named by the sanitised statement text.
 //!
 //! The server speaks first: its greeting (protocol 10) gives the system (`MariaDB` in the
-//! version: `mariadb`) and its capabilities; the client's HandshakeResponse gives its own and the
+//! version: `mariadb`) and its capabilities; the client's `HandshakeResponse` gives its own and the
 //! database (`db.namespace`); the user name and auth data are skipped, never read. Auth switch
 //! and more-data packets pass until the server's OK or ERR. Replies are framed packet by packet
 //! with their sequence numbers checked, through result sets (column count, definitions, EOF
@@ -68,7 +68,7 @@ const MAX_OPEN: usize = 64;
 /// Commands awaiting replies; more and the connection is given up.
 const MAX_SLOTS: usize = 1024;
 
-/// A connection is MySQL when the server's first packet is a protocol-10 greeting: its length
+/// A connection is `MySQL` when the server's first packet is a protocol-10 greeting: its length
 /// exactly the bytes moved (or, read apart by the client, a lone 4-byte header of sequence 0
 /// whose body the parser then checks), a printable NUL-terminated version string.
 pub fn detect(chunk: &Chunk<'_>) -> Option<Detected> {
@@ -134,7 +134,7 @@ fn greeting(body: &[u8]) -> Option<(DbSystem, u32)> {
         return None;
     }
     let version_len = body.get(1..)?.iter().take(65).position(|&b| b == 0)?;
-    let version = &body[1..1 + version_len];
+    let version = &body[1..=version_len];
     if version.is_empty()
         || !version.first().is_some_and(u8::is_ascii_digit)
         || !version.iter().all(|b| b.is_ascii_graphic() || *b == b' ')
@@ -256,7 +256,7 @@ struct Command {
     database: Option<Arc<str>>,
 }
 
-/// Both directions of one MySQL / MariaDB connection.
+/// Both directions of one `MySQL` / `MariaDB` connection.
 #[derive(Debug)]
 pub struct MyConnection {
     requests: Framer,
@@ -319,19 +319,19 @@ impl MyConnection {
         match self.phase {
             Phase::Greeting => self.fail(),
             Phase::HandshakeResponse => self.on_handshake_response(m),
-            // Auth data (passwords, scrambles, plugin data): never read.
-            Phase::Auth => {}
             Phase::Ready if m.tag == 0 && !continued => self.on_command(m, out),
             // The rest of a command longer than one packet: its reply numbers on from here.
             Phase::Ready if continued => {
-                if let Some(last) = self.commands.back_mut() {
-                    if last.reply == Reply::First && last.seq.is_some() {
-                        last.seq = Some(m.tag.wrapping_add(1));
-                    }
+                if let Some(last) = self.commands.back_mut()
+                    && last.reply == Reply::First
+                    && last.seq.is_some()
+                {
+                    last.seq = Some(m.tag.wrapping_add(1));
                 }
             }
-            // LOCAL INFILE data: no reply of its own.
-            Phase::Ready => {}
+            // Auth data (passwords, scrambles, plugin data): never read. LOCAL INFILE data:
+            // no reply of its own.
+            Phase::Auth | Phase::Ready => {}
         }
     }
 
@@ -355,14 +355,14 @@ impl MyConnection {
         let database = (|| {
             let user = body.get(32..)?.iter().position(|&b| b == 0)?;
             let at = 32 + user + 1;
-            let (auth_len, used) = if client & caps::PLUGIN_AUTH_LENENC != 0 {
+            let (auth_len, skip) = if client & caps::PLUGIN_AUTH_LENENC != 0 {
                 lenenc(body, at)?
             } else if client & caps::SECURE_CONNECTION != 0 {
                 (u64::from(*body.get(at)?), 1)
             } else {
                 (body.get(at..)?.iter().position(|&b| b == 0)? as u64, 1)
             };
-            let at = at + used + usize::try_from(auth_len).ok()?;
+            let at = at + skip + usize::try_from(auth_len).ok()?;
             let rest = body.get(at..)?;
             let name = &rest[..rest.iter().position(|&b| b == 0)?];
             std::str::from_utf8(name)
@@ -407,7 +407,7 @@ impl MyConnection {
             com::STMT_CLOSE => {
                 // No reply: complete when written.
                 let statement = le32(args, 0).and_then(|id| self.statements.remove(&id));
-                let open = self.announce(m, Some("CLOSE"), statement, out);
+                let open = Some(Box::new(self.announce(m, Some("CLOSE"), statement, out)));
                 self.complete(open, m.end, DbOutcome::NoReply, out);
                 return;
             }
@@ -422,7 +422,7 @@ impl MyConnection {
             // fetch, ...): rather than risk pairing wrongly, give up.
             _ => return self.fail(),
         };
-        let open = self.announce(m, operation, statement, out);
+        let open = Some(Box::new(self.announce(m, operation, statement, out)));
         if self.commands.len() >= MAX_SLOTS {
             return self.fail();
         }
@@ -441,13 +441,13 @@ impl MyConnection {
         operation: Option<&'static str>,
         statement: Option<Arc<Sanitised>>,
         out: &mut Vec<ProtoEvent>,
-    ) -> Option<Box<Open>> {
-        if self.open >= MAX_OPEN {
-            if let Some(c) = self.commands.iter_mut().find(|c| c.open.is_some()) {
-                c.open = None;
-                self.open -= 1;
-                self.stats.dropped += 1;
-            }
+    ) -> Open {
+        if self.open >= MAX_OPEN
+            && let Some(c) = self.commands.iter_mut().find(|c| c.open.is_some())
+        {
+            c.open = None;
+            self.open -= 1;
+            self.stats.dropped += 1;
         }
         self.open += 1;
         out.push(ProtoEvent::Request {
@@ -456,14 +456,14 @@ impl MyConnection {
             start: m.start,
             forward: 0,
         });
-        Some(Box::new(Open {
+        Open {
             key: m.start.offset,
             start: m.start,
             request_end: m.end,
             response_start: None,
             operation,
             statement,
-        }))
+        }
     }
 
     fn complete(
@@ -499,6 +499,9 @@ impl MyConnection {
         }));
     }
 
+    // One match over (command kind, reply state) reads as the protocol's reply grammar; split
+    // up it would hide which packet may follow which.
+    #[allow(clippy::too_many_lines)]
     fn on_response(&mut self, m: &Message, out: &mut Vec<ProtoEvent>) {
         let continued = std::mem::replace(&mut self.response_continues, m.len == MAX_PACKET);
         match self.phase {
@@ -578,12 +581,13 @@ impl MyConnection {
                 let columns = le16(&m.body, 5).unwrap_or(0);
                 let params = le16(&m.body, 7).unwrap_or(0);
                 if let Some(statement) = command.open.as_ref().and_then(|o| o.statement.clone()) {
-                    if self.statements.len() >= MAX_STATEMENTS && !self.statements.contains_key(&id)
+                    if self.statements.len() >= MAX_STATEMENTS
+                        && !self.statements.contains_key(&id)
+                        && let Some(&any) = self.statements.keys().next()
                     {
-                        if let Some(&any) = self.statements.keys().next() {
-                            self.statements.remove(&any);
-                            self.stats.statements_evicted += 1;
-                        }
+                        // No order is kept: any one goes.
+                        self.statements.remove(&any);
+                        self.stats.statements_evicted += 1;
                     }
                     self.statements.insert(id, statement);
                 }

@@ -1,4 +1,4 @@
-//! Replays of real MariaDB 10.11 traffic (fixtures/, see `client.py` and `capture.py` there):
+//! Replays of real `MariaDB` 10.11 traffic (`fixtures/`, see `client.py` and `capture.py` there):
 //! pymysql text queries and mysql-connector-python prepared statements, at both ends; plus
 //! hand-made edge cases.
 
@@ -156,7 +156,7 @@ fn a_small_capture_limit_loses_exchanges_not_correctness() {
 }
 
 fn packet(seq: u8, body: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(body.len()).unwrap().to_le_bytes();
+    let len = u32::try_from(body.len()).expect("small").to_le_bytes();
     let mut p = vec![len[0], len[1], len[2], seq];
     p.extend_from_slice(body);
     p
@@ -167,10 +167,10 @@ fn greeting_packet(caps: u32) -> Vec<u8> {
     b.extend_from_slice(b"8.0.36\0");
     b.extend_from_slice(&[1, 0, 0, 0]);
     b.extend_from_slice(b"abcdefgh\0");
-    b.extend_from_slice(&u16::try_from(caps & 0xffff).unwrap().to_le_bytes());
+    b.extend_from_slice(&u16::try_from(caps & 0xffff).expect("small").to_le_bytes());
     b.push(45);
     b.extend_from_slice(&[2, 0]);
-    b.extend_from_slice(&u16::try_from(caps >> 16).unwrap().to_le_bytes());
+    b.extend_from_slice(&u16::try_from(caps >> 16).expect("small").to_le_bytes());
     b.extend_from_slice(&[21; 11]);
     b.extend_from_slice(b"0123456789ab\0mysql_native_password\0");
     packet(0, &b)

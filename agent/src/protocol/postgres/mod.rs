@@ -1,8 +1,8 @@
-//! PostgreSQL frontend/backend protocol 3.0: one exchange per simple query (`Q` .. `Z`) and
+//! `PostgreSQL` frontend/backend protocol 3.0: one exchange per simple query (`Q` .. `Z`) and
 //! one per extended-query Execute (the Parse/Bind/Describe before it and its reply up to
 //! `CommandComplete`), named by the sanitised statement text.
 //!
-//! The connection is recognised by its startup message (or an SSLRequest / GSSENCRequest the
+//! The connection is recognised by its startup message (or an `SSLRequest` / `GSSENCRequest` the
 //! server refuses with `N`; an `S` means TLS follows and the connection is given up). The
 //! authentication exchange is skipped whole: password, SASL and GSS messages are never read.
 //! Statement names map to their sanitised query (bounded), portals to their statement, so an
@@ -38,7 +38,7 @@ const CANCEL_REQUEST: u32 = 80_877_102;
 const MAX_STARTUP: u32 = 10_000;
 /// Body bytes kept of a message whose text matters (query text, names).
 const KEEP_QUERY: usize = 8192;
-/// Body bytes kept of an ErrorResponse: the SQLSTATE field comes early.
+/// Body bytes kept of an `ErrorResponse`: the `SQLSTATE` field comes early.
 const KEEP_ERROR: usize = 512;
 /// Statement and portal names remembered per connection.
 const MAX_STATEMENTS: usize = 256;
@@ -47,7 +47,7 @@ const MAX_OPEN: usize = 256;
 /// Expected replies tracked per connection; more and the connection is given up.
 const MAX_SLOTS: usize = 4096;
 
-/// A connection is PostgreSQL when a client's first write is a startup message (protocol 3.0)
+/// A connection is `PostgreSQL` when a client's first write is a startup message (protocol 3.0)
 /// or an SSL / GSS encryption request, its length field exactly the bytes moved.
 pub fn detect(chunk: &Chunk<'_>) -> Option<Detected> {
     if !chunk.request_side() {
@@ -150,7 +150,9 @@ struct Open {
     request_end: Stamp,
     response_start: Option<Stamp>,
     statement: Option<Arc<Sanitised>>,
-    error: Option<Option<Box<str>>>,
+    /// An error was reported for it (its code, if it had a well-formed one).
+    failed: bool,
+    code: Option<Box<str>>,
 }
 
 /// What the next replies answer, in order.
@@ -160,11 +162,11 @@ enum Slot {
     Query(Option<Box<Open>>),
     /// An Execute: ends at `C`, `I`, `s` or `E` (or at its Sync's `Z` when aborted).
     Execute(Option<Box<Open>>),
-    /// A Sync, or another request answered by `Z` that makes no span (FunctionCall).
+    /// A Sync, or another request answered by `Z` that makes no span (`FunctionCall`).
     Sync,
 }
 
-/// Both directions of one PostgreSQL connection.
+/// Both directions of one `PostgreSQL` connection.
 #[derive(Debug)]
 pub struct PgConnection {
     requests: Framer,
@@ -218,9 +220,9 @@ impl PgConnection {
         self.open = 0;
     }
 
-    fn on_request(&mut self, m: Message, out: &mut Vec<ProtoEvent>) {
+    fn on_request(&mut self, m: &Message, out: &mut Vec<ProtoEvent>) {
         if self.startup {
-            self.on_startup(&m);
+            self.on_startup(m);
             return;
         }
         match m.tag {
@@ -228,7 +230,12 @@ impl PgConnection {
                 let text = cstr(&m.body).unwrap_or(&m.body);
                 let statement = query(text, m.cut);
                 self.group_start = None;
-                let open = self.announce(m.start, m.end, Some(statement), out);
+                let open = Some(Box::new(self.announce(
+                    m.start,
+                    m.end,
+                    Some(statement),
+                    out,
+                )));
                 self.push(Slot::Query(open));
             }
             b'P' => {
@@ -257,7 +264,7 @@ impl PgConnection {
                 let start = self.group_start.take().unwrap_or(m.start);
                 let portal = cstr(&m.body).unwrap_or_default();
                 let statement = self.portals.get(portal).cloned().flatten();
-                let open = self.announce(start, m.end, statement, out);
+                let open = Some(Box::new(self.announce(start, m.end, statement, out)));
                 self.push(Slot::Execute(open));
             }
             b'C' => {
@@ -329,7 +336,7 @@ impl PgConnection {
         request_end: Stamp,
         statement: Option<Arc<Sanitised>>,
         out: &mut Vec<ProtoEvent>,
-    ) -> Option<Box<Open>> {
+    ) -> Open {
         if self.open >= MAX_OPEN {
             let oldest = self.slots.iter_mut().find_map(|s| match s {
                 Slot::Query(o) | Slot::Execute(o) if o.is_some() => Some(o),
@@ -348,14 +355,15 @@ impl PgConnection {
             start,
             forward: 0,
         });
-        Some(Box::new(Open {
+        Open {
             key: start.offset,
             start,
             request_end,
             response_start: None,
             statement,
-            error: None,
-        }))
+            failed: false,
+            code: None,
+        }
     }
 
     fn push(&mut self, slot: Slot) {
@@ -405,8 +413,12 @@ impl PgConnection {
                 let code = (m.tag == b'E').then(|| sqlstate(&m.body));
                 match self.slots.front_mut() {
                     Some(Slot::Query(Some(o))) => {
-                        if let Some(code) = code {
-                            o.error.get_or_insert(code);
+                        // The first error of a multi-statement query names it.
+                        if let Some(code) = code
+                            && !o.failed
+                        {
+                            o.failed = true;
+                            o.code = code;
                         }
                     }
                     Some(Slot::Execute(_)) => {
@@ -428,9 +440,11 @@ impl PgConnection {
                             self.complete(open, m.end, DbOutcome::Error { code: None }, out);
                         }
                         Slot::Query(open) => {
-                            let outcome = match open.as_ref().and_then(|o| o.error.clone()) {
-                                Some(code) => DbOutcome::Error { code },
-                                None => DbOutcome::Ok,
+                            let outcome = match open.as_deref() {
+                                Some(o) if o.failed => DbOutcome::Error {
+                                    code: o.code.clone(),
+                                },
+                                _ => DbOutcome::Ok,
                             };
                             self.complete(open, m.end, outcome, out);
                             break;
@@ -465,7 +479,7 @@ fn cstr(body: &[u8]) -> Option<&[u8]> {
     body.iter().position(|&b| b == 0).map(|n| &body[..n])
 }
 
-/// The SQLSTATE (`C` field) of an ErrorResponse: five letters or digits, else none. The
+/// The `SQLSTATE` (`C` field) of an `ErrorResponse`: five letters or digits, else none. The
 /// message and detail fields are never read.
 fn sqlstate(body: &[u8]) -> Option<Box<str>> {
     let mut rest = body;
@@ -533,7 +547,7 @@ impl ConnectionParser for PgConnection {
                         total = 0;
                     }
                     for m in messages.drain(..) {
-                        self.on_request(m, out);
+                        self.on_request(&m, out);
                     }
                     if result.is_err() || self.failed || self.requests.offset() == before {
                         break;
@@ -546,19 +560,15 @@ impl ConnectionParser for PgConnection {
                 let mut total = total;
                 if self.encryption_asked && self.responses.at_boundary() {
                     // The answer to an SSL / GSS request is one raw byte.
-                    match rest.first() {
-                        Some(b'N') => {
-                            self.encryption_asked = false;
-                            self.responses.skip_raw(1);
-                            rest = &rest[1..];
-                            total = total.saturating_sub(1);
-                        }
+                    if rest.first() != Some(&b'N') {
                         // TLS or GSS encryption follows (or an error): nothing readable.
-                        _ => {
-                            self.failed = true;
-                            return;
-                        }
+                        self.failed = true;
+                        return;
                     }
+                    self.encryption_asked = false;
+                    self.responses.skip_raw(1);
+                    rest = &rest[1..];
+                    total = total.saturating_sub(1);
                 }
                 let head = Head {
                     untagged: false,

@@ -1,4 +1,4 @@
-//! Replays of real psycopg 3 / PostgreSQL 15 traffic (fixtures/, see `client.py` and
+//! Replays of real psycopg 3 / `PostgreSQL` 15 traffic (`fixtures/`, see `client.py` and
 //! `capture.py` there) at both ends, plus hand-made edge cases.
 
 use super::*;
@@ -90,7 +90,7 @@ fn a_small_capture_limit_loses_exchanges_not_correctness() {
 
 fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut m = vec![tag];
-    m.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
+    m.extend_from_slice(&u32::try_from(body.len() + 4).expect("small").to_be_bytes());
     m.extend_from_slice(body);
     m
 }
@@ -98,7 +98,7 @@ fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
 fn startup() -> Vec<u8> {
     let params = b"user\0app\0database\0shop\0\0";
     let mut m = u32::try_from(params.len() + 8)
-        .unwrap()
+        .expect("small")
         .to_be_bytes()
         .to_vec();
     m.extend_from_slice(&PROTOCOL_3.to_be_bytes());
