@@ -271,7 +271,11 @@ pub fn sanitise(text: &[u8], dialect: Dialect) -> Sanitised {
             continue;
         }
         if b == b'"' || (mysql && b == b'`') {
-            let end = close_quote(text, i, b, false).unwrap_or(text.len());
+            // An unterminated quoted name may be a literal's start in disguise: hide the rest.
+            let Some(end) = close_quote(text, i, b, false) else {
+                out.push(b"?");
+                break;
+            };
             out.push(&text[i..end]);
             note(&mut tokens, Kind::Quoted, i, end);
             i = end;
@@ -343,7 +347,8 @@ pub fn sanitise(text: &[u8], dialect: Dialect) -> Sanitised {
         out.bytes.pop();
     }
     let mut rendered = String::from_utf8_lossy(&out.bytes).into_owned();
-    if out.full {
+    // Invalid UTF-8 grows in the conversion (one byte, three of U+FFFD): cut again then.
+    if out.full || rendered.len() > MAX_TEXT {
         let mut cut = rendered.len().min(MAX_TEXT - CUT.len());
         while !rendered.is_char_boundary(cut) {
             cut -= 1;
@@ -662,6 +667,8 @@ mod tests {
             assert_eq!(&*s.text, "SELECT ?", "{q}");
         }
         assert_eq!(&*my("SELECT \"s3cr3t").text, "SELECT ?");
+        assert_eq!(&*pg("SELECT \"s3cr3t").text, "SELECT ?");
+        assert_eq!(&*my("SELECT `s3cr3t").text, "SELECT ?");
         assert_eq!(&*my("SELECT 'a\\' s3cr3t").text, "SELECT ?");
     }
 
@@ -672,6 +679,9 @@ mod tests {
         assert_eq!(s.collection.as_deref(), Some("tëst"));
         let s = sanitise(b"SELECT \xff\xfe FROM t WHERE a='\xc3", Dialect::Postgres);
         assert_eq!(&*s.text, "SELECT \u{fffd}\u{fffd} FROM t WHERE a=?");
+        // Invalid bytes grow threefold as U+FFFD: still bounded.
+        let s = sanitise(&[0xfe; 4000], Dialect::Mysql);
+        assert!(s.text.len() <= MAX_TEXT && s.text.ends_with(CUT));
     }
 
     #[test]

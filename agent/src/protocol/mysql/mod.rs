@@ -539,7 +539,14 @@ impl MyConnection {
             command.seq = Some(expected.wrapping_add(1));
         }
         if let Some(open) = command.open.as_mut() {
-            open.response_start.get_or_insert(m.start);
+            // A header begun before the command was written (only bytes that are not what they
+            // claim) still never starts the response before its request.
+            let at = if m.start.ts < open.start.ts {
+                open.start
+            } else {
+                m.start
+            };
+            open.response_start.get_or_insert(at);
         }
         if continued {
             return;

@@ -336,6 +336,11 @@ fn detection_is_strict() {
     assert!(detect(&chunk(b"HTTP/1.1 200 OK\r\n\r\n", false)).is_none());
     assert!(detect(&chunk(b"\x16\x03\x03\x00\x31\x02\x00", false)).is_none());
     assert!(detect(&chunk(b"+OK\r\n", false)).is_none());
+    // Mid-stream attach is not supported: a command or a reply is not a connection's start.
+    assert!(detect(&chunk(&packet(0, b"\x03SELECT 1"), true)).is_none());
+    assert!(detect(&chunk(&packet(1, &[0, 0, 0, 2, 0, 0, 0]), false)).is_none());
+    // A PostgreSQL startup message is not a greeting.
+    assert!(detect(&chunk(b"\x00\x00\x00\x08\x04\xd2\x16\x2f", false)).is_none());
     // A header read apart whose payload is no greeting is given up.
     let r = run(&[(false, g[..4].to_vec()), (false, vec![b'x'; g.len() - 4])]);
     assert!(r.failed);

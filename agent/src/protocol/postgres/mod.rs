@@ -406,7 +406,9 @@ impl PgConnection {
 
     fn on_response(&mut self, m: &Message, out: &mut Vec<ProtoEvent>) {
         if let Some(Slot::Query(Some(o)) | Slot::Execute(Some(o))) = self.slots.front_mut() {
-            o.response_start.get_or_insert(m.start);
+            // A header begun before the request was written (only bytes that are not what they
+            // claim) still never starts the response before its request.
+            o.response_start.get_or_insert(later(m.start, o.start));
         }
         match m.tag {
             b'C' | b'I' | b's' | b'E' => {
@@ -458,6 +460,11 @@ impl PgConnection {
             _ => {}
         }
     }
+}
+
+/// `at`, or `floor` when `at` came before it.
+fn later(at: Stamp, floor: Stamp) -> Stamp {
+    if at.ts < floor.ts { floor } else { at }
 }
 
 /// A message's sanitised query, marked when the message was longer than what was kept.

@@ -142,6 +142,9 @@ fn detection_is_strict() {
     assert!(detect(&chunk(&v2, v2.len() as u64, true)).is_none());
     let ssl = [0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f];
     assert!(detect(&chunk(&ssl, 8, true)).is_some());
+    // Mid-stream attach is not supported: a lone query is not a connection's start.
+    let q = msg(b'Q', b"SELECT 1\0");
+    assert!(detect(&chunk(&q, q.len() as u64, true)).is_none());
 }
 
 #[test]
