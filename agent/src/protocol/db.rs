@@ -125,10 +125,7 @@ impl Summary for DbSummary {
             attributes.push(KeyValue::str("db.operation.name", op));
         }
         if let Some(collection) = this.collection {
-            attributes.push(KeyValue::str(
-                "db.collection.name",
-                String::from(collection),
-            ));
+            attributes.push(KeyValue::str("db.collection.name", String::from(collection)));
         }
         if let Some(namespace) = this.namespace {
             attributes.push(KeyValue::shared("db.namespace", namespace));
