@@ -13,6 +13,8 @@ FIXTURES = ROOT.parent / "agent/src/protocol/http1/fixtures"
 H2_FIXTURES = ROOT.parent / "agent/src/protocol/http2/fixtures"
 REDIS_FIXTURES = ROOT.parent / "agent/src/protocol/redis/fixtures"
 MEMCACHED_FIXTURES = ROOT.parent / "agent/src/protocol/memcached/fixtures"
+PG_FIXTURES = ROOT.parent / "agent/src/protocol/postgres/fixtures"
+MY_FIXTURES = ROOT.parent / "agent/src/protocol/mysql/fixtures"
 SEEDS = ROOT / "seeds"
 
 
@@ -166,6 +168,22 @@ def main():
                               ("raw_meta_client", False)]:
         calls = fixture_calls(f"{name}.jsonl", MEMCACHED_FIXTURES)
         write("memcached_connection", name, datastore_script(calls, server_side))
+    # Datastores: the http1_connection script format, from each end's capture.
+    for target, folder, names in [
+        ("postgres_connection", PG_FIXTURES, ["psycopg"]),
+        ("mysql_connection", MY_FIXTURES, ["pymysql", "connector"]),
+    ]:
+        for name in names:
+            for end, server_side in [("client", False), ("server", True)]:
+                reads = fixture_reads(f"{name}_{end}.jsonl", folder)
+                write(target, f"{name}_{end}", connection_script(reads, server_side))
+                write(target, f"{name}_{end}_160", connection_script(reads, server_side, 160))
+    for name, text in [
+        ("select", b"SELECT * FROM t WHERE a = 'zz9secret' AND b = 42 -- c\n"),
+        ("dollar", b"DO $f$ BEGIN PERFORM 'x'; END $f$; SELECT E'a\\'b', 0x1F /* 'c' */"),
+        ("mysql", b"INSERT INTO `t` VALUES (\"s\", 'a\\'b', X'ff') # tail"),
+    ]:
+        write("sql_sanitise", name, text)
     write("hpack", "rfc7541_c4", hpack_input(1, RFC7541_C4))
     write("hpack", "rfc7541_c4_whole", hpack_input(0, RFC7541_C4))
 

@@ -24,6 +24,7 @@ use crate::{
         framer::{Side, Stamp},
         head::{TraceHeaders, parse_head},
     },
+    protocol::sql::{Dialect, sanitise},
     protocol::{
         ConnectionParser, ProtoEvent,
         dns::DnsConnection,
@@ -32,6 +33,8 @@ use crate::{
             hpack::{Decoder, Field},
         },
         memcached::MemcachedConnection,
+        mysql::MyConnection,
+        postgres::PgConnection,
         redis::RedisConnection,
     },
     receiver::{Event, EventSink as _, decode::decode},
@@ -368,12 +371,13 @@ pub fn http2_connection(data: &[u8]) {
     assert_eq!(conn.stats.exchanges, emitted);
 }
 
-/// Feeds a connection of a request/response protocol (Redis, memcached, DNS) a connection
-/// script (see [`Input::read`]) and closes it; returns the exchanges it reported.
+/// Feeds a connection of a request/response protocol (Redis, memcached, PostgreSQL, MySQL,
+/// DNS) a connection script (see [`Input::read`]) and closes it; returns the exchanges it
+/// reported.
 ///
 /// Invariants: every exchange was announced by a request event under the same key first; each
 /// key is announced and reported once; stamps run forward (request start, request end, reply
-/// start, end).
+/// start, end); nothing is reported once the parser failed.
 fn drive_connection(conn: &mut dyn ConnectionParser, data: &[u8]) -> u64 {
     let mut input = Input(data);
     let mut out = Vec::new();
@@ -381,8 +385,9 @@ fn drive_connection(conn: &mut dyn ConnectionParser, data: &[u8]) -> u64 {
     let mut reported = HashSet::new();
     let mut emitted = 0u64;
     let mut ts = 0u64;
-    let mut check = |out: &mut Vec<ProtoEvent>| {
+    let mut check = |out: &mut Vec<ProtoEvent>, failed: bool| {
         for event in out.drain(..) {
+            assert!(!failed, "an event after the parser failed");
             match event {
                 ProtoEvent::Request { key, .. } => {
                     assert!(announced.insert(key), "request {key} announced twice");
@@ -395,7 +400,7 @@ fn drive_connection(conn: &mut dyn ConnectionParser, data: &[u8]) -> u64 {
                     assert!(x.request_start.offset <= x.request_end.offset, "{x:?}");
                     assert!(x.request_end.ts <= x.end.ts, "{x:?}");
                     if let Some(response_start) = x.response_start {
-                        assert!(x.request_end.ts <= response_start.ts, "{x:?}");
+                        assert!(x.request_start.ts <= response_start.ts, "{x:?}");
                         assert!(response_start.ts <= x.end.ts, "{x:?}");
                     }
                     let _ = x.summary.describe();
@@ -405,18 +410,59 @@ fn drive_connection(conn: &mut dyn ConnectionParser, data: &[u8]) -> u64 {
     };
     while let Some(read) = input.read() {
         ts += 1;
-        let (side, total, tid) = (read.side, read.total, read.tid);
-        conn.feed(side, read.payload, total, ts, tid, &mut out);
-        check(&mut out);
+        let failed = conn.failed();
+        conn.feed(read.side, read.payload, read.total, ts, read.tid, &mut out);
+        check(&mut out, failed);
     }
     let at = Stamp {
         ts: ts + 1,
         tid: 0,
         offset: 0,
     };
+    let failed = conn.failed();
     conn.close(at, &mut out);
-    check(&mut out);
+    check(&mut out, failed);
     emitted
+}
+
+/// One `PostgreSQL` connection from its startup message, fed a script of reads (the
+/// [`http1_connection`] format); the invariants of `drive_connection`, and the
+/// connection's own count matches what it emitted.
+pub fn postgres_connection(data: &[u8]) {
+    let mut conn = PgConnection::from_start();
+    let emitted = drive_connection(&mut conn, data);
+    assert_eq!(conn.stats.exchanges, emitted);
+}
+
+/// One `MySQL` / `MariaDB` connection from the server's greeting, fed a script of reads (the
+/// [`http1_connection`] format); the invariants of `drive_connection`, and the
+/// connection's own count matches what it emitted.
+pub fn mysql_connection(data: &[u8]) {
+    let mut conn = MyConnection::new();
+    let emitted = drive_connection(&mut conn, data);
+    assert_eq!(conn.stats.exchanges, emitted);
+}
+
+/// SQL sanitising of arbitrary bytes in both dialects: never panics, output bounded, and a
+/// literal `'zz9secret'` that opens the input after a plain word never survives.
+///
+/// Input: the text.
+pub fn sql_sanitise(data: &[u8]) {
+    for dialect in [Dialect::Postgres, Dialect::Mysql] {
+        let s = sanitise(data, dialect);
+        assert!(s.text.len() <= crate::protocol::sql::MAX_TEXT, "{s:?}");
+        // A marker literal planted by the input itself: `'zz9secret'` never survives.
+        // The marker's text once only: another copy may be a name (bare or quoted), kept.
+        let once = data.windows(9).filter(|w| *w == b"zz9secret").count() == 1;
+        if let Some(at) = data.windows(11).position(|w| w == b"'zz9secret'")
+            && once
+        {
+            let quoted_cleanly = data[..at].iter().all(u8::is_ascii_alphanumeric);
+            if quoted_cleanly {
+                assert!(!s.text.contains("zz9secret"), "{s:?}");
+            }
+        }
+    }
 }
 
 /// One Redis connection (RESP2/RESP3) fed a script of reads from both directions, some captured
@@ -619,6 +665,9 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("dns_connection", dns_connection),
     ("redis_connection", redis_connection),
     ("memcached_connection", memcached_connection),
+    ("postgres_connection", postgres_connection),
+    ("mysql_connection", mysql_connection),
+    ("sql_sanitise", sql_sanitise),
 ];
 
 #[cfg(test)]

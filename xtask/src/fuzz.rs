@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::util::{cargo, command_ok, workspace_root, write_section};
 
 /// The targets, as `fuzz/Cargo.toml` names them (and `sockspan::fuzz::TARGETS`).
-const TARGETS: [&str; 14] = [
+const TARGETS: [&str; 17] = [
     "http1_connection",
     "http1_resplit",
     "http1_head",
@@ -31,6 +31,9 @@ const TARGETS: [&str; 14] = [
     "dns_connection",
     "redis_connection",
     "memcached_connection",
+    "postgres_connection",
+    "mysql_connection",
+    "sql_sanitise",
 ];
 
 /// The cargo-fuzz release this task drives.

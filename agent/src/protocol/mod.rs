@@ -10,12 +10,18 @@
 pub mod budget;
 pub mod db;
 pub mod dns;
+pub mod frames;
 pub mod http1;
 pub mod http2;
 pub mod memcached;
+pub mod mysql;
+pub mod postgres;
 pub mod redis;
 #[cfg(test)]
 pub mod replay;
+pub mod sql;
+#[cfg(test)]
+pub mod sql_replay;
 pub mod table;
 
 use std::{fmt::Debug, net::SocketAddr};
@@ -247,5 +253,7 @@ pub const PROTOCOLS: &[(&str, Detect)] = &[
     ("http2", http2::detect),
     ("redis", redis::detect),
     ("memcached", memcached::detect),
+    ("postgres", postgres::detect),
+    ("mysql", mysql::detect),
     ("dns", dns::detect),
 ];

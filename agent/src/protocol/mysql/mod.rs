@@ -1,0 +1,782 @@
+//! `MySQL` / `MariaDB` classic protocol: one exchange per command (`COM_QUERY`, prepared statement
+//! commands, `COM_INIT_DB`, `COM_PING`, ...), named by the sanitised statement text.
+//!
+//! The server speaks first: its greeting (protocol 10) gives the system (`MariaDB` in the
+//! version: `mariadb`) and its capabilities; the client's `HandshakeResponse` gives its own and the
+//! database (`db.namespace`); the user name and auth data are skipped, never read. Auth switch
+//! and more-data packets pass until the server's OK or ERR. Replies are framed packet by packet
+//! with their sequence numbers checked, through result sets (column count, definitions, EOF
+//! unless both sides agreed on `CLIENT_DEPRECATE_EOF`, rows, final EOF / OK, more results).
+//! Statement ids map to their sanitised query (bounded) so that `COM_STMT_EXECUTE` is named;
+//! parameter values are never read. TLS (`CLIENT_SSL`) or compression gives the connection up.
+//!
+//! Mid-stream attach is not supported: a command packet can be checked strictly, but nothing
+//! proves the reply direction is at a packet boundary then. Framing lost to uncaptured bytes (a
+//! result set larger than the capture limit in one syscall) gives the connection up.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
+
+use super::{
+    Chunk, ConnectionParser, Detected, Exchange, ProtoEvent, Side, Stamp,
+    db::{DbOutcome, DbSummary, DbSystem},
+    frames::{Framer, Header, Message},
+    sql::{Dialect, Sanitised, sanitise},
+};
+
+mod caps {
+    pub const CONNECT_WITH_DB: u32 = 0x8;
+    pub const COMPRESS: u32 = 0x20;
+    pub const PROTOCOL_41: u32 = 0x200;
+    pub const SSL: u32 = 0x800;
+    pub const SECURE_CONNECTION: u32 = 0x8000;
+    pub const PLUGIN_AUTH_LENENC: u32 = 0x20_0000;
+    pub const DEPRECATE_EOF: u32 = 0x100_0000;
+}
+
+mod com {
+    pub const QUIT: u8 = 0x01;
+    pub const INIT_DB: u8 = 0x02;
+    pub const QUERY: u8 = 0x03;
+    pub const PING: u8 = 0x0e;
+    pub const CHANGE_USER: u8 = 0x11;
+    pub const STMT_PREPARE: u8 = 0x16;
+    pub const STMT_EXECUTE: u8 = 0x17;
+    pub const STMT_SEND_LONG_DATA: u8 = 0x18;
+    pub const STMT_CLOSE: u8 = 0x19;
+    pub const STMT_RESET: u8 = 0x1a;
+    pub const SET_OPTION: u8 = 0x1b;
+    pub const RESET_CONNECTION: u8 = 0x1f;
+}
+
+/// `SERVER_MORE_RESULTS_EXISTS` in a reply's status flags: another result follows.
+const MORE_RESULTS: u16 = 0x8;
+/// A packet this long continues in the next one.
+const MAX_PACKET: u64 = 0xFF_FFFF;
+/// Body bytes kept of a client packet (query text, handshake response).
+const KEEP_REQUEST: usize = 8192;
+/// Body bytes kept of a server packet: the greeting's version and capabilities, else what
+/// OK / ERR / EOF headers and counts need.
+const KEEP_GREETING: usize = 256;
+const KEEP_REPLY: usize = 32;
+/// Statement ids remembered per connection.
+const MAX_STATEMENTS: usize = 256;
+/// Open exchanges per connection; older ones are dropped (counted).
+const MAX_OPEN: usize = 64;
+/// Commands awaiting replies; more and the connection is given up.
+const MAX_SLOTS: usize = 1024;
+
+/// A connection is `MySQL` when the server's first packet is a protocol-10 greeting: its length
+/// exactly the bytes moved (or, read apart by the client, a lone 4-byte header of sequence 0
+/// whose body the parser then checks), a printable NUL-terminated version string.
+pub fn detect(chunk: &Chunk<'_>) -> Option<Detected> {
+    // The server speaks first: this is the response side.
+    if chunk.server().is_some_and(|server| server != chunk.egress) {
+        return None;
+    }
+    let payload = chunk.payload;
+    if payload.len() as u64 != chunk.total {
+        return None;
+    }
+    let server = chunk.server().unwrap_or(chunk.egress);
+    let (len, seq) = header(payload)?;
+    let header_alone = payload.len() == 4
+        && chunk.server() == Some(false)
+        && (40..=1024).contains(&len)
+        && seq == 0;
+    let whole = seq == 0 && len + 4 == chunk.total && greeting(payload.get(4..)?).is_some();
+    (header_alone || whole).then(|| Detected {
+        server,
+        parser: Box::new(MyConnection::new()),
+    })
+}
+
+fn header(b: &[u8]) -> Option<(u64, u8)> {
+    let h = b.get(..4)?;
+    Some((
+        u64::from(h[0]) | u64::from(h[1]) << 8 | u64::from(h[2]) << 16,
+        h[3],
+    ))
+}
+
+fn le16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn le32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// A length-encoded integer at `at`: (value, bytes used).
+fn lenenc(b: &[u8], at: usize) -> Option<(u64, usize)> {
+    let first = *b.get(at)?;
+    let wide = |n: usize| {
+        let bytes = b.get(at + 1..at + 1 + n)?;
+        Some((
+            bytes.iter().rev().fold(0u64, |v, &x| v << 8 | u64::from(x)),
+            n + 1,
+        ))
+    };
+    match first {
+        0..=0xfa => Some((u64::from(first), 1)),
+        0xfc => wide(2),
+        0xfd => wide(3),
+        0xfe => wide(8),
+        _ => None,
+    }
+}
+
+/// A greeting's (system, capabilities), checked strictly.
+fn greeting(body: &[u8]) -> Option<(DbSystem, u32)> {
+    if body.first() != Some(&0x0a) {
+        return None;
+    }
+    let version_len = body.get(1..)?.iter().take(65).position(|&b| b == 0)?;
+    let version = &body[1..=version_len];
+    if version.is_empty()
+        || !version.first().is_some_and(u8::is_ascii_digit)
+        || !version.iter().all(|b| b.is_ascii_graphic() || *b == b' ')
+    {
+        return None;
+    }
+    // Connection id, 8 bytes of scramble, a zero filler, capabilities.
+    let at = 1 + version_len + 1;
+    if body.get(at + 12) != Some(&0) {
+        return None;
+    }
+    let low = le16(body, at + 13)?;
+    let high = le16(body, at + 18).unwrap_or(0);
+    let caps = u32::from(low) | u32::from(high) << 16;
+    if caps & caps::PROTOCOL_41 == 0 {
+        return None;
+    }
+    let mariadb = version.windows(7).any(|w| w == b"MariaDB");
+    Some((
+        if mariadb {
+            DbSystem::Mariadb
+        } else {
+            DbSystem::Mysql
+        },
+        caps,
+    ))
+}
+
+struct Head {
+    keep: usize,
+}
+
+impl Header for Head {
+    fn head_len(&self) -> usize {
+        4
+    }
+
+    fn parse(&self, head: &[u8]) -> Option<(u8, u64)> {
+        header(head).map(|(len, seq)| (seq, len))
+    }
+
+    fn keep(&self, _: u8) -> usize {
+        self.keep
+    }
+}
+
+/// Self-metrics of one connection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MyStats {
+    pub exchanges: u64,
+    /// Open exchanges dropped, oldest first, past [`MAX_OPEN`].
+    pub dropped: u64,
+    /// Replies with no command to answer.
+    pub unmatched: u64,
+    /// Statement ids forgotten past [`MAX_STATEMENTS`].
+    pub statements_evicted: u64,
+    /// Framing lost (uncaptured bytes over a header, or a reply out of sequence).
+    pub lost: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Greeting,
+    HandshakeResponse,
+    Auth,
+    Ready,
+}
+
+/// Where a reply is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    /// Its first packet.
+    First,
+    /// Definitions still to come, then an EOF if `eof`, then `next`.
+    Defs { left: u64, eof: bool, next: After },
+    /// The EOF after definitions.
+    Eof { next: After },
+    /// Rows until EOF / OK.
+    Rows,
+    /// After `LOCAL INFILE` was asked: the client's file, then OK / ERR.
+    Infile,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    Rows,
+    /// A prepare's column definitions follow its parameter definitions.
+    Columns(u16),
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Text or binary result set, or OK / ERR.
+    Results,
+    Prepare,
+    /// OK / ERR (or EOF) only.
+    Simple,
+}
+
+#[derive(Debug)]
+struct Open {
+    key: u64,
+    start: Stamp,
+    request_end: Stamp,
+    response_start: Option<Stamp>,
+    operation: Option<&'static str>,
+    statement: Option<Arc<Sanitised>>,
+}
+
+#[derive(Debug)]
+struct Command {
+    kind: Kind,
+    reply: Reply,
+    /// Sequence number the next reply packet must carry (`None`: not checked).
+    seq: Option<u8>,
+    open: Option<Box<Open>>,
+    /// `COM_INIT_DB`'s database, taken as the namespace on OK.
+    database: Option<Arc<str>>,
+}
+
+/// Both directions of one `MySQL` / `MariaDB` connection.
+#[derive(Debug)]
+pub struct MyConnection {
+    requests: Framer,
+    responses: Framer,
+    phase: Phase,
+    system: DbSystem,
+    server_caps: Option<u32>,
+    caps: u32,
+    namespace: Option<Arc<str>>,
+    statements: HashMap<u32, Arc<Sanitised>, foldhash::fast::RandomState>,
+    commands: VecDeque<Command>,
+    open: usize,
+    /// The last packet of each direction was 0xFFFFFF long: the next continues it.
+    request_continues: bool,
+    response_continues: bool,
+    failed: bool,
+    messages: Vec<Message>,
+    pub stats: MyStats,
+}
+
+impl Default for MyConnection {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MyConnection {
+    /// A connection seen from the server's greeting.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            requests: Framer::default(),
+            responses: Framer::default(),
+            phase: Phase::Greeting,
+            system: DbSystem::Mysql,
+            server_caps: None,
+            caps: 0,
+            namespace: None,
+            statements: HashMap::default(),
+            commands: VecDeque::new(),
+            open: 0,
+            request_continues: false,
+            response_continues: false,
+            failed: false,
+            messages: Vec::new(),
+            stats: MyStats::default(),
+        }
+    }
+
+    fn fail(&mut self) {
+        self.stats.lost += 1;
+        self.failed = true;
+        // A reply must never pair with the wrong command: what was open is not reported.
+        self.commands.clear();
+        self.open = 0;
+    }
+
+    fn on_request(&mut self, m: &Message, out: &mut Vec<ProtoEvent>) {
+        let continued = std::mem::replace(&mut self.request_continues, m.len == MAX_PACKET);
+        match self.phase {
+            Phase::Greeting => self.fail(),
+            Phase::HandshakeResponse => self.on_handshake_response(m),
+            Phase::Ready if m.tag == 0 && !continued => self.on_command(m, out),
+            // The rest of a command longer than one packet: its reply numbers on from here.
+            Phase::Ready if continued => {
+                if let Some(last) = self.commands.back_mut()
+                    && last.reply == Reply::First
+                    && last.seq.is_some()
+                {
+                    last.seq = Some(m.tag.wrapping_add(1));
+                }
+            }
+            // Auth data (passwords, scrambles, plugin data): never read. LOCAL INFILE data:
+            // no reply of its own.
+            Phase::Auth | Phase::Ready => {}
+        }
+    }
+
+    fn on_handshake_response(&mut self, m: &Message) {
+        let body = &m.body;
+        let Some(client) = le32(body, 0) else {
+            return self.fail();
+        };
+        // TLS (the short SSL request, then a TLS handshake), compression, or the pre-4.1
+        // protocol: nothing after is readable here.
+        if client & (caps::SSL | caps::COMPRESS) != 0 || client & caps::PROTOCOL_41 == 0 {
+            self.failed = true;
+            return;
+        }
+        self.caps = client & self.server_caps.unwrap_or(u32::MAX);
+        self.phase = Phase::Auth;
+        if client & caps::CONNECT_WITH_DB == 0 {
+            return;
+        }
+        // Skip the user name and the auth data by their lengths; read only the database.
+        let database = (|| {
+            let user = body.get(32..)?.iter().position(|&b| b == 0)?;
+            let at = 32 + user + 1;
+            let (auth_len, skip) = if client & caps::PLUGIN_AUTH_LENENC != 0 {
+                lenenc(body, at)?
+            } else if client & caps::SECURE_CONNECTION != 0 {
+                (u64::from(*body.get(at)?), 1)
+            } else {
+                (body.get(at..)?.iter().position(|&b| b == 0)? as u64, 1)
+            };
+            let at = at + skip + usize::try_from(auth_len).ok()?;
+            let rest = body.get(at..)?;
+            let name = &rest[..rest.iter().position(|&b| b == 0)?];
+            std::str::from_utf8(name)
+                .ok()
+                .filter(|n| !n.is_empty())
+                .map(Arc::from)
+        })();
+        self.namespace = database;
+    }
+
+    fn on_command(&mut self, m: &Message, out: &mut Vec<ProtoEvent>) {
+        let Some((&command, args)) = m.body.split_first() else {
+            return self.fail();
+        };
+        let (kind, operation, statement, database) = match command {
+            com::QUERY => {
+                // MariaDB / MySQL 8 query attributes could precede the text; neither client
+                // sends them unless CLIENT_QUERY_ATTRIBUTES was agreed, which is not asked here.
+                (Kind::Results, None, Some(query(args, m.cut)), None)
+            }
+            com::STMT_PREPARE => (
+                Kind::Prepare,
+                Some("PREPARE"),
+                Some(query(args, m.cut)),
+                None,
+            ),
+            com::STMT_EXECUTE => {
+                let statement = le32(args, 0).and_then(|id| self.statements.get(&id).cloned());
+                (Kind::Results, None, statement, None)
+            }
+            com::STMT_RESET => {
+                let statement = le32(args, 0).and_then(|id| self.statements.get(&id).cloned());
+                (Kind::Simple, Some("RESET"), statement, None)
+            }
+            com::INIT_DB => {
+                let name = std::str::from_utf8(args).ok().filter(|n| !n.is_empty());
+                (Kind::Simple, Some("USE"), None, name.map(Arc::from))
+            }
+            com::PING => (Kind::Simple, Some("PING"), None, None),
+            com::SET_OPTION => (Kind::Simple, Some("SET_OPTION"), None, None),
+            com::RESET_CONNECTION => (Kind::Simple, Some("RESET_CONNECTION"), None, None),
+            com::STMT_CLOSE => {
+                // No reply: complete when written.
+                let statement = le32(args, 0).and_then(|id| self.statements.remove(&id));
+                let open = Some(Box::new(self.announce(m, Some("CLOSE"), statement, out)));
+                self.complete(open, m.end, DbOutcome::NoReply, out);
+                return;
+            }
+            com::QUIT | com::STMT_SEND_LONG_DATA => return,
+            com::CHANGE_USER => {
+                // A new authentication: the replies until its OK are auth packets.
+                self.phase = Phase::Auth;
+                self.statements.clear();
+                return;
+            }
+            // Commands whose replies are not framed here (statistics, field list, binlog,
+            // fetch, ...): rather than risk pairing wrongly, give up.
+            _ => return self.fail(),
+        };
+        let open = Some(Box::new(self.announce(m, operation, statement, out)));
+        if self.commands.len() >= MAX_SLOTS {
+            return self.fail();
+        }
+        self.commands.push_back(Command {
+            kind,
+            reply: Reply::First,
+            seq: Some(m.tag.wrapping_add(1)),
+            open,
+            database,
+        });
+    }
+
+    fn announce(
+        &mut self,
+        m: &Message,
+        operation: Option<&'static str>,
+        statement: Option<Arc<Sanitised>>,
+        out: &mut Vec<ProtoEvent>,
+    ) -> Open {
+        if self.open >= MAX_OPEN
+            && let Some(c) = self.commands.iter_mut().find(|c| c.open.is_some())
+        {
+            c.open = None;
+            self.open -= 1;
+            self.stats.dropped += 1;
+        }
+        self.open += 1;
+        out.push(ProtoEvent::Request {
+            key: m.start.offset,
+            trace: None,
+            start: m.start,
+            forward: 0,
+        });
+        Open {
+            key: m.start.offset,
+            start: m.start,
+            request_end: m.end,
+            response_start: None,
+            operation,
+            statement,
+        }
+    }
+
+    fn complete(
+        &mut self,
+        open: Option<Box<Open>>,
+        end: Stamp,
+        outcome: DbOutcome,
+        out: &mut Vec<ProtoEvent>,
+    ) {
+        let Some(open) = open else {
+            return;
+        };
+        self.open = self.open.saturating_sub(1);
+        self.stats.exchanges += 1;
+        let mut summary = DbSummary::new(self.system, outcome);
+        summary.namespace.clone_from(&self.namespace);
+        if let Some(s) = &open.statement {
+            summary.operation.clone_from(&s.operation);
+            summary.collection.clone_from(&s.collection);
+            summary.query = Some(s.text.clone());
+            summary.batch_size = (s.statements > 1).then_some(s.statements);
+        }
+        if let Some(op) = open.operation {
+            summary.operation = Some(op.into());
+        }
+        out.push(ProtoEvent::Exchange(Exchange {
+            key: open.key,
+            request_start: open.start,
+            request_end: open.request_end,
+            response_start: open.response_start,
+            end,
+            summary: Box::new(summary),
+        }));
+    }
+
+    // One match over (command kind, reply state) reads as the protocol's reply grammar; split
+    // up it would hide which packet may follow which.
+    #[allow(clippy::too_many_lines)]
+    fn on_response(&mut self, m: &Message, out: &mut Vec<ProtoEvent>) {
+        let continued = std::mem::replace(&mut self.response_continues, m.len == MAX_PACKET);
+        match self.phase {
+            Phase::Greeting => {
+                match greeting(&m.body).filter(|_| m.tag == 0) {
+                    Some((system, caps)) => {
+                        self.system = system;
+                        self.server_caps = Some(caps);
+                        self.phase = Phase::HandshakeResponse;
+                    }
+                    // What detection took for a greeting's header was not one.
+                    None => self.fail(),
+                }
+                return;
+            }
+            Phase::HandshakeResponse => return self.fail(),
+            Phase::Auth => {
+                // OK ends the authentication; auth switch / more data / ERR are auth's own.
+                if m.body.first() == Some(&0x00) {
+                    self.phase = Phase::Ready;
+                }
+                return;
+            }
+            Phase::Ready => {}
+        }
+        let Some(command) = self.commands.front_mut() else {
+            self.stats.unmatched += 1;
+            return;
+        };
+        if let Some(expected) = command.seq {
+            if m.tag != expected {
+                // Out of sequence: this is not the reply being read.
+                return self.fail();
+            }
+            command.seq = Some(expected.wrapping_add(1));
+        }
+        if let Some(open) = command.open.as_mut() {
+            // A header begun before the command was written (only bytes that are not what they
+            // claim) still never starts the response before its request.
+            let at = if m.start.ts < open.start.ts {
+                open.start
+            } else {
+                m.start
+            };
+            open.response_start.get_or_insert(at);
+        }
+        if continued {
+            return;
+        }
+        let first = m.body.first().copied();
+        let deprecate_eof = self.caps & caps::DEPRECATE_EOF != 0;
+        let is_eof = first == Some(0xfe) && m.len < 9;
+        let end = match (command.kind, command.reply) {
+            (_, Reply::First | Reply::Infile) if first == Some(0xff) => {
+                Some(Err(error_code(&m.body)))
+            }
+            (Kind::Simple, Reply::First) => Some(Ok(())),
+            (Kind::Results, Reply::First | Reply::Infile) if first == Some(0x00) => {
+                if ok_status(&m.body).is_some_and(|s| s & MORE_RESULTS != 0) {
+                    command.reply = Reply::First;
+                    None
+                } else {
+                    Some(Ok(()))
+                }
+            }
+            (Kind::Results, Reply::First) if first == Some(0xfb) => {
+                command.reply = Reply::Infile;
+                command.seq = None;
+                None
+            }
+            (Kind::Results, Reply::First) => match lenenc(&m.body, 0) {
+                Some((n, _)) if n > 0 => {
+                    command.reply = Reply::Defs {
+                        left: n,
+                        eof: !deprecate_eof,
+                        next: After::Rows,
+                    };
+                    None
+                }
+                _ => return self.fail(),
+            },
+            (Kind::Prepare, Reply::First) if first == Some(0x00) && m.body.len() >= 9 => {
+                let id = le32(&m.body, 1).unwrap_or(0);
+                let columns = le16(&m.body, 5).unwrap_or(0);
+                let params = le16(&m.body, 7).unwrap_or(0);
+                if let Some(statement) = command.open.as_ref().and_then(|o| o.statement.clone()) {
+                    if self.statements.len() >= MAX_STATEMENTS
+                        && !self.statements.contains_key(&id)
+                        && let Some(&any) = self.statements.keys().next()
+                    {
+                        // No order is kept: any one goes.
+                        self.statements.remove(&any);
+                        self.stats.statements_evicted += 1;
+                    }
+                    self.statements.insert(id, statement);
+                }
+                let next = after_defs(columns, deprecate_eof);
+                command.reply = if params > 0 {
+                    Reply::Defs {
+                        left: u64::from(params),
+                        eof: !deprecate_eof,
+                        next: After::Columns(columns),
+                    }
+                } else {
+                    next
+                };
+                (command.reply == Reply::First).then_some(Ok(()))
+            }
+            (_, Reply::Defs { left, eof, next }) => {
+                let left = left - 1;
+                command.reply = if left > 0 {
+                    Reply::Defs { left, eof, next }
+                } else if eof {
+                    Reply::Eof { next }
+                } else {
+                    follow(next, deprecate_eof)
+                };
+                (command.reply == Reply::First).then_some(Ok(()))
+            }
+            (_, Reply::Eof { next }) if is_eof => {
+                command.reply = follow(next, deprecate_eof);
+                (command.reply == Reply::First).then_some(Ok(()))
+            }
+            (_, Reply::Rows) if first == Some(0xff) => Some(Err(error_code(&m.body))),
+            (_, Reply::Rows) if first == Some(0xfe) && m.len < MAX_PACKET => {
+                let status = if is_eof && !deprecate_eof {
+                    le16(&m.body, 3)
+                } else {
+                    ok_status(&m.body)
+                };
+                if status.is_some_and(|s| s & MORE_RESULTS != 0) {
+                    command.reply = Reply::First;
+                    None
+                } else {
+                    Some(Ok(()))
+                }
+            }
+            (_, Reply::Rows) => None,
+            _ => return self.fail(),
+        };
+        let Some(result) = end else {
+            return;
+        };
+        let Some(command) = self.commands.pop_front() else {
+            return;
+        };
+        let outcome = match result {
+            Ok(()) => {
+                if let Some(database) = command.database {
+                    self.namespace = Some(database);
+                }
+                DbOutcome::Ok
+            }
+            Err(code) => DbOutcome::Error { code },
+        };
+        self.complete(command.open, m.end, outcome, out);
+    }
+}
+
+/// A command's sanitised query, marked when the packet was longer than what was kept.
+fn query(text: &[u8], cut: bool) -> Arc<Sanitised> {
+    let mut statement = sanitise(text, Dialect::Mysql);
+    if cut {
+        statement.mark_cut();
+    }
+    Arc::new(statement)
+}
+
+/// What follows definitions: rows, the prepare's column definitions, or the end (`First`
+/// stands for "done" here and is turned into completion by the caller).
+fn follow(next: After, deprecate_eof: bool) -> Reply {
+    match next {
+        After::Rows => Reply::Rows,
+        After::Columns(columns) => after_defs(columns, deprecate_eof),
+        After::Done => Reply::First,
+    }
+}
+
+/// A prepare reply's column definitions, or the end when it has none.
+fn after_defs(columns: u16, deprecate_eof: bool) -> Reply {
+    if columns == 0 {
+        Reply::First
+    } else {
+        Reply::Defs {
+            left: u64::from(columns),
+            eof: !deprecate_eof,
+            next: After::Done,
+        }
+    }
+}
+
+/// The status flags of an OK packet (`0x00` or, ending a result set, `0xFE`).
+fn ok_status(body: &[u8]) -> Option<u16> {
+    let (_, a) = lenenc(body, 1)?;
+    let (_, b) = lenenc(body, 1 + a)?;
+    le16(body, 1 + a + b)
+}
+
+/// An ERR packet's error number; its SQL state and message are never read.
+fn error_code(body: &[u8]) -> Option<Box<str>> {
+    le16(body, 1).map(|code| code.to_string().into())
+}
+
+impl ConnectionParser for MyConnection {
+    fn feed(
+        &mut self,
+        side: Side,
+        data: &[u8],
+        total: u64,
+        ts: u64,
+        tid: u32,
+        out: &mut Vec<ProtoEvent>,
+    ) {
+        if self.failed {
+            return;
+        }
+        let mut messages = std::mem::take(&mut self.messages);
+        let result = match side {
+            Side::Request => {
+                let head = Head { keep: KEEP_REQUEST };
+                let result = self
+                    .requests
+                    .feed(&head, data, total, ts, tid, &mut messages);
+                for m in &messages {
+                    self.on_request(m, out);
+                    if self.failed {
+                        break;
+                    }
+                }
+                result
+            }
+            Side::Response => {
+                let keep = if self.phase == Phase::Greeting {
+                    KEEP_GREETING
+                } else {
+                    KEEP_REPLY
+                };
+                let head = Head { keep };
+                let result = self
+                    .responses
+                    .feed(&head, data, total, ts, tid, &mut messages);
+                for m in &messages {
+                    self.on_response(m, out);
+                    if self.failed {
+                        break;
+                    }
+                }
+                result
+            }
+        };
+        messages.clear();
+        self.messages = messages;
+        if result.is_err() {
+            self.fail();
+        }
+    }
+
+    fn close(&mut self, at: Stamp, out: &mut Vec<ProtoEvent>) {
+        let at = Stamp {
+            offset: self.responses.offset(),
+            ..at
+        };
+        while let Some(command) = self.commands.pop_front() {
+            self.complete(command.open, at, DbOutcome::NoResponse, out);
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.failed
+    }
+
+    fn thread_causality(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests;
