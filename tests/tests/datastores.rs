@@ -173,6 +173,8 @@ fn assert_no_secret(output: &str, what: &str) {
 /// conventions' attributes; pooled connections, concurrent requests, start-up and
 /// authentication exchanges included; and no password, value or literal reaches any output.
 #[test]
+// Every datastore child of a request is checked in one place, protocol after protocol.
+#[allow(clippy::too_many_lines)]
 fn datastore_calls_are_children_of_the_request_that_made_them() {
     let stack = Stack::start();
     let agent = Agent::start_command("run", &["--output", "jsonl"]);
