@@ -410,6 +410,10 @@ fn drive_connection(conn: &mut dyn ConnectionParser, data: &[u8]) -> u64 {
     };
     while let Some(read) = input.read() {
         ts += 1;
+        // As the protocol table does: a parser that failed is fed nothing more, nor closed.
+        if conn.failed() {
+            break;
+        }
         let failed = conn.failed();
         conn.feed(read.side, read.payload, read.total, ts, read.tid, &mut out);
         check(&mut out, failed);
@@ -419,9 +423,10 @@ fn drive_connection(conn: &mut dyn ConnectionParser, data: &[u8]) -> u64 {
         tid: 0,
         offset: 0,
     };
-    let failed = conn.failed();
-    conn.close(at, &mut out);
-    check(&mut out, failed);
+    if !conn.failed() {
+        conn.close(at, &mut out);
+        check(&mut out, false);
+    }
     emitted
 }
 
