@@ -31,6 +31,8 @@ pub enum EventKind {
     Data = 3,
     /// A Go runtime probe fired ([`GoProbeEvent`]).
     GoProbe = 4,
+    /// A Python asyncio task was created ([`PyTaskEvent`]).
+    PyTask = 5,
 }
 
 impl EventKind {
@@ -41,6 +43,7 @@ impl EventKind {
             2 => Some(Self::ConnClose),
             3 => Some(Self::Data),
             4 => Some(Self::GoProbe),
+            5 => Some(Self::PyTask),
             _ => None,
         }
     }
@@ -351,6 +354,19 @@ pub struct GoProbeEvent {
 }
 const _: () = assert!(core::mem::size_of::<GoProbeEvent>() == 32 + 8 + 16);
 
+/// A Python asyncio task was created (`_asyncio.Task.__init__` returned): the task's
+/// `contextvars.Context` (`child`), which is current whenever the task runs, and the context that
+/// was current where it was created (`parent`; 0 when unreadable). Contexts are what
+/// [`DataEvent::task`] carries in Python processes. The header's `fd` is -1 and `conn_id` 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PyTaskEvent {
+    pub header: EventHeader,
+    pub child: u64,
+    pub parent: u64,
+}
+const _: () = assert!(core::mem::size_of::<PyTaskEvent>() == 32 + 16);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all these are #[repr(C)], made only of integers and integer arrays, with every
@@ -364,4 +380,6 @@ mod pod {
     unsafe impl aya::Pod for super::DataEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::GoProbeEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PyTaskEvent {}
 }

@@ -225,6 +225,37 @@ pub const POSTGRES_PROTOCOL_3: u32 = 0x0003_0000;
 pub const POSTGRES_SSL_REQUEST: u32 = 80_877_103;
 pub const POSTGRES_GSSENC_REQUEST: u32 = 80_877_104;
 
+/// Where a Python process keeps what the programs read to name the running asyncio task: the
+/// value of the `PYTHON_PROCESSES` map, by tgid, written by the agent for each Python process it
+/// follows (`agent/src/runtime/python`). The programs find the calling thread's `PyThreadState`
+/// by walking the interpreter's thread list for the thread's id as the process sees it (its pid
+/// namespace's), and read its current `contextvars.Context`. Offsets are the `CPython` release's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PythonProcess {
+    /// Address of `_PyRuntime.interpreters.head` in the process.
+    pub interpreters_head: u64,
+    /// Device and inode of the process's pid namespace (`/proc/<pid>/ns/pid`).
+    pub pidns_dev: u64,
+    pub pidns_ino: u64,
+    /// `PyInterpreterState.threads.head`.
+    pub interpreter_threads: u32,
+    /// `PyThreadState.next`.
+    pub thread_next: u32,
+    /// `PyThreadState.native_thread_id`.
+    pub thread_native_id: u32,
+    /// `PyThreadState.context`.
+    pub thread_context: u32,
+    /// `TaskObj.task_context` in `_asyncio`.
+    pub task_context: u32,
+    pub pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<PythonProcess>() == 24 + 24);
+
+/// Thread states walked per lookup: a thread whose state is further down the list is not named
+/// (its records carry no task).
+pub const PYTHON_MAX_THREADS: u32 = 64;
+
 /// Indices of the `COUNTERS` per-CPU array.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -283,4 +314,6 @@ mod pod {
     unsafe impl aya::Pod for super::ConnKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ConnInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PythonProcess {}
 }

@@ -28,6 +28,7 @@ use crate::{
     maps::{
         CONNS, ENTRY_STAMPS, EVENTS, EntryStamp, SCRATCH, config, count, current_comm, next_conn_id,
     },
+    python,
     regs::{Regs, exit_traced, is_egress, nr},
     socket::{FdKind, classify_fd},
     tls,
@@ -319,7 +320,12 @@ fn data_exit<const STAGE: u8>(
         conn,
         ts_ns,
         moved_ns,
-        task: regs.r14(),
+        // In a followed Python process, the running asyncio task's context; elsewhere R14 (in
+        // Go code, the running goroutine).
+        task: match python::current_context(pid_tgid) {
+            python::NOT_PYTHON => regs.r14(),
+            context => context,
+        },
     };
     let buf = regs.arg1();
     match syscall {

@@ -146,6 +146,8 @@ pub enum RuntimeProbe {
     Go,
     /// The OpenSSL probes: TLS plaintext.
     Tls,
+    /// The Python asyncio probes: task causality in event-loop services.
+    Asyncio,
 }
 
 #[derive(Debug, Args)]
@@ -199,7 +201,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAMES")]
     pub record_query_values: Vec<String>,
     /// Runtime probes to leave off (comma-separated, repeatable): `go` (goroutine causality:
-    /// uprobes on each Go executable), `tls` (TLS plaintext: uprobes on each libssl). Every
+    /// uprobes on each Go executable), `tls` (TLS plaintext: uprobes on each libssl),
+    /// `asyncio` (Python task causality: uprobes on each `_asyncio` module). Every
     /// probe hit traps into the kernel, see BENCHMARKS.md.
     #[arg(long, value_name = "RUNTIMES", value_delimiter = ',')]
     pub no_runtime_probes: Vec<RuntimeProbe>,

@@ -8,7 +8,11 @@
 //! request a call belongs to.
 
 use std::{
-    collections::HashMap, fmt::Write as _, path::PathBuf, process::Command, sync::OnceLock,
+    collections::{HashMap, HashSet},
+    fmt::Write as _,
+    path::PathBuf,
+    process::Command,
+    sync::OnceLock,
     time::Duration,
 };
 
@@ -325,6 +329,11 @@ fn start_hop(
     if hop.kind == (Kind::Aiohttp { uvloop: true }) {
         cmd.env("USE_UVLOOP", "1");
     }
+    if matches!(hop.kind, Kind::Aiohttp { .. } | Kind::Fastapi) {
+        // Calls of a task of the service's own, through the pool the requests use, while
+        // requests are in flight: the task rule must never give them a request as parent.
+        cmd.env("BACKGROUND_MS", "7");
+    }
     if hop.kind == Kind::GoSequential {
         cmd.env("GO_SEQUENTIAL", "1");
     }
@@ -523,8 +532,28 @@ pub fn score(chain: &str, root: &Hop, ids: &[String], spans: &[Value]) -> Score 
         requests: ids.len(),
         ..Score::default()
     };
+    // Span ids of every span found where a scored request's tree expects one.
+    let mut expected_children = HashSet::new();
     for id in ids {
-        score_request(&mut score, root, id, &by_identity);
+        score_request(&mut score, root, id, &by_identity, &mut expected_children);
+    }
+    // A span that is no expected child of a scored span but names one as its parent (a call a
+    // service made of its own accord, adopted by a request) is a wrong link too.
+    for span in spans {
+        let parent = str_of(span, "/parent_span_id");
+        let id = str_of(span, "/span_id");
+        if !parent.is_empty()
+            && expected_children.contains(parent)
+            && !expected_children.contains(id)
+        {
+            score.wrong_links += 1;
+            score.problem(format!(
+                "WRONG parent of a span no request made: {} {} ({})",
+                str_of(span, "/resource/service.name"),
+                path_of(span).unwrap_or_default(),
+                str_of(span, "/attributes/sockspan.parent.evidence")
+            ));
+        }
     }
     score
 }
@@ -535,6 +564,7 @@ fn score_request(
     root: &Hop,
     id: &str,
     by_identity: &HashMap<Expected, Vec<&Value>>,
+    expected_children: &mut HashSet<String>,
 ) {
     let driver = Expected {
         service: "driver",
@@ -563,6 +593,9 @@ fn score_request(
         whole = false;
         score.problem(format!("{id}: no (single) driver span"));
     }
+    if let Some(root_span) = root_span {
+        expected_children.insert(str_of(root_span, "/span_id").to_string());
+    }
     let trace = root_span.map(|s| str_of(s, "/trace_id"));
     for (child, parent) in &edges {
         let Some(c) = find(child) else {
@@ -572,6 +605,7 @@ fn score_request(
             continue;
         };
         score.present_spans += 1;
+        expected_children.insert(str_of(c, "/span_id").to_string());
         let p = find(parent);
         let got = str_of(c, "/parent_span_id");
         if got.is_empty() {

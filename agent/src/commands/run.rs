@@ -98,10 +98,23 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     if !tls_probes {
         tracing::info!("TLS probes off (--no-runtime-probes tls): no spans from TLS connections");
     }
-    let mut sink = sink.with_probes(&mut probes, go_probes, tls_probes);
+    let asyncio_probes = !args
+        .no_runtime_probes
+        .contains(&crate::cli::RuntimeProbe::Asyncio);
+    if !asyncio_probes {
+        tracing::info!(
+            "Python asyncio probes off (--no-runtime-probes asyncio): no task causality"
+        );
+    }
+    let mut sink = sink.with_probes(&mut probes, go_probes, tls_probes, asyncio_probes);
     // After this line, processes running now are traced with their runtime probes too (tests
     // and scripts wait for it before sending traffic).
-    tracing::info!(go = go_probes, tls = tls_probes, "runtime probes attached");
+    tracing::info!(
+        go = go_probes,
+        tls = tls_probes,
+        asyncio = asyncio_probes,
+        "runtime probes attached"
+    );
     let stop = pipeline::stop_signal(args.duration.map(Duration::from_secs));
     let receiver = receiver::run(ring, &mut sink, Duration::from_millis(100), stop)
         .await

@@ -1,9 +1,9 @@
 //! The tracing pipeline's consumer of the event ring: records → conntrack → protocol → trace →
 //! exporter, one event at a time, on the thread that drains the ring.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use agent_common::{ConnEvent, DataEvent, Direction, GoProbe, GoProbeEvent};
+use agent_common::{ConnEvent, DataEvent, Direction, GoProbe, GoProbeEvent, PyTaskEvent};
 
 use crate::{
     clock::monotonic_ns,
@@ -46,6 +46,11 @@ pub struct TraceSink<'a> {
     tls_seen: HashSet<u32>,
     /// Whether the OpenSSL probes are attached (`--no-runtime-probes tls`).
     tls_probes: bool,
+    /// Python processes looked at for the asyncio probes: when last, and whether they are
+    /// followed now.
+    python_seen: HashMap<u32, (u64, bool)>,
+    /// Whether the asyncio probes are attached (`--no-runtime-probes asyncio`).
+    asyncio_probes: bool,
     pub feedback: FeedbackStats,
     events: Vec<ProtoEvent>,
     spans: Vec<SpanData>,
@@ -65,6 +70,8 @@ impl<'a> TraceSink<'a> {
             go_probes: false,
             tls_seen: HashSet::new(),
             tls_probes: false,
+            python_seen: HashMap::new(),
+            asyncio_probes: false,
             feedback: FeedbackStats::default(),
             events: Vec::new(),
             spans: Vec::new(),
@@ -90,6 +97,7 @@ impl<'a> TraceSink<'a> {
         probes: &'a mut Probes,
         go_probes: bool,
         tls_probes: bool,
+        asyncio_probes: bool,
     ) -> Self {
         self.go_probes = go_probes;
         if go_probes {
@@ -102,6 +110,13 @@ impl<'a> TraceSink<'a> {
             watch_tls(&mut self.tls_seen, probes, None);
             for pid in crate::runtime::processes_running() {
                 watch_tls(&mut self.tls_seen, probes, Some(pid));
+            }
+        }
+        self.asyncio_probes = asyncio_probes;
+        if asyncio_probes {
+            for pid in crate::runtime::processes_running() {
+                let process = ProcessInfo::read(pid);
+                watch_python(&mut self.python_seen, &mut self.tracer, probes, &process);
             }
         }
         self.probes = Some(probes);
@@ -172,6 +187,71 @@ fn watch_go(
     }
 }
 
+/// Follows `process` with the asyncio probes if it is a CPython process with asyncio loaded;
+/// the tracer follows its tasks when that worked. A Python process without asyncio yet is looked
+/// at again on a later connection, at most once a second; why one cannot be followed is logged
+/// once. A pid that runs something else now is forgotten.
+fn watch_python(
+    seen: &mut HashMap<u32, (u64, bool)>,
+    tracer: &mut Tracer,
+    probes: &mut Probes,
+    process: &ProcessInfo,
+) {
+    const RETRY_NS: u64 = 1_000_000_000;
+    let pid = process.pid;
+    if !matches!(process.runtime, crate::runtime::Runtime::Python) {
+        if seen.remove(&pid).is_some_and(|(_, followed)| followed) {
+            probes.forget_python(pid);
+            tracer.tasks.untrack(pid);
+        }
+        return;
+    }
+    let now = monotonic_ns();
+    let first = match seen.get(&pid) {
+        Some(&(_, true)) => return,
+        Some(&(at, false)) if now.saturating_sub(at) < RETRY_NS => return,
+        Some(_) => false,
+        None => true,
+    };
+    let result = crate::runtime::python::inspect(pid)
+        .map_err(crate::probes::python::PythonProbeError::from)
+        .and_then(|found| {
+            found.map_or(Ok(None), |interpreter| {
+                probes
+                    .follow_python(pid, &interpreter)
+                    .map(|newly| Some((interpreter, newly)))
+            })
+        });
+    match result {
+        Ok(Some((interpreter, newly))) => {
+            seen.insert(pid, (now, true));
+            tracer.tasks.track(pid);
+            tracing::info!(
+                pid,
+                exe = %process.exe,
+                python = %interpreter.version,
+                module_newly_probed = newly,
+                "Python asyncio probes attached: task causality on"
+            );
+        }
+        Ok(None) | Err(crate::probes::python::PythonProbeError::NoAsyncio) => {
+            seen.insert(pid, (now, false));
+        }
+        Err(err) => {
+            // Not retried: the same interpreter fails the same way.
+            seen.insert(pid, (u64::MAX, false));
+            if first || !matches!(err, crate::probes::python::PythonProbeError::Before(_)) {
+                tracing::warn!(
+                    pid,
+                    exe = %process.exe,
+                    "no asyncio task causality for this Python process: {err}; its client \
+                     calls get parents from the thread rule only"
+                );
+            }
+        }
+    }
+}
+
 /// Attaches the OpenSSL probes to the system's libssl (`pid` `None`), or to the libssl files
 /// process `pid` maps, once per process; each library met is logged once.
 fn watch_tls(seen: &mut HashSet<u32>, probes: &mut Probes, pid: Option<u32>) {
@@ -223,7 +303,7 @@ fn dispatch(tracer: &mut Tracer, events: &mut Vec<ProtoEvent>, conn: &Connection
             }
             ProtoEvent::Exchange(exchange) => {
                 let now = *now.get_or_insert_with(monotonic_ns);
-                tracer.on_exchange(conn, exchange, now);
+                tracer.on_exchange(conn, exchange, now, end.task);
             }
         }
     }
@@ -245,6 +325,16 @@ impl EventSink for TraceSink<'_> {
         {
             watch_tls(&mut self.tls_seen, probes, Some(conn.process.pid));
         }
+        if self.asyncio_probes
+            && let Some(probes) = self.probes.as_deref_mut()
+        {
+            watch_python(
+                &mut self.python_seen,
+                &mut self.tracer,
+                probes,
+                &conn.process,
+            );
+        }
         self.protocols.open(event.header.conn_id);
     }
 
@@ -254,6 +344,12 @@ impl EventSink for TraceSink<'_> {
             self.tracer
                 .on_go_probe(h.pid, probe, event.a, event.b, h.ts_ns);
         }
+    }
+
+    fn on_py_task(&mut self, event: &PyTaskEvent) {
+        let h = &event.header;
+        self.tracer
+            .on_py_task(h.pid, h.tid, event.child, event.parent, h.ts_ns);
     }
 
     fn on_data(&mut self, event: &DataEvent, payload: &[u8]) {

@@ -4,6 +4,7 @@
 pub mod btf;
 pub mod go;
 pub mod offsets;
+pub mod python;
 pub mod tls;
 
 use agent_common::{
@@ -105,6 +106,8 @@ pub struct Probes {
     go: Option<go::GoProbes>,
     /// The OpenSSL probes (capture set only), attached per libssl file met.
     tls: Option<tls::TlsProbes>,
+    /// The Python asyncio probes (capture set only), attached per `_asyncio` module met.
+    python: Option<python::PythonProbes>,
 }
 
 /// `BPF_EXIST` (uapi `bpf.h`): update an existing entry only, so a connection the programs
@@ -258,7 +261,14 @@ impl Probes {
         tracing::debug!(?offsets, "kernel struct offsets from BTF");
         let go = matches!(set, ProgramSet::Capture).then(|| go::GoProbes::load(&mut ebpf));
         let tls = matches!(set, ProgramSet::Capture).then(|| tls::TlsProbes::load(&mut ebpf));
-        Ok(Self { ebpf, go, tls })
+        let python =
+            matches!(set, ProgramSet::Capture).then(|| python::PythonProbes::load(&mut ebpf));
+        Ok(Self {
+            ebpf,
+            go,
+            tls,
+            python,
+        })
     }
 
     /// Attaches the runtime probe program at this agent's own `main`: whether uprobes work here.
@@ -285,6 +295,28 @@ impl Probes {
         match pid {
             None => probes.attach_system(&mut self.ebpf),
             Some(pid) => probes.attach_process(&mut self.ebpf, pid),
+        }
+    }
+
+    /// Follows the CPython process `pid` (see [`python::PythonProbes::follow`]). Returns
+    /// whether its `_asyncio` module's probes were newly attached.
+    pub fn follow_python(
+        &mut self,
+        pid: u32,
+        interpreter: &crate::runtime::python::Interpreter,
+    ) -> Result<bool, python::PythonProbeError> {
+        match &mut self.python {
+            Some(probes) => probes.follow(&mut self.ebpf, pid, interpreter),
+            None => Err(python::PythonProbeError::Unavailable(
+                "not loaded with this program set".into(),
+            )),
+        }
+    }
+
+    /// Stops following the Python process `pid`.
+    pub fn forget_python(&mut self, pid: u32) {
+        if let Some(probes) = &mut self.python {
+            probes.forget(pid);
         }
     }
 

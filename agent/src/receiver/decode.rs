@@ -1,6 +1,6 @@
 //! Turns one ring-buffer record into a typed event without copying the payload.
 
-use agent_common::{ConnEvent, DataEvent, EventHeader, EventKind, GoProbeEvent};
+use agent_common::{ConnEvent, DataEvent, EventHeader, EventKind, GoProbeEvent, PyTaskEvent};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -19,6 +19,7 @@ pub enum Event<'a> {
     Close(ConnEvent),
     Data { event: DataEvent, payload: &'a [u8] },
     GoProbe(GoProbeEvent),
+    PyTask(PyTaskEvent),
 }
 
 /// Reads a `T` from the front of `bytes`.
@@ -50,6 +51,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
             Ok(Event::Data { event, payload })
         }
         Some(EventKind::GoProbe) => Ok(Event::GoProbe(read(record, "Go probe event")?)),
+        Some(EventKind::PyTask) => Ok(Event::PyTask(read(record, "Python task event")?)),
         None => Err(DecodeError::UnknownKind(header.kind)),
     }
 }

@@ -6,7 +6,7 @@ pub mod ring;
 
 use std::{future::Future, os::fd::AsRawFd as _, time::Duration};
 
-use agent_common::{ConnEvent, DataEvent, GoProbeEvent};
+use agent_common::{ConnEvent, DataEvent, GoProbeEvent, PyTaskEvent};
 use tokio::io::unix::AsyncFd;
 
 pub use decode::Event;
@@ -19,6 +19,8 @@ pub trait EventSink {
     fn on_data(&mut self, event: &DataEvent, payload: &[u8]);
     /// A Go runtime probe fired; only sinks that link spans care.
     fn on_go_probe(&mut self, _event: &GoProbeEvent) {}
+    /// A Python asyncio task was created; only sinks that link spans care.
+    fn on_py_task(&mut self, _event: &PyTaskEvent) {}
     /// Called about once per `tick` even when no events arrive.
     fn on_tick(&mut self) {}
 
@@ -29,6 +31,7 @@ pub trait EventSink {
             Event::Close(e) => self.on_close(e),
             Event::Data { event, payload } => self.on_data(event, payload),
             Event::GoProbe(e) => self.on_go_probe(e),
+            Event::PyTask(e) => self.on_py_task(e),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! every runtime) and, later, which runtime probes attach.
 
 pub mod go;
+pub mod python;
 
 /// The Go programs running now, as processes (one per executable file is enough to attach the
 /// runtime probes; all are returned so each is known to be followed). Each executable is parsed
@@ -39,6 +40,9 @@ pub enum Runtime {
     /// A Go program: goroutines move between OS threads, so one thread's consecutive syscalls
     /// may serve different requests. `version` is the toolchain's (`go1.19.8`), when recorded.
     Go { version: Option<String> },
+    /// A CPython interpreter (its executable is named `python3.N`): threads are units of work
+    /// for threaded servers, and asyncio tasks, when its probes are attached, for event loops.
+    Python,
 }
 
 impl Runtime {
@@ -69,11 +73,19 @@ impl Runtime {
         if let Some(found) = key.and_then(|k| known.get(&k)) {
             return found.clone();
         }
-        let runtime = match go::build_info(&file) {
-            Ok(Some(info)) => Self::Go {
-                version: info.version,
-            },
-            Ok(None) | Err(_) => Self::Other,
+        let python_named = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .and_then(|p| p.file_name()?.to_str().map(python::is_interpreter_name))
+            .unwrap_or(false);
+        let runtime = if python_named {
+            Self::Python
+        } else {
+            match go::build_info(&file) {
+                Ok(Some(info)) => Self::Go {
+                    version: info.version,
+                },
+                Ok(None) | Err(_) => Self::Other,
+            }
         };
         if let Some(key) = key {
             if known.len() >= MAX_KNOWN {
@@ -96,6 +108,7 @@ impl Runtime {
     pub fn describe(&self) -> String {
         match self {
             Self::Other => "other".to_string(),
+            Self::Python => "python".to_string(),
             Self::Go { version } => version
                 .clone()
                 .unwrap_or_else(|| "go (version unknown)".into()),

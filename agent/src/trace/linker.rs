@@ -13,6 +13,12 @@
 //!    the proxy rule: a CLIENT request that asks exactly what one SERVER request in flight in the
 //!    same process asks (method and target) forwards it, and is its child. When both rules name
 //!    one parent each and they differ, neither is trusted;
+//!    in Python processes whose asyncio probes are attached, the task rule, for a CLIENT request
+//!    made by a task whose creation was seen (it waits, unsettled, instead of taking the thread
+//!    rule's answer): it is the child of the SERVER request whose response was written by that
+//!    task or a task that created it, directly or not, provided that writer was created after
+//!    the SERVER request began (a task of its own: uvicorn, aiohttp, tornado make one per
+//!    request) and wrote no other response, and the CLIENT request began inside the SERVER one;
 //! 3. both ends on this host: the SERVER span on one end of a TCP connection is the child of the
 //!    CLIENT span on the other end whose request has the same key (its offset in the byte stream
 //!    for HTTP/1, its stream id for HTTP/2);
@@ -39,6 +45,7 @@ use super::{
     propagation::{self, TraceHeaders},
     resource::Resources,
     span::{AttrValue, KeyValue, Resource, SpanData, SpanKind, SpanLink},
+    tasks::Tasks,
 };
 use agent_common::GoProbe;
 
@@ -94,6 +101,10 @@ pub struct TraceStats {
     pub parent_from_thread: u64,
     pub parent_from_proxy: u64,
     pub parent_from_goroutine: u64,
+    pub parent_from_task: u64,
+    /// Task contexts that wrote the responses of two SERVER requests: not one request's task,
+    /// so the task rule names no parent through them.
+    pub task_shared_writers: u64,
     pub parent_from_connection: u64,
     /// Ends of a connection whose request keys matched but whose requests did not (different
     /// method or target): one end missed bytes the other saw (a TLS read in flight when the
@@ -316,6 +327,8 @@ struct OpenSpan {
     datagram: bool,
     /// The exchange was read as TLS plaintext (the library probes), not off the socket.
     tls: bool,
+    /// A CLIENT request's task lineage ([`Tasks::lineage`]) when it waits for the task rule.
+    lineage: Option<Box<[(u64, u64)]>>,
     finished: Option<Done>,
 }
 
@@ -367,6 +380,12 @@ pub struct Tracer {
     goroutine_serving: FastMap<(u32, u64), Serving>,
     /// What the Go runtime probes said.
     pub goroutines: Goroutines,
+    /// What the Python asyncio probes said.
+    pub tasks: Tasks,
+    /// CLIENT spans waiting for the task rule, under each task context of their lineage.
+    task_waiting: FastMap<(u32, u64), Vec<SpanKey>>,
+    /// (pid, context, serial) of a task that wrote a SERVER response → that request's span.
+    task_writers: FastMap<(u32, u64, u64), SpanKey>,
     /// CLIENT spans by their request's mirror key.
     clients: FastMap<MirrorKey, SpanKey>,
     /// SERVER spans still looking for their client (seen first).
@@ -392,6 +411,9 @@ impl Tracer {
             forwardable: FastMap::default(),
             goroutine_serving: FastMap::default(),
             goroutines: Goroutines::default(),
+            tasks: Tasks::default(),
+            task_waiting: FastMap::default(),
+            task_writers: FastMap::default(),
             clients: FastMap::default(),
             waiting_servers: FastMap::default(),
             ready: VecDeque::new(),
@@ -450,15 +472,42 @@ impl Tracer {
             }
         };
         let mut links = Vec::new();
-        let (trace, parent, evidence) = if let Some(ctx) = context {
+        // A request made by a known asyncio task waits for the task rule: the thread it ran on
+        // serves every request of the event loop.
+        let lineage = (context.is_none()
+            && !server
+            && end.thread_causality
+            && !conn.tls
+            && end.task != 0
+            && self.tasks.is_tracked(pid))
+        .then(|| self.tasks.lineage(pid, end.task))
+        .filter(|l| !l.is_empty())
+        .map(Vec::into_boxed_slice);
+        let (mut trace, parent, evidence) = if let Some(ctx) = context {
             self.stats.parent_from_header += 1;
             (TraceRef::new(ctx.trace_id), Some(ctx.span_id), ctx.format)
         } else if server {
             self.server_parent(mirror, key, forward)
         } else {
-            let by_unit = self.unit_candidates(pid, unit, start.ts);
+            let by_unit = if lineage.is_some()
+                || (self.tasks.is_tracked(pid) && self.tasks.is_loop_thread(pid, start.tid))
+            {
+                // An event loop's thread serves every request in flight: one open request on
+                // it is no evidence (a task of the service's own may be calling).
+                (Candidates::None, "task")
+            } else {
+                self.unit_candidates(pid, unit, start.ts)
+            };
             self.client_parent(pid, by_unit, forward, start, &mut links)
         };
+        let lineage = lineage.filter(|_| parent.is_none());
+        if let Some(lineage) = &lineage {
+            // Unsettled, so that it waits for the response that names its parent.
+            trace = TraceRef::unsettled(trace.id());
+            for &(task, _) in lineage {
+                self.task_waiting.entry((pid, task)).or_default().push(key);
+            }
+        }
         if parent.is_none() {
             self.stats.roots += 1;
         }
@@ -490,6 +539,7 @@ impl Tracer {
                 unit,
                 datagram: conn.tuple.sock_type == agent_common::SOCK_DGRAM,
                 tls: conn.tls,
+                lineage,
                 finished: None,
             },
         );
@@ -588,6 +638,9 @@ impl Tracer {
                 continue;
             };
             self.stats.abandoned += 1;
+            if let Some(lineage) = &span.lineage {
+                self.stop_waiting(span.pid, key, lineage);
+            }
             match span.unit {
                 Unit::Thread(tid) if span.kind == SpanKind::Server => {
                     remove_open(&mut self.serving, (span.pid, tid), key);
@@ -765,8 +818,9 @@ impl Tracer {
         }
     }
 
-    /// The exchange whose request was reported earlier is complete.
-    pub fn on_exchange(&mut self, conn: &Connection, exchange: Exchange, now_mono: u64) {
+    /// The exchange whose request was reported earlier is complete; `task` is what the syscall
+    /// that completed it ran in (`DataEvent::task`; 0 when unknown).
+    pub fn on_exchange(&mut self, conn: &Connection, exchange: Exchange, now_mono: u64, task: u64) {
         let key = (conn.conn_id, exchange.key);
         let Some(span) = self.spans.get_mut(&key) else {
             self.stats.orphan_exchanges += 1;
@@ -790,6 +844,12 @@ impl Tracer {
                 remove_open(&mut self.forwardable, (span.pid, span.forward), key);
             }
         }
+        if server && task != 0 && !conn.tls && self.tasks.is_tracked(conn.process.pid) {
+            self.claim_for(key, conn.process.pid, task);
+        }
+        let Some(span) = self.spans.get_mut(&key) else {
+            return;
+        };
         // A span of a settled trace has all the evidence it will get: events reach the agent in
         // the order their syscalls returned, and a client's exchange completes only after its
         // server end read the request. Only traces that may still join another wait.
@@ -798,6 +858,95 @@ impl Tracer {
         } else {
             let ready_at = now_mono + self.config.link_delay.as_nanos() as u64;
             self.ready.push_back((ready_at, key));
+        }
+    }
+
+    /// The task rule: the SERVER span `key`, whose response was written by the task running in
+    /// `writer`, adopts the CLIENT requests made inside it by that task or the tasks it created
+    /// (see the module's doc).
+    fn claim_for(&mut self, key: SpanKey, pid: u32, writer: u64) {
+        /// Writers remembered; cleared past this (a writer then may go unnoticed as shared once).
+        const MAX_WRITERS: usize = 64 * 1024;
+        let Some(creation) = self.tasks.creation(pid, writer) else {
+            return;
+        };
+        let Some(server) = self.spans.get(&key) else {
+            return;
+        };
+        // A task made before the request began may serve others too (a connection's task).
+        if creation.at < server.start_ts {
+            return;
+        }
+        let (start, end) = (
+            server.start_ts,
+            server.finished.as_ref().map_or(u64::MAX, |d| d.end_ts),
+        );
+        let (parent_id, parent_trace) = (server.span_id, server.trace.clone());
+        if self.task_writers.len() >= MAX_WRITERS {
+            self.task_writers.clear();
+        }
+        match self.task_writers.entry((pid, writer, creation.serial)) {
+            Entry::Occupied(mut first) => {
+                if *first.get() != key {
+                    // One task wrote two responses: not a request's own task.
+                    self.stats.task_shared_writers += 1;
+                    *first.get_mut() = key;
+                    return;
+                }
+            }
+            Entry::Vacant(none) => {
+                none.insert(key);
+            }
+        }
+        let Some(waiting) = self.task_waiting.remove(&(pid, writer)) else {
+            return;
+        };
+        let mut kept = Vec::new();
+        for client_key in waiting {
+            let Some(client) = self.spans.get_mut(&client_key) else {
+                continue;
+            };
+            let Some(lineage) = &client.lineage else {
+                continue;
+            };
+            let ours = lineage.contains(&(writer, creation.serial))
+                && client.parent.is_none()
+                && client.start_ts >= start
+                && client.start_ts <= end;
+            if !ours {
+                kept.push(client_key);
+                continue;
+            }
+            client.parent = Some(parent_id);
+            client.evidence = "task";
+            client.lineage = None;
+            client.trace.join(&parent_trace);
+            self.stats.parent_from_task += 1;
+            self.stats.roots = self.stats.roots.saturating_sub(1);
+        }
+        if !kept.is_empty() {
+            self.task_waiting.insert((pid, writer), kept);
+        }
+    }
+
+    /// An asyncio task whose context is `child` was created in `parent` (0: unknown). Requests
+    /// waiting under a context whose address a new task now has can no longer be claimed
+    /// through it.
+    pub fn on_py_task(&mut self, pid: u32, tid: u32, child: u64, parent: u64, ts: u64) {
+        if self.tasks.spawned(pid, tid, child, parent, ts).is_some() {
+            self.task_waiting.remove(&(pid, child));
+        }
+    }
+
+    /// Takes span `key`, which waited for the task rule, off the lists it waited in.
+    fn stop_waiting(&mut self, pid: u32, key: SpanKey, lineage: &[(u64, u64)]) {
+        for &(task, _) in lineage {
+            if let Entry::Occupied(mut list) = self.task_waiting.entry((pid, task)) {
+                list.get_mut().retain(|k| *k != key);
+                if list.get().is_empty() {
+                    list.remove();
+                }
+            }
         }
     }
 
@@ -839,6 +988,9 @@ impl Tracer {
                 {
                     entry.remove();
                 }
+            }
+            if let Some(lineage) = &span.lineage {
+                self.stop_waiting(span.pid, key, lineage);
             }
             let (local, remote) = span.ends();
             let Some(finished) = span.finished else {
@@ -1059,7 +1211,7 @@ mod tests {
             (&server_conn, 10, 13),
             (&client_conn, 5, 14),
         ] {
-            t.on_exchange(c, exchange(get.clone(), stamp(s, 0, 0), end), 0);
+            t.on_exchange(c, exchange(get.clone(), stamp(s, 0, 0), end), 0, 0);
         }
         let spans = drain(&mut t);
         assert_eq!(spans.len(), 3);
@@ -1073,6 +1225,121 @@ mod tests {
         assert_eq!(t.stats.roots, 1);
     }
 
+    /// A request of an asyncio process (pid 5, loop thread 7) made or read in task `task`.
+    fn on_task_req(t: &mut Tracer, conn: &Connection, server: bool, task: u64, start: Stamp) {
+        let end = End {
+            server,
+            thread_causality: true,
+            task,
+        };
+        t.on_request(conn, end, start.offset, 0, None, start);
+    }
+
+    fn finish_in_task(t: &mut Tracer, conn: &Connection, start: Stamp, end_ts: u64, task: u64) {
+        let get = head(b"GET /a HTTP/1.1\r\n\r\n");
+        t.on_exchange(conn, exchange(get, start, end_ts), 0, task);
+    }
+
+    #[test]
+    fn a_request_made_by_a_task_belongs_to_the_request_its_ancestor_answered() {
+        let mut t = tracer();
+        t.tasks.track(5);
+        let (r1, r2) = (
+            conn(1, 5, Role::Server, 80, 5001),
+            conn(2, 5, Role::Server, 80, 5002),
+        );
+        let x = conn(3, 5, Role::Client, 6000, 90);
+        // Two requests in flight on one loop thread, each handled by a task made after it began
+        // (0xa1, 0xa2, by the connections' reader contexts); 0xa1 gathers into 0xc1.
+        on_task_req(&mut t, &r1, true, 0x91, stamp(10, 7, 0));
+        on_task_req(&mut t, &r2, true, 0x92, stamp(11, 7, 0));
+        t.on_py_task(5, 7, 0xa1, 0x91, 12);
+        t.on_py_task(5, 7, 0xa2, 0x92, 13);
+        t.on_py_task(5, 7, 0xc1, 0xa1, 14);
+        on_task_req(&mut t, &x, false, 0xc1, stamp(15, 7, 0));
+        finish_in_task(&mut t, &x, stamp(15, 7, 0), 16, 0xc1);
+        finish_in_task(&mut t, &r2, stamp(11, 7, 0), 17, 0xa2);
+        finish_in_task(&mut t, &r1, stamp(10, 7, 0), 18, 0xa1);
+        let spans = drain(&mut t);
+        let [x, r2, r1] = spans.as_slice() else {
+            panic!("three spans: {spans:#?}")
+        };
+        assert_eq!(x.parent_span_id, Some(r1.span_id));
+        assert_eq!(x.trace_id, r1.trace_id);
+        assert_ne!(x.trace_id, r2.trace_id);
+        assert_eq!(t.stats.parent_from_task, 1);
+        assert!(
+            x.attributes
+                .iter()
+                .any(|kv| kv.key == "sockspan.parent.evidence"
+                    && kv.value == AttrValue::Str("task".into()))
+        );
+    }
+
+    #[test]
+    fn on_a_loop_thread_only_the_task_rule_names_parents() {
+        let mut t = tracer();
+        t.tasks.track(5);
+        let r1 = conn(1, 5, Role::Server, 80, 5001);
+        let (bg, old) = (
+            conn(3, 5, Role::Client, 6000, 90),
+            conn(4, 5, Role::Client, 6001, 90),
+        );
+        // 0xb0: a task made before the agent followed the process (no creation seen); 0xa0: a
+        // task made before the request began (a connection's task, say).
+        t.on_py_task(5, 7, 0xa0, 0x90, 5);
+        on_task_req(&mut t, &r1, true, 0x91, stamp(10, 7, 0));
+        t.on_py_task(5, 7, 0xa1, 0x91, 12);
+        on_task_req(&mut t, &bg, false, 0xb0, stamp(13, 7, 0));
+        on_task_req(&mut t, &old, false, 0xa0, stamp(14, 7, 0));
+        finish_in_task(&mut t, &bg, stamp(13, 7, 0), 15, 0xb0);
+        finish_in_task(&mut t, &old, stamp(14, 7, 0), 15, 0xa0);
+        // Even were the old task the writer, it began before the request: no claim.
+        finish_in_task(&mut t, &r1, stamp(10, 7, 0), 18, 0xa0);
+        let spans = drain(&mut t);
+        assert!(
+            spans.iter().all(|s| s.parent_span_id.is_none()),
+            "one request open on the thread is no evidence: {spans:#?}"
+        );
+    }
+
+    #[test]
+    fn a_task_that_answers_two_requests_names_no_parent_and_reuse_breaks_lineage() {
+        let mut t = tracer();
+        t.tasks.track(5);
+        let (r1, r2) = (
+            conn(1, 5, Role::Server, 80, 5001),
+            conn(2, 5, Role::Server, 80, 5002),
+        );
+        let (x, y) = (
+            conn(3, 5, Role::Client, 6000, 90),
+            conn(4, 5, Role::Client, 6001, 90),
+        );
+        on_task_req(&mut t, &r1, true, 0x91, stamp(10, 7, 0));
+        on_task_req(&mut t, &r2, true, 0x92, stamp(10, 7, 100));
+        t.on_py_task(5, 7, 0xa1, 0x91, 12);
+        on_task_req(&mut t, &x, false, 0xa1, stamp(13, 7, 0));
+        finish_in_task(&mut t, &x, stamp(13, 7, 0), 14, 0xa1);
+        // 0xa1 answers r2, then r1: the first answer looked like the task's own request and
+        // took x (the limit of the rule, documented in docs/causality.md); the second shows the
+        // task is shared, and it names no parent from then on.
+        finish_in_task(&mut t, &r2, stamp(10, 7, 100), 15, 0xa1);
+        finish_in_task(&mut t, &r1, stamp(10, 7, 0), 16, 0xa1);
+        assert_eq!(t.stats.task_shared_writers, 1);
+        // A context whose address a new task took: requests waiting under the old one are not
+        // claimed through the new one.
+        let r3 = conn(5, 5, Role::Server, 80, 5003);
+        on_task_req(&mut t, &r3, true, 0x93, stamp(20, 7, 0));
+        t.on_py_task(5, 7, 0xa3, 0x93, 21);
+        t.on_py_task(5, 7, 0xc3, 0xa3, 22);
+        on_task_req(&mut t, &y, false, 0xc3, stamp(23, 7, 0));
+        finish_in_task(&mut t, &y, stamp(23, 7, 0), 24, 0xc3);
+        t.on_py_task(5, 7, 0xa3, 0x99, 25);
+        finish_in_task(&mut t, &r3, stamp(20, 7, 0), 26, 0xa3);
+        let _ = drain(&mut t);
+        assert_eq!(t.stats.parent_from_task, 1, "x only, by r2's claim; y none");
+    }
+
     #[test]
     fn requests_of_an_abandoned_connection_are_nobodys_parent() {
         let mut t = tracer();
@@ -1083,7 +1350,7 @@ mod tests {
         // The connection was evicted with its request open: it will never finish.
         t.abandon_connections(&[1]);
         on_req(&mut t, &out, false, None, stamp(12, 7, 0));
-        t.on_exchange(&out, exchange(get, stamp(12, 7, 0), 13), 0);
+        t.on_exchange(&out, exchange(get, stamp(12, 7, 0), 13), 0, 0);
         let spans = drain(&mut t);
         assert_eq!(spans.len(), 1);
         assert_eq!(spans[0].parent_span_id, None);
@@ -1119,7 +1386,7 @@ mod tests {
             get.headers.trace.as_deref(),
             stamp(12, 7, 0),
         );
-        t.on_exchange(&out, exchange(get.clone(), stamp(12, 7, 0), 13), 0);
+        t.on_exchange(&out, exchange(get.clone(), stamp(12, 7, 0), 13), 0, 0);
         let spans = drain(&mut t);
         assert_eq!(spans.len(), 1);
         assert_eq!(spans[0].parent_span_id, None);
@@ -1141,7 +1408,7 @@ mod tests {
 
     fn finish(t: &mut Tracer, conn: &Connection, start: Stamp, end_ts: u64) {
         let get = head(b"GET /x HTTP/1.1\r\n\r\n");
-        t.on_exchange(conn, exchange(get, start, end_ts), 0);
+        t.on_exchange(conn, exchange(get, start, end_ts), 0, 0);
     }
 
     #[test]
@@ -1266,7 +1533,7 @@ mod tests {
             with.headers.trace.as_deref(),
             stamp(10, 7, 0),
         );
-        t.on_exchange(&c, exchange(with, stamp(10, 7, 0), 11), 0);
+        t.on_exchange(&c, exchange(with, stamp(10, 7, 0), 11), 0, 0);
         on_req(
             &mut t,
             &c,
@@ -1274,7 +1541,7 @@ mod tests {
             without.headers.trace.as_deref(),
             stamp(12, 7, 100),
         );
-        t.on_exchange(&c, exchange(without, stamp(12, 7, 100), 13), 0);
+        t.on_exchange(&c, exchange(without, stamp(12, 7, 100), 13), 0, 0);
         let spans = drain(&mut t);
         assert_eq!(
             super::super::ids::HexId::new(&spans[0].trace_id).as_str(),
@@ -1307,7 +1574,7 @@ mod tests {
             get.headers.trace.as_deref(),
             stamp(10, 7, 0),
         );
-        t.on_exchange(&s, exchange(get.clone(), stamp(10, 7, 0), 11), 1_000);
+        t.on_exchange(&s, exchange(get.clone(), stamp(10, 7, 0), 11), 1_000, 0);
         // A client with no parent starts a trace nothing can move: it goes at once.
         let c = conn(3, 4, Role::Client, 6000, 81);
         on_req(
@@ -1317,7 +1584,7 @@ mod tests {
             get.headers.trace.as_deref(),
             stamp(12, 9, 0),
         );
-        t.on_exchange(&c, exchange(get, stamp(12, 9, 0), 13), 1_000);
+        t.on_exchange(&c, exchange(get, stamp(12, 9, 0), 13), 1_000, 0);
         let mut out = Vec::new();
         let _ = t.poll(1_000, false, &mut out, usize::MAX);
         assert_eq!(out.len(), 1);

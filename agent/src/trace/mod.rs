@@ -8,6 +8,7 @@ pub mod propagation;
 pub mod resource;
 pub mod route;
 pub mod span;
+pub mod tasks;
 
 pub use linker::{End, TraceConfig, Tracer};
 pub use span::SpanData;

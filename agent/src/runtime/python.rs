@@ -1,0 +1,371 @@
+//! CPython processes: where a process keeps the interpreter's state (`_PyRuntime`), which
+//! release it runs, the struct offsets of that release, and where `_asyncio.Task.__init__` is in
+//! the process's `_asyncio` extension module. All of it is what the asyncio probes
+//! (`agent-ebpf/src/python.rs`, `probes::python`) need to name the running task.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+};
+
+use agent_common::PythonProcess;
+use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PythonError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{path} is not an ELF file sockspan can read: {reason}")]
+    Elf { path: String, reason: String },
+    #[error(
+        "CPython {0} is not one whose layout was checked (3.11, 3.12 and 3.13 are); its asyncio tasks are not followed"
+    )]
+    Version(String),
+    #[error(
+        "`_asyncio.Task.__init__` was not found in {0} (neither its symbol nor the type's slot)"
+    )]
+    NoTaskInit(String),
+}
+
+/// What the probes read in one CPython release: offsets in `_PyRuntimeState`,
+/// `PyInterpreterState`, `PyThreadState` and `_asyncio`'s `TaskObj`, and of `tp_init` in
+/// `PyTypeObject` (to find `Task.__init__` in a stripped module). Measured on each release with
+/// `tests/fixtures/python_layout.py`, which reads a live interpreter's own memory; the test
+/// `python_layouts_match_the_interpreters_here` checks the table against every CPython on the
+/// machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub runtime_interpreters_head: u32,
+    pub interpreter_threads_head: u32,
+    pub thread_next: u32,
+    pub thread_native_id: u32,
+    pub thread_context: u32,
+    pub task_context: u32,
+    pub type_tp_init: u32,
+}
+
+/// The layout of CPython `major.minor`, for the releases that were checked. Before 3.11 a thread
+/// state has no `native_thread_id` (only the `pthread_t`), which the programs cannot compare
+/// with the kernel's thread id.
+#[must_use]
+pub fn layout(major: u32, minor: u32) -> Option<Layout> {
+    match (major, minor) {
+        (3, 11) => Some(Layout {
+            runtime_interpreters_head: 40,
+            interpreter_threads_head: 16,
+            thread_next: 8,
+            thread_native_id: 160,
+            thread_context: 224,
+            task_context: 152,
+            type_tp_init: 296,
+        }),
+        (3, 12) => Some(Layout {
+            runtime_interpreters_head: 40,
+            interpreter_threads_head: 72,
+            thread_next: 8,
+            thread_native_id: 144,
+            thread_context: 208,
+            task_context: 152,
+            type_tp_init: 296,
+        }),
+        // `_PyRuntime` starts with `_Py_DebugOffsets` from 3.13 on, and the interpreter with
+        // its `_ceval_state`.
+        (3, 13) => Some(Layout {
+            runtime_interpreters_head: 632,
+            interpreter_threads_head: 7344,
+            thread_next: 8,
+            thread_native_id: 160,
+            thread_context: 208,
+            task_context: 136,
+            type_tp_init: 296,
+        }),
+        _ => None,
+    }
+}
+
+/// A CPython process as the probes need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interpreter {
+    /// `3.11.7`, from the file names and, where present, `Py_Version`.
+    pub version: String,
+    pub layout: Layout,
+    /// Address of `_PyRuntime` in the process.
+    pub runtime_address: u64,
+    /// The `_asyncio` module the process has loaded, if it has: its path as the process sees
+    /// it, and the file offset of `Task.__init__` in it.
+    pub asyncio: Option<(PathBuf, u64)>,
+}
+
+impl Interpreter {
+    /// The map value the programs read for this process; `pidns` is the process's pid namespace
+    /// (device, inode).
+    #[must_use]
+    pub fn process_entry(&self, pidns: (u64, u64)) -> PythonProcess {
+        let l = self.layout;
+        PythonProcess {
+            interpreters_head: self.runtime_address + u64::from(l.runtime_interpreters_head),
+            pidns_dev: pidns.0,
+            pidns_ino: pidns.1,
+            interpreter_threads: l.interpreter_threads_head,
+            thread_next: l.thread_next,
+            thread_native_id: l.thread_native_id,
+            thread_context: l.thread_context,
+            task_context: l.task_context,
+            pad: 0,
+        }
+    }
+}
+
+/// One file mapped by a process: its path (as the process sees it) and the address its first
+/// byte is mapped at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Mapped {
+    path: PathBuf,
+    base: u64,
+}
+
+/// The `(major, minor)` of a `python3.11` executable or `libpython3.11.so.1.0` file name.
+fn version_in_name(name: &str) -> Option<(u32, u32)> {
+    let rest = name
+        .strip_prefix("libpython")
+        .or_else(|| name.strip_prefix("python"))?;
+    let mut parts = rest.splitn(2, '.');
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor_digits: String = parts
+        .next()?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    Some((major, minor_digits.parse().ok()?))
+}
+
+/// Whether an executable's file name is a CPython interpreter's (`python3.11`, `python3.13t`).
+#[must_use]
+pub fn is_interpreter_name(name: &str) -> bool {
+    name.starts_with("python") && version_in_name(name).is_some()
+}
+
+/// Reads `/proc/<pid>/maps`: the files mapped at offset 0 (their load base), in order.
+fn mapped_files(pid: u32) -> Result<Vec<Mapped>, PythonError> {
+    let path = format!("/proc/{pid}/maps");
+    let file = std::fs::File::open(&path).map_err(|e| PythonError::Read {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut found: Vec<Mapped> = Vec::new();
+    for line in BufReader::new(file).lines().map_while(Result::ok) {
+        // address perms offset dev inode path
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(_), Some(offset), Some(_), Some(_), Some(file)) = (
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+        ) else {
+            continue;
+        };
+        if !file.starts_with('/') || u64::from_str_radix(offset, 16) != Ok(0) {
+            continue;
+        }
+        let Some(base) = range
+            .split('-')
+            .next()
+            .and_then(|s| u64::from_str_radix(s, 16).ok())
+        else {
+            continue;
+        };
+        let path = PathBuf::from(file);
+        if !found.iter().any(|m| m.path == path) {
+            found.push(Mapped { path, base });
+        }
+    }
+    Ok(found)
+}
+
+/// `path` of process `pid`, reached through its root (containers).
+fn through_root(pid: u32, path: &Path) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path))
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, PythonError> {
+    std::fs::read(path).map_err(|e| PythonError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn parse<'a>(data: &'a [u8], path: &Path) -> Result<object::File<'a>, PythonError> {
+    object::File::parse(data).map_err(|e| PythonError::Elf {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// The lowest virtual address of a loadable segment: what the mapping at file offset 0 holds.
+fn first_load_address(elf: &object::File<'_>) -> u64 {
+    elf.segments()
+        .map(|s| s.address() & !0xfff)
+        .min()
+        .unwrap_or(0)
+}
+
+/// The address of the symbol `name` (dynamic or not) in `elf`.
+fn symbol_address(elf: &object::File<'_>, name: &str) -> Option<u64> {
+    elf.dynamic_symbols()
+        .chain(elf.symbols())
+        .find(|s| s.name() == Ok(name) && s.address() != 0)
+        .map(|s| s.address())
+}
+
+/// The file offset of virtual address `address`, from the loadable segment holding it.
+fn file_offset(elf: &object::File<'_>, address: u64) -> Option<u64> {
+    elf.segments().find_map(|s| {
+        let (offset, size) = s.file_range();
+        let start = s.address();
+        (address >= start && address < start + size).then(|| address - start + offset)
+    })
+}
+
+/// Inspects process `pid`: `None` when it is not CPython. An interpreter whose release was not
+/// checked is an error that says so.
+pub fn inspect(pid: u32) -> Result<Option<Interpreter>, PythonError> {
+    let maps = mapped_files(pid)?;
+    // The interpreter's state is in libpython when the executable links it, else in the
+    // executable (Debian's, statically linked).
+    let candidates = maps.iter().filter(|m| {
+        m.path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(version_in_name)
+            .is_some()
+    });
+    let mut found = None;
+    for mapped in candidates {
+        let file = through_root(pid, &mapped.path);
+        let data = read_file(&file)?;
+        let elf = parse(&data, &file)?;
+        if let Some(address) = symbol_address(&elf, "_PyRuntime") {
+            let name = mapped
+                .path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let (major, minor) = version_in_name(name).unwrap_or_default();
+            let version = py_version(&elf, &data).unwrap_or_else(|| format!("{major}.{minor}"));
+            let runtime_address = mapped.base + address - first_load_address(&elf);
+            found = Some((major, minor, version, runtime_address));
+            break;
+        }
+    }
+    let Some((major, minor, version, runtime_address)) = found else {
+        return Ok(None);
+    };
+    let layout = layout(major, minor).ok_or_else(|| PythonError::Version(version.clone()))?;
+    let asyncio = match maps.iter().find(|m| {
+        m.path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| {
+                n.starts_with("_asyncio.")
+                    && Path::new(n)
+                        .extension()
+                        .is_some_and(|e| e.eq_ignore_ascii_case("so"))
+            })
+    }) {
+        Some(module) => {
+            let file = through_root(pid, &module.path);
+            let data = read_file(&file)?;
+            let offset = task_init_offset(&data, &layout)
+                .ok_or_else(|| PythonError::NoTaskInit(module.path.display().to_string()))?;
+            Some((module.path.clone(), offset))
+        }
+        None => None,
+    };
+    Ok(Some(Interpreter {
+        version,
+        layout,
+        runtime_address,
+        asyncio,
+    }))
+}
+
+/// `Py_Version` (3.11+: `PY_VERSION_HEX`) as `3.11.7`.
+fn py_version(elf: &object::File<'_>, data: &[u8]) -> Option<String> {
+    let address = symbol_address(elf, "Py_Version")?;
+    let offset = usize::try_from(file_offset(elf, address)?).ok()?;
+    let bytes: [u8; 4] = data.get(offset..offset + 4)?.try_into().ok()?;
+    let hex = u32::from_le_bytes(bytes);
+    Some(format!(
+        "{}.{}.{}",
+        hex >> 24,
+        (hex >> 16) & 0xff,
+        (hex >> 8) & 0xff
+    ))
+}
+
+/// The file offset of `_asyncio.Task.__init__` in the `_asyncio` module's bytes: from its
+/// symbol when the module keeps `.symtab`, else from the `tp_init` slot of the static type
+/// object whose `tp_name` is `"_asyncio.Task"` (both are pointers the dynamic loader fills from
+/// `R_X86_64_RELATIVE` relocations in a stripped module: `tp_name` at 24, `tp_init` at the
+/// release's offset).
+#[must_use]
+pub fn task_init_offset(data: &[u8], layout: &Layout) -> Option<u64> {
+    let elf = object::File::parse(data).ok()?;
+    if let Some(symbol) = elf
+        .symbols()
+        .find(|s| s.name() == Ok("_asyncio_Task___init__") && s.address() != 0)
+    {
+        return file_offset(&elf, symbol.address());
+    }
+    // The type's name, NUL-terminated, in a read-only section.
+    let name = b"_asyncio.Task\0";
+    let name_address = elf
+        .sections()
+        .filter(|s| s.name().is_ok_and(|n| n.starts_with(".rodata")))
+        .find_map(|s| {
+            let bytes = s.data().ok()?;
+            let at = bytes.windows(name.len()).position(|w| w == name)?;
+            Some(s.address() + at as u64)
+        })?;
+    let relocations: Vec<(u64, u64)> = elf
+        .dynamic_relocations()?
+        .filter_map(|(at, r)| match r.target() {
+            object::RelocationTarget::Absolute => Some((at, r.addend() as u64)),
+            _ => None,
+        })
+        .collect();
+    let type_object = relocations
+        .iter()
+        .find(|&&(_, value)| value == name_address)
+        .map(|&(at, _)| at - 24)?;
+    let init_slot = type_object + u64::from(layout.type_tp_init);
+    let init = relocations
+        .iter()
+        .find(|&&(at, _)| at == init_slot)
+        .map(|&(_, value)| value)?;
+    file_offset(&elf, init)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_come_from_interpreter_file_names() {
+        assert_eq!(version_in_name("python3.11"), Some((3, 11)));
+        assert_eq!(version_in_name("libpython3.12.so.1.0"), Some((3, 12)));
+        assert_eq!(version_in_name("libpython3.13t.so.1.0"), Some((3, 13)));
+        assert_eq!(version_in_name("python3"), None);
+        assert_eq!(version_in_name("pythonista"), None);
+        assert_eq!(version_in_name("libc.so.6"), None);
+    }
+
+    #[test]
+    fn only_checked_releases_have_a_layout() {
+        assert!(layout(3, 11).is_some());
+        assert_eq!(layout(3, 10), None, "no native_thread_id before 3.11");
+        assert_eq!(layout(3, 14), None, "not checked yet");
+    }
+}
