@@ -163,7 +163,8 @@ impl ProcessCache {
                 pid,
                 comm = %info.comm,
                 runtime = %info.runtime.describe(),
-                "a Go program: same-thread causality is off for it (goroutines change threads)"
+                "{}",
+                info.runtime.why_threads_are_not_tasks()
             );
         }
         info

@@ -20,6 +20,12 @@ use serde_json::{Value, json};
 
 use crate::{Nginx, Proc, Talking, fixture, free_port, run_ok};
 
+/// Debian's CPython (`apt install python3`).
+pub const DEBIAN_PYTHON: &str = "/usr/bin/python3.11";
+/// Other CPython releases, where the machine has them (pyenv builds).
+pub const PYTHON_3_12: &str = "/root/.pyenv/versions/3.12.1/bin/python3.12";
+pub const PYTHON_3_13: &str = "/root/.pyenv/versions/3.13.0/bin/python3.13";
+
 /// How a service of a chain is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -34,6 +40,9 @@ pub enum Kind {
     Aiohttp { uvloop: bool },
     /// uvicorn (uvloop, httptools) + `FastAPI` + `httpx.AsyncClient`.
     Fastapi,
+    /// The standard library's asyncio streams (a task per connection, its requests one after
+    /// the other), under the interpreter at `python` (`python3`: the one on `PATH`).
+    Asyncio { python: &'static str },
     /// Node.js `http` server and keep-alive `http.Agent`, `Promise.all`.
     Node,
     /// Go `net/http` server and `http.Client`, a goroutine per call.
@@ -96,6 +105,17 @@ pub fn chain_named(name: &str) -> Hop {
         "aiohttp" => two_leaves(Kind::Aiohttp { uvloop: false }),
         "aiohttp-uvloop" => two_leaves(Kind::Aiohttp { uvloop: true }),
         "fastapi" => two_leaves(Kind::Fastapi),
+        "asyncio" => two_leaves(Kind::Asyncio { python: "python3" }),
+        // Debian's own interpreter: statically linked, its `_asyncio` module stripped.
+        "asyncio-debian" => two_leaves(Kind::Asyncio {
+            python: DEBIAN_PYTHON,
+        }),
+        "asyncio-3.12" => two_leaves(Kind::Asyncio {
+            python: PYTHON_3_12,
+        }),
+        "asyncio-3.13" => two_leaves(Kind::Asyncio {
+            python: PYTHON_3_13,
+        }),
         "node" => two_leaves(Kind::Node),
         "go" => two_leaves(Kind::Go),
         // An HTTP front calling a gRPC model server: the caller → gRPC client link.
@@ -152,12 +172,14 @@ pub fn chain_named(name: &str) -> Hop {
 }
 
 /// Every chain [`chain_named`] knows, in table order.
-pub const CHAINS: [&str; 14] = [
+pub const CHAINS: [&str; 16] = [
     "threaded",
     "nginx",
     "aiohttp",
     "aiohttp-uvloop",
     "fastapi",
+    "asyncio",
+    "asyncio-debian",
     "node",
     "go",
     "go-sequential",
@@ -313,6 +335,11 @@ fn start_hop(
         Kind::Grpc => python("grpc_chain.py"),
         Kind::Aiohttp { .. } => python("aiohttp_service.py"),
         Kind::Fastapi => python("fastapi_service.py"),
+        Kind::Asyncio { python } => {
+            let mut cmd = Command::new(python);
+            cmd.arg(fixture("chains/asyncio_service.py"));
+            cmd
+        }
         Kind::Node => {
             let mut cmd = Command::new("node");
             cmd.arg(fixture("chains/node_service.js"));
@@ -329,7 +356,10 @@ fn start_hop(
     if hop.kind == (Kind::Aiohttp { uvloop: true }) {
         cmd.env("USE_UVLOOP", "1");
     }
-    if matches!(hop.kind, Kind::Aiohttp { .. } | Kind::Fastapi) {
+    if matches!(
+        hop.kind,
+        Kind::Aiohttp { .. } | Kind::Fastapi | Kind::Asyncio { .. } | Kind::Node
+    ) {
         // Calls of a task of the service's own, through the pool the requests use, while
         // requests are in flight: the task rule must never give them a request as parent.
         cmd.env("BACKGROUND_MS", "7");

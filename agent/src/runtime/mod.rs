@@ -12,7 +12,7 @@ pub mod python;
 pub fn go_programs_running() -> Vec<crate::process::ProcessInfo> {
     processes_running()
         .into_iter()
-        .filter(|&pid| !Runtime::of_process(pid).threads_are_tasks())
+        .filter(|&pid| matches!(Runtime::of_process(pid), Runtime::Go { .. }))
         .map(crate::process::ProcessInfo::read)
         .collect()
 }
@@ -43,6 +43,9 @@ pub enum Runtime {
     /// A CPython interpreter (its executable is named `python3.N`): threads are units of work
     /// for threaded servers, and asyncio tasks, when its probes are attached, for event loops.
     Python,
+    /// Node.js (its executable is named `node` or `nodejs`): one thread runs every callback of
+    /// the event loop, timers and other work of its own included, so no request owns it.
+    Node,
 }
 
 impl Runtime {
@@ -73,12 +76,14 @@ impl Runtime {
         if let Some(found) = key.and_then(|k| known.get(&k)) {
             return found.clone();
         }
-        let python_named = std::fs::read_link(format!("/proc/{pid}/exe"))
+        let exe_name = std::fs::read_link(format!("/proc/{pid}/exe"))
             .ok()
-            .and_then(|p| p.file_name()?.to_str().map(python::is_interpreter_name))
-            .unwrap_or(false);
-        let runtime = if python_named {
+            .and_then(|p| Some(p.file_name()?.to_str()?.to_string()))
+            .unwrap_or_default();
+        let runtime = if python::is_interpreter_name(&exe_name) {
             Self::Python
+        } else if exe_name == "node" || exe_name == "nodejs" {
+            Self::Node
         } else {
             match go::build_info(&file) {
                 Ok(Some(info)) => Self::Go {
@@ -97,10 +102,25 @@ impl Runtime {
     }
 
     /// Whether a thread's syscalls belong to the work it is doing, so that same-thread rules
-    /// hold: not in Go, where the running goroutine, not the thread, carries a request.
+    /// hold: not in Go, where the running goroutine, not the thread, carries a request, nor in
+    /// Node.js, whose one thread runs every callback.
     #[must_use]
     pub fn threads_are_tasks(&self) -> bool {
-        !matches!(self, Self::Go { .. })
+        !matches!(self, Self::Go { .. } | Self::Node)
+    }
+
+    /// Why same-thread causality is off for this runtime, for the log.
+    #[must_use]
+    pub fn why_threads_are_not_tasks(&self) -> &'static str {
+        match self {
+            Self::Go { .. } => {
+                "a Go program: same-thread causality is off for it (goroutines change threads)"
+            }
+            Self::Node => {
+                "a Node.js program: same-thread causality is off for it (one thread runs every callback, timers included)"
+            }
+            Self::Other | Self::Python => "",
+        }
     }
 
     /// A short name for logs and `sockspan check`.
@@ -109,6 +129,7 @@ impl Runtime {
         match self {
             Self::Other => "other".to_string(),
             Self::Python => "python".to_string(),
+            Self::Node => "node".to_string(),
             Self::Go { version } => version
                 .clone()
                 .unwrap_or_else(|| "go (version unknown)".into()),

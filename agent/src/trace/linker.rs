@@ -102,6 +102,11 @@ pub struct TraceStats {
     pub parent_from_proxy: u64,
     pub parent_from_goroutine: u64,
     pub parent_from_task: u64,
+    /// Threads found serving two requests at once (event loops): the thread rule names no
+    /// parent on them from then on.
+    pub event_loop_threads: u64,
+    /// Event-loop threads not remembered, the table being full.
+    pub event_loops_unremembered: u64,
     /// Task contexts that wrote the responses of two SERVER requests: not one request's task,
     /// so the task rule names no parent through them.
     pub task_shared_writers: u64,
@@ -270,6 +275,18 @@ enum Unit {
     Goroutine(u64),
 }
 
+/// The responses one task wrote, as far as the task rule needs them.
+#[derive(Debug, Clone, Copy)]
+struct TaskWriter {
+    /// The connection of its responses.
+    conn_id: u64,
+    /// When its last response ended.
+    last_end: u64,
+    /// It answered on two connections, or two requests at once: it is no one request's (nor
+    /// one connection's) task, and names no parent.
+    shared: bool,
+}
+
 /// Open SERVER spans a rule may pick a parent from.
 enum Candidates {
     None,
@@ -374,6 +391,10 @@ pub struct Tracer {
     spans: FastMap<SpanKey, OpenSpan>,
     /// Open SERVER spans per (pid, tid) that read their request.
     serving: FastMap<(u32, u32), Serving>,
+    /// (pid, tid) of threads seen serving two requests at once: event loops, where one open
+    /// request is no evidence that a write is its (a timer or a task of the service's own may be
+    /// writing). The thread rule gives links there, never a parent.
+    event_loop_threads: std::collections::HashSet<(u32, u32), foldhash::fast::RandomState>,
     /// Open SERVER spans per (pid, what the request asks), for the proxy rule.
     forwardable: FastMap<(u32, u64), Serving>,
     /// Open SERVER spans per (pid, goroutine) in tracked Go programs.
@@ -384,8 +405,8 @@ pub struct Tracer {
     pub tasks: Tasks,
     /// CLIENT spans waiting for the task rule, under each task context of their lineage.
     task_waiting: FastMap<(u32, u64), Vec<SpanKey>>,
-    /// (pid, context, serial) of a task that wrote a SERVER response → that request's span.
-    task_writers: FastMap<(u32, u64, u64), SpanKey>,
+    /// What each task (pid, context, serial) that wrote a SERVER response wrote.
+    task_writers: FastMap<(u32, u64, u64), TaskWriter>,
     /// CLIENT spans by their request's mirror key.
     clients: FastMap<MirrorKey, SpanKey>,
     /// SERVER spans still looking for their client (seen first).
@@ -409,6 +430,7 @@ impl Tracer {
             spans: FastMap::default(),
             serving: FastMap::default(),
             forwardable: FastMap::default(),
+            event_loop_threads: std::collections::HashSet::default(),
             goroutine_serving: FastMap::default(),
             goroutines: Goroutines::default(),
             tasks: Tasks::default(),
@@ -566,6 +588,13 @@ impl Tracer {
     /// The candidates of the rule by unit of work for a CLIENT request, and the rule's name.
     fn unit_candidates(&mut self, pid: u32, unit: Unit, ts: u64) -> (Candidates, &'static str) {
         match unit {
+            Unit::Thread(tid) if self.event_loop_threads.contains(&(pid, tid)) => {
+                let found = match self.candidates(self.serving.get(&(pid, tid)), ts) {
+                    Candidates::One(key) => Candidates::Several(vec![key]),
+                    other => other,
+                };
+                (found, "event-loop thread")
+            }
             Unit::Thread(tid) => (self.candidates(self.serving.get(&(pid, tid)), ts), "thread"),
             Unit::Goroutine(g) => (self.goroutine_candidates(pid, g, ts), "goroutine"),
             Unit::None => (Candidates::None, "thread"),
@@ -574,8 +603,22 @@ impl Tracer {
 
     /// Makes an open SERVER span findable by the rules that look for one.
     fn register_server(&mut self, pid: u32, unit: Unit, forward: u64, key: SpanKey) {
+        /// Threads remembered as event loops; past this, new ones are not (counted).
+        const MAX_EVENT_LOOPS: usize = 64 * 1024;
         match unit {
-            Unit::Thread(tid) => add_open(&mut self.serving, (pid, tid), key),
+            Unit::Thread(tid) => {
+                if self.serving.contains_key(&(pid, tid))
+                    && !self.event_loop_threads.contains(&(pid, tid))
+                {
+                    if self.event_loop_threads.len() < MAX_EVENT_LOOPS {
+                        self.event_loop_threads.insert((pid, tid));
+                        self.stats.event_loop_threads += 1;
+                    } else {
+                        self.stats.event_loops_unremembered += 1;
+                    }
+                }
+                add_open(&mut self.serving, (pid, tid), key);
+            }
             Unit::Goroutine(g) => add_open(&mut self.goroutine_serving, (pid, g), key),
             Unit::None => {}
         }
@@ -727,10 +770,10 @@ impl Tracer {
         for (candidates, reason) in [
             (
                 by_thread,
-                if unit == "goroutine" {
-                    "same goroutine serves several requests"
-                } else {
-                    "same thread serves several requests"
+                match unit {
+                    "goroutine" => "same goroutine serves several requests",
+                    "event-loop thread" => "an event-loop thread serves every request in flight",
+                    _ => "same thread serves several requests",
                 },
             ),
             (by_proxy, "several requests in flight ask the same"),
@@ -845,7 +888,7 @@ impl Tracer {
             }
         }
         if server && task != 0 && !conn.tls && self.tasks.is_tracked(conn.process.pid) {
-            self.claim_for(key, conn.process.pid, task);
+            self.claim_for(key, conn, task);
         }
         let Some(span) = self.spans.get_mut(&key) else {
             return;
@@ -861,41 +904,55 @@ impl Tracer {
         }
     }
 
-    /// The task rule: the SERVER span `key`, whose response was written by the task running in
-    /// `writer`, adopts the CLIENT requests made inside it by that task or the tasks it created
-    /// (see the module's doc).
-    fn claim_for(&mut self, key: SpanKey, pid: u32, writer: u64) {
-        /// Writers remembered; cleared past this (a writer then may go unnoticed as shared once).
+    /// The task rule: the SERVER span `key` on `conn`, whose response was written by the task
+    /// running in `writer`, adopts the CLIENT requests made inside it by that task or the tasks
+    /// it created (see the module's doc). The writer must be the request's own task (made after
+    /// the request began: uvicorn, aiohttp) or its connection's (made after the connection
+    /// opened, answering nothing but that connection's requests, one after the other: asyncio
+    /// streams, Sanic); a task that answers on two connections, or two requests at once, is
+    /// shared from then on and names no parent.
+    fn claim_for(&mut self, key: SpanKey, conn: &Connection, writer: u64) {
+        /// Writers remembered; cleared past this (a shared one may then go unnoticed once).
         const MAX_WRITERS: usize = 64 * 1024;
+        let pid = conn.process.pid;
         let Some(creation) = self.tasks.creation(pid, writer) else {
             return;
         };
         let Some(server) = self.spans.get(&key) else {
             return;
         };
-        // A task made before the request began may serve others too (a connection's task).
-        if creation.at < server.start_ts {
-            return;
-        }
         let (start, end) = (
             server.start_ts,
             server.finished.as_ref().map_or(u64::MAX, |d| d.end_ts),
         );
+        // Made before the connection opened: a task of the service's own (a batcher, the main
+        // task), whatever it answers.
+        if creation.at < start && creation.at < conn.opened_ns {
+            return;
+        }
         let (parent_id, parent_trace) = (server.span_id, server.trace.clone());
         if self.task_writers.len() >= MAX_WRITERS {
             self.task_writers.clear();
         }
         match self.task_writers.entry((pid, writer, creation.serial)) {
-            Entry::Occupied(mut first) => {
-                if *first.get() != key {
-                    // One task wrote two responses: not a request's own task.
-                    self.stats.task_shared_writers += 1;
-                    *first.get_mut() = key;
+            Entry::Occupied(mut known) => {
+                let known = known.get_mut();
+                if known.shared {
                     return;
                 }
+                if known.conn_id != conn.conn_id || known.last_end > start {
+                    known.shared = true;
+                    self.stats.task_shared_writers += 1;
+                    return;
+                }
+                known.last_end = end;
             }
             Entry::Vacant(none) => {
-                none.insert(key);
+                none.insert(TaskWriter {
+                    conn_id: conn.conn_id,
+                    last_end: end,
+                    shared: false,
+                });
             }
         }
         let Some(waiting) = self.task_waiting.remove(&(pid, writer)) else {
@@ -1280,13 +1337,14 @@ mod tests {
     fn on_a_loop_thread_only_the_task_rule_names_parents() {
         let mut t = tracer();
         t.tasks.track(5);
-        let r1 = conn(1, 5, Role::Server, 80, 5001);
+        let mut r1 = conn(1, 5, Role::Server, 80, 5001);
+        r1.opened_ns = 8;
         let (bg, old) = (
             conn(3, 5, Role::Client, 6000, 90),
             conn(4, 5, Role::Client, 6001, 90),
         );
         // 0xb0: a task made before the agent followed the process (no creation seen); 0xa0: a
-        // task made before the request began (a connection's task, say).
+        // task made before the request's connection opened (the service's own).
         t.on_py_task(5, 7, 0xa0, 0x90, 5);
         on_task_req(&mut t, &r1, true, 0x91, stamp(10, 7, 0));
         t.on_py_task(5, 7, 0xa1, 0x91, 12);
@@ -1294,7 +1352,8 @@ mod tests {
         on_task_req(&mut t, &old, false, 0xa0, stamp(14, 7, 0));
         finish_in_task(&mut t, &bg, stamp(13, 7, 0), 15, 0xb0);
         finish_in_task(&mut t, &old, stamp(14, 7, 0), 15, 0xa0);
-        // Even were the old task the writer, it began before the request: no claim.
+        // Even were the old task the writer, it was made before the request's connection
+        // opened: no claim.
         finish_in_task(&mut t, &r1, stamp(10, 7, 0), 18, 0xa0);
         let spans = drain(&mut t);
         assert!(
@@ -1338,6 +1397,73 @@ mod tests {
         finish_in_task(&mut t, &r3, stamp(20, 7, 0), 26, 0xa3);
         let _ = drain(&mut t);
         assert_eq!(t.stats.parent_from_task, 1, "x only, by r2's claim; y none");
+    }
+
+    #[test]
+    fn a_connection_task_answers_its_requests_in_turn() {
+        let mut t = tracer();
+        t.tasks.track(5);
+        let mut c1 = conn(1, 5, Role::Server, 80, 5001);
+        c1.opened_ns = 5;
+        let mut c2 = conn(2, 5, Role::Server, 80, 5002);
+        c2.opened_ns = 5;
+        let (x, y, z) = (
+            conn(3, 5, Role::Client, 6000, 90),
+            conn(4, 5, Role::Client, 6001, 90),
+            conn(6, 5, Role::Client, 6002, 90),
+        );
+        // 0xa1 is c1's task (made after it opened); it answers two requests one after the other.
+        t.on_py_task(5, 7, 0xa1, 0x90, 6);
+        on_task_req(&mut t, &c1, true, 0x91, stamp(10, 7, 0));
+        on_task_req(&mut t, &x, false, 0xa1, stamp(11, 7, 0));
+        finish_in_task(&mut t, &x, stamp(11, 7, 0), 12, 0xa1);
+        finish_in_task(&mut t, &c1, stamp(10, 7, 0), 13, 0xa1);
+        on_task_req(&mut t, &c1, true, 0x91, stamp(20, 7, 100));
+        on_task_req(&mut t, &y, false, 0xa1, stamp(21, 7, 0));
+        finish_in_task(&mut t, &y, stamp(21, 7, 0), 22, 0xa1);
+        finish_in_task(&mut t, &c1, stamp(20, 7, 100), 23, 0xa1);
+        assert_eq!(t.stats.parent_from_task, 2, "each request its own call");
+        // Answering on another connection shows it is nobody's own task.
+        on_task_req(&mut t, &c2, true, 0x92, stamp(30, 7, 0));
+        on_task_req(&mut t, &z, false, 0xa1, stamp(31, 7, 0));
+        finish_in_task(&mut t, &z, stamp(31, 7, 0), 32, 0xa1);
+        finish_in_task(&mut t, &c2, stamp(30, 7, 0), 33, 0xa1);
+        assert_eq!(t.stats.parent_from_task, 2);
+        assert_eq!(t.stats.task_shared_writers, 1);
+    }
+
+    #[test]
+    fn a_thread_seen_serving_two_requests_at_once_is_an_event_loop() {
+        let mut t = tracer();
+        let (r1, r2, r3) = (
+            conn(1, 5, Role::Server, 80, 5001),
+            conn(2, 5, Role::Server, 80, 5002),
+            conn(3, 5, Role::Server, 80, 5003),
+        );
+        let x = conn(4, 5, Role::Client, 6000, 90);
+        on_req(&mut t, &r1, true, None, stamp(10, 7, 0));
+        on_req(&mut t, &r2, true, None, stamp(11, 7, 0));
+        finish_in_task(&mut t, &r1, stamp(10, 7, 0), 12, 0);
+        finish_in_task(&mut t, &r2, stamp(11, 7, 0), 13, 0);
+        // Later one request alone is open on the thread: a write is no longer taken for its.
+        on_req(&mut t, &r3, true, None, stamp(20, 7, 0));
+        on_req(&mut t, &x, false, None, stamp(21, 7, 0));
+        let spans = {
+            finish_in_task(&mut t, &x, stamp(21, 7, 0), 22, 0);
+            finish_in_task(&mut t, &r3, stamp(20, 7, 0), 23, 0);
+            drain(&mut t)
+        };
+        assert_eq!(t.stats.event_loop_threads, 1);
+        let x = spans
+            .iter()
+            .find(|s| s.kind == SpanKind::Client)
+            .expect("client");
+        assert_eq!(x.parent_span_id, None);
+        assert_eq!(x.links.len(), 1);
+        assert_eq!(
+            x.links[0].reason,
+            "an event-loop thread serves every request in flight"
+        );
     }
 
     #[test]
