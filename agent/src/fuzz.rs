@@ -259,6 +259,22 @@ pub fn go_executable(data: &[u8]) {
     let _ = pclntab::find(data, &names);
 }
 
+/// A CPython `_asyncio` extension module, as the asyncio probes' placement reads it: never a
+/// panic, and `Task.__init__` found inside the file.
+pub fn python_module(data: &[u8]) {
+    use crate::runtime::python::{layout, task_init_offset};
+    for minor in [11, 12, 13] {
+        if let Some(l) = layout(3, minor)
+            && let Some(at) = task_init_offset(data, &l)
+        {
+            assert!(
+                at < data.len() as u64,
+                "Task.__init__ at {at} past the file's end"
+            );
+        }
+    }
+}
+
 /// Trace-context headers (traceparent, B3 single and multi): an adopted context is never the
 /// all-zero (invalid) id.
 pub fn trace_context(data: &[u8]) {
@@ -673,6 +689,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("postgres_connection", postgres_connection),
     ("mysql_connection", mysql_connection),
     ("sql_sanitise", sql_sanitise),
+    ("python_module", python_module),
 ];
 
 #[cfg(test)]

@@ -362,7 +362,11 @@ fn start_hop(
     ) {
         // Calls of a task of the service's own, through the pool the requests use, while
         // requests are in flight: the task rule must never give them a request as parent.
-        cmd.env("BACKGROUND_MS", "7");
+        // (BACKGROUND_MS set for the run, 0 say, replaces the default.)
+        cmd.env(
+            "BACKGROUND_MS",
+            std::env::var("BACKGROUND_MS").unwrap_or_else(|_| "7".into()),
+        );
     }
     if hop.kind == Kind::GoSequential {
         cmd.env("GO_SEQUENTIAL", "1");

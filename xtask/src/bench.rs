@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::bench_runtime::Probed;
 use anyhow::{Context as _, Result, bail};
 
 use crate::util::{is_root, output_of, run, workspace_root};
@@ -415,11 +416,13 @@ pub fn bench(quick: bool, runtime_probes_only: bool) -> Result<()> {
     if runtime_probes_only {
         crate::setup::test_dependencies()?;
         let bin = crate::util::release_agent()?;
-        let probes = crate::bench_runtime::rounds(&bin, quick)?;
+        let asyncio = crate::bench_runtime::rounds(&bin, quick, Probed::Asyncio)?;
+        let probes = crate::bench_runtime::rounds(&bin, quick, Probed::Go)?;
         let tls = crate::bench_tls::rounds(&bin, quick)?;
         let mut out = String::new();
-        crate::bench_runtime::section(&mut out, &probes, summary);
+        crate::bench_runtime::section(&mut out, Probed::Go, &probes, summary);
         crate::bench_tls::section(&mut out, &tls, summary);
+        crate::bench_runtime::section(&mut out, Probed::Asyncio, &asyncio, summary);
         println!("{out}");
         return Ok(());
     }
@@ -462,8 +465,9 @@ pub fn bench(quick: bool, runtime_probes_only: bool) -> Result<()> {
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
     let http = http_rounds(&bin, quick)?;
     crate::setup::test_dependencies()?;
-    let probes = crate::bench_runtime::rounds(&bin, quick)?;
+    let probes = crate::bench_runtime::rounds(&bin, quick, Probed::Go)?;
     let tls = crate::bench_tls::rounds(&bin, quick)?;
+    let asyncio = crate::bench_runtime::rounds(&bin, quick, Probed::Asyncio)?;
     let mut runs = PipelineRuns::default();
     let store = std::env::temp_dir().join("sockspan-bench-pipeline.redb");
     for _ in 0..pipeline_rounds {
@@ -482,8 +486,9 @@ pub fn bench(quick: bool, runtime_probes_only: bool) -> Result<()> {
     }
     let mut report = report(&samples, &runs, round_trips, rounds, exchanges, quick);
     http_section(&mut report, &http);
-    crate::bench_runtime::section(&mut report, &probes, summary);
+    crate::bench_runtime::section(&mut report, Probed::Go, &probes, summary);
     crate::bench_tls::section(&mut report, &tls, summary);
+    crate::bench_runtime::section(&mut report, Probed::Asyncio, &asyncio, summary);
     if let Ok(history) = std::fs::read_to_string(workspace_root().join("bench/HISTORY.md")) {
         report.push('\n');
         report.push_str(&history);

@@ -1,8 +1,8 @@
-//! The runtime probes' cost: a Go front calling two Go leaves (the causality test's `go` chain,
-//! leaves answering at once), sequential requests, the front's CPU time per request with the
-//! agent's Go runtime probes attached and with them refused (the same agent without
-//! `CAP_SYS_ADMIN`, which the kernel requires for uprobes): the difference is what the probes
-//! cost the traced program.
+//! The runtime probes' cost: a front calling two leaves (the causality tests' `go` chain for the
+//! Go probes, `fastapi` for the asyncio ones; leaves answering at once), sequential requests,
+//! the front's CPU time per request with the agent's runtime probes attached and with them
+//! refused (the same agent without `CAP_SYS_ADMIN`, which the kernel requires for uprobes): the
+//! difference is what the probes cost the traced program.
 
 use std::{
     fmt::Write as _,
@@ -17,6 +17,44 @@ use sockspan_tests::{
     chains::{Chain, chain_named},
     fixture, run_ok, stopped_field,
 };
+
+/// Which runtime probes are measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probed {
+    Go,
+    Asyncio,
+}
+
+impl Probed {
+    fn chain(self) -> &'static str {
+        match self {
+            Self::Go => "go",
+            Self::Asyncio => "fastapi",
+        }
+    }
+
+    /// What the agent logs when the probes are on.
+    fn attached(self) -> &'static str {
+        match self {
+            Self::Go => "Go runtime probes attached",
+            Self::Asyncio => "Python asyncio probes attached",
+        }
+    }
+
+    /// Uprobe hits in a phase, from the agent's final log line.
+    fn hits(self, log: &str) -> u64 {
+        match self {
+            Self::Go => {
+                stopped_field(log, "go_spawns")
+                    + stopped_field(log, "go_spawns_unpaired")
+                    + 2 * stopped_field(log, "go_handoffs")
+                    + stopped_field(log, "go_handoffs_unpaired")
+            }
+            // An entry and a return per task made.
+            Self::Asyncio => 2 * stopped_field(log, "task_spawns"),
+        }
+    }
+}
 
 /// One measured phase.
 #[derive(Debug, Clone, Copy)]
@@ -49,7 +87,13 @@ fn agent(bin: &Path, probes: bool) -> Agent {
     Agent::spawn(cmd)
 }
 
-fn phase(bin: &Path, chain: &Chain, probes: bool, requests: u64) -> Result<ProbeSample> {
+fn phase(
+    bin: &Path,
+    which: Probed,
+    chain: &Chain,
+    probes: bool,
+    requests: u64,
+) -> Result<ProbeSample> {
     let front = chain
         .pids
         .iter()
@@ -77,17 +121,14 @@ fn phase(bin: &Path, chain: &Chain, probes: bool, requests: u64) -> Result<Probe
     if !out.status.success() {
         bail!("the agent failed: {}", out.stderr);
     }
-    let attached = out.stderr.contains("Go runtime probes attached");
+    let attached = out.stderr.contains(which.attached());
     if attached != probes {
         bail!(
             "probes attached: {attached}, wanted {probes}: {}",
             out.stderr
         );
     }
-    let hits = stopped_field(&out.stderr, "go_spawns")
-        + stopped_field(&out.stderr, "go_spawns_unpaired")
-        + 2 * stopped_field(&out.stderr, "go_handoffs")
-        + stopped_field(&out.stderr, "go_handoffs_unpaired");
+    let hits = which.hits(&out.stderr);
     let n = requests as f64;
     Ok(ProbeSample {
         probes,
@@ -99,11 +140,13 @@ fn phase(bin: &Path, chain: &Chain, probes: bool, requests: u64) -> Result<Probe
 }
 
 /// Interleaved rounds of both phases on one chain.
-pub fn rounds(bin: &Path, quick: bool) -> Result<Vec<ProbeSample>> {
+pub fn rounds(bin: &Path, quick: bool, which: Probed) -> Result<Vec<ProbeSample>> {
     let (requests, rounds) = if quick { (1_000, 1) } else { (3_000, 3) };
     // SAFETY: set before the chain's processes start; nothing else reads it concurrently.
     unsafe { std::env::set_var("LEAF_MS", "0") };
-    let chain = Chain::start(chain_named("go"));
+    // SAFETY: as above.
+    unsafe { std::env::set_var("BACKGROUND_MS", "0") };
+    let chain = Chain::start(chain_named(which.chain()));
     let mut samples = Vec::new();
     for round in 0..rounds {
         for probes in if round % 2 == 0 {
@@ -116,7 +159,7 @@ pub fn rounds(bin: &Path, quick: bool) -> Result<Vec<ProbeSample>> {
                 round + 1,
                 if probes { "on" } else { "refused" }
             );
-            samples.push(phase(bin, &chain, probes, requests)?);
+            samples.push(phase(bin, which, &chain, probes, requests)?);
         }
     }
     Ok(samples)
@@ -124,6 +167,7 @@ pub fn rounds(bin: &Path, quick: bool) -> Result<Vec<ProbeSample>> {
 
 pub fn section(
     out: &mut String,
+    which: Probed,
     samples: &[ProbeSample],
     summary: impl Fn(&[f64], usize) -> (f64, String),
 ) {
@@ -135,17 +179,39 @@ pub fn section(
             .collect()
     };
     let requests = samples.first().map_or(0, |s| s.requests);
-    let _ = writeln!(out, "\n## 5. Runtime probes (Go goroutine causality)\n");
-    let _ = writeln!(
-        out,
-        "Method: the causality tests' `go` chain (a Go 1.19 front calling two Go leaves in parallel \
-         through one keep-alive `http.Client`, leaves answering at once), {requests} sequential \
-         requests per phase from a Python client; the front's CPU time (user + system, \
-         `/proc/PID/stat`) per request under `sockspan run` with the Go runtime probes attached, \
-         and under the same agent without `CAP_SYS_ADMIN`, where the kernel refuses the uprobes \
-         and everything else is the same. Uprobe hits are counted from the agent's final log line \
-         (one per goroutine spawn, two per `net/http` hand-off) over all three Go processes.\n"
-    );
+    match which {
+        Probed::Go => {
+            let _ = writeln!(out, "\n## 5. Runtime probes (Go goroutine causality)\n");
+            let _ = writeln!(
+                out,
+                "Method: the causality tests' `go` chain (a Go 1.19 front calling two Go leaves in \
+                 parallel through one keep-alive `http.Client`, leaves answering at once), \
+                 {requests} sequential requests per phase from a Python client; the front's CPU \
+                 time (user + system, `/proc/PID/stat`) per request under `sockspan run` with the \
+                 Go runtime probes attached, and under the same agent without `CAP_SYS_ADMIN`, \
+                 where the kernel refuses the uprobes and everything else is the same. Uprobe hits \
+                 are counted from the agent's final log line (one per goroutine spawn, two per \
+                 `net/http` hand-off) over all three Go processes.\n"
+            );
+        }
+        Probed::Asyncio => {
+            let _ = writeln!(
+                out,
+                "\n## 7. Runtime probes (Python asyncio task causality)\n"
+            );
+            let _ = writeln!(
+                out,
+                "Method: the causality tests' `fastapi` chain (uvicorn + FastAPI on uvloop, two \
+                 leaves called in parallel with `asyncio.gather` through one keep-alive \
+                 `httpx.AsyncClient`, leaves answering at once, no background calls), {requests} \
+                 sequential requests per phase from a Python client; the front's CPU time per \
+                 request with the asyncio probes attached and without `CAP_SYS_ADMIN` (uprobes \
+                 refused). The attached phase also pays the context read at each data syscall \
+                 of the followed processes (a few user-memory reads, no trap). Uprobe hits: two \
+                 per task made (`Task.__init__`'s entry and return), over all three processes.\n"
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "| phase | front CPU µs per request | wall µs per request | uprobe hits per request |\n|---|---|---|---|"

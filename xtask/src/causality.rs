@@ -24,14 +24,28 @@ fn reason(chain: &str) -> &'static str {
             "The proxy rule: nginx's upstream request asks what the incoming one asked, while it \
              is in flight in the worker; the thread rule covers the threaded chain behind it."
         }
-        "aiohttp" | "aiohttp-uvloop" | "fastapi" => {
-            "One event-loop thread serves every request: the thread rule links a call only while \
-             a single request is in flight (sequential requests), concurrent ones get links. \
-             Next: task ancestry from uprobes on CPython's `_asyncio` (#14 step 3)."
+        "aiohttp" | "aiohttp-uvloop" => {
+            "Task rule: each syscall of the loop's thread carries the running task's \
+             `contextvars.Context` (read from the thread state), task creation comes from \
+             uprobes on `_asyncio.Task.__init__`; a call belongs to the request whose response \
+             its task, or the task that created it, wrote (aiohttp makes a task per request). \
+             The services' own background task calls through the same pools all along and is \
+             never adopted (a stray adoption counts as a wrong link)."
+        }
+        "fastapi" => {
+            "Task rule, uvicorn (uvloop, httptools) making a task per request in the callback \
+             that read it; httpx's calls from `asyncio.gather`'s tasks."
+        }
+        "asyncio" | "asyncio-debian" => {
+            "Task rule for a connection's task (asyncio streams: one task answers its \
+             connection's requests in turn); `asyncio-debian` runs Debian's python3, whose \
+             `_asyncio` module is stripped (`Task.__init__` found through the type's `tp_init` \
+             slot) and whose `_PyRuntime` is in a non-PIE executable."
         }
         "node" => {
-            "As asyncio: one loop thread, links only while a single request is in flight. \
-             Next: a signal from node/libuv internals (#14 step 4)."
+            "No rule yet: one thread runs every callback, timers included, and a timer's calls \
+             (the service's background calls) took wrong parents from the thread rule, which is \
+             off for Node.js now. Next: a signal from node/libuv internals (#14 step 4)."
         }
         "go" => {
             "Goroutine rule: the running `g` (R14) on every syscall, spawns from \
@@ -62,8 +76,8 @@ fn reason(chain: &str) -> &'static str {
              parent yet. Next: uprobes on grpc-core's call hand-off to the pool (#15)."
         }
         "mixed" => {
-            "Go front (goroutine rule) → aiohttp middle (event loop: links only while one \
-             request is in flight) → threaded leaf: the asyncio hop bounds the whole trace."
+            "Go front (goroutine rule) → aiohttp middle (task rule) → threaded leaf (thread \
+             rule): three rules in one trace."
         }
         _ => "",
     }

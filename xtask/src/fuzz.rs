@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::util::{cargo, command_ok, workspace_root, write_section};
 
 /// The targets, as `fuzz/Cargo.toml` names them (and `sockspan::fuzz::TARGETS`).
-const TARGETS: [&str; 17] = [
+const TARGETS: [&str; 18] = [
     "http1_connection",
     "http1_resplit",
     "http1_head",
@@ -34,6 +34,7 @@ const TARGETS: [&str; 17] = [
     "postgres_connection",
     "mysql_connection",
     "sql_sanitise",
+    "python_module",
 ];
 
 /// The cargo-fuzz release this task drives.

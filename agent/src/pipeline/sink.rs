@@ -187,6 +187,26 @@ fn watch_go(
     }
 }
 
+impl TraceSink<'_> {
+    /// Python processes that exited leave the programs' map (bounded) and the tracer.
+    fn forget_exited_python(&mut self) {
+        let gone: Vec<u32> = self
+            .python_seen
+            .keys()
+            .copied()
+            .filter(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            .collect();
+        for pid in gone {
+            if self.python_seen.remove(&pid).is_some_and(|(_, followed)| followed) {
+                if let Some(probes) = self.probes.as_deref_mut() {
+                    probes.forget_python(pid);
+                }
+                self.tracer.tasks.untrack(pid);
+            }
+        }
+    }
+}
+
 /// Follows `process` with the asyncio probes if it is a CPython process with asyncio loaded;
 /// the tracer follows its tasks when that worked. A Python process without asyncio yet is looked
 /// at again on a later connection, at most once a second; why one cannot be followed is logged
@@ -435,6 +455,7 @@ impl EventSink for TraceSink<'_> {
             );
         }
         if self.ticks.is_multiple_of(20) {
+            self.forget_exited_python();
             self.conntrack.sweep(monotonic_ns());
             let conntrack = &self.conntrack;
             let dropped = self.protocols.retain(|id| conntrack.contains(id));

@@ -224,7 +224,8 @@ fn file_offset(elf: &object::File<'_>, address: u64) -> Option<u64> {
     elf.segments().find_map(|s| {
         let (offset, size) = s.file_range();
         let start = s.address();
-        (address >= start && address < start + size).then(|| address - start + offset)
+        let end = start.checked_add(size)?;
+        (address >= start && address < end).then(|| address - start + offset)
     })
 }
 
@@ -254,7 +255,7 @@ pub fn inspect(pid: u32) -> Result<Option<Interpreter>, PythonError> {
                 .unwrap_or_default();
             let (major, minor) = version_in_name(name).unwrap_or_default();
             let version = py_version(&elf, &data).unwrap_or_else(|| format!("{major}.{minor}"));
-            let runtime_address = mapped.base + address - first_load_address(&elf);
+            let runtime_address = (mapped.base + address).wrapping_sub(first_load_address(&elf));
             found = Some((major, minor, version, runtime_address));
             break;
         }
@@ -319,6 +320,13 @@ pub fn task_init_offset(data: &[u8], layout: &Layout) -> Option<u64> {
     {
         return file_offset(&elf, symbol.address());
     }
+    task_init_from_type(&elf, layout)
+}
+
+/// `Task.__init__` through the static `_asyncio.Task` type object's `tp_init` slot (CPython up
+/// to 3.11, where the type is static; from 3.12 it is a heap type made from a spec, and the
+/// module's symbols are needed).
+fn task_init_from_type(elf: &object::File<'_>, layout: &Layout) -> Option<u64> {
     // The type's name, NUL-terminated, in a read-only section.
     let name = b"_asyncio.Task\0";
     let name_address = elf
@@ -339,13 +347,13 @@ pub fn task_init_offset(data: &[u8], layout: &Layout) -> Option<u64> {
     let type_object = relocations
         .iter()
         .find(|&&(_, value)| value == name_address)
-        .map(|&(at, _)| at - 24)?;
-    let init_slot = type_object + u64::from(layout.type_tp_init);
+        .and_then(|&(at, _)| at.checked_sub(24))?;
+    let init_slot = type_object.checked_add(u64::from(layout.type_tp_init))?;
     let init = relocations
         .iter()
         .find(|&&(at, _)| at == init_slot)
         .map(|&(_, value)| value)?;
-    file_offset(&elf, init)
+    file_offset(elf, init)
 }
 
 #[cfg(test)]
@@ -360,6 +368,143 @@ mod tests {
         assert_eq!(version_in_name("python3"), None);
         assert_eq!(version_in_name("pythonista"), None);
         assert_eq!(version_in_name("libc.so.6"), None);
+    }
+
+    /// The interpreters of this machine the layouts can be checked against.
+    fn interpreters() -> Vec<std::path::PathBuf> {
+        let mut found = vec![std::path::PathBuf::from("/usr/bin/python3.11")];
+        if let Ok(versions) = std::fs::read_dir("/root/.pyenv/versions") {
+            for entry in versions.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // 3.11 on: earlier releases have no layout (no `native_thread_id`).
+                let minor = name.split('.').nth(1).unwrap_or_default().to_string();
+                if name.starts_with("3.") && minor.parse::<u32>().is_ok_and(|m| m >= 11) {
+                    found.push(entry.path().join(format!("bin/python3.{minor}")));
+                }
+            }
+        }
+        found.retain(|p| p.exists());
+        found
+    }
+
+    /// The table against what `tests/fixtures/python_layout.py` reads in each interpreter's own
+    /// memory (every CPython on the machine: Debian's, and pyenv's where present).
+    #[test]
+    fn python_layouts_match_the_interpreters_here() {
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/python_layout.py");
+        let mut checked = 0;
+        for python in interpreters() {
+            let out = std::process::Command::new(&python)
+                .arg(&script)
+                .args(["--interp-scan-max", "8192", "--compact"])
+                .output()
+                .expect("run the layout probe");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let found: serde_json::Value = match serde_json::from_str(text.trim()) {
+                Ok(v) if out.status.success() => v,
+                _ => panic!(
+                    "{}: {}",
+                    python.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            };
+            let version = found["version"].as_str().unwrap_or_default().to_string();
+            let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+            let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+            let Some(l) = layout(major, minor) else {
+                assert!(
+                    found["thread_native_id"].is_null() || minor > 13,
+                    "{version} has native_thread_id: it could get a layout"
+                );
+                continue;
+            };
+            let field = |k: &str| found[k].as_u64().map(|v| v as u32);
+            assert_eq!(
+                (
+                    field("runtime_interpreters_head"),
+                    field("interpreter_threads_head"),
+                    field("thread_next"),
+                    field("thread_native_id"),
+                    field("thread_context"),
+                    field("task_context"),
+                ),
+                (
+                    Some(l.runtime_interpreters_head),
+                    Some(l.interpreter_threads_head),
+                    Some(l.thread_next),
+                    Some(l.thread_native_id),
+                    Some(l.thread_context),
+                    Some(l.task_context),
+                ),
+                "{version} ({})",
+                python.display()
+            );
+            checked += 1;
+        }
+        assert!(
+            checked > 0,
+            "no CPython 3.11+ on this machine to check against"
+        );
+    }
+
+    /// In a module with symbols, the type object's slot leads to the same function as the
+    /// symbol; in Debian's stripped one, it is found at all.
+    #[test]
+    fn task_init_is_found_through_the_type_object() {
+        let mut checked = 0;
+        for python in interpreters() {
+            let root = python.parent().and_then(Path::parent).expect("prefix");
+            let pattern = if python.starts_with("/usr") {
+                std::path::PathBuf::from("/usr/lib/python3.11/lib-dynload")
+            } else {
+                let name = python
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                root.join("lib").join(name).join("lib-dynload")
+            };
+            let Some(module) = std::fs::read_dir(&pattern).ok().and_then(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .find(|p| p.to_string_lossy().contains("/_asyncio."))
+            }) else {
+                continue;
+            };
+            let name = python
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let Some((3, minor)) = version_in_name(name) else {
+                continue;
+            };
+            if minor > 11 {
+                continue;
+            }
+            let data = std::fs::read(&module).expect("read the module");
+            let elf = object::File::parse(&*data).expect("ELF");
+            let l = layout(3, 11).expect("3.11");
+            let by_type = task_init_from_type(&elf, &l);
+            assert!(by_type.is_some(), "{}", module.display());
+            assert_eq!(task_init_offset(&data, &l), by_type, "{}", module.display());
+            checked += 1;
+        }
+        assert!(checked > 0, "no CPython 3.11 `_asyncio` module here");
+    }
+
+    /// The fuzz seeds, built from `fuzz/seeds/python_module/task_type.c`: the type object's
+    /// slot in the stripped copy leads where the symbol does in the other.
+    #[test]
+    fn the_seed_modules_agree() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/python_module");
+        let l = layout(3, 11).expect("3.11");
+        let with_symbols = std::fs::read(dir.join("with_symbols.so")).expect("seed");
+        let stripped = std::fs::read(dir.join("stripped.so")).expect("seed");
+        let by_symbol = task_init_offset(&with_symbols, &l);
+        assert!(by_symbol.is_some());
+        assert_eq!(task_init_offset(&stripped, &l), by_symbol);
+        let elf = object::File::parse(&*with_symbols).expect("ELF");
+        assert_eq!(task_init_from_type(&elf, &l), by_symbol);
     }
 
     #[test]
