@@ -182,7 +182,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
     /// How `service.name` is chosen: auto (`OTEL_SERVICE_NAME` of the process, else its
-    /// executable), exe, comm, cmdline (the script an interpreter runs), container.
+    /// Kubernetes workload, systemd unit, the application an interpreter or app server runs,
+    /// else its executable; docs/spans.md), exe, comm, cmdline (the application), container.
     #[arg(long, value_name = "RULE", default_value = "auto")]
     pub service_name: ServiceNameRule,
     /// Milliseconds a finished span waits for late linking evidence before export.

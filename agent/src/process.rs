@@ -8,6 +8,41 @@ use std::{
 
 use crate::runtime::Runtime;
 
+/// A Kubernetes pod, from what a process in it shows the node: its cgroup (`kubepods`), its
+/// `HOSTNAME` (the pod's name) and its service account's namespace file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pod {
+    pub name: String,
+    pub namespace: Option<String>,
+}
+
+impl Pod {
+    /// The workload a pod's name comes from, by the controllers' naming: a `Deployment`'s pods
+    /// are `<name>-<pod-template-hash>-<5>`, a `DaemonSet`'s or Job's `<name>-<5>`, a
+    /// `StatefulSet`'s `<name>-<ordinal>`. A bare pod keeps its name.
+    #[must_use]
+    pub fn workload(&self) -> String {
+        fn is_suffix(part: &str, lengths: std::ops::RangeInclusive<usize>) -> bool {
+            // The alphabet Kubernetes draws generated suffixes from: no vowels, no 0 1 3.
+            lengths.contains(&part.len())
+                && part
+                    .bytes()
+                    .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
+        }
+        let parts: Vec<&str> = self.name.split('-').collect();
+        let mut keep = parts.len();
+        if keep >= 2 && parts[keep - 1].bytes().all(|b| b.is_ascii_digit()) {
+            keep -= 1;
+        } else if keep >= 2 && is_suffix(parts[keep - 1], 5..=5) {
+            keep -= 1;
+            if keep >= 2 && is_suffix(parts[keep - 1], 6..=10) {
+                keep -= 1;
+            }
+        }
+        parts[..keep].join("-")
+    }
+}
+
 /// What sockspan knows about a traced process.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcessInfo {
@@ -20,6 +55,19 @@ pub struct ProcessInfo {
     pub container_id: Option<String>,
     /// `OTEL_SERVICE_NAME` from the process's environment, when set.
     pub otel_service_name: Option<String>,
+    /// The working directory (as the process sees it); empty when unreadable.
+    pub cwd: String,
+    /// The systemd unit whose cgroup the process is in (`model-api.service` → `model-api`).
+    pub systemd_unit: Option<String>,
+    /// The Kubernetes pod the process runs in, as far as the node shows it.
+    pub pod: Option<Pod>,
+    /// Start time in clock ticks since boot (`/proc/<pid>/stat` field 22): with the pid, names
+    /// this process among all that had its pid.
+    pub start_ticks: u64,
+    /// For a worker an interpreter started for another program (Python's `multiprocessing`
+    /// spawn: `python -c "from multiprocessing.spawn import spawn_main; …"`, as uvicorn's
+    /// `--workers` makes): the process that started it, whose application it serves.
+    pub launcher: Option<Arc<ProcessInfo>>,
     /// The language runtime its executable was built for, where that changes causality rules.
     pub runtime: Runtime,
 }
@@ -36,7 +84,7 @@ impl ProcessInfo {
         let exe = std::fs::read_link(format!("{base}/exe"))
             .map(|p| p.display().to_string())
             .unwrap_or_default();
-        let cmdline = std::fs::read(format!("{base}/cmdline"))
+        let cmdline: Vec<String> = std::fs::read(format!("{base}/cmdline"))
             .map(|raw| {
                 raw.split(|&b| b == 0)
                     .filter(|s| !s.is_empty())
@@ -44,12 +92,29 @@ impl ProcessInfo {
                     .collect()
             })
             .unwrap_or_default();
-        let container_id = std::fs::read_to_string(format!("{base}/cgroup"))
+        let cgroup = std::fs::read_to_string(format!("{base}/cgroup")).unwrap_or_default();
+        let container_id = container_id_from_cgroup(&cgroup);
+        let environ = std::fs::read(format!("{base}/environ")).unwrap_or_default();
+        let otel_service_name = env_var(&environ, b"OTEL_SERVICE_NAME");
+        let pod = cgroup.contains("kubepods").then(|| Pod {
+            name: env_var(&environ, b"HOSTNAME").unwrap_or_default(),
+            namespace: std::fs::read_to_string(format!(
+                "{base}/root/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+            ))
             .ok()
-            .and_then(|text| container_id_from_cgroup(&text));
-        let otel_service_name = std::fs::read(format!("{base}/environ"))
-            .ok()
-            .and_then(|env| env_var(&env, b"OTEL_SERVICE_NAME"));
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty()),
+        });
+        let stat = std::fs::read_to_string(format!("{base}/stat")).unwrap_or_default();
+        let start_ticks = stat_field(&stat, 22).unwrap_or(0);
+        let launcher = cmdline
+            .iter()
+            .any(|a| a.contains("multiprocessing.spawn") || a == "--multiprocessing-fork")
+            .then(|| stat_field(&stat, 4))
+            .flatten()
+            .and_then(|ppid| u32::try_from(ppid).ok())
+            .filter(|&ppid| ppid > 1)
+            .map(|ppid| Arc::new(Self::read(ppid)));
         Self {
             pid,
             comm,
@@ -57,6 +122,13 @@ impl ProcessInfo {
             cmdline,
             container_id,
             otel_service_name,
+            cwd: std::fs::read_link(format!("{base}/cwd"))
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            systemd_unit: systemd_unit_from_cgroup(&cgroup),
+            pod: pod.filter(|p| !p.name.is_empty()),
+            start_ticks,
+            launcher,
             runtime: Runtime::of_process(pid),
         }
     }
@@ -79,6 +151,32 @@ fn env_var(environ: &[u8], name: &[u8]) -> Option<String> {
         let value = String::from_utf8_lossy(value).trim().to_string();
         (!value.is_empty()).then_some(value)
     })
+}
+
+/// Field `n` (1-based, as proc(5) numbers them; 3 or more) of `/proc/<pid>/stat`, counted
+/// after the parenthesised comm, which may itself hold spaces and parentheses: 4 is the parent's
+/// pid, 22 the start time.
+fn stat_field(stat: &str, n: usize) -> Option<u64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm
+        .split_whitespace()
+        .nth(n.checked_sub(3)?)?
+        .parse()
+        .ok()
+}
+
+/// The systemd service a process belongs to, from `/proc/<pid>/cgroup`: the deepest path
+/// segment `<unit>.service`, leaving out user managers (`user@0.service`) and templates'
+/// instances keep their `@instance` (`worker@3.service` → `worker@3`).
+#[must_use]
+pub fn systemd_unit_from_cgroup(text: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|line| line.splitn(3, ':').nth(2))
+        .flat_map(|path| path.rsplit('/'))
+        .find_map(|segment| {
+            let unit = segment.strip_suffix(".service")?;
+            (!unit.is_empty() && !unit.starts_with("user@")).then(|| unit.to_string())
+        })
 }
 
 /// Finds a container id in `/proc/<pid>/cgroup`: the last path segment holding 64 hex digits, as

@@ -159,8 +159,10 @@ const TEST_PYTHON_PACKAGES: &[&str] = &[
     "psycopg[binary]",
     "pymysql",
     "pymemcache",
+    // App servers whose applications the service-naming tests name.
+    "gunicorn",
 ];
-const TEST_PYTHON_IMPORTS: &str = "import opentelemetry.sdk.trace, opentelemetry.proto.collector.trace.v1.trace_service_pb2, grpc, selenium, aiohttp, uvicorn, uvloop, httptools, fastapi, httpx, redis, psycopg, pymysql, pymemcache";
+const TEST_PYTHON_IMPORTS: &str = "import opentelemetry.sdk.trace, opentelemetry.proto.collector.trace.v1.trace_service_pb2, grpc, selenium, aiohttp, uvicorn, uvloop, httptools, fastapi, httpx, redis, psycopg, pymysql, pymemcache, gunicorn";
 
 /// Installs what the integration tests run (servers, clients) when missing.
 pub fn test_dependencies() -> Result<()> {

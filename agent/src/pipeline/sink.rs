@@ -197,7 +197,11 @@ impl TraceSink<'_> {
             .filter(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
             .collect();
         for pid in gone {
-            if self.python_seen.remove(&pid).is_some_and(|(_, followed)| followed) {
+            if self
+                .python_seen
+                .remove(&pid)
+                .is_some_and(|(_, followed)| followed)
+            {
                 if let Some(probes) = self.probes.as_deref_mut() {
                     probes.forget_python(pid);
                 }

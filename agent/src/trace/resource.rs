@@ -8,7 +8,9 @@ use crate::process::ProcessInfo;
 /// How `service.name` is chosen for a traced process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ServiceNameRule {
-    /// `OTEL_SERVICE_NAME` of the process when readable, else the executable's name.
+    /// The first that applies: the process's `OTEL_SERVICE_NAME`; its Kubernetes workload
+    /// (from the pod's name); its systemd unit; for an interpreter or app server, the
+    /// application it runs; the executable's name.
     #[default]
     Auto,
     /// The executable's file name.
@@ -42,23 +44,151 @@ impl FromStr for ServiceNameRule {
 /// Interpreters whose first non-option argument names the program.
 const INTERPRETERS: [&str; 7] = ["python", "node", "ruby", "perl", "php", "java", "bash"];
 
-fn script_name(process: &ProcessInfo) -> Option<String> {
+/// App servers whose first non-option argument names the application (`module:attribute`).
+const APP_SERVERS: [&str; 6] = [
+    "gunicorn",
+    "uvicorn",
+    "hypercorn",
+    "daphne",
+    "waitress-serve",
+    "granian",
+];
+
+/// File and module names that say nothing of the application: the working directory (or the
+/// script's folder) names it instead.
+const GENERIC_NAMES: [&str; 12] = [
+    "main",
+    "app",
+    "server",
+    "run",
+    "index",
+    "wsgi",
+    "asgi",
+    "__main__",
+    "manage",
+    "start",
+    "application",
+    "api",
+];
+
+/// systemd units that start other programs (supervisors, schedulers, CI runners, remote
+/// shells): their name says nothing of what a process under them is.
+const HOSTING_UNITS: [&str; 12] = [
+    "supervisor",
+    "supervisord",
+    "cron",
+    "crond",
+    "ssh",
+    "sshd",
+    "docker",
+    "containerd",
+    "gitlab-runner",
+    "jenkins",
+    "buildkite-agent",
+    "actions.runner",
+];
+
+/// The application an interpreter or app server runs: `python app/model.py` → `model`,
+/// `python -m pkg.serve` → `pkg`, `gunicorn shop.wsgi:app` → `shop`, `node server.js` → its
+/// folder (a generic name), `java -jar billing.jar` → `billing`.
+fn app_name(process: &ProcessInfo) -> Option<String> {
+    if let Some(launcher) = &process.launcher {
+        return app_name(launcher);
+    }
     let exe = process.exe_name();
-    if !INTERPRETERS.iter().any(|i| exe.starts_with(i)) {
+    let server = |name: &str| APP_SERVERS.contains(&name);
+    let interpreter = INTERPRETERS.iter().any(|i| exe.starts_with(i));
+    if !interpreter && !server(exe) {
         return None;
     }
     let mut args = process.cmdline.iter().skip(1);
+    // The program's own name, once found, and whether it is an app server whose application
+    // comes next.
     while let Some(arg) = args.next() {
-        if arg == "-m" || arg == "-jar" {
-            return args.next().map(|m| base_name(m));
+        if arg == "-c" || arg == "-e" || arg == "--eval" {
+            return None;
         }
-        if !arg.starts_with('-') {
-            return Some(base_name(arg));
+        let (name, path) = if arg == "-m" || arg == "-jar" {
+            let module = args.next()?;
+            let top = if arg == "-m" {
+                module.split('.').next().unwrap_or(module).to_string()
+            } else {
+                strip_version(&base_name(module)).to_string()
+            };
+            (top, None)
+        } else if arg.starts_with('-') {
+            continue;
+        } else {
+            (base_name(arg), Some(arg.as_str()))
+        };
+        if server(&name) {
+            // Its application: the first argument that is no option (`module:attr`).
+            let app = args.find(|a| is_app_spec(a))?;
+            let module = app.split(':').next().unwrap_or(app);
+            let top = module.split('.').next().unwrap_or(module).to_string();
+            return Some(if GENERIC_NAMES.contains(&top.as_str()) {
+                folder_name(&process.cwd).unwrap_or(top)
+            } else {
+                top
+            });
         }
+        if GENERIC_NAMES.contains(&name.as_str()) {
+            let folder = path
+                .and_then(|p| p.rsplit_once('/').map(|(dir, _)| dir))
+                .filter(|dir| !dir.is_empty() && !dir.starts_with('.'))
+                .map_or_else(
+                    || process.cwd.clone(),
+                    |dir| {
+                        if dir.starts_with('/') {
+                            dir.to_string()
+                        } else {
+                            format!("{}/{dir}", process.cwd)
+                        }
+                    },
+                );
+            return Some(folder_name(&folder).unwrap_or(name));
+        }
+        return Some(name);
     }
     None
 }
 
+/// `package.module:attribute` (or `module:factory()`), as app servers take their application;
+/// not an option, nor an option's value such as `127.0.0.1:8000`.
+fn is_app_spec(arg: &str) -> bool {
+    let Some((module, attribute)) = arg.split_once(':') else {
+        return false;
+    };
+    let identifier = |s: &str| {
+        s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    !module.is_empty()
+        && module.split('.').all(identifier)
+        && identifier(attribute.split('(').next().unwrap_or(attribute))
+}
+
+/// The last component of a folder, unless it too is generic (`src`, `app`, `/`).
+fn folder_name(dir: &str) -> Option<String> {
+    let last = dir.trim_end_matches('/').rsplit('/').next()?;
+    (!last.is_empty()
+        && !matches!(
+            last,
+            "src" | "app" | "bin" | "lib" | "srv" | "opt" | "root" | "home" | "tmp"
+        )
+        && !GENERIC_NAMES.contains(&last))
+    .then(|| last.to_string())
+}
+
+/// `billing-1.4.2` → `billing`: a jar's version suffix.
+fn strip_version(name: &str) -> &str {
+    match name.rsplit_once('-') {
+        Some((head, tail)) if tail.starts_with(|c: char| c.is_ascii_digit()) => head,
+        _ => name,
+    }
+}
+
+/// The file name without its extension(s).
 fn base_name(path: &str) -> String {
     let file = path.rsplit('/').next().unwrap_or(path);
     file.split('.').next().unwrap_or(file).to_string()
@@ -71,6 +201,14 @@ pub fn service_name(rule: ServiceNameRule, process: &ProcessInfo) -> String {
         process
             .otel_service_name
             .clone()
+            .or_else(|| process.pod.as_ref().map(crate::process::Pod::workload))
+            .or_else(|| {
+                process
+                    .systemd_unit
+                    .clone()
+                    .filter(|u| !HOSTING_UNITS.contains(&u.split('@').next().unwrap_or(u)))
+            })
+            .or_else(|| app_name(process))
             .unwrap_or_else(|| process.exe_name().to_string())
     };
     let name = match rule {
@@ -78,7 +216,7 @@ pub fn service_name(rule: ServiceNameRule, process: &ProcessInfo) -> String {
         ServiceNameRule::Exe => process.exe_name().to_string(),
         ServiceNameRule::Comm => process.comm.clone(),
         ServiceNameRule::Cmdline => {
-            script_name(process).unwrap_or_else(|| process.exe_name().to_string())
+            app_name(process).unwrap_or_else(|| process.exe_name().to_string())
         }
         ServiceNameRule::Container => process
             .container_id
@@ -162,6 +300,12 @@ impl Resources {
         }
         let mut attributes = vec![
             KeyValue::str("service.name", service_name(self.rule, process)),
+            // Unique per process: the host, the pid, and when the process started (a reused pid
+            // is another instance).
+            KeyValue::str(
+                "service.instance.id",
+                format!("{}:{}:{}", self.host_name, process.pid, process.start_ticks),
+            ),
             KeyValue::str("host.name", self.host_name.clone()),
             KeyValue::int("process.pid", i64::from(process.pid)),
             KeyValue::str("process.executable.name", process.exe_name().to_string()),
@@ -175,6 +319,16 @@ impl Resources {
         ];
         if let Some(id) = &process.container_id {
             attributes.push(KeyValue::str("container.id", id.clone()));
+        }
+        if let Some(pod) = &process.pod {
+            attributes.push(KeyValue::str("k8s.pod.name", pod.name.clone()));
+            if let Some(namespace) = &pod.namespace {
+                attributes.push(KeyValue::str("k8s.namespace.name", namespace.clone()));
+                attributes.push(KeyValue::str("service.namespace", namespace.clone()));
+            }
+        }
+        if let Some(unit) = &process.systemd_unit {
+            attributes.push(KeyValue::str("systemd.unit", format!("{unit}.service")));
         }
         let resource = Arc::new(Resource::new(attributes));
         if self.cache.len() > 16_384 {
@@ -230,6 +384,150 @@ mod tests {
         assert_eq!(redacted_command_line(&plain), "python3 app.py --port 80");
     }
 
+    fn in_dir(mut p: ProcessInfo, cwd: &str) -> ProcessInfo {
+        p.cwd = cwd.into();
+        p
+    }
+
+    #[test]
+    fn applications_name_interpreters_and_app_servers() {
+        let auto = |exe: &str, argv: &[&str], cwd: &str| {
+            service_name(
+                ServiceNameRule::Auto,
+                &in_dir(process(exe, argv, None), cwd),
+            )
+        };
+        let py = "/usr/bin/python3.11";
+        assert_eq!(auto(py, &["python3", "ranker.py"], "/srv"), "ranker");
+        assert_eq!(
+            auto(py, &["python3", "-u", "features/main.py"], "/srv/shop"),
+            "features"
+        );
+        assert_eq!(
+            auto(py, &["python3", "main.py"], "/srv/recommender"),
+            "recommender"
+        );
+        assert_eq!(auto(py, &["python3", "/opt/search/app.py"], "/"), "search");
+        assert_eq!(
+            auto(py, &["python3", "-m", "embedder.serve"], "/"),
+            "embedder"
+        );
+        assert_eq!(auto(py, &["python3", "-c", "print(1)"], "/"), "python3.11");
+        assert_eq!(auto(py, &["python3"], "/"), "python3.11");
+        assert_eq!(
+            auto(
+                py,
+                &[
+                    "python3",
+                    "/usr/local/bin/gunicorn",
+                    "-w",
+                    "4",
+                    "-b",
+                    "127.0.0.1:8000",
+                    "shop.wsgi:application"
+                ],
+                "/"
+            ),
+            "shop"
+        );
+        assert_eq!(
+            auto(
+                py,
+                &["python3", "-m", "uvicorn", "main:app", "--port", "80"],
+                "/srv/pricing"
+            ),
+            "pricing"
+        );
+        assert_eq!(
+            auto(
+                "/srv/venv/bin/uvicorn",
+                &["uvicorn", "scoring.api:app"],
+                "/"
+            ),
+            "scoring"
+        );
+        assert_eq!(
+            auto("/usr/bin/node", &["node", "gateway.js"], "/"),
+            "gateway"
+        );
+        assert_eq!(
+            auto("/usr/bin/node", &["node", "server.js"], "/srv/edge"),
+            "edge"
+        );
+        assert_eq!(
+            auto(
+                "/usr/bin/java",
+                &["java", "-Xmx1g", "-jar", "billing-1.4.2.jar"],
+                "/"
+            ),
+            "billing"
+        );
+        assert_eq!(
+            auto("/usr/bin/redis-server", &["redis-server *:6379"], "/"),
+            "redis-server"
+        );
+        // A worker uvicorn's `--workers` spawned serves its launcher's application.
+        let mut worker = process(
+            py,
+            &[
+                "python3",
+                "-c",
+                "from multiprocessing.spawn import spawn_main; spawn_main()",
+                "--multiprocessing-fork",
+            ],
+            None,
+        );
+        worker.launcher = Some(std::sync::Arc::new(in_dir(
+            process(
+                py,
+                &["python3", "-m", "uvicorn", "main:app", "--workers", "4"],
+                None,
+            ),
+            "/srv/pricing",
+        )));
+        assert_eq!(service_name(ServiceNameRule::Auto, &worker), "pricing");
+    }
+
+    #[test]
+    fn pods_units_and_the_environment_come_before_the_command_line() {
+        let mut p = process("/usr/bin/python3.11", &["python3", "ranker.py"], None);
+        p.systemd_unit = Some("model-api".into());
+        assert_eq!(service_name(ServiceNameRule::Auto, &p), "model-api");
+        p.systemd_unit = Some("supervisord".into());
+        assert_eq!(
+            service_name(ServiceNameRule::Auto, &p),
+            "ranker",
+            "a supervisor names nothing"
+        );
+        p.pod = Some(crate::process::Pod {
+            name: "ranker-7c9d8f6b5d-x2x7q".into(),
+            namespace: Some("ml".into()),
+        });
+        assert_eq!(service_name(ServiceNameRule::Auto, &p), "ranker");
+        p.otel_service_name = Some("ranker-v2".into());
+        assert_eq!(service_name(ServiceNameRule::Auto, &p), "ranker-v2");
+        let workload = |name: &str| {
+            crate::process::Pod {
+                name: name.into(),
+                namespace: None,
+            }
+            .workload()
+        };
+        assert_eq!(workload("ranker-7c9d8f6b5d-x2x7q"), "ranker", "Deployment");
+        assert_eq!(workload("feature-store-0"), "feature-store", "StatefulSet");
+        assert_eq!(
+            workload("node-exporter-4tq8z"),
+            "node-exporter",
+            "DaemonSet"
+        );
+        assert_eq!(workload("model-server"), "model-server", "bare pod");
+        assert_eq!(
+            workload("web-aaaaa"),
+            "web-aaaaa",
+            "vowels: not a generated suffix"
+        );
+    }
+
     #[test]
     fn naming_rules() {
         let p = process(
@@ -237,7 +535,8 @@ mod tests {
             &["python3", "-u", "/srv/app/model.py", "--port", "1"],
             None,
         );
-        assert_eq!(service_name(ServiceNameRule::Auto, &p), "python3.11");
+        assert_eq!(service_name(ServiceNameRule::Auto, &p), "model");
+        assert_eq!(service_name(ServiceNameRule::Exe, &p), "python3.11");
         assert_eq!(service_name(ServiceNameRule::Cmdline, &p), "model");
         assert_eq!(service_name(ServiceNameRule::Comm, &p), "worker");
         let p = process(
@@ -246,9 +545,10 @@ mod tests {
             Some("checkout"),
         );
         assert_eq!(service_name(ServiceNameRule::Auto, &p), "checkout");
-        assert_eq!(service_name(ServiceNameRule::Cmdline, &p), "gunicorn");
+        assert_eq!(service_name(ServiceNameRule::Cmdline, &p), "python3");
         let p = process("/usr/sbin/nginx", &["nginx: worker process"], None);
         assert_eq!(service_name(ServiceNameRule::Cmdline, &p), "nginx");
+        assert_eq!(service_name(ServiceNameRule::Auto, &p), "nginx");
         assert!(
             "bogus"
                 .parse::<ServiceNameRule>()

@@ -1,0 +1,242 @@
+//! Root integration test of service naming: real services without `OTEL_SERVICE_NAME`, each
+//! started as users start them (two plain scripts, a generic `main.py` in its project folder,
+//! `python -m`, uvicorn with `--workers`, gunicorn, a Node.js script, a process in a
+//! systemd-style cgroup), called once each; the agent must name them apart.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use sockspan_tests::{Agent, Proc, free_port, run_ok, wait_listening};
+
+/// A stdlib HTTP server answering `GET /` with 200 on the port its last argument names.
+const SERVER_PY: &str = r#"import http.server, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[-1])), Handler).serve_forever()
+"#;
+
+/// A plain ASGI and WSGI application (no framework needed).
+const APP_PY: &str = r#"async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+"#;
+
+const SERVER_JS: &str = r"require('http').createServer((req, res) => res.end('ok')).listen(Number(process.argv[2]), '127.0.0.1');
+";
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().expect("folder")).expect("mkdir");
+    std::fs::write(path, text).expect("write");
+}
+
+/// Starts `program args…` in `dir` and waits until `port` listens.
+fn serve(program: &str, args: &[&str], dir: &Path, port: u16) -> Proc {
+    let child = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+    let proc = Proc(child);
+    wait_listening(&format!("127.0.0.1:{port}"), Duration::from_secs(20));
+    proc
+}
+
+/// A cgroup named like a systemd service (`sockspan-test.slice/model-api.service`) in the
+/// hierarchy systemd names its units in: cgroup v2's, else v1's `name=systemd`.
+fn systemd_style_cgroup() -> Option<PathBuf> {
+    let roots = [
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup/systemd",
+        "/sys/fs/cgroup",
+    ];
+    roots.iter().find_map(|root| {
+        let dir = Path::new(root).join("sockspan-test.slice/model-api.service");
+        (std::fs::create_dir_all(&dir).is_ok() && dir.join("cgroup.procs").exists()).then_some(dir)
+    })
+}
+
+/// The projects the services run from, under `root`.
+fn lay_out_projects(root: &Path) {
+    let _ = std::fs::remove_dir_all(root);
+    for (file, text) in [
+        ("ranker/ranker.py", SERVER_PY),
+        ("scorer/scorer.py", SERVER_PY),
+        ("recommender/main.py", SERVER_PY),
+        ("shop/embedder/__main__.py", SERVER_PY),
+        ("shop/embedder/__init__.py", ""),
+        ("pricing/main.py", APP_PY),
+        ("billing/billing/wsgi.py", APP_PY),
+        ("billing/billing/__init__.py", ""),
+        ("edge/server.js", SERVER_JS),
+        ("worker/worker.py", SERVER_PY),
+    ] {
+        write(&root.join(file), text);
+    }
+}
+
+/// One service: how it is started (program, arguments, folder under the projects' root) and
+/// the name it must get.
+struct Case {
+    program: &'static str,
+    args: Vec<String>,
+    dir: &'static str,
+    name: &'static str,
+}
+
+fn cases(port: impl Fn(usize) -> String) -> Vec<Case> {
+    let case = |program, args: &[&str], dir, name| Case {
+        program,
+        args: args.iter().map(ToString::to_string).collect(),
+        dir,
+        name,
+    };
+    let gunicorn_bind = format!("127.0.0.1:{}", port(5));
+    vec![
+        case("python3", &["ranker/ranker.py", &port(0)], "", "ranker"),
+        case("python3", &["scorer/scorer.py", &port(1)], "", "scorer"),
+        case(
+            "python3",
+            &["main.py", &port(2)],
+            "recommender",
+            "recommender",
+        ),
+        case("python3", &["-m", "embedder", &port(3)], "shop", "embedder"),
+        // Two workers that uvicorn spawns (`python -c "from multiprocessing.spawn …"`) serve.
+        case(
+            "python3",
+            &[
+                "-m",
+                "uvicorn",
+                "main:app",
+                "--workers",
+                "2",
+                "--log-level",
+                "warning",
+                "--port",
+                &port(4),
+            ],
+            "pricing",
+            "pricing",
+        ),
+        case(
+            "python3",
+            &[
+                "-m",
+                "gunicorn",
+                "-b",
+                &gunicorn_bind,
+                "billing.wsgi:application",
+            ],
+            "billing",
+            "billing",
+        ),
+        case("node", &["server.js", &port(6)], "edge", "edge"),
+        case("python3", &["worker/worker.py", &port(7)], "", "model-api"),
+    ]
+}
+
+/// Starts `case` (in the unit's cgroup `unit`, joined before it runs: the agent reads a
+/// process once, when it first sees it use a connection).
+fn start(root: &Path, case: &Case, port: u16, unit: Option<&Path>) -> Proc {
+    let args: Vec<&str> = case.args.iter().map(String::as_str).collect();
+    let dir = root.join(case.dir);
+    match unit {
+        Some(unit) => {
+            let script = format!(
+                "echo $$ > {}/cgroup.procs && exec {} \"$@\"",
+                unit.display(),
+                case.program
+            );
+            let mut sh_args = vec!["-c", script.as_str(), "sh"];
+            sh_args.extend(&args);
+            serve("sh", &sh_args, &dir, port)
+        }
+        None => serve(case.program, &args, &dir, port),
+    }
+}
+
+/// The service names of the SERVER spans on `port`.
+fn names_on(events: &[serde_json::Value], port: u16) -> std::collections::BTreeSet<String> {
+    events
+        .iter()
+        .filter(|s| {
+            s["kind"] == "SERVER"
+                && s["attributes"]["server.port"].as_i64() == Some(i64::from(port))
+        })
+        .map(|s| {
+            s["resource"]["service.name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn services_are_told_apart_without_otel_service_name() {
+    let root = std::env::temp_dir().join(format!("sockspan-naming-{}", std::process::id()));
+    lay_out_projects(&root);
+    let ports: Vec<u16> = (0..8).map(|_| free_port()).collect();
+    let cgroup = systemd_style_cgroup();
+    let agent = Agent::start_command("run", &["--output", "jsonl"]);
+    let mut procs = Vec::new();
+    let mut expected = Vec::new();
+    for (case, &port) in cases(|i| ports[i].to_string()).iter().zip(&ports) {
+        let unit = match (case.name, &cgroup) {
+            ("model-api", None) => {
+                eprintln!("no cgroup hierarchy to make a systemd-style unit in: not measured");
+                continue;
+            }
+            ("model-api", Some(unit)) => Some(unit.as_path()),
+            _ => None,
+        };
+        procs.push(start(&root, case, port, unit));
+        expected.push((port, case.name));
+    }
+    for (port, _) in &expected {
+        // Two requests: each of uvicorn's workers may take one.
+        for _ in 0..2 {
+            let _ = run_ok(
+                Command::new("curl").args([
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    &format!("http://127.0.0.1:{port}/"),
+                ]),
+                Duration::from_secs(10),
+            );
+        }
+    }
+    let out = agent.stop();
+    drop(procs);
+    if let Some(unit) = &cgroup {
+        let _ = std::fs::remove_dir(unit);
+        let _ = std::fs::remove_dir(unit.parent().expect("slice"));
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    assert!(out.status.success(), "{}", out.stderr);
+    for (port, name) in expected {
+        assert_eq!(
+            names_on(&out.events, port),
+            std::iter::once(name.to_string()).collect(),
+            "the service on port {port}"
+        );
+    }
+}
