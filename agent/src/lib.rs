@@ -15,6 +15,7 @@ mod commands;
 mod conntrack;
 mod exporter;
 mod lock;
+mod metrics;
 mod net;
 mod pipeline;
 mod probes;

@@ -161,8 +161,10 @@ const TEST_PYTHON_PACKAGES: &[&str] = &[
     "pymemcache",
     // App servers whose applications the service-naming tests name.
     "gunicorn",
+    // The reference parser of the Prometheus text format, for the metrics tests.
+    "prometheus_client",
 ];
-const TEST_PYTHON_IMPORTS: &str = "import opentelemetry.sdk.trace, opentelemetry.proto.collector.trace.v1.trace_service_pb2, grpc, selenium, aiohttp, uvicorn, uvloop, httptools, fastapi, httpx, redis, psycopg, pymysql, pymemcache, gunicorn";
+const TEST_PYTHON_IMPORTS: &str = "import opentelemetry.sdk.trace, opentelemetry.proto.collector.trace.v1.trace_service_pb2, grpc, selenium, aiohttp, uvicorn, uvloop, httptools, fastapi, httpx, redis, psycopg, pymysql, pymemcache, gunicorn, prometheus_client";
 
 /// Installs what the integration tests run (servers, clients) when missing.
 pub fn test_dependencies() -> Result<()> {

@@ -52,7 +52,11 @@ async fn openapi() -> impl axum::response::IntoResponse {
 
 /// Binds the configured address and serves the API on the current runtime; returns the bound
 /// address.
-pub async fn serve(config: &ApiConfig, store: Store) -> Result<SocketAddr, ApiError> {
+pub async fn serve(
+    config: &ApiConfig,
+    store: Store,
+    metrics: crate::metrics::SharedMetrics,
+) -> Result<SocketAddr, ApiError> {
     config.validate()?;
     let addr = config.addr;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -62,6 +66,21 @@ pub async fn serve(config: &ApiConfig, store: Store) -> Result<SocketAddr, ApiEr
     let app = jaeger::router(store.clone())
         .merge(analysis::router(store))
         .route("/api/openapi.json", axum::routing::get(openapi))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let text = crate::metrics::lock(&metrics).render();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        text,
+                    )
+                }
+            }),
+        )
         .route("/", axum::routing::get(ui));
     let app = match config.token() {
         Some(token) => app.layer(axum::middleware::from_fn_with_state(

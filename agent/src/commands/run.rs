@@ -10,6 +10,7 @@ use crate::{
     exporter::{
         SpanExporter,
         jsonl::JsonlExporter,
+        metered::Metered,
         otlp::{OtlpConfig, OtlpExporter},
         store::StoreExporter,
     },
@@ -58,6 +59,7 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         discovered,
     } = capture;
     let kernel_conns = probes.take_conns()?;
+    let metrics = crate::metrics::Metrics::shared();
     let (mut exporter, sender): (Box<dyn SpanExporter>, _) = match (args.output, otlp) {
         (Output::Otlp, Some(config)) => {
             let (exporter, task) = OtlpExporter::start(config)?;
@@ -66,10 +68,17 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         (Output::Store, _) => {
             let store = Store::open(store_config)?;
             if let Some(api) = &api_config {
-                crate::api::serve(api, store.clone()).await?;
+                crate::api::serve(api, store.clone(), metrics.clone()).await?;
             }
             tracing::info!(path = %store.path().display(), "storing spans");
-            (Box::new(StoreExporter::new(store)), None)
+            // Metrics are served on the API's listener: recorded only where it runs.
+            (
+                Box::new(Metered::new(
+                    Box::new(StoreExporter::new(store)),
+                    metrics.clone(),
+                )),
+                None,
+            )
         }
         _ => (
             // 64 KiB per write: each write is a syscall the programs see too.
@@ -85,27 +94,9 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         Tracer::new(trace_config, Resources::new(args.service_name)),
         exporter.as_mut(),
     )
-    .with_kernel_conns(kernel_conns);
-    let go_probes = !args
-        .no_runtime_probes
-        .contains(&crate::cli::RuntimeProbe::Go);
-    if !go_probes {
-        tracing::info!("Go runtime probes off (--no-runtime-probes go): no goroutine causality");
-    }
-    let tls_probes = !args
-        .no_runtime_probes
-        .contains(&crate::cli::RuntimeProbe::Tls);
-    if !tls_probes {
-        tracing::info!("TLS probes off (--no-runtime-probes tls): no spans from TLS connections");
-    }
-    let asyncio_probes = !args
-        .no_runtime_probes
-        .contains(&crate::cli::RuntimeProbe::Asyncio);
-    if !asyncio_probes {
-        tracing::info!(
-            "Python asyncio probes off (--no-runtime-probes asyncio): no task causality"
-        );
-    }
+    .with_kernel_conns(kernel_conns)
+    .with_metrics(metrics);
+    let (go_probes, tls_probes, asyncio_probes) = runtime_probes(&args);
     let mut sink = sink.with_probes(&mut probes, go_probes, tls_probes, asyncio_probes);
     // After this line, processes running now are traced with their runtime probes too (tests
     // and scripts wait for it before sending traffic).
@@ -129,6 +120,32 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     }
     log_stopped(&sink, &receiver);
     Ok(())
+}
+
+/// Which runtime probes `--no-runtime-probes` leaves on (go, tls, asyncio); those left off are
+/// logged with what is lost.
+fn runtime_probes(args: &RunArgs) -> (bool, bool, bool) {
+    let go_probes = !args
+        .no_runtime_probes
+        .contains(&crate::cli::RuntimeProbe::Go);
+    if !go_probes {
+        tracing::info!("Go runtime probes off (--no-runtime-probes go): no goroutine causality");
+    }
+    let tls_probes = !args
+        .no_runtime_probes
+        .contains(&crate::cli::RuntimeProbe::Tls);
+    if !tls_probes {
+        tracing::info!("TLS probes off (--no-runtime-probes tls): no spans from TLS connections");
+    }
+    let asyncio_probes = !args
+        .no_runtime_probes
+        .contains(&crate::cli::RuntimeProbe::Asyncio);
+    if !asyncio_probes {
+        tracing::info!(
+            "Python asyncio probes off (--no-runtime-probes asyncio): no task causality"
+        );
+    }
+    (go_probes, tls_probes, asyncio_probes)
 }
 
 /// The final log line: every stage's counters.

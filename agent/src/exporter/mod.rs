@@ -2,6 +2,7 @@
 
 pub mod json;
 pub mod jsonl;
+pub mod metered;
 pub mod otlp;
 pub mod store;
 

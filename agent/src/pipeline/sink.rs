@@ -52,6 +52,8 @@ pub struct TraceSink<'a> {
     /// Whether the asyncio probes are attached (`--no-runtime-probes asyncio`).
     asyncio_probes: bool,
     pub feedback: FeedbackStats,
+    /// Where the agent's own figures are published while it runs (`/metrics`).
+    metrics: Option<crate::metrics::SharedMetrics>,
     events: Vec<ProtoEvent>,
     spans: Vec<SpanData>,
     ticks: u64,
@@ -73,6 +75,7 @@ impl<'a> TraceSink<'a> {
             python_seen: HashMap::new(),
             asyncio_probes: false,
             feedback: FeedbackStats::default(),
+            metrics: None,
             events: Vec::new(),
             spans: Vec::new(),
             ticks: 0,
@@ -85,6 +88,139 @@ impl<'a> TraceSink<'a> {
     pub fn with_kernel_conns(mut self, conns: KernelConns) -> Self {
         self.kernel_conns = Some(conns);
         self
+    }
+
+    /// Publishes the stages' counters to `metrics` about once a second.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: crate::metrics::SharedMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The stages' counters as metrics.
+    // A table of counters, one entry each: splitting it would not make it clearer.
+    #[allow(clippy::too_many_lines)]
+    fn own_metrics(&self) -> Vec<crate::metrics::Own> {
+        use crate::metrics::Own;
+        let own = |name, help, value| Own { name, help, value };
+        let kernel = self
+            .probes
+            .as_deref()
+            .and_then(|p| p.counters().ok())
+            .unwrap_or_default();
+        let t = &self.tracer.stats;
+        let c = &self.conntrack.stats;
+        let (exported, lost) = self.exporter.counts();
+        vec![
+            own(
+                "events_sent_total",
+                "Records the kernel programs wrote to the ring.",
+                kernel.get(agent_common::Counter::EventsSent),
+            ),
+            own(
+                "ring_full_drops_total",
+                "Records lost because the ring was full.",
+                kernel.get(agent_common::Counter::RingFull),
+            ),
+            own(
+                "payload_truncated_total",
+                "Payloads cut at the capture limit.",
+                kernel.get(agent_common::Counter::PayloadTruncated),
+            ),
+            own(
+                "payload_read_failed_total",
+                "Payload reads from user memory that failed.",
+                kernel.get(agent_common::Counter::PayloadReadFailed),
+            ),
+            own(
+                "tls_unlinked_total",
+                "TLS plaintext dropped: no socket known for its SSL object.",
+                kernel.get(agent_common::Counter::TlsUnlinked),
+            ),
+            own("connections_opened_total", "Connections tracked.", c.opened),
+            own(
+                "connections_evicted_total",
+                "Connections dropped from the table (idle or full).",
+                c.evicted_idle + c.evicted_full,
+            ),
+            own(
+                "head_budget_drops_total",
+                "Request or response heads dropped by the memory budget.",
+                crate::protocol::budget::HEADS.refusals(),
+            ),
+            own(
+                "protocol_given_up_total",
+                "Connections whose protocol parser gave up.",
+                self.protocols.stats.given_up,
+            ),
+            own("spans_started_total", "Spans opened.", t.spans_started),
+            own(
+                "spans_exported_total",
+                "Spans handed to the exporter.",
+                exported,
+            ),
+            own(
+                "spans_export_failed_total",
+                "Spans the exporter lost.",
+                lost,
+            ),
+            own(
+                "spans_dropped_full_total",
+                "Spans not started: the span table was full.",
+                t.dropped_full,
+            ),
+            own(
+                "spans_abandoned_total",
+                "Open spans dropped with their connection.",
+                t.abandoned,
+            ),
+            own(
+                "spans_held",
+                "Spans held now (open or waiting for export).",
+                self.tracer.held() as u64,
+            ),
+            own("roots_total", "Spans that started a trace.", t.roots),
+            own(
+                "links_ambiguous_total",
+                "Spans given links instead of a parent.",
+                t.ambiguous,
+            ),
+            own(
+                "parent_from_header_total",
+                "Parents from trace-context headers.",
+                t.parent_from_header,
+            ),
+            own(
+                "parent_from_connection_total",
+                "Parents from the other end of a connection.",
+                t.parent_from_connection,
+            ),
+            own(
+                "parent_from_thread_total",
+                "Parents from the thread rule.",
+                t.parent_from_thread,
+            ),
+            own(
+                "parent_from_goroutine_total",
+                "Parents from the goroutine rule.",
+                t.parent_from_goroutine,
+            ),
+            own(
+                "parent_from_task_total",
+                "Parents from the asyncio task rule.",
+                t.parent_from_task,
+            ),
+            own(
+                "parent_from_proxy_total",
+                "Parents from the proxy rule.",
+                t.parent_from_proxy,
+            ),
+            own(
+                "resident_memory_peak_kib",
+                "The agent's peak resident memory.",
+                crate::process::own_peak_rss_kib(),
+            ),
+        ]
     }
 
     /// Keeps the loaded programs (their counters); with `go_probes`, attaches the Go runtime
@@ -450,6 +586,12 @@ impl EventSink for TraceSink<'_> {
     fn on_tick(&mut self) {
         self.ticks += 1;
         self.export(false);
+        if self.ticks.is_multiple_of(10)
+            && let Some(metrics) = &self.metrics
+        {
+            let own = self.own_metrics();
+            crate::metrics::lock(metrics).set_own(own);
+        }
         if self.ticks.is_multiple_of(10) {
             tracing::debug!(
                 held = self.tracer.held(),

@@ -1,0 +1,222 @@
+//! Root integration test of `/metrics`: known traffic through a real chain (a driver → front →
+//! two leaves, threaded Python services), scraped with the reference Prometheus parser
+//! (`prometheus_client`); RED counts equal the requests sent, buckets are cumulative, the
+//! service graph's edges match the chain, and the agent's own counters are there.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sockspan_tests::{
+    Agent,
+    chains::{Chain, chain_named},
+    fixture, free_port, run_ok,
+};
+
+/// What `scrape_metrics.py` makes of `/metrics`.
+fn scrape(url: &str) -> Value {
+    let out = run_ok(
+        Command::new("python3")
+            .arg(fixture("scrape_metrics.py"))
+            .arg(url),
+        Duration::from_secs(20),
+    );
+    serde_json::from_slice(&out.stdout).expect("scrape json")
+}
+
+/// Sum of the samples named `sample` whose labels include every pair of `labels` (counts: whole
+/// numbers).
+fn total(scraped: &Value, family: &str, sample: &str, labels: &[(&str, &str)]) -> u64 {
+    let sum: f64 = scraped["families"][family]["samples"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .filter(|s| s["name"] == sample)
+        .filter(|s| labels.iter().all(|(k, v)| s["labels"][k] == *v))
+        .map(|s| s["value"].as_f64().unwrap_or(0.0))
+        .sum();
+    sum.round() as u64
+}
+
+/// A sample's labels without `le`, as one comparable string.
+fn series_of(sample: &Value) -> String {
+    let mut labels = sample["labels"].as_object().cloned().unwrap_or_default();
+    labels.remove("le");
+    serde_json::to_string(&labels).expect("labels")
+}
+
+/// The values of the samples named `name` in series `key`.
+fn values(samples: &[Value], name: &str, key: &str) -> Vec<f64> {
+    samples
+        .iter()
+        .filter(|s| s["name"] == name && series_of(s) == key)
+        .map(|s| s["value"].as_f64().unwrap_or(-1.0))
+        .collect()
+}
+
+/// Every histogram's buckets grow with `le` and end at its count.
+fn assert_histograms_consistent(scraped: &Value) {
+    for (name, family) in scraped["families"].as_object().expect("families") {
+        if family["type"] != "histogram" {
+            continue;
+        }
+        let samples = family["samples"].as_array().expect("samples");
+        let mut keys: Vec<String> = samples.iter().map(series_of).collect();
+        keys.dedup();
+        for key in keys {
+            let buckets = values(samples, &format!("{name}_bucket"), &key);
+            let count = values(samples, &format!("{name}_count"), &key);
+            assert!(
+                buckets.windows(2).all(|w| w[0] <= w[1]),
+                "{name} {key}: {buckets:?}"
+            );
+            assert_eq!(
+                buckets.last(),
+                count.first(),
+                "{name} {key}: +Inf is the count"
+            );
+        }
+    }
+}
+
+const EDGES: [(&str, &str); 3] = [("driver", "front"), ("front", "a"), ("front", "b")];
+
+fn edge<'a>(client: &'a str, server: &'a str) -> [(&'a str, &'a str); 2] {
+    [("client", client), ("server", server)]
+}
+
+/// Scrapes until every edge has `requests` (the spans wait the link delay), at most 20 s.
+fn scrape_when_complete(url: &str, requests: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let scraped = scrape(url);
+        let complete = EDGES.iter().all(|(c, s)| {
+            total(
+                &scraped,
+                "traces_service_graph_request",
+                "traces_service_graph_request_total",
+                &edge(c, s),
+            ) >= requests
+        }) && total(
+            &scraped,
+            "sockspan_spans_exported",
+            "sockspan_spans_exported_total",
+            &[],
+        ) > 0;
+        if complete || Instant::now() > deadline {
+            return scraped;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn assert_red(scraped: &Value, requests: u64) {
+    let server = "http_server_request_duration_seconds";
+    let server_count = format!("{server}_count");
+    for service in ["front", "a", "b"] {
+        let labels = [("service_name", service), ("http_request_method", "GET")];
+        assert_eq!(
+            total(scraped, server, &server_count, &labels),
+            requests,
+            "{service}'s SERVER requests"
+        );
+    }
+    let ok = [("http_response_status_code", "200"), ("error_type", "")];
+    assert_eq!(
+        total(scraped, server, &server_count, &ok),
+        3 * requests,
+        "all succeeded"
+    );
+    let client = "http_client_request_duration_seconds";
+    let client_count = format!("{client}_count");
+    let of = |service| [("service_name", service)];
+    assert_eq!(
+        total(scraped, client, &client_count, &of("front")),
+        2 * requests
+    );
+    assert_eq!(
+        total(scraped, client, &client_count, &of("driver")),
+        requests
+    );
+}
+
+fn assert_graph(scraped: &Value, requests: u64) {
+    for (c, s) in EDGES {
+        let labels = edge(c, s);
+        let requests_on = |family: &str, sample: &str| total(scraped, family, sample, &labels);
+        assert_eq!(
+            requests_on(
+                "traces_service_graph_request",
+                "traces_service_graph_request_total"
+            ),
+            requests,
+            "edge {c} → {s}"
+        );
+        assert_eq!(
+            requests_on(
+                "traces_service_graph_request_failed",
+                "traces_service_graph_request_failed_total"
+            ),
+            0
+        );
+        for h in [
+            "traces_service_graph_request_server_seconds",
+            "traces_service_graph_request_client_seconds",
+            "sockspan_service_graph_network_seconds",
+        ] {
+            assert_eq!(
+                requests_on(h, &format!("{h}_count")),
+                requests,
+                "{h} {c} → {s}"
+            );
+        }
+    }
+}
+
+#[test]
+fn metrics_count_the_requests_and_the_service_graph_matches_the_chain() {
+    let ui = free_port();
+    let dir = std::env::temp_dir().join(format!("sockspan-metrics-{ui}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = dir.join("traces.redb");
+    let agent = Agent::start_command(
+        "run",
+        &[
+            "--output",
+            "store",
+            "--store",
+            store.to_str().expect("path"),
+            "--ui",
+            &format!("127.0.0.1:{ui}"),
+        ],
+    );
+    let chain = Chain::start(chain_named("threaded"));
+    let ids = chain.drive(6, 2, 4);
+    // The warm-up request too.
+    let requests = ids.len() as u64 + 1;
+    let scraped = scrape_when_complete(&format!("http://127.0.0.1:{ui}/metrics"), requests);
+    let out = agent.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        scraped["content_type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")),
+        "{}",
+        scraped["content_type"]
+    );
+    assert_red(&scraped, requests);
+    assert_graph(&scraped, requests);
+    assert_histograms_consistent(&scraped);
+    assert!(
+        total(
+            &scraped,
+            "sockspan_parent_from_thread",
+            "sockspan_parent_from_thread_total",
+            &[]
+        ) >= 2 * requests,
+        "link evidence counts"
+    );
+}
