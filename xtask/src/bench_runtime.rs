@@ -26,13 +26,6 @@ pub enum Probed {
 }
 
 impl Probed {
-    fn chain(self) -> &'static str {
-        match self {
-            Self::Go => "go",
-            Self::Asyncio => "fastapi",
-        }
-    }
-
     /// What the agent logs when the probes are on.
     fn attached(self) -> &'static str {
         match self {
@@ -141,12 +134,15 @@ fn phase(
 
 /// Interleaved rounds of both phases on one chain.
 pub fn rounds(bin: &Path, quick: bool, which: Probed) -> Result<Vec<ProbeSample>> {
+    if which == Probed::Asyncio {
+        return task_rounds(bin, quick);
+    }
     let (requests, rounds) = if quick { (1_000, 1) } else { (3_000, 3) };
     // SAFETY: set before the chain's processes start; nothing else reads it concurrently.
     unsafe { std::env::set_var("LEAF_MS", "0") };
     // SAFETY: as above.
     unsafe { std::env::set_var("BACKGROUND_MS", "0") };
-    let chain = Chain::start(chain_named(which.chain()));
+    let chain = Chain::start(chain_named("go"));
     let mut samples = Vec::new();
     for round in 0..rounds {
         for probes in if round % 2 == 0 {
@@ -160,6 +156,62 @@ pub fn rounds(bin: &Path, quick: bool, which: Probed) -> Result<Vec<ProbeSample>
                 if probes { "on" } else { "refused" }
             );
             samples.push(phase(bin, which, &chain, probes, requests)?);
+        }
+    }
+    Ok(samples)
+}
+
+/// The asyncio probes per task created: `bench_asyncio_tasks.py` under the agent with the
+/// probes and with them refused, interleaved; `requests` holds the tasks, `front_cpu_us` the CPU
+/// µs per task (the median of three runs), `hits_per_request` the hits per task.
+fn task_rounds(bin: &Path, quick: bool) -> Result<Vec<ProbeSample>> {
+    let (tasks, rounds) = if quick { (100_000u64, 1) } else { (200_000, 3) };
+    let mut samples = Vec::new();
+    for round in 0..rounds {
+        for probes in if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        } {
+            eprintln!(
+                "xtask bench: asyncio probes round {} of {rounds}: probes {}",
+                round + 1,
+                if probes { "on" } else { "refused" }
+            );
+            let agent = agent(bin, probes);
+            let mut per_task: Vec<f64> = (0..3)
+                .map(|_| {
+                    let out = run_ok(
+                        Command::new("python3")
+                            .arg(fixture("bench_asyncio_tasks.py"))
+                            .arg(tasks.to_string()),
+                        Duration::from_mins(5),
+                    );
+                    String::from_utf8_lossy(&out.stdout)
+                        .trim()
+                        .parse()
+                        .unwrap_or(f64::NAN)
+                })
+                .collect();
+            per_task.sort_by(f64::total_cmp);
+            let out = agent.stop();
+            if !out.status.success() {
+                bail!("the agent failed: {}", out.stderr);
+            }
+            let attached = out.stderr.contains(Probed::Asyncio.attached());
+            if attached != probes {
+                bail!(
+                    "probes attached: {attached}, wanted {probes}: {}",
+                    out.stderr
+                );
+            }
+            samples.push(ProbeSample {
+                probes,
+                requests: tasks,
+                front_cpu_us: per_task[1],
+                wall_us: 0.0,
+                hits_per_request: Probed::Asyncio.hits(&out.stderr) as f64 / (3 * tasks) as f64,
+            });
         }
     }
     Ok(samples)
@@ -195,21 +247,8 @@ pub fn section(
             );
         }
         Probed::Asyncio => {
-            let _ = writeln!(
-                out,
-                "\n## 7. Runtime probes (Python asyncio task causality)\n"
-            );
-            let _ = writeln!(
-                out,
-                "Method: the causality tests' `fastapi` chain (uvicorn + FastAPI on uvloop, two \
-                 leaves called in parallel with `asyncio.gather` through one keep-alive \
-                 `httpx.AsyncClient`, leaves answering at once, no background calls), {requests} \
-                 sequential requests per phase from a Python client; the front's CPU time per \
-                 request with the asyncio probes attached and without `CAP_SYS_ADMIN` (uprobes \
-                 refused). The attached phase also pays the context read at each data syscall \
-                 of the followed processes (a few user-memory reads, no trap). Uprobe hits: two \
-                 per task made (`Task.__init__`'s entry and return), over all three processes.\n"
-            );
+            asyncio_section(out, requests, &of, summary);
+            return;
         }
     }
     let _ = writeln!(
@@ -239,5 +278,56 @@ pub fn section(
         "\nThe probes cost the front **{extra:.1} µs of CPU per request** (difference of the \
          medians), with {hits:.1} uprobe hits per request over the chain's three processes (each \
          hit is a trap into the kernel and a run of the program)."
+    );
+}
+
+/// Section 7: the asyncio probes per task created (see [`task_rounds`]).
+fn asyncio_section(
+    out: &mut String,
+    tasks: u64,
+    of: &dyn Fn(bool, fn(&ProbeSample) -> f64) -> Vec<f64>,
+    summary: impl Fn(&[f64], usize) -> (f64, String),
+) {
+    let _ = writeln!(
+        out,
+        "\n## 7. Runtime probes (Python asyncio task causality)\n"
+    );
+    let _ = writeln!(
+        out,
+        "Method: `tests/fixtures/bench_asyncio_tasks.py` (the CPython on `PATH`) creates {tasks} \
+         trivial tasks (`asyncio.gather` of 1 000 at a time) in a process the agent follows, \
+         three runs per phase (the median kept), under `sockspan run` with the asyncio probes \
+         attached and without `CAP_SYS_ADMIN` (uprobes refused); the figure is the process's CPU \
+         time (user + system: a trap is charged to it) per task. Two hits per task: \
+         `Task.__init__`'s entry (a uprobe on its first instruction, which the kernel emulates \
+         without single-stepping, unlike the Go probes' `RET`s and stack checks) and its return (a \
+         uretprobe). The context read at each data syscall adds a few user-memory reads to the \
+         syscall program and no trap. Measured per request on the `fastapi` chain instead, the \
+         difference was lost in the front's 3 ms of CPU per request.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| phase | CPU µs per task | uprobe hits per task |\n|---|---|---|"
+    );
+    let mut medians = [0.0; 2];
+    for (i, probes) in [true, false].into_iter().enumerate() {
+        let (cpu, cpu_text) = summary(&of(probes, |s| s.front_cpu_us), 2);
+        medians[i] = cpu;
+        let (_, hits_text) = summary(&of(probes, |s| s.hits_per_request), 2);
+        let _ = writeln!(
+            out,
+            "| {} | {cpu_text} | {hits_text} |",
+            if probes {
+                "probes attached"
+            } else {
+                "probes refused"
+            }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nThe probes cost **{:.2} µs of CPU per task created** (difference of the medians); a \
+         uvicorn request that gathers two calls makes three tasks.",
+        medians[0] - medians[1]
     );
 }

@@ -463,7 +463,10 @@ fn dispatch(tracer: &mut Tracer, events: &mut Vec<ProtoEvent>, conn: &Connection
             }
             ProtoEvent::Exchange(exchange) => {
                 let now = *now.get_or_insert_with(monotonic_ns);
-                tracer.on_exchange(conn, exchange, now, end.task);
+                // The task that completed it names a writer only where one connection carries
+                // one request at a time: an HTTP/2 write may flush other streams' responses.
+                let task = if end.thread_causality { end.task } else { 0 };
+                tracer.on_exchange(conn, exchange, now, task);
             }
         }
     }
