@@ -87,7 +87,8 @@ fn edge<'a>(client: &'a str, server: &'a str) -> [(&'a str, &'a str); 2] {
     [("client", client), ("server", server)]
 }
 
-/// Scrapes until every edge has `requests` (the spans wait the link delay), at most 20 s.
+/// Scrapes until every edge has `requests` (the spans wait the link delay) and the agent's own
+/// counters (refreshed each second) have caught up, at most 20 s.
 fn scrape_when_complete(url: &str, requests: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -101,10 +102,10 @@ fn scrape_when_complete(url: &str, requests: u64) -> Value {
             ) >= requests
         }) && total(
             &scraped,
-            "sockspan_spans_exported",
-            "sockspan_spans_exported_total",
+            "sockspan_parent_from_thread",
+            "sockspan_parent_from_thread_total",
             &[],
-        ) > 0;
+        ) >= 2 * requests;
         if complete || Instant::now() > deadline {
             return scraped;
         }
