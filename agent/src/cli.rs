@@ -207,6 +207,11 @@ pub struct RunArgs {
     /// probe hit traps into the kernel, see BENCHMARKS.md.
     #[arg(long, value_name = "RUNTIMES", value_delimiter = ',')]
     pub no_runtime_probes: Vec<RuntimeProbe>,
+    /// Written once the agent traces (capture attached, runtime probes on the processes running
+    /// then): one JSON line `{"pid":…,"ui":…}`; removed when it stops. Tools and tests wait for
+    /// it instead of reading the log (`/ready` on the API says the same).
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub capture: CaptureArgs,
 }

@@ -221,3 +221,66 @@ fn metrics_count_the_requests_and_the_service_graph_matches_the_chain() {
         "link evidence counts"
     );
 }
+
+/// `--ready-file` appears once the agent traces (with its pid and API address), `/ready` says
+/// 200 then, and the file is gone after the agent stops; a folder that does not exist is refused
+/// before anything is attached, naming the flag.
+#[test]
+fn the_agent_says_when_it_is_ready() {
+    let ui = free_port();
+    let dir = std::env::temp_dir().join(format!("sockspan-ready-{ui}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ready = dir.join("ready.json");
+    let store = dir.join("traces.redb");
+    let agent = Agent::start_command(
+        "run",
+        &[
+            "--store",
+            store.to_str().expect("path"),
+            "--ui",
+            &format!("127.0.0.1:{ui}"),
+            "--ready-file",
+            ready.to_str().expect("path"),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "no ready file");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let said: Value =
+        serde_json::from_str(&std::fs::read_to_string(&ready).expect("read")).expect("json");
+    assert_eq!(said["pid"], agent.pid());
+    assert_eq!(said["ui"], format!("127.0.0.1:{ui}"));
+    let out = run_ok(
+        Command::new("curl").args([
+            "-sS",
+            "-w",
+            " %{http_code}",
+            &format!("http://127.0.0.1:{ui}/ready"),
+        ]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ready\n 200");
+    let stopped = agent.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    assert!(!ready.exists(), "removed at exit");
+    let refused = refusal(&dir.join("missing/ready.json"));
+    assert!(
+        refused.contains("--ready-file") && refused.contains("does not exist"),
+        "{refused}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What `sockspan run --ready-file PATH` says when it refuses to start.
+fn refusal(path: &std::path::Path) -> String {
+    let out = Command::new(sockspan_tests::sockspan_bin())
+        .args(["run", "--output", "jsonl", "--ready-file"])
+        .arg(path)
+        .output()
+        .expect("run sockspan");
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

@@ -1087,3 +1087,36 @@ fn pipeline_section(out: &mut String, runs: &PipelineRuns, exchanges: u64) {
         "\nThe end-to-end figures against nginx follow in section 4."
     );
 }
+
+/// A column's values for one phase (`true`: probes attached).
+pub type PhaseValues<'a> = dyn Fn(bool) -> Vec<f64> + 'a;
+
+/// The rows of a table comparing an agent with runtime probes (`probes attached`) and without
+/// (`probes <off>`): per column, the phase's values (`values(probes)`) summarised with that many
+/// decimals. Returns the first column's medians, attached then not.
+pub fn probe_phase_rows(
+    out: &mut String,
+    off: &str,
+    columns: &[(&PhaseValues<'_>, usize)],
+    summary: impl Fn(&[f64], usize) -> (f64, String),
+) -> [f64; 2] {
+    let mut medians = [0.0; 2];
+    for (i, probes) in [true, false].into_iter().enumerate() {
+        let mut row = if probes {
+            "| probes attached".to_string()
+        } else {
+            format!("| probes {off}")
+        };
+        for (c, (values, decimals)) in columns.iter().enumerate() {
+            let (median, text) = summary(&values(probes), *decimals);
+            if c == 0 {
+                medians[i] = median;
+            }
+            row.push_str(" | ");
+            row.push_str(&text);
+        }
+        row.push_str(" |");
+        let _ = writeln!(out, "{row}");
+    }
+    medians
+}

@@ -255,22 +255,16 @@ pub fn section(
         out,
         "| phase | front CPU µs per request | wall µs per request | uprobe hits per request |\n|---|---|---|---|"
     );
-    let mut medians = [0.0; 2];
-    for (i, probes) in [true, false].into_iter().enumerate() {
-        let (cpu, cpu_text) = summary(&of(probes, |s| s.front_cpu_us), 1);
-        medians[i] = cpu;
-        let (_, wall_text) = summary(&of(probes, |s| s.wall_us), 0);
-        let (_, hits_text) = summary(&of(probes, |s| s.hits_per_request), 1);
-        let _ = writeln!(
-            out,
-            "| {} | {cpu_text} | {wall_text} | {hits_text} |",
-            if probes {
-                "probes attached"
-            } else {
-                "probes refused"
-            }
-        );
-    }
+    let medians = crate::bench::probe_phase_rows(
+        out,
+        "refused",
+        &[
+            (&|p| of(p, |s| s.front_cpu_us), 1),
+            (&|p| of(p, |s| s.wall_us), 0),
+            (&|p| of(p, |s| s.hits_per_request), 1),
+        ],
+        &summary,
+    );
     let (hits, _) = summary(&of(true, |s| s.hits_per_request), 1);
     let extra = medians[0] - medians[1];
     let _ = writeln!(
@@ -309,21 +303,15 @@ fn asyncio_section(
         out,
         "| phase | CPU µs per task | uprobe hits per task |\n|---|---|---|"
     );
-    let mut medians = [0.0; 2];
-    for (i, probes) in [true, false].into_iter().enumerate() {
-        let (cpu, cpu_text) = summary(&of(probes, |s| s.front_cpu_us), 2);
-        medians[i] = cpu;
-        let (_, hits_text) = summary(&of(probes, |s| s.hits_per_request), 2);
-        let _ = writeln!(
-            out,
-            "| {} | {cpu_text} | {hits_text} |",
-            if probes {
-                "probes attached"
-            } else {
-                "probes refused"
-            }
-        );
-    }
+    let medians = crate::bench::probe_phase_rows(
+        out,
+        "refused",
+        &[
+            (&|p| of(p, |s| s.front_cpu_us), 2),
+            (&|p| of(p, |s| s.hits_per_request), 2),
+        ],
+        &summary,
+    );
     let _ = writeln!(
         out,
         "\nThe probes cost **{:.2} µs of CPU per task created** (difference of the medians); a \

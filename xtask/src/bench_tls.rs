@@ -124,21 +124,15 @@ pub fn section(
         out,
         "| phase | server CPU µs per request | wall µs per request |\n|---|---|---|"
     );
-    let mut medians = [0.0; 2];
-    for (i, probes) in [true, false].into_iter().enumerate() {
-        let (cpu, cpu_text) = summary(&of(probes, |s| s.server_cpu_us), 1);
-        medians[i] = cpu;
-        let (_, wall_text) = summary(&of(probes, |s| s.wall_us), 0);
-        let _ = writeln!(
-            out,
-            "| {} | {cpu_text} | {wall_text} |",
-            if probes {
-                "probes attached"
-            } else {
-                "probes off"
-            }
-        );
-    }
+    let medians = crate::bench::probe_phase_rows(
+        out,
+        "off",
+        &[
+            (&|p| of(p, |s| s.server_cpu_us), 1),
+            (&|p| of(p, |s| s.wall_us), 0),
+        ],
+        &summary,
+    );
     let _ = writeln!(
         out,
         "\nThe probes cost the server **{:.1} µs of CPU per request** (difference of the medians): \

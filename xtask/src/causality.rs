@@ -95,8 +95,11 @@ fn render(scores: &[Score], started: &str) -> String {
          two downstreams over keep-alive connections (in parallel where the runtime does so \
          naturally), one warm-up request (not scored: connections and gRPC channels open; grpcio \
          writes a new channel's first call from its own thread), {SEQUENTIAL} sequential \
-         requests then {WAVES} waves of {WIDTH} concurrent ones; every span's expected parent follows from the request id in its path \
-         (`tests/src/chains.rs`). Targets: whole-trace ≥ 95 %, link precision ≥ 99 %.\n",
+         requests then {WAVES} waves of {WIDTH} concurrent ones; every span's expected parent \
+         follows from the request id in its path (`tests/src/chains.rs`). The asyncio and \
+         Node.js fronts also call their downstreams every 7 ms from a task or timer of their own, \
+         through the same pools, all along: a span that a request adopts without having made it \
+         counts as a wrong link. Targets: whole-trace ≥ 95 %, link precision ≥ 99 %.\n",
         kernel()
     );
     let _ = writeln!(

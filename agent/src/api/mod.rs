@@ -67,6 +67,22 @@ pub async fn serve(
         .merge(analysis::router(store))
         .route("/api/openapi.json", axum::routing::get(openapi))
         .route(
+            "/ready",
+            axum::routing::get({
+                let metrics = metrics.clone();
+                move || {
+                    let ready = crate::metrics::lock(&metrics).ready;
+                    async move {
+                        if ready {
+                            (axum::http::StatusCode::OK, "ready\n")
+                        } else {
+                            (axum::http::StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+                        }
+                    }
+                }
+            }),
+        )
+        .route(
             "/metrics",
             axum::routing::get(move || {
                 let text = crate::metrics::lock(&metrics).render();

@@ -37,6 +37,7 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         })?),
         Output::Jsonl | Output::Store => None,
     };
+    check_ready_file(args.ready_file.as_deref())?;
     let store_config = args.store_config();
     let api_config = if args.output == Output::Store {
         store_config.validate()?;
@@ -95,7 +96,7 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         exporter.as_mut(),
     )
     .with_kernel_conns(kernel_conns)
-    .with_metrics(metrics);
+    .with_metrics(metrics.clone());
     let (go_probes, tls_probes, asyncio_probes) = runtime_probes(&args);
     let mut sink = sink.with_probes(&mut probes, go_probes, tls_probes, asyncio_probes);
     // After this line, processes running now are traced with their runtime probes too (tests
@@ -106,6 +107,10 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         asyncio = asyncio_probes,
         "runtime probes attached"
     );
+    crate::metrics::lock(&metrics).ready = true;
+    if let Some(path) = &args.ready_file {
+        write_ready_file(path, api_config.as_ref().map(|c| c.addr))?;
+    }
     let stop = pipeline::stop_signal(args.duration.map(Duration::from_secs));
     let receiver = receiver::run(ring, &mut sink, Duration::from_millis(100), stop)
         .await
@@ -119,7 +124,38 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         tracing::warn!("OTLP sender still busy after {EXPORT_DRAIN:?}; stopping without it");
     }
     log_stopped(&sink, &receiver);
+    if let Some(path) = &args.ready_file {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(())
+}
+
+/// `--ready-file` can be written: its folder exists (said before anything is attached).
+fn check_ready_file(path: Option<&std::path::Path>) -> Result<(), pipeline::PipelineError> {
+    let folder = path
+        .and_then(std::path::Path::parent)
+        .filter(|p| !p.as_os_str().is_empty());
+    match (path, folder) {
+        (Some(path), Some(folder)) if !folder.is_dir() => Err(pipeline::PipelineError::ReadyFile(
+            format!("{}: its folder does not exist", path.display()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Writes `--ready-file` whole (a temporary file renamed over it: a reader never sees half).
+fn write_ready_file(
+    path: &std::path::Path,
+    ui: Option<std::net::SocketAddr>,
+) -> Result<(), pipeline::PipelineError> {
+    let line = serde_json::json!({
+        "pid": std::process::id(),
+        "ui": ui.map(|a| a.to_string()),
+    });
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{line}\n"))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| pipeline::PipelineError::ReadyFile(format!("{}: {e}", path.display())))
 }
 
 /// Which runtime probes `--no-runtime-probes` leaves on (go, tls, asyncio); those left off are

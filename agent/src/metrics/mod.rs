@@ -31,6 +31,9 @@ pub struct Metrics {
     pub red: red::Red,
     pub graph: graph::ServiceGraph,
     own: Vec<Own>,
+    /// The agent traces: capture attached, runtime probes on the processes running then
+    /// (`/ready`).
+    pub ready: bool,
 }
 
 impl Metrics {

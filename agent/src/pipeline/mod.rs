@@ -36,6 +36,8 @@ pub enum PipelineError {
     Api(#[from] crate::api::ApiError),
     #[error(transparent)]
     Record(#[from] crate::protocol::http1::record::RecordError),
+    #[error("--ready-file {0}")]
+    ReadyFile(String),
 }
 
 /// A running capture path.
