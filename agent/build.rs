@@ -3,7 +3,7 @@
 //!
 //! The BPF target is compiled by Debian's rustc (linked into rustup as the toolchain
 //! `sockspan-bpf`) with its prebuilt `core`, and linked by bpf-linker; `cargo xtask setup`
-//! installs all three. See ../shared/docs/toolchain.md for why.
+//! installs all three. See docs/toolchain.md for why.
 
 use std::{path::PathBuf, process::Command};
 

@@ -2,7 +2,7 @@
 //!
 //! Debian's `rustc-web` (a stable rustc with a prebuilt `core` for `bpfel-unknown-none` in
 //! `libstd-rust-web-dev-bpf`) compiles the programs; bpf-linker, built against the same LLVM major
-//! as that rustc, links them. See ../shared/docs/toolchain.md for why this recipe.
+//! as that rustc, links them. See docs/toolchain.md for why this recipe.
 
 use std::process::Command;
 
