@@ -6,31 +6,34 @@
 //! commit appends instead of touching a page per span; the index by start time has an entry per
 //! frame and appends too (spans end, and so arrive, roughly in start order; [`start_index`]);
 //! the index by trace id is a small log-structured tree ([`trace_index`]).
+//!
+//! This file holds the schema (tables, settings, errors) and opening with recovery; [`write`],
+//! [`retention`] and [`read`] hold the rest, one job each.
 
 mod bloom;
 mod frame;
+mod read;
+mod retention;
 mod start_index;
 mod trace_index;
+mod write;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet},
+    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError, RwLock},
     time::Duration,
 };
 
 use redb::{
-    Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition,
-    TableHandle as _,
+    Database, ReadableDatabase as _, ReadableTable as _, TableDefinition, TableHandle as _,
 };
 
 use self::{
     bloom::Bloom,
-    frame::{FrameBuilder, FrameHeader},
-    start_index::StartBlock,
     trace_index::{OpenRun, RUN_PAIRS},
+    write::Writer,
 };
-use crate::trace::SpanData;
 
 /// Frame sequence number → frame (see [`frame`]).
 const FRAMES: TableDefinition<u64, &[u8]> = TableDefinition::new("frames");
@@ -126,51 +129,6 @@ pub struct SpanSummary {
     pub duration_ns: u64,
 }
 
-/// The writer's state: the next frame's number, buffers reused from commit to commit, and what
-/// the service and operation tables already hold (so a span writes them only when it adds
-/// something).
-#[derive(Default)]
-struct Writer {
-    next_frame: u64,
-    frame: FrameBuilder,
-    starts: StartBlock,
-    pairs: Vec<([u8; 16], u64)>,
-    services: HashMap<String, u64>,
-    operations: HashMap<String, HashSet<String>>,
-}
-
-impl Writer {
-    /// Whether `service`'s last-seen time should be written for a span ending at `end_ns`;
-    /// notes it if so.
-    fn service_due(&mut self, service: &str, end_ns: u64) -> bool {
-        match self.services.get_mut(service) {
-            Some(last) if end_ns < last.saturating_add(SERVICE_REFRESH_NS) => false,
-            Some(last) => {
-                *last = end_ns;
-                true
-            }
-            None => {
-                self.services.insert(service.to_string(), end_ns);
-                true
-            }
-        }
-    }
-
-    /// Whether (`service`, `name`) is new to the operations table; notes it if so.
-    fn operation_new(&mut self, service: &str, name: &str) -> bool {
-        if let Some(names) = self.operations.get_mut(service) {
-            if names.contains(name) {
-                return false;
-            }
-            names.insert(name.to_string());
-        } else {
-            self.operations
-                .insert(service.to_string(), HashSet::from([name.to_string()]));
-        }
-        true
-    }
-}
-
 // A panic while a lock was held leaves at most a half-built frame and pairs of a write that
 // was not committed, which the next write drops first; the agent must not stop storing for it.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -190,49 +148,6 @@ fn records<'a>(frame: u64, bytes: &[u8], raw: &'a mut Vec<u8>) -> Option<Vec<fra
     frame::decode(bytes, raw)
         .map_err(|err| tracing::warn!(frame, "span store: {err}"))
         .ok()
-}
-
-/// Writes the frame being built, and its start-index entry, as `frame`; returns the entry's
-/// spread.
-fn close_frame(
-    writer: &mut Writer,
-    frames: &mut redb::Table<u64, &[u8]>,
-    by_start: &mut redb::Table<(u64, u64), &[u8]>,
-    frame: u64,
-) -> Result<u64, StoreError> {
-    frames
-        .insert(frame, writer.frame.finish())
-        .map_err(db_err)?;
-    let mut spread = 0;
-    if let Some((latest, entry_spread, entry)) = writer.starts.finish() {
-        by_start.insert((latest, frame), entry).map_err(db_err)?;
-        spread = entry_spread;
-    }
-    writer.starts.reset();
-    Ok(spread)
-}
-
-/// A summary ordered by start, for the merge in [`Store::scan`] (ties in any order).
-struct Newest(SpanSummary);
-
-impl PartialEq for Newest {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.start_ns == other.0.start_ns
-    }
-}
-
-impl Eq for Newest {}
-
-impl PartialOrd for Newest {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Newest {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.start_ns.cmp(&other.0.start_ns)
-    }
 }
 
 /// Shared handle; clones are cheap.
@@ -343,364 +258,6 @@ impl Store {
         &self.config.path
     }
 
-    /// Stores a batch. `durable` commits to disk now; otherwise the commit becomes durable with
-    /// the next durable one (the exporter makes one every few seconds and at shutdown).
-    pub fn write(&self, spans: &[SpanData], durable: bool) -> Result<(), StoreError> {
-        let mut guard = lock(&self.writer);
-        let writer = &mut *guard;
-        // Whatever a write left half done (an error, or a panic while it held the lock) goes
-        // first.
-        writer.frame.reset();
-        writer.starts.reset();
-        writer.pairs.clear();
-        let result = self.write_locked(writer, spans, durable);
-        if result.is_err() {
-            // Nothing of this write was committed: the caches may name what was not written,
-            // and the open run holds pairs for frames that do not exist (their numbers are
-            // used again by the next write).
-            writer.services.clear();
-            writer.operations.clear();
-            let mut open_run = write(&self.open_run);
-            for (trace_id, frame) in writer.pairs.drain(..) {
-                open_run.remove(trace_id, frame);
-            }
-        }
-        result
-    }
-
-    fn write_locked(
-        &self,
-        writer: &mut Writer,
-        spans: &[SpanData],
-        durable: bool,
-    ) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(db_err)?;
-        txn.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })
-        .map_err(db_err)?;
-        let mut frame = writer.next_frame;
-        let mut sealed = None;
-        {
-            let mut frames = txn.open_table(FRAMES).map_err(db_err)?;
-            let mut by_start = txn.open_table(BY_START).map_err(db_err)?;
-            let mut services = txn.open_table(SERVICES).map_err(db_err)?;
-            let mut operations = txn.open_table(OPERATIONS).map_err(db_err)?;
-            let mut counts = txn.open_table(COUNTS).map_err(db_err)?;
-            let stored = counts.get(SPANS).map_err(db_err)?.map_or(0, |v| v.value());
-            counts
-                .insert(SPANS, stored + spans.len() as u64)
-                .map_err(db_err)?;
-            let stored_spread = counts.get(SPREAD).map_err(db_err)?.map_or(0, |v| v.value());
-            let mut spread = stored_spread;
-            for span in spans {
-                writer.frame.push(span);
-                let service = span.resource.service_name();
-                writer.starts.push(span, service);
-                writer.pairs.push((span.trace_id, frame));
-                if writer.service_due(service, span.end_unix_nano) {
-                    services
-                        .insert(service, span.end_unix_nano)
-                        .map_err(db_err)?;
-                }
-                if writer.operation_new(service, &span.name) {
-                    operations
-                        .insert((service, span.name.as_str()), span.kind.as_str())
-                        .map_err(db_err)?;
-                }
-                if writer.frame.is_full() {
-                    spread = spread.max(close_frame(writer, &mut frames, &mut by_start, frame)?);
-                    frame += 1;
-                }
-            }
-            if !writer.frame.is_empty() {
-                spread = spread.max(close_frame(writer, &mut frames, &mut by_start, frame)?);
-                frame += 1;
-            }
-            if spread > stored_spread {
-                counts.insert(SPREAD, spread).map_err(db_err)?;
-            }
-            // Into the open run before the commit, so a reader never misses a committed span;
-            // `pairs` keeps the ones this write added, for the caller to take back on failure.
-            {
-                let mut open_run = write(&self.open_run);
-                writer
-                    .pairs
-                    .retain(|&(trace_id, f)| open_run.insert(trace_id, f));
-            }
-            let open_run = read(&self.open_run);
-            // Sealed only by a write that added frames: the run is named by its last frame,
-            // which must not be a run's name already.
-            if open_run.len() >= self.run_pairs && frame > writer.next_frame {
-                let run = frame - 1;
-                let mut index = txn.open_table(TRACE_RUNS).map_err(db_err)?;
-                let mut bloom = Bloom::with_capacity(open_run.len());
-                for (trace_id, _) in open_run.iter() {
-                    bloom.insert(trace_id);
-                }
-                open_run.for_each_block(run, |key, block| {
-                    index.insert(&key[..], block).map(drop).map_err(db_err)
-                })?;
-                let mut runs = txn.open_table(RUNS).map_err(db_err)?;
-                runs.insert(run, bloom.to_bytes().as_slice())
-                    .map_err(db_err)?;
-                sealed = Some((run, bloom));
-            }
-        }
-        txn.commit().map_err(db_err)?;
-        writer.next_frame = frame;
-        if let Some((run, bloom)) = sealed {
-            // The filter before the open run is cleared: a reader that finds the pairs gone
-            // then finds the run.
-            write(&self.blooms).insert(run, Some(bloom));
-            write(&self.open_run).clear();
-        }
-        Ok(())
-    }
-
-    /// Deletes spans older than the retention, then the oldest beyond `max_spans`, a frame at a
-    /// time (at most [`RETENTION_FRAMES`] per call); returns how many spans went.
-    pub fn enforce_retention(&self, now_unix_ns: u64) -> Result<u64, StoreError> {
-        let horizon = now_unix_ns.saturating_sub(self.config.retention.as_nanos() as u64);
-        let _writer = lock(&self.writer);
-        let txn = self.db.begin_write().map_err(db_err)?;
-        let mut removed = 0u64;
-        let last_removed;
-        {
-            let mut frames = txn.open_table(FRAMES).map_err(db_err)?;
-            let mut by_start = txn.open_table(BY_START).map_err(db_err)?;
-            let mut counts = txn.open_table(COUNTS).map_err(db_err)?;
-            let stored = counts.get(SPANS).map_err(db_err)?.map_or(0, |v| v.value());
-            let excess = stored.saturating_sub(self.config.max_spans);
-            let mut last_doomed = None;
-            let mut latest_start = 0u64;
-            for entry in frames.iter().map_err(db_err)?.take(RETENTION_FRAMES) {
-                let (frame, bytes) = entry.map_err(db_err)?;
-                // A frame whose header cannot be read is dropped with the old ones; its start-index
-                // entry could then be keyed anywhere.
-                let header = FrameHeader::parse(bytes.value()).ok();
-                if header.is_none() {
-                    latest_start = u64::MAX;
-                }
-                let (spans, latest) =
-                    header.map_or((0, 0), |h| (u64::from(h.spans), h.latest_start_ns));
-                if latest >= horizon && removed >= excess {
-                    break;
-                }
-                removed += spans;
-                latest_start = latest_start.max(latest);
-                last_doomed = Some(frame.value());
-            }
-            let Some(last) = last_doomed else {
-                return Ok(0);
-            };
-            last_removed = last;
-            frames.retain_in(..=last, |_, _| false).map_err(db_err)?;
-            // The totals go down by what the index held of the frames removed, so they stay the
-            // index's count even where a frame's header was damaged.
-            let mut indexed = 0u64;
-            by_start
-                .retain_in(..=(latest_start, u64::MAX), |(_, frame), entry| {
-                    let doomed = frame <= last;
-                    if doomed {
-                        indexed += start_index::count(entry);
-                    }
-                    !doomed
-                })
-                .map_err(db_err)?;
-            counts
-                .insert(SPANS, stored.saturating_sub(indexed))
-                .map_err(db_err)?;
-            let mut runs = txn.open_table(RUNS).map_err(db_err)?;
-            let mut index = txn.open_table(TRACE_RUNS).map_err(db_err)?;
-            let mut gone = Vec::new();
-            for entry in runs.range(..=last).map_err(db_err)? {
-                gone.push(entry.map_err(db_err)?.0.value());
-            }
-            for run in gone {
-                let (low, high) = trace_index::whole_run(run);
-                index
-                    .retain_in(&low[..]..=&high[..], |_, _| false)
-                    .map_err(db_err)?;
-                runs.remove(run).map_err(db_err)?;
-            }
-        }
-        txn.commit().map_err(db_err)?;
-        write(&self.blooms).retain(|&run, _| run > last_removed);
-        Ok(removed)
-    }
-
-    /// Every service with stored spans, sorted.
-    pub fn services(&self) -> Result<Vec<String>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(SERVICES).map_err(db_err)?;
-        let mut out = Vec::new();
-        for entry in table.iter().map_err(db_err)? {
-            out.push(entry.map_err(db_err)?.0.value().to_string());
-        }
-        Ok(out)
-    }
-
-    /// Operations of `service` with their span kind (`SERVER`, `CLIENT`), sorted.
-    pub fn operations(&self, service: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(OPERATIONS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for entry in table.range((service, "")..).map_err(db_err)? {
-            let (key, kind) = entry.map_err(db_err)?;
-            let (svc, op) = key.value();
-            if svc != service {
-                break;
-            }
-            out.push((op.to_string(), kind.value().to_string()));
-        }
-        Ok(out)
-    }
-
-    /// The spans of one trace, as stored (jsonl objects).
-    pub fn trace(&self, trace_id: &[u8; 16]) -> Result<Vec<serde_json::Value>, StoreError> {
-        // The open run first, then the filters, then the snapshot: a run sealed in between is
-        // then in the filters and the snapshot, and the pairs read from memory are still right.
-        let mut frames: BTreeSet<u64> = read(&self.open_run).frames_of(trace_id).collect();
-        let candidates: Vec<u64> = read(&self.blooms)
-            .iter()
-            .filter(|(_, bloom)| bloom.as_ref().is_none_or(|b| b.may_contain(trace_id)))
-            .map(|(&run, _)| run)
-            .collect();
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let index = txn.open_table(TRACE_RUNS).map_err(db_err)?;
-        for run in candidates {
-            let (low, high) = trace_index::blocks_up_to(run, trace_id);
-            if let Some(entry) = index
-                .range(&low[..]..=&high[..])
-                .map_err(db_err)?
-                .next_back()
-            {
-                let (_, block) = entry.map_err(db_err)?;
-                frames.extend(trace_index::frames_in_block(block.value(), trace_id));
-            }
-        }
-        let table = txn.open_table(FRAMES).map_err(db_err)?;
-        let mut raw = Vec::new();
-        let mut out = Vec::new();
-        for frame in frames {
-            // Retention may have taken a frame the index still names.
-            let Some(bytes) = table.get(frame).map_err(db_err)? else {
-                continue;
-            };
-            out.extend(
-                records(frame, bytes.value(), &mut raw)
-                    .unwrap_or_default()
-                    .iter()
-                    .filter(|r| r.trace_id == *trace_id)
-                    .filter_map(|r| serde_json::from_slice(r.json).ok()),
-            );
-        }
-        Ok(out)
-    }
-
-    /// Every stored span as JSON, in the order they were stored, until `f` returns false;
-    /// returns how many frames did not decode (reported and skipped).
-    pub fn for_each_span(&self, mut f: impl FnMut(&[u8]) -> bool) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let frames = txn.open_table(FRAMES).map_err(db_err)?;
-        let mut raw = Vec::new();
-        let mut damaged = 0;
-        for entry in frames.iter().map_err(db_err)? {
-            let (frame, bytes) = entry.map_err(db_err)?;
-            let Some(records) = records(frame.value(), bytes.value(), &mut raw) else {
-                damaged += 1;
-                continue;
-            };
-            for record in records {
-                if !f(record.json) {
-                    return Ok(damaged);
-                }
-            }
-        }
-        Ok(damaged)
-    }
-
-    /// Span summaries started in `[start_ns, end_ns]`, newest first, calling `keep` on each
-    /// until it returns false.
-    ///
-    /// Entries are per frame, keyed by the latest start in the frame: they are read from the
-    /// newest key down, and a summary is handed out once every entry still unread has a key
-    /// below its start (none of them can hold a newer span). Entries keyed after `end_ns` may
-    /// hold spans in the range only up to the widest spread any frame had.
-    pub fn scan(
-        &self,
-        start_ns: u64,
-        end_ns: u64,
-        mut keep: impl FnMut(SpanSummary) -> bool,
-    ) -> Result<(), StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let by_start = txn.open_table(BY_START).map_err(db_err)?;
-        let spread = txn
-            .open_table(COUNTS)
-            .map_err(db_err)?
-            .get(SPREAD)
-            .map_err(db_err)?
-            .map_or(0, |v| v.value());
-        let mut pending = BinaryHeap::new();
-        for entry in by_start
-            .range((start_ns, 0)..=(end_ns.saturating_add(spread), u64::MAX))
-            .map_err(db_err)?
-            .rev()
-        {
-            let (key, value) = entry.map_err(db_err)?;
-            let (latest, frame) = key.value();
-            while pending
-                .peek()
-                .is_some_and(|p: &Newest| p.0.start_ns > latest)
-            {
-                if let Some(Newest(summary)) = pending.pop()
-                    && !keep(summary)
-                {
-                    return Ok(());
-                }
-            }
-            let value = value.value();
-            let decoded = start_index::earliest_start(value).and_then(|earliest| {
-                if earliest > end_ns {
-                    return Ok(());
-                }
-                start_index::for_each_in(value, start_ns, end_ns, |s| pending.push(Newest(s)))
-            });
-            if let Err(err) = decoded {
-                tracing::warn!(frame, "span store: {err}");
-            }
-        }
-        while let Some(Newest(summary)) = pending.pop() {
-            if !keep(summary) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// Distinct trace ids with a span started in `[start_ns, end_ns]` that `matches`, newest
-    /// first, at most `limit`.
-    pub fn trace_ids(
-        &self,
-        start_ns: u64,
-        end_ns: u64,
-        limit: usize,
-        matches: impl Fn(&SpanSummary) -> bool,
-    ) -> Result<Vec<[u8; 16]>, StoreError> {
-        let mut ids = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        self.scan(start_ns, end_ns, |s| {
-            if matches(&s) && seen.insert(s.trace_id) {
-                ids.push(s.trace_id);
-            }
-            ids.len() < limit
-        })?;
-        Ok(ids)
-    }
-
     /// Spans stored now.
     #[cfg(test)]
     fn span_count(&self) -> Result<u64, StoreError> {
@@ -715,7 +272,10 @@ mod tests {
     use redb::ReadableTableMetadata as _;
 
     use super::*;
-    use crate::trace::span::{KeyValue, Resource, SpanKind, SpanStatus};
+    use crate::trace::{
+        SpanData,
+        span::{KeyValue, Resource, SpanKind, SpanStatus},
+    };
 
     /// A SERVER span of `service` (also the frame tests' builder).
     pub(super) fn span(trace: u8, id: u8, service: &str, start: u64) -> SpanData {

@@ -1,0 +1,197 @@
+//! Writing: spans into frames, the frame and start-time tables, the trace-id run, the
+//! service and operation tables, in one transaction per batch.
+
+use std::collections::{HashMap, HashSet};
+
+use redb::{Durability, ReadableTable as _};
+
+use super::{
+    BY_START, COUNTS, FRAMES, OPERATIONS, RUNS, SERVICE_REFRESH_NS, SERVICES, SPANS, SPREAD, Store,
+    StoreError, TRACE_RUNS, bloom::Bloom, db_err, frame::FrameBuilder, lock, read,
+    start_index::StartBlock, write,
+};
+use crate::trace::SpanData;
+
+/// The writer's state: the next frame's number, buffers reused from commit to commit, and what
+/// the service and operation tables already hold (so a span writes them only when it adds
+/// something).
+#[derive(Default)]
+pub(super) struct Writer {
+    pub(super) next_frame: u64,
+    frame: FrameBuilder,
+    starts: StartBlock,
+    pairs: Vec<([u8; 16], u64)>,
+    services: HashMap<String, u64>,
+    operations: HashMap<String, HashSet<String>>,
+}
+
+impl Writer {
+    /// Whether `service`'s last-seen time should be written for a span ending at `end_ns`;
+    /// notes it if so.
+    fn service_due(&mut self, service: &str, end_ns: u64) -> bool {
+        match self.services.get_mut(service) {
+            Some(last) if end_ns < last.saturating_add(SERVICE_REFRESH_NS) => false,
+            Some(last) => {
+                *last = end_ns;
+                true
+            }
+            None => {
+                self.services.insert(service.to_string(), end_ns);
+                true
+            }
+        }
+    }
+
+    /// Whether (`service`, `name`) is new to the operations table; notes it if so.
+    fn operation_new(&mut self, service: &str, name: &str) -> bool {
+        if let Some(names) = self.operations.get_mut(service) {
+            if names.contains(name) {
+                return false;
+            }
+            names.insert(name.to_string());
+        } else {
+            self.operations
+                .insert(service.to_string(), HashSet::from([name.to_string()]));
+        }
+        true
+    }
+}
+
+/// Writes the frame being built, and its start-index entry, as `frame`; returns the entry's
+/// spread.
+fn close_frame(
+    writer: &mut Writer,
+    frames: &mut redb::Table<u64, &[u8]>,
+    by_start: &mut redb::Table<(u64, u64), &[u8]>,
+    frame: u64,
+) -> Result<u64, StoreError> {
+    frames
+        .insert(frame, writer.frame.finish())
+        .map_err(db_err)?;
+    let mut spread = 0;
+    if let Some((latest, entry_spread, entry)) = writer.starts.finish() {
+        by_start.insert((latest, frame), entry).map_err(db_err)?;
+        spread = entry_spread;
+    }
+    writer.starts.reset();
+    Ok(spread)
+}
+
+impl Store {
+    /// Stores a batch. `durable` commits to disk now; otherwise the commit becomes durable with
+    /// the next durable one (the exporter makes one every few seconds and at shutdown).
+    pub fn write(&self, spans: &[SpanData], durable: bool) -> Result<(), StoreError> {
+        let mut guard = lock(&self.writer);
+        let writer = &mut *guard;
+        // Whatever a write left half done (an error, or a panic while it held the lock) goes
+        // first.
+        writer.frame.reset();
+        writer.starts.reset();
+        writer.pairs.clear();
+        let result = self.write_locked(writer, spans, durable);
+        if result.is_err() {
+            // Nothing of this write was committed: the caches may name what was not written,
+            // and the open run holds pairs for frames that do not exist (their numbers are
+            // used again by the next write).
+            writer.services.clear();
+            writer.operations.clear();
+            let mut open_run = write(&self.open_run);
+            for (trace_id, frame) in writer.pairs.drain(..) {
+                open_run.remove(trace_id, frame);
+            }
+        }
+        result
+    }
+
+    fn write_locked(
+        &self,
+        writer: &mut Writer,
+        spans: &[SpanData],
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(db_err)?;
+        let mut frame = writer.next_frame;
+        let mut sealed = None;
+        {
+            let mut frames = txn.open_table(FRAMES).map_err(db_err)?;
+            let mut by_start = txn.open_table(BY_START).map_err(db_err)?;
+            let mut services = txn.open_table(SERVICES).map_err(db_err)?;
+            let mut operations = txn.open_table(OPERATIONS).map_err(db_err)?;
+            let mut counts = txn.open_table(COUNTS).map_err(db_err)?;
+            let stored = counts.get(SPANS).map_err(db_err)?.map_or(0, |v| v.value());
+            counts
+                .insert(SPANS, stored + spans.len() as u64)
+                .map_err(db_err)?;
+            let stored_spread = counts.get(SPREAD).map_err(db_err)?.map_or(0, |v| v.value());
+            let mut spread = stored_spread;
+            for span in spans {
+                writer.frame.push(span);
+                let service = span.resource.service_name();
+                writer.starts.push(span, service);
+                writer.pairs.push((span.trace_id, frame));
+                if writer.service_due(service, span.end_unix_nano) {
+                    services
+                        .insert(service, span.end_unix_nano)
+                        .map_err(db_err)?;
+                }
+                if writer.operation_new(service, &span.name) {
+                    operations
+                        .insert((service, span.name.as_str()), span.kind.as_str())
+                        .map_err(db_err)?;
+                }
+                if writer.frame.is_full() {
+                    spread = spread.max(close_frame(writer, &mut frames, &mut by_start, frame)?);
+                    frame += 1;
+                }
+            }
+            if !writer.frame.is_empty() {
+                spread = spread.max(close_frame(writer, &mut frames, &mut by_start, frame)?);
+                frame += 1;
+            }
+            if spread > stored_spread {
+                counts.insert(SPREAD, spread).map_err(db_err)?;
+            }
+            // Into the open run before the commit, so a reader never misses a committed span;
+            // `pairs` keeps the ones this write added, for the caller to take back on failure.
+            {
+                let mut open_run = write(&self.open_run);
+                writer
+                    .pairs
+                    .retain(|&(trace_id, f)| open_run.insert(trace_id, f));
+            }
+            let open_run = read(&self.open_run);
+            // Sealed only by a write that added frames: the run is named by its last frame,
+            // which must not be a run's name already.
+            if open_run.len() >= self.run_pairs && frame > writer.next_frame {
+                let run = frame - 1;
+                let mut index = txn.open_table(TRACE_RUNS).map_err(db_err)?;
+                let mut bloom = Bloom::with_capacity(open_run.len());
+                for (trace_id, _) in open_run.iter() {
+                    bloom.insert(trace_id);
+                }
+                open_run.for_each_block(run, |key, block| {
+                    index.insert(&key[..], block).map(drop).map_err(db_err)
+                })?;
+                let mut runs = txn.open_table(RUNS).map_err(db_err)?;
+                runs.insert(run, bloom.to_bytes().as_slice())
+                    .map_err(db_err)?;
+                sealed = Some((run, bloom));
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        writer.next_frame = frame;
+        if let Some((run, bloom)) = sealed {
+            // The filter before the open run is cleared: a reader that finds the pairs gone
+            // then finds the run.
+            write(&self.blooms).insert(run, Some(bloom));
+            write(&self.open_run).clear();
+        }
+        Ok(())
+    }
+}
