@@ -284,3 +284,134 @@ fn refusal(path: &std::path::Path) -> String {
     assert!(!out.status.success());
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// What Prometheus's HTTP API answers for the instant query `query`: (labels, value) per series.
+fn prometheus_query(port: u16, query: &str) -> Vec<(Value, f64)> {
+    let out = run_ok(
+        Command::new("curl").args([
+            "-sS",
+            "--get",
+            &format!("http://127.0.0.1:{port}/api/v1/query"),
+            "--data-urlencode",
+            &format!("query={query}"),
+        ]),
+        Duration::from_secs(10),
+    );
+    let body: Value = serde_json::from_slice(&out.stdout).expect("prometheus json");
+    assert_eq!(body["status"], "success", "{query}: {body}");
+    body["data"]["result"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .map(|r| {
+            let value = r["value"][1]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(f64::NAN);
+            (r["metric"].clone(), value)
+        })
+        .collect()
+}
+
+/// Debian's Prometheus server scrapes the agent every second during known traffic; its query
+/// API then returns the RED and service-graph series with the numbers sent, and a Grafana-style
+/// rate per edge is there for each edge.
+#[test]
+fn prometheus_scrapes_the_red_and_service_graph_series() {
+    let (ui, prom) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("sockspan-prometheus-{ui}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{ scrape_interval: 1s }}\nscrape_configs:\n  - job_name: sockspan\n    static_configs: [{{ targets: ['127.0.0.1:{ui}'] }}]\n"
+        ),
+    )
+    .expect("config");
+    let store = dir.join("traces.redb");
+    let agent = Agent::start_command(
+        "run",
+        &[
+            "--store",
+            store.to_str().expect("path"),
+            "--ui",
+            &format!("127.0.0.1:{ui}"),
+        ],
+    );
+    let server = sockspan_tests::Proc(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    );
+    sockspan_tests::wait_listening(&format!("127.0.0.1:{prom}"), Duration::from_secs(30));
+    let chain = Chain::start(chain_named("threaded"));
+    let ids = chain.drive(6, 2, 4);
+    let requests = ids.len() as f64 + 1.0;
+    let edges = "sum by (client, server) (traces_service_graph_request_total)";
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let totals = loop {
+        let totals = prometheus_query(prom, edges);
+        let complete = totals.len() == 3 && totals.iter().all(|(_, v)| (*v - requests).abs() < 0.5);
+        if complete || Instant::now() > deadline {
+            break totals;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let red = prometheus_query(
+        prom,
+        "sum by (service_name) (http_server_request_duration_seconds_count)",
+    );
+    let p50 = prometheus_query(
+        prom,
+        "histogram_quantile(0.5, sum by (le) (http_server_request_duration_seconds_bucket{service_name=\"front\"}))",
+    );
+    let rates = prometheus_query(
+        prom,
+        "sum by (client, server) (rate(traces_service_graph_request_total[1m]))",
+    );
+    drop(server);
+    let out = agent.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "{}", out.stderr);
+    let named = |m: &Value, k: &str| m[k].as_str().unwrap_or_default().to_string();
+    let mut edge_names: Vec<(String, String)> = totals
+        .iter()
+        .map(|(m, _)| (named(m, "client"), named(m, "server")))
+        .collect();
+    edge_names.sort();
+    assert_eq!(
+        edge_names,
+        [("driver", "front"), ("front", "a"), ("front", "b")]
+            .map(|(c, s)| (c.to_string(), s.to_string()))
+            .to_vec()
+    );
+    assert!(
+        totals.iter().all(|(_, v)| (*v - requests).abs() < 0.5),
+        "{totals:?} vs {requests}"
+    );
+    for service in ["front", "a", "b"] {
+        let got = red
+            .iter()
+            .find(|(m, _)| named(m, "service_name") == service);
+        assert!(
+            got.is_some_and(|(_, v)| (*v - requests).abs() < 0.5),
+            "{service}: {red:?}"
+        );
+    }
+    assert!(
+        p50.first().is_some_and(|(_, v)| *v > 0.0 && v.is_finite()),
+        "{p50:?}"
+    );
+    assert_eq!(rates.len(), 3, "{rates:?}");
+    assert!(rates.iter().all(|(_, v)| *v > 0.0), "{rates:?}");
+}

@@ -38,6 +38,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("memcached", "memcached"),
     ("mariadbd", "mariadb-server"),
     ("/usr/lib/postgresql/15/bin/initdb", "postgresql"),
+    // A real Prometheus server scrapes /metrics in the metrics test.
+    ("prometheus", "prometheus"),
     ("dnsmasq", "dnsmasq-base"),
 ];
 
