@@ -1,0 +1,604 @@
+//! `cargo xtask bench`: per-syscall cost of sockspan over no programs and over empty programs
+//! (the floor), the programs' own run time from the kernel's BPF statistics, the agent's CPU and
+//! memory meanwhile, and the user-space pipeline's throughput. Writes BENCHMARKS.md.
+//!
+//! Variants run interleaved and in rotating order (A B C, B C A, C A B, …) so drift on a noisy
+//! machine spreads over all of them; every figure is a median with its min–max.
+
+mod report;
+
+use report::{http_section, report};
+pub use report::{probe_phase_rows, summary};
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::bench_runtime::Probed;
+use anyhow::{Context as _, Result, bail};
+
+use crate::util::{is_root, output_of, run, workspace_root};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Untraced,
+    Floor,
+    Sockspan,
+    /// The agent, with the ping-pong carrying bytes that are not HTTP (section 1 only).
+    SockspanOpaque,
+    /// The agent as `sockspan run` starts it by default: spans into the embedded store, query
+    /// API and UI up (section 4 only).
+    SockspanStore,
+    /// The capture `sys_enter` with an exit program that stops after the connection lookup,
+    /// after the timestamps, after the payload copy (section 1's breakdown only).
+    StageLookup,
+    StageClock,
+    StageCopy,
+}
+
+impl Variant {
+    /// The end-to-end variants (section 4).
+    const ALL: [Self; 4] = [
+        Self::Untraced,
+        Self::Floor,
+        Self::Sockspan,
+        Self::SockspanStore,
+    ];
+    /// The ping-pong variants (section 1).
+    const PING_PONG: [Self; 4] = [
+        Self::Untraced,
+        Self::Floor,
+        Self::Sockspan,
+        Self::SockspanOpaque,
+    ];
+
+    /// The breakdown variants (section 1), each ending one step later than the one before.
+    const STAGES: [Self; 3] = [Self::StageLookup, Self::StageClock, Self::StageCopy];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::StageLookup => "exit program stopped after the connection lookup",
+            Self::StageClock => "… and after the timestamps",
+            Self::StageCopy => "… and after the payload copy (no ring output)",
+            Self::Untraced => "(a) no programs",
+            Self::Floor => "(b) empty programs (floor)",
+            Self::Sockspan => "(c) sockspan run",
+            Self::SockspanOpaque => "(d) sockspan run, bytes that are not HTTP",
+            Self::SockspanStore => "(e) sockspan run, default output (embedded store and UI)",
+        }
+    }
+
+    fn is_agent(self) -> bool {
+        matches!(
+            self,
+            Self::Sockspan | Self::SockspanOpaque | Self::SockspanStore
+        )
+    }
+}
+
+/// A 64-byte HTTP/1.1 request and response (padded in a header), so that the ping-pong takes the
+/// capture path: every syscall's payload copied and sent, every exchange a pair of spans.
+const PING_REQUEST: &[u8; 64] =
+    b"GET /ping HTTP/1.1\r\nHost: bench\r\nX-Pad: 0123456789abcdefghij\r\n\r\n";
+const PING_RESPONSE: &[u8; 64] =
+    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Pad: 0123456789abcdefg\r\n\r\n";
+/// 64 bytes no HTTP request starts with: the programs give up on the connection after its
+/// first 8 data syscalls and send nothing more.
+const PING_OPAQUE: &[u8; 64] = &[7; 64];
+
+/// One measured run.
+#[derive(Debug, Default, Clone)]
+struct Sample {
+    ns_per_syscall: f64,
+    /// (program name, `run_time_ns`, `run_cnt`) deltas over the statistics pass.
+    programs: Vec<(String, u64, u64)>,
+    /// Ping-pong syscalls in the statistics pass.
+    stats_syscalls: f64,
+    agent_cpu_s: f64,
+    agent_peak_rss_kb: u64,
+}
+
+/// A loopback TCP ping-pong in one thread: write a 64-byte request, read it on the other end,
+/// write a 64-byte response, read it: four socket syscalls per round trip, no wake-ups. Returns
+/// ns per syscall.
+fn ping_pong(round_trips: u64, request: &[u8; 64], response: &[u8; 64]) -> Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let mut client = TcpStream::connect(listener.local_addr()?)?;
+    let (mut server, _) = listener.accept()?;
+    client.set_nodelay(true)?;
+    server.set_nodelay(true)?;
+    let mut buf = [0u8; 64];
+    let started = Instant::now();
+    for _ in 0..round_trips {
+        client.write_all(request)?;
+        server.read_exact(&mut buf)?;
+        server.write_all(response)?;
+        client.read_exact(&mut buf)?;
+    }
+    Ok(started.elapsed().as_nanos() as f64 / (round_trips as f64 * 4.0))
+}
+
+/// `run_time_ns` and `run_cnt` of every loaded tracepoint program, by name.
+fn program_stats() -> Result<Vec<(String, u64, u64)>> {
+    let text = output_of(Command::new("bpftool").args(["prog", "show", "--json"]))?;
+    let progs: serde_json::Value = serde_json::from_str(&text).context("bpftool JSON")?;
+    Ok(progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        // sockspan's programs and the floor's are BTF raw tracepoints: tracing programs.
+        .filter(|p| p["type"] == "tracing")
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or("?").to_string(),
+                p["run_time_ns"].as_u64().unwrap_or(0),
+                p["run_cnt"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect())
+}
+
+/// User + system CPU seconds of `pid` so far (`/proc/PID/stat`, 100 Hz clock ticks).
+pub fn proc_cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let after_comm = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the comm.
+    let ticks: u64 = fields
+        .get(11..13)
+        .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    ticks as f64 / 100.0
+}
+
+fn proc_peak_rss_kb(pid: u32) -> u64 {
+    sockspan_tests::proc_status_kib(pid, "VmHWM").unwrap_or(0)
+}
+
+/// A started agent (or floor) and the reader of its stderr.
+struct Running {
+    child: Child,
+    /// All stderr lines, once the process has exited.
+    stderr: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Running {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Starts the agent (or the floor) and waits until its programs are attached; the agent's
+/// stdout (spans as JSON lines) goes to `spans` when given, and (e) stores its spans in a new
+/// store beside it ([`store_path`]).
+fn start_variant(bin: &Path, variant: Variant, spans: Option<&Path>) -> Result<Option<Running>> {
+    let store = spans.map(store_path);
+    let store_arg = store
+        .as_deref()
+        .map_or_else(String::new, |p| p.display().to_string());
+    let args: &[&str] = match variant {
+        Variant::Untraced => return Ok(None),
+        Variant::Floor => &["bench-floor"],
+        Variant::StageLookup => &["bench-floor", "--stage", "lookup"],
+        Variant::StageClock => &["bench-floor", "--stage", "clock"],
+        Variant::StageCopy => &["bench-floor", "--stage", "copy"],
+        Variant::Sockspan | Variant::SockspanOpaque => &["run", "--output", "jsonl"],
+        Variant::SockspanStore => {
+            if let Some(path) = &store {
+                let _ = std::fs::remove_file(path);
+            }
+            &["run", "--store", &store_arg, "--ui", "127.0.0.1:0"]
+        }
+    };
+    let stdout = match spans {
+        Some(path) => Stdio::from(std::fs::File::create(path)?),
+        None => Stdio::null(),
+    };
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("capture path attached") {
+                let _ = tx.send(());
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    if rx.recv_timeout(Duration::from_mins(1)).is_err() {
+        let _ = child.kill();
+        bail!("{} {args:?} did not attach within 60 s", bin.display());
+    }
+    Ok(Some(Running {
+        child,
+        stderr: reader,
+    }))
+}
+
+/// Where (e) keeps its store: beside the span file of the other variants.
+fn store_path(spans: &Path) -> std::path::PathBuf {
+    spans.with_extension("redb")
+}
+
+/// Stops a started variant with SIGINT; returns its stderr lines.
+fn stop(mut running: Running) -> Result<Vec<String>> {
+    run(Command::new("kill").args(["-INT", &running.child.id().to_string()]))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running.child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = running.child.kill();
+            bail!("agent did not stop within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(running.stderr.join().unwrap_or_default())
+}
+
+/// `key=N` from the agent's final `stopped` log line.
+fn stopped_value(lines: &[String], key: &str) -> Option<u64> {
+    let line = lines.iter().rev().find(|l| l.contains(" stopped "))?;
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Turns the kernel's BPF run-time statistics on or off.
+fn bpf_stats(on: bool) -> Result<()> {
+    std::fs::write(
+        "/proc/sys/kernel/bpf_stats_enabled",
+        if on { "1" } else { "0" },
+    )
+    .context("set kernel.bpf_stats_enabled")
+}
+
+/// Round trips of the pass that reads the programs' run times, per timed round trip.
+const STATS_PASS_DIVISOR: u64 = 4;
+
+/// One ping-pong round of a variant: a timed pass with the BPF statistics off (they cost ~100 ns
+/// per syscall themselves: two `sched_clock` reads per program run), then a shorter pass with
+/// them on for the programs' run times.
+fn measure(bin: &Path, variant: Variant, round_trips: u64) -> Result<Sample> {
+    let (request, response) = if variant == Variant::SockspanOpaque {
+        (PING_OPAQUE, PING_OPAQUE)
+    } else {
+        (PING_REQUEST, PING_RESPONSE)
+    };
+    let child = start_variant(bin, variant, None)?;
+    let pid = child.as_ref().map(Running::pid);
+    bpf_stats(false)?;
+    let cpu_before = pid.map_or(0.0, proc_cpu_seconds);
+    let ns = ping_pong(round_trips, request, response)?;
+    let cpu_after = pid.map_or(0.0, proc_cpu_seconds);
+    let peak = pid.map_or(0, proc_peak_rss_kb);
+    bpf_stats(true)?;
+    let before = program_stats()?;
+    let stats_round_trips = round_trips / STATS_PASS_DIVISOR;
+    ping_pong(stats_round_trips, request, response)?;
+    let after = program_stats()?;
+    bpf_stats(false)?;
+    if let Some(child) = child {
+        stop(child)?;
+    }
+    let programs = after
+        .into_iter()
+        .filter_map(|(name, time, count)| {
+            let (t0, c0) = before
+                .iter()
+                .find(|(n, ..)| *n == name)
+                .map_or((0, 0), |(_, t, c)| (*t, *c));
+            (count > c0).then(|| (name, time - t0, count - c0))
+        })
+        .collect();
+    Ok(Sample {
+        ns_per_syscall: ns,
+        programs,
+        stats_syscalls: stats_round_trips as f64 * 4.0,
+        agent_cpu_s: cpu_after - cpu_before,
+        agent_peak_rss_kb: peak,
+    })
+}
+
+/// `rounds` rounds of `variants`, each round starting one variant later (A B C, B C A, C A B,
+/// …), with the round's number.
+fn rotating(variants: &[Variant], rounds: usize) -> impl Iterator<Item = (usize, Variant)> + '_ {
+    (0..rounds).flat_map(move |round| {
+        (0..variants.len()).map(move |k| (round, variants[(round + k) % variants.len()]))
+    })
+}
+
+/// One run of `sockspan bench-pipeline`.
+#[derive(Debug, Clone, Copy)]
+struct PipelineRun {
+    events_per_s: f64,
+    exchanges_per_s: f64,
+    /// With the store: its file's bytes per span, and microseconds to read a trace back.
+    store_bytes_per_span: f64,
+    lookup_us: f64,
+}
+
+/// What `bench-pipeline` synthesizes (its `--protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Synthesized {
+    Http1,
+    Grpc,
+    Redis,
+}
+
+/// Every `bench-pipeline` run of a benchmark, by what it synthesized.
+#[derive(Default)]
+struct PipelineRuns {
+    http: Vec<PipelineRun>,
+    /// HTTP/1.1 into the embedded store.
+    stored: Vec<PipelineRun>,
+    grpc: Vec<PipelineRun>,
+    redis: Vec<PipelineRun>,
+}
+
+fn pipeline_run(
+    bin: &Path,
+    exchanges: u64,
+    store: Option<&Path>,
+    protocol: Synthesized,
+) -> Result<PipelineRun> {
+    let mut command = Command::new(bin);
+    command.args(["bench-pipeline", "--exchanges", &exchanges.to_string()]);
+    match protocol {
+        Synthesized::Http1 => {}
+        Synthesized::Grpc => {
+            command.args(["--protocol", "http2"]);
+        }
+        Synthesized::Redis => {
+            command.args(["--protocol", "redis"]);
+        }
+    }
+    if let Some(path) = store {
+        command.arg("--store").arg(path);
+    }
+    let text = output_of(&mut command)?;
+    if let Some(path) = store {
+        let _ = std::fs::remove_file(path);
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(text.trim()).context("bench-pipeline output")?;
+    let number = |key: &str| v[key].as_f64().unwrap_or(0.0);
+    Ok(PipelineRun {
+        events_per_s: number("events_per_second"),
+        exchanges_per_s: number("exchanges_per_second"),
+        store_bytes_per_span: number("store_bytes") / number("spans").max(1.0),
+        lookup_us: number("trace_lookup_us"),
+    })
+}
+
+pub fn bench(quick: bool, runtime_probes_only: bool) -> Result<()> {
+    if !is_root() {
+        bail!("benchmarks attach eBPF programs: run `cargo xtask bench` as root");
+    }
+    if runtime_probes_only {
+        crate::setup::test_dependencies()?;
+        let bin = crate::util::release_agent()?;
+        let asyncio = crate::bench_runtime::rounds(&bin, quick, Probed::Asyncio)?;
+        let probes = crate::bench_runtime::rounds(&bin, quick, Probed::Go)?;
+        let tls = crate::bench_tls::rounds(&bin, quick)?;
+        let mut out = String::new();
+        crate::bench_runtime::section(&mut out, Probed::Go, &probes, summary);
+        crate::bench_tls::section(&mut out, &tls, summary);
+        crate::bench_runtime::section(&mut out, Probed::Asyncio, &asyncio, summary);
+        println!("{out}");
+        return Ok(());
+    }
+    if !crate::util::command_ok(Command::new("bpftool").arg("version")) {
+        run(Command::new("apt-get").args([
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "bpftool",
+        ]))?;
+    }
+    let bin = crate::util::release_agent()?;
+    let (round_trips, rounds, exchanges, pipeline_rounds) = if quick {
+        (100_000u64, 2usize, 200_000u64, 3usize)
+    } else {
+        (1_000_000, 3, 1_000_000, 5)
+    };
+    let stats_before =
+        std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+    bpf_stats(false)?;
+    let mut samples: Vec<(Variant, Sample)> = Vec::new();
+    for (round, variant) in rotating(&Variant::PING_PONG, rounds) {
+        eprintln!(
+            "xtask bench: round {} of {rounds}: {} ({round_trips} round trips)",
+            round + 1,
+            variant.label()
+        );
+        samples.push((variant, measure(&bin, variant, round_trips)?));
+    }
+    // The breakdown reads only the programs' run times, so a shorter ping-pong does.
+    for (round, variant) in rotating(&Variant::STAGES, rounds) {
+        eprintln!(
+            "xtask bench: breakdown round {} of {rounds}: {}",
+            round + 1,
+            variant.label()
+        );
+        samples.push((variant, measure(&bin, variant, round_trips / 4)?));
+    }
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
+    let http = http_rounds(&bin, quick)?;
+    crate::setup::test_dependencies()?;
+    let probes = crate::bench_runtime::rounds(&bin, quick, Probed::Go)?;
+    let tls = crate::bench_tls::rounds(&bin, quick)?;
+    let asyncio = crate::bench_runtime::rounds(&bin, quick, Probed::Asyncio)?;
+    let mut runs = PipelineRuns::default();
+    let store = std::env::temp_dir().join("sockspan-bench-pipeline.redb");
+    for _ in 0..pipeline_rounds {
+        runs.http
+            .push(pipeline_run(&bin, exchanges, None, Synthesized::Http1)?);
+        runs.stored.push(pipeline_run(
+            &bin,
+            exchanges,
+            Some(&store),
+            Synthesized::Http1,
+        )?);
+        runs.grpc
+            .push(pipeline_run(&bin, exchanges, None, Synthesized::Grpc)?);
+        runs.redis
+            .push(pipeline_run(&bin, exchanges, None, Synthesized::Redis)?);
+    }
+    let mut report = report(&samples, &runs, round_trips, rounds, exchanges, quick);
+    http_section(&mut report, &http);
+    crate::bench_runtime::section(&mut report, Probed::Go, &probes, summary);
+    crate::bench_tls::section(&mut report, &tls, summary);
+    crate::bench_runtime::section(&mut report, Probed::Asyncio, &asyncio, summary);
+    if let Ok(history) = std::fs::read_to_string(workspace_root().join("bench/HISTORY.md")) {
+        report.push('\n');
+        report.push_str(&history);
+    }
+    std::fs::write(workspace_root().join("BENCHMARKS.md"), &report)?;
+    println!("{report}");
+    Ok(())
+}
+
+/// What the agent did during one phase of an end-to-end run (zeros for (a) and (b)).
+#[derive(Debug, Clone, Copy, Default)]
+struct AgentPhase {
+    requests: u64,
+    nginx_spans: u64,
+    ring_drops: u64,
+    cpu_s: f64,
+    peak_rss_kb: u64,
+}
+
+impl AgentPhase {
+    fn coverage_pct(&self) -> f64 {
+        100.0 * self.nginx_spans as f64 / self.requests.max(1) as f64
+    }
+
+    fn cpu_per_100k(&self) -> f64 {
+        self.cpu_s * 100_000.0 / self.requests.max(1) as f64
+    }
+
+    fn rss_mib(&self) -> f64 {
+        self.peak_rss_kb as f64 / 1024.0
+    }
+}
+
+/// One end-to-end round of a variant against nginx.
+#[derive(Debug, Clone)]
+struct HttpSample {
+    variant: Variant,
+    saturation_rps: f64,
+    fixed_rate: f64,
+    p50_us: u64,
+    p99_us: u64,
+    saturation: AgentPhase,
+    fixed: AgentPhase,
+}
+
+/// Runs `load` (returning the requests it made) with the variant attached; a fresh agent per
+/// phase, so each phase's spans, drops, CPU and peak memory are its own.
+fn phase(
+    bin: &Path,
+    variant: Variant,
+    spans_file: &Path,
+    load: impl FnOnce() -> Result<u64>,
+) -> Result<AgentPhase> {
+    let child = start_variant(bin, variant, Some(spans_file))?;
+    let pid = child.as_ref().map(Running::pid);
+    let cpu_before = pid.map_or(0.0, proc_cpu_seconds);
+    let requests = load()?;
+    let cpu_after = pid.map_or(0.0, proc_cpu_seconds);
+    let peak_rss_kb = pid.map_or(0, proc_peak_rss_kb);
+    let lines = child.map(stop).transpose()?;
+    // Only the agent has spans, drops and a cost to report; (a) and (b) just count requests.
+    let Some(lines) = lines.filter(|_| variant.is_agent()) else {
+        return Ok(AgentPhase {
+            requests,
+            ..AgentPhase::default()
+        });
+    };
+    let nginx_spans = if variant == Variant::SockspanStore {
+        let store = store_path(spans_file);
+        let count = output_of(Command::new(bin).args([
+            "bench-store-count",
+            "--store",
+            &store.display().to_string(),
+            "--service",
+            "nginx",
+        ]))?;
+        let _ = std::fs::remove_file(&store);
+        count.trim().parse().context("bench-store-count output")?
+    } else {
+        crate::bench_http::nginx_server_spans(spans_file)
+    };
+    Ok(AgentPhase {
+        requests,
+        nginx_spans,
+        ring_drops: stopped_value(&lines, "ring_full_drops").unwrap_or(0),
+        cpu_s: cpu_after - cpu_before,
+        peak_rss_kb,
+    })
+}
+
+/// Interleaved rounds of: wrk at saturation, then the constant-rate client at half the untraced
+/// saturation rate (calibrated once before the rounds).
+fn http_rounds(bin: &Path, quick: bool) -> Result<Vec<HttpSample>> {
+    crate::bench_http::ensure_installed()?;
+    let nginx = crate::bench_http::start_nginx();
+    let (seconds, rounds) = if quick { (4, 1) } else { (8, 3) };
+    let (calibration, _) = crate::bench_http::wrk(nginx.port, seconds)?;
+    let fixed_rate = (calibration * 0.5).min(crate::bench_http::CLIENT_MAX_RATE);
+    let spans_file = std::env::temp_dir().join("sockspan-bench-spans.jsonl");
+    let mut out = Vec::new();
+    for (round, variant) in rotating(&Variant::ALL, rounds) {
+        eprintln!(
+            "xtask bench: nginx round {} of {rounds}: {}",
+            round + 1,
+            variant.label()
+        );
+        let mut saturation_rps = 0.0;
+        let saturation = phase(bin, variant, &spans_file, || {
+            let (rps, requests) = crate::bench_http::wrk(nginx.port, seconds)?;
+            saturation_rps = rps;
+            Ok(requests)
+        })?;
+        let mut latencies = Vec::new();
+        let fixed = phase(bin, variant, &spans_file, || {
+            let (requests, sorted) =
+                crate::bench_http::constant_rate(nginx.port, fixed_rate, seconds)?;
+            latencies = sorted;
+            Ok(requests)
+        })?;
+        let pick = |q: f64| {
+            latencies
+                .get(((latencies.len().saturating_sub(1)) as f64 * q) as usize)
+                .copied()
+                .unwrap_or(0)
+        };
+        out.push(HttpSample {
+            variant,
+            saturation_rps,
+            fixed_rate,
+            p50_us: pick(0.5),
+            p99_us: pick(0.99),
+            saturation,
+            fixed,
+        });
+    }
+    let _ = std::fs::remove_file(&spans_file);
+    Ok(out)
+}
+
+const BODY_LEN: usize = 31;
