@@ -314,13 +314,15 @@ fn py_version(elf: &object::File<'_>, data: &[u8]) -> Option<String> {
 #[must_use]
 pub fn task_init_offset(data: &[u8], layout: &Layout) -> Option<u64> {
     let elf = object::File::parse(data).ok()?;
-    if let Some(symbol) = elf
+    let found = match elf
         .symbols()
         .find(|s| s.name() == Ok("_asyncio_Task___init__") && s.address() != 0)
     {
-        return file_offset(&elf, symbol.address());
-    }
-    task_init_from_type(&elf, layout)
+        Some(symbol) => file_offset(&elf, symbol.address()),
+        None => task_init_from_type(&elf, layout),
+    };
+    // A damaged header may map an address past the file's end: nothing to attach to there.
+    found.filter(|&at| at < data.len() as u64)
 }
 
 /// `Task.__init__` through the static `_asyncio.Task` type object's `tp_init` slot (CPython up
