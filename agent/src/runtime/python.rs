@@ -9,7 +9,9 @@ use std::{
 };
 
 use agent_common::PythonProcess;
-use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _};
+use object::{
+    Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _, ReadCache, ReadRef,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PythonError {
@@ -196,15 +198,8 @@ fn read_file(path: &Path) -> Result<Vec<u8>, PythonError> {
     })
 }
 
-fn parse<'a>(data: &'a [u8], path: &Path) -> Result<object::File<'a>, PythonError> {
-    object::File::parse(data).map_err(|e| PythonError::Elf {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })
-}
-
 /// The lowest virtual address of a loadable segment: what the mapping at file offset 0 holds.
-fn first_load_address(elf: &object::File<'_>) -> u64 {
+fn first_load_address<'a, R: ReadRef<'a>>(elf: &object::File<'a, R>) -> u64 {
     elf.segments()
         .map(|s| s.address() & !0xfff)
         .min()
@@ -212,7 +207,7 @@ fn first_load_address(elf: &object::File<'_>) -> u64 {
 }
 
 /// The address of the symbol `name` (dynamic or not) in `elf`.
-fn symbol_address(elf: &object::File<'_>, name: &str) -> Option<u64> {
+fn symbol_address<'a, R: ReadRef<'a>>(elf: &object::File<'a, R>, name: &str) -> Option<u64> {
     elf.dynamic_symbols()
         .chain(elf.symbols())
         .find(|s| s.name() == Ok(name) && s.address() != 0)
@@ -220,7 +215,7 @@ fn symbol_address(elf: &object::File<'_>, name: &str) -> Option<u64> {
 }
 
 /// The file offset of virtual address `address`, from the loadable segment holding it.
-fn file_offset(elf: &object::File<'_>, address: u64) -> Option<u64> {
+fn file_offset<'a, R: ReadRef<'a>>(elf: &object::File<'a, R>, address: u64) -> Option<u64> {
     elf.segments().find_map(|s| {
         let (offset, size) = s.file_range();
         let start = s.address();
@@ -245,17 +240,17 @@ pub fn inspect(pid: u32) -> Result<Option<Interpreter>, PythonError> {
     let mut found = None;
     for mapped in candidates {
         let file = through_root(pid, &mapped.path);
-        let data = read_file(&file)?;
-        let elf = parse(&data, &file)?;
-        if let Some(address) = symbol_address(&elf, "_PyRuntime") {
+        if let Some(runtime) = runtime_in(&file)? {
             let name = mapped
                 .path
                 .file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or_default();
             let (major, minor) = version_in_name(name).unwrap_or_default();
-            let version = py_version(&elf, &data).unwrap_or_else(|| format!("{major}.{minor}"));
-            let runtime_address = (mapped.base + address).wrapping_sub(first_load_address(&elf));
+            let version = runtime
+                .version
+                .unwrap_or_else(|| format!("{major}.{minor}"));
+            let runtime_address = (mapped.base + runtime.address).wrapping_sub(runtime.first_load);
             found = Some((major, minor, version, runtime_address));
             break;
         }
@@ -292,11 +287,74 @@ pub fn inspect(pid: u32) -> Result<Option<Interpreter>, PythonError> {
     }))
 }
 
+/// What an interpreter file (the executable or libpython) holds of `_PyRuntime`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RuntimeSymbol {
+    /// `_PyRuntime`'s virtual address in the file.
+    address: u64,
+    /// The file's lowest loadable address ([`first_load_address`]).
+    first_load: u64,
+    /// From `Py_Version`, when the file has it.
+    version: Option<String>,
+}
+
+/// `_PyRuntime` in `file`, if it defines it. The file is read lazily (libpython with its debug
+/// information is tens of MB; only the symbol tables are read) and each file once, by device,
+/// inode, size and change time: every Python process that opens a connection is looked at.
+fn runtime_in(file: &Path) -> Result<Option<RuntimeSymbol>, PythonError> {
+    use std::{
+        collections::HashMap,
+        os::unix::fs::MetadataExt as _,
+        sync::{Mutex, PoisonError},
+    };
+    type FileKey = (u64, u64, u64, i64, i64);
+    static KNOWN: Mutex<Option<HashMap<FileKey, Option<RuntimeSymbol>>>> = Mutex::new(None);
+    const MAX_KNOWN: usize = 256;
+    let read_err = |e: std::io::Error| PythonError::Read {
+        path: file.display().to_string(),
+        reason: e.to_string(),
+    };
+    let opened = std::fs::File::open(file).map_err(read_err)?;
+    let meta = opened.metadata().map_err(read_err)?;
+    let key = (
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    );
+    if let Some(known) = KNOWN
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get_or_insert_with(HashMap::new)
+        .get(&key)
+    {
+        return Ok(known.clone());
+    }
+    let cache = ReadCache::new(&opened);
+    let elf = object::File::parse(&cache).map_err(|e| PythonError::Elf {
+        path: file.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let found = symbol_address(&elf, "_PyRuntime").map(|address| RuntimeSymbol {
+        address,
+        first_load: first_load_address(&elf),
+        version: py_version(&elf, &cache),
+    });
+    let mut known = KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
+    let known = known.get_or_insert_with(HashMap::new);
+    if known.len() >= MAX_KNOWN {
+        known.clear();
+    }
+    known.insert(key, found.clone());
+    Ok(found)
+}
+
 /// `Py_Version` (3.11+: `PY_VERSION_HEX`) as `3.11.7`.
-fn py_version(elf: &object::File<'_>, data: &[u8]) -> Option<String> {
+fn py_version<'a, R: ReadRef<'a>>(elf: &object::File<'a, R>, data: R) -> Option<String> {
     let address = symbol_address(elf, "Py_Version")?;
-    let offset = usize::try_from(file_offset(elf, address)?).ok()?;
-    let bytes: [u8; 4] = data.get(offset..offset + 4)?.try_into().ok()?;
+    let offset = file_offset(elf, address)?;
+    let bytes: [u8; 4] = data.read_bytes_at(offset, 4).ok()?.try_into().ok()?;
     let hex = u32::from_le_bytes(bytes);
     Some(format!(
         "{}.{}.{}",
@@ -492,6 +550,25 @@ mod tests {
             checked += 1;
         }
         assert!(checked > 0, "no CPython 3.11 `_asyncio` module here");
+    }
+
+    /// `_PyRuntime` and the exact release, read lazily from Debian's static interpreter (and a
+    /// file without it gives none).
+    #[test]
+    fn the_runtime_symbol_and_release_come_from_the_interpreter_file() {
+        let debian = Path::new("/usr/bin/python3.11");
+        if debian.exists() {
+            let found = runtime_in(debian).expect("readable").expect("_PyRuntime");
+            assert!(
+                found
+                    .version
+                    .as_deref()
+                    .is_some_and(|v| v.starts_with("3.11."))
+            );
+            assert!(found.address > found.first_load);
+            assert_eq!(runtime_in(debian).expect("cached").as_ref(), Some(&found));
+        }
+        assert_eq!(runtime_in(Path::new("/bin/sh")).expect("readable"), None);
     }
 
     /// The fuzz seeds, built from `fuzz/seeds/python_module/task_type.c`: the type object's
