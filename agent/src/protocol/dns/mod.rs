@@ -148,8 +148,12 @@ impl DnsConnection {
                 // The response repeats the question: where it can be read it must match, so
                 // that a late answer to a retried id never pairs with another question.
                 let question = Question::parse(bytes);
+                // Nor can a response that began before the query did answer it (TCP bytes of
+                // both directions are fed as their syscalls returned, and may interleave).
                 let Some(i) = self.pending.iter().position(|p| {
                     p.id == header.id
+                        && p.start.ts <= start.ts
+                        && p.end.ts <= end.ts
                         && question.as_ref().is_none_or(|q| {
                             q.qtype == p.question.qtype
                                 && q.name.eq_ignore_ascii_case(&p.question.name)
