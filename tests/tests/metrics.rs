@@ -313,6 +313,22 @@ fn prometheus_query(port: u16, query: &str) -> Vec<(Value, f64)> {
         .collect()
 }
 
+/// Polls `query` until `done` holds for its answer, or `deadline`.
+fn poll_prometheus(
+    port: u16,
+    query: &str,
+    deadline: Instant,
+    done: impl Fn(&[(Value, f64)]) -> bool,
+) -> Vec<(Value, f64)> {
+    loop {
+        let answer = prometheus_query(port, query);
+        if done(&answer) || Instant::now() > deadline {
+            return answer;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Debian's Prometheus server scrapes the agent every second during known traffic; its query
 /// API then returns the RED and service-graph series with the numbers sent, and a Grafana-style
 /// rate per edge is there for each edge.
@@ -355,18 +371,19 @@ fn prometheus_scrapes_the_red_and_service_graph_series() {
     );
     sockspan_tests::wait_listening(&format!("127.0.0.1:{prom}"), Duration::from_secs(30));
     let chain = Chain::start(chain_named("threaded"));
-    let ids = chain.drive(6, 2, 4);
-    let requests = ids.len() as f64 + 1.0;
-    let edges = "sum by (client, server) (traces_service_graph_request_total)";
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let totals = loop {
-        let totals = prometheus_query(prom, edges);
-        let complete = totals.len() == 3 && totals.iter().all(|(_, v)| (*v - requests).abs() < 0.5);
-        if complete || Instant::now() > deadline {
-            break totals;
-        }
-        std::thread::sleep(Duration::from_millis(500));
+    // Two rounds of traffic, Prometheus having scraped the first before the second: a rate
+    // needs a series' increase between two scrapes.
+    let first = chain.drive(6, 2, 4).len() as f64 + 1.0;
+    // The chain's edges only: the test's own queries (curl → prometheus) are traced too.
+    let edges =
+        "sum by (client, server) (traces_service_graph_request_total{client=~\"driver|front\"})";
+    let deadline = Instant::now() + Duration::from_mins(1);
+    let exactly = |n: f64| {
+        move |a: &[(Value, f64)]| a.len() == 3 && a.iter().all(|(_, v)| (*v - n).abs() < 0.5)
     };
+    let _ = poll_prometheus(prom, edges, deadline, exactly(first));
+    let requests = first + chain.drive(6, 2, 4).len() as f64 + 1.0;
+    let totals = poll_prometheus(prom, edges, deadline, exactly(requests));
     let red = prometheus_query(
         prom,
         "sum by (service_name) (http_server_request_duration_seconds_count)",
@@ -377,7 +394,7 @@ fn prometheus_scrapes_the_red_and_service_graph_series() {
     );
     let rates = prometheus_query(
         prom,
-        "sum by (client, server) (rate(traces_service_graph_request_total[1m]))",
+        "sum by (client, server) (rate(traces_service_graph_request_total{client=~\"driver|front\"}[1m]))",
     );
     drop(server);
     let out = agent.stop();
