@@ -144,19 +144,8 @@ pub fn rounds(bin: &Path, quick: bool, which: Probed) -> Result<Vec<ProbeSample>
     unsafe { std::env::set_var("BACKGROUND_MS", "0") };
     let chain = Chain::start(chain_named("go"));
     let mut samples = Vec::new();
-    for round in 0..rounds {
-        for probes in if round % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        } {
-            eprintln!(
-                "xtask bench: runtime probes round {} of {rounds}: probes {}",
-                round + 1,
-                if probes { "on" } else { "refused" }
-            );
-            samples.push(phase(bin, which, &chain, probes, requests)?);
-        }
+    for probes in crate::bench::probe_phases("runtime probes", rounds, "refused") {
+        samples.push(phase(bin, which, &chain, probes, requests)?);
     }
     Ok(samples)
 }
@@ -167,52 +156,41 @@ pub fn rounds(bin: &Path, quick: bool, which: Probed) -> Result<Vec<ProbeSample>
 fn task_rounds(bin: &Path, quick: bool) -> Result<Vec<ProbeSample>> {
     let (tasks, rounds) = if quick { (100_000u64, 1) } else { (200_000, 3) };
     let mut samples = Vec::new();
-    for round in 0..rounds {
-        for probes in if round % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        } {
-            eprintln!(
-                "xtask bench: asyncio probes round {} of {rounds}: probes {}",
-                round + 1,
-                if probes { "on" } else { "refused" }
-            );
-            let agent = agent(bin, probes);
-            let mut per_task: Vec<f64> = (0..3)
-                .map(|_| {
-                    let out = run_ok(
-                        Command::new("python3")
-                            .arg(fixture("bench_asyncio_tasks.py"))
-                            .arg(tasks.to_string()),
-                        Duration::from_mins(5),
-                    );
-                    String::from_utf8_lossy(&out.stdout)
-                        .trim()
-                        .parse()
-                        .unwrap_or(f64::NAN)
-                })
-                .collect();
-            per_task.sort_by(f64::total_cmp);
-            let out = agent.stop();
-            if !out.status.success() {
-                bail!("the agent failed: {}", out.stderr);
-            }
-            let attached = out.stderr.contains(Probed::Asyncio.attached());
-            if attached != probes {
-                bail!(
-                    "probes attached: {attached}, wanted {probes}: {}",
-                    out.stderr
+    for probes in crate::bench::probe_phases("asyncio probes", rounds, "refused") {
+        let agent = agent(bin, probes);
+        let mut per_task: Vec<f64> = (0..3)
+            .map(|_| {
+                let out = run_ok(
+                    Command::new("python3")
+                        .arg(fixture("bench_asyncio_tasks.py"))
+                        .arg(tasks.to_string()),
+                    Duration::from_mins(5),
                 );
-            }
-            samples.push(ProbeSample {
-                probes,
-                requests: tasks,
-                front_cpu_us: per_task[1],
-                wall_us: 0.0,
-                hits_per_request: Probed::Asyncio.hits(&out.stderr) as f64 / (3 * tasks) as f64,
-            });
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse()
+                    .unwrap_or(f64::NAN)
+            })
+            .collect();
+        per_task.sort_by(f64::total_cmp);
+        let out = agent.stop();
+        if !out.status.success() {
+            bail!("the agent failed: {}", out.stderr);
         }
+        let attached = out.stderr.contains(Probed::Asyncio.attached());
+        if attached != probes {
+            bail!(
+                "probes attached: {attached}, wanted {probes}: {}",
+                out.stderr
+            );
+        }
+        samples.push(ProbeSample {
+            probes,
+            requests: tasks,
+            front_cpu_us: per_task[1],
+            wall_us: 0.0,
+            hits_per_request: Probed::Asyncio.hits(&out.stderr) as f64 / (3 * tasks) as f64,
+        });
     }
     Ok(samples)
 }

@@ -79,19 +79,8 @@ pub fn rounds(bin: &Path, quick: bool) -> Result<Vec<TlsSample>> {
         &[],
     );
     let mut samples = Vec::new();
-    for round in 0..rounds {
-        for probes in if round % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        } {
-            eprintln!(
-                "xtask bench: TLS probes round {} of {rounds}: probes {}",
-                round + 1,
-                if probes { "on" } else { "off" }
-            );
-            samples.push(phase(bin, &server, port, probes, requests)?);
-        }
+    for probes in crate::bench::probe_phases("TLS probes", rounds, "off") {
+        samples.push(phase(bin, &server, port, probes, requests)?);
     }
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);

@@ -602,3 +602,27 @@ fn http_rounds(bin: &Path, quick: bool) -> Result<Vec<HttpSample>> {
 }
 
 const BODY_LEN: usize = 31;
+
+/// The phases of `rounds` interleaved rounds comparing an agent with runtime probes and
+/// without, alternating which goes first (drift on a noisy machine falls on both): whether each
+/// phase has the probes, in order, each announced on stderr as `what` round N of M.
+pub fn probe_phases(
+    what: &'static str,
+    rounds: usize,
+    off: &'static str,
+) -> impl Iterator<Item = bool> {
+    (0..rounds).flat_map(move |round| {
+        let order = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        order.into_iter().inspect(move |&probes| {
+            eprintln!(
+                "xtask bench: {what} round {} of {rounds}: probes {}",
+                round + 1,
+                if probes { "on" } else { off }
+            );
+        })
+    })
+}
