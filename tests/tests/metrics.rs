@@ -176,23 +176,24 @@ fn assert_graph(scraped: &Value, requests: u64) {
     }
 }
 
+/// A fresh folder `sockspan-<name>-<ui>` and an agent storing spans there, its API on
+/// 127.0.0.1:`ui`, with `extra` flags.
+fn store_agent(name: &str, ui: u16, extra: &[&str]) -> (std::path::PathBuf, Agent) {
+    let dir = std::env::temp_dir().join(format!("sockspan-{name}-{ui}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let store = dir.join("traces.redb");
+    let ui = format!("127.0.0.1:{ui}");
+    let mut flags = vec!["--store", store.to_str().expect("path"), "--ui", &ui];
+    flags.extend(extra);
+    let agent = Agent::start_command("run", &flags);
+    (dir, agent)
+}
+
 #[test]
 fn metrics_count_the_requests_and_the_service_graph_matches_the_chain() {
     let ui = free_port();
-    let dir = std::env::temp_dir().join(format!("sockspan-metrics-{ui}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    let store = dir.join("traces.redb");
-    let agent = Agent::start_command(
-        "run",
-        &[
-            "--output",
-            "store",
-            "--store",
-            store.to_str().expect("path"),
-            "--ui",
-            &format!("127.0.0.1:{ui}"),
-        ],
-    );
+    let (dir, agent) = store_agent("metrics", ui, &[]);
     let chain = Chain::start(chain_named("threaded"));
     let ids = chain.drive(6, 2, 4);
     // The warm-up request too.
@@ -228,21 +229,11 @@ fn metrics_count_the_requests_and_the_service_graph_matches_the_chain() {
 #[test]
 fn the_agent_says_when_it_is_ready() {
     let ui = free_port();
-    let dir = std::env::temp_dir().join(format!("sockspan-ready-{ui}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let ready = dir.join("ready.json");
-    let store = dir.join("traces.redb");
-    let agent = Agent::start_command(
-        "run",
-        &[
-            "--store",
-            store.to_str().expect("path"),
-            "--ui",
-            &format!("127.0.0.1:{ui}"),
-            "--ready-file",
-            ready.to_str().expect("path"),
-        ],
+    let ready = std::env::temp_dir().join(format!("sockspan-ready-{ui}/ready.json"));
+    let (dir, agent) = store_agent(
+        "ready",
+        ui,
+        &["--ready-file", ready.to_str().expect("path")],
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     while !ready.exists() {
@@ -335,9 +326,7 @@ fn poll_prometheus(
 #[test]
 fn prometheus_scrapes_the_red_and_service_graph_series() {
     let (ui, prom) = (free_port(), free_port());
-    let dir = std::env::temp_dir().join(format!("sockspan-prometheus-{ui}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
+    let (dir, agent) = store_agent("prometheus", ui, &[]);
     let config = dir.join("prometheus.yml");
     std::fs::write(
         &config,
@@ -346,16 +335,6 @@ fn prometheus_scrapes_the_red_and_service_graph_series() {
         ),
     )
     .expect("config");
-    let store = dir.join("traces.redb");
-    let agent = Agent::start_command(
-        "run",
-        &[
-            "--store",
-            store.to_str().expect("path"),
-            "--ui",
-            &format!("127.0.0.1:{ui}"),
-        ],
-    );
     let server = sockspan_tests::Proc(
         Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
