@@ -250,7 +250,14 @@ impl<'a> TraceSink<'a> {
         }
         self.asyncio_probes = asyncio_probes;
         if asyncio_probes {
-            for pid in crate::runtime::processes_running() {
+            // The runtime (one cached look at the executable) first: the whole metadata only
+            // for the Python processes.
+            for pid in crate::runtime::processes_running()
+                .into_iter()
+                .filter(|&pid| {
+                    crate::runtime::Runtime::of_process(pid) == crate::runtime::Runtime::Python
+                })
+            {
                 let process = ProcessInfo::read(pid);
                 watch_python(&mut self.python_seen, &mut self.tracer, probes, &process);
             }
