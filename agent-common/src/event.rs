@@ -212,6 +212,8 @@ pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 /// Socket types as in `<sys/socket.h>`.
 pub const SOCK_STREAM: u16 = 1;
+/// `IPPROTO_TCP`: `sk_protocol` of a TCP socket (an MPTCP or SCTP stream socket has another).
+pub const IPPROTO_TCP: u16 = 6;
 pub const SOCK_DGRAM: u16 = 2;
 
 /// A socket's local and remote endpoints as the kernel's `struct sock_common` holds them.
@@ -297,8 +299,15 @@ pub struct DataEvent {
     /// lives; in any other process it means nothing and the agent ignores it. Read from the
     /// registers the tracepoint already has: no lookup, no helper.
     pub task: u64,
+    /// The TCP sequence number of the first byte moved, when `seq_valid` is 1: the socket's
+    /// `write_seq` (egress) or `copied_seq` (ingress) at exit, less the bytes moved. Both ends
+    /// of a connection number its bytes the same way, whenever each began watching it.
+    pub seq: u32,
+    /// 1 when `seq` is known: a TCP socket's plain read or write (not a peek, a datagram or a
+    /// TLS library's plaintext).
+    pub seq_valid: u32,
 }
-const _: () = assert!(core::mem::size_of::<DataEvent>() == 32 + 16 + 16 + 8);
+const _: () = assert!(core::mem::size_of::<DataEvent>() == 32 + 16 + 16 + 8 + 8);
 
 /// Where a Go runtime probe sits ([`GoProbeEvent::probe`]); the low 16 bits of the uprobe's
 /// attach cookie ([`go_probe_cookie`]).

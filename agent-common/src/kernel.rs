@@ -44,10 +44,14 @@ pub struct KernelOffsets {
     pub skc_v6_daddr: u32,
     /// `skc_v6_rcv_saddr` (`struct in6_addr`).
     pub skc_v6_rcv_saddr: u32,
-    /// Explicit padding to a multiple of eight bytes.
-    pub reserved: u32,
+    /// `struct sock`: `sk_protocol` (u16): `IPPROTO_TCP` for a TCP socket.
+    pub sk_protocol: u32,
+    /// `struct tcp_sock`: `write_seq` (u32), the sequence number after the last byte queued.
+    pub tcp_write_seq: u32,
+    /// `struct tcp_sock`: `copied_seq` (u32), the sequence number after the last byte read.
+    pub tcp_copied_seq: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 18 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 20 * 4);
 
 /// Load-time settings the agent writes into the programs' read-only globals.
 #[repr(C)]

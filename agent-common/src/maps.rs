@@ -39,8 +39,12 @@ pub struct ConnInfo {
     pub protocol: u32,
     /// Data syscalls seen while [`Protocol::Detecting`] that did not start a request.
     pub misses: u32,
+    /// The socket's `struct tcp_sock` when it is TCP (0 otherwise): where its sequence numbers
+    /// are read ([`crate::DataEvent::seq`]). Valid while the fd is in the table: close removes
+    /// it first.
+    pub tcp_sk: u64,
 }
-const _: () = assert!(core::mem::size_of::<ConnInfo>() == 8 + 40 + 8 + 16 + 8);
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 8 + 40 + 8 + 16 + 8 + 8);
 
 /// What a connection speaks, as far as the programs can tell from its first bytes. They
 /// recognise, with the same rules as the agent's detectors but looser (so they never give up on

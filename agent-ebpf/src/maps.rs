@@ -59,6 +59,9 @@ pub struct DataScratch {
     pub payload: [u8; 2 * MAX_CAPTURE_BYTES],
     /// Record bytes this CPU has sent since it last looked at the ring's backlog.
     pub unchecked_bytes: u64,
+    /// Where a newly tracked socket's table entry is assembled (the stack has no room left in
+    /// the exit program).
+    pub new_conn: ConnInfo,
 }
 
 #[map]
@@ -94,7 +97,9 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     skc_num: 0,
     skc_v6_daddr: 0,
     skc_v6_rcv_saddr: 0,
-    reserved: 0,
+    sk_protocol: 0,
+    tcp_write_seq: 0,
+    tcp_copied_seq: 0,
 };
 
 /// The agent's tgid, the capture size, whether opaque connections are skipped, and the backlog

@@ -126,6 +126,13 @@ impl Regs {
         unsafe { (*self.0).rdx }
     }
 
+    /// Fourth argument (the syscall ABI passes it in `r10`): `recvfrom`'s flags.
+    #[inline(always)]
+    pub fn arg3(self) -> u64 {
+        // SAFETY: as in `number`.
+        unsafe { (*self.0).r10 }
+    }
+
     /// `r14`: the running goroutine's `g` when the syscall came from Go code (see
     /// `DataEvent::task`); the syscall does not touch it.
     #[inline(always)]

@@ -2,10 +2,14 @@
 //!
 //! The walk is `current->files->fdt->fd[fd]`, then the file's inode mode (is it a socket?), then
 //! `file->private_data` (a `struct socket`), its `type` and `sk`, and the `struct sock_common`
-//! fields of the endpoints. Every offset comes from `KERNEL_OFFSETS`, resolved from this kernel's
+//! fields of the endpoints; for a TCP socket, its `struct tcp_sock` for the sequence numbers
+//! ([`stream_seq`]). Every offset comes from `KERNEL_OFFSETS`, resolved from this kernel's
 //! BTF by user space: nothing here depends on the layout of the kernel it was compiled against.
 
-use agent_common::{AF_INET, AF_INET6, KernelOffsets, S_IFMT, S_IFSOCK, SockTuple};
+use agent_common::{
+    AF_INET, AF_INET6, ConnInfo, IPPROTO_TCP, KernelOffsets, S_IFMT, S_IFSOCK, SOCK_STREAM,
+    SockTuple,
+};
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 
 use crate::maps::offsets;
@@ -16,8 +20,9 @@ pub enum FdKind {
     Other,
     /// A socket that is not IPv4/IPv6: remembered as ignored, never reported.
     NonInetSocket,
-    /// An IPv4/IPv6 socket with its endpoints.
-    Inet(SockTuple),
+    /// An IPv4/IPv6 socket: its endpoints and, when it is TCP, its `struct sock` are in the
+    /// entry `classify_fd` was given.
+    Inet,
 }
 
 /// Reads a `T` at `base + offset` in kernel memory.
@@ -28,9 +33,11 @@ fn read_at<T>(base: u64, offset: u32) -> Result<T, i64> {
     unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.map_err(i64::from)
 }
 
-/// Classifies `fd` of the current task. Errors are failed kernel reads.
+/// Classifies `fd` of the current task; for an inet socket, fills `conn`'s `tuple` and
+/// `tcp_sk` (in place: the exit program's stack has no room for a copy). Errors are failed
+/// kernel reads.
 #[inline(always)]
-pub fn classify_fd(fd: i32) -> Result<FdKind, i64> {
+pub fn classify_fd(fd: i32, conn: &mut ConnInfo) -> Result<FdKind, i64> {
     let off = offsets();
     if off.ready == 0 || fd < 0 {
         return Ok(FdKind::Other);
@@ -64,15 +71,38 @@ pub fn classify_fd(fd: i32) -> Result<FdKind, i64> {
     if family != AF_INET && family != AF_INET6 {
         return Ok(FdKind::NonInetSocket);
     }
-    let mut tuple = read_tuple(sk, family, &off)?;
-    tuple.sock_type = sock_type as u16;
-    Ok(FdKind::Inet(tuple))
+    read_tuple(sk, family, &off, &mut conn.tuple)?;
+    conn.tuple.sock_type = sock_type as u16;
+    let protocol: u16 = read_at(sk, off.sk_protocol)?;
+    conn.tcp_sk = if conn.tuple.sock_type == SOCK_STREAM && protocol == IPPROTO_TCP {
+        sk
+    } else {
+        0
+    };
+    Ok(FdKind::Inet)
+}
+
+/// The TCP sequence number of the first of `moved` bytes a syscall just moved through the TCP
+/// socket `tcp_sk`: at the syscall's exit `write_seq` (egress) or `copied_seq` (ingress) is just
+/// past them (`tcp_sendmsg_locked` and `tcp_recvmsg_locked` advance each by the bytes queued or
+/// copied). Another thread moving bytes through the same socket at the same moment makes it
+/// wrong; the agent then pairs nothing through it, never wrongly (it compares the requests).
+#[inline(always)]
+pub fn stream_seq(tcp_sk: u64, egress: bool, moved: u64) -> Result<u32, i64> {
+    let off = offsets();
+    let field = if egress {
+        off.tcp_write_seq
+    } else {
+        off.tcp_copied_seq
+    };
+    let after: u32 = read_at(tcp_sk, field)?;
+    Ok(after.wrapping_sub(moved as u32))
 }
 
 /// Reads the endpoints of an inet socket.
 #[inline(always)]
-fn read_tuple(sk: u64, family: u16, off: &KernelOffsets) -> Result<SockTuple, i64> {
-    let mut tuple = SockTuple {
+fn read_tuple(sk: u64, family: u16, off: &KernelOffsets, tuple: &mut SockTuple) -> Result<(), i64> {
+    *tuple = SockTuple {
         family,
         ..SockTuple::default()
     };
@@ -88,5 +118,5 @@ fn read_tuple(sk: u64, family: u16, off: &KernelOffsets) -> Result<SockTuple, i6
     tuple.local_port = read_at(sk, off.skc_num)?;
     let remote_port_be: u16 = read_at(sk, off.skc_dport)?;
     tuple.remote_port = u16::from_be(remote_port_be);
-    Ok(tuple)
+    Ok(())
 }

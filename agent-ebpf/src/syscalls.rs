@@ -30,7 +30,7 @@ use crate::{
     },
     python,
     regs::{Regs, exit_traced, is_egress, nr},
-    socket::{FdKind, classify_fd},
+    socket::{FdKind, classify_fd, stream_seq},
     tls,
 };
 
@@ -119,21 +119,32 @@ fn emit_conn(kind: EventKind, pid_tgid: u64, fd: i32, info: &ConnInfo, syscall: 
     count(Counter::EventsSent);
 }
 
-/// Starts tracking `fd` as a new connection and announces it; returns its id.
+/// This CPU's slot where a new table entry is assembled.
 #[inline(always)]
-fn track(pid_tgid: u64, fd: i32, tuple: SockTuple, role: Role, syscall: Syscall) -> Option<u64> {
-    let info = ConnInfo {
-        conn_id: next_conn_id(),
-        tuple,
-        role: role as u32,
-        ..ConnInfo::default()
-    };
+fn new_conn() -> Option<&'static mut ConnInfo> {
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot, as in `emit_data`; the data record it also holds is
+    // assembled only after the entry is stored.
+    Some(unsafe { &mut (*scratch).new_conn })
+}
+
+/// Starts tracking `fd` as a new connection and announces it; returns its id. `info` holds
+/// what `classify_fd` found (endpoints, TCP socket); the rest is set here.
+#[inline(always)]
+fn track(pid_tgid: u64, fd: i32, info: &mut ConnInfo, role: Role, syscall: Syscall) -> Option<u64> {
+    info.conn_id = next_conn_id();
+    info.role = role as u32;
+    info.ignored = 0;
+    info.bytes_sent = 0;
+    info.bytes_received = 0;
+    info.protocol = Protocol::Detecting as u32;
+    info.misses = 0;
     let key = conn_key(pid_tgid, fd);
-    if CONNS.insert(&key, &info, 0).is_err() {
+    if CONNS.insert(&key, &*info, 0).is_err() {
         count(Counter::ConnTableFull);
         return None;
     }
-    emit_conn(EventKind::ConnOpen, pid_tgid, fd, &info, syscall);
+    emit_conn(EventKind::ConnOpen, pid_tgid, fd, info, syscall);
     Some(info.conn_id)
 }
 
@@ -156,7 +167,8 @@ struct Tracked {
     role: u32,
     /// A [`Protocol`].
     protocol: u32,
-    /// The table entry, for the byte totals; null if it could not be found again.
+    /// The table entry, for the byte totals and the TCP socket; null if it could not be found
+    /// again.
     entry: *mut ConnInfo,
 }
 
@@ -180,14 +192,15 @@ fn tracked(pid_tgid: u64, fd: i32, syscall: Syscall) -> Option<Tracked> {
             None
         };
     }
-    match classify_fd(fd) {
+    let info = new_conn()?;
+    match classify_fd(fd, info) {
         Ok(FdKind::Other) => None,
         Ok(FdKind::NonInetSocket) => {
             ignore(pid_tgid, fd);
             None
         }
-        Ok(FdKind::Inet(tuple)) => {
-            let conn_id = track(pid_tgid, fd, tuple, Role::Unknown, syscall)?;
+        Ok(FdKind::Inet) => {
+            let conn_id = track(pid_tgid, fd, info, Role::Unknown, syscall)?;
             Some(Tracked {
                 conn_id,
                 role: Role::Unknown as u32,
@@ -251,6 +264,8 @@ struct Exit {
     moved_ns: u64,
     /// `DataEvent::task`.
     task: u64,
+    /// `DataEvent::seq` of the syscall's first byte, with [`SEQ_VALID`] when known.
+    seq: u64,
 }
 
 /// `struct mmsghdr` (64-bit ABI): a `struct user_msghdr` (56 bytes) then `unsigned int msg_len`.
@@ -312,6 +327,20 @@ fn data_exit<const STAGE: u8>(
     if STAGE == stage::CLOCK {
         return Ok(());
     }
+    // Datagrams (`*mmsg`) have no stream position; a receive's flags may say it only peeked.
+    let seq = match syscall {
+        Syscall::Sendmmsg | Syscall::Recvmmsg => 0,
+        _ => stream_position(
+            conn.entry,
+            match syscall {
+                Syscall::Recvfrom => regs.arg3(),
+                Syscall::Recvmsg => regs.arg2(),
+                _ => 0,
+            },
+            u64::from(direction == Direction::Egress),
+            result as u64,
+        ),
+    };
     let exit = Exit {
         pid_tgid,
         fd,
@@ -326,6 +355,7 @@ fn data_exit<const STAGE: u8>(
             python::NOT_PYTHON => regs.r14(),
             context => context,
         },
+        seq,
     };
     let buf = regs.arg1();
     match syscall {
@@ -365,6 +395,32 @@ fn data_exit<const STAGE: u8>(
         }
     }
     Ok(())
+}
+
+/// `MSG_PEEK`: a read that leaves the bytes queued (and `copied_seq` where it was).
+const MSG_PEEK: u64 = 2;
+
+/// [`Exit::seq`] when the sequence number is known.
+const SEQ_VALID: u64 = 1 << 32;
+
+/// The TCP sequence number of the first byte a single-stream syscall moved on the socket of
+/// table entry `entry` (`flags`: a receive's flags), with [`SEQ_VALID`] set; 0 for sockets that
+/// are not TCP, peeks and failed reads. Out of line: the exit program's stack has no room for
+/// another inlined kernel read.
+#[inline(never)]
+fn stream_position(entry: *mut ConnInfo, flags: u64, egress: u64, moved: u64) -> u64 {
+    if entry.is_null() || flags & MSG_PEEK != 0 {
+        return 0;
+    }
+    // SAFETY: a pointer from a successful lookup in this run (see `tracked`).
+    let tcp_sk = unsafe { (*entry).tcp_sk };
+    if tcp_sk == 0 {
+        return 0;
+    }
+    match stream_seq(tcp_sk, egress != 0, moved) {
+        Ok(seq) => SEQ_VALID | u64::from(seq),
+        Err(_) => 0,
+    }
 }
 
 /// Copies the payload prefix of `moved` bytes from `source` and sends one data record.
@@ -424,6 +480,9 @@ fn emit_data<const STAGE: u8, const DETECT: bool>(exit: &Exit, moved: i64, sourc
         syscall: exit.syscall as u32,
         captured_len: copied.len,
         task: exit.task,
+        // The low 32 bits are the number.
+        seq: exit.seq as u32,
+        seq_valid: u32::from(exit.seq & SEQ_VALID != 0),
     };
     let payload_len = if copied.len as usize > MAX_CAPTURE_BYTES {
         MAX_CAPTURE_BYTES
@@ -473,9 +532,12 @@ fn open_exit(regs: Regs, pid_tgid: u64, syscall: Syscall, result: i64) {
         }
         (result as i32, Role::Server)
     };
-    match classify_fd(fd) {
-        Ok(FdKind::Inet(tuple)) => {
-            let _ = track(pid_tgid, fd, tuple, role, syscall);
+    let Some(info) = new_conn() else {
+        return;
+    };
+    match classify_fd(fd, info) {
+        Ok(FdKind::Inet) => {
+            let _ = track(pid_tgid, fd, info, role, syscall);
         }
         Ok(FdKind::NonInetSocket) => ignore(pid_tgid, fd),
         Ok(FdKind::Other) => {}

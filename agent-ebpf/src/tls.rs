@@ -236,6 +236,9 @@ fn emit(pid_tgid: u64, fd: i32, conn_id: u64, role: u32, write: bool, bytes: u64
             },
             captured_len: captured,
             task: call.ssl,
+            // Plaintext: its offsets are not the TCP stream's.
+            seq: 0,
+            seq_valid: 0,
         });
     }
     entry.submit(0);

@@ -50,6 +50,12 @@ fn measure_with_log(name: &str) -> (Score, String) {
     let result = score(name, &chain.root, &ids, &out.events);
     save(&result);
     eprintln!("{}", result.line());
+    if !result.problems.is_empty() {
+        // The agent's own counters, for whoever reads a failure: which rule ran, what it missed.
+        for line in out.stderr.lines().filter(|l| l.contains("stopped")) {
+            eprintln!("agent: {line}");
+        }
+    }
     (result, out.stderr)
 }
 

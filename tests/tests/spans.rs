@@ -9,7 +9,7 @@ use std::{
 
 use serde_json::Value;
 use sockspan_tests::{
-    Agent, Proc, every_output, fixture, free_port, http_server, python_fixture, run_ok,
+    Agent, Proc, Talking, every_output, fixture, free_port, http_server, python_fixture, run_ok,
     stopped_field,
 };
 
@@ -244,6 +244,42 @@ fn keep_alive_connections_between_services_link_every_request() {
         .map(|s| attr(s, "network.peer.port").as_i64().expect("port"))
         .collect();
     assert_eq!(peer_ports.len(), 1, "one reused connection: {peer_ports:?}");
+}
+
+/// A keep-alive connection whose first request was in flight when the agent started: the
+/// client's write came before, the server's read after. Each end's agent-side count of the
+/// stream would begin at a different byte; the TCP sequence numbers in each record make them
+/// agree, so every later request still links to its client.
+#[test]
+fn a_connection_caught_mid_request_still_links_its_later_requests() {
+    let mut server = Talking::start("midstream_keepalive.py", &["server"]);
+    let port = server.line("port ", Duration::from_secs(10));
+    let port = port.trim_start_matches("port ").to_string();
+    let mut client = Talking::start("midstream_keepalive.py", &["client", &port]);
+    let _ = client.line("sent", Duration::from_secs(10));
+    let agent = Agent::start_command("run", &["--output", "jsonl"]);
+    server.say("go");
+    client.say("go");
+    let _ = client.line("done", Duration::from_secs(20));
+    let _ = server.line("done", Duration::from_secs(20));
+    let out = agent.stop();
+    let span = |kind_: &str, path: &str| {
+        out.events
+            .iter()
+            .find(|s| kind(s) == kind_ && attr(s, "url.path") == path)
+            .unwrap_or_else(|| panic!("a {kind_} span for {path}: {:#?}", out.events))
+    };
+    for path in ["/second", "/third"] {
+        let (client_span, server_span) = (span("CLIENT", path), span("SERVER", path));
+        assert_eq!(
+            server_span["parent_span_id"], client_span["span_id"],
+            "{path}: the server's span is the client's child\n{server_span:#}\n{client_span:#}"
+        );
+        assert_eq!(attr(server_span, "sockspan.parent.evidence"), "connection");
+        assert_eq!(server_span["trace_id"], client_span["trace_id"]);
+    }
+    // The first request's server end was seen, its client end (written before) was not.
+    assert!(span("SERVER", "/first")["parent_span_id"].is_null());
 }
 
 #[test]

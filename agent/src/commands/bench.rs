@@ -214,6 +214,8 @@ fn open_http2(
             syscall: Syscall::Sendmsg as u32,
             captured_len: payload.len() as u32,
             task: 0,
+            seq: 0,
+            seq_valid: 0,
         };
         sink.on_event(&Event::Data { event, payload });
     }
@@ -335,6 +337,8 @@ fn feed_exchanges(
                 syscall: syscall as u32,
                 captured_len: len as u32,
                 task: 0,
+                seq: 0,
+                seq_valid: 0,
             }
         };
     let base_ns = crate::clock::monotonic_ns();

@@ -536,6 +536,7 @@ impl EventSink for TraceSink<'_> {
         let fed = self.protocols.feed(
             conn.conn_id,
             &chunk,
+            (event.seq_valid != 0).then_some(event.seq),
             event.moved_ns,
             event.header.tid,
             &mut self.events,

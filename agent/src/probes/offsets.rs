@@ -29,6 +29,9 @@ const FIELDS: &[(&str, &str, u32, Setter)] = &[
     ("sock", "__sk_common.skc_v6_rcv_saddr", 16, |o, v| {
         o.skc_v6_rcv_saddr = v;
     }),
+    ("sock", "sk_protocol", 2, |o, v| o.sk_protocol = v),
+    ("tcp_sock", "write_seq", 4, |o, v| o.tcp_write_seq = v),
+    ("tcp_sock", "copied_seq", 4, |o, v| o.tcp_copied_seq = v),
 ];
 
 /// Looks every field up; the first one missing names itself in the error.

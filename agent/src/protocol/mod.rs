@@ -71,7 +71,8 @@ pub enum ProtoEvent {
     /// headers travel with it: that is all linking needs at this point.
     Request {
         /// Names the request on its connection, the same at both ends: the request's offset in
-        /// the byte stream for HTTP/1, the stream id for HTTP/2.
+        /// the byte stream (its TCP sequence number where known, see
+        /// [`table::ProtocolTable::feed`]), the stream id for HTTP/2.
         key: u64,
         trace: Option<Box<TraceHeaders>>,
         start: Stamp,
@@ -193,6 +194,13 @@ pub trait ConnectionParser: Debug {
     /// them on (HTTP/2 in grpcio, Go, Node.js), so same-thread causality would name a wrong
     /// parent.
     fn thread_causality(&self) -> bool;
+
+    /// Whether request keys are request-stream offsets (every protocol but HTTP/2, whose keys
+    /// are stream ids). The table moves such keys onto the TCP sequence numbers where it knows
+    /// them, so that the two ends agree however late either began watching the connection.
+    fn keys_are_offsets(&self) -> bool {
+        true
+    }
 
     /// Whether a CLIENT request may still take same-thread causality when it is the only
     /// request in the syscall that completed it. Multiplexed protocols say yes where the calling

@@ -25,6 +25,49 @@ struct Parsed {
     protocol: usize,
     server: bool,
     parser: Box<dyn ConnectionParser>,
+    /// Where the request direction's offset 0 lies in the TCP stream.
+    requests_at: Anchor,
+}
+
+/// The TCP sequence number of a direction's first byte the parser was fed. A parser counts
+/// offsets from the first byte it sees; two agents (or one agent's two ends of a connection)
+/// that began watching at different bytes (the connection was open before the agent) count
+/// differently, while the sequence numbers agree.
+#[derive(Debug, Clone, Copy)]
+enum Anchor {
+    /// No chunk of the direction yet.
+    Unset,
+    At(u32),
+    /// Its first chunk came without a sequence number (not TCP, a TLS library's plaintext):
+    /// offsets stay the parser's own.
+    Unknown,
+}
+
+impl Anchor {
+    /// The key of a request whose first byte is at `offset` of the parser's count.
+    fn key(self, offset: u64) -> u64 {
+        match self {
+            // Truncation intended: sequence numbers are 32-bit and wrap.
+            #[allow(clippy::cast_possible_truncation)]
+            Self::At(seq) => u64::from(seq.wrapping_add(offset as u32)),
+            Self::Unset | Self::Unknown => offset,
+        }
+    }
+}
+
+impl Parsed {
+    /// Moves the request keys of `events` onto the TCP stream's sequence numbers.
+    fn anchor_keys(&self, events: &mut [ProtoEvent]) {
+        if !self.parser.keys_are_offsets() || matches!(self.requests_at, Anchor::Unset) {
+            return;
+        }
+        for event in events {
+            match event {
+                ProtoEvent::Request { key, .. } => *key = self.requests_at.key(*key),
+                ProtoEvent::Exchange(x) => x.key = self.requests_at.key(x.key),
+            }
+        }
+    }
 }
 
 /// Self-metrics of the protocol stage.
@@ -89,11 +132,14 @@ impl ProtocolTable {
         self.conns.insert(conn_id, State::Detecting { misses: 0 });
     }
 
-    /// Feeds one chunk of `conn_id`; parsed events go to `out`.
+    /// Feeds one chunk of `conn_id` whose first byte has TCP sequence number `seq` (when
+    /// known); parsed events go to `out`. Request keys that are offsets become sequence numbers
+    /// (mod 2³²) when the request direction's first chunk had one.
     pub fn feed(
         &mut self,
         conn_id: u64,
         chunk: &Chunk<'_>,
+        seq: Option<u32>,
         ts: u64,
         tid: u32,
         out: &mut Vec<ProtoEvent>,
@@ -122,15 +168,20 @@ impl ProtocolTable {
                 protocol,
                 server: detected.server,
                 parser: detected.parser,
+                requests_at: Anchor::Unset,
             });
         }
         let State::Parsed(parsed) = state else {
             return Fed::Skipped;
         };
         let side = Side::of(parsed.server, chunk.egress);
+        if side == Side::Request && matches!(parsed.requests_at, Anchor::Unset) {
+            parsed.requests_at = seq.map_or(Anchor::Unknown, Anchor::At);
+        }
         parsed
             .parser
             .feed(side, chunk.payload, chunk.total, ts, tid, out);
+        parsed.anchor_keys(&mut out[already..]);
         if parsed.parser.failed() {
             tracing::debug!(
                 conn_id,
@@ -166,7 +217,9 @@ impl ProtocolTable {
     pub fn close(&mut self, conn_id: u64, at: Stamp, out: &mut Vec<ProtoEvent>) -> Fed {
         match self.conns.remove(&conn_id) {
             Some(State::Parsed(mut parsed)) => {
+                let already = out.len();
                 parsed.parser.close(at, out);
+                parsed.anchor_keys(&mut out[already..]);
                 Fed::Parsed {
                     server: parsed.server,
                     thread_causality: parsed.parser.thread_causality(),
@@ -215,7 +268,7 @@ mod tests {
             payload,
             total: payload.len() as u64,
         };
-        table.feed(7, &chunk, 1, 1, &mut Vec::new())
+        table.feed(7, &chunk, None, 1, 1, &mut Vec::new())
     }
 
     #[test]
@@ -252,11 +305,70 @@ mod tests {
             total: tail.len() as u64,
         };
         assert_eq!(
-            table.feed(7, &chunk, 2, 2, &mut Vec::new()),
+            table.feed(7, &chunk, None, 2, 2, &mut Vec::new()),
             Fed::Parsed {
                 server: false,
                 thread_causality: false
             }
         );
+    }
+
+    /// Request keys of one end of an HTTP/1 connection: `(egress, bytes, seq)` chunks.
+    fn request_keys(server: bool, chunks: &[(bool, &[u8], Option<u32>)]) -> Vec<u64> {
+        let mut table = ProtocolTable::default();
+        let mut out = Vec::new();
+        for (i, &(egress, payload, seq)) in chunks.iter().enumerate() {
+            let chunk = Chunk {
+                egress,
+                role: if server { Role::Server } else { Role::Client },
+                payload,
+                total: payload.len() as u64,
+            };
+            let _ = table.feed(7, &chunk, seq, i as u64, 1, &mut out);
+        }
+        out.iter()
+            .filter_map(|e| match e {
+                ProtoEvent::Request { key, .. } => Some(*key),
+                ProtoEvent::Exchange(_) => None,
+            })
+            .collect()
+    }
+
+    /// A keep-alive connection open before the agent: the client's end was first seen at its
+    /// first request, the server's only at its second (the agent started between the client's
+    /// write and the server's read). Counted from what each saw, their keys would differ by the
+    /// first request's length forever; as sequence numbers they agree, across the 2³² wrap too.
+    #[test]
+    fn both_ends_key_requests_by_sequence_number_whenever_they_began() {
+        const REQ: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let len = REQ.len() as u32;
+        let (isn, reply_isn) = (u32::MAX - len - 3, 9_000);
+        let client = request_keys(
+            false,
+            &[
+                (true, REQ, Some(isn)),
+                (false, RESP, Some(reply_isn)),
+                (true, REQ, Some(isn.wrapping_add(len))),
+                (false, RESP, Some(reply_isn + RESP.len() as u32)),
+                (true, REQ, Some(isn.wrapping_add(2 * len))),
+            ],
+        );
+        let server = request_keys(
+            true,
+            &[
+                (false, REQ, Some(isn.wrapping_add(len))),
+                (true, RESP, Some(reply_isn + RESP.len() as u32)),
+                (false, REQ, Some(isn.wrapping_add(2 * len))),
+            ],
+        );
+        assert_eq!(client.len(), 3);
+        assert_eq!(server, client[1..]);
+        // Without sequence numbers (TLS plaintext), each end counts from what it saw.
+        let plain = request_keys(
+            true,
+            &[(false, REQ, None), (true, RESP, None), (false, REQ, None)],
+        );
+        assert_eq!(plain, [0, u64::from(len)]);
     }
 }

@@ -86,6 +86,8 @@ mod tests {
             syscall: Syscall::Write as u32,
             captured_len: declared,
             task: 0,
+            seq: 0,
+            seq_valid: 0,
         };
         let mut record = bytes_of(&event);
         record.extend_from_slice(payload);

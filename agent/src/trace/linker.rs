@@ -20,8 +20,10 @@
 //!    the SERVER request began (a task of its own: uvicorn, aiohttp, tornado make one per
 //!    request) and wrote no other response, and the CLIENT request began inside the SERVER one;
 //! 3. both ends on this host: the SERVER span on one end of a TCP connection is the child of the
-//!    CLIENT span on the other end whose request has the same key (its offset in the byte stream
-//!    for HTTP/1, its stream id for HTTP/2);
+//!    CLIENT span on the other end whose request has the same key (the TCP sequence number of
+//!    its first byte for HTTP/1 and the datastores, so that ends first seen at different bytes
+//!    of a connection open before the agent still agree; its stream id for HTTP/2) and asks the
+//!    same (method and target, where the protocol says);
 //! 4. otherwise a new root.
 //!
 //! Several candidates give span links, never a guessed parent. Finished spans wait `link_delay`
@@ -112,8 +114,8 @@ pub struct TraceStats {
     pub task_shared_writers: u64,
     pub parent_from_connection: u64,
     /// Ends of a connection whose request keys matched but whose requests did not (different
-    /// method or target): one end missed bytes the other saw (a TLS read in flight when the
-    /// probes attached), so its offsets are shifted. Not paired.
+    /// method or target): one end counted from a byte the other did not (TLS plaintext, which
+    /// has no sequence numbers, with a read in flight when the probes attached). Not paired.
     pub mirror_mismatches: u64,
     pub roots: u64,
     pub ambiguous: u64,

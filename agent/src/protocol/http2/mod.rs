@@ -662,6 +662,10 @@ impl ConnectionParser for Http2Connection {
         false
     }
 
+    fn keys_are_offsets(&self) -> bool {
+        false
+    }
+
     fn lone_client_requests(&self) -> bool {
         true
     }
