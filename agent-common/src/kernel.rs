@@ -50,8 +50,12 @@ pub struct KernelOffsets {
     pub tcp_write_seq: u32,
     /// `struct tcp_sock`: `copied_seq` (u32), the sequence number after the last byte read.
     pub tcp_copied_seq: u32,
+    /// `struct sock`: `__sk_common.skc_net.net` (`struct net *`), the socket's network namespace.
+    pub skc_net: u32,
+    /// `struct net`: `ns.inum` (u32), the namespace's inode number (as `/proc/PID/ns/net` shows).
+    pub net_ns_inum: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 20 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 22 * 4);
 
 /// Load-time settings the agent writes into the programs' read-only globals.
 #[repr(C)]
@@ -68,8 +72,13 @@ pub struct CaptureConfig {
     /// Unread bytes in the event ring above which the programs wake the agent (see
     /// [`wakeup_backlog_bytes`]).
     pub wakeup_backlog_bytes: u32,
+    /// The inode number of the only network namespace whose sockets are traced (`--netns-only`,
+    /// one agent per namespace as per host); 0 traces every namespace.
+    pub netns: u32,
+    /// Explicit padding to a multiple of eight bytes.
+    pub reserved: u32,
 }
-const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 24);
 
 /// The backlog at which the programs wake the agent, for a ring of `ring_bytes`: a quarter of it.
 /// The agent drains the ring every 10 ms without being woken; a wake-up only matters when a burst
@@ -89,6 +98,8 @@ impl Default for CaptureConfig {
             capture_bytes: crate::DEFAULT_CAPTURE_BYTES,
             skip_opaque: 1,
             wakeup_backlog_bytes: wakeup_backlog_bytes(crate::DEFAULT_RING_BYTES),
+            netns: 0,
+            reserved: 0,
         }
     }
 }

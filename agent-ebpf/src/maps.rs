@@ -100,6 +100,8 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     sk_protocol: 0,
     tcp_write_seq: 0,
     tcp_copied_seq: 0,
+    skc_net: 0,
+    net_ns_inum: 0,
 };
 
 /// The agent's tgid, the capture size, whether opaque connections are skipped, and the backlog
@@ -110,6 +112,8 @@ static CAPTURE_CONFIG: CaptureConfig = CaptureConfig {
     capture_bytes: agent_common::DEFAULT_CAPTURE_BYTES,
     skip_opaque: 1,
     wakeup_backlog_bytes: agent_common::wakeup_backlog_bytes(agent_common::DEFAULT_RING_BYTES),
+    netns: 0,
+    reserved: 0,
 };
 
 /// The offsets, read so that the compiler cannot fold the load-time value away.

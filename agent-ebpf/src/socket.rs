@@ -12,14 +12,15 @@ use agent_common::{
 };
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 
-use crate::maps::offsets;
+use crate::maps::{config, offsets};
 
 /// What the walk found for an fd.
 pub enum FdKind {
     /// Not a socket (regular file, pipe, …), or not an fd at all.
     Other,
-    /// A socket that is not IPv4/IPv6: remembered as ignored, never reported.
-    NonInetSocket,
+    /// A socket that is not IPv4/IPv6, or not in the network namespace traced: remembered as
+    /// ignored, never reported.
+    Untraced,
     /// An IPv4/IPv6 socket: its endpoints and, when it is TCP, its `struct sock` are in the
     /// entry `classify_fd` was given.
     Inet,
@@ -65,11 +66,19 @@ pub fn classify_fd(fd: i32, conn: &mut ConnInfo) -> Result<FdKind, i64> {
     let sock_type: i16 = read_at(socket, off.socket_type)?;
     let sk: u64 = read_at(socket, off.socket_sk)?;
     if sk == 0 {
-        return Ok(FdKind::NonInetSocket);
+        return Ok(FdKind::Untraced);
     }
     let family: u16 = read_at(sk, off.skc_family)?;
     if family != AF_INET && family != AF_INET6 {
-        return Ok(FdKind::NonInetSocket);
+        return Ok(FdKind::Untraced);
+    }
+    let netns = config().netns;
+    if netns != 0 {
+        let net: u64 = read_at(sk, off.skc_net)?;
+        let inum: u32 = read_at(net, off.net_ns_inum)?;
+        if inum != netns {
+            return Ok(FdKind::Untraced);
+        }
     }
     read_tuple(sk, family, &off, &mut conn.tuple)?;
     conn.tuple.sock_type = sock_type as u16;

@@ -14,7 +14,7 @@
 
 use agent_common::{
     ConnEvent, ConnInfo, ConnKey, Counter, DataEvent, Direction, EventHeader, EventKind,
-    MAX_CAPTURE_BYTES, MAX_IOVECS, MAX_MMSG, Protocol, Role, SockTuple, Syscall,
+    MAX_CAPTURE_BYTES, MAX_IOVECS, MAX_MMSG, Protocol, Role, Syscall,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
@@ -195,7 +195,7 @@ fn tracked(pid_tgid: u64, fd: i32, syscall: Syscall) -> Option<Tracked> {
     let info = new_conn()?;
     match classify_fd(fd, info) {
         Ok(FdKind::Other) => None,
-        Ok(FdKind::NonInetSocket) => {
+        Ok(FdKind::Untraced) => {
             ignore(pid_tgid, fd);
             None
         }
@@ -539,7 +539,7 @@ fn open_exit(regs: Regs, pid_tgid: u64, syscall: Syscall, result: i64) {
         Ok(FdKind::Inet) => {
             let _ = track(pid_tgid, fd, info, role, syscall);
         }
-        Ok(FdKind::NonInetSocket) => ignore(pid_tgid, fd),
+        Ok(FdKind::Untraced) => ignore(pid_tgid, fd),
         Ok(FdKind::Other) => {}
         Err(_) => count(Counter::SocketWalkFailed),
     }

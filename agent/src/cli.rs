@@ -212,6 +212,15 @@ pub struct RunArgs {
     /// it instead of reading the log (`/ready` on the API says the same).
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<std::path::PathBuf>,
+    /// Link traces across hosts: the agents of a client's host and of its server's host tell
+    /// each other which CLIENT span wrote each request, over UDP on this port (the same on
+    /// every host; docs/cross-host.md). Needs `--peer-secret-file`.
+    #[arg(long, value_name = "PORT", requires = "peer_secret_file")]
+    pub peer_port: Option<u16>,
+    /// The secret the agents share to authenticate each other (at least 16 bytes; the same
+    /// file on every host).
+    #[arg(long, value_name = "PATH", requires = "peer_port")]
+    pub peer_secret_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub capture: CaptureArgs,
 }
@@ -224,6 +233,15 @@ impl RunArgs {
             retention: Duration::from_hours(self.retention_hours),
             max_spans: self.store_max_spans,
         }
+    }
+
+    /// Cross-host linking, when asked for.
+    #[must_use]
+    pub fn peers(&self) -> Option<crate::peers::PeersConfig> {
+        Some(crate::peers::PeersConfig {
+            port: self.peer_port?,
+            secret_file: self.peer_secret_file.clone()?,
+        })
     }
 
     #[must_use]
@@ -268,6 +286,11 @@ pub struct CaptureArgs {
     /// Forget a connection after this many seconds without traffic.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub idle_timeout: u64,
+    /// Trace only the sockets of the network namespace the agent runs in, as the agent of one
+    /// host among several on a machine (a namespace per host, or per pod network); the one-agent
+    /// lock is then per namespace.
+    #[arg(long)]
+    pub netns_only: bool,
 }
 
 impl CaptureArgs {
@@ -278,7 +301,18 @@ impl CaptureArgs {
             ring_bytes: self.ring_bytes,
             max_conns: self.max_conns,
             skip_opaque: true,
+            netns: self
+                .netns()
+                .map_or(0, |inum| u32::try_from(inum).unwrap_or(0)),
         }
+    }
+
+    /// The network namespace traced alone (`--netns-only`): the agent's own, by inode number.
+    #[must_use]
+    pub fn netns(&self) -> Option<u64> {
+        self.netns_only
+            .then(|| crate::conntrack::discovery::netns_of(std::process::id()))
+            .flatten()
     }
 
     #[must_use]

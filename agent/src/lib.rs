@@ -17,6 +17,7 @@ mod exporter;
 mod lock;
 mod metrics;
 mod net;
+mod peers;
 mod pipeline;
 mod probes;
 mod process;

@@ -30,14 +30,19 @@ pub struct InstanceLock {
     _file: File,
 }
 
-fn lock_path() -> PathBuf {
-    std::env::var_os("SOCKSPAN_LOCK_FILE")
-        .map_or_else(|| PathBuf::from(DEFAULT_LOCK_FILE), PathBuf::from)
+fn lock_path(netns: Option<u64>) -> PathBuf {
+    let path = std::env::var_os("SOCKSPAN_LOCK_FILE")
+        .map_or_else(|| PathBuf::from(DEFAULT_LOCK_FILE), PathBuf::from);
+    match netns {
+        Some(inum) => path.with_extension(format!("netns-{inum}.lock")),
+        None => path,
+    }
 }
 
-/// Takes the host-wide agent lock.
-pub fn acquire() -> Result<InstanceLock, LockError> {
-    acquire_at(&lock_path())
+/// Takes the agent lock: host-wide, or the network namespace's when the agent traces only
+/// that one (`--netns-only`, inode number `netns`).
+pub fn acquire(netns: Option<u64>) -> Result<InstanceLock, LockError> {
+    acquire_at(&lock_path(netns))
 }
 
 pub fn acquire_at(path: &Path) -> Result<InstanceLock, LockError> {

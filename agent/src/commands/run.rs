@@ -38,6 +38,7 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         Output::Jsonl | Output::Store => None,
     };
     check_ready_file(args.ready_file.as_deref())?;
+    let peers = bind_peers(&args)?;
     let store_config = args.store_config();
     let api_config = if args.output == Output::Store {
         store_config.validate()?;
@@ -52,7 +53,7 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     // Privileges first: without them the lock file cannot be made either, and that message is
     // less useful.
     crate::caps::check_can_load().map_err(pipeline::PipelineError::Privilege)?;
-    let _lock = crate::lock::acquire()?;
+    let _lock = crate::lock::acquire(args.capture.netns())?;
     let capture = pipeline::start(&args.capture, pipeline::Traffic::Parsed)?;
     let pipeline::Capture {
         mut probes,
@@ -96,7 +97,8 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         exporter.as_mut(),
     )
     .with_kernel_conns(kernel_conns)
-    .with_metrics(metrics.clone());
+    .with_metrics(metrics.clone())
+    .with_peers(peers);
     let (go_probes, tls_probes, asyncio_probes) = runtime_probes(&args);
     let mut sink = sink.with_probes(&mut probes, go_probes, tls_probes, asyncio_probes);
     // After this line, processes running now are traced with their runtime probes too (tests
@@ -128,6 +130,19 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+/// The socket to other hosts' agents, when `--peer-port` asks for one: bound before anything is
+/// attached, so that a port in use or a bad secret stops the start.
+fn bind_peers(args: &RunArgs) -> Result<Option<crate::peers::Peers>, crate::peers::PeersError> {
+    let peers = args
+        .peers()
+        .map(|config| crate::peers::Peers::bind(&config))
+        .transpose()?;
+    if let Some(peers) = &peers {
+        tracing::info!(port = peers.port(), "linking traces with the agents of other hosts");
+    }
+    Ok(peers)
 }
 
 /// `--ready-file` can be written: its folder exists (said before anything is attached).
@@ -191,6 +206,7 @@ fn log_stopped(sink: &TraceSink<'_>, receiver: &receiver::ReceiverStats) {
         .and_then(|p| p.counters().ok())
         .unwrap_or_default();
     let goroutines = sink.tracer.goroutines.stats;
+    let peers = sink.peers.as_ref().map(|p| p.stats).unwrap_or_default();
     let (spans_out, spans_lost) = sink.exporter.counts();
     tracing::info!(
         spans_exported = spans_out,
@@ -213,6 +229,12 @@ fn log_stopped(sink: &TraceSink<'_>, receiver: &receiver::ReceiverStats) {
         event_loop_threads = sink.tracer.stats.event_loop_threads,
         parent_from_connection = sink.tracer.stats.parent_from_connection,
         mirror_mismatches = sink.tracer.stats.mirror_mismatches,
+        parent_from_peer = sink.tracer.stats.parent_from_peer,
+        peer_announced = sink.tracer.stats.peer_announced,
+        peer_sent = peers.sent,
+        peer_send_failed = peers.send_failed,
+        peer_received = peers.received,
+        peer_refused = peers.refused,
         roots = sink.tracer.stats.roots,
         ambiguous = sink.tracer.stats.ambiguous,
         spans_abandoned = sink.tracer.stats.abandoned,

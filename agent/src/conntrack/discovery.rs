@@ -23,7 +23,8 @@ pub struct DiscoveredSocket {
 }
 
 /// Network namespace of a process, as the inode number of `/proc/<pid>/ns/net`.
-fn netns_of(pid: u32) -> Option<u64> {
+#[must_use]
+pub fn netns_of(pid: u32) -> Option<u64> {
     let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
     let text = link.to_str()?;
     text.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
@@ -36,9 +37,10 @@ fn tcp_tables(process: &procfs::process::Process) -> Vec<TcpNetEntry> {
     entries
 }
 
-/// Scans every process except `skip_pid` for open TCP sockets.
+/// Scans every process except `skip_pid` for open TCP sockets (only those in network namespace
+/// `only_netns`, when given).
 #[must_use]
-pub fn scan(skip_pid: u32) -> Vec<DiscoveredSocket> {
+pub fn scan(skip_pid: u32, only_netns: Option<u64>) -> Vec<DiscoveredSocket> {
     let Ok(processes) = procfs::process::all_processes() else {
         return Vec::new();
     };
@@ -61,6 +63,9 @@ pub fn scan(skip_pid: u32) -> Vec<DiscoveredSocket> {
             continue;
         }
         let Some(netns) = netns_of(pid) else { continue };
+        if only_netns.is_some_and(|only| only != netns) {
+            continue;
+        }
         let table = tables.entry(netns).or_insert_with(|| {
             tcp_tables(&process)
                 .into_iter()
@@ -136,7 +141,7 @@ mod tests {
         let client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
         let (mut server, _) = listener.accept().expect("accept");
         // Scan ourselves (skip nobody).
-        let found = scan(0);
+        let found = scan(0, None);
         let me = std::process::id();
         let mine: Vec<_> = found.iter().filter(|s| s.pid == me).collect();
         let client_local = client.local_addr().expect("local");

@@ -38,6 +38,8 @@ pub enum PipelineError {
     Record(#[from] crate::protocol::http1::record::RecordError),
     #[error("--ready-file {0}")]
     ReadyFile(String),
+    #[error(transparent)]
+    Peers(#[from] crate::peers::PeersError),
 }
 
 /// A running capture path.
@@ -67,7 +69,7 @@ pub fn start(args: &CaptureArgs, traffic: Traffic) -> Result<Capture, PipelineEr
     let me = std::process::id();
     // Scan before attaching: every socket the programs may later report as "first seen" and
     // that was open before is in this list.
-    let discovered = discovery::scan(me);
+    let discovered = discovery::scan(me, args.netns());
     let mut probes = Probes::load(&probes_config, me)?;
     // Loading parsed the kernel's BTF (megabytes, freed again); hand those pages back to the
     // system instead of keeping them as the heap's high-water mark for the agent's whole life.

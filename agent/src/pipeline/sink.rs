@@ -54,6 +54,10 @@ pub struct TraceSink<'a> {
     pub feedback: FeedbackStats,
     /// Where the agent's own figures are published while it runs (`/metrics`).
     metrics: Option<crate::metrics::SharedMetrics>,
+    /// Cross-host linking: the socket to the other hosts' agents (`--peer-port`).
+    pub peers: Option<crate::peers::Peers>,
+    /// Announcements moving between the tracer and the peer socket.
+    announcements: Vec<crate::peers::wire::ClientSpan>,
     events: Vec<ProtoEvent>,
     spans: Vec<SpanData>,
     ticks: u64,
@@ -76,6 +80,8 @@ impl<'a> TraceSink<'a> {
             asyncio_probes: false,
             feedback: FeedbackStats::default(),
             metrics: None,
+            peers: None,
+            announcements: Vec::new(),
             events: Vec::new(),
             spans: Vec::new(),
             ticks: 0,
@@ -95,6 +101,31 @@ impl<'a> TraceSink<'a> {
     pub fn with_metrics(mut self, metrics: crate::metrics::SharedMetrics) -> Self {
         self.metrics = Some(metrics);
         self
+    }
+
+    /// Links traces with the agents of other hosts through `peers`.
+    #[must_use]
+    pub fn with_peers(mut self, peers: Option<crate::peers::Peers>) -> Self {
+        if let Some(peers) = &peers {
+            self.tracer.enable_peers(peers.local.clone());
+        }
+        self.peers = peers;
+        self
+    }
+
+    /// Hands what other hosts' agents announced to the tracer, and sends what it announced.
+    fn exchange_with_peers(&mut self, now: u64) {
+        let Some(peers) = &mut self.peers else {
+            return;
+        };
+        peers.receive(&mut self.announcements);
+        for client in self.announcements.drain(..) {
+            self.tracer.on_peer_client(&client, now);
+        }
+        self.tracer.announce_settled(now, false);
+        self.tracer.take_announcements(&mut self.announcements);
+        peers.send(&self.announcements);
+        self.announcements.clear();
     }
 
     /// The stages' counters as metrics.
@@ -281,6 +312,7 @@ impl<'a> TraceSink<'a> {
     /// Hands finished spans to the exporter, in chunks; everything finished when `flush`.
     pub fn export(&mut self, flush: bool) {
         let now = monotonic_ns();
+        self.exchange_with_peers(now);
         loop {
             let more = self.tracer.poll(now, flush, &mut self.spans, EXPORT_CHUNK);
             if !self.spans.is_empty() {
@@ -291,6 +323,8 @@ impl<'a> TraceSink<'a> {
                 break;
             }
         }
+        // What the export's poll announced leaves now, not a tick later.
+        self.exchange_with_peers(now);
         self.exporter.flush();
     }
 }
@@ -594,8 +628,21 @@ impl EventSink for TraceSink<'_> {
         }
     }
 
+    fn on_drained(&mut self) {
+        self.exchange_with_peers(monotonic_ns());
+    }
+
     fn on_tick(&mut self) {
+        /// Ticks between two readings of this host's addresses (about 5 s): interfaces come
+        /// and go.
+        const LOCAL_ADDRS_EVERY: u64 = 50;
         self.ticks += 1;
+        if self.ticks.is_multiple_of(LOCAL_ADDRS_EVERY)
+            && let Some(peers) = &mut self.peers
+        {
+            peers.local = crate::peers::local::LocalAddrs::read();
+            self.tracer.set_local_addrs(peers.local.clone());
+        }
         self.export(false);
         if self.ticks.is_multiple_of(10)
             && let Some(metrics) = &self.metrics

@@ -36,6 +36,8 @@ pub struct ProbesConfig {
     /// Whether connections found not to speak HTTP stop sending data records (the kernel still
     /// counts their bytes). Off only for the raw view of `sockspan events`.
     pub skip_opaque: bool,
+    /// The only network namespace traced (its inode number), 0 for all (`--netns-only`).
+    pub netns: u32,
 }
 
 impl Default for ProbesConfig {
@@ -45,6 +47,7 @@ impl Default for ProbesConfig {
             ring_bytes: DEFAULT_RING_BYTES,
             max_conns: DEFAULT_MAX_CONNS,
             skip_opaque: true,
+            netns: 0,
         }
     }
 }
@@ -227,6 +230,8 @@ impl Probes {
             capture_bytes: config.capture_bytes,
             skip_opaque: u32::from(config.skip_opaque),
             wakeup_backlog_bytes: agent_common::wakeup_backlog_bytes(config.ring_bytes),
+            netns: config.netns,
+            reserved: 0,
         };
         let mut ebpf = EbpfLoader::new()
             .override_global("KERNEL_OFFSETS", &offsets, true)

@@ -23,6 +23,9 @@ pub trait EventSink {
     fn on_py_task(&mut self, _event: &PyTaskEvent) {}
     /// Called about once per `tick` even when no events arrive.
     fn on_tick(&mut self) {}
+    /// Called after each timed drain of the ring (every 10 ms), for what must not wait for a
+    /// tick (messages to other hosts' agents).
+    fn on_drained(&mut self) {}
 
     /// Hands a decoded record to the method for its kind.
     fn on_event(&mut self, event: &Event<'_>) {
@@ -88,6 +91,7 @@ pub async fn run(
                 if drain(ring.get_mut(), sink, &mut stats, BATCH) == Drained::BatchFull {
                     drain_timer.reset_immediately();
                 }
+                sink.on_drained();
             }
             _ = ticker.tick() => sink.on_tick(),
             () = &mut stop => break,

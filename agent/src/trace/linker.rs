@@ -45,6 +45,7 @@ use super::{
     ids::{IdGenerator, SpanId, TraceId},
     intern::Interner,
     propagation::{self, TraceHeaders},
+    remote::{Announcer, RemoteClient, RemoteClients},
     resource::Resources,
     span::{AttrValue, KeyValue, Resource, SpanData, SpanKind, SpanLink},
     tasks::Tasks,
@@ -54,6 +55,7 @@ use agent_common::GoProbe;
 use crate::{
     clock::WallClock,
     conntrack::Connection,
+    peers::{local::LocalAddrs, wire::ClientSpan},
     protocol::{Exchange, SpanFacts, Stamp, Summary},
 };
 
@@ -113,6 +115,10 @@ pub struct TraceStats {
     /// so the task rule names no parent through them.
     pub task_shared_writers: u64,
     pub parent_from_connection: u64,
+    /// SERVER spans whose client's agent, on another host, announced it ([`crate::peers`]).
+    pub parent_from_peer: u64,
+    /// CLIENT spans announced to the agent of their server's host.
+    pub peer_announced: u64,
     /// Ends of a connection whose request keys matched but whose requests did not (different
     /// method or target): one end counted from a byte the other did not (TLS plaintext, which
     /// has no sequence numbers, with a read in flight when the probes attached). Not paired.
@@ -190,7 +196,7 @@ impl TraceRef {
 /// A request on a connection, seen from the client's end: (client addr, server addr, the
 /// request's key on the connection). Both ends compute the same key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct MirrorKey {
+pub(super) struct MirrorKey {
     client: Endpoint,
     server: Endpoint,
     /// The protocol's request key ([`crate::protocol::ProtoEvent::Request`]).
@@ -225,7 +231,7 @@ impl Endpoint {
     }
 }
 
-type SpanKey = (u64, u64);
+pub(super) type SpanKey = (u64, u64);
 
 /// The open SERVER spans of one thread: nearly always one, so it is held inline and a request
 /// costs no allocation here.
@@ -411,6 +417,12 @@ pub struct Tracer {
     task_writers: FastMap<(u32, u64, u64), TaskWriter>,
     /// CLIENT spans by their request's mirror key.
     clients: FastMap<MirrorKey, SpanKey>,
+    /// CLIENT spans of other hosts, announced by their agents.
+    remote: RemoteClients,
+    /// This host's CLIENT spans to other hosts, when cross-host linking is on.
+    announcer: Option<Announcer>,
+    /// Announcements for the peer agents, taken by [`Tracer::take_announcements`].
+    outgoing: Vec<ClientSpan>,
     /// SERVER spans still looking for their client (seen first).
     waiting_servers: FastMap<MirrorKey, SpanKey>,
     /// Finished spans of unsettled traces in export order: (ready at, monotonic ns; key).
@@ -439,6 +451,9 @@ impl Tracer {
             task_waiting: FastMap::default(),
             task_writers: FastMap::default(),
             clients: FastMap::default(),
+            remote: RemoteClients::default(),
+            announcer: None,
+            outgoing: Vec::new(),
             waiting_servers: FastMap::default(),
             ready: VecDeque::new(),
             ready_now: VecDeque::new(),
@@ -539,6 +554,7 @@ impl Tracer {
             self.register_server(pid, unit, forward, key);
         } else {
             self.register_client(mirror, key, span_id, &trace, forward);
+            self.announce(mirror, key, span_id, &trace, forward, start.ts);
         }
         let resource = self.resources.get(&conn.process);
         self.spans.insert(
@@ -656,6 +672,117 @@ impl Tracer {
         }
     }
 
+    /// Turns cross-host linking on: CLIENT spans whose server is not one of `local` are
+    /// announced ([`Tracer::take_announcements`]).
+    pub fn enable_peers(&mut self, local: LocalAddrs) {
+        self.announcer = Some(Announcer {
+            local,
+            ..Announcer::default()
+        });
+    }
+
+    /// This host's addresses changed (read again).
+    pub fn set_local_addrs(&mut self, local: LocalAddrs) {
+        if let Some(announcer) = &mut self.announcer {
+            announcer.local = local;
+        }
+    }
+
+    /// Announcements made since the last call.
+    pub fn take_announcements(&mut self, out: &mut Vec<ClientSpan>) {
+        out.append(&mut self.outgoing);
+    }
+
+    /// Queues the announcement of a CLIENT span whose server is on another host: now if its
+    /// trace is settled, else once it is (or at the deadline, half the link delay).
+    fn announce(
+        &mut self,
+        mirror: MirrorKey,
+        key: SpanKey,
+        span_id: SpanId,
+        trace: &TraceRef,
+        forward: u64,
+        now: u64,
+    ) {
+        let Some(announcer) = &mut self.announcer else {
+            return;
+        };
+        if announcer.local.contains(mirror.server.addr().ip()) {
+            return;
+        }
+        if trace.settled() {
+            self.stats.peer_announced += 1;
+            self.outgoing.push(ClientSpan {
+                client: mirror.client.addr(),
+                server: mirror.server.addr(),
+                key: mirror.request,
+                forward,
+                trace_id: trace.id(),
+                span_id,
+            });
+        } else {
+            let wait = self.config.link_delay.as_nanos() / 2;
+            announcer.wait(now + u64::try_from(wait).unwrap_or(u64::MAX), key);
+        }
+    }
+
+    /// Announces the waiting CLIENT spans whose trace settled or whose wait is over.
+    pub fn announce_settled(&mut self, now: u64, flush: bool) {
+        let Some(announcer) = &mut self.announcer else {
+            return;
+        };
+        let spans = &self.spans;
+        let outgoing = &mut self.outgoing;
+        let stats = &mut self.stats;
+        announcer.pending.retain(|&(deadline, key)| {
+            let Some(span) = spans.get(&key) else {
+                return false;
+            };
+            if !span.trace.settled() && deadline > now && !flush {
+                return true;
+            }
+            stats.peer_announced += 1;
+            outgoing.push(ClientSpan {
+                client: span.mirror.client.addr(),
+                server: span.mirror.server.addr(),
+                key: span.mirror.request,
+                forward: span.forward,
+                trace_id: span.trace.id(),
+                span_id: span.span_id,
+            });
+            false
+        });
+    }
+
+    /// Another host's agent announced a CLIENT span: the SERVER span here with its connection
+    /// and key, asking the same, is its child (now if seen already, else when it is).
+    pub fn on_peer_client(&mut self, client: &ClientSpan, now: u64) {
+        let mirror = MirrorKey {
+            client: Endpoint::new(client.client),
+            server: Endpoint::new(client.server),
+            request: client.key,
+        };
+        let remote = RemoteClient {
+            trace_id: client.trace_id,
+            span_id: client.span_id,
+            forward: client.forward,
+        };
+        if let Some(server_key) = self.waiting_servers.get(&mirror).copied()
+            && let Some(server_span) = self.spans.get_mut(&server_key)
+            && server_span.parent.is_none()
+            && same_request(server_span.forward, client.forward)
+        {
+            self.waiting_servers.remove(&mirror);
+            server_span.trace.join(&TraceRef::new(client.trace_id));
+            server_span.parent = Some(client.span_id);
+            server_span.evidence = "peer";
+            self.stats.parent_from_peer += 1;
+            self.stats.roots = self.stats.roots.saturating_sub(1);
+            return;
+        }
+        self.remote.insert(mirror, remote, now);
+    }
+
     /// A Go runtime probe fired. A spawn reuses its `g`: whatever that `g` served before belonged
     /// to a goroutine that exited, and can be nobody's parent now.
     pub fn on_go_probe(&mut self, pid: u32, probe: GoProbe, a: u64, b: u64, ts: u64) {
@@ -722,6 +849,12 @@ impl Tracer {
             }
             self.stats.parent_from_connection += 1;
             return (client.trace.clone(), Some(client.span_id), "connection");
+        }
+        if let Some(remote) = self.remote.get(&mirror)
+            && same_request(remote.forward, forward)
+        {
+            self.stats.parent_from_peer += 1;
+            return (TraceRef::new(remote.trace_id), Some(remote.span_id), "peer");
         }
         self.waiting_servers.insert(mirror, key);
         (TraceRef::unsettled(self.ids.trace_id()), None, "none")
@@ -1019,6 +1152,8 @@ impl Tracer {
         out: &mut Vec<SpanData>,
         max: usize,
     ) -> bool {
+        self.announce_settled(now_mono, flush);
+        self.remote.expire(now_mono);
         loop {
             let key = if let Some(&key) = self.ready_now.front() {
                 if out.len() >= max {

@@ -5,6 +5,7 @@ pub mod ids;
 pub mod intern;
 pub mod linker;
 pub mod propagation;
+mod remote;
 pub mod resource;
 pub mod route;
 pub mod span;

@@ -1,0 +1,195 @@
+//! Traces across hosts: the agents of a client's host and of its server's host agree on the
+//! server span's parent before either exports.
+//!
+//! Both ends of a TCP connection key each request the same way: the TCP sequence number of its
+//! first byte (the stream id for HTTP/2), read from the kernel's socket at the syscall. When a
+//! CLIENT span's server is not an address of this host, its agent sends the agent on the
+//! server's address one UDP datagram ([`wire::ClientSpan`]): connection, key, what the request
+//! asks, trace and span ids. The server's agent makes its SERVER span with that connection and
+//! key, asking the same, the client span's child ([`crate::trace::linker::Tracer::on_peer_client`]),
+//! whichever of the two it learns first, within the link delay. A lost datagram, an absent peer
+//! agent or a translated address (NAT, a Kubernetes Service's DNAT: the two ends then see
+//! different tuples) leaves the SERVER span a root: never a wrong parent. Datagrams carry an
+//! HMAC of a secret shared by the agents, and a time stamp (replays are refused).
+
+pub mod local;
+pub mod wire;
+
+use std::{
+    io::ErrorKind,
+    net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket},
+    path::PathBuf,
+};
+
+use wire::ClientSpan;
+
+/// Secrets shorter than this are refused: a guessable one lets anyone graft spans into traces.
+const MIN_SECRET_BYTES: usize = 16;
+/// Datagrams read per call of [`Peers::receive`]: a flood cannot hold the pipeline up.
+const MAX_RECEIVE_PER_POLL: usize = 4096;
+
+/// Settings of cross-host linking (`--peer-port`, `--peer-secret-file`).
+#[derive(Debug, Clone)]
+pub struct PeersConfig {
+    /// The UDP port every agent listens on and sends to.
+    pub port: u16,
+    /// File holding the secret the agents share.
+    pub secret_file: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeersError {
+    #[error("peer-port must be 1 to 65535, got 0")]
+    Port,
+    #[error("cannot read peer-secret-file {path}: {source}")]
+    Secret {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "peer-secret-file {path} holds {len} bytes; at least {MIN_SECRET_BYTES} are needed \
+         (e.g. `head -c 32 /dev/urandom | base64 > FILE`, the same file on every host)"
+    )]
+    WeakSecret { path: String, len: usize },
+    #[error("cannot listen for peer agents on UDP port {port}: {source}")]
+    Bind { port: u16, source: std::io::Error },
+}
+
+impl PeersConfig {
+    /// # Errors
+    /// A zero port.
+    pub fn validate(&self) -> Result<(), PeersError> {
+        if self.port == 0 {
+            return Err(PeersError::Port);
+        }
+        Ok(())
+    }
+
+    /// The secret: the file's bytes, surrounding white space trimmed.
+    fn secret(&self) -> Result<Vec<u8>, PeersError> {
+        let path = self.secret_file.display().to_string();
+        let raw = std::fs::read(&self.secret_file).map_err(|source| PeersError::Secret {
+            path: path.clone(),
+            source,
+        })?;
+        let secret = raw.trim_ascii().to_vec();
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(PeersError::WeakSecret {
+                path,
+                len: secret.len(),
+            });
+        }
+        Ok(secret)
+    }
+}
+
+/// Self-metrics of cross-host linking.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PeerStats {
+    /// Announcements sent to peer agents.
+    pub sent: u64,
+    /// Announcements the socket refused (no route, buffer full).
+    pub send_failed: u64,
+    /// Announcements received and accepted.
+    pub received: u64,
+    /// Datagrams refused: not ours, failed authentication, stale.
+    pub refused: u64,
+}
+
+/// The agent's peer socket and secret.
+#[derive(Debug)]
+pub struct Peers {
+    socket: UdpSocket,
+    secret: Vec<u8>,
+    port: u16,
+    buffer: Vec<u8>,
+    pub local: local::LocalAddrs,
+    pub stats: PeerStats,
+}
+
+/// Unix time in ms.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Peers {
+    /// Reads the secret and listens on the port (all addresses, IPv6 and IPv4).
+    ///
+    /// # Errors
+    /// A bad config, an unreadable or short secret, a port in use.
+    pub fn bind(config: &PeersConfig) -> Result<Self, PeersError> {
+        config.validate()?;
+        let secret = config.secret()?;
+        let bind = |ip: IpAddr| UdpSocket::bind(SocketAddr::new(ip, config.port));
+        let socket = bind(IpAddr::V6(Ipv6Addr::UNSPECIFIED))
+            .or_else(|_| bind(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)))
+            .map_err(|source| PeersError::Bind {
+                port: config.port,
+                source,
+            })?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|source| PeersError::Bind {
+                port: config.port,
+                source,
+            })?;
+        Ok(Self {
+            socket,
+            secret,
+            port: config.port,
+            buffer: vec![0; 2048],
+            local: local::LocalAddrs::read(),
+            stats: PeerStats::default(),
+        })
+    }
+
+    /// The UDP port the agents share.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Sends each announcement to the agent on its server's address.
+    pub fn send(&mut self, spans: &[ClientSpan]) {
+        if spans.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        for span in spans {
+            let to = SocketAddr::new(span.server.ip(), self.port);
+            let sent = self.socket.send_to(&span.encode(&self.secret, now), to);
+            match sent {
+                Ok(_) => self.stats.sent += 1,
+                Err(_) => self.stats.send_failed += 1,
+            }
+        }
+    }
+
+    /// The announcements waiting on the socket (at most [`MAX_RECEIVE_PER_POLL`]).
+    pub fn receive(&mut self, out: &mut Vec<ClientSpan>) {
+        let now = now_ms();
+        for _ in 0..MAX_RECEIVE_PER_POLL {
+            match self.socket.recv_from(&mut self.buffer) {
+                Ok((len, from)) => match ClientSpan::decode(&self.buffer[..len], &self.secret, now)
+                {
+                    Ok(span) => {
+                        self.stats.received += 1;
+                        out.push(span);
+                    }
+                    Err(err) => {
+                        self.stats.refused += 1;
+                        tracing::debug!(%from, "peer datagram refused: {err}");
+                    }
+                },
+                Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(err) => {
+                    // An ICMP error from an earlier send (no agent there) surfaces here.
+                    tracing::debug!("peer socket: {err}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! What one agent tells another: "the request with this key on this connection was written by
+//! this CLIENT span". One UDP datagram each, authenticated with the agents' shared secret.
+//!
+//! Layout (big-endian, 108 bytes): `SSPN`, version, kind, 2 reserved bytes; client address (16
+//! bytes, IPv4 mapped into IPv6) and port; server address and port; the request's key on the
+//! connection (TCP sequence number of its first byte, or HTTP/2 stream id); its forward key
+//! (method and target hashed, 0 when the protocol has none); trace id; span id; the sender's
+//! wall clock in ms; then the first 16 bytes of HMAC-SHA256 over everything before it.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use hmac::{Hmac, Mac as _};
+use sha2::Sha256;
+
+use crate::trace::ids::{SpanId, TraceId};
+
+const MAGIC: &[u8; 4] = b"SSPN";
+const VERSION: u8 = 1;
+/// The only kind so far: a CLIENT span and the request it wrote.
+const KIND_CLIENT_SPAN: u8 = 1;
+const MAC_LEN: usize = 16;
+/// Bytes of one message.
+pub const MESSAGE_LEN: usize = 4 + 4 + 18 + 18 + 8 + 8 + 16 + 8 + 8 + MAC_LEN;
+/// Messages older (or newer) than this by the receiver's clock are refused: a replayed datagram
+/// names a request long gone.
+pub const MAX_AGE_MS: u64 = 30_000;
+
+/// A CLIENT span as its agent announces it to the agent of the server's host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientSpan {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    /// The request's key on the connection, the same at both ends.
+    pub key: u64,
+    /// What the request asks (0 when the protocol has no such key).
+    pub forward: u64,
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("a peer message is {MESSAGE_LEN} bytes, got {0}")]
+    Length(usize),
+    #[error("not a sockspan peer message (magic, version or kind)")]
+    NotOurs,
+    #[error("peer message fails authentication (another secret, or altered)")]
+    BadMac,
+    #[error("peer message is {0} ms away from this host's clock (more than {MAX_AGE_MS})")]
+    Stale(u64),
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn mac(secret: &[u8], body: &[u8]) -> [u8; 32] {
+    // HMAC takes a key of any length.
+    let Ok(mut mac) = HmacSha256::new_from_slice(secret) else {
+        return [0; 32];
+    };
+    mac.update(body);
+    mac.finalize().into_bytes().into()
+}
+
+fn put_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    let v6 = match addr.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    out.extend_from_slice(&v6.octets());
+    out.extend_from_slice(&addr.port().to_be_bytes());
+}
+
+fn get_addr(bytes: &[u8]) -> SocketAddr {
+    let mut octets = [0u8; 16];
+    octets.copy_from_slice(&bytes[..16]);
+    let ip = Ipv6Addr::from(octets);
+    let port = u16::from_be_bytes([bytes[16], bytes[17]]);
+    SocketAddr::new(ip.to_canonical(), port)
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_be_bytes(b)
+}
+
+impl ClientSpan {
+    /// The datagram, signed with `secret`, stamped `now_ms` (Unix ms).
+    #[must_use]
+    pub fn encode(&self, secret: &[u8], now_ms: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MESSAGE_LEN);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&[VERSION, KIND_CLIENT_SPAN, 0, 0]);
+        put_addr(&mut out, self.client);
+        put_addr(&mut out, self.server);
+        out.extend_from_slice(&self.key.to_be_bytes());
+        out.extend_from_slice(&self.forward.to_be_bytes());
+        out.extend_from_slice(&self.trace_id);
+        out.extend_from_slice(&self.span_id);
+        out.extend_from_slice(&now_ms.to_be_bytes());
+        let tag = mac(secret, &out);
+        out.extend_from_slice(&tag[..MAC_LEN]);
+        out
+    }
+
+    /// Checks and reads one datagram received at `now_ms`.
+    ///
+    /// # Errors
+    /// Wrong length, not ours, failed authentication, or too old/new.
+    pub fn decode(bytes: &[u8], secret: &[u8], now_ms: u64) -> Result<Self, WireError> {
+        if bytes.len() != MESSAGE_LEN {
+            return Err(WireError::Length(bytes.len()));
+        }
+        if &bytes[..4] != MAGIC || bytes[4] != VERSION || bytes[5] != KIND_CLIENT_SPAN {
+            return Err(WireError::NotOurs);
+        }
+        let (body, tag) = bytes.split_at(MESSAGE_LEN - MAC_LEN);
+        let expected = mac(secret, body);
+        // Constant time, so that timing tells a forger nothing about the tag.
+        let same = expected[..MAC_LEN]
+            .iter()
+            .zip(tag)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if same != 0 {
+            return Err(WireError::BadMac);
+        }
+        let sent_ms = u64_at(body, 84);
+        let age = now_ms.abs_diff(sent_ms);
+        if age > MAX_AGE_MS {
+            return Err(WireError::Stale(age));
+        }
+        let mut trace_id = [0u8; 16];
+        trace_id.copy_from_slice(&body[60..76]);
+        let mut span_id = [0u8; 8];
+        span_id.copy_from_slice(&body[76..84]);
+        Ok(Self {
+            client: get_addr(&body[8..26]),
+            server: get_addr(&body[26..44]),
+            key: u64_at(body, 44),
+            forward: u64_at(body, 52),
+            trace_id,
+            span_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn sample() -> ClientSpan {
+        ClientSpan {
+            client: "10.77.0.1:40312".parse().expect("addr"),
+            server: "[fd00::2]:8080".parse().expect("addr"),
+            key: 0xdead_beef,
+            forward: 0x1234_5678_9abc_def0,
+            trace_id: [7; 16],
+            span_id: [9; 8],
+        }
+    }
+
+    #[test]
+    fn a_message_reads_back_as_sent() {
+        let bytes = sample().encode(SECRET, 1_000_000);
+        assert_eq!(bytes.len(), MESSAGE_LEN);
+        assert_eq!(ClientSpan::decode(&bytes, SECRET, 1_000_500), Ok(sample()));
+    }
+
+    #[test]
+    fn another_secret_an_altered_byte_or_an_old_message_is_refused() {
+        let bytes = sample().encode(SECRET, 1_000_000);
+        assert_eq!(
+            ClientSpan::decode(&bytes, b"another secret of some length!!", 1_000_000),
+            Err(WireError::BadMac)
+        );
+        for i in 8..MESSAGE_LEN {
+            let mut altered = bytes.clone();
+            altered[i] ^= 1;
+            assert_eq!(
+                ClientSpan::decode(&altered, SECRET, 1_000_000),
+                Err(WireError::BadMac),
+                "byte {i}"
+            );
+        }
+        assert_eq!(
+            ClientSpan::decode(&bytes, SECRET, 1_000_000 + MAX_AGE_MS + 1),
+            Err(WireError::Stale(MAX_AGE_MS + 1))
+        );
+        assert_eq!(
+            ClientSpan::decode(&bytes[1..], SECRET, 1_000_000),
+            Err(WireError::Length(MESSAGE_LEN - 1))
+        );
+        let mut foreign = bytes;
+        foreign[0] = b'X';
+        assert_eq!(
+            ClientSpan::decode(&foreign, SECRET, 1_000_000),
+            Err(WireError::NotOurs)
+        );
+    }
+}

@@ -1,0 +1,299 @@
+//! Root integration tests of traces across hosts: each "host" is a network namespace on one
+//! bridge, with its own agent (`--netns-only`) tracing only that namespace's sockets. The agents
+//! link a SERVER span to its CLIENT span on another host through their peer messages
+//! (`--peer-port`, `--peer-secret-file`), before export; the merged output of every agent is
+//! scored as the single-host chains are (`sockspan_tests::chains`).
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use serde_json::Value;
+use sockspan_tests::{
+    Agent, Proc, Talking,
+    chains::{Hop, Kind, score},
+    fixture, free_port, run_ok,
+};
+
+/// The peer port every agent of the test bed uses.
+const PEER_PORT: &str = "4391";
+
+/// Hosts as network namespaces joined by a bridge in the root namespace, on 10.77.N.0/24.
+/// Removed on drop.
+struct TestBed {
+    bridge: String,
+    hosts: Vec<String>,
+    subnet: String,
+}
+
+fn ip(args: &[&str]) {
+    let _ = run_ok(Command::new("ip").args(args), Duration::from_secs(10));
+}
+
+impl TestBed {
+    fn new(count: usize) -> Self {
+        // Interface names are limited to 15 bytes: a short tag per test process.
+        let tag = std::process::id() % 100_000;
+        let bed = Self {
+            bridge: format!("ssbr{tag}"),
+            hosts: (0..count).map(|i| format!("sshost{i}-{tag}")).collect(),
+            subnet: format!("10.77.{}", tag % 250),
+        };
+        let _ = Command::new("ip")
+            .args(["link", "del", &bed.bridge])
+            .stderr(std::process::Stdio::null())
+            .status();
+        ip(&["link", "add", &bed.bridge, "type", "bridge"]);
+        ip(&["link", "set", &bed.bridge, "up"]);
+        for (i, ns) in bed.hosts.iter().enumerate() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(std::process::Stdio::null())
+                .status();
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            let veth = format!("ssv{i}-{tag}");
+            ip(&[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ]);
+            ip(&["link", "set", &veth, "master", &bed.bridge]);
+            ip(&["link", "set", &veth, "up"]);
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{}/24", bed.ip(i)),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", ns, "link", "set", "eth0", "up"]);
+        }
+        bed
+    }
+
+    /// Host `i`'s address.
+    fn ip(&self, i: usize) -> String {
+        format!("{}.{}", self.subnet, i + 1)
+    }
+
+    /// `program` run inside host `i`.
+    fn command(&self, i: usize, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.hosts[i]))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
+    /// A thread-per-request chain service on host `i`, listening on every address of it (the
+    /// driver calls the front on its loopback).
+    fn service(&self, i: usize, name: &str, port: u16, calls: &[String]) -> Proc {
+        let mut cmd = self.command(i, "python3");
+        cmd.arg(fixture("chains/threaded.py"))
+            .arg(name)
+            .arg(port.to_string())
+            .args(calls)
+            .env("OTEL_SERVICE_NAME", name)
+            .env("LISTEN", "0.0.0.0");
+        Talking::spawn(cmd, name).ready(name, Duration::from_secs(30))
+    }
+
+    /// The agent of host `i`, linking with its peers through `secret`.
+    fn agent(&self, i: usize, secret: &str) -> Agent {
+        Agent::start_in_netns(
+            &self.hosts[i],
+            "run",
+            &[
+                "--output",
+                "jsonl",
+                "--netns-only",
+                "--peer-port",
+                PEER_PORT,
+                "--peer-secret-file",
+                secret,
+            ],
+        )
+    }
+}
+
+impl Drop for TestBed {
+    fn drop(&mut self) {
+        for ns in &self.hosts {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+    }
+}
+
+fn secret_file() -> String {
+    let path: PathBuf = std::env::temp_dir().join(format!("sockspan-peers-{}", free_port()));
+    std::fs::write(&path, "c2f1d9e86b0a4f3789d2e5a1b7c4f063\n").expect("secret");
+    path.display().to_string()
+}
+
+/// front (host 0) → features (host 1) → model (host 2): every hop crosses hosts but the
+/// driver's, which runs on the front's host.
+fn three_host_chain() -> Hop {
+    Hop::calling(
+        Kind::Threaded,
+        "front",
+        vec![Hop::calling(
+            Kind::Threaded,
+            "features",
+            vec![Hop::leaf(Kind::Threaded, "model")],
+        )],
+    )
+}
+
+/// Sends the chain's requests from host 0 (`driver.py`, as the single-host chains do).
+fn run_driver(bed: &TestBed, port: u16, load: (usize, usize, usize)) -> Vec<String> {
+    let (sequential, waves, width) = load;
+    let mut driver = bed.command(0, "python3");
+    driver
+        .arg(fixture("chains/driver.py"))
+        .args([
+            port.to_string(),
+            "front".to_string(),
+            sequential.to_string(),
+            waves.to_string(),
+            width.to_string(),
+        ])
+        .env("OTEL_SERVICE_NAME", "driver");
+    let out = run_ok(&mut driver, Duration::from_mins(3));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("failed 0"), "every request succeeds: {text}");
+    let mut ids: Vec<String> = (0..sequential).map(|i| format!("s{i}")).collect();
+    for wave in 0..waves {
+        ids.extend((0..width).map(|i| format!("w{wave}x{i}")));
+    }
+    ids
+}
+
+/// The services of the three-host chain; the front's port.
+fn start_chain(bed: &TestBed) -> (u16, Vec<Proc>) {
+    let (front, features, model) = (free_port(), free_port(), free_port());
+    let model_proc = bed.service(2, "model", model, &[]);
+    let features_proc = bed.service(
+        1,
+        "features",
+        features,
+        &[format!("model={}:{model}", bed.ip(2))],
+    );
+    let front_proc = bed.service(
+        0,
+        "front",
+        front,
+        &[format!("features={}:{features}", bed.ip(1))],
+    );
+    (front, vec![model_proc, features_proc, front_proc])
+}
+
+fn merged(agents: Vec<Agent>) -> Vec<Value> {
+    let mut events = Vec::new();
+    for agent in agents {
+        let out = agent.stop();
+        assert!(out.status.success(), "{}", out.stderr);
+        events.extend(out.events);
+    }
+    events
+}
+
+/// Each host's agent sees only its own sockets; through their peer messages every request's
+/// tree is whole across the three hosts, with no wrong parent.
+#[test]
+fn three_hosts_with_an_agent_each_give_whole_traces() {
+    let bed = TestBed::new(3);
+    let secret = secret_file();
+    let (front, _procs) = start_chain(&bed);
+    let agents: Vec<Agent> = (0..3).map(|i| bed.agent(i, &secret)).collect();
+    let ids = run_driver(&bed, front, (10, 3, 10));
+    let events = merged(agents);
+    let root = three_host_chain();
+    let result = score("three-hosts", &root, &ids, &events);
+    eprintln!("{}", result.line());
+    assert!(
+        result.precision() >= 0.99,
+        "{}\n{:#?}",
+        result.line(),
+        result.problems
+    );
+    assert!(
+        result.whole_trace() >= 0.95,
+        "{}\n{:#?}",
+        result.line(),
+        result.problems
+    );
+    assert!(
+        result.evidence.get("peer").copied().unwrap_or(0) >= 2 * ids.len(),
+        "two hops per request cross hosts: {}",
+        result.line()
+    );
+}
+
+/// The middle host runs no agent: the front's announcements reach nobody, and the model's SERVER
+/// spans, whose client is the unseen features service, are roots: never a wrong parent.
+#[test]
+fn a_host_without_an_agent_leaves_clean_roots() {
+    let bed = TestBed::new(3);
+    let secret = secret_file();
+    let (front, _procs) = start_chain(&bed);
+    let agents = vec![bed.agent(0, &secret), bed.agent(2, &secret)];
+    let ids = run_driver(&bed, front, (5, 1, 5));
+    let events = merged(agents);
+    let result = score("three-hosts-gap", &three_host_chain(), &ids, &events);
+    eprintln!("{}", result.line());
+    assert!(
+        result.precision() >= 0.99,
+        "{}\n{:#?}",
+        result.line(),
+        result.problems
+    );
+    let model_servers: Vec<&Value> = events
+        .iter()
+        .filter(|s| s["resource"]["service.name"] == "model" && s["kind"] == "SERVER")
+        .collect();
+    assert_eq!(model_servers.len(), ids.len() + 1, "the warm-up too");
+    for span in model_servers {
+        assert!(span["parent_span_id"].is_null(), "{span:#}");
+    }
+    assert!(
+        events
+            .iter()
+            .all(|s| s["resource"]["service.name"] != "features")
+    );
+}
+
+/// Another secret: announcements are refused (counted), nothing links across hosts.
+#[test]
+fn peers_with_another_secret_are_refused() {
+    let bed = TestBed::new(2);
+    let (front, features) = (free_port(), free_port());
+    let _leaf = bed.service(1, "features", features, &[]);
+    let _front = bed.service(
+        0,
+        "front",
+        front,
+        &[format!("features={}:{features}", bed.ip(1))],
+    );
+    let other = std::env::temp_dir().join(format!("sockspan-peers-other-{}", free_port()));
+    std::fs::write(&other, "0000000000000000-another-secret\n").expect("secret");
+    let agents = vec![
+        bed.agent(0, &secret_file()),
+        bed.agent(1, &other.display().to_string()),
+    ];
+    let _ = run_driver(&bed, front, (3, 0, 0));
+    let mut refused = 0;
+    let mut events = Vec::new();
+    for agent in agents {
+        let out = agent.stop();
+        refused += sockspan_tests::stopped_field(&out.stderr, "peer_refused");
+        events.extend(out.events);
+    }
+    assert!(refused >= 3, "refused {refused}");
+    let linked = events
+        .iter()
+        .filter(|s| s["attributes"]["sockspan.parent.evidence"] == "peer")
+        .count();
+    assert_eq!(linked, 0);
+}
