@@ -9,7 +9,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 use serde_json::Value;
 use sockspan_tests::{
     Agent, Proc, Talking,
-    chains::{Hop, Kind, score},
+    chains::{Hop, Kind, agent_flags, score},
     fixture, free_port, run_ok,
 };
 
@@ -87,8 +87,13 @@ impl TestBed {
     /// A thread-per-request chain service on host `i`, listening on every address of it (the
     /// driver calls the front on its loopback).
     fn service(&self, i: usize, name: &str, port: u16, calls: &[String]) -> Proc {
+        self.service_of("chains/threaded.py", i, name, port, calls)
+    }
+
+    /// A chain service (`script`: `threaded.py`, `grpc_chain.py`) on host `i`.
+    fn service_of(&self, script: &str, i: usize, name: &str, port: u16, calls: &[String]) -> Proc {
         let mut cmd = self.command(i, "python3");
-        cmd.arg(fixture("chains/threaded.py"))
+        cmd.arg(fixture(script))
             .arg(name)
             .arg(port.to_string())
             .args(calls)
@@ -97,21 +102,24 @@ impl TestBed {
         Talking::spawn(cmd, name).ready(name, Duration::from_secs(30))
     }
 
-    /// The agent of host `i`, linking with its peers through `secret`.
+    /// The agent of host `i`, linking with its peers through `secret`; recording what the
+    /// chain's scorer reads (`agent_flags`).
     fn agent(&self, i: usize, secret: &str) -> Agent {
-        Agent::start_in_netns(
-            &self.hosts[i],
-            "run",
-            &[
-                "--output",
-                "jsonl",
-                "--netns-only",
-                "--peer-port",
-                PEER_PORT,
-                "--peer-secret-file",
-                secret,
-            ],
-        )
+        self.agent_to(i, secret, &["--output", "jsonl"])
+    }
+
+    /// As [`TestBed::agent`], with `output` flags.
+    fn agent_to(&self, i: usize, secret: &str, output: &[&str]) -> Agent {
+        let mut args = output.to_vec();
+        args.extend([
+            "--netns-only",
+            "--peer-port",
+            PEER_PORT,
+            "--peer-secret-file",
+            secret,
+        ]);
+        args.extend(agent_flags(&grpc_chain()));
+        Agent::start_in_netns(&self.hosts[i], "run", &args)
     }
 }
 
@@ -130,6 +138,15 @@ fn secret_file() -> String {
     let path: PathBuf = std::env::temp_dir().join(format!("sockspan-peers-{}", free_port()));
     std::fs::write(&path, "c2f1d9e86b0a4f3789d2e5a1b7c4f063\n").expect("secret");
     path.display().to_string()
+}
+
+/// front (host 0) → model (host 1) over gRPC.
+fn grpc_chain() -> Hop {
+    Hop::calling(
+        Kind::Threaded,
+        "front",
+        vec![Hop::leaf(Kind::Grpc, "model")],
+    )
 }
 
 /// front (host 0) → features (host 1) → model (host 2): every hop crosses hosts but the
@@ -296,4 +313,140 @@ fn peers_with_another_secret_are_refused() {
         .filter(|s| s["attributes"]["sockspan.parent.evidence"] == "peer")
         .count();
     assert_eq!(linked, 0);
+}
+
+/// gRPC across hosts: the front's grpcio client on host 0 calls a grpcio server on host 1 over
+/// one HTTP/2 connection; both ends key each call by its stream id.
+#[test]
+fn grpc_across_hosts_links_every_call() {
+    let bed = TestBed::new(2);
+    let secret = secret_file();
+    let (front, model) = (free_port(), free_port());
+    let _model = bed.service_of("chains/grpc_chain.py", 1, "model", model, &[]);
+    let _front = bed.service(
+        0,
+        "front",
+        front,
+        &[format!("grpc:model={}:{model}", bed.ip(1))],
+    );
+    let agents: Vec<Agent> = (0..2).map(|i| bed.agent(i, &secret)).collect();
+    let ids = run_driver(&bed, front, (10, 2, 10));
+    let events = merged(agents);
+    let root = Hop::calling(
+        Kind::Threaded,
+        "front",
+        vec![Hop::leaf(Kind::Grpc, "model")],
+    );
+    let result = score("grpc-two-hosts", &root, &ids, &events);
+    eprintln!("{}", result.line());
+    assert!(
+        result.precision() >= 0.99,
+        "{}\n{:#?}",
+        result.line(),
+        result.problems
+    );
+    assert!(
+        result.whole_trace() >= 0.95,
+        "{}\n{:#?}",
+        result.line(),
+        result.problems
+    );
+}
+
+/// The middle host's agent restarts between two rounds: the connections of the services' pools
+/// stay open across it, and it pairs their later requests again (sequence numbers do not depend
+/// on when an agent began watching a connection).
+#[test]
+fn a_restarted_agent_links_again_on_open_connections() {
+    let bed = TestBed::new(3);
+    let secret = secret_file();
+    let (front, _procs) = start_chain(&bed);
+    let mut agents: Vec<Agent> = (0..3).map(|i| bed.agent(i, &secret)).collect();
+    // The pools' keep-alive connections open in this first round.
+    let _ = run_driver(&bed, front, (3, 0, 0));
+    let restarted = agents.remove(1);
+    let _ = restarted.stop();
+    agents.insert(1, bed.agent(1, &secret));
+    // The second round's requests reuse the first round's ids: only spans begun after this
+    // are scored.
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    let ids = run_driver(&bed, front, (10, 1, 10));
+    let events: Vec<Value> = merged(agents)
+        .into_iter()
+        .filter(|s| {
+            s["start_time_unix_nano"]
+                .as_u64()
+                .is_some_and(|t| u128::from(t) >= since)
+        })
+        .collect();
+    let result = score("three-hosts-restart", &three_host_chain(), &ids, &events);
+    eprintln!("{}", result.line());
+    assert!(
+        result.precision() >= 0.99,
+        "{}\n{:#?}",
+        result.line(),
+        result.problems
+    );
+    assert!(
+        result.whole_trace() >= 0.95,
+        "{}\n{:#?}",
+        result.line(),
+        result.problems
+    );
+}
+
+/// What an ordinary back end receives: the three agents export OTLP to one receiver built on the
+/// official `opentelemetry-proto` package, on a fourth host without an agent; the spans it
+/// decoded make whole trees with the right parent ids.
+#[test]
+fn three_hosts_export_whole_traces_to_one_otlp_receiver() {
+    let bed = TestBed::new(4);
+    let secret = secret_file();
+    let port = free_port();
+    let spans_file = std::env::temp_dir().join(format!("sockspan-hosts-otlp-{port}.jsonl"));
+    let _ = std::fs::remove_file(&spans_file);
+    let mut receiver = bed.command(3, "python3");
+    receiver
+        .arg(fixture("otlp_receiver.py"))
+        .args(["http", &port.to_string(), &spans_file.display().to_string()])
+        .env("RECEIVER_HOST", bed.ip(3));
+    let _receiver =
+        Talking::spawn(receiver, "otlp receiver").ready("receiver", Duration::from_secs(30));
+    let endpoint = format!("http://{}:{port}", bed.ip(3));
+    let (front, _procs) = start_chain(&bed);
+    let output = ["--output", "otlp", "--otlp-endpoint", &endpoint];
+    let agents: Vec<Agent> = (0..3).map(|i| bed.agent_to(i, &secret, &output)).collect();
+    let ids = run_driver(&bed, front, (10, 2, 10));
+    let mut logs = String::new();
+    for agent in agents {
+        let out = agent.stop();
+        assert!(out.status.success(), "{}", out.stderr);
+        logs.push_str(&out.stderr);
+    }
+    let text = std::fs::read_to_string(&spans_file).unwrap_or_default();
+    assert!(
+        !text.is_empty(),
+        "the receiver got spans; the agents said:\n{logs}"
+    );
+    let spans: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("receiver json"))
+        .collect();
+    let result = score("three-hosts-otlp", &three_host_chain(), &ids, &spans);
+    eprintln!("{}", result.line());
+    assert!(
+        result.precision() >= 0.99,
+        "{}\n{:#?}",
+        result.line(),
+        result.problems
+    );
+    assert!(
+        result.whole_trace() >= 0.95,
+        "{}\n{:#?}",
+        result.line(),
+        result.problems
+    );
 }

@@ -140,7 +140,10 @@ fn bind_peers(args: &RunArgs) -> Result<Option<crate::peers::Peers>, crate::peer
         .map(|config| crate::peers::Peers::bind(&config))
         .transpose()?;
     if let Some(peers) = &peers {
-        tracing::info!(port = peers.port(), "linking traces with the agents of other hosts");
+        tracing::info!(
+            port = peers.port(),
+            "linking traces with the agents of other hosts"
+        );
     }
     Ok(peers)
 }
