@@ -673,6 +673,26 @@ pub fn dns_connection(data: &[u8]) {
     assert!(conn.stats.exchanges <= emitted);
 }
 
+/// A datagram from the network on the peer port: decoding never panics, and fails without the
+/// secret. The same bytes signed with the secret (the first 92 are the body) decode when the
+/// header is a peer message's, and encode back to exactly those bytes.
+pub fn peer_message(data: &[u8]) {
+    use crate::peers::wire::{ClientSpan, MESSAGE_LEN, signed};
+    const SECRET: &[u8] = b"fuzzing-secret-0123456789";
+    assert!(ClientSpan::decode(data, SECRET, 0).is_err() || data.len() == MESSAGE_LEN);
+    let Some(body) = data.get(..MESSAGE_LEN - 16) else {
+        return;
+    };
+    let Some((message, sent)) = signed(body, SECRET) else {
+        return;
+    };
+    if let Ok(span) = ClientSpan::decode(&message, SECRET, sent) {
+        assert_eq!(span.encode(SECRET, sent), message);
+    } else {
+        assert!(&message[..4] != b"SSPN" || message[4..8] != [1, 1, 0, 0]);
+    }
+}
+
 /// Every target by the name its `fuzz/fuzz_targets/*.rs` file and corpus folders use.
 pub const TARGETS: &[(&str, Target)] = &[
     ("http1_connection", http1_connection),
@@ -693,6 +713,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("mysql_connection", mysql_connection),
     ("sql_sanitise", sql_sanitise),
     ("python_module", python_module),
+    ("peer_message", peer_message),
 ];
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::util::{cargo, command_ok, workspace_root, write_section};
 
 /// The targets, as `fuzz/Cargo.toml` names them (and `sockspan::fuzz::TARGETS`).
-const TARGETS: [&str; 18] = [
+const TARGETS: [&str; 19] = [
     "http1_connection",
     "http1_resplit",
     "http1_head",
@@ -35,6 +35,7 @@ const TARGETS: [&str; 18] = [
     "mysql_connection",
     "sql_sanitise",
     "python_module",
+    "peer_message",
 ];
 
 /// The cargo-fuzz release this task drives.

@@ -19,6 +19,8 @@ const VERSION: u8 = 1;
 /// The only kind so far: a CLIENT span and the request it wrote.
 const KIND_CLIENT_SPAN: u8 = 1;
 const MAC_LEN: usize = 16;
+/// Where the sender's clock sits.
+const SENT_AT: usize = 84;
 /// Bytes of one message.
 pub const MESSAGE_LEN: usize = 4 + 4 + 18 + 18 + 8 + 8 + 16 + 8 + 8 + MAC_LEN;
 /// Messages older (or newer) than this by the receiver's clock are refused: a replayed datagram
@@ -111,7 +113,11 @@ impl ClientSpan {
         if bytes.len() != MESSAGE_LEN {
             return Err(WireError::Length(bytes.len()));
         }
-        if &bytes[..4] != MAGIC || bytes[4] != VERSION || bytes[5] != KIND_CLIENT_SPAN {
+        if &bytes[..4] != MAGIC
+            || bytes[4] != VERSION
+            || bytes[5] != KIND_CLIENT_SPAN
+            || bytes[6..8] != [0, 0]
+        {
             return Err(WireError::NotOurs);
         }
         let (body, tag) = bytes.split_at(MESSAGE_LEN - MAC_LEN);
@@ -124,7 +130,7 @@ impl ClientSpan {
         if same != 0 {
             return Err(WireError::BadMac);
         }
-        let sent_ms = u64_at(body, 84);
+        let sent_ms = u64_at(body, SENT_AT);
         let age = now_ms.abs_diff(sent_ms);
         if age > MAX_AGE_MS {
             return Err(WireError::Stale(age));
@@ -142,6 +148,18 @@ impl ClientSpan {
             span_id,
         })
     }
+}
+
+/// `body` (a message without its tag, [`MESSAGE_LEN`] − 16 bytes) signed as a peer with
+/// `secret` would, and the time it claims: for the fuzz target, which must get past the tag.
+#[must_use]
+pub fn signed(body: &[u8], secret: &[u8]) -> Option<(Vec<u8>, u64)> {
+    if body.len() != MESSAGE_LEN - MAC_LEN {
+        return None;
+    }
+    let mut out = body.to_vec();
+    out.extend_from_slice(&mac(secret, body)[..MAC_LEN]);
+    Some((out, u64_at(body, SENT_AT)))
 }
 
 #[cfg(test)]
