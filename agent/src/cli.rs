@@ -212,6 +212,10 @@ pub struct RunArgs {
     /// it instead of reading the log (`/ready` on the API says the same).
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<std::path::PathBuf>,
+    /// Trace the connections to the agent's own UI, API and `/metrics` too (its viewers: the
+    /// browser, `sockspan blame`, Prometheus); off by default, for debugging.
+    #[arg(long)]
+    pub trace_own_traffic: bool,
     /// Link traces across hosts: the agents of a client's host and of its server's host tell
     /// each other which CLIENT span wrote each request, over UDP on this port (the same on
     /// every host; docs/cross-host.md). Needs `--peer-secret-file`.

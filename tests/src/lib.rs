@@ -590,7 +590,14 @@ pub fn stopped_field(stderr: &str, key: &str) -> u64 {
 /// Against an echo server on 127.0.0.1:`port`: sends `opening` (if any) and reads its echo, then
 /// `messages` round trips of the 64 bytes 0..63, bytes no protocol sockspan parses starts with.
 pub fn binary_ping_pong(port: u16, opening: &[u8], messages: usize) {
-    let script = "import socket, sys\n\
+    binary_ping_pong_pausing(port, opening, messages, 0);
+}
+
+/// As [`binary_ping_pong`], pausing half a second after `pause_after` messages (0: never): time
+/// for the agent to read what came so far and act on it (drains every 10 ms; slower on a busy
+/// machine) before the rest.
+pub fn binary_ping_pong_pausing(port: u16, opening: &[u8], messages: usize, pause_after: usize) {
+    let script = "import socket, sys, time\n\
         s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
         opening = bytes.fromhex(sys.argv[3])\n\
         if opening:\n\
@@ -598,7 +605,9 @@ pub fn binary_ping_pong(port: u16, opening: &[u8], messages: usize) {
         \x20   got = 0\n\
         \x20   while got < len(opening):\n\
         \x20       got += len(s.recv(len(opening) - got))\n\
-        for _ in range(int(sys.argv[2])):\n\
+        for i in range(int(sys.argv[2])):\n\
+        \x20   if i and i == int(sys.argv[4]):\n\
+        \x20       time.sleep(0.5)\n\
         \x20   s.sendall(bytes(range(64)))\n\
         \x20   got = 0\n\
         \x20   while got < 64:\n\
@@ -615,6 +624,7 @@ pub fn binary_ping_pong(port: u16, opening: &[u8], messages: usize) {
             &port.to_string(),
             &messages.to_string(),
             &hex,
+            &pause_after.to_string(),
         ]),
         Duration::from_mins(1),
     );

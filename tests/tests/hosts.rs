@@ -21,8 +21,13 @@ const PEER_PORT: &str = "4391";
 struct TestBed {
     bridge: String,
     hosts: Vec<String>,
+    veths: Vec<String>,
     subnet: String,
 }
+
+/// Test beds made by this process: each gets names of its own (a namespace's teardown, and its
+/// veth pair's with it, finishes asynchronously after `ip netns del`).
+static BEDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 fn ip(args: &[&str]) {
     let _ = run_ok(Command::new("ip").args(args), Duration::from_secs(10));
@@ -30,11 +35,13 @@ fn ip(args: &[&str]) {
 
 impl TestBed {
     fn new(count: usize) -> Self {
-        // Interface names are limited to 15 bytes: a short tag per test process.
-        let tag = std::process::id() % 100_000;
+        // Interface names are limited to 15 bytes: a short tag per bed.
+        let n = BEDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = (std::process::id() % 10_000) * 10 + n % 10;
         let bed = Self {
             bridge: format!("ssbr{tag}"),
             hosts: (0..count).map(|i| format!("sshost{i}-{tag}")).collect(),
+            veths: (0..count).map(|i| format!("ssv{i}-{tag}")).collect(),
             subnet: format!("10.77.{}", tag % 250),
         };
         let _ = Command::new("ip")
@@ -50,12 +57,16 @@ impl TestBed {
                 .status();
             ip(&["netns", "add", ns]);
             ip(&["-n", ns, "link", "set", "lo", "up"]);
-            let veth = format!("ssv{i}-{tag}");
+            let veth = &bed.veths[i];
+            let _ = Command::new("ip")
+                .args(["link", "del", veth])
+                .stderr(std::process::Stdio::null())
+                .status();
             ip(&[
-                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+                "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
             ]);
-            ip(&["link", "set", &veth, "master", &bed.bridge]);
-            ip(&["link", "set", &veth, "up"]);
+            ip(&["link", "set", veth, "master", &bed.bridge]);
+            ip(&["link", "set", veth, "up"]);
             ip(&[
                 "-n",
                 ns,
@@ -125,6 +136,9 @@ impl TestBed {
 
 impl Drop for TestBed {
     fn drop(&mut self) {
+        for veth in &self.veths {
+            let _ = Command::new("ip").args(["link", "del", veth]).status();
+        }
         for ns in &self.hosts {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
@@ -437,6 +451,72 @@ fn three_hosts_export_whole_traces_to_one_otlp_receiver() {
         .collect();
     let result = score("three-hosts-otlp", &three_host_chain(), &ids, &spans);
     eprintln!("{}", result.line());
+    assert!(
+        result.precision() >= 0.99,
+        "{}\n{:#?}",
+        result.line(),
+        result.problems
+    );
+    assert!(
+        result.whole_trace() >= 0.95,
+        "{}\n{:#?}",
+        result.line(),
+        result.problems
+    );
+}
+
+/// A Service's virtual address: the front calls features at an address no host has, rewritten by
+/// the front host's netfilter (as kube-proxy does) to the features host. The two ends see
+/// different tuples; the front's agent announces the connection as the kernel's connection
+/// tracking says features sees it, and the trees are whole.
+#[test]
+fn a_dnat_virtual_address_between_hosts_still_links() {
+    let bed = TestBed::new(3);
+    let secret = secret_file();
+    let (front, features, model) = (free_port(), free_port(), free_port());
+    let virtual_ip = format!("{}.200", bed.subnet);
+    let mut iptables = bed.command(0, "iptables");
+    iptables.args([
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-d",
+        &format!("{virtual_ip}/32"),
+        "-p",
+        "tcp",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &bed.ip(1),
+    ]);
+    let _ = run_ok(&mut iptables, Duration::from_secs(10));
+    let _model = bed.service(2, "model", model, &[]);
+    let _features = bed.service(
+        1,
+        "features",
+        features,
+        &[format!("model={}:{model}", bed.ip(2))],
+    );
+    let _front = bed.service(
+        0,
+        "front",
+        front,
+        &[format!("features={virtual_ip}:{features}")],
+    );
+    let agents: Vec<Agent> = (0..3).map(|i| bed.agent(i, &secret)).collect();
+    let ids = run_driver(&bed, front, (10, 1, 10));
+    let mut events = Vec::new();
+    let mut translated = 0;
+    for agent in agents {
+        let out = agent.stop();
+        assert!(out.status.success(), "{}", out.stderr);
+        translated += sockspan_tests::stopped_field(&out.stderr, "peer_translated");
+        events.extend(out.events);
+    }
+    let result = score("three-hosts-dnat", &three_host_chain(), &ids, &events);
+    eprintln!("{}", result.line());
+    assert!(translated > 0, "the front's calls were translated");
     assert!(
         result.precision() >= 0.99,
         "{}\n{:#?}",

@@ -81,6 +81,38 @@ fn wait_for(url: &str, done: impl Fn(&Value) -> bool) -> Value {
     }
 }
 
+/// The test's many curl calls to the API are the agent's viewers: none of them became a span
+/// (curl's calls to the chain did).
+fn check_own_traffic_untraced(base: &str, ui: &str) {
+    let api_port: i64 = ui
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let (code, curl) = get(&format!("{base}/api/traces?service=curl&limit=100"));
+    assert_eq!(code, 200);
+    let spans: Vec<&Value> = curl["data"]
+        .as_array()
+        .expect("traces")
+        .iter()
+        .flat_map(|t| t["spans"].as_array().expect("spans"))
+        .collect();
+    assert!(!spans.is_empty(), "curl's calls to the chain are traced");
+    for span in spans {
+        let port = span["tags"]
+            .as_array()
+            .expect("tags")
+            .iter()
+            .find(|t| t["key"] == "server.port")
+            .map(|t| t["value"].as_i64().expect("port"));
+        assert_ne!(
+            port,
+            Some(api_port),
+            "a call to the agent's own API: {span}"
+        );
+    }
+}
+
 /// Services, operations, and Jaeger's trace model: six spans, five `CHILD_OF` references inside
 /// the trace, a process for each span.
 fn check_listings_and_model(base: &str, trace: &Value) {
@@ -236,8 +268,13 @@ fn jaeger_api_serves_traces_of_real_traffic_and_survives_a_restart() {
     check_listings_and_model(&base, &found["data"][0]);
     check_search_filters(&base, &search);
     check_service_map(&base);
+    check_own_traffic_untraced(&base, &ui);
     let out = agent.stop();
     assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        sockspan_tests::stopped_field(&out.stderr, "own_connections_ignored") >= 10,
+        "every curl to the API was one of the agent's own connections"
+    );
     // A new agent on the same store still answers for the trace.
     let agent = Agent::start_command("run", &["--store", &store_arg, "--ui", &ui]);
     let (code, again) = get(&format!("{base}/api/traces/{trace_id}"));

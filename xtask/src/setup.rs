@@ -41,6 +41,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // A real Prometheus server scrapes /metrics in the metrics test.
     ("prometheus", "prometheus"),
     ("dnsmasq", "dnsmasq-base"),
+    // A DNAT rule in the multi-host test bed (a Service's virtual address, as kube-proxy makes).
+    ("iptables", "iptables"),
 ];
 
 fn say(what: &str) {

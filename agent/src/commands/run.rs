@@ -97,18 +97,9 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         exporter.as_mut(),
     )
     .with_kernel_conns(kernel_conns)
-    .with_metrics(metrics.clone())
-    .with_peers(peers);
-    let (go_probes, tls_probes, asyncio_probes) = runtime_probes(&args);
-    let mut sink = sink.with_probes(&mut probes, go_probes, tls_probes, asyncio_probes);
-    // After this line, processes running now are traced with their runtime probes too (tests
-    // and scripts wait for it before sending traffic).
-    tracing::info!(
-        go = go_probes,
-        tls = tls_probes,
-        asyncio = asyncio_probes,
-        "runtime probes attached"
-    );
+    .with_metrics(metrics.clone());
+    let mut sink = scoped(sink, &args, api_config.as_ref(), peers)
+        .with_runtime_probes(&mut probes, runtime_probes(&args));
     crate::metrics::lock(&metrics).ready = true;
     if let Some(path) = &args.ready_file {
         write_ready_file(path, api_config.as_ref().map(|c| c.addr))?;
@@ -130,6 +121,33 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+/// What the sink traces and with whom it links: not the agent's own viewers, only its network
+/// namespace with `--netns-only`, other hosts' spans through `peers`.
+fn scoped<'a>(
+    sink: TraceSink<'a>,
+    args: &RunArgs,
+    api: Option<&crate::api::ApiConfig>,
+    peers: Option<crate::peers::Peers>,
+) -> TraceSink<'a> {
+    sink.with_own_listeners(own_listeners(args, api))
+        .with_peers(peers)
+        .with_netns(args.capture.netns())
+}
+
+/// The listeners whose viewers are not traced: the UI/API/metrics one, unless
+/// `--trace-own-traffic`.
+fn own_listeners(
+    args: &RunArgs,
+    api: Option<&crate::api::ApiConfig>,
+) -> crate::pipeline::own::OwnListeners {
+    let listeners = api
+        .filter(|_| !args.trace_own_traffic)
+        .map(|api| api.addr)
+        .into_iter()
+        .collect();
+    crate::pipeline::own::OwnListeners::new(listeners)
 }
 
 /// The socket to other hosts' agents, when `--peer-port` asks for one: bound before anything is
@@ -238,6 +256,8 @@ fn log_stopped(sink: &TraceSink<'_>, receiver: &receiver::ReceiverStats) {
         peer_send_failed = peers.send_failed,
         peer_received = peers.received,
         peer_refused = peers.refused,
+        peer_translated = peers.translated,
+        peer_local = peers.local,
         roots = sink.tracer.stats.roots,
         ambiguous = sink.tracer.stats.ambiguous,
         spans_abandoned = sink.tracer.stats.abandoned,
@@ -249,6 +269,7 @@ fn log_stopped(sink: &TraceSink<'_>, receiver: &receiver::ReceiverStats) {
         protocol_given_up = sink.protocols.stats.given_up,
         protocol_given_up_by = %ProtocolCounts(sink.protocols.stats.given_up_by()),
         marked_opaque = sink.feedback.marked_opaque,
+        own_connections_ignored = sink.feedback.own_connections_ignored,
         events_sent = kernel.get(agent_common::Counter::EventsSent),
         ring_records = receiver.records,
         undecodable_records = receiver.decode_errors,

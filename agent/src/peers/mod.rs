@@ -7,12 +7,15 @@
 //! server's address one UDP datagram ([`wire::ClientSpan`]): connection, key, what the request
 //! asks, trace and span ids. The server's agent makes its SERVER span with that connection and
 //! key, asking the same, the client span's child ([`crate::trace::linker::Tracer::on_peer_client`]),
-//! whichever of the two it learns first, within the link delay. A lost datagram, an absent peer
-//! agent or a translated address (NAT, a Kubernetes Service's DNAT: the two ends then see
-//! different tuples) leaves the SERVER span a root: never a wrong parent. Datagrams carry an
+//! whichever of the two it learns first, within the link delay. A translated connection (a
+//! Service's DNAT, SNAT) is announced as its server sees it, from the kernel's connection
+//! tracking ([`nat`]); a real server on this host then gets it here. A lost datagram, an absent
+//! peer agent or a translation the kernel does not track leaves the SERVER span a root: never a
+//! wrong parent. Datagrams carry an
 //! HMAC of a secret shared by the agents, and a time stamp (replays are refused).
 
 pub mod local;
+pub mod nat;
 pub mod wire;
 
 use std::{
@@ -27,6 +30,8 @@ use wire::ClientSpan;
 const MIN_SECRET_BYTES: usize = 16;
 /// Datagrams read per call of [`Peers::receive`]: a flood cannot hold the pipeline up.
 const MAX_RECEIVE_PER_POLL: usize = 4096;
+/// Announcements waiting for their connection's translation; past this they are dropped.
+const MAX_WAITING: usize = 65_536;
 
 /// Settings of cross-host linking (`--peer-port`, `--peer-secret-file`).
 #[derive(Debug, Clone)]
@@ -94,6 +99,12 @@ pub struct PeerStats {
     pub received: u64,
     /// Datagrams refused: not ours, failed authentication, stale.
     pub refused: u64,
+    /// Announcements whose connection was translated (DNAT/SNAT), sent as the server sees it.
+    pub translated: u64,
+    /// Translated announcements whose real server is on this host: applied here.
+    pub local: u64,
+    /// Announcements dropped while waiting for the translation table (queue full).
+    pub dropped: u64,
 }
 
 /// The agent's peer socket and secret.
@@ -104,6 +115,9 @@ pub struct Peers {
     port: u16,
     buffer: Vec<u8>,
     pub local: local::LocalAddrs,
+    nat: nat::Nat,
+    /// Announcements waiting for the next reading of the translation table, and since when.
+    waiting: Vec<(std::time::Instant, ClientSpan)>,
     pub stats: PeerStats,
 }
 
@@ -141,6 +155,8 @@ impl Peers {
             port: config.port,
             buffer: vec![0; 2048],
             local: local::LocalAddrs::read(),
+            nat: nat::Nat::default(),
+            waiting: Vec::new(),
             stats: PeerStats::default(),
         })
     }
@@ -151,20 +167,47 @@ impl Peers {
         self.port
     }
 
-    /// Sends each announcement to the agent on its server's address.
-    pub fn send(&mut self, spans: &[ClientSpan]) {
-        if spans.is_empty() {
+    /// Sends each announcement to the agent on its server's address, as that server sees the
+    /// connection (translated where the kernel tracked a translation). Those whose real server
+    /// is on this host go to `here` instead; those whose connection is not known yet wait for
+    /// the next call.
+    pub fn send(&mut self, spans: &[ClientSpan], here: &mut Vec<ClientSpan>) {
+        if spans.is_empty() && self.waiting.is_empty() {
             return;
         }
+        let room = MAX_WAITING.saturating_sub(self.waiting.len());
+        self.stats.dropped += spans.len().saturating_sub(room) as u64;
+        let asked = std::time::Instant::now();
+        self.waiting
+            .extend(spans.iter().take(room).map(|span| (asked, *span)));
         let now = now_ms();
-        for span in spans {
+        let mut still = Vec::new();
+        for (asked, span) in std::mem::take(&mut self.waiting) {
+            let Some((client, server)) = self.nat.resolve((span.client, span.server), asked) else {
+                still.push((asked, span));
+                continue;
+            };
+            let translated = (client, server) != (span.client, span.server);
+            let span = ClientSpan {
+                client,
+                server,
+                ..span
+            };
+            if translated {
+                self.stats.translated += 1;
+                if self.local.contains(server.ip()) {
+                    self.stats.local += 1;
+                    here.push(span);
+                    continue;
+                }
+            }
             let to = SocketAddr::new(span.server.ip(), self.port);
-            let sent = self.socket.send_to(&span.encode(&self.secret, now), to);
-            match sent {
+            match self.socket.send_to(&span.encode(&self.secret, now), to) {
                 Ok(_) => self.stats.sent += 1,
                 Err(_) => self.stats.send_failed += 1,
             }
         }
+        self.waiting = still;
     }
 
     /// The announcements waiting on the socket (at most [`MAX_RECEIVE_PER_POLL`]).

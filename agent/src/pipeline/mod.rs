@@ -2,6 +2,7 @@
 //! program loading, the eBPF log forwarder, and the stop signal; [`sink`] is the tracing
 //! pipeline's consumer of the ring.
 
+pub mod own;
 pub mod sink;
 
 use std::time::Duration;

@@ -27,6 +27,8 @@ pub const EXPORT_CHUNK: usize = 1024;
 pub struct FeedbackStats {
     /// Connections the programs were told to stop sending (the agent gave up on them).
     pub marked_opaque: u64,
+    /// Connections to the agent's own listeners, not traced ([`super::own`]).
+    pub own_connections_ignored: u64,
 }
 
 pub struct TraceSink<'a> {
@@ -54,6 +56,11 @@ pub struct TraceSink<'a> {
     pub feedback: FeedbackStats,
     /// Where the agent's own figures are published while it runs (`/metrics`).
     metrics: Option<crate::metrics::SharedMetrics>,
+    /// The agent's own listeners, whose viewers are not traced.
+    own: super::own::OwnListeners,
+    /// The only network namespace traced (`--netns-only`): processes elsewhere get no runtime
+    /// probes from this agent.
+    netns: Option<u64>,
     /// Cross-host linking: the socket to the other hosts' agents (`--peer-port`).
     pub peers: Option<crate::peers::Peers>,
     /// Announcements moving between the tracer and the peer socket.
@@ -80,6 +87,8 @@ impl<'a> TraceSink<'a> {
             asyncio_probes: false,
             feedback: FeedbackStats::default(),
             metrics: None,
+            own: super::own::OwnListeners::default(),
+            netns: None,
             peers: None,
             announcements: Vec::new(),
             events: Vec::new(),
@@ -100,6 +109,21 @@ impl<'a> TraceSink<'a> {
     #[must_use]
     pub fn with_metrics(mut self, metrics: crate::metrics::SharedMetrics) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Traces only network namespace `netns` (by inode number), when given: the runtime probes
+    /// go only to processes in it. Before [`TraceSink::with_probes`].
+    #[must_use]
+    pub fn with_netns(mut self, netns: Option<u64>) -> Self {
+        self.netns = netns;
+        self
+    }
+
+    /// Leaves the connections to the agent's own listeners untraced.
+    #[must_use]
+    pub fn with_own_listeners(mut self, own: super::own::OwnListeners) -> Self {
+        self.own = own;
         self
     }
 
@@ -124,8 +148,12 @@ impl<'a> TraceSink<'a> {
         }
         self.tracer.announce_settled(now, false);
         self.tracer.take_announcements(&mut self.announcements);
-        peers.send(&self.announcements);
+        let mut here = Vec::new();
+        peers.send(&self.announcements, &mut here);
         self.announcements.clear();
+        for client in &here {
+            self.tracer.on_peer_client(client, now);
+        }
     }
 
     /// The stages' counters as metrics.
@@ -254,6 +282,20 @@ impl<'a> TraceSink<'a> {
         ]
     }
 
+    /// [`TraceSink::with_probes`] with `(go, tls, asyncio)`, saying so in the log: after that
+    /// line, processes running now are traced with their runtime probes too (tests and scripts
+    /// wait for it before sending traffic).
+    #[must_use]
+    pub fn with_runtime_probes(
+        self,
+        probes: &'a mut Probes,
+        (go, tls, asyncio): (bool, bool, bool),
+    ) -> Self {
+        let sink = self.with_probes(probes, go, tls, asyncio);
+        tracing::info!(go, tls, asyncio, "runtime probes attached");
+        sink
+    }
+
     /// Keeps the loaded programs (their counters); with `go_probes`, attaches the Go runtime
     /// probes to the Go programs running now, and to those that appear; with `tls_probes`, the
     /// OpenSSL probes to the system's libssl and to those of the processes running now and
@@ -266,16 +308,26 @@ impl<'a> TraceSink<'a> {
         tls_probes: bool,
         asyncio_probes: bool,
     ) -> Self {
+        let netns = self.netns;
+        let in_scope = |pid: u32| {
+            netns.is_none_or(|only| crate::conntrack::discovery::netns_of(pid) == Some(only))
+        };
         self.go_probes = go_probes;
         if go_probes {
-            for process in crate::runtime::go_programs_running() {
+            for process in crate::runtime::go_programs_running()
+                .into_iter()
+                .filter(|p| in_scope(p.pid))
+            {
                 watch_go(&mut self.go_seen, &mut self.tracer, probes, &process);
             }
         }
         self.tls_probes = tls_probes;
         if tls_probes {
             watch_tls(&mut self.tls_seen, probes, None);
-            for pid in crate::runtime::processes_running() {
+            for pid in crate::runtime::processes_running()
+                .into_iter()
+                .filter(|&pid| in_scope(pid))
+            {
                 watch_tls(&mut self.tls_seen, probes, Some(pid));
             }
         }
@@ -286,7 +338,9 @@ impl<'a> TraceSink<'a> {
             for pid in crate::runtime::processes_running()
                 .into_iter()
                 .filter(|&pid| {
-                    crate::runtime::Runtime::of_process(pid) == crate::runtime::Runtime::Python
+                    in_scope(pid)
+                        && crate::runtime::Runtime::of_process(pid)
+                            == crate::runtime::Runtime::Python
                 })
             {
                 let process = ProcessInfo::read(pid);
@@ -540,6 +594,15 @@ impl EventSink for TraceSink<'_> {
             );
         }
         self.protocols.open(event.header.conn_id);
+        if self.own.serve(conn.addrs().1) {
+            // A viewer of the agent's UI or API: parsed by no one, and the programs stop
+            // sending its bytes.
+            self.protocols.ignore(event.header.conn_id);
+            self.feedback.own_connections_ignored += 1;
+            if let Some(kernel) = &mut self.kernel_conns {
+                kernel.mark_opaque(event.header.pid, event.header.fd, event.header.conn_id);
+            }
+        }
     }
 
     fn on_go_probe(&mut self, event: &GoProbeEvent) {

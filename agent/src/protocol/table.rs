@@ -132,6 +132,11 @@ impl ProtocolTable {
         self.conns.insert(conn_id, State::Detecting { misses: 0 });
     }
 
+    /// A connection not to be parsed at all (the agent's own viewers').
+    pub fn ignore(&mut self, conn_id: u64) {
+        self.conns.insert(conn_id, State::Other);
+    }
+
     /// Feeds one chunk of `conn_id` whose first byte has TCP sequence number `seq` (when
     /// known); parsed events go to `out`. Request keys that are offsets become sequence numbers
     /// (mod 2³²) when the request direction's first chunk had one.
