@@ -114,6 +114,8 @@ pub struct Peers {
     secret: Vec<u8>,
     port: u16,
     buffer: Vec<u8>,
+    /// The datagram being sent (one buffer for all).
+    outgoing: Vec<u8>,
     pub local: local::LocalAddrs,
     nat: nat::Nat,
     /// Announcements waiting for the next reading of the translation table, and since when.
@@ -154,6 +156,7 @@ impl Peers {
             secret,
             port: config.port,
             buffer: vec![0; 2048],
+            outgoing: Vec::with_capacity(wire::MESSAGE_LEN),
             local: local::LocalAddrs::read(),
             nat: nat::Nat::default(),
             waiting: Vec::new(),
@@ -202,7 +205,8 @@ impl Peers {
                 }
             }
             let to = SocketAddr::new(span.server.ip(), self.port);
-            match self.socket.send_to(&span.encode(&self.secret, now), to) {
+            span.encode_into(&self.secret, now, &mut self.outgoing);
+            match self.socket.send_to(&self.outgoing, to) {
                 Ok(_) => self.stats.sent += 1,
                 Err(_) => self.stats.send_failed += 1,
             }

@@ -91,18 +91,24 @@ impl ClientSpan {
     #[must_use]
     pub fn encode(&self, secret: &[u8], now_ms: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(MESSAGE_LEN);
+        self.encode_into(secret, now_ms, &mut out);
+        out
+    }
+
+    /// As [`ClientSpan::encode`], into `out` (cleared first): the sender reuses one buffer.
+    pub fn encode_into(&self, secret: &[u8], now_ms: u64, out: &mut Vec<u8>) {
+        out.clear();
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&[VERSION, KIND_CLIENT_SPAN, 0, 0]);
-        put_addr(&mut out, self.client);
-        put_addr(&mut out, self.server);
+        put_addr(out, self.client);
+        put_addr(out, self.server);
         out.extend_from_slice(&self.key.to_be_bytes());
         out.extend_from_slice(&self.forward.to_be_bytes());
         out.extend_from_slice(&self.trace_id);
         out.extend_from_slice(&self.span_id);
         out.extend_from_slice(&now_ms.to_be_bytes());
-        let tag = mac(secret, &out);
+        let tag = mac(secret, out);
         out.extend_from_slice(&tag[..MAC_LEN]);
-        out
     }
 
     /// Checks and reads one datagram received at `now_ms`.
