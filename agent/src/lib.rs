@@ -45,8 +45,8 @@ fn init_logging() {
 }
 
 /// Runs an async command on a single-threaded runtime; errors become one line on stderr.
-fn run_async(
-    command: impl std::future::Future<Output = Result<(), pipeline::PipelineError>>,
+fn run_async<E: std::fmt::Display>(
+    command: impl std::future::Future<Output = Result<(), E>>,
 ) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

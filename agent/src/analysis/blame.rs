@@ -16,7 +16,17 @@ pub struct BlameRow {
     pub share: f64,
     /// Mean time on the critical path, ns.
     pub mean_ns: u64,
+    /// Traces among those analysed where this owner took the largest share, largest first (at
+    /// most [`EXAMPLES`]): where to look next.
+    #[serde(default)]
+    pub examples: Vec<String>,
 }
+
+/// Example traces kept per row.
+pub const EXAMPLES: usize = 3;
+
+/// Fewer requests analysed than this, and the shares are one request's story, not a pattern.
+pub const FEW_REQUESTS: usize = 10;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Blame {
@@ -31,6 +41,16 @@ pub struct Blame {
     /// 6 %), at least one.
     pub considered: usize,
     pub rows: Vec<BlameRow>,
+}
+
+/// One owner's time over the requests analysed.
+#[derive(Default)]
+struct OwnerTotals {
+    /// Sum of its shares of each request.
+    share: f64,
+    ns: u64,
+    /// (share, trace index) of each request it appears in.
+    seen: Vec<(f64, usize)>,
 }
 
 /// Analyses `traces` (each a list of spans) for the endpoint `service` / `operation`.
@@ -61,7 +81,7 @@ pub fn blame(traces: &[Vec<Node>], service: &str, operation: &str, percentile: f
     let chosen = hits
         .get(low..=high.min(matched.saturating_sub(1)))
         .unwrap_or_default();
-    let mut totals: HashMap<String, (f64, u64)> = HashMap::new();
+    let mut totals: HashMap<String, OwnerTotals> = HashMap::new();
     for (duration, trace, span) in chosen {
         let nodes = &traces[*trace];
         let mut per_owner: HashMap<String, u64> = HashMap::new();
@@ -69,19 +89,44 @@ pub fn blame(traces: &[Vec<Node>], service: &str, operation: &str, percentile: f
             *per_owner.entry(owner(nodes, &seg.span_id)).or_default() += seg.end - seg.start;
         }
         for (who, ns) in per_owner {
+            let share = ns as f64 / (*duration).max(1) as f64;
             let entry = totals.entry(who).or_default();
-            entry.0 += ns as f64 / (*duration).max(1) as f64;
-            entry.1 += ns;
+            entry.share += share;
+            entry.ns += ns;
+            entry.seen.push((share, *trace));
         }
     }
     let considered = chosen.len();
     let mut rows: Vec<BlameRow> = totals
         .into_iter()
-        .map(|(owner, (share, ns))| BlameRow {
-            owner,
-            share: share / considered.max(1) as f64,
-            mean_ns: ns / considered.max(1) as u64,
-        })
+        .map(
+            |(
+                owner,
+                OwnerTotals {
+                    share,
+                    ns,
+                    mut seen,
+                },
+            )| {
+                seen.sort_by(|a, b| b.0.total_cmp(&a.0));
+                let mut examples: Vec<String> = Vec::with_capacity(EXAMPLES);
+                for (_, trace) in seen {
+                    let id = traces[trace].first().map(|n| n.trace_id.clone());
+                    if let Some(id) = id.filter(|id| !id.is_empty() && !examples.contains(id)) {
+                        examples.push(id);
+                    }
+                    if examples.len() == EXAMPLES {
+                        break;
+                    }
+                }
+                BlameRow {
+                    owner,
+                    share: share / considered.max(1) as f64,
+                    mean_ns: ns / considered.max(1) as u64,
+                    examples,
+                }
+            },
+        )
         .collect();
     rows.sort_by(|a, b| {
         b.share
@@ -126,6 +171,13 @@ pub fn table(b: &Blame) -> String {
             row.share * 100.0,
             row.mean_ns as f64 / 1e6,
             row.owner
+        );
+    }
+    if b.considered < FEW_REQUESTS {
+        let _ = writeln!(
+            out,
+            "only {} request(s) analysed: these shares describe them, not a pattern; widen --lookback-minutes or wait for more traffic",
+            b.considered
         );
     }
     out
@@ -197,6 +249,32 @@ mod tests {
             (shares - 1.0).abs() < 1e-9,
             "shares add up to the whole: {median:?}"
         );
+    }
+
+    #[test]
+    fn rows_name_the_traces_where_their_owner_weighed_most() {
+        let mut traces: Vec<Vec<Node>> = (0..20u64).map(|i| request(1_000 * (i + 1))).collect();
+        for (i, trace) in traces.iter_mut().enumerate() {
+            for n in trace.iter_mut() {
+                n.trace_id = format!("t{i:02}");
+            }
+        }
+        let b = blame(&traces, "frontend", "GET /p", 99.0);
+        let model = b
+            .rows
+            .iter()
+            .find(|r| r.owner == "service model")
+            .expect("row");
+        // The slowest requests give the model its largest shares.
+        assert_eq!(model.examples, ["t19", "t18"]);
+        assert!(
+            table(&b).contains("only 2 request(s) analysed"),
+            "{}",
+            table(&b)
+        );
+        let more: Vec<Vec<Node>> = (0..200u64).map(|i| request(1_000 * (i + 1))).collect();
+        let many = blame(&more, "frontend", "GET /p", 50.0);
+        assert!(!table(&many).contains("only"), "{}", table(&many));
     }
 
     #[test]

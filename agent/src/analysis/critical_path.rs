@@ -13,6 +13,7 @@ use serde_json::Value;
 /// What the analysis needs of a span.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
+    pub trace_id: String,
     pub span_id: String,
     pub parent: Option<String>,
     pub service: String,
@@ -31,6 +32,7 @@ impl Node {
     pub fn from_json(span: &Value) -> Option<Self> {
         let attrs = &span["attributes"];
         Some(Self {
+            trace_id: span["trace_id"].as_str().unwrap_or_default().to_string(),
             span_id: span["span_id"].as_str()?.to_string(),
             parent: span["parent_span_id"].as_str().map(str::to_string),
             service: span["resource"]["service.name"]
@@ -148,6 +150,7 @@ pub fn test_node(
     end: u64,
 ) -> Node {
     Node {
+        trace_id: String::new(),
         span_id: id.into(),
         parent: parent.map(str::to_string),
         service: service.into(),

@@ -1,33 +1,41 @@
-//! sockspan's own endpoints over the store: a trace's critical path with its owners, and
-//! "why is it slow" for an endpoint at a percentile.
+//! sockspan's own endpoints over the store: a trace's spans as stored (links with their
+//! reasons, the parent's evidence, resource), its critical path with owners, the service map,
+//! and "why is it slow" for an endpoint at a percentile.
 
 use std::collections::HashSet;
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
+    extract::{Path, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::get,
 };
-use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
+use super::{
+    envelope::{error, ok},
+    jaeger::search::trace_id,
+    params::Params,
+};
 use crate::{
     analysis::{
         blame::blame,
         critical_path::{Node, critical_path, owner},
     },
-    store::Store,
-    trace::ids::parse_hex,
+    store::{Store, StoreError},
 };
 
 /// Traces analysed at most per request.
 const MAX_TRACES: usize = 5000;
 
+/// Default window, seconds.
+const DEFAULT_LOOKBACK: u64 = 3600;
+
 pub fn router(store: Store) -> Router {
     Router::new()
         .route("/api/sockspan/blame", get(blame_endpoint))
+        .route("/api/sockspan/traces/{id}", get(spans_endpoint))
         .route(
             "/api/sockspan/traces/{id}/critical-path",
             get(path_endpoint),
@@ -36,43 +44,59 @@ pub fn router(store: Store) -> Router {
         .with_state(store)
 }
 
-/// Nanoseconds since the epoch, `lookback_s` seconds ago.
-fn since(lookback_s: u64) -> u64 {
-    let now = crate::clock::WallClock::new().to_unix_ns(crate::clock::monotonic_ns());
-    now.saturating_sub(lookback_s.saturating_mul(1_000_000_000))
+fn now_ns() -> u64 {
+    crate::clock::WallClock::new().to_unix_ns(crate::clock::monotonic_ns())
 }
 
-fn problem(code: StatusCode, msg: impl Into<String>) -> Response {
-    (code, Json(json!({"error": msg.into()}))).into_response()
-}
-
-#[derive(Deserialize)]
-struct BlameQuery {
-    service: String,
-    operation: String,
-    #[serde(default = "default_percentile")]
-    percentile: f64,
-    /// Seconds back from now.
-    #[serde(default = "default_lookback")]
-    lookback: u64,
-}
-
-const fn default_percentile() -> f64 {
-    99.0
-}
-
-const fn default_lookback() -> u64 {
-    3600
-}
-
-async fn blame_endpoint(State(store): State<Store>, Query(q): Query<BlameQuery>) -> Response {
-    if !(0.0..=100.0).contains(&q.percentile) {
-        return problem(StatusCode::BAD_REQUEST, "percentile: expected 0 to 100");
+/// Runs a blocking store read off the async threads; a store error is a 500.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
-    let start = since(q.lookback);
-    let result = tokio::task::spawn_blocking(move || {
+}
+
+/// `lookback` in seconds (default an hour).
+fn lookback(params: &Params) -> Result<u64, String> {
+    params
+        .number::<u64>("lookback")
+        .map(|l| l.unwrap_or(DEFAULT_LOOKBACK))
+}
+
+/// The stored spans of `id`, with their parents in the trace.
+async fn stored(store: Store, id: &str) -> Result<Vec<Value>, Response> {
+    let trace = trace_id(id).map_err(|msg| error(StatusCode::BAD_REQUEST, msg))?;
+    match blocking(move || store.trace(&trace)).await? {
+        spans if spans.is_empty() => Err(error(
+            StatusCode::NOT_FOUND,
+            format!("trace {id} not found (older than the store keeps, or not exported yet)"),
+        )),
+        spans => Ok(spans),
+    }
+}
+
+async fn blame_endpoint(State(store): State<Store>, params: Params) -> Response {
+    let (service, operation) = match (params.required("service"), params.required("operation")) {
+        (Ok(s), Ok(o)) => (s.to_string(), o.to_string()),
+        (Err(msg), _) | (_, Err(msg)) => return error(StatusCode::BAD_REQUEST, msg),
+    };
+    let percentile = match params.number::<f64>("percentile") {
+        Ok(p) => p.unwrap_or(99.0),
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+    };
+    if !(0.0..=100.0).contains(&percentile) {
+        return error(StatusCode::BAD_REQUEST, "percentile: expected 0 to 100");
+    }
+    let start = match lookback(&params) {
+        Ok(l) => now_ns().saturating_sub(l.saturating_mul(1_000_000_000)),
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+    };
+    blocking(move || {
         let ids = store.trace_ids(start, u64::MAX, MAX_TRACES, |s| {
-            s.service == q.service && s.name == q.operation
+            s.service == service && s.name == operation
         })?;
         let traces: Vec<Vec<Node>> = ids
             .iter()
@@ -82,29 +106,24 @@ async fn blame_endpoint(State(store): State<Store>, Query(q): Query<BlameQuery>)
                     .map(|spans| spans.iter().filter_map(Node::from_json).collect())
             })
             .collect::<Result<_, _>>()?;
-        Ok::<_, crate::store::StoreError>(blame(&traces, &q.service, &q.operation, q.percentile))
+        Ok(blame(&traces, &service, &operation, percentile))
     })
-    .await;
-    match result {
-        Ok(Ok(b)) => Json(b).into_response(),
-        Ok(Err(e)) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    .await
+    .map_or_else(|r| r, |b| Json(b).into_response())
 }
 
-#[derive(Deserialize)]
-struct MapQuery {
-    /// Seconds back from now.
-    #[serde(default = "default_lookback")]
-    lookback: u64,
-}
-
-async fn map_endpoint(State(store): State<Store>, Query(q): Query<MapQuery>) -> Response {
-    let start = since(q.lookback);
-    let result = tokio::task::spawn_blocking(move || {
+async fn map_endpoint(State(store): State<Store>, params: Params) -> Response {
+    let lookback = match lookback(&params) {
+        Ok(l) => l,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+    };
+    let now = now_ns();
+    let start = now.saturating_sub(lookback.saturating_mul(1_000_000_000));
+    blocking(move || {
         let ids = store.trace_ids(start, u64::MAX, MAX_TRACES, |_| true)?;
         let mut failed: HashSet<String> = HashSet::new();
         let mut traces: Vec<Vec<Node>> = Vec::with_capacity(ids.len());
+        let mut earliest = now;
         for id in &ids {
             let spans = store.trace(id)?;
             for s in &spans {
@@ -114,36 +133,45 @@ async fn map_endpoint(State(store): State<Store>, Query(q): Query<MapQuery>) -> 
                     failed.insert(id.to_string());
                 }
             }
-            traces.push(spans.iter().filter_map(Node::from_json).collect());
+            let nodes: Vec<Node> = spans.iter().filter_map(Node::from_json).collect();
+            earliest = nodes
+                .iter()
+                .map(|n| n.start)
+                .filter(|s| *s >= start)
+                .fold(earliest, u64::min);
+            traces.push(nodes);
         }
-        Ok::<_, crate::store::StoreError>(crate::analysis::service_map::service_map(
-            &traces,
-            &|id| failed.contains(id),
-            q.lookback as f64,
-        ))
+        // Rates over the time the store has traffic for in the window, not the whole window: an
+        // agent started two minutes ago has not seen an hour of calls.
+        let window = (now.saturating_sub(earliest) as f64 / 1e9).max(1.0);
+        let edges =
+            crate::analysis::service_map::service_map(&traces, &|id| failed.contains(id), window);
+        Ok((window, edges))
     })
-    .await;
-    match result {
-        Ok(Ok(edges)) => {
-            Json(json!({"lookback_seconds": q.lookback, "edges": edges})).into_response()
-        }
-        Ok(Err(e)) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    .await
+    .map_or_else(
+        |r| r,
+        |(window, edges)| {
+            Json(json!({"lookback_seconds": lookback, "window_seconds": window, "edges": edges}))
+                .into_response()
+        },
+    )
+}
+
+async fn spans_endpoint(State(store): State<Store>, Path(id): Path<String>) -> Response {
+    stored(store, &id).await.map_or_else(
+        |r| r,
+        |spans| {
+            let n = spans.len();
+            ok(spans, n)
+        },
+    )
 }
 
 async fn path_endpoint(State(store): State<Store>, Path(id): Path<String>) -> Response {
-    let Some(trace_id) = parse_hex::<16>(&id) else {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            format!("'{id}' is not a trace id (32 hex digits)"),
-        );
-    };
-    let spans = match tokio::task::spawn_blocking(move || store.trace(&trace_id)).await {
-        Ok(Ok(s)) if !s.is_empty() => s,
-        Ok(Ok(_)) => return problem(StatusCode::NOT_FOUND, "trace not found"),
-        Ok(Err(e)) => return problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => return problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    let spans = match stored(store, &id).await {
+        Ok(spans) => spans,
+        Err(r) => return r,
     };
     let nodes: Vec<Node> = spans.iter().filter_map(Node::from_json).collect();
     let ids: HashSet<&str> = nodes.iter().map(|n| n.span_id.as_str()).collect();
@@ -153,9 +181,9 @@ async fn path_endpoint(State(store): State<Store>, Path(id): Path<String>) -> Re
         .filter(|n| n.parent.as_deref().is_none_or(|p| !ids.contains(p)))
         .min_by_key(|n| n.start)
     else {
-        return problem(StatusCode::NOT_FOUND, "trace has no root");
+        return error(StatusCode::NOT_FOUND, "trace has no root");
     };
-    let segments: Vec<serde_json::Value> = critical_path(&nodes, &root.span_id)
+    let segments: Vec<Value> = critical_path(&nodes, &root.span_id)
         .into_iter()
         .map(|s| {
             json!({

@@ -8,7 +8,7 @@ use axum::{
     extract::{Request, State},
     http::{StatusCode, header},
     middleware::Next,
-    response::{IntoResponse, Response},
+    response::Response,
 };
 
 use super::ApiError;
@@ -64,13 +64,13 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Lets a request through when it carries `Authorization: Bearer <token>`; 401 otherwise. The
-/// page at `/` holds no data and is served to all, so a browser can ask for the token.
+/// page and its assets hold no data and are served to all, so a browser can ask for the token.
 pub async fn require_token(
     State(token): State<Arc<str>>,
     request: Request,
     next: Next,
 ) -> Response {
-    if request.uri().path() == "/" {
+    if super::ui::is_public(request.uri().path()) {
         return next.run(request).await;
     }
     let presented = request
@@ -82,14 +82,15 @@ pub async fn require_token(
     if presented.is_some_and(|p| same(p.as_bytes(), token.as_bytes())) {
         return next.run(request).await;
     }
-    (
+    let mut refused = super::envelope::error(
         StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, "Bearer realm=\"sockspan\"")],
-        axum::Json(serde_json::json!({
-            "error": "this API needs `Authorization: Bearer <token>` (the token in the agent's --ui-token-file)"
-        })),
-    )
-        .into_response()
+        "this API needs `Authorization: Bearer <token>` (the token in the agent's --ui-token-file)",
+    );
+    refused.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"sockspan\""),
+    );
+    refused
 }
 
 #[cfg(test)]

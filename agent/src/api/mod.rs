@@ -3,7 +3,10 @@
 
 pub mod analysis;
 pub mod auth;
+mod envelope;
 pub mod jaeger;
+mod params;
+mod ui;
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -35,13 +38,6 @@ pub enum ApiError {
 
 /// The `OpenAPI` document describing every endpoint.
 pub const OPENAPI: &str = include_str!("openapi.json");
-
-/// The web UI: one self-contained page over the API.
-const UI: &str = include_str!("ui.html");
-
-async fn ui() -> axum::response::Html<&'static str> {
-    axum::response::Html(UI)
-}
 
 async fn openapi() -> impl axum::response::IntoResponse {
     (
@@ -97,7 +93,8 @@ pub async fn serve(
                 }
             }),
         )
-        .route("/", axum::routing::get(ui));
+        .route("/api/{*rest}", axum::routing::any(envelope::not_found))
+        .merge(ui::router());
     let app = match config.token() {
         Some(token) => app.layer(axum::middleware::from_fn_with_state(
             token,
@@ -112,7 +109,7 @@ pub async fn serve(
     });
     tracing::info!(
         token_required = config.token().is_some(),
-        "query API (Jaeger-compatible) on http://{bound}/api/services"
+        "web UI on http://{bound}/ (Jaeger-compatible API under http://{bound}/api/, metrics at /metrics)"
     );
     Ok(bound)
 }
@@ -124,7 +121,7 @@ mod tests {
         let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).expect("valid JSON");
         assert_eq!(doc["openapi"], "3.0.3");
         let sources = [
-            include_str!("jaeger.rs"),
+            include_str!("jaeger/mod.rs"),
             include_str!("analysis.rs"),
             include_str!("mod.rs"),
         ];
