@@ -411,3 +411,146 @@ fn prometheus_scrapes_the_red_and_service_graph_series() {
     assert_eq!(rates.len(), 3, "{rates:?}");
     assert!(rates.iter().all(|(_, v)| *v > 0.0), "{rates:?}");
 }
+
+/// The data points a metrics receiver recorded, from the latest export that has any.
+fn latest_export(path: &std::path::Path) -> Vec<Value> {
+    let points: Vec<Value> = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let last = points.iter().filter_map(|p| p["export"].as_u64()).max();
+    points
+        .into_iter()
+        .filter(|p| p["export"].as_u64() == last)
+        .collect()
+}
+
+/// The sum of `field` over the points named `name` whose resource and attributes hold `labels`.
+fn point_total(points: &[Value], name: &str, field: &str, labels: &[(&str, &str)]) -> u64 {
+    points
+        .iter()
+        .filter(|p| p["name"] == name)
+        .filter(|p| {
+            labels.iter().all(|(k, v)| {
+                p["attributes"][*k].as_str() == Some(*v) || p["resource"][*k].as_str() == Some(*v)
+            })
+        })
+        .filter_map(|p| p[field].as_u64())
+        .sum()
+}
+
+/// Each server histogram point: buckets add up to its count, seconds, cumulative, and no
+/// `error.type` on successes.
+fn assert_server_points(points: &[Value]) {
+    let server: Vec<&Value> = points
+        .iter()
+        .filter(|p| p["name"] == "http.server.request.duration")
+        .collect();
+    for p in &server {
+        let buckets: u64 = p["bucket_counts"]
+            .as_array()
+            .expect("buckets")
+            .iter()
+            .filter_map(Value::as_u64)
+            .sum();
+        assert_eq!(Some(buckets), p["count"].as_u64(), "{p}");
+        assert_eq!(p["unit"], "s");
+        assert_eq!(p["temporality"], 2, "cumulative: {p}");
+        assert!(
+            p["attributes"]["error.type"].is_null(),
+            "no error.type on successes: {p}"
+        );
+    }
+}
+
+/// `--output otlp` sends the RED histograms, the service graph and the agent's own figures as
+/// OTLP metrics (every `OTEL_METRIC_EXPORT_INTERVAL`, and once more at shutdown) to a receiver
+/// built on the official bindings, over gRPC and over HTTP: counts equal the requests sent.
+#[test]
+fn otlp_metrics_reach_a_collector_and_count_the_requests() {
+    for protocol in ["grpc", "http/protobuf"] {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("sockspan-otlp-metrics-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (spans, metrics) = (dir.join("spans.jsonl"), dir.join("metrics.jsonl"));
+        let mode = if protocol == "grpc" { "grpc" } else { "http" };
+        let _receiver = sockspan_tests::python_fixture(
+            "otlp_receiver.py",
+            &[mode, &port.to_string(), spans.to_str().expect("path")],
+            &[("METRICS_OUT", metrics.to_str().expect("path"))],
+        );
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let agent = Agent::start_with_env(
+            "run",
+            &["--output", "otlp", "--otlp-endpoint", &endpoint],
+            &[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
+            ],
+        );
+        let chain = Chain::start(chain_named("threaded"));
+        let ids = chain.drive(6, 2, 4);
+        let requests = ids.len() as u64 + 1;
+        // Exports while the agent runs carry the counts so far; wait until one has them all.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let complete = |points: &[Value]| {
+            EDGES.iter().all(|(c, s)| {
+                point_total(
+                    points,
+                    "traces_service_graph_request_total",
+                    "value",
+                    &edge(c, s),
+                ) >= requests
+            })
+        };
+        while !complete(&latest_export(&metrics)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let running = latest_export(&metrics);
+        let out = agent.stop();
+        assert!(out.status.success(), "{}", out.stderr);
+        assert!(
+            sockspan_tests::stopped_field(&out.stderr, "metrics_exports") >= 2,
+            "{protocol}: periodic exports and the last one: {}",
+            out.stderr
+        );
+        assert_eq!(
+            sockspan_tests::stopped_field(&out.stderr, "metrics_exports_failed"),
+            0
+        );
+        for (c, s) in EDGES {
+            assert_eq!(
+                point_total(
+                    &running,
+                    "traces_service_graph_request_total",
+                    "value",
+                    &edge(c, s)
+                ),
+                requests,
+                "{protocol}: edge {c} → {s}"
+            );
+        }
+        for service in ["front", "a", "b"] {
+            let labels = [("service.name", service), ("http.request.method", "GET")];
+            assert_eq!(
+                point_total(&running, "http.server.request.duration", "count", &labels),
+                requests,
+                "{protocol}: {service}'s SERVER requests, under its own resource"
+            );
+        }
+        assert_server_points(&running);
+        assert!(
+            point_total(
+                &running,
+                "sockspan_spans_exported",
+                "value",
+                &[("service.name", "sockspan")]
+            ) > 0,
+            "{protocol}: the agent's own counters"
+        );
+        drop(chain);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

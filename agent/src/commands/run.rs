@@ -11,7 +11,10 @@ use crate::{
         SpanExporter,
         jsonl::JsonlExporter,
         metered::Metered,
-        otlp::{OtlpConfig, OtlpExporter},
+        otlp::{
+            OtlpConfig, OtlpExporter,
+            metrics::{MetricsConfig, MetricsExporter},
+        },
         store::StoreExporter,
     },
     pipeline::{self, sink::TraceSink},
@@ -32,9 +35,14 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     )?);
     // Configuration errors surface before anything is attached.
     let otlp = match args.output {
-        Output::Otlp => Some(OtlpConfig::resolve(args.otlp_endpoint.as_deref(), &|k| {
-            std::env::var(k).ok()
-        })?),
+        Output::Otlp => {
+            let env = |k: &str| std::env::var(k).ok();
+            let endpoint = args.otlp_endpoint.as_deref();
+            Some((
+                OtlpConfig::resolve(endpoint, &env)?,
+                MetricsConfig::resolve(endpoint, &env)?,
+            ))
+        }
         Output::Jsonl | Output::Store => None,
     };
     check_ready_file(args.ready_file.as_deref())?;
@@ -62,35 +70,8 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     } = capture;
     let kernel_conns = probes.take_conns()?;
     let metrics = crate::metrics::Metrics::shared();
-    let (mut exporter, sender): (Box<dyn SpanExporter>, _) = match (args.output, otlp) {
-        (Output::Otlp, Some(config)) => {
-            let (exporter, task) = OtlpExporter::start(config)?;
-            (Box::new(exporter), Some(task))
-        }
-        (Output::Store, _) => {
-            let store = Store::open(store_config)?;
-            if let Some(api) = &api_config {
-                crate::api::serve(api, store.clone(), metrics.clone()).await?;
-            }
-            tracing::info!(path = %store.path().display(), "storing spans");
-            // Metrics are served on the API's listener: recorded only where it runs.
-            (
-                Box::new(Metered::new(
-                    Box::new(StoreExporter::new(store)),
-                    metrics.clone(),
-                )),
-                None,
-            )
-        }
-        _ => (
-            // 64 KiB per write: each write is a syscall the programs see too.
-            Box::new(JsonlExporter::new(io::BufWriter::with_capacity(
-                64 * 1024,
-                io::stdout(),
-            ))),
-            None,
-        ),
-    };
+    let (mut exporter, mut senders) =
+        exporter(&args, otlp, store_config, api_config.as_ref(), &metrics).await?;
     let sink = TraceSink::new(
         Conntrack::new(args.capture.conntrack(), discovered),
         Tracer::new(trace_config, Resources::new(args.service_name)),
@@ -111,16 +92,104 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     // Everything finished is exported before exit.
     sink.export(true);
     sink.exporter.finish();
-    if let Some(task) = sender
-        && tokio::time::timeout(EXPORT_DRAIN, task).await.is_err()
-    {
-        tracing::warn!("OTLP sender still busy after {EXPORT_DRAIN:?}; stopping without it");
-    }
-    log_stopped(&sink, &receiver);
+    let metrics_exports = senders.drain().await;
+    log_stopped(&sink, &receiver, metrics_exports);
     if let Some(path) = &args.ready_file {
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+/// The tasks sending to an OTLP collector, waited for at shutdown.
+#[derive(Default)]
+struct Senders {
+    spans: Option<tokio::task::JoinHandle<()>>,
+    metrics: Option<(MetricsExporter, tokio::task::JoinHandle<()>)>,
+}
+
+impl Senders {
+    /// Lets the metrics sender make its last export, then waits for both (bounded); returns
+    /// the metrics exports made and failed.
+    async fn drain(&mut self) -> (u64, u64) {
+        let stats = self.metrics.as_mut().map(|(exporter, _)| {
+            exporter.finish();
+            std::sync::Arc::clone(&exporter.stats)
+        });
+        let tasks = self
+            .spans
+            .take()
+            .into_iter()
+            .chain(self.metrics.take().map(|(_, task)| task));
+        for task in tasks {
+            if tokio::time::timeout(EXPORT_DRAIN, task).await.is_err() {
+                tracing::warn!(
+                    "OTLP sender still busy after {EXPORT_DRAIN:?}; stopping without it"
+                );
+            }
+        }
+        stats.map_or((0, 0), |s| {
+            (
+                s.exports.load(std::sync::atomic::Ordering::Relaxed),
+                s.failed.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        })
+    }
+}
+
+/// The span exporter `--output` asks for: OTLP (with the metrics beside it), the store (and
+/// the API and UI over it), or JSON lines on stdout. Metrics are recorded where they are
+/// exported or served.
+async fn exporter(
+    args: &RunArgs,
+    otlp: Option<(OtlpConfig, Option<MetricsConfig>)>,
+    store_config: crate::store::StoreConfig,
+    api_config: Option<&crate::api::ApiConfig>,
+    metrics: &crate::metrics::SharedMetrics,
+) -> Result<(Box<dyn SpanExporter>, Senders), pipeline::PipelineError> {
+    Ok(match (args.output, otlp) {
+        (Output::Otlp, Some((config, metrics_config))) => {
+            let (exporter, task) = OtlpExporter::start(config)?;
+            let metrics_sender = metrics_config
+                .map(|c| MetricsExporter::start(c, metrics.clone(), host_name()))
+                .transpose()?;
+            (
+                Box::new(Metered::new(Box::new(exporter), metrics.clone())),
+                Senders {
+                    spans: Some(task),
+                    metrics: metrics_sender,
+                },
+            )
+        }
+        (Output::Store, _) => {
+            let store = Store::open(store_config)?;
+            if let Some(api) = api_config {
+                crate::api::serve(api, store.clone(), metrics.clone()).await?;
+            }
+            tracing::info!(path = %store.path().display(), "storing spans");
+            (
+                Box::new(Metered::new(
+                    Box::new(StoreExporter::new(store)),
+                    metrics.clone(),
+                )),
+                Senders::default(),
+            )
+        }
+        _ => (
+            // 64 KiB per write: each write is a syscall the programs see too.
+            Box::new(JsonlExporter::new(io::BufWriter::with_capacity(
+                64 * 1024,
+                io::stdout(),
+            ))),
+            Senders::default(),
+        ),
+    })
+}
+
+/// This node's name, for the metrics' resource (as the spans' `host.name`).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// What the sink traces and with whom it links: not the agent's own viewers, only its network
@@ -221,7 +290,11 @@ fn runtime_probes(args: &RunArgs) -> (bool, bool, bool) {
 }
 
 /// The final log line: every stage's counters.
-fn log_stopped(sink: &TraceSink<'_>, receiver: &receiver::ReceiverStats) {
+fn log_stopped(
+    sink: &TraceSink<'_>,
+    receiver: &receiver::ReceiverStats,
+    (metrics_exports, metrics_exports_failed): (u64, u64),
+) {
     let kernel = sink
         .probes()
         .and_then(|p| p.counters().ok())
@@ -232,6 +305,8 @@ fn log_stopped(sink: &TraceSink<'_>, receiver: &receiver::ReceiverStats) {
     tracing::info!(
         spans_exported = spans_out,
         export_failed = spans_lost,
+        metrics_exports,
+        metrics_exports_failed,
         spans_started = sink.tracer.stats.spans_started,
         parent_from_header = sink.tracer.stats.parent_from_header,
         parent_from_thread = sink.tracer.stats.parent_from_thread,

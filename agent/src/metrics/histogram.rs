@@ -40,6 +40,13 @@ impl Histogram {
         self.sum
     }
 
+    /// Observations per bucket, not cumulative, the one above every bound last (OTLP's
+    /// `bucket_counts` for [`DURATION_BUCKETS`]).
+    #[must_use]
+    pub fn buckets(&self) -> &[u64] {
+        &self.counts
+    }
+
     /// (`le` label, cumulative count) per bucket, `+Inf` last.
     pub fn cumulative(&self) -> impl Iterator<Item = (String, u64)> + '_ {
         let bounds = DURATION_BUCKETS

@@ -54,6 +54,11 @@ impl Metrics {
         self.own = own;
     }
 
+    #[must_use]
+    pub fn own(&self) -> &[Own] {
+        &self.own
+    }
+
     /// The Prometheus text exposition of everything.
     #[must_use]
     pub fn render(&self) -> String {
@@ -153,7 +158,7 @@ impl Metrics {
 }
 
 /// Which histogram of an edge a family shows.
-type Pick = fn(&graph::EdgeStats) -> &histogram::Histogram;
+pub type Pick = fn(&graph::EdgeStats) -> &histogram::Histogram;
 
 /// `{a="x",b="y"}` with values escaped as the text format requires.
 fn label_set(pairs: &[(&str, &str)]) -> String {
@@ -193,35 +198,42 @@ pub fn lock(metrics: &SharedMetrics) -> std::sync::MutexGuard<'_, Metrics> {
     metrics.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A finished HTTP span for tests: `service`'s `GET /x/{id}` answered 200 in `ms`.
+#[cfg(test)]
+pub fn test_span(
+    service: &str,
+    kind: crate::trace::span::SpanKind,
+    id: u8,
+    parent: Option<u8>,
+    ms: u64,
+) -> SpanData {
+    SpanData {
+        trace_id: [1; 16],
+        span_id: [id; 8],
+        parent_span_id: parent.map(|p| [p; 8]),
+        links: Vec::new(),
+        kind,
+        name: "GET /x".into(),
+        start_unix_nano: 1_000_000_000,
+        end_unix_nano: 1_000_000_000 + ms * 1_000_000,
+        attributes: vec![
+            crate::trace::span::KeyValue::str("http.request.method", "GET"),
+            crate::trace::span::KeyValue::str("http.route", "/x/{id}"),
+            crate::trace::span::KeyValue::int("http.response.status_code", 200),
+        ],
+        status: crate::trace::span::SpanStatus::Unset,
+        resource: std::sync::Arc::new(crate::trace::span::Resource::new(vec![
+            crate::trace::span::KeyValue::owned("service.name".into(), service.into()),
+        ])),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::trace::span::{KeyValue, Resource, SpanKind, SpanStatus};
+    use crate::trace::span::{KeyValue, SpanKind, SpanStatus};
 
-    fn span(service: &str, kind: SpanKind, id: u8, parent: Option<u8>, ms: u64) -> SpanData {
-        SpanData {
-            trace_id: [1; 16],
-            span_id: [id; 8],
-            parent_span_id: parent.map(|p| [p; 8]),
-            links: Vec::new(),
-            kind,
-            name: "GET /x".into(),
-            start_unix_nano: 1_000_000_000,
-            end_unix_nano: 1_000_000_000 + ms * 1_000_000,
-            attributes: vec![
-                KeyValue::str("http.request.method", "GET"),
-                KeyValue::str("http.route", "/x/{id}"),
-                KeyValue::int("http.response.status_code", 200),
-            ],
-            status: SpanStatus::Unset,
-            resource: Arc::new(Resource::new(vec![KeyValue::owned(
-                "service.name".into(),
-                service.into(),
-            )])),
-        }
-    }
+    use super::test_span as span;
 
     #[test]
     fn red_series_and_graph_edges_render_in_the_text_format() {

@@ -45,6 +45,19 @@ impl Family {
         }
     }
 
+    /// The instrument's name in the semantic conventions (OTLP metrics carry it; Prometheus
+    /// exporters turn it into [`Self::name`]).
+    #[must_use]
+    pub const fn otel_name(self) -> &'static str {
+        match self {
+            Self::HttpServer => "http.server.request.duration",
+            Self::HttpClient => "http.client.request.duration",
+            Self::RpcServer => "rpc.server.call.duration",
+            Self::RpcClient => "rpc.client.call.duration",
+            Self::DbClient => "db.client.operation.duration",
+        }
+    }
+
     #[must_use]
     pub const fn help(self) -> &'static str {
         match self {
@@ -93,7 +106,8 @@ impl Family {
     }
 
     /// The span attributes the labels between `service_name` and `error_type` come from.
-    const fn attributes(self) -> &'static [&'static str] {
+    #[must_use]
+    pub const fn attributes(self) -> &'static [&'static str] {
         match self {
             Self::HttpServer => &[
                 "http.request.method",

@@ -30,6 +30,8 @@ pub enum PipelineError {
     #[error(transparent)]
     Otlp(#[from] crate::exporter::otlp::OtlpConfigError),
     #[error(transparent)]
+    OtlpMetrics(#[from] crate::exporter::otlp::metrics::MetricsConfigError),
+    #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),

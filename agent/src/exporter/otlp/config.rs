@@ -49,7 +49,60 @@ fn timeout(text: &str, field: &'static str) -> Result<Duration, OtlpConfigError>
     }
 }
 
-/// Where and how spans are sent.
+/// Which OTLP signal a configuration is for: each has its own variables
+/// (`OTEL_EXPORTER_OTLP_TRACES_*`, `OTEL_EXPORTER_OTLP_METRICS_*`) and HTTP path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Traces,
+    Metrics,
+}
+
+impl Signal {
+    const fn protocol_var(self) -> &'static str {
+        match self {
+            Self::Traces => "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            Self::Metrics => "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+        }
+    }
+
+    const fn endpoint_var(self) -> &'static str {
+        match self {
+            Self::Traces => "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            Self::Metrics => "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        }
+    }
+
+    const fn headers_var(self) -> &'static str {
+        match self {
+            Self::Traces => "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            Self::Metrics => "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+        }
+    }
+
+    const fn timeout_var(self) -> &'static str {
+        match self {
+            Self::Traces => "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            Self::Metrics => "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+        }
+    }
+
+    /// The path an HTTP endpoint gets when given as a base URL.
+    const fn path(self) -> &'static str {
+        match self {
+            Self::Traces => "/v1/traces",
+            Self::Metrics => "/v1/metrics",
+        }
+    }
+
+    const fn default_http(self) -> &'static str {
+        match self {
+            Self::Traces => "http://localhost:4318/v1/traces",
+            Self::Metrics => "http://localhost:4318/v1/metrics",
+        }
+    }
+}
+
+/// Where and how spans (or metrics) are sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OtlpConfig {
     pub protocol: OtlpProtocol,
@@ -118,37 +171,49 @@ fn check_http_url(url: &str, field: &'static str) -> Result<(), OtlpConfigError>
 }
 
 impl OtlpConfig {
-    /// Resolves the settings: the flag first, then the signal-specific variable, then the
-    /// general one, then the defaults of the OTLP exporter specification.
+    /// Resolves the settings of the traces exporter: the flag first, then the signal-specific
+    /// variable, then the general one, then the defaults of the OTLP exporter specification.
     pub fn resolve(
         flag_endpoint: Option<&str>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, OtlpConfigError> {
+        Self::resolve_for(Signal::Traces, flag_endpoint, env)
+    }
+
+    /// Resolves the settings of one signal's exporter (`--otlp-endpoint` is the base URL of
+    /// both).
+    pub fn resolve_for(
+        signal: Signal,
+        flag_endpoint: Option<&str>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, OtlpConfigError> {
         let protocol = match (
-            env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
+            env(signal.protocol_var()),
             env("OTEL_EXPORTER_OTLP_PROTOCOL"),
         ) {
-            (Some(p), _) => OtlpProtocol::parse(&p, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")?,
+            (Some(p), _) => OtlpProtocol::parse(&p, signal.protocol_var())?,
             (None, Some(p)) => OtlpProtocol::parse(&p, "OTEL_EXPORTER_OTLP_PROTOCOL")?,
             (None, None) => OtlpProtocol::HttpProtobuf,
         };
         let base = |url: &str| match protocol {
             OtlpProtocol::Grpc => url.trim_end_matches('/').to_string(),
-            OtlpProtocol::HttpProtobuf if url.trim_end_matches('/').ends_with("/v1/traces") => {
+            OtlpProtocol::HttpProtobuf if url.trim_end_matches('/').ends_with(signal.path()) => {
                 url.trim_end_matches('/').to_string()
             }
-            OtlpProtocol::HttpProtobuf => format!("{}/v1/traces", url.trim_end_matches('/')),
+            OtlpProtocol::HttpProtobuf => {
+                format!("{}{}", url.trim_end_matches('/'), signal.path())
+            }
         };
         let (endpoint, field) = if let Some(url) = flag_endpoint {
             (base(url), "--otlp-endpoint")
-        } else if let Some(url) = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
-            (url, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        } else if let Some(url) = env(signal.endpoint_var()) {
+            (url, signal.endpoint_var())
         } else if let Some(url) = env("OTEL_EXPORTER_OTLP_ENDPOINT") {
             (base(&url), "OTEL_EXPORTER_OTLP_ENDPOINT")
         } else {
             let default = match protocol {
                 OtlpProtocol::Grpc => "http://localhost:4317".to_string(),
-                OtlpProtocol::HttpProtobuf => "http://localhost:4318/v1/traces".to_string(),
+                OtlpProtocol::HttpProtobuf => signal.default_http().to_string(),
             };
             (default, "default endpoint")
         };
@@ -157,8 +222,8 @@ impl OtlpConfig {
             Some(h) => pairs(&h, "OTEL_EXPORTER_OTLP_HEADERS")?,
             None => Vec::new(),
         };
-        if let Some(h) = env("OTEL_EXPORTER_OTLP_TRACES_HEADERS") {
-            headers.extend(pairs(&h, "OTEL_EXPORTER_OTLP_TRACES_HEADERS")?);
+        if let Some(h) = env(signal.headers_var()) {
+            headers.extend(pairs(&h, signal.headers_var())?);
         }
         let resource_attributes = match env("OTEL_RESOURCE_ATTRIBUTES") {
             Some(a) => pairs(&a, "OTEL_RESOURCE_ATTRIBUTES")?
@@ -167,11 +232,8 @@ impl OtlpConfig {
                 .collect(),
             None => Vec::new(),
         };
-        let timeout = match (
-            env("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
-            env("OTEL_EXPORTER_OTLP_TIMEOUT"),
-        ) {
-            (Some(t), _) => timeout(&t, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")?,
+        let timeout = match (env(signal.timeout_var()), env("OTEL_EXPORTER_OTLP_TIMEOUT")) {
+            (Some(t), _) => timeout(&t, signal.timeout_var())?,
             (None, Some(t)) => timeout(&t, "OTEL_EXPORTER_OTLP_TIMEOUT")?,
             (None, None) => Duration::from_secs(10),
         };
@@ -257,6 +319,35 @@ mod tests {
         )
         .expect("flag");
         assert_eq!(c.endpoint, "http://flag:9/v1/traces");
+    }
+
+    #[test]
+    fn metrics_have_their_own_variables_and_path() {
+        let vars: HashMap<String, String> = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "only=traces"),
+            ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "900"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect();
+        let env = |k: &str| vars.get(k).cloned();
+        let m = OtlpConfig::resolve_for(Signal::Metrics, None, &env).expect("metrics");
+        assert_eq!(m.endpoint, "http://collector:4318/v1/metrics");
+        assert!(m.headers.is_empty());
+        assert_eq!(m.timeout, Duration::from_millis(900));
+        let m =
+            OtlpConfig::resolve_for(Signal::Metrics, Some("http://flag:9/"), &env).expect("flag");
+        assert_eq!(m.endpoint, "http://flag:9/v1/metrics");
+        let e = OtlpConfig::resolve_for(Signal::Metrics, None, &|k| {
+            (k == "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL").then(|| "thrift".to_string())
+        })
+        .expect_err("protocol");
+        assert!(
+            e.to_string()
+                .starts_with("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL:"),
+            "{e}"
+        );
     }
 
     #[test]

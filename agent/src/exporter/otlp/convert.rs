@@ -14,7 +14,7 @@ use crate::trace::{
     span::{AttrValue, KeyValue, Resource, SpanKind, SpanStatus},
 };
 
-fn value(kv: &KeyValue) -> ProtoKeyValue {
+pub(super) fn value(kv: &KeyValue) -> ProtoKeyValue {
     let value = match &kv.value {
         AttrValue::Str(s) => any_value::Value::StringValue(s.to_string()),
         AttrValue::Shared(s) => any_value::Value::StringValue(s.to_string()),

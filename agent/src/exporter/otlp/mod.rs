@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod metrics;
 pub mod transport;
 
 use std::{
@@ -128,7 +129,10 @@ async fn send_batch(
     let request = convert::request(batch, extra);
     let mut backoff = Duration::from_millis(100);
     for attempt in 1..=MAX_ATTEMPTS {
-        match transport.send(request.clone(), timeout).await {
+        match transport
+            .send(transport::Request::Traces(request.clone()), timeout)
+            .await
+        {
             Ok(()) => {
                 stats.sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 return;

@@ -1,4 +1,5 @@
-//! Sending one OTLP request over gRPC (tonic) or HTTP/protobuf (hyper), gzip-compressed.
+//! Sending one OTLP request (spans or metrics) over gRPC (tonic) or HTTP/protobuf (hyper),
+//! gzip-compressed.
 
 use std::{io::Write as _, time::Duration};
 
@@ -8,8 +9,9 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
+use opentelemetry_proto::tonic::collector::{
+    metrics::v1::{ExportMetricsServiceRequest, metrics_service_client::MetricsServiceClient},
+    trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
 };
 use prost::Message as _;
 use tonic::{
@@ -27,9 +29,26 @@ pub struct SendError {
     pub message: String,
 }
 
+/// One export request of either signal.
+#[derive(Debug, Clone)]
+pub enum Request {
+    Traces(ExportTraceServiceRequest),
+    Metrics(ExportMetricsServiceRequest),
+}
+
+impl Request {
+    fn encode_to_vec(&self) -> Vec<u8> {
+        match self {
+            Self::Traces(r) => r.encode_to_vec(),
+            Self::Metrics(r) => r.encode_to_vec(),
+        }
+    }
+}
+
 pub enum Transport {
     Grpc {
-        client: TraceServiceClient<Channel>,
+        /// Shared by the clients of each signal (cloning a channel is cheap).
+        channel: Channel,
         headers: Vec<(
             MetadataKey<tonic::metadata::Ascii>,
             MetadataValue<tonic::metadata::Ascii>,
@@ -40,6 +59,20 @@ pub enum Transport {
         uri: hyper::Uri,
         headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
     },
+}
+
+type GrpcHeaders = [(
+    MetadataKey<tonic::metadata::Ascii>,
+    MetadataValue<tonic::metadata::Ascii>,
+)];
+
+/// A gRPC request carrying the configured headers as metadata.
+fn with_headers<T>(message: T, headers: &GrpcHeaders) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    for (k, v) in headers {
+        req.metadata_mut().insert(k.clone(), v.clone());
+    }
+    req
 }
 
 fn bad_header(name: &str) -> OtlpConfigError {
@@ -74,11 +107,7 @@ impl Transport {
                         Ok((key, value))
                     })
                     .collect::<Result<_, OtlpConfigError>>()?;
-                Ok(Self::Grpc {
-                    client: TraceServiceClient::new(channel)
-                        .send_compressed(CompressionEncoding::Gzip),
-                    headers,
-                })
+                Ok(Self::Grpc { channel, headers })
             }
             OtlpProtocol::HttpProtobuf => {
                 let uri: hyper::Uri = config.endpoint.parse().map_err(|_| bad_endpoint())?;
@@ -104,19 +133,23 @@ impl Transport {
         }
     }
 
-    pub async fn send(
-        &mut self,
-        request: ExportTraceServiceRequest,
-        timeout: Duration,
-    ) -> Result<(), SendError> {
+    pub async fn send(&mut self, request: Request, timeout: Duration) -> Result<(), SendError> {
         match self {
-            Self::Grpc { client, headers } => {
-                let mut req = tonic::Request::new(request);
-                for (k, v) in headers.iter() {
-                    req.metadata_mut().insert(k.clone(), v.clone());
-                }
-                match client.export(req).await {
-                    Ok(_) => Ok(()),
+            Self::Grpc { channel, headers } => {
+                let answer = match request {
+                    Request::Traces(r) => TraceServiceClient::new(channel.clone())
+                        .send_compressed(CompressionEncoding::Gzip)
+                        .export(with_headers(r, headers))
+                        .await
+                        .map(drop),
+                    Request::Metrics(r) => MetricsServiceClient::new(channel.clone())
+                        .send_compressed(CompressionEncoding::Gzip)
+                        .export(with_headers(r, headers))
+                        .await
+                        .map(drop),
+                };
+                match answer {
+                    Ok(()) => Ok(()),
                     Err(status) => {
                         use tonic::Code;
                         let retryable = matches!(
