@@ -177,8 +177,8 @@ pub struct RunArgs {
     /// Most spans kept in the store; the oldest go first.
     #[arg(long, value_name = "N", default_value_t = 5_000_000)]
     pub store_max_spans: u64,
-    /// OTLP endpoint (base URL, e.g. `http://127.0.0.1:4318`); overrides
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT` and `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
+    /// OTLP endpoint (base URL, e.g. `http://127.0.0.1:4318`) of spans and metrics; overrides
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` and the `…_TRACES_ENDPOINT` / `…_METRICS_ENDPOINT` ones.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
     /// How `service.name` is chosen: auto (`OTEL_SERVICE_NAME` of the process, else its

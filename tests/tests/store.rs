@@ -550,8 +550,9 @@ fn the_web_ui_serves_every_view_on_real_traffic_in_chromium() {
     let ui = format!("127.0.0.1:{}", free_port());
     let base = format!("http://{ui}");
     let agent = Agent::start_command("run", &["--store", &store_arg, "--ui", &ui]);
-    // Three good predictions, then one whose features call fails (500, so the frontend 502s).
-    for item in ["0", "1", "2", "fail"] {
+    // Three good predictions, then one whose features call fails (item 500: the features service
+    // answers 500, so the frontend 502s; the same route, so its trace can be compared).
+    for item in ["0", "1", "2", "500"] {
         let _ = run_ok(
             Command::new("curl")
                 .args(["-s", "-o", "/dev/null"])
@@ -628,8 +629,10 @@ fn check_ui_search(seen: &Value) {
         "{seen}"
     );
     let statuses = seen["compare_statuses"].as_array().expect("statuses");
+    // Paths in both (same, or changed when a count or the mean time differs by half), and the
+    // model call only the good trace made.
     assert!(
-        statuses.contains(&"same".into())
+        (statuses.contains(&"same".into()) || statuses.contains(&"changed".into()))
             && (statuses.contains(&"added".into()) || statuses.contains(&"removed".into())),
         "the failed trace lacks the model call the good one has: {statuses:?}"
     );
@@ -715,10 +718,12 @@ fn check_ui_map_and_blame(seen: &Value) {
     ] {
         assert!(edges.contains(&edge.to_string()), "{edge} in {edges:?}");
     }
-    assert_eq!(
-        seen["graph_nodes"],
-        serde_json::json!(["curl", "features", "frontend", "model"])
-    );
+    // The chain's services (other processes talk too: selenium to chromedriver, chromedriver to
+    // Chromium's DevTools, a resolver).
+    let nodes = seen["graph_nodes"].as_array().expect("nodes");
+    for service in ["curl", "features", "frontend", "model"] {
+        assert!(nodes.contains(&service.into()), "{service} in {nodes:?}");
+    }
     assert!(seen["graph_links"].as_u64().unwrap_or(0) >= 3, "{seen}");
     // The blame table lists the services and hops of the path with their shares (which hop, if
     // any, meets a Nagle / delayed-ACK stall varies from run to run: both are real).
@@ -760,8 +765,18 @@ fn check_ui_traffic_untraced(base: &str, ui: &str) {
     let (_, services) = get(&format!("{base}/api/services"));
     for service in services["data"].as_array().expect("services") {
         let name = service.as_str().expect("name");
+        let encoded: String = name
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    char::from(b).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
         let (code, found) = get(&format!(
-            "{base}/api/traces?service={name}&tag=server.port:{port}&limit=5"
+            "{base}/api/traces?service={encoded}&tag=server.port:{port}&limit=5"
         ));
         assert_eq!(code, 200, "{found}");
         assert_eq!(

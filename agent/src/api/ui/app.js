@@ -1,7 +1,7 @@
 // The page's router: each view owns a path (Jaeger's where Jaeger has one), so a view can be
 // reloaded, bookmarked and shared. Old hash links (#trace/…, #map, #blame) are moved over.
 "use strict";
-import { $, $$, navigate, esc } from "./util.js";
+import { $, $$, api, navigate, esc, knowServices } from "./util.js";
 import * as search from "./search.js";
 import * as trace from "./trace.js";
 import * as compare from "./compare.js";
@@ -69,6 +69,7 @@ async function start() {
     if (ids.length === 1) navigate(`/trace/${encodeURIComponent(ids[0])}`);
     else if (ids.length > 1) navigate("/search?" + ids.map((id) => "traceID=" + encodeURIComponent(id)).join("&"));
   });
+  knowServices((await api("/api/services")).data);
   window.addEventListener("popstate", rerun);
   window.addEventListener("sockspan:route", rerun);
   await Promise.all([search.init(), blame.init(), trace.init(), compare.init(), map.init()]);

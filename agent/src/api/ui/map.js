@@ -12,6 +12,9 @@ export async function init() {
   });
 }
 
+// Room per column and row: an edge's figures fit between two boxes.
+const COLUMN = 400, ROW = 110;
+
 const f2 = (x) => (x == null ? "–" : `${x.toFixed(2)} ms`);
 
 // Columns by the longest call chain reaching each service (cycles broken where met).
@@ -37,8 +40,8 @@ function layout(edges) {
   const columns = [];
   for (const n of names) (columns[level.get(n)] ||= []).push(n);
   const place = new Map();
-  columns.forEach((col, x) => col.forEach((n, y) => place.set(n, { x: 24 + x * 270, y: 24 + y * 96 })));
-  return { place, width: 24 + columns.length * 270, height: 24 + Math.max(...columns.map((c) => c.length)) * 96 };
+  columns.forEach((col, x) => col.forEach((n, y) => place.set(n, { x: 24 + x * COLUMN, y: 24 + y * ROW })));
+  return { place, width: 24 + columns.length * COLUMN, height: 24 + Math.max(...columns.map((c) => c.length)) * ROW };
 }
 
 function graph(edges) {
@@ -46,6 +49,7 @@ function graph(edges) {
   const W = 170, H = 42;
   const failing = new Set(edges.filter((e) => e.errors > 0).map((e) => e.server));
   let links = "";
+  const placed = [];
   for (const e of edges) {
     const a = place.get(e.client), b = place.get(e.server);
     const [x1, y1] = [a.x + W, a.y + H / 2];
@@ -54,10 +58,15 @@ function graph(edges) {
     const d = back
       ? `M${a.x + W / 2},${a.y + H} C${a.x + W / 2},${a.y + H + 50} ${b.x + W / 2},${b.y + H + 50} ${b.x + W / 2},${b.y + H}`
       : `M${x1},${y1} C${x1 + 50},${y1} ${x2 - 50},${y2} ${x2 - 6},${y2}`;
-    const [lx, ly] = back ? [(a.x + b.x) / 2 + W / 2, Math.max(a.y, b.y) + H + 44] : [(x1 + x2) / 2, (y1 + y2) / 2 - 6];
-    const label = `${e.rate_per_second.toFixed(2)}/s · ${(e.error_rate * 100).toFixed(1)}% err · p99 ${f2(e.p99_ms)}` + (e.network_p50_ms == null ? "" : ` · net ${f2(e.network_p50_ms)}`);
+    let [lx, ly] = back ? [(a.x + b.x) / 2 + W / 2, Math.max(a.y, b.y) + H + 44] : [(x1 + x2) / 2, (y1 + y2) / 2 - 6];
+    // Edges crossing between the same columns would print their figures over each other.
+    while (placed.some(([px, py]) => Math.abs(px - lx) < 170 && Math.abs(py - ly) < 26)) ly += 26;
+    placed.push([lx, ly]);
+    // Two short lines, so the figures fit between two columns of boxes.
+    const red = `${e.rate_per_second.toFixed(2)}/s · ${(e.error_rate * 100).toFixed(1)}% err`;
+    const time = `p99 ${f2(e.p99_ms)}` + (e.network_p50_ms == null ? "" : ` · net ${f2(e.network_p50_ms)}`);
     links += `<g class="link${e.errors ? " failing" : ""}" data-client="${esc(e.client)}" data-server="${esc(e.server)}"><path d="${d}" marker-end="url(#arrow)"></path>` +
-      `<text x="${lx}" y="${ly}" text-anchor="middle">${esc(label)}</text><title>${esc(e.client)} → ${esc(e.server)}: ${e.calls} calls</title></g>`;
+      `<text x="${lx}" y="${ly - 6}" text-anchor="middle"><tspan x="${lx}">${esc(red)}</tspan><tspan x="${lx}" dy="12">${esc(time)}</tspan></text><title>${esc(e.client)} → ${esc(e.server)}: ${e.calls} calls</title></g>`;
   }
   // Each service's RED as its callers see it: requests in per second, and the failed share.
   const inbound = new Map();

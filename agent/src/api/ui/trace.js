@@ -68,7 +68,7 @@ export async function open(id) {
     current = null;
     const missing = e.status === 404;
     return notice($("#trace-notice"), missing
-      ? `Trace <code>${esc(id)}</code> is not in the store: it may be older than the store keeps (<code>--retention</code>), or not exported yet. <a href="/search">Search</a> for it instead.`
+      ? `Trace <code>${esc(id)}</code> is not in the store: it may be older than the store keeps (<code>--retention-hours</code>, <code>--store-max-spans</code>), or not exported yet. <a href="/search">Search</a> for it instead.`
       : `Cannot open trace <code>${esc(id)}</code>: ${esc(e.message)}`, missing ? "caution" : "problem");
   }
   notice($("#trace-notice"), "");

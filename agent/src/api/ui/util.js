@@ -59,12 +59,16 @@ export function ago(us) {
   return `${Math.round(s / 86400)} d ago`;
 }
 
-// A stable colour per service, so a service looks the same in every view.
+// A colour per service, the same in every view: given in the order of the store's service list
+// (so two services share one only past the palette's size), then as new services appear.
 const PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#9c755f", "#ff9da7", "#8cd17d", "#499894", "#d4a6c8", "#86bcb6"];
+const colours = new Map();
+export function knowServices(services) {
+  for (const s of services) colour(s);
+}
 export function colour(service) {
-  let h = 0;
-  for (const c of String(service)) h = (h * 31 + c.codePointAt(0)) >>> 0;
-  return PALETTE[h % PALETTE.length];
+  if (!colours.has(service)) colours.set(service, PALETTE[colours.size % PALETTE.length]);
+  return colours.get(service);
 }
 
 export const tagOf = (span, key) => (span.tags.find((t) => t.key === key) || {}).value;
