@@ -30,7 +30,7 @@ export async function init() {
 
 export async function open(query) {
   const { data: services } = await api("/api/services");
-  fill($("#blame-service"), services, query.get("service") || localStorage.getItem("sockspan-service"));
+  fill($("#blame-service"), services, query.get("service") || localStorage.getItem("sockspan-service"), "— pick a service —");
   await endpoints($("#blame-service").value, query.get("operation"));
   for (const key of ["percentile", "lookback"]) {
     const select = $(`#blame-${key}`);

@@ -95,8 +95,10 @@ export async function open(query) {
     clear();
     return notice($("#search-status"), "No traces stored yet. sockspan records the requests between processes on this host: send some traffic to a service, then reload. <code>sockspan check</code> tells what this kernel lets it see.");
   }
-  const chosen = query.get("service") || localStorage.getItem(LAST_SERVICE) || services[0];
-  fill($("#service"), services, chosen);
+  // The service asked for, else the one last searched; a first visit picks none (the
+  // alphabetically first is as likely a browser's helper as the service that matters).
+  const chosen = query.get("service") || localStorage.getItem(LAST_SERVICE);
+  fill($("#service"), services, chosen, "— pick a service —");
   await operations($("#service").value, query.get("operation"));
   const tags = query.get("tags");
   try {
