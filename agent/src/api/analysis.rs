@@ -14,7 +14,7 @@ use axum::{
 use serde_json::{Value, json};
 
 use super::{
-    envelope::{error, ok},
+    envelope::{blocking, error, ok},
     jaeger::search::trace_id,
     params::Params,
 };
@@ -23,7 +23,7 @@ use crate::{
         blame::blame,
         critical_path::{Node, critical_path, owner},
     },
-    store::{Store, StoreError},
+    store::Store,
 };
 
 /// Traces analysed at most per request.
@@ -46,17 +46,6 @@ pub fn router(store: Store) -> Router {
 
 fn now_ns() -> u64 {
     crate::clock::WallClock::new().to_unix_ns(crate::clock::monotonic_ns())
-}
-
-/// Runs a blocking store read off the async threads; a store error is a 500.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, Response> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-    }
 }
 
 /// `lookback` in seconds (default an hour).

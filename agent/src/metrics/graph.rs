@@ -41,6 +41,41 @@ pub struct EdgeStats {
     pub network: Histogram,
 }
 
+/// One of an edge's histograms.
+pub struct GraphHistogram {
+    /// The OTLP instrument's name (unit `s`); Prometheus exporters append `_seconds`.
+    pub name: &'static str,
+    pub help: &'static str,
+    pub pick: fn(&EdgeStats) -> &Histogram,
+}
+
+impl GraphHistogram {
+    /// The name in the Prometheus text format.
+    #[must_use]
+    pub fn prometheus_name(&self) -> String {
+        format!("{}_seconds", self.name)
+    }
+}
+
+/// The edges' histograms, as the service-graph connector names them, and sockspan's network one.
+pub const HISTOGRAMS: [GraphHistogram; 3] = [
+    GraphHistogram {
+        name: "traces_service_graph_request_server",
+        help: "Time the server took, per edge.",
+        pick: |s| &s.server,
+    },
+    GraphHistogram {
+        name: "traces_service_graph_request_client",
+        help: "Time the client waited, per edge.",
+        pick: |s| &s.client,
+    },
+    GraphHistogram {
+        name: "sockspan_service_graph_network",
+        help: "Client time minus server time per edge: the network and queues between them.",
+        pick: |s| &s.network,
+    },
+];
+
 #[derive(Debug, Default)]
 pub struct ServiceGraph {
     edges: BTreeMap<Edge, EdgeStats>,

@@ -124,41 +124,22 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{} {value}", label_set(&pairs));
             }
         }
-        let histograms: [(&str, &str, Pick); 3] = [
-            (
-                "traces_service_graph_request_server_seconds",
-                "Time the server took, per edge.",
-                |s| &s.server,
-            ),
-            (
-                "traces_service_graph_request_client_seconds",
-                "Time the client waited, per edge.",
-                |s| &s.client,
-            ),
-            (
-                "sockspan_service_graph_network_seconds",
-                "Client time minus server time per edge: the network and queues between them.",
-                |s| &s.network,
-            ),
-        ];
-        for (name, help, pick) in histograms {
-            let _ = writeln!(out, "# HELP {name} {help}");
+        for family in &graph::HISTOGRAMS {
+            let name = family.prometheus_name();
+            let _ = writeln!(out, "# HELP {name} {}", family.help);
             let _ = writeln!(out, "# TYPE {name} histogram");
             for (edge, stats) in &edges {
-                let h = pick(stats);
+                let h = (family.pick)(stats);
                 if h.count() == 0 {
                     continue;
                 }
                 let l = labels(edge);
                 let pairs: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                histogram_lines(out, name, &pairs, h);
+                histogram_lines(out, &name, &pairs, h);
             }
         }
     }
 }
-
-/// Which histogram of an edge a family shows.
-pub type Pick = fn(&graph::EdgeStats) -> &histogram::Histogram;
 
 /// `{a="x",b="y"}` with values escaped as the text format requires.
 fn label_set(pairs: &[(&str, &str)]) -> String {

@@ -21,7 +21,7 @@ pub use model::jaeger_trace;
 use search::{Filter, Search, has_tag};
 
 use super::{
-    envelope::{error, ok},
+    envelope::{blocking, error, ok},
     params::Params,
 };
 use crate::{
@@ -44,17 +44,6 @@ pub fn router(store: Store) -> Router {
         .route("/api/traces/{id}", get(trace))
         .route("/api/dependencies", get(dependencies))
         .with_state(store)
-}
-
-/// Runs a blocking store read off the async threads; a store error is a 500.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, Response> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-    }
 }
 
 /// A list answered with its length.

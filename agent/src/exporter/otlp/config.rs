@@ -57,47 +57,33 @@ pub enum Signal {
     Metrics,
 }
 
-impl Signal {
-    const fn protocol_var(self) -> &'static str {
-        match self {
-            Self::Traces => "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-            Self::Metrics => "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
-        }
-    }
-
-    const fn endpoint_var(self) -> &'static str {
-        match self {
-            Self::Traces => "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            Self::Metrics => "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-        }
-    }
-
-    const fn headers_var(self) -> &'static str {
-        match self {
-            Self::Traces => "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-            Self::Metrics => "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
-        }
-    }
-
-    const fn timeout_var(self) -> &'static str {
-        match self {
-            Self::Traces => "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-            Self::Metrics => "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
-        }
-    }
-
+/// A signal's variables and HTTP path.
+struct SignalVars {
+    protocol: &'static str,
+    endpoint: &'static str,
+    headers: &'static str,
+    timeout: &'static str,
     /// The path an HTTP endpoint gets when given as a base URL.
-    const fn path(self) -> &'static str {
-        match self {
-            Self::Traces => "/v1/traces",
-            Self::Metrics => "/v1/metrics",
-        }
-    }
+    path: &'static str,
+}
 
-    const fn default_http(self) -> &'static str {
+impl Signal {
+    const fn vars(self) -> SignalVars {
         match self {
-            Self::Traces => "http://localhost:4318/v1/traces",
-            Self::Metrics => "http://localhost:4318/v1/metrics",
+            Self::Traces => SignalVars {
+                protocol: "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                endpoint: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                headers: "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                timeout: "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                path: "/v1/traces",
+            },
+            Self::Metrics => SignalVars {
+                protocol: "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+                endpoint: "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                headers: "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+                timeout: "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+                path: "/v1/metrics",
+            },
         }
     }
 }
@@ -187,33 +173,31 @@ impl OtlpConfig {
         flag_endpoint: Option<&str>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, OtlpConfigError> {
-        let protocol = match (
-            env(signal.protocol_var()),
-            env("OTEL_EXPORTER_OTLP_PROTOCOL"),
-        ) {
-            (Some(p), _) => OtlpProtocol::parse(&p, signal.protocol_var())?,
+        let vars = signal.vars();
+        let protocol = match (env(vars.protocol), env("OTEL_EXPORTER_OTLP_PROTOCOL")) {
+            (Some(p), _) => OtlpProtocol::parse(&p, vars.protocol)?,
             (None, Some(p)) => OtlpProtocol::parse(&p, "OTEL_EXPORTER_OTLP_PROTOCOL")?,
             (None, None) => OtlpProtocol::HttpProtobuf,
         };
         let base = |url: &str| match protocol {
             OtlpProtocol::Grpc => url.trim_end_matches('/').to_string(),
-            OtlpProtocol::HttpProtobuf if url.trim_end_matches('/').ends_with(signal.path()) => {
+            OtlpProtocol::HttpProtobuf if url.trim_end_matches('/').ends_with(vars.path) => {
                 url.trim_end_matches('/').to_string()
             }
             OtlpProtocol::HttpProtobuf => {
-                format!("{}{}", url.trim_end_matches('/'), signal.path())
+                format!("{}{}", url.trim_end_matches('/'), vars.path)
             }
         };
         let (endpoint, field) = if let Some(url) = flag_endpoint {
             (base(url), "--otlp-endpoint")
-        } else if let Some(url) = env(signal.endpoint_var()) {
-            (url, signal.endpoint_var())
+        } else if let Some(url) = env(vars.endpoint) {
+            (url, vars.endpoint)
         } else if let Some(url) = env("OTEL_EXPORTER_OTLP_ENDPOINT") {
             (base(&url), "OTEL_EXPORTER_OTLP_ENDPOINT")
         } else {
             let default = match protocol {
                 OtlpProtocol::Grpc => "http://localhost:4317".to_string(),
-                OtlpProtocol::HttpProtobuf => signal.default_http().to_string(),
+                OtlpProtocol::HttpProtobuf => format!("http://localhost:4318{}", vars.path),
             };
             (default, "default endpoint")
         };
@@ -222,8 +206,8 @@ impl OtlpConfig {
             Some(h) => pairs(&h, "OTEL_EXPORTER_OTLP_HEADERS")?,
             None => Vec::new(),
         };
-        if let Some(h) = env(signal.headers_var()) {
-            headers.extend(pairs(&h, signal.headers_var())?);
+        if let Some(h) = env(vars.headers) {
+            headers.extend(pairs(&h, vars.headers)?);
         }
         let resource_attributes = match env("OTEL_RESOURCE_ATTRIBUTES") {
             Some(a) => pairs(&a, "OTEL_RESOURCE_ATTRIBUTES")?
@@ -232,8 +216,8 @@ impl OtlpConfig {
                 .collect(),
             None => Vec::new(),
         };
-        let timeout = match (env(signal.timeout_var()), env("OTEL_EXPORTER_OTLP_TIMEOUT")) {
-            (Some(t), _) => timeout(&t, signal.timeout_var())?,
+        let timeout = match (env(vars.timeout), env("OTEL_EXPORTER_OTLP_TIMEOUT")) {
+            (Some(t), _) => timeout(&t, vars.timeout)?,
             (None, Some(t)) => timeout(&t, "OTEL_EXPORTER_OTLP_TIMEOUT")?,
             (None, None) => Duration::from_secs(10),
         };

@@ -356,30 +356,14 @@ fn agent_metrics(m: &Metrics, start_ns: u64, now_ns: u64) -> Vec<Metric> {
                 .collect(),
         ),
     ];
-    let histograms: [(&str, &str, crate::metrics::Pick); 3] = [
-        (
-            "traces_service_graph_request_server",
-            "Time the server took, per edge.",
-            |s| &s.server,
-        ),
-        (
-            "traces_service_graph_request_client",
-            "Time the client waited, per edge.",
-            |s| &s.client,
-        ),
-        (
-            "sockspan_service_graph_network",
-            "Client time minus server time per edge: the network and queues between them.",
-            |s| &s.network,
-        ),
-    ];
-    for (name, help, pick) in histograms {
+    for family in &crate::metrics::graph::HISTOGRAMS {
+        let pick = family.pick;
         let points = edges
             .iter()
             .filter(|(_, s)| pick(s).count() > 0)
             .map(|(e, s)| histogram_point(labels(e), pick(s), start_ns, now_ns))
             .collect();
-        out.push(histogram_metric(name, help, points));
+        out.push(histogram_metric(family.name, family.help, points));
     }
     for own in m.own() {
         let name = format!("sockspan_{}", own.name);
