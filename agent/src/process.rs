@@ -269,23 +269,65 @@ impl ProcessCache {
     }
 }
 
-/// This process's peak resident set (`VmHWM`), in KiB; 0 if /proc cannot say.
+/// The agent's resident memory now, KiB (`VmRSS`).
 #[must_use]
-pub fn own_peak_rss_kib() -> u64 {
+pub fn own_rss_kib() -> u64 {
+    own_status_kib("VmRSS:")
+}
+
+/// The CPU time the agent has used (user + system), ms, from `/proc/self/stat`.
+#[must_use]
+pub fn own_cpu_ms() -> u64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks_per_s = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1);
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command (which may hold spaces), from the last ')'.
+            let rest = stat.rsplit_once(')')?.1;
+            let mut fields = rest.split_whitespace();
+            let utime: u64 = fields.nth(11)?.parse().ok()?;
+            let stime: u64 = fields.next()?.parse().ok()?;
+            Some((utime + stime) * 1000 / ticks_per_s)
+        })
+        .unwrap_or(0)
+}
+
+fn own_status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0)
 }
 
+/// This process's peak resident set (`VmHWM`), in KiB; 0 if /proc cannot say.
+#[must_use]
+pub fn own_peak_rss_kib() -> u64 {
+    own_status_kib("VmHWM:")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_agent_reads_its_own_cpu_time_and_memory() {
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < std::time::Duration::from_millis(60) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        assert!(own_cpu_ms() > 0, "{x}");
+        assert!(own_rss_kib() > 0);
+        assert!(own_peak_rss_kib() >= own_rss_kib());
+    }
 
     const ID: &str = "3f1e7c0a9b2d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7";
 

@@ -550,7 +550,72 @@ fn otlp_metrics_reach_a_collector_and_count_the_requests() {
             ) > 0,
             "{protocol}: the agent's own counters"
         );
+        for own in [
+            "sockspan_otlp_retries",
+            "sockspan_otlp_queue_spans",
+            "sockspan_cpu_milliseconds",
+        ] {
+            assert!(
+                running.iter().any(|p| p["name"] == own),
+                "{protocol}: {own} among the agent's figures"
+            );
+        }
         drop(chain);
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// The agent's own figures move while it runs: a burst through an 8 KiB ring (one 4 KiB record
+/// fits) makes `sockspan_ring_full_drops_total` grow on `/metrics` before the agent stops; the
+/// store's size and retention, the agent's CPU time and memory are there too.
+#[test]
+fn self_metrics_move_under_a_forced_ring_drop() {
+    let ui = free_port();
+    let (dir, agent) = store_agent(
+        "ring-drop",
+        ui,
+        &["--ring-bytes", "8192", "--capture-bytes", "4096"],
+    );
+    let port = free_port();
+    let _server =
+        sockspan_tests::python_fixture("echo_server.py", &["127.0.0.1", &port.to_string()], &[]);
+    let _ = run_ok(
+        Command::new("python3")
+            .arg(fixture("burst_client.py"))
+            .args([&port.to_string(), "2000", "4096"]),
+        Duration::from_mins(1),
+    );
+    let url = format!("http://127.0.0.1:{ui}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let counter = |scraped: &Value, name: &str| {
+        total(
+            scraped,
+            &format!("sockspan_{name}"),
+            &format!("sockspan_{name}_total"),
+            &[],
+        )
+    };
+    let gauge = |scraped: &Value, name: &str| {
+        let family = format!("sockspan_{name}");
+        total(scraped, &family, &family, &[])
+    };
+    let mut scraped = scrape(&url);
+    while counter(&scraped, "ring_full_drops") == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+        scraped = scrape(&url);
+    }
+    let out = agent.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "{}", out.stderr);
+    let drops = counter(&scraped, "ring_full_drops");
+    assert!(drops > 0, "ring drops on /metrics while running");
+    assert!(
+        drops <= sockspan_tests::stopped_field(&out.stderr, "ring_full_drops"),
+        "the final log line counts at least as many"
+    );
+    assert_eq!(gauge(&scraped, "store_retention_seconds"), 24 * 3600);
+    for name in ["store_file_bytes", "resident_memory_kib"] {
+        assert!(gauge(&scraped, name) > 0, "{name}");
+    }
+    assert!(counter(&scraped, "cpu_milliseconds") > 0);
 }

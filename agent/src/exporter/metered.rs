@@ -36,4 +36,8 @@ impl SpanExporter for Metered {
     fn counts(&self) -> (u64, u64) {
         self.inner.counts()
     }
+
+    fn own_metrics(&self) -> Vec<metrics::Own> {
+        self.inner.own_metrics()
+    }
 }

@@ -18,4 +18,8 @@ pub trait SpanExporter {
     fn finish(&mut self) {}
     /// Spans handed out, and spans lost (write errors, full queues).
     fn counts(&self) -> (u64, u64);
+    /// The exporter's own figures for `/metrics` (queue depth, retries, store size, …).
+    fn own_metrics(&self) -> Vec<crate::metrics::Own> {
+        Vec::new()
+    }
 }

@@ -16,6 +16,8 @@ pub struct StoreExporter {
     store: Store,
     written: u64,
     failed: u64,
+    /// Spans retention removed.
+    retired: u64,
     last_durable: Instant,
     last_retention: Instant,
     dirty: bool,
@@ -28,6 +30,7 @@ impl StoreExporter {
             store,
             written: 0,
             failed: 0,
+            retired: 0,
             last_durable: Instant::now(),
             last_retention: Instant::now(),
             dirty: false,
@@ -76,7 +79,10 @@ impl SpanExporter for StoreExporter {
             let now = crate::clock::WallClock::new().to_unix_ns(crate::clock::monotonic_ns());
             match self.store.enforce_retention(now) {
                 Ok(0) => {}
-                Ok(n) => tracing::debug!(removed = n, "span store retention"),
+                Ok(n) => {
+                    self.retired += n;
+                    tracing::debug!(removed = n, "span store retention");
+                }
                 Err(err) => tracing::warn!("span store retention failed: {err}"),
             }
         }
@@ -88,5 +94,26 @@ impl SpanExporter for StoreExporter {
 
     fn counts(&self) -> (u64, u64) {
         (self.written, self.failed)
+    }
+
+    fn own_metrics(&self) -> Vec<crate::metrics::Own> {
+        use crate::metrics::Own;
+        vec![
+            Own {
+                name: "store_file_bytes",
+                help: "Size of the span store's file.",
+                value: std::fs::metadata(self.store.path()).map_or(0, |m| m.len()),
+            },
+            Own {
+                name: "store_retention_seconds",
+                help: "How long the store keeps spans (--retention-hours).",
+                value: self.store.retention().as_secs(),
+            },
+            Own {
+                name: "store_retention_removed_spans_total",
+                help: "Spans retention removed (by age, or beyond --store-max-spans).",
+                value: self.retired,
+            },
+        ]
     }
 }

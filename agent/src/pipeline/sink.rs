@@ -279,7 +279,20 @@ impl<'a> TraceSink<'a> {
                 "The agent's peak resident memory.",
                 crate::process::own_peak_rss_kib(),
             ),
+            own(
+                "resident_memory_kib",
+                "The agent's resident memory now.",
+                crate::process::own_rss_kib(),
+            ),
+            own(
+                "cpu_milliseconds_total",
+                "CPU time the agent used, user and system.",
+                crate::process::own_cpu_ms(),
+            ),
         ]
+        .into_iter()
+        .chain(self.exporter.own_metrics())
+        .collect()
     }
 
     /// [`TraceSink::with_probes`] with `(go, tls, asyncio)`, saying so in the log: after that

@@ -253,6 +253,12 @@ impl Store {
         Ok(())
     }
 
+    /// How long spans are kept.
+    #[must_use]
+    pub fn retention(&self) -> std::time::Duration {
+        self.config.retention
+    }
+
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.config.path

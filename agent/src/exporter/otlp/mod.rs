@@ -41,6 +41,8 @@ pub struct OtlpStats {
 
 pub struct OtlpExporter {
     queue: Option<mpsc::Sender<SpanData>>,
+    /// The queue's size, for its depth (size less the free room).
+    queue_spans: usize,
     pub stats: Arc<OtlpStats>,
 }
 
@@ -50,13 +52,15 @@ impl OtlpExporter {
         config: OtlpConfig,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), OtlpConfigError> {
         let transport = Transport::new(&config)?;
-        let (tx, rx) = mpsc::channel(config.queue_spans);
+        let queue_spans = config.queue_spans;
+        let (tx, rx) = mpsc::channel(queue_spans);
         let stats = Arc::new(OtlpStats::default());
         tracing::info!(endpoint = %config.endpoint, protocol = ?config.protocol, "exporting spans over OTLP");
         let task = tokio::spawn(send_loop(rx, transport, config, Arc::clone(&stats)));
         Ok((
             Self {
                 queue: Some(tx),
+                queue_spans,
                 stats,
             },
             task,
@@ -87,6 +91,36 @@ impl SpanExporter for OtlpExporter {
         let lost = self.stats.failed.load(Ordering::Relaxed)
             + self.stats.dropped_queue_full.load(Ordering::Relaxed);
         (self.stats.sent.load(Ordering::Relaxed), lost)
+    }
+
+    fn own_metrics(&self) -> Vec<crate::metrics::Own> {
+        use crate::metrics::Own;
+        let depth = self
+            .queue
+            .as_ref()
+            .map_or(0, |q| self.queue_spans.saturating_sub(q.capacity()));
+        vec![
+            Own {
+                name: "otlp_queue_spans",
+                help: "Spans waiting in the OTLP queue now.",
+                value: depth as u64,
+            },
+            Own {
+                name: "otlp_queue_full_drops_total",
+                help: "Spans dropped because the OTLP queue was full.",
+                value: self.stats.dropped_queue_full.load(Ordering::Relaxed),
+            },
+            Own {
+                name: "otlp_retries_total",
+                help: "OTLP export requests tried again after a retryable failure.",
+                value: self.stats.retries.load(Ordering::Relaxed),
+            },
+            Own {
+                name: "otlp_failed_spans_total",
+                help: "Spans whose OTLP export failed for good.",
+                value: self.stats.failed.load(Ordering::Relaxed),
+            },
+        ]
     }
 }
 
