@@ -631,9 +631,10 @@ pub fn binary_ping_pong_pausing(port: u16, opening: &[u8], messages: usize, paus
 }
 
 /// What the agent's non-JSON outputs held after the same traffic went through each:
-/// `otlp` as an official OpenTelemetry receiver decoded it, `api` the query API's answers to
-/// `api_paths` (what the UI reads), `dump` every span read back from the store, `store_file` the
-/// store's raw bytes (compressed: a secret could hide there in other words, so `dump` too).
+/// `otlp` the spans and the metrics as an official OpenTelemetry receiver decoded them, `api`
+/// the query API's answers to `api_paths` (what the UI reads) and `/metrics`, `dump` every span
+/// read back from the store, `store_file` the store's raw bytes (compressed: a secret could hide
+/// there in other words, so `dump` too).
 pub struct EveryOutput {
     pub otlp: String,
     pub api: String,
@@ -649,10 +650,11 @@ pub fn every_output(traffic: impl Fn(), api_paths: &[&str]) -> EveryOutput {
     let port = free_port();
     let received = std::env::temp_dir().join(format!("sockspan-every-output-otlp-{port}.jsonl"));
     let received_arg = received.display().to_string();
+    let metrics = received.with_extension("metrics.jsonl");
     let otlp_receiver = python_fixture(
         "otlp_receiver.py",
         &["http", &port.to_string(), &received_arg],
-        &[],
+        &[("METRICS_OUT", &metrics.display().to_string())],
     );
     let endpoint = format!("http://127.0.0.1:{port}");
     let agent = Agent::start_command("run", &["--output", "otlp", "--otlp-endpoint", &endpoint]);
@@ -660,8 +662,10 @@ pub fn every_output(traffic: impl Fn(), api_paths: &[&str]) -> EveryOutput {
     let out = agent.stop();
     assert!(out.status.success(), "{}", out.stderr);
     drop(otlp_receiver);
-    let otlp = std::fs::read_to_string(&received).unwrap_or_default();
+    let otlp = std::fs::read_to_string(&received).unwrap_or_default()
+        + &std::fs::read_to_string(&metrics).unwrap_or_default();
     let _ = std::fs::remove_file(&received);
+    let _ = std::fs::remove_file(&metrics);
 
     let dir = std::env::temp_dir().join(format!("sockspan-every-output-store-{}", free_port()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -671,7 +675,7 @@ pub fn every_output(traffic: impl Fn(), api_paths: &[&str]) -> EveryOutput {
     traffic();
     std::thread::sleep(Duration::from_secs(2));
     let mut api = String::new();
-    for path in api_paths {
+    for path in api_paths.iter().chain(&["/metrics"]) {
         let body = run_ok(
             Command::new("curl")
                 .args(["-sf", "--max-time", "10"])

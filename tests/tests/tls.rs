@@ -258,3 +258,43 @@ fn a_tls_connection_older_than_the_agent_gives_spans_and_no_wrong_parent() {
         }
     }
 }
+
+/// The bearer token of the outer hop and the inner one reach none of the other outputs either:
+/// OTLP spans and metrics as an official receiver decodes them, the store, the query API and
+/// `/metrics` (JSON lines are checked above).
+#[test]
+fn tls_secrets_reach_no_output() {
+    let chain = TlsChain::start();
+    let outputs = sockspan_tests::every_output(
+        || {
+            for n in 0..3 {
+                chain.curl(&[format!("/predict/{n}")], false);
+            }
+        },
+        &[
+            "/api/services",
+            "/api/traces?service=tls-front&limit=50",
+            "/api/traces?service=tls-backend&limit=50",
+        ],
+    );
+    for (text, what) in [
+        (&outputs.otlp, "OTLP"),
+        (&outputs.api, "the query API and /metrics"),
+        (&outputs.dump, "the store's spans"),
+    ] {
+        assert!(
+            text.contains("tls-backend"),
+            "{what} holds the TLS hop's spans"
+        );
+        assert!(!text.contains("SECRET-TLS-"), "a secret leaked into {what}");
+    }
+    assert!(
+        outputs.otlp.contains("http.server.request.duration")
+            && outputs.api.contains("http_server_request_duration_seconds"),
+        "the metrics were among the outputs checked"
+    );
+    assert!(
+        !outputs.store_file.windows(11).any(|w| w == b"SECRET-TLS-"),
+        "a secret leaked into the store file"
+    );
+}
