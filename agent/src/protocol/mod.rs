@@ -20,8 +20,6 @@ pub mod redis;
 #[cfg(test)]
 pub mod replay;
 pub mod sql;
-#[cfg(test)]
-pub mod sql_replay;
 pub mod table;
 
 use std::{fmt::Debug, net::SocketAddr};

@@ -1,6 +1,8 @@
-//! Test support for the datastore parsers: replays a captured jsonl fixture (one line per
-//! syscall, each payload char one byte) through detection and the detected parser, as the
-//! protocol table does, and checks the event invariants on the way.
+//! Test support for the request/response parsers (Redis, memcached, PostgreSQL, MySQL): reads a
+//! captured jsonl fixture (one line per syscall, each payload char one byte), replays it through
+//! detection and the detected parser the way the protocol table does, checks the event
+//! invariants on the way, and expands every summary so tests can assert on names and attributes
+//! and that no planted secret reaches a span.
 
 use std::net::SocketAddr;
 
@@ -12,7 +14,7 @@ use crate::trace::intern::Interner;
 /// One syscall of a fixture: (egress, captured bytes, bytes moved).
 pub type Syscall = (bool, Vec<u8>, u64);
 
-/// The syscalls of a fixture.
+/// The syscalls of a fixture (`payload` chars U+0000..U+00FF are bytes).
 pub fn syscalls(fixture: &str) -> Vec<Syscall> {
     fixture
         .lines()
@@ -38,20 +40,41 @@ pub fn syscalls(fixture: &str) -> Vec<Syscall> {
 pub struct Seen {
     pub key: u64,
     pub request: (u64, u64),
+    /// The summary's `describe()`.
     pub line: String,
-    /// Every attribute value, expanded, as text.
+    /// Every attribute, its value as `Debug` text, then `name` and `status`.
     pub attributes: Vec<(String, String)>,
+    /// The span name, the status, and `key=value` per attribute (string values as they are,
+    /// others empty).
+    pub expanded: Vec<String>,
+}
+
+/// What a replay produced.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    pub seen: Vec<Seen>,
+    /// The parser gave up.
+    pub failed: bool,
+    /// Detection found the protocol.
+    pub detected: bool,
+}
+
+impl Replayed {
+    /// `(key, describe())` per exchange, in order.
+    pub fn exchanges(&self) -> Vec<(u64, String)> {
+        self.seen.iter().map(|s| (s.key, s.line.clone())).collect()
+    }
+
+    /// Every exchange's [`Seen::expanded`], in order.
+    pub fn expanded(&self) -> Vec<String> {
+        self.seen.iter().flat_map(|s| s.expanded.clone()).collect()
+    }
 }
 
 /// Replays `calls` (each cut to `capture` bytes) through `detect` and its parser at the
-/// `server` end; returns the exchanges and whether the parser failed. Asserts that every
-/// exchange was announced first under its key, each key reported once, stamps ordered.
-pub fn replay(
-    detect: Detect,
-    calls: &[Syscall],
-    server: bool,
-    capture: usize,
-) -> (Vec<Seen>, bool) {
+/// `server` or client end. Asserts that every exchange was announced first under its key (the
+/// request's offset, for parsers keyed by offsets), each key reported once, stamps ordered.
+pub fn replay(detect: Detect, calls: &[Syscall], server: bool, capture: usize) -> Replayed {
     let role = if server { Role::Server } else { Role::Client };
     let mut parser: Option<Box<dyn ConnectionParser>> = None;
     let mut out = Vec::new();
@@ -91,18 +114,37 @@ pub fn replay(
             &mut out,
         );
     }
-    (check(out), failed)
+    // Request/response protocols answer a request after it ends; a multiplexed one (HTTP/2)
+    // may start a stream's response while its request still streams.
+    let in_order = parser.as_ref().is_none_or(|p| p.keys_are_offsets());
+    if in_order {
+        for event in &out {
+            if let ProtoEvent::Request { key, start, .. } = event {
+                assert_eq!(*key, start.offset, "keys are request offsets");
+            }
+        }
+    }
+    Replayed {
+        seen: check_at(out, server, in_order),
+        failed,
+        detected: parser.is_some(),
+    }
 }
 
-/// Checks the event invariants and expands each exchange.
+/// Checks the event invariants of a client end's events and expands each exchange.
 pub fn check(events: Vec<ProtoEvent>) -> Vec<Seen> {
+    check_at(events, false, true)
+}
+
+fn check_at(events: Vec<ProtoEvent>, server: bool, in_order: bool) -> Vec<Seen> {
     let mut announced = Vec::new();
     let mut seen: Vec<Seen> = Vec::new();
     let facts = SpanFacts {
-        server: false,
+        server,
         local: SocketAddr::from(([127, 0, 0, 1], 40000)),
         remote: SocketAddr::from(([127, 0, 0, 1], 6379)),
     };
+    let mut strings = Interner::default();
     for event in events {
         match event {
             ProtoEvent::Request { key, .. } => {
@@ -119,21 +161,33 @@ pub fn check(events: Vec<ProtoEvent>) -> Vec<Seen> {
                 assert!(x.request_start.ts <= x.request_end.ts, "{x:?}");
                 assert!(x.request_start.offset <= x.request_end.offset, "{x:?}");
                 if let Some(r) = x.response_start {
-                    assert!(x.request_end.ts <= r.ts && r.ts <= x.end.ts, "{x:?}");
+                    let after = if in_order {
+                        x.request_end
+                    } else {
+                        x.request_start
+                    };
+                    assert!(after.ts <= r.ts && r.ts <= x.end.ts, "{x:?}");
                 }
                 let line = x.summary.describe();
-                let (name, attributes, status) = x.summary.expand(&facts, &mut Interner::default());
-                let mut attributes: Vec<(String, String)> = attributes
+                let (name, attributes, status) = x.summary.expand(&facts, &mut strings);
+                let mut expanded = vec![name.clone(), format!("{status:?}")];
+                expanded.extend(
+                    attributes
+                        .iter()
+                        .map(|kv| format!("{}={}", kv.key, kv.value.as_str().unwrap_or(""))),
+                );
+                let mut debug: Vec<(String, String)> = attributes
                     .iter()
                     .map(|kv| (kv.key.to_string(), format!("{:?}", kv.value)))
                     .collect();
-                attributes.push(("name".into(), name));
-                attributes.push(("status".into(), format!("{status:?}")));
+                debug.push(("name".into(), name));
+                debug.push(("status".into(), format!("{status:?}")));
                 seen.push(Seen {
                     key: x.key,
                     request: (x.request_start.offset, x.request_end.offset),
                     line,
-                    attributes,
+                    attributes: debug,
+                    expanded,
                 });
             }
         }
@@ -141,7 +195,8 @@ pub fn check(events: Vec<ProtoEvent>) -> Vec<Seen> {
     seen
 }
 
-/// Asserts that no exchange's description or attributes contain any of `secrets`.
+/// Asserts that no exchange's description, attributes or expanded text contain any of
+/// `secrets`.
 pub fn assert_no_secrets(seen: &[Seen], secrets: &[&str]) {
     for s in seen {
         for secret in secrets {
@@ -149,6 +204,28 @@ pub fn assert_no_secrets(seen: &[Seen], secrets: &[&str]) {
             for (key, value) in &s.attributes {
                 assert!(!value.contains(secret), "{secret} in {key}={value}");
             }
+            for text in &s.expanded {
+                assert!(!text.contains(secret), "{secret:?} leaked into {text:?}");
+            }
         }
     }
+}
+
+/// Cuts every syscall of `whole` into pieces of pseudo-random sizes (1..=40 bytes, seeded), as
+/// reads of any size would, keeping the first one whole (detection needs it).
+pub fn resplit(whole: &[Syscall], run: u64) -> Vec<Syscall> {
+    let mut seed = run.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut pieces = vec![whole[0].clone()];
+    for (egress, bytes, _) in &whole[1..] {
+        let mut rest = bytes.as_slice();
+        while !rest.is_empty() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let cut = (1 + (seed % 40) as usize).min(rest.len());
+            pieces.push((*egress, rest[..cut].to_vec(), cut as u64));
+            rest = &rest[cut..];
+        }
+    }
+    pieces
 }

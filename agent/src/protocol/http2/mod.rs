@@ -675,32 +675,12 @@ impl ConnectionParser for Http2Connection {
 mod tests {
     use super::*;
 
-    /// One syscall of a fixture: (egress, bytes, bytes moved).
-    type Write = (bool, Vec<u8>, u64);
+    use crate::protocol::replay::{Syscall as Write, resplit, syscalls as writes};
 
-    /// Reads a stream captured by `sockspan events` from real processes: a grpcio 1.85 client
-    /// making five calls on one channel (unary, server streaming, bidirectional streaming, a
-    /// call that fails with `NOT_FOUND`, unary again) to a grpcio server, seen at each end.
-    fn writes(fixture: &str) -> Vec<Write> {
-        fixture
-            .lines()
-            .map(|line| {
-                let record: serde_json::Value = serde_json::from_str(line).expect("fixture line");
-                let bytes = record["payload"]
-                    .as_str()
-                    .expect("payload")
-                    .chars()
-                    .map(|c| u8::try_from(u32::from(c)).expect("latin-1"))
-                    .collect();
-                (
-                    record["direction"] == "egress",
-                    bytes,
-                    record["ret"].as_u64().expect("ret"),
-                )
-            })
-            .collect()
-    }
-
+    // The fixtures: streams captured by `sockspan events` from real processes, a grpcio 1.85
+    // client making five calls on one channel (unary, server streaming, bidirectional
+    // streaming, a call that fails with `NOT_FOUND`, unary again) to a grpcio server, seen at
+    // each end.
     const CLIENT: &str = include_str!("fixtures/grpcio_client_calls.jsonl");
     const SERVER: &str = include_str!("fixtures/grpcio_server_calls.jsonl");
     const EXPECTED: [&str; 5] = [
@@ -712,56 +692,11 @@ mod tests {
     ];
 
     /// Feeds writes (cut to `capture` bytes each, as a smaller `--capture-bytes` would) to a
-    /// parser found by detection, as the protocol table does; returns (key, line) per exchange.
+    /// parser found by detection, as the protocol table does; returns (key, line) per exchange
+    /// and whether the parser gave up.
     fn replay(writes: &[Write], server: bool, capture: usize) -> (Vec<(u64, String)>, bool) {
-        let role = if server {
-            agent_common::Role::Server
-        } else {
-            agent_common::Role::Client
-        };
-        let mut parser: Option<Box<dyn ConnectionParser>> = None;
-        let mut out = Vec::new();
-        for (i, (egress, bytes, total)) in writes.iter().enumerate() {
-            let data = &bytes[..bytes.len().min(capture)];
-            if parser.is_none() {
-                let chunk = Chunk {
-                    egress: *egress,
-                    role,
-                    payload: data,
-                    total: *total,
-                };
-                parser = detect(&chunk).map(|d| {
-                    assert_eq!(d.server, server);
-                    d.parser
-                });
-            }
-            if let Some(p) = parser.as_mut() {
-                p.feed(
-                    Side::of(server, *egress),
-                    data,
-                    *total,
-                    i as u64,
-                    1,
-                    &mut out,
-                );
-            }
-        }
-        let failed = parser.as_ref().is_some_and(|p| p.failed());
-        if let Some(p) = parser.as_mut() {
-            p.close(Stamp::default(), &mut out);
-        }
-        let mut announced = Vec::new();
-        let mut done = Vec::new();
-        for event in out {
-            match event {
-                ProtoEvent::Request { key, .. } => announced.push(key),
-                ProtoEvent::Exchange(x) => {
-                    assert!(announced.contains(&x.key), "{x:?} was not announced");
-                    done.push((x.key, x.summary.describe()));
-                }
-            }
-        }
-        (done, failed)
+        let r = crate::protocol::replay::replay(detect, writes, server, capture);
+        (r.exchanges(), r.failed)
     }
 
     /// `line` (`METHOD PATH -> OUTCOME`) says nothing `real` contradicts: its method and path
@@ -805,30 +740,8 @@ mod tests {
             let whole = writes(fixture);
             let reference = replay(&whole, server, usize::MAX).0;
             for run in 1..=200u64 {
-                let mut seed = run.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-                let mut split = Vec::new();
-                for (egress, bytes, _) in &whole {
-                    let mut rest = bytes.as_slice();
-                    while !rest.is_empty() {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 7;
-                        seed ^= seed << 17;
-                        let cut = (1 + (seed % 40) as usize).min(rest.len());
-                        split.push((*egress, rest[..cut].to_vec(), cut as u64));
-                        rest = &rest[cut..];
-                    }
-                }
-                // The first piece must still be recognisable: keep the opening write whole.
-                let mut pieces = vec![whole[0].clone()];
-                let first_len = whole[0].1.len();
-                let mut skipped = 0;
-                for piece in split {
-                    if skipped < first_len {
-                        skipped += piece.1.len();
-                        continue;
-                    }
-                    pieces.push(piece);
-                }
+                // The first piece must still be recognisable: the opening write stays whole.
+                let pieces = resplit(&whole, run);
                 assert_eq!(
                     replay(&pieces, server, usize::MAX).0,
                     reference,

@@ -550,7 +550,9 @@ impl ConnectionParser for MemcachedConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::replay::{Seen, Syscall, assert_no_secrets, check, replay, syscalls};
+    use crate::protocol::replay::{
+        Replayed, Seen, Syscall, assert_no_secrets, check, replay, syscalls,
+    };
 
     const SECRETS: &[&str] = &[
         "s3cr3t", "4242", "user:", "missing", "nosuch", "big", "1.6.18",
@@ -619,10 +621,18 @@ mod tests {
             (CLIENT_1, SERVER_1, EXPECTED_1),
             (CLIENT_2, SERVER_2, EXPECTED_2),
         ] {
-            let (at_client, failed) = replay(detect, &syscalls(client), false, usize::MAX);
+            let Replayed {
+                seen: at_client,
+                failed,
+                ..
+            } = replay(detect, &syscalls(client), false, usize::MAX);
             assert!(!failed);
             assert_eq!(lines(&at_client), expected);
-            let (at_server, failed) = replay(detect, &syscalls(server), true, usize::MAX);
+            let Replayed {
+                seen: at_server,
+                failed,
+                ..
+            } = replay(detect, &syscalls(server), true, usize::MAX);
             assert!(!failed);
             assert_eq!(lines(&at_server), expected);
             let keys = |s: &[Seen]| s.iter().map(|x| (x.key, x.request)).collect::<Vec<_>>();
@@ -634,7 +644,7 @@ mod tests {
 
     #[test]
     fn a_multi_key_get_has_its_batch_size() {
-        let (seen, _) = replay(detect, &syscalls(CLIENT_1), false, usize::MAX);
+        let Replayed { seen, .. } = replay(detect, &syscalls(CLIENT_1), false, usize::MAX);
         let batch = |s: &Seen| {
             s.attributes
                 .iter()
@@ -653,7 +663,7 @@ mod tests {
     #[test]
     fn meta_commands_and_quiet_mode_pair_or_stay_unreported() {
         let fixture = include_str!("fixtures/raw_meta_client.jsonl");
-        let (seen, failed) = replay(detect, &syscalls(fixture), false, usize::MAX);
+        let Replayed { seen, failed, .. } = replay(detect, &syscalls(fixture), false, usize::MAX);
         assert!(!failed);
         assert_eq!(
             lines(&seen),
@@ -685,9 +695,10 @@ mod tests {
             (SERVER_2, true),
         ] {
             let whole = syscalls(fixture);
-            let truth = replay(detect, &whole, server, usize::MAX).0;
+            let truth = replay(detect, &whole, server, usize::MAX).seen;
             for skip in 1..whole.len() {
-                let (seen, failed) = replay(detect, &whole[skip..], server, usize::MAX);
+                let Replayed { seen, failed, .. } =
+                    replay(detect, &whole[skip..], server, usize::MAX);
                 assert!(!failed);
                 let base = base(&whole, skip, server, usize::MAX);
                 for s in &seen {
@@ -709,7 +720,7 @@ mod tests {
             (SERVER_2, true),
         ] {
             let whole = syscalls(fixture);
-            let reference = replay(detect, &whole, server, usize::MAX).0;
+            let reference = replay(detect, &whole, server, usize::MAX).seen;
             for run in 1..=30u64 {
                 let mut seed = run.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
                 let mut pieces = vec![whole[0].clone()];
@@ -726,11 +737,11 @@ mod tests {
                         rest = &rest[cut..];
                     }
                 }
-                let found = replay(detect, &pieces, server, usize::MAX).0;
+                let found = replay(detect, &pieces, server, usize::MAX).seen;
                 assert_eq!(lines(&found), lines(&reference), "splitting {run}");
             }
             for capture in [5, 12, 20, 40] {
-                let (seen, _) = replay(detect, &whole, server, capture);
+                let Replayed { seen, .. } = replay(detect, &whole, server, capture);
                 let base = base(&whole, 0, server, capture);
                 for s in &seen {
                     let Some(real) = reference.iter().find(|t| t.key == s.key + base) else {

@@ -3,7 +3,7 @@
 //! hand-made edge cases.
 
 use super::*;
-use crate::protocol::sql_replay::{Write, assert_no_secrets, replay, resplit, writes};
+use crate::protocol::replay::{Syscall, assert_no_secrets, replay, resplit, syscalls};
 
 const PYMYSQL_CLIENT: &str = include_str!("fixtures/pymysql_client.jsonl");
 const PYMYSQL_SERVER: &str = include_str!("fixtures/pymysql_server.jsonl");
@@ -77,15 +77,16 @@ fn captured_sessions_are_one_exchange_per_command_at_both_ends() {
         (PYMYSQL_CLIENT, PYMYSQL_SERVER, PYMYSQL),
         (CONNECTOR_CLIENT, CONNECTOR_SERVER, CONNECTOR),
     ] {
-        let client = replay(detect, &writes(client), false, usize::MAX);
-        let server = replay(detect, &writes(server), true, usize::MAX);
+        let client = replay(detect, &syscalls(client), false, usize::MAX);
+        let server = replay(detect, &syscalls(server), true, usize::MAX);
         for r in [&client, &server] {
             assert!(r.detected && !r.failed);
-            assert_eq!(folded(&r.exchanges), expected);
-            assert_no_secrets(r, SECRETS);
+            assert_eq!(folded(&r.exchanges()), expected);
+            assert_no_secrets(&r.seen, SECRETS);
         }
         assert_eq!(
-            client.exchanges, server.exchanges,
+            client.exchanges(),
+            server.exchanges(),
             "keys match at both ends"
         );
     }
@@ -93,8 +94,8 @@ fn captured_sessions_are_one_exchange_per_command_at_both_ends() {
 
 #[test]
 fn expanded_attributes_name_the_system_from_the_greeting() {
-    let r = replay(detect, &writes(CONNECTOR_CLIENT), false, usize::MAX);
-    let has = |attr: &str| r.expanded.iter().any(|a| a == attr);
+    let r = replay(detect, &syscalls(CONNECTOR_CLIENT), false, usize::MAX);
+    let has = |attr: &str| r.expanded().iter().any(|a| a == attr);
     assert!(has("db.system.name=mariadb"));
     assert!(has("db.namespace=shop"));
     assert!(has("db.collection.name=users"));
@@ -110,12 +111,12 @@ fn any_split_of_a_captured_stream_gives_the_same_exchanges() {
         (CONNECTOR_CLIENT, false),
         (CONNECTOR_SERVER, true),
     ] {
-        let whole = writes(fixture);
-        let truth = replay(detect, &whole, server, usize::MAX).exchanges;
+        let whole = syscalls(fixture);
+        let truth = replay(detect, &whole, server, usize::MAX).exchanges();
         for run in 1..=60u64 {
             let r = replay(detect, &resplit(&whole, run), server, usize::MAX);
             assert!(!r.failed);
-            assert_eq!(r.exchanges, truth, "split {run}, server {server}");
+            assert_eq!(r.exchanges(), truth, "split {run}, server {server}");
         }
     }
 }
@@ -131,10 +132,10 @@ fn a_small_capture_limit_loses_exchanges_not_correctness() {
             (CONNECTOR_CLIENT, false),
             (CONNECTOR_SERVER, true),
         ] {
-            let whole = writes(fixture);
-            let truth = replay(detect, &whole, server, usize::MAX).exchanges;
+            let whole = syscalls(fixture);
+            let truth = replay(detect, &whole, server, usize::MAX).exchanges();
             let r = replay(detect, &whole, server, capture);
-            for found in &r.exchanges {
+            for found in &r.exchanges() {
                 // A query cut by the capture is marked so; otherwise the same exchange.
                 let real = truth
                     .iter()
@@ -150,7 +151,7 @@ fn a_small_capture_limit_loses_exchanges_not_correctness() {
                     "capture {capture}: {found:?}"
                 );
             }
-            assert_no_secrets(&r, SECRETS);
+            assert_no_secrets(&r.seen, SECRETS);
         }
     }
 }
@@ -191,8 +192,8 @@ fn handshake_response(caps: u32, db: &[u8]) -> Vec<u8> {
 const BASE: u32 = caps::PROTOCOL_41 | caps::SECURE_CONNECTION | caps::CONNECT_WITH_DB;
 
 /// (client egress, bytes) at the client end.
-fn run(steps: &[(bool, Vec<u8>)]) -> crate::protocol::sql_replay::Replayed {
-    let w: Vec<Write> = steps
+fn run(steps: &[(bool, Vec<u8>)]) -> crate::protocol::replay::Replayed {
+    let w: Vec<Syscall> = steps
         .iter()
         .map(|(egress, b)| (*egress, b.clone(), b.len() as u64))
         .collect();
@@ -241,15 +242,15 @@ fn result_sets_with_deprecated_eof_and_multiple_results() {
     let r = run(&steps);
     assert!(!r.failed);
     assert_eq!(
-        lines(&r.exchanges),
+        lines(&r.exchanges()),
         [
             "SELECT t [SELECT a FROM t WHERE b = ?; SELECT ?] -> ok",
             "PING shop -> error 1045"
         ]
     );
-    assert!(r.expanded.iter().any(|a| a == "db.system.name=mysql"));
-    assert!(r.expanded.iter().any(|a| a == "db.operation.batch.size="));
-    assert_no_secrets(&r, &["s3cr3t", "42"]);
+    assert!(r.expanded().iter().any(|a| a == "db.system.name=mysql"));
+    assert!(r.expanded().iter().any(|a| a == "db.operation.batch.size="));
+    assert_no_secrets(&r.seen, &["s3cr3t", "42"]);
 }
 
 #[test]
@@ -263,7 +264,7 @@ fn tls_or_compression_gives_up() {
         );
         steps.push((true, b"\x16\x03\x01\x00\x10".to_vec()));
         let r = run(&steps);
-        assert!(r.failed && r.exchanges.is_empty());
+        assert!(r.failed && r.exchanges().is_empty());
     }
 }
 
@@ -273,7 +274,7 @@ fn out_of_sequence_reply_gives_up_without_pairing() {
     steps.push((true, packet(0, b"\x03SELECT 1")));
     steps.push((false, packet(7, &[0, 0, 0, 2, 0, 0, 0])));
     let r = run(&steps);
-    assert!(r.failed && r.exchanges.is_empty());
+    assert!(r.failed && r.exchanges().is_empty());
 }
 
 #[test]
@@ -282,7 +283,7 @@ fn close_ends_an_open_command_without_a_response() {
     steps.push((true, packet(0, b"\x03SELECT SLEEP(10)")));
     let r = run(&steps);
     assert_eq!(
-        lines(&r.exchanges),
+        lines(&r.exchanges()),
         ["SELECT shop [SELECT SLEEP(?)] -> none"]
     );
 }
@@ -293,7 +294,7 @@ fn a_packet_of_the_largest_size_continues_in_the_next() {
     let mut query = b"\x03SELECT '".to_vec();
     query.resize(0xFF_FFFF, b'x');
     let first = packet(0, &query);
-    let mut w: Vec<Write> = steps
+    let mut w: Vec<Syscall> = steps
         .iter()
         .map(|(egress, b)| (*egress, b.clone(), b.len() as u64))
         .collect();
@@ -304,7 +305,7 @@ fn a_packet_of_the_largest_size_continues_in_the_next() {
     w.push((false, packet(2, &[0, 0, 0, 2, 0, 0, 0]), 11));
     let r = replay(detect, &w, false, usize::MAX);
     assert!(!r.failed);
-    assert_eq!(lines(&r.exchanges), ["SELECT shop [SELECT ?...] -> ok"]);
+    assert_eq!(lines(&r.exchanges()), ["SELECT shop [SELECT ?...] -> ok"]);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! `capture.py` there) at both ends, plus hand-made edge cases.
 
 use super::*;
-use crate::protocol::sql_replay::{Write, assert_no_secrets, replay, resplit, writes};
+use crate::protocol::replay::{Syscall, assert_no_secrets, replay, resplit, syscalls};
 
 const CLIENT: &str = include_str!("fixtures/psycopg_client.jsonl");
 const SERVER: &str = include_str!("fixtures/psycopg_server.jsonl");
@@ -31,42 +31,43 @@ const EXPECTED: &[&str] = &[
 
 #[test]
 fn captured_psycopg_session_is_one_exchange_per_query_and_execute_at_both_ends() {
-    let client = replay(detect, &writes(CLIENT), false, usize::MAX);
-    let server = replay(detect, &writes(SERVER), true, usize::MAX);
+    let client = replay(detect, &syscalls(CLIENT), false, usize::MAX);
+    let server = replay(detect, &syscalls(SERVER), true, usize::MAX);
     for r in [&client, &server] {
         assert!(r.detected && !r.failed);
-        assert_eq!(lines(&r.exchanges), EXPECTED);
-        assert_no_secrets(r, SECRETS);
+        assert_eq!(lines(&r.exchanges()), EXPECTED);
+        assert_no_secrets(&r.seen, SECRETS);
     }
     assert_eq!(
-        client.exchanges, server.exchanges,
+        client.exchanges(),
+        server.exchanges(),
         "keys match at both ends"
     );
 }
 
 #[test]
 fn expanded_attributes_carry_namespace_batch_size_and_sqlstate() {
-    let r = replay(detect, &writes(CLIENT), false, usize::MAX);
-    let has = |attr: &str| r.expanded.iter().any(|a| a == attr);
+    let r = replay(detect, &syscalls(CLIENT), false, usize::MAX);
+    let has = |attr: &str| r.expanded().iter().any(|a| a == attr);
     assert!(has("db.system.name=postgresql"));
     assert!(has("db.namespace=shop"));
     assert!(has("db.collection.name=users"));
     assert!(has("db.operation.name=DROP"));
     assert!(has("db.response.status_code=23505"));
     // The first simple query carried two statements.
-    assert!(r.expanded.iter().any(|a| a == "db.operation.batch.size="));
+    assert!(r.expanded().iter().any(|a| a == "db.operation.batch.size="));
 }
 
 /// However each end's capture is cut into reads, the same exchanges come out at the same keys.
 #[test]
 fn any_split_of_a_captured_stream_gives_the_same_exchanges() {
     for (fixture, server) in [(CLIENT, false), (SERVER, true)] {
-        let whole = writes(fixture);
-        let truth = replay(detect, &whole, server, usize::MAX).exchanges;
+        let whole = syscalls(fixture);
+        let truth = replay(detect, &whole, server, usize::MAX).exchanges();
         for run in 1..=100u64 {
             let r = replay(detect, &resplit(&whole, run), server, usize::MAX);
             assert!(!r.failed);
-            assert_eq!(r.exchanges, truth, "split {run}, server {server}");
+            assert_eq!(r.exchanges(), truth, "split {run}, server {server}");
         }
     }
 }
@@ -77,13 +78,13 @@ fn any_split_of_a_captured_stream_gives_the_same_exchanges() {
 fn a_small_capture_limit_loses_exchanges_not_correctness() {
     for capture in [4096, 512, 64, 9] {
         for (fixture, server) in [(CLIENT, false), (SERVER, true)] {
-            let whole = writes(fixture);
-            let truth = replay(detect, &whole, server, usize::MAX).exchanges;
+            let whole = syscalls(fixture);
+            let truth = replay(detect, &whole, server, usize::MAX).exchanges();
             let r = replay(detect, &whole, server, capture);
-            for found in &r.exchanges {
+            for found in &r.exchanges() {
                 assert!(truth.contains(found), "capture {capture}: {found:?}");
             }
-            assert_no_secrets(&r, SECRETS);
+            assert_no_secrets(&r.seen, SECRETS);
         }
     }
 }
@@ -110,9 +111,9 @@ fn ready() -> Vec<u8> {
     msg(b'Z', b"I")
 }
 
-fn run(steps: &[(bool, Vec<u8>)]) -> crate::protocol::sql_replay::Replayed {
+fn run(steps: &[(bool, Vec<u8>)]) -> crate::protocol::replay::Replayed {
     // (request side, bytes) at the client end: requests are egress.
-    let w: Vec<Write> = steps
+    let w: Vec<Syscall> = steps
         .iter()
         .map(|(req, b)| (*req, b.clone(), b.len() as u64))
         .collect();
@@ -155,7 +156,7 @@ fn tls_accepted_after_ssl_request_gives_up_and_refused_continues() {
         (false, b"S".to_vec()),
         (false, b"\x16\x03\x03".to_vec()),
     ]);
-    assert!(r.failed && r.exchanges.is_empty());
+    assert!(r.failed && r.exchanges().is_empty());
     let mut answer = b"N".to_vec();
     answer.extend(msg(b'R', &[0, 0, 0, 0]));
     let r = run(&[
@@ -167,7 +168,7 @@ fn tls_accepted_after_ssl_request_gives_up_and_refused_continues() {
         (false, [msg(b'C', b"SELECT 1\0"), ready()].concat()),
     ]);
     assert!(!r.failed);
-    assert_eq!(lines(&r.exchanges), ["SELECT shop [SELECT ?] -> ok"]);
+    assert_eq!(lines(&r.exchanges()), ["SELECT shop [SELECT ?] -> ok"]);
 }
 
 #[test]
@@ -180,8 +181,8 @@ fn cleartext_and_md5_passwords_are_never_kept() {
         (true, msg(b'Q', b"SELECT 'x-s3cr3t'\0")),
         (false, [msg(b'C', b"SELECT 1\0"), ready()].concat()),
     ]);
-    assert_eq!(lines(&r.exchanges), ["SELECT shop [SELECT ?] -> ok"]);
-    assert_no_secrets(&r, &["s3cr3t"]);
+    assert_eq!(lines(&r.exchanges()), ["SELECT shop [SELECT ?] -> ok"]);
+    assert_no_secrets(&r.seen, &["s3cr3t"]);
 }
 
 /// A pipelined batch whose second Execute fails: the third is skipped by the server and ends
@@ -226,7 +227,7 @@ fn an_error_in_a_pipelined_batch_aborts_the_rest_until_sync() {
         (false, [msg(b'C', b"SELECT 1\0"), ready()].concat()),
     ]);
     assert_eq!(
-        lines(&r.exchanges),
+        lines(&r.exchanges()),
         [
             "SELECT shop [SELECT ?] -> ok",
             "INSERT t [INSERT INTO t VALUES (?)] -> error 23505",
@@ -234,7 +235,7 @@ fn an_error_in_a_pipelined_batch_aborts_the_rest_until_sync() {
             "SELECT shop [SELECT ?] -> ok",
         ]
     );
-    assert_no_secrets(&r, &["s3cr3t", "duplicate"]);
+    assert_no_secrets(&r.seen, &["s3cr3t", "duplicate"]);
 }
 
 #[test]
@@ -258,7 +259,7 @@ fn copy_and_notices_are_skipped_and_close_ends_what_is_open() {
     ]);
     assert!(!r.failed);
     assert_eq!(
-        lines(&r.exchanges),
+        lines(&r.exchanges()),
         [
             "COPY t [COPY t FROM STDIN] -> ok",
             "SELECT shop [SELECT pg_sleep(?)] -> none"
@@ -276,7 +277,7 @@ fn garbage_after_startup_gives_up_without_reporting() {
         (false, [msg(b'C', b"SELECT 1\0"), ready()].concat()),
     ]);
     assert!(r.failed);
-    assert!(r.exchanges.is_empty());
+    assert!(r.exchanges().is_empty());
 }
 
 #[test]
@@ -288,7 +289,7 @@ fn open_exchanges_are_capped() {
     for _ in 0..(MAX_OPEN + 10) {
         steps.push((true, msg(b'Q', b"SELECT 1\0")));
     }
-    let w: Vec<Write> = steps
+    let w: Vec<Syscall> = steps
         .iter()
         .map(|(req, b)| (*req, b.clone(), b.len() as u64))
         .collect();

@@ -484,7 +484,7 @@ impl RedisConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::replay::{Seen, assert_no_secrets, check, replay, syscalls};
+    use crate::protocol::replay::{Replayed, Seen, assert_no_secrets, check, replay, syscalls};
 
     const SECRETS: &[&str] = &[
         "s3cr3t",
@@ -550,10 +550,18 @@ mod tests {
 
     #[test]
     fn captured_resp2_commands_are_one_exchange_each_at_both_ends() {
-        let (client, failed) = replay(detect, &syscalls(RESP2_CLIENT), false, usize::MAX);
+        let Replayed {
+            seen: client,
+            failed,
+            ..
+        } = replay(detect, &syscalls(RESP2_CLIENT), false, usize::MAX);
         assert!(!failed);
         assert_eq!(lines(&client), expected_resp2());
-        let (server, failed) = replay(detect, &syscalls(RESP2_SERVER), true, usize::MAX);
+        let Replayed {
+            seen: server,
+            failed,
+            ..
+        } = replay(detect, &syscalls(RESP2_SERVER), true, usize::MAX);
         assert!(!failed);
         assert_eq!(lines(&server), expected_resp2());
         // Keys and request offsets are the same at both ends; pipelined commands each have
@@ -577,10 +585,10 @@ mod tests {
     fn smaller_captures_lose_names_or_exchanges_never_pair_wrongly() {
         // The fixtures hold 4096 bytes of each syscall already; smaller captures lose names or
         // exchanges, never pair wrongly.
-        let truth = replay(detect, &syscalls(RESP2_CLIENT), false, usize::MAX).0;
+        let truth = replay(detect, &syscalls(RESP2_CLIENT), false, usize::MAX).seen;
         for capture in [8, 16, 30, 64, 200] {
             for (fixture, server) in [(RESP2_CLIENT, false), (RESP2_SERVER, true)] {
-                let (seen, _) = replay(detect, &syscalls(fixture), server, capture);
+                let Replayed { seen, .. } = replay(detect, &syscalls(fixture), server, capture);
                 for s in &seen {
                     let real = truth
                         .iter()
@@ -602,9 +610,10 @@ mod tests {
     fn attached_midway_pairs_later_commands_rightly_or_not_at_all() {
         for (fixture, server) in [(RESP2_CLIENT, false), (RESP2_SERVER, true)] {
             let whole = syscalls(fixture);
-            let truth = replay(detect, &whole, server, usize::MAX).0;
+            let truth = replay(detect, &whole, server, usize::MAX).seen;
             for skip in 1..whole.len() {
-                let (seen, failed) = replay(detect, &whole[skip..], server, usize::MAX);
+                let Replayed { seen, failed, .. } =
+                    replay(detect, &whole[skip..], server, usize::MAX);
                 assert!(!failed, "skip {skip}");
                 // Keys count from the chunk detected: the request bytes before it are unseen.
                 let detected = (skip..whole.len())
@@ -637,7 +646,7 @@ mod tests {
     fn any_split_of_the_streams_gives_the_same_exchanges() {
         for (fixture, server) in [(RESP2_CLIENT, false), (RESP2_SERVER, true)] {
             let whole = syscalls(fixture);
-            let reference = lines(&replay(detect, &whole, server, usize::MAX).0)
+            let reference = lines(&replay(detect, &whole, server, usize::MAX).seen)
                 .into_iter()
                 .map(String::from)
                 .collect::<Vec<_>>();
@@ -658,7 +667,7 @@ mod tests {
                         rest = &rest[cut..];
                     }
                 }
-                let found = replay(detect, &pieces, server, usize::MAX).0;
+                let found = replay(detect, &pieces, server, usize::MAX).seen;
                 assert_eq!(lines(&found), reference, "splitting {run}");
             }
         }
@@ -670,7 +679,8 @@ mod tests {
             include_str!("fixtures/redis_py_pubsub_resp2_client.jsonl"),
             include_str!("fixtures/redis_py_pubsub_resp3_client.jsonl"),
         ] {
-            let (seen, failed) = replay(detect, &syscalls(fixture), false, usize::MAX);
+            let Replayed { seen, failed, .. } =
+                replay(detect, &syscalls(fixture), false, usize::MAX);
             assert!(!failed);
             let found = lines(&seen);
             let tail = &found[found.len() - 5..];
@@ -692,7 +702,7 @@ mod tests {
     #[test]
     fn resp3_replies_pair_and_hello_arguments_are_not_kept() {
         let fixture = include_str!("fixtures/redis_py_resp3_client.jsonl");
-        let (seen, failed) = replay(detect, &syscalls(fixture), false, usize::MAX);
+        let Replayed { seen, failed, .. } = replay(detect, &syscalls(fixture), false, usize::MAX);
         assert!(!failed);
         assert_eq!(
             lines(&seen),
