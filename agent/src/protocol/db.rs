@@ -59,6 +59,10 @@ pub enum DbOutcome {
     NoReply,
     /// The connection closed (or the stream was lost) before a reply.
     NoResponse,
+    /// A reply came (the client went on to its next request) but the part saying how it ended
+    /// was not captured (a reply larger than `--capture-bytes` in one syscall): neither ok nor
+    /// failed, rather than a guess.
+    Uncaptured,
 }
 
 /// One datastore exchange, compact until export.
@@ -140,7 +144,7 @@ impl Summary for DbSummary {
             attributes.push(KeyValue::int("db.operation.batch.size", i64::from(size)));
         }
         let status = match this.outcome {
-            DbOutcome::Ok | DbOutcome::NoReply => SpanStatus::Unset,
+            DbOutcome::Ok | DbOutcome::NoReply | DbOutcome::Uncaptured => SpanStatus::Unset,
             DbOutcome::Error { code } => {
                 let system = this.system.as_str();
                 if let Some(code) = code {
@@ -168,6 +172,7 @@ impl Summary for DbSummary {
             DbOutcome::Error { code } => format!("error {}", code.as_deref().unwrap_or("?")),
             DbOutcome::NoReply => "noreply".to_string(),
             DbOutcome::NoResponse => "none".to_string(),
+            DbOutcome::Uncaptured => "uncaptured".to_string(),
         };
         let query = self
             .query

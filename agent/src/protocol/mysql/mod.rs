@@ -11,8 +11,12 @@
 //! parameter values are never read. TLS (`CLIENT_SSL`) or compression gives the connection up.
 //!
 //! Mid-stream attach is not supported: a command packet can be checked strictly, but nothing
-//! proves the reply direction is at a packet boundary then. Framing lost to uncaptured bytes (a
-//! result set larger than the capture limit in one syscall) gives the connection up.
+//! proves the reply direction is at a packet boundary then. Reply framing lost to uncaptured
+//! bytes (a result set larger than the capture limit in one syscall) while one command awaits
+//! its reply is found again at the next command: the classic protocol is half duplex (a client
+//! writes its next command only once it has read the whole reply, a server reads it only after
+//! writing it), so that command ends the reply, whose outcome is reported as uncaptured, and the
+//! next reply starts at a packet boundary. Framing lost anywhere else gives the connection up.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -193,6 +197,8 @@ pub struct MyStats {
     pub statements_evicted: u64,
     /// Framing lost (uncaptured bytes over a header, or a reply out of sequence).
     pub lost: u64,
+    /// Replies whose framing was lost and found again at the next command.
+    pub resynced: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,6 +278,9 @@ pub struct MyConnection {
     /// The last packet of each direction was 0xFFFFFF long: the next continues it.
     request_continues: bool,
     response_continues: bool,
+    /// The reply being read lost its framing: where its last byte was seen, until the next
+    /// command ends it.
+    reply_lost: Option<Stamp>,
     failed: bool,
     messages: Vec<Message>,
     pub stats: MyStats,
@@ -300,6 +309,7 @@ impl MyConnection {
             open: 0,
             request_continues: false,
             response_continues: false,
+            reply_lost: None,
             failed: false,
             messages: Vec::new(),
             stats: MyStats::default(),
@@ -314,7 +324,46 @@ impl MyConnection {
         self.open = 0;
     }
 
+    /// Reply framing lost at `last` (its last byte seen): waits for the next command when one
+    /// command awaits its reply in the command phase (not a `LOCAL INFILE` exchange, whose
+    /// client sends data, not a command); gives the connection up otherwise.
+    fn lose_reply(&mut self, last: Stamp) {
+        let one_waiting = self.phase == Phase::Ready
+            && self.commands.len() == 1
+            && self
+                .commands
+                .front()
+                .is_some_and(|c| c.reply != Reply::Infile);
+        if !one_waiting {
+            return self.fail();
+        }
+        let offset = self.responses.offset();
+        self.responses = Framer::default();
+        self.responses.skip_raw(offset);
+        self.response_continues = false;
+        self.reply_lost = Some(last);
+    }
+
+    /// The next command came: the reply whose framing was lost ended before it.
+    fn end_lost_reply(&mut self, m: &Message, out: &mut Vec<ProtoEvent>) {
+        let Some(end) = self.reply_lost.take() else {
+            return;
+        };
+        if m.tag != 0 || self.request_continues {
+            // Not a new command: nothing proves where the reply ended.
+            return self.fail();
+        }
+        self.stats.resynced += 1;
+        if let Some(command) = self.commands.pop_front() {
+            self.complete(command.open, end, DbOutcome::Uncaptured, out);
+        }
+    }
+
     fn on_request(&mut self, m: &Message, out: &mut Vec<ProtoEvent>) {
+        self.end_lost_reply(m, out);
+        if self.failed {
+            return;
+        }
         let continued = std::mem::replace(&mut self.request_continues, m.len == MAX_PACKET);
         match self.phase {
             Phase::Greeting => self.fail(),
@@ -733,6 +782,16 @@ impl ConnectionParser for MyConnection {
                 }
                 result
             }
+            Side::Response if self.reply_lost.is_some() => {
+                // The rest of the lost reply: counted, not framed.
+                self.responses.skip_raw(total);
+                self.reply_lost = Some(Stamp {
+                    ts,
+                    tid,
+                    offset: self.responses.offset().saturating_sub(1),
+                });
+                Ok(())
+            }
             Side::Response => {
                 let keep = if self.phase == Phase::Greeting {
                     KEEP_GREETING
@@ -755,7 +814,15 @@ impl ConnectionParser for MyConnection {
         messages.clear();
         self.messages = messages;
         if result.is_err() {
-            self.fail();
+            let last = Stamp {
+                ts,
+                tid,
+                offset: self.responses.offset().saturating_sub(1),
+            };
+            match side {
+                Side::Response if !self.failed => self.lose_reply(last),
+                _ => self.fail(),
+            }
         }
     }
 
@@ -764,6 +831,11 @@ impl ConnectionParser for MyConnection {
             offset: self.responses.offset(),
             ..at
         };
+        if let Some(end) = self.reply_lost.take()
+            && let Some(command) = self.commands.pop_front()
+        {
+            self.complete(command.open, end, DbOutcome::Uncaptured, out);
+        }
         while let Some(command) = self.commands.pop_front() {
             self.complete(command.open, at, DbOutcome::NoResponse, out);
         }

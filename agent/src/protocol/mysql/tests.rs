@@ -121,8 +121,8 @@ fn any_split_of_a_captured_stream_gives_the_same_exchanges() {
     }
 }
 
-/// The 10 KB result set at a 4096-byte capture loses framing: the connection is given up
-/// there, and every exchange reported before is a true one.
+/// Smaller captures lose framing (the 10 KB result set at 4096 bytes, handshakes and headers
+/// at the smallest): every exchange reported is a true one, its outcome at worst uncaptured.
 #[test]
 fn a_small_capture_limit_loses_exchanges_not_correctness() {
     for capture in [4096, 512, 64, 9] {
@@ -144,16 +144,63 @@ fn a_small_capture_limit_loses_exchanges_not_correctness() {
                 let (found_op, real_op) = (found.1.split(' ').next(), real.1.split(' ').next());
                 assert_eq!(found_op, real_op, "capture {capture}");
                 // Or the database went uncaptured with the handshake response.
+                // Or its reply's end went uncaptured (found again at the next command).
+                let uncaptured = |line: &str| {
+                    line.rsplit_once(" -> ")
+                        .map_or(line.to_string(), |(head, _)| {
+                            format!("{head} -> uncaptured")
+                        })
+                };
                 assert!(
                     found.1 == real.1
                         || found.1.contains("...]")
-                        || found.1 == real.1.replacen(" shop", "", 1),
+                        || found.1 == real.1.replacen(" shop", "", 1)
+                        || found.1 == uncaptured(&real.1),
                     "capture {capture}: {found:?}"
                 );
             }
             assert_no_secrets(&r.seen, SECRETS);
         }
     }
+}
+
+/// At the default 4096-byte capture the 10 KB result set loses its framing in the middle; the
+/// next command finds it again (the protocol is half duplex), so that exchange ends there with
+/// its outcome uncaptured and every later command is still reported, paired with its own reply.
+#[test]
+fn a_reply_larger_than_the_capture_is_found_again_at_the_next_command() {
+    let mut resynced = 0;
+    for (fixture, server) in [
+        (PYMYSQL_CLIENT, false),
+        (PYMYSQL_SERVER, true),
+        (CONNECTOR_CLIENT, false),
+        (CONNECTOR_SERVER, true),
+    ] {
+        let whole = syscalls(fixture);
+        let truth = replay(detect, &whole, server, usize::MAX).exchanges();
+        let r = replay(detect, &whole, server, 4096);
+        assert!(!r.failed, "server {server}");
+        let found = r.exchanges();
+        assert_eq!(found.len(), truth.len(), "server {server}: {found:#?}");
+        let mut uncaptured = 0;
+        for ((key, line), (real_key, real)) in found.iter().zip(&truth) {
+            assert_eq!(key, real_key);
+            // A long query is cut by the capture too (marked `...]`); the same command.
+            if line != real && !line.contains("...]") {
+                assert!(line.ends_with(" -> uncaptured"), "{line} for {real}");
+                assert_eq!(
+                    line.rsplit_once(" -> ").map(|(h, _)| h),
+                    real.rsplit_once(" -> ").map(|(h, _)| h)
+                );
+                uncaptured += 1;
+            }
+        }
+        assert!(uncaptured <= 1, "the large result only: {found:#?}");
+        resynced += uncaptured;
+    }
+    // pymysql reads the result set in one syscall at each end: there the framing was lost and
+    // found again (Connector/Python reads it in pieces that keep every header captured).
+    assert_eq!(resynced, 2);
 }
 
 fn packet(seq: u8, body: &[u8]) -> Vec<u8> {
