@@ -315,8 +315,13 @@ fn jaeger_api_serves_traces_of_real_traffic_and_survives_a_restart() {
         );
     }
     let search = format!("{base}/api/traces?service=frontend&limit=20");
+    // Both traces whole: a trace's spans reach the store as each settles, not all at once.
     let found = wait_for(&search, |b| {
-        b["data"].as_array().is_some_and(|d| d.len() == 2)
+        b["data"].as_array().is_some_and(|d| {
+            d.len() == 2
+                && d.iter()
+                    .all(|t| t["spans"].as_array().map(Vec::len) == Some(6))
+        })
     });
     assert_eq!(found["errors"], Value::Null);
     assert_eq!(found["total"], 2);
