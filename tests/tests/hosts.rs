@@ -9,7 +9,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 use serde_json::Value;
 use sockspan_tests::{
     Agent, Proc, Talking,
-    chains::{Hop, Kind, agent_flags, score},
+    chains::{Hop, Kind, Score, agent_flags, score},
     fixture, free_port, run_ok,
 };
 
@@ -230,6 +230,32 @@ fn merged(agents: Vec<Agent>) -> Vec<Value> {
     events
 }
 
+/// Scores `spans` against `chain` for the driver's `ids`, prints the score, and asserts that no
+/// more than 1 % of links name a wrong parent.
+fn precise(name: &str, chain: &Hop, ids: &[String], spans: &[Value]) -> Score {
+    let result = score(name, chain, ids, spans);
+    eprintln!("{}", result.line());
+    assert!(
+        result.precision() >= 0.99,
+        "{}\n{:#?}",
+        result.line(),
+        result.problems
+    );
+    result
+}
+
+/// [`precise`], and at least 95 % of the requests are whole trees.
+fn whole_trees(name: &str, chain: &Hop, ids: &[String], spans: &[Value]) -> Score {
+    let result = precise(name, chain, ids, spans);
+    assert!(
+        result.whole_trace() >= 0.95,
+        "{}\n{:#?}",
+        result.line(),
+        result.problems
+    );
+    result
+}
+
 /// Each host's agent sees only its own sockets; through their peer messages every request's
 /// tree is whole across the three hosts, with no wrong parent.
 #[test]
@@ -241,20 +267,7 @@ fn three_hosts_with_an_agent_each_give_whole_traces() {
     let ids = run_driver(&bed, front, (10, 3, 10));
     let events = merged(agents);
     let root = three_host_chain();
-    let result = score("three-hosts", &root, &ids, &events);
-    eprintln!("{}", result.line());
-    assert!(
-        result.precision() >= 0.99,
-        "{}\n{:#?}",
-        result.line(),
-        result.problems
-    );
-    assert!(
-        result.whole_trace() >= 0.95,
-        "{}\n{:#?}",
-        result.line(),
-        result.problems
-    );
+    let result = whole_trees("three-hosts", &root, &ids, &events);
     assert!(
         result.evidence.get("peer").copied().unwrap_or(0) >= 2 * ids.len(),
         "two hops per request cross hosts: {}",
@@ -272,14 +285,7 @@ fn a_host_without_an_agent_leaves_clean_roots() {
     let agents = vec![bed.agent(0, &secret), bed.agent(2, &secret)];
     let ids = run_driver(&bed, front, (5, 1, 5));
     let events = merged(agents);
-    let result = score("three-hosts-gap", &three_host_chain(), &ids, &events);
-    eprintln!("{}", result.line());
-    assert!(
-        result.precision() >= 0.99,
-        "{}\n{:#?}",
-        result.line(),
-        result.problems
-    );
+    precise("three-hosts-gap", &three_host_chain(), &ids, &events);
     let model_servers: Vec<&Value> = events
         .iter()
         .filter(|s| s["resource"]["service.name"] == "model" && s["kind"] == "SERVER")
@@ -351,20 +357,7 @@ fn grpc_across_hosts_links_every_call() {
         "front",
         vec![Hop::leaf(Kind::Grpc, "model")],
     );
-    let result = score("grpc-two-hosts", &root, &ids, &events);
-    eprintln!("{}", result.line());
-    assert!(
-        result.precision() >= 0.99,
-        "{}\n{:#?}",
-        result.line(),
-        result.problems
-    );
-    assert!(
-        result.whole_trace() >= 0.95,
-        "{}\n{:#?}",
-        result.line(),
-        result.problems
-    );
+    whole_trees("grpc-two-hosts", &root, &ids, &events);
 }
 
 /// The middle host's agent restarts between two rounds: the connections of the services' pools
@@ -396,20 +389,7 @@ fn a_restarted_agent_links_again_on_open_connections() {
                 .is_some_and(|t| u128::from(t) >= since)
         })
         .collect();
-    let result = score("three-hosts-restart", &three_host_chain(), &ids, &events);
-    eprintln!("{}", result.line());
-    assert!(
-        result.precision() >= 0.99,
-        "{}\n{:#?}",
-        result.line(),
-        result.problems
-    );
-    assert!(
-        result.whole_trace() >= 0.95,
-        "{}\n{:#?}",
-        result.line(),
-        result.problems
-    );
+    whole_trees("three-hosts-restart", &three_host_chain(), &ids, &events);
 }
 
 /// What an ordinary back end receives: the three agents export OTLP to one receiver built on the
@@ -449,20 +429,7 @@ fn three_hosts_export_whole_traces_to_one_otlp_receiver() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("receiver json"))
         .collect();
-    let result = score("three-hosts-otlp", &three_host_chain(), &ids, &spans);
-    eprintln!("{}", result.line());
-    assert!(
-        result.precision() >= 0.99,
-        "{}\n{:#?}",
-        result.line(),
-        result.problems
-    );
-    assert!(
-        result.whole_trace() >= 0.95,
-        "{}\n{:#?}",
-        result.line(),
-        result.problems
-    );
+    whole_trees("three-hosts-otlp", &three_host_chain(), &ids, &spans);
 }
 
 /// A Service's virtual address: the front calls features at an address no host has, rewritten by
@@ -514,19 +481,6 @@ fn a_dnat_virtual_address_between_hosts_still_links() {
         translated += sockspan_tests::stopped_field(&out.stderr, "peer_translated");
         events.extend(out.events);
     }
-    let result = score("three-hosts-dnat", &three_host_chain(), &ids, &events);
-    eprintln!("{}", result.line());
     assert!(translated > 0, "the front's calls were translated");
-    assert!(
-        result.precision() >= 0.99,
-        "{}\n{:#?}",
-        result.line(),
-        result.problems
-    );
-    assert!(
-        result.whole_trace() >= 0.95,
-        "{}\n{:#?}",
-        result.line(),
-        result.problems
-    );
+    whole_trees("three-hosts-dnat", &three_host_chain(), &ids, &events);
 }

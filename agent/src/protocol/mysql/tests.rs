@@ -9,6 +9,13 @@ const PYMYSQL_CLIENT: &str = include_str!("fixtures/pymysql_client.jsonl");
 const PYMYSQL_SERVER: &str = include_str!("fixtures/pymysql_server.jsonl");
 const CONNECTOR_CLIENT: &str = include_str!("fixtures/connector_client.jsonl");
 const CONNECTOR_SERVER: &str = include_str!("fixtures/connector_server.jsonl");
+/// Every captured session, with the end it was captured at (`true`: the server's).
+const SESSIONS: [(&str, bool); 4] = [
+    (PYMYSQL_CLIENT, false),
+    (PYMYSQL_SERVER, true),
+    (CONNECTOR_CLIENT, false),
+    (CONNECTOR_SERVER, true),
+];
 const SECRETS: &[&str] = &[
     "s3cr3t",
     "app-s3cr3t-pw",
@@ -105,12 +112,7 @@ fn expanded_attributes_name_the_system_from_the_greeting() {
 
 #[test]
 fn any_split_of_a_captured_stream_gives_the_same_exchanges() {
-    for (fixture, server) in [
-        (PYMYSQL_CLIENT, false),
-        (PYMYSQL_SERVER, true),
-        (CONNECTOR_CLIENT, false),
-        (CONNECTOR_SERVER, true),
-    ] {
+    for (fixture, server) in SESSIONS {
         let whole = syscalls(fixture);
         let truth = replay(detect, &whole, server, usize::MAX).exchanges();
         for run in 1..=60u64 {
@@ -126,12 +128,7 @@ fn any_split_of_a_captured_stream_gives_the_same_exchanges() {
 #[test]
 fn a_small_capture_limit_loses_exchanges_not_correctness() {
     for capture in [4096, 512, 64, 9] {
-        for (fixture, server) in [
-            (PYMYSQL_CLIENT, false),
-            (PYMYSQL_SERVER, true),
-            (CONNECTOR_CLIENT, false),
-            (CONNECTOR_SERVER, true),
-        ] {
+        for (fixture, server) in SESSIONS {
             let whole = syscalls(fixture);
             let truth = replay(detect, &whole, server, usize::MAX).exchanges();
             let r = replay(detect, &whole, server, capture);
@@ -170,12 +167,7 @@ fn a_small_capture_limit_loses_exchanges_not_correctness() {
 #[test]
 fn a_reply_larger_than_the_capture_is_found_again_at_the_next_command() {
     let mut resynced = 0;
-    for (fixture, server) in [
-        (PYMYSQL_CLIENT, false),
-        (PYMYSQL_SERVER, true),
-        (CONNECTOR_CLIENT, false),
-        (CONNECTOR_SERVER, true),
-    ] {
+    for (fixture, server) in SESSIONS {
         let whole = syscalls(fixture);
         let truth = replay(detect, &whole, server, usize::MAX).exchanges();
         let r = replay(detect, &whole, server, 4096);
