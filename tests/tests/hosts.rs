@@ -336,7 +336,11 @@ fn peers_with_another_secret_are_refused() {
 }
 
 /// gRPC across hosts: the front's grpcio client on host 0 calls a grpcio server on host 1 over
-/// one HTTP/2 connection; both ends key each call by its stream id.
+/// one HTTP/2 connection; both ends key each call by its stream id. Every call is linked across
+/// the hosts. Within the front, a call gets its parent from the thread rule only when its write
+/// opens that stream alone: grpc-core sometimes flushes several callers' streams in one write,
+/// and those name no parent (measured: 0–3 of 30 per run, the concurrent waves only; never a
+/// wrong one), so the whole-trace bar here is 85 %, not the 95 % of the other chains.
 #[test]
 fn grpc_across_hosts_links_every_call() {
     let bed = TestBed::new(2);
@@ -357,7 +361,19 @@ fn grpc_across_hosts_links_every_call() {
         "front",
         vec![Hop::leaf(Kind::Grpc, "model")],
     );
-    whole_trees("grpc-two-hosts", &root, &ids, &events);
+    let result = precise("grpc-two-hosts", &root, &ids, &events);
+    assert_eq!(
+        result.evidence.get("peer").copied().unwrap_or(0),
+        ids.len(),
+        "every call links across the hosts: {}",
+        result.line()
+    );
+    assert!(
+        result.whole_trace() >= 0.85,
+        "{}\n{:#?}",
+        result.line(),
+        result.problems
+    );
 }
 
 /// The middle host's agent restarts between two rounds: the connections of the services' pools
