@@ -270,8 +270,11 @@ pub struct ConnEvent {
     pub bytes_received: u64,
     /// The task's `comm`, NUL-padded.
     pub comm: [u8; COMM_LEN],
+    /// Open records in a Node.js process whose callback probes fired on the opening thread: the
+    /// libuv callback the socket was opened in ([`node_callback`]); 0 otherwise.
+    pub task: u64,
 }
-const _: () = assert!(core::mem::size_of::<ConnEvent>() == 32 + 40 + 8 + 16 + 16);
+const _: () = assert!(core::mem::size_of::<ConnEvent>() == 32 + 40 + 8 + 16 + 16 + 8);
 
 /// Bytes moved through a connection; `captured_len` payload bytes follow this struct in the
 /// ring-buffer record.
@@ -294,10 +297,11 @@ pub struct DataEvent {
     pub syscall: u32,
     /// Payload bytes that follow; less than `ret` when the capture limit cut it.
     pub captured_len: u32,
-    /// The task's `r14` at the syscall. In Go code (the `ABIInternal` calling convention, Go
-    /// 1.17+ on amd64) it holds the running goroutine's `g`, which names the goroutine while it
-    /// lives; in any other process it means nothing and the agent ignores it. Read from the
-    /// registers the tracepoint already has: no lookup, no helper.
+    /// What the syscall ran in. In a followed Python process, the running asyncio task's
+    /// context ([`PyTaskEvent`]); on a Node.js thread whose callback probes fired, the libuv
+    /// callback ([`node_callback`]); else the task's `r14`, which in Go code (the `ABIInternal`
+    /// calling convention, Go 1.17+ on amd64) holds the running goroutine's `g` (it names the
+    /// goroutine while it lives) and in any other process means nothing (the agent ignores it).
     pub task: u64,
     /// The TCP sequence number of the first byte moved, when `seq_valid` is 1: the socket's
     /// `write_seq` (egress) or `copied_seq` (ingress) at exit, less the bytes moved. Both ends
@@ -375,6 +379,41 @@ pub struct PyTaskEvent {
     pub parent: u64,
 }
 const _: () = assert!(core::mem::size_of::<PyTaskEvent>() == 32 + 16);
+
+/// The top half of [`DataEvent::task`] and [`ConnEvent::task`] on a Node.js thread whose
+/// callback probes fired ("node"); the bottom half is the fd whose libuv stream callback
+/// (`uv__stream_io`) the thread is in, or [`NODE_OUTSIDE`] between callbacks (timers,
+/// immediates, the loop's other phases).
+pub const NODE_CALLBACK_TAG: u32 = 0x6e6f_6465;
+/// The bottom half of a Node.js callback value outside any stream callback.
+pub const NODE_OUTSIDE: u32 = u32::MAX;
+
+/// The value the Node.js callback probes store for a thread: inside the stream callback of `fd`
+/// (`Some`), or outside any (`None`).
+#[must_use]
+pub const fn node_callback(fd: Option<i32>) -> u64 {
+    let low = match fd {
+        Some(fd) => fd as u32,
+        None => NODE_OUTSIDE,
+    };
+    (NODE_CALLBACK_TAG as u64) << 32 | low as u64
+}
+
+/// What a [`DataEvent::task`] or [`ConnEvent::task`] says of the Node.js callback it ran in:
+/// `None` when the value is not one the callback probes stored, `Some(None)` between callbacks,
+/// `Some(Some(fd))` inside the stream callback of `fd`.
+#[must_use]
+pub const fn node_callback_of(task: u64) -> Option<Option<i32>> {
+    if (task >> 32) as u32 != NODE_CALLBACK_TAG {
+        return None;
+    }
+    let low = task as u32;
+    if low == NODE_OUTSIDE {
+        Some(None)
+    } else {
+        Some(Some(low as i32))
+    }
+}
 
 #[cfg(feature = "user")]
 mod pod {

@@ -21,6 +21,8 @@ mod go;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod node;
+#[cfg(target_arch = "bpf")]
 mod python;
 #[cfg(target_arch = "bpf")]
 mod regs;

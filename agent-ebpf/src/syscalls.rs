@@ -28,7 +28,7 @@ use crate::{
     maps::{
         CONNS, ENTRY_STAMPS, EVENTS, EntryStamp, SCRATCH, config, count, current_comm, next_conn_id,
     },
-    python,
+    node, python,
     regs::{Regs, exit_traced, is_egress, nr},
     socket::{FdKind, classify_fd, stream_seq},
     tls,
@@ -114,6 +114,11 @@ fn emit_conn(kind: EventKind, pid_tgid: u64, fd: i32, info: &ConnInfo, syscall: 
         bytes_sent: info.bytes_sent,
         bytes_received: info.bytes_received,
         comm: current_comm(),
+        // Where a Node.js socket was opened (the callback whose request it is for).
+        task: match kind {
+            EventKind::ConnOpen => node::current_callback(pid_tgid),
+            _ => 0,
+        },
     });
     entry.submit(0);
     count(Counter::EventsSent);
@@ -349,10 +354,13 @@ fn data_exit<const STAGE: u8>(
         conn,
         ts_ns,
         moved_ns,
-        // In a followed Python process, the running asyncio task's context; elsewhere R14 (in
-        // Go code, the running goroutine).
+        // In a followed Python process, the running asyncio task's context; on a Node.js
+        // thread, its libuv callback; elsewhere R14 (in Go code, the running goroutine).
         task: match python::current_context(pid_tgid) {
-            python::NOT_PYTHON => regs.r14(),
+            python::NOT_PYTHON => match node::current_callback(pid_tgid) {
+                0 => regs.r14(),
+                callback => callback,
+            },
             context => context,
         },
         seq,

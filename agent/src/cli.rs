@@ -148,6 +148,8 @@ pub enum RuntimeProbe {
     Tls,
     /// The Python asyncio probes: task causality in event-loop services.
     Asyncio,
+    /// The Node.js callback probes: event-loop causality in Node.js services.
+    Node,
 }
 
 #[derive(Debug, Args)]

@@ -45,6 +45,9 @@ pub enum Kind {
     Asyncio { python: &'static str },
     /// Node.js `http` server and keep-alive `http.Agent`, `Promise.all`.
     Node,
+    /// Node.js `http` server and the global `fetch` (undici, keep-alive), the calls one after
+    /// the other (each made on the previous one's response).
+    NodeFetch,
     /// Go `net/http` server and `http.Client`, a goroutine per call.
     Go,
     /// As `Go`, the calls one after the other in the handler's goroutine.
@@ -117,6 +120,7 @@ pub fn chain_named(name: &str) -> Hop {
             python: PYTHON_3_13,
         }),
         "node" => two_leaves(Kind::Node),
+        "node-fetch" => two_leaves(Kind::NodeFetch),
         "go" => two_leaves(Kind::Go),
         // An HTTP front calling a gRPC model server: the caller → gRPC client link.
         "grpc" => grpc_front(Kind::Threaded),
@@ -139,6 +143,20 @@ pub fn chain_named(name: &str) -> Hop {
             "front",
             vec![Hop::calling(
                 Kind::Go,
+                "mid",
+                vec![
+                    Hop::leaf(Kind::Threaded, "a"),
+                    Hop::leaf(Kind::Threaded, "b"),
+                ],
+            )],
+        ),
+        // Node.js in the middle: a threaded front's keep-alive pool into it (its server sockets
+        // carry one request after another), the Node.js fetch chain's calls out of it.
+        "node-middle" => Hop::calling(
+            Kind::Threaded,
+            "front",
+            vec![Hop::calling(
+                Kind::NodeFetch,
                 "mid",
                 vec![
                     Hop::leaf(Kind::Threaded, "a"),
@@ -172,7 +190,7 @@ pub fn chain_named(name: &str) -> Hop {
 }
 
 /// Every chain [`chain_named`] knows, in table order.
-pub const CHAINS: [&str; 16] = [
+pub const CHAINS: [&str; 18] = [
     "threaded",
     "nginx",
     "aiohttp",
@@ -181,6 +199,8 @@ pub const CHAINS: [&str; 16] = [
     "asyncio",
     "asyncio-debian",
     "node",
+    "node-fetch",
+    "node-middle",
     "go",
     "go-sequential",
     "go-stripped",
@@ -340,7 +360,7 @@ fn start_hop(
             cmd.arg(fixture("chains/asyncio_service.py"));
             cmd
         }
-        Kind::Node => {
+        Kind::Node | Kind::NodeFetch => {
             let mut cmd = Command::new("node");
             cmd.arg(fixture("chains/node_service.js"));
             cmd
@@ -358,7 +378,7 @@ fn start_hop(
     }
     if matches!(
         hop.kind,
-        Kind::Aiohttp { .. } | Kind::Fastapi | Kind::Asyncio { .. } | Kind::Node
+        Kind::Aiohttp { .. } | Kind::Fastapi | Kind::Asyncio { .. } | Kind::Node | Kind::NodeFetch
     ) {
         // Calls of a task of the service's own, through the pool the requests use, while
         // requests are in flight: the task rule must never give them a request as parent.
@@ -370,6 +390,9 @@ fn start_hop(
     }
     if hop.kind == Kind::GoSequential {
         cmd.env("GO_SEQUENTIAL", "1");
+    }
+    if hop.kind == Kind::NodeFetch {
+        cmd.env("NODE_CLIENT", "fetch");
     }
     if hop.kind == Kind::ThreadPool {
         cmd.env("POOL", "8");

@@ -177,16 +177,69 @@ fn asyncio_probes_can_be_turned_off() {
     );
 }
 
-/// Node.js: one thread runs every callback, its own timers' included, so the thread rule names
-/// no parent there (it named wrong ones for a timer's calls); no causality source yet.
+/// Node.js: one thread runs every callback, its own timers' included, so the thread rule is off
+/// there; the callback rule links a call to the request whose socket's libuv callback made it
+/// (uprobes at `uv__stream_io`), and never gives one to the service's timer calls.
 #[test]
-fn node_chain() {
+fn node_chain_is_whole() {
     let (score, log) = measure_with_log("node");
-    assert_precise(&score);
+    assert_whole(&score);
+    assert_node_callback_rule(&score, &log);
+}
+
+/// The same with `fetch` (undici's pool), each call made when the previous one's response is
+/// read: the rule follows a response's callback back to the request its call was made for.
+#[test]
+fn node_fetch_chain_is_whole() {
+    let (score, log) = measure_with_log("node-fetch");
+    assert_whole(&score);
+    assert_node_callback_rule(&score, &log);
+}
+
+fn assert_node_callback_rule(score: &Score, log: &str) {
+    assert!(
+        score.evidence.get("callback").copied().unwrap_or(0) > 0,
+        "{}",
+        score.line()
+    );
     assert_eq!(score.evidence.get("thread"), None, "{}", score.line());
     assert!(
-        log.contains("a Node.js program: same-thread causality is off"),
+        log.contains("a Node.js program: same-thread causality is off")
+            && log.contains("Node.js callback probes attached"),
         "{log}"
+    );
+}
+
+/// Node.js between a threaded front's keep-alive pool and two threaded leaves.
+#[test]
+fn node_middle_chain_is_whole() {
+    let (score, log) = measure_with_log("node-middle");
+    assert_whole(&score);
+    assert!(
+        score.evidence.get("callback").copied().unwrap_or(0) > 0
+            && log.contains("Node.js callback probes attached"),
+        "{}",
+        score.line()
+    );
+}
+
+/// `--no-runtime-probes node`: no callback links, and no wrong parent either.
+#[test]
+fn node_probes_can_be_turned_off() {
+    let chain = Chain::start(chain_named("node"));
+    let agent = Agent::start_command("run", &["--output", "jsonl", "--no-runtime-probes", "node"]);
+    let ids = chain.drive(4, 2, 6);
+    let out = agent.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let result = score("node-probes-off", &chain.root, &ids, &out.events);
+    eprintln!("{}", result.line());
+    assert_precise(&result);
+    assert_eq!(result.evidence.get("callback"), None, "{}", result.line());
+    assert!(
+        out.stderr.contains("Node.js callback probes off")
+            && !out.stderr.contains("Node.js callback probes attached"),
+        "{}",
+        out.stderr
     );
 }
 

@@ -1,5 +1,6 @@
 //! The runtime probes' cost: a front calling two leaves (the causality tests' `go` chain for the
-//! Go probes, `fastapi` for the asyncio ones; leaves answering at once), sequential requests,
+//! Go probes, `node` for the Node.js ones, tasks created for the asyncio ones; leaves answering
+//! at once), sequential requests,
 //! the front's CPU time per request with the agent's runtime probes attached and with them
 //! refused (the same agent without `CAP_SYS_ADMIN`, which the kernel requires for uprobes): the
 //! difference is what the probes cost the traced program.
@@ -23,6 +24,7 @@ use sockspan_tests::{
 pub enum Probed {
     Go,
     Asyncio,
+    Node,
 }
 
 impl Probed {
@@ -31,6 +33,7 @@ impl Probed {
         match self {
             Self::Go => "Go runtime probes attached",
             Self::Asyncio => "Python asyncio probes attached",
+            Self::Node => "Node.js callback probes attached",
         }
     }
 
@@ -45,6 +48,8 @@ impl Probed {
             }
             // An entry and a return per task made.
             Self::Asyncio => 2 * stopped_field(log, "task_spawns"),
+            // The callback probes send nothing: their hits are not counted.
+            Self::Node => 0,
         }
     }
 }
@@ -142,7 +147,10 @@ pub fn rounds(bin: &Path, quick: bool, which: Probed) -> Result<Vec<ProbeSample>
     unsafe { std::env::set_var("LEAF_MS", "0") };
     // SAFETY: as above.
     unsafe { std::env::set_var("BACKGROUND_MS", "0") };
-    let chain = Chain::start(chain_named("go"));
+    let chain = Chain::start(chain_named(match which {
+        Probed::Node => "node",
+        _ => "go",
+    }));
     let mut samples = Vec::new();
     for probes in crate::bench::probe_phases("runtime probes", rounds, "refused") {
         samples.push(phase(bin, which, &chain, probes, requests)?);
@@ -228,6 +236,10 @@ pub fn section(
             asyncio_section(out, requests, &of, summary);
             return;
         }
+        Probed::Node => {
+            node_section(out, requests, &of, summary);
+            return;
+        }
     }
     let _ = writeln!(
         out,
@@ -294,6 +306,47 @@ fn asyncio_section(
         out,
         "\nThe probes cost **{:.2} µs of CPU per task created** (difference of the medians); a \
          uvicorn request that gathers two calls makes three tasks.",
+        medians[0] - medians[1]
+    );
+}
+
+/// Section 8: the Node.js callback probes per request on the `node` chain.
+fn node_section(
+    out: &mut String,
+    requests: u64,
+    of: &dyn Fn(bool, fn(&ProbeSample) -> f64) -> Vec<f64>,
+    summary: impl Fn(&[f64], usize) -> (f64, String),
+) {
+    let _ = writeln!(out, "\n## 8. Runtime probes (Node.js callback causality)\n");
+    let _ = writeln!(
+        out,
+        "Method: the causality tests' `node` chain (a Node.js 20 front calling two Node.js leaves \
+         in parallel through a keep-alive `http.Agent`, leaves answering at once, no background \
+         calls), {requests} sequential requests per phase from a Python client; the front's CPU \
+         time (user + system) per request under `sockspan run` with the callback probes \
+         attached, and under the same agent without `CAP_SYS_ADMIN` (uprobes refused). The \
+         probes are a uprobe and a uretprobe at libuv's `uv__stream_io`, two hits per stream \
+         callback (the front runs about six per request: its request's read, two responses, \
+         and the writes' completions); they send no record, so hits are not counted here. The \
+         callback read at each data syscall adds one hash lookup to the syscall program and no \
+         trap.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| phase | front CPU µs per request | wall µs per request |\n|---|---|---|"
+    );
+    let medians = crate::bench::probe_phase_rows(
+        out,
+        "refused",
+        &[
+            (&|p| of(p, |s| s.front_cpu_us), 1),
+            (&|p| of(p, |s| s.wall_us), 0),
+        ],
+        &summary,
+    );
+    let _ = writeln!(
+        out,
+        "\nThe probes cost the front **{:.1} µs of CPU per request** (difference of the medians).",
         medians[0] - medians[1]
     );
 }

@@ -43,9 +43,22 @@ fn reason(chain: &str) -> &'static str {
              slot) and whose `_PyRuntime` is in a non-PIE executable."
         }
         "node" => {
-            "No rule yet: one thread runs every callback, timers included, and a timer's calls \
-             (the service's background calls) took wrong parents from the thread rule, which is \
-             off for Node.js now. Next: a signal from node/libuv internals (#14 step 4)."
+            "Callback rule: uprobes at libuv's `uv__stream_io` tell which socket's callback a \
+             syscall ran in; a call written (or its socket opened) in a server socket's \
+             callback is the child of the one request that socket serves. The thread rule is \
+             off for Node.js (one thread runs every callback; it named wrong parents for the \
+             timer's background calls, which the callback rule leaves alone: made outside any \
+             callback)."
+        }
+        "node-fetch" => {
+            "Callback rule with `fetch` (undici), the calls one after the other: the second \
+             call is written in the first call's response callback, and takes what that call \
+             was made for."
+        }
+        "node-middle" => {
+            "Callback rule behind a threaded front's keep-alive pool (the Node.js service's \
+             server sockets carry one request after another), `fetch` out of it; thread rule \
+             in the front."
         }
         "go" => {
             "Goroutine rule: the running `g` (R14) on every syscall, spawns from \

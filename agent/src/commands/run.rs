@@ -263,30 +263,35 @@ fn write_ready_file(
         .map_err(|e| pipeline::PipelineError::ReadyFile(format!("{}: {e}", path.display())))
 }
 
-/// Which runtime probes `--no-runtime-probes` leaves on (go, tls, asyncio); those left off are
-/// logged with what is lost.
-fn runtime_probes(args: &RunArgs) -> (bool, bool, bool) {
-    let go_probes = !args
-        .no_runtime_probes
-        .contains(&crate::cli::RuntimeProbe::Go);
-    if !go_probes {
-        tracing::info!("Go runtime probes off (--no-runtime-probes go): no goroutine causality");
+/// Which runtime probes `--no-runtime-probes` leaves on; those left off are logged with what
+/// is lost.
+fn runtime_probes(args: &RunArgs) -> crate::pipeline::sink::RuntimeProbesOn {
+    use crate::cli::RuntimeProbe;
+    let on = |probe: RuntimeProbe, off_message: &str| {
+        let off = args.no_runtime_probes.contains(&probe);
+        if off {
+            tracing::info!("{off_message}");
+        }
+        !off
+    };
+    crate::pipeline::sink::RuntimeProbesOn {
+        go: on(
+            RuntimeProbe::Go,
+            "Go runtime probes off (--no-runtime-probes go): no goroutine causality",
+        ),
+        tls: on(
+            RuntimeProbe::Tls,
+            "TLS probes off (--no-runtime-probes tls): no spans from TLS connections",
+        ),
+        asyncio: on(
+            RuntimeProbe::Asyncio,
+            "Python asyncio probes off (--no-runtime-probes asyncio): no task causality",
+        ),
+        node: on(
+            RuntimeProbe::Node,
+            "Node.js callback probes off (--no-runtime-probes node): no event-loop causality",
+        ),
     }
-    let tls_probes = !args
-        .no_runtime_probes
-        .contains(&crate::cli::RuntimeProbe::Tls);
-    if !tls_probes {
-        tracing::info!("TLS probes off (--no-runtime-probes tls): no spans from TLS connections");
-    }
-    let asyncio_probes = !args
-        .no_runtime_probes
-        .contains(&crate::cli::RuntimeProbe::Asyncio);
-    if !asyncio_probes {
-        tracing::info!(
-            "Python asyncio probes off (--no-runtime-probes asyncio): no task causality"
-        );
-    }
-    (go_probes, tls_probes, asyncio_probes)
 }
 
 /// The final log line: every stage's counters.
@@ -322,6 +327,9 @@ fn log_stopped(
         task_spawns_unparented = sink.tracer.tasks.stats.spawns_unparented,
         task_forgotten = sink.tracer.tasks.stats.forgotten,
         task_shared_writers = sink.tracer.stats.task_shared_writers,
+        parent_from_callback = sink.tracer.stats.parent_from_callback,
+        node_calls_outside_callbacks = sink.tracer.callbacks.stats.outside,
+        node_sockets_reset = sink.tracer.callbacks.stats.sockets_reset,
         event_loop_threads = sink.tracer.stats.event_loop_threads,
         parent_from_connection = sink.tracer.stats.parent_from_connection,
         mirror_mismatches = sink.tracer.stats.mirror_mismatches,

@@ -93,6 +93,10 @@ pub struct Connection {
     /// Its bytes come as TLS plaintext from the library probes (the socket's own are
     /// ciphertext, never sent).
     pub tls: bool,
+    /// The socket's fd in its process.
+    pub fd: i32,
+    /// What the opening syscall ran in (`ConnEvent::task`: in Node.js, the libuv callback).
+    pub opened_in: u64,
 }
 
 impl Connection {
@@ -211,6 +215,8 @@ impl Conntrack {
             bytes_received: 0,
             process,
             tls: false,
+            fd: h.fd,
+            opened_in: event.task,
         };
         self.conns.entry(h.conn_id).insert_entry(conn).into_mut()
     }

@@ -31,6 +31,19 @@ pub struct FeedbackStats {
     pub own_connections_ignored: u64,
 }
 
+/// Which runtime probes are on (`--no-runtime-probes` turns each off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "one switch per runtime, named"
+)]
+pub struct RuntimeProbesOn {
+    pub go: bool,
+    pub tls: bool,
+    pub asyncio: bool,
+    pub node: bool,
+}
+
 pub struct TraceSink<'a> {
     pub conntrack: Conntrack,
     pub protocols: ProtocolTable,
@@ -42,17 +55,15 @@ pub struct TraceSink<'a> {
     probes: Option<&'a mut Probes>,
     /// Go processes already considered for the runtime probes.
     go_seen: HashSet<u32>,
-    /// Whether the Go runtime probes are attached to Go programs (`--no-runtime-probes go`).
-    go_probes: bool,
+    /// Which runtime probes are attached (`--no-runtime-probes`).
+    on: RuntimeProbesOn,
     /// Processes already looked at for libssl files to probe.
     tls_seen: HashSet<u32>,
-    /// Whether the OpenSSL probes are attached (`--no-runtime-probes tls`).
-    tls_probes: bool,
     /// Python processes looked at for the asyncio probes: when last, and whether they are
     /// followed now.
     python_seen: HashMap<u32, (u64, bool)>,
-    /// Whether the asyncio probes are attached (`--no-runtime-probes asyncio`).
-    asyncio_probes: bool,
+    /// Node.js processes already considered for the callback probes.
+    node_seen: HashSet<u32>,
     pub feedback: FeedbackStats,
     /// Where the agent's own figures are published while it runs (`/metrics`).
     metrics: Option<crate::metrics::SharedMetrics>,
@@ -80,11 +91,15 @@ impl<'a> TraceSink<'a> {
             kernel_conns: None,
             probes: None,
             go_seen: HashSet::new(),
-            go_probes: false,
+            on: RuntimeProbesOn {
+                go: false,
+                tls: false,
+                asyncio: false,
+                node: false,
+            },
             tls_seen: HashSet::new(),
-            tls_probes: false,
             python_seen: HashMap::new(),
-            asyncio_probes: false,
+            node_seen: HashSet::new(),
             feedback: FeedbackStats::default(),
             metrics: None,
             own: super::own::OwnListeners::default(),
@@ -113,7 +128,7 @@ impl<'a> TraceSink<'a> {
     }
 
     /// Traces only network namespace `netns` (by inode number), when given: the runtime probes
-    /// go only to processes in it. Before [`TraceSink::with_probes`].
+    /// go only to processes in it. Before [`TraceSink::with_runtime_probes`].
     #[must_use]
     pub fn with_netns(mut self, netns: Option<u64>) -> Self {
         self.netns = netns;
@@ -270,6 +285,16 @@ impl<'a> TraceSink<'a> {
                 t.parent_from_task,
             ),
             own(
+                "parent_from_callback_total",
+                "Parents from the Node.js callback rule.",
+                t.parent_from_callback,
+            ),
+            own(
+                "node_calls_outside_callbacks_total",
+                "Node.js client calls made outside any socket's callback (timers): no parent.",
+                self.tracer.callbacks.stats.outside,
+            ),
+            own(
                 "parent_from_proxy_total",
                 "Parents from the proxy rule.",
                 t.parent_from_proxy,
@@ -295,38 +320,34 @@ impl<'a> TraceSink<'a> {
         .collect()
     }
 
-    /// [`TraceSink::with_probes`] with `(go, tls, asyncio)`, saying so in the log: after that
+    /// [`TraceSink::attach_runtime_probes`], saying so in the log: after that
     /// line, processes running now are traced with their runtime probes too (tests and scripts
     /// wait for it before sending traffic).
     #[must_use]
-    pub fn with_runtime_probes(
-        self,
-        probes: &'a mut Probes,
-        (go, tls, asyncio): (bool, bool, bool),
-    ) -> Self {
-        let sink = self.with_probes(probes, go, tls, asyncio);
-        tracing::info!(go, tls, asyncio, "runtime probes attached");
-        sink
+    pub fn with_runtime_probes(mut self, probes: &'a mut Probes, on: RuntimeProbesOn) -> Self {
+        self.attach_runtime_probes(probes, on);
+        tracing::info!(
+            go = on.go,
+            tls = on.tls,
+            asyncio = on.asyncio,
+            node = on.node,
+            "runtime probes attached"
+        );
+        self
     }
 
-    /// Keeps the loaded programs (their counters); with `go_probes`, attaches the Go runtime
-    /// probes to the Go programs running now, and to those that appear; with `tls_probes`, the
-    /// OpenSSL probes to the system's libssl and to those of the processes running now and
-    /// of those that appear.
-    #[must_use]
-    pub fn with_probes(
-        mut self,
-        probes: &'a mut Probes,
-        go_probes: bool,
-        tls_probes: bool,
-        asyncio_probes: bool,
-    ) -> Self {
+    /// Keeps the loaded programs (their counters) and attaches the runtime probes `on` says to
+    /// the processes running now (those that appear get them as their first connection is
+    /// seen): the Go runtime probes to Go programs, the OpenSSL probes to the system's libssl and
+    /// the processes' own, the asyncio probes to CPython processes with asyncio, the callback
+    /// probes to Node.js programs.
+    fn attach_runtime_probes(&mut self, probes: &'a mut Probes, on: RuntimeProbesOn) {
+        self.on = on;
         let netns = self.netns;
         let in_scope = |pid: u32| {
             netns.is_none_or(|only| crate::conntrack::discovery::netns_of(pid) == Some(only))
         };
-        self.go_probes = go_probes;
-        if go_probes {
+        if on.go {
             for process in crate::runtime::go_programs_running()
                 .into_iter()
                 .filter(|p| in_scope(p.pid))
@@ -334,8 +355,7 @@ impl<'a> TraceSink<'a> {
                 watch_go(&mut self.go_seen, &mut self.tracer, probes, &process);
             }
         }
-        self.tls_probes = tls_probes;
-        if tls_probes {
+        if on.tls {
             watch_tls(&mut self.tls_seen, probes, None);
             for pid in crate::runtime::processes_running()
                 .into_iter()
@@ -344,8 +364,7 @@ impl<'a> TraceSink<'a> {
                 watch_tls(&mut self.tls_seen, probes, Some(pid));
             }
         }
-        self.asyncio_probes = asyncio_probes;
-        if asyncio_probes {
+        if on.asyncio {
             // The runtime (one cached look at the executable) first: the whole metadata only
             // for the Python processes.
             for pid in crate::runtime::processes_running()
@@ -360,8 +379,19 @@ impl<'a> TraceSink<'a> {
                 watch_python(&mut self.python_seen, &mut self.tracer, probes, &process);
             }
         }
+        if on.node {
+            for pid in crate::runtime::processes_running()
+                .into_iter()
+                .filter(|&pid| {
+                    in_scope(pid)
+                        && crate::runtime::Runtime::of_process(pid) == crate::runtime::Runtime::Node
+                })
+            {
+                let process = ProcessInfo::read(pid);
+                watch_node(&mut self.node_seen, &mut self.tracer, probes, &process);
+            }
+        }
         self.probes = Some(probes);
-        self
     }
 
     /// The loaded programs, when running against the kernel.
@@ -431,7 +461,53 @@ fn watch_go(
     }
 }
 
+/// Attaches the Node.js callback probes for `process`, a Node.js program, once per process;
+/// the tracer follows its callbacks when that worked. Why it did not is logged once per
+/// executable.
+fn watch_node(
+    seen: &mut HashSet<u32>,
+    tracer: &mut Tracer,
+    probes: &mut Probes,
+    process: &ProcessInfo,
+) {
+    if !matches!(process.runtime, crate::runtime::Runtime::Node) || !seen.insert(process.pid) {
+        return;
+    }
+    match probes.attach_node(process.pid) {
+        Ok(attached) => {
+            tracer.callbacks.track(process.pid);
+            if let crate::probes::node::NodeAttached::New { file } = attached {
+                tracing::info!(
+                    pid = process.pid,
+                    file,
+                    "Node.js callback probes attached: event-loop causality on"
+                );
+            }
+        }
+        Err(crate::probes::node::NodeProbeError::Before(_)) => {}
+        Err(err) => tracing::warn!(
+            pid = process.pid,
+            exe = %process.exe,
+            "no event-loop causality for this Node.js program: {err}; its client calls get no \
+             parent from the agent (headers and the proxy rule still apply)"
+        ),
+    }
+}
+
 impl TraceSink<'_> {
+    /// Node.js processes that exited leave the tracer (a new process given the pid is looked
+    /// at afresh).
+    fn forget_exited_node(&mut self) {
+        let tracer = &mut self.tracer;
+        self.node_seen.retain(|pid| {
+            let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+            if !alive {
+                tracer.callbacks.untrack(*pid);
+            }
+            alive
+        });
+    }
+
     /// Python processes that exited leave the programs' map (bounded) and the tracer.
     fn forget_exited_python(&mut self) {
         let gone: Vec<u32> = self
@@ -585,18 +661,18 @@ impl EventSink for TraceSink<'_> {
         let conn = self.conntrack.open(event);
         // Every connection's records start with this one ("first seen in use" included), and
         // Go programs already running were probed at start: the data path needs no check.
-        if self.go_probes
+        if self.on.go
             && let Some(probes) = self.probes.as_deref_mut()
             && !conn.process.runtime.threads_are_tasks()
         {
             watch_go(&mut self.go_seen, &mut self.tracer, probes, &conn.process);
         }
-        if self.tls_probes
+        if self.on.tls
             && let Some(probes) = self.probes.as_deref_mut()
         {
             watch_tls(&mut self.tls_seen, probes, Some(conn.process.pid));
         }
-        if self.asyncio_probes
+        if self.on.asyncio
             && let Some(probes) = self.probes.as_deref_mut()
         {
             watch_python(
@@ -606,6 +682,13 @@ impl EventSink for TraceSink<'_> {
                 &conn.process,
             );
         }
+        if self.on.node
+            && let Some(probes) = self.probes.as_deref_mut()
+        {
+            watch_node(&mut self.node_seen, &mut self.tracer, probes, &conn.process);
+        }
+        // A socket opened on an fd number that an earlier one had starts clean.
+        self.tracer.callbacks.opened(conn);
         self.protocols.open(event.header.conn_id);
         if self.own.serve(conn.addrs().1) {
             // A viewer of the agent's UI or API: parsed by no one, and the programs stop
@@ -655,10 +738,12 @@ impl EventSink for TraceSink<'_> {
             Fed::Parsed {
                 server,
                 thread_causality,
+                in_order,
             } => {
                 let end = End {
                     server,
                     thread_causality,
+                    in_order,
                     task: event.task,
                 };
                 dispatch(&mut self.tracer, &mut self.events, conn, end);
@@ -685,6 +770,7 @@ impl EventSink for TraceSink<'_> {
         let Some(conn) = self.conntrack.close(event) else {
             return;
         };
+
         let at = Stamp {
             ts: event.header.ts_ns,
             tid: event.header.tid,
@@ -693,11 +779,13 @@ impl EventSink for TraceSink<'_> {
         if let Fed::Parsed {
             server,
             thread_causality,
+            in_order,
         } = self.protocols.close(conn.conn_id, at, &mut self.events)
         {
             let end = End {
                 server,
                 thread_causality,
+                in_order,
                 task: 0,
             };
             dispatch(&mut self.tracer, &mut self.events, &conn, end);
@@ -736,6 +824,7 @@ impl EventSink for TraceSink<'_> {
         }
         if self.ticks.is_multiple_of(20) {
             self.forget_exited_python();
+            self.forget_exited_node();
             self.conntrack.sweep(monotonic_ns());
             let conntrack = &self.conntrack;
             let dropped = self.protocols.retain(|id| conntrack.contains(id));

@@ -8,10 +8,7 @@ use std::{collections::HashMap, os::unix::fs::MetadataExt as _};
 use agent_common::{GoProbe, go_probe_cookie};
 use aya::{
     Ebpf,
-    programs::{
-        ProgramError, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
-    },
+    programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
 };
 
 use crate::runtime::go::{self, symbols::find_functions};
@@ -72,7 +69,7 @@ impl GoProbes {
     /// Loads `go_probe` from `ebpf`. A failure is kept, not returned: the agent traces without
     /// goroutine tracking, and says why when a Go program appears.
     pub fn load(ebpf: &mut Ebpf) -> Self {
-        let unavailable = match program(ebpf) {
+        let unavailable = match super::uprobe(ebpf, PROGRAM) {
             Ok(program) => program.load().err().map(|e| {
                 format!(
                     "{} (the program needs Linux 5.15 or newer: bpf_get_attach_cookie for uprobes)",
@@ -146,7 +143,7 @@ fn attach_at(
     offset: u64,
     cookie: u64,
 ) -> Result<(), GoProbeError> {
-    program(ebpf)
+    super::uprobe(ebpf, PROGRAM)
         .map_err(GoProbeError::Unavailable)?
         .attach(
             UProbeAttachPoint {
@@ -165,13 +162,6 @@ fn attach_at(
                 GoProbeError::Attach { function, reason }
             }
         })
-}
-
-fn program(ebpf: &mut Ebpf) -> Result<&mut UProbe, String> {
-    ebpf.program_mut(PROGRAM)
-        .ok_or_else(|| format!("program `{PROGRAM}` is missing"))?
-        .try_into()
-        .map_err(|e: ProgramError| e.to_string())
 }
 
 fn attach_file(

@@ -3,6 +3,7 @@
 
 pub mod btf;
 pub mod go;
+pub mod node;
 pub mod offsets;
 pub mod python;
 pub mod tls;
@@ -111,6 +112,8 @@ pub struct Probes {
     tls: Option<tls::TlsProbes>,
     /// The Python asyncio probes (capture set only), attached per `_asyncio` module met.
     python: Option<python::PythonProbes>,
+    /// The Node.js callback probes (capture set only), attached per Node.js executable met.
+    node: Option<node::NodeProbes>,
 }
 
 /// `BPF_EXIST` (uapi `bpf.h`): update an existing entry only, so a connection the programs
@@ -158,6 +161,14 @@ fn is_permission_error(err: &std::io::Error) -> bool {
 }
 
 /// An error and its sources on one line: aya's top-level messages omit the errno.
+/// The uprobe program `name` of `ebpf`; why not, as text.
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::UProbe, String> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("program `{name}` is missing"))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())
+}
+
 fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
@@ -268,11 +279,13 @@ impl Probes {
         let tls = matches!(set, ProgramSet::Capture).then(|| tls::TlsProbes::load(&mut ebpf));
         let python =
             matches!(set, ProgramSet::Capture).then(|| python::PythonProbes::load(&mut ebpf));
+        let node = matches!(set, ProgramSet::Capture).then(|| node::NodeProbes::load(&mut ebpf));
         Ok(Self {
             ebpf,
             go,
             tls,
             python,
+            node,
         })
     }
 
@@ -313,6 +326,16 @@ impl Probes {
         match &mut self.python {
             Some(probes) => probes.follow(&mut self.ebpf, pid, interpreter),
             None => Err(python::PythonProbeError::Unavailable(
+                "not loaded with this program set".into(),
+            )),
+        }
+    }
+
+    /// Attaches the Node.js callback probes for `pid`, a Node.js program.
+    pub fn attach_node(&mut self, pid: u32) -> Result<node::NodeAttached, node::NodeProbeError> {
+        match &mut self.node {
+            Some(probes) => probes.attach(&mut self.ebpf, pid),
+            None => Err(node::NodeProbeError::Unavailable(
                 "not loaded with this program set".into(),
             )),
         }

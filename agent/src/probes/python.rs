@@ -14,10 +14,7 @@ use agent_common::PythonProcess;
 use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData},
-    programs::{
-        ProgramError, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
-    },
+    programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
 };
 
 use crate::runtime::python::{Interpreter, PythonError};
@@ -63,7 +60,7 @@ impl PythonProbes {
     pub fn load(ebpf: &mut Ebpf) -> Self {
         let mut unavailable = None;
         for name in [ENTRY, RETURN] {
-            if let Err(why) = program(ebpf, name).and_then(|p| {
+            if let Err(why) = super::uprobe(ebpf, name).and_then(|p| {
                 p.load().map_err(|e| {
                     format!(
                         "{} (uprobes need CONFIG_UPROBE_EVENTS)",
@@ -161,7 +158,7 @@ fn attach_module(
     offset: u64,
 ) -> Result<(), PythonProbeError> {
     for name in [ENTRY, RETURN] {
-        program(ebpf, name)
+        super::uprobe(ebpf, name)
             .map_err(PythonProbeError::Unavailable)?
             .attach(
                 UProbeAttachPoint {
@@ -184,11 +181,4 @@ fn attach_module(
             })?;
     }
     Ok(())
-}
-
-fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, String> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| format!("program `{name}` is missing"))?
-        .try_into()
-        .map_err(|e: ProgramError| e.to_string())
 }

@@ -19,10 +19,7 @@ use std::{
 use agent_common::SslFunction;
 use aya::{
     Ebpf,
-    programs::{
-        ProgramError, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
-    },
+    programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
 };
 
 pub const ENTER: &str = "ssl_enter";
@@ -81,7 +78,7 @@ impl TlsProbes {
     pub fn load(ebpf: &mut Ebpf) -> Self {
         let mut unavailable = None;
         for name in [ENTER, RETURN, FREE] {
-            if let Err(why) = program(ebpf, name).and_then(|p| {
+            if let Err(why) = super::uprobe(ebpf, name).and_then(|p| {
                 p.load().map_err(|e| {
                     format!(
                         "{} (uprobe attach cookies need Linux 5.15 or newer)",
@@ -224,7 +221,7 @@ fn attach_at(
     function: &'static str,
     cookie: u64,
 ) -> Result<(), TlsProbeError> {
-    program(ebpf, program_name)
+    super::uprobe(ebpf, program_name)
         .map_err(TlsProbeError::Unavailable)?
         .attach(
             UProbeAttachPoint {
@@ -247,11 +244,4 @@ fn attach_at(
                 }
             }
         })
-}
-
-fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, String> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| format!("program `{name}` is missing"))?
-        .try_into()
-        .map_err(|e: ProgramError| e.to_string())
 }

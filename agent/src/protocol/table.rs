@@ -107,10 +107,12 @@ impl ProtocolStats {
 pub enum Fed {
     /// Nothing parsed (still detecting, or not ours).
     Skipped,
-    /// Parsed; `server` is this process's end, `thread_causality` the parser's.
+    /// Parsed; `server` is this process's end, `thread_causality` the parser's; `in_order`:
+    /// the protocol answers one request at a time, in order (not multiplexed).
     Parsed {
         server: bool,
         thread_causality: bool,
+        in_order: bool,
     },
     /// The connection is none of ours from now on (detection window over, or a parser failed):
     /// the programs can stop sending its bytes.
@@ -214,6 +216,7 @@ impl ProtocolTable {
         Fed::Parsed {
             server: parsed.server,
             thread_causality: parsed.parser.thread_causality() || lone_client_request,
+            in_order: parsed.parser.thread_causality(),
         }
     }
 
@@ -228,6 +231,7 @@ impl ProtocolTable {
                 Fed::Parsed {
                     server: parsed.server,
                     thread_causality: parsed.parser.thread_causality(),
+                    in_order: parsed.parser.thread_causality(),
                 }
             }
             _ => Fed::Skipped,
@@ -285,6 +289,7 @@ mod tests {
         let lone = Fed::Parsed {
             server: false,
             thread_causality: true,
+            in_order: false,
         };
         assert_eq!(feed(&mut table, &first), lone);
         // A write carrying two streams may be a flush of other callers' calls.
@@ -294,7 +299,8 @@ mod tests {
             feed(&mut table, &two),
             Fed::Parsed {
                 server: false,
-                thread_causality: false
+                thread_causality: false,
+                in_order: false,
             }
         );
         assert_eq!(feed(&mut table, &headers(7)), lone);
@@ -313,7 +319,8 @@ mod tests {
             table.feed(7, &chunk, None, 2, 2, &mut Vec::new()),
             Fed::Parsed {
                 server: false,
-                thread_causality: false
+                thread_causality: false,
+                in_order: false,
             }
         );
     }

@@ -2,7 +2,9 @@
 //! causality rules are sound for the process (an OS thread is not a request's unit of work in
 //! every runtime) and, later, which runtime probes attach.
 
+pub mod elf;
 pub mod go;
+pub mod node;
 pub mod python;
 
 /// The Go programs running now, as processes (one per executable file is enough to attach the

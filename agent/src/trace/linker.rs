@@ -19,6 +19,10 @@
 //!    task or a task that created it, directly or not, provided that writer was created after
 //!    the SERVER request began (a task of its own: uvicorn, aiohttp, tornado make one per
 //!    request) and wrote no other response, and the CLIENT request began inside the SERVER one;
+//!    in Node.js processes whose callback probes are attached, the callback rule instead of the
+//!    thread rule: a CLIENT request written inside the libuv callback of a socket serving
+//!    exactly one request is its child, inside a client socket's callback it is the child of
+//!    what that socket's last request was made for ([`super::callbacks`]);
 //! 3. both ends on this host: the SERVER span on one end of a TCP connection is the child of the
 //!    CLIENT span on the other end whose request has the same key (the TCP sequence number of
 //!    its first byte for HTTP/1 and the datastores, so that ends first seen at different bytes
@@ -41,6 +45,7 @@ use std::{
 };
 
 use super::{
+    callbacks::{Callbacks, Lookup},
     goroutines::Goroutines,
     ids::{IdGenerator, SpanId, TraceId},
     intern::Interner,
@@ -106,6 +111,7 @@ pub struct TraceStats {
     pub parent_from_proxy: u64,
     pub parent_from_goroutine: u64,
     pub parent_from_task: u64,
+    pub parent_from_callback: u64,
     /// Threads found serving two requests at once (event loops): the thread rule names no
     /// parent on them from then on.
     pub event_loop_threads: u64,
@@ -384,6 +390,8 @@ impl OpenSpan {
 pub struct End {
     pub server: bool,
     pub thread_causality: bool,
+    /// The protocol answers one request at a time, in order (not multiplexed).
+    pub in_order: bool,
     /// The task whose syscall completed the request (`DataEvent::task`): in Go, the running
     /// goroutine's `g`; 0 when unknown.
     pub task: u64,
@@ -411,6 +419,8 @@ pub struct Tracer {
     pub goroutines: Goroutines,
     /// What the Python asyncio probes said.
     pub tasks: Tasks,
+    /// The Node.js processes whose callback probes are attached, and their sockets.
+    pub callbacks: Callbacks,
     /// CLIENT spans waiting for the task rule, under each task context of their lineage.
     task_waiting: FastMap<(u32, u64), Vec<SpanKey>>,
     /// What each task (pid, context, serial) that wrote a SERVER response wrote.
@@ -448,6 +458,7 @@ impl Tracer {
             goroutine_serving: FastMap::default(),
             goroutines: Goroutines::default(),
             tasks: Tasks::default(),
+            callbacks: Callbacks::default(),
             task_waiting: FastMap::default(),
             task_writers: FastMap::default(),
             clients: FastMap::default(),
@@ -522,23 +533,19 @@ impl Tracer {
         .then(|| self.tasks.lineage(pid, end.task))
         .filter(|l| !l.is_empty())
         .map(Vec::into_boxed_slice);
-        let (mut trace, parent, evidence) = if let Some(ctx) = context {
+        let (found, made_for) = if let Some(ctx) = context {
             self.stats.parent_from_header += 1;
-            (TraceRef::new(ctx.trace_id), Some(ctx.span_id), ctx.format)
+            let found = (TraceRef::new(ctx.trace_id), Some(ctx.span_id), ctx.format);
+            (found, None)
         } else if server {
-            self.server_parent(mirror, key, forward)
+            (self.server_parent(mirror, key, forward), None)
         } else {
-            let by_unit = if lineage.is_some()
-                || (self.tasks.is_tracked(pid) && self.tasks.is_loop_thread(pid, start.tid))
-            {
-                // An event loop's thread serves every request in flight: one open request on
-                // it is no evidence (a task of the service's own may be calling).
-                (Candidates::None, "task")
-            } else {
-                self.unit_candidates(pid, unit, start.ts)
-            };
-            self.client_parent(pid, by_unit, forward, start, &mut links)
+            let on_loop = lineage.is_some()
+                || (self.tasks.is_tracked(pid) && self.tasks.is_loop_thread(pid, start.tid));
+            self.parent_of_client(conn, end, (unit, forward, start), on_loop, &mut links)
         };
+        let (mut trace, parent, evidence) = found;
+        self.callbacks.on_request(conn, key, end, made_for);
         let lineage = lineage.filter(|_| parent.is_none());
         if let Some(lineage) = &lineage {
             // Unsettled, so that it waits for the response that names its parent.
@@ -584,6 +591,30 @@ impl Tracer {
             },
         );
         self.stats.held_peak = self.stats.held_peak.max(self.spans.len() as u64);
+    }
+
+    /// Parent of a CLIENT request without a header, and the SERVER span it was made for, by
+    /// the rule its runtime allows (`on_loop`: made on an asyncio loop's thread, where the task
+    /// rule decides later) and the proxy rule.
+    fn parent_of_client(
+        &mut self,
+        conn: &Connection,
+        end: End,
+        (unit, forward, start): (Unit, u64, Stamp),
+        on_loop: bool,
+        links: &mut Vec<SpanLink>,
+    ) -> ((TraceRef, Option<SpanId>, &'static str), Option<SpanKey>) {
+        let pid = conn.process.pid;
+        let by_unit = if on_loop {
+            // An event loop's thread serves every request in flight: one open request on it is
+            // no evidence (a task of the service's own may be calling).
+            (Candidates::None, "task")
+        } else if let Some(found) = self.callback_candidates(conn, end, start.ts) {
+            (found, "callback")
+        } else {
+            self.unit_candidates(pid, unit, start.ts)
+        };
+        self.client_parent(pid, by_unit, forward, start, links)
     }
 
     /// The unit of work a request was made or read by, for the rules by unit. Same-thread
@@ -870,7 +901,7 @@ impl Tracer {
         forward: u64,
         start: Stamp,
         links: &mut Vec<SpanLink>,
-    ) -> (TraceRef, Option<SpanId>, &'static str) {
+    ) -> ((TraceRef, Option<SpanId>, &'static str), Option<SpanKey>) {
         let by_proxy = if forward == 0 {
             Candidates::None
         } else {
@@ -892,6 +923,7 @@ impl Tracer {
             match evidence {
                 "thread" => self.stats.parent_from_thread += 1,
                 "goroutine" => self.stats.parent_from_goroutine += 1,
+                "callback" => self.stats.parent_from_callback += 1,
                 _ => {
                     self.stats.parent_from_proxy += 1;
                     // A request is forwarded once: a later request asking the same (a health
@@ -899,7 +931,7 @@ impl Tracer {
                     remove_open(&mut self.forwardable, (pid, forward), key);
                 }
             }
-            return found;
+            return (found, Some(key));
         }
         let mut ambiguous = false;
         for (candidates, reason) in [
@@ -907,6 +939,7 @@ impl Tracer {
                 by_thread,
                 match unit {
                     "goroutine" => "same goroutine serves several requests",
+                    "callback" => "the callback's socket serves several requests",
                     "event-loop thread" => "an event-loop thread serves every request in flight",
                     _ => "same thread serves several requests",
                 },
@@ -932,11 +965,40 @@ impl Tracer {
                 }
             }
         }
-        if ambiguous {
+        let chosen = if ambiguous {
             self.stats.ambiguous += 1;
             (TraceRef::new(self.ids.trace_id()), None, "ambiguous")
         } else {
             (TraceRef::new(self.ids.trace_id()), None, "none")
+        };
+        (chosen, None)
+    }
+
+    /// The callback rule's candidates for a CLIENT request on `conn` begun at `ts` ([`Lookup`]),
+    /// `None` where the rule does not apply (not a followed Node.js process, a multiplexed
+    /// write, or a thread the probes never saw).
+    fn callback_candidates(&mut self, conn: &Connection, end: End, ts: u64) -> Option<Candidates> {
+        if !end.thread_causality || conn.tls {
+            return None;
+        }
+        let lookup = self.callbacks.lookup(conn, end.task);
+        let live = |key: &SpanKey| {
+            self.spans
+                .get(key)
+                .is_some_and(|s| s.finished.is_none() && s.start_ts <= ts)
+        };
+        match lookup {
+            Lookup::Unknown => None,
+            Lookup::Serving([newest, older]) => {
+                Some(match [newest, older].map(|k| k.filter(live)) {
+                    [None, None] => Candidates::None,
+                    [Some(one), None] | [None, Some(one)] => Candidates::One(one),
+                    [Some(a), Some(b)] => Candidates::Several(vec![a, b]),
+                })
+            }
+            Lookup::MadeFor(key) if live(&key) => Some(Candidates::One(key)),
+            // Its request's response came after that request ended, or was none's.
+            Lookup::NoParent | Lookup::MadeFor(_) => Some(Candidates::None),
         }
     }
 
@@ -1300,6 +1362,8 @@ mod tests {
                 ..ProcessInfo::default()
             }),
             tls: false,
+            fd: i32::try_from(conn_id).unwrap_or(-1),
+            opened_in: 0,
         }
     }
 
@@ -1325,6 +1389,7 @@ mod tests {
         let end = End {
             server,
             thread_causality: true,
+            in_order: true,
             task: 0,
         };
         t.on_request(conn, end, start.offset, 0, trace, start);
@@ -1424,6 +1489,7 @@ mod tests {
         let end = End {
             server,
             thread_causality: true,
+            in_order: true,
             task,
         };
         t.on_request(conn, end, start.offset, 0, None, start);
@@ -1663,6 +1729,7 @@ mod tests {
         let end = End {
             server,
             thread_causality: true,
+            in_order: true,
             task: 0,
         };
         let forward = crate::protocol::forward_key(method, target);

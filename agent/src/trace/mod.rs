@@ -1,5 +1,6 @@
 //! Stage 5 of the pipeline: spans from exchanges, linked into traces.
 
+pub mod callbacks;
 pub mod goroutines;
 pub mod ids;
 pub mod intern;

@@ -389,6 +389,7 @@ pub fn bench(quick: bool, runtime_probes_only: bool) -> Result<()> {
     if runtime_probes_only {
         crate::setup::test_dependencies()?;
         let bin = crate::util::release_agent()?;
+        let node = crate::bench_runtime::rounds(&bin, quick, Probed::Node)?;
         let asyncio = crate::bench_runtime::rounds(&bin, quick, Probed::Asyncio)?;
         let probes = crate::bench_runtime::rounds(&bin, quick, Probed::Go)?;
         let tls = crate::bench_tls::rounds(&bin, quick)?;
@@ -396,6 +397,7 @@ pub fn bench(quick: bool, runtime_probes_only: bool) -> Result<()> {
         crate::bench_runtime::section(&mut out, Probed::Go, &probes, summary);
         crate::bench_tls::section(&mut out, &tls, summary);
         crate::bench_runtime::section(&mut out, Probed::Asyncio, &asyncio, summary);
+        crate::bench_runtime::section(&mut out, Probed::Node, &node, summary);
         println!("{out}");
         return Ok(());
     }
@@ -441,6 +443,7 @@ pub fn bench(quick: bool, runtime_probes_only: bool) -> Result<()> {
     let probes = crate::bench_runtime::rounds(&bin, quick, Probed::Go)?;
     let tls = crate::bench_tls::rounds(&bin, quick)?;
     let asyncio = crate::bench_runtime::rounds(&bin, quick, Probed::Asyncio)?;
+    let node = crate::bench_runtime::rounds(&bin, quick, Probed::Node)?;
     let mut runs = PipelineRuns::default();
     let store = std::env::temp_dir().join("sockspan-bench-pipeline.redb");
     for _ in 0..pipeline_rounds {
@@ -462,6 +465,7 @@ pub fn bench(quick: bool, runtime_probes_only: bool) -> Result<()> {
     crate::bench_runtime::section(&mut report, Probed::Go, &probes, summary);
     crate::bench_tls::section(&mut report, &tls, summary);
     crate::bench_runtime::section(&mut report, Probed::Asyncio, &asyncio, summary);
+    crate::bench_runtime::section(&mut report, Probed::Node, &node, summary);
     if let Ok(history) = std::fs::read_to_string(workspace_root().join("bench/HISTORY.md")) {
         report.push('\n');
         report.push_str(&history);

@@ -12,9 +12,6 @@ use object::{Object as _, ObjectSection as _, ObjectSymbol as _, ReadCache, Read
 
 use super::{GoError, pclntab};
 
-/// Largest function body decoded (Go's `newproc1` is about 1 KiB).
-const MAX_FUNCTION_BYTES: u64 = 64 * 1024;
-
 /// A function found in the executable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Function {
@@ -63,19 +60,7 @@ pub fn find_functions_in<'a, R: ReadRef<'a>>(
     }
     let mut found = HashMap::new();
     for (name, (address, size)) in located {
-        let Some(section) = elf.sections().find(|s| {
-            address >= s.address() && address - s.address() < s.size() && s.file_range().is_some()
-        }) else {
-            continue;
-        };
-        let Some((section_offset, _)) = section.file_range() else {
-            continue;
-        };
-        let file_offset = section_offset + (address - section.address());
-        // The function's bytes must be in the file: a damaged header could place it past the
-        // end, and a uprobe is never attached where no instruction was read.
-        let size = size.clamp(1, MAX_FUNCTION_BYTES);
-        let Ok(Some(code)) = section.data_range(address, size) else {
+        let Some((file_offset, code)) = crate::runtime::elf::code_at(&elf, address, size) else {
             continue;
         };
         let returns = if with_returns.contains(&name.as_str()) {

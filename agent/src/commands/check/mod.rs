@@ -2,6 +2,8 @@
 //! capture path works. Every row is a real probe of this host (a load, an attach, a file), not a
 //! guess from the kernel version.
 
+mod runtimes;
+
 use std::{fmt::Write as _, path::Path};
 
 use aya::{maps::MapType, programs::ProgramType};
@@ -325,8 +327,9 @@ fn other_hook_rows(rows: &mut Vec<Row>, btf: Option<&Btf>, uprobe_test: Result<(
             fix: "",
         });
     }
-    rows.push(asyncio_row(uprobe_test.clone()));
-    rows.push(go_row(uprobe_test));
+    rows.push(runtimes::asyncio_row(uprobe_test.clone()));
+    rows.push(runtimes::go_row(uprobe_test.clone()));
+    rows.push(runtimes::node_row(uprobe_test));
     let unused = [
         ("kprobes", pmu("kprobe")),
         ("fentry/fexit", probe_fentry(btf)),
@@ -346,68 +349,6 @@ fn other_hook_rows(rows: &mut Vec<Row>, btf: Option<&Btf>, uprobe_test: Result<(
 /// Whether Go programs get goroutine causality here: a real uprobe attach (kernels with the 2025
 /// fix "perf/core: Require `CAP_SYS_ADMIN` for uprobes", in stable updates too, refuse it to
 /// `CAP_PERFMON` alone).
-fn go_row(uprobe_test: Result<(), String>) -> Row {
-    let (ok, detail) = match uprobe_test {
-        Ok(()) => (
-            true,
-            "a uprobe attached (at this agent's own main); probes verified on go1.19".to_string(),
-        ),
-        Err(e) => (false, e),
-    };
-    Row {
-        feature: "Go goroutine causality".into(),
-        ok,
-        detail,
-        need: Need::Optional,
-        role: "without: Go programs' client calls get no parent (no wrong one either)",
-        fix: "grant CAP_SYS_ADMIN (deploy/README.md)",
-    }
-}
-
-/// Whether Python asyncio services get task causality here: uprobes (the same attach test as
-/// Go's), and what the CPython processes running now are (a release whose layout was checked,
-/// asyncio loaded or not).
-fn asyncio_row(uprobe_test: Result<(), String>) -> Row {
-    let mut seen: Vec<String> = Vec::new();
-    for pid in crate::runtime::processes_running() {
-        if !matches!(
-            crate::runtime::Runtime::of_process(pid),
-            crate::runtime::Runtime::Python
-        ) {
-            continue;
-        }
-        let what = match crate::runtime::python::inspect(pid) {
-            Ok(Some(i)) if i.asyncio.is_some() => {
-                format!("{pid}: CPython {} with asyncio", i.version)
-            }
-            Ok(Some(i)) => format!("{pid}: CPython {} (no asyncio loaded)", i.version),
-            Ok(None) => continue,
-            Err(e) => format!("{pid}: {e}"),
-        };
-        if seen.len() < 5 {
-            seen.push(what);
-        }
-    }
-    let (ok, mut detail) = match uprobe_test {
-        Ok(()) => (
-            true,
-            "a uprobe attached; CPython layouts checked: 3.11, 3.12, 3.13".to_string(),
-        ),
-        Err(e) => (false, e),
-    };
-    if !seen.is_empty() {
-        let _ = write!(detail, "; running now: {}", seen.join(", "));
-    }
-    Row {
-        feature: "Python asyncio task causality".into(),
-        ok,
-        detail,
-        need: Need::Optional,
-        role: "without: calls made by asyncio services (uvicorn, aiohttp) get no parent (no wrong one either)",
-        fix: "grant CAP_SYS_ADMIN (deploy/README.md); `--no-runtime-probes asyncio` turns it off",
-    }
-}
-
 fn rows() -> (Vec<Row>, Option<String>) {
     let mut rows = Vec::new();
     privilege_rows(&mut rows);
