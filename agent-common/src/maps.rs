@@ -229,14 +229,19 @@ pub const POSTGRES_PROTOCOL_3: u32 = 0x0003_0000;
 pub const POSTGRES_SSL_REQUEST: u32 = 80_877_103;
 pub const POSTGRES_GSSENC_REQUEST: u32 = 80_877_104;
 
-/// Where a Python process keeps what the programs read to name the running asyncio task: the
-/// value of the `PYTHON_PROCESSES` map, by tgid, written by the agent for each Python process it
-/// follows (`agent/src/runtime/python`). The programs find the calling thread's `PyThreadState`
-/// by walking the interpreter's thread list for the thread's id as the process sees it (its pid
+/// A process whose syscalls the programs name the running task of: the value of the
+/// `FOLLOWED_PROCESSES` map, by tgid, written by the agent. One lookup there is all an unfollowed
+/// process's data syscall pays for the runtimes' task reads.
+///
+/// For a Python process ([`RUNTIME_PYTHON`], `agent/src/runtime/python`): where it keeps what
+/// names the running asyncio task. The programs find the calling thread's `PyThreadState` by
+/// walking the interpreter's thread list for the thread's id as the process sees it (its pid
 /// namespace's), and read its current `contextvars.Context`. Offsets are the `CPython` release's.
+/// For a Node.js process ([`RUNTIME_NODE`]) only `runtime` is set: the callback probes keep the
+/// rest per thread.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PythonProcess {
+pub struct FollowedProcess {
     /// Address of `_PyRuntime.interpreters.head` in the process.
     pub interpreters_head: u64,
     /// Device and inode of the process's pid namespace (`/proc/<pid>/ns/pid`).
@@ -252,9 +257,15 @@ pub struct PythonProcess {
     pub thread_context: u32,
     /// `TaskObj.task_context` in `_asyncio`.
     pub task_context: u32,
-    pub pad: u32,
+    /// [`RUNTIME_PYTHON`] or [`RUNTIME_NODE`].
+    pub runtime: u32,
 }
-const _: () = assert!(core::mem::size_of::<PythonProcess>() == 24 + 24);
+const _: () = assert!(core::mem::size_of::<FollowedProcess>() == 24 + 24);
+
+/// [`FollowedProcess::runtime`]: a CPython process followed by the asyncio probes.
+pub const RUNTIME_PYTHON: u32 = 0;
+/// [`FollowedProcess::runtime`]: a Node.js process followed by the callback probes.
+pub const RUNTIME_NODE: u32 = 1;
 
 /// Thread states walked per lookup: a thread whose state is further down the list is not named
 /// (its records carry no task).
@@ -319,5 +330,5 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ConnInfo {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::PythonProcess {}
+    unsafe impl aya::Pod for super::FollowedProcess {}
 }

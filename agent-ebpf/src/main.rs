@@ -17,6 +17,8 @@ mod detect;
 #[cfg(target_arch = "bpf")]
 mod floor;
 #[cfg(target_arch = "bpf")]
+mod followed;
+#[cfg(target_arch = "bpf")]
 mod go;
 #[cfg(target_arch = "bpf")]
 mod maps;

@@ -12,7 +12,8 @@
 //! unsigned int events)`) stores the watcher's fd for the thread; `node_stream_io_return`
 //! (uretprobe) stores "outside". Two traps per stream callback. The syscall exit program reads
 //! the value ([`current_callback`]) into [`agent_common::DataEvent::task`], the open record into
-//! [`agent_common::ConnEvent::task`]. `uv__stream_io` is static in libuv but its address is
+//! [`agent_common::ConnEvent::task`], for the processes the agent follows
+//! ([`crate::followed::FOLLOWED_PROCESSES`]): others pay one lookup there, not one here too. `uv__stream_io` is static in libuv but its address is
 //! taken (it is every stream watcher's callback), so it keeps the C calling convention. Checked
 //! on Node.js 20.20.2 (NodeSource, libuv 1.46 linked in, `.symtab` kept).
 
@@ -49,9 +50,7 @@ pub fn node_stream_io(ctx: ProbeContext) -> u32 {
     let watcher = unsafe { core::ptr::read_volatile(&raw const (*regs).rsi) };
     // SAFETY: bpf_probe_read_user returns an error for a bad user address; it never faults.
     match unsafe { bpf_probe_read_user((watcher + UV_IO_FD) as *const i32) } {
-        Ok(fd) => {
-            let _ = NODE_CALLBACKS.insert(&pid_tgid, &agent_common::node_callback(Some(fd)), 0);
-        }
+        Ok(fd) => store(pid_tgid, agent_common::node_callback(Some(fd))),
         // An fd not read names nothing: the thread's syscalls carry no callback until the next.
         Err(_) => {
             let _ = NODE_CALLBACKS.remove(&pid_tgid);
@@ -66,16 +65,29 @@ pub fn node_stream_io_return(_ctx: RetProbeContext) -> u32 {
     let Some(pid_tgid) = traced_pid_tgid() else {
         return 0;
     };
-    let _ = NODE_CALLBACKS.insert(&pid_tgid, &agent_common::node_callback(None), 0);
+    store(pid_tgid, agent_common::node_callback(None));
     0
+}
+
+/// Stores `value` for the thread: in place when it has an entry (two per callback: no new LRU
+/// element each time), else as a new one.
+#[inline(always)]
+fn store(pid_tgid: u64, value: u64) {
+    match NODE_CALLBACKS.get_ptr_mut(&pid_tgid) {
+        // SAFETY: the map's value for this key, which the verifier checked non-null; a u64
+        // store is atomic on the 64-bit targets BPF runs on.
+        Some(slot) => unsafe { *slot = value },
+        None => {
+            let _ = NODE_CALLBACKS.insert(&pid_tgid, &value, 0);
+        }
+    }
 }
 
 /// The stream callback the calling thread is in ([`agent_common::node_callback`]), or 0 on a
 /// thread the probes never saw (no stored value is 0: its top half is the tag). A plain `u64`,
-/// not an `Option`: out of line, an `Option` comes back through the stack, and the verifier
-/// then saw one load instruction serve two kinds of pointer. Out of line: the syscall exit
-/// program calls it from two places.
-#[inline(never)]
+/// not an `Option`: out of line, an `Option` came back through the stack, and the verifier then
+/// saw one load instruction serve two kinds of pointer.
+#[inline(always)]
 pub fn current_callback(pid_tgid: u64) -> u64 {
     // SAFETY: copied out at once.
     unsafe { NODE_CALLBACKS.get(&pid_tgid) }

@@ -5,7 +5,7 @@
 //! steps with `context=self._context`, and the event loop's handle enters it), so the calling
 //! thread's current context (`PyThreadState.context`) names the running task with no probe on
 //! the step itself. [`current_context`] reads it at each data syscall of a process the agent
-//! follows ([`PYTHON_PROCESSES`]), through the thread's `PyThreadState`, which the task-creation
+//! follows ([`crate::followed::FOLLOWED_PROCESSES`]), through the thread's `PyThreadState`, which the task-creation
 //! probe found by walking the interpreter's thread states for the calling thread's id (cached
 //! per thread, checked at each use). The cost is a few user-memory reads per data record of
 //! those processes, and one hash lookup for every other.
@@ -16,7 +16,9 @@
 //! current one in a [`PyTaskEvent`]: two traps per task created. Checked on CPython 3.11.2
 //! (Debian 12), 3.11.7, 3.12.1 and 3.13.0 (pyenv builds), with and without uvloop.
 
-use agent_common::{Counter, EventKind, PYTHON_MAX_THREADS, PyTaskEvent, PythonProcess};
+use agent_common::{
+    Counter, EventKind, FollowedProcess, PYTHON_MAX_THREADS, PyTaskEvent, RUNTIME_PYTHON,
+};
 use aya_ebpf::{
     bindings::bpf_pidns_info,
     helpers::{bpf_probe_read_user, generated::bpf_get_ns_current_pid_tgid},
@@ -26,13 +28,10 @@ use aya_ebpf::{
 };
 
 use crate::{
+    followed::FOLLOWED_PROCESSES,
     maps::{EVENTS, count},
     syscalls::{header, now_ns, traced_pid_tgid},
 };
-
-/// The Python processes followed, by tgid (written by the agent).
-#[map]
-pub static PYTHON_PROCESSES: HashMap<u32, PythonProcess> = HashMap::with_max_entries(4096, 0);
 
 /// A thread's `PyThreadState`, by pid_tgid: found once by the walk, checked at each use (a
 /// thread state is freed when its thread ends, and its memory may then hold another's).
@@ -43,9 +42,6 @@ static PY_THREAD_STATES: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_
 #[map]
 static PY_TASK_INITS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 
-/// [`current_context`]'s answer for a process that is not followed.
-pub const NOT_PYTHON: u64 = u64::MAX;
-
 /// Reads a pointer-sized value of user memory; 0 when the read fails.
 #[inline(always)]
 fn read(address: u64) -> u64 {
@@ -54,11 +50,20 @@ fn read(address: u64) -> u64 {
 }
 
 /// The calling thread's id in its process's pid namespace (what `native_thread_id` holds), and
-/// the process's entry; `None` when the process is not followed.
+/// the process's entry; `None` when the process is not a followed Python process.
 #[inline(always)]
-fn followed_thread(pid_tgid: u64) -> Option<(PythonProcess, u64)> {
+fn followed_thread(pid_tgid: u64) -> Option<(FollowedProcess, u64)> {
     // SAFETY: copied out at once.
-    let process = (unsafe { PYTHON_PROCESSES.get(&((pid_tgid >> 32) as u32)) }).copied()?;
+    let process = (unsafe { FOLLOWED_PROCESSES.get(&((pid_tgid >> 32) as u32)) }).copied()?;
+    if process.runtime != RUNTIME_PYTHON {
+        return None;
+    }
+    Some((process, namespace_tid(&process)))
+}
+
+/// The calling thread's id in the pid namespace of `process` (0 when that is not the thread's).
+#[inline(always)]
+fn namespace_tid(process: &FollowedProcess) -> u64 {
     let mut ns = bpf_pidns_info { pid: 0, tgid: 0 };
     // SAFETY: `ns` is a local of the size passed; the helper fails (non-zero) when the
     // namespace is not the current task's.
@@ -70,20 +75,17 @@ fn followed_thread(pid_tgid: u64) -> Option<(PythonProcess, u64)> {
             core::mem::size_of::<bpf_pidns_info>() as u32,
         )
     };
-    let tid = if failed == 0 { u64::from(ns.pid) } else { 0 };
-    Some((process, tid))
+    if failed == 0 { u64::from(ns.pid) } else { 0 }
 }
 
-/// The calling thread's current `contextvars.Context` (0 when unknown), or [`NOT_PYTHON`].
-/// Only the thread state cached by [`thread_state`] is read: the walk that finds it runs in the
-/// task-creation probe, whose program is small, and not in the syscall exit program, whose
-/// verification it would multiply. A thread that never created a task has no task running, so
-/// it loses nothing. Out of line: the exit program calls it from one place.
-#[inline(never)]
-pub fn current_context(pid_tgid: u64) -> u64 {
-    let Some((process, tid)) = followed_thread(pid_tgid) else {
-        return NOT_PYTHON;
-    };
+/// The calling thread's current `contextvars.Context` (0 when unknown), in `process`, a followed
+/// Python process. Only the thread state cached by [`thread_state`] is read: the walk that finds
+/// it runs in the task-creation probe, whose program is small, and not in the syscall exit
+/// program, whose verification it would multiply. A thread that never created a task has no
+/// task running, so it loses nothing.
+#[inline(always)]
+pub fn current_context(pid_tgid: u64, process: &FollowedProcess) -> u64 {
+    let tid = namespace_tid(process);
     // SAFETY: copied out at once.
     match unsafe { PY_THREAD_STATES.get(&pid_tgid) }.copied() {
         Some(state) if tid != 0 && read(state + u64::from(process.thread_native_id)) == tid => {
@@ -96,7 +98,7 @@ pub fn current_context(pid_tgid: u64) -> u64 {
 /// The calling thread's `PyThreadState` (0 when not found): the cached one while it still
 /// names this thread, else found by walking the interpreter's thread list, and cached.
 #[inline(always)]
-fn thread_state(pid_tgid: u64, process: &PythonProcess, tid: u64) -> u64 {
+fn thread_state(pid_tgid: u64, process: &FollowedProcess, tid: u64) -> u64 {
     if tid == 0 {
         return 0;
     }
@@ -134,8 +136,9 @@ pub fn py_task_init(ctx: ProbeContext) -> u32 {
     let Some(pid_tgid) = traced_pid_tgid() else {
         return 0;
     };
-    // SAFETY: a lookup whose value is not used.
-    if unsafe { PYTHON_PROCESSES.get(&((pid_tgid >> 32) as u32)) }.is_none() {
+    // SAFETY: copied out at once.
+    let followed = unsafe { FOLLOWED_PROCESSES.get(&((pid_tgid >> 32) as u32)) }.copied();
+    if followed.is_none_or(|p| p.runtime != RUNTIME_PYTHON) {
         return 0;
     }
     let regs = ctx.regs;

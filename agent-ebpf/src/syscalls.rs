@@ -25,10 +25,10 @@ use aya_ebpf::{
 use crate::{
     capture::{Source, copy_payload},
     detect,
+    followed::{self, NOT_FOLLOWED},
     maps::{
         CONNS, ENTRY_STAMPS, EVENTS, EntryStamp, SCRATCH, config, count, current_comm, next_conn_id,
     },
-    node, python,
     regs::{Regs, exit_traced, is_egress, nr},
     socket::{FdKind, classify_fd, stream_seq},
     tls,
@@ -116,7 +116,10 @@ fn emit_conn(kind: EventKind, pid_tgid: u64, fd: i32, info: &ConnInfo, syscall: 
         comm: current_comm(),
         // Where a Node.js socket was opened (the callback whose request it is for).
         task: match kind {
-            EventKind::ConnOpen => node::current_callback(pid_tgid),
+            EventKind::ConnOpen => match followed::current_task(pid_tgid) {
+                NOT_FOLLOWED => 0,
+                task => task,
+            },
             _ => 0,
         },
     });
@@ -356,12 +359,9 @@ fn data_exit<const STAGE: u8>(
         moved_ns,
         // In a followed Python process, the running asyncio task's context; on a Node.js
         // thread, its libuv callback; elsewhere R14 (in Go code, the running goroutine).
-        task: match python::current_context(pid_tgid) {
-            python::NOT_PYTHON => match node::current_callback(pid_tgid) {
-                0 => regs.r14(),
-                callback => callback,
-            },
-            context => context,
+        task: match followed::current_task(pid_tgid) {
+            NOT_FOLLOWED => regs.r14(),
+            task => task,
         },
         seq,
     };

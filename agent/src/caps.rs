@@ -40,7 +40,7 @@ impl Cap {
             Self::Bpf => "create maps and load programs",
             Self::Perfmon => "attach to tracepoints, read kernel memory from programs",
             Self::SysAdmin => {
-                "attach uprobes (goroutine and asyncio task causality, TLS plaintext); stands in for CAP_BPF + CAP_PERFMON before 5.8"
+                "attach uprobes (goroutine, asyncio task and Node.js callback causality, TLS plaintext); stands in for CAP_BPF + CAP_PERFMON before 5.8"
             }
             Self::SysResource => "lift RLIMIT_MEMLOCK on kernels before 5.11",
             Self::SysPtrace => "read /proc/<pid>/exe and fd of other users' processes",

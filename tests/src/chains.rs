@@ -48,6 +48,8 @@ pub enum Kind {
     /// Node.js `http` server and the global `fetch` (undici, keep-alive), the calls one after
     /// the other (each made on the previous one's response).
     NodeFetch,
+    /// As `Node`, its `http.Agent` limited to 2 sockets per server: requests queue for one.
+    NodeLimited,
     /// Go `net/http` server and `http.Client`, a goroutine per call.
     Go,
     /// As `Go`, the calls one after the other in the handler's goroutine.
@@ -121,6 +123,7 @@ pub fn chain_named(name: &str) -> Hop {
         }),
         "node" => two_leaves(Kind::Node),
         "node-fetch" => two_leaves(Kind::NodeFetch),
+        "node-limited" => two_leaves(Kind::NodeLimited),
         "go" => two_leaves(Kind::Go),
         // An HTTP front calling a gRPC model server: the caller → gRPC client link.
         "grpc" => grpc_front(Kind::Threaded),
@@ -190,7 +193,7 @@ pub fn chain_named(name: &str) -> Hop {
 }
 
 /// Every chain [`chain_named`] knows, in table order.
-pub const CHAINS: [&str; 18] = [
+pub const CHAINS: [&str; 19] = [
     "threaded",
     "nginx",
     "aiohttp",
@@ -201,6 +204,7 @@ pub const CHAINS: [&str; 18] = [
     "node",
     "node-fetch",
     "node-middle",
+    "node-limited",
     "go",
     "go-sequential",
     "go-stripped",
@@ -360,7 +364,7 @@ fn start_hop(
             cmd.arg(fixture("chains/asyncio_service.py"));
             cmd
         }
-        Kind::Node | Kind::NodeFetch => {
+        Kind::Node | Kind::NodeFetch | Kind::NodeLimited => {
             let mut cmd = Command::new("node");
             cmd.arg(fixture("chains/node_service.js"));
             cmd
@@ -378,7 +382,12 @@ fn start_hop(
     }
     if matches!(
         hop.kind,
-        Kind::Aiohttp { .. } | Kind::Fastapi | Kind::Asyncio { .. } | Kind::Node | Kind::NodeFetch
+        Kind::Aiohttp { .. }
+            | Kind::Fastapi
+            | Kind::Asyncio { .. }
+            | Kind::Node
+            | Kind::NodeFetch
+            | Kind::NodeLimited
     ) {
         // Calls of a task of the service's own, through the pool the requests use, while
         // requests are in flight: the task rule must never give them a request as parent.
@@ -393,6 +402,9 @@ fn start_hop(
     }
     if hop.kind == Kind::NodeFetch {
         cmd.env("NODE_CLIENT", "fetch");
+    }
+    if hop.kind == Kind::NodeLimited {
+        cmd.env("MAX_SOCKETS", "2");
     }
     if hop.kind == Kind::ThreadPool {
         cmd.env("POOL", "8");

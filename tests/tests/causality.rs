@@ -223,6 +223,15 @@ fn node_middle_chain_is_whole() {
     );
 }
 
+/// A connection-limited `http.Agent`: requests queue for a socket and are written in the freed
+/// socket's callback, which names no parent; none may get a wrong one.
+#[test]
+fn node_with_a_connection_limit_names_no_wrong_parent() {
+    let (score, log) = measure_with_log("node-limited");
+    assert_precise(&score);
+    assert_node_callback_rule(&score, &log);
+}
+
 /// `--no-runtime-probes node`: no callback links, and no wrong parent either.
 #[test]
 fn node_probes_can_be_turned_off() {

@@ -48,15 +48,20 @@ fn reason(chain: &str) -> &'static str {
              callback is the child of the one request that socket serves. The thread rule is \
              off for Node.js (one thread runs every callback; it named wrong parents for the \
              timer's background calls, which the callback rule leaves alone: made outside any \
-             callback). Measured apart with an `http.Agent` limited to 2 and 5 sockets (requests \
-             queue for a socket): no wrong link, whole-trace 15 % and 31 %, since a queued \
-             request is written in the freed socket's callback and gets no parent. Next: follow \
-             a queued request from the callback that queued it."
+             callback). Calls over a new connection to a server named by host name (not an IP) \
+             lose their parent: the connect runs in the DNS lookup's completion, outside any \
+             stream callback."
         }
         "node-fetch" => {
             "Callback rule with `fetch` (undici), the calls one after the other: the second \
              call is written in the first call's response callback, and takes what that call \
              was made for."
+        }
+        "node-limited" => {
+            "As node, its `http.Agent` limited to 2 sockets per server, so requests queue for \
+             one: a queued request is written in the freed socket's callback and gets no parent \
+             (never a wrong one). Next: follow a queued request from the callback that queued \
+             it."
         }
         "node-middle" => {
             "Callback rule behind a threaded front's keep-alive pool (the Node.js service's \

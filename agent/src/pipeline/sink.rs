@@ -470,7 +470,16 @@ fn watch_node(
     probes: &mut Probes,
     process: &ProcessInfo,
 ) {
-    if !matches!(process.runtime, crate::runtime::Runtime::Node) || !seen.insert(process.pid) {
+    if !matches!(process.runtime, crate::runtime::Runtime::Node) {
+        // A followed pid that runs something else now (it exec'd) is forgotten: its threads'
+        // syscalls name their callbacks no more.
+        if seen.remove(&process.pid) {
+            tracer.callbacks.untrack(process.pid);
+            probes.forget(process.pid);
+        }
+        return;
+    }
+    if !seen.insert(process.pid) {
         return;
     }
     match probes.attach_node(process.pid) {
@@ -498,11 +507,14 @@ impl TraceSink<'_> {
     /// Node.js processes that exited leave the tracer (a new process given the pid is looked
     /// at afresh).
     fn forget_exited_node(&mut self) {
-        let tracer = &mut self.tracer;
+        let (tracer, mut probes) = (&mut self.tracer, self.probes.as_deref_mut());
         self.node_seen.retain(|pid| {
             let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
             if !alive {
                 tracer.callbacks.untrack(*pid);
+                if let Some(probes) = probes.as_deref_mut() {
+                    probes.forget(*pid);
+                }
             }
             alive
         });
@@ -523,7 +535,7 @@ impl TraceSink<'_> {
                 .is_some_and(|(_, followed)| followed)
             {
                 if let Some(probes) = self.probes.as_deref_mut() {
-                    probes.forget_python(pid);
+                    probes.forget(pid);
                 }
                 self.tracer.tasks.untrack(pid);
             }
@@ -545,7 +557,7 @@ fn watch_python(
     let pid = process.pid;
     if !matches!(process.runtime, crate::runtime::Runtime::Python) {
         if seen.remove(&pid).is_some_and(|(_, followed)| followed) {
-            probes.forget_python(pid);
+            probes.forget(pid);
             tracer.tasks.untrack(pid);
         }
         return;
@@ -770,6 +782,9 @@ impl EventSink for TraceSink<'_> {
         let Some(conn) = self.conntrack.close(event) else {
             return;
         };
+        self.tracer
+            .callbacks
+            .closed(conn.process.pid, conn.fd, conn.conn_id);
 
         let at = Stamp {
             ts: event.header.ts_ns,

@@ -114,7 +114,12 @@ pub struct Probes {
     python: Option<python::PythonProbes>,
     /// The Node.js callback probes (capture set only), attached per Node.js executable met.
     node: Option<node::NodeProbes>,
+    /// The programs' map of followed processes (Python and Node.js), by tgid.
+    followed: Option<aya::maps::HashMap<MapData, u32, agent_common::FollowedProcess>>,
 }
+
+/// The programs' map of the processes whose syscalls name their running task.
+const MAP_FOLLOWED: &str = "FOLLOWED_PROCESSES";
 
 /// `BPF_EXIST` (uapi `bpf.h`): update an existing entry only, so a connection the programs
 /// removed at close meanwhile is never re-created.
@@ -280,12 +285,26 @@ impl Probes {
         let python =
             matches!(set, ProgramSet::Capture).then(|| python::PythonProbes::load(&mut ebpf));
         let node = matches!(set, ProgramSet::Capture).then(|| node::NodeProbes::load(&mut ebpf));
+        let followed = if matches!(set, ProgramSet::Capture) {
+            let map = ebpf
+                .take_map(MAP_FOLLOWED)
+                .ok_or(ProbesError::MissingMap(MAP_FOLLOWED))?;
+            Some(
+                aya::maps::HashMap::try_from(map).map_err(|e| ProbesError::Map {
+                    name: MAP_FOLLOWED,
+                    reason: e.to_string(),
+                })?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
             ebpf,
             go,
             tls,
             python,
             node,
+            followed,
         })
     }
 
@@ -323,28 +342,57 @@ impl Probes {
         pid: u32,
         interpreter: &crate::runtime::python::Interpreter,
     ) -> Result<bool, python::PythonProbeError> {
-        match &mut self.python {
-            Some(probes) => probes.follow(&mut self.ebpf, pid, interpreter),
-            None => Err(python::PythonProbeError::Unavailable(
-                "not loaded with this program set".into(),
-            )),
-        }
+        let (entry, newly) = match &mut self.python {
+            Some(probes) => probes.follow(&mut self.ebpf, pid, interpreter)?,
+            None => {
+                return Err(python::PythonProbeError::Unavailable(
+                    "not loaded with this program set".into(),
+                ));
+            }
+        };
+        self.set_followed(pid, entry)
+            .map_err(python::PythonProbeError::Map)?;
+        Ok(newly)
     }
 
-    /// Attaches the Node.js callback probes for `pid`, a Node.js program.
+    /// Writes `pid`'s entry into the programs' map of followed processes.
+    fn set_followed(
+        &mut self,
+        pid: u32,
+        entry: agent_common::FollowedProcess,
+    ) -> Result<(), String> {
+        self.followed
+            .as_mut()
+            .ok_or_else(|| format!("map {MAP_FOLLOWED} is missing"))?
+            .insert(pid, entry, 0)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Attaches the Node.js callback probes for `pid`, a Node.js program, and follows it: its
+    /// data records name the libuv callback they ran in from now on.
     pub fn attach_node(&mut self, pid: u32) -> Result<node::NodeAttached, node::NodeProbeError> {
-        match &mut self.node {
-            Some(probes) => probes.attach(&mut self.ebpf, pid),
-            None => Err(node::NodeProbeError::Unavailable(
-                "not loaded with this program set".into(),
-            )),
-        }
+        let attached = match &mut self.node {
+            Some(probes) => probes.attach(&mut self.ebpf, pid)?,
+            None => {
+                return Err(node::NodeProbeError::Unavailable(
+                    "not loaded with this program set".into(),
+                ));
+            }
+        };
+        let entry = agent_common::FollowedProcess {
+            runtime: agent_common::RUNTIME_NODE,
+            ..agent_common::FollowedProcess::default()
+        };
+        self.set_followed(pid, entry)
+            .map_err(node::NodeProbeError::Map)?;
+        Ok(attached)
     }
 
-    /// Stops following the Python process `pid`.
-    pub fn forget_python(&mut self, pid: u32) {
-        if let Some(probes) = &mut self.python {
-            probes.forget(pid);
+    /// Stops following the process `pid` (Python or Node.js): it exited, or runs something
+    /// else now.
+    pub fn forget(&mut self, pid: u32) {
+        if let Some(map) = &mut self.followed {
+            let _ = map.remove(&pid);
         }
     }
 

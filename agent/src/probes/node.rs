@@ -35,6 +35,8 @@ pub enum NodeProbeError {
     Attach { file: String, reason: String },
     #[error("the same executable failed before: {0}")]
     Before(String),
+    #[error("cannot write the map of followed processes: {0}")]
+    Map(String),
 }
 
 /// What attaching for one process gave.
@@ -107,8 +109,11 @@ impl NodeProbes {
     }
 }
 
+/// Attaches the return probe first: a uretprobe is armed as its function is entered, so a
+/// callback entered between the two attaches would store its fd with nothing to reset it, and
+/// the thread's later syscalls (a timer's calls) would name that callback.
 fn attach_at(ebpf: &mut Ebpf, at: &StreamIo) -> Result<(), NodeProbeError> {
-    for name in [ENTRY, RETURN] {
+    for name in [RETURN, ENTRY] {
         super::uprobe(ebpf, name)
             .map_err(NodeProbeError::Unavailable)?
             .attach(

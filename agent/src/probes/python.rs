@@ -1,6 +1,6 @@
 //! The Python asyncio probes (`py_task_init`, `py_task_init_return` and the context read of the
 //! syscall exit program, in agent-ebpf): a CPython process is followed by writing where its
-//! interpreter state is into the programs' `PYTHON_PROCESSES` map, and the task-creation probes
+//! interpreter state is into the programs' `FOLLOWED_PROCESSES` map (by [`super::Probes`]), and the task-creation probes
 //! are attached to each `_asyncio` module file met, by device and inode (the file is reached
 //! through `/proc/<pid>/root`, so containers are covered).
 //!
@@ -10,10 +10,9 @@
 
 use std::{collections::HashMap, os::unix::fs::MetadataExt as _, path::PathBuf};
 
-use agent_common::PythonProcess;
+use agent_common::FollowedProcess;
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData},
     programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
 };
 
@@ -21,7 +20,6 @@ use crate::runtime::python::{Interpreter, PythonError};
 
 pub const ENTRY: &str = "py_task_init";
 pub const RETURN: &str = "py_task_init_return";
-pub const MAP: &str = "PYTHON_PROCESSES";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PythonProbeError {
@@ -41,7 +39,7 @@ pub enum PythonProbeError {
     Attach { module: String, reason: String },
     #[error("the same module failed before: {0}")]
     Before(String),
-    #[error("cannot write the map of followed Python processes: {0}")]
+    #[error("cannot write the map of followed processes: {0}")]
     Map(String),
 }
 
@@ -50,8 +48,6 @@ pub struct PythonProbes {
     unavailable: Option<String>,
     /// (device, inode) of the `_asyncio` files met, and why attaching failed if it did.
     files: HashMap<(u64, u64), Result<(), String>>,
-    /// The programs' map of followed processes.
-    processes: Option<BpfHashMap<MapData, u32, PythonProcess>>,
 }
 
 impl PythonProbes {
@@ -72,33 +68,22 @@ impl PythonProbes {
                 break;
             }
         }
-        let processes = match ebpf.take_map(MAP).map(BpfHashMap::try_from) {
-            Some(Ok(map)) => Some(map),
-            Some(Err(e)) => {
-                unavailable.get_or_insert_with(|| format!("map {MAP}: {e}"));
-                None
-            }
-            None => {
-                unavailable.get_or_insert_with(|| format!("map {MAP} is missing"));
-                None
-            }
-        };
         Self {
             unavailable,
             files: HashMap::new(),
-            processes,
         }
     }
 
-    /// Follows process `pid`, a CPython `interpreter` with asyncio loaded: its data records name
-    /// the running task from now on, and its tasks' creation is reported. Returns whether the
-    /// module's probes were newly attached.
+    /// Attaches for process `pid`, a CPython `interpreter` with asyncio loaded; returns its entry
+    /// for the followed processes' map (once there, its data records name the running task,
+    /// and its tasks' creation is reported) and whether the module's probes were newly
+    /// attached.
     pub fn follow(
         &mut self,
         ebpf: &mut Ebpf,
         pid: u32,
         interpreter: &Interpreter,
-    ) -> Result<bool, PythonProbeError> {
+    ) -> Result<(FollowedProcess, bool), PythonProbeError> {
         if let Some(why) = &self.unavailable {
             return Err(PythonProbeError::Unavailable(why.clone()));
         }
@@ -118,9 +103,9 @@ impl PythonProbes {
             Some(Err(why)) => return Err(PythonProbeError::Before(why.clone())),
             None => {
                 let result = attach_module(ebpf, &file, &module.display().to_string(), *offset);
-                if let Err(PythonProbeError::Privilege(_)) = &result {
+                if let Err(PythonProbeError::Privilege(why)) = result {
                     // Not this file's fault: the next one would fail the same way.
-                    return result.map(|()| false);
+                    return Err(PythonProbeError::Privilege(why));
                 }
                 self.files
                     .insert(key, result.as_ref().map_err(ToString::to_string).copied());
@@ -134,20 +119,7 @@ impl PythonProbes {
                 reason: e.to_string(),
             }
         })?;
-        let entry = interpreter.process_entry((ns.dev(), ns.ino()));
-        self.processes
-            .as_mut()
-            .ok_or_else(|| PythonProbeError::Map(format!("{MAP} is missing")))?
-            .insert(pid, entry, 0)
-            .map_err(|e| PythonProbeError::Map(e.to_string()))?;
-        Ok(newly)
-    }
-
-    /// Stops following `pid` (it exited, or runs something else now).
-    pub fn forget(&mut self, pid: u32) {
-        if let Some(map) = &mut self.processes {
-            let _ = map.remove(&pid);
-        }
+        Ok((interpreter.process_entry((ns.dev(), ns.ino())), newly))
     }
 }
 

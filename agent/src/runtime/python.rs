@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::PythonProcess;
+use agent_common::FollowedProcess;
 use object::{
     Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _, ReadCache, ReadRef,
 };
@@ -102,9 +102,9 @@ impl Interpreter {
     /// The map value the programs read for this process; `pidns` is the process's pid namespace
     /// (device, inode).
     #[must_use]
-    pub fn process_entry(&self, pidns: (u64, u64)) -> PythonProcess {
+    pub fn process_entry(&self, pidns: (u64, u64)) -> FollowedProcess {
         let l = self.layout;
-        PythonProcess {
+        FollowedProcess {
             interpreters_head: self.runtime_address + u64::from(l.runtime_interpreters_head),
             pidns_dev: pidns.0,
             pidns_ino: pidns.1,
@@ -113,7 +113,7 @@ impl Interpreter {
             thread_native_id: l.thread_native_id,
             thread_context: l.thread_context,
             task_context: l.task_context,
-            pad: 0,
+            runtime: agent_common::RUNTIME_PYTHON,
         }
     }
 }

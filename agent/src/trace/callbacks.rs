@@ -22,8 +22,14 @@
 //!   first wave of new connections got wrong parents);
 //! - outside any callback (timers, immediates, the loop's other phases): no parent.
 //!
-//! Multiplexed protocols (HTTP/2) are not followed: their callbacks may carry any stream's
-//! bytes.
+//! Not followed (no parent): multiplexed protocols (HTTP/2), whose callbacks may carry any
+//! stream's bytes; a client socket that has had two requests in flight at once (Redis and
+//! memcached clients pipeline), whose last request is not the one answered; a closed socket,
+//! whose fd a pipe may have taken (libuv runs pipes' callbacks too).
+//!
+//! What no rule here can see: code of several requests resumed in one callback (a promise they
+//! share, a cache fill, a batch loader) runs in the callback of whichever request's socket
+//! settled it, and its calls take that request as parent.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -66,6 +72,11 @@ struct Socket {
     /// has had one at all.
     made_for: Option<SpanKey>,
     requests: u32,
+    /// Its CLIENT requests in flight, and whether it ever had two at once (pipelining).
+    in_flight: u32,
+    pipelined: bool,
+    /// It closed: its fd may belong to a pipe or another socket by now.
+    closed: bool,
     /// Its protocol answers one request at a time, in order.
     in_order: bool,
     /// The other end.
@@ -127,6 +138,35 @@ impl Callbacks {
         socket
     }
 
+    /// The span table was full and the request on `conn` was not kept: what the socket says
+    /// of its requests is not known any more.
+    pub fn on_dropped(&mut self, conn: &Connection) {
+        if self.is_tracked(conn.process.pid) {
+            let socket = self.socket(conn);
+            socket.servers = [None, None];
+            socket.made_for = None;
+            socket.pipelined = true;
+        }
+    }
+
+    /// A CLIENT request's exchange on `conn` completed.
+    pub fn on_client_done(&mut self, conn: &Connection) {
+        if let Some(socket) = self.sockets.get_mut(&(conn.process.pid, conn.fd))
+            && socket.conn_id == conn.conn_id
+        {
+            socket.in_flight = socket.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// The connection `conn_id` on `fd` of `pid` closed.
+    pub fn closed(&mut self, pid: u32, fd: i32, conn_id: u64) {
+        if let Some(socket) = self.sockets.get_mut(&(pid, fd))
+            && socket.conn_id == conn_id
+        {
+            socket.closed = true;
+        }
+    }
+
     /// A request `key` was read (`end.server`) or written on `conn`; a CLIENT one was made for
     /// `made_for` (the SERVER span it got as its parent from a rule of this process, if any).
     pub fn on_request(
@@ -146,6 +186,8 @@ impl Callbacks {
         } else {
             socket.made_for = made_for;
             socket.requests = socket.requests.saturating_add(1);
+            socket.pipelined |= socket.in_flight > 0;
+            socket.in_flight = socket.in_flight.saturating_add(1);
         }
     }
 
@@ -170,11 +212,12 @@ impl Callbacks {
     /// What the callback of socket `fd` names for a request to `remote`.
     fn named_by(&self, pid: u32, fd: i32, remote: SocketAddr) -> Lookup {
         match self.sockets.get(&(pid, fd)) {
-            Some(s) if s.in_order && s.servers[0].is_some() => Lookup::Serving(s.servers),
+            Some(s) if s.closed || !s.in_order => Lookup::NoParent,
+            Some(s) if s.servers[0].is_some() => Lookup::Serving(s.servers),
             Some(Socket {
-                in_order: true,
                 made_for: Some(made_for),
                 remote: Some(other),
+                pipelined: false,
                 ..
             }) if *other != remote => Lookup::MadeFor(*made_for),
             _ => Lookup::NoParent,
@@ -295,6 +338,7 @@ mod tests {
         c.on_request(&first, (0, 0), end(false, false), Some((1, 100)));
         assert_eq!(c.lookup(&second, node_callback(Some(11))), Lookup::NoParent);
         // Another socket to the same server: the pool may be handing it a request that waited.
+        c.on_client_done(&first);
         c.on_request(&first, (0, 0), end(false, true), Some((1, 100)));
         let same_server = conn_to(4, 13, 0, 80 + 11);
         assert_eq!(
@@ -358,5 +402,34 @@ mod tests {
         );
         c.opened(&conn(10, 11, 0));
         assert_eq!(c.lookup(&out, node_callback(Some(11))), Lookup::NoParent);
+    }
+
+    #[test]
+    fn a_pipelined_or_closed_socket_names_no_parent() {
+        let mut c = followed();
+        let redis = conn(2, 11, 0);
+        let other = conn(3, 12, 0);
+        // Two commands in flight at once: the reply read is the first's, the last written is
+        // the second's.
+        c.on_request(&redis, (0, 0), end(false, true), Some((1, 100)));
+        c.on_request(&redis, (0, 0), end(false, true), Some((2, 200)));
+        c.on_client_done(&redis);
+        assert_eq!(c.lookup(&other, node_callback(Some(11))), Lookup::NoParent);
+        // One at a time, then closed: a pipe may have its fd now.
+        let http = conn(4, 13, 0);
+        c.on_request(&http, (0, 0), end(false, true), Some((1, 100)));
+        c.on_client_done(&http);
+        c.on_request(&http, (0, 0), end(false, true), Some((2, 200)));
+        assert_eq!(
+            c.lookup(&other, node_callback(Some(13))),
+            Lookup::MadeFor((2, 200))
+        );
+        c.closed(7, 13, 4);
+        assert_eq!(c.lookup(&other, node_callback(Some(13))), Lookup::NoParent);
+        // A request the span table had no room for: nothing is known of the socket's.
+        let front = conn(5, 14, 0);
+        c.on_request(&front, (5, 500), end(true, true), None);
+        c.on_dropped(&front);
+        assert_eq!(c.lookup(&other, node_callback(Some(14))), Lookup::NoParent);
     }
 }

@@ -501,6 +501,7 @@ impl Tracer {
         let key = (conn.conn_id, request);
         if self.spans.len() >= self.config.max_spans {
             self.stats.dropped_full += 1;
+            self.callbacks.on_dropped(conn);
             return;
         }
         self.stats.spans_started += 1;
@@ -978,7 +979,7 @@ impl Tracer {
     /// `None` where the rule does not apply (not a followed Node.js process, a multiplexed
     /// write, or a thread the probes never saw).
     fn callback_candidates(&mut self, conn: &Connection, end: End, ts: u64) -> Option<Candidates> {
-        if !end.thread_causality || conn.tls {
+        if !end.thread_causality || !end.in_order || conn.tls {
             return None;
         }
         let lookup = self.callbacks.lookup(conn, end.task);
@@ -1067,6 +1068,9 @@ impl Tracer {
             return;
         };
         let server = span.kind == SpanKind::Server;
+        if !server {
+            self.callbacks.on_client_done(conn);
+        }
         span.finished = Some(Done {
             end_ts: exchange.end.ts.max(span.start_ts),
             wait_ns: exchange

@@ -294,7 +294,7 @@ fn other_hook_rows(rows: &mut Vec<Row>, btf: Option<&Btf>, uprobe_test: Result<(
         (
             "uprobes",
             pmu("uprobe"),
-            "runtime probes: Go goroutine and asyncio task causality; TLS plaintext from libssl",
+            "runtime probes: Go goroutine, asyncio task and Node.js callback causality; TLS plaintext from libssl",
         ),
         (
             "sock_ops",
