@@ -1504,6 +1504,48 @@ mod tests {
         t.on_exchange(conn, exchange(get, start, end_ts), 0, task);
     }
 
+    /// Node.js: calls named by the libuv callback they were written in, whatever thread serves
+    /// what (one thread serves both requests here).
+    #[test]
+    fn a_node_call_belongs_to_the_request_whose_callback_made_it() {
+        use agent_common::node_callback;
+        let mut t = tracer();
+        t.callbacks.track(5);
+        let (r1, r2) = (
+            conn(1, 5, Role::Server, 80, 5001),
+            conn(2, 5, Role::Server, 80, 5002),
+        );
+        let (x, y, z) = (
+            conn(3, 5, Role::Client, 6000, 90),
+            conn(4, 5, Role::Client, 6001, 90),
+            conn(6, 5, Role::Client, 6002, 91),
+        );
+        on_task_req(&mut t, &r1, true, node_callback(Some(1)), stamp(10, 7, 0));
+        on_task_req(&mut t, &r2, true, node_callback(Some(2)), stamp(11, 7, 0));
+        // Written in r1's socket's callback; a timer's call; one made on x's response.
+        on_task_req(&mut t, &x, false, node_callback(Some(1)), stamp(12, 7, 0));
+        on_task_req(&mut t, &y, false, node_callback(None), stamp(13, 7, 0));
+        finish_in_task(&mut t, &x, stamp(12, 7, 0), 14, node_callback(Some(3)));
+        on_task_req(&mut t, &z, false, node_callback(Some(3)), stamp(15, 7, 0));
+        for (c, start, end) in [(&y, 13, 16), (&z, 15, 17), (&r2, 11, 18), (&r1, 10, 19)] {
+            finish_in_task(&mut t, c, stamp(start, 7, 0), end, 0);
+        }
+        // Export order follows when traces settle: each span is found by when it began.
+        let mut spans = drain(&mut t);
+        spans.sort_by_key(|s| s.start_unix_nano);
+        let [r1, _r2, x, y, z] = spans.as_slice() else {
+            panic!("five spans: {spans:#?}")
+        };
+        assert_eq!(x.parent_span_id, Some(r1.span_id));
+        assert_eq!(z.parent_span_id, Some(r1.span_id));
+        assert_eq!(y.parent_span_id, None, "a timer's call is nobody's");
+        assert!(y.links.is_empty());
+        assert_eq!(evidence(x), &AttrValue::Str("callback".into()));
+        assert_eq!(evidence(z), &AttrValue::Str("callback".into()));
+        assert_eq!(t.stats.parent_from_callback, 2);
+        assert_eq!(t.callbacks.stats.outside, 1);
+    }
+
     #[test]
     fn a_request_made_by_a_task_belongs_to_the_request_its_ancestor_answered() {
         let mut t = tracer();
