@@ -99,6 +99,38 @@ pub struct Connection {
     pub opened_in: u64,
 }
 
+#[cfg(test)]
+impl Connection {
+    /// A loopback TCP connection of process `pid` for the tracer's tests; its fd is its id.
+    pub fn loopback_for_test(
+        conn_id: u64,
+        pid: u32,
+        role: Role,
+        local_port: u16,
+        remote_port: u16,
+    ) -> Self {
+        Self {
+            conn_id,
+            tuple: crate::net::loopback_tuple(local_port, remote_port),
+            role,
+            role_source: RoleSource::Syscall,
+            preexisting: false,
+            opened_ns: 0,
+            last_seen_ns: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            process: Arc::new(ProcessInfo {
+                pid,
+                comm: format!("p{pid}"),
+                ..ProcessInfo::default()
+            }),
+            tls: false,
+            fd: i32::try_from(conn_id).unwrap_or(-1),
+            opened_in: 0,
+        }
+    }
+}
+
 impl Connection {
     /// Local and remote endpoints.
     #[must_use]

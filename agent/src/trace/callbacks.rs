@@ -254,12 +254,9 @@ impl Callbacks {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use agent_common::{Role, node_callback};
 
     use super::*;
-    use crate::{conntrack::RoleSource, process::ProcessInfo};
 
     /// Socket `fd` to port `80 + fd` (a server of its own) unless `to` says otherwise.
     fn conn(conn_id: u64, fd: i32, opened_in: u64) -> Connection {
@@ -268,22 +265,9 @@ mod tests {
 
     fn conn_to(conn_id: u64, fd: i32, opened_in: u64, port: u16) -> Connection {
         Connection {
-            conn_id,
-            tuple: crate::net::loopback_tuple(40_000 + fd as u16, port),
-            role: Role::Client,
-            role_source: RoleSource::Syscall,
-            preexisting: false,
-            opened_ns: 0,
-            last_seen_ns: 0,
-            bytes_sent: 0,
-            bytes_received: 0,
-            process: Arc::new(ProcessInfo {
-                pid: 7,
-                ..ProcessInfo::default()
-            }),
-            tls: false,
             fd,
             opened_in,
+            ..Connection::loopback_for_test(conn_id, 7, Role::Client, 40_000 + fd as u16, port)
         }
     }
 

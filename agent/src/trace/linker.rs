@@ -1313,11 +1313,7 @@ impl Tracer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        conntrack::RoleSource,
-        process::ProcessInfo,
-        protocol::http1::{Head, Side, head::parse_head, summary::Http1Summary},
-    };
+    use crate::protocol::http1::{Head, Side, head::parse_head, summary::Http1Summary};
     use agent_common::Role;
 
     #[test]
@@ -1350,25 +1346,7 @@ mod tests {
     }
 
     fn conn(conn_id: u64, pid: u32, role: Role, local_port: u16, remote_port: u16) -> Connection {
-        Connection {
-            conn_id,
-            tuple: crate::net::loopback_tuple(local_port, remote_port),
-            role,
-            role_source: RoleSource::Syscall,
-            preexisting: false,
-            opened_ns: 0,
-            last_seen_ns: 0,
-            bytes_sent: 0,
-            bytes_received: 0,
-            process: Arc::new(ProcessInfo {
-                pid,
-                comm: format!("p{pid}"),
-                ..ProcessInfo::default()
-            }),
-            tls: false,
-            fd: i32::try_from(conn_id).unwrap_or(-1),
-            opened_in: 0,
-        }
+        Connection::loopback_for_test(conn_id, pid, role, local_port, remote_port)
     }
 
     fn head(raw: &[u8]) -> Head {
