@@ -93,8 +93,11 @@ fn reason(chain: &str) -> &'static str {
         }
         "grpc-chain" => {
             "The front → model hop as grpc; the model's handler runs on grpcio's thread pool, \
-             not the thread that read the call, so its call to the feature server has no \
-             parent yet. Next: uprobes on grpc-core's call hand-off to the pool (#15)."
+             not the thread that read the call: the worker rule gives its call to the feature \
+             server the stream that pool thread answers next (its response, written alone by \
+             that thread), or the one answer in between that named no worker. When grpc-core \
+             had other threads flush answers while the call was being made, several candidates \
+             remain and the call gets no parent (never a guessed one)."
         }
         "mixed" => {
             "Go front (goroutine rule) → aiohttp middle (task rule) → threaded leaf (thread \

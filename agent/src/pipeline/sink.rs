@@ -290,6 +290,17 @@ impl<'a> TraceSink<'a> {
                 t.parent_from_callback,
             ),
             own(
+                "parent_from_worker_total",
+                "Parents from the worker rule (a multiplexing server's worker thread).",
+                t.parent_from_worker,
+            ),
+            own(
+                "worker_calls_unparented_total",
+                "Calls of multiplexing servers' worker threads that waited for the thread's next \
+                 answer and got no parent from it.",
+                self.tracer.worker_stats().refused,
+            ),
+            own(
                 "node_calls_outside_callbacks_total",
                 "Node.js client calls made outside any socket's callback (timers): no parent.",
                 self.tracer.callbacks.stats.outside,
@@ -751,6 +762,7 @@ impl EventSink for TraceSink<'_> {
                 server,
                 thread_causality,
                 in_order,
+                io,
             } => {
                 let end = End {
                     server,
@@ -758,6 +770,9 @@ impl EventSink for TraceSink<'_> {
                     in_order,
                     task: event.task,
                 };
+                // Before the exchanges it completed: they ask whether a write answered them.
+                self.tracer
+                    .on_stream_io(conn, io, event.header.tid, event.moved_ns);
                 dispatch(&mut self.tracer, &mut self.events, conn, end);
             }
             Fed::GaveUp => {
@@ -795,6 +810,7 @@ impl EventSink for TraceSink<'_> {
             server,
             thread_causality,
             in_order,
+            ..
         } = self.protocols.close(conn.conn_id, at, &mut self.events)
         {
             let end = End {

@@ -208,6 +208,86 @@ pub trait ConnectionParser: Debug {
     fn lone_client_requests(&self) -> bool {
         false
     }
+
+    /// The streams the last response-side syscall carried frames of (`HEADERS`,
+    /// `CONTINUATION`, `DATA`, `RST_STREAM`), for multiplexed protocols; nothing elsewhere. The worker
+    /// rule reads a server's write of one stream alone as the writing thread's answer to it.
+    fn answered(&self) -> Answered {
+        Answered::default()
+    }
+}
+
+/// What one response-side syscall of a multiplexed connection carried
+/// ([`ConnectionParser::answered`]): the streams it had frames of.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Answered {
+    /// The streams' request keys, in the order their frames came; `len` of them are set.
+    streams: [u64; Answered::MAX],
+    len: u8,
+    /// Frames of more streams than that, or bytes the framing could not place.
+    unplaceable: bool,
+}
+
+impl Answered {
+    /// Streams named one by one; a write carrying more is unplaceable.
+    pub const MAX: usize = 4;
+
+    /// Adds a frame of `stream` to what the syscall carried.
+    pub fn add(&mut self, stream: u64) {
+        if self.streams().contains(&stream) {
+            return;
+        }
+        if let Some(slot) = self.streams.get_mut(usize::from(self.len)) {
+            *slot = stream;
+            self.len += 1;
+        } else {
+            self.unplaceable = true;
+        }
+    }
+
+    /// Bytes the framing could not place: any stream's.
+    pub fn unplaceable(&mut self) {
+        self.unplaceable = true;
+    }
+
+    /// The streams named, in order.
+    #[must_use]
+    pub fn streams(&self) -> &[u64] {
+        &self.streams[..usize::from(self.len)]
+    }
+
+    /// Whether the syscall carried frames of no stream (connection control only).
+    #[must_use]
+    pub fn is_nothing(&self) -> bool {
+        self.len == 0 && !self.unplaceable
+    }
+
+    /// The one stream the syscall carried frames of, if it carried one alone.
+    #[must_use]
+    pub fn alone(&self) -> Option<u64> {
+        match self.streams() {
+            [one] if !self.unplaceable => Some(*one),
+            _ => None,
+        }
+    }
+
+    /// Whether some of its bytes could be any stream's.
+    #[must_use]
+    pub fn is_unplaceable(&self) -> bool {
+        self.unplaceable
+    }
+}
+
+/// What a syscall on a multiplexed connection tells the worker rule ([`crate::trace::workers`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StreamIo {
+    /// Not a multiplexed connection, or nothing the rule uses.
+    #[default]
+    None,
+    /// A read, at either end: the reading thread is one of the process's I/O threads.
+    Read,
+    /// A server's write: what it answered.
+    Wrote(Answered),
 }
 
 /// A data chunk as detection sees it.

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use super::{Chunk, ConnectionParser, PROTOCOLS, ProtoEvent, Side, Stamp};
+use super::{Chunk, ConnectionParser, PROTOCOLS, ProtoEvent, Side, Stamp, StreamIo};
 
 /// Data chunks on a connection that may pass before it is declared none of ours; the programs
 /// give up after as many.
@@ -113,6 +113,8 @@ pub enum Fed {
         server: bool,
         thread_causality: bool,
         in_order: bool,
+        /// On a multiplexed connection, what the syscall read or answered.
+        io: StreamIo,
     },
     /// The connection is none of ours from now on (detection window over, or a parser failed):
     /// the programs can stop sending its bytes.
@@ -213,10 +215,17 @@ impl ProtocolTable {
             matches!((starts.next(), starts.next()),
                     (Some(start), None) if start.ts == ts && start.tid == tid)
         };
+        let multiplexed = !parsed.parser.thread_causality();
+        let io = match (multiplexed, chunk.egress, parsed.server) {
+            (false, _, _) | (true, true, false) => StreamIo::None,
+            (true, false, _) => StreamIo::Read,
+            (true, true, true) => StreamIo::Wrote(parsed.parser.answered()),
+        };
         Fed::Parsed {
             server: parsed.server,
             thread_causality: parsed.parser.thread_causality() || lone_client_request,
-            in_order: parsed.parser.thread_causality(),
+            in_order: !multiplexed,
+            io,
         }
     }
 
@@ -232,6 +241,7 @@ impl ProtocolTable {
                     server: parsed.server,
                     thread_causality: parsed.parser.thread_causality(),
                     in_order: parsed.parser.thread_causality(),
+                    io: StreamIo::None,
                 }
             }
             _ => Fed::Skipped,
@@ -290,6 +300,7 @@ mod tests {
             server: false,
             thread_causality: true,
             in_order: false,
+            io: StreamIo::None,
         };
         assert_eq!(feed(&mut table, &first), lone);
         // A write carrying two streams may be a flush of other callers' calls.
@@ -301,6 +312,7 @@ mod tests {
                 server: false,
                 thread_causality: false,
                 in_order: false,
+                io: StreamIo::None,
             }
         );
         assert_eq!(feed(&mut table, &headers(7)), lone);
@@ -321,6 +333,7 @@ mod tests {
                 server: false,
                 thread_causality: false,
                 in_order: false,
+                io: StreamIo::None,
             }
         );
     }

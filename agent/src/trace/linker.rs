@@ -54,6 +54,7 @@ use super::{
     resource::Resources,
     span::{AttrValue, KeyValue, Resource, SpanData, SpanKind, SpanLink},
     tasks::Tasks,
+    workers::{Stream, WorkerStats, Workers, Written},
 };
 use agent_common::GoProbe;
 
@@ -61,7 +62,7 @@ use crate::{
     clock::WallClock,
     conntrack::Connection,
     peers::{local::LocalAddrs, wire::ClientSpan},
-    protocol::{Exchange, SpanFacts, Stamp, Summary},
+    protocol::{Exchange, SpanFacts, Stamp, StreamIo, Summary},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +113,8 @@ pub struct TraceStats {
     pub parent_from_goroutine: u64,
     pub parent_from_task: u64,
     pub parent_from_callback: u64,
+    /// CLIENT spans a worker thread made for the stream it answered next ([`super::workers`]).
+    pub parent_from_worker: u64,
     /// Threads found serving two requests at once (event loops): the thread rule names no
     /// parent on them from then on.
     pub event_loop_threads: u64,
@@ -421,6 +424,8 @@ pub struct Tracer {
     pub tasks: Tasks,
     /// The Node.js processes whose callback probes are attached, and their sockets.
     pub callbacks: Callbacks,
+    /// Threads of multiplexing servers: which read, which answer, and what waits for them.
+    workers: Workers<(SpanId, TraceRef)>,
     /// CLIENT spans waiting for the task rule, under each task context of their lineage.
     task_waiting: FastMap<(u32, u64), Vec<SpanKey>>,
     /// What each task (pid, context, serial) that wrote a SERVER response wrote.
@@ -459,6 +464,7 @@ impl Tracer {
             goroutines: Goroutines::default(),
             tasks: Tasks::default(),
             callbacks: Callbacks::default(),
+            workers: Workers::default(),
             task_waiting: FastMap::default(),
             task_writers: FastMap::default(),
             clients: FastMap::default(),
@@ -470,6 +476,12 @@ impl Tracer {
             ready_now: VecDeque::new(),
             stats: TraceStats::default(),
         }
+    }
+
+    /// What the worker rule did ([`super::workers`]).
+    #[must_use]
+    pub fn worker_stats(&self) -> WorkerStats {
+        self.workers.stats
     }
 
     /// Spans held now (open or waiting for export).
@@ -548,17 +560,16 @@ impl Tracer {
         let (mut trace, parent, evidence) = found;
         self.callbacks.on_request(conn, key, end, made_for);
         let lineage = lineage.filter(|_| parent.is_none());
-        if let Some(lineage) = &lineage {
-            // Unsettled, so that it waits for the response that names its parent.
-            trace = TraceRef::unsettled(trace.id());
-            for &(task, _) in lineage {
-                self.task_waiting.entry((pid, task)).or_default().push(key);
-            }
+        if !server && (lineage.is_some() || evidence == "none") {
+            self.wait_for_parent(pid, key, lineage.as_deref(), (unit, start.ts), &mut trace);
         }
         if parent.is_none() {
             self.stats.roots += 1;
         }
         if server {
+            if !end.in_order && conn.process.runtime.threads_are_tasks() {
+                self.workers.serves(pid);
+            }
             self.register_server(pid, unit, forward, key);
         } else {
             self.register_client(mirror, key, span_id, &trace, forward);
@@ -592,6 +603,42 @@ impl Tracer {
             },
         );
         self.stats.held_peak = self.stats.held_peak.max(self.spans.len() as u64);
+    }
+
+    /// A CLIENT request without a parent that a later event may name one for waits for it
+    /// (its trace unsettled meanwhile): under each task of its `lineage`, for the task rule, or
+    /// for its worker thread's next answer ([`super::workers`]).
+    fn wait_for_parent(
+        &mut self,
+        pid: u32,
+        key: SpanKey,
+        lineage: Option<&[(u64, u64)]>,
+        (unit, ts): (Unit, u64),
+        trace: &mut TraceRef,
+    ) {
+        if let Some(lineage) = lineage {
+            *trace = TraceRef::unsettled(trace.id());
+            for &(task, _) in lineage {
+                self.task_waiting.entry((pid, task)).or_default().push(key);
+            }
+        } else if let Some(tid) = self.worker_thread(pid, unit) {
+            *trace = TraceRef::unsettled(trace.id());
+            self.workers.wait(pid, tid, key, ts);
+        }
+    }
+
+    /// The thread of `unit` if it may be a multiplexing server's worker: a thread by the rules
+    /// by unit (not an event loop's, nor a Node.js process's) that reads no multiplexed
+    /// connection, in a process that serves one.
+    fn worker_thread(&self, pid: u32, unit: Unit) -> Option<u32> {
+        let Unit::Thread(tid) = unit else {
+            return None;
+        };
+        let worker = !self.callbacks.is_tracked(pid)
+            && !self.tasks.is_loop_thread(pid, tid)
+            && !self.event_loop_threads.contains(&(pid, tid))
+            && self.workers.applies(pid, tid);
+        worker.then_some(tid)
     }
 
     /// Parent of a CLIENT request without a header, and the SERVER span it was made for, by
@@ -1078,6 +1125,18 @@ impl Tracer {
                 .map(|first| first.ts.saturating_sub(exchange.request_end.ts)),
             summary: exchange.summary,
         });
+        if server && !span.datagram && span.unit == Unit::None {
+            // A multiplexed stream (HTTP/2): whether a write answered it.
+            let stream = Stream {
+                key,
+                began: span.start_ts,
+                parent: (span.span_id, span.trace.clone()),
+            };
+            self.workers.ended(span.pid, stream, exchange.end.ts);
+        }
+        let Some(span) = self.spans.get_mut(&key) else {
+            return;
+        };
         if server {
             match span.unit {
                 Unit::Thread(tid) => remove_open(&mut self.serving, (span.pid, tid), key),
@@ -1184,6 +1243,69 @@ impl Tracer {
         }
         if !kept.is_empty() {
             self.task_waiting.insert((pid, writer), kept);
+        }
+    }
+
+    /// What a syscall of thread `tid` at `ts` on the multiplexed connection `conn` did, for the
+    /// worker rule ([`super::workers`]): a read makes the thread an I/O thread; a server's write
+    /// settles the CLIENT requests the thread made since its last one.
+    pub fn on_stream_io(&mut self, conn: &Connection, io: StreamIo, tid: u32, ts: u64) {
+        if !conn.process.runtime.threads_are_tasks() {
+            return;
+        }
+        let pid = conn.process.pid;
+        let answered = match io {
+            StreamIo::None => return,
+            StreamIo::Read => {
+                self.workers.read_by(pid, tid);
+                return;
+            }
+            StreamIo::Wrote(answered) if answered.is_nothing() => return,
+            StreamIo::Wrote(answered) => answered,
+        };
+        // A stream the agent has no SERVER span of (opened before it attached) is unknown.
+        let stream = |id: u64| {
+            let key = (conn.conn_id, id);
+            self.spans
+                .get(&key)
+                .filter(|s| s.kind == SpanKind::Server)
+                .map(|s| Stream {
+                    key,
+                    began: s.start_ts,
+                    parent: (s.span_id, s.trace.clone()),
+                })
+        };
+        let written = if let Some(one) = answered.alone().and_then(stream) {
+            Written::Alone(one)
+        } else {
+            let streams: Vec<_> = answered.streams().iter().map(|&id| stream(id)).collect();
+            let unknown = answered.is_unplaceable() || streams.iter().any(Option::is_none);
+            Written::Several {
+                streams: streams.into_iter().flatten().collect(),
+                unknown,
+            }
+        };
+        let spans = &self.spans;
+        let end_of = |key: SpanKey| {
+            spans
+                .get(&key)
+                .and_then(|s| s.finished.as_ref().map(|d| d.end_ts))
+        };
+        for (key, parent) in self.workers.answer(pid, tid, ts, written, end_of) {
+            let Some((parent_id, parent_trace)) = parent else {
+                continue;
+            };
+            let Some(client) = self.spans.get_mut(&key) else {
+                continue;
+            };
+            if client.parent.is_some() {
+                continue;
+            }
+            client.parent = Some(parent_id);
+            client.evidence = "worker";
+            client.trace.join(&parent_trace);
+            self.stats.parent_from_worker += 1;
+            self.stats.roots = self.stats.roots.saturating_sub(1);
         }
     }
 
@@ -1522,6 +1644,61 @@ mod tests {
         assert_eq!(evidence(z), &AttrValue::Str("callback".into()));
         assert_eq!(t.stats.parent_from_callback, 2);
         assert_eq!(t.callbacks.stats.outside, 1);
+    }
+
+    #[test]
+    fn a_pool_threads_call_belongs_to_the_stream_it_answers_next() {
+        use crate::protocol::{Answered, StreamIo};
+        let mut t = tracer();
+        let (s, c) = (
+            conn(1, 5, Role::Server, 80, 5001),
+            conn(2, 5, Role::Client, 6000, 90),
+        );
+        let req = || head(b"POST /a.B/C HTTP/1.1\r\nHost: x\r\n\r\n");
+        let end = |server, lone| End {
+            server,
+            thread_causality: lone,
+            in_order: false,
+            task: 0,
+        };
+        let wrote = |streams: &[u64]| {
+            let mut answered = Answered::default();
+            for &id in streams {
+                answered.add(id);
+            }
+            StreamIo::Wrote(answered)
+        };
+        // I/O thread 7 reads streams 1, 3 and 5; it writes a call of its own too (nobody's).
+        for (id, ts) in [(1, 10), (3, 11), (5, 12)] {
+            t.on_stream_io(&s, StreamIo::Read, 7, ts);
+            t.on_request(&s, end(true, false), id, 0, None, stamp(ts, 7, id));
+        }
+        t.on_request(&c, end(false, true), 11, 0, None, stamp(13, 7, 11));
+        // Worker 8 calls (stream 1 of the client connection) and answers 1 alone; worker 9
+        // calls (3) and answers 3 and 5 in one write: either may have been its.
+        t.on_request(&c, end(false, true), 1, 0, None, stamp(14, 8, 1));
+        t.on_request(&c, end(false, true), 3, 0, None, stamp(15, 9, 3));
+        for (id, start, end_ts) in [(11, 13, 16), (1, 14, 17), (3, 15, 18)] {
+            t.on_exchange(&c, exchange(req(), stamp(start, 7, id), end_ts), 0, 0);
+        }
+        t.on_stream_io(&s, wrote(&[1]), 8, 19);
+        t.on_exchange(&s, exchange(req(), stamp(10, 7, 1), 19), 0, 0);
+        t.on_stream_io(&s, wrote(&[3, 5]), 9, 20);
+        for (id, start) in [(3, 11), (5, 12)] {
+            t.on_exchange(&s, exchange(req(), stamp(start, 7, id), 20), 0, 0);
+        }
+        let mut spans = drain(&mut t);
+        spans.sort_by_key(|s| s.start_unix_nano);
+        let [s1, _s3, _s5, io_call, c1, c3] = spans.as_slice() else {
+            panic!("six spans: {spans:#?}")
+        };
+        assert_eq!(c1.parent_span_id, Some(s1.span_id));
+        assert_eq!(c1.trace_id, s1.trace_id);
+        assert_eq!(evidence(c1), &AttrValue::Str("worker".into()));
+        assert_eq!(c3.parent_span_id, None, "3 or 5");
+        assert_eq!(io_call.parent_span_id, None, "an I/O thread's call");
+        assert_eq!(t.stats.parent_from_worker, 1);
+        assert_eq!(t.worker_stats().waited, 2);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod resource;
 pub mod route;
 pub mod span;
 pub mod tasks;
+pub mod workers;
 
 pub use linker::{End, TraceConfig, Tracer};
 pub use span::SpanData;

@@ -107,6 +107,17 @@ pub struct Frame<'a> {
     pub end: Stamp,
 }
 
+/// Where a syscall's bytes ended in the framing ([`Framer::in_progress`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InProgress {
+    /// Between two frames.
+    Boundary,
+    /// Inside a frame header: the frame is not known yet.
+    Header,
+    /// Inside this frame's payload.
+    Frame(FrameHeader),
+}
+
 /// The framer's owner.
 pub trait FrameSink {
     fn frame(&mut self, frame: Frame<'_>);
@@ -193,6 +204,17 @@ impl Framer {
     #[must_use]
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// Where the last syscall ended in the framing.
+    #[must_use]
+    pub fn in_progress(&self) -> InProgress {
+        if self.header_len > 0 {
+            return InProgress::Header;
+        }
+        self.current.map_or(InProgress::Boundary, |(header, _)| {
+            InProgress::Frame(header)
+        })
     }
 
     /// Feeds one syscall's captured bytes (`data`, a prefix of the `total` it moved).

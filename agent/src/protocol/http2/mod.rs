@@ -21,13 +21,13 @@ use std::{
     },
 };
 
-use frame::{Frame, FrameSink, Framer, PREFACE, flag, kind};
+use frame::{Frame, FrameSink, Framer, InProgress, PREFACE, flag, kind};
 use hpack::{Decoder, Field};
 use summary::{Ending, Http2Summary, RequestFacts, ResponseFacts};
 
 use super::{
-    Chunk, ConnectionParser, Detected, Exchange, ProtoEvent, Side, Stamp, budget::BudgetedBytes,
-    http1::record,
+    Answered, Chunk, ConnectionParser, Detected, Exchange, ProtoEvent, Side, Stamp,
+    budget::BudgetedBytes, http1::record,
 };
 use crate::trace::{
     propagation::{self, TraceHeaders},
@@ -177,6 +177,8 @@ pub struct Http2Connection {
     /// Known to be HTTP/2: the preface was seen, or a header block decoded to pseudo-headers.
     confirmed: bool,
     failed: bool,
+    /// The streams the last response-side syscall carried frames of.
+    answered: Answered,
     pub stats: Http2Stats,
 }
 
@@ -219,6 +221,7 @@ impl Http2Connection {
             highest_stream: 0,
             confirmed,
             failed: false,
+            answered: Answered::default(),
             stats: Http2Stats::default(),
         }
     }
@@ -233,6 +236,8 @@ struct Handler<'a> {
     highest_stream: &'a mut u32,
     confirmed: &'a mut bool,
     failed: &'a mut bool,
+    /// Streams of the frames this syscall carried (response side).
+    answered: &'a mut Answered,
     stats: &'a mut Http2Stats,
     out: &'a mut Vec<ProtoEvent>,
 }
@@ -240,6 +245,9 @@ struct Handler<'a> {
 impl FrameSink for Handler<'_> {
     fn frame(&mut self, frame: Frame<'_>) {
         let header = frame.header;
+        if self.side == Side::Response && carries_stream(header) {
+            self.answered.add(u64::from(header.stream));
+        }
         match header.kind {
             kind::HEADERS | kind::PUSH_PROMISE => {
                 if self.block.is_some() {
@@ -317,6 +325,16 @@ impl FrameSink for Handler<'_> {
             *self.failed = true;
         }
     }
+}
+
+/// Whether a frame is part of one stream's request or response (not flow control or the
+/// connection's: `WINDOW_UPDATE`, `PRIORITY`, `SETTINGS`, `PING`, `GOAWAY`).
+fn carries_stream(header: frame::FrameHeader) -> bool {
+    header.stream != 0
+        && matches!(
+            header.kind,
+            kind::HEADERS | kind::CONTINUATION | kind::DATA | kind::RST_STREAM | kind::PUSH_PROMISE
+        )
 }
 
 /// The header block fragment of a `HEADERS` or `PUSH_PROMISE` payload: padding, priority and the
@@ -612,6 +630,7 @@ impl Http2Connection {
                 highest_stream: &mut self.highest_stream,
                 confirmed: &mut self.confirmed,
                 failed: &mut self.failed,
+                answered: &mut self.answered,
                 stats: &mut self.stats,
                 out,
             },
@@ -632,8 +651,24 @@ impl ConnectionParser for Http2Connection {
         if self.failed {
             return;
         }
+        if side == Side::Response {
+            self.answered = Answered::default();
+        }
         let (framer, mut handler) = self.split(side, out);
+        let desyncs = framer.stats.desyncs;
         framer.feed(data, total, ts, tid, &mut handler);
+        if side == Side::Response {
+            // The syscall ended inside a frame: its bytes are that frame's too (or, lost or
+            // mid-header, anyone's).
+            match framer.in_progress() {
+                _ if framer.stats.desyncs != desyncs => self.answered.unplaceable(),
+                InProgress::Frame(header) if carries_stream(header) => {
+                    self.answered.add(u64::from(header.stream));
+                }
+                InProgress::Header => self.answered.unplaceable(),
+                InProgress::Frame(_) | InProgress::Boundary => {}
+            }
+        }
     }
 
     fn close(&mut self, at: Stamp, out: &mut Vec<ProtoEvent>) {
@@ -668,6 +703,10 @@ impl ConnectionParser for Http2Connection {
 
     fn lone_client_requests(&self) -> bool {
         true
+    }
+
+    fn answered(&self) -> Answered {
+        self.answered
     }
 }
 
