@@ -83,7 +83,8 @@ pub enum Protocol {
     Tls = 9,
 }
 
-/// The OpenSSL functions the TLS probes attach to, as their attach cookie.
+/// The TLS library functions the TLS probes attach to, as their attach cookie: OpenSSL's, and
+/// Go's `crypto/tls`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SslFunction {
@@ -96,10 +97,28 @@ pub enum SslFunction {
     Read = 2,
     /// `int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes)`.
     ReadEx = 3,
+    /// Go: `func (c *tls.Conn) Write(b []byte) (int, error)`.
+    GoWrite = 4,
+    /// Go: `func (c *tls.Conn) Read(b []byte) (int, error)`.
+    GoRead = 5,
+    /// Go: `func (c *tls.Conn) serverHandshake(ctx context.Context) error`: what the socket
+    /// syscalls inside it read (a request sent right after the handshake, say) may be served
+    /// by a later `Read` without a syscall, so they tie the `*tls.Conn` to its socket too.
+    GoServerHandshake = 6,
+    /// Go: `func (c *tls.Conn) clientHandshake(ctx context.Context) error`, likewise.
+    GoClientHandshake = 7,
 }
 
 impl SslFunction {
+    /// OpenSSL's.
     pub const ALL: [Self; 4] = [Self::Write, Self::WriteEx, Self::Read, Self::ReadEx];
+    /// Go's `crypto/tls`.
+    pub const GO: [Self; 4] = [
+        Self::GoWrite,
+        Self::GoRead,
+        Self::GoServerHandshake,
+        Self::GoClientHandshake,
+    ];
 
     #[must_use]
     pub const fn symbol(self) -> &'static str {
@@ -108,7 +127,17 @@ impl SslFunction {
             Self::WriteEx => "SSL_write_ex",
             Self::Read => "SSL_read",
             Self::ReadEx => "SSL_read_ex",
+            Self::GoWrite => "crypto/tls.(*Conn).Write",
+            Self::GoRead => "crypto/tls.(*Conn).Read",
+            Self::GoServerHandshake => "crypto/tls.(*Conn).serverHandshake",
+            Self::GoClientHandshake => "crypto/tls.(*Conn).clientHandshake",
         }
+    }
+
+    /// Whether the call writes plaintext (else reads it).
+    #[must_use]
+    pub const fn writes(self) -> bool {
+        matches!(self, Self::Write | Self::WriteEx | Self::GoWrite)
     }
 
     #[must_use]
@@ -118,17 +147,23 @@ impl SslFunction {
             1 => Some(Self::WriteEx),
             2 => Some(Self::Read),
             3 => Some(Self::ReadEx),
+            4 => Some(Self::GoWrite),
+            5 => Some(Self::GoRead),
+            6 => Some(Self::GoServerHandshake),
+            7 => Some(Self::GoClientHandshake),
             _ => None,
         }
     }
 }
 
-/// An OpenSSL read or write in progress on a thread: saved at the function's entry, taken at
-/// its return (`SSL_CALLS`, keyed by `pid_tgid`).
+/// A TLS read or write in progress: saved at the function's entry, taken at its return. An
+/// OpenSSL call's on its thread (`SSL_CALLS`, keyed by `pid_tgid`); a Go call's on its goroutine
+/// (`GO_TLS_CALLS`, keyed by [`SslKey`] with the goroutine's `g`: a goroutine may wait for its
+/// socket and go on on another thread).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SslCall {
-    /// The `SSL *`.
+    /// The `SSL *` (OpenSSL), the `*tls.Conn` (Go).
     pub ssl: u64,
     pub buf: u64,
     /// `_ex` forms: where the function writes the byte count.

@@ -77,6 +77,17 @@ pub static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16
 #[map]
 pub static SSL_SOCKETS: LruHashMap<SslKey, SslSocket> = LruHashMap::with_max_entries(65_536, 0);
 
+/// Go `crypto/tls` reads and writes in progress, by goroutine ([`SslKey`] with the `g`): a
+/// goroutine waiting for its socket may go on on another thread. An LRU: a goroutine can end
+/// inside a call (its program exits).
+#[map]
+pub static GO_TLS_CALLS: LruHashMap<SslKey, SslCall> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Go `crypto/tls` handshakes in progress, by goroutine ([`SslKey`] with the `g`): the
+/// `*tls.Conn` whose socket the syscalls inside them use.
+#[map]
+pub static GO_TLS_HANDSHAKES: LruHashMap<SslKey, u64> = LruHashMap::with_max_entries(16_384, 0);
+
 /// Field offsets resolved by user space from the running kernel's BTF.
 #[unsafe(no_mangle)]
 static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {

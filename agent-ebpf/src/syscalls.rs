@@ -306,7 +306,7 @@ fn data_exit<const STAGE: u8>(
         if !matches!(syscall, Syscall::Sendmmsg | Syscall::Recvmmsg) {
             add_bytes(conn.entry, direction, result as u64);
         }
-        tls::note_socket(pid_tgid, fd, conn.conn_id);
+        tls::note_socket(pid_tgid, regs.r14(), fd, conn.conn_id);
         return Ok(());
     }
     if conn.protocol == Protocol::Opaque as u32 && config().skip_opaque != 0 {
@@ -464,7 +464,7 @@ fn emit_data<const STAGE: u8, const DETECT: bool>(exit: &Exit, moved: i64, sourc
         if found == Protocol::Tls as u32 {
             // A connection first seen at this syscall (open before the agent) may be inside an
             // OpenSSL call already: that call is this socket's.
-            tls::note_socket(exit.pid_tgid, exit.fd, exit.conn.conn_id);
+            tls::note_socket(exit.pid_tgid, exit.task, exit.fd, exit.conn.conn_id);
         }
     }
     if i64::from(copied.len) < moved && !matches!(source, Source::Uncapturable) {

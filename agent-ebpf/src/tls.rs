@@ -28,7 +28,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{CONNS, EVENTS, SSL_CALLS, SSL_SOCKETS, config, count},
+    maps::{CONNS, EVENTS, GO_TLS_CALLS, GO_TLS_HANDSHAKES, SSL_CALLS, SSL_SOCKETS, config, count},
     syscalls::{header, now_ns, traced_pid_tgid},
 };
 
@@ -97,6 +97,16 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     if bytes == 0 {
         return 0;
     }
+    let write =
+        call.function == SslFunction::Write as u32 || call.function == SslFunction::WriteEx as u32;
+    send(pid_tgid, &call, write, bytes, call.ssl);
+    0
+}
+
+/// Sends the plaintext of a finished call (`bytes` of it) as a data record of the socket the
+/// call used (`task`: the record's [`DataEvent::task`]).
+#[inline(always)]
+pub fn send(pid_tgid: u64, call: &SslCall, write: bool, bytes: u64, task: u64) {
     let tgid = (pid_tgid >> 32) as u32;
     let (fd, conn_id) = if call.fd >= 0 {
         (call.fd, call.conn_id)
@@ -110,21 +120,18 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
         (known.fd, known.conn_id)
     } else {
         count(Counter::TlsUnlinked);
-        return 0;
+        return;
     };
     // The fd must still be that connection, and a TLS one (the agent may have given it up).
     let Some(info) = CONNS.get_ptr(&ConnKey { tgid, fd }) else {
-        return 0;
+        return;
     };
     // SAFETY: as above.
     let info = unsafe { *info };
     if info.conn_id != conn_id || info.protocol != Protocol::Tls as u32 || info.ignored != 0 {
-        return 0;
+        return;
     }
-    let write =
-        call.function == SslFunction::Write as u32 || call.function == SslFunction::WriteEx as u32;
-    emit(pid_tgid, fd, conn_id, info.role, write, bytes, &call);
-    0
+    emit(pid_tgid, fd, conn_id, info.role, write, bytes, call, task);
 }
 
 /// `hook`: uprobe at the entry of `SSL_free` (`SSL *ssl`): its socket is forgotten.
@@ -144,14 +151,48 @@ pub fn ssl_free(ctx: ProbeContext) -> u32 {
 }
 
 /// Called by the syscall exit program for a read or write on a TLS socket: if this thread is
-/// inside an OpenSSL call, that call (and its `SSL *` from now on) uses this socket.
+/// inside an OpenSSL call, or the goroutine `g` (R14, when the syscall came from Go code) inside
+/// a Go `crypto/tls` call, that call (and its `SSL *` or `*tls.Conn` from now on) uses this
+/// socket.
 #[inline(always)]
-pub fn note_socket(pid_tgid: u64, fd: i32, conn_id: u64) {
-    let Some(call) = SSL_CALLS.get_ptr_mut(&pid_tgid) else {
+pub fn note_socket(pid_tgid: u64, g: u64, fd: i32, conn_id: u64) {
+    if let Some(call) = SSL_CALLS.get_ptr_mut(&pid_tgid) {
+        note_call_socket(pid_tgid, call, fd, conn_id);
         return;
+    }
+    let key = SslKey {
+        tgid: (pid_tgid >> 32) as u32,
+        pad: 0,
+        ssl: g,
     };
-    // SAFETY: this thread's entry: nothing else writes it meanwhile (the thread is in this
-    // syscall).
+    if g == 0 {
+        return;
+    }
+    if let Some(call) = GO_TLS_CALLS.get_ptr_mut(&key) {
+        note_call_socket(pid_tgid, call, fd, conn_id);
+    } else if let Some(conn) = GO_TLS_HANDSHAKES.get_ptr(&key) {
+        // SAFETY: a pointer from a successful lookup, read at once.
+        let conn = unsafe { *conn };
+        let _ = SSL_SOCKETS.insert(
+            &SslKey {
+                tgid: key.tgid,
+                pad: 0,
+                ssl: conn,
+            },
+            &SslSocket {
+                conn_id,
+                fd,
+                pad: 0,
+            },
+            0,
+        );
+    }
+}
+
+#[inline(always)]
+fn note_call_socket(pid_tgid: u64, call: *mut SslCall, fd: i32, conn_id: u64) {
+    // SAFETY: the entry of this thread's (or this goroutine's) call: nothing else writes it
+    // meanwhile (the thread is in this syscall, and a goroutine runs on one thread at a time).
     let call = unsafe { &mut *call };
     if call.fd >= 0 {
         return;
@@ -185,7 +226,17 @@ struct TlsRecord {
 
 /// Sends the plaintext of one call as a data record of the connection.
 #[inline(always)]
-fn emit(pid_tgid: u64, fd: i32, conn_id: u64, role: u32, write: bool, bytes: u64, call: &SslCall) {
+#[allow(clippy::too_many_arguments)] // One record's fields, each from a different place.
+fn emit(
+    pid_tgid: u64,
+    fd: i32,
+    conn_id: u64,
+    role: u32,
+    write: bool,
+    bytes: u64,
+    call: &SslCall,
+    task: u64,
+) {
     let Some(mut entry) = EVENTS.reserve::<TlsRecord>(0) else {
         count(Counter::RingFull);
         return;
@@ -235,7 +286,7 @@ fn emit(pid_tgid: u64, fd: i32, conn_id: u64, role: u32, write: bool, bytes: u64
                 Syscall::SslRead as u32
             },
             captured_len: captured,
-            task: call.ssl,
+            task,
             // Plaintext: its offsets are not the TCP stream's.
             seq: 0,
             seq_valid: 0,

@@ -217,7 +217,8 @@ pub const CHAINS: [&str; 19] = [
 
 /// The Go service, built once per test process into `target/chains/` from the fixture's
 /// sources (standard library only, so no network); `stripped` without `.symtab` and DWARF.
-fn go_service(stripped: bool) -> PathBuf {
+#[must_use]
+pub fn go_service(stripped: bool) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     static STRIPPED: OnceLock<PathBuf> = OnceLock::new();
     let (cell, name, flags) = if stripped {
@@ -242,7 +243,8 @@ fn go_service(stripped: bool) -> PathBuf {
 }
 
 /// Starts `cmd` and waits (at most 30 s) for the `ready` line it prints once listening.
-fn start_ready(cmd: Command, what: &str) -> Proc {
+#[must_use]
+pub fn start_ready(cmd: Command, what: &str) -> Proc {
     Talking::spawn(cmd, what).ready(what, Duration::from_secs(30))
 }
 

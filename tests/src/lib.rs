@@ -302,7 +302,9 @@ impl Agent {
         cmd.arg(subcommand).args(args).envs(envs.iter().copied());
         let mut agent = Self::spawn(cmd);
         if subcommand == "run" {
-            agent.wait_for_stderr("runtime probes attached", Duration::from_secs(30));
+            // The line that ends the attaching (not "Go runtime probes attached: …", one per Go
+            // program, which comes before).
+            agent.wait_for_stderr("runtime probes attached go=", Duration::from_secs(30));
         }
         agent
     }

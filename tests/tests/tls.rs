@@ -298,3 +298,100 @@ fn tls_secrets_reach_no_output() {
         "a secret leaked into the store file"
     );
 }
+
+/// curl → Go front → Go leaf, every hop over TLS spoken by Go's `crypto/tls` (both Go services
+/// serve HTTPS, the front calls the leaf over HTTPS): the Go probes give each hop's plaintext,
+/// the goroutine rule links the front's call to the request it serves, and the leaf's server
+/// span pairs with that call. The Go programs run before the agent, whose start attaches the
+/// probes to their executable.
+#[test]
+fn a_go_https_chain_is_traced_through_crypto_tls() {
+    let dir = std::env::temp_dir().join(format!("sockspan-gotls-{}", free_port()));
+    let (cert, key) = self_signed_certificate(&dir);
+    let (front, leaf) = (free_port(), free_port());
+    let exe = sockspan_tests::chains::go_service(false);
+    let go = |args: &[String]| {
+        let mut cmd = Command::new(&exe);
+        cmd.args(args)
+            .env("GO_TLS_CERT", &cert)
+            .env("GO_TLS_KEY", &key)
+            .env("GO_SEQUENTIAL", "1")
+            .env("OTEL_SERVICE_NAME", format!("go-{}", args[0]));
+        sockspan_tests::chains::start_ready(cmd, &args[0])
+    };
+    let _leaf = go(&["leaf".into(), leaf.to_string()]);
+    let _front = go(&["front".into(), front.to_string(), format!("leaf={leaf}")]);
+    let curl = |ids: &[u32], parallel: bool, http2: bool| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sfk", "--max-time", "30"])
+            .args(["-H", "Authorization: Bearer SECRET-GO-TLS-77d1"])
+            .arg(if http2 { "--http2" } else { "--http1.1" });
+        if parallel {
+            cmd.arg("--parallel");
+        }
+        for id in ids {
+            cmd.args(["-o", "/dev/null"])
+                .arg(format!("https://127.0.0.1:{front}/front/{id}"));
+        }
+        let _ = run_ok(&mut cmd, Duration::from_mins(1));
+    };
+    let agent = Agent::start_command("run", &["--output", "jsonl"]);
+    for id in 0..10 {
+        curl(&[id], false, false);
+    }
+    curl(&(10..20).collect::<Vec<_>>(), true, false);
+    // HTTP/2 over TLS (ALPN h2, which Go's server offers).
+    curl(&(30..33).collect::<Vec<_>>(), false, true);
+    let out = agent.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("TLS probes attached") && out.stderr.contains("go_service"),
+        "the Go executable's probes: {}",
+        out.stderr
+    );
+    let text = serde_json::to_string(&out.events).expect("json");
+    assert!(!text.contains("SECRET-GO-TLS-"), "a secret leaked");
+    let spans = &out.events;
+    let path = |s: &Value| attr(s, "url.path").as_str().unwrap_or("").to_string();
+    let find = |kind_: &str, p: &str| -> Vec<&Value> {
+        spans
+            .iter()
+            .filter(|s| kind(s) == kind_ && path(s) == p)
+            .collect()
+    };
+    for span in spans
+        .iter()
+        .filter(|s| port_of(s) == Some(front) || port_of(s) == Some(leaf))
+    {
+        assert_eq!(attr(span, "tls.protocol.name"), "tls", "{span:#}");
+    }
+    let mut whole = 0;
+    let mut broken = Vec::new();
+    for id in 0..20 {
+        let server = find("SERVER", &format!("/front/{id}"));
+        let call = find("CLIENT", &format!("/leaf/{id}"));
+        let leaf_server = find("SERVER", &format!("/leaf/{id}"));
+        let linked = match (server.as_slice(), call.as_slice(), leaf_server.as_slice()) {
+            ([server], [call], [leaf_server]) => {
+                assert_eq!(attr(server, "url.scheme"), "https", "{server:#}");
+                call["parent_span_id"] == server["span_id"]
+                    && leaf_server["parent_span_id"] == call["span_id"]
+                    && leaf_server["trace_id"] == server["trace_id"]
+            }
+            _ => false,
+        };
+        if linked {
+            whole += 1;
+        } else {
+            broken.push(id);
+        }
+    }
+    assert!(whole >= 19, "whole {whole}/20, broken: {broken:?}");
+    for id in 30..33 {
+        let server = find("SERVER", &format!("/front/{id}"));
+        assert_eq!(server.len(), 1, "the HTTP/2 request {id}");
+        assert_eq!(attr(server[0], "network.protocol.version"), "2");
+        assert_eq!(find("CLIENT", &format!("/leaf/{id}")).len(), 1);
+    }
+}

@@ -54,6 +54,12 @@ pub struct TraceSink<'a> {
     /// The loaded programs, to attach the Go runtime probes to Go programs as they appear.
     probes: Option<&'a mut Probes>,
     /// Go processes already considered for the runtime probes.
+    /// Python processes looked at for grpcio (the worker rule): whether they run it, and
+    /// whether the look at a server connection was had (a process is looked at on its first
+    /// connection, and once more on its first server one).
+    grpcio_seen: HashMap<u32, (bool, bool)>,
+    /// The kernel's count of records lost to a full ring, as last seen.
+    ring_full_seen: u64,
     go_seen: HashSet<u32>,
     /// Which runtime probes are attached (`--no-runtime-probes`).
     on: RuntimeProbesOn,
@@ -91,6 +97,8 @@ impl<'a> TraceSink<'a> {
             kernel_conns: None,
             probes: None,
             go_seen: HashSet::new(),
+            grpcio_seen: HashMap::new(),
+            ring_full_seen: 0,
             on: RuntimeProbesOn {
                 go: false,
                 tls: false,
@@ -472,6 +480,37 @@ fn watch_go(
     }
 }
 
+/// Looks at a Python process for grpcio, where the worker rule applies: at its first
+/// connection, and once more at its first server connection (grpcio is imported by then). A pid
+/// that runs something else now is forgotten.
+fn watch_grpcio(seen: &mut HashMap<u32, (bool, bool)>, tracer: &mut Tracer, conn: &Connection) {
+    /// Processes remembered; past this they are forgotten (and looked at again).
+    const MAX_SEEN: usize = 64 * 1024;
+    let pid = conn.process.pid;
+    if !matches!(conn.process.runtime, crate::runtime::Runtime::Python) {
+        if seen.remove(&pid).is_some_and(|(grpcio, _)| grpcio) {
+            tracer.disallow_worker_rule(pid);
+        }
+        return;
+    }
+    let server = conn.role == agent_common::Role::Server;
+    let look = match seen.get(&pid) {
+        None => true,
+        Some(&(grpcio, at_server)) => !grpcio && server && !at_server,
+    };
+    if !look {
+        return;
+    }
+    if seen.len() >= MAX_SEEN {
+        seen.clear();
+    }
+    let grpcio = crate::runtime::grpcio::is_grpcio(pid);
+    seen.insert(pid, (grpcio, server));
+    if grpcio {
+        tracer.allow_worker_rule(pid);
+    }
+}
+
 /// Attaches the Node.js callback probes for `process`, a Node.js program, once per process;
 /// the tracer follows its callbacks when that worked. Why it did not is logged once per
 /// executable.
@@ -710,6 +749,7 @@ impl EventSink for TraceSink<'_> {
         {
             watch_node(&mut self.node_seen, &mut self.tracer, probes, &conn.process);
         }
+        watch_grpcio(&mut self.grpcio_seen, &mut self.tracer, conn);
         // A socket opened on an fd number that an earlier one had starts clean.
         self.tracer.callbacks.opened(conn);
         self.protocols.open(event.header.conn_id);
@@ -853,7 +893,23 @@ impl EventSink for TraceSink<'_> {
                 "trace stage"
             );
         }
+        if let Some(probes) = self.probes.as_deref()
+            && let Ok(drops) = probes.counter(agent_common::Counter::RingFull)
+            && drops > self.ring_full_seen
+        {
+            // Records lost: the worker rule cannot know what was answered meanwhile.
+            self.ring_full_seen = drops;
+            self.tracer.lost_events(monotonic_ns());
+        }
         if self.ticks.is_multiple_of(20) {
+            let tracer = &mut self.tracer;
+            self.grpcio_seen.retain(|pid, _| {
+                let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+                if !alive {
+                    tracer.disallow_worker_rule(*pid);
+                }
+                alive
+            });
             self.forget_exited_python();
             self.forget_exited_node();
             self.conntrack.sweep(monotonic_ns());

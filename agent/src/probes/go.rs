@@ -6,10 +6,9 @@
 use std::{collections::HashMap, os::unix::fs::MetadataExt as _};
 
 use agent_common::{GoProbe, go_probe_cookie};
-use aya::{
-    Ebpf,
-    programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
-};
+use aya::{Ebpf, programs::uprobe::UProbeAttachLocation};
+
+use super::UprobeRefused;
 
 use crate::runtime::go::{self, symbols::find_functions};
 
@@ -143,25 +142,12 @@ fn attach_at(
     offset: u64,
     cookie: u64,
 ) -> Result<(), GoProbeError> {
-    super::uprobe(ebpf, PROGRAM)
-        .map_err(GoProbeError::Unavailable)?
-        .attach(
-            UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(offset),
-                cookie: Some(cookie),
-            },
-            exe,
-            UProbeScope::AllProcesses,
-        )
-        .map(|_| ())
-        .map_err(|err| {
-            let reason = super::error_chain(&err);
-            if reason.contains("Permission denied") {
-                GoProbeError::Privilege(reason)
-            } else {
-                GoProbeError::Attach { function, reason }
-            }
-        })
+    let at = UProbeAttachLocation::AbsoluteOffset(offset);
+    super::attach_uprobe(ebpf, PROGRAM, at, Some(cookie), exe).map_err(|refused| match refused {
+        UprobeRefused::Unavailable(why) => GoProbeError::Unavailable(why),
+        UprobeRefused::Privilege(reason) => GoProbeError::Privilege(reason),
+        UprobeRefused::Other(reason) => GoProbeError::Attach { function, reason },
+    })
 }
 
 fn attach_file(

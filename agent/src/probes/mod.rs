@@ -3,6 +3,7 @@
 
 pub mod btf;
 pub mod go;
+pub mod gotls;
 pub mod node;
 pub mod offsets;
 pub mod python;
@@ -110,6 +111,8 @@ pub struct Probes {
     go: Option<go::GoProbes>,
     /// The OpenSSL probes (capture set only), attached per libssl file met.
     tls: Option<tls::TlsProbes>,
+    /// The Go `crypto/tls` probes (capture set only), attached per Go executable met.
+    go_tls: Option<gotls::GoTlsProbes>,
     /// The Python asyncio probes (capture set only), attached per `_asyncio` module met.
     python: Option<python::PythonProbes>,
     /// The Node.js callback probes (capture set only), attached per Node.js executable met.
@@ -165,7 +168,6 @@ fn is_permission_error(err: &std::io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EPERM | libc::EACCES))
 }
 
-/// An error and its sources on one line: aya's top-level messages omit the errno.
 /// The uprobe program `name` of `ebpf`; why not, as text.
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::UProbe, String> {
     ebpf.program_mut(name)
@@ -174,6 +176,56 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::U
         .map_err(|e: aya::programs::ProgramError| e.to_string())
 }
 
+/// Loads the uprobe programs `names` of `ebpf`. Returns why not (the first failure, `hint`
+/// appended), for the caller to keep and say when a process needs them.
+fn load_uprobes(ebpf: &mut Ebpf, names: &[&str], hint: &str) -> Option<String> {
+    names.iter().find_map(|name| {
+        uprobe(ebpf, name)
+            .and_then(|p| {
+                p.load()
+                    .map_err(|e| format!("{} ({hint})", error_chain(&e)))
+            })
+            .err()
+    })
+}
+
+/// Why a uprobe did not attach.
+enum UprobeRefused {
+    /// The program is not there or did not load.
+    Unavailable(String),
+    /// Uprobes need `CAP_SYS_ADMIN` here.
+    Privilege(String),
+    Other(String),
+}
+
+/// Attaches the uprobe program `name` at `location` of the file `target`, for every process
+/// that maps it, with `cookie`.
+fn attach_uprobe(
+    ebpf: &mut Ebpf,
+    name: &str,
+    location: aya::programs::uprobe::UProbeAttachLocation<'_>,
+    cookie: Option<u64>,
+    target: impl AsRef<std::path::Path>,
+) -> Result<(), UprobeRefused> {
+    uprobe(ebpf, name)
+        .map_err(UprobeRefused::Unavailable)?
+        .attach(
+            aya::programs::uprobe::UProbeAttachPoint { location, cookie },
+            target,
+            aya::programs::uprobe::UProbeScope::AllProcesses,
+        )
+        .map(|_| ())
+        .map_err(|err| {
+            let reason = error_chain(&err);
+            if reason.contains("Permission denied") {
+                UprobeRefused::Privilege(reason)
+            } else {
+                UprobeRefused::Other(reason)
+            }
+        })
+}
+
+/// An error and its sources on one line: aya's top-level messages omit the errno.
 fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
@@ -282,6 +334,8 @@ impl Probes {
         tracing::debug!(?offsets, "kernel struct offsets from BTF");
         let go = matches!(set, ProgramSet::Capture).then(|| go::GoProbes::load(&mut ebpf));
         let tls = matches!(set, ProgramSet::Capture).then(|| tls::TlsProbes::load(&mut ebpf));
+        let go_tls =
+            matches!(set, ProgramSet::Capture).then(|| gotls::GoTlsProbes::load(&mut ebpf));
         let python =
             matches!(set, ProgramSet::Capture).then(|| python::PythonProbes::load(&mut ebpf));
         let node = matches!(set, ProgramSet::Capture).then(|| node::NodeProbes::load(&mut ebpf));
@@ -302,6 +356,7 @@ impl Probes {
             ebpf,
             go,
             tls,
+            go_tls,
             python,
             node,
             followed,
@@ -319,7 +374,8 @@ impl Probes {
     }
 
     /// Attaches the OpenSSL probes to the system's libssl, and with `pid` to the libssl files
-    /// that process maps. Returns the libraries newly met.
+    /// that process maps, or to its executable if it is a Go program linking `crypto/tls`.
+    /// Returns the libraries (and executables) newly met.
     pub fn attach_tls(
         &mut self,
         pid: Option<u32>,
@@ -329,10 +385,22 @@ impl Probes {
                 "not loaded with this program set".into(),
             ));
         };
-        match pid {
-            None => probes.attach_system(&mut self.ebpf),
-            Some(pid) => probes.attach_process(&mut self.ebpf, pid),
+        let Some(pid) = pid else {
+            return probes.attach_system(&mut self.ebpf);
+        };
+        let mut met = probes.attach_process(&mut self.ebpf, pid)?;
+        if let crate::runtime::Runtime::Go { version } = crate::runtime::Runtime::of_process(pid)
+            && let Some(go_tls) = &mut self.go_tls
+        {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+                .map_or_else(|_| format!("/proc/{pid}/exe"), |p| p.display().to_string());
+            if let gotls::GoTlsAttached::New(executable) =
+                go_tls.attach(&mut self.ebpf, pid, &exe, version.as_deref())?
+            {
+                met.push(executable);
+            }
         }
+        Ok(met)
     }
 
     /// Follows the CPython process `pid` (see [`python::PythonProbes::follow`]). Returns
@@ -396,12 +464,18 @@ impl Probes {
         }
     }
 
-    /// The libssl files the OpenSSL probes met.
+    /// The libssl files the OpenSSL probes met, and the Go executables the `crypto/tls` probes
+    /// met.
     pub fn tls_libraries(&self) -> Vec<tls::Library> {
-        self.tls
+        let mut all: Vec<tls::Library> = self
+            .tls
             .as_ref()
             .map(|t| t.libraries().cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(go_tls) = &self.go_tls {
+            all.extend(go_tls.executables().cloned());
+        }
+        all
     }
 
     /// Attaches the Go runtime probes to the executable of `pid`, built by Go `version`.
@@ -444,8 +518,8 @@ impl Probes {
         Ok(KernelConns { map })
     }
 
-    /// Sums the per-CPU counters.
-    pub fn counters(&self) -> Result<KernelCounters, ProbesError> {
+    /// One counter, summed over the CPUs.
+    pub fn counter(&self, counter: Counter) -> Result<u64, ProbesError> {
         let map = self
             .ebpf
             .map(MAP_COUNTERS)
@@ -455,15 +529,20 @@ impl Probes {
                 name: MAP_COUNTERS,
                 reason: e.to_string(),
             })?;
+        let per_cpu = array
+            .get(&(counter as u32), 0)
+            .map_err(|e| ProbesError::Map {
+                name: MAP_COUNTERS,
+                reason: e.to_string(),
+            })?;
+        Ok(per_cpu.iter().sum())
+    }
+
+    /// Sums the per-CPU counters.
+    pub fn counters(&self) -> Result<KernelCounters, ProbesError> {
         let mut totals = KernelCounters::default();
         for counter in Counter::ALL {
-            let per_cpu = array
-                .get(&(counter as u32), 0)
-                .map_err(|e| ProbesError::Map {
-                    name: MAP_COUNTERS,
-                    reason: e.to_string(),
-                })?;
-            totals.values[counter as usize] = per_cpu.iter().sum();
+            totals.values[counter as usize] = self.counter(counter)?;
         }
         Ok(totals)
     }

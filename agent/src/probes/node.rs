@@ -9,10 +9,9 @@
 
 use std::{collections::HashMap, os::unix::fs::MetadataExt as _};
 
-use aya::{
-    Ebpf,
-    programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
-};
+use aya::{Ebpf, programs::uprobe::UProbeAttachLocation};
+
+use super::UprobeRefused;
 
 use crate::runtime::node::{NodeError, STREAM_IO, StreamIo, find_stream_io};
 
@@ -59,20 +58,12 @@ impl NodeProbes {
     /// Loads the two programs from `ebpf`. A failure is kept, not returned: the agent then
     /// traces Node.js without callback causality and says why.
     pub fn load(ebpf: &mut Ebpf) -> Self {
-        let unavailable = [ENTRY, RETURN].iter().find_map(|name| {
-            super::uprobe(ebpf, name)
-                .and_then(|p| {
-                    p.load().map_err(|e| {
-                        format!(
-                            "{} (uprobes need CONFIG_UPROBE_EVENTS)",
-                            super::error_chain(&e)
-                        )
-                    })
-                })
-                .err()
-        });
         Self {
-            unavailable,
+            unavailable: super::load_uprobes(
+                ebpf,
+                &[ENTRY, RETURN],
+                "uprobes need CONFIG_UPROBE_EVENTS",
+            ),
             executables: HashMap::new(),
         }
     }
@@ -114,27 +105,17 @@ impl NodeProbes {
 /// the thread's later syscalls (a timer's calls) would name that callback.
 fn attach_at(ebpf: &mut Ebpf, at: &StreamIo) -> Result<(), NodeProbeError> {
     for name in [RETURN, ENTRY] {
-        super::uprobe(ebpf, name)
-            .map_err(NodeProbeError::Unavailable)?
-            .attach(
-                UProbeAttachPoint {
-                    location: UProbeAttachLocation::AbsoluteOffset(at.file_offset),
-                    cookie: None,
+        let location = UProbeAttachLocation::AbsoluteOffset(at.file_offset);
+        super::attach_uprobe(ebpf, name, location, None, &at.file).map_err(
+            |refused| match refused {
+                UprobeRefused::Unavailable(why) => NodeProbeError::Unavailable(why),
+                UprobeRefused::Privilege(reason) => NodeProbeError::Privilege(reason),
+                UprobeRefused::Other(reason) => NodeProbeError::Attach {
+                    file: at.shown.clone(),
+                    reason,
                 },
-                &at.file,
-                UProbeScope::AllProcesses,
-            )
-            .map_err(|err| {
-                let reason = super::error_chain(&err);
-                if reason.contains("Permission denied") {
-                    NodeProbeError::Privilege(reason)
-                } else {
-                    NodeProbeError::Attach {
-                        file: at.shown.clone(),
-                        reason,
-                    }
-                }
-            })?;
+            },
+        )?;
     }
     Ok(())
 }

@@ -11,10 +11,9 @@
 use std::{collections::HashMap, os::unix::fs::MetadataExt as _, path::PathBuf};
 
 use agent_common::FollowedProcess;
-use aya::{
-    Ebpf,
-    programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
-};
+use aya::{Ebpf, programs::uprobe::UProbeAttachLocation};
+
+use super::UprobeRefused;
 
 use crate::runtime::python::{Interpreter, PythonError};
 
@@ -54,22 +53,12 @@ impl PythonProbes {
     /// Loads the two programs from `ebpf` and takes the map. A failure is kept, not returned:
     /// the agent then traces without task causality and says why.
     pub fn load(ebpf: &mut Ebpf) -> Self {
-        let mut unavailable = None;
-        for name in [ENTRY, RETURN] {
-            if let Err(why) = super::uprobe(ebpf, name).and_then(|p| {
-                p.load().map_err(|e| {
-                    format!(
-                        "{} (uprobes need CONFIG_UPROBE_EVENTS)",
-                        super::error_chain(&e)
-                    )
-                })
-            }) {
-                unavailable = Some(why);
-                break;
-            }
-        }
         Self {
-            unavailable,
+            unavailable: super::load_uprobes(
+                ebpf,
+                &[ENTRY, RETURN],
+                "uprobes need CONFIG_UPROBE_EVENTS",
+            ),
             files: HashMap::new(),
         }
     }
@@ -130,27 +119,15 @@ fn attach_module(
     offset: u64,
 ) -> Result<(), PythonProbeError> {
     for name in [ENTRY, RETURN] {
-        super::uprobe(ebpf, name)
-            .map_err(PythonProbeError::Unavailable)?
-            .attach(
-                UProbeAttachPoint {
-                    location: UProbeAttachLocation::AbsoluteOffset(offset),
-                    cookie: None,
-                },
-                file,
-                UProbeScope::AllProcesses,
-            )
-            .map_err(|err| {
-                let reason = super::error_chain(&err);
-                if reason.contains("Permission denied") {
-                    PythonProbeError::Privilege(reason)
-                } else {
-                    PythonProbeError::Attach {
-                        module: module.to_string(),
-                        reason,
-                    }
-                }
-            })?;
+        let at = UProbeAttachLocation::AbsoluteOffset(offset);
+        super::attach_uprobe(ebpf, name, at, None, file).map_err(|refused| match refused {
+            UprobeRefused::Unavailable(why) => PythonProbeError::Unavailable(why),
+            UprobeRefused::Privilege(reason) => PythonProbeError::Privilege(reason),
+            UprobeRefused::Other(reason) => PythonProbeError::Attach {
+                module: module.to_string(),
+                reason,
+            },
+        })?;
     }
     Ok(())
 }

@@ -17,10 +17,9 @@ use std::{
 };
 
 use agent_common::SslFunction;
-use aya::{
-    Ebpf,
-    programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
-};
+use aya::{Ebpf, programs::uprobe::UProbeAttachLocation};
+
+use super::UprobeRefused;
 
 pub const ENTER: &str = "ssl_enter";
 pub const RETURN: &str = "ssl_return";
@@ -76,22 +75,12 @@ impl TlsProbes {
     /// Loads the three programs from `ebpf`. A failure is kept, not returned: the agent then
     /// traces without TLS plaintext and says why.
     pub fn load(ebpf: &mut Ebpf) -> Self {
-        let mut unavailable = None;
-        for name in [ENTER, RETURN, FREE] {
-            if let Err(why) = super::uprobe(ebpf, name).and_then(|p| {
-                p.load().map_err(|e| {
-                    format!(
-                        "{} (uprobe attach cookies need Linux 5.15 or newer)",
-                        super::error_chain(&e)
-                    )
-                })
-            }) {
-                unavailable = Some(why);
-                break;
-            }
-        }
         Self {
-            unavailable,
+            unavailable: super::load_uprobes(
+                ebpf,
+                &[ENTER, RETURN, FREE],
+                "uprobe attach cookies need Linux 5.15 or newer",
+            ),
             files: HashMap::new(),
         }
     }
@@ -221,27 +210,16 @@ fn attach_at(
     function: &'static str,
     cookie: u64,
 ) -> Result<(), TlsProbeError> {
-    super::uprobe(ebpf, program_name)
-        .map_err(TlsProbeError::Unavailable)?
-        .attach(
-            UProbeAttachPoint {
-                location: UProbeAttachLocation::Symbol(function),
-                cookie: Some(cookie),
+    let at = UProbeAttachLocation::Symbol(function);
+    super::attach_uprobe(ebpf, program_name, at, Some(cookie), file).map_err(
+        |refused| match refused {
+            UprobeRefused::Unavailable(why) => TlsProbeError::Unavailable(why),
+            UprobeRefused::Privilege(reason) => TlsProbeError::Privilege(reason),
+            UprobeRefused::Other(reason) => TlsProbeError::Attach {
+                function,
+                library: library.to_string(),
+                reason,
             },
-            file,
-            UProbeScope::AllProcesses,
-        )
-        .map(|_| ())
-        .map_err(|err| {
-            let reason = super::error_chain(&err);
-            if reason.contains("Permission denied") {
-                TlsProbeError::Privilege(reason)
-            } else {
-                TlsProbeError::Attach {
-                    function,
-                    library: library.to_string(),
-                    reason,
-                }
-            }
-        })
+        },
+    )
 }

@@ -262,15 +262,6 @@ impl Answered {
         self.len == 0 && !self.unplaceable
     }
 
-    /// The one stream the syscall carried frames of, if it carried one alone.
-    #[must_use]
-    pub fn alone(&self) -> Option<u64> {
-        match self.streams() {
-            [one] if !self.unplaceable => Some(*one),
-            _ => None,
-        }
-    }
-
     /// Whether some of its bytes could be any stream's.
     #[must_use]
     pub fn is_unplaceable(&self) -> bool {

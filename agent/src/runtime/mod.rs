@@ -4,6 +4,7 @@
 
 pub mod elf;
 pub mod go;
+pub mod grpcio;
 pub mod node;
 pub mod python;
 

@@ -54,7 +54,7 @@ use super::{
     resource::Resources,
     span::{AttrValue, KeyValue, Resource, SpanData, SpanKind, SpanLink},
     tasks::Tasks,
-    workers::{Stream, WorkerStats, Workers, Written},
+    workers::{Call, Stream, WorkerStats, Workers, Written},
 };
 use agent_common::GoProbe;
 
@@ -426,6 +426,8 @@ pub struct Tracer {
     pub callbacks: Callbacks,
     /// Threads of multiplexing servers: which read, which answer, and what waits for them.
     workers: Workers<(SpanId, TraceRef)>,
+    /// The latest event time seen by the worker rule (it settles answers by event time).
+    last_event_ts: u64,
     /// CLIENT spans waiting for the task rule, under each task context of their lineage.
     task_waiting: FastMap<(u32, u64), Vec<SpanKey>>,
     /// What each task (pid, context, serial) that wrote a SERVER response wrote.
@@ -465,6 +467,7 @@ impl Tracer {
             tasks: Tasks::default(),
             callbacks: Callbacks::default(),
             workers: Workers::default(),
+            last_event_ts: 0,
             task_waiting: FastMap::default(),
             task_writers: FastMap::default(),
             clients: FastMap::default(),
@@ -891,6 +894,8 @@ impl Tracer {
             self.stats.abandoned += 1;
             if let Some(lineage) = &span.lineage {
                 self.stop_waiting(span.pid, key, lineage);
+            } else if span.kind == SpanKind::Client && span.parent.is_none() {
+                self.workers.exported(span.pid, span.tid, key);
             }
             match span.unit {
                 Unit::Thread(tid) if span.kind == SpanKind::Server => {
@@ -1254,6 +1259,7 @@ impl Tracer {
             return;
         }
         let pid = conn.process.pid;
+        self.last_event_ts = self.last_event_ts.max(ts);
         let answered = match io {
             StreamIo::None => return,
             StreamIo::Read => {
@@ -1263,35 +1269,67 @@ impl Tracer {
             StreamIo::Wrote(answered) if answered.is_nothing() => return,
             StreamIo::Wrote(answered) => answered,
         };
-        // A stream the agent has no SERVER span of (opened before it attached) is unknown.
-        let stream = |id: u64| {
+        // A stream the agent has no SERVER span of (opened before it attached) is unknown; one
+        // already finished (a reset after its trailers) is no answer.
+        let stream = |id: u64| -> Option<Option<Stream<(SpanId, TraceRef)>>> {
             let key = (conn.conn_id, id);
-            self.spans
-                .get(&key)
-                .filter(|s| s.kind == SpanKind::Server)
-                .map(|s| Stream {
+            match self.spans.get(&key) {
+                Some(s) if s.kind == SpanKind::Server && s.finished.is_some() => None,
+                Some(s) if s.kind == SpanKind::Server => Some(Some(Stream {
                     key,
                     began: s.start_ts,
                     parent: (s.span_id, s.trace.clone()),
-                })
-        };
-        let written = if let Some(one) = answered.alone().and_then(stream) {
-            Written::Alone(one)
-        } else {
-            let streams: Vec<_> = answered.streams().iter().map(|&id| stream(id)).collect();
-            let unknown = answered.is_unplaceable() || streams.iter().any(Option::is_none);
-            Written::Several {
-                streams: streams.into_iter().flatten().collect(),
-                unknown,
+                })),
+                _ => Some(None),
             }
         };
-        let spans = &self.spans;
-        let end_of = |key: SpanKey| {
-            spans
-                .get(&key)
-                .and_then(|s| s.finished.as_ref().map(|d| d.end_ts))
+        let streams: Vec<Option<Stream<_>>> = answered
+            .streams()
+            .iter()
+            .filter_map(|&id| stream(id))
+            .collect();
+        let unknown = answered.is_unplaceable() || streams.iter().any(Option::is_none);
+        let mut streams: Vec<Stream<_>> = streams.into_iter().flatten().collect();
+        let written = match (streams.len(), unknown) {
+            (0, false) => return,
+            (1, false) => match streams.pop() {
+                Some(one) => Written::Alone(one),
+                None => return,
+            },
+            _ => Written::Several { streams, unknown },
         };
-        for (key, parent) in self.workers.answer(pid, tid, ts, written, end_of) {
+        self.workers.answer(pid, tid, ts, written);
+        self.settle_workers(ts, false);
+    }
+
+    /// Events were lost (a full ring) up to `now`: the worker rule names no parent from what
+    /// was answered before.
+    pub fn lost_events(&mut self, now: u64) {
+        self.workers.lost_events(now);
+    }
+
+    /// `pid` runs grpcio, where the worker rule was measured: it applies there.
+    pub fn allow_worker_rule(&mut self, pid: u32) {
+        self.workers.allow(pid);
+    }
+
+    /// `pid` exited or runs something else now: the worker rule forgets it.
+    pub fn disallow_worker_rule(&mut self, pid: u32) {
+        self.workers.disallow(pid);
+    }
+
+    /// Gives the CLIENT requests of workers' answers older than `now` − the settling delay
+    /// (all with `flush`) the parents the worker rule names.
+    fn settle_workers(&mut self, now: u64, flush: bool) {
+        let spans = &self.spans;
+        let call = |key: SpanKey| match spans.get(&key) {
+            None => Call::Gone,
+            Some(s) => s
+                .finished
+                .as_ref()
+                .map_or(Call::Out, |d| Call::Ended(d.end_ts)),
+        };
+        for (key, parent) in self.workers.settle(now, flush, call) {
             let Some((parent_id, parent_trace)) = parent else {
                 continue;
             };
@@ -1342,6 +1380,10 @@ impl Tracer {
     ) -> bool {
         self.announce_settled(now_mono, flush);
         self.remote.expire(now_mono);
+        // By the events' time, but never more than a tick behind the clock (no events come
+        // while the services are idle).
+        let settle_at = self.last_event_ts.max(now_mono.saturating_sub(100_000_000));
+        self.settle_workers(settle_at, flush);
         loop {
             let key = if let Some(&key) = self.ready_now.front() {
                 if out.len() >= max {
@@ -1650,6 +1692,7 @@ mod tests {
     fn a_pool_threads_call_belongs_to_the_stream_it_answers_next() {
         use crate::protocol::{Answered, StreamIo};
         let mut t = tracer();
+        t.allow_worker_rule(5);
         let (s, c) = (
             conn(1, 5, Role::Server, 80, 5001),
             conn(2, 5, Role::Client, 6000, 90),

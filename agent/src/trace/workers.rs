@@ -21,12 +21,18 @@
 //! seen answering with a call out). Exactly one candidate is the parent; several, none, or a
 //! write whose streams are unknown in between: no parent.
 //!
+//! A worker seen answering while a call of its own was still out runs several handlers at once
+//! (an event loop): it is no worker from then on. Answers are settled a little after the
+//! worker's write (`SETTLE_NS` of event time), so that what other CPUs wrote just before it has
+//! arrived; lost events (a full ring) and forgotten tables make every earlier window unknown.
+//!
 //! What the rule cannot see: a worker whose own answer another worker flushed alone (grpc-core's
 //! combiner runs queued writes on whichever thread holds it), an answer flushed after the
 //! worker's next one, a handler still running after its stream was reset, a pool thread making
-//! calls outside any handler. Each would give a wrong parent; measured, none did (the
-//! precision figures of `docs/causality.md`), and the rule is limited to processes that serve a
-//! multiplexed protocol with threads as their units of work.
+//! calls outside any handler, an answer on a connection the agent does not read (TLS through
+//! grpcio's own BoringSSL). Each would give a wrong parent; measured, none did (the precision
+//! figures of `docs/causality.md`). So the rule applies only where it was measured: grpcio
+//! processes (`cygrpc` mapped, [`Workers::allow`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -44,10 +50,15 @@ const MAX_UNPLACED: usize = 4096;
 /// (grpc-core runs writes queued on its combiner at the end of the holder's work: microseconds
 /// when measured, bounded here with a wide margin).
 const FLUSH_LATE_NS: u64 = 2_000_000;
+/// How long after a worker's write its requests are settled, in event time: events reach the
+/// agent in the order their syscalls returned, a write is timed at its entry, and another
+/// CPU's write that entered before this one may still be on its way.
+pub const SETTLE_NS: u64 = 2_000_000;
 /// How long an unplaced answer is remembered.
 const UNPLACED_NS: u64 = 30_000_000_000;
-/// Threads, processes and answered streams remembered; the tables are cleared past this (the
-/// rule then names fewer parents for a while, never a wrong one).
+/// Threads, processes and answered streams remembered; past this everything is forgotten and
+/// earlier windows are unknown (the rule then names fewer parents for a while, never a wrong
+/// one).
 const MAX_TABLE: usize = 64 * 1024;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -55,11 +66,12 @@ pub struct WorkerStats {
     /// CLIENT requests that waited for their thread's next answer.
     pub waited: u64,
     /// … and got no parent: no candidate or several, or the thread turned out to read (an I/O
-    /// thread).
+    /// thread) or to answer with a call out (an event loop).
     pub refused: u64,
-    /// … of those, because a write whose streams are unknown came in between.
+    /// … of those, because a write whose streams are unknown (or lost events) came in between.
     pub refused_unknown: u64,
-    /// Waiting requests given up to stay within `MAX_WAITING`.
+    /// Waiting requests given up to stay within `MAX_WAITING`, or exported before their
+    /// thread answered.
     pub given_up: u64,
     /// Streams whose answer named no worker: written by an I/O thread or with other streams, …
     pub unplaced_answers: u64,
@@ -68,6 +80,12 @@ pub struct WorkerStats {
     /// Writes whose streams are not all known (more than a few, bytes not placed, or a stream
     /// the agent has no span of).
     pub unknown_writes: u64,
+    /// Threads found answering while a call of theirs was out: no workers.
+    pub interleaving_threads: u64,
+    /// Times the tables were forgotten (full, or events lost).
+    pub forgotten: u64,
+    /// Times the rule stopped for every process, its thread tables full.
+    pub stopped: u64,
 }
 
 /// A stream the rule may name as a parent: its SERVER span, when its request began, and what
@@ -85,15 +103,19 @@ pub struct Stream<P> {
 struct Unplaced<P> {
     at: u64,
     stream: Option<Stream<P>>,
+    /// The worker (tid) the rule found it was, once it found one: a worker serves one stream at
+    /// a time and a stream has one worker, so it is no other's candidate.
+    claimed_by: Option<u32>,
 }
 
 #[derive(Debug)]
 struct Process<P> {
+    /// In order of `at`.
     unplaced: VecDeque<Unplaced<P>>,
     /// Unplaced answers up to this time were forgotten.
     forgotten_until: u64,
-    /// A worker answered while a call it made was still out: its handlers do not wait for
-    /// their calls, so a worker's call in flight proves nothing about what it answered then.
+    /// A worker answered while a call it made was still out: handlers here may not wait for
+    /// their calls, so a call out proves nothing about what was answered then.
     answers_during_calls: bool,
 }
 
@@ -141,31 +163,41 @@ impl<P> Process<P> {
             };
             self.forgotten_until = self.forgotten_until.max(old.at);
         }
-        self.unplaced.push_back(Unplaced { at, stream });
+        // Nearly always at the back: events arrive about in time order.
+        let at_index =
+            self.unplaced.len() - self.unplaced.iter().rev().take_while(|u| u.at > at).count();
+        self.unplaced.insert(
+            at_index,
+            Unplaced {
+                at,
+                stream,
+                claimed_by: None,
+            },
+        );
     }
 
     /// Adds to `found` the streams that began by `from` and were answered, naming no worker,
-    /// between `from` and `to`, other than while one of the worker's calls was out (`busy`).
+    /// between `from` and `to`, other than while one of the worker's calls was out (`busy`),
+    /// and not found to be another worker's than `tid`.
     fn unplaced_between<'a>(
         &'a self,
+        tid: u32,
         (from, to): (u64, u64),
         busy: &[(u64, u64)],
         found: &mut Found<'a, P>,
     ) {
-        /// Answers are noted in the order their events arrived, which is their time order
-        /// give or take events of other CPUs.
-        const SLACK_NS: u64 = 1_000_000_000;
         if self.forgotten_until >= from {
             *found = Found::Ambiguous { unknown: true };
             return;
         }
-        let recent = self
-            .unplaced
-            .iter()
-            .rev()
-            .take_while(|u| u.at.saturating_add(SLACK_NS) >= from);
-        for u in recent {
-            if u.at < from || u.at > to || busy.iter().any(|&(a, b)| a < u.at && u.at < b) {
+        let first = self.unplaced.partition_point(|u| u.at < from);
+        for u in self.unplaced.range(first..) {
+            if u.at > to {
+                break;
+            }
+            if busy.iter().any(|&(a, b)| a < u.at && u.at < b)
+                || u.claimed_by.is_some_and(|other| other != tid)
+            {
                 continue;
             }
             match &u.stream {
@@ -191,15 +223,42 @@ pub enum Written<P> {
     },
 }
 
+/// Where a waiting request stands when its worker's answer is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// Its response has not come.
+    Out,
+    /// Its response came at this time.
+    Ended(u64),
+    /// Its span is gone (exported): unknown.
+    Gone,
+}
+
+/// A worker's answer whose requests are settled once the events up to a little after it came.
+#[derive(Debug)]
+struct Pending<P> {
+    pid: u32,
+    tid: u32,
+    at: u64,
+    alone: Option<Stream<P>>,
+    waiting: Vec<(SpanKey, u64)>,
+}
+
 #[derive(Debug)]
 pub struct Workers<P> {
+    /// Processes the rule was measured on (grpcio): only these are followed.
+    allowed: FastSet<u32>,
     /// Processes serving a multiplexed protocol, with threads as units of work.
     serving: FastSet<u32>,
     /// (pid, tid) of threads that read multiplexed connections.
     io_threads: FastSet<(u32, u32)>,
+    /// (pid, tid) of threads seen answering while a call of theirs was out.
+    interleaving: FastSet<(u32, u32)>,
     /// CLIENT requests per (pid, tid) waiting for the thread's next answer, with when each
     /// began.
     waiting: FastMap<(u32, u32), Vec<(SpanKey, u64)>>,
+    /// Answers whose requests are settled later (`SETTLE_NS`), in order.
+    pending: VecDeque<Pending<P>>,
     processes: FastMap<u32, Process<P>>,
     /// SERVER spans of multiplexed connections some write carried frames of.
     answered: FastSet<SpanKey>,
@@ -209,9 +268,12 @@ pub struct Workers<P> {
 impl<P> Default for Workers<P> {
     fn default() -> Self {
         Self {
+            allowed: FastSet::default(),
             serving: FastSet::default(),
             io_threads: FastSet::default(),
+            interleaving: FastSet::default(),
             waiting: FastMap::default(),
+            pending: VecDeque::new(),
             processes: FastMap::default(),
             answered: FastSet::default(),
             stats: WorkerStats::default(),
@@ -220,25 +282,45 @@ impl<P> Default for Workers<P> {
 }
 
 impl<P: Clone> Workers<P> {
+    /// `pid` runs grpcio: the rule follows it.
+    pub fn allow(&mut self, pid: u32) {
+        if self.allowed.len() >= MAX_TABLE {
+            self.stop();
+        }
+        self.allowed.insert(pid);
+    }
+
+    /// `pid` exited, or runs something else now.
+    pub fn disallow(&mut self, pid: u32) {
+        if self.allowed.remove(&pid) {
+            self.serving.remove(&pid);
+            self.processes.remove(&pid);
+            self.io_threads.retain(|&(p, _)| p != pid);
+            self.interleaving.retain(|&(p, _)| p != pid);
+            self.waiting.retain(|&(p, _), _| p != pid);
+            self.pending.retain(|a| a.pid != pid);
+        }
+    }
+
     /// `pid` read a request on a multiplexed connection and runs its work on threads.
     pub fn serves(&mut self, pid: u32) {
-        if self.serving.len() >= MAX_TABLE {
-            self.serving.clear();
+        if self.allowed.contains(&pid) {
+            self.serving.insert(pid);
         }
-        self.serving.insert(pid);
     }
 
     /// Whether a CLIENT request by thread `tid` of `pid` may wait for the thread's next answer.
     #[must_use]
     pub fn applies(&self, pid: u32, tid: u32) -> bool {
-        self.serving.contains(&pid) && !self.io_threads.contains(&(pid, tid))
+        self.serving.contains(&pid)
+            && !self.io_threads.contains(&(pid, tid))
+            && !self.interleaving.contains(&(pid, tid))
     }
 
     /// The CLIENT request `key`, begun at `ts` by thread `tid`, waits.
     pub fn wait(&mut self, pid: u32, tid: u32, key: SpanKey, ts: u64) {
         if self.waiting.len() >= MAX_TABLE {
-            self.stats.given_up += self.waiting.values().map(|w| w.len() as u64).sum::<u64>();
-            self.waiting.clear();
+            self.forget_all(ts);
         }
         let list = self.waiting.entry((pid, tid)).or_default();
         if list.len() >= MAX_WAITING {
@@ -249,14 +331,29 @@ impl<P: Clone> Workers<P> {
         self.stats.waited += 1;
     }
 
+    /// The waiting request `key` of thread `tid` is exported before its thread answered.
+    pub fn exported(&mut self, pid: u32, tid: u32, key: SpanKey) {
+        if let Some(list) = self.waiting.get_mut(&(pid, tid))
+            && let Some(at) = list.iter().position(|&(k, _)| k == key)
+        {
+            list.remove(at);
+            self.stats.given_up += 1;
+            if list.is_empty() {
+                self.waiting.remove(&(pid, tid));
+            }
+        }
+    }
+
     /// Thread `tid` of `pid` read a multiplexed connection: an I/O thread, whose writes name no
     /// worker and whose calls wait for nothing.
     pub fn read_by(&mut self, pid: u32, tid: u32) {
-        if self.io_threads.contains(&(pid, tid)) {
+        if !self.allowed.contains(&pid) || self.io_threads.contains(&(pid, tid)) {
             return;
         }
         if self.io_threads.len() >= MAX_TABLE {
-            self.io_threads.clear();
+            // A thread that reads must never pass for a worker: the rule stops instead.
+            self.stop();
+            return;
         }
         self.io_threads.insert((pid, tid));
         if let Some(waiting) = self.waiting.remove(&(pid, tid)) {
@@ -264,21 +361,50 @@ impl<P: Clone> Workers<P> {
         }
     }
 
-    /// Thread `tid` of `pid` wrote, at `at`, response frames of the streams in `written`.
-    /// Returns, when it is a worker, the requests it made since its last answer, each with its
-    /// parent if the rule names one; `end_of` tells when each ended (`None`: still out).
-    pub fn answer(
-        &mut self,
-        pid: u32,
-        tid: u32,
-        at: u64,
-        written: Written<P>,
-        end_of: impl Fn(SpanKey) -> Option<u64>,
-    ) -> Vec<(SpanKey, Option<P>)> {
+    /// Events were lost (the ring was full) up to `now`: what was answered before is unknown.
+    pub fn lost_events(&mut self, now: u64) {
+        for process in self.processes.values_mut() {
+            process.forgotten_until = process.forgotten_until.max(now);
+        }
+        for pid in &self.serving {
+            let process = self.processes.entry(*pid).or_default();
+            process.forgotten_until = process.forgotten_until.max(now);
+        }
+        self.stats.forgotten += 1;
+    }
+
+    /// A table is full: what waits and what was answered is forgotten, and windows that began
+    /// before `now` are unknown. The threads known to read or interleave are kept.
+    fn forget_all(&mut self, now: u64) {
+        self.stats.given_up += self.waiting.values().map(|w| w.len() as u64).sum::<u64>();
+        self.waiting.clear();
+        self.pending.clear();
+        self.answered.clear();
+        self.processes.clear();
+        self.lost_events(now);
+    }
+
+    /// The threads' tables are full: the rule stops for every process (counted), since a thread
+    /// it cannot remember might pass for a worker.
+    fn stop(&mut self) {
+        self.forget_all(0);
+        self.allowed.clear();
+        self.serving.clear();
+        self.io_threads.clear();
+        self.interleaving.clear();
+        self.stats.stopped += 1;
+    }
+
+    /// Thread `tid` of `pid` wrote, at `at`, response frames of the streams in `written`. The
+    /// requests it made since its last answer are settled later ([`Workers::settle`]).
+    pub fn answer(&mut self, pid: u32, tid: u32, at: u64, written: Written<P>) {
+        if !self.serving.contains(&pid) {
+            return;
+        }
         let io_thread = self.io_threads.contains(&(pid, tid));
         let alone = match written {
             Written::Alone(stream) => {
-                self.note_answered(stream.key);
+                self.note_answered(stream.key, at);
                 if io_thread {
                     self.unplaced(pid, at, Some(stream));
                     None
@@ -288,7 +414,7 @@ impl<P: Clone> Workers<P> {
             }
             Written::Several { streams, unknown } => {
                 for stream in streams {
-                    self.note_answered(stream.key);
+                    self.note_answered(stream.key, at);
                     self.unplaced(pid, at, Some(stream));
                 }
                 if unknown {
@@ -299,42 +425,114 @@ impl<P: Clone> Workers<P> {
             }
         };
         if io_thread {
-            return Vec::new();
+            return;
         }
-        let Some(waiting) = self.waiting.remove(&(pid, tid)) else {
-            return Vec::new();
+        let waiting = self.waiting.remove(&(pid, tid)).unwrap_or_default();
+        if waiting.is_empty() && alone.is_none() {
+            return;
+        }
+        self.pending.push_back(Pending {
+            pid,
+            tid,
+            at,
+            alone,
+            waiting,
+        });
+    }
+
+    /// Settles the answers written before `now` − `SETTLE_NS` (all with `flush`): returns each
+    /// waiting request with its parent, if the rule names one; `call` tells where each request
+    /// stands.
+    pub fn settle(
+        &mut self,
+        now: u64,
+        flush: bool,
+        call: impl Fn(SpanKey) -> Call,
+    ) -> Vec<(SpanKey, Option<P>)> {
+        let mut out = Vec::new();
+        while let Some(next) = self.pending.front() {
+            if !flush && next.at.saturating_add(SETTLE_NS) > now {
+                break;
+            }
+            let Some(answer) = self.pending.pop_front() else {
+                break;
+            };
+            self.settle_one(answer, &call, &mut out);
+        }
+        out
+    }
+
+    fn settle_one(
+        &mut self,
+        answer: Pending<P>,
+        call: &impl Fn(SpanKey) -> Call,
+        out: &mut Vec<(SpanKey, Option<P>)>,
+    ) {
+        let Pending {
+            pid,
+            tid,
+            at,
+            alone,
+            waiting,
+        } = answer;
+        if waiting.is_empty() {
+            return;
+        }
+        let calls: Vec<Call> = waiting.iter().map(|&(key, _)| call(key)).collect();
+        let out_then = |c: &Call| match *c {
+            Call::Out => true,
+            Call::Ended(end) => end > at,
+            Call::Gone => false,
         };
-        let ends: Vec<Option<u64>> = waiting.iter().map(|&(key, _)| end_of(key)).collect();
-        let process = self.processes.entry(pid).or_default();
-        if alone.is_some() && ends.iter().any(|end| end.is_none_or(|end| end > at)) {
-            process.answers_during_calls = true;
+        if alone.is_some() && calls.iter().any(out_then) {
+            // It answered with a call of its own out: it runs several handlers at once.
+            if self.interleaving.len() >= MAX_TABLE {
+                self.stop();
+            }
+            self.interleaving.insert((pid, tid));
+            self.stats.interleaving_threads += 1;
+            self.processes.entry(pid).or_default().answers_during_calls = true;
+            self.stats.refused += waiting.len() as u64;
+            out.extend(waiting.into_iter().map(|(key, _)| (key, None)));
+            return;
         }
+        let process = self.processes.entry(pid).or_default();
         let process = &*process;
         // While its calls were out, the worker waited for them: what was answered then was not
         // its own. Except just after a later call began: an answer the worker wrote before it
         // may be flushed by another thread a little later.
-        let busy = |own: u64| -> Vec<(u64, u64)> {
-            if process.answers_during_calls {
-                return Vec::new();
-            }
+        let busy: Vec<(u64, u64, u64)> = if process.answers_during_calls {
+            Vec::new()
+        } else {
             waiting
                 .iter()
-                .zip(&ends)
-                .filter_map(|(&(_, ts), end)| {
-                    let from = if ts == own { ts } else { ts + FLUSH_LATE_NS };
-                    end.filter(|&end| end > from).map(|end| (from, end))
+                .zip(&calls)
+                .filter_map(|(&(_, ts), c)| match *c {
+                    Call::Ended(end) => Some((ts, ts + FLUSH_LATE_NS, end)),
+                    Call::Out | Call::Gone => None,
                 })
                 .collect()
         };
-        let mut out = Vec::with_capacity(waiting.len());
+        let mut claims = Vec::new();
+        let mut intervals = Vec::with_capacity(busy.len());
         for &(key, ts) in &waiting {
             let mut found = Found::None;
             if let Some(stream) = alone.as_ref().filter(|s| s.began <= ts) {
                 found.add(stream);
             }
-            process.unplaced_between((ts, at), &busy(ts), &mut found);
+            intervals.clear();
+            intervals.extend(busy.iter().filter_map(|&(began, late, end)| {
+                let from = if began == ts { began } else { late };
+                (end > from).then_some((from, end))
+            }));
+            process.unplaced_between(tid, (ts, at), &intervals, &mut found);
             let parent = match found {
-                Found::One(stream) => Some(stream.parent.clone()),
+                Found::One(stream) => {
+                    if alone.as_ref().is_none_or(|s| s.key != stream.key) {
+                        claims.push(stream.key);
+                    }
+                    Some(stream.parent.clone())
+                }
                 Found::None => None,
                 Found::Ambiguous { unknown } => {
                     if unknown {
@@ -348,7 +546,9 @@ impl<P: Clone> Workers<P> {
             }
             out.push((key, parent));
         }
-        out
+        for key in claims {
+            self.claim(pid, key, tid);
+        }
     }
 
     /// A SERVER span of a multiplexed connection in `pid` ended at `at`: if no write carried
@@ -360,9 +560,20 @@ impl<P: Clone> Workers<P> {
         }
     }
 
-    fn note_answered(&mut self, key: SpanKey) {
+    /// Stream `key` of `pid`, answered naming no worker, was found to be worker `tid`'s.
+    fn claim(&mut self, pid: u32, key: SpanKey, tid: u32) {
+        if let Some(process) = self.processes.get_mut(&pid) {
+            for u in &mut process.unplaced {
+                if u.stream.as_ref().is_some_and(|s| s.key == key) {
+                    u.claimed_by = Some(tid);
+                }
+            }
+        }
+    }
+
+    fn note_answered(&mut self, key: SpanKey, at: u64) {
         if self.answered.len() >= MAX_TABLE {
-            self.answered.clear();
+            self.forget_all(at);
         }
         self.answered.insert(key);
     }
@@ -372,7 +583,7 @@ impl<P: Clone> Workers<P> {
             self.stats.unplaced_answers += 1;
         }
         if self.processes.len() >= MAX_TABLE && !self.processes.contains_key(&pid) {
-            self.processes.clear();
+            self.forget_all(at);
         }
         self.processes.entry(pid).or_default().note(at, stream);
     }
@@ -404,9 +615,25 @@ mod tests {
     /// A process (7) serving, with an I/O thread (100).
     fn workers() -> Workers<u64> {
         let mut w = Workers::default();
+        w.allow(7);
         w.serves(7);
         w.read_by(7, 100);
         w
+    }
+
+    /// Thread `tid` of process 7 writes `written` at `at`; the answer is settled at once, `ends`
+    /// telling when each waiting call ended (`None`: still out).
+    fn answer(
+        w: &mut Workers<u64>,
+        tid: u32,
+        at: u64,
+        written: Written<u64>,
+        ends: impl Fn(SpanKey) -> Option<u64>,
+    ) -> Vec<(SpanKey, Option<u64>)> {
+        w.answer(7, tid, at, written);
+        w.settle(u64::MAX, true, |key| {
+            ends(key).map_or(Call::Out, Call::Ended)
+        })
     }
 
     #[test]
@@ -420,9 +647,9 @@ mod tests {
         );
         w.wait(7, 200, C1, 20);
         w.wait(7, 200, C2, 30);
-        let settled = w.answer(7, 200, 40, alone(1, 10), ENDED_EARLY);
+        let settled = answer(&mut w, 200, 40, alone(1, 10), ENDED_EARLY);
         assert_eq!(settled, vec![(C1, Some(1)), (C2, Some(1))]);
-        assert_eq!(w.answer(7, 200, 50, alone(3, 45), ENDED_EARLY), vec![]);
+        assert_eq!(answer(&mut w, 200, 50, alone(3, 45), ENDED_EARLY), vec![]);
         w.ended(7, stream(1, 10), 40);
         assert_eq!(
             w.stats.unplaced_unanswered, 0,
@@ -434,14 +661,14 @@ mod tests {
     fn a_stream_begun_after_the_call_or_several_streams_name_no_parent() {
         let mut w = workers();
         w.wait(7, 200, C1, 20);
-        let settled = w.answer(7, 200, 40, alone(1, 25), ENDED_EARLY);
+        let settled = answer(&mut w, 200, 40, alone(1, 25), ENDED_EARLY);
         assert_eq!(settled, vec![(C1, None)], "1 began after C1");
         w.wait(7, 200, C2, 50);
         let several = Written::Several {
             streams: vec![stream(3, 45), stream(5, 46)],
             unknown: false,
         };
-        let settled = w.answer(7, 200, 60, several, ENDED_EARLY);
+        let settled = answer(&mut w, 200, 60, several, ENDED_EARLY);
         assert_eq!(settled, vec![(C2, None)], "3 or 5");
     }
 
@@ -451,24 +678,24 @@ mod tests {
         // The I/O thread writes 3's answer while the worker's call is out of the picture: the
         // worker may have been serving 3 as well as 1.
         w.wait(7, 200, C1, 20);
-        assert_eq!(w.answer(7, 100, 30, alone(3, 5), ENDED_EARLY), vec![]);
-        let settled = w.answer(7, 200, 40, alone(1, 10), ENDED_EARLY);
+        assert_eq!(answer(&mut w, 100, 30, alone(3, 5), ENDED_EARLY), vec![]);
+        let settled = answer(&mut w, 200, 40, alone(1, 10), ENDED_EARLY);
         assert_eq!(settled, vec![(C1, None)]);
         // A stream that began after the call cannot have been the worker's: no matter.
         w.wait(7, 200, C2, 50);
-        assert_eq!(w.answer(7, 100, 55, alone(3, 52), ENDED_EARLY), vec![]);
-        let settled = w.answer(7, 200, 60, alone(1, 45), ENDED_EARLY);
+        assert_eq!(answer(&mut w, 100, 55, alone(3, 52), ENDED_EARLY), vec![]);
+        let settled = answer(&mut w, 200, 60, alone(1, 45), ENDED_EARLY);
         assert_eq!(settled, vec![(C2, Some(1))]);
         // The worker's next answer is for a stream begun after its call: the one unplaced
         // answer in between, begun before, was its own.
         w.wait(7, 200, C1, 70);
-        assert_eq!(w.answer(7, 100, 75, alone(9, 65), ENDED_EARLY), vec![]);
-        let settled = w.answer(7, 200, 80, alone(11, 76), ENDED_EARLY);
+        assert_eq!(answer(&mut w, 100, 75, alone(9, 65), ENDED_EARLY), vec![]);
+        let settled = answer(&mut w, 200, 80, alone(11, 76), ENDED_EARLY);
         assert_eq!(settled, vec![(C1, Some(9))]);
         // A stream reset without an answer counts as one.
         w.wait(7, 200, C2, 90);
         w.ended(7, stream(13, 85), 95);
-        let settled = w.answer(7, 200, 100, alone(15, 96), ENDED_EARLY);
+        let settled = answer(&mut w, 200, 100, alone(15, 96), ENDED_EARLY);
         assert_eq!(settled, vec![(C2, Some(13))]);
         // A write of unknown streams in between: any of them may have been the worker's.
         w.wait(7, 200, C1, 110);
@@ -476,8 +703,8 @@ mod tests {
             streams: vec![],
             unknown: true,
         };
-        assert_eq!(w.answer(7, 100, 115, unknown, ENDED_EARLY), vec![]);
-        let settled = w.answer(7, 200, 120, alone(17, 105), ENDED_EARLY);
+        assert_eq!(answer(&mut w, 100, 115, unknown, ENDED_EARLY), vec![]);
+        let settled = answer(&mut w, 200, 120, alone(17, 105), ENDED_EARLY);
         assert_eq!(settled, vec![(C1, None)]);
         assert_eq!(w.stats.refused_unknown, 1);
     }
@@ -487,20 +714,47 @@ mod tests {
         let mut w = workers();
         // C1 is out from 20 to 35; 3's answer, unplaced, comes at 30: not the worker's.
         w.wait(7, 200, C1, 20);
-        assert_eq!(w.answer(7, 100, 30, alone(3, 5), ENDED_EARLY), vec![]);
+        assert_eq!(answer(&mut w, 100, 30, alone(3, 5), ENDED_EARLY), vec![]);
         let out = |key: SpanKey| (key == C1).then_some(35);
-        let settled = w.answer(7, 200, 40, alone(1, 10), out);
+        let settled = answer(&mut w, 200, 40, alone(1, 10), out);
         assert_eq!(settled, vec![(C1, Some(1))]);
-        // An answer while a call is still out: handlers here do not wait for their calls, and
-        // a call out proves nothing from then on.
+        // An answer while a call is still out: the thread runs several handlers at once (an
+        // event loop), and is no worker from then on; in its process, a call out proves
+        // nothing about what was answered then.
         w.wait(7, 200, C2, 50);
-        let settled = w.answer(7, 200, 60, alone(1, 45), |_| None);
-        assert_eq!(settled, vec![(C2, Some(1))]);
-        w.wait(7, 200, C1, 70);
-        assert_eq!(w.answer(7, 100, 75, alone(3, 65), ENDED_EARLY), vec![]);
+        let settled = answer(&mut w, 200, 60, alone(1, 45), |_| None);
+        assert_eq!(settled, vec![(C2, None)]);
+        assert!(!w.applies(7, 200));
+        assert_eq!(w.stats.interleaving_threads, 1);
+        w.wait(7, 300, C1, 70);
+        assert_eq!(answer(&mut w, 100, 75, alone(3, 65), ENDED_EARLY), vec![]);
         let out = |key: SpanKey| (key == C1).then_some(78);
-        let settled = w.answer(7, 200, 80, alone(1, 66), out);
+        let settled = answer(&mut w, 300, 80, alone(1, 66), out);
         assert_eq!(settled, vec![(C1, None)]);
+    }
+
+    #[test]
+    fn answers_are_settled_once_the_events_before_them_came() {
+        const MS: u64 = 1_000_000;
+        let mut w = workers();
+        w.wait(7, 200, C1, 10 * MS);
+        w.answer(7, 200, 20 * MS, alone(1, 5 * MS));
+        let done = |_| Call::Ended(15 * MS);
+        assert_eq!(w.settle(21 * MS, false, done), vec![], "too early");
+        // The I/O thread's flush of 3 entered before the worker's write, and came after it.
+        w.answer(7, 100, 19 * MS, alone(3, 2 * MS));
+        assert_eq!(w.settle(20 * MS + SETTLE_NS, false, done), vec![(C1, None)]);
+        // Lost events: what began before them is unknown.
+        w.wait(7, 200, C2, 30 * MS);
+        w.lost_events(31 * MS);
+        w.answer(7, 200, 40 * MS, alone(5, 25 * MS));
+        assert_eq!(w.settle(u64::MAX, true, done), vec![(C2, None)]);
+        assert_eq!(w.stats.refused_unknown, 1);
+        // A waiting call exported before its thread answered is forgotten.
+        w.wait(7, 200, C1, 50 * MS);
+        w.exported(7, 200, C1);
+        w.answer(7, 200, 60 * MS, alone(7, 45 * MS));
+        assert_eq!(w.settle(u64::MAX, true, done), vec![]);
     }
 
     #[test]
@@ -512,27 +766,56 @@ mod tests {
         w.wait(7, 200, C1, 20 * MS);
         w.wait(7, 200, C2, 40 * MS);
         assert_eq!(
-            w.answer(7, 100, 32 * MS, alone(9, 15 * MS), ENDED_EARLY),
+            answer(&mut w, 100, 32 * MS, alone(9, 15 * MS), ENDED_EARLY),
             vec![]
         );
-        assert_eq!(w.answer(7, 100, 45 * MS, alone(5, MS), ENDED_EARLY), vec![]);
+        assert_eq!(
+            answer(&mut w, 100, 45 * MS, alone(5, MS), ENDED_EARLY),
+            vec![]
+        );
         let out = |key: SpanKey| Some(if key == C1 { 30 * MS } else { 50 * MS });
-        let settled = w.answer(7, 200, 60 * MS, alone(11, 35 * MS), out);
+        let settled = answer(&mut w, 200, 60 * MS, alone(11, 35 * MS), out);
         assert_eq!(settled, vec![(C1, Some(9)), (C2, Some(11))]);
         // Just after C2 began (41 ms), 5's answer may be the worker's own, flushed late.
         w.wait(7, 200, C1, 70 * MS);
         w.wait(7, 200, C2, 90 * MS);
         assert_eq!(
-            w.answer(7, 100, 82 * MS, alone(9, 65 * MS), ENDED_EARLY),
+            answer(&mut w, 100, 82 * MS, alone(9, 65 * MS), ENDED_EARLY),
             vec![]
         );
         assert_eq!(
-            w.answer(7, 100, 91 * MS, alone(5, 60 * MS), ENDED_EARLY),
+            answer(&mut w, 100, 91 * MS, alone(5, 60 * MS), ENDED_EARLY),
             vec![]
         );
         let out = |key: SpanKey| Some(if key == C1 { 80 * MS } else { 100 * MS });
-        let settled = w.answer(7, 200, 110 * MS, alone(11, 85 * MS), out);
+        let settled = answer(&mut w, 200, 110 * MS, alone(11, 85 * MS), out);
         assert_eq!(settled, vec![(C1, None), (C2, Some(11))]);
+    }
+
+    #[test]
+    fn a_stream_found_to_be_one_workers_is_no_others_candidate() {
+        let mut w = workers();
+        // Workers 200 and 300 call (C1, C2); 9 and 11, both begun before, are answered in one
+        // write; each worker then answers a stream begun after its call.
+        w.wait(7, 200, C1, 20);
+        w.wait(7, 300, C2, 21);
+        let several = Written::Several {
+            streams: vec![stream(9, 10), stream(11, 12)],
+            unknown: false,
+        };
+        assert_eq!(answer(&mut w, 100, 30, several, ENDED_EARLY), vec![]);
+        // 300 served 9 or 11 as far as it can tell; so did 200.
+        let settled = answer(&mut w, 300, 40, alone(13, 35), ENDED_EARLY);
+        assert_eq!(settled, vec![(C2, None)]);
+        // Once one of them is known to be a worker's, the other is the other worker's.
+        w.wait(7, 400, C1, 50);
+        w.wait(7, 500, C2, 51);
+        assert_eq!(answer(&mut w, 100, 55, alone(15, 45), ENDED_EARLY), vec![]);
+        let settled = answer(&mut w, 400, 60, alone(17, 58), ENDED_EARLY);
+        assert_eq!(settled, vec![(C1, Some(15))], "15 alone in 400's window");
+        assert_eq!(answer(&mut w, 100, 62, alone(19, 46), ENDED_EARLY), vec![]);
+        let settled = answer(&mut w, 500, 70, alone(21, 65), ENDED_EARLY);
+        assert_eq!(settled, vec![(C2, Some(19))], "15 is 400's");
     }
 
     #[test]
@@ -541,7 +824,7 @@ mod tests {
         w.wait(7, 300, C1, 20);
         w.read_by(7, 300);
         assert!(!w.applies(7, 300));
-        assert_eq!(w.answer(7, 300, 40, alone(1, 10), ENDED_EARLY), vec![]);
+        assert_eq!(answer(&mut w, 300, 40, alone(1, 10), ENDED_EARLY), vec![]);
         assert_eq!(w.stats.refused, 1);
     }
 
@@ -553,7 +836,7 @@ mod tests {
         }
         let found = |p: &Process<u64>, window| {
             let mut found = Found::None;
-            p.unplaced_between(window, &[], &mut found);
+            p.unplaced_between(1, window, &[], &mut found);
             match found {
                 Found::None => "none",
                 Found::One(_) => "one",

@@ -206,6 +206,12 @@ impl Framer {
         self.offset
     }
 
+    /// Whether the framing is lost (waiting for a syscall that starts with a frame).
+    #[must_use]
+    pub fn is_lost(&self) -> bool {
+        self.state == State::Desync
+    }
+
     /// Where the last syscall ended in the framing.
     #[must_use]
     pub fn in_progress(&self) -> InProgress {

@@ -655,13 +655,17 @@ impl ConnectionParser for Http2Connection {
             self.answered = Answered::default();
         }
         let (framer, mut handler) = self.split(side, out);
-        let desyncs = framer.stats.desyncs;
+        let (desyncs, resyncs) = (framer.stats.desyncs, framer.stats.resyncs);
         framer.feed(data, total, ts, tid, &mut handler);
         if side == Side::Response {
-            // The syscall ended inside a frame: its bytes are that frame's too (or, lost or
-            // mid-header, anyone's).
+            // The syscall ended inside a frame: its bytes are that frame's too. Lost, or found
+            // again at this syscall (a payload can pass for a frame header), or mid-header:
+            // anyone's.
+            let lost = framer.is_lost()
+                || framer.stats.desyncs != desyncs
+                || framer.stats.resyncs != resyncs;
             match framer.in_progress() {
-                _ if framer.stats.desyncs != desyncs => self.answered.unplaceable(),
+                _ if lost => self.answered.unplaceable(),
                 InProgress::Frame(header) if carries_stream(header) => {
                     self.answered.add(u64::from(header.stream));
                 }
