@@ -1,7 +1,8 @@
-//! The TLS probes' cost: an HTTPS server (Python's `ssl`, one thread per connection) answering
-//! sequential requests on one kept-alive TLS connection; the server's CPU time per request
-//! under `sockspan run` with the OpenSSL probes attached and with `--no-runtime-probes tls`:
-//! the difference is what the probes cost the traced program.
+//! The TLS probes' cost: an HTTPS server answering sequential requests on one kept-alive TLS
+//! connection; the server's CPU time per request under `sockspan run` with the TLS probes
+//! attached and with `--no-runtime-probes tls`: the difference is what the probes cost the
+//! traced program. Two servers: Python's `ssl` (OpenSSL, one thread per connection) and Go's
+//! `net/http` (`crypto/tls`).
 
 use std::{
     fmt::Write as _,
@@ -12,6 +13,15 @@ use std::{
 
 use anyhow::{Result, bail};
 use sockspan_tests::{Agent, Proc, free_port, python_fixture, run_ok, self_signed_certificate};
+
+/// Which TLS library the bench's server uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsServer {
+    /// Python 3.11's `ssl` on the system's OpenSSL 3.0.
+    OpenSsl,
+    /// Go 1.19's `net/http` on `crypto/tls`.
+    GoCryptoTls,
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct TlsSample {
@@ -63,21 +73,32 @@ fn phase(bin: &Path, server: &Proc, port: u16, probes: bool, requests: u64) -> R
 }
 
 /// Interleaved rounds of both phases against one server.
-pub fn rounds(bin: &Path, quick: bool) -> Result<Vec<TlsSample>> {
+pub fn rounds(bin: &Path, quick: bool, library: TlsServer) -> Result<Vec<TlsSample>> {
     let (requests, rounds) = if quick { (1_000, 1) } else { (3_000, 3) };
     let dir = std::env::temp_dir().join(format!("sockspan-bench-tls-{}", free_port()));
     let (cert, key) = self_signed_certificate(&dir);
     let port = free_port();
-    let server = python_fixture(
-        "tls_chain.py",
-        &[
-            "backend",
-            &port.to_string(),
-            &cert.display().to_string(),
-            &key.display().to_string(),
-        ],
-        &[],
-    );
+    let server = match library {
+        TlsServer::OpenSsl => python_fixture(
+            "tls_chain.py",
+            &[
+                "backend",
+                &port.to_string(),
+                &cert.display().to_string(),
+                &key.display().to_string(),
+            ],
+            &[],
+        ),
+        TlsServer::GoCryptoTls => {
+            // The chains' Go service, serving `/score/<id>` at once (no leaf wait).
+            let mut cmd = Command::new(sockspan_tests::chains::go_service(false));
+            cmd.args(["score", &port.to_string()])
+                .env("GO_TLS_CERT", &cert)
+                .env("GO_TLS_KEY", &key)
+                .env("LEAF_MS", "0");
+            sockspan_tests::chains::start_ready(cmd, "the Go HTTPS server")
+        }
+    };
     let mut samples = Vec::new();
     for probes in crate::bench::probe_phases("TLS probes", rounds, "off") {
         samples.push(phase(bin, &server, port, probes, requests)?);
@@ -89,6 +110,7 @@ pub fn rounds(bin: &Path, quick: bool) -> Result<Vec<TlsSample>> {
 
 pub fn section(
     out: &mut String,
+    library: TlsServer,
     samples: &[TlsSample],
     summary: impl Fn(&[f64], usize) -> (f64, String),
 ) {
@@ -100,14 +122,27 @@ pub fn section(
             .collect()
     };
     let requests = samples.first().map_or(0, |s| s.requests);
-    let _ = writeln!(out, "\n## 6. TLS probes (OpenSSL)\n");
+    let (heading, server, probes, calls) = match library {
+        TlsServer::OpenSsl => (
+            "6. TLS probes (OpenSSL)",
+            "Python 3.11 `ssl` on OpenSSL 3.0, `tests/fixtures/tls_chain.py backend`",
+            "the OpenSSL probes attached (`SSL_read_ex`/`SSL_write_ex` entry and return)",
+            "each `SSL_read_ex`/`SSL_write_ex` call is two traps into the kernel (entry and return)",
+        ),
+        TlsServer::GoCryptoTls => (
+            "9. TLS probes (Go `crypto/tls`)",
+            "Go 1.19 `net/http` on `crypto/tls`, the chains' `go_service`",
+            "the Go `crypto/tls` probes attached (`(*tls.Conn).Read`/`Write` entry and `RET`s)",
+            "each `(*tls.Conn).Read`/`Write` call is two traps into the kernel (entry and return)",
+        ),
+    };
+    let _ = writeln!(out, "\n## {heading}\n");
     let _ = writeln!(
         out,
-        "Method: an HTTPS server (Python 3.11 `ssl` on OpenSSL 3.0, `tests/fixtures/tls_chain.py \
-         backend`) answering {requests} sequential GETs on one kept-alive TLS connection from a \
-         Python `http.client`; the server's CPU time (user + system, `/proc/PID/stat`) per request \
-         under `sockspan run` with the OpenSSL probes attached (`SSL_read_ex`/`SSL_write_ex` \
-         entry and return), and under the same agent with `--no-runtime-probes tls`.\n"
+        "Method: an HTTPS server ({server}) answering {requests} sequential GETs on one \
+         kept-alive TLS connection from a Python `http.client`; the server's CPU time (user + \
+         system, `/proc/PID/stat`) per request under `sockspan run` with {probes}, and under the \
+         same agent with `--no-runtime-probes tls`.\n"
     );
     let _ = writeln!(
         out,
@@ -125,7 +160,7 @@ pub fn section(
     let _ = writeln!(
         out,
         "\nThe probes cost the server **{:.1} µs of CPU per request** (difference of the medians): \
-         each `SSL_read_ex`/`SSL_write_ex` call is two traps into the kernel (entry and return).",
+         {calls}.",
         medians[0] - medians[1]
     );
 }

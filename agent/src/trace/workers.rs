@@ -18,8 +18,10 @@
 //! request began before the call and whose answer named no worker in between (written by an I/O
 //! thread, or in a write carrying several streams, or none: reset, closed), unless it came while
 //! the call was out (a worker waits for its calls; not assumed in a process where a worker was
-//! seen answering with a call out). Exactly one candidate is the parent; several, none, or a
-//! write whose streams are unknown in between: no parent.
+//! seen answering with a call out). Exactly one candidate is the parent, and is claimed: a
+//! stream has one worker, so it is no other's candidate. Several: the request waits
+//! (`UNDECIDED_NS`) for other workers' claims to leave one. None, or a write whose streams are
+//! unknown in between: no parent.
 //!
 //! A worker seen answering while a call of its own was still out runs several handlers at once
 //! (an event loop): it is no worker from then on. Answers are settled a little after the
@@ -54,6 +56,11 @@ const FLUSH_LATE_NS: u64 = 2_000_000;
 /// agent in the order their syscalls returned, a write is timed at its entry, and another
 /// CPU's write that entered before this one may still be on its way.
 pub const SETTLE_NS: u64 = 2_000_000;
+/// How long (event time) a request with several candidates waits for other workers' claims to
+/// leave it one: well within the link delay its span waits for.
+const UNDECIDED_NS: u64 = 200_000_000;
+/// Requests waiting so, at most (more are refused at once).
+const MAX_UNDECIDED: usize = 4096;
 /// How long an unplaced answer is remembered.
 const UNPLACED_NS: u64 = 30_000_000_000;
 /// Threads, processes and answered streams remembered; past this everything is forgotten and
@@ -234,6 +241,31 @@ pub enum Call {
     Gone,
 }
 
+/// A waiting request being decided: its worker, when it began and when its worker answered,
+/// the stream answered alone (if it began before the request), and when the worker waited for
+/// its calls.
+#[derive(Debug)]
+struct Undecided<P> {
+    pid: u32,
+    tid: u32,
+    key: SpanKey,
+    ts: u64,
+    at: u64,
+    alone: Option<Stream<P>>,
+    busy: Vec<(u64, u64)>,
+}
+
+/// What a request's candidates came to.
+enum Decided<P> {
+    Parent(P),
+    /// No candidate.
+    None,
+    /// Several known candidates: another worker may yet claim all but one.
+    Several,
+    /// A write of unknown streams (or forgotten events) in between.
+    Unknown,
+}
+
 /// A worker's answer whose requests are settled once the events up to a little after it came.
 #[derive(Debug)]
 struct Pending<P> {
@@ -259,6 +291,8 @@ pub struct Workers<P> {
     waiting: FastMap<(u32, u32), Vec<(SpanKey, u64)>>,
     /// Answers whose requests are settled later (`SETTLE_NS`), in order.
     pending: VecDeque<Pending<P>>,
+    /// Requests left with several candidates, decided again as other workers claim streams.
+    undecided: VecDeque<Undecided<P>>,
     processes: FastMap<u32, Process<P>>,
     /// SERVER spans of multiplexed connections some write carried frames of.
     answered: FastSet<SpanKey>,
@@ -274,6 +308,7 @@ impl<P> Default for Workers<P> {
             interleaving: FastSet::default(),
             waiting: FastMap::default(),
             pending: VecDeque::new(),
+            undecided: VecDeque::new(),
             processes: FastMap::default(),
             answered: FastSet::default(),
             stats: WorkerStats::default(),
@@ -299,6 +334,7 @@ impl<P: Clone> Workers<P> {
             self.interleaving.retain(|&(p, _)| p != pid);
             self.waiting.retain(|&(p, _), _| p != pid);
             self.pending.retain(|a| a.pid != pid);
+            self.undecided.retain(|u| u.pid != pid);
         }
     }
 
@@ -379,6 +415,8 @@ impl<P: Clone> Workers<P> {
         self.stats.given_up += self.waiting.values().map(|w| w.len() as u64).sum::<u64>();
         self.waiting.clear();
         self.pending.clear();
+        self.stats.refused += self.undecided.len() as u64;
+        self.undecided.clear();
         self.answered.clear();
         self.processes.clear();
         self.lost_events(now);
@@ -459,6 +497,9 @@ impl<P: Clone> Workers<P> {
             };
             self.settle_one(answer, &call, &mut out);
         }
+        if !self.undecided.is_empty() {
+            self.retry_undecided(now, flush, &mut out);
+        }
         out
     }
 
@@ -513,42 +554,85 @@ impl<P: Clone> Workers<P> {
                 })
                 .collect()
         };
-        let mut claims = Vec::new();
-        let mut intervals = Vec::with_capacity(busy.len());
         for &(key, ts) in &waiting {
-            let mut found = Found::None;
-            if let Some(stream) = alone.as_ref().filter(|s| s.began <= ts) {
-                found.add(stream);
-            }
-            intervals.clear();
-            intervals.extend(busy.iter().filter_map(|&(began, late, end)| {
-                let from = if began == ts { began } else { late };
-                (end > from).then_some((from, end))
-            }));
-            process.unplaced_between(tid, (ts, at), &intervals, &mut found);
-            let parent = match found {
-                Found::One(stream) => {
-                    if alone.as_ref().is_none_or(|s| s.key != stream.key) {
-                        claims.push(stream.key);
-                    }
-                    Some(stream.parent.clone())
-                }
-                Found::None => None,
-                Found::Ambiguous { unknown } => {
-                    if unknown {
-                        self.stats.refused_unknown += 1;
-                    }
-                    None
-                }
+            let busy = busy
+                .iter()
+                .filter_map(|&(began, late, end)| {
+                    let from = if began == ts { began } else { late };
+                    (end > from).then_some((from, end))
+                })
+                .collect();
+            let undecided = Undecided {
+                pid,
+                tid,
+                key,
+                ts,
+                at,
+                alone: alone.clone().filter(|s| s.began <= ts),
+                busy,
             };
-            if parent.is_none() {
-                self.stats.refused += 1;
+            match self.decide(&undecided) {
+                Decided::Parent(parent) => out.push((key, Some(parent))),
+                // Another worker may yet be found to have served one of them.
+                Decided::Several if self.undecided.len() < MAX_UNDECIDED => {
+                    self.undecided.push_back(undecided);
+                }
+                Decided::Several | Decided::Unknown | Decided::None => {
+                    self.stats.refused += 1;
+                    out.push((key, None));
+                }
             }
-            out.push((key, parent));
         }
-        for key in claims {
-            self.claim(pid, key, tid);
+    }
+
+    /// What the candidates of `u` come to now; a parent found is claimed for its worker.
+    fn decide(&mut self, u: &Undecided<P>) -> Decided<P> {
+        let Some(process) = self.processes.get(&u.pid) else {
+            return match &u.alone {
+                Some(stream) => Decided::Parent(stream.parent.clone()),
+                None => Decided::None,
+            };
+        };
+        let mut found = Found::None;
+        if let Some(stream) = &u.alone {
+            found.add(stream);
         }
+        process.unplaced_between(u.tid, (u.ts, u.at), &u.busy, &mut found);
+        let (parent, claim) = match found {
+            Found::One(stream) => {
+                let claim = u.alone.as_ref().is_none_or(|s| s.key != stream.key);
+                (stream.parent.clone(), claim.then_some(stream.key))
+            }
+            Found::None => return Decided::None,
+            Found::Ambiguous { unknown: true } => {
+                self.stats.refused_unknown += 1;
+                return Decided::Unknown;
+            }
+            Found::Ambiguous { unknown: false } => return Decided::Several,
+        };
+        if let Some(key) = claim {
+            self.claim(u.pid, key, u.tid);
+        }
+        Decided::Parent(parent)
+    }
+
+    /// Decides again the requests left with several candidates, now that other workers may
+    /// have claimed some; those undecided `UNDECIDED_NS` after their worker's answer get none.
+    fn retry_undecided(&mut self, now: u64, flush: bool, out: &mut Vec<(SpanKey, Option<P>)>) {
+        let mut left = VecDeque::with_capacity(self.undecided.len());
+        while let Some(u) = self.undecided.pop_front() {
+            match self.decide(&u) {
+                Decided::Parent(parent) => out.push((u.key, Some(parent))),
+                Decided::Several if !flush && u.at.saturating_add(UNDECIDED_NS) > now => {
+                    left.push_back(u);
+                }
+                Decided::Several | Decided::Unknown | Decided::None => {
+                    self.stats.refused += 1;
+                    out.push((u.key, None));
+                }
+            }
+        }
+        self.undecided = left;
     }
 
     /// A SERVER span of a multiplexed connection in `pid` ended at `at`: if no write carried
@@ -743,7 +827,8 @@ mod tests {
         assert_eq!(w.settle(21 * MS, false, done), vec![], "too early");
         // The I/O thread's flush of 3 entered before the worker's write, and came after it.
         w.answer(7, 100, 19 * MS, alone(3, 2 * MS));
-        assert_eq!(w.settle(20 * MS + SETTLE_NS, false, done), vec![(C1, None)]);
+        assert_eq!(w.settle(20 * MS + SETTLE_NS, false, done), vec![], "1 or 3");
+        assert_eq!(w.settle(u64::MAX, true, done), vec![(C1, None)]);
         // Lost events: what began before them is unknown.
         w.wait(7, 200, C2, 30 * MS);
         w.lost_events(31 * MS);
@@ -789,7 +874,11 @@ mod tests {
         );
         let out = |key: SpanKey| Some(if key == C1 { 80 * MS } else { 100 * MS });
         let settled = answer(&mut w, 200, 110 * MS, alone(11, 85 * MS), out);
-        assert_eq!(settled, vec![(C1, None), (C2, Some(11))]);
+        assert_eq!(
+            settled,
+            vec![(C2, Some(11)), (C1, None)],
+            "C1 was undecided"
+        );
     }
 
     #[test]
@@ -816,6 +905,32 @@ mod tests {
         assert_eq!(answer(&mut w, 100, 62, alone(19, 46), ENDED_EARLY), vec![]);
         let settled = answer(&mut w, 500, 70, alone(21, 65), ENDED_EARLY);
         assert_eq!(settled, vec![(C2, Some(19))], "15 is 400's");
+    }
+
+    #[test]
+    fn several_candidates_wait_for_another_workers_claim() {
+        const MS: u64 = 1_000_000;
+        let mut w = workers();
+        let done = |_| Call::Ended(0);
+        // Worker 200's call: 9 (answered by the I/O thread) or 11 (its own answer, alone).
+        w.wait(7, 200, C1, 10 * MS);
+        w.answer(7, 100, 20 * MS, alone(9, 5 * MS));
+        w.answer(7, 200, 21 * MS, alone(11, 6 * MS));
+        assert_eq!(w.settle(30 * MS, false, done), vec![], "undecided");
+        // Worker 300's call can only have been for 9: claimed, so 200's was for 11.
+        w.wait(7, 300, C2, 8 * MS);
+        w.answer(7, 300, 40 * MS, alone(13, 35 * MS));
+        let settled = w.settle(50 * MS, false, done);
+        assert_eq!(settled, vec![(C2, Some(9)), (C1, Some(11))]);
+        // Undecided past the wait: no parent.
+        w.wait(7, 200, C1, 60 * MS);
+        w.answer(7, 100, 70 * MS, alone(15, 55 * MS));
+        w.answer(7, 200, 71 * MS, alone(17, 56 * MS));
+        assert_eq!(w.settle(80 * MS, false, done), vec![]);
+        assert_eq!(
+            w.settle(71 * MS + UNDECIDED_NS + 1, false, done),
+            vec![(C1, None)]
+        );
     }
 
     #[test]

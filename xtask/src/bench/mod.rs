@@ -19,6 +19,7 @@ use std::{
 };
 
 use crate::bench_runtime::Probed;
+use crate::bench_tls::TlsServer;
 use anyhow::{Context as _, Result, bail};
 
 use crate::util::{is_root, output_of, run, workspace_root};
@@ -392,12 +393,14 @@ pub fn bench(quick: bool, runtime_probes_only: bool) -> Result<()> {
         let node = crate::bench_runtime::rounds(&bin, quick, Probed::Node)?;
         let asyncio = crate::bench_runtime::rounds(&bin, quick, Probed::Asyncio)?;
         let probes = crate::bench_runtime::rounds(&bin, quick, Probed::Go)?;
-        let tls = crate::bench_tls::rounds(&bin, quick)?;
+        let tls = crate::bench_tls::rounds(&bin, quick, TlsServer::OpenSsl)?;
+        let go_tls = crate::bench_tls::rounds(&bin, quick, TlsServer::GoCryptoTls)?;
         let mut out = String::new();
         crate::bench_runtime::section(&mut out, Probed::Go, &probes, summary);
-        crate::bench_tls::section(&mut out, &tls, summary);
+        crate::bench_tls::section(&mut out, TlsServer::OpenSsl, &tls, summary);
         crate::bench_runtime::section(&mut out, Probed::Asyncio, &asyncio, summary);
         crate::bench_runtime::section(&mut out, Probed::Node, &node, summary);
+        crate::bench_tls::section(&mut out, TlsServer::GoCryptoTls, &go_tls, summary);
         println!("{out}");
         return Ok(());
     }
@@ -441,7 +444,8 @@ pub fn bench(quick: bool, runtime_probes_only: bool) -> Result<()> {
     let http = http_rounds(&bin, quick)?;
     crate::setup::test_dependencies()?;
     let probes = crate::bench_runtime::rounds(&bin, quick, Probed::Go)?;
-    let tls = crate::bench_tls::rounds(&bin, quick)?;
+    let tls = crate::bench_tls::rounds(&bin, quick, TlsServer::OpenSsl)?;
+    let go_tls = crate::bench_tls::rounds(&bin, quick, TlsServer::GoCryptoTls)?;
     let asyncio = crate::bench_runtime::rounds(&bin, quick, Probed::Asyncio)?;
     let node = crate::bench_runtime::rounds(&bin, quick, Probed::Node)?;
     let mut runs = PipelineRuns::default();
@@ -463,9 +467,10 @@ pub fn bench(quick: bool, runtime_probes_only: bool) -> Result<()> {
     let mut report = report(&samples, &runs, round_trips, rounds, exchanges, quick);
     http_section(&mut report, &http);
     crate::bench_runtime::section(&mut report, Probed::Go, &probes, summary);
-    crate::bench_tls::section(&mut report, &tls, summary);
+    crate::bench_tls::section(&mut report, TlsServer::OpenSsl, &tls, summary);
     crate::bench_runtime::section(&mut report, Probed::Asyncio, &asyncio, summary);
     crate::bench_runtime::section(&mut report, Probed::Node, &node, summary);
+    crate::bench_tls::section(&mut report, TlsServer::GoCryptoTls, &go_tls, summary);
     if let Ok(history) = std::fs::read_to_string(workspace_root().join("bench/HISTORY.md")) {
         report.push('\n');
         report.push_str(&history);
