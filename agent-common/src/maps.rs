@@ -166,7 +166,8 @@ pub struct SslCall {
     /// The `SSL *` (OpenSSL), the `*tls.Conn` (Go).
     pub ssl: u64,
     pub buf: u64,
-    /// `_ex` forms: where the function writes the byte count.
+    /// `_ex` forms: where the function writes the byte count. Go: for a buffer on the
+    /// goroutine's stack (`buf` 0), its distance below the stack's top (the stack may move).
     pub count_ptr: u64,
     /// When the call started (the plaintext of a write leaves then).
     pub entry_ns: u64,

@@ -39,11 +39,12 @@ pub fn go_tls_enter(ctx: ProbeContext) -> u32 {
     let regs = ctx.regs;
     // SAFETY: `regs` is the probe's context (the user task's `struct pt_regs`); the verifier
     // checks each load against it. Volatile, so each stays a fixed-offset load.
-    let (conn, buf, g) = unsafe {
+    let (conn, buf, g, sp) = unsafe {
         (
             core::ptr::read_volatile(&raw const (*regs).rax),
             core::ptr::read_volatile(&raw const (*regs).rbx),
             core::ptr::read_volatile(&raw const (*regs).r14),
+            core::ptr::read_volatile(&raw const (*regs).rsp),
         )
     };
     if g == 0 {
@@ -54,10 +55,15 @@ pub fn go_tls_enter(ctx: ProbeContext) -> u32 {
         let _ = GO_TLS_HANDSHAKES.insert(&key, &conn, 0);
         return 0;
     }
+    // A buffer on the goroutine's own stack (`Read` lets `b` stay there) moves with the stack
+    // if it grows during the call: kept as its distance below the stack's top, found again at
+    // the return from the top then.
+    let top = stack_top(g);
+    let on_stack = top != 0 && buf >= sp && buf < top;
     let call = SslCall {
         ssl: conn,
-        buf,
-        count_ptr: 0,
+        buf: if on_stack { 0 } else { buf },
+        count_ptr: if on_stack { top - buf } else { 0 },
         entry_ns: now_ns(),
         conn_id: 0,
         function: function as u32,
@@ -101,6 +107,14 @@ pub fn go_tls_return(ctx: ProbeContext) -> u32 {
     if bytes <= 0 {
         return 0;
     }
+    let mut call = call;
+    if call.buf == 0 {
+        let top = stack_top(g);
+        if top == 0 || call.count_ptr == 0 || call.count_ptr > top {
+            return 0;
+        }
+        call.buf = top - call.count_ptr;
+    }
     let write = call.function == SslFunction::GoWrite as u32;
     tls::send(pid_tgid, &call, write, bytes as u64, g);
     0
@@ -121,4 +135,13 @@ fn goroutine(pid_tgid: u64, g: u64) -> SslKey {
 fn is_handshake(function: u64) -> bool {
     function == SslFunction::GoServerHandshake as u64
         || function == SslFunction::GoClientHandshake as u64
+}
+
+/// The top of goroutine `g`'s stack: `g.stack.hi`, the second word of `runtime.g` (its first
+/// field is `stack struct { lo, hi uintptr }` in every release with the register ABI); 0 if
+/// unreadable.
+#[inline(always)]
+fn stack_top(g: u64) -> u64 {
+    // SAFETY: the helper returns an error for a bad user address; it never faults.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_user((g + 8) as *const u64) }.unwrap_or(0)
 }

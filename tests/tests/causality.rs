@@ -4,7 +4,7 @@
 //! ids in its paths (`sockspan_tests::chains`). `cargo xtask causality` runs these and writes the
 //! score table to docs/causality.md.
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
 use sockspan_tests::{
     Agent,
@@ -330,7 +330,11 @@ fn go_without_cap_sys_admin_traces_on_and_says_why() {
         ])
         .arg(sockspan_unwrapped_bin())
         .args(["run", "--output", "jsonl"]);
-        Agent::spawn(cmd)
+        let mut agent = Agent::spawn(cmd);
+        // As `Agent::start_command` does: the chain is driven once the attaching is over (a
+        // process seen while the agent was still busy may have exited before it was named).
+        agent.wait_for_stderr("runtime probes attached go=", Duration::from_secs(30));
+        agent
     });
     assert!(
         log.contains("no goroutine causality for this Go program")

@@ -78,8 +78,12 @@ impl GoTlsProbes {
             return Ok(GoTlsAttached::Nothing);
         }
         let result = attach_executable(ebpf, &exe, exe_name, version);
-        if let Err(TlsProbeError::Privilege(_)) = &result {
-            // Not this file's fault: the next one would fail the same way.
+        if let Err(TlsProbeError::Privilege(reason)) = &result {
+            // Not this file's fault: every other would fail the same way, after the cost of
+            // reading its symbols.
+            self.unavailable = Some(format!(
+                "uprobes are refused without CAP_SYS_ADMIN on this kernel ({reason})"
+            ));
             return result.map(|_| GoTlsAttached::Nothing);
         }
         let library = match result {
@@ -142,30 +146,44 @@ fn attach_executable(
             ),
         });
     }
-    let mut attached = 0;
+    // Every point first, so that a missing function attaches nothing. `Write` and `Read` are
+    // needed; a handshake the program never does (a client-only program has no
+    // `serverHandshake`) is left out. Each function's RETs before its entry: a call entered
+    // while its returns are not yet probed would leave a stale entry for its goroutine.
+    let mut points = Vec::new();
     for function in SslFunction::GO {
         let symbol = function.symbol();
-        let Some(at) = found.get(symbol) else {
-            return Err(TlsProbeError::Attach {
-                function: symbol,
-                library: name.to_string(),
-                reason: "not in the executable".into(),
-            });
+        let needed = matches!(function, SslFunction::GoWrite | SslFunction::GoRead);
+        let at = match found.get(symbol) {
+            Some(at) if !at.returns.is_empty() => at,
+            None if !needed => continue,
+            found => {
+                return Err(TlsProbeError::Attach {
+                    function: symbol,
+                    library: name.to_string(),
+                    reason: if found.is_some() {
+                        "no RET instruction found".into()
+                    } else {
+                        "not in the executable".into()
+                    },
+                });
+            }
         };
-        if at.returns.is_empty() {
-            return Err(TlsProbeError::Attach {
-                function: symbol,
-                library: name.to_string(),
-                reason: "no RET instruction found".into(),
-            });
-        }
-        let points = std::iter::once((ENTER, at.file_offset))
-            .chain(at.returns.iter().map(|&ret| (RETURN, ret)));
-        for (program, offset) in points {
-            attach_at(ebpf, program, exe, name, symbol, offset, function as u64)?;
-            attached += 1;
-        }
+        points.extend(at.returns.iter().map(|&ret| (RETURN, ret, function)));
+        points.push((ENTER, at.file_offset, function));
     }
+    for &(program, offset, function) in &points {
+        attach_at(
+            ebpf,
+            program,
+            exe,
+            name,
+            function.symbol(),
+            offset,
+            function as u64,
+        )?;
+    }
+    let attached = points.len();
     Ok(Some(attached))
 }
 
