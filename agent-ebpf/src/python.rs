@@ -23,7 +23,7 @@ use aya_ebpf::{
     bindings::bpf_pidns_info,
     helpers::{bpf_probe_read_user, generated::bpf_get_ns_current_pid_tgid},
     macros::{map, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap},
+    maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
 };
 

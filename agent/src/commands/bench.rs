@@ -50,7 +50,7 @@ pub(crate) struct CountingExporter {
 }
 
 impl SpanExporter for CountingExporter {
-    fn export(&mut self, spans: &[SpanData]) {
+    fn export(&mut self, spans: &mut Vec<SpanData>) {
         self.spans += spans.len() as u64;
         self.bad_spans += spans
             .iter()
@@ -402,7 +402,8 @@ fn feed_exchanges(
 /// span limit, so retention has nothing to do during the run).
 fn store_exporter(path: &Path) -> Result<StoreExporter, StoreError> {
     let _ = std::fs::remove_file(path);
-    Ok(StoreExporter::new(Store::open(StoreConfig::reading(path))?))
+    let store = Store::open(StoreConfig::reading(path))?;
+    StoreExporter::new(store)
 }
 
 /// `sockspan bench-store-count`: spans of `service` in the store at `path` (of a stopped agent).
@@ -470,8 +471,8 @@ mod tests {
     struct Keep(Vec<SpanData>);
 
     impl SpanExporter for Keep {
-        fn export(&mut self, spans: &[SpanData]) {
-            self.0.extend_from_slice(spans);
+        fn export(&mut self, spans: &mut Vec<SpanData>) {
+            self.0.append(spans);
         }
         fn flush(&mut self) {}
         fn counts(&self) -> (u64, u64) {

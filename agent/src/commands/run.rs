@@ -168,7 +168,7 @@ async fn exporter(
             tracing::info!(path = %store.path().display(), "storing spans");
             (
                 Box::new(Metered::new(
-                    Box::new(StoreExporter::new(store)),
+                    Box::new(StoreExporter::new(store)?),
                     metrics.clone(),
                 )),
                 Senders::default(),
@@ -336,6 +336,8 @@ fn log_stopped(
         worker_unplaced_unanswered = sink.tracer.worker_stats().unplaced_unanswered,
         worker_unknown_writes = sink.tracer.worker_stats().unknown_writes,
         worker_refused_unknown = sink.tracer.worker_stats().refused_unknown,
+        worker_given_up = sink.tracer.worker_stats().given_up,
+        worker_decided_by_ends = sink.tracer.worker_stats().decided_by_ends,
         node_sockets_reset = sink.tracer.callbacks.stats.sockets_reset,
         event_loop_threads = sink.tracer.stats.event_loop_threads,
         parent_from_connection = sink.tracer.stats.parent_from_connection,

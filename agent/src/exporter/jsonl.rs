@@ -26,8 +26,8 @@ impl<W: Write> JsonlExporter<W> {
 }
 
 impl<W: Write> SpanExporter for JsonlExporter<W> {
-    fn export(&mut self, spans: &[SpanData]) {
-        for span in spans {
+    fn export(&mut self, spans: &mut Vec<SpanData>) {
+        for span in spans.iter() {
             self.line.clear();
             write_span(&mut self.line, span);
             self.line.push(b'\n');

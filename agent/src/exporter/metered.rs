@@ -20,7 +20,7 @@ impl Metered {
 }
 
 impl SpanExporter for Metered {
-    fn export(&mut self, spans: &[SpanData]) {
+    fn export(&mut self, spans: &mut Vec<SpanData>) {
         metrics::lock(&self.metrics).record(spans);
         self.inner.export(spans);
     }

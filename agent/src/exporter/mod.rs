@@ -11,7 +11,9 @@ use crate::trace::SpanData;
 /// A destination for finished spans. Export never blocks the capture path: an exporter that
 /// cannot keep up drops and counts.
 pub trait SpanExporter {
-    fn export(&mut self, spans: &[SpanData]);
+    /// Takes the spans it keeps out of `spans` (no copy for a queue); the caller clears what is
+    /// left.
+    fn export(&mut self, spans: &mut Vec<SpanData>);
     /// Pushes out anything buffered (called on ticks and at shutdown).
     fn flush(&mut self);
     /// No more spans will come; background senders finish what they hold.

@@ -1,9 +1,24 @@
 //! `--output store` (the default): spans into the embedded store the query API and UI read.
+//!
+//! Writes, their fsyncs and retention run on a thread of their own: the thread that drains the
+//! ring hands each batch of spans over and never waits for the disk. The queue is bounded (in
+//! spans); a batch that would pass the bound is dropped and counted, as OTLP's queue does.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{self, RecvTimeoutError},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
 
 use super::SpanExporter;
-use crate::{store::Store, trace::SpanData};
+use crate::{
+    store::{Store, StoreError},
+    trace::SpanData,
+};
 
 /// How often a commit is made durable (fsync); commits in between are not, so a crash loses at
 /// most this much.
@@ -11,89 +26,154 @@ const DURABLE_EVERY: Duration = Duration::from_secs(5);
 /// How often retention runs. Often: each run removes a bounded number of frames, so it must
 /// keep up with the rate spans arrive at (4096 frames of up to 64 spans per 2 s).
 const RETAIN_EVERY: Duration = Duration::from_secs(2);
+/// Spans waiting for the writer, at most: a few seconds of a busy node's spans (an fsync on a
+/// slow disk), tens of MiB at worst.
+const MAX_QUEUED_SPANS: u64 = 32 * 1024;
+/// How often the writer wakes without spans, for durability and retention.
+const IDLE_WAKE: Duration = Duration::from_millis(250);
+
+/// What the writer did, shared with the exporter for its counts and `/metrics`.
+#[derive(Debug, Default)]
+struct Stats {
+    written: AtomicU64,
+    /// Write errors.
+    failed: AtomicU64,
+    /// Spans dropped because the queue was full.
+    dropped_queue_full: AtomicU64,
+    /// Spans handed over and not written yet.
+    queued: AtomicU64,
+    /// Spans retention removed.
+    retired: AtomicU64,
+}
 
 pub struct StoreExporter {
     store: Store,
-    written: u64,
-    failed: u64,
-    /// Spans retention removed.
-    retired: u64,
-    last_durable: Instant,
-    last_retention: Instant,
-    dirty: bool,
+    queue: Option<mpsc::Sender<Vec<SpanData>>>,
+    writer: Option<JoinHandle<()>>,
+    stats: Arc<Stats>,
 }
 
 impl StoreExporter {
-    #[must_use]
-    pub fn new(store: Store) -> Self {
-        Self {
+    /// Starts the writer thread.
+    ///
+    /// # Errors
+    /// The thread could not be started.
+    pub fn new(store: Store) -> Result<Self, StoreError> {
+        let stats = Arc::new(Stats::default());
+        let (tx, rx) = mpsc::channel();
+        let writer = {
+            let (store, stats) = (store.clone(), Arc::clone(&stats));
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || write_loop(&store, &rx, &stats))
+                .map_err(|e| StoreError::Writer(e.to_string()))?
+        };
+        Ok(Self {
             store,
-            written: 0,
-            failed: 0,
-            retired: 0,
-            last_durable: Instant::now(),
-            last_retention: Instant::now(),
-            dirty: false,
-        }
+            queue: Some(tx),
+            writer: Some(writer),
+            stats,
+        })
     }
 
     #[must_use]
     pub fn store(&self) -> &Store {
         &self.store
     }
-
-    fn commit_durably(&mut self) {
-        if self.dirty {
-            if let Err(err) = self.store.write(&[], true) {
-                tracing::warn!("span store: durable commit failed: {err}");
-            }
-            self.dirty = false;
-        }
-        self.last_durable = Instant::now();
-    }
 }
 
-impl SpanExporter for StoreExporter {
-    fn export(&mut self, spans: &[SpanData]) {
-        match self.store.write(spans, false) {
-            Ok(()) => {
-                self.written += spans.len() as u64;
-                self.dirty = true;
+/// The writer thread: writes each batch as it comes, makes commits durable and runs retention
+/// on their clocks, and commits durably when the queue closes.
+fn write_loop(store: &Store, rx: &mpsc::Receiver<Vec<SpanData>>, stats: &Stats) {
+    let mut last_durable = Instant::now();
+    let mut last_retention = Instant::now();
+    let mut dirty = false;
+    loop {
+        match rx.recv_timeout(IDLE_WAKE) {
+            Ok(batch) => {
+                let n = batch.len() as u64;
+                match store.write(&batch, false) {
+                    Ok(()) => {
+                        stats.written.fetch_add(n, Ordering::Relaxed);
+                        dirty = true;
+                    }
+                    Err(err) => {
+                        stats.failed.fetch_add(n, Ordering::Relaxed);
+                        tracing::warn!(spans = n, "span store write failed, spans dropped: {err}");
+                    }
+                }
+                stats.queued.fetch_sub(n, Ordering::Relaxed);
             }
-            Err(err) => {
-                self.failed += spans.len() as u64;
-                tracing::warn!(
-                    spans = spans.len(),
-                    "span store write failed, spans dropped: {err}"
-                );
-            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
         }
-    }
-
-    fn flush(&mut self) {
-        if self.last_durable.elapsed() >= DURABLE_EVERY {
-            self.commit_durably();
+        if dirty && last_durable.elapsed() >= DURABLE_EVERY {
+            commit_durably(store);
+            dirty = false;
+            last_durable = Instant::now();
         }
-        if self.last_retention.elapsed() >= RETAIN_EVERY {
-            self.last_retention = Instant::now();
+        if last_retention.elapsed() >= RETAIN_EVERY {
+            last_retention = Instant::now();
             let now = crate::clock::WallClock::new().to_unix_ns(crate::clock::monotonic_ns());
-            match self.store.enforce_retention(now) {
+            match store.enforce_retention(now) {
                 Ok(0) => {}
                 Ok(n) => {
-                    self.retired += n;
+                    stats.retired.fetch_add(n, Ordering::Relaxed);
                     tracing::debug!(removed = n, "span store retention");
                 }
                 Err(err) => tracing::warn!("span store retention failed: {err}"),
             }
         }
     }
+    if dirty {
+        commit_durably(store);
+    }
+}
+
+fn commit_durably(store: &Store) {
+    if let Err(err) = store.write(&[], true) {
+        tracing::warn!("span store: durable commit failed: {err}");
+    }
+}
+
+impl SpanExporter for StoreExporter {
+    fn export(&mut self, spans: &mut Vec<SpanData>) {
+        let Some(queue) = &self.queue else { return };
+        let n = spans.len() as u64;
+        if n == 0 {
+            return;
+        }
+        if self.stats.queued.load(Ordering::Relaxed) + n > MAX_QUEUED_SPANS {
+            self.stats
+                .dropped_queue_full
+                .fetch_add(n, Ordering::Relaxed);
+            return;
+        }
+        self.stats.queued.fetch_add(n, Ordering::Relaxed);
+        if queue.send(std::mem::take(spans)).is_err() {
+            // The writer is gone (it panicked): nothing will be written.
+            self.stats.queued.fetch_sub(n, Ordering::Relaxed);
+            self.stats.failed.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// The writer keeps its own clocks.
+    fn flush(&mut self) {}
 
     fn finish(&mut self) {
-        self.commit_durably();
+        // Closing the queue lets the writer write what is left, commit durably and end.
+        self.queue = None;
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::warn!("span store writer panicked");
+        }
     }
 
     fn counts(&self) -> (u64, u64) {
-        (self.written, self.failed)
+        let lost = self.stats.failed.load(Ordering::Relaxed)
+            + self.stats.dropped_queue_full.load(Ordering::Relaxed);
+        (self.stats.written.load(Ordering::Relaxed), lost)
     }
 
     fn own_metrics(&self) -> Vec<crate::metrics::Own> {
@@ -112,8 +192,24 @@ impl SpanExporter for StoreExporter {
             Own {
                 name: "store_retention_removed_spans_total",
                 help: "Spans retention removed (by age, or beyond --store-max-spans).",
-                value: self.retired,
+                value: self.stats.retired.load(Ordering::Relaxed),
+            },
+            Own {
+                name: "store_queue_spans",
+                help: "Spans handed to the store's writer thread and not written yet.",
+                value: self.stats.queued.load(Ordering::Relaxed),
+            },
+            Own {
+                name: "store_dropped_queue_full_spans_total",
+                help: "Spans dropped because the store's writer was behind (its queue full).",
+                value: self.stats.dropped_queue_full.load(Ordering::Relaxed),
             },
         ]
+    }
+}
+
+impl Drop for StoreExporter {
+    fn drop(&mut self) {
+        self.finish();
     }
 }

@@ -432,7 +432,7 @@ impl<'a> TraceSink<'a> {
         loop {
             let more = self.tracer.poll(now, flush, &mut self.spans, EXPORT_CHUNK);
             if !self.spans.is_empty() {
-                self.exporter.export(&self.spans);
+                self.exporter.export(&mut self.spans);
                 self.spans.clear();
             }
             if !more {

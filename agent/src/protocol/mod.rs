@@ -212,6 +212,8 @@ pub trait ConnectionParser: Debug {
     /// The streams the last response-side syscall carried frames of (`HEADERS`,
     /// `CONTINUATION`, `DATA`, `RST_STREAM`), for multiplexed protocols; nothing elsewhere. The worker
     /// rule reads a server's write of one stream alone as the writing thread's answer to it.
+    /// After a request-side syscall: only whether its bytes were all placed (unplaceable: a
+    /// stream may have begun unseen).
     fn answered(&self) -> Answered {
         Answered::default()
     }
@@ -276,7 +278,9 @@ pub enum StreamIo {
     #[default]
     None,
     /// A read, at either end: the reading thread is one of the process's I/O threads.
-    Read,
+    /// `placed`: every byte read was placed in a frame of a known stream or the connection
+    /// (else a stream may have begun unseen).
+    Read { placed: bool },
     /// A server's write: what it answered.
     Wrote(Answered),
 }

@@ -89,6 +89,8 @@ pub enum StoreError {
     Open { path: String, reason: String },
     #[error("span store: {0}")]
     Db(String),
+    #[error("cannot start the span store's writer thread: {0}")]
+    Writer(String),
 }
 
 impl StoreConfig {

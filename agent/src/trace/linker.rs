@@ -60,7 +60,7 @@ use agent_common::GoProbe;
 
 use crate::{
     clock::WallClock,
-    conntrack::Connection,
+    conntrack::{Connection, RoleSource},
     peers::{local::LocalAddrs, wire::ClientSpan},
     protocol::{Exchange, SpanFacts, Stamp, StreamIo, Summary},
 };
@@ -572,6 +572,7 @@ impl Tracer {
         if server {
             if !end.in_order && conn.process.runtime.threads_are_tasks() {
                 self.workers.serves(pid);
+                self.workers.began(pid, key, start.ts);
             }
             self.register_server(pid, unit, forward, key);
         } else {
@@ -892,6 +893,15 @@ impl Tracer {
                 continue;
             };
             self.stats.abandoned += 1;
+            if span.kind == SpanKind::Server && !span.datagram && span.unit == Unit::None {
+                // A multiplexed stream that will never end: its worker is unknown.
+                let stream = Stream {
+                    key,
+                    began: span.start_ts,
+                    parent: (span.span_id, span.trace.clone()),
+                };
+                self.workers.ended(span.pid, stream, self.last_event_ts);
+            }
             if let Some(lineage) = &span.lineage {
                 self.stop_waiting(span.pid, key, lineage);
             } else if span.kind == SpanKind::Client && span.parent.is_none() {
@@ -1260,9 +1270,16 @@ impl Tracer {
         }
         let pid = conn.process.pid;
         self.last_event_ts = self.last_event_ts.max(ts);
+        if conn.preexisting || conn.role_source != RoleSource::Syscall {
+            // Opened before the agent watched it: some of its streams may be unknown.
+            self.workers.incomplete(pid, ts);
+        }
         let answered = match io {
             StreamIo::None => return,
-            StreamIo::Read => {
+            StreamIo::Read { placed } => {
+                if !placed {
+                    self.workers.incomplete(pid, ts);
+                }
                 self.workers.read_by(pid, tid);
                 return;
             }
@@ -1344,6 +1361,25 @@ impl Tracer {
             client.trace.join(&parent_trace);
             self.stats.parent_from_worker += 1;
             self.stats.roots = self.stats.roots.saturating_sub(1);
+        }
+        for (key, candidates) in self.workers.take_one_of() {
+            let Some(client) = self.spans.get_mut(&key) else {
+                continue;
+            };
+            if client.parent.is_some() {
+                continue;
+            }
+            for (span_id, trace) in candidates {
+                if !client.links.iter().any(|l| l.span_id == span_id) {
+                    client.links.push(SpanLink {
+                        trace_id: trace.id(),
+                        span_id,
+                        reason: "the worker thread may have served any of these streams",
+                    });
+                }
+            }
+            client.evidence = "ambiguous";
+            self.stats.ambiguous += 1;
         }
     }
 
@@ -1713,7 +1749,7 @@ mod tests {
         };
         // I/O thread 7 reads streams 1, 3 and 5; it writes a call of its own too (nobody's).
         for (id, ts) in [(1, 10), (3, 11), (5, 12)] {
-            t.on_stream_io(&s, StreamIo::Read, 7, ts);
+            t.on_stream_io(&s, StreamIo::Read { placed: true }, 7, ts);
             t.on_request(&s, end(true, false), id, 0, None, stamp(ts, 7, id));
         }
         t.on_request(&c, end(false, true), 11, 0, None, stamp(13, 7, 11));

@@ -5,6 +5,7 @@ pub mod goroutines;
 pub mod ids;
 pub mod intern;
 pub mod linker;
+mod open_streams;
 pub mod propagation;
 mod remote;
 pub mod resource;

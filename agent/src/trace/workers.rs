@@ -35,10 +35,17 @@
 //! grpcio's own BoringSSL). Each would give a wrong parent; measured, none did (the precision
 //! figures of `docs/causality.md`). So the rule applies only where it was measured: grpcio
 //! processes (`cygrpc` mapped, [`Workers::allow`]).
+//!
+//! A worker whose answer an I/O thread flushed may write nothing more for a long time (no
+//! request came to it since): its calls would wait until exported, parentless. They are decided
+//! without its write once every stream that began by the call has ended ([`OpenStreams`]): its
+//! own stream is then among the answers seen, and the candidates are the same as above, the
+//! window ending at that time. Only in a process where every stream is known to the agent.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::linker::SpanKey;
+use super::open_streams::OpenStreams;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
@@ -93,6 +100,11 @@ pub struct WorkerStats {
     pub forgotten: u64,
     /// Times the rule stopped for every process, its thread tables full.
     pub stopped: u64,
+    /// Requests decided without their worker's answer, once every stream that began by them
+    /// had ended.
+    pub decided_by_ends: u64,
+    /// Requests refused with several candidates (linked to each).
+    pub several: u64,
 }
 
 /// A stream the rule may name as a parent: its SERVER span, when its request began, and what
@@ -140,10 +152,10 @@ impl<P> Default for Process<P> {
 enum Found<'a, P> {
     None,
     One(&'a Stream<P>),
-    /// Several candidates, or an answer of unknown streams in between.
-    Ambiguous {
-        unknown: bool,
-    },
+    /// Several candidates.
+    Several(Vec<&'a Stream<P>>),
+    /// An answer of unknown streams in between.
+    Unknown,
 }
 
 impl<'a, P> Found<'a, P> {
@@ -151,8 +163,14 @@ impl<'a, P> Found<'a, P> {
         *self = match std::mem::replace(self, Found::None) {
             Found::None => Found::One(candidate),
             Found::One(one) if one.key == candidate.key => Found::One(one),
-            Found::One(_) => Found::Ambiguous { unknown: false },
-            ambiguous @ Found::Ambiguous { .. } => ambiguous,
+            Found::One(one) => Found::Several(vec![one, candidate]),
+            Found::Several(mut several) => {
+                if several.iter().all(|s| s.key != candidate.key) {
+                    several.push(candidate);
+                }
+                Found::Several(several)
+            }
+            Found::Unknown => Found::Unknown,
         };
     }
 }
@@ -194,7 +212,7 @@ impl<P> Process<P> {
         found: &mut Found<'a, P>,
     ) {
         if self.forgotten_until >= from {
-            *found = Found::Ambiguous { unknown: true };
+            *found = Found::Unknown;
             return;
         }
         let first = self.unplaced.partition_point(|u| u.at < from);
@@ -209,7 +227,7 @@ impl<P> Process<P> {
             }
             match &u.stream {
                 None => {
-                    *found = Found::Ambiguous { unknown: true };
+                    *found = Found::Unknown;
                     return;
                 }
                 Some(stream) if stream.began <= from => found.add(stream),
@@ -296,6 +314,10 @@ pub struct Workers<P> {
     processes: FastMap<u32, Process<P>>,
     /// SERVER spans of multiplexed connections some write carried frames of.
     answered: FastSet<SpanKey>,
+    /// Streams not ended yet, per serving process.
+    open: FastMap<u32, OpenStreams>,
+    /// Requests refused with several candidates, and those candidates' parents.
+    one_of: Vec<(SpanKey, Vec<P>)>,
     pub stats: WorkerStats,
 }
 
@@ -311,6 +333,8 @@ impl<P> Default for Workers<P> {
             undecided: VecDeque::new(),
             processes: FastMap::default(),
             answered: FastSet::default(),
+            open: FastMap::default(),
+            one_of: Vec::new(),
             stats: WorkerStats::default(),
         }
     }
@@ -330,6 +354,7 @@ impl<P: Clone> Workers<P> {
         if self.allowed.remove(&pid) {
             self.serving.remove(&pid);
             self.processes.remove(&pid);
+            self.open.remove(&pid);
             self.io_threads.retain(|&(p, _)| p != pid);
             self.interleaving.retain(|&(p, _)| p != pid);
             self.waiting.retain(|&(p, _), _| p != pid);
@@ -342,6 +367,21 @@ impl<P: Clone> Workers<P> {
     pub fn serves(&mut self, pid: u32) {
         if self.allowed.contains(&pid) {
             self.serving.insert(pid);
+        }
+    }
+
+    /// Stream `key` of `pid` (which [`Workers::serves`]) began at `ts`.
+    pub fn began(&mut self, pid: u32, key: SpanKey, ts: u64) {
+        if self.serving.contains(&pid) {
+            self.open.entry(pid).or_default().began(key, ts);
+        }
+    }
+
+    /// At `at`, `pid` may have a stream the agent does not know (a connection it did not see
+    /// open, bytes it could not place).
+    pub fn incomplete(&mut self, pid: u32, at: u64) {
+        if self.serving.contains(&pid) {
+            self.open.entry(pid).or_default().incomplete(at);
         }
     }
 
@@ -399,6 +439,9 @@ impl<P: Clone> Workers<P> {
 
     /// Events were lost (the ring was full) up to `now`: what was answered before is unknown.
     pub fn lost_events(&mut self, now: u64) {
+        for open in self.open.values_mut() {
+            open.incomplete(now);
+        }
         for process in self.processes.values_mut() {
             process.forgotten_until = process.forgotten_until.max(now);
         }
@@ -430,6 +473,7 @@ impl<P: Clone> Workers<P> {
         self.serving.clear();
         self.io_threads.clear();
         self.interleaving.clear();
+        self.open.clear();
         self.stats.stopped += 1;
     }
 
@@ -458,6 +502,7 @@ impl<P: Clone> Workers<P> {
                 if unknown {
                     self.stats.unknown_writes += 1;
                     self.unplaced(pid, at, None);
+                    self.incomplete(pid, at);
                 }
                 None
             }
@@ -496,6 +541,10 @@ impl<P: Clone> Workers<P> {
                 break;
             };
             self.settle_one(answer, &call, &mut out);
+        }
+        if !flush {
+            // (At a flush, the end of events is no evidence that streams ended.)
+            self.settle_by_ends(now.saturating_sub(SETTLE_NS), &call, &mut out);
         }
         if !self.undecided.is_empty() {
             self.retry_undecided(now, flush, &mut out);
@@ -537,31 +586,12 @@ impl<P: Clone> Workers<P> {
             out.extend(waiting.into_iter().map(|(key, _)| (key, None)));
             return;
         }
-        let process = self.processes.entry(pid).or_default();
-        let process = &*process;
-        // While its calls were out, the worker waited for them: what was answered then was not
-        // its own. Except just after a later call began: an answer the worker wrote before it
-        // may be flushed by another thread a little later.
-        let busy: Vec<(u64, u64, u64)> = if process.answers_during_calls {
-            Vec::new()
-        } else {
-            waiting
-                .iter()
-                .zip(&calls)
-                .filter_map(|(&(_, ts), c)| match *c {
-                    Call::Ended(end) => Some((ts, ts + FLUSH_LATE_NS, end)),
-                    Call::Out | Call::Gone => None,
-                })
-                .collect()
-        };
+        let busy = calls_out(
+            self.processes.entry(pid).or_default().answers_during_calls,
+            &waiting,
+            &calls,
+        );
         for &(key, ts) in &waiting {
-            let busy = busy
-                .iter()
-                .filter_map(|&(began, late, end)| {
-                    let from = if began == ts { began } else { late };
-                    (end > from).then_some((from, end))
-                })
-                .collect();
             let undecided = Undecided {
                 pid,
                 tid,
@@ -569,20 +599,104 @@ impl<P: Clone> Workers<P> {
                 ts,
                 at,
                 alone: alone.clone().filter(|s| s.began <= ts),
-                busy,
+                busy: busy_for(&busy, ts),
             };
-            match self.decide(&undecided) {
-                Decided::Parent(parent) => out.push((key, Some(parent))),
-                // Another worker may yet be found to have served one of them.
-                Decided::Several if self.undecided.len() < MAX_UNDECIDED => {
-                    self.undecided.push_back(undecided);
-                }
-                Decided::Several | Decided::Unknown | Decided::None => {
-                    self.stats.refused += 1;
-                    out.push((key, None));
-                }
+            self.decide_or_wait(undecided, out);
+        }
+    }
+
+    /// Decides `u` now, or leaves it for other workers' claims (several candidates).
+    fn decide_or_wait(&mut self, u: Undecided<P>, out: &mut Vec<(SpanKey, Option<P>)>) {
+        match self.decide(&u) {
+            Decided::Parent(parent) => out.push((u.key, Some(parent))),
+            // Another worker may yet be found to have served one of them.
+            Decided::Several if self.undecided.len() < MAX_UNDECIDED => {
+                self.undecided.push_back(u);
+            }
+            Decided::Several => self.refuse_several(&u, out),
+            Decided::Unknown | Decided::None => {
+                self.stats.refused += 1;
+                out.push((u.key, None));
             }
         }
+    }
+
+    /// Decides the waiting requests whose worker has not answered, once every stream of their
+    /// process that began by them had ended by `horizon` (all events up to it have come): the
+    /// worker's own stream is among the answers seen then.
+    fn settle_by_ends(
+        &mut self,
+        horizon: u64,
+        call: &impl Fn(SpanKey) -> Call,
+        out: &mut Vec<(SpanKey, Option<P>)>,
+    ) {
+        if self.waiting.is_empty() || self.open.is_empty() {
+            return;
+        }
+        let mut waiting = std::mem::take(&mut self.waiting);
+        waiting.retain(|&(pid, tid), list| {
+            // Requests are in the order they began; a later one needs more streams ended.
+            let closed = self.open.get(&pid).map_or(0, |open| {
+                list.iter()
+                    .take_while(|&&(key, ts)| {
+                        open.all_ended(ts, horizon)
+                            && matches!(call(key), Call::Ended(end) if end <= horizon)
+                    })
+                    .count()
+            });
+            if closed == 0 {
+                return true;
+            }
+            let calls: Vec<Call> = list.iter().map(|&(key, _)| call(key)).collect();
+            let answers_during_calls = self
+                .processes
+                .get(&pid)
+                .is_some_and(|p| p.answers_during_calls);
+            let busy = calls_out(answers_during_calls, list, &calls);
+            for (key, ts) in list.drain(..closed) {
+                self.stats.decided_by_ends += 1;
+                let undecided = Undecided {
+                    pid,
+                    tid,
+                    key,
+                    ts,
+                    at: horizon,
+                    alone: None,
+                    busy: busy_for(&busy, ts),
+                };
+                self.decide_or_wait(undecided, out);
+            }
+            !list.is_empty()
+        });
+        debug_assert!(self.waiting.is_empty(), "nothing waits while deciding");
+        self.waiting = waiting;
+    }
+
+    /// `u` is left with several candidates: no parent, each of them a possible one
+    /// ([`Workers::take_one_of`]).
+    fn refuse_several(&mut self, u: &Undecided<P>, out: &mut Vec<(SpanKey, Option<P>)>) {
+        self.stats.refused += 1;
+        self.stats.several += 1;
+        out.push((u.key, None));
+        let mut found = Found::None;
+        if let Some(stream) = &u.alone {
+            found.add(stream);
+        }
+        if let Some(process) = self.processes.get(&u.pid) {
+            process.unplaced_between(u.tid, (u.ts, u.at), &u.busy, &mut found);
+        }
+        if let Found::Several(several) = found {
+            let parents = several.into_iter().map(|s| s.parent.clone()).collect();
+            if self.one_of.len() < MAX_UNDECIDED {
+                self.one_of.push((u.key, parents));
+            }
+        }
+    }
+
+    /// The requests given no parent since the last call because several streams may have been
+    /// theirs, with those streams' parents (for span links).
+    pub fn take_one_of(&mut self) -> Vec<(SpanKey, Vec<P>)> {
+        std::mem::take(&mut self.one_of)
     }
 
     /// What the candidates of `u` come to now; a parent found is claimed for its worker.
@@ -604,11 +718,11 @@ impl<P: Clone> Workers<P> {
                 (stream.parent.clone(), claim.then_some(stream.key))
             }
             Found::None => return Decided::None,
-            Found::Ambiguous { unknown: true } => {
+            Found::Unknown => {
                 self.stats.refused_unknown += 1;
                 return Decided::Unknown;
             }
-            Found::Ambiguous { unknown: false } => return Decided::Several,
+            Found::Several(_) => return Decided::Several,
         };
         if let Some(key) = claim {
             self.claim(u.pid, key, u.tid);
@@ -626,7 +740,8 @@ impl<P: Clone> Workers<P> {
                 Decided::Several if !flush && u.at.saturating_add(UNDECIDED_NS) > now => {
                     left.push_back(u);
                 }
-                Decided::Several | Decided::Unknown | Decided::None => {
+                Decided::Several => self.refuse_several(&u, out),
+                Decided::Unknown | Decided::None => {
                     self.stats.refused += 1;
                     out.push((u.key, None));
                 }
@@ -638,6 +753,9 @@ impl<P: Clone> Workers<P> {
     /// A SERVER span of a multiplexed connection in `pid` ended at `at`: if no write carried
     /// its frames (reset, closed), its worker is unknown.
     pub fn ended(&mut self, pid: u32, stream: Stream<P>, at: u64) {
+        if let Some(open) = self.open.get_mut(&pid) {
+            open.ended(stream.key, stream.began, at);
+        }
         if !self.answered.remove(&stream.key) && self.serving.contains(&pid) {
             self.stats.unplaced_unanswered += 1;
             self.unplaced(pid, at, Some(stream));
@@ -671,6 +789,39 @@ impl<P: Clone> Workers<P> {
         }
         self.processes.entry(pid).or_default().note(at, stream);
     }
+}
+
+/// The times a worker's calls (`waiting`, where each stands in `calls`) kept it waiting, as
+/// (began, a little later, ended): none in a process whose handlers may not wait for them.
+fn calls_out(
+    answers_during_calls: bool,
+    waiting: &[(SpanKey, u64)],
+    calls: &[Call],
+) -> Vec<(u64, u64, u64)> {
+    if answers_during_calls {
+        return Vec::new();
+    }
+    waiting
+        .iter()
+        .zip(calls)
+        .filter_map(|(&(_, ts), c)| match *c {
+            Call::Ended(end) => Some((ts, ts + FLUSH_LATE_NS, end)),
+            Call::Out | Call::Gone => None,
+        })
+        .collect()
+}
+
+/// While its calls were out, the worker waited for them: what was answered then was not its
+/// own, for the request begun at `ts`. Except just after a later call began: an answer the
+/// worker wrote before it may be flushed by another thread a little later.
+fn busy_for(calls_out: &[(u64, u64, u64)], ts: u64) -> Vec<(u64, u64)> {
+    calls_out
+        .iter()
+        .filter_map(|&(began, late, end)| {
+            let from = if began == ts { began } else { late };
+            (end > from).then_some((from, end))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -934,6 +1085,63 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_that_writes_nothing_more_is_decided_once_every_earlier_stream_ended() {
+        const MS: u64 = 1_000_000;
+        // Past the start-up's own `incomplete` window (none here: every stream is known).
+        const T: u64 = 100 * MS;
+        let mut w = workers();
+        let ended = |key: SpanKey| Call::Ended(if key == C1 { T + 20 * MS } else { 0 });
+        // Streams 1 and 3 begin; worker 200 calls for one of them (C1, 10–20 ms); 1's answer is
+        // flushed by the I/O thread at 22 ms, alone; 3, begun before the call too, is still
+        // open: nothing is decided.
+        w.began(7, (1, 1), T);
+        w.began(7, (1, 3), T + 5 * MS);
+        w.wait(7, 200, C1, T + 10 * MS);
+        w.answer(7, 100, T + 22 * MS, alone(1, T));
+        w.ended(7, stream(1, T), T + 22 * MS);
+        assert_eq!(w.settle(T + 40 * MS, false, ended), vec![], "3 is open");
+        // Worker 300 answers 3 alone: 1 was 200's. Only once 3's end is settled.
+        w.answer(7, 300, T + 41 * MS, alone(3, T + 5 * MS));
+        w.ended(7, stream(3, T + 5 * MS), T + 41 * MS);
+        assert_eq!(w.settle(T + 42 * MS, false, ended), vec![], "too early");
+        let settled = w.settle(T + 41 * MS + SETTLE_NS, false, ended);
+        assert_eq!(settled, vec![(C1, Some(1))]);
+        assert_eq!(w.stats.decided_by_ends, 1);
+    }
+
+    #[test]
+    fn a_process_that_may_hide_a_stream_waits_for_its_workers_answer() {
+        const MS: u64 = 1_000_000;
+        const T: u64 = 100 * MS;
+        let mut w = workers();
+        let ended = |_| Call::Ended(T + 20 * MS);
+        w.began(7, (1, 1), T);
+        w.incomplete(7, T + 5 * MS);
+        w.wait(7, 200, C1, T + 10 * MS);
+        w.answer(7, 100, T + 22 * MS, alone(1, T));
+        w.ended(7, stream(1, T), T + 22 * MS);
+        assert_eq!(w.settle(T + 100 * MS, false, ended), vec![]);
+        assert_eq!(w.stats.decided_by_ends, 0);
+    }
+
+    #[test]
+    fn several_candidates_left_are_named_for_links() {
+        const MS: u64 = 1_000_000;
+        let mut w = workers();
+        let done = |_| Call::Ended(0);
+        w.wait(7, 200, C1, 10 * MS);
+        let several = Written::Several {
+            streams: vec![stream(9, 5 * MS), stream(11, 6 * MS)],
+            unknown: false,
+        };
+        w.answer(7, 100, 20 * MS, several);
+        w.answer(7, 200, 21 * MS, alone(13, 15 * MS));
+        assert_eq!(w.settle(u64::MAX, true, done), vec![(C1, None)]);
+        assert_eq!(w.take_one_of(), vec![(C1, vec![9, 11])]);
+        assert_eq!(w.stats.several, 1);
+    }
+
+    #[test]
     fn a_thread_found_reading_drops_what_it_waited_for() {
         let mut w = workers();
         w.wait(7, 300, C1, 20);
@@ -955,7 +1163,7 @@ mod tests {
             match found {
                 Found::None => "none",
                 Found::One(_) => "one",
-                Found::Ambiguous { .. } => "ambiguous",
+                Found::Several(_) | Found::Unknown => "ambiguous",
             }
         };
         assert_eq!(found(&p, (50, 60)), "ambiguous", "forgotten up to 100");

@@ -69,10 +69,10 @@ impl OtlpExporter {
 }
 
 impl SpanExporter for OtlpExporter {
-    fn export(&mut self, spans: &[SpanData]) {
+    fn export(&mut self, spans: &mut Vec<SpanData>) {
         let Some(queue) = &self.queue else { return };
-        for span in spans {
-            if queue.try_send(span.clone()).is_err() {
+        for span in spans.drain(..) {
+            if queue.try_send(span).is_err() {
                 self.stats
                     .dropped_queue_full
                     .fetch_add(1, Ordering::Relaxed);

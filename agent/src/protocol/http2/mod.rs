@@ -651,9 +651,7 @@ impl ConnectionParser for Http2Connection {
         if self.failed {
             return;
         }
-        if side == Side::Response {
-            self.answered = Answered::default();
-        }
+        self.answered = Answered::default();
         let (framer, mut handler) = self.split(side, out);
         let (desyncs, resyncs) = (framer.stats.desyncs, framer.stats.resyncs);
         framer.feed(data, total, ts, tid, &mut handler);
@@ -672,6 +670,12 @@ impl ConnectionParser for Http2Connection {
                 InProgress::Header => self.answered.unplaceable(),
                 InProgress::Frame(_) | InProgress::Boundary => {}
             }
+        } else if framer.is_lost()
+            || framer.stats.desyncs != desyncs
+            || framer.stats.resyncs != resyncs
+        {
+            // A request's bytes lost or found again: a stream may have begun unseen.
+            self.answered.unplaceable();
         }
     }
 
