@@ -44,7 +44,7 @@ pub enum Command {
         sudo sockspan events --pid 1234 --pid 5678\n  \
         sudo sockspan events --comm curl --capture-bytes 256 | jq -c 'select(.type == \"data\")'")]
     Events(EventsArgs),
-    /// Trace: turn captured HTTP/1.x traffic into linked spans and export them.
+    /// Trace: turn captured traffic (HTTP/1, HTTP/2 and gRPC, the datastores, DNS, TLS plaintext) into linked spans and export them.
     ///
     /// Spans are linked by W3C traceparent / B3 headers, by same-thread causality inside a
     /// process, and across the two ends of local connections. With `--output jsonl`, one span

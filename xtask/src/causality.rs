@@ -99,7 +99,7 @@ fn reason(chain: &str) -> &'static str {
              that writes nothing more is decided once every stream begun before its call has \
              ended. When grpc-core flushed several workers' answers in one write, two workers \
              can have the same candidates: the call gets span links to each, no parent (never \
-             a guessed one). 85.7–100 % whole over 12 runs of this load, mean 95.6 %."
+             a guessed one). 85.7–100 % whole over 13 runs of this load, mean 94.8 %."
         }
         "mixed" => {
             "Go front (goroutine rule) → aiohttp middle (task rule) → threaded leaf (thread \

@@ -403,7 +403,7 @@ fn feed_exchanges(
 fn store_exporter(path: &Path) -> Result<StoreExporter, StoreError> {
     let _ = std::fs::remove_file(path);
     let store = Store::open(StoreConfig::reading(path))?;
-    StoreExporter::new(store)
+    StoreExporter::lossless(store)
 }
 
 /// `sockspan bench-store-count`: spans of `service` in the store at `path` (of a stopped agent).

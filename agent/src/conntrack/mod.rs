@@ -196,6 +196,17 @@ impl Conntrack {
         self.conns.get(&conn_id)
     }
 
+    /// Processes with a connection the agent did not see open: found by the start-up scan (seen
+    /// since or not), or first seen at a data syscall. What they carried before is unknown.
+    pub fn unseen_openings(&self) -> impl Iterator<Item = u32> + '_ {
+        self.preexisting.keys().map(|&(pid, _)| pid).chain(
+            self.conns
+                .values()
+                .filter(|c| c.preexisting || c.role_source != RoleSource::Syscall)
+                .map(|c| c.process.pid),
+        )
+    }
+
     /// Records an open event and returns the connection.
     pub fn open(&mut self, event: &ConnEvent) -> &Connection {
         let h = &event.header;

@@ -51,6 +51,8 @@ pub struct StoreExporter {
     queue: Option<mpsc::Sender<Vec<SpanData>>>,
     writer: Option<JoinHandle<()>>,
     stats: Arc<Stats>,
+    /// Wait for the writer instead of dropping (the pipeline bench: it measures the writing).
+    lossless: bool,
 }
 
 impl StoreExporter {
@@ -73,7 +75,19 @@ impl StoreExporter {
             queue: Some(tx),
             writer: Some(writer),
             stats,
+            lossless: false,
         })
+    }
+
+    /// As [`StoreExporter::new`], but a full queue makes the caller wait, never drops: for
+    /// `cargo xtask bench`'s pipeline figures, which must include the store's writing.
+    ///
+    /// # Errors
+    /// The thread could not be started.
+    pub fn lossless(store: Store) -> Result<Self, StoreError> {
+        let mut exporter = Self::new(store)?;
+        exporter.lossless = true;
+        Ok(exporter)
     }
 
     #[must_use]
@@ -143,7 +157,13 @@ impl SpanExporter for StoreExporter {
         if n == 0 {
             return;
         }
-        if self.stats.queued.load(Ordering::Relaxed) + n > MAX_QUEUED_SPANS {
+        while self.lossless
+            && self.stats.queued.load(Ordering::Relaxed) > 0
+            && self.stats.queued.load(Ordering::Relaxed) + n > MAX_QUEUED_SPANS
+        {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if !self.lossless && self.stats.queued.load(Ordering::Relaxed) + n > MAX_QUEUED_SPANS {
             self.stats
                 .dropped_queue_full
                 .fetch_add(n, Ordering::Relaxed);

@@ -780,6 +780,9 @@ impl EventSink for TraceSink<'_> {
 
     fn on_data(&mut self, event: &DataEvent, payload: &[u8]) {
         let Some(conn) = self.conntrack.touch(event) else {
+            // A connection not followed (evicted, idle, opened unseen): its streams are not.
+            self.tracer
+                .stream_may_be_unknown(event.header.pid, event.moved_ns);
             return;
         };
         let chunk = Chunk {
@@ -817,11 +820,20 @@ impl EventSink for TraceSink<'_> {
             }
             Fed::GaveUp => {
                 self.events.clear();
+                if conn.role == agent_common::Role::Server {
+                    self.tracer
+                        .stream_may_be_unknown(conn.process.pid, event.moved_ns);
+                }
                 if let Some(kernel) = &mut self.kernel_conns
                     && kernel.mark_opaque(event.header.pid, event.header.fd, conn.conn_id)
                 {
                     self.feedback.marked_opaque += 1;
                 }
+            }
+            Fed::Skipped if conn.role == agent_common::Role::Server => {
+                // Served, and not parsed (TLS the agent cannot read, another protocol).
+                self.tracer
+                    .stream_may_be_unknown(conn.process.pid, event.moved_ns);
             }
             Fed::Skipped => {}
         }
@@ -878,6 +890,24 @@ impl EventSink for TraceSink<'_> {
             peers.local = crate::peers::local::LocalAddrs::read();
             self.tracer.set_local_addrs(peers.local.clone());
         }
+        if self.ticks == 1 || self.ticks.is_multiple_of(100) {
+            // Streams of connections opened before the agent watched may still be open, and
+            // silent: the worker rule cannot know every stream of those processes.
+            let now = monotonic_ns();
+            for pid in self.conntrack.unseen_openings() {
+                self.tracer.stream_may_be_unknown(pid, now);
+            }
+            self.tracer.unseen_openings_swept(now);
+        }
+        // Lost records first: the export's poll decides by what was seen up to now.
+        if let Some(probes) = self.probes.as_deref()
+            && let Ok(drops) = probes.counter(agent_common::Counter::RingFull)
+            && drops > self.ring_full_seen
+        {
+            // Records lost: the worker rule cannot know what was answered meanwhile.
+            self.ring_full_seen = drops;
+            self.tracer.lost_events(monotonic_ns());
+        }
         self.export(false);
         if self.ticks.is_multiple_of(10)
             && let Some(metrics) = &self.metrics
@@ -892,14 +922,6 @@ impl EventSink for TraceSink<'_> {
                 spans_started = self.tracer.stats.spans_started,
                 "trace stage"
             );
-        }
-        if let Some(probes) = self.probes.as_deref()
-            && let Ok(drops) = probes.counter(agent_common::Counter::RingFull)
-            && drops > self.ring_full_seen
-        {
-            // Records lost: the worker rule cannot know what was answered meanwhile.
-            self.ring_full_seen = drops;
-            self.tracer.lost_events(monotonic_ns());
         }
         if self.ticks.is_multiple_of(20) {
             let tracer = &mut self.tracer;

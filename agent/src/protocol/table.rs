@@ -218,8 +218,8 @@ impl ProtocolTable {
         let multiplexed = !parsed.parser.thread_causality();
         let io = match (multiplexed, chunk.egress, parsed.server) {
             (false, _, _) | (true, true, false) => StreamIo::None,
-            (true, false, _) => StreamIo::Read {
-                placed: !parsed.parser.answered().is_unplaceable(),
+            (true, false, server) => StreamIo::Read {
+                placed: !server || !parsed.parser.answered().is_unplaceable(),
             },
             (true, true, true) => StreamIo::Wrote(parsed.parser.answered()),
         };

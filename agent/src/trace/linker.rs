@@ -428,6 +428,8 @@ pub struct Tracer {
     workers: Workers<(SpanId, TraceRef)>,
     /// The latest event time seen by the worker rule (it settles answers by event time).
     last_event_ts: u64,
+    /// The worker rule's last horizon for deciding by ends (never goes back).
+    settled_by_ends_at: u64,
     /// CLIENT spans waiting for the task rule, under each task context of their lineage.
     task_waiting: FastMap<(u32, u64), Vec<SpanKey>>,
     /// What each task (pid, context, serial) that wrote a SERVER response wrote.
@@ -468,6 +470,7 @@ impl Tracer {
             callbacks: Callbacks::default(),
             workers: Workers::default(),
             last_event_ts: 0,
+            settled_by_ends_at: 0,
             task_waiting: FastMap::default(),
             task_writers: FastMap::default(),
             clients: FastMap::default(),
@@ -517,6 +520,9 @@ impl Tracer {
         if self.spans.len() >= self.config.max_spans {
             self.stats.dropped_full += 1;
             self.callbacks.on_dropped(conn);
+            if server {
+                self.workers.incomplete(pid, start.ts);
+            }
             return;
         }
         self.stats.spans_started += 1;
@@ -894,7 +900,9 @@ impl Tracer {
             };
             self.stats.abandoned += 1;
             if span.kind == SpanKind::Server && !span.datagram && span.unit == Unit::None {
-                // A multiplexed stream that will never end: its worker is unknown.
+                // A multiplexed stream that will never end: its worker is unknown, and its
+                // connection's later streams too.
+                self.workers.incomplete(span.pid, self.last_event_ts);
                 let stream = Stream {
                     key,
                     began: span.start_ts,
@@ -1325,6 +1333,34 @@ impl Tracer {
         self.workers.lost_events(now);
     }
 
+    /// Gives the CLIENT requests of workers that have not answered the parents the worker rule
+    /// names once every stream begun before them ended (by `now`, which never goes back; the
+    /// sink reports lost events before it polls).
+    fn settle_workers_by_ends(&mut self, now: u64) {
+        let spans = &self.spans;
+        let call = |key: SpanKey| match spans.get(&key) {
+            None => Call::Gone,
+            Some(s) => s
+                .finished
+                .as_ref()
+                .map_or(Call::Out, |d| Call::Ended(d.end_ts)),
+        };
+        let settled = self.workers.settle_ended(now, call);
+        self.apply_worker_parents(settled);
+    }
+
+    /// At `ts`, a connection of `pid` the agent does not follow (evicted, unknown, not parsed)
+    /// carried data: the worker rule cannot know every stream of `pid` for a while.
+    pub fn stream_may_be_unknown(&mut self, pid: u32, ts: u64) {
+        self.workers.incomplete(pid, ts);
+    }
+
+    /// Every process with a connection the agent did not see open was reported
+    /// ([`Tracer::stream_may_be_unknown`]): the worker rule may judge the others by ends.
+    pub fn unseen_openings_swept(&mut self, now: u64) {
+        self.workers.swept(now);
+    }
+
     /// `pid` runs grpcio, where the worker rule was measured: it applies there.
     pub fn allow_worker_rule(&mut self, pid: u32) {
         self.workers.allow(pid);
@@ -1346,7 +1382,14 @@ impl Tracer {
                 .as_ref()
                 .map_or(Call::Out, |d| Call::Ended(d.end_ts)),
         };
-        for (key, parent) in self.workers.settle(now, flush, call) {
+        let settled = self.workers.settle(now, flush, call);
+        self.apply_worker_parents(settled);
+    }
+
+    /// Gives the requests the worker rule decided their parents, or links where it found
+    /// several candidates.
+    fn apply_worker_parents(&mut self, settled: Vec<(SpanKey, Option<(SpanId, TraceRef)>)>) {
+        for (key, parent) in settled {
             let Some((parent_id, parent_trace)) = parent else {
                 continue;
             };
@@ -1420,6 +1463,11 @@ impl Tracer {
         // while the services are idle).
         let settle_at = self.last_event_ts.max(now_mono.saturating_sub(100_000_000));
         self.settle_workers(settle_at, flush);
+        if !flush {
+            // (At a flush, the end of events is no evidence that streams ended.)
+            self.settled_by_ends_at = self.settled_by_ends_at.max(settle_at);
+            self.settle_workers_by_ends(self.settled_by_ends_at);
+        }
         loop {
             let key = if let Some(&key) = self.ready_now.front() {
                 if out.len() >= max {

@@ -7,7 +7,8 @@
 //! then has ended, its answer is among the answers seen, and the call can be decided from
 //! them ([`super::workers`]). That needs every stream to be known: a stream the agent never saw
 //! begin (its connection opened before the agent watched it, its records lost) may still be
-//! open. So a process where that may be (`incomplete`) is left out for a while.
+//! open. So a process where that may be is left out for a while ([`INCOMPLETE_NS`], kept by
+//! [`super::workers`]).
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -28,16 +29,19 @@ pub struct OpenStreams {
     open: BTreeSet<(u64, SpanKey)>,
     /// Recent ends (when, and when that stream began), in about the order they came.
     recent_ends: VecDeque<(u64, u64)>,
-    /// Until when (event time) some stream may be unknown.
-    incomplete_until: u64,
+    /// Streams were forgotten (too many): never judged again.
+    overflowed: bool,
+    /// The latest end forgotten from `recent_ends`: a horizon before it cannot be judged.
+    pruned_until: u64,
 }
 
 impl OpenStreams {
     /// Stream `key`'s request began at `began`.
     pub fn began(&mut self, key: SpanKey, began: u64) {
         if self.open.len() >= MAX_OPEN {
+            // Forgotten streams may be open for any time: never judged again.
             self.open.clear();
-            self.incomplete(began);
+            self.overflowed = true;
         }
         self.open.insert((began, key));
     }
@@ -50,21 +54,19 @@ impl OpenStreams {
             .front()
             .is_some_and(|&(end, _)| end.saturating_add(RECENT_ENDS_NS) < at)
         {
-            self.recent_ends.pop_front();
+            if let Some((end, _)) = self.recent_ends.pop_front() {
+                self.pruned_until = self.pruned_until.max(end);
+            }
         }
         self.recent_ends.push_back((at, began));
-    }
-
-    /// At `at`, a stream the agent does not know may have been open.
-    pub fn incomplete(&mut self, at: u64) {
-        self.incomplete_until = self.incomplete_until.max(at.saturating_add(INCOMPLETE_NS));
     }
 
     /// Whether every stream that began by `ts` had ended by `horizon` (events up to `horizon`
     /// have all come), as far as the agent can know.
     #[must_use]
     pub fn all_ended(&self, ts: u64, horizon: u64) -> bool {
-        horizon > self.incomplete_until
+        !self.overflowed
+            && horizon >= self.pruned_until
             && self.open.first().is_none_or(|&(began, _)| began > ts)
             && self
                 .recent_ends
@@ -78,7 +80,7 @@ mod tests {
     use super::*;
 
     const MS: u64 = 1_000_000;
-    const SOON: u64 = INCOMPLETE_NS;
+    const SOON: u64 = 0;
 
     #[test]
     fn all_streams_begun_by_a_time_must_have_ended_before_the_horizon() {
@@ -95,13 +97,5 @@ mod tests {
         );
         assert!(s.all_ended(SOON + 15 * MS, SOON + 30 * MS), "5 began later");
         assert!(!s.all_ended(SOON + 21 * MS, SOON + 30 * MS), "5 is open");
-    }
-
-    #[test]
-    fn a_stream_that_may_be_unknown_leaves_the_process_out_for_a_while() {
-        let mut s = OpenStreams::default();
-        s.incomplete(5 * MS);
-        assert!(!s.all_ended(10 * MS, 20 * MS));
-        assert!(s.all_ended(10 * MS, 5 * MS + INCOMPLETE_NS + 1));
     }
 }

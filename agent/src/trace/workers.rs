@@ -45,7 +45,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::linker::SpanKey;
-use super::open_streams::OpenStreams;
+use super::open_streams::{INCOMPLETE_NS, OpenStreams};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
@@ -318,6 +318,13 @@ pub struct Workers<P> {
     open: FastMap<u32, OpenStreams>,
     /// Requests refused with several candidates, and those candidates' parents.
     one_of: Vec<(SpanKey, Vec<P>)>,
+    /// Processes with connections opened before the agent watched were reported: until then,
+    /// no request is decided by ends.
+    swept: bool,
+    /// Until when (event time) each process may have a stream the agent does not know.
+    incomplete: FastMap<u32, u64>,
+    /// … and every process (events lost, or too many processes to tell apart).
+    incomplete_all_until: u64,
     pub stats: WorkerStats,
 }
 
@@ -335,6 +342,9 @@ impl<P> Default for Workers<P> {
             answered: FastSet::default(),
             open: FastMap::default(),
             one_of: Vec::new(),
+            swept: false,
+            incomplete: FastMap::default(),
+            incomplete_all_until: 0,
             stats: WorkerStats::default(),
         }
     }
@@ -370,6 +380,14 @@ impl<P: Clone> Workers<P> {
         }
     }
 
+    /// Every process with a connection opened before the agent watched it was reported
+    /// ([`Workers::incomplete`]).
+    /// Processes no longer incomplete at `now` are forgotten.
+    pub fn swept(&mut self, now: u64) {
+        self.swept = true;
+        self.incomplete.retain(|_, until| *until > now);
+    }
+
     /// Stream `key` of `pid` (which [`Workers::serves`]) began at `ts`.
     pub fn began(&mut self, pid: u32, key: SpanKey, ts: u64) {
         if self.serving.contains(&pid) {
@@ -378,11 +396,27 @@ impl<P: Clone> Workers<P> {
     }
 
     /// At `at`, `pid` may have a stream the agent does not know (a connection it did not see
-    /// open, bytes it could not place).
+    /// open or does not parse, bytes it could not place, a span it had no room for).
+    /// Any process: it may be allowed later.
     pub fn incomplete(&mut self, pid: u32, at: u64) {
-        if self.serving.contains(&pid) {
-            self.open.entry(pid).or_default().incomplete(at);
+        let until = at.saturating_add(INCOMPLETE_NS);
+        if self.incomplete.len() >= MAX_TABLE && !self.incomplete.contains_key(&pid) {
+            // Too many to remember one by one: every process, for as long.
+            self.incomplete.clear();
+            self.incomplete_all_until = self.incomplete_all_until.max(until);
+            return;
         }
+        let known = self.incomplete.entry(pid).or_insert(0);
+        *known = (*known).max(until);
+    }
+
+    /// Until when (event time) `pid` may have a stream the agent does not know.
+    fn incomplete_until(&self, pid: u32) -> u64 {
+        self.incomplete
+            .get(&pid)
+            .copied()
+            .unwrap_or(0)
+            .max(self.incomplete_all_until)
     }
 
     /// Whether a CLIENT request by thread `tid` of `pid` may wait for the thread's next answer.
@@ -439,9 +473,9 @@ impl<P: Clone> Workers<P> {
 
     /// Events were lost (the ring was full) up to `now`: what was answered before is unknown.
     pub fn lost_events(&mut self, now: u64) {
-        for open in self.open.values_mut() {
-            open.incomplete(now);
-        }
+        self.incomplete_all_until = self
+            .incomplete_all_until
+            .max(now.saturating_add(INCOMPLETE_NS));
         for process in self.processes.values_mut() {
             process.forgotten_until = process.forgotten_until.max(now);
         }
@@ -542,12 +576,24 @@ impl<P: Clone> Workers<P> {
             };
             self.settle_one(answer, &call, &mut out);
         }
-        if !flush {
-            // (At a flush, the end of events is no evidence that streams ended.)
-            self.settle_by_ends(now.saturating_sub(SETTLE_NS), &call, &mut out);
-        }
         if !self.undecided.is_empty() {
             self.retry_undecided(now, flush, &mut out);
+        }
+        out
+    }
+
+    /// Decides the waiting requests whose worker has not answered, once every stream of their
+    /// process that began by them had ended by `now` − `SETTLE_NS`; then as [`Workers::settle`].
+    /// `now` must not go back, and lost events must have been reported up to it.
+    pub fn settle_ended(
+        &mut self,
+        now: u64,
+        call: impl Fn(SpanKey) -> Call,
+    ) -> Vec<(SpanKey, Option<P>)> {
+        let mut out = Vec::new();
+        self.settle_by_ends(now.saturating_sub(SETTLE_NS), &call, &mut out);
+        if !self.undecided.is_empty() {
+            self.retry_undecided(now, false, &mut out);
         }
         out
     }
@@ -630,17 +676,19 @@ impl<P: Clone> Workers<P> {
         call: &impl Fn(SpanKey) -> Call,
         out: &mut Vec<(SpanKey, Option<P>)>,
     ) {
-        if self.waiting.is_empty() || self.open.is_empty() {
+        if !self.swept || self.waiting.is_empty() || self.open.is_empty() {
             return;
         }
         let mut waiting = std::mem::take(&mut self.waiting);
         waiting.retain(|&(pid, tid), list| {
             // Requests are in the order they began; a later one needs more streams ended.
+            let known_after = self.incomplete_until(pid);
             let closed = self.open.get(&pid).map_or(0, |open| {
                 list.iter()
                     .take_while(|&&(key, ts)| {
-                        open.all_ended(ts, horizon)
+                        horizon > known_after
                             && matches!(call(key), Call::Ended(end) if end <= horizon)
+                            && open.all_ended(ts, horizon)
                     })
                     .count()
             });
@@ -853,6 +901,7 @@ mod tests {
         w.allow(7);
         w.serves(7);
         w.read_by(7, 100);
+        w.swept(0);
         w
     }
 
@@ -1087,7 +1136,6 @@ mod tests {
     #[test]
     fn a_worker_that_writes_nothing_more_is_decided_once_every_earlier_stream_ended() {
         const MS: u64 = 1_000_000;
-        // Past the start-up's own `incomplete` window (none here: every stream is known).
         const T: u64 = 100 * MS;
         let mut w = workers();
         let ended = |key: SpanKey| Call::Ended(if key == C1 { T + 20 * MS } else { 0 });
@@ -1099,12 +1147,12 @@ mod tests {
         w.wait(7, 200, C1, T + 10 * MS);
         w.answer(7, 100, T + 22 * MS, alone(1, T));
         w.ended(7, stream(1, T), T + 22 * MS);
-        assert_eq!(w.settle(T + 40 * MS, false, ended), vec![], "3 is open");
+        assert_eq!(w.settle_ended(T + 40 * MS, ended), vec![], "3 is open");
         // Worker 300 answers 3 alone: 1 was 200's. Only once 3's end is settled.
         w.answer(7, 300, T + 41 * MS, alone(3, T + 5 * MS));
         w.ended(7, stream(3, T + 5 * MS), T + 41 * MS);
-        assert_eq!(w.settle(T + 42 * MS, false, ended), vec![], "too early");
-        let settled = w.settle(T + 41 * MS + SETTLE_NS, false, ended);
+        assert_eq!(w.settle_ended(T + 42 * MS, ended), vec![], "too early");
+        let settled = w.settle_ended(T + 41 * MS + SETTLE_NS, ended);
         assert_eq!(settled, vec![(C1, Some(1))]);
         assert_eq!(w.stats.decided_by_ends, 1);
     }
@@ -1120,7 +1168,7 @@ mod tests {
         w.wait(7, 200, C1, T + 10 * MS);
         w.answer(7, 100, T + 22 * MS, alone(1, T));
         w.ended(7, stream(1, T), T + 22 * MS);
-        assert_eq!(w.settle(T + 100 * MS, false, ended), vec![]);
+        assert_eq!(w.settle_ended(T + 100 * MS, ended), vec![]);
         assert_eq!(w.stats.decided_by_ends, 0);
     }
 

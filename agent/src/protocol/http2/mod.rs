@@ -442,6 +442,8 @@ impl Handler<'_> {
         if self.streams.len() >= MAX_STREAMS {
             self.stats.streams_dropped += 1;
             bump(&TOTALS.streams_dropped);
+            // A stream begun and not followed.
+            self.answered.unplaceable();
             return;
         }
         let forward = match (&facts.method, &facts.path) {
