@@ -168,7 +168,9 @@ def main():
                               ("raw_meta_client", False)]:
         calls = fixture_calls(f"{name}.jsonl", MEMCACHED_FIXTURES)
         write("memcached_connection", name, datastore_script(calls, server_side))
-    # Datastores: the http1_connection script format, from each end's capture.
+    # Datastores: the http1_connection script format, from each end's capture, after a byte
+    # saying how the connection was seen (0: from its start; odd: picked up mid-stream, here
+    # from the capture's last third).
     for target, folder, names in [
         ("postgres_connection", PG_FIXTURES, ["psycopg"]),
         ("mysql_connection", MY_FIXTURES, ["pymysql", "connector"]),
@@ -176,8 +178,12 @@ def main():
         for name in names:
             for end, server_side in [("client", False), ("server", True)]:
                 reads = fixture_reads(f"{name}_{end}.jsonl", folder)
-                write(target, f"{name}_{end}", connection_script(reads, server_side))
-                write(target, f"{name}_{end}_160", connection_script(reads, server_side, 160))
+                write(target, f"{name}_{end}", b"\0" + connection_script(reads, server_side))
+                write(target, f"{name}_{end}_160",
+                      b"\0" + connection_script(reads, server_side, 160))
+                later = reads[2 * len(reads) // 3:]
+                write(target, f"{name}_{end}_midstream",
+                      b"\1" + connection_script(later, server_side))
     for name, text in [
         ("select", b"SELECT * FROM t WHERE a = 'zz9secret' AND b = 42 -- c\n"),
         ("dollar", b"DO $f$ BEGIN PERFORM 'x'; END $f$; SELECT E'a\\'b', 0x1F /* 'c' */"),

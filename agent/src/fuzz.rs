@@ -446,20 +446,37 @@ fn drive_connection(conn: &mut dyn ConnectionParser, data: &[u8]) -> u64 {
     emitted
 }
 
-/// One `PostgreSQL` connection from its startup message, fed a script of reads (the
-/// [`http1_connection`] format); the invariants of `drive_connection`, and the
-/// connection's own count matches what it emitted.
+/// One `PostgreSQL` connection, fed a script of reads (the [`http1_connection`] format) after
+/// a first byte saying how it was seen (from its startup message, or picked up mid-stream at a
+/// query, a Parse or a Bind); the invariants of `drive_connection`, and the connection's own
+/// count matches what it emitted.
 pub fn postgres_connection(data: &[u8]) {
-    let mut conn = PgConnection::from_start();
+    let Some((&seen, data)) = data.split_first() else {
+        return;
+    };
+    let mut conn = match seen % 4 {
+        0 => PgConnection::from_start(),
+        1 => PgConnection::mid_stream(b'Q'),
+        2 => PgConnection::mid_stream(b'P'),
+        _ => PgConnection::mid_stream(b'B'),
+    };
     let emitted = drive_connection(&mut conn, data);
     assert_eq!(conn.stats.exchanges, emitted);
 }
 
-/// One `MySQL` / `MariaDB` connection from the server's greeting, fed a script of reads (the
-/// [`http1_connection`] format); the invariants of `drive_connection`, and the
-/// connection's own count matches what it emitted.
+/// One `MySQL` / `MariaDB` connection, fed a script of reads (the [`http1_connection`] format)
+/// after a first byte saying how it was seen (from the server's greeting when even, else
+/// picked up mid-stream); the invariants of `drive_connection`, and the connection's own count
+/// matches what it emitted.
 pub fn mysql_connection(data: &[u8]) {
-    let mut conn = MyConnection::new();
+    let Some((&seen, data)) = data.split_first() else {
+        return;
+    };
+    let mut conn = if seen % 2 == 0 {
+        MyConnection::new()
+    } else {
+        MyConnection::mid_stream()
+    };
     let emitted = drive_connection(&mut conn, data);
     assert_eq!(conn.stats.exchanges, emitted);
 }

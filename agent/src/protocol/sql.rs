@@ -580,6 +580,23 @@ fn collection(text: &[u8], tokens: &[Token], level: &[u32]) -> Option<Box<str>> 
     (!list && !call).then(|| name.into_boxed_str())
 }
 
+/// SQL text as a client sends it: printable (tabs and line breaks allowed), starting (after
+/// blanks, parentheses or a comment's opening) with a letter.
+pub fn looks_like_statement(text: &[u8]) -> bool {
+    let start = text
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b'('));
+    let Some(start) = start else {
+        return false;
+    };
+    let rest = &text[start..];
+    (rest[0].is_ascii_alphabetic() || rest.starts_with(b"/*"))
+        && text
+            .iter()
+            .all(|&b| b >= 0x20 || matches!(b, b'\t' | b'\r' | b'\n'))
+        && std::str::from_utf8(text).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

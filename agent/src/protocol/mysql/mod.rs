@@ -10,8 +10,14 @@
 //! Statement ids map to their sanitised query (bounded) so that `COM_STMT_EXECUTE` is named;
 //! parameter values are never read. TLS (`CLIENT_SSL`) or compression gives the connection up.
 //!
-//! Mid-stream attach is not supported: a command packet can be checked strictly, but nothing
-//! proves the reply direction is at a packet boundary then. Reply framing lost to uncaptured
+//! A connection older than the agent (a pool's) is picked up at a client's command packet,
+//! checked strictly (the whole write one packet of sequence 0, a known command whose arguments
+//! are what that command carries): the classic protocol is half duplex (below), so the reply
+//! that follows starts at a packet boundary. What only the handshake said is unknown then: the
+//! system is named `mysql` (`MariaDB` shows only in the greeting), no namespace, statements
+//! prepared before are unnamed, and whether an EOF packet follows column definitions
+//! (`CLIENT_DEPRECATE_EOF`) is learnt from the first result set (an EOF packet is 5 bytes, the
+//! OK that replaces it at least 7, a row never starts with `0xFE` that short). Reply framing lost to uncaptured
 //! bytes (a result set larger than the capture limit in one syscall) while one command awaits
 //! its reply is found again at the next command: the classic protocol is half duplex (a client
 //! writes its next command only once it has read the whole reply, a server reads it only after
@@ -27,7 +33,7 @@ use super::{
     Chunk, ConnectionParser, Detected, Exchange, ProtoEvent, Side, Stamp,
     db::{DbOutcome, DbSummary, DbSystem},
     frames::{Framer, Header, Message},
-    sql::{Dialect, Sanitised, sanitise},
+    sql::{Dialect, Sanitised, looks_like_statement, sanitise},
 };
 
 mod caps {
@@ -72,10 +78,16 @@ const MAX_OPEN: usize = 64;
 /// Commands awaiting replies; more and the connection is given up.
 const MAX_SLOTS: usize = 1024;
 
+/// A connection is `MySQL` from the server's greeting, or, open before the agent, from a
+/// client's command ([`detect_mid_stream`]).
+pub fn detect(chunk: &Chunk<'_>) -> Option<Detected> {
+    detect_greeting(chunk).or_else(|| detect_mid_stream(chunk))
+}
+
 /// A connection is `MySQL` when the server's first packet is a protocol-10 greeting: its length
 /// exactly the bytes moved (or, read apart by the client, a lone 4-byte header of sequence 0
 /// whose body the parser then checks), a printable NUL-terminated version string.
-pub fn detect(chunk: &Chunk<'_>) -> Option<Detected> {
+fn detect_greeting(chunk: &Chunk<'_>) -> Option<Detected> {
     // The server speaks first: this is the response side.
     if chunk.server().is_some_and(|server| server != chunk.egress) {
         return None;
@@ -94,6 +106,39 @@ pub fn detect(chunk: &Chunk<'_>) -> Option<Detected> {
     (header_alone || whole).then(|| Detected {
         server,
         parser: Box::new(MyConnection::new()),
+    })
+}
+
+/// A command packet a client writes whole on a connection older than the agent: one packet of
+/// sequence 0 exactly filling the syscall, a command the kernel's detection also accepts, with
+/// the arguments that command carries.
+pub fn detect_mid_stream(chunk: &Chunk<'_>) -> Option<Detected> {
+    if !chunk.request_side() {
+        return None;
+    }
+    let payload = chunk.payload;
+    if payload.len() as u64 != chunk.total {
+        return None;
+    }
+    let (len, seq) = header(payload)?;
+    if seq != 0 || len + 4 != chunk.total || len >= MAX_PACKET {
+        return None;
+    }
+    let (&command, args) = payload.get(4..)?.split_first()?;
+    let plausible = match command {
+        com::QUERY | com::STMT_PREPARE => looks_like_statement(args),
+        com::INIT_DB => {
+            !args.is_empty() && args.len() <= 64 && args.iter().all(u8::is_ascii_graphic)
+        }
+        com::PING => args.is_empty(),
+        com::STMT_CLOSE | com::STMT_RESET => args.len() == 4,
+        // Statement id, flags (cursor type), iteration count 1, then parameters.
+        com::STMT_EXECUTE => args.len() >= 9 && args[4] <= 0x0f && le32(args, 5) == Some(1),
+        _ => false,
+    };
+    plausible.then(|| Detected {
+        server: chunk.server().unwrap_or(!chunk.egress),
+        parser: Box::new(MyConnection::mid_stream()),
     })
 }
 
@@ -214,14 +259,36 @@ enum Phase {
 enum Reply {
     /// Its first packet.
     First,
-    /// Definitions still to come, then an EOF if `eof`, then `next`.
-    Defs { left: u64, eof: bool, next: After },
+    /// Definitions still to come, then an EOF or not (`eof`), then `next`.
+    Defs { left: u64, eof: Eof, next: After },
     /// The EOF after definitions.
     Eof { next: After },
+    /// After definitions, where the handshake was not seen: an EOF if the next packet is one
+    /// (and then `CLIENT_DEPRECATE_EOF` is off), else `next` already.
+    MaybeEof { next: After },
     /// Rows until EOF / OK.
     Rows,
     /// After `LOCAL INFILE` was asked: the client's file, then OK / ERR.
     Infile,
+}
+
+/// Whether an EOF packet follows definitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Eof {
+    Yes,
+    No,
+    /// The handshake was not seen: learnt at the first result set.
+    Unknown,
+}
+
+impl Eof {
+    fn after_defs(deprecate_eof: Option<bool>) -> Self {
+        match deprecate_eof {
+            Some(false) => Self::Yes,
+            Some(true) => Self::No,
+            None => Self::Unknown,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,7 +337,9 @@ pub struct MyConnection {
     phase: Phase,
     system: DbSystem,
     server_caps: Option<u32>,
-    caps: u32,
+    /// The capabilities both ends agreed on; `None` picked up mid-stream until the first
+    /// result set tells whether EOF packets are deprecated (all that matters here then).
+    caps: Option<u32>,
     namespace: Option<Arc<str>>,
     statements: HashMap<u32, Arc<Sanitised>, foldhash::fast::RandomState>,
     commands: VecDeque<Command>,
@@ -302,7 +371,7 @@ impl MyConnection {
             phase: Phase::Greeting,
             system: DbSystem::Mysql,
             server_caps: None,
-            caps: 0,
+            caps: Some(0),
             namespace: None,
             statements: HashMap::default(),
             commands: VecDeque::new(),
@@ -314,6 +383,21 @@ impl MyConnection {
             messages: Vec::new(),
             stats: MyStats::default(),
         }
+    }
+
+    /// A connection picked up at a command, its handshake unseen ([`detect_mid_stream`]).
+    #[must_use]
+    pub fn mid_stream() -> Self {
+        Self {
+            phase: Phase::Ready,
+            caps: None,
+            ..Self::new()
+        }
+    }
+
+    /// Whether an EOF packet is deprecated, if known.
+    fn deprecate_eof(&self) -> Option<bool> {
+        self.caps.map(|c| c & caps::DEPRECATE_EOF != 0)
     }
 
     fn fail(&mut self) {
@@ -395,7 +479,7 @@ impl MyConnection {
             self.failed = true;
             return;
         }
-        self.caps = client & self.server_caps.unwrap_or(u32::MAX);
+        self.caps = Some(client & self.server_caps.unwrap_or(u32::MAX));
         self.phase = Phase::Auth;
         if client & caps::CONNECT_WITH_DB == 0 {
             return;
@@ -440,7 +524,9 @@ impl MyConnection {
             ),
             com::STMT_EXECUTE => {
                 let statement = le32(args, 0).and_then(|id| self.statements.get(&id).cloned());
-                (Kind::Results, None, statement, None)
+                // Prepared before the agent saw the connection: an execution, unnamed.
+                let operation = statement.is_none().then_some("EXECUTE");
+                (Kind::Results, operation, statement, None)
             }
             com::STMT_RESET => {
                 let statement = le32(args, 0).and_then(|id| self.statements.get(&id).cloned());
@@ -576,6 +662,7 @@ impl MyConnection {
             }
             Phase::Ready => {}
         }
+        let known_deprecate_eof = self.deprecate_eof();
         let Some(command) = self.commands.front_mut() else {
             self.stats.unmatched += 1;
             return;
@@ -601,9 +688,22 @@ impl MyConnection {
             return;
         }
         let first = m.body.first().copied();
-        let deprecate_eof = self.caps & caps::DEPRECATE_EOF != 0;
+        let mut deprecate_eof = known_deprecate_eof;
         let is_eof = first == Some(0xfe) && m.len < 9;
+        // A 4.1 EOF packet is 5 bytes; the OK that replaces it (`0xFE` too) at least 7.
+        let eof_packet = first == Some(0xfe) && m.len == 5;
+        let mut learnt = None;
+        let mut consumed = false;
+        if let Reply::MaybeEof { next } = command.reply {
+            let deprecated = !eof_packet;
+            learnt = Some(deprecated);
+            deprecate_eof = Some(deprecated);
+            command.reply = follow(next, deprecate_eof);
+            consumed = eof_packet;
+        }
+        let eof_mode = Eof::after_defs(deprecate_eof);
         let end = match (command.kind, command.reply) {
+            _ if consumed => (command.reply == Reply::First).then_some(Ok(())),
             (_, Reply::First | Reply::Infile) if first == Some(0xff) => {
                 Some(Err(error_code(&m.body)))
             }
@@ -625,7 +725,7 @@ impl MyConnection {
                 Some((n, _)) if n > 0 => {
                     command.reply = Reply::Defs {
                         left: n,
-                        eof: !deprecate_eof,
+                        eof: eof_mode,
                         next: After::Rows,
                     };
                     None
@@ -651,7 +751,7 @@ impl MyConnection {
                 command.reply = if params > 0 {
                     Reply::Defs {
                         left: u64::from(params),
-                        eof: !deprecate_eof,
+                        eof: eof_mode,
                         next: After::Columns(columns),
                     }
                 } else {
@@ -663,10 +763,12 @@ impl MyConnection {
                 let left = left - 1;
                 command.reply = if left > 0 {
                     Reply::Defs { left, eof, next }
-                } else if eof {
-                    Reply::Eof { next }
                 } else {
-                    follow(next, deprecate_eof)
+                    match eof {
+                        Eof::Yes => Reply::Eof { next },
+                        Eof::No => follow(next, deprecate_eof),
+                        Eof::Unknown => Reply::MaybeEof { next },
+                    }
                 };
                 (command.reply == Reply::First).then_some(Ok(()))
             }
@@ -676,7 +778,7 @@ impl MyConnection {
             }
             (_, Reply::Rows) if first == Some(0xff) => Some(Err(error_code(&m.body))),
             (_, Reply::Rows) if first == Some(0xfe) && m.len < MAX_PACKET => {
-                let status = if is_eof && !deprecate_eof {
+                let status = if eof_packet {
                     le16(&m.body, 3)
                 } else {
                     ok_status(&m.body)
@@ -691,6 +793,9 @@ impl MyConnection {
             (_, Reply::Rows) => None,
             _ => return self.fail(),
         };
+        if let Some(deprecated) = learnt {
+            self.caps = Some(if deprecated { caps::DEPRECATE_EOF } else { 0 });
+        }
         let Some(result) = end else {
             return;
         };
@@ -721,7 +826,7 @@ fn query(text: &[u8], cut: bool) -> Arc<Sanitised> {
 
 /// What follows definitions: rows, the prepare's column definitions, or the end (`First`
 /// stands for "done" here and is turned into completion by the caller).
-fn follow(next: After, deprecate_eof: bool) -> Reply {
+fn follow(next: After, deprecate_eof: Option<bool>) -> Reply {
     match next {
         After::Rows => Reply::Rows,
         After::Columns(columns) => after_defs(columns, deprecate_eof),
@@ -730,13 +835,13 @@ fn follow(next: After, deprecate_eof: bool) -> Reply {
 }
 
 /// A prepare reply's column definitions, or the end when it has none.
-fn after_defs(columns: u16, deprecate_eof: bool) -> Reply {
+fn after_defs(columns: u16, deprecate_eof: Option<bool>) -> Reply {
     if columns == 0 {
         Reply::First
     } else {
         Reply::Defs {
             left: u64::from(columns),
-            eof: !deprecate_eof,
+            eof: Eof::after_defs(deprecate_eof),
             next: After::Done,
         }
     }

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::protocol::replay::{Syscall, assert_no_secrets, replay, resplit, syscalls};
+use agent_common::Role;
 
 const PYMYSQL_CLIENT: &str = include_str!("fixtures/pymysql_client.jsonl");
 const PYMYSQL_SERVER: &str = include_str!("fixtures/pymysql_server.jsonl");
@@ -131,7 +132,9 @@ fn a_small_capture_limit_loses_exchanges_not_correctness() {
         for (fixture, server) in SESSIONS {
             let whole = syscalls(fixture);
             let truth = replay(detect, &whole, server, usize::MAX).exchanges();
-            let r = replay(detect, &whole, server, capture);
+            // From the greeting only: keys from the connection's start (picked up at a later
+            // command when the greeting is cut, keys count from there: tested apart).
+            let r = replay(detect_greeting, &whole, server, capture);
             for found in &r.exchanges() {
                 // A query cut by the capture is marked so; otherwise the same exchange.
                 let real = truth
@@ -376,8 +379,8 @@ fn detection_is_strict() {
     assert!(detect(&chunk(b"HTTP/1.1 200 OK\r\n\r\n", false)).is_none());
     assert!(detect(&chunk(b"\x16\x03\x03\x00\x31\x02\x00", false)).is_none());
     assert!(detect(&chunk(b"+OK\r\n", false)).is_none());
-    // Mid-stream attach is not supported: a command or a reply is not a connection's start.
-    assert!(detect(&chunk(&packet(0, b"\x03SELECT 1"), true)).is_none());
+    // A command is a connection older than the agent (below); a reply never is.
+    assert!(detect(&chunk(&packet(0, b"\x03SELECT 1"), true)).is_some());
     assert!(detect(&chunk(&packet(1, &[0, 0, 0, 2, 0, 0, 0]), false)).is_none());
     // A PostgreSQL startup message is not a greeting.
     assert!(detect(&chunk(b"\x00\x00\x00\x08\x04\xd2\x16\x2f", false)).is_none());
@@ -404,4 +407,180 @@ fn open_exchanges_are_capped() {
     }
     assert_eq!(conn.stats.dropped, 5);
     assert!(conn.open <= MAX_OPEN);
+}
+
+/// The same line but for what only the handshake tells: the database (until a `USE`), and
+/// the statement of an execution prepared before.
+fn same_but_the_handshake(found: &str, real: &str) -> bool {
+    let outcome = |l: &str| l.rsplit_once(" -> ").map(|(_, o)| o.to_string());
+    found == real
+        || found == real.replacen(" shop", "", 1)
+        || (["EXECUTE ", "RESET ", "CLOSE "]
+            .iter()
+            .any(|op| found.starts_with(op))
+            && !found.contains('[')
+            && outcome(found) == outcome(real))
+}
+
+/// A connection older than the agent: attached before any syscall of the captured sessions,
+/// every command from the first one the agent sees is an exchange at the client's end, paired
+/// with its own reply (the same key, operation and outcome as with the handshake seen), never a
+/// wrong one.
+#[test]
+fn a_connection_older_than_the_agent_is_picked_up_at_its_next_command() {
+    for (fixture, server) in SESSIONS {
+        let whole = syscalls(fixture);
+        let truth = replay(detect, &whole, server, usize::MAX).exchanges();
+        let role = if server { Role::Server } else { Role::Client };
+        let request_side = |egress: bool| egress != server;
+        let mut picked_up = 0;
+        for k in 1..whole.len() {
+            // Where the agent recognises the connection, and the request bytes before it.
+            let at = (k..whole.len()).find(|&i| {
+                let (egress, bytes, total) = &whole[i];
+                detect(&Chunk {
+                    egress: *egress,
+                    role,
+                    payload: bytes,
+                    total: *total,
+                })
+                .is_some()
+            });
+            let Some(at) = at else { continue };
+            let base: u64 = whole[..at]
+                .iter()
+                .filter(|(egress, _, _)| request_side(*egress))
+                .map(|(_, _, total)| total)
+                .sum();
+            let r = replay(detect, &whole[k..], server, usize::MAX);
+            assert!(!r.failed, "attached at {k}");
+            let found = r.exchanges();
+            let expected: Vec<_> = truth.iter().filter(|(key, _)| *key >= base).collect();
+            assert_eq!(found.len(), expected.len(), "attached at {k}: {found:#?}");
+            for ((key, line), (real_key, real)) in found.iter().zip(expected) {
+                assert_eq!(key + base, *real_key, "attached at {k}");
+                let (line, real) = (folded_one(line), folded_one(real));
+                assert!(
+                    same_but_the_handshake(&line, &real),
+                    "attached at {k}: {line} for {real}"
+                );
+            }
+            assert_no_secrets(&r.seen, SECRETS);
+            picked_up += usize::from(!found.is_empty());
+        }
+        // The server reads a packet's header apart from its body: no read is a whole command,
+        // and its end is not picked up mid-stream (nor by the kernel's detection).
+        if server {
+            assert_eq!(picked_up, 0);
+        } else {
+            assert!(
+                picked_up > 5,
+                "attach points that found commands: {picked_up}"
+            );
+        }
+    }
+}
+
+/// [`folded`] for one line.
+fn folded_one(line: &str) -> String {
+    folded(&[(0, line.to_string())])[0].to_string()
+}
+
+#[test]
+fn a_command_of_another_protocol_or_a_partial_one_is_no_mid_stream_connection() {
+    fn chunk(payload: &[u8], total: u64) -> Chunk<'_> {
+        Chunk {
+            egress: true,
+            role: Role::Client,
+            payload,
+            total,
+        }
+    }
+    let query = packet(0, b"\x03SELECT 1");
+    assert!(detect_mid_stream(&chunk(&query, query.len() as u64)).is_some());
+    // Cut, a continuation (sequence 1), binary "text", an unknown command, a reply's side.
+    assert!(detect_mid_stream(&chunk(&query, query.len() as u64 + 1)).is_none());
+    assert!(detect_mid_stream(&chunk(&packet(1, b"\x03SELECT 1"), 14)).is_none());
+    assert!(detect_mid_stream(&chunk(&packet(0, b"\x03\x01\x02\x03"), 8)).is_none());
+    assert!(detect_mid_stream(&chunk(&packet(0, b"\x09SELECT 1"), 14)).is_none());
+    let read = Chunk {
+        egress: false,
+        role: Role::Client,
+        payload: &query,
+        total: query.len() as u64,
+    };
+    assert!(detect_mid_stream(&read).is_none());
+    // A PostgreSQL simple query is not one.
+    let pg = b"Q\0\0\0\x0dSELECT 1;\0";
+    assert!(detect_mid_stream(&chunk(pg, pg.len() as u64)).is_none());
+    // An execution with its iteration count, a ping.
+    let execute = packet(0, b"\x17\x01\0\0\0\0\x01\0\0\0");
+    assert!(detect_mid_stream(&chunk(&execute, execute.len() as u64)).is_some());
+    let ping = packet(0, b"\x0e");
+    assert!(detect_mid_stream(&chunk(&ping, ping.len() as u64)).is_some());
+}
+
+/// Attached mid-stream, whether column definitions end with an EOF packet is learnt from the
+/// first result set, either way.
+#[test]
+fn a_mid_stream_result_set_is_framed_with_or_without_eof_packets() {
+    let columns = |out: &mut Vec<u8>, seq: &mut u8| {
+        out.extend(packet(*seq, b"\x01"));
+        *seq += 1;
+        out.extend(packet(
+            *seq,
+            b"\x03def\x04shop\x05users\x05users\x02id\x02id\x0c\x3f\0\x0b\0\0\0\x03\0\0\0\0\0",
+        ));
+        *seq += 1;
+    };
+    for deprecate in [false, true] {
+        let mut conn = MyConnection::mid_stream();
+        let mut out = Vec::new();
+        for round in 0..2u64 {
+            let query = packet(0, b"\x03SELECT id FROM users");
+            conn.feed(
+                Side::Request,
+                &query,
+                query.len() as u64,
+                round * 10,
+                1,
+                &mut out,
+            );
+            let mut reply = Vec::new();
+            let mut seq = 1u8;
+            columns(&mut reply, &mut seq);
+            if !deprecate {
+                reply.extend(packet(seq, b"\xfe\0\0\x02\0"));
+                seq += 1;
+            }
+            reply.extend(packet(seq, b"\x011"));
+            seq += 1;
+            if deprecate {
+                reply.extend(packet(seq, b"\xfe\0\0\x02\0\0\0"));
+            } else {
+                reply.extend(packet(seq, b"\xfe\0\0\x02\0"));
+            }
+            conn.feed(
+                Side::Response,
+                &reply,
+                reply.len() as u64,
+                round * 10 + 5,
+                1,
+                &mut out,
+            );
+            assert!(!conn.failed(), "deprecate {deprecate}, round {round}");
+        }
+        let done: Vec<String> = out
+            .iter()
+            .filter_map(|e| match e {
+                ProtoEvent::Exchange(x) => Some(x.summary.describe()),
+                ProtoEvent::Request { .. } => None,
+            })
+            .collect();
+        assert_eq!(
+            done,
+            vec!["SELECT users [SELECT id FROM users] -> ok"; 2],
+            "deprecate {deprecate}"
+        );
+    }
 }

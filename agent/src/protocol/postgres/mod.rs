@@ -10,10 +10,15 @@
 //! `C`/`I`/`s`/`E` end the oldest open Execute, `Z` ends a simple query or a Sync, and the
 //! Executes of a Sync batch an error aborted end at that `Z` with an error of no code.
 //!
-//! Mid-stream attach (a pooled connection older than the agent) is not supported: a client
-//! write can be checked strictly, but nothing proves the reply direction is at a message
-//! boundary then, or that the next reply answers that write (a pipelining client may still be
-//! reading replies to earlier requests). Framing lost to
+//! A connection older than the agent (a pool's) is picked up at a client's request written
+//! whole and checked strictly: one simple query, or an extended-query batch (Parse or Bind
+//! first, Sync last), every message well formed and the last ending the write. A client that
+//! does not pipeline (libpq and psycopg outside pipeline mode, most drivers) writes a request
+//! only once it has read the whole reply to the one before, so the reply that follows starts
+//! at a message boundary and answers it; the first reply message is checked against the
+//! request (`ParseComplete` for a Parse, `BindComplete` for a Bind, neither for a query), and
+//! a mismatch (a pipelining client's earlier reply) gives the connection up. Unknown then: the
+//! database, and the statements prepared before (their executions are unnamed). Framing lost to
 //! uncaptured bytes (a reply larger than the capture limit in one syscall) gives the
 //! connection up: nothing after can be proven a message boundary.
 
@@ -26,7 +31,7 @@ use super::{
     Chunk, ConnectionParser, Detected, Exchange, ProtoEvent, Side, Stamp,
     db::{DbOutcome, DbSummary, DbSystem},
     frames::{Framer, Header, Message},
-    sql::{Dialect, Sanitised, sanitise},
+    sql::{Dialect, Sanitised, looks_like_statement, sanitise},
 };
 
 /// Protocol 3.0 in a startup message.
@@ -57,11 +62,63 @@ pub fn detect(chunk: &Chunk<'_>) -> Option<Detected> {
     if payload.len() as u64 != chunk.total {
         return None;
     }
-    startup_kind(payload)?;
+    let parser = if startup_kind(payload).is_some() {
+        PgConnection::from_start()
+    } else {
+        PgConnection::mid_stream(request_batch(payload)?)
+    };
     Some(Detected {
         server: chunk.server().unwrap_or(!chunk.egress),
-        parser: Box::new(PgConnection::from_start()),
+        parser: Box::new(parser),
     })
+}
+
+/// The first tag of a request a client writes whole on a connection older than the agent: a
+/// simple query alone, or an extended-query batch from a Parse or Bind to a Sync, each message
+/// well formed and the last one ending the write.
+fn request_batch(payload: &[u8]) -> Option<u8> {
+    let (mut at, mut first, mut last, mut count) = (0, None, 0, 0);
+    while at < payload.len() {
+        let tag = *payload.get(at)?;
+        let len = be32(payload.get(at + 1..)?)? as usize;
+        let body = payload.get(at + 5..(at + 1).checked_add(len)?)?;
+        if len < 4 {
+            return None;
+        }
+        let well_formed = match tag {
+            b'Q' => cstr(body)
+                .is_some_and(|text| text.len() + 1 == body.len() && looks_like_statement(text)),
+            b'P' => {
+                let name = cstr(body)?;
+                let rest = &body[name.len() + 1..];
+                let text = cstr(rest)?;
+                let types = &rest[text.len() + 1..];
+                looks_like_statement(text)
+                    && types.len() >= 2
+                    && types.len() == 2 + 4 * usize::from(u16::from_be_bytes([types[0], types[1]]))
+            }
+            b'D' => {
+                matches!(body.first(), Some(b'S' | b'P'))
+                    && cstr(&body[1..]).is_some_and(|n| n.len() + 2 == body.len())
+            }
+            b'E' => cstr(body).is_some_and(|portal| portal.len() + 5 == body.len()),
+            b'B' | b'C' | b'H' => true,
+            b'S' => body.is_empty(),
+            _ => false,
+        };
+        if !well_formed {
+            return None;
+        }
+        first.get_or_insert(tag);
+        last = tag;
+        count += 1;
+        at += 1 + len;
+    }
+    match first? {
+        b'Q' if count == 1 => Some(b'Q'),
+        tag @ (b'P' | b'B') if last == b'S' => Some(tag),
+        _ => None,
+    }
 }
 
 fn be32(b: &[u8]) -> Option<u32> {
@@ -182,6 +239,9 @@ pub struct PgConnection {
     group_start: Option<Stamp>,
     slots: VecDeque<Slot>,
     open: usize,
+    /// Picked up mid-stream at a request beginning with this tag: the first reply message is
+    /// checked against it.
+    first_request: Option<u8>,
     failed: bool,
     messages: Vec<Message>,
     pub stats: PgStats,
@@ -200,6 +260,7 @@ impl PgConnection {
             group_start: None,
             slots: VecDeque::new(),
             open: 0,
+            first_request: None,
             failed: false,
             messages: Vec::new(),
             stats: PgStats::default(),
@@ -210,6 +271,16 @@ impl PgConnection {
     #[must_use]
     pub fn from_start() -> Self {
         Self::new(true)
+    }
+
+    /// A connection picked up at a request beginning with `first` (`Q`, `P` or `B`), its
+    /// startup unseen.
+    #[must_use]
+    pub fn mid_stream(first: u8) -> Self {
+        Self {
+            first_request: Some(first),
+            ..Self::new(false)
+        }
     }
 
     fn fail(&mut self) {
@@ -405,6 +476,18 @@ impl PgConnection {
     }
 
     fn on_response(&mut self, m: &Message, out: &mut Vec<ProtoEvent>) {
+        if let Some(first) = self.first_request.take() {
+            let answers = match first {
+                b'P' => m.tag == b'1',
+                b'B' => m.tag == b'2',
+                _ => !matches!(m.tag, b'1' | b'2'),
+            };
+            if !answers {
+                // A reply to something written before the agent watched: nothing after can be
+                // paired with confidence.
+                return self.fail();
+            }
+        }
         if let Some(Slot::Query(Some(o)) | Slot::Execute(Some(o))) = self.slots.front_mut() {
             // A header begun before the request was written (only bytes that are not what they
             // claim) still never starts the response before its request.

@@ -143,9 +143,103 @@ fn detection_is_strict() {
     assert!(detect(&chunk(&v2, v2.len() as u64, true)).is_none());
     let ssl = [0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f];
     assert!(detect(&chunk(&ssl, 8, true)).is_some());
-    // Mid-stream attach is not supported: a lone query is not a connection's start.
+    // A connection older than the agent: a whole query or batch (below), not a part of one,
+    // nor a reply, nor a batch without its Sync, nor binary text.
     let q = msg(b'Q', b"SELECT 1\0");
-    assert!(detect(&chunk(&q, q.len() as u64, true)).is_none());
+    assert!(detect(&chunk(&q, q.len() as u64, true)).is_some());
+    assert!(detect(&chunk(&q, q.len() as u64, false)).is_none());
+    assert!(detect(&chunk(&q[..8], q.len() as u64, true)).is_none());
+    let binary = msg(b'Q', b"\x01\x02\0");
+    assert!(detect(&chunk(&binary, binary.len() as u64, true)).is_none());
+    let mut batch = msg(b'P', b"\0SELECT $1\0\0\0");
+    batch.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend(msg(b'E', b"\0\0\0\0\0"));
+    assert!(
+        detect(&chunk(&batch, batch.len() as u64, true)).is_none(),
+        "no Sync"
+    );
+    batch.extend(msg(b'S', b""));
+    assert!(detect(&chunk(&batch, batch.len() as u64, true)).is_some());
+    let mut two = q.clone();
+    two.extend(&q);
+    assert!(
+        detect(&chunk(&two, two.len() as u64, true)).is_none(),
+        "two queries"
+    );
+}
+
+/// A connection older than the agent, attached before any syscall of the captured session:
+/// every request from the first one the agent sees whole is an exchange at either end, paired
+/// with its own reply (the same key, operation and outcome as with the startup seen, less the
+/// database and the statements prepared before), never a wrong one.
+#[test]
+fn a_connection_older_than_the_agent_is_picked_up_at_its_next_request() {
+    for (fixture, server) in [(CLIENT, false), (SERVER, true)] {
+        let whole = syscalls(fixture);
+        let truth = replay(detect, &whole, server, usize::MAX).exchanges();
+        let role = if server {
+            agent_common::Role::Server
+        } else {
+            agent_common::Role::Client
+        };
+        let mut picked_up = 0;
+        for k in 1..whole.len() {
+            let at = (k..whole.len()).find(|&i| {
+                let (egress, bytes, total) = &whole[i];
+                detect(&Chunk {
+                    egress: *egress,
+                    role,
+                    payload: bytes,
+                    total: *total,
+                })
+                .is_some()
+            });
+            let Some(at) = at else { continue };
+            let base: u64 = whole[..at]
+                .iter()
+                .filter(|(egress, _, _)| *egress != server)
+                .map(|(_, _, total)| total)
+                .sum();
+            let r = replay(detect, &whole[k..], server, usize::MAX);
+            assert!(!r.failed, "attached at {k}");
+            let found = r.exchanges();
+            let expected: Vec<_> = truth.iter().filter(|(key, _)| *key >= base).collect();
+            assert_eq!(found.len(), expected.len(), "attached at {k}: {found:#?}");
+            for ((key, line), (real_key, real)) in found.iter().zip(expected) {
+                assert_eq!(key + base, *real_key, "attached at {k}");
+                let outcome = |l: &str| l.rsplit_once(" -> ").map(|(_, o)| o.to_string());
+                assert!(
+                    line == real
+                        || *line == real.replacen(" shop", "", 1)
+                        || (!line.contains('[') && outcome(line) == outcome(real)),
+                    "attached at {k}: {line} for {real}"
+                );
+            }
+            assert_no_secrets(&r.seen, SECRETS);
+            picked_up += usize::from(!found.is_empty());
+        }
+        assert!(
+            picked_up > 5,
+            "server {server}: {picked_up} attach points found requests"
+        );
+    }
+}
+
+/// Attached while a pipelining client still had a reply coming to a request written before:
+/// that reply does not answer the request the agent saw, and the connection is given up.
+#[test]
+fn a_reply_to_an_earlier_request_gives_a_mid_stream_connection_up() {
+    let mut batch = msg(b'P', b"\0SELECT $1\0\0\0");
+    batch.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend(msg(b'E', b"\0\0\0\0\0"));
+    batch.extend(msg(b'S', b""));
+    // The earlier request's rows and end, then this one's ParseComplete.
+    let mut reply = msg(b'D', b"\0\x01\0\0\0\x011");
+    reply.extend(msg(b'C', b"SELECT 1\0"));
+    reply.extend(msg(b'Z', b"I"));
+    reply.extend(msg(b'1', b""));
+    let r = run(&[(true, batch), (false, reply)]);
+    assert!(r.detected && r.failed && r.exchanges().is_empty());
 }
 
 #[test]
