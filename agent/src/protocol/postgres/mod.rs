@@ -18,9 +18,12 @@
 //! at a message boundary and answers it; the first reply message is checked against the
 //! request (`ParseComplete` for a Parse, `BindComplete` for a Bind, neither for a query), and
 //! a mismatch (a pipelining client's earlier reply) gives the connection up. Unknown then: the
-//! database, and the statements prepared before (their executions are unnamed). Framing lost to
-//! uncaptured bytes (a reply larger than the capture limit in one syscall) gives the
-//! connection up: nothing after can be proven a message boundary.
+//! database, and the statements prepared before (their executions are unnamed). Reply framing
+//! lost to uncaptured bytes (a reply larger than the capture limit in one syscall) while one
+//! request awaits its reply is found again the same way, at the next request written whole:
+//! the lost reply's exchanges end where its last byte was seen, their outcome uncaptured.
+//! Framing lost anywhere else (a request's, or with several requests out: a pipelining
+//! client) gives the connection up.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -30,7 +33,7 @@ use std::{
 use super::{
     Chunk, ConnectionParser, Detected, Exchange, ProtoEvent, Side, Stamp,
     db::{DbOutcome, DbSummary, DbSystem},
-    frames::{Framer, Header, Message},
+    frames::{Framer, Header, Lost, Message},
     sql::{Dialect, Sanitised, looks_like_statement, sanitise},
 };
 
@@ -197,6 +200,8 @@ pub struct PgStats {
     pub names_evicted: u64,
     /// Framing lost (uncaptured bytes over a header, or an impossible header).
     pub lost: u64,
+    /// Replies whose framing was lost and found again at the next request.
+    pub resynced: u64,
 }
 
 /// An exchange waiting for its reply.
@@ -242,6 +247,9 @@ pub struct PgConnection {
     /// Picked up mid-stream at a request beginning with this tag: the first reply message is
     /// checked against it.
     first_request: Option<u8>,
+    /// The reply being read lost its framing: where its last byte was seen, until the next
+    /// request written whole ends it.
+    reply_lost: Option<Stamp>,
     failed: bool,
     messages: Vec<Message>,
     pub stats: PgStats,
@@ -261,6 +269,7 @@ impl PgConnection {
             slots: VecDeque::new(),
             open: 0,
             first_request: None,
+            reply_lost: None,
             failed: false,
             messages: Vec::new(),
             stats: PgStats::default(),
@@ -289,6 +298,46 @@ impl PgConnection {
         // A reply must never pair with the wrong request: what was open is not reported.
         self.slots.clear();
         self.open = 0;
+    }
+
+    /// Reply framing lost at `last` (its last byte seen): waits for the next request written
+    /// whole when one request awaits its reply (one query, or one batch up to its Sync); gives
+    /// the connection up otherwise (a pipelining client: the next request proves nothing).
+    fn lose_reply(&mut self, last: Stamp) {
+        let ends = self
+            .slots
+            .iter()
+            .filter(|s| matches!(s, Slot::Query(_) | Slot::Sync))
+            .count();
+        let one_request =
+            ends == 1 && matches!(self.slots.back(), Some(Slot::Query(_) | Slot::Sync));
+        if self.startup || self.encryption_asked || !one_request {
+            return self.fail();
+        }
+        let offset = self.responses.offset();
+        self.responses = Framer::default();
+        self.responses.skip_raw(offset);
+        self.reply_lost = Some(last);
+    }
+
+    /// A request came while a reply's framing was lost: if written whole (`first` its first
+    /// tag, [`request_batch`]), the lost reply ended before it, and the reply after starts at
+    /// a message boundary (checked against the request); else nothing proves where the reply
+    /// ended.
+    fn end_lost_reply(&mut self, first: Option<u8>, out: &mut Vec<ProtoEvent>) {
+        let Some(end) = self.reply_lost.take() else {
+            return;
+        };
+        let Some(first) = first else {
+            return self.fail();
+        };
+        self.stats.resynced += 1;
+        while let Some(slot) = self.slots.pop_front() {
+            if let Slot::Query(open) | Slot::Execute(open) = slot {
+                self.complete(open, end, DbOutcome::Uncaptured, out);
+            }
+        }
+        self.first_request = Some(first);
     }
 
     fn on_request(&mut self, m: &Message, out: &mut Vec<ProtoEvent>) {
@@ -587,6 +636,54 @@ fn sqlstate(body: &[u8]) -> Option<Box<str>> {
     None
 }
 
+impl PgConnection {
+    /// Frames a request-side syscall: one message at a time while the startup phase's
+    /// untagged messages last, then tagged.
+    fn feed_requests(
+        &mut self,
+        data: &[u8],
+        total: u64,
+        (ts, tid): (u64, u32),
+        messages: &mut Vec<Message>,
+        out: &mut Vec<ProtoEvent>,
+    ) -> Result<(), Lost> {
+        // The startup phase is untagged until the startup message itself.
+        let mut rest = data;
+        let mut total = total;
+        let mut result = Ok(());
+        while !rest.is_empty() || total > 0 {
+            let head = Head {
+                untagged: self.startup,
+                request: true,
+            };
+            // One message at a time while untagged: the startup message changes the
+            // framing of what follows it in the same write.
+            let before = self.requests.offset();
+            if self.startup && self.requests.at_boundary() && rest.len() >= 4 {
+                let len = be32(rest).map_or(0, |l| l as usize).min(rest.len());
+                let len = len.max(4);
+                let (one, after) = rest.split_at(len);
+                result = self
+                    .requests
+                    .feed(&head, one, one.len() as u64, ts, tid, messages);
+                total = total.saturating_sub(one.len() as u64);
+                rest = after;
+            } else {
+                result = self.requests.feed(&head, rest, total, ts, tid, messages);
+                rest = &[];
+                total = 0;
+            }
+            for m in messages.drain(..) {
+                self.on_request(&m, out);
+            }
+            if result.is_err() || self.failed || self.requests.offset() == before {
+                break;
+            }
+        }
+        result
+    }
+}
+
 impl ConnectionParser for PgConnection {
     fn feed(
         &mut self,
@@ -600,51 +697,28 @@ impl ConnectionParser for PgConnection {
         if self.failed {
             return;
         }
+        if side == Side::Request && self.reply_lost.is_some() {
+            let whole = (data.len() as u64 == total)
+                .then(|| request_batch(data))
+                .flatten();
+            self.end_lost_reply(whole, out);
+            if self.failed {
+                return;
+            }
+        }
         let mut messages = std::mem::take(&mut self.messages);
         let result = match side {
-            Side::Request => {
-                // The startup phase is untagged until the startup message itself.
-                let mut rest = data;
-                let mut total = total;
-                let mut result = Ok(());
-                while !rest.is_empty() || total > 0 {
-                    let head = Head {
-                        untagged: self.startup,
-                        request: true,
-                    };
-                    // One message at a time while untagged: the startup message changes the
-                    // framing of what follows it in the same write.
-                    let before = self.requests.offset();
-                    if self.startup && self.requests.at_boundary() && rest.len() >= 4 {
-                        let len = be32(rest).map_or(0, |l| l as usize).min(rest.len());
-                        let len = len.max(4);
-                        let (one, after) = rest.split_at(len);
-                        result = self.requests.feed(
-                            &head,
-                            one,
-                            one.len() as u64,
-                            ts,
-                            tid,
-                            &mut messages,
-                        );
-                        total = total.saturating_sub(one.len() as u64);
-                        rest = after;
-                    } else {
-                        result = self
-                            .requests
-                            .feed(&head, rest, total, ts, tid, &mut messages);
-                        rest = &[];
-                        total = 0;
-                    }
-                    for m in messages.drain(..) {
-                        self.on_request(&m, out);
-                    }
-                    if result.is_err() || self.failed || self.requests.offset() == before {
-                        break;
-                    }
-                }
-                result
+            Side::Response if self.reply_lost.is_some() => {
+                // The rest of the lost reply: counted, not framed.
+                self.responses.skip_raw(total);
+                self.reply_lost = Some(Stamp {
+                    ts,
+                    tid,
+                    offset: self.responses.offset().saturating_sub(1),
+                });
+                Ok(())
             }
+            Side::Request => self.feed_requests(data, total, (ts, tid), &mut messages, out),
             Side::Response => {
                 let mut rest = data;
                 let mut total = total;
@@ -675,7 +749,19 @@ impl ConnectionParser for PgConnection {
         };
         self.messages = messages;
         if result.is_err() {
-            self.fail();
+            let last = Stamp {
+                ts,
+                tid,
+                offset: self.responses.offset().saturating_sub(1),
+            };
+            // Only bytes the capture left out lose framing found again later: a header that
+            // cannot be one, in bytes all seen, is not this protocol's.
+            match side {
+                Side::Response if !self.failed && (data.len() as u64) < total => {
+                    self.lose_reply(last);
+                }
+                _ => self.fail(),
+            }
         }
     }
 
@@ -684,6 +770,13 @@ impl ConnectionParser for PgConnection {
             offset: self.responses.offset(),
             ..at
         };
+        if let Some(end) = self.reply_lost.take() {
+            while let Some(slot) = self.slots.pop_front() {
+                if let Slot::Query(open) | Slot::Execute(open) = slot {
+                    self.complete(open, end, DbOutcome::Uncaptured, out);
+                }
+            }
+        }
         while let Some(slot) = self.slots.pop_front() {
             if let Slot::Query(open) | Slot::Execute(open) = slot {
                 self.complete(open, at, DbOutcome::NoResponse, out);
