@@ -181,9 +181,17 @@ def main():
                 write(target, f"{name}_{end}", b"\0" + connection_script(reads, server_side))
                 write(target, f"{name}_{end}_160",
                       b"\0" + connection_script(reads, server_side, 160))
-                later = reads[2 * len(reads) // 3:]
+                # From the first request in the last third (a server's read, a client's
+                # write), the mode byte saying what it begins with.
+                for i in range(2 * len(reads) // 3, len(reads)):
+                    egress, data = reads[i]
+                    if egress != server_side and data[:1] in (b"Q", b"P", b"B", b"\0"):
+                        break
+                else:
+                    continue
+                mode = {b"Q": b"\1", b"P": b"\2", b"B": b"\3"}.get(data[:1], b"\1")
                 write(target, f"{name}_{end}_midstream",
-                      b"\1" + connection_script(later, server_side))
+                      mode + connection_script(reads[i:], server_side))
     for name, text in [
         ("select", b"SELECT * FROM t WHERE a = 'zz9secret' AND b = 42 -- c\n"),
         ("dollar", b"DO $f$ BEGIN PERFORM 'x'; END $f$; SELECT E'a\\'b', 0x1F /* 'c' */"),

@@ -375,8 +375,10 @@ fn datastore_secrets_reach_no_output() {
 /// Connections a client pool opened before the agent started (an agent restarted under running
 /// services): their start-up and authentication were never seen, yet later commands are spans,
 /// children of the requests that made them. Redis, memcached and DNS carry everything a span
-/// needs in each request; PostgreSQL and MariaDB are picked up at the next request a client
-/// writes whole (MariaDB's named `mysql`: only the greeting says `MariaDB`).
+/// needs in each request; MariaDB's client end is picked up at the next command it writes whole
+/// (named `mysql`: only the greeting says `MariaDB`); PostgreSQL's client end is not (a client
+/// may pipeline: only its server's end is picked up mid-stream, and the front's spans are the
+/// client's).
 #[test]
 fn pooled_connections_older_than_the_agent_give_spans_too() {
     let stack = Stack::start_warm(2);
@@ -404,9 +406,11 @@ fn pooled_connections_older_than_the_agent_give_spans_too() {
             .count();
         assert_eq!(redis, 4, "{context}");
         assert_eq!(count("memcached"), 2, "{context}");
-        // Neither client pipelines: the reply to a request it writes whole starts at a message
-        // boundary and answers it. PostgreSQL's two queries per request, MariaDB's one.
-        assert_eq!(count("postgresql"), 2, "{context}");
+        // PostgreSQL CLIENT spans only come from connections the pool opened after the agent
+        // started, and are then right.
+        assert!(count("postgresql") <= 2, "{context}");
+        // MySQL's classic protocol is half duplex: the reply to a command a client writes whole
+        // starts at a packet boundary. Its one query per request is there.
         assert_eq!(count("mariadb") + count("mysql"), 1, "{context}");
         for span in of_system(&kids, "postgresql")
             .into_iter()

@@ -12,10 +12,14 @@ use super::Stamp;
 /// Longest header a protocol uses.
 const MAX_HEAD: usize = 8;
 
-/// The framing of this direction is lost: uncaptured bytes (or an impossible header) hid where
-/// the next message starts.
+/// The framing of this direction is lost: where the next message starts is unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lost;
+pub enum Lost {
+    /// A header that cannot be one, in captured bytes: not this protocol's (or corrupt).
+    Impossible,
+    /// Uncaptured bytes hid a header.
+    Uncaptured,
+}
 
 /// One complete message (or packet).
 #[derive(Debug, Default)]
@@ -119,7 +123,7 @@ impl Framer {
                 continue;
             }
             self.head_have = 0;
-            let (tag, len) = header.parse(&self.head[..need]).ok_or(Lost)?;
+            let (tag, len) = header.parse(&self.head[..need]).ok_or(Lost::Impossible)?;
             let message = Message {
                 tag,
                 len,
@@ -150,7 +154,7 @@ impl Framer {
             _ => {
                 self.current = None;
                 self.head_have = 0;
-                Err(Lost)
+                Err(Lost::Uncaptured)
             }
         }
     }
@@ -223,10 +227,10 @@ mod tests {
             .feed(&Tiny, b"b\x01x", 3, 2, 1, &mut out)
             .expect("framed");
         assert_eq!(framer.offset(), 15);
-        assert_eq!(framer.feed(&Tiny, b"c\x01", 10, 3, 1, &mut out), Err(Lost));
         assert_eq!(
-            framer.feed(&Tiny, b"\x00\x01", 2, 3, 1, &mut out),
-            Err(Lost)
+            framer.feed(&Tiny, b"c\x01", 10, 3, 1, &mut out),
+            Err(Lost::Uncaptured)
         );
+        assert!(framer.feed(&Tiny, b"\x00\x01", 2, 3, 1, &mut out).is_err());
     }
 }

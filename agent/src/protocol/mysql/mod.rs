@@ -350,6 +350,8 @@ pub struct MyConnection {
     /// The reply being read lost its framing: where its last byte was seen, until the next
     /// command ends it.
     reply_lost: Option<Stamp>,
+    /// Where the last reply packet ended.
+    last_reply_end: Option<Stamp>,
     failed: bool,
     messages: Vec<Message>,
     pub stats: MyStats,
@@ -379,6 +381,7 @@ impl MyConnection {
             request_continues: false,
             response_continues: false,
             reply_lost: None,
+            last_reply_end: None,
             failed: false,
             messages: Vec::new(),
             stats: MyStats::default(),
@@ -510,6 +513,20 @@ impl MyConnection {
         let Some((&command, args)) = m.body.split_first() else {
             return self.fail();
         };
+        if let Some(front) = self.commands.front()
+            && let Reply::MaybeEof { next } = front.reply
+        {
+            // Half duplex: a command after definitions whose EOF never came ends that reply
+            // there (a prepare's, with EOF packets deprecated).
+            let done = follow(next, Some(true)) == Reply::First;
+            let (Some(end), true) = (self.last_reply_end, done) else {
+                return self.fail();
+            };
+            self.caps = Some(caps::DEPRECATE_EOF);
+            if let Some(command) = self.commands.pop_front() {
+                self.complete(command.open, end, DbOutcome::Ok, out);
+            }
+        }
         let (kind, operation, statement, database) = match command {
             com::QUERY => {
                 // MariaDB / MySQL 8 query attributes could precede the text; neither client
@@ -639,6 +656,7 @@ impl MyConnection {
     #[allow(clippy::too_many_lines)]
     fn on_response(&mut self, m: &Message, out: &mut Vec<ProtoEvent>) {
         let continued = std::mem::replace(&mut self.response_continues, m.len == MAX_PACKET);
+        self.last_reply_end = Some(m.end);
         match self.phase {
             Phase::Greeting => {
                 match greeting(&m.body).filter(|_| m.tag == 0) {
@@ -707,7 +725,12 @@ impl MyConnection {
             (_, Reply::First | Reply::Infile) if first == Some(0xff) => {
                 Some(Err(error_code(&m.body)))
             }
-            (Kind::Simple, Reply::First) => Some(Ok(())),
+            // Picked up mid-stream, only an OK answers (an ERR is above).
+            (Kind::Simple, Reply::First)
+                if first == Some(0x00) || known_deprecate_eof.is_some() =>
+            {
+                Some(Ok(()))
+            }
             (Kind::Results, Reply::First | Reply::Infile) if first == Some(0x00) => {
                 if ok_status(&m.body).is_some_and(|s| s & MORE_RESULTS != 0) {
                     command.reply = Reply::First;

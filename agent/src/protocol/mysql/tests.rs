@@ -584,3 +584,44 @@ fn a_mid_stream_result_set_is_framed_with_or_without_eof_packets() {
         );
     }
 }
+
+/// Picked up mid-stream, a prepare whose definitions end without an EOF packet (deprecated) is
+/// ended by the next command, and that command's reply is its own.
+#[test]
+fn a_mid_stream_prepare_without_eof_packets_ends_at_the_next_command() {
+    let def = b"\x03def\x04shop\x05users\x05users\x02id\x02id\x0c\x3f\0\x0b\0\0\0\x03\0\0\0\0\0";
+    let mut conn = MyConnection::mid_stream();
+    let mut out = Vec::new();
+    let prepare = packet(0, b"\x16SELECT id FROM users WHERE id = ?");
+    conn.feed(
+        Side::Request,
+        &prepare,
+        prepare.len() as u64,
+        1,
+        1,
+        &mut out,
+    );
+    let mut reply = packet(1, b"\0\x07\0\0\0\x01\0\x01\0\0\0\0");
+    reply.extend(packet(2, def));
+    reply.extend(packet(3, def));
+    conn.feed(Side::Response, &reply, reply.len() as u64, 2, 1, &mut out);
+    let ping = packet(0, b"\x0e");
+    conn.feed(Side::Request, &ping, ping.len() as u64, 3, 1, &mut out);
+    let ok = packet(1, b"\0\0\0\x02\0\0\0");
+    conn.feed(Side::Response, &ok, ok.len() as u64, 4, 1, &mut out);
+    assert!(!conn.failed());
+    let done: Vec<String> = out
+        .iter()
+        .filter_map(|e| match e {
+            ProtoEvent::Exchange(x) => Some(x.summary.describe()),
+            ProtoEvent::Request { .. } => None,
+        })
+        .collect();
+    assert_eq!(
+        done,
+        vec![
+            "PREPARE users [SELECT id FROM users WHERE id = ?] -> ok",
+            "PING -> ok"
+        ]
+    );
+}

@@ -10,20 +10,23 @@
 //! `C`/`I`/`s`/`E` end the oldest open Execute, `Z` ends a simple query or a Sync, and the
 //! Executes of a Sync batch an error aborted end at that `Z` with an error of no code.
 //!
-//! A connection older than the agent (a pool's) is picked up at a client's request written
-//! whole and checked strictly: one simple query, or an extended-query batch (Parse or Bind
-//! first, Sync last), every message well formed and the last ending the write. A client that
-//! does not pipeline (libpq and psycopg outside pipeline mode, most drivers) writes a request
-//! only once it has read the whole reply to the one before, so the reply that follows starts
-//! at a message boundary and answers it; the first reply message is checked against the
-//! request (`ParseComplete` for a Parse, `BindComplete` for a Bind, neither for a query), and
-//! a mismatch (a pipelining client's earlier reply) gives the connection up. Unknown then: the
-//! database, and the statements prepared before (their executions are unnamed). Reply framing
-//! lost to uncaptured bytes (a reply larger than the capture limit in one syscall) while one
-//! request awaits its reply is found again the same way, at the next request written whole:
-//! the lost reply's exchanges end where its last byte was seen, their outcome uncaptured.
-//! Framing lost anywhere else (a request's, or with several requests out: a pipelining
-//! client) gives the connection up.
+//! At the server's end, a connection older than the agent (a pool's) is picked up at a request
+//! read whole and checked strictly: one simple query, or an extended-query batch (Parse or Bind
+//! first, Sync last), every message well formed and the last ending the read. A backend reads
+//! its socket only once it has processed what it read before and flushed the replies (it
+//! flushes at each Sync and before it waits for input), so the replies it writes after that
+//! read answer those requests, in order; the first reply message is still checked against the
+//! request (`ParseComplete` for a Parse, `BindComplete` for a Bind, neither for a query; an
+//! error, a notice, a notification or a parameter status pass). Unknown then: the database,
+//! and the statements prepared before (their executions are unnamed). Reply framing lost to
+//! uncaptured bytes (a reply larger than the capture limit in one syscall) while one request
+//! awaits its reply is found again the same way there, at the next request read whole: the
+//! lost reply's exchanges end where its last byte was seen, their outcome uncaptured.
+//!
+//! Not at the client's end: a client may pipeline (libpq's pipeline mode, pgx batches, JDBC
+//! batches), and one that keeps one request ahead shows the same syscalls as one that does
+//! not, its replies paired one request late. There a connection is followed only from its
+//! start-up, and framing lost gives it up, as does an impossible header anywhere.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -65,15 +68,42 @@ pub fn detect(chunk: &Chunk<'_>) -> Option<Detected> {
     if payload.len() as u64 != chunk.total {
         return None;
     }
+    let server = chunk.server().unwrap_or(!chunk.egress);
     let parser = if startup_kind(payload).is_some() {
-        PgConnection::from_start()
-    } else {
+        PgConnection::from_start().at_server(server)
+    } else if chunk.server() == Some(true) {
         PgConnection::mid_stream(request_batch(payload)?)
+    } else {
+        return None;
     };
     Some(Detected {
-        server: chunk.server().unwrap_or(!chunk.egress),
+        server,
         parser: Box::new(parser),
     })
+}
+
+/// A Bind message's body, exactly: portal, statement, parameter formats, parameters (each
+/// its length, -1 for NULL, then its bytes), result formats.
+fn is_bind(body: &[u8]) -> bool {
+    let be16 = |at: usize| {
+        body.get(at..at + 2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    };
+    let bind = || {
+        let portal = cstr(body)?.len();
+        let statement = cstr(body.get(portal + 1..)?)?.len();
+        let mut at = portal + 1 + statement + 1;
+        at += 2 + 2 * be16(at)?;
+        let params = be16(at)?;
+        at += 2;
+        for _ in 0..params {
+            let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
+            at += 4 + usize::try_from(len).unwrap_or(0);
+        }
+        at += 2 + 2 * be16(at)?;
+        Some(at == body.len())
+    };
+    bind() == Some(true)
 }
 
 /// The first tag of a request a client writes whole on a connection older than the agent: a
@@ -105,8 +135,12 @@ fn request_batch(payload: &[u8]) -> Option<u8> {
                     && cstr(&body[1..]).is_some_and(|n| n.len() + 2 == body.len())
             }
             b'E' => cstr(body).is_some_and(|portal| portal.len() + 5 == body.len()),
-            b'B' | b'C' | b'H' => true,
-            b'S' => body.is_empty(),
+            b'B' => is_bind(body),
+            b'C' => {
+                matches!(body.first(), Some(b'S' | b'P'))
+                    && cstr(&body[1..]).is_some_and(|n| n.len() + 2 == body.len())
+            }
+            b'S' | b'H' => body.is_empty(),
             _ => false,
         };
         if !well_formed {
@@ -228,6 +262,13 @@ enum Slot {
     Sync,
 }
 
+/// Which end of the connection the agent reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Client,
+    Server,
+}
+
 /// Both directions of one `PostgreSQL` connection.
 #[derive(Debug)]
 pub struct PgConnection {
@@ -247,6 +288,8 @@ pub struct PgConnection {
     /// Picked up mid-stream at a request beginning with this tag: the first reply message is
     /// checked against it.
     first_request: Option<u8>,
+    /// Which end this is (a lost reply may be found again only at the server's).
+    end: End,
     /// The reply being read lost its framing: where its last byte was seen, until the next
     /// request written whole ends it.
     reply_lost: Option<Stamp>,
@@ -269,6 +312,7 @@ impl PgConnection {
             slots: VecDeque::new(),
             open: 0,
             first_request: None,
+            end: End::Client,
             reply_lost: None,
             failed: false,
             messages: Vec::new(),
@@ -282,12 +326,20 @@ impl PgConnection {
         Self::new(true)
     }
 
-    /// A connection picked up at a request beginning with `first` (`Q`, `P` or `B`), its
-    /// startup unseen.
+    /// At the server's end (`true`) or the client's.
+    #[must_use]
+    pub fn at_server(mut self, server: bool) -> Self {
+        self.end = if server { End::Server } else { End::Client };
+        self
+    }
+
+    /// A connection picked up at the server's end at a request beginning with `first` (`Q`,
+    /// `P` or `B`), its startup unseen.
     #[must_use]
     pub fn mid_stream(first: u8) -> Self {
         Self {
             first_request: Some(first),
+            end: End::Server,
             ..Self::new(false)
         }
     }
@@ -311,7 +363,7 @@ impl PgConnection {
             .count();
         let one_request =
             ends == 1 && matches!(self.slots.back(), Some(Slot::Query(_) | Slot::Sync));
-        if self.startup || self.encryption_asked || !one_request {
+        if self.end == End::Client || self.startup || self.encryption_asked || !one_request {
             return self.fail();
         }
         let offset = self.responses.offset();
@@ -328,7 +380,7 @@ impl PgConnection {
         let Some(end) = self.reply_lost.take() else {
             return;
         };
-        let Some(first) = first else {
+        let Some(first) = first.filter(|_| self.requests.at_boundary()) else {
             return self.fail();
         };
         self.stats.resynced += 1;
@@ -525,12 +577,17 @@ impl PgConnection {
     }
 
     fn on_response(&mut self, m: &Message, out: &mut Vec<ProtoEvent>) {
-        if let Some(first) = self.first_request.take() {
-            let answers = match first {
-                b'P' => m.tag == b'1',
-                b'B' => m.tag == b'2',
-                _ => !matches!(m.tag, b'1' | b'2'),
-            };
+        if let Some(first) = self.first_request
+            && !matches!(m.tag, b'A' | b'N' | b'S')
+        {
+            // (A notification, a notice or a parameter status may come at any time.)
+            self.first_request = None;
+            let answers = m.tag == b'E'
+                || match first {
+                    b'P' => m.tag == b'1',
+                    b'B' => m.tag == b'2',
+                    _ => !matches!(m.tag, b'1' | b'2'),
+                };
             if !answers {
                 // A reply to something written before the agent watched: nothing after can be
                 // paired with confidence.
@@ -756,10 +813,8 @@ impl ConnectionParser for PgConnection {
             };
             // Only bytes the capture left out lose framing found again later: a header that
             // cannot be one, in bytes all seen, is not this protocol's.
-            match side {
-                Side::Response if !self.failed && (data.len() as u64) < total => {
-                    self.lose_reply(last);
-                }
+            match (side, result) {
+                (Side::Response, Err(Lost::Uncaptured)) if !self.failed => self.lose_reply(last),
                 _ => self.fail(),
             }
         }
