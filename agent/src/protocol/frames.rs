@@ -78,6 +78,32 @@ impl Framer {
         self.offset = self.offset.saturating_add(n);
     }
 
+    /// Where the last byte fed so far was, as a syscall of thread `tid` at `ts` saw it.
+    #[must_use]
+    pub fn last_byte(&self, ts: u64, tid: u32) -> Stamp {
+        Stamp {
+            ts,
+            tid,
+            offset: self.offset.saturating_sub(1),
+        }
+    }
+
+    /// Forgets the message in progress (its framing was lost), still counting offsets: framing
+    /// resumes where the caller proves a message starts.
+    pub fn restart(&mut self) {
+        *self = Self {
+            offset: self.offset,
+            ..Self::default()
+        };
+    }
+
+    /// Skips a syscall's `total` bytes without framing them (the rest of a reply whose framing
+    /// was lost); returns where the last of them was.
+    pub fn skip_unframed(&mut self, total: u64, ts: u64, tid: u32) -> Stamp {
+        self.skip_raw(total);
+        self.last_byte(ts, tid)
+    }
+
     /// Frames one syscall's bytes (`data` captured of `total`), appending complete messages to
     /// `out`.
     ///

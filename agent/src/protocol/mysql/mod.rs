@@ -428,9 +428,7 @@ impl MyConnection {
         if !one_waiting {
             return self.fail();
         }
-        let offset = self.responses.offset();
-        self.responses = Framer::default();
-        self.responses.skip_raw(offset);
+        self.responses.restart();
         self.response_continues = false;
         self.reply_lost = Some(last);
     }
@@ -921,12 +919,7 @@ impl ConnectionParser for MyConnection {
             }
             Side::Response if self.reply_lost.is_some() => {
                 // The rest of the lost reply: counted, not framed.
-                self.responses.skip_raw(total);
-                self.reply_lost = Some(Stamp {
-                    ts,
-                    tid,
-                    offset: self.responses.offset().saturating_sub(1),
-                });
+                self.reply_lost = Some(self.responses.skip_unframed(total, ts, tid));
                 Ok(())
             }
             Side::Response => {
@@ -951,11 +944,7 @@ impl ConnectionParser for MyConnection {
         messages.clear();
         self.messages = messages;
         if result.is_err() {
-            let last = Stamp {
-                ts,
-                tid,
-                offset: self.responses.offset().saturating_sub(1),
-            };
+            let last = self.responses.last_byte(ts, tid);
             match side {
                 Side::Response if !self.failed => self.lose_reply(last),
                 _ => self.fail(),

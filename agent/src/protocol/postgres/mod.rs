@@ -366,9 +366,7 @@ impl PgConnection {
         if self.end == End::Client || self.startup || self.encryption_asked || !one_request {
             return self.fail();
         }
-        let offset = self.responses.offset();
-        self.responses = Framer::default();
-        self.responses.skip_raw(offset);
+        self.responses.restart();
         self.reply_lost = Some(last);
     }
 
@@ -767,12 +765,7 @@ impl ConnectionParser for PgConnection {
         let result = match side {
             Side::Response if self.reply_lost.is_some() => {
                 // The rest of the lost reply: counted, not framed.
-                self.responses.skip_raw(total);
-                self.reply_lost = Some(Stamp {
-                    ts,
-                    tid,
-                    offset: self.responses.offset().saturating_sub(1),
-                });
+                self.reply_lost = Some(self.responses.skip_unframed(total, ts, tid));
                 Ok(())
             }
             Side::Request => self.feed_requests(data, total, (ts, tid), &mut messages, out),
@@ -806,11 +799,7 @@ impl ConnectionParser for PgConnection {
         };
         self.messages = messages;
         if result.is_err() {
-            let last = Stamp {
-                ts,
-                tid,
-                offset: self.responses.offset().saturating_sub(1),
-            };
+            let last = self.responses.last_byte(ts, tid);
             // Only bytes the capture left out lose framing found again later: a header that
             // cannot be one, in bytes all seen, is not this protocol's.
             match (side, result) {
