@@ -327,6 +327,17 @@ fn add_open<K: std::hash::Hash + Eq>(table: &mut FastMap<K, Serving>, at: K, key
     }
 }
 
+/// Where a waiting CLIENT request stands, for the worker rule: out, ended (when), or exported.
+fn call_state(spans: &FastMap<SpanKey, OpenSpan>) -> impl Fn(SpanKey) -> Call + '_ {
+    move |key| match spans.get(&key) {
+        None => Call::Gone,
+        Some(s) => s
+            .finished
+            .as_ref()
+            .map_or(Call::Out, |d| Call::Ended(d.end_ts)),
+    }
+}
+
 fn remove_open<K: std::hash::Hash + Eq>(table: &mut FastMap<K, Serving>, at: K, key: SpanKey) {
     if let Entry::Occupied(mut open) = table.entry(at)
         && open.get_mut().remove(key)
@@ -1337,15 +1348,7 @@ impl Tracer {
     /// names once every stream begun before them ended (by `now`, which never goes back; the
     /// sink reports lost events before it polls).
     fn settle_workers_by_ends(&mut self, now: u64) {
-        let spans = &self.spans;
-        let call = |key: SpanKey| match spans.get(&key) {
-            None => Call::Gone,
-            Some(s) => s
-                .finished
-                .as_ref()
-                .map_or(Call::Out, |d| Call::Ended(d.end_ts)),
-        };
-        let settled = self.workers.settle_ended(now, call);
+        let settled = self.workers.settle_ended(now, call_state(&self.spans));
         self.apply_worker_parents(settled);
     }
 
@@ -1374,15 +1377,7 @@ impl Tracer {
     /// Gives the CLIENT requests of workers' answers older than `now` − the settling delay
     /// (all with `flush`) the parents the worker rule names.
     fn settle_workers(&mut self, now: u64, flush: bool) {
-        let spans = &self.spans;
-        let call = |key: SpanKey| match spans.get(&key) {
-            None => Call::Gone,
-            Some(s) => s
-                .finished
-                .as_ref()
-                .map_or(Call::Out, |d| Call::Ended(d.end_ts)),
-        };
-        let settled = self.workers.settle(now, flush, call);
+        let settled = self.workers.settle(now, flush, call_state(&self.spans));
         self.apply_worker_parents(settled);
     }
 
