@@ -71,6 +71,34 @@ impl Replayed {
     }
 }
 
+/// Attached just before syscall `k` of `calls` at the `server` or client end: the syscall
+/// where `detect` recognises the connection, and the request-side bytes before it (what the
+/// keys of a replay from `k` are counted from), if it is recognised at all.
+pub fn recognised_from(
+    detect: Detect,
+    calls: &[Syscall],
+    server: bool,
+    k: usize,
+) -> Option<(usize, u64)> {
+    let role = if server { Role::Server } else { Role::Client };
+    let at = (k..calls.len()).find(|&i| {
+        let (egress, bytes, total) = &calls[i];
+        detect(&Chunk {
+            egress: *egress,
+            role,
+            payload: bytes,
+            total: *total,
+        })
+        .is_some()
+    })?;
+    let base = calls[..at]
+        .iter()
+        .filter(|(egress, _, _)| *egress != server)
+        .map(|(_, _, total)| total)
+        .sum();
+    Some((at, base))
+}
+
 /// Replays `calls` (each cut to `capture` bytes) through `detect` and its parser at the
 /// `server` or client end. Asserts that every exchange was announced first under its key (the
 /// request's offset, for parsers keyed by offsets), each key reported once, stamps ordered.

@@ -3,7 +3,9 @@
 //! hand-made edge cases.
 
 use super::*;
-use crate::protocol::replay::{Syscall, assert_no_secrets, replay, resplit, syscalls};
+use crate::protocol::replay::{
+    Syscall, assert_no_secrets, recognised_from, replay, resplit, syscalls,
+};
 use agent_common::Role;
 
 const PYMYSQL_CLIENT: &str = include_str!("fixtures/pymysql_client.jsonl");
@@ -431,27 +433,11 @@ fn a_connection_older_than_the_agent_is_picked_up_at_its_next_command() {
     for (fixture, server) in SESSIONS {
         let whole = syscalls(fixture);
         let truth = replay(detect, &whole, server, usize::MAX).exchanges();
-        let role = if server { Role::Server } else { Role::Client };
-        let request_side = |egress: bool| egress != server;
         let mut picked_up = 0;
         for k in 1..whole.len() {
-            // Where the agent recognises the connection, and the request bytes before it.
-            let at = (k..whole.len()).find(|&i| {
-                let (egress, bytes, total) = &whole[i];
-                detect(&Chunk {
-                    egress: *egress,
-                    role,
-                    payload: bytes,
-                    total: *total,
-                })
-                .is_some()
-            });
-            let Some(at) = at else { continue };
-            let base: u64 = whole[..at]
-                .iter()
-                .filter(|(egress, _, _)| request_side(*egress))
-                .map(|(_, _, total)| total)
-                .sum();
+            let Some((_, base)) = recognised_from(detect, &whole, server, k) else {
+                continue;
+            };
             let r = replay(detect, &whole[k..], server, usize::MAX);
             assert!(!r.failed, "attached at {k}");
             let found = r.exchanges();
@@ -570,13 +556,7 @@ fn a_mid_stream_result_set_is_framed_with_or_without_eof_packets() {
             );
             assert!(!conn.failed(), "deprecate {deprecate}, round {round}");
         }
-        let done: Vec<String> = out
-            .iter()
-            .filter_map(|e| match e {
-                ProtoEvent::Exchange(x) => Some(x.summary.describe()),
-                ProtoEvent::Request { .. } => None,
-            })
-            .collect();
+        let done = described(&out);
         assert_eq!(
             done,
             vec!["SELECT users [SELECT id FROM users] -> ok"; 2],
@@ -610,13 +590,7 @@ fn a_mid_stream_prepare_without_eof_packets_ends_at_the_next_command() {
     let ok = packet(1, b"\0\0\0\x02\0\0\0");
     conn.feed(Side::Response, &ok, ok.len() as u64, 4, 1, &mut out);
     assert!(!conn.failed());
-    let done: Vec<String> = out
-        .iter()
-        .filter_map(|e| match e {
-            ProtoEvent::Exchange(x) => Some(x.summary.describe()),
-            ProtoEvent::Request { .. } => None,
-        })
-        .collect();
+    let done = described(&out);
     assert_eq!(
         done,
         vec![
@@ -624,4 +598,14 @@ fn a_mid_stream_prepare_without_eof_packets_ends_at_the_next_command() {
             "PING -> ok"
         ]
     );
+}
+
+/// The exchanges among `out`, described.
+fn described(out: &[ProtoEvent]) -> Vec<String> {
+    out.iter()
+        .filter_map(|e| match e {
+            ProtoEvent::Exchange(x) => Some(x.summary.describe()),
+            ProtoEvent::Request { .. } => None,
+        })
+        .collect()
 }

@@ -2,7 +2,9 @@
 //! `capture.py` there) at both ends, plus hand-made edge cases.
 
 use super::*;
-use crate::protocol::replay::{Syscall, assert_no_secrets, replay, resplit, syscalls};
+use crate::protocol::replay::{
+    Syscall, assert_no_secrets, recognised_from, replay, resplit, syscalls,
+};
 
 const CLIENT: &str = include_str!("fixtures/psycopg_client.jsonl");
 const SERVER: &str = include_str!("fixtures/psycopg_server.jsonl");
@@ -240,34 +242,16 @@ fn a_connection_older_than_the_agent_is_picked_up_at_its_next_request() {
     for (fixture, server) in [(CLIENT, false), (SERVER, true)] {
         let whole = syscalls(fixture);
         let truth = replay(detect, &whole, server, usize::MAX).exchanges();
-        let role = if server {
-            agent_common::Role::Server
-        } else {
-            agent_common::Role::Client
-        };
         let mut picked_up = 0;
         for k in 1..whole.len() {
-            let at = (k..whole.len()).find(|&i| {
-                let (egress, bytes, total) = &whole[i];
-                detect(&Chunk {
-                    egress: *egress,
-                    role,
-                    payload: bytes,
-                    total: *total,
-                })
-                .is_some()
-            });
-            let Some(at) = at else { continue };
+            let Some((at, base)) = recognised_from(detect, &whole, server, k) else {
+                continue;
+            };
             // The client's end is found only at a start-up (or SSL request).
             assert!(
                 server || startup_kind(&whole[at].1).is_some(),
                 "attached at {k}"
             );
-            let base: u64 = whole[..at]
-                .iter()
-                .filter(|(egress, _, _)| *egress != server)
-                .map(|(_, _, total)| total)
-                .sum();
             let r = replay(detect, &whole[k..], server, usize::MAX);
             assert!(!r.failed, "attached at {k}");
             let found = r.exchanges();
