@@ -13,7 +13,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
-bin="${SOCKSPAN_BIN:-$root/target/release/sockspan}"
+bin="${SOCKSPAN_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/sockspan}"
 check=0
 [ "${1:-}" = "--check" ] && check=1
 ns=sockspan-demo

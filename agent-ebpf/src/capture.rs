@@ -194,10 +194,7 @@ fn copy_iovecs(
     let ret = unsafe {
         bpf_loop(
             max_iovecs as u32,
-            core::mem::transmute::<
-                extern "C" fn(u64, *mut core::ffi::c_void) -> i64,
-                *mut core::ffi::c_void,
-            >(step),
+            step as *mut core::ffi::c_void,
             (&raw mut walk).cast(),
             0,
         )

@@ -82,13 +82,13 @@ pub fn detect(
     // SAFETY: a pointer from a successful lookup in this run; a racing update can at worst
     // delay the decision by one syscall.
     unsafe {
-        if found != Protocol::Detecting {
-            (*entry).protocol = found as u32;
-        } else {
+        if found == Protocol::Detecting {
             (*entry).misses += 1;
             if (*entry).misses >= DETECT_CHUNKS {
                 (*entry).protocol = Protocol::Opaque as u32;
             }
+        } else {
+            (*entry).protocol = found as u32;
         }
     }
     found as u32
@@ -115,7 +115,7 @@ fn is_digit(b: u8) -> bool {
 /// A TLS record header (RFC 8446 §5.1): content type change-cipher-spec, alert, handshake or
 /// application data; legacy version 3.x (SSL 3.0 to TLS 1.3 all say 3.1–3.4 or 3.0); a length
 /// within the limit for a protected record. From either end: the first bytes a TLS client
-/// writes (ClientHello), or any record of a connection open before the agent.
+/// writes (`ClientHello`), or any record of a connection open before the agent.
 #[inline(never)]
 fn is_tls_record(p: &Payload, len: u32) -> bool {
     let length = u16::from_be_bytes([p[3], p[4]]);
@@ -255,7 +255,7 @@ fn is_http2_frame(payload: &Payload, moved: u64) -> bool {
         // RST_STREAM
         3 => on_stream && len == 4,
         // SETTINGS
-        4 => !on_stream && len % 6 == 0,
+        4 => !on_stream && len.is_multiple_of(6),
         // PING
         6 => !on_stream && len == 8,
         // GOAWAY

@@ -67,7 +67,7 @@ pub struct DataScratch {
 #[map]
 pub static SCRATCH: PerCpuArray<DataScratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// OpenSSL reads and writes in progress, by thread (pid_tgid): an LRU, since a thread can die
+/// OpenSSL reads and writes in progress, by thread (`pid_tgid`): an LRU, since a thread can die
 /// inside a call.
 #[map]
 pub static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16_384, 0);

@@ -15,7 +15,7 @@
 //! [`agent_common::ConnEvent::task`], for the processes the agent follows
 //! ([`crate::followed::FOLLOWED_PROCESSES`]): others pay one lookup there, not one here too. `uv__stream_io` is static in libuv but its address is
 //! taken (it is every stream watcher's callback), so it keeps the C calling convention. Checked
-//! on Node.js 20.20.2 (NodeSource, libuv 1.46 linked in, `.symtab` kept).
+//! on Node.js 20.20.2 (`NodeSource`, libuv 1.46 linked in, `.symtab` kept).
 
 use aya_ebpf::{
     helpers::bpf_probe_read_user,
@@ -31,7 +31,7 @@ use crate::syscalls::traced_pid_tgid;
 /// throughout libuv 1.x.
 const UV_IO_FD: u64 = 48;
 
-/// The stream callback each Node.js thread is in, by pid_tgid ([`agent_common::node_callback`]).
+/// The stream callback each Node.js thread is in, by `pid_tgid` ([`agent_common::node_callback`]).
 /// A thread that ends leaves its last value ("outside", since it ended between callbacks) until
 /// the LRU drops it; a new thread given its id reads that until its first callback: no parent.
 #[map]

@@ -33,12 +33,12 @@ use crate::{
     syscalls::{header, now_ns, traced_pid_tgid},
 };
 
-/// A thread's `PyThreadState`, by pid_tgid: found once by the walk, checked at each use (a
+/// A thread's `PyThreadState`, by `pid_tgid`: found once by the walk, checked at each use (a
 /// thread state is freed when its thread ends, and its memory may then hold another's).
 #[map]
 static PY_THREAD_STATES: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
 
-/// `Task.__init__` calls in progress, by pid_tgid: the task object.
+/// `Task.__init__` calls in progress, by `pid_tgid`: the task object.
 #[map]
 static PY_TASK_INITS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 

@@ -1,7 +1,7 @@
 //! A syscall's number and arguments from the registers the raw `sys_enter`/`sys_exit`
 //! tracepoints pass (`struct pt_regs *regs`), and the syscall numbers sockspan traces.
 //!
-//! `struct pt_regs` on x86_64 is the user ABI that ptrace(2) reads (`<asm/ptrace.h>`), the same on
+//! `struct pt_regs` on `x86_64` is the user ABI that ptrace(2) reads (`<asm/ptrace.h>`), the same on
 //! every kernel, so reading its fields at fixed offsets does not tie the programs to the kernel
 //! they were built against. The programs are BTF tracepoints, so the verifier checks each load
 //! against the running kernel's own `struct pt_regs` and turns it into a fault-safe direct load:
@@ -22,7 +22,7 @@ use aya_ebpf::{bindings::pt_regs, programs::BtfTracePointContext};
 /// tracepoints skip it.
 const USER_CS: u64 = 0x33;
 
-/// x86_64 syscall numbers (`<asm/unistd_64.h>`).
+/// `x86_64` syscall numbers (`<asm/unistd_64.h>`).
 pub mod nr {
     pub const READ: u64 = 0;
     pub const WRITE: u64 = 1;

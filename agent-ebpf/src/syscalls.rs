@@ -322,15 +322,14 @@ fn data_exit<const STAGE: u8>(
     }
     // Egress bytes left when the syscall entered; the exit's own time is read only when that
     // entry was not seen (see `EventHeader::ts_ns`).
-    let (ts_ns, moved_ns) = match entered {
-        Some(ts) => (ts, ts),
-        None => {
-            if direction == Direction::Egress {
-                count(Counter::EntryTimeMissed);
-            }
-            let now = now_ns();
-            (now, now)
+    let (ts_ns, moved_ns) = if let Some(ts) = entered {
+        (ts, ts)
+    } else {
+        if direction == Direction::Egress {
+            count(Counter::EntryTimeMissed);
         }
+        let now = now_ns();
+        (now, now)
     };
     if STAGE == stage::CLOCK {
         return Ok(());

@@ -75,38 +75,11 @@ pub enum Command {
         )]
         store: std::path::PathBuf,
     },
-    /// Benchmark helper: attach empty programs to sockspan's tracepoints (the floor).
-    #[command(hide = true)]
-    BenchFloor {
-        #[arg(long, value_name = "SECS")]
-        duration: Option<u64>,
-        /// Instead of empty programs, the capture `sys_enter` and an exit program that stops
-        /// after this step.
-        #[arg(long)]
-        stage: Option<crate::probes::ExitStage>,
-        #[command(flatten)]
-        capture: CaptureArgs,
-    },
-    /// Benchmark helper: the user-space pipeline alone on synthesized HTTP/1 or gRPC traffic.
-    #[command(hide = true)]
-    BenchPipeline {
-        #[arg(long, default_value_t = 200_000)]
-        exchanges: u64,
-        /// Export into an embedded store at this path (the default output) instead of counting.
-        #[arg(long, value_name = "PATH")]
-        store: Option<std::path::PathBuf>,
-        /// What to synthesize.
-        #[arg(long, value_enum, default_value = "http1")]
-        protocol: crate::commands::bench::BenchProtocol,
-    },
-    /// Benchmark helper: how many spans of a service a stopped agent's store holds.
-    #[command(hide = true)]
-    BenchStoreCount {
-        #[arg(long, value_name = "PATH")]
-        store: std::path::PathBuf,
-        #[arg(long)]
-        service: String,
-    },
+    /// The benchmark helpers `cargo xtask bench` drives (hidden; only in builds with the
+    /// `bench` feature).
+    #[cfg(feature = "bench")]
+    #[command(flatten)]
+    Bench(crate::commands::bench::BenchCommand),
 }
 
 #[derive(Debug, Args)]
@@ -209,11 +182,6 @@ pub struct RunArgs {
     /// probe hit traps into the kernel, see BENCHMARKS.md.
     #[arg(long, value_name = "RUNTIMES", value_delimiter = ',')]
     pub no_runtime_probes: Vec<RuntimeProbe>,
-    /// Written once the agent traces (capture attached, runtime probes on the processes running
-    /// then): one JSON line `{"pid":…,"ui":…}`; removed when it stops. Tools and tests wait for
-    /// it instead of reading the log (`/ready` on the API says the same).
-    #[arg(long, value_name = "PATH")]
-    pub ready_file: Option<std::path::PathBuf>,
     /// Trace the connections to the agent's own UI, API and `/metrics` too (its viewers: the
     /// browser, `sockspan blame`, Prometheus); off by default, for debugging.
     #[arg(long)]
@@ -227,6 +195,8 @@ pub struct RunArgs {
     /// file on every host).
     #[arg(long, value_name = "PATH", requires = "peer_port")]
     pub peer_secret_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub report: ReportArgs,
     #[command(flatten)]
     pub capture: CaptureArgs,
 }
@@ -274,7 +244,34 @@ pub struct EventsArgs {
     #[arg(long, value_name = "SECS")]
     pub duration: Option<u64>,
     #[command(flatten)]
+    pub report: ReportArgs,
+    #[command(flatten)]
     pub capture: CaptureArgs,
+}
+
+/// The files tools and tests read instead of the log.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ReportArgs {
+    /// Written once the agent traces (capture attached, runtime probes on the processes running
+    /// then): one JSON line `{"pid":…,"ui":…}`; removed when it stops. Tools and tests wait for
+    /// it instead of reading the log (`/ready` on the API says the same).
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<std::path::PathBuf>,
+    /// Written as the agent stops: every stage's final counters as one JSON object (the same as
+    /// the final `stopped` log line, docs/metrics.md).
+    #[arg(long, value_name = "PATH")]
+    pub stats_file: Option<std::path::PathBuf>,
+}
+
+impl ReportArgs {
+    /// Each file with the flag that names it.
+    #[must_use]
+    pub fn files(&self) -> [(&'static str, Option<&std::path::Path>); 2] {
+        [
+            ("--ready-file", self.ready_file.as_deref()),
+            ("--stats-file", self.stats_file.as_deref()),
+        ]
+    }
 }
 
 /// Options of the capture path, shared by the commands that run it.

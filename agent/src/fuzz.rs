@@ -14,8 +14,8 @@ use std::{collections::HashSet, time::Duration};
 use agent_common::{ConnEvent, DataEvent, Direction, EventHeader, EventKind, Role, Syscall};
 
 use crate::{
-    commands::bench::CountingExporter,
     conntrack::{Conntrack, ConntrackConfig},
+    exporter::counting::CountingExporter,
     net::loopback_tuple,
     pipeline::sink::TraceSink,
     probes::{btf::Btf, offsets},

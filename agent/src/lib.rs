@@ -4,7 +4,9 @@
 //! (connections, processes) → `protocol` → `trace` → `exporter`, and commands that drive it.
 //!
 //! The crate is a library only so that fuzz targets (`fuzz/`) can reach the parsers: its public
-//! surface is [`cli_main`], which the `sockspan` binary calls, and [`fuzz`].
+//! surface is [`cli_main`], which the `sockspan` binary calls, and, with the `fuzz` feature, the
+//! fuzz entry points. The `bench` feature adds the hidden commands `cargo xtask bench` drives and
+//! the eBPF programs they load; release builds of the product leave both out.
 
 mod analysis;
 mod api;
@@ -27,6 +29,7 @@ mod runtime;
 mod store;
 mod trace;
 
+#[cfg(feature = "fuzz")]
 pub mod fuzz;
 
 use clap::Parser as _;
@@ -45,7 +48,7 @@ fn init_logging() {
 }
 
 /// Runs an async command on a single-threaded runtime; errors become one line on stderr.
-fn run_async<E: std::fmt::Display>(
+pub(crate) fn run_async<E: std::fmt::Display>(
     command: impl std::future::Future<Output = Result<(), E>>,
 ) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -77,35 +80,9 @@ pub fn cli_main() -> std::process::ExitCode {
         cli::Command::Events(args) => run_async(commands::events::run(args)),
         cli::Command::Run(args) => run_async(commands::run::run(args)),
         cli::Command::Blame(args) => run_async(commands::blame::run(args)),
-        cli::Command::BenchFloor {
-            duration,
-            stage,
-            capture,
-        } => run_async(async move { commands::bench::floor(&capture, duration, stage).await }),
         cli::Command::Dump { store } => commands::dump::run(&store),
-        cli::Command::BenchStoreCount { store, service } => {
-            match commands::bench::store_count(&store, &service) {
-                Ok(n) => {
-                    println!("{n}");
-                    0
-                }
-                Err(err) => {
-                    eprintln!("sockspan: {err}");
-                    1
-                }
-            }
-        }
-        cli::Command::BenchPipeline {
-            exchanges,
-            store,
-            protocol,
-        } => match commands::bench::pipeline_throughput(exchanges, store.as_deref(), protocol) {
-            Ok(()) => 0,
-            Err(err) => {
-                eprintln!("sockspan: {err}");
-                1
-            }
-        },
+        #[cfg(feature = "bench")]
+        cli::Command::Bench(command) => commands::bench::run(command),
     };
     std::process::ExitCode::from(code as u8)
 }

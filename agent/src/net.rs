@@ -23,6 +23,7 @@ pub fn tuple_addrs(tuple: &SockTuple) -> (SocketAddr, SocketAddr) {
 }
 
 /// A TCP tuple between two ports of 127.0.0.1 (synthesized traffic and tests).
+#[cfg(any(test, feature = "bench", feature = "fuzz"))]
 #[must_use]
 pub fn loopback_tuple(local_port: u16, remote_port: u16) -> SockTuple {
     let mut t = SockTuple {

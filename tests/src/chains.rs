@@ -215,7 +215,7 @@ pub const CHAINS: [&str; 19] = [
     "grpc-chain",
 ];
 
-/// The Go service, built once per test process into `target/chains/` from the fixture's
+/// The Go service, built once per test process into `chains/` of the target folder from the fixture's
 /// sources (standard library only, so no network); `stripped` without `.symtab` and DWARF.
 #[must_use]
 pub fn go_service(stripped: bool) -> PathBuf {
@@ -227,8 +227,7 @@ pub fn go_service(stripped: bool) -> PathBuf {
         (&BUILT, "go_service", "-ldflags=")
     };
     cell.get_or_init(|| {
-        let out =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../target/chains/{name}"));
+        let out = crate::target_dir().join(format!("chains/{name}"));
         let _ = run_ok(
             Command::new("go")
                 .args(["build", flags, "-o"])

@@ -2,7 +2,7 @@
 //! read back what the agent printed.
 //!
 //! The agent binary comes from `SOCKSPAN_BIN` (set by `cargo xtask test`), else
-//! `target/debug/sockspan`. Every wait is bounded in time.
+//! `debug/sockspan` in cargo's target folder. Every wait is bounded in time.
 // Test helpers fail by panicking, with a message saying what was expected; that is their job.
 #![allow(clippy::missing_panics_doc)]
 
@@ -20,14 +20,23 @@ use serde_json::Value;
 pub mod chains;
 pub mod datastores;
 
+/// Cargo's target folder: `CARGO_TARGET_DIR` when set (relative to the workspace, as cargo
+/// reads it), else `target/` in the workspace.
+#[must_use]
+pub fn target_dir() -> PathBuf {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(|| workspace.join("target"), |dir| workspace.join(dir))
+}
+
 /// Path of the sockspan binary under test.
 #[must_use]
 pub fn sockspan_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("SOCKSPAN_BIN") {
         return PathBuf::from(path);
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let bin = root.join("../target/debug/sockspan");
+    let bin = sockspan_unwrapped_bin();
     assert!(
         bin.exists(),
         "{} is missing: run `cargo xtask test`",
@@ -40,7 +49,7 @@ pub fn sockspan_bin() -> PathBuf {
 /// `SOCKSPAN_BIN`: for tests that start it under a capability set of their own.
 #[must_use]
 pub fn sockspan_unwrapped_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sockspan")
+    target_dir().join("debug/sockspan")
 }
 
 /// Path of a file under `tests/fixtures`.
@@ -257,6 +266,72 @@ pub struct Agent {
     stderr_seen: Vec<String>,
     /// Reads stdout while the agent runs, so a large output never blocks it on a full pipe.
     stdout_reader: Option<std::thread::JoinHandle<String>>,
+    /// `--ready-file` and `--stats-file`, and the folder made for them (removed on drop).
+    files: ReportFiles,
+}
+
+/// A new folder under the temporary directory, removed with everything in it on drop.
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// Makes `<tmp>/<prefix>-<pid>-<n>`, `n` counting the folders this process made.
+    #[must_use]
+    pub fn new(prefix: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot make {}: {e}", dir.display()));
+        Self(dir)
+    }
+
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Where an agent started by the harness says it is ready and leaves its final counters.
+struct ReportFiles {
+    ready: PathBuf,
+    stats: PathBuf,
+    /// The folder the harness made for them, if it made one.
+    _made: Option<ScratchDir>,
+}
+
+impl ReportFiles {
+    /// The files `cmd` names already, else two in a new folder, added to `cmd`.
+    fn for_command(cmd: &mut Command) -> Self {
+        let named = |flag: &str| {
+            let args: Vec<_> = cmd.get_args().collect();
+            args.windows(2)
+                .find(|w| w[0] == flag)
+                .map(|w| PathBuf::from(w[1]))
+        };
+        let (ready, stats) = (named("--ready-file"), named("--stats-file"));
+        let made = (ready.is_none() || stats.is_none()).then(|| ScratchDir::new("sockspan-agent"));
+        let mut ours = |flag: &str, name: &str| {
+            let dir = made
+                .as_ref()
+                .map_or_else(std::env::temp_dir, |d| d.path().to_path_buf());
+            let path = dir.join(name);
+            cmd.arg(flag).arg(&path);
+            path
+        };
+        let ready = ready.unwrap_or_else(|| ours("--ready-file", "ready.json"));
+        let stats = stats.unwrap_or_else(|| ours("--stats-file", "stats.json"));
+        Self {
+            ready,
+            stats,
+            _made: made,
+        }
+    }
 }
 
 /// What the agent printed.
@@ -264,12 +339,26 @@ pub struct Output {
     pub events: Vec<Value>,
     pub stderr: String,
     pub status: std::process::ExitStatus,
+    /// Every stage's final counters, from `--stats-file` (`Null` if the agent wrote none).
+    pub counters: Value,
 }
 
 impl Output {
     /// Events of one type.
     pub fn of_type<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
         self.events.iter().filter(move |e| e["type"] == kind)
+    }
+
+    /// A final counter of the agent (`--stats-file`); panics, saying what the file held, when
+    /// it is missing.
+    #[must_use]
+    pub fn counter(&self, key: &str) -> u64 {
+        self.counters[key].as_u64().unwrap_or_else(|| {
+            panic!(
+                "no counter {key} in the agent's --stats-file: {}\nstderr:\n{}",
+                self.counters, self.stderr
+            )
+        })
     }
 
     /// The final stats record.
@@ -294,19 +383,12 @@ impl Agent {
         Self::start_with_env(subcommand, args, &[])
     }
 
-    /// As [`Agent::start_command`], with extra environment variables. `run` is waited for
-    /// until its runtime probes (TLS, Go) are attached too.
+    /// As [`Agent::start_command`], with extra environment variables.
     #[must_use]
     pub fn start_with_env(subcommand: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(sockspan_bin());
         cmd.arg(subcommand).args(args).envs(envs.iter().copied());
-        let mut agent = Self::spawn(cmd);
-        if subcommand == "run" {
-            // The line that ends the attaching (not "Go runtime probes attached: …", one per Go
-            // program, which comes before).
-            agent.wait_for_stderr("runtime probes attached go=", Duration::from_secs(30));
-        }
-        agent
+        Self::spawn(cmd)
     }
 
     /// As [`Agent::start_command`], inside network namespace `netns` (nsenter execs sockspan in
@@ -324,9 +406,12 @@ impl Agent {
         Self::spawn(cmd)
     }
 
-    /// Starts `cmd` (a sockspan command line) and waits until its programs are attached.
+    /// Starts `cmd` (a `sockspan run` or `sockspan events` command line) and waits until it
+    /// traces: its `--ready-file` (added when `cmd` names none) is written once its programs are
+    /// attached, and for `run` its runtime probes too.
     #[must_use]
     pub fn spawn(mut cmd: Command) -> Self {
+        let files = ReportFiles::for_command(&mut cmd);
         let mut child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -353,9 +438,32 @@ impl Agent {
             stderr_lines: rx,
             stderr_seen: Vec::new(),
             stdout_reader: Some(stdout_reader),
+            files,
         };
-        agent.wait_for_stderr("capture path attached", Duration::from_secs(30));
+        agent.wait_until_ready(Duration::from_secs(30));
         agent
+    }
+
+    /// Polls for the `--ready-file` (bounded); fails with the agent's stderr if it exits or
+    /// does not get ready in time.
+    fn wait_until_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.files.ready.exists() {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > deadline {
+                while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_millis(200)) {
+                    self.stderr_seen.push(line);
+                }
+                panic!(
+                    "sockspan did not get ready within {timeout:?} (exit: {exited:?}); stderr:\n{}",
+                    self.stderr_seen.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits for a stderr line containing `needle`.
@@ -427,10 +535,15 @@ impl Agent {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
             .collect();
+        let counters = std::fs::read_to_string(&self.files.stats)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or(Value::Null);
         Output {
             events,
             stderr: self.stderr_seen.join("\n"),
             status,
+            counters,
         }
     }
 }
@@ -575,18 +688,44 @@ impl Talking {
     }
 }
 
-/// `key=value` from the agent's final `stopped` log line.
+/// The value of an unlabelled series in Prometheus text (`name value` lines).
 #[must_use]
-pub fn stopped_field(stderr: &str, key: &str) -> u64 {
-    let line = stderr
-        .lines()
-        .rev()
-        .find(|l| l.contains("stopped"))
-        .unwrap_or_else(|| panic!("no `stopped` line in:\n{stderr}"));
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Polls the `/metrics` of the agent whose UI is at `ui` until what it captured is in its store:
+/// spans exported, none held (open or waiting for linking evidence), none queued for the
+/// store's writer, and the exported count the same on two scrapes in a row.
+pub fn wait_until_stored(ui: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let scrape = || {
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "5"])
+            .arg(format!("http://{ui}/metrics"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut last_exported = None;
+    loop {
+        let text = scrape();
+        let exported = metric_value(&text, "sockspan_spans_exported_total");
+        let settled = exported.is_some_and(|n| n > 0.0)
+            && metric_value(&text, "sockspan_spans_held") == Some(0.0)
+            && metric_value(&text, "sockspan_store_queue_spans") == Some(0.0);
+        if settled && exported == last_exported {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent at {ui} never settled within {timeout:?}:\n{text}"
+        );
+        last_exported = if settled { exported } else { None };
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// Against an echo server on 127.0.0.1:`port`: sends `opening` (if any) and reads its echo, then
@@ -675,7 +814,7 @@ pub fn every_output(traffic: impl Fn(), api_paths: &[&str]) -> EveryOutput {
     let ui = format!("127.0.0.1:{}", free_port());
     let agent = Agent::start_command("run", &["--store", &store, "--ui", &ui]);
     traffic();
-    std::thread::sleep(Duration::from_secs(2));
+    wait_until_stored(&ui, Duration::from_secs(20));
     let mut api = String::new();
     for path in api_paths.iter().chain(&["/metrics"]) {
         let body = run_ok(

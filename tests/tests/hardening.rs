@@ -4,7 +4,7 @@
 use std::{process::Command, time::Duration};
 
 use serde_json::Value;
-use sockspan_tests::{Agent, Nginx, Talking, free_port, http_server, run_ok, stopped_field};
+use sockspan_tests::{Agent, Nginx, Talking, free_port, http_server, run_ok};
 
 /// The OTLP back end goes through every bad state (nothing listening, 503s, answers slower
 /// than the export timeout, 400s) and comes back. Traffic never stops meanwhile: every request
@@ -50,16 +50,16 @@ fn otlp_outage_is_counted_survived_and_recovered() {
     }
     assert!(requests > 500, "the client ran: {requests} requests");
     // Python's client and server are both traced: two spans a request, outage or not.
-    let started = stopped_field(&out.stderr, "spans_started");
+    let started = out.counter("spans_started");
     assert!(
         started >= 2 * requests,
         "{started} spans for {requests} requests"
     );
-    assert_eq!(stopped_field(&out.stderr, "ring_full_drops"), 0);
-    assert_eq!(stopped_field(&out.stderr, "undecodable_records"), 0);
-    assert_eq!(stopped_field(&out.stderr, "ring_resyncs"), 0);
-    let failed = stopped_field(&out.stderr, "export_failed");
-    let exported = stopped_field(&out.stderr, "spans_exported");
+    assert_eq!(out.counter("ring_full_drops"), 0);
+    assert_eq!(out.counter("undecodable_records"), 0);
+    assert_eq!(out.counter("ring_resyncs"), 0);
+    let failed = out.counter("export_failed");
+    let exported = out.counter("spans_exported");
     assert!(failed > 0, "undeliverable spans are counted");
     assert_eq!(
         phases["up"]["spans"].as_u64(),
@@ -106,13 +106,13 @@ fn hostile_traffic_keeps_the_agent_bounded_and_tracing() {
     let out = agent.stop();
     assert!(out.status.success(), "{}", out.stderr);
 
-    let peak = stopped_field(&out.stderr, "conns_peak");
+    let peak = out.counter("conns_peak");
     assert!(peak <= 4096, "table bound held: peak {peak}");
     assert!(
-        stopped_field(&out.stderr, "conns_evicted_full") > 0,
+        out.counter("conns_evicted_full") > 0,
         "10 000 held sockets past a 4096 bound are evicted, and counted"
     );
-    let rss_mib = stopped_field(&out.stderr, "peak_rss_kib") / 1024;
+    let rss_mib = out.counter("peak_rss_kib") / 1024;
     assert!(rss_mib < 160, "peak RSS {rss_mib} MiB");
 
     let spans: Vec<&Value> = out
@@ -135,7 +135,7 @@ fn hostile_traffic_keeps_the_agent_bounded_and_tracing() {
         .iter()
         .filter(|s| s["attributes"]["url.path"] == "/c")
         .count() as u64;
-    if stopped_field(&out.stderr, "ring_full_drops") == 0 {
+    if out.counter("ring_full_drops") == 0 {
         assert_eq!(short, 2 * churned, "two spans per short connection");
     } else {
         assert!(short > 0);

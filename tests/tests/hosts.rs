@@ -324,7 +324,7 @@ fn peers_with_another_secret_are_refused() {
     let mut events = Vec::new();
     for agent in agents {
         let out = agent.stop();
-        refused += sockspan_tests::stopped_field(&out.stderr, "peer_refused");
+        refused += out.counter("peer_refused");
         events.extend(out.events);
     }
     assert!(refused >= 3, "refused {refused}");
@@ -494,7 +494,7 @@ fn a_dnat_virtual_address_between_hosts_still_links() {
     for agent in agents {
         let out = agent.stop();
         assert!(out.status.success(), "{}", out.stderr);
-        translated += sockspan_tests::stopped_field(&out.stderr, "peer_translated");
+        translated += out.counter("peer_translated");
         events.extend(out.events);
     }
     assert!(translated > 0, "the front's calls were translated");

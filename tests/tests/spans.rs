@@ -10,7 +10,6 @@ use std::{
 use serde_json::Value;
 use sockspan_tests::{
     Agent, Proc, Talking, every_output, fixture, free_port, http_server, python_fixture, run_ok,
-    stopped_field,
 };
 
 /// The three services of the chain, each named through `OTEL_SERVICE_NAME`.
@@ -559,7 +558,7 @@ fn opaque_connections_stop_sending_records() {
     // Both ends of the echo connection send at most 8 data records each before the programs
     // give up on it, against 4 × MESSAGES without inference; the margin is for whatever else
     // the host does meanwhile.
-    let sent = stopped_field(&out.stderr, "events_sent");
+    let sent = out.counter("events_sent");
     assert!(
         sent < 1000,
         "{sent} records sent for {MESSAGES} opaque round trips; the raw view needed {raw_records}"

@@ -351,7 +351,7 @@ fn jaeger_api_serves_traces_of_real_traffic_and_survives_a_restart() {
     let out = agent.stop();
     assert!(out.status.success(), "{}", out.stderr);
     assert!(
-        sockspan_tests::stopped_field(&out.stderr, "own_connections_ignored") >= 10,
+        out.counter("own_connections_ignored") >= 10,
         "every curl to the API was one of the agent's own connections"
     );
     // A new agent on the same store still answers for the trace.
@@ -579,7 +579,7 @@ fn the_web_ui_serves_every_view_on_real_traffic_in_chromium() {
     );
     // Screenshots of each view are kept as the test's artefacts (README shows two).
     let shots = std::env::var("SOCKSPAN_UI_SHOTS").map_or_else(
-        |_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/ui-screenshots"),
+        |_| sockspan_tests::target_dir().join("ui-screenshots"),
         PathBuf::from,
     );
     std::fs::create_dir_all(&shots).expect("screenshot dir");
@@ -871,8 +871,8 @@ fn api_beyond_loopback_requires_the_bearer_token() {
     let token = "4f2c9d7e1b8a6035c4d2e9f1a7b3c580";
     std::fs::write(&token_file, format!("{token}\n")).expect("token");
     let ns = Netns::with_address(&format!("ssauth{}", free_port()), addr);
-    let mut agent = Agent::start_in_netns(&ns.0, "run", &with_token);
-    agent.wait_for_stderr("web UI on", Duration::from_secs(10));
+    // Ready (its --ready-file written) means the UI listens already.
+    let agent = Agent::start_in_netns(&ns.0, "run", &with_token);
     let base = format!("http://{ui}");
     let status = |text: &str| text.rsplit('\n').next().unwrap_or("").trim().to_string();
 

@@ -14,9 +14,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use sockspan_tests::{
-    Agent,
+    Agent, Output,
     chains::{Chain, chain_named},
-    fixture, run_ok, stopped_field,
+    fixture, run_ok,
 };
 
 /// Which runtime probes are measured.
@@ -28,26 +28,31 @@ pub enum Probed {
 }
 
 impl Probed {
-    /// What the agent logs when the probes are on.
-    fn attached(self) -> &'static str {
+    /// The agent's counter of processes whose probes of this kind were attached.
+    fn followed(self) -> &'static str {
         match self {
-            Self::Go => "Go runtime probes attached",
-            Self::Asyncio => "Python asyncio probes attached",
-            Self::Node => "Node.js callback probes attached",
+            Self::Go => "go_processes_followed",
+            Self::Asyncio => "asyncio_processes_followed",
+            Self::Node => "node_processes_followed",
         }
     }
 
-    /// Uprobe hits in a phase, from the agent's final log line.
-    fn hits(self, log: &str) -> u64 {
+    /// Whether the probes of this kind were attached to some process during the phase.
+    fn attached(self, out: &Output) -> bool {
+        out.counter(self.followed()) > 0
+    }
+
+    /// Uprobe hits in a phase, from the agent's final counters.
+    fn hits(self, out: &Output) -> u64 {
         match self {
             Self::Go => {
-                stopped_field(log, "go_spawns")
-                    + stopped_field(log, "go_spawns_unpaired")
-                    + 2 * stopped_field(log, "go_handoffs")
-                    + stopped_field(log, "go_handoffs_unpaired")
+                out.counter("go_spawns")
+                    + out.counter("go_spawns_unpaired")
+                    + 2 * out.counter("go_handoffs")
+                    + out.counter("go_handoffs_unpaired")
             }
             // An entry and a return per task made.
-            Self::Asyncio => 2 * stopped_field(log, "task_spawns"),
+            Self::Asyncio => 2 * out.counter("task_spawns"),
             // The callback probes send nothing: their hits are not counted.
             Self::Node => 0,
         }
@@ -119,14 +124,14 @@ fn phase(
     if !out.status.success() {
         bail!("the agent failed: {}", out.stderr);
     }
-    let attached = out.stderr.contains(which.attached());
+    let attached = which.attached(&out);
     if attached != probes {
         bail!(
             "probes attached: {attached}, wanted {probes}: {}",
             out.stderr
         );
     }
-    let hits = which.hits(&out.stderr);
+    let hits = which.hits(&out);
     let n = requests as f64;
     Ok(ProbeSample {
         probes,
@@ -185,7 +190,7 @@ fn task_rounds(bin: &Path, quick: bool) -> Result<Vec<ProbeSample>> {
         if !out.status.success() {
             bail!("the agent failed: {}", out.stderr);
         }
-        let attached = out.stderr.contains(Probed::Asyncio.attached());
+        let attached = Probed::Asyncio.attached(&out);
         if attached != probes {
             bail!(
                 "probes attached: {attached}, wanted {probes}: {}",
@@ -197,7 +202,7 @@ fn task_rounds(bin: &Path, quick: bool) -> Result<Vec<ProbeSample>> {
             requests: tasks,
             front_cpu_us: per_task[1],
             wall_us: 0.0,
-            hits_per_request: Probed::Asyncio.hits(&out.stderr) as f64 / (3 * tasks) as f64,
+            hits_per_request: Probed::Asyncio.hits(&out) as f64 / (3 * tasks) as f64,
         });
     }
     Ok(samples)

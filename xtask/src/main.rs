@@ -6,6 +6,7 @@ mod bench_runtime;
 mod bench_tls;
 mod causality;
 mod fuzz;
+mod lint;
 mod setup;
 mod stress;
 mod test;
@@ -27,6 +28,9 @@ struct Cli {
 enum Task {
     /// Install the eBPF toolchain (Debian rustc-web, BPF core, bpf-linker); idempotent.
     Setup,
+    /// The gates CI keeps: `cargo fmt --check`, pedantic clippy with warnings as errors, and
+    /// clippy over the eBPF crate for its BPF target.
+    Lint,
     /// Unit tests, then the root integration tests (real processes, real kernel).
     Test {
         /// Only integration tests whose name contains this.
@@ -126,6 +130,7 @@ fn demo(check: bool) -> Result<()> {
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::setup(),
+        Task::Lint => lint::lint(),
         Task::Test { filter, unit_only } => test::test(filter.as_deref(), unit_only),
         Task::Run { args } => run_agent(args),
         Task::Bench {

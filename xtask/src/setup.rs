@@ -14,6 +14,7 @@ use crate::util::{command_ok, output_of, run};
 pub const BPF_TOOLCHAIN: &str = "sockspan-bpf";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+const DEBIAN_CLIPPY: &str = "/usr/bin/clippy-driver";
 const BPF_CORE_DIR: &str = "/usr/lib/rustlib/bpfel-unknown-none/lib";
 
 /// Debian packages the integration tests use: servers and clients that run for real.
@@ -90,6 +91,7 @@ pub fn is_ready() -> bool {
         return false;
     };
     std::path::Path::new(BPF_CORE_DIR).is_dir()
+        && std::path::Path::new(DEBIAN_CLIPPY).exists()
         && bpf_linker_matches(major)
         && output_of(Command::new("rustup").args(["toolchain", "list"]))
             .is_ok_and(|t| t.lines().any(|l| l.starts_with(BPF_TOOLCHAIN)))
@@ -101,6 +103,12 @@ pub fn setup() -> Result<()> {
         apt_install(&["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf"])?;
     } else {
         say("Debian rustc-web and the BPF core library are installed");
+    }
+    // Clippy matched to that rustc, for the eBPF crate's lint gate (`cargo xtask lint`).
+    if std::path::Path::new(DEBIAN_CLIPPY).exists() {
+        say("Debian's clippy for rustc-web is installed");
+    } else {
+        apt_install(&["rust-web-clippy"])?;
     }
     let major = rustc_llvm_major()?;
     say(&format!("Debian rustc uses LLVM {major}"));

@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
-use sockspan_tests::{Agent, Nginx, Talking, free_port, http_server, stopped_field};
+use sockspan_tests::{Agent, Nginx, Output, Talking, free_port, http_server};
 
 use crate::util::{release_agent, workspace_root, write_section};
 
@@ -138,7 +138,7 @@ pub fn stress(idle: u64, churn: u64) -> Result<()> {
     if !out.status.success() {
         bail!("the agent failed under hostile traffic:\n{}", out.stderr);
     }
-    let field = |k: &str| stopped_field(&out.stderr, k);
+    let field = |k: &str| out.counter(k);
     let peak = samples.iter().map(|(_, k)| *k).max().unwrap_or(0);
     let mut text = String::new();
     let _ = writeln!(
@@ -245,7 +245,7 @@ pub fn soak(minutes: f64) -> Result<()> {
             bad,
             requests,
         },
-        &out.stderr,
+        &out,
         &report,
         &samples,
     );
@@ -263,14 +263,14 @@ struct SoakRun {
     requests: u64,
 }
 
-fn soak_report(run: &SoakRun, stderr: &str, report: &Value, samples: &[(f64, u64)]) -> String {
+fn soak_report(run: &SoakRun, out: &Output, report: &Value, samples: &[(f64, u64)]) -> String {
     let SoakRun {
         minutes,
         rate,
         bad,
         requests,
     } = *run;
-    let field = |k: &str| stopped_field(stderr, k);
+    let field = |k: &str| out.counter(k);
     let outage_end = bad * 4.0;
     let first_minute = max_between(samples, 0.0, 60.0_f64.min(outage_end));
     let outage_peak = max_between(samples, 0.0, outage_end);

@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 
 use crate::{
     setup,
-    util::{cargo, is_root, run, workspace_root},
+    util::{cargo, is_root, run, target_dir, workspace_root},
 };
 
 /// Passed and failed counts read from `test result:` lines.
@@ -84,7 +84,7 @@ fn least_privilege_wrapper(agent: &std::path::Path) -> Result<std::path::PathBuf
         agent.display(),
         agent.display()
     );
-    let path = workspace_root().join("target/debug/sockspan-least-privilege");
+    let path = target_dir().join("debug/sockspan-least-privilege");
     std::fs::write(&path, script)?;
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     Ok(path)
@@ -103,6 +103,9 @@ pub fn test(filter: Option<&str>, unit_only: bool) -> Result<()> {
             "agent-ebpf",
             "--exclude",
             "sockspan-tests",
+            // The benchmark and fuzz helpers are tested too, though the product leaves them out.
+            "--features",
+            "agent/bench,agent/fuzz",
         ],
         &[],
         &mut tally,
@@ -120,7 +123,7 @@ pub fn test(filter: Option<&str>, unit_only: bool) -> Result<()> {
             "--bin",
             "sockspan",
         ]))?;
-        let bin = least_privilege_wrapper(&workspace_root().join("target/debug/sockspan"))?;
+        let bin = least_privilege_wrapper(&target_dir().join("debug/sockspan"))?;
         let mut args = vec!["--package", "sockspan-tests", "--"];
         if let Some(f) = filter {
             args.push(f);

@@ -49,6 +49,11 @@ pub fn workspace_root() -> std::path::PathBuf {
         .map_or(here.clone(), std::path::Path::to_path_buf)
 }
 
+/// Cargo's target folder (`CARGO_TARGET_DIR` honoured), shared with the tests' helpers.
+pub fn target_dir() -> std::path::PathBuf {
+    sockspan_tests::target_dir()
+}
+
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
     output_of(Command::new("id").arg("-u")).is_ok_and(|s| s.trim() == "0")
@@ -56,18 +61,30 @@ pub fn is_root() -> bool {
 
 /// Installs the toolchain if missing, builds the release agent, and returns its path.
 pub fn release_agent() -> Result<std::path::PathBuf> {
+    build_release_agent(&[])
+}
+
+/// As [`release_agent`], with the hidden benchmark commands and programs (feature `bench`).
+pub fn release_bench_agent() -> Result<std::path::PathBuf> {
+    build_release_agent(&["--features", "bench"])
+}
+
+fn build_release_agent(extra: &[&str]) -> Result<std::path::PathBuf> {
     if !crate::setup::is_ready() {
         crate::setup::setup()?;
     }
-    run(cargo().current_dir(workspace_root()).args([
-        "build",
-        "--release",
-        "--package",
-        "agent",
-        "--bin",
-        "sockspan",
-    ]))?;
-    Ok(workspace_root().join("target/release/sockspan"))
+    run(cargo()
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "agent",
+            "--bin",
+            "sockspan",
+        ])
+        .args(extra))?;
+    Ok(target_dir().join("release/sockspan"))
 }
 
 /// Replaces the text between `<!-- name:begin -->` and `<!-- name:end -->` in `path` with `body`

@@ -12,15 +12,86 @@ use crate::{
     caps,
     cli::CaptureArgs,
     conntrack::{Conntrack, ConntrackConfig},
-    exporter::{SpanExporter, store::StoreExporter},
+    exporter::{SpanExporter, counting::CountingExporter, store::StoreExporter},
     net::loopback_tuple,
     pipeline::sink::TraceSink,
     pipeline::{self, PipelineError},
     probes::{ExitStage, Probes, ProgramSet},
     receiver::{Event, EventSink as _},
     store::{Store, StoreConfig, StoreError},
-    trace::{SpanData, TraceConfig, Tracer, resource::Resources},
+    trace::{TraceConfig, Tracer, resource::Resources},
 };
+
+/// The hidden subcommands `cargo xtask bench` drives.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Benchmark helper: attach empty programs to sockspan's tracepoints (the floor).
+    #[command(hide = true, name = "bench-floor")]
+    Floor {
+        #[arg(long, value_name = "SECS")]
+        duration: Option<u64>,
+        /// Instead of empty programs, the capture `sys_enter` and an exit program that stops
+        /// after this step.
+        #[arg(long)]
+        stage: Option<crate::probes::ExitStage>,
+        /// Written once the programs are attached (as `run --ready-file`).
+        #[arg(long, value_name = "PATH")]
+        ready_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        capture: CaptureArgs,
+    },
+    /// Benchmark helper: the user-space pipeline alone on synthesized HTTP/1 or gRPC traffic.
+    #[command(hide = true, name = "bench-pipeline")]
+    Pipeline {
+        #[arg(long, default_value_t = 200_000)]
+        exchanges: u64,
+        /// Export into an embedded store at this path (the default output) instead of counting.
+        #[arg(long, value_name = "PATH")]
+        store: Option<std::path::PathBuf>,
+        /// What to synthesize.
+        #[arg(long, value_enum, default_value = "http1")]
+        protocol: BenchProtocol,
+    },
+    /// Benchmark helper: how many spans of a service a stopped agent's store holds.
+    #[command(hide = true, name = "bench-store-count")]
+    StoreCount {
+        #[arg(long, value_name = "PATH")]
+        store: std::path::PathBuf,
+        #[arg(long)]
+        service: String,
+    },
+}
+
+/// Runs a benchmark helper; returns the process's exit code.
+pub fn run(command: BenchCommand) -> i32 {
+    fn done<E: std::fmt::Display>(result: Result<(), E>) -> i32 {
+        match result {
+            Ok(()) => 0,
+            Err(err) => {
+                eprintln!("sockspan: {err}");
+                1
+            }
+        }
+    }
+    match command {
+        BenchCommand::Floor {
+            duration,
+            stage,
+            ready_file,
+            capture,
+        } => crate::run_async(async move {
+            floor(&capture, duration, stage, ready_file.as_deref()).await
+        }),
+        BenchCommand::StoreCount { store, service } => {
+            done(store_count(&store, &service).map(|n| println!("{n}")))
+        }
+        BenchCommand::Pipeline {
+            exchanges,
+            store,
+            protocol,
+        } => done(pipeline_throughput(exchanges, store.as_deref(), protocol)),
+    }
+}
 
 /// `sockspan bench-floor`: empty programs on sockspan's tracepoints until stopped, or with
 /// `stage`, the capture path cut short after one step (nothing reads the ring meanwhile: these
@@ -29,7 +100,9 @@ pub async fn floor(
     args: &CaptureArgs,
     duration: Option<u64>,
     stage: Option<ExitStage>,
+    ready_file: Option<&Path>,
 ) -> Result<(), PipelineError> {
+    super::report_files::check(&[("--ready-file", ready_file)])?;
     caps::check_can_load().map_err(PipelineError::Privilege)?;
     let set = stage.map_or(ProgramSet::Floor, ProgramSet::Stage);
     let _probes = Probes::load_set(&args.probes(), std::process::id(), set)?;
@@ -38,29 +111,15 @@ pub async fn floor(
     } else {
         tracing::info!("capture path attached (floor: empty programs)");
     }
+    if let Some(path) = ready_file {
+        let ready = serde_json::json!({ "pid": std::process::id() });
+        super::report_files::write("--ready-file", path, &ready)?;
+    }
     pipeline::stop_signal(duration.map(Duration::from_secs)).await;
+    if let Some(path) = ready_file {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(())
-}
-
-/// Counts spans and drops them (and counts spans that end before they start, for `fuzz`).
-#[derive(Default)]
-pub(crate) struct CountingExporter {
-    pub(crate) spans: u64,
-    pub(crate) bad_spans: u64,
-}
-
-impl SpanExporter for CountingExporter {
-    fn export(&mut self, spans: &mut Vec<SpanData>) {
-        self.spans += spans.len() as u64;
-        self.bad_spans += spans
-            .iter()
-            .filter(|s| s.end_unix_nano < s.start_unix_nano)
-            .count() as u64;
-    }
-    fn flush(&mut self) {}
-    fn counts(&self) -> (u64, u64) {
-        (self.spans, 0)
-    }
 }
 
 fn header(kind: EventKind, pid: u32, tid: u32, conn_id: u64, ts: u64) -> EventHeader {
@@ -449,6 +508,7 @@ fn lookup_micros(store: &Store) -> Result<f64, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trace::SpanData;
 
     #[test]
     fn finished_spans_leave_without_waiting_for_the_tick() {

@@ -351,6 +351,7 @@ impl<W: Write> EventSink for JsonSink<'_, W> {
 }
 
 pub async fn run(args: EventsArgs) -> Result<(), pipeline::PipelineError> {
+    super::report_files::check(&args.report.files())?;
     let capture = pipeline::start(&args.capture, pipeline::Traffic::All)?;
     let pipeline::Capture {
         probes,
@@ -372,6 +373,10 @@ pub async fn run(args: EventsArgs) -> Result<(), pipeline::PipelineError> {
         write_failed: false,
         last_counters: KernelCounters::default(),
     };
+    if let Some(path) = &args.report.ready_file {
+        let ready = serde_json::json!({ "pid": std::process::id() });
+        super::report_files::write("--ready-file", path, &ready)?;
+    }
     let stop = pipeline::stop_signal(args.duration.map(Duration::from_secs));
     let receiver_stats = receiver::run(ring, &mut sink, Duration::from_millis(250), stop)
         .await
@@ -381,6 +386,13 @@ pub async fn run(args: EventsArgs) -> Result<(), pipeline::PipelineError> {
     let stats = sink.stats(receiver_stats, kernel);
     sink.write(&stats);
     let _ = sink.out.flush();
+    if let Some(path) = &args.report.ready_file {
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some(path) = &args.report.stats_file {
+        let value = serde_json::to_value(&stats).unwrap_or_default();
+        super::report_files::write("--stats-file", path, &value)?;
+    }
     Ok(())
 }
 

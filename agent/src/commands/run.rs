@@ -3,6 +3,7 @@
 
 use std::{io, time::Duration};
 
+use super::report_files::{self, FinalStats};
 use crate::{
     cli::Output,
     cli::RunArgs,
@@ -45,7 +46,7 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         }
         Output::Jsonl | Output::Store => None,
     };
-    check_ready_file(args.ready_file.as_deref())?;
+    report_files::check(&args.report.files())?;
     let peers = bind_peers(&args)?;
     let store_config = args.store_config();
     let api_config = if args.output == Output::Store {
@@ -82,8 +83,10 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     let mut sink = scoped(sink, &args, api_config.as_ref(), peers)
         .with_runtime_probes(&mut probes, runtime_probes(&args));
     crate::metrics::lock(&metrics).ready = true;
-    if let Some(path) = &args.ready_file {
-        write_ready_file(path, api_config.as_ref().map(|c| c.addr))?;
+    if let Some(path) = &args.report.ready_file {
+        let ui = api_config.as_ref().map(|c| c.addr.to_string());
+        let ready = serde_json::json!({ "pid": std::process::id(), "ui": ui });
+        report_files::write("--ready-file", path, &ready)?;
     }
     let stop = pipeline::stop_signal(args.duration.map(Duration::from_secs));
     let receiver = receiver::run(ring, &mut sink, Duration::from_millis(100), stop)
@@ -93,9 +96,13 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     sink.export(true);
     sink.exporter.finish();
     let metrics_exports = senders.drain().await;
-    log_stopped(&sink, &receiver, metrics_exports);
-    if let Some(path) = &args.ready_file {
+    let stats = final_stats(&sink, &receiver, metrics_exports);
+    tracing::info!("stopped {stats}");
+    if let Some(path) = &args.report.ready_file {
         let _ = std::fs::remove_file(path);
+    }
+    if let Some(path) = &args.report.stats_file {
+        report_files::write("--stats-file", path, &stats.to_json())?;
     }
     Ok(())
 }
@@ -235,34 +242,6 @@ fn bind_peers(args: &RunArgs) -> Result<Option<crate::peers::Peers>, crate::peer
     Ok(peers)
 }
 
-/// `--ready-file` can be written: its folder exists (said before anything is attached).
-fn check_ready_file(path: Option<&std::path::Path>) -> Result<(), pipeline::PipelineError> {
-    let folder = path
-        .and_then(std::path::Path::parent)
-        .filter(|p| !p.as_os_str().is_empty());
-    match (path, folder) {
-        (Some(path), Some(folder)) if !folder.is_dir() => Err(pipeline::PipelineError::ReadyFile(
-            format!("{}: its folder does not exist", path.display()),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// Writes `--ready-file` whole (a temporary file renamed over it: a reader never sees half).
-fn write_ready_file(
-    path: &std::path::Path,
-    ui: Option<std::net::SocketAddr>,
-) -> Result<(), pipeline::PipelineError> {
-    let line = serde_json::json!({
-        "pid": std::process::id(),
-        "ui": ui.map(|a| a.to_string()),
-    });
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{line}\n"))
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| pipeline::PipelineError::ReadyFile(format!("{}: {e}", path.display())))
-}
-
 /// Which runtime probes `--no-runtime-probes` leaves on; those left off are logged with what
 /// is lost.
 fn runtime_probes(args: &RunArgs) -> crate::pipeline::sink::RuntimeProbesOn {
@@ -294,119 +273,128 @@ fn runtime_probes(args: &RunArgs) -> crate::pipeline::sink::RuntimeProbesOn {
     }
 }
 
-/// The final log line: every stage's counters.
-fn log_stopped(
+/// Every stage's final counters (the final log line and `--stats-file`), stage by stage.
+fn final_stats(
     sink: &TraceSink<'_>,
     receiver: &receiver::ReceiverStats,
     (metrics_exports, metrics_exports_failed): (u64, u64),
-) {
+) -> FinalStats {
+    let (spans_out, spans_lost) = sink.exporter.counts();
+    let mut stats = FinalStats::default();
+    stats
+        .add("spans_exported", spans_out)
+        .add("export_failed", spans_lost)
+        .add("metrics_exports", metrics_exports)
+        .add("metrics_exports_failed", metrics_exports_failed);
+    linking_stats(&mut stats, &sink.tracer);
+    runtime_stats(&mut stats, sink);
+    let peers = sink.peers.as_ref().map(|p| p.stats).unwrap_or_default();
+    stats
+        .add("peer_sent", peers.sent)
+        .add("peer_send_failed", peers.send_failed)
+        .add("peer_received", peers.received)
+        .add("peer_refused", peers.refused)
+        .add("peer_translated", peers.translated)
+        .add("peer_local", peers.local);
+    capture_stats(&mut stats, sink, receiver);
+    stats
+}
+
+/// The tracer's: spans, parents by rule, the worker rule, roots and links.
+fn linking_stats(stats: &mut FinalStats, tracer: &Tracer) {
+    let t = &tracer.stats;
+    let workers = tracer.worker_stats();
+    stats
+        .add("spans_started", t.spans_started)
+        .add("parent_from_header", t.parent_from_header)
+        .add("parent_from_thread", t.parent_from_thread)
+        .add("parent_from_proxy", t.parent_from_proxy)
+        .add("parent_from_goroutine", t.parent_from_goroutine)
+        .add("parent_from_task", t.parent_from_task)
+        .add("task_shared_writers", t.task_shared_writers)
+        .add("parent_from_callback", t.parent_from_callback)
+        .add("parent_from_worker", t.parent_from_worker)
+        .add("worker_waited", workers.waited)
+        .add("worker_unparented", workers.refused)
+        .add("worker_unplaced_answers", workers.unplaced_answers)
+        .add("worker_unplaced_unanswered", workers.unplaced_unanswered)
+        .add("worker_unknown_writes", workers.unknown_writes)
+        .add("worker_refused_unknown", workers.refused_unknown)
+        .add("worker_given_up", workers.given_up)
+        .add("worker_decided_by_ends", workers.decided_by_ends)
+        .add("event_loop_threads", t.event_loop_threads)
+        .add("parent_from_connection", t.parent_from_connection)
+        .add("mirror_mismatches", t.mirror_mismatches)
+        .add("parent_from_peer", t.parent_from_peer)
+        .add("peer_announced", t.peer_announced)
+        .add("roots", t.roots)
+        .add("ambiguous", t.ambiguous)
+        .add("spans_abandoned", t.abandoned)
+        .add("held", tracer.held())
+        .add("held_peak", t.held_peak);
+}
+
+/// The runtime probes': processes followed and what their probes reported.
+fn runtime_stats(stats: &mut FinalStats, sink: &TraceSink<'_>) {
+    let go = sink.tracer.goroutines.stats;
+    let tasks = &sink.tracer.tasks.stats;
+    let callbacks = &sink.tracer.callbacks.stats;
+    stats
+        .add("go_processes_followed", go.processes)
+        .add("go_spawns", go.spawns)
+        .add("go_spawns_unpaired", go.spawns_unpaired)
+        .add("go_handoffs", go.handoffs)
+        .add("go_handoffs_unpaired", go.handoffs_unpaired)
+        .add("go_forgotten", go.forgotten)
+        .add("asyncio_processes_followed", tasks.processes)
+        .add("task_spawns", tasks.spawns)
+        .add("task_spawns_unparented", tasks.spawns_unparented)
+        .add("task_forgotten", tasks.forgotten)
+        .add("node_processes_followed", callbacks.processes)
+        .add("node_calls_outside_callbacks", callbacks.outside)
+        .add("node_sockets_reset", callbacks.sockets_reset)
+        .add("tls_libraries_probed", sink.tls_libraries_probed);
+}
+
+/// The capture path's and the protocol layer's: ring, connections, protocols, budgets.
+fn capture_stats(stats: &mut FinalStats, sink: &TraceSink<'_>, receiver: &receiver::ReceiverStats) {
+    use agent_common::Counter;
     let kernel = sink
         .probes()
         .and_then(|p| p.counters().ok())
         .unwrap_or_default();
-    let goroutines = sink.tracer.goroutines.stats;
-    let peers = sink.peers.as_ref().map(|p| p.stats).unwrap_or_default();
-    let (spans_out, spans_lost) = sink.exporter.counts();
-    tracing::info!(
-        spans_exported = spans_out,
-        export_failed = spans_lost,
-        metrics_exports,
-        metrics_exports_failed,
-        spans_started = sink.tracer.stats.spans_started,
-        parent_from_header = sink.tracer.stats.parent_from_header,
-        parent_from_thread = sink.tracer.stats.parent_from_thread,
-        parent_from_proxy = sink.tracer.stats.parent_from_proxy,
-        parent_from_goroutine = sink.tracer.stats.parent_from_goroutine,
-        go_spawns = goroutines.spawns,
-        go_spawns_unpaired = goroutines.spawns_unpaired,
-        go_handoffs = goroutines.handoffs,
-        go_handoffs_unpaired = goroutines.handoffs_unpaired,
-        go_forgotten = goroutines.forgotten,
-        parent_from_task = sink.tracer.stats.parent_from_task,
-        task_spawns = sink.tracer.tasks.stats.spawns,
-        task_spawns_unparented = sink.tracer.tasks.stats.spawns_unparented,
-        task_forgotten = sink.tracer.tasks.stats.forgotten,
-        task_shared_writers = sink.tracer.stats.task_shared_writers,
-        parent_from_callback = sink.tracer.stats.parent_from_callback,
-        node_calls_outside_callbacks = sink.tracer.callbacks.stats.outside,
-        parent_from_worker = sink.tracer.stats.parent_from_worker,
-        worker_waited = sink.tracer.worker_stats().waited,
-        worker_unparented = sink.tracer.worker_stats().refused,
-        worker_unplaced_answers = sink.tracer.worker_stats().unplaced_answers,
-        worker_unplaced_unanswered = sink.tracer.worker_stats().unplaced_unanswered,
-        worker_unknown_writes = sink.tracer.worker_stats().unknown_writes,
-        worker_refused_unknown = sink.tracer.worker_stats().refused_unknown,
-        worker_given_up = sink.tracer.worker_stats().given_up,
-        worker_decided_by_ends = sink.tracer.worker_stats().decided_by_ends,
-        node_sockets_reset = sink.tracer.callbacks.stats.sockets_reset,
-        event_loop_threads = sink.tracer.stats.event_loop_threads,
-        parent_from_connection = sink.tracer.stats.parent_from_connection,
-        mirror_mismatches = sink.tracer.stats.mirror_mismatches,
-        parent_from_peer = sink.tracer.stats.parent_from_peer,
-        peer_announced = sink.tracer.stats.peer_announced,
-        peer_sent = peers.sent,
-        peer_send_failed = peers.send_failed,
-        peer_received = peers.received,
-        peer_refused = peers.refused,
-        peer_translated = peers.translated,
-        peer_local = peers.local,
-        roots = sink.tracer.stats.roots,
-        ambiguous = sink.tracer.stats.ambiguous,
-        spans_abandoned = sink.tracer.stats.abandoned,
-        held = sink.tracer.held(),
-        held_peak = sink.tracer.stats.held_peak,
-        protocol_connections = %ProtocolCounts(sink.protocols.stats.recognised()),
-        http2 = %Http2Totals,
-        other_connections = sink.protocols.stats.other_connections,
-        protocol_given_up = sink.protocols.stats.given_up,
-        protocol_given_up_by = %ProtocolCounts(sink.protocols.stats.given_up_by()),
-        marked_opaque = sink.feedback.marked_opaque,
-        own_connections_ignored = sink.feedback.own_connections_ignored,
-        events_sent = kernel.get(agent_common::Counter::EventsSent),
-        ring_records = receiver.records,
-        undecodable_records = receiver.decode_errors,
-        ring_resyncs = receiver.ring_resyncs,
-        ring_full_drops = kernel.get(agent_common::Counter::RingFull),
-        entry_time_missed = kernel.get(agent_common::Counter::EntryTimeMissed),
-        tls_unlinked = kernel.get(agent_common::Counter::TlsUnlinked),
-        conns_opened = sink.conntrack.stats.opened,
-        data_unknown_conn = sink.conntrack.stats.data_unknown_conn,
-        conns_peak = sink.conntrack.stats.peak,
-        conns_evicted_full = sink.conntrack.stats.evicted_full,
-        conns_evicted_idle = sink.conntrack.stats.evicted_idle,
-        head_budget_drops = crate::protocol::budget::HEADS.refusals(),
-        head_bytes_buffered = crate::protocol::budget::HEADS.in_use(),
-        peak_rss_kib = crate::process::own_peak_rss_kib(),
-        "stopped"
-    );
-}
-
-/// Connections per protocol, as `http1:3,http2:1` in the final log line.
-struct ProtocolCounts<I>(I);
-
-impl<I: Iterator<Item = (&'static str, u64)> + Clone> std::fmt::Display for ProtocolCounts<I> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, (name, n)) in self.0.clone().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            write!(f, "{name}:{n}")?;
-        }
-        Ok(())
-    }
-}
-
-/// The HTTP/2 stage's totals as `key=value` pairs in the final log line.
-struct Http2Totals;
-
-impl std::fmt::Display for Http2Totals {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, (name, n)) in crate::protocol::http2::TOTALS.fields().iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            write!(f, "{name}:{n}")?;
-        }
-        Ok(())
-    }
+    let protocols = &sink.protocols.stats;
+    let conns = &sink.conntrack.stats;
+    stats
+        .add_counts("protocol_connections", protocols.recognised())
+        .add_counts("http2", crate::protocol::http2::TOTALS.fields())
+        .add("other_connections", protocols.other_connections)
+        .add("protocol_given_up", protocols.given_up)
+        .add_counts("protocol_given_up_by", protocols.given_up_by())
+        .add("marked_opaque", sink.feedback.marked_opaque)
+        .add(
+            "own_connections_ignored",
+            sink.feedback.own_connections_ignored,
+        )
+        .add("events_sent", kernel.get(Counter::EventsSent))
+        .add("ring_records", receiver.records)
+        .add("undecodable_records", receiver.decode_errors)
+        .add("ring_resyncs", receiver.ring_resyncs)
+        .add("ring_full_drops", kernel.get(Counter::RingFull))
+        .add("entry_time_missed", kernel.get(Counter::EntryTimeMissed))
+        .add("tls_unlinked", kernel.get(Counter::TlsUnlinked))
+        .add("conns_opened", conns.opened)
+        .add("data_unknown_conn", conns.data_unknown_conn)
+        .add("conns_peak", conns.peak)
+        .add("conns_evicted_full", conns.evicted_full)
+        .add("conns_evicted_idle", conns.evicted_idle)
+        .add(
+            "head_budget_drops",
+            crate::protocol::budget::HEADS.refusals(),
+        )
+        .add(
+            "head_bytes_buffered",
+            crate::protocol::budget::HEADS.in_use(),
+        )
+        .add("peak_rss_kib", crate::process::own_peak_rss_kib());
 }

@@ -1,5 +1,7 @@
 //! Stage 6 of the pipeline: where finished spans go.
 
+#[cfg(any(feature = "bench", feature = "fuzz"))]
+pub mod counting;
 pub mod json;
 pub mod jsonl;
 pub mod metered;

@@ -84,12 +84,14 @@ impl StoreExporter {
     ///
     /// # Errors
     /// The thread could not be started.
+    #[cfg(feature = "bench")]
     pub fn lossless(store: Store) -> Result<Self, StoreError> {
         let mut exporter = Self::new(store)?;
         exporter.lossless = true;
         Ok(exporter)
     }
 
+    #[cfg(feature = "bench")]
     #[must_use]
     pub fn store(&self) -> &Store {
         &self.store

@@ -88,6 +88,7 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 
 impl ClientSpan {
     /// The datagram, signed with `secret`, stamped `now_ms` (Unix ms).
+    #[cfg(any(test, feature = "fuzz"))]
     #[must_use]
     pub fn encode(&self, secret: &[u8], now_ms: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(MESSAGE_LEN);
@@ -158,6 +159,7 @@ impl ClientSpan {
 
 /// `body` (a message without its tag, [`MESSAGE_LEN`] − 16 bytes) signed as a peer with
 /// `secret` would, and the time it claims: for the fuzz target, which must get past the tag.
+#[cfg(feature = "fuzz")]
 #[must_use]
 pub fn signed(body: &[u8], secret: &[u8]) -> Option<(Vec<u8>, u64)> {
     if body.len() != MESSAGE_LEN - MAC_LEN {

@@ -39,8 +39,8 @@ pub enum PipelineError {
     Api(#[from] crate::api::ApiError),
     #[error(transparent)]
     Record(#[from] crate::protocol::http1::record::RecordError),
-    #[error("--ready-file {0}")]
-    ReadyFile(String),
+    #[error("{flag} {detail}")]
+    ReportFile { flag: &'static str, detail: String },
     #[error(transparent)]
     Peers(#[from] crate::peers::PeersError),
 }

@@ -65,6 +65,8 @@ pub struct TraceSink<'a> {
     on: RuntimeProbesOn,
     /// Processes already looked at for libssl files to probe.
     tls_seen: HashSet<u32>,
+    /// TLS library files whose probes were attached, over the agent's life.
+    pub tls_libraries_probed: u64,
     /// Python processes looked at for the asyncio probes: when last, and whether they are
     /// followed now.
     python_seen: HashMap<u32, (u64, bool)>,
@@ -106,6 +108,7 @@ impl<'a> TraceSink<'a> {
                 node: false,
             },
             tls_seen: HashSet::new(),
+            tls_libraries_probed: 0,
             python_seen: HashMap::new(),
             node_seen: HashSet::new(),
             feedback: FeedbackStats::default(),
@@ -375,12 +378,12 @@ impl<'a> TraceSink<'a> {
             }
         }
         if on.tls {
-            watch_tls(&mut self.tls_seen, probes, None);
+            self.tls_libraries_probed += watch_tls(&mut self.tls_seen, probes, None);
             for pid in crate::runtime::processes_running()
                 .into_iter()
                 .filter(|&pid| in_scope(pid))
             {
-                watch_tls(&mut self.tls_seen, probes, Some(pid));
+                self.tls_libraries_probed += watch_tls(&mut self.tls_seen, probes, Some(pid));
             }
         }
         if on.asyncio {
@@ -420,7 +423,7 @@ impl<'a> TraceSink<'a> {
     }
 
     /// The most spans the tracer held at once.
-    #[cfg(test)]
+    #[cfg(all(test, feature = "bench"))]
     pub(crate) fn held_peak(&self) -> u64 {
         self.tracer.stats.held_peak
     }
@@ -659,22 +662,27 @@ fn watch_python(
 }
 
 /// Attaches the OpenSSL probes to the system's libssl (`pid` `None`), or to the libssl files
-/// process `pid` maps, once per process; each library met is logged once.
-fn watch_tls(seen: &mut HashSet<u32>, probes: &mut Probes, pid: Option<u32>) {
+/// process `pid` maps, once per process; each library met is logged once. Returns how many
+/// libraries got their probes.
+fn watch_tls(seen: &mut HashSet<u32>, probes: &mut Probes, pid: Option<u32>) -> u64 {
     if let Some(pid) = pid
         && !seen.insert(pid)
     {
-        return;
+        return 0;
     }
+    let mut libraries_probed = 0;
     match probes.attach_tls(pid) {
         Ok(libraries) => {
             for library in libraries {
                 match &library.result {
-                    Ok(probes) => tracing::info!(
-                        library = %library.path,
-                        probes,
-                        "TLS probes attached: plaintext of its connections traced"
-                    ),
+                    Ok(probes) => {
+                        libraries_probed += 1;
+                        tracing::info!(
+                            library = %library.path,
+                            probes,
+                            "TLS probes attached: plaintext of its connections traced"
+                        );
+                    }
                     Err(why) => tracing::warn!(
                         library = %library.path,
                         "no TLS plaintext for the processes using this library: {why}"
@@ -690,6 +698,7 @@ fn watch_tls(seen: &mut HashSet<u32>, probes: &mut Probes, pid: Option<u32>) {
             }
         }
     }
+    libraries_probed
 }
 
 /// Hands the protocol events of `conn` to the tracer. A free function over the sink's fields, so
@@ -732,7 +741,8 @@ impl EventSink for TraceSink<'_> {
         if self.on.tls
             && let Some(probes) = self.probes.as_deref_mut()
         {
-            watch_tls(&mut self.tls_seen, probes, Some(conn.process.pid));
+            self.tls_libraries_probed +=
+                watch_tls(&mut self.tls_seen, probes, Some(conn.process.pid));
         }
         if self.on.asyncio
             && let Some(probes) = self.probes.as_deref_mut()

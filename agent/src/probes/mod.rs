@@ -250,12 +250,15 @@ pub enum ProgramSet {
     /// The capture programs.
     Capture,
     /// Empty programs on the same hooks: the benchmark floor.
+    #[cfg(feature = "bench")]
     Floor,
     /// The capture `sys_enter` with an exit program cut short: the benchmark's breakdown.
+    #[cfg(feature = "bench")]
     Stage(ExitStage),
 }
 
 /// Where a breakdown exit program stops (`agent-ebpf/src/stages.rs`).
+#[cfg(feature = "bench")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExitStage {
     /// After the connection lookup.
@@ -266,6 +269,7 @@ pub enum ExitStage {
     Copy,
 }
 
+#[cfg(feature = "bench")]
 impl ExitStage {
     /// The program's name in the object.
     fn program(self) -> &'static str {
@@ -318,9 +322,11 @@ impl Probes {
         for name in PROGRAMS {
             match set {
                 ProgramSet::Capture => attach(&mut ebpf, name, name, &kernel_btf)?,
+                #[cfg(feature = "bench")]
                 ProgramSet::Floor => {
                     attach(&mut ebpf, &format!("floor_{name}"), name, &kernel_btf)?;
                 }
+                #[cfg(feature = "bench")]
                 ProgramSet::Stage(stage) => {
                     let program = if *name == "sys_exit" {
                         stage.program()

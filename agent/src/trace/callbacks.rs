@@ -89,6 +89,8 @@ struct Socket {
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CallbackStats {
+    /// Node.js processes followed (their callback probes attached), over the agent's life.
+    pub processes: u64,
     /// Client requests written outside any request's callback (timers, immediates).
     pub outside: u64,
     /// Times the socket table started again at its bound.
@@ -106,7 +108,9 @@ pub struct Callbacks {
 impl Callbacks {
     /// Follows `pid`: its probes are attached.
     pub fn track(&mut self, pid: u32) {
-        self.tracked.insert(pid);
+        if self.tracked.insert(pid) {
+            self.stats.processes += 1;
+        }
     }
 
     /// Forgets `pid` (it exited, or runs something else now).

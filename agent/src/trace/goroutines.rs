@@ -25,6 +25,8 @@ type Goroutine = (u32, u64);
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct GoroutineStats {
+    /// Go processes followed (their runtime probes attached), over the agent's life.
+    pub processes: u64,
     pub spawns: u64,
     /// Spawns whose spawning goroutine could not be read.
     pub spawns_unpaired: u64,
@@ -53,7 +55,9 @@ pub struct Goroutines {
 impl Goroutines {
     /// The probes are attached to `pid`'s executable: its goroutines can be followed.
     pub fn track(&mut self, pid: u32) {
-        self.tracked.insert(pid);
+        if self.tracked.insert(pid) {
+            self.stats.processes += 1;
+        }
     }
 
     #[must_use]

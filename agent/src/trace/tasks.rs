@@ -21,6 +21,8 @@ type Task = (u32, u64);
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TaskStats {
+    /// Python processes followed (their asyncio probes attached), over the agent's life.
+    pub processes: u64,
     pub spawns: u64,
     /// Creations whose creator's context could not be read.
     pub spawns_unparented: u64,
@@ -53,7 +55,9 @@ pub struct Tasks {
 impl Tasks {
     /// The probes follow `pid`: its tasks can be told apart.
     pub fn track(&mut self, pid: u32) {
-        self.tracked.insert(pid);
+        if self.tracked.insert(pid) {
+            self.stats.processes += 1;
+        }
     }
 
     /// `pid` is not followed any more (it exited, or its pid runs something else): what was

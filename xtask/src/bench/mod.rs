@@ -161,11 +161,13 @@ fn proc_peak_rss_kb(pid: u32) -> u64 {
     sockspan_tests::proc_status_kib(pid, "VmHWM").unwrap_or(0)
 }
 
-/// A started agent (or floor) and the reader of its stderr.
+/// A started agent (or floor), the reader of its stderr, and the folder of its report files.
 struct Running {
     child: Child,
-    /// All stderr lines, once the process has exited.
+    /// All stderr lines, once the process has exited (shown when it fails).
     stderr: std::thread::JoinHandle<Vec<String>>,
+    /// Holds `ready.json` (`--ready-file`) and, for the agent, `stats.json` (`--stats-file`).
+    files: sockspan_tests::ScratchDir,
 }
 
 impl Running {
@@ -200,32 +202,43 @@ fn start_variant(bin: &Path, variant: Variant, spans: Option<&Path>) -> Result<O
         Some(path) => Stdio::from(std::fs::File::create(path)?),
         None => Stdio::null(),
     };
-    let mut child = Command::new(bin)
-        .args(args)
+    let files = sockspan_tests::ScratchDir::new("sockspan-bench");
+    let ready = files.path().join("ready.json");
+    let mut cmd = Command::new(bin);
+    cmd.args(args).arg("--ready-file").arg(&ready);
+    if variant.is_agent() {
+        cmd.arg("--stats-file").arg(files.path().join("stats.json"));
+    }
+    let mut child = cmd
         .env("RUST_LOG", "info")
         .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
     let stderr = child.stderr.take().context("stderr")?;
-    let (tx, rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("capture path attached") {
-                let _ = tx.send(());
-            }
-            lines.push(line);
-        }
-        lines
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
     });
-    if rx.recv_timeout(Duration::from_mins(1)).is_err() {
-        let _ = child.kill();
-        bail!("{} {args:?} did not attach within 60 s", bin.display());
+    let deadline = Instant::now() + Duration::from_mins(1);
+    while !ready.exists() {
+        if child.try_wait()?.is_some() || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = reader.join().unwrap_or_default().join("\n");
+            bail!(
+                "{} {args:?} did not get ready within 60 s:\n{log}",
+                bin.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     Ok(Some(Running {
         child,
         stderr: reader,
+        files,
     }))
 }
 
@@ -234,8 +247,9 @@ fn store_path(spans: &Path) -> std::path::PathBuf {
     spans.with_extension("redb")
 }
 
-/// Stops a started variant with SIGINT; returns its stderr lines.
-fn stop(mut running: Running) -> Result<Vec<String>> {
+/// Stops a started variant with SIGINT; returns its final counters (`--stats-file`; `Null` for
+/// the floor).
+fn stop(mut running: Running) -> Result<serde_json::Value> {
     run(Command::new("kill").args(["-INT", &running.child.id().to_string()]))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while running.child.try_wait()?.is_none() {
@@ -245,15 +259,13 @@ fn stop(mut running: Running) -> Result<Vec<String>> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(running.stderr.join().unwrap_or_default())
-}
-
-/// `key=N` from the agent's final `stopped` log line.
-fn stopped_value(lines: &[String], key: &str) -> Option<u64> {
-    let line = lines.iter().rev().find(|l| l.contains(" stopped "))?;
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
+    let log = running.stderr.join().unwrap_or_default();
+    let stats = running.files.path().join("stats.json");
+    match std::fs::read_to_string(&stats) {
+        Ok(text) => serde_json::from_str(&text).context("the agent's --stats-file"),
+        Err(_) if !stats.exists() => Ok(serde_json::Value::Null),
+        Err(e) => bail!("{}: {e}\n{}", stats.display(), log.join("\n")),
+    }
 }
 
 /// Turns the kernel's BPF run-time statistics on or off.
@@ -389,7 +401,7 @@ pub fn bench(quick: bool, runtime_probes_only: bool) -> Result<()> {
     }
     if runtime_probes_only {
         crate::setup::test_dependencies()?;
-        let bin = crate::util::release_agent()?;
+        let bin = crate::util::release_bench_agent()?;
         let node = crate::bench_runtime::rounds(&bin, quick, Probed::Node)?;
         let asyncio = crate::bench_runtime::rounds(&bin, quick, Probed::Asyncio)?;
         let probes = crate::bench_runtime::rounds(&bin, quick, Probed::Go)?;
@@ -413,7 +425,7 @@ pub fn bench(quick: bool, runtime_probes_only: bool) -> Result<()> {
             "bpftool",
         ]))?;
     }
-    let bin = crate::util::release_agent()?;
+    let bin = crate::util::release_bench_agent()?;
     let (round_trips, rounds, exchanges, pipeline_rounds) = if quick {
         (100_000u64, 2usize, 200_000u64, 3usize)
     } else {
@@ -530,9 +542,9 @@ fn phase(
     let requests = load()?;
     let cpu_after = pid.map_or(0.0, proc_cpu_seconds);
     let peak_rss_kb = pid.map_or(0, proc_peak_rss_kb);
-    let lines = child.map(stop).transpose()?;
+    let counters = child.map(stop).transpose()?;
     // Only the agent has spans, drops and a cost to report; (a) and (b) just count requests.
-    let Some(lines) = lines.filter(|_| variant.is_agent()) else {
+    let Some(counters) = counters.filter(|_| variant.is_agent()) else {
         return Ok(AgentPhase {
             requests,
             ..AgentPhase::default()
@@ -555,7 +567,9 @@ fn phase(
     Ok(AgentPhase {
         requests,
         nginx_spans,
-        ring_drops: stopped_value(&lines, "ring_full_drops").unwrap_or(0),
+        ring_drops: counters["ring_full_drops"]
+            .as_u64()
+            .context("no ring_full_drops in the agent's --stats-file")?,
         cpu_s: cpu_after - cpu_before,
         peak_rss_kb,
     })

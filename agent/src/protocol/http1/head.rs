@@ -164,6 +164,7 @@ fn method_of(method: &str) -> Cow<'static, str> {
 
 /// Parses a head at the start of `data`: `Ok(Some((head, length)))`, `Ok(None)` if more bytes
 /// are needed, `Err(())` if the bytes are not an HTTP/1.x head.
+#[cfg(any(test, feature = "fuzz"))]
 pub fn parse_head(side: Side, data: &[u8]) -> Result<Option<(Head, usize)>, ()> {
     parse_head_with(side, data, &mut RepeatedValues::default())
 }
