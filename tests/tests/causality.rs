@@ -378,7 +378,7 @@ fn grpc_chain_from_a_thread_pool_is_whole() {
 /// concurrent requests, `docs/causality.md`; a debug build in a CI run under load: 77.5 %);
 /// the rest where grpc-core flushed several workers' answers in one write, leaving two
 /// candidates (span links, no parent). Asserted with a margin for slower machines: the worker
-/// rule links ≥ 80 % of the model's calls, and ≥ 70 % of trees are whole (as README.md says).
+/// rule links ≥ 80 % of the model's calls, and ≥ 70 % of trees are whole (as docs/tests.md says).
 #[test]
 fn grpc_chain_of_three() {
     let score = measure("grpc-chain");

@@ -577,7 +577,7 @@ fn the_web_ui_serves_every_view_on_real_traffic_in_chromium() {
             })
         },
     );
-    // Screenshots of each view are kept as the test's artefacts (README shows two).
+    // Screenshots of each view are kept as the test's artefacts (docs/store-and-api.md shows them).
     let shots = std::env::var("SOCKSPAN_UI_SHOTS").map_or_else(
         |_| sockspan_tests::target_dir().join("ui-screenshots"),
         PathBuf::from,

@@ -4,7 +4,7 @@
 "use strict";
 import { esc, dur, isoTime } from "./util.js";
 
-// What each `sockspan.parent.evidence` means (docs/spans.md, "How a parent is found").
+// What each `sockspan.parent.evidence` means (docs/spans.md, "Linking").
 const EVIDENCE = {
   w3c: "the request carried a W3C traceparent header",
   b3: "the request carried a B3 header",
