@@ -164,6 +164,20 @@ pub fn check(events: Vec<ProtoEvent>) -> Vec<Seen> {
     check_at(events, false, true)
 }
 
+/// Feeds `chunks` (side, bytes, bytes the syscall moved) to `conn` as syscalls 1, 2, … of thread
+/// 1, closes it, and returns what it reported, checked by [`check`], and the parser.
+pub fn feed_chunks<P: ConnectionParser>(
+    mut conn: P,
+    chunks: &[(Side, &[u8], u64)],
+) -> (Vec<Seen>, P) {
+    let mut out = Vec::new();
+    for (i, (side, data, total)) in chunks.iter().enumerate() {
+        conn.feed(*side, data, *total, i as u64 + 1, 1, &mut out);
+    }
+    conn.close(Stamp::default(), &mut out);
+    (check(out), conn)
+}
+
 fn check_at(events: Vec<ProtoEvent>, server: bool, in_order: bool) -> Vec<Seen> {
     let mut announced = Vec::new();
     let mut seen: Vec<Seen> = Vec::new();

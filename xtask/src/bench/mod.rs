@@ -268,13 +268,27 @@ fn stop(mut running: Running) -> Result<serde_json::Value> {
     }
 }
 
+/// `kernel.bpf_stats_enabled` as it was when saved, written back on drop: on every way out of the
+/// benchmark, errors included.
+struct BpfStatsRestored(String);
+
+impl BpfStatsRestored {
+    fn save() -> Self {
+        Self(std::fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".to_string()))
+    }
+}
+
+impl Drop for BpfStatsRestored {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, self.0.trim());
+    }
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
 /// Turns the kernel's BPF run-time statistics on or off.
 fn bpf_stats(on: bool) -> Result<()> {
-    std::fs::write(
-        "/proc/sys/kernel/bpf_stats_enabled",
-        if on { "1" } else { "0" },
-    )
-    .context("set kernel.bpf_stats_enabled")
+    std::fs::write(BPF_STATS, if on { "1" } else { "0" }).context("set kernel.bpf_stats_enabled")
 }
 
 /// Round trips of the pass that reads the programs' run times, per timed round trip.
@@ -431,8 +445,8 @@ pub fn bench(quick: bool, runtime_probes_only: bool) -> Result<()> {
     } else {
         (1_000_000, 3, 1_000_000, 5)
     };
-    let stats_before =
-        std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+    // Put back as it was however this function ends (an error half-way included).
+    let restore = BpfStatsRestored::save();
     bpf_stats(false)?;
     let mut samples: Vec<(Variant, Sample)> = Vec::new();
     for (round, variant) in rotating(&Variant::PING_PONG, rounds) {
@@ -452,7 +466,7 @@ pub fn bench(quick: bool, runtime_probes_only: bool) -> Result<()> {
         );
         samples.push((variant, measure(&bin, variant, round_trips / 4)?));
     }
-    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
+    drop(restore);
     let http = http_rounds(&bin, quick)?;
     crate::setup::test_dependencies()?;
     let probes = crate::bench_runtime::rounds(&bin, quick, Probed::Go)?;

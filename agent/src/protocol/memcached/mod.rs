@@ -763,13 +763,7 @@ mod tests {
     }
 
     fn run(chunks: &[(Side, &[u8], u64)]) -> (Vec<Seen>, MemcachedConnection) {
-        let mut conn = MemcachedConnection::new();
-        let mut out = Vec::new();
-        for (i, (side, data, total)) in chunks.iter().enumerate() {
-            conn.feed(*side, data, *total, i as u64 + 1, 1, &mut out);
-        }
-        conn.close(Stamp::default(), &mut out);
-        (check(out), conn)
+        crate::protocol::replay::feed_chunks(MemcachedConnection::new(), chunks)
     }
 
     #[test]
