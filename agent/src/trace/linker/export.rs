@@ -1,0 +1,122 @@
+//! The export of finished spans ([`Tracer::poll`]): what waited is settled (announcements, the
+//! worker rule), then the spans whose wait is over leave the tables as [`SpanData`].
+
+use std::collections::hash_map::Entry;
+
+use super::Tracer;
+use crate::{
+    protocol::SpanFacts,
+    trace::span::{AttrValue, KeyValue, SpanData, SpanKind},
+};
+
+impl Tracer {
+    /// Moves spans whose wait is over to `out`, at most `max` of them (callers export in
+    /// chunks: a flush of everything held must not build every span at once); everything
+    /// finished is due when `flush`. Returns whether more are due.
+    pub fn poll(
+        &mut self,
+        now_mono: u64,
+        flush: bool,
+        out: &mut Vec<SpanData>,
+        max: usize,
+    ) -> bool {
+        self.announce_settled(now_mono, flush);
+        self.remote.expire(now_mono);
+        // By the events' time, but never more than a tick behind the clock (no events come
+        // while the services are idle).
+        let settle_at = self.last_event_ts.max(now_mono.saturating_sub(100_000_000));
+        self.settle_workers(settle_at, flush);
+        if !flush {
+            // (At a flush, the end of events is no evidence that streams ended.)
+            self.settled_by_ends_at = self.settled_by_ends_at.max(settle_at);
+            self.settle_workers_by_ends(self.settled_by_ends_at);
+        }
+        loop {
+            let key = if let Some(&key) = self.ready_now.front() {
+                if out.len() >= max {
+                    return true;
+                }
+                self.ready_now.pop_front();
+                key
+            } else if let Some(&(ready_at, key)) = self.ready.front() {
+                if !flush && ready_at > now_mono {
+                    break;
+                }
+                if out.len() >= max {
+                    return true;
+                }
+                self.ready.pop_front();
+                key
+            } else {
+                break;
+            };
+            let Some(span) = self.spans.remove(&key) else {
+                continue;
+            };
+            for table in [&mut self.clients, &mut self.waiting_servers] {
+                if let Entry::Occupied(entry) = table.entry(span.mirror)
+                    && *entry.get() == key
+                {
+                    entry.remove();
+                }
+            }
+            if let Some(lineage) = &span.lineage {
+                self.stop_waiting(span.pid, key, lineage);
+            }
+            let (local, remote) = span.ends();
+            let Some(finished) = span.finished else {
+                continue;
+            };
+            self.stats.spans_exported += 1;
+            let end_unix_nano = self.clock.to_unix_ns(finished.end_ts);
+            let (name, mut attributes, status) = finished.summary.expand(
+                &SpanFacts {
+                    server: span.kind == SpanKind::Server,
+                    local,
+                    remote,
+                },
+                &mut self.strings,
+            );
+            if span.tls {
+                // The protocol's summary knows bytes, not where they were read: a TLS
+                // connection's URLs are https.
+                for kv in &mut attributes {
+                    if kv.key == "url.scheme" {
+                        kv.value = AttrValue::Str("https".into());
+                    }
+                }
+                attributes.push(KeyValue::str("tls.protocol.name", "tls"));
+            }
+            attributes.extend([
+                KeyValue::str(
+                    "network.transport",
+                    if span.datagram { "udp" } else { "tcp" },
+                ),
+                KeyValue::shared("network.peer.address", self.strings.ip(remote.ip())),
+                KeyValue::int("network.peer.port", i64::from(remote.port())),
+                KeyValue::str("sockspan.parent.evidence", span.evidence),
+                KeyValue::int("thread.id", i64::from(span.tid)),
+            ]);
+            if let Some(wait) = finished.wait_ns {
+                attributes.push(KeyValue::int(
+                    "sockspan.response.wait_ns",
+                    i64::try_from(wait).unwrap_or(i64::MAX),
+                ));
+            }
+            out.push(SpanData {
+                trace_id: span.trace.id(),
+                span_id: span.span_id,
+                parent_span_id: span.parent,
+                links: span.links,
+                kind: span.kind,
+                name,
+                start_unix_nano: self.clock.to_unix_ns(span.start_ts),
+                end_unix_nano,
+                attributes,
+                status,
+                resource: span.resource,
+            });
+        }
+        false
+    }
+}

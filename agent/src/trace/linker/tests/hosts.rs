@@ -1,0 +1,150 @@
+//! Cross-host linking: CLIENT spans announced to their server's agent, SERVER spans adopting
+//! them.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::*;
+use crate::peers::{local::LocalAddrs, wire::ClientSpan};
+
+/// A TCP connection between two hosts' addresses (`a.b.c.d:port`).
+fn between(conn_id: u64, pid: u32, role: Role, local: &str, remote: &str) -> Connection {
+    let addr = |text: &str| -> SocketAddr { text.parse().expect("v4 address") };
+    let (local, remote) = (addr(local), addr(remote));
+    let mut tuple = crate::net::loopback_tuple(local.port(), remote.port());
+    let octets = |a: SocketAddr| match a.ip() {
+        IpAddr::V4(v4) => v4.octets(),
+        IpAddr::V6(_) => panic!("v4 only"),
+    };
+    tuple.local_addr[..4].copy_from_slice(&octets(local));
+    tuple.remote_addr[..4].copy_from_slice(&octets(remote));
+    Connection {
+        tuple,
+        ..conn(conn_id, pid, role, local.port(), remote.port())
+    }
+}
+
+/// Host A's tracer (10.0.0.1) and host B's (10.0.0.2), both linking with peers; the client
+/// on A and the server on B of one connection.
+fn two_hosts() -> (Tracer, Tracer, Connection, Connection) {
+    // The link delay matters: a span waiting for its trace to settle is announced by half
+    // of it at the latest.
+    let with_delay = || {
+        Tracer::new(
+            TraceConfig {
+                link_delay: Duration::from_millis(500),
+                max_spans: 1000,
+            },
+            Resources::new(ServiceNameRule::Auto),
+        )
+    };
+    let (mut a, mut b) = (with_delay(), with_delay());
+    a.enable_peers(LocalAddrs::default());
+    b.enable_peers(LocalAddrs::default());
+    let client = between(1, 1, Role::Client, "10.0.0.1:5000", "10.0.0.2:80");
+    let server = between(7, 2, Role::Server, "10.0.0.2:80", "10.0.0.1:5000");
+    (a, b, client, server)
+}
+
+fn announced(t: &mut Tracer) -> Vec<ClientSpan> {
+    let mut out = Vec::new();
+    t.take_announcements(&mut out);
+    out
+}
+
+/// The SERVER span on B becomes the CLIENT span's child on A, in its trace, whichever of
+/// B's own request record and A's announcement comes first.
+#[test]
+fn a_server_on_another_host_becomes_the_announced_client_span_child() {
+    for announcement_first in [false, true] {
+        let (mut a, mut b, client, server) = two_hosts();
+        on_asking(&mut a, &client, false, "GET /x", stamp(90, 10, 4242));
+        let sent = announced(&mut a);
+        assert_eq!(sent.len(), 1, "a settled root is announced at once");
+        assert_eq!(sent[0].server, "10.0.0.2:80".parse().expect("addr"));
+        assert_eq!(sent[0].key, 4242);
+        if announcement_first {
+            b.on_peer_client(&sent[0], 0);
+        }
+        on_asking(&mut b, &server, true, "GET /x", stamp(100, 20, 4242));
+        if !announcement_first {
+            b.on_peer_client(&sent[0], 0);
+        }
+        finish(&mut a, &client, stamp(90, 10, 4242), 200);
+        finish(&mut b, &server, stamp(100, 20, 4242), 150);
+        let (from_a, from_b) = (drain(&mut a), drain(&mut b));
+        let (c, s) = (&from_a[0], &from_b[0]);
+        assert_eq!(s.parent_span_id, Some(c.span_id), "{announcement_first}");
+        assert_eq!(s.trace_id, c.trace_id);
+        assert_eq!(evidence(s), &AttrValue::Str("peer".into()));
+        assert_eq!(b.stats.parent_from_peer, 1);
+    }
+}
+
+/// An announcement whose request asked something else (another method or target under
+/// the same key) names no parent; nor does one for another connection.
+#[test]
+fn an_announcement_for_another_request_or_connection_links_nothing() {
+    let (mut a, mut b, client, server) = two_hosts();
+    on_asking(&mut a, &client, false, "GET /x", stamp(90, 10, 4242));
+    let sent = announced(&mut a);
+    on_asking(&mut b, &server, true, "GET /y", stamp(100, 20, 4242));
+    b.on_peer_client(&sent[0], 0);
+    let other = between(8, 2, Role::Server, "10.0.0.2:80", "10.0.0.1:5001");
+    on_asking(&mut b, &other, true, "GET /x", stamp(110, 21, 4242));
+    finish(&mut b, &server, stamp(100, 20, 4242), 150);
+    finish(&mut b, &other, stamp(110, 21, 4242), 160);
+    for span in drain(&mut b) {
+        assert_eq!(span.parent_span_id, None);
+    }
+    assert_eq!(b.stats.parent_from_peer, 0);
+}
+
+/// A server on this host (loopback, or one of its addresses) is paired here: nothing goes
+/// out. Without `enable_peers` nothing is announced either.
+#[test]
+fn calls_to_this_host_or_without_peers_are_not_announced() {
+    let mut t = tracer();
+    let remote = between(1, 1, Role::Client, "10.0.0.1:5000", "10.0.0.2:80");
+    on_asking(&mut t, &remote, false, "GET /x", stamp(90, 10, 0));
+    assert!(announced(&mut t).is_empty(), "peers off");
+    let mut t = tracer();
+    t.enable_peers(LocalAddrs::default());
+    let local = conn(2, 1, Role::Client, 5001, 80);
+    on_asking(&mut t, &local, false, "GET /x", stamp(90, 10, 0));
+    assert!(announced(&mut t).is_empty(), "loopback");
+}
+
+/// The middle host: its SERVER span waits for the front's announcement, so the CLIENT span
+/// it makes meanwhile is not settled; it is announced once the announcement settled it, in
+/// the front's trace.
+#[test]
+fn a_call_from_a_server_waiting_for_its_peer_is_announced_once_settled() {
+    let (mut a, mut b, client, server) = two_hosts();
+    let onward = between(9, 2, Role::Client, "10.0.0.2:6000", "10.0.0.3:90");
+    on_asking(&mut a, &client, false, "GET /x", stamp(90, 10, 1));
+    let from_a = announced(&mut a);
+    on_asking(&mut b, &server, true, "GET /x", stamp(100, 20, 1));
+    on_asking(&mut b, &onward, false, "GET /z", stamp(110, 20, 7));
+    assert!(announced(&mut b).is_empty(), "its trace may still move");
+    b.announce_settled(120, false);
+    assert!(
+        announced(&mut b).is_empty(),
+        "still unsettled before its deadline"
+    );
+    let mut late = two_hosts().1;
+    let alone = between(3, 2, Role::Server, "10.0.0.2:80", "10.0.0.1:5002");
+    on_asking(&mut late, &alone, true, "GET /x", stamp(100, 20, 1));
+    on_asking(&mut late, &onward, false, "GET /z", stamp(110, 20, 7));
+    late.announce_settled(110 + 250_000_000, false);
+    assert_eq!(
+        announced(&mut late).len(),
+        1,
+        "at half the link delay, as it is then"
+    );
+    b.on_peer_client(&from_a[0], 130);
+    b.announce_settled(140, false);
+    let from_b = announced(&mut b);
+    assert_eq!(from_b.len(), 1);
+    assert_eq!(from_b[0].trace_id, from_a[0].trace_id);
+    assert_eq!(from_b[0].server, "10.0.0.3:90".parse().expect("addr"));
+}
