@@ -2,7 +2,9 @@
 //! pymysql text queries and mysql-connector-python prepared statements, at both ends; plus
 //! hand-made edge cases.
 
+use super::detect::detect_greeting;
 use super::*;
+use crate::protocol::Chunk;
 use crate::protocol::replay::{
     Syscall, assert_no_secrets, recognised_from, replay, resplit, syscalls,
 };

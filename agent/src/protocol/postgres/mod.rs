@@ -34,11 +34,18 @@ use std::{
 };
 
 use super::{
-    Chunk, ConnectionParser, Detected, Exchange, ProtoEvent, Side, Stamp,
+    ConnectionParser, Exchange, ProtoEvent, Side, Stamp,
     db::{DbOutcome, DbSummary, DbSystem},
-    frames::{Framer, Header, Lost, Message},
-    sql::{Dialect, Sanitised, looks_like_statement, sanitise},
+    frames::{Framer, Lost, Message},
+    sql::{Dialect, Sanitised, sanitise},
 };
+
+mod detect;
+mod wire;
+
+pub use detect::detect;
+use detect::request_batch;
+use wire::{Head, be32, cstr, sqlstate, text_of};
 
 /// Protocol 3.0 in a startup message.
 const PROTOCOL_3: u32 = 0x0003_0000;
@@ -57,170 +64,6 @@ const MAX_STATEMENTS: usize = 256;
 const MAX_OPEN: usize = 256;
 /// Expected replies tracked per connection; more and the connection is given up.
 const MAX_SLOTS: usize = 4096;
-
-/// A connection is `PostgreSQL` when a client's first write is a startup message (protocol 3.0)
-/// or an SSL / GSS encryption request, its length field exactly the bytes moved.
-pub fn detect(chunk: &Chunk<'_>) -> Option<Detected> {
-    if !chunk.request_side() {
-        return None;
-    }
-    let payload = chunk.payload;
-    if payload.len() as u64 != chunk.total {
-        return None;
-    }
-    let server = chunk.server().unwrap_or(!chunk.egress);
-    let parser = if startup_kind(payload).is_some() {
-        PgConnection::from_start().at_server(server)
-    } else if chunk.server() == Some(true) {
-        PgConnection::mid_stream(request_batch(payload)?)
-    } else {
-        return None;
-    };
-    Some(Detected {
-        server,
-        parser: Box::new(parser),
-    })
-}
-
-/// A Bind message's body, exactly: portal, statement, parameter formats, parameters (each
-/// its length, -1 for NULL, then its bytes), result formats.
-fn is_bind(body: &[u8]) -> bool {
-    let be16 = |at: usize| {
-        body.get(at..at + 2)
-            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-    };
-    let bind = || {
-        let portal = cstr(body)?.len();
-        let statement = cstr(body.get(portal + 1..)?)?.len();
-        let mut at = portal + 1 + statement + 1;
-        at += 2 + 2 * be16(at)?;
-        let params = be16(at)?;
-        at += 2;
-        for _ in 0..params {
-            let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
-            at += 4 + usize::try_from(len).unwrap_or(0);
-        }
-        at += 2 + 2 * be16(at)?;
-        Some(at == body.len())
-    };
-    bind() == Some(true)
-}
-
-/// The first tag of a request a client writes whole on a connection older than the agent: a
-/// simple query alone, or an extended-query batch from a Parse or Bind to a Sync, each message
-/// well formed and the last one ending the write.
-fn request_batch(payload: &[u8]) -> Option<u8> {
-    let (mut at, mut first, mut last, mut count) = (0, None, 0, 0);
-    while at < payload.len() {
-        let tag = *payload.get(at)?;
-        let len = be32(payload.get(at + 1..)?)? as usize;
-        let body = payload.get(at + 5..(at + 1).checked_add(len)?)?;
-        if len < 4 {
-            return None;
-        }
-        let well_formed = match tag {
-            b'Q' => cstr(body)
-                .is_some_and(|text| text.len() + 1 == body.len() && looks_like_statement(text)),
-            b'P' => {
-                let name = cstr(body)?;
-                let rest = &body[name.len() + 1..];
-                let text = cstr(rest)?;
-                let types = &rest[text.len() + 1..];
-                looks_like_statement(text)
-                    && types.len() >= 2
-                    && types.len() == 2 + 4 * usize::from(u16::from_be_bytes([types[0], types[1]]))
-            }
-            b'D' => {
-                matches!(body.first(), Some(b'S' | b'P'))
-                    && cstr(&body[1..]).is_some_and(|n| n.len() + 2 == body.len())
-            }
-            b'E' => cstr(body).is_some_and(|portal| portal.len() + 5 == body.len()),
-            b'B' => is_bind(body),
-            b'C' => {
-                matches!(body.first(), Some(b'S' | b'P'))
-                    && cstr(&body[1..]).is_some_and(|n| n.len() + 2 == body.len())
-            }
-            b'S' | b'H' => body.is_empty(),
-            _ => false,
-        };
-        if !well_formed {
-            return None;
-        }
-        first.get_or_insert(tag);
-        last = tag;
-        count += 1;
-        at += 1 + len;
-    }
-    match first? {
-        b'Q' if count == 1 => Some(b'Q'),
-        tag @ (b'P' | b'B') if last == b'S' => Some(tag),
-        _ => None,
-    }
-}
-
-fn be32(b: &[u8]) -> Option<u32> {
-    Some(u32::from_be_bytes(b.get(..4)?.try_into().ok()?))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StartupKind {
-    Startup,
-    Encryption,
-}
-
-/// A whole untagged startup-phase message: its kind, checked strictly.
-fn startup_kind(payload: &[u8]) -> Option<StartupKind> {
-    let len = be32(payload)?;
-    let code = be32(payload.get(4..)?)?;
-    if len as usize != payload.len() {
-        return None;
-    }
-    match code {
-        SSL_REQUEST | GSSENC_REQUEST if len == 8 => Some(StartupKind::Encryption),
-        PROTOCOL_3 if (9..=MAX_STARTUP).contains(&len) => {
-            // key\0value\0 ... \0: printable keys, a final empty key.
-            let params = payload.get(8..)?;
-            (params.last() == Some(&0) && params.first().is_some_and(u8::is_ascii_lowercase))
-                .then_some(StartupKind::Startup)
-        }
-        _ => None,
-    }
-}
-
-/// Headers of one direction: untagged `i32 len` during startup (client), else `tag | i32 len`.
-struct Head {
-    untagged: bool,
-    request: bool,
-}
-
-impl Header for Head {
-    fn head_len(&self) -> usize {
-        if self.untagged { 4 } else { 5 }
-    }
-
-    fn parse(&self, head: &[u8]) -> Option<(u8, u64)> {
-        let (tag, len) = if self.untagged {
-            (0, be32(head)?)
-        } else {
-            (*head.first()?, be32(head.get(1..)?)?)
-        };
-        // The length counts itself; a tag byte of 0 is never a message.
-        if len < 4 || (!self.untagged && tag == 0) || (self.untagged && len > MAX_STARTUP) {
-            return None;
-        }
-        Some((tag, u64::from(len - 4)))
-    }
-
-    fn keep(&self, tag: u8) -> usize {
-        match (self.request, tag) {
-            // Startup: only the parameters' start matters (database, user), not sent secrets.
-            (true, 0) => 1024,
-            (true, b'Q' | b'P' | b'B' | b'E' | b'C') => KEEP_QUERY,
-            (false, b'E') => KEEP_ERROR,
-            _ => 0,
-        }
-    }
-}
 
 /// Self-metrics of one connection.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -661,34 +504,6 @@ fn query(text: &[u8], cut: bool) -> Arc<Sanitised> {
         statement.mark_cut();
     }
     Arc::new(statement)
-}
-
-/// The text up to its NUL, or all of it when the NUL was not kept.
-fn text_of(body: &[u8]) -> &[u8] {
-    cstr(body).unwrap_or(body)
-}
-
-/// The NUL-terminated string at the start of `body` (without its NUL).
-fn cstr(body: &[u8]) -> Option<&[u8]> {
-    body.iter().position(|&b| b == 0).map(|n| &body[..n])
-}
-
-/// The `SQLSTATE` (`C` field) of an `ErrorResponse`: five letters or digits, else none. The
-/// message and detail fields are never read.
-fn sqlstate(body: &[u8]) -> Option<Box<str>> {
-    let mut rest = body;
-    while let Some((&field, after)) = rest.split_first() {
-        if field == 0 {
-            return None;
-        }
-        let value = cstr(after)?;
-        if field == b'C' {
-            return (value.len() == 5 && value.iter().all(u8::is_ascii_alphanumeric))
-                .then(|| String::from_utf8_lossy(value).into());
-        }
-        rest = &after[value.len() + 1..];
-    }
-    None
 }
 
 impl PgConnection {

@@ -2,6 +2,8 @@
 //! `capture.py` there) at both ends, plus hand-made edge cases.
 
 use super::*;
+use super::detect::startup_kind;
+use crate::protocol::Chunk;
 use crate::protocol::replay::{
     Syscall, assert_no_secrets, recognised_from, replay, resplit, syscalls,
 };

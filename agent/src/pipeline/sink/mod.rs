@@ -1,0 +1,459 @@
+//! The tracing pipeline's consumer of the event ring: records → conntrack → protocol → trace →
+//! exporter, one event at a time, on the thread that drains the ring.
+
+mod runtime_probes;
+mod self_metrics;
+
+use std::collections::{HashMap, HashSet};
+
+use agent_common::{ConnEvent, DataEvent, Direction, GoProbe, GoProbeEvent, PyTaskEvent};
+
+use crate::{
+    clock::monotonic_ns,
+    conntrack::{Connection, Conntrack},
+    exporter::SpanExporter,
+    probes::{KernelConns, Probes},
+    protocol::{
+        Chunk, ProtoEvent, Stamp,
+        table::{Fed, ProtocolTable},
+    },
+    receiver::EventSink,
+    trace::{End, SpanData, Tracer},
+};
+
+/// Spans built and handed to the exporter at a time.
+pub const EXPORT_CHUNK: usize = 1024;
+
+/// Self-metrics of the sink's feedback to the programs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FeedbackStats {
+    /// Connections the programs were told to stop sending (the agent gave up on them).
+    pub marked_opaque: u64,
+    /// Connections to the agent's own listeners, not traced ([`super::own`]).
+    pub own_connections_ignored: u64,
+}
+
+pub use runtime_probes::RuntimeProbesOn;
+use runtime_probes::{watch_go, watch_grpcio, watch_node, watch_python, watch_tls};
+
+pub struct TraceSink<'a> {
+    pub conntrack: Conntrack,
+    pub protocols: ProtocolTable,
+    pub tracer: Tracer,
+    pub exporter: &'a mut dyn SpanExporter,
+    /// The programs' connection table, when running against the kernel (not in benchmarks).
+    kernel_conns: Option<KernelConns>,
+    /// The loaded programs, to attach the Go runtime probes to Go programs as they appear.
+    probes: Option<&'a mut Probes>,
+    /// Go processes already considered for the runtime probes.
+    /// Python processes looked at for grpcio (the worker rule): whether they run it, and
+    /// whether the look at a server connection was had (a process is looked at on its first
+    /// connection, and once more on its first server one).
+    grpcio_seen: HashMap<u32, (bool, bool)>,
+    /// The kernel's count of records lost to a full ring, as last seen.
+    ring_full_seen: u64,
+    go_seen: HashSet<u32>,
+    /// Which runtime probes are attached (`--no-runtime-probes`).
+    on: RuntimeProbesOn,
+    /// Processes already looked at for libssl files to probe.
+    tls_seen: HashSet<u32>,
+    /// TLS library files whose probes were attached, over the agent's life.
+    pub tls_libraries_probed: u64,
+    /// Python processes looked at for the asyncio probes: when last, and whether they are
+    /// followed now.
+    python_seen: HashMap<u32, (u64, bool)>,
+    /// Node.js processes already considered for the callback probes.
+    node_seen: HashSet<u32>,
+    pub feedback: FeedbackStats,
+    /// Where the agent's own figures are published while it runs (`/metrics`).
+    metrics: Option<crate::metrics::SharedMetrics>,
+    /// The agent's own listeners, whose viewers are not traced.
+    own: super::own::OwnListeners,
+    /// The only network namespace traced (`--netns-only`): processes elsewhere get no runtime
+    /// probes from this agent.
+    netns: Option<u64>,
+    /// Cross-host linking: the socket to the other hosts' agents (`--peer-port`).
+    pub peers: Option<crate::peers::Peers>,
+    /// Announcements moving between the tracer and the peer socket.
+    announcements: Vec<crate::peers::wire::ClientSpan>,
+    events: Vec<ProtoEvent>,
+    spans: Vec<SpanData>,
+    ticks: u64,
+}
+
+impl<'a> TraceSink<'a> {
+    pub fn new(conntrack: Conntrack, tracer: Tracer, exporter: &'a mut dyn SpanExporter) -> Self {
+        Self {
+            conntrack,
+            protocols: ProtocolTable::default(),
+            tracer,
+            exporter,
+            kernel_conns: None,
+            probes: None,
+            go_seen: HashSet::new(),
+            grpcio_seen: HashMap::new(),
+            ring_full_seen: 0,
+            on: RuntimeProbesOn {
+                go: false,
+                tls: false,
+                asyncio: false,
+                node: false,
+            },
+            tls_seen: HashSet::new(),
+            tls_libraries_probed: 0,
+            python_seen: HashMap::new(),
+            node_seen: HashSet::new(),
+            feedback: FeedbackStats::default(),
+            metrics: None,
+            own: super::own::OwnListeners::default(),
+            netns: None,
+            peers: None,
+            announcements: Vec::new(),
+            events: Vec::new(),
+            spans: Vec::new(),
+            ticks: 0,
+        }
+    }
+
+    /// Tells the programs, through their connection table, which connections the agent gave up
+    /// on, so that they stop sending those bytes.
+    #[must_use]
+    pub fn with_kernel_conns(mut self, conns: KernelConns) -> Self {
+        self.kernel_conns = Some(conns);
+        self
+    }
+
+    /// Publishes the stages' counters to `metrics` about once a second.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: crate::metrics::SharedMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Traces only network namespace `netns` (by inode number), when given: the runtime probes
+    /// go only to processes in it. Before [`TraceSink::with_runtime_probes`].
+    #[must_use]
+    pub fn with_netns(mut self, netns: Option<u64>) -> Self {
+        self.netns = netns;
+        self
+    }
+
+    /// Leaves the connections to the agent's own listeners untraced.
+    #[must_use]
+    pub fn with_own_listeners(mut self, own: super::own::OwnListeners) -> Self {
+        self.own = own;
+        self
+    }
+
+    /// Links traces with the agents of other hosts through `peers`.
+    #[must_use]
+    pub fn with_peers(mut self, peers: Option<crate::peers::Peers>) -> Self {
+        if let Some(peers) = &peers {
+            self.tracer.enable_peers(peers.local.clone());
+        }
+        self.peers = peers;
+        self
+    }
+
+    /// Hands what other hosts' agents announced to the tracer, and sends what it announced.
+    fn exchange_with_peers(&mut self, now: u64) {
+        let Some(peers) = &mut self.peers else {
+            return;
+        };
+        peers.receive(&mut self.announcements);
+        for client in self.announcements.drain(..) {
+            self.tracer.on_peer_client(&client, now);
+        }
+        self.tracer.announce_settled(now, false);
+        self.tracer.take_announcements(&mut self.announcements);
+        let mut here = Vec::new();
+        peers.send(&self.announcements, &mut here);
+        self.announcements.clear();
+        for client in &here {
+            self.tracer.on_peer_client(client, now);
+        }
+    }
+
+    /// The loaded programs, when running against the kernel.
+    #[must_use]
+    pub fn probes(&self) -> Option<&Probes> {
+        self.probes.as_deref()
+    }
+
+    /// The most spans the tracer held at once.
+    #[cfg(all(test, feature = "bench"))]
+    pub(crate) fn held_peak(&self) -> u64 {
+        self.tracer.stats.held_peak
+    }
+
+    /// Hands finished spans to the exporter, in chunks; everything finished when `flush`.
+    pub fn export(&mut self, flush: bool) {
+        let now = monotonic_ns();
+        self.exchange_with_peers(now);
+        loop {
+            let more = self.tracer.poll(now, flush, &mut self.spans, EXPORT_CHUNK);
+            if !self.spans.is_empty() {
+                self.exporter.export(&mut self.spans);
+                self.spans.clear();
+            }
+            if !more {
+                break;
+            }
+        }
+        // What the export's poll announced leaves now, not a tick later.
+        self.exchange_with_peers(now);
+        self.exporter.flush();
+    }
+}
+
+/// Hands the protocol events of `conn` to the tracer. A free function over the sink's fields, so
+/// the connection can stay borrowed from the connection table (no clone per data event).
+fn dispatch(tracer: &mut Tracer, events: &mut Vec<ProtoEvent>, conn: &Connection, end: End) {
+    // The clock only for exchanges (half the events at most), not for every chunk of bytes.
+    let mut now = None;
+    for event in events.drain(..) {
+        match event {
+            ProtoEvent::Request {
+                key,
+                trace,
+                start,
+                forward,
+            } => {
+                tracer.on_request(conn, end, key, forward, trace.as_deref(), start);
+            }
+            ProtoEvent::Exchange(exchange) => {
+                let now = *now.get_or_insert_with(monotonic_ns);
+                // The task that completed it names a writer only where one connection carries
+                // one request at a time: an HTTP/2 write may flush other streams' responses.
+                let task = if end.thread_causality { end.task } else { 0 };
+                tracer.on_exchange(conn, exchange, now, task);
+            }
+        }
+    }
+}
+
+impl EventSink for TraceSink<'_> {
+    fn on_open(&mut self, event: &ConnEvent) {
+        let conn = self.conntrack.open(event);
+        // Every connection's records start with this one ("first seen in use" included), and
+        // Go programs already running were probed at start: the data path needs no check.
+        if self.on.go
+            && let Some(probes) = self.probes.as_deref_mut()
+            && !conn.process.runtime.threads_are_tasks()
+        {
+            watch_go(&mut self.go_seen, &mut self.tracer, probes, &conn.process);
+        }
+        if self.on.tls
+            && let Some(probes) = self.probes.as_deref_mut()
+        {
+            self.tls_libraries_probed +=
+                watch_tls(&mut self.tls_seen, probes, Some(conn.process.pid));
+        }
+        if self.on.asyncio
+            && let Some(probes) = self.probes.as_deref_mut()
+        {
+            watch_python(
+                &mut self.python_seen,
+                &mut self.tracer,
+                probes,
+                &conn.process,
+            );
+        }
+        if self.on.node
+            && let Some(probes) = self.probes.as_deref_mut()
+        {
+            watch_node(&mut self.node_seen, &mut self.tracer, probes, &conn.process);
+        }
+        watch_grpcio(&mut self.grpcio_seen, &mut self.tracer, conn);
+        // A socket opened on an fd number that an earlier one had starts clean.
+        self.tracer.callbacks.opened(conn);
+        self.protocols.open(event.header.conn_id);
+        if self.own.serve(conn.addrs().1) {
+            // A viewer of the agent's UI or API: parsed by no one, and the programs stop
+            // sending its bytes.
+            self.protocols.ignore(event.header.conn_id);
+            self.feedback.own_connections_ignored += 1;
+            if let Some(kernel) = &mut self.kernel_conns {
+                kernel.mark_opaque(event.header.pid, event.header.fd, event.header.conn_id);
+            }
+        }
+    }
+
+    fn on_go_probe(&mut self, event: &GoProbeEvent) {
+        if let Some(probe) = GoProbe::from_u32(event.probe) {
+            let h = &event.header;
+            self.tracer
+                .on_go_probe(h.pid, probe, event.a, event.b, h.ts_ns);
+        }
+    }
+
+    fn on_py_task(&mut self, event: &PyTaskEvent) {
+        let h = &event.header;
+        self.tracer
+            .on_py_task(h.pid, h.tid, event.child, event.parent, h.ts_ns);
+    }
+
+    fn on_data(&mut self, event: &DataEvent, payload: &[u8]) {
+        let Some(conn) = self.conntrack.touch(event) else {
+            // A connection not followed (evicted, idle, opened unseen): its streams are not.
+            self.tracer
+                .stream_may_be_unknown(event.header.pid, event.moved_ns);
+            return;
+        };
+        let chunk = Chunk {
+            egress: event.direction == Direction::Egress as u32,
+            role: conn.role,
+            payload,
+            total: u64::try_from(event.ret).unwrap_or(0),
+        };
+        // Egress bytes leave the process at syscall entry, ingress bytes arrive at its exit.
+        let fed = self.protocols.feed(
+            conn.conn_id,
+            &chunk,
+            (event.seq_valid != 0).then_some(event.seq),
+            event.moved_ns,
+            event.header.tid,
+            &mut self.events,
+        );
+        match fed {
+            Fed::Parsed {
+                server,
+                thread_causality,
+                in_order,
+                io,
+            } => {
+                let end = End {
+                    server,
+                    thread_causality,
+                    in_order,
+                    task: event.task,
+                };
+                // Before the exchanges it completed: they ask whether a write answered them.
+                self.tracer
+                    .on_stream_io(conn, io, event.header.tid, event.moved_ns);
+                dispatch(&mut self.tracer, &mut self.events, conn, end);
+            }
+            Fed::GaveUp => {
+                self.events.clear();
+                if conn.role == agent_common::Role::Server {
+                    self.tracer
+                        .stream_may_be_unknown(conn.process.pid, event.moved_ns);
+                }
+                if let Some(kernel) = &mut self.kernel_conns
+                    && kernel.mark_opaque(event.header.pid, event.header.fd, conn.conn_id)
+                {
+                    self.feedback.marked_opaque += 1;
+                }
+            }
+            Fed::Skipped if conn.role == agent_common::Role::Server => {
+                // Served, and not parsed (TLS the agent cannot read, another protocol).
+                self.tracer
+                    .stream_may_be_unknown(conn.process.pid, event.moved_ns);
+            }
+            Fed::Skipped => {}
+        }
+        // The export tick competes with draining the ring, and under load ran only every
+        // ~100 ms: 10–25 k finished spans waited for it (`held_peak`), ~15 MB of the agent's
+        // peak memory. A chunk's worth goes out as soon as it is ready.
+        if self.tracer.ready_now() >= EXPORT_CHUNK {
+            self.export(false);
+        }
+    }
+
+    fn on_close(&mut self, event: &ConnEvent) {
+        let Some(conn) = self.conntrack.close(event) else {
+            return;
+        };
+        self.tracer
+            .callbacks
+            .closed(conn.process.pid, conn.fd, conn.conn_id);
+
+        let at = Stamp {
+            ts: event.header.ts_ns,
+            tid: event.header.tid,
+            offset: 0,
+        };
+        if let Fed::Parsed {
+            server,
+            thread_causality,
+            in_order,
+            ..
+        } = self.protocols.close(conn.conn_id, at, &mut self.events)
+        {
+            let end = End {
+                server,
+                thread_causality,
+                in_order,
+                task: 0,
+            };
+            dispatch(&mut self.tracer, &mut self.events, &conn, end);
+        }
+    }
+
+    fn on_drained(&mut self) {
+        self.exchange_with_peers(monotonic_ns());
+    }
+
+    fn on_tick(&mut self) {
+        /// Ticks between two readings of this host's addresses (about 5 s): interfaces come
+        /// and go.
+        const LOCAL_ADDRS_EVERY: u64 = 50;
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(LOCAL_ADDRS_EVERY)
+            && let Some(peers) = &mut self.peers
+        {
+            peers.local = crate::peers::local::LocalAddrs::read();
+            self.tracer.set_local_addrs(peers.local.clone());
+        }
+        if self.ticks == 1 || self.ticks.is_multiple_of(100) {
+            // Streams of connections opened before the agent watched may still be open, and
+            // silent: the worker rule cannot know every stream of those processes.
+            let now = monotonic_ns();
+            for pid in self.conntrack.unseen_openings() {
+                self.tracer.stream_may_be_unknown(pid, now);
+            }
+            self.tracer.unseen_openings_swept(now);
+        }
+        // Lost records first: the export's poll decides by what was seen up to now.
+        if let Some(probes) = self.probes.as_deref()
+            && let Ok(drops) = probes.counter(agent_common::Counter::RingFull)
+            && drops > self.ring_full_seen
+        {
+            // Records lost: the worker rule cannot know what was answered meanwhile.
+            self.ring_full_seen = drops;
+            self.tracer.lost_events(monotonic_ns());
+        }
+        self.export(false);
+        if self.ticks.is_multiple_of(10)
+            && let Some(metrics) = &self.metrics
+        {
+            let own = self.own_metrics();
+            crate::metrics::lock(metrics).set_own(own);
+        }
+        if self.ticks.is_multiple_of(10) {
+            tracing::debug!(
+                held = self.tracer.held(),
+                dropped_full = self.tracer.stats.dropped_full,
+                spans_started = self.tracer.stats.spans_started,
+                "trace stage"
+            );
+        }
+        if self.ticks.is_multiple_of(20) {
+            let tracer = &mut self.tracer;
+            self.grpcio_seen.retain(|pid, _| {
+                let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+                if !alive {
+                    tracer.disallow_worker_rule(*pid);
+                }
+                alive
+            });
+            self.forget_exited_python();
+            self.forget_exited_node();
+            self.conntrack.sweep(monotonic_ns());
+            let conntrack = &self.conntrack;
+            let dropped = self.protocols.retain(|id| conntrack.contains(id));
+            // Their open requests never complete: no rule may pick them as a parent later.
+            self.tracer.abandon_connections(&dropped);
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The sink's stages' counters as the agent's own metrics (`sockspan_*` on `/metrics`).
+
+use super::TraceSink;
+
+impl TraceSink<'_> {
+    /// The stages' counters as metrics.
+    // A table of counters, one entry each: splitting it would not make it clearer.
+    #[allow(clippy::too_many_lines)]
+    pub(super) fn own_metrics(&self) -> Vec<crate::metrics::Own> {
+        use crate::metrics::Own;
+        let own = |name, help, value| Own { name, help, value };
+        let kernel = self
+            .probes
+            .as_deref()
+            .and_then(|p| p.counters().ok())
+            .unwrap_or_default();
+        let t = &self.tracer.stats;
+        let c = &self.conntrack.stats;
+        let (exported, lost) = self.exporter.counts();
+        vec![
+            own(
+                "events_sent_total",
+                "Records the kernel programs wrote to the ring.",
+                kernel.get(agent_common::Counter::EventsSent),
+            ),
+            own(
+                "ring_full_drops_total",
+                "Records lost because the ring was full.",
+                kernel.get(agent_common::Counter::RingFull),
+            ),
+            own(
+                "payload_truncated_total",
+                "Payloads cut at the capture limit.",
+                kernel.get(agent_common::Counter::PayloadTruncated),
+            ),
+            own(
+                "payload_read_failed_total",
+                "Payload reads from user memory that failed.",
+                kernel.get(agent_common::Counter::PayloadReadFailed),
+            ),
+            own(
+                "tls_unlinked_total",
+                "TLS plaintext dropped: no socket known for its SSL object.",
+                kernel.get(agent_common::Counter::TlsUnlinked),
+            ),
+            own("connections_opened_total", "Connections tracked.", c.opened),
+            own(
+                "connections_evicted_total",
+                "Connections dropped from the table (idle or full).",
+                c.evicted_idle + c.evicted_full,
+            ),
+            own(
+                "head_budget_drops_total",
+                "Request or response heads dropped by the memory budget.",
+                crate::protocol::budget::HEADS.refusals(),
+            ),
+            own(
+                "protocol_given_up_total",
+                "Connections whose protocol parser gave up.",
+                self.protocols.stats.given_up,
+            ),
+            own("spans_started_total", "Spans opened.", t.spans_started),
+            own(
+                "spans_exported_total",
+                "Spans handed to the exporter.",
+                exported,
+            ),
+            own(
+                "spans_export_failed_total",
+                "Spans the exporter lost.",
+                lost,
+            ),
+            own(
+                "spans_dropped_full_total",
+                "Spans not started: the span table was full.",
+                t.dropped_full,
+            ),
+            own(
+                "spans_abandoned_total",
+                "Open spans dropped with their connection.",
+                t.abandoned,
+            ),
+            own(
+                "spans_held",
+                "Spans held now (open or waiting for export).",
+                self.tracer.held() as u64,
+            ),
+            own("roots_total", "Spans that started a trace.", t.roots),
+            own(
+                "links_ambiguous_total",
+                "Spans given links instead of a parent.",
+                t.ambiguous,
+            ),
+            own(
+                "parent_from_header_total",
+                "Parents from trace-context headers.",
+                t.parent_from_header,
+            ),
+            own(
+                "parent_from_connection_total",
+                "Parents from the other end of a connection.",
+                t.parent_from_connection,
+            ),
+            own(
+                "parent_from_thread_total",
+                "Parents from the thread rule.",
+                t.parent_from_thread,
+            ),
+            own(
+                "parent_from_goroutine_total",
+                "Parents from the goroutine rule.",
+                t.parent_from_goroutine,
+            ),
+            own(
+                "parent_from_task_total",
+                "Parents from the asyncio task rule.",
+                t.parent_from_task,
+            ),
+            own(
+                "parent_from_callback_total",
+                "Parents from the Node.js callback rule.",
+                t.parent_from_callback,
+            ),
+            own(
+                "parent_from_worker_total",
+                "Parents from the worker rule (a multiplexing server's worker thread).",
+                t.parent_from_worker,
+            ),
+            own(
+                "worker_calls_unparented_total",
+                "Calls of multiplexing servers' worker threads that waited for the thread's next \
+                 answer and got no parent from it.",
+                self.tracer.worker_stats().refused,
+            ),
+            own(
+                "node_calls_outside_callbacks_total",
+                "Node.js client calls made outside any socket's callback (timers): no parent.",
+                self.tracer.callbacks.stats.outside,
+            ),
+            own(
+                "parent_from_proxy_total",
+                "Parents from the proxy rule.",
+                t.parent_from_proxy,
+            ),
+            own(
+                "resident_memory_peak_kib",
+                "The agent's peak resident memory.",
+                crate::process::own_peak_rss_kib(),
+            ),
+            own(
+                "resident_memory_kib",
+                "The agent's resident memory now.",
+                crate::process::own_rss_kib(),
+            ),
+            own(
+                "cpu_milliseconds_total",
+                "CPU time the agent used, user and system.",
+                crate::process::own_cpu_ms(),
+            ),
+        ]
+        .into_iter()
+        .chain(self.exporter.own_metrics())
+        .collect()
+    }
+}
