@@ -679,6 +679,18 @@ impl Talking {
         drop(self.proc.0.stdin.take());
     }
 
+    /// Waits (bounded) until the process has exited.
+    pub fn wait_for_exit(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.proc.0.try_wait().expect("wait").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the fixture did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM, then the line starting with `prefix` the process prints on the way out.
     #[must_use]
     pub fn stop(self, prefix: &str) -> String {

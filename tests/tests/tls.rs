@@ -395,3 +395,101 @@ fn a_go_https_chain_is_traced_through_crypto_tls() {
         assert_eq!(find("CLIENT", &format!("/leaf/{id}")).len(), 1);
     }
 }
+
+/// The client of `tests/fixtures/static_tls/client.c`, built once per test process with OpenSSL
+/// linked into the executable (Debian's `libssl.a`, from libssl-dev).
+fn static_openssl_client() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = sockspan_tests::target_dir().join("fixtures/static_tls_client");
+            std::fs::create_dir_all(out.parent().expect("folder")).expect("fixture folder");
+            let _ = run_ok(
+                Command::new("gcc")
+                    .args(["-O1", "-Wall", "-Werror", "-o"])
+                    .arg(&out)
+                    .arg(sockspan_tests::fixture("static_tls/client.c"))
+                    .args(["-Wl,-Bstatic", "-lssl", "-lcrypto", "-Wl,-Bdynamic"])
+                    .args(["-lpthread", "-ldl"]),
+                Duration::from_mins(2),
+            );
+            out
+        })
+        .clone()
+}
+
+/// A client with OpenSSL linked into its executable (no libssl mapped, as in services that
+/// bundle their own) is traced through the same probes, attached to the executable: each of its
+/// requests on one kept-alive TLS connection is a CLIENT span with its path, the parent of the
+/// Python back end's SERVER span.
+#[test]
+fn an_executable_with_openssl_linked_in_is_traced() {
+    let dir = std::env::temp_dir().join(format!("sockspan-static-tls-{}", free_port()));
+    let (cert, key) = self_signed_certificate(&dir);
+    let backend = free_port();
+    let _backend = python_fixture(
+        "tls_chain.py",
+        &[
+            "backend",
+            &backend.to_string(),
+            &cert.display().to_string(),
+            &key.display().to_string(),
+        ],
+        &[("OTEL_SERVICE_NAME", "tls-backend")],
+    );
+    let mut cmd = Command::new(static_openssl_client());
+    cmd.args([&backend.to_string(), "4"]);
+    let mut client = sockspan_tests::Talking::spawn(cmd, "static OpenSSL client");
+    assert_eq!(client.line("ready", Duration::from_secs(20)), "ready");
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", client.proc.pid())).expect("maps");
+    assert!(
+        !maps.contains("libssl"),
+        "the client maps no libssl:\n{maps}"
+    );
+    // Running before the agent: its executable gets the probes as the agent starts.
+    let agent = Agent::start_command("run", &["--output", "jsonl"]);
+    client.say("go");
+    for n in 1..=4 {
+        let _ = client.line(&format!("ok {n} 200"), Duration::from_secs(20));
+    }
+    let out = agent.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.counter("tls_libraries_probed") >= 1, "{}", out.counters);
+    let on_backend: Vec<&Value> = out
+        .events
+        .iter()
+        .filter(|s| port_of(s) == Some(backend))
+        .collect();
+    let clients: HashMap<&str, &Value> = on_backend
+        .iter()
+        .filter(|s| kind(s) == "CLIENT")
+        .map(|s| (s["span_id"].as_str().expect("span id"), *s))
+        .collect();
+    let mut paths: Vec<&str> = clients
+        .values()
+        .map(|s| attr(s, "url.path").as_str().unwrap_or(""))
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(paths, ["/static/1", "/static/2", "/static/3", "/static/4"]);
+    for span in clients.values() {
+        assert_eq!(attr(span, "tls.protocol.name"), "tls", "{span:#}");
+        assert_eq!(
+            span["resource"]["process.pid"],
+            client.proc.pid(),
+            "{span:#}"
+        );
+    }
+    let servers: Vec<&&Value> = on_backend.iter().filter(|s| kind(s) == "SERVER").collect();
+    assert_eq!(servers.len(), 4, "the back end's spans");
+    for server in servers {
+        let parent = server["parent_span_id"]
+            .as_str()
+            .and_then(|p| clients.get(p));
+        assert_eq!(
+            parent.map(|c| attr(c, "url.path")),
+            Some(attr(server, "url.path")),
+            "{server:#}"
+        );
+    }
+}

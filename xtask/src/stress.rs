@@ -121,6 +121,7 @@ pub fn stress(idle: u64, churn: u64) -> Result<()> {
     let mut holders = Talking::start("hostile.py", &["idle", &port, &idle.to_string(), "2048"]);
     let _ = holders.line("holding", Duration::from_mins(10));
     let held_at = started.elapsed().as_secs_f64();
+    // The memory figure is of connections held a while, not of the moment the last one opened.
     std::thread::sleep(Duration::from_secs(5));
     let rss_holding = rss_kib(agent.pid()).unwrap_or(0);
     eprintln!("xtask stress: {churn} short connections");
@@ -131,8 +132,9 @@ pub fn stress(idle: u64, churn: u64) -> Result<()> {
         "churned",
     )?;
     let churn_seconds = churn_started.elapsed().as_secs_f64();
+    // The holders reset their connections and exit: the agent sees every reset before it stops.
     holders.close_stdin();
-    std::thread::sleep(Duration::from_secs(3));
+    holders.wait_for_exit(Duration::from_mins(2));
     let out = agent.stop();
     let samples = rss.finish();
     if !out.status.success() {
@@ -231,7 +233,7 @@ pub fn soak(minutes: f64) -> Result<()> {
         &client.line("requests", Duration::from_secs_f64(total + 120.0)),
         "requests",
     )?;
-    std::thread::sleep(Duration::from_secs(3));
+    // What the agent still holds goes out in its shutdown's drain.
     let out = agent.stop();
     let samples = rss.finish();
     let report: Value = serde_json::from_str(&receiver.stop("{")).context("receiver report")?;

@@ -3,14 +3,16 @@
 //! covered, in containers too (the file is reached through `/proc/<pid>/root`). The system's
 //! own libssl is attached at start, so a process that starts later and speaks TLS at once (curl)
 //! is covered from its first byte; a process's other libssl copies are attached when it opens a
-//! connection.
+//! connection. An executable with OpenSSL (or BoringSSL) linked in, whose symbols name
+//! `SSL_read` and `SSL_write`, gets the same probes on the executable itself, looked at once per
+//! file; a stripped one cannot be (nothing names the functions) and is not.
 //!
 //! Uprobes are per file, not per process: every process using an attached libssl pays one trap
 //! per probed call (BENCHMARKS.md section 5 has the cost), whether or not its connections are
 //! otherwise traced. `--no-runtime-probes tls` leaves them off.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io::{BufRead as _, BufReader},
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -18,6 +20,7 @@ use std::{
 
 use agent_common::SslFunction;
 use aya::{Ebpf, programs::uprobe::UProbeAttachLocation};
+use object::{Object as _, ObjectSymbol as _, ReadCache, SymbolKind};
 
 use super::UprobeRefused;
 
@@ -67,8 +70,10 @@ pub struct Library {
 /// Loads the programs once; attaches per libssl file.
 pub struct TlsProbes {
     unavailable: Option<String>,
-    /// (device, inode) of the libssl files met.
+    /// (device, inode) of the libssl files met, and of the executables with OpenSSL linked in.
     files: HashMap<(u64, u64), Library>,
+    /// (device, inode) of the executables already looked at for OpenSSL linked in.
+    executables_seen: HashSet<(u64, u64)>,
 }
 
 impl TlsProbes {
@@ -82,6 +87,7 @@ impl TlsProbes {
                 "uprobe attach cookies need Linux 5.15 or newer",
             ),
             files: HashMap::new(),
+            executables_seen: HashSet::new(),
         }
     }
 
@@ -118,7 +124,33 @@ impl TlsProbes {
                 met.push(library);
             }
         }
+        if let Some(library) = self.attach_executable(ebpf, pid)? {
+            met.push(library);
+        }
         Ok(met)
+    }
+
+    /// Attaches to `pid`'s executable when OpenSSL is linked into it (each executable file
+    /// looked at once).
+    fn attach_executable(
+        &mut self,
+        ebpf: &mut Ebpf,
+        pid: u32,
+    ) -> Result<Option<Library>, TlsProbeError> {
+        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+            return Ok(None);
+        };
+        let through_root =
+            PathBuf::from(format!("/proc/{pid}/root")).join(exe.strip_prefix("/").unwrap_or(&exe));
+        let Ok(meta) = std::fs::metadata(&through_root) else {
+            return Ok(None);
+        };
+        if !self.executables_seen.insert((meta.dev(), meta.ino())) || !links_openssl(&through_root)
+        {
+            return Ok(None);
+        }
+        let name = format!("{} (OpenSSL linked in)", exe.display());
+        self.attach_file(ebpf, &through_root, &name)
     }
 
     /// Attaches to `file` unless its (device, inode) was met before; `None` then.
@@ -150,6 +182,34 @@ impl TlsProbes {
         self.files.insert(key, library.clone());
         Ok(Some(library))
     }
+}
+
+/// Whether the ELF file `file` has OpenSSL (or BoringSSL) linked in: its symbols define
+/// `SSL_read` and `SSL_write` as functions (an executable that only imports them from libssl
+/// names them undefined, at address 0).
+fn links_openssl(file: &Path) -> bool {
+    let Ok(handle) = std::fs::File::open(file) else {
+        return false;
+    };
+    let cache = ReadCache::new(handle);
+    let Ok(elf) = object::File::parse(&cache) else {
+        return false;
+    };
+    let (mut read, mut write) = (false, false);
+    for symbol in elf.symbols().chain(elf.dynamic_symbols()) {
+        if symbol.kind() != SymbolKind::Text || symbol.address() == 0 {
+            continue;
+        }
+        match symbol.name() {
+            Ok("SSL_read") => read = true,
+            Ok("SSL_write") => write = true,
+            _ => {}
+        }
+        if read && write {
+            return true;
+        }
+    }
+    false
 }
 
 /// Paths (as the process sees them) of the libssl files `pid` maps.
@@ -222,4 +282,22 @@ fn attach_at(
             },
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openssl_is_linked_in_where_its_functions_are_defined_not_imported() {
+        // Debian's libssl defines them; curl (a test dependency) imports them from it; this
+        // test's own executable has none.
+        assert!(links_openssl(Path::new(
+            "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+        )));
+        assert!(!links_openssl(Path::new("/usr/bin/curl")));
+        let own = std::env::current_exe().expect("own executable");
+        assert!(!links_openssl(&own));
+        assert!(!links_openssl(Path::new("/nonexistent/executable")));
+    }
 }

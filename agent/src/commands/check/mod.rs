@@ -239,7 +239,8 @@ fn capture_rows(
 }
 
 /// Which TLS libraries of the processes running now get their plaintext traced: the OpenSSL
-/// probes attached for real to the system's libssl and to every libssl a process maps.
+/// probes attached for real to the system's libssl, to every libssl a process maps and to
+/// executables with OpenSSL linked in, and the Go `crypto/tls` probes to Go executables.
 fn tls_row(probes: &mut Probes) -> Row {
     let mut failed = probes.attach_tls(None).err().map(|e| e.to_string());
     if failed.is_none() {
@@ -266,7 +267,7 @@ fn tls_row(probes: &mut Probes) -> Row {
     let mut detail = if covered.is_empty() {
         "no libssl covered".to_string()
     } else {
-        format!("OpenSSL covered: {}", covered.join(", "))
+        format!("covered: {}", covered.join(", "))
     };
     if !refused.is_empty() {
         let _ = write!(detail, "; not covered: {}", refused.join("; "));
@@ -275,11 +276,11 @@ fn tls_row(probes: &mut Probes) -> Row {
         let _ = write!(detail, "; {why}");
     }
     detail.push_str(
-        "; not covered yet: Go crypto/tls, OpenSSL linked into an executable (NodeSource's Node.js), \
-         BoringSSL, rustls",
+        "; not covered yet: OpenSSL/BoringSSL linked into a stripped executable (nothing names its \
+         functions), rustls; Node.js's TLS (memory BIOs: its plaintext is not tied to a socket)",
     );
     Row {
-        feature: "TLS plaintext (OpenSSL uprobes)".into(),
+        feature: "TLS plaintext (OpenSSL and Go crypto/tls uprobes)".into(),
         ok,
         detail,
         need: Need::Optional,

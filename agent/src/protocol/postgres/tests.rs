@@ -1,8 +1,8 @@
 //! Replays of real psycopg 3 / `PostgreSQL` 15 traffic (`fixtures/`, see `client.py` and
 //! `capture.py` there) at both ends, plus hand-made edge cases.
 
-use super::*;
 use super::detect::startup_kind;
+use super::*;
 use crate::protocol::Chunk;
 use crate::protocol::replay::{
     Syscall, assert_no_secrets, recognised_from, replay, resplit, syscalls,
