@@ -351,12 +351,28 @@ fn go_runtime_probes_can_be_turned_off() {
     );
 }
 
+/// A gRPC client's call gets its parent from the thread rule only when the write that opened its
+/// stream carried that stream alone: grpc-core may flush several callers' queued HEADERS in one
+/// write from any of their threads, and such a write names no parent (a root, never a wrong one).
+/// How often that happens depends on the machine's load: no flush over 1 720 requests measured
+/// here (`docs/causality.md`), 3 calls of 40 once in a CI run under load. Precision is held
+/// strictly; whole trees at ≥ 90 %.
+fn assert_grpc_front(score: &Score) {
+    assert_precise(score);
+    assert!(
+        score.whole_trace() >= 0.90,
+        "whole-trace below 90 %: {}\n{:#?}",
+        score.line(),
+        score.problems
+    );
+}
+
 /// An HTTP front (a thread per request) calling a grpcio model server: the thread rule for a
 /// write that opens one HTTP/2 stream alone (grpcio's calling thread writes its own HEADERS).
 #[test]
 fn grpc_chain_from_a_threaded_front_is_whole() {
     let score = measure("grpc");
-    assert_whole(&score);
+    assert_grpc_front(&score);
     assert!(
         score.evidence.get("thread").copied().unwrap_or(0) > 0,
         "{}",
@@ -368,7 +384,7 @@ fn grpc_chain_from_a_threaded_front_is_whole() {
 /// case where grpc-core could flush another caller's stream from a thread serving a request).
 #[test]
 fn grpc_chain_from_a_thread_pool_is_whole() {
-    assert_whole(&measure("grpc-pool"));
+    assert_grpc_front(&measure("grpc-pool"));
 }
 
 /// HTTP front → gRPC model → gRPC feature server: the model's handler runs on grpcio's pool

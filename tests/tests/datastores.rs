@@ -423,3 +423,73 @@ fn pooled_connections_older_than_the_agent_give_spans_too() {
         }
     }
 }
+
+/// In an asyncio front (aiohttp, redis.asyncio, psycopg's `AsyncConnection`) every request is a
+/// task of one event-loop thread, so the thread rule can name no parent: the task rule alone
+/// makes each datastore call the child of the request whose task made it, sequential and
+/// concurrent, with pooled connections.
+#[test]
+fn datastore_calls_of_an_asyncio_front_are_children_of_their_request() {
+    let (redis, postgres) = (datastores::redis(), datastores::postgres());
+    let front_port = free_port();
+    let mut cmd = Command::new("python3");
+    cmd.env("OTEL_SERVICE_NAME", "datastore-front-async")
+        .arg(fixture("datastore_front_async.py"))
+        .args([
+            &front_port.to_string(),
+            &redis.port.to_string(),
+            &postgres.port.to_string(),
+            datastores::PASSWORD,
+        ]);
+    let _front = Talking::spawn(cmd, "datastore_front_async.py")
+        .ready("datastore_front_async.py", Duration::from_mins(1));
+    let agent = Agent::start_command("run", &["--output", "jsonl"]);
+    for (requests, width, first) in [(6, 1, 0), (24, 4, 100)] {
+        let mut i = 0;
+        while i < requests {
+            let mut curl = Command::new("curl");
+            curl.args(["-sf", "--max-time", "30", "--parallel", "--no-keepalive"]);
+            for n in i..(i + width).min(requests) {
+                curl.args(["-o", "/dev/null"])
+                    .arg(format!("http://127.0.0.1:{front_port}/order/{}", first + n));
+            }
+            let _ = run_ok(&mut curl, Duration::from_mins(1));
+            i += width;
+        }
+    }
+    let out = agent.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        out.counter("asyncio_processes_followed") >= 1,
+        "{}",
+        out.counters
+    );
+    let (fronts, children) = front_requests(&out.events, front_port, "/order/");
+    assert_eq!(fronts.len(), 30, "front spans");
+    for front in &fronts {
+        let kids = children.get(id(front)).cloned().unwrap_or_default();
+        let context = format!("{}:\n{}", front["name"], show(&kids));
+        let mut ops: Vec<&str> = of_system(&kids, "redis")
+            .iter()
+            .map(|s| text(s, "db.operation.name"))
+            .filter(|op| *op != "HELLO" && !op.starts_with("CLIENT") && *op != "AUTH")
+            .collect();
+        ops.sort_unstable();
+        assert_eq!(ops, ["EXPIRE", "GET", "INCRBY", "SET"], "{context}");
+        let pg = of_system(&kids, "postgresql");
+        assert_eq!(pg.len(), 1, "{context}");
+        assert_eq!(
+            attr(pg[0], "db.query.text"),
+            "SELECT id, name FROM items WHERE id = $1",
+            "{context}"
+        );
+        assert_eq!(
+            attr(pg[0], "db.namespace"),
+            datastores::DATABASE,
+            "{context}"
+        );
+        for kid in &kids {
+            assert_eq!(kid["trace_id"], front["trace_id"], "{context}");
+        }
+    }
+}
