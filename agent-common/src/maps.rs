@@ -259,11 +259,10 @@ pub const MEMCACHED_META_PREFIXES: [u32; 6] = [
     u32::from_le_bytes(*b"mn\r\0"),
 ];
 
-/// PostgreSQL's protocol 3.0 startup code and its encryption requests (`SSLRequest`,
-/// `GSSENCRequest`), the big-endian `i32` after a startup packet's length.
+/// PostgreSQL's protocol 3.0 startup code, the big-endian `i32` after a startup packet's length
+/// (its encryption requests, `SSLRequest` and `GSSENCRequest`, are not recognised: what
+/// follows them is).
 pub const POSTGRES_PROTOCOL_3: u32 = 0x0003_0000;
-pub const POSTGRES_SSL_REQUEST: u32 = 80_877_103;
-pub const POSTGRES_GSSENC_REQUEST: u32 = 80_877_104;
 
 /// A process whose syscalls the programs name the running task of: the value of the
 /// `FOLLOWED_PROCESSES` map, by tgid, written by the agent. One lookup there is all an unfollowed

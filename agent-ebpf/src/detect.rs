@@ -10,8 +10,7 @@
 
 use agent_common::{
     ConnInfo, DETECT_CHUNKS, HTTP2_PREFACE_PREFIX, MAX_CAPTURE_BYTES, MEMCACHED_META_PREFIXES,
-    MEMCACHED_PREFIXES, POSTGRES_GSSENC_REQUEST, POSTGRES_PROTOCOL_3, POSTGRES_SSL_REQUEST,
-    Protocol, REQUEST_PREFIXES, Role,
+    MEMCACHED_PREFIXES, POSTGRES_PROTOCOL_3, Protocol, REQUEST_PREFIXES, Role,
 };
 
 type Payload = [u8; 2 * MAX_CAPTURE_BYTES];
@@ -148,7 +147,7 @@ fn is_redis_request(p: &Payload, len: u32) -> bool {
 }
 
 /// A PostgreSQL startup packet: a big-endian length equal to the bytes the syscall moved, then
-/// protocol 3.0 (at least one parameter follows) or an 8-byte encryption request.
+/// protocol 3.0 (at least one parameter follows).
 #[inline(never)]
 fn is_postgres_startup(p: &Payload, len: u32, moved: u64) -> bool {
     if len < 8 {
@@ -159,11 +158,10 @@ fn is_postgres_startup(p: &Payload, len: u32, moved: u64) -> bool {
     if u64::from(length) != moved {
         return false;
     }
-    match code {
-        POSTGRES_PROTOCOL_3 => (9..=10_000).contains(&length),
-        POSTGRES_SSL_REQUEST | POSTGRES_GSSENC_REQUEST => length == 8,
-        _ => false,
-    }
+    // An SSLRequest or GSSENCRequest decides nothing yet: refused (`N`), the startup message
+    // follows in cleartext and is recognised then; accepted (`S`), a TLS handshake follows and
+    // the connection is recognised as TLS, its plaintext coming from the library probes.
+    code == POSTGRES_PROTOCOL_3 && (9..=10_000).contains(&length)
 }
 
 /// A PostgreSQL client message that starts a query on a connection open before the agent:

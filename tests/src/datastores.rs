@@ -174,11 +174,29 @@ fn as_postgres(program: &Path) -> Command {
 /// (SCRAM-SHA-256), with the database [`DATABASE`].
 #[must_use]
 pub fn postgres() -> Server {
+    postgres_with(false)
+}
+
+/// As [`postgres`], accepting TLS (`ssl=on`, a self-signed certificate made here): clients
+/// that ask for it (`sslmode=require`) get it.
+#[must_use]
+pub fn postgres_tls() -> Server {
+    postgres_with(true)
+}
+
+fn postgres_with(tls: bool) -> Server {
     let port = free_port();
     let dir = fresh_dir("postgres", port);
     let data = dir.join("data");
     let pwfile = dir.join("pw");
     std::fs::write(&pwfile, PASSWORD).expect("password file");
+    let certificate = tls.then(|| {
+        let (cert, key) = crate::self_signed_certificate(&dir.join("tls"));
+        // The server refuses a key others may read.
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("key mode");
+        (cert, key)
+    });
     let _ = run_ok(
         Command::new("chown").arg("-R").arg("postgres:").arg(&dir),
         Duration::from_secs(10),
@@ -198,7 +216,17 @@ pub fn postgres() -> Server {
             .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
             .arg("-k")
             .arg(&dir)
-            .args(["-c", "fsync=off"]),
+            .args(["-c", "fsync=off"])
+            .args(certificate.iter().flat_map(|(cert, key)| {
+                [
+                    "-c".to_string(),
+                    "ssl=on".to_string(),
+                    "-c".to_string(),
+                    format!("ssl_cert_file={}", cert.display()),
+                    "-c".to_string(),
+                    format!("ssl_key_file={}", key.display()),
+                ]
+            })),
         "postgres",
     );
     let server = ready(Server {

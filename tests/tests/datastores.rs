@@ -493,3 +493,64 @@ fn datastore_calls_of_an_asyncio_front_are_children_of_their_request() {
         }
     }
 }
+
+/// PostgreSQL over TLS (`sslmode=require`: an SSL request the server accepts, then a TLS
+/// handshake): the programs recognise the handshake, not the SSL request, and the plaintext
+/// from the TLS probes on the client's libssl (psycopg's wheel bundles its own, under a hashed
+/// name) is recognised as PostgreSQL from its start-up message: every query is a CLIENT span
+/// with its sanitised text, database and `tls` evidence; nothing from the ciphertext; the
+/// literal in the queries reaches no output.
+#[test]
+fn postgres_over_tls_gives_spans_from_its_plaintext() {
+    let postgres = datastores::postgres_tls();
+    let mut cmd = Command::new("python3");
+    cmd.arg(fixture("pg_tls_client.py"))
+        .args([&postgres.port.to_string(), datastores::PASSWORD]);
+    let mut client = Talking::spawn(cmd, "pg_tls_client.py");
+    assert_eq!(client.line("ready", Duration::from_mins(1)), "ready");
+    let agent = Agent::start_command("run", &["--output", "jsonl"]);
+    client.say("go");
+    for n in 1..=5 {
+        let _ = client.line(&format!("ok {n}"), Duration::from_secs(30));
+    }
+    client.wait_for_exit(Duration::from_secs(30));
+    let out = agent.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let all = serde_json::to_string(&out.events).expect("json");
+    assert!(!all.contains("SECRET-TLS-LITERAL"), "the literal leaked");
+    assert!(!all.contains(datastores::PASSWORD), "the password leaked");
+    let pg: Vec<&Value> = out
+        .events
+        .iter()
+        .filter(|s| {
+            kind(s) == "CLIENT"
+                && attr(s, "db.system.name") == "postgresql"
+                && attr(s, "server.port") == postgres.port
+        })
+        .collect();
+    let selects: Vec<&&Value> = pg
+        .iter()
+        .filter(|s| text(s, "db.operation.name") == "SELECT")
+        .collect();
+    assert_eq!(selects.len(), 5, "{}", show(&pg));
+    for span in &selects {
+        assert_eq!(
+            attr(span, "db.query.text"),
+            "SELECT id, name FROM items WHERE id = $1 AND name <> $2",
+            "{span:#}"
+        );
+        assert_eq!(attr(span, "db.namespace"), datastores::DATABASE, "{span:#}");
+        assert_eq!(attr(span, "tls.protocol.name"), "tls", "{span:#}");
+        assert_eq!(
+            span["resource"]["process.pid"],
+            client.proc.pid(),
+            "{span:#}"
+        );
+    }
+    // Every PostgreSQL span of the port came from plaintext: none without the TLS evidence.
+    for span in out.events.iter().filter(|s| {
+        attr(s, "server.port") == postgres.port || attr(s, "db.system.name") == "postgresql"
+    }) {
+        assert_eq!(attr(span, "tls.protocol.name"), "tls", "{span:#}");
+    }
+}

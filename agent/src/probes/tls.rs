@@ -184,6 +184,16 @@ impl TlsProbes {
     }
 }
 
+/// Whether a mapped file's name is OpenSSL's libssl: `libssl.so…`, or a copy a Python wheel
+/// bundles under a hashed name (`libssl-6a9b88ec.so.3`, as auditwheel renames it: psycopg's
+/// binary wheel). NSS's `libssl3.so` is another API and is not.
+fn is_libssl_name(name: &str) -> bool {
+    name.starts_with("libssl.so")
+        || name
+            .strip_prefix("libssl-")
+            .is_some_and(|rest| rest.contains(".so"))
+}
+
 /// Whether the ELF file `file` has OpenSSL (or BoringSSL) linked in: its symbols define
 /// `SSL_read` and `SSL_write` as functions (an executable that only imports them from libssl
 /// names them undefined, at address 0).
@@ -229,7 +239,7 @@ fn libssl_mapped_by(pid: u32) -> Result<Vec<PathBuf>, TlsProbeError> {
         let is_libssl = path
             .file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("libssl.so"));
+            .is_some_and(is_libssl_name);
         if is_libssl && !found.iter().any(|p| p == path) {
             found.push(path.to_path_buf());
         }
@@ -299,5 +309,15 @@ mod tests {
         let own = std::env::current_exe().expect("own executable");
         assert!(!links_openssl(&own));
         assert!(!links_openssl(Path::new("/nonexistent/executable")));
+    }
+
+    #[test]
+    fn libssl_is_found_under_its_own_name_and_a_wheels_hashed_one() {
+        assert!(is_libssl_name("libssl.so.3"));
+        assert!(is_libssl_name("libssl.so.1.1"));
+        assert!(is_libssl_name("libssl-6a9b88ec.so.3"));
+        assert!(!is_libssl_name("libssl3.so"), "NSS");
+        assert!(!is_libssl_name("libssl-dev.txt"));
+        assert!(!is_libssl_name("libcrypto.so.3"));
     }
 }

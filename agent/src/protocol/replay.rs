@@ -256,9 +256,16 @@ pub fn assert_no_secrets(seen: &[Seen], secrets: &[&str]) {
 /// Cuts every syscall of `whole` into pieces of pseudo-random sizes (1..=40 bytes, seeded), as
 /// reads of any size would, keeping the first one whole (detection needs it).
 pub fn resplit(whole: &[Syscall], run: u64) -> Vec<Syscall> {
+    resplit_after(whole, 1, run)
+}
+
+/// As [`resplit`], keeping the first `keep` syscalls whole (those up to the one detection
+/// recognises).
+pub fn resplit_after(whole: &[Syscall], keep: usize, run: u64) -> Vec<Syscall> {
     let mut seed = run.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut pieces = vec![whole[0].clone()];
-    for (egress, bytes, _) in &whole[1..] {
+    let keep = keep.min(whole.len());
+    let mut pieces = whole[..keep].to_vec();
+    for (egress, bytes, _) in &whole[keep..] {
         let mut rest = bytes.as_slice();
         while !rest.is_empty() {
             seed ^= seed << 13;

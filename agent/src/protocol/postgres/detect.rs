@@ -1,5 +1,6 @@
-//! Which connections are `PostgreSQL`: a client's startup or encryption request, or, on a
-//! connection older than the agent, a server reading a whole request batch.
+//! Which connections are `PostgreSQL`: a client's startup message (after a refused encryption
+//! request, or as the first plaintext of a TLS connection), or, on a connection older than the
+//! agent, a server reading a whole request batch.
 
 use super::{
     GSSENC_REQUEST, MAX_STARTUP, PROTOCOL_3, PgConnection, SSL_REQUEST,
@@ -7,8 +8,8 @@ use super::{
 };
 use crate::protocol::{Chunk, Detected, sql::looks_like_statement};
 
-/// A connection is `PostgreSQL` when a client's first write is a startup message (protocol 3.0)
-/// or an SSL / GSS encryption request, its length field exactly the bytes moved.
+/// A connection is `PostgreSQL` when a client's write is a startup message (protocol 3.0), its
+/// length field exactly the bytes moved.
 pub fn detect(chunk: &Chunk<'_>) -> Option<Detected> {
     if !chunk.request_side() {
         return None;
@@ -18,7 +19,10 @@ pub fn detect(chunk: &Chunk<'_>) -> Option<Detected> {
         return None;
     }
     let server = chunk.server().unwrap_or(!chunk.egress);
-    let parser = if startup_kind(payload).is_some() {
+    // An SSLRequest or GSSENCRequest is not recognised, as in the programs: the startup message
+    // that follows a refusal is, and an accepted TLS request makes a TLS connection, whose
+    // plaintext (from the library probes) starts with the startup message.
+    let parser = if matches!(startup_kind(payload), Some(StartupKind::Startup)) {
         PgConnection::from_start().at_server(server)
     } else if chunk.server() == Some(true) {
         PgConnection::mid_stream(request_batch(payload)?)
