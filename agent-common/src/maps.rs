@@ -259,6 +259,9 @@ pub const MEMCACHED_META_PREFIXES: [u32; 6] = [
     u32::from_le_bytes(*b"mn\r\0"),
 ];
 
+/// `CLIENT_SSL` in a MySQL handshake response's capabilities: the client asks for TLS.
+pub const MYSQL_CLIENT_SSL: u32 = 0x800;
+
 /// PostgreSQL's protocol 3.0 startup code, the big-endian `i32` after a startup packet's length
 /// (its encryption requests, `SSLRequest` and `GSSENCRequest`, are not recognised: what
 /// follows them is).

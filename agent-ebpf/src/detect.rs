@@ -10,7 +10,7 @@
 
 use agent_common::{
     ConnInfo, DETECT_CHUNKS, HTTP2_PREFACE_PREFIX, MAX_CAPTURE_BYTES, MEMCACHED_META_PREFIXES,
-    MEMCACHED_PREFIXES, POSTGRES_PROTOCOL_3, Protocol, REQUEST_PREFIXES, Role,
+    MEMCACHED_PREFIXES, MYSQL_CLIENT_SSL, POSTGRES_PROTOCOL_3, Protocol, REQUEST_PREFIXES, Role,
 };
 
 type Payload = [u8; 2 * MAX_CAPTURE_BYTES];
@@ -192,6 +192,35 @@ fn is_mysql_command(p: &Payload, len: u32, moved: u64) -> bool {
     u64::from(length) + 4 == moved
         && p[3] == 0
         && matches!(p[4], 0x02 | 0x03 | 0x0e | 0x16 | 0x17 | 0x19 | 0x1a)
+}
+
+/// On a MySQL connection (`entry`, its [`Role`] plus 256 for an egress syscall in
+/// `role_egress`), a client's SSL request — the short handshake response: a packet of 32
+/// bytes, sequence 1, `CLIENT_SSL` among its capabilities, moved whole — makes the connection a
+/// TLS one from here: its ciphertext is never sent, the TLS probes' plaintext (the full
+/// handshake response, then the commands) is. An end that reads the request apart is not
+/// switched; the agent's parser never pairs the ciphertext it then sees.
+#[inline(never)]
+pub fn mysql_ssl_request(
+    entry: *mut ConnInfo,
+    role_egress: u32,
+    p: &Payload,
+    len: u32,
+    moved: u64,
+) -> u32 {
+    let role = role_egress & 0xff;
+    let egress = role_egress & 0x100 != 0;
+    let request_side = role == Role::Unknown as u32 || (role == Role::Client as u32) == egress;
+    if entry.is_null() || !request_side || moved != 36 || len < 8 {
+        return 0;
+    }
+    let capabilities = u32::from_le_bytes([p[4], p[5], p[6], p[7]]);
+    if p[0] != 32 || p[1] != 0 || p[2] != 0 || p[3] != 1 || capabilities & MYSQL_CLIENT_SSL == 0 {
+        return 0;
+    }
+    // SAFETY: a pointer from a successful lookup in this run, as in `detect`.
+    unsafe { (*entry).protocol = Protocol::Tls as u32 };
+    1
 }
 
 /// A MySQL/MariaDB server greeting: a packet (`u24` little-endian length equal to the bytes the

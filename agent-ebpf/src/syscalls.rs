@@ -465,6 +465,15 @@ fn emit_data<const STAGE: u8, const DETECT: bool>(exit: &Exit, moved: i64, sourc
             // OpenSSL call already: that call is this socket's.
             tls::note_socket(exit.pid_tgid, exit.task, exit.fd, exit.conn.conn_id);
         }
+    } else if DETECT && exit.conn.protocol == Protocol::Mysql as u32 {
+        // This record still goes out as MySQL (the agent's parser reads the SSL request too).
+        detect::mysql_ssl_request(
+            exit.conn.entry,
+            exit.conn.role | (u32::from(exit.direction == Direction::Egress) << 8),
+            &scratch.payload,
+            copied.len,
+            moved as u64,
+        );
     }
     if i64::from(copied.len) < moved && !matches!(source, Source::Uncapturable) {
         count(Counter::PayloadTruncated);

@@ -252,8 +252,20 @@ fn postgres_with(tls: bool) -> Server {
 /// A MariaDB server with the user [`USER`] (password [`PASSWORD`]) owning [`DATABASE`].
 #[must_use]
 pub fn mariadb() -> Server {
+    mariadb_with(false)
+}
+
+/// As [`mariadb`], offering TLS (a self-signed certificate made here): clients that ask for it
+/// get it.
+#[must_use]
+pub fn mariadb_tls() -> Server {
+    mariadb_with(true)
+}
+
+fn mariadb_with(tls: bool) -> Server {
     let port = free_port();
     let dir = fresh_dir("mariadb", port);
+    let certificate = tls.then(|| crate::self_signed_certificate(&dir.join("tls")));
     let data = dir.join("data");
     let _ = run_ok(
         Command::new("mariadb-install-db")
@@ -285,6 +297,12 @@ pub fn mariadb() -> Server {
                 "--skip-name-resolve",
             ])
             .args(["--skip-log-bin", "--innodb-buffer-pool-size=32M"])
+            .args(certificate.iter().flat_map(|(cert, key)| {
+                [
+                    format!("--ssl-cert={}", cert.display()),
+                    format!("--ssl-key={}", key.display()),
+                ]
+            }))
             .arg(format!("--port={port}")),
         "mariadbd",
     );

@@ -494,19 +494,14 @@ fn datastore_calls_of_an_asyncio_front_are_children_of_their_request() {
     }
 }
 
-/// PostgreSQL over TLS (`sslmode=require`: an SSL request the server accepts, then a TLS
-/// handshake): the programs recognise the handshake, not the SSL request, and the plaintext
-/// from the TLS probes on the client's libssl (psycopg's wheel bundles its own, under a hashed
-/// name) is recognised as PostgreSQL from its start-up message: every query is a CLIENT span
-/// with its sanitised text, database and `tls` evidence; nothing from the ciphertext; the
-/// literal in the queries reaches no output.
-#[test]
-fn postgres_over_tls_gives_spans_from_its_plaintext() {
-    let postgres = datastores::postgres_tls();
+/// Runs `fixture` (a client over TLS to the server on `port` that prints `ready`, waits for a
+/// line, then makes five queries, `ok N` after each) under an agent started in between; the
+/// agent's output.
+fn tls_client_run(fixture_name: &str, port: u16) -> (sockspan_tests::Output, u32) {
     let mut cmd = Command::new("python3");
-    cmd.arg(fixture("pg_tls_client.py"))
-        .args([&postgres.port.to_string(), datastores::PASSWORD]);
-    let mut client = Talking::spawn(cmd, "pg_tls_client.py");
+    cmd.arg(fixture(fixture_name))
+        .args([&port.to_string(), datastores::PASSWORD]);
+    let mut client = Talking::spawn(cmd, fixture_name);
     assert_eq!(client.line("ready", Duration::from_mins(1)), "ready");
     let agent = Agent::start_command("run", &["--output", "jsonl"]);
     client.say("go");
@@ -516,41 +511,76 @@ fn postgres_over_tls_gives_spans_from_its_plaintext() {
     client.wait_for_exit(Duration::from_secs(30));
     let out = agent.stop();
     assert!(out.status.success(), "{}", out.stderr);
+    (out, client.proc.pid())
+}
+
+/// The five SELECT spans of a TLS client run ([`tls_client_run`]): `system`'s, with `query`
+/// as their text, the database, and `tls` evidence; every span of the port from plaintext; the
+/// planted literal and the password in none.
+fn assert_tls_selects(
+    out: &sockspan_tests::Output,
+    pid: u32,
+    port: u16,
+    system: &str,
+    query: &str,
+) {
     let all = serde_json::to_string(&out.events).expect("json");
     assert!(!all.contains("SECRET-TLS-LITERAL"), "the literal leaked");
     assert!(!all.contains(datastores::PASSWORD), "the password leaked");
-    let pg: Vec<&Value> = out
+    let spans: Vec<&Value> = out
         .events
         .iter()
-        .filter(|s| {
-            kind(s) == "CLIENT"
-                && attr(s, "db.system.name") == "postgresql"
-                && attr(s, "server.port") == postgres.port
-        })
+        .filter(|s| kind(s) == "CLIENT" && attr(s, "server.port") == port)
         .collect();
-    let selects: Vec<&&Value> = pg
+    let selects: Vec<&&Value> = spans
         .iter()
         .filter(|s| text(s, "db.operation.name") == "SELECT")
         .collect();
-    assert_eq!(selects.len(), 5, "{}", show(&pg));
+    assert_eq!(selects.len(), 5, "{}", show(&spans));
     for span in &selects {
-        assert_eq!(
-            attr(span, "db.query.text"),
-            "SELECT id, name FROM items WHERE id = $1 AND name <> $2",
-            "{span:#}"
-        );
+        assert_eq!(attr(span, "db.system.name"), system, "{span:#}");
+        assert_eq!(attr(span, "db.query.text"), query, "{span:#}");
         assert_eq!(attr(span, "db.namespace"), datastores::DATABASE, "{span:#}");
-        assert_eq!(attr(span, "tls.protocol.name"), "tls", "{span:#}");
-        assert_eq!(
-            span["resource"]["process.pid"],
-            client.proc.pid(),
-            "{span:#}"
-        );
+        assert_eq!(span["resource"]["process.pid"], pid, "{span:#}");
     }
-    // Every PostgreSQL span of the port came from plaintext: none without the TLS evidence.
-    for span in out.events.iter().filter(|s| {
-        attr(s, "server.port") == postgres.port || attr(s, "db.system.name") == "postgresql"
-    }) {
+    // Every span of the port came from plaintext: none without the TLS evidence.
+    for span in out.events.iter().filter(|s| attr(s, "server.port") == port) {
         assert_eq!(attr(span, "tls.protocol.name"), "tls", "{span:#}");
     }
+}
+
+/// PostgreSQL over TLS (`sslmode=require`: an SSL request the server accepts, then a TLS
+/// handshake): the programs recognise the handshake, not the SSL request, and the plaintext
+/// from the TLS probes on the client's libssl (psycopg's wheel bundles its own, under a hashed
+/// name) is recognised as PostgreSQL from its start-up message: every query is a CLIENT span
+/// with its sanitised text, database and `tls` evidence; nothing from the ciphertext; the
+/// literal in the queries reaches no output.
+#[test]
+fn postgres_over_tls_gives_spans_from_its_plaintext() {
+    let postgres = datastores::postgres_tls();
+    let (out, pid) = tls_client_run("pg_tls_client.py", postgres.port);
+    assert_tls_selects(
+        &out,
+        pid,
+        postgres.port,
+        "postgresql",
+        "SELECT id, name FROM items WHERE id = $1 AND name <> $2",
+    );
+}
+
+/// MariaDB over TLS (`PyMySQL` with `ssl`): the greeting in cleartext names the system, the
+/// client's short SSL request makes the programs treat the socket as TLS from there, and the
+/// full handshake response (the database) and the queries come as plaintext from the TLS
+/// probes: every query a CLIENT span with its sanitised text, database and `tls` evidence.
+#[test]
+fn mariadb_over_tls_gives_spans_from_its_plaintext() {
+    let mariadb = datastores::mariadb_tls();
+    let (out, pid) = tls_client_run("my_tls_client.py", mariadb.port);
+    assert_tls_selects(
+        &out,
+        pid,
+        mariadb.port,
+        "mariadb",
+        "SELECT id, name FROM items WHERE id = ? AND name <> ?",
+    );
 }

@@ -8,7 +8,10 @@
 //! with their sequence numbers checked, through result sets (column count, definitions, EOF
 //! unless both sides agreed on `CLIENT_DEPRECATE_EOF`, rows, final EOF / OK, more results).
 //! Statement ids map to their sanitised query (bounded) so that `COM_STMT_EXECUTE` is named;
-//! parameter values are never read. TLS (`CLIENT_SSL`) or compression gives the connection up.
+//! parameter values are never read. Compression gives the connection up. TLS (`CLIENT_SSL`): the
+//! client's short SSL request (a 32-byte handshake response) is followed by a TLS handshake,
+//! which the programs then treat as TLS, and the full handshake response and everything after
+//! come as plaintext from the TLS probes, parsed on from here.
 //!
 //! A connection older than the agent (a pool's) is picked up at a client's command packet,
 //! checked strictly (the whole write one packet of sequence 0, a known command whose arguments
@@ -52,6 +55,8 @@ const KEEP_REQUEST: usize = 8192;
 /// OK / ERR / EOF headers and counts need.
 const KEEP_GREETING: usize = 256;
 const KEEP_REPLY: usize = 32;
+/// Body bytes of a client's SSL request: the handshake response's fixed part alone.
+const SSL_REQUEST_BODY: usize = 32;
 /// Statement ids remembered per connection.
 const MAX_STATEMENTS: usize = 256;
 /// Open exchanges per connection; older ones are dropped (counted).
@@ -79,6 +84,8 @@ pub struct MyStats {
 enum Phase {
     Greeting,
     HandshakeResponse,
+    /// After the client's SSL request: its full handshake response comes next, inside TLS.
+    TlsHandshakeResponse,
     Auth,
     Ready,
 }
@@ -285,7 +292,9 @@ impl MyConnection {
         let continued = std::mem::replace(&mut self.request_continues, m.len == MAX_PACKET);
         match self.phase {
             Phase::Greeting => self.fail(),
-            Phase::HandshakeResponse => self.on_handshake_response(m),
+            Phase::HandshakeResponse | Phase::TlsHandshakeResponse => {
+                self.on_handshake_response(m);
+            }
             Phase::Ready if m.tag == 0 && !continued => self.on_command(m, out),
             // The rest of a command longer than one packet: its reply numbers on from here.
             Phase::Ready if continued => {
@@ -307,10 +316,18 @@ impl MyConnection {
         let Some(client) = le32(body, 0) else {
             return self.fail();
         };
-        // TLS (the short SSL request, then a TLS handshake), compression, or the pre-4.1
-        // protocol: nothing after is readable here.
-        if client & (caps::SSL | caps::COMPRESS) != 0 || client & caps::PROTOCOL_41 == 0 {
+        // Compression or the pre-4.1 protocol: nothing after is readable here.
+        if client & caps::COMPRESS != 0 || client & caps::PROTOCOL_41 == 0 {
             self.failed = true;
+            return;
+        }
+        // The short SSL request (capabilities, maximum packet, character set, filler): a TLS
+        // handshake follows, then the full response (its `CLIENT_SSL` set too) in plaintext.
+        if client & caps::SSL != 0 && body.len() == SSL_REQUEST_BODY {
+            if self.phase == Phase::TlsHandshakeResponse {
+                return self.fail();
+            }
+            self.phase = Phase::TlsHandshakeResponse;
             return;
         }
         self.caps = Some(client & self.server_caps.unwrap_or(u32::MAX));

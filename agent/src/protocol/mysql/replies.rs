@@ -27,7 +27,7 @@ impl MyConnection {
                 }
                 return;
             }
-            Phase::HandshakeResponse => return self.fail(),
+            Phase::HandshakeResponse | Phase::TlsHandshakeResponse => return self.fail(),
             Phase::Auth => {
                 // OK ends the authentication; auth switch / more data / ERR are auth's own.
                 if m.body.first() == Some(&0x00) {

@@ -300,18 +300,56 @@ fn result_sets_with_deprecated_eof_and_multiple_results() {
 }
 
 #[test]
-fn tls_or_compression_gives_up() {
-    for flag in [caps::SSL, caps::COMPRESS] {
-        let caps = BASE | flag;
-        let mut steps = session(caps);
-        steps[1] = (
+fn compression_gives_up() {
+    let caps = BASE | caps::COMPRESS;
+    let r = run(&session(caps));
+    assert!(r.failed && r.exchanges().is_empty());
+}
+
+/// After the client's short SSL request, the full handshake response and everything after come
+/// as plaintext (the programs treat the socket as TLS from the request on): parsed on. Should the
+/// TLS bytes arrive instead (the programs did not switch: an end that read the request apart),
+/// nothing is paired from them.
+#[test]
+fn an_ssl_request_continues_with_the_plaintext_and_never_parses_ciphertext() {
+    let caps = BASE | caps::SSL;
+    let ssl_request = packet(1, &[&caps.to_le_bytes()[..], &[0; 28]].concat());
+    let query = packet(0, b"\x03SELECT 1");
+    let plaintext = vec![
+        (false, greeting_packet(caps)),
+        (true, ssl_request.clone()),
+        (true, packet(2, &handshake_response(caps, b"shop")[4..])),
+        (false, packet(3, &[0, 0, 0, 2, 0, 0, 0])),
+        (true, query.clone()),
+        (false, packet(1, &[0, 0, 0, 2, 0, 0, 0])),
+    ];
+    let r = run(&plaintext);
+    assert!(!r.failed);
+    assert_eq!(lines(&r.exchanges()), ["SELECT shop [SELECT ?] -> ok"]);
+    assert!(r.expanded().iter().any(|a| a == "db.namespace=shop"));
+
+    let ciphertext = vec![
+        (false, greeting_packet(caps)),
+        (true, ssl_request.clone()),
+        (
             true,
-            packet(1, &[&caps.to_le_bytes()[..], &[0; 28]].concat()),
-        );
-        steps.push((true, b"\x16\x03\x01\x00\x10".to_vec()));
-        let r = run(&steps);
-        assert!(r.failed && r.exchanges().is_empty());
-    }
+            b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03".to_vec(),
+        ),
+        (
+            false,
+            b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76\x03\x03".to_vec(),
+        ),
+        (true, query),
+    ];
+    let r = run(&ciphertext);
+    assert!(r.exchanges().is_empty());
+    // A second SSL request is not a handshake response.
+    let twice = vec![
+        (false, greeting_packet(caps)),
+        (true, ssl_request.clone()),
+        (true, packet(2, &ssl_request[4..])),
+    ];
+    assert!(run(&twice).failed);
 }
 
 #[test]
