@@ -233,7 +233,7 @@ pub fn section(
                  time (user + system, `/proc/PID/stat`) per request under `sockspan run` with the \
                  Go runtime probes attached, and under the same agent without `CAP_SYS_ADMIN`, \
                  where the kernel refuses the uprobes and everything else is the same. Uprobe hits \
-                 are counted from the agent's final log line (one per goroutine spawn, two per \
+                 are counted from the agent's `--stats-file` counters (one per goroutine spawn, two per \
                  `net/http` hand-off) over all three Go processes.\n"
             );
         }

@@ -57,7 +57,7 @@ pub(super) fn http_section(out: &mut String, samples: &[HttpSample]) {
          measured once before the rounds, capped at the 40 000 requests/s this client sustains on the \
          same 2 vCPUs (above it the client, not the server, sets the latency). In (c) a fresh `sockspan run \
          --output jsonl` runs through each phase; its nginx SERVER spans are counted against the requests \
-         sent, its ring drops read from its final log line. (e) is the agent as its README starts it: \
+         sent, its ring drops read from its final counters (`--stats-file`). (e) is the agent as its README starts it: \
          `sockspan run` with spans into its embedded store (a new one per phase) and the query API and UI \
          serving; its nginx spans are counted in the store after it stops (`sockspan bench-store-count`).\n"
     );
