@@ -171,10 +171,23 @@ pub fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
         })?],
         None => TARGETS.to_vec(),
     };
+    // HARDENING.md's table covers every target; a run of one would replace it with one row.
+    run_targets(seconds, &targets, only.is_none())
+}
+
+/// The short pass `cargo xtask test` runs before the tests: every target for `seconds`, a crash
+/// failing it; HARDENING.md (the figures of a longer run) is left as it is.
+pub fn gate(seconds: u64) -> Result<()> {
+    run_targets(seconds, &TARGETS, false)
+}
+
+/// Builds the targets and runs each of `targets` for `seconds`; the table goes to HARDENING.md
+/// when `record`.
+fn run_targets(seconds: u64, targets: &[&'static str], record: bool) -> Result<()> {
     ensure_cargo_fuzz()?;
     crate::util::run(cargo_fuzz().args(["build", "-O"]))?;
     let mut outcomes = Vec::new();
-    for target in targets {
+    for &target in targets {
         outcomes.push(run_target(target, seconds)?);
     }
     let mut table = format!(
@@ -200,8 +213,7 @@ pub fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
         );
     }
     print!("{table}");
-    // HARDENING.md's table covers every target; a run of one would replace it with one row.
-    if only.is_none() {
+    if record {
         write_section(&workspace_root().join("HARDENING.md"), "fuzz", &table)?;
     }
     let crashed: Vec<&str> = outcomes

@@ -31,7 +31,9 @@ enum Task {
     /// The gates CI keeps: `cargo fmt --check`, pedantic clippy with warnings as errors, and
     /// clippy over the eBPF crate for its BPF target.
     Lint,
-    /// Unit tests, then the root integration tests (real processes, real kernel).
+    /// The gates (`lint`, a 10-second pass of every fuzz target), unit tests, then the root
+    /// integration tests (real processes, real kernel); with a filter or `--unit`, the tests
+    /// alone. What CI runs.
     Test {
         /// Only integration tests whose name contains this.
         filter: Option<String>,

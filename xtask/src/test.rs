@@ -90,11 +90,20 @@ fn least_privilege_wrapper(agent: &std::path::Path) -> Result<std::path::PathBuf
     Ok(path)
 }
 
+/// Seconds per fuzz target in the pass before a whole test run.
+const GATE_FUZZ_SECONDS: u64 = 10;
+
 pub fn test(filter: Option<&str>, unit_only: bool) -> Result<()> {
     if !setup::is_ready() {
         setup::setup()?;
     }
     setup::test_dependencies()?;
+    // The whole run (what CI runs) keeps the gates too: formatting and clippy, then a short
+    // fuzzing pass; a run of some tests only goes straight to them.
+    if filter.is_none() && !unit_only {
+        crate::lint::lint()?;
+        crate::fuzz::gate(GATE_FUZZ_SECONDS)?;
+    }
     let mut tally = Tally::default();
     let mut ok = cargo_test(
         &[
