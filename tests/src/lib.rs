@@ -301,8 +301,8 @@ impl Drop for ScratchDir {
 struct ReportFiles {
     ready: PathBuf,
     stats: PathBuf,
-    /// The folder the harness made for them, if it made one.
-    _made: Option<ScratchDir>,
+    /// The folder the harness made for the files `cmd` did not name.
+    _made: ScratchDir,
 }
 
 impl ReportFiles {
@@ -315,12 +315,10 @@ impl ReportFiles {
                 .map(|w| PathBuf::from(w[1]))
         };
         let (ready, stats) = (named("--ready-file"), named("--stats-file"));
-        let made = (ready.is_none() || stats.is_none()).then(|| ScratchDir::new("sockspan-agent"));
+        // A folder of the harness's own for the files `cmd` does not name.
+        let made = ScratchDir::new("sockspan-agent");
         let mut ours = |flag: &str, name: &str| {
-            let dir = made
-                .as_ref()
-                .map_or_else(std::env::temp_dir, |d| d.path().to_path_buf());
-            let path = dir.join(name);
+            let path = made.path().join(name);
             cmd.arg(flag).arg(&path);
             path
         };

@@ -93,21 +93,27 @@ impl Stack {
 
     /// `requests` GETs of `path_of(i)`, `width` at a time, each on a connection of its own.
     fn drive(&self, requests: usize, width: usize, path_of: impl Fn(usize) -> String) {
-        let deadline = Instant::now() + Duration::from_mins(2);
-        let mut i = 0;
-        while i < requests {
-            assert!(Instant::now() < deadline, "requests took over 2 minutes");
-            let batch: Vec<String> = (i..(i + width).min(requests))
-                .map(|n| format!("http://127.0.0.1:{}{}", self.front_port, path_of(n)))
-                .collect();
-            i += batch.len();
-            let mut curl = Command::new("curl");
-            curl.args(["-sf", "--max-time", "30", "--parallel", "--no-keepalive"]);
-            for url in &batch {
-                curl.args(["-o", "/dev/null", url]);
-            }
-            let _ = run_ok(&mut curl, Duration::from_mins(1));
+        drive(self.front_port, requests, width, path_of);
+    }
+}
+
+/// `requests` GETs of `path_of(i)` on the front at `port`, `width` at a time, each on a
+/// connection of its own.
+fn drive(port: u16, requests: usize, width: usize, path_of: impl Fn(usize) -> String) {
+    let deadline = Instant::now() + Duration::from_mins(2);
+    let mut i = 0;
+    while i < requests {
+        assert!(Instant::now() < deadline, "requests took over 2 minutes");
+        let batch: Vec<String> = (i..(i + width).min(requests))
+            .map(|n| format!("http://127.0.0.1:{port}{}", path_of(n)))
+            .collect();
+        i += batch.len();
+        let mut curl = Command::new("curl");
+        curl.args(["-sf", "--max-time", "30", "--parallel", "--no-keepalive"]);
+        for url in &batch {
+            curl.args(["-o", "/dev/null", url]);
         }
+        let _ = run_ok(&mut curl, Duration::from_mins(1));
     }
 }
 
@@ -444,19 +450,8 @@ fn datastore_calls_of_an_asyncio_front_are_children_of_their_request() {
     let _front = Talking::spawn(cmd, "datastore_front_async.py")
         .ready("datastore_front_async.py", Duration::from_mins(1));
     let agent = Agent::start_command("run", &["--output", "jsonl"]);
-    for (requests, width, first) in [(6, 1, 0), (24, 4, 100)] {
-        let mut i = 0;
-        while i < requests {
-            let mut curl = Command::new("curl");
-            curl.args(["-sf", "--max-time", "30", "--parallel", "--no-keepalive"]);
-            for n in i..(i + width).min(requests) {
-                curl.args(["-o", "/dev/null"])
-                    .arg(format!("http://127.0.0.1:{front_port}/order/{}", first + n));
-            }
-            let _ = run_ok(&mut curl, Duration::from_mins(1));
-            i += width;
-        }
-    }
+    drive(front_port, 6, 1, |n| format!("/order/{n}"));
+    drive(front_port, 24, 4, |n| format!("/order/{}", 100 + n));
     let out = agent.stop();
     assert!(out.status.success(), "{}", out.stderr);
     assert!(
@@ -494,14 +489,17 @@ fn datastore_calls_of_an_asyncio_front_are_children_of_their_request() {
     }
 }
 
-/// Runs `fixture` (a client over TLS to the server on `port` that prints `ready`, waits for a
-/// line, then makes five queries, `ok N` after each) under an agent started in between; the
-/// agent's output.
-fn tls_client_run(fixture_name: &str, port: u16) -> (sockspan_tests::Output, u32) {
+/// Runs `datastore_tls_client.py` for `system` (`postgres` or `mysql`: a client over TLS to
+/// the server on `port` that prints `ready`, waits for a line, then makes five queries, `ok N`
+/// after each) under an agent started in between; the agent's output and the client's pid.
+fn tls_client_run(system: &str, port: u16) -> (sockspan_tests::Output, u32) {
     let mut cmd = Command::new("python3");
-    cmd.arg(fixture(fixture_name))
-        .args([&port.to_string(), datastores::PASSWORD]);
-    let mut client = Talking::spawn(cmd, fixture_name);
+    cmd.arg(fixture("datastore_tls_client.py")).args([
+        system,
+        &port.to_string(),
+        datastores::PASSWORD,
+    ]);
+    let mut client = Talking::spawn(cmd, "datastore_tls_client.py");
     assert_eq!(client.line("ready", Duration::from_mins(1)), "ready");
     let agent = Agent::start_command("run", &["--output", "jsonl"]);
     client.say("go");
@@ -558,7 +556,7 @@ fn assert_tls_selects(
 #[test]
 fn postgres_over_tls_gives_spans_from_its_plaintext() {
     let postgres = datastores::postgres_tls();
-    let (out, pid) = tls_client_run("pg_tls_client.py", postgres.port);
+    let (out, pid) = tls_client_run("postgres", postgres.port);
     assert_tls_selects(
         &out,
         pid,
@@ -575,7 +573,7 @@ fn postgres_over_tls_gives_spans_from_its_plaintext() {
 #[test]
 fn mariadb_over_tls_gives_spans_from_its_plaintext() {
     let mariadb = datastores::mariadb_tls();
-    let (out, pid) = tls_client_run("my_tls_client.py", mariadb.port);
+    let (out, pid) = tls_client_run("mysql", mariadb.port);
     assert_tls_selects(
         &out,
         pid,

@@ -32,21 +32,29 @@ struct TlsChain {
     dir: std::path::PathBuf,
 }
 
+/// The chain's HTTPS back end (Python `ssl`, service `tls-backend`) on a free port, serving
+/// certificate `cert` with its `key`.
+fn https_backend(cert: &std::path::Path, key: &std::path::Path) -> (sockspan_tests::Proc, u16) {
+    let port = free_port();
+    let proc = python_fixture(
+        "tls_chain.py",
+        &[
+            "backend",
+            &port.to_string(),
+            &cert.display().to_string(),
+            &key.display().to_string(),
+        ],
+        &[("OTEL_SERVICE_NAME", "tls-backend")],
+    );
+    (proc, port)
+}
+
 impl TlsChain {
     fn start() -> Self {
         let dir = std::env::temp_dir().join(format!("sockspan-tls-{}", free_port()));
         let (cert, key) = self_signed_certificate(&dir);
-        let (front, backend) = (free_port(), free_port());
-        let backend_proc = python_fixture(
-            "tls_chain.py",
-            &[
-                "backend",
-                &backend.to_string(),
-                &cert.display().to_string(),
-                &key.display().to_string(),
-            ],
-            &[("OTEL_SERVICE_NAME", "tls-backend")],
-        );
+        let (backend_proc, backend) = https_backend(&cert, &key);
+        let front = free_port();
         let front_proc = python_fixture(
             "tls_chain.py",
             &["front", &front.to_string(), &backend.to_string()],
@@ -426,17 +434,7 @@ fn static_openssl_client() -> std::path::PathBuf {
 fn an_executable_with_openssl_linked_in_is_traced() {
     let dir = std::env::temp_dir().join(format!("sockspan-static-tls-{}", free_port()));
     let (cert, key) = self_signed_certificate(&dir);
-    let backend = free_port();
-    let _backend = python_fixture(
-        "tls_chain.py",
-        &[
-            "backend",
-            &backend.to_string(),
-            &cert.display().to_string(),
-            &key.display().to_string(),
-        ],
-        &[("OTEL_SERVICE_NAME", "tls-backend")],
-    );
+    let (_backend, backend) = https_backend(&cert, &key);
     let mut cmd = Command::new(static_openssl_client());
     cmd.args([&backend.to_string(), "4"]);
     let mut client = sockspan_tests::Talking::spawn(cmd, "static OpenSSL client");
