@@ -303,15 +303,30 @@ pub struct DataEvent {
     /// calling convention, Go 1.17+ on amd64) holds the running goroutine's `g` (it names the
     /// goroutine while it lives) and in any other process means nothing (the agent ignores it).
     pub task: u64,
-    /// The TCP sequence number of the first byte moved, when `seq_valid` is 1: the socket's
-    /// `write_seq` (egress) or `copied_seq` (ingress) at exit, less the bytes moved. Both ends
-    /// of a connection number its bytes the same way, whenever each began watching it.
+    /// The TCP sequence number of the first byte moved, when `flags` has [`DATA_SEQ_VALID`]:
+    /// the socket's `write_seq` (egress) or `copied_seq` (ingress) at exit, less the bytes
+    /// moved. Both ends of a connection number its bytes the same way, whenever each began
+    /// watching it.
     pub seq: u32,
-    /// 1 when `seq` is known: a TCP socket's plain read or write (not a peek, a datagram or a
-    /// TLS library's plaintext).
-    pub seq_valid: u32,
+    /// [`DATA_SEQ_VALID`], [`DATA_HIDDEN_WORK`], [`DATA_HIDDEN_SAME_ASK`], [`DATA_RESUMED`].
+    pub flags: u32,
 }
 const _: () = assert!(core::mem::size_of::<DataEvent>() == 32 + 16 + 16 + 8 + 8);
+
+/// [`DataEvent::flags`]: `seq` is known (a TCP socket's plain read or write, not a peek, a
+/// datagram or a TLS library's plaintext).
+pub const DATA_SEQ_VALID: u32 = 1;
+/// [`DataEvent::flags`]: the thread that made the syscall has read a request on a connection the
+/// budget shed ([`crate::Protocol::Shed`]) and not written its answer yet. A CLIENT request it
+/// writes may be that hidden request's, so no rule by thread may name a visible parent for it.
+pub const DATA_HIDDEN_WORK: u32 = 2;
+/// [`DataEvent::flags`], with [`DATA_HIDDEN_WORK`]: one of those hidden requests asks what this
+/// request asks (same method and target), or what one asks is unknown: this request may be its
+/// forward, so the proxy rule may not name a visible parent for it either.
+pub const DATA_HIDDEN_SAME_ASK: u32 = 8;
+/// [`DataEvent::flags`]: the first syscall of a connection the budget had shed, at a request's
+/// start ([`crate::Protocol::ResumeNext`]): what the agent knew of its bytes is stale.
+pub const DATA_RESUMED: u32 = 4;
 
 /// Where a Go runtime probe sits ([`GoProbeEvent::probe`]); the low 16 bits of the uprobe's
 /// attach cookie ([`go_probe_cookie`]).

@@ -5,6 +5,7 @@
 //! The user-space side enables the `user` feature to get `aya::Pod` implementations.
 #![cfg_attr(target_arch = "bpf", no_std)]
 
+pub mod ask;
 pub mod event;
 pub mod kernel;
 pub mod maps;

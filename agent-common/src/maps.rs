@@ -43,8 +43,19 @@ pub struct ConnInfo {
     /// are read ([`crate::DataEvent::seq`]). Valid while the fd is in the table: close removes
     /// it first.
     pub tcp_sk: u64,
+    /// In the budget's states ([`Protocol::is_budget_state`]): the [`crate::Direction`] of the
+    /// last data syscall, 0 when none was seen since the agent set the state. A server's read
+    /// after a write, a client's write after a read, starts a request.
+    pub last_direction: u32,
+    /// A shed server connection's request being served: what it asks (a hash of its request
+    /// line, see the programs' `shed.rs`), 0 none.
+    pub hidden_ask: u32,
 }
-const _: () = assert!(core::mem::size_of::<ConnInfo>() == 8 + 40 + 8 + 16 + 8 + 8);
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 8 + 40 + 8 + 16 + 8 + 8 + 8);
+
+/// `SHED_CONTROL[0]`: non-zero while the agent's budget sheds any connection. Only then do the
+/// programs count hidden work and look it up for [`crate::DATA_HIDDEN_WORK`].
+pub const MAP_SHED_CONTROL: &str = "SHED_CONTROL";
 
 /// What a connection speaks, as far as the programs can tell from its first bytes. They
 /// recognise, with the same rules as the agent's detectors but looser (so they never give up on
@@ -81,6 +92,27 @@ pub enum Protocol {
     /// TLS: a record header (`16 03 ..` and the rest). The socket's own bytes (ciphertext) are
     /// counted, never sent; the plaintext comes from the TLS library probes instead.
     Tls = 9,
+    /// Shed by the agent's CPU and memory budget (`--max-cpu`, `--max-memory`): like
+    /// [`Protocol::Opaque`], no data records, only byte totals (and [`Counter::ShedSyscalls`]);
+    /// a server connection's hidden requests are counted per thread ([`crate::DATA_HIDDEN_WORK`]).
+    /// The states the budget moves a connection through are written by the agent; the programs
+    /// make each switch at a request's first syscall, so no exchange is cut in two.
+    Shed = 10,
+    /// Sent as before until the next request starts (a server's read after a write, a client's
+    /// write after a read), then [`Protocol::Shed`].
+    ShedNext = 11,
+    /// Shed until the next request starts, then [`Protocol::Detecting`] again from that
+    /// request's first syscall, whose record carries [`crate::DATA_RESUMED`].
+    ResumeNext = 12,
+}
+
+impl Protocol {
+    /// One of the budget's states ([`Protocol::Shed`], [`Protocol::ShedNext`],
+    /// [`Protocol::ResumeNext`]).
+    #[must_use]
+    pub const fn is_budget_state(value: u32) -> bool {
+        value >= Self::Shed as u32 && value <= Self::ResumeNext as u32
+    }
 }
 
 /// The TLS library functions the TLS probes attach to, as their attach cookie: OpenSSL's, and
@@ -330,10 +362,12 @@ pub enum Counter {
     SocketWalkFailed = 6,
     /// TLS plaintext dropped: the call's `SSL *` was never seen on a socket syscall.
     TlsUnlinked = 7,
+    /// Data syscalls on connections the budget shed ([`Protocol::Shed`]): not copied, not sent.
+    ShedSyscalls = 8,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::EventsSent,
         Self::RingFull,
@@ -343,6 +377,7 @@ impl Counter {
         Self::ConnTableFull,
         Self::SocketWalkFailed,
         Self::TlsUnlinked,
+        Self::ShedSyscalls,
     ];
 
     /// The name used in logs and self-metrics.
@@ -357,6 +392,7 @@ impl Counter {
             Self::ConnTableFull => "conn_table_full",
             Self::SocketWalkFailed => "socket_walk_failed",
             Self::TlsUnlinked => "tls_unlinked",
+            Self::ShedSyscalls => "shed_syscalls",
         }
     }
 }

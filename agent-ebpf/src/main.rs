@@ -40,6 +40,8 @@ mod python;
 #[cfg(target_arch = "bpf")]
 mod regs;
 #[cfg(target_arch = "bpf")]
+mod shed;
+#[cfg(target_arch = "bpf")]
 mod socket;
 #[cfg(all(target_arch = "bpf", feature = "bench"))]
 mod stages;

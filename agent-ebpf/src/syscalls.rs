@@ -13,8 +13,8 @@
 //! more per syscall here than the raw ones (BENCHMARKS.md).
 
 use agent_common::{
-    ConnEvent, ConnInfo, ConnKey, Counter, DataEvent, Direction, EventHeader, EventKind,
-    MAX_CAPTURE_BYTES, MAX_IOVECS, MAX_MMSG, Protocol, Role, Syscall,
+    ConnEvent, ConnInfo, ConnKey, Counter, DATA_RESUMED, DATA_SEQ_VALID, DataEvent, Direction,
+    EventHeader, EventKind, MAX_CAPTURE_BYTES, MAX_IOVECS, MAX_MMSG, Protocol, Role, Syscall,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
@@ -30,6 +30,7 @@ use crate::{
         CONNS, ENTRY_STAMPS, EVENTS, EntryStamp, SCRATCH, config, count, current_comm, next_conn_id,
     },
     regs::{Regs, exit_traced, is_egress, nr},
+    shed,
     socket::{FdKind, classify_fd, stream_seq},
     tls,
 };
@@ -147,6 +148,8 @@ fn track(pid_tgid: u64, fd: i32, info: &mut ConnInfo, role: Role, syscall: Sysca
     info.bytes_received = 0;
     info.protocol = Protocol::Detecting as u32;
     info.misses = 0;
+    info.last_direction = 0;
+    info.hidden_ask = 0;
     let key = conn_key(pid_tgid, fd);
     if CONNS.insert(&key, &*info, 0).is_err() {
         count(Counter::ConnTableFull);
@@ -274,6 +277,59 @@ struct Exit {
     task: u64,
     /// `DataEvent::seq` of the syscall's first byte, with [`SEQ_VALID`] when known.
     seq: u64,
+    /// The first syscall of a connection the budget resumes ([`DATA_RESUMED`]).
+    resumed: bool,
+}
+
+/// What the budget's state ([`shed`]) makes of a data syscall on `conn`: `None` when it is
+/// hidden (counted, bytes added to the totals), else whether it resumes the connection (which
+/// is then detected afresh).
+#[inline(always)]
+fn budget_verdict(
+    regs: Regs,
+    pid_tgid: u64,
+    conn: &mut Tracked,
+    syscall: Syscall,
+    direction: Direction,
+    result: i64,
+) -> Option<bool> {
+    if !Protocol::is_budget_state(conn.protocol) {
+        return Some(false);
+    }
+    match shed::verdict(
+        pid_tgid,
+        conn.entry,
+        conn.role,
+        conn.protocol,
+        direction as u32,
+    ) {
+        verdict @ (shed::verdict::HIDE | shed::verdict::HIDE_START) => {
+            if verdict == shed::verdict::HIDE_START {
+                shed::started(pid_tgid, conn.entry, hidden_ask(regs, syscall, result));
+            }
+            if !matches!(syscall, Syscall::Sendmmsg | Syscall::Recvmmsg) {
+                add_bytes(conn.entry, direction, result as u64);
+            }
+            count(Counter::ShedSyscalls);
+            None
+        }
+        shed::verdict::RESUMED => {
+            conn.protocol = Protocol::Detecting as u32;
+            Some(true)
+        }
+        _ => Some(false),
+    }
+}
+
+/// What a hidden request read by a plain-buffer syscall (`read`, `recvfrom`) asks
+/// ([`shed::ask_of`]); any other read asks anything, as far as the programs know.
+#[inline(always)]
+fn hidden_ask(regs: Regs, syscall: Syscall, result: i64) -> u32 {
+    if matches!(syscall, Syscall::Read | Syscall::Recvfrom) {
+        shed::ask_of(regs.arg1(), result as u64, true)
+    } else {
+        agent_common::ask::ANY_ASK
+    }
 }
 
 /// `struct mmsghdr` (64-bit ABI): a `struct user_msghdr` (56 bytes) then `unsigned int msg_len`.
@@ -290,14 +346,11 @@ fn data_exit<const STAGE: u8>(
     result: i64,
     entered: Option<u64>,
 ) -> Result<(), i64> {
-    let Some(direction) = syscall.direction() else {
+    let Some(direction) = syscall.direction().filter(|_| result > 0) else {
         return Ok(());
     };
-    if result <= 0 {
-        return Ok(());
-    }
     let fd = regs.arg0() as i32;
-    let Some(conn) = tracked(pid_tgid, fd, syscall) else {
+    let Some(mut conn) = tracked(pid_tgid, fd, syscall) else {
         return Ok(());
     };
     if conn.protocol == Protocol::Tls as u32 {
@@ -309,6 +362,10 @@ fn data_exit<const STAGE: u8>(
         tls::note_socket(pid_tgid, regs.r14(), fd, conn.conn_id);
         return Ok(());
     }
+    let Some(resumed) = budget_verdict(regs, pid_tgid, &mut conn, syscall, direction, result)
+    else {
+        return Ok(());
+    };
     if conn.protocol == Protocol::Opaque as u32 && config().skip_opaque != 0 {
         // Nothing to parse: no payload copy, no record; the bytes still count for the close
         // (not for `*mmsg`, whose result is a message count).
@@ -363,6 +420,7 @@ fn data_exit<const STAGE: u8>(
             task => task,
         },
         seq,
+        resumed,
     };
     let buf = regs.arg1();
     match syscall {
@@ -498,7 +556,21 @@ fn emit_data<const STAGE: u8, const DETECT: bool>(exit: &Exit, moved: i64, sourc
         task: exit.task,
         // The low 32 bits are the number.
         seq: exit.seq as u32,
-        seq_valid: u32::from(exit.seq & SEQ_VALID != 0),
+        flags: if exit.seq & SEQ_VALID != 0 {
+            DATA_SEQ_VALID
+        } else {
+            0
+        } | if exit.resumed { DATA_RESUMED } else { 0 }
+            | if exit.direction == Direction::Egress && exit.conn.role != Role::Server as u32 {
+                // A request a client end writes: whether its thread has hidden work.
+                shed::hidden_work_flags(
+                    exit.pid_tgid,
+                    scratch.payload.as_ptr() as u64,
+                    u64::from(copied.len),
+                )
+            } else {
+                0
+            },
     };
     let payload_len = if copied.len as usize > MAX_CAPTURE_BYTES {
         MAX_CAPTURE_BYTES
@@ -575,6 +647,10 @@ fn close_enter(regs: Regs) {
         return;
     };
     let _ = CONNS.remove(&key);
+    if info.protocol == Protocol::Shed as u32 {
+        // A hidden request it never answered is no work of this thread's any more.
+        shed::closed(pid_tgid, &info);
+    }
     if info.ignored == 0 {
         emit_conn(EventKind::ConnClose, pid_tgid, fd, &info, Syscall::Close);
     }

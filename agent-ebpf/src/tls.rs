@@ -15,7 +15,7 @@
 //! Arguments by the System V AMD64 ABI: rdi, rsi, rdx, rcx; the result in rax.
 
 use agent_common::{
-    ConnKey, Counter, DataEvent, Direction, EventKind, MAX_CAPTURE_BYTES, Protocol, SslCall,
+    ConnKey, Counter, DataEvent, Direction, EventKind, MAX_CAPTURE_BYTES, Protocol, Role, SslCall,
     SslFunction, SslKey, SslSocket, Syscall,
 };
 use aya_ebpf::{
@@ -289,7 +289,11 @@ fn emit(
             task,
             // Plaintext: its offsets are not the TCP stream's.
             seq: 0,
-            seq_valid: 0,
+            flags: if write && role != Role::Server as u32 {
+                crate::shed::hidden_work_flags_unread(pid_tgid)
+            } else {
+                0
+            },
         });
     }
     entry.submit(0);

@@ -195,6 +195,16 @@ pub struct RunArgs {
     /// file on every host).
     #[arg(long, value_name = "PATH", requires = "peer_port")]
     pub peer_secret_file: Option<std::path::PathBuf>,
+    /// CPU the agent may use, in cores (`0.5` = half of one core's time), or `off`. Over it,
+    /// the agent sheds connections that start traces on this host, in the kernel first, and
+    /// keeps whole traces of the rest; full capture resumes when the load falls
+    /// (docs/overhead.md).
+    #[arg(long, value_name = "CORES", default_value = "1", value_parser = crate::budget::config::parse_cpu)]
+    pub max_cpu: crate::budget::Limit<f64>,
+    /// Resident memory the agent may use (`512M`, `2G`), or `off`; over it, it sheds as for
+    /// `--max-cpu`.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = crate::budget::config::parse_memory)]
+    pub max_memory: crate::budget::Limit<u64>,
     #[command(flatten)]
     pub report: ReportArgs,
     #[command(flatten)]
@@ -202,6 +212,14 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    #[must_use]
+    pub fn budget(&self) -> crate::budget::BudgetConfig {
+        crate::budget::BudgetConfig {
+            max_cpu: self.max_cpu,
+            max_memory: self.max_memory,
+        }
+    }
+
     #[must_use]
     pub fn store_config(&self) -> crate::store::StoreConfig {
         crate::store::StoreConfig {

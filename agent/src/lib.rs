@@ -10,6 +10,7 @@
 
 mod analysis;
 mod api;
+mod budget;
 mod caps;
 mod cli;
 mod clock;

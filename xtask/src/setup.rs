@@ -31,6 +31,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // Hostile traffic needs a server that holds thousands of connections; the causality chains
     // put it in front as a reverse proxy.
     ("nginx", "nginx-light"),
+    // The budget's tests drive their services with wrk.
+    ("wrk", "wrk"),
     // Runtimes of the causality chains (tests/fixtures/chains) and the HTTP/2 tests.
     ("node", "nodejs"),
     ("go", "golang-go"),

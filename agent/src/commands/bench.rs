@@ -274,7 +274,7 @@ fn open_http2(
             captured_len: payload.len() as u32,
             task: 0,
             seq: 0,
-            seq_valid: 0,
+            flags: 0,
         };
         sink.on_event(&Event::Data { event, payload });
     }
@@ -397,7 +397,7 @@ fn feed_exchanges(
                 captured_len: len as u32,
                 task: 0,
                 seq: 0,
-                seq_valid: 0,
+                flags: 0,
             }
         };
     let base_ns = crate::clock::monotonic_ns();

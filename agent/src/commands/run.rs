@@ -30,6 +30,7 @@ const EXPORT_DRAIN: Duration = Duration::from_secs(15);
 pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     let trace_config = args.trace();
     trace_config.validate()?;
+    args.budget().validate()?;
     crate::protocol::http1::record::configure(crate::protocol::http1::record::RecordConfig::new(
         &args.record_headers,
         &args.record_query_values,
@@ -79,7 +80,8 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         exporter.as_mut(),
     )
     .with_kernel_conns(kernel_conns)
-    .with_metrics(metrics.clone());
+    .with_metrics(metrics.clone())
+    .with_budget(crate::budget::Budget::new(args.budget()));
     let mut sink = scoped(sink, &args, api_config.as_ref(), peers)
         .with_runtime_probes(&mut probes, runtime_probes(&args));
     crate::metrics::lock(&metrics).ready = true;
@@ -330,6 +332,8 @@ fn linking_stats(stats: &mut FinalStats, tracer: &Tracer) {
         .add("roots", t.roots)
         .add("ambiguous", t.ambiguous)
         .add("spans_abandoned", t.abandoned)
+        .add("spans_shed", t.spans_shed)
+        .add("hidden_work_refusals", t.hidden_work_refusals)
         .add("held", tracer.held())
         .add("held_peak", t.held_peak);
 }
@@ -396,5 +400,12 @@ fn capture_stats(stats: &mut FinalStats, sink: &TraceSink<'_>, receiver: &receiv
             "head_bytes_buffered",
             crate::protocol::budget::HEADS.in_use(),
         )
-        .add("peak_rss_kib", crate::process::own_peak_rss_kib());
+        .add("peak_rss_kib", crate::process::own_peak_rss_kib())
+        .add("shed_syscalls", kernel.get(Counter::ShedSyscalls));
+    let budget = sink.budget_stats().unwrap_or_default();
+    stats
+        .add("connections_shed", budget.connections_shed)
+        .add("connections_resumed", budget.connections_resumed)
+        .add("budget_cuts", budget.cuts)
+        .add("budget_cpu_millicores_peak", budget.cpu_millicores_peak);
 }

@@ -191,8 +191,8 @@ impl Conntrack {
         self.conns.contains_key(&conn_id)
     }
 
-    #[cfg(test)]
-    fn get(&self, conn_id: u64) -> Option<&Connection> {
+    #[must_use]
+    pub fn get(&self, conn_id: u64) -> Option<&Connection> {
         self.conns.get(&conn_id)
     }
 

@@ -154,7 +154,7 @@ pub fn pipeline(data: &[u8]) {
                     task: 0,
                     // Sequence numbers on some chunks (0x40), of any value: keys come from them.
                     seq: (ts as u32).wrapping_mul(2_654_435_761),
-                    seq_valid: u32::from(control & 0x40 != 0),
+                    flags: u32::from(control & 0x40 != 0),
                 };
                 sink.on_event(&Event::Data { event, payload });
             }

@@ -43,6 +43,8 @@ pub enum PipelineError {
     ReportFile { flag: &'static str, detail: String },
     #[error(transparent)]
     Peers(#[from] crate::peers::PeersError),
+    #[error(transparent)]
+    Budget(#[from] crate::budget::BudgetError),
 }
 
 /// A running capture path.

@@ -131,6 +131,8 @@ const BPF_EXIST: u64 = 2;
 /// The programs' connection table, as the agent writes to it.
 pub struct KernelConns {
     map: aya::maps::HashMap<MapData, agent_common::ConnKey, agent_common::ConnInfo>,
+    /// The budget's switch ([`agent_common::MAP_SHED_CONTROL`]).
+    shed_control: Option<aya::maps::Array<MapData, u32>>,
 }
 
 impl KernelConns {
@@ -148,6 +150,51 @@ impl KernelConns {
         }
         info.protocol = agent_common::Protocol::Opaque as u32;
         self.map.insert(key, info, BPF_EXIST).is_ok()
+    }
+
+    /// Moves the socket `fd` of `tgid`, if it is still the connection `conn_id`, into the
+    /// budget's state `to` ([`agent_common::Protocol::ShedNext`] or
+    /// [`agent_common::Protocol::ResumeNext`]), telling the programs its role (a connection first
+    /// seen in use is `Unknown` to them). Returns the state it was in, `None` if the entry is
+    /// gone. Moving to `ResumeNext` a connection still in `ShedNext` (never switched) puts it
+    /// back to `back_to` at once instead. The read-modify-write races the programs' own switch
+    /// by a syscall at worst (see [`KernelConns::mark_opaque`]).
+    pub fn set_budget_state(
+        &mut self,
+        (tgid, fd, conn_id): (u32, i32, u64),
+        role: agent_common::Role,
+        to: agent_common::Protocol,
+        back_to: agent_common::Protocol,
+    ) -> Option<u32> {
+        use agent_common::Protocol;
+        let key = agent_common::ConnKey { tgid, fd };
+        let mut info = self.map.get(&key, 0).ok()?;
+        if info.conn_id != conn_id {
+            return None;
+        }
+        let was = info.protocol;
+        info.protocol = if to == Protocol::ResumeNext && was == Protocol::ShedNext as u32 {
+            back_to as u32
+        } else {
+            to as u32
+        };
+        info.role = role as u32;
+        if !Protocol::is_budget_state(was) {
+            // The programs track directions only in the budget's states; within them the last
+            // one stays known, so a hidden request's answer is still counted as one.
+            info.last_direction = 0;
+        }
+        self.map.insert(key, info, BPF_EXIST).ok()?;
+        Some(was)
+    }
+
+    /// Turns the programs' hidden-work accounting on or off (on while anything is shed).
+    pub fn set_shedding(&mut self, on: bool) {
+        if let Some(control) = &mut self.shed_control
+            && let Err(e) = control.set(0, u32::from(on), 0)
+        {
+            tracing::warn!("{}: {e}", agent_common::MAP_SHED_CONTROL);
+        }
     }
 }
 
@@ -521,7 +568,15 @@ impl Probes {
             name: MAP_CONNS,
             reason: e.to_string(),
         })?;
-        Ok(KernelConns { map })
+        let shed_control = self
+            .ebpf
+            .take_map(agent_common::MAP_SHED_CONTROL)
+            .and_then(|map| {
+                aya::maps::Array::try_from(map)
+                    .inspect_err(|e| tracing::warn!("{}: {e}", agent_common::MAP_SHED_CONTROL))
+                    .ok()
+            });
+        Ok(KernelConns { map, shed_control })
     }
 
     /// One counter, summed over the CPUs.

@@ -136,6 +136,15 @@ impl ProtocolTable {
         self.conns.insert(conn_id, State::Detecting { misses: 0 });
     }
 
+    /// The protocol `conn_id` was recognised as, if it was.
+    #[must_use]
+    pub fn protocol_of(&self, conn_id: u64) -> Option<&'static str> {
+        match self.conns.get(&conn_id)? {
+            State::Parsed(parsed) => Some(PROTOCOLS[parsed.protocol].0),
+            State::Detecting { .. } | State::Other => None,
+        }
+    }
+
     /// A connection not to be parsed at all (the agent's own viewers').
     pub fn ignore(&mut self, conn_id: u64) {
         self.conns.insert(conn_id, State::Other);

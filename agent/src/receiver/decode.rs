@@ -87,7 +87,7 @@ mod tests {
             captured_len: declared,
             task: 0,
             seq: 0,
-            seq_valid: 0,
+            flags: 0,
         };
         let mut record = bytes_of(&event);
         record.extend_from_slice(payload);

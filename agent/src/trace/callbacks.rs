@@ -281,6 +281,8 @@ mod tests {
             thread_causality: true,
             in_order,
             task: 0,
+            hidden_work: false,
+            hidden_same_ask: false,
         }
     }
 

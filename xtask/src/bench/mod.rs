@@ -24,6 +24,10 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::util::{is_root, output_of, run, workspace_root};
 
+/// The CPU budget of variant (f), in cores: about half of what the agent takes at nginx's
+/// saturation here without one.
+const BUDGET_CORES: &str = "0.25";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Variant {
     Untraced,
@@ -34,6 +38,8 @@ enum Variant {
     /// The agent as `sockspan run` starts it by default: spans into the embedded store, query
     /// API and UI up (section 4 only).
     SockspanStore,
+    /// As `SockspanStore`, held to a CPU budget of [`BUDGET_CORES`] (section 4 only).
+    SockspanBudget,
     /// The capture `sys_enter` with an exit program that stops after the connection lookup,
     /// after the timestamps, after the payload copy (section 1's breakdown only).
     StageLookup,
@@ -43,11 +49,12 @@ enum Variant {
 
 impl Variant {
     /// The end-to-end variants (section 4).
-    const ALL: [Self; 4] = [
+    const ALL: [Self; 5] = [
         Self::Untraced,
         Self::Floor,
         Self::Sockspan,
         Self::SockspanStore,
+        Self::SockspanBudget,
     ];
     /// The ping-pong variants (section 1).
     const PING_PONG: [Self; 4] = [
@@ -70,13 +77,14 @@ impl Variant {
             Self::Sockspan => "(c) sockspan run",
             Self::SockspanOpaque => "(d) sockspan run, bytes that are not HTTP",
             Self::SockspanStore => "(e) sockspan run, default output (embedded store and UI)",
+            Self::SockspanBudget => "(f) as (e), with a CPU budget (`--max-cpu 0.25`)",
         }
     }
 
     fn is_agent(self) -> bool {
         matches!(
             self,
-            Self::Sockspan | Self::SockspanOpaque | Self::SockspanStore
+            Self::Sockspan | Self::SockspanOpaque | Self::SockspanStore | Self::SockspanBudget
         )
     }
 }
@@ -196,6 +204,20 @@ fn start_variant(bin: &Path, variant: Variant, spans: Option<&Path>) -> Result<O
                 let _ = std::fs::remove_file(path);
             }
             &["run", "--store", &store_arg, "--ui", "127.0.0.1:0"]
+        }
+        Variant::SockspanBudget => {
+            if let Some(path) = &store {
+                let _ = std::fs::remove_file(path);
+            }
+            &[
+                "run",
+                "--store",
+                &store_arg,
+                "--ui",
+                "127.0.0.1:0",
+                "--max-cpu",
+                BUDGET_CORES,
+            ]
         }
     };
     let stdout = match spans {
@@ -564,7 +586,7 @@ fn phase(
             ..AgentPhase::default()
         });
     };
-    let nginx_spans = if variant == Variant::SockspanStore {
+    let nginx_spans = if matches!(variant, Variant::SockspanStore | Variant::SockspanBudget) {
         let store = store_path(spans_file);
         let count = output_of(Command::new(bin).args([
             "bench-store-count",

@@ -59,7 +59,9 @@ pub(super) fn http_section(out: &mut String, samples: &[HttpSample]) {
          --output jsonl` runs through each phase; its nginx SERVER spans are counted against the requests \
          sent, its ring drops read from its final counters (`--stats-file`). (e) is the agent as its README starts it: \
          `sockspan run` with spans into its embedded store (a new one per phase) and the query API and UI \
-         serving; its nginx spans are counted in the store after it stops (`sockspan bench-store-count`).\n"
+         serving; its nginx spans are counted in the store after it stops (`sockspan bench-store-count`). \
+         (f) is (e) held to a CPU budget (`--max-cpu 0.25`): its coverage is what the budget kept \
+         (docs/overhead.md).\n"
     );
     let _ = writeln!(
         out,
@@ -92,7 +94,11 @@ pub(super) fn http_section(out: &mut String, samples: &[HttpSample]) {
             rps / untraced.max(1.0)
         );
     }
-    for variant in [Variant::Sockspan, Variant::SockspanStore] {
+    for variant in [
+        Variant::Sockspan,
+        Variant::SockspanStore,
+        Variant::SockspanBudget,
+    ] {
         let traced = of(variant);
         let (rps, _) = summary(
             &traced.iter().map(|s| s.saturation_rps).collect::<Vec<_>>(),

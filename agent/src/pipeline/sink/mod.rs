@@ -1,6 +1,7 @@
 //! The tracing pipeline's consumer of the event ring: records → conntrack → protocol → trace →
 //! exporter, one event at a time, on the thread that drains the ring.
 
+mod budget;
 mod runtime_probes;
 mod self_metrics;
 
@@ -76,6 +77,8 @@ pub struct TraceSink<'a> {
     pub peers: Option<crate::peers::Peers>,
     /// Announcements moving between the tracer and the peer socket.
     announcements: Vec<crate::peers::wire::ClientSpan>,
+    /// The CPU and memory budget, when one is set.
+    shedder: Option<budget::Shedder>,
     events: Vec<ProtoEvent>,
     spans: Vec<SpanData>,
     ticks: u64,
@@ -109,6 +112,7 @@ impl<'a> TraceSink<'a> {
             netns: None,
             peers: None,
             announcements: Vec::new(),
+            shedder: None,
             events: Vec::new(),
             spans: Vec::new(),
             ticks: 0,
@@ -294,6 +298,9 @@ impl EventSink for TraceSink<'_> {
     }
 
     fn on_data(&mut self, event: &DataEvent, payload: &[u8]) {
+        if event.flags & agent_common::DATA_RESUMED != 0 {
+            self.budget_resumed(event.header.conn_id, monotonic_ns());
+        }
         let Some(conn) = self.conntrack.touch(event) else {
             // A connection not followed (evicted, idle, opened unseen): its streams are not.
             self.tracer
@@ -310,7 +317,7 @@ impl EventSink for TraceSink<'_> {
         let fed = self.protocols.feed(
             conn.conn_id,
             &chunk,
-            (event.seq_valid != 0).then_some(event.seq),
+            (event.flags & agent_common::DATA_SEQ_VALID != 0).then_some(event.seq),
             event.moved_ns,
             event.header.tid,
             &mut self.events,
@@ -327,6 +334,8 @@ impl EventSink for TraceSink<'_> {
                     thread_causality,
                     in_order,
                     task: event.task,
+                    hidden_work: event.flags & agent_common::DATA_HIDDEN_WORK != 0,
+                    hidden_same_ask: event.flags & agent_common::DATA_HIDDEN_SAME_ASK != 0,
                 };
                 // Before the exchanges it completed: they ask whether a write answered them.
                 self.tracer
@@ -361,6 +370,8 @@ impl EventSink for TraceSink<'_> {
     }
 
     fn on_close(&mut self, event: &ConnEvent) {
+        self.tracer.forget_edge(event.header.conn_id);
+        self.budget_forget(event.header.conn_id, monotonic_ns());
         let Some(conn) = self.conntrack.close(event) else {
             return;
         };
@@ -385,6 +396,8 @@ impl EventSink for TraceSink<'_> {
                 thread_causality,
                 in_order,
                 task: 0,
+                hidden_work: false,
+                hidden_same_ask: false,
             };
             dispatch(&mut self.tracer, &mut self.events, &conn, end);
         }
@@ -424,6 +437,7 @@ impl EventSink for TraceSink<'_> {
             self.tracer.lost_events(monotonic_ns());
         }
         self.export(false);
+        self.budget_tick(monotonic_ns());
         if self.ticks.is_multiple_of(10)
             && let Some(metrics) = &self.metrics
         {
@@ -454,6 +468,11 @@ impl EventSink for TraceSink<'_> {
             let dropped = self.protocols.retain(|id| conntrack.contains(id));
             // Their open requests never complete: no rule may pick them as a parent later.
             self.tracer.abandon_connections(&dropped);
+            let now = monotonic_ns();
+            for &conn_id in &dropped {
+                self.tracer.forget_edge(conn_id);
+                self.budget_forget(conn_id, now);
+            }
         }
     }
 }

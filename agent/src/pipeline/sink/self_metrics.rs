@@ -85,6 +85,42 @@ impl TraceSink<'_> {
                 "Spans held now (open or waiting for export).",
                 self.tracer.held() as u64,
             ),
+            own(
+                "spans_shed_total",
+                "Spans dropped with their trace by the budget's shedding (kept traces stay whole).",
+                t.spans_shed,
+            ),
+            own(
+                "hidden_work_refusals_total",
+                "Requests of threads serving a shed request that took no parent by thread or proxy.",
+                t.hidden_work_refusals,
+            ),
+            own(
+                "shed_syscalls_total",
+                "Data syscalls on shed connections: neither copied nor sent.",
+                kernel.get(agent_common::Counter::ShedSyscalls),
+            ),
+            own(
+                "budget_keep_permille",
+                "Share of edge connections the budget keeps, in thousandths (1000: all).",
+                self.budget_stats()
+                    .map_or(1000, |_| self.shedder_keep_permille()),
+            ),
+            own(
+                "budget_connections_shed_total",
+                "Connection ends the budget shed.",
+                self.budget_stats().map_or(0, |b| b.connections_shed),
+            ),
+            own(
+                "budget_connections_resumed_total",
+                "Shed connection ends the budget resumed.",
+                self.budget_stats().map_or(0, |b| b.connections_resumed),
+            ),
+            own(
+                "budget_cpu_millicores",
+                "The agent's CPU use over the budget's last look, thousandths of a core.",
+                self.budget_stats().map_or(0, |b| b.cpu_millicores),
+            ),
             own("roots_total", "Spans that started a trace.", t.roots),
             own(
                 "links_ambiguous_total",

@@ -81,4 +81,10 @@ pub struct TraceStats {
     pub abandoned: u64,
     /// The most spans held at once (open or waiting for export).
     pub held_peak: u64,
+    /// Spans not exported because the budget's shedding dropped their trace
+    /// ([`super::shedding`]).
+    pub spans_shed: u64,
+    /// CLIENT requests of threads with hidden work that a rule by thread or the proxy rule
+    /// would have given a parent ([`super::shedding`]).
+    pub hidden_work_refusals: u64,
 }

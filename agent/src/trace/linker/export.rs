@@ -63,6 +63,10 @@ impl Tracer {
             if let Some(lineage) = &span.lineage {
                 self.stop_waiting(span.pid, key, lineage);
             }
+            if span.finished.is_some() && self.shed_at_export(&span, key.0, now_mono) {
+                self.stats.spans_shed += 1;
+                continue;
+            }
             let (local, remote) = span.ends();
             let Some(finished) = span.finished else {
                 continue;
@@ -97,6 +101,7 @@ impl Tracer {
                 KeyValue::str("sockspan.parent.evidence", span.evidence),
                 KeyValue::int("thread.id", i64::from(span.tid)),
             ]);
+            self.budget_attribute(&mut attributes);
             if let Some(wait) = finished.wait_ns {
                 attributes.push(KeyValue::int(
                     "sockspan.response.wait_ns",
@@ -118,5 +123,16 @@ impl Tracer {
             });
         }
         false
+    }
+
+    /// While the budget sheds, the share of the host's edge connections it keeps: what counts
+    /// spans can scale by it.
+    fn budget_attribute(&self, attributes: &mut Vec<KeyValue>) {
+        if self.shedding.enabled && self.shedding.keep_permille < 1000 {
+            attributes.push(KeyValue::int(
+                "sockspan.capture.keep_permille",
+                i64::from(self.shedding.keep_permille),
+            ));
+        }
     }
 }

@@ -60,6 +60,7 @@ mod export;
 mod open;
 mod parents;
 mod peers;
+mod shedding;
 mod task_rule;
 mod trace_ref;
 mod worker_rule;
@@ -96,6 +97,8 @@ use trace_ref::TraceRef;
 /// Which end of a connection a request was seen at, and whether its protocol lets same-thread
 /// causality apply ([`crate::protocol::ConnectionParser::thread_causality`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// Facts of one end, each read by a different rule.
+#[allow(clippy::struct_excessive_bools)]
 pub struct End {
     pub server: bool,
     pub thread_causality: bool,
@@ -104,6 +107,11 @@ pub struct End {
     /// The task whose syscall completed the request (`DataEvent::task`): in Go, the running
     /// goroutine's `g`; 0 when unknown.
     pub task: u64,
+    /// The thread had hidden work open ([`agent_common::DATA_HIDDEN_WORK`]).
+    pub hidden_work: bool,
+    /// One of those hidden requests asks what this one asks
+    /// ([`agent_common::DATA_HIDDEN_SAME_ASK`]).
+    pub hidden_same_ask: bool,
 }
 
 pub struct Tracer {
@@ -154,6 +162,8 @@ pub struct Tracer {
     ready: VecDeque<(u64, SpanKey)>,
     /// Finished spans of settled traces: exported at the next poll.
     ready_now: VecDeque<SpanKey>,
+    /// The budget's edges and hidden requests.
+    shedding: shedding::Shedding,
     pub stats: TraceStats,
 }
 
@@ -186,6 +196,7 @@ impl Tracer {
             waiting_servers: FastMap::default(),
             ready: VecDeque::new(),
             ready_now: VecDeque::new(),
+            shedding: shedding::Shedding::default(),
             stats: TraceStats::default(),
         }
     }
@@ -261,6 +272,7 @@ impl Tracer {
         .then(|| self.tasks.lineage(pid, end.task))
         .filter(|l| !l.is_empty())
         .map(Vec::into_boxed_slice);
+        let header = context.is_some();
         let (found, made_for) = if let Some(ctx) = context {
             self.stats.parent_from_header += 1;
             let found = (TraceRef::new(ctx.trace_id), Some(ctx.span_id), ctx.format);
@@ -281,17 +293,15 @@ impl Tracer {
         if parent.is_none() {
             self.stats.roots += 1;
         }
-        if server {
-            if !end.in_order && conn.process.runtime.threads_are_tasks() {
-                self.workers.serves(pid);
-                self.workers.began(pid, key, start.ts);
-            }
-            self.register_server(pid, unit, forward, key);
-        } else {
-            self.register_client(mirror, key, span_id, &trace, forward);
-            self.announce(mirror, key, span_id, &trace, forward, start.ts);
-        }
+        let served_here = self.register_end(
+            conn,
+            end,
+            (key, span_id, mirror, unit, forward),
+            &trace,
+            start.ts,
+        );
         let resource = self.resources.get(&conn.process);
+        let budget = open::BudgetFacts::served(served_here);
         self.spans.insert(
             key,
             OpenSpan {
@@ -315,10 +325,37 @@ impl Tracer {
                 datagram: conn.tuple.sock_type == agent_common::SOCK_DGRAM,
                 tls: conn.tls,
                 lineage,
+                budget,
                 finished: None,
             },
         );
         self.stats.held_peak = self.stats.held_peak.max(self.spans.len() as u64);
+        self.shedding_on_request(key, end, header, start.ts);
+    }
+
+    /// Makes a new span findable by the rules that look for its kind; returns whether a CLIENT
+    /// span adopted its SERVER end (seen first).
+    fn register_end(
+        &mut self,
+        conn: &Connection,
+        end: End,
+        (key, span_id, mirror, unit, forward): (SpanKey, SpanId, MirrorKey, Unit, u64),
+        trace: &TraceRef,
+        ts: u64,
+    ) -> bool {
+        let pid = conn.process.pid;
+        if end.server {
+            if !end.in_order && conn.process.runtime.threads_are_tasks() {
+                self.workers.serves(pid);
+                self.workers.began(pid, key, ts);
+            }
+            self.register_server(pid, unit, forward, key);
+            false
+        } else {
+            let served_here = self.register_client(mirror, key, span_id, trace, forward);
+            self.announce(mirror, key, span_id, trace, forward, ts);
+            served_here
+        }
     }
 
     /// A Go runtime probe fired. A spawn reuses its `g`: whatever that `g` served before belonged

@@ -168,7 +168,30 @@ pub(super) struct OpenSpan {
     /// A CLIENT request's task lineage ([`crate::trace::tasks::Tasks::lineage`]) when it waits
     /// for the task rule.
     pub(super) lineage: Option<Box<[(u64, u64)]>>,
+    /// What the budget's shedding rules ask of it ([`super::shedding`]).
+    pub(super) budget: BudgetFacts,
     pub(super) finished: Option<Done>,
+}
+
+/// What the budget's shedding rules ([`super::shedding`]) ask of an open span.
+#[derive(Debug, Default)]
+pub(super) struct BudgetFacts {
+    /// A CLIENT span whose SERVER end on this host was seen.
+    pub(super) served_here: bool,
+    /// A CLIENT span without a parent when its request was seen that waited for a rule that
+    /// decides later: the hiding rule judges it at export.
+    pub(super) waited: bool,
+    /// Such a span's candidates (its links), which its drop may leave incomplete.
+    pub(super) ambiguous_with: Box<[SpanKey]>,
+}
+
+impl BudgetFacts {
+    pub(super) fn served(served_here: bool) -> Self {
+        Self {
+            served_here,
+            ..Self::default()
+        }
+    }
 }
 
 /// What a finished exchange left for its span. The protocol's part is boxed: an open span waits

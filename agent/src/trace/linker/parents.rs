@@ -65,7 +65,20 @@ impl Tracer {
         } else {
             self.unit_candidates(pid, unit, start.ts)
         };
-        self.client_parent(pid, by_unit, forward, start, links)
+        let chosen = self.client_parent(pid, by_unit, forward, start, links);
+        match chosen {
+            // The thread also serves a request the budget hid: the visible one may not be
+            // whose this is.
+            ((parent, Some(_), "thread"), _) if end.hidden_work => {
+                let trace = self.refuse_for_hidden_work(&parent);
+                ((trace, None, "hidden work"), None)
+            }
+            ((parent, Some(_), "proxy"), _) if end.hidden_same_ask => {
+                let trace = self.refuse_for_hidden_work(&parent);
+                ((trace, None, "hidden work"), None)
+            }
+            chosen => chosen,
+        }
     }
 
     /// The unit of work a request was made or read by, for the rules by unit. Same-thread
@@ -101,7 +114,8 @@ impl Tracer {
         }
     }
 
-    /// Makes a CLIENT span findable by its server end, and adopts that end if it came first.
+    /// Makes a CLIENT span findable by its server end, and adopts that end if it came first;
+    /// returns whether it did.
     pub(super) fn register_client(
         &mut self,
         mirror: MirrorKey,
@@ -109,7 +123,7 @@ impl Tracer {
         span_id: SpanId,
         trace: &TraceRef,
         forward: u64,
-    ) {
+    ) -> bool {
         self.clients.insert(mirror, key);
         if let Some(server_key) = self.waiting_servers.remove(&mirror)
             && let Some(server_span) = self.spans.get_mut(&server_key)
@@ -117,7 +131,7 @@ impl Tracer {
         {
             if !same_request(server_span.forward, forward) {
                 self.stats.mirror_mismatches += 1;
-                return;
+                return false;
             }
             // The server end was seen first: it becomes this span's child after all.
             server_span.trace.join(trace);
@@ -125,7 +139,10 @@ impl Tracer {
             server_span.evidence = "connection";
             self.stats.parent_from_connection += 1;
             self.stats.roots = self.stats.roots.saturating_sub(1);
+            self.shedding_mirrored(key.0, server_key.0);
+            return true;
         }
+        false
     }
 
     /// Parent of a server span without a header: the client on the other end, if seen.
@@ -135,13 +152,18 @@ impl Tracer {
         key: SpanKey,
         forward: u64,
     ) -> (TraceRef, Option<SpanId>, &'static str) {
-        if let Some(client) = self.clients.get(&mirror).and_then(|k| self.spans.get(k)) {
+        if let Some(&client_key) = self.clients.get(&mirror)
+            && let Some(client) = self.spans.get_mut(&client_key)
+        {
             if !same_request(client.forward, forward) {
                 self.stats.mirror_mismatches += 1;
                 return (TraceRef::unsettled(self.ids.trace_id()), None, "none");
             }
             self.stats.parent_from_connection += 1;
-            return (client.trace.clone(), Some(client.span_id), "connection");
+            client.budget.served_here = true;
+            let found = (client.trace.clone(), Some(client.span_id), "connection");
+            self.shedding_mirrored(client_key.0, key.0);
+            return found;
         }
         if let Some(remote) = self.remote.get(&mirror)
             && same_request(remote.forward, forward)
@@ -164,6 +186,7 @@ impl Tracer {
         start: Stamp,
         links: &mut Vec<SpanLink>,
     ) -> ((TraceRef, Option<SpanId>, &'static str), Option<SpanKey>) {
+        self.shedding.candidates.clear();
         let by_proxy = if forward == 0 {
             Candidates::None
         } else {
@@ -219,6 +242,7 @@ impl Tracer {
                 if let Some(s) = self.spans.get(&key)
                     && !links.iter().any(|l| l.span_id == s.span_id)
                 {
+                    self.shedding.candidates.push(key);
                     links.push(SpanLink {
                         trace_id: s.trace.id(),
                         span_id: s.span_id,

@@ -14,18 +14,19 @@ pub(super) struct TraceRef(Rc<RefCell<TraceNode>>);
 enum TraceNode {
     /// The trace's id, and whether it is settled: no later evidence can move it into another
     /// trace. Only a SERVER span whose client has not been seen starts an unsettled trace.
-    Root(TraceId, bool),
+    /// Then whether the budget's shedding drops it ([`super::shedding`]).
+    Root(TraceId, bool, bool),
     Alias(TraceRef),
 }
 
 impl TraceRef {
     pub(super) fn new(id: TraceId) -> Self {
-        Self(Rc::new(RefCell::new(TraceNode::Root(id, true))))
+        Self(Rc::new(RefCell::new(TraceNode::Root(id, true, false))))
     }
 
     /// A trace that may still join its client's (a SERVER span seen before its client).
     pub(super) fn unsettled(id: TraceId) -> Self {
-        Self(Rc::new(RefCell::new(TraceNode::Root(id, false))))
+        Self(Rc::new(RefCell::new(TraceNode::Root(id, false, false))))
     }
 
     fn root(&self) -> Self {
@@ -44,13 +45,25 @@ impl TraceRef {
 
     pub(super) fn id(&self) -> TraceId {
         match &*self.root().0.borrow() {
-            TraceNode::Root(id, _) => *id,
+            TraceNode::Root(id, ..) => *id,
             TraceNode::Alias(_) => [0; 16],
         }
     }
 
     pub(super) fn settled(&self) -> bool {
-        matches!(&*self.root().0.borrow(), TraceNode::Root(_, true))
+        matches!(&*self.root().0.borrow(), TraceNode::Root(_, true, _))
+    }
+
+    /// Whether the trace is dropped, not exported ([`super::shedding`]).
+    pub(super) fn is_shed(&self) -> bool {
+        matches!(&*self.root().0.borrow(), TraceNode::Root(_, _, true))
+    }
+
+    /// Drops the trace: none of its spans is exported from now on.
+    pub(super) fn mark_shed(&self) {
+        if let TraceNode::Root(_, _, shed) = &mut *self.root().0.borrow_mut() {
+            *shed = true;
+        }
     }
 
     /// Moves every span sharing this trace into `other`'s trace.
@@ -58,6 +71,10 @@ impl TraceRef {
         let mine = self.root();
         let theirs = other.root();
         if !Rc::ptr_eq(&mine.0, &theirs.0) {
+            // A dropped part leaves the whole incomplete.
+            if mine.is_shed() {
+                theirs.mark_shed();
+            }
             *mine.0.borrow_mut() = TraceNode::Alias(theirs);
         }
     }

@@ -6,11 +6,13 @@
 //! - `threads.rs`: the thread rule, event-loop threads, and the worker rule;
 //! - `tasks_and_callbacks.rs`: the Node.js callback rule and the asyncio task rule;
 //! - `proxy.rs`: the proxy rule, alone and against the thread rule;
-//! - `hosts.rs`: cross-host linking through the peer agents' announcements.
+//! - `hosts.rs`: cross-host linking through the peer agents' announcements;
+//! - `shedding.rs`: the budget's shedding rules.
 
 mod connections;
 mod hosts;
 mod proxy;
+mod shedding;
 mod tasks_and_callbacks;
 mod threads;
 
@@ -52,6 +54,8 @@ fn on_req(
         thread_causality: true,
         in_order: true,
         task: 0,
+        hidden_work: false,
+        hidden_same_ask: false,
     };
     t.on_request(conn, end, start.offset, 0, trace, start);
 }
@@ -103,6 +107,8 @@ fn on_task_req(t: &mut Tracer, conn: &Connection, server: bool, task: u64, start
         thread_causality: true,
         in_order: true,
         task,
+        hidden_work: false,
+        hidden_same_ask: false,
     };
     t.on_request(conn, end, start.offset, 0, None, start);
 }
@@ -120,6 +126,8 @@ fn on_asking(t: &mut Tracer, conn: &Connection, server: bool, ask: &str, start: 
         thread_causality: true,
         in_order: true,
         task: 0,
+        hidden_work: false,
+        hidden_same_ask: false,
     };
     let forward = crate::protocol::forward_key(method, target);
     t.on_request(conn, end, start.offset, forward, None, start);

@@ -101,6 +101,8 @@ fn a_pool_threads_call_belongs_to_the_stream_it_answers_next() {
         thread_causality: lone,
         in_order: false,
         task: 0,
+        hidden_work: false,
+        hidden_same_ask: false,
     };
     let wrote = |streams: &[u64]| {
         let mut answered = Answered::default();

@@ -1,0 +1,273 @@
+//! What the programs do for the agent's CPU and memory budget (`--max-cpu`, `--max-memory`).
+//! The agent moves a connection through [`Protocol::ShedNext`] → [`Protocol::Shed`] →
+//! [`Protocol::ResumeNext`] → [`Protocol::Detecting`]; the programs make each switch at the
+//! first syscall of a request (a server's read after a write, a client's write after a read),
+//! so the agent sees whole exchanges only. A shed connection sends nothing.
+//!
+//! The requests a thread reads on a shed server connection are that thread's *hidden work*
+//! until it answers them on that connection. Each is remembered by what it asks (a hash of its
+//! request line's method and target), so that a request a client end writes on that thread
+//! meanwhile is flagged: [`DATA_HIDDEN_WORK`] (the thread serves a hidden request: no visible
+//! request it serves is provably this one's parent) and [`DATA_HIDDEN_SAME_ASK`] (a hidden
+//! request asks what it asks: it may be that one's forward, as a proxy makes it).
+//!
+//! Costs nothing while nothing is shed: the switch (`SHED_CONTROL`) is read only on records a
+//! client end writes, and the per-thread table is written only on shed connections.
+
+use agent_common::{
+    ConnInfo, DATA_HIDDEN_SAME_ASK, DATA_HIDDEN_WORK, Direction, Protocol, Role,
+    ask::{ANY_ASK, ASK_BYTES, ASK_WORDS, ask_hash},
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray},
+};
+
+/// `[0]`: non-zero while the agent sheds any connection ([`agent_common::MAP_SHED_CONTROL`]).
+#[map]
+pub static SHED_CONTROL: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Hidden requests a thread keeps apart by what they ask; more are only counted.
+const ASKS: usize = 15;
+
+/// A thread's hidden work: what each unanswered hidden request asks (0: a free slot), and how
+/// many more there are.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HiddenWork {
+    overflow: u32,
+    asks: [u32; ASKS],
+}
+
+/// Each thread's hidden work, by `pid_tgid`. An LRU: threads die with work open.
+#[map]
+static HIDDEN_WORK: LruHashMap<u64, HiddenWork> = LruHashMap::with_max_entries(16_384, 0);
+
+/// What to do with a data syscall on a connection in one of the budget's states.
+pub mod verdict {
+    /// Send it as usual.
+    pub const SEND: u32 = 0;
+    /// Send it, flagged [`agent_common::DATA_RESUMED`]: the connection is detected afresh.
+    pub const RESUMED: u32 = 1;
+    /// Send nothing.
+    pub const HIDE: u32 = 2;
+    /// Send nothing: it starts a hidden request, which the caller hashes and hands to
+    /// [`super::started`].
+    pub const HIDE_START: u32 = 3;
+}
+
+/// The verdict for a data syscall moving bytes in `direction` (a [`Direction`]) on the
+/// connection of table entry `entry` (role `role`, state `protocol`), making the state's switch
+/// if this syscall starts a request; an answer to a hidden request ends it. Out of line: the
+/// exit program's stack has no room for it inlined.
+#[inline(never)]
+pub fn verdict(
+    pid_tgid: u64,
+    entry: *mut ConnInfo,
+    role: u32,
+    protocol: u32,
+    direction: u32,
+) -> u32 {
+    if entry.is_null() {
+        return if protocol == Protocol::Shed as u32 {
+            verdict::HIDE
+        } else {
+            verdict::SEND
+        };
+    }
+    // SAFETY: a pointer from a successful lookup in this run (see `syscalls::tracked`); a racing
+    // update can at worst misplace one switch by a syscall, or miscount one hidden request.
+    let last = unsafe { (*entry).last_direction };
+    // SAFETY: as above.
+    unsafe { (*entry).last_direction = direction };
+    let server = role == Role::Server as u32;
+    let starts = last != 0
+        && last != direction
+        && direction
+            == if server {
+                Direction::Ingress as u32
+            } else {
+                Direction::Egress as u32
+            };
+    if protocol == Protocol::ShedNext as u32 {
+        if !starts {
+            return verdict::SEND;
+        }
+        // SAFETY: as above.
+        unsafe { (*entry).protocol = Protocol::Shed as u32 };
+    } else if protocol == Protocol::ResumeNext as u32 && starts {
+        // SAFETY: as above.
+        unsafe {
+            (*entry).protocol = Protocol::Detecting as u32;
+            (*entry).misses = 0;
+        }
+        return verdict::RESUMED;
+    }
+    if !server || last == direction {
+        return verdict::HIDE;
+    }
+    if direction == Direction::Ingress as u32 {
+        return verdict::HIDE_START;
+    }
+    if last != 0 {
+        answered(pid_tgid, entry);
+    }
+    verdict::HIDE
+}
+
+/// A hidden request on the connection of `entry` starts, asking `ask` ([`ask_hash`]).
+#[inline(never)]
+pub fn started(pid_tgid: u64, entry: *mut ConnInfo, ask: u32) {
+    if entry.is_null() {
+        return;
+    }
+    // SAFETY: as in `verdict`.
+    unsafe { (*entry).hidden_ask = ask };
+    // SAFETY: copied out at once.
+    let mut work = unsafe { HIDDEN_WORK.get(&pid_tgid) }
+        .copied()
+        .unwrap_or(HiddenWork {
+            overflow: 0,
+            asks: [0; ASKS],
+        });
+    let mut placed = false;
+    for slot in &mut work.asks {
+        if *slot == 0 {
+            *slot = ask;
+            placed = true;
+            break;
+        }
+    }
+    if !placed {
+        work.overflow += 1;
+    }
+    let _ = HIDDEN_WORK.insert(&pid_tgid, &work, 0);
+}
+
+/// The hidden request on the connection of `entry` was answered (or its connection closed) on
+/// thread `pid_tgid`.
+#[inline(always)]
+fn answered(pid_tgid: u64, entry: *const ConnInfo) {
+    // SAFETY: as in `verdict`.
+    let ask = unsafe { (*entry).hidden_ask };
+    let Some(work) = HIDDEN_WORK.get_ptr_mut(&pid_tgid) else {
+        return;
+    };
+    // SAFETY: a pointer from a successful lookup, this thread's own entry (only this thread
+    // writes it, and programs on one CPU do not nest).
+    let work = unsafe { &mut *work };
+    for slot in &mut work.asks {
+        if *slot == ask && ask != 0 {
+            *slot = 0;
+            return;
+        }
+    }
+    work.overflow = work.overflow.saturating_sub(1);
+}
+
+/// A shed connection closes on thread `pid_tgid`: a server's request read and not answered
+/// stops counting as hidden work (the thread that closes is the one that served it, in the
+/// runtimes whose threads count: one thread per request, or an event loop).
+#[inline(never)]
+pub fn closed(pid_tgid: u64, info: &ConnInfo) {
+    if info.role == Role::Server as u32 && info.last_direction == Direction::Ingress as u32 {
+        answered(pid_tgid, info);
+    }
+}
+
+/// A request line's first bytes, zero-padded, where [`ask_of`] hashes them.
+#[map]
+static ASK_SCRATCH: PerCpuArray<[u64; ASK_WORDS]> = PerCpuArray::with_max_entries(1, 0);
+
+/// 1, read so that the compiler cannot fold the arithmetic below into comparisons (which the
+/// BPF back end turns into branches: one per step, and the verifier walks every path).
+#[unsafe(no_mangle)]
+static ONE: u64 = 1;
+
+/// What the request line at `src` asks (`len` bytes there; `user`: in user memory, else
+/// kernel memory): a hash of its method and target, the bytes before its second space among
+/// the first [`ASK_BYTES`]; [`ANY_ASK`] when those hold no second space (a line cut short, or
+/// not read). Never 0 (a free slot).
+#[inline(never)]
+pub fn ask_of(src: u64, len: u64, user: bool) -> u32 {
+    let Some(words) = ASK_SCRATCH.get_ptr_mut(0) else {
+        return ANY_ASK;
+    };
+    // SAFETY: this CPU's slot; programs on one CPU do not nest.
+    let words = unsafe { &mut *words };
+    *words = [0; ASK_WORDS];
+    let len = len.min(ASK_BYTES as u64) as u32;
+    if len == 0 {
+        return ANY_ASK;
+    }
+    let dst = words.as_mut_ptr().cast::<core::ffi::c_void>();
+    // SAFETY: the destination holds ASK_BYTES; the helpers fail cleanly on a bad source.
+    let read = unsafe {
+        if user {
+            aya_ebpf::helpers::generated::bpf_probe_read_user(dst, len, src as *const _)
+        } else {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(dst, len, src as *const _)
+        }
+    };
+    if read < 0 {
+        return ANY_ASK;
+    }
+    // SAFETY: a plain read of a static.
+    ask_hash(words, unsafe { core::ptr::read_volatile(&raw const ONE) })
+}
+
+/// The hidden-work flags for a request a client end writes on thread `pid_tgid`, whose first
+/// `len` bytes are at `payload` (kernel memory: the record being assembled). Looked up only
+/// while something is shed.
+#[inline(never)]
+pub fn hidden_work_flags(pid_tgid: u64, payload: u64, len: u64) -> u32 {
+    let shedding = SHED_CONTROL.get(0).copied().unwrap_or(0);
+    if shedding == 0 {
+        return 0;
+    }
+    // SAFETY: copied out at once.
+    let Some(work) = (unsafe { HIDDEN_WORK.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    // SAFETY: a plain read of a static.
+    let one = unsafe { core::ptr::read_volatile(&raw const ONE) };
+    let ask = u64::from(ask_of(payload, len, false));
+    let any = u64::from(ANY_ASK);
+    // Arithmetic, not comparisons: 1 when `x` (under 2³²) is zero.
+    let is_zero = |x: u64| x.wrapping_sub(one) >> 63;
+    let mut open = u64::from(work.overflow);
+    let mut same = open | is_zero(ask ^ any);
+    for slot in work.asks {
+        let slot = u64::from(slot);
+        let used = one ^ is_zero(slot);
+        open |= used;
+        same |= used & (is_zero(slot ^ ask) | is_zero(slot ^ any));
+    }
+    let open = one ^ is_zero(open);
+    let same = one ^ is_zero(same);
+    ((open * u64::from(DATA_HIDDEN_WORK)) | ((open & same) * u64::from(DATA_HIDDEN_SAME_ASK)))
+        as u32
+}
+
+/// [`hidden_work_flags`] for a request whose bytes are not at hand (TLS plaintext): taken as
+/// asking anything.
+#[inline(never)]
+pub fn hidden_work_flags_unread(pid_tgid: u64) -> u32 {
+    let shedding = SHED_CONTROL.get(0).copied().unwrap_or(0);
+    if shedding == 0 {
+        return 0;
+    }
+    // SAFETY: copied out at once.
+    let Some(work) = (unsafe { HIDDEN_WORK.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    let mut open = u32::from(work.overflow > 0);
+    for slot in work.asks {
+        open |= u32::from(slot != 0);
+    }
+    if open == 0 {
+        0
+    } else {
+        DATA_HIDDEN_WORK | DATA_HIDDEN_SAME_ASK
+    }
+}

@@ -1,0 +1,124 @@
+//! The agent's CPU and memory budget (`--max-cpu`, `--max-memory`): what it measures of itself,
+//! how much of the host's edge traffic it keeps, and which connections that sheds.
+//!
+//! Tracing must never take a node down. About every half second the agent reads its own CPU
+//! time and resident memory ([`usage`]); a controller ([`controller`]) turns how far over (or
+//! under) budget it is into the share of *edge connections* it keeps. An edge connection is one
+//! whose requests start traces on this host: a client end in a process that serves nothing (a
+//! load generator, a batch job), with its server end when that is on this host too, or a server
+//! end whose requests all come from outside (no client end here, no propagated context). Whether
+//! a connection is kept depends only on its rank, a hash of its endpoints ([`rank`]), so both
+//! ends agree and a lower share sheds a superset of what a higher one shed.
+//!
+//! Shedding happens in the kernel first: a shed connection's table entry says
+//! [`agent_common::Protocol::Shed`], and the programs stop copying and sending its bytes. The
+//! traces the agent keeps stay whole: a shed request's downstream calls have no visible parent,
+//! and in a process that hides shed server requests every parentless CLIENT span is dropped
+//! with its subtree; a request whose thread has hidden work open cannot take a parent by thread
+//! or by what it asks, and the candidate it would have taken is dropped with it (its trace may
+//! miss that call). When the load falls the share rises again and shed connections resume at
+//! their next syscall, as connections first seen in use.
+
+pub mod config;
+pub mod controller;
+pub mod rank;
+pub mod usage;
+
+pub use config::{BudgetConfig, BudgetError, Limit};
+use controller::Controller;
+use usage::{Sample, Usage};
+
+/// How often the budget looks at the agent's usage.
+pub const INTERVAL_NS: u64 = 500_000_000;
+
+/// What the budget did, for the self-metrics and the final counters.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BudgetStats {
+    /// Edge connections shed (each end counted).
+    pub connections_shed: u64,
+    /// Shed connections resumed when the share rose.
+    pub connections_resumed: u64,
+    /// Times the share went down.
+    pub cuts: u64,
+    /// The agent's CPU use over the last interval, in thousandths of a core.
+    pub cpu_millicores: u64,
+    /// The agent's resident memory at the last look, bytes.
+    pub rss_bytes: u64,
+    /// The highest CPU use over any interval, thousandths of a core.
+    pub cpu_millicores_peak: u64,
+}
+
+/// The budget's state: limits, the controller, and the last look at the agent's usage.
+#[derive(Debug)]
+pub struct Budget {
+    config: BudgetConfig,
+    controller: Controller,
+    usage: Usage,
+    last: Option<(u64, Sample)>,
+    /// The last look's pressure (usage over limit).
+    pressure: f64,
+    pub stats: BudgetStats,
+}
+
+impl Budget {
+    #[must_use]
+    pub fn new(config: BudgetConfig) -> Self {
+        Self {
+            config,
+            controller: Controller::default(),
+            usage: Usage::default(),
+            last: None,
+            pressure: 0.0,
+            stats: BudgetStats::default(),
+        }
+    }
+
+    /// Whether any limit is set.
+    #[must_use]
+    pub fn enabled(&self) -> bool {
+        self.config.max_cpu.is_on() || self.config.max_memory.is_on()
+    }
+
+    /// The last look's pressure: usage over limit, 1.0 at the limit.
+    #[must_use]
+    pub fn pressure(&self) -> f64 {
+        self.pressure
+    }
+
+    /// The share of edge connections kept, in `[0, 1]`.
+    #[must_use]
+    pub fn keep(&self) -> f64 {
+        self.controller.keep()
+    }
+
+    /// Looks at the agent's usage if an interval passed since the last look (`now_ns`:
+    /// monotonic); returns the new share when it changed.
+    pub fn tick(&mut self, now_ns: u64) -> Option<f64> {
+        if !self.enabled() {
+            return None;
+        }
+        if let Some((at, _)) = self.last
+            && now_ns.saturating_sub(at) < INTERVAL_NS
+        {
+            return None;
+        }
+        let sample = self.usage.sample()?;
+        let previous = self.last.replace((now_ns, sample));
+        let (at, before) = previous?;
+        let cores = sample.cpu_cores_since(&before, now_ns.saturating_sub(at));
+        self.stats.cpu_millicores = (cores * 1000.0) as u64;
+        self.stats.cpu_millicores_peak = self
+            .stats
+            .cpu_millicores_peak
+            .max(self.stats.cpu_millicores);
+        self.stats.rss_bytes = sample.rss_bytes;
+        let pressure = self.config.pressure(cores, sample.rss_bytes);
+        self.pressure = pressure;
+        let before = self.controller.keep();
+        let after = self.controller.update(pressure);
+        if after < before {
+            self.stats.cuts += 1;
+        }
+        ((after - before).abs() > f64::EPSILON).then_some(after)
+    }
+}

@@ -1,0 +1,234 @@
+//! The sink's side of the CPU and memory budget ([`crate::budget`]): each look at the agent's
+//! usage may change the share of edge connections kept; the sink then moves the edges ranked
+//! above the share into the programs' shed states (with their other end when it is on this
+//! host), and those below it back out, and tells the tracer which processes hide requests.
+
+use std::collections::HashMap;
+
+use agent_common::{Protocol, Role};
+
+use super::TraceSink;
+use crate::budget::{Budget, rank::rank};
+
+/// The pressure (usage over budget) from which the tracer starts learning which connections
+/// are edges, ahead of any cut.
+const WATCH_ABOVE: f64 = 0.5;
+
+/// A connection the budget moved out of full capture.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BudgetConn {
+    pid: u32,
+    fd: i32,
+    server: bool,
+    /// Shed (or on its way); else on its way back ([`Protocol::ResumeNext`]).
+    shed: bool,
+}
+
+/// The budget and what it moved.
+#[derive(Debug)]
+pub(super) struct Shedder {
+    pub(super) budget: Budget,
+    conns: HashMap<u64, BudgetConn, foldhash::fast::RandomState>,
+}
+
+impl Shedder {
+    pub(super) fn new(budget: Budget) -> Self {
+        Self {
+            budget,
+            conns: HashMap::default(),
+        }
+    }
+}
+
+impl TraceSink<'_> {
+    /// Sheds within `budget` from now on (none when no limit is set).
+    #[must_use]
+    pub fn with_budget(mut self, budget: Budget) -> Self {
+        if budget.enabled() {
+            self.shedder = Some(Shedder::new(budget));
+        }
+        self
+    }
+
+    /// What the budget did, if one is set.
+    #[must_use]
+    pub fn budget_stats(&self) -> Option<crate::budget::BudgetStats> {
+        self.shedder.as_ref().map(|s| s.budget.stats)
+    }
+
+    /// The share of edge connections kept, in thousandths.
+    pub(super) fn shedder_keep_permille(&self) -> u64 {
+        self.shedder
+            .as_ref()
+            .map_or(1000, |s| (s.budget.keep() * 1000.0).round() as u64)
+    }
+
+    /// A look at the agent's usage, when one is due; the edges follow the share.
+    pub(super) fn budget_tick(&mut self, now: u64) {
+        let Some(shedder) = &mut self.shedder else {
+            return;
+        };
+        let due = shedder.budget.tick(now);
+        let keep = shedder.budget.keep();
+        if shedder.budget.pressure() > WATCH_ABOVE {
+            // Edges are learnt from here on (a few requests each): below, the tracer spends
+            // nothing on them.
+            self.tracer.enable_shedding();
+        }
+        // New edges appear between looks: under a cut they are ranked too.
+        if due.is_some() || (keep < 1.0 && self.ticks.is_multiple_of(5)) {
+            self.tracer.set_keep(keep);
+            self.follow_share(keep, now);
+        }
+        self.tracer.sweep_hiding(now);
+    }
+
+    /// Moves every edge to the side of `keep` its rank falls on.
+    fn follow_share(&mut self, keep: f64, now: u64) {
+        let edges: Vec<_> = self.tracer.edges().collect();
+        for (conn_id, edge) in edges {
+            let Some(conn) = self.conntrack.get(conn_id) else {
+                continue;
+            };
+            // HTTP/1 in the clear only: the programs switch states at its requests' starts;
+            // other protocols' state (HPACK, a datastore session) cannot resume mid-stream, and
+            // TLS plaintext comes from the library probes, not the socket.
+            if conn.tls || self.protocols.protocol_of(conn_id) != Some("http1") {
+                continue;
+            }
+            let kept = rank(&conn.tuple) < keep;
+            let shed = self
+                .shedder
+                .as_ref()
+                .and_then(|s| s.conns.get(&conn_id))
+                .is_some_and(|c| c.shed);
+            if kept != shed {
+                continue;
+            }
+            let ends = [
+                Some((conn_id, edge.server)),
+                edge.mirror.map(|m| (m, !edge.server)),
+            ];
+            tracing::debug!(conn_id, ?edge, kept, "budget: edge crosses the share");
+            // The SERVER end first when shedding, the CLIENT end first when resuming: a request
+            // straddling the two writes then leaves a span the pair rules drop, never a trace
+            // cut above its root.
+            let mut ends: Vec<(u64, bool)> = ends.into_iter().flatten().collect();
+            ends.sort_by_key(|&(_, server)| server == kept);
+            if let Some(mirror) = edge.mirror {
+                let (client, server) = if edge.server {
+                    (mirror, conn_id)
+                } else {
+                    (conn_id, mirror)
+                };
+                self.tracer.shed_pair(client, server);
+            }
+            for (id, server) in ends {
+                if kept {
+                    self.resume(id, now);
+                } else {
+                    self.shed(id, server);
+                }
+            }
+        }
+        let any = self.shedder.as_ref().is_some_and(|s| !s.conns.is_empty());
+        if let Some(kernel) = &mut self.kernel_conns {
+            kernel.set_shedding(any);
+        }
+    }
+
+    /// Moves `conn_id` into [`Protocol::ShedNext`].
+    fn shed(&mut self, conn_id: u64, server: bool) {
+        let (Some(shedder), Some(kernel), Some(conn)) = (
+            &mut self.shedder,
+            &mut self.kernel_conns,
+            self.conntrack.get(conn_id),
+        ) else {
+            return;
+        };
+        if shedder.conns.get(&conn_id).is_some_and(|c| c.shed) {
+            return;
+        }
+        let role = if server { Role::Server } else { Role::Client };
+        let (pid, fd) = (conn.process.pid, conn.fd);
+        if kernel
+            .set_budget_state((pid, fd, conn_id), role, Protocol::ShedNext, Protocol::Http)
+            .is_none()
+        {
+            tracing::debug!(
+                conn_id,
+                pid,
+                fd,
+                "budget: connection gone before it was shed"
+            );
+            return;
+        }
+        tracing::debug!(conn_id, pid, fd, server, "budget: shedding");
+        let was = shedder.conns.insert(
+            conn_id,
+            BudgetConn {
+                pid,
+                fd,
+                server,
+                shed: true,
+            },
+        );
+        shedder.budget.stats.connections_shed += 1;
+        // Already hidden if it was on its way back.
+        if server && was.is_none() {
+            self.tracer.server_hidden(pid, true, 0);
+        }
+    }
+
+    /// Moves `conn_id` towards full capture: [`Protocol::ResumeNext`], or straight back if the
+    /// programs never switched it.
+    fn resume(&mut self, conn_id: u64, now: u64) {
+        let (Some(shedder), Some(kernel)) = (&mut self.shedder, &mut self.kernel_conns) else {
+            return;
+        };
+        let Some(c) = shedder.conns.get_mut(&conn_id) else {
+            return;
+        };
+        if !c.shed {
+            return;
+        }
+        let role = if c.server { Role::Server } else { Role::Client };
+        let was = kernel.set_budget_state(
+            (c.pid, c.fd, conn_id),
+            role,
+            Protocol::ResumeNext,
+            Protocol::Http,
+        );
+        shedder.budget.stats.connections_resumed += 1;
+        tracing::debug!(conn_id, ?was, "budget: resuming");
+        if was == Some(Protocol::ShedNext as u32) || was.is_none() {
+            // Never switched (or gone): nothing hidden to come back from.
+            let c = *c;
+            shedder.conns.remove(&conn_id);
+            if c.server {
+                self.tracer.server_hidden(c.pid, false, now);
+            }
+        } else {
+            c.shed = false;
+        }
+    }
+
+    /// The first record of a connection the budget resumed ([`agent_common::DATA_RESUMED`]):
+    /// its protocol is detected afresh from this request.
+    pub(super) fn budget_resumed(&mut self, conn_id: u64, now: u64) {
+        self.protocols.open(conn_id);
+        self.budget_forget(conn_id, now);
+    }
+
+    /// `conn_id` left the budget's care (resumed, closed, no longer tracked).
+    pub(super) fn budget_forget(&mut self, conn_id: u64, now: u64) {
+        let Some(shedder) = &mut self.shedder else {
+            return;
+        };
+        if let Some(c) = shedder.conns.remove(&conn_id)
+            && c.server
+        {
+            self.tracer.server_hidden(c.pid, false, now);
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The budget's shedding rules ([`super::super::shedding`]): hidden work refuses rules by thread
+//! and (when a hidden request asks the same) the proxy rule; a hiding process drops parentless
+//! CLIENT spans with their subtree; a shed pair drops the half of a request it saw; and which
+//! connections are edges.
+
+use super::*;
+
+/// A tracer whose budget is on, with process `pid` hiding a shed SERVER connection.
+fn shedding_tracer(hiding: Option<u32>) -> Tracer {
+    let mut t = tracer();
+    t.enable_shedding();
+    if let Some(pid) = hiding {
+        t.server_hidden(pid, true, 0);
+    }
+    t
+}
+
+/// A request seen on `conn` asking `ask` (`METHOD TARGET`), its thread's hidden work as flagged.
+fn on_flagged(
+    t: &mut Tracer,
+    conn: &Connection,
+    server: bool,
+    ask: &str,
+    start: Stamp,
+    (hidden_work, hidden_same_ask): (bool, bool),
+) {
+    let (method, target) = ask.split_once(' ').expect("METHOD TARGET");
+    let end = End {
+        server,
+        thread_causality: true,
+        in_order: true,
+        task: 0,
+        hidden_work,
+        hidden_same_ask,
+    };
+    let forward = crate::protocol::forward_key(method, target);
+    t.on_request(conn, end, start.offset, forward, None, start);
+}
+
+#[test]
+fn a_thread_with_hidden_work_names_no_parent_and_both_traces_are_dropped() {
+    let mut t = shedding_tracer(Some(2));
+    let served = conn(1, 2, Role::Server, 80, 5000);
+    let call = conn(2, 2, Role::Client, 6000, 90);
+    on_flagged(
+        &mut t,
+        &served,
+        true,
+        "GET /a",
+        stamp(10, 7, 0),
+        (false, false),
+    );
+    on_flagged(
+        &mut t,
+        &call,
+        false,
+        "GET /b",
+        stamp(11, 7, 0),
+        (true, false),
+    );
+    finish(&mut t, &call, stamp(11, 7, 0), 12);
+    finish(&mut t, &served, stamp(10, 7, 0), 13);
+    assert!(drain(&mut t).is_empty(), "neither may be exported");
+    assert_eq!(t.stats.hidden_work_refusals, 1);
+    assert_eq!(t.stats.spans_shed, 2);
+    assert_eq!(
+        t.stats.parent_from_thread, 1,
+        "the rule named it; the refusal undid it"
+    );
+}
+
+#[test]
+fn without_hidden_work_the_thread_rule_holds_while_shedding() {
+    let mut t = shedding_tracer(Some(2));
+    let served = conn(1, 2, Role::Server, 80, 5000);
+    let call = conn(2, 2, Role::Client, 6000, 90);
+    on_flagged(
+        &mut t,
+        &served,
+        true,
+        "GET /a",
+        stamp(10, 7, 0),
+        (false, false),
+    );
+    on_flagged(
+        &mut t,
+        &call,
+        false,
+        "GET /b",
+        stamp(11, 7, 0),
+        (false, false),
+    );
+    finish(&mut t, &call, stamp(11, 7, 0), 12);
+    finish(&mut t, &served, stamp(10, 7, 0), 13);
+    let spans = drain(&mut t);
+    assert_eq!(spans.len(), 2);
+    assert_eq!(spans[0].parent_span_id, Some(spans[1].span_id));
+    assert_eq!(t.stats.spans_shed, 0);
+}
+
+#[test]
+fn a_forward_is_refused_only_when_a_hidden_request_asks_the_same() {
+    for (same_ask, exported) in [(false, 2), (true, 0)] {
+        let mut t = shedding_tracer(Some(2));
+        // An event loop (thread 7) serving /a and /b, and hidden work besides.
+        let a = conn(1, 2, Role::Server, 80, 5000);
+        let b = conn(2, 2, Role::Server, 80, 5001);
+        let up = conn(3, 2, Role::Client, 6000, 90);
+        on_flagged(&mut t, &a, true, "GET /a", stamp(10, 7, 0), (false, false));
+        on_flagged(&mut t, &b, true, "GET /b", stamp(11, 7, 0), (false, false));
+        on_flagged(
+            &mut t,
+            &up,
+            false,
+            "GET /b",
+            stamp(12, 7, 0),
+            (true, same_ask),
+        );
+        finish(&mut t, &up, stamp(12, 7, 0), 13);
+        finish(&mut t, &b, stamp(11, 7, 0), 14);
+        let spans = drain(&mut t);
+        // `a` is still open: only the forward and `b` can be exported.
+        assert_eq!(spans.len(), exported, "same ask {same_ask}: {spans:?}");
+        if exported == 2 {
+            assert_eq!(spans[0].parent_span_id, Some(spans[1].span_id));
+        }
+    }
+}
+
+#[test]
+fn a_hiding_process_drops_a_parentless_call_with_its_subtree() {
+    for (hiding, exported) in [(None, 2), (Some(2), 0)] {
+        let mut t = shedding_tracer(hiding);
+        // Thread 9 of process 2 serves nothing; its call's server end is process 3's.
+        let call = conn(1, 2, Role::Client, 6000, 90);
+        let below = conn(2, 3, Role::Server, 90, 6000);
+        on_flagged(
+            &mut t,
+            &call,
+            false,
+            "GET /c",
+            stamp(10, 9, 0),
+            (false, false),
+        );
+        on_flagged(
+            &mut t,
+            &below,
+            true,
+            "GET /c",
+            stamp(11, 4, 0),
+            (false, false),
+        );
+        finish(&mut t, &below, stamp(11, 4, 0), 12);
+        finish(&mut t, &call, stamp(10, 9, 0), 13);
+        let spans = drain(&mut t);
+        assert_eq!(spans.len(), exported, "hiding {hiding:?}");
+        assert_eq!(t.stats.spans_shed, 2 - exported as u64);
+    }
+}
+
+#[test]
+fn a_shed_pair_drops_the_half_of_a_request_it_saw() {
+    let mut t = shedding_tracer(None);
+    // wrk's end (process 1) and the server's (process 2) of one connection, shed as a pair.
+    let client = conn(1, 1, Role::Client, 6000, 80);
+    let server = conn(2, 2, Role::Server, 80, 6000);
+    t.shed_pair(1, 2);
+    // A request only the server end saw (the client end had switched first)...
+    on_flagged(
+        &mut t,
+        &server,
+        true,
+        "GET /s",
+        stamp(10, 7, 100),
+        (false, false),
+    );
+    finish(&mut t, &server, stamp(10, 7, 100), 11);
+    // ... and one only the client end saw.
+    on_flagged(
+        &mut t,
+        &client,
+        false,
+        "GET /c",
+        stamp(12, 8, 200),
+        (false, false),
+    );
+    finish(&mut t, &client, stamp(12, 8, 200), 13);
+    // And one both saw: kept.
+    on_flagged(
+        &mut t,
+        &client,
+        false,
+        "GET /b",
+        stamp(14, 8, 300),
+        (false, false),
+    );
+    on_flagged(
+        &mut t,
+        &server,
+        true,
+        "GET /b",
+        stamp(15, 7, 300),
+        (false, false),
+    );
+    finish(&mut t, &server, stamp(15, 7, 300), 16);
+    finish(&mut t, &client, stamp(14, 8, 300), 17);
+    let spans = drain(&mut t);
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    assert_eq!(spans[0].parent_span_id, Some(spans[1].span_id));
+    assert_eq!(t.stats.spans_shed, 2);
+}
+
+#[test]
+fn edges_are_connections_whose_every_request_started_a_trace() {
+    let mut t = shedding_tracer(None);
+    // A load generator (process 1, serves nothing) calls a server (process 2) on this host,
+    // which calls a third (process 3).
+    let gen_end = conn(1, 1, Role::Client, 6000, 80);
+    let front = conn(2, 2, Role::Server, 80, 6000);
+    let down = conn(3, 2, Role::Client, 6001, 90);
+    let back = conn(4, 3, Role::Server, 90, 6001);
+    for i in 0..3 {
+        let at = 10 + 10 * i;
+        let off = 100 * i;
+        on_flagged(
+            &mut t,
+            &gen_end,
+            false,
+            "GET /p",
+            stamp(at, 8, off),
+            (false, false),
+        );
+        on_flagged(
+            &mut t,
+            &front,
+            true,
+            "GET /p",
+            stamp(at + 1, 7, off),
+            (false, false),
+        );
+        on_flagged(
+            &mut t,
+            &down,
+            false,
+            "GET /f",
+            stamp(at + 2, 7, off),
+            (false, false),
+        );
+        on_flagged(
+            &mut t,
+            &back,
+            true,
+            "GET /f",
+            stamp(at + 3, 6, off),
+            (false, false),
+        );
+        finish(&mut t, &back, stamp(at + 3, 6, off), at + 4);
+        finish(&mut t, &down, stamp(at + 2, 7, off), at + 5);
+        finish(&mut t, &front, stamp(at + 1, 7, off), at + 6);
+        finish(&mut t, &gen_end, stamp(at, 8, off), at + 7);
+    }
+    let edges: Vec<_> = t.edges().collect();
+    assert_eq!(edges.len(), 1, "{edges:?}");
+    let (id, edge) = edges[0];
+    assert_eq!(id, 1);
+    assert_eq!(edge.mirror, Some(2));
+    assert!(!edge.server);
+    t.forget_edge(1);
+    assert_eq!(t.edges().count(), 0);
+}

@@ -1,0 +1,245 @@
+//! Root integration tests of the CPU and memory budget (`--max-cpu`, `--max-memory`): a real
+//! load generator (wrk) against an uninstrumented Python chain, the agent's exported spans and
+//! its counters.
+
+use std::{
+    collections::HashMap,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sockspan_tests::{Agent, Nginx, Proc, fixture, free_port, python_fixture};
+
+/// wrk's connections: at most one request each is cut when wrk stops.
+const WRK_CONNECTIONS: usize = 16;
+
+/// frontend → features, model (`tests/fixtures/chain.py`): a request from outside gives six
+/// spans (wrk's CLIENT, the frontend's SERVER, two CLIENT/SERVER pairs below it).
+struct Chain {
+    frontend: u16,
+    _procs: Vec<Proc>,
+}
+
+impl Chain {
+    fn start() -> Self {
+        let (frontend, features, model) = (free_port(), free_port(), free_port());
+        let (f, m) = (features.to_string(), model.to_string());
+        let procs = vec![
+            python_fixture("chain.py", &["model", &m], &[]),
+            python_fixture("chain.py", &["features", &f], &[]),
+            python_fixture(
+                "chain.py",
+                &["frontend", &frontend.to_string(), &f, &m],
+                &[],
+            ),
+        ];
+        Self {
+            frontend,
+            _procs: procs,
+        }
+    }
+}
+
+/// CPU seconds process `pid` used so far (user + system, every thread).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // After the command name (in parentheses, may hold spaces): fields 14 and 15 are utime and
+    // stime, in clock ticks.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// How the exported traces hang together.
+#[derive(Debug, Default)]
+struct Shapes {
+    /// Whole: the load generator's CLIENT span and every span below it, every parent present.
+    whole: usize,
+    /// Some span's parent is not in its trace.
+    dangling: usize,
+    /// Every parent present, but not the spans of a whole request from outside.
+    other: Vec<String>,
+}
+
+/// The traces of `spans`, judged against requests of `whole` spans each, made by `root_exe`.
+fn shapes(spans: &[&Value], root_exe: &str, whole: usize) -> Shapes {
+    let mut traces: HashMap<&str, Vec<&Value>> = HashMap::new();
+    for span in spans {
+        traces
+            .entry(span["trace_id"].as_str().expect("trace id"))
+            .or_default()
+            .push(span);
+    }
+    let mut shapes = Shapes::default();
+    for spans in traces.values() {
+        let ids: Vec<&str> = spans.iter().filter_map(|s| s["span_id"].as_str()).collect();
+        fn parent(s: &Value) -> Option<&str> {
+            s["parent_span_id"].as_str().filter(|p| !p.is_empty())
+        }
+        if spans
+            .iter()
+            .any(|s| parent(s).is_some_and(|p| !ids.contains(&p)))
+        {
+            shapes.dangling += 1;
+            continue;
+        }
+        let root: Vec<_> = spans.iter().filter(|s| parent(s).is_none()).collect();
+        let root_ok = root.len() == 1
+            && root[0]["resource"]["process.executable.name"] == root_exe
+            && root[0]["kind"] == "CLIENT";
+        if root_ok && spans.len() == whole {
+            shapes.whole += 1;
+        } else {
+            let mut names: Vec<String> = spans
+                .iter()
+                .map(|s| format!("{} {}", s["kind"], s["name"]))
+                .collect();
+            names.sort();
+            shapes.other.push(names.join(", "));
+        }
+    }
+    shapes
+}
+
+/// Under wrk, an agent held to a small CPU budget sheds connections in the kernel, keeps whole
+/// traces only (no trace cut above or below what it kept), stays near its budget, and goes back
+/// to full capture when the load stops. Thread-per-request services (the thread rule).
+#[test]
+fn under_wrk_the_budget_sheds_and_keeps_whole_traces() {
+    let chain = Chain::start();
+    budget_holds(chain.frontend, 6);
+}
+
+/// The same with nginx, an event loop, proxying in front of the chain over pooled keep-alive
+/// connections: its worker reads shed and kept requests on one thread (the proxy rule, and the
+/// hidden-work flag that refuses it).
+#[test]
+fn behind_an_nginx_proxy_the_budget_keeps_whole_traces() {
+    let chain = Chain::start();
+    let nginx = Nginx::proxy(chain.frontend);
+    budget_holds(nginx.port, 8);
+}
+
+/// Drives `port` with wrk under a 0.05-core budget and checks what was kept: every request
+/// from outside is `spans` spans when whole.
+fn budget_holds(port: u16, spans_per_request: usize) {
+    assert!(
+        Command::new("wrk").arg("--version").output().is_ok(),
+        "wrk is not installed (cargo xtask setup installs it)"
+    );
+    let budget = 0.05;
+    let agent = Agent::start_command(
+        "run",
+        &[
+            "--output",
+            "jsonl",
+            "--max-cpu",
+            "0.05",
+            "--max-memory",
+            "off",
+        ],
+    );
+    let url = format!("http://127.0.0.1:{port}/predict/7");
+    let (cpu_before, wall) = (cpu_seconds(agent.pid()), Instant::now());
+    let wrk = Command::new("wrk")
+        .args(["-t2", &format!("-c{WRK_CONNECTIONS}"), "-d12s", "-s"])
+        .arg(fixture("wrk_distinct_paths.lua"))
+        .arg(&url)
+        .stdout(Stdio::piped())
+        .output()
+        .expect("run wrk");
+    let cores = (cpu_seconds(agent.pid()) - cpu_before) / wall.elapsed().as_secs_f64();
+    let report = String::from_utf8_lossy(&wrk.stdout);
+    assert!(wrk.status.success(), "wrk failed: {report}");
+    // Load gone: the share recovers within a few looks (one each half second); then new
+    // connections (curl's) are traced in full again.
+    let mut curls = 0;
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < deadline {
+        let ok = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-f", &url])
+            .status()
+            .expect("curl");
+        assert!(ok.success());
+        curls += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = agent.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let spans: Vec<&Value> = out.events.iter().collect();
+    let is_curl = |s: &Value| s["resource"]["process.executable.name"] == "curl";
+    let curl_trace_ids: Vec<&Value> = spans
+        .iter()
+        .filter(|s| is_curl(s))
+        .map(|s| &s["trace_id"])
+        .collect();
+    let wrk_spans: Vec<&Value> = spans
+        .iter()
+        .copied()
+        .filter(|s| !curl_trace_ids.contains(&&s["trace_id"]))
+        .collect();
+    let wrk_shapes = shapes(&wrk_spans, "wrk", spans_per_request);
+    let counters = (
+        out.counter("connections_shed"),
+        out.counter("shed_syscalls"),
+        out.counter("spans_shed"),
+    );
+    eprintln!(
+        "agent {cores:.3} cores during wrk (budget {budget}), {wrk_shapes:?}, shed (ends, \
+         syscalls, spans) {counters:?}, resumed {}, peak {} millicores; wrk: {report}",
+        out.counter("connections_resumed"),
+        out.counter("budget_cpu_millicores_peak"),
+    );
+    assert!(
+        counters.0 > 0 && counters.1 > 0 && counters.2 > 0,
+        "nothing was shed"
+    );
+    assert!(
+        wrk_shapes.whole > 50,
+        "few whole traces kept: {wrk_shapes:?}"
+    );
+    assert!(
+        wrk_shapes.other.is_empty(),
+        "traces cut by the shedding: {:?}",
+        wrk_shapes.other
+    );
+    // wrk stops with a request in flight on each connection: those CLIENT spans never end.
+    assert!(
+        wrk_shapes.dangling <= WRK_CONNECTIONS,
+        "{} traces lost a parent",
+        wrk_shapes.dangling
+    );
+    // Within a generous factor: the budget acts every half second on a debug build, and
+    // shedding the edges leaves the downstream hops of hidden requests to parse.
+    assert!(
+        cores < budget * 3.0,
+        "the agent used {cores:.3} cores against a budget of {budget}"
+    );
+    // Full capture again: the last curl requests are whole, without the budget's share.
+    let curl_traces: Vec<&Value> = spans.iter().copied().filter(|s| is_curl(s)).collect();
+    assert!(
+        curl_traces.len() >= 2,
+        "{curls} curl requests, {} traced",
+        curl_traces.len()
+    );
+    let last = curl_traces
+        .iter()
+        .max_by_key(|s| s["start_time_unix_nano"].as_u64())
+        .expect("a curl span");
+    let last_trace: Vec<&Value> = spans
+        .iter()
+        .copied()
+        .filter(|s| s["trace_id"] == last["trace_id"])
+        .collect();
+    let last_shape = shapes(&last_trace, "curl", spans_per_request);
+    assert_eq!(last_shape.whole, 1, "{last_shape:?}");
+    assert!(
+        last_trace
+            .iter()
+            .all(|s| s["attributes"]["sockspan.capture.keep_permille"].is_null()),
+        "the budget still sheds after the load: {last_trace:?}"
+    );
+}
