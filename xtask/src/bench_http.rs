@@ -45,10 +45,20 @@ pub fn start_nginx() -> sockspan_tests::Nginx {
 
 /// wrk's requests/s and total requests at saturation.
 pub fn wrk(port: u16, seconds: u64) -> Result<(f64, u64)> {
+    wrk_at(&format!("http://127.0.0.1:{port}/"), 1, 32, seconds)
+}
+
+/// wrk's requests/s and total requests at saturation of `url`, with `threads` threads and
+/// `connections` connections.
+pub fn wrk_at(url: &str, threads: u32, connections: u32, seconds: u64) -> Result<(f64, u64)> {
     let text = output_of(
         Command::new("wrk")
-            .args(["-t1", "-c32", &format!("-d{seconds}s")])
-            .arg(format!("http://127.0.0.1:{port}/")),
+            .args([
+                format!("-t{threads}"),
+                format!("-c{connections}"),
+                format!("-d{seconds}s"),
+            ])
+            .arg(url),
     )?;
     let rate = text
         .lines()

@@ -50,6 +50,10 @@ enum Task {
         /// Only the runtime probes' section, printed (BENCHMARKS.md is left as it is).
         #[arg(long)]
         runtime_probes_only: bool,
+        /// Only the Flask chain's section (sockspan beside OpenTelemetry's Python
+        /// auto-instrumentation), printed (BENCHMARKS.md is left as it is).
+        #[arg(long, conflicts_with = "runtime_probes_only")]
+        flask_only: bool,
     },
     /// Runtime chains (threaded, nginx, asyncio, Node.js, Go, mixed) under the release agent,
     /// every request's tree scored; the table goes to docs/causality.md.
@@ -138,7 +142,8 @@ fn main() -> Result<()> {
         Task::Bench {
             quick,
             runtime_probes_only,
-        } => bench::bench(quick, runtime_probes_only),
+            flask_only,
+        } => bench::bench(quick, runtime_probes_only, flask_only),
         Task::Demo { check } => demo(check),
         Task::Causality { chain } => causality::causality(chain.as_deref()),
         Task::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),

@@ -122,3 +122,47 @@ impl Budget {
         ((after - before).abs() > f64::EPSILON).then_some(after)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_over_budget_cuts_the_share_and_cpu_is_measured() {
+        let mut budget = Budget::new(BudgetConfig {
+            max_cpu: Limit::Off,
+            max_memory: Limit::At(32 << 20),
+        });
+        assert!(budget.enabled());
+        // 64 MiB held and touched: resident, over the 32 MiB budget.
+        let held = vec![1_u8; 64 << 20];
+        assert!(
+            budget.tick(0).is_none(),
+            "the first look only takes a sample"
+        );
+        let keep = budget.tick(INTERVAL_NS).expect("a cut");
+        assert!(
+            keep < 1.0 && budget.pressure() > 1.0,
+            "{keep} {}",
+            budget.pressure()
+        );
+        assert!(budget.stats.rss_bytes > 64 << 20);
+        assert_eq!(budget.stats.cuts, 1);
+        assert!(
+            budget.tick(INTERVAL_NS + 1).is_none(),
+            "not before the next interval"
+        );
+        drop(std::hint::black_box(held));
+    }
+
+    #[test]
+    fn no_limit_no_looks() {
+        let mut budget = Budget::new(BudgetConfig {
+            max_cpu: Limit::Off,
+            max_memory: Limit::Off,
+        });
+        assert!(!budget.enabled());
+        assert!(budget.tick(0).is_none() && budget.tick(INTERVAL_NS).is_none());
+        assert!((budget.keep() - 1.0).abs() < f64::EPSILON);
+    }
+}

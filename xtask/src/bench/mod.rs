@@ -5,6 +5,7 @@
 //! Variants run interleaved and in rotating order (A B C, B C A, C A B, …) so drift on a noisy
 //! machine spreads over all of them; every figure is a median with its min–max.
 
+mod flask;
 mod report;
 
 use report::{http_section, report};
@@ -431,26 +432,36 @@ fn pipeline_run(
     })
 }
 
-pub fn bench(quick: bool, runtime_probes_only: bool) -> Result<()> {
-    if !is_root() {
-        bail!("benchmarks attach eBPF programs: run `cargo xtask bench` as root");
-    }
-    if runtime_probes_only {
-        crate::setup::test_dependencies()?;
-        let bin = crate::util::release_bench_agent()?;
+/// `--flask-only` (`flask`) or `--runtime-probes-only`: that section alone, printed.
+fn one_section(quick: bool, flask: bool) -> Result<()> {
+    crate::setup::test_dependencies()?;
+    let bin = crate::util::release_bench_agent()?;
+    let mut out = String::new();
+    if flask {
+        crate::bench_http::ensure_installed()?;
+        flask::section(&mut out, &flask::rounds(&bin, quick)?);
+    } else {
         let node = crate::bench_runtime::rounds(&bin, quick, Probed::Node)?;
         let asyncio = crate::bench_runtime::rounds(&bin, quick, Probed::Asyncio)?;
         let probes = crate::bench_runtime::rounds(&bin, quick, Probed::Go)?;
         let tls = crate::bench_tls::rounds(&bin, quick, TlsServer::OpenSsl)?;
         let go_tls = crate::bench_tls::rounds(&bin, quick, TlsServer::GoCryptoTls)?;
-        let mut out = String::new();
         crate::bench_runtime::section(&mut out, Probed::Go, &probes, summary);
         crate::bench_tls::section(&mut out, TlsServer::OpenSsl, &tls, summary);
         crate::bench_runtime::section(&mut out, Probed::Asyncio, &asyncio, summary);
         crate::bench_runtime::section(&mut out, Probed::Node, &node, summary);
         crate::bench_tls::section(&mut out, TlsServer::GoCryptoTls, &go_tls, summary);
-        println!("{out}");
-        return Ok(());
+    }
+    println!("{out}");
+    Ok(())
+}
+
+pub fn bench(quick: bool, runtime_probes_only: bool, flask_only: bool) -> Result<()> {
+    if !is_root() {
+        bail!("benchmarks attach eBPF programs: run `cargo xtask bench` as root");
+    }
+    if flask_only || runtime_probes_only {
+        return one_section(quick, flask_only);
     }
     if !crate::util::command_ok(Command::new("bpftool").arg("version")) {
         run(Command::new("apt-get").args([
@@ -496,6 +507,7 @@ pub fn bench(quick: bool, runtime_probes_only: bool) -> Result<()> {
     let go_tls = crate::bench_tls::rounds(&bin, quick, TlsServer::GoCryptoTls)?;
     let asyncio = crate::bench_runtime::rounds(&bin, quick, Probed::Asyncio)?;
     let node = crate::bench_runtime::rounds(&bin, quick, Probed::Node)?;
+    let flask = flask::rounds(&bin, quick)?;
     let mut runs = PipelineRuns::default();
     let store = std::env::temp_dir().join("sockspan-bench-pipeline.redb");
     for _ in 0..pipeline_rounds {
@@ -518,6 +530,7 @@ pub fn bench(quick: bool, runtime_probes_only: bool) -> Result<()> {
     crate::bench_tls::section(&mut report, TlsServer::OpenSsl, &tls, summary);
     crate::bench_runtime::section(&mut report, Probed::Asyncio, &asyncio, summary);
     crate::bench_runtime::section(&mut report, Probed::Node, &node, summary);
+    flask::section(&mut report, &flask);
     crate::bench_tls::section(&mut report, TlsServer::GoCryptoTls, &go_tls, summary);
     if let Ok(history) = std::fs::read_to_string(workspace_root().join("bench/HISTORY.md")) {
         report.push('\n');
