@@ -308,7 +308,8 @@ pub struct DataEvent {
     /// moved. Both ends of a connection number its bytes the same way, whenever each began
     /// watching it.
     pub seq: u32,
-    /// [`DATA_SEQ_VALID`], [`DATA_HIDDEN_WORK`], [`DATA_HIDDEN_SAME_ASK`], [`DATA_RESUMED`].
+    /// [`DATA_SEQ_VALID`], [`DATA_HIDDEN_WORK`], [`DATA_HIDDEN_SAME_ASK`],
+    /// [`DATA_HIDDEN_EXACT_ASK`], [`DATA_RESUMED`].
     pub flags: u32,
 }
 const _: () = assert!(core::mem::size_of::<DataEvent>() == 32 + 16 + 16 + 8 + 8);
@@ -324,6 +325,9 @@ pub const DATA_HIDDEN_WORK: u32 = 2;
 /// request asks (same method and target), or what one asks is unknown: this request may be its
 /// forward, so the proxy rule may not name a visible parent for it either.
 pub const DATA_HIDDEN_SAME_ASK: u32 = 8;
+/// [`DataEvent::flags`], with [`DATA_HIDDEN_SAME_ASK`]: a hidden request of the thread asks
+/// exactly what this request asks (not merely "anything, as far as the programs know").
+pub const DATA_HIDDEN_EXACT_ASK: u32 = 16;
 /// [`DataEvent::flags`]: the first syscall of a connection the budget had shed, at a request's
 /// start ([`crate::Protocol::ResumeNext`]): what the agent knew of its bytes is stale.
 pub const DATA_RESUMED: u32 = 4;

@@ -50,8 +50,10 @@ pub struct ConnInfo {
     /// A shed server connection's request being served: what it asks (a hash of its request
     /// line, see the programs' `shed.rs`), 0 none.
     pub hidden_ask: u32,
+    /// That request's reader (`pid_tgid`): whose hidden work it is, whichever thread answers.
+    pub hidden_reader: u64,
 }
-const _: () = assert!(core::mem::size_of::<ConnInfo>() == 8 + 40 + 8 + 16 + 8 + 8 + 8);
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 8 + 40 + 8 + 16 + 8 + 8 + 8 + 8);
 
 /// `SHED_CONTROL[0]`: non-zero while the agent's budget sheds any connection. Only then do the
 /// programs count hidden work and look it up for [`crate::DATA_HIDDEN_WORK`].

@@ -15,7 +15,8 @@
 //! client end writes, and the per-thread table is written only on shed connections.
 
 use agent_common::{
-    ConnInfo, DATA_HIDDEN_SAME_ASK, DATA_HIDDEN_WORK, Direction, Protocol, Role,
+    ConnInfo, DATA_HIDDEN_EXACT_ASK, DATA_HIDDEN_SAME_ASK, DATA_HIDDEN_WORK, Direction, Protocol,
+    Role,
     ask::{ANY_ASK, ASK_BYTES, ASK_WORDS, ask_hash},
 };
 use aya_ebpf::{
@@ -51,9 +52,13 @@ pub mod verdict {
     pub const RESUMED: u32 = 1;
     /// Send nothing.
     pub const HIDE: u32 = 2;
-    /// Send nothing: it starts a hidden request, which the caller hashes and hands to
-    /// [`super::started`].
+    /// Send nothing: it may start a hidden request (a server's read after a write), which the
+    /// caller looks at ([`super::starts_request`]), hashes and hands to [`super::started`].
     pub const HIDE_START: u32 = 3;
+    /// Send nothing: it may answer the hidden request (a server's write after a read), unless
+    /// it is an interim response ([`super::is_interim`]); the caller then calls
+    /// [`super::answered`].
+    pub const HIDE_ANSWER: u32 = 4;
 }
 
 /// The verdict for a data syscall moving bytes in `direction` (a [`Direction`]) on the
@@ -61,13 +66,7 @@ pub mod verdict {
 /// if this syscall starts a request; an answer to a hidden request ends it. Out of line: the
 /// exit program's stack has no room for it inlined.
 #[inline(never)]
-pub fn verdict(
-    pid_tgid: u64,
-    entry: *mut ConnInfo,
-    role: u32,
-    protocol: u32,
-    direction: u32,
-) -> u32 {
+pub fn verdict(entry: *mut ConnInfo, role: u32, protocol: u32, direction: u32) -> u32 {
     if entry.is_null() {
         return if protocol == Protocol::Shed as u32 {
             verdict::HIDE
@@ -110,7 +109,7 @@ pub fn verdict(
         return verdict::HIDE_START;
     }
     if last != 0 {
-        answered(pid_tgid, entry);
+        return verdict::HIDE_ANSWER;
     }
     verdict::HIDE
 }
@@ -122,7 +121,10 @@ pub fn started(pid_tgid: u64, entry: *mut ConnInfo, ask: u32) {
         return;
     }
     // SAFETY: as in `verdict`.
-    unsafe { (*entry).hidden_ask = ask };
+    unsafe {
+        (*entry).hidden_ask = ask;
+        (*entry).hidden_reader = pid_tgid;
+    }
     // SAFETY: copied out at once.
     let mut work = unsafe { HIDDEN_WORK.get(&pid_tgid) }
         .copied()
@@ -144,17 +146,18 @@ pub fn started(pid_tgid: u64, entry: *mut ConnInfo, ask: u32) {
     let _ = HIDDEN_WORK.insert(&pid_tgid, &work, 0);
 }
 
-/// The hidden request on the connection of `entry` was answered (or its connection closed) on
-/// thread `pid_tgid`.
+/// The hidden request on the connection of `entry` was answered (or its connection closed): it
+/// leaves its reader's hidden work, whichever thread answered.
 #[inline(always)]
-fn answered(pid_tgid: u64, entry: *const ConnInfo) {
+pub fn answered(entry: *const ConnInfo) {
     // SAFETY: as in `verdict`.
-    let ask = unsafe { (*entry).hidden_ask };
-    let Some(work) = HIDDEN_WORK.get_ptr_mut(&pid_tgid) else {
+    let (ask, reader) = unsafe { ((*entry).hidden_ask, (*entry).hidden_reader) };
+    let Some(work) = HIDDEN_WORK.get_ptr_mut(&reader) else {
         return;
     };
-    // SAFETY: a pointer from a successful lookup, this thread's own entry (only this thread
-    // writes it, and programs on one CPU do not nest).
+    // SAFETY: a pointer from a successful lookup; another CPU may update the same thread's
+    // entry at once (its reader on one CPU, an answer on another), which can at worst lose one
+    // slot's change.
     let work = unsafe { &mut *work };
     for slot in &mut work.asks {
         if *slot == ask && ask != 0 {
@@ -165,13 +168,12 @@ fn answered(pid_tgid: u64, entry: *const ConnInfo) {
     work.overflow = work.overflow.saturating_sub(1);
 }
 
-/// A shed connection closes on thread `pid_tgid`: a server's request read and not answered
-/// stops counting as hidden work (the thread that closes is the one that served it, in the
-/// runtimes whose threads count: one thread per request, or an event loop).
+/// A shed connection closes: a server's request read and not answered stops counting as its
+/// reader's hidden work.
 #[inline(never)]
-pub fn closed(pid_tgid: u64, info: &ConnInfo) {
+pub fn closed(info: &ConnInfo) {
     if info.role == Role::Server as u32 && info.last_direction == Direction::Ingress as u32 {
-        answered(pid_tgid, info);
+        answered(info);
     }
 }
 
@@ -216,6 +218,36 @@ pub fn ask_of(src: u64, len: u64, user: bool) -> u32 {
     ask_hash(words, unsafe { core::ptr::read_volatile(&raw const ONE) })
 }
 
+/// Whether the bytes [`ask_of`] just read start a request: an upper-case method's first letter
+/// (a body read after `100 Continue` does not).
+#[inline(never)]
+pub fn starts_request() -> bool {
+    let Some(words) = ASK_SCRATCH.get(0) else {
+        return true;
+    };
+    let first = words[0] & 0xff;
+    (u64::from(b'A')..=u64::from(b'Z')).contains(&first)
+}
+
+/// Whether the response whose first bytes are at `src` (user memory) is an interim one
+/// (`HTTP/1.x 1xx`, such as `100 Continue`): it answers nothing yet.
+#[inline(never)]
+pub fn is_interim(src: u64) -> bool {
+    let Some(words) = ASK_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot; programs on one CPU do not nest.
+    let words = unsafe { &mut *words };
+    *words = [0; ASK_WORDS];
+    let dst = words.as_mut_ptr().cast::<core::ffi::c_void>();
+    // SAFETY: the destination holds ASK_BYTES; the helper fails cleanly on a bad source.
+    if unsafe { aya_ebpf::helpers::generated::bpf_probe_read_user(dst, 16, src as *const _) } < 0 {
+        return false;
+    }
+    let prefix = u64::from_le_bytes(*b"HTTP/1.\0");
+    words[0] & 0x00ff_ffff_ffff_ffff == prefix && (words[1] >> 8) & 0xff == u64::from(b'1')
+}
+
 /// The hidden-work flags for a request a client end writes on thread `pid_tgid`, whose first
 /// `len` bytes are at `payload` (kernel memory: the record being assembled). Looked up only
 /// while something is shed.
@@ -237,16 +269,21 @@ pub fn hidden_work_flags(pid_tgid: u64, payload: u64, len: u64) -> u32 {
     let is_zero = |x: u64| x.wrapping_sub(one) >> 63;
     let mut open = u64::from(work.overflow);
     let mut same = open | is_zero(ask ^ any);
+    let mut exact: u64 = 0;
     for slot in work.asks {
         let slot = u64::from(slot);
         let used = one ^ is_zero(slot);
         open |= used;
-        same |= used & (is_zero(slot ^ ask) | is_zero(slot ^ any));
+        let equal = used & is_zero(slot ^ ask);
+        exact |= equal;
+        same |= equal | (used & is_zero(slot ^ any));
     }
     let open = one ^ is_zero(open);
     let same = one ^ is_zero(same);
-    ((open * u64::from(DATA_HIDDEN_WORK)) | ((open & same) * u64::from(DATA_HIDDEN_SAME_ASK)))
-        as u32
+    let exact = exact & (one ^ is_zero(ask ^ any));
+    ((open * u64::from(DATA_HIDDEN_WORK))
+        | ((open & same) * u64::from(DATA_HIDDEN_SAME_ASK))
+        | ((open & exact) * u64::from(DATA_HIDDEN_SAME_ASK | DATA_HIDDEN_EXACT_ASK))) as u32
 }
 
 /// [`hidden_work_flags`] for a request whose bytes are not at hand (TLS plaintext): taken as

@@ -150,6 +150,7 @@ fn track(pid_tgid: u64, fd: i32, info: &mut ConnInfo, role: Role, syscall: Sysca
     info.misses = 0;
     info.last_direction = 0;
     info.hidden_ask = 0;
+    info.hidden_reader = 0;
     let key = conn_key(pid_tgid, fd);
     if CONNS.insert(&key, &*info, 0).is_err() {
         count(Counter::ConnTableFull);
@@ -296,16 +297,19 @@ fn budget_verdict(
     if !Protocol::is_budget_state(conn.protocol) {
         return Some(false);
     }
-    match shed::verdict(
-        pid_tgid,
-        conn.entry,
-        conn.role,
-        conn.protocol,
-        direction as u32,
-    ) {
-        verdict @ (shed::verdict::HIDE | shed::verdict::HIDE_START) => {
+    match shed::verdict(conn.entry, conn.role, conn.protocol, direction as u32) {
+        verdict
+        @ (shed::verdict::HIDE | shed::verdict::HIDE_START | shed::verdict::HIDE_ANSWER) => {
             if verdict == shed::verdict::HIDE_START {
-                shed::started(pid_tgid, conn.entry, hidden_ask(regs, syscall, result));
+                let plain = matches!(syscall, Syscall::Read | Syscall::Recvfrom);
+                let ask = hidden_ask(regs, syscall, result);
+                // Not a request's first bytes: more of the one being read (a body sent after
+                // `100 Continue`).
+                if !plain || shed::starts_request() {
+                    shed::started(pid_tgid, conn.entry, ask);
+                }
+            } else if verdict == shed::verdict::HIDE_ANSWER && !interim_response(regs, syscall) {
+                shed::answered(conn.entry);
             }
             if !matches!(syscall, Syscall::Sendmmsg | Syscall::Recvmmsg) {
                 add_bytes(conn.entry, direction, result as u64);
@@ -330,6 +334,20 @@ fn hidden_ask(regs: Regs, syscall: Syscall, result: i64) -> u32 {
     } else {
         agent_common::ask::ANY_ASK
     }
+}
+
+/// Whether a hidden server write is an interim response (`100 Continue`), which answers
+/// nothing yet: read from a plain buffer or a `writev`'s first iovec; any other write is taken
+/// as the answer.
+#[inline(always)]
+fn interim_response(regs: Regs, syscall: Syscall) -> bool {
+    let first = match syscall {
+        Syscall::Write | Syscall::Sendto => regs.arg1(),
+        // SAFETY: bpf_probe_read_user returns an error for a bad user address.
+        Syscall::Writev => unsafe { bpf_probe_read_user(regs.arg1() as *const u64) }.unwrap_or(0),
+        _ => 0,
+    };
+    first != 0 && shed::is_interim(first)
 }
 
 /// `struct mmsghdr` (64-bit ABI): a `struct user_msghdr` (56 bytes) then `unsigned int msg_len`.
@@ -647,9 +665,9 @@ fn close_enter(regs: Regs) {
         return;
     };
     let _ = CONNS.remove(&key);
-    if info.protocol == Protocol::Shed as u32 {
-        // A hidden request it never answered is no work of this thread's any more.
-        shed::closed(pid_tgid, &info);
+    if info.protocol == Protocol::Shed as u32 || info.protocol == Protocol::ResumeNext as u32 {
+        // A hidden request it never answered is no one's work any more.
+        shed::closed(&info);
     }
     if info.ignored == 0 {
         emit_conn(EventKind::ConnClose, pid_tgid, fd, &info, Syscall::Close);

@@ -183,22 +183,27 @@ const TEST_PYTHON_PACKAGES: &[&str] = &[
 ];
 const TEST_PYTHON_IMPORTS: &str = "import opentelemetry.sdk.trace, opentelemetry.proto.collector.trace.v1.trace_service_pb2, grpc, selenium, aiohttp, uvicorn, uvloop, httptools, fastapi, httpx, redis, psycopg, pymysql, pymemcache, gunicorn, prometheus_client";
 
+/// `pip install PACKAGES`, quietly, as root.
+pub fn pip_install(packages: &[&str]) -> Result<()> {
+    say(&format!("pip install {}", packages.join(" ")));
+    run(Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--root-user-action=ignore",
+        ])
+        .args(packages))
+}
+
 /// Installs what the integration tests run (servers, clients) when missing.
 pub fn test_dependencies() -> Result<()> {
     if command_ok(Command::new("python3").args(["-c", TEST_PYTHON_IMPORTS])) {
         say("test Python packages are installed");
     } else {
-        say(&format!("pip install {}", TEST_PYTHON_PACKAGES.join(" ")));
-        run(Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--root-user-action=ignore",
-            ])
-            .args(TEST_PYTHON_PACKAGES))?;
+        pip_install(TEST_PYTHON_PACKAGES)?;
     }
     let missing: Vec<&str> = TEST_PACKAGES
         .iter()

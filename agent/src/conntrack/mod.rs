@@ -97,6 +97,9 @@ pub struct Connection {
     pub fd: i32,
     /// What the opening syscall ran in (`ConnEvent::task`: in Node.js, the libuv callback).
     pub opened_in: u64,
+    /// Shed by the budget: silent by design, so never forgotten as idle or evicted (the budget
+    /// must resume it or see it close).
+    pub pinned: bool,
 }
 
 #[cfg(test)]
@@ -127,6 +130,7 @@ impl Connection {
             tls: false,
             fd: i32::try_from(conn_id).unwrap_or(-1),
             opened_in: 0,
+            pinned: false,
         }
     }
 }
@@ -196,6 +200,13 @@ impl Conntrack {
         self.conns.get(&conn_id)
     }
 
+    /// Keeps `conn_id` however long it is silent (`pinned`), or lets it age out again.
+    pub fn pin(&mut self, conn_id: u64, pinned: bool) {
+        if let Some(conn) = self.conns.get_mut(&conn_id) {
+            conn.pinned = pinned;
+        }
+    }
+
     /// Processes with a connection the agent did not see open: found by the start-up scan (seen
     /// since or not), or first seen at a data syscall. What they carried before is unknown.
     pub fn unseen_openings(&self) -> impl Iterator<Item = u32> + '_ {
@@ -260,6 +271,7 @@ impl Conntrack {
             tls: false,
             fd: h.fd,
             opened_in: event.task,
+            pinned: false,
         };
         self.conns.entry(h.conn_id).insert_entry(conn).into_mut()
     }
@@ -300,17 +312,26 @@ impl Conntrack {
         let timeout = self.config.idle_timeout.as_nanos() as u64;
         let before = self.conns.len();
         self.conns
-            .retain(|_, c| now_ns.saturating_sub(c.last_seen_ns) < timeout);
+            .retain(|_, c| c.pinned || now_ns.saturating_sub(c.last_seen_ns) < timeout);
         self.stats.evicted_idle += (before - self.conns.len()) as u64;
     }
 
     /// Drops the least recently used eighth of the table.
     fn evict_oldest(&mut self) {
-        let mut ages: Vec<u64> = self.conns.values().map(|c| c.last_seen_ns).collect();
+        let mut ages: Vec<u64> = self
+            .conns
+            .values()
+            .filter(|c| !c.pinned)
+            .map(|c| c.last_seen_ns)
+            .collect();
+        if ages.is_empty() {
+            return;
+        }
         let cut = (ages.len() / 8).max(1);
         let (_, &mut threshold, _) = ages.select_nth_unstable(cut - 1);
         let before = self.conns.len();
-        self.conns.retain(|_, c| c.last_seen_ns > threshold);
+        self.conns
+            .retain(|_, c| c.pinned || c.last_seen_ns > threshold);
         self.stats.evicted_full += (before - self.conns.len()) as u64;
     }
 }

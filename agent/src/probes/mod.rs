@@ -175,6 +175,9 @@ impl KernelConns {
         let was = info.protocol;
         info.protocol = if to == Protocol::ResumeNext && was == Protocol::ShedNext as u32 {
             back_to as u32
+        } else if to == Protocol::ShedNext && was == Protocol::ResumeNext as u32 {
+            // Still hidden: it stays so, its hidden request still counted.
+            Protocol::Shed as u32
         } else {
             to as u32
         };

@@ -283,6 +283,7 @@ mod tests {
             task: 0,
             hidden_work: false,
             hidden_same_ask: false,
+            hidden_exact_ask: false,
         }
     }
 

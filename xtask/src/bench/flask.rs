@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result};
 use sockspan_tests::{Proc, fixture, free_port, wait_listening};
 
 use super::{Running, Variant, start_variant, stop, summary};
-use crate::util::{command_ok, output_of, run};
+use crate::util::{command_ok, output_of};
 
 /// OpenTelemetry's Python auto-instrumentation for this chain, and the chain's own packages.
 const PACKAGES: &[&str] = &[
@@ -60,16 +60,7 @@ pub(super) struct FlaskSample {
 
 fn ensure_installed() -> Result<()> {
     if !command_ok(Command::new("python3").args(["-c", IMPORTS])) {
-        run(Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--root-user-action=ignore",
-            ])
-            .args(PACKAGES))?;
+        crate::setup::pip_install(PACKAGES)?;
     }
     Ok(())
 }
@@ -199,7 +190,7 @@ pub(super) fn section(out: &mut String, samples: &[FlaskSample]) {
     let (untraced, _) = summary(&of(Tracing::Untraced), 0);
     let _ = writeln!(
         out,
-        "\n## 9. A Flask chain: sockspan beside OpenTelemetry's Python auto-instrumentation\n"
+        "\n## 10. A Flask chain: sockspan beside OpenTelemetry's Python auto-instrumentation\n"
     );
     let _ = writeln!(
         out,

@@ -151,6 +151,8 @@ impl TraceSink<'_> {
         }
         let role = if server { Role::Server } else { Role::Client };
         let (pid, fd) = (conn.process.pid, conn.fd);
+        // The programs flag hidden work from the moment a connection may switch.
+        kernel.set_shedding(true);
         if kernel
             .set_budget_state((pid, fd, conn_id), role, Protocol::ShedNext, Protocol::Http)
             .is_none()
@@ -173,7 +175,10 @@ impl TraceSink<'_> {
                 shed: true,
             },
         );
-        shedder.budget.stats.connections_shed += 1;
+        if was.is_none() {
+            shedder.budget.stats.connections_shed += 1;
+        }
+        self.conntrack.pin(conn_id, true);
         // Already hidden if it was on its way back.
         if server && was.is_none() {
             self.tracer.server_hidden(pid, true, 0);
@@ -199,12 +204,15 @@ impl TraceSink<'_> {
             Protocol::ResumeNext,
             Protocol::Http,
         );
-        shedder.budget.stats.connections_resumed += 1;
+        if was.is_some() {
+            shedder.budget.stats.connections_resumed += 1;
+        }
         tracing::debug!(conn_id, ?was, "budget: resuming");
         if was == Some(Protocol::ShedNext as u32) || was.is_none() {
             // Never switched (or gone): nothing hidden to come back from.
             let c = *c;
             shedder.conns.remove(&conn_id);
+            self.conntrack.pin(conn_id, false);
             if c.server {
                 self.tracer.server_hidden(c.pid, false, now);
             }
@@ -217,7 +225,15 @@ impl TraceSink<'_> {
     /// its protocol is detected afresh from this request.
     pub(super) fn budget_resumed(&mut self, conn_id: u64, now: u64) {
         self.protocols.open(conn_id);
-        self.budget_forget(conn_id, now);
+        // Shed again meanwhile (the record waited in the ring): still the budget's.
+        if !self
+            .shedder
+            .as_ref()
+            .and_then(|s| s.conns.get(&conn_id))
+            .is_some_and(|c| c.shed)
+        {
+            self.budget_forget(conn_id, now);
+        }
     }
 
     /// `conn_id` left the budget's care (resumed, closed, no longer tracked).
@@ -225,10 +241,11 @@ impl TraceSink<'_> {
         let Some(shedder) = &mut self.shedder else {
             return;
         };
-        if let Some(c) = shedder.conns.remove(&conn_id)
-            && c.server
-        {
-            self.tracer.server_hidden(c.pid, false, now);
+        if let Some(c) = shedder.conns.remove(&conn_id) {
+            self.conntrack.pin(conn_id, false);
+            if c.server {
+                self.tracer.server_hidden(c.pid, false, now);
+            }
         }
     }
 }

@@ -336,6 +336,7 @@ impl EventSink for TraceSink<'_> {
                     task: event.task,
                     hidden_work: event.flags & agent_common::DATA_HIDDEN_WORK != 0,
                     hidden_same_ask: event.flags & agent_common::DATA_HIDDEN_SAME_ASK != 0,
+                    hidden_exact_ask: event.flags & agent_common::DATA_HIDDEN_EXACT_ASK != 0,
                 };
                 // Before the exchanges it completed: they ask whether a write answered them.
                 self.tracer
@@ -398,6 +399,7 @@ impl EventSink for TraceSink<'_> {
                 task: 0,
                 hidden_work: false,
                 hidden_same_ask: false,
+                hidden_exact_ask: false,
             };
             dispatch(&mut self.tracer, &mut self.events, &conn, end);
         }

@@ -20,17 +20,7 @@ impl Tracer {
         out: &mut Vec<SpanData>,
         max: usize,
     ) -> bool {
-        self.announce_settled(now_mono, flush);
-        self.remote.expire(now_mono);
-        // By the events' time, but never more than a tick behind the clock (no events come
-        // while the services are idle).
-        let settle_at = self.last_event_ts.max(now_mono.saturating_sub(100_000_000));
-        self.settle_workers(settle_at, flush);
-        if !flush {
-            // (At a flush, the end of events is no evidence that streams ended.)
-            self.settled_by_ends_at = self.settled_by_ends_at.max(settle_at);
-            self.settle_workers_by_ends(self.settled_by_ends_at);
-        }
+        self.settle_before_export(now_mono, flush);
         loop {
             let key = if let Some(&key) = self.ready_now.front() {
                 if out.len() >= max {
@@ -50,6 +40,9 @@ impl Tracer {
             } else {
                 break;
             };
+            if self.park(key, flush) {
+                continue;
+            }
             let Some(span) = self.spans.remove(&key) else {
                 continue;
             };
@@ -123,6 +116,22 @@ impl Tracer {
             });
         }
         false
+    }
+
+    /// What waited is settled before an export: announcements, the worker rule, parked spans.
+    fn settle_before_export(&mut self, now_mono: u64, flush: bool) {
+        self.announce_settled(now_mono, flush);
+        self.remote.expire(now_mono);
+        // By the events' time, but never more than a tick behind the clock (no events come
+        // while the services are idle).
+        let settle_at = self.last_event_ts.max(now_mono.saturating_sub(100_000_000));
+        self.settle_workers(settle_at, flush);
+        if !flush {
+            // (At a flush, the end of events is no evidence that streams ended.)
+            self.settled_by_ends_at = self.settled_by_ends_at.max(settle_at);
+            self.settle_workers_by_ends(self.settled_by_ends_at);
+        }
+        self.unpark(flush);
     }
 
     /// While the budget sheds, the share of the host's edge connections it keeps: what counts

@@ -109,9 +109,11 @@ pub struct End {
     pub task: u64,
     /// The thread had hidden work open ([`agent_common::DATA_HIDDEN_WORK`]).
     pub hidden_work: bool,
-    /// One of those hidden requests asks what this one asks
+    /// One of those hidden requests asks what this one asks, or may
     /// ([`agent_common::DATA_HIDDEN_SAME_ASK`]).
     pub hidden_same_ask: bool,
+    /// One of them asks exactly what this one asks ([`agent_common::DATA_HIDDEN_EXACT_ASK`]).
+    pub hidden_exact_ask: bool,
 }
 
 pub struct Tracer {
@@ -287,7 +289,9 @@ impl Tracer {
         let (mut trace, parent, evidence) = found;
         self.callbacks.on_request(conn, key, end, made_for);
         let lineage = lineage.filter(|_| parent.is_none());
-        if !server && (lineage.is_some() || evidence == "none") {
+        // Not for the worker rule when the thread has hidden work: its answers may be a hidden
+        // request's, and deciding by ends could name the one visible stream.
+        if !server && (lineage.is_some() || (evidence == "none" && !end.hidden_work)) {
             self.wait_for_parent(pid, key, lineage.as_deref(), (unit, start.ts), &mut trace);
         }
         if parent.is_none() {
@@ -302,6 +306,7 @@ impl Tracer {
         );
         let resource = self.resources.get(&conn.process);
         let budget = open::BudgetFacts::served(served_here);
+        trace.opened();
         self.spans.insert(
             key,
             OpenSpan {
@@ -385,6 +390,8 @@ impl Tracer {
                 continue;
             };
             self.stats.abandoned += 1;
+            span.trace.closed();
+            self.abandoned_while_shedding(&span.trace);
             if span.kind == SpanKind::Server && !span.datagram && span.unit == Unit::None {
                 // A multiplexed stream that will never end: its worker is unknown, and its
                 // connection's later streams too.
@@ -434,6 +441,9 @@ impl Tracer {
         let server = span.kind == SpanKind::Server;
         if !server {
             self.callbacks.on_client_done(conn);
+        }
+        if span.finished.is_none() {
+            span.trace.closed();
         }
         span.finished = Some(Done {
             end_ts: exchange.end.ts.max(span.start_ts),

@@ -183,6 +183,8 @@ pub(super) struct BudgetFacts {
     pub(super) waited: bool,
     /// Such a span's candidates (its links), which its drop may leave incomplete.
     pub(super) ambiguous_with: Box<[SpanKey]>,
+    /// Its process hid requests when its request was seen.
+    pub(super) hid: bool,
 }
 
 impl BudgetFacts {

@@ -73,7 +73,15 @@ impl Tracer {
                 let trace = self.refuse_for_hidden_work(&parent);
                 ((trace, None, "hidden work"), None)
             }
-            ((parent, Some(_), "proxy"), _) if end.hidden_same_ask => {
+            // The proxy rule looks process-wide; hidden work is known per thread. While the
+            // process hides requests, a forward counts only when written by the thread that
+            // read the request it forwards (nginx, thread-per-request proxies), whose hidden
+            // asks the programs compared.
+            ((parent, Some(_), "proxy"), Some(of))
+                if end.hidden_same_ask
+                    || (self.shedding.hiding(conn.process.pid, start.ts)
+                        && self.spans.get(&of).is_some_and(|s| s.tid != start.tid)) =>
+            {
                 let trace = self.refuse_for_hidden_work(&parent);
                 ((trace, None, "hidden work"), None)
             }

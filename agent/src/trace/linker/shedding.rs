@@ -46,6 +46,8 @@ pub(in crate::trace) struct Shedding {
     /// The candidates the rules named for the CLIENT request being decided, when it took none
     /// (links): what a drop of it may leave incomplete.
     pub(super) candidates: Vec<super::SpanKey>,
+    /// Finished spans waiting for the rest of their trace while the budget sheds.
+    parked: Vec<super::SpanKey>,
 }
 
 /// One connection as the budget sees it.
@@ -73,7 +75,7 @@ struct Hiding {
 }
 
 impl Shedding {
-    fn hiding(&self, pid: u32, now: u64) -> bool {
+    pub(super) fn hiding(&self, pid: u32, now: u64) -> bool {
         self.hiding
             .get(&pid)
             .is_some_and(|h| h.conns > 0 || now < h.until)
@@ -101,6 +103,58 @@ impl Shedding {
 }
 
 impl Tracer {
+    /// While the budget sheds (a share under all, or a process hiding requests), a trace can
+    /// be dropped until its last span finishes: its finished spans wait for that.
+    fn parking(&self) -> bool {
+        self.shedding.enabled
+            && (self.shedding.keep_permille < 1000 || !self.shedding.hiding.is_empty())
+    }
+
+    /// Whether the finished span `key` waits for the rest of its trace (and now does).
+    pub(super) fn park(&mut self, key: super::SpanKey, flush: bool) -> bool {
+        if flush || !self.parking() {
+            return false;
+        }
+        let waits = self
+            .spans
+            .get(&key)
+            .is_some_and(|s| !s.trace.is_shed() && s.trace.open_spans() > 0);
+        if waits {
+            self.shedding.parked.push(key);
+        }
+        waits
+    }
+
+    /// Parked spans whose trace finished (or was dropped), or all when not parking any more,
+    /// go to the export queue.
+    pub(super) fn unpark(&mut self, flush: bool) {
+        if self.shedding.parked.is_empty() {
+            return;
+        }
+        let all = flush || !self.parking();
+        let parked = std::mem::take(&mut self.shedding.parked);
+        for key in parked {
+            let waits = !all
+                && self
+                    .spans
+                    .get(&key)
+                    .is_some_and(|s| !s.trace.is_shed() && s.trace.open_spans() > 0);
+            if waits {
+                self.shedding.parked.push(key);
+            } else {
+                self.ready_now.push_back(key);
+            }
+        }
+    }
+
+    /// An open span abandoned (its connection forgotten) while the budget sheds may be one a
+    /// switch cut in the middle: its trace would export its children without it.
+    pub(super) fn abandoned_while_shedding(&self, trace: &super::TraceRef) {
+        if self.parking() {
+            trace.mark_shed();
+        }
+    }
+
     /// Tracks edges for the budget from now on.
     pub fn enable_shedding(&mut self) {
         if !self.shedding.enabled {
@@ -189,14 +243,15 @@ impl Tracer {
             if settled && self.shedding.hiding(pid, ts) {
                 span.trace.mark_shed();
                 // Whichever of them it was made for misses it now; unless a hidden request
-                // asks what it asks and no visible one does (else the proxy rule would have
-                // named it): then it is that one's forward.
-                if !end.hidden_same_ask {
+                // of its thread asks exactly what it asks and no visible one does (else the
+                // proxy rule would have named it): then it is that one's forward.
+                if !end.hidden_exact_ask {
                     self.shed_traces_of(&candidates);
                 }
             } else if !settled {
                 // Decided at export, by the same rule, if no rule names its parent meanwhile.
                 span.budget.waited = true;
+                span.budget.hid = self.shedding.hiding(pid, ts);
                 span.budget.ambiguous_with = candidates.into_boxed_slice();
             }
         }
@@ -254,7 +309,7 @@ impl Tracer {
         } || (!server
             && span.parent.is_none()
             && span.budget.waited
-            && self.shedding.hiding(span.pid, now));
+            && (span.budget.hid || self.shedding.hiding(span.pid, now)));
         if drop {
             span.trace.mark_shed();
             self.shed_traces_of(&span.budget.ambiguous_with);

@@ -12,21 +12,41 @@ pub(super) struct TraceRef(Rc<RefCell<TraceNode>>);
 
 #[derive(Debug)]
 enum TraceNode {
-    /// The trace's id, and whether it is settled: no later evidence can move it into another
-    /// trace. Only a SERVER span whose client has not been seen starts an unsettled trace.
-    /// Then whether the budget's shedding drops it ([`super::shedding`]).
-    Root(TraceId, bool, bool),
+    Root(Root),
     Alias(TraceRef),
 }
 
+/// What the spans of one trace share.
+#[derive(Debug)]
+struct Root {
+    id: TraceId,
+    /// No later evidence can move it into another trace. Only a SERVER span whose client has
+    /// not been seen starts an unsettled trace.
+    settled: bool,
+    /// The budget's shedding drops it ([`super::shedding`]).
+    shed: bool,
+    /// Its spans not finished yet: while the budget sheds, finished spans wait for the whole
+    /// trace (a late drop must not leave exported spans without their parent).
+    open: u32,
+}
+
 impl TraceRef {
+    fn with(id: TraceId, settled: bool) -> Self {
+        Self(Rc::new(RefCell::new(TraceNode::Root(Root {
+            id,
+            settled,
+            shed: false,
+            open: 0,
+        }))))
+    }
+
     pub(super) fn new(id: TraceId) -> Self {
-        Self(Rc::new(RefCell::new(TraceNode::Root(id, true, false))))
+        Self::with(id, true)
     }
 
     /// A trace that may still join its client's (a SERVER span seen before its client).
     pub(super) fn unsettled(id: TraceId) -> Self {
-        Self(Rc::new(RefCell::new(TraceNode::Root(id, false, false))))
+        Self::with(id, false)
     }
 
     fn root(&self) -> Self {
@@ -43,27 +63,45 @@ impl TraceRef {
         }
     }
 
-    pub(super) fn id(&self) -> TraceId {
-        match &*self.root().0.borrow() {
-            TraceNode::Root(id, ..) => *id,
-            TraceNode::Alias(_) => [0; 16],
+    /// Reads (or changes) the root's shared state.
+    fn at_root<T>(&self, f: impl FnOnce(&mut Root) -> T) -> Option<T> {
+        match &mut *self.root().0.borrow_mut() {
+            TraceNode::Root(root) => Some(f(root)),
+            TraceNode::Alias(_) => None,
         }
     }
 
+    pub(super) fn id(&self) -> TraceId {
+        self.at_root(|r| r.id).unwrap_or([0; 16])
+    }
+
     pub(super) fn settled(&self) -> bool {
-        matches!(&*self.root().0.borrow(), TraceNode::Root(_, true, _))
+        self.at_root(|r| r.settled).unwrap_or(false)
     }
 
     /// Whether the trace is dropped, not exported ([`super::shedding`]).
     pub(super) fn is_shed(&self) -> bool {
-        matches!(&*self.root().0.borrow(), TraceNode::Root(_, _, true))
+        self.at_root(|r| r.shed).unwrap_or(false)
     }
 
     /// Drops the trace: none of its spans is exported from now on.
     pub(super) fn mark_shed(&self) {
-        if let TraceNode::Root(_, _, shed) = &mut *self.root().0.borrow_mut() {
-            *shed = true;
-        }
+        self.at_root(|r| r.shed = true);
+    }
+
+    /// A span of this trace opened.
+    pub(super) fn opened(&self) {
+        self.at_root(|r| r.open += 1);
+    }
+
+    /// A span of this trace finished (or was abandoned).
+    pub(super) fn closed(&self) {
+        self.at_root(|r| r.open = r.open.saturating_sub(1));
+    }
+
+    /// Spans of this trace not finished yet.
+    pub(super) fn open_spans(&self) -> u32 {
+        self.at_root(|r| r.open).unwrap_or(0)
     }
 
     /// Moves every span sharing this trace into `other`'s trace.
@@ -71,10 +109,12 @@ impl TraceRef {
         let mine = self.root();
         let theirs = other.root();
         if !Rc::ptr_eq(&mine.0, &theirs.0) {
-            // A dropped part leaves the whole incomplete.
-            if mine.is_shed() {
-                theirs.mark_shed();
-            }
+            let (open, shed) = mine.at_root(|r| (r.open, r.shed)).unwrap_or((0, false));
+            theirs.at_root(|r| {
+                r.open += open;
+                // A dropped part leaves the whole incomplete.
+                r.shed |= shed;
+            });
             *mine.0.borrow_mut() = TraceNode::Alias(theirs);
         }
     }

@@ -56,6 +56,7 @@ fn on_req(
         task: 0,
         hidden_work: false,
         hidden_same_ask: false,
+        hidden_exact_ask: false,
     };
     t.on_request(conn, end, start.offset, 0, trace, start);
 }
@@ -109,6 +110,7 @@ fn on_task_req(t: &mut Tracer, conn: &Connection, server: bool, task: u64, start
         task,
         hidden_work: false,
         hidden_same_ask: false,
+        hidden_exact_ask: false,
     };
     t.on_request(conn, end, start.offset, 0, None, start);
 }
@@ -120,14 +122,28 @@ fn finish_in_task(t: &mut Tracer, conn: &Connection, start: Stamp, end_ts: u64, 
 
 /// A request seen on `conn` asking `method target`, with only the proxy rule's fingerprint.
 fn on_asking(t: &mut Tracer, conn: &Connection, server: bool, ask: &str, start: Stamp) {
+    on_asking_flagged(t, conn, server, ask, start, (false, false));
+}
+
+/// [`on_asking`], the thread's hidden work as the programs flag it (`DATA_HIDDEN_WORK`,
+/// `DATA_HIDDEN_SAME_ASK`, which here also means an exact match).
+fn on_asking_flagged(
+    t: &mut Tracer,
+    conn: &Connection,
+    server: bool,
+    ask: &str,
+    start: Stamp,
+    (hidden_work, hidden_same_ask): (bool, bool),
+) {
     let (method, target) = ask.split_once(' ').expect("METHOD TARGET");
     let end = End {
         server,
         thread_causality: true,
         in_order: true,
         task: 0,
-        hidden_work: false,
-        hidden_same_ask: false,
+        hidden_work,
+        hidden_same_ask,
+        hidden_exact_ask: hidden_same_ask,
     };
     let forward = crate::protocol::forward_key(method, target);
     t.on_request(conn, end, start.offset, forward, None, start);

@@ -15,27 +15,7 @@ fn shedding_tracer(hiding: Option<u32>) -> Tracer {
     t
 }
 
-/// A request seen on `conn` asking `ask` (`METHOD TARGET`), its thread's hidden work as flagged.
-fn on_flagged(
-    t: &mut Tracer,
-    conn: &Connection,
-    server: bool,
-    ask: &str,
-    start: Stamp,
-    (hidden_work, hidden_same_ask): (bool, bool),
-) {
-    let (method, target) = ask.split_once(' ').expect("METHOD TARGET");
-    let end = End {
-        server,
-        thread_causality: true,
-        in_order: true,
-        task: 0,
-        hidden_work,
-        hidden_same_ask,
-    };
-    let forward = crate::protocol::forward_key(method, target);
-    t.on_request(conn, end, start.offset, forward, None, start);
-}
+use super::on_asking_flagged as on_flagged;
 
 #[test]
 fn a_thread_with_hidden_work_names_no_parent_and_both_traces_are_dropped() {
@@ -267,4 +247,100 @@ fn edges_are_connections_whose_every_request_started_a_trace() {
     assert!(!edge.server);
     t.forget_edge(1);
     assert_eq!(t.edges().count(), 0);
+}
+
+#[test]
+fn a_trace_dropped_late_takes_its_finished_spans_with_it() {
+    let mut t = shedding_tracer(Some(2));
+    let served = conn(1, 2, Role::Server, 80, 5000);
+    let first = conn(2, 2, Role::Client, 6000, 90);
+    let second = conn(3, 2, Role::Client, 6001, 91);
+    on_flagged(
+        &mut t,
+        &served,
+        true,
+        "GET /a",
+        stamp(10, 7, 0),
+        (false, false),
+    );
+    // A first call, parented by the thread rule, finishes (its trace is settled)...
+    on_flagged(
+        &mut t,
+        &first,
+        false,
+        "GET /b",
+        stamp(11, 7, 0),
+        (false, false),
+    );
+    finish(&mut t, &first, stamp(11, 7, 0), 12);
+    let mut out = Vec::new();
+    let _ = t.poll(100, false, &mut out, usize::MAX);
+    assert!(out.is_empty(), "its trace is still open: it waits");
+    // ... then a second call is made while the thread has hidden work: the trace may miss it.
+    on_flagged(
+        &mut t,
+        &second,
+        false,
+        "GET /c",
+        stamp(13, 7, 0),
+        (true, false),
+    );
+    finish(&mut t, &second, stamp(13, 7, 0), 14);
+    finish(&mut t, &served, stamp(10, 7, 0), 15);
+    assert!(
+        drain(&mut t).is_empty(),
+        "the first call went with its trace"
+    );
+    assert_eq!(t.stats.spans_shed, 3);
+}
+
+#[test]
+fn without_shedding_finished_spans_do_not_wait() {
+    let mut t = shedding_tracer(None);
+    let served = conn(1, 2, Role::Server, 80, 5000);
+    let first = conn(2, 2, Role::Client, 6000, 90);
+    on_flagged(
+        &mut t,
+        &served,
+        true,
+        "GET /a",
+        stamp(10, 7, 0),
+        (false, false),
+    );
+    on_flagged(
+        &mut t,
+        &first,
+        false,
+        "GET /b",
+        stamp(11, 7, 0),
+        (false, false),
+    );
+    finish(&mut t, &first, stamp(11, 7, 0), 12);
+    let mut out = Vec::new();
+    let _ = t.poll(100, false, &mut out, usize::MAX);
+    assert_eq!(out.len(), 1, "nothing hides: exported at once");
+}
+
+#[test]
+fn while_hiding_a_forward_counts_only_from_the_thread_that_read_its_request() {
+    for (writer, exported) in [(7, 2), (8, 0)] {
+        let mut t = shedding_tracer(Some(2));
+        // Thread 7 read /b; the forward is written by `writer` (8: another thread, whose
+        // hidden asks the programs did not compare with thread 7's).
+        let b = conn(1, 2, Role::Server, 80, 5001);
+        let up = conn(2, 2, Role::Client, 6000, 90);
+        on_flagged(&mut t, &b, true, "GET /b", stamp(10, 7, 0), (false, false));
+        on_flagged(
+            &mut t,
+            &up,
+            false,
+            "GET /b",
+            stamp(11, writer, 0),
+            (false, false),
+        );
+        finish(&mut t, &up, stamp(11, writer, 0), 12);
+        finish(&mut t, &b, stamp(10, 7, 0), 13);
+        let spans = drain(&mut t);
+        assert_eq!(spans.len(), exported, "writer {writer}: {spans:?}");
+    }
 }

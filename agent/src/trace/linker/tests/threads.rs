@@ -103,6 +103,7 @@ fn a_pool_threads_call_belongs_to_the_stream_it_answers_next() {
         task: 0,
         hidden_work: false,
         hidden_same_ask: false,
+        hidden_exact_ask: false,
     };
     let wrote = |streams: &[u64]| {
         let mut answered = Answered::default();
