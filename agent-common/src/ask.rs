@@ -54,7 +54,7 @@ mod tests {
         padded[..n].copy_from_slice(&bytes[..n]);
         let mut words = [0_u64; ASK_WORDS];
         for (i, w) in words.iter_mut().enumerate() {
-            *w = u64::from_le_bytes(padded[i * 8..i * 8 + 8].try_into().unwrap());
+            *w = u64::from_le_bytes(padded[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
         }
         ask_hash(&words, 1)
     }

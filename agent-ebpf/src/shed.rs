@@ -52,12 +52,12 @@ pub mod verdict {
     pub const RESUMED: u32 = 1;
     /// Send nothing.
     pub const HIDE: u32 = 2;
-    /// Send nothing: it may start a hidden request (a server's read after a write), which the
-    /// caller looks at ([`super::starts_request`]), hashes and hands to [`super::started`].
+    /// Send nothing: it starts a hidden request (a server's read after a write), which the
+    /// caller hashes and hands to [`super::started`].
     pub const HIDE_START: u32 = 3;
-    /// Send nothing: it may answer the hidden request (a server's write after a read), unless
-    /// it is an interim response ([`super::is_interim`]); the caller then calls
-    /// [`super::answered`].
+    /// Send nothing: it answers the hidden request (a server's write after a read, not an
+    /// interim response: the caller checks that first, [`super::is_interim`]); the caller
+    /// calls [`super::answered`].
     pub const HIDE_ANSWER: u32 = 4;
 }
 
@@ -114,10 +114,25 @@ pub fn verdict(entry: *mut ConnInfo, role: u32, protocol: u32, direction: u32) -
     verdict::HIDE
 }
 
-/// A hidden request on the connection of `entry` starts, asking `ask` ([`ask_hash`]).
+/// An interim response was written on the connection of `entry`: it still reads its request.
+#[inline(always)]
+pub fn still_reading(entry: *mut ConnInfo) {
+    if !entry.is_null() {
+        // SAFETY: as in `verdict`.
+        unsafe { (*entry).last_direction = Direction::Ingress as u32 };
+    }
+}
+
+/// A hidden request on the connection of `entry` starts, asking `ask` ([`ask_hash`]). One at a
+/// time per connection: while one is unanswered, a read after a write (after a response the
+/// programs could not read, say) adds nothing, so no slot leaks.
 #[inline(never)]
 pub fn started(pid_tgid: u64, entry: *mut ConnInfo, ask: u32) {
     if entry.is_null() {
+        return;
+    }
+    // SAFETY: as in `verdict`.
+    if unsafe { (*entry).hidden_reader } != 0 {
         return;
     }
     // SAFETY: as in `verdict`.
@@ -148,10 +163,18 @@ pub fn started(pid_tgid: u64, entry: *mut ConnInfo, ask: u32) {
 
 /// The hidden request on the connection of `entry` was answered (or its connection closed): it
 /// leaves its reader's hidden work, whichever thread answered.
-#[inline(always)]
-pub fn answered(entry: *const ConnInfo) {
+#[inline(never)]
+pub fn answered(entry: *mut ConnInfo) {
     // SAFETY: as in `verdict`.
     let (ask, reader) = unsafe { ((*entry).hidden_ask, (*entry).hidden_reader) };
+    if reader == 0 {
+        return;
+    }
+    // SAFETY: as in `verdict` (or a closed connection's own copy, `closed`).
+    unsafe {
+        (*entry).hidden_ask = 0;
+        (*entry).hidden_reader = 0;
+    }
     let Some(work) = HIDDEN_WORK.get_ptr_mut(&reader) else {
         return;
     };
@@ -171,9 +194,9 @@ pub fn answered(entry: *const ConnInfo) {
 /// A shed connection closes: a server's request read and not answered stops counting as its
 /// reader's hidden work.
 #[inline(never)]
-pub fn closed(info: &ConnInfo) {
+pub fn closed(mut info: ConnInfo) {
     if info.role == Role::Server as u32 && info.last_direction == Direction::Ingress as u32 {
-        answered(info);
+        answered(&raw mut info);
     }
 }
 
@@ -218,17 +241,6 @@ pub fn ask_of(src: u64, len: u64, user: bool) -> u32 {
     ask_hash(words, unsafe { core::ptr::read_volatile(&raw const ONE) })
 }
 
-/// Whether the bytes [`ask_of`] just read start a request: an upper-case method's first letter
-/// (a body read after `100 Continue` does not).
-#[inline(never)]
-pub fn starts_request() -> bool {
-    let Some(words) = ASK_SCRATCH.get(0) else {
-        return true;
-    };
-    let first = words[0] & 0xff;
-    (u64::from(b'A')..=u64::from(b'Z')).contains(&first)
-}
-
 /// Whether the response whose first bytes are at `src` (user memory) is an interim one
 /// (`HTTP/1.x 1xx`, such as `100 Continue`): it answers nothing yet.
 #[inline(never)]
@@ -241,7 +253,7 @@ pub fn is_interim(src: u64) -> bool {
     *words = [0; ASK_WORDS];
     let dst = words.as_mut_ptr().cast::<core::ffi::c_void>();
     // SAFETY: the destination holds ASK_BYTES; the helper fails cleanly on a bad source.
-    if unsafe { aya_ebpf::helpers::generated::bpf_probe_read_user(dst, 16, src as *const _) } < 0 {
+    if unsafe { aya_ebpf::helpers::generated::bpf_probe_read_user(dst, 12, src as *const _) } < 0 {
         return false;
     }
     let prefix = u64::from_le_bytes(*b"HTTP/1.\0");

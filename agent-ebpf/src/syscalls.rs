@@ -301,15 +301,15 @@ fn budget_verdict(
         verdict
         @ (shed::verdict::HIDE | shed::verdict::HIDE_START | shed::verdict::HIDE_ANSWER) => {
             if verdict == shed::verdict::HIDE_START {
-                let plain = matches!(syscall, Syscall::Read | Syscall::Recvfrom);
-                let ask = hidden_ask(regs, syscall, result);
-                // Not a request's first bytes: more of the one being read (a body sent after
-                // `100 Continue`).
-                if !plain || shed::starts_request() {
-                    shed::started(pid_tgid, conn.entry, ask);
+                shed::started(pid_tgid, conn.entry, hidden_ask(regs, syscall, result));
+            } else if verdict == shed::verdict::HIDE_ANSWER {
+                if interim_response(regs, syscall, result) {
+                    // `100 Continue` answers nothing: still reading, so the body read after it
+                    // starts no request.
+                    shed::still_reading(conn.entry);
+                } else {
+                    shed::answered(conn.entry);
                 }
-            } else if verdict == shed::verdict::HIDE_ANSWER && !interim_response(regs, syscall) {
-                shed::answered(conn.entry);
             }
             if !matches!(syscall, Syscall::Sendmmsg | Syscall::Recvmmsg) {
                 add_bytes(conn.entry, direction, result as u64);
@@ -338,9 +338,13 @@ fn hidden_ask(regs: Regs, syscall: Syscall, result: i64) -> u32 {
 
 /// Whether a hidden server write is an interim response (`100 Continue`), which answers
 /// nothing yet: read from a plain buffer or a `writev`'s first iovec; any other write is taken
-/// as the answer.
-#[inline(always)]
-fn interim_response(regs: Regs, syscall: Syscall) -> bool {
+/// as the answer. Out of line: the verifier walks it once per call site, not per path.
+#[inline(never)]
+fn interim_response(regs: Regs, syscall: Syscall, result: i64) -> bool {
+    // `HTTP/1.1 100 ` and the status line's end: shorter is no interim response.
+    if result < 12 {
+        return false;
+    }
     let first = match syscall {
         Syscall::Write | Syscall::Sendto => regs.arg1(),
         // SAFETY: bpf_probe_read_user returns an error for a bad user address.
@@ -667,7 +671,7 @@ fn close_enter(regs: Regs) {
     let _ = CONNS.remove(&key);
     if info.protocol == Protocol::Shed as u32 || info.protocol == Protocol::ResumeNext as u32 {
         // A hidden request it never answered is no one's work any more.
-        shed::closed(&info);
+        shed::closed(info);
     }
     if info.ignored == 0 {
         emit_conn(EventKind::ConnClose, pid_tgid, fd, &info, Syscall::Close);

@@ -48,7 +48,8 @@ fn cpu_seconds(pid: u32) -> f64 {
     // stime, in clock ticks.
     let rest = &stat[stat.rfind(')').expect("comm") + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let tick = |i: usize| fields[i].parse::<f64>().expect("a tick count");
+    let ticks = tick(11) + tick(12);
     // SAFETY: sysconf has no preconditions.
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
@@ -64,6 +65,10 @@ struct Shapes {
     other: Vec<String>,
 }
 
+fn parent(s: &Value) -> Option<&str> {
+    s["parent_span_id"].as_str().filter(|p| !p.is_empty())
+}
+
 /// The traces of `spans`, judged against requests of `whole` spans each, made by `root_exe`.
 fn shapes(spans: &[&Value], root_exe: &str, whole: usize) -> Shapes {
     let mut traces: HashMap<&str, Vec<&Value>> = HashMap::new();
@@ -76,9 +81,6 @@ fn shapes(spans: &[&Value], root_exe: &str, whole: usize) -> Shapes {
     let mut shapes = Shapes::default();
     for spans in traces.values() {
         let ids: Vec<&str> = spans.iter().filter_map(|s| s["span_id"].as_str()).collect();
-        fn parent(s: &Value) -> Option<&str> {
-            s["parent_span_id"].as_str().filter(|p| !p.is_empty())
-        }
         if spans
             .iter()
             .any(|s| parent(s).is_some_and(|p| !ids.contains(&p)))
@@ -156,17 +158,7 @@ fn budget_holds(port: u16, spans_per_request: usize) {
     assert!(wrk.status.success(), "wrk failed: {report}");
     // Load gone: the share recovers within a few looks (one each half second); then new
     // connections (curl's) are traced in full again.
-    let mut curls = 0;
-    let deadline = Instant::now() + Duration::from_secs(8);
-    while Instant::now() < deadline {
-        let ok = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-f", &url])
-            .status()
-            .expect("curl");
-        assert!(ok.success());
-        curls += 1;
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let curls = curl_for(&url, Duration::from_secs(8));
     let out = agent.stop();
     assert!(out.status.success(), "{}", out.stderr);
     let spans: Vec<&Value> = out.events.iter().collect();
@@ -218,6 +210,29 @@ fn budget_holds(port: u16, spans_per_request: usize) {
         cores < budget * 3.0,
         "the agent used {cores:.3} cores against a budget of {budget}"
     );
+    assert_full_capture_again(&spans, curls, spans_per_request);
+}
+
+/// curl against `url` every half second for `how_long`; returns how many requests it made.
+fn curl_for(url: &str, how_long: Duration) -> usize {
+    let mut curls = 0;
+    let deadline = Instant::now() + how_long;
+    while Instant::now() < deadline {
+        let ok = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-f", url])
+            .status()
+            .expect("curl");
+        assert!(ok.success());
+        curls += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    curls
+}
+
+/// The last of `curls` curl requests is traced whole, without the budget's share: full
+/// capture again.
+fn assert_full_capture_again(spans: &[&Value], curls: usize, spans_per_request: usize) {
+    let is_curl = |s: &Value| s["resource"]["process.executable.name"] == "curl";
     // Full capture again: the last curl requests are whole, without the budget's share.
     let curl_traces: Vec<&Value> = spans.iter().copied().filter(|s| is_curl(s)).collect();
     assert!(

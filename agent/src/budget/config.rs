@@ -119,11 +119,11 @@ mod tests {
         assert_eq!(parse_memory("1G"), Ok(Limit::At(1 << 30)));
         assert_eq!(parse_memory("off"), Ok(Limit::Off));
         for bad in ["0", "-1", "nan", "inf", "two", "0.001"] {
-            let err = parse_cpu(bad).unwrap_err().to_string();
+            let err = parse_cpu(bad).expect_err("refused").to_string();
             assert!(err.starts_with("--max-cpu:"), "{bad}: {err}");
         }
         for bad in ["1M", "12", "lots", "99999999999999G", "M"] {
-            let err = parse_memory(bad).unwrap_err().to_string();
+            let err = parse_memory(bad).expect_err("refused").to_string();
             assert!(err.starts_with("--max-memory:"), "{bad}: {err}");
         }
     }

@@ -59,7 +59,7 @@ mod tests {
     #[test]
     fn work_shows_as_cpu_time_and_memory_as_resident() {
         let mut usage = Usage::default();
-        let before = usage.sample().unwrap();
+        let before = usage.sample().expect("a sample");
         let start = std::time::Instant::now();
         let mut x = 0_u64;
         let mut after = before;
@@ -68,7 +68,7 @@ mod tests {
             for _ in 0..100_000 {
                 x = std::hint::black_box(x.wrapping_add(1));
             }
-            after = usage.sample().unwrap();
+            after = usage.sample().expect("a sample");
         }
         assert!(
             after.cpu_ns >= before.cpu_ns + 10_000_000,

@@ -236,6 +236,24 @@ impl TraceSink<'_> {
         }
     }
 
+    /// Shed connections of processes that exited (whose close the programs never saw: the
+    /// kernel closes a dead process's files without a `close` syscall) leave the budget's care.
+    pub(super) fn budget_sweep_dead(&mut self, now: u64) {
+        let Some(shedder) = &self.shedder else {
+            return;
+        };
+        let dead: Vec<u64> = shedder
+            .conns
+            .iter()
+            .filter(|(_, c)| !std::path::Path::new(&format!("/proc/{}", c.pid)).exists())
+            .map(|(id, _)| *id)
+            .collect();
+        for conn_id in dead {
+            self.budget_forget(conn_id, now);
+            self.tracer.forget_edge(conn_id);
+        }
+    }
+
     /// `conn_id` left the budget's care (resumed, closed, no longer tracked).
     pub(super) fn budget_forget(&mut self, conn_id: u64, now: u64) {
         let Some(shedder) = &mut self.shedder else {

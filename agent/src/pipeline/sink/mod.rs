@@ -475,6 +475,7 @@ impl EventSink for TraceSink<'_> {
                 self.tracer.forget_edge(conn_id);
                 self.budget_forget(conn_id, now);
             }
+            self.budget_sweep_dead(now);
         }
     }
 }

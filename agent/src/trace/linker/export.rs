@@ -56,7 +56,9 @@ impl Tracer {
             if let Some(lineage) = &span.lineage {
                 self.stop_waiting(span.pid, key, lineage);
             }
-            if span.finished.is_some() && self.shed_at_export(&span, key.0, now_mono) {
+            let shed = span.finished.is_some() && self.shed_at_export(&span, now_mono);
+            Self::decided(&span);
+            if shed {
                 self.stats.spans_shed += 1;
                 continue;
             }

@@ -390,7 +390,10 @@ impl Tracer {
                 continue;
             };
             self.stats.abandoned += 1;
-            span.trace.closed();
+            if !span.budget.waited {
+                span.trace.closed();
+            }
+            Self::decided(&span);
             self.abandoned_while_shedding(&span.trace);
             if span.kind == SpanKind::Server && !span.datagram && span.unit == Unit::None {
                 // A multiplexed stream that will never end: its worker is unknown, and its
@@ -442,9 +445,7 @@ impl Tracer {
         if !server {
             self.callbacks.on_client_done(conn);
         }
-        if span.finished.is_none() {
-            span.trace.closed();
-        }
+        let first_finish = span.finished.is_none();
         span.finished = Some(Done {
             end_ts: exchange.end.ts.max(span.start_ts),
             wait_ns: exchange
@@ -452,6 +453,12 @@ impl Tracer {
                 .map(|first| first.ts.saturating_sub(exchange.request_end.ts)),
             summary: exchange.summary,
         });
+        if first_finish {
+            self.shedding_on_finish(key);
+        }
+        let Some(span) = self.spans.get_mut(&key) else {
+            return;
+        };
         if server && !span.datagram && span.unit == Unit::None {
             // A multiplexed stream (HTTP/2): whether a write answered it.
             let stream = Stream {

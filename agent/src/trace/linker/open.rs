@@ -182,7 +182,8 @@ pub(super) struct BudgetFacts {
     /// decides later: the hiding rule judges it at export.
     pub(super) waited: bool,
     /// Such a span's candidates (its links), which its drop may leave incomplete.
-    pub(super) ambiguous_with: Box<[SpanKey]>,
+    /// They wait for it (each counted open in its trace) until it is decided.
+    pub(super) ambiguous_with: Box<[TraceRef]>,
     /// Its process hid requests when its request was seen.
     pub(super) hid: bool,
 }

@@ -76,11 +76,13 @@ impl Tracer {
             // The proxy rule looks process-wide; hidden work is known per thread. While the
             // process hides requests, a forward counts only when written by the thread that
             // read the request it forwards (nginx, thread-per-request proxies), whose hidden
-            // asks the programs compared.
+            // asks the programs compared; never in runtimes whose threads are not units of
+            // work (Go: a hidden request's goroutine may run on the reader's thread).
             ((parent, Some(_), "proxy"), Some(of))
                 if end.hidden_same_ask
                     || (self.shedding.hiding(conn.process.pid, start.ts)
-                        && self.spans.get(&of).is_some_and(|s| s.tid != start.tid)) =>
+                        && (!conn.process.runtime.threads_are_tasks()
+                            || self.spans.get(&of).is_some_and(|s| s.tid != start.tid))) =>
             {
                 let trace = self.refuse_for_hidden_work(&parent);
                 ((trace, None, "hidden work"), None)

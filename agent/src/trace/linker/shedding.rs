@@ -227,6 +227,10 @@ impl Tracer {
         if !self.shedding.enabled {
             return;
         }
+        let candidates: Vec<super::TraceRef> = candidates
+            .iter()
+            .filter_map(|k| self.spans.get(k).map(|s| s.trace.clone()))
+            .collect();
         let Some(span) = self.spans.get_mut(&key) else {
             return;
         };
@@ -246,24 +250,53 @@ impl Tracer {
                 // of its thread asks exactly what it asks and no visible one does (else the
                 // proxy rule would have named it): then it is that one's forward.
                 if !end.hidden_exact_ask {
-                    self.shed_traces_of(&candidates);
+                    candidates.iter().for_each(super::TraceRef::mark_shed);
                 }
             } else if !settled {
-                // Decided at export, by the same rule, if no rule names its parent meanwhile.
+                // Decided at export, by the same rule, if no rule names its parent meanwhile;
+                // its trace and its candidates' stay open until then (their finished spans
+                // wait).
                 span.budget.waited = true;
                 span.budget.hid = self.shedding.hiding(pid, ts);
+                candidates.iter().for_each(super::TraceRef::opened);
                 span.budget.ambiguous_with = candidates.into_boxed_slice();
             }
         }
         self.shedding.note(key.0, pid, end.server, root);
     }
 
-    /// Drops the traces of the spans `keys` still held.
-    fn shed_traces_of(&self, keys: &[super::SpanKey]) {
-        for key in keys {
-            if let Some(span) = self.spans.get(key) {
-                span.trace.mark_shed();
-            }
+    /// A span finished: the pair rules decide now, before the rest of its trace may leave
+    /// (a SERVER span of a shed pair without its client, a CLIENT span whose server end was
+    /// never seen, drop their trace). A waited span stays counted open until it is exported.
+    pub(super) fn shedding_on_finish(&mut self, key: super::SpanKey) {
+        let Some(span) = self.spans.get(&key) else {
+            return;
+        };
+        if !span.budget.waited {
+            span.trace.closed();
+        }
+        if !self.shedding.enabled {
+            return;
+        }
+        let drop = match self.shedding.pairs.get(&key.0) {
+            Some(true) => span.parent.is_none(),
+            Some(false) => !span.budget.served_here,
+            None => false,
+        };
+        if drop {
+            span.trace.mark_shed();
+        }
+    }
+
+    /// A waited span left (exported, dropped or abandoned): its trace and its candidates' are
+    /// no longer held open for it.
+    pub(super) fn decided(span: &super::open::OpenSpan) {
+        if span.budget.waited {
+            span.trace.closed();
+            span.budget
+                .ambiguous_with
+                .iter()
+                .for_each(super::TraceRef::closed);
         }
     }
 
@@ -290,29 +323,23 @@ impl Tracer {
         trace
     }
 
-    /// Whether a finished span leaves unexported, by the pair rules and the hiding rule, at
-    /// `now` (monotonic ns); its trace is dropped with it.
-    pub(super) fn shed_at_export(
-        &self,
-        span: &super::open::OpenSpan,
-        conn_id: u64,
-        now: u64,
-    ) -> bool {
+    /// Whether a finished span leaves unexported (its trace dropped, or the hiding rule for a
+    /// span that waited), at `now` (monotonic ns); its trace is dropped with it.
+    pub(super) fn shed_at_export(&self, span: &super::open::OpenSpan, now: u64) -> bool {
         if span.trace.is_shed() {
             return true;
         }
         let server = span.kind == crate::trace::span::SpanKind::Server;
-        let drop = match self.shedding.pairs.get(&conn_id) {
-            Some(true) => span.parent.is_none(),
-            Some(false) => !span.budget.served_here,
-            None => false,
-        } || (!server
+        let drop = !server
             && span.parent.is_none()
             && span.budget.waited
-            && (span.budget.hid || self.shedding.hiding(span.pid, now)));
+            && (span.budget.hid || self.shedding.hiding(span.pid, now));
         if drop {
             span.trace.mark_shed();
-            self.shed_traces_of(&span.budget.ambiguous_with);
+            span.budget
+                .ambiguous_with
+                .iter()
+                .for_each(super::TraceRef::mark_shed);
         }
         drop
     }

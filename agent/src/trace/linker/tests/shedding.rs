@@ -344,3 +344,87 @@ fn while_hiding_a_forward_counts_only_from_the_thread_that_read_its_request() {
         assert_eq!(spans.len(), exported, "writer {writer}: {spans:?}");
     }
 }
+
+#[test]
+fn a_pair_server_span_without_its_client_drops_children_already_finished() {
+    let mut t = shedding_tracer(None);
+    t.set_keep(0.5); // parking
+    let client = conn(1, 1, Role::Client, 6000, 80);
+    let server = conn(2, 2, Role::Server, 80, 6000);
+    let down = conn(3, 2, Role::Client, 6001, 90);
+    let _ = client;
+    // S read before its client end was seen, before the pair was noted.
+    on_flagged(
+        &mut t,
+        &server,
+        true,
+        "GET /s",
+        stamp(10, 7, 100),
+        (false, false),
+    );
+    t.shed_pair(1, 2);
+    on_flagged(
+        &mut t,
+        &down,
+        false,
+        "GET /d",
+        stamp(11, 7, 0),
+        (false, false),
+    );
+    finish(&mut t, &down, stamp(11, 7, 0), 12);
+    let mut out = Vec::new();
+    let _ = t.poll(100, false, &mut out, usize::MAX);
+    assert!(out.is_empty(), "parked: {out:?}");
+    finish(&mut t, &server, stamp(10, 7, 100), 13);
+    let _ = t.poll(200, false, &mut out, usize::MAX);
+    assert!(
+        out.is_empty(),
+        "a child exported whose parent was dropped: {out:#?}"
+    );
+}
+
+#[test]
+fn a_pair_client_span_without_its_server_end_drops_its_whole_trace() {
+    let mut t = shedding_tracer(None);
+    t.set_keep(0.5);
+    let loadgen = conn(20, 1, Role::Client, 5000, 80);
+    let front = conn(10, 2, Role::Server, 80, 5000);
+    let pair_client = conn(1, 2, Role::Client, 6000, 81);
+    t.shed_pair(1, 2);
+    on_flagged(
+        &mut t,
+        &loadgen,
+        false,
+        "GET /a",
+        stamp(9, 3, 0),
+        (false, false),
+    );
+    on_flagged(
+        &mut t,
+        &front,
+        true,
+        "GET /a",
+        stamp(10, 7, 0),
+        (false, false),
+    );
+    on_flagged(
+        &mut t,
+        &pair_client,
+        false,
+        "GET /b",
+        stamp(11, 7, 0),
+        (false, false),
+    );
+    finish(&mut t, &pair_client, stamp(11, 7, 0), 12);
+    let mut out = Vec::new();
+    let _ = t.poll(100, false, &mut out, usize::MAX);
+    assert!(out.is_empty());
+    finish(&mut t, &front, stamp(10, 7, 0), 13);
+    let _ = t.poll(200, false, &mut out, usize::MAX);
+    finish(&mut t, &loadgen, stamp(9, 3, 0), 14);
+    let _ = t.poll(300, false, &mut out, usize::MAX);
+    assert!(
+        out.is_empty(),
+        "the trace was dropped late but its root went out: {out:#?}"
+    );
+}
