@@ -58,6 +58,9 @@ const _: () = assert!(core::mem::size_of::<ConnInfo>() == 8 + 40 + 8 + 16 + 8 + 
 /// `SHED_CONTROL[0]`: non-zero while the agent's budget sheds any connection. Only then do the
 /// programs count hidden work and look it up for [`crate::DATA_HIDDEN_WORK`].
 pub const MAP_SHED_CONTROL: &str = "SHED_CONTROL";
+/// Each thread's hidden work while the budget sheds (`pid_tgid` → 64 bytes: an overflow count
+/// and 15 request-line hashes); the agent empties it when shedding stops.
+pub const MAP_HIDDEN_WORK: &str = "HIDDEN_WORK";
 
 /// What a connection speaks, as far as the programs can tell from its first bytes. They
 /// recognise, with the same rules as the agent's detectors but looser (so they never give up on

@@ -39,6 +39,8 @@ pub struct HiddenWork {
     overflow: u32,
     asks: [u32; ASKS],
 }
+// The agent reads it as 16 `u32`s (`agent_common::MAP_HIDDEN_WORK`).
+const _: () = assert!(core::mem::size_of::<HiddenWork>() == 64);
 
 /// Each thread's hidden work, by `pid_tgid`. An LRU: threads die with work open.
 #[map]

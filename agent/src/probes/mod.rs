@@ -133,6 +133,11 @@ pub struct KernelConns {
     map: aya::maps::HashMap<MapData, agent_common::ConnKey, agent_common::ConnInfo>,
     /// The budget's switch ([`agent_common::MAP_SHED_CONTROL`]).
     shed_control: Option<aya::maps::Array<MapData, u32>>,
+    /// The programs' per-thread hidden work ([`agent_common::MAP_HIDDEN_WORK`]), emptied when
+    /// shedding stops so that no stale entry outlives it.
+    hidden_work: Option<aya::maps::HashMap<MapData, u64, [u32; 16]>>,
+    /// Whether the switch is on.
+    shedding: bool,
 }
 
 impl KernelConns {
@@ -198,6 +203,18 @@ impl KernelConns {
         {
             tracing::warn!("{}: {e}", agent_common::MAP_SHED_CONTROL);
         }
+        if self.shedding
+            && !on
+            && let Some(work) = &mut self.hidden_work
+        {
+            // Nothing is shed: what threads still count as hidden (a request whose answer the
+            // programs missed) would only refuse parents at the next episode.
+            let threads: Vec<u64> = work.keys().filter_map(Result::ok).collect();
+            for thread in threads {
+                let _ = work.remove(&thread);
+            }
+        }
+        self.shedding = on;
     }
 }
 
@@ -579,7 +596,20 @@ impl Probes {
                     .inspect_err(|e| tracing::warn!("{}: {e}", agent_common::MAP_SHED_CONTROL))
                     .ok()
             });
-        Ok(KernelConns { map, shed_control })
+        let hidden_work = self
+            .ebpf
+            .take_map(agent_common::MAP_HIDDEN_WORK)
+            .and_then(|map| {
+                aya::maps::HashMap::try_from(map)
+                    .inspect_err(|e| tracing::warn!("{}: {e}", agent_common::MAP_HIDDEN_WORK))
+                    .ok()
+            });
+        Ok(KernelConns {
+            map,
+            shed_control,
+            hidden_work,
+            shedding: false,
+        })
     }
 
     /// One counter, summed over the CPUs.
