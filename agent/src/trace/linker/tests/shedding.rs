@@ -17,19 +17,17 @@ fn shedding_tracer(hiding: Option<u32>) -> Tracer {
 
 use super::on_asking_flagged as on_flagged;
 
+/// A request of a thread without hidden work ([`on_flagged`] with no flag).
+fn on_visible(t: &mut Tracer, conn: &Connection, server: bool, ask: &str, start: Stamp) {
+    on_flagged(t, conn, server, ask, start, (false, false));
+}
+
 #[test]
 fn a_thread_with_hidden_work_names_no_parent_and_both_traces_are_dropped() {
     let mut t = shedding_tracer(Some(2));
     let served = conn(1, 2, Role::Server, 80, 5000);
     let call = conn(2, 2, Role::Client, 6000, 90);
-    on_flagged(
-        &mut t,
-        &served,
-        true,
-        "GET /a",
-        stamp(10, 7, 0),
-        (false, false),
-    );
+    on_visible(&mut t, &served, true, "GET /a", stamp(10, 7, 0));
     on_flagged(
         &mut t,
         &call,
@@ -54,22 +52,8 @@ fn without_hidden_work_the_thread_rule_holds_while_shedding() {
     let mut t = shedding_tracer(Some(2));
     let served = conn(1, 2, Role::Server, 80, 5000);
     let call = conn(2, 2, Role::Client, 6000, 90);
-    on_flagged(
-        &mut t,
-        &served,
-        true,
-        "GET /a",
-        stamp(10, 7, 0),
-        (false, false),
-    );
-    on_flagged(
-        &mut t,
-        &call,
-        false,
-        "GET /b",
-        stamp(11, 7, 0),
-        (false, false),
-    );
+    on_visible(&mut t, &served, true, "GET /a", stamp(10, 7, 0));
+    on_visible(&mut t, &call, false, "GET /b", stamp(11, 7, 0));
     finish(&mut t, &call, stamp(11, 7, 0), 12);
     finish(&mut t, &served, stamp(10, 7, 0), 13);
     let spans = drain(&mut t);
@@ -86,8 +70,8 @@ fn a_forward_is_refused_only_when_a_hidden_request_asks_the_same() {
         let a = conn(1, 2, Role::Server, 80, 5000);
         let b = conn(2, 2, Role::Server, 80, 5001);
         let up = conn(3, 2, Role::Client, 6000, 90);
-        on_flagged(&mut t, &a, true, "GET /a", stamp(10, 7, 0), (false, false));
-        on_flagged(&mut t, &b, true, "GET /b", stamp(11, 7, 0), (false, false));
+        on_visible(&mut t, &a, true, "GET /a", stamp(10, 7, 0));
+        on_visible(&mut t, &b, true, "GET /b", stamp(11, 7, 0));
         on_flagged(
             &mut t,
             &up,
@@ -114,22 +98,8 @@ fn a_hiding_process_drops_a_parentless_call_with_its_subtree() {
         // Thread 9 of process 2 serves nothing; its call's server end is process 3's.
         let call = conn(1, 2, Role::Client, 6000, 90);
         let below = conn(2, 3, Role::Server, 90, 6000);
-        on_flagged(
-            &mut t,
-            &call,
-            false,
-            "GET /c",
-            stamp(10, 9, 0),
-            (false, false),
-        );
-        on_flagged(
-            &mut t,
-            &below,
-            true,
-            "GET /c",
-            stamp(11, 4, 0),
-            (false, false),
-        );
+        on_visible(&mut t, &call, false, "GET /c", stamp(10, 9, 0));
+        on_visible(&mut t, &below, true, "GET /c", stamp(11, 4, 0));
         finish(&mut t, &below, stamp(11, 4, 0), 12);
         finish(&mut t, &call, stamp(10, 9, 0), 13);
         let spans = drain(&mut t);
@@ -146,42 +116,14 @@ fn a_shed_pair_drops_the_half_of_a_request_it_saw() {
     let server = conn(2, 2, Role::Server, 80, 6000);
     t.shed_pair(1, 2);
     // A request only the server end saw (the client end had switched first)...
-    on_flagged(
-        &mut t,
-        &server,
-        true,
-        "GET /s",
-        stamp(10, 7, 100),
-        (false, false),
-    );
+    on_visible(&mut t, &server, true, "GET /s", stamp(10, 7, 100));
     finish(&mut t, &server, stamp(10, 7, 100), 11);
     // ... and one only the client end saw.
-    on_flagged(
-        &mut t,
-        &client,
-        false,
-        "GET /c",
-        stamp(12, 8, 200),
-        (false, false),
-    );
+    on_visible(&mut t, &client, false, "GET /c", stamp(12, 8, 200));
     finish(&mut t, &client, stamp(12, 8, 200), 13);
     // And one both saw: kept.
-    on_flagged(
-        &mut t,
-        &client,
-        false,
-        "GET /b",
-        stamp(14, 8, 300),
-        (false, false),
-    );
-    on_flagged(
-        &mut t,
-        &server,
-        true,
-        "GET /b",
-        stamp(15, 7, 300),
-        (false, false),
-    );
+    on_visible(&mut t, &client, false, "GET /b", stamp(14, 8, 300));
+    on_visible(&mut t, &server, true, "GET /b", stamp(15, 7, 300));
     finish(&mut t, &server, stamp(15, 7, 300), 16);
     finish(&mut t, &client, stamp(14, 8, 300), 17);
     let spans = drain(&mut t);
@@ -202,38 +144,10 @@ fn edges_are_connections_whose_every_request_started_a_trace() {
     for i in 0..3 {
         let at = 10 + 10 * i;
         let off = 100 * i;
-        on_flagged(
-            &mut t,
-            &gen_end,
-            false,
-            "GET /p",
-            stamp(at, 8, off),
-            (false, false),
-        );
-        on_flagged(
-            &mut t,
-            &front,
-            true,
-            "GET /p",
-            stamp(at + 1, 7, off),
-            (false, false),
-        );
-        on_flagged(
-            &mut t,
-            &down,
-            false,
-            "GET /f",
-            stamp(at + 2, 7, off),
-            (false, false),
-        );
-        on_flagged(
-            &mut t,
-            &back,
-            true,
-            "GET /f",
-            stamp(at + 3, 6, off),
-            (false, false),
-        );
+        on_visible(&mut t, &gen_end, false, "GET /p", stamp(at, 8, off));
+        on_visible(&mut t, &front, true, "GET /p", stamp(at + 1, 7, off));
+        on_visible(&mut t, &down, false, "GET /f", stamp(at + 2, 7, off));
+        on_visible(&mut t, &back, true, "GET /f", stamp(at + 3, 6, off));
         finish(&mut t, &back, stamp(at + 3, 6, off), at + 4);
         finish(&mut t, &down, stamp(at + 2, 7, off), at + 5);
         finish(&mut t, &front, stamp(at + 1, 7, off), at + 6);
@@ -255,23 +169,9 @@ fn a_trace_dropped_late_takes_its_finished_spans_with_it() {
     let served = conn(1, 2, Role::Server, 80, 5000);
     let first = conn(2, 2, Role::Client, 6000, 90);
     let second = conn(3, 2, Role::Client, 6001, 91);
-    on_flagged(
-        &mut t,
-        &served,
-        true,
-        "GET /a",
-        stamp(10, 7, 0),
-        (false, false),
-    );
+    on_visible(&mut t, &served, true, "GET /a", stamp(10, 7, 0));
     // A first call, parented by the thread rule, finishes (its trace is settled)...
-    on_flagged(
-        &mut t,
-        &first,
-        false,
-        "GET /b",
-        stamp(11, 7, 0),
-        (false, false),
-    );
+    on_visible(&mut t, &first, false, "GET /b", stamp(11, 7, 0));
     finish(&mut t, &first, stamp(11, 7, 0), 12);
     let mut out = Vec::new();
     let _ = t.poll(100, false, &mut out, usize::MAX);
@@ -299,22 +199,8 @@ fn without_shedding_finished_spans_do_not_wait() {
     let mut t = shedding_tracer(None);
     let served = conn(1, 2, Role::Server, 80, 5000);
     let first = conn(2, 2, Role::Client, 6000, 90);
-    on_flagged(
-        &mut t,
-        &served,
-        true,
-        "GET /a",
-        stamp(10, 7, 0),
-        (false, false),
-    );
-    on_flagged(
-        &mut t,
-        &first,
-        false,
-        "GET /b",
-        stamp(11, 7, 0),
-        (false, false),
-    );
+    on_visible(&mut t, &served, true, "GET /a", stamp(10, 7, 0));
+    on_visible(&mut t, &first, false, "GET /b", stamp(11, 7, 0));
     finish(&mut t, &first, stamp(11, 7, 0), 12);
     let mut out = Vec::new();
     let _ = t.poll(100, false, &mut out, usize::MAX);
@@ -329,15 +215,8 @@ fn while_hiding_a_forward_counts_only_from_the_thread_that_read_its_request() {
         // hidden asks the programs did not compare with thread 7's).
         let b = conn(1, 2, Role::Server, 80, 5001);
         let up = conn(2, 2, Role::Client, 6000, 90);
-        on_flagged(&mut t, &b, true, "GET /b", stamp(10, 7, 0), (false, false));
-        on_flagged(
-            &mut t,
-            &up,
-            false,
-            "GET /b",
-            stamp(11, writer, 0),
-            (false, false),
-        );
+        on_visible(&mut t, &b, true, "GET /b", stamp(10, 7, 0));
+        on_visible(&mut t, &up, false, "GET /b", stamp(11, writer, 0));
         finish(&mut t, &up, stamp(11, writer, 0), 12);
         finish(&mut t, &b, stamp(10, 7, 0), 13);
         let spans = drain(&mut t);
@@ -354,23 +233,9 @@ fn a_pair_server_span_without_its_client_drops_children_already_finished() {
     let down = conn(3, 2, Role::Client, 6001, 90);
     let _ = client;
     // S read before its client end was seen, before the pair was noted.
-    on_flagged(
-        &mut t,
-        &server,
-        true,
-        "GET /s",
-        stamp(10, 7, 100),
-        (false, false),
-    );
+    on_visible(&mut t, &server, true, "GET /s", stamp(10, 7, 100));
     t.shed_pair(1, 2);
-    on_flagged(
-        &mut t,
-        &down,
-        false,
-        "GET /d",
-        stamp(11, 7, 0),
-        (false, false),
-    );
+    on_visible(&mut t, &down, false, "GET /d", stamp(11, 7, 0));
     finish(&mut t, &down, stamp(11, 7, 0), 12);
     let mut out = Vec::new();
     let _ = t.poll(100, false, &mut out, usize::MAX);
@@ -391,30 +256,9 @@ fn a_pair_client_span_without_its_server_end_drops_its_whole_trace() {
     let front = conn(10, 2, Role::Server, 80, 5000);
     let pair_client = conn(1, 2, Role::Client, 6000, 81);
     t.shed_pair(1, 2);
-    on_flagged(
-        &mut t,
-        &loadgen,
-        false,
-        "GET /a",
-        stamp(9, 3, 0),
-        (false, false),
-    );
-    on_flagged(
-        &mut t,
-        &front,
-        true,
-        "GET /a",
-        stamp(10, 7, 0),
-        (false, false),
-    );
-    on_flagged(
-        &mut t,
-        &pair_client,
-        false,
-        "GET /b",
-        stamp(11, 7, 0),
-        (false, false),
-    );
+    on_visible(&mut t, &loadgen, false, "GET /a", stamp(9, 3, 0));
+    on_visible(&mut t, &front, true, "GET /a", stamp(10, 7, 0));
+    on_visible(&mut t, &pair_client, false, "GET /b", stamp(11, 7, 0));
     finish(&mut t, &pair_client, stamp(11, 7, 0), 12);
     let mut out = Vec::new();
     let _ = t.poll(100, false, &mut out, usize::MAX);
