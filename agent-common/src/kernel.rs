@@ -75,8 +75,23 @@ pub struct CaptureConfig {
     /// The inode number of the only network namespace whose sockets are traced (`--netns-only`,
     /// one agent per namespace as per host); 0 traces every namespace.
     pub netns: u32,
-    /// Explicit padding to a multiple of eight bytes.
-    pub reserved: u32,
+    /// Where the exit programs stop ([`exit_stage`]): the benchmark's breakdown of where a
+    /// captured syscall's time goes; [`exit_stage::FULL`] (0) for capture. A read-only global,
+    /// so the verifier prunes the branches of the other stages: capture carries none of them.
+    pub stop_after: u32,
+}
+
+/// How far the exit programs go ([`CaptureConfig::stop_after`]). Each breakdown stage stops
+/// after one more step, so the cost of a step is the difference between two stages' runs.
+pub mod exit_stage {
+    /// All the way: capture.
+    pub const FULL: u32 = 0;
+    /// Up to the connection lookup (and the opaque check).
+    pub const LOOKUP: u32 = 1;
+    /// Then the timestamps (the entry stamp, or the clock).
+    pub const CLOCK: u32 = 2;
+    /// Then the payload copy and the protocol detection, without the ring output.
+    pub const COPY: u32 = 3;
 }
 const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 24);
 
@@ -99,7 +114,7 @@ impl Default for CaptureConfig {
             skip_opaque: 1,
             wakeup_backlog_bytes: wakeup_backlog_bytes(crate::DEFAULT_RING_BYTES),
             netns: 0,
-            reserved: 0,
+            stop_after: exit_stage::FULL,
         }
     }
 }

@@ -62,6 +62,38 @@ pub const MAP_SHED_CONTROL: &str = "SHED_CONTROL";
 /// and 15 request-line hashes); the agent empties it when shedding stops.
 pub const MAP_HIDDEN_WORK: &str = "HIDDEN_WORK";
 
+/// The exit programs a socket syscall's exit is handed to, by family (`EXIT_FAMILIES[i]` sits
+/// at index `i` of [`MAP_EXIT_JUMPS`]): the dispatcher on `raw_syscalls/sys_exit` picks one by
+/// syscall number and tail-calls it. Each is verified on its own (its own instruction budget and
+/// 512-byte stack), which the whole capture path in one program no longer fitted.
+pub const EXIT_FAMILIES: [&str; 6] = [
+    "sys_exit_open",
+    "sys_exit_buffer",
+    "sys_exit_vector",
+    "sys_exit_other",
+    "sys_exit_discover",
+    "sys_exit_message",
+];
+/// Indices into [`EXIT_FAMILIES`].
+pub mod exit_family {
+    /// `accept`, `accept4`, `connect`.
+    pub const OPEN: u32 = 0;
+    /// One buffer: `read`, `write`, `recvfrom`, `sendto`.
+    pub const BUFFER: u32 = 1;
+    /// iovecs: `readv`, `writev`.
+    pub const VECTOR: u32 = 2;
+    /// `recvmmsg`, `sendmmsg`, `sendfile`.
+    pub const OTHER: u32 = 3;
+    /// Not a family: the program that walks the kernel's structs for an fd a family's program
+    /// did not find in the table, then hands the exit back.
+    pub const DISCOVER: u32 = 4;
+    /// A message header's iovecs: `recvmsg`, `sendmsg`. Apart from `readv`/`writev`: together
+    /// the verifier walked 455,000 instructions, apart under half as many.
+    pub const MESSAGE: u32 = 5;
+}
+/// The program array the exit dispatcher tail-calls into.
+pub const MAP_EXIT_JUMPS: &str = "EXIT_JUMPS";
+
 /// What a connection speaks, as far as the programs can tell from its first bytes. They
 /// recognise, with the same rules as the agent's detectors but looser (so they never give up on
 /// a connection the agent would still parse): the start of an HTTP/1 request on the request side
@@ -369,10 +401,13 @@ pub enum Counter {
     TlsUnlinked = 7,
     /// Data syscalls on connections the budget shed ([`Protocol::Shed`]): not copied, not sent.
     ShedSyscalls = 8,
+    /// Socket syscall exits lost because the dispatcher's tail call into their family's program
+    /// ([`EXIT_FAMILIES`]) failed (the slot was empty, or the kernel's tail-call limit).
+    TailCallFailed = 9,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::EventsSent,
         Self::RingFull,
@@ -383,6 +418,7 @@ impl Counter {
         Self::SocketWalkFailed,
         Self::TlsUnlinked,
         Self::ShedSyscalls,
+        Self::TailCallFailed,
     ];
 
     /// The name used in logs and self-metrics.
@@ -398,6 +434,7 @@ impl Counter {
             Self::SocketWalkFailed => "socket_walk_failed",
             Self::TlsUnlinked => "tls_unlinked",
             Self::ShedSyscalls => "shed_syscalls",
+            Self::TailCallFailed => "tail_call_failed",
         }
     }
 }

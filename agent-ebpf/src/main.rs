@@ -43,8 +43,6 @@ mod regs;
 mod shed;
 #[cfg(target_arch = "bpf")]
 mod socket;
-#[cfg(all(target_arch = "bpf", feature = "bench"))]
-mod stages;
 #[cfg(target_arch = "bpf")]
 mod syscalls;
 #[cfg(target_arch = "bpf")]

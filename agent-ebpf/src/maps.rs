@@ -6,8 +6,14 @@ use agent_common::{
 };
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
+
+/// The exit programs by family (`agent_common::EXIT_FAMILIES`), filled by user space before the
+/// dispatcher is attached.
+#[map]
+pub static EXIT_JUMPS: ProgramArray =
+    ProgramArray::with_max_entries(agent_common::EXIT_FAMILIES.len() as u32, 0);
 
 /// Connection and data records for user space. Its size is set at load time.
 #[map]
@@ -90,7 +96,7 @@ pub static GO_TLS_HANDSHAKES: LruHashMap<SslKey, u64> = LruHashMap::with_max_ent
 
 /// Field offsets resolved by user space from the running kernel's BTF.
 #[unsafe(no_mangle)]
-static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
+pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     ready: 0,
     task_files: 0,
     files_fdt: 0,
@@ -118,27 +124,33 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
 /// The agent's tgid, the capture size, whether opaque connections are skipped, and the backlog
 /// that wakes the agent.
 #[unsafe(no_mangle)]
-static CAPTURE_CONFIG: CaptureConfig = CaptureConfig {
+pub static CAPTURE_CONFIG: CaptureConfig = CaptureConfig {
     agent_tgid: 0,
     capture_bytes: agent_common::DEFAULT_CAPTURE_BYTES,
     skip_opaque: 1,
     wakeup_backlog_bytes: agent_common::wakeup_backlog_bytes(agent_common::DEFAULT_RING_BYTES),
     netns: 0,
-    reserved: 0,
+    stop_after: agent_common::exit_stage::FULL,
 };
 
-/// The offsets, read so that the compiler cannot fold the load-time value away.
-#[inline(always)]
-pub fn offsets() -> KernelOffsets {
-    // SAFETY: a plain read of a static the loader patched before the program ran.
-    unsafe { core::ptr::read_volatile(&raw const KERNEL_OFFSETS) }
+/// One field of the offsets, read so that the compiler cannot fold the load-time value away.
+/// Field by field: a copy of the whole struct would take ~90 bytes of a program's 512-byte stack.
+macro_rules! offset {
+    ($field:ident) => {
+        // SAFETY: a plain read of a static the loader patched before the program ran.
+        unsafe { core::ptr::read_volatile(&raw const $crate::maps::KERNEL_OFFSETS.$field) }
+    };
 }
+pub(crate) use offset;
 
-#[inline(always)]
-pub fn config() -> CaptureConfig {
-    // SAFETY: as in `offsets`.
-    unsafe { core::ptr::read_volatile(&raw const CAPTURE_CONFIG) }
+/// One field of the capture configuration: as [`offset`].
+macro_rules! config {
+    ($field:ident) => {
+        // SAFETY: as in `offset!`.
+        unsafe { core::ptr::read_volatile(&raw const $crate::maps::CAPTURE_CONFIG.$field) }
+    };
 }
+pub(crate) use config;
 
 #[inline(always)]
 pub fn count(counter: Counter) {

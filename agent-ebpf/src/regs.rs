@@ -63,6 +63,20 @@ pub fn exit_traced(number: u64) -> Option<Syscall> {
     })
 }
 
+/// The exit program family (`agent_common::exit_family`) of a traced syscall number.
+#[inline(always)]
+pub fn exit_family_of(number: u64) -> Option<u32> {
+    use agent_common::exit_family;
+    Some(match number {
+        nr::READ | nr::WRITE | nr::SENDTO | nr::RECVFROM => exit_family::BUFFER,
+        nr::READV | nr::WRITEV => exit_family::VECTOR,
+        nr::SENDMSG | nr::RECVMSG => exit_family::MESSAGE,
+        nr::CONNECT | nr::ACCEPT | nr::ACCEPT4 => exit_family::OPEN,
+        nr::RECVMMSG | nr::SENDMMSG | nr::SENDFILE => exit_family::OTHER,
+        _ => return None,
+    })
+}
+
 /// Whether a syscall number hands bytes to the kernel (its entry time is when they left).
 #[inline(always)]
 pub fn is_egress(number: u64) -> bool {

@@ -264,8 +264,9 @@ pub fn is_interim(src: u64) -> bool {
 
 /// The hidden-work flags for a request a client end writes on thread `pid_tgid`, whose first
 /// `len` bytes are at `payload` (kernel memory: the record being assembled). Looked up only
-/// while something is shed.
-#[inline(never)]
+/// while something is shed. Inlined: out of line its frame and the exit program's would not fit
+/// the 512 bytes a call chain gets.
+#[inline(always)]
 pub fn hidden_work_flags(pid_tgid: u64, payload: u64, len: u64) -> u32 {
     let shedding = SHED_CONTROL.get(0).copied().unwrap_or(0);
     if shedding == 0 {

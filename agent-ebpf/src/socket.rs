@@ -7,12 +7,11 @@
 //! BTF by user space: nothing here depends on the layout of the kernel it was compiled against.
 
 use agent_common::{
-    AF_INET, AF_INET6, ConnInfo, IPPROTO_TCP, KernelOffsets, S_IFMT, S_IFSOCK, SOCK_STREAM,
-    SockTuple,
+    AF_INET, AF_INET6, ConnInfo, IPPROTO_TCP, S_IFMT, S_IFSOCK, SOCK_STREAM, SockTuple,
 };
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 
-use crate::maps::{config, offsets};
+use crate::maps::{config, offset};
 
 /// What the walk found for an fd.
 pub enum FdKind {
@@ -39,50 +38,49 @@ fn read_at<T>(base: u64, offset: u32) -> Result<T, i64> {
 /// kernel reads.
 #[inline(always)]
 pub fn classify_fd(fd: i32, conn: &mut ConnInfo) -> Result<FdKind, i64> {
-    let off = offsets();
-    if off.ready == 0 || fd < 0 {
+    if offset!(ready) == 0 || fd < 0 {
         return Ok(FdKind::Other);
     }
     // SAFETY: the helper has no preconditions; the pointer it returns is only used as an address
     // for bpf_probe_read_kernel.
     let task = unsafe { bpf_get_current_task() };
-    let files: u64 = read_at(task, off.task_files)?;
-    let fdt: u64 = read_at(files, off.files_fdt)?;
-    let max_fds: u32 = read_at(fdt, off.fdtable_max_fds)?;
+    let files: u64 = read_at(task, offset!(task_files))?;
+    let fdt: u64 = read_at(files, offset!(files_fdt))?;
+    let max_fds: u32 = read_at(fdt, offset!(fdtable_max_fds))?;
     if fd as u32 >= max_fds {
         return Ok(FdKind::Other);
     }
-    let fd_array: u64 = read_at(fdt, off.fdtable_fd)?;
+    let fd_array: u64 = read_at(fdt, offset!(fdtable_fd))?;
     let file: u64 = read_at(fd_array + (fd as u64) * 8, 0)?;
     if file == 0 {
         return Ok(FdKind::Other);
     }
-    let inode: u64 = read_at(file, off.file_f_inode)?;
-    let mode: u16 = read_at(inode, off.inode_i_mode)?;
+    let inode: u64 = read_at(file, offset!(file_f_inode))?;
+    let mode: u16 = read_at(inode, offset!(inode_i_mode))?;
     if mode & S_IFMT != S_IFSOCK {
         return Ok(FdKind::Other);
     }
-    let socket: u64 = read_at(file, off.file_private_data)?;
-    let sock_type: i16 = read_at(socket, off.socket_type)?;
-    let sk: u64 = read_at(socket, off.socket_sk)?;
+    let socket: u64 = read_at(file, offset!(file_private_data))?;
+    let sock_type: i16 = read_at(socket, offset!(socket_type))?;
+    let sk: u64 = read_at(socket, offset!(socket_sk))?;
     if sk == 0 {
         return Ok(FdKind::Untraced);
     }
-    let family: u16 = read_at(sk, off.skc_family)?;
+    let family: u16 = read_at(sk, offset!(skc_family))?;
     if family != AF_INET && family != AF_INET6 {
         return Ok(FdKind::Untraced);
     }
-    let netns = config().netns;
+    let netns = config!(netns);
     if netns != 0 {
-        let net: u64 = read_at(sk, off.skc_net)?;
-        let inum: u32 = read_at(net, off.net_ns_inum)?;
+        let net: u64 = read_at(sk, offset!(skc_net))?;
+        let inum: u32 = read_at(net, offset!(net_ns_inum))?;
         if inum != netns {
             return Ok(FdKind::Untraced);
         }
     }
-    read_tuple(sk, family, &off, &mut conn.tuple)?;
+    read_tuple(sk, family, &mut conn.tuple)?;
     conn.tuple.sock_type = sock_type as u16;
-    let protocol: u16 = read_at(sk, off.sk_protocol)?;
+    let protocol: u16 = read_at(sk, offset!(sk_protocol))?;
     conn.tcp_sk = if conn.tuple.sock_type == SOCK_STREAM && protocol == IPPROTO_TCP {
         sk
     } else {
@@ -98,11 +96,10 @@ pub fn classify_fd(fd: i32, conn: &mut ConnInfo) -> Result<FdKind, i64> {
 /// wrong; the agent then pairs nothing through it, never wrongly (it compares the requests).
 #[inline(always)]
 pub fn stream_seq(tcp_sk: u64, egress: bool, moved: u64) -> Result<u32, i64> {
-    let off = offsets();
     let field = if egress {
-        off.tcp_write_seq
+        offset!(tcp_write_seq)
     } else {
-        off.tcp_copied_seq
+        offset!(tcp_copied_seq)
     };
     let after: u32 = read_at(tcp_sk, field)?;
     Ok(after.wrapping_sub(moved as u32))
@@ -110,22 +107,22 @@ pub fn stream_seq(tcp_sk: u64, egress: bool, moved: u64) -> Result<u32, i64> {
 
 /// Reads the endpoints of an inet socket.
 #[inline(always)]
-fn read_tuple(sk: u64, family: u16, off: &KernelOffsets, tuple: &mut SockTuple) -> Result<(), i64> {
+fn read_tuple(sk: u64, family: u16, tuple: &mut SockTuple) -> Result<(), i64> {
     *tuple = SockTuple {
         family,
         ..SockTuple::default()
     };
     if family == AF_INET {
-        let local: [u8; 4] = read_at(sk, off.skc_rcv_saddr)?;
-        let remote: [u8; 4] = read_at(sk, off.skc_daddr)?;
+        let local: [u8; 4] = read_at(sk, offset!(skc_rcv_saddr))?;
+        let remote: [u8; 4] = read_at(sk, offset!(skc_daddr))?;
         tuple.local_addr[..4].copy_from_slice(&local);
         tuple.remote_addr[..4].copy_from_slice(&remote);
     } else {
-        tuple.local_addr = read_at(sk, off.skc_v6_rcv_saddr)?;
-        tuple.remote_addr = read_at(sk, off.skc_v6_daddr)?;
+        tuple.local_addr = read_at(sk, offset!(skc_v6_rcv_saddr))?;
+        tuple.remote_addr = read_at(sk, offset!(skc_v6_daddr))?;
     }
-    tuple.local_port = read_at(sk, off.skc_num)?;
-    let remote_port_be: u16 = read_at(sk, off.skc_dport)?;
+    tuple.local_port = read_at(sk, offset!(skc_num))?;
+    let remote_port_be: u16 = read_at(sk, offset!(skc_dport))?;
     tuple.remote_port = u16::from_be(remote_port_be);
     Ok(())
 }

@@ -11,10 +11,18 @@
 //! syscall tracepoint puts all tasks on the slow syscall path, but the per-syscall ones also
 //! build a trace record and run the perf glue for each traced syscall, which measured ~250 ns
 //! more per syscall here than the raw ones (BENCHMARKS.md).
+//!
+//! The exit side is a dispatcher that hands each socket syscall to one program per syscall
+//! family (`agent_common::EXIT_FAMILIES`) by tail call; every other syscall ends in the
+//! dispatcher after one comparison. One program for all of them no longer fitted the verifier
+//! (a million instructions walked and a 512-byte stack for the program and its deepest call
+//! chain): on kernel 6.18.44 it was refused at 1,000,001 walked instructions, and once below
+//! that, for its stack. Each family's program is verified on its own, with only its own paths.
 
 use agent_common::{
     ConnEvent, ConnInfo, ConnKey, Counter, DATA_RESUMED, DATA_SEQ_VALID, DataEvent, Direction,
     EventHeader, EventKind, MAX_CAPTURE_BYTES, MAX_IOVECS, MAX_MMSG, Protocol, Role, Syscall,
+    exit_family, exit_stage,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
@@ -27,9 +35,10 @@ use crate::{
     detect,
     followed::{self, NOT_FOLLOWED},
     maps::{
-        CONNS, ENTRY_STAMPS, EVENTS, EntryStamp, SCRATCH, config, count, current_comm, next_conn_id,
+        CONNS, ENTRY_STAMPS, EVENTS, EXIT_JUMPS, EntryStamp, SCRATCH, config, count, current_comm,
+        next_conn_id,
     },
-    regs::{Regs, exit_traced, is_egress, nr},
+    regs::{Regs, exit_family_of, exit_traced, is_egress, nr},
     shed,
     socket::{FdKind, classify_fd, stream_seq},
     tls,
@@ -51,7 +60,7 @@ fn wakeup_flags(unchecked_bytes: &mut u64, size: u64) -> u64 {
     *unchecked_bytes = 0;
     // Below the threshold records are submitted without a wake-up and the agent drains the ring
     // on a short timer: no wake-up per record (each costs an IPI and a context switch).
-    let threshold = u64::from(config().wakeup_backlog_bytes);
+    let threshold = u64::from(config!(wakeup_backlog_bytes));
     if EVENTS.query(u64::from(aya_ebpf::bindings::BPF_RB_AVAIL_DATA)) >= threshold {
         u64::from(aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP)
     } else {
@@ -66,7 +75,7 @@ const EINPROGRESS_RET: i64 = -115;
 #[inline(always)]
 pub fn traced_pid_tgid() -> Option<u64> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if (pid_tgid >> 32) as u32 == config().agent_tgid {
+    if (pid_tgid >> 32) as u32 == config!(agent_tgid) {
         None
     } else {
         Some(pid_tgid)
@@ -102,7 +111,7 @@ pub fn now_ns() -> u64 {
 
 /// Sends an open or close record.
 #[inline(always)]
-fn emit_conn(kind: EventKind, pid_tgid: u64, fd: i32, info: &ConnInfo, syscall: Syscall) {
+fn emit_conn(kind: EventKind, pid_tgid: u64, fd: i32, info: &ConnInfo, syscall: u32) {
     let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
         count(Counter::RingFull);
         return;
@@ -111,7 +120,7 @@ fn emit_conn(kind: EventKind, pid_tgid: u64, fd: i32, info: &ConnInfo, syscall: 
         header: header(kind, pid_tgid, fd, info.conn_id, now_ns()),
         tuple: info.tuple,
         role: info.role,
-        syscall: syscall as u32,
+        syscall,
         bytes_sent: info.bytes_sent,
         bytes_received: info.bytes_received,
         comm: current_comm(),
@@ -140,7 +149,7 @@ fn new_conn() -> Option<&'static mut ConnInfo> {
 /// Starts tracking `fd` as a new connection and announces it; returns its id. `info` holds
 /// what `classify_fd` found (endpoints, TCP socket); the rest is set here.
 #[inline(always)]
-fn track(pid_tgid: u64, fd: i32, info: &mut ConnInfo, role: Role, syscall: Syscall) -> Option<u64> {
+fn track(pid_tgid: u64, fd: i32, info: &mut ConnInfo, role: Role, syscall: u32) -> Option<u64> {
     info.conn_id = next_conn_id();
     info.role = role as u32;
     info.ignored = 0;
@@ -184,45 +193,90 @@ struct Tracked {
     entry: *mut ConnInfo,
 }
 
-/// `fd` if it is a tracked inet socket, discovering it on first sight (a socket that pre-dates
-/// the agent or came through fork).
+/// What the table says of an fd.
+enum Lookup {
+    Tracked(Tracked),
+    /// Known and not traced (a non-inet socket, or another namespace's).
+    Ignored,
+    /// Not in the table: a socket that pre-dates the agent or came through fork, or no socket.
+    Unknown,
+}
+
+/// What the connection table holds for `fd`.
 #[inline(always)]
-fn tracked(pid_tgid: u64, fd: i32, syscall: Syscall) -> Option<Tracked> {
+fn lookup(pid_tgid: u64, fd: i32) -> Lookup {
     let key = conn_key(pid_tgid, fd);
-    if let Some(entry) = CONNS.get_ptr_mut(&key) {
-        // SAFETY: a pointer from a successful lookup, read at once; a concurrent delete can at
-        // worst make the copy stale, which costs one mislabelled event, never memory safety.
-        let info = unsafe { &*entry };
-        return if info.ignored == 0 {
-            Some(Tracked {
-                conn_id: info.conn_id,
-                role: info.role,
-                protocol: info.protocol,
-                entry,
-            })
-        } else {
-            None
-        };
+    let Some(entry) = CONNS.get_ptr_mut(&key) else {
+        return Lookup::Unknown;
+    };
+    // SAFETY: a pointer from a successful lookup, read at once; a concurrent delete can at
+    // worst make the copy stale, which costs one mislabelled event, never memory safety.
+    let info = unsafe { &*entry };
+    if info.ignored == 0 {
+        Lookup::Tracked(Tracked {
+            conn_id: info.conn_id,
+            role: info.role,
+            protocol: info.protocol,
+            entry,
+        })
+    } else {
+        Lookup::Ignored
     }
-    let info = new_conn()?;
+}
+
+/// `fd` if it is a tracked inet socket. An fd the table does not know goes to the discovery
+/// program ([`sys_exit_discover`]), which walks the kernel's structs and, for an inet socket,
+/// hands the exit back to this family's program.
+#[inline(always)]
+fn tracked(
+    ctx: &BtfTracePointContext,
+    pid_tgid: u64,
+    fd: i32,
+    entered: Option<u64>,
+) -> Option<Tracked> {
+    match lookup(pid_tgid, fd) {
+        Lookup::Tracked(tracked) => Some(tracked),
+        Lookup::Ignored => None,
+        Lookup::Unknown => {
+            // The entry stamp stays for the run after discovery.
+            if let Some(ts_ns) = entered {
+                stamp_entry_at(Regs::of(ctx), syscall_number(ctx), ts_ns);
+            }
+            // SAFETY: a tail call with this program's own context; on success it does not
+            // return.
+            unsafe { EXIT_JUMPS.tail_call(ctx, exit_family::DISCOVER) };
+            count(Counter::TailCallFailed);
+            None
+        }
+    }
+}
+
+/// The exit's syscall number.
+#[inline(always)]
+fn syscall_number(ctx: &BtfTracePointContext) -> u64 {
+    Regs::of(ctx).number()
+}
+
+/// Walks the kernel's structs for an fd first seen at a data syscall (`syscall`, a
+/// [`Syscall`]): tracks it if it is an inet socket and returns its connection id, else
+/// remembers to skip it and returns 0. Out of line: the walk and the open record would
+/// otherwise take stack from every exit program's own frame, and a frame and its deepest call
+/// chain share 512 bytes.
+#[inline(never)]
+fn discover(pid_tgid: u64, fd: i32, syscall: u32) -> u64 {
+    let Some(info) = new_conn() else {
+        return 0;
+    };
     match classify_fd(fd, info) {
-        Ok(FdKind::Other) => None,
+        Ok(FdKind::Other) => 0,
         Ok(FdKind::Untraced) => {
             ignore(pid_tgid, fd);
-            None
+            0
         }
-        Ok(FdKind::Inet) => {
-            let conn_id = track(pid_tgid, fd, info, Role::Unknown, syscall)?;
-            Some(Tracked {
-                conn_id,
-                role: Role::Unknown as u32,
-                protocol: Protocol::Detecting as u32,
-                entry: CONNS.get_ptr_mut(&key).unwrap_or(core::ptr::null_mut()),
-            })
-        }
+        Ok(FdKind::Inet) => track(pid_tgid, fd, info, Role::Unknown, syscall).unwrap_or(0),
         Err(_) => {
             count(Counter::SocketWalkFailed);
-            None
+            0
         }
     }
 }
@@ -230,6 +284,12 @@ fn tracked(pid_tgid: u64, fd: i32, syscall: Syscall) -> Option<Tracked> {
 /// Notes when the current thread's egress syscall `number` started.
 #[inline(always)]
 fn stamp_entry(regs: Regs, number: u64) {
+    stamp_entry_at(regs, number, now_ns());
+}
+
+/// Notes that the current thread's egress syscall `number` started at `ts_ns`.
+#[inline(always)]
+fn stamp_entry_at(regs: Regs, number: u64, ts_ns: u64) {
     let Some(slot) = ENTRY_STAMPS.get_ptr_mut(0) else {
         return;
     };
@@ -239,7 +299,7 @@ fn stamp_entry(regs: Regs, number: u64) {
         *slot = EntryStamp {
             regs: regs.address(),
             number,
-            ts_ns: bpf_ktime_get_ns(),
+            ts_ns,
         };
     }
 }
@@ -280,6 +340,11 @@ struct Exit {
     seq: u64,
     /// The first syscall of a connection the budget resumes ([`DATA_RESUMED`]).
     resumed: bool,
+    /// A client end writes: its thread's hidden work is looked up ([`shed`]).
+    client_write: bool,
+    /// For the records without protocol detection (datagrams, `sendfile`): the thread's hidden
+    /// work, whatever the request asks ([`shed::hidden_work_flags_unread`]).
+    hidden_unread: u32,
 }
 
 /// What the budget's state ([`shed`]) makes of a data syscall on `conn`: `None` when it is
@@ -361,7 +426,8 @@ const MMSGHDR_LEN: u64 = 56;
 const MMSG_IOVECS: usize = 4;
 
 #[inline(always)]
-fn data_exit<const STAGE: u8>(
+fn data_exit<const FAMILY: u32>(
+    ctx: &BtfTracePointContext,
     regs: Regs,
     pid_tgid: u64,
     syscall: Syscall,
@@ -372,7 +438,7 @@ fn data_exit<const STAGE: u8>(
         return Ok(());
     };
     let fd = regs.arg0() as i32;
-    let Some(mut conn) = tracked(pid_tgid, fd, syscall) else {
+    let Some(mut conn) = tracked(ctx, pid_tgid, fd, entered) else {
         return Ok(());
     };
     if conn.protocol == Protocol::Tls as u32 {
@@ -388,7 +454,7 @@ fn data_exit<const STAGE: u8>(
     else {
         return Ok(());
     };
-    if conn.protocol == Protocol::Opaque as u32 && config().skip_opaque != 0 {
+    if conn.protocol == Protocol::Opaque as u32 && config!(skip_opaque) != 0 {
         // Nothing to parse: no payload copy, no record; the bytes still count for the close
         // (not for `*mmsg`, whose result is a message count).
         if !matches!(syscall, Syscall::Sendmmsg | Syscall::Recvmmsg) {
@@ -396,7 +462,7 @@ fn data_exit<const STAGE: u8>(
         }
         return Ok(());
     }
-    if STAGE == stage::LOOKUP {
+    if stops_after(exit_stage::LOOKUP) {
         return Ok(());
     }
     // Egress bytes left when the syscall entered; the exit's own time is read only when that
@@ -410,7 +476,7 @@ fn data_exit<const STAGE: u8>(
         let now = now_ns();
         (now, now)
     };
-    if STAGE == stage::CLOCK {
+    if stops_after(exit_stage::CLOCK) {
         return Ok(());
     }
     // Datagrams (`*mmsg`) have no stream position; a receive's flags may say it only peeked.
@@ -427,7 +493,8 @@ fn data_exit<const STAGE: u8>(
             result as u64,
         ),
     };
-    let exit = Exit {
+    let client_write = direction == Direction::Egress && conn.role != Role::Server as u32;
+    let mut exit = Exit {
         pid_tgid,
         fd,
         syscall,
@@ -443,10 +510,23 @@ fn data_exit<const STAGE: u8>(
         },
         seq,
         resumed,
+        client_write,
+        hidden_unread: 0,
     };
+    emit_records::<FAMILY>(regs, &mut exit, result)
+}
+
+/// Sends the records of one data syscall: one per message for `*mmsg`, else one.
+#[inline(always)]
+fn emit_records<const FAMILY: u32>(regs: Regs, exit: &mut Exit, result: i64) -> Result<(), i64> {
+    let (syscall, pid_tgid) = (exit.syscall, exit.pid_tgid);
     let buf = regs.arg1();
+    let other = FAMILY == exit_family::OTHER;
+    if other && exit.client_write && matches!(syscall, Syscall::Sendmmsg | Syscall::Sendfile) {
+        exit.hidden_unread = shed::hidden_work_flags_unread(pid_tgid);
+    }
     match syscall {
-        Syscall::Sendmmsg | Syscall::Recvmmsg => {
+        Syscall::Sendmmsg | Syscall::Recvmmsg if other => {
             // `result` is a message count; each message's byte count is in its msg_len.
             let mut i: u64 = 0;
             while i < MAX_MMSG as u64 {
@@ -460,25 +540,28 @@ fn data_exit<const STAGE: u8>(
                 // No protocol detection on datagrams: none of the protocols it looks for is
                 // carried by `*mmsg` (and each unrolled copy would add to what the verifier
                 // walks).
-                emit_data::<STAGE, false>(&exit, i64::from(len), Source::MsgHdr { ptr: msg });
+                emit_data::<false>(exit, i64::from(len), Source::MsgHdr { ptr: msg });
                 i += 1;
             }
             if result as u64 > MAX_MMSG as u64 {
                 count(Counter::PayloadTruncated);
             }
         }
-        Syscall::Sendfile => emit_data::<STAGE, false>(&exit, result, Source::Uncapturable),
+        Syscall::Sendfile if other => {
+            emit_data::<false>(exit, result, Source::Uncapturable);
+        }
+        _ if FAMILY == exit_family::OTHER => {}
         _ => {
-            // One call site for the single-buffer syscalls: the verifier walks it once.
-            let source = match syscall {
-                Syscall::Readv | Syscall::Writev => Source::Iovecs {
+            // One call site for the stream syscalls: the verifier walks it once.
+            let source = match FAMILY {
+                exit_family::VECTOR => Source::Iovecs {
                     ptr: buf,
                     count: regs.arg2(),
                 },
-                Syscall::Recvmsg | Syscall::Sendmsg => Source::MsgHdr { ptr: buf },
+                exit_family::MESSAGE => Source::MsgHdr { ptr: buf },
                 _ => Source::Buffer { ptr: buf },
             };
-            emit_data::<STAGE, true>(&exit, result, source);
+            emit_data::<true>(exit, result, source);
         }
     }
     Ok(())
@@ -512,14 +595,14 @@ fn stream_position(entry: *mut ConnInfo, flags: u64, egress: u64, moved: u64) ->
 
 /// Copies the payload prefix of `moved` bytes from `source` and sends one data record.
 #[inline(always)]
-fn emit_data<const STAGE: u8, const DETECT: bool>(exit: &Exit, moved: i64, source: Source) {
+fn emit_data<const DETECT: bool>(exit: &Exit, moved: i64, source: Source) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's scratch slot. Only this program uses it, and the kernel runs syscall
     // tracepoint programs with preemption off and never re-enters a program on one CPU.
     let scratch = unsafe { &mut *scratch };
-    let limit = u64::from(config().capture_bytes);
+    let limit = u64::from(config!(capture_bytes));
     let want = if (moved as u64) < limit {
         moved as u64
     } else {
@@ -558,7 +641,7 @@ fn emit_data<const STAGE: u8, const DETECT: bool>(exit: &Exit, moved: i64, sourc
     if i64::from(copied.len) < moved && !matches!(source, Source::Uncapturable) {
         count(Counter::PayloadTruncated);
     }
-    if STAGE == stage::COPY {
+    if stops_after(exit_stage::COPY) {
         return;
     }
     scratch.event = DataEvent {
@@ -583,7 +666,9 @@ fn emit_data<const STAGE: u8, const DETECT: bool>(exit: &Exit, moved: i64, sourc
         } else {
             0
         } | if exit.resumed { DATA_RESUMED } else { 0 }
-            | if exit.direction == Direction::Egress && exit.conn.role != Role::Server as u32 {
+            | if !exit.client_write {
+                0
+            } else if DETECT {
                 // A request a client end writes: whether its thread has hidden work.
                 shed::hidden_work_flags(
                     exit.pid_tgid,
@@ -591,7 +676,10 @@ fn emit_data<const STAGE: u8, const DETECT: bool>(exit: &Exit, moved: i64, sourc
                     u64::from(copied.len),
                 )
             } else {
-                0
+                // Datagrams and `sendfile`: asked once per syscall by the caller (each unrolled
+                // copy of the lookup would add to what the verifier walks), by their thread
+                // only: none of them carries an HTTP request line.
+                exit.hidden_unread
             },
     };
     let payload_len = if copied.len as usize > MAX_CAPTURE_BYTES {
@@ -647,7 +735,7 @@ fn open_exit(regs: Regs, pid_tgid: u64, syscall: Syscall, result: i64) {
     };
     match classify_fd(fd, info) {
         Ok(FdKind::Inet) => {
-            let _ = track(pid_tgid, fd, info, role, syscall);
+            let _ = track(pid_tgid, fd, info, role, syscall as u32);
         }
         Ok(FdKind::Untraced) => ignore(pid_tgid, fd),
         Ok(FdKind::Other) => {}
@@ -674,7 +762,13 @@ fn close_enter(regs: Regs) {
         shed::closed(info);
     }
     if info.ignored == 0 {
-        emit_conn(EventKind::ConnClose, pid_tgid, fd, &info, Syscall::Close);
+        emit_conn(
+            EventKind::ConnClose,
+            pid_tgid,
+            fd,
+            &info,
+            Syscall::Close as u32,
+        );
     }
 }
 
@@ -695,34 +789,97 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
 }
 
 /// `raw_syscalls/sys_exit`, attached by BTF: `(struct pt_regs *regs, long ret)`, for every
-/// syscall of every task. `ret` is the bytes moved (a message count for `*mmsg`), the accepted
-/// fd, or `connect`'s status.
+/// syscall of every task. Hands a socket syscall to its family's program
+/// (`agent_common::EXIT_FAMILIES`) by tail call; every other syscall ends here.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
-    exit_program::<{ stage::FULL }>(&ctx)
+    let Some(family) = exit_family_of(Regs::of(&ctx).number()) else {
+        return 0;
+    };
+    // SAFETY: a tail call with this program's own context; on success it does not return.
+    unsafe { EXIT_JUMPS.tail_call(&ctx, family) };
+    count(Counter::TailCallFailed);
+    0
 }
 
-/// How far an exit program goes. The capture program goes all the way; the benchmark's
-/// breakdown programs ([`crate::stages`]) stop after one step each, so the cost of each step is
-/// the difference between two of them. `STAGE` is a constant, so the capture program carries
-/// none of the checks.
-pub mod stage {
-    /// Up to the connection lookup (and the opaque check).
-    pub const LOOKUP: u8 = 1;
-    /// Then the timestamps (the entry stamp, or the clock).
-    pub const CLOCK: u8 = 2;
-    /// Then the payload copy and the protocol detection, without the ring output.
-    pub const COPY: u8 = 3;
-    pub const FULL: u8 = 4;
+/// The family programs, tail-called by [`sys_exit`] with its context (`ret`: the bytes moved, a
+/// message count for `*mmsg`, the accepted fd, or `connect`'s status). Never attached.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_open(ctx: BtfTracePointContext) -> i32 {
+    exit_program::<{ exit_family::OPEN }>(&ctx)
 }
 
+/// See [`sys_exit_open`]: `read`, `write`, `recvfrom`, `sendto`.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_buffer(ctx: BtfTracePointContext) -> i32 {
+    exit_program::<{ exit_family::BUFFER }>(&ctx)
+}
+
+/// See [`sys_exit_open`]: `readv`, `writev`.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_vector(ctx: BtfTracePointContext) -> i32 {
+    exit_program::<{ exit_family::VECTOR }>(&ctx)
+}
+
+/// See [`sys_exit_open`]: `recvmsg`, `sendmsg`.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_message(ctx: BtfTracePointContext) -> i32 {
+    exit_program::<{ exit_family::MESSAGE }>(&ctx)
+}
+
+/// See [`sys_exit_open`]: `recvmmsg`, `sendmmsg`, `sendfile`.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_other(ctx: BtfTracePointContext) -> i32 {
+    exit_program::<{ exit_family::OTHER }>(&ctx)
+}
+
+/// Discovery, tail-called by a family's program for an fd the table does not know: walks the
+/// kernel's structs (see [`discover`]) and, when it tracked an inet socket, hands the exit back
+/// to the family's program, which now finds it. Never attached.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_discover(ctx: BtfTracePointContext) -> i32 {
+    let regs = Regs::of(&ctx);
+    let number = regs.number();
+    let (Some(family), Some(syscall), Some(pid_tgid)) = (
+        exit_family_of(number),
+        exit_traced(number),
+        traced_pid_tgid(),
+    ) else {
+        return 0;
+    };
+    if discover(pid_tgid, regs.arg0() as i32, syscall as u32) != 0 {
+        // SAFETY: as in `sys_exit`.
+        unsafe { EXIT_JUMPS.tail_call(&ctx, family) };
+        count(Counter::TailCallFailed);
+    }
+    // The exit ends here: its entry stamp goes with it.
+    let _ = take_entry_stamp(regs, number);
+    0
+}
+
+/// Whether the exit programs stop after `stage` (`agent_common::exit_stage`): only in the
+/// benchmark's breakdown. A load-time constant, so capture's verified program has no such exit.
 #[inline(always)]
-pub fn exit_program<const STAGE: u8>(ctx: &BtfTracePointContext) -> i32 {
+fn stops_after(stage: u32) -> bool {
+    config!(stop_after) == stage
+}
+
+/// The exit of a socket syscall of family `FAMILY` (`agent_common::exit_family`; `ALL` for
+/// any).
+#[inline(always)]
+fn exit_program<const FAMILY: u32>(ctx: &BtfTracePointContext) -> i32 {
     let regs = Regs::of(ctx);
     let number = regs.number();
     let Some(syscall) = exit_traced(number) else {
         return 0;
     };
+    let open = matches!(
+        syscall,
+        Syscall::Accept | Syscall::Accept4 | Syscall::Connect
+    );
+    if open != (FAMILY == exit_family::OPEN) {
+        return 0;
+    }
     if !regs.is_native() {
         return 0;
     }
@@ -731,13 +888,10 @@ pub fn exit_program<const STAGE: u8>(ctx: &BtfTracePointContext) -> i32 {
     let Some(pid_tgid) = traced_pid_tgid() else {
         return 0;
     };
-    match syscall {
-        Syscall::Accept | Syscall::Accept4 | Syscall::Connect => {
-            open_exit(regs, pid_tgid, syscall, result);
-        }
-        _ => {
-            let _ = data_exit::<STAGE>(regs, pid_tgid, syscall, result, entered);
-        }
+    if open {
+        open_exit(regs, pid_tgid, syscall, result);
+    } else {
+        let _ = data_exit::<FAMILY>(ctx, regs, pid_tgid, syscall, result, entered);
     }
     0
 }

@@ -242,7 +242,7 @@ fn emit(
         return;
     };
     let record = entry.as_mut_ptr();
-    let limit = u64::from(config().capture_bytes);
+    let limit = u64::from(config!(capture_bytes));
     let mut want = if bytes < limit { bytes } else { limit };
     if want > MAX_CAPTURE_BYTES as u64 {
         want = MAX_CAPTURE_BYTES as u64;

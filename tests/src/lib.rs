@@ -7,11 +7,12 @@
 #![allow(clippy::missing_panics_doc)]
 
 use std::{
+    collections::BTreeSet,
     io::{BufRead as _, BufReader, Read as _},
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{Mutex, mpsc},
     time::{Duration, Instant},
 };
 
@@ -63,8 +64,23 @@ pub fn fixture(name: &str) -> PathBuf {
 /// A TCP port free on loopback right now.
 #[must_use]
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+    // The kernel may hand the same ephemeral port to two binds in a row once the first
+    // listener is closed (a CI run gave a chain's frontend and features one port), so each
+    // port is handed out once per test process; repeats are held open until a new one comes.
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut repeats = Vec::new();
+    for _ in 0..1000 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = listener.local_addr().expect("local addr").port();
+        if handed_out.insert(port) {
+            return port;
+        }
+        repeats.push(listener);
+    }
+    panic!("no new ephemeral port in 1000 binds");
 }
 
 /// Starts `python3 tests/fixtures/SCRIPT ARGS` with extra environment variables and waits (at

@@ -357,6 +357,24 @@ fn check_reports_the_kernel_and_passes_here() {
             "row {feature} missing:\n{text}"
         );
     }
+    // Every capture program leaves the verifier room: at half its limit, a compiler or kernel
+    // update (both move the walk) would be one step from a refused agent, as the single exit
+    // program once was (1,000,001 instructions walked on 6.18.44).
+    let capture = text
+        .lines()
+        .find(|l| l.starts_with("capture path"))
+        .expect("capture path row");
+    let walked: u64 = capture
+        .split("largest walk: ")
+        .nth(1)
+        .and_then(|rest| rest.split(", ").nth(1))
+        .and_then(|n| n.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no verifier walk in {capture}"));
+    assert!(
+        walked < 500_000,
+        "a program walks {walked} instructions of the verifier's 1,000,000: {capture}"
+    );
     // This kernel has no kprobes and refuses fentry: check must say so, not pretend.
     let kprobes = text
         .lines()

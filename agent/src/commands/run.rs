@@ -401,7 +401,8 @@ fn capture_stats(stats: &mut FinalStats, sink: &TraceSink<'_>, receiver: &receiv
             crate::protocol::budget::HEADS.in_use(),
         )
         .add("peak_rss_kib", crate::process::own_peak_rss_kib())
-        .add("shed_syscalls", kernel.get(Counter::ShedSyscalls));
+        .add("shed_syscalls", kernel.get(Counter::ShedSyscalls))
+        .add("tail_call_failed", kernel.get(Counter::TailCallFailed));
     let budget = sink.budget_stats().unwrap_or_default();
     stats
         .add("connections_shed", budget.connections_shed)

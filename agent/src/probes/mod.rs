@@ -11,7 +11,7 @@ pub mod tls;
 
 use agent_common::{
     CaptureConfig, Counter, DEFAULT_CAPTURE_BYTES, DEFAULT_MAX_CONNS, DEFAULT_RING_BYTES,
-    MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAX_CAPTURE_BYTES,
+    EXIT_FAMILIES, MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAP_EXIT_JUMPS, MAX_CAPTURE_BYTES,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -319,12 +319,12 @@ pub enum ProgramSet {
     /// Empty programs on the same hooks: the benchmark floor.
     #[cfg(feature = "bench")]
     Floor,
-    /// The capture `sys_enter` with an exit program cut short: the benchmark's breakdown.
+    /// The capture programs with their exit cut short: the benchmark's breakdown.
     #[cfg(feature = "bench")]
     Stage(ExitStage),
 }
 
-/// Where a breakdown exit program stops (`agent-ebpf/src/stages.rs`).
+/// Where the capture exit programs stop in the benchmark's breakdown (`CaptureConfig::stop_after`).
 #[cfg(feature = "bench")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExitStage {
@@ -338,12 +338,12 @@ pub enum ExitStage {
 
 #[cfg(feature = "bench")]
 impl ExitStage {
-    /// The program's name in the object.
-    fn program(self) -> &'static str {
+    /// Where the capture programs stop (`CaptureConfig::stop_after`).
+    fn stop_after(self) -> u32 {
         match self {
-            Self::Lookup => "lookup_sys_exit",
-            Self::Clock => "clock_sys_exit",
-            Self::Copy => "copy_sys_exit",
+            Self::Lookup => agent_common::exit_stage::LOOKUP,
+            Self::Clock => agent_common::exit_stage::CLOCK,
+            Self::Copy => agent_common::exit_stage::COPY,
         }
     }
 }
@@ -370,7 +370,11 @@ impl Probes {
             skip_opaque: u32::from(config.skip_opaque),
             wakeup_backlog_bytes: agent_common::wakeup_backlog_bytes(config.ring_bytes),
             netns: config.netns,
-            reserved: 0,
+            stop_after: match set {
+                #[cfg(feature = "bench")]
+                ProgramSet::Stage(stage) => stage.stop_after(),
+                _ => agent_common::exit_stage::FULL,
+            },
         };
         let mut ebpf = EbpfLoader::new()
             .override_global("KERNEL_OFFSETS", &offsets, true)
@@ -388,19 +392,18 @@ impl Probes {
             aya::Btf::from_sys_fs().map_err(|e| ProbesError::KernelBtf(error_chain(&e)))?;
         for name in PROGRAMS {
             match set {
-                ProgramSet::Capture => attach(&mut ebpf, name, name, &kernel_btf)?,
                 #[cfg(feature = "bench")]
                 ProgramSet::Floor => {
                     attach(&mut ebpf, &format!("floor_{name}"), name, &kernel_btf)?;
                 }
-                #[cfg(feature = "bench")]
-                ProgramSet::Stage(stage) => {
-                    let program = if *name == "sys_exit" {
-                        stage.program()
-                    } else {
-                        name
-                    };
-                    attach(&mut ebpf, program, name, &kernel_btf)?;
+                // The breakdown stages are the capture programs stopped early.
+                _ => {
+                    if *name == "sys_exit" {
+                        // Before the dispatcher is attached: an exit it sees finds its
+                        // family's program in place.
+                        load_exit_families(&mut ebpf, &kernel_btf)?;
+                    }
+                    attach(&mut ebpf, name, name, &kernel_btf)?;
                 }
             }
         }
@@ -434,6 +437,24 @@ impl Probes {
             node,
             followed,
         })
+    }
+
+    /// The instructions the verifier walked for each syscall program (dispatchers and families),
+    /// largest first, where the kernel reports it (5.16+): how close each is to the verifier's
+    /// limit of a million, which differs by kernel and compiler.
+    #[must_use]
+    pub fn verified_instructions(&self) -> Vec<(&'static str, u32)> {
+        let mut counts: Vec<(&'static str, u32)> = PROGRAMS
+            .iter()
+            .chain(EXIT_FAMILIES.iter())
+            .filter_map(|name| {
+                let program = self.ebpf.program(name)?;
+                let count = program.info().ok()?.verified_instruction_count()?;
+                Some((*name, count))
+            })
+            .collect();
+        counts.sort_by_key(|&(_, count)| std::cmp::Reverse(count));
+        counts
     }
 
     /// Attaches the runtime probe program at this agent's own `main`: whether uprobes work here.
@@ -649,6 +670,48 @@ fn attach(
     tracepoint: &str,
     btf: &aya::Btf,
 ) -> Result<(), ProbesError> {
+    let program = load_btf_tracepoint(ebpf, name, tracepoint, btf)?;
+    program.attach().map_err(|err| ProbesError::Attach {
+        program: name.to_string(),
+        reason: error_chain(&err),
+    })?;
+    Ok(())
+}
+
+/// Loads the exit programs of each syscall family (never attached: the `sys_exit` dispatcher
+/// tail-calls them) and puts them in the dispatcher's program array.
+fn load_exit_families(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<(), ProbesError> {
+    let mut fds = Vec::with_capacity(EXIT_FAMILIES.len());
+    for name in EXIT_FAMILIES {
+        let program = load_btf_tracepoint(ebpf, name, "sys_exit", btf)?;
+        let fd = program
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+            .map_err(|e| ProbesError::Object(format!("program `{name}`: {e}")))?;
+        fds.push(fd);
+    }
+    let map_error = |e: aya::maps::MapError| ProbesError::Map {
+        name: MAP_EXIT_JUMPS,
+        reason: e.to_string(),
+    };
+    let mut jumps: aya::maps::ProgramArray<&mut MapData> = ebpf
+        .map_mut(MAP_EXIT_JUMPS)
+        .ok_or(ProbesError::MissingMap(MAP_EXIT_JUMPS))?
+        .try_into()
+        .map_err(map_error)?;
+    for (index, fd) in (0_u32..).zip(&fds) {
+        jumps.set(index, fd, 0).map_err(map_error)?;
+    }
+    Ok(())
+}
+
+/// Loads program `name` of the object for the raw tracepoint `tracepoint`.
+fn load_btf_tracepoint<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+    tracepoint: &str,
+    btf: &aya::Btf,
+) -> Result<&'a mut BtfTracePoint, ProbesError> {
     let program: &mut BtfTracePoint = ebpf
         .program_mut(name)
         .ok_or_else(|| ProbesError::Object(format!("program `{name}` is missing")))?
@@ -673,11 +736,7 @@ fn attach(
             reason: error_chain(&other),
         },
     })?;
-    program.attach().map_err(|err| ProbesError::Attach {
-        program: name.to_string(),
-        reason: error_chain(&err),
-    })?;
-    Ok(())
+    Ok(program)
 }
 
 /// Kernels before 5.11 charge BPF memory to `RLIMIT_MEMLOCK`; lift it so maps fit there too.

@@ -343,17 +343,17 @@ pub(super) fn breakdown_table(samples: &[(Variant, Sample)]) -> String {
         (
             Variant::StageLookup.label(),
             "syscall filter, the entry stamp taken (egress), pid, the connection table lookup",
-            per_run(Variant::StageLookup, "lookup_sys_exit"),
+            per_run(Variant::StageLookup, "sys_exit"),
         ),
         (
             Variant::StageClock.label(),
             "one clock read (ingress; egress uses its entry stamp)",
-            per_run(Variant::StageClock, "clock_sys_exit"),
+            per_run(Variant::StageClock, "sys_exit"),
         ),
         (
             Variant::StageCopy.label(),
             "`bpf_probe_read_user` of the 64-byte payload, protocol detection",
-            per_run(Variant::StageCopy, "copy_sys_exit"),
+            per_run(Variant::StageCopy, "sys_exit"),
         ),
         (
             "the whole exit program (c)",
@@ -365,9 +365,10 @@ pub(super) fn breakdown_table(samples: &[(Variant, Sample)]) -> String {
     let _ = writeln!(out, "### Where the exit program's time goes\n");
     let _ = writeln!(
         out,
-        "Method: `sockspan bench-floor --stage …` loads the capture `sys_enter` and an exit program \
-         built from the same code that returns after one step (`agent-ebpf/src/stages.rs`; a \
-         compile-time constant, so the capture program carries no checks); each ran a ping-pong of a \
+        "Method: `sockspan bench-floor --stage …` loads the capture programs told to return after \
+         one step (`CaptureConfig::stop_after`, a read-only global: the verifier prunes the other \
+         stages' branches, so the capture programs carry no checks; the time of `sys_exit` includes \
+         the family program it tail-calls); each ran a ping-pong of a \
          quarter of the round trips, in rotating order, with the statistics pass as above. A step \
          costs the difference between its row and the one before (medians; the per-run figures \
          include the statistics' ~50 ns and the host's other syscalls, which leave at the filter). \

@@ -222,10 +222,7 @@ fn capture_rows(
         feature: "capture path".into(),
         ok: capture.is_ok(),
         detail: match &capture {
-            Ok(_) => format!(
-                "{} programs loaded, verified and attached",
-                probes::PROGRAMS.len()
-            ),
+            Ok(probes) => capture_detail(probes),
             Err(e) => e.to_string(),
         },
         need: Need::Required,
@@ -236,6 +233,23 @@ fn capture_rows(
         rows.push(tls_row(probes));
     }
     uprobe_test
+}
+
+/// The capture path's row: what loaded, and the verifier's walk of the largest program against
+/// its limit (a program near it may be refused by another kernel or compiler).
+fn capture_detail(probes: &Probes) -> String {
+    let loaded = format!(
+        "{} programs attached, {} more reached by tail call; all verified",
+        probes::PROGRAMS.len(),
+        agent_common::EXIT_FAMILIES.len()
+    );
+    match probes.verified_instructions().first() {
+        Some((name, count)) => format!(
+            "{loaded}; largest walk: `{name}`, {count} instructions ({:.0} % of the verifier's 1,000,000)",
+            f64::from(*count) / 10_000.0
+        ),
+        None => loaded,
+    }
 }
 
 /// Which TLS libraries of the processes running now get their plaintext traced: the OpenSSL

@@ -68,8 +68,19 @@ impl TraceSink<'_> {
         let Some(shedder) = &mut self.shedder else {
             return;
         };
+        let before = shedder.budget.keep();
         let due = shedder.budget.tick(now);
         let keep = shedder.budget.keep();
+        // The two transitions an operator (and a test) looks for; the share in between is in
+        // `/metrics` (`sockspan_budget_keep_permille`).
+        if before >= 1.0 && keep < 1.0 {
+            tracing::info!(
+                keep_permille = (keep * 1000.0).round() as u64,
+                "budget: over the limit, shedding edge connections"
+            );
+        } else if before < 1.0 && keep >= 1.0 {
+            tracing::info!("budget: full capture again");
+        }
         if shedder.budget.pressure() > WATCH_ABOVE {
             // Edges are learnt from here on (a few requests each): below, the tracer spends
             // nothing on them.

@@ -39,6 +39,11 @@ impl TraceSink<'_> {
                 kernel.get(agent_common::Counter::PayloadReadFailed),
             ),
             own(
+                "tail_call_failed_total",
+                "Socket syscall exits lost: the dispatcher's tail call into their program failed.",
+                kernel.get(agent_common::Counter::TailCallFailed),
+            ),
+            own(
                 "tls_unlinked_total",
                 "TLS plaintext dropped: no socket known for its SSL object.",
                 kernel.get(agent_common::Counter::TlsUnlinked),
