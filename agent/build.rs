@@ -49,11 +49,11 @@ fn main() -> anyhow::Result<()> {
     }
     // `cargo fuzz` needs RUSTC_BOOTSTRAP=1 for its sanitizer flags; aya-build reads that as
     // "rebuild core from source", which Debian's toolchain cannot (it ships no rust-src, only the
-    // prebuilt BPF core). The BPF build only needs the switch for aya-ebpf itself.
+    // prebuilt BPF core). The BPF build only needs the switch for aya-ebpf and the programs.
     if std::env::var_os("RUSTC_BOOTSTRAP").is_some_and(|v| v == "1") {
         // SAFETY: a build script is single-threaded here; nothing reads the environment
         // concurrently.
-        unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "aya_ebpf") };
+        unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "aya_ebpf,agent_ebpf") };
     }
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let root_dir = manifest_dir

@@ -401,8 +401,9 @@ pub enum Counter {
     TlsUnlinked = 7,
     /// Data syscalls on connections the budget shed ([`Protocol::Shed`]): not copied, not sent.
     ShedSyscalls = 8,
-    /// Socket syscall exits lost because the dispatcher's tail call into their family's program
-    /// ([`EXIT_FAMILIES`]) failed (the slot was empty, or the kernel's tail-call limit).
+    /// Socket syscall exits lost because a tail call failed: the dispatcher's into their
+    /// family's program ([`EXIT_FAMILIES`]), or one to or back from discovery (an empty slot,
+    /// as while the agent stops, or the kernel's tail-call limit).
     TailCallFailed = 9,
 }
 

@@ -7,6 +7,9 @@
 //! produce nothing.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// One `asm!` block (the exit dispatcher's tail calls, `syscalls.rs`), as aya-ebpf's own helpers
+// have: allowed for this crate by the crate-scoped RUSTC_BOOTSTRAP in `.cargo/config.toml`.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 // Kernel pointers are u64 in the records; these casts are the point of the code.
 #![allow(clippy::cast_ptr_alignment)]
 // Deliberate: helpers are inlined where the verifier must see the caller's pointer bounds (a

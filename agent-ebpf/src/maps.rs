@@ -48,6 +48,22 @@ pub struct EntryStamp {
 #[map]
 pub static ENTRY_STAMPS: PerCpuArray<EntryStamp> = PerCpuArray::with_max_entries(1, 0);
 
+/// The exit the discovery program last handed back to its family's program on this CPU: the
+/// thread, its registers, the syscall number and the fd. A family program that misses the table
+/// again for the same exit (the entry was evicted or closed in between) gives up instead of
+/// discovering once more: one discovery per exit, one open record per socket.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DiscoveryNote {
+    pub pid_tgid: u64,
+    pub regs: u64,
+    pub number: u64,
+    pub fd: i64,
+}
+
+#[map]
+pub static DISCOVERY_NOTES: PerCpuArray<DiscoveryNote> = PerCpuArray::with_max_entries(1, 0);
+
 /// Self-metrics; user space sums the per-CPU values.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);

@@ -35,8 +35,8 @@ use crate::{
     detect,
     followed::{self, NOT_FOLLOWED},
     maps::{
-        CONNS, ENTRY_STAMPS, EVENTS, EXIT_JUMPS, EntryStamp, SCRATCH, config, count, current_comm,
-        next_conn_id,
+        CONNS, DISCOVERY_NOTES, DiscoveryNote, ENTRY_STAMPS, EVENTS, EXIT_JUMPS, EntryStamp,
+        SCRATCH, config, count, current_comm, next_conn_id,
     },
     regs::{Regs, exit_family_of, exit_traced, is_egress, nr},
     shed,
@@ -238,14 +238,22 @@ fn tracked(
         Lookup::Tracked(tracked) => Some(tracked),
         Lookup::Ignored => None,
         Lookup::Unknown => {
+            let (regs, number) = (Regs::of(ctx), syscall_number(ctx));
+            if take_discovery_note(pid_tgid, regs, number, fd) {
+                // Discovered for this very exit, and gone from the table since (evicted, or
+                // closed by another thread): no second walk, no second open record.
+                count(Counter::ConnTableFull);
+                return None;
+            }
             // The entry stamp stays for the run after discovery.
             if let Some(ts_ns) = entered {
-                stamp_entry_at(Regs::of(ctx), syscall_number(ctx), ts_ns);
+                stamp_entry_at(regs, number, ts_ns);
             }
             // SAFETY: a tail call with this program's own context; on success it does not
             // return.
             unsafe { EXIT_JUMPS.tail_call(ctx, exit_family::DISCOVER) };
             count(Counter::TailCallFailed);
+            let _ = take_entry_stamp(regs, number);
             None
         }
     }
@@ -255,6 +263,41 @@ fn tracked(
 #[inline(always)]
 fn syscall_number(ctx: &BtfTracePointContext) -> u64 {
     Regs::of(ctx).number()
+}
+
+/// Notes that discovery hands this exit back to its family's program.
+#[inline(always)]
+fn note_discovery(pid_tgid: u64, regs: Regs, number: u64, fd: i32) {
+    let Some(slot) = DISCOVERY_NOTES.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; programs on one CPU do not nest.
+    unsafe {
+        *slot = DiscoveryNote {
+            pid_tgid,
+            regs: regs.address(),
+            number,
+            fd: i64::from(fd),
+        };
+    }
+}
+
+/// Whether discovery already ran for this exit ([`note_discovery`]); the note is used up.
+#[inline(always)]
+fn take_discovery_note(pid_tgid: u64, regs: Regs, number: u64, fd: i32) -> bool {
+    let Some(slot) = DISCOVERY_NOTES.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: as in `note_discovery`.
+    let note = unsafe { &mut *slot };
+    let same = note.pid_tgid == pid_tgid
+        && note.regs == regs.address()
+        && note.number == number
+        && note.fd == i64::from(fd);
+    if same {
+        note.pid_tgid = 0;
+    }
+    same
 }
 
 /// Walks the kernel's structs for an fd first seen at a data syscall (`syscall`, a
@@ -793,13 +836,44 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
 /// (`agent_common::EXIT_FAMILIES`) by tail call; every other syscall ends here.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
-    let Some(family) = exit_family_of(Regs::of(&ctx).number()) else {
-        return 0;
-    };
-    // SAFETY: a tail call with this program's own context; on success it does not return.
-    unsafe { EXIT_JUMPS.tail_call(&ctx, family) };
+    let regs = Regs::of(&ctx);
+    let number = regs.number();
+    // One call site per family, each with a constant index: the kernel then patches each into
+    // a direct jump instead of an indirect one (a retpoline on kernels with that mitigation).
+    match exit_family_of(number) {
+        Some(exit_family::BUFFER) => jump::<{ exit_family::BUFFER }>(&ctx),
+        Some(exit_family::VECTOR) => jump::<{ exit_family::VECTOR }>(&ctx),
+        Some(exit_family::MESSAGE) => jump::<{ exit_family::MESSAGE }>(&ctx),
+        Some(exit_family::OPEN) => jump::<{ exit_family::OPEN }>(&ctx),
+        Some(exit_family::OTHER) => jump::<{ exit_family::OTHER }>(&ctx),
+        _ => return 0,
+    }
     count(Counter::TailCallFailed);
+    // The exit ends here: its entry stamp goes with it.
+    let _ = take_entry_stamp(regs, number);
     0
+}
+
+/// Tail-calls program `INDEX` of [`EXIT_JUMPS`]; returns only if that failed. The helper call
+/// is written out (`bpf_tail_call` is helper 12) because the compiler merges calls that differ
+/// only in a constant argument into one call with a variable index, which the kernel can only
+/// run as an indirect jump; it never merges inline assembly.
+#[inline(always)]
+fn jump<const INDEX: u32>(ctx: &BtfTracePointContext) {
+    // SAFETY: `bpf_tail_call(ctx, map, index)` with the running program's own context and the
+    // program array; on success it does not return, on failure it returns an error in r0 and
+    // clobbers the caller-saved registers r0–r5, as declared.
+    unsafe {
+        core::arch::asm!(
+            "call 12",
+            inout("r1") aya_ebpf::EbpfContext::as_ptr(ctx) => _,
+            inout("r2") (&raw const EXIT_JUMPS) => _,
+            inout("r3") u64::from(INDEX) => _,
+            lateout("r0") _,
+            lateout("r4") _,
+            lateout("r5") _,
+        );
+    }
 }
 
 /// The family programs, tail-called by [`sys_exit`] with its context (`ret`: the bytes moved, a
@@ -847,7 +921,9 @@ pub fn sys_exit_discover(ctx: BtfTracePointContext) -> i32 {
     ) else {
         return 0;
     };
-    if discover(pid_tgid, regs.arg0() as i32, syscall as u32) != 0 {
+    let fd = regs.arg0() as i32;
+    if discover(pid_tgid, fd, syscall as u32) != 0 {
+        note_discovery(pid_tgid, regs, number, fd);
         // SAFETY: as in `sys_exit`.
         unsafe { EXIT_JUMPS.tail_call(&ctx, family) };
         count(Counter::TailCallFailed);
@@ -864,8 +940,7 @@ fn stops_after(stage: u32) -> bool {
     config!(stop_after) == stage
 }
 
-/// The exit of a socket syscall of family `FAMILY` (`agent_common::exit_family`; `ALL` for
-/// any).
+/// The exit of a socket syscall of family `FAMILY` (`agent_common::exit_family`).
 #[inline(always)]
 fn exit_program<const FAMILY: u32>(ctx: &BtfTracePointContext) -> i32 {
     let regs = Regs::of(ctx);

@@ -121,6 +121,19 @@ pub struct Probes {
     followed: Option<aya::maps::HashMap<MapData, u32, agent_common::FollowedProcess>>,
 }
 
+impl Drop for Probes {
+    /// Detaches the exit dispatcher first: `Ebpf` drops its maps before its programs, and the
+    /// dispatcher's program array is emptied when its fd closes, so every exit in between would
+    /// fail its tail call (counted as lost).
+    fn drop(&mut self) {
+        if let Some(program) = self.ebpf.program_mut("sys_exit")
+            && let Ok(dispatcher) = <&mut BtfTracePoint>::try_from(program)
+        {
+            let _ = dispatcher.unload();
+        }
+    }
+}
+
 /// The programs' map of the processes whose syscalls name their running task.
 const MAP_FOLLOWED: &str = "FOLLOWED_PROCESSES";
 

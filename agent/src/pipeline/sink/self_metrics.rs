@@ -40,7 +40,7 @@ impl TraceSink<'_> {
             ),
             own(
                 "tail_call_failed_total",
-                "Socket syscall exits lost: the dispatcher's tail call into their program failed.",
+                "Socket syscall exits lost: a tail call between the exit programs failed.",
                 kernel.get(agent_common::Counter::TailCallFailed),
             ),
             own(
