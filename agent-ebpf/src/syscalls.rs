@@ -230,6 +230,7 @@ fn lookup(pid_tgid: u64, fd: i32) -> Lookup {
 #[inline(always)]
 fn tracked(
     ctx: &BtfTracePointContext,
+    regs: Regs,
     pid_tgid: u64,
     fd: i32,
     entered: Option<u64>,
@@ -238,7 +239,7 @@ fn tracked(
         Lookup::Tracked(tracked) => Some(tracked),
         Lookup::Ignored => None,
         Lookup::Unknown => {
-            let (regs, number) = (Regs::of(ctx), syscall_number(ctx));
+            let number = regs.number();
             if take_discovery_note(pid_tgid, regs, number, fd) {
                 // Discovered for this very exit, and gone from the table since (evicted, or
                 // closed by another thread): no second walk, no second open record.
@@ -257,12 +258,6 @@ fn tracked(
             None
         }
     }
-}
-
-/// The exit's syscall number.
-#[inline(always)]
-fn syscall_number(ctx: &BtfTracePointContext) -> u64 {
-    Regs::of(ctx).number()
 }
 
 /// Notes that discovery hands this exit back to its family's program.
@@ -481,7 +476,7 @@ fn data_exit<const FAMILY: u32>(
         return Ok(());
     };
     let fd = regs.arg0() as i32;
-    let Some(mut conn) = tracked(ctx, pid_tgid, fd, entered) else {
+    let Some(mut conn) = tracked(ctx, regs, pid_tgid, fd, entered) else {
         return Ok(());
     };
     if conn.protocol == Protocol::Tls as u32 {
@@ -564,48 +559,43 @@ fn data_exit<const FAMILY: u32>(
 fn emit_records<const FAMILY: u32>(regs: Regs, exit: &mut Exit, result: i64) -> Result<(), i64> {
     let (syscall, pid_tgid) = (exit.syscall, exit.pid_tgid);
     let buf = regs.arg1();
-    let other = FAMILY == exit_family::OTHER;
-    if other && exit.client_write && matches!(syscall, Syscall::Sendmmsg | Syscall::Sendfile) {
+    if FAMILY != exit_family::OTHER {
+        // One call site for the stream syscalls: the verifier walks it once.
+        let source = match FAMILY {
+            exit_family::VECTOR => Source::Iovecs {
+                ptr: buf,
+                count: regs.arg2(),
+            },
+            exit_family::MESSAGE => Source::MsgHdr { ptr: buf },
+            _ => Source::Buffer { ptr: buf },
+        };
+        emit_data::<true>(exit, result, source);
+        return Ok(());
+    }
+    if exit.client_write {
         exit.hidden_unread = shed::hidden_work_flags_unread(pid_tgid);
     }
-    match syscall {
-        Syscall::Sendmmsg | Syscall::Recvmmsg if other => {
-            // `result` is a message count; each message's byte count is in its msg_len.
-            let mut i: u64 = 0;
-            while i < MAX_MMSG as u64 {
-                if i >= result as u64 {
-                    break;
-                }
-                let msg = buf + i * MMSGHDR_SIZE;
-                // SAFETY: bpf_probe_read_user returns an error for a bad user address.
-                let len = unsafe { bpf_probe_read_user((msg + MMSGHDR_LEN) as *const u32) }
-                    .map_err(i64::from)?;
-                // No protocol detection on datagrams: none of the protocols it looks for is
-                // carried by `*mmsg` (and each unrolled copy would add to what the verifier
-                // walks).
-                emit_data::<false>(exit, i64::from(len), Source::MsgHdr { ptr: msg });
-                i += 1;
-            }
-            if result as u64 > MAX_MMSG as u64 {
-                count(Counter::PayloadTruncated);
-            }
+    if syscall == Syscall::Sendfile {
+        emit_data::<false>(exit, result, Source::Uncapturable);
+        return Ok(());
+    }
+    // `*mmsg`: `result` is a message count; each message's byte count is in its msg_len.
+    let mut i: u64 = 0;
+    while i < MAX_MMSG as u64 {
+        if i >= result as u64 {
+            break;
         }
-        Syscall::Sendfile if other => {
-            emit_data::<false>(exit, result, Source::Uncapturable);
-        }
-        _ if FAMILY == exit_family::OTHER => {}
-        _ => {
-            // One call site for the stream syscalls: the verifier walks it once.
-            let source = match FAMILY {
-                exit_family::VECTOR => Source::Iovecs {
-                    ptr: buf,
-                    count: regs.arg2(),
-                },
-                exit_family::MESSAGE => Source::MsgHdr { ptr: buf },
-                _ => Source::Buffer { ptr: buf },
-            };
-            emit_data::<true>(exit, result, source);
-        }
+        let msg = buf + i * MMSGHDR_SIZE;
+        // SAFETY: bpf_probe_read_user returns an error for a bad user address.
+        let len =
+            unsafe { bpf_probe_read_user((msg + MMSGHDR_LEN) as *const u32) }.map_err(i64::from)?;
+        // No protocol detection on datagrams: none of the protocols it looks for is carried by
+        // `*mmsg` (and each unrolled copy would add to what the verifier walks).
+        emit_data::<false>(exit, i64::from(len), Source::MsgHdr { ptr: msg });
+        i += 1;
+    }
+    if result as u64 > MAX_MMSG as u64 {
+        count(Counter::PayloadTruncated);
     }
     Ok(())
 }
@@ -838,20 +828,29 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
 pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     let regs = Regs::of(&ctx);
     let number = regs.number();
-    // One call site per family, each with a constant index: the kernel then patches each into
-    // a direct jump instead of an indirect one (a retpoline on kernels with that mitigation).
-    match exit_family_of(number) {
-        Some(exit_family::BUFFER) => jump::<{ exit_family::BUFFER }>(&ctx),
-        Some(exit_family::VECTOR) => jump::<{ exit_family::VECTOR }>(&ctx),
-        Some(exit_family::MESSAGE) => jump::<{ exit_family::MESSAGE }>(&ctx),
-        Some(exit_family::OPEN) => jump::<{ exit_family::OPEN }>(&ctx),
-        Some(exit_family::OTHER) => jump::<{ exit_family::OTHER }>(&ctx),
-        _ => return 0,
+    if jump_to_family(&ctx, number) {
+        // The jump failed: the exit ends here, and its entry stamp goes with it.
+        count(Counter::TailCallFailed);
+        let _ = take_entry_stamp(regs, number);
     }
-    count(Counter::TailCallFailed);
-    // The exit ends here: its entry stamp goes with it.
-    let _ = take_entry_stamp(regs, number);
     0
+}
+
+/// Tail-calls the program of syscall `number`'s family; returns whether it tried (and so
+/// failed), `false` for a syscall no family takes. One call site per family, each with a
+/// constant index: the kernel then patches each into a direct jump instead of an indirect one
+/// (a retpoline on kernels with that mitigation).
+#[inline(always)]
+fn jump_to_family(ctx: &BtfTracePointContext, number: u64) -> bool {
+    match exit_family_of(number) {
+        Some(exit_family::BUFFER) => jump::<{ exit_family::BUFFER }>(ctx),
+        Some(exit_family::VECTOR) => jump::<{ exit_family::VECTOR }>(ctx),
+        Some(exit_family::MESSAGE) => jump::<{ exit_family::MESSAGE }>(ctx),
+        Some(exit_family::OPEN) => jump::<{ exit_family::OPEN }>(ctx),
+        Some(exit_family::OTHER) => jump::<{ exit_family::OTHER }>(ctx),
+        _ => return false,
+    }
+    true
 }
 
 /// Tail-calls program `INDEX` of [`EXIT_JUMPS`]; returns only if that failed. The helper call
@@ -914,19 +913,15 @@ pub fn sys_exit_other(ctx: BtfTracePointContext) -> i32 {
 pub fn sys_exit_discover(ctx: BtfTracePointContext) -> i32 {
     let regs = Regs::of(&ctx);
     let number = regs.number();
-    let (Some(family), Some(syscall), Some(pid_tgid)) = (
-        exit_family_of(number),
-        exit_traced(number),
-        traced_pid_tgid(),
-    ) else {
+    let (Some(syscall), Some(pid_tgid)) = (exit_traced(number), traced_pid_tgid()) else {
         return 0;
     };
     let fd = regs.arg0() as i32;
     if discover(pid_tgid, fd, syscall as u32) != 0 {
         note_discovery(pid_tgid, regs, number, fd);
-        // SAFETY: as in `sys_exit`.
-        unsafe { EXIT_JUMPS.tail_call(&ctx, family) };
-        count(Counter::TailCallFailed);
+        if jump_to_family(&ctx, number) {
+            count(Counter::TailCallFailed);
+        }
     }
     // The exit ends here: its entry stamp goes with it.
     let _ = take_entry_stamp(regs, number);
