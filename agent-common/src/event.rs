@@ -309,7 +309,7 @@ pub struct DataEvent {
     /// watching it.
     pub seq: u32,
     /// [`DATA_SEQ_VALID`], [`DATA_HIDDEN_WORK`], [`DATA_HIDDEN_SAME_ASK`],
-    /// [`DATA_HIDDEN_EXACT_ASK`], [`DATA_RESUMED`].
+    /// [`DATA_HIDDEN_EXACT_ASK`], [`DATA_RESUMED`], [`DATA_RECORD_SEQ`].
     pub flags: u32,
 }
 const _: () = assert!(core::mem::size_of::<DataEvent>() == 32 + 16 + 16 + 8 + 8);
@@ -328,6 +328,10 @@ pub const DATA_HIDDEN_SAME_ASK: u32 = 8;
 /// [`DataEvent::flags`], with [`DATA_HIDDEN_SAME_ASK`]: a hidden request of the thread asks
 /// exactly what this request asks (not merely "anything, as far as the programs know").
 pub const DATA_HIDDEN_EXACT_ASK: u32 = 16;
+/// [`DataEvent::flags`]: a TLS library's plaintext whose ciphertext begins at TCP sequence
+/// number `seq` (not the plaintext's own position): a chunk that starts a request names it by
+/// the stream position both ends see, whenever either began watching.
+pub const DATA_RECORD_SEQ: u32 = 32;
 /// [`DataEvent::flags`]: the first syscall of a connection the budget had shed, at a request's
 /// start ([`crate::Protocol::ResumeNext`]): what the agent knew of its bytes is stale.
 pub const DATA_RESUMED: u32 = 4;

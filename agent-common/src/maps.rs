@@ -176,11 +176,21 @@ pub enum SslFunction {
     GoServerHandshake = 6,
     /// Go: `func (c *tls.Conn) clientHandshake(ctx context.Context) error`, likewise.
     GoClientHandshake = 7,
+    /// `int SSL_do_handshake(SSL *ssl)`: no plaintext; the socket syscalls inside it, or the
+    /// socket its thread read just before it (memory BIOs), tie the `SSL *` to its socket
+    /// before the first `SSL_write`.
+    Handshake = 8,
 }
 
 impl SslFunction {
     /// OpenSSL's.
-    pub const ALL: [Self; 4] = [Self::Write, Self::WriteEx, Self::Read, Self::ReadEx];
+    pub const ALL: [Self; 5] = [
+        Self::Write,
+        Self::WriteEx,
+        Self::Read,
+        Self::ReadEx,
+        Self::Handshake,
+    ];
     /// Go's `crypto/tls`.
     pub const GO: [Self; 4] = [
         Self::GoWrite,
@@ -196,6 +206,7 @@ impl SslFunction {
             Self::WriteEx => "SSL_write_ex",
             Self::Read => "SSL_read",
             Self::ReadEx => "SSL_read_ex",
+            Self::Handshake => "SSL_do_handshake",
             Self::GoWrite => "crypto/tls.(*Conn).Write",
             Self::GoRead => "crypto/tls.(*Conn).Read",
             Self::GoServerHandshake => "crypto/tls.(*Conn).serverHandshake",
@@ -246,8 +257,13 @@ pub struct SslCall {
     pub function: u32,
     /// That syscall's fd, -1 if none yet.
     pub fd: i32,
+    /// The TCP sequence number where the ciphertext of this call's plaintext begins, when
+    /// `seq_valid`: a write's is the socket's `write_seq` at entry (its records go out next); a
+    /// read's the first byte of the read its records came in.
+    pub seq: u32,
+    pub seq_valid: u32,
 }
-const _: () = assert!(core::mem::size_of::<SslCall>() == 48);
+const _: () = assert!(core::mem::size_of::<SslCall>() == 56);
 
 /// Which connection an `SSL *` of a process reads and writes (`SSL_FD`): learnt from a socket
 /// syscall made inside one of its calls, kept for the calls OpenSSL serves from its own buffer
@@ -267,10 +283,72 @@ const _: () = assert!(core::mem::size_of::<SslKey>() == 16);
 pub struct SslSocket {
     pub conn_id: u64,
     pub fd: i32,
-    /// Zero: explicit padding, so the key hashes the same bytes in the kernel and here.
-    pub pad: u32,
+    /// 1 when tied by [`SslTieEvidence`] (memory BIOs: the socket is read before the calls that
+    /// decrypt what it read), 0 by a syscall inside a call.
+    pub adjacent: u32,
 }
 const _: () = assert!(core::mem::size_of::<SslSocket>() == 16);
+
+/// The TLS socket a thread read last outside any OpenSSL call (`SSL_READ_BEFORE`, by
+/// `pid_tgid`), for the next OpenSSL call of that thread. Runtimes that run OpenSSL on memory
+/// BIOs (Node.js, Python's asyncio) make no syscall inside its calls: they read the ciphertext
+/// from the socket, then, in the same callback, hand it to OpenSSL; and write what a call
+/// produced right after it ([`SslCallBefore`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SslReadBefore {
+    pub conn_id: u64,
+    pub fd: i32,
+    /// 1 when `seq` is known.
+    pub seq_valid: u32,
+    pub read_ns: u64,
+    /// The TCP sequence number of the read's first byte.
+    pub seq: u32,
+    /// 1 when the read began with a handshake record (`16 03 ..`: a `ClientHello`, a
+    /// `ServerHello`): only such a read is [`SslTieEvidence`].
+    pub handshake: u32,
+}
+const _: () = assert!(core::mem::size_of::<SslReadBefore>() == 32);
+
+/// A TLS record's content type byte for handshake messages.
+pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// The `SSL *` (not tied to a socket yet) whose call a thread returned from last
+/// (`SSL_CALL_BEFORE`, by `pid_tgid`), for the thread's next write to a TLS socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SslCallBefore {
+    pub ssl: u64,
+    pub done_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<SslCallBefore>() == 16);
+
+/// What ties an `SSL *` on memory BIOs to its socket (`SSL_TIE_EVIDENCE`, by [`SslKey`]): the
+/// socket its thread read a handshake record from just before one of its calls, and the socket
+/// its thread wrote just after one. Either alone can be stale (a runtime may read a socket and
+/// leave the ciphertext in the BIO while its reading is paused, as aiohttp does; a write may
+/// wait for the socket's buffer), so the `SSL *` is tied only when the latest of both name the
+/// same connection. A handshake gives both before any plaintext: the `ClientHello` is written
+/// right after the client's first call and the `ServerHello` read right before its next; the
+/// server reads the `ClientHello` before its first call and writes its reply right after. A
+/// connection whose handshake the probes did not see (open before the agent, or before its
+/// executable was probed) is not tied: its reads and writes are application data only, where
+/// a stale read and a stale write were seen to agree on the wrong socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SslTieEvidence {
+    /// 0 while none.
+    pub read_conn: u64,
+    pub write_conn: u64,
+    pub read_fd: i32,
+    pub write_fd: i32,
+}
+const _: () = assert!(core::mem::size_of::<SslTieEvidence>() == 24);
+
+/// How soon after its thread's socket read an OpenSSL call must start, and a socket write must
+/// follow an OpenSSL call's return, to count as evidence ([`SslTieEvidence`]). The runtimes do
+/// both within microseconds, in one callback.
+pub const SSL_ADJACENT_NS: u64 = 10_000_000;
 
 /// The first four bytes of HTTP/2's client preface (`PRI * HTTP/2.0…`), as a little-endian
 /// `u32`.
@@ -405,10 +483,16 @@ pub enum Counter {
     /// family's program ([`EXIT_FAMILIES`]), or one to or back from discovery (an empty slot,
     /// as while the agent stops, or the kernel's tail-call limit).
     TailCallFailed = 9,
+    /// `SSL *`s on memory BIOs tied to their socket by the reads just before and writes just
+    /// after their calls ([`SslTieEvidence`]).
+    TlsTiedByAdjacency = 10,
+    /// Times the latest read before and write after an untied `SSL *`'s calls named different
+    /// sockets (one was stale): no tie until they agree.
+    TlsTieDisagreed = 11,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 12;
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::EventsSent,
         Self::RingFull,
@@ -420,6 +504,8 @@ impl Counter {
         Self::TlsUnlinked,
         Self::ShedSyscalls,
         Self::TailCallFailed,
+        Self::TlsTiedByAdjacency,
+        Self::TlsTieDisagreed,
     ];
 
     /// The name used in logs and self-metrics.
@@ -436,6 +522,8 @@ impl Counter {
             Self::TlsUnlinked => "tls_unlinked",
             Self::ShedSyscalls => "shed_syscalls",
             Self::TailCallFailed => "tail_call_failed",
+            Self::TlsTiedByAdjacency => "tls_tied_by_adjacency",
+            Self::TlsTieDisagreed => "tls_tie_disagreed",
         }
     }
 }

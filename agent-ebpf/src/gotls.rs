@@ -68,6 +68,8 @@ pub fn go_tls_enter(ctx: ProbeContext) -> u32 {
         conn_id: 0,
         function: function as u32,
         fd: -1,
+        seq: 0,
+        seq_valid: 0,
     };
     let _ = GO_TLS_CALLS.insert(&key, &call, 0);
     0

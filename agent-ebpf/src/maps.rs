@@ -2,7 +2,8 @@
 
 use agent_common::{
     COMM_LEN, CaptureConfig, ConnInfo, ConnKey, Counter, DEFAULT_MAX_CONNS, DEFAULT_RING_BYTES,
-    DataEvent, KernelOffsets, MAX_CAPTURE_BYTES, SslCall, SslKey, SslSocket,
+    DataEvent, KernelOffsets, MAX_CAPTURE_BYTES, SslCall, SslCallBefore, SslKey, SslReadBefore,
+    SslSocket, SslTieEvidence,
 };
 use aya_ebpf::{
     macros::map,
@@ -98,6 +99,24 @@ pub static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16
 /// its calls; dropped at `SSL_free`.
 #[map]
 pub static SSL_SOCKETS: LruHashMap<SslKey, SslSocket> = LruHashMap::with_max_entries(65_536, 0);
+
+/// The TLS socket each thread read last outside an OpenSSL call, for its next OpenSSL call
+/// ([`SslReadBefore`]); taken by that call. An LRU: a thread may read and never call OpenSSL.
+#[map]
+pub static SSL_READ_BEFORE: LruHashMap<u64, SslReadBefore> =
+    LruHashMap::with_max_entries(16_384, 0);
+
+/// The untied `SSL *` each thread returned from last, for its next write to a TLS socket
+/// ([`SslCallBefore`]); taken by that write. An LRU, as above.
+#[map]
+pub static SSL_CALL_BEFORE: LruHashMap<u64, SslCallBefore> =
+    LruHashMap::with_max_entries(16_384, 0);
+
+/// The evidence gathered for each untied `SSL *` ([`SslTieEvidence`]); dropped once tied, or at
+/// `SSL_free`. An LRU: an `SSL *` may never be tied (nor freed while the agent watches).
+#[map]
+pub static SSL_TIE_EVIDENCE: LruHashMap<SslKey, SslTieEvidence> =
+    LruHashMap::with_max_entries(16_384, 0);
 
 /// Go `crypto/tls` reads and writes in progress, by goroutine ([`SslKey`] with the `g`): a
 /// goroutine waiting for its socket may go on on another thread. An LRU: a goroutine can end

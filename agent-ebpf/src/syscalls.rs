@@ -485,7 +485,10 @@ fn data_exit<const FAMILY: u32>(
         if !matches!(syscall, Syscall::Sendmmsg | Syscall::Recvmmsg) {
             add_bytes(conn.entry, direction, result as u64);
         }
-        tls::note_socket(pid_tgid, regs.r14(), fd, conn.conn_id);
+        // How a read began, for the OpenSSL call that decrypts it next (memory BIOs).
+        let read = (direction == Direction::Ingress && !matches!(syscall, Syscall::Recvmmsg))
+            .then(|| tls_read_start(regs, conn.entry, syscall, result));
+        tls::note_socket(pid_tgid, regs.r14(), fd, conn.conn_id, read);
         return Ok(());
     }
     let Some(resumed) = budget_verdict(regs, pid_tgid, &mut conn, syscall, direction, result)
@@ -600,6 +603,33 @@ fn emit_records<const FAMILY: u32>(regs: Regs, exit: &mut Exit, result: i64) -> 
     Ok(())
 }
 
+/// How a read of a TLS socket began ([`tls::ReadStart`]): its position, and its first byte
+/// when the syscall read into one buffer (`read`, `recvfrom`; a vector's is not looked at).
+#[inline(never)]
+fn tls_read_start(
+    regs: Regs,
+    entry: *mut ConnInfo,
+    syscall: Syscall,
+    result: i64,
+) -> tls::ReadStart {
+    let flags = match syscall {
+        Syscall::Recvfrom => regs.arg3(),
+        Syscall::Recvmsg => regs.arg2(),
+        _ => 0,
+    };
+    let first_byte = match syscall {
+        Syscall::Read | Syscall::Recvfrom => {
+            // SAFETY: the helper returns an error for a bad user address; it never faults.
+            unsafe { bpf_probe_read_user(regs.arg1() as *const u8) }.unwrap_or(0)
+        }
+        _ => 0,
+    };
+    tls::ReadStart {
+        seq: stream_position(entry, flags, 0, result as u64),
+        first_byte,
+    }
+}
+
 /// `MSG_PEEK`: a read that leaves the bytes queued (and `copied_seq` where it was).
 const MSG_PEEK: u64 = 2;
 
@@ -659,7 +689,16 @@ fn emit_data<const DETECT: bool>(exit: &Exit, moved: i64, source: Source) {
         if found == Protocol::Tls as u32 {
             // A connection first seen at this syscall (open before the agent) may be inside an
             // OpenSSL call already: that call is this socket's.
-            tls::note_socket(exit.pid_tgid, exit.task, exit.fd, exit.conn.conn_id);
+            tls::note_socket(
+                exit.pid_tgid,
+                exit.task,
+                exit.fd,
+                exit.conn.conn_id,
+                (exit.direction == Direction::Ingress).then_some(tls::ReadStart {
+                    seq: exit.seq,
+                    first_byte: scratch.payload[0],
+                }),
+            );
         }
     } else if DETECT && exit.conn.protocol == Protocol::Mysql as u32 {
         // This record still goes out as MySQL (the agent's parser reads the SSL request too).

@@ -9,16 +9,23 @@
 //! inside the call used (the syscall exit program notes it in the call and, for later calls,
 //! in `SSL_SOCKETS`), else the one the same `SSL *` used before (OpenSSL serves many reads from
 //! its own buffer, with no syscall). No struct offsets, so no tie to an OpenSSL release.
-//! `ssl_free` (uprobe at `SSL_free`) forgets an `SSL *`. Checked on OpenSSL 3.0.19 (Debian 12
-//! `libssl3`) with Python 3.11's `ssl`, curl 7.88 and nginx 1.22.
+//!
+//! OpenSSL on memory BIOs (Node.js's `TLSWrap`, Python asyncio's `SSLObject`) makes no syscall
+//! inside its calls: the runtime reads the ciphertext from the socket and hands it to OpenSSL in
+//! the same callback, and writes what a call produced right after it. An `SSL *` not tied yet
+//! is tied once the TLS socket its thread read just before one of its calls and the one its
+//! thread wrote just after one agree ([`SslTieEvidence`]); a handshake gives both before any
+//! plaintext, and `SSL_do_handshake` is probed for this. A tied `SSL *` is never tied again.
 //!
 //! Arguments by the System V AMD64 ABI: rdi, rsi, rdx, rcx; the result in rax.
 
 use agent_common::{
-    ConnKey, Counter, DataEvent, Direction, EventKind, MAX_CAPTURE_BYTES, Protocol, Role, SslCall,
-    SslFunction, SslKey, SslSocket, Syscall,
+    ConnKey, Counter, DATA_RECORD_SEQ, DataEvent, Direction, EventKind, MAX_CAPTURE_BYTES,
+    Protocol, Role, SSL_ADJACENT_NS, SslCall, SslCallBefore, SslFunction, SslKey, SslReadBefore,
+    SslSocket, SslTieEvidence, Syscall, TLS_HANDSHAKE_RECORD,
 };
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::{
         bpf_probe_read_user,
         generated::{bpf_get_attach_cookie, bpf_probe_read_user as read_user_raw},
@@ -28,12 +35,17 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{CONNS, EVENTS, GO_TLS_CALLS, GO_TLS_HANDSHAKES, SSL_CALLS, SSL_SOCKETS, config, count},
+    followed::{self, NOT_FOLLOWED},
+    maps::{
+        CONNS, EVENTS, GO_TLS_CALLS, GO_TLS_HANDSHAKES, SSL_CALL_BEFORE, SSL_CALLS,
+        SSL_READ_BEFORE, SSL_SOCKETS, SSL_TIE_EVIDENCE, config, count,
+    },
+    socket::stream_seq,
     syscalls::{header, now_ns, traced_pid_tgid},
 };
 
 /// `hook`: uprobe at the entry of `SSL_write`, `SSL_write_ex`, `SSL_read`, `SSL_read_ex`
-/// (`SSL *ssl`, `buf`, `num`[, `size_t *count`]).
+/// (`SSL *ssl`, `buf`, `num`[, `size_t *count`]) and `SSL_do_handshake` (`SSL *ssl`).
 #[uprobe]
 pub fn ssl_enter(ctx: ProbeContext) -> u32 {
     let Some(pid_tgid) = traced_pid_tgid() else {
@@ -51,7 +63,16 @@ pub fn ssl_enter(ctx: ProbeContext) -> u32 {
             core::ptr::read_volatile(&raw const (*regs).rcx),
         )
     };
+    let read = read_before_call(pid_tgid, ssl);
     let ex = function == SslFunction::WriteEx as u64 || function == SslFunction::ReadEx as u64;
+    let write = function == SslFunction::Write as u64 || function == SslFunction::WriteEx as u64;
+    // Plain integers, not `Option`s: the verifier refuses a register the compiler left
+    // unwritten on a `None` path.
+    let seq = if function == SslFunction::Handshake as u64 {
+        0
+    } else {
+        record_seq(pid_tgid, ssl, write, &read)
+    };
     let call = SslCall {
         ssl,
         buf,
@@ -60,12 +81,22 @@ pub fn ssl_enter(ctx: ProbeContext) -> u32 {
         conn_id: 0,
         function: function as u32,
         fd: -1,
+        seq: seq as u32,
+        seq_valid: (seq >> 32) as u32,
     };
-    let _ = SSL_CALLS.insert(&pid_tgid, &call, 0);
+    // A handshake never displaces a read or write in progress (none calls the exported
+    // `SSL_do_handshake` in the OpenSSL releases checked, but a fork might).
+    let flags = if function == SslFunction::Handshake as u64 {
+        u64::from(BPF_NOEXIST)
+    } else {
+        0
+    };
+    let _ = SSL_CALLS.insert(&pid_tgid, &call, flags);
     0
 }
 
-/// `hook`: uretprobe of the same four functions: sends what the call wrote or read.
+/// `hook`: uretprobe of the same five functions: sends what a read or write call wrote or
+/// read; a handshake's return only ends it.
 #[uretprobe]
 pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     let Some(pid_tgid) = traced_pid_tgid() else {
@@ -76,7 +107,19 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     };
     // SAFETY: a pointer from a successful lookup, copied at once; the entry is this thread's.
     let call = unsafe { *call };
+    call_before_write(pid_tgid, &call);
+    // SAFETY: the helper reads the cookie of the perf event that ran this program.
+    let returning = unsafe { bpf_get_attach_cookie(ctx.regs.cast()) };
+    if returning == SslFunction::Handshake as u64 {
+        if call.function == SslFunction::Handshake as u32 {
+            let _ = SSL_CALLS.remove(&pid_tgid);
+        }
+        return 0;
+    }
     let _ = SSL_CALLS.remove(&pid_tgid);
+    if call.function == SslFunction::Handshake as u32 {
+        return 0;
+    }
     let ret: i64 = ctx.ret();
     let ex =
         call.function == SslFunction::WriteEx as u32 || call.function == SslFunction::ReadEx as u32;
@@ -99,7 +142,13 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     }
     let write =
         call.function == SslFunction::Write as u32 || call.function == SslFunction::WriteEx as u32;
-    send(pid_tgid, &call, write, bytes, call.ssl);
+    // In a followed runtime (asyncio, Node.js) the call runs in the task or callback that reads
+    // or writes the plaintext, as a syscall on a cleartext socket would: its rules apply.
+    let task = match followed::current_task(pid_tgid) {
+        NOT_FOLLOWED => call.ssl,
+        task => task,
+    };
+    send(pid_tgid, &call, write, bytes, task);
     0
 }
 
@@ -142,20 +191,171 @@ pub fn ssl_free(ctx: ProbeContext) -> u32 {
     };
     // SAFETY: as in `ssl_enter`.
     let ssl = unsafe { core::ptr::read_volatile(&raw const (*ctx.regs).rdi) };
-    let _ = SSL_SOCKETS.remove(&SslKey {
+    let key = SslKey {
         tgid: (pid_tgid >> 32) as u32,
         pad: 0,
         ssl,
-    });
+    };
+    let _ = SSL_SOCKETS.remove(&key);
+    let _ = SSL_TIE_EVIDENCE.remove(&key);
     0
+}
+
+/// At an OpenSSL call's entry: the TLS socket the thread read a handshake record from just
+/// before, if it did ([`SslReadBefore`]), is evidence for an `SSL *` not tied yet. The read is
+/// returned for the call's [`record_seq`] (all zero when there was none, or too long ago), and
+/// taken either way: it is evidence for one call at most.
+#[inline(always)]
+fn read_before_call(pid_tgid: u64, ssl: u64) -> SslReadBefore {
+    let Some(read) = SSL_READ_BEFORE.get_ptr(&pid_tgid) else {
+        return SslReadBefore::default();
+    };
+    // SAFETY: a pointer from a successful lookup, copied at once.
+    let read = unsafe { *read };
+    let _ = SSL_READ_BEFORE.remove(&pid_tgid);
+    if now_ns().saturating_sub(read.read_ns) > SSL_ADJACENT_NS {
+        return SslReadBefore::default();
+    }
+    if read.handshake != 0 {
+        add_evidence(pid_tgid, ssl, read.conn_id, read.fd, true);
+    }
+    read
+}
+
+/// The TCP sequence number where the ciphertext of a read or write call of a tied `SSL *`
+/// begins ([`SslCall::seq`]), with bit 32 set; 0 if not known. A write's records go out next: the socket's
+/// `write_seq` now. A read's came in the read just before the call (`read`) on memory BIOs, and
+/// come in the reads inside the call otherwise: the socket's `copied_seq` now (OpenSSL reads a
+/// record's header, then its body, and no further). Wrong only where bytes were queued ahead of
+/// the records (a runtime's own write buffer) or a read began inside a record: the request key
+/// then matches no other end's, and nothing is paired.
+#[inline(always)]
+fn record_seq(pid_tgid: u64, ssl: u64, write: bool, read: &SslReadBefore) -> u64 {
+    const VALID: u64 = 1 << 32;
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(tie) = SSL_SOCKETS.get_ptr(&SslKey { tgid, pad: 0, ssl }) else {
+        return 0;
+    };
+    // SAFETY: a pointer from a successful lookup, copied at once.
+    let tie = unsafe { *tie };
+    if !write && tie.adjacent != 0 {
+        return if read.conn_id == tie.conn_id && read.seq_valid != 0 {
+            VALID | u64::from(read.seq)
+        } else {
+            0
+        };
+    }
+    let Some(info) = CONNS.get_ptr(&ConnKey { tgid, fd: tie.fd }) else {
+        return 0;
+    };
+    // SAFETY: a pointer from a successful lookup, read at once.
+    let (conn_id, tcp_sk) = unsafe { ((*info).conn_id, (*info).tcp_sk) };
+    if conn_id != tie.conn_id || tcp_sk == 0 {
+        return 0;
+    }
+    match stream_seq(tcp_sk, write, 0) {
+        Ok(seq) => VALID | u64::from(seq),
+        Err(_) => 0,
+    }
+}
+
+/// At an OpenSSL call's return: an `SSL *` not tied yet, whose call made no syscall that named
+/// its socket, waits for the thread's next write to a TLS socket ([`SslCallBefore`]). Any other
+/// call clears the wait: a write after it is that call's, not an earlier one's.
+#[inline(always)]
+fn call_before_write(pid_tgid: u64, call: &SslCall) {
+    let key = SslKey {
+        tgid: (pid_tgid >> 32) as u32,
+        pad: 0,
+        ssl: call.ssl,
+    };
+    if call.fd >= 0 || SSL_SOCKETS.get_ptr(&key).is_some() {
+        let _ = SSL_CALL_BEFORE.remove(&pid_tgid);
+        return;
+    }
+    let before = SslCallBefore {
+        ssl: call.ssl,
+        done_ns: now_ns(),
+    };
+    let _ = SSL_CALL_BEFORE.insert(&pid_tgid, &before, 0);
+}
+
+/// At a write to a TLS socket outside any OpenSSL call: the socket is evidence for the untied
+/// `SSL *` whose call the thread returned from just before, if any. Taken either way.
+#[inline(always)]
+fn write_after_call(pid_tgid: u64, fd: i32, conn_id: u64) {
+    let Some(call) = SSL_CALL_BEFORE.get_ptr(&pid_tgid) else {
+        return;
+    };
+    // SAFETY: a pointer from a successful lookup, copied at once.
+    let call = unsafe { *call };
+    let _ = SSL_CALL_BEFORE.remove(&pid_tgid);
+    if now_ns().saturating_sub(call.done_ns) > SSL_ADJACENT_NS {
+        return;
+    }
+    add_evidence(pid_tgid, call.ssl, conn_id, fd, false);
+}
+
+/// Notes a read (`read`) or write adjacent to a call of `ssl`; ties the `SSL *` once the latest
+/// read and write name the same connection.
+#[inline(always)]
+fn add_evidence(pid_tgid: u64, ssl: u64, conn_id: u64, fd: i32, read: bool) {
+    let key = SslKey {
+        tgid: (pid_tgid >> 32) as u32,
+        pad: 0,
+        ssl,
+    };
+    if SSL_SOCKETS.get_ptr(&key).is_some() {
+        return;
+    }
+    let mut evidence = match SSL_TIE_EVIDENCE.get_ptr(&key) {
+        // SAFETY: a pointer from a successful lookup, copied at once.
+        Some(known) => unsafe { *known },
+        None => SslTieEvidence::default(),
+    };
+    if read {
+        evidence.read_conn = conn_id;
+        evidence.read_fd = fd;
+    } else {
+        evidence.write_conn = conn_id;
+        evidence.write_fd = fd;
+    }
+    if evidence.read_conn == 0 || evidence.write_conn == 0 {
+        let _ = SSL_TIE_EVIDENCE.insert(&key, &evidence, 0);
+        return;
+    }
+    if evidence.read_conn != evidence.write_conn || evidence.read_fd != evidence.write_fd {
+        count(Counter::TlsTieDisagreed);
+        let _ = SSL_TIE_EVIDENCE.insert(&key, &evidence, 0);
+        return;
+    }
+    let _ = SSL_TIE_EVIDENCE.remove(&key);
+    let tie = SslSocket {
+        conn_id,
+        fd,
+        adjacent: 1,
+    };
+    if SSL_SOCKETS.insert(&key, &tie, 0).is_ok() {
+        count(Counter::TlsTiedByAdjacency);
+    }
+}
+
+/// How a read of a TLS socket began: its first byte's TCP sequence number (with the exit
+/// program's `SEQ_VALID` bit when known) and the first byte itself (0 when not read).
+#[derive(Clone, Copy)]
+pub struct ReadStart {
+    pub seq: u64,
+    pub first_byte: u8,
 }
 
 /// Called by the syscall exit program for a read or write on a TLS socket: if this thread is
 /// inside an OpenSSL call, or the goroutine `g` (R14, when the syscall came from Go code) inside
 /// a Go `crypto/tls` call, that call (and its `SSL *` or `*tls.Conn` from now on) uses this
-/// socket.
+/// socket. Outside any call, a read is kept for the thread's next OpenSSL call
+/// ([`SslReadBefore`]) and a write is evidence for the call just before ([`SslCallBefore`]).
+/// `read`: how a read began, `None` for a write.
 #[inline(always)]
-pub fn note_socket(pid_tgid: u64, g: u64, fd: i32, conn_id: u64) {
+pub fn note_socket(pid_tgid: u64, g: u64, fd: i32, conn_id: u64, read: Option<ReadStart>) {
     if let Some(call) = SSL_CALLS.get_ptr_mut(&pid_tgid) {
         note_call_socket(pid_tgid, call, fd, conn_id);
         return;
@@ -165,27 +365,42 @@ pub fn note_socket(pid_tgid: u64, g: u64, fd: i32, conn_id: u64) {
         pad: 0,
         ssl: g,
     };
-    if g == 0 {
-        return;
+    if g != 0 {
+        if let Some(call) = GO_TLS_CALLS.get_ptr_mut(&key) {
+            note_call_socket(pid_tgid, call, fd, conn_id);
+            return;
+        }
+        if let Some(conn) = GO_TLS_HANDSHAKES.get_ptr(&key) {
+            // SAFETY: a pointer from a successful lookup, read at once.
+            let conn = unsafe { *conn };
+            let _ = SSL_SOCKETS.insert(
+                &SslKey {
+                    tgid: key.tgid,
+                    pad: 0,
+                    ssl: conn,
+                },
+                &SslSocket {
+                    conn_id,
+                    fd,
+                    adjacent: 0,
+                },
+                0,
+            );
+            return;
+        }
     }
-    if let Some(call) = GO_TLS_CALLS.get_ptr_mut(&key) {
-        note_call_socket(pid_tgid, call, fd, conn_id);
-    } else if let Some(conn) = GO_TLS_HANDSHAKES.get_ptr(&key) {
-        // SAFETY: a pointer from a successful lookup, read at once.
-        let conn = unsafe { *conn };
-        let _ = SSL_SOCKETS.insert(
-            &SslKey {
-                tgid: key.tgid,
-                pad: 0,
-                ssl: conn,
-            },
-            &SslSocket {
-                conn_id,
-                fd,
-                pad: 0,
-            },
-            0,
-        );
+    if let Some(start) = read {
+        let before = SslReadBefore {
+            conn_id,
+            fd,
+            seq_valid: u32::from(start.seq >> 32 != 0),
+            read_ns: now_ns(),
+            seq: start.seq as u32,
+            handshake: u32::from(start.first_byte == TLS_HANDSHAKE_RECORD),
+        };
+        let _ = SSL_READ_BEFORE.insert(&pid_tgid, &before, 0);
+    } else {
+        write_after_call(pid_tgid, fd, conn_id);
     }
 }
 
@@ -208,7 +423,7 @@ fn note_call_socket(pid_tgid: u64, call: *mut SslCall, fd: i32, conn_id: u64) {
         &SslSocket {
             conn_id,
             fd,
-            pad: 0,
+            adjacent: 0,
         },
         0,
     );
@@ -287,10 +502,14 @@ fn emit(
             },
             captured_len: captured,
             task,
-            // Plaintext: its offsets are not the TCP stream's.
-            seq: 0,
+            // Plaintext: its offsets are not the TCP stream's; where its ciphertext began is.
+            seq: call.seq,
             flags: if write && role != Role::Server as u32 {
                 crate::shed::hidden_work_flags_unread(pid_tgid)
+            } else {
+                0
+            } | if call.seq_valid != 0 {
+                DATA_RECORD_SEQ
             } else {
                 0
             },

@@ -69,6 +69,9 @@ pub struct Hop {
     /// The first path segment of the requests it serves.
     pub segment: &'static str,
     pub calls: Vec<Hop>,
+    /// Served over HTTPS (aiohttp and Node.js only), with the test's self-signed certificate:
+    /// its caller's calls are TLS (a caller's downstreams are all TLS or none).
+    pub tls: bool,
 }
 
 impl Hop {
@@ -79,6 +82,7 @@ impl Hop {
             service: segment,
             segment,
             calls: Vec::new(),
+            tls: false,
         }
     }
 
@@ -89,7 +93,14 @@ impl Hop {
             service: segment,
             segment,
             calls,
+            tls: false,
         }
+    }
+
+    /// The same service, served over HTTPS.
+    #[must_use]
+    pub fn over_tls(self) -> Self {
+        Self { tls: true, ..self }
     }
 }
 
@@ -175,6 +186,7 @@ pub fn chain_named(name: &str) -> Hop {
                 segment: "front",
                 ..two_leaves(Kind::Threaded)
             }],
+            tls: false,
         },
         "mixed" => Hop::calling(
             Kind::Go,
@@ -188,12 +200,27 @@ pub fn chain_named(name: &str) -> Hop {
                 Hop::leaf(Kind::Threaded, "b"),
             ],
         ),
+        "aiohttp-tls" => tls_chain(Kind::Aiohttp { uvloop: false }),
+        "node-tls" => tls_chain(Kind::Node),
         other => panic!("no chain named {other}"),
     }
 }
 
+/// A front of `kind` calling an aiohttp and a Node.js leaf over HTTPS: asyncio's and Node.js's
+/// TLS run on OpenSSL memory BIOs (no syscall inside an OpenSSL call).
+fn tls_chain(kind: Kind) -> Hop {
+    Hop::calling(
+        kind,
+        "front",
+        vec![
+            Hop::leaf(Kind::Aiohttp { uvloop: false }, "a").over_tls(),
+            Hop::leaf(Kind::Node, "b").over_tls(),
+        ],
+    )
+}
+
 /// Every chain [`chain_named`] knows, in table order.
-pub const CHAINS: [&str; 19] = [
+pub const CHAINS: [&str; 21] = [
     "threaded",
     "nginx",
     "aiohttp",
@@ -213,6 +240,8 @@ pub const CHAINS: [&str; 19] = [
     "grpc",
     "grpc-pool",
     "grpc-chain",
+    "aiohttp-tls",
+    "node-tls",
 ];
 
 /// The Go service, built once per test process into `chains/` of the target folder from the fixture's
@@ -266,6 +295,9 @@ pub struct Chain {
     pub root: Hop,
     /// Where the driver sends its requests.
     pub port: u16,
+    /// The file whose creation lets TLS callers' background calls begin
+    /// ([`Chain::release_background`]).
+    background_gate: PathBuf,
     /// The pid of each service started (nginx's master for nginx), by segment.
     pub pids: Vec<(&'static str, u32)>,
     _procs: Vec<Proc>,
@@ -279,14 +311,27 @@ impl Chain {
         let mut procs = Vec::new();
         let mut nginx = Vec::new();
         let mut pids = Vec::new();
-        let port = start_hop(&root, &mut procs, &mut nginx, &mut pids);
+        let background_gate = crate::target_dir().join(format!(
+            "chains/background-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let port = start_hop(&root, &background_gate, &mut procs, &mut nginx, &mut pids);
         Self {
             root,
             port,
+            background_gate,
             pids,
             _procs: procs,
             _nginx: nginx,
         }
+    }
+
+    /// Lets the background calls of services that call over TLS begin: they wait until the agent
+    /// runs, so that their connections' handshakes are seen (a TLS connection on memory BIOs
+    /// open before the agent is not traced). No-op for other chains.
+    pub fn release_background(&self) {
+        let _ = std::fs::write(&self.background_gate, b"");
     }
 
     /// Runs the driver to completion: `sequential` requests one after another, then `waves`
@@ -322,6 +367,7 @@ impl Chain {
 /// Starts `hop` and what it calls; returns its port.
 fn start_hop(
     hop: &Hop,
+    background_gate: &PathBuf,
     procs: &mut Vec<Proc>,
     nginx: &mut Vec<Nginx>,
     pids: &mut Vec<(&'static str, u32)>,
@@ -330,7 +376,7 @@ fn start_hop(
         .calls
         .iter()
         .map(|d| {
-            let port = start_hop(d, procs, nginx, pids);
+            let port = start_hop(d, background_gate, procs, nginx, pids);
             // An HTTP service calls a gRPC one through its gRPC client.
             if d.kind == Kind::Grpc && hop.kind != Kind::Grpc {
                 format!("grpc:{}={port}", d.segment)
@@ -398,6 +444,22 @@ fn start_hop(
             std::env::var("BACKGROUND_MS").unwrap_or_else(|_| "7".into()),
         );
     }
+    if hop.tls {
+        assert!(
+            matches!(hop.kind, Kind::Aiohttp { .. } | Kind::Node),
+            "only aiohttp and Node.js services serve HTTPS"
+        );
+        let (cert, key) = chain_certificate();
+        cmd.env("TLS_CERT", cert).env("TLS_KEY", key);
+    }
+    if hop.calls.iter().any(|d| d.tls) {
+        assert!(
+            hop.calls.iter().all(|d| d.tls),
+            "a service's downstreams are all TLS or none"
+        );
+        cmd.env("DOWNSTREAM_TLS", "1")
+            .env("BACKGROUND_AFTER", background_gate);
+    }
     if hop.kind == Kind::GoSequential {
         cmd.env("GO_SEQUENTIAL", "1");
     }
@@ -414,6 +476,17 @@ fn start_hop(
     pids.push((hop.segment, proc.pid()));
     procs.push(proc);
     port
+}
+
+/// The self-signed certificate and key HTTPS services of chains serve, made once per test
+/// process.
+fn chain_certificate() -> &'static (PathBuf, PathBuf) {
+    static MADE: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    MADE.get_or_init(|| {
+        crate::self_signed_certificate(
+            &crate::target_dir().join(format!("chains/tls-{}", std::process::id())),
+        )
+    })
 }
 
 fn python(script: &str) -> Command {

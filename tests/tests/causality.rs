@@ -39,10 +39,17 @@ fn measure(name: &str) -> Score {
 
 /// The score, and what the agent logged.
 fn measure_with_log(name: &str) -> (Score, String) {
+    let (score, out) = measure_with_output(name);
+    (score, out.stderr)
+}
+
+/// The score, and all the agent wrote.
+fn measure_with_output(name: &str) -> (Score, sockspan_tests::Output) {
     let chain = Chain::start(chain_named(name));
     let mut flags = vec!["--output", "jsonl"];
     flags.extend(agent_flags(&chain.root));
     let agent = Agent::start_command("run", &flags);
+    chain.release_background();
     let (sequential, waves, width) = load();
     let ids = chain.drive(sequential, waves, width);
     let out = agent.stop();
@@ -54,7 +61,7 @@ fn measure_with_log(name: &str) -> (Score, String) {
         // The agent's own counters, for whoever reads a failure: which rule ran, what it missed.
         eprintln!("agent: {}", out.counters);
     }
-    (result, out.stderr)
+    (result, out)
 }
 
 /// No rule may name a parent it is not sure of, on any runtime.
@@ -234,6 +241,46 @@ fn node_with_a_connection_limit_names_no_wrong_parent() {
     let (score, log) = measure_with_log("node-limited");
     assert_precise(&score);
     assert_node_callback_rule(&score, &log);
+}
+
+/// The calls to the leaves over HTTPS, from asyncio (aiohttp's `ClientSession`) or Node.js
+/// (`https.request`), to an aiohttp and a Node.js HTTPS server: both runtimes run OpenSSL on
+/// memory BIOs, so no syscall happens inside an OpenSSL call; each `SSL *` is tied to its socket
+/// by the handshake read just before one of its calls and the write just after one. Every tree
+/// whole, each TLS span from plaintext, the task and callback rules on TLS calls as on
+/// cleartext ones; the services' background calls through the same pools (begun once the agent
+/// runs) never adopted.
+fn assert_memory_bio_chain(name: &str, rule: &str) {
+    let (score, out) = measure_with_output(name);
+    assert_whole(&score);
+    for evidence in [rule, "connection"] {
+        assert!(
+            score.evidence.get(evidence).copied().unwrap_or(0) > 0,
+            "{evidence}: {}",
+            score.line()
+        );
+    }
+    assert!(out.counter("tls_tied_by_adjacency") > 0, "{}", out.counters);
+    let leaf_spans: Vec<&serde_json::Value> = out
+        .events
+        .iter()
+        .filter(|s| ["a", "b"].contains(&s["resource"]["service.name"].as_str().unwrap_or("")))
+        .collect();
+    assert!(!leaf_spans.is_empty());
+    for span in leaf_spans {
+        assert_eq!(span["attributes"]["tls.protocol.name"], "tls", "{span:#}");
+        assert_eq!(span["attributes"]["url.scheme"], "https", "{span:#}");
+    }
+}
+
+#[test]
+fn aiohttp_chain_over_tls_is_whole() {
+    assert_memory_bio_chain("aiohttp-tls", "task");
+}
+
+#[test]
+fn node_chain_over_tls_is_whole() {
+    assert_memory_bio_chain("node-tls", "callback");
 }
 
 /// `--no-runtime-probes node`: no callback links, and no wrong parent either.

@@ -211,6 +211,7 @@ pub fn causality(only: Option<&str>) -> Result<()> {
         let mut flags = vec!["--output", "jsonl"];
         flags.extend(agent_flags(&chain.root));
         let agent = Agent::start_command("run", &flags);
+        chain.release_background();
         let ids = chain.drive(SEQUENTIAL, waves, width);
         let out = agent.stop();
         if !out.status.success() {

@@ -387,6 +387,11 @@ fn capture_stats(stats: &mut FinalStats, sink: &TraceSink<'_>, receiver: &receiv
         .add("ring_full_drops", kernel.get(Counter::RingFull))
         .add("entry_time_missed", kernel.get(Counter::EntryTimeMissed))
         .add("tls_unlinked", kernel.get(Counter::TlsUnlinked))
+        .add(
+            "tls_tied_by_adjacency",
+            kernel.get(Counter::TlsTiedByAdjacency),
+        )
+        .add("tls_tie_disagreed", kernel.get(Counter::TlsTieDisagreed))
         .add("conns_opened", conns.opened)
         .add("data_unknown_conn", conns.data_unknown_conn)
         .add("conns_peak", conns.peak)

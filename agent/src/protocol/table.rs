@@ -1,6 +1,6 @@
 //! What each tracked connection carries: detection while unknown, then its protocol's parser.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use super::{Chunk, ConnectionParser, PROTOCOLS, ProtoEvent, Side, Stamp, StreamIo};
 
@@ -27,7 +27,35 @@ struct Parsed {
     parser: Box<dyn ConnectionParser>,
     /// Where the request direction's offset 0 lies in the TCP stream.
     requests_at: Anchor,
+    /// Request-direction bytes fed so far: the parser's offset of the next chunk's first byte.
+    request_bytes: u64,
+    /// TLS plaintext: where recent request-direction chunks began (the parser's offset) and
+    /// the TCP sequence number their ciphertext began at ([`Position::Record`]), newest last.
+    records: VecDeque<(u64, u32)>,
+    /// Whether any chunk came with a [`Position::Record`]: its request keys are then those
+    /// sequence numbers, or marked offsets ([`OFFSET_KEY`]).
+    keyed_by_records: bool,
 }
+
+/// Where a chunk lies in its TCP stream, as far as the programs know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// The TCP sequence number of the chunk's first byte.
+    Stream(u32),
+    /// TLS plaintext: the TCP sequence number where the ciphertext it came from (a read) or
+    /// goes out in (a write) began. Both ends see the same number for a record however late
+    /// either began watching, while their plaintext offsets differ.
+    Record(u32),
+    Unknown,
+}
+
+/// Request starts remembered per TLS connection ([`Parsed::records`]): more than the requests
+/// an HTTP/1 connection has in flight.
+const RECORDS_KEPT: usize = 32;
+
+/// Set on the request key of a TLS request whose chunk had no known record position: a
+/// plaintext offset, which can never equal a sequence number (32 bits) of another end.
+const OFFSET_KEY: u64 = 1 << 40;
 
 /// The TCP sequence number of a direction's first byte the parser was fed. A parser counts
 /// offsets from the first byte it sees; two agents (or one agent's two ends of a connection)
@@ -62,11 +90,38 @@ impl Parsed {
             return;
         }
         for event in events {
-            match event {
-                ProtoEvent::Request { key, .. } => *key = self.requests_at.key(*key),
-                ProtoEvent::Exchange(x) => x.key = self.requests_at.key(x.key),
-            }
+            let key = match event {
+                ProtoEvent::Request { key, .. } => key,
+                ProtoEvent::Exchange(x) => &mut x.key,
+            };
+            *key = if self.keyed_by_records {
+                self.record_key(*key)
+            } else {
+                self.requests_at.key(*key)
+            };
         }
+    }
+
+    /// The key of a TLS request whose first byte is at `offset` of the parser's count: the
+    /// sequence number of the record it began, when a chunk began there.
+    fn record_key(&self, offset: u64) -> u64 {
+        self.records
+            .iter()
+            .rev()
+            .find(|(at, _)| *at == offset)
+            .map_or(offset | OFFSET_KEY, |(_, seq)| u64::from(*seq))
+    }
+
+    /// Counts a request-direction chunk of `total` bytes, and where its record began.
+    fn note_request_chunk(&mut self, position: Position, total: u64) {
+        if let Position::Record(seq) = position {
+            self.keyed_by_records = true;
+            if self.records.len() == RECORDS_KEPT {
+                self.records.pop_front();
+            }
+            self.records.push_back((self.request_bytes, seq));
+        }
+        self.request_bytes = self.request_bytes.saturating_add(total);
     }
 }
 
@@ -150,14 +205,15 @@ impl ProtocolTable {
         self.conns.insert(conn_id, State::Other);
     }
 
-    /// Feeds one chunk of `conn_id` whose first byte has TCP sequence number `seq` (when
-    /// known); parsed events go to `out`. Request keys that are offsets become sequence numbers
-    /// (mod 2³²) when the request direction's first chunk had one.
+    /// Feeds one chunk of `conn_id` at `position` of its TCP stream; parsed events go to
+    /// `out`. Request keys that are offsets become sequence numbers (mod 2³²) when the request
+    /// direction's first chunk had one, or, for TLS plaintext, the sequence number of the record
+    /// a request began.
     pub fn feed(
         &mut self,
         conn_id: u64,
         chunk: &Chunk<'_>,
-        seq: Option<u32>,
+        position: Position,
         ts: u64,
         tid: u32,
         out: &mut Vec<ProtoEvent>,
@@ -187,14 +243,23 @@ impl ProtocolTable {
                 server: detected.server,
                 parser: detected.parser,
                 requests_at: Anchor::Unset,
+                request_bytes: 0,
+                records: VecDeque::new(),
+                keyed_by_records: false,
             });
         }
         let State::Parsed(parsed) = state else {
             return Fed::Skipped;
         };
         let side = Side::of(parsed.server, chunk.egress);
-        if side == Side::Request && matches!(parsed.requests_at, Anchor::Unset) {
-            parsed.requests_at = seq.map_or(Anchor::Unknown, Anchor::At);
+        if side == Side::Request {
+            if matches!(parsed.requests_at, Anchor::Unset) {
+                parsed.requests_at = match position {
+                    Position::Stream(seq) => Anchor::At(seq),
+                    Position::Record(_) | Position::Unknown => Anchor::Unknown,
+                };
+            }
+            parsed.note_request_chunk(position, chunk.total);
         }
         parsed
             .parser
@@ -298,7 +363,7 @@ mod tests {
             payload,
             total: payload.len() as u64,
         };
-        table.feed(7, &chunk, None, 1, 1, &mut Vec::new())
+        table.feed(7, &chunk, Position::Unknown, 1, 1, &mut Vec::new())
     }
 
     #[test]
@@ -339,7 +404,7 @@ mod tests {
             total: tail.len() as u64,
         };
         assert_eq!(
-            table.feed(7, &chunk, None, 2, 2, &mut Vec::new()),
+            table.feed(7, &chunk, Position::Unknown, 2, 2, &mut Vec::new()),
             Fed::Parsed {
                 server: false,
                 thread_causality: false,
@@ -349,18 +414,18 @@ mod tests {
         );
     }
 
-    /// Request keys of one end of an HTTP/1 connection: `(egress, bytes, seq)` chunks.
-    fn request_keys(server: bool, chunks: &[(bool, &[u8], Option<u32>)]) -> Vec<u64> {
+    /// Request keys of one end of an HTTP/1 connection: `(egress, bytes, position)` chunks.
+    fn request_keys(server: bool, chunks: &[(bool, &[u8], Position)]) -> Vec<u64> {
         let mut table = ProtocolTable::default();
         let mut out = Vec::new();
-        for (i, &(egress, payload, seq)) in chunks.iter().enumerate() {
+        for (i, &(egress, payload, position)) in chunks.iter().enumerate() {
             let chunk = Chunk {
                 egress,
                 role: if server { Role::Server } else { Role::Client },
                 payload,
                 total: payload.len() as u64,
             };
-            let _ = table.feed(7, &chunk, seq, i as u64, 1, &mut out);
+            let _ = table.feed(7, &chunk, position, i as u64, 1, &mut out);
         }
         out.iter()
             .filter_map(|e| match e {
@@ -383,28 +448,71 @@ mod tests {
         let client = request_keys(
             false,
             &[
-                (true, REQ, Some(isn)),
-                (false, RESP, Some(reply_isn)),
-                (true, REQ, Some(isn.wrapping_add(len))),
-                (false, RESP, Some(reply_isn + RESP.len() as u32)),
-                (true, REQ, Some(isn.wrapping_add(2 * len))),
+                (true, REQ, Position::Stream(isn)),
+                (false, RESP, Position::Stream(reply_isn)),
+                (true, REQ, Position::Stream(isn.wrapping_add(len))),
+                (false, RESP, Position::Stream(reply_isn + RESP.len() as u32)),
+                (true, REQ, Position::Stream(isn.wrapping_add(2 * len))),
             ],
         );
         let server = request_keys(
             true,
             &[
-                (false, REQ, Some(isn.wrapping_add(len))),
-                (true, RESP, Some(reply_isn + RESP.len() as u32)),
-                (false, REQ, Some(isn.wrapping_add(2 * len))),
+                (false, REQ, Position::Stream(isn.wrapping_add(len))),
+                (true, RESP, Position::Stream(reply_isn + RESP.len() as u32)),
+                (false, REQ, Position::Stream(isn.wrapping_add(2 * len))),
             ],
         );
         assert_eq!(client.len(), 3);
         assert_eq!(server, client[1..]);
-        // Without sequence numbers (TLS plaintext), each end counts from what it saw.
+        // Without sequence numbers, each end counts from what it saw.
         let plain = request_keys(
             true,
-            &[(false, REQ, None), (true, RESP, None), (false, REQ, None)],
+            &[
+                (false, REQ, Position::Unknown),
+                (true, RESP, Position::Unknown),
+                (false, REQ, Position::Unknown),
+            ],
         );
         assert_eq!(plain, [0, u64::from(len)]);
+    }
+
+    /// TLS plaintext of a keep-alive connection open before the agent: the client's end was
+    /// first seen at its first request, the server's at its second. Plaintext offsets would
+    /// differ; the sequence numbers where each request's record began agree (the ciphertext's
+    /// overhead makes them no plaintext offset). A request whose record is not known gets a
+    /// marked offset, which matches no sequence number.
+    #[test]
+    fn tls_requests_are_keyed_by_the_sequence_number_of_their_record() {
+        const REQ: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let record = |n: u32| 5_000 + n * 80;
+        let client = request_keys(
+            false,
+            &[
+                (true, REQ, Position::Record(record(0))),
+                (false, RESP, Position::Record(9_000)),
+                (true, REQ, Position::Record(record(1))),
+                (false, RESP, Position::Record(9_070)),
+                (true, REQ, Position::Unknown),
+            ],
+        );
+        let server = request_keys(
+            true,
+            &[
+                (false, REQ, Position::Record(record(1))),
+                (true, RESP, Position::Record(9_070)),
+                (false, REQ, Position::Record(record(2))),
+            ],
+        );
+        assert_eq!(
+            client,
+            [
+                u64::from(record(0)),
+                u64::from(record(1)),
+                (2 * REQ.len() as u64) | OFFSET_KEY
+            ]
+        );
+        assert_eq!(server, [u64::from(record(1)), u64::from(record(2))]);
     }
 }

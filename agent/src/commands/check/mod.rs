@@ -291,7 +291,8 @@ fn tls_row(probes: &mut Probes) -> Row {
     }
     detail.push_str(
         "; not covered yet: OpenSSL/BoringSSL linked into a stripped executable (nothing names its \
-         functions), rustls; Node.js's TLS (memory BIOs: its plaintext is not tied to a socket)",
+         functions), rustls; OpenSSL on memory BIOs (Node.js, asyncio) on connections whose \
+         handshake was not seen (open before the agent or before the executable was probed)",
     );
     Row {
         feature: "TLS plaintext (OpenSSL and Go crypto/tls uprobes)".into(),

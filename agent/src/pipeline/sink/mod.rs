@@ -16,7 +16,7 @@ use crate::{
     probes::{KernelConns, Probes},
     protocol::{
         Chunk, ProtoEvent, Stamp,
-        table::{Fed, ProtocolTable},
+        table::{Fed, Position, ProtocolTable},
     },
     receiver::EventSink,
     trace::{End, SpanData, Tracer},
@@ -317,7 +317,18 @@ impl EventSink for TraceSink<'_> {
         let fed = self.protocols.feed(
             conn.conn_id,
             &chunk,
-            (event.flags & agent_common::DATA_SEQ_VALID != 0).then_some(event.seq),
+            if event.flags & agent_common::DATA_SEQ_VALID != 0 {
+                Position::Stream(event.seq)
+            } else if event.flags & agent_common::DATA_RECORD_SEQ != 0 && conn.preexisting {
+                // TLS plaintext of a connection open before the agent: its ends' plaintext
+                // offsets count from wherever each was first seen, its records' positions
+                // agree. A connection seen from its start keeps the offsets, which agree from
+                // its first byte, where the first request's record (read with the handshake's
+                // last one) may have no position of its own.
+                Position::Record(event.seq)
+            } else {
+                Position::Unknown
+            },
             event.moved_ns,
             event.header.tid,
             &mut self.events,

@@ -48,6 +48,16 @@ impl TraceSink<'_> {
                 "TLS plaintext dropped: no socket known for its SSL object.",
                 kernel.get(agent_common::Counter::TlsUnlinked),
             ),
+            own(
+                "tls_tied_by_adjacency_total",
+                "OpenSSL objects on memory BIOs tied to their socket (reads before and writes after their calls agreed).",
+                kernel.get(agent_common::Counter::TlsTiedByAdjacency),
+            ),
+            own(
+                "tls_tie_disagreed_total",
+                "Reads before and writes after an untied OpenSSL object's calls that named different sockets.",
+                kernel.get(agent_common::Counter::TlsTieDisagreed),
+            ),
             own("connections_opened_total", "Connections tracked.", c.opened),
             own(
                 "connections_evicted_total",

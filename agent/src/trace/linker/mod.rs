@@ -264,11 +264,11 @@ impl Tracer {
         };
         let mut links = Vec::new();
         // A request made by a known asyncio task waits for the task rule: the thread it ran on
-        // serves every request of the event loop.
+        // serves every request of the event loop. (TLS plaintext of a followed process carries
+        // the task its OpenSSL call ran in, as a syscall's record does.)
         let lineage = (context.is_none()
             && !server
             && end.thread_causality
-            && !conn.tls
             && end.task != 0
             && self.tasks.is_tracked(pid))
         .then(|| self.tasks.lineage(pid, end.task))
@@ -481,7 +481,7 @@ impl Tracer {
                 remove_open(&mut self.forwardable, (span.pid, span.forward), key);
             }
         }
-        if server && task != 0 && !conn.tls && self.tasks.is_tracked(conn.process.pid) {
+        if server && task != 0 && self.tasks.is_tracked(conn.process.pid) {
             self.claim_for(key, conn, task);
         }
         let Some(span) = self.spans.get_mut(&key) else {

@@ -274,7 +274,7 @@ impl Tracer {
     /// `None` where the rule does not apply (not a followed Node.js process, a multiplexed
     /// write, or a thread the probes never saw).
     fn callback_candidates(&mut self, conn: &Connection, end: End, ts: u64) -> Option<Candidates> {
-        if !end.thread_causality || !end.in_order || conn.tls {
+        if !end.thread_causality || !end.in_order {
             return None;
         }
         let lookup = self.callbacks.lookup(conn, end.task);
