@@ -105,6 +105,15 @@ fn reason(chain: &str) -> &'static str {
             "Go front (goroutine rule) → aiohttp middle (task rule) → threaded leaf (thread \
              rule): three rules in one trace."
         }
+        "aiohttp-tls" | "node-tls" => {
+            "The front (aiohttp, Node.js) calls an aiohttp and a Node.js leaf over HTTPS. Both \
+             runtimes run OpenSSL on memory BIOs (no syscall inside an OpenSSL call): an `SSL *` \
+             is tied to its socket when the handshake record its thread read just before one of \
+             its calls and the write just after one name the same connection; its plaintext \
+             records carry the task or callback the call ran in, so the task and callback rules \
+             hold over TLS. The background calls begin once the agent runs (a memory-BIO \
+             connection whose handshake the agent missed is not traced)."
+        }
         _ => "",
     }
 }

@@ -20,7 +20,7 @@ use std::{
 
 use agent_common::SslFunction;
 use aya::{Ebpf, programs::uprobe::UProbeAttachLocation};
-use object::{Object as _, ObjectSymbol as _, ReadCache, SymbolKind};
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
 
 use super::UprobeRefused;
 
@@ -101,7 +101,7 @@ impl TlsProbes {
     pub fn attach_system(&mut self, ebpf: &mut Ebpf) -> Result<Vec<Library>, TlsProbeError> {
         let mut met = Vec::new();
         for path in SYSTEM_LIBSSL {
-            if let Some(library) = self.attach_file(ebpf, Path::new(path), path)? {
+            if let Some(library) = self.attach_file(ebpf, Path::new(path), path, None)? {
                 met.push(library);
             }
         }
@@ -119,7 +119,7 @@ impl TlsProbes {
             let through_root = PathBuf::from(format!("/proc/{pid}/root"))
                 .join(mapped.strip_prefix("/").unwrap_or(&mapped));
             if let Some(library) =
-                self.attach_file(ebpf, &through_root, &mapped.display().to_string())?
+                self.attach_file(ebpf, &through_root, &mapped.display().to_string(), None)?
             {
                 met.push(library);
             }
@@ -145,20 +145,25 @@ impl TlsProbes {
         let Ok(meta) = std::fs::metadata(&through_root) else {
             return Ok(None);
         };
-        if !self.executables_seen.insert((meta.dev(), meta.ino())) || !links_openssl(&through_root)
-        {
+        if !self.executables_seen.insert((meta.dev(), meta.ino())) {
+            return Ok(None);
+        }
+        let offsets = probed_offsets(&through_root);
+        if !links_openssl(&offsets) {
             return Ok(None);
         }
         let name = format!("{} (OpenSSL linked in)", exe.display());
-        self.attach_file(ebpf, &through_root, &name)
+        self.attach_file(ebpf, &through_root, &name, Some(offsets))
     }
 
-    /// Attaches to `file` unless its (device, inode) was met before; `None` then.
+    /// Attaches to `file` unless its (device, inode) was met before; `None` then. `offsets`:
+    /// its [`probed_offsets`], when already found.
     fn attach_file(
         &mut self,
         ebpf: &mut Ebpf,
         file: &Path,
         name: &str,
+        offsets: Option<HashMap<&'static str, u64>>,
     ) -> Result<Option<Library>, TlsProbeError> {
         if let Some(why) = &self.unavailable {
             return Err(TlsProbeError::Unavailable(why.clone()));
@@ -170,7 +175,8 @@ impl TlsProbes {
         if self.files.contains_key(&key) {
             return Ok(None);
         }
-        let result = attach_library(ebpf, file, name);
+        let offsets = offsets.unwrap_or_else(|| probed_offsets(file));
+        let result = attach_library(ebpf, file, name, &offsets);
         if let Err(TlsProbeError::Privilege(_)) = &result {
             // Not this file's fault: the next one would fail the same way.
             return result.map(|_| None);
@@ -196,30 +202,54 @@ fn is_libssl_name(name: &str) -> bool {
 
 /// Whether the ELF file `file` has OpenSSL (or BoringSSL) linked in: its symbols define
 /// `SSL_read` and `SSL_write` as functions (an executable that only imports them from libssl
-/// names them undefined, at address 0).
-fn links_openssl(file: &Path) -> bool {
-    let Ok(handle) = std::fs::File::open(file) else {
-        return false;
-    };
-    let cache = ReadCache::new(handle);
-    let Ok(elf) = object::File::parse(&cache) else {
-        return false;
-    };
-    let (mut read, mut write) = (false, false);
-    for symbol in elf.symbols().chain(elf.dynamic_symbols()) {
-        if symbol.kind() != SymbolKind::Text || symbol.address() == 0 {
-            continue;
+/// names them undefined, at address 0). `offsets`: [`probed_offsets`] of the file.
+fn links_openssl(offsets: &HashMap<&'static str, u64>) -> bool {
+    offsets.contains_key(SslFunction::Read.symbol())
+        && offsets.contains_key(SslFunction::Write.symbol())
+}
+
+/// A file mapped read-only for parsing, unmapped when dropped.
+struct MappedFile {
+    address: *mut libc::c_void,
+    len: usize,
+}
+
+impl MappedFile {
+    fn open(file: &Path) -> Option<Self> {
+        use std::os::fd::AsRawFd as _;
+        let handle = std::fs::File::open(file).ok()?;
+        let len = usize::try_from(handle.metadata().ok()?.len()).ok()?;
+        if len == 0 {
+            return None;
         }
-        match symbol.name() {
-            Ok("SSL_read") => read = true,
-            Ok("SSL_write") => write = true,
-            _ => {}
-        }
-        if read && write {
-            return true;
-        }
+        // SAFETY: a fresh private read-only mapping of an open file; the result is checked.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                handle.as_raw_fd(),
+                0,
+            )
+        };
+        (address != libc::MAP_FAILED).then_some(Self { address, len })
     }
-    false
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` readable bytes mapped at `address` for as long as `self` lives. The file
+        // is an executable or library in use: the kernel refuses writes to a running
+        // executable, and one rewriting a mapped library in place would crash its own users
+        // first (aya maps files the same way to find symbols).
+        unsafe { std::slice::from_raw_parts(self.address.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for MappedFile {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `open`, unmapped once.
+        unsafe { libc::munmap(self.address, self.len) };
+    }
 }
 
 /// Paths (as the process sees them) of the libssl files `pid` maps.
@@ -247,9 +277,73 @@ fn libssl_mapped_by(pid: u32) -> Result<Vec<PathBuf>, TlsProbeError> {
     Ok(found)
 }
 
-/// Attaches the entry and return probes at the four functions, and `SSL_free`'s. A library
+/// `SSL_free`: where an `SSL *`'s socket is forgotten.
+const FREE_SYMBOL: &str = "SSL_free";
+
+/// File offsets of the probed functions `file` defines, from one pass over its symbol tables
+/// (dynamic first, as aya looks them up). Attaching by symbol name makes aya parse the file once
+/// per probe: about a second for Node.js's 95 MB executable, during which a new `node`
+/// process's first connections go unseen. Empty when the file cannot be read as ELF; a function
+/// missing here is looked up by name.
+fn probed_offsets(file: &Path) -> HashMap<&'static str, u64> {
+    let mut found = HashMap::new();
+    // Mapped, not read through a cache of small reads: the symbol tables of a 95 MB executable
+    // took 0.4 s so (debug build).
+    let Some(mapped) = MappedFile::open(file) else {
+        return found;
+    };
+    let Ok(elf) = object::File::parse(mapped.bytes()) else {
+        return found;
+    };
+    let wanted = SslFunction::ALL
+        .map(SslFunction::symbol)
+        .into_iter()
+        .chain([FREE_SYMBOL]);
+    let wanted: Vec<&'static str> = wanted.collect();
+    for symbol in elf.dynamic_symbols().chain(elf.symbols()) {
+        if symbol.kind() != SymbolKind::Text || symbol.address() == 0 {
+            continue;
+        }
+        let Some(name) = symbol
+            .name()
+            .ok()
+            .and_then(|n| wanted.iter().find(|w| **w == n))
+        else {
+            continue;
+        };
+        if found.contains_key(name) {
+            continue;
+        }
+        // As aya translates a symbol: its address within its section, from the section's
+        // place in the file.
+        let offset = symbol
+            .section_index()
+            .and_then(|index| elf.section_by_index(index).ok())
+            .and_then(|section| {
+                let (start, _) = section.file_range()?;
+                symbol
+                    .address()
+                    .checked_sub(section.address())
+                    .map(|within| within + start)
+            });
+        if let Some(offset) = offset {
+            found.insert(*name, offset);
+        }
+        if found.len() == wanted.len() {
+            break;
+        }
+    }
+    found
+}
+
+/// Attaches the entry and return probes at the five functions, and `SSL_free`'s. A library
 /// without the `_ex` forms (OpenSSL before 1.1.1, BoringSSL) gets the others.
-fn attach_library(ebpf: &mut Ebpf, file: &Path, name: &str) -> Result<usize, TlsProbeError> {
+fn attach_library(
+    ebpf: &mut Ebpf,
+    file: &Path,
+    name: &str,
+    offsets: &HashMap<&'static str, u64>,
+) -> Result<usize, TlsProbeError> {
     let mut attached = 0;
     for function in SslFunction::ALL {
         let ex = matches!(function, SslFunction::WriteEx | SslFunction::ReadEx);
@@ -257,9 +351,9 @@ fn attach_library(ebpf: &mut Ebpf, file: &Path, name: &str) -> Result<usize, Tls
             match attach_at(
                 ebpf,
                 program_name,
-                file,
-                name,
+                (file, name),
                 function.symbol(),
+                offsets.get(function.symbol()).copied(),
                 function as u64,
             ) {
                 Ok(()) => attached += 1,
@@ -268,19 +362,31 @@ fn attach_library(ebpf: &mut Ebpf, file: &Path, name: &str) -> Result<usize, Tls
             }
         }
     }
-    attach_at(ebpf, FREE, file, name, "SSL_free", 0)?;
+    attach_at(
+        ebpf,
+        FREE,
+        (file, name),
+        FREE_SYMBOL,
+        offsets.get(FREE_SYMBOL).copied(),
+        0,
+    )?;
     Ok(attached + 1)
 }
 
+/// Attaches `program_name` at `function` of `file` (named `library` in errors): at its file
+/// `offset` when known, else by name.
 fn attach_at(
     ebpf: &mut Ebpf,
     program_name: &'static str,
-    file: &Path,
-    library: &str,
+    (file, library): (&Path, &str),
     function: &'static str,
+    offset: Option<u64>,
     cookie: u64,
 ) -> Result<(), TlsProbeError> {
-    let at = UProbeAttachLocation::Symbol(function);
+    let at = offset.map_or(
+        UProbeAttachLocation::Symbol(function),
+        UProbeAttachLocation::AbsoluteOffset,
+    );
     super::attach_uprobe(ebpf, program_name, at, Some(cookie), file).map_err(
         |refused| match refused {
             UprobeRefused::Unavailable(why) => TlsProbeError::Unavailable(why),
@@ -302,13 +408,32 @@ mod tests {
     fn openssl_is_linked_in_where_its_functions_are_defined_not_imported() {
         // Debian's libssl defines them; curl (a test dependency) imports them from it; this
         // test's own executable has none.
-        assert!(links_openssl(Path::new(
-            "/usr/lib/x86_64-linux-gnu/libssl.so.3"
-        )));
-        assert!(!links_openssl(Path::new("/usr/bin/curl")));
+        let links = |file: &str| links_openssl(&probed_offsets(Path::new(file)));
+        assert!(links("/usr/lib/x86_64-linux-gnu/libssl.so.3"));
+        assert!(!links("/usr/bin/curl"));
         let own = std::env::current_exe().expect("own executable");
-        assert!(!links_openssl(&own));
-        assert!(!links_openssl(Path::new("/nonexistent/executable")));
+        assert!(!links_openssl(&probed_offsets(&own)));
+        assert!(!links("/nonexistent/executable"));
+    }
+
+    /// Every probed function of Debian's libssl is found in one pass, inside the file; an
+    /// executable without OpenSSL has none (it imports nothing of it, or imports only).
+    #[test]
+    fn probed_functions_are_found_at_file_offsets_in_one_pass() {
+        let libssl = Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3");
+        let size = std::fs::metadata(libssl).expect("libssl").len();
+        let offsets = probed_offsets(libssl);
+        for symbol in SslFunction::ALL
+            .map(SslFunction::symbol)
+            .into_iter()
+            .chain([FREE_SYMBOL])
+        {
+            let offset = offsets.get(symbol).copied().expect(symbol);
+            assert!(offset > 0 && offset < size, "{symbol} at {offset:#x}");
+        }
+        assert!(probed_offsets(Path::new("/usr/bin/curl")).is_empty());
+
+        assert!(probed_offsets(Path::new("/nonexistent/executable")).is_empty());
     }
 
     #[test]
