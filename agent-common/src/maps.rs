@@ -299,19 +299,20 @@ const _: () = assert!(core::mem::size_of::<SslSocket>() == 16);
 pub struct SslReadBefore {
     pub conn_id: u64,
     pub fd: i32,
-    /// 1 when `seq` is known.
-    pub seq_valid: u32,
-    pub read_ns: u64,
-    /// The TCP sequence number of the read's first byte.
-    pub seq: u32,
-    /// 1 when the read began with a handshake record (`16 03 ..`: a `ClientHello`, a
-    /// `ServerHello`): only such a read is [`SslTieEvidence`].
+    /// 1 when the read began with a handshake record header ([`is_handshake_record`]: a
+    /// `ClientHello`, a `ServerHello`): only such a read is [`SslTieEvidence`].
     pub handshake: u32,
+    pub read_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<SslReadBefore>() == 32);
+const _: () = assert!(core::mem::size_of::<SslReadBefore>() == 24);
 
-/// A TLS record's content type byte for handshake messages.
-pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+/// Whether `head`, a read's or write's first three bytes, is a TLS record header of the
+/// handshake: content type handshake (`16`) or, for a write, change-cipher-spec (`14`, which
+/// TLS 1.3 middlebox compatibility sends first), and version `03 00`–`03 04`.
+#[must_use]
+pub const fn is_handshake_record(head: [u8; 3], write: bool) -> bool {
+    (head[0] == 0x16 || (write && head[0] == 0x14)) && head[1] == 3 && head[2] <= 4
+}
 
 /// The `SSL *` (not tied to a socket yet) whose call a thread returned from last
 /// (`SSL_CALL_BEFORE`, by `pid_tgid`), for the thread's next write to a TLS socket.
@@ -325,7 +326,7 @@ const _: () = assert!(core::mem::size_of::<SslCallBefore>() == 16);
 
 /// What ties an `SSL *` on memory BIOs to its socket (`SSL_TIE_EVIDENCE`, by [`SslKey`]): the
 /// socket its thread read a handshake record from just before one of its calls, and the socket
-/// its thread wrote just after one. Either alone can be stale (a runtime may read a socket and
+/// its thread wrote a handshake record to just after one. Either alone can be stale (a runtime may read a socket and
 /// leave the ciphertext in the BIO while its reading is paused, as aiohttp does; a write may
 /// wait for the socket's buffer), so the `SSL *` is tied only when the latest of both name the
 /// same connection. A handshake gives both before any plaintext: the `ClientHello` is written
@@ -342,8 +343,16 @@ pub struct SslTieEvidence {
     pub write_conn: u64,
     pub read_fd: i32,
     pub write_fd: i32,
+    /// When each was seen: they count together only within [`SSL_EVIDENCE_SPAN_NS`] of each
+    /// other (one handshake's flights), never an old read with a much later write.
+    pub read_ns: u64,
+    pub write_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<SslTieEvidence>() == 24);
+const _: () = assert!(core::mem::size_of::<SslTieEvidence>() == 40);
+
+/// How far apart the read and the write evidence of one tie may be ([`SslTieEvidence`]): a
+/// handshake's round trip, with room for a slow network.
+pub const SSL_EVIDENCE_SPAN_NS: u64 = 2_000_000_000;
 
 /// How soon after its thread's socket read an OpenSSL call must start, and a socket write must
 /// follow an OpenSSL call's return, to count as evidence ([`SslTieEvidence`]). The runtimes do

@@ -482,13 +482,12 @@ fn data_exit<const FAMILY: u32>(
     if conn.protocol == Protocol::Tls as u32 {
         // Ciphertext: counted, never sent; the TLS probes send the plaintext. A call of theirs
         // in progress on this thread learns its socket here.
+        // (TLS runs over one stream: datagram calls on it say nothing of its OpenSSL calls.)
         if !matches!(syscall, Syscall::Sendmmsg | Syscall::Recvmmsg) {
             add_bytes(conn.entry, direction, result as u64);
+            let start = tls_io_start(regs, conn.entry, syscall, result);
+            tls::note_socket(pid_tgid, regs.r14(), fd, conn.conn_id, &start);
         }
-        // How a read began, for the OpenSSL call that decrypts it next (memory BIOs).
-        let read = (direction == Direction::Ingress && !matches!(syscall, Syscall::Recvmmsg))
-            .then(|| tls_read_start(regs, conn.entry, syscall, result));
-        tls::note_socket(pid_tgid, regs.r14(), fd, conn.conn_id, read);
         return Ok(());
     }
     let Some(resumed) = budget_verdict(regs, pid_tgid, &mut conn, syscall, direction, result)
@@ -603,30 +602,39 @@ fn emit_records<const FAMILY: u32>(regs: Regs, exit: &mut Exit, result: i64) -> 
     Ok(())
 }
 
-/// How a read of a TLS socket began ([`tls::ReadStart`]): its position, and its first byte
-/// when the syscall read into one buffer (`read`, `recvfrom`; a vector's is not looked at).
+/// How a read or write of a TLS socket began ([`tls::IoStart`]): a read's position, and the
+/// first three bytes when the syscall moved them from one buffer or a vector's first one
+/// (`read`, `write`, `recvfrom`, `sendto`, `readv`, `writev`; a message's are not looked at).
 #[inline(never)]
-fn tls_read_start(
-    regs: Regs,
-    entry: *mut ConnInfo,
-    syscall: Syscall,
-    result: i64,
-) -> tls::ReadStart {
+fn tls_io_start(regs: Regs, entry: *mut ConnInfo, syscall: Syscall, result: i64) -> tls::IoStart {
+    let read = syscall.direction() == Some(Direction::Ingress);
     let flags = match syscall {
         Syscall::Recvfrom => regs.arg3(),
         Syscall::Recvmsg => regs.arg2(),
         _ => 0,
     };
-    let first_byte = match syscall {
-        Syscall::Read | Syscall::Recvfrom => {
+    let buffer = match syscall {
+        Syscall::Read | Syscall::Write | Syscall::Recvfrom | Syscall::Sendto => regs.arg1(),
+        Syscall::Readv | Syscall::Writev => {
             // SAFETY: the helper returns an error for a bad user address; it never faults.
-            unsafe { bpf_probe_read_user(regs.arg1() as *const u8) }.unwrap_or(0)
+            unsafe { bpf_probe_read_user(regs.arg1() as *const u64) }.unwrap_or(0)
         }
         _ => 0,
     };
-    tls::ReadStart {
-        seq: stream_position(entry, flags, 0, result as u64),
-        first_byte,
+    let head = if buffer == 0 || result < 3 {
+        [0; 3]
+    } else {
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_user(buffer as *const [u8; 3]) }.unwrap_or([0; 3])
+    };
+    tls::IoStart {
+        seq: if read {
+            stream_position(entry, flags, 0, result as u64)
+        } else {
+            0
+        },
+        head,
+        read,
     }
 }
 
@@ -689,16 +697,18 @@ fn emit_data<const DETECT: bool>(exit: &Exit, moved: i64, source: Source) {
         if found == Protocol::Tls as u32 {
             // A connection first seen at this syscall (open before the agent) may be inside an
             // OpenSSL call already: that call is this socket's.
-            tls::note_socket(
-                exit.pid_tgid,
-                exit.task,
-                exit.fd,
-                exit.conn.conn_id,
-                (exit.direction == Direction::Ingress).then_some(tls::ReadStart {
-                    seq: exit.seq,
-                    first_byte: scratch.payload[0],
-                }),
-            );
+            let read = exit.direction == Direction::Ingress;
+            let start = tls::IoStart {
+                seq: if read { exit.seq } else { 0 },
+                // Only what this syscall copied: the scratch slot holds older bytes past it.
+                head: if copied.len >= 3 {
+                    [scratch.payload[0], scratch.payload[1], scratch.payload[2]]
+                } else {
+                    [0; 3]
+                },
+                read,
+            };
+            tls::note_socket(exit.pid_tgid, exit.task, exit.fd, exit.conn.conn_id, &start);
         }
     } else if DETECT && exit.conn.protocol == Protocol::Mysql as u32 {
         // This record still goes out as MySQL (the agent's parser reads the SSL request too).

@@ -21,11 +21,10 @@
 
 use agent_common::{
     ConnKey, Counter, DATA_RECORD_SEQ, DataEvent, Direction, EventKind, MAX_CAPTURE_BYTES,
-    Protocol, Role, SSL_ADJACENT_NS, SslCall, SslCallBefore, SslFunction, SslKey, SslReadBefore,
-    SslSocket, SslTieEvidence, Syscall, TLS_HANDSHAKE_RECORD,
+    Protocol, Role, SSL_ADJACENT_NS, SSL_EVIDENCE_SPAN_NS, SslCall, SslCallBefore, SslFunction,
+    SslKey, SslReadBefore, SslSocket, SslTieEvidence, Syscall, is_handshake_record,
 };
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
     helpers::{
         bpf_probe_read_user,
         generated::{bpf_get_attach_cookie, bpf_probe_read_user as read_user_raw},
@@ -63,15 +62,15 @@ pub fn ssl_enter(ctx: ProbeContext) -> u32 {
             core::ptr::read_volatile(&raw const (*regs).rcx),
         )
     };
-    let read = read_before_call(pid_tgid, ssl);
+    read_before_call(pid_tgid, ssl);
     let ex = function == SslFunction::WriteEx as u64 || function == SslFunction::ReadEx as u64;
     let write = function == SslFunction::Write as u64 || function == SslFunction::WriteEx as u64;
-    // Plain integers, not `Option`s: the verifier refuses a register the compiler left
-    // unwritten on a `None` path.
-    let seq = if function == SslFunction::Handshake as u64 {
-        0
+    // A plain integer, not an `Option`: the verifier refuses a register the compiler left
+    // unwritten on a `None` path. A read's comes from the first read inside it, if any.
+    let seq = if write {
+        write_record_seq(pid_tgid, ssl)
     } else {
-        record_seq(pid_tgid, ssl, write, &read)
+        0
     };
     let call = SslCall {
         ssl,
@@ -84,14 +83,17 @@ pub fn ssl_enter(ctx: ProbeContext) -> u32 {
         seq: seq as u32,
         seq_valid: (seq >> 32) as u32,
     };
-    // A handshake never displaces a read or write in progress (none calls the exported
-    // `SSL_do_handshake` in the OpenSSL releases checked, but a fork might).
-    let flags = if function == SslFunction::Handshake as u64 {
-        u64::from(BPF_NOEXIST)
-    } else {
-        0
-    };
-    let _ = SSL_CALLS.insert(&pid_tgid, &call, flags);
+    // A handshake never displaces a read or write of the same `SSL *` in progress (none calls
+    // the exported `SSL_do_handshake` in the OpenSSL releases checked, but a fork might); any
+    // other entry is a call whose return was never seen, and goes.
+    if function == SslFunction::Handshake as u64
+        && let Some(running) = SSL_CALLS.get_ptr(&pid_tgid)
+        // SAFETY: a pointer from a successful lookup, read at once.
+        && unsafe { (*running).ssl } == ssl
+    {
+        return 0;
+    }
+    let _ = SSL_CALLS.insert(&pid_tgid, &call, 0);
     0
 }
 
@@ -203,34 +205,28 @@ pub fn ssl_free(ctx: ProbeContext) -> u32 {
 
 /// At an OpenSSL call's entry: the TLS socket the thread read a handshake record from just
 /// before, if it did ([`SslReadBefore`]), is evidence for an `SSL *` not tied yet. The read is
-/// returned for the call's [`record_seq`] (all zero when there was none, or too long ago), and
 /// taken either way: it is evidence for one call at most.
 #[inline(always)]
-fn read_before_call(pid_tgid: u64, ssl: u64) -> SslReadBefore {
+fn read_before_call(pid_tgid: u64, ssl: u64) {
     let Some(read) = SSL_READ_BEFORE.get_ptr(&pid_tgid) else {
-        return SslReadBefore::default();
+        return;
     };
     // SAFETY: a pointer from a successful lookup, copied at once.
     let read = unsafe { *read };
     let _ = SSL_READ_BEFORE.remove(&pid_tgid);
-    if now_ns().saturating_sub(read.read_ns) > SSL_ADJACENT_NS {
-        return SslReadBefore::default();
-    }
-    if read.handshake != 0 {
+    if read.handshake != 0 && now_ns().saturating_sub(read.read_ns) <= SSL_ADJACENT_NS {
         add_evidence(pid_tgid, ssl, read.conn_id, read.fd, true);
     }
-    read
 }
 
-/// The TCP sequence number where the ciphertext of a read or write call of a tied `SSL *`
-/// begins ([`SslCall::seq`]), with bit 32 set; 0 if not known. A write's records go out next: the socket's
-/// `write_seq` now. A read's came in the read just before the call (`read`) on memory BIOs, and
-/// come in the reads inside the call otherwise: the socket's `copied_seq` now (OpenSSL reads a
-/// record's header, then its body, and no further). Wrong only where bytes were queued ahead of
-/// the records (a runtime's own write buffer) or a read began inside a record: the request key
-/// then matches no other end's, and nothing is paired.
+/// The TCP sequence number where the records of a write call of an `SSL *` tied by a syscall
+/// (a socket BIO) begin ([`SslCall::seq`]), with bit 32 set; 0 if not known: the socket's
+/// `write_seq` now, since OpenSSL writes them itself, next. Wrong only where OpenSSL still held
+/// an unsent record of an earlier call: then it matches no other end's key, and nothing is
+/// paired. On memory BIOs (tied by adjacency) the runtime may queue earlier bytes ahead of the
+/// records: none.
 #[inline(always)]
-fn record_seq(pid_tgid: u64, ssl: u64, write: bool, read: &SslReadBefore) -> u64 {
+fn write_record_seq(pid_tgid: u64, ssl: u64) -> u64 {
     const VALID: u64 = 1 << 32;
     let tgid = (pid_tgid >> 32) as u32;
     let Some(tie) = SSL_SOCKETS.get_ptr(&SslKey { tgid, pad: 0, ssl }) else {
@@ -238,12 +234,8 @@ fn record_seq(pid_tgid: u64, ssl: u64, write: bool, read: &SslReadBefore) -> u64
     };
     // SAFETY: a pointer from a successful lookup, copied at once.
     let tie = unsafe { *tie };
-    if !write && tie.adjacent != 0 {
-        return if read.conn_id == tie.conn_id && read.seq_valid != 0 {
-            VALID | u64::from(read.seq)
-        } else {
-            0
-        };
+    if tie.adjacent != 0 {
+        return 0;
     }
     let Some(info) = CONNS.get_ptr(&ConnKey { tgid, fd: tie.fd }) else {
         return 0;
@@ -253,7 +245,7 @@ fn record_seq(pid_tgid: u64, ssl: u64, write: bool, read: &SslReadBefore) -> u64
     if conn_id != tie.conn_id || tcp_sk == 0 {
         return 0;
     }
-    match stream_seq(tcp_sk, write, 0) {
+    match stream_seq(tcp_sk, true, 0) {
         Ok(seq) => VALID | u64::from(seq),
         Err(_) => 0,
     }
@@ -281,19 +273,19 @@ fn call_before_write(pid_tgid: u64, call: &SslCall) {
 }
 
 /// At a write to a TLS socket outside any OpenSSL call: the socket is evidence for the untied
-/// `SSL *` whose call the thread returned from just before, if any. Taken either way.
+/// `SSL *` whose call the thread returned from just before, if any, when the write begins with
+/// a handshake record (`handshake`). Taken either way.
 #[inline(always)]
-fn write_after_call(pid_tgid: u64, fd: i32, conn_id: u64) {
+fn write_after_call(pid_tgid: u64, fd: i32, conn_id: u64, handshake: bool) {
     let Some(call) = SSL_CALL_BEFORE.get_ptr(&pid_tgid) else {
         return;
     };
     // SAFETY: a pointer from a successful lookup, copied at once.
     let call = unsafe { *call };
     let _ = SSL_CALL_BEFORE.remove(&pid_tgid);
-    if now_ns().saturating_sub(call.done_ns) > SSL_ADJACENT_NS {
-        return;
+    if handshake && now_ns().saturating_sub(call.done_ns) <= SSL_ADJACENT_NS {
+        add_evidence(pid_tgid, call.ssl, conn_id, fd, false);
     }
-    add_evidence(pid_tgid, call.ssl, conn_id, fd, false);
 }
 
 /// Notes a read (`read`) or write adjacent to a call of `ssl`; ties the `SSL *` once the latest
@@ -313,14 +305,19 @@ fn add_evidence(pid_tgid: u64, ssl: u64, conn_id: u64, fd: i32, read: bool) {
         Some(known) => unsafe { *known },
         None => SslTieEvidence::default(),
     };
+    let now = now_ns();
     if read {
         evidence.read_conn = conn_id;
         evidence.read_fd = fd;
+        evidence.read_ns = now;
     } else {
         evidence.write_conn = conn_id;
         evidence.write_fd = fd;
+        evidence.write_ns = now;
     }
-    if evidence.read_conn == 0 || evidence.write_conn == 0 {
+    // Both, and from one handshake: the other one within its round trip.
+    let apart = evidence.read_ns.abs_diff(evidence.write_ns);
+    if evidence.read_conn == 0 || evidence.write_conn == 0 || apart > SSL_EVIDENCE_SPAN_NS {
         let _ = SSL_TIE_EVIDENCE.insert(&key, &evidence, 0);
         return;
     }
@@ -340,12 +337,15 @@ fn add_evidence(pid_tgid: u64, ssl: u64, conn_id: u64, fd: i32, read: bool) {
     }
 }
 
-/// How a read of a TLS socket began: its first byte's TCP sequence number (with the exit
-/// program's `SEQ_VALID` bit when known) and the first byte itself (0 when not read).
+/// How a read or write of a TLS socket began: its first byte's TCP sequence number (with the
+/// exit program's `SEQ_VALID` bit when known; reads only) and its first three bytes (zero when
+/// not read).
 #[derive(Clone, Copy)]
-pub struct ReadStart {
+pub struct IoStart {
     pub seq: u64,
-    pub first_byte: u8,
+    pub head: [u8; 3],
+    /// A read (else a write).
+    pub read: bool,
 }
 
 /// Called by the syscall exit program for a read or write on a TLS socket: if this thread is
@@ -354,10 +354,19 @@ pub struct ReadStart {
 /// socket. Outside any call, a read is kept for the thread's next OpenSSL call
 /// ([`SslReadBefore`]) and a write is evidence for the call just before ([`SslCallBefore`]).
 /// `read`: how a read began, `None` for a write.
-#[inline(always)]
-pub fn note_socket(pid_tgid: u64, g: u64, fd: i32, conn_id: u64, read: Option<ReadStart>) {
+// Out of line: inlined into each exit program's data path, its branches multiplied the
+// verifier's walk of the largest one (253 k → 596 k instructions).
+#[inline(never)]
+pub fn note_socket(pid_tgid: u64, g: u64, fd: i32, conn_id: u64, start: &IoStart) {
+    let read = start.read;
     if let Some(call) = SSL_CALLS.get_ptr_mut(&pid_tgid) {
-        note_call_socket(pid_tgid, call, fd, conn_id);
+        note_call_socket(
+            pid_tgid,
+            call,
+            fd,
+            conn_id,
+            if read { start.seq } else { 0 },
+        );
         return;
     }
     let key = SslKey {
@@ -367,7 +376,13 @@ pub fn note_socket(pid_tgid: u64, g: u64, fd: i32, conn_id: u64, read: Option<Re
     };
     if g != 0 {
         if let Some(call) = GO_TLS_CALLS.get_ptr_mut(&key) {
-            note_call_socket(pid_tgid, call, fd, conn_id);
+            note_call_socket(
+                pid_tgid,
+                call,
+                fd,
+                conn_id,
+                if read { start.seq } else { 0 },
+            );
             return;
         }
         if let Some(conn) = GO_TLS_HANDSHAKES.get_ptr(&key) {
@@ -389,23 +404,25 @@ pub fn note_socket(pid_tgid: u64, g: u64, fd: i32, conn_id: u64, read: Option<Re
             return;
         }
     }
-    if let Some(start) = read {
+    if read {
         let before = SslReadBefore {
             conn_id,
             fd,
-            seq_valid: u32::from(start.seq >> 32 != 0),
+            handshake: u32::from(is_handshake_record(start.head, false)),
             read_ns: now_ns(),
-            seq: start.seq as u32,
-            handshake: u32::from(start.first_byte == TLS_HANDSHAKE_RECORD),
         };
         let _ = SSL_READ_BEFORE.insert(&pid_tgid, &before, 0);
     } else {
-        write_after_call(pid_tgid, fd, conn_id);
+        write_after_call(pid_tgid, fd, conn_id, is_handshake_record(start.head, true));
     }
 }
 
+/// `read_seq`: where a read syscall began (with `SEQ_VALID`), 0 for a write: the first read
+/// inside a read call is where its records came in ([`SslCall::seq`]; OpenSSL reads a record's
+/// header, then its body, and no further). A call served from what OpenSSL buffered makes none,
+/// and has no position.
 #[inline(always)]
-fn note_call_socket(pid_tgid: u64, call: *mut SslCall, fd: i32, conn_id: u64) {
+fn note_call_socket(pid_tgid: u64, call: *mut SslCall, fd: i32, conn_id: u64, read_seq: u64) {
     // SAFETY: the entry of this thread's (or this goroutine's) call: nothing else writes it
     // meanwhile (the thread is in this syscall, and a goroutine runs on one thread at a time).
     let call = unsafe { &mut *call };
@@ -414,6 +431,12 @@ fn note_call_socket(pid_tgid: u64, call: *mut SslCall, fd: i32, conn_id: u64) {
     }
     call.fd = fd;
     call.conn_id = conn_id;
+    let reading =
+        call.function == SslFunction::Read as u32 || call.function == SslFunction::ReadEx as u32;
+    if reading && read_seq >> 32 != 0 {
+        call.seq = read_seq as u32;
+        call.seq_valid = 1;
+    }
     let _ = SSL_SOCKETS.insert(
         &SslKey {
             tgid: (pid_tgid >> 32) as u32,

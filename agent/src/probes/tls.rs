@@ -208,49 +208,8 @@ fn links_openssl(offsets: &HashMap<&'static str, u64>) -> bool {
         && offsets.contains_key(SslFunction::Write.symbol())
 }
 
-/// A file mapped read-only for parsing, unmapped when dropped.
-struct MappedFile {
-    address: *mut libc::c_void,
-    len: usize,
-}
-
-impl MappedFile {
-    fn open(file: &Path) -> Option<Self> {
-        use std::os::fd::AsRawFd as _;
-        let handle = std::fs::File::open(file).ok()?;
-        let len = usize::try_from(handle.metadata().ok()?.len()).ok()?;
-        if len == 0 {
-            return None;
-        }
-        // SAFETY: a fresh private read-only mapping of an open file; the result is checked.
-        let address = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE,
-                handle.as_raw_fd(),
-                0,
-            )
-        };
-        (address != libc::MAP_FAILED).then_some(Self { address, len })
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: `len` readable bytes mapped at `address` for as long as `self` lives. The file
-        // is an executable or library in use: the kernel refuses writes to a running
-        // executable, and one rewriting a mapped library in place would crash its own users
-        // first (aya maps files the same way to find symbols).
-        unsafe { std::slice::from_raw_parts(self.address.cast::<u8>(), self.len) }
-    }
-}
-
-impl Drop for MappedFile {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `open`, unmapped once.
-        unsafe { libc::munmap(self.address, self.len) };
-    }
-}
+/// Files larger than this are not read for their symbols (no OpenSSL found in them).
+const LARGEST_ELF: u64 = 512 << 20;
 
 /// Paths (as the process sees them) of the libssl files `pid` maps.
 fn libssl_mapped_by(pid: u32) -> Result<Vec<PathBuf>, TlsProbeError> {
@@ -287,12 +246,17 @@ const FREE_SYMBOL: &str = "SSL_free";
 /// missing here is looked up by name.
 fn probed_offsets(file: &Path) -> HashMap<&'static str, u64> {
     let mut found = HashMap::new();
-    // Mapped, not read through a cache of small reads: the symbol tables of a 95 MB executable
-    // took 0.4 s so (debug build).
-    let Some(mapped) = MappedFile::open(file) else {
+    // Read whole, not through a cache of small reads (the symbol tables of a 95 MB executable
+    // took 0.4 s so, debug build) nor mapped (a file truncated meanwhile would kill the agent
+    // with SIGBUS). The copy lives for the lookup only.
+    let size = std::fs::metadata(file).map_or(u64::MAX, |m| m.len());
+    if size > LARGEST_ELF {
+        return found;
+    }
+    let Ok(bytes) = std::fs::read(file) else {
         return found;
     };
-    let Ok(elf) = object::File::parse(mapped.bytes()) else {
+    let Ok(elf) = object::File::parse(bytes.as_slice()) else {
         return found;
     };
     let wanted = SslFunction::ALL
@@ -337,7 +301,8 @@ fn probed_offsets(file: &Path) -> HashMap<&'static str, u64> {
 }
 
 /// Attaches the entry and return probes at the five functions, and `SSL_free`'s. A library
-/// without the `_ex` forms (OpenSSL before 1.1.1, BoringSSL) gets the others.
+/// without the `_ex` forms (OpenSSL before 1.1.1, BoringSSL) or `SSL_do_handshake` (an
+/// executable that links only part of OpenSSL) gets the others.
 fn attach_library(
     ebpf: &mut Ebpf,
     file: &Path,
@@ -346,7 +311,10 @@ fn attach_library(
 ) -> Result<usize, TlsProbeError> {
     let mut attached = 0;
     for function in SslFunction::ALL {
-        let ex = matches!(function, SslFunction::WriteEx | SslFunction::ReadEx);
+        let optional = matches!(
+            function,
+            SslFunction::WriteEx | SslFunction::ReadEx | SslFunction::Handshake
+        );
         for program_name in [ENTER, RETURN] {
             match attach_at(
                 ebpf,
@@ -357,7 +325,7 @@ fn attach_library(
                 function as u64,
             ) {
                 Ok(()) => attached += 1,
-                Err(TlsProbeError::Attach { .. }) if ex => break,
+                Err(TlsProbeError::Attach { .. }) if optional => break,
                 Err(e) => return Err(e),
             }
         }

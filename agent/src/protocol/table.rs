@@ -35,6 +35,10 @@ struct Parsed {
     /// Whether any chunk came with a [`Position::Record`]: its request keys are then those
     /// sequence numbers, or marked offsets ([`OFFSET_KEY`]).
     keyed_by_records: bool,
+    /// The key each recent request got when it was reported (by its offset), newest last: its
+    /// exchange takes the same, whatever was learnt of positions since (the connection may turn
+    /// to record keys mid-request, or the request's record be forgotten).
+    keyed: VecDeque<(u64, u64)>,
 }
 
 /// Where a chunk lies in its TCP stream, as far as the programs know.
@@ -85,20 +89,33 @@ impl Anchor {
 
 impl Parsed {
     /// Moves the request keys of `events` onto the TCP stream's sequence numbers.
-    fn anchor_keys(&self, events: &mut [ProtoEvent]) {
+    fn anchor_keys(&mut self, events: &mut [ProtoEvent]) {
         if !self.parser.keys_are_offsets() || matches!(self.requests_at, Anchor::Unset) {
             return;
         }
         for event in events {
-            let key = match event {
-                ProtoEvent::Request { key, .. } => key,
-                ProtoEvent::Exchange(x) => &mut x.key,
-            };
-            *key = if self.keyed_by_records {
-                self.record_key(*key)
-            } else {
-                self.requests_at.key(*key)
-            };
+            match event {
+                ProtoEvent::Request { key, .. } => {
+                    let offset = *key;
+                    *key = if self.keyed_by_records {
+                        self.record_key(offset)
+                    } else {
+                        self.requests_at.key(offset)
+                    };
+                    if self.keyed.len() == RECORDS_KEPT {
+                        self.keyed.pop_front();
+                    }
+                    self.keyed.push_back((offset, *key));
+                }
+                ProtoEvent::Exchange(x) => {
+                    let known = self.keyed.iter().rev().find(|(at, _)| *at == x.key);
+                    x.key = match known {
+                        Some(&(_, key)) => key,
+                        None if self.keyed_by_records => self.record_key(x.key),
+                        None => self.requests_at.key(x.key),
+                    };
+                }
+            }
         }
     }
 
@@ -246,6 +263,7 @@ impl ProtocolTable {
                 request_bytes: 0,
                 records: VecDeque::new(),
                 keyed_by_records: false,
+                keyed: VecDeque::new(),
             });
         }
         let State::Parsed(parsed) = state else {
@@ -514,5 +532,43 @@ mod tests {
             ]
         );
         assert_eq!(server, [u64::from(record(1)), u64::from(record(2))]);
+    }
+
+    /// A request whose first chunk had no record position (its `SSL *` was tied by that call)
+    /// and whose next one had: its exchange keeps the key its request got.
+    #[test]
+    fn an_exchange_keeps_the_key_its_request_got() {
+        let mut table = ProtocolTable::default();
+        let mut out = Vec::new();
+        let chunks: [(bool, &[u8], Position); 3] = [
+            (
+                false,
+                b"POST /a HTTP/1.1\r\nContent-Length: 4\r\n\r\n",
+                Position::Unknown,
+            ),
+            (false, b"body", Position::Record(7_000)),
+            (
+                true,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                Position::Record(9_000),
+            ),
+        ];
+        for (i, (egress, payload, position)) in chunks.into_iter().enumerate() {
+            let chunk = Chunk {
+                egress,
+                role: Role::Server,
+                payload,
+                total: payload.len() as u64,
+            };
+            let _ = table.feed(7, &chunk, position, i as u64, 1, &mut out);
+        }
+        let keys: Vec<u64> = out
+            .iter()
+            .map(|e| match e {
+                ProtoEvent::Request { key, .. } => *key,
+                ProtoEvent::Exchange(x) => x.key,
+            })
+            .collect();
+        assert_eq!(keys, [0, 0]);
     }
 }
