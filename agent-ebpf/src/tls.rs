@@ -353,20 +353,15 @@ pub struct IoStart {
 /// a Go `crypto/tls` call, that call (and its `SSL *` or `*tls.Conn` from now on) uses this
 /// socket. Outside any call, a read is kept for the thread's next OpenSSL call
 /// ([`SslReadBefore`]) and a write is evidence for the call just before ([`SslCallBefore`]).
-/// `read`: how a read began, `None` for a write.
+/// `start`: how the read or write began.
 // Out of line: inlined into each exit program's data path, its branches multiplied the
 // verifier's walk of the largest one (253 k → 596 k instructions).
 #[inline(never)]
 pub fn note_socket(pid_tgid: u64, g: u64, fd: i32, conn_id: u64, start: &IoStart) {
     let read = start.read;
+    let read_seq = if read { start.seq } else { 0 };
     if let Some(call) = SSL_CALLS.get_ptr_mut(&pid_tgid) {
-        note_call_socket(
-            pid_tgid,
-            call,
-            fd,
-            conn_id,
-            if read { start.seq } else { 0 },
-        );
+        note_call_socket(pid_tgid, call, fd, conn_id, read_seq);
         return;
     }
     let key = SslKey {
@@ -376,13 +371,7 @@ pub fn note_socket(pid_tgid: u64, g: u64, fd: i32, conn_id: u64, start: &IoStart
     };
     if g != 0 {
         if let Some(call) = GO_TLS_CALLS.get_ptr_mut(&key) {
-            note_call_socket(
-                pid_tgid,
-                call,
-                fd,
-                conn_id,
-                if read { start.seq } else { 0 },
-            );
+            note_call_socket(pid_tgid, call, fd, conn_id, read_seq);
             return;
         }
         if let Some(conn) = GO_TLS_HANDSHAKES.get_ptr(&key) {
