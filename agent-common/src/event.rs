@@ -33,6 +33,8 @@ pub enum EventKind {
     GoProbe = 4,
     /// A Python asyncio task was created ([`PyTaskEvent`]).
     PyTask = 5,
+    /// A request's trace context went out or came in a TCP header option ([`InbandEvent`]).
+    Inband = 6,
 }
 
 impl EventKind {
@@ -44,6 +46,7 @@ impl EventKind {
             3 => Some(Self::Data),
             4 => Some(Self::GoProbe),
             5 => Some(Self::PyTask),
+            6 => Some(Self::Inband),
             _ => None,
         }
     }
@@ -403,6 +406,41 @@ pub struct PyTaskEvent {
 }
 const _: () = assert!(core::mem::size_of::<PyTaskEvent>() == 32 + 16);
 
+/// The in-band mode's TCP header option: an experimental option (RFC 6994: kind 253, a 16-bit
+/// experiment id), then the trace id and span id of the CLIENT span whose request starts in the
+/// segment. 28 bytes: with the timestamps option (12 with its padding) it fills the 40 bytes
+/// of TCP option space exactly.
+pub const INBAND_OPTION_KIND: u8 = 253;
+/// The experiment id, "ss" (sockspan): an option of another experiment is never read as ours.
+pub const INBAND_OPTION_EXID: u16 = 0x7373;
+/// Bytes of the whole option: kind, length, experiment id, trace id, span id.
+pub const INBAND_OPTION_LEN: usize = 2 + 2 + 16 + 8;
+
+/// [`InbandEvent::flags`]: a CLIENT request's first segment carried this context (the client
+/// span's own trace and span id; written by the `sock_ops` program as the segment left).
+pub const INBAND_SENT: u32 = 1;
+/// [`InbandEvent::flags`]: a SERVER request was read; `trace_id` is the trace the programs gave
+/// it (the sender's, with [`INBAND_ADOPTED`]; else a new one, for the calls it makes).
+pub const INBAND_RECEIVED: u32 = 2;
+/// [`InbandEvent::flags`], with [`INBAND_RECEIVED`]: the request's first segment carried a
+/// context; `span_id` is the CLIENT span that wrote it, on whichever host.
+pub const INBAND_ADOPTED: u32 = 4;
+
+/// A request's trace context in the in-band mode, keyed like the request itself: its
+/// connection (the header's `conn_id`) and the TCP sequence number of its first byte (`seq`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InbandEvent {
+    pub header: EventHeader,
+    pub seq: u32,
+    /// [`INBAND_SENT`], [`INBAND_RECEIVED`], [`INBAND_ADOPTED`].
+    pub flags: u32,
+    pub trace_id: [u8; 16],
+    /// The CLIENT span's id ([`INBAND_SENT`], [`INBAND_ADOPTED`]); zero otherwise.
+    pub span_id: [u8; 8],
+}
+const _: () = assert!(core::mem::size_of::<InbandEvent>() == 32 + 8 + 24);
+
 /// The top half of [`DataEvent::task`] and [`ConnEvent::task`] on a Node.js thread whose
 /// callback probes fired ("node"); the bottom half is the fd whose libuv stream callback
 /// (`uv__stream_io`) the thread is in, or [`NODE_OUTSIDE`] between callbacks (timers,
@@ -453,4 +491,6 @@ mod pod {
     unsafe impl aya::Pod for super::GoProbeEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PyTaskEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::InbandEvent {}
 }

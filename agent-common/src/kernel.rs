@@ -79,6 +79,11 @@ pub struct CaptureConfig {
     /// captured syscall's time goes; [`exit_stage::FULL`] (0) for capture. A read-only global,
     /// so the verifier prunes the branches of the other stages: capture carries none of them.
     pub stop_after: u32,
+    /// 1: the in-band mode (`--in-band`): requests' first segments carry their CLIENT span's
+    /// context in a TCP header option, and SERVER requests adopt it. A read-only global: off,
+    /// the verifier prunes its branches.
+    pub inband: u32,
+    pub reserved: u32,
 }
 
 /// How far the exit programs go ([`CaptureConfig::stop_after`]). Each breakdown stage stops
@@ -93,7 +98,7 @@ pub mod exit_stage {
     /// Then the payload copy and the protocol detection, without the ring output.
     pub const COPY: u32 = 3;
 }
-const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 32);
 
 /// The backlog at which the programs wake the agent, for a ring of `ring_bytes`: a quarter of it.
 /// The agent drains the ring every 10 ms without being woken; a wake-up only matters when a burst
@@ -115,6 +120,8 @@ impl Default for CaptureConfig {
             wakeup_backlog_bytes: wakeup_backlog_bytes(crate::DEFAULT_RING_BYTES),
             netns: 0,
             stop_after: exit_stage::FULL,
+            inband: 0,
+            reserved: 0,
         }
     }
 }

@@ -52,8 +52,13 @@ pub struct ConnInfo {
     pub hidden_ask: u32,
     /// That request's reader (`pid_tgid`): whose hidden work it is, whichever thread answers.
     pub hidden_reader: u64,
+    /// In the in-band mode: the [`crate::Direction`] of the last data syscall (0 none yet). A
+    /// server's read after anything but a read, a client's write after anything but a write,
+    /// starts a request.
+    pub inband_direction: u32,
+    pub reserved: u32,
 }
-const _: () = assert!(core::mem::size_of::<ConnInfo>() == 8 + 40 + 8 + 16 + 8 + 8 + 8 + 8);
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 8 + 40 + 8 + 16 + 8 + 8 + 8 + 8 + 8);
 
 /// `SHED_CONTROL[0]`: non-zero while the agent's budget sheds any connection. Only then do the
 /// programs count hidden work and look it up for [`crate::DATA_HIDDEN_WORK`].
@@ -350,6 +355,47 @@ pub struct SslTieEvidence {
 }
 const _: () = assert!(core::mem::size_of::<SslTieEvidence>() == 40);
 
+/// In-band mode: a TCP segment and where in its stream it begins: the socket (`struct sock`
+/// address) and the sequence number of its first byte. Keys [`InbandContext`]s waiting for the
+/// segment that carries them (out) or read from one (in).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InbandKey {
+    pub sk: u64,
+    pub seq: u32,
+    pub reserved: u32,
+}
+const _: () = assert!(core::mem::size_of::<InbandKey>() == 16);
+
+/// In-band mode: the context a request's first segment carries (or carried), and, for one
+/// going out, the connection it is reported under (the `sock_ops` program that writes the option
+/// runs as the segment leaves, where no fd is known).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InbandContext {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub conn_id: u64,
+    pub pid_tgid: u64,
+    pub fd: i32,
+    pub reserved: u32,
+}
+const _: () = assert!(core::mem::size_of::<InbandContext>() == 48);
+
+/// In-band mode: what a thread serves, for the CLIENT requests it writes: the trace of the
+/// SERVER request it read last, and on which connection; how many requests it read and has not
+/// answered. A thread with more than one open is serving several at once (an event loop): its
+/// CLIENT requests carry no context, since which one asked is not the programs' to know.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InbandServing {
+    pub trace_id: [u8; 16],
+    pub conn_id: u64,
+    pub open: u32,
+    pub reserved: u32,
+}
+const _: () = assert!(core::mem::size_of::<InbandServing>() == 32);
+
 /// How far apart the read and the write evidence of one tie may be ([`SslTieEvidence`]): a
 /// handshake's round trip, with room for a slow network.
 pub const SSL_EVIDENCE_SPAN_NS: u64 = 2_000_000_000;
@@ -498,10 +544,21 @@ pub enum Counter {
     /// Times the latest read before and write after an untied `SSL *`'s calls named different
     /// sockets (one was stale): no tie until they agree.
     TlsTieDisagreed = 11,
+    /// In-band mode: CLIENT requests whose first segment carried their context.
+    InbandSent = 12,
+    /// In-band mode: SERVER requests whose first segment carried a context.
+    InbandAdopted = 13,
+    /// In-band mode: CLIENT requests sent without a context: their thread was serving more
+    /// than one request (which one asked is the user-space rules' to say), or its process is
+    /// not one whose threads serve one request at a time.
+    InbandUnsure = 14,
+    /// In-band mode: a request's first segment had no room for the option (other options,
+    /// SACK blocks, took the space).
+    InbandNoRoom = 15,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 16;
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::EventsSent,
         Self::RingFull,
@@ -515,6 +572,10 @@ impl Counter {
         Self::TailCallFailed,
         Self::TlsTiedByAdjacency,
         Self::TlsTieDisagreed,
+        Self::InbandSent,
+        Self::InbandAdopted,
+        Self::InbandUnsure,
+        Self::InbandNoRoom,
     ];
 
     /// The name used in logs and self-metrics.
@@ -533,6 +594,10 @@ impl Counter {
             Self::TailCallFailed => "tail_call_failed",
             Self::TlsTiedByAdjacency => "tls_tied_by_adjacency",
             Self::TlsTieDisagreed => "tls_tie_disagreed",
+            Self::InbandSent => "inband_sent",
+            Self::InbandAdopted => "inband_adopted",
+            Self::InbandUnsure => "inband_unsure",
+            Self::InbandNoRoom => "inband_no_room",
         }
     }
 }
@@ -545,4 +610,6 @@ mod pod {
     unsafe impl aya::Pod for super::ConnInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FollowedProcess {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::InbandKey {}
 }

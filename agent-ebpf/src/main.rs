@@ -35,6 +35,8 @@ mod go;
 #[cfg(target_arch = "bpf")]
 mod gotls;
 #[cfg(target_arch = "bpf")]
+mod inband;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod node;

@@ -166,6 +166,8 @@ pub static CAPTURE_CONFIG: CaptureConfig = CaptureConfig {
     wakeup_backlog_bytes: agent_common::wakeup_backlog_bytes(agent_common::DEFAULT_RING_BYTES),
     netns: 0,
     stop_after: agent_common::exit_stage::FULL,
+    inband: 0,
+    reserved: 0,
 };
 
 /// One field of the offsets, read so that the compiler cannot fold the load-time value away.

@@ -34,6 +34,7 @@ use crate::{
     capture::{Source, copy_payload},
     detect,
     followed::{self, NOT_FOLLOWED},
+    inband,
     maps::{
         CONNS, DISCOVERY_NOTES, DiscoveryNote, ENTRY_STAMPS, EVENTS, EXIT_JUMPS, EntryStamp,
         SCRATCH, config, count, current_comm, next_conn_id,
@@ -160,6 +161,7 @@ fn track(pid_tgid: u64, fd: i32, info: &mut ConnInfo, role: Role, syscall: u32) 
     info.last_direction = 0;
     info.hidden_ask = 0;
     info.hidden_reader = 0;
+    info.inband_direction = 0;
     let key = conn_key(pid_tgid, fd);
     if CONNS.insert(&key, &*info, 0).is_err() {
         count(Counter::ConnTableFull);
@@ -553,6 +555,16 @@ fn data_exit<const FAMILY: u32>(
         client_write,
         hidden_unread: 0,
     };
+    if config!(inband) != 0 && FAMILY != exit_family::OTHER {
+        // Before the data record: the agent finds a request's context when it parses it.
+        inband::after_data(
+            pid_tgid,
+            fd,
+            exit.conn.entry,
+            exit.direction as u32,
+            exit.seq,
+        );
+    }
     emit_records::<FAMILY>(regs, &mut exit, result)
 }
 
@@ -860,7 +872,14 @@ fn close_enter(regs: Regs) {
 pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
     let number: u64 = ctx.arg(1);
     if is_egress(number) {
-        stamp_entry(Regs::of(&ctx), number);
+        let regs = Regs::of(&ctx);
+        stamp_entry(regs, number);
+        if config!(inband) != 0
+            && regs.is_native()
+            && let Some(pid_tgid) = traced_pid_tgid()
+        {
+            inband::client_write_enter(pid_tgid, regs.arg0() as i32);
+        }
     } else if number == nr::CLOSE {
         let regs = Regs::of(&ctx);
         if regs.is_native() {

@@ -312,6 +312,12 @@ pub struct CaptureArgs {
     /// lock is then per namespace.
     #[arg(long)]
     pub netns_only: bool,
+    /// Carry each request's trace context to the server's host in a TCP header option (the
+    /// in-band mode, docs/cross-host.md): the agent there, started with this flag too, makes
+    /// its SERVER span the child of this host's CLIENT span. Attaches a `sock_ops` program to the
+    /// root cgroup; off by default.
+    #[arg(long)]
+    pub in_band: bool,
 }
 
 impl CaptureArgs {
@@ -325,6 +331,7 @@ impl CaptureArgs {
             netns: self
                 .netns()
                 .map_or(0, |inum| u32::try_from(inum).unwrap_or(0)),
+            inband: self.in_band,
         }
     }
 

@@ -134,6 +134,16 @@ impl TestBed {
     }
 }
 
+impl TestBed {
+    /// The agent of host `i` in the in-band mode only (no peer messages): requests carry their
+    /// CLIENT span's context in a TCP header option.
+    fn inband_agent(&self, i: usize) -> Agent {
+        let mut args = vec!["--output", "jsonl", "--netns-only", "--in-band"];
+        args.extend(agent_flags(&grpc_chain()));
+        Agent::start_in_netns(&self.hosts[i], "run", &args)
+    }
+}
+
 impl Drop for TestBed {
     fn drop(&mut self) {
         for veth in &self.veths {
@@ -299,6 +309,59 @@ fn a_host_without_an_agent_leaves_clean_roots() {
             .iter()
             .all(|s| s["resource"]["service.name"] != "features")
     );
+}
+
+/// The in-band mode, without peer messages: each request's first segment carries its CLIENT
+/// span's context in a TCP header option, and the agent of the server's host adopts it; every
+/// request's tree is whole across the three hosts, with no wrong parent.
+#[test]
+fn three_hosts_in_band_give_whole_traces() {
+    let bed = TestBed::new(3);
+    let (front, _procs) = start_chain(&bed);
+    let agents: Vec<Agent> = (0..3).map(|i| bed.inband_agent(i)).collect();
+    let ids = run_driver(&bed, front, (10, 3, 10));
+    let mut events = Vec::new();
+    let mut sent = 0;
+    for agent in agents {
+        let out = agent.stop();
+        assert!(out.status.success(), "{}", out.stderr);
+        sent += out.counter("inband_sent");
+        events.extend(out.events);
+    }
+    let root = three_host_chain();
+    let result = whole_trees("three-hosts-in-band", &root, &ids, &events);
+    assert!(
+        result.evidence.get("inband").copied().unwrap_or(0) >= 2 * ids.len(),
+        "two hops per request cross hosts: {}",
+        result.line()
+    );
+    assert!(sent >= 2 * ids.len() as u64, "sent {sent}");
+}
+
+/// In the in-band mode, the middle host runs no agent: the front's contexts reach a kernel that
+/// ignores the option, the features service's requests carry none, and the model's SERVER spans
+/// are roots: never a wrong parent.
+#[test]
+fn in_band_past_a_host_without_an_agent_leaves_clean_roots() {
+    let bed = TestBed::new(3);
+    let (front, _procs) = start_chain(&bed);
+    let agents = vec![bed.inband_agent(0), bed.inband_agent(2)];
+    let ids = run_driver(&bed, front, (5, 1, 5));
+    let events = merged(agents);
+    precise(
+        "three-hosts-in-band-gap",
+        &three_host_chain(),
+        &ids,
+        &events,
+    );
+    let model_servers: Vec<&Value> = events
+        .iter()
+        .filter(|s| s["resource"]["service.name"] == "model" && s["kind"] == "SERVER")
+        .collect();
+    assert_eq!(model_servers.len(), ids.len() + 1, "the warm-up too");
+    for span in model_servers {
+        assert!(span["parent_span_id"].is_null(), "{span:#}");
+    }
 }
 
 /// Another secret: announcements are refused (counted), nothing links across hosts.

@@ -4,6 +4,7 @@
 pub mod btf;
 pub mod go;
 pub mod gotls;
+pub mod inband;
 pub mod node;
 pub mod offsets;
 pub mod python;
@@ -40,6 +41,9 @@ pub struct ProbesConfig {
     pub skip_opaque: bool,
     /// The only network namespace traced (its inode number), 0 for all (`--netns-only`).
     pub netns: u32,
+    /// The in-band mode (`--in-band`): requests' first segments carry their CLIENT span's
+    /// context in a TCP header option.
+    pub inband: bool,
 }
 
 impl Default for ProbesConfig {
@@ -50,6 +54,7 @@ impl Default for ProbesConfig {
             max_conns: DEFAULT_MAX_CONNS,
             skip_opaque: true,
             netns: 0,
+            inband: false,
         }
     }
 }
@@ -84,6 +89,8 @@ pub enum ProbesError {
     MissingMap(&'static str),
     #[error("map `{name}`: {reason}")]
     Map { name: &'static str, reason: String },
+    #[error(transparent)]
+    Inband(#[from] inband::InbandError),
 }
 
 impl ProbesConfig {
@@ -119,6 +126,8 @@ pub struct Probes {
     node: Option<node::NodeProbes>,
     /// The programs' map of followed processes (Python and Node.js), by tgid.
     followed: Option<aya::maps::HashMap<MapData, u32, agent_common::FollowedProcess>>,
+    /// The in-band mode's `sock_ops` program and process list, when on.
+    inband: Option<inband::InbandProbes>,
 }
 
 impl Drop for Probes {
@@ -388,6 +397,8 @@ impl Probes {
                 ProgramSet::Stage(stage) => stage.stop_after(),
                 _ => agent_common::exit_stage::FULL,
             },
+            inband: u32::from(config.inband && matches!(set, ProgramSet::Capture)),
+            reserved: 0,
         };
         let mut ebpf = EbpfLoader::new()
             .override_global("KERNEL_OFFSETS", &offsets, true)
@@ -441,6 +452,11 @@ impl Probes {
         } else {
             None
         };
+        let inband = if config.inband && matches!(set, ProgramSet::Capture) {
+            Some(inband::InbandProbes::attach(&mut ebpf)?)
+        } else {
+            None
+        };
         Ok(Self {
             ebpf,
             go,
@@ -449,6 +465,7 @@ impl Probes {
             python,
             node,
             followed,
+            inband,
         })
     }
 
@@ -561,6 +578,25 @@ impl Probes {
         self.set_followed(pid, entry)
             .map_err(node::NodeProbeError::Map)?;
         Ok(attached)
+    }
+
+    /// Whether the in-band mode is on.
+    #[must_use]
+    pub fn inband_on(&self) -> bool {
+        self.inband.is_some()
+    }
+
+    /// In the in-band mode, whether `pid`'s CLIENT requests may carry their thread's trace
+    /// (`allowed`: a process whose threads serve one request at a time) or not.
+    pub fn inband_allow(&mut self, pid: u32, allowed: bool) {
+        let Some(inband) = &mut self.inband else {
+            return;
+        };
+        if !allowed {
+            inband.forget(pid);
+        } else if let Err(err) = inband.allow(pid) {
+            tracing::debug!(pid, "in-band: {err}");
+        }
     }
 
     /// Stops following the process `pid` (Python or Node.js): it exited, or runs something

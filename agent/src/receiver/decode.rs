@@ -1,6 +1,8 @@
 //! Turns one ring-buffer record into a typed event without copying the payload.
 
-use agent_common::{ConnEvent, DataEvent, EventHeader, EventKind, GoProbeEvent, PyTaskEvent};
+use agent_common::{
+    ConnEvent, DataEvent, EventHeader, EventKind, GoProbeEvent, InbandEvent, PyTaskEvent,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -20,6 +22,7 @@ pub enum Event<'a> {
     Data { event: DataEvent, payload: &'a [u8] },
     GoProbe(GoProbeEvent),
     PyTask(PyTaskEvent),
+    Inband(InbandEvent),
 }
 
 /// Reads a `T` from the front of `bytes`.
@@ -52,6 +55,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
         }
         Some(EventKind::GoProbe) => Ok(Event::GoProbe(read(record, "Go probe event")?)),
         Some(EventKind::PyTask) => Ok(Event::PyTask(read(record, "Python task event")?)),
+        Some(EventKind::Inband) => Ok(Event::Inband(read(record, "in-band event")?)),
         None => Err(DecodeError::UnknownKind(header.kind)),
     }
 }

@@ -6,7 +6,7 @@ pub mod ring;
 
 use std::{future::Future, os::fd::AsRawFd as _, time::Duration};
 
-use agent_common::{ConnEvent, DataEvent, GoProbeEvent, PyTaskEvent};
+use agent_common::{ConnEvent, DataEvent, GoProbeEvent, InbandEvent, PyTaskEvent};
 use tokio::io::unix::AsyncFd;
 
 pub use decode::Event;
@@ -21,6 +21,9 @@ pub trait EventSink {
     fn on_go_probe(&mut self, _event: &GoProbeEvent) {}
     /// A Python asyncio task was created; only sinks that link spans care.
     fn on_py_task(&mut self, _event: &PyTaskEvent) {}
+    /// A request's first segment's trace context (the in-band mode); only sinks that link
+    /// spans care.
+    fn on_inband(&mut self, _event: &InbandEvent) {}
     /// Called about once per `tick` even when no events arrive.
     fn on_tick(&mut self) {}
     /// Called after each timed drain of the ring (every 10 ms), for what must not wait for a
@@ -35,6 +38,7 @@ pub trait EventSink {
             Event::Data { event, payload } => self.on_data(event, payload),
             Event::GoProbe(e) => self.on_go_probe(e),
             Event::PyTask(e) => self.on_py_task(e),
+            Event::Inband(e) => self.on_inband(e),
         }
     }
 }

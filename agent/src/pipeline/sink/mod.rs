@@ -7,7 +7,9 @@ mod self_metrics;
 
 use std::collections::{HashMap, HashSet};
 
-use agent_common::{ConnEvent, DataEvent, Direction, GoProbe, GoProbeEvent, PyTaskEvent};
+use agent_common::{
+    ConnEvent, DataEvent, Direction, GoProbe, GoProbeEvent, InbandEvent, PyTaskEvent,
+};
 
 use crate::{
     clock::monotonic_ns,
@@ -35,7 +37,7 @@ pub struct FeedbackStats {
 }
 
 pub use runtime_probes::RuntimeProbesOn;
-use runtime_probes::{watch_go, watch_grpcio, watch_node, watch_python, watch_tls};
+use runtime_probes::{watch_go, watch_grpcio, watch_inband, watch_node, watch_python, watch_tls};
 
 pub struct TraceSink<'a> {
     pub conntrack: Conntrack,
@@ -65,6 +67,8 @@ pub struct TraceSink<'a> {
     python_seen: HashMap<u32, (u64, bool)>,
     /// Node.js processes already considered for the callback probes.
     node_seen: HashSet<u32>,
+    /// Processes already classified for the in-band mode, and whether they were allowed.
+    inband_seen: HashMap<u32, bool>,
     pub feedback: FeedbackStats,
     /// Where the agent's own figures are published while it runs (`/metrics`).
     metrics: Option<crate::metrics::SharedMetrics>,
@@ -106,6 +110,7 @@ impl<'a> TraceSink<'a> {
             tls_libraries_probed: 0,
             python_seen: HashMap::new(),
             node_seen: HashSet::new(),
+            inband_seen: HashMap::new(),
             feedback: FeedbackStats::default(),
             metrics: None,
             own: super::own::OwnListeners::default(),
@@ -268,6 +273,11 @@ impl EventSink for TraceSink<'_> {
         {
             watch_node(&mut self.node_seen, &mut self.tracer, probes, &conn.process);
         }
+        if let Some(probes) = self.probes.as_deref_mut()
+            && probes.inband_on()
+        {
+            watch_inband(&mut self.inband_seen, probes, &conn.process);
+        }
         watch_grpcio(&mut self.grpcio_seen, &mut self.tracer, conn);
         // A socket opened on an fd number that an earlier one had starts clean.
         self.tracer.callbacks.opened(conn);
@@ -295,6 +305,17 @@ impl EventSink for TraceSink<'_> {
         let h = &event.header;
         self.tracer
             .on_py_task(h.pid, h.tid, event.child, event.parent, h.ts_ns);
+    }
+
+    fn on_inband(&mut self, event: &InbandEvent) {
+        let h = &event.header;
+        self.tracer.on_inband(
+            h.conn_id,
+            event.seq,
+            event.flags,
+            (event.trace_id, event.span_id),
+            h.ts_ns,
+        );
     }
 
     fn on_data(&mut self, event: &DataEvent, payload: &[u8]) {
@@ -476,6 +497,7 @@ impl EventSink for TraceSink<'_> {
             });
             self.forget_exited_python();
             self.forget_exited_node();
+            self.forget_exited_inband();
             self.conntrack.sweep(monotonic_ns());
             let conntrack = &self.conntrack;
             let dropped = self.protocols.retain(|id| conntrack.contains(id));

@@ -97,8 +97,48 @@ impl<'a> TraceSink<'a> {
                 watch_node(&mut self.node_seen, &mut self.tracer, probes, &process);
             }
         }
+        if probes.inband_on() {
+            for pid in crate::runtime::processes_running()
+                .into_iter()
+                .filter(|&pid| in_scope(pid))
+            {
+                let process = ProcessInfo::read(pid);
+                watch_inband(&mut self.inband_seen, probes, &process);
+            }
+        }
         self.probes = Some(probes);
     }
+
+    /// Processes that exited leave the in-band mode's list (a new process given the pid is
+    /// classified afresh).
+    pub(super) fn forget_exited_inband(&mut self) {
+        let Some(probes) = self.probes.as_deref_mut() else {
+            return;
+        };
+        self.inband_seen.retain(|&pid, allowed| {
+            let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+            if !alive && *allowed {
+                probes.inband_allow(pid, false);
+            }
+            alive
+        });
+    }
+}
+
+/// In the in-band mode, lists `process` with the programs when its threads serve one request
+/// at a time (its runtime is not Go nor Node.js; a followed asyncio process the programs leave
+/// out themselves): only then do its CLIENT requests carry their thread's trace. A pid that runs
+/// something else now is classified again.
+pub(super) fn watch_inband(
+    seen: &mut HashMap<u32, bool>,
+    probes: &mut Probes,
+    process: &ProcessInfo,
+) {
+    let allowed = process.runtime.threads_are_tasks();
+    if seen.insert(process.pid, allowed) == Some(allowed) {
+        return;
+    }
+    probes.inband_allow(process.pid, allowed);
 }
 
 /// Attaches the Go runtime probes for `process`, a Go program, once per process; the tracer

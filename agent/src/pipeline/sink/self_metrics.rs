@@ -58,6 +58,26 @@ impl TraceSink<'_> {
                 "Reads before and writes after an untied OpenSSL object's calls that named different sockets.",
                 kernel.get(agent_common::Counter::TlsTieDisagreed),
             ),
+            own(
+                "inband_sent_total",
+                "In-band mode: CLIENT requests whose first segment carried their context.",
+                kernel.get(agent_common::Counter::InbandSent),
+            ),
+            own(
+                "inband_adopted_total",
+                "In-band mode: SERVER requests whose first segment carried a context.",
+                kernel.get(agent_common::Counter::InbandAdopted),
+            ),
+            own(
+                "inband_unsure_total",
+                "In-band mode: CLIENT requests sent without a context (their thread served several requests, or its process is not one whose threads serve one at a time).",
+                kernel.get(agent_common::Counter::InbandUnsure),
+            ),
+            own(
+                "inband_no_room_total",
+                "In-band mode: request segments without room for the option.",
+                kernel.get(agent_common::Counter::InbandNoRoom),
+            ),
             own("connections_opened_total", "Connections tracked.", c.opened),
             own(
                 "connections_evicted_total",

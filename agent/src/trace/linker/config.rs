@@ -65,6 +65,14 @@ pub struct TraceStats {
     pub parent_from_connection: u64,
     /// SERVER spans whose client's agent, on another host, announced it ([`crate::peers`]).
     pub parent_from_peer: u64,
+    /// SERVER spans whose request's first segment carried their CLIENT span's context (the
+    /// in-band mode).
+    pub parent_from_inband: u64,
+    /// CLIENT spans exported in the trace their request carried, not their rules' parent's:
+    /// the programs' thread rule and the agent's rules disagreed (the in-band mode).
+    pub inband_disagreed: u64,
+    /// In-band notes dropped before their request came, the table being full.
+    pub inband_notes_evicted: u64,
     /// CLIENT spans announced to the agent of their server's host.
     pub peer_announced: u64,
     /// Ends of a connection whose request keys matched but whose requests did not (different

@@ -103,11 +103,15 @@ impl Tracer {
                     i64::try_from(wait).unwrap_or(i64::MAX),
                 ));
             }
+            // Exported, the id is known outside: it never changes from now on.
+            span.trace.fix();
+            let (trace_id, parent, links) =
+                self.inband_placed(span.inband_trace, &span.trace, span.parent, span.links);
             out.push(SpanData {
-                trace_id: span.trace.id(),
+                trace_id,
                 span_id: span.span_id,
-                parent_span_id: span.parent,
-                links: span.links,
+                parent_span_id: parent,
+                links,
                 kind: span.kind,
                 name,
                 start_unix_nano: self.clock.to_unix_ns(span.start_ts),

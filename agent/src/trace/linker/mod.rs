@@ -57,6 +57,7 @@
 
 mod config;
 mod export;
+mod inband;
 mod open;
 mod parents;
 mod peers;
@@ -89,6 +90,7 @@ use crate::{
 };
 
 pub use config::{TraceConfig, TraceError, TraceStats};
+use inband::InbandNotes;
 use open::{Done, Endpoint, FastMap, OpenSpan, Serving, Unit, remove_open};
 pub(super) use open::{MirrorKey, SpanKey};
 use task_rule::TaskWriter;
@@ -166,6 +168,8 @@ pub struct Tracer {
     ready_now: VecDeque<SpanKey>,
     /// The budget's edges and hidden requests.
     shedding: shedding::Shedding,
+    /// What the programs said of requests' first segments in the in-band mode.
+    inband: InbandNotes,
     pub stats: TraceStats,
 }
 
@@ -199,6 +203,7 @@ impl Tracer {
             ready: VecDeque::new(),
             ready_now: VecDeque::new(),
             shedding: shedding::Shedding::default(),
+            inband: InbandNotes::default(),
             stats: TraceStats::default(),
         }
     }
@@ -247,21 +252,10 @@ impl Tracer {
         self.stats.spans_started += 1;
         let (local, remote) = conn.addrs();
         let (local, remote) = (Endpoint::new(local), Endpoint::new(remote));
-        let span_id = self.ids.span_id();
+        let inband = self.inband.take(key);
+        let span_id = self.span_id_for(inband, server);
         let context = trace.and_then(propagation::extract);
-        let mirror = if server {
-            MirrorKey {
-                client: remote,
-                server: local,
-                request,
-            }
-        } else {
-            MirrorKey {
-                client: local,
-                server: remote,
-                request,
-            }
-        };
+        let mirror = MirrorKey::seen_from(server, local, remote, request);
         let mut links = Vec::new();
         // A request made by a known asyncio task waits for the task rule: the thread it ran on
         // serves every request of the event loop. (TLS plaintext of a followed process carries
@@ -277,7 +271,13 @@ impl Tracer {
         let header = context.is_some();
         let (found, made_for) = if let Some(ctx) = context {
             self.stats.parent_from_header += 1;
-            let found = (TraceRef::new(ctx.trace_id), Some(ctx.span_id), ctx.format);
+            let found = (
+                TraceRef::external(ctx.trace_id),
+                Some(ctx.span_id),
+                ctx.format,
+            );
+            (found, None)
+        } else if let Some(found) = self.inband_parent(inband, server) {
             (found, None)
         } else if server {
             (self.server_parent(mirror, key, forward), None)
@@ -287,6 +287,7 @@ impl Tracer {
             self.parent_of_client(conn, end, (unit, forward, start), on_loop, &mut links)
         };
         let (mut trace, parent, evidence) = found;
+        let inband_trace = Self::inband_trace(inband, server, parent.is_some(), &mut trace);
         self.callbacks.on_request(conn, key, end, made_for);
         let lineage = lineage.filter(|_| parent.is_none());
         // Not for the worker rule when the thread has hidden work: its answers may be a hidden
@@ -329,6 +330,7 @@ impl Tracer {
                 unit,
                 datagram: conn.tuple.sock_type == agent_common::SOCK_DGRAM,
                 tls: conn.tls,
+                inband_trace,
                 lineage,
                 budget,
                 finished: None,

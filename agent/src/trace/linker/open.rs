@@ -27,6 +27,23 @@ pub(in crate::trace) struct MirrorKey {
     pub(super) request: u64,
 }
 
+impl MirrorKey {
+    /// The key of `request` seen at the end `local` (the server's when `server`) of a
+    /// connection to `remote`.
+    pub(super) fn seen_from(server: bool, local: Endpoint, remote: Endpoint, request: u64) -> Self {
+        let (client, server) = if server {
+            (remote, local)
+        } else {
+            (local, remote)
+        };
+        Self {
+            client,
+            server,
+            request,
+        }
+    }
+}
+
 /// An address as a mirror key holds it: IPv4 in its IPv6-mapped form, so that a v4 socket and a
 /// v6 socket with a mapped peer meet, and a key compares and hashes as plain integers (a pair of
 /// `SocketAddr`s, hashed field by field with enum tags, flow info and scope id, was a visible
@@ -165,6 +182,9 @@ pub(super) struct OpenSpan {
     pub(super) datagram: bool,
     /// The exchange was read as TLS plaintext (the library probes), not off the socket.
     pub(super) tls: bool,
+    /// In the in-band mode, the trace a CLIENT request's first segment carried: the server's
+    /// host put its subtree there, so the span is exported in it ([`super::inband`]).
+    pub(super) inband_trace: Option<crate::trace::ids::TraceId>,
     /// A CLIENT request's task lineage ([`crate::trace::tasks::Tasks::lineage`]) when it waits
     /// for the task rule.
     pub(super) lineage: Option<Box<[(u64, u64)]>>,

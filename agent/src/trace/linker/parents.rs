@@ -34,12 +34,12 @@ impl Tracer {
         trace: &mut TraceRef,
     ) {
         if let Some(lineage) = lineage {
-            *trace = TraceRef::unsettled(trace.id());
+            *trace = trace.unsettled_like();
             for &(task, _) in lineage {
                 self.task_waiting.entry((pid, task)).or_default().push(key);
             }
         } else if let Some(tid) = self.worker_thread(pid, unit) {
-            *trace = TraceRef::unsettled(trace.id());
+            *trace = trace.unsettled_like();
             self.workers.wait(pid, tid, key, ts);
         }
     }
@@ -179,7 +179,11 @@ impl Tracer {
             && same_request(remote.forward, forward)
         {
             self.stats.parent_from_peer += 1;
-            return (TraceRef::new(remote.trace_id), Some(remote.span_id), "peer");
+            return (
+                TraceRef::external(remote.trace_id),
+                Some(remote.span_id),
+                "peer",
+            );
         }
         self.waiting_servers.insert(mirror, key);
         (TraceRef::unsettled(self.ids.trace_id()), None, "none")

@@ -117,7 +117,7 @@ impl Tracer {
             && same_request(server_span.forward, client.forward)
         {
             self.waiting_servers.remove(&mirror);
-            server_span.trace.join(&TraceRef::new(client.trace_id));
+            server_span.trace.join(&TraceRef::external(client.trace_id));
             server_span.parent = Some(client.span_id);
             server_span.evidence = "peer";
             self.stats.parent_from_peer += 1;

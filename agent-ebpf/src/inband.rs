@@ -1,0 +1,447 @@
+//! The in-band mode (`--in-band`): a request's first TCP segment carries the context of the
+//! CLIENT span that wrote it (trace id, span id) in a TCP header option, and the agent on the
+//! server's host adopts it. Nothing here changes a byte of what the processes send or read: the
+//! option lives in the TCP header, below TLS and every protocol, and a receiver without this
+//! program ignores an unknown option (RFC 793).
+//!
+//! Three places, one job each:
+//! - [`client_write_enter`] (`raw_syscalls/sys_enter`, before the bytes are queued): a CLIENT
+//!   request starts (a client's write after anything but a write); its thread's trace and a new
+//!   span id wait under (socket, sequence number of its first byte) in [`INBAND_OUT`].
+//! - [`inband_sock_ops`] (a `sock_ops` program on the root cgroup): marks new connections for
+//!   the header-option callbacks (`BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG` on the connecting end,
+//!   `BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG` on the accepting end); reserves room
+//!   (`BPF_SOCK_OPS_HDR_OPT_LEN_CB`) and writes the option (`BPF_SOCK_OPS_WRITE_HDR_OPT_CB`) on
+//!   the segment whose first byte a context waits for, and sends the agent an [`InbandEvent`];
+//!   on the accepting end, keeps the option of each segment that has one
+//!   (`BPF_SOCK_OPS_PARSE_HDR_OPT_CB`) in [`INBAND_IN`].
+//! - [`after_data`] (the exit programs, after a data syscall's record): a SERVER request starts
+//!   (a server's read after anything but a read): it takes the option its first segment carried
+//!   (or a new trace), tells the agent, and its thread serves that trace ([`INBAND_SERVING`]);
+//!   the response's first write ends that.
+//!
+//! A CLIENT request carries its thread's trace only when the programs are as sure as the agent's
+//! thread rule would be: the thread serves exactly one request it read itself, in a process the
+//! agent listed as one whose threads serve one request at a time ([`INBAND_PROCESSES`]: not Go,
+//! not Node.js, not a followed asyncio process). Otherwise no option (counted as unsure): a
+//! wrong trace in the option could not be taken back by the agent on the other host.
+//!
+//! Connections established before the agent attached are not marked, and carry nothing.
+
+use agent_common::{
+    ConnInfo, ConnKey, Counter, Direction, EventKind, INBAND_ADOPTED, INBAND_OPTION_EXID,
+    INBAND_OPTION_KIND, INBAND_OPTION_LEN, INBAND_RECEIVED, INBAND_SENT, InbandContext,
+    InbandEvent, InbandKey, InbandServing, Protocol, Role,
+};
+use aya_ebpf::{
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
+        BPF_SOCK_OPS_PARSE_HDR_OPT_CB, BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB,
+        BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
+    },
+    helpers::{
+        bpf_get_prandom_u32, bpf_load_hdr_opt, bpf_probe_read_kernel, bpf_reserve_hdr_opt,
+        bpf_store_hdr_opt,
+    },
+    macros::{map, sock_ops},
+    maps::{HashMap, LruHashMap, PerCpuArray},
+    programs::SockOpsContext,
+};
+
+use crate::{
+    followed::FOLLOWED_PROCESSES,
+    maps::{CONNS, EVENTS, count, offset},
+    syscalls::{header, now_ns},
+};
+
+/// CLIENT requests' contexts waiting for the segment that starts with their first byte. An LRU:
+/// a request whose bytes joined a segment begun by earlier ones (Nagle, a pipelined request)
+/// has no segment of its own and is never written.
+#[map]
+pub static INBAND_OUT: LruHashMap<InbandKey, InbandContext> =
+    LruHashMap::with_max_entries(16_384, 0);
+
+/// Contexts read from the options of segments received, by the segment's first byte; taken
+/// by the read of a request that starts there. An LRU: segments that start no request (a
+/// segmentation offload copies the option onto every segment of a large write) age out.
+#[map]
+pub static INBAND_IN: LruHashMap<InbandKey, InbandContext> =
+    LruHashMap::with_max_entries(16_384, 0);
+
+/// What each thread (`pid_tgid`) serves ([`InbandServing`]). An LRU: a thread may exit serving.
+#[map]
+pub static INBAND_SERVING: LruHashMap<u64, InbandServing> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Processes (tgid) whose threads serve one request at a time, as the agent classified them
+/// (not Go, not Node.js): only their CLIENT requests may carry their thread's trace. Written by
+/// the agent.
+#[map]
+pub static INBAND_PROCESSES: HashMap<u32, u32> = HashMap::with_max_entries(16_384, 0);
+
+/// Where a SERVER request's record is assembled: the exit programs' stack has no room for it.
+#[map]
+static INBAND_SCRATCH: PerCpuArray<InbandEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// A new random span id (never zero).
+#[inline(always)]
+fn random_span_id() -> [u8; 8] {
+    // SAFETY: the helper has no preconditions.
+    let high = unsafe { bpf_get_prandom_u32() };
+    // SAFETY: as above.
+    let low = unsafe { bpf_get_prandom_u32() } | 1;
+    ((u64::from(high) << 32) | u64::from(low)).to_be_bytes()
+}
+
+/// A new random trace id (never zero).
+#[inline(always)]
+fn random_trace_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    let high = random_span_id();
+    let low = random_span_id();
+    let mut i = 0;
+    while i < 8 {
+        id[i] = high[i];
+        id[i + 8] = low[i];
+        i += 1;
+    }
+    id
+}
+
+/// Whether requests on a connection speaking `protocol` are answered one at a time, in order:
+/// then a read after a write starts the next request, and its first byte is where its context
+/// waits. (Not HTTP/2, whose streams interleave; not TLS, whose plaintext the agent keys
+/// otherwise.) `Detecting`: a connection's first request, before its protocol is known.
+#[inline(always)]
+fn in_order(protocol: u32) -> bool {
+    protocol == Protocol::Detecting as u32
+        || protocol == Protocol::Http as u32
+        || protocol == Protocol::Redis as u32
+        || protocol == Protocol::Postgres as u32
+        || protocol == Protocol::Mysql as u32
+        || protocol == Protocol::Memcached as u32
+}
+
+/// `raw_syscalls/sys_enter` of an egress syscall (`write`, `writev`, `sendto`, `sendmsg`,
+/// `sendmmsg`, `sendfile`: the socket is the first argument of each): when it starts a CLIENT
+/// request on a tracked TCP connection, the request's context waits in [`INBAND_OUT`] for its
+/// first segment. Out of line: the entry program stays small for every other syscall.
+#[inline(never)]
+pub fn client_write_enter(pid_tgid: u64, fd: i32) {
+    let key = ConnKey {
+        tgid: (pid_tgid >> 32) as u32,
+        fd,
+    };
+    // SAFETY: copied out at once.
+    let Some(conn) = (unsafe { CONNS.get(&key) }).copied() else {
+        return;
+    };
+    if conn.ignored != 0
+        || conn.role != Role::Client as u32
+        || conn.tcp_sk == 0
+        || conn.inband_direction == Direction::Egress as u32
+        || !in_order(conn.protocol)
+    {
+        return;
+    }
+    let Some(trace_id) = thread_trace(pid_tgid) else {
+        count(Counter::InbandUnsure);
+        return;
+    };
+    let Ok(seq) = write_seq(conn.tcp_sk) else {
+        return;
+    };
+    let context = InbandContext {
+        trace_id,
+        span_id: random_span_id(),
+        conn_id: conn.conn_id,
+        pid_tgid,
+        fd,
+        reserved: 0,
+    };
+    let _ = INBAND_OUT.insert(
+        &InbandKey {
+            sk: conn.tcp_sk,
+            seq,
+            reserved: 0,
+        },
+        &context,
+        0,
+    );
+}
+
+/// The trace a CLIENT request of this thread belongs to: the one request it serves, or a new
+/// trace when it serves none; `None` when the programs cannot tell (see the module's doc).
+#[inline(always)]
+fn thread_trace(pid_tgid: u64) -> Option<[u8; 16]> {
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: only checked for presence.
+    let listed = unsafe { INBAND_PROCESSES.get(&tgid) }.is_some();
+    // SAFETY: as above.
+    let followed = unsafe { FOLLOWED_PROCESSES.get(&tgid) }.is_some();
+    if !listed || followed {
+        return None;
+    }
+    // SAFETY: copied out at once.
+    match unsafe { INBAND_SERVING.get(&pid_tgid) }.copied() {
+        Some(serving) if serving.open == 1 => Some(serving.trace_id),
+        Some(serving) if serving.open > 1 => None,
+        _ => Some(random_trace_id()),
+    }
+}
+
+/// The socket's `write_seq`: the sequence number its next queued byte will have.
+#[inline(always)]
+fn write_seq(tcp_sk: u64) -> Result<u32, i64> {
+    let field = tcp_sk + u64::from(offset!(tcp_write_seq));
+    // SAFETY: bpf_probe_read_kernel copes with any address; the pointer is never dereferenced.
+    unsafe { bpf_probe_read_kernel(field as *const u32) }.map_err(i64::from)
+}
+
+/// The exit programs, after a data syscall's record on a tracked connection (`entry`, its table
+/// entry): a SERVER request that starts here takes its context, and the first write of its
+/// response ends its thread's serving. `seq`: the first byte's sequence number with bit 32 set
+/// when known. Out of line: its stack frame is its own.
+#[inline(never)]
+pub fn after_data(pid_tgid: u64, fd: i32, entry: *mut ConnInfo, direction: u32, seq: u64) {
+    if entry.is_null() {
+        return;
+    }
+    // SAFETY: a pointer from a successful lookup in this run; a racing update of the direction
+    // makes at worst one request start unseen.
+    let conn = unsafe { &mut *entry };
+    let previous = conn.inband_direction;
+    conn.inband_direction = direction;
+    if previous == direction || conn.role != Role::Server as u32 || conn.tcp_sk == 0 {
+        return;
+    }
+    if direction == Direction::Egress as u32 {
+        answered(pid_tgid, conn.conn_id);
+        return;
+    }
+    if seq & (1 << 32) == 0 || !in_order(conn.protocol) {
+        return;
+    }
+    server_request(pid_tgid, fd, conn.conn_id, conn.tcp_sk, seq as u32);
+}
+
+/// A SERVER request was read on connection `conn_id` (socket `tcp_sk`) from sequence number
+/// `seq` on: it adopts the context its first segment carried, else starts a trace; its thread
+/// serves it; the agent is told.
+#[inline(always)]
+fn server_request(pid_tgid: u64, fd: i32, conn_id: u64, tcp_sk: u64, seq: u32) {
+    let key = InbandKey {
+        sk: tcp_sk,
+        seq,
+        reserved: 0,
+    };
+    let Some(event) = INBAND_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; syscall tracepoint programs run with preemption off and do not
+    // nest on one CPU.
+    let event = unsafe { &mut *event };
+    event.header = header(EventKind::Inband, pid_tgid, fd, conn_id, now_ns());
+    event.seq = seq;
+    // SAFETY: copied out at once.
+    if let Some(carried) = unsafe { INBAND_IN.get(&key) }.copied() {
+        let _ = INBAND_IN.remove(&key);
+        event.flags = INBAND_RECEIVED | INBAND_ADOPTED;
+        event.trace_id = carried.trace_id;
+        event.span_id = carried.span_id;
+        count(Counter::InbandAdopted);
+    } else {
+        event.flags = INBAND_RECEIVED;
+        event.trace_id = random_trace_id();
+        event.span_id = [0; 8];
+    }
+    // SAFETY: copied out at once.
+    let serving = match unsafe { INBAND_SERVING.get(&pid_tgid) }.copied() {
+        // Another request of this thread is still open: it serves several (an event loop).
+        Some(open) if open.open > 0 && open.conn_id != conn_id => InbandServing {
+            open: open.open + 1,
+            ..open
+        },
+        _ => InbandServing {
+            trace_id: event.trace_id,
+            conn_id,
+            open: 1,
+            reserved: 0,
+        },
+    };
+    let _ = INBAND_SERVING.insert(&pid_tgid, &serving, 0);
+    if EVENTS.output::<InbandEvent>(event, 0).is_ok() {
+        count(Counter::EventsSent);
+    } else {
+        count(Counter::RingFull);
+    }
+}
+
+/// A SERVER response's first write on `conn_id`: one request fewer open on this thread.
+#[inline(always)]
+fn answered(pid_tgid: u64, conn_id: u64) {
+    let Some(serving) = INBAND_SERVING.get_ptr_mut(&pid_tgid) else {
+        return;
+    };
+    // SAFETY: a pointer from a successful lookup; only this thread's syscalls write its entry.
+    let serving = unsafe { &mut *serving };
+    if serving.open <= 1 {
+        if serving.open == 0 || serving.conn_id == conn_id {
+            let _ = INBAND_SERVING.remove(&pid_tgid);
+        }
+    } else {
+        serving.open -= 1;
+    }
+}
+
+/// `BPF_PROG_TYPE_SOCK_OPS`, attached to the root cgroup (v2) by the agent in the in-band mode:
+/// `struct bpf_sock_ops *` per TCP event of every socket in it. See the module's doc for the
+/// callbacks used. Always returns 1 (the callbacks' "ok").
+#[sock_ops]
+pub fn inband_sock_ops(ctx: SockOpsContext) -> u32 {
+    match ctx.op() {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+            let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) as i32);
+        }
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            let _ = ctx
+                .set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG) as i32);
+        }
+        BPF_SOCK_OPS_HDR_OPT_LEN_CB => reserve(&ctx),
+        BPF_SOCK_OPS_WRITE_HDR_OPT_CB => write(&ctx),
+        BPF_SOCK_OPS_PARSE_HDR_OPT_CB => parse(&ctx),
+        _ => {}
+    }
+    1
+}
+
+/// The socket of a `sock_ops` event, as the syscall programs know it (`struct sock *`).
+#[inline(always)]
+fn socket_of(ctx: &SockOpsContext) -> u64 {
+    // SAFETY: a field of the context the kernel passed; reading it is a plain context load.
+    unsafe { (*ctx.ops).__bindgen_anon_2.sk as u64 }
+}
+
+/// The sequence number of the segment whose header the kernel wrote or read (`skb_data` points
+/// at its TCP header in the write and parse callbacks).
+#[inline(always)]
+fn segment_seq(ctx: &SockOpsContext) -> Option<u32> {
+    // SAFETY: context loads; the verifier checks the packet bounds below.
+    let (data, end) = unsafe {
+        (
+            (*ctx.ops).__bindgen_anon_3.skb_data as usize,
+            (*ctx.ops).__bindgen_anon_4.skb_data_end as usize,
+        )
+    };
+    if data + 8 > end {
+        return None;
+    }
+    // SAFETY: within the packet, as checked above.
+    let seq = unsafe { core::ptr::read_unaligned((data + 4) as *const u32) };
+    Some(u32::from_be(seq))
+}
+
+/// `BPF_SOCK_OPS_HDR_OPT_LEN_CB`: room for the option when the segment about to be built starts
+/// at a byte a context waits for (`snd_nxt`: a new segment's first byte).
+#[inline(always)]
+fn reserve(ctx: &SockOpsContext) {
+    let key = InbandKey {
+        sk: socket_of(ctx),
+        // SAFETY: a context load.
+        seq: unsafe { (*ctx.ops).snd_nxt },
+        reserved: 0,
+    };
+    // SAFETY: only checked for presence.
+    if unsafe { INBAND_OUT.get(&key) }.is_none() {
+        return;
+    }
+    // SAFETY: the helper takes the context the kernel passed.
+    if unsafe { bpf_reserve_hdr_opt(ctx.ops, INBAND_OPTION_LEN as u32, 0) } != 0 {
+        count(Counter::InbandNoRoom);
+    }
+}
+
+/// `BPF_SOCK_OPS_WRITE_HDR_OPT_CB`: writes the option into the segment that starts at a byte a
+/// context waits for, and tells the agent which context its CLIENT span has.
+#[inline(always)]
+fn write(ctx: &SockOpsContext) {
+    let Some(seq) = segment_seq(ctx) else {
+        return;
+    };
+    let key = InbandKey {
+        sk: socket_of(ctx),
+        seq,
+        reserved: 0,
+    };
+    // SAFETY: copied out at once.
+    let Some(context) = (unsafe { INBAND_OUT.get(&key) }).copied() else {
+        return;
+    };
+    let mut option = [0u8; INBAND_OPTION_LEN];
+    option[0] = INBAND_OPTION_KIND;
+    option[1] = INBAND_OPTION_LEN as u8;
+    option[2..4].copy_from_slice(&INBAND_OPTION_EXID.to_be_bytes());
+    option[4..20].copy_from_slice(&context.trace_id);
+    option[20..28].copy_from_slice(&context.span_id);
+    // SAFETY: the helper takes the context the kernel passed and a buffer of the length given.
+    let stored =
+        unsafe { bpf_store_hdr_opt(ctx.ops, option.as_ptr().cast(), INBAND_OPTION_LEN as u32, 0) };
+    if stored != 0 {
+        // No room was reserved (the segment began elsewhere when its size was computed).
+        count(Counter::InbandNoRoom);
+        return;
+    }
+    let _ = INBAND_OUT.remove(&key);
+    let event = InbandEvent {
+        header: header(
+            EventKind::Inband,
+            context.pid_tgid,
+            context.fd,
+            context.conn_id,
+            now_ns(),
+        ),
+        seq,
+        flags: INBAND_SENT,
+        trace_id: context.trace_id,
+        span_id: context.span_id,
+    };
+    count(Counter::InbandSent);
+    if EVENTS.output::<InbandEvent>(&event, 0).is_err() {
+        count(Counter::RingFull);
+    }
+}
+
+/// `BPF_SOCK_OPS_PARSE_HDR_OPT_CB` (a received segment with an option the kernel does not
+/// know): keeps our option's context under the segment's first byte.
+#[inline(always)]
+fn parse(ctx: &SockOpsContext) {
+    let mut option = [0u8; INBAND_OPTION_LEN];
+    // Search by kind, and for an experimental kind its 2-byte id (the length byte says 4).
+    option[0] = INBAND_OPTION_KIND;
+    option[1] = 4;
+    option[2..4].copy_from_slice(&INBAND_OPTION_EXID.to_be_bytes());
+    // SAFETY: the helper takes the context the kernel passed and a buffer of the length given.
+    let found = unsafe {
+        bpf_load_hdr_opt(
+            ctx.ops,
+            option.as_mut_ptr().cast(),
+            INBAND_OPTION_LEN as u32,
+            0,
+        )
+    };
+    if found != INBAND_OPTION_LEN as i64 || option[1] != INBAND_OPTION_LEN as u8 {
+        return;
+    }
+    let Some(seq) = segment_seq(ctx) else {
+        return;
+    };
+    let mut context = InbandContext::default();
+    context.trace_id.copy_from_slice(&option[4..20]);
+    context.span_id.copy_from_slice(&option[20..28]);
+    let key = InbandKey {
+        sk: socket_of(ctx),
+        seq,
+        reserved: 0,
+    };
+    let _ = INBAND_IN.insert(&key, &context, 0);
+}
