@@ -184,7 +184,10 @@ fn thread_trace(pid_tgid: u64) -> Option<[u8; 16]> {
     }
     // SAFETY: copied out at once.
     match unsafe { INBAND_SERVING.get(&pid_tgid) }.copied() {
-        Some(serving) if serving.open == 1 => Some(serving.trace_id),
+        // Serving one request whose trace the programs know (all zero: a local client's).
+        Some(serving) if serving.open == 1 => {
+            (serving.trace_id != [0; 16]).then_some(serving.trace_id)
+        }
         Some(serving) if serving.open > 1 => None,
         _ => Some(random_trace_id()),
     }
@@ -212,7 +215,7 @@ pub fn after_data(pid_tgid: u64, fd: i32, entry: *mut ConnInfo, direction: u32, 
     let conn = unsafe { &mut *entry };
     let previous = conn.inband_direction;
     conn.inband_direction = direction;
-    if previous == direction || conn.role != Role::Server as u32 || conn.tcp_sk == 0 {
+    if previous == direction || conn.role == Role::Client as u32 || conn.tcp_sk == 0 {
         return;
     }
     if direction == Direction::Egress as u32 {
@@ -222,14 +225,55 @@ pub fn after_data(pid_tgid: u64, fd: i32, entry: *mut ConnInfo, direction: u32, 
     if seq & (1 << 32) == 0 || !in_order(conn.protocol) {
         return;
     }
-    server_request(pid_tgid, fd, conn.conn_id, conn.tcp_sk, seq as u32);
+    if conn.role != Role::Server as u32 {
+        // First seen in use (the agent learns its role from procfs a moment later): a segment
+        // that carried a context starts a request this end serves, nothing else tells.
+        let key = InbandKey {
+            sk: conn.tcp_sk,
+            seq: seq as u32,
+            reserved: 0,
+        };
+        // SAFETY: only checked for presence.
+        if unsafe { INBAND_IN.get(&key) }.is_none() {
+            return;
+        }
+    }
+    let local_peer = is_local_peer(&conn.tuple);
+    server_request(
+        pid_tgid,
+        fd,
+        conn.conn_id,
+        conn.tcp_sk,
+        (seq as u32, local_peer),
+    );
+}
+
+/// Whether the other end of a connection is on this host as the programs can tell (loopback, or
+/// the socket's own address): its client is traced here, by this agent's rules.
+#[inline(always)]
+fn is_local_peer(tuple: &agent_common::SockTuple) -> bool {
+    let remote = &tuple.remote_addr;
+    if tuple.family == agent_common::AF_INET {
+        return remote[0] == 127 || remote[..4] == tuple.local_addr[..4];
+    }
+    let mapped_v4 = remote[..10] == [0; 10] && remote[10] == 0xff && remote[11] == 0xff;
+    let loopback_v6 = remote[..15] == [0; 15] && remote[15] == 1;
+    loopback_v6 || (mapped_v4 && remote[12] == 127) || *remote == tuple.local_addr
 }
 
 /// A SERVER request was read on connection `conn_id` (socket `tcp_sk`) from sequence number
 /// `seq` on: it adopts the context its first segment carried, else starts a trace; its thread
-/// serves it; the agent is told.
+/// serves it; the agent is told. A request without a context from a client on this host
+/// (`local_peer`) starts none: its client is traced here and the agent's rules name its trace,
+/// which the programs cannot know; its thread's CLIENT requests carry nothing.
 #[inline(always)]
-fn server_request(pid_tgid: u64, fd: i32, conn_id: u64, tcp_sk: u64, seq: u32) {
+fn server_request(
+    pid_tgid: u64,
+    fd: i32,
+    conn_id: u64,
+    tcp_sk: u64,
+    (seq, local_peer): (u32, bool),
+) {
     let key = InbandKey {
         sk: tcp_sk,
         seq,
@@ -250,6 +294,11 @@ fn server_request(pid_tgid: u64, fd: i32, conn_id: u64, tcp_sk: u64, seq: u32) {
         event.trace_id = carried.trace_id;
         event.span_id = carried.span_id;
         count(Counter::InbandAdopted);
+    } else if local_peer {
+        // Unknown here: no note, and the thread's CLIENT requests are unsure.
+        event.flags = 0;
+        event.trace_id = [0; 16];
+        event.span_id = [0; 8];
     } else {
         event.flags = INBAND_RECEIVED;
         event.trace_id = random_trace_id();
@@ -270,6 +319,9 @@ fn server_request(pid_tgid: u64, fd: i32, conn_id: u64, tcp_sk: u64, seq: u32) {
         },
     };
     let _ = INBAND_SERVING.insert(&pid_tgid, &serving, 0);
+    if event.flags == 0 {
+        return;
+    }
     if EVENTS.output::<InbandEvent>(event, 0).is_ok() {
         count(Counter::EventsSent);
     } else {

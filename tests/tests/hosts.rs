@@ -364,6 +364,40 @@ fn in_band_past_a_host_without_an_agent_leaves_clean_roots() {
     }
 }
 
+/// In the in-band mode, the middle host's agent restarts between two rounds: the pools'
+/// connections stay open across it (the first agent marked them for the header-option
+/// callbacks; the socket keeps the mark), and it learns their roles from procfs again: later
+/// requests carry and adopt contexts as before.
+#[test]
+fn in_band_survives_a_restarted_agent_on_open_connections() {
+    let bed = TestBed::new(3);
+    let (front, _procs) = start_chain(&bed);
+    let mut agents: Vec<Agent> = (0..3).map(|i| bed.inband_agent(i)).collect();
+    let _ = run_driver(&bed, front, (3, 0, 0));
+    let restarted = agents.remove(1);
+    let _ = restarted.stop();
+    agents.insert(1, bed.inband_agent(1));
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    let ids = run_driver(&bed, front, (10, 1, 10));
+    let events: Vec<Value> = merged(agents)
+        .into_iter()
+        .filter(|s| {
+            s["start_time_unix_nano"]
+                .as_u64()
+                .is_some_and(|t| u128::from(t) >= since)
+        })
+        .collect();
+    whole_trees(
+        "three-hosts-in-band-restart",
+        &three_host_chain(),
+        &ids,
+        &events,
+    );
+}
+
 /// Another secret: announcements are refused (counted), nothing links across hosts.
 #[test]
 fn peers_with_another_secret_are_refused() {

@@ -179,6 +179,26 @@ impl KernelConns {
         self.map.insert(key, info, BPF_EXIST).is_ok()
     }
 
+    /// Tells the programs the role of the socket `fd` of `tgid` (if it is still the connection
+    /// `conn_id`): one first seen in use is `Unknown` to them, and the in-band mode needs the
+    /// role to tell a request's start (an agent restarted while its host's connections stayed
+    /// open). Returns whether it was written; races the programs as [`KernelConns::mark_opaque`].
+    pub fn set_role(
+        &mut self,
+        (tgid, fd, conn_id): (u32, i32, u64),
+        role: agent_common::Role,
+    ) -> bool {
+        let key = agent_common::ConnKey { tgid, fd };
+        let Ok(mut info) = self.map.get(&key, 0) else {
+            return false;
+        };
+        if info.conn_id != conn_id {
+            return false;
+        }
+        info.role = role as u32;
+        self.map.insert(key, info, BPF_EXIST).is_ok()
+    }
+
     /// Moves the socket `fd` of `tgid`, if it is still the connection `conn_id`, into the
     /// budget's state `to` ([`agent_common::Protocol::ShedNext`] or
     /// [`agent_common::Protocol::ResumeNext`]), telling the programs its role (a connection first

@@ -277,6 +277,13 @@ impl EventSink for TraceSink<'_> {
             && probes.inband_on()
         {
             watch_inband(&mut self.inband_seen, probes, &conn.process);
+            if event.role == agent_common::Role::Unknown as u32
+                && conn.role != agent_common::Role::Unknown
+                && let Some(kernel) = &mut self.kernel_conns
+            {
+                let h = &event.header;
+                kernel.set_role((h.pid, h.fd, h.conn_id), conn.role);
+            }
         }
         watch_grpcio(&mut self.grpcio_seen, &mut self.tracer, conn);
         // A socket opened on an fd number that an earlier one had starts clean.
