@@ -4,6 +4,7 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cap {
     DacReadSearch = 2,
+    NetAdmin = 12,
     SysPtrace = 19,
     SysAdmin = 21,
     SysResource = 24,
@@ -12,10 +13,11 @@ pub enum Cap {
 }
 
 impl Cap {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Bpf,
         Self::Perfmon,
         Self::SysAdmin,
+        Self::NetAdmin,
         Self::SysResource,
         Self::SysPtrace,
         Self::DacReadSearch,
@@ -25,6 +27,7 @@ impl Cap {
     pub const fn name(self) -> &'static str {
         match self {
             Self::DacReadSearch => "CAP_DAC_READ_SEARCH",
+            Self::NetAdmin => "CAP_NET_ADMIN",
             Self::SysPtrace => "CAP_SYS_PTRACE",
             Self::SysAdmin => "CAP_SYS_ADMIN",
             Self::SysResource => "CAP_SYS_RESOURCE",
@@ -45,6 +48,9 @@ impl Cap {
             Self::SysResource => "lift RLIMIT_MEMLOCK on kernels before 5.11",
             Self::SysPtrace => "read /proc/<pid>/exe and fd of other users' processes",
             Self::DacReadSearch => "read /proc/<pid>/fd and net tables of other users",
+            Self::NetAdmin => {
+                "attach the in-band mode's sock_ops program to a cgroup (`--in-band` only)"
+            }
         }
     }
 }

@@ -318,6 +318,11 @@ pub struct CaptureArgs {
     /// root cgroup; off by default.
     #[arg(long)]
     pub in_band: bool,
+    /// The cgroup v2 directory the in-band mode attaches to (its sockets and its descendants'
+    /// carry contexts): by default the hierarchy's root as mounted here. In a container, mount
+    /// the host's and name it (deploy/daemonset.yaml).
+    #[arg(long, value_name = "PATH", requires = "in_band")]
+    pub in_band_cgroup: Option<std::path::PathBuf>,
 }
 
 impl CaptureArgs {
@@ -332,6 +337,7 @@ impl CaptureArgs {
                 .netns()
                 .map_or(0, |inum| u32::try_from(inum).unwrap_or(0)),
             inband: self.in_band,
+            inband_cgroup: self.in_band_cgroup.clone(),
         }
     }
 

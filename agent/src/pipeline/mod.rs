@@ -82,9 +82,15 @@ pub fn start(args: &CaptureArgs, traffic: Traffic) -> Result<Capture, PipelineEr
     // preconditions and touches no live allocation.
     unsafe { libc::malloc_trim(0) };
     let ring = EventRing::new(probes.take_ring()?)?;
+    let largest_walk = probes
+        .verified_instructions()
+        .first()
+        .map_or(0, |&(_, count)| count);
     tracing::info!(
         programs = crate::probes::PROGRAMS.len(),
         preexisting_sockets = discovered.len(),
+        largest_verifier_walk = largest_walk,
+        in_band = probes_config.inband,
         capture_bytes = probes_config.capture_bytes,
         ring_bytes = probes_config.ring_bytes,
         "capture path attached"

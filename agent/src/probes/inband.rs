@@ -40,10 +40,14 @@ pub struct InbandProbes {
 }
 
 impl InbandProbes {
-    /// Loads the `sock_ops` program and attaches it to the root cgroup (alongside any other
-    /// program there: it only adds a header option to segments it has a context for).
-    pub fn attach(ebpf: &mut Ebpf) -> Result<Self, InbandError> {
-        let path = cgroup2_root()?;
+    /// Loads the `sock_ops` program and attaches it to the cgroup v2 directory `cgroup` (by
+    /// default the hierarchy's root), alongside any other program there: it only adds a
+    /// header option to segments it has a context for.
+    pub fn attach(ebpf: &mut Ebpf, cgroup: Option<&std::path::Path>) -> Result<Self, InbandError> {
+        let path = match cgroup {
+            Some(dir) => dir.display().to_string(),
+            None => cgroup2_root()?,
+        };
         let root = std::fs::File::open(&path)
             .map_err(|e| InbandError::NoCgroup2(format!("{path}: {e}")))?;
         let program: &mut SockOps = ebpf

@@ -44,6 +44,8 @@ pub struct ProbesConfig {
     /// The in-band mode (`--in-band`): requests' first segments carry their CLIENT span's
     /// context in a TCP header option.
     pub inband: bool,
+    /// The cgroup v2 directory the in-band mode attaches to; `None`: the hierarchy's root.
+    pub inband_cgroup: Option<std::path::PathBuf>,
 }
 
 impl Default for ProbesConfig {
@@ -55,6 +57,7 @@ impl Default for ProbesConfig {
             skip_opaque: true,
             netns: 0,
             inband: false,
+            inband_cgroup: None,
         }
     }
 }
@@ -473,7 +476,10 @@ impl Probes {
             None
         };
         let inband = if config.inband && matches!(set, ProgramSet::Capture) {
-            Some(inband::InbandProbes::attach(&mut ebpf)?)
+            Some(inband::InbandProbes::attach(
+                &mut ebpf,
+                config.inband_cgroup.as_deref(),
+            )?)
         } else {
             None
         };
@@ -598,6 +604,16 @@ impl Probes {
         self.set_followed(pid, entry)
             .map_err(node::NodeProbeError::Map)?;
         Ok(attached)
+    }
+
+    /// Attaches the in-band mode's `sock_ops` program as `--in-band` would (to the cgroup v2
+    /// root), for `sockspan check`: whether the mode can run here. It stays attached until the
+    /// programs are dropped; without marks it writes no option.
+    pub fn attach_inband_test(&mut self) -> Result<(), inband::InbandError> {
+        if self.inband.is_none() {
+            self.inband = Some(inband::InbandProbes::attach(&mut self.ebpf, None)?);
+        }
+        Ok(())
     }
 
     /// Whether the in-band mode is on.

@@ -231,8 +231,29 @@ fn capture_rows(
     });
     if let Ok(probes) = &mut capture {
         rows.push(tls_row(probes));
+        rows.push(inband_row(probes));
     }
     uprobe_test
+}
+
+/// Whether the in-band mode (`--in-band`) can run: its `sock_ops` program loaded and attached
+/// for real to the cgroup v2 root (the header-option callbacks it uses are Linux 5.10+).
+fn inband_row(probes: &mut Probes) -> Row {
+    let attached = probes.attach_inband_test();
+    Row {
+        feature: "in-band cross-host mode (sock_ops TCP header options)".into(),
+        ok: attached.is_ok(),
+        detail: match attached {
+            Ok(()) => format!(
+                "the sock_ops program loads and attaches to {}; `--in-band` carries each request's context in a TCP header option",
+                crate::probes::inband::cgroup2_root().unwrap_or_default()
+            ),
+            Err(e) => e.to_string(),
+        },
+        need: Need::Optional,
+        role: "without: `--in-band` cannot run; cross-host links come from the peer messages (`--peer-port`)",
+        fix: "mount cgroup v2; grant CAP_NET_ADMIN",
+    }
 }
 
 /// The capture path's row: what loaded, and the verifier's walk of the largest program against
@@ -315,7 +336,7 @@ fn other_hook_rows(rows: &mut Vec<Row>, btf: Option<&Btf>, uprobe_test: Result<(
         (
             "sock_ops",
             program_supported(ProgramType::SockOps),
-            "TCP sequence numbers for cross-host linking (planned)",
+            "the in-band cross-host mode's TCP header options (`--in-band`)",
         ),
         (
             "sk_msg",
