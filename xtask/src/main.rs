@@ -54,6 +54,9 @@ enum Task {
         /// auto-instrumentation), printed (BENCHMARKS.md is left as it is).
         #[arg(long, conflicts_with = "runtime_probes_only")]
         flask_only: bool,
+        /// Only section 1 (the per-syscall ping-pong and its breakdown), printed.
+        #[arg(long, conflicts_with_all = ["runtime_probes_only", "flask_only"])]
+        ping_pong_only: bool,
     },
     /// Runtime chains (threaded, nginx, asyncio, Node.js, Go, mixed) under the release agent,
     /// every request's tree scored; the table goes to docs/causality.md.
@@ -143,7 +146,8 @@ fn main() -> Result<()> {
             quick,
             runtime_probes_only,
             flask_only,
-        } => bench::bench(quick, runtime_probes_only, flask_only),
+            ping_pong_only,
+        } => bench::bench(quick, runtime_probes_only, flask_only, ping_pong_only),
         Task::Demo { check } => demo(check),
         Task::Causality { chain } => causality::causality(chain.as_deref()),
         Task::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),

@@ -41,6 +41,9 @@ enum Variant {
     SockspanStore,
     /// As `SockspanStore`, held to a CPU budget of [`BUDGET_CORES`] (section 4 only).
     SockspanBudget,
+    /// As `Sockspan`, in the in-band cross-host mode (section 1 only): every request's first
+    /// segment carries its context in a TCP header option, and the other end adopts it.
+    SockspanInband,
     /// The capture `sys_enter` with an exit program that stops after the connection lookup,
     /// after the timestamps, after the payload copy (section 1's breakdown only).
     StageLookup,
@@ -58,11 +61,12 @@ impl Variant {
         Self::SockspanBudget,
     ];
     /// The ping-pong variants (section 1).
-    const PING_PONG: [Self; 4] = [
+    const PING_PONG: [Self; 5] = [
         Self::Untraced,
         Self::Floor,
         Self::Sockspan,
         Self::SockspanOpaque,
+        Self::SockspanInband,
     ];
 
     /// The breakdown variants (section 1), each ending one step later than the one before.
@@ -79,13 +83,18 @@ impl Variant {
             Self::SockspanOpaque => "(d) sockspan run, bytes that are not HTTP",
             Self::SockspanStore => "(e) sockspan run, default output (embedded store and UI)",
             Self::SockspanBudget => "(f) as (e), with a CPU budget (`--max-cpu 0.25`)",
+            Self::SockspanInband => "(g) as (c), in the in-band mode (`--in-band`)",
         }
     }
 
     fn is_agent(self) -> bool {
         matches!(
             self,
-            Self::Sockspan | Self::SockspanOpaque | Self::SockspanStore | Self::SockspanBudget
+            Self::Sockspan
+                | Self::SockspanOpaque
+                | Self::SockspanStore
+                | Self::SockspanBudget
+                | Self::SockspanInband
         )
     }
 }
@@ -200,6 +209,7 @@ fn start_variant(bin: &Path, variant: Variant, spans: Option<&Path>) -> Result<O
         Variant::StageClock => &["bench-floor", "--stage", "clock"],
         Variant::StageCopy => &["bench-floor", "--stage", "copy"],
         Variant::Sockspan | Variant::SockspanOpaque => &["run", "--output", "jsonl"],
+        Variant::SockspanInband => &["run", "--output", "jsonl", "--in-band"],
         Variant::SockspanStore => {
             if let Some(path) = &store {
                 let _ = std::fs::remove_file(path);
@@ -456,7 +466,12 @@ fn one_section(quick: bool, flask: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn bench(quick: bool, runtime_probes_only: bool, flask_only: bool) -> Result<()> {
+pub fn bench(
+    quick: bool,
+    runtime_probes_only: bool,
+    flask_only: bool,
+    ping_pong_only: bool,
+) -> Result<()> {
     if !is_root() {
         bail!("benchmarks attach eBPF programs: run `cargo xtask bench` as root");
     }
@@ -500,6 +515,12 @@ pub fn bench(quick: bool, runtime_probes_only: bool, flask_only: bool) -> Result
         samples.push((variant, measure(&bin, variant, round_trips / 4)?));
     }
     drop(restore);
+    if ping_pong_only {
+        let mut out = String::new();
+        report::syscall_section(&mut out, &samples, round_trips);
+        println!("{out}");
+        return Ok(());
+    }
     let http = http_rounds(&bin, quick)?;
     crate::setup::test_dependencies()?;
     let probes = crate::bench_runtime::rounds(&bin, quick, Probed::Go)?;

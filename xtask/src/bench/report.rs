@@ -215,6 +215,7 @@ pub(super) fn syscall_section(out: &mut String, samples: &[(Variant, Sample)], r
     let (b, b_text) = summary(&ns(Variant::Floor), 0);
     let (c, c_text) = summary(&ns(Variant::Sockspan), 0);
     let (d, d_text) = summary(&ns(Variant::SockspanOpaque), 0);
+    let (g, g_text) = summary(&ns(Variant::SockspanInband), 0);
     let _ = writeln!(out, "## 1. Per-syscall cost on a loopback socket\n");
     let _ = writeln!(
         out,
@@ -227,7 +228,9 @@ pub(super) fn syscall_section(out: &mut String, samples: &[(Variant, Sample)], r
          takes the capture path (payload copied and sent, each exchange turned into a client and a server \
          span); (d) the same agent with 64 bytes that are not HTTP: after each connection's first 8 data \
          syscalls the programs know it is opaque and send nothing more. (a), (b) and (c) carry the HTTP \
-         messages; (d) is the cost on traffic sockspan does not parse.\n"
+         messages; (d) is the cost on traffic sockspan does not parse; (g) is (c) in the in-band \
+         cross-host mode: each request's first segment carries its context in a TCP header option \
+         (written by the `sock_ops` program, read back on the server's end, both ends in the agent).\n"
     );
     let _ = writeln!(out, "| variant | ns per syscall |\n|---|---|");
     for (v, text) in [
@@ -235,9 +238,17 @@ pub(super) fn syscall_section(out: &mut String, samples: &[(Variant, Sample)], r
         (Variant::Floor, &b_text),
         (Variant::Sockspan, &c_text),
         (Variant::SockspanOpaque, &d_text),
+        (Variant::SockspanInband, &g_text),
     ] {
         let _ = writeln!(out, "| {} | {text} |", v.label());
     }
+    let _ = writeln!(
+        out,
+        "\n- (g) over (c), the in-band mode: **{:.0} ns per syscall**, {:.0} ns per request (its four \
+         syscalls: the option written, parsed and adopted, the contexts' records).",
+        g - c,
+        4.0 * (g - c)
+    );
     let _ = writeln!(
         out,
         "\n- (c) over (b), the capture path beyond the floor: **{:.0} ns per syscall** (target ≤ 250 ns: \

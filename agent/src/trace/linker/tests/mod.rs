@@ -7,10 +7,12 @@
 //! - `tasks_and_callbacks.rs`: the Node.js callback rule and the asyncio task rule;
 //! - `proxy.rs`: the proxy rule, alone and against the thread rule;
 //! - `hosts.rs`: cross-host linking through the peer agents' announcements;
+//! - `inband.rs`: the in-band mode's notes (contexts carried in a TCP header option);
 //! - `shedding.rs`: the budget's shedding rules.
 
 mod connections;
 mod hosts;
+mod inband;
 mod proxy;
 mod shedding;
 mod tasks_and_callbacks;

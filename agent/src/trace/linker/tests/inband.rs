@@ -1,0 +1,160 @@
+//! The in-band mode: what the programs said of a request's first segment (the context it
+//! carried, or the trace they started for it) against the rules here.
+
+use super::*;
+use agent_common::{INBAND_ADOPTED, INBAND_RECEIVED, INBAND_SENT};
+
+const TRACE: [u8; 16] = [0xaa; 16];
+const OTHER_TRACE: [u8; 16] = [0xbb; 16];
+const CLIENT_SPAN: [u8; 8] = [0xcc; 8];
+
+/// A SERVER request whose segment carried a context is that CLIENT span's child, in its trace,
+/// whatever host the client ran on; the calls its thread makes stay in that trace.
+#[test]
+fn a_carried_context_is_the_server_span_parent() {
+    let mut t = tracer();
+    let server = conn(1, 1, Role::Server, 80, 5000);
+    let downstream = conn(2, 1, Role::Client, 6000, 81);
+    t.on_inband(
+        1,
+        100,
+        INBAND_RECEIVED | INBAND_ADOPTED,
+        (TRACE, CLIENT_SPAN),
+        0,
+    );
+    on_req(&mut t, &server, true, None, stamp(10, 7, 100));
+    // The thread's call carried the same trace (the programs' serving trace) and its own id.
+    t.on_inband(2, 300, INBAND_SENT, (TRACE, [0xdd; 8]), 0);
+    on_req(&mut t, &downstream, false, None, stamp(20, 7, 300));
+    finish(&mut t, &downstream, stamp(20, 7, 300), 30);
+    finish(&mut t, &server, stamp(10, 7, 100), 40);
+    let spans = drain(&mut t);
+    let s = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server)
+        .expect("server");
+    let c = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Client)
+        .expect("client");
+    assert_eq!(s.trace_id, TRACE);
+    assert_eq!(s.parent_span_id, Some(CLIENT_SPAN));
+    assert_eq!(evidence(s), &AttrValue::Str("inband".into()));
+    assert_eq!(c.span_id, [0xdd; 8], "the id the segment carried");
+    assert_eq!((c.trace_id, c.parent_span_id), (TRACE, Some(s.span_id)));
+    assert_eq!(t.stats.parent_from_inband, 1);
+    assert_eq!(t.stats.inband_disagreed, 0);
+}
+
+/// A root SERVER request takes the trace the programs started for it: the calls its thread
+/// made carry that id to the other hosts.
+#[test]
+fn a_root_takes_the_trace_the_programs_started() {
+    let mut t = tracer();
+    let server = conn(1, 1, Role::Server, 80, 5000);
+    let downstream = conn(2, 1, Role::Client, 6000, 81);
+    t.on_inband(1, 100, INBAND_RECEIVED, (TRACE, [0; 8]), 0);
+    on_req(&mut t, &server, true, None, stamp(10, 7, 100));
+    t.on_inband(2, 300, INBAND_SENT, (TRACE, CLIENT_SPAN), 0);
+    on_req(&mut t, &downstream, false, None, stamp(20, 7, 300));
+    finish(&mut t, &downstream, stamp(20, 7, 300), 30);
+    finish(&mut t, &server, stamp(10, 7, 100), 40);
+    let spans = drain(&mut t);
+    assert!(spans.iter().all(|s| s.trace_id == TRACE), "{spans:#?}");
+    assert_eq!(t.stats.inband_disagreed, 0);
+}
+
+/// The rules here put a CLIENT span under a parent whose trace is known outside with another
+/// id (a header gave it): the span goes to the trace its request carried (the server's host put
+/// its subtree there), a root with a link to that parent. Never a parent in another trace.
+#[test]
+fn a_call_whose_carried_trace_disagrees_is_exported_in_it_with_a_link() {
+    let mut t = tracer();
+    let server = conn(1, 1, Role::Server, 80, 5000);
+    let downstream = conn(2, 1, Role::Client, 6000, 81);
+    let header = TraceHeaders {
+        traceparent: Some("00-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-1111111111111111-01".into()),
+        ..TraceHeaders::default()
+    };
+    on_req(&mut t, &server, true, Some(&header), stamp(10, 7, 100));
+    t.on_inband(2, 300, INBAND_SENT, (TRACE, CLIENT_SPAN), 0);
+    on_req(&mut t, &downstream, false, None, stamp(20, 7, 300));
+    finish(&mut t, &downstream, stamp(20, 7, 300), 30);
+    finish(&mut t, &server, stamp(10, 7, 100), 40);
+    let spans = drain(&mut t);
+    let s = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server)
+        .expect("server");
+    let c = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Client)
+        .expect("client");
+    assert_eq!(s.trace_id, OTHER_TRACE);
+    assert_eq!((c.trace_id, c.parent_span_id), (TRACE, None));
+    assert_eq!(c.links.len(), 1);
+    assert_eq!(c.links[0].span_id, s.span_id);
+    assert_eq!(c.links[0].reason, "inband-disagreed");
+    assert_eq!(t.stats.inband_disagreed, 1);
+}
+
+/// A SERVER span paired with its local client (no context carried) gives the trace it started
+/// to that client's trace while nothing outside knows the client's id yet: one trace, the
+/// started id, so the calls the server made stay in it.
+#[test]
+fn a_local_client_trace_takes_the_started_id_while_it_is_its_own() {
+    let mut t = tracer();
+    let client = conn(1, 1, Role::Client, 5000, 80);
+    let server = conn(2, 2, Role::Server, 80, 5000);
+    on_req(&mut t, &client, false, None, stamp(5, 3, 100));
+    t.on_inband(2, 100, INBAND_RECEIVED, (TRACE, [0; 8]), 0);
+    on_req(&mut t, &server, true, None, stamp(10, 7, 100));
+    finish(&mut t, &server, stamp(10, 7, 100), 40);
+    finish(&mut t, &client, stamp(5, 3, 100), 50);
+    let spans = drain(&mut t);
+    assert_eq!(spans.len(), 2);
+    assert!(spans.iter().all(|s| s.trace_id == TRACE), "{spans:#?}");
+    let c = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Client)
+        .expect("client");
+    let s = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server)
+        .expect("server");
+    assert_eq!(s.parent_span_id, Some(c.span_id));
+}
+
+/// A trace whose id is known outside keeps it when a trace whose id is not joins it either way:
+/// a late client's trace takes the exported server's id.
+#[test]
+fn a_fixed_trace_id_survives_a_join() {
+    let fixed = TraceRef::external(TRACE);
+    let own = TraceRef::new(OTHER_TRACE);
+    fixed.join(&own);
+    assert_eq!(own.id(), TRACE);
+    assert_eq!(fixed.id(), TRACE);
+    let own = TraceRef::new(OTHER_TRACE);
+    let other = TraceRef::new([0x11; 16]);
+    own.join(&other);
+    assert_eq!(own.id(), [0x11; 16], "neither fixed: the joined trace's id");
+}
+
+/// Notes nobody takes expire; a note for one request is never another's.
+#[test]
+fn notes_are_taken_by_their_own_request_only() {
+    let mut t = tracer();
+    let server = conn(1, 1, Role::Server, 80, 5000);
+    t.on_inband(
+        1,
+        999,
+        INBAND_RECEIVED | INBAND_ADOPTED,
+        (TRACE, CLIENT_SPAN),
+        0,
+    );
+    on_req(&mut t, &server, true, None, stamp(10, 7, 100));
+    finish(&mut t, &server, stamp(10, 7, 100), 40);
+    let spans = drain(&mut t);
+    assert_eq!(spans[0].parent_span_id, None);
+    assert_ne!(spans[0].trace_id, TRACE);
+}
