@@ -416,8 +416,9 @@ pub const INBAND_OPTION_EXID: u16 = 0x7373;
 /// Bytes of the whole option: kind, length, experiment id, trace id, span id.
 pub const INBAND_OPTION_LEN: usize = 2 + 2 + 16 + 8;
 
-/// [`InbandEvent::flags`]: a CLIENT request's first segment carried this context (the client
-/// span's own trace and span id; written by the `sock_ops` program as the segment left).
+/// [`InbandEvent::flags`]: a CLIENT request's first segment is to carry this context (the client
+/// span's own trace and span id), sent as the write starts, before the data record: the
+/// `sock_ops` program writes it as the segment leaves, which may be after the write returned.
 pub const INBAND_SENT: u32 = 1;
 /// [`InbandEvent::flags`]: a SERVER request was read; `trace_id` is the trace the programs gave
 /// it (the sender's, with [`INBAND_ADOPTED`]; else a new one, for the calls it makes).

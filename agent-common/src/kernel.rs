@@ -84,6 +84,9 @@ pub struct CaptureConfig {
     /// the verifier prunes its branches.
     pub inband: u32,
     pub reserved: u32,
+    /// With `netns` and `inband`: the traced namespace's cookie (`SO_NETNS_COOKIE`), which the
+    /// `sock_ops` program compares (`bpf_get_netns_cookie`): it reads no socket struct.
+    pub netns_cookie: u64,
 }
 
 /// How far the exit programs go ([`CaptureConfig::stop_after`]). Each breakdown stage stops
@@ -98,7 +101,7 @@ pub mod exit_stage {
     /// Then the payload copy and the protocol detection, without the ring output.
     pub const COPY: u32 = 3;
 }
-const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 40);
 
 /// The backlog at which the programs wake the agent, for a ring of `ring_bytes`: a quarter of it.
 /// The agent drains the ring every 10 ms without being woken; a wake-up only matters when a burst
@@ -122,6 +125,7 @@ impl Default for CaptureConfig {
             stop_after: exit_stage::FULL,
             inband: 0,
             reserved: 0,
+            netns_cookie: 0,
         }
     }
 }

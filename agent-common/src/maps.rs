@@ -389,10 +389,13 @@ const _: () = assert!(core::mem::size_of::<InbandContext>() == 48);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct InbandServing {
+    /// All zero: a request the programs cannot follow (TLS, HTTP/2, hidden by the budget, a
+    /// client on this host without a context): the thread's calls carry nothing.
     pub trace_id: [u8; 16],
     pub conn_id: u64,
     pub open: u32,
-    pub reserved: u32,
+    /// 1 once the thread had two requests open at once: unsure until none is open.
+    pub several: u32,
 }
 const _: () = assert!(core::mem::size_of::<InbandServing>() == 32);
 

@@ -41,8 +41,8 @@ use aya_ebpf::{
         BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
     },
     helpers::{
-        bpf_get_prandom_u32, bpf_load_hdr_opt, bpf_probe_read_kernel, bpf_reserve_hdr_opt,
-        bpf_store_hdr_opt,
+        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_load_hdr_opt, bpf_probe_read_kernel,
+        bpf_reserve_hdr_opt, bpf_store_hdr_opt,
     },
     macros::{map, sock_ops},
     maps::{HashMap, LruHashMap, PerCpuArray},
@@ -51,7 +51,7 @@ use aya_ebpf::{
 
 use crate::{
     followed::FOLLOWED_PROCESSES,
-    maps::{CONNS, EVENTS, count, offset},
+    maps::{CONNS, EVENTS, config, count, offset},
     syscalls::{header, now_ns},
 };
 
@@ -159,15 +159,28 @@ pub fn client_write_enter(pid_tgid: u64, fd: i32) {
         fd,
         reserved: 0,
     };
-    let _ = INBAND_OUT.insert(
-        &InbandKey {
-            sk: conn.tcp_sk,
-            seq,
-            reserved: 0,
-        },
-        &context,
-        0,
-    );
+    let key = InbandKey {
+        sk: conn.tcp_sk,
+        seq,
+        reserved: 0,
+    };
+    if INBAND_OUT.insert(&key, &context, 0).is_err() {
+        return;
+    }
+    // The agent learns the context now, before the write's data record: the segment may leave
+    // after the write returned (Nagle, corking, a full window), its option written then.
+    let event = InbandEvent {
+        header: header(EventKind::Inband, pid_tgid, fd, conn.conn_id, now_ns()),
+        seq,
+        flags: INBAND_SENT,
+        trace_id: context.trace_id,
+        span_id: context.span_id,
+    };
+    if EVENTS.output::<InbandEvent>(&event, 0).is_ok() {
+        count(Counter::EventsSent);
+    } else {
+        count(Counter::RingFull);
+    }
 }
 
 /// The trace a CLIENT request of this thread belongs to: the one request it serves, or a new
@@ -184,11 +197,11 @@ fn thread_trace(pid_tgid: u64) -> Option<[u8; 16]> {
     }
     // SAFETY: copied out at once.
     match unsafe { INBAND_SERVING.get(&pid_tgid) }.copied() {
-        // Serving one request whose trace the programs know (all zero: a local client's).
-        Some(serving) if serving.open == 1 => {
-            (serving.trace_id != [0; 16]).then_some(serving.trace_id)
+        // Serving requests: only exactly one, whose trace the programs know, is passed on.
+        Some(serving) if serving.open > 0 => {
+            (serving.open == 1 && serving.several == 0 && serving.trace_id != [0; 16])
+                .then_some(serving.trace_id)
         }
-        Some(serving) if serving.open > 1 => None,
         _ => Some(random_trace_id()),
     }
 }
@@ -201,10 +214,11 @@ fn write_seq(tcp_sk: u64) -> Result<u32, i64> {
     unsafe { bpf_probe_read_kernel(field as *const u32) }.map_err(i64::from)
 }
 
-/// The exit programs, after a data syscall's record on a tracked connection (`entry`, its table
-/// entry): a SERVER request that starts here takes its context, and the first write of its
-/// response ends its thread's serving. `seq`: the first byte's sequence number with bit 32 set
-/// when known. Out of line: its stack frame is its own.
+/// The exit programs, before a data syscall's record on a tracked connection (`entry`, its table
+/// entry; the agent finds a request's context when it parses the request): a SERVER request that
+/// starts here takes its context, and the first write of its response ends its thread's
+/// serving. `seq`: the first byte's sequence number with bit 32 set when known. Out of line: its
+/// stack frame is its own.
 #[inline(never)]
 pub fn after_data(pid_tgid: u64, fd: i32, entry: *mut ConnInfo, direction: u32, seq: u64) {
     if entry.is_null() {
@@ -223,11 +237,13 @@ pub fn after_data(pid_tgid: u64, fd: i32, entry: *mut ConnInfo, direction: u32, 
         return;
     }
     if seq & (1 << 32) == 0 || !in_order(conn.protocol) {
+        serves_unknown(pid_tgid, conn.conn_id);
         return;
     }
     if conn.role != Role::Server as u32 {
         // First seen in use (the agent learns its role from procfs a moment later): a segment
-        // that carried a context starts a request this end serves, nothing else tells.
+        // that carried a context starts a request this end serves; otherwise the thread may be
+        // serving one the programs cannot tell, and its calls carry nothing meanwhile.
         let key = InbandKey {
             sk: conn.tcp_sk,
             seq: seq as u32,
@@ -235,6 +251,7 @@ pub fn after_data(pid_tgid: u64, fd: i32, entry: *mut ConnInfo, direction: u32, 
         };
         // SAFETY: only checked for presence.
         if unsafe { INBAND_IN.get(&key) }.is_none() {
+            serves_unknown(pid_tgid, conn.conn_id);
             return;
         }
     }
@@ -304,21 +321,7 @@ fn server_request(
         event.trace_id = random_trace_id();
         event.span_id = [0; 8];
     }
-    // SAFETY: copied out at once.
-    let serving = match unsafe { INBAND_SERVING.get(&pid_tgid) }.copied() {
-        // Another request of this thread is still open: it serves several (an event loop).
-        Some(open) if open.open > 0 && open.conn_id != conn_id => InbandServing {
-            open: open.open + 1,
-            ..open
-        },
-        _ => InbandServing {
-            trace_id: event.trace_id,
-            conn_id,
-            open: 1,
-            reserved: 0,
-        },
-    };
-    let _ = INBAND_SERVING.insert(&pid_tgid, &serving, 0);
+    serves(pid_tgid, conn_id, event.trace_id);
     if event.flags == 0 {
         return;
     }
@@ -327,6 +330,39 @@ fn server_request(
     } else {
         count(Counter::RingFull);
     }
+}
+
+/// The thread read the start of a request on `conn_id` whose trace is `trace_id` (all zero:
+/// unknown to the programs). One open already, on another connection: it serves several at once
+/// (an event loop), and stays unsure until none is open.
+#[inline(always)]
+fn serves(pid_tgid: u64, conn_id: u64, trace_id: [u8; 16]) {
+    // SAFETY: copied out at once.
+    let serving = match unsafe { INBAND_SERVING.get(&pid_tgid) }.copied() {
+        Some(open) if open.open > 0 => InbandServing {
+            trace_id,
+            conn_id,
+            open: if open.conn_id == conn_id {
+                open.open
+            } else {
+                open.open + 1
+            },
+            several: open.several | u32::from(open.conn_id != conn_id),
+        },
+        _ => InbandServing {
+            trace_id,
+            conn_id,
+            open: 1,
+            several: 0,
+        },
+    };
+    let _ = INBAND_SERVING.insert(&pid_tgid, &serving, 0);
+}
+
+/// The thread read the start of a request the programs cannot follow (see [`InbandServing`]).
+#[inline(always)]
+fn serves_unknown(pid_tgid: u64, conn_id: u64) {
+    serves(pid_tgid, conn_id, [0; 16]);
 }
 
 /// A SERVER response's first write on `conn_id`: one request fewer open on this thread.
@@ -338,11 +374,51 @@ fn answered(pid_tgid: u64, conn_id: u64) {
     // SAFETY: a pointer from a successful lookup; only this thread's syscalls write its entry.
     let serving = unsafe { &mut *serving };
     if serving.open <= 1 {
-        if serving.open == 0 || serving.conn_id == conn_id {
+        if serving.open == 0 || serving.conn_id == conn_id || serving.several != 0 {
             let _ = INBAND_SERVING.remove(&pid_tgid);
         }
     } else {
         serving.open -= 1;
+    }
+}
+
+/// The exit programs, on a data syscall whose bytes the programs will not follow as requests
+/// (TLS, hidden by the budget), or after the record whose detection found them so (TLS, HTTP/2,
+/// opaque): a SERVER request that starts here is one the thread serves without a trace the
+/// programs know. Out of line: its stack frame is its own.
+#[inline(never)]
+pub fn unfollowed_data(pid_tgid: u64, entry: *mut ConnInfo, direction: u32) {
+    if entry.is_null() {
+        return;
+    }
+    // SAFETY: as in `after_data`.
+    let conn = unsafe { &mut *entry };
+    let previous = conn.inband_direction;
+    conn.inband_direction = direction;
+    if conn.role == Role::Client as u32 {
+        return;
+    }
+    if direction == Direction::Egress as u32 {
+        if previous != direction {
+            answered(pid_tgid, conn.conn_id);
+        }
+        return;
+    }
+    // A request start, or the record whose detection just found the protocol (its start was
+    // taken as a request the programs follow): either way the thread's trace is unknown.
+    // SAFETY: copied out at once.
+    let current = unsafe { INBAND_SERVING.get(&pid_tgid) }.copied();
+    if previous != direction || current.is_some_and(|open| open.conn_id == conn.conn_id) {
+        serves_unknown(pid_tgid, conn.conn_id);
+    }
+}
+
+/// `close` of a connection: the thread stops serving what it read there.
+#[inline(never)]
+pub fn closed(pid_tgid: u64, conn_id: u64) {
+    // SAFETY: copied out at once.
+    if unsafe { INBAND_SERVING.get(&pid_tgid) }.is_some_and(|open| open.conn_id == conn_id) {
+        let _ = INBAND_SERVING.remove(&pid_tgid);
     }
 }
 
@@ -352,19 +428,28 @@ fn answered(pid_tgid: u64, conn_id: u64) {
 #[sock_ops]
 pub fn inband_sock_ops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB if traced_netns(&ctx) => {
             let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) as i32);
         }
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB if traced_netns(&ctx) => {
             let _ = ctx
                 .set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG) as i32);
         }
         BPF_SOCK_OPS_HDR_OPT_LEN_CB => reserve(&ctx),
         BPF_SOCK_OPS_WRITE_HDR_OPT_CB => write(&ctx),
-        BPF_SOCK_OPS_PARSE_HDR_OPT_CB => parse(&ctx),
+        BPF_SOCK_OPS_PARSE_HDR_OPT_CB if traced_netns(&ctx) => parse(&ctx),
         _ => {}
     }
     1
+}
+
+/// Whether the event's socket is in the network namespace this agent traces (`--netns-only`;
+/// every namespace otherwise): other agents on this kernel mark and read their own.
+#[inline(always)]
+fn traced_netns(ctx: &SockOpsContext) -> bool {
+    let only = config!(netns_cookie);
+    // SAFETY: the helper takes the context the kernel passed.
+    only == 0 || unsafe { bpf_get_netns_cookie(ctx.ops.cast()) } == only
 }
 
 /// The socket of a `sock_ops` event, as the syscall programs know it (`struct sock *`).
@@ -394,23 +479,34 @@ fn segment_seq(ctx: &SockOpsContext) -> Option<u32> {
 }
 
 /// `BPF_SOCK_OPS_HDR_OPT_LEN_CB`: room for the option when the segment about to be built starts
-/// at a byte a context waits for (`snd_nxt`: a new segment's first byte).
+/// at a byte a context waits for (`snd_nxt`: a new segment's first byte), and always when the
+/// kernel sizes segments (`tcp_current_mss`: no segment, no flags): a segment sized without the
+/// room and given the option later would outgrow the MTU. The connecting ends marked for the
+/// mode thus send segments 28 bytes shorter.
 #[inline(always)]
 fn reserve(ctx: &SockOpsContext) {
-    let key = InbandKey {
-        sk: socket_of(ctx),
-        // SAFETY: a context load.
-        seq: unsafe { (*ctx.ops).snd_nxt },
-        reserved: 0,
+    // SAFETY: context loads.
+    let (len, flags, snd_nxt) = unsafe {
+        (
+            (*ctx.ops).skb_len,
+            (*ctx.ops).skb_tcp_flags,
+            (*ctx.ops).snd_nxt,
+        )
     };
-    // SAFETY: only checked for presence.
-    if unsafe { INBAND_OUT.get(&key) }.is_none() {
-        return;
+    if len != 0 || flags != 0 {
+        let key = InbandKey {
+            sk: socket_of(ctx),
+            seq: snd_nxt,
+            reserved: 0,
+        };
+        // SAFETY: only checked for presence.
+        if unsafe { INBAND_OUT.get(&key) }.is_none() {
+            return;
+        }
     }
-    // SAFETY: the helper takes the context the kernel passed.
-    if unsafe { bpf_reserve_hdr_opt(ctx.ops, INBAND_OPTION_LEN as u32, 0) } != 0 {
-        count(Counter::InbandNoRoom);
-    }
+    // SAFETY: the helper takes the context the kernel passed. No room is counted when the option
+    // cannot be written.
+    let _ = unsafe { bpf_reserve_hdr_opt(ctx.ops, INBAND_OPTION_LEN as u32, 0) };
 }
 
 /// `BPF_SOCK_OPS_WRITE_HDR_OPT_CB`: writes the option into the segment that starts at a byte a
@@ -439,28 +535,12 @@ fn write(ctx: &SockOpsContext) {
     let stored =
         unsafe { bpf_store_hdr_opt(ctx.ops, option.as_ptr().cast(), INBAND_OPTION_LEN as u32, 0) };
     if stored != 0 {
-        // No room was reserved (the segment began elsewhere when its size was computed).
+        // No room (other options, SACK blocks, took it).
         count(Counter::InbandNoRoom);
         return;
     }
     let _ = INBAND_OUT.remove(&key);
-    let event = InbandEvent {
-        header: header(
-            EventKind::Inband,
-            context.pid_tgid,
-            context.fd,
-            context.conn_id,
-            now_ns(),
-        ),
-        seq,
-        flags: INBAND_SENT,
-        trace_id: context.trace_id,
-        span_id: context.span_id,
-    };
     count(Counter::InbandSent);
-    if EVENTS.output::<InbandEvent>(&event, 0).is_err() {
-        count(Counter::RingFull);
-    }
 }
 
 /// `BPF_SOCK_OPS_PARSE_HDR_OPT_CB` (a received segment with an option the kernel does not

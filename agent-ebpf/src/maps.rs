@@ -168,6 +168,7 @@ pub static CAPTURE_CONFIG: CaptureConfig = CaptureConfig {
     stop_after: agent_common::exit_stage::FULL,
     inband: 0,
     reserved: 0,
+    netns_cookie: 0,
 };
 
 /// One field of the offsets, read so that the compiler cannot fold the load-time value away.

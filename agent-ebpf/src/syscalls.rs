@@ -481,6 +481,11 @@ fn data_exit<const FAMILY: u32>(
     let Some(mut conn) = tracked(ctx, regs, pid_tgid, fd, entered) else {
         return Ok(());
     };
+    if config!(inband) != 0
+        && (conn.protocol == Protocol::Tls as u32 || Protocol::is_budget_state(conn.protocol))
+    {
+        inband::unfollowed_data(pid_tgid, conn.entry, direction as u32);
+    }
     if conn.protocol == Protocol::Tls as u32 {
         // Ciphertext: counted, never sent; the TLS probes send the plaintext. A call of theirs
         // in progress on this thread learns its socket here.
@@ -565,7 +570,30 @@ fn data_exit<const FAMILY: u32>(
             exit.seq,
         );
     }
-    emit_records::<FAMILY>(regs, &mut exit, result)
+    emit_records::<FAMILY>(regs, &mut exit, result)?;
+    if config!(inband) != 0
+        && FAMILY != exit_family::OTHER
+        && exit.conn.protocol == Protocol::Detecting as u32
+        && detected_unfollowed(exit.conn.entry)
+    {
+        // Its start was taken as a request the programs follow.
+        inband::unfollowed_data(pid_tgid, exit.conn.entry, exit.direction as u32);
+    }
+    Ok(())
+}
+
+/// Whether this record's detection found a protocol whose requests the in-band mode does not
+/// follow (TLS, HTTP/2, nothing parsed).
+#[inline(always)]
+fn detected_unfollowed(entry: *mut ConnInfo) -> bool {
+    if entry.is_null() {
+        return false;
+    }
+    // SAFETY: a pointer from a successful lookup in this run.
+    let protocol = unsafe { (*entry).protocol };
+    protocol == Protocol::Tls as u32
+        || protocol == Protocol::Http2 as u32
+        || protocol == Protocol::Opaque as u32
 }
 
 /// Sends the records of one data syscall: one per message for `*mmsg`, else one.
@@ -851,6 +879,9 @@ fn close_enter(regs: Regs) {
         return;
     };
     let _ = CONNS.remove(&key);
+    if config!(inband) != 0 {
+        inband::closed(pid_tgid, info.conn_id);
+    }
     if info.protocol == Protocol::Shed as u32 || info.protocol == Protocol::ResumeNext as u32 {
         // A hidden request it never answered is no one's work any more.
         shed::closed(info);

@@ -366,8 +366,8 @@ fn in_band_past_a_host_without_an_agent_leaves_clean_roots() {
 
 /// In the in-band mode, the middle host's agent restarts between two rounds: the pools'
 /// connections stay open across it (the first agent marked them for the header-option
-/// callbacks; the socket keeps the mark), and it learns their roles from procfs again: later
-/// requests carry and adopt contexts as before.
+/// callbacks; the socket keeps the mark), and it learns their roles from procfs again: after
+/// one request, later requests carry and adopt contexts as before.
 #[test]
 fn in_band_survives_a_restarted_agent_on_open_connections() {
     let bed = TestBed::new(3);
@@ -377,6 +377,10 @@ fn in_band_survives_a_restarted_agent_on_open_connections() {
     let restarted = agents.remove(1);
     let _ = restarted.stop();
     agents.insert(1, bed.inband_agent(1));
+    // The restarted agent's programs learn each open connection at its first syscall's exit:
+    // the request whose write that is goes without a context (one per connection), not
+    // scored.
+    let _ = run_driver(&bed, front, (1, 0, 0));
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")

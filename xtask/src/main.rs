@@ -147,7 +147,18 @@ fn main() -> Result<()> {
             runtime_probes_only,
             flask_only,
             ping_pong_only,
-        } => bench::bench(quick, runtime_probes_only, flask_only, ping_pong_only),
+        } => bench::bench(
+            quick,
+            if runtime_probes_only {
+                bench::Part::RuntimeProbes
+            } else if flask_only {
+                bench::Part::Flask
+            } else if ping_pong_only {
+                bench::Part::PingPong
+            } else {
+                bench::Part::All
+            },
+        ),
         Task::Demo { check } => demo(check),
         Task::Causality { chain } => causality::causality(chain.as_deref()),
         Task::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),

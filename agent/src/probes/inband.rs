@@ -32,6 +32,10 @@ pub enum InbandError {
     Attach(String, String),
     #[error("map {MAP_PROCESSES}: {0}")]
     Map(String),
+    #[error(
+        "the network namespace's cookie cannot be read ({0}); `--in-band` with `--netns-only` needs Linux 5.14 or newer (SO_NETNS_COOKIE)"
+    )]
+    NetnsCookie(String),
 }
 
 /// The attached `sock_ops` program (detached when the object is dropped) and the process list.
@@ -80,6 +84,33 @@ impl InbandProbes {
     pub fn forget(&mut self, pid: u32) {
         let _ = self.processes.remove(&pid);
     }
+}
+
+/// The cookie of the network namespace the agent runs in (`SO_NETNS_COOKIE` of a socket of its
+/// own), which the `sock_ops` program compares with its sockets' (`--netns-only`).
+pub fn own_netns_cookie() -> Result<u64, InbandError> {
+    use std::os::fd::AsRawFd as _;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")
+        .map_err(|e| InbandError::NetnsCookie(e.to_string()))?;
+    let mut cookie: u64 = 0;
+    let mut len = libc::socklen_t::try_from(size_of::<u64>()).unwrap_or(8);
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`, which lives across the call;
+    // the fd is the open socket above.
+    let result = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            std::ptr::from_mut(&mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if result != 0 || cookie == 0 {
+        return Err(InbandError::NetnsCookie(
+            std::io::Error::last_os_error().to_string(),
+        ));
+    }
+    Ok(cookie)
 }
 
 /// Where the cgroup v2 hierarchy's root is mounted, from `/proc/self/mountinfo` (the first

@@ -422,6 +422,11 @@ impl Probes {
             },
             inband: u32::from(config.inband && matches!(set, ProgramSet::Capture)),
             reserved: 0,
+            netns_cookie: if config.inband && config.netns != 0 {
+                inband::own_netns_cookie()?
+            } else {
+                0
+            },
         };
         let mut ebpf = EbpfLoader::new()
             .override_global("KERNEL_OFFSETS", &offsets, true)

@@ -466,17 +466,25 @@ fn one_section(quick: bool, flask: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn bench(
-    quick: bool,
-    runtime_probes_only: bool,
-    flask_only: bool,
-    ping_pong_only: bool,
-) -> Result<()> {
+/// Which part of the benchmark runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Everything; BENCHMARKS.md is written.
+    All,
+    /// The runtime probes' section, printed.
+    RuntimeProbes,
+    /// The Flask chain's section, printed.
+    Flask,
+    /// Section 1 (the ping-pong and its breakdown), printed.
+    PingPong,
+}
+
+pub fn bench(quick: bool, part: Part) -> Result<()> {
     if !is_root() {
         bail!("benchmarks attach eBPF programs: run `cargo xtask bench` as root");
     }
-    if flask_only || runtime_probes_only {
-        return one_section(quick, flask_only);
+    if matches!(part, Part::Flask | Part::RuntimeProbes) {
+        return one_section(quick, part == Part::Flask);
     }
     if !crate::util::command_ok(Command::new("bpftool").arg("version")) {
         run(Command::new("apt-get").args([
@@ -515,7 +523,7 @@ pub fn bench(
         samples.push((variant, measure(&bin, variant, round_trips / 4)?));
     }
     drop(restore);
-    if ping_pong_only {
+    if part == Part::PingPong {
         let mut out = String::new();
         report::syscall_section(&mut out, &samples, round_trips);
         println!("{out}");

@@ -215,7 +215,7 @@ pub(super) fn syscall_section(out: &mut String, samples: &[(Variant, Sample)], r
     let (b, b_text) = summary(&ns(Variant::Floor), 0);
     let (c, c_text) = summary(&ns(Variant::Sockspan), 0);
     let (d, d_text) = summary(&ns(Variant::SockspanOpaque), 0);
-    let (g, g_text) = summary(&ns(Variant::SockspanInband), 0);
+    let (inband, inband_text) = summary(&ns(Variant::SockspanInband), 0);
     let _ = writeln!(out, "## 1. Per-syscall cost on a loopback socket\n");
     let _ = writeln!(
         out,
@@ -238,7 +238,7 @@ pub(super) fn syscall_section(out: &mut String, samples: &[(Variant, Sample)], r
         (Variant::Floor, &b_text),
         (Variant::Sockspan, &c_text),
         (Variant::SockspanOpaque, &d_text),
-        (Variant::SockspanInband, &g_text),
+        (Variant::SockspanInband, &inband_text),
     ] {
         let _ = writeln!(out, "| {} | {text} |", v.label());
     }
@@ -246,8 +246,8 @@ pub(super) fn syscall_section(out: &mut String, samples: &[(Variant, Sample)], r
         out,
         "\n- (g) over (c), the in-band mode: **{:.0} ns per syscall**, {:.0} ns per request (its four \
          syscalls: the option written, parsed and adopted, the contexts' records).",
-        g - c,
-        4.0 * (g - c)
+        inband - c,
+        4.0 * (inband - c)
     );
     let _ = writeln!(
         out,

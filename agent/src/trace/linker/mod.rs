@@ -287,6 +287,8 @@ impl Tracer {
             self.parent_of_client(conn, end, (unit, forward, start), on_loop, &mut links)
         };
         let (mut trace, parent, evidence) = found;
+        // A request with its own trace header goes where the header says, on both hosts.
+        let inband = inband.filter(|_| !header);
         let inband_trace = Self::inband_trace(inband, server, parent.is_some(), &mut trace);
         self.callbacks.on_request(conn, key, end, made_for);
         let lineage = lineage.filter(|_| parent.is_none());

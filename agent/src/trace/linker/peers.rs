@@ -55,6 +55,8 @@ impl Tracer {
             return;
         }
         if trace.settled() {
+            // Known outside from now on: a trace joining it later keeps this id.
+            trace.fix();
             self.stats.peer_announced += 1;
             self.outgoing.push(ClientSpan {
                 client: mirror.client.addr(),
@@ -85,6 +87,7 @@ impl Tracer {
             if !span.trace.settled() && deadline > now && !flush {
                 return true;
             }
+            span.trace.fix();
             stats.peer_announced += 1;
             outgoing.push(ClientSpan {
                 client: span.mirror.client.addr(),
