@@ -83,7 +83,9 @@ pub struct CaptureConfig {
     /// context in a TCP header option, and SERVER requests adopt it. A read-only global: off,
     /// the verifier prunes its branches.
     pub inband: u32,
-    pub reserved: u32,
+    /// 1: in the in-band mode, a SERVER request that carried no context (from another host)
+    /// starts a trace its thread's calls carry; 0 while the peer messages run too.
+    pub inband_starts_traces: u32,
     /// With `netns` and `inband`: the traced namespace's cookie (`SO_NETNS_COOKIE`), which the
     /// `sock_ops` program compares (`bpf_get_netns_cookie`): it reads no socket struct.
     pub netns_cookie: u64,
@@ -124,7 +126,7 @@ impl Default for CaptureConfig {
             netns: 0,
             stop_after: exit_stage::FULL,
             inband: 0,
-            reserved: 0,
+            inband_starts_traces: 1,
             netns_cookie: 0,
         }
     }

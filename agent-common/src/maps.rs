@@ -57,8 +57,12 @@ pub struct ConnInfo {
     /// starts a request.
     pub inband_direction: u32,
     pub reserved: u32,
+    /// In the in-band mode: the CLIENT span id the last SERVER request on this connection
+    /// adopted. A segmentation offload copies a request's option onto every segment of its
+    /// write; a pipelined request that happens to start on one of them must not adopt it again.
+    pub inband_adopted: [u8; 8],
 }
-const _: () = assert!(core::mem::size_of::<ConnInfo>() == 8 + 40 + 8 + 16 + 8 + 8 + 8 + 8 + 8);
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 8 + 40 + 8 + 16 + 8 + 8 + 8 + 8 + 8 + 8);
 
 /// `SHED_CONTROL[0]`: non-zero while the agent's budget sheds any connection. Only then do the
 /// programs count hidden work and look it up for [`crate::DATA_HIDDEN_WORK`].

@@ -255,14 +255,7 @@ pub fn after_data(pid_tgid: u64, fd: i32, entry: *mut ConnInfo, direction: u32, 
             return;
         }
     }
-    let local_peer = is_local_peer(&conn.tuple);
-    server_request(
-        pid_tgid,
-        fd,
-        conn.conn_id,
-        conn.tcp_sk,
-        (seq as u32, local_peer),
-    );
+    server_request(pid_tgid, fd, conn, seq as u32);
 }
 
 /// Whether the other end of a connection is on this host as the programs can tell (loopback, or
@@ -284,15 +277,11 @@ fn is_local_peer(tuple: &agent_common::SockTuple) -> bool {
 /// (`local_peer`) starts none: its client is traced here and the agent's rules name its trace,
 /// which the programs cannot know; its thread's CLIENT requests carry nothing.
 #[inline(always)]
-fn server_request(
-    pid_tgid: u64,
-    fd: i32,
-    conn_id: u64,
-    tcp_sk: u64,
-    (seq, local_peer): (u32, bool),
-) {
+fn server_request(pid_tgid: u64, fd: i32, conn: &mut ConnInfo, seq: u32) {
+    let conn_id = conn.conn_id;
+    let local_peer = is_local_peer(&conn.tuple);
     let key = InbandKey {
-        sk: tcp_sk,
+        sk: conn.tcp_sk,
         seq,
         reserved: 0,
     };
@@ -305,14 +294,21 @@ fn server_request(
     event.header = header(EventKind::Inband, pid_tgid, fd, conn_id, now_ns());
     event.seq = seq;
     // SAFETY: copied out at once.
-    if let Some(carried) = unsafe { INBAND_IN.get(&key) }.copied() {
+    let carried = unsafe { INBAND_IN.get(&key) }.copied();
+    if carried.is_some() {
         let _ = INBAND_IN.remove(&key);
+    }
+    // A copy of the option the last request adopted (see `ConnInfo::inband_adopted`) is none.
+    let carried = carried.filter(|c| c.span_id != conn.inband_adopted);
+    if let Some(carried) = carried {
+        conn.inband_adopted = carried.span_id;
         event.flags = INBAND_RECEIVED | INBAND_ADOPTED;
         event.trace_id = carried.trace_id;
         event.span_id = carried.span_id;
         count(Counter::InbandAdopted);
-    } else if local_peer {
-        // Unknown here: no note, and the thread's CLIENT requests are unsure.
+    } else if local_peer || config!(inband_starts_traces) == 0 {
+        // Unknown here (its client's trace is this agent's rules' to name, or its announcement's
+        // to bring): no note, and the thread's CLIENT requests are unsure.
         event.flags = 0;
         event.trace_id = [0; 16];
         event.span_id = [0; 8];

@@ -167,7 +167,7 @@ pub static CAPTURE_CONFIG: CaptureConfig = CaptureConfig {
     netns: 0,
     stop_after: agent_common::exit_stage::FULL,
     inband: 0,
-    reserved: 0,
+    inband_starts_traces: 1,
     netns_cookie: 0,
 };
 

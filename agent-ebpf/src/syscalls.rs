@@ -162,6 +162,7 @@ fn track(pid_tgid: u64, fd: i32, info: &mut ConnInfo, role: Role, syscall: u32) 
     info.hidden_ask = 0;
     info.hidden_reader = 0;
     info.inband_direction = 0;
+    info.inband_adopted = [0; 8];
     let key = conn_key(pid_tgid, fd);
     if CONNS.insert(&key, &*info, 0).is_err() {
         count(Counter::ConnTableFull);

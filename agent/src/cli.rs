@@ -338,6 +338,7 @@ impl CaptureArgs {
                 .map_or(0, |inum| u32::try_from(inum).unwrap_or(0)),
             inband: self.in_band,
             inband_cgroup: self.in_band_cgroup.clone(),
+            inband_starts_traces: true,
         }
     }
 

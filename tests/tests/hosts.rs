@@ -138,7 +138,13 @@ impl TestBed {
     /// The agent of host `i` in the in-band mode only (no peer messages): requests carry their
     /// CLIENT span's context in a TCP header option.
     fn inband_agent(&self, i: usize) -> Agent {
-        let mut args = vec!["--output", "jsonl", "--netns-only", "--in-band"];
+        self.inband_agent_to(i, &["--output", "jsonl"])
+    }
+
+    /// As [`TestBed::inband_agent`], with `output` flags.
+    fn inband_agent_to(&self, i: usize, output: &[&str]) -> Agent {
+        let mut args = output.to_vec();
+        args.extend(["--netns-only", "--in-band"]);
         args.extend(agent_flags(&grpc_chain()));
         Agent::start_in_netns(&self.hosts[i], "run", &args)
     }
@@ -338,6 +344,24 @@ fn three_hosts_in_band_give_whole_traces() {
     assert!(sent >= 2 * ids.len() as u64, "sent {sent}");
 }
 
+/// Both modes at once: the front's calls carry their context and are adopted in-band, and the
+/// peer messages still run; every tree is whole, no parent is wrong.
+#[test]
+fn three_hosts_with_both_modes_give_whole_traces() {
+    let bed = TestBed::new(3);
+    let secret = secret_file();
+    let (front, _procs) = start_chain(&bed);
+    let agents: Vec<Agent> = (0..3)
+        .map(|i| bed.agent_to(i, &secret, &["--output", "jsonl", "--in-band"]))
+        .collect();
+    let ids = run_driver(&bed, front, (10, 2, 10));
+    let events = merged(agents);
+    let result = whole_trees("three-hosts-both-modes", &three_host_chain(), &ids, &events);
+    let linked = result.evidence.get("inband").copied().unwrap_or(0)
+        + result.evidence.get("peer").copied().unwrap_or(0);
+    assert!(linked >= 2 * ids.len(), "{}", result.line());
+}
+
 /// In the in-band mode, the middle host runs no agent: the front's contexts reach a kernel that
 /// ignores the option, the features service's requests carry none, and the model's SERVER spans
 /// are roots: never a wrong parent.
@@ -514,6 +538,18 @@ fn a_restarted_agent_links_again_on_open_connections() {
 /// decoded make whole trees with the right parent ids.
 #[test]
 fn three_hosts_export_whole_traces_to_one_otlp_receiver() {
+    otlp_receiver_gets_whole_traces(false);
+}
+
+/// [`three_hosts_export_whole_traces_to_one_otlp_receiver`] in the in-band mode.
+#[test]
+fn three_hosts_in_band_export_whole_traces_to_one_otlp_receiver() {
+    otlp_receiver_gets_whole_traces(true);
+}
+
+/// The three hosts' agents export OTLP to a receiver on a fourth host; linked through their peer
+/// messages, or in-band.
+fn otlp_receiver_gets_whole_traces(inband: bool) {
     let bed = TestBed::new(4);
     let secret = secret_file();
     let port = free_port();
@@ -529,7 +565,15 @@ fn three_hosts_export_whole_traces_to_one_otlp_receiver() {
     let endpoint = format!("http://{}:{port}", bed.ip(3));
     let (front, _procs) = start_chain(&bed);
     let output = ["--output", "otlp", "--otlp-endpoint", &endpoint];
-    let agents: Vec<Agent> = (0..3).map(|i| bed.agent_to(i, &secret, &output)).collect();
+    let agents: Vec<Agent> = (0..3)
+        .map(|i| {
+            if inband {
+                bed.inband_agent_to(i, &output)
+            } else {
+                bed.agent_to(i, &secret, &output)
+            }
+        })
+        .collect();
     let ids = run_driver(&bed, front, (10, 2, 10));
     let mut logs = String::new();
     for agent in agents {
@@ -546,7 +590,12 @@ fn three_hosts_export_whole_traces_to_one_otlp_receiver() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("receiver json"))
         .collect();
-    whole_trees("three-hosts-otlp", &three_host_chain(), &ids, &spans);
+    let name = if inband {
+        "three-hosts-in-band-otlp"
+    } else {
+        "three-hosts-otlp"
+    };
+    whole_trees(name, &three_host_chain(), &ids, &spans);
 }
 
 /// A Service's virtual address: the front calls features at an address no host has, rewritten by
@@ -555,6 +604,19 @@ fn three_hosts_export_whole_traces_to_one_otlp_receiver() {
 /// tracking says features sees it, and the trees are whole.
 #[test]
 fn a_dnat_virtual_address_between_hosts_still_links() {
+    dnat_between_hosts(false);
+}
+
+/// In the in-band mode, the context travels in the segment through the address translation:
+/// no connection tracking is read, and the trees are whole.
+#[test]
+fn in_band_links_through_a_dnat_virtual_address() {
+    dnat_between_hosts(true);
+}
+
+/// The front calls features through a DNAT'd virtual address; linked through the peer messages
+/// (the connection as features sees it, from conntrack), or in-band.
+fn dnat_between_hosts(inband: bool) {
     let bed = TestBed::new(3);
     let secret = secret_file();
     let (front, features, model) = (free_port(), free_port(), free_port());
@@ -588,7 +650,15 @@ fn a_dnat_virtual_address_between_hosts_still_links() {
         front,
         &[format!("features={virtual_ip}:{features}")],
     );
-    let agents: Vec<Agent> = (0..3).map(|i| bed.agent(i, &secret)).collect();
+    let agents: Vec<Agent> = (0..3)
+        .map(|i| {
+            if inband {
+                bed.inband_agent(i)
+            } else {
+                bed.agent(i, &secret)
+            }
+        })
+        .collect();
     let ids = run_driver(&bed, front, (10, 1, 10));
     let mut events = Vec::new();
     let mut translated = 0;
@@ -598,6 +668,20 @@ fn a_dnat_virtual_address_between_hosts_still_links() {
         translated += out.counter("peer_translated");
         events.extend(out.events);
     }
-    assert!(translated > 0, "the front's calls were translated");
-    whole_trees("three-hosts-dnat", &three_host_chain(), &ids, &events);
+    if inband {
+        let result = whole_trees(
+            "three-hosts-in-band-dnat",
+            &three_host_chain(),
+            &ids,
+            &events,
+        );
+        assert!(
+            result.evidence.get("inband").copied().unwrap_or(0) >= 2 * ids.len(),
+            "{}",
+            result.line()
+        );
+    } else {
+        assert!(translated > 0, "the front's calls were translated");
+        whole_trees("three-hosts-dnat", &three_host_chain(), &ids, &events);
+    }
 }

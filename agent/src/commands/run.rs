@@ -64,7 +64,11 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     // less useful.
     crate::caps::check_can_load().map_err(pipeline::PipelineError::Privilege)?;
     let _lock = crate::lock::acquire(args.capture.netns())?;
-    let capture = pipeline::start(&args.capture, pipeline::Traffic::Parsed)?;
+    let capture = pipeline::start(
+        &args.capture,
+        pipeline::Traffic::Parsed,
+        args.peers().is_some(),
+    )?;
     let pipeline::Capture {
         mut probes,
         ring,

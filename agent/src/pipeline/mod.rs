@@ -64,10 +64,12 @@ pub enum Traffic {
     All,
 }
 
-/// Validates the configuration, scans procfs, then loads and attaches the programs.
-pub fn start(args: &CaptureArgs, traffic: Traffic) -> Result<Capture, PipelineError> {
+/// Validates the configuration, scans procfs, then loads and attaches the programs. `peers`:
+/// the cross-host peer messages are on (`--peer-port`).
+pub fn start(args: &CaptureArgs, traffic: Traffic, peers: bool) -> Result<Capture, PipelineError> {
     let mut probes_config = args.probes();
     probes_config.skip_opaque = traffic == Traffic::Parsed;
+    probes_config.inband_starts_traces = !peers;
     probes_config.validate()?;
     args.conntrack().validate()?;
     caps::check_can_load().map_err(PipelineError::Privilege)?;

@@ -46,6 +46,10 @@ pub struct ProbesConfig {
     pub inband: bool,
     /// The cgroup v2 directory the in-band mode attaches to; `None`: the hierarchy's root.
     pub inband_cgroup: Option<std::path::PathBuf>,
+    /// In the in-band mode, a SERVER request that carried no context starts a trace its
+    /// thread's calls carry; off while the peer messages run too (its trace comes from its
+    /// client's announcement then, which the programs cannot know).
+    pub inband_starts_traces: bool,
 }
 
 impl Default for ProbesConfig {
@@ -58,6 +62,7 @@ impl Default for ProbesConfig {
             netns: 0,
             inband: false,
             inband_cgroup: None,
+            inband_starts_traces: true,
         }
     }
 }
@@ -421,7 +426,7 @@ impl Probes {
                 _ => agent_common::exit_stage::FULL,
             },
             inband: u32::from(config.inband && matches!(set, ProgramSet::Capture)),
-            reserved: 0,
+            inband_starts_traces: u32::from(config.inband_starts_traces),
             netns_cookie: if config.inband && config.netns != 0 {
                 inband::own_netns_cookie()?
             } else {
