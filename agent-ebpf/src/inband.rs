@@ -7,18 +7,20 @@
 //! Three places, one job each:
 //! - [`client_write_enter`] (`raw_syscalls/sys_enter`, before the bytes are queued): a CLIENT
 //!   request starts (a client's write after anything but a write); its thread's trace and a new
-//!   span id wait under (socket, sequence number of its first byte) in [`INBAND_OUT`].
-//! - [`inband_sock_ops`] (a `sock_ops` program on the root cgroup): marks new connections for
-//!   the header-option callbacks (`BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG` on the connecting end,
-//!   `BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG` on the accepting end); reserves room
-//!   (`BPF_SOCK_OPS_HDR_OPT_LEN_CB`) and writes the option (`BPF_SOCK_OPS_WRITE_HDR_OPT_CB`) on
-//!   the segment whose first byte a context waits for, and sends the agent an [`InbandEvent`];
-//!   on the accepting end, keeps the option of each segment that has one
+//!   span id wait under (socket, sequence number of its first byte) in [`INBAND_OUT`], and the
+//!   agent is sent an [`InbandEvent`] (before the write's data record).
+//! - [`inband_sock_ops`] (a `sock_ops` program on the cgroup v2 root): marks new connections of
+//!   the traced namespace for the header-option callbacks (`BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG`
+//!   on the connecting end, `BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG` on the accepting end);
+//!   reserves room (`BPF_SOCK_OPS_HDR_OPT_LEN_CB`) and writes the option
+//!   (`BPF_SOCK_OPS_WRITE_HDR_OPT_CB`) on the segment whose first byte a context waits for; on
+//!   the accepting end, keeps the option of each segment that has one
 //!   (`BPF_SOCK_OPS_PARSE_HDR_OPT_CB`) in [`INBAND_IN`].
-//! - [`after_data`] (the exit programs, after a data syscall's record): a SERVER request starts
+//! - [`after_data`] (the exit programs, before a data syscall's record): a SERVER request starts
 //!   (a server's read after anything but a read): it takes the option its first segment carried
 //!   (or a new trace), tells the agent, and its thread serves that trace ([`INBAND_SERVING`]);
-//!   the response's first write ends that.
+//!   the response's first write ends that. [`unfollowed_data`] and [`closed`] keep a thread
+//!   serving what the programs cannot follow unsure, and forget what a closed connection served.
 //!
 //! A CLIENT request carries its thread's trace only when the programs are as sure as the agent's
 //! thread rule would be: the thread serves exactly one request it read itself, in a process the
@@ -73,11 +75,15 @@ pub static INBAND_IN: LruHashMap<InbandKey, InbandContext> =
 #[map]
 pub static INBAND_SERVING: LruHashMap<u64, InbandServing> = LruHashMap::with_max_entries(16_384, 0);
 
-/// Processes (tgid) whose threads serve one request at a time, as the agent classified them
-/// (not Go, not Node.js): only their CLIENT requests may carry their thread's trace. Written by
-/// the agent.
+/// Processes (tgid) as the agent classified them: [`INBAND_THREADS_SERVE_ONE`] (not Go, not
+/// Node.js: only their CLIENT requests may carry their thread's trace) or
+/// [`INBAND_OTHER_RUNTIME`]. Written by the agent; a process not in it is not classified yet.
 #[map]
 pub static INBAND_PROCESSES: HashMap<u32, u32> = HashMap::with_max_entries(16_384, 0);
+/// [`INBAND_PROCESSES`]: threads serve one request at a time.
+const INBAND_THREADS_SERVE_ONE: u32 = 1;
+/// [`INBAND_PROCESSES`]: goroutines or one event-loop thread serve the requests.
+const INBAND_OTHER_RUNTIME: u32 = 2;
 
 /// Where a SERVER request's record is assembled: the exit programs' stack has no room for it.
 #[map]
@@ -184,24 +190,30 @@ pub fn client_write_enter(pid_tgid: u64, fd: i32) {
 }
 
 /// The trace a CLIENT request of this thread belongs to: the one request it serves, or a new
-/// trace when it serves none; `None` when the programs cannot tell (see the module's doc).
+/// trace when it serves none; `None` when the programs cannot tell (see the module's doc). A
+/// process the agent has not classified yet (its first moments) passes no trace on, but a
+/// thread of it that serves nothing starts one: its call is a root whatever the runtime (a
+/// `curl`, a script, a client process).
 #[inline(always)]
 fn thread_trace(pid_tgid: u64) -> Option<[u8; 16]> {
     let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: copied out at once.
+    let class = unsafe { INBAND_PROCESSES.get(&tgid) }.copied().unwrap_or(0);
     // SAFETY: only checked for presence.
-    let listed = unsafe { INBAND_PROCESSES.get(&tgid) }.is_some();
-    // SAFETY: as above.
     let followed = unsafe { FOLLOWED_PROCESSES.get(&tgid) }.is_some();
-    if !listed || followed {
+    if class == INBAND_OTHER_RUNTIME || followed {
         return None;
     }
     // SAFETY: copied out at once.
     match unsafe { INBAND_SERVING.get(&pid_tgid) }.copied() {
         // Serving requests: only exactly one, whose trace the programs know, is passed on.
-        Some(serving) if serving.open > 0 => {
-            (serving.open == 1 && serving.several == 0 && serving.trace_id != [0; 16])
-                .then_some(serving.trace_id)
-        }
+        Some(serving) if serving.open > 0 => (class == INBAND_THREADS_SERVE_ONE
+            && serving.open == 1
+            && serving.several == 0
+            && serving.trace_id != [0; 16])
+            .then_some(serving.trace_id),
+        // Serving none (or not yet classified: a Go thread may run a serving goroutine's call,
+        // but one that read no request here is the programs' root either way).
         _ => Some(random_trace_id()),
     }
 }
@@ -242,8 +254,9 @@ pub fn after_data(pid_tgid: u64, fd: i32, entry: *mut ConnInfo, direction: u32, 
     }
     if conn.role != Role::Server as u32 {
         // First seen in use (the agent learns its role from procfs a moment later): a segment
-        // that carried a context starts a request this end serves; otherwise the thread may be
-        // serving one the programs cannot tell, and its calls carry nothing meanwhile.
+        // that carried a context starts a request this end serves; any other read may be a
+        // client's response as well as a request (taken for one, it would leave the thread
+        // serving a request nobody answers).
         let key = InbandKey {
             sk: conn.tcp_sk,
             seq: seq as u32,
@@ -251,7 +264,6 @@ pub fn after_data(pid_tgid: u64, fd: i32, entry: *mut ConnInfo, direction: u32, 
         };
         // SAFETY: only checked for presence.
         if unsafe { INBAND_IN.get(&key) }.is_none() {
-            serves_unknown(pid_tgid, conn.conn_id);
             return;
         }
     }
@@ -398,6 +410,10 @@ pub fn unfollowed_data(pid_tgid: u64, entry: *mut ConnInfo, direction: u32) {
         if previous != direction {
             answered(pid_tgid, conn.conn_id);
         }
+        return;
+    }
+    if conn.role != Role::Server as u32 {
+        // Role unknown yet: a read may be a client's response as well as a request.
         return;
     }
     // A request start, or the record whose detection just found the protocol (its start was

@@ -561,8 +561,10 @@ fn data_exit<const FAMILY: u32>(
         client_write,
         hidden_unread: 0,
     };
-    if config!(inband) != 0 && FAMILY != exit_family::OTHER {
-        // Before the data record: the agent finds a request's context when it parses it.
+    if config!(inband) != 0 {
+        // Before the data record: the agent finds a request's context when it parses it. Every
+        // family: a response sent by `sendfile` ends its request too (datagrams have no
+        // sequence number, and leave their thread unsure).
         inband::after_data(
             pid_tgid,
             fd,

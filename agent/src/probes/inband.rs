@@ -72,11 +72,12 @@ impl InbandProbes {
         Ok(Self { processes })
     }
 
-    /// Lets `pid`'s CLIENT requests carry their thread's trace: a process whose threads serve
-    /// one request at a time (not Go, not Node.js).
-    pub fn allow(&mut self, pid: u32) -> Result<(), InbandError> {
+    /// Classifies `pid` for the programs: `threads_serve_one` (not Go, not Node.js) lets its
+    /// CLIENT requests carry their thread's trace; otherwise they carry one only from threads
+    /// that serve nothing (its roots).
+    pub fn classify(&mut self, pid: u32, threads_serve_one: bool) -> Result<(), InbandError> {
         self.processes
-            .insert(pid, 1, 0)
+            .insert(pid, if threads_serve_one { 1 } else { 2 }, 0)
             .map_err(|e| InbandError::Map(e.to_string()))
     }
 

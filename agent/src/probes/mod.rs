@@ -633,15 +633,19 @@ impl Probes {
     }
 
     /// In the in-band mode, whether `pid`'s CLIENT requests may carry their thread's trace
-    /// (`allowed`: a process whose threads serve one request at a time) or not.
-    pub fn inband_allow(&mut self, pid: u32, allowed: bool) {
-        let Some(inband) = &mut self.inband else {
-            return;
-        };
-        if !allowed {
-            inband.forget(pid);
-        } else if let Err(err) = inband.allow(pid) {
+    /// (`threads_serve_one`: a process whose threads serve one request at a time) or not.
+    pub fn inband_classify(&mut self, pid: u32, threads_serve_one: bool) {
+        if let Some(inband) = &mut self.inband
+            && let Err(err) = inband.classify(pid, threads_serve_one)
+        {
             tracing::debug!(pid, "in-band: {err}");
+        }
+    }
+
+    /// In the in-band mode, forgets `pid`'s class (it exited).
+    pub fn inband_forget(&mut self, pid: u32) {
+        if let Some(inband) = &mut self.inband {
+            inband.forget(pid);
         }
     }
 

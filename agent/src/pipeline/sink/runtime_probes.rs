@@ -115,19 +115,19 @@ impl<'a> TraceSink<'a> {
         let Some(probes) = self.probes.as_deref_mut() else {
             return;
         };
-        self.inband_seen.retain(|&pid, allowed| {
+        self.inband_seen.retain(|&pid, _| {
             let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
-            if !alive && *allowed {
-                probes.inband_allow(pid, false);
+            if !alive {
+                probes.inband_forget(pid);
             }
             alive
         });
     }
 }
 
-/// In the in-band mode, lists `process` with the programs when its threads serve one request
-/// at a time (its runtime is not Go nor Node.js; a followed asyncio process the programs leave
-/// out themselves): only then do its CLIENT requests carry their thread's trace. A pid that runs
+/// In the in-band mode, classifies `process` for the programs: only when its threads serve one
+/// request at a time (its runtime is not Go nor Node.js; a followed asyncio process the programs
+/// leave out themselves) do its CLIENT requests carry their thread's trace. A pid that runs
 /// something else now is classified again.
 pub(super) fn watch_inband(
     seen: &mut HashMap<u32, bool>,
@@ -138,7 +138,7 @@ pub(super) fn watch_inband(
     if seen.insert(process.pid, allowed) == Some(allowed) {
         return;
     }
-    probes.inband_allow(process.pid, allowed);
+    probes.inband_classify(process.pid, allowed);
 }
 
 /// Attaches the Go runtime probes for `process`, a Go program, once per process; the tracer
