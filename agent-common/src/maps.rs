@@ -61,8 +61,13 @@ pub struct ConnInfo {
     /// adopted. A segmentation offload copies a request's option onto every segment of its
     /// write; a pipelined request that happens to start on one of them must not adopt it again.
     pub inband_adopted: [u8; 8],
+    /// In the in-band mode: the thread (`pid_tgid`) that read this connection's request still
+    /// open (counted in its [`InbandServing`]), 0 when none: whichever thread answers or closes,
+    /// that thread's count goes down.
+    pub inband_reader: u64,
 }
-const _: () = assert!(core::mem::size_of::<ConnInfo>() == 8 + 40 + 8 + 16 + 8 + 8 + 8 + 8 + 8 + 8);
+const _: () =
+    assert!(core::mem::size_of::<ConnInfo>() == 8 + 40 + 8 + 16 + 8 + 8 + 8 + 8 + 8 + 8 + 8);
 
 /// `SHED_CONTROL[0]`: non-zero while the agent's budget sheds any connection. Only then do the
 /// programs count hidden work and look it up for [`crate::DATA_HIDDEN_WORK`].
@@ -396,7 +401,10 @@ pub struct InbandServing {
     /// All zero: a request the programs cannot follow (TLS, HTTP/2, hidden by the budget, a
     /// client on this host without a context): the thread's calls carry nothing.
     pub trace_id: [u8; 16],
+    /// The connection of the request read last.
     pub conn_id: u64,
+    /// Requests it read that are not answered yet (each connection counts one at most:
+    /// [`ConnInfo::inband_reader`]).
     pub open: u32,
     /// 1 once the thread had two requests open at once: unsure until none is open.
     pub several: u32,

@@ -138,15 +138,26 @@ pub fn client_write_enter(pid_tgid: u64, fd: i32) {
         tgid: (pid_tgid >> 32) as u32,
         fd,
     };
-    // SAFETY: copied out at once.
-    let Some(conn) = (unsafe { CONNS.get(&key) }).copied() else {
+    let Some(entry) = CONNS.get_ptr(&key) else {
         return;
     };
-    if conn.ignored != 0
-        || conn.role != Role::Client as u32
-        || conn.tcp_sk == 0
-        || conn.inband_direction == Direction::Egress as u32
-        || !in_order(conn.protocol)
+    // SAFETY: a pointer from a successful lookup; only the fields needed are copied (the whole
+    // entry would take a quarter of the stack).
+    let (ignored, role, tcp_sk, last, protocol, conn_id) = unsafe {
+        (
+            (*entry).ignored,
+            (*entry).role,
+            (*entry).tcp_sk,
+            (*entry).inband_direction,
+            (*entry).protocol,
+            (*entry).conn_id,
+        )
+    };
+    if ignored != 0
+        || role != Role::Client as u32
+        || tcp_sk == 0
+        || last == Direction::Egress as u32
+        || !in_order(protocol)
     {
         return;
     }
@@ -154,19 +165,19 @@ pub fn client_write_enter(pid_tgid: u64, fd: i32) {
         count(Counter::InbandUnsure);
         return;
     };
-    let Ok(seq) = write_seq(conn.tcp_sk) else {
+    let Ok(seq) = write_seq(tcp_sk) else {
         return;
     };
     let context = InbandContext {
         trace_id,
         span_id: random_span_id(),
-        conn_id: conn.conn_id,
+        conn_id,
         pid_tgid,
         fd,
         reserved: 0,
     };
     let key = InbandKey {
-        sk: conn.tcp_sk,
+        sk: tcp_sk,
         seq,
         reserved: 0,
     };
@@ -176,7 +187,7 @@ pub fn client_write_enter(pid_tgid: u64, fd: i32) {
     // The agent learns the context now, before the write's data record: the segment may leave
     // after the write returned (Nagle, corking, a full window), its option written then.
     let event = InbandEvent {
-        header: header(EventKind::Inband, pid_tgid, fd, conn.conn_id, now_ns()),
+        header: header(EventKind::Inband, pid_tgid, fd, conn_id, now_ns()),
         seq,
         flags: INBAND_SENT,
         trace_id: context.trace_id,
@@ -241,31 +252,40 @@ pub fn after_data(pid_tgid: u64, fd: i32, entry: *mut ConnInfo, direction: u32, 
     let conn = unsafe { &mut *entry };
     let previous = conn.inband_direction;
     conn.inband_direction = direction;
-    if previous == direction || conn.role == Role::Client as u32 || conn.tcp_sk == 0 {
+    if previous == direction || conn.tcp_sk == 0 {
         return;
     }
     if direction == Direction::Egress as u32 {
-        answered(pid_tgid, conn.conn_id);
+        // Any role: a connection first seen in use may have had a read counted before the
+        // agent told its role.
+        answered(conn);
         return;
     }
-    if seq & (1 << 32) == 0 || !in_order(conn.protocol) {
-        serves_unknown(pid_tgid, conn.conn_id);
+    if conn.role == Role::Client as u32 {
         return;
     }
+    let followed = seq & (1 << 32) != 0 && in_order(conn.protocol);
     if conn.role != Role::Server as u32 {
         // First seen in use (the agent learns its role from procfs a moment later): a segment
         // that carried a context starts a request this end serves; any other read may be a
-        // client's response as well as a request (taken for one, it would leave the thread
-        // serving a request nobody answers).
+        // client's response as well as a request, counted only where it can do no harm: on a
+        // thread already serving, it makes the thread unsure.
         let key = InbandKey {
             sk: conn.tcp_sk,
             seq: seq as u32,
             reserved: 0,
         };
         // SAFETY: only checked for presence.
-        if unsafe { INBAND_IN.get(&key) }.is_none() {
+        if !followed || unsafe { INBAND_IN.get(&key) }.is_none() {
+            // SAFETY: copied out at once.
+            if unsafe { INBAND_SERVING.get(&pid_tgid) }.is_some_and(|open| open.open > 0) {
+                serves_unknown(pid_tgid, conn);
+            }
             return;
         }
+    } else if !followed {
+        serves_unknown(pid_tgid, conn);
+        return;
     }
     server_request(pid_tgid, fd, conn, seq as u32);
 }
@@ -329,7 +349,7 @@ fn server_request(pid_tgid: u64, fd: i32, conn: &mut ConnInfo, seq: u32) {
         event.trace_id = random_trace_id();
         event.span_id = [0; 8];
     }
-    serves(pid_tgid, conn_id, event.trace_id);
+    serves(pid_tgid, conn, event.trace_id);
     if event.flags == 0 {
         return;
     }
@@ -340,51 +360,72 @@ fn server_request(pid_tgid: u64, fd: i32, conn: &mut ConnInfo, seq: u32) {
     }
 }
 
-/// The thread read the start of a request on `conn_id` whose trace is `trace_id` (all zero:
-/// unknown to the programs). One open already, on another connection: it serves several at once
-/// (an event loop), and stays unsure until none is open.
+/// The thread read the start of a request on connection `conn` whose trace is `trace_id` (all
+/// zero: unknown to the programs). Counted once per connection (a request read while the
+/// connection's last one is still counted replaces nothing: the thread's trace becomes
+/// unknown). One open already: the thread serves several at once (an event loop), and stays
+/// unsure until none is open.
 #[inline(always)]
-fn serves(pid_tgid: u64, conn_id: u64, trace_id: [u8; 16]) {
+fn serves(pid_tgid: u64, conn: &mut ConnInfo, trace_id: [u8; 16]) {
     // SAFETY: copied out at once.
-    let serving = match unsafe { INBAND_SERVING.get(&pid_tgid) }.copied() {
+    let current = unsafe { INBAND_SERVING.get(&pid_tgid) }.copied();
+    let serving = match current {
         Some(open) if open.open > 0 => InbandServing {
-            trace_id,
-            conn_id,
-            open: if open.conn_id == conn_id {
-                open.open
-            } else {
-                open.open + 1
-            },
-            several: open.several | u32::from(open.conn_id != conn_id),
+            trace_id: [0; 16],
+            conn_id: conn.conn_id,
+            open: open.open + u32::from(conn.inband_reader == 0),
+            several: open.several | u32::from(conn.inband_reader == 0),
+        },
+        _ if conn.inband_reader != 0 => InbandServing {
+            // Counted for another thread: this one's trace is unknown.
+            trace_id: [0; 16],
+            conn_id: conn.conn_id,
+            open: 1,
+            several: 1,
         },
         _ => InbandServing {
             trace_id,
-            conn_id,
+            conn_id: conn.conn_id,
             open: 1,
             several: 0,
         },
     };
+    if conn.inband_reader == 0 {
+        conn.inband_reader = pid_tgid;
+    }
     let _ = INBAND_SERVING.insert(&pid_tgid, &serving, 0);
 }
 
 /// The thread read the start of a request the programs cannot follow (see [`InbandServing`]).
 #[inline(always)]
-fn serves_unknown(pid_tgid: u64, conn_id: u64) {
-    serves(pid_tgid, conn_id, [0; 16]);
+fn serves_unknown(pid_tgid: u64, conn: &mut ConnInfo) {
+    serves(pid_tgid, conn, [0; 16]);
 }
 
-/// A SERVER response's first write on `conn_id`: one request fewer open on this thread.
+/// A SERVER response's first write on `conn` (by any thread): one request fewer open on the
+/// thread that read it.
 #[inline(always)]
-fn answered(pid_tgid: u64, conn_id: u64) {
-    let Some(serving) = INBAND_SERVING.get_ptr_mut(&pid_tgid) else {
+fn answered(conn: &mut ConnInfo) {
+    let reader = conn.inband_reader;
+    if reader == 0 {
+        return;
+    }
+    conn.inband_reader = 0;
+    closed(reader);
+}
+
+/// One request fewer open on thread `reader` (answered, or its connection closed).
+#[inline(never)]
+pub fn closed(reader: u64) {
+    let Some(serving) = INBAND_SERVING.get_ptr_mut(&reader) else {
         return;
     };
-    // SAFETY: a pointer from a successful lookup; only this thread's syscalls write its entry.
+    // SAFETY: a pointer from a successful lookup; a racing update of another CPU's syscall of
+    // the same thread cannot happen (a thread runs one syscall at a time), another thread's
+    // answer may lose one count at worst (the entry then stays unsure: never a wrong trace).
     let serving = unsafe { &mut *serving };
     if serving.open <= 1 {
-        if serving.open == 0 || serving.conn_id == conn_id || serving.several != 0 {
-            let _ = INBAND_SERVING.remove(&pid_tgid);
-        }
+        let _ = INBAND_SERVING.remove(&reader);
     } else {
         serving.open -= 1;
     }
@@ -403,34 +444,29 @@ pub fn unfollowed_data(pid_tgid: u64, entry: *mut ConnInfo, direction: u32) {
     let conn = unsafe { &mut *entry };
     let previous = conn.inband_direction;
     conn.inband_direction = direction;
-    if conn.role == Role::Client as u32 {
-        return;
-    }
     if direction == Direction::Egress as u32 {
         if previous != direction {
-            answered(pid_tgid, conn.conn_id);
+            answered(conn);
         }
+        return;
+    }
+    if conn.role == Role::Client as u32 {
         return;
     }
     if conn.role != Role::Server as u32 {
         // Role unknown yet: a read may be a client's response as well as a request.
         return;
     }
-    // A request start, or the record whose detection just found the protocol (its start was
-    // taken as a request the programs follow): either way the thread's trace is unknown.
-    // SAFETY: copied out at once.
-    let current = unsafe { INBAND_SERVING.get(&pid_tgid) }.copied();
-    if previous != direction || current.is_some_and(|open| open.conn_id == conn.conn_id) {
-        serves_unknown(pid_tgid, conn.conn_id);
-    }
-}
-
-/// `close` of a connection: the thread stops serving what it read there.
-#[inline(never)]
-pub fn closed(pid_tgid: u64, conn_id: u64) {
-    // SAFETY: copied out at once.
-    if unsafe { INBAND_SERVING.get(&pid_tgid) }.is_some_and(|open| open.conn_id == conn_id) {
-        let _ = INBAND_SERVING.remove(&pid_tgid);
+    if previous != direction {
+        serves_unknown(pid_tgid, conn);
+    } else if conn.inband_reader == pid_tgid {
+        // The record whose detection just found the protocol: its start was counted as a
+        // request the programs follow; its trace is unknown after all.
+        if let Some(serving) = INBAND_SERVING.get_ptr_mut(&pid_tgid) {
+            // SAFETY: a pointer from a successful lookup; only this thread writes its entry
+            // here.
+            unsafe { (*serving).trace_id = [0; 16] };
+        }
     }
 }
 

@@ -163,6 +163,7 @@ fn track(pid_tgid: u64, fd: i32, info: &mut ConnInfo, role: Role, syscall: u32) 
     info.hidden_reader = 0;
     info.inband_direction = 0;
     info.inband_adopted = [0; 8];
+    info.inband_reader = 0;
     let key = conn_key(pid_tgid, fd);
     if CONNS.insert(&key, &*info, 0).is_err() {
         count(Counter::ConnTableFull);
@@ -882,8 +883,8 @@ fn close_enter(regs: Regs) {
         return;
     };
     let _ = CONNS.remove(&key);
-    if config!(inband) != 0 {
-        inband::closed(pid_tgid, info.conn_id);
+    if config!(inband) != 0 && info.inband_reader != 0 {
+        inband::closed(info.inband_reader);
     }
     if info.protocol == Protocol::Shed as u32 || info.protocol == Protocol::ResumeNext as u32 {
         // A hidden request it never answered is no one's work any more.
