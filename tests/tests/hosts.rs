@@ -246,6 +246,27 @@ fn merged(agents: Vec<Agent>) -> Vec<Value> {
     events
 }
 
+/// The wall clock in ns since the epoch, as spans' start times are.
+fn now_unix_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos()
+}
+
+/// [`merged`], only the spans begun at `since` or later (a round whose ids an earlier round
+/// used too).
+fn merged_since(agents: Vec<Agent>, since: u128) -> Vec<Value> {
+    merged(agents)
+        .into_iter()
+        .filter(|s| {
+            s["start_time_unix_nano"]
+                .as_u64()
+                .is_some_and(|t| u128::from(t) >= since)
+        })
+        .collect()
+}
+
 /// Scores `spans` against `chain` for the driver's `ids`, prints the score, and asserts that no
 /// more than 1 % of links name a wrong parent.
 fn precise(name: &str, chain: &Hop, ids: &[String], spans: &[Value]) -> Score {
@@ -405,19 +426,9 @@ fn in_band_survives_a_restarted_agent_on_open_connections() {
     // the request whose write that is goes without a context (one per connection), not
     // scored.
     let _ = run_driver(&bed, front, (1, 0, 0));
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
+    let since = now_unix_ns();
     let ids = run_driver(&bed, front, (10, 1, 10));
-    let events: Vec<Value> = merged(agents)
-        .into_iter()
-        .filter(|s| {
-            s["start_time_unix_nano"]
-                .as_u64()
-                .is_some_and(|t| u128::from(t) >= since)
-        })
-        .collect();
+    let events = merged_since(agents, since);
     whole_trees(
         "three-hosts-in-band-restart",
         &three_host_chain(),
@@ -517,19 +528,9 @@ fn a_restarted_agent_links_again_on_open_connections() {
     agents.insert(1, bed.agent(1, &secret));
     // The second round's requests reuse the first round's ids: only spans begun after this
     // are scored.
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
+    let since = now_unix_ns();
     let ids = run_driver(&bed, front, (10, 1, 10));
-    let events: Vec<Value> = merged(agents)
-        .into_iter()
-        .filter(|s| {
-            s["start_time_unix_nano"]
-                .as_u64()
-                .is_some_and(|t| u128::from(t) >= since)
-        })
-        .collect();
+    let events = merged_since(agents, since);
     whole_trees("three-hosts-restart", &three_host_chain(), &ids, &events);
 }
 

@@ -8,35 +8,52 @@ const TRACE: [u8; 16] = [0xaa; 16];
 const OTHER_TRACE: [u8; 16] = [0xbb; 16];
 const CLIENT_SPAN: [u8; 8] = [0xcc; 8];
 
+/// A SERVER request on connection 1 (its note `server_note`, flags and ids, and `header`), and
+/// a call its thread made on connection 2 whose segment carried `call`; both finish. What the
+/// tracer exported.
+fn served_with_a_call(
+    t: &mut Tracer,
+    server_note: Option<(u32, [u8; 16], [u8; 8])>,
+    header: Option<&TraceHeaders>,
+    call: ([u8; 16], [u8; 8]),
+) -> Vec<SpanData> {
+    let server = conn(1, 1, Role::Server, 80, 5000);
+    let downstream = conn(2, 1, Role::Client, 6000, 81);
+    if let Some((flags, trace, span)) = server_note {
+        t.on_inband(1, 100, flags, (trace, span), 0);
+    }
+    on_req(t, &server, true, header, stamp(10, 7, 100));
+    t.on_inband(2, 300, INBAND_SENT, call, 0);
+    on_req(t, &downstream, false, None, stamp(20, 7, 300));
+    finish(t, &downstream, stamp(20, 7, 300), 30);
+    finish(t, &server, stamp(10, 7, 100), 40);
+    drain(t)
+}
+
+/// The one span of `kind` among `spans`.
+fn of_kind(spans: &[SpanData], kind: SpanKind) -> &SpanData {
+    spans
+        .iter()
+        .find(|s| s.kind == kind)
+        .expect("span of the kind")
+}
+
 /// A SERVER request whose segment carried a context is that CLIENT span's child, in its trace,
 /// whatever host the client ran on; the calls its thread makes stay in that trace.
 #[test]
 fn a_carried_context_is_the_server_span_parent() {
     let mut t = tracer();
-    let server = conn(1, 1, Role::Server, 80, 5000);
-    let downstream = conn(2, 1, Role::Client, 6000, 81);
-    t.on_inband(
-        1,
-        100,
-        INBAND_RECEIVED | INBAND_ADOPTED,
-        (TRACE, CLIENT_SPAN),
-        0,
-    );
-    on_req(&mut t, &server, true, None, stamp(10, 7, 100));
     // The thread's call carried the same trace (the programs' serving trace) and its own id.
-    t.on_inband(2, 300, INBAND_SENT, (TRACE, [0xdd; 8]), 0);
-    on_req(&mut t, &downstream, false, None, stamp(20, 7, 300));
-    finish(&mut t, &downstream, stamp(20, 7, 300), 30);
-    finish(&mut t, &server, stamp(10, 7, 100), 40);
-    let spans = drain(&mut t);
-    let s = spans
-        .iter()
-        .find(|s| s.kind == SpanKind::Server)
-        .expect("server");
-    let c = spans
-        .iter()
-        .find(|s| s.kind == SpanKind::Client)
-        .expect("client");
+    let spans = served_with_a_call(
+        &mut t,
+        Some((INBAND_RECEIVED | INBAND_ADOPTED, TRACE, CLIENT_SPAN)),
+        None,
+        (TRACE, [0xdd; 8]),
+    );
+    let (s, c) = (
+        of_kind(&spans, SpanKind::Server),
+        of_kind(&spans, SpanKind::Client),
+    );
     assert_eq!(s.trace_id, TRACE);
     assert_eq!(s.parent_span_id, Some(CLIENT_SPAN));
     assert_eq!(evidence(s), &AttrValue::Str("inband".into()));
@@ -51,15 +68,12 @@ fn a_carried_context_is_the_server_span_parent() {
 #[test]
 fn a_root_takes_the_trace_the_programs_started() {
     let mut t = tracer();
-    let server = conn(1, 1, Role::Server, 80, 5000);
-    let downstream = conn(2, 1, Role::Client, 6000, 81);
-    t.on_inband(1, 100, INBAND_RECEIVED, (TRACE, [0; 8]), 0);
-    on_req(&mut t, &server, true, None, stamp(10, 7, 100));
-    t.on_inband(2, 300, INBAND_SENT, (TRACE, CLIENT_SPAN), 0);
-    on_req(&mut t, &downstream, false, None, stamp(20, 7, 300));
-    finish(&mut t, &downstream, stamp(20, 7, 300), 30);
-    finish(&mut t, &server, stamp(10, 7, 100), 40);
-    let spans = drain(&mut t);
+    let spans = served_with_a_call(
+        &mut t,
+        Some((INBAND_RECEIVED, TRACE, [0; 8])),
+        None,
+        (TRACE, CLIENT_SPAN),
+    );
     assert!(spans.iter().all(|s| s.trace_id == TRACE), "{spans:#?}");
     assert_eq!(t.stats.inband_disagreed, 0);
 }
@@ -70,26 +84,15 @@ fn a_root_takes_the_trace_the_programs_started() {
 #[test]
 fn a_call_whose_carried_trace_disagrees_is_exported_in_it_with_a_link() {
     let mut t = tracer();
-    let server = conn(1, 1, Role::Server, 80, 5000);
-    let downstream = conn(2, 1, Role::Client, 6000, 81);
     let header = TraceHeaders {
         traceparent: Some("00-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-1111111111111111-01".into()),
         ..TraceHeaders::default()
     };
-    on_req(&mut t, &server, true, Some(&header), stamp(10, 7, 100));
-    t.on_inband(2, 300, INBAND_SENT, (TRACE, CLIENT_SPAN), 0);
-    on_req(&mut t, &downstream, false, None, stamp(20, 7, 300));
-    finish(&mut t, &downstream, stamp(20, 7, 300), 30);
-    finish(&mut t, &server, stamp(10, 7, 100), 40);
-    let spans = drain(&mut t);
-    let s = spans
-        .iter()
-        .find(|s| s.kind == SpanKind::Server)
-        .expect("server");
-    let c = spans
-        .iter()
-        .find(|s| s.kind == SpanKind::Client)
-        .expect("client");
+    let spans = served_with_a_call(&mut t, None, Some(&header), (TRACE, CLIENT_SPAN));
+    let (s, c) = (
+        of_kind(&spans, SpanKind::Server),
+        of_kind(&spans, SpanKind::Client),
+    );
     assert_eq!(s.trace_id, OTHER_TRACE);
     assert_eq!((c.trace_id, c.parent_span_id), (TRACE, None));
     assert_eq!(c.links.len(), 1);
@@ -114,14 +117,10 @@ fn a_local_client_trace_takes_the_started_id_while_it_is_its_own() {
     let spans = drain(&mut t);
     assert_eq!(spans.len(), 2);
     assert!(spans.iter().all(|s| s.trace_id == TRACE), "{spans:#?}");
-    let c = spans
-        .iter()
-        .find(|s| s.kind == SpanKind::Client)
-        .expect("client");
-    let s = spans
-        .iter()
-        .find(|s| s.kind == SpanKind::Server)
-        .expect("server");
+    let (c, s) = (
+        of_kind(&spans, SpanKind::Client),
+        of_kind(&spans, SpanKind::Server),
+    );
     assert_eq!(s.parent_span_id, Some(c.span_id));
 }
 
