@@ -57,6 +57,9 @@ enum Task {
         /// Only section 1 (the per-syscall ping-pong and its breakdown), printed.
         #[arg(long, conflicts_with_all = ["runtime_probes_only", "flask_only"])]
         ping_pong_only: bool,
+        /// Only the nginx section (saturation, fixed rate, agent CPU per request), printed.
+        #[arg(long, conflicts_with_all = ["runtime_probes_only", "flask_only", "ping_pong_only"])]
+        nginx_only: bool,
     },
     /// Runtime chains (threaded, nginx, asyncio, Node.js, Go, mixed) under the release agent,
     /// every request's tree scored; the table goes to docs/causality.md.
@@ -147,6 +150,7 @@ fn main() -> Result<()> {
             runtime_probes_only,
             flask_only,
             ping_pong_only,
+            nginx_only,
         } => bench::bench(
             quick,
             if runtime_probes_only {
@@ -155,6 +159,8 @@ fn main() -> Result<()> {
                 bench::Part::Flask
             } else if ping_pong_only {
                 bench::Part::PingPong
+            } else if nginx_only {
+                bench::Part::Nginx
             } else {
                 bench::Part::All
             },

@@ -65,7 +65,12 @@ pub fn release_agent() -> Result<std::path::PathBuf> {
 }
 
 /// As [`release_agent`], with the hidden benchmark commands and programs (feature `bench`).
+/// The agent the benchmarks run: this tree's release build, or the binary named by
+/// `SOCKSPAN_BENCH_BIN` (a build of an earlier commit, for a before/after on one machine).
 pub fn release_bench_agent() -> Result<std::path::PathBuf> {
+    if let Some(bin) = std::env::var_os("SOCKSPAN_BENCH_BIN") {
+        return Ok(bin.into());
+    }
     build_release_agent(&["--features", "bench"])
 }
 

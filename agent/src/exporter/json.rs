@@ -83,28 +83,30 @@ pub fn write_attributes(out: &mut Vec<u8>, attributes: &[KeyValue]) {
     out.push(b'}');
 }
 
-fn write_id(out: &mut Vec<u8>, id: &[u8]) {
+pub(crate) fn write_id(out: &mut Vec<u8>, id: &[u8]) {
     out.push(b'"');
     out.extend_from_slice(HexId::new(id).as_str().as_bytes());
     out.push(b'"');
 }
 
-fn write_int(out: &mut Vec<u8>, value: impl itoa::Integer) {
+pub(crate) fn write_int(out: &mut Vec<u8>, value: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
 /// Appends `s` as a JSON string.
-fn write_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
-    // Most strings need no escape at all: find the first 16-byte block that might, checking
-    // each block without a branch per byte (the compiler turns the fold into vector compares).
-    for block in bytes.chunks_exact(16) {
-        if block.iter().fold(false, |any, &b| any | needs_escape(b)) {
+    // Most strings need no escape at all: find the first 8-byte word that might, a word at a
+    // time (a per-byte fold was 10 % of the store writer's CPU, `perf`).
+    for word in bytes.chunks_exact(8) {
+        let mut le = [0u8; 8];
+        le.copy_from_slice(word);
+        if word_needs_escape(u64::from_le_bytes(le)) {
             break;
         }
-        start += 16;
+        start += 8;
     }
     out.extend_from_slice(&bytes[..start]);
     let mut clean_from = start;
@@ -118,6 +120,20 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     }
     out.extend_from_slice(&bytes[clean_from..]);
     out.push(b'"');
+}
+
+/// Whether any byte of `word` needs escaping ([`needs_escape`]), without a branch per byte: the
+/// classic "has a byte less than n" and "has a zero byte" word tricks, both exact as to whether
+/// any byte matches (which one is left to the byte loop).
+fn word_needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word;
+    let quote = word ^ (ONES * u64::from(b'"'));
+    let backslash = word ^ (ONES * u64::from(b'\\'));
+    let zero_in_quote = quote.wrapping_sub(ONES) & !quote;
+    let zero_in_backslash = backslash.wrapping_sub(ONES) & !backslash;
+    (below_space | zero_in_quote | zero_in_backslash) & HIGHS != 0
 }
 
 /// Whether JSON needs `b` escaped in a string: quote, backslash, control characters. Bytes of
@@ -294,8 +310,8 @@ mod tests {
         for c in 0u8..0x20 {
             nasty.push(char::from(c));
         }
-        // Long runs without escapes around the escapes, so both the block scan and the byte
-        // loop see them, at every offset within a block.
+        // Long runs without escapes around the escapes, so both the word scan and the byte
+        // loop see them, at every offset within a word.
         for offset in 0..20 {
             let value = format!("{}{nasty}{}", "x".repeat(offset), "y".repeat(40));
             let mut span = span(
@@ -322,6 +338,27 @@ mod tests {
                 String::from_utf8(reference(&span)),
                 "offset {offset}"
             );
+        }
+    }
+
+    #[test]
+    fn the_word_scan_finds_exactly_the_words_with_a_byte_to_escape() {
+        // Every byte value at every position of a word of clean bytes, and beside another byte
+        // that needs escaping or sits just above the bounds (borrows must not hide or invent one).
+        for fill in [b'a', 0x7f, 0xff, b'!', b'#', b' ', b']', 0x80] {
+            for at in 0..8 {
+                for b in 0..=u8::MAX {
+                    let mut word = [fill; 8];
+                    word[at] = b;
+                    let any = word.iter().any(|&c| needs_escape(c));
+                    assert_eq!(word_needs_escape(u64::from_le_bytes(word)), any, "{word:?}");
+                    for other in [0u8, 0x1f, b'"', b'\\', 0x20, 0x21, 0x5d] {
+                        word[(at + 3) % 8] = other;
+                        let any = word.iter().any(|&c| needs_escape(c));
+                        assert_eq!(word_needs_escape(u64::from_le_bytes(word)), any, "{word:?}");
+                    }
+                }
+            }
         }
     }
 

@@ -10,10 +10,14 @@
 //!
 //! Layout of a stored frame: `FORMAT` (u8), span count (u8), latest start of its spans (u64 LE,
 //! what retention by age reads without decompressing), raw length (u32 LE), then the LZ4 block
-//! of the raw records. A raw record: trace id (16 bytes), JSON length (u32 LE), the span as
-//! JSON (the `--output jsonl` object).
+//! of the raw records. A raw record: trace id (16 bytes), the record's length (u32 LE), the span:
+//! in format 2 (written now) in the binary form of [`super::record`], in format 1 (stores
+//! written before) as JSON, the `--output jsonl` object. Both are read.
 
-use crate::{exporter::json::write_span, trace::SpanData};
+use std::borrow::Cow;
+
+use super::record;
+use crate::trace::SpanData;
 
 /// Spans in a frame at most: lookups decompress a whole frame to read one span of it.
 pub const FRAME_SPANS: usize = 64;
@@ -23,7 +27,9 @@ pub const FRAME_RAW_BYTES: usize = 64 * 1024;
 /// Raw size a frame header may claim: the byte budget plus one span far larger than any the
 /// tracer makes. Beyond it the header is damaged, and is not trusted with an allocation.
 const MAX_RAW_BYTES: usize = 16 * 1024 * 1024;
-const FORMAT: u8 = 1;
+/// The format frames are written in; [`JSON_FORMAT`] frames are still read.
+const FORMAT: u8 = 2;
+const JSON_FORMAT: u8 = 1;
 const HEADER: usize = 1 + 1 + 8 + 4;
 const RECORD_HEADER: usize = 16 + 4;
 
@@ -39,11 +45,14 @@ pub enum FrameError {
     Size(usize),
     #[error("frame record at byte {0} runs past the frame's end")]
     Record(usize),
+    #[error(transparent)]
+    Span(#[from] record::RecordError),
 }
 
 /// What retention needs of a frame, read from its header alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
+    format: u8,
     pub spans: u8,
     pub latest_start_ns: u64,
     raw_len: u32,
@@ -52,10 +61,11 @@ pub struct FrameHeader {
 impl FrameHeader {
     pub fn parse(frame: &[u8]) -> Result<Self, FrameError> {
         let header = frame.get(..HEADER).ok_or(FrameError::Short(frame.len()))?;
-        if header[0] != FORMAT {
+        if header[0] != FORMAT && header[0] != JSON_FORMAT {
             return Err(FrameError::Format(header[0]));
         }
         Ok(Self {
+            format: header[0],
             spans: header[1],
             latest_start_ns: u64::from_le_bytes(array(&header[2..10])),
             raw_len: u32::from_le_bytes(array(&header[10..14])),
@@ -84,9 +94,9 @@ impl FrameBuilder {
         let at = self.raw.len();
         self.raw.extend_from_slice(&span.trace_id);
         self.raw.extend_from_slice(&[0; 4]);
-        write_span(&mut self.raw, span);
-        let json_len = (self.raw.len() - at - RECORD_HEADER) as u32;
-        self.raw[at + 16..at + 20].copy_from_slice(&json_len.to_le_bytes());
+        record::encode(&mut self.raw, span);
+        let len = (self.raw.len() - at - RECORD_HEADER) as u32;
+        self.raw[at + 16..at + 20].copy_from_slice(&len.to_le_bytes());
         self.latest_start_ns = self.latest_start_ns.max(span.start_unix_nano);
         let index = self.spans;
         self.spans += 1;
@@ -136,7 +146,23 @@ fn unreachable_compress() -> usize {
 /// One span of a decoded frame.
 pub struct Record<'a> {
     pub trace_id: [u8; 16],
-    pub json: &'a [u8],
+    body: &'a [u8],
+    format: u8,
+}
+
+impl<'a> Record<'a> {
+    /// The span as the `--output jsonl` object.
+    ///
+    /// # Errors
+    /// The record is damaged.
+    pub fn json(&self) -> Result<Cow<'a, [u8]>, FrameError> {
+        if self.format == JSON_FORMAT {
+            return Ok(Cow::Borrowed(self.body));
+        }
+        let mut json = Vec::with_capacity(self.body.len() * 2);
+        record::write_json(&mut json, &self.trace_id, self.body)?;
+        Ok(Cow::Owned(json))
+    }
 }
 
 /// Decompresses `frame` into `raw` (reused by the caller) and returns its records.
@@ -162,15 +188,16 @@ pub fn decode<'a>(frame: &[u8], raw: &'a mut Vec<u8>) -> Result<Vec<Record<'a>>,
         let head = raw
             .get(at..at + RECORD_HEADER)
             .ok_or(FrameError::Record(at))?;
-        let json_len = u32::from_le_bytes(array(&head[16..20])) as usize;
-        let json = raw
-            .get(at + RECORD_HEADER..at + RECORD_HEADER + json_len)
+        let len = u32::from_le_bytes(array(&head[16..20])) as usize;
+        let body = raw
+            .get(at + RECORD_HEADER..at + RECORD_HEADER + len)
             .ok_or(FrameError::Record(at))?;
         records.push(Record {
             trace_id: array(&head[..16]),
-            json,
+            body,
+            format: header.format,
         });
-        at += RECORD_HEADER + json_len;
+        at += RECORD_HEADER + len;
     }
     Ok(records)
 }
@@ -178,7 +205,7 @@ pub fn decode<'a>(frame: &[u8], raw: &'a mut Vec<u8>) -> Result<Vec<Record<'a>>,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::span::KeyValue;
+    use crate::{exporter::json::write_span, trace::span::KeyValue};
 
     fn span(trace: u8, start: u64, path: &str) -> SpanData {
         let mut span = super::super::tests::span(trace, trace, "svc", start);
@@ -202,6 +229,7 @@ mod tests {
         for (i, s) in spans.iter().enumerate() {
             assert!(!builder.is_full());
             assert_eq!(usize::from(builder.push(s)), i);
+            // What the spans take as JSON (format 1), which the frame beats several times over.
             raw_size += RECORD_HEADER + json_of(s).len();
         }
         assert!(builder.is_full());
@@ -220,7 +248,30 @@ mod tests {
         assert_eq!(records.len(), FRAME_SPANS);
         for (record, s) in records.iter().zip(&spans) {
             assert_eq!(record.trace_id, s.trace_id);
-            assert_eq!(record.json, json_of(s).as_slice());
+            assert_eq!(record.json().expect("json").as_ref(), json_of(s).as_slice());
+        }
+    }
+
+    #[test]
+    fn json_frames_of_earlier_stores_still_read() {
+        let spans = [span(1, 10, "/a"), span(2, 20, "/b")];
+        let mut raw = Vec::new();
+        for s in &spans {
+            let json = json_of(s);
+            raw.extend_from_slice(&s.trace_id);
+            raw.extend_from_slice(&(json.len() as u32).to_le_bytes());
+            raw.extend_from_slice(&json);
+        }
+        let mut frame = vec![JSON_FORMAT, 2];
+        frame.extend_from_slice(&20u64.to_le_bytes());
+        frame.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&lz4_flex::block::compress(&raw));
+        let mut scratch = Vec::new();
+        let records = decode(&frame, &mut scratch).expect("decode");
+        assert_eq!(records.len(), 2);
+        for (record, s) in records.iter().zip(&spans) {
+            assert_eq!(record.trace_id, s.trace_id);
+            assert_eq!(record.json().expect("json").as_ref(), json_of(s).as_slice());
         }
     }
 

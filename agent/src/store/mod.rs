@@ -13,6 +13,7 @@
 mod bloom;
 mod frame;
 mod read;
+mod record;
 mod retention;
 mod start_index;
 mod trace_index;

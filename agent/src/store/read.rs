@@ -97,14 +97,14 @@ impl Store {
                     .unwrap_or_default()
                     .iter()
                     .filter(|r| r.trace_id == *trace_id)
-                    .filter_map(|r| serde_json::from_slice(r.json).ok()),
+                    .filter_map(|r| serde_json::from_slice(&r.json().ok()?).ok()),
             );
         }
         Ok(out)
     }
 
     /// Every stored span as JSON, in the order they were stored, until `f` returns false;
-    /// returns how many frames did not decode (reported and skipped).
+    /// returns how many frames and spans did not decode (skipped; frames are reported).
     pub fn for_each_span(&self, mut f: impl FnMut(&[u8]) -> bool) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let frames = txn.open_table(FRAMES).map_err(db_err)?;
@@ -117,7 +117,11 @@ impl Store {
                 continue;
             };
             for record in records {
-                if !f(record.json) {
+                let Ok(json) = record.json() else {
+                    damaged += 1;
+                    continue;
+                };
+                if !f(&json) {
                     return Ok(damaged);
                 }
             }

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use foldhash::fast::RandomState as Fast;
 use redb::{Durability, ReadableTable as _};
 
 use super::{
@@ -21,8 +22,10 @@ pub(super) struct Writer {
     frame: FrameBuilder,
     starts: StartBlock,
     pairs: Vec<([u8; 16], u64)>,
-    services: HashMap<String, u64>,
-    operations: HashMap<String, HashSet<String>>,
+    // Asked once per span: foldhash, not the default SipHash (these keys are the agent's own
+    // service names and span names, not a peer's choice of keys).
+    services: HashMap<String, u64, Fast>,
+    operations: HashMap<String, HashSet<String, Fast>, Fast>,
 }
 
 impl Writer {
@@ -50,8 +53,9 @@ impl Writer {
             }
             names.insert(name.to_string());
         } else {
-            self.operations
-                .insert(service.to_string(), HashSet::from([name.to_string()]));
+            let mut names = HashSet::default();
+            names.insert(name.to_string());
+            self.operations.insert(service.to_string(), names);
         }
         true
     }
@@ -172,7 +176,7 @@ impl Store {
                 let run = frame - 1;
                 let mut index = txn.open_table(TRACE_RUNS).map_err(db_err)?;
                 let mut bloom = Bloom::with_capacity(open_run.len());
-                for (trace_id, _) in open_run.iter() {
+                for trace_id in open_run.trace_ids() {
                     bloom.insert(trace_id);
                 }
                 open_run.for_each_block(run, |key, block| {

@@ -477,6 +477,8 @@ pub enum Part {
     Flask,
     /// Section 1 (the ping-pong and its breakdown), printed.
     PingPong,
+    /// The nginx section alone, printed.
+    Nginx,
 }
 
 pub fn bench(quick: bool, part: Part) -> Result<()> {
@@ -496,6 +498,12 @@ pub fn bench(quick: bool, part: Part) -> Result<()> {
         ]))?;
     }
     let bin = crate::util::release_bench_agent()?;
+    if part == Part::Nginx {
+        let mut out = String::new();
+        http_section(&mut out, &http_rounds(&bin, quick)?);
+        println!("{out}");
+        return Ok(());
+    }
     let (round_trips, rounds, exchanges, pipeline_rounds) = if quick {
         (100_000u64, 2usize, 200_000u64, 3usize)
     } else {
