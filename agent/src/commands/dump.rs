@@ -37,7 +37,7 @@ pub fn run(path: &Path) -> i32 {
     match (result, write_error.map_or(flushed, Err)) {
         (Ok(0), Ok(())) => 0,
         (Ok(damaged), Ok(())) => {
-            eprintln!("sockspan: {damaged} damaged frames of the store were skipped");
+            eprintln!("sockspan: {damaged} damaged frames or spans of the store were skipped");
             1
         }
         (Err(err), _) => {

@@ -104,7 +104,7 @@ impl Store {
     }
 
     /// Every stored span as JSON, in the order they were stored, until `f` returns false;
-    /// returns how many frames and spans did not decode (skipped; frames are reported).
+    /// returns how many frames and spans did not decode (reported and skipped).
     pub fn for_each_span(&self, mut f: impl FnMut(&[u8]) -> bool) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let frames = txn.open_table(FRAMES).map_err(db_err)?;
@@ -117,9 +117,13 @@ impl Store {
                 continue;
             };
             for record in records {
-                let Ok(json) = record.json() else {
-                    damaged += 1;
-                    continue;
+                let json = match record.json() {
+                    Ok(json) => json,
+                    Err(err) => {
+                        tracing::warn!(frame = frame.value(), "span store: {err}");
+                        damaged += 1;
+                        continue;
+                    }
                 };
                 if !f(&json) {
                     return Ok(damaged);

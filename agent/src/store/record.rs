@@ -118,6 +118,9 @@ pub fn write_json(
     let span_id = r.take(8)?;
     let parent = r.take(8)?;
     let flags = r.byte()?;
+    if flags & !(HAS_PARENT | CLIENT | ERROR) != 0 {
+        return Err(RecordError(16));
+    }
     let start = r.u64()?;
     let end = r.u64()?;
     out.extend_from_slice(b"{\"trace_id\":");

@@ -139,10 +139,13 @@ fn content_length(value: &[u8]) -> Option<u64> {
     })
 }
 
+/// Whether the comma-separated list `value` holds `token` (any case, optional whitespace around
+/// each element, RFC 9110 §5.6.1). On the bytes: a lossy UTF-8 copy per check was ~6 % of the
+/// agent's ring-draining thread under wrk.
 fn has_token(value: &[u8], token: &str) -> bool {
-    String::from_utf8_lossy(value)
-        .split(',')
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// The methods of RFC 9110 and PATCH: the ones a request may start with for the framer to

@@ -110,7 +110,12 @@ impl Summary for Http1Summary {
             }
             Some(_) => SpanStatus::Unset,
         };
-        (format!("{} {route}", this.method), attributes, status)
+        // Concatenated, not `format!`: the formatting machinery was ~3 % of the draining thread.
+        let mut name = String::with_capacity(this.method.len() + 1 + route.len());
+        name.push_str(&this.method);
+        name.push(' ');
+        name.push_str(&route);
+        (name, attributes, status)
     }
 
     fn describe(&self) -> String {
