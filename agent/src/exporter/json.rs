@@ -165,6 +165,35 @@ fn write_escape(out: &mut Vec<u8>, b: u8) {
     out.push(short);
 }
 
+/// `span` as its JSON object, for tests of what reads it back (the store).
+#[cfg(test)]
+pub(crate) fn span_json(span: &SpanData) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_span(&mut out, span);
+    out
+}
+
+/// Gives `span` what every optional part of the object needs: a parent, an error status with
+/// `message`, and two links with `reasons`; for tests of the encoders.
+#[cfg(test)]
+pub(crate) fn with_every_part(span: &mut SpanData, message: &str, reasons: [&'static str; 2]) {
+    use crate::trace::span::SpanLink;
+    span.status = SpanStatus::Error(message.to_owned());
+    span.parent_span_id = Some([9; 8]);
+    span.links = vec![
+        SpanLink {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            reason: reasons[0],
+        },
+        SpanLink {
+            trace_id: [3; 16],
+            span_id: [4; 8],
+            reason: reasons[1],
+        },
+    ];
+}
+
 #[cfg(test)]
 mod tests {
     use std::{borrow::Cow, sync::Arc};
@@ -172,7 +201,7 @@ mod tests {
     use serde::Serialize;
 
     use super::*;
-    use crate::trace::span::{Resource, SpanKind, SpanLink};
+    use crate::trace::span::{Resource, SpanKind};
 
     /// The object as a derived serde serializer writes it: the reference for the hand encoder.
     #[derive(Serialize)]
@@ -259,11 +288,7 @@ mod tests {
         serde_json::to_vec(&record).expect("serde encodes")
     }
 
-    fn encoded(span: &SpanData) -> Vec<u8> {
-        let mut out = Vec::new();
-        write_span(&mut out, span);
-        out
-    }
+    use super::span_json as encoded;
 
     fn span(name: &str, attributes: Vec<KeyValue>) -> SpanData {
         SpanData {
@@ -318,20 +343,7 @@ mod tests {
                 &value,
                 vec![KeyValue::str("user_agent.original", value.clone())],
             );
-            span.status = SpanStatus::Error(value.clone());
-            span.parent_span_id = Some([9; 8]);
-            span.links = vec![
-                SpanLink {
-                    trace_id: [1; 16],
-                    span_id: [2; 8],
-                    reason: "same-thread",
-                },
-                SpanLink {
-                    trace_id: [3; 16],
-                    span_id: [4; 8],
-                    reason: "tcp-sequence",
-                },
-            ];
+            with_every_part(&mut span, &value, ["same-thread", "tcp-sequence"]);
             span.kind = SpanKind::Client;
             assert_eq!(
                 String::from_utf8(encoded(&span)),

@@ -14,7 +14,10 @@ use std::{
 
 use foldhash::fast::RandomState as Fast;
 
-use super::{histogram::Histogram, red::seconds};
+use super::{
+    histogram::Histogram,
+    red::{push_key_part, seconds},
+};
 use crate::trace::{
     SpanData,
     ids::SpanId,
@@ -94,13 +97,11 @@ pub struct ServiceGraph {
     key: String,
 }
 
-/// Writes into `key` what tells an edge apart: each part, its length first.
+/// Writes into `key` what tells an edge apart ([`push_key_part`]).
 fn edge_key(key: &mut String, client: &str, server: &str, kind: &str) {
     key.clear();
     for part in [client, server, kind] {
-        key.push_str(itoa::Buffer::new().format(part.len()));
-        key.push(':');
-        key.push_str(part);
+        push_key_part(key, part);
     }
 }
 

@@ -258,14 +258,18 @@ impl<'a> Picked<'a> {
     }
 }
 
+/// Appends `part` to a lookup key, its length first, so that no two lists of parts give one key
+/// (the RED series' and the service graph's keys).
+pub(super) fn push_key_part(key: &mut String, part: &str) {
+    key.push_str(itoa::Buffer::new().format(part.len()));
+    key.push(':');
+    key.push_str(part);
+}
+
 /// Writes into `key` what tells `span`'s series apart: each of [`label_values`], its length
 /// first (so no two lists of values give one key), without allocating once `key` has grown.
 fn series_key(key: &mut String, span: &SpanData, family: Family, picked: &Picked<'_>) {
-    fn push(key: &mut String, value: &str) {
-        key.push_str(itoa::Buffer::new().format(value.len()));
-        key.push(':');
-        key.push_str(value);
-    }
+    use push_key_part as push;
     fn push_value(key: &mut String, value: Option<&AttrValue>) -> bool {
         match value {
             None => return false,

@@ -205,7 +205,7 @@ pub fn decode<'a>(frame: &[u8], raw: &'a mut Vec<u8>) -> Result<Vec<Record<'a>>,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{exporter::json::write_span, trace::span::KeyValue};
+    use crate::trace::span::KeyValue;
 
     fn span(trace: u8, start: u64, path: &str) -> SpanData {
         let mut span = super::super::tests::span(trace, trace, "svc", start);
@@ -213,11 +213,7 @@ mod tests {
         span
     }
 
-    fn json_of(span: &SpanData) -> Vec<u8> {
-        let mut out = Vec::new();
-        write_span(&mut out, span);
-        out
-    }
+    use crate::exporter::json::span_json as json_of;
 
     #[test]
     fn frames_round_trip_and_compress() {

@@ -259,8 +259,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        exporter::json::write_span,
-        trace::span::{KeyValue, Resource, SpanLink},
+        exporter::json::{span_json as jsonl, with_every_part},
+        trace::span::{KeyValue, Resource},
     };
 
     fn span() -> SpanData {
@@ -295,33 +295,18 @@ mod tests {
         json
     }
 
-    fn jsonl(span: &SpanData) -> Vec<u8> {
-        let mut out = Vec::new();
-        write_span(&mut out, span);
-        out
-    }
-
     #[test]
     fn reads_back_as_the_jsonl_object_byte_for_byte() {
         let plain = span();
         assert_eq!(round_trip(&plain), jsonl(&plain));
         let mut full = span();
         full.kind = SpanKind::Client;
-        full.parent_span_id = Some([9; 8]);
-        full.status = SpanStatus::Error("HTTP 503 \"unavailable\"\n".to_owned());
+        with_every_part(
+            &mut full,
+            "HTTP 503 \"unavailable\"\n",
+            ["ambiguous", "inband-disagreed"],
+        );
         full.name = "ünïcødé \u{1} ✓".to_owned();
-        full.links = vec![
-            SpanLink {
-                trace_id: [1; 16],
-                span_id: [2; 8],
-                reason: "ambiguous",
-            },
-            SpanLink {
-                trace_id: [3; 16],
-                span_id: [4; 8],
-                reason: "inband-disagreed",
-            },
-        ];
         full.attributes.push(KeyValue::owned(
             "http.request.header.x-long".to_owned(),
             "v".repeat(300),
