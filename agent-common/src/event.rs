@@ -413,6 +413,12 @@ const _: () = assert!(core::mem::size_of::<PyTaskEvent>() == 32 + 16);
 pub const INBAND_OPTION_KIND: u8 = 253;
 /// The experiment id, "ss" (sockspan): an option of another experiment is never read as ours.
 pub const INBAND_OPTION_EXID: u16 = 0x7373;
+/// The experiment id of the asking form, "sa": the same length, but in place of the trace id
+/// the address of the client's agent (IPv6, IPv4 mapped), which knows the trace: the programs
+/// could not tell it (an event loop, goroutines, a thread serving several requests), the
+/// agent's rules will. The server's agent asks that agent for the trace of the span id
+/// ([`crate::Counter::InbandAsk`]).
+pub const INBAND_OPTION_EXID_ASK: u16 = 0x7361;
 /// Bytes of the whole option: kind, length, experiment id, trace id, span id.
 pub const INBAND_OPTION_LEN: usize = 2 + 2 + 16 + 8;
 
@@ -426,6 +432,10 @@ pub const INBAND_RECEIVED: u32 = 2;
 /// [`InbandEvent::flags`], with [`INBAND_RECEIVED`]: the request's first segment carried a
 /// context; `span_id` is the CLIENT span that wrote it, on whichever host.
 pub const INBAND_ADOPTED: u32 = 4;
+/// [`InbandEvent::flags`], with [`INBAND_SENT`] or [`INBAND_ADOPTED`]: the asking form; its
+/// `trace_id` is the address of the agent that knows the CLIENT span's trace (this one's when
+/// sent), not a trace id.
+pub const INBAND_ASK: u32 = 8;
 
 /// A request's trace context in the in-band mode, keyed like the request itself: its
 /// connection (the header's `conn_id`) and the TCP sequence number of its first byte (`seq`).

@@ -89,6 +89,11 @@ pub struct CaptureConfig {
     /// With `netns` and `inband`: the traced namespace's cookie (`SO_NETNS_COOKIE`), which the
     /// `sock_ops` program compares (`bpf_get_netns_cookie`): it reads no socket struct.
     pub netns_cookie: u64,
+    /// With `inband` and the peer messages: this agent's address (IPv6, IPv4 mapped) where the
+    /// agents of other hosts ask it for traces: a CLIENT request the programs cannot give a trace
+    /// carries it and its span id ([`crate::INBAND_OPTION_EXID_ASK`]). All zero: such requests
+    /// carry nothing.
+    pub inband_return_addr: [u8; 16],
 }
 
 /// How far the exit programs go ([`CaptureConfig::stop_after`]). Each breakdown stage stops
@@ -103,7 +108,7 @@ pub mod exit_stage {
     /// Then the payload copy and the protocol detection, without the ring output.
     pub const COPY: u32 = 3;
 }
-const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 56);
 
 /// The backlog at which the programs wake the agent, for a ring of `ring_bytes`: a quarter of it.
 /// The agent drains the ring every 10 ms without being woken; a wake-up only matters when a burst
@@ -128,6 +133,7 @@ impl Default for CaptureConfig {
             inband: 0,
             inband_starts_traces: 1,
             netns_cookie: 0,
+            inband_return_addr: [0; 16],
         }
     }
 }

@@ -382,13 +382,18 @@ const _: () = assert!(core::mem::size_of::<InbandKey>() == 16);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct InbandContext {
+    /// The CLIENT span's trace id; with [`INBAND_CONTEXT_ASK`], the address (IPv6, IPv4 mapped)
+    /// of the agent that knows it.
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     pub conn_id: u64,
     pub pid_tgid: u64,
     pub fd: i32,
-    pub reserved: u32,
+    /// [`INBAND_CONTEXT_ASK`] or 0.
+    pub flags: u32,
 }
+/// [`InbandContext::flags`]: the option is the asking form ([`crate::INBAND_OPTION_EXID_ASK`]).
+pub const INBAND_CONTEXT_ASK: u32 = 1;
 const _: () = assert!(core::mem::size_of::<InbandContext>() == 48);
 
 /// In-band mode: what a thread serves, for the CLIENT requests it writes: the trace of the
@@ -570,10 +575,15 @@ pub enum Counter {
     /// In-band mode: a request's first segment had no room for the option (other options,
     /// SACK blocks, took the space).
     InbandNoRoom = 15,
+    /// In-band mode with the peer messages: CLIENT requests the programs could not give a trace
+    /// (as for [`Counter::InbandUnsure`]) whose first segment is to carry their span id and this
+    /// agent's address instead, for the server's agent to ask the trace of
+    /// ([`crate::INBAND_OPTION_EXID_ASK`]).
+    InbandAsk = 16,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::EventsSent,
         Self::RingFull,
@@ -591,6 +601,7 @@ impl Counter {
         Self::InbandAdopted,
         Self::InbandUnsure,
         Self::InbandNoRoom,
+        Self::InbandAsk,
     ];
 
     /// The name used in logs and self-metrics.
@@ -613,6 +624,7 @@ impl Counter {
             Self::InbandAdopted => "inband_adopted",
             Self::InbandUnsure => "inband_unsure",
             Self::InbandNoRoom => "inband_no_room",
+            Self::InbandAsk => "inband_ask",
         }
     }
 }

@@ -31,9 +31,10 @@
 //! Connections established before the agent attached are not marked, and carry nothing.
 
 use agent_common::{
-    ConnInfo, ConnKey, Counter, Direction, EventKind, INBAND_ADOPTED, INBAND_OPTION_EXID,
-    INBAND_OPTION_KIND, INBAND_OPTION_LEN, INBAND_RECEIVED, INBAND_SENT, InbandContext,
-    InbandEvent, InbandKey, InbandServing, Protocol, Role,
+    ConnInfo, ConnKey, Counter, Direction, EventKind, INBAND_ADOPTED, INBAND_ASK,
+    INBAND_CONTEXT_ASK, INBAND_OPTION_EXID, INBAND_OPTION_EXID_ASK, INBAND_OPTION_KIND,
+    INBAND_OPTION_LEN, INBAND_RECEIVED, INBAND_SENT, InbandContext, InbandEvent, InbandKey,
+    InbandServing, Protocol, Role,
 };
 use aya_ebpf::{
     bindings::{
@@ -161,20 +162,42 @@ pub fn client_write_enter(pid_tgid: u64, fd: i32) {
     {
         return;
     }
-    let Some(trace_id) = thread_trace(pid_tgid) else {
-        count(Counter::InbandUnsure);
+    // Assembled in the per-CPU scratch: the entry program's stack has no room for the record
+    // beside the context (the entry and exit programs never run nested on one CPU).
+    let Some(event) = INBAND_SCRATCH.get_ptr_mut(0) else {
         return;
     };
+    // SAFETY: this CPU's slot, as in `server_request`.
+    let event = unsafe { &mut *event };
+    if let Some(trace_id) = thread_trace(pid_tgid) {
+        event.trace_id = trace_id;
+        event.flags = INBAND_SENT;
+    } else {
+        // Unsure of the trace: the asking form, when the agent answers its peers' questions.
+        event.trace_id = config!(inband_return_addr);
+        if event.trace_id == [0; 16] {
+            count(Counter::InbandUnsure);
+            return;
+        }
+        count(Counter::InbandAsk);
+        event.flags = INBAND_SENT | INBAND_ASK;
+    }
     let Ok(seq) = write_seq(tcp_sk) else {
         return;
     };
+    event.span_id = random_span_id();
+    event.seq = seq;
     let context = InbandContext {
-        trace_id,
-        span_id: random_span_id(),
+        trace_id: event.trace_id,
+        span_id: event.span_id,
         conn_id,
         pid_tgid,
         fd,
-        reserved: 0,
+        flags: if event.flags & INBAND_ASK != 0 {
+            INBAND_CONTEXT_ASK
+        } else {
+            0
+        },
     };
     let key = InbandKey {
         sk: tcp_sk,
@@ -186,14 +209,8 @@ pub fn client_write_enter(pid_tgid: u64, fd: i32) {
     }
     // The agent learns the context now, before the write's data record: the segment may leave
     // after the write returned (Nagle, corking, a full window), its option written then.
-    let event = InbandEvent {
-        header: header(EventKind::Inband, pid_tgid, fd, conn_id, now_ns()),
-        seq,
-        flags: INBAND_SENT,
-        trace_id: context.trace_id,
-        span_id: context.span_id,
-    };
-    if EVENTS.output::<InbandEvent>(&event, 0).is_ok() {
+    event.header = header(EventKind::Inband, pid_tgid, fd, conn_id, now_ns());
+    if EVENTS.output::<InbandEvent>(event, 0).is_ok() {
         count(Counter::EventsSent);
     } else {
         count(Counter::RingFull);
@@ -332,11 +349,19 @@ fn server_request(pid_tgid: u64, fd: i32, conn: &mut ConnInfo, seq: u32) {
     }
     // A copy of the option the last request adopted (see `ConnInfo::inband_adopted`) is none.
     let carried = carried.filter(|c| c.span_id != conn.inband_adopted);
+    let mut serves_trace = [0; 16];
     if let Some(carried) = carried {
         conn.inband_adopted = carried.span_id;
-        event.flags = INBAND_RECEIVED | INBAND_ADOPTED;
         event.trace_id = carried.trace_id;
         event.span_id = carried.span_id;
+        if carried.flags == INBAND_CONTEXT_ASK {
+            // The trace is the client's agent's to tell this one: unknown to the programs, so
+            // the thread's CLIENT requests ask too.
+            event.flags = INBAND_RECEIVED | INBAND_ADOPTED | INBAND_ASK;
+        } else {
+            event.flags = INBAND_RECEIVED | INBAND_ADOPTED;
+            serves_trace = carried.trace_id;
+        }
         count(Counter::InbandAdopted);
     } else if local_peer || config!(inband_starts_traces) == 0 {
         // Unknown here (its client's trace is this agent's rules' to name, or its announcement's
@@ -348,8 +373,9 @@ fn server_request(pid_tgid: u64, fd: i32, conn: &mut ConnInfo, seq: u32) {
         event.flags = INBAND_RECEIVED;
         event.trace_id = random_trace_id();
         event.span_id = [0; 8];
+        serves_trace = event.trace_id;
     }
-    serves(pid_tgid, conn, event.trace_id);
+    serves(pid_tgid, conn, serves_trace);
     if event.flags == 0 {
         return;
     }
@@ -573,10 +599,15 @@ fn write(ctx: &SockOpsContext) {
     let Some(context) = (unsafe { INBAND_OUT.get(&key) }).copied() else {
         return;
     };
+    let exid = if context.flags == INBAND_CONTEXT_ASK {
+        INBAND_OPTION_EXID_ASK
+    } else {
+        INBAND_OPTION_EXID
+    };
     let mut option = [0u8; INBAND_OPTION_LEN];
     option[0] = INBAND_OPTION_KIND;
     option[1] = INBAND_OPTION_LEN as u8;
-    option[2..4].copy_from_slice(&INBAND_OPTION_EXID.to_be_bytes());
+    option[2..4].copy_from_slice(&exid.to_be_bytes());
     option[4..20].copy_from_slice(&context.trace_id);
     option[20..28].copy_from_slice(&context.span_id);
     // SAFETY: the helper takes the context the kernel passed and a buffer of the length given.
@@ -591,15 +622,14 @@ fn write(ctx: &SockOpsContext) {
     count(Counter::InbandSent);
 }
 
-/// `BPF_SOCK_OPS_PARSE_HDR_OPT_CB` (a received segment with an option the kernel does not
-/// know): keeps our option's context under the segment's first byte.
+/// Our option of experiment `exid` in the segment of a `BPF_SOCK_OPS_PARSE_HDR_OPT_CB`, whole.
 #[inline(always)]
-fn parse(ctx: &SockOpsContext) {
+fn load_option(ctx: &SockOpsContext, exid: u16) -> Option<[u8; INBAND_OPTION_LEN]> {
     let mut option = [0u8; INBAND_OPTION_LEN];
     // Search by kind, and for an experimental kind its 2-byte id (the length byte says 4).
     option[0] = INBAND_OPTION_KIND;
     option[1] = 4;
-    option[2..4].copy_from_slice(&INBAND_OPTION_EXID.to_be_bytes());
+    option[2..4].copy_from_slice(&exid.to_be_bytes());
     // SAFETY: the helper takes the context the kernel passed and a buffer of the length given.
     let found = unsafe {
         bpf_load_hdr_opt(
@@ -609,13 +639,30 @@ fn parse(ctx: &SockOpsContext) {
             0,
         )
     };
-    if found != INBAND_OPTION_LEN as i64 || option[1] != INBAND_OPTION_LEN as u8 {
+    (found == INBAND_OPTION_LEN as i64
+        && option[1] == INBAND_OPTION_LEN as u8
+        && option[2..4] == exid.to_be_bytes())
+    .then_some(option)
+}
+
+/// `BPF_SOCK_OPS_PARSE_HDR_OPT_CB` (a received segment with an option the kernel does not
+/// know): keeps our option's context (either form) under the segment's first byte.
+#[inline(always)]
+fn parse(ctx: &SockOpsContext) {
+    let (option, flags) = if let Some(option) = load_option(ctx, INBAND_OPTION_EXID) {
+        (option, 0)
+    } else if let Some(option) = load_option(ctx, INBAND_OPTION_EXID_ASK) {
+        (option, INBAND_CONTEXT_ASK)
+    } else {
         return;
-    }
+    };
     let Some(seq) = segment_seq(ctx) else {
         return;
     };
-    let mut context = InbandContext::default();
+    let mut context = InbandContext {
+        flags,
+        ..InbandContext::default()
+    };
     context.trace_id.copy_from_slice(&option[4..20]);
     context.span_id.copy_from_slice(&option[20..28]);
     let key = InbandKey {

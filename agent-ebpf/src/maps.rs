@@ -169,6 +169,7 @@ pub static CAPTURE_CONFIG: CaptureConfig = CaptureConfig {
     inband: 0,
     inband_starts_traces: 1,
     netns_cookie: 0,
+    inband_return_addr: [0; 16],
 };
 
 /// One field of the offsets, read so that the compiler cannot fold the load-time value away.

@@ -55,7 +55,7 @@ pub enum Command {
         sudo sockspan run --output jsonl --service-name cmdline --duration 60 > spans.jsonl\n  \
         sudo sockspan run --output otlp --otlp-endpoint http://127.0.0.1:4318\n  \
         sudo OTEL_EXPORTER_OTLP_PROTOCOL=grpc OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 sockspan run --output otlp")]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Why is an endpoint slow: the share of its latency each service and network hop owns on
     /// the critical path, at a percentile, over recent traces (asks the running agent).
     #[command(
@@ -195,6 +195,12 @@ pub struct RunArgs {
     /// file on every host).
     #[arg(long, value_name = "PATH", requires = "peer_port")]
     pub peer_secret_file: Option<std::path::PathBuf>,
+    /// This agent's address as the other hosts' agents reach it (e.g. the node's IP, in a
+    /// Kubernetes daemon set). With `--in-band`, a request whose trace the kernel programs cannot tell (an
+    /// event loop, goroutines) carries it, and the server's agent asks it for the trace.
+    /// Default: this host's first global address (logged at start).
+    #[arg(long, value_name = "IP", requires = "peer_port")]
+    pub peer_address: Option<std::net::IpAddr>,
     /// CPU the agent may use, in cores (`0.5` = half of one core's time), or `off`. Over it,
     /// the agent sheds connections that start traces on this host, in the kernel first, and
     /// keeps whole traces of the rest; full capture resumes when the load falls
@@ -235,6 +241,7 @@ impl RunArgs {
         Some(crate::peers::PeersConfig {
             port: self.peer_port?,
             secret_file: self.peer_secret_file.clone()?,
+            address: self.peer_address,
         })
     }
 
@@ -339,6 +346,7 @@ impl CaptureArgs {
             inband: self.in_band,
             inband_cgroup: self.in_band_cgroup.clone(),
             inband_starts_traces: true,
+            inband_return_addr: None,
         }
     }
 

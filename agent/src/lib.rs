@@ -79,7 +79,7 @@ pub fn cli_main() -> std::process::ExitCode {
     let code = match cli.command {
         cli::Command::Check => commands::check::run(),
         cli::Command::Events(args) => run_async(commands::events::run(args)),
-        cli::Command::Run(args) => run_async(commands::run::run(args)),
+        cli::Command::Run(args) => run_async(commands::run::run(*args)),
         cli::Command::Blame(args) => run_async(commands::blame::run(args)),
         cli::Command::Dump { store } => commands::dump::run(&store),
         #[cfg(feature = "bench")]

@@ -9,7 +9,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 use serde_json::Value;
 use sockspan_tests::{
     Agent, Proc, Talking,
-    chains::{Hop, Kind, Score, agent_flags, score},
+    chains::{Hop, Kind, Score, agent_flags, go_service, score},
     fixture, free_port, run_ok,
 };
 
@@ -381,6 +381,244 @@ fn three_hosts_with_both_modes_give_whole_traces() {
     let linked = result.evidence.get("inband").copied().unwrap_or(0)
         + result.evidence.get("peer").copied().unwrap_or(0);
     assert!(linked >= 2 * ids.len(), "{}", result.line());
+}
+
+/// front (host 0, threads) → features (host 1, `middle`: aiohttp, one event-loop thread
+/// serving every request, or Go, goroutines) → model (host 2, threads).
+fn runtime_middle_chain(middle: Kind) -> Hop {
+    Hop::calling(
+        Kind::Threaded,
+        "front",
+        vec![Hop::calling(
+            middle,
+            "features",
+            vec![Hop::leaf(Kind::Threaded, "model")],
+        )],
+    )
+}
+
+/// Both modes, an event loop in the middle: the kernel programs cannot tell which request
+/// the loop's calls belong to, so those calls carry the asking form (their span id and the
+/// features host agent's address); the model host's agent asks that agent, whose rules (the
+/// asyncio task rule) know the trace, and is answered before export. No announcement is sent
+/// for those calls, so every features → model link here is the asking form's (evidence
+/// `inband`, counted by both agents). The front's calls carry their trace as before.
+#[test]
+fn an_event_loop_caller_is_linked_across_hosts_by_asking_its_agent() {
+    runtime_caller_across_hosts(AIOHTTP, false, true);
+}
+
+/// As above, with a Go service in the middle: its calls run on goroutines, which the kernel
+/// programs cannot tell apart either; the Go rules of the features host's agent name the
+/// trace it answers with.
+#[test]
+fn a_go_caller_is_linked_across_hosts_by_asking_its_agent() {
+    runtime_caller_across_hosts(Kind::Go, false, true);
+}
+
+/// As above, with a Node.js service in the middle (one event-loop thread; its agent's
+/// callback rule names the trace).
+#[test]
+fn a_node_caller_is_linked_across_hosts_by_asking_its_agent() {
+    runtime_caller_across_hosts(Kind::Node, false, true);
+}
+
+/// As above, the features host reaching the model host through a router (a fourth namespace,
+/// no agent) that translates both addresses, as a load balancer or a NAT gateway does: the
+/// model's server sees the router as its client, and an announcement would go to the virtual
+/// address, where no agent listens. The option travels with the segment through the
+/// translation; the model's agent asks the agent it names, and gets its answer.
+#[test]
+fn an_event_loop_caller_behind_a_full_nat_is_linked_by_asking_its_agent() {
+    runtime_caller_across_hosts(AIOHTTP, true, true);
+}
+
+/// The control of the test above: the peer messages alone (no in-band mode) cannot link a
+/// call through that translation: the model's SERVER spans are clean roots.
+#[test]
+fn behind_a_full_nat_the_peer_messages_alone_leave_clean_roots() {
+    runtime_caller_across_hosts(AIOHTTP, true, false);
+}
+
+const AIOHTTP: Kind = Kind::Aiohttp { uvloop: false };
+
+/// The chain of [`runtime_middle_chain`] on three hosts with an agent each, with the peer
+/// messages and, when `inband`, the in-band mode; with `nat`, features → model through a router
+/// namespace that translates both ends.
+fn runtime_caller_across_hosts(middle: Kind, nat: bool, inband: bool) {
+    let bed = TestBed::new(if nat { 4 } else { 3 });
+    let secret = secret_file();
+    let (front, features, model) = (free_port(), free_port(), free_port());
+    let model_at = if nat {
+        route_through_router(&bed, (1, 3, 2), model)
+    } else {
+        bed.ip(2)
+    };
+    let _model = bed.service(2, "model", model, &[]);
+    let calls = [format!("model={model_at}:{model}")];
+    let _features = match middle {
+        Kind::Go | Kind::Node => {
+            let mut cmd = if middle == Kind::Go {
+                bed.command(1, &go_service(false).display().to_string())
+            } else {
+                let mut node = bed.command(1, "node");
+                node.arg(fixture("chains/node_service.js"));
+                node
+            };
+            cmd.arg("features")
+                .arg(features.to_string())
+                .args(&calls)
+                .env("OTEL_SERVICE_NAME", "features")
+                .env("LISTEN", "0.0.0.0");
+            Talking::spawn(cmd, "features").ready("features", Duration::from_secs(30))
+        }
+        _ => bed.service_of("chains/aiohttp_service.py", 1, "features", features, &calls),
+    };
+    let _front = bed.service(
+        0,
+        "front",
+        front,
+        &[format!("features={}:{features}", bed.ip(1))],
+    );
+    let chain = runtime_middle_chain(middle);
+    let output: &[&str] = if inband {
+        &["--output", "jsonl", "--in-band"]
+    } else {
+        &["--output", "jsonl"]
+    };
+    let agents: Vec<Agent> = (0..3).map(|i| bed.agent_to(i, &secret, output)).collect();
+    let ids = run_driver(&bed, front, (10, 3, 10));
+    // A question and its answer take a round trip between two agents after the server's agent
+    // read the request, and the features agent answers once its task rule has settled the
+    // call's trace: the last wave's are given that time before the agents stop (an agent that
+    // stops flushes what waits as roots).
+    std::thread::sleep(Duration::from_secs(1));
+    let mut events = Vec::new();
+    let (mut asks, mut answers, mut asked_here) = (0, 0, 0);
+    for agent in agents {
+        let out = agent.stop();
+        assert!(out.status.success(), "{}", out.stderr);
+        asks += out.counter("inband_ask");
+        answers += out.counter("peer_answers_sent");
+        asked_here += out.counter("peer_asks_sent");
+        events.extend(out.events);
+    }
+    let model_servers: Vec<&Value> = events
+        .iter()
+        .filter(|s| s["resource"]["service.name"] == "model" && s["kind"] == "SERVER")
+        .collect();
+    if nat {
+        // The translation is real: the model's server was called by the router.
+        for span in &model_servers {
+            assert_eq!(
+                span["attributes"]["network.peer.address"],
+                bed.ip(3).as_str(),
+                "{span:#}"
+            );
+        }
+    }
+    if !inband {
+        precise("three-hosts-runtime-nat-passive", &chain, &ids, &events);
+        for span in &model_servers {
+            assert!(span["parent_span_id"].is_null(), "{span:#}");
+        }
+        return;
+    }
+    let name = format!(
+        "three-hosts-{}-asking{}",
+        match middle {
+            Kind::Go => "go",
+            Kind::Node => "node",
+            _ => "aiohttp",
+        },
+        if nat { "-nat" } else { "" }
+    );
+    let result = whole_trees(&name, &chain, &ids, &events);
+    let model_servers: Vec<&&Value> = model_servers
+        .iter()
+        .filter(|s| s["attributes"]["sockspan.parent.evidence"] == "inband")
+        .collect();
+    assert!(
+        model_servers.len() >= ids.len(),
+        "every features → model call linked by asking: {} of {}; {}",
+        model_servers.len(),
+        ids.len(),
+        result.line()
+    );
+    assert!(asks >= ids.len() as u64, "asking-form requests {asks}");
+    assert!(
+        asked_here >= ids.len() as u64 && answers >= ids.len() as u64,
+        "questions {asked_here}, answers {answers}"
+    );
+}
+
+/// Host `router` forwards host `from`'s connections to a virtual address, port `port`, on to
+/// host `to`, translating the destination (DNAT) and the source (masquerade: `to` answers the
+/// router); `from` routes the virtual address through `router`. Returns the virtual address.
+fn route_through_router(
+    bed: &TestBed,
+    (from, router, to): (usize, usize, usize),
+    port: u16,
+) -> String {
+    let virtual_ip = format!("{}.200", bed.subnet);
+    let run = |i: usize, program: &str, args: &[&str]| {
+        let mut cmd = bed.command(i, program);
+        cmd.args(args);
+        let _ = run_ok(&mut cmd, Duration::from_secs(10));
+    };
+    run(router, "sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"]);
+    let port = port.to_string();
+    let server = bed.ip(to);
+    run(
+        router,
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-d",
+            &virtual_ip,
+            "-p",
+            "tcp",
+            "--dport",
+            &port,
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &server,
+        ],
+    );
+    run(
+        router,
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-d",
+            &server,
+            "-p",
+            "tcp",
+            "--dport",
+            &port,
+            "-j",
+            "MASQUERADE",
+        ],
+    );
+    run(
+        from,
+        "ip",
+        &[
+            "route",
+            "add",
+            &format!("{virtual_ip}/32"),
+            "via",
+            &bed.ip(router),
+        ],
+    );
+    virtual_ip
 }
 
 /// In the in-band mode, the middle host runs no agent: the front's contexts reach a kernel that

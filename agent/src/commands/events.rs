@@ -352,7 +352,11 @@ impl<W: Write> EventSink for JsonSink<'_, W> {
 
 pub async fn run(args: EventsArgs) -> Result<(), pipeline::PipelineError> {
     super::report_files::check(&args.report.files())?;
-    let capture = pipeline::start(&args.capture, pipeline::Traffic::All, false)?;
+    let capture = pipeline::start(
+        &args.capture,
+        pipeline::Traffic::All,
+        pipeline::PeerMessages::Off,
+    )?;
     let pipeline::Capture {
         probes,
         ring,

@@ -67,7 +67,11 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     let capture = pipeline::start(
         &args.capture,
         pipeline::Traffic::Parsed,
-        args.peers().is_some(),
+        peers.as_ref().map_or(pipeline::PeerMessages::Off, |peers| {
+            pipeline::PeerMessages::On {
+                return_address: peers.return_address(),
+            }
+        }),
     )?;
     let pipeline::Capture {
         mut probes,
@@ -242,6 +246,7 @@ fn bind_peers(args: &RunArgs) -> Result<Option<crate::peers::Peers>, crate::peer
     if let Some(peers) = &peers {
         tracing::info!(
             port = peers.port(),
+            return_address = ?peers.return_address(),
             "linking traces with the agents of other hosts"
         );
     }
@@ -301,7 +306,11 @@ fn final_stats(
         .add("peer_received", peers.received)
         .add("peer_refused", peers.refused)
         .add("peer_translated", peers.translated)
-        .add("peer_local", peers.local);
+        .add("peer_local", peers.local)
+        .add("peer_asks_sent", peers.asks_sent)
+        .add("peer_answers_received", peers.answers_received)
+        .add("peer_asks_received", peers.asks_received)
+        .add("peer_answers_sent", peers.answers_sent);
     capture_stats(&mut stats, sink, receiver);
     stats
 }
@@ -335,6 +344,14 @@ fn linking_stats(stats: &mut FinalStats, tracer: &Tracer) {
         .add("parent_from_inband", t.parent_from_inband)
         .add("inband_disagreed", t.inband_disagreed)
         .add("inband_notes_evicted", t.inband_notes_evicted)
+        .add("inband_questions", tracer.asking_stats.asked)
+        .add(
+            "parent_from_inband_answer",
+            tracer.asking_stats.parent_from_answer,
+        )
+        .add("inband_answered", tracer.asking_stats.answered)
+        .add("inband_asked_unknown", tracer.asking_stats.unknown)
+        .add("inband_asking_evicted", tracer.asking_stats.evicted)
         .add("peer_announced", t.peer_announced)
         .add("roots", t.roots)
         .add("ambiguous", t.ambiguous)
@@ -403,6 +420,7 @@ fn capture_stats(stats: &mut FinalStats, sink: &TraceSink<'_>, receiver: &receiv
         .add("inband_adopted", kernel.get(Counter::InbandAdopted))
         .add("inband_unsure", kernel.get(Counter::InbandUnsure))
         .add("inband_no_room", kernel.get(Counter::InbandNoRoom))
+        .add("inband_ask", kernel.get(Counter::InbandAsk))
         .add("conns_opened", conns.opened)
         .add("data_unknown_conn", conns.data_unknown_conn)
         .add("conns_peak", conns.peak)

@@ -183,8 +183,8 @@ pub fn peer_message(data: &[u8]) {
     let Some((message, sent)) = signed(body, SECRET) else {
         return;
     };
-    if let Ok(span) = ClientSpan::decode(&message, SECRET, sent) {
-        assert_eq!(span.encode(SECRET, sent), message);
+    if let Ok((kind, span)) = ClientSpan::decode(&message, SECRET, sent) {
+        assert_eq!(span.encode(kind, SECRET, sent), message);
     } else {
         assert!(&message[..4] != b"SSPN" || message[4..8] != [1, 1, 0, 0]);
     }

@@ -54,6 +54,27 @@ impl LocalAddrs {
         Self { addrs }
     }
 
+    /// The address other hosts most likely reach this one at, when `--peer-address` does not
+    /// say: the lowest IPv4 address that is not loopback or link-local, else the lowest such
+    /// IPv6 address (a host with several, e.g. a node with container bridges, should say).
+    #[must_use]
+    pub fn first_global(&self) -> Option<IpAddr> {
+        let global = |ip: &&IpAddr| match ip {
+            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified(),
+            IpAddr::V6(v6) => {
+                !v6.is_loopback() && !v6.is_unspecified() && (v6.segments()[0] & 0xffc0) != 0xfe80
+            }
+        };
+        let v4 = self
+            .addrs
+            .iter()
+            .filter(global)
+            .filter(|ip| ip.is_ipv4())
+            .min();
+        v4.or_else(|| self.addrs.iter().filter(global).min())
+            .copied()
+    }
+
     /// Whether `ip` is this host's (loopback, unspecified, or an interface's address).
     #[must_use]
     pub fn contains(&self, ip: IpAddr) -> bool {

@@ -13,6 +13,13 @@
 //! peer agent or a translation the kernel does not track leaves the SERVER span a root: never a
 //! wrong parent. Datagrams carry an
 //! HMAC of a secret shared by the agents, and a time stamp (replays are refused).
+//!
+//! With the in-band mode too, a request whose trace the client host's programs could not tell
+//! carries the client span's id and this agent's address ([`Peers::return_address`]) in its TCP
+//! option instead (`agent_common::INBAND_OPTION_EXID_ASK`): the server's agent asks that address
+//! ([`wire::Kind::Ask`]) and the client's agent answers the asker ([`wire::Kind::Answer`]) once
+//! its rules have settled the span's trace. That reaches the client's agent where an
+//! announcement cannot reach the server's (a pod's own address, a NAT between the hosts).
 
 pub mod local;
 pub mod nat;
@@ -24,7 +31,7 @@ use std::{
     path::PathBuf,
 };
 
-use wire::ClientSpan;
+use wire::{ClientSpan, Kind};
 
 /// Secrets shorter than this are refused: a guessable one lets anyone graft spans into traces.
 const MIN_SECRET_BYTES: usize = 16;
@@ -33,13 +40,16 @@ const MAX_RECEIVE_PER_POLL: usize = 4096;
 /// Announcements waiting for their connection's translation; past this they are dropped.
 const MAX_WAITING: usize = 65_536;
 
-/// Settings of cross-host linking (`--peer-port`, `--peer-secret-file`).
+/// Settings of cross-host linking (`--peer-port`, `--peer-secret-file`, `--peer-address`).
 #[derive(Debug, Clone)]
 pub struct PeersConfig {
     /// The UDP port every agent listens on and sends to.
     pub port: u16,
     /// File holding the secret the agents share.
     pub secret_file: PathBuf,
+    /// This agent's address as the other hosts' agents reach it (the in-band mode's asking
+    /// form carries it); `None`: this host's first global address.
+    pub address: Option<IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +115,22 @@ pub struct PeerStats {
     pub local: u64,
     /// Announcements dropped while waiting for the translation table (queue full).
     pub dropped: u64,
+    /// Questions sent to the agents that in-band options named, and answers received.
+    pub asks_sent: u64,
+    pub answers_received: u64,
+    /// Questions received from other agents, and answers sent.
+    pub asks_received: u64,
+    pub answers_sent: u64,
+}
+
+/// A message from another agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Incoming {
+    /// A CLIENT span announced unasked, or an answer to this agent's question.
+    Client(ClientSpan, Kind),
+    /// A question for the CLIENT span `span.span_id` (connection and key as the asker sees
+    /// them), to be answered to `from`.
+    Ask { from: SocketAddr, span: ClientSpan },
 }
 
 /// The agent's peer socket and secret.
@@ -113,6 +139,8 @@ pub struct Peers {
     socket: UdpSocket,
     secret: Vec<u8>,
     port: u16,
+    /// Where the other agents reach this one ([`Peers::return_address`]).
+    address: Option<IpAddr>,
     buffer: Vec<u8>,
     /// The datagram being sent (one buffer for all).
     outgoing: Vec<u8>,
@@ -151,13 +179,15 @@ impl Peers {
                 port: config.port,
                 source,
             })?;
+        let local = local::LocalAddrs::read();
         Ok(Self {
             socket,
             secret,
             port: config.port,
+            address: config.address.or_else(|| local.first_global()),
             buffer: vec![0; 2048],
             outgoing: Vec::with_capacity(wire::MESSAGE_LEN),
-            local: local::LocalAddrs::read(),
+            local,
             nat: nat::Nat::default(),
             waiting: Vec::new(),
             stats: PeerStats::default(),
@@ -168,6 +198,30 @@ impl Peers {
     #[must_use]
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The address the other hosts' agents reach this one at (`--peer-address`, else this
+    /// host's first global address): the in-band mode's asking form carries it. `None`: no
+    /// such address; requests the programs cannot give a trace then carry nothing.
+    #[must_use]
+    pub fn return_address(&self) -> Option<IpAddr> {
+        self.address
+    }
+
+    /// Sends one question or answer: a question to the agent at `agent` (on the shared port),
+    /// an answer to the address the question came from.
+    pub fn send_one(&mut self, kind: Kind, to: SocketAddr, span: &ClientSpan) {
+        let to = match kind {
+            Kind::Ask => SocketAddr::new(to.ip(), self.port),
+            Kind::Answer | Kind::Announce => to,
+        };
+        span.encode_into(kind, &self.secret, now_ms(), &mut self.outgoing);
+        match self.socket.send_to(&self.outgoing, to) {
+            Ok(_) if kind == Kind::Ask => self.stats.asks_sent += 1,
+            Ok(_) if kind == Kind::Answer => self.stats.answers_sent += 1,
+            Ok(_) => self.stats.sent += 1,
+            Err(_) => self.stats.send_failed += 1,
+        }
     }
 
     /// Sends each announcement to the agent on its server's address, as that server sees the
@@ -205,7 +259,7 @@ impl Peers {
                 }
             }
             let to = SocketAddr::new(span.server.ip(), self.port);
-            span.encode_into(&self.secret, now, &mut self.outgoing);
+            span.encode_into(Kind::Announce, &self.secret, now, &mut self.outgoing);
             match self.socket.send_to(&self.outgoing, to) {
                 Ok(_) => self.stats.sent += 1,
                 Err(_) => self.stats.send_failed += 1,
@@ -214,16 +268,24 @@ impl Peers {
         self.waiting = still;
     }
 
-    /// The announcements waiting on the socket (at most [`MAX_RECEIVE_PER_POLL`]).
-    pub fn receive(&mut self, out: &mut Vec<ClientSpan>) {
+    /// The messages waiting on the socket (at most [`MAX_RECEIVE_PER_POLL`]).
+    pub fn receive(&mut self, out: &mut Vec<Incoming>) {
         let now = now_ms();
         for _ in 0..MAX_RECEIVE_PER_POLL {
             match self.socket.recv_from(&mut self.buffer) {
                 Ok((len, from)) => match ClientSpan::decode(&self.buffer[..len], &self.secret, now)
                 {
-                    Ok(span) => {
-                        self.stats.received += 1;
-                        out.push(span);
+                    Ok((Kind::Ask, span)) => {
+                        self.stats.asks_received += 1;
+                        out.push(Incoming::Ask { from, span });
+                    }
+                    Ok((kind, span)) => {
+                        if kind == Kind::Answer {
+                            self.stats.answers_received += 1;
+                        } else {
+                            self.stats.received += 1;
+                        }
+                        out.push(Incoming::Client(span, kind));
                     }
                     Err(err) => {
                         self.stats.refused += 1;

@@ -1,5 +1,8 @@
 //! What one agent tells another: "the request with this key on this connection was written by
 //! this CLIENT span". One UDP datagram each, authenticated with the agents' shared secret.
+//! Three kinds ([`Kind`]): the client's agent announces it unasked (to the server's address);
+//! or the server's agent asks for it (the in-band mode's asking form named the client's agent
+//! and span id; the trace id is zero), and the client's agent answers (to the asker).
 //!
 //! Layout (big-endian, 108 bytes): `SSPN`, version, kind, 2 reserved bytes; client address (16
 //! bytes, IPv4 mapped into IPv6) and port; server address and port; the request's key on the
@@ -16,8 +19,29 @@ use crate::trace::ids::{SpanId, TraceId};
 
 const MAGIC: &[u8; 4] = b"SSPN";
 const VERSION: u8 = 1;
-/// The only kind so far: a CLIENT span and the request it wrote.
-const KIND_CLIENT_SPAN: u8 = 1;
+
+/// What a message is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A CLIENT span and the request it wrote, sent unasked to the server's address.
+    Announce = 1,
+    /// The server's agent asks for the CLIENT span with this span id (trace id zero), the
+    /// connection and key as the server sees them: its request's option named this agent.
+    Ask = 2,
+    /// The answer to an [`Kind::Ask`]: the CLIENT span, with the asker's connection and key.
+    Answer = 3,
+}
+
+impl Kind {
+    fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            1 => Some(Self::Announce),
+            2 => Some(Self::Ask),
+            3 => Some(Self::Answer),
+            _ => None,
+        }
+    }
+}
 const MAC_LEN: usize = 16;
 /// Where the sender's clock sits.
 const SENT_AT: usize = 84;
@@ -90,17 +114,17 @@ impl ClientSpan {
     /// The datagram, signed with `secret`, stamped `now_ms` (Unix ms).
     #[cfg(any(test, feature = "fuzz"))]
     #[must_use]
-    pub fn encode(&self, secret: &[u8], now_ms: u64) -> Vec<u8> {
+    pub fn encode(&self, kind: Kind, secret: &[u8], now_ms: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(MESSAGE_LEN);
-        self.encode_into(secret, now_ms, &mut out);
+        self.encode_into(kind, secret, now_ms, &mut out);
         out
     }
 
     /// As [`ClientSpan::encode`], into `out` (cleared first): the sender reuses one buffer.
-    pub fn encode_into(&self, secret: &[u8], now_ms: u64, out: &mut Vec<u8>) {
+    pub fn encode_into(&self, kind: Kind, secret: &[u8], now_ms: u64, out: &mut Vec<u8>) {
         out.clear();
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&[VERSION, KIND_CLIENT_SPAN, 0, 0]);
+        out.extend_from_slice(&[VERSION, kind as u8, 0, 0]);
         put_addr(out, self.client);
         put_addr(out, self.server);
         out.extend_from_slice(&self.key.to_be_bytes());
@@ -116,15 +140,15 @@ impl ClientSpan {
     ///
     /// # Errors
     /// Wrong length, not ours, failed authentication, or too old/new.
-    pub fn decode(bytes: &[u8], secret: &[u8], now_ms: u64) -> Result<Self, WireError> {
+    pub fn decode(bytes: &[u8], secret: &[u8], now_ms: u64) -> Result<(Kind, Self), WireError> {
         if bytes.len() != MESSAGE_LEN {
             return Err(WireError::Length(bytes.len()));
         }
-        if &bytes[..4] != MAGIC
-            || bytes[4] != VERSION
-            || bytes[5] != KIND_CLIENT_SPAN
-            || bytes[6..8] != [0, 0]
-        {
+        let kind = Kind::from_byte(bytes[5]);
+        let Some(kind) = kind.filter(|_| &bytes[..4] == MAGIC && bytes[4] == VERSION) else {
+            return Err(WireError::NotOurs);
+        };
+        if bytes[6..8] != [0, 0] {
             return Err(WireError::NotOurs);
         }
         let (body, tag) = bytes.split_at(MESSAGE_LEN - MAC_LEN);
@@ -146,14 +170,17 @@ impl ClientSpan {
         trace_id.copy_from_slice(&body[60..76]);
         let mut span_id = [0u8; 8];
         span_id.copy_from_slice(&body[76..84]);
-        Ok(Self {
-            client: get_addr(&body[8..26]),
-            server: get_addr(&body[26..44]),
-            key: u64_at(body, 44),
-            forward: u64_at(body, 52),
-            trace_id,
-            span_id,
-        })
+        Ok((
+            kind,
+            Self {
+                client: get_addr(&body[8..26]),
+                server: get_addr(&body[26..44]),
+                key: u64_at(body, 44),
+                forward: u64_at(body, 52),
+                trace_id,
+                span_id,
+            },
+        ))
     }
 }
 
@@ -189,14 +216,25 @@ mod tests {
 
     #[test]
     fn a_message_reads_back_as_sent() {
-        let bytes = sample().encode(SECRET, 1_000_000);
-        assert_eq!(bytes.len(), MESSAGE_LEN);
-        assert_eq!(ClientSpan::decode(&bytes, SECRET, 1_000_500), Ok(sample()));
+        for kind in [Kind::Announce, Kind::Ask, Kind::Answer] {
+            let bytes = sample().encode(kind, SECRET, 1_000_000);
+            assert_eq!(bytes.len(), MESSAGE_LEN);
+            assert_eq!(
+                ClientSpan::decode(&bytes, SECRET, 1_000_500),
+                Ok((kind, sample()))
+            );
+        }
+        let mut unknown = sample().encode(Kind::Answer, SECRET, 1_000_000);
+        unknown[5] = 4;
+        assert_eq!(
+            ClientSpan::decode(&unknown, SECRET, 1_000_000),
+            Err(WireError::NotOurs)
+        );
     }
 
     #[test]
     fn another_secret_an_altered_byte_or_an_old_message_is_refused() {
-        let bytes = sample().encode(SECRET, 1_000_000);
+        let bytes = sample().encode(Kind::Announce, SECRET, 1_000_000);
         assert_eq!(
             ClientSpan::decode(&bytes, b"another secret of some length!!", 1_000_000),
             Err(WireError::BadMac)

@@ -64,12 +64,28 @@ pub enum Traffic {
     All,
 }
 
-/// Validates the configuration, scans procfs, then loads and attaches the programs. `peers`:
-/// the cross-host peer messages are on (`--peer-port`).
-pub fn start(args: &CaptureArgs, traffic: Traffic, peers: bool) -> Result<Capture, PipelineError> {
+/// Whether the cross-host peer messages are on (`--peer-port`), and the address the other
+/// agents reach this one at, if known ([`crate::peers::Peers::return_address`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerMessages {
+    Off,
+    On {
+        return_address: Option<std::net::IpAddr>,
+    },
+}
+
+/// Validates the configuration, scans procfs, then loads and attaches the programs.
+pub fn start(
+    args: &CaptureArgs,
+    traffic: Traffic,
+    peers: PeerMessages,
+) -> Result<Capture, PipelineError> {
     let mut probes_config = args.probes();
     probes_config.skip_opaque = traffic == Traffic::Parsed;
-    probes_config.inband_starts_traces = !peers;
+    probes_config.inband_starts_traces = peers == PeerMessages::Off;
+    if let PeerMessages::On { return_address } = peers {
+        probes_config.inband_return_addr = return_address;
+    }
     probes_config.validate()?;
     args.conntrack().validate()?;
     caps::check_can_load().map_err(PipelineError::Privilege)?;

@@ -50,6 +50,10 @@ pub struct ProbesConfig {
     /// thread's calls carry; off while the peer messages run too (its trace comes from its
     /// client's announcement then, which the programs cannot know).
     pub inband_starts_traces: bool,
+    /// In the in-band mode with the peer messages: this agent's address for the other agents'
+    /// questions, which a CLIENT request the programs cannot give a trace carries instead
+    /// (`agent_common::INBAND_OPTION_EXID_ASK`). `None`: such requests carry nothing.
+    pub inband_return_addr: Option<std::net::IpAddr>,
 }
 
 impl Default for ProbesConfig {
@@ -63,6 +67,7 @@ impl Default for ProbesConfig {
             inband: false,
             inband_cgroup: None,
             inband_starts_traces: true,
+            inband_return_addr: None,
         }
     }
 }
@@ -432,8 +437,22 @@ impl Probes {
             } else {
                 0
             },
+            inband_return_addr: match config.inband_return_addr {
+                Some(std::net::IpAddr::V4(v4)) => v4.to_ipv6_mapped().octets(),
+                Some(std::net::IpAddr::V6(v6)) => v6.octets(),
+                None => [0; 16],
+            },
         };
-        let mut ebpf = EbpfLoader::new()
+        // One parse of the kernel's BTF serves the loader and every attach, and is freed as
+        // soon as the programs are in (aya's `EbpfLoader::new` parses its own copy; dropped here
+        // before ours is made). Each parse holds ~15 MB of heap: two of them were most of the
+        // agent's peak memory.
+        let mut loader = EbpfLoader::new();
+        loader.btf(None);
+        let kernel_btf =
+            aya::Btf::from_sys_fs().map_err(|e| ProbesError::KernelBtf(error_chain(&e)))?;
+        let mut ebpf = loader
+            .btf(Some(&kernel_btf))
             .override_global("KERNEL_OFFSETS", &offsets, true)
             .override_global("CAPTURE_CONFIG", &capture, true)
             .map_max_entries(MAP_EVENTS, config.ring_bytes)
@@ -445,8 +464,7 @@ impl Probes {
                 }) if is_permission_error(io_error) => ProbesError::PermissionDenied,
                 other => ProbesError::Object(error_chain(&other)),
             })?;
-        let kernel_btf =
-            aya::Btf::from_sys_fs().map_err(|e| ProbesError::KernelBtf(error_chain(&e)))?;
+        drop(loader);
         for name in PROGRAMS {
             match set {
                 #[cfg(feature = "bench")]
@@ -464,6 +482,7 @@ impl Probes {
                 }
             }
         }
+        drop(kernel_btf);
         tracing::debug!(?offsets, "kernel struct offsets from BTF");
         let go = matches!(set, ProgramSet::Capture).then(|| go::GoProbes::load(&mut ebpf));
         let tls = matches!(set, ProgramSet::Capture).then(|| tls::TlsProbes::load(&mut ebpf));

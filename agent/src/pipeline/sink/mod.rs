@@ -36,6 +36,7 @@ pub struct FeedbackStats {
     pub own_connections_ignored: u64,
 }
 
+use crate::peers::{Incoming, wire::Kind};
 pub use runtime_probes::RuntimeProbesOn;
 use runtime_probes::{watch_go, watch_grpcio, watch_inband, watch_node, watch_python, watch_tls};
 
@@ -81,6 +82,10 @@ pub struct TraceSink<'a> {
     pub peers: Option<crate::peers::Peers>,
     /// Announcements moving between the tracer and the peer socket.
     announcements: Vec<crate::peers::wire::ClientSpan>,
+    /// Messages from the peer agents, read in one go.
+    incoming: Vec<Incoming>,
+    /// Questions and answers for the peer agents.
+    peer_messages: Vec<(Kind, std::net::SocketAddr, crate::peers::wire::ClientSpan)>,
     /// The CPU and memory budget, when one is set.
     shedder: Option<budget::Shedder>,
     events: Vec<ProtoEvent>,
@@ -117,6 +122,8 @@ impl<'a> TraceSink<'a> {
             netns: None,
             peers: None,
             announcements: Vec::new(),
+            incoming: Vec::new(),
+            peer_messages: Vec::new(),
             shedder: None,
             events: Vec::new(),
             spans: Vec::new(),
@@ -169,11 +176,20 @@ impl<'a> TraceSink<'a> {
         let Some(peers) = &mut self.peers else {
             return;
         };
-        peers.receive(&mut self.announcements);
-        for client in self.announcements.drain(..) {
-            self.tracer.on_peer_client(&client, now);
+        peers.receive(&mut self.incoming);
+        for message in self.incoming.drain(..) {
+            match message {
+                Incoming::Client(client, Kind::Answer) => self.tracer.on_peer_answer(&client, now),
+                Incoming::Client(client, _) => self.tracer.on_peer_client(&client, now),
+                Incoming::Ask { from, span } => self.tracer.on_peer_ask(from, &span, now),
+            }
         }
         self.tracer.announce_settled(now, false);
+        self.tracer.answer_settled(now, false);
+        self.tracer.take_peer_messages(&mut self.peer_messages);
+        for (kind, to, span) in self.peer_messages.drain(..) {
+            peers.send_one(kind, to, &span);
+        }
         self.tracer.take_announcements(&mut self.announcements);
         let mut here = Vec::new();
         peers.send(&self.announcements, &mut here);

@@ -74,6 +74,11 @@ impl TraceSink<'_> {
                 kernel.get(agent_common::Counter::InbandUnsure),
             ),
             own(
+                "inband_ask_total",
+                "In-band mode with peer messages: CLIENT requests whose trace the kernel could not tell, sent with their span id and this agent's address for the server's agent to ask.",
+                kernel.get(agent_common::Counter::InbandAsk),
+            ),
+            own(
                 "inband_no_room_total",
                 "In-band mode: request segments without room for the option.",
                 kernel.get(agent_common::Counter::InbandNoRoom),

@@ -3,10 +3,13 @@
 
 use std::collections::hash_map::Entry;
 
-use super::Tracer;
+use super::{OpenSpan, Tracer};
 use crate::{
     protocol::SpanFacts,
-    trace::span::{AttrValue, KeyValue, SpanData, SpanKind},
+    trace::{
+        ids::{SpanId, TraceId},
+        span::{AttrValue, KeyValue, SpanData, SpanKind},
+    },
 };
 
 impl Tracer {
@@ -58,8 +61,7 @@ impl Tracer {
             }
             let shed = span.finished.is_some() && self.shed_at_export(&span, now_mono);
             Self::decided(&span);
-            if shed {
-                self.stats.spans_shed += 1;
+            if self.not_exported(&span, shed, now_mono) {
                 continue;
             }
             let (local, remote) = span.ends();
@@ -107,6 +109,7 @@ impl Tracer {
             span.trace.fix();
             let (trace_id, parent, links) =
                 self.inband_placed(span.inband_trace, &span.trace, span.parent, span.links);
+            self.exported_askable((span.kind, span.span_id, span.forward), trace_id, now_mono);
             out.push(SpanData {
                 trace_id,
                 span_id: span.span_id,
@@ -124,9 +127,34 @@ impl Tracer {
         false
     }
 
+    /// A span leaving the tables is not exported when shed (counted) or never finished.
+    fn not_exported(&mut self, span: &OpenSpan, shed: bool, now_mono: u64) -> bool {
+        if !shed && span.finished.is_some() {
+            return false;
+        }
+        if span.kind == SpanKind::Client {
+            self.askable_gone(span.span_id, None, now_mono);
+        }
+        self.stats.spans_shed += u64::from(shed);
+        true
+    }
+
+    /// A CLIENT span exported in `trace_id`: late questions about it get that trace.
+    fn exported_askable(
+        &mut self,
+        (kind, span_id, forward): (SpanKind, SpanId, u64),
+        trace_id: TraceId,
+        now_mono: u64,
+    ) {
+        if kind == SpanKind::Client {
+            self.askable_gone(span_id, Some((trace_id, forward)), now_mono);
+        }
+    }
+
     /// What waited is settled before an export: announcements, the worker rule, parked spans.
     fn settle_before_export(&mut self, now_mono: u64, flush: bool) {
         self.announce_settled(now_mono, flush);
+        self.answer_settled(now_mono, flush);
         self.remote.expire(now_mono);
         // By the events' time, but never more than a tick behind the clock (no events come
         // while the services are idle).

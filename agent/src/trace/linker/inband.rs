@@ -12,10 +12,13 @@
 //!   exported in the trace it carried, as a root with a link to the parent the rules named
 //!   (`sockspan.link.reason = inband-disagreed`): its subtree on the other host stays whole and
 //!   no span gets a wrong parent.
+//! - The asking form (with the peer messages, [`crate::peers`]): a CLIENT request whose trace the
+//!   programs could not tell carries its span id and this agent's address; the span keeps that
+//!   id and this agent answers the server's agent's question with its trace once settled
+//!   ([`super::asking`]). A SERVER request that carried one waits for its client like a passive
+//!   one, and its agent asks the named agent.
 
-use std::collections::{HashMap, VecDeque};
-
-use super::{Tracer, trace_ref::TraceRef};
+use super::{Tracer, expiring::Expiring, trace_ref::TraceRef};
 use crate::trace::{
     ids::{SpanId, TraceId},
     span::SpanLink,
@@ -36,39 +39,29 @@ pub(super) enum InbandNote {
     Adopted { trace_id: TraceId, parent: SpanId },
     /// A SERVER request without one: the trace the programs started for it.
     Started { trace_id: TraceId },
+    /// A CLIENT request's first segment carried the asking form: its span id, and this agent's
+    /// address for the server's agent to ask the trace.
+    SentAsking { span_id: SpanId },
+    /// A SERVER request's first segment carried the asking form: the CLIENT span's id and the
+    /// address of the agent that knows its trace.
+    Asking {
+        agent: std::net::IpAddr,
+        parent: SpanId,
+    },
 }
 
 /// Notes by (connection, request key), until their request takes them or they expire.
 #[derive(Debug, Default)]
-pub(super) struct InbandNotes {
-    by_request: HashMap<(u64, u64), InbandNote, foldhash::fast::RandomState>,
-    order: VecDeque<(u64, (u64, u64))>,
-}
+pub(super) struct InbandNotes(Expiring<(u64, u64), InbandNote, NOTE_TTL_NS, MAX_NOTES>);
 
 impl InbandNotes {
     fn insert(&mut self, key: (u64, u64), note: InbandNote, now: u64) -> bool {
-        let mut evicted = false;
-        while let Some(&(until, old)) = self.order.front() {
-            if until > now && self.by_request.len() < MAX_NOTES {
-                break;
-            }
-            self.order.pop_front();
-            if self.by_request.remove(&old).is_some() && until > now {
-                evicted = true;
-            }
-        }
-        if self.by_request.insert(key, note).is_none() {
-            self.order.push_back((now + NOTE_TTL_NS, key));
-        }
-        evicted
+        self.0.insert(key, note, now)
     }
 
     /// The note for a request, taken.
     pub(super) fn take(&mut self, key: (u64, u64)) -> Option<InbandNote> {
-        if self.by_request.is_empty() {
-            return None;
-        }
-        self.by_request.remove(&key)
+        self.0.take(key)
     }
 }
 
@@ -83,7 +76,17 @@ impl Tracer {
         (trace_id, span_id): (TraceId, SpanId),
         now: u64,
     ) {
-        let note = if flags & agent_common::INBAND_SENT != 0 {
+        let asking = flags & agent_common::INBAND_ASK != 0;
+        let note = if asking && flags & agent_common::INBAND_SENT != 0 {
+            InbandNote::SentAsking { span_id }
+        } else if asking && flags & agent_common::INBAND_ADOPTED != 0 {
+            InbandNote::Asking {
+                agent: std::net::Ipv6Addr::from(trace_id).to_canonical(),
+                parent: span_id,
+            }
+        } else if asking {
+            return;
+        } else if flags & agent_common::INBAND_SENT != 0 {
             InbandNote::Sent { trace_id, span_id }
         } else if flags & agent_common::INBAND_ADOPTED != 0 {
             InbandNote::Adopted {
@@ -107,7 +110,11 @@ impl Tracer {
     /// any other span a new one.
     pub(super) fn span_id_for(&mut self, note: Option<InbandNote>, server: bool) -> SpanId {
         match note {
-            Some(InbandNote::Sent { span_id, .. }) if !server => span_id,
+            Some(InbandNote::Sent { span_id, .. } | InbandNote::SentAsking { span_id })
+                if !server =>
+            {
+                span_id
+            }
             _ => self.ids.span_id(),
         }
     }

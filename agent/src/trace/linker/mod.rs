@@ -55,7 +55,9 @@
 //! - `export.rs`: [`Tracer::poll`], which settles what waited and exports the finished spans;
 //! - `tests/`: the unit tests, one file per rule.
 
+mod asking;
 mod config;
+mod expiring;
 mod export;
 mod inband;
 mod open;
@@ -170,6 +172,9 @@ pub struct Tracer {
     shedding: shedding::Shedding,
     /// What the programs said of requests' first segments in the in-band mode.
     inband: InbandNotes,
+    /// The in-band mode's asking form: questions to other agents, answers to theirs.
+    asking: asking::Asking,
+    pub asking_stats: asking::AskingStats,
     pub stats: TraceStats,
 }
 
@@ -204,6 +209,8 @@ impl Tracer {
             ready_now: VecDeque::new(),
             shedding: shedding::Shedding::default(),
             inband: InbandNotes::default(),
+            asking: asking::Asking::default(),
+            asking_stats: asking::AskingStats::default(),
             stats: TraceStats::default(),
         }
     }
@@ -287,6 +294,8 @@ impl Tracer {
             self.parent_of_client(conn, end, (unit, forward, start), on_loop, &mut links)
         };
         let (mut trace, parent, evidence) = found;
+        let asking =
+            self.asking_on_request(inband, parent.is_none(), mirror, (key, server, start.ts));
         // A request with its own trace header goes where the header says, on both hosts.
         let inband = inband.filter(|_| !header);
         let inband_trace = Self::inband_trace(inband, server, parent.is_some(), &mut trace);
@@ -305,7 +314,7 @@ impl Tracer {
             end,
             (key, span_id, mirror, unit, forward),
             &trace,
-            start.ts,
+            (start.ts, asking),
         );
         let resource = self.resources.get(&conn.process);
         let budget = open::BudgetFacts::served(served_here);
@@ -343,14 +352,15 @@ impl Tracer {
     }
 
     /// Makes a new span findable by the rules that look for its kind; returns whether a CLIENT
-    /// span adopted its SERVER end (seen first).
+    /// span adopted its SERVER end (seen first). `asking`: its request carried the in-band
+    /// asking form, so the server's agent asks for it and no announcement is sent.
     fn register_end(
         &mut self,
         conn: &Connection,
         end: End,
         (key, span_id, mirror, unit, forward): (SpanKey, SpanId, MirrorKey, Unit, u64),
         trace: &TraceRef,
-        ts: u64,
+        (ts, asking): (u64, bool),
     ) -> bool {
         let pid = conn.process.pid;
         if end.server {
@@ -362,7 +372,9 @@ impl Tracer {
             false
         } else {
             let served_here = self.register_client(mirror, key, span_id, trace, forward);
-            self.announce(mirror, key, span_id, trace, forward, ts);
+            if !asking {
+                self.announce(mirror, key, span_id, trace, forward, ts);
+            }
             served_here
         }
     }
@@ -394,6 +406,9 @@ impl Tracer {
                 continue;
             };
             self.stats.abandoned += 1;
+            if span.kind == SpanKind::Client {
+                self.askable_gone(span.span_id, None, self.last_event_ts);
+            }
             if !span.budget.waited {
                 span.trace.closed();
             }

@@ -104,6 +104,16 @@ impl Tracer {
     /// Another host's agent announced a CLIENT span: the SERVER span here with its connection
     /// and key, asking the same, is its child (now if seen already, else when it is).
     pub fn on_peer_client(&mut self, client: &ClientSpan, now: u64) {
+        self.peer_client(client, now, false);
+    }
+
+    /// Another host's agent answered this one's question ([`super::asking`]): as an
+    /// announcement, the evidence being the in-band option that named the span.
+    pub fn on_peer_answer(&mut self, client: &ClientSpan, now: u64) {
+        self.peer_client(client, now, true);
+    }
+
+    fn peer_client(&mut self, client: &ClientSpan, now: u64, answer: bool) {
         let mirror = MirrorKey {
             client: Endpoint::new(client.client),
             server: Endpoint::new(client.server),
@@ -122,8 +132,13 @@ impl Tracer {
             self.waiting_servers.remove(&mirror);
             server_span.trace.join(&TraceRef::external(client.trace_id));
             server_span.parent = Some(client.span_id);
-            server_span.evidence = "peer";
-            self.stats.parent_from_peer += 1;
+            if answer {
+                server_span.evidence = "inband";
+                self.asking_stats.parent_from_answer += 1;
+            } else {
+                server_span.evidence = "peer";
+                self.stats.parent_from_peer += 1;
+            }
             self.stats.roots = self.stats.roots.saturating_sub(1);
             return;
         }

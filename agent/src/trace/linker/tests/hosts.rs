@@ -148,3 +148,130 @@ fn a_call_from_a_server_waiting_for_its_peer_is_announced_once_settled() {
     assert_eq!(from_b[0].trace_id, from_a[0].trace_id);
     assert_eq!(from_b[0].server, "10.0.0.3:90".parse().expect("addr"));
 }
+
+/// The in-band asking form ([`super::super::asking`]) between hosts A (client, 10.0.0.1) and
+/// B (server): A's programs could not tell its call's trace and sent the call's span id with
+/// A's address. B's SERVER span asks A, A answers with the trace its rules settled, and B's
+/// span becomes the child before export. The question may reach A before A saw its own call,
+/// while the call is open, or after A exported it: the same answer each time.
+#[test]
+fn a_server_asks_the_agent_its_request_named_and_adopts_the_answer() {
+    use crate::peers::wire::Kind;
+    use agent_common::{INBAND_ADOPTED, INBAND_ASK, INBAND_RECEIVED, INBAND_SENT};
+    const SPAN: [u8; 8] = [0x5a; 8];
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum When {
+        BeforeTheCall,
+        WhileOpen,
+        AfterExport,
+    }
+    let agent_a: [u8; 16] = std::net::Ipv4Addr::new(10, 0, 0, 1)
+        .to_ipv6_mapped()
+        .octets();
+    let b_addr: SocketAddr = "10.0.0.2:4391".parse().expect("addr");
+    for when in [When::BeforeTheCall, When::WhileOpen, When::AfterExport] {
+        let (mut a, mut b, client, server) = two_hosts();
+        b.on_inband(
+            7,
+            4242,
+            INBAND_RECEIVED | INBAND_ADOPTED | INBAND_ASK,
+            (agent_a, SPAN),
+            0,
+        );
+        on_asking(&mut b, &server, true, "GET /x", stamp(100, 20, 4242));
+        let mut questions = Vec::new();
+        b.take_peer_messages(&mut questions);
+        assert_eq!(questions.len(), 1, "{when:?}");
+        let (kind, to, question) = questions[0];
+        assert_eq!(
+            (kind, to.ip()),
+            (Kind::Ask, "10.0.0.1".parse().expect("ip"))
+        );
+        assert_eq!(
+            (question.span_id, question.key, question.trace_id),
+            (SPAN, 4242, [0; 16])
+        );
+        if when == When::BeforeTheCall {
+            a.on_peer_ask(b_addr, &question, 0);
+        }
+        a.on_inband(1, 4242, INBAND_SENT | INBAND_ASK, (agent_a, SPAN), 0);
+        on_asking(&mut a, &client, false, "GET /x", stamp(90, 10, 4242));
+        assert!(
+            announced(&mut a).is_empty(),
+            "the asking form is not announced"
+        );
+        if when == When::WhileOpen {
+            a.on_peer_ask(b_addr, &question, 0);
+        }
+        finish(&mut a, &client, stamp(90, 10, 4242), 200);
+        let from_a = drain(&mut a);
+        if when == When::AfterExport {
+            a.on_peer_ask(b_addr, &question, 0);
+        }
+        let mut answers = Vec::new();
+        a.take_peer_messages(&mut answers);
+        assert_eq!(answers.len(), 1, "{when:?}");
+        let (kind, to, answer) = answers[0];
+        assert_eq!((kind, to), (Kind::Answer, b_addr));
+        let c = &from_a[0];
+        assert_eq!(c.span_id, SPAN, "the id the option carried");
+        assert_eq!((answer.trace_id, answer.span_id), (c.trace_id, SPAN));
+        b.on_peer_answer(&answer, 0);
+        finish(&mut b, &server, stamp(100, 20, 4242), 150);
+        let s = &drain(&mut b)[0];
+        assert_eq!(s.parent_span_id, Some(SPAN), "{when:?}");
+        assert_eq!(s.trace_id, c.trace_id);
+        assert_eq!(evidence(s), &AttrValue::Str("inband".into()));
+        assert_eq!(b.asking_stats.parent_from_answer, 1);
+        assert_eq!(a.asking_stats.answered, 1);
+    }
+}
+
+/// An answer that does not match the SERVER span's request (another forward key: another
+/// request) names no parent; a question about a span A never had gets no answer; an asking form
+/// naming this host's own agent asks nobody (the client is traced here).
+#[test]
+fn asking_names_no_wrong_parent() {
+    use agent_common::{INBAND_ADOPTED, INBAND_ASK, INBAND_RECEIVED};
+    let (mut a, mut b, _client, server) = two_hosts();
+    let agent_a: [u8; 16] = std::net::Ipv4Addr::new(10, 0, 0, 1)
+        .to_ipv6_mapped()
+        .octets();
+    b.on_inband(
+        7,
+        4242,
+        INBAND_RECEIVED | INBAND_ADOPTED | INBAND_ASK,
+        (agent_a, [1; 8]),
+        0,
+    );
+    on_asking(&mut b, &server, true, "GET /x", stamp(100, 20, 4242));
+    let mut questions = Vec::new();
+    b.take_peer_messages(&mut questions);
+    let question = questions[0].2;
+    a.on_peer_ask("10.0.0.2:4391".parse().expect("addr"), &question, 0);
+    let mut answers = Vec::new();
+    a.take_peer_messages(&mut answers);
+    assert!(answers.is_empty(), "A never had that span");
+    let wrong = ClientSpan {
+        forward: crate::protocol::forward_key("GET", "/other"),
+        trace_id: [3; 16],
+        ..question
+    };
+    b.on_peer_answer(&wrong, 0);
+    finish(&mut b, &server, stamp(100, 20, 4242), 150);
+    assert_eq!(drain(&mut b)[0].parent_span_id, None);
+
+    let (_, mut local, _, server) = two_hosts();
+    let loopback: [u8; 16] = std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets();
+    local.on_inband(
+        7,
+        9,
+        INBAND_RECEIVED | INBAND_ADOPTED | INBAND_ASK,
+        (loopback, [2; 8]),
+        0,
+    );
+    on_asking(&mut local, &server, true, "GET /x", stamp(100, 20, 9));
+    let mut none = Vec::new();
+    local.take_peer_messages(&mut none);
+    assert!(none.is_empty(), "this host's own agent is not asked");
+}

@@ -1,0 +1,260 @@
+//! The in-band mode's asking form, between agents ([`crate::peers`]): a request whose trace the
+//! client host's programs could not tell (an event loop, goroutines, a thread serving several
+//! requests) carried its CLIENT span's id and its agent's address in the TCP option.
+//!
+//! - On the server's host, its SERVER span waits for its client like a passive one
+//!   (`waiting_servers`), and this agent asks the named agent ([`Kind::Ask`]: the connection and
+//!   key as the server sees them, the span id). The answer comes back as a CLIENT span with that
+//!   connection and key, and makes it the child (evidence `inband`), before export. No answer in
+//!   time: a root, never a wrong parent.
+//! - On the client's host, the CLIENT span has the id the option carried. A question is
+//!   answered once the span's trace is settled (as an announcement waits), at the latest half a
+//!   link delay after it came; a question that comes before the span (the asker read its ring
+//!   first) waits for it; one that comes after the span was exported is answered from the trace
+//!   it was exported in. Answers go to the address the question came from.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, SocketAddr},
+};
+
+use super::{SpanKey, Tracer, expiring::Expiring, inband::InbandNote, open::MirrorKey};
+use crate::{
+    peers::wire::{ClientSpan, Kind},
+    trace::ids::{SpanId, TraceId},
+};
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// How long a question waits for its span, and an exported span's trace is kept for late
+/// questions: the peer messages' own window.
+const KEEP_NS: u64 = 30_000_000_000;
+/// Entries of each table at once; past this the oldest go (counted).
+const MAX_ENTRIES: usize = 65_536;
+
+/// A question from another agent: who asked, and its view of the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Question {
+    pub from: SocketAddr,
+    /// The asker's view: client and server addresses, the request's key.
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub key: u64,
+}
+
+impl Question {
+    /// The answer: the CLIENT span as the asker sees its request.
+    fn answer(&self, forward: u64, trace_id: TraceId, span_id: SpanId) -> ClientSpan {
+        ClientSpan {
+            client: self.client,
+            server: self.server,
+            key: self.key,
+            forward,
+            trace_id,
+            span_id,
+        }
+    }
+}
+
+/// Both sides of the asking form.
+#[derive(Debug, Default)]
+pub(super) struct Asking {
+    /// This host's CLIENT spans whose request carried the asking form, until exported.
+    askable: FastMap<SpanId, SpanKey>,
+    /// Questions that came before their span.
+    early: Expiring<SpanId, Question, KEEP_NS, MAX_ENTRIES>,
+    /// Askable spans exported: the trace and forward key they were exported with.
+    exported: Expiring<SpanId, (TraceId, u64), KEEP_NS, MAX_ENTRIES>,
+    /// Questions whose span's trace may still move: answered when it settles or at the
+    /// deadline (monotonic ns).
+    waiting: VecDeque<(u64, SpanKey, SpanId, Question)>,
+    /// Questions and answers to send (a question's address is the agent's; the port is the
+    /// shared one).
+    pub out: Vec<(Kind, SocketAddr, ClientSpan)>,
+}
+
+/// What the asking form did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AskingStats {
+    /// Questions queued for other agents, and answers that named a parent here.
+    pub asked: u64,
+    pub parent_from_answer: u64,
+    /// Questions answered, and those about a span this agent never knew (or forgot).
+    pub answered: u64,
+    pub unknown: u64,
+    /// Entries dropped for room before their time.
+    pub evicted: u64,
+}
+
+impl Tracer {
+    /// The asking form on a span being opened (`key`, `server` or not, at `now`) whose
+    /// request's note is `inband`: a SERVER span without a parent asks the agent the note
+    /// names; a CLIENT span whose request carried the form can be asked for. Returns whether it
+    /// is such a CLIENT span (then it is not announced: the server's agent asks).
+    pub(super) fn asking_on_request(
+        &mut self,
+        inband: Option<InbandNote>,
+        no_parent: bool,
+        mirror: MirrorKey,
+        (key, server, now): (SpanKey, bool, u64),
+    ) -> bool {
+        match inband {
+            Some(InbandNote::Asking { agent, parent }) if server && no_parent => {
+                self.ask(agent, mirror, parent);
+                false
+            }
+            Some(InbandNote::SentAsking { span_id }) if !server => {
+                self.askable(span_id, key, now);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A SERVER span (`mirror`, as this end sees its request) without a parent whose request
+    /// carried the asking form: asks `agent` for the CLIENT span `parent`. Not when `agent` is
+    /// this host's: its client is traced here, and the rules here link it.
+    pub(super) fn ask(&mut self, agent: IpAddr, mirror: MirrorKey, parent: SpanId) {
+        let Some(announcer) = &self.announcer else {
+            return;
+        };
+        if announcer.local.contains(agent) {
+            return;
+        }
+        self.asking_stats.asked += 1;
+        let question = ClientSpan {
+            client: mirror.client.addr(),
+            server: mirror.server.addr(),
+            key: mirror.request,
+            forward: 0,
+            trace_id: [0; 16],
+            span_id: parent,
+        };
+        self.asking
+            .out
+            .push((Kind::Ask, SocketAddr::new(agent, 0), question));
+    }
+
+    /// A CLIENT span whose request carried the asking form is being opened: it can be asked
+    /// for, and a question that came first waits for its trace (answered at the next settling
+    /// once the trace is settled, as any waiting question).
+    fn askable(&mut self, span_id: SpanId, key: SpanKey, now: u64) {
+        self.asking.askable.insert(span_id, key);
+        if let Some(question) = self.asking.early.take(span_id) {
+            self.wait_for_trace(key, span_id, question, now);
+        }
+    }
+
+    /// An askable span leaves the table: exported in `trace_id` (late questions get that), or
+    /// abandoned (`None`).
+    pub(super) fn askable_gone(
+        &mut self,
+        span_id: SpanId,
+        exported: Option<(TraceId, u64)>,
+        now: u64,
+    ) {
+        if self.asking.askable.is_empty() || self.asking.askable.remove(&span_id).is_none() {
+            return;
+        }
+        if let Some(exported) = exported
+            && self.asking.exported.insert(span_id, exported, now)
+        {
+            self.asking_stats.evicted += 1;
+        }
+    }
+
+    /// Another agent asks for the CLIENT span `span.span_id` of this host.
+    pub fn on_peer_ask(&mut self, from: SocketAddr, span: &ClientSpan, now: u64) {
+        let question = Question {
+            from,
+            client: span.client,
+            server: span.server,
+            key: span.key,
+        };
+        if let Some(&key) = self.asking.askable.get(&span.span_id) {
+            self.answer_or_wait(key, question, now);
+        } else if let Some(&(trace_id, forward)) = self.asking.exported.get(span.span_id) {
+            self.asking_stats.answered += 1;
+            let answer = question.answer(forward, trace_id, span.span_id);
+            self.asking.out.push((Kind::Answer, from, answer));
+        } else if self.asking.early.insert(span.span_id, question, now) {
+            self.asking_stats.evicted += 1;
+        }
+    }
+
+    /// Answers `question` about the open span `key` now if its trace is settled, else queues
+    /// it until it is (or half a link delay).
+    fn answer_or_wait(&mut self, key: SpanKey, question: Question, now: u64) {
+        let Some(span) = self.spans.get(&key) else {
+            self.asking_stats.unknown += 1;
+            return;
+        };
+        if span.trace.settled() {
+            span.trace.fix();
+            self.asking_stats.answered += 1;
+            let answer = question.answer(span.forward, span.trace.id(), span.span_id);
+            self.asking.out.push((Kind::Answer, question.from, answer));
+        } else {
+            let span_id = span.span_id;
+            self.wait_for_trace(key, span_id, question, now);
+        }
+    }
+
+    /// Queues `question` about span `key` (`span_id`) until its trace settles, or half a link
+    /// delay from `now`.
+    fn wait_for_trace(&mut self, key: SpanKey, span_id: SpanId, question: Question, now: u64) {
+        if self.asking.waiting.len() >= MAX_ENTRIES {
+            self.asking_stats.evicted += 1;
+            return;
+        }
+        let wait = u64::try_from(self.config.link_delay.as_nanos() / 2).unwrap_or(u64::MAX);
+        self.asking
+            .waiting
+            .push_back((now.saturating_add(wait), key, span_id, question));
+    }
+
+    /// Answers the waiting questions whose span's trace settled or whose wait is over (all
+    /// when `flush`). The trace is known outside from then on: a trace joining it keeps its id.
+    pub fn answer_settled(&mut self, now: u64, flush: bool) {
+        if self.asking.waiting.is_empty() {
+            return;
+        }
+        let spans = &self.spans;
+        let stats = &mut self.asking_stats;
+        let Asking {
+            waiting,
+            exported,
+            out,
+            ..
+        } = &mut self.asking;
+        waiting.retain(|&(deadline, key, span_id, question)| {
+            let Some(span) = spans.get(&key).filter(|span| span.span_id == span_id) else {
+                // Exported meanwhile (in the trace it has for good), or abandoned.
+                if let Some(&(trace_id, forward)) = exported.get(span_id) {
+                    stats.answered += 1;
+                    out.push((
+                        Kind::Answer,
+                        question.from,
+                        question.answer(forward, trace_id, span_id),
+                    ));
+                } else {
+                    stats.unknown += 1;
+                }
+                return false;
+            };
+            if !span.trace.settled() && deadline > now && !flush {
+                return true;
+            }
+            span.trace.fix();
+            stats.answered += 1;
+            let answer = question.answer(span.forward, span.trace.id(), span.span_id);
+            out.push((Kind::Answer, question.from, answer));
+            false
+        });
+    }
+
+    /// Questions and answers for the peer agents since the last call.
+    pub fn take_peer_messages(&mut self, out: &mut Vec<(Kind, SocketAddr, ClientSpan)>) {
+        out.append(&mut self.asking.out);
+    }
+}

@@ -1,0 +1,77 @@
+//! A bounded table whose entries expire in insertion order: what one agent or the programs said
+//! of a request or span, kept until it is taken or its time is over.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    hash::Hash,
+};
+
+/// Entries by key, each kept `TTL_NS` from its insertion, at most `MAX` at once (past that
+/// the oldest go first).
+#[derive(Debug)]
+pub(super) struct Expiring<K, V, const TTL_NS: u64, const MAX: usize> {
+    by_key: HashMap<K, V, foldhash::fast::RandomState>,
+    order: VecDeque<(u64, K)>,
+}
+
+impl<K, V, const TTL_NS: u64, const MAX: usize> Default for Expiring<K, V, TTL_NS, MAX> {
+    fn default() -> Self {
+        Self {
+            by_key: HashMap::default(),
+            order: VecDeque::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Copy, V, const TTL_NS: u64, const MAX: usize> Expiring<K, V, TTL_NS, MAX> {
+    /// Inserts at `now`, dropping what expired; returns whether a live entry had to go for room.
+    pub fn insert(&mut self, key: K, value: V, now: u64) -> bool {
+        let mut evicted = false;
+        while let Some(&(until, old)) = self.order.front() {
+            if until > now && self.by_key.len() < MAX {
+                break;
+            }
+            self.order.pop_front();
+            if self.by_key.remove(&old).is_some() && until > now {
+                evicted = true;
+            }
+        }
+        if self.by_key.insert(key, value).is_none() {
+            self.order.push_back((now.saturating_add(TTL_NS), key));
+        }
+        evicted
+    }
+
+    /// The entry for `key`, taken.
+    pub fn take(&mut self, key: K) -> Option<V> {
+        if self.by_key.is_empty() {
+            return None;
+        }
+        self.by_key.remove(&key)
+    }
+
+    pub fn get(&self, key: K) -> Option<&V> {
+        self.by_key.get(&key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_expire_in_order_and_room_is_made_by_the_oldest() {
+        let mut table: Expiring<u32, &str, 10, 2> = Expiring::default();
+        assert!(!table.insert(1, "a", 0));
+        assert!(!table.insert(2, "b", 5));
+        assert!(table.insert(3, "c", 6), "full: the oldest live entry goes");
+        assert_eq!(table.get(1), None);
+        assert!(
+            !table.insert(4, "d", 15),
+            "2 expired at 15: no live entry lost"
+        );
+        assert_eq!(table.take(3), Some("c"));
+        assert_eq!(table.take(3), None);
+        assert_eq!(table.get(4), Some(&"d"));
+    }
+}
