@@ -179,7 +179,6 @@ pub fn client_write_enter(pid_tgid: u64, fd: i32) {
             count(Counter::InbandUnsure);
             return;
         }
-        count(Counter::InbandAsk);
         event.flags = INBAND_SENT | INBAND_ASK;
     }
     let Ok(seq) = write_seq(tcp_sk) else {
@@ -206,6 +205,9 @@ pub fn client_write_enter(pid_tgid: u64, fd: i32) {
     };
     if INBAND_OUT.insert(&key, &context, 0).is_err() {
         return;
+    }
+    if context.flags == INBAND_CONTEXT_ASK {
+        count(Counter::InbandAsk);
     }
     // The agent learns the context now, before the write's data record: the segment may leave
     // after the write returned (Nagle, corking, a full window), its option written then.

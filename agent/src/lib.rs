@@ -16,6 +16,7 @@ mod cli;
 mod clock;
 mod commands;
 mod conntrack;
+mod expiring;
 mod exporter;
 mod lock;
 mod metrics;

@@ -310,7 +310,9 @@ fn final_stats(
         .add("peer_asks_sent", peers.asks_sent)
         .add("peer_answers_received", peers.answers_received)
         .add("peer_asks_received", peers.asks_received)
-        .add("peer_answers_sent", peers.answers_sent);
+        .add("peer_answers_sent", peers.answers_sent)
+        .add("peer_replayed", peers.replayed)
+        .add("peer_asks_refused", peers.asks_refused);
     capture_stats(&mut stats, sink, receiver);
     stats
 }
@@ -352,6 +354,8 @@ fn linking_stats(stats: &mut FinalStats, tracer: &Tracer) {
         .add("inband_answered", tracer.asking_stats.answered)
         .add("inband_asked_unknown", tracer.asking_stats.unknown)
         .add("inband_asking_evicted", tracer.asking_stats.evicted)
+        .add("inband_answers_refused", tracer.asking_stats.refused)
+        .add("peer_late", t.peer_late)
         .add("peer_announced", t.peer_announced)
         .add("roots", t.roots)
         .add("ambiguous", t.ambiguous)

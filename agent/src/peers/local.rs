@@ -10,6 +10,8 @@ use std::{
 #[derive(Debug, Default, Clone)]
 pub struct LocalAddrs {
     addrs: HashSet<IpAddr>,
+    /// The addresses of the interface the default IPv4 route leaves by, if any.
+    default_route: Vec<IpAddr>,
 }
 
 impl LocalAddrs {
@@ -18,10 +20,15 @@ impl LocalAddrs {
     #[must_use]
     pub fn read() -> Self {
         let mut addrs = HashSet::new();
+        let mut default_route = Vec::new();
+        let route_iface = default_route_interface();
         let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
         // SAFETY: getifaddrs writes a list head into `list`, which is freed below.
         if unsafe { libc::getifaddrs(&raw mut list) } != 0 {
-            return Self { addrs };
+            return Self {
+                addrs,
+                default_route,
+            };
         }
         let mut at = list;
         while !at.is_null() {
@@ -36,9 +43,13 @@ impl LocalAddrs {
                     let sin = unsafe {
                         std::ptr::read_unaligned(entry.ifa_addr.cast::<libc::sockaddr_in>())
                     };
-                    addrs.insert(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                        sin.sin_addr.s_addr,
-                    ))));
+                    let ip = IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                    addrs.insert(ip);
+                    // SAFETY: ifa_name is a NUL-terminated string alive until freeifaddrs.
+                    let name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) };
+                    if route_iface.as_deref() == Some(name.to_bytes()) {
+                        default_route.push(ip);
+                    }
                 } else if family == libc::AF_INET6 {
                     // SAFETY: an AF_INET6 address is a sockaddr_in6, read as above.
                     let sin6 = unsafe {
@@ -51,12 +62,16 @@ impl LocalAddrs {
         }
         // SAFETY: the list getifaddrs returned, freed once.
         unsafe { libc::freeifaddrs(list) };
-        Self { addrs }
+        Self {
+            addrs,
+            default_route,
+        }
     }
 
     /// The address other hosts most likely reach this one at, when `--peer-address` does not
-    /// say: the lowest IPv4 address that is not loopback or link-local, else the lowest such
-    /// IPv6 address (a host with several, e.g. a node with container bridges, should say).
+    /// say: the lowest global address of the interface the default IPv4 route leaves by, else
+    /// the lowest global IPv4 address, else the lowest global IPv6 address (not loopback or
+    /// link-local). A host with several networks should say (`--peer-address`).
     #[must_use]
     pub fn first_global(&self) -> Option<IpAddr> {
         let global = |ip: &&IpAddr| match ip {
@@ -65,13 +80,16 @@ impl LocalAddrs {
                 !v6.is_loopback() && !v6.is_unspecified() && (v6.segments()[0] & 0xffc0) != 0xfe80
             }
         };
+        let routed = self.default_route.iter().filter(global).min();
         let v4 = self
             .addrs
             .iter()
             .filter(global)
             .filter(|ip| ip.is_ipv4())
             .min();
-        v4.or_else(|| self.addrs.iter().filter(global).min())
+        routed
+            .or(v4)
+            .or_else(|| self.addrs.iter().filter(global).min())
             .copied()
     }
 
@@ -81,6 +99,17 @@ impl LocalAddrs {
         let ip = ip.to_canonical();
         ip.is_loopback() || ip.is_unspecified() || self.addrs.contains(&ip)
     }
+}
+
+/// The interface of the default IPv4 route (`/proc/net/route`: destination and mask zero), if
+/// any.
+fn default_route_interface() -> Option<Vec<u8>> {
+    let table = std::fs::read_to_string("/proc/net/route").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.len() > 7 && fields[1] == "00000000" && fields[7] == "00000000")
+            .then(|| fields[0].as_bytes().to_vec())
+    })
 }
 
 #[cfg(test)]
@@ -95,5 +124,38 @@ mod tests {
         assert!(local.contains("::1".parse().expect("ip")));
         // TEST-NET-3 (RFC 5737) is never assigned.
         assert!(!local.contains("203.0.113.9".parse().expect("ip")));
+    }
+
+    #[test]
+    fn the_default_routes_interface_names_this_agent_first() {
+        let local = LocalAddrs {
+            addrs: ["192.168.1.5", "172.17.0.1", "127.0.0.1", "169.254.1.1"]
+                .iter()
+                .map(|ip| ip.parse().expect("ip"))
+                .collect(),
+            default_route: vec!["192.168.1.5".parse().expect("ip")],
+        };
+        assert_eq!(
+            local.first_global(),
+            Some("192.168.1.5".parse().expect("ip")),
+            "not the container bridge's lower address"
+        );
+        let no_route = LocalAddrs {
+            default_route: Vec::new(),
+            ..local
+        };
+        assert_eq!(
+            no_route.first_global(),
+            Some("172.17.0.1".parse().expect("ip")),
+            "the lowest global IPv4 address"
+        );
+        let only_v6 = LocalAddrs {
+            addrs: ["::1", "fe80::1", "fd00::7"]
+                .iter()
+                .map(|ip| ip.parse().expect("ip"))
+                .collect(),
+            default_route: Vec::new(),
+        };
+        assert_eq!(only_v6.first_global(), Some("fd00::7".parse().expect("ip")));
     }
 }

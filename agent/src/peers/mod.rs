@@ -39,6 +39,11 @@ const MIN_SECRET_BYTES: usize = 16;
 const MAX_RECEIVE_PER_POLL: usize = 4096;
 /// Announcements waiting for their connection's translation; past this they are dropped.
 const MAX_WAITING: usize = 65_536;
+/// How long (ms) the tags of the datagrams received are kept to refuse a replay: a datagram is
+/// accepted up to [`wire::MAX_AGE_MS`] either side of its time stamp.
+const SEEN_MS: u64 = 2 * wire::MAX_AGE_MS;
+/// Tags kept at once; past this the oldest go (a replay of one forgotten is accepted again).
+const MAX_SEEN: usize = 262_144;
 
 /// Settings of cross-host linking (`--peer-port`, `--peer-secret-file`, `--peer-address`).
 #[derive(Debug, Clone)]
@@ -121,6 +126,10 @@ pub struct PeerStats {
     /// Questions received from other agents, and answers sent.
     pub asks_received: u64,
     pub answers_sent: u64,
+    /// Datagrams refused as a copy of one received already (a replay).
+    pub replayed: u64,
+    /// Questions not sent: the address named is not one an agent can listen on.
+    pub asks_refused: u64,
 }
 
 /// A message from another agent.
@@ -148,6 +157,8 @@ pub struct Peers {
     nat: nat::Nat,
     /// Announcements waiting for the next reading of the translation table, and since when.
     waiting: Vec<(std::time::Instant, ClientSpan)>,
+    /// The tags of the datagrams received lately: a copy of one is a replay.
+    seen: crate::expiring::Expiring<[u8; wire::MAC_LEN], (), SEEN_MS, MAX_SEEN>,
     pub stats: PeerStats,
 }
 
@@ -190,6 +201,7 @@ impl Peers {
             local,
             nat: nat::Nat::default(),
             waiting: Vec::new(),
+            seen: crate::expiring::Expiring::default(),
             stats: PeerStats::default(),
         })
     }
@@ -215,6 +227,12 @@ impl Peers {
             Kind::Ask => SocketAddr::new(to.ip(), self.port),
             Kind::Answer | Kind::Announce => to,
         };
+        // The address of a question comes from a TCP option any client can write: only a
+        // unicast address an agent could listen on is asked.
+        if !unicast(to.ip()) {
+            self.stats.asks_refused += 1;
+            return;
+        }
         span.encode_into(kind, &self.secret, now_ms(), &mut self.outgoing);
         match self.socket.send_to(&self.outgoing, to) {
             Ok(_) if kind == Kind::Ask => self.stats.asks_sent += 1,
@@ -268,6 +286,18 @@ impl Peers {
         self.waiting = still;
     }
 
+    /// Whether the authenticated datagram of `len` bytes in the buffer is a copy of one
+    /// received lately (its tag seen); remembers the tag otherwise.
+    fn replayed(&mut self, len: usize, now: u64) -> bool {
+        let mut tag = [0u8; wire::MAC_LEN];
+        tag.copy_from_slice(&self.buffer[len - wire::MAC_LEN..len]);
+        if self.seen.get(tag).is_some() {
+            return true;
+        }
+        let _ = self.seen.insert(tag, (), now);
+        false
+    }
+
     /// The messages waiting on the socket (at most [`MAX_RECEIVE_PER_POLL`]).
     pub fn receive(&mut self, out: &mut Vec<Incoming>) {
         let now = now_ms();
@@ -275,6 +305,8 @@ impl Peers {
             match self.socket.recv_from(&mut self.buffer) {
                 Ok((len, from)) => match ClientSpan::decode(&self.buffer[..len], &self.secret, now)
                 {
+                    // Authenticated (so `len` is a message's), but a copy: refused.
+                    Ok(_) if self.replayed(len, now) => self.stats.replayed += 1,
                     Ok((Kind::Ask, span)) => {
                         self.stats.asks_received += 1;
                         out.push(Incoming::Ask { from, span });
@@ -300,5 +332,15 @@ impl Peers {
                 }
             }
         }
+    }
+}
+
+/// Whether `ip` is a unicast address another host's agent could listen on.
+fn unicast(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            !(v4.is_unspecified() || v4.is_loopback() || v4.is_multicast() || v4.is_broadcast())
+        }
+        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_loopback() || v6.is_multicast()),
     }
 }

@@ -42,7 +42,7 @@ impl Kind {
         }
     }
 }
-const MAC_LEN: usize = 16;
+pub const MAC_LEN: usize = 16;
 /// Where the sender's clock sits.
 const SENT_AT: usize = 84;
 /// Bytes of one message.

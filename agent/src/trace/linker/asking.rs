@@ -18,8 +18,9 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use super::{SpanKey, Tracer, expiring::Expiring, inband::InbandNote, open::MirrorKey};
+use super::{SpanKey, Tracer, inband::InbandNote, open::MirrorKey};
 use crate::{
+    expiring::Expiring,
     peers::wire::{ClientSpan, Kind},
     trace::ids::{SpanId, TraceId},
 };
@@ -59,8 +60,12 @@ impl Question {
 /// Both sides of the asking form.
 #[derive(Debug, Default)]
 pub(super) struct Asking {
-    /// This host's CLIENT spans whose request carried the asking form, until exported.
+    /// This host's CLIENT spans whose request carried the asking form, until exported (at most
+    /// [`MAX_ENTRIES`]; past that a span cannot be asked for, counted).
     askable: FastMap<SpanId, SpanKey>,
+    /// The span each question asked for, by the request as this end sees it: an answer names
+    /// it, or is refused.
+    asked: Expiring<MirrorKey, SpanId, KEEP_NS, MAX_ENTRIES>,
     /// Questions that came before their span.
     early: Expiring<SpanId, Question, KEEP_NS, MAX_ENTRIES>,
     /// Askable spans exported: the trace and forward key they were exported with.
@@ -82,6 +87,8 @@ pub struct AskingStats {
     /// Questions answered, and those about a span this agent never knew (or forgot).
     pub answered: u64,
     pub unknown: u64,
+    /// Answers refused: not for the span asked, or to no question.
+    pub refused: u64,
     /// Entries dropped for room before their time.
     pub evicted: u64,
 }
@@ -89,25 +96,24 @@ pub struct AskingStats {
 impl Tracer {
     /// The asking form on a span being opened (`key`, `server` or not, at `now`) whose
     /// request's note is `inband`: a SERVER span without a parent asks the agent the note
-    /// names; a CLIENT span whose request carried the form can be asked for. Returns whether it
-    /// is such a CLIENT span (then it is not announced: the server's agent asks).
+    /// names; a CLIENT span whose request carried the form can be asked for. (It is announced
+    /// too, as any: its option may not have reached the server, for want of room, or of an
+    /// agent there that reads it.)
     pub(super) fn asking_on_request(
         &mut self,
         inband: Option<InbandNote>,
         no_parent: bool,
         mirror: MirrorKey,
         (key, server, now): (SpanKey, bool, u64),
-    ) -> bool {
+    ) {
         match inband {
             Some(InbandNote::Asking { agent, parent }) if server && no_parent => {
                 self.ask(agent, mirror, parent);
-                false
             }
             Some(InbandNote::SentAsking { span_id }) if !server => {
                 self.askable(span_id, key, now);
-                true
             }
-            _ => false,
+            _ => {}
         }
     }
 
@@ -122,6 +128,9 @@ impl Tracer {
             return;
         }
         self.asking_stats.asked += 1;
+        if self.asking.asked.insert(mirror, parent, self.last_event_ts) {
+            self.asking_stats.evicted += 1;
+        }
         let question = ClientSpan {
             client: mirror.client.addr(),
             server: mirror.server.addr(),
@@ -139,6 +148,10 @@ impl Tracer {
     /// for, and a question that came first waits for its trace (answered at the next settling
     /// once the trace is settled, as any waiting question).
     fn askable(&mut self, span_id: SpanId, key: SpanKey, now: u64) {
+        if self.asking.askable.len() >= MAX_ENTRIES {
+            self.asking_stats.evicted += 1;
+            return;
+        }
         self.asking.askable.insert(span_id, key);
         if let Some(question) = self.asking.early.take(span_id) {
             self.wait_for_trace(key, span_id, question, now);
@@ -172,7 +185,7 @@ impl Tracer {
             key: span.key,
         };
         if let Some(&key) = self.asking.askable.get(&span.span_id) {
-            self.answer_or_wait(key, question, now);
+            self.answer_or_wait(key, span.span_id, question, now);
         } else if let Some(&(trace_id, forward)) = self.asking.exported.get(span.span_id) {
             self.asking_stats.answered += 1;
             let answer = question.answer(forward, trace_id, span.span_id);
@@ -182,10 +195,10 @@ impl Tracer {
         }
     }
 
-    /// Answers `question` about the open span `key` now if its trace is settled, else queues
-    /// it until it is (or half a link delay).
-    fn answer_or_wait(&mut self, key: SpanKey, question: Question, now: u64) {
-        let Some(span) = self.spans.get(&key) else {
+    /// Answers `question` about the open span `key` (`span_id`) now if its trace is settled,
+    /// else queues it until it is (or half a link delay).
+    fn answer_or_wait(&mut self, key: SpanKey, span_id: SpanId, question: Question, now: u64) {
+        let Some(span) = self.spans.get(&key).filter(|span| span.span_id == span_id) else {
             self.asking_stats.unknown += 1;
             return;
         };
@@ -195,9 +208,19 @@ impl Tracer {
             let answer = question.answer(span.forward, span.trace.id(), span.span_id);
             self.asking.out.push((Kind::Answer, question.from, answer));
         } else {
-            let span_id = span.span_id;
             self.wait_for_trace(key, span_id, question, now);
         }
+    }
+
+    /// Whether an answer about the request `mirror` names the span this agent asked for (the
+    /// question is taken either way).
+    pub(super) fn answers_question(&mut self, mirror: MirrorKey, span_id: SpanId) -> bool {
+        let asked = self.asking.asked.take(mirror);
+        let ok = asked == Some(span_id);
+        if !ok {
+            self.asking_stats.refused += 1;
+        }
+        ok
     }
 
     /// Queues `question` about span `key` (`span_id`) until its trace settles, or half a link

@@ -75,6 +75,9 @@ pub struct TraceStats {
     pub inband_notes_evicted: u64,
     /// CLIENT spans announced to the agent of their server's host.
     pub peer_announced: u64,
+    /// Announcements or answers that came after their SERVER span's trace id was known
+    /// outside under another id: linked (`peer-late`), not made its parent.
+    pub peer_late: u64,
     /// Ends of a connection whose request keys matched but whose requests did not (different
     /// method or target): one end counted from a byte the other did not (TLS plaintext, which
     /// has no sequence numbers, with a read in flight when the probes attached). Not paired.

@@ -18,7 +18,8 @@
 //!   ([`super::asking`]). A SERVER request that carried one waits for its client like a passive
 //!   one, and its agent asks the named agent.
 
-use super::{Tracer, expiring::Expiring, trace_ref::TraceRef};
+use super::{Tracer, trace_ref::TraceRef};
+use crate::expiring::Expiring;
 use crate::trace::{
     ids::{SpanId, TraceId},
     span::SpanLink,

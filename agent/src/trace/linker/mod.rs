@@ -57,7 +57,6 @@
 
 mod asking;
 mod config;
-mod expiring;
 mod export;
 mod inband;
 mod open;
@@ -294,8 +293,7 @@ impl Tracer {
             self.parent_of_client(conn, end, (unit, forward, start), on_loop, &mut links)
         };
         let (mut trace, parent, evidence) = found;
-        let asking =
-            self.asking_on_request(inband, parent.is_none(), mirror, (key, server, start.ts));
+        self.asking_on_request(inband, parent.is_none(), mirror, (key, server, start.ts));
         // A request with its own trace header goes where the header says, on both hosts.
         let inband = inband.filter(|_| !header);
         let inband_trace = Self::inband_trace(inband, server, parent.is_some(), &mut trace);
@@ -314,7 +312,7 @@ impl Tracer {
             end,
             (key, span_id, mirror, unit, forward),
             &trace,
-            (start.ts, asking),
+            start.ts,
         );
         let resource = self.resources.get(&conn.process);
         let budget = open::BudgetFacts::served(served_here);
@@ -352,15 +350,14 @@ impl Tracer {
     }
 
     /// Makes a new span findable by the rules that look for its kind; returns whether a CLIENT
-    /// span adopted its SERVER end (seen first). `asking`: its request carried the in-band
-    /// asking form, so the server's agent asks for it and no announcement is sent.
+    /// span adopted its SERVER end (seen first).
     fn register_end(
         &mut self,
         conn: &Connection,
         end: End,
         (key, span_id, mirror, unit, forward): (SpanKey, SpanId, MirrorKey, Unit, u64),
         trace: &TraceRef,
-        (ts, asking): (u64, bool),
+        ts: u64,
     ) -> bool {
         let pid = conn.process.pid;
         if end.server {
@@ -372,9 +369,7 @@ impl Tracer {
             false
         } else {
             let served_here = self.register_client(mirror, key, span_id, trace, forward);
-            if !asking {
-                self.announce(mirror, key, span_id, trace, forward, ts);
-            }
+            self.announce(mirror, key, span_id, trace, forward, ts);
             served_here
         }
     }

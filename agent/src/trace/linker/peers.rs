@@ -12,6 +12,7 @@ use crate::{
     trace::{
         ids::SpanId,
         remote::{Announcer, RemoteClient},
+        span::SpanLink,
     },
 };
 
@@ -119,6 +120,10 @@ impl Tracer {
             server: Endpoint::new(client.server),
             request: client.key,
         };
+        // An answer names the span this agent asked for, or nothing.
+        if answer && !self.answers_question(mirror, client.span_id) {
+            return;
+        }
         let remote = RemoteClient {
             trace_id: client.trace_id,
             span_id: client.span_id,
@@ -130,6 +135,18 @@ impl Tracer {
             && same_request(server_span.forward, client.forward)
         {
             self.waiting_servers.remove(&mirror);
+            if server_span.trace.is_fixed() && server_span.trace.id() != client.trace_id {
+                // Too late: this span's trace id is known outside already (announced or
+                // answered at a deadline, or exported), so it cannot move to the client's
+                // trace; a parent in another trace would be wrong. A link says who called.
+                server_span.links.push(SpanLink {
+                    trace_id: client.trace_id,
+                    span_id: client.span_id,
+                    reason: "peer-late",
+                });
+                self.stats.peer_late += 1;
+                return;
+            }
             server_span.trace.join(&TraceRef::external(client.trace_id));
             server_span.parent = Some(client.span_id);
             if answer {
@@ -142,6 +159,8 @@ impl Tracer {
             self.stats.roots = self.stats.roots.saturating_sub(1);
             return;
         }
-        self.remote.insert(mirror, remote, now);
+        if !answer {
+            self.remote.insert(mirror, remote, now);
+        }
     }
 }

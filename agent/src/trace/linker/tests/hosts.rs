@@ -196,9 +196,10 @@ fn a_server_asks_the_agent_its_request_named_and_adopts_the_answer() {
         }
         a.on_inband(1, 4242, INBAND_SENT | INBAND_ASK, (agent_a, SPAN), 0);
         on_asking(&mut a, &client, false, "GET /x", stamp(90, 10, 4242));
-        assert!(
-            announced(&mut a).is_empty(),
-            "the asking form is not announced"
+        assert_eq!(
+            announced(&mut a).len(),
+            1,
+            "announced too: the option may not have reached the server"
         );
         if when == When::WhileOpen {
             a.on_peer_ask(b_addr, &question, 0);
@@ -252,12 +253,25 @@ fn asking_names_no_wrong_parent() {
     let mut answers = Vec::new();
     a.take_peer_messages(&mut answers);
     assert!(answers.is_empty(), "A never had that span");
-    let wrong = ClientSpan {
-        forward: crate::protocol::forward_key("GET", "/other"),
+    let another_span = ClientSpan {
+        forward: crate::protocol::forward_key("GET", "/x"),
         trace_id: [3; 16],
+        span_id: [4; 8],
         ..question
     };
-    b.on_peer_answer(&wrong, 0);
+    b.on_peer_answer(&another_span, 0);
+    assert_eq!(b.asking_stats.refused, 1, "not the span asked for");
+    b.on_peer_answer(
+        &ClientSpan {
+            span_id: [1; 8],
+            ..another_span
+        },
+        0,
+    );
+    assert_eq!(
+        b.asking_stats.refused, 2,
+        "the question was taken: no second answer"
+    );
     finish(&mut b, &server, stamp(100, 20, 4242), 150);
     assert_eq!(drain(&mut b)[0].parent_span_id, None);
 
@@ -274,4 +288,44 @@ fn asking_names_no_wrong_parent() {
     let mut none = Vec::new();
     local.take_peer_messages(&mut none);
     assert!(none.is_empty(), "this host's own agent is not asked");
+}
+
+/// A SERVER span whose trace id is known outside already (a call it made was announced at its
+/// deadline with that id) cannot move to the trace of a client announced later: it is linked to
+/// that client (`peer-late`), not made its child, and its subtree stays in one trace.
+#[test]
+fn a_late_announcement_links_a_server_whose_trace_is_known_outside() {
+    let (mut a, mut b, client, server) = two_hosts();
+    let onward = between(9, 2, Role::Client, "10.0.0.2:6000", "10.0.0.3:90");
+    on_asking(&mut a, &client, false, "GET /x", stamp(90, 10, 1));
+    let from_a = announced(&mut a);
+    on_asking(&mut b, &server, true, "GET /x", stamp(100, 20, 1));
+    on_asking(&mut b, &onward, false, "GET /z", stamp(110, 20, 7));
+    b.announce_settled(110 + 250_000_000, false);
+    let from_b = announced(&mut b);
+    assert_eq!(from_b.len(), 1, "announced at its deadline, its id fixed");
+    b.on_peer_client(&from_a[0], 300_000_000);
+    finish(&mut b, &onward, stamp(110, 20, 7), 120);
+    finish(&mut b, &server, stamp(100, 20, 1), 150);
+    let spans = drain(&mut b);
+    let s = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server)
+        .expect("server");
+    let c = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Client)
+        .expect("client");
+    assert_eq!(s.parent_span_id, None);
+    assert_eq!(s.links.len(), 1);
+    assert_eq!(
+        (s.links[0].span_id, s.links[0].reason),
+        (from_a[0].span_id, "peer-late")
+    );
+    assert_eq!(s.trace_id, from_b[0].trace_id);
+    assert_eq!(
+        (c.trace_id, c.parent_span_id),
+        (s.trace_id, Some(s.span_id))
+    );
+    assert_eq!(b.stats.peer_late, 1);
 }

@@ -7,10 +7,12 @@ use std::{
 };
 
 /// Entries by key, each kept `TTL_NS` from its insertion, at most `MAX` at once (past that
-/// the oldest go first).
+/// the oldest go first). Each entry knows its deadline, so that an older deadline of a key
+/// taken and inserted again never expires the newer entry; deadlines of taken entries are
+/// dropped when they outnumber the live ones (the queue stays within twice `MAX`).
 #[derive(Debug)]
-pub(super) struct Expiring<K, V, const TTL_NS: u64, const MAX: usize> {
-    by_key: HashMap<K, V, foldhash::fast::RandomState>,
+pub(crate) struct Expiring<K, V, const TTL_NS: u64, const MAX: usize> {
+    by_key: HashMap<K, (u64, V), foldhash::fast::RandomState>,
     order: VecDeque<(u64, K)>,
 }
 
@@ -32,13 +34,19 @@ impl<K: Hash + Eq + Copy, V, const TTL_NS: u64, const MAX: usize> Expiring<K, V,
                 break;
             }
             self.order.pop_front();
-            if self.by_key.remove(&old).is_some() && until > now {
-                evicted = true;
+            if self.by_key.get(&old).is_some_and(|(at, _)| *at == until) {
+                self.by_key.remove(&old);
+                evicted |= until > now;
             }
         }
-        if self.by_key.insert(key, value).is_none() {
-            self.order.push_back((now.saturating_add(TTL_NS), key));
+        if self.order.len() >= 2 * MAX {
+            let by_key = &self.by_key;
+            self.order
+                .retain(|(until, key)| by_key.get(key).is_some_and(|(at, _)| at == until));
         }
+        let until = now.saturating_add(TTL_NS);
+        self.by_key.insert(key, (until, value));
+        self.order.push_back((until, key));
         evicted
     }
 
@@ -47,11 +55,11 @@ impl<K: Hash + Eq + Copy, V, const TTL_NS: u64, const MAX: usize> Expiring<K, V,
         if self.by_key.is_empty() {
             return None;
         }
-        self.by_key.remove(&key)
+        self.by_key.remove(&key).map(|(_, value)| value)
     }
 
     pub fn get(&self, key: K) -> Option<&V> {
-        self.by_key.get(&key)
+        self.by_key.get(&key).map(|(_, value)| value)
     }
 }
 
@@ -73,5 +81,25 @@ mod tests {
         assert_eq!(table.take(3), Some("c"));
         assert_eq!(table.take(3), None);
         assert_eq!(table.get(4), Some(&"d"));
+    }
+
+    #[test]
+    fn a_key_inserted_again_keeps_its_new_deadline_and_taken_keys_do_not_pile_up() {
+        let mut table: Expiring<u32, u32, 10, 4> = Expiring::default();
+        table.insert(1, 1, 0);
+        assert_eq!(table.take(1), Some(1));
+        table.insert(1, 2, 8);
+        table.insert(2, 0, 11);
+        assert_eq!(
+            table.get(1),
+            Some(&2),
+            "the first deadline (10) was the taken entry's"
+        );
+        for i in 0..100 {
+            table.insert(100 + i, i, 12);
+            let _ = table.take(100 + i);
+        }
+        assert!(table.order.len() <= 8, "{}", table.order.len());
+        assert_eq!(table.get(1), Some(&2));
     }
 }
