@@ -576,9 +576,9 @@ pub enum Counter {
     /// SACK blocks, took the space).
     InbandNoRoom = 15,
     /// In-band mode with the peer messages: CLIENT requests the programs could not give a trace
-    /// (as for [`Counter::InbandUnsure`]) whose first segment is to carry their span id and this
+    /// (as for [`Counter::InbandUnsure`]) whose first segment carried their span id and this
     /// agent's address instead, for the server's agent to ask the trace of
-    /// ([`crate::INBAND_OPTION_EXID_ASK`]).
+    /// ([`crate::INBAND_OPTION_EXID_ASK`]; counted in [`Counter::InbandSent`] too).
     InbandAsk = 16,
 }
 

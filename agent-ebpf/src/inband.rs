@@ -206,9 +206,6 @@ pub fn client_write_enter(pid_tgid: u64, fd: i32) {
     if INBAND_OUT.insert(&key, &context, 0).is_err() {
         return;
     }
-    if context.flags == INBAND_CONTEXT_ASK {
-        count(Counter::InbandAsk);
-    }
     // The agent learns the context now, before the write's data record: the segment may leave
     // after the write returned (Nagle, corking, a full window), its option written then.
     event.header = header(EventKind::Inband, pid_tgid, fd, conn_id, now_ns());
@@ -622,6 +619,9 @@ fn write(ctx: &SockOpsContext) {
     }
     let _ = INBAND_OUT.remove(&key);
     count(Counter::InbandSent);
+    if context.flags == INBAND_CONTEXT_ASK {
+        count(Counter::InbandAsk);
+    }
 }
 
 /// Our option of experiment `exid` in the segment of a `BPF_SOCK_OPS_PARSE_HDR_OPT_CB`, whole.

@@ -312,7 +312,8 @@ fn final_stats(
         .add("peer_asks_received", peers.asks_received)
         .add("peer_answers_sent", peers.answers_sent)
         .add("peer_replayed", peers.replayed)
-        .add("peer_asks_refused", peers.asks_refused);
+        .add("peer_asks_refused", peers.asks_refused)
+        .add("peer_replay_tags_evicted", peers.replay_tags_evicted);
     capture_stats(&mut stats, sink, receiver);
     stats
 }

@@ -101,15 +101,28 @@ impl LocalAddrs {
     }
 }
 
-/// The interface of the default IPv4 route (`/proc/net/route`: destination and mask zero), if
-/// any.
+/// The interface of the default IPv4 route (`/proc/net/route`: destination and mask zero, up),
+/// the one of lowest metric when there are several.
 fn default_route_interface() -> Option<Vec<u8>> {
-    let table = std::fs::read_to_string("/proc/net/route").ok()?;
-    table.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        (fields.len() > 7 && fields[1] == "00000000" && fields[7] == "00000000")
-            .then(|| fields[0].as_bytes().to_vec())
-    })
+    default_route_in(&std::fs::read_to_string("/proc/net/route").ok()?)
+}
+
+/// [`default_route_interface`] of a `/proc/net/route` text.
+fn default_route_in(table: &str) -> Option<Vec<u8>> {
+    /// `RTF_UP` of the route's flags.
+    const UP: u32 = 1;
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = u32::from_str_radix(fields.get(3)?, 16).ok()?;
+            let metric: u32 = fields.get(6)?.parse().ok()?;
+            (fields[1] == "00000000" && *fields.get(7)? == "00000000" && flags & UP != 0)
+                .then_some((metric, fields[0]))
+        })
+        .min_by_key(|&(metric, _)| metric)
+        .map(|(_, iface)| iface.as_bytes().to_vec())
 }
 
 #[cfg(test)]
@@ -124,6 +137,21 @@ mod tests {
         assert!(local.contains("::1".parse().expect("ip")));
         // TEST-NET-3 (RFC 5737) is never assigned.
         assert!(!local.contains("203.0.113.9".parse().expect("ip")));
+    }
+
+    #[test]
+    fn the_default_route_of_lowest_metric_that_is_up_is_found() {
+        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                     wlan0\t00000000\t0102A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0\n\
+                     eth1\t00000000\t0101A8C0\t0002\t0\t0\t10\t00000000\t0\t0\t0\n\
+                     eth0\t00000000\t010011AC\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
+                     eth0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
+        assert_eq!(
+            default_route_in(table),
+            Some(b"eth0".to_vec()),
+            "eth1's is down"
+        );
+        assert_eq!(default_route_in("Iface\tDestination\n"), None);
     }
 
     #[test]

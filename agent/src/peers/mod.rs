@@ -130,6 +130,9 @@ pub struct PeerStats {
     pub replayed: u64,
     /// Questions not sent: the address named is not one an agent can listen on.
     pub asks_refused: u64,
+    /// Tags of received datagrams forgotten before their minute was over (more than
+    /// [`MAX_SEEN`] a minute): a replay of one would be accepted.
+    pub replay_tags_evicted: u64,
 }
 
 /// A message from another agent.
@@ -229,7 +232,7 @@ impl Peers {
         };
         // The address of a question comes from a TCP option any client can write: only a
         // unicast address an agent could listen on is asked.
-        if !unicast(to.ip()) {
+        if kind == Kind::Ask && !unicast(to.ip()) {
             self.stats.asks_refused += 1;
             return;
         }
@@ -294,7 +297,9 @@ impl Peers {
         if self.seen.get(tag).is_some() {
             return true;
         }
-        let _ = self.seen.insert(tag, (), now);
+        if self.seen.insert(tag, (), now) {
+            self.stats.replay_tags_evicted += 1;
+        }
         false
     }
 
@@ -335,12 +340,23 @@ impl Peers {
     }
 }
 
-/// Whether `ip` is a unicast address another host's agent could listen on.
+/// Whether `ip` is a routable unicast address another host's agent could listen on (not
+/// loopback, multicast, broadcast, unspecified or link-local, where cloud metadata services
+/// and the like listen).
 fn unicast(ip: IpAddr) -> bool {
     match ip.to_canonical() {
         IpAddr::V4(v4) => {
-            !(v4.is_unspecified() || v4.is_loopback() || v4.is_multicast() || v4.is_broadcast())
+            !(v4.is_unspecified()
+                || v4.is_loopback()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_link_local())
         }
-        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_loopback() || v6.is_multicast()),
+        IpAddr::V6(v6) => {
+            !(v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_multicast()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80)
+        }
     }
 }

@@ -203,7 +203,7 @@ impl Tracer {
             return;
         };
         if span.trace.settled() {
-            span.trace.fix();
+            span.trace.fix_used();
             self.asking_stats.answered += 1;
             let answer = question.answer(span.forward, span.trace.id(), span.span_id);
             self.asking.out.push((Kind::Answer, question.from, answer));
@@ -268,7 +268,7 @@ impl Tracer {
             if !span.trace.settled() && deadline > now && !flush {
                 return true;
             }
-            span.trace.fix();
+            span.trace.fix_used();
             stats.answered += 1;
             let answer = question.answer(span.forward, span.trace.id(), span.span_id);
             out.push((Kind::Answer, question.from, answer));

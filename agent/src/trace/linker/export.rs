@@ -106,7 +106,7 @@ impl Tracer {
                 ));
             }
             // Exported, the id is known outside: it never changes from now on.
-            span.trace.fix();
+            span.trace.fix_used();
             let (trace_id, parent, links) =
                 self.inband_placed(span.inband_trace, &span.trace, span.parent, span.links);
             self.exported_askable((span.kind, span.span_id, span.forward), trace_id, now_mono);

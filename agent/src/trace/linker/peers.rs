@@ -135,10 +135,12 @@ impl Tracer {
             && same_request(server_span.forward, client.forward)
         {
             self.waiting_servers.remove(&mirror);
-            if server_span.trace.is_fixed() && server_span.trace.id() != client.trace_id {
-                // Too late: this span's trace id is known outside already (announced or
-                // answered at a deadline, or exported), so it cannot move to the client's
-                // trace; a parent in another trace would be wrong. A link says who called.
+            if server_span.trace.is_used() && server_span.trace.id() != client.trace_id {
+                // Too late: this span's trace id was used outside already (a question about a
+                // call it made was answered at its deadline with it: a subtree on another
+                // host is in it), so it cannot move to the client's trace; a parent in
+                // another trace would be wrong. A link says who called. (An id only announced
+                // may have reached no agent: that trace still joins, as before.)
                 server_span.links.push(SpanLink {
                     trace_id: client.trace_id,
                     span_id: client.span_id,

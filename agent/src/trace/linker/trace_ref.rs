@@ -16,6 +16,21 @@ enum TraceNode {
     Alias(TraceRef),
 }
 
+/// How far a trace's id is known outside this agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Known {
+    /// Not at all: the id may still change (a join may give it another trace's).
+    No,
+    /// Fixed: a header or another agent gave it, a request carried it in-band, it was
+    /// announced. It never changes, and a trace that joins this one takes it; an id not fixed
+    /// yet may still take a fixed one ([`TraceRef::join`]).
+    Fixed,
+    /// Fixed, and given out where it was certainly used: a span of it exported, or an answer
+    /// to another agent's question about one of its spans (whose SERVER span there joined it).
+    /// An announcement alone is not: the server it goes to may run no agent.
+    Used,
+}
+
 /// What the spans of one trace share.
 #[derive(Debug)]
 struct Root {
@@ -23,10 +38,8 @@ struct Root {
     /// No later evidence can move it into another trace. Only a SERVER span whose client has
     /// not been seen starts an unsettled trace.
     settled: bool,
-    /// Its id is known outside this agent (a header or another agent gave it, a request
-    /// carried it in-band, a span of it was exported): it never changes, and a trace that joins
-    /// this one takes it; an id not fixed yet may still take a fixed one ([`TraceRef::join`]).
-    fixed: bool,
+    /// Whether its id is known outside this agent ([`Known`]).
+    known: Known,
     /// The budget's shedding drops it ([`super::shedding`]).
     shed: bool,
     /// Its spans not finished yet: while the budget sheds, finished spans wait for the whole
@@ -36,10 +49,11 @@ struct Root {
 
 impl TraceRef {
     fn with(id: TraceId, settled: bool, fixed: bool) -> Self {
+        let known = if fixed { Known::Fixed } else { Known::No };
         Self(Rc::new(RefCell::new(TraceNode::Root(Root {
             id,
             settled,
-            fixed,
+            known,
             shed: false,
             open: 0,
         }))))
@@ -63,7 +77,10 @@ impl TraceRef {
 
     /// This span's own trace made unsettled (it waits for a rule), its id as fixed as it was.
     pub(super) fn unsettled_like(&self) -> Self {
-        Self::with(self.id(), false, self.is_fixed())
+        let like = Self::with(self.id(), false, false);
+        let known = self.at_root(|r| r.known).unwrap_or(Known::Fixed);
+        like.at_root(|r| r.known = known);
+        like
     }
 
     /// A trace of its own with id `id`, fixed, settled or not as this one: for a span that has
@@ -72,23 +89,28 @@ impl TraceRef {
         Self::with(id, self.settled(), true)
     }
 
-    /// Whether the id is known outside this agent.
-    pub(super) fn is_fixed(&self) -> bool {
-        self.at_root(|r| r.fixed).unwrap_or(true)
+    /// The id is known outside this agent from now on (a span of it is announced).
+    pub(super) fn fix(&self) {
+        self.at_root(|r| r.known = r.known.max(Known::Fixed));
     }
 
-    /// The id is known outside this agent from now on (a span of it is exported).
-    pub(super) fn fix(&self) {
-        self.at_root(|r| r.fixed = true);
+    /// As [`TraceRef::fix`], and the id was certainly used outside (exported, or answered).
+    pub(super) fn fix_used(&self) {
+        self.at_root(|r| r.known = Known::Used);
+    }
+
+    /// Whether the id was certainly used outside ([`TraceRef::fix_used`]).
+    pub(super) fn is_used(&self) -> bool {
+        self.at_root(|r| r.known == Known::Used).unwrap_or(false)
     }
 
     /// Gives the trace id `id`, known outside, unless its own is already: whether it has `id`
     /// now.
     pub(super) fn adopt_id(&self, id: TraceId) -> bool {
         self.at_root(|r| {
-            if !r.fixed {
+            if r.known == Known::No {
                 r.id = id;
-                r.fixed = true;
+                r.known = Known::Fixed;
             }
             r.id == id
         })
@@ -156,16 +178,16 @@ impl TraceRef {
         let mine = self.root();
         let theirs = other.root();
         if !Rc::ptr_eq(&mine.0, &theirs.0) {
-            let (open, shed, id, fixed) = mine
-                .at_root(|r| (r.open, r.shed, r.id, r.fixed))
-                .unwrap_or((0, false, [0; 16], false));
+            let (open, shed, id, known) = mine
+                .at_root(|r| (r.open, r.shed, r.id, r.known))
+                .unwrap_or((0, false, [0; 16], Known::No));
             theirs.at_root(|r| {
                 r.open += open;
                 // A dropped part leaves the whole incomplete.
                 r.shed |= shed;
-                if fixed && !r.fixed {
+                if known != Known::No && r.known == Known::No {
                     r.id = id;
-                    r.fixed = true;
+                    r.known = known;
                 }
             });
             *mine.0.borrow_mut() = TraceNode::Alias(theirs);

@@ -290,42 +290,77 @@ fn asking_names_no_wrong_parent() {
     assert!(none.is_empty(), "this host's own agent is not asked");
 }
 
-/// A SERVER span whose trace id is known outside already (a call it made was announced at its
-/// deadline with that id) cannot move to the trace of a client announced later: it is linked to
-/// that client (`peer-late`), not made its child, and its subtree stays in one trace.
+/// Host B's SERVER span waits for A's announcement while a call it made (to C, asking form) is
+/// asked for by C's agent and answered at its deadline with B's own trace id: C's subtree is in
+/// that trace now. A's announcement, coming later, cannot move B's span into A's trace (C would
+/// be left in another one): B's span gets a link to A's call (`peer-late`), and B's subtree
+/// stays in one trace. Had the call only been announced (maybe to no agent), B's span would
+/// join A's trace as before.
 #[test]
-fn a_late_announcement_links_a_server_whose_trace_is_known_outside() {
-    let (mut a, mut b, client, server) = two_hosts();
-    let onward = between(9, 2, Role::Client, "10.0.0.2:6000", "10.0.0.3:90");
-    on_asking(&mut a, &client, false, "GET /x", stamp(90, 10, 1));
-    let from_a = announced(&mut a);
-    on_asking(&mut b, &server, true, "GET /x", stamp(100, 20, 1));
-    on_asking(&mut b, &onward, false, "GET /z", stamp(110, 20, 7));
-    b.announce_settled(110 + 250_000_000, false);
-    let from_b = announced(&mut b);
-    assert_eq!(from_b.len(), 1, "announced at its deadline, its id fixed");
-    b.on_peer_client(&from_a[0], 300_000_000);
-    finish(&mut b, &onward, stamp(110, 20, 7), 120);
-    finish(&mut b, &server, stamp(100, 20, 1), 150);
-    let spans = drain(&mut b);
-    let s = spans
-        .iter()
-        .find(|s| s.kind == SpanKind::Server)
-        .expect("server");
-    let c = spans
-        .iter()
-        .find(|s| s.kind == SpanKind::Client)
-        .expect("client");
-    assert_eq!(s.parent_span_id, None);
-    assert_eq!(s.links.len(), 1);
-    assert_eq!(
-        (s.links[0].span_id, s.links[0].reason),
-        (from_a[0].span_id, "peer-late")
-    );
-    assert_eq!(s.trace_id, from_b[0].trace_id);
-    assert_eq!(
-        (c.trace_id, c.parent_span_id),
-        (s.trace_id, Some(s.span_id))
-    );
-    assert_eq!(b.stats.peer_late, 1);
+fn a_late_announcement_links_a_server_whose_trace_was_used_outside() {
+    use agent_common::{INBAND_ASK, INBAND_SENT};
+    for answered in [true, false] {
+        let (mut a, mut b, client, server) = two_hosts();
+        let onward = between(9, 2, Role::Client, "10.0.0.2:6000", "10.0.0.3:90");
+        on_asking(&mut a, &client, false, "GET /x", stamp(90, 10, 1));
+        let from_a = announced(&mut a);
+        on_asking(&mut b, &server, true, "GET /x", stamp(100, 20, 1));
+        let b_agent: [u8; 16] = std::net::Ipv4Addr::new(10, 0, 0, 2)
+            .to_ipv6_mapped()
+            .octets();
+        b.on_inband(9, 7, INBAND_SENT | INBAND_ASK, (b_agent, [0x77; 8]), 0);
+        on_asking(&mut b, &onward, false, "GET /z", stamp(110, 20, 7));
+        let b_trace = if answered {
+            let question = ClientSpan {
+                client: "10.0.0.2:6000".parse().expect("addr"),
+                server: "10.0.0.3:90".parse().expect("addr"),
+                key: 7,
+                forward: 0,
+                trace_id: [0; 16],
+                span_id: [0x77; 8],
+            };
+            b.on_peer_ask("10.0.0.3:4391".parse().expect("addr"), &question, 120);
+            b.answer_settled(260_000_000, false);
+            let mut answers = Vec::new();
+            b.take_peer_messages(&mut answers);
+            assert_eq!(answers.len(), 1, "answered at its deadline");
+            answers[0].2.trace_id
+        } else {
+            b.announce_settled(110 + 250_000_000, false);
+            announced(&mut b)[0].trace_id
+        };
+        b.on_peer_client(&from_a[0], 300_000_000);
+        finish(&mut b, &onward, stamp(110, 20, 7), 120);
+        finish(&mut b, &server, stamp(100, 20, 1), 150);
+        let spans = drain(&mut b);
+        let s = spans
+            .iter()
+            .find(|s| s.kind == SpanKind::Server)
+            .expect("server");
+        let c = spans
+            .iter()
+            .find(|s| s.kind == SpanKind::Client)
+            .expect("client");
+        assert_eq!(
+            (c.trace_id, c.parent_span_id),
+            (s.trace_id, Some(s.span_id))
+        );
+        if answered {
+            assert_eq!(s.parent_span_id, None);
+            assert_eq!(s.links.len(), 1);
+            assert_eq!(
+                (s.links[0].span_id, s.links[0].reason),
+                (from_a[0].span_id, "peer-late")
+            );
+            assert_eq!(s.trace_id, b_trace);
+            assert_eq!(b.stats.peer_late, 1);
+        } else {
+            assert_eq!(s.parent_span_id, Some(from_a[0].span_id));
+            assert_eq!(
+                s.trace_id, from_a[0].trace_id,
+                "announced only: joined as before"
+            );
+            assert_eq!(b.stats.peer_late, 0);
+        }
+    }
 }
