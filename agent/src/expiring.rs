@@ -61,6 +61,11 @@ impl<K: Hash + Eq + Copy, V, const TTL_NS: u64, const MAX: usize> Expiring<K, V,
     pub fn get(&self, key: K) -> Option<&V> {
         self.by_key.get(&key).map(|(_, value)| value)
     }
+
+    /// The keys held (expired ones included until the next insert).
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.by_key.keys()
+    }
 }
 
 #[cfg(test)]

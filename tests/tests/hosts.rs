@@ -496,14 +496,11 @@ fn runtime_caller_across_hosts(middle: Kind, nat: bool, inband: bool) {
     };
     let agents: Vec<Agent> = (0..3).map(|i| bed.agent_to(i, &secret, output)).collect();
     let ids = run_driver(&bed, front, (10, 3, 10));
-    // A question and its answer take a round trip between two agents after the server's agent
-    // read the request, and the features agent answers once its task rule has settled the
-    // call's trace: the last wave's are given that time before the agents stop (an agent that
-    // stops flushes what waits as roots).
-    std::thread::sleep(Duration::from_secs(1));
+    // Stopped from the model's host back: an agent that stops waits (up to a link delay) for
+    // the answers to its questions, which the agents upstream, still running, give.
     let mut events = Vec::new();
     let (mut asks, mut answers, mut asked_here) = (0, 0, 0);
-    for agent in agents {
+    for agent in agents.into_iter().rev() {
         let out = agent.stop();
         assert!(out.status.success(), "{}", out.stderr);
         asks += out.counter("inband_ask");

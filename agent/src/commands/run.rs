@@ -102,6 +102,12 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     let receiver = receiver::run(ring, &mut sink, Duration::from_millis(100), stop)
         .await
         .map_err(|e| pipeline::PipelineError::Privilege(e.to_string()))?;
+    // Questions asked of other agents get up to a link delay for their answers (their SERVER
+    // spans would be exported as roots): a restarted agent keeps the links of its last moment.
+    let answers_until = std::time::Instant::now() + Duration::from_millis(args.link_delay_ms);
+    while std::time::Instant::now() < answers_until && sink.awaiting_answers() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // Everything finished is exported before exit.
     sink.export(true);
     sink.exporter.finish();

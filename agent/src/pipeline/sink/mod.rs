@@ -171,6 +171,16 @@ impl<'a> TraceSink<'a> {
         self
     }
 
+    /// Stopping: exchanges with the peer agents once more, and says whether answers to this
+    /// agent's questions are still awaited.
+    pub fn awaiting_answers(&mut self) -> bool {
+        if self.peers.is_none() {
+            return false;
+        }
+        self.exchange_with_peers(monotonic_ns());
+        self.tracer.awaiting_answers()
+    }
+
     /// Hands what other hosts' agents announced to the tracer, and sends what it announced.
     fn exchange_with_peers(&mut self, now: u64) {
         let Some(peers) = &mut self.peers else {

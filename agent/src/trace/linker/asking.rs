@@ -276,6 +276,16 @@ impl Tracer {
         });
     }
 
+    /// Whether a question this agent asked is still unanswered while its SERVER span waits:
+    /// an agent that stops gives the answers a moment ([`crate::commands::run`]).
+    #[must_use]
+    pub fn awaiting_answers(&self) -> bool {
+        self.asking
+            .asked
+            .keys()
+            .any(|mirror| self.waiting_servers.contains_key(mirror))
+    }
+
     /// Questions and answers for the peer agents since the last call.
     pub fn take_peer_messages(&mut self, out: &mut Vec<(Kind, SocketAddr, ClientSpan)>) {
         out.append(&mut self.asking.out);

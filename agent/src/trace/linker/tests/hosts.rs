@@ -217,7 +217,9 @@ fn a_server_asks_the_agent_its_request_named_and_adopts_the_answer() {
         let c = &from_a[0];
         assert_eq!(c.span_id, SPAN, "the id the option carried");
         assert_eq!((answer.trace_id, answer.span_id), (c.trace_id, SPAN));
+        assert!(b.awaiting_answers(), "{when:?}");
         b.on_peer_answer(&answer, 0);
+        assert!(!b.awaiting_answers());
         finish(&mut b, &server, stamp(100, 20, 4242), 150);
         let s = &drain(&mut b)[0];
         assert_eq!(s.parent_span_id, Some(SPAN), "{when:?}");
