@@ -581,44 +581,22 @@ fn route_through_router(
     run(router, "sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"]);
     let port = port.to_string();
     let server = bed.ip(to);
-    run(
-        router,
-        "iptables",
-        &[
-            "-t",
-            "nat",
-            "-A",
+    // (chain, destination matched, target): DNAT the virtual address to the server, then
+    // masquerade what goes to the server (it answers the router).
+    let nat = [
+        (
             "PREROUTING",
-            "-d",
             &virtual_ip,
-            "-p",
-            "tcp",
-            "--dport",
-            &port,
-            "-j",
-            "DNAT",
-            "--to-destination",
-            &server,
-        ],
-    );
-    run(
-        router,
-        "iptables",
-        &[
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-d",
-            &server,
-            "-p",
-            "tcp",
-            "--dport",
-            &port,
-            "-j",
-            "MASQUERADE",
-        ],
-    );
+            ["DNAT", "--to-destination", &server],
+        ),
+        ("POSTROUTING", &server, ["MASQUERADE", "", ""]),
+    ];
+    for (chain, dest, target) in nat {
+        let mut args = vec!["-t", "nat", "-A", chain, "-d", dest, "-p", "tcp"];
+        args.extend(["--dport", &port, "-j"]);
+        args.extend(target.into_iter().filter(|a| !a.is_empty()));
+        run(router, "iptables", &args);
+    }
     run(
         from,
         "ip",

@@ -74,12 +74,7 @@ impl LocalAddrs {
     /// link-local). A host with several networks should say (`--peer-address`).
     #[must_use]
     pub fn first_global(&self) -> Option<IpAddr> {
-        let global = |ip: &&IpAddr| match ip {
-            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified(),
-            IpAddr::V6(v6) => {
-                !v6.is_loopback() && !v6.is_unspecified() && (v6.segments()[0] & 0xffc0) != 0xfe80
-            }
-        };
+        let global = |ip: &&IpAddr| routable(**ip);
         let routed = self.default_route.iter().filter(global).min();
         let v4 = self
             .addrs
@@ -98,6 +93,28 @@ impl LocalAddrs {
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         ip.is_loopback() || ip.is_unspecified() || self.addrs.contains(&ip)
+    }
+}
+
+/// Whether `ip` is a routable unicast address another host could reach an agent at (not
+/// loopback, multicast, broadcast, unspecified or link-local, where cloud metadata services and
+/// the like listen).
+#[must_use]
+pub fn routable(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            !(v4.is_unspecified()
+                || v4.is_loopback()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_link_local())
+        }
+        IpAddr::V6(v6) => {
+            !(v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_multicast()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80)
+        }
     }
 }
 

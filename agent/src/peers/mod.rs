@@ -232,7 +232,7 @@ impl Peers {
         };
         // The address of a question comes from a TCP option any client can write: only a
         // unicast address an agent could listen on is asked.
-        if kind == Kind::Ask && !unicast(to.ip()) {
+        if kind == Kind::Ask && !local::routable(to.ip()) {
             self.stats.asks_refused += 1;
             return;
         }
@@ -336,27 +336,6 @@ impl Peers {
                     tracing::debug!("peer socket: {err}");
                 }
             }
-        }
-    }
-}
-
-/// Whether `ip` is a routable unicast address another host's agent could listen on (not
-/// loopback, multicast, broadcast, unspecified or link-local, where cloud metadata services
-/// and the like listen).
-fn unicast(ip: IpAddr) -> bool {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => {
-            !(v4.is_unspecified()
-                || v4.is_loopback()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || v4.is_link_local())
-        }
-        IpAddr::V6(v6) => {
-            !(v6.is_unspecified()
-                || v6.is_loopback()
-                || v6.is_multicast()
-                || (v6.segments()[0] & 0xffc0) == 0xfe80)
         }
     }
 }

@@ -43,17 +43,28 @@ pub struct Question {
     pub key: u64,
 }
 
+/// Questions and answers to send, as [`Asking::out`] holds them.
+type Outgoing = Vec<(Kind, SocketAddr, ClientSpan)>;
+
 impl Question {
-    /// The answer: the CLIENT span as the asker sees its request.
-    fn answer(&self, forward: u64, trace_id: TraceId, span_id: SpanId) -> ClientSpan {
-        ClientSpan {
+    /// Queues the answer, counted: the CLIENT span (`forward`, `trace_id`, `span_id`) as the
+    /// asker sees its request, to where the question came from.
+    fn answer(
+        &self,
+        out: &mut Outgoing,
+        stats: &mut AskingStats,
+        (forward, trace_id, span_id): (u64, TraceId, SpanId),
+    ) {
+        stats.answered += 1;
+        let answer = ClientSpan {
             client: self.client,
             server: self.server,
             key: self.key,
             forward,
             trace_id,
             span_id,
-        }
+        };
+        out.push((Kind::Answer, self.from, answer));
     }
 }
 
@@ -75,7 +86,7 @@ pub(super) struct Asking {
     waiting: VecDeque<(u64, SpanKey, SpanId, Question)>,
     /// Questions and answers to send (a question's address is the agent's; the port is the
     /// shared one).
-    pub out: Vec<(Kind, SocketAddr, ClientSpan)>,
+    pub out: Outgoing,
 }
 
 /// What the asking form did.
@@ -187,9 +198,8 @@ impl Tracer {
         if let Some(&key) = self.asking.askable.get(&span.span_id) {
             self.answer_or_wait(key, span.span_id, question, now);
         } else if let Some(&(trace_id, forward)) = self.asking.exported.get(span.span_id) {
-            self.asking_stats.answered += 1;
-            let answer = question.answer(forward, trace_id, span.span_id);
-            self.asking.out.push((Kind::Answer, from, answer));
+            let ids = (forward, trace_id, span.span_id);
+            question.answer(&mut self.asking.out, &mut self.asking_stats, ids);
         } else if self.asking.early.insert(span.span_id, question, now) {
             self.asking_stats.evicted += 1;
         }
@@ -204,9 +214,8 @@ impl Tracer {
         };
         if span.trace.settled() {
             span.trace.fix_used();
-            self.asking_stats.answered += 1;
-            let answer = question.answer(span.forward, span.trace.id(), span.span_id);
-            self.asking.out.push((Kind::Answer, question.from, answer));
+            let ids = (span.forward, span.trace.id(), span.span_id);
+            question.answer(&mut self.asking.out, &mut self.asking_stats, ids);
         } else {
             self.wait_for_trace(key, span_id, question, now);
         }
@@ -254,12 +263,7 @@ impl Tracer {
             let Some(span) = spans.get(&key).filter(|span| span.span_id == span_id) else {
                 // Exported meanwhile (in the trace it has for good), or abandoned.
                 if let Some(&(trace_id, forward)) = exported.get(span_id) {
-                    stats.answered += 1;
-                    out.push((
-                        Kind::Answer,
-                        question.from,
-                        question.answer(forward, trace_id, span_id),
-                    ));
+                    question.answer(out, stats, (forward, trace_id, span_id));
                 } else {
                     stats.unknown += 1;
                 }
@@ -269,9 +273,7 @@ impl Tracer {
                 return true;
             }
             span.trace.fix_used();
-            stats.answered += 1;
-            let answer = question.answer(span.forward, span.trace.id(), span.span_id);
-            out.push((Kind::Answer, question.from, answer));
+            question.answer(out, stats, (span.forward, span.trace.id(), span.span_id));
             false
         });
     }
@@ -287,7 +289,7 @@ impl Tracer {
     }
 
     /// Questions and answers for the peer agents since the last call.
-    pub fn take_peer_messages(&mut self, out: &mut Vec<(Kind, SocketAddr, ClientSpan)>) {
+    pub fn take_peer_messages(&mut self, out: &mut Outgoing) {
         out.append(&mut self.asking.out);
     }
 }
