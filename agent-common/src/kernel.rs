@@ -40,6 +40,8 @@ pub struct KernelOffsets {
     pub skc_dport: u32,
     /// `skc_num` (u16, host order).
     pub skc_num: u32,
+    /// `skc_state` (u8): `TCP_ESTABLISHED`, `TCP_LISTEN`, ...
+    pub skc_state: u32,
     /// `skc_v6_daddr` (`struct in6_addr`).
     pub skc_v6_daddr: u32,
     /// `skc_v6_rcv_saddr` (`struct in6_addr`).
@@ -55,7 +57,7 @@ pub struct KernelOffsets {
     /// `struct net`: `ns.inum` (u32), the namespace's inode number (as `/proc/PID/ns/net` shows).
     pub net_ns_inum: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 22 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 23 * 4);
 
 /// Load-time settings the agent writes into the programs' read-only globals.
 #[repr(C)]

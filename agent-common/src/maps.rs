@@ -376,6 +376,25 @@ pub struct InbandKey {
 }
 const _: () = assert!(core::mem::size_of::<InbandKey>() == 16);
 
+/// In-band mode: what the iterator that marks the connections opened before the agent
+/// (`inband_mark_open`, an `iter/tcp` program) did with one established socket, one record per
+/// socket in the iterator's output.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InbandMark {
+    /// `bpf_setsockopt(TCP_BPF_SOCK_OPS_CB_FLAGS)`'s result: 0 marked, else a negative errno
+    /// (`-EINVAL` before Linux 6.12, which added the option).
+    pub result: i32,
+    /// [`INBAND_MARK_SERVER`] (the accepting end: its local port is a listening socket's) or
+    /// [`INBAND_MARK_CLIENT`].
+    pub end: u32,
+}
+/// [`InbandMark::end`]: the accepting end, marked to read options.
+pub const INBAND_MARK_SERVER: u32 = 1;
+/// [`InbandMark::end`]: the connecting end, marked to write them.
+pub const INBAND_MARK_CLIENT: u32 = 2;
+const _: () = assert!(core::mem::size_of::<InbandMark>() == 8);
+
 /// In-band mode: the context a request's first segment carries (or carried), and, for one
 /// going out, the connection it is reported under (the `sock_ops` program that writes the option
 /// runs as the segment leaves, where no fd is known).

@@ -28,7 +28,8 @@
 //! not Node.js, not a followed asyncio process). Otherwise no option (counted as unsure): a
 //! wrong trace in the option could not be taken back by the agent on the other host.
 //!
-//! Connections established before the agent attached are not marked, and carry nothing.
+//! Connections established before the agent attached are marked once at its start by a TCP
+//! iterator ([`crate::inband_mark`], Linux 6.12+); on older kernels they carry nothing.
 
 use agent_common::{
     ConnInfo, ConnKey, Counter, Direction, EventKind, INBAND_ADOPTED, INBAND_ASK,

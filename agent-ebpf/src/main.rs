@@ -37,6 +37,8 @@ mod gotls;
 #[cfg(target_arch = "bpf")]
 mod inband;
 #[cfg(target_arch = "bpf")]
+mod inband_mark;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod node;

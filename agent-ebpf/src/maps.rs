@@ -147,6 +147,7 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     skc_rcv_saddr: 0,
     skc_dport: 0,
     skc_num: 0,
+    skc_state: 0,
     skc_v6_daddr: 0,
     skc_v6_rcv_saddr: 0,
     sk_protocol: 0,

@@ -665,6 +665,45 @@ fn in_band_survives_a_restarted_agent_on_open_connections() {
     );
 }
 
+/// In the in-band mode, every agent starts after the services' pools opened their connections:
+/// the `sock_ops` program never saw them established, and each agent marks them at start (a TCP
+/// iterator setting the header-option flags, Linux 6.12+): after one request per connection
+/// (the programs learn a connection open before them at its first syscall, not scored), later
+/// requests on those same connections carry and adopt contexts.
+#[test]
+fn in_band_marks_connections_opened_before_the_agents() {
+    let bed = TestBed::new(3);
+    let (front, _procs) = start_chain(&bed);
+    // The pools open their connections (up to ten per hop) with no agent running.
+    let _ = run_driver(&bed, front, (2, 2, 10));
+    let agents: Vec<Agent> = (0..3).map(|i| bed.inband_agent(i)).collect();
+    let _ = run_driver(&bed, front, (0, 2, 10));
+    let since = now_unix_ns();
+    let ids = run_driver(&bed, front, (10, 1, 10));
+    let mut marked = (0, 0);
+    let mut events = Vec::new();
+    for agent in agents {
+        let out = agent.stop();
+        assert!(out.status.success(), "{}", out.stderr);
+        assert_eq!(out.counter("inband_mark_refused"), 0, "{}", out.counters);
+        marked.0 += out.counter("inband_marked_connecting_ends");
+        marked.1 += out.counter("inband_marked_accepting_ends");
+        events.extend(out.events.into_iter().filter(|s| {
+            s["start_time_unix_nano"]
+                .as_u64()
+                .is_some_and(|t| u128::from(t) >= since)
+        }));
+    }
+    // Front → features and features → model: both ends of each pooled connection.
+    assert!(marked.0 >= 2 && marked.1 >= 2, "marked {marked:?}");
+    whole_trees(
+        "three-hosts-in-band-opened-before",
+        &three_host_chain(),
+        &ids,
+        &events,
+    );
+}
+
 /// Another secret: announcements are refused (counted), nothing links across hosts.
 #[test]
 fn peers_with_another_secret_are_refused() {

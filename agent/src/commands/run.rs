@@ -393,6 +393,14 @@ fn runtime_stats(stats: &mut FinalStats, sink: &TraceSink<'_>) {
         .add("node_calls_outside_callbacks", callbacks.outside)
         .add("node_sockets_reset", callbacks.sockets_reset)
         .add("tls_libraries_probed", sink.tls_libraries_probed);
+    let marked = sink
+        .probes()
+        .map(crate::probes::Probes::inband_marked)
+        .unwrap_or_default();
+    stats
+        .add("inband_marked_connecting_ends", marked.clients)
+        .add("inband_marked_accepting_ends", marked.servers)
+        .add("inband_mark_refused", marked.refused);
 }
 
 /// The capture path's and the protocol layer's: ring, connections, protocols, budgets.

@@ -5,6 +5,7 @@ pub mod btf;
 pub mod go;
 pub mod gotls;
 pub mod inband;
+pub mod inband_mark;
 pub mod node;
 pub mod offsets;
 pub mod python;
@@ -141,6 +142,51 @@ pub struct Probes {
     followed: Option<aya::maps::HashMap<MapData, u32, agent_common::FollowedProcess>>,
     /// The in-band mode's `sock_ops` program and process list, when on.
     inband: Option<inband::InbandProbes>,
+    /// What marking the connections opened before the agent did (the in-band mode).
+    inband_marked: inband_mark::Marked,
+}
+
+/// The in-band mode's `sock_ops` program, attached, then the connections opened before it
+/// marked ([`mark_open_connections`]): in this order, so that no connection falls between.
+fn attach_inband(
+    ebpf: &mut Ebpf,
+    config: &ProbesConfig,
+) -> Result<(Option<inband::InbandProbes>, inband_mark::Marked), ProbesError> {
+    let probes = inband::InbandProbes::attach(ebpf, config.inband_cgroup.as_deref())?;
+    Ok((Some(probes), mark_open_connections(ebpf, config.netns != 0)))
+}
+
+/// The in-band mode's marking of the connections opened before the agent, in its own network
+/// namespace (`own_only`: `--netns-only`) or in every one; logged. A kernel that cannot mark
+/// them leaves them without contexts, as before: a warning, not a failure.
+fn mark_open_connections(ebpf: &mut Ebpf, own_only: bool) -> inband_mark::Marked {
+    let walk = if own_only {
+        inband_mark::Walk::MarkOwn
+    } else {
+        inband_mark::Walk::MarkEvery
+    };
+    match inband_mark::mark_open(ebpf, walk) {
+        Ok(marked) => {
+            tracing::info!(
+                connecting_ends = marked.clients,
+                accepting_ends = marked.servers,
+                namespaces = marked.namespaces,
+                "in-band: connections opened before the agent marked"
+            );
+            if marked.refused > 0 {
+                tracing::warn!(
+                    sockets = marked.refused,
+                    "in-band: connections opened before the agent could not be marked ({}); they carry no context",
+                    marked.refusal()
+                );
+            }
+            marked
+        }
+        Err(err) => {
+            tracing::warn!("in-band: {err}; connections opened before the agent carry no context");
+            inband_mark::Marked::default()
+        }
+    }
 }
 
 impl Drop for Probes {
@@ -504,13 +550,10 @@ impl Probes {
         } else {
             None
         };
-        let inband = if config.inband && matches!(set, ProgramSet::Capture) {
-            Some(inband::InbandProbes::attach(
-                &mut ebpf,
-                config.inband_cgroup.as_deref(),
-            )?)
+        let (inband, inband_marked) = if config.inband && matches!(set, ProgramSet::Capture) {
+            attach_inband(&mut ebpf, config)?
         } else {
-            None
+            (None, inband_mark::Marked::default())
         };
         Ok(Self {
             ebpf,
@@ -521,6 +564,7 @@ impl Probes {
             node,
             followed,
             inband,
+            inband_marked,
         })
     }
 
@@ -643,6 +687,18 @@ impl Probes {
             self.inband = Some(inband::InbandProbes::attach(&mut self.ebpf, None)?);
         }
         Ok(())
+    }
+
+    /// Whether this kernel marks connections opened before the agent for the in-band mode
+    /// (`sockspan check`), reading their flags only; what the walk found.
+    pub fn inband_mark_test(&mut self) -> Result<inband_mark::Marked, inband_mark::MarkError> {
+        inband_mark::mark_open(&mut self.ebpf, inband_mark::Walk::ReadOwn)
+    }
+
+    /// What marking the connections opened before the agent did (the in-band mode).
+    #[must_use]
+    pub fn inband_marked(&self) -> inband_mark::Marked {
+        self.inband_marked
     }
 
     /// Whether the in-band mode is on.

@@ -23,6 +23,7 @@ const FIELDS: &[(&str, &str, u32, Setter)] = &[
     }),
     ("sock", "__sk_common.skc_dport", 2, |o, v| o.skc_dport = v),
     ("sock", "__sk_common.skc_num", 2, |o, v| o.skc_num = v),
+    ("sock", "__sk_common.skc_state", 1, |o, v| o.skc_state = v),
     ("sock", "__sk_common.skc_v6_daddr", 16, |o, v| {
         o.skc_v6_daddr = v;
     }),

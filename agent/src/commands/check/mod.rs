@@ -232,6 +232,7 @@ fn capture_rows(
     if let Ok(probes) = &mut capture {
         rows.push(tls_row(probes));
         rows.push(inband_row(probes));
+        rows.push(inband_mark_row(probes));
     }
     uprobe_test
 }
@@ -253,6 +254,39 @@ fn inband_row(probes: &mut Probes) -> Row {
         need: Need::Optional,
         role: "without: `--in-band` cannot run; cross-host links come from the peer messages (`--peer-port`)",
         fix: "mount cgroup v2; grant CAP_NET_ADMIN",
+    }
+}
+
+/// Whether the in-band mode can mark the connections opened before the agent (Linux 6.12+:
+/// `TCP_BPF_SOCK_OPS_CB_FLAGS` in `bpf_setsockopt`): its TCP iterator loads and reads the
+/// flags of a loopback connection of the check's own, changing nothing.
+fn inband_mark_row(probes: &mut Probes) -> Row {
+    let pair = std::net::TcpListener::bind("127.0.0.1:0").and_then(|listener| {
+        let client = std::net::TcpStream::connect(listener.local_addr()?)?;
+        let (server, _) = listener.accept()?;
+        Ok((listener, client, server))
+    });
+    let walked = probes.inband_mark_test();
+    drop(pair);
+    let (ok, detail) = match walked {
+        Ok(marked) if marked.refused == 0 && marked.clients + marked.servers > 0 => (
+            true,
+            "a TCP iterator reads and sets the header-option flags of established connections: `--in-band` marks those opened before the agent at its start".to_string(),
+        ),
+        Ok(marked) if marked.refused > 0 => (false, marked.refusal()),
+        Ok(_) => (
+            false,
+            "no established connection was found to try it on (a loopback connection could not be made)".to_string(),
+        ),
+        Err(e) => (false, e.to_string()),
+    };
+    Row {
+        feature: "in-band: connections opened before the agent".into(),
+        ok,
+        detail,
+        need: Need::Optional,
+        role: "without: `--in-band` carries no context on connections opened before the agent (keep-alive pools, gRPC channels) until they are opened again; the peer messages still link them",
+        fix: "Linux 6.12 or newer",
     }
 }
 
