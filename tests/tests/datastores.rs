@@ -154,10 +154,14 @@ fn show(spans: &[&Value]) -> String {
         .iter()
         .map(|s| {
             format!(
-                "{} {} {}",
+                "{} {} {} evidence {} port {} start {} end {}",
                 s["name"],
                 attr(s, "db.query.text"),
-                attr(s, "db.response.status_code")
+                attr(s, "db.response.status_code"),
+                attr(s, "sockspan.parent.evidence"),
+                attr(s, "network.peer.port"),
+                s["start_time_unix_nano"],
+                s["end_time_unix_nano"]
             )
         })
         .collect::<Vec<_>>()
@@ -463,7 +467,25 @@ fn datastore_calls_of_an_asyncio_front_are_children_of_their_request() {
     assert_eq!(fronts.len(), 30, "front spans");
     for front in &fronts {
         let kids = children.get(id(front)).cloned().unwrap_or_default();
-        let context = format!("{}:\n{}", front["name"], show(&kids));
+        let context = format!(
+            "{} {} start {} end {}:\n{}\nall fronts:\n{}",
+            front["name"],
+            attr(front, "url.path"),
+            front["start_time_unix_nano"],
+            front["end_time_unix_nano"],
+            show(&kids),
+            fronts
+                .iter()
+                .map(|f| format!(
+                    "{} {} {} kids {}",
+                    attr(f, "url.path"),
+                    f["start_time_unix_nano"],
+                    f["end_time_unix_nano"],
+                    children.get(id(f)).map_or(0, Vec::len)
+                ))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
         let mut ops: Vec<&str> = of_system(&kids, "redis")
             .iter()
             .map(|s| text(s, "db.operation.name"))
