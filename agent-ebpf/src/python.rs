@@ -13,7 +13,9 @@
 //! `py_task_init` (uprobe at `_asyncio.Task.__init__`: `TaskObj *self`, args, kwargs) keeps
 //! `self` by thread; `py_task_init_return` (uretprobe) reads the context `__init__` gave the
 //! task (a copy of the creator's, or the `context=` argument) and sends it with the creator's
-//! current one in a [`PyTaskEvent`]: two traps per task created. Checked on CPython 3.11.2
+//! current one in a [`PyTaskEvent`]: two traps per task created. A context counts as a task's
+//! only while the task made with it still holds it ([`is_task_context`]): CPython reuses a
+//! finished task's context memory for the next context of any kind. Checked on CPython 3.11.2
 //! (Debian 12), 3.11.7, 3.12.1 and 3.13.0 (pyenv builds), with and without uvloop.
 
 use agent_common::{
@@ -41,6 +43,45 @@ static PY_THREAD_STATES: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_
 /// `Task.__init__` calls in progress, by `pid_tgid`: the task object.
 #[map]
 static PY_TASK_INITS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// The task object created with each context, by (tgid, context address) ([`is_task_context`]).
+/// An LRU: a task alive while this many newer ones were made loses its name (its calls and the
+/// tasks it makes then carry no context), never gains a wrong one.
+#[map]
+static PY_TASKS: LruHashMap<PyTaskKey, u64> = LruHashMap::with_max_entries(32_768, 0);
+
+/// A context of a process: [`PY_TASKS`]' key.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PyTaskKey {
+    tgid: u32,
+    reserved: u32,
+    context: u64,
+}
+
+/// Whether `context` is, now, the context of the task created with it in `process` (`tgid`).
+///
+/// CPython frees a finished task's context and reuses its memory for any later context: the
+/// copy an event-loop callback runs in (`Handle`, `call_soon`), not only another task's. A
+/// context the agent knew as a dead task's would then name that task's ancestry for code that
+/// is none of its own (a connection's task made by `connection_made` in a callback context at
+/// the address of another request's finished child task would descend from that request).
+/// A task holds its context until it is deallocated, which clears the field
+/// (`Py_CLEAR(task->task_context)`), so the task object created with `context` still pointing
+/// at it means that context is still that task's.
+#[inline(always)]
+fn is_task_context(tgid: u32, context: u64, process: &FollowedProcess) -> bool {
+    let key = PyTaskKey {
+        tgid,
+        reserved: 0,
+        context,
+    };
+    // SAFETY: copied out at once.
+    match unsafe { PY_TASKS.get(&key) }.copied() {
+        Some(task) => read(task + u64::from(process.task_context)) == context,
+        None => false,
+    }
+}
 
 /// Reads a pointer-sized value of user memory; 0 when the read fails.
 #[inline(always)]
@@ -78,8 +119,9 @@ fn namespace_tid(process: &FollowedProcess) -> u64 {
     if failed == 0 { u64::from(ns.pid) } else { 0 }
 }
 
-/// The calling thread's current `contextvars.Context` (0 when unknown), in `process`, a followed
-/// Python process. Only the thread state cached by [`thread_state`] is read: the walk that finds
+/// The calling thread's current `contextvars.Context` when it is a live task's (0 otherwise:
+/// unknown, an event-loop callback's, a task made before the probes), in `process`, a followed
+/// Python process ([`is_task_context`]). Only the thread state cached by [`thread_state`] is read: the walk that finds
 /// it runs in the task-creation probe, whose program is small, and not in the syscall exit
 /// program, whose verification it would multiply. A thread that never created a task has no
 /// task running, so it loses nothing.
@@ -87,11 +129,16 @@ fn namespace_tid(process: &FollowedProcess) -> u64 {
 pub fn current_context(pid_tgid: u64, process: &FollowedProcess) -> u64 {
     let tid = namespace_tid(process);
     // SAFETY: copied out at once.
-    match unsafe { PY_THREAD_STATES.get(&pid_tgid) }.copied() {
+    let context = match unsafe { PY_THREAD_STATES.get(&pid_tgid) }.copied() {
         Some(state) if tid != 0 && read(state + u64::from(process.thread_native_id)) == tid => {
             read(state + u64::from(process.thread_context))
         }
         _ => 0,
+    };
+    if context != 0 && is_task_context((pid_tgid >> 32) as u32, context, process) {
+        context
+    } else {
+        0
     }
 }
 
@@ -172,11 +219,23 @@ pub fn py_task_init_return(ctx: RetProbeContext) -> u32 {
         return 0;
     }
     let state = thread_state(pid_tgid, &process, tid);
+    let process_id = (pid_tgid >> 32) as u32;
+    // The creator, when the code that made the task ran in a live task (not a callback's context
+    // at the address of a finished one).
     let parent = if state == 0 {
         0
     } else {
-        read(state + u64::from(process.thread_context))
+        match read(state + u64::from(process.thread_context)) {
+            context if context != 0 && is_task_context(process_id, context, &process) => context,
+            _ => 0,
+        }
     };
+    let key = PyTaskKey {
+        tgid: process_id,
+        reserved: 0,
+        context: child,
+    };
+    let _ = PY_TASKS.insert(&key, &task, 0);
     let Some(mut entry) = EVENTS.reserve::<PyTaskEvent>(0) else {
         count(Counter::RingFull);
         return 0;
