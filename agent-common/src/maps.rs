@@ -56,7 +56,12 @@ pub struct ConnInfo {
     /// server's read after anything but a read, a client's write after anything but a write,
     /// starts a request.
     pub inband_direction: u32,
-    pub reserved: u32,
+    /// In the in-band mode, on a TLS connection: 1 once the agent found that its plaintext
+    /// speaks a protocol answered one request at a time, in order (HTTP/1, the datastores; not
+    /// HTTP/2): the programs then follow its records as they follow a plaintext connection's
+    /// bytes (a request's first record carries its context). 0 otherwise, and until then (its
+    /// handshake is never taken for a request).
+    pub inband_tls: u32,
     /// In the in-band mode: the CLIENT span id the last SERVER request on this connection
     /// adopted. A segmentation offload copies a request's option onto every segment of its
     /// write; a pipelined request that happens to start on one of them must not adopt it again.

@@ -118,16 +118,30 @@ fn random_trace_id() -> [u8; 16] {
 
 /// Whether requests on a connection speaking `protocol` are answered one at a time, in order:
 /// then a read after a write starts the next request, and its first byte is where its context
-/// waits. (Not HTTP/2, whose streams interleave; not TLS, whose plaintext the agent keys
-/// otherwise.) `Detecting`: a connection's first request, before its protocol is known.
+/// waits. (Not HTTP/2, whose streams interleave.) `Detecting`: a connection's first request,
+/// before its protocol is known. TLS (`tls`: [`ConnInfo::inband_tls`]) once the agent found
+/// its plaintext is one of these: a request's first record starts where its first plaintext
+/// byte's ciphertext does, so a read of a record after a write starts the next request.
 #[inline(always)]
-fn in_order(protocol: u32) -> bool {
+fn in_order(protocol: u32, tls: u32) -> bool {
     protocol == Protocol::Detecting as u32
         || protocol == Protocol::Http as u32
         || protocol == Protocol::Redis as u32
         || protocol == Protocol::Postgres as u32
         || protocol == Protocol::Mysql as u32
         || protocol == Protocol::Memcached as u32
+        || (protocol == Protocol::Tls as u32 && tls != 0)
+}
+
+/// Whether the TLS connection of `entry` has its records followed as requests
+/// ([`ConnInfo::inband_tls`]).
+#[inline(always)]
+pub fn tls_followed(entry: *mut ConnInfo) -> bool {
+    if entry.is_null() {
+        return false;
+    }
+    // SAFETY: a pointer from a successful lookup in this run.
+    unsafe { (*entry).inband_tls != 0 }
 }
 
 /// `raw_syscalls/sys_enter` of an egress syscall (`write`, `writev`, `sendto`, `sendmsg`,
@@ -145,13 +159,14 @@ pub fn client_write_enter(pid_tgid: u64, fd: i32) {
     };
     // SAFETY: a pointer from a successful lookup; only the fields needed are copied (the whole
     // entry would take a quarter of the stack).
-    let (ignored, role, tcp_sk, last, protocol, conn_id) = unsafe {
+    let (ignored, role, tcp_sk, last, protocol, tls, conn_id) = unsafe {
         (
             (*entry).ignored,
             (*entry).role,
             (*entry).tcp_sk,
             (*entry).inband_direction,
             (*entry).protocol,
+            (*entry).inband_tls,
             (*entry).conn_id,
         )
     };
@@ -159,7 +174,7 @@ pub fn client_write_enter(pid_tgid: u64, fd: i32) {
         || role != Role::Client as u32
         || tcp_sk == 0
         || last == Direction::Egress as u32
-        || !in_order(protocol)
+        || !in_order(protocol, tls)
     {
         return;
     }
@@ -281,7 +296,7 @@ pub fn after_data(pid_tgid: u64, fd: i32, entry: *mut ConnInfo, direction: u32, 
     if conn.role == Role::Client as u32 {
         return;
     }
-    let followed = seq & (1 << 32) != 0 && in_order(conn.protocol);
+    let followed = seq & (1 << 32) != 0 && in_order(conn.protocol, conn.inband_tls);
     if conn.role != Role::Server as u32 {
         // First seen in use (the agent learns its role from procfs a moment later): a segment
         // that carried a context starts a request this end serves; any other read may be a
@@ -458,7 +473,7 @@ pub fn closed(reader: u64) {
 }
 
 /// The exit programs, on a data syscall whose bytes the programs will not follow as requests
-/// (TLS, hidden by the budget), or after the record whose detection found them so (TLS, HTTP/2,
+/// (TLS whose records are not followed, hidden by the budget), or after the record whose detection found them so (TLS, HTTP/2,
 /// opaque): a SERVER request that starts here is one the thread serves without a trace the
 /// programs know. Out of line: its stack frame is its own.
 #[inline(never)]

@@ -483,12 +483,21 @@ fn data_exit<const FAMILY: u32>(
     let Some(mut conn) = tracked(ctx, regs, pid_tgid, fd, entered) else {
         return Ok(());
     };
-    if config!(inband) != 0
-        && (conn.protocol == Protocol::Tls as u32 || Protocol::is_budget_state(conn.protocol))
-    {
+    let tls = conn.protocol == Protocol::Tls as u32;
+    // A TLS connection whose records the in-band mode follows (see `inband::in_order`): its
+    // records' positions are known below.
+    let tls_followed = config!(inband) != 0
+        && tls
+        && inband::tls_followed(conn.entry)
+        && !matches!(syscall, Syscall::Sendmmsg | Syscall::Recvmmsg);
+    if config!(inband) != 0 && !tls_followed && (tls || Protocol::is_budget_state(conn.protocol)) {
         inband::unfollowed_data(pid_tgid, conn.entry, direction as u32);
     }
-    if conn.protocol == Protocol::Tls as u32 {
+    if tls_followed {
+        // Before the TLS call's plaintext record, as for a plaintext connection.
+        inband_tls_data(regs, pid_tgid, conn.entry, syscall, result);
+    }
+    if tls {
         // Ciphertext: counted, never sent; the TLS probes send the plaintext. A call of theirs
         // in progress on this thread learns its socket here.
         // (TLS runs over one stream: datagram calls on it say nothing of its OpenSSL calls.)
@@ -584,6 +593,28 @@ fn data_exit<const FAMILY: u32>(
         inband::unfollowed_data(pid_tgid, exit.conn.entry, exit.direction as u32);
     }
     Ok(())
+}
+
+/// The in-band mode on a TLS connection whose records it follows ([`inband::tls_followed`]): a
+/// read or write of its ciphertext, as [`inband::after_data`] takes a plaintext connection's,
+/// a read with the sequence number of its first byte. Out of line: the TLS path's own locals
+/// stay out of the frames below it.
+#[inline(never)]
+fn inband_tls_data(regs: Regs, pid_tgid: u64, entry: *mut ConnInfo, syscall: Syscall, result: i64) {
+    let Some(direction) = syscall.direction() else {
+        return;
+    };
+    let seq = if direction == Direction::Ingress {
+        let flags = match syscall {
+            Syscall::Recvfrom => regs.arg3(),
+            Syscall::Recvmsg => regs.arg2(),
+            _ => 0,
+        };
+        stream_position(entry, flags, 0, result as u64)
+    } else {
+        0
+    };
+    inband::after_data(pid_tgid, regs.arg0() as i32, entry, direction as u32, seq);
 }
 
 /// Whether this record's detection found a protocol whose requests the in-band mode does not

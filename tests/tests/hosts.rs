@@ -10,7 +10,7 @@ use serde_json::Value;
 use sockspan_tests::{
     Agent, Proc, Talking,
     chains::{Hop, Kind, Score, agent_flags, go_service, score},
-    fixture, free_port, run_ok,
+    fixture, free_port, run_ok, self_signed_certificate,
 };
 
 /// The peer port every agent of the test bed uses.
@@ -701,6 +701,70 @@ fn in_band_marks_connections_opened_before_the_agents() {
         &three_host_chain(),
         &ids,
         &events,
+    );
+}
+
+/// The in-band mode over TLS: front → features → model, both hops HTTPS between hosts (Python's
+/// `ssl`, OpenSSL on the socket, a keep-alive pool per hop). Once an agent found that a TLS
+/// connection's plaintext is HTTP/1, its programs follow the connection's records as requests:
+/// a request's first record carries its context below TLS, and the server's agent gives it to
+/// the request whose plaintext that read hands over. A connection's first request (the
+/// handshake, then the request its plaintext is recognised by) carries none, not scored.
+#[test]
+fn in_band_links_tls_hops_across_hosts() {
+    let bed = TestBed::new(3);
+    let dir = std::env::temp_dir().join(format!("sockspan-hosts-tls-{}", free_port()));
+    let (cert, key) = self_signed_certificate(&dir);
+    let agents: Vec<Agent> = (0..3).map(|i| bed.inband_agent(i)).collect();
+    let (front, features, model) = (free_port(), free_port(), free_port());
+    let https = |i: usize, name: &str, port: u16, calls: &[String]| {
+        let mut cmd = bed.command(i, "python3");
+        cmd.arg(fixture("chains/threaded.py"))
+            .arg(name)
+            .arg(port.to_string())
+            .args(calls)
+            .env("OTEL_SERVICE_NAME", name)
+            .env("LISTEN", "0.0.0.0")
+            .env("TLS_CERT", &cert)
+            .env("TLS_KEY", &key);
+        Talking::spawn(cmd, name).ready(name, Duration::from_secs(30))
+    };
+    let _model = https(2, "model", model, &[]);
+    let _features = https(
+        1,
+        "features",
+        features,
+        &[format!("https:model={}:{model}", bed.ip(2))],
+    );
+    let _front = bed.service(
+        0,
+        "front",
+        front,
+        &[format!("https:features={}:{features}", bed.ip(1))],
+    );
+    // Each pooled connection's first request, not scored.
+    let _ = run_driver(&bed, front, (2, 2, 10));
+    let since = now_unix_ns();
+    let ids = run_driver(&bed, front, (10, 1, 10));
+    let events = merged_since(agents, since);
+    let result = whole_trees(
+        "three-hosts-in-band-tls",
+        &three_host_chain(),
+        &ids,
+        &events,
+    );
+    assert!(
+        result.evidence.get("inband").copied().unwrap_or(0) >= 2 * ids.len(),
+        "two TLS hops per request cross hosts: {}",
+        result.line()
+    );
+    let tls_servers = events
+        .iter()
+        .filter(|s| s["kind"] == "SERVER" && s["attributes"]["tls.protocol.name"] == "tls")
+        .count();
+    assert!(
+        tls_servers >= 2 * ids.len(),
+        "spans from TLS plaintext: {tls_servers}"
     );
 }
 

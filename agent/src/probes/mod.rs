@@ -258,6 +258,22 @@ impl KernelConns {
         self.map.insert(key, info, BPF_EXIST).is_ok()
     }
 
+    /// Tells the programs that the TLS connection `conn_id` (socket `fd` of `tgid`) speaks a
+    /// protocol answered in order in its plaintext: the in-band mode follows its records as
+    /// requests from now on ([`agent_common::ConnInfo::inband_tls`]). Returns whether it was
+    /// written; races the programs as [`KernelConns::mark_opaque`].
+    pub fn follow_tls_records(&mut self, (tgid, fd, conn_id): (u32, i32, u64)) -> bool {
+        let key = agent_common::ConnKey { tgid, fd };
+        let Ok(mut info) = self.map.get(&key, 0) else {
+            return false;
+        };
+        if info.conn_id != conn_id || info.protocol != agent_common::Protocol::Tls as u32 {
+            return false;
+        }
+        info.inband_tls = 1;
+        self.map.insert(key, info, BPF_EXIST).is_ok()
+    }
+
     /// Moves the socket `fd` of `tgid`, if it is still the connection `conn_id`, into the
     /// budget's state `to` ([`agent_common::Protocol::ShedNext`] or
     /// [`agent_common::Protocol::ResumeNext`]), telling the programs its role (a connection first

@@ -70,6 +70,9 @@ pub struct TraceSink<'a> {
     node_seen: HashSet<u32>,
     /// Processes already classified for the in-band mode, and whether they were allowed.
     inband_seen: HashMap<u32, bool>,
+    /// TLS connections whose records the in-band mode follows (their plaintext is answered in
+    /// order), until they close.
+    inband_tls: HashSet<u64>,
     pub feedback: FeedbackStats,
     /// Where the agent's own figures are published while it runs (`/metrics`).
     metrics: Option<crate::metrics::SharedMetrics>,
@@ -116,6 +119,7 @@ impl<'a> TraceSink<'a> {
             python_seen: HashMap::new(),
             node_seen: HashSet::new(),
             inband_seen: HashMap::new(),
+            inband_tls: HashSet::new(),
             feedback: FeedbackStats::default(),
             metrics: None,
             own: super::own::OwnListeners::default(),
@@ -206,6 +210,31 @@ impl<'a> TraceSink<'a> {
         self.announcements.clear();
         for client in &here {
             self.tracer.on_peer_client(client, now);
+        }
+    }
+
+    /// In the in-band mode, a TLS connection whose plaintext was just parsed as a protocol
+    /// answered in order (`in_order`): the programs follow its records as requests from now on,
+    /// once. Only where the TLS library reads and writes the socket itself (its plaintext
+    /// records name their ciphertext's position, [`agent_common::DATA_RECORD_SEQ`]): there each
+    /// call's plaintext record comes after the syscall that carried its first record, so a
+    /// request's note is there before the request. Not on memory BIOs (asyncio, Node.js), whose
+    /// runtime writes a call's ciphertext after the call: its note would come after its request
+    /// and be taken by the next one.
+    fn follow_tls_records(&mut self, event: &DataEvent, conn_tls: bool, in_order: bool) {
+        if !conn_tls
+            || !in_order
+            || event.flags & agent_common::DATA_RECORD_SEQ == 0
+            || self.inband_tls.contains(&event.header.conn_id)
+            || !self.probes.as_deref().is_some_and(Probes::inband_on)
+        {
+            return;
+        }
+        let h = &event.header;
+        if let Some(kernel) = &mut self.kernel_conns
+            && kernel.follow_tls_records((h.pid, h.fd, h.conn_id))
+        {
+            self.inband_tls.insert(h.conn_id);
         }
     }
 
@@ -406,7 +435,23 @@ impl EventSink for TraceSink<'_> {
                 // Before the exchanges it completed: they ask whether a write answered them.
                 self.tracer
                     .on_stream_io(conn, io, event.header.tid, event.moved_ns);
+                if event.flags & agent_common::DATA_RECORD_SEQ != 0
+                    && let Some(key) = self.events.iter().find_map(|e| match e {
+                        ProtoEvent::Request { key, .. } => Some(*key),
+                        ProtoEvent::Exchange(_) => None,
+                    })
+                {
+                    // The in-band note of the record this TLS request's plaintext began in.
+                    self.tracer.on_tls_request_record(
+                        conn.conn_id,
+                        event.seq,
+                        key,
+                        event.header.ts_ns,
+                    );
+                }
                 dispatch(&mut self.tracer, &mut self.events, conn, end);
+                let tls = conn.tls;
+                self.follow_tls_records(event, tls, in_order);
             }
             Fed::GaveUp => {
                 self.events.clear();
@@ -437,6 +482,7 @@ impl EventSink for TraceSink<'_> {
 
     fn on_close(&mut self, event: &ConnEvent) {
         self.tracer.forget_edge(event.header.conn_id);
+        self.inband_tls.remove(&event.header.conn_id);
         self.budget_forget(event.header.conn_id, monotonic_ns());
         let Some(conn) = self.conntrack.close(event) else {
             return;

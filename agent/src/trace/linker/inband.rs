@@ -107,6 +107,23 @@ impl Tracer {
 }
 
 impl Tracer {
+    /// A TLS request of connection `conn_id` begins with the plaintext of the record at TCP
+    /// sequence number `record`, and is named `key` (its plaintext offset on a connection seen
+    /// from its start, see `protocol::table`): the note the programs gave where that record was
+    /// read or written is that request's. Before the request is reported. A note there means
+    /// the record starts a request (a read after a write, a write after a read, on a protocol
+    /// answered in order), so the request that begins in its plaintext is the one it names.
+    pub fn on_tls_request_record(&mut self, conn_id: u64, record: u32, key: u64, now: u64) {
+        if key == u64::from(record) {
+            return;
+        }
+        if let Some(note) = self.inband.take((conn_id, u64::from(record)))
+            && self.inband.insert((conn_id, key), note, now)
+        {
+            self.stats.inband_notes_evicted += 1;
+        }
+    }
+
     /// A CLIENT request whose first segment carried a context has the span id written there;
     /// any other span a new one.
     pub(super) fn span_id_for(&mut self, note: Option<InbandNote>, server: bool) -> SpanId {
