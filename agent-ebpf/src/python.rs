@@ -44,9 +44,11 @@ static PY_THREAD_STATES: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_
 #[map]
 static PY_TASK_INITS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 
-/// The task object created with each context, by (tgid, context address) ([`is_task_context`]).
-/// An LRU: a task alive while this many newer ones were made loses its name (its calls and the
-/// tasks it makes then carry no context), never gains a wrong one.
+/// The task object created with each context, by (tgid, context address) ([`is_task_context`]),
+/// for the creations the agent is told of. An LRU over every followed process: a task neither
+/// created nor running while this many others were (an idle connection's task under heavy task
+/// churn) loses its name (its calls and the tasks it makes then carry no context), never gains
+/// a wrong one.
 #[map]
 static PY_TASKS: LruHashMap<PyTaskKey, u64> = LruHashMap::with_max_entries(32_768, 0);
 
@@ -230,16 +232,18 @@ pub fn py_task_init_return(ctx: RetProbeContext) -> u32 {
             _ => 0,
         }
     };
+    let Some(mut entry) = EVENTS.reserve::<PyTaskEvent>(0) else {
+        // The agent will not know this creation: nor do the programs, or a syscall of the task
+        // would name a context whose creation the agent knows as an earlier task's.
+        count(Counter::RingFull);
+        return 0;
+    };
     let key = PyTaskKey {
         tgid: process_id,
         reserved: 0,
         context: child,
     };
     let _ = PY_TASKS.insert(&key, &task, 0);
-    let Some(mut entry) = EVENTS.reserve::<PyTaskEvent>(0) else {
-        count(Counter::RingFull);
-        return 0;
-    };
     entry.write(PyTaskEvent {
         header: header(EventKind::PyTask, pid_tgid, -1, 0, now_ns()),
         child,

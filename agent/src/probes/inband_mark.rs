@@ -187,13 +187,32 @@ fn walk_in(
     Ok(())
 }
 
-/// Creates the iterator from `link` (in the calling thread's namespace) and reads it whole.
+/// Creates the iterator from `link` (in the calling thread's namespace) and reads it whole
+/// (up to [`MAX_OUTPUT`], a warning past it). The kernel ends a read with `EAGAIN` after a
+/// million sockets that wrote nothing (listening ones, other states): the walk goes on with
+/// the next read.
 fn read_iterator(link: IterLink) -> Result<Vec<u8>, String> {
-    let file = link.into_file().map_err(|e| super::error_chain(&e))?;
+    let mut file = link.into_file().map_err(|e| super::error_chain(&e))?;
     let mut output = Vec::new();
-    file.take(MAX_OUTPUT)
-        .read_to_end(&mut output)
-        .map_err(|e| e.to_string())?;
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut stalled = 0;
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                output.extend_from_slice(&chunk[..n]);
+                if output.len() as u64 >= MAX_OUTPUT {
+                    tracing::warn!(
+                        "in-band: more than {MAX_OUTPUT} bytes of marks in one namespace; the rest of its connections opened before the agent are not marked"
+                    );
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && stalled < 64 => stalled += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
     Ok(output)
 }
 

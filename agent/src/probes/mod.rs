@@ -261,7 +261,8 @@ impl KernelConns {
     /// Tells the programs that the TLS connection `conn_id` (socket `fd` of `tgid`) speaks a
     /// protocol answered in order in its plaintext: the in-band mode follows its records as
     /// requests from now on ([`agent_common::ConnInfo::inband_tls`]). Returns whether it was
-    /// written; races the programs as [`KernelConns::mark_opaque`].
+    /// written; races the programs as [`KernelConns::mark_opaque`] (once per connection: a
+    /// syscall's in-band state written meanwhile may be lost, which leaves its thread unsure).
     pub fn follow_tls_records(&mut self, (tgid, fd, conn_id): (u32, i32, u64)) -> bool {
         let key = agent_common::ConnKey { tgid, fd };
         let Ok(mut info) = self.map.get(&key, 0) else {

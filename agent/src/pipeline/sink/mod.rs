@@ -70,9 +70,11 @@ pub struct TraceSink<'a> {
     node_seen: HashSet<u32>,
     /// Processes already classified for the in-band mode, and whether they were allowed.
     inband_seen: HashMap<u32, bool>,
-    /// TLS connections whose records the in-band mode follows (their plaintext is answered in
-    /// order), until they close.
-    inband_tls: HashSet<u64>,
+    /// TLS connections the in-band mode looked at, until they close: whether the programs
+    /// follow their records (their plaintext is answered in order), and the sequence number of
+    /// the record of the one note they gave since the last request, which the next request
+    /// takes if it began there or later ([`TraceSink::give_tls_note`]).
+    inband_tls: HashMap<u64, (bool, Option<u32>)>,
     pub feedback: FeedbackStats,
     /// Where the agent's own figures are published while it runs (`/metrics`).
     metrics: Option<crate::metrics::SharedMetrics>,
@@ -119,7 +121,7 @@ impl<'a> TraceSink<'a> {
             python_seen: HashMap::new(),
             node_seen: HashSet::new(),
             inband_seen: HashMap::new(),
-            inband_tls: HashSet::new(),
+            inband_tls: HashMap::new(),
             feedback: FeedbackStats::default(),
             metrics: None,
             own: super::own::OwnListeners::default(),
@@ -222,19 +224,47 @@ impl<'a> TraceSink<'a> {
     /// runtime writes a call's ciphertext after the call: its note would come after its request
     /// and be taken by the next one.
     fn follow_tls_records(&mut self, event: &DataEvent, conn_tls: bool, in_order: bool) {
+        const FOLLOWED: [&str; 5] = ["http1", "redis", "postgres", "mysql", "memcached"];
+        let h = &event.header;
         if !conn_tls
             || !in_order
             || event.flags & agent_common::DATA_RECORD_SEQ == 0
-            || self.inband_tls.contains(&event.header.conn_id)
+            || self.inband_tls.contains_key(&h.conn_id)
             || !self.probes.as_deref().is_some_and(Probes::inband_on)
         {
             return;
         }
-        let h = &event.header;
-        if let Some(kernel) = &mut self.kernel_conns
-            && kernel.follow_tls_records((h.pid, h.fd, h.conn_id))
-        {
-            self.inband_tls.insert(h.conn_id);
+        // Not DNS over TLS, whose answers may come in another order.
+        let protocol = self.protocols.protocol_of(h.conn_id);
+        let followed = protocol.is_some_and(|p| FOLLOWED.contains(&p))
+            && self
+                .kernel_conns
+                .as_mut()
+                .is_some_and(|kernel| kernel.follow_tls_records((h.pid, h.fd, h.conn_id)));
+        // Tried once per connection, followed or not.
+        self.inband_tls.insert(h.conn_id, (followed, None));
+    }
+
+    /// Before the requests of a TLS chunk are reported: on a connection whose records the
+    /// programs follow, the note they gave since the last request is the first request's if it
+    /// begins in the plaintext of that record or a later one (`record`: where this chunk's
+    /// ciphertext began, when known). A request head that took several records, or a write
+    /// OpenSSL retried after a partial one, begins after the record that was noted. Taken or
+    /// not, the note is no later request's.
+    fn give_tls_note(&mut self, conn_id: u64, record: Option<u32>, now: u64) {
+        let Some((true, pending)) = self.inband_tls.get_mut(&conn_id) else {
+            return;
+        };
+        let Some(noted) = pending.take() else {
+            return;
+        };
+        // Wrapping: sequence numbers are 32-bit.
+        #[allow(clippy::cast_possible_wrap)]
+        let at_or_after = record.is_some_and(|r| r.wrapping_sub(noted) as i32 >= 0);
+        if at_or_after {
+            self.tracer.give_tls_request_note(conn_id, noted, now);
+        } else {
+            self.tracer.drop_inband_note(conn_id, noted);
         }
     }
 
@@ -371,6 +401,13 @@ impl EventSink for TraceSink<'_> {
 
     fn on_inband(&mut self, event: &InbandEvent) {
         let h = &event.header;
+        if let Some((true, pending)) = self.inband_tls.get_mut(&h.conn_id) {
+            // A followed TLS connection's note waits for the next request; one no request took
+            // (an alert, a key update) is no later request's.
+            if let Some(old) = pending.replace(event.seq) {
+                self.tracer.drop_inband_note(h.conn_id, old);
+            }
+        }
         self.tracer.on_inband(
             h.conn_id,
             event.seq,
@@ -435,20 +472,19 @@ impl EventSink for TraceSink<'_> {
                 // Before the exchanges it completed: they ask whether a write answered them.
                 self.tracer
                     .on_stream_io(conn, io, event.header.tid, event.moved_ns);
-                if event.flags & agent_common::DATA_RECORD_SEQ != 0
-                    && let Some(key) = self.events.iter().find_map(|e| match e {
-                        ProtoEvent::Request { key, .. } => Some(*key),
-                        ProtoEvent::Exchange(_) => None,
-                    })
+                if self
+                    .events
+                    .iter()
+                    .any(|e| matches!(e, ProtoEvent::Request { .. }))
                 {
-                    // The in-band note of the record this TLS request's plaintext began in.
-                    self.tracer.on_tls_request_record(
-                        conn.conn_id,
-                        event.seq,
-                        key,
-                        event.header.ts_ns,
-                    );
+                    let record =
+                        (event.flags & agent_common::DATA_RECORD_SEQ != 0).then_some(event.seq);
+                    let conn_id = conn.conn_id;
+                    self.give_tls_note(conn_id, record, event.header.ts_ns);
                 }
+                let Some(conn) = self.conntrack.get(event.header.conn_id) else {
+                    return;
+                };
                 dispatch(&mut self.tracer, &mut self.events, conn, end);
                 let tls = conn.tls;
                 self.follow_tls_records(event, tls, in_order);

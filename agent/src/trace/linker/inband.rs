@@ -31,6 +31,12 @@ const NOTE_TTL_NS: u64 = 10_000_000_000;
 /// Notes held at once; past this the oldest go (counted).
 const MAX_NOTES: usize = 65_536;
 
+/// The key under which a TLS connection's request finds its note ([`Tracer::give_tls_request_note`]):
+/// a TLS request's own key is not its record's sequence number (on a connection seen from its
+/// start it is its plaintext offset), so a TLS request takes only a note given to it, never one
+/// left at a sequence number (the handshake's) that its key might equal. Never a request key.
+pub(super) const TLS_REQUEST: u64 = u64::MAX;
+
 /// What the programs said of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum InbandNote {
@@ -107,21 +113,35 @@ impl Tracer {
 }
 
 impl Tracer {
-    /// A TLS request of connection `conn_id` begins with the plaintext of the record at TCP
-    /// sequence number `record`, and is named `key` (its plaintext offset on a connection seen
-    /// from its start, see `protocol::table`): the note the programs gave where that record was
-    /// read or written is that request's. Before the request is reported. A note there means
-    /// the record starts a request (a read after a write, a write after a read, on a protocol
-    /// answered in order), so the request that begins in its plaintext is the one it names.
-    pub fn on_tls_request_record(&mut self, conn_id: u64, record: u32, key: u64, now: u64) {
-        if key == u64::from(record) {
-            return;
-        }
+    /// The programs' note at the record at TCP sequence number `record` of the TLS connection
+    /// `conn_id` is the next request's ([`TLS_REQUEST`]): the sink found that request begins in
+    /// that record's plaintext or a later one's, and that no request came since the note.
+    pub fn give_tls_request_note(&mut self, conn_id: u64, record: u32, now: u64) {
         if let Some(note) = self.inband.take((conn_id, u64::from(record)))
-            && self.inband.insert((conn_id, key), note, now)
+            && self.inband.insert((conn_id, TLS_REQUEST), note, now)
         {
             self.stats.inband_notes_evicted += 1;
         }
+    }
+
+    /// The programs' note for request `key` of `conn`, taken: on a TLS connection only the one
+    /// given to its next request ([`TLS_REQUEST`]).
+    pub(super) fn inband_note_for(
+        &mut self,
+        conn: &crate::conntrack::Connection,
+        key: (u64, u64),
+    ) -> Option<InbandNote> {
+        self.inband.take(if conn.tls {
+            (conn.conn_id, TLS_REQUEST)
+        } else {
+            key
+        })
+    }
+
+    /// Forgets the programs' note at TCP sequence number `seq` of connection `conn_id`: no
+    /// request is its.
+    pub fn drop_inband_note(&mut self, conn_id: u64, seq: u32) {
+        let _ = self.inband.take((conn_id, u64::from(seq)));
     }
 
     /// A CLIENT request whose first segment carried a context has the span id written there;

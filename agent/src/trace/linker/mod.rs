@@ -258,7 +258,7 @@ impl Tracer {
         self.stats.spans_started += 1;
         let (local, remote) = conn.addrs();
         let (local, remote) = (Endpoint::new(local), Endpoint::new(remote));
-        let inband = self.inband.take(key);
+        let inband = self.inband_note_for(conn, key);
         let span_id = self.span_id_for(inband, server);
         let context = trace.and_then(propagation::extract);
         let mirror = MirrorKey::seen_from(server, local, remote, request);

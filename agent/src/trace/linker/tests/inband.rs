@@ -160,10 +160,10 @@ fn notes_are_taken_by_their_own_request_only() {
 
 /// On a TLS connection, a request's key is its plaintext offset (a connection seen from its
 /// start), not the sequence number of its first record, where the programs noted its context:
-/// the note moves to the request that begins in that record's plaintext. A request whose record
-/// had no note takes none, and a note no request began in stays where it was.
+/// the sink gives the note to the request that begins in that record's plaintext or a later
+/// one's. A TLS request takes no other note, even one whose sequence number equals its key.
 #[test]
-fn a_tls_request_takes_the_note_of_its_first_record() {
+fn a_tls_request_takes_only_the_note_given_to_it() {
     let mut t = tracer();
     let mut server = conn(1, 1, Role::Server, 443, 5000);
     server.tls = true;
@@ -176,10 +176,10 @@ fn a_tls_request_takes_the_note_of_its_first_record() {
         (TRACE, CLIENT_SPAN),
         0,
     );
-    t.on_tls_request_record(1, 7_000, 120, 0);
+    t.give_tls_request_note(1, 7_000, 0);
     on_req(&mut t, &server, true, None, stamp(10, 7, 120));
     t.on_inband(2, 9_000, INBAND_SENT, (TRACE, [0xdd; 8]), 0);
-    t.on_tls_request_record(2, 9_000, 240, 0);
+    t.give_tls_request_note(2, 9_000, 0);
     on_req(&mut t, &downstream, false, None, stamp(20, 7, 240));
     finish(&mut t, &downstream, stamp(20, 7, 240), 30);
     finish(&mut t, &server, stamp(10, 7, 120), 40);
@@ -191,19 +191,32 @@ fn a_tls_request_takes_the_note_of_its_first_record() {
     assert_eq!((s.trace_id, s.parent_span_id), (TRACE, Some(CLIENT_SPAN)));
     assert_eq!(c.span_id, [0xdd; 8], "the id its first record carried");
     assert_eq!((c.trace_id, c.parent_span_id), (TRACE, Some(s.span_id)));
-    // A note at a record no request began in (an alert) is no later request's.
+    // A note left at a sequence number (the handshake's) that a later request's offset equals.
     t.on_inband(
         1,
-        8_000,
+        360,
         INBAND_RECEIVED | INBAND_ADOPTED,
         (OTHER_TRACE, CLIENT_SPAN),
         0,
     );
-    t.on_tls_request_record(1, 8_500, 360, 0);
     on_req(&mut t, &server, true, None, stamp(50, 7, 360));
     finish(&mut t, &server, stamp(50, 7, 360), 60);
     let next = drain(&mut t);
     let next = of_kind(&next, SpanKind::Server);
     assert_eq!(next.parent_span_id, None);
     assert_ne!(next.trace_id, OTHER_TRACE);
+    // A dropped note is no one's.
+    t.on_inband(
+        1,
+        8_000,
+        INBAND_RECEIVED | INBAND_ADOPTED,
+        (TRACE, CLIENT_SPAN),
+        0,
+    );
+    t.drop_inband_note(1, 8_000);
+    t.give_tls_request_note(1, 8_000, 0);
+    on_req(&mut t, &server, true, None, stamp(70, 7, 480));
+    finish(&mut t, &server, stamp(70, 7, 480), 80);
+    let last = drain(&mut t);
+    assert_eq!(of_kind(&last, SpanKind::Server).parent_span_id, None);
 }
