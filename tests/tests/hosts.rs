@@ -752,7 +752,10 @@ fn in_band_links_tls_hops_across_hosts() {
         all.iter().filter_map(|s| s["span_id"].as_str()).collect();
     for span in &all {
         if let Some(parent) = span["parent_span_id"].as_str() {
-            assert!(exported.contains(parent), "a parent no one exported: {span:#}");
+            assert!(
+                exported.contains(parent),
+                "a parent no one exported: {span:#}"
+            );
         }
     }
     let events: Vec<Value> = all
