@@ -103,6 +103,17 @@ impl TestBed {
 
     /// A chain service (`script`: `threaded.py`, `grpc_chain.py`) on host `i`.
     fn service_of(&self, script: &str, i: usize, name: &str, port: u16, calls: &[String]) -> Proc {
+        self.service_with(script, i, (name, port, calls), &[])
+    }
+
+    /// [`TestBed::service_of`] with more environment variables (`env`).
+    fn service_with(
+        &self,
+        script: &str,
+        i: usize,
+        (name, port, calls): (&str, u16, &[String]),
+        env: &[(&str, &std::path::Path)],
+    ) -> Proc {
         let mut cmd = self.command(i, "python3");
         cmd.arg(fixture(script))
             .arg(name)
@@ -110,6 +121,9 @@ impl TestBed {
             .args(calls)
             .env("OTEL_SERVICE_NAME", name)
             .env("LISTEN", "0.0.0.0");
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
         Talking::spawn(cmd, name).ready(name, Duration::from_secs(30))
     }
 
@@ -257,7 +271,12 @@ fn now_unix_ns() -> u128 {
 /// [`merged`], only the spans begun at `since` or later (a round whose ids an earlier round
 /// used too).
 fn merged_since(agents: Vec<Agent>, since: u128) -> Vec<Value> {
-    merged(agents)
+    begun_since(merged(agents), since)
+}
+
+/// The spans of `spans` begun at `since` or later.
+fn begun_since(spans: Vec<Value>, since: u128) -> Vec<Value> {
+    spans
         .into_iter()
         .filter(|s| {
             s["start_time_unix_nano"]
@@ -674,10 +693,13 @@ fn in_band_survives_a_restarted_agent_on_open_connections() {
 fn in_band_marks_connections_opened_before_the_agents() {
     let bed = TestBed::new(3);
     let (front, _procs) = start_chain(&bed);
-    // The pools open their connections (up to ten per hop) with no agent running.
-    let _ = run_driver(&bed, front, (2, 2, 10));
+    // The pools open their connections with no agent running: sequential requests, one per
+    // hop, which every later sequential request reuses (a concurrent round would leave some
+    // pooled connections untouched by the unscored round below, and their first request in
+    // the scored one would carry nothing).
+    let _ = run_driver(&bed, front, (3, 0, 0));
     let agents: Vec<Agent> = (0..3).map(|i| bed.inband_agent(i)).collect();
-    let _ = run_driver(&bed, front, (0, 2, 10));
+    let _ = run_driver(&bed, front, (1, 0, 0));
     let since = now_unix_ns();
     let ids = run_driver(&bed, front, (10, 1, 10));
     let mut marked = (0, 0);
@@ -688,11 +710,7 @@ fn in_band_marks_connections_opened_before_the_agents() {
         assert_eq!(out.counter("inband_mark_refused"), 0, "{}", out.counters);
         marked.0 += out.counter("inband_marked_connecting_ends");
         marked.1 += out.counter("inband_marked_accepting_ends");
-        events.extend(out.events.into_iter().filter(|s| {
-            s["start_time_unix_nano"]
-                .as_u64()
-                .is_some_and(|t| u128::from(t) >= since)
-        }));
+        events.extend(begun_since(out.events, since));
     }
     // Front → features and features → model: both ends of each pooled connection.
     assert!(marked.0 >= 2 && marked.1 >= 2, "marked {marked:?}");
@@ -717,17 +735,9 @@ fn in_band_links_tls_hops_across_hosts() {
     let (cert, key) = self_signed_certificate(&dir);
     let agents: Vec<Agent> = (0..3).map(|i| bed.inband_agent(i)).collect();
     let (front, features, model) = (free_port(), free_port(), free_port());
+    let tls = [("TLS_CERT", cert.as_path()), ("TLS_KEY", key.as_path())];
     let https = |i: usize, name: &str, port: u16, calls: &[String]| {
-        let mut cmd = bed.command(i, "python3");
-        cmd.arg(fixture("chains/threaded.py"))
-            .arg(name)
-            .arg(port.to_string())
-            .args(calls)
-            .env("OTEL_SERVICE_NAME", name)
-            .env("LISTEN", "0.0.0.0")
-            .env("TLS_CERT", &cert)
-            .env("TLS_KEY", &key);
-        Talking::spawn(cmd, name).ready(name, Duration::from_secs(30))
+        bed.service_with("chains/threaded.py", i, (name, port, calls), &tls)
     };
     let _model = https(2, "model", model, &[]);
     let _features = https(
@@ -758,15 +768,7 @@ fn in_band_links_tls_hops_across_hosts() {
             );
         }
     }
-    let events: Vec<Value> = all
-        .iter()
-        .filter(|s| {
-            s["start_time_unix_nano"]
-                .as_u64()
-                .is_some_and(|t| u128::from(t) >= since)
-        })
-        .cloned()
-        .collect();
+    let events = begun_since(all, since);
     let result = whole_trees(
         "three-hosts-in-band-tls",
         &three_host_chain(),
