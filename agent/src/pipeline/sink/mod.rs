@@ -472,18 +472,23 @@ impl EventSink for TraceSink<'_> {
                 // Before the exchanges it completed: they ask whether a write answered them.
                 self.tracer
                     .on_stream_io(conn, io, event.header.tid, event.moved_ns);
-                if self
-                    .events
-                    .iter()
-                    .any(|e| matches!(e, ProtoEvent::Request { .. }))
+                // Only TLS chunks with a request look for a note, and look the connection up
+                // again (the note's bookkeeping needs the sink): not every parsed chunk.
+                let conn = if conn.tls
+                    && self
+                        .events
+                        .iter()
+                        .any(|e| matches!(e, ProtoEvent::Request { .. }))
                 {
                     let record =
                         (event.flags & agent_common::DATA_RECORD_SEQ != 0).then_some(event.seq);
-                    let conn_id = conn.conn_id;
-                    self.give_tls_note(conn_id, record, event.header.ts_ns);
-                }
-                let Some(conn) = self.conntrack.get(event.header.conn_id) else {
-                    return;
+                    self.give_tls_note(event.header.conn_id, record, event.header.ts_ns);
+                    let Some(conn) = self.conntrack.get(event.header.conn_id) else {
+                        return;
+                    };
+                    conn
+                } else {
+                    conn
                 };
                 dispatch(&mut self.tracer, &mut self.events, conn, end);
                 let tls = conn.tls;
