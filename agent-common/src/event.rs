@@ -419,6 +419,14 @@ pub const INBAND_OPTION_EXID: u16 = 0x7373;
 /// agent's rules will. The server's agent asks that agent for the trace of the span id
 /// ([`crate::Counter::InbandAsk`]).
 pub const INBAND_OPTION_EXID_ASK: u16 = 0x7361;
+/// The experiment id of the connection form, "sc": the same length; the address of the client's
+/// agent (IPv6, IPv4 mapped) and a token naming the connection to that agent (random, drawn by
+/// the programs at the connection's first form and told to the agent). For protocols
+/// whose requests interleave on one connection (HTTP/2, gRPC): a request's first byte seldom
+/// starts a segment and the programs cannot tell which caller wrote a stream, so the option
+/// names the connection, and the server's agent asks the named agent about each stream by its
+/// id (which both ends see alike) ([`crate::Counter::InbandConnSent`]).
+pub const INBAND_OPTION_EXID_CONN: u16 = 0x7363;
 /// Bytes of the whole option: kind, length, experiment id, trace id, span id.
 pub const INBAND_OPTION_LEN: usize = 2 + 2 + 16 + 8;
 
@@ -436,6 +444,12 @@ pub const INBAND_ADOPTED: u32 = 4;
 /// `trace_id` is the address of the agent that knows the CLIENT span's trace (this one's when
 /// sent), not a trace id.
 pub const INBAND_ASK: u32 = 8;
+/// [`InbandEvent::flags`]: the connection form ([`crate::INBAND_OPTION_EXID_CONN`]), not tied to
+/// a request (`seq` zero). With [`INBAND_SENT`]: the token drawn for this connecting end
+/// (`span_id`), sent before its first form leaves. With [`INBAND_RECEIVED`]: read on a server's
+/// connection, `trace_id` the address of the client's agent, `span_id` the token naming the
+/// connection to it; sent when a read finds a token the connection did not report yet.
+pub const INBAND_CONN: u32 = 16;
 
 /// A request's trace context in the in-band mode, keyed like the request itself: its
 /// connection (the header's `conn_id`) and the TCP sequence number of its first byte (`seq`).

@@ -56,15 +56,19 @@ pub struct ConnInfo {
     /// server's read after anything but a read, a client's write after anything but a write,
     /// starts a request.
     pub inband_direction: u32,
-    /// In the in-band mode, on a TLS connection: 1 once the agent found that its plaintext
-    /// speaks a protocol answered one request at a time, in order (HTTP/1, the datastores; not
-    /// HTTP/2): the programs then follow its records as they follow a plaintext connection's
-    /// bytes (a request's first record carries its context). 0 otherwise, and until then (its
-    /// handshake is never taken for a request).
+    /// In the in-band mode, on a TLS connection: [`INBAND_TLS_IN_ORDER`] once the agent found
+    /// that its plaintext speaks a protocol answered one request at a time, in order (HTTP/1,
+    /// the datastores): the programs then follow its records as they follow a plaintext
+    /// connection's bytes (a request's first record carries its context);
+    /// [`INBAND_TLS_STREAMS`] once it found HTTP/2 there (the client's writes carry the
+    /// connection form). 0 otherwise, and until then (its handshake is never taken for a
+    /// request).
     pub inband_tls: u32,
     /// In the in-band mode: the CLIENT span id the last SERVER request on this connection
     /// adopted. A segmentation offload copies a request's option onto every segment of its
     /// write; a pipelined request that happens to start on one of them must not adopt it again.
+    /// On a connection of streams (HTTP/2), the connection form's token instead: on the
+    /// accepting end the last one reported, on the connecting end the one drawn.
     pub inband_adopted: [u8; 8],
     /// In the in-band mode: the thread (`pid_tgid`) that read this connection's request still
     /// open (counted in its [`InbandServing`]), 0 when none: whichever thread answers or closes,
@@ -413,11 +417,27 @@ pub struct InbandContext {
     pub conn_id: u64,
     pub pid_tgid: u64,
     pub fd: i32,
-    /// [`INBAND_CONTEXT_ASK`] or 0.
+    /// [`INBAND_CONTEXT_ASK`], [`INBAND_CONTEXT_CONN`] or 0.
     pub flags: u32,
 }
 /// [`InbandContext::flags`]: the option is the asking form ([`crate::INBAND_OPTION_EXID_ASK`]).
 pub const INBAND_CONTEXT_ASK: u32 = 1;
+/// [`InbandContext::flags`]: the option is the connection form
+/// ([`crate::INBAND_OPTION_EXID_CONN`]): `trace_id` is the agent's address, `span_id` the
+/// connection's token.
+pub const INBAND_CONTEXT_CONN: u32 = 2;
+/// [`InbandKey::reserved`] of the one slot per socket where the accepting end keeps the last
+/// connection form read (`seq` 0): it names the connection, not a segment.
+pub const INBAND_KEY_CONN_FORM: u32 = 1;
+/// [`ConnInfo::inband_tls`]: the TLS connection's plaintext speaks a protocol answered in order;
+/// its records are followed as requests.
+pub const INBAND_TLS_IN_ORDER: u32 = 1;
+/// [`ConnInfo::inband_tls`]: the TLS connection's plaintext is HTTP/2: its client's writes carry
+/// the connection form, as a plaintext HTTP/2 connection's do.
+pub const INBAND_TLS_STREAMS: u32 = 2;
+/// [`ConnInfo::inband_tls`]: the programs read a client's first plaintext write and it is not
+/// the HTTP/2 preface: not read again (the agent may still set another value).
+pub const INBAND_TLS_NOT_PREFACE: u32 = 3;
 const _: () = assert!(core::mem::size_of::<InbandContext>() == 48);
 
 /// In-band mode: what a thread serves, for the CLIENT requests it writes: the trace of the
@@ -604,10 +624,15 @@ pub enum Counter {
     /// agent's address instead, for the server's agent to ask the trace of
     /// ([`crate::INBAND_OPTION_EXID_ASK`]; counted in [`Counter::InbandSent`] too).
     InbandAsk = 16,
+    /// In-band mode with peer messages: writes on the connecting end of an HTTP/2 connection
+    /// whose first segment carried the connection form ([`crate::INBAND_OPTION_EXID_CONN`]).
+    InbandConnSent = 17,
+    /// In-band mode: connection forms a server's connection reported (a new token read).
+    InbandConnReceived = 18,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 19;
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::EventsSent,
         Self::RingFull,
@@ -626,6 +651,8 @@ impl Counter {
         Self::InbandUnsure,
         Self::InbandNoRoom,
         Self::InbandAsk,
+        Self::InbandConnSent,
+        Self::InbandConnReceived,
     ];
 
     /// The name used in logs and self-metrics.
@@ -649,6 +676,8 @@ impl Counter {
             Self::InbandUnsure => "inband_unsure",
             Self::InbandNoRoom => "inband_no_room",
             Self::InbandAsk => "inband_ask",
+            Self::InbandConnSent => "inband_conn_sent",
+            Self::InbandConnReceived => "inband_conn_received",
         }
     }
 }

@@ -28,14 +28,21 @@
 //! not Node.js, not a followed asyncio process). Otherwise no option (counted as unsure): a
 //! wrong trace in the option could not be taken back by the agent on the other host.
 //!
+//! HTTP/2 (plaintext, or TLS whose plaintext the agent found to be HTTP/2) takes the connection
+//! form instead ([`client_conn_form`], [`conn_form_read`]): every write of the connecting end
+//! names its agent and the connection, and the server's agent asks that agent about each stream
+//! by its id. A stream's first byte seldom starts a segment, and the programs cannot tell which
+//! caller wrote it (grpc-core's own threads write the frames); the agent's rules can.
+//!
 //! Connections established before the agent attached are marked once at its start by a TCP
 //! iterator ([`crate::inband_mark`], Linux 6.12+); on older kernels they carry nothing.
 
 use agent_common::{
-    ConnInfo, ConnKey, Counter, Direction, EventKind, INBAND_ADOPTED, INBAND_ASK,
-    INBAND_CONTEXT_ASK, INBAND_OPTION_EXID, INBAND_OPTION_EXID_ASK, INBAND_OPTION_KIND,
-    INBAND_OPTION_LEN, INBAND_RECEIVED, INBAND_SENT, InbandContext, InbandEvent, InbandKey,
-    InbandServing, Protocol, Role,
+    ConnInfo, ConnKey, Counter, Direction, EventKind, INBAND_ADOPTED, INBAND_ASK, INBAND_CONN,
+    INBAND_CONTEXT_ASK, INBAND_CONTEXT_CONN, INBAND_KEY_CONN_FORM, INBAND_OPTION_EXID,
+    INBAND_OPTION_EXID_ASK, INBAND_OPTION_EXID_CONN, INBAND_OPTION_KIND, INBAND_OPTION_LEN,
+    INBAND_RECEIVED, INBAND_SENT, INBAND_TLS_IN_ORDER, INBAND_TLS_NOT_PREFACE, INBAND_TLS_STREAMS,
+    InbandContext, InbandEvent, InbandKey, InbandServing, Protocol, Role,
 };
 use aya_ebpf::{
     bindings::{
@@ -46,7 +53,7 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_load_hdr_opt, bpf_probe_read_kernel,
-        bpf_reserve_hdr_opt, bpf_store_hdr_opt,
+        bpf_probe_read_user, bpf_reserve_hdr_opt, bpf_store_hdr_opt,
     },
     macros::{map, sock_ops},
     maps::{HashMap, LruHashMap, PerCpuArray},
@@ -55,7 +62,7 @@ use aya_ebpf::{
 
 use crate::{
     followed::FOLLOWED_PROCESSES,
-    maps::{CONNS, EVENTS, config, count, offset},
+    maps::{CONNS, EVENTS, SSL_SOCKETS, config, count, offset},
     syscalls::{header, now_ns},
 };
 
@@ -130,7 +137,16 @@ fn in_order(protocol: u32, tls: u32) -> bool {
         || protocol == Protocol::Postgres as u32
         || protocol == Protocol::Mysql as u32
         || protocol == Protocol::Memcached as u32
-        || (protocol == Protocol::Tls as u32 && tls != 0)
+        || (protocol == Protocol::Tls as u32 && tls == INBAND_TLS_IN_ORDER)
+}
+
+/// Whether a connection speaking `protocol` (with `tls`: [`ConnInfo::inband_tls`]) carries the
+/// connection form: HTTP/2, whose streams interleave, in plaintext or once the agent found it
+/// inside TLS.
+#[inline(always)]
+fn streams(protocol: u32, tls: u32) -> bool {
+    protocol == Protocol::Http2 as u32
+        || (protocol == Protocol::Tls as u32 && tls == INBAND_TLS_STREAMS)
 }
 
 /// Whether the TLS connection of `entry` has its records followed as requests
@@ -141,22 +157,23 @@ pub fn tls_followed(entry: *mut ConnInfo) -> bool {
         return false;
     }
     // SAFETY: a pointer from a successful lookup in this run.
-    unsafe { (*entry).inband_tls != 0 }
+    unsafe { (*entry).inband_tls == INBAND_TLS_IN_ORDER }
 }
 
 /// `raw_syscalls/sys_enter` of an egress syscall (`write`, `writev`, `sendto`, `sendmsg`,
 /// `sendmmsg`, `sendfile`: the socket is the first argument of each): when it starts a CLIENT
 /// request on a tracked TCP connection, the request's context waits in [`INBAND_OUT`] for its
-/// first segment. Out of line: the entry program stays small for every other syscall.
+/// first segment. Out of line: the entry program stays small for every other syscall. Returns
+/// the table entry of a connecting end that carries the connection form instead, for
+/// [`client_conn_token`] and [`client_conn_form`] (called by the entry program itself: one frame
+/// deeper would not fit the stack).
 #[inline(never)]
-pub fn client_write_enter(pid_tgid: u64, fd: i32) {
+pub fn client_write_enter(pid_tgid: u64, fd: i32) -> Option<*mut ConnInfo> {
     let key = ConnKey {
         tgid: (pid_tgid >> 32) as u32,
         fd,
     };
-    let Some(entry) = CONNS.get_ptr(&key) else {
-        return;
-    };
+    let entry = CONNS.get_ptr_mut(&key)?;
     // SAFETY: a pointer from a successful lookup; only the fields needed are copied (the whole
     // entry would take a quarter of the stack).
     let (ignored, role, tcp_sk, last, protocol, tls, conn_id) = unsafe {
@@ -170,19 +187,18 @@ pub fn client_write_enter(pid_tgid: u64, fd: i32) {
             (*entry).conn_id,
         )
     };
-    if ignored != 0
-        || role != Role::Client as u32
-        || tcp_sk == 0
-        || last == Direction::Egress as u32
-        || !in_order(protocol, tls)
-    {
-        return;
+    if ignored != 0 || role != Role::Client as u32 || tcp_sk == 0 {
+        return None;
+    }
+    if streams(protocol, tls) {
+        return Some(entry);
+    }
+    if last == Direction::Egress as u32 || !in_order(protocol, tls) {
+        return None;
     }
     // Assembled in the per-CPU scratch: the entry program's stack has no room for the record
     // beside the context (the entry and exit programs never run nested on one CPU).
-    let Some(event) = INBAND_SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
+    let event = INBAND_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot, as in `server_request`.
     let event = unsafe { &mut *event };
     if let Some(trace_id) = thread_trace(pid_tgid) {
@@ -193,12 +209,12 @@ pub fn client_write_enter(pid_tgid: u64, fd: i32) {
         event.trace_id = config!(inband_return_addr);
         if event.trace_id == [0; 16] {
             count(Counter::InbandUnsure);
-            return;
+            return None;
         }
         event.flags = INBAND_SENT | INBAND_ASK;
     }
     let Ok(seq) = write_seq(tcp_sk) else {
-        return;
+        return None;
     };
     event.span_id = random_span_id();
     event.seq = seq;
@@ -220,7 +236,7 @@ pub fn client_write_enter(pid_tgid: u64, fd: i32) {
         reserved: 0,
     };
     if INBAND_OUT.insert(&key, &context, 0).is_err() {
-        return;
+        return None;
     }
     // The agent learns the context now, before the write's data record: the segment may leave
     // after the write returned (Nagle, corking, a full window), its option written then.
@@ -229,6 +245,181 @@ pub fn client_write_enter(pid_tgid: u64, fd: i32) {
         count(Counter::EventsSent);
     } else {
         count(Counter::RingFull);
+    }
+    None
+}
+
+/// A write on the connecting end of an HTTP/2 connection (`entry`, from
+/// [`client_write_enter`]), when the agent answers its peers' questions: the connection's token,
+/// drawn at its first form (random: no other connection's can be guessed from it) and kept in
+/// [`ConnInfo::inband_adopted`]; the agent is told it then. Returns whether the connection has
+/// one: then [`client_conn_form`] queues the form. Two calls of the entry program, not one
+/// inside the other: nested frames would not fit its stack.
+#[inline(never)]
+pub fn client_conn_token(pid_tgid: u64, fd: i32, entry: *mut ConnInfo) -> bool {
+    if entry.is_null() || config!(inband_return_addr) == [0; 16] {
+        return false;
+    }
+    // SAFETY: a pointer from a successful lookup in this run (the entry program's).
+    let conn = unsafe { &mut *entry };
+    if conn.inband_adopted != [0; 8] {
+        return true;
+    }
+    let token = random_span_id();
+    let flags = INBAND_SENT | INBAND_CONN;
+    if !report_conn_form(pid_tgid, fd, conn.conn_id, flags, ([0; 16], token)) {
+        // Told nothing (a full ring): no form, drawn again at the next write.
+        return false;
+    }
+    conn.inband_adopted = token;
+    true
+}
+
+/// The write's first segment carries the connection form of `entry` (which has its token,
+/// [`client_conn_token`]): this agent's address and the token. Every write, not only a
+/// request's: which write holds a stream's HEADERS is the agent's to know, and the server's
+/// agent needs one of them (any may go without, for want of room).
+#[inline(never)]
+pub fn client_conn_form(pid_tgid: u64, fd: i32, entry: *mut ConnInfo) {
+    if entry.is_null() {
+        return;
+    }
+    // SAFETY: a pointer from a successful lookup in this run; only the fields needed are read.
+    let (tcp_sk, conn_id, token) =
+        unsafe { ((*entry).tcp_sk, (*entry).conn_id, (*entry).inband_adopted) };
+    let Ok(seq) = write_seq(tcp_sk) else {
+        return;
+    };
+    let context = InbandContext {
+        trace_id: config!(inband_return_addr),
+        span_id: token,
+        conn_id,
+        pid_tgid,
+        fd,
+        flags: INBAND_CONTEXT_CONN,
+    };
+    let key = InbandKey {
+        sk: tcp_sk,
+        seq,
+        reserved: 0,
+    };
+    let _ = INBAND_OUT.insert(&key, &context, 0);
+}
+
+/// Tells the agent of a connection form (`flags`: [`INBAND_CONN`] with [`INBAND_SENT`] for a
+/// token drawn here, [`INBAND_RECEIVED`] for one read; `(agent, token)`) on connection
+/// `conn_id`. Returns whether the record went out.
+#[inline(always)]
+fn report_conn_form(
+    pid_tgid: u64,
+    fd: i32,
+    conn_id: u64,
+    flags: u32,
+    (agent, token): ([u8; 16], [u8; 8]),
+) -> bool {
+    let Some(event) = INBAND_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot, as in `server_request` (the entry and exit programs never run
+    // nested on one CPU).
+    let event = unsafe { &mut *event };
+    event.header = header(EventKind::Inband, pid_tgid, fd, conn_id, now_ns());
+    event.seq = 0;
+    event.flags = flags;
+    event.trace_id = agent;
+    event.span_id = token;
+    if EVENTS.output::<InbandEvent>(event, 0).is_ok() {
+        count(Counter::EventsSent);
+        true
+    } else {
+        count(Counter::RingFull);
+        false
+    }
+}
+
+/// `SSL_write`/`SSL_write_ex` entry (`ssl`, plaintext at `buf`) in the in-band mode: a client's
+/// TLS connection whose plaintext begins with the HTTP/2 connection preface (`PRI * HTTP/2.0`)
+/// carries the connection form from this write on ([`INBAND_TLS_STREAMS`]), its ciphertext
+/// written by the syscalls inside the call: the first streams' writes too, which would
+/// otherwise leave before the agent parsed the plaintext (a short connection, a `curl`, may say
+/// everything by then). Only for an `SSL *` tied to its socket; the agent marks the others when
+/// it parses their plaintext. Out of line: the uprobe's own frame stays small.
+#[inline(never)]
+pub fn tls_write_enter(pid_tgid: u64, ssl: u64, buf: u64) {
+    /// "PRI " as the preface's first four bytes read as a little-endian `u32`.
+    const PREFACE: u32 = u32::from_le_bytes(*b"PRI ");
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(tie) = SSL_SOCKETS.get_ptr(&agent_common::SslKey { tgid, pad: 0, ssl }) else {
+        return;
+    };
+    // SAFETY: a pointer from a successful lookup, read at once.
+    let (fd, conn_id) = unsafe { ((*tie).fd, (*tie).conn_id) };
+    let Some(entry) = CONNS.get_ptr_mut(&ConnKey { tgid, fd }) else {
+        return;
+    };
+    // SAFETY: a pointer from a successful lookup in this run; the agent's own write of the
+    // same field (the same value, or the in-order one for another protocol) races at worst.
+    let conn = unsafe { &mut *entry };
+    if conn.conn_id != conn_id
+        || conn.inband_tls != 0
+        || conn.role != Role::Client as u32
+        || conn.protocol != Protocol::Tls as u32
+    {
+        return;
+    }
+    // SAFETY: bpf_probe_read_user returns an error for a bad user address; it never faults.
+    match unsafe { bpf_probe_read_user(buf as *const u32) } {
+        Ok(PREFACE) => conn.inband_tls = INBAND_TLS_STREAMS,
+        // An HTTP/2 client's first write is the preface: no later write is read.
+        Ok(_) => conn.inband_tls = INBAND_TLS_NOT_PREFACE,
+        Err(_) => {}
+    }
+}
+
+/// The exit programs, on a read of a connection that may carry the connection form (HTTP/2, or
+/// TLS whose plaintext may be HTTP/2), before its record: the last form its segments carried
+/// ([`INBAND_KEY_CONN_FORM`]), if it names a token the connection did not report yet, is
+/// reported to the agent ([`INBAND_CONN`]), which asks that agent about each stream the
+/// connection's client opens. Out of line: its stack frame is its own.
+#[inline(never)]
+pub fn conn_form_read(pid_tgid: u64, fd: i32, entry: *mut ConnInfo) {
+    if entry.is_null() {
+        return;
+    }
+    // SAFETY: a pointer from a successful lookup in this run.
+    let conn = unsafe { &mut *entry };
+    // Only a client that knew its connection speaks HTTP/2 writes the form: the server's end
+    // need not know it yet (a TLS connection's plaintext is the agent's to parse, a moment later;
+    // a short connection may have said everything by then).
+    if conn.role == Role::Client as u32 || conn.tcp_sk == 0 {
+        return;
+    }
+    let key = InbandKey {
+        sk: conn.tcp_sk,
+        seq: 0,
+        reserved: INBAND_KEY_CONN_FORM,
+    };
+    // SAFETY: copied out at once.
+    let Some(form) = (unsafe { INBAND_IN.get(&key) }).copied() else {
+        return;
+    };
+    let _ = INBAND_IN.remove(&key);
+    // `inband_adopted`: on a connection of streams, the token reported last (a request's span
+    // id is never adopted on one: its reads are not followed as requests). Set once reported:
+    // a token lost to a full ring is reported with the next form read.
+    if form.span_id == conn.inband_adopted {
+        return;
+    }
+    let flags = INBAND_RECEIVED | INBAND_CONN;
+    if report_conn_form(
+        pid_tgid,
+        fd,
+        conn.conn_id,
+        flags,
+        (form.trace_id, form.span_id),
+    ) {
+        conn.inband_adopted = form.span_id;
+        count(Counter::InbandConnReceived);
     }
 }
 
@@ -523,6 +714,13 @@ pub fn inband_sock_ops(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB if traced_netns(&ctx) => {
             let _ = ctx
                 .set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG) as i32);
+            // A socket's memory is reused: a form an earlier connection's last segment left in
+            // its slot, never read, must not name this one's client.
+            let _ = INBAND_IN.remove(&InbandKey {
+                sk: socket_of(&ctx),
+                seq: 0,
+                reserved: INBAND_KEY_CONN_FORM,
+            });
         }
         BPF_SOCK_OPS_HDR_OPT_LEN_CB => reserve(&ctx),
         BPF_SOCK_OPS_WRITE_HDR_OPT_CB => write(&ctx),
@@ -614,10 +812,10 @@ fn write(ctx: &SockOpsContext) {
     let Some(context) = (unsafe { INBAND_OUT.get(&key) }).copied() else {
         return;
     };
-    let exid = if context.flags == INBAND_CONTEXT_ASK {
-        INBAND_OPTION_EXID_ASK
-    } else {
-        INBAND_OPTION_EXID
+    let exid = match context.flags {
+        INBAND_CONTEXT_ASK => INBAND_OPTION_EXID_ASK,
+        INBAND_CONTEXT_CONN => INBAND_OPTION_EXID_CONN,
+        _ => INBAND_OPTION_EXID,
     };
     let mut option = [0u8; INBAND_OPTION_LEN];
     option[0] = INBAND_OPTION_KIND;
@@ -634,9 +832,13 @@ fn write(ctx: &SockOpsContext) {
         return;
     }
     let _ = INBAND_OUT.remove(&key);
-    count(Counter::InbandSent);
-    if context.flags == INBAND_CONTEXT_ASK {
-        count(Counter::InbandAsk);
+    match context.flags {
+        INBAND_CONTEXT_CONN => count(Counter::InbandConnSent),
+        INBAND_CONTEXT_ASK => {
+            count(Counter::InbandSent);
+            count(Counter::InbandAsk);
+        }
+        _ => count(Counter::InbandSent),
     }
 }
 
@@ -664,17 +866,24 @@ fn load_option(ctx: &SockOpsContext, exid: u16) -> Option<[u8; INBAND_OPTION_LEN
 }
 
 /// `BPF_SOCK_OPS_PARSE_HDR_OPT_CB` (a received segment with an option the kernel does not
-/// know): keeps our option's context (either form) under the segment's first byte.
+/// know): keeps our option's context under the segment's first byte (a request's forms), or in
+/// the socket's one slot for the connection form ([`INBAND_KEY_CONN_FORM`]).
 #[inline(always)]
 fn parse(ctx: &SockOpsContext) {
     let (option, flags) = if let Some(option) = load_option(ctx, INBAND_OPTION_EXID) {
         (option, 0)
     } else if let Some(option) = load_option(ctx, INBAND_OPTION_EXID_ASK) {
         (option, INBAND_CONTEXT_ASK)
+    } else if let Some(option) = load_option(ctx, INBAND_OPTION_EXID_CONN) {
+        (option, INBAND_CONTEXT_CONN)
     } else {
         return;
     };
-    let Some(seq) = segment_seq(ctx) else {
+    let seq = if flags == INBAND_CONTEXT_CONN {
+        0
+    } else if let Some(seq) = segment_seq(ctx) {
+        seq
+    } else {
         return;
     };
     let mut context = InbandContext {
@@ -686,7 +895,11 @@ fn parse(ctx: &SockOpsContext) {
     let key = InbandKey {
         sk: socket_of(ctx),
         seq,
-        reserved: 0,
+        reserved: if flags == INBAND_CONTEXT_CONN {
+            INBAND_KEY_CONN_FORM
+        } else {
+            0
+        },
     };
     let _ = INBAND_IN.insert(&key, &context, 0);
 }

@@ -484,15 +484,7 @@ fn data_exit<const FAMILY: u32>(
         return Ok(());
     };
     let tls = conn.protocol == Protocol::Tls as u32;
-    // A TLS connection whose records the in-band mode follows (see `inband::in_order`): its
-    // records' positions are known below.
-    let tls_followed = config!(inband) != 0
-        && tls
-        && inband::tls_followed(conn.entry)
-        && !matches!(syscall, Syscall::Sendmmsg | Syscall::Recvmmsg);
-    if config!(inband) != 0 && !tls_followed && (tls || Protocol::is_budget_state(conn.protocol)) {
-        inband::unfollowed_data(pid_tgid, conn.entry, direction as u32);
-    }
+    let tls_followed = config!(inband) != 0 && inband_before_record(pid_tgid, fd, &conn, syscall);
     if tls_followed {
         // Before the TLS call's plaintext record, as for a plaintext connection.
         inband_tls_data(regs, pid_tgid, conn.entry, syscall, result);
@@ -593,6 +585,30 @@ fn data_exit<const FAMILY: u32>(
         inband::unfollowed_data(pid_tgid, exit.conn.entry, exit.direction as u32);
     }
     Ok(())
+}
+
+/// The in-band mode before a data syscall's record (`direction` from `syscall`, which moved
+/// bytes): a read of a connection that may carry the connection form reports it; a syscall on
+/// bytes the programs do not follow as requests (TLS whose records are not followed, a budget
+/// state) leaves its thread unsure. Returns whether it is a TLS connection whose records are
+/// followed (see `inband::in_order`): its records' positions are known then.
+#[inline(always)]
+fn inband_before_record(pid_tgid: u64, fd: i32, conn: &Tracked, syscall: Syscall) -> bool {
+    let Some(direction) = syscall.direction() else {
+        return false;
+    };
+    let tls = conn.protocol == Protocol::Tls as u32;
+    let tls_followed = tls
+        && inband::tls_followed(conn.entry)
+        && !matches!(syscall, Syscall::Sendmmsg | Syscall::Recvmmsg);
+    if !tls_followed && (tls || Protocol::is_budget_state(conn.protocol)) {
+        inband::unfollowed_data(pid_tgid, conn.entry, direction as u32);
+    }
+    if direction == Direction::Ingress && (tls || conn.protocol == Protocol::Http2 as u32) {
+        // Before the record: the agent knows whom to ask before it parses the streams.
+        inband::conn_form_read(pid_tgid, fd, conn.entry);
+    }
+    tls_followed
 }
 
 /// The in-band mode on a TLS connection whose records it follows ([`inband::tls_followed`]): a
@@ -944,7 +960,12 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
             && regs.is_native()
             && let Some(pid_tgid) = traced_pid_tgid()
         {
-            inband::client_write_enter(pid_tgid, regs.arg0() as i32);
+            let fd = regs.arg0() as i32;
+            if let Some(conn) = inband::client_write_enter(pid_tgid, fd)
+                && inband::client_conn_token(pid_tgid, fd, conn)
+            {
+                inband::client_conn_form(pid_tgid, fd, conn);
+            }
         }
     } else if number == nr::CLOSE {
         let regs = Regs::of(&ctx);

@@ -72,6 +72,9 @@ pub fn ssl_enter(ctx: ProbeContext) -> u32 {
     } else {
         0
     };
+    if write && config!(inband) != 0 {
+        crate::inband::tls_write_enter(pid_tgid, ssl, buf);
+    }
     let call = SslCall {
         ssl,
         buf,

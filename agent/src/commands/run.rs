@@ -64,6 +64,11 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     // less useful.
     crate::caps::check_can_load().map_err(pipeline::PipelineError::Privilege)?;
     let _lock = crate::lock::acquire(args.capture.netns())?;
+    // HTTP/2 in the in-band mode with peer messages: the connection form.
+    let stream_asking = args.capture.in_band
+        && peers
+            .as_ref()
+            .is_some_and(|peers| peers.return_address().is_some());
     let capture = pipeline::start(
         &args.capture,
         pipeline::Traffic::Parsed,
@@ -82,9 +87,13 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     let metrics = crate::metrics::Metrics::shared();
     let (mut exporter, mut senders) =
         exporter(&args, otlp, store_config, api_config.as_ref(), &metrics).await?;
+    let mut tracer = Tracer::new(trace_config, Resources::new(args.service_name));
+    if stream_asking {
+        tracer.enable_stream_asking();
+    }
     let sink = TraceSink::new(
         Conntrack::new(args.capture.conntrack(), discovered),
-        Tracer::new(trace_config, Resources::new(args.service_name)),
+        tracer,
         exporter.as_mut(),
     )
     .with_kernel_conns(kernel_conns)
@@ -440,6 +449,11 @@ fn capture_stats(stats: &mut FinalStats, sink: &TraceSink<'_>, receiver: &receiv
         .add("inband_unsure", kernel.get(Counter::InbandUnsure))
         .add("inband_no_room", kernel.get(Counter::InbandNoRoom))
         .add("inband_ask", kernel.get(Counter::InbandAsk))
+        .add("inband_conn_sent", kernel.get(Counter::InbandConnSent))
+        .add(
+            "inband_conn_received",
+            kernel.get(Counter::InbandConnReceived),
+        )
         .add("conns_opened", conns.opened)
         .add("data_unknown_conn", conns.data_unknown_conn)
         .add("conns_peak", conns.peak)

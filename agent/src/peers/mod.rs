@@ -141,8 +141,13 @@ pub enum Incoming {
     /// A CLIENT span announced unasked, or an answer to this agent's question.
     Client(ClientSpan, Kind),
     /// A question for the CLIENT span `span.span_id` (connection and key as the asker sees
-    /// them), to be answered to `from`.
-    Ask { from: SocketAddr, span: ClientSpan },
+    /// them), to be answered to `from`; with `stream`, for the CLIENT span of stream
+    /// `span.key` on the connection whose token is `span.span_id` ([`Kind::AskStream`]).
+    Ask {
+        from: SocketAddr,
+        span: ClientSpan,
+        stream: bool,
+    },
 }
 
 /// The agent's peer socket and secret.
@@ -227,18 +232,19 @@ impl Peers {
     /// an answer to the address the question came from.
     pub fn send_one(&mut self, kind: Kind, to: SocketAddr, span: &ClientSpan) {
         let to = match kind {
-            Kind::Ask => SocketAddr::new(to.ip(), self.port),
+            Kind::Ask | Kind::AskStream => SocketAddr::new(to.ip(), self.port),
             Kind::Answer | Kind::Announce => to,
         };
+        let question = matches!(kind, Kind::Ask | Kind::AskStream);
         // The address of a question comes from a TCP option any client can write: only a
         // unicast address an agent could listen on is asked.
-        if kind == Kind::Ask && !local::routable(to.ip()) {
+        if question && !local::routable(to.ip()) {
             self.stats.asks_refused += 1;
             return;
         }
         span.encode_into(kind, &self.secret, now_ms(), &mut self.outgoing);
         match self.socket.send_to(&self.outgoing, to) {
-            Ok(_) if kind == Kind::Ask => self.stats.asks_sent += 1,
+            Ok(_) if question => self.stats.asks_sent += 1,
             Ok(_) if kind == Kind::Answer => self.stats.answers_sent += 1,
             Ok(_) => self.stats.sent += 1,
             Err(_) => self.stats.send_failed += 1,
@@ -312,9 +318,13 @@ impl Peers {
                 {
                     // Authenticated (so `len` is a message's), but a copy: refused.
                     Ok(_) if self.replayed(len, now) => self.stats.replayed += 1,
-                    Ok((Kind::Ask, span)) => {
+                    Ok((kind @ (Kind::Ask | Kind::AskStream), span)) => {
                         self.stats.asks_received += 1;
-                        out.push(Incoming::Ask { from, span });
+                        out.push(Incoming::Ask {
+                            from,
+                            span,
+                            stream: kind == Kind::AskStream,
+                        });
                     }
                     Ok((kind, span)) => {
                         if kind == Kind::Answer {

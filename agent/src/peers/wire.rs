@@ -1,8 +1,9 @@
 //! What one agent tells another: "the request with this key on this connection was written by
 //! this CLIENT span". One UDP datagram each, authenticated with the agents' shared secret.
-//! Three kinds ([`Kind`]): the client's agent announces it unasked (to the server's address);
+//! Four kinds ([`Kind`]): the client's agent announces it unasked (to the server's address);
 //! or the server's agent asks for it (the in-band mode's asking form named the client's agent
-//! and span id; the trace id is zero), and the client's agent answers (to the asker).
+//! and span id, or its connection form named the agent and the connection; the trace id is
+//! zero), and the client's agent answers (to the asker).
 //!
 //! Layout (big-endian, 108 bytes): `SSPN`, version, kind, 2 reserved bytes; client address (16
 //! bytes, IPv4 mapped into IPv6) and port; server address and port; the request's key on the
@@ -28,8 +29,12 @@ pub enum Kind {
     /// The server's agent asks for the CLIENT span with this span id (trace id zero), the
     /// connection and key as the server sees them: its request's option named this agent.
     Ask = 2,
-    /// The answer to an [`Kind::Ask`]: the CLIENT span, with the asker's connection and key.
+    /// The answer to an [`Kind::Ask`] or [`Kind::AskStream`]: the CLIENT span, with the
+    /// asker's connection and key.
     Answer = 3,
+    /// The server's agent asks for the CLIENT span of the stream `key` on the connection whose
+    /// token (the in-band connection form's) is in place of the span id; trace id zero.
+    AskStream = 4,
 }
 
 impl Kind {
@@ -38,6 +43,7 @@ impl Kind {
             1 => Some(Self::Announce),
             2 => Some(Self::Ask),
             3 => Some(Self::Answer),
+            4 => Some(Self::AskStream),
             _ => None,
         }
     }
@@ -216,7 +222,7 @@ mod tests {
 
     #[test]
     fn a_message_reads_back_as_sent() {
-        for kind in [Kind::Announce, Kind::Ask, Kind::Answer] {
+        for kind in [Kind::Announce, Kind::Ask, Kind::Answer, Kind::AskStream] {
             let bytes = sample().encode(kind, SECRET, 1_000_000);
             assert_eq!(bytes.len(), MESSAGE_LEN);
             assert_eq!(
@@ -225,7 +231,7 @@ mod tests {
             );
         }
         let mut unknown = sample().encode(Kind::Answer, SECRET, 1_000_000);
-        unknown[5] = 4;
+        unknown[5] = 5;
         assert_eq!(
             ClientSpan::decode(&unknown, SECRET, 1_000_000),
             Err(WireError::NotOurs)

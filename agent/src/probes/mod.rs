@@ -258,12 +258,14 @@ impl KernelConns {
         self.map.insert(key, info, BPF_EXIST).is_ok()
     }
 
-    /// Tells the programs that the TLS connection `conn_id` (socket `fd` of `tgid`) speaks a
-    /// protocol answered in order in its plaintext: the in-band mode follows its records as
-    /// requests from now on ([`agent_common::ConnInfo::inband_tls`]). Returns whether it was
-    /// written; races the programs as [`KernelConns::mark_opaque`] (once per connection: a
-    /// syscall's in-band state written meanwhile may be lost, which leaves its thread unsure).
-    pub fn follow_tls_records(&mut self, (tgid, fd, conn_id): (u32, i32, u64)) -> bool {
+    /// Tells the programs what the TLS connection `conn_id` (socket `fd` of `tgid`) speaks in
+    /// its plaintext, for the in-band mode ([`agent_common::ConnInfo::inband_tls`]): a protocol
+    /// answered in order ([`agent_common::INBAND_TLS_IN_ORDER`]: its records are followed as
+    /// requests from now on) or HTTP/2 ([`agent_common::INBAND_TLS_STREAMS`]: the connection
+    /// form). Returns whether it was written; races the programs as
+    /// [`KernelConns::mark_opaque`] (once per connection: a syscall's in-band state written
+    /// meanwhile may be lost, which leaves its thread unsure).
+    pub fn set_inband_tls(&mut self, (tgid, fd, conn_id): (u32, i32, u64), value: u32) -> bool {
         let key = agent_common::ConnKey { tgid, fd };
         let Ok(mut info) = self.map.get(&key, 0) else {
             return false;
@@ -271,7 +273,12 @@ impl KernelConns {
         if info.conn_id != conn_id || info.protocol != agent_common::Protocol::Tls as u32 {
             return false;
         }
-        info.inband_tls = 1;
+        if info.inband_tls == value {
+            // The programs marked it themselves (an HTTP/2 client's preface): a write of the
+            // whole entry could only lose what they wrote meanwhile.
+            return true;
+        }
+        info.inband_tls = value;
         self.map.insert(key, info, BPF_EXIST).is_ok()
     }
 

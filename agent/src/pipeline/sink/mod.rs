@@ -197,7 +197,16 @@ impl<'a> TraceSink<'a> {
             match message {
                 Incoming::Client(client, Kind::Answer) => self.tracer.on_peer_answer(&client, now),
                 Incoming::Client(client, _) => self.tracer.on_peer_client(&client, now),
-                Incoming::Ask { from, span } => self.tracer.on_peer_ask(from, &span, now),
+                Incoming::Ask {
+                    from,
+                    span,
+                    stream: false,
+                } => self.tracer.on_peer_ask(from, &span, now),
+                Incoming::Ask {
+                    from,
+                    span,
+                    stream: true,
+                } => self.tracer.on_peer_ask_stream(from, &span, now),
             }
         }
         self.tracer.announce_settled(now, false);
@@ -215,33 +224,49 @@ impl<'a> TraceSink<'a> {
         }
     }
 
-    /// In the in-band mode, a TLS connection whose plaintext was just parsed as a protocol
-    /// answered in order (`in_order`): the programs follow its records as requests from now on,
-    /// once. Only where the TLS library reads and writes the socket itself (its plaintext
-    /// records name their ciphertext's position, [`agent_common::DATA_RECORD_SEQ`]): there each
-    /// call's plaintext record comes after the syscall that carried its first record, so a
-    /// request's note is there before the request. Not on memory BIOs (asyncio, Node.js), whose
-    /// runtime writes a call's ciphertext after the call: its note would come after its request
-    /// and be taken by the next one.
+    /// In the in-band mode, a TLS connection whose plaintext was just parsed, once:
+    /// - as a protocol answered in order (`in_order`): the programs follow its records as
+    ///   requests from now on. Only where the TLS library reads and writes the socket itself
+    ///   (its plaintext records name their ciphertext's position,
+    ///   [`agent_common::DATA_RECORD_SEQ`]): there each call's plaintext record comes after the
+    ///   syscall that carried its first record, so a request's note is there before the request.
+    ///   Not on memory BIOs (asyncio, Node.js), whose runtime writes a call's ciphertext after
+    ///   the call: its note would come after its request and be taken by the next one.
+    /// - as HTTP/2: its client's writes carry the connection form, which names no position, so
+    ///   any TLS library will do (memory BIOs, Go's `crypto/tls`).
     fn follow_tls_records(&mut self, event: &DataEvent, conn_tls: bool, in_order: bool) {
         const FOLLOWED: [&str; 5] = ["http1", "redis", "postgres", "mysql", "memcached"];
         let h = &event.header;
         if !conn_tls
-            || !in_order
-            || event.flags & agent_common::DATA_RECORD_SEQ == 0
             || self.inband_tls.contains_key(&h.conn_id)
             || !self.probes.as_deref().is_some_and(Probes::inband_on)
         {
             return;
         }
-        // Not DNS over TLS, whose answers may come in another order.
         let protocol = self.protocols.protocol_of(h.conn_id);
-        let followed = protocol.is_some_and(|p| FOLLOWED.contains(&p))
+        // (Only the connecting end of HTTP/2 writes the form; the accepting end reads it
+        // whatever it is told.)
+        let value = if protocol == Some("http2") {
+            if event.role != agent_common::Role::Client as u32 {
+                return;
+            }
+            agent_common::INBAND_TLS_STREAMS
+        } else if !in_order || event.flags & agent_common::DATA_RECORD_SEQ == 0 {
+            return;
+        } else if protocol.is_some_and(|p| FOLLOWED.contains(&p)) {
+            // (Not DNS over TLS, whose answers may come in another order.)
+            agent_common::INBAND_TLS_IN_ORDER
+        } else {
+            0
+        };
+        let written = value != 0
             && self
                 .kernel_conns
                 .as_mut()
-                .is_some_and(|kernel| kernel.follow_tls_records((h.pid, h.fd, h.conn_id)));
-        // Tried once per connection, followed or not.
+                .is_some_and(|kernel| kernel.set_inband_tls((h.pid, h.fd, h.conn_id), value));
+        // Tried once per connection, followed or not (only records followed in order have notes
+        // to place).
+        let followed = written && value == agent_common::INBAND_TLS_IN_ORDER;
         self.inband_tls.insert(h.conn_id, (followed, None));
     }
 
@@ -401,7 +426,9 @@ impl EventSink for TraceSink<'_> {
 
     fn on_inband(&mut self, event: &InbandEvent) {
         let h = &event.header;
-        if let Some((true, pending)) = self.inband_tls.get_mut(&h.conn_id) {
+        if event.flags & agent_common::INBAND_CONN == 0
+            && let Some((true, pending)) = self.inband_tls.get_mut(&h.conn_id)
+        {
             // A followed TLS connection's note waits for the next request; one no request took
             // (an alert, a key update) is no later request's.
             if let Some(old) = pending.replace(event.seq) {
@@ -523,6 +550,7 @@ impl EventSink for TraceSink<'_> {
 
     fn on_close(&mut self, event: &ConnEvent) {
         self.tracer.forget_edge(event.header.conn_id);
+        self.tracer.forget_inband_conn(event.header.conn_id);
         self.inband_tls.remove(&event.header.conn_id);
         self.budget_forget(event.header.conn_id, monotonic_ns());
         let Some(conn) = self.conntrack.close(event) else {

@@ -79,6 +79,16 @@ impl TraceSink<'_> {
                 kernel.get(agent_common::Counter::InbandAsk),
             ),
             own(
+                "inband_conn_sent_total",
+                "In-band mode with peer messages: writes on HTTP/2 connections whose first segment named this agent and the connection, for the server's agent to ask about each stream.",
+                kernel.get(agent_common::Counter::InbandConnSent),
+            ),
+            own(
+                "inband_conn_received_total",
+                "In-band mode: HTTP/2 connections served here whose client's segments named its agent (each new token once).",
+                kernel.get(agent_common::Counter::InbandConnReceived),
+            ),
+            own(
                 "inband_no_room_total",
                 "In-band mode: request segments without room for the option.",
                 kernel.get(agent_common::Counter::InbandNoRoom),

@@ -29,9 +29,20 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// How long a question waits for its span, and an exported span's trace is kept for late
 /// questions: the peer messages' own window.
-const KEEP_NS: u64 = 30_000_000_000;
+pub(super) const KEEP_NS: u64 = 30_000_000_000;
 /// Entries of each table at once; past this the oldest go (counted).
-const MAX_ENTRIES: usize = 65_536;
+pub(super) const MAX_ENTRIES: usize = 65_536;
+
+/// What this agent asked another about a request: the CLIENT span with this id (the asking
+/// form), or the one of this stream on the connection the option named (the connection form,
+/// [`super::stream_asking`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Asked {
+    Span(SpanId),
+    /// The stream of the SERVER span waiting on this connection (this end's id): an answer
+    /// about the same addresses and stream id is for a later connection if another waits.
+    Stream(u64),
+}
 
 /// A question from another agent: who asked, and its view of the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +60,7 @@ type Outgoing = Vec<(Kind, SocketAddr, ClientSpan)>;
 impl Question {
     /// Queues the answer, counted: the CLIENT span (`forward`, `trace_id`, `span_id`) as the
     /// asker sees its request, to where the question came from.
-    fn answer(
+    pub(super) fn answer(
         &self,
         out: &mut Outgoing,
         stats: &mut AskingStats,
@@ -75,8 +86,8 @@ pub(super) struct Asking {
     /// [`MAX_ENTRIES`]; past that a span cannot be asked for, counted).
     askable: FastMap<SpanId, SpanKey>,
     /// The span each question asked for, by the request as this end sees it: an answer names
-    /// it, or is refused.
-    asked: Expiring<MirrorKey, SpanId, KEEP_NS, MAX_ENTRIES>,
+    /// it (the asking form), or is refused.
+    pub(super) asked: Expiring<MirrorKey, Asked, KEEP_NS, MAX_ENTRIES>,
     /// Questions that came before their span.
     early: Expiring<SpanId, Question, KEEP_NS, MAX_ENTRIES>,
     /// Askable spans exported: the trace and forward key they were exported with.
@@ -86,7 +97,7 @@ pub(super) struct Asking {
     waiting: VecDeque<(u64, SpanKey, SpanId, Question)>,
     /// Questions and answers to send (a question's address is the agent's; the port is the
     /// shared one).
-    pub out: Outgoing,
+    pub(super) out: Outgoing,
 }
 
 /// What the asking form did.
@@ -105,21 +116,26 @@ pub struct AskingStats {
 }
 
 impl Tracer {
-    /// The asking form on a span being opened (`key`, `server` or not, at `now`) whose
-    /// request's note is `inband`: a SERVER span without a parent asks the agent the note
+    /// The asking form on a span being opened (`key`, `span_id`, `server` or not, at `now`)
+    /// whose request's note is `inband`: a SERVER span without a parent asks the agent the note
     /// names; a CLIENT span whose request carried the form can be asked for. (It is announced
     /// too, as any: its option may not have reached the server, for want of room, or of an
-    /// agent there that reads it.)
+    /// agent there that reads it.) A `stream` of a multiplexed connection takes the connection
+    /// form instead ([`super::stream_asking`]).
     pub(super) fn asking_on_request(
         &mut self,
         inband: Option<InbandNote>,
         no_parent: bool,
         mirror: MirrorKey,
-        (key, server, now): (SpanKey, bool, u64),
+        (key, span_id, server, stream, now): (SpanKey, SpanId, bool, bool, u64),
     ) {
+        if stream {
+            self.stream_asking_on_request(no_parent, mirror, (key, span_id, server, now));
+            return;
+        }
         match inband {
             Some(InbandNote::Asking { agent, parent }) if server && no_parent => {
-                self.ask(agent, mirror, parent);
+                self.ask(agent, mirror, Asked::Span(parent), parent);
             }
             Some(InbandNote::SentAsking { span_id }) if !server => {
                 self.askable(span_id, key, now);
@@ -128,10 +144,12 @@ impl Tracer {
         }
     }
 
-    /// A SERVER span (`mirror`, as this end sees its request) without a parent whose request
-    /// carried the asking form: asks `agent` for the CLIENT span `parent`. Not when `agent` is
-    /// this host's: its client is traced here, and the rules here link it.
-    pub(super) fn ask(&mut self, agent: IpAddr, mirror: MirrorKey, parent: SpanId) {
+    /// A SERVER span (`mirror`, as this end sees its request) without a parent: asks `agent`
+    /// for its CLIENT span, `asked` being the span id its request's option carried (the asking
+    /// form) or its stream on the connection whose option carried `id`, a token (the connection
+    /// form, [`super::stream_asking`]). Not when `agent` is this host's: its client is traced
+    /// here, and the rules here link it.
+    pub(super) fn ask(&mut self, agent: IpAddr, mirror: MirrorKey, asked: Asked, id: SpanId) {
         let Some(announcer) = &self.announcer else {
             return;
         };
@@ -139,7 +157,7 @@ impl Tracer {
             return;
         }
         self.asking_stats.asked += 1;
-        if self.asking.asked.insert(mirror, parent, self.last_event_ts) {
+        if self.asking.asked.insert(mirror, asked, self.last_event_ts) {
             self.asking_stats.evicted += 1;
         }
         let question = ClientSpan {
@@ -148,11 +166,15 @@ impl Tracer {
             key: mirror.request,
             forward: 0,
             trace_id: [0; 16],
-            span_id: parent,
+            span_id: id,
+        };
+        let kind = match asked {
+            Asked::Span(_) => Kind::Ask,
+            Asked::Stream(_) => Kind::AskStream,
         };
         self.asking
             .out
-            .push((Kind::Ask, SocketAddr::new(agent, 0), question));
+            .push((kind, SocketAddr::new(agent, 0), question));
     }
 
     /// A CLIENT span whose request carried the asking form is being opened: it can be asked
@@ -169,15 +191,19 @@ impl Tracer {
         }
     }
 
-    /// An askable span leaves the table: exported in `trace_id` (late questions get that), or
-    /// abandoned (`None`).
+    /// A CLIENT span (`key`, `span_id`) leaves the table: exported in `exported`'s trace with
+    /// its forward key (late questions get those), or abandoned (`None`); if it was askable
+    /// (either form), it is no longer.
     pub(super) fn askable_gone(
         &mut self,
-        span_id: SpanId,
+        (key, span_id): (SpanKey, SpanId),
         exported: Option<(TraceId, u64)>,
         now: u64,
     ) {
-        if self.asking.askable.is_empty() || self.asking.askable.remove(&span_id).is_none() {
+        let stream = self.stream_askable_gone(key, span_id, exported.is_some(), now);
+        if !stream
+            && (self.asking.askable.is_empty() || self.asking.askable.remove(&span_id).is_none())
+        {
             return;
         }
         if let Some(exported) = exported
@@ -197,17 +223,33 @@ impl Tracer {
         };
         if let Some(&key) = self.asking.askable.get(&span.span_id) {
             self.answer_or_wait(key, span.span_id, question, now);
-        } else if let Some(&(trace_id, forward)) = self.asking.exported.get(span.span_id) {
-            let ids = (forward, trace_id, span.span_id);
-            question.answer(&mut self.asking.out, &mut self.asking_stats, ids);
+        } else if self.asking.exported.get(span.span_id).is_some() {
+            self.answer_exported(span.span_id, question);
         } else if self.asking.early.insert(span.span_id, question, now) {
             self.asking_stats.evicted += 1;
         }
     }
 
+    /// Answers `question` about the span `span_id` from the trace it was exported in (unknown
+    /// if forgotten).
+    pub(super) fn answer_exported(&mut self, span_id: SpanId, question: Question) {
+        if let Some(&(trace_id, forward)) = self.asking.exported.get(span_id) {
+            let ids = (forward, trace_id, span_id);
+            question.answer(&mut self.asking.out, &mut self.asking_stats, ids);
+        } else {
+            self.asking_stats.unknown += 1;
+        }
+    }
+
     /// Answers `question` about the open span `key` (`span_id`) now if its trace is settled,
     /// else queues it until it is (or half a link delay).
-    fn answer_or_wait(&mut self, key: SpanKey, span_id: SpanId, question: Question, now: u64) {
+    pub(super) fn answer_or_wait(
+        &mut self,
+        key: SpanKey,
+        span_id: SpanId,
+        question: Question,
+        now: u64,
+    ) {
         let Some(span) = self.spans.get(&key).filter(|span| span.span_id == span_id) else {
             self.asking_stats.unknown += 1;
             return;
@@ -224,8 +266,18 @@ impl Tracer {
     /// Whether an answer about the request `mirror` names the span this agent asked for (the
     /// question is taken either way).
     pub(super) fn answers_question(&mut self, mirror: MirrorKey, span_id: SpanId) -> bool {
-        let asked = self.asking.asked.take(mirror);
-        let ok = asked == Some(span_id);
+        let ok = match self.asking.asked.take(mirror) {
+            Some(Asked::Span(asked)) => asked == span_id,
+            // The stream asked about: whichever span wrote it (the answer is for these
+            // addresses and stream id, from an agent that holds the shared secret), while the
+            // SERVER span that asked still waits: a connection reusing the addresses later
+            // starts its stream ids again.
+            Some(Asked::Stream(conn_id)) => self
+                .waiting_servers
+                .get(&mirror)
+                .is_some_and(|key| key.0 == conn_id),
+            None => false,
+        };
         if !ok {
             self.asking_stats.refused += 1;
         }
@@ -234,7 +286,13 @@ impl Tracer {
 
     /// Queues `question` about span `key` (`span_id`) until its trace settles, or half a link
     /// delay from `now`.
-    fn wait_for_trace(&mut self, key: SpanKey, span_id: SpanId, question: Question, now: u64) {
+    pub(super) fn wait_for_trace(
+        &mut self,
+        key: SpanKey,
+        span_id: SpanId,
+        question: Question,
+        now: u64,
+    ) {
         if self.asking.waiting.len() >= MAX_ENTRIES {
             self.asking_stats.evicted += 1;
             return;

@@ -61,7 +61,7 @@ impl Tracer {
             }
             let shed = span.finished.is_some() && self.shed_at_export(&span, now_mono);
             Self::decided(&span);
-            if self.not_exported(&span, shed, now_mono) {
+            if self.not_exported(key, &span, shed, now_mono) {
                 continue;
             }
             let (local, remote) = span.ends();
@@ -109,7 +109,8 @@ impl Tracer {
             span.trace.fix_used();
             let (trace_id, parent, links) =
                 self.inband_placed(span.inband_trace, &span.trace, span.parent, span.links);
-            self.exported_askable((span.kind, span.span_id, span.forward), trace_id, now_mono);
+            let askable = (key, span.kind, span.span_id, span.forward);
+            self.exported_askable(askable, trace_id, now_mono);
             out.push(SpanData {
                 trace_id,
                 span_id: span.span_id,
@@ -128,12 +129,18 @@ impl Tracer {
     }
 
     /// A span leaving the tables is not exported when shed (counted) or never finished.
-    fn not_exported(&mut self, span: &OpenSpan, shed: bool, now_mono: u64) -> bool {
+    fn not_exported(
+        &mut self,
+        key: super::SpanKey,
+        span: &OpenSpan,
+        shed: bool,
+        now_mono: u64,
+    ) -> bool {
         if !shed && span.finished.is_some() {
             return false;
         }
         if span.kind == SpanKind::Client {
-            self.askable_gone(span.span_id, None, now_mono);
+            self.askable_gone((key, span.span_id), None, now_mono);
         }
         self.stats.spans_shed += u64::from(shed);
         true
@@ -142,12 +149,12 @@ impl Tracer {
     /// A CLIENT span exported in `trace_id`: late questions about it get that trace.
     fn exported_askable(
         &mut self,
-        (kind, span_id, forward): (SpanKind, SpanId, u64),
+        (key, kind, span_id, forward): (super::SpanKey, SpanKind, SpanId, u64),
         trace_id: TraceId,
         now_mono: u64,
     ) {
         if kind == SpanKind::Client {
-            self.askable_gone(span_id, Some((trace_id, forward)), now_mono);
+            self.askable_gone((key, span_id), Some((trace_id, forward)), now_mono);
         }
     }
 

@@ -83,6 +83,18 @@ impl Tracer {
         (trace_id, span_id): (TraceId, SpanId),
         now: u64,
     ) {
+        if flags & agent_common::INBAND_CONN != 0 {
+            if span_id == [0; 8] {
+                return;
+            }
+            if flags & agent_common::INBAND_SENT != 0 {
+                self.on_inband_conn_sent(conn_id, span_id);
+            } else if trace_id != [0; 16] {
+                let agent = std::net::Ipv6Addr::from(trace_id).to_canonical();
+                self.on_inband_conn(conn_id, agent, span_id);
+            }
+            return;
+        }
         let asking = flags & agent_common::INBAND_ASK != 0;
         let note = if asking && flags & agent_common::INBAND_SENT != 0 {
             InbandNote::SentAsking { span_id }

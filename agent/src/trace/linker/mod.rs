@@ -63,6 +63,7 @@ mod open;
 mod parents;
 mod peers;
 mod shedding;
+mod stream_asking;
 mod task_rule;
 mod trace_ref;
 mod worker_rule;
@@ -173,6 +174,8 @@ pub struct Tracer {
     inband: InbandNotes,
     /// The in-band mode's asking form: questions to other agents, answers to theirs.
     asking: asking::Asking,
+    /// The in-band mode's connection form: HTTP/2 streams asked about across hosts.
+    streams: stream_asking::StreamAsking,
     pub asking_stats: asking::AskingStats,
     pub stats: TraceStats,
 }
@@ -209,6 +212,7 @@ impl Tracer {
             shedding: shedding::Shedding::default(),
             inband: InbandNotes::default(),
             asking: asking::Asking::default(),
+            streams: stream_asking::StreamAsking::default(),
             asking_stats: asking::AskingStats::default(),
             stats: TraceStats::default(),
         }
@@ -293,7 +297,10 @@ impl Tracer {
             self.parent_of_client(conn, end, (unit, forward, start), on_loop, &mut links)
         };
         let (mut trace, parent, evidence) = found;
-        self.asking_on_request(inband, parent.is_none(), mirror, (key, server, start.ts));
+        // Streams of a multiplexed connection (HTTP/2, gRPC): the in-band connection form.
+        let stream = !end.in_order && conn.tuple.sock_type != agent_common::SOCK_DGRAM;
+        let asking = (key, span_id, server, stream, start.ts);
+        self.asking_on_request(inband, parent.is_none(), mirror, asking);
         // A request with its own trace header goes where the header says, on both hosts.
         let inband = inband.filter(|_| !header);
         let inband_trace = Self::inband_trace(inband, server, parent.is_some(), &mut trace);
@@ -389,6 +396,9 @@ impl Tracer {
         if conns.is_empty() {
             return;
         }
+        for &conn_id in conns {
+            self.forget_inband_conn(conn_id);
+        }
         let conns: std::collections::HashSet<u64> = conns.iter().copied().collect();
         let keys: Vec<SpanKey> = self
             .spans
@@ -402,7 +412,7 @@ impl Tracer {
             };
             self.stats.abandoned += 1;
             if span.kind == SpanKind::Client {
-                self.askable_gone(span.span_id, None, self.last_event_ts);
+                self.askable_gone((key, span.span_id), None, self.last_event_ts);
             }
             if !span.budget.waited {
                 span.trace.closed();

@@ -209,25 +209,47 @@ fn a_server_asks_the_agent_its_request_named_and_adopts_the_answer() {
         if when == When::AfterExport {
             a.on_peer_ask(b_addr, &question, 0);
         }
-        let mut answers = Vec::new();
-        a.take_peer_messages(&mut answers);
-        assert_eq!(answers.len(), 1, "{when:?}");
-        let (kind, to, answer) = answers[0];
-        assert_eq!((kind, to), (Kind::Answer, b_addr));
         let c = &from_a[0];
         assert_eq!(c.span_id, SPAN, "the id the option carried");
-        assert_eq!((answer.trace_id, answer.span_id), (c.trace_id, SPAN));
-        assert!(b.awaiting_answers(), "{when:?}");
-        b.on_peer_answer(&answer, 0);
-        assert!(!b.awaiting_answers());
-        finish(&mut b, &server, stamp(100, 20, 4242), 150);
-        let s = &drain(&mut b)[0];
-        assert_eq!(s.parent_span_id, Some(SPAN), "{when:?}");
-        assert_eq!(s.trace_id, c.trace_id);
-        assert_eq!(evidence(s), &AttrValue::Str("inband".into()));
-        assert_eq!(b.asking_stats.parent_from_answer, 1);
-        assert_eq!(a.asking_stats.answered, 1);
+        let what = format!("{when:?}");
+        answered_and_adopted(
+            (&mut a, &mut b),
+            b_addr,
+            (&server, stamp(100, 20, 4242)),
+            c,
+            &what,
+        );
     }
+}
+
+/// A answered one question (to `b_addr`) with its CLIENT span `c`; B, whose SERVER span (read
+/// on `server` at `start`) waits for the answer, makes it `c`'s child (`what` names the case).
+fn answered_and_adopted(
+    (a, b): (&mut Tracer, &mut Tracer),
+    b_addr: SocketAddr,
+    (server, start): (&Connection, Stamp),
+    c: &SpanData,
+    what: &str,
+) {
+    let mut answers = Vec::new();
+    a.take_peer_messages(&mut answers);
+    assert_eq!(answers.len(), 1, "{what}");
+    let (kind, to, answer) = answers[0];
+    assert_eq!((kind, to), (crate::peers::wire::Kind::Answer, b_addr));
+    assert_eq!(
+        (answer.trace_id, answer.span_id, answer.key),
+        (c.trace_id, c.span_id, start.offset)
+    );
+    assert!(b.awaiting_answers(), "{what}");
+    b.on_peer_answer(&answer, 0);
+    assert!(!b.awaiting_answers());
+    finish(b, server, start, 150);
+    let s = &drain(b)[0];
+    assert_eq!(s.parent_span_id, Some(c.span_id), "{what}");
+    assert_eq!(s.trace_id, c.trace_id);
+    assert_eq!(evidence(s), &AttrValue::Str("inband".into()));
+    assert_eq!(b.asking_stats.parent_from_answer, 1);
+    assert_eq!(a.asking_stats.answered, 1);
 }
 
 /// An answer that does not match the SERVER span's request (another forward key: another
@@ -365,4 +387,222 @@ fn a_late_announcement_links_a_server_whose_trace_was_used_outside() {
             assert_eq!(b.stats.peer_late, 0);
         }
     }
+}
+
+/// A stream (HTTP/2, gRPC) seen on `conn` asking `method target`: keyed by its stream id
+/// (`start.offset`), multiplexed (not in order, no thread causality).
+fn on_stream(t: &mut Tracer, conn: &Connection, server: bool, ask: &str, start: Stamp) {
+    let (method, target) = ask.split_once(' ').expect("METHOD TARGET");
+    let end = End {
+        server,
+        thread_causality: false,
+        in_order: false,
+        task: 0,
+        hidden_work: false,
+        hidden_same_ask: false,
+        hidden_exact_ask: false,
+    };
+    let forward = crate::protocol::forward_key(method, target);
+    t.on_request(conn, end, start.offset, forward, None, start);
+}
+
+/// The token A's programs drew for the connection.
+const TOKEN: [u8; 8] = [0x7e, 1, 2, 3, 4, 5, 6, 7];
+
+/// Host A's address as the connection form carries it (IPv4 mapped).
+fn agent_a() -> [u8; 16] {
+    std::net::Ipv4Addr::new(10, 0, 0, 1)
+        .to_ipv6_mapped()
+        .octets()
+}
+
+/// [`two_hosts`] with the connection form on both hosts, A's programs having drawn the
+/// connection's token (and told A).
+fn two_hosts_with_streams() -> (Tracer, Tracer, Connection, Connection, [u8; 8]) {
+    use agent_common::{INBAND_CONN, INBAND_SENT};
+    let (mut a, mut b, client, server) = two_hosts();
+    a.enable_stream_asking();
+    b.enable_stream_asking();
+    a.on_inband(
+        client.conn_id,
+        0,
+        INBAND_SENT | INBAND_CONN,
+        ([0; 16], TOKEN),
+        0,
+    );
+    (a, b, client, server, TOKEN)
+}
+
+/// The in-band connection form ([`super::super::stream_asking`]): A's programs named A's agent
+/// and the connection (a token) on the HTTP/2 connection's segments; B's SERVER span of stream
+/// 3 asks A about stream 3 of that connection, A answers with its CLIENT span of that stream
+/// once its trace is settled, and B's span becomes its child before export. The question may
+/// reach A before A saw its own stream, while it is open, after A exported it, or after the
+/// connection closed too.
+#[test]
+fn a_stream_server_asks_the_agent_its_connection_named_and_adopts_the_answer() {
+    use crate::peers::wire::Kind;
+    use agent_common::{INBAND_CONN, INBAND_RECEIVED};
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum When {
+        BeforeTheCall,
+        WhileOpen,
+        AfterExport,
+        /// After the export and the client's connection closed (a short client's last call).
+        AfterClose,
+    }
+    let b_addr: SocketAddr = "10.0.0.2:4391".parse().expect("addr");
+    let call = "POST /model.Predictor/Predict";
+    for when in [
+        When::BeforeTheCall,
+        When::WhileOpen,
+        When::AfterExport,
+        When::AfterClose,
+    ] {
+        let (mut a, mut b, client, server, token) = two_hosts_with_streams();
+        b.on_inband(7, 0, INBAND_RECEIVED | INBAND_CONN, (agent_a(), token), 0);
+        on_stream(&mut b, &server, true, call, stamp(100, 20, 3));
+        let mut questions = Vec::new();
+        b.take_peer_messages(&mut questions);
+        assert_eq!(questions.len(), 1, "{when:?}");
+        let (kind, to, question) = questions[0];
+        assert_eq!(
+            (kind, to.ip()),
+            (Kind::AskStream, "10.0.0.1".parse().expect("ip"))
+        );
+        assert_eq!(
+            (question.span_id, question.key, question.trace_id),
+            (token, 3, [0; 16])
+        );
+        if when == When::BeforeTheCall {
+            a.on_peer_ask_stream(b_addr, &question, 0);
+        }
+        on_stream(&mut a, &client, false, call, stamp(90, 10, 3));
+        if when == When::WhileOpen {
+            a.on_peer_ask_stream(b_addr, &question, 0);
+        }
+        finish(&mut a, &client, stamp(90, 10, 3), 200);
+        let from_a = drain(&mut a);
+        if when == When::AfterClose {
+            a.forget_inband_conn(client.conn_id);
+        }
+        if matches!(when, When::AfterExport | When::AfterClose) {
+            a.on_peer_ask_stream(b_addr, &question, 0);
+        }
+        let what = format!("{when:?}");
+        let server_end = (&server, stamp(100, 20, 3));
+        answered_and_adopted((&mut a, &mut b), b_addr, server_end, &from_a[0], &what);
+    }
+}
+
+/// The connection form names no wrong parent: a token A never drew (or drew before it
+/// restarted), a stream A never saw, and a request that is not a
+/// stream (an HTTP/1 request at that key) get no answer; an answer about another request
+/// (another forward key), or about the same addresses and stream id once another connection's
+/// SERVER span waits there, links nothing; a connection closed on B asks no more; a form naming
+/// B's own agent asks nobody (its client is traced here).
+#[test]
+fn the_connection_form_names_no_wrong_parent() {
+    use agent_common::{INBAND_CONN, INBAND_RECEIVED};
+    let b_addr: SocketAddr = "10.0.0.2:4391".parse().expect("addr");
+    let call = "POST /model.Predictor/Predict";
+    let (mut a, mut b, client, server, token) = two_hosts_with_streams();
+    // A's open spans: stream 3, and an HTTP/1 request at key 5 of the same connection.
+    on_stream(&mut a, &client, false, call, stamp(90, 10, 3));
+    on_asking(&mut a, &client, false, "GET /x", stamp(91, 11, 5));
+    let question = |token: [u8; 8], key: u64| ClientSpan {
+        client: "10.0.0.1:5000".parse().expect("addr"),
+        server: "10.0.0.2:80".parse().expect("addr"),
+        key,
+        forward: 0,
+        trace_id: [0; 16],
+        span_id: token,
+    };
+    let unknown = [9; 8];
+    for (token, key) in [(unknown, 3), (token, 9), (token, 5)] {
+        a.on_peer_ask_stream(b_addr, &question(token, key), 0);
+    }
+    let _ = drain(&mut a);
+    let mut answers = Vec::new();
+    a.take_peer_messages(&mut answers);
+    assert!(answers.is_empty(), "{answers:?}");
+
+    // An answer for another request: no parent.
+    b.on_inband(7, 0, INBAND_RECEIVED | INBAND_CONN, (agent_a(), token), 0);
+    on_stream(&mut b, &server, true, call, stamp(100, 20, 3));
+    let mut questions = Vec::new();
+    b.take_peer_messages(&mut questions);
+    assert_eq!(questions.len(), 1);
+    let other = ClientSpan {
+        forward: crate::protocol::forward_key("POST", "/model.Predictor/Other"),
+        trace_id: [3; 16],
+        span_id: [4; 8],
+        ..questions[0].2
+    };
+    b.on_peer_answer(&other, 0);
+    finish(&mut b, &server, stamp(100, 20, 3), 150);
+    assert_eq!(drain(&mut b)[0].parent_span_id, None);
+
+    // The same addresses and stream id on a later connection (8): an answer to the question
+    // asked for connection 7's stream is not its.
+    let (_, mut b, _, server, token) = two_hosts_with_streams();
+    b.on_inband(7, 0, INBAND_RECEIVED | INBAND_CONN, (agent_a(), token), 0);
+    on_stream(&mut b, &server, true, call, stamp(100, 20, 3));
+    let mut questions = Vec::new();
+    b.take_peer_messages(&mut questions);
+    finish(&mut b, &server, stamp(100, 20, 3), 150);
+    let _ = drain(&mut b);
+    let later = Connection {
+        conn_id: 8,
+        ..server.clone()
+    };
+    on_stream(&mut b, &later, true, call, stamp(300, 20, 3));
+    let answer = ClientSpan {
+        forward: crate::protocol::forward_key("POST", "/model.Predictor/Predict"),
+        trace_id: [3; 16],
+        span_id: [4; 8],
+        ..questions[0].2
+    };
+    b.on_peer_answer(&answer, 0);
+    finish(&mut b, &later, stamp(300, 20, 3), 350);
+    assert_eq!(drain(&mut b)[0].parent_span_id, None);
+
+    // Closed: the connection's later streams ask nobody.
+    b.forget_inband_conn(server.conn_id);
+    on_stream(&mut b, &server, true, call, stamp(200, 20, 5));
+    let mut questions = Vec::new();
+    b.take_peer_messages(&mut questions);
+    assert!(questions.is_empty());
+
+    // A form naming B's own agent (an address of B's host: loopback).
+    let (_, mut b, _, server, token) = two_hosts_with_streams();
+    let own: [u8; 16] = std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets();
+    b.on_inband(7, 0, INBAND_RECEIVED | INBAND_CONN, (own, token), 0);
+    on_stream(&mut b, &server, true, call, stamp(100, 20, 3));
+    let mut questions = Vec::new();
+    b.take_peer_messages(&mut questions);
+    assert!(questions.is_empty());
+}
+
+/// A stream read before the connection form reached the server's end (the connection's first
+/// write carries none) waits for its client; the form, when a later write brings it, asks
+/// about it then, once.
+#[test]
+fn a_stream_read_before_the_connection_form_is_asked_about_when_it_comes() {
+    use crate::peers::wire::Kind;
+    use agent_common::{INBAND_CONN, INBAND_RECEIVED};
+    let (_, mut b, _, server, token) = two_hosts_with_streams();
+    on_stream(&mut b, &server, true, "POST /m.S/M", stamp(100, 20, 1));
+    let mut questions = Vec::new();
+    b.take_peer_messages(&mut questions);
+    assert!(questions.is_empty(), "no form yet");
+    for _ in 0..2 {
+        b.on_inband(7, 0, INBAND_RECEIVED | INBAND_CONN, (agent_a(), token), 0);
+    }
+    b.take_peer_messages(&mut questions);
+    assert_eq!(questions.len(), 1, "{questions:?}");
+    assert_eq!(
+        (questions[0].0, questions[0].2.key, questions[0].2.span_id),
+        (Kind::AskStream, 1, token)
+    );
 }
