@@ -52,12 +52,15 @@ pub struct KernelOffsets {
     pub tcp_write_seq: u32,
     /// `struct tcp_sock`: `copied_seq` (u32), the sequence number after the last byte read.
     pub tcp_copied_seq: u32,
+    /// `struct tcp_sock`: `snd_nxt` (u32), the sequence number of the next byte to send: equal
+    /// to `write_seq` when nothing queued waits to leave.
+    pub tcp_snd_nxt: u32,
     /// `struct sock`: `__sk_common.skc_net.net` (`struct net *`), the socket's network namespace.
     pub skc_net: u32,
     /// `struct net`: `ns.inum` (u32), the namespace's inode number (as `/proc/PID/ns/net` shows).
     pub net_ns_inum: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 23 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 24 * 4);
 
 /// Load-time settings the agent writes into the programs' read-only globals.
 #[repr(C)]

@@ -191,7 +191,9 @@ pub fn client_write_enter(pid_tgid: u64, fd: i32) -> Option<*mut ConnInfo> {
         return None;
     }
     if streams(protocol, tls) {
-        return Some(entry);
+        // A server on this host is traced here: its agent asks nobody.
+        // SAFETY: as above; the tuple is read in place.
+        return (!is_local_peer(unsafe { &(*entry).tuple })).then_some(entry);
     }
     if last == Direction::Egress as u32 || !in_order(protocol, tls) {
         return None;
@@ -290,6 +292,12 @@ pub fn client_conn_form(pid_tgid: u64, fd: i32, entry: *mut ConnInfo) {
     let Ok(seq) = write_seq(tcp_sk) else {
         return;
     };
+    // Only a write that starts a segment of its own (nothing queued waits to leave): one whose
+    // bytes join a segment not sent yet would leave its entry behind, and a later socket at the
+    // same address might start a segment at that sequence number.
+    if snd_nxt(tcp_sk) != Ok(seq) {
+        return;
+    }
     let context = InbandContext {
         trace_id: config!(inband_return_addr),
         span_id: token,
@@ -391,7 +399,10 @@ pub fn conn_form_read(pid_tgid: u64, fd: i32, entry: *mut ConnInfo) {
     // Only a client that knew its connection speaks HTTP/2 writes the form: the server's end
     // need not know it yet (a TLS connection's plaintext is the agent's to parse, a moment later;
     // a short connection may have said everything by then).
-    if conn.role == Role::Client as u32 || conn.tcp_sk == 0 {
+    if conn.role == Role::Client as u32
+        || conn.tcp_sk == 0
+        || conn.inband_tls == INBAND_TLS_IN_ORDER
+    {
         return;
     }
     let key = InbandKey {
@@ -450,6 +461,14 @@ fn thread_trace(pid_tgid: u64) -> Option<[u8; 16]> {
         // but one that read no request here is the programs' root either way).
         _ => Some(random_trace_id()),
     }
+}
+
+/// The socket's `snd_nxt`: the sequence number of its next byte to leave.
+#[inline(always)]
+fn snd_nxt(tcp_sk: u64) -> Result<u32, i64> {
+    let field = tcp_sk + u64::from(offset!(tcp_snd_nxt));
+    // SAFETY: bpf_probe_read_kernel copes with any address; the pointer is never dereferenced.
+    unsafe { bpf_probe_read_kernel(field as *const u32) }.map_err(i64::from)
 }
 
 /// The socket's `write_seq`: the sequence number its next queued byte will have.

@@ -153,6 +153,7 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     sk_protocol: 0,
     tcp_write_seq: 0,
     tcp_copied_seq: 0,
+    tcp_snd_nxt: 0,
     skc_net: 0,
     net_ns_inum: 0,
 };

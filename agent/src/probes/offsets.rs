@@ -33,6 +33,7 @@ const FIELDS: &[(&str, &str, u32, Setter)] = &[
     ("sock", "sk_protocol", 2, |o, v| o.sk_protocol = v),
     ("tcp_sock", "write_seq", 4, |o, v| o.tcp_write_seq = v),
     ("tcp_sock", "copied_seq", 4, |o, v| o.tcp_copied_seq = v),
+    ("tcp_sock", "snd_nxt", 4, |o, v| o.tcp_snd_nxt = v),
     ("sock", "__sk_common.skc_net.net", 8, |o, v| o.skc_net = v),
     ("net", "ns.inum", 4, |o, v| o.net_ns_inum = v),
 ];

@@ -243,21 +243,25 @@ impl<'a> TraceSink<'a> {
         {
             return;
         }
-        let protocol = self.protocols.protocol_of(h.conn_id);
-        // (Only the connecting end of HTTP/2 writes the form; the accepting end reads it
-        // whatever it is told.)
-        let value = if protocol == Some("http2") {
-            if event.role != agent_common::Role::Client as u32 {
+        let value = if in_order {
+            if event.flags & agent_common::DATA_RECORD_SEQ == 0 {
                 return;
             }
-            agent_common::INBAND_TLS_STREAMS
-        } else if !in_order || event.flags & agent_common::DATA_RECORD_SEQ == 0 {
-            return;
-        } else if protocol.is_some_and(|p| FOLLOWED.contains(&p)) {
             // (Not DNS over TLS, whose answers may come in another order.)
-            agent_common::INBAND_TLS_IN_ORDER
+            let protocol = self.protocols.protocol_of(h.conn_id);
+            if protocol.is_some_and(|p| FOLLOWED.contains(&p)) {
+                agent_common::INBAND_TLS_IN_ORDER
+            } else {
+                0
+            }
+        } else if event.role == agent_common::Role::Client as u32
+            && self.protocols.protocol_of(h.conn_id) == Some("http2")
+        {
+            // Only the connecting end writes the form; the accepting end reads whatever it is
+            // sent.
+            agent_common::INBAND_TLS_STREAMS
         } else {
-            0
+            return;
         };
         let written = value != 0
             && self

@@ -42,6 +42,10 @@ pub(super) enum Asked {
     /// The stream of the SERVER span waiting on this connection (this end's id): an answer
     /// about the same addresses and stream id is for a later connection if another waits.
     Stream(u64),
+    /// Asked for streams of two connections between the same addresses (the first closed, the
+    /// next reusing its ports, stream ids starting again): whose an answer is cannot be told,
+    /// so none is taken until the entry expires.
+    Ambiguous,
 }
 
 /// A question from another agent: who asked, and its view of the request.
@@ -156,10 +160,21 @@ impl Tracer {
         if announcer.local.contains(agent) {
             return;
         }
-        self.asking_stats.asked += 1;
+        let asked = match (self.asking.asked.get(mirror), asked) {
+            (Some(&Asked::Stream(earlier)), Asked::Stream(conn_id)) if earlier != conn_id => {
+                Asked::Ambiguous
+            }
+            (Some(&Asked::Ambiguous), Asked::Stream(_)) => Asked::Ambiguous,
+            _ => asked,
+        };
         if self.asking.asked.insert(mirror, asked, self.last_event_ts) {
             self.asking_stats.evicted += 1;
         }
+        if asked == Asked::Ambiguous {
+            self.asking_stats.refused += 1;
+            return;
+        }
+        self.asking_stats.asked += 1;
         let question = ClientSpan {
             client: mirror.client.addr(),
             server: mirror.server.addr(),
@@ -170,7 +185,7 @@ impl Tracer {
         };
         let kind = match asked {
             Asked::Span(_) => Kind::Ask,
-            Asked::Stream(_) => Kind::AskStream,
+            Asked::Stream(_) | Asked::Ambiguous => Kind::AskStream,
         };
         self.asking
             .out
@@ -266,6 +281,11 @@ impl Tracer {
     /// Whether an answer about the request `mirror` names the span this agent asked for (the
     /// question is taken either way).
     pub(super) fn answers_question(&mut self, mirror: MirrorKey, span_id: SpanId) -> bool {
+        if self.asking.asked.get(mirror) == Some(&Asked::Ambiguous) {
+            // Kept: a later answer is no less ambiguous.
+            self.asking_stats.refused += 1;
+            return false;
+        }
         let ok = match self.asking.asked.take(mirror) {
             Some(Asked::Span(asked)) => asked == span_id,
             // The stream asked about: whichever span wrote it (the answer is for these
@@ -276,7 +296,7 @@ impl Tracer {
                 .waiting_servers
                 .get(&mirror)
                 .is_some_and(|key| key.0 == conn_id),
-            None => false,
+            Some(Asked::Ambiguous) | None => false,
         };
         if !ok {
             self.asking_stats.refused += 1;

@@ -38,6 +38,10 @@ use crate::{
     trace::{ids::SpanId, span::SpanKind},
 };
 
+/// Streams of one connection remembered while its form has not come (past this they are not
+/// asked about, counted).
+const MAX_UNASKED: usize = 64;
+
 /// Both sides of the connection form.
 #[derive(Debug, Default)]
 pub(super) struct StreamAsking {
@@ -48,6 +52,10 @@ pub(super) struct StreamAsking {
     conns: FastMap<u64, ConnForm>,
     /// Connecting ends by the token drawn for them.
     by_token: FastMap<SpanId, u64>,
+    /// Accepting ends' SERVER spans of streams without a parent read before their connection's
+    /// form (at most [`MAX_UNASKED`] per connection, for at most [`MAX_ENTRIES`] connections),
+    /// asked about when it comes.
+    unasked: FastMap<u64, Vec<MirrorKey>>,
     /// Tokens of connecting ends closed lately: their last streams are asked about after the
     /// connection closed (a short client's).
     closed_tokens: Expiring<SpanId, u64, KEEP_NS, MAX_ENTRIES>,
@@ -63,8 +71,9 @@ pub(super) struct StreamAsking {
 /// A connection's form, as the programs told it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConnForm {
-    /// A connecting end here: the token its segments carry.
-    Client(SpanId),
+    /// A connecting end here: the token its segments carry (the latest drawn, and one drawn
+    /// before it at the same moment, if any).
+    Client(SpanId, Option<SpanId>),
     /// An accepting end here: the client's agent, and the token it knows the connection by.
     Server(IpAddr, SpanId),
 }
@@ -75,42 +84,49 @@ impl Tracer {
         self.streams.on = true;
     }
 
-    /// The programs drew `token` for the connecting end `conn_id` (its segments carry it).
+    /// The programs drew `token` for the connecting end `conn_id` (its segments carry it). Two
+    /// writes at once on two CPUs may both draw one: the one drawn before stays valid too.
     pub(super) fn on_inband_conn_sent(&mut self, conn_id: u64, token: SpanId) {
-        if self.remember_conn_form(conn_id, ConnForm::Client(token)) {
-            self.streams.by_token.insert(token, conn_id);
-        }
+        let form = match self.streams.conns.get(&conn_id) {
+            Some(&ConnForm::Client(latest, _)) if latest == token => return,
+            Some(&ConnForm::Client(latest, older)) => {
+                if let Some(older) = older {
+                    self.streams.by_token.remove(&older);
+                }
+                ConnForm::Client(token, Some(latest))
+            }
+            _ => ConnForm::Client(token, None),
+        };
+        self.remember_conn_form(conn_id, form);
+        self.streams.by_token.insert(token, conn_id);
     }
 
     /// The programs read the connection form on the server's connection `conn_id`: its client's
     /// agent is at `agent`, which knows the connection by `token`.
     pub(super) fn on_inband_conn(&mut self, conn_id: u64, agent: IpAddr, token: SpanId) {
-        if !self.remember_conn_form(conn_id, ConnForm::Server(agent, token)) {
+        let form = ConnForm::Server(agent, token);
+        if self.streams.conns.get(&conn_id) == Some(&form) {
             return;
         }
-        // Streams read before the form reached this end wait for their client: asked now. (A
-        // connection's first write carries no form when its protocol is not known as it
-        // leaves.)
-        let asked = &self.asking.asked;
-        let waiting: Vec<MirrorKey> = self
-            .waiting_servers
-            .iter()
-            .filter(|(mirror, key)| {
-                key.0 == conn_id && asked.get(**mirror) != Some(&Asked::Stream(conn_id))
-            })
-            .map(|(mirror, _)| *mirror)
-            .collect();
-        for mirror in waiting {
-            self.ask(agent, mirror, Asked::Stream(conn_id), token);
+        self.remember_conn_form(conn_id, form);
+        // Streams read before the form reached this end, still waiting for their client: asked
+        // now. (A connection's first write carries no form when its protocol is not known as
+        // it leaves.)
+        for mirror in self.streams.unasked.remove(&conn_id).unwrap_or_default() {
+            if self
+                .waiting_servers
+                .get(&mirror)
+                .is_some_and(|key| key.0 == conn_id)
+            {
+                self.ask(agent, mirror, Asked::Stream(conn_id), token);
+            }
         }
     }
 
-    /// Keeps `form` for `conn_id`; returns whether it is new.
-    fn remember_conn_form(&mut self, conn_id: u64, form: ConnForm) -> bool {
-        let conns = &mut self.streams.conns;
-        if conns.get(&conn_id) == Some(&form) {
-            return false;
-        }
+    /// Keeps `form` for `conn_id` (past [`MAX_ENTRIES`] connections an arbitrary other one is
+    /// forgotten, counted: a lost close must not stop the form for good).
+    fn remember_conn_form(&mut self, conn_id: u64, form: ConnForm) {
+        let conns = &self.streams.conns;
         if conns.len() >= MAX_ENTRIES
             && !conns.contains_key(&conn_id)
             && let Some(&old) = conns.keys().next()
@@ -118,27 +134,26 @@ impl Tracer {
             self.asking_stats.evicted += 1;
             self.forget_inband_conn(old);
         }
-        if let Some(ConnForm::Client(token)) = self.streams.conns.insert(conn_id, form) {
-            self.streams.by_token.remove(&token);
-        }
-        true
+        self.streams.conns.insert(conn_id, form);
     }
 
     /// The connection `conn_id` is closed (or abandoned): its later streams are no one's to
-    /// ask about. A connecting end's token still names it for a while, for questions about its
+    /// ask about. A connecting end's tokens still name it for a while, for questions about its
     /// last streams.
     pub fn forget_inband_conn(&mut self, conn_id: u64) {
+        if !self.streams.unasked.is_empty() {
+            self.streams.unasked.remove(&conn_id);
+        }
         if self.streams.conns.is_empty() {
             return;
         }
-        if let Some(ConnForm::Client(token)) = self.streams.conns.remove(&conn_id) {
-            self.streams.by_token.remove(&token);
-            if self
-                .streams
-                .closed_tokens
-                .insert(token, conn_id, crate::clock::monotonic_ns())
-            {
-                self.asking_stats.evicted += 1;
+        if let Some(ConnForm::Client(latest, older)) = self.streams.conns.remove(&conn_id) {
+            let now = crate::clock::monotonic_ns();
+            for token in std::iter::once(latest).chain(older) {
+                self.streams.by_token.remove(&token);
+                if self.streams.closed_tokens.insert(token, conn_id, now) {
+                    self.asking_stats.evicted += 1;
+                }
             }
         }
     }
@@ -155,8 +170,13 @@ impl Tracer {
     ) {
         let form = self.streams.conns.get(&key.0).copied();
         if server {
-            if no_parent && let Some(ConnForm::Server(agent, token)) = form {
-                self.ask(agent, mirror, Asked::Stream(key.0), token);
+            match form {
+                _ if !no_parent => {}
+                Some(ConnForm::Server(agent, token)) => {
+                    self.ask(agent, mirror, Asked::Stream(key.0), token);
+                }
+                _ if self.streams.on => self.unasked(key.0, mirror),
+                _ => {}
             }
             return;
         }
@@ -178,6 +198,22 @@ impl Tracer {
         if let Some(question) = self.streams.early.take(key) {
             self.wait_for_trace(key, span_id, question, now);
         }
+    }
+
+    /// Remembers the SERVER span of stream `mirror` on connection `conn_id`, read before its
+    /// form: asked about when the form comes.
+    fn unasked(&mut self, conn_id: u64, mirror: MirrorKey) {
+        let unasked = &mut self.streams.unasked;
+        if unasked.len() >= MAX_ENTRIES && !unasked.contains_key(&conn_id) {
+            self.asking_stats.evicted += 1;
+            return;
+        }
+        let streams = unasked.entry(conn_id).or_default();
+        if streams.len() >= MAX_UNASKED {
+            self.asking_stats.evicted += 1;
+            return;
+        }
+        streams.push(mirror);
     }
 
     /// Another agent asks for the CLIENT span of stream `span.key` on the connection whose

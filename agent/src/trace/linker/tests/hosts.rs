@@ -543,29 +543,39 @@ fn the_connection_form_names_no_wrong_parent() {
     finish(&mut b, &server, stamp(100, 20, 3), 150);
     assert_eq!(drain(&mut b)[0].parent_span_id, None);
 
-    // The same addresses and stream id on a later connection (8): an answer to the question
-    // asked for connection 7's stream is not its.
-    let (_, mut b, _, server, token) = two_hosts_with_streams();
-    b.on_inband(7, 0, INBAND_RECEIVED | INBAND_CONN, (agent_a(), token), 0);
-    on_stream(&mut b, &server, true, call, stamp(100, 20, 3));
-    let mut questions = Vec::new();
-    b.take_peer_messages(&mut questions);
-    finish(&mut b, &server, stamp(100, 20, 3), 150);
-    let _ = drain(&mut b);
-    let later = Connection {
-        conn_id: 8,
-        ..server.clone()
-    };
-    on_stream(&mut b, &later, true, call, stamp(300, 20, 3));
-    let answer = ClientSpan {
-        forward: crate::protocol::forward_key("POST", "/model.Predictor/Predict"),
-        trace_id: [3; 16],
-        span_id: [4; 8],
-        ..questions[0].2
-    };
-    b.on_peer_answer(&answer, 0);
-    finish(&mut b, &later, stamp(300, 20, 3), 350);
-    assert_eq!(drain(&mut b)[0].parent_span_id, None);
+    // The same addresses and stream id on a later connection (8), while connection 7's
+    // question is unanswered: an answer that comes before connection 8's form is connection
+    // 7's (refused: 8 waits); once 8's form came, whose an answer is cannot be told: 8 asks
+    // nothing, and no answer is taken.
+    for form_first in [false, true] {
+        let (_, mut b, _, server, token) = two_hosts_with_streams();
+        b.on_inband(7, 0, INBAND_RECEIVED | INBAND_CONN, (agent_a(), token), 0);
+        on_stream(&mut b, &server, true, call, stamp(100, 20, 3));
+        let mut questions = Vec::new();
+        b.take_peer_messages(&mut questions);
+        finish(&mut b, &server, stamp(100, 20, 3), 150);
+        let _ = drain(&mut b);
+        let later = Connection {
+            conn_id: 8,
+            ..server.clone()
+        };
+        on_stream(&mut b, &later, true, call, stamp(300, 20, 3));
+        let answer = ClientSpan {
+            forward: crate::protocol::forward_key("POST", "/model.Predictor/Predict"),
+            trace_id: [3; 16],
+            span_id: [4; 8],
+            ..questions[0].2
+        };
+        if form_first {
+            b.on_inband(8, 0, INBAND_RECEIVED | INBAND_CONN, (agent_a(), [8; 8]), 0);
+            let mut asked_again = Vec::new();
+            b.take_peer_messages(&mut asked_again);
+            assert!(asked_again.is_empty(), "ambiguous: not asked");
+        }
+        b.on_peer_answer(&answer, 0);
+        finish(&mut b, &later, stamp(300, 20, 3), 350);
+        assert_eq!(drain(&mut b)[0].parent_span_id, None, "{form_first}");
+    }
 
     // Closed: the connection's later streams ask nobody.
     b.forget_inband_conn(server.conn_id);
