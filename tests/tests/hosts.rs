@@ -967,6 +967,20 @@ fn grpc_across_a_full_nat(inband: bool) {
     grpc_whole_enough(&result);
 }
 
+/// The CLIENT span among `events` that is the SERVER `span`'s parent, in its trace, linked by
+/// asking (evidence `inband`); `context` goes into the failure's message.
+fn asked_parent<'a>(events: &'a [Value], span: &Value, context: &str) -> &'a Value {
+    let parent = events
+        .iter()
+        .find(|c| c["kind"] == "CLIENT" && c["span_id"] == span["parent_span_id"]);
+    let Some(parent) = parent else {
+        panic!("no CLIENT parent ({context}): {span:#}");
+    };
+    assert_eq!(span["trace_id"], parent["trace_id"]);
+    assert_eq!(span["attributes"]["sockspan.parent.evidence"], "inband");
+    parent
+}
+
 /// A second HTTP/2 implementation: Node.js's `http2` (nghttp2) at both ends, through the same
 /// translating router, both modes: every request's SERVER span on the server's host is the
 /// child of the CLIENT span on the client's host that made it (same path), linked by asking the
@@ -1007,15 +1021,8 @@ fn node_http2_behind_a_full_nat_is_linked_by_asking_the_agent_its_connection_nam
             span["attributes"]["network.peer.address"],
             bed.ip(1).as_str()
         );
-        let parent = events
-            .iter()
-            .find(|c| c["kind"] == "CLIENT" && c["span_id"] == span["parent_span_id"]);
-        let Some(parent) = parent else {
-            panic!("no CLIENT parent: {span:#}");
-        };
-        assert_eq!(span["trace_id"], parent["trace_id"]);
+        let parent = asked_parent(&events, span, "");
         assert_eq!(span["name"], parent["name"]);
-        assert_eq!(span["attributes"]["sockspan.parent.evidence"], "inband");
     }
 }
 
@@ -1073,18 +1080,12 @@ fn http2_over_tls_behind_a_full_nat_is_linked_by_asking_the_agent_its_connection
             "{span:#}"
         );
         assert_eq!(span["attributes"]["tls.protocol.name"], "tls", "{span:#}");
-        let parent = events
-            .iter()
-            .find(|c| c["kind"] == "CLIENT" && c["span_id"] == span["parent_span_id"]);
-        let Some(parent) = parent else {
-            panic!("no CLIENT parent ({counters:?}: {sums:?}): {span:#}");
-        };
-        assert_eq!(span["trace_id"], parent["trace_id"]);
+        let context = format!("{counters:?}: {sums:?}");
+        let parent = asked_parent(&events, span, &context);
         assert_eq!(
             span["attributes"]["url.path"],
             parent["attributes"]["url.path"]
         );
-        assert_eq!(span["attributes"]["sockspan.parent.evidence"], "inband");
     }
 }
 

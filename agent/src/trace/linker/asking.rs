@@ -238,8 +238,9 @@ impl Tracer {
         };
         if let Some(&key) = self.asking.askable.get(&span.span_id) {
             self.answer_or_wait(key, span.span_id, question, now);
-        } else if self.asking.exported.get(span.span_id).is_some() {
-            self.answer_exported(span.span_id, question);
+        } else if let Some(&(trace_id, forward)) = self.asking.exported.get(span.span_id) {
+            let ids = (forward, trace_id, span.span_id);
+            question.answer(&mut self.asking.out, &mut self.asking_stats, ids);
         } else if self.asking.early.insert(span.span_id, question, now) {
             self.asking_stats.evicted += 1;
         }

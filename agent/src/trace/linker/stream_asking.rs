@@ -168,6 +168,10 @@ impl Tracer {
         mirror: MirrorKey,
         (key, span_id, server, now): (SpanKey, SpanId, bool, u64),
     ) {
+        if self.announcer.is_none() {
+            // Every HTTP/2 span passes here: no peers, nobody to ask or be asked by.
+            return;
+        }
         let form = self.streams.conns.get(&key.0).copied();
         if server {
             match form {
