@@ -161,6 +161,11 @@ pub struct RunArgs {
     /// else its executable; docs/spans.md), exe, comm, cmdline (the application), container.
     #[arg(long, value_name = "RULE", default_value = "auto")]
     pub service_name: ServiceNameRule,
+    /// Pods' service names from their labels and owners (`app.kubernetes.io/name`, `app`, the
+    /// owning Deployment), read from the Kubernetes API server: auto (when the agent runs in a
+    /// pod with a service account allowed to list pods), off (from the pods' names only).
+    #[arg(long, value_name = "WHEN", default_value = "auto")]
+    pub kube_api: crate::kube::KubeApi,
     /// Milliseconds a finished span waits for late linking evidence before export.
     #[arg(long, value_name = "MS", default_value_t = 500)]
     pub link_delay_ms: u64,

@@ -18,6 +18,7 @@ mod commands;
 mod conntrack;
 mod expiring;
 mod exporter;
+mod kube;
 mod lock;
 mod metrics;
 mod net;

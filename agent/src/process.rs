@@ -14,6 +14,8 @@ use crate::runtime::Runtime;
 pub struct Pod {
     pub name: String,
     pub namespace: Option<String>,
+    /// The pod's uid from the cgroup path: the key of the API server's pod list (labels, owner).
+    pub uid: Option<String>,
 }
 
 impl Pod {
@@ -104,6 +106,7 @@ impl ProcessInfo {
             .ok()
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty()),
+            uid: pod_uid_from_cgroup(&cgroup),
         });
         let stat = std::fs::read_to_string(format!("{base}/stat")).unwrap_or_default();
         let start_ticks = stat_field(&stat, 22).unwrap_or(0);
@@ -176,6 +179,31 @@ pub fn systemd_unit_from_cgroup(text: &str) -> Option<String> {
         .find_map(|segment| {
             let unit = segment.strip_suffix(".service")?;
             (!unit.is_empty() && !unit.starts_with("user@")).then(|| unit.to_string())
+        })
+}
+
+/// Finds a Kubernetes pod's uid in `/proc/<pid>/cgroup`, as the kubelet names pod cgroups: with
+/// the systemd driver `kubepods-burstable-pod<uid, '_' for '-'>.slice`, with cgroupfs
+/// `/kubepods/burstable/pod<uid>/`.
+#[must_use]
+pub fn pod_uid_from_cgroup(text: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|line| line.splitn(3, ':').nth(2))
+        .filter(|path| path.contains("kubepods"))
+        .flat_map(|path| path.split('/'))
+        .find_map(|segment| {
+            let segment = segment.strip_suffix(".slice").unwrap_or(segment);
+            let (_, uid) = segment.rsplit_once("pod")?;
+            let uid = uid.replace('_', "-");
+            let is_uuid = uid.len() == 36
+                && uid.bytes().enumerate().all(|(i, b)| {
+                    if matches!(i, 8 | 13 | 18 | 23) {
+                        b == b'-'
+                    } else {
+                        b.is_ascii_hexdigit()
+                    }
+                });
+            is_uuid.then_some(uid)
         })
 }
 
@@ -355,6 +383,36 @@ mod tests {
             None
         );
         assert_eq!(container_id_from_cgroup("garbage"), None);
+    }
+
+    #[test]
+    fn finds_pod_uids_in_cgroup_paths() {
+        const UID: &str = "6f1c2a3e-0b4d-4e5f-8a9b-0c1d2e3f4a5b";
+        for path in [
+            // systemd driver (cgroup v2): '_' stands for '-'.
+            format!(
+                "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{ID}.scope",
+                UID.replace('-', "_")
+            ),
+            // Guaranteed QoS has no class level.
+            format!(
+                "0::/kubepods.slice/kubepods-pod{}.slice/crio-{ID}.scope",
+                UID.replace('-', "_")
+            ),
+            // cgroupfs driver, v1 and v2.
+            format!("11:memory:/kubepods/besteffort/pod{UID}/{ID}"),
+            format!("0::/kubepods/pod{UID}/{ID}"),
+        ] {
+            assert_eq!(pod_uid_from_cgroup(&path).as_deref(), Some(UID), "{path}");
+        }
+        for path in [
+            "0::/kubepods.slice/kubepods-burstable.slice".to_string(),
+            format!("0::/system.slice/pod{UID}.service"),
+            "0::/kubepods/besteffort/pod0a1b/x".to_string(),
+            "garbage".to_string(),
+        ] {
+            assert_eq!(pod_uid_from_cgroup(&path), None, "{path}");
+        }
     }
 
     #[test]

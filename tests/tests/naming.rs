@@ -1,7 +1,7 @@
 //! Root integration test of service naming: real services without `OTEL_SERVICE_NAME`, each
 //! started as users start them (two plain scripts, a generic `main.py` in its project folder,
 //! `python -m`, uvicorn with `--workers`, gunicorn, a Node.js script, a process in a
-//! systemd-style cgroup), called once each; the agent must name them apart.
+//! systemd-style cgroup, one in a Kubernetes-style pod cgroup), called once each; the agent must name them apart.
 
 use std::{
     path::{Path, PathBuf},
@@ -68,6 +68,33 @@ fn systemd_style_cgroup() -> Option<PathBuf> {
     ];
     roots.iter().find_map(|root| {
         let dir = Path::new(root).join("sockspan-test.slice/model-api.service");
+        (std::fs::create_dir_all(&dir).is_ok() && dir.join("cgroup.procs").exists()).then_some(dir)
+    })
+}
+
+/// The pod uid of the pod-style cgroup: the kubelet's systemd-driver naming, `_` for `-`.
+const POD_UID: &str = "6f1c2a3e-0b4d-4e5f-8a9b-0c1d2e3f4a5b";
+const CONTAINER_ID: &str = "3f1e7c0a9b2d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7";
+
+/// A cgroup named as the kubelet (systemd driver) and containerd name a container's in a
+/// `BestEffort` pod, in cgroup v2's hierarchy, else v1's `name=systemd` one.
+fn pod_style_cgroup() -> Option<PathBuf> {
+    let path = Path::new("kubepods.slice/kubepods-besteffort.slice")
+        .join(format!(
+            "kubepods-besteffort-pod{}.slice",
+            POD_UID.replace('-', "_")
+        ))
+        .join(format!("cri-containerd-{CONTAINER_ID}.scope"));
+    [
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup/systemd",
+        "/sys/fs/cgroup",
+    ]
+    .iter()
+    .map(Path::new)
+    .filter(|root| root.join("cgroup.procs").exists())
+    .find_map(|root| {
+        let dir = root.join(&path);
         (std::fs::create_dir_all(&dir).is_ok() && dir.join("cgroup.procs").exists()).then_some(dir)
     })
 }
@@ -149,18 +176,20 @@ fn cases(port: impl Fn(usize) -> String) -> Vec<Case> {
         ),
         case("node", &["server.js", &port(6)], "edge", "edge"),
         case("python3", &["worker/worker.py", &port(7)], "", "model-api"),
+        // A StatefulSet's pod: `HOSTNAME` is the pod's name.
+        case("python3", &["worker/worker.py", &port(8)], "", "vector-db"),
     ]
 }
 
 /// Starts `case` (in the unit's cgroup `unit`, joined before it runs: the agent reads a
 /// process once, when it first sees it use a connection).
-fn start(root: &Path, case: &Case, port: u16, unit: Option<&Path>) -> Proc {
+fn start(root: &Path, case: &Case, port: u16, unit: Option<&Path>, env: &str) -> Proc {
     let args: Vec<&str> = case.args.iter().map(String::as_str).collect();
     let dir = root.join(case.dir);
     match unit {
         Some(unit) => {
             let script = format!(
-                "echo $$ > {}/cgroup.procs && exec {} \"$@\"",
+                "echo $$ > {}/cgroup.procs && {env} exec {} \"$@\"",
                 unit.display(),
                 case.program
             );
@@ -193,21 +222,27 @@ fn names_on(events: &[serde_json::Value], port: u16) -> std::collections::BTreeS
 fn services_are_told_apart_without_otel_service_name() {
     let root = std::env::temp_dir().join(format!("sockspan-naming-{}", std::process::id()));
     lay_out_projects(&root);
-    let ports: Vec<u16> = (0..8).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..9).map(|_| free_port()).collect();
     let cgroup = systemd_style_cgroup();
+    let pod = pod_style_cgroup();
     let agent = Agent::start_command("run", &["--output", "jsonl"]);
     let mut procs = Vec::new();
     let mut expected = Vec::new();
     for (case, &port) in cases(|i| ports[i].to_string()).iter().zip(&ports) {
-        let unit = match (case.name, &cgroup) {
-            ("model-api", None) => {
+        let (unit, env) = match (case.name, &cgroup, &pod) {
+            ("model-api", None, _) => {
                 eprintln!("no cgroup hierarchy to make a systemd-style unit in: not measured");
                 continue;
             }
-            ("model-api", Some(unit)) => Some(unit.as_path()),
-            _ => None,
+            ("vector-db", _, None) => {
+                eprintln!("no cgroup v2 hierarchy to make a pod-style cgroup in: not measured");
+                continue;
+            }
+            ("model-api", Some(unit), _) => (Some(unit.as_path()), ""),
+            ("vector-db", _, Some(pod)) => (Some(pod.as_path()), "HOSTNAME=vector-db-0"),
+            _ => (None, ""),
         };
-        procs.push(start(&root, case, port, unit));
+        procs.push(start(&root, case, port, unit, env));
         expected.push((port, case.name));
     }
     for (port, _) in &expected {
@@ -230,6 +265,15 @@ fn services_are_told_apart_without_otel_service_name() {
         let _ = std::fs::remove_dir(unit);
         let _ = std::fs::remove_dir(unit.parent().expect("slice"));
     }
+    // A killed process leaves its cgroup a moment after it is reaped: a few tries, bounded.
+    for dir in pod.iter().flat_map(|p| p.ancestors().take(4)) {
+        for _ in 0..40 {
+            if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     let _ = std::fs::remove_dir_all(&root);
     assert!(out.status.success(), "{}", out.stderr);
     for (port, name) in expected {
@@ -238,5 +282,20 @@ fn services_are_told_apart_without_otel_service_name() {
             std::iter::once(name.to_string()).collect(),
             "the service on port {port}"
         );
+    }
+    // The pod's process also carries what its cgroup says of the pod and its container.
+    if pod.is_some() {
+        let port = ports[8];
+        let span = out
+            .events
+            .iter()
+            .find(|s| {
+                s["kind"] == "SERVER"
+                    && s["attributes"]["server.port"].as_i64() == Some(i64::from(port))
+            })
+            .expect("a span of the pod's service");
+        assert_eq!(span["resource"]["k8s.pod.uid"], POD_UID, "{span}");
+        assert_eq!(span["resource"]["k8s.pod.name"], "vector-db-0", "{span}");
+        assert_eq!(span["resource"]["container.id"], CONTAINER_ID, "{span}");
     }
 }

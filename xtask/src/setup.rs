@@ -49,6 +49,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // An HTTPS client with OpenSSL linked into its executable, built by the TLS test.
     ("gcc", "gcc"),
     ("/usr/lib/x86_64-linux-gnu/libssl.a", "libssl-dev"),
+    // Certificates for the TLS servers the tests start (the API server client's unit test).
+    ("openssl", "openssl"),
 ];
 
 fn say(what: &str) {

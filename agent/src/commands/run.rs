@@ -87,10 +87,8 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     let metrics = crate::metrics::Metrics::shared();
     let (mut exporter, mut senders) =
         exporter(&args, otlp, store_config, api_config.as_ref(), &metrics).await?;
-    let mut tracer = Tracer::new(trace_config, Resources::new(args.service_name));
-    if stream_asking {
-        tracer.enable_stream_asking();
-    }
+    let pods = crate::kube::start(args.kube_api).await;
+    let tracer = tracer(&args, trace_config, stream_asking, pods.clone());
     let sink = TraceSink::new(
         Conntrack::new(args.capture.conntrack(), discovered),
         tracer,
@@ -98,6 +96,7 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     )
     .with_kernel_conns(kernel_conns)
     .with_metrics(metrics.clone())
+    .with_pods(pods)
     .with_budget(crate::budget::Budget::new(args.budget()));
     let mut sink = scoped(sink, &args, api_config.as_ref(), peers)
         .with_runtime_probes(&mut probes, runtime_probes(&args));
@@ -130,6 +129,21 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         report_files::write("--stats-file", path, &stats.to_json())?;
     }
     Ok(())
+}
+
+/// The tracer: spans named by `--service-name` (and the pod list), HTTP/2 streams asked
+/// about across hosts when `stream_asking`.
+fn tracer(
+    args: &RunArgs,
+    config: crate::trace::TraceConfig,
+    stream_asking: bool,
+    pods: Option<std::sync::Arc<crate::kube::PodDirectory>>,
+) -> Tracer {
+    let mut tracer = Tracer::new(config, Resources::new(args.service_name).with_pods(pods));
+    if stream_asking {
+        tracer.enable_stream_asking();
+    }
+    tracer
 }
 
 /// The tasks sending to an OTLP collector, waited for at shutdown.

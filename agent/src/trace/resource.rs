@@ -3,7 +3,10 @@
 use std::{collections::HashMap, str::FromStr, sync::Arc};
 
 use super::span::{KeyValue, Resource};
-use crate::process::ProcessInfo;
+use crate::{
+    kube::{PodDirectory, PodMeta},
+    process::ProcessInfo,
+};
 
 /// How `service.name` is chosen for a traced process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -194,13 +197,26 @@ fn base_name(path: &str) -> String {
     file.split('.').next().unwrap_or(file).to_string()
 }
 
-/// The service name of `process` under `rule`.
+/// The service name of `process` under `rule`, without the API server's pod list.
+#[cfg(test)]
 #[must_use]
 pub fn service_name(rule: ServiceNameRule, process: &ProcessInfo) -> String {
+    service_name_listed(rule, process, None)
+}
+
+/// The service name of `process` under `rule`, its pod as the API server lists it when known:
+/// the pod's labels or owner name the workload, else its name does.
+#[must_use]
+pub fn service_name_listed(
+    rule: ServiceNameRule,
+    process: &ProcessInfo,
+    listed: Option<&PodMeta>,
+) -> String {
     let auto = || {
         process
             .otel_service_name
             .clone()
+            .or_else(|| listed.map(|pod| pod.workload.clone()))
             .or_else(|| process.pod.as_ref().map(crate::process::Pod::workload))
             .or_else(|| {
                 process
@@ -275,7 +291,11 @@ pub fn redacted_command_line(argv: &[String]) -> String {
 pub struct Resources {
     rule: ServiceNameRule,
     host_name: String,
-    cache: HashMap<u32, (Arc<ProcessInfo>, Arc<Resource>)>,
+    /// The pods of this node from the API server, when it is reachable.
+    pods: Option<Arc<PodDirectory>>,
+    /// Per pid: the process snapshot, the pod directory's generation it was built at, and the
+    /// resource.
+    cache: HashMap<u32, (Arc<ProcessInfo>, u64, Arc<Resource>)>,
 }
 
 impl Resources {
@@ -287,19 +307,41 @@ impl Resources {
         Self {
             rule,
             host_name,
+            pods: None,
             cache: HashMap::new(),
         }
     }
 
+    /// Names pods' services from their labels and owners as `pods` lists them.
+    #[must_use]
+    pub fn with_pods(mut self, pods: Option<Arc<PodDirectory>>) -> Self {
+        self.pods = pods;
+        self
+    }
+
     /// The resource of `process`.
     pub fn get(&mut self, process: &Arc<ProcessInfo>) -> Arc<Resource> {
-        if let Some((info, resource)) = self.cache.get(&process.pid)
+        // Only a process in a pod depends on the pod list.
+        let generation = match (&self.pods, &process.pod) {
+            (Some(pods), Some(_)) => pods.generation(),
+            _ => 0,
+        };
+        if let Some((info, built_at, resource)) = self.cache.get(&process.pid)
             && Arc::ptr_eq(info, process)
+            && *built_at == generation
         {
             return Arc::clone(resource);
         }
+        let listed = self
+            .pods
+            .as_ref()
+            .zip(process.pod.as_ref().and_then(|pod| pod.uid.as_deref()))
+            .and_then(|(pods, uid)| pods.lookup(uid));
         let mut attributes = vec![
-            KeyValue::str("service.name", service_name(self.rule, process)),
+            KeyValue::str(
+                "service.name",
+                service_name_listed(self.rule, process, listed.as_deref()),
+            ),
             // Unique per process: the host, the pid, and when the process started (a reused pid
             // is another instance).
             KeyValue::str(
@@ -321,8 +363,18 @@ impl Resources {
             attributes.push(KeyValue::str("container.id", id.clone()));
         }
         if let Some(pod) = &process.pod {
-            attributes.push(KeyValue::str("k8s.pod.name", pod.name.clone()));
-            if let Some(namespace) = &pod.namespace {
+            // The API server's word, where it has one, over what the pod's files show.
+            let name = listed.as_ref().map_or(&pod.name, |l| &l.name);
+            let namespace = listed
+                .as_ref()
+                .map(|l| &l.namespace)
+                .filter(|n| !n.is_empty())
+                .or(pod.namespace.as_ref());
+            attributes.push(KeyValue::str("k8s.pod.name", name.clone()));
+            if let Some(uid) = &pod.uid {
+                attributes.push(KeyValue::str("k8s.pod.uid", uid.clone()));
+            }
+            if let Some(namespace) = namespace {
                 attributes.push(KeyValue::str("k8s.namespace.name", namespace.clone()));
                 attributes.push(KeyValue::str("service.namespace", namespace.clone()));
             }
@@ -334,8 +386,10 @@ impl Resources {
         if self.cache.len() > 16_384 {
             self.cache.clear();
         }
-        self.cache
-            .insert(process.pid, (Arc::clone(process), Arc::clone(&resource)));
+        self.cache.insert(
+            process.pid,
+            (Arc::clone(process), generation, Arc::clone(&resource)),
+        );
         resource
     }
 }
@@ -502,6 +556,7 @@ mod tests {
         p.pod = Some(crate::process::Pod {
             name: "ranker-7c9d8f6b5d-x2x7q".into(),
             namespace: Some("ml".into()),
+            uid: None,
         });
         assert_eq!(service_name(ServiceNameRule::Auto, &p), "ranker");
         p.otel_service_name = Some("ranker-v2".into());
@@ -510,6 +565,7 @@ mod tests {
             crate::process::Pod {
                 name: name.into(),
                 namespace: None,
+                uid: None,
             }
             .workload()
         };
@@ -526,6 +582,51 @@ mod tests {
             "web-aaaaa",
             "vowels: not a generated suffix"
         );
+    }
+
+    #[test]
+    fn a_listed_pod_is_named_by_its_labels_and_renamed_when_they_change() {
+        use std::collections::HashMap;
+        let uid = "6f1c2a3e-0b4d-4e5f-8a9b-0c1d2e3f4a5b";
+        let mut p = process("/usr/bin/python3.11", &["python3", "serve.py"], None);
+        p.pod = Some(crate::process::Pod {
+            name: "ranker-7c9d8f6b5d-x2x7q".into(),
+            namespace: None,
+            uid: Some(uid.into()),
+        });
+        let p = Arc::new(p);
+        let pods = Arc::new(PodDirectory::default());
+        let mut resources =
+            Resources::new(ServiceNameRule::Auto).with_pods(Some(Arc::clone(&pods)));
+        let attribute = |r: &Resource, key: &str| {
+            r.attributes()
+                .iter()
+                .find(|kv| kv.key == key)
+                .map(|kv| format!("{:?}", kv.value))
+        };
+        // Not listed (yet): the pod's name says `ranker`.
+        assert_eq!(resources.get(&p).service_name(), "ranker");
+        let listed = |workload: &str| {
+            HashMap::from([(
+                uid.to_string(),
+                PodMeta {
+                    name: "ranker-7c9d8f6b5d-x2x7q".into(),
+                    namespace: "serving".into(),
+                    workload: workload.into(),
+                },
+            )])
+        };
+        pods.replace(listed("ranking-api"));
+        let r = resources.get(&p);
+        assert_eq!(r.service_name(), "ranking-api", "the label over the name");
+        assert!(attribute(&r, "k8s.namespace.name").is_some_and(|v| v.contains("serving")));
+        assert!(attribute(&r, "k8s.pod.uid").is_some_and(|v| v.contains(uid)));
+        pods.replace(listed("ranking-api-v2"));
+        assert_eq!(resources.get(&p).service_name(), "ranking-api-v2");
+        // OTEL_SERVICE_NAME still comes first.
+        let mut named = (*p).clone();
+        named.otel_service_name = Some("explicit".into());
+        assert_eq!(resources.get(&Arc::new(named)).service_name(), "explicit");
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub struct TraceSink<'a> {
     pub feedback: FeedbackStats,
     /// Where the agent's own figures are published while it runs (`/metrics`).
     metrics: Option<crate::metrics::SharedMetrics>,
+    /// The pod list from the API server, for its self-metrics.
+    pods: Option<std::sync::Arc<crate::kube::PodDirectory>>,
     /// The agent's own listeners, whose viewers are not traced.
     own: super::own::OwnListeners,
     /// The only network namespace traced (`--netns-only`): processes elsewhere get no runtime
@@ -124,6 +126,7 @@ impl<'a> TraceSink<'a> {
             inband_tls: HashMap::new(),
             feedback: FeedbackStats::default(),
             metrics: None,
+            pods: None,
             own: super::own::OwnListeners::default(),
             netns: None,
             peers: None,
@@ -149,6 +152,13 @@ impl<'a> TraceSink<'a> {
     #[must_use]
     pub fn with_metrics(mut self, metrics: crate::metrics::SharedMetrics) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Shows the pod list's counters beside the stages' own.
+    #[must_use]
+    pub fn with_pods(mut self, pods: Option<std::sync::Arc<crate::kube::PodDirectory>>) -> Self {
+        self.pods = pods;
         self
     }
 

@@ -246,6 +246,7 @@ impl TraceSink<'_> {
         ]
         .into_iter()
         .chain(self.exporter.own_metrics())
+        .chain(self.pods.iter().flat_map(|pods| pods.own_metrics()))
         .collect()
     }
 }
