@@ -157,8 +157,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
     /// How `service.name` is chosen: auto (`OTEL_SERVICE_NAME` of the process, else its
-    /// Kubernetes workload, systemd unit, the application an interpreter or app server runs,
-    /// else its executable; docs/spans.md), exe, comm, cmdline (the application), container.
+    /// Kubernetes workload, systemd unit, container name, the application an interpreter or app
+    /// server runs, else its executable; docs/spans.md), exe, comm, cmdline (the application),
+    /// container (its name, else its id).
     #[arg(long, value_name = "RULE", default_value = "auto")]
     pub service_name: ServiceNameRule,
     /// Pods' service names from their labels and owners (`app.kubernetes.io/name`, `app`, the

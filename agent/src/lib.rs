@@ -16,6 +16,7 @@ mod cli;
 mod clock;
 mod commands;
 mod conntrack;
+mod containers;
 mod expiring;
 mod exporter;
 mod kube;

@@ -55,6 +55,8 @@ pub struct ProcessInfo {
     pub cmdline: Vec<String>,
     /// Container id taken from the cgroup path, when the process runs in one.
     pub container_id: Option<String>,
+    /// The name its runtime gave that container (Podman, CRI-O, Docker), when on this host.
+    pub container_name: Option<String>,
     /// `OTEL_SERVICE_NAME` from the process's environment, when set.
     pub otel_service_name: Option<String>,
     /// The working directory (as the process sees it); empty when unreadable.
@@ -96,6 +98,7 @@ impl ProcessInfo {
             .unwrap_or_default();
         let cgroup = std::fs::read_to_string(format!("{base}/cgroup")).unwrap_or_default();
         let container_id = container_id_from_cgroup(&cgroup);
+        let container_name = container_id.as_deref().and_then(crate::containers::name);
         let environ = std::fs::read(format!("{base}/environ")).unwrap_or_default();
         let otel_service_name = env_var(&environ, b"OTEL_SERVICE_NAME");
         let pod = cgroup.contains("kubepods").then(|| Pod {
@@ -124,6 +127,7 @@ impl ProcessInfo {
             exe,
             cmdline,
             container_id,
+            container_name,
             otel_service_name,
             cwd: std::fs::read_link(format!("{base}/cwd"))
                 .map(|p| p.display().to_string())

@@ -1,7 +1,8 @@
 //! Root integration test of service naming: real services without `OTEL_SERVICE_NAME`, each
 //! started as users start them (two plain scripts, a generic `main.py` in its project folder,
 //! `python -m`, uvicorn with `--workers`, gunicorn, a Node.js script, a process in a
-//! systemd-style cgroup, one in a Kubernetes-style pod cgroup), called once each; the agent must name them apart.
+//! systemd-style cgroup, one in a Kubernetes-style pod cgroup, one in a Podman container),
+//! called once each; the agent must name them apart.
 
 use std::{
     path::{Path, PathBuf},
@@ -97,6 +98,49 @@ fn pod_style_cgroup() -> Option<PathBuf> {
         let dir = root.join(&path);
         (std::fs::create_dir_all(&dir).is_ok() && dir.join("cgroup.procs").exists()).then_some(dir)
     })
+}
+
+/// The name of the container the Podman case runs in.
+const CONTAINER_NAME: &str = "sockspan-naming-box";
+
+/// Starts `script` (serving on `port`) in a real Podman container named [`CONTAINER_NAME`]:
+/// the host's root as its (overlaid, throw-away) file system, the host's network, `runc` (this
+/// kernel's hybrid cgroups), limits within the ones this machine grants. `None` without Podman.
+fn start_in_container(script: &Path, port: u16) -> Option<Proc> {
+    if Command::new("podman").arg("--version").output().is_err() {
+        eprintln!("podman is not installed (cargo xtask setup installs it): not measured");
+        return None;
+    }
+    remove_container();
+    let port_arg = port.to_string();
+    let args = [
+        "--runtime",
+        "runc",
+        "run",
+        "--rm",
+        "--name",
+        CONTAINER_NAME,
+        "--network",
+        "host",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=4096:4096",
+        "--rootfs",
+        "/:O",
+        "python3",
+        script.to_str().expect("utf-8 path"),
+        &port_arg,
+    ];
+    Some(serve("podman", &args, Path::new("/"), port))
+}
+
+fn remove_container() {
+    let _ = Command::new("podman")
+        .args(["rm", "-f", "-t", "0", CONTAINER_NAME])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// The projects the services run from, under `root`.
@@ -222,7 +266,7 @@ fn names_on(events: &[serde_json::Value], port: u16) -> std::collections::BTreeS
 fn services_are_told_apart_without_otel_service_name() {
     let root = std::env::temp_dir().join(format!("sockspan-naming-{}", std::process::id()));
     lay_out_projects(&root);
-    let ports: Vec<u16> = (0..9).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..10).map(|_| free_port()).collect();
     let cgroup = systemd_style_cgroup();
     let pod = pod_style_cgroup();
     let agent = Agent::start_command("run", &["--output", "jsonl"]);
@@ -245,6 +289,11 @@ fn services_are_told_apart_without_otel_service_name() {
         procs.push(start(&root, case, port, unit, env));
         expected.push((port, case.name));
     }
+    // A container's name, when nothing before it (unit, pod, environment) names the process.
+    if let Some(proc) = start_in_container(&root.join("worker/worker.py"), ports[9]) {
+        procs.push(proc);
+        expected.push((ports[9], CONTAINER_NAME));
+    }
     for (port, _) in &expected {
         // Two requests: each of uvicorn's workers may take one.
         for _ in 0..2 {
@@ -261,6 +310,7 @@ fn services_are_told_apart_without_otel_service_name() {
     }
     let out = agent.stop();
     drop(procs);
+    remove_container();
     if let Some(unit) = &cgroup {
         let _ = std::fs::remove_dir(unit);
         let _ = std::fs::remove_dir(unit.parent().expect("slice"));
@@ -276,11 +326,23 @@ fn services_are_told_apart_without_otel_service_name() {
     }
     let _ = std::fs::remove_dir_all(&root);
     assert!(out.status.success(), "{}", out.stderr);
-    for (port, name) in expected {
+    for &(port, name) in &expected {
         assert_eq!(
             names_on(&out.events, port),
             std::iter::once(name.to_string()).collect(),
             "the service on port {port}"
+        );
+    }
+    if expected.iter().any(|(_, name)| *name == CONTAINER_NAME) {
+        let span = out
+            .events
+            .iter()
+            .find(|s| s["resource"]["container.name"] == CONTAINER_NAME)
+            .expect("a span of the container's service");
+        assert_eq!(
+            span["resource"]["container.id"].as_str().map(str::len),
+            Some(64),
+            "{span}"
         );
     }
     // The pod's process also carries what its cgroup says of the pod and its container.

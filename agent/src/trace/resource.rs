@@ -12,8 +12,8 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ServiceNameRule {
     /// The first that applies: the process's `OTEL_SERVICE_NAME`; its Kubernetes workload
-    /// (from the pod's name); its systemd unit; for an interpreter or app server, the
-    /// application it runs; the executable's name.
+    /// (from the pod's labels or owner, else its name); its systemd unit; its container's name;
+    /// for an interpreter or app server, the application it runs; the executable's name.
     #[default]
     Auto,
     /// The executable's file name.
@@ -23,7 +23,7 @@ pub enum ServiceNameRule {
     /// The script or jar an interpreter runs (`python3 app/model.py` → `model`), else the
     /// executable's name.
     Cmdline,
-    /// The container id's first 12 characters, else as `Auto`.
+    /// The container's name, else its id's first 12 characters, else as `Auto`.
     Container,
 }
 
@@ -224,6 +224,7 @@ pub fn service_name_listed(
                     .clone()
                     .filter(|u| !HOSTING_UNITS.contains(&u.split('@').next().unwrap_or(u)))
             })
+            .or_else(|| process.container_name.clone())
             .or_else(|| app_name(process))
             .unwrap_or_else(|| process.exe_name().to_string())
     };
@@ -234,10 +235,12 @@ pub fn service_name_listed(
         ServiceNameRule::Cmdline => {
             app_name(process).unwrap_or_else(|| process.exe_name().to_string())
         }
-        ServiceNameRule::Container => process
-            .container_id
-            .as_ref()
-            .map_or_else(auto, |id| id.chars().take(12).collect()),
+        ServiceNameRule::Container => process.container_name.clone().unwrap_or_else(|| {
+            process
+                .container_id
+                .as_ref()
+                .map_or_else(auto, |id| id.chars().take(12).collect())
+        }),
     };
     if name.is_empty() {
         format!("unknown_service:{}", process.pid)
@@ -361,6 +364,9 @@ impl Resources {
         ];
         if let Some(id) = &process.container_id {
             attributes.push(KeyValue::str("container.id", id.clone()));
+        }
+        if let Some(name) = &process.container_name {
+            attributes.push(KeyValue::str("container.name", name.clone()));
         }
         if let Some(pod) = &process.pod {
             // The API server's word, where it has one, over what the pod's files show.
@@ -552,6 +558,21 @@ mod tests {
             service_name(ServiceNameRule::Auto, &p),
             "ranker",
             "a supervisor names nothing"
+        );
+        p.container_id = Some("3f1e7c0a9b2d".repeat(5) + "3f1e");
+        assert_eq!(service_name(ServiceNameRule::Container, &p), "3f1e7c0a9b2d");
+        p.container_name = Some("ranker-box".into());
+        assert_eq!(
+            service_name(ServiceNameRule::Auto, &p),
+            "ranker-box",
+            "a container's name before the command line"
+        );
+        assert_eq!(service_name(ServiceNameRule::Container, &p), "ranker-box");
+        p.systemd_unit = Some("model-api".into());
+        assert_eq!(
+            service_name(ServiceNameRule::Auto, &p),
+            "model-api",
+            "a unit before a container's name"
         );
         p.pod = Some(crate::process::Pod {
             name: "ranker-7c9d8f6b5d-x2x7q".into(),
