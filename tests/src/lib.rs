@@ -108,6 +108,25 @@ impl Drop for Proc {
     }
 }
 
+/// A child started in a process group of its own (`CommandExt::process_group(0)`), the whole
+/// group killed when dropped: servers that start workers (uvicorn's `--workers`) would leave
+/// them running past the test otherwise, traced by every later agent.
+pub struct ProcGroup(pub Child);
+
+impl Drop for ProcGroup {
+    fn drop(&mut self) {
+        if let Ok(pgid) = i32::try_from(self.0.id()) {
+            // SAFETY: kill(2) with a negative pid signals that process group; no memory is
+            // involved. The group is the child's own (it leads it).
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`, …), if the process and field exist.
 #[must_use]
 pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {

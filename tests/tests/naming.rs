@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use sockspan_tests::{Agent, Proc, free_port, run_ok, wait_listening};
+use sockspan_tests::{Agent, ProcGroup, free_port, run_ok, wait_listening};
 
 /// A stdlib HTTP server answering `GET /` with 200 on the port its last argument names.
 const SERVER_PY: &str = r#"import http.server, sys
@@ -45,16 +45,19 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).expect("write");
 }
 
-/// Starts `program args…` in `dir` and waits until `port` listens.
-fn serve(program: &str, args: &[&str], dir: &Path, port: u16) -> Proc {
+/// Starts `program args…` in `dir`, in a process group of its own (its workers die with it),
+/// and waits until `port` listens.
+fn serve(program: &str, args: &[&str], dir: &Path, port: u16) -> ProcGroup {
+    use std::os::unix::process::CommandExt as _;
     let child = Command::new(program)
         .args(args)
         .current_dir(dir)
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
-    let proc = Proc(child);
+    let proc = ProcGroup(child);
     wait_listening(&format!("127.0.0.1:{port}"), Duration::from_secs(20));
     proc
 }
@@ -106,7 +109,7 @@ const CONTAINER_NAME: &str = "sockspan-naming-box";
 /// Starts `script` (serving on `port`) in a real Podman container named [`CONTAINER_NAME`]:
 /// the host's root as its (overlaid, throw-away) file system, the host's network, `runc` (this
 /// kernel's hybrid cgroups), limits within the ones this machine grants. `None` without Podman.
-fn start_in_container(script: &Path, port: u16) -> Option<Proc> {
+fn start_in_container(script: &Path, port: u16) -> Option<ProcGroup> {
     if Command::new("podman").arg("--version").output().is_err() {
         eprintln!("podman is not installed (cargo xtask setup installs it): not measured");
         return None;
@@ -227,7 +230,7 @@ fn cases(port: impl Fn(usize) -> String) -> Vec<Case> {
 
 /// Starts `case` (in the unit's cgroup `unit`, joined before it runs: the agent reads a
 /// process once, when it first sees it use a connection).
-fn start(root: &Path, case: &Case, port: u16, unit: Option<&Path>, env: &str) -> Proc {
+fn start(root: &Path, case: &Case, port: u16, unit: Option<&Path>, env: &str) -> ProcGroup {
     let args: Vec<&str> = case.args.iter().map(String::as_str).collect();
     let dir = root.join(case.dir);
     match unit {
