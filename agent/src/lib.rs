@@ -19,6 +19,7 @@ mod conntrack;
 mod containers;
 mod expiring;
 mod exporter;
+mod footprint;
 mod kube;
 mod lock;
 mod metrics;

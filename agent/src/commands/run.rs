@@ -100,6 +100,8 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     .with_budget(crate::budget::Budget::new(args.budget()));
     let mut sink = scoped(sink, &args, api_config.as_ref(), peers)
         .with_runtime_probes(&mut probes, runtime_probes(&args));
+    // Start-up is over: its code need not stay resident.
+    crate::footprint::release_start_up_code();
     crate::metrics::lock(&metrics).ready = true;
     if let Some(path) = &args.report.ready_file {
         let ui = api_config.as_ref().map(|c| c.addr.to_string());
