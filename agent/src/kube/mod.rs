@@ -168,6 +168,32 @@ fn node_name() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// One pod list, for `sockspan check`: `None` outside a pod, else how many pods of this node
+/// the API server lists, or why it does not.
+pub async fn probe() -> Option<Result<usize, KubeError>> {
+    let server = match client::ApiServer::in_cluster() {
+        Err(KubeError::NotInPod) => return None,
+        Err(e) => return Some(Err(e)),
+        Ok(server) => server,
+    };
+    let Some(node) = node_name() else {
+        return Some(Err(KubeError::Config(
+            "no NODE_NAME and no host name to list pods of".into(),
+        )));
+    };
+    let path = format!(
+        "/api/v1/pods?fieldSelector=spec.nodeName%3D{}",
+        encode(&node)
+    );
+    Some(
+        server
+            .get(&path)
+            .await
+            .and_then(|body| pod_list::parse(&body).map_err(KubeError::from))
+            .map(|pods| pods.len()),
+    )
+}
+
 /// Starts listing this node's pods when `api` and the environment allow; returns the directory
 /// the resource builder reads, or `None` (logged when the agent is in a pod but cannot list).
 /// The first list is awaited (up to 2 s) so that the first spans already carry the labels'

@@ -398,6 +398,9 @@ fn other_hook_rows(rows: &mut Vec<Row>, btf: Option<&Btf>, uprobe_test: Result<(
             fix: "",
         });
     }
+    if let Some(row) = kube_row() {
+        rows.push(row);
+    }
     rows.push(runtimes::asyncio_row(uprobe_test.clone()));
     rows.push(runtimes::go_row(uprobe_test.clone()));
     rows.push(runtimes::node_row(uprobe_test));
@@ -415,6 +418,33 @@ fn other_hook_rows(rows: &mut Vec<Row>, btf: Option<&Btf>, uprobe_test: Result<(
             fix: "",
         });
     }
+}
+
+/// In a Kubernetes pod: whether the API server lists this node's pods to the agent (labels and
+/// owners name pods' services). No row outside a pod.
+fn kube_row() -> Option<Row> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let result = runtime.block_on(crate::kube::probe())?;
+    let (ok, detail) = match result {
+        Ok(pods) => (
+            true,
+            format!("the API server lists {pods} pods of this node"),
+        ),
+        Err(e) => (false, e.to_string()),
+    };
+    Some(Row {
+        feature: "Kubernetes pod list".into(),
+        ok,
+        detail,
+        need: Need::Optional,
+        role: "service names from pods' labels and owners (`--kube-api`); without it, from pod \
+               names. Needs `list` on `pods` for the agent's service account \
+               (deploy/daemonset.yaml)",
+        fix: "",
+    })
 }
 
 /// Whether Go programs get goroutine causality here: a real uprobe attach (kernels with the 2025
