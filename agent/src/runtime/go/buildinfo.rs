@@ -6,7 +6,11 @@
 //! uvarint length and its bytes; before 1.18 the header holds, at offset 16, the address of a Go
 //! string header (pointer, length) that points at the version.
 
-use object::{Object as _, ObjectSection as _, ReadCache, ReadRef};
+use object::{
+    FileKind, ReadCache, ReadRef,
+    elf::{FileHeader32, FileHeader64},
+    read::elf::{FileHeader, SectionHeader as _, SectionTable},
+};
 
 const MAGIC: &[u8; 14] = b"\xff Go buildinf:";
 const FLAG_BIG_ENDIAN: u8 = 1;
@@ -37,16 +41,29 @@ pub fn build_info(file: &std::fs::File) -> Result<Option<BuildInfo>, GoError> {
     build_info_of(&ReadCache::new(file))
 }
 
-/// As [`build_info`], of an executable's bytes however they are read.
+/// As [`build_info`], of an executable's bytes however they are read. Only the ELF header, the
+/// section headers and their names, and `.go.buildinfo`'s own bytes are read: `object::File`
+/// would read the symbol and string tables too, ~6 MB for cargo's executable, which every agent
+/// on a build host met as a peak of resident memory when it looked at each process at start-up.
 pub fn build_info_of<'a, R: ReadRef<'a>>(data: R) -> Result<Option<BuildInfo>, GoError> {
-    let elf = object::File::parse(data)?;
-    let Some(section) = elf.section_by_name(".go.buildinfo") else {
+    match FileKind::parse(data)? {
+        FileKind::Elf64 => build_info_in::<FileHeader64<object::Endianness>, R>(data),
+        FileKind::Elf32 => build_info_in::<FileHeader32<object::Endianness>, R>(data),
+        _ => Ok(None),
+    }
+}
+
+fn build_info_in<'a, Elf: FileHeader<Endian = object::Endianness>, R: ReadRef<'a>>(
+    data: R,
+) -> Result<Option<BuildInfo>, GoError> {
+    let header = Elf::parse(data)?;
+    let endian = header.endian()?;
+    let sections = header.sections(endian, data)?;
+    let Some((_, section)) = sections.section_by_name(endian, b".go.buildinfo") else {
         return Ok(None);
     };
-    // `data_range` takes virtual addresses.
-    let header = section
-        .data_range(section.address(), 32)?
-        .ok_or(GoError::BuildInfo("shorter than its header"))?;
+    let address: u64 = section.sh_addr(endian).into();
+    let header = read_at(&sections, endian, data, address, 32)?;
     if &header[..14] != MAGIC {
         return Err(GoError::BuildInfo("no magic"));
     }
@@ -56,37 +73,36 @@ pub fn build_info_of<'a, R: ReadRef<'a>>(data: R) -> Result<Option<BuildInfo>, G
         return Ok(Some(BuildInfo { version: None }));
     }
     let version = if flags & FLAG_INLINE_STRINGS != 0 {
-        inline_version(&section)?
+        let size: u64 = section.sh_size(endian).into();
+        let after_header = address.saturating_add(32);
+        let len = (10 + MAX_VERSION).min(size.saturating_sub(32));
+        let data = read_at(&sections, endian, data, after_header, len)
+            .map_err(|_| GoError::BuildInfo("no version after the header"))?;
+        let (len, used) = uvarint(&data).ok_or(GoError::BuildInfo("bad version length"))?;
+        if len > MAX_VERSION {
+            return Err(GoError::BuildInfo("version longer than 128 bytes"));
+        }
+        let bytes = data
+            .get(used..used + len as usize)
+            .ok_or(GoError::BuildInfo("version runs past the section"))?;
+        Some(text(bytes)?)
     } else {
-        let address = read_word(&header[16..], pointer_size);
-        let string_header = read_at(&elf, address, 2 * pointer_size as u64)?;
+        let string_address = read_word(&header[16..], pointer_size);
+        let string_header = read_at(
+            &sections,
+            endian,
+            data,
+            string_address,
+            2 * pointer_size as u64,
+        )?;
         let pointer = read_word(&string_header, pointer_size);
         let len = read_word(&string_header[pointer_size..], pointer_size);
         if len > MAX_VERSION {
             return Err(GoError::BuildInfo("version longer than 128 bytes"));
         }
-        Some(text(&read_at(&elf, pointer, len)?)?)
+        Some(text(&read_at(&sections, endian, data, pointer, len)?)?)
     };
     Ok(Some(BuildInfo { version }))
-}
-
-fn inline_version<'a, R: ReadRef<'a>>(
-    section: &object::Section<'a, '_, R>,
-) -> Result<Option<String>, GoError> {
-    let data = section
-        .data_range(section.address().saturating_add(32), 10 + MAX_VERSION)
-        .ok()
-        .flatten()
-        .or_else(|| section.data().ok().and_then(|d| d.get(32..)))
-        .ok_or(GoError::BuildInfo("no version after the header"))?;
-    let (len, used) = uvarint(data).ok_or(GoError::BuildInfo("bad version length"))?;
-    if len > MAX_VERSION {
-        return Err(GoError::BuildInfo("version longer than 128 bytes"));
-    }
-    let bytes = data
-        .get(used..used + len as usize)
-        .ok_or(GoError::BuildInfo("version runs past the section"))?;
-    Ok(Some(text(bytes)?))
 }
 
 fn text(bytes: &[u8]) -> Result<String, GoError> {
@@ -101,19 +117,29 @@ fn read_word(bytes: &[u8], size: usize) -> u64 {
     u64::from_le_bytes(word)
 }
 
-/// `len` bytes at virtual address `address`, from the section that holds them.
-fn read_at<'a, R: ReadRef<'a>>(
-    elf: &object::File<'a, R>,
+/// `len` bytes at virtual address `address`, from the section with file bytes that holds them.
+fn read_at<'a, Elf: FileHeader, R: ReadRef<'a>>(
+    sections: &SectionTable<'a, Elf, R>,
+    endian: Elf::Endian,
+    data: R,
     address: u64,
     len: u64,
 ) -> Result<Vec<u8>, GoError> {
-    for section in elf.sections() {
-        let start = section.address();
+    for section in sections.iter() {
+        let start: u64 = section.sh_addr(endian).into();
+        let size: u64 = section.sh_size(endian).into();
         if address >= start
-            && address.saturating_add(len) <= start.saturating_add(section.size())
-            && let Some(bytes) = section.data_range(address, len)?
+            && address.saturating_add(len) <= start.saturating_add(size)
+            && let Some((offset, file_size)) = section.file_range(endian)
         {
-            return Ok(bytes.to_vec());
+            let within = address - start;
+            if within.saturating_add(len) > file_size {
+                continue;
+            }
+            return data
+                .read_bytes_at(offset + within, len)
+                .map(<[u8]>::to_vec)
+                .map_err(|()| GoError::BuildInfo("an address past the file's end"));
         }
     }
     Err(GoError::BuildInfo("an address outside every section"))
@@ -225,6 +251,62 @@ mod tests {
         let at = 40;
         info[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
         assert!(parse(&elf_with_buildinfo(&info)).is_err());
+    }
+
+    /// An executable's bytes that count what is read of them.
+    #[derive(Clone, Copy)]
+    struct Counted<'a> {
+        bytes: &'a [u8],
+        read: &'a std::cell::Cell<u64>,
+    }
+
+    impl<'a> ReadRef<'a> for Counted<'a> {
+        fn len(self) -> Result<u64, ()> {
+            Ok(self.bytes.len() as u64)
+        }
+
+        fn read_bytes_at(self, offset: u64, size: u64) -> Result<&'a [u8], ()> {
+            self.read.set(self.read.get() + size);
+            self.bytes.read_bytes_at(offset, size)
+        }
+
+        fn read_bytes_at_until(
+            self,
+            range: std::ops::Range<u64>,
+            delimiter: u8,
+        ) -> Result<&'a [u8], ()> {
+            let found = self.bytes.read_bytes_at_until(range, delimiter)?;
+            self.read.set(self.read.get() + found.len() as u64);
+            Ok(found)
+        }
+    }
+
+    #[test]
+    fn only_headers_and_the_section_are_read_not_the_symbol_tables() {
+        // This test's own executable: a debug build, megabytes of symbols and their names.
+        let bytes = std::fs::read("/proc/self/exe").expect("own executable");
+        let read = std::cell::Cell::new(0);
+        let counted = Counted {
+            bytes: &bytes,
+            read: &read,
+        };
+        assert_eq!(build_info_of(counted).expect("ELF"), None);
+        let symbols = object::File::parse(bytes.as_slice())
+            .ok()
+            .and_then(|f| {
+                use object::{Object as _, ObjectSection as _};
+                f.section_by_name(".symtab").map(|s| s.size())
+            })
+            .unwrap_or(0);
+        assert!(
+            symbols > 100_000,
+            "the test binary has a symbol table ({symbols} bytes)"
+        );
+        assert!(
+            read.get() < 64 * 1024,
+            "{} bytes read to find .go.buildinfo (symbol table: {symbols})",
+            read.get()
+        );
     }
 
     #[test]
