@@ -16,9 +16,17 @@ use serde::Deserialize;
 /// The host's root as this process may reach it, in order.
 const HOST_ROOTS: [&str; 2] = ["/proc/1/root", "/"];
 
-/// containers/storage's graph root and the drivers whose container lists it may hold.
-const STORAGE_ROOT: &str = "var/lib/containers/storage";
+/// containers/storage's graph root and run root (where a transient store keeps its lists), the
+/// drivers whose container lists they may hold, and the lists: `containers.json`, and
+/// `volatile-containers.json` for containers not meant to outlive a reboot (Podman 4.4+ puts
+/// every `--rm` container there).
+const STORAGE_ROOTS: [&str; 2] = ["var/lib/containers/storage", "run/containers/storage"];
 const STORAGE_DRIVERS: [&str; 4] = ["overlay", "vfs", "btrfs", "zfs"];
+const STORAGE_LISTS: [&str; 2] = ["containers.json", "volatile-containers.json"];
+
+/// What tells a list file changed: modification time, size and inode (two writes within one
+/// timestamp tick differ in size or, written by rename as containers/storage does, in inode).
+type Version = (SystemTime, u64, u64);
 
 /// Docker's data root.
 const DOCKER_ROOT: &str = "var/lib/docker/containers";
@@ -42,30 +50,46 @@ struct DockerConfig {
 /// containers/storage's lists, read again only when a file changed.
 #[derive(Default)]
 struct StorageLists {
-    /// Per list file: its modification time when read, and its containers' names by id.
-    files: HashMap<PathBuf, (SystemTime, HashMap<String, String>)>,
+    /// Per list file: its version when read, and its containers' names by id.
+    files: HashMap<PathBuf, (Version, HashMap<String, String>)>,
 }
 
 impl StorageLists {
     fn name(&mut self, root: &Path, id: &str) -> Option<String> {
-        STORAGE_DRIVERS.iter().find_map(|driver| {
-            let path = root
-                .join(STORAGE_ROOT)
-                .join(format!("{driver}-containers/containers.json"));
-            let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+        let paths = STORAGE_ROOTS.iter().flat_map(|storage| {
+            STORAGE_DRIVERS.iter().flat_map(move |driver| {
+                STORAGE_LISTS.iter().map(move |list| {
+                    root.join(storage)
+                        .join(format!("{driver}-containers"))
+                        .join(list)
+                })
+            })
+        });
+        for path in paths {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let version = (
+                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                meta.len(),
+                std::os::unix::fs::MetadataExt::ino(&meta),
+            );
             let fresh = self
                 .files
                 .get(&path)
-                .is_some_and(|(read_at, _)| *read_at == modified);
+                .is_some_and(|(read_at, _)| *read_at == version);
             if !fresh {
                 let names = std::fs::read(&path)
                     .ok()
                     .map(|body| parse_storage(&body))
                     .unwrap_or_default();
-                self.files.insert(path.clone(), (modified, names));
+                self.files.insert(path.clone(), (version, names));
             }
-            self.files.get(&path)?.1.get(id).cloned()
-        })
+            if let Some(name) = self.files.get(&path).and_then(|(_, names)| names.get(id)) {
+                return Some(name.clone());
+            }
+        }
+        None
     }
 }
 
@@ -74,8 +98,19 @@ fn parse_storage(body: &[u8]) -> HashMap<String, String> {
     serde_json::from_slice::<Vec<StorageContainer>>(body)
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|c| Some((c.id, c.names.into_iter().find(|n| !n.is_empty())?)))
+        .filter_map(|c| {
+            let name = c.names.into_iter().find(|n| !n.is_empty())?;
+            Some((c.id, kubernetes_container(&name).unwrap_or(name)))
+        })
         .collect()
+}
+
+/// The container's own name in a name CRI-O gives a Kubernetes container in storage:
+/// `k8s_<container>_<pod>_<namespace>_<pod uid>_<attempt>`.
+fn kubernetes_container(name: &str) -> Option<String> {
+    let rest = name.strip_prefix("k8s_")?;
+    let fields: Vec<&str> = rest.split('_').collect();
+    (fields.len() >= 5 && !fields[0].is_empty()).then(|| fields[0].to_string())
 }
 
 /// Docker's name of container `id` (`"/ranker"` → `ranker`).
@@ -132,7 +167,7 @@ mod tests {
     fn storage_lists_name_podman_and_cri_o_containers_and_are_read_again_when_changed() {
         let root = root();
         let list = root
-            .join(STORAGE_ROOT)
+            .join(STORAGE_ROOTS[0])
             .join("overlay-containers/containers.json");
         // As Podman 4.3 writes it (fields trimmed).
         write(
@@ -164,6 +199,29 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         write(&list, "[{\"id\": 7");
         assert_eq!(name_under(&mut lists, &root, ID), None);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn volatile_lists_in_the_run_root_name_rm_containers_and_cri_o_names_are_shortened() {
+        let root = root();
+        // Podman 4.4+ with a transient store: `--rm` containers in the run root's volatile list.
+        write(
+            &root
+                .join(STORAGE_ROOTS[1])
+                .join("overlay-containers/volatile-containers.json"),
+            &format!(
+                r#"[{{"id":"{ID}","names":["box"]}},{{"id":"{OTHER}","names":["k8s_ranker_ranker-7c9d8f6b5d-x2x7q_serving_6f1c2a3e-0b4d-4e5f-8a9b-0c1d2e3f4a5b_0"]}}]"#
+            ),
+        );
+        let mut lists = StorageLists::default();
+        assert_eq!(name_under(&mut lists, &root, ID).as_deref(), Some("box"));
+        assert_eq!(
+            name_under(&mut lists, &root, OTHER).as_deref(),
+            Some("ranker")
+        );
+        assert_eq!(kubernetes_container("k8s_x"), None);
+        assert_eq!(kubernetes_container("plain_name"), None);
         let _ = std::fs::remove_dir_all(&root);
     }
 

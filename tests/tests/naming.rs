@@ -146,6 +146,34 @@ fn remove_container() {
         .status();
 }
 
+/// Calls its function when dropped.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
+/// Removes the Podman container, the unit and pod cgroups and the projects' folder.
+fn clean_up(unit: Option<&Path>, pod: Option<&Path>, root: &Path) {
+    remove_container();
+    if let Some(unit) = unit {
+        let _ = std::fs::remove_dir(unit);
+        let _ = std::fs::remove_dir(unit.parent().expect("slice"));
+    }
+    // A killed process leaves its cgroup a moment after it is reaped: a few tries, bounded.
+    for dir in pod.iter().flat_map(|p| p.ancestors().take(4)) {
+        for _ in 0..40 {
+            if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let _ = std::fs::remove_dir_all(root);
+}
+
 /// The projects the services run from, under `root`.
 fn lay_out_projects(root: &Path) {
     let _ = std::fs::remove_dir_all(root);
@@ -272,6 +300,11 @@ fn services_are_told_apart_without_otel_service_name() {
     let ports: Vec<u16> = (0..10).map(|_| free_port()).collect();
     let cgroup = systemd_style_cgroup();
     let pod = pod_style_cgroup();
+    // Runs last, also when the test fails half-way: the container, the cgroups, the projects.
+    let cleanup = OnDrop({
+        let (cgroup, pod, root) = (cgroup.clone(), pod.clone(), root.clone());
+        move || clean_up(cgroup.as_deref(), pod.as_deref(), &root)
+    });
     let agent = Agent::start_command("run", &["--output", "jsonl"]);
     let mut procs = Vec::new();
     let mut expected = Vec::new();
@@ -313,21 +346,7 @@ fn services_are_told_apart_without_otel_service_name() {
     }
     let out = agent.stop();
     drop(procs);
-    remove_container();
-    if let Some(unit) = &cgroup {
-        let _ = std::fs::remove_dir(unit);
-        let _ = std::fs::remove_dir(unit.parent().expect("slice"));
-    }
-    // A killed process leaves its cgroup a moment after it is reaped: a few tries, bounded.
-    for dir in pod.iter().flat_map(|p| p.ancestors().take(4)) {
-        for _ in 0..40 {
-            if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    let _ = std::fs::remove_dir_all(&root);
+    drop(cleanup);
     assert!(out.status.success(), "{}", out.stderr);
     for &(port, name) in &expected {
         assert_eq!(

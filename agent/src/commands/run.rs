@@ -69,6 +69,8 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
         && peers
             .as_ref()
             .is_some_and(|peers| peers.return_address().is_some());
+    // Pods' labels name services; their lists run beside the receiver, never before it.
+    let pods = crate::kube::start(args.kube_api);
     let capture = pipeline::start(
         &args.capture,
         pipeline::Traffic::Parsed,
@@ -87,7 +89,6 @@ pub async fn run(args: RunArgs) -> Result<(), pipeline::PipelineError> {
     let metrics = crate::metrics::Metrics::shared();
     let (mut exporter, mut senders) =
         exporter(&args, otlp, store_config, api_config.as_ref(), &metrics).await?;
-    let pods = crate::kube::start(args.kube_api).await;
     let tracer = tracer(&args, trace_config, stream_asking, pods.clone());
     let sink = TraceSink::new(
         Conntrack::new(args.capture.conntrack(), discovered),

@@ -97,13 +97,13 @@ impl ApiServer {
     ///
     /// # Errors
     /// Connection, TLS, a status other than 200, a body over 64 MiB, or the timeout.
-    pub async fn get(&self, path_and_query: &str) -> Result<Vec<u8>, KubeError> {
+    pub async fn get(&self, path_and_query: &str) -> Result<bytes::Bytes, KubeError> {
         tokio::time::timeout(TIMEOUT, self.get_unbounded(path_and_query))
             .await
             .map_err(|_| KubeError::Request(format!("no answer within {TIMEOUT:?}")))?
     }
 
-    async fn get_unbounded(&self, path_and_query: &str) -> Result<Vec<u8>, KubeError> {
+    async fn get_unbounded(&self, path_and_query: &str) -> Result<bytes::Bytes, KubeError> {
         let request_error = |e: &dyn std::fmt::Display| KubeError::Request(e.to_string());
         let token = std::fs::read_to_string(&self.token_path).map_err(|e| KubeError::Token {
             path: self.token_path.clone(),
@@ -131,7 +131,12 @@ impl ApiServer {
                 hyper::header::AUTHORIZATION,
                 format!("Bearer {}", token.trim()),
             )
-            .header(hyper::header::ACCEPT, "application/json")
+            // Metadata only where the API server offers it (1.15+), else the full objects: both
+            // parse as a list of items with `metadata`.
+            .header(
+                hyper::header::ACCEPT,
+                "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json",
+            )
             .header(hyper::header::USER_AGENT, "sockspan")
             .body(Empty::new())
             .map_err(|e| request_error(&e))?;
@@ -151,7 +156,7 @@ impl ApiServer {
             let message: String = String::from_utf8_lossy(&body).chars().take(300).collect();
             return Err(KubeError::Status(status.as_u16(), message));
         }
-        Ok(body.to_vec())
+        Ok(body)
     }
 }
 

@@ -2,8 +2,9 @@
 //! (`app.kubernetes.io/name`, the owning Deployment), which the node alone does not show.
 //!
 //! An agent in a pod (the `DaemonSet`) lists the pods of its node (`GET /api/v1/pods?
-//! fieldSelector=spec.nodeName=<node>`, RBAC: `list` on `pods`) at start, every 30 s, and within
-//! 5 s of meeting a pod it does not know. Processes are matched to pods by the pod uid in their
+//! fieldSelector=spec.nodeName=<node>&resourceVersion=0`, metadata only; RBAC: `list` on
+//! `pods`) at start, every 30 s, and within 5 s of meeting a pod it has not missed before;
+//! while lists fail, every 60 s, 120 s, … up to 5 min. Processes are matched to pods by the pod uid in their
 //! cgroup path. Without an API server (not in a pod, no permission, unreachable) names come from
 //! the pod's hostname, as before; the failure is logged once and counted.
 
@@ -25,8 +26,8 @@ pub use pod_list::PodMeta;
 
 /// How often the node's pods are listed again.
 const RELIST: Duration = Duration::from_secs(30);
-/// How long start-up waits for the first list.
-const FIRST_LIST_WAIT: Duration = Duration::from_secs(2);
+/// The longest wait between lists while they fail.
+const MAX_BACKOFF: Duration = Duration::from_mins(5);
 /// The soonest a pod not yet known triggers another list.
 const RELIST_UNKNOWN: Duration = Duration::from_secs(5);
 
@@ -49,6 +50,31 @@ pub enum KubeError {
     /// A bad `--kube-api` value (clap names the flag before it).
     #[error("{0}")]
     Config(String),
+}
+
+impl KubeError {
+    /// The failure's kind, to tell a new failure from a repeat.
+    fn kind(&self) -> String {
+        match self {
+            Self::Status(code, _) => format!("status {code}"),
+            other => format!("{:?}", std::mem::discriminant(other)),
+        }
+    }
+
+    /// What to do about it.
+    fn fix(&self) -> &'static str {
+        match self {
+            Self::Status(401 | 403, _) => {
+                "the agent's service account needs `list` on `pods`: deploy/daemonset.yaml"
+            }
+            Self::Ca { .. } | Self::Token { .. } => {
+                "the pod needs its service account token mounted (automountServiceAccountToken)"
+            }
+            _ => {
+                "check that the API server is reachable from this node; --kube-api off stops trying"
+            }
+        }
+    }
 }
 
 /// `--kube-api`: whether pods are looked up in the API server.
@@ -81,8 +107,11 @@ pub struct PodDirectory {
     pods: RwLock<HashMap<String, Arc<PodMeta>>>,
     /// Bumped by each list that changed anything: resources built before it are built again.
     generation: AtomicU64,
-    /// A lookup missed: the lister lists again soon.
+    /// A lookup missed a pod not missed before: the lister lists again soon.
     missed: AtomicBool,
+    /// Pods looked up and not listed since the list last changed: a pod the API server does
+    /// not list (another node's name, a static pod) asks for one early list, not one every 5 s.
+    absent: std::sync::Mutex<std::collections::HashSet<String>>,
     pub lists: AtomicU64,
     pub list_failures: AtomicU64,
 }
@@ -97,7 +126,11 @@ impl PodDirectory {
             .get(uid)
             .cloned();
         if found.is_none() {
-            self.missed.store(true, Ordering::Relaxed);
+            let mut absent = self.absent.lock().unwrap_or_else(PoisonError::into_inner);
+            // Bounded: pods on one node are a few hundred.
+            if absent.len() < 4096 && absent.insert(uid.to_string()) {
+                self.missed.store(true, Ordering::Relaxed);
+            }
         }
         found
     }
@@ -126,13 +159,20 @@ impl PodDirectory {
         if !unchanged {
             *current = pods.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
             self.generation.fetch_add(1, Ordering::Release);
+            self.absent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
         }
     }
 
-    /// Whether a list is due: 30 s since the last one, or 5 s and a lookup missed since.
-    fn due(&self, since_last: Duration) -> bool {
-        since_last >= RELIST
-            || (since_last >= RELIST_UNKNOWN && self.missed.swap(false, Ordering::Relaxed))
+    /// Whether a list is due: `wait` since the last one, or 5 s and a new pod missed since
+    /// (not while lists fail: then only `wait`, which backs off).
+    fn due(&self, since_last: Duration, wait: Duration, failing: bool) -> bool {
+        since_last >= wait
+            || (!failing
+                && since_last >= RELIST_UNKNOWN
+                && self.missed.swap(false, Ordering::Relaxed))
     }
 
     #[must_use]
@@ -159,13 +199,30 @@ impl PodDirectory {
 }
 
 /// The node whose pods are listed: `NODE_NAME` (the `DaemonSet` sets it from `spec.nodeName`),
-/// else the host name (a host-network pod has the node's).
-fn node_name() -> Option<String> {
-    std::env::var("NODE_NAME")
+/// else the host name (a host-network pod's is the node's on most clusters, not on all), and
+/// whether it is that guess.
+fn node_name() -> Option<(String, bool)> {
+    let given = std::env::var("NODE_NAME")
         .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+        .map(|s| s.trim().to_string());
+    match given.filter(|s| !s.is_empty()) {
+        Some(name) => Some((name, false)),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .map(|name| (name, true)),
+    }
+}
+
+/// The request for `node`'s pods: their metadata only (`PartialObjectMetadataList`, what
+/// names a service), from the API server's cache (`resourceVersion=0`, as the kubelet's own
+/// lists: not a quorum read of every pod in etcd per node every 30 s).
+fn pods_path(node: &str) -> String {
+    format!(
+        "/api/v1/pods?fieldSelector=spec.nodeName%3D{}&resourceVersion=0",
+        encode(node)
+    )
 }
 
 /// One pod list, for `sockspan check`: `None` outside a pod, else how many pods of this node
@@ -176,15 +233,12 @@ pub async fn probe() -> Option<Result<usize, KubeError>> {
         Err(e) => return Some(Err(e)),
         Ok(server) => server,
     };
-    let Some(node) = node_name() else {
+    let Some((node, _)) = node_name() else {
         return Some(Err(KubeError::Config(
             "no NODE_NAME and no host name to list pods of".into(),
         )));
     };
-    let path = format!(
-        "/api/v1/pods?fieldSelector=spec.nodeName%3D{}",
-        encode(&node)
-    );
+    let path = pods_path(&node);
     Some(
         server
             .get(&path)
@@ -196,9 +250,10 @@ pub async fn probe() -> Option<Result<usize, KubeError>> {
 
 /// Starts listing this node's pods when `api` and the environment allow; returns the directory
 /// the resource builder reads, or `None` (logged when the agent is in a pod but cannot list).
-/// The first list is awaited (up to 2 s) so that the first spans already carry the labels'
-/// names.
-pub async fn start(api: KubeApi) -> Option<Arc<PodDirectory>> {
+/// Nothing waits for the lists: they run as a task beside the receiver (the first at the
+/// runtime's first await, while the capture starts), so a slow API server never holds up the
+/// ring. Spans exported before the first list carry names from pod names.
+pub fn start(api: KubeApi) -> Option<Arc<PodDirectory>> {
     if api == KubeApi::Off {
         return None;
     }
@@ -213,64 +268,100 @@ pub async fn start(api: KubeApi) -> Option<Arc<PodDirectory>> {
             return None;
         }
     };
-    let Some(node) = node_name() else {
+    let Some((node, guessed)) = node_name() else {
         tracing::warn!("pod labels not used: no NODE_NAME and no host name to list pods of");
         return None;
     };
-    let path = format!(
-        "/api/v1/pods?fieldSelector=spec.nodeName%3D{}",
-        encode(&node)
-    );
-    let directory = Arc::new(PodDirectory::default());
-    // An API server that does not answer must not hold up tracing: the lister goes on behind.
-    if tokio::time::timeout(FIRST_LIST_WAIT, list_once(&server, &path, &directory, true))
-        .await
-        .is_err()
-    {
+    if guessed {
         tracing::warn!(
-            "the API server gave no pod list within {FIRST_LIST_WAIT:?}; service names come \
-             from pod names until it does"
+            node = %node,
+            "NODE_NAME is not set: listing the pods of the node named as this host; set it from \
+             spec.nodeName (deploy/daemonset.yaml) if names do not come from pod labels"
         );
-        directory.list_failures.fetch_add(1, Ordering::Relaxed);
     }
-    let lister = Arc::clone(&directory);
-    tokio::spawn(async move {
-        let mut last = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            if lister.due(last.elapsed()) {
-                last = Instant::now();
-                list_once(&server, &path, &lister, false).await;
-            }
-        }
-    });
+    let lister = Lister {
+        server,
+        path: pods_path(&node),
+        node,
+        directory: Arc::new(PodDirectory::default()),
+        failures_in_a_row: 0,
+        last_warned: None,
+        warned_empty: false,
+    };
+    let directory = Arc::clone(&lister.directory);
+    tokio::spawn(lister.run());
     Some(directory)
 }
 
-/// One list into `directory`. The first failure is a warning naming the fix; later ones are
-/// counted (and logged at debug) so a flapping API server does not flood the log.
-async fn list_once(server: &client::ApiServer, path: &str, directory: &PodDirectory, first: bool) {
-    let result = match server.get(path).await {
-        Ok(body) => pod_list::parse(&body).map_err(KubeError::from),
-        Err(e) => Err(e),
-    };
-    match result {
-        Ok(pods) => {
-            directory.lists.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(pods = pods.len(), "listed this node's pods");
-            directory.replace(pods);
+/// Lists the node's pods into the directory: every 30 s, within 5 s of a newly missed pod,
+/// backing off while lists fail (60 s, 120 s, … at most 5 min).
+struct Lister {
+    server: client::ApiServer,
+    path: String,
+    node: String,
+    directory: Arc<PodDirectory>,
+    failures_in_a_row: u32,
+    /// The kind of the last failure warned about: a new kind is warned about again, a repeat
+    /// only counted (a flapping API server must not flood the log).
+    last_warned: Option<String>,
+    warned_empty: bool,
+}
+
+impl Lister {
+    async fn run(mut self) {
+        let mut last = Instant::now();
+        self.list_once().await;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let wait = RELIST
+                .saturating_mul(1 << self.failures_in_a_row.min(4))
+                .min(MAX_BACKOFF);
+            if self
+                .directory
+                .due(last.elapsed(), wait, self.failures_in_a_row > 0)
+            {
+                last = Instant::now();
+                self.list_once().await;
+            }
         }
-        Err(e) => {
-            let failures = directory.list_failures.fetch_add(1, Ordering::Relaxed);
-            if first || failures == 0 {
-                tracing::warn!(
-                    "cannot list this node's pods ({e}); service names come from pod names until \
-                     it works (the agent's service account needs `list` on `pods`: \
-                     deploy/daemonset.yaml)"
-                );
-            } else {
-                tracing::debug!("pod list failed: {e}");
+    }
+
+    async fn list_once(&mut self) {
+        let result = match self.server.get(&self.path).await {
+            Ok(body) => pod_list::parse(&body).map_err(KubeError::from),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(pods) => {
+                self.failures_in_a_row = 0;
+                self.last_warned = None;
+                self.directory.lists.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(pods = pods.len(), "listed this node's pods");
+                if pods.is_empty() && !self.warned_empty {
+                    self.warned_empty = true;
+                    tracing::warn!(
+                        node = %self.node,
+                        "the API server lists no pods on this node: is NODE_NAME this node's \
+                         name? Service names come from pod names meanwhile"
+                    );
+                }
+                self.directory.replace(pods);
+            }
+            Err(e) => {
+                self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
+                self.directory.list_failures.fetch_add(1, Ordering::Relaxed);
+                let kind = e.kind();
+                if self.last_warned.as_deref() == Some(kind.as_str()) {
+                    tracing::debug!("pod list failed: {e}");
+                } else {
+                    tracing::warn!(
+                        "cannot list this node's pods ({e}); service names come from pod names \
+                         until it works ({})",
+                        e.fix()
+                    );
+                    self.last_warned = Some(kind);
+                }
             }
         }
     }
@@ -324,17 +415,52 @@ mod tests {
     }
 
     #[test]
-    fn a_missed_lookup_brings_the_next_list_forward_once() {
+    fn a_missed_lookup_brings_the_next_list_forward_once_per_pod() {
         let directory = PodDirectory::default();
-        assert!(!directory.due(Duration::from_secs(6)));
+        let due = |since: u64| directory.due(Duration::from_secs(since), RELIST, false);
+        assert!(!due(6));
         assert!(directory.lookup("unknown").is_none());
-        assert!(!directory.due(Duration::from_secs(2)), "not before 5 s");
-        assert!(directory.due(Duration::from_secs(6)));
-        assert!(
-            !directory.due(Duration::from_secs(6)),
-            "the miss was used up"
+        assert!(!due(2), "not before 5 s");
+        assert!(due(6));
+        assert!(!due(6), "the miss was used up");
+        assert!(directory.lookup("unknown").is_none());
+        assert!(!due(6), "the same pod missed again: no early list");
+        assert!(directory.lookup("another").is_none());
+        assert!(due(6), "a new pod missed");
+        assert!(due(31), "every 30 s anyway");
+        // A list that changes something forgets the misses.
+        directory.replace(HashMap::from([("u1".into(), pod("ranker"))]));
+        assert!(directory.lookup("unknown").is_none());
+        assert!(due(6));
+    }
+
+    #[test]
+    fn failing_lists_back_off_and_ignore_misses() {
+        let directory = PodDirectory::default();
+        assert!(directory.lookup("unknown").is_none());
+        let wait = Duration::from_mins(2);
+        assert!(!directory.due(Duration::from_secs(6), wait, true));
+        assert!(!directory.due(Duration::from_mins(1), wait, true));
+        assert!(directory.due(Duration::from_mins(2), wait, true));
+    }
+
+    #[test]
+    fn failures_name_their_fix_and_tell_kinds_apart() {
+        let forbidden = KubeError::Status(403, "pods is forbidden".into());
+        assert!(forbidden.fix().contains("`list` on `pods`"));
+        assert_ne!(
+            forbidden.kind(),
+            KubeError::Status(500, String::new()).kind()
         );
-        assert!(directory.due(Duration::from_secs(31)), "every 30 s anyway");
+        assert_eq!(
+            KubeError::Request("a".into()).kind(),
+            KubeError::Request("b".into()).kind()
+        );
+        assert!(
+            KubeError::Request("timeout".into())
+                .fix()
+                .contains("reachable")
+        );
     }
 
     #[test]

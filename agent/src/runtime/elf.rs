@@ -35,6 +35,10 @@ pub struct SymbolsOnly {
     ranges: Vec<(u64, Vec<u8>)>,
 }
 
+/// Most bytes read for one file's symbols (Node.js's are 17 MB): a damaged or hostile header
+/// cannot make the agent read more.
+const MAX_SYMBOL_BYTES: u64 = 256 << 20;
+
 /// `SHT_SYMTAB`, `SHT_STRTAB`, `SHT_DYNSYM`, `SHT_SYMTAB_SHNDX` (`elf.h`).
 const SYMBOL_SECTION_TYPES: [u32; 4] = [2, 3, 11, 18];
 
@@ -56,16 +60,20 @@ impl SymbolsOnly {
             ($header:ty) => {{
                 let header = <$header>::parse(&cache).map_err(|_| invalid("ELF header"))?;
                 let endian = header.endian().map_err(|_| invalid("ELF byte order"))?;
-                wanted.push((0, u64::from(header.e_ehsize(endian))));
+                // The whole header as `object` reads it, whatever `e_ehsize` claims.
+                wanted.push((0, std::mem::size_of::<$header>() as u64));
                 let phoff: u64 = header.e_phoff(endian).into();
-                let phsize =
-                    u64::from(header.e_phentsize(endian)) * u64::from(header.e_phnum(endian));
+                let phsize = u64::from(header.e_phentsize(endian))
+                    .checked_mul(u64::from(header.e_phnum(endian)))
+                    .ok_or_else(|| invalid("program header size"))?;
                 wanted.push((phoff, phsize));
                 let shoff: u64 = header.e_shoff(endian).into();
+                let shnum = header
+                    .shnum(endian, &cache)
+                    .map_err(|_| invalid("section count"))?;
                 let shsize = u64::from(header.e_shentsize(endian))
-                    * header
-                        .shnum(endian, &cache)
-                        .map_err(|_| invalid("section count"))? as u64;
+                    .checked_mul(shnum as u64)
+                    .ok_or_else(|| invalid("section header size"))?;
                 wanted.push((shoff, shsize));
                 let sections = header
                     .sections(endian, &cache)
@@ -95,6 +103,10 @@ impl SymbolsOnly {
                 _ if offset < end => merged.push((offset, end)),
                 _ => {}
             }
+        }
+        let total: u64 = merged.iter().map(|(offset, end)| end - offset).sum();
+        if total > MAX_SYMBOL_BYTES {
+            return Err(invalid("symbol tables larger than 256 MiB"));
         }
         let mut ranges = Vec::with_capacity(merged.len());
         for (offset, end) in merged {

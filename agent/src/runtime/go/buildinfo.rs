@@ -62,8 +62,15 @@ fn build_info_in<'a, Elf: FileHeader<Endian = object::Endianness>, R: ReadRef<'a
     let Some((_, section)) = sections.section_by_name(endian, b".go.buildinfo") else {
         return Ok(None);
     };
-    let address: u64 = section.sh_addr(endian).into();
-    let header = read_at(&sections, endian, data, address, 32)?;
+    // The header from the section's own bytes (not by address: another section may cover it).
+    let (offset, file_size) = section
+        .file_range(endian)
+        .ok_or(GoError::BuildInfo("a section without file bytes"))?;
+    let header = data
+        .read_bytes_at(offset, 32.min(file_size))
+        .ok()
+        .filter(|h| h.len() == 32)
+        .ok_or(GoError::BuildInfo("shorter than its header"))?;
     if &header[..14] != MAGIC {
         return Err(GoError::BuildInfo("no magic"));
     }
@@ -73,12 +80,13 @@ fn build_info_in<'a, Elf: FileHeader<Endian = object::Endianness>, R: ReadRef<'a
         return Ok(Some(BuildInfo { version: None }));
     }
     let version = if flags & FLAG_INLINE_STRINGS != 0 {
-        let size: u64 = section.sh_size(endian).into();
-        let after_header = address.saturating_add(32);
-        let len = (10 + MAX_VERSION).min(size.saturating_sub(32));
-        let data = read_at(&sections, endian, data, after_header, len)
-            .map_err(|_| GoError::BuildInfo("no version after the header"))?;
-        let (len, used) = uvarint(&data).ok_or(GoError::BuildInfo("bad version length"))?;
+        let len = (10 + MAX_VERSION).min(file_size.saturating_sub(32));
+        let data = data
+            .read_bytes_at(offset + 32, len)
+            .ok()
+            .filter(|d| !d.is_empty())
+            .ok_or(GoError::BuildInfo("no version after the header"))?;
+        let (len, used) = uvarint(data).ok_or(GoError::BuildInfo("bad version length"))?;
         if len > MAX_VERSION {
             return Err(GoError::BuildInfo("version longer than 128 bytes"));
         }
@@ -126,6 +134,11 @@ fn read_at<'a, Elf: FileHeader, R: ReadRef<'a>>(
     len: u64,
 ) -> Result<Vec<u8>, GoError> {
     for section in sections.iter() {
+        // Only sections loaded at run time hold what an address points at (`SHF_ALLOC`).
+        let flags: u64 = section.sh_flags(endian).into();
+        if flags & u64::from(object::elf::SHF_ALLOC) == 0 {
+            continue;
+        }
         let start: u64 = section.sh_addr(endian).into();
         let size: u64 = section.sh_size(endian).into();
         if address >= start
