@@ -65,13 +65,22 @@ fn serve(program: &str, args: &[&str], dir: &Path, port: u16) -> ProcGroup {
 /// A cgroup named like a systemd service (`sockspan-test.slice/model-api.service`) in the
 /// hierarchy systemd names its units in: cgroup v2's, else v1's `name=systemd`.
 fn systemd_style_cgroup() -> Option<PathBuf> {
-    let roots = [
+    cgroup_dir(Path::new("sockspan-test.slice/model-api.service"))
+}
+
+/// Makes cgroup `path` in the first hierarchy that takes processes: cgroup v2's, else v1's
+/// `name=systemd` (on these machines `/sys/fs/cgroup` itself is a tmpfs holding both).
+fn cgroup_dir(path: &Path) -> Option<PathBuf> {
+    [
         "/sys/fs/cgroup/unified",
         "/sys/fs/cgroup/systemd",
         "/sys/fs/cgroup",
-    ];
-    roots.iter().find_map(|root| {
-        let dir = Path::new(root).join("sockspan-test.slice/model-api.service");
+    ]
+    .iter()
+    .map(Path::new)
+    .filter(|root| root.join("cgroup.procs").exists())
+    .find_map(|root| {
+        let dir = root.join(path);
         (std::fs::create_dir_all(&dir).is_ok() && dir.join("cgroup.procs").exists()).then_some(dir)
     })
 }
@@ -89,18 +98,7 @@ fn pod_style_cgroup() -> Option<PathBuf> {
             POD_UID.replace('-', "_")
         ))
         .join(format!("cri-containerd-{CONTAINER_ID}.scope"));
-    [
-        "/sys/fs/cgroup/unified",
-        "/sys/fs/cgroup/systemd",
-        "/sys/fs/cgroup",
-    ]
-    .iter()
-    .map(Path::new)
-    .filter(|root| root.join("cgroup.procs").exists())
-    .find_map(|root| {
-        let dir = root.join(&path);
-        (std::fs::create_dir_all(&dir).is_ok() && dir.join("cgroup.procs").exists()).then_some(dir)
-    })
+    cgroup_dir(&path)
 }
 
 /// The name of the container the Podman case runs in.

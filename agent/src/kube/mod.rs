@@ -239,13 +239,7 @@ pub async fn probe() -> Option<Result<usize, KubeError>> {
         )));
     };
     let path = pods_path(&node);
-    Some(
-        server
-            .get(&path)
-            .await
-            .and_then(|body| pod_list::parse(&body).map_err(KubeError::from))
-            .map(|pods| pods.len()),
-    )
+    Some(list_pods(&server, &path).await.map(|pods| pods.len()))
 }
 
 /// Starts listing this node's pods when `api` and the environment allow; returns the directory
@@ -328,11 +322,7 @@ impl Lister {
     }
 
     async fn list_once(&mut self) {
-        let result = match self.server.get(&self.path).await {
-            Ok(body) => pod_list::parse(&body).map_err(KubeError::from),
-            Err(e) => Err(e),
-        };
-        match result {
+        match list_pods(&self.server, &self.path).await {
             Ok(pods) => {
                 self.failures_in_a_row = 0;
                 self.last_warned = None;
@@ -365,6 +355,15 @@ impl Lister {
             }
         }
     }
+}
+
+/// The pods `path` lists, by uid.
+async fn list_pods(
+    server: &client::ApiServer,
+    path: &str,
+) -> Result<HashMap<String, PodMeta>, KubeError> {
+    let body = server.get(path).await?;
+    Ok(pod_list::parse(&body)?)
 }
 
 /// Percent-encodes what a node name may hold beyond the unreserved characters (node names are
