@@ -195,9 +195,9 @@ pub fn pipeline_throughput(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let (spans, file_bytes, lookup_us) = match (&stored, store) {
-        (Some(s), Some(path)) => (
+        (Some(s), Some(_)) => (
             s.counts().0,
-            std::fs::metadata(path).map_or(0, |m| m.len()),
+            s.store().disk_bytes(),
             lookup_micros(s.store())?,
         ),
         _ => (counter.spans, 0, 0.0),
@@ -460,7 +460,7 @@ fn feed_exchanges(
 /// A store exporter into a new store at `path`, as `sockspan run` makes by default (with no
 /// span limit, so retention has nothing to do during the run).
 fn store_exporter(path: &Path) -> Result<StoreExporter, StoreError> {
-    let _ = std::fs::remove_file(path);
+    crate::store::remove(path);
     let store = Store::open(StoreConfig::reading(path))?;
     StoreExporter::lossless(store)
 }

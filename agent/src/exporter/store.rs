@@ -203,8 +203,8 @@ impl SpanExporter for StoreExporter {
         vec![
             Own {
                 name: "store_file_bytes",
-                help: "Size of the span store's file.",
-                value: std::fs::metadata(self.store.path()).map_or(0, |m| m.len()),
+                help: "Bytes the span store takes on disk: its file and its frame log.",
+                value: self.store.disk_bytes(),
             },
             Own {
                 name: "store_retention_seconds",

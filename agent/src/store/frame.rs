@@ -8,16 +8,23 @@
 //! appends; and spans of one process share most of their JSON (keys, resource), so LZ4 over a
 //! frame shrinks it several times over what the disk must take.
 //!
-//! Layout of a stored frame: `FORMAT` (u8), span count (u8), latest start of its spans (u64 LE,
-//! what retention by age reads without decompressing), raw length (u32 LE), then the LZ4 block
-//! of the raw records. A raw record: trace id (16 bytes), the record's length (u32 LE), the span:
-//! in format 2 (written now) in the binary form of [`super::record`], in format 1 (stores
-//! written before) as JSON, the `--output jsonl` object. Both are read.
+//! Layout of a stored frame: `FORMAT` (u8), span count (u8), latest start of its spans (u64 LE),
+//! raw length (u32 LE), then the LZ4 block of the raw bytes. In format 3 (written now) the raw
+//! bytes are the records, the frame's table of resources (each a varint length and a JSON
+//! object), and the records' length (u32 LE); in formats 2 and 1 (stores written before) the
+//! records alone. A raw record: trace id (16 bytes), the record's length (u32 LE), the span: in
+//! formats 3 and 2 in the binary form of [`super::record`] (in 3 with its resource's index in
+//! the table, in 2 with the resource's JSON), in format 1 as JSON, the `--output jsonl` object.
+//! All are read.
+//!
+//! Why a table of resources: a resource (a process's attributes, ~300 bytes of JSON) was in
+//! every record, half of each; most frames hold spans of a few processes. Written once per frame,
+//! the records are half the bytes to copy and compress.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, sync::Arc};
 
-use super::record;
-use crate::trace::SpanData;
+use super::record::{self, ResourceAt};
+use crate::trace::{SpanData, span::Resource};
 
 /// Spans in a frame at most: lookups decompress a whole frame to read one span of it.
 pub const FRAME_SPANS: usize = 64;
@@ -27,8 +34,9 @@ pub const FRAME_RAW_BYTES: usize = 64 * 1024;
 /// Raw size a frame header may claim: the byte budget plus one span far larger than any the
 /// tracer makes. Beyond it the header is damaged, and is not trusted with an allocation.
 const MAX_RAW_BYTES: usize = 16 * 1024 * 1024;
-/// The format frames are written in; [`JSON_FORMAT`] frames are still read.
-const FORMAT: u8 = 2;
+/// The format frames are written in; [`INLINE_FORMAT`] and [`JSON_FORMAT`] frames are still read.
+const FORMAT: u8 = 3;
+const INLINE_FORMAT: u8 = 2;
 const JSON_FORMAT: u8 = 1;
 const HEADER: usize = 1 + 1 + 8 + 4;
 const RECORD_HEADER: usize = 16 + 4;
@@ -61,7 +69,7 @@ pub struct FrameHeader {
 impl FrameHeader {
     pub fn parse(frame: &[u8]) -> Result<Self, FrameError> {
         let header = frame.get(..HEADER).ok_or(FrameError::Short(frame.len()))?;
-        if header[0] != FORMAT && header[0] != JSON_FORMAT {
+        if ![FORMAT, INLINE_FORMAT, JSON_FORMAT].contains(&header[0]) {
             return Err(FrameError::Format(header[0]));
         }
         Ok(Self {
@@ -86,21 +94,38 @@ pub struct FrameBuilder {
     spans: u8,
     latest_start_ns: u64,
     encoded: Vec<u8>,
+    /// The resources of the frame's spans, in table order; held, so that the pointer a span's
+    /// resource is matched by cannot be reused by another while the frame is built.
+    resources: Vec<Arc<Resource>>,
+    table: Vec<u8>,
 }
 
 impl FrameBuilder {
     /// Appends `span`; returns its index in the frame.
     pub fn push(&mut self, span: &SpanData) -> u8 {
+        let resource = self.resource_index(&span.resource);
         let at = self.raw.len();
         self.raw.extend_from_slice(&span.trace_id);
         self.raw.extend_from_slice(&[0; 4]);
-        record::encode(&mut self.raw, span);
+        record::encode(&mut self.raw, span, resource);
         let len = (self.raw.len() - at - RECORD_HEADER) as u32;
         self.raw[at + 16..at + 20].copy_from_slice(&len.to_le_bytes());
         self.latest_start_ns = self.latest_start_ns.max(span.start_unix_nano);
         let index = self.spans;
         self.spans += 1;
         index
+    }
+
+    /// `resource`'s index in the frame's table, added if new. The same process's spans share
+    /// one `Arc` (the tracer's resource cache); equal resources behind two are two entries,
+    /// which costs bytes, never correctness.
+    fn resource_index(&mut self, resource: &Arc<Resource>) -> usize {
+        if let Some(i) = self.resources.iter().position(|r| Arc::ptr_eq(r, resource)) {
+            return i;
+        }
+        record::put_resource(&mut self.table, record::resource_json(resource));
+        self.resources.push(Arc::clone(resource));
+        self.resources.len() - 1
     }
 
     pub fn is_empty(&self) -> bool {
@@ -112,14 +137,25 @@ impl FrameBuilder {
         self.raw.clear();
         self.spans = 0;
         self.latest_start_ns = 0;
+        self.resources.clear();
+        self.table.clear();
+    }
+
+    /// Spans in the frame, and the latest start among them.
+    pub fn counts(&self) -> (u32, u64) {
+        (u32::from(self.spans), self.latest_start_ns)
     }
 
     pub fn is_full(&self) -> bool {
-        usize::from(self.spans) >= FRAME_SPANS || self.raw.len() >= FRAME_RAW_BYTES
+        usize::from(self.spans) >= FRAME_SPANS
+            || self.raw.len() + self.table.len() >= FRAME_RAW_BYTES
     }
 
     /// Compresses the frame and starts the next one; the bytes stay valid until the next call.
     pub fn finish(&mut self) -> &[u8] {
+        let records = self.raw.len() as u32;
+        self.raw.extend_from_slice(&self.table);
+        self.raw.extend_from_slice(&records.to_le_bytes());
         let bound = lz4_flex::block::get_maximum_output_size(self.raw.len());
         self.encoded.clear();
         self.encoded.resize(HEADER + bound, 0);
@@ -148,6 +184,8 @@ pub struct Record<'a> {
     pub trace_id: [u8; 16],
     body: &'a [u8],
     format: u8,
+    /// The frame's table of resources (format 3).
+    resources: &'a [u8],
 }
 
 impl<'a> Record<'a> {
@@ -159,8 +197,13 @@ impl<'a> Record<'a> {
         if self.format == JSON_FORMAT {
             return Ok(Cow::Borrowed(self.body));
         }
+        let resources = if self.format == INLINE_FORMAT {
+            ResourceAt::Inline
+        } else {
+            ResourceAt::Table(self.resources)
+        };
         let mut json = Vec::with_capacity(self.body.len() * 2);
-        record::write_json(&mut json, &self.trace_id, self.body)?;
+        record::write_json(&mut json, &self.trace_id, self.body, resources)?;
         Ok(Cow::Owned(json))
     }
 }
@@ -184,6 +227,17 @@ pub fn decode<'a>(frame: &[u8], raw: &'a mut Vec<u8>) -> Result<Vec<Record<'a>>,
     let mut records = Vec::with_capacity(usize::from(header.spans));
     let mut at = 0;
     let raw: &'a [u8] = raw;
+    let (raw, resources) = if header.format == FORMAT {
+        // The records' length, last; the table between.
+        let split = raw.len().checked_sub(4).ok_or(FrameError::Record(0))?;
+        let records_len = u32::from_le_bytes(array(&raw[split..])) as usize;
+        let table = raw
+            .get(records_len..split)
+            .ok_or(FrameError::Record(records_len))?;
+        (&raw[..records_len], table)
+    } else {
+        (raw, &raw[..0])
+    };
     while at < raw.len() {
         let head = raw
             .get(at..at + RECORD_HEADER)
@@ -196,6 +250,7 @@ pub fn decode<'a>(frame: &[u8], raw: &'a mut Vec<u8>) -> Result<Vec<Record<'a>>,
             trace_id: array(&head[..16]),
             body,
             format: header.format,
+            resources,
         });
         at += RECORD_HEADER + len;
     }
@@ -245,6 +300,34 @@ mod tests {
         for (record, s) in records.iter().zip(&spans) {
             assert_eq!(record.trace_id, s.trace_id);
             assert_eq!(record.json().expect("json").as_ref(), json_of(s).as_slice());
+        }
+    }
+
+    #[test]
+    fn a_resource_is_written_once_per_frame_and_each_frame_has_its_own_table() {
+        let shared = span(1, 1, "/a").resource;
+        let mut builder = FrameBuilder::default();
+        for round in 0..3u8 {
+            let spans: Vec<SpanData> = (0..10u8)
+                .map(|i| {
+                    let mut s = span(i, u64::from(i), "/p");
+                    // Every other span of the one process; the rest each of its own.
+                    if i % 2 == 0 {
+                        s.resource = Arc::clone(&shared);
+                    }
+                    s
+                })
+                .collect();
+            for s in &spans {
+                builder.push(s);
+            }
+            assert_eq!(builder.resources.len(), 6, "round {round}");
+            let frame = builder.finish().to_vec();
+            let mut raw = Vec::new();
+            let records = decode(&frame, &mut raw).expect("decode");
+            for (record, s) in records.iter().zip(&spans) {
+                assert_eq!(record.json().expect("json").as_ref(), json_of(s).as_slice());
+            }
         }
     }
 

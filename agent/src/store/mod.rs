@@ -3,7 +3,9 @@
 //! (MVCC).
 //!
 //! Spans are written in compressed frames under an increasing sequence number ([`frame`]), so a
-//! commit appends instead of touching a page per span; the index by start time has an entry per
+//! commit appends instead of touching a page per span. The frames themselves are appended to
+//! segment files beside the redb file ([`frame_log`]); redb holds where each one is, and the
+//! indexes. The index by start time has an entry per
 //! frame and appends too (spans end, and so arrive, roughly in start order; [`start_index`]);
 //! the index by trace id is a small log-structured tree ([`trace_index`]).
 //!
@@ -12,6 +14,9 @@
 
 mod bloom;
 mod frame;
+mod frame_log;
+#[cfg(test)]
+mod log_tests;
 mod read;
 mod record;
 mod retention;
@@ -32,15 +37,22 @@ use redb::{
 
 use self::{
     bloom::Bloom,
+    frame_log::{FrameLog, LogAt, Part},
     trace_index::{OpenRun, RUN_PAIRS},
     write::Writer,
 };
 
-/// Frame sequence number → frame (see [`frame`]).
-const FRAMES: TableDefinition<u64, &[u8]> = TableDefinition::new("frames");
-/// (latest start of a frame's spans, ns since the epoch; frame) → a summary of each of its spans
-/// ([`start_index`]).
-const BY_START: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("frames_by_start");
+/// Frame sequence number → where the frame is in the frame log ([`frame_log::LogAt`]).
+const FRAMES: TableDefinition<u64, &[u8]> = TableDefinition::new("frame_locations");
+/// Frame sequence number → frame: where stores written before the frame log kept frames. Opening
+/// moves them into the log.
+const FRAMES_IN_DB: TableDefinition<u64, &[u8]> = TableDefinition::new("frames");
+/// (latest start of a frame's spans, ns since the epoch; frame) → where the block summarising each
+/// of its spans ([`start_index`]) is in the frame log.
+const BY_START: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("start_locations");
+/// The same keys → the block itself: where stores written before the frame log kept the blocks.
+/// Opening moves them into the log.
+const BY_START_IN_DB: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("frames_by_start");
 /// Running totals: [`SPANS`], the number of spans stored (retention by count reads it), and
 /// [`SPREAD`], the widest (latest − earliest start) of any frame ever written (a search for
 /// spans started by `t` reads the start index up to `t` + it).
@@ -92,6 +104,8 @@ pub enum StoreError {
     Db(String),
     #[error("cannot start the span store's writer thread: {0}")]
     Writer(String),
+    #[error("span store: {0}")]
+    Log(#[from] frame_log::LogError),
 }
 
 impl StoreConfig {
@@ -116,6 +130,13 @@ impl StoreConfig {
         }
         Ok(())
     }
+}
+
+/// Deletes the store at `path`, its frame log too (a new store for a bench run or a test).
+#[cfg(any(test, feature = "bench"))]
+pub fn remove(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_dir_all(frame_log::dir_of(path));
 }
 
 fn db_err(e: impl std::fmt::Display) -> StoreError {
@@ -153,6 +174,23 @@ fn records<'a>(frame: u64, bytes: &[u8], raw: &'a mut Vec<u8>) -> Option<Vec<fra
         .ok()
 }
 
+/// A frame's location as stored; a value of another size is reported and skipped.
+fn frame_at(frame: u64, value: &[u8]) -> Option<LogAt> {
+    let at = LogAt::from_bytes(value);
+    if at.is_none() {
+        tracing::warn!(frame, "span store: a frame's location is damaged");
+    }
+    at
+}
+
+/// Reads a record of frame `frame` (the frame, or its start-index block) from the log into
+/// `bytes`: `false` where it is gone (retention) or unreadable (reported).
+fn read_frame(log: &FrameLog, frame: u64, at: &LogAt, bytes: &mut Vec<u8>) -> bool {
+    log.read(frame, at, bytes)
+        .map_err(|err| tracing::warn!(frame, "span store: {err}"))
+        .unwrap_or(false)
+}
+
 /// Shared handle; clones are cheap.
 #[derive(Clone)]
 pub struct Store {
@@ -164,6 +202,7 @@ pub struct Store {
     /// always probed).
     blooms: Arc<RwLock<BTreeMap<u64, Option<Bloom>>>>,
     run_pairs: usize,
+    log: Arc<FrameLog>,
 }
 
 impl Store {
@@ -187,12 +226,16 @@ impl Store {
             .set_cache_size(STORE_CACHE_BYTES)
             .create(&config.path)
             .map_err(|e| open_err(&e))?;
-        let earlier_layout = db
+        let tables: Vec<String> = db
             .begin_read()
             .map_err(db_err)?
             .list_tables()
             .map_err(db_err)?
-            .any(|t| EARLIER_LAYOUT_TABLES.contains(&t.name()));
+            .map(|t| t.name().to_string())
+            .collect();
+        let earlier_layout = tables
+            .iter()
+            .any(|t| EARLIER_LAYOUT_TABLES.contains(&t.as_str()));
         if earlier_layout {
             return Err(open_err(
                 &"it was written by an earlier sockspan, whose layout this one does not read; \
@@ -211,6 +254,7 @@ impl Store {
             txn.open_table(OPERATIONS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
+        let log = FrameLog::open(&config.path).map_err(|e| open_err(&e))?;
         let store = Self {
             db: Arc::new(db),
             config,
@@ -218,9 +262,104 @@ impl Store {
             open_run: Arc::new(RwLock::new(OpenRun::default())),
             blooms: Arc::new(RwLock::new(BTreeMap::new())),
             run_pairs,
+            log: Arc::new(log),
         };
+        store.recover_log()?;
+        if tables.iter().any(|t| t == FRAMES_IN_DB.name()) {
+            store.move_into_log()?;
+        }
         store.recover()?;
         Ok(store)
+    }
+
+    /// Cuts the frame log back to what the committed locations name (see [`frame_log`]).
+    fn recover_log(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let frames = txn.open_table(FRAMES).map_err(db_err)?;
+        let first = frames.first().map_err(db_err)?;
+        let last = frames.last().map_err(db_err)?;
+        let first = first.and_then(|(f, v)| frame_at(f.value(), v.value()));
+        let last = last.and_then(|(f, v)| frame_at(f.value(), v.value()));
+        lock(&self.writer).appender = self.log.recover(first.as_ref(), last.as_ref())?;
+        Ok(())
+    }
+
+    /// A store written before the frame log: its frames and their start-index blocks move into
+    /// the log, in one durable commit (a crash before it leaves the store as it was; the log's
+    /// copies are then cut off by the next opening). A frame whose header is damaged cannot say
+    /// which block is its own: it is dropped, and its block's spans taken off the count.
+    fn move_into_log(&self) -> Result<(), StoreError> {
+        let mut writer = lock(&self.writer);
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let (mut moved, mut damaged) = (0u64, std::collections::BTreeSet::new());
+        {
+            let old_frames = txn.open_table(FRAMES_IN_DB).map_err(db_err)?;
+            let old_blocks = txn.open_table(BY_START_IN_DB).map_err(db_err)?;
+            let mut frames = txn.open_table(FRAMES).map_err(db_err)?;
+            let mut by_start = txn.open_table(BY_START).map_err(db_err)?;
+            for entry in old_frames.iter().map_err(db_err)? {
+                let (frame, bytes) = entry.map_err(db_err)?;
+                let (frame, bytes) = (frame.value(), bytes.value());
+                let Ok(header) = frame::FrameHeader::parse(bytes) else {
+                    damaged.insert(frame);
+                    continue;
+                };
+                let key = (header.latest_start_ns, frame);
+                let Some(block) = old_blocks.get(key).map_err(db_err)? else {
+                    damaged.insert(frame);
+                    continue;
+                };
+                let block = block.value();
+                let (block_at, frame_at) = writer.appender.append(
+                    &self.log,
+                    Part {
+                        bytes: block,
+                        spans: u32::try_from(start_index::count(block)).unwrap_or(u32::MAX),
+                        start_ns: start_index::earliest_start(block).unwrap_or(0),
+                    },
+                    Part {
+                        bytes,
+                        spans: u32::from(header.spans),
+                        start_ns: header.latest_start_ns,
+                    },
+                )?;
+                frames
+                    .insert(frame, &frame_at.to_bytes()[..])
+                    .map_err(db_err)?;
+                by_start
+                    .insert(key, &block_at.to_bytes()[..])
+                    .map_err(db_err)?;
+                moved += 1;
+            }
+            if !damaged.is_empty() {
+                let mut lost = 0;
+                for entry in old_blocks.iter().map_err(db_err)? {
+                    let (key, block) = entry.map_err(db_err)?;
+                    if damaged.contains(&key.value().1) {
+                        lost += start_index::count(block.value());
+                    }
+                }
+                let mut counts = txn.open_table(COUNTS).map_err(db_err)?;
+                let stored = counts.get(SPANS).map_err(db_err)?.map_or(0, |v| v.value());
+                counts
+                    .insert(SPANS, stored.saturating_sub(lost))
+                    .map_err(db_err)?;
+                tracing::warn!(
+                    frames = damaged.len(),
+                    spans = lost,
+                    "span store: damaged frames dropped while moving frames into the frame log"
+                );
+            }
+        }
+        txn.delete_table(FRAMES_IN_DB).map_err(db_err)?;
+        txn.delete_table(BY_START_IN_DB).map_err(db_err)?;
+        writer.appender.sync(&self.log)?;
+        txn.commit().map_err(db_err)?;
+        tracing::info!(
+            frames = moved,
+            "span store: frames moved into the frame log"
+        );
+        Ok(())
     }
 
     /// Loads the sealed runs' filters, rebuilds the open run from the frames newer than the last
@@ -245,12 +384,19 @@ impl Store {
         let next = last_frame.max(sealed).map_or(0, |n| n + 1);
         lock(&self.writer).next_frame = next;
         let mut open_run = write(&self.open_run);
-        let mut raw = Vec::new();
+        let (mut raw, mut bytes) = (Vec::new(), Vec::new());
         let from = sealed.map_or(0, |s| s + 1);
         for entry in frames.range(from..).map_err(db_err)? {
-            let (frame, bytes) = entry.map_err(db_err)?;
-            for record in records(frame.value(), bytes.value(), &mut raw).unwrap_or_default() {
-                open_run.insert(record.trace_id, frame.value());
+            let (frame, at) = entry.map_err(db_err)?;
+            let frame = frame.value();
+            let Some(at) = frame_at(frame, at.value()) else {
+                continue;
+            };
+            if !read_frame(&self.log, frame, &at, &mut bytes) {
+                continue;
+            }
+            for record in records(frame, &bytes, &mut raw).unwrap_or_default() {
+                open_run.insert(record.trace_id, frame);
             }
         }
         Ok(())
@@ -265,6 +411,12 @@ impl Store {
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.config.path
+    }
+
+    /// Bytes the store takes on disk: its redb file and the frame log.
+    #[must_use]
+    pub fn disk_bytes(&self) -> u64 {
+        std::fs::metadata(&self.config.path).map_or(0, |m| m.len()) + self.log.disk_bytes()
     }
 
     /// Spans stored now.
@@ -370,14 +522,14 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    fn temp_path(name: &str) -> PathBuf {
+    pub(super) fn temp_path(name: &str) -> PathBuf {
         std::env::temp_dir()
             .join(format!("sockspan-store-{name}-{}", std::process::id()))
             .join("t.redb")
     }
 
     /// Span `i` of trace `i % 97`, with a service and id of its own.
-    fn numbered(i: u32, start: u64) -> SpanData {
+    pub(super) fn numbered(i: u32, start: u64) -> SpanData {
         let mut s = span(0, 0, "svc", start);
         s.trace_id = [0; 16];
         s.trace_id[..4].copy_from_slice(&(i % 97).to_be_bytes());
@@ -385,7 +537,7 @@ mod tests {
         s
     }
 
-    fn span_ids(spans: &[serde_json::Value]) -> Vec<String> {
+    pub(super) fn span_ids(spans: &[serde_json::Value]) -> Vec<String> {
         let mut ids: Vec<String> = spans
             .iter()
             .filter_map(|s| s["span_id"].as_str().map(str::to_string))
@@ -394,14 +546,14 @@ mod tests {
         ids
     }
 
-    fn trace_of(trace: u32) -> [u8; 16] {
+    pub(super) fn trace_of(trace: u32) -> [u8; 16] {
         let mut id = [0u8; 16];
         id[..4].copy_from_slice(&trace.to_be_bytes());
         id
     }
 
     /// The span ids of `trace` among `spans`, sorted, as the store returns them.
-    fn expected_ids(spans: &[SpanData], trace: u32) -> Vec<String> {
+    pub(super) fn expected_ids(spans: &[SpanData], trace: u32) -> Vec<String> {
         let mut ids: Vec<String> = spans
             .iter()
             .filter(|s| s.trace_id == trace_of(trace))
@@ -415,11 +567,11 @@ mod tests {
         ids
     }
 
-    const NOW: u64 = 10_000_000_000_000;
+    pub(super) const NOW: u64 = 10_000_000_000_000;
 
     /// 3000 numbered spans written 110 at a time into a new store with runs of 500 pairs, so
     /// several runs are sealed and some pairs stay open.
-    fn filled(name: &str, max_spans: u64) -> (Store, Vec<SpanData>) {
+    pub(super) fn filled(name: &str, max_spans: u64) -> (Store, Vec<SpanData>) {
         let path = temp_path(name);
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
         let config = StoreConfig {
@@ -474,7 +626,7 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_with_a_damaged_header_leaves_no_summary_or_count_behind() {
+    fn a_frame_with_a_damaged_location_leaves_no_summary_or_count_behind() {
         let path = temp_path("damaged-header");
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
         let s = store(&path, 1000);
@@ -489,7 +641,7 @@ mod tests {
             s.write(&spans, true).expect("write");
         }
         assert_eq!(s.span_count().expect("count"), 192);
-        // Frame 0's header damaged on disk (format byte and all).
+        // Frame 0's location damaged (a value of another size).
         {
             let txn = s.db.begin_write().expect("write");
             txn.open_table(FRAMES)

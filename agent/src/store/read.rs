@@ -7,7 +7,7 @@ use redb::{ReadableDatabase as _, ReadableTable as _};
 
 use super::{
     BY_START, COUNTS, FRAMES, OPERATIONS, SERVICES, SPREAD, SpanSummary, Store, StoreError,
-    TRACE_RUNS, db_err, read, records, start_index, trace_index,
+    TRACE_RUNS, db_err, frame_at, read, read_frame, records, start_index, trace_index,
 };
 
 /// A summary ordered by start, for the merge in [`Store::scan`] (ties in any order).
@@ -85,15 +85,21 @@ impl Store {
             }
         }
         let table = txn.open_table(FRAMES).map_err(db_err)?;
-        let mut raw = Vec::new();
+        let (mut raw, mut bytes) = (Vec::new(), Vec::new());
         let mut out = Vec::new();
         for frame in frames {
             // Retention may have taken a frame the index still names.
-            let Some(bytes) = table.get(frame).map_err(db_err)? else {
+            let Some(at) = table.get(frame).map_err(db_err)? else {
                 continue;
             };
+            let Some(at) = frame_at(frame, at.value()) else {
+                continue;
+            };
+            if !read_frame(&self.log, frame, &at, &mut bytes) {
+                continue;
+            }
             out.extend(
-                records(frame, bytes.value(), &mut raw)
+                records(frame, &bytes, &mut raw)
                     .unwrap_or_default()
                     .iter()
                     .filter(|r| r.trace_id == *trace_id)
@@ -108,11 +114,14 @@ impl Store {
     pub fn for_each_span(&self, mut f: impl FnMut(&[u8]) -> bool) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let frames = txn.open_table(FRAMES).map_err(db_err)?;
-        let mut raw = Vec::new();
+        let (mut raw, mut bytes) = (Vec::new(), Vec::new());
         let mut damaged = 0;
         for entry in frames.iter().map_err(db_err)? {
-            let (frame, bytes) = entry.map_err(db_err)?;
-            let Some(records) = records(frame.value(), bytes.value(), &mut raw) else {
+            let (frame, at) = entry.map_err(db_err)?;
+            let frame = frame.value();
+            let readable = frame_at(frame, at.value())
+                .is_some_and(|at| read_frame(&self.log, frame, &at, &mut bytes));
+            let Some(records) = readable.then(|| records(frame, &bytes, &mut raw)).flatten() else {
                 damaged += 1;
                 continue;
             };
@@ -120,7 +129,7 @@ impl Store {
                 let json = match record.json() {
                     Ok(json) => json,
                     Err(err) => {
-                        tracing::warn!(frame = frame.value(), "span store: {err}");
+                        tracing::warn!(frame, "span store: {err}");
                         damaged += 1;
                         continue;
                     }
@@ -155,6 +164,7 @@ impl Store {
             .map_err(db_err)?
             .map_or(0, |v| v.value());
         let mut pending = BinaryHeap::new();
+        let mut block = Vec::new();
         for entry in by_start
             .range((start_ns, 0)..=(end_ns.saturating_add(spread), u64::MAX))
             .map_err(db_err)?
@@ -172,14 +182,16 @@ impl Store {
                     return Ok(());
                 }
             }
-            let value = value.value();
-            let decoded = start_index::earliest_start(value).and_then(|earliest| {
-                if earliest > end_ns {
-                    return Ok(());
-                }
-                start_index::for_each_in(value, start_ns, end_ns, |s| pending.push(Newest(s)))
-            });
-            if let Err(err) = decoded {
+            let Some(at) = frame_at(frame, value.value()) else {
+                continue;
+            };
+            // A block that starts after the range has nothing in it.
+            if at.start_ns > end_ns || !read_frame(&self.log, frame, &at, &mut block) {
+                continue;
+            }
+            if let Err(err) =
+                start_index::for_each_in(&block, start_ns, end_ns, |s| pending.push(Newest(s)))
+            {
                 tracing::warn!(frame, "span store: {err}");
             }
         }

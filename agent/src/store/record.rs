@@ -11,7 +11,9 @@
 //! is a CLIENT span, bit 2 has an error status), start and end (u64 LE each), then
 //! length-prefixed fields (a length is a LEB128 varint): name, the error message if flagged,
 //! links (count; each trace id 16, span id 8, reason), attributes (count; each key, then a tag
-//! byte, 0 string or 1 integer (i64 LE), and the value), the resource's JSON object.
+//! byte, 0 string or 1 integer (i64 LE), and the value), then the resource: in frame format 3
+//! (written now) its index (a varint) in the frame's table of resources, in format 2 its JSON
+//! object itself.
 
 use crate::{
     exporter::json::{write_attributes, write_id, write_int, write_str},
@@ -32,8 +34,19 @@ const TAG_INT: u8 = 1;
 #[error("span record is damaged at byte {0}")]
 pub struct RecordError(pub usize);
 
-/// Appends `span` in the binary form to `out`.
-pub fn encode(out: &mut Vec<u8>, span: &SpanData) {
+/// Where a record's resource is.
+#[derive(Clone, Copy)]
+pub enum ResourceAt<'a> {
+    /// Its JSON after the attributes (format 2).
+    Inline,
+    /// Its index after the attributes, into this frame's table: a varint-length-prefixed JSON
+    /// object each (format 3).
+    Table(&'a [u8]),
+}
+
+/// Appends `span` in the binary form to `out`, its resource as index `resource` of the frame's
+/// table.
+pub fn encode(out: &mut Vec<u8>, span: &SpanData, resource: usize) {
     out.extend_from_slice(&span.span_id);
     out.extend_from_slice(&span.parent_span_id.unwrap_or_default());
     let mut flags = 0;
@@ -71,14 +84,21 @@ pub fn encode(out: &mut Vec<u8>, span: &SpanData) {
             }
         }
     }
-    put_bytes(
-        out,
-        span.resource.json(|attributes| {
-            let mut json = Vec::new();
-            write_attributes(&mut json, attributes);
-            json.into_boxed_slice()
-        }),
-    );
+    put_len(out, resource);
+}
+
+/// The JSON object of `resource`, as the frame's table of resources holds it.
+pub fn resource_json(resource: &crate::trace::span::Resource) -> &[u8] {
+    resource.json(|attributes| {
+        let mut json = Vec::new();
+        write_attributes(&mut json, attributes);
+        json.into_boxed_slice()
+    })
+}
+
+/// Appends one entry of a frame's table of resources.
+pub fn put_resource(out: &mut Vec<u8>, json: &[u8]) {
+    put_bytes(out, json);
 }
 
 fn put_str_value(out: &mut Vec<u8>, value: &str) {
@@ -110,6 +130,7 @@ pub fn write_json(
     out: &mut Vec<u8>,
     trace_id: &[u8; 16],
     record: &[u8],
+    resources: ResourceAt<'_>,
 ) -> Result<(), RecordError> {
     let mut r = Reader {
         bytes: record,
@@ -188,7 +209,7 @@ pub fn write_json(
     }
     out.extend_from_slice(b"},\"resource\":");
     let resource_at = r.at;
-    let resource = r.bytes()?;
+    let resource = resource_of(&mut r, resources)?;
     // Written by this agent from the resource's attributes: an object, or the frame is damaged.
     if resource.first() != Some(&b'{') || resource.last() != Some(&b'}') {
         return Err(RecordError(resource_at));
@@ -199,6 +220,25 @@ pub fn write_json(
         return Err(RecordError(r.at));
     }
     Ok(())
+}
+
+/// The resource's JSON object at the end of a record: inline, or from the frame's table.
+fn resource_of<'a>(r: &mut Reader<'a>, resources: ResourceAt<'a>) -> Result<&'a [u8], RecordError> {
+    let ResourceAt::Table(table) = resources else {
+        return r.bytes();
+    };
+    let at = r.at;
+    let index = r.len()?;
+    let mut t = Reader {
+        bytes: table,
+        at: 0,
+    };
+    let damaged = |_| RecordError(at);
+    let mut json = t.bytes().map_err(damaged)?;
+    for _ in 0..index {
+        json = t.bytes().map_err(damaged)?;
+    }
+    Ok(json)
 }
 
 /// Reads a record front to back; every read checks the bounds.
@@ -287,12 +327,40 @@ mod tests {
         }
     }
 
+    /// A frame's table of resources: another process's first, `span`'s second.
+    fn table_of(span: &SpanData) -> Vec<u8> {
+        let other = Resource::new(vec![KeyValue::str("service.name", "other")]);
+        let mut table = Vec::new();
+        put_resource(&mut table, resource_json(&other));
+        put_resource(&mut table, resource_json(&span.resource));
+        table
+    }
+
     fn round_trip(span: &SpanData) -> Vec<u8> {
         let mut record = Vec::new();
-        encode(&mut record, span);
+        encode(&mut record, span, 1);
         let mut json = Vec::new();
-        write_json(&mut json, &span.trace_id, &record).expect("reads back");
+        write_json(
+            &mut json,
+            &span.trace_id,
+            &record,
+            ResourceAt::Table(&table_of(span)),
+        )
+        .expect("reads back");
         json
+    }
+
+    #[test]
+    fn records_of_format_2_with_the_resource_inline_still_read() {
+        let span = span();
+        let mut record = Vec::new();
+        encode(&mut record, &span, 0);
+        // Index 0 is one byte; format 2 had the resource's JSON there.
+        record.pop();
+        put_bytes(&mut record, resource_json(&span.resource));
+        let mut json = Vec::new();
+        write_json(&mut json, &span.trace_id, &record, ResourceAt::Inline).expect("reads back");
+        assert_eq!(json, jsonl(&span));
     }
 
     #[test]
@@ -328,13 +396,24 @@ mod tests {
         full.parent_span_id = Some([9; 8]);
         full.status = SpanStatus::Error("boom".to_owned());
         let mut record = Vec::new();
-        encode(&mut record, &full);
+        encode(&mut record, &full, 1);
+        let table = table_of(&full);
+        let resources = ResourceAt::Table(&table);
         let mut json = Vec::new();
         for cut in 0..record.len() {
             assert!(
-                write_json(&mut json, &full.trace_id, &record[..cut]).is_err(),
+                write_json(&mut json, &full.trace_id, &record[..cut], resources).is_err(),
                 "cut at {cut}"
             );
+        }
+        // An index past the table, and a table cut short.
+        let mut past = record.clone();
+        *past.last_mut().expect("index") = 2;
+        assert!(write_json(&mut json, &full.trace_id, &past, resources).is_err());
+        for cut in 0..table.len() {
+            json.clear();
+            let cut_table = ResourceAt::Table(&table[..cut]);
+            assert!(write_json(&mut json, &full.trace_id, &record, cut_table).is_err());
         }
         for at in 0..record.len() {
             for flip in [0x01, 0x80, 0xff] {
@@ -343,13 +422,13 @@ mod tests {
                 json.clear();
                 // An error or some object, never a panic (a reader parses the object and skips
                 // the span if it does not parse).
-                let _ = write_json(&mut json, &full.trace_id, &bad);
+                let _ = write_json(&mut json, &full.trace_id, &bad, resources);
             }
         }
         let mut long = record.clone();
         long.push(0);
         assert!(
-            write_json(&mut json, &full.trace_id, &long).is_err(),
+            write_json(&mut json, &full.trace_id, &long, resources).is_err(),
             "trailing bytes"
         );
     }

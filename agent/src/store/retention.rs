@@ -1,11 +1,11 @@
 //! Retention: spans older than the configured age, then the oldest beyond the configured count,
 //! a frame at a time.
 
-use redb::ReadableTable as _;
+use redb::{ReadableDatabase as _, ReadableTable as _};
 
 use super::{
     BY_START, COUNTS, FRAMES, RETENTION_FRAMES, RUNS, SPANS, Store, StoreError, TRACE_RUNS, db_err,
-    frame::FrameHeader, lock, start_index, trace_index, write,
+    frame_at, frame_log::LogAt, lock, trace_index, write,
 };
 
 impl Store {
@@ -13,7 +13,7 @@ impl Store {
     /// time (at most [`RETENTION_FRAMES`] per call); returns how many spans went.
     pub fn enforce_retention(&self, now_unix_ns: u64) -> Result<u64, StoreError> {
         let horizon = now_unix_ns.saturating_sub(self.config.retention.as_nanos() as u64);
-        let _writer = lock(&self.writer);
+        let writer = lock(&self.writer);
         let txn = self.db.begin_write().map_err(db_err)?;
         let mut removed = 0u64;
         let last_removed;
@@ -26,15 +26,15 @@ impl Store {
             let mut last_doomed = None;
             let mut latest_start = 0u64;
             for entry in frames.iter().map_err(db_err)?.take(RETENTION_FRAMES) {
-                let (frame, bytes) = entry.map_err(db_err)?;
-                // A frame whose header cannot be read is dropped with the old ones; its start-index
-                // entry could then be keyed anywhere.
-                let header = FrameHeader::parse(bytes.value()).ok();
-                if header.is_none() {
+                let (frame, at) = entry.map_err(db_err)?;
+                // A frame whose location cannot be read, or one moved from an earlier store
+                // with a damaged header (no spans), is dropped with the old ones; its
+                // start-index entry could then be keyed anywhere.
+                let at = frame_at(frame.value(), at.value()).filter(|at| at.spans > 0);
+                if at.is_none() {
                     latest_start = u64::MAX;
                 }
-                let (spans, latest) =
-                    header.map_or((0, 0), |h| (u64::from(h.spans), h.latest_start_ns));
+                let (spans, latest) = at.map_or((0, 0), |at| (u64::from(at.spans), at.start_ns));
                 if latest >= horizon && removed >= excess {
                     break;
                 }
@@ -51,10 +51,10 @@ impl Store {
             // index's count even where a frame's header was damaged.
             let mut indexed = 0u64;
             by_start
-                .retain_in(..=(latest_start, u64::MAX), |(_, frame), entry| {
+                .retain_in(..=(latest_start, u64::MAX), |(_, frame), at| {
                     let doomed = frame <= last;
                     if doomed {
-                        indexed += start_index::count(entry);
+                        indexed += LogAt::from_bytes(at).map_or(0, |at| u64::from(at.spans));
                     }
                     !doomed
                 })
@@ -78,6 +78,22 @@ impl Store {
         }
         txn.commit().map_err(db_err)?;
         write(&self.blooms).retain(|&run, _| run > last_removed);
+        self.remove_dead_segments(writer.appender.segment())?;
         Ok(removed)
+    }
+
+    /// Deletes the log's segments that only hold frames retention removed: those before the
+    /// first stored frame's, or all but `current` (the one written to) when none is left.
+    fn remove_dead_segments(&self, current: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let frames = txn.open_table(FRAMES).map_err(db_err)?;
+        let first = frames.first().map_err(db_err)?;
+        let keep_from = match first.and_then(|(f, at)| frame_at(f.value(), at.value())) {
+            Some(at) => at.segment,
+            // None left: all but the segment written to now.
+            None => current,
+        };
+        self.log.remove_before(keep_from)?;
+        Ok(())
     }
 }

@@ -40,6 +40,7 @@ pub struct StartBlock {
     bytes: Vec<u8>,
     earliest: u64,
     latest: u64,
+    spans: u32,
 }
 
 impl StartBlock {
@@ -49,7 +50,9 @@ impl StartBlock {
             self.bytes.extend_from_slice(&[0; 8]);
             self.earliest = u64::MAX;
             self.latest = 0;
+            self.spans = 0;
         }
+        self.spans += 1;
         let start = span.start_unix_nano;
         self.earliest = self.earliest.min(start);
         self.latest = self.latest.max(start);
@@ -61,14 +64,19 @@ impl StartBlock {
         push_name(&mut self.bytes, &span.name);
     }
 
-    /// Ends the entry: its key's start (the latest in it), its spread (latest − earliest) and
-    /// its bytes, valid until the next push or reset. `None` when nothing was pushed.
-    pub fn finish(&mut self) -> Option<(u64, u64, &[u8])> {
+    /// Ends the entry: its key's start (the latest in it) and its bytes, valid until the next
+    /// push or reset. `None` when nothing was pushed.
+    pub fn finish(&mut self) -> Option<(u64, &[u8])> {
         if self.bytes.is_empty() {
             return None;
         }
         self.bytes[1..HEADER].copy_from_slice(&self.earliest.to_le_bytes());
-        Some((self.latest, self.latest - self.earliest, &self.bytes))
+        Some((self.latest, &self.bytes))
+    }
+
+    /// The earliest start and the number of spans pushed since the last reset.
+    pub fn counts(&self) -> (u64, u32) {
+        (self.earliest, self.spans)
     }
 
     pub fn reset(&mut self) {
@@ -198,8 +206,9 @@ mod tests {
         block.push(&span(1, 1, "front", 500), "front");
         block.push(&span(2, 1, "back", 300), "back");
         block.push(&span(3, 1, "front", 900), "front");
-        let (latest, spread, entry) = block.finish().expect("entry");
-        assert_eq!((latest, spread), (900, 600));
+        assert_eq!(block.counts(), (300, 3));
+        let (latest, entry) = block.finish().expect("entry");
+        assert_eq!(latest, 900);
         let entry = entry.to_vec();
         assert_eq!(earliest_start(&entry), Ok(300));
         assert_eq!(count(&entry), 3);
@@ -216,12 +225,9 @@ mod tests {
 
         block.reset();
         block.push(&span(4, 1, "x", 7), "x");
-        let (latest, spread, entry) = block.finish().expect("next entry");
-        assert_eq!(
-            (latest, spread, earliest_start(entry)),
-            (7, 0, Ok(7)),
-            "reset starts afresh"
-        );
+        assert_eq!(block.counts(), (7, 1), "reset starts afresh");
+        let (latest, entry) = block.finish().expect("next entry");
+        assert_eq!((latest, earliest_start(entry)), (7, Ok(7)));
     }
 
     #[test]
@@ -229,7 +235,7 @@ mod tests {
         let mut block = StartBlock::default();
         let service = "é".repeat(MAX_NAME_BYTES);
         block.push(&span(1, 1, &service, 1), &service);
-        let (_, _, entry) = block.finish().expect("entry");
+        let (_, entry) = block.finish().expect("entry");
         let summaries = all(entry).expect("decode");
         assert_eq!(summaries[0].service.len(), MAX_NAME_BYTES);
         assert!(service.starts_with(&summaries[0].service));
@@ -240,7 +246,7 @@ mod tests {
         let mut block = StartBlock::default();
         block.push(&span(1, 1, "front", 5), "front");
         block.push(&span(2, 1, "back", 6), "back");
-        let (_, _, entry) = block.finish().expect("entry");
+        let (_, entry) = block.finish().expect("entry");
         let entry = entry.to_vec();
         assert_eq!(count(&entry), 2);
         for cut in 0..entry.len() {

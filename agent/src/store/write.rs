@@ -8,8 +8,15 @@ use redb::{Durability, ReadableTable as _};
 
 use super::{
     BY_START, COUNTS, FRAMES, OPERATIONS, RUNS, SERVICE_REFRESH_NS, SERVICES, SPANS, SPREAD, Store,
-    StoreError, TRACE_RUNS, bloom::Bloom, db_err, frame::FrameBuilder, lock, read,
-    start_index::StartBlock, write,
+    StoreError, TRACE_RUNS,
+    bloom::Bloom,
+    db_err,
+    frame::FrameBuilder,
+    frame_log::Appender,
+    frame_log::{FrameLog, Part},
+    lock, read,
+    start_index::StartBlock,
+    write,
 };
 use crate::trace::SpanData;
 
@@ -19,6 +26,7 @@ use crate::trace::SpanData;
 #[derive(Default)]
 pub(super) struct Writer {
     pub(super) next_frame: u64,
+    pub(super) appender: Appender,
     frame: FrameBuilder,
     starts: StartBlock,
     pairs: Vec<([u8; 16], u64)>,
@@ -61,22 +69,46 @@ impl Writer {
     }
 }
 
-/// Writes the frame being built, and its start-index entry, as `frame`; returns the entry's
-/// spread.
-fn close_frame(
-    writer: &mut Writer,
-    frames: &mut redb::Table<u64, &[u8]>,
-    by_start: &mut redb::Table<(u64, u64), &[u8]>,
-    frame: u64,
-) -> Result<u64, StoreError> {
+/// Where a closed frame goes: the log, and the tables naming it.
+struct FrameOut<'a, 't> {
+    log: &'a FrameLog,
+    frames: redb::Table<'t, u64, &'static [u8]>,
+    by_start: redb::Table<'t, (u64, u64), &'static [u8]>,
+}
+
+/// Queues the frame being built for the log, and writes its location and start-index entry as
+/// `frame`; returns the entry's spread.
+fn close_frame(writer: &mut Writer, out: &mut FrameOut, frame: u64) -> Result<u64, StoreError> {
+    let FrameOut {
+        log,
+        frames,
+        by_start,
+    } = out;
+    let (spans, latest) = writer.frame.counts();
+    let (earliest, summaries) = writer.starts.counts();
+    let Some((key_start, block)) = writer.starts.finish() else {
+        // Every frame has spans, so a block.
+        writer.frame.reset();
+        return Ok(0);
+    };
+    let block = Part {
+        bytes: block,
+        spans: summaries,
+        start_ns: earliest,
+    };
+    let frame_part = Part {
+        bytes: writer.frame.finish(),
+        spans,
+        start_ns: latest,
+    };
+    let (block_at, frame_at) = writer.appender.append(log, block, frame_part)?;
     frames
-        .insert(frame, writer.frame.finish())
+        .insert(frame, &frame_at.to_bytes()[..])
         .map_err(db_err)?;
-    let mut spread = 0;
-    if let Some((latest, entry_spread, entry)) = writer.starts.finish() {
-        by_start.insert((latest, frame), entry).map_err(db_err)?;
-        spread = entry_spread;
-    }
+    by_start
+        .insert((key_start, frame), &block_at.to_bytes()[..])
+        .map_err(db_err)?;
+    let spread = key_start - earliest;
     writer.starts.reset();
     Ok(spread)
 }
@@ -92,8 +124,11 @@ impl Store {
         writer.frame.reset();
         writer.starts.reset();
         writer.pairs.clear();
+        writer.appender.discard();
         let result = self.write_locked(writer, spans, durable);
         if result.is_err() {
+            // Frames queued and not written: never named by a commit.
+            writer.appender.discard();
             // Nothing of this write was committed: the caches may name what was not written,
             // and the open run holds pairs for frames that do not exist (their numbers are
             // used again by the next write).
@@ -123,8 +158,11 @@ impl Store {
         let mut frame = writer.next_frame;
         let mut sealed = None;
         {
-            let mut frames = txn.open_table(FRAMES).map_err(db_err)?;
-            let mut by_start = txn.open_table(BY_START).map_err(db_err)?;
+            let mut out = FrameOut {
+                log: &self.log,
+                frames: txn.open_table(FRAMES).map_err(db_err)?,
+                by_start: txn.open_table(BY_START).map_err(db_err)?,
+            };
             let mut services = txn.open_table(SERVICES).map_err(db_err)?;
             let mut operations = txn.open_table(OPERATIONS).map_err(db_err)?;
             let mut counts = txn.open_table(COUNTS).map_err(db_err)?;
@@ -150,12 +188,12 @@ impl Store {
                         .map_err(db_err)?;
                 }
                 if writer.frame.is_full() {
-                    spread = spread.max(close_frame(writer, &mut frames, &mut by_start, frame)?);
+                    spread = spread.max(close_frame(writer, &mut out, frame)?);
                     frame += 1;
                 }
             }
             if !writer.frame.is_empty() {
-                spread = spread.max(close_frame(writer, &mut frames, &mut by_start, frame)?);
+                spread = spread.max(close_frame(writer, &mut out, frame)?);
                 frame += 1;
             }
             if spread > stored_spread {
@@ -187,6 +225,13 @@ impl Store {
                     .map_err(db_err)?;
                 sealed = Some((run, bloom));
             }
+        }
+        // The frames reach their segment before the commit that names them; a durable commit
+        // makes them durable first.
+        if durable {
+            writer.appender.sync(&self.log)?;
+        } else {
+            writer.appender.write_out(&self.log)?;
         }
         txn.commit().map_err(db_err)?;
         writer.next_frame = frame;

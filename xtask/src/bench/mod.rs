@@ -212,13 +212,13 @@ fn start_variant(bin: &Path, variant: Variant, spans: Option<&Path>) -> Result<O
         Variant::SockspanInband => &["run", "--output", "jsonl", "--in-band"],
         Variant::SockspanStore => {
             if let Some(path) = &store {
-                let _ = std::fs::remove_file(path);
+                remove_store(path);
             }
             &["run", "--store", &store_arg, "--ui", "127.0.0.1:0"]
         }
         Variant::SockspanBudget => {
             if let Some(path) = &store {
-                let _ = std::fs::remove_file(path);
+                remove_store(path);
             }
             &[
                 "run",
@@ -273,6 +273,14 @@ fn start_variant(bin: &Path, variant: Variant, spans: Option<&Path>) -> Result<O
         stderr: reader,
         files,
     }))
+}
+
+/// Deletes a store: its redb file and its frame log (`<file>.frames/`).
+fn remove_store(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let mut log = path.as_os_str().to_os_string();
+    log.push(".frames");
+    let _ = std::fs::remove_dir_all(log);
 }
 
 /// Where (e) keeps its store: beside the span file of the other variants.
@@ -429,7 +437,7 @@ fn pipeline_run(
     }
     let text = output_of(&mut command)?;
     if let Some(path) = store {
-        let _ = std::fs::remove_file(path);
+        remove_store(path);
     }
     let v: serde_json::Value =
         serde_json::from_str(text.trim()).context("bench-pipeline output")?;
@@ -645,7 +653,7 @@ fn phase(
             "--service",
             "nginx",
         ]))?;
-        let _ = std::fs::remove_file(&store);
+        remove_store(&store);
         count.trim().parse().context("bench-store-count output")?
     } else {
         crate::bench_http::nginx_server_spans(spans_file)

@@ -1,0 +1,489 @@
+//! The frame log: the compressed frames themselves, appended to segment files beside the
+//! store's redb file; redb keeps where each frame is ([`LogAt`]) and the indexes.
+//!
+//! Why not in redb: a frame (tens of KiB raw, a few compressed) is a value larger than a page,
+//! and redb, copy-on-write, allocated pages for each one, rebuilt the B-tree's branch above it
+//! and wrote it through its page cache. `perf` of `sockspan run` (default store) under wrk
+//! against nginx: redb's page allocation, B-tree building, commit and page writes were about
+//! two thirds of the store writer's CPU. The same held for each frame's start-index block (a few
+//! KiB). An append to a file is one `pwrite` per batch; redb keeps a 36-byte location ([`LogAt`])
+//! of each.
+//!
+//! Files: `<store>.frames/<segment, 20 digits>.seg`. Segments are numbered in the order they are
+//! made; a segment takes frames until it reaches [`SEGMENT_BYTES`]. Retention deletes a segment
+//! once every frame in it is gone, so the disk is given back a segment at a time.
+//!
+//! A frame's start-index block is written just before it, in the same segment, so the last
+//! frame named ends the log and a segment holds everything of its frames.
+//!
+//! Crash safety: a batch's frames are written before the commit that names them, and a durable
+//! commit first syncs the segments written since the last one (and the folder, when a segment
+//! was made). Opening cuts the last named segment back to the end of its last named frame and
+//! deletes segments no location names; bytes of a write that failed are never named. Each
+//! location holds its record's CRC-32, so damage on disk is found, reported and skipped.
+
+use std::{
+    collections::HashMap,
+    fs::{File, OpenOptions},
+    io,
+    os::unix::fs::FileExt as _,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use super::lock;
+
+/// A segment takes no more frames once it holds this many bytes.
+pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Segment files a reader keeps open at most (a trace's frames are usually in one or two).
+const READERS_KEPT: usize = 16;
+/// Bytes a batch gathers before they are written out (a migration's batch is a whole store).
+const PENDING_BYTES: usize = 4 * 1024 * 1024;
+const SUFFIX: &str = ".seg";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("frame log {path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("frame {frame}'s bytes are damaged on disk (checksum)")]
+    Checksum { frame: u64 },
+    #[error("frame {frame}'s bytes are missing from segment {segment} (the file is shorter)")]
+    Short { frame: u64, segment: u64 },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
+    move |source| LogError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Where a frame, or a frame's start-index block, is in the log, and what retention and
+/// searches need of it without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogAt {
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u32,
+    pub crc: u32,
+    /// Spans it holds (a frame) or summarises (a start-index block).
+    pub spans: u32,
+    /// A frame: the latest start of its spans (retention by age). A start-index block: the
+    /// earliest (a search skips blocks that start after its range).
+    pub start_ns: u64,
+}
+
+/// [`LogAt`]'s stored size.
+pub const LOG_AT_BYTES: usize = 36;
+
+impl LogAt {
+    #[must_use]
+    pub fn to_bytes(self) -> [u8; LOG_AT_BYTES] {
+        let mut out = [0u8; LOG_AT_BYTES];
+        out[0..8].copy_from_slice(&self.segment.to_le_bytes());
+        out[8..16].copy_from_slice(&self.offset.to_le_bytes());
+        out[16..20].copy_from_slice(&self.len.to_le_bytes());
+        out[20..24].copy_from_slice(&self.crc.to_le_bytes());
+        out[24..28].copy_from_slice(&self.spans.to_le_bytes());
+        out[28..36].copy_from_slice(&self.start_ns.to_le_bytes());
+        out
+    }
+
+    /// `None` for a value of another size (written by no sockspan).
+    #[must_use]
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let b: &[u8; LOG_AT_BYTES] = bytes.try_into().ok()?;
+        let u64_at = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(a)
+        };
+        let u32_at = |i: usize| {
+            let mut a = [0u8; 4];
+            a.copy_from_slice(&b[i..i + 4]);
+            u32::from_le_bytes(a)
+        };
+        Some(Self {
+            segment: u64_at(0),
+            offset: u64_at(8),
+            len: u32_at(16),
+            crc: u32_at(20),
+            spans: u32_at(24),
+            start_ns: u64_at(28),
+        })
+    }
+
+    fn end(&self) -> u64 {
+        self.offset + u64::from(self.len)
+    }
+}
+
+/// The segments' folder and the files readers keep open. Shared by the writer and readers.
+pub struct FrameLog {
+    dir: PathBuf,
+    readers: Mutex<HashMap<u64, Arc<File>>>,
+}
+
+/// The folder of the frame log of the store at `store`.
+#[must_use]
+pub fn dir_of(store: &Path) -> PathBuf {
+    let mut name = store.file_name().unwrap_or_default().to_os_string();
+    name.push(".frames");
+    store.with_file_name(name)
+}
+
+fn segment_name(segment: u64) -> String {
+    format!("{segment:020}{SUFFIX}")
+}
+
+impl FrameLog {
+    /// Opens (makes) the log of the store at `store`.
+    ///
+    /// # Errors
+    /// The folder cannot be made.
+    pub fn open(store: &Path) -> Result<Self, LogError> {
+        let dir = dir_of(store);
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        Ok(Self {
+            dir,
+            readers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn path(&self, segment: u64) -> PathBuf {
+        self.dir.join(segment_name(segment))
+    }
+
+    /// The segments on disk, in order.
+    ///
+    /// # Errors
+    /// The folder cannot be read.
+    pub fn segments(&self) -> Result<Vec<u64>, LogError> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
+            let entry = entry.map_err(io_err(&self.dir))?;
+            let name = entry.file_name();
+            if let Some(n) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(SUFFIX))
+                .and_then(|n| n.parse().ok())
+            {
+                out.push(n);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Bytes the segments take.
+    #[must_use]
+    pub fn disk_bytes(&self) -> u64 {
+        self.segments()
+            .unwrap_or_default()
+            .iter()
+            .map(|&s| std::fs::metadata(self.path(s)).map_or(0, |m| m.len()))
+            .sum()
+    }
+
+    /// Reads frame `frame` at `at` into `out`. `Ok(false)`: its segment is gone (retention
+    /// took it after the caller's snapshot).
+    ///
+    /// # Errors
+    /// The bytes cannot be read, are short or fail their checksum.
+    pub fn read(&self, frame: u64, at: &LogAt, out: &mut Vec<u8>) -> Result<bool, LogError> {
+        let Some(file) = self.reader(at.segment)? else {
+            return Ok(false);
+        };
+        out.clear();
+        out.resize(at.len as usize, 0);
+        match file.read_exact_at(out, at.offset) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(LogError::Short {
+                    frame,
+                    segment: at.segment,
+                });
+            }
+            Err(e) => return Err(io_err(&self.path(at.segment))(e)),
+        }
+        if crc32fast::hash(out) != at.crc {
+            return Err(LogError::Checksum { frame });
+        }
+        Ok(true)
+    }
+
+    fn reader(&self, segment: u64) -> Result<Option<Arc<File>>, LogError> {
+        let mut readers = lock(&self.readers);
+        if let Some(file) = readers.get(&segment) {
+            return Ok(Some(Arc::clone(file)));
+        }
+        let path = self.path(segment);
+        let file = match File::open(&path) {
+            Ok(file) => Arc::new(file),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        if readers.len() >= READERS_KEPT {
+            readers.clear();
+        }
+        readers.insert(segment, Arc::clone(&file));
+        Ok(Some(file))
+    }
+
+    /// Deletes every segment numbered below `keep_from`; returns how many.
+    ///
+    /// # Errors
+    /// The folder cannot be read, or a segment not deleted.
+    pub fn remove_before(&self, keep_from: u64) -> Result<usize, LogError> {
+        lock(&self.readers).retain(|&s, _| s >= keep_from);
+        let mut removed = 0;
+        for segment in self.segments()? {
+            if segment >= keep_from {
+                break;
+            }
+            let path = self.path(segment);
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path)(e)),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// At opening: cuts the log back to what the store names. `first`/`last`: the locations of
+    /// the first and last frame the store holds (`None`: it holds none). Segments before the
+    /// first's (retention stopped before deleting them) and after the last's (made after the
+    /// last durable commit) are deleted, and the last's is cut at its last frame's end. Returns
+    /// the appender to go on with.
+    ///
+    /// # Errors
+    /// The segments cannot be listed, deleted or cut.
+    pub fn recover(
+        &self,
+        first: Option<&LogAt>,
+        last: Option<&LogAt>,
+    ) -> Result<Appender, LogError> {
+        let segments = self.segments()?;
+        let next = segments.last().map_or(0, |s| s + 1);
+        let (Some(first), Some(last)) = (first, last) else {
+            self.remove_before(u64::MAX)?;
+            return Ok(Appender::new(next));
+        };
+        self.remove_before(first.segment)?;
+        for &segment in segments.iter().filter(|&&s| s > last.segment) {
+            let path = self.path(segment);
+            std::fs::remove_file(&path).map_err(io_err(&path))?;
+        }
+        let path = self.path(last.segment);
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Deleted by hand: what it held is reported missing when read; new frames go
+                // to a new segment.
+                tracing::warn!(
+                    segment = last.segment,
+                    "span store: a segment of the frame log is missing"
+                );
+                return Ok(Appender::new(next));
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let len = file.metadata().map_err(io_err(&path))?.len();
+        if len > last.end() {
+            file.set_len(last.end()).map_err(io_err(&path))?;
+            file.sync_all().map_err(io_err(&path))?;
+        }
+        let mut appender = Appender::new(next);
+        appender.current = Some(Current {
+            segment: last.segment,
+            file,
+            len: last.end().min(len),
+        });
+        Ok(appender)
+    }
+}
+
+/// A record to append: its bytes, and the [`LogAt`] fields that describe it.
+#[derive(Clone, Copy)]
+pub struct Part<'a> {
+    pub bytes: &'a [u8],
+    pub spans: u32,
+    pub start_ns: u64,
+}
+
+/// The segment frames are appended to now.
+struct Current {
+    segment: u64,
+    file: File,
+    len: u64,
+}
+
+/// The writer's side of the log: the segment being appended to and the batch not written yet.
+/// Held under the store's writer lock.
+pub struct Appender {
+    current: Option<Current>,
+    /// A segment takes no more frames once it holds this many bytes ([`SEGMENT_BYTES`]; tests
+    /// set less).
+    segment_bytes: u64,
+    /// The number the next segment made takes.
+    next_segment: u64,
+    /// Frames of this batch, to be written at `current.len`.
+    pending: Vec<u8>,
+    /// Segments filled since the last sync (synced, then closed, by the next one).
+    filled: Vec<File>,
+    /// A segment was made since the last sync: the folder must be synced too.
+    made: bool,
+}
+
+impl Default for Appender {
+    fn default() -> Self {
+        Self::new(0)
+    }
+}
+
+impl Appender {
+    fn new(next_segment: u64) -> Self {
+        Self {
+            current: None,
+            segment_bytes: SEGMENT_BYTES,
+            next_segment,
+            pending: Vec::new(),
+            filled: Vec::new(),
+            made: false,
+        }
+    }
+
+    /// Queues a frame and its start-index block, the block first, both in one segment; they
+    /// reach the file with [`Appender::write_out`]. Returns where they will be: the block's
+    /// location, then the frame's.
+    ///
+    /// Why together and in this order: opening cuts the log at the end of the last frame, and
+    /// retention deletes segments before the first frame's; neither may take a block whose
+    /// frame is kept.
+    ///
+    /// # Errors
+    /// A full segment's bytes cannot be written, or the next segment not made.
+    pub fn append(
+        &mut self,
+        log: &FrameLog,
+        block: Part<'_>,
+        frame: Part<'_>,
+    ) -> Result<(LogAt, LogAt), LogError> {
+        if self.pending.len() >= PENDING_BYTES {
+            self.write_out(log)?;
+        }
+        let room = self
+            .current
+            .as_ref()
+            .filter(|c| c.len + (self.pending.len() as u64) < self.segment_bytes);
+        let segment = match room {
+            Some(c) => c.segment,
+            None => self.next(log)?,
+        };
+        let block = self.queue(segment, block);
+        let frame = self.queue(segment, frame);
+        Ok((block, frame))
+    }
+
+    fn queue(&mut self, segment: u64, part: Part<'_>) -> LogAt {
+        let written = self.current.as_ref().map_or(0, |c| c.len);
+        let at = LogAt {
+            segment,
+            offset: written + self.pending.len() as u64,
+            len: u32::try_from(part.bytes.len()).unwrap_or(u32::MAX),
+            crc: crc32fast::hash(part.bytes),
+            spans: part.spans,
+            start_ns: part.start_ns,
+        };
+        self.pending.extend_from_slice(part.bytes);
+        at
+    }
+
+    /// Writes out what is queued and makes the next segment the current one; returns its number.
+    fn next(&mut self, log: &FrameLog) -> Result<u64, LogError> {
+        self.write_out(log)?;
+        let segment = self.next_segment;
+        let path = log.path(segment);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        self.next_segment += 1;
+        self.made = true;
+        if let Some(old) = self.current.replace(Current {
+            segment,
+            file,
+            len: 0,
+        }) {
+            self.filled.push(old.file);
+        }
+        Ok(segment)
+    }
+
+    /// Writes the queued frames to the segment. Before the commit naming them.
+    ///
+    /// # Errors
+    /// The write failed; the queued frames are dropped (their write fails, and is never
+    /// committed).
+    pub fn write_out(&mut self, log: &FrameLog) -> Result<(), LogError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let result = match &mut self.current {
+            Some(c) => match c.file.write_all_at(&self.pending, c.len) {
+                Ok(()) => {
+                    c.len += self.pending.len() as u64;
+                    Ok(())
+                }
+                Err(e) => Err(io_err(&log.path(c.segment))(e)),
+            },
+            None => Ok(()),
+        };
+        self.pending.clear();
+        result
+    }
+
+    #[cfg(test)]
+    pub fn set_segment_bytes(&mut self, bytes: u64) {
+        self.segment_bytes = bytes;
+    }
+
+    /// The segment appended to now (the next one made, while none is).
+    #[must_use]
+    pub fn segment(&self) -> u64 {
+        self.current
+            .as_ref()
+            .map_or(self.next_segment, |c| c.segment)
+    }
+
+    /// Drops the frames of a write that failed.
+    pub fn discard(&mut self) {
+        self.pending.clear();
+    }
+
+    /// Makes what was written durable: before a durable commit.
+    ///
+    /// # Errors
+    /// A sync failed.
+    pub fn sync(&mut self, log: &FrameLog) -> Result<(), LogError> {
+        self.write_out(log)?;
+        for file in &self.filled {
+            file.sync_data().map_err(io_err(&log.dir))?;
+        }
+        self.filled.clear();
+        if let Some(c) = &self.current {
+            c.file.sync_data().map_err(io_err(&log.path(c.segment)))?;
+        }
+        if self.made {
+            File::open(&log.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(&log.dir))?;
+            self.made = false;
+        }
+        Ok(())
+    }
+}
