@@ -67,7 +67,7 @@ pub enum Command {
     /// the same store.
     #[command(after_help = "Example:\n  sudo sockspan dump | jq -c 'select(.kind == \"SERVER\")'")]
     Dump {
-        /// The store's file.
+        /// The store's file (its frames are in the folder `PATH.frames` beside it).
         #[arg(
             long,
             value_name = "PATH",
@@ -130,7 +130,7 @@ pub struct RunArgs {
     /// Where spans go.
     #[arg(long, value_enum, default_value_t = Output::Store)]
     pub output: Output,
-    /// Span store file (`--output store`).
+    /// Span store file (`--output store`); its frames go to the folder `PATH.frames` beside it.
     #[arg(
         long,
         value_name = "PATH",

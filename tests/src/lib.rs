@@ -826,8 +826,8 @@ pub fn binary_ping_pong_pausing(port: u16, opening: &[u8], messages: usize, paus
 /// What the agent's non-JSON outputs held after the same traffic went through each:
 /// `otlp` the spans and the metrics as an official OpenTelemetry receiver decoded them, `api`
 /// the query API's answers to `api_paths` (what the UI reads) and `/metrics`, `dump` every span
-/// read back from the store, `store_file` the store's raw bytes (compressed: a secret could hide
-/// there in other words, so `dump` too).
+/// read back from the store, `store_file` the store's raw bytes: its redb file and every file of
+/// its frame log folder (compressed: a secret could hide there in other words, so `dump` too).
 pub struct EveryOutput {
     pub otlp: String,
     pub api: String,
@@ -879,7 +879,15 @@ pub fn every_output(traffic: impl Fn(), api_paths: &[&str]) -> EveryOutput {
     }
     let out = agent.stop();
     assert!(out.status.success(), "{}", out.stderr);
-    let store_file = std::fs::read(&store).expect("store file");
+    let mut store_file = std::fs::read(&store).expect("store file");
+    let log = std::fs::read_dir(format!("{store}.frames")).expect("the store's frame log");
+    let mut log_files = 0;
+    for entry in log {
+        let path = entry.expect("frame log entry").path();
+        store_file.extend(std::fs::read(&path).expect("frame log file"));
+        log_files += 1;
+    }
+    assert!(log_files >= 2, "the frame log holds its id and a segment");
     let dump = run_ok(
         Command::new(sockspan_bin()).args(["dump", "--store", &store]),
         Duration::from_secs(20),

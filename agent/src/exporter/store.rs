@@ -172,7 +172,10 @@ impl SpanExporter for StoreExporter {
             return;
         }
         self.stats.queued.fetch_add(n, Ordering::Relaxed);
-        if queue.send(std::mem::take(spans)).is_err() {
+        // The caller fills the same vector again: left with room for a batch, it does not grow
+        // from empty, copying every span it holds at each doubling.
+        let batch = std::mem::replace(spans, Vec::with_capacity(spans.len()));
+        if queue.send(batch).is_err() {
             // The writer is gone (it panicked): nothing will be written.
             self.stats.queued.fetch_sub(n, Ordering::Relaxed);
             self.stats.failed.fetch_add(n, Ordering::Relaxed);

@@ -16,11 +16,13 @@
 //! A frame's start-index block is written just before it, in the same segment, so the last
 //! frame named ends the log and a segment holds everything of its frames.
 //!
-//! Crash safety: a batch's frames are written before the commit that names them, and a durable
-//! commit first syncs the segments written since the last one (and the folder, when a segment
-//! was made). Opening cuts the last named segment back to the end of its last named frame and
-//! deletes segments no location names; bytes of a write that failed are never named. Each
-//! location holds its record's CRC-32, so damage on disk is found, reported and skipped.
+//! Crash safety: a batch's frames are written before the commit that names them, and every
+//! durable commit (a durable write, retention) first syncs the segments written since the last
+//! one (and the folder, when a segment was made). Opening cuts the last named segment back to the
+//! end of its last named frame, and deletes the segments before the first named one and after
+//! the last; bytes a commit never named are cut or overwritten. Each location holds its record's
+//! CRC-32, so damage on disk is found, reported and skipped. The folder holds the store's id, so
+//! a log is never taken for another store's (a store file moved aside, a new one made).
 
 use std::{
     collections::HashMap,
@@ -37,8 +39,14 @@ use super::lock;
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Segment files a reader keeps open at most (a trace's frames are usually in one or two).
 const READERS_KEPT: usize = 16;
-/// Bytes a batch gathers before they are written out (a migration's batch is a whole store).
+/// Bytes a batch gathers before they are written out (a migration's batch is a whole store,
+/// written a few MiB at a time).
 const PENDING_BYTES: usize = 4 * 1024 * 1024;
+/// The largest record a location may claim: a frame's byte budget compressed at worst, and its
+/// block, with room to spare. A larger claim is damage, and is not trusted with an allocation.
+const MAX_RECORD_BYTES: u32 = 16 * 1024 * 1024;
+/// The file in the log's folder naming the store it belongs to.
+const ID_FILE: &str = "store-id";
 const SUFFIX: &str = ".seg";
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +57,18 @@ pub enum LogError {
     Checksum { frame: u64 },
     #[error("frame {frame}'s bytes are missing from segment {segment} (the file is shorter)")]
     Short { frame: u64, segment: u64 },
+    #[error("frame {frame}'s location claims {len} bytes, more than any frame")]
+    Size { frame: u64, len: u32 },
+    #[error("a record of {0} bytes is larger than a segment can hold")]
+    TooLarge(usize),
+    #[error(
+        "an earlier sync of the frame log failed ({0}); nothing is made durable until the agent restarts"
+    )]
+    SyncFailed(String),
+    #[error(
+        "the frame log {dir} belongs to another store (its id file says so); move the folder aside, or pass --store with another path"
+    )]
+    OtherStore { dir: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
@@ -113,8 +133,9 @@ impl LogAt {
         })
     }
 
-    fn end(&self) -> u64 {
-        self.offset + u64::from(self.len)
+    /// Where it ends; `None` for a damaged location that would overflow.
+    fn end(&self) -> Option<u64> {
+        self.offset.checked_add(u64::from(self.len))
     }
 }
 
@@ -191,6 +212,9 @@ impl FrameLog {
     /// # Errors
     /// The bytes cannot be read, are short or fail their checksum.
     pub fn read(&self, frame: u64, at: &LogAt, out: &mut Vec<u8>) -> Result<bool, LogError> {
+        if at.len > MAX_RECORD_BYTES {
+            return Err(LogError::Size { frame, len: at.len });
+        }
         let Some(file) = self.reader(at.segment)? else {
             return Ok(false);
         };
@@ -251,26 +275,66 @@ impl FrameLog {
         Ok(removed)
     }
 
-    /// At opening: cuts the log back to what the store names. `first`/`last`: the locations of
-    /// the first and last frame the store holds (`None`: it holds none). Segments before the
-    /// first's (retention stopped before deleting them) and after the last's (made after the
-    /// last durable commit) are deleted, and the last's is cut at its last frame's end. Returns
-    /// the appender to go on with.
+    /// The id of the store this log belongs to, if its folder says.
+    ///
+    /// # Errors
+    /// The id file cannot be read.
+    pub fn id(&self) -> Result<Option<u128>, LogError> {
+        let path = self.dir.join(ID_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(u128::from_str_radix(text.trim(), 16).ok()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Marks the log as `store`'s, durably.
+    ///
+    /// # Errors
+    /// The id file cannot be written.
+    pub fn set_id(&self, store: u128) -> Result<(), LogError> {
+        let path = self.dir.join(ID_FILE);
+        let file = File::create(&path).map_err(io_err(&path))?;
+        file.write_all_at(format!("{store:032x}\n").as_bytes(), 0)
+            .and_then(|()| file.sync_all())
+            .and_then(|()| File::open(&self.dir)?.sync_all())
+            .map_err(io_err(&path))
+    }
+
+    /// The refusal for a log that belongs to another store.
+    #[must_use]
+    pub fn other_store(&self) -> LogError {
+        LogError::OtherStore {
+            dir: self.dir.display().to_string(),
+        }
+    }
+
+    /// At opening: cuts the log back to what the store names (`named`; `named_last`: the last
+    /// segment any location names, on disk or not, which new segments are numbered after). Segments
+    /// before the first's (retention stopped before deleting them) and after the last's (made
+    /// after the last durable commit) are deleted, and the last's is cut at its last frame's
+    /// end. Returns the appender to go on with.
     ///
     /// # Errors
     /// The segments cannot be listed, deleted or cut.
-    pub fn recover(
-        &self,
-        first: Option<&LogAt>,
-        last: Option<&LogAt>,
-    ) -> Result<Appender, LogError> {
+    pub fn recover(&self, named: Named<'_>, named_last: Option<u64>) -> Result<Appender, LogError> {
         let segments = self.segments()?;
-        let next = segments.last().map_or(0, |s| s + 1);
-        let (Some(first), Some(last)) = (first, last) else {
-            self.remove_before(u64::MAX)?;
-            return Ok(Appender::new(next));
+        // Never a number a location names, even of a segment gone missing.
+        let next = segments
+            .last()
+            .copied()
+            .max(named_last)
+            .map_or(0, |s| s.saturating_add(1));
+        let (first, last) = match named {
+            Named::Nothing => {
+                self.remove_before(u64::MAX)?;
+                return Ok(Appender::new(next));
+            }
+            // Damaged locations: nothing is known to be unnamed, so nothing is deleted.
+            Named::Unreadable => return Ok(Appender::new(next)),
+            Named::Frames { first, last } => (first, last),
         };
-        self.remove_before(first.segment)?;
+        self.remove_before(first.segment.min(last.segment))?;
         for &segment in segments.iter().filter(|&&s| s > last.segment) {
             let path = self.path(segment);
             std::fs::remove_file(&path).map_err(io_err(&path))?;
@@ -290,18 +354,38 @@ impl FrameLog {
             Err(e) => return Err(io_err(&path)(e)),
         };
         let len = file.metadata().map_err(io_err(&path))?.len();
-        if len > last.end() {
-            file.set_len(last.end()).map_err(io_err(&path))?;
+        let Some(end) = last.end().filter(|&end| end <= len) else {
+            // Shorter than what the store names (lost, or cut by hand): appending there would
+            // write over bytes named. New frames go to a new segment.
+            tracing::warn!(
+                segment = last.segment,
+                "span store: a segment of the frame log is shorter than the store says"
+            );
+            return Ok(Appender::new(next));
+        };
+        if len > end {
+            file.set_len(end).map_err(io_err(&path))?;
             file.sync_all().map_err(io_err(&path))?;
         }
         let mut appender = Appender::new(next);
         appender.current = Some(Current {
             segment: last.segment,
             file,
-            len: last.end().min(len),
+            len: end,
         });
         Ok(appender)
     }
+}
+
+/// What the store's locations name, for [`FrameLog::recover`].
+#[derive(Clone, Copy)]
+pub enum Named<'a> {
+    /// No frame.
+    Nothing,
+    /// Frames, of which no location reads.
+    Unreadable,
+    /// The first and last frame whose locations read.
+    Frames { first: &'a LogAt, last: &'a LogAt },
 }
 
 /// A record to append: its bytes, and the [`LogAt`] fields that describe it.
@@ -334,6 +418,8 @@ pub struct Appender {
     filled: Vec<File>,
     /// A segment was made since the last sync: the folder must be synced too.
     made: bool,
+    /// Why a sync failed, once one has.
+    sync_failed: Option<String>,
 }
 
 impl Default for Appender {
@@ -351,6 +437,7 @@ impl Appender {
             pending: Vec::new(),
             filled: Vec::new(),
             made: false,
+            sync_failed: None,
         }
     }
 
@@ -377,6 +464,11 @@ impl Appender {
             .current
             .as_ref()
             .filter(|c| c.len + (self.pending.len() as u64) < self.segment_bytes);
+        for part in [block, frame] {
+            if part.bytes.len() > MAX_RECORD_BYTES as usize {
+                return Err(LogError::TooLarge(part.bytes.len()));
+            }
+        }
         let segment = match room {
             Some(c) => c.segment,
             None => self.next(log)?,
@@ -386,12 +478,13 @@ impl Appender {
         Ok((block, frame))
     }
 
+    /// Queues a part [`Appender::append`] checked the size of.
     fn queue(&mut self, segment: u64, part: Part<'_>) -> LogAt {
         let written = self.current.as_ref().map_or(0, |c| c.len);
         let at = LogAt {
             segment,
             offset: written + self.pending.len() as u64,
-            len: u32::try_from(part.bytes.len()).unwrap_or(u32::MAX),
+            len: part.bytes.len() as u32,
             crc: crc32fast::hash(part.bytes),
             spans: part.spans,
             start_ns: part.start_ns,
@@ -441,7 +534,8 @@ impl Appender {
                 }
                 Err(e) => Err(io_err(&log.path(c.segment))(e)),
             },
-            None => Ok(()),
+            // `append` makes a segment before it queues anything.
+            None => Err(io_err(&log.dir)(io::Error::other("no segment to write to"))),
         };
         self.pending.clear();
         result
@@ -470,7 +564,20 @@ impl Appender {
     /// # Errors
     /// A sync failed.
     pub fn sync(&mut self, log: &FrameLog) -> Result<(), LogError> {
+        if let Some(failed) = &self.sync_failed {
+            return Err(LogError::SyncFailed(failed.clone()));
+        }
         self.write_out(log)?;
+        let result = self.sync_all(log);
+        if let Err(err) = &result {
+            // After a failed fsync the kernel may have dropped the dirty pages: a later one can
+            // succeed without them. No commit may then claim durability.
+            self.sync_failed = Some(err.to_string());
+        }
+        result
+    }
+
+    fn sync_all(&mut self, log: &FrameLog) -> Result<(), LogError> {
         for file in &self.filled {
             file.sync_data().map_err(io_err(&log.dir))?;
         }

@@ -59,6 +59,23 @@ fn reopen(s: Store) -> Store {
     Store::open_with_run_pairs(config, 500).expect("reopen")
 }
 
+/// A new store of at most 1000 spans whose segments take 8 KiB each.
+fn small_segments(name: &str) -> (Store, std::path::PathBuf) {
+    let path = super::tests::temp_path(name);
+    cleanup(&path);
+    let s = Store::open_with_run_pairs(
+        StoreConfig {
+            path: path.clone(),
+            retention: std::time::Duration::from_hours(1),
+            max_spans: 1000,
+        },
+        500,
+    )
+    .expect("open");
+    lock(&s.writer).appender.set_segment_bytes(8 * 1024);
+    (s, path)
+}
+
 fn cleanup(path: &Path) {
     let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
 }
@@ -105,18 +122,7 @@ fn opening_cuts_what_no_commit_names_and_goes_on_from_there() {
 
 #[test]
 fn segments_fill_in_turn_and_retention_deletes_the_dead_ones() {
-    let path = super::tests::temp_path("log-segments");
-    cleanup(&path);
-    let s = Store::open_with_run_pairs(
-        StoreConfig {
-            path: path.clone(),
-            retention: std::time::Duration::from_hours(1),
-            max_spans: 1000,
-        },
-        500,
-    )
-    .expect("open");
-    lock(&s.writer).appender.set_segment_bytes(8 * 1024);
+    let (s, path) = small_segments("log-segments");
     let spans: Vec<_> = (0..3000)
         .map(|i| super::tests::numbered(i, NOW + u64::from(i)))
         .collect();
@@ -279,5 +285,88 @@ fn stores_written_before_the_frame_log_are_moved_into_it() {
             .expect("retain")
             > 0
     );
+    cleanup(&path);
+}
+
+#[test]
+fn a_damaged_location_at_either_end_deletes_nothing_on_opening() {
+    let (s, _) = filled("log-damaged-ends", 1_000_000);
+    let (before, _) = dump(&s);
+    let on_disk = segments(&s);
+    let last =
+        s.db.begin_read()
+            .expect("read")
+            .open_table(FRAMES)
+            .expect("frames")
+            .last()
+            .expect("last")
+            .expect("a frame")
+            .0
+            .value();
+    for frame in [0, last] {
+        let txn = s.db.begin_write().expect("write");
+        txn.open_table(FRAMES)
+            .expect("frames")
+            .insert(frame, &[0xffu8; 36][..])
+            .expect("damage");
+        txn.commit().expect("commit");
+    }
+    let s = reopen(s);
+    assert_eq!(segments(&s), on_disk, "no segment deleted");
+    let (after, damaged) = dump(&s);
+    assert_eq!(damaged, 2, "the two frames whose locations do not read");
+    assert_eq!(after.len(), before.len() - 64 - 30, "every other span");
+    cleanup(s.path());
+}
+
+#[test]
+fn a_new_store_file_beside_another_stores_frame_log_is_refused_not_emptied() {
+    let (s, _) = filled("log-other-store", 1_000_000);
+    let config = s.config.clone();
+    let on_disk = segments(&s);
+    drop(s);
+    // The store file moved aside (or deleted); its frame log stays.
+    std::fs::rename(&config.path, config.path.with_extension("aside")).expect("move aside");
+    let err = Store::open_with_run_pairs(config.clone(), 500)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("belongs to another store") && err.contains("--store"),
+        "{err}"
+    );
+    let log = frame_log::FrameLog::open(&config.path).expect("log");
+    assert_eq!(
+        log.segments().expect("segments"),
+        on_disk,
+        "its frames kept"
+    );
+    cleanup(&config.path);
+}
+
+#[test]
+fn retention_that_empties_the_store_keeps_only_the_segment_written_to() {
+    let (s, path) = small_segments("log-emptied");
+    let old = NOW - 7_200_000_000_000;
+    let spans: Vec<_> = (0..1000)
+        .map(|i| super::tests::numbered(i, old + u64::from(i)))
+        .collect();
+    s.write(&spans, true).expect("write");
+    assert!(segments(&s).len() > 2);
+    let mut removed = 0;
+    while let Ok(n @ 1..) = s.enforce_retention(NOW) {
+        removed += n;
+    }
+    assert_eq!(removed, 1000, "all past the retention");
+    let current = lock(&s.writer).appender.segment();
+    assert_eq!(segments(&s), [current]);
+    // Writing goes on, and reads back after a reopen.
+    let new: Vec<_> = (0..10)
+        .map(|i| super::tests::numbered(i, NOW + u64::from(i)))
+        .collect();
+    s.write(&new, true).expect("write");
+    let s = reopen(s);
+    assert_eq!(dump(&s), (dump(&s).0, 0));
+    assert_eq!(dump(&s).0.len(), 10);
     cleanup(&path);
 }

@@ -1,6 +1,6 @@
-//! The embedded span store: spans on disk (redb), indexed by start time, trace id, service and
-//! operation, with retention by age and by count. The pipeline writes while the query API reads
-//! (MVCC).
+//! The embedded span store: spans on disk (frames in an append-only log, redb for where they
+//! are and the indexes), indexed by start time, trace id, service and operation, with retention
+//! by age and by count. The pipeline writes while the query API reads (MVCC).
 //!
 //! Spans are written in compressed frames under an increasing sequence number ([`frame`]), so a
 //! commit appends instead of touching a page per span. The frames themselves are appended to
@@ -32,12 +32,13 @@ use std::{
 };
 
 use redb::{
-    Database, ReadableDatabase as _, ReadableTable as _, TableDefinition, TableHandle as _,
+    Database, ReadableDatabase as _, ReadableTable, ReadableTableMetadata as _, TableDefinition,
+    TableHandle as _,
 };
 
 use self::{
     bloom::Bloom,
-    frame_log::{FrameLog, LogAt, Part},
+    frame_log::{FrameLog, LogAt, Named, Part},
     trace_index::{OpenRun, RUN_PAIRS},
     write::Writer,
 };
@@ -59,6 +60,8 @@ const BY_START_IN_DB: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new(
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
 const SPANS: &str = "spans";
 const SPREAD: &str = "spread";
+/// A random id of the store, also written in its frame log's folder ([`frame_log`]).
+const STORE_ID: &str = "store_id";
 /// Sealed runs of the trace-id index: (run, first trace id of a block) → a block of sorted
 /// (trace id, frame) pairs, see [`trace_index`].
 const TRACE_RUNS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("trace_runs");
@@ -110,7 +113,8 @@ pub enum StoreError {
 
 impl StoreConfig {
     /// For opening an existing store to read it (`dump`, the bench): the widest retention and
-    /// no span limit, so nothing a writer would enforce applies (opening never deletes).
+    /// no span limit, so nothing a writer would enforce applies (opening deletes no span; it
+    /// may move an older store's frames into the frame log, and cuts what no commit names).
     #[must_use]
     pub fn reading(path: &Path) -> Self {
         Self {
@@ -174,6 +178,33 @@ fn records<'a>(frame: u64, bytes: &[u8], raw: &'a mut Vec<u8>) -> Option<Vec<fra
         .ok()
 }
 
+/// The location of the first (or, `from_end`, the last) frame whose location reads and names
+/// one of `segments` (those on disk; `None`: any): what opening and retention keep the log
+/// from, never a damaged value's.
+fn first_readable(
+    frames: &impl ReadableTable<u64, &'static [u8]>,
+    from_end: bool,
+    segments: Option<&[u64]>,
+) -> Result<Option<LogAt>, StoreError> {
+    let mut entries = frames.iter().map_err(db_err)?;
+    let mut next = || {
+        if from_end {
+            entries.next_back()
+        } else {
+            entries.next()
+        }
+    };
+    while let Some(entry) = next() {
+        let (frame, at) = entry.map_err(db_err)?;
+        if let Some(at) = frame_at(frame.value(), at.value())
+            && segments.is_none_or(|s| s.binary_search(&at.segment).is_ok())
+        {
+            return Ok(Some(at));
+        }
+    }
+    Ok(None)
+}
+
 /// A frame's location as stored; a value of another size is reported and skipped.
 fn frame_at(frame: u64, value: &[u8]) -> Option<LogAt> {
     let at = LogAt::from_bytes(value);
@@ -183,12 +214,27 @@ fn frame_at(frame: u64, value: &[u8]) -> Option<LogAt> {
     at
 }
 
+/// What reading a record of the frame log gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    Bytes,
+    /// Its segment is gone: retention took it after the reader's snapshot.
+    Gone,
+    /// Unreadable (reported).
+    Damaged,
+}
+
 /// Reads a record of frame `frame` (the frame, or its start-index block) from the log into
-/// `bytes`: `false` where it is gone (retention) or unreadable (reported).
-fn read_frame(log: &FrameLog, frame: u64, at: &LogAt, bytes: &mut Vec<u8>) -> bool {
-    log.read(frame, at, bytes)
-        .map_err(|err| tracing::warn!(frame, "span store: {err}"))
-        .unwrap_or(false)
+/// `bytes`.
+fn read_frame(log: &FrameLog, frame: u64, at: &LogAt, bytes: &mut Vec<u8>) -> Read {
+    match log.read(frame, at, bytes) {
+        Ok(true) => Read::Bytes,
+        Ok(false) => Read::Gone,
+        Err(err) => {
+            tracing::warn!(frame, "span store: {err}");
+            Read::Damaged
+        }
+    }
 }
 
 /// Shared handle; clones are cheap.
@@ -255,7 +301,7 @@ impl Store {
         }
         txn.commit().map_err(db_err)?;
         let log = FrameLog::open(&config.path).map_err(|e| open_err(&e))?;
-        let store = Self {
+        let mut store = Self {
             db: Arc::new(db),
             config,
             writer: Arc::new(Mutex::new(Writer::default())),
@@ -264,9 +310,15 @@ impl Store {
             run_pairs,
             log: Arc::new(log),
         };
+        store.claim_log()?;
         store.recover_log()?;
         if tables.iter().any(|t| t == FRAMES_IN_DB.name()) {
             store.move_into_log()?;
+            // The moved frames' pages are free inside the file; give them back to the disk
+            // (nothing else holds the database yet).
+            if let Some(db) = Arc::get_mut(&mut store.db) {
+                db.compact().map_err(db_err)?;
+            }
         }
         store.recover()?;
         Ok(store)
@@ -276,23 +328,68 @@ impl Store {
     fn recover_log(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let frames = txn.open_table(FRAMES).map_err(db_err)?;
-        let first = frames.first().map_err(db_err)?;
-        let last = frames.last().map_err(db_err)?;
-        let first = first.and_then(|(f, v)| frame_at(f.value(), v.value()));
-        let last = last.and_then(|(f, v)| frame_at(f.value(), v.value()));
-        lock(&self.writer).appender = self.log.recover(first.as_ref(), last.as_ref())?;
+        let on_disk = self.log.segments()?;
+        let first = first_readable(&frames, false, Some(&on_disk))?;
+        let last = first_readable(&frames, true, Some(&on_disk))?;
+        // New segments are numbered past any a location names, on disk or not.
+        let named_last = first_readable(&frames, true, None)?.map(|at| at.segment);
+        let named = match (&first, &last) {
+            (Some(first), Some(last)) => Named::Frames { first, last },
+            _ if frames.is_empty().map_err(db_err)? => Named::Nothing,
+            _ => Named::Unreadable,
+        };
+        lock(&self.writer).appender = self.log.recover(named, named_last)?;
+        Ok(())
+    }
+
+    /// Makes sure the frame log is this store's: the id the store holds (made now for a new
+    /// store) against the one the log's folder holds.
+    fn claim_log(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let id = {
+            let mut counts = txn.open_table(COUNTS).map_err(db_err)?;
+            let id = counts.get(STORE_ID).map_err(db_err)?.map(|v| v.value());
+            if let Some(id) = id {
+                id
+            } else {
+                let id =
+                    u64::from_le_bytes(crate::trace::ids::IdGenerator::from_entropy().span_id());
+                counts.insert(STORE_ID, id).map_err(db_err)?;
+                id
+            }
+        };
+        match self.log.id()? {
+            Some(theirs) if theirs != u128::from(id) => return Err(self.log.other_store().into()),
+            Some(_) => {}
+            None => self.log.set_id(u128::from(id))?,
+        }
+        txn.commit().map_err(db_err)?;
         Ok(())
     }
 
     /// A store written before the frame log: its frames and their start-index blocks move into
     /// the log, in one durable commit (a crash before it leaves the store as it was; the log's
     /// copies are then cut off by the next opening). A frame whose header is damaged cannot say
-    /// which block is its own: it is dropped, and its block's spans taken off the count.
+    /// which block is its own: it is dropped, and the count becomes what the moved blocks hold.
     fn move_into_log(&self) -> Result<(), StoreError> {
         let mut writer = lock(&self.writer);
         let txn = self.db.begin_write().map_err(db_err)?;
-        let (mut moved, mut damaged) = (0u64, std::collections::BTreeSet::new());
+        let (mut moved, mut spans, mut damaged) = (0u64, 0u64, 0u64);
         {
+            if !txn
+                .open_table(FRAMES)
+                .map_err(db_err)?
+                .is_empty()
+                .map_err(db_err)?
+            {
+                // An older sockspan wrote to a store a newer one had moved: two sets of frames
+                // under the same numbers.
+                return Err(StoreError::Db(
+                    "the store holds frames of two layouts (an older sockspan wrote to it after a \
+                     newer one); move it aside"
+                        .into(),
+                ));
+            }
             let old_frames = txn.open_table(FRAMES_IN_DB).map_err(db_err)?;
             let old_blocks = txn.open_table(BY_START_IN_DB).map_err(db_err)?;
             let mut frames = txn.open_table(FRAMES).map_err(db_err)?;
@@ -301,20 +398,22 @@ impl Store {
                 let (frame, bytes) = entry.map_err(db_err)?;
                 let (frame, bytes) = (frame.value(), bytes.value());
                 let Ok(header) = frame::FrameHeader::parse(bytes) else {
-                    damaged.insert(frame);
+                    damaged += 1;
                     continue;
                 };
                 let key = (header.latest_start_ns, frame);
                 let Some(block) = old_blocks.get(key).map_err(db_err)? else {
-                    damaged.insert(frame);
+                    damaged += 1;
                     continue;
                 };
                 let block = block.value();
+                let summaries = start_index::count(block);
+                spans += summaries;
                 let (block_at, frame_at) = writer.appender.append(
                     &self.log,
                     Part {
                         bytes: block,
-                        spans: u32::try_from(start_index::count(block)).unwrap_or(u32::MAX),
+                        spans: u32::try_from(summaries).unwrap_or(u32::MAX),
                         start_ns: start_index::earliest_start(block).unwrap_or(0),
                     },
                     Part {
@@ -331,22 +430,15 @@ impl Store {
                     .map_err(db_err)?;
                 moved += 1;
             }
-            if !damaged.is_empty() {
-                let mut lost = 0;
-                for entry in old_blocks.iter().map_err(db_err)? {
-                    let (key, block) = entry.map_err(db_err)?;
-                    if damaged.contains(&key.value().1) {
-                        lost += start_index::count(block.value());
-                    }
-                }
-                let mut counts = txn.open_table(COUNTS).map_err(db_err)?;
-                let stored = counts.get(SPANS).map_err(db_err)?.map_or(0, |v| v.value());
-                counts
-                    .insert(SPANS, stored.saturating_sub(lost))
-                    .map_err(db_err)?;
+            // The count becomes what the moved blocks summarise: a frame that could not be
+            // moved, or a block without its frame, is no longer counted.
+            txn.open_table(COUNTS)
+                .map_err(db_err)?
+                .insert(SPANS, spans)
+                .map_err(db_err)?;
+            if damaged > 0 {
                 tracing::warn!(
-                    frames = damaged.len(),
-                    spans = lost,
+                    frames = damaged,
                     "span store: damaged frames dropped while moving frames into the frame log"
                 );
             }
@@ -392,7 +484,7 @@ impl Store {
             let Some(at) = frame_at(frame, at.value()) else {
                 continue;
             };
-            if !read_frame(&self.log, frame, &at, &mut bytes) {
+            if read_frame(&self.log, frame, &at, &mut bytes) != Read::Bytes {
                 continue;
             }
             for record in records(frame, &bytes, &mut raw).unwrap_or_default() {

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, BinaryHeap};
 use redb::{ReadableDatabase as _, ReadableTable as _};
 
 use super::{
-    BY_START, COUNTS, FRAMES, OPERATIONS, SERVICES, SPREAD, SpanSummary, Store, StoreError,
+    BY_START, COUNTS, FRAMES, OPERATIONS, Read, SERVICES, SPREAD, SpanSummary, Store, StoreError,
     TRACE_RUNS, db_err, frame_at, read, read_frame, records, start_index, trace_index,
 };
 
@@ -95,7 +95,7 @@ impl Store {
             let Some(at) = frame_at(frame, at.value()) else {
                 continue;
             };
-            if !read_frame(&self.log, frame, &at, &mut bytes) {
+            if read_frame(&self.log, frame, &at, &mut bytes) != Read::Bytes {
                 continue;
             }
             out.extend(
@@ -119,9 +119,16 @@ impl Store {
         for entry in frames.iter().map_err(db_err)? {
             let (frame, at) = entry.map_err(db_err)?;
             let frame = frame.value();
-            let readable = frame_at(frame, at.value())
-                .is_some_and(|at| read_frame(&self.log, frame, &at, &mut bytes));
-            let Some(records) = readable.then(|| records(frame, &bytes, &mut raw)).flatten() else {
+            let read = frame_at(frame, at.value()).map_or(Read::Damaged, |at| {
+                read_frame(&self.log, frame, &at, &mut bytes)
+            });
+            if read == Read::Gone {
+                continue;
+            }
+            let Some(records) = (read == Read::Bytes)
+                .then(|| records(frame, &bytes, &mut raw))
+                .flatten()
+            else {
                 damaged += 1;
                 continue;
             };
@@ -186,7 +193,8 @@ impl Store {
                 continue;
             };
             // A block that starts after the range has nothing in it.
-            if at.start_ns > end_ns || !read_frame(&self.log, frame, &at, &mut block) {
+            if at.start_ns > end_ns || read_frame(&self.log, frame, &at, &mut block) != Read::Bytes
+            {
                 continue;
             }
             if let Err(err) =

@@ -1,11 +1,11 @@
 //! Retention: spans older than the configured age, then the oldest beyond the configured count,
 //! a frame at a time.
 
-use redb::{ReadableDatabase as _, ReadableTable as _};
+use redb::{ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _};
 
 use super::{
     BY_START, COUNTS, FRAMES, RETENTION_FRAMES, RUNS, SPANS, Store, StoreError, TRACE_RUNS, db_err,
-    frame_at, frame_log::LogAt, lock, trace_index, write,
+    first_readable, frame_at, frame_log::LogAt, lock, trace_index, write,
 };
 
 impl Store {
@@ -13,7 +13,7 @@ impl Store {
     /// time (at most [`RETENTION_FRAMES`] per call); returns how many spans went.
     pub fn enforce_retention(&self, now_unix_ns: u64) -> Result<u64, StoreError> {
         let horizon = now_unix_ns.saturating_sub(self.config.retention.as_nanos() as u64);
-        let writer = lock(&self.writer);
+        let mut writer = lock(&self.writer);
         let txn = self.db.begin_write().map_err(db_err)?;
         let mut removed = 0u64;
         let last_removed;
@@ -27,10 +27,9 @@ impl Store {
             let mut latest_start = 0u64;
             for entry in frames.iter().map_err(db_err)?.take(RETENTION_FRAMES) {
                 let (frame, at) = entry.map_err(db_err)?;
-                // A frame whose location cannot be read, or one moved from an earlier store
-                // with a damaged header (no spans), is dropped with the old ones; its
+                // A frame whose location cannot be read is dropped with the old ones; its
                 // start-index entry could then be keyed anywhere.
-                let at = frame_at(frame.value(), at.value()).filter(|at| at.spans > 0);
+                let at = frame_at(frame.value(), at.value());
                 if at.is_none() {
                     latest_start = u64::MAX;
                 }
@@ -76,9 +75,14 @@ impl Store {
                 runs.remove(run).map_err(db_err)?;
             }
         }
+        // A durable commit: it makes the writes before it durable too, so their frames first.
+        writer.appender.sync(&self.log)?;
         txn.commit().map_err(db_err)?;
         write(&self.blooms).retain(|&run, _| run > last_removed);
-        self.remove_dead_segments(writer.appender.segment())?;
+        if let Err(err) = self.remove_dead_segments(writer.appender.segment()) {
+            // The spans are gone all the same; the next pass deletes the segments.
+            tracing::warn!("span store: retention could not delete a segment: {err}");
+        }
         Ok(removed)
     }
 
@@ -87,11 +91,12 @@ impl Store {
     fn remove_dead_segments(&self, current: u64) -> Result<(), StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let frames = txn.open_table(FRAMES).map_err(db_err)?;
-        let first = frames.first().map_err(db_err)?;
-        let keep_from = match first.and_then(|(f, at)| frame_at(f.value(), at.value())) {
+        let keep_from = match first_readable(&frames, false, Some(&self.log.segments()?))? {
             Some(at) => at.segment,
             // None left: all but the segment written to now.
-            None => current,
+            None if frames.is_empty().map_err(db_err)? => current,
+            // Only damaged locations: which segments they need is unknown.
+            None => return Ok(()),
         };
         self.log.remove_before(keep_from)?;
         Ok(())

@@ -129,9 +129,10 @@ impl Store {
         if result.is_err() {
             // Frames queued and not written: never named by a commit.
             writer.appender.discard();
-            // Nothing of this write was committed: the caches may name what was not written,
-            // and the open run holds pairs for frames that do not exist (their numbers are
-            // used again by the next write).
+            // Taken as not committed (redb says a failed commit may still have become durable:
+            // the next write then names its frames' numbers again, with its own frames): the
+            // caches may name what was not written, and the open run holds pairs for frames
+            // that do not exist (their numbers are used again by the next write).
             writer.services.clear();
             writer.operations.clear();
             let mut open_run = write(&self.open_run);
