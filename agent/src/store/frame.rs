@@ -10,20 +10,15 @@
 //!
 //! Layout of a stored frame: `FORMAT` (u8), span count (u8), latest start of its spans (u64 LE),
 //! raw length (u32 LE), then the LZ4 block of the raw bytes. In format 3 (written now) the raw
-//! bytes are the records, the frame's table of resources (each a varint length and a JSON
-//! object), and the records' length (u32 LE); in formats 2 and 1 (stores written before) the
-//! records alone. A raw record: trace id (16 bytes), the record's length (u32 LE), the span: in
-//! formats 3 and 2 in the binary form of [`super::record`] (in 3 with its resource's index in
-//! the table, in 2 with the resource's JSON), in format 1 as JSON, the `--output jsonl` object.
-//! All are read.
-//!
-//! Why a table of resources: a resource (a process's attributes, ~300 bytes of JSON) was in
-//! every record, half of each; most frames hold spans of a few processes. Written once per frame,
-//! the records are half the bytes to copy and compress.
+//! bytes are the records, the frame's table of resources, its table of attribute key lists (see
+//! [`super::record`]), the records' length and the resource table's (u32 LE each); in formats 2
+//! and 1 (stores written before) the records alone. A raw record: trace id (16 bytes), the
+//! record's length (u32 LE), the span: in formats 3 and 2 in the binary form of
+//! [`super::record`], in format 1 as JSON, the `--output jsonl` object. All are read.
 
 use std::{borrow::Cow, sync::Arc};
 
-use super::record::{self, ResourceAt};
+use super::record::{self, Tables};
 use crate::trace::{SpanData, span::Resource};
 
 /// Spans in a frame at most: lookups decompress a whole frame to read one span of it.
@@ -97,17 +92,26 @@ pub struct FrameBuilder {
     /// The resources of the frame's spans, in table order; held, so that the pointer a span's
     /// resource is matched by cannot be reused by another while the frame is built.
     resources: Vec<Arc<Resource>>,
+    /// The table of resources, as stored.
     table: Vec<u8>,
+    /// The attribute key lists of the frame's spans, in table order (the keys are static
+    /// strings but for user-given ones, so a list of them is a few words, not copies).
+    key_lists: Vec<Vec<std::borrow::Cow<'static, str>>>,
+    /// The index in `key_lists` the last span used: the next one most likely uses it too.
+    last_keys: usize,
+    /// The table of key lists, as stored.
+    keys: Vec<u8>,
 }
 
 impl FrameBuilder {
     /// Appends `span`; returns its index in the frame.
     pub fn push(&mut self, span: &SpanData) -> u8 {
         let resource = self.resource_index(&span.resource);
+        let keys = self.keys_index(&span.attributes);
         let at = self.raw.len();
         self.raw.extend_from_slice(&span.trace_id);
         self.raw.extend_from_slice(&[0; 4]);
-        record::encode(&mut self.raw, span, resource);
+        record::encode(&mut self.raw, span, resource, keys);
         let len = (self.raw.len() - at - RECORD_HEADER) as u32;
         self.raw[at + 16..at + 20].copy_from_slice(&len.to_le_bytes());
         self.latest_start_ns = self.latest_start_ns.max(span.start_unix_nano);
@@ -128,6 +132,31 @@ impl FrameBuilder {
         self.resources.len() - 1
     }
 
+    /// The index of `attributes`' key list in the frame's table, added if new.
+    fn keys_index(&mut self, attributes: &[crate::trace::span::KeyValue]) -> usize {
+        let same = |list: &Vec<std::borrow::Cow<'static, str>>| {
+            list.len() == attributes.len()
+                && list.iter().zip(attributes).all(|(key, kv)| {
+                    // The same static string, most often; else compared.
+                    std::ptr::eq(key.as_ptr(), kv.key.as_ptr()) && key.len() == kv.key.len()
+                        || *key == kv.key
+                })
+        };
+        if self.key_lists.get(self.last_keys).is_some_and(same) {
+            return self.last_keys;
+        }
+        let index = if let Some(index) = self.key_lists.iter().position(same) {
+            index
+        } else {
+            record::put_keys(&mut self.keys, attributes);
+            self.key_lists
+                .push(attributes.iter().map(|kv| kv.key.clone()).collect());
+            self.key_lists.len() - 1
+        };
+        self.last_keys = index;
+        index
+    }
+
     pub fn is_empty(&self) -> bool {
         self.spans == 0
     }
@@ -139,6 +168,9 @@ impl FrameBuilder {
         self.latest_start_ns = 0;
         self.resources.clear();
         self.table.clear();
+        self.key_lists.clear();
+        self.last_keys = 0;
+        self.keys.clear();
     }
 
     /// Spans in the frame, and the latest start among them.
@@ -148,14 +180,17 @@ impl FrameBuilder {
 
     pub fn is_full(&self) -> bool {
         usize::from(self.spans) >= FRAME_SPANS
-            || self.raw.len() + self.table.len() >= FRAME_RAW_BYTES
+            || self.raw.len() + self.table.len() + self.keys.len() >= FRAME_RAW_BYTES
     }
 
     /// Compresses the frame and starts the next one; the bytes stay valid until the next call.
     pub fn finish(&mut self) -> &[u8] {
         let records = self.raw.len() as u32;
         self.raw.extend_from_slice(&self.table);
+        self.raw.extend_from_slice(&self.keys);
         self.raw.extend_from_slice(&records.to_le_bytes());
+        self.raw
+            .extend_from_slice(&(self.table.len() as u32).to_le_bytes());
         let bound = lz4_flex::block::get_maximum_output_size(self.raw.len());
         self.encoded.clear();
         self.encoded.resize(HEADER + bound, 0);
@@ -184,8 +219,8 @@ pub struct Record<'a> {
     pub trace_id: [u8; 16],
     body: &'a [u8],
     format: u8,
-    /// The frame's table of resources (format 3).
-    resources: &'a [u8],
+    /// The frame's tables (format 3).
+    tables: Tables<'a>,
 }
 
 impl<'a> Record<'a> {
@@ -197,13 +232,8 @@ impl<'a> Record<'a> {
         if self.format == JSON_FORMAT {
             return Ok(Cow::Borrowed(self.body));
         }
-        let resources = if self.format == INLINE_FORMAT {
-            ResourceAt::Inline
-        } else {
-            ResourceAt::Table(self.resources)
-        };
         let mut json = Vec::with_capacity(self.body.len() * 2);
-        record::write_json(&mut json, &self.trace_id, self.body, resources)?;
+        record::write_json(&mut json, &self.trace_id, self.body, self.tables)?;
         Ok(Cow::Owned(json))
     }
 }
@@ -227,16 +257,22 @@ pub fn decode<'a>(frame: &[u8], raw: &'a mut Vec<u8>) -> Result<Vec<Record<'a>>,
     let mut records = Vec::with_capacity(usize::from(header.spans));
     let mut at = 0;
     let raw: &'a [u8] = raw;
-    let (raw, resources) = if header.format == FORMAT {
-        // The records' length, last; the table between.
-        let split = raw.len().checked_sub(4).ok_or(FrameError::Record(0))?;
-        let records_len = u32::from_le_bytes(array(&raw[split..])) as usize;
-        let table = raw
-            .get(records_len..split)
+    let (raw, tables) = if header.format == FORMAT {
+        // The two lengths last; the tables between the records and them.
+        let split = raw.len().checked_sub(8).ok_or(FrameError::Record(0))?;
+        let records_len = u32::from_le_bytes(array(&raw[split..split + 4])) as usize;
+        let resources_len = u32::from_le_bytes(array(&raw[split + 4..])) as usize;
+        let keys_at = records_len
+            .checked_add(resources_len)
+            .filter(|&at| at <= split)
             .ok_or(FrameError::Record(records_len))?;
-        (&raw[..records_len], table)
+        let tables = Tables::Frame {
+            resources: &raw[records_len..keys_at],
+            keys: &raw[keys_at..split],
+        };
+        (&raw[..records_len], tables)
     } else {
-        (raw, &raw[..0])
+        (raw, Tables::Inline)
     };
     while at < raw.len() {
         let head = raw
@@ -250,7 +286,7 @@ pub fn decode<'a>(frame: &[u8], raw: &'a mut Vec<u8>) -> Result<Vec<Record<'a>>,
             trace_id: array(&head[..16]),
             body,
             format: header.format,
-            resources,
+            tables,
         });
         at += RECORD_HEADER + len;
     }
@@ -304,7 +340,7 @@ mod tests {
     }
 
     #[test]
-    fn a_resource_is_written_once_per_frame_and_each_frame_has_its_own_table() {
+    fn resources_and_key_lists_are_written_once_per_frame_and_each_frame_has_its_own() {
         let shared = span(1, 1, "/a").resource;
         let mut builder = FrameBuilder::default();
         for round in 0..3u8 {
@@ -315,6 +351,17 @@ mod tests {
                     if i % 2 == 0 {
                         s.resource = Arc::clone(&shared);
                     }
+                    // Three key lists: one static, one longer, one with a key made at run time.
+                    match i % 3 {
+                        0 => {}
+                        1 => s
+                            .attributes
+                            .push(KeyValue::int("http.response.status_code", 200)),
+                        _ => s.attributes.push(KeyValue::owned(
+                            format!("http.request.header.x-{round}"),
+                            "v".to_owned(),
+                        )),
+                    }
                     s
                 })
                 .collect();
@@ -322,6 +369,7 @@ mod tests {
                 builder.push(s);
             }
             assert_eq!(builder.resources.len(), 6, "round {round}");
+            assert_eq!(builder.key_lists.len(), 3, "round {round}");
             let frame = builder.finish().to_vec();
             let mut raw = Vec::new();
             let records = decode(&frame, &mut raw).expect("decode");

@@ -11,9 +11,15 @@
 //! is a CLIENT span, bit 2 has an error status), start and end (u64 LE each), then
 //! length-prefixed fields (a length is a LEB128 varint): name, the error message if flagged,
 //! links (count; each trace id 16, span id 8, reason), attributes (count; each key, then a tag
-//! byte, 0 string or 1 integer (i64 LE), and the value), then the resource: in frame format 3
-//! (written now) its index (a varint) in the frame's table of resources, in format 2 its JSON
-//! object itself.
+//! byte, 0 string or 1 integer (i64 LE), and the value), then the resource's JSON object. That
+//! is format 2; in format 3 (written now) the frame holds two tables, and a record names its
+//! entries: the attributes are the index of their keys' list (a varint) in the frame's table of
+//! key lists, then each value (its tag byte and the value) in that list's order, and the resource
+//! is its index in the frame's table of resources.
+//!
+//! Why tables: a span's keys (~300 bytes) and its process's resource (~300) were most of each
+//! record, and the spans of one frame share a few key lists and a few processes. Written once
+//! per frame, records are a third of the bytes to copy and compress.
 
 use crate::{
     exporter::json::{write_attributes, write_id, write_int, write_str},
@@ -34,19 +40,19 @@ const TAG_INT: u8 = 1;
 #[error("span record is damaged at byte {0}")]
 pub struct RecordError(pub usize);
 
-/// Where a record's resource is.
+/// Where a record's attribute keys and resource are.
 #[derive(Clone, Copy)]
-pub enum ResourceAt<'a> {
-    /// Its JSON after the attributes (format 2).
+pub enum Tables<'a> {
+    /// In the record (format 2).
     Inline,
-    /// Its index after the attributes, into this frame's table: a varint-length-prefixed JSON
-    /// object each (format 3).
-    Table(&'a [u8]),
+    /// In the frame's tables (format 3): `resources` a varint-length-prefixed JSON object each,
+    /// `keys` a list each (a varint count, then each key varint-length-prefixed).
+    Frame { resources: &'a [u8], keys: &'a [u8] },
 }
 
-/// Appends `span` in the binary form to `out`, its resource as index `resource` of the frame's
-/// table.
-pub fn encode(out: &mut Vec<u8>, span: &SpanData, resource: usize) {
+/// Appends `span` in the binary form to `out`: its resource as index `resource` of the frame's
+/// table of resources, its attributes' keys as index `keys` of its table of key lists.
+pub fn encode(out: &mut Vec<u8>, span: &SpanData, resource: usize, keys: usize) {
     out.extend_from_slice(&span.span_id);
     out.extend_from_slice(&span.parent_span_id.unwrap_or_default());
     let mut flags = 0;
@@ -72,17 +78,9 @@ pub fn encode(out: &mut Vec<u8>, span: &SpanData, resource: usize) {
         out.extend_from_slice(&link.span_id);
         put_bytes(out, link.reason.as_bytes());
     }
-    put_len(out, span.attributes.len());
+    put_len(out, keys);
     for kv in &span.attributes {
-        put_bytes(out, kv.key.as_bytes());
-        match &kv.value {
-            AttrValue::Str(value) => put_str_value(out, value),
-            AttrValue::Shared(value) => put_str_value(out, value),
-            AttrValue::Int(value) => {
-                out.push(TAG_INT);
-                out.extend_from_slice(&value.to_le_bytes());
-            }
-        }
+        put_value(out, &kv.value);
     }
     put_len(out, resource);
 }
@@ -99,6 +97,26 @@ pub fn resource_json(resource: &crate::trace::span::Resource) -> &[u8] {
 /// Appends one entry of a frame's table of resources.
 pub fn put_resource(out: &mut Vec<u8>, json: &[u8]) {
     put_bytes(out, json);
+}
+
+/// Appends one entry of a frame's table of key lists: the keys of `attributes`, in order.
+pub fn put_keys(out: &mut Vec<u8>, attributes: &[crate::trace::span::KeyValue]) {
+    put_len(out, attributes.len());
+    for kv in attributes {
+        put_bytes(out, kv.key.as_bytes());
+    }
+}
+
+/// An attribute's value: its tag byte, then the string or the integer.
+fn put_value(out: &mut Vec<u8>, value: &AttrValue) {
+    match value {
+        AttrValue::Str(value) => put_str_value(out, value),
+        AttrValue::Shared(value) => put_str_value(out, value),
+        AttrValue::Int(value) => {
+            out.push(TAG_INT);
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+    }
 }
 
 fn put_str_value(out: &mut Vec<u8>, value: &str) {
@@ -130,7 +148,7 @@ pub fn write_json(
     out: &mut Vec<u8>,
     trace_id: &[u8; 16],
     record: &[u8],
-    resources: ResourceAt<'_>,
+    tables: Tables<'_>,
 ) -> Result<(), RecordError> {
     let mut r = Reader {
         bytes: record,
@@ -195,21 +213,16 @@ pub fn write_json(
         }
     }
     out.extend_from_slice(b",\"attributes\":{");
-    for i in 0..r.len()? {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_str(out, r.str()?);
-        out.push(b':');
-        match r.byte()? {
-            TAG_STR => write_str(out, r.str()?),
-            TAG_INT => write_int(out, r.u64()?.cast_signed()),
-            _ => return Err(RecordError(r.at - 1)),
-        }
-    }
+    write_attributes_of(out, &mut r, tables)?;
     out.extend_from_slice(b"},\"resource\":");
     let resource_at = r.at;
-    let resource = resource_of(&mut r, resources)?;
+    let resource = match tables {
+        Tables::Inline => r.bytes()?,
+        Tables::Frame { resources, .. } => {
+            let mut t = entry(resources, r.index()?, resource_at, |t| t.bytes().map(drop))?;
+            t.bytes().map_err(|_| RecordError(resource_at))?
+        }
+    };
     // Written by this agent from the resource's attributes: an object, or the frame is damaged.
     if resource.first() != Some(&b'{') || resource.last() != Some(&b'}') {
         return Err(RecordError(resource_at));
@@ -222,23 +235,63 @@ pub fn write_json(
     Ok(())
 }
 
-/// The resource's JSON object at the end of a record: inline, or from the frame's table.
-fn resource_of<'a>(r: &mut Reader<'a>, resources: ResourceAt<'a>) -> Result<&'a [u8], RecordError> {
-    let ResourceAt::Table(table) = resources else {
-        return r.bytes();
+/// Writes a record's attributes, `r` at their start, as the members of a JSON object.
+fn write_attributes_of(
+    out: &mut Vec<u8>,
+    r: &mut Reader<'_>,
+    tables: Tables<'_>,
+) -> Result<(), RecordError> {
+    let keys_at = r.at;
+    let mut keys = match tables {
+        Tables::Inline => None,
+        Tables::Frame { keys, .. } => Some(entry(keys, r.index()?, keys_at, |t| {
+            for _ in 0..t.len()? {
+                t.bytes()?;
+            }
+            Ok(())
+        })?),
     };
-    let at = r.at;
-    let index = r.len()?;
+    let count = match &mut keys {
+        None => r.len()?,
+        Some(list) => list.len().map_err(|_| RecordError(keys_at))?,
+    };
+    for i in 0..count {
+        if i > 0 {
+            out.push(b',');
+        }
+        match &mut keys {
+            None => write_str(out, r.str()?),
+            Some(list) => write_str(out, list.str().map_err(|_| RecordError(keys_at))?),
+        }
+        out.push(b':');
+        match r.byte()? {
+            TAG_STR => write_str(out, r.str()?),
+            TAG_INT => write_int(out, r.u64()?.cast_signed()),
+            _ => return Err(RecordError(r.at - 1)),
+        }
+    }
+    Ok(())
+}
+
+/// A reader at entry `index` of a frame's `table`, whose entries `skip` steps over; a damaged
+/// table or an index past its end is damage at `at` in the record.
+fn entry<'t>(
+    table: &'t [u8],
+    index: usize,
+    at: usize,
+    skip: impl Fn(&mut Reader<'t>) -> Result<(), RecordError>,
+) -> Result<Reader<'t>, RecordError> {
     let mut t = Reader {
         bytes: table,
         at: 0,
     };
-    let damaged = |_| RecordError(at);
-    let mut json = t.bytes().map_err(damaged)?;
     for _ in 0..index {
-        json = t.bytes().map_err(damaged)?;
+        skip(&mut t).map_err(|_| RecordError(at))?;
     }
-    Ok(json)
+    if t.at >= table.len() {
+        return Err(RecordError(at));
+    }
+    Ok(t)
 }
 
 /// Reads a record front to back; every read checks the bounds.
@@ -265,18 +318,24 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(le))
     }
 
+    /// A length: no length can pass the record holding it.
     fn len(&mut self) -> Result<usize, RecordError> {
+        let start = self.at;
+        self.index()
+            .ok()
+            .filter(|&n| n <= self.bytes.len())
+            .ok_or(RecordError(start))
+    }
+
+    /// A varint: an index into a frame's table (checked there), or a length.
+    fn index(&mut self) -> Result<usize, RecordError> {
         let start = self.at;
         let mut n: u64 = 0;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
             n |= u64::from(b & 0x7f) << shift;
             if b & 0x80 == 0 {
-                // No length can pass the record holding it.
-                return usize::try_from(n)
-                    .ok()
-                    .filter(|&n| n <= self.bytes.len())
-                    .ok_or(RecordError(start));
+                return usize::try_from(n).map_err(|_| RecordError(start));
             }
         }
         Err(RecordError(start))
@@ -328,38 +387,53 @@ mod tests {
     }
 
     /// A frame's table of resources: another process's first, `span`'s second.
-    fn table_of(span: &SpanData) -> Vec<u8> {
+    fn tables_of(span: &SpanData) -> (Vec<u8>, Vec<u8>) {
         let other = Resource::new(vec![KeyValue::str("service.name", "other")]);
-        let mut table = Vec::new();
-        put_resource(&mut table, resource_json(&other));
-        put_resource(&mut table, resource_json(&span.resource));
-        table
+        let mut resources = Vec::new();
+        put_resource(&mut resources, resource_json(&other));
+        put_resource(&mut resources, resource_json(&span.resource));
+        let mut keys = Vec::new();
+        put_keys(&mut keys, &[KeyValue::int("other.key", 1)]);
+        put_keys(&mut keys, &span.attributes);
+        (resources, keys)
+    }
+
+    /// `span` in format 3, with the frame's tables ([`tables_of`]).
+    fn format_3(span: &SpanData) -> (Vec<u8>, (Vec<u8>, Vec<u8>)) {
+        let mut record = Vec::new();
+        encode(&mut record, span, 1, 1);
+        (record, tables_of(span))
     }
 
     fn round_trip(span: &SpanData) -> Vec<u8> {
-        let mut record = Vec::new();
-        encode(&mut record, span, 1);
+        let (record, (resources, keys)) = format_3(span);
         let mut json = Vec::new();
-        write_json(
-            &mut json,
-            &span.trace_id,
-            &record,
-            ResourceAt::Table(&table_of(span)),
-        )
-        .expect("reads back");
+        let tables = Tables::Frame {
+            resources: &resources,
+            keys: &keys,
+        };
+        write_json(&mut json, &span.trace_id, &record, tables).expect("reads back");
         json
     }
 
     #[test]
-    fn records_of_format_2_with_the_resource_inline_still_read() {
+    fn records_of_format_2_with_keys_and_resource_inline_still_read() {
         let span = span();
+        // Format 2 as written before: the record's head as in 3, then the attributes' count,
+        // each key with its value, and the resource's JSON.
+        let mut bare = span.clone();
+        bare.attributes.clear();
         let mut record = Vec::new();
-        encode(&mut record, &span, 0);
-        // Index 0 is one byte; format 2 had the resource's JSON there.
-        record.pop();
+        encode(&mut record, &bare, 0, 0);
+        record.truncate(record.len() - 2);
+        put_len(&mut record, span.attributes.len());
+        for kv in &span.attributes {
+            put_bytes(&mut record, kv.key.as_bytes());
+            put_value(&mut record, &kv.value);
+        }
         put_bytes(&mut record, resource_json(&span.resource));
         let mut json = Vec::new();
-        write_json(&mut json, &span.trace_id, &record, ResourceAt::Inline).expect("reads back");
+        write_json(&mut json, &span.trace_id, &record, Tables::Inline).expect("reads back");
         assert_eq!(json, jsonl(&span));
     }
 
@@ -395,25 +469,42 @@ mod tests {
         let mut full = span();
         full.parent_span_id = Some([9; 8]);
         full.status = SpanStatus::Error("boom".to_owned());
-        let mut record = Vec::new();
-        encode(&mut record, &full, 1);
-        let table = table_of(&full);
-        let resources = ResourceAt::Table(&table);
+        let (record, (resources, keys)) = format_3(&full);
+        let tables = Tables::Frame {
+            resources: &resources,
+            keys: &keys,
+        };
         let mut json = Vec::new();
         for cut in 0..record.len() {
             assert!(
-                write_json(&mut json, &full.trace_id, &record[..cut], resources).is_err(),
+                write_json(&mut json, &full.trace_id, &record[..cut], tables).is_err(),
                 "cut at {cut}"
             );
         }
-        // An index past the table, and a table cut short.
+        // An index past either table, and either table cut short.
         let mut past = record.clone();
-        *past.last_mut().expect("index") = 2;
-        assert!(write_json(&mut json, &full.trace_id, &past, resources).is_err());
-        for cut in 0..table.len() {
+        *past.last_mut().expect("resource index") = 2;
+        assert!(write_json(&mut json, &full.trace_id, &past, tables).is_err());
+        let mut bare = full.clone();
+        bare.attributes.clear();
+        let mut no_values = Vec::new();
+        encode(&mut no_values, &bare, 1, 2);
+        assert!(write_json(&mut json, &full.trace_id, &no_values, tables).is_err());
+        for cut in 0..resources.len() {
             json.clear();
-            let cut_table = ResourceAt::Table(&table[..cut]);
-            assert!(write_json(&mut json, &full.trace_id, &record, cut_table).is_err());
+            let cut_tables = Tables::Frame {
+                resources: &resources[..cut],
+                keys: &keys,
+            };
+            assert!(write_json(&mut json, &full.trace_id, &record, cut_tables).is_err());
+        }
+        for cut in 0..keys.len() {
+            json.clear();
+            let cut_tables = Tables::Frame {
+                resources: &resources,
+                keys: &keys[..cut],
+            };
+            assert!(write_json(&mut json, &full.trace_id, &record, cut_tables).is_err());
         }
         for at in 0..record.len() {
             for flip in [0x01, 0x80, 0xff] {
@@ -422,13 +513,13 @@ mod tests {
                 json.clear();
                 // An error or some object, never a panic (a reader parses the object and skips
                 // the span if it does not parse).
-                let _ = write_json(&mut json, &full.trace_id, &bad, resources);
+                let _ = write_json(&mut json, &full.trace_id, &bad, tables);
             }
         }
         let mut long = record.clone();
         long.push(0);
         assert!(
-            write_json(&mut json, &full.trace_id, &long, resources).is_err(),
+            write_json(&mut json, &full.trace_id, &long, tables).is_err(),
             "trailing bytes"
         );
     }
