@@ -200,6 +200,54 @@ def main():
         write("sql_sanitise", name, text)
     write("hpack", "rfc7541_c4", hpack_input(1, RFC7541_C4))
     write("hpack", "rfc7541_c4_whole", hpack_input(0, RFC7541_C4))
+    for name, data in store_frames():
+        write("store_frame", name, data)
+
+
+def varint(n):
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def lp(data):
+    return varint(len(data)) + data
+
+
+def store_frames():
+    """`store_frame` inputs: (format selector, span count, a frame's raw bytes) in each of the
+    store's three frame formats (agent/src/store/frame.rs, record.rs)."""
+    resource = b'{"service.name":"svc","process.pid":42}'
+    keys = [b"http.request.method", b"http.response.status_code"]
+
+    def head(span, parent, flags, name, message=b""):
+        return (bytes([span]) * 8 + bytes([parent]) * 8 + bytes([flags])
+                + struct.pack("<QQ", 1_000, 2_000) + lp(name)
+                + (lp(message) if flags & 4 else b"")
+                + varint(1) + bytes([7]) * 16 + bytes([8]) * 8 + lp(b"ambiguous"))
+
+    values = b"\0" + lp(b"GET") + b"\1" + struct.pack("<q", 200)
+
+    def record(trace, body):
+        return bytes([trace]) * 16 + struct.pack("<I", len(body)) + body
+
+    # Format 3: records naming entries of the frame's tables, then the tables and two lengths.
+    records = record(1, head(1, 0, 0, b"GET /a") + varint(0) + values + varint(0))
+    records += record(2, head(2, 1, 5, b"GET /b", b"boom") + varint(0) + values + varint(0))
+    resources = lp(resource)
+    key_lists = varint(len(keys)) + b"".join(lp(k) for k in keys)
+    three = records + resources + key_lists + struct.pack("<II", len(records), len(resources))
+    # Format 2: each record with its keys and its resource's JSON.
+    inline = varint(len(keys)) + lp(keys[0]) + b"\0" + lp(b"GET") + lp(keys[1]) + b"\1" \
+        + struct.pack("<q", 200) + lp(resource)
+    two = record(1, head(1, 0, 2, b"GET /a") + inline)
+    # Format 1: each record the span's JSON.
+    one = record(1, b'{"trace_id":"01","name":"GET /a"}')
+    return [("format3", b"\2\2" + three), ("format2", b"\1\1" + two),
+            ("format1", b"\0\1" + one)]
 
 
 # RFC 7541 Appendix C.4: three requests with Huffman coding, sharing a dynamic table.

@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::util::{cargo, command_ok, workspace_root, write_section};
 
 /// The targets, as `fuzz/Cargo.toml` names them (and `sockspan::fuzz::TARGETS`).
-const TARGETS: [&str; 19] = [
+const TARGETS: [&str; 20] = [
     "http1_connection",
     "http1_resplit",
     "http1_head",
@@ -36,6 +36,7 @@ const TARGETS: [&str; 19] = [
     "sql_sanitise",
     "python_module",
     "peer_message",
+    "store_frame",
 ];
 
 /// The cargo-fuzz release this task drives.

@@ -14,6 +14,7 @@ use crate::protocol::http1::framer::Side;
 mod capture;
 mod datastores;
 mod http;
+mod store;
 
 pub use capture::{btf, go_executable, peer_message, pipeline, python_module, ring_record};
 pub use datastores::{
@@ -23,6 +24,7 @@ pub use datastores::{
 pub use http::{
     hpack, http1_connection, http1_head, http1_resplit, http2_connection, redaction, trace_context,
 };
+pub use store::store_frame;
 
 /// A syscall's worth of one direction, as a connection script gives it.
 struct ScriptedRead<'a> {
@@ -106,6 +108,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("sql_sanitise", sql_sanitise),
     ("python_module", python_module),
     ("peer_message", peer_message),
+    ("store_frame", store_frame),
 ];
 
 #[cfg(test)]

@@ -207,6 +207,18 @@ impl FrameBuilder {
     }
 }
 
+/// A frame of `format` holding `raw` (compressed here), as the writer or an earlier sockspan
+/// would have stored it: for tests and the fuzz target.
+#[cfg(any(test, feature = "fuzz"))]
+#[must_use]
+pub fn from_raw(format: u8, spans: u8, raw: &[u8]) -> Vec<u8> {
+    let mut frame = vec![format, spans];
+    frame.extend_from_slice(&0u64.to_le_bytes());
+    frame.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&lz4_flex::block::compress(raw));
+    frame
+}
+
 #[cold]
 fn unreachable_compress() -> usize {
     // get_maximum_output_size is LZ4's documented bound; a failure would be a bug in lz4_flex.
@@ -377,6 +389,35 @@ mod tests {
                 assert_eq!(record.json().expect("json").as_ref(), json_of(s).as_slice());
             }
         }
+    }
+
+    /// The fuzz target's seeds (`fuzz/make_seeds.py` writes them after this module's layout):
+    /// each a frame of its format that decodes into spans reading back as JSON objects.
+    #[test]
+    fn the_fuzz_seeds_are_frames_of_each_format() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/store_frame");
+        let mut formats = Vec::new();
+        for entry in std::fs::read_dir(dir).expect("seeds") {
+            let seed = std::fs::read(entry.expect("seed").path()).expect("seed");
+            let format = seed[0] % 3 + 1;
+            let frame = from_raw(format, seed[1], &seed[2..]);
+            let mut raw = Vec::new();
+            let records = decode(&frame, &mut raw).expect("decodes");
+            assert_eq!(records.len(), usize::from(seed[1]), "format {format}");
+            for record in records {
+                let json = record.json().expect("reads back");
+                let span: serde_json::Value = serde_json::from_slice(&json).expect("JSON");
+                assert!(
+                    span["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("GET /"))
+                );
+            }
+            formats.push(format);
+        }
+        formats.sort_unstable();
+        assert_eq!(formats, [1, 2, 3]);
     }
 
     #[test]

@@ -136,6 +136,24 @@ impl StoreConfig {
     }
 }
 
+/// The fuzz target `store_frame`: a frame of format 1, 2 or 3 (`format`, taken modulo 3) holding
+/// `raw`, decoded and each record read back as JSON, as a reader of the store does. Damage is an
+/// error, never a panic.
+#[cfg(feature = "fuzz")]
+pub fn fuzz_frame(format: u8, spans: u8, raw: &[u8]) {
+    let bytes = frame::from_raw(format % 3 + 1, spans, raw);
+    let mut decoded = Vec::new();
+    if let Ok(records) = frame::decode(&bytes, &mut decoded) {
+        assert!(
+            records.len() <= raw.len() / 20,
+            "a record takes at least its 20-byte header"
+        );
+        for record in records {
+            let _ = record.json();
+        }
+    }
+}
+
 /// Deletes the store at `path`, its frame log too (a new store for a bench run or a test).
 #[cfg(any(test, feature = "bench"))]
 pub fn remove(path: &Path) {
