@@ -30,7 +30,10 @@ use std::{
     io,
     os::unix::fs::FileExt as _,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use super::lock;
@@ -143,6 +146,9 @@ impl LogAt {
 pub struct FrameLog {
     dir: PathBuf,
     readers: Mutex<HashMap<u64, Arc<File>>>,
+    /// Segments below this are being or were deleted: a reader neither opens nor keeps them
+    /// (a handle kept would hold a deleted segment's disk space).
+    removed_below: AtomicU64,
 }
 
 /// The folder of the frame log of the store at `store`.
@@ -168,6 +174,7 @@ impl FrameLog {
         Ok(Self {
             dir,
             readers: Mutex::new(HashMap::new()),
+            removed_below: AtomicU64::new(0),
         })
     }
 
@@ -238,6 +245,11 @@ impl FrameLog {
 
     fn reader(&self, segment: u64) -> Result<Option<Arc<File>>, LogError> {
         let mut readers = lock(&self.readers);
+        // Under the lock `remove_before` takes before it deletes: a segment opened here after
+        // its watermark moved is not kept.
+        if segment < self.removed_below.load(Ordering::Acquire) {
+            return Ok(None);
+        }
         if let Some(file) = readers.get(&segment) {
             return Ok(Some(Arc::clone(file)));
         }
@@ -254,12 +266,22 @@ impl FrameLog {
         Ok(Some(file))
     }
 
+    /// Whether a reader keeps `segment` open (tests).
+    #[cfg(test)]
+    pub fn keeps_open(&self, segment: u64) -> bool {
+        lock(&self.readers).contains_key(&segment)
+    }
+
     /// Deletes every segment numbered below `keep_from`; returns how many.
     ///
     /// # Errors
     /// The folder cannot be read, or a segment not deleted.
     pub fn remove_before(&self, keep_from: u64) -> Result<usize, LogError> {
-        lock(&self.readers).retain(|&s, _| s >= keep_from);
+        {
+            let mut readers = lock(&self.readers);
+            self.removed_below.fetch_max(keep_from, Ordering::AcqRel);
+            readers.retain(|&s, _| s >= keep_from);
+        }
         let mut removed = 0;
         for segment in self.segments()? {
             if segment >= keep_from {
@@ -327,7 +349,8 @@ impl FrameLog {
             .map_or(0, |s| s.saturating_add(1));
         let (first, last) = match named {
             Named::Nothing => {
-                self.remove_before(u64::MAX)?;
+                // All of them: every segment on disk is numbered below `next`.
+                self.remove_before(next)?;
                 return Ok(Appender::new(next));
             }
             // Damaged locations: nothing is known to be unnamed, so nothing is deleted.

@@ -137,8 +137,15 @@ fn segments_fill_in_turn_and_retention_deletes_the_dead_ones() {
         (0..made.len() as u64).collect::<Vec<_>>(),
         "numbered in turn"
     );
+    // A reader of the oldest frame keeps its segment open.
+    let (oldest, oldest_at) = first_frame(&s);
+    let mut bytes = Vec::new();
+    assert!(s.log.read(oldest, &oldest_at, &mut bytes).expect("read"));
     // Over the span limit: the oldest frames go, and the segments that held only them.
     let removed = s.enforce_retention(NOW).expect("retain");
+    // Gone for a reader whose snapshot still names it, and its handle not kept.
+    assert!(!s.log.read(oldest, &oldest_at, &mut bytes).expect("read"));
+    assert!(!s.log.keeps_open(oldest_at.segment));
     assert!(removed >= 2000, "{removed}");
     let left = segments(&s);
     assert!(left.len() < made.len(), "{left:?} of {made:?}");
