@@ -413,6 +413,22 @@ mod tests {
                         .as_str()
                         .is_some_and(|n| n.starts_with("GET /"))
                 );
+                if format > 1 {
+                    // The keys and the resource from the right entries of the tables.
+                    assert_eq!(
+                        span["attributes"],
+                        serde_json::json!({
+                            "http.request.method": "GET",
+                            "http.response.status_code": 200
+                        }),
+                        "format {format}"
+                    );
+                    assert_eq!(
+                        span["resource"],
+                        serde_json::json!({"service.name": "svc", "process.pid": 42})
+                    );
+                    assert_eq!(span["links"][0]["reason"], "ambiguous");
+                }
             }
             formats.push(format);
         }

@@ -48,6 +48,8 @@ const PENDING_BYTES: usize = 4 * 1024 * 1024;
 /// The largest record a location may claim: a frame's byte budget compressed at worst, and its
 /// block, with room to spare. A larger claim is damage, and is not trusted with an allocation.
 const MAX_RECORD_BYTES: u32 = 16 * 1024 * 1024;
+/// Spans a record holds or summarises at most (a frame's, [`super::frame::FRAME_SPANS`]).
+const MAX_SPANS: u32 = super::frame::FRAME_SPANS as u32;
 /// The file in the log's folder naming the store it belongs to.
 const ID_FILE: &str = "store-id";
 const SUFFIX: &str = ".seg";
@@ -62,6 +64,8 @@ pub enum LogError {
     Short { frame: u64, segment: u64 },
     #[error("frame {frame}'s location claims {len} bytes, more than any frame")]
     Size { frame: u64, len: u32 },
+    #[error("segment {segment} of the frame log, which holds frame {frame}, is missing")]
+    Missing { frame: u64, segment: u64 },
     #[error("a record of {0} bytes is larger than a segment can hold")]
     TooLarge(usize),
     #[error(
@@ -126,14 +130,25 @@ impl LogAt {
             a.copy_from_slice(&b[i..i + 4]);
             u32::from_le_bytes(a)
         };
-        Some(Self {
+        let at = Self {
             segment: u64_at(0),
             offset: u64_at(8),
             len: u32_at(16),
             crc: u32_at(20),
             spans: u32_at(24),
             start_ns: u64_at(28),
-        })
+        };
+        at.plausible().then_some(at)
+    }
+
+    /// Whether a location could have been written by the writer: no store makes 2^48 segments,
+    /// a record of more than 16 MiB, or a frame of more than [`MAX_SPANS`]. Anything else is
+    /// damage, never trusted to number, cut or delete segments.
+    fn plausible(&self) -> bool {
+        self.segment < 1 << 48
+            && self.len <= MAX_RECORD_BYTES
+            && self.end().is_some()
+            && self.spans <= MAX_SPANS
     }
 
     /// Where it ends; `None` for a damaged location that would overflow.
@@ -222,7 +237,7 @@ impl FrameLog {
         if at.len > MAX_RECORD_BYTES {
             return Err(LogError::Size { frame, len: at.len });
         }
-        let Some(file) = self.reader(at.segment)? else {
+        let Some(file) = self.reader(frame, at.segment)? else {
             return Ok(false);
         };
         out.clear();
@@ -243,7 +258,9 @@ impl FrameLog {
         Ok(true)
     }
 
-    fn reader(&self, segment: u64) -> Result<Option<Arc<File>>, LogError> {
+    /// The open file of `segment` (holding `frame`): `None` when retention deleted it (below
+    /// the watermark); missing all the same (lost, deleted by hand) is an error.
+    fn reader(&self, frame: u64, segment: u64) -> Result<Option<Arc<File>>, LogError> {
         let mut readers = lock(&self.readers);
         // Under the lock `remove_before` takes before it deletes: a segment opened here after
         // its watermark moved is not kept.
@@ -256,7 +273,9 @@ impl FrameLog {
         let path = self.path(segment);
         let file = match File::open(&path) {
             Ok(file) => Arc::new(file),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(LogError::Missing { frame, segment });
+            }
             Err(e) => return Err(io_err(&path)(e)),
         };
         if readers.len() >= READERS_KEPT {
@@ -353,8 +372,16 @@ impl FrameLog {
                 self.remove_before(next)?;
                 return Ok(Appender::new(next));
             }
-            // Damaged locations: nothing is known to be unnamed, so nothing is deleted.
-            Named::Unreadable => return Ok(Appender::new(next)),
+            // Damaged locations, or segments missing: nothing is known to be unnamed, so nothing
+            // is deleted.
+            Named::Unreadable => {
+                tracing::warn!(
+                    dir = %self.dir.display(),
+                    "span store: no frame the store names reads from its frame log (damaged, or \
+                     the folder is not the store's); new frames go to a new segment"
+                );
+                return Ok(Appender::new(next));
+            }
             Named::Frames { first, last } => (first, last),
         };
         self.remove_before(first.segment.min(last.segment))?;
@@ -521,14 +548,17 @@ impl Appender {
         self.write_out(log)?;
         let segment = self.next_segment;
         let path = log.path(segment);
+        // A new file, never one on disk: a number in use means the numbering is wrong, and an
+        // error is better than a segment emptied.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        self.next_segment += 1;
+        self.next_segment = segment
+            .checked_add(1)
+            .ok_or_else(|| io_err(&log.dir)(io::Error::other("segment numbers ran out")))?;
         self.made = true;
         if let Some(old) = self.current.replace(Current {
             segment,
@@ -569,6 +599,12 @@ impl Appender {
         self.segment_bytes = bytes;
     }
 
+    /// Whether a sync has failed (nothing is made durable until a restart).
+    #[must_use]
+    pub fn sync_failed(&self) -> bool {
+        self.sync_failed.is_some()
+    }
+
     /// The segment appended to now (the next one made, while none is).
     #[must_use]
     pub fn segment(&self) -> u64 {
@@ -594,8 +630,10 @@ impl Appender {
         let result = self.sync_all(log);
         if let Err(err) = &result {
             // After a failed fsync the kernel may have dropped the dirty pages: a later one can
-            // succeed without them. No commit may then claim durability.
+            // succeed without them. No commit may then claim durability. The filled segments'
+            // handles go, so retention can still give their space back.
             self.sync_failed = Some(err.to_string());
+            self.filled.clear();
         }
         result
     }

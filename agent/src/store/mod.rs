@@ -137,19 +137,24 @@ impl StoreConfig {
 }
 
 /// The fuzz target `store_frame`: a frame of format 1, 2 or 3 (`format`, taken modulo 3) holding
-/// `raw`, decoded and each record read back as JSON, as a reader of the store does. Damage is an
-/// error, never a panic.
+/// `raw`, decoded and each record read back as JSON, as a reader of the store does; and `whole`
+/// (the input itself) as a stored frame, its header and compressed block. Damage is an error,
+/// never a panic.
 #[cfg(feature = "fuzz")]
-pub fn fuzz_frame(format: u8, spans: u8, raw: &[u8]) {
+pub fn fuzz_frame(format: u8, spans: u8, raw: &[u8], whole: &[u8]) {
     let bytes = frame::from_raw(format % 3 + 1, spans, raw);
     let mut decoded = Vec::new();
-    if let Ok(records) = frame::decode(&bytes, &mut decoded) {
-        assert!(
-            records.len() <= raw.len() / 20,
-            "a record takes at least its 20-byte header"
-        );
-        for record in records {
-            let _ = record.json();
+    for (frame, raw_len) in [(bytes.as_slice(), Some(raw.len())), (whole, None)] {
+        if let Ok(records) = frame::decode(frame, &mut decoded) {
+            if let Some(raw_len) = raw_len {
+                assert!(
+                    records.len() <= raw_len / 20,
+                    "a record takes its 20-byte header"
+                );
+            }
+            for record in records {
+                let _ = record.json();
+            }
         }
     }
 }
@@ -196,14 +201,15 @@ fn records<'a>(frame: u64, bytes: &[u8], raw: &'a mut Vec<u8>) -> Option<Vec<fra
         .ok()
 }
 
-/// The location of the first (or, `from_end`, the last) frame whose location reads and names
-/// one of `segments` (those on disk; `None`: any): what opening and retention keep the log
-/// from, never a damaged value's.
+/// The location of the first (or, `from_end`, the last) frame whose location reads and, with
+/// `log`, whose frame reads from it (checksum and all): what opening and retention keep the log
+/// from, never a damaged value's. Without `log`: any plausible location.
 fn first_readable(
     frames: &impl ReadableTable<u64, &'static [u8]>,
     from_end: bool,
-    segments: Option<&[u64]>,
+    log: Option<&FrameLog>,
 ) -> Result<Option<LogAt>, StoreError> {
+    let mut bytes = Vec::new();
     let mut entries = frames.iter().map_err(db_err)?;
     let mut next = || {
         if from_end {
@@ -215,7 +221,7 @@ fn first_readable(
     while let Some(entry) = next() {
         let (frame, at) = entry.map_err(db_err)?;
         if let Some(at) = frame_at(frame.value(), at.value())
-            && segments.is_none_or(|s| s.binary_search(&at.segment).is_ok())
+            && log.is_none_or(|log| read_frame(log, frame.value(), &at, &mut bytes) == Read::Bytes)
         {
             return Ok(Some(at));
         }
@@ -346,9 +352,8 @@ impl Store {
     fn recover_log(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let frames = txn.open_table(FRAMES).map_err(db_err)?;
-        let on_disk = self.log.segments()?;
-        let first = first_readable(&frames, false, Some(&on_disk))?;
-        let last = first_readable(&frames, true, Some(&on_disk))?;
+        let first = first_readable(&frames, false, Some(&self.log))?;
+        let last = first_readable(&frames, true, Some(&self.log))?;
         // New segments are numbered past any a location names, on disk or not.
         let named_last = first_readable(&frames, true, None)?.map(|at| at.segment);
         let named = match (&first, &last) {
@@ -376,13 +381,14 @@ impl Store {
                 id
             }
         };
-        match self.log.id()? {
-            Some(theirs) if theirs != u128::from(id) => return Err(self.log.other_store().into()),
-            Some(_) => {}
-            None => self.log.set_id(u128::from(id))?,
-        }
+        // The store's id committed first: a crash before the folder's is written leaves a
+        // folder without one, which the next opening claims.
         txn.commit().map_err(db_err)?;
-        Ok(())
+        match self.log.id()? {
+            Some(theirs) if theirs != u128::from(id) => Err(self.log.other_store().into()),
+            Some(_) => Ok(()),
+            None => Ok(self.log.set_id(u128::from(id))?),
+        }
     }
 
     /// A store written before the frame log: its frames and their start-index blocks move into

@@ -1,7 +1,7 @@
 //! Retention: spans older than the configured age, then the oldest beyond the configured count,
 //! a frame at a time.
 
-use redb::{ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _};
+use redb::{Durability, ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _};
 
 use super::{
     BY_START, COUNTS, FRAMES, RETENTION_FRAMES, RUNS, SPANS, Store, StoreError, TRACE_RUNS, db_err,
@@ -14,7 +14,7 @@ impl Store {
     pub fn enforce_retention(&self, now_unix_ns: u64) -> Result<u64, StoreError> {
         let horizon = now_unix_ns.saturating_sub(self.config.retention.as_nanos() as u64);
         let mut writer = lock(&self.writer);
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let mut txn = self.db.begin_write().map_err(db_err)?;
         let mut removed = 0u64;
         let last_removed;
         {
@@ -75,8 +75,15 @@ impl Store {
                 runs.remove(run).map_err(db_err)?;
             }
         }
-        // A durable commit: it makes the writes before it durable too, so their frames first.
-        writer.appender.sync(&self.log)?;
+        if writer.appender.sync_failed() {
+            // Nothing may claim durability any more, but the disk (full, most likely) still
+            // needs the space back.
+            txn.set_durability(Durability::None).map_err(db_err)?;
+        } else {
+            // A durable commit: it makes the writes before it durable too, so their frames
+            // first.
+            writer.appender.sync(&self.log)?;
+        }
         txn.commit().map_err(db_err)?;
         write(&self.blooms).retain(|&run, _| run > last_removed);
         if let Err(err) = self.remove_dead_segments(writer.appender.segment()) {
@@ -91,7 +98,7 @@ impl Store {
     fn remove_dead_segments(&self, current: u64) -> Result<(), StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let frames = txn.open_table(FRAMES).map_err(db_err)?;
-        let keep_from = match first_readable(&frames, false, Some(&self.log.segments()?))? {
+        let keep_from = match first_readable(&frames, false, Some(&self.log))? {
             Some(at) => at.segment,
             // None left: all but the segment written to now.
             None if frames.is_empty().map_err(db_err)? => current,
