@@ -76,7 +76,8 @@ impl FrameHeader {
     }
 }
 
-fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
+/// The first `N` bytes of `bytes` (which holds at least `N`), for the `from_le_bytes` readers.
+pub(super) fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
     let mut out = [0u8; N];
     out.copy_from_slice(bytes);
     out

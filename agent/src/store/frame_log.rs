@@ -36,7 +36,7 @@ use std::{
     },
 };
 
-use super::lock;
+use super::{frame::array, lock};
 
 /// A segment takes no more frames once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -120,16 +120,8 @@ impl LogAt {
     #[must_use]
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
         let b: &[u8; LOG_AT_BYTES] = bytes.try_into().ok()?;
-        let u64_at = |i: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[i..i + 8]);
-            u64::from_le_bytes(a)
-        };
-        let u32_at = |i: usize| {
-            let mut a = [0u8; 4];
-            a.copy_from_slice(&b[i..i + 4]);
-            u32::from_le_bytes(a)
-        };
+        let u64_at = |i: usize| u64::from_le_bytes(array(&b[i..i + 8]));
+        let u32_at = |i: usize| u32::from_le_bytes(array(&b[i..i + 4]));
         let at = Self {
             segment: u64_at(0),
             offset: u64_at(8),

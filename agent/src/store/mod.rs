@@ -261,6 +261,12 @@ fn read_frame(log: &FrameLog, frame: u64, at: &LogAt, bytes: &mut Vec<u8>) -> Re
     }
 }
 
+/// Reads the frame `frame` whose stored location is `value` into `bytes`; a location that does
+/// not decode is damage.
+fn read_stored(log: &FrameLog, frame: u64, value: &[u8], bytes: &mut Vec<u8>) -> Read {
+    frame_at(frame, value).map_or(Read::Damaged, |at| read_frame(log, frame, &at, bytes))
+}
+
 /// Shared handle; clones are cheap.
 #[derive(Clone)]
 pub struct Store {
@@ -505,10 +511,7 @@ impl Store {
         for entry in frames.range(from..).map_err(db_err)? {
             let (frame, at) = entry.map_err(db_err)?;
             let frame = frame.value();
-            let Some(at) = frame_at(frame, at.value()) else {
-                continue;
-            };
-            if read_frame(&self.log, frame, &at, &mut bytes) != Read::Bytes {
+            if read_stored(&self.log, frame, at.value(), &mut bytes) != Read::Bytes {
                 continue;
             }
             for record in records(frame, &bytes, &mut raw).unwrap_or_default() {

@@ -7,7 +7,7 @@ use redb::{ReadableDatabase as _, ReadableTable as _};
 
 use super::{
     BY_START, COUNTS, FRAMES, OPERATIONS, Read, SERVICES, SPREAD, SpanSummary, Store, StoreError,
-    TRACE_RUNS, db_err, frame_at, read, read_frame, records, start_index, trace_index,
+    TRACE_RUNS, db_err, frame_at, read, read_frame, read_stored, records, start_index, trace_index,
 };
 
 /// A summary ordered by start, for the merge in [`Store::scan`] (ties in any order).
@@ -92,10 +92,7 @@ impl Store {
             let Some(at) = table.get(frame).map_err(db_err)? else {
                 continue;
             };
-            let Some(at) = frame_at(frame, at.value()) else {
-                continue;
-            };
-            if read_frame(&self.log, frame, &at, &mut bytes) != Read::Bytes {
+            if read_stored(&self.log, frame, at.value(), &mut bytes) != Read::Bytes {
                 continue;
             }
             out.extend(
@@ -119,9 +116,7 @@ impl Store {
         for entry in frames.iter().map_err(db_err)? {
             let (frame, at) = entry.map_err(db_err)?;
             let frame = frame.value();
-            let read = frame_at(frame, at.value()).map_or(Read::Damaged, |at| {
-                read_frame(&self.log, frame, &at, &mut bytes)
-            });
+            let read = read_stored(&self.log, frame, at.value(), &mut bytes);
             if read == Read::Gone {
                 continue;
             }
