@@ -372,6 +372,10 @@ fn linking_stats(stats: &mut FinalStats, tracer: &Tracer) {
         .add("worker_refused_unknown", workers.refused_unknown)
         .add("worker_given_up", workers.given_up)
         .add("worker_decided_by_ends", workers.decided_by_ends)
+        .add(
+            "worker_decided_by_elimination",
+            workers.decided_by_elimination,
+        )
         .add("event_loop_threads", t.event_loop_threads)
         .add("parent_from_connection", t.parent_from_connection)
         .add("mirror_mismatches", t.mirror_mismatches)

@@ -20,6 +20,18 @@ pub struct DiscoveredSocket {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub listening: bool,
+    /// The socket's inode: the same fd number may name another socket later.
+    pub inode: u64,
+}
+
+impl DiscoveredSocket {
+    /// Whether the process still holds this socket at the same fd (procfs; `false` once the
+    /// process, the fd or the socket is gone).
+    #[must_use]
+    pub fn still_open(&self) -> bool {
+        std::fs::read_link(format!("/proc/{}/fd/{}", self.pid, self.fd))
+            .is_ok_and(|target| target.as_os_str() == format!("socket:[{}]", self.inode).as_str())
+    }
 }
 
 /// Network namespace of a process, as the inode number of `/proc/<pid>/ns/net`.
@@ -80,6 +92,7 @@ pub fn scan(skip_pid: u32, only_netns: Option<u64>) -> Vec<DiscoveredSocket> {
                     local: entry.local_address,
                     remote: entry.remote_address,
                     listening: entry.state == TcpState::Listen,
+                    inode,
                 });
             }
         }

@@ -162,6 +162,9 @@ pub struct Conntrack {
     config: ConntrackConfig,
     conns: HashMap<u64, Connection, foldhash::fast::RandomState>,
     preexisting: HashMap<(u32, i32), DiscoveredSocket>,
+    /// Sockets of `preexisting` still to be checked in this turn of
+    /// [`Conntrack::forget_closed_unseen`].
+    unseen_to_check: Vec<(u32, i32)>,
     listening: ListeningPorts,
     pub processes: ProcessCache,
     pub stats: ConntrackStats,
@@ -171,7 +174,12 @@ impl Conntrack {
     /// A table that knows the sockets `discovered` at start-up.
     #[must_use]
     pub fn new(config: ConntrackConfig, discovered: Vec<DiscoveredSocket>) -> Self {
-        let preexisting = discovered.into_iter().map(|s| ((s.pid, s.fd), s)).collect();
+        // A listening socket carries no stream: connections it accepts later are seen open.
+        let preexisting = discovered
+            .into_iter()
+            .filter(|s| !s.listening)
+            .map(|s| ((s.pid, s.fd), s))
+            .collect();
         Self {
             conns: HashMap::with_capacity_and_hasher(
                 config.max_conns.min(4096),
@@ -179,6 +187,7 @@ impl Conntrack {
             ),
             config,
             preexisting,
+            unseen_to_check: Vec::new(),
             listening: ListeningPorts::new(Duration::from_secs(2)),
             processes: ProcessCache::new(16_384, Duration::from_secs(30)),
             stats: ConntrackStats::default(),
@@ -204,6 +213,27 @@ impl Conntrack {
     pub fn pin(&mut self, conn_id: u64, pinned: bool) {
         if let Some(conn) = self.conns.get_mut(&conn_id) {
             conn.pinned = pinned;
+        }
+    }
+
+    /// Forgets sockets of the start-up scan that were closed without being used since (no
+    /// event reports their close): what they carried has ended. One `readlink` each, for at
+    /// most `UNSEEN_CHECKED` of them a call (the caller is the thread that drains the ring),
+    /// taking turns.
+    pub fn forget_closed_unseen(&mut self) {
+        /// Sockets looked at per call: about a millisecond of `readlink`s.
+        const UNSEEN_CHECKED: usize = 512;
+        if self.unseen_to_check.is_empty() {
+            self.unseen_to_check
+                .extend(self.preexisting.keys().copied());
+        }
+        for _ in 0..UNSEEN_CHECKED {
+            let Some(key) = self.unseen_to_check.pop() else {
+                break;
+            };
+            if self.preexisting.get(&key).is_some_and(|s| !s.still_open()) {
+                self.preexisting.remove(&key);
+            }
         }
     }
 
@@ -388,6 +418,36 @@ mod tests {
         table.open(&open_event(2, 5, 30, Role::Server));
         assert!(table.get(1).is_none());
         assert_eq!(table.get(2).expect("new").role, Role::Server);
+    }
+
+    /// This process's sockets as the start-up scan finds them: a listener hides no stream; a
+    /// connection does until it is closed.
+    #[test]
+    fn only_open_connections_of_the_start_up_scan_may_hide_streams() {
+        let me = std::process::id();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        // (Other tests of this process run alongside: only this test's sockets count.)
+        let scanned = |table_of: &dyn Fn(Vec<DiscoveredSocket>) -> Conntrack| {
+            let mine = discovery::scan(0, None)
+                .into_iter()
+                .filter(|s| s.pid == me && (s.local.port() == port || s.remote.port() == port))
+                .collect();
+            table_of(mine)
+        };
+        let table = scanned(&|found| Conntrack::new(config(16), found));
+        assert_eq!(table.unseen_openings().count(), 0, "a listener alone");
+        let client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        let mut table = scanned(&|found| Conntrack::new(config(16), found));
+        assert_eq!(table.unseen_openings().filter(|&p| p == me).count(), 2);
+        assert_eq!(table.unseen_openings().count(), 2);
+        table.forget_closed_unseen();
+        assert_eq!(table.unseen_openings().count(), 2, "both still open");
+        drop((client, server));
+        table.forget_closed_unseen();
+        assert_eq!(table.unseen_openings().count(), 0, "closed, never used");
     }
 
     #[test]

@@ -184,6 +184,12 @@ pub trait ConnectionParser: Debug {
     /// The connection closed: what is still open completes without a response.
     fn close(&mut self, at: Stamp, out: &mut Vec<ProtoEvent>);
 
+    /// The chunk this parser was recognised from is the first the connection carried in
+    /// either direction, and the agent saw the connection open: nothing came before it. Called
+    /// once, before that chunk is fed. A parser made for a connection joined midway (its
+    /// framing looked for, its tables unknown) may start clean instead.
+    fn at_connection_start(&mut self) {}
+
     /// The bytes turned out not to be this protocol: the connection is given up.
     fn failed(&self) -> bool {
         false

@@ -13,6 +13,9 @@ const DETECT_CHUNKS: u32 = agent_common::DETECT_CHUNKS;
 enum State {
     Detecting {
         misses: u8,
+        /// The agent saw the connection open (a syscall told its role), so its first chunk
+        /// is the connection's first byte.
+        from_start: bool,
     },
     Parsed(Parsed),
     /// None of the protocols: its chunks are ignored.
@@ -203,9 +206,16 @@ pub struct ProtocolTable {
 }
 
 impl ProtocolTable {
-    /// A connection opened: its protocol is looked for from its first chunk.
-    pub fn open(&mut self, conn_id: u64) {
-        self.conns.insert(conn_id, State::Detecting { misses: 0 });
+    /// A connection opened: its protocol is looked for from its first chunk. `from_start`: the
+    /// agent saw it open, so that chunk is the connection's first byte.
+    pub fn open(&mut self, conn_id: u64, from_start: bool) {
+        self.conns.insert(
+            conn_id,
+            State::Detecting {
+                misses: 0,
+                from_start,
+            },
+        );
     }
 
     /// The protocol `conn_id` was recognised as, if it was.
@@ -236,11 +246,11 @@ impl ProtocolTable {
         out: &mut Vec<ProtoEvent>,
     ) -> Fed {
         let already = out.len();
-        let state = self
-            .conns
-            .entry(conn_id)
-            .or_insert(State::Detecting { misses: 0 });
-        if let State::Detecting { misses } = state {
+        let state = self.conns.entry(conn_id).or_insert(State::Detecting {
+            misses: 0,
+            from_start: false,
+        });
+        if let State::Detecting { misses, from_start } = state {
             let found = PROTOCOLS
                 .iter()
                 .enumerate()
@@ -255,10 +265,14 @@ impl ProtocolTable {
                 return Fed::Skipped;
             };
             self.stats.recognised[protocol] += 1;
+            let mut parser = detected.parser;
+            if *from_start && *misses == 0 {
+                parser.at_connection_start();
+            }
             *state = State::Parsed(Parsed {
                 protocol,
                 server: detected.server,
-                parser: detected.parser,
+                parser,
                 requests_at: Anchor::Unset,
                 request_bytes: 0,
                 records: VecDeque::new(),
@@ -430,6 +444,73 @@ mod tests {
                 io: StreamIo::None,
             }
         );
+    }
+
+    /// A grpcio server writes its SETTINGS before it reads the client's preface. Seen open,
+    /// the connection is parsed from its start: the preface and the first stream are placed,
+    /// so the worker rule knows no stream began unseen. Joined midway, the same bytes may
+    /// follow anything.
+    #[test]
+    fn an_http2_server_that_speaks_first_is_parsed_from_the_start_when_seen_open() {
+        fn server(egress: bool, payload: &[u8]) -> Chunk<'_> {
+            Chunk {
+                egress,
+                role: Role::Server,
+                payload,
+                total: payload.len() as u64,
+            }
+        }
+        let settings = [0, 0, 0, kind::SETTINGS, 0, 0, 0, 0, 0];
+        let mut first_read = PREFACE.to_vec();
+        first_read.extend_from_slice(&settings);
+        first_read.extend(headers(1));
+        for (from_start, placed) in [(true, true), (false, false)] {
+            let mut table = ProtocolTable::default();
+            table.open(7, from_start);
+            let mut out = Vec::new();
+            let wrote = table.feed(
+                7,
+                &server(true, &settings),
+                Position::Unknown,
+                1,
+                1,
+                &mut out,
+            );
+            let Fed::Parsed {
+                io: StreamIo::Wrote(answered),
+                ..
+            } = wrote
+            else {
+                panic!("not parsed as a server's write: {wrote:?}");
+            };
+            assert_eq!(
+                answered.is_unplaceable(),
+                !from_start,
+                "from start: {from_start}"
+            );
+            let read = table.feed(
+                7,
+                &server(false, &first_read),
+                Position::Unknown,
+                2,
+                2,
+                &mut out,
+            );
+            assert_eq!(
+                read,
+                Fed::Parsed {
+                    server: true,
+                    thread_causality: false,
+                    in_order: false,
+                    io: StreamIo::Read { placed },
+                },
+                "from start: {from_start}"
+            );
+            assert!(
+                out.iter().any(|e| matches!(e, ProtoEvent::Request { .. })),
+                "stream 1 begins either way"
+            );
+        }
     }
 
     /// Request keys of one end of an HTTP/1 connection: `(egress, bytes, position)` chunks.

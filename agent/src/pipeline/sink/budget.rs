@@ -235,7 +235,8 @@ impl TraceSink<'_> {
     /// The first record of a connection the budget resumed ([`agent_common::DATA_RESUMED`]):
     /// its protocol is detected afresh from this request.
     pub(super) fn budget_resumed(&mut self, conn_id: u64, now: u64) {
-        self.protocols.open(conn_id);
+        // Resumed mid-connection: what it carried while shed is unknown.
+        self.protocols.open(conn_id, false);
         // Shed again meanwhile (the record waited in the ring): still the budget's.
         if !self
             .shedder

@@ -13,7 +13,7 @@ use agent_common::{
 
 use crate::{
     clock::monotonic_ns,
-    conntrack::{Connection, Conntrack},
+    conntrack::{Connection, Conntrack, RoleSource},
     exporter::SpanExporter,
     probes::{KernelConns, Probes},
     protocol::{
@@ -412,7 +412,10 @@ impl EventSink for TraceSink<'_> {
         watch_grpcio(&mut self.grpcio_seen, &mut self.tracer, conn);
         // A socket opened on an fd number that an earlier one had starts clean.
         self.tracer.callbacks.opened(conn);
-        self.protocols.open(event.header.conn_id);
+        self.protocols.open(
+            event.header.conn_id,
+            !conn.preexisting && conn.role_source == RoleSource::Syscall,
+        );
         if self.own.serve(conn.addrs().1) {
             // A viewer of the agent's UI or API: parsed by no one, and the programs stop
             // sending its bytes.
@@ -618,6 +621,7 @@ impl EventSink for TraceSink<'_> {
             // Streams of connections opened before the agent watched may still be open, and
             // silent: the worker rule cannot know every stream of those processes.
             let now = monotonic_ns();
+            self.conntrack.forget_closed_unseen();
             for pid in self.conntrack.unseen_openings() {
                 self.tracer.stream_may_be_unknown(pid, now);
             }

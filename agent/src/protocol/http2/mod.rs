@@ -201,6 +201,15 @@ impl Http2Connection {
         )
     }
 
+    /// The connection's first frames as [`Http2Connection::from_start`]: the request side
+    /// begins with the preface, each side with an empty table (a server that writes its
+    /// SETTINGS before reading the client's preface shows its first bytes first).
+    fn start_clean(&mut self) {
+        let fresh = Self::from_start();
+        self.request = fresh.request;
+        self.response = fresh.response;
+    }
+
     /// A connection first seen in the middle: both directions look for a frame at the start of
     /// a syscall's bytes, and their tables start unknown.
     #[must_use]
@@ -679,6 +688,10 @@ impl ConnectionParser for Http2Connection {
             // A request's bytes lost or found again: a stream may have begun unseen.
             self.answered.unplaceable();
         }
+    }
+
+    fn at_connection_start(&mut self) {
+        self.start_clean();
     }
 
     fn close(&mut self, at: Stamp, out: &mut Vec<ProtoEvent>) {

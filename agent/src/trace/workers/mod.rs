@@ -68,6 +68,9 @@ pub const SETTLE_NS: u64 = 2_000_000;
 const UNDECIDED_NS: u64 = 200_000_000;
 /// Requests waiting so, at most (more are refused at once).
 const MAX_UNDECIDED: usize = 4096;
+/// Other workers' handlers looked at when setting aside the streams they must have served:
+/// the decision stays cheap however many wait.
+const MAX_PEERS: usize = 64;
 /// How long an unplaced answer is remembered.
 const UNPLACED_NS: u64 = 30_000_000_000;
 /// Threads, processes and answered streams remembered; past this everything is forgotten and
@@ -105,6 +108,9 @@ pub struct WorkerStats {
     pub decided_by_ends: u64,
     /// Requests refused with several candidates (linked to each).
     pub several: u64,
+    /// Requests whose candidates came to one once the streams other workers must have served
+    /// were set aside.
+    pub decided_by_elimination: u64,
 }
 
 /// A stream the rule may name as a parent: its SERVER span, when its request began, and what
@@ -136,6 +142,10 @@ struct Process<P> {
     /// A worker answered while a call it made was still out: handlers here may not wait for
     /// their calls, so a call out proves nothing about what was answered then.
     answers_during_calls: bool,
+    /// Streams more handlers pointed at than there were streams (a worker served one the
+    /// agent did not place): never set aside as others', never the one left (oldest dropped
+    /// past `MAX_PEERS`).
+    oversubscribed: VecDeque<SpanKey>,
 }
 
 impl<P> Default for Process<P> {
@@ -144,6 +154,7 @@ impl<P> Default for Process<P> {
             unplaced: VecDeque::new(),
             forgotten_until: 0,
             answers_during_calls: false,
+            oversubscribed: VecDeque::new(),
         }
     }
 }
@@ -234,6 +245,74 @@ impl<P> Process<P> {
                 Some(_) => {}
             }
         }
+    }
+}
+
+impl<P> Process<P> {
+    /// The streams the handler that made `u` may have served, as far as this process's
+    /// answers tell.
+    fn candidates<'a>(&'a self, u: &'a Undecided<P>) -> Found<'a, P> {
+        let mut found = Found::None;
+        if let Some(stream) = &u.alone {
+            found.add(stream);
+        }
+        self.unplaced_between(u.tid, (u.ts, u.at), &u.busy, &mut found);
+        found
+    }
+
+    /// The streams other workers' handlers must have served, by their candidates alone: when
+    /// the candidates of k handlers (requests of other windows or threads than `u`'s, among
+    /// `others` not marked `gone`) all lie within k streams, those k streams are theirs, a
+    /// stream having one worker and a worker serving one stream at a time. `Err` with the
+    /// streams when more handlers (`u`'s, of candidates `own`, among them) point at fewer
+    /// streams: the rule's premises do not hold there.
+    fn served_by_others(
+        &self,
+        u: &Undecided<P>,
+        own: Vec<SpanKey>,
+        others: &[Undecided<P>],
+        gone: &[bool],
+    ) -> Result<Vec<SpanKey>, Vec<SpanKey>> {
+        let mut handlers: Vec<((u32, u64), Vec<SpanKey>)> = vec![((u.tid, u.at), own)];
+        let live = others
+            .iter()
+            .enumerate()
+            .filter(|&(i, o)| !gone.get(i).copied().unwrap_or(false) && o.pid == u.pid)
+            .map(|(_, o)| o);
+        for o in live {
+            let handler = (o.tid, o.at);
+            if handlers.iter().any(|(h, _)| *h == handler) {
+                continue;
+            }
+            if handlers.len() > MAX_PEERS {
+                break;
+            }
+            let keys = match self.candidates(o) {
+                Found::One(stream) => vec![stream.key],
+                Found::Several(several) => several.iter().map(|s| s.key).collect(),
+                Found::None | Found::Unknown => continue,
+            };
+            handlers.push((handler, keys));
+        }
+        let mut reserved: Vec<SpanKey> = Vec::new();
+        for (i, (_, set)) in handlers.iter().enumerate() {
+            let inside =
+                |(_, other): &&((u32, u64), Vec<SpanKey>)| other.iter().all(|k| set.contains(k));
+            let within = handlers.iter().filter(inside).count();
+            if within > set.len() {
+                return Err(set.clone());
+            }
+            // A group holding `u` says nothing of the others.
+            let holds_u = i == 0 || inside(&&handlers[0]);
+            if within == set.len() && !holds_u {
+                for key in set {
+                    if !reserved.contains(key) {
+                        reserved.push(*key);
+                    }
+                }
+            }
+        }
+        Ok(reserved)
     }
 }
 
@@ -653,7 +732,10 @@ impl<P: Clone> Workers<P> {
 
     /// Decides `u` now, or leaves it for other workers' claims (several candidates).
     fn decide_or_wait(&mut self, u: Undecided<P>, out: &mut Vec<(SpanKey, Option<P>)>) {
-        match self.decide(&u) {
+        let others: Vec<Undecided<P>> = std::mem::take(&mut self.undecided).into();
+        let decided = self.decide(&u, &others, &[]);
+        self.undecided = others.into();
+        match decided {
             Decided::Parent(parent) => out.push((u.key, Some(parent))),
             // Another worker may yet be found to have served one of them.
             Decided::Several if self.undecided.len() < MAX_UNDECIDED => {
@@ -726,14 +808,8 @@ impl<P: Clone> Workers<P> {
         self.stats.refused += 1;
         self.stats.several += 1;
         out.push((u.key, None));
-        let mut found = Found::None;
-        if let Some(stream) = &u.alone {
-            found.add(stream);
-        }
-        if let Some(process) = self.processes.get(&u.pid) {
-            process.unplaced_between(u.tid, (u.ts, u.at), &u.busy, &mut found);
-        }
-        if let Found::Several(several) = found {
+        let found = self.processes.get(&u.pid).map(|p| p.candidates(u));
+        if let Some(Found::Several(several)) = found {
             let parents = several.into_iter().map(|s| s.parent.clone()).collect();
             if self.one_of.len() < MAX_UNDECIDED {
                 self.one_of.push((u.key, parents));
@@ -748,31 +824,53 @@ impl<P: Clone> Workers<P> {
     }
 
     /// What the candidates of `u` come to now; a parent found is claimed for its worker.
-    fn decide(&mut self, u: &Undecided<P>) -> Decided<P> {
+    /// `others` are the other requests still undecided (those marked in `gone` are not).
+    fn decide(&mut self, u: &Undecided<P>, others: &[Undecided<P>], gone: &[bool]) -> Decided<P> {
         let Some(process) = self.processes.get(&u.pid) else {
             return match &u.alone {
                 Some(stream) => Decided::Parent(stream.parent.clone()),
                 None => Decided::None,
             };
         };
-        let mut found = Found::None;
-        if let Some(stream) = &u.alone {
-            found.add(stream);
-        }
-        process.unplaced_between(u.tid, (u.ts, u.at), &u.busy, &mut found);
-        let (parent, claim) = match found {
-            Found::One(stream) => {
-                let claim = u.alone.as_ref().is_none_or(|s| s.key != stream.key);
-                (stream.parent.clone(), claim.then_some(stream.key))
-            }
+        let (parent, key, eliminated) = match process.candidates(u) {
+            Found::One(stream) => (stream.parent.clone(), stream.key, false),
             Found::None => return Decided::None,
             Found::Unknown => {
                 self.stats.refused_unknown += 1;
                 return Decided::Unknown;
             }
-            Found::Several(_) => return Decided::Several,
+            Found::Several(several) => {
+                let own: Vec<SpanKey> = several.iter().map(|s| s.key).collect();
+                if own.iter().any(|k| process.oversubscribed.contains(k)) {
+                    return Decided::Several;
+                }
+                let reserved = match process.served_by_others(u, own, others, gone) {
+                    Ok(reserved) => reserved,
+                    Err(streams) => {
+                        if let Some(process) = self.processes.get_mut(&u.pid) {
+                            process.oversubscribed.extend(streams);
+                            let excess = process.oversubscribed.len().saturating_sub(MAX_PEERS);
+                            process.oversubscribed.drain(..excess);
+                        }
+                        return Decided::Several;
+                    }
+                };
+                if reserved.iter().any(|k| process.oversubscribed.contains(k)) {
+                    return Decided::Several;
+                }
+                let mut left = several.into_iter().filter(|s| !reserved.contains(&s.key));
+                match (left.next(), left.next()) {
+                    (Some(one), None) => (one.parent.clone(), one.key, true),
+                    // Every candidate is another's: the rule's premises do not hold here.
+                    (None, _) => return Decided::None,
+                    _ => return Decided::Several,
+                }
+            }
         };
-        if let Some(key) = claim {
+        if eliminated {
+            self.stats.decided_by_elimination += 1;
+        }
+        if u.alone.as_ref().is_none_or(|s| s.key != key) {
             self.claim(u.pid, key, u.tid);
         }
         Decided::Parent(parent)
@@ -781,21 +879,27 @@ impl<P: Clone> Workers<P> {
     /// Decides again the requests left with several candidates, now that other workers may
     /// have claimed some; those undecided `UNDECIDED_NS` after their worker's answer get none.
     fn retry_undecided(&mut self, now: u64, flush: bool, out: &mut Vec<(SpanKey, Option<P>)>) {
-        let mut left = VecDeque::with_capacity(self.undecided.len());
-        while let Some(u) = self.undecided.pop_front() {
-            match self.decide(&u) {
+        let waiting: Vec<Undecided<P>> = std::mem::take(&mut self.undecided).into();
+        let mut gone = vec![false; waiting.len()];
+        for (i, u) in waiting.iter().enumerate() {
+            gone[i] = true;
+            match self.decide(u, &waiting, &gone) {
                 Decided::Parent(parent) => out.push((u.key, Some(parent))),
                 Decided::Several if !flush && u.at.saturating_add(UNDECIDED_NS) > now => {
-                    left.push_back(u);
+                    gone[i] = false;
                 }
-                Decided::Several => self.refuse_several(&u, out),
+                Decided::Several => self.refuse_several(u, out),
                 Decided::Unknown | Decided::None => {
                     self.stats.refused += 1;
                     out.push((u.key, None));
                 }
             }
         }
-        self.undecided = left;
+        self.undecided = waiting
+            .into_iter()
+            .zip(gone)
+            .filter_map(|(u, gone)| (!gone).then_some(u))
+            .collect();
     }
 
     /// A SERVER span of a multiplexed connection in `pid` ended at `at`: if no write carried

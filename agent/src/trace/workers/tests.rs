@@ -348,3 +348,70 @@ fn forgotten_answers_rule_out_what_began_before_them() {
     assert_eq!(found(&p, (UNPLACED_NS, UNPLACED_NS * 3)), "one");
     assert_eq!(found(&p, (UNPLACED_NS * 2 + 1, UNPLACED_NS * 3)), "none");
 }
+
+#[test]
+fn streams_other_workers_must_have_served_are_set_aside() {
+    const MS: u64 = 1_000_000;
+    let mut w = workers();
+    let done = |_| Call::Ended(0);
+    // Three workers call; the I/O thread flushes 9, 11 and 13 (all begun before) in one
+    // write. Workers 200 and 300 then answer streams begun after their calls: each served 9,
+    // 11 or 13. Worker 400's call began after 9's answer... no: 400 calls before 13 began.
+    w.wait(7, 200, C1, 10 * MS);
+    w.wait(7, 300, C2, 11 * MS);
+    let c3: SpanKey = (2, 30);
+    w.wait(7, 400, c3, 12 * MS);
+    let several = Written::Several {
+        streams: vec![
+            stream(9, 5 * MS),
+            stream(11, 6 * MS),
+            stream(13, 11 * MS + MS / 2),
+        ],
+        unknown: false,
+    };
+    w.answer(7, 100, 20 * MS, several);
+    // 13 began after 200's and 300's calls: their candidates are 9 and 11 only.
+    w.answer(7, 200, 21 * MS, alone(15, 19 * MS));
+    w.answer(7, 300, 22 * MS, alone(17, 19 * MS));
+    assert_eq!(w.settle(30 * MS, false, done), vec![], "9 or 11, twice");
+    // 400 may have served 9, 11 or 13; 9 and 11 are 200's and 300's between them.
+    w.answer(7, 400, 23 * MS, alone(19, 19 * MS));
+    assert_eq!(w.settle(31 * MS, false, done), vec![(c3, Some(13))]);
+    assert_eq!(w.stats.decided_by_elimination, 1);
+    // 200 and 300 stay undecided, then get links to both.
+    let refused = w.settle(22 * MS + UNDECIDED_NS + 1, false, done);
+    assert_eq!(refused, vec![(C1, None), (C2, None)]);
+    assert_eq!(w.take_one_of(), vec![(C1, vec![9, 11]), (C2, vec![9, 11])]);
+}
+
+#[test]
+fn more_workers_than_streams_set_nothing_aside() {
+    const MS: u64 = 1_000_000;
+    let mut w = workers();
+    let done = |_| Call::Ended(0);
+    let (c3, c4): (SpanKey, SpanKey) = ((2, 30), (2, 40));
+    // Three workers point at 9 and 11 only (one of them served a stream the agent did not
+    // place): nothing can be set aside, and the fourth, who may have served 9, 11 or 13, is
+    // not decided.
+    w.wait(7, 200, C1, 10 * MS);
+    w.wait(7, 300, C2, 10 * MS);
+    w.wait(7, 400, c3, 10 * MS);
+    w.wait(7, 500, c4, 12 * MS);
+    let several = Written::Several {
+        streams: vec![stream(9, 5 * MS), stream(11, 6 * MS), stream(13, 11 * MS)],
+        unknown: false,
+    };
+    w.answer(7, 100, 20 * MS, several);
+    for (tid, at) in [(200, 21), (300, 22), (400, 23), (500, 24)] {
+        w.answer(7, tid, at * MS, alone(u64::from(tid), 19 * MS));
+    }
+    assert_eq!(w.settle(30 * MS, false, done), vec![]);
+    // Refused one by one at their deadlines: the first refusals do not leave the others a
+    // stream to set aside.
+    let refused = w.settle(24 * MS + UNDECIDED_NS + 1, false, done);
+    assert_eq!(
+        refused,
+        vec![(C1, None), (C2, None), (c3, None), (c4, None)]
+    );
+    assert_eq!(w.stats.decided_by_elimination, 0);
+}
