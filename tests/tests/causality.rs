@@ -437,7 +437,7 @@ fn grpc_chain_from_a_thread_pool_is_whole() {
 /// HTTP front → gRPC model → gRPC feature server: the model's handler runs on grpcio's pool
 /// thread, not the thread that read the call; the worker rule links its call to the feature
 /// server through the stream that thread answers next. No wrong parent, and most trees whole
-/// (release builds: 88.6–100 %, mean 95.7 % over 20 runs of 20 sequential + 5 × 10
+/// (release builds: 88.6–100 %, mean 96.6 % over 20 runs of 20 sequential + 5 × 10
 /// concurrent requests, `docs/causality.md`; a debug build in a CI run under load: 77.5 %);
 /// the rest where grpc-core's I/O thread wrote several workers' answers, leaving two
 /// candidates (span links, no parent). Asserted with a margin for slower machines: the worker

@@ -25,12 +25,15 @@ pub struct DiscoveredSocket {
 }
 
 impl DiscoveredSocket {
-    /// Whether the process still holds this socket at the same fd (procfs; `false` once the
-    /// process, the fd or the socket is gone).
+    /// Whether the process may still hold this socket at the same fd (procfs: `false` once
+    /// the process or the fd is gone, or the fd names another file; `true` when procfs cannot
+    /// tell).
     #[must_use]
     pub fn still_open(&self) -> bool {
-        std::fs::read_link(format!("/proc/{}/fd/{}", self.pid, self.fd))
-            .is_ok_and(|target| target.as_os_str() == format!("socket:[{}]", self.inode).as_str())
+        match std::fs::read_link(format!("/proc/{}/fd/{}", self.pid, self.fd)) {
+            Ok(target) => target.as_os_str() == format!("socket:[{}]", self.inode).as_str(),
+            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        }
     }
 }
 

@@ -253,7 +253,12 @@ impl Conntrack {
         let h = &event.header;
         let mut role = Role::from_u32(event.role);
         let mut role_source = RoleSource::Syscall;
-        let preexisting = self.preexisting.remove(&(h.pid, h.fd));
+        // A socket the kernel saw accepted or connected is new: a start-up socket that had its
+        // fd number closed since.
+        let preexisting = self
+            .preexisting
+            .remove(&(h.pid, h.fd))
+            .filter(|_| role == Role::Unknown);
         if let Some(found) = &preexisting {
             let (local, remote) = tuple_addrs(&event.tuple);
             if !same_endpoint(found.local, local) || !same_endpoint(found.remote, remote) {

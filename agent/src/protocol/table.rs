@@ -447,9 +447,9 @@ mod tests {
     }
 
     /// A grpcio server writes its SETTINGS before it reads the client's preface. Seen open,
-    /// the connection is parsed from its start: the preface and the first stream are placed,
-    /// so the worker rule knows no stream began unseen. Joined midway, the same bytes may
-    /// follow anything.
+    /// the framing found at each direction's first byte follows nothing unseen: the server's
+    /// SETTINGS, then the preface and the first stream, are placed, so the worker rule knows no
+    /// stream began unseen. Joined midway, the same bytes may follow anything.
     #[test]
     fn an_http2_server_that_speaks_first_is_parsed_from_the_start_when_seen_open() {
         fn server(egress: bool, payload: &[u8]) -> Chunk<'_> {
@@ -511,6 +511,36 @@ mod tests {
                 "stream 1 begins either way"
             );
         }
+        // Seen open, but the client's first bytes the agent has are a frame, not the preface:
+        // something came before them (a record lost). Parsed on, not taken as the start.
+        let mut table = ProtocolTable::default();
+        table.open(7, true);
+        let mut out = Vec::new();
+        let _ = table.feed(
+            7,
+            &server(true, &settings),
+            Position::Unknown,
+            1,
+            1,
+            &mut out,
+        );
+        let read = table.feed(
+            7,
+            &server(false, &headers(3)),
+            Position::Unknown,
+            2,
+            2,
+            &mut out,
+        );
+        assert_eq!(
+            read,
+            Fed::Parsed {
+                server: true,
+                thread_causality: false,
+                in_order: false,
+                io: StreamIo::Read { placed: false },
+            }
+        );
     }
 
     /// Request keys of one end of an HTTP/1 connection: `(egress, bytes, position)` chunks.

@@ -542,7 +542,7 @@ impl EventSink for TraceSink<'_> {
                 self.events.clear();
                 if conn.role == agent_common::Role::Server {
                     self.tracer
-                        .stream_may_be_unknown(conn.process.pid, event.moved_ns);
+                        .conn_hides_streams(conn.process.pid, conn.conn_id, event.moved_ns);
                 }
                 if let Some(kernel) = &mut self.kernel_conns
                     && kernel.mark_opaque(event.header.pid, event.header.fd, conn.conn_id)
@@ -553,7 +553,7 @@ impl EventSink for TraceSink<'_> {
             Fed::Skipped if conn.role == agent_common::Role::Server => {
                 // Served, and not parsed (TLS the agent cannot read, another protocol).
                 self.tracer
-                    .stream_may_be_unknown(conn.process.pid, event.moved_ns);
+                    .conn_hides_streams(conn.process.pid, conn.conn_id, event.moved_ns);
             }
             Fed::Skipped => {}
         }
@@ -567,6 +567,7 @@ impl EventSink for TraceSink<'_> {
 
     fn on_close(&mut self, event: &ConnEvent) {
         self.tracer.forget_edge(event.header.conn_id);
+        self.tracer.conn_closed_for_workers(event.header.conn_id);
         self.tracer.forget_inband_conn(event.header.conn_id);
         self.inband_tls.remove(&event.header.conn_id);
         self.budget_forget(event.header.conn_id, monotonic_ns());

@@ -177,6 +177,9 @@ pub struct Http2Connection {
     /// Known to be HTTP/2: the preface was seen, or a header block decoded to pseudo-headers.
     confirmed: bool,
     failed: bool,
+    /// The agent saw the connection open and this parser took it from its first chunk: the
+    /// framing found at either direction's first byte followed nothing unseen.
+    seen_from_start: bool,
     /// The streams the last response-side syscall carried frames of.
     answered: Answered,
     pub stats: Http2Stats,
@@ -201,15 +204,6 @@ impl Http2Connection {
         )
     }
 
-    /// The connection's first frames as [`Http2Connection::from_start`]: the request side
-    /// begins with the preface, each side with an empty table (a server that writes its
-    /// SETTINGS before reading the client's preface shows its first bytes first).
-    fn start_clean(&mut self) {
-        let fresh = Self::from_start();
-        self.request = fresh.request;
-        self.response = fresh.response;
-    }
-
     /// A connection first seen in the middle: both directions look for a frame at the start of
     /// a syscall's bytes, and their tables start unknown.
     #[must_use]
@@ -230,6 +224,7 @@ impl Http2Connection {
             highest_stream: 0,
             confirmed,
             failed: false,
+            seen_from_start: false,
             answered: Answered::default(),
             stats: Http2Stats::default(),
         }
@@ -663,16 +658,25 @@ impl ConnectionParser for Http2Connection {
             return;
         }
         self.answered = Answered::default();
+        let seen_from_start = self.seen_from_start;
         let (framer, mut handler) = self.split(side, out);
         let (desyncs, resyncs) = (framer.stats.desyncs, framer.stats.resyncs);
+        let first_byte = framer.offset() == 0;
         framer.feed(data, total, ts, tid, &mut handler);
+        // A connection joined midway looks for its framing at a syscall's start. Found at the
+        // first byte of a connection seen open (a server that wrote its SETTINGS before it
+        // read the client's preface), nothing came before it.
+        // (The client's side must begin with the preface, else something came before it.)
+        let starts_clean = seen_from_start
+            && first_byte
+            && (side == Side::Response
+                || data.starts_with(&PREFACE[..PREFACE.len().min(data.len())]));
+        let resynced = framer.stats.resyncs != resyncs && !starts_clean;
         if side == Side::Response {
             // The syscall ended inside a frame: its bytes are that frame's too. Lost, or found
             // again at this syscall (a payload can pass for a frame header), or mid-header:
             // anyone's.
-            let lost = framer.is_lost()
-                || framer.stats.desyncs != desyncs
-                || framer.stats.resyncs != resyncs;
+            let lost = framer.is_lost() || framer.stats.desyncs != desyncs || resynced;
             match framer.in_progress() {
                 _ if lost => self.answered.unplaceable(),
                 InProgress::Frame(header) if carries_stream(header) => {
@@ -681,17 +685,14 @@ impl ConnectionParser for Http2Connection {
                 InProgress::Header => self.answered.unplaceable(),
                 InProgress::Frame(_) | InProgress::Boundary => {}
             }
-        } else if framer.is_lost()
-            || framer.stats.desyncs != desyncs
-            || framer.stats.resyncs != resyncs
-        {
+        } else if framer.is_lost() || framer.stats.desyncs != desyncs || resynced {
             // A request's bytes lost or found again: a stream may have begun unseen.
             self.answered.unplaceable();
         }
     }
 
     fn at_connection_start(&mut self) {
-        self.start_clean();
+        self.seen_from_start = true;
     }
 
     fn close(&mut self, at: Stamp, out: &mut Vec<ProtoEvent>) {

@@ -121,6 +121,18 @@ impl Tracer {
         self.workers.incomplete(pid, ts);
     }
 
+    /// Server connection `conn_id` of `pid` carries streams the agent cannot read (given up,
+    /// or not parsed): the worker rule cannot know every stream of `pid` while it lives.
+    pub fn conn_hides_streams(&mut self, pid: u32, conn_id: u64, ts: u64) {
+        self.workers.incomplete(pid, ts);
+        self.workers.hides_streams(pid, conn_id, ts);
+    }
+
+    /// Connection `conn_id` closed: it hides no stream any more.
+    pub fn conn_closed_for_workers(&mut self, conn_id: u64) {
+        self.workers.conn_closed(conn_id);
+    }
+
     /// Every process with a connection the agent did not see open was reported
     /// ([`Tracer::stream_may_be_unknown`]): the worker rule may judge the others by ends.
     pub fn unseen_openings_swept(&mut self, now: u64) {

@@ -42,7 +42,10 @@
 //! own stream is then among the answers seen, and the candidates are the same as above, the
 //! window ending at that time. Only in a process where every stream is known to the agent.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::{
+    cell::Cell,
+    collections::{HashMap, HashSet, VecDeque},
+};
 
 use super::linker::SpanKey;
 use super::open_streams::{INCOMPLETE_NS, OpenStreams};
@@ -68,9 +71,13 @@ pub const SETTLE_NS: u64 = 2_000_000;
 const UNDECIDED_NS: u64 = 200_000_000;
 /// Requests waiting so, at most (more are refused at once).
 const MAX_UNDECIDED: usize = 4096;
-/// Other workers' handlers looked at when setting aside the streams they must have served:
-/// the decision stays cheap however many wait.
-const MAX_PEERS: usize = 64;
+/// Other workers looked at (one handler each) when setting aside the streams they must have
+/// served, and candidate sets larger than `MAX_SET` left out: the decision stays cheap however
+/// many wait.
+const MAX_PEERS: usize = 32;
+const MAX_SET: usize = 8;
+/// Streams remembered per process as pointed at by more handlers than there were streams.
+const MAX_OVERSUBSCRIBED: usize = 64;
 /// How long an unplaced answer is remembered.
 const UNPLACED_NS: u64 = 30_000_000_000;
 /// Threads, processes and answered streams remembered; past this everything is forgotten and
@@ -144,8 +151,11 @@ struct Process<P> {
     answers_during_calls: bool,
     /// Streams more handlers pointed at than there were streams (a worker served one the
     /// agent did not place): never set aside as others', never the one left (oldest dropped
-    /// past `MAX_PEERS`).
+    /// past `MAX_OVERSUBSCRIBED`).
     oversubscribed: VecDeque<SpanKey>,
+    /// Bumped when a stream is claimed or a request starts waiting for claims: an undecided
+    /// request is looked at again only then (or at its deadline).
+    epoch: u64,
 }
 
 impl<P> Default for Process<P> {
@@ -155,6 +165,7 @@ impl<P> Default for Process<P> {
             forgotten_until: 0,
             answers_during_calls: false,
             oversubscribed: VecDeque::new(),
+            epoch: 0,
         }
     }
 }
@@ -260,47 +271,56 @@ impl<P> Process<P> {
         found
     }
 
-    /// The streams other workers' handlers must have served, by their candidates alone: when
-    /// the candidates of k handlers (requests of other windows or threads than `u`'s, among
-    /// `others` not marked `gone`) all lie within k streams, those k streams are theirs, a
-    /// stream having one worker and a worker serving one stream at a time. `Err` with the
-    /// streams when more handlers (`u`'s, of candidates `own`, among them) point at fewer
-    /// streams: the rule's premises do not hold there.
+    /// The streams other workers must have served, by their candidates alone: when the
+    /// candidates of k other workers' handlers (requests of other threads than `u`'s, among
+    /// `others` not marked `gone`, one per thread) all lie within k streams, those k streams
+    /// are theirs, a stream having one worker and a worker serving one stream at a time. Only
+    /// where every stream is known (the process complete after `complete_after`): a worker
+    /// serving a stream the agent never saw would break the premise that its stream is among
+    /// its candidates.
     fn served_by_others(
         &self,
         u: &Undecided<P>,
         own: Vec<SpanKey>,
-        others: &[Undecided<P>],
-        gone: &[bool],
-    ) -> Result<Vec<SpanKey>, Vec<SpanKey>> {
-        let mut handlers: Vec<((u32, u64), Vec<SpanKey>)> = vec![((u.tid, u.at), own)];
-        let live = others
+        (others, gone): (&[Undecided<P>], &[bool]),
+        complete_after: u64,
+    ) -> Aside {
+        if own.len() > MAX_SET || u.ts <= complete_after {
+            return Aside::Unsure;
+        }
+        let mut handlers: Vec<(u32, Vec<SpanKey>)> = vec![(u.tid, own)];
+        let peers = others
             .iter()
-            .enumerate()
-            .filter(|&(i, o)| !gone.get(i).copied().unwrap_or(false) && o.pid == u.pid)
-            .map(|(_, o)| o);
-        for o in live {
-            let handler = (o.tid, o.at);
-            if handlers.iter().any(|(h, _)| *h == handler) {
-                continue;
-            }
+            .zip(gone.iter().copied().chain(std::iter::repeat(false)))
+            .filter(|(o, gone)| !gone && o.pid == u.pid && o.tid != u.tid)
+            .map(|(o, _)| o);
+        for o in peers {
             if handlers.len() > MAX_PEERS {
                 break;
             }
+            // One handler per thread: two of the same thread might be one handler split
+            // across windows, counted twice.
+            if o.ts <= complete_after || handlers.iter().any(|(tid, _)| *tid == o.tid) {
+                continue;
+            }
             let keys = match self.candidates(o) {
                 Found::One(stream) => vec![stream.key],
-                Found::Several(several) => several.iter().map(|s| s.key).collect(),
-                Found::None | Found::Unknown => continue,
+                Found::Several(several) if several.len() <= MAX_SET => {
+                    several.iter().map(|s| s.key).collect()
+                }
+                Found::Several(_) => continue,
+                // A handler with no candidate left (or unknown ones) nearby: the premise
+                // failed somewhere here.
+                Found::None | Found::Unknown => return Aside::Unsure,
             };
-            handlers.push((handler, keys));
+            handlers.push((o.tid, keys));
         }
         let mut reserved: Vec<SpanKey> = Vec::new();
         for (i, (_, set)) in handlers.iter().enumerate() {
-            let inside =
-                |(_, other): &&((u32, u64), Vec<SpanKey>)| other.iter().all(|k| set.contains(k));
+            let inside = |(_, other): &&(u32, Vec<SpanKey>)| other.iter().all(|k| set.contains(k));
             let within = handlers.iter().filter(inside).count();
             if within > set.len() {
-                return Err(set.clone());
+                return Aside::Broken(set.clone());
             }
             // A group holding `u` says nothing of the others.
             let holds_u = i == 0 || inside(&&handlers[0]);
@@ -312,8 +332,19 @@ impl<P> Process<P> {
                 }
             }
         }
-        Ok(reserved)
+        Aside::Reserved(reserved)
     }
+}
+
+/// What other workers' candidates say of a request's ([`Process::served_by_others`]).
+enum Aside {
+    /// These streams are other workers'.
+    Reserved(Vec<SpanKey>),
+    /// Nothing can be said (candidates too many, a process that may hide a stream, a
+    /// handler whose premise failed).
+    Unsure,
+    /// More handlers than streams point at these streams: the rule's premise does not hold.
+    Broken(Vec<SpanKey>),
 }
 
 /// A worker's write: the stream it answered alone, or the streams of a write carrying several
@@ -350,6 +381,8 @@ struct Undecided<P> {
     at: u64,
     alone: Option<Stream<P>>,
     busy: Vec<(u64, u64)>,
+    /// Its process's `epoch` when it was last decided.
+    epoch: Cell<u64>,
 }
 
 /// What a request's candidates came to.
@@ -404,6 +437,11 @@ pub struct Workers<P> {
     incomplete: FastMap<u32, u64>,
     /// … and every process (events lost, or too many processes to tell apart).
     incomplete_all_until: u64,
+    /// Server connections of followed processes whose streams the agent cannot read (given
+    /// up, or not parsed: TLS it cannot read, another protocol), and how many each process
+    /// has: while one lives, its process may hide a stream.
+    hiding: FastMap<u64, u32>,
+    hiding_per_process: FastMap<u32, u32>,
     pub stats: WorkerStats,
 }
 
@@ -424,6 +462,8 @@ impl<P> Default for Workers<P> {
             swept: false,
             incomplete: FastMap::default(),
             incomplete_all_until: 0,
+            hiding: FastMap::default(),
+            hiding_per_process: FastMap::default(),
             stats: WorkerStats::default(),
         }
     }
@@ -449,6 +489,38 @@ impl<P: Clone> Workers<P> {
             self.waiting.retain(|&(p, _), _| p != pid);
             self.pending.retain(|a| a.pid != pid);
             self.undecided.retain(|u| u.pid != pid);
+            self.hiding.retain(|_, p| *p != pid);
+            self.hiding_per_process.remove(&pid);
+        }
+    }
+
+    /// Server connection `conn_id` of `pid` carries streams the agent cannot read: until it
+    /// closes, `pid` may have a stream the agent does not know.
+    pub fn hides_streams(&mut self, pid: u32, conn_id: u64, now: u64) {
+        if !self.allowed.contains(&pid) || self.hiding.contains_key(&conn_id) {
+            return;
+        }
+        if self.hiding.len() >= MAX_TABLE {
+            // Too many to follow one by one (closes missed): every process, for a while.
+            self.hiding.clear();
+            self.hiding_per_process.clear();
+            self.incomplete_all_until = self
+                .incomplete_all_until
+                .max(now.saturating_add(INCOMPLETE_NS));
+        }
+        self.hiding.insert(conn_id, pid);
+        *self.hiding_per_process.entry(pid).or_default() += 1;
+    }
+
+    /// Connection `conn_id` closed.
+    pub fn conn_closed(&mut self, conn_id: u64) {
+        if let Some(pid) = self.hiding.remove(&conn_id)
+            && let Some(count) = self.hiding_per_process.get_mut(&pid)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.hiding_per_process.remove(&pid);
+            }
         }
     }
 
@@ -491,6 +563,9 @@ impl<P: Clone> Workers<P> {
 
     /// Until when (event time) `pid` may have a stream the agent does not know.
     fn incomplete_until(&self, pid: u32) -> u64 {
+        if self.hiding_per_process.contains_key(&pid) {
+            return u64::MAX;
+        }
         self.incomplete
             .get(&pid)
             .copied()
@@ -725,6 +800,7 @@ impl<P: Clone> Workers<P> {
                 at,
                 alone: alone.clone().filter(|s| s.began <= ts),
                 busy: busy_for(&busy, ts),
+                epoch: Cell::new(0),
             };
             self.decide_or_wait(undecided, out);
         }
@@ -733,12 +809,16 @@ impl<P: Clone> Workers<P> {
     /// Decides `u` now, or leaves it for other workers' claims (several candidates).
     fn decide_or_wait(&mut self, u: Undecided<P>, out: &mut Vec<(SpanKey, Option<P>)>) {
         let others: Vec<Undecided<P>> = std::mem::take(&mut self.undecided).into();
-        let decided = self.decide(&u, &others, &[]);
+        let decided = self.decide(&u, (&others, &[]));
         self.undecided = others.into();
         match decided {
             Decided::Parent(parent) => out.push((u.key, Some(parent))),
             // Another worker may yet be found to have served one of them.
             Decided::Several if self.undecided.len() < MAX_UNDECIDED => {
+                // A new handler among the undecided: the others may be decided by it.
+                if let Some(process) = self.processes.get_mut(&u.pid) {
+                    process.epoch += 1;
+                }
                 self.undecided.push_back(u);
             }
             Decided::Several => self.refuse_several(&u, out),
@@ -793,6 +873,7 @@ impl<P: Clone> Workers<P> {
                     at: horizon,
                     alone: None,
                     busy: busy_for(&busy, ts),
+                    epoch: Cell::new(0),
                 };
                 self.decide_or_wait(undecided, out);
             }
@@ -825,7 +906,14 @@ impl<P: Clone> Workers<P> {
 
     /// What the candidates of `u` come to now; a parent found is claimed for its worker.
     /// `others` are the other requests still undecided (those marked in `gone` are not).
-    fn decide(&mut self, u: &Undecided<P>, others: &[Undecided<P>], gone: &[bool]) -> Decided<P> {
+    fn decide(&mut self, u: &Undecided<P>, others: (&[Undecided<P>], &[bool])) -> Decided<P> {
+        u.epoch
+            .set(self.processes.get(&u.pid).map_or(0, |p| p.epoch));
+        let complete_after = if self.swept {
+            self.incomplete_until(u.pid)
+        } else {
+            u64::MAX
+        };
         let Some(process) = self.processes.get(&u.pid) else {
             return match &u.alone {
                 Some(stream) => Decided::Parent(stream.parent.clone()),
@@ -844,18 +932,27 @@ impl<P: Clone> Workers<P> {
                 if own.iter().any(|k| process.oversubscribed.contains(k)) {
                     return Decided::Several;
                 }
-                let reserved = match process.served_by_others(u, own, others, gone) {
-                    Ok(reserved) => reserved,
-                    Err(streams) => {
+                let reserved = match process.served_by_others(u, own, others, complete_after) {
+                    Aside::Reserved(reserved) => reserved,
+                    Aside::Unsure => return Decided::Several,
+                    Aside::Broken(streams) => {
                         if let Some(process) = self.processes.get_mut(&u.pid) {
                             process.oversubscribed.extend(streams);
-                            let excess = process.oversubscribed.len().saturating_sub(MAX_PEERS);
+                            let excess = process
+                                .oversubscribed
+                                .len()
+                                .saturating_sub(MAX_OVERSUBSCRIBED);
                             process.oversubscribed.drain(..excess);
                         }
                         return Decided::Several;
                     }
                 };
-                if reserved.iter().any(|k| process.oversubscribed.contains(k)) {
+                let shaky = |k: &SpanKey| {
+                    process.oversubscribed.contains(k)
+                        || u.alone.as_ref().is_some_and(|s| s.key == *k)
+                };
+                // The worker's own write is the strongest evidence: never set aside.
+                if reserved.iter().any(shaky) {
                     return Decided::Several;
                 }
                 let mut left = several.into_iter().filter(|s| !reserved.contains(&s.key));
@@ -882,8 +979,14 @@ impl<P: Clone> Workers<P> {
         let waiting: Vec<Undecided<P>> = std::mem::take(&mut self.undecided).into();
         let mut gone = vec![false; waiting.len()];
         for (i, u) in waiting.iter().enumerate() {
+            let due = flush || u.at.saturating_add(UNDECIDED_NS) <= now;
+            let epoch = self.processes.get(&u.pid).map_or(0, |p| p.epoch);
+            if !due && u.epoch.get() == epoch {
+                // Nothing claimed, and no handler began waiting, since it was looked at.
+                continue;
+            }
             gone[i] = true;
-            match self.decide(u, &waiting, &gone) {
+            match self.decide(u, (&waiting, &gone)) {
                 Decided::Parent(parent) => out.push((u.key, Some(parent))),
                 Decided::Several if !flush && u.at.saturating_add(UNDECIDED_NS) > now => {
                     gone[i] = false;
@@ -917,6 +1020,7 @@ impl<P: Clone> Workers<P> {
     /// Stream `key` of `pid`, answered naming no worker, was found to be worker `tid`'s.
     fn claim(&mut self, pid: u32, key: SpanKey, tid: u32) {
         if let Some(process) = self.processes.get_mut(&pid) {
+            process.epoch += 1;
             for u in &mut process.unplaced {
                 if u.stream.as_ref().is_some_and(|s| s.key == key) {
                     u.claimed_by = Some(tid);

@@ -349,18 +349,16 @@ fn forgotten_answers_rule_out_what_began_before_them() {
     assert_eq!(found(&p, (UNPLACED_NS * 2 + 1, UNPLACED_NS * 3)), "none");
 }
 
-#[test]
-fn streams_other_workers_must_have_served_are_set_aside() {
+/// Three workers call (C1, C2, C3); the I/O thread then writes 9, 11 and 13 in one write;
+/// each worker then answers a stream begun after its call. 13 began after 200's and 300's
+/// calls: they served 9 or 11 between them, so 400, who may have served any of the three,
+/// served 13. Returns what was settled once all three answered.
+fn three_workers_and_one_flush(w: &mut Workers<u64>) -> Vec<(SpanKey, Option<u64>)> {
     const MS: u64 = 1_000_000;
-    let mut w = workers();
     let done = |_| Call::Ended(0);
-    // Three workers call; the I/O thread flushes 9, 11 and 13 (all begun before) in one
-    // write. Workers 200 and 300 then answer streams begun after their calls: each served 9,
-    // 11 or 13. Worker 400's call began after 9's answer... no: 400 calls before 13 began.
     w.wait(7, 200, C1, 10 * MS);
     w.wait(7, 300, C2, 11 * MS);
-    let c3: SpanKey = (2, 30);
-    w.wait(7, 400, c3, 12 * MS);
+    w.wait(7, 400, C3, 12 * MS);
     let several = Written::Several {
         streams: vec![
             stream(9, 5 * MS),
@@ -370,18 +368,107 @@ fn streams_other_workers_must_have_served_are_set_aside() {
         unknown: false,
     };
     w.answer(7, 100, 20 * MS, several);
-    // 13 began after 200's and 300's calls: their candidates are 9 and 11 only.
     w.answer(7, 200, 21 * MS, alone(15, 19 * MS));
     w.answer(7, 300, 22 * MS, alone(17, 19 * MS));
     assert_eq!(w.settle(30 * MS, false, done), vec![], "9 or 11, twice");
-    // 400 may have served 9, 11 or 13; 9 and 11 are 200's and 300's between them.
     w.answer(7, 400, 23 * MS, alone(19, 19 * MS));
-    assert_eq!(w.settle(31 * MS, false, done), vec![(c3, Some(13))]);
+    w.settle(31 * MS, false, done)
+}
+
+const C3: SpanKey = (2, 30);
+
+#[test]
+fn streams_other_workers_must_have_served_are_set_aside() {
+    const MS: u64 = 1_000_000;
+    let mut w = workers();
+    assert_eq!(three_workers_and_one_flush(&mut w), vec![(C3, Some(13))]);
     assert_eq!(w.stats.decided_by_elimination, 1);
     // 200 and 300 stay undecided, then get links to both.
-    let refused = w.settle(22 * MS + UNDECIDED_NS + 1, false, done);
+    let refused = w.settle(22 * MS + UNDECIDED_NS + 1, false, |_| Call::Ended(0));
     assert_eq!(refused, vec![(C1, None), (C2, None)]);
     assert_eq!(w.take_one_of(), vec![(C1, vec![9, 11]), (C2, vec![9, 11])]);
+}
+
+#[test]
+fn nothing_is_set_aside_in_a_process_that_may_hide_a_stream() {
+    let mut w = workers();
+    // A stream the agent never saw may be what 200 or 300 served.
+    w.incomplete(7, 0);
+    assert_eq!(three_workers_and_one_flush(&mut w), vec![]);
+    assert_eq!(w.stats.decided_by_elimination, 0);
+}
+
+/// Worker 200 serves 1 and calls twice (C1, then C2 at 14 ms); worker 300 serves 3 and calls
+/// once. The I/O thread answers 1 and 3 together; 5, begun at 13 ms, is served by a worker that
+/// makes no call and answered later. Decided by ends, 200's first call is judged before 5 ends,
+/// its second after: the two are one handler, not two that would take 1 and 3 and leave C2
+/// with 5.
+#[test]
+fn one_workers_calls_judged_at_two_times_are_one_handler() {
+    const MS: u64 = 1_000_000;
+    const T: u64 = 100 * MS;
+    let mut w = workers();
+    let ends = move |key: SpanKey| {
+        Call::Ended(match key {
+            C1 => T + 12 * MS,
+            C2 => T + 16 * MS,
+            _ => T + 13 * MS,
+        })
+    };
+    w.began(7, (1, 1), T);
+    w.began(7, (1, 3), T + MS);
+    w.wait(7, 200, C1, T + 10 * MS);
+    w.wait(7, 300, C3, T + 11 * MS);
+    w.began(7, (1, 5), T + 13 * MS);
+    w.wait(7, 200, C2, T + 14 * MS);
+    let several = Written::Several {
+        streams: vec![stream(1, T), stream(3, T + MS)],
+        unknown: false,
+    };
+    w.answer(7, 100, T + 20 * MS, several);
+    w.ended(7, stream(1, T), T + 20 * MS);
+    w.ended(7, stream(3, T + MS), T + 20 * MS);
+    assert_eq!(w.settle_ended(T + 25 * MS + SETTLE_NS, ends), vec![]);
+    w.answer(7, 100, T + 30 * MS, alone(5, T + 13 * MS));
+    w.ended(7, stream(5, T + 13 * MS), T + 30 * MS);
+    let settled = w.settle_ended(T + 30 * MS + SETTLE_NS, ends);
+    assert_eq!(settled, vec![], "C2: 1, 3 or 5");
+    assert_eq!(w.stats.decided_by_ends, 3);
+    assert_eq!(w.stats.decided_by_elimination, 0);
+}
+
+/// Three workers point at 9 and 11 only: more handlers than streams, the premise failed
+/// there. Long after, two more workers point at 9 and 11 again and a third at 9, 11 or 13:
+/// 9 and 11 are never set aside, even with the first three gone.
+#[test]
+fn streams_more_handlers_pointed_at_are_never_set_aside() {
+    const MS: u64 = 1_000_000;
+    let mut w = workers();
+    let done = |_| Call::Ended(0);
+    let keys: Vec<SpanKey> = (1..=6).map(|i| (2, i * 10)).collect();
+    for (i, tid) in [200, 300, 400].into_iter().enumerate() {
+        w.wait(7, tid, keys[i], 10 * MS);
+    }
+    w.wait(7, 600, keys[3], 10 * MS + MS / 2);
+    w.wait(7, 700, keys[4], 10 * MS + MS / 2);
+    w.wait(7, 500, keys[5], 12 * MS);
+    let several = Written::Several {
+        streams: vec![stream(9, 5 * MS), stream(11, 6 * MS)],
+        unknown: false,
+    };
+    w.answer(7, 100, 20 * MS, several);
+    w.answer(7, 100, 30 * MS, alone(13, 11 * MS));
+    for (tid, at) in [(200, 21), (300, 22), (400, 23)] {
+        w.answer(7, tid, at * MS, alone(u64::from(tid), 19 * MS));
+    }
+    assert_eq!(w.settle(40 * MS, false, done), vec![]);
+    let refused = w.settle(23 * MS + UNDECIDED_NS + 1, false, done);
+    assert_eq!(refused.len(), 3, "the first three refused");
+    for (tid, at) in [(600, 300), (700, 301), (500, 302)] {
+        w.answer(7, tid, at * MS, alone(u64::from(tid), 299 * MS));
+    }
+    assert_eq!(w.settle(310 * MS, false, done), vec![]);
+    assert_eq!(w.stats.decided_by_elimination, 0);
 }
 
 #[test]
@@ -389,7 +476,7 @@ fn more_workers_than_streams_set_nothing_aside() {
     const MS: u64 = 1_000_000;
     let mut w = workers();
     let done = |_| Call::Ended(0);
-    let (c3, c4): (SpanKey, SpanKey) = ((2, 30), (2, 40));
+    let (c3, c4): (SpanKey, SpanKey) = (C3, (2, 40));
     // Three workers point at 9 and 11 only (one of them served a stream the agent did not
     // place): nothing can be set aside, and the fourth, who may have served 9, 11 or 13, is
     // not decided.
@@ -414,4 +501,22 @@ fn more_workers_than_streams_set_nothing_aside() {
         vec![(C1, None), (C2, None), (c3, None), (c4, None)]
     );
     assert_eq!(w.stats.decided_by_elimination, 0);
+}
+
+#[test]
+fn a_connection_whose_streams_cannot_be_read_keeps_its_process_from_being_judged_by_ends() {
+    const MS: u64 = 1_000_000;
+    const T: u64 = 100 * MS;
+    const LATER: u64 = T + INCOMPLETE_NS + 100 * MS;
+    let mut w = workers();
+    let ended = |_| Call::Ended(T + 20 * MS);
+    // A server connection of the process was given up long before; it is still open.
+    w.hides_streams(7, 99, 0);
+    w.began(7, (1, 1), T);
+    w.wait(7, 200, C1, T + 10 * MS);
+    w.answer(7, 100, T + 22 * MS, alone(1, T));
+    w.ended(7, stream(1, T), T + 22 * MS);
+    assert_eq!(w.settle_ended(LATER, ended), vec![], "may hide a stream");
+    w.conn_closed(99);
+    assert_eq!(w.settle_ended(LATER, ended), vec![(C1, Some(1))]);
 }
