@@ -567,7 +567,8 @@ impl EventSink for TraceSink<'_> {
 
     fn on_close(&mut self, event: &ConnEvent) {
         self.tracer.forget_edge(event.header.conn_id);
-        self.tracer.conn_closed_for_workers(event.header.conn_id);
+        self.tracer
+            .conn_closed_for_workers(event.header.conn_id, event.header.ts_ns);
         self.tracer.forget_inband_conn(event.header.conn_id);
         self.inband_tls.remove(&event.header.conn_id);
         self.budget_forget(event.header.conn_id, monotonic_ns());

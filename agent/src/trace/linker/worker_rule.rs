@@ -125,12 +125,12 @@ impl Tracer {
     /// or not parsed): the worker rule cannot know every stream of `pid` while it lives.
     pub fn conn_hides_streams(&mut self, pid: u32, conn_id: u64, ts: u64) {
         self.workers.incomplete(pid, ts);
-        self.workers.hides_streams(pid, conn_id, ts);
+        self.workers.hides_streams(pid, conn_id);
     }
 
-    /// Connection `conn_id` closed: it hides no stream any more.
-    pub fn conn_closed_for_workers(&mut self, conn_id: u64) {
-        self.workers.conn_closed(conn_id);
+    /// Connection `conn_id` closed at `ts`: it hides no stream from then on.
+    pub fn conn_closed_for_workers(&mut self, conn_id: u64, ts: u64) {
+        self.workers.conn_closed(conn_id, ts);
     }
 
     /// Every process with a connection the agent did not see open was reported

@@ -496,27 +496,28 @@ impl<P: Clone> Workers<P> {
 
     /// Server connection `conn_id` of `pid` carries streams the agent cannot read: until it
     /// closes, `pid` may have a stream the agent does not know.
-    pub fn hides_streams(&mut self, pid: u32, conn_id: u64, now: u64) {
+    pub fn hides_streams(&mut self, pid: u32, conn_id: u64) {
         if !self.allowed.contains(&pid) || self.hiding.contains_key(&conn_id) {
             return;
         }
         if self.hiding.len() >= MAX_TABLE {
-            // Too many to follow one by one (closes missed): every process, for a while.
-            self.hiding.clear();
-            self.hiding_per_process.clear();
-            self.incomplete_all_until = self
-                .incomplete_all_until
-                .max(now.saturating_add(INCOMPLETE_NS));
+            // Too many to follow one by one (closes missed): a connection forgotten would
+            // hide its streams unnoticed, so the rule stops instead.
+            self.stop();
+            return;
         }
         self.hiding.insert(conn_id, pid);
         *self.hiding_per_process.entry(pid).or_default() += 1;
     }
 
-    /// Connection `conn_id` closed.
-    pub fn conn_closed(&mut self, conn_id: u64) {
-        if let Some(pid) = self.hiding.remove(&conn_id)
-            && let Some(count) = self.hiding_per_process.get_mut(&pid)
-        {
+    /// Connection `conn_id` closed at `at`: requests begun while it hid streams stay
+    /// undecidable by what is known (its streams ended unseen).
+    pub fn conn_closed(&mut self, conn_id: u64, at: u64) {
+        let Some(pid) = self.hiding.remove(&conn_id) else {
+            return;
+        };
+        self.incomplete(pid, at);
+        if let Some(count) = self.hiding_per_process.get_mut(&pid) {
             *count -= 1;
             if *count == 0 {
                 self.hiding_per_process.remove(&pid);
@@ -536,7 +537,10 @@ impl<P: Clone> Workers<P> {
     /// Processes no longer incomplete at `now` are forgotten.
     pub fn swept(&mut self, now: u64) {
         self.swept = true;
-        self.incomplete.retain(|_, until| *until > now);
+        // A request begun before an `until` is judged by it as long as it may wait (until its
+        // span is exported, well within this).
+        self.incomplete
+            .retain(|_, until| until.saturating_add(INCOMPLETE_NS) > now);
     }
 
     /// Stream `key` of `pid` (which [`Workers::serves`]) began at `ts`.
@@ -620,9 +624,25 @@ impl<P: Clone> Workers<P> {
             return;
         }
         self.io_threads.insert((pid, tid));
-        if let Some(waiting) = self.waiting.remove(&(pid, tid)) {
-            self.stats.refused += waiting.len() as u64;
-        }
+        self.not_a_worker(pid, tid);
+    }
+
+    /// Thread `tid` of `pid` turned out to read or to run several handlers at once: what it
+    /// waited for, or left undecided, gets no parent, and it is no handler to set streams
+    /// aside for.
+    fn not_a_worker(&mut self, pid: u32, tid: u32) {
+        let mut refused = self.waiting.remove(&(pid, tid)).map_or(0, |w| w.len());
+        self.pending.retain(|p| {
+            let theirs = p.pid == pid && p.tid == tid;
+            if theirs {
+                refused += p.waiting.len();
+            }
+            !theirs
+        });
+        let before = self.undecided.len();
+        self.undecided.retain(|u| u.pid != pid || u.tid != tid);
+        refused += before - self.undecided.len();
+        self.stats.refused += refused as u64;
     }
 
     /// Events were lost (the ring was full) up to `now`: what was answered before is unknown.
@@ -662,6 +682,8 @@ impl<P: Clone> Workers<P> {
         self.io_threads.clear();
         self.interleaving.clear();
         self.open.clear();
+        self.hiding.clear();
+        self.hiding_per_process.clear();
         self.stats.stopped += 1;
     }
 
@@ -784,6 +806,7 @@ impl<P: Clone> Workers<P> {
             self.processes.entry(pid).or_default().answers_during_calls = true;
             self.stats.refused += waiting.len() as u64;
             out.extend(waiting.into_iter().map(|(key, _)| (key, None)));
+            self.not_a_worker(pid, tid);
             return;
         }
         let busy = calls_out(
@@ -848,7 +871,7 @@ impl<P: Clone> Workers<P> {
             let closed = self.open.get(&pid).map_or(0, |open| {
                 list.iter()
                     .take_while(|&&(key, ts)| {
-                        horizon > known_after
+                        ts > known_after
                             && matches!(call(key), Call::Ended(end) if end <= horizon)
                             && open.all_ended(ts, horizon)
                     })
@@ -929,7 +952,11 @@ impl<P: Clone> Workers<P> {
             }
             Found::Several(several) => {
                 let own: Vec<SpanKey> = several.iter().map(|s| s.key).collect();
-                if own.iter().any(|k| process.oversubscribed.contains(k)) {
+                // (Where workers answer with calls out, a call out proves nothing: the
+                // candidates are wider than they look.)
+                if process.answers_during_calls
+                    || own.iter().any(|k| process.oversubscribed.contains(k))
+                {
                     return Decided::Several;
                 }
                 let reserved = match process.served_by_others(u, own, others, complete_after) {
@@ -958,8 +985,19 @@ impl<P: Clone> Workers<P> {
                 let mut left = several.into_iter().filter(|s| !reserved.contains(&s.key));
                 match (left.next(), left.next()) {
                     (Some(one), None) => (one.parent.clone(), one.key, true),
-                    // Every candidate is another's: the rule's premises do not hold here.
-                    (None, _) => return Decided::None,
+                    (None, _) => {
+                        // Every candidate is another's: the rule's premises do not hold
+                        // here, for those streams either.
+                        if let Some(process) = self.processes.get_mut(&u.pid) {
+                            process.oversubscribed.extend(reserved);
+                            let excess = process
+                                .oversubscribed
+                                .len()
+                                .saturating_sub(MAX_OVERSUBSCRIBED);
+                            process.oversubscribed.drain(..excess);
+                        }
+                        return Decided::None;
+                    }
                     _ => return Decided::Several,
                 }
             }

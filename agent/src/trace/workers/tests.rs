@@ -509,14 +509,60 @@ fn a_connection_whose_streams_cannot_be_read_keeps_its_process_from_being_judged
     const T: u64 = 100 * MS;
     const LATER: u64 = T + INCOMPLETE_NS + 100 * MS;
     let mut w = workers();
-    let ended = |_| Call::Ended(T + 20 * MS);
+    let ended = |key: SpanKey| {
+        Call::Ended(if key == C1 {
+            T + 20 * MS
+        } else {
+            LATER + 20 * MS
+        })
+    };
     // A server connection of the process was given up long before; it is still open.
-    w.hides_streams(7, 99, 0);
+    w.hides_streams(7, 99);
     w.began(7, (1, 1), T);
     w.wait(7, 200, C1, T + 10 * MS);
     w.answer(7, 100, T + 22 * MS, alone(1, T));
     w.ended(7, stream(1, T), T + 22 * MS);
     assert_eq!(w.settle_ended(LATER, ended), vec![], "may hide a stream");
-    w.conn_closed(99);
-    assert_eq!(w.settle_ended(LATER, ended), vec![(C1, Some(1))]);
+    // Closed: C1 began while it hid streams, and one of them may have been its worker's.
+    w.conn_closed(99, T + 30 * MS);
+    assert_eq!(w.settle_ended(LATER, ended), vec![], "began while hidden");
+    // A call made once the process is known whole again is judged.
+    w.began(7, (1, 3), LATER);
+    w.wait(7, 300, C2, LATER + 10 * MS);
+    w.answer(7, 100, LATER + 22 * MS, alone(3, LATER));
+    w.ended(7, stream(3, LATER), LATER + 22 * MS);
+    let settled = w.settle_ended(LATER + 30 * MS + SETTLE_NS, ended);
+    assert_eq!(settled, vec![(C2, Some(3))]);
+}
+
+/// A peer whose thread turns out to read a multiplexed connection was no worker: its
+/// candidates say nothing, and what it waited for gets no parent.
+#[test]
+fn a_thread_found_reading_sets_nothing_aside() {
+    const MS: u64 = 1_000_000;
+    let mut w = workers();
+    let done = |_| Call::Ended(0);
+    w.wait(7, 200, C1, 10 * MS);
+    w.wait(7, 300, C2, 11 * MS);
+    w.wait(7, 400, C3, 12 * MS);
+    let several = Written::Several {
+        streams: vec![
+            stream(9, 5 * MS),
+            stream(11, 6 * MS),
+            stream(13, 11 * MS + MS / 2),
+        ],
+        unknown: false,
+    };
+    w.answer(7, 100, 20 * MS, several);
+    w.answer(7, 200, 21 * MS, alone(15, 19 * MS));
+    w.answer(7, 300, 22 * MS, alone(17, 19 * MS));
+    assert_eq!(w.settle(30 * MS, false, done), vec![]);
+    w.read_by(7, 300);
+    w.answer(7, 400, 23 * MS, alone(19, 19 * MS));
+    assert_eq!(
+        w.settle(31 * MS, false, done),
+        vec![],
+        "9, 11 or 13: 300 was no worker"
+    );
+    assert_eq!(w.stats.decided_by_elimination, 0);
 }
