@@ -452,6 +452,15 @@ mod tests {
     /// stream began unseen. Joined midway, the same bytes may follow anything.
     #[test]
     fn an_http2_server_that_speaks_first_is_parsed_from_the_start_when_seen_open() {
+        /// What an HTTP/2 server's read is fed as.
+        fn server_read(placed: bool) -> Fed {
+            Fed::Parsed {
+                server: true,
+                thread_causality: false,
+                in_order: false,
+                io: StreamIo::Read { placed },
+            }
+        }
         fn server(egress: bool, payload: &[u8]) -> Chunk<'_> {
             Chunk {
                 egress,
@@ -496,16 +505,7 @@ mod tests {
                 2,
                 &mut out,
             );
-            assert_eq!(
-                read,
-                Fed::Parsed {
-                    server: true,
-                    thread_causality: false,
-                    in_order: false,
-                    io: StreamIo::Read { placed },
-                },
-                "from start: {from_start}"
-            );
+            assert_eq!(read, server_read(placed), "from start: {from_start}");
             assert!(
                 out.iter().any(|e| matches!(e, ProtoEvent::Request { .. })),
                 "stream 1 begins either way"
@@ -532,15 +532,7 @@ mod tests {
             2,
             &mut out,
         );
-        assert_eq!(
-            read,
-            Fed::Parsed {
-                server: true,
-                thread_causality: false,
-                in_order: false,
-                io: StreamIo::Read { placed: false },
-            }
-        );
+        assert_eq!(read, server_read(false));
     }
 
     /// Request keys of one end of an HTTP/1 connection: `(egress, bytes, position)` chunks.

@@ -422,7 +422,7 @@ pub struct Workers<P> {
     /// Answers whose requests are settled later (`SETTLE_NS`), in order.
     pending: VecDeque<Pending<P>>,
     /// Requests left with several candidates, decided again as other workers claim streams.
-    undecided: VecDeque<Undecided<P>>,
+    undecided: Vec<Undecided<P>>,
     processes: FastMap<u32, Process<P>>,
     /// SERVER spans of multiplexed connections some write carried frames of.
     answered: FastSet<SpanKey>,
@@ -454,7 +454,7 @@ impl<P> Default for Workers<P> {
             interleaving: FastSet::default(),
             waiting: FastMap::default(),
             pending: VecDeque::new(),
-            undecided: VecDeque::new(),
+            undecided: Vec::new(),
             processes: FastMap::default(),
             answered: FastSet::default(),
             open: FastMap::default(),
@@ -831,9 +831,9 @@ impl<P: Clone> Workers<P> {
 
     /// Decides `u` now, or leaves it for other workers' claims (several candidates).
     fn decide_or_wait(&mut self, u: Undecided<P>, out: &mut Vec<(SpanKey, Option<P>)>) {
-        let others: Vec<Undecided<P>> = std::mem::take(&mut self.undecided).into();
+        let others = std::mem::take(&mut self.undecided);
         let decided = self.decide(&u, (&others, &[]));
-        self.undecided = others.into();
+        self.undecided = others;
         match decided {
             Decided::Parent(parent) => out.push((u.key, Some(parent))),
             // Another worker may yet be found to have served one of them.
@@ -842,7 +842,7 @@ impl<P: Clone> Workers<P> {
                 if let Some(process) = self.processes.get_mut(&u.pid) {
                     process.epoch += 1;
                 }
-                self.undecided.push_back(u);
+                self.undecided.push(u);
             }
             Decided::Several => self.refuse_several(&u, out),
             Decided::Unknown | Decided::None => {
@@ -963,14 +963,7 @@ impl<P: Clone> Workers<P> {
                     Aside::Reserved(reserved) => reserved,
                     Aside::Unsure => return Decided::Several,
                     Aside::Broken(streams) => {
-                        if let Some(process) = self.processes.get_mut(&u.pid) {
-                            process.oversubscribed.extend(streams);
-                            let excess = process
-                                .oversubscribed
-                                .len()
-                                .saturating_sub(MAX_OVERSUBSCRIBED);
-                            process.oversubscribed.drain(..excess);
-                        }
+                        self.mark_oversubscribed(u.pid, streams);
                         return Decided::Several;
                     }
                 };
@@ -988,14 +981,7 @@ impl<P: Clone> Workers<P> {
                     (None, _) => {
                         // Every candidate is another's: the rule's premises do not hold
                         // here, for those streams either.
-                        if let Some(process) = self.processes.get_mut(&u.pid) {
-                            process.oversubscribed.extend(reserved);
-                            let excess = process
-                                .oversubscribed
-                                .len()
-                                .saturating_sub(MAX_OVERSUBSCRIBED);
-                            process.oversubscribed.drain(..excess);
-                        }
+                        self.mark_oversubscribed(u.pid, reserved);
                         return Decided::None;
                     }
                     _ => return Decided::Several,
@@ -1014,7 +1000,7 @@ impl<P: Clone> Workers<P> {
     /// Decides again the requests left with several candidates, now that other workers may
     /// have claimed some; those undecided `UNDECIDED_NS` after their worker's answer get none.
     fn retry_undecided(&mut self, now: u64, flush: bool, out: &mut Vec<(SpanKey, Option<P>)>) {
-        let waiting: Vec<Undecided<P>> = std::mem::take(&mut self.undecided).into();
+        let waiting = std::mem::take(&mut self.undecided);
         let mut gone = vec![false; waiting.len()];
         for (i, u) in waiting.iter().enumerate() {
             let due = flush || u.at.saturating_add(UNDECIDED_NS) <= now;
@@ -1052,6 +1038,19 @@ impl<P: Clone> Workers<P> {
         if !self.answered.remove(&stream.key) && self.serving.contains(&pid) {
             self.stats.unplaced_unanswered += 1;
             self.unplaced(pid, at, Some(stream));
+        }
+    }
+
+    /// More handlers of `pid` pointed at `streams` than there are: never set aside as others',
+    /// never the one left (the oldest forgotten past `MAX_OVERSUBSCRIBED`).
+    fn mark_oversubscribed(&mut self, pid: u32, streams: Vec<SpanKey>) {
+        if let Some(process) = self.processes.get_mut(&pid) {
+            process.oversubscribed.extend(streams);
+            let excess = process
+                .oversubscribed
+                .len()
+                .saturating_sub(MAX_OVERSUBSCRIBED);
+            process.oversubscribed.drain(..excess);
         }
     }
 

@@ -352,8 +352,12 @@ fn forgotten_answers_rule_out_what_began_before_them() {
 /// Three workers call (C1, C2, C3); the I/O thread then writes 9, 11 and 13 in one write;
 /// each worker then answers a stream begun after its call. 13 began after 200's and 300's
 /// calls: they served 9 or 11 between them, so 400, who may have served any of the three,
-/// served 13. Returns what was settled once all three answered.
-fn three_workers_and_one_flush(w: &mut Workers<u64>) -> Vec<(SpanKey, Option<u64>)> {
+/// served 13. `meanwhile` runs before 400 answers. Returns what was settled once all three
+/// answered.
+fn three_workers_and_one_flush(
+    w: &mut Workers<u64>,
+    meanwhile: impl FnOnce(&mut Workers<u64>),
+) -> Vec<(SpanKey, Option<u64>)> {
     const MS: u64 = 1_000_000;
     let done = |_| Call::Ended(0);
     w.wait(7, 200, C1, 10 * MS);
@@ -371,6 +375,7 @@ fn three_workers_and_one_flush(w: &mut Workers<u64>) -> Vec<(SpanKey, Option<u64
     w.answer(7, 200, 21 * MS, alone(15, 19 * MS));
     w.answer(7, 300, 22 * MS, alone(17, 19 * MS));
     assert_eq!(w.settle(30 * MS, false, done), vec![], "9 or 11, twice");
+    meanwhile(w);
     w.answer(7, 400, 23 * MS, alone(19, 19 * MS));
     w.settle(31 * MS, false, done)
 }
@@ -381,7 +386,10 @@ const C3: SpanKey = (2, 30);
 fn streams_other_workers_must_have_served_are_set_aside() {
     const MS: u64 = 1_000_000;
     let mut w = workers();
-    assert_eq!(three_workers_and_one_flush(&mut w), vec![(C3, Some(13))]);
+    assert_eq!(
+        three_workers_and_one_flush(&mut w, |_| {}),
+        vec![(C3, Some(13))]
+    );
     assert_eq!(w.stats.decided_by_elimination, 1);
     // 200 and 300 stay undecided, then get links to both.
     let refused = w.settle(22 * MS + UNDECIDED_NS + 1, false, |_| Call::Ended(0));
@@ -394,7 +402,7 @@ fn nothing_is_set_aside_in_a_process_that_may_hide_a_stream() {
     let mut w = workers();
     // A stream the agent never saw may be what 200 or 300 served.
     w.incomplete(7, 0);
-    assert_eq!(three_workers_and_one_flush(&mut w), vec![]);
+    assert_eq!(three_workers_and_one_flush(&mut w, |_| {}), vec![]);
     assert_eq!(w.stats.decided_by_elimination, 0);
 }
 
@@ -539,30 +547,8 @@ fn a_connection_whose_streams_cannot_be_read_keeps_its_process_from_being_judged
 /// candidates say nothing, and what it waited for gets no parent.
 #[test]
 fn a_thread_found_reading_sets_nothing_aside() {
-    const MS: u64 = 1_000_000;
     let mut w = workers();
-    let done = |_| Call::Ended(0);
-    w.wait(7, 200, C1, 10 * MS);
-    w.wait(7, 300, C2, 11 * MS);
-    w.wait(7, 400, C3, 12 * MS);
-    let several = Written::Several {
-        streams: vec![
-            stream(9, 5 * MS),
-            stream(11, 6 * MS),
-            stream(13, 11 * MS + MS / 2),
-        ],
-        unknown: false,
-    };
-    w.answer(7, 100, 20 * MS, several);
-    w.answer(7, 200, 21 * MS, alone(15, 19 * MS));
-    w.answer(7, 300, 22 * MS, alone(17, 19 * MS));
-    assert_eq!(w.settle(30 * MS, false, done), vec![]);
-    w.read_by(7, 300);
-    w.answer(7, 400, 23 * MS, alone(19, 19 * MS));
-    assert_eq!(
-        w.settle(31 * MS, false, done),
-        vec![],
-        "9, 11 or 13: 300 was no worker"
-    );
+    let settled = three_workers_and_one_flush(&mut w, |w| w.read_by(7, 300));
+    assert_eq!(settled, vec![], "9, 11 or 13: 300 was no worker");
     assert_eq!(w.stats.decided_by_elimination, 0);
 }
