@@ -557,7 +557,7 @@ mod tests {
         let spans = spans_of(BenchProtocol::Http2, 3 * PAIRS);
         assert_eq!(spans.len() as u64, 6 * PAIRS);
         for span in &spans {
-            assert_eq!(span.name, "model.Scorer/Score");
+            assert_eq!(&*span.name, "model.Scorer/Score");
             assert_eq!(span.status, crate::trace::span::SpanStatus::Unset);
             if span.kind == crate::trace::span::SpanKind::Server {
                 assert!(span.parent_span_id.is_some(), "{span:?}");
@@ -570,7 +570,7 @@ mod tests {
         let spans = spans_of(BenchProtocol::Redis, 2 * PAIRS);
         assert_eq!(spans.len() as u64, 4 * PAIRS);
         for span in &spans {
-            assert_eq!(span.name, "GET");
+            assert_eq!(&*span.name, "GET");
             if span.kind == crate::trace::span::SpanKind::Server {
                 assert!(span.parent_span_id.is_some(), "{span:?}");
             }

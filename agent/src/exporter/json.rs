@@ -297,7 +297,7 @@ mod tests {
             parent_span_id: None,
             links: Vec::new(),
             kind: SpanKind::Server,
-            name: name.to_owned(),
+            name: name.into(),
             start_unix_nano: 1_764_000_000_123_456_789,
             end_unix_nano: 1_764_000_000_124_000_000,
             attributes,

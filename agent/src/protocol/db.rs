@@ -120,8 +120,8 @@ impl Summary for DbSummary {
         self: Box<Self>,
         span: &SpanFacts,
         strings: &mut Interner,
-    ) -> (String, Vec<KeyValue>, SpanStatus) {
-        let name = self.name();
+    ) -> (Arc<str>, Vec<KeyValue>, SpanStatus) {
+        let name = strings.get(&self.name());
         let this = *self;
         let mut attributes = Vec::with_capacity(10);
         attributes.push(KeyValue::str("db.system.name", this.system.as_str()));
@@ -188,7 +188,7 @@ mod tests {
 
     use super::*;
 
-    fn expand(summary: DbSummary) -> (String, Vec<KeyValue>, SpanStatus) {
+    fn expand(summary: DbSummary) -> (Arc<str>, Vec<KeyValue>, SpanStatus) {
         let facts = SpanFacts {
             server: false,
             local: SocketAddr::from(([127, 0, 0, 1], 40000)),
@@ -213,7 +213,7 @@ mod tests {
         assert_eq!(summary.name(), "SELECT shop");
         summary.collection = Some("t".into());
         let (name, attributes, status) = expand(summary);
-        assert_eq!(name, "SELECT t");
+        assert_eq!(&*name, "SELECT t");
         assert_eq!(status, SpanStatus::Unset);
         assert_eq!(value(&attributes, "db.system.name"), Some("postgresql"));
         assert_eq!(value(&attributes, "db.collection.name"), Some("t"));
@@ -253,6 +253,6 @@ mod tests {
         assert!(matches!(status, SpanStatus::Error(_)));
         let (name, _, status) = expand(DbSummary::new(DbSystem::Memcached, DbOutcome::NoReply));
         assert_eq!(status, SpanStatus::Unset);
-        assert_eq!(name, "memcached");
+        assert_eq!(&*name, "memcached");
     }
 }

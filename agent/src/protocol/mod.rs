@@ -160,7 +160,7 @@ pub trait Summary: Debug {
         self: Box<Self>,
         span: &SpanFacts,
         strings: &mut Interner,
-    ) -> (String, Vec<KeyValue>, SpanStatus);
+    ) -> (std::sync::Arc<str>, Vec<KeyValue>, SpanStatus);
 
     /// One line for tests and the fuzz targets (`GET /a -> 200`); never exported.
     #[cfg_attr(not(any(test, feature = "fuzz")), allow(dead_code))]

@@ -212,7 +212,7 @@ fn check_at(events: Vec<ProtoEvent>, server: bool, in_order: bool) -> Vec<Seen> 
                 }
                 let line = x.summary.describe();
                 let (name, attributes, status) = x.summary.expand(&facts, &mut strings);
-                let mut expanded = vec![name.clone(), format!("{status:?}")];
+                let mut expanded = vec![name.to_string(), format!("{status:?}")];
                 expanded.extend(
                     attributes
                         .iter()
@@ -222,7 +222,7 @@ fn check_at(events: Vec<ProtoEvent>, server: bool, in_order: bool) -> Vec<Seen> 
                     .iter()
                     .map(|kv| (kv.key.to_string(), format!("{:?}", kv.value)))
                     .collect();
-                debug.push(("name".into(), name));
+                debug.push(("name".into(), name.to_string()));
                 debug.push(("status".into(), format!("{status:?}")));
                 seen.push(Seen {
                     key: x.key,

@@ -369,7 +369,7 @@ mod tests {
             parent_span_id: None,
             links: Vec::new(),
             kind: SpanKind::Server,
-            name: "GET /score/{id}".to_owned(),
+            name: "GET /score/{id}".into(),
             start_unix_nano: 1_764_000_000_123_456_789,
             end_unix_nano: 1_764_000_000_125_456_789,
             attributes: vec![
@@ -448,7 +448,7 @@ mod tests {
             "HTTP 503 \"unavailable\"\n",
             ["ambiguous", "inband-disagreed"],
         );
-        full.name = "ünïcødé \u{1} ✓".to_owned();
+        full.name = "ünïcødé \u{1} ✓".into();
         full.attributes.push(KeyValue::owned(
             "http.request.header.x-long".to_owned(),
             "v".repeat(300),

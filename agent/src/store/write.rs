@@ -185,7 +185,7 @@ impl Store {
                 }
                 if writer.operation_new(service, &span.name) {
                     operations
-                        .insert((service, span.name.as_str()), span.kind.as_str())
+                        .insert((service, &*span.name), span.kind.as_str())
                         .map_err(db_err)?;
                 }
                 if writer.frame.is_full() {

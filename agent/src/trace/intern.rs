@@ -16,6 +16,8 @@ const MAX_LEN: usize = 512;
 #[derive(Debug, Default)]
 pub struct Interner {
     strings: HashSet<Arc<str>, foldhash::fast::RandomState>,
+    /// Where [`Interner::joined`] puts its parts together (kept, so a lookup allocates nothing).
+    scratch: String,
     /// Addresses as text: formatting an IP goes through `fmt` machinery on every span otherwise.
     ips: HashMap<IpAddr, Arc<str>, foldhash::fast::RandomState>,
 }
@@ -32,6 +34,21 @@ impl Interner {
                 self.strings.clear();
             }
             self.strings.insert(Arc::clone(&shared));
+        }
+        shared
+    }
+
+    /// The shared copy of `parts` put together (a span name: `GET /users/{id}`).
+    pub fn joined(&mut self, parts: &[&str]) -> Arc<str> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        for part in parts {
+            scratch.push_str(part);
+        }
+        let shared = self.get(&scratch);
+        // A name too long to share once would keep its buffer's size forever.
+        if scratch.capacity() <= 2 * MAX_LEN {
+            self.scratch = scratch;
         }
         shared
     }
@@ -66,5 +83,8 @@ mod tests {
         let long = "x".repeat(MAX_LEN + 1);
         assert_eq!(&*strings.get(&long), long.as_str());
         assert!(!strings.strings.contains(long.as_str()));
+        let name = strings.joined(&["GET", " ", "/a/{id}"]);
+        assert_eq!(&*name, "GET /a/{id}");
+        assert!(Arc::ptr_eq(&name, &strings.get("GET /a/{id}")));
     }
 }

@@ -168,7 +168,10 @@ pub struct SpanData {
     pub parent_span_id: Option<SpanId>,
     pub links: Vec<SpanLink>,
     pub kind: SpanKind,
-    pub name: String,
+    /// Shared with the other spans of that name ([`super::intern::Interner`]): names are few (a
+    /// route, a method, an operation), and a copy per span was an allocation on the thread that
+    /// drains the ring and a free on the store's writer thread.
+    pub name: Arc<str>,
     pub start_unix_nano: u64,
     pub end_unix_nano: u64,
     pub attributes: Vec<KeyValue>,

@@ -36,7 +36,7 @@ fn span(data: &SpanData) -> Span {
         trace_id: data.trace_id.to_vec(),
         span_id: data.span_id.to_vec(),
         parent_span_id: data.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
-        name: data.name.clone(),
+        name: data.name.to_string(),
         kind: match data.kind {
             SpanKind::Server => span::SpanKind::Server,
             SpanKind::Client => span::SpanKind::Client,

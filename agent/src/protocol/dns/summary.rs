@@ -34,7 +34,7 @@ impl Summary for DnsSummary {
         self: Box<Self>,
         span: &SpanFacts,
         strings: &mut Interner,
-    ) -> (String, Vec<KeyValue>, SpanStatus) {
+    ) -> (std::sync::Arc<str>, Vec<KeyValue>, SpanStatus) {
         let qtype = type_name(self.qtype);
         let mut attributes = Vec::with_capacity(8);
         attributes.push(KeyValue::shared(
@@ -57,7 +57,7 @@ impl Summary for DnsSummary {
             None => SpanStatus::Error("no DNS response".to_string()),
         };
         span.address_attributes(None, strings, &mut attributes);
-        (format!("DNS {qtype}"), attributes, status)
+        (strings.joined(&["DNS ", &qtype]), attributes, status)
     }
 
     fn describe(&self) -> String {

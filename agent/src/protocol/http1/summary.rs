@@ -14,7 +14,7 @@ use crate::{
     trace::{
         intern::Interner,
         route,
-        span::{KeyValue, SpanStatus},
+        span::{AttrValue, KeyValue, SpanStatus},
     },
 };
 
@@ -72,13 +72,39 @@ impl Summary for Http1Summary {
         self: Box<Self>,
         span: &SpanFacts,
         strings: &mut Interner,
-    ) -> (String, Vec<KeyValue>, SpanStatus) {
+    ) -> (Arc<str>, Vec<KeyValue>, SpanStatus) {
         let this = *self;
-        let route = route::route_of(&this.target);
+        let path = route::path_of(&this.target);
+        // A target that is its own path (no query, no origin: nearly all) has no query to redact.
+        let whole = path.len() == this.target.len();
+        let query = if whole {
+            None
+        } else {
+            record::redacted_query(&this.target)
+        };
+        let route = route::route_of_path(path);
+        // Shared, not built per span (the formatting machinery was ~3 % of the draining thread,
+        // then the copy per span an allocation here and a free on the store's writer thread).
+        let name = strings.joined(&[&this.method, " ", &route]);
+        let http_route = span.server.then(|| strings.get(&route));
+        // A path with no identifier in it is its own route: shared too, as many as the routes
+        // (on a SERVER span, the route's own copy). Paths with identifiers would only churn the
+        // set: the target moves in when it is its own path, else the path is copied.
+        let path = if *route == *path {
+            AttrValue::Shared(http_route.clone().unwrap_or_else(|| strings.get(path)))
+        } else if whole {
+            drop(route);
+            AttrValue::Str(String::from(this.target).into())
+        } else {
+            AttrValue::Str(path.to_string().into())
+        };
         let mut attributes = Vec::with_capacity(18 + this.recorded.len());
         attributes.extend([
             KeyValue::str("http.request.method", this.method.clone()),
-            KeyValue::str("url.path", route::path_of(&this.target).to_string()),
+            KeyValue {
+                key: "url.path".into(),
+                value: path,
+            },
             KeyValue::str(
                 "network.protocol.version",
                 if this.minor_version == 0 {
@@ -94,12 +120,12 @@ impl Summary for Http1Summary {
         if let Some(ua) = this.user_agent {
             attributes.push(KeyValue::shared("user_agent.original", strings.get(&ua)));
         }
-        if let Some(query) = record::redacted_query(&this.target) {
+        if let Some(query) = query {
             attributes.push(KeyValue::str("url.query", query));
         }
         attributes.extend(this.recorded);
-        if span.server {
-            attributes.push(KeyValue::shared("http.route", strings.get(&route)));
+        if let Some(http_route) = http_route {
+            attributes.push(KeyValue::shared("http.route", http_route));
             attributes.push(KeyValue::str("url.scheme", "http"));
         }
         span.address_attributes(this.host.as_deref(), strings, &mut attributes);
@@ -110,11 +136,6 @@ impl Summary for Http1Summary {
             }
             Some(_) => SpanStatus::Unset,
         };
-        // Concatenated, not `format!`: the formatting machinery was ~3 % of the draining thread.
-        let mut name = String::with_capacity(this.method.len() + 1 + route.len());
-        name.push_str(&this.method);
-        name.push(' ');
-        name.push_str(&route);
         (name, attributes, status)
     }
 

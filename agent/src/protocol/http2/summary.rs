@@ -108,21 +108,22 @@ impl Http2Summary {
         self,
         span: &SpanFacts,
         strings: &mut Interner,
-    ) -> (String, Vec<KeyValue>, SpanStatus) {
+    ) -> (Arc<str>, Vec<KeyValue>, SpanStatus) {
         let mut attributes = Vec::with_capacity(12);
         attributes.push(KeyValue::str("rpc.system.name", "grpc"));
         // Until v1.39 of the conventions the system was `rpc.system`; Jaeger and Tempo users'
         // queries and dashboards still name it.
         attributes.push(KeyValue::str("rpc.system", "grpc"));
         let name = if let Some(method) = self.rpc_method() {
-            attributes.push(KeyValue::shared("rpc.method", strings.get(method)));
+            let name = strings.get(method);
+            attributes.push(KeyValue::shared("rpc.method", Arc::clone(&name)));
             if let Some((service, _)) = method.split_once('/') {
                 attributes.push(KeyValue::shared("rpc.service", strings.get(service)));
             }
-            method.to_string()
+            name
         } else {
             attributes.push(KeyValue::str("rpc.method", "_OTHER"));
-            "grpc".to_string()
+            strings.get("grpc")
         };
         if let Some(code) = self.response.grpc_status {
             attributes.push(KeyValue::str(
@@ -152,7 +153,7 @@ impl Http2Summary {
         self,
         span: &SpanFacts,
         strings: &mut Interner,
-    ) -> (String, Vec<KeyValue>, SpanStatus) {
+    ) -> (Arc<str>, Vec<KeyValue>, SpanStatus) {
         let mut attributes = Vec::with_capacity(14);
         let method = self
             .request
@@ -162,20 +163,18 @@ impl Http2Summary {
         attributes.push(KeyValue::str("http.request.method", method.clone()));
         let name = match self.request.path.as_deref() {
             Some(target) => {
-                let route = route::route_of(target);
-                attributes.push(KeyValue::str(
-                    "url.path",
-                    route::path_of(target).to_string(),
-                ));
+                let path = route::path_of(target);
+                let route = route::route_of_path(path);
+                attributes.push(KeyValue::str("url.path", path.to_string()));
                 if let Some(query) = record::redacted_query(target) {
                     attributes.push(KeyValue::str("url.query", query));
                 }
                 if span.server {
                     attributes.push(KeyValue::shared("http.route", strings.get(&route)));
                 }
-                format!("{method} {route}")
+                strings.joined(&[&method, " ", &route])
             }
-            None => method.to_string(),
+            None => strings.get(&method),
         };
         if let Some(code) = self.response.status {
             attributes.push(KeyValue::int("http.response.status_code", i64::from(code)));
@@ -231,7 +230,7 @@ impl Summary for Http2Summary {
         self: Box<Self>,
         span: &SpanFacts,
         strings: &mut Interner,
-    ) -> (String, Vec<KeyValue>, SpanStatus) {
+    ) -> (Arc<str>, Vec<KeyValue>, SpanStatus) {
         if self.is_grpc() {
             self.expand_grpc(span, strings)
         } else {

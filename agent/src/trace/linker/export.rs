@@ -1,8 +1,6 @@
 //! The export of finished spans ([`Tracer::poll`]): what waited is settled (announcements, the
 //! worker rule), then the spans whose wait is over leave the tables as [`SpanData`].
 
-use std::collections::hash_map::Entry;
-
 use super::{OpenSpan, Tracer};
 use crate::{
     protocol::SpanFacts,
@@ -49,13 +47,7 @@ impl Tracer {
             let Some(span) = self.spans.remove(&key) else {
                 continue;
             };
-            for table in [&mut self.clients, &mut self.waiting_servers] {
-                if let Entry::Occupied(entry) = table.entry(span.mirror)
-                    && *entry.get() == key
-                {
-                    entry.remove();
-                }
-            }
+            self.unmirror(&span, key);
             if let Some(lineage) = &span.lineage {
                 self.stop_waiting(span.pid, key, lineage);
             }

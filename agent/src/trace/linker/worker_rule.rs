@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// Where a waiting CLIENT request stands, for the worker rule: out, ended (when), or exported.
-fn call_state(spans: &FastMap<SpanKey, OpenSpan>) -> impl Fn(SpanKey) -> Call + '_ {
+fn call_state(spans: &FastMap<SpanKey, Box<OpenSpan>>) -> impl Fn(SpanKey) -> Call + '_ {
     move |key| match spans.get(&key) {
         None => Call::Gone,
         Some(s) => s

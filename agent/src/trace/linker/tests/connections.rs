@@ -144,7 +144,7 @@ fn only_unsettled_traces_wait_for_the_link_delay() {
     let _ = t.poll(1_000 + 500_000_000, false, &mut out, usize::MAX);
     assert_eq!(out.len(), 2);
     assert_eq!(out[1].kind, SpanKind::Server);
-    assert_eq!(out[1].name, "GET /a");
+    assert_eq!(&*out[1].name, "GET /a");
     assert_eq!(t.held(), 0);
 }
 
