@@ -21,6 +21,7 @@ pub mod redis;
 pub mod replay;
 pub mod sql;
 pub mod table;
+pub mod url;
 
 use std::{fmt::Debug, net::SocketAddr};
 

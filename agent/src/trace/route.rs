@@ -40,16 +40,16 @@ pub fn path_of(target: &str) -> &str {
     &target[..end]
 }
 
-/// The route: the path with identifier segments replaced by `{id}`. Borrowed from the target
-/// when no segment is an identifier (most routes): this runs for every span, and a copy per span
-/// was an allocation here and a free on the store's writer thread.
+/// The route: the path with identifier segments replaced by `{id}`.
 #[cfg(any(test, feature = "fuzz"))]
 #[must_use]
 pub fn route_of(target: &str) -> Cow<'_, str> {
     route_of_path(path_of(target))
 }
 
-/// [`route_of`] for a target's path ([`path_of`]) already found.
+/// [`route_of`] for a target's path ([`path_of`]) already found. Borrowed from the path when no
+/// segment is an identifier (most routes): this runs for every span, and a copy per span was an
+/// allocation here and a free on the store's writer thread.
 #[must_use]
 pub fn route_of_path(path: &str) -> Cow<'_, str> {
     if path.is_empty() {

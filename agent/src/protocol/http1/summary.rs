@@ -8,13 +8,12 @@
 
 use std::{borrow::Cow, sync::Arc};
 
-use super::{Head, StartLine, record};
+use super::{Head, StartLine};
 use crate::{
-    protocol::{SpanFacts, Summary},
+    protocol::{SpanFacts, Summary, url::TargetAttributes},
     trace::{
         intern::Interner,
-        route,
-        span::{AttrValue, KeyValue, SpanStatus},
+        span::{KeyValue, SpanStatus},
     },
 };
 
@@ -74,36 +73,13 @@ impl Summary for Http1Summary {
         strings: &mut Interner,
     ) -> (Arc<str>, Vec<KeyValue>, SpanStatus) {
         let this = *self;
-        let path = route::path_of(&this.target);
-        // A target that is its own path (no query, no origin: nearly all) has no query to redact.
-        let whole = path.len() == this.target.len();
-        let query = if whole {
-            None
-        } else {
-            record::redacted_query(&this.target)
-        };
-        let route = route::route_of_path(path);
-        // Shared, not built per span (the formatting machinery was ~3 % of the draining thread,
-        // then the copy per span an allocation here and a free on the store's writer thread).
-        let name = strings.joined(&[&this.method, " ", &route]);
-        let http_route = span.server.then(|| strings.get(&route));
-        // A path with no identifier in it is its own route: shared too, as many as the routes
-        // (on a SERVER span, the route's own copy). Paths with identifiers would only churn the
-        // set: the target moves in when it is its own path, else the path is copied.
-        let path = if *route == *path {
-            AttrValue::Shared(http_route.clone().unwrap_or_else(|| strings.get(path)))
-        } else if whole {
-            drop(route);
-            AttrValue::Str(String::from(this.target).into())
-        } else {
-            AttrValue::Str(path.to_string().into())
-        };
+        let target = TargetAttributes::of(&this.method, this.target, span.server, strings);
         let mut attributes = Vec::with_capacity(18 + this.recorded.len());
         attributes.extend([
             KeyValue::str("http.request.method", this.method.clone()),
             KeyValue {
                 key: "url.path".into(),
-                value: path,
+                value: target.path,
             },
             KeyValue::str(
                 "network.protocol.version",
@@ -120,11 +96,11 @@ impl Summary for Http1Summary {
         if let Some(ua) = this.user_agent {
             attributes.push(KeyValue::shared("user_agent.original", strings.get(&ua)));
         }
-        if let Some(query) = query {
+        if let Some(query) = target.query {
             attributes.push(KeyValue::str("url.query", query));
         }
         attributes.extend(this.recorded);
-        if let Some(http_route) = http_route {
+        if let Some(http_route) = target.route {
             attributes.push(KeyValue::shared("http.route", http_route));
             attributes.push(KeyValue::str("url.scheme", "http"));
         }
@@ -136,7 +112,7 @@ impl Summary for Http1Summary {
             }
             Some(_) => SpanStatus::Unset,
         };
-        (name, attributes, status)
+        (target.name, attributes, status)
     }
 
     fn describe(&self) -> String {

@@ -5,10 +5,9 @@ use std::{borrow::Cow, sync::Arc};
 
 use super::grpc;
 use crate::{
-    protocol::{SpanFacts, Summary, http1::record},
+    protocol::{SpanFacts, Summary, url::TargetAttributes},
     trace::{
         intern::Interner,
-        route,
         span::{KeyValue, SpanStatus},
     },
 };
@@ -150,7 +149,7 @@ impl Http2Summary {
     }
 
     fn expand_http(
-        self,
+        mut self,
         span: &SpanFacts,
         strings: &mut Interner,
     ) -> (Arc<str>, Vec<KeyValue>, SpanStatus) {
@@ -161,18 +160,20 @@ impl Http2Summary {
             .clone()
             .unwrap_or(Cow::Borrowed("_OTHER"));
         attributes.push(KeyValue::str("http.request.method", method.clone()));
-        let name = match self.request.path.as_deref() {
+        let name = match self.request.path.take() {
             Some(target) => {
-                let path = route::path_of(target);
-                let route = route::route_of_path(path);
-                attributes.push(KeyValue::str("url.path", path.to_string()));
-                if let Some(query) = record::redacted_query(target) {
+                let target = TargetAttributes::of(&method, target, span.server, strings);
+                attributes.push(KeyValue {
+                    key: "url.path".into(),
+                    value: target.path,
+                });
+                if let Some(query) = target.query {
                     attributes.push(KeyValue::str("url.query", query));
                 }
-                if span.server {
-                    attributes.push(KeyValue::shared("http.route", strings.get(&route)));
+                if let Some(route) = target.route {
+                    attributes.push(KeyValue::shared("http.route", route));
                 }
-                strings.joined(&[&method, " ", &route])
+                target.name
             }
             None => strings.get(&method),
         };

@@ -1,0 +1,55 @@
+//! What a request target gives an HTTP span, over HTTP/1 and HTTP/2 alike: its name
+//! (`METHOD route`), `url.path`, the redacted `url.query` and, on a SERVER span, `http.route`.
+//!
+//! Built once per span on the thread that drains the ring, so nothing here is copied that can
+//! be shared: the name and the route come from the tracer's interner, and so does a path with no
+//! identifier in it (it is its own route: as many as the routes); any other path is the target
+//! itself moved in when it is all path, a copy only when a query or an origin must come off.
+
+use std::sync::Arc;
+
+use crate::{
+    protocol::http1::record,
+    trace::{intern::Interner, route, span::AttrValue},
+};
+
+pub struct TargetAttributes {
+    pub name: Arc<str>,
+    /// `url.path`.
+    pub path: AttrValue,
+    /// `url.query`, every value not allowlisted replaced.
+    pub query: Option<String>,
+    /// `http.route`, on a SERVER span only.
+    pub route: Option<Arc<str>>,
+}
+
+impl TargetAttributes {
+    /// Of a request for `target` with `method`.
+    pub fn of(method: &str, target: Box<str>, server: bool, strings: &mut Interner) -> Self {
+        let path = route::path_of(&target);
+        // A target that is its own path (no query, no origin: nearly all) has no query to redact.
+        let whole = path.len() == target.len();
+        let query = if whole {
+            None
+        } else {
+            record::redacted_query(&target)
+        };
+        let route = route::route_of_path(path);
+        let name = strings.joined(&[method, " ", &route]);
+        let http_route = server.then(|| strings.get(&route));
+        let path = if *route == *path {
+            AttrValue::Shared(http_route.clone().unwrap_or_else(|| strings.get(path)))
+        } else if whole {
+            drop(route);
+            AttrValue::Str(String::from(target).into())
+        } else {
+            AttrValue::Str(path.to_string().into())
+        };
+        Self {
+            name,
+            path,
+            query,
+            route: http_route,
+        }
+    }
+}
