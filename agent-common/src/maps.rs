@@ -84,6 +84,14 @@ pub const MAP_SHED_CONTROL: &str = "SHED_CONTROL";
 /// Each thread's hidden work while the budget sheds (`pid_tgid` → 64 bytes: an overflow count
 /// and 15 request-line hashes); the agent empties it when shedding stops.
 pub const MAP_HIDDEN_WORK: &str = "HIDDEN_WORK";
+/// The processes known to make client calls while the budget sheds (`tgid` → 1): written by the
+/// programs at a `connect` and by the agent for a process it sheds that has client connections;
+/// emptied with [`MAP_HIDDEN_WORK`]. Only their hidden requests are worth reading (what each asks,
+/// whether an answer is interim): any other process's hidden request is taken as asking anything
+/// and stays its reader's hidden work until its connection's next request starts (or the
+/// connection closes or resumes), which costs the programs no read of user memory and can only
+/// refuse more parents, never name one.
+pub const MAP_SHED_CALLERS: &str = "SHED_CALLERS";
 
 /// The exit programs a socket syscall's exit is handed to, by family (`EXIT_FAMILIES[i]` sits
 /// at index `i` of [`MAP_EXIT_JUMPS`]): the dispatcher on `raw_syscalls/sys_exit` picks one by

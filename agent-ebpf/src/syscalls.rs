@@ -407,9 +407,25 @@ fn budget_verdict(
     match shed::verdict(conn.entry, conn.role, conn.protocol, direction as u32) {
         verdict
         @ (shed::verdict::HIDE | shed::verdict::HIDE_START | shed::verdict::HIDE_ANSWER) => {
+            // A process that calls nothing has no client write to flag: its hidden requests
+            // ask anything and are answered at the next one's start, no user memory read.
             if verdict == shed::verdict::HIDE_START {
-                shed::started(pid_tgid, conn.entry, hidden_ask(regs, syscall, result));
-            } else if verdict == shed::verdict::HIDE_ANSWER {
+                // One still counted was answered unread: this read may be its body after a
+                // `100 Continue`, whose bytes ask nothing of the request's.
+                let ask = if shed::calls_out((pid_tgid >> 32) as u32)
+                    && !shed::still_counted(conn.entry)
+                {
+                    hidden_ask(regs, syscall, result)
+                } else {
+                    agent_common::ask::ANY_ASK
+                };
+                shed::started(pid_tgid, conn.entry, ask);
+            } else if verdict == shed::verdict::HIDE_ANSWER
+                && (conn.protocol == Protocol::ResumeNext as u32
+                    || shed::calls_out((pid_tgid >> 32) as u32))
+            {
+                // On its way back, an interim answer must not pass for the end of the request:
+                // the body read after it would resume the connection mid-request.
                 if interim_response(regs, syscall, result) {
                     // `100 Continue` answers nothing: still reading, so the body read after it
                     // starts no request.
@@ -425,6 +441,8 @@ fn budget_verdict(
             None
         }
         shed::verdict::RESUMED => {
+            // Its last hidden request, if still counted, was answered before this one.
+            shed::answered(conn.entry);
             conn.protocol = Protocol::Detecting as u32;
             Some(true)
         }
@@ -908,7 +926,9 @@ fn open_exit(regs: Regs, pid_tgid: u64, syscall: Syscall, result: i64) {
     };
     match classify_fd(fd, info) {
         Ok(FdKind::Inet) => {
-            let _ = track(pid_tgid, fd, info, role, syscall as u32);
+            if track(pid_tgid, fd, info, role, syscall as u32).is_some() && role == Role::Client {
+                shed::note_caller((pid_tgid >> 32) as u32);
+            }
         }
         Ok(FdKind::Untraced) => ignore(pid_tgid, fd),
         Ok(FdKind::Other) => {}

@@ -209,6 +209,16 @@ impl Conntrack {
         self.conns.get(&conn_id)
     }
 
+    /// Whether process `pid` has a connection open that may be a client end (one it connected,
+    /// or one whose role is unknown). A scan of the table: for the budget, once per process
+    /// and episode.
+    #[must_use]
+    pub fn may_call_out(&self, pid: u32) -> bool {
+        self.conns
+            .values()
+            .any(|c| c.process.pid == pid && c.role != Role::Server)
+    }
+
     /// Keeps `conn_id` however long it is silent (`pinned`), or lets it age out again.
     pub fn pin(&mut self, conn_id: u64, pinned: bool) {
         if let Some(conn) = self.conns.get_mut(&conn_id) {

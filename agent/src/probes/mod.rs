@@ -209,6 +209,14 @@ const MAP_FOLLOWED: &str = "FOLLOWED_PROCESSES";
 /// removed at close meanwhile is never re-created.
 const BPF_EXIST: u64 = 2;
 
+/// Removes every entry of `map`.
+fn empty<K: aya::Pod, V: aya::Pod>(map: &mut aya::maps::HashMap<MapData, K, V>) {
+    let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
+    for key in keys {
+        let _ = map.remove(&key);
+    }
+}
+
 /// The programs' connection table, as the agent writes to it.
 pub struct KernelConns {
     map: aya::maps::HashMap<MapData, agent_common::ConnKey, agent_common::ConnInfo>,
@@ -217,6 +225,9 @@ pub struct KernelConns {
     /// The programs' per-thread hidden work ([`agent_common::MAP_HIDDEN_WORK`]), emptied when
     /// shedding stops so that no stale entry outlives it.
     hidden_work: Option<aya::maps::HashMap<MapData, u64, [u32; 16]>>,
+    /// The processes known to make client calls ([`agent_common::MAP_SHED_CALLERS`]), emptied
+    /// with the hidden work.
+    callers: Option<aya::maps::HashMap<MapData, u32, u32>>,
     /// Whether the switch is on.
     shedding: bool,
 }
@@ -321,6 +332,16 @@ impl KernelConns {
         Some(was)
     }
 
+    /// Tells the programs that process `tgid` makes client calls: what its hidden requests ask
+    /// is then worth reading ([`agent_common::MAP_SHED_CALLERS`]).
+    pub fn note_caller(&mut self, tgid: u32) {
+        if let Some(callers) = &mut self.callers
+            && let Err(e) = callers.insert(tgid, 1, 0)
+        {
+            tracing::debug!("{}: {e}", agent_common::MAP_SHED_CALLERS);
+        }
+    }
+
     /// Turns the programs' hidden-work accounting on or off (on while anything is shed).
     pub fn set_shedding(&mut self, on: bool) {
         if let Some(control) = &mut self.shed_control
@@ -328,15 +349,15 @@ impl KernelConns {
         {
             tracing::warn!("{}: {e}", agent_common::MAP_SHED_CONTROL);
         }
-        if self.shedding
-            && !on
-            && let Some(work) = &mut self.hidden_work
-        {
+        if self.shedding && !on {
             // Nothing is shed: what threads still count as hidden (a request whose answer the
-            // programs missed) would only refuse parents at the next episode.
-            let threads: Vec<u64> = work.keys().filter_map(Result::ok).collect();
-            for thread in threads {
-                let _ = work.remove(&thread);
+            // programs missed) would only refuse parents at the next episode, and the callers
+            // are learnt anew.
+            if let Some(work) = &mut self.hidden_work {
+                empty(work);
+            }
+            if let Some(callers) = &mut self.callers {
+                empty(callers);
             }
         }
         self.shedding = on;
@@ -823,10 +844,19 @@ impl Probes {
                     .inspect_err(|e| tracing::warn!("{}: {e}", agent_common::MAP_HIDDEN_WORK))
                     .ok()
             });
+        let callers = self
+            .ebpf
+            .take_map(agent_common::MAP_SHED_CALLERS)
+            .and_then(|map| {
+                aya::maps::HashMap::try_from(map)
+                    .inspect_err(|e| tracing::warn!("{}: {e}", agent_common::MAP_SHED_CALLERS))
+                    .ok()
+            });
         Ok(KernelConns {
             map,
             shed_control,
             hidden_work,
+            callers,
             shedding: false,
         })
     }

@@ -28,6 +28,11 @@ use crate::util::{is_root, output_of, run, workspace_root};
 /// The CPU budget of variant (f), in cores: about half of what the agent takes at nginx's
 /// saturation here without one.
 const BUDGET_CORES: &str = "0.25";
+/// The CPU budget of variant (h), in cores: a twentieth of what the agent takes at nginx's
+/// saturation without one, where nearly every edge is shed and the host pays the shed path.
+const TIGHT_BUDGET_CORES: &str = "0.05";
+/// Seconds of saturation load a budget variant takes before its rate is measured.
+const BUDGET_SETTLING_S: u64 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Variant {
@@ -41,6 +46,8 @@ enum Variant {
     SockspanStore,
     /// As `SockspanStore`, held to a CPU budget of [`BUDGET_CORES`] (section 4 only).
     SockspanBudget,
+    /// As `SockspanStore`, held to a CPU budget of [`TIGHT_BUDGET_CORES`] (section 4 only).
+    SockspanTightBudget,
     /// As `Sockspan`, in the in-band cross-host mode (section 1 only): every request's first
     /// segment carries its context in a TCP header option, and the other end adopts it.
     SockspanInband,
@@ -53,12 +60,13 @@ enum Variant {
 
 impl Variant {
     /// The end-to-end variants (section 4).
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Untraced,
         Self::Floor,
         Self::Sockspan,
         Self::SockspanStore,
         Self::SockspanBudget,
+        Self::SockspanTightBudget,
     ];
     /// The ping-pong variants (section 1).
     const PING_PONG: [Self; 5] = [
@@ -83,8 +91,14 @@ impl Variant {
             Self::SockspanOpaque => "(d) sockspan run, bytes that are not HTTP",
             Self::SockspanStore => "(e) sockspan run, default output (embedded store and UI)",
             Self::SockspanBudget => "(f) as (e), with a CPU budget (`--max-cpu 0.25`)",
+            Self::SockspanTightBudget => "(h) as (e), with a tight CPU budget (`--max-cpu 0.05`)",
             Self::SockspanInband => "(g) as (c), in the in-band mode (`--in-band`)",
         }
+    }
+
+    /// Held to a CPU budget.
+    fn is_budget(self) -> bool {
+        matches!(self, Self::SockspanBudget | Self::SockspanTightBudget)
     }
 
     fn is_agent(self) -> bool {
@@ -94,6 +108,7 @@ impl Variant {
                 | Self::SockspanOpaque
                 | Self::SockspanStore
                 | Self::SockspanBudget
+                | Self::SockspanTightBudget
                 | Self::SockspanInband
         )
     }
@@ -216,7 +231,7 @@ fn start_variant(bin: &Path, variant: Variant, spans: Option<&Path>) -> Result<O
             }
             &["run", "--store", &store_arg, "--ui", "127.0.0.1:0"]
         }
-        Variant::SockspanBudget => {
+        Variant::SockspanBudget | Variant::SockspanTightBudget => {
             if let Some(path) = &store {
                 remove_store(path);
             }
@@ -227,7 +242,11 @@ fn start_variant(bin: &Path, variant: Variant, spans: Option<&Path>) -> Result<O
                 "--ui",
                 "127.0.0.1:0",
                 "--max-cpu",
-                BUDGET_CORES,
+                if variant == Variant::SockspanBudget {
+                    BUDGET_CORES
+                } else {
+                    TIGHT_BUDGET_CORES
+                },
             ]
         }
     };
@@ -644,7 +663,7 @@ fn phase(
             ..AgentPhase::default()
         });
     };
-    let nginx_spans = if matches!(variant, Variant::SockspanStore | Variant::SockspanBudget) {
+    let nginx_spans = if variant == Variant::SockspanStore || variant.is_budget() {
         let store = store_path(spans_file);
         let count = output_of(Command::new(bin).args([
             "bench-store-count",
@@ -687,9 +706,16 @@ fn http_rounds(bin: &Path, quick: bool) -> Result<Vec<HttpSample>> {
         );
         let mut saturation_rps = 0.0;
         let saturation = phase(bin, variant, &spans_file, || {
+            // A budget settles over its first looks (half a second apart, from full capture):
+            // the rate is measured after it did; coverage and CPU include the settling.
+            let settling = if variant.is_budget() {
+                crate::bench_http::wrk(nginx.port, BUDGET_SETTLING_S)?.1
+            } else {
+                0
+            };
             let (rps, requests) = crate::bench_http::wrk(nginx.port, seconds)?;
             saturation_rps = rps;
-            Ok(requests)
+            Ok(settling + requests)
         })?;
         let mut latencies = Vec::new();
         let fixed = phase(bin, variant, &spans_file, || {

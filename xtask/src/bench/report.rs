@@ -60,8 +60,10 @@ pub(super) fn http_section(out: &mut String, samples: &[HttpSample]) {
          sent, its ring drops read from its final counters (`--stats-file`). (e) is the agent as its README starts it: \
          `sockspan run` with spans into its embedded store (a new one per phase) and the query API and UI \
          serving; its nginx spans are counted in the store after it stops (`sockspan bench-store-count`). \
-         (f) is (e) held to a CPU budget (`--max-cpu 0.25`): its coverage is what the budget kept \
-         (docs/overhead.md).\n"
+         (f) is (e) held to a CPU budget (`--max-cpu 0.25`), (h) to a tight one (`--max-cpu 0.05`): \
+         their coverage is what the budget kept (docs/overhead.md); at saturation they first take 3 s of the same \
+         load unmeasured, for the budget to settle (its looks are half a second apart, from full capture), \
+         which their coverage and CPU include.\n"
     );
     let _ = writeln!(
         out,
@@ -94,18 +96,42 @@ pub(super) fn http_section(out: &mut String, samples: &[HttpSample]) {
             rps / untraced.max(1.0)
         );
     }
+    let p99_of = |v: Variant| {
+        summary(
+            &of(v)
+                .iter()
+                .map(|s| s.p99_us as f64 / 1000.0)
+                .collect::<Vec<_>>(),
+            3,
+        )
+        .0
+    };
+    let untraced_p99 = p99_of(Variant::Untraced);
     for variant in [
         Variant::Sockspan,
         Variant::SockspanStore,
         Variant::SockspanBudget,
+        Variant::SockspanTightBudget,
     ] {
         let traced = of(variant);
         let (rps, _) = summary(
             &traced.iter().map(|s| s.saturation_rps).collect::<Vec<_>>(),
             0,
         );
-        agent_table(out, variant, &traced, rps / untraced.max(1.0), fixed);
+        let ratios = Ratios {
+            saturation: rps / untraced.max(1.0),
+            p99: p99_of(variant) / untraced_p99.max(f64::MIN_POSITIVE),
+        };
+        agent_table(out, variant, &traced, &ratios, fixed);
     }
+}
+
+/// A traced variant's medians against the untraced one's in section 4.
+pub(super) struct Ratios {
+    /// Saturation throughput.
+    saturation: f64,
+    /// p99 latency at the fixed rate.
+    p99: f64,
 }
 
 /// The agent's figures in both phases of section 4, against the targets.
@@ -113,9 +139,10 @@ pub(super) fn agent_table(
     out: &mut String,
     variant: Variant,
     traced: &[&HttpSample],
-    ratio: f64,
+    ratios: &Ratios,
     fixed: f64,
 ) {
+    let budget = variant.is_budget();
     let figure = |f: &dyn Fn(&AgentPhase) -> f64, digits: usize| -> [(f64, String); 2] {
         [
             summary(
@@ -138,16 +165,35 @@ pub(super) fn agent_table(
         "\n| {} | at saturation | at {fixed:.0} req/s | target |\n|---|---|---|---|",
         variant.label()
     );
+    let ratio = ratios.saturation;
+    let (least, with) = if budget {
+        (0.85, "with a budget")
+    } else {
+        (0.70, "with defaults")
+    };
     let _ = writeln!(
         out,
-        "| requests/s, ratio to untraced | {ratio:.3} | — | ≥ 0.95 at saturation: {} (DeepFlow's published worst case on nginx: 0.61) |",
-        verdict(ratio >= 0.95)
+        "| requests/s, ratio to untraced | {ratio:.3} | — | ≥ {least:.2} at saturation {with}: {} (DeepFlow's published worst case on nginx: 0.61) |",
+        verdict(ratio >= least)
     );
     let _ = writeln!(
         out,
-        "| nginx SERVER spans ÷ requests served, % | {cov_sat} | {cov_fixed_text} | 100 %: {} |",
-        verdict(cov_fixed >= 99.9)
+        "| p99 at the fixed rate, ratio to untraced | — | {:.2} | ≤ 1.2: {} |",
+        ratios.p99,
+        verdict(ratios.p99 <= 1.2)
     );
+    if budget {
+        let _ = writeln!(
+            out,
+            "| nginx SERVER spans ÷ requests served, % | {cov_sat} | {cov_fixed_text} | what the budget kept |"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "| nginx SERVER spans ÷ requests served, % | {cov_sat} | {cov_fixed_text} | 100 %: {} |",
+            verdict(cov_fixed >= 99.9)
+        );
+    }
     let _ = writeln!(
         out,
         "| records dropped by a full ring | {drops_sat} | {drops_fixed_text} | 0: {} |",

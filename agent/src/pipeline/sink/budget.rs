@@ -29,6 +29,9 @@ pub(super) struct BudgetConn {
 pub(super) struct Shedder {
     pub(super) budget: Budget,
     conns: HashMap<u64, BudgetConn, foldhash::fast::RandomState>,
+    /// The processes whose server ends this episode shed, and whether each was found to make
+    /// client calls (told to the programs once, [`crate::probes::KernelConns::note_caller`]).
+    callers_checked: HashMap<u32, bool, foldhash::fast::RandomState>,
 }
 
 impl Shedder {
@@ -36,6 +39,7 @@ impl Shedder {
         Self {
             budget,
             conns: HashMap::default(),
+            callers_checked: HashMap::default(),
         }
     }
 }
@@ -146,6 +150,10 @@ impl TraceSink<'_> {
         if let Some(kernel) = &mut self.kernel_conns {
             kernel.set_shedding(any);
         }
+        if !any && let Some(shedder) = &mut self.shedder {
+            // The programs forgot the callers with the episode.
+            shedder.callers_checked.clear();
+        }
     }
 
     /// Moves `conn_id` into [`Protocol::ShedNext`].
@@ -164,6 +172,15 @@ impl TraceSink<'_> {
         let (pid, fd) = (conn.process.pid, conn.fd);
         // The programs flag hidden work from the moment a connection may switch.
         kernel.set_shedding(true);
+        if server && !shedder.callers_checked.contains_key(&pid) {
+            // Before the switch: a caller's hidden requests are read from the first (the
+            // programs note a caller's later `connect`s themselves).
+            let calls = self.conntrack.may_call_out(pid);
+            if calls {
+                kernel.note_caller(pid);
+            }
+            shedder.callers_checked.insert(pid, calls);
+        }
         if kernel
             .set_budget_state((pid, fd, conn_id), role, Protocol::ShedNext, Protocol::Http)
             .is_none()
