@@ -31,7 +31,7 @@ const BUDGET_CORES: &str = "0.25";
 /// The CPU budget of variant (h), in cores: a twentieth of what the agent takes at nginx's
 /// saturation without one, where nearly every edge is shed and the host pays the shed path.
 const TIGHT_BUDGET_CORES: &str = "0.05";
-/// Seconds of saturation load a budget variant takes before its rate is measured.
+/// Seconds of load a budget variant takes before its rate or latency is measured.
 const BUDGET_SETTLING_S: u64 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -719,10 +719,17 @@ fn http_rounds(bin: &Path, quick: bool) -> Result<Vec<HttpSample>> {
         })?;
         let mut latencies = Vec::new();
         let fixed = phase(bin, variant, &spans_file, || {
+            // As at saturation: a budget's first looks start from full capture, and a queue
+            // built then would be counted against every later request's latency.
+            let settling = if variant.is_budget() {
+                crate::bench_http::constant_rate(nginx.port, fixed_rate, BUDGET_SETTLING_S)?.0
+            } else {
+                0
+            };
             let (requests, sorted) =
                 crate::bench_http::constant_rate(nginx.port, fixed_rate, seconds)?;
             latencies = sorted;
-            Ok(requests)
+            Ok(settling + requests)
         })?;
         let pick = |q: f64| {
             latencies

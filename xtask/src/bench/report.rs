@@ -61,7 +61,7 @@ pub(super) fn http_section(out: &mut String, samples: &[HttpSample]) {
          `sockspan run` with spans into its embedded store (a new one per phase) and the query API and UI \
          serving; its nginx spans are counted in the store after it stops (`sockspan bench-store-count`). \
          (f) is (e) held to a CPU budget (`--max-cpu 0.25`), (h) to a tight one (`--max-cpu 0.05`): \
-         their coverage is what the budget kept (docs/overhead.md); at saturation they first take 3 s of the same \
+         their coverage is what the budget kept (docs/overhead.md); in both phases they first take 3 s of the same \
          load unmeasured, for the budget to settle (its looks are half a second apart, from full capture), \
          which their coverage and CPU include.\n"
     );
