@@ -817,6 +817,17 @@ impl Probes {
         }
     }
 
+    /// The map `name` as a `T`, or `None` (with a warning) when it is missing or of another
+    /// kind.
+    fn take_optional_map<T>(&mut self, name: &str) -> Option<T>
+    where
+        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        T::try_from(self.ebpf.take_map(name)?)
+            .inspect_err(|e| tracing::warn!("{name}: {e}"))
+            .ok()
+    }
+
     /// The connection table, for the agent to tell the programs which connections it gave up
     /// on. Can be taken once.
     pub fn take_conns(&mut self) -> Result<KernelConns, ProbesError> {
@@ -828,30 +839,10 @@ impl Probes {
             name: MAP_CONNS,
             reason: e.to_string(),
         })?;
-        let shed_control = self
-            .ebpf
-            .take_map(agent_common::MAP_SHED_CONTROL)
-            .and_then(|map| {
-                aya::maps::Array::try_from(map)
-                    .inspect_err(|e| tracing::warn!("{}: {e}", agent_common::MAP_SHED_CONTROL))
-                    .ok()
-            });
-        let hidden_work = self
-            .ebpf
-            .take_map(agent_common::MAP_HIDDEN_WORK)
-            .and_then(|map| {
-                aya::maps::HashMap::try_from(map)
-                    .inspect_err(|e| tracing::warn!("{}: {e}", agent_common::MAP_HIDDEN_WORK))
-                    .ok()
-            });
-        let callers = self
-            .ebpf
-            .take_map(agent_common::MAP_SHED_CALLERS)
-            .and_then(|map| {
-                aya::maps::HashMap::try_from(map)
-                    .inspect_err(|e| tracing::warn!("{}: {e}", agent_common::MAP_SHED_CALLERS))
-                    .ok()
-            });
+        // The budget's maps: without them the budget cannot shed, the rest still works.
+        let shed_control = self.take_optional_map(agent_common::MAP_SHED_CONTROL);
+        let hidden_work = self.take_optional_map(agent_common::MAP_HIDDEN_WORK);
+        let callers = self.take_optional_map(agent_common::MAP_SHED_CALLERS);
         Ok(KernelConns {
             map,
             shed_control,
