@@ -6,6 +6,7 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 
 pub mod ask;
+pub mod conn_update;
 pub mod event;
 pub mod kernel;
 pub mod maps;

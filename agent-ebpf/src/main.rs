@@ -25,6 +25,8 @@
 #[cfg(target_arch = "bpf")]
 mod capture;
 #[cfg(target_arch = "bpf")]
+mod conn_update;
+#[cfg(target_arch = "bpf")]
 mod detect;
 #[cfg(all(target_arch = "bpf", feature = "bench"))]
 mod floor;

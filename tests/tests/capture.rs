@@ -389,6 +389,13 @@ fn check_reports_the_kernel_and_passes_here() {
         fentry.contains("MISSING") && fentry.contains("refused"),
         "{fentry}"
     );
+    // The agent's marks on connections are written in place by a program it runs
+    // (BPF_PROG_TEST_RUN), which this kernel allows: the fallback's write-back races.
+    let in_place = text
+        .lines()
+        .find(|l| l.starts_with("in-place connection updates"))
+        .expect("in-place updates row");
+    assert!(in_place.contains(" ok "), "{in_place}");
     // Under the deployed capabilities (CAP_SYS_ADMIN included) a real uprobe attaches.
     let go = text
         .lines()

@@ -2,6 +2,7 @@
 //! attaches them to the raw syscall tracepoints by BTF.
 
 pub mod btf;
+pub mod conn_update;
 pub mod go;
 pub mod gotls;
 pub mod inband;
@@ -11,6 +12,7 @@ pub mod offsets;
 pub mod python;
 pub mod tls;
 
+use agent_common::conn_update::{ConnUpdate, NOT_WRITTEN, apply as apply_update};
 use agent_common::{
     CaptureConfig, Counter, DEFAULT_CAPTURE_BYTES, DEFAULT_MAX_CONNS, DEFAULT_RING_BYTES,
     EXIT_FAMILIES, MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAP_EXIT_JUMPS, MAX_CAPTURE_BYTES,
@@ -230,106 +232,92 @@ pub struct KernelConns {
     callers: Option<aya::maps::HashMap<MapData, u32, u32>>,
     /// Whether the switch is on.
     shedding: bool,
+    /// The agent's writes to the table, made in place in the kernel; `None` where the kernel
+    /// cannot run it (a read and a write back of the whole entry instead, racing the programs).
+    updater: Option<conn_update::ConnUpdater>,
 }
 
 impl KernelConns {
+    /// Writes `op` (arguments `abc`) to the entry of socket `fd` of `tgid` if it is still the
+    /// connection `conn_id` ([`agent_common::conn_update`]): what the update returns, `None`
+    /// when nothing was written. In the kernel, in place, where it can; otherwise by a read of
+    /// the whole entry and a write of it back, which loses whatever the programs wrote to it
+    /// between the two (a syscall's byte count, a hidden request's start or answer).
+    fn update(
+        &mut self,
+        (tgid, fd, conn_id): (u32, i32, u64),
+        op: ConnUpdate,
+        abc: [u32; 3],
+    ) -> Option<u32> {
+        let written = if let Some(updater) = &self.updater {
+            match updater.run(tgid, fd, conn_id, op, abc) {
+                Ok(ret) => ret,
+                Err(e) => {
+                    tracing::debug!(tgid, fd, ?op, "{e}");
+                    NOT_WRITTEN
+                }
+            }
+        } else {
+            let key = agent_common::ConnKey { tgid, fd };
+            let mut info = self.map.get(&key, 0).ok()?;
+            let [a, b, c] = abc;
+            // SAFETY: a live, exclusive local copy.
+            let ret = unsafe { apply_update(&raw mut info, conn_id, op, a, b, c) };
+            if ret == NOT_WRITTEN || self.map.insert(key, info, BPF_EXIST).is_err() {
+                return None;
+            }
+            ret
+        };
+        (written != NOT_WRITTEN).then_some(written)
+    }
+
     /// Marks the socket `fd` of `tgid` opaque, if it is still the connection `conn_id`: the
     /// programs then stop copying and sending its bytes (they still count them for the close).
-    /// Returns whether the mark was written. A byte count the programs add between this read
-    /// and write is lost (the totals at close may then be short by one syscall's bytes).
+    /// Returns whether the mark was written.
     pub fn mark_opaque(&mut self, tgid: u32, fd: i32, conn_id: u64) -> bool {
-        let key = agent_common::ConnKey { tgid, fd };
-        let Ok(mut info) = self.map.get(&key, 0) else {
-            return false;
-        };
-        if info.conn_id != conn_id {
-            return false;
-        }
-        info.protocol = agent_common::Protocol::Opaque as u32;
-        self.map.insert(key, info, BPF_EXIST).is_ok()
+        self.update((tgid, fd, conn_id), ConnUpdate::Opaque, [0; 3])
+            .is_some()
     }
 
     /// Tells the programs the role of the socket `fd` of `tgid` (if it is still the connection
     /// `conn_id`): one first seen in use is `Unknown` to them, and the in-band mode needs the
     /// role to tell a request's start (an agent restarted while its host's connections stayed
-    /// open). Returns whether it was written; races the programs as [`KernelConns::mark_opaque`].
-    pub fn set_role(
-        &mut self,
-        (tgid, fd, conn_id): (u32, i32, u64),
-        role: agent_common::Role,
-    ) -> bool {
-        let key = agent_common::ConnKey { tgid, fd };
-        let Ok(mut info) = self.map.get(&key, 0) else {
-            return false;
-        };
-        if info.conn_id != conn_id {
-            return false;
-        }
-        info.role = role as u32;
-        self.map.insert(key, info, BPF_EXIST).is_ok()
+    /// open). Returns whether it was written.
+    pub fn set_role(&mut self, conn: (u32, i32, u64), role: agent_common::Role) -> bool {
+        self.update(conn, ConnUpdate::Role, [role as u32, 0, 0])
+            .is_some()
     }
 
     /// Tells the programs what the TLS connection `conn_id` (socket `fd` of `tgid`) speaks in
     /// its plaintext, for the in-band mode ([`agent_common::ConnInfo::inband_tls`]): a protocol
     /// answered in order ([`agent_common::INBAND_TLS_IN_ORDER`]: its records are followed as
     /// requests from now on) or HTTP/2 ([`agent_common::INBAND_TLS_STREAMS`]: the connection
-    /// form). Returns whether it was written; races the programs as
-    /// [`KernelConns::mark_opaque`] (once per connection: a syscall's in-band state written
-    /// meanwhile may be lost, which leaves its thread unsure).
-    pub fn set_inband_tls(&mut self, (tgid, fd, conn_id): (u32, i32, u64), value: u32) -> bool {
-        let key = agent_common::ConnKey { tgid, fd };
-        let Ok(mut info) = self.map.get(&key, 0) else {
-            return false;
-        };
-        if info.conn_id != conn_id || info.protocol != agent_common::Protocol::Tls as u32 {
-            return false;
-        }
-        if info.inband_tls == value {
-            // The programs marked it themselves (an HTTP/2 client's preface): a write of the
-            // whole entry could only lose what they wrote meanwhile.
-            return true;
-        }
-        info.inband_tls = value;
-        self.map.insert(key, info, BPF_EXIST).is_ok()
+    /// form). Returns whether it was written (also when the programs had marked it so
+    /// themselves, as an HTTP/2 client's preface does).
+    pub fn set_inband_tls(&mut self, conn: (u32, i32, u64), value: u32) -> bool {
+        self.update(conn, ConnUpdate::InbandTls, [value, 0, 0])
+            .is_some()
     }
 
     /// Moves the socket `fd` of `tgid`, if it is still the connection `conn_id`, into the
     /// budget's state `to` ([`agent_common::Protocol::ShedNext`] or
     /// [`agent_common::Protocol::ResumeNext`]), telling the programs its role (a connection first
-    /// seen in use is `Unknown` to them). Returns the state it was in, `None` if the entry is
-    /// gone. Moving to `ResumeNext` a connection still in `ShedNext` (never switched) puts it
-    /// back to `back_to` at once instead. The read-modify-write races the programs' own switch
-    /// by a syscall at worst (see [`KernelConns::mark_opaque`]).
+    /// seen in use is `Unknown` to them); a connection still in `ShedNext` (never switched)
+    /// moved to `ResumeNext` goes back to `back_to` at once instead ([`ConnUpdate::Budget`]).
+    /// Returns the state it was in, `None` if the entry is gone.
     pub fn set_budget_state(
         &mut self,
-        (tgid, fd, conn_id): (u32, i32, u64),
+        conn: (u32, i32, u64),
         role: agent_common::Role,
         to: agent_common::Protocol,
         back_to: agent_common::Protocol,
     ) -> Option<u32> {
-        use agent_common::Protocol;
-        let key = agent_common::ConnKey { tgid, fd };
-        let mut info = self.map.get(&key, 0).ok()?;
-        if info.conn_id != conn_id {
-            return None;
-        }
-        let was = info.protocol;
-        info.protocol = if to == Protocol::ResumeNext && was == Protocol::ShedNext as u32 {
-            back_to as u32
-        } else if to == Protocol::ShedNext && was == Protocol::ResumeNext as u32 {
-            // Still hidden: it stays so, its hidden request still counted.
-            Protocol::Shed as u32
-        } else {
-            to as u32
-        };
-        info.role = role as u32;
-        if !Protocol::is_budget_state(was) {
-            // The programs track directions only in the budget's states; within them the last
-            // one stays known, so a hidden request's answer is still counted as one.
-            info.last_direction = 0;
-        }
-        self.map.insert(key, info, BPF_EXIST).ok()?;
-        Some(was)
+        self.update(
+            conn,
+            ConnUpdate::Budget,
+            [to as u32, back_to as u32, role as u32],
+        )
+        .map(|ret| ret - 1)
     }
 
     /// Tells the programs that process `tgid` makes client calls: what its hidden requests ask
@@ -828,6 +816,15 @@ impl Probes {
             .ok()
     }
 
+    /// Loads the program the agent writes its marks on connections with
+    /// ([`conn_update::ConnUpdater`]) and checks that the kernel runs it. Once: a second call
+    /// finds it loaded.
+    pub fn conn_updater(
+        &mut self,
+    ) -> Result<conn_update::ConnUpdater, conn_update::ConnUpdateError> {
+        conn_update::ConnUpdater::load(&mut self.ebpf)
+    }
+
     /// The connection table, for the agent to tell the programs which connections it gave up
     /// on. Can be taken once.
     pub fn take_conns(&mut self) -> Result<KernelConns, ProbesError> {
@@ -843,12 +840,21 @@ impl Probes {
         let shed_control = self.take_optional_map(agent_common::MAP_SHED_CONTROL);
         let hidden_work = self.take_optional_map(agent_common::MAP_HIDDEN_WORK);
         let callers = self.take_optional_map(agent_common::MAP_SHED_CALLERS);
+        let updater = self
+            .conn_updater()
+            .inspect_err(|e| {
+                tracing::warn!(
+                    "{e}; the agent writes its marks on connections by a read and a write of each entry, which can lose what the programs wrote in between"
+                );
+            })
+            .ok();
         Ok(KernelConns {
             map,
             shed_control,
             hidden_work,
             callers,
             shedding: false,
+            updater,
         })
     }
 

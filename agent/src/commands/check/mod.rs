@@ -230,11 +230,31 @@ fn capture_rows(
         fix: "see the detail; the rows above name the missing piece",
     });
     if let Ok(probes) = &mut capture {
+        rows.push(conn_update_row(probes));
         rows.push(tls_row(probes));
         rows.push(inband_row(probes));
         rows.push(inband_mark_row(probes));
     }
     uprobe_test
+}
+
+/// Whether the agent can write its marks on connections (the budget's state, opaque, role) in
+/// place in the kernel: a raw tracepoint program run by `BPF_PROG_TEST_RUN` (Linux 5.10+).
+fn conn_update_row(probes: &mut Probes) -> Row {
+    let updater = probes.conn_updater();
+    Row {
+        feature: "in-place connection updates (BPF_PROG_TEST_RUN)".into(),
+        ok: updater.is_ok(),
+        detail: match updater {
+            Ok(_) => {
+                "the agent's marks on a connection are written in the kernel, field by field".into()
+            }
+            Err(e) => e.to_string(),
+        },
+        need: Need::Optional,
+        role: "without: the agent reads and writes back a connection's whole entry, which can lose what the programs wrote in between (the budget may then refuse more parents, or cut a trace)",
+        fix: "use Linux 5.10 or newer",
+    }
 }
 
 /// Whether the in-band mode (`--in-band`) can run: its `sock_ops` program loaded and attached
