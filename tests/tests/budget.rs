@@ -125,6 +125,66 @@ fn behind_an_nginx_proxy_the_budget_keeps_whole_traces() {
     budget_holds(nginx.port, 8);
 }
 
+/// An agent whose ring cannot hold the load (64 KiB, wrk against nginx) is as far behind as a
+/// budget allows even far under its CPU limit: as the ring fills it sheds edges in the kernel
+/// and keeps whole traces, instead of losing records at random (which cuts traces anywhere).
+#[test]
+fn a_ring_that_cannot_keep_up_sheds_edges_and_keeps_whole_traces() {
+    let nginx = Nginx::serving("ok");
+    let agent = Agent::start_command(
+        "run",
+        &[
+            "--output",
+            "jsonl",
+            "--max-cpu",
+            "4",
+            "--max-memory",
+            "off",
+            "--ring-bytes",
+            "65536",
+        ],
+    );
+    let wrk = Command::new("wrk")
+        .args(["-t1", &format!("-c{WRK_CONNECTIONS}"), "-d8s"])
+        .arg(format!("http://127.0.0.1:{}/", nginx.port))
+        .stdout(Stdio::piped())
+        .output()
+        .expect("run wrk");
+    let report = String::from_utf8_lossy(&wrk.stdout);
+    assert!(wrk.status.success(), "wrk failed: {report}");
+    let out = agent.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let spans: Vec<&Value> = out.events.iter().collect();
+    let wrk_shapes = shapes(&spans, "wrk", 2);
+    let counters = (
+        out.counter("budget_ring_cuts"),
+        out.counter("connections_shed"),
+        out.counter("ring_full_drops"),
+    );
+    let broken = wrk_shapes.other.len() + wrk_shapes.dangling;
+    eprintln!(
+        "whole {}, broken {broken}, (ring cuts, ends shed, records dropped) {counters:?}; wrk: \
+         {report}",
+        wrk_shapes.whole
+    );
+    assert!(
+        counters.0 > 0 && counters.1 > 0,
+        "the ring's fill shed nothing: {counters:?}"
+    );
+    assert!(
+        wrk_shapes.whole > 1000,
+        "few whole traces: {}",
+        wrk_shapes.whole
+    );
+    // Before the first cut the full ring drops records, and their traces are cut; after it,
+    // the edges shed in the kernel leave room for the rest.
+    assert!(
+        wrk_shapes.whole >= 3 * broken,
+        "{} whole traces, {broken} cut",
+        wrk_shapes.whole
+    );
+}
+
 /// Drives `port` with wrk under a 0.05-core budget and checks what was kept: every request
 /// from outside is `spans` spans when whole.
 fn budget_holds(port: u16, spans_per_request: usize) {

@@ -10,6 +10,11 @@
 //! a connection is kept depends only on its rank, a hash of its endpoints ([`rank`]), so both
 //! ends agree and a lower share sheds a superset of what a higher one shed.
 //!
+//! The ring the programs fill is a pressure too ([`RING_FILL_AT_LIMIT`]): an agent that falls
+//! behind (a host with no CPU to spare for it, a ring too small for the load) sheds edges
+//! before the ring overflows, so that what it keeps is whole traces instead of records dropped
+//! at random.
+//!
 //! Shedding happens in the kernel first: a shed connection's table entry says
 //! [`agent_common::Protocol::Shed`], and the programs stop copying and sending its bytes. The
 //! traces the agent keeps stay whole: a shed request's downstream calls have no visible parent,
@@ -31,6 +36,15 @@ use usage::{Sample, Usage};
 /// How often the budget looks at the agent's usage.
 pub const INTERVAL_NS: u64 = 500_000_000;
 
+/// How full the ring may get (the bytes the agent has not read yet, over its size) before the
+/// agent is as far behind as a budget allows: pressure 1.0. Half full leaves the other half for
+/// the time a cut takes to empty the ring (the connections shed stop at their next request).
+pub const RING_FILL_AT_LIMIT: f64 = 0.5;
+
+/// How soon after the last look the next one comes once the ring is at the limit: a ring fills
+/// in a fraction of [`INTERVAL_NS`] when the agent stops reading it.
+pub const EARLY_LOOK_NS: u64 = 100_000_000;
+
 /// What the budget did, for the self-metrics and the final counters.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct BudgetStats {
@@ -46,6 +60,11 @@ pub struct BudgetStats {
     pub rss_bytes: u64,
     /// The highest CPU use over any interval, thousandths of a core.
     pub cpu_millicores_peak: u64,
+    /// The fullest the ring was at a drain's start over the last interval, thousandths.
+    pub ring_fill_permille: u64,
+    /// Cuts made because the ring filled (the agent fell behind) rather than for its CPU or
+    /// memory.
+    pub ring_cuts: u64,
 }
 
 /// The budget's state: limits, the controller, and the last look at the agent's usage.
@@ -57,6 +76,8 @@ pub struct Budget {
     last: Option<(u64, Sample)>,
     /// The last look's pressure (usage over limit).
     pressure: f64,
+    /// The fullest the ring was at a drain's start since the last look (0 to 1).
+    ring_fill: f64,
     pub stats: BudgetStats,
 }
 
@@ -69,6 +90,7 @@ impl Budget {
             usage: Usage::default(),
             last: None,
             pressure: 0.0,
+            ring_fill: 0.0,
             stats: BudgetStats::default(),
         }
     }
@@ -91,14 +113,24 @@ impl Budget {
         self.controller.keep()
     }
 
+    /// How full the ring was (0 to 1) at a drain's start: the next look takes the fullest.
+    pub fn note_ring_fill(&mut self, fill: f64) {
+        self.ring_fill = self.ring_fill.max(fill);
+    }
+
     /// Looks at the agent's usage if an interval passed since the last look (`now_ns`:
-    /// monotonic); returns the new share when it changed.
+    /// monotonic; sooner when the ring is at its limit); returns the new share when it changed.
     pub fn tick(&mut self, now_ns: u64) -> Option<f64> {
         if !self.enabled() {
             return None;
         }
+        let interval = if self.ring_fill >= RING_FILL_AT_LIMIT {
+            EARLY_LOOK_NS
+        } else {
+            INTERVAL_NS
+        };
         if let Some((at, _)) = self.last
-            && now_ns.saturating_sub(at) < INTERVAL_NS
+            && now_ns.saturating_sub(at) < interval
         {
             return None;
         }
@@ -112,12 +144,26 @@ impl Budget {
             .cpu_millicores_peak
             .max(self.stats.cpu_millicores);
         self.stats.rss_bytes = sample.rss_bytes;
-        let pressure = self.config.pressure(cores, sample.rss_bytes);
+        let usage = self.config.pressure(cores, sample.rss_bytes);
+        let ring = std::mem::take(&mut self.ring_fill);
+        self.stats.ring_fill_permille = (ring * 1000.0) as u64;
+        let pressure = usage.max(ring / RING_FILL_AT_LIMIT);
         self.pressure = pressure;
         let before = self.controller.keep();
         let after = self.controller.update(pressure);
+        tracing::debug!(
+            cores,
+            rss = sample.rss_bytes,
+            ring_fill = ring,
+            pressure,
+            keep = after,
+            "budget: look"
+        );
         if after < before {
             self.stats.cuts += 1;
+            if ring / RING_FILL_AT_LIMIT > usage {
+                self.stats.ring_cuts += 1;
+            }
         }
         ((after - before).abs() > f64::EPSILON).then_some(after)
     }
@@ -153,6 +199,36 @@ mod tests {
             "not before the next interval"
         );
         drop(std::hint::black_box(held));
+    }
+
+    #[test]
+    fn a_ring_falling_behind_cuts_the_share_and_looks_sooner() {
+        let mut budget = Budget::new(BudgetConfig {
+            max_cpu: Limit::At(64.0),
+            max_memory: Limit::Off,
+        });
+        assert!(
+            budget.tick(0).is_none(),
+            "the first look only takes a sample"
+        );
+        // Far under the CPU budget, but the ring was three quarters full at a drain.
+        budget.note_ring_fill(0.2);
+        budget.note_ring_fill(0.75);
+        budget.note_ring_fill(0.1);
+        assert!(
+            budget.tick(EARLY_LOOK_NS - 1).is_none(),
+            "not before the early look"
+        );
+        let keep = budget.tick(EARLY_LOOK_NS).expect("a cut");
+        assert!(keep < 1.0, "{keep}");
+        assert!((budget.pressure() - 0.75 / RING_FILL_AT_LIMIT).abs() < 1e-9);
+        assert_eq!((budget.stats.cuts, budget.stats.ring_cuts), (1, 1));
+        assert_eq!(budget.stats.ring_fill_permille, 750);
+        // Read since: the next look waits the whole interval and sees no ring pressure.
+        assert!(budget.tick(2 * EARLY_LOOK_NS).is_none());
+        budget.tick(EARLY_LOOK_NS + INTERVAL_NS);
+        assert!(budget.pressure() < 1.0, "{}", budget.pressure());
+        assert_eq!(budget.stats.ring_fill_permille, 0);
     }
 
     #[test]

@@ -496,5 +496,6 @@ fn capture_stats(stats: &mut FinalStats, sink: &TraceSink<'_>, receiver: &receiv
         .add("connections_shed", budget.connections_shed)
         .add("connections_resumed", budget.connections_resumed)
         .add("budget_cuts", budget.cuts)
-        .add("budget_cpu_millicores_peak", budget.cpu_millicores_peak);
+        .add("budget_cpu_millicores_peak", budget.cpu_millicores_peak)
+        .add("budget_ring_cuts", budget.ring_cuts);
 }

@@ -29,6 +29,8 @@ pub trait EventSink {
     /// Called after each timed drain of the ring (every 10 ms), for what must not wait for a
     /// tick (messages to other hosts' agents).
     fn on_drained(&mut self) {}
+    /// How full the ring was (0 to 1) when a drain began: how far the agent is behind.
+    fn on_ring_fill(&mut self, _fill: f64) {}
 
     /// Hands a decoded record to the method for its kind.
     fn on_event(&mut self, event: &Event<'_>) {
@@ -123,6 +125,7 @@ fn drain(
     stats: &mut ReceiverStats,
     limit: usize,
 ) -> Drained {
+    sink.on_ring_fill(ring.fill());
     ring.drain(limit, |record| receive(record, sink, stats))
 }
 

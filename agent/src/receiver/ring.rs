@@ -230,6 +230,12 @@ impl EventRing {
         self.drain_bounded(limit, None, on_record)
     }
 
+    /// How full the ring is: the bytes written and not yet read, over its size (0 to 1).
+    pub fn fill(&self) -> f64 {
+        let used = self.load_producer_pos().wrapping_sub(self.pos);
+        (used as f64 / (self.mask + 1) as f64).clamp(0.0, 1.0)
+    }
+
     /// Where the records written so far end: [`Self::drain_until`] stops there.
     pub fn backlog_end(&self) -> usize {
         self.load_producer_pos()

@@ -608,6 +608,12 @@ impl EventSink for TraceSink<'_> {
         self.exchange_with_peers(monotonic_ns());
     }
 
+    fn on_ring_fill(&mut self, fill: f64) {
+        if let Some(shedder) = &mut self.shedder {
+            shedder.budget.note_ring_fill(fill);
+        }
+    }
+
     fn on_tick(&mut self) {
         /// Ticks between two readings of this host's addresses (about 5 s): interfaces come
         /// and go.

@@ -171,6 +171,16 @@ impl TraceSink<'_> {
                 "The agent's CPU use over the budget's last look, thousandths of a core.",
                 self.budget_stats().map_or(0, |b| b.cpu_millicores),
             ),
+            own(
+                "budget_ring_fill_permille",
+                "How full the event ring was at its fullest over the budget's last look, thousandths (at 500 the budget sheds as if over its CPU limit).",
+                self.budget_stats().map_or(0, |b| b.ring_fill_permille),
+            ),
+            own(
+                "budget_ring_cuts_total",
+                "Cuts of the share the budget made because the ring filled (the agent fell behind).",
+                self.budget_stats().map_or(0, |b| b.ring_cuts),
+            ),
             own("roots_total", "Spans that started a trace.", t.roots),
             own(
                 "links_ambiguous_total",
