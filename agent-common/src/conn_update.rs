@@ -60,9 +60,11 @@ impl ConnUpdate {
 ///
 /// Each field is written by one store, in program order (volatile): a capture program on
 /// another CPU reading the entry meanwhile sees each field's old value or its new one, and where
-/// stores stay in order (x86) it sees the direction and the role no later than the state. Such a
-/// program running on the same connection in the same instant can still interleave with these
-/// few stores; the budget's state is then off by that one syscall, as any two programs' are.
+/// stores stay in order (x86; not arm64) it sees the direction and the role no later than the
+/// state. A capture program running on the same connection on another CPU meanwhile (it copies
+/// the state at its lookup and may write a switch later in its run: hundreds of nanoseconds to
+/// microseconds) can still interleave with these stores; docs/overhead.md says what that can
+/// do.
 ///
 /// # Safety
 /// `entry` must be valid for reads and writes of a [`ConnInfo`] for the call.
@@ -95,7 +97,10 @@ pub unsafe fn apply(
                 if was != Protocol::Tls as u32 {
                     return NOT_WRITTEN;
                 }
-                write_volatile(addr_of_mut!((*entry).inband_tls), a);
+                // The programs may have marked it so themselves (an HTTP/2 client's preface).
+                if read_volatile(addr_of!((*entry).inband_tls)) != a {
+                    write_volatile(addr_of_mut!((*entry).inband_tls), a);
+                }
                 1
             }
             ConnUpdate::Budget => {

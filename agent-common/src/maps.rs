@@ -24,7 +24,7 @@ const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 
 /// The state the programs keep per tracked socket.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnInfo {
     pub conn_id: u64,
     pub tuple: SockTuple,

@@ -16,9 +16,9 @@ use crate::maps::CONNS;
 /// Runs one [`ConnUpdate`]. Arguments `[tgid, fd, conn_id, op, a, b, c]`, each a `u64` as the
 /// agent passes them to `BPF_PROG_TEST_RUN`, which hands back the return value. Written out
 /// instead of by aya's `#[raw_tracepoint]`, whose entry point returns 0 whatever the function
-/// returns. The raw tracepoint its section names is never attached to.
+/// returns. Never attached: its section names no tracepoint.
 #[unsafe(no_mangle)]
-#[unsafe(link_section = "raw_tp/sys_enter")]
+#[unsafe(link_section = "raw_tp")]
 pub extern "C" fn conn_update(ctx: *mut c_void) -> u32 {
     update(&RawTracePointContext::new(ctx))
 }
@@ -38,8 +38,11 @@ fn update(ctx: &RawTracePointContext) -> u32 {
     let Some(entry) = CONNS.get_ptr_mut(&key) else {
         return NOT_WRITTEN;
     };
-    // SAFETY: a pointer from a successful lookup in this run; an LRU element stays valid while
-    // the program runs (it is freed after an RCU grace period).
+    // SAFETY: a pointer from a successful lookup in this run, into the map's preallocated
+    // elements, which live as long as the map: always memory of a `ConnInfo`. An element
+    // evicted and reused for another key meanwhile is caught by `apply`'s `conn_id` check but
+    // for the instant between that check and its stores (the LRU reuses the least recent
+    // entries, not one just looked up).
     unsafe {
         apply(
             entry,

@@ -41,8 +41,14 @@ pub const INTERVAL_NS: u64 = 500_000_000;
 /// the time a cut takes to empty the ring (the connections shed stop at their next request).
 pub const RING_FILL_AT_LIMIT: f64 = 0.5;
 
-/// How soon after the last look the next one comes once the ring is at the limit: a ring fills
-/// in a fraction of [`INTERVAL_NS`] when the agent stops reading it.
+/// How full the ring is when the programs wake the agent
+/// ([`agent_common::wakeup_backlog_bytes`]): a drain that a wake-up starts sees this much at
+/// least, however fast the agent is, so the ring's pressure counts only what lies above it.
+pub const WAKEUP_FILL: f64 = 0.25;
+
+/// How soon after the last look an early one comes once the ring is at the limit: a ring fills
+/// in a fraction of [`INTERVAL_NS`] when the agent stops reading it. An early look acts on the
+/// ring alone; CPU is measured over whole intervals.
 pub const EARLY_LOOK_NS: u64 = 100_000_000;
 
 /// What the budget did, for the self-metrics and the final counters.
@@ -78,6 +84,13 @@ pub struct Budget {
     pressure: f64,
     /// The fullest the ring was at a drain's start since the last look (0 to 1).
     ring_fill: f64,
+    /// A cut the ring's fill made is still to show: what was in the ring when it was made
+    /// must be read first, and until a drain finds the ring under the limit again it cuts no
+    /// further (the share would otherwise fall at every look while the backlog drains).
+    ring_cut_showing: bool,
+    /// The CPU and memory pressure of the last look that measured them (an early look does
+    /// not).
+    usage_pressure: f64,
     pub stats: BudgetStats,
 }
 
@@ -91,6 +104,8 @@ impl Budget {
             last: None,
             pressure: 0.0,
             ring_fill: 0.0,
+            ring_cut_showing: false,
+            usage_pressure: 0.0,
             stats: BudgetStats::default(),
         }
     }
@@ -115,54 +130,79 @@ impl Budget {
 
     /// How full the ring was (0 to 1) at a drain's start: the next look takes the fullest.
     pub fn note_ring_fill(&mut self, fill: f64) {
+        if self.ring_cut_showing && fill < RING_FILL_AT_LIMIT {
+            // Caught up with what was in the ring at the cut: from here on the ring's fill
+            // says how the cut share does.
+            self.ring_cut_showing = false;
+            self.ring_fill = fill;
+            return;
+        }
         self.ring_fill = self.ring_fill.max(fill);
     }
 
+    /// The pressure of a ring that was `fill` full at its fullest: what lies above the wake-up
+    /// point, 1.0 at [`RING_FILL_AT_LIMIT`]; held at 1.0 while a cut it made is still showing.
+    fn ring_pressure(&self, fill: f64) -> f64 {
+        let pressure = ((fill - WAKEUP_FILL) / (RING_FILL_AT_LIMIT - WAKEUP_FILL)).max(0.0);
+        if self.ring_cut_showing {
+            pressure.min(1.0)
+        } else {
+            pressure
+        }
+    }
+
     /// Looks at the agent's usage if an interval passed since the last look (`now_ns`:
-    /// monotonic; sooner when the ring is at its limit); returns the new share when it changed.
+    /// monotonic), or at the ring alone when it reached its limit since; returns the new share
+    /// when it changed.
     pub fn tick(&mut self, now_ns: u64) -> Option<f64> {
         if !self.enabled() {
             return None;
         }
-        let interval = if self.ring_fill >= RING_FILL_AT_LIMIT {
-            EARLY_LOOK_NS
-        } else {
-            INTERVAL_NS
-        };
-        if let Some((at, _)) = self.last
-            && now_ns.saturating_sub(at) < interval
-        {
+        let since = self.last.map(|(at, _)| now_ns.saturating_sub(at));
+        let early = self.ring_fill >= RING_FILL_AT_LIMIT && !self.ring_cut_showing;
+        let regular = since.is_none_or(|since| since >= INTERVAL_NS);
+        let early_due = early && since.is_some_and(|since| since >= EARLY_LOOK_NS);
+        if !(regular || early_due) {
             return None;
         }
-        let sample = self.usage.sample()?;
-        let previous = self.last.replace((now_ns, sample));
-        let (at, before) = previous?;
-        let cores = sample.cpu_cores_since(&before, now_ns.saturating_sub(at));
-        self.stats.cpu_millicores = (cores * 1000.0) as u64;
-        self.stats.cpu_millicores_peak = self
-            .stats
-            .cpu_millicores_peak
-            .max(self.stats.cpu_millicores);
-        self.stats.rss_bytes = sample.rss_bytes;
-        let usage = self.config.pressure(cores, sample.rss_bytes);
-        let ring = std::mem::take(&mut self.ring_fill);
-        self.stats.ring_fill_permille = (ring * 1000.0) as u64;
-        let pressure = usage.max(ring / RING_FILL_AT_LIMIT);
+        // Taken at every look, the first too: a backlog the ring held before the agent read it
+        // at all (start-up) is not the agent falling behind.
+        let fill = std::mem::take(&mut self.ring_fill);
+        if regular {
+            let sample = self.usage.sample()?;
+            let (at, before) = self.last.replace((now_ns, sample))?;
+            let cores = sample.cpu_cores_since(&before, now_ns.saturating_sub(at));
+            self.stats.cpu_millicores = (cores * 1000.0) as u64;
+            self.stats.cpu_millicores_peak = self
+                .stats
+                .cpu_millicores_peak
+                .max(self.stats.cpu_millicores);
+            self.stats.rss_bytes = sample.rss_bytes;
+            self.usage_pressure = self.config.pressure(cores, sample.rss_bytes);
+        }
+        // An early look leaves `last` alone: the next regular one measures CPU over a whole
+        // interval, and this one goes by the ring and the last regular look's usage.
+        self.stats.ring_fill_permille = (fill * 1000.0) as u64;
+        let ring = self.ring_pressure(fill);
+        let usage = self.usage_pressure;
+        let pressure = usage.max(ring);
         self.pressure = pressure;
         let before = self.controller.keep();
         let after = self.controller.update(pressure);
         tracing::debug!(
-            cores,
-            rss = sample.rss_bytes,
-            ring_fill = ring,
+            cpu_millicores = self.stats.cpu_millicores,
+            rss = self.stats.rss_bytes,
+            ring_fill = fill,
             pressure,
             keep = after,
+            early = !regular,
             "budget: look"
         );
         if after < before {
             self.stats.cuts += 1;
-            if ring / RING_FILL_AT_LIMIT > usage {
+            if ring > usage {
                 self.stats.ring_cuts += 1;
+                self.ring_cut_showing = true;
             }
         }
         ((after - before).abs() > f64::EPSILON).then_some(after)
@@ -202,11 +242,13 @@ mod tests {
     }
 
     #[test]
-    fn a_ring_falling_behind_cuts_the_share_and_looks_sooner() {
+    fn a_ring_falling_behind_cuts_the_share_once_and_looks_sooner() {
         let mut budget = Budget::new(BudgetConfig {
             max_cpu: Limit::At(64.0),
             max_memory: Limit::Off,
         });
+        // A backlog before the first look (start-up) is not the agent falling behind.
+        budget.note_ring_fill(1.0);
         assert!(
             budget.tick(0).is_none(),
             "the first look only takes a sample"
@@ -221,14 +263,28 @@ mod tests {
         );
         let keep = budget.tick(EARLY_LOOK_NS).expect("a cut");
         assert!(keep < 1.0, "{keep}");
-        assert!((budget.pressure() - 0.75 / RING_FILL_AT_LIMIT).abs() < 1e-9);
+        let expected = (0.75 - WAKEUP_FILL) / (RING_FILL_AT_LIMIT - WAKEUP_FILL);
+        assert!((budget.pressure() - expected).abs() < 1e-9);
         assert_eq!((budget.stats.cuts, budget.stats.ring_cuts), (1, 1));
         assert_eq!(budget.stats.ring_fill_permille, 750);
-        // Read since: the next look waits the whole interval and sees no ring pressure.
-        assert!(budget.tick(2 * EARLY_LOOK_NS).is_none());
-        budget.tick(EARLY_LOOK_NS + INTERVAL_NS);
-        assert!(budget.pressure() < 1.0, "{}", budget.pressure());
-        assert_eq!(budget.stats.ring_fill_permille, 0);
+        // The backlog of the cut still drains: the ring stays full, yet no early look and no
+        // second cut until a drain finds it under the limit.
+        budget.note_ring_fill(0.9);
+        assert!(budget.tick(2 * EARLY_LOOK_NS).is_none(), "no early look");
+        assert_eq!(budget.tick(INTERVAL_NS), None, "held, not cut again");
+        assert_eq!(budget.stats.cuts, 1);
+        // Caught up: the ring is the agent's measure again, and a normal cadence is no pressure.
+        budget.note_ring_fill(0.3);
+        budget.tick(2 * INTERVAL_NS);
+        assert!(budget.pressure() < 0.7, "{}", budget.pressure());
+        assert_eq!(budget.stats.ring_fill_permille, 300);
+    }
+
+    #[test]
+    fn the_wake_up_point_matches_the_programs() {
+        let ring = agent_common::DEFAULT_RING_BYTES;
+        let fill = f64::from(agent_common::wakeup_backlog_bytes(ring)) / f64::from(ring);
+        assert!((fill - WAKEUP_FILL).abs() < f64::EPSILON, "{fill}");
     }
 
     #[test]

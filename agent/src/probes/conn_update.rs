@@ -33,7 +33,8 @@ pub struct ConnUpdater {
 /// `BPF_PROG_TEST_RUN`'s command number (uapi `bpf.h`).
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
-/// `union bpf_attr`'s `test` member (uapi `bpf.h`, as of Linux 5.10), the fields a raw
+/// `union bpf_attr`'s `test` member (uapi `bpf.h`, as of Linux 5.18, `batch_size` the last
+/// field; the kernel requires the ones it does not know to be zero), the fields a raw
 /// tracepoint's run reads: only the context (its arguments) goes in, the return value comes out.
 #[repr(C)]
 #[derive(Default)]

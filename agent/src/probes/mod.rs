@@ -259,11 +259,16 @@ impl KernelConns {
             }
         } else {
             let key = agent_common::ConnKey { tgid, fd };
-            let mut info = self.map.get(&key, 0).ok()?;
+            let read = self.map.get(&key, 0).ok()?;
+            let mut info = read;
             let [a, b, c] = abc;
             // SAFETY: a live, exclusive local copy.
             let ret = unsafe { apply_update(&raw mut info, conn_id, op, a, b, c) };
-            if ret == NOT_WRITTEN || self.map.insert(key, info, BPF_EXIST).is_err() {
+            // Unchanged: a write of the whole entry could only lose what the programs wrote
+            // since it was read.
+            if ret == NOT_WRITTEN
+                || (info != read && self.map.insert(key, info, BPF_EXIST).is_err())
+            {
                 return None;
             }
             ret
@@ -817,8 +822,8 @@ impl Probes {
     }
 
     /// Loads the program the agent writes its marks on connections with
-    /// ([`conn_update::ConnUpdater`]) and checks that the kernel runs it. Once: a second call
-    /// finds it loaded.
+    /// ([`conn_update::ConnUpdater`]) and checks that the kernel runs it. Callable once: a
+    /// second call fails (aya's program is loaded already).
     pub fn conn_updater(
         &mut self,
     ) -> Result<conn_update::ConnUpdater, conn_update::ConnUpdateError> {

@@ -173,7 +173,7 @@ impl TraceSink<'_> {
             ),
             own(
                 "budget_ring_fill_permille",
-                "How full the event ring was at its fullest over the budget's last look, thousandths (at 500 the budget sheds as if over its CPU limit).",
+                "How full the event ring was at its fullest over the budget's last look, in thousandths (from 250, where the programs wake the agent, to 500 the budget's pressure goes from 0 to 1: above it, it sheds as if over its CPU limit).",
                 self.budget_stats().map_or(0, |b| b.ring_fill_permille),
             ),
             own(
