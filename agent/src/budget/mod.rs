@@ -85,9 +85,12 @@ pub struct Budget {
     /// The fullest the ring was at a drain's start since the last look (0 to 1).
     ring_fill: f64,
     /// A cut the ring's fill made is still to show: what was in the ring when it was made
-    /// must be read first, and until a drain finds the ring under the limit again it cuts no
-    /// further (the share would otherwise fall at every look while the backlog drains).
+    /// must be read first, and until a drain finds the ring under the limit again, or a whole
+    /// interval has passed, it cuts no further (the share would otherwise fall at every look
+    /// while the backlog drains).
     ring_cut_showing: bool,
+    /// When the ring's last cut was made (monotonic ns).
+    ring_cut_at: u64,
     /// The CPU and memory pressure of the last look that measured them (an early look does
     /// not).
     usage_pressure: f64,
@@ -105,6 +108,7 @@ impl Budget {
             pressure: 0.0,
             ring_fill: 0.0,
             ring_cut_showing: false,
+            ring_cut_at: 0,
             usage_pressure: 0.0,
             stats: BudgetStats::default(),
         }
@@ -165,11 +169,15 @@ impl Budget {
         if !(regular || early_due) {
             return None;
         }
+        let sample = if regular {
+            Some(self.usage.sample()?)
+        } else {
+            None
+        };
         // Taken at every look, the first too: a backlog the ring held before the agent read it
         // at all (start-up) is not the agent falling behind.
         let fill = std::mem::take(&mut self.ring_fill);
-        if regular {
-            let sample = self.usage.sample()?;
+        let usage = if let Some(sample) = sample {
             let (at, before) = self.last.replace((now_ns, sample))?;
             let cores = sample.cpu_cores_since(&before, now_ns.saturating_sub(at));
             self.stats.cpu_millicores = (cores * 1000.0) as u64;
@@ -179,12 +187,20 @@ impl Budget {
                 .max(self.stats.cpu_millicores);
             self.stats.rss_bytes = sample.rss_bytes;
             self.usage_pressure = self.config.pressure(cores, sample.rss_bytes);
-        }
-        // An early look leaves `last` alone: the next regular one measures CPU over a whole
-        // interval, and this one goes by the ring and the last regular look's usage.
+            if self.ring_cut_showing && now_ns.saturating_sub(self.ring_cut_at) >= INTERVAL_NS {
+                // What was in the ring at the cut is read by now, or the agent is behind
+                // still: the ring's fill may cut again.
+                self.ring_cut_showing = false;
+            }
+            self.usage_pressure
+        } else {
+            // An early look goes by the ring alone (its fill reached the limit: pressure 1.0 at
+            // least, so it holds or cuts, never grows the share) and leaves `last` alone: CPU
+            // is measured over whole intervals, and one measure makes one cut.
+            0.0
+        };
         self.stats.ring_fill_permille = (fill * 1000.0) as u64;
         let ring = self.ring_pressure(fill);
-        let usage = self.usage_pressure;
         let pressure = usage.max(ring);
         self.pressure = pressure;
         let before = self.controller.keep();
@@ -203,6 +219,7 @@ impl Budget {
             if ring > usage {
                 self.stats.ring_cuts += 1;
                 self.ring_cut_showing = true;
+                self.ring_cut_at = now_ns;
             }
         }
         ((after - before).abs() > f64::EPSILON).then_some(after)
@@ -267,17 +284,78 @@ mod tests {
         assert!((budget.pressure() - expected).abs() < 1e-9);
         assert_eq!((budget.stats.cuts, budget.stats.ring_cuts), (1, 1));
         assert_eq!(budget.stats.ring_fill_permille, 750);
-        // The backlog of the cut still drains: the ring stays full, yet no early look and no
-        // second cut until a drain finds it under the limit.
+        // The backlog of the cut still drains: the ring stays full, yet no early look (the
+        // fill is left for the next regular look) and, at that look, no second cut.
         budget.note_ring_fill(0.9);
-        assert!(budget.tick(2 * EARLY_LOOK_NS).is_none(), "no early look");
+        assert!(budget.tick(2 * EARLY_LOOK_NS).is_none());
+        assert_eq!(budget.stats.ring_fill_permille, 750, "no early look");
         assert_eq!(budget.tick(INTERVAL_NS), None, "held, not cut again");
+        assert_eq!(
+            budget.stats.ring_fill_permille, 900,
+            "the regular look saw the fill"
+        );
+        assert!(
+            (budget.pressure() - 1.0).abs() < 1e-9,
+            "{}",
+            budget.pressure()
+        );
         assert_eq!(budget.stats.cuts, 1);
-        // Caught up: the ring is the agent's measure again, and a normal cadence is no pressure.
+        // Caught up (a drain under the limit): the ring's fill may cut again, at an early look.
         budget.note_ring_fill(0.3);
-        budget.tick(2 * INTERVAL_NS);
-        assert!(budget.pressure() < 0.7, "{}", budget.pressure());
-        assert_eq!(budget.stats.ring_fill_permille, 300);
+        budget.note_ring_fill(0.75);
+        let again = budget
+            .tick(INTERVAL_NS + EARLY_LOOK_NS)
+            .expect("a second cut");
+        assert!(again < keep, "{again} {keep}");
+        assert_eq!(budget.stats.ring_cuts, 2);
+    }
+
+    #[test]
+    fn a_ring_cut_that_does_not_show_within_an_interval_lets_the_ring_cut_again() {
+        let mut budget = Budget::new(BudgetConfig {
+            max_cpu: Limit::At(64.0),
+            max_memory: Limit::Off,
+        });
+        budget.tick(0);
+        budget.note_ring_fill(0.9);
+        assert!(budget.tick(EARLY_LOOK_NS).is_some(), "a ring cut");
+        // The ring never drains under the limit: the agent is behind still.
+        budget.note_ring_fill(0.9);
+        assert_eq!(budget.tick(INTERVAL_NS), None, "held within the interval");
+        budget.note_ring_fill(0.9);
+        assert!(
+            budget.tick(EARLY_LOOK_NS + INTERVAL_NS).is_none(),
+            "no early look while it shows"
+        );
+        assert!(budget.tick(2 * INTERVAL_NS).is_some(), "cut again");
+        assert_eq!(budget.stats.ring_cuts, 2);
+    }
+
+    #[test]
+    fn early_looks_do_not_reuse_a_cpu_or_memory_measure() {
+        // Over the memory budget at every regular look, and the ring at its limit meanwhile.
+        let mut budget = Budget::new(BudgetConfig {
+            max_cpu: Limit::Off,
+            max_memory: Limit::At(32 << 20),
+        });
+        let held = vec![1_u8; 64 << 20];
+        budget.tick(0);
+        budget.note_ring_fill(0.5);
+        assert_eq!(budget.tick(EARLY_LOOK_NS), None, "the ring alone holds");
+        assert!(
+            budget.tick(INTERVAL_NS).is_some(),
+            "the memory measure cuts"
+        );
+        for look in 1..5 {
+            budget.note_ring_fill(0.5);
+            assert_eq!(
+                budget.tick(INTERVAL_NS + look * EARLY_LOOK_NS),
+                None,
+                "early look {look} cut again on the same measure"
+            );
+        }
+        assert_eq!((budget.stats.cuts, budget.stats.ring_cuts), (1, 0));
+        drop(std::hint::black_box(held));
     }
 
     #[test]
