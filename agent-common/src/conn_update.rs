@@ -97,10 +97,7 @@ pub unsafe fn apply(
                 if was != Protocol::Tls as u32 {
                     return NOT_WRITTEN;
                 }
-                // The programs may have marked it so themselves (an HTTP/2 client's preface).
-                if read_volatile(addr_of!((*entry).inband_tls)) != a {
-                    write_volatile(addr_of_mut!((*entry).inband_tls), a);
-                }
+                write_volatile(addr_of_mut!((*entry).inband_tls), a);
                 1
             }
             ConnUpdate::Budget => {

@@ -87,10 +87,8 @@ pub struct Budget {
     /// A cut the ring's fill made is still to show: what was in the ring when it was made
     /// must be read first, and until a drain finds the ring under the limit again, or a whole
     /// interval has passed, it cuts no further (the share would otherwise fall at every look
-    /// while the backlog drains).
-    ring_cut_showing: bool,
-    /// When the ring's last cut was made (monotonic ns).
-    ring_cut_at: u64,
+    /// while the backlog drains). The cut's time (monotonic ns).
+    ring_cut_showing: Option<u64>,
     /// The CPU and memory pressure of the last look that measured them (an early look does
     /// not).
     usage_pressure: f64,
@@ -107,8 +105,7 @@ impl Budget {
             last: None,
             pressure: 0.0,
             ring_fill: 0.0,
-            ring_cut_showing: false,
-            ring_cut_at: 0,
+            ring_cut_showing: None,
             usage_pressure: 0.0,
             stats: BudgetStats::default(),
         }
@@ -134,10 +131,10 @@ impl Budget {
 
     /// How full the ring was (0 to 1) at a drain's start: the next look takes the fullest.
     pub fn note_ring_fill(&mut self, fill: f64) {
-        if self.ring_cut_showing && fill < RING_FILL_AT_LIMIT {
+        if self.ring_cut_showing.is_some() && fill < RING_FILL_AT_LIMIT {
             // Caught up with what was in the ring at the cut: from here on the ring's fill
             // says how the cut share does.
-            self.ring_cut_showing = false;
+            self.ring_cut_showing = None;
             self.ring_fill = fill;
             return;
         }
@@ -148,7 +145,7 @@ impl Budget {
     /// point, 1.0 at [`RING_FILL_AT_LIMIT`]; held at 1.0 while a cut it made is still showing.
     fn ring_pressure(&self, fill: f64) -> f64 {
         let pressure = ((fill - WAKEUP_FILL) / (RING_FILL_AT_LIMIT - WAKEUP_FILL)).max(0.0);
-        if self.ring_cut_showing {
+        if self.ring_cut_showing.is_some() {
             pressure.min(1.0)
         } else {
             pressure
@@ -163,7 +160,7 @@ impl Budget {
             return None;
         }
         let since = self.last.map(|(at, _)| now_ns.saturating_sub(at));
-        let early = self.ring_fill >= RING_FILL_AT_LIMIT && !self.ring_cut_showing;
+        let early = self.ring_fill >= RING_FILL_AT_LIMIT && self.ring_cut_showing.is_none();
         let regular = since.is_none_or(|since| since >= INTERVAL_NS);
         let early_due = early && since.is_some_and(|since| since >= EARLY_LOOK_NS);
         if !(regular || early_due) {
@@ -187,10 +184,13 @@ impl Budget {
                 .max(self.stats.cpu_millicores);
             self.stats.rss_bytes = sample.rss_bytes;
             self.usage_pressure = self.config.pressure(cores, sample.rss_bytes);
-            if self.ring_cut_showing && now_ns.saturating_sub(self.ring_cut_at) >= INTERVAL_NS {
+            if self
+                .ring_cut_showing
+                .is_some_and(|at| now_ns.saturating_sub(at) >= INTERVAL_NS)
+            {
                 // What was in the ring at the cut is read by now, or the agent is behind
                 // still: the ring's fill may cut again.
-                self.ring_cut_showing = false;
+                self.ring_cut_showing = None;
             }
             self.usage_pressure
         } else {
@@ -218,8 +218,7 @@ impl Budget {
             self.stats.cuts += 1;
             if ring > usage {
                 self.stats.ring_cuts += 1;
-                self.ring_cut_showing = true;
-                self.ring_cut_at = now_ns;
+                self.ring_cut_showing = Some(now_ns);
             }
         }
         ((after - before).abs() > f64::EPSILON).then_some(after)
