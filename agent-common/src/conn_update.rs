@@ -38,6 +38,11 @@ pub enum ConnUpdate {
     /// - otherwise to `a`; entering the budget's states from outside them, `last_direction`
     ///   := 0 first (the programs track it only within them).
     Budget = 4,
+    /// The agent lost the connection's opening (its record dropped by a full ring, or its own
+    /// table evicted it): the caller removes the entry, so the programs discover the socket
+    /// again at its next syscall and announce it anew. Not in the budget's states (their hidden
+    /// request counts live in the entry). Returns 1; the removal is the caller's, after.
+    Forget = 5,
 }
 
 impl ConnUpdate {
@@ -50,6 +55,7 @@ impl ConnUpdate {
             2 => Some(Self::Role),
             3 => Some(Self::InbandTls),
             4 => Some(Self::Budget),
+            5 => Some(Self::Forget),
             _ => None,
         }
     }
@@ -110,6 +116,12 @@ pub unsafe fn apply(
                 write_volatile(addr_of_mut!((*entry).role), c);
                 write_volatile(addr_of_mut!((*entry).protocol), state);
                 was + 1
+            }
+            ConnUpdate::Forget => {
+                if Protocol::is_budget_state(was) {
+                    return NOT_WRITTEN;
+                }
+                1
             }
         }
     }
@@ -223,5 +235,20 @@ mod tests {
             NOT_WRITTEN
         );
         assert_eq!((info.hidden_ask, info.bytes_sent), (99, 1234));
+    }
+
+    #[test]
+    fn forget_spares_the_budgets_connections() {
+        let mut info = entry(Protocol::Http);
+        assert_eq!(run(&mut info, 7, ConnUpdate::Forget, 0, 0, 0), 1);
+        assert_eq!(run(&mut info, 8, ConnUpdate::Forget, 0, 0, 0), NOT_WRITTEN);
+        for state in [Protocol::Shed, Protocol::ShedNext, Protocol::ResumeNext] {
+            let mut info = entry(state);
+            assert_eq!(
+                run(&mut info, 7, ConnUpdate::Forget, 0, 0, 0),
+                NOT_WRITTEN,
+                "{state:?}"
+            );
+        }
     }
 }

@@ -99,6 +99,11 @@ pub struct CaptureConfig {
     /// carries it and its span id ([`crate::INBAND_OPTION_EXID_ASK`]). All zero: such requests
     /// carry nothing.
     pub inband_return_addr: [u8; 16],
+    /// Record bytes a CPU sends between two looks at the ring's backlog (see
+    /// [`wakeup_check_bytes`]).
+    pub wakeup_check_bytes: u32,
+    /// Unused; keeps the struct free of implicit padding.
+    pub reserved: u32,
 }
 
 /// How far the exit programs go ([`CaptureConfig::stop_after`]). Each breakdown stage stops
@@ -113,7 +118,7 @@ pub mod exit_stage {
     /// Then the payload copy and the protocol detection, without the ring output.
     pub const COPY: u32 = 3;
 }
-const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 56);
+const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 64);
 
 /// The backlog at which the programs wake the agent, for a ring of `ring_bytes`: a quarter of it.
 /// The agent drains the ring every 10 ms without being woken; a wake-up only matters when a burst
@@ -125,6 +130,25 @@ const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 56);
 pub const fn wakeup_backlog_bytes(ring_bytes: u32) -> u32 {
     ring_bytes / 4
 }
+
+/// Record bytes a CPU sends between two looks at the backlog, for a ring of `ring_bytes` filled
+/// by `cpus` CPUs: 32 KiB (a look touches the cache line the agent writes as it consumes, ~30 ns
+/// here), less for a small ring. Between two looks each CPU may add this much unseen, so the
+/// backlog at a wake-up is at most the threshold ([`wakeup_backlog_bytes`], a quarter) plus a
+/// quarter of the ring; with 32 KiB per CPU a 64 KiB ring on two CPUs would fill before any
+/// CPU looked, and the agent would read it only on its 10 ms timer.
+#[must_use]
+pub const fn wakeup_check_bytes(ring_bytes: u32, cpus: u32) -> u32 {
+    let per_cpu = ring_bytes / 4 / if cpus == 0 { 1 } else { cpus };
+    if per_cpu < WAKEUP_CHECK_MAX_BYTES {
+        per_cpu
+    } else {
+        WAKEUP_CHECK_MAX_BYTES
+    }
+}
+
+/// The most record bytes a CPU sends between two looks at the backlog.
+pub const WAKEUP_CHECK_MAX_BYTES: u32 = 32 * 1024;
 
 impl Default for CaptureConfig {
     fn default() -> Self {
@@ -139,6 +163,8 @@ impl Default for CaptureConfig {
             inband_starts_traces: 1,
             netns_cookie: 0,
             inband_return_addr: [0; 16],
+            wakeup_check_bytes: WAKEUP_CHECK_MAX_BYTES,
+            reserved: 0,
         }
     }
 }
@@ -153,4 +179,26 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::CaptureConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wake_up_comes_before_the_ring_is_half_full() {
+        for ring in [64 * 1024, 256 * 1024, crate::DEFAULT_RING_BYTES] {
+            for cpus in [1, 2, 8, 64, 256] {
+                let worst = wakeup_backlog_bytes(ring) + cpus * wakeup_check_bytes(ring, cpus);
+                assert!(worst <= ring / 2, "ring {ring}, {cpus} CPUs: {worst}");
+            }
+        }
+        // The default ring on up to 64 CPUs looks as often as before.
+        assert_eq!(
+            wakeup_check_bytes(crate::DEFAULT_RING_BYTES, 64),
+            WAKEUP_CHECK_MAX_BYTES
+        );
+        assert_eq!(wakeup_check_bytes(64 * 1024, 2), 8 * 1024);
+        assert_eq!(wakeup_check_bytes(64 * 1024, 0), 16 * 1024);
+    }
 }

@@ -43,7 +43,7 @@ fn update(ctx: &RawTracePointContext) -> u32 {
     // evicted and reused for another key meanwhile is caught by `apply`'s `conn_id` check but
     // for the instant between that check and its stores (the LRU reuses the least recent
     // entries, not one just looked up).
-    unsafe {
+    let written = unsafe {
         apply(
             entry,
             arg(2),
@@ -52,5 +52,10 @@ fn update(ctx: &RawTracePointContext) -> u32 {
             arg(5) as u32,
             arg(6) as u32,
         )
+    };
+    if op == ConnUpdate::Forget && written != NOT_WRITTEN && CONNS.remove(&key).is_err() {
+        // Closed meanwhile: the close removed it.
+        return NOT_WRITTEN;
     }
+    written
 }

@@ -172,6 +172,8 @@ pub static CAPTURE_CONFIG: CaptureConfig = CaptureConfig {
     inband_starts_traces: 1,
     netns_cookie: 0,
     inband_return_addr: [0; 16],
+    wakeup_check_bytes: agent_common::WAKEUP_CHECK_MAX_BYTES,
+    reserved: 0,
 };
 
 /// One field of the offsets, read so that the compiler cannot fold the load-time value away.

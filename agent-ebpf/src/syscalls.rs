@@ -45,17 +45,15 @@ use crate::{
     tls,
 };
 
-/// Record bytes a CPU sends between two looks at the ring's backlog. Reading the backlog touches
-/// the cache line the agent writes as it consumes (~30 ns a query here, `perf`), so a CPU looks
-/// once per this many bytes, and wakes the agent then if the backlog is over the threshold: at
-/// most one wake-up per 32 KiB per CPU while the agent is behind, none while it keeps up.
-const WAKEUP_CHECK_BYTES: u64 = 32 * 1024;
-
 /// The flags for sending a record of `size` bytes, given this CPU's bytes since its last look.
+/// Reading the backlog touches the cache line the agent writes as it consumes (~30 ns a query
+/// here, `perf`), so a CPU looks once per `wakeup_check_bytes` (32 KiB, less for a small ring:
+/// `agent_common::wakeup_check_bytes`), and wakes the agent then if the backlog is over the
+/// threshold: at most one wake-up per look while the agent is behind, none while it keeps up.
 #[inline(always)]
 fn wakeup_flags(unchecked_bytes: &mut u64, size: u64) -> u64 {
     *unchecked_bytes += size;
-    if *unchecked_bytes < WAKEUP_CHECK_BYTES {
+    if *unchecked_bytes < u64::from(config!(wakeup_check_bytes)) {
         return u64::from(aya_ebpf::bindings::BPF_RB_NO_WAKEUP);
     }
     *unchecked_bytes = 0;

@@ -176,10 +176,18 @@ fn a_ring_that_cannot_keep_up_sheds_edges_and_keeps_whole_traces() {
         "few whole traces: {}",
         wrk_shapes.whole
     );
-    // How many traces the drops cut is not asserted: with a ring this small a share that grows
-    // back one step overflows it within milliseconds: 3 of 8 runs here failed a 1-in-3 bound
-    // (the two printed cut 0.35 and 1.35 traces per whole one; the others 0.05 to 0.2). The ring's pressure
-    // bounds how long the ring overflows, not yet how much (docs/overhead.md).
+    // Drops still cut some traces (the debug agent is far slower than the release one, and a
+    // wake-up that comes late overflows a ring this small within milliseconds), but most of
+    // what is kept is whole: 10 runs here cut 0.01 to 0.18 traces per whole one. Before the
+    // programs looked at the backlog often enough for a small ring (one look per 32 KiB per
+    // CPU: the ring filled between looks, read only on the 10 ms timer) and announced again the
+    // connections whose opening the ring dropped (left unknown, never shed), 3 of 8 runs cut
+    // over a third, up to 1.35 per whole one.
+    assert!(
+        wrk_shapes.whole >= 3 * broken,
+        "whole {}, broken {broken}: the drops cut too many traces",
+        wrk_shapes.whole
+    );
 }
 
 /// Drives `port` with wrk under a 0.05-core budget and checks what was kept: every request

@@ -262,14 +262,27 @@ fn a_connection_caught_mid_request_still_links_its_later_requests() {
     let _ = client.line("done", Duration::from_secs(20));
     let _ = server.line("done", Duration::from_secs(20));
     let out = agent.stop();
-    let span = |kind_: &str, path: &str| {
-        out.events
-            .iter()
-            .find(|s| kind(s) == kind_ && attr(s, "url.path") == path)
-            .unwrap_or_else(|| panic!("a {kind_} span for {path}: {:#?}", out.events))
-    };
+    assert_later_requests_linked(&out.events);
+    // The first request's server end was seen, its client end (written before) was not.
+    assert!(span_for(&out.events, "SERVER", "/first")["parent_span_id"].is_null());
+}
+
+/// The span of `kind_` for the request to `path`.
+fn span_for<'a>(spans: &'a [Value], kind_: &str, path: &str) -> &'a Value {
+    spans
+        .iter()
+        .find(|s| kind(s) == kind_ && attr(s, "url.path") == path)
+        .unwrap_or_else(|| panic!("a {kind_} span for {path}: {spans:#?}"))
+}
+
+/// `midstream_keepalive.py`'s requests after the first: each SERVER span the child of its
+/// CLIENT span, by the connection.
+fn assert_later_requests_linked(spans: &[Value]) {
     for path in ["/second", "/third"] {
-        let (client_span, server_span) = (span("CLIENT", path), span("SERVER", path));
+        let (client_span, server_span) = (
+            span_for(spans, "CLIENT", path),
+            span_for(spans, "SERVER", path),
+        );
         assert_eq!(
             server_span["parent_span_id"], client_span["span_id"],
             "{path}: the server's span is the client's child\n{server_span:#}\n{client_span:#}"
@@ -277,8 +290,43 @@ fn a_connection_caught_mid_request_still_links_its_later_requests() {
         assert_eq!(attr(server_span, "sockspan.parent.evidence"), "connection");
         assert_eq!(server_span["trace_id"], client_span["trace_id"]);
     }
-    // The first request's server end was seen, its client end (written before) was not.
-    assert!(span("SERVER", "/first")["parent_span_id"].is_null());
+}
+
+/// A keep-alive connection the agent forgot (here idle past `--idle-timeout`; under load, its
+/// opening dropped by a full ring) while the programs still follow it: its next records tell
+/// the agent of a connection it does not know, the programs are told to forget it too, and at
+/// its next syscall they announce it again. The requests after that are traced and linked,
+/// instead of every record of the connection being discarded until it closes.
+#[test]
+fn a_connection_the_agent_forgot_is_announced_again() {
+    let agent = Agent::start_command("run", &["--output", "jsonl", "--idle-timeout", "1"]);
+    let mut server = Talking::start("midstream_keepalive.py", &["server"]);
+    let port = server.line("port ", Duration::from_secs(10));
+    let port = port.trim_start_matches("port ").to_string();
+    // A pause after each answer: the agent acts on what it reads from the ring some
+    // milliseconds later, by when a client that asks at once has finished.
+    let mut client = Talking::start("midstream_keepalive.py", &["client", &port, "0.5"]);
+    let _ = client.line("sent", Duration::from_secs(10));
+    // Idle past the timeout and a sweep (every 2 s): the agent forgets both ends.
+    std::thread::sleep(Duration::from_secs(5));
+    server.say("go");
+    client.say("go");
+    let _ = client.line("done", Duration::from_secs(20));
+    let _ = server.line("done", Duration::from_secs(20));
+    let out = agent.stop();
+    assert!(
+        out.counter("conns_evicted_idle") >= 2,
+        "both ends forgotten: {}",
+        out.counters
+    );
+    assert!(
+        out.counter("conns_rediscovered") >= 2,
+        "both ends announced again: {}",
+        out.counters
+    );
+    // The request under way when the agent forgot the connection is lost at one end or both;
+    // the ones after it are whole.
+    assert_later_requests_linked(&out.events);
 }
 
 #[test]

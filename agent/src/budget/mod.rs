@@ -10,10 +10,11 @@
 //! a connection is kept depends only on its rank, a hash of its endpoints ([`rank`]), so both
 //! ends agree and a lower share sheds a superset of what a higher one shed.
 //!
-//! The ring the programs fill is a pressure too ([`RING_FILL_AT_LIMIT`]): an agent that falls
-//! behind (a host with no CPU to spare for it, a ring too small for the load) sheds edges
-//! before the ring overflows, so that what it keeps is whole traces instead of records dropped
-//! at random.
+//! The ring the programs fill is a pressure too: an agent that falls behind (a host with no CPU
+//! to spare for it, a ring too small for the load) sheds edges before the ring overflows
+//! ([`RING_FILL_AT_LIMIT`], over [`SUSTAINED_DRAINS`] drains in a row: one late wake-up is not
+//! falling behind), and sheds more when it overflowed ([`Budget::note_ring_drops`]), so that
+//! what it keeps is whole traces instead of records dropped at random.
 //!
 //! Shedding happens in the kernel first: a shed connection's table entry says
 //! [`agent_common::Protocol::Shed`], and the programs stop copying and sending its bytes. The
@@ -46,6 +47,16 @@ pub const RING_FILL_AT_LIMIT: f64 = 0.5;
 /// least, however fast the agent is, so the ring's pressure counts only what lies above it.
 pub const WAKEUP_FILL: f64 = 0.25;
 
+/// Drains in a row whose start must find the ring at a fill for it to count: with a small ring
+/// a wake-up that comes a few milliseconds late finds it full once, and the next drain, on
+/// time, nearly empty; an agent that is behind finds it full at every drain.
+pub const SUSTAINED_DRAINS: usize = 3;
+
+/// The ring's pressure when records were dropped, per share of the interval's records lost
+/// (over 1.0: a drop is worse than any fill), up to [`DROP_PRESSURE_MAX`].
+const DROP_PRESSURE_PER_SHARE: f64 = 4.0;
+const DROP_PRESSURE_MAX: f64 = 3.0;
+
 /// How soon after the last look an early one comes once the ring is at the limit: a ring fills
 /// in a fraction of [`INTERVAL_NS`] when the agent stops reading it. An early look acts on the
 /// ring alone; CPU is measured over whole intervals.
@@ -66,7 +77,8 @@ pub struct BudgetStats {
     pub rss_bytes: u64,
     /// The highest CPU use over any interval, thousandths of a core.
     pub cpu_millicores_peak: u64,
-    /// The fullest the ring was at a drain's start over the last interval, thousandths.
+    /// The fullest the ring was at the start of [`SUSTAINED_DRAINS`] drains in a row, over the
+    /// last interval, thousandths.
     pub ring_fill_permille: u64,
     /// Cuts made because the ring filled (the agent fell behind) rather than for its CPU or
     /// memory.
@@ -82,8 +94,15 @@ pub struct Budget {
     last: Option<(u64, Sample)>,
     /// The last look's pressure (usage over limit).
     pressure: f64,
-    /// The fullest the ring was at a drain's start since the last look (0 to 1).
+    /// The fullest the ring was at the start of [`SUSTAINED_DRAINS`] drains in a row since the
+    /// last look (0 to 1).
     ring_fill: f64,
+    /// The fills at the last drains' starts (the newest at `recent_at`).
+    recent_fills: [f64; SUSTAINED_DRAINS],
+    recent_at: usize,
+    /// Records the programs dropped (ring full) and sent, since the last look.
+    ring_dropped: u64,
+    ring_sent: u64,
     /// A cut the ring's fill made is still to show: what was in the ring when it was made
     /// must be read first, and until a drain finds the ring under the limit again, or a whole
     /// interval has passed, it cuts no further (the share would otherwise fall at every look
@@ -105,6 +124,10 @@ impl Budget {
             last: None,
             pressure: 0.0,
             ring_fill: 0.0,
+            recent_fills: [0.0; SUSTAINED_DRAINS],
+            recent_at: 0,
+            ring_dropped: 0,
+            ring_sent: 0,
             ring_cut_showing: None,
             usage_pressure: 0.0,
             stats: BudgetStats::default(),
@@ -129,22 +152,44 @@ impl Budget {
         self.controller.keep()
     }
 
-    /// How full the ring was (0 to 1) at a drain's start: the next look takes the fullest.
+    /// How full the ring was (0 to 1) at a drain's start: the next look takes the fullest it
+    /// was at [`SUSTAINED_DRAINS`] drains in a row.
     pub fn note_ring_fill(&mut self, fill: f64) {
+        self.recent_at = (self.recent_at + 1) % SUSTAINED_DRAINS;
+        self.recent_fills[self.recent_at] = fill;
         if self.ring_cut_showing.is_some() && fill < RING_FILL_AT_LIMIT {
             // Caught up with what was in the ring at the cut: from here on the ring's fill
             // says how the cut share does.
             self.ring_cut_showing = None;
-            self.ring_fill = fill;
+            self.ring_fill = 0.0;
+            self.recent_fills = [fill; SUSTAINED_DRAINS];
             return;
         }
-        self.ring_fill = self.ring_fill.max(fill);
+        let sustained = self
+            .recent_fills
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
+        self.ring_fill = self.ring_fill.max(sustained);
     }
 
-    /// The pressure of a ring that was `fill` full at its fullest: what lies above the wake-up
-    /// point, 1.0 at [`RING_FILL_AT_LIMIT`]; held at 1.0 while a cut it made is still showing.
-    fn ring_pressure(&self, fill: f64) -> f64 {
-        let pressure = ((fill - WAKEUP_FILL) / (RING_FILL_AT_LIMIT - WAKEUP_FILL)).max(0.0);
+    /// Records the programs dropped because the ring was full, and records they sent, since the
+    /// last call (the kernel's counters, read about every 100 ms).
+    pub fn note_ring_drops(&mut self, dropped: u64, sent: u64) {
+        self.ring_dropped += dropped;
+        self.ring_sent += sent;
+    }
+
+    /// The pressure of a ring that was `fill` full at its fullest over drains in a row, and that
+    /// dropped `dropped` of `dropped + sent` records: what lies above the wake-up point, 1.0 at
+    /// [`RING_FILL_AT_LIMIT`], and over 1.0 for any drop, more the more were lost; held at 1.0
+    /// while a cut it made is still showing.
+    fn ring_pressure(&self, fill: f64, dropped: u64, sent: u64) -> f64 {
+        let mut pressure = ((fill - WAKEUP_FILL) / (RING_FILL_AT_LIMIT - WAKEUP_FILL)).max(0.0);
+        if dropped > 0 {
+            let share = dropped as f64 / (dropped + sent) as f64;
+            pressure = pressure.max((1.0 + DROP_PRESSURE_PER_SHARE * share).min(DROP_PRESSURE_MAX));
+        }
         if self.ring_cut_showing.is_some() {
             pressure.min(1.0)
         } else {
@@ -160,7 +205,8 @@ impl Budget {
             return None;
         }
         let since = self.last.map(|(at, _)| now_ns.saturating_sub(at));
-        let early = self.ring_fill >= RING_FILL_AT_LIMIT && self.ring_cut_showing.is_none();
+        let early = (self.ring_fill >= RING_FILL_AT_LIMIT || self.ring_dropped > 0)
+            && self.ring_cut_showing.is_none();
         let regular = since.is_none_or(|since| since >= INTERVAL_NS);
         let early_due = early && since.is_some_and(|since| since >= EARLY_LOOK_NS);
         if !(regular || early_due) {
@@ -174,6 +220,8 @@ impl Budget {
         // Taken at every look, the first too: a backlog the ring held before the agent read it
         // at all (start-up) is not the agent falling behind.
         let fill = std::mem::take(&mut self.ring_fill);
+        let dropped = std::mem::take(&mut self.ring_dropped);
+        let sent = std::mem::take(&mut self.ring_sent);
         let usage = if let Some(sample) = sample {
             let (at, before) = self.last.replace((now_ns, sample))?;
             let cores = sample.cpu_cores_since(&before, now_ns.saturating_sub(at));
@@ -200,7 +248,7 @@ impl Budget {
             0.0
         };
         self.stats.ring_fill_permille = (fill * 1000.0) as u64;
-        let ring = self.ring_pressure(fill);
+        let ring = self.ring_pressure(fill, dropped, sent);
         let pressure = usage.max(ring);
         self.pressure = pressure;
         let before = self.controller.keep();
@@ -209,6 +257,7 @@ impl Budget {
             cpu_millicores = self.stats.cpu_millicores,
             rss = self.stats.rss_bytes,
             ring_fill = fill,
+            dropped,
             pressure,
             keep = after,
             early = !regular,
@@ -228,6 +277,13 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The ring found `fill` full at [`SUSTAINED_DRAINS`] drains in a row.
+    fn sustained(budget: &mut Budget, fill: f64) {
+        for _ in 0..SUSTAINED_DRAINS {
+            budget.note_ring_fill(fill);
+        }
+    }
 
     #[test]
     fn memory_over_budget_cuts_the_share_and_cpu_is_measured() {
@@ -264,14 +320,14 @@ mod tests {
             max_memory: Limit::Off,
         });
         // A backlog before the first look (start-up) is not the agent falling behind.
-        budget.note_ring_fill(1.0);
+        sustained(&mut budget, 1.0);
         assert!(
             budget.tick(0).is_none(),
             "the first look only takes a sample"
         );
-        // Far under the CPU budget, but the ring was three quarters full at a drain.
+        // Far under the CPU budget, but the ring was three quarters full at drains in a row.
         budget.note_ring_fill(0.2);
-        budget.note_ring_fill(0.75);
+        sustained(&mut budget, 0.75);
         budget.note_ring_fill(0.1);
         assert!(
             budget.tick(EARLY_LOOK_NS - 1).is_none(),
@@ -285,7 +341,7 @@ mod tests {
         assert_eq!(budget.stats.ring_fill_permille, 750);
         // The backlog of the cut still drains: the ring stays full, yet no early look (the
         // fill is left for the next regular look) and, at that look, no second cut.
-        budget.note_ring_fill(0.9);
+        sustained(&mut budget, 0.9);
         assert!(budget.tick(2 * EARLY_LOOK_NS).is_none());
         assert_eq!(budget.stats.ring_fill_permille, 750, "no early look");
         assert_eq!(budget.tick(INTERVAL_NS), None, "held, not cut again");
@@ -301,7 +357,7 @@ mod tests {
         assert_eq!(budget.stats.cuts, 1);
         // Caught up (a drain under the limit): the ring's fill may cut again, at an early look.
         budget.note_ring_fill(0.3);
-        budget.note_ring_fill(0.75);
+        sustained(&mut budget, 0.75);
         let again = budget
             .tick(INTERVAL_NS + EARLY_LOOK_NS)
             .expect("a second cut");
@@ -316,12 +372,12 @@ mod tests {
             max_memory: Limit::Off,
         });
         budget.tick(0);
-        budget.note_ring_fill(0.9);
+        sustained(&mut budget, 0.9);
         assert!(budget.tick(EARLY_LOOK_NS).is_some(), "a ring cut");
         // The ring never drains under the limit: the agent is behind still.
-        budget.note_ring_fill(0.9);
+        sustained(&mut budget, 0.9);
         assert_eq!(budget.tick(INTERVAL_NS), None, "held within the interval");
-        budget.note_ring_fill(0.9);
+        sustained(&mut budget, 0.9);
         assert!(
             budget.tick(EARLY_LOOK_NS + INTERVAL_NS).is_none(),
             "no early look while it shows"
@@ -339,14 +395,14 @@ mod tests {
         });
         let held = vec![1_u8; 64 << 20];
         budget.tick(0);
-        budget.note_ring_fill(0.5);
+        sustained(&mut budget, 0.5);
         assert_eq!(budget.tick(EARLY_LOOK_NS), None, "the ring alone holds");
         assert!(
             budget.tick(INTERVAL_NS).is_some(),
             "the memory measure cuts"
         );
         for look in 1..5 {
-            budget.note_ring_fill(0.5);
+            sustained(&mut budget, 0.5);
             assert_eq!(
                 budget.tick(INTERVAL_NS + look * EARLY_LOOK_NS),
                 None,
@@ -355,6 +411,54 @@ mod tests {
         }
         assert_eq!((budget.stats.cuts, budget.stats.ring_cuts), (1, 0));
         drop(std::hint::black_box(held));
+    }
+
+    #[test]
+    fn one_late_wake_up_is_not_falling_behind_but_a_drop_is() {
+        let mut budget = Budget::new(BudgetConfig {
+            max_cpu: Limit::At(64.0),
+            max_memory: Limit::Off,
+        });
+        budget.tick(0);
+        // A small ring: a wake-up late once finds it full, the next drains start near empty.
+        for _ in 0..10 {
+            budget.note_ring_fill(1.0);
+            budget.note_ring_fill(0.1);
+            budget.note_ring_fill(0.3);
+        }
+        assert_eq!(budget.tick(EARLY_LOOK_NS), None, "no early look");
+        assert_eq!(budget.tick(INTERVAL_NS), None, "no cut");
+        assert!(budget.stats.ring_fill_permille <= 300);
+        // Records dropped: an early look cuts, by how many were lost.
+        budget.note_ring_drops(10, 990);
+        let keep = budget
+            .tick(INTERVAL_NS + EARLY_LOOK_NS)
+            .expect("a cut for the drops");
+        assert!(
+            (budget.pressure() - 1.04).abs() < 1e-9,
+            "{}",
+            budget.pressure()
+        );
+        // A cut aimed a little under the limit (the controller's), for 1 % lost.
+        assert!(
+            (keep - (0.9 / 1.04 * 1024.0_f64).floor() / 1024.0).abs() < 1e-9,
+            "{keep}"
+        );
+        assert_eq!(budget.stats.ring_cuts, 1);
+        // While the cut shows, more drops hold the share; once shown, they cut again.
+        budget.note_ring_drops(500, 500);
+        assert_eq!(
+            budget.tick(2 * INTERVAL_NS),
+            None,
+            "held while the cut shows"
+        );
+        budget.note_ring_fill(0.1);
+        budget.note_ring_drops(500, 500);
+        let deeper = budget
+            .tick(2 * INTERVAL_NS + EARLY_LOOK_NS)
+            .expect("a second cut");
+        assert!((budget.pressure() - DROP_PRESSURE_MAX).abs() < 1e-9);
+        assert!(deeper < keep * 0.35, "{deeper} {keep}");
     }
 
     #[test]

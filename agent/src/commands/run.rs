@@ -449,6 +449,7 @@ fn capture_stats(stats: &mut FinalStats, sink: &TraceSink<'_>, receiver: &receiv
         .add("protocol_given_up", protocols.given_up)
         .add_counts("protocol_given_up_by", protocols.given_up_by())
         .add("marked_opaque", sink.feedback.marked_opaque)
+        .add("conns_rediscovered", sink.feedback.rediscovered)
         .add(
             "own_connections_ignored",
             sink.feedback.own_connections_ignored,

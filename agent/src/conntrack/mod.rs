@@ -258,6 +258,13 @@ impl Conntrack {
         )
     }
 
+    /// Whether the table can take a connection without evicting: an eighth of it left, the
+    /// share an eviction frees.
+    #[must_use]
+    pub fn has_room(&self) -> bool {
+        self.conns.len() < self.config.max_conns - self.config.max_conns / 8
+    }
+
     /// Records an open event and returns the connection.
     pub fn open(&mut self, event: &ConnEvent) -> &Connection {
         let h = &event.header;

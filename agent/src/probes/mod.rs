@@ -325,6 +325,27 @@ impl KernelConns {
         .map(|ret| ret - 1)
     }
 
+    /// Removes the entry of socket `fd` of `tgid` if it is still the connection `conn_id` and
+    /// not the budget's ([`ConnUpdate::Forget`]): the agent does not know the connection (the
+    /// ring dropped its opening, or the agent's table evicted it), and the programs would go
+    /// on sending records it can only discard. At the socket's next syscall they discover it
+    /// again and announce it with its endpoints. Returns whether it was removed.
+    pub fn forget(&mut self, conn: (u32, i32, u64)) -> bool {
+        if self.update(conn, ConnUpdate::Forget, [0; 3]).is_none() {
+            return false;
+        }
+        // The program removes the entry itself; the fallback's read matched, so remove it here
+        // (a socket closed and reopened between the two is discovered again, nothing worse).
+        self.updater.is_some()
+            || self
+                .map
+                .remove(&agent_common::ConnKey {
+                    tgid: conn.0,
+                    fd: conn.1,
+                })
+                .is_ok()
+    }
+
     /// Tells the programs that process `tgid` makes client calls: what its hidden requests ask
     /// is then worth reading ([`agent_common::MAP_SHED_CALLERS`]).
     pub fn note_caller(&mut self, tgid: u32) {
@@ -503,30 +524,7 @@ impl Probes {
         let offsets = offsets::resolve(&btf::Btf::from_kernel()?)?;
         raise_memlock_limit();
 
-        let capture = CaptureConfig {
-            agent_tgid,
-            capture_bytes: config.capture_bytes,
-            skip_opaque: u32::from(config.skip_opaque),
-            wakeup_backlog_bytes: agent_common::wakeup_backlog_bytes(config.ring_bytes),
-            netns: config.netns,
-            stop_after: match set {
-                #[cfg(feature = "bench")]
-                ProgramSet::Stage(stage) => stage.stop_after(),
-                _ => agent_common::exit_stage::FULL,
-            },
-            inband: u32::from(config.inband && matches!(set, ProgramSet::Capture)),
-            inband_starts_traces: u32::from(config.inband_starts_traces),
-            netns_cookie: if config.inband && config.netns != 0 {
-                inband::own_netns_cookie()?
-            } else {
-                0
-            },
-            inband_return_addr: match config.inband_return_addr {
-                Some(std::net::IpAddr::V4(v4)) => v4.to_ipv6_mapped().octets(),
-                Some(std::net::IpAddr::V6(v6)) => v6.octets(),
-                None => [0; 16],
-            },
-        };
+        let capture = capture_config(config, agent_tgid, set)?;
         // One parse of the kernel's BTF serves the loader and every attach, and is freed as
         // soon as the programs are in (aya's `EbpfLoader::new` parses its own copy; dropped here
         // before ours is made). Each parse holds ~15 MB of heap: two of them were most of the
@@ -982,6 +980,43 @@ fn raise_memlock_limit() {
             std::io::Error::last_os_error()
         );
     }
+}
+
+/// The programs' load-time settings (their read-only globals) for `config` and `set`.
+fn capture_config(
+    config: &ProbesConfig,
+    agent_tgid: u32,
+    set: ProgramSet,
+) -> Result<CaptureConfig, ProbesError> {
+    Ok(CaptureConfig {
+        agent_tgid,
+        capture_bytes: config.capture_bytes,
+        skip_opaque: u32::from(config.skip_opaque),
+        wakeup_backlog_bytes: agent_common::wakeup_backlog_bytes(config.ring_bytes),
+        netns: config.netns,
+        stop_after: match set {
+            #[cfg(feature = "bench")]
+            ProgramSet::Stage(stage) => stage.stop_after(),
+            _ => agent_common::exit_stage::FULL,
+        },
+        inband: u32::from(config.inband && matches!(set, ProgramSet::Capture)),
+        inband_starts_traces: u32::from(config.inband_starts_traces),
+        netns_cookie: if config.inband && config.netns != 0 {
+            inband::own_netns_cookie()?
+        } else {
+            0
+        },
+        wakeup_check_bytes: agent_common::wakeup_check_bytes(
+            config.ring_bytes,
+            aya::util::nr_cpus().map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+        ),
+        reserved: 0,
+        inband_return_addr: match config.inband_return_addr {
+            Some(std::net::IpAddr::V4(v4)) => v4.to_ipv6_mapped().octets(),
+            Some(std::net::IpAddr::V6(v6)) => v6.octets(),
+            None => [0; 16],
+        },
+    })
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! exporter, one event at a time, on the thread that drains the ring.
 
 mod budget;
+mod rediscover;
 mod runtime_probes;
 mod self_metrics;
 
@@ -34,6 +35,9 @@ pub struct FeedbackStats {
     pub marked_opaque: u64,
     /// Connections to the agent's own listeners, not traced ([`super::own`]).
     pub own_connections_ignored: u64,
+    /// Connections the agent did not know (their opening lost to a full ring, or evicted)
+    /// that the programs were told to announce again ([`rediscover`]).
+    pub rediscovered: u64,
 }
 
 use crate::peers::{Incoming, wire::Kind};
@@ -56,6 +60,8 @@ pub struct TraceSink<'a> {
     grpcio_seen: HashMap<u32, (bool, bool)>,
     /// The kernel's count of records lost to a full ring, as last seen.
     ring_full_seen: u64,
+    /// The kernel's count of records sent, as last seen (with a budget only).
+    events_sent_seen: u64,
     go_seen: HashSet<u32>,
     /// Which runtime probes are attached (`--no-runtime-probes`).
     on: RuntimeProbesOn,
@@ -95,6 +101,7 @@ pub struct TraceSink<'a> {
     peer_messages: Vec<(Kind, std::net::SocketAddr, crate::peers::wire::ClientSpan)>,
     /// The CPU and memory budget, when one is set.
     shedder: Option<budget::Shedder>,
+    rediscovery: rediscover::Rediscovery,
     events: Vec<ProtoEvent>,
     spans: Vec<SpanData>,
     ticks: u64,
@@ -112,6 +119,7 @@ impl<'a> TraceSink<'a> {
             go_seen: HashSet::new(),
             grpcio_seen: HashMap::new(),
             ring_full_seen: 0,
+            events_sent_seen: 0,
             on: RuntimeProbesOn {
                 go: false,
                 tls: false,
@@ -134,6 +142,7 @@ impl<'a> TraceSink<'a> {
             incoming: Vec::new(),
             peer_messages: Vec::new(),
             shedder: None,
+            rediscovery: rediscover::Rediscovery::default(),
             events: Vec::new(),
             spans: Vec::new(),
             ticks: 0,
@@ -469,6 +478,8 @@ impl EventSink for TraceSink<'_> {
             // A connection not followed (evicted, idle, opened unseen): its streams are not.
             self.tracer
                 .stream_may_be_unknown(event.header.pid, event.moved_ns);
+            let h = &event.header;
+            self.rediscover(h.pid, h.fd, h.conn_id);
             return;
         };
         let chunk = Chunk {
@@ -638,11 +649,20 @@ impl EventSink for TraceSink<'_> {
         // Lost records first: the export's poll decides by what was seen up to now.
         if let Some(probes) = self.probes.as_deref()
             && let Ok(drops) = probes.counter(agent_common::Counter::RingFull)
-            && drops > self.ring_full_seen
         {
-            // Records lost: the worker rule cannot know what was answered meanwhile.
-            self.ring_full_seen = drops;
-            self.tracer.lost_events(monotonic_ns());
+            let dropped = drops.saturating_sub(self.ring_full_seen);
+            if dropped > 0 {
+                // Records lost: the worker rule cannot know what was answered meanwhile.
+                self.ring_full_seen = drops;
+                self.tracer.lost_events(monotonic_ns());
+            }
+            if let Some(shedder) = &mut self.shedder
+                && let Ok(sent) = probes.counter(agent_common::Counter::EventsSent)
+            {
+                let new = sent.saturating_sub(self.events_sent_seen);
+                self.events_sent_seen = sent;
+                shedder.budget.note_ring_drops(dropped, new);
+            }
         }
         self.export(false);
         self.budget_tick(monotonic_ns());

@@ -100,6 +100,11 @@ impl TraceSink<'_> {
                 c.evicted_idle + c.evicted_full,
             ),
             own(
+                "connections_rediscovered_total",
+                "Connections the agent did not know (opening lost to a full ring, or evicted) that the programs announced again.",
+                self.feedback.rediscovered,
+            ),
+            own(
                 "head_budget_drops_total",
                 "Request or response heads dropped by the memory budget.",
                 crate::protocol::budget::HEADS.refusals(),
