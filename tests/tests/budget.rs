@@ -169,7 +169,7 @@ fn a_ring_that_cannot_keep_up_sheds_edges_and_keeps_whole_traces() {
     );
     assert!(
         counters.0 > 0 && counters.1 > 0,
-        "the ring's fill shed nothing: {counters:?}"
+        "the ring shed nothing: {counters:?}"
     );
     assert!(
         wrk_shapes.whole > 1000,

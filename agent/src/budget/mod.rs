@@ -103,6 +103,8 @@ pub struct Budget {
     /// Records the programs dropped (ring full) and sent, since the last look.
     ring_dropped: u64,
     ring_sent: u64,
+    /// The next reading of the drop counters covers time before a catch-up: left out.
+    drops_before_catch_up: bool,
     /// A cut the ring's fill made is still to show: what was in the ring when it was made
     /// must be read first, and until a drain finds the ring under the limit again, or a whole
     /// interval has passed, it cuts no further (the share would otherwise fall at every look
@@ -128,6 +130,7 @@ impl Budget {
             recent_at: 0,
             ring_dropped: 0,
             ring_sent: 0,
+            drops_before_catch_up: false,
             ring_cut_showing: None,
             usage_pressure: 0.0,
             stats: BudgetStats::default(),
@@ -153,7 +156,8 @@ impl Budget {
     }
 
     /// How full the ring was (0 to 1) at a drain's start: the next look takes the fullest it
-    /// was at [`SUSTAINED_DRAINS`] drains in a row.
+    /// was at [`SUSTAINED_DRAINS`] drains in a row (a drain that a full batch ended comes back at
+    /// once: a backlog of three batches or more over the limit counts, as it should).
     pub fn note_ring_fill(&mut self, fill: f64) {
         self.recent_at = (self.recent_at + 1) % SUSTAINED_DRAINS;
         self.recent_fills[self.recent_at] = fill;
@@ -163,6 +167,11 @@ impl Budget {
             self.ring_cut_showing = None;
             self.ring_fill = 0.0;
             self.recent_fills = [fill; SUSTAINED_DRAINS];
+            // Drops counted since the cut, and those the next reading of the counters carries
+            // (read every 100 ms, this drain comes sooner), are the backlog's.
+            self.ring_dropped = 0;
+            self.ring_sent = 0;
+            self.drops_before_catch_up = true;
             return;
         }
         let sustained = self
@@ -176,6 +185,9 @@ impl Budget {
     /// Records the programs dropped because the ring was full, and records they sent, since the
     /// last call (the kernel's counters, read about every 100 ms).
     pub fn note_ring_drops(&mut self, dropped: u64, sent: u64) {
+        if std::mem::take(&mut self.drops_before_catch_up) {
+            return;
+        }
         self.ring_dropped += dropped;
         self.ring_sent += sent;
     }
@@ -453,12 +465,55 @@ mod tests {
             "held while the cut shows"
         );
         budget.note_ring_fill(0.1);
+        // The first reading after the catch-up is the backlog's.
+        budget.note_ring_drops(500, 500);
         budget.note_ring_drops(500, 500);
         let deeper = budget
             .tick(2 * INTERVAL_NS + EARLY_LOOK_NS)
             .expect("a second cut");
         assert!((budget.pressure() - DROP_PRESSURE_MAX).abs() < 1e-9);
         assert!(deeper < keep * 0.35, "{deeper} {keep}");
+    }
+
+    #[test]
+    fn two_late_wake_ups_in_a_row_are_not_falling_behind() {
+        let mut budget = Budget::new(BudgetConfig {
+            max_cpu: Limit::At(64.0),
+            max_memory: Limit::Off,
+        });
+        budget.tick(0);
+        for _ in 0..10 {
+            budget.note_ring_fill(0.9);
+            budget.note_ring_fill(0.9);
+            budget.note_ring_fill(0.2);
+        }
+        assert_eq!(budget.tick(INTERVAL_NS), None, "no cut");
+        assert_eq!(budget.stats.ring_fill_permille, 200);
+    }
+
+    #[test]
+    fn drops_from_before_a_catch_up_do_not_cut_again() {
+        let mut budget = Budget::new(BudgetConfig {
+            max_cpu: Limit::At(64.0),
+            max_memory: Limit::Off,
+        });
+        budget.tick(0);
+        budget.note_ring_drops(100, 900);
+        assert!(budget.tick(EARLY_LOOK_NS).is_some(), "a cut for the drops");
+        // The backlog drains (more drops meanwhile), a drain finds the ring caught up; the
+        // counters read next still carry drops from before it.
+        budget.note_ring_drops(300, 700);
+        budget.note_ring_fill(0.1);
+        budget.note_ring_drops(200, 800);
+        assert_eq!(budget.tick(2 * EARLY_LOOK_NS), None, "no early look");
+        let keep = budget.keep();
+        budget.tick(INTERVAL_NS);
+        assert!(budget.keep() >= keep, "no second cut");
+        assert_eq!((budget.stats.cuts, budget.stats.ring_cuts), (1, 1));
+        // Drops after it count.
+        budget.note_ring_drops(100, 900);
+        assert!(budget.tick(INTERVAL_NS + EARLY_LOOK_NS).is_some());
+        assert_eq!(budget.stats.ring_cuts, 2);
     }
 
     #[test]

@@ -136,6 +136,15 @@ impl Connection {
 }
 
 impl Connection {
+    /// Seen from its opening (`connect`, `accept`), not first at a data syscall: a socket open
+    /// before the agent, or one the agent lost track of (its opening dropped by a full ring, or
+    /// evicted) and the programs announced again. Only then do its ends' stream offsets count
+    /// from the same byte, and does the syscall it was opened in say who opened it.
+    #[must_use]
+    pub fn seen_from_start(&self) -> bool {
+        !self.preexisting && self.role_source == RoleSource::Syscall
+    }
+
     /// Local and remote endpoints.
     #[must_use]
     pub fn addrs(&self) -> (SocketAddr, SocketAddr) {
@@ -253,7 +262,7 @@ impl Conntrack {
         self.preexisting.keys().map(|&(pid, _)| pid).chain(
             self.conns
                 .values()
-                .filter(|c| c.preexisting || c.role_source != RoleSource::Syscall)
+                .filter(|c| !c.seen_from_start())
                 .map(|c| c.process.pid),
         )
     }

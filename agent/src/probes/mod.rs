@@ -982,6 +982,19 @@ fn raise_memlock_limit() {
     }
 }
 
+/// How many CPUs may write to the ring at once: the online ones (a VM's possible CPUs can be
+/// many more, and each would make every CPU look at the backlog more often), else the possible
+/// ones, else as many as the bound allows for (looks more often: safe, a little dearer).
+fn producing_cpus() -> u32 {
+    aya::util::online_cpus()
+        .map(|cpus| cpus.len())
+        .or_else(|_| aya::util::nr_cpus())
+        .map_or(MANY_CPUS, |n| u32::try_from(n).unwrap_or(MANY_CPUS))
+}
+
+/// [`producing_cpus`] when the system does not say.
+const MANY_CPUS: u32 = 256;
+
 /// The programs' load-time settings (their read-only globals) for `config` and `set`.
 fn capture_config(
     config: &ProbesConfig,
@@ -1006,10 +1019,7 @@ fn capture_config(
         } else {
             0
         },
-        wakeup_check_bytes: agent_common::wakeup_check_bytes(
-            config.ring_bytes,
-            aya::util::nr_cpus().map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX)),
-        ),
+        wakeup_check_bytes: agent_common::wakeup_check_bytes(config.ring_bytes, producing_cpus()),
         reserved: 0,
         inband_return_addr: match config.inband_return_addr {
             Some(std::net::IpAddr::V4(v4)) => v4.to_ipv6_mapped().octets(),

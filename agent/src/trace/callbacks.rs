@@ -204,7 +204,14 @@ impl Callbacks {
         if !self.is_tracked(pid) {
             return;
         }
-        let opened_for = match agent_common::node_callback_of(conn.opened_in) {
+        // A socket first seen in use was not opened by the syscall that found it: the callback
+        // running then says nothing of who opened it.
+        let opened_in = if conn.seen_from_start() {
+            conn.opened_in
+        } else {
+            0
+        };
+        let opened_for = match agent_common::node_callback_of(opened_in) {
             Some(Some(opener)) if opener != conn.fd => {
                 Some(self.named_by(pid, opener, conn.addrs().1))
             }

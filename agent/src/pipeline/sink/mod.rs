@@ -14,7 +14,7 @@ use agent_common::{
 
 use crate::{
     clock::monotonic_ns,
-    conntrack::{Connection, Conntrack, RoleSource},
+    conntrack::{Connection, Conntrack},
     exporter::SpanExporter,
     probes::{KernelConns, Probes},
     protocol::{
@@ -374,6 +374,19 @@ fn dispatch(tracer: &mut Tracer, events: &mut Vec<ProtoEvent>, conn: &Connection
     }
 }
 
+impl TraceSink<'_> {
+    /// What the stages keep of connection `conn_id` beyond the connection table, dropped when
+    /// it closes (`ts_ns`, kernel clock) or when the programs are told to forget it (it comes
+    /// back under a new id).
+    fn conn_gone(&mut self, conn_id: u64, ts_ns: u64) {
+        self.tracer.forget_edge(conn_id);
+        self.tracer.conn_closed_for_workers(conn_id, ts_ns);
+        self.tracer.forget_inband_conn(conn_id);
+        self.inband_tls.remove(&conn_id);
+        self.budget_forget(conn_id, monotonic_ns());
+    }
+}
+
 impl EventSink for TraceSink<'_> {
     fn on_open(&mut self, event: &ConnEvent) {
         let conn = self.conntrack.open(event);
@@ -421,10 +434,8 @@ impl EventSink for TraceSink<'_> {
         watch_grpcio(&mut self.grpcio_seen, &mut self.tracer, conn);
         // A socket opened on an fd number that an earlier one had starts clean.
         self.tracer.callbacks.opened(conn);
-        self.protocols.open(
-            event.header.conn_id,
-            !conn.preexisting && conn.role_source == RoleSource::Syscall,
-        );
+        self.protocols
+            .open(event.header.conn_id, conn.seen_from_start());
         if self.own.serve(conn.addrs().1) {
             // A viewer of the agent's UI or API: parsed by no one, and the programs stop
             // sending its bytes.
@@ -479,7 +490,7 @@ impl EventSink for TraceSink<'_> {
             self.tracer
                 .stream_may_be_unknown(event.header.pid, event.moved_ns);
             let h = &event.header;
-            self.rediscover(h.pid, h.fd, h.conn_id);
+            self.rediscover(h.pid, h.fd, h.conn_id, h.ts_ns);
             return;
         };
         let chunk = Chunk {
@@ -494,12 +505,13 @@ impl EventSink for TraceSink<'_> {
             &chunk,
             if event.flags & agent_common::DATA_SEQ_VALID != 0 {
                 Position::Stream(event.seq)
-            } else if event.flags & agent_common::DATA_RECORD_SEQ != 0 && conn.preexisting {
-                // TLS plaintext of a connection open before the agent: its ends' plaintext
-                // offsets count from wherever each was first seen, its records' positions
-                // agree. A connection seen from its start keeps the offsets, which agree from
-                // its first byte, where the first request's record (read with the handshake's
-                // last one) may have no position of its own.
+            } else if event.flags & agent_common::DATA_RECORD_SEQ != 0 && !conn.seen_from_start() {
+                // TLS plaintext of a connection first seen in use (open before the agent, or
+                // announced again after the agent lost it): its ends' plaintext offsets count
+                // from wherever each was first seen, its records' positions agree. A connection
+                // seen from its start keeps the offsets, which agree from its first byte, where
+                // the first request's record (read with the handshake's last one) may have no
+                // position of its own.
                 Position::Record(event.seq)
             } else {
                 Position::Unknown
@@ -577,12 +589,7 @@ impl EventSink for TraceSink<'_> {
     }
 
     fn on_close(&mut self, event: &ConnEvent) {
-        self.tracer.forget_edge(event.header.conn_id);
-        self.tracer
-            .conn_closed_for_workers(event.header.conn_id, event.header.ts_ns);
-        self.tracer.forget_inband_conn(event.header.conn_id);
-        self.inband_tls.remove(&event.header.conn_id);
-        self.budget_forget(event.header.conn_id, monotonic_ns());
+        self.conn_gone(event.header.conn_id, event.header.ts_ns);
         let Some(conn) = self.conntrack.close(event) else {
             return;
         };

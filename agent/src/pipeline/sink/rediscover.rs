@@ -21,10 +21,11 @@ pub(super) struct Rediscovery {
 }
 
 impl TraceSink<'_> {
-    /// Data of `conn_id` (socket `fd` of `pid`), which the agent does not know, came: the
-    /// programs forget it, unless the agent's table is too full to take it back (its evictions
-    /// would make others unknown in turn).
-    pub(super) fn rediscover(&mut self, pid: u32, fd: i32, conn_id: u64) {
+    /// Data of `conn_id` (socket `fd` of `pid`, at `ts_ns`), which the agent does not know,
+    /// came: the programs forget it, unless the agent's table is too full to take it back (its
+    /// evictions would make others unknown in turn). It is asked once: a connection in the
+    /// budget's states, which the programs keep, is pinned in the agent's table, never unknown.
+    pub(super) fn rediscover(&mut self, pid: u32, fd: i32, conn_id: u64, ts_ns: u64) {
         let Some(kernel) = &mut self.kernel_conns else {
             return;
         };
@@ -46,8 +47,10 @@ impl TraceSink<'_> {
                 conn_id,
                 "unknown connection: to be announced again"
             );
+            // No close will come for this id: what the stages keep of it goes now.
+            self.conn_gone(conn_id, ts_ns);
         } else {
-            // Closed meanwhile, or shed by the budget.
+            // Closed meanwhile.
             tracing::debug!(
                 pid,
                 fd,

@@ -101,7 +101,7 @@ impl TraceSink<'_> {
             ),
             own(
                 "connections_rediscovered_total",
-                "Connections the agent did not know (opening lost to a full ring, or evicted) that the programs announced again.",
+                "Connections the agent did not know (opening lost to a full ring, or evicted) that the programs were told to forget and announce again at their next syscall.",
                 self.feedback.rediscovered,
             ),
             own(
