@@ -290,6 +290,14 @@ impl Budget {
 mod tests {
     use super::*;
 
+    /// A budget far above the agent's CPU and without a memory limit: only the ring cuts.
+    fn ring_only() -> Budget {
+        Budget::new(BudgetConfig {
+            max_cpu: Limit::At(64.0),
+            max_memory: Limit::Off,
+        })
+    }
+
     /// The ring found `fill` full at [`SUSTAINED_DRAINS`] drains in a row.
     fn sustained(budget: &mut Budget, fill: f64) {
         for _ in 0..SUSTAINED_DRAINS {
@@ -327,10 +335,7 @@ mod tests {
 
     #[test]
     fn a_ring_falling_behind_cuts_the_share_once_and_looks_sooner() {
-        let mut budget = Budget::new(BudgetConfig {
-            max_cpu: Limit::At(64.0),
-            max_memory: Limit::Off,
-        });
+        let mut budget = ring_only();
         // A backlog before the first look (start-up) is not the agent falling behind.
         sustained(&mut budget, 1.0);
         assert!(
@@ -379,10 +384,7 @@ mod tests {
 
     #[test]
     fn a_ring_cut_that_does_not_show_within_an_interval_lets_the_ring_cut_again() {
-        let mut budget = Budget::new(BudgetConfig {
-            max_cpu: Limit::At(64.0),
-            max_memory: Limit::Off,
-        });
+        let mut budget = ring_only();
         budget.tick(0);
         sustained(&mut budget, 0.9);
         assert!(budget.tick(EARLY_LOOK_NS).is_some(), "a ring cut");
@@ -427,10 +429,7 @@ mod tests {
 
     #[test]
     fn one_late_wake_up_is_not_falling_behind_but_a_drop_is() {
-        let mut budget = Budget::new(BudgetConfig {
-            max_cpu: Limit::At(64.0),
-            max_memory: Limit::Off,
-        });
+        let mut budget = ring_only();
         budget.tick(0);
         // A small ring: a wake-up late once finds it full, the next drains start near empty.
         for _ in 0..10 {
@@ -477,10 +476,7 @@ mod tests {
 
     #[test]
     fn two_late_wake_ups_in_a_row_are_not_falling_behind() {
-        let mut budget = Budget::new(BudgetConfig {
-            max_cpu: Limit::At(64.0),
-            max_memory: Limit::Off,
-        });
+        let mut budget = ring_only();
         budget.tick(0);
         for _ in 0..10 {
             budget.note_ring_fill(0.9);
@@ -493,10 +489,7 @@ mod tests {
 
     #[test]
     fn drops_from_before_a_catch_up_do_not_cut_again() {
-        let mut budget = Budget::new(BudgetConfig {
-            max_cpu: Limit::At(64.0),
-            max_memory: Limit::Off,
-        });
+        let mut budget = ring_only();
         budget.tick(0);
         budget.note_ring_drops(100, 900);
         assert!(budget.tick(EARLY_LOOK_NS).is_some(), "a cut for the drops");
