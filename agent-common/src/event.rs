@@ -276,8 +276,17 @@ pub struct ConnEvent {
     /// Open records in a Node.js process whose callback probes fired on the opening thread: the
     /// libuv callback the socket was opened in ([`node_callback`]); 0 otherwise.
     pub task: u64,
+    /// `CONN_*` flags.
+    pub flags: u32,
+    pub reserved: u32,
 }
-const _: () = assert!(core::mem::size_of::<ConnEvent>() == 32 + 40 + 8 + 16 + 16 + 8);
+const _: () = assert!(core::mem::size_of::<ConnEvent>() == 32 + 40 + 8 + 16 + 16 + 8 + 8);
+
+/// [`ConnEvent::flags`] of an open record: the programs shed this client end from its opening
+/// (its process is named in [`crate::MAP_SHED_OPENS`] and the connection ranks at or above the
+/// share kept): none of its bytes will come, and its server end, if on this host, is shed from
+/// its first syscall ([`crate::MAP_SHED_TUPLES`]).
+pub const CONN_SHED_AT_OPEN: u32 = 1;
 
 /// Bytes moved through a connection; `captured_len` payload bytes follow this struct in the
 /// ring-buffer record.

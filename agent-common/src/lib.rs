@@ -10,6 +10,7 @@ pub mod conn_update;
 pub mod event;
 pub mod kernel;
 pub mod maps;
+pub mod rank;
 
 pub use event::*;
 pub use kernel::*;

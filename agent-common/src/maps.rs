@@ -92,6 +92,17 @@ pub const MAP_HIDDEN_WORK: &str = "HIDDEN_WORK";
 /// connection closes or resumes), which costs the programs no read of user memory and can only
 /// refuse more parents, never name one.
 pub const MAP_SHED_CALLERS: &str = "SHED_CALLERS";
+/// The processes whose new client connections the budget sheds from their opening (`tgid` →
+/// the lowest rank shed, as [`crate::rank::rank_of`] counts): processes the agent knows to start
+/// every trace they are in (they serve nothing), so that a load of one request per connection,
+/// which no connection's history would ever name an edge, is shed too. Read at a `connect`
+/// while [`MAP_SHED_CONTROL`] is set.
+pub const MAP_SHED_OPENS: &str = "SHED_OPENS";
+/// The client ends shed at their opening ([`crate::CONN_SHED_AT_OPEN`]), by
+/// [`crate::rank::rank_hash`] (the same at both ends): a server end on this host finding its
+/// connection here at its first syscall is shed from it, and the entry goes. An LRU: the entries
+/// of client ends whose server is elsewhere are never taken.
+pub const MAP_SHED_TUPLES: &str = "SHED_TUPLES";
 
 /// The exit programs a socket syscall's exit is handed to, by family (`EXIT_FAMILIES[i]` sits
 /// at index `i` of [`MAP_EXIT_JUMPS`]): the dispatcher on `raw_syscalls/sys_exit` picks one by

@@ -23,12 +23,13 @@
 
 use agent_common::{
     ConnInfo, DATA_HIDDEN_EXACT_ASK, DATA_HIDDEN_SAME_ASK, DATA_HIDDEN_WORK, Direction, Protocol,
-    Role,
+    Role, SockTuple,
     ask::{ANY_ASK, ASK_BYTES, ASK_WORDS, ask_hash},
+    rank::{rank_hash, rank_of},
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 
 /// `[0]`: non-zero while the agent sheds any connection ([`agent_common::MAP_SHED_CONTROL`]).
@@ -75,6 +76,63 @@ pub fn note_caller(tgid: u32) {
         return;
     }
     let _ = SHED_CALLERS.insert(&tgid, &1, 0);
+}
+
+/// The processes whose new client connections are shed from their opening, with the lowest
+/// rank shed ([`agent_common::MAP_SHED_OPENS`]); written by the agent.
+#[map]
+static SHED_OPENS: HashMap<u32, u64> = HashMap::with_max_entries(1024, 0);
+
+/// The client ends shed at their opening, by [`rank_hash`], until their server end on this host
+/// takes its entry ([`agent_common::MAP_SHED_TUPLES`]). An LRU: most entries of client ends
+/// whose server is elsewhere are never taken.
+#[map]
+static SHED_TUPLES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Whether the client end `tuple` that process `tgid` just connected is shed from its opening:
+/// the agent named the process ([`SHED_OPENS`]) and the connection ranks at or above the share
+/// it keeps. Its server end, if on this host, will find it in [`SHED_TUPLES`].
+#[inline(always)]
+pub fn sheds_opening(tgid: u32, tuple: &SockTuple) -> bool {
+    if SHED_CONTROL.get(0).copied().unwrap_or(0) == 0 {
+        return false;
+    }
+    // SAFETY: copied out at once.
+    let Some(lowest) = (unsafe { SHED_OPENS.get(&tgid) }).copied() else {
+        return false;
+    };
+    let hash = rank_hash(tuple);
+    if rank_of(hash) < lowest {
+        return false;
+    }
+    let _ = SHED_TUPLES.insert(&hash, &1, 0);
+    true
+}
+
+/// Whether the server end of table entry `entry`, at its first data syscall (nothing moved on
+/// it yet), belongs to a connection whose client end on this host was shed at its opening
+/// ([`sheds_opening`]): it is then moved to [`Protocol::Shed`] here, before its first byte is
+/// sent, and the agent, which saw that client end's open record, knows it without a word.
+/// Out of line: the exit program's stack.
+#[inline(never)]
+pub fn sheds_server_end(entry: *mut ConnInfo) -> bool {
+    if entry.is_null() || SHED_CONTROL.get(0).copied().unwrap_or(0) == 0 {
+        return false;
+    }
+    // SAFETY: as in `verdict`.
+    let info = unsafe { &mut *entry };
+    if info.bytes_sent != 0 || info.bytes_received != 0 {
+        return false;
+    }
+    let hash = rank_hash(&info.tuple);
+    // SAFETY: a presence test; the value is not read.
+    if unsafe { SHED_TUPLES.get(&hash) }.is_none() {
+        return false;
+    }
+    let _ = SHED_TUPLES.remove(&hash);
+    info.protocol = Protocol::Shed as u32;
+    info.last_direction = 0;
+    true
 }
 
 /// What to do with a data syscall on a connection in one of the budget's states.

@@ -20,9 +20,9 @@
 //! that, for its stack. Each family's program is verified on its own, with only its own paths.
 
 use agent_common::{
-    ConnEvent, ConnInfo, ConnKey, Counter, DATA_RESUMED, DATA_SEQ_VALID, DataEvent, Direction,
-    EventHeader, EventKind, MAX_CAPTURE_BYTES, MAX_IOVECS, MAX_MMSG, Protocol, Role, Syscall,
-    exit_family, exit_stage,
+    CONN_SHED_AT_OPEN, ConnEvent, ConnInfo, ConnKey, Counter, DATA_RESUMED, DATA_SEQ_VALID,
+    DataEvent, Direction, EventHeader, EventKind, MAX_CAPTURE_BYTES, MAX_IOVECS, MAX_MMSG,
+    Protocol, Role, Syscall, exit_family, exit_stage,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
@@ -65,6 +65,21 @@ fn wakeup_flags(unchecked_bytes: &mut u64, size: u64) -> u64 {
     } else {
         u64::from(aya_ebpf::bindings::BPF_RB_NO_WAKEUP)
     }
+}
+
+/// [`wakeup_flags`] for a record of `size` bytes that is not a data record (an open or close,
+/// TLS plaintext), counted with this CPU's data records. A flag of 0 would wake the agent at
+/// every such record it had caught up to: under connection churn, shedding most connections'
+/// data left the agent caught up, and each open and close woke it (14 times the wake-ups, all
+/// the CPU shedding saved).
+#[inline(always)]
+pub fn wakeup_for(size: u64) -> u64 {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return u64::from(aya_ebpf::bindings::BPF_RB_NO_WAKEUP);
+    };
+    // SAFETY: this CPU's scratch slot (programs on one CPU do not nest); the count is a field
+    // of its own, apart from the entry or record being assembled in the slot.
+    wakeup_flags(unsafe { &mut (*scratch).unchecked_bytes }, size)
 }
 
 /// `-EINPROGRESS`: a non-blocking connect that has sent its SYN and picked its local port.
@@ -110,7 +125,7 @@ pub fn now_ns() -> u64 {
 
 /// Sends an open or close record.
 #[inline(always)]
-fn emit_conn(kind: EventKind, pid_tgid: u64, fd: i32, info: &ConnInfo, syscall: u32) {
+fn emit_conn(kind: EventKind, pid_tgid: u64, fd: i32, info: &ConnInfo, syscall: u32, flags: u32) {
     let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
         count(Counter::RingFull);
         return;
@@ -131,8 +146,10 @@ fn emit_conn(kind: EventKind, pid_tgid: u64, fd: i32, info: &ConnInfo, syscall: 
             },
             _ => 0,
         },
+        flags,
+        reserved: 0,
     });
-    entry.submit(0);
+    entry.submit(wakeup_for(core::mem::size_of::<ConnEvent>() as u64));
     count(Counter::EventsSent);
 }
 
@@ -148,13 +165,24 @@ fn new_conn() -> Option<&'static mut ConnInfo> {
 /// Starts tracking `fd` as a new connection and announces it; returns its id. `info` holds
 /// what `classify_fd` found (endpoints, TCP socket); the rest is set here.
 #[inline(always)]
-fn track(pid_tgid: u64, fd: i32, info: &mut ConnInfo, role: Role, syscall: u32) -> Option<u64> {
+fn track(
+    pid_tgid: u64,
+    fd: i32,
+    info: &mut ConnInfo,
+    role: Role,
+    syscall: u32,
+    shed: bool,
+) -> Option<u64> {
     info.conn_id = next_conn_id();
     info.role = role as u32;
     info.ignored = 0;
     info.bytes_sent = 0;
     info.bytes_received = 0;
-    info.protocol = Protocol::Detecting as u32;
+    info.protocol = if shed {
+        Protocol::Shed as u32
+    } else {
+        Protocol::Detecting as u32
+    };
     info.misses = 0;
     info.last_direction = 0;
     info.hidden_ask = 0;
@@ -167,7 +195,14 @@ fn track(pid_tgid: u64, fd: i32, info: &mut ConnInfo, role: Role, syscall: u32) 
         count(Counter::ConnTableFull);
         return None;
     }
-    emit_conn(EventKind::ConnOpen, pid_tgid, fd, info, syscall);
+    emit_conn(
+        EventKind::ConnOpen,
+        pid_tgid,
+        fd,
+        info,
+        syscall,
+        if shed { CONN_SHED_AT_OPEN } else { 0 },
+    );
     Some(info.conn_id)
 }
 
@@ -313,7 +348,7 @@ fn discover(pid_tgid: u64, fd: i32, syscall: u32) -> u64 {
             ignore(pid_tgid, fd);
             0
         }
-        Ok(FdKind::Inet) => track(pid_tgid, fd, info, Role::Unknown, syscall).unwrap_or(0),
+        Ok(FdKind::Inet) => track(pid_tgid, fd, info, Role::Unknown, syscall, false).unwrap_or(0),
         Err(_) => {
             count(Counter::SocketWalkFailed);
             0
@@ -399,6 +434,12 @@ fn budget_verdict(
     direction: Direction,
     result: i64,
 ) -> Option<bool> {
+    if conn.protocol == Protocol::Detecting as u32
+        && conn.role == Role::Server as u32
+        && shed::sheds_server_end(conn.entry)
+    {
+        conn.protocol = Protocol::Shed as u32;
+    }
     if !Protocol::is_budget_state(conn.protocol) {
         return Some(false);
     }
@@ -924,8 +965,12 @@ fn open_exit(regs: Regs, pid_tgid: u64, syscall: Syscall, result: i64) {
     };
     match classify_fd(fd, info) {
         Ok(FdKind::Inet) => {
-            if track(pid_tgid, fd, info, role, syscall as u32).is_some() && role == Role::Client {
-                shed::note_caller((pid_tgid >> 32) as u32);
+            let tgid = (pid_tgid >> 32) as u32;
+            let shed = role == Role::Client && shed::sheds_opening(tgid, &info.tuple);
+            if track(pid_tgid, fd, info, role, syscall as u32, shed).is_some()
+                && role == Role::Client
+            {
+                shed::note_caller(tgid);
             }
         }
         Ok(FdKind::Untraced) => ignore(pid_tgid, fd),
@@ -962,6 +1007,7 @@ fn close_enter(regs: Regs) {
             fd,
             &info,
             Syscall::Close as u32,
+            0,
         );
     }
 }

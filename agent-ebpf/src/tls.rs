@@ -530,6 +530,10 @@ fn emit(
             },
         });
     }
-    entry.submit(0);
+    // Counted with the CPU's other records (`wakeup_for`). A uprobe program can be preempted
+    // by another on its CPU: a race on the count can at worst move one look at the backlog.
+    entry.submit(crate::syscalls::wakeup_for(
+        core::mem::size_of::<DataEvent>() as u64 + u64::from(captured),
+    ));
     count(Counter::EventsSent);
 }

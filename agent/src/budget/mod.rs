@@ -67,6 +67,9 @@ pub const EARLY_LOOK_NS: u64 = 100_000_000;
 pub struct BudgetStats {
     /// Edge connections shed (each end counted).
     pub connections_shed: u64,
+    /// Of those, ends shed from their opening (connection churn: a process known to start
+    /// every trace it is in, [`crate::trace::Tracer::pure_clients`]).
+    pub openings_shed: u64,
     /// Shed connections resumed when the share rose.
     pub connections_resumed: u64,
     /// Times the share went down.

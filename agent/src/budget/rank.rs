@@ -2,46 +2,23 @@
 //! ends (the endpoints are ordered first) and on every agent, so a share `keep` keeps exactly
 //! the connections ranked below it, and a lower share sheds a superset of a higher one's.
 
-use agent_common::SockTuple;
+use agent_common::{
+    SockTuple,
+    rank::{RANK_BITS, rank_hash, rank_of},
+};
 
-/// The rank of the connection `tuple` (as either end sees it).
+/// The rank of the connection `tuple` (as either end sees it), in `[0, 1)`.
 #[must_use]
 pub fn rank(tuple: &SockTuple) -> f64 {
-    let (local, remote) = crate::net::tuple_addrs(tuple);
-    let (local, remote) = (endpoint(local), endpoint(remote));
-    let (low, high) = if local <= remote {
-        (local, remote)
-    } else {
-        (remote, local)
-    };
-    let mut h = 0x9e37_79b9_7f4a_7c15_u64 ^ u64::from(tuple.sock_type);
-    for word in [low.0, low.1, high.0, high.1] {
-        h = mix(h ^ word);
-    }
-    // The top 53 bits: exactly representable.
-    (h >> 11) as f64 / (1_u64 << 53) as f64
+    rank_of(rank_hash(tuple)) as f64 / (1_u64 << RANK_BITS) as f64
 }
 
-/// An endpoint as two words: the address (IPv4 in its v4-mapped IPv6 form: one end's socket
-/// may be IPv6 and the other's IPv4) and the port.
-fn endpoint(addr: std::net::SocketAddr) -> (u64, u64) {
-    let v6 = match addr.ip().to_canonical() {
-        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        std::net::IpAddr::V6(v6) => v6,
-    };
-    let bits = u128::from(v6);
-    (
-        (bits >> 64) as u64 ^ (bits as u64).rotate_left(17),
-        u64::from(addr.port()),
-    )
-}
-
-/// splitmix64's finaliser.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+/// The lowest rank the programs shed at a share `keep` (as [`rank_of`] counts): what
+/// [`rank`] keeps below `keep`, they keep below this.
+#[must_use]
+pub fn threshold(keep: f64) -> u64 {
+    let all = (1_u64 << RANK_BITS) as f64;
+    (keep.clamp(0.0, 1.0) * all).ceil() as u64
 }
 
 #[cfg(test)]
@@ -60,5 +37,32 @@ mod tests {
             .filter(|&p| rank(&tuple(p, 8080)) < 0.25)
             .count();
         assert!((200..300).contains(&kept), "{kept} of 1000 below 0.25");
+    }
+
+    #[test]
+    fn the_programs_threshold_keeps_what_the_share_keeps() {
+        for keep in [0.0, 0.1, 0.25, 0.5, 0.99, 1.0] {
+            let t = threshold(keep);
+            for p in 40_000..42_000 {
+                let tuple = tuple(p, 8080);
+                let kept = rank(&tuple) < keep;
+                assert_eq!(
+                    kept,
+                    rank_of(rank_hash(&tuple)) < t,
+                    "keep {keep}, port {p}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_ipv4_end_ranks_as_its_v4_mapped_ipv6_peer() {
+        let v4 = tuple(40_000, 8080);
+        let mut v6 = v4;
+        v6.family = agent_common::AF_INET6;
+        for addr in [&mut v6.local_addr, &mut v6.remote_addr] {
+            *addr = std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets();
+        }
+        assert!((rank(&v4) - rank(&v6)).abs() < f64::EPSILON);
     }
 }

@@ -495,6 +495,7 @@ fn capture_stats(stats: &mut FinalStats, sink: &TraceSink<'_>, receiver: &receiv
     let budget = sink.budget_stats().unwrap_or_default();
     stats
         .add("connections_shed", budget.connections_shed)
+        .add("openings_shed", budget.openings_shed)
         .add("connections_resumed", budget.connections_resumed)
         .add("budget_cuts", budget.cuts)
         .add("budget_cpu_millicores_peak", budget.cpu_millicores_peak)

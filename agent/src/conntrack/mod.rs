@@ -228,6 +228,15 @@ impl Conntrack {
             .any(|c| c.process.pid == pid && c.role != Role::Server)
     }
 
+    /// Whether process `pid` has a connection open that may be a server end (one it accepted,
+    /// or one whose role is unknown). A scan of the table, as [`Conntrack::may_call_out`].
+    #[must_use]
+    pub fn may_serve(&self, pid: u32) -> bool {
+        self.conns
+            .values()
+            .any(|c| c.process.pid == pid && c.role != Role::Client)
+    }
+
     /// Keeps `conn_id` however long it is silent (`pinned`), or lets it age out again.
     pub fn pin(&mut self, conn_id: u64, pinned: bool) {
         if let Some(conn) = self.conns.get_mut(&conn_id) {

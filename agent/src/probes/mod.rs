@@ -230,6 +230,9 @@ pub struct KernelConns {
     /// The processes known to make client calls ([`agent_common::MAP_SHED_CALLERS`]), emptied
     /// with the hidden work.
     callers: Option<aya::maps::HashMap<MapData, u32, u32>>,
+    /// The processes whose new client connections are shed from their opening
+    /// ([`agent_common::MAP_SHED_OPENS`]).
+    shed_opens: Option<aya::maps::HashMap<MapData, u32, u64>>,
     /// Whether the switch is on.
     shedding: bool,
     /// The agent's writes to the table, made in place in the kernel; `None` where the kernel
@@ -356,6 +359,23 @@ impl KernelConns {
         }
     }
 
+    /// Names process `tgid` to the programs: its new client connections ranked at or above
+    /// `lowest` ([`agent_common::rank::rank_of`]) are shed from their opening.
+    pub fn name_shed_opens(&mut self, tgid: u32, lowest: u64) {
+        if let Some(opens) = &mut self.shed_opens
+            && let Err(e) = opens.insert(tgid, lowest, 0)
+        {
+            tracing::debug!("{}: {e}", agent_common::MAP_SHED_OPENS);
+        }
+    }
+
+    /// Process `tgid`'s new client connections are no longer shed from their opening.
+    pub fn unname_shed_opens(&mut self, tgid: u32) {
+        if let Some(opens) = &mut self.shed_opens {
+            let _ = opens.remove(&tgid);
+        }
+    }
+
     /// Turns the programs' hidden-work accounting on or off (on while anything is shed).
     pub fn set_shedding(&mut self, on: bool) {
         if let Some(control) = &mut self.shed_control
@@ -372,6 +392,9 @@ impl KernelConns {
             }
             if let Some(callers) = &mut self.callers {
                 empty(callers);
+            }
+            if let Some(opens) = &mut self.shed_opens {
+                empty(opens);
             }
         }
         self.shedding = on;
@@ -843,6 +866,7 @@ impl Probes {
         let shed_control = self.take_optional_map(agent_common::MAP_SHED_CONTROL);
         let hidden_work = self.take_optional_map(agent_common::MAP_HIDDEN_WORK);
         let callers = self.take_optional_map(agent_common::MAP_SHED_CALLERS);
+        let shed_opens = self.take_optional_map(agent_common::MAP_SHED_OPENS);
         let updater = self
             .conn_updater()
             .inspect_err(|e| {
@@ -856,6 +880,7 @@ impl Probes {
             shed_control,
             hidden_work,
             callers,
+            shed_opens,
             shedding: false,
             updater,
         })

@@ -17,18 +17,20 @@ const WATCH_ABOVE: f64 = 0.5;
 /// A connection the budget moved out of full capture.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct BudgetConn {
-    pid: u32,
-    fd: i32,
-    server: bool,
+    pub(super) pid: u32,
+    pub(super) fd: i32,
+    pub(super) server: bool,
     /// Shed (or on its way); else on its way back ([`Protocol::ResumeNext`]).
-    shed: bool,
+    pub(super) shed: bool,
 }
 
 /// The budget and what it moved.
 #[derive(Debug)]
 pub(super) struct Shedder {
     pub(super) budget: Budget,
-    conns: HashMap<u64, BudgetConn, foldhash::fast::RandomState>,
+    pub(super) conns: HashMap<u64, BudgetConn, foldhash::fast::RandomState>,
+    /// Connections shed at their opening ([`super::shed_openings`]).
+    pub(super) openings: super::shed_openings::Openings,
     /// The processes whose server ends this episode shed, and whether each was found to make
     /// client calls (told to the programs once, [`crate::probes::KernelConns::note_caller`]).
     callers_checked: HashMap<u32, bool, foldhash::fast::RandomState>,
@@ -39,6 +41,7 @@ impl Shedder {
         Self {
             budget,
             conns: HashMap::default(),
+            openings: super::shed_openings::Openings::default(),
             callers_checked: HashMap::default(),
         }
     }
@@ -94,6 +97,7 @@ impl TraceSink<'_> {
         if due.is_some() || (keep < 1.0 && self.ticks.is_multiple_of(5)) {
             self.tracer.set_keep(keep);
             self.follow_share(keep, now);
+            self.name_shed_openings(keep);
         }
         self.tracer.sweep_hiding(now);
     }
@@ -146,7 +150,8 @@ impl TraceSink<'_> {
                 }
             }
         }
-        let any = self.shedder.as_ref().is_some_and(|s| !s.conns.is_empty());
+        let any =
+            self.shedder.as_ref().is_some_and(|s| !s.conns.is_empty()) || self.openings_named();
         if let Some(kernel) = &mut self.kernel_conns {
             kernel.set_shedding(any);
         }
@@ -172,15 +177,13 @@ impl TraceSink<'_> {
         let (pid, fd) = (conn.process.pid, conn.fd);
         // The programs flag hidden work from the moment a connection may switch.
         kernel.set_shedding(true);
-        if server && !shedder.callers_checked.contains_key(&pid) {
-            // Before the switch: a caller's hidden requests are read from the first (the
-            // programs note a caller's later `connect`s themselves).
-            let calls = self.conntrack.may_call_out(pid);
-            if calls {
-                kernel.note_caller(pid);
-            }
-            shedder.callers_checked.insert(pid, calls);
+        if server {
+            // Before the switch: a caller's hidden requests are read from the first.
+            self.check_caller(pid);
         }
+        let (Some(shedder), Some(kernel)) = (&mut self.shedder, &mut self.kernel_conns) else {
+            return;
+        };
         if kernel
             .set_budget_state((pid, fd, conn_id), role, Protocol::ShedNext, Protocol::Http)
             .is_none()
@@ -210,6 +213,22 @@ impl TraceSink<'_> {
         // Already hidden if it was on its way back.
         if server && was.is_none() {
             self.tracer.server_hidden(pid, true, 0);
+        }
+    }
+
+    /// Tells the programs, once an episode, whether process `pid`, whose server end is being
+    /// shed, makes client calls (the programs note a caller's later `connect`s themselves).
+    pub(super) fn check_caller(&mut self, pid: u32) {
+        let (Some(shedder), Some(kernel)) = (&mut self.shedder, &mut self.kernel_conns) else {
+            return;
+        };
+        if let std::collections::hash_map::Entry::Vacant(entry) = shedder.callers_checked.entry(pid)
+        {
+            let calls = self.conntrack.may_call_out(pid);
+            if calls {
+                kernel.note_caller(pid);
+            }
+            entry.insert(calls);
         }
     }
 
@@ -281,6 +300,8 @@ impl TraceSink<'_> {
             self.budget_forget(conn_id, now);
             self.tracer.forget_edge(conn_id);
         }
+        self.tracer
+            .forget_dead_callers(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
     }
 
     /// `conn_id` left the budget's care (resumed, closed, no longer tracked).

@@ -5,6 +5,7 @@ mod budget;
 mod rediscover;
 mod runtime_probes;
 mod self_metrics;
+mod shed_openings;
 
 use std::collections::{HashMap, HashSet};
 
@@ -445,6 +446,7 @@ impl EventSink for TraceSink<'_> {
                 kernel.mark_opaque(event.header.pid, event.header.fd, event.header.conn_id);
             }
         }
+        self.shed_openings_on_open(event);
     }
 
     fn on_go_probe(&mut self, event: &GoProbeEvent) {
@@ -589,6 +591,7 @@ impl EventSink for TraceSink<'_> {
     }
 
     fn on_close(&mut self, event: &ConnEvent) {
+        self.shed_openings_on_close(&event.tuple, event.header.conn_id);
         self.conn_gone(event.header.conn_id, event.header.ts_ns);
         let Some(conn) = self.conntrack.close(event) else {
             return;

@@ -167,6 +167,11 @@ impl TraceSink<'_> {
                 self.budget_stats().map_or(0, |b| b.connections_shed),
             ),
             own(
+                "budget_openings_shed_total",
+                "Connection ends the budget shed from their opening (processes that start every trace they are in; also counted in budget_connections_shed_total).",
+                self.budget_stats().map_or(0, |b| b.openings_shed),
+            ),
+            own(
                 "budget_connections_resumed_total",
                 "Shed connection ends the budget resumed.",
                 self.budget_stats().map_or(0, |b| b.connections_resumed),

@@ -36,6 +36,14 @@ pub(in crate::trace) struct Shedding {
     edges: FastMap<u64, Edge>,
     /// Processes that served a request: their client ends are never edges.
     servers: HashSet<u32, foldhash::fast::RandomState>,
+    /// Client requests that started a trace here, by process.
+    root_calls: FastMap<u32, u32>,
+    /// Processes that made a client request that did not start a trace here (it had a parent,
+    /// or waited for a rule): never pure clients.
+    parented_callers: HashSet<u32, foldhash::fast::RandomState>,
+    /// Processes whose new client connections the programs shed from their opening: a request
+    /// one serves drops its trace (its calls may be on connections shed at their opening).
+    openings_shed: HashSet<u32, foldhash::fast::RandomState>,
     /// Processes hiding shed SERVER requests.
     hiding: FastMap<u32, Hiding>,
     /// Connections of shed pairs: whether each is the SERVER end.
@@ -66,6 +74,10 @@ pub struct Edge {
 /// a local server end may be seen a moment after its client's first request.
 const EDGE_SETTLES_AFTER: u32 = 3;
 
+/// Client requests that started traces a process must have made, and no other, before its
+/// new connections may be shed from their opening ([`Tracer::pure_clients`]).
+const PURE_CLIENT_AFTER: u32 = 16;
+
 #[derive(Debug, Default, Clone, Copy)]
 struct Hiding {
     /// SERVER connections of the process shed now (or on their way in or out).
@@ -87,6 +99,14 @@ impl Shedding {
             self.servers.insert(pid);
         }
         let root = root && (server || !self.servers.contains(&pid));
+        if !server {
+            if root {
+                let calls = self.root_calls.entry(pid).or_default();
+                *calls = calls.saturating_add(1);
+            } else {
+                self.parented_callers.insert(pid);
+            }
+        }
         self.edges
             .entry(conn_id)
             .and_modify(|e| {
@@ -177,6 +197,35 @@ impl Tracer {
             .map(|(id, e)| (*id, *e))
     }
 
+    /// Processes whose every client request started a trace here (at least
+    /// [`PURE_CLIENT_AFTER`]) and that served none: each new connection of theirs would be an
+    /// edge after its first request, so the budget may shed it from its opening.
+    pub fn pure_clients(&self) -> impl Iterator<Item = u32> + '_ {
+        self.shedding
+            .root_calls
+            .iter()
+            .filter(|&(pid, &calls)| {
+                calls >= PURE_CLIENT_AFTER
+                    && !self.shedding.servers.contains(pid)
+                    && !self.shedding.parented_callers.contains(pid)
+            })
+            .map(|(&pid, _)| pid)
+    }
+
+    /// The processes whose new client connections the programs shed from their opening now.
+    pub fn set_openings_shed(&mut self, pids: &HashSet<u32>) {
+        self.shedding.openings_shed.clear();
+        self.shedding.openings_shed.extend(pids);
+    }
+
+    /// Forgets what the budget learnt of processes that are gone (`alive` says which live).
+    pub fn forget_dead_callers(&mut self, alive: impl Fn(u32) -> bool) {
+        let s = &mut self.shedding;
+        s.root_calls.retain(|&pid, _| alive(pid));
+        s.parented_callers.retain(|&pid| alive(pid));
+        s.servers.retain(|&pid| alive(pid));
+    }
+
     /// A connection closed or stopped being tracked: it is no edge any more.
     pub fn forget_edge(&mut self, conn_id: u64) {
         if let Some(edge) = self.shedding.edges.remove(&conn_id)
@@ -238,6 +287,11 @@ impl Tracer {
         let settled = span.trace.settled();
         let root = parentless && span.evidence == "none" && settled;
         let pid = span.pid;
+        if end.server && self.shedding.openings_shed.contains(&pid) {
+            // It was named a pure client: the calls it makes for this request may be on
+            // connections shed at their opening, its trace would miss them.
+            span.trace.mark_shed();
+        }
         if end.server && parentless && self.shedding.pairs.get(&key.0) == Some(&true) {
             // The pair's client end is hidden for this request: its subtree would be a trace
             // without its root. (A client end seen late joins the dropped trace.)

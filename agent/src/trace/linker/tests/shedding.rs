@@ -272,3 +272,68 @@ fn a_pair_client_span_without_its_server_end_drops_its_whole_trace() {
         "the trace was dropped late but its root went out: {out:#?}"
     );
 }
+
+#[test]
+fn pure_clients_are_processes_whose_every_call_started_a_trace() {
+    let mut t = shedding_tracer(None);
+    // A load generator (process 1) opens a connection per request to a server (process 2),
+    // which calls a third (process 3) for each: only the generator is a pure client, and only
+    // once it made enough calls.
+    let mut pure_after = None;
+    for i in 0..20_u64 {
+        let (at, off) = (10 + 10 * i, 100 * i);
+        let port = 6000 + i as u16;
+        let gen_end = conn(4 * i + 1, 1, Role::Client, port, 80);
+        let front = conn(4 * i + 2, 2, Role::Server, 80, port);
+        let down = conn(4 * i + 3, 2, Role::Client, port + 1000, 90);
+        let back = conn(4 * i + 4, 3, Role::Server, 90, port + 1000);
+        on_visible(&mut t, &gen_end, false, "GET /p", stamp(at, 8, off));
+        on_visible(&mut t, &front, true, "GET /p", stamp(at + 1, 7, off));
+        on_visible(&mut t, &down, false, "GET /f", stamp(at + 2, 7, off));
+        on_visible(&mut t, &back, true, "GET /f", stamp(at + 3, 6, off));
+        finish(&mut t, &back, stamp(at + 3, 6, off), at + 4);
+        finish(&mut t, &down, stamp(at + 2, 7, off), at + 5);
+        finish(&mut t, &front, stamp(at + 1, 7, off), at + 6);
+        finish(&mut t, &gen_end, stamp(at, 8, off), at + 7);
+        for id in 4 * i + 1..=4 * i + 4 {
+            t.forget_edge(id);
+        }
+        let pure: Vec<u32> = t.pure_clients().collect();
+        assert!(pure.is_empty() || pure == [1], "{pure:?}");
+        if !pure.is_empty() && pure_after.is_none() {
+            pure_after = Some(i + 1);
+        }
+    }
+    assert_eq!(
+        pure_after,
+        Some(16),
+        "named after 16 calls that started traces"
+    );
+    // A call with a parent makes it no pure client.
+    let served = conn(100, 1, Role::Server, 81, 7000);
+    let call = conn(101, 1, Role::Client, 7001, 80);
+    on_visible(&mut t, &served, true, "GET /s", stamp(1000, 9, 0));
+    on_visible(&mut t, &call, false, "GET /c", stamp(1001, 9, 0));
+    assert_eq!(t.pure_clients().count(), 0);
+}
+
+#[test]
+fn a_request_served_by_a_process_whose_openings_are_shed_drops_its_trace() {
+    let mut t = shedding_tracer(None);
+    // Process 2 was named a pure client, then serves: the calls it makes for the request may
+    // be on connections the programs shed from their opening.
+    t.set_openings_shed(&std::iter::once(2).collect());
+    let served = conn(1, 2, Role::Server, 80, 5000);
+    let call = conn(2, 2, Role::Client, 6000, 90);
+    on_visible(&mut t, &served, true, "GET /a", stamp(10, 7, 0));
+    on_visible(&mut t, &call, false, "GET /b", stamp(11, 7, 0));
+    finish(&mut t, &call, stamp(11, 7, 0), 12);
+    finish(&mut t, &served, stamp(10, 7, 0), 13);
+    assert!(drain(&mut t).is_empty(), "its trace may miss calls");
+    assert_eq!(t.stats.spans_shed, 2);
+    // Another process's requests are kept.
+    let other = conn(3, 4, Role::Server, 81, 5001);
+    on_visible(&mut t, &other, true, "GET /c", stamp(20, 5, 0));
+    finish(&mut t, &other, stamp(20, 5, 0), 21);
+    assert_eq!(drain(&mut t).len(), 1);
+}

@@ -1,0 +1,290 @@
+//! The budget on connection churn: a load of one request per connection is never shed by the
+//! share of edges ([`super::budget`]), since an edge is learnt from a connection's requests and
+//! each connection carries one. Processes the tracer knows to start every trace they are in
+//! ([`crate::trace::Tracer::pure_clients`]) are named to the programs instead, with the share
+//! kept: they shed each new client connection of such a process that ranks above it from its
+//! opening (the open record says so, [`agent_common::CONN_SHED_AT_OPEN`]), and its server end on
+//! this host from its first syscall. The agent pairs the two ends by rank hash, whichever open
+//! record comes first, so that the pair rules keep the traces whole when the programs miss a
+//! server end, and its process counts as hiding requests.
+//!
+//! A connection shed at its opening stays shed until it closes: nothing on it was ever parsed,
+//! and only HTTP/1 could be picked up mid-stream.
+
+use std::collections::{HashMap, HashSet};
+
+use agent_common::{ConnEvent, Role, SockTuple, rank::rank_hash};
+
+use super::{TraceSink, budget::BudgetConn};
+use crate::budget::rank::threshold;
+
+/// Ends waiting for their other end, at most: past it the waiting ones are forgotten (an end
+/// left unpaired only loses the pair rules, a server end's process counting as hiding).
+const UNPAIRED_MAX: usize = 16_384;
+
+/// What the sink knows of connections shed at their opening.
+#[derive(Debug, Default)]
+pub(super) struct Openings {
+    /// The processes named to the programs now.
+    named: HashSet<u32>,
+    /// The share they were named with (as the programs' threshold).
+    lowest: u64,
+    /// Client ends shed at their opening whose server end was not seen (yet), by rank hash.
+    clients: HashMap<u64, u64, foldhash::fast::RandomState>,
+    /// Server ends opened while processes are named, whose client end was not seen (yet).
+    servers: HashMap<u64, u64, foldhash::fast::RandomState>,
+}
+
+impl TraceSink<'_> {
+    /// An open record: a client end shed at its opening joins the budget's connections, and
+    /// either end finds its other end among the ends waiting.
+    pub(super) fn shed_openings_on_open(&mut self, event: &ConnEvent) {
+        let Some(shedder) = &mut self.shedder else {
+            return;
+        };
+        let openings = &mut shedder.openings;
+        let conn_id = event.header.conn_id;
+        let shed = event.flags & agent_common::CONN_SHED_AT_OPEN != 0;
+        if shed {
+            shedder.conns.insert(
+                conn_id,
+                BudgetConn {
+                    pid: event.header.pid,
+                    fd: event.header.fd,
+                    server: false,
+                    shed: true,
+                },
+            );
+            shedder.budget.stats.connections_shed += 1;
+            shedder.budget.stats.openings_shed += 1;
+            self.conntrack.pin(conn_id, true);
+        } else if event.role != Role::Server as u32
+            || (openings.named.is_empty() && openings.clients.is_empty())
+        {
+            return;
+        }
+        let hash = rank_hash(&event.tuple);
+        let pair = if shed {
+            take_or_wait(&mut openings.servers, &mut openings.clients, hash, conn_id)
+                .map(|server| (conn_id, server))
+        } else {
+            take_or_wait(&mut openings.clients, &mut openings.servers, hash, conn_id)
+                .map(|client| (client, conn_id))
+        };
+        if let Some((client, server)) = pair {
+            self.shed_server_end(client, server);
+        }
+    }
+
+    /// The server end `server` of the client end `client`, shed at its opening: the programs
+    /// shed it from its first syscall. It joins the budget's connections, its process hides
+    /// requests, and the pair rules apply.
+    fn shed_server_end(&mut self, client: u64, server: u64) {
+        let (Some(shedder), Some(conn)) = (&mut self.shedder, self.conntrack.get(server)) else {
+            return;
+        };
+        let pid = conn.process.pid;
+        let was = shedder.conns.insert(
+            server,
+            BudgetConn {
+                pid,
+                fd: conn.fd,
+                server: true,
+                shed: true,
+            },
+        );
+        if was.is_some() {
+            return;
+        }
+        shedder.budget.stats.connections_shed += 1;
+        shedder.budget.stats.openings_shed += 1;
+        tracing::debug!(
+            client,
+            server,
+            pid,
+            "budget: server end shed with its client"
+        );
+        self.check_caller(pid);
+        self.conntrack.pin(server, true);
+        self.tracer.server_hidden(pid, true, 0);
+        self.tracer.shed_pair(client, server);
+    }
+
+    /// A connection closed: an end still waiting for its other end stops waiting.
+    pub(super) fn shed_openings_on_close(&mut self, tuple: &SockTuple, conn_id: u64) {
+        let Some(shedder) = &mut self.shedder else {
+            return;
+        };
+        let openings = &mut shedder.openings;
+        if openings.clients.is_empty() && openings.servers.is_empty() {
+            return;
+        }
+        let hash = rank_hash(tuple);
+        for waiting in [&mut openings.clients, &mut openings.servers] {
+            if waiting.get(&hash) == Some(&conn_id) {
+                waiting.remove(&hash);
+            }
+        }
+    }
+
+    /// Names to the programs the processes whose new connections are shed at share `keep`:
+    /// the tracer's pure clients that have no connection they may serve on; none at `keep` 1.
+    pub(super) fn name_shed_openings(&mut self, keep: f64) {
+        let (Some(shedder), Some(kernel)) = (&mut self.shedder, &mut self.kernel_conns) else {
+            return;
+        };
+        let named: HashSet<u32> = if keep < 1.0 {
+            self.tracer
+                .pure_clients()
+                .filter(|&pid| !self.conntrack.may_serve(pid))
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        let openings = &mut shedder.openings;
+        let lowest = threshold(keep);
+        if named == openings.named && lowest == openings.lowest {
+            return;
+        }
+        for &pid in openings.named.difference(&named) {
+            kernel.unname_shed_opens(pid);
+        }
+        for &pid in &named {
+            if lowest != openings.lowest || !openings.named.contains(&pid) {
+                kernel.name_shed_opens(pid, lowest);
+            }
+        }
+        if !named.is_empty() {
+            kernel.set_shedding(true);
+        }
+        if named.is_empty() {
+            // Server ends opened from now on have no client end to wait for.
+            openings.servers.clear();
+        }
+        tracing::debug!(?named, keep, "budget: processes whose openings are shed");
+        openings.lowest = lowest;
+        self.tracer.set_openings_shed(&named);
+        openings.named = named;
+    }
+
+    /// Whether processes are named to the programs now.
+    pub(super) fn openings_named(&self) -> bool {
+        self.shedder
+            .as_ref()
+            .is_some_and(|s| !s.openings.named.is_empty())
+    }
+}
+
+/// Takes the end waiting under `hash` in `others`, or makes `conn_id` wait in `own`.
+fn take_or_wait(
+    others: &mut HashMap<u64, u64, foldhash::fast::RandomState>,
+    own: &mut HashMap<u64, u64, foldhash::fast::RandomState>,
+    hash: u64,
+    conn_id: u64,
+) -> Option<u64> {
+    if let Some(other) = others.remove(&hash) {
+        return Some(other);
+    }
+    if own.len() >= UNPAIRED_MAX {
+        own.clear();
+    }
+    own.insert(hash, conn_id);
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use agent_common::{CONN_SHED_AT_OPEN, EventHeader, EventKind, Syscall};
+
+    use super::*;
+    use crate::{
+        budget::{
+            Budget,
+            config::{BudgetConfig, Limit},
+        },
+        conntrack::{Conntrack, ConntrackConfig},
+        exporter::counting::CountingExporter,
+        net::loopback_tuple,
+        receiver::EventSink as _,
+        trace::{
+            TraceConfig, Tracer,
+            resource::{Resources, ServiceNameRule},
+        },
+    };
+
+    fn open(conn_id: u64, server: bool, flags: u32) -> ConnEvent {
+        let (role, syscall, tuple) = if server {
+            (Role::Server, Syscall::Accept4, loopback_tuple(8080, 40_000))
+        } else {
+            (Role::Client, Syscall::Connect, loopback_tuple(40_000, 8080))
+        };
+        ConnEvent {
+            header: EventHeader {
+                kind: EventKind::ConnOpen as u32,
+                pid: std::process::id(),
+                tid: std::process::id(),
+                fd: 3 + conn_id as i32,
+                conn_id,
+                ts_ns: 1_000 * conn_id,
+            },
+            tuple,
+            role: role as u32,
+            syscall: syscall as u32,
+            flags,
+            ..ConnEvent::default()
+        }
+    }
+
+    /// Feeds `events` (whether each is a server end, its flags) to a sink whose budget names a
+    /// process; returns which ends the budget holds, by connection id.
+    fn held_after(events: &[(u64, bool, u32)]) -> Vec<(u64, bool)> {
+        let mut exporter = CountingExporter::default();
+        let tracer = Tracer::new(
+            TraceConfig {
+                link_delay: Duration::ZERO,
+                ..TraceConfig::default()
+            },
+            Resources::new(ServiceNameRule::Auto),
+        );
+        let mut sink = TraceSink::new(
+            Conntrack::new(ConntrackConfig::default(), Vec::new()),
+            tracer,
+            &mut exporter,
+        )
+        .with_budget(Budget::new(BudgetConfig {
+            max_cpu: Limit::At(1.0),
+            max_memory: Limit::Off,
+        }));
+        if let Some(shedder) = &mut sink.shedder {
+            shedder.openings.named.insert(1);
+        }
+        for &(conn_id, server, flags) in events {
+            sink.on_open(&open(conn_id, server, flags));
+        }
+        let mut held: Vec<(u64, bool)> = sink
+            .shedder
+            .as_ref()
+            .map(|s| s.conns.iter().map(|(id, c)| (*id, c.server)).collect())
+            .unwrap_or_default();
+        held.sort_unstable();
+        held
+    }
+
+    #[test]
+    fn a_server_end_pairs_with_its_client_end_shed_at_opening_in_either_order() {
+        let both = vec![(1, false), (2, true)];
+        assert_eq!(
+            held_after(&[(1, false, CONN_SHED_AT_OPEN), (2, true, 0)]),
+            both
+        );
+        // The server's `accept` may return before the client's `connect` does.
+        assert_eq!(
+            held_after(&[(2, true, 0), (1, false, CONN_SHED_AT_OPEN)]),
+            both
+        );
+        // A server end whose client end was not shed stays the agent's.
+        assert_eq!(held_after(&[(1, false, 0), (2, true, 0)]), vec![]);
+    }
+}
