@@ -35,6 +35,10 @@ pub enum EventKind {
     PyTask = 5,
     /// A request's trace context went out or came in a TCP header option ([`InbandEvent`]).
     Inband = 6,
+    /// A server end on this host of a connection whose client end was shed at its opening was
+    /// shed at its first data syscall ([`ConnEvent`], no byte totals): the programs' word, since
+    /// the agent may have missed the client end's open record.
+    ConnShed = 7,
 }
 
 impl EventKind {
@@ -47,6 +51,7 @@ impl EventKind {
             4 => Some(Self::GoProbe),
             5 => Some(Self::PyTask),
             6 => Some(Self::Inband),
+            7 => Some(Self::ConnShed),
             _ => None,
         }
     }

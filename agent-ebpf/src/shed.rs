@@ -109,13 +109,21 @@ pub fn sheds_opening(tgid: u32, tuple: &SockTuple) -> bool {
     true
 }
 
-/// Whether the server end of table entry `entry`, at its first data syscall (nothing moved on
-/// it yet), belongs to a connection whose client end on this host was shed at its opening
-/// ([`sheds_opening`]): it is then moved to [`Protocol::Shed`] here, before its first byte is
-/// sent, and the agent, which saw that client end's open record, knows it without a word.
-/// Out of line: the exit program's stack.
+/// A client end shed at its opening closed, or was never tracked: its server end, if it has
+/// not taken the entry yet, never will (and a later connection with the same endpoints, a
+/// reused port, must not find it). Out of line: the stack of `sys_enter`, where a close is seen.
 #[inline(never)]
-pub fn sheds_server_end(entry: *mut ConnInfo) -> bool {
+pub fn forget_opening(tuple: &SockTuple) {
+    let _ = SHED_TUPLES.remove(&rank_hash(tuple));
+}
+
+/// Whether the server end of table entry `entry` (socket `fd` of `pid_tgid`), at its first data
+/// syscall `syscall` (nothing moved on it yet), belongs to a connection whose client end on this
+/// host was shed at its opening ([`sheds_opening`]): it is then moved to [`Protocol::Shed`]
+/// here, before its first byte is sent, and the agent is told
+/// ([`agent_common::EventKind::ConnShed`]). Out of line: the exit program's stack.
+#[inline(never)]
+pub fn sheds_server_end(entry: *mut ConnInfo, pid_tgid: u64, fd: i32, syscall: u32) -> bool {
     if entry.is_null() || SHED_CONTROL.get(0).copied().unwrap_or(0) == 0 {
         return false;
     }
@@ -132,6 +140,14 @@ pub fn sheds_server_end(entry: *mut ConnInfo) -> bool {
     let _ = SHED_TUPLES.remove(&hash);
     info.protocol = Protocol::Shed as u32;
     info.last_direction = 0;
+    crate::syscalls::emit_conn(
+        agent_common::EventKind::ConnShed,
+        pid_tgid,
+        fd,
+        info,
+        syscall,
+        0,
+    );
     true
 }
 

@@ -125,7 +125,14 @@ pub fn now_ns() -> u64 {
 
 /// Sends an open or close record.
 #[inline(always)]
-fn emit_conn(kind: EventKind, pid_tgid: u64, fd: i32, info: &ConnInfo, syscall: u32, flags: u32) {
+pub fn emit_conn(
+    kind: EventKind,
+    pid_tgid: u64,
+    fd: i32,
+    info: &ConnInfo,
+    syscall: u32,
+    flags: u32,
+) {
     let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
         count(Counter::RingFull);
         return;
@@ -434,12 +441,6 @@ fn budget_verdict(
     direction: Direction,
     result: i64,
 ) -> Option<bool> {
-    if conn.protocol == Protocol::Detecting as u32
-        && conn.role == Role::Server as u32
-        && shed::sheds_server_end(conn.entry)
-    {
-        conn.protocol = Protocol::Shed as u32;
-    }
     if !Protocol::is_budget_state(conn.protocol) {
         return Some(false);
     }
@@ -540,6 +541,14 @@ fn data_exit<const FAMILY: u32>(
     let Some(mut conn) = tracked(ctx, regs, pid_tgid, fd, entered) else {
         return Ok(());
     };
+    // Before anything reads the state (the in-band mode's look included): from here on this
+    // server end is shed like any other.
+    if conn.protocol == Protocol::Detecting as u32
+        && conn.role == Role::Server as u32
+        && shed::sheds_server_end(conn.entry, pid_tgid, fd, syscall as u32)
+    {
+        conn.protocol = Protocol::Shed as u32;
+    }
     let tls = conn.protocol == Protocol::Tls as u32;
     let tls_followed = config!(inband) != 0 && inband_before_record(pid_tgid, fd, &conn, syscall);
     if tls_followed {
@@ -967,10 +976,12 @@ fn open_exit(regs: Regs, pid_tgid: u64, syscall: Syscall, result: i64) {
         Ok(FdKind::Inet) => {
             let tgid = (pid_tgid >> 32) as u32;
             let shed = role == Role::Client && shed::sheds_opening(tgid, &info.tuple);
-            if track(pid_tgid, fd, info, role, syscall as u32, shed).is_some()
-                && role == Role::Client
-            {
-                shed::note_caller(tgid);
+            if track(pid_tgid, fd, info, role, syscall as u32, shed).is_some() {
+                if role == Role::Client {
+                    shed::note_caller(tgid);
+                }
+            } else if shed {
+                shed::forget_opening(&info.tuple);
             }
         }
         Ok(FdKind::Untraced) => ignore(pid_tgid, fd),
@@ -999,6 +1010,9 @@ fn close_enter(regs: Regs) {
     if info.protocol == Protocol::Shed as u32 || info.protocol == Protocol::ResumeNext as u32 {
         // A hidden request it never answered is no one's work any more.
         shed::closed(info);
+        if info.role == Role::Client as u32 {
+            shed::forget_opening(&info.tuple);
+        }
     }
     if info.ignored == 0 {
         emit_conn(

@@ -530,10 +530,11 @@ fn emit(
             },
         });
     }
-    // Counted with the CPU's other records (`wakeup_for`). A uprobe program can be preempted
+    // Counted with the CPU's other records (`wakeup_for`), by the ring space it takes (the
+    // whole reservation). A uprobe program can be preempted
     // by another on its CPU: a race on the count can at worst move one look at the backlog.
     entry.submit(crate::syscalls::wakeup_for(
-        core::mem::size_of::<DataEvent>() as u64 + u64::from(captured),
+        core::mem::size_of::<TlsRecord>() as u64,
     ));
     count(Counter::EventsSent);
 }

@@ -349,6 +349,15 @@ impl KernelConns {
                 .is_ok()
     }
 
+    /// Whether the programs' table still holds socket `fd` of `tgid` as the connection
+    /// `conn_id`.
+    #[must_use]
+    pub fn holds(&self, (tgid, fd, conn_id): (u32, i32, u64)) -> bool {
+        self.map
+            .get(&agent_common::ConnKey { tgid, fd }, 0)
+            .is_ok_and(|info| info.conn_id == conn_id)
+    }
+
     /// Tells the programs that process `tgid` makes client calls: what its hidden requests ask
     /// is then worth reading ([`agent_common::MAP_SHED_CALLERS`]).
     pub fn note_caller(&mut self, tgid: u32) {

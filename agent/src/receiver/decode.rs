@@ -19,10 +19,15 @@ pub enum DecodeError {
 pub enum Event<'a> {
     Open(ConnEvent),
     Close(ConnEvent),
-    Data { event: DataEvent, payload: &'a [u8] },
+    Data {
+        event: DataEvent,
+        payload: &'a [u8],
+    },
     GoProbe(GoProbeEvent),
     PyTask(PyTaskEvent),
     Inband(InbandEvent),
+    /// A server end the programs shed at its first syscall ([`EventKind::ConnShed`]).
+    Shed(ConnEvent),
 }
 
 /// Reads a `T` from the front of `bytes`.
@@ -56,6 +61,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
         Some(EventKind::GoProbe) => Ok(Event::GoProbe(read(record, "Go probe event")?)),
         Some(EventKind::PyTask) => Ok(Event::PyTask(read(record, "Python task event")?)),
         Some(EventKind::Inband) => Ok(Event::Inband(read(record, "in-band event")?)),
+        Some(EventKind::ConnShed) => Ok(Event::Shed(read(record, "connection event")?)),
         None => Err(DecodeError::UnknownKind(header.kind)),
     }
 }

@@ -28,6 +28,9 @@ pub trait EventSink {
     /// A request's first segment's trace context (the in-band mode); only sinks that link
     /// spans care.
     fn on_inband(&mut self, _event: &InbandEvent) {}
+    /// The programs shed a server end at its first syscall (its client end, on this host, was
+    /// shed at its opening); only sinks with a budget care.
+    fn on_shed(&mut self, _event: &ConnEvent) {}
     /// Called about once per `tick` even when no events arrive.
     fn on_tick(&mut self) {}
     /// Called after each timed drain of the ring (every 10 ms), for what must not wait for a
@@ -45,6 +48,7 @@ pub trait EventSink {
             Event::GoProbe(e) => self.on_go_probe(e),
             Event::PyTask(e) => self.on_py_task(e),
             Event::Inband(e) => self.on_inband(e),
+            Event::Shed(e) => self.on_shed(e),
         }
     }
 }
@@ -85,7 +89,10 @@ pub async fn run(
     let mut drain_timer = tokio::time::interval(DRAIN_INTERVAL);
     drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stop);
-    let mut last_tick = Instant::now();
+    // The first tick at once, as the ticker's own first tick would be.
+    let mut last_tick = Instant::now()
+        .checked_sub(tick)
+        .unwrap_or_else(Instant::now);
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {

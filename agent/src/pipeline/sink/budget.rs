@@ -22,6 +22,8 @@ pub(super) struct BudgetConn {
     pub(super) server: bool,
     /// Shed (or on its way); else on its way back ([`Protocol::ResumeNext`]).
     pub(super) shed: bool,
+    /// Shed from its opening (or, a server end, from its first syscall): never resumed.
+    pub(super) at_open: bool,
 }
 
 /// The budget and what it moved.
@@ -97,7 +99,7 @@ impl TraceSink<'_> {
         if due.is_some() || (keep < 1.0 && self.ticks.is_multiple_of(5)) {
             self.tracer.set_keep(keep);
             self.follow_share(keep, now);
-            self.name_shed_openings(keep);
+            self.name_shed_openings(keep, now);
         }
         self.tracer.sweep_hiding(now);
     }
@@ -204,6 +206,7 @@ impl TraceSink<'_> {
                 fd,
                 server,
                 shed: true,
+                at_open: false,
             },
         );
         if was.is_none() {
@@ -290,10 +293,19 @@ impl TraceSink<'_> {
         let Some(shedder) = &self.shedder else {
             return;
         };
+        let mut alive: HashMap<u32, bool> = HashMap::new();
+        let kernel = self.kernel_conns.as_ref();
+        // Its process gone, or its socket no longer the programs' (its close record lost to a
+        // full ring, its fd reused without a close): no close will come for it.
         let dead: Vec<u64> = shedder
             .conns
             .iter()
-            .filter(|(_, c)| !std::path::Path::new(&format!("/proc/{}", c.pid)).exists())
+            .filter(|&(&id, c)| {
+                !*alive
+                    .entry(c.pid)
+                    .or_insert_with(|| std::path::Path::new(&format!("/proc/{}", c.pid)).exists())
+                    || kernel.is_some_and(|k| !k.holds((c.pid, c.fd, id)))
+            })
             .map(|(id, _)| *id)
             .collect();
         for conn_id in dead {

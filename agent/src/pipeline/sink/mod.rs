@@ -629,6 +629,10 @@ impl EventSink for TraceSink<'_> {
         self.exchange_with_peers(monotonic_ns());
     }
 
+    fn on_shed(&mut self, event: &ConnEvent) {
+        self.shed_openings_on_shed(event);
+    }
+
     fn on_ring_fill(&mut self, fill: f64) {
         if let Some(shedder) = &mut self.shedder {
             shedder.budget.note_ring_fill(fill);

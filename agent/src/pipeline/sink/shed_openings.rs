@@ -22,11 +22,18 @@ use crate::budget::rank::threshold;
 /// left unpaired only loses the pair rules, a server end's process counting as hiding).
 const UNPAIRED_MAX: usize = 16_384;
 
+/// How long after the last process was unnamed the programs' switch stays on: open records of
+/// connections the programs shed before may still wait in the ring (an agent behind its ring).
+const UNNAMED_GRACE_NS: u64 = 5_000_000_000;
+
 /// What the sink knows of connections shed at their opening.
 #[derive(Debug, Default)]
 pub(super) struct Openings {
     /// The processes named to the programs now.
     named: HashSet<u32>,
+    /// Monotonic ns until which the programs' switch stays on after the last unnaming, and
+    /// server ends opened wait for their client end.
+    unnamed_until: u64,
     /// The share they were named with (as the programs' threshold).
     lowest: u64,
     /// Client ends shed at their opening whose server end was not seen (yet), by rank hash.
@@ -53,13 +60,16 @@ impl TraceSink<'_> {
                     fd: event.header.fd,
                     server: false,
                     shed: true,
+                    at_open: true,
                 },
             );
             shedder.budget.stats.connections_shed += 1;
             shedder.budget.stats.openings_shed += 1;
             self.conntrack.pin(conn_id, true);
         } else if event.role != Role::Server as u32
-            || (openings.named.is_empty() && openings.clients.is_empty())
+            || (openings.named.is_empty()
+                && openings.clients.is_empty()
+                && event.header.ts_ns >= openings.unnamed_until)
         {
             return;
         }
@@ -72,34 +82,49 @@ impl TraceSink<'_> {
                 .map(|client| (client, conn_id))
         };
         if let Some((client, server)) = pair {
-            self.shed_server_end(client, server);
+            self.shed_server_end(Some(client), server);
         }
     }
 
-    /// The server end `server` of the client end `client`, shed at its opening: the programs
-    /// shed it from its first syscall. It joins the budget's connections, its process hides
-    /// requests, and the pair rules apply.
-    fn shed_server_end(&mut self, client: u64, server: u64) {
+    /// The programs shed a server end at its first syscall: its client end, if the agent saw it
+    /// open, is its pair (the open records may also have paired them already).
+    pub(super) fn shed_openings_on_shed(&mut self, event: &ConnEvent) {
+        let Some(shedder) = &mut self.shedder else {
+            return;
+        };
+        let server = event.header.conn_id;
+        let client = shedder.openings.clients.remove(&rank_hash(&event.tuple));
+        self.shed_server_end(client, server);
+    }
+
+    /// The server end `server` of the client end `client` (when known), shed at its opening:
+    /// the programs shed it from its first syscall. It joins the budget's connections, its
+    /// process hides requests, and the pair rules apply.
+    fn shed_server_end(&mut self, client: Option<u64>, server: u64) {
         let (Some(shedder), Some(conn)) = (&mut self.shedder, self.conntrack.get(server)) else {
             return;
         };
         let pid = conn.process.pid;
-        let was = shedder.conns.insert(
+        if let Some(client) = client {
+            self.tracer.shed_pair(client, server);
+        }
+        if shedder.conns.contains_key(&server) {
+            return;
+        }
+        shedder.conns.insert(
             server,
             BudgetConn {
                 pid,
                 fd: conn.fd,
                 server: true,
                 shed: true,
+                at_open: true,
             },
         );
-        if was.is_some() {
-            return;
-        }
         shedder.budget.stats.connections_shed += 1;
         shedder.budget.stats.openings_shed += 1;
         tracing::debug!(
-            client,
+            ?client,
             server,
             pid,
             "budget: server end shed with its client"
@@ -107,7 +132,6 @@ impl TraceSink<'_> {
         self.check_caller(pid);
         self.conntrack.pin(server, true);
         self.tracer.server_hidden(pid, true, 0);
-        self.tracer.shed_pair(client, server);
     }
 
     /// A connection closed: an end still waiting for its other end stops waiting.
@@ -129,7 +153,9 @@ impl TraceSink<'_> {
 
     /// Names to the programs the processes whose new connections are shed at share `keep`:
     /// the tracer's pure clients that have no connection they may serve on; none at `keep` 1.
-    pub(super) fn name_shed_openings(&mut self, keep: f64) {
+    /// The tracer drops the traces of requests served by a named process, or by one with a
+    /// client end still shed from its opening (a request's call may be on it).
+    pub(super) fn name_shed_openings(&mut self, keep: f64, now: u64) {
         let (Some(shedder), Some(kernel)) = (&mut self.shedder, &mut self.kernel_conns) else {
             return;
         };
@@ -141,6 +167,14 @@ impl TraceSink<'_> {
         } else {
             HashSet::new()
         };
+        let dark: HashSet<u32> = shedder
+            .conns
+            .values()
+            .filter(|c| c.at_open && !c.server)
+            .map(|c| c.pid)
+            .chain(named.iter().copied())
+            .collect();
+        self.tracer.set_openings_shed(&dark);
         let openings = &mut shedder.openings;
         let lowest = threshold(keep);
         if named == openings.named && lowest == openings.lowest {
@@ -157,21 +191,21 @@ impl TraceSink<'_> {
         if !named.is_empty() {
             kernel.set_shedding(true);
         }
-        if named.is_empty() {
-            // Server ends opened from now on have no client end to wait for.
-            openings.servers.clear();
+        if named.is_empty() && !openings.named.is_empty() {
+            // Open records the programs sent before the unnaming may still be in the ring:
+            // their connections are shed, and need the programs' switch on.
+            openings.unnamed_until = now + UNNAMED_GRACE_NS;
         }
         tracing::debug!(?named, keep, "budget: processes whose openings are shed");
         openings.lowest = lowest;
-        self.tracer.set_openings_shed(&named);
         openings.named = named;
     }
 
-    /// Whether processes are named to the programs now.
+    /// Whether processes are named to the programs now, or were until lately.
     pub(super) fn openings_named(&self) -> bool {
-        self.shedder
-            .as_ref()
-            .is_some_and(|s| !s.openings.named.is_empty())
+        self.shedder.as_ref().is_some_and(|s| {
+            !s.openings.named.is_empty() || crate::clock::monotonic_ns() < s.openings.unnamed_until
+        })
     }
 }
 
@@ -237,6 +271,10 @@ mod tests {
         }
     }
 
+    /// Not an open record's flag: the programs' word that they shed this server end
+    /// ([`agent_common::EventKind::ConnShed`]).
+    const SHED: u32 = u32::MAX;
+
     /// Feeds `events` (whether each is a server end, its flags) to a sink whose budget names a
     /// process; returns which ends the budget holds, by connection id.
     fn held_after(events: &[(u64, bool, u32)]) -> Vec<(u64, bool)> {
@@ -261,7 +299,11 @@ mod tests {
             shedder.openings.named.insert(1);
         }
         for &(conn_id, server, flags) in events {
-            sink.on_open(&open(conn_id, server, flags));
+            if flags == SHED {
+                sink.on_shed(&open(conn_id, server, 0));
+            } else {
+                sink.on_open(&open(conn_id, server, flags));
+            }
         }
         let mut held: Vec<(u64, bool)> = sink
             .shedder
@@ -286,5 +328,14 @@ mod tests {
         );
         // A server end whose client end was not shed stays the agent's.
         assert_eq!(held_after(&[(1, false, 0), (2, true, 0)]), vec![]);
+        // The programs' word is enough: the client end's open record may have been lost.
+        assert_eq!(
+            held_after(&[(2, true, 0), (2, true, SHED)]),
+            vec![(2, true)]
+        );
+        assert_eq!(
+            held_after(&[(1, false, CONN_SHED_AT_OPEN), (2, true, 0), (2, true, SHED)]),
+            both
+        );
     }
 }
