@@ -350,12 +350,14 @@ impl KernelConns {
     }
 
     /// Whether the programs' table still holds socket `fd` of `tgid` as the connection
-    /// `conn_id`.
+    /// `conn_id` (yes when the table cannot be read).
     #[must_use]
     pub fn holds(&self, (tgid, fd, conn_id): (u32, i32, u64)) -> bool {
-        self.map
-            .get(&agent_common::ConnKey { tgid, fd }, 0)
-            .is_ok_and(|info| info.conn_id == conn_id)
+        match self.map.get(&agent_common::ConnKey { tgid, fd }, 0) {
+            Ok(info) => info.conn_id == conn_id,
+            Err(aya::maps::MapError::KeyNotFound) => false,
+            Err(_) => true,
+        }
     }
 
     /// Tells the programs that process `tgid` makes client calls: what its hidden requests ask

@@ -33,6 +33,9 @@ pub(super) struct Shedder {
     pub(super) conns: HashMap<u64, BudgetConn, foldhash::fast::RandomState>,
     /// Connections shed at their opening ([`super::shed_openings`]).
     pub(super) openings: super::shed_openings::Openings,
+    /// The kernel's count of records lost to a full ring at the last sweep of dead
+    /// connections: a close record may have been lost since.
+    drops_at_sweep: u64,
     /// The processes whose server ends this episode shed, and whether each was found to make
     /// client calls (told to the programs once, [`crate::probes::KernelConns::note_caller`]).
     callers_checked: HashMap<u32, bool, foldhash::fast::RandomState>,
@@ -44,6 +47,7 @@ impl Shedder {
             budget,
             conns: HashMap::default(),
             openings: super::shed_openings::Openings::default(),
+            drops_at_sweep: 0,
             callers_checked: HashMap::default(),
         }
     }
@@ -294,9 +298,12 @@ impl TraceSink<'_> {
             return;
         };
         let mut alive: HashMap<u32, bool> = HashMap::new();
-        let kernel = self.kernel_conns.as_ref();
+        // Asked only after records were lost (a lookup per connection held otherwise costs a
+        // syscall each, every sweep).
+        let lost_records = self.ring_full_seen != shedder.drops_at_sweep;
+        let kernel = self.kernel_conns.as_ref().filter(|_| lost_records);
         // Its process gone, or its socket no longer the programs' (its close record lost to a
-        // full ring, its fd reused without a close): no close will come for it.
+        // full ring): no close will come for it.
         let dead: Vec<u64> = shedder
             .conns
             .iter()
@@ -308,6 +315,9 @@ impl TraceSink<'_> {
             })
             .map(|(id, _)| *id)
             .collect();
+        if let Some(shedder) = &mut self.shedder {
+            shedder.drops_at_sweep = self.ring_full_seen;
+        }
         for conn_id in dead {
             self.budget_forget(conn_id, now);
             self.tracer.forget_edge(conn_id);

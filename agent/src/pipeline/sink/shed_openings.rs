@@ -4,9 +4,10 @@
 //! ([`crate::trace::Tracer::pure_clients`]) are named to the programs instead, with the share
 //! kept: they shed each new client connection of such a process that ranks above it from its
 //! opening (the open record says so, [`agent_common::CONN_SHED_AT_OPEN`]), and its server end on
-//! this host from its first syscall. The agent pairs the two ends by rank hash, whichever open
-//! record comes first, so that the pair rules keep the traces whole when the programs miss a
-//! server end, and its process counts as hiding requests.
+//! this host from its first syscall (they say so too, [`agent_common::EventKind::ConnShed`]: it
+//! joins the budget's connections and its process counts as hiding requests). The agent pairs
+//! the two ends by rank hash, whichever record comes first, so that the pair rules drop the
+//! spans of a server end the programs did not shed.
 //!
 //! A connection shed at its opening stays shed until it closes: nothing on it was ever parsed,
 //! and only HTTP/1 could be picked up mid-stream.
@@ -82,30 +83,25 @@ impl TraceSink<'_> {
                 .map(|client| (client, conn_id))
         };
         if let Some((client, server)) = pair {
-            self.shed_server_end(Some(client), server);
+            // The pair rules only: whether the programs shed the server end is theirs to say
+            // (a `ConnShed`); they may not (its first write raced the client's `connect`, the
+            // client closed before the server read, the map forgot the entry), and then its
+            // spans, without their client's, are dropped.
+            self.tracer.shed_pair(client, server);
         }
     }
 
-    /// The programs shed a server end at its first syscall: its client end, if the agent saw it
-    /// open, is its pair (the open records may also have paired them already).
+    /// The programs shed a server end at its first syscall: it joins the budget's connections
+    /// and its process hides requests; its client end, if the agent saw it open and it is
+    /// still waiting, is its pair. Known from the record itself when the agent's table lost
+    /// the server end's opening.
     pub(super) fn shed_openings_on_shed(&mut self, event: &ConnEvent) {
         let Some(shedder) = &mut self.shedder else {
             return;
         };
         let server = event.header.conn_id;
-        let client = shedder.openings.clients.remove(&rank_hash(&event.tuple));
-        self.shed_server_end(client, server);
-    }
-
-    /// The server end `server` of the client end `client` (when known), shed at its opening:
-    /// the programs shed it from its first syscall. It joins the budget's connections, its
-    /// process hides requests, and the pair rules apply.
-    fn shed_server_end(&mut self, client: Option<u64>, server: u64) {
-        let (Some(shedder), Some(conn)) = (&mut self.shedder, self.conntrack.get(server)) else {
-            return;
-        };
-        let pid = conn.process.pid;
-        if let Some(client) = client {
+        let (pid, fd) = (event.header.pid, event.header.fd);
+        if let Some(client) = shedder.openings.clients.remove(&rank_hash(&event.tuple)) {
             self.tracer.shed_pair(client, server);
         }
         if shedder.conns.contains_key(&server) {
@@ -115,7 +111,7 @@ impl TraceSink<'_> {
             server,
             BudgetConn {
                 pid,
-                fd: conn.fd,
+                fd,
                 server: true,
                 shed: true,
                 at_open: true,
@@ -123,12 +119,7 @@ impl TraceSink<'_> {
         );
         shedder.budget.stats.connections_shed += 1;
         shedder.budget.stats.openings_shed += 1;
-        tracing::debug!(
-            ?client,
-            server,
-            pid,
-            "budget: server end shed with its client"
-        );
+        tracing::debug!(server, pid, "budget: server end shed with its client");
         self.check_caller(pid);
         self.conntrack.pin(server, true);
         self.tracer.server_hidden(pid, true, 0);
@@ -315,27 +306,28 @@ mod tests {
     }
 
     #[test]
-    fn a_server_end_pairs_with_its_client_end_shed_at_opening_in_either_order() {
+    fn a_server_end_the_programs_shed_joins_its_client_end_in_either_order() {
         let both = vec![(1, false), (2, true)];
         assert_eq!(
-            held_after(&[(1, false, CONN_SHED_AT_OPEN), (2, true, 0)]),
+            held_after(&[(1, false, CONN_SHED_AT_OPEN), (2, true, 0), (2, true, SHED)]),
             both
         );
         // The server's `accept` may return before the client's `connect` does.
         assert_eq!(
-            held_after(&[(2, true, 0), (1, false, CONN_SHED_AT_OPEN)]),
+            held_after(&[(2, true, 0), (1, false, CONN_SHED_AT_OPEN), (2, true, SHED)]),
             both
         );
-        // A server end whose client end was not shed stays the agent's.
-        assert_eq!(held_after(&[(1, false, 0), (2, true, 0)]), vec![]);
         // The programs' word is enough: the client end's open record may have been lost.
         assert_eq!(
             held_after(&[(2, true, 0), (2, true, SHED)]),
             vec![(2, true)]
         );
+        // Without it the server end is not shed (only the pair rules apply to it).
         assert_eq!(
-            held_after(&[(1, false, CONN_SHED_AT_OPEN), (2, true, 0), (2, true, SHED)]),
-            both
+            held_after(&[(1, false, CONN_SHED_AT_OPEN), (2, true, 0)]),
+            vec![(1, false)]
         );
+        // A server end whose client end was not shed stays the agent's.
+        assert_eq!(held_after(&[(1, false, 0), (2, true, 0)]), vec![]);
     }
 }
