@@ -20,7 +20,7 @@ use super::{TraceSink, budget::BudgetConn};
 use crate::budget::rank::threshold;
 
 /// Ends waiting for their other end, at most: past it the waiting ones are forgotten (an end
-/// left unpaired only loses the pair rules, a server end's process counting as hiding).
+/// left unpaired only loses the pair rules).
 const UNPAIRED_MAX: usize = 16_384;
 
 /// How long after the last process was unnamed the programs' switch stays on: open records of
