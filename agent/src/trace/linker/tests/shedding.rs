@@ -132,6 +132,25 @@ fn a_shed_pair_drops_the_half_of_a_request_it_saw() {
     assert_eq!(t.stats.spans_shed, 2);
 }
 
+/// One request from outside through a chain of four connection ends (the generator's, the
+/// front's SERVER end, its call, the back end's SERVER end), made at `at` with stream offsets
+/// `off`, each end finished in turn from the bottom.
+fn chain_request(
+    t: &mut Tracer,
+    [gen_end, front, down, back]: [&Connection; 4],
+    at: u64,
+    off: u64,
+) {
+    on_visible(t, gen_end, false, "GET /p", stamp(at, 8, off));
+    on_visible(t, front, true, "GET /p", stamp(at + 1, 7, off));
+    on_visible(t, down, false, "GET /f", stamp(at + 2, 7, off));
+    on_visible(t, back, true, "GET /f", stamp(at + 3, 6, off));
+    finish(t, back, stamp(at + 3, 6, off), at + 4);
+    finish(t, down, stamp(at + 2, 7, off), at + 5);
+    finish(t, front, stamp(at + 1, 7, off), at + 6);
+    finish(t, gen_end, stamp(at, 8, off), at + 7);
+}
+
 #[test]
 fn edges_are_connections_whose_every_request_started_a_trace() {
     let mut t = shedding_tracer(None);
@@ -142,16 +161,12 @@ fn edges_are_connections_whose_every_request_started_a_trace() {
     let down = conn(3, 2, Role::Client, 6001, 90);
     let back = conn(4, 3, Role::Server, 90, 6001);
     for i in 0..3 {
-        let at = 10 + 10 * i;
-        let off = 100 * i;
-        on_visible(&mut t, &gen_end, false, "GET /p", stamp(at, 8, off));
-        on_visible(&mut t, &front, true, "GET /p", stamp(at + 1, 7, off));
-        on_visible(&mut t, &down, false, "GET /f", stamp(at + 2, 7, off));
-        on_visible(&mut t, &back, true, "GET /f", stamp(at + 3, 6, off));
-        finish(&mut t, &back, stamp(at + 3, 6, off), at + 4);
-        finish(&mut t, &down, stamp(at + 2, 7, off), at + 5);
-        finish(&mut t, &front, stamp(at + 1, 7, off), at + 6);
-        finish(&mut t, &gen_end, stamp(at, 8, off), at + 7);
+        chain_request(
+            &mut t,
+            [&gen_end, &front, &down, &back],
+            10 + 10 * i,
+            100 * i,
+        );
     }
     let edges: Vec<_> = t.edges().collect();
     assert_eq!(edges.len(), 1, "{edges:?}");
@@ -287,14 +302,7 @@ fn pure_clients_are_processes_whose_every_call_started_a_trace() {
         let front = conn(4 * i + 2, 2, Role::Server, 80, port);
         let down = conn(4 * i + 3, 2, Role::Client, port + 1000, 90);
         let back = conn(4 * i + 4, 3, Role::Server, 90, port + 1000);
-        on_visible(&mut t, &gen_end, false, "GET /p", stamp(at, 8, off));
-        on_visible(&mut t, &front, true, "GET /p", stamp(at + 1, 7, off));
-        on_visible(&mut t, &down, false, "GET /f", stamp(at + 2, 7, off));
-        on_visible(&mut t, &back, true, "GET /f", stamp(at + 3, 6, off));
-        finish(&mut t, &back, stamp(at + 3, 6, off), at + 4);
-        finish(&mut t, &down, stamp(at + 2, 7, off), at + 5);
-        finish(&mut t, &front, stamp(at + 1, 7, off), at + 6);
-        finish(&mut t, &gen_end, stamp(at, 8, off), at + 7);
+        chain_request(&mut t, [&gen_end, &front, &down, &back], at, off);
         for id in 4 * i + 1..=4 * i + 4 {
             t.forget_edge(id);
         }
