@@ -494,6 +494,9 @@ fn otlp_metrics_reach_a_collector_and_count_the_requests() {
         let ids = chain.drive(6, 2, 4);
         let requests = ids.len() as u64 + 1;
         // Exports while the agent runs carry the counts so far; wait until one has them all.
+        // The edges count spans as the linker hands them to the exporter, the agent's own
+        // `spans_exported` once the collector has acknowledged them: an export can fall between
+        // the two, so wait for both.
         let deadline = Instant::now() + Duration::from_secs(20);
         let complete = |points: &[Value]| {
             EDGES.iter().all(|(c, s)| {
@@ -503,7 +506,12 @@ fn otlp_metrics_reach_a_collector_and_count_the_requests() {
                     "value",
                     &edge(c, s),
                 ) >= requests
-            })
+            }) && point_total(
+                points,
+                "sockspan_spans_exported",
+                "value",
+                &[("service.name", "sockspan")],
+            ) > 0
         };
         while !complete(&latest_export(&metrics)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(300));
