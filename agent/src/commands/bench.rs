@@ -203,7 +203,8 @@ pub fn pipeline_throughput(
         _ => (counter.spans, 0, 0.0),
     };
     println!(
-        "{{\"events\":{events},\"exchanges\":{exchanges},\"spans\":{spans},\"seconds\":{elapsed:.4},\"events_per_second\":{:.0},\"exchanges_per_second\":{:.0},\"store_bytes\":{file_bytes},\"trace_lookup_us\":{lookup_us:.1}}}",
+        "{{\"events\":{events},\"exchanges\":{exchanges},\"spans\":{spans},\"heads_remembered\":{},\"seconds\":{elapsed:.4},\"events_per_second\":{:.0},\"exchanges_per_second\":{:.0},\"store_bytes\":{file_bytes},\"trace_lookup_us\":{lookup_us:.1}}}",
+        crate::protocol::http1::head_cache::hits(),
         events as f64 / elapsed,
         exchanges as f64 / elapsed
     );
@@ -233,12 +234,37 @@ const REDIS_REQUEST: &[u8] = b"*2\r\n$3\r\nGET\r\n$13\r\nfeatures:8812\r\n";
 const REDIS_RESPONSE: &[u8] =
     b"$64\r\n0.125,0.250,0.375,0.500,0.625,0.750,0.875,1.000,1.125,1.250,1.37\r\n";
 const HTTP1_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: BaseHTTP/0.6 Python/3.11\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n{\"score\": 10.65}";
+/// [`HTTP1_RESPONSE`]'s body.
+const HTTP1_RESPONSE_BODY: &[u8] = b"{\"score\": 10.65}";
+
+/// [`HTTP1_REQUEST`] and [`HTTP1_RESPONSE`] made the `i`th of their kind: the request's
+/// identifier and a response header carry `i`.
+fn distinct_http1(i: u64, request: &mut Vec<u8>, response: &mut Vec<u8>) {
+    use std::io::Write;
+    request.clear();
+    response.clear();
+    // The request line replaced, the headers and body kept.
+    let line_end = HTTP1_REQUEST
+        .iter()
+        .position(|&b| b == b'\r')
+        .unwrap_or(HTTP1_REQUEST.len());
+    let _ = write!(request, "POST /score/{i} HTTP/1.1");
+    request.extend_from_slice(&HTTP1_REQUEST[line_end..]);
+    // A header added before the blank line that ends the response's head.
+    let head_end = HTTP1_RESPONSE.len() - HTTP1_RESPONSE_BODY.len() - 2;
+    response.extend_from_slice(&HTTP1_RESPONSE[..head_end]);
+    let _ = write!(response, "X-Request-Id: {i}\r\n\r\n");
+    response.extend_from_slice(HTTP1_RESPONSE_BODY);
+}
 
 /// What `bench-pipeline` synthesizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchProtocol {
     /// HTTP/1.1 keep-alive JSON calls.
     Http1,
+    /// The same calls, each request's target and each response's head its own (an identifier
+    /// that counts up): no head repeats but at a connection's two ends.
+    Http1Distinct,
     /// gRPC unary calls over HTTP/2, HPACK-indexed after each connection's first call.
     Http2,
     /// Redis `GET`s of a 64-byte value (RESP2).
@@ -402,6 +428,7 @@ fn feed_exchanges(
         };
     let base_ns = crate::clock::monotonic_ns();
     let mut events = 0u64;
+    let (mut distinct_request, mut distinct_response) = (Vec::new(), Vec::new());
     for i in 0..exchanges {
         let pair = i % PAIRS;
         let (client, server) = (pair * 2 + 1, pair * 2 + 2);
@@ -411,6 +438,10 @@ fn feed_exchanges(
         let tid = 100 + pair as u32;
         let (request, response): (&[u8], &[u8]) = match protocol {
             BenchProtocol::Http1 => (HTTP1_REQUEST, HTTP1_RESPONSE),
+            BenchProtocol::Http1Distinct => {
+                distinct_http1(i, &mut distinct_request, &mut distinct_response);
+                (&distinct_request, &distinct_response)
+            }
             BenchProtocol::Redis => (REDIS_REQUEST, REDIS_RESPONSE),
             BenchProtocol::Http2 => {
                 if i < PAIRS {

@@ -153,6 +153,11 @@ impl SpanFacts {
     }
 }
 
+/// Attributes the linker adds to a span after its protocol's own, at most (transport, peer
+/// address and port, parent evidence, thread, TLS, budget, response wait): a summary reserves room
+/// for them, so the list is allocated once, not grown.
+pub const ATTRIBUTES_ADDED_AT_EXPORT: usize = 8;
+
 /// What one protocol's exchange contributes to its span. Kept compact while the span waits out
 /// the link delay (tens of thousands wait at high rates), expanded only at export.
 pub trait Summary: Debug {

@@ -24,24 +24,23 @@ pub struct TargetAttributes {
 }
 
 impl TargetAttributes {
-    /// Of a request for `target` with `method`.
-    pub fn of(method: &str, target: Box<str>, server: bool, strings: &mut Interner) -> Self {
-        let path = route::path_of(&target);
+    /// Of a request for `target` (a string value: moved into `url.path` when it is all path)
+    /// with `method`.
+    pub fn of(method: &str, target: AttrValue, server: bool, strings: &mut Interner) -> Self {
+        let text = target.as_str().unwrap_or_default();
+        let path = route::path_of(text);
         // A target that is its own path (no query, no origin: nearly all) has no query to redact.
-        let whole = path.len() == target.len();
+        let whole = path.len() == text.len();
         let query = if whole {
             None
         } else {
-            record::redacted_query(&target)
+            record::redacted_query(text)
         };
-        let route = route::route_of_path(path);
-        let name = strings.joined(&[method, " ", &route]);
-        let http_route = server.then(|| strings.get(&route));
-        let path = if *route == *path {
+        let (name, http_route, route_is_path) = strings.named_route(method, path, server);
+        let path = if route_is_path {
             AttrValue::Shared(http_route.clone().unwrap_or_else(|| strings.get(path)))
         } else if whole {
-            drop(route);
-            AttrValue::Str(String::from(target).into())
+            target
         } else {
             AttrValue::Str(path.to_string().into())
         };

@@ -53,6 +53,29 @@ impl Interner {
         shared
     }
 
+    /// The shared span name `method route` for a request whose target's path is `path`, the
+    /// shared route too when `want_route`, and whether the route is the path itself. The route is
+    /// built in place after the method, so neither it nor the name is a copy of its own unless it
+    /// is new.
+    pub fn named_route(
+        &mut self,
+        method: &str,
+        path: &str,
+        want_route: bool,
+    ) -> (Arc<str>, Option<Arc<str>>, bool) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        scratch.push_str(method);
+        scratch.push(' ');
+        let same = crate::trace::route::push_route_of_path(path, &mut scratch);
+        let name = self.get(&scratch);
+        let route = want_route.then(|| self.get(&scratch[method.len() + 1..]));
+        if scratch.capacity() <= 2 * MAX_LEN {
+            self.scratch = scratch;
+        }
+        (name, route, same)
+    }
+
     /// `ip` as text, shared.
     pub fn ip(&mut self, ip: IpAddr) -> Arc<str> {
         if self.ips.len() >= MAX_STRINGS && !self.ips.contains_key(&ip) {

@@ -1,7 +1,5 @@
 //! Low-cardinality span names: `GET /users/{id}` for `GET /users/8812?x=1`.
 
-use std::borrow::Cow;
-
 /// Whether a path segment looks like an identifier rather than a route word: a number, a UUID,
 /// a long hex string, or a long token mixing letters and digits. One pass over the bytes: this
 /// runs for every segment of every span's path.
@@ -43,42 +41,37 @@ pub fn path_of(target: &str) -> &str {
 /// The route: the path with identifier segments replaced by `{id}`.
 #[cfg(any(test, feature = "fuzz"))]
 #[must_use]
-pub fn route_of(target: &str) -> Cow<'_, str> {
-    route_of_path(path_of(target))
+pub fn route_of(target: &str) -> String {
+    let mut route = String::new();
+    push_route_of_path(path_of(target), &mut route);
+    route
 }
 
-/// [`route_of`] for a target's path ([`path_of`]) already found. Borrowed from the path when no
-/// segment is an identifier (most routes): this runs for every span, and a copy per span was an
-/// allocation here and a free on the store's writer thread.
-#[must_use]
-pub fn route_of_path(path: &str) -> Cow<'_, str> {
+/// Appends the route of a target's path ([`path_of`]) already found to `out`; whether it is the
+/// path itself (no segment is an identifier: most routes). Appended to the caller's buffer: this
+/// runs for every span, and a route of its own per span was an allocation here and a free on the
+/// store's writer thread.
+pub fn push_route_of_path(path: &str, out: &mut String) -> bool {
     if path.is_empty() {
-        return Cow::Borrowed("/");
+        out.push('/');
+        return false;
     }
     // Segments split on the bytes (`/` is ASCII, so each is a `str` boundary): a `str::split`
     // by char searched for each separator anew, a visible share of the pipeline (callgrind).
-    let mut route: Option<String> = None;
+    // Copied in runs: up to the first identifier segment, then between them.
+    let mut copied = 0;
     let mut start = 0;
     for segment in path.as_bytes().split(|&b| b == b'/') {
         let end = start + segment.len();
         if is_identifier(segment) {
-            let route = route.get_or_insert_with(|| {
-                let mut route = String::with_capacity(path.len() + 8);
-                route.push_str(&path[..start]);
-                route
-            });
-            route.push_str("{id}");
-        } else if let Some(route) = &mut route {
-            route.push_str(&path[start..end]);
-        }
-        if end < path.len()
-            && let Some(route) = &mut route
-        {
-            route.push('/');
+            out.push_str(&path[copied..start]);
+            out.push_str("{id}");
+            copied = end;
         }
         start = end + 1;
     }
-    route.map_or(Cow::Borrowed(path), Cow::Owned)
+    out.push_str(&path[copied..]);
+    copied == 0
 }
 
 #[cfg(test)]
@@ -99,11 +92,12 @@ mod tests {
         assert_eq!(route_of("*"), "*");
         assert_eq!(route_of(""), "/");
         assert_eq!(path_of("/p?q"), "/p");
-        assert!(matches!(
-            route_of("/api/v2/predict?x=1"),
-            Cow::Borrowed("/api/v2/predict")
-        ));
-        assert!(matches!(route_of("/users/8812"), Cow::Owned(_)));
+        let mut out = String::from("GET ");
+        assert!(push_route_of_path("/api/v2/predict", &mut out));
+        assert_eq!(out, "GET /api/v2/predict");
+        out.truncate(4);
+        assert!(!push_route_of_path("/users/8812", &mut out));
+        assert_eq!(out, "GET /users/{id}");
         assert_eq!(route_of("/8812/a/"), "/{id}/a/");
         assert_eq!(route_of("/a//12/b"), "/a//{id}/b");
         assert_eq!(route_of("/ab12cd34ef56ab78cd"), "/{id}");

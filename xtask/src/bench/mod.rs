@@ -420,6 +420,8 @@ struct PipelineRun {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Synthesized {
     Http1,
+    /// HTTP/1.1 with every head its own (no head repeats but at a connection's two ends).
+    Http1Distinct,
     Grpc,
     Redis,
 }
@@ -428,6 +430,8 @@ enum Synthesized {
 #[derive(Default)]
 struct PipelineRuns {
     http: Vec<PipelineRun>,
+    /// HTTP/1.1, every head its own.
+    distinct: Vec<PipelineRun>,
     /// HTTP/1.1 into the embedded store.
     stored: Vec<PipelineRun>,
     grpc: Vec<PipelineRun>,
@@ -444,6 +448,9 @@ fn pipeline_run(
     command.args(["bench-pipeline", "--exchanges", &exchanges.to_string()]);
     match protocol {
         Synthesized::Http1 => {}
+        Synthesized::Http1Distinct => {
+            command.args(["--protocol", "http1-distinct"]);
+        }
         Synthesized::Grpc => {
             command.args(["--protocol", "http2"]);
         }
@@ -577,6 +584,12 @@ pub fn bench(quick: bool, part: Part) -> Result<()> {
     for _ in 0..pipeline_rounds {
         runs.http
             .push(pipeline_run(&bin, exchanges, None, Synthesized::Http1)?);
+        runs.distinct.push(pipeline_run(
+            &bin,
+            exchanges,
+            None,
+            Synthesized::Http1Distinct,
+        )?);
         runs.stored.push(pipeline_run(
             &bin,
             exchanges,

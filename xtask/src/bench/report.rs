@@ -502,6 +502,8 @@ pub(super) fn pipeline_section(out: &mut String, runs: &PipelineRuns, exchanges:
     let (_, lookup) = of(stored, |p| p.lookup_us, 1);
     let (_, grpc_events) = of(grpc, |p| p.events_per_s, 0);
     let (_, grpc_exchanges) = of(grpc, |p| p.exchanges_per_s, 0);
+    let (_, distinct_events) = of(&runs.distinct, |p| p.events_per_s, 0);
+    let (_, distinct_exchanges) = of(&runs.distinct, |p| p.exchanges_per_s, 0);
     let (_, redis_events) = of(&runs.redis, |p| p.events_per_s, 0);
     let (_, redis_exchanges) = of(&runs.redis, |p| p.exchanges_per_s, 0);
     let _ = writeln!(out, "\n## 3. The user-space pipeline alone\n");
@@ -526,6 +528,10 @@ pub(super) fn pipeline_section(out: &mut String, runs: &PipelineRuns, exchanges:
     );
     let _ = writeln!(
         out,
+        "| HTTP exchanges per second, every head its own (`--protocol http1-distinct`) | {distinct_exchanges} ({distinct_events} events/s) | — |"
+    );
+    let _ = writeln!(
+        out,
         "| gRPC unary calls (HTTP/2) per second (`--protocol http2`) | {grpc_exchanges} ({grpc_events} events/s) | — |"
     );
     let _ = writeln!(
@@ -539,7 +545,11 @@ pub(super) fn pipeline_section(out: &mut String, runs: &PipelineRuns, exchanges:
          inserting its headers into both HPACK tables and later calls referring to them by index, \
          through the same stages with HTTP/2 framing, HPACK and stream pairing; the Redis runs, what \
          redis-py and redis-server write for a `GET` of a 64-byte value (RESP2), through RESP framing, \
-         pairing in order and the database summary; both alternating with the HTTP/1.1 runs.\n"
+         pairing in order and the database summary; both alternating with the HTTP/1.1 runs. The \
+         HTTP/1.1 runs repeat one request and one response, so after the first exchange every head \
+         is answered from the heads parsed before (`protocol/http1/head_cache.rs`); the \
+         `http1-distinct` runs give each request its own target and each response its own header, \
+         so only a connection's second end finds its head there.\n"
     );
     let _ = writeln!(
         out,

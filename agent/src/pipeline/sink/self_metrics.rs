@@ -110,6 +110,11 @@ impl TraceSink<'_> {
                 crate::protocol::budget::HEADS.refusals(),
             ),
             own(
+                "http1_heads_remembered_total",
+                "HTTP/1 heads answered from the heads parsed before (same bytes: a connection's other end on this host, a repeated request), not parsed again; counted every 4096 heads.",
+                crate::protocol::http1::head_cache::remembered_total(),
+            ),
+            own(
                 "protocol_given_up_total",
                 "Connections whose protocol parser gave up.",
                 self.protocols.stats.given_up,

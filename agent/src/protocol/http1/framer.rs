@@ -6,7 +6,10 @@
 //! a gap past the end of a message put the framer in `Desync`, from which it recovers at the next
 //! syscall whose bytes start like a message.
 
-use super::head::{Head, KNOWN_METHODS, RepeatedValues, parse_head_with};
+use super::{
+    head::{Head, KNOWN_METHODS, RepeatedValues},
+    head_cache::parse_head_remembered,
+};
 use crate::protocol::budget::{HEADS, HeadBudget};
 
 /// Largest head (start line + headers) buffered across reads.
@@ -274,7 +277,7 @@ impl Framer {
         }
         let data = &data[skipped..];
         let parsed = if self.buf.is_empty() {
-            parse_head_with(self.side, data, &mut self.repeats)
+            parse_head_remembered(self.side, data, &mut self.repeats)
         } else {
             let before = self.buf.len();
             let room = MAX_HEAD_BYTES.saturating_sub(before);
@@ -282,7 +285,7 @@ impl Framer {
                 self.lose_sync(DesyncReason::HeadBudget, sink);
                 return None;
             }
-            parse_head_with(self.side, &self.buf, &mut self.repeats)
+            parse_head_remembered(self.side, &self.buf, &mut self.repeats)
                 .map(|o| o.map(|(h, n)| (h, n - before)))
         };
         match parsed {

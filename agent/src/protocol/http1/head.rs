@@ -16,7 +16,8 @@ pub enum StartLine {
     /// request), anything else as sent.
     Request {
         method: Cow<'static, str>,
-        target: String,
+        /// Shared: a head remembered by its bytes ([`super::head_cache`]) is handed out again.
+        target: Arc<str>,
     },
     Response {
         status: u16,
@@ -192,7 +193,7 @@ pub fn parse_head_with(
                 };
                 let start = StartLine::Request {
                     method: method_of(req.method.unwrap_or_default()),
-                    target: req.path.unwrap_or_default().to_string(),
+                    target: Arc::from(req.path.unwrap_or_default()),
                 };
                 (start, req.version.unwrap_or(1), used, req.headers)
             }

@@ -3,6 +3,7 @@
 
 pub mod framer;
 pub mod head;
+pub mod head_cache;
 pub mod record;
 pub mod summary;
 

@@ -10,10 +10,10 @@ use std::{borrow::Cow, sync::Arc};
 
 use super::{Head, StartLine};
 use crate::{
-    protocol::{SpanFacts, Summary, url::TargetAttributes},
+    protocol::{ATTRIBUTES_ADDED_AT_EXPORT, SpanFacts, Summary, url::TargetAttributes},
     trace::{
         intern::Interner,
-        span::{KeyValue, SpanStatus},
+        span::{AttrValue, KeyValue, SpanStatus},
     },
 };
 
@@ -29,7 +29,7 @@ fn method_of(head: &Head) -> Cow<'static, str> {
 pub struct Http1Summary {
     method: Cow<'static, str>,
     /// The request target as sent (path and query; the query is redacted at export).
-    target: Box<str>,
+    target: Arc<str>,
     host: Option<Arc<str>>,
     user_agent: Option<Arc<str>>,
     status_code: Option<u16>,
@@ -50,8 +50,8 @@ impl Http1Summary {
         let status_code = response.and_then(Head::status);
         let minor_version = request.minor_version;
         let target = match request.start {
-            StartLine::Request { target, .. } => target.into_boxed_str(),
-            StartLine::Response { .. } => "/".into(),
+            StartLine::Request { target, .. } => target,
+            StartLine::Response { .. } => Arc::from("/"),
         };
         Self {
             method,
@@ -73,8 +73,24 @@ impl Summary for Http1Summary {
         strings: &mut Interner,
     ) -> (Arc<str>, Vec<KeyValue>, SpanStatus) {
         let this = *self;
-        let target = TargetAttributes::of(&this.method, this.target, span.server, strings);
-        let mut attributes = Vec::with_capacity(18 + this.recorded.len());
+        let target = TargetAttributes::of(
+            &this.method,
+            AttrValue::Shared(this.target),
+            span.server,
+            strings,
+        );
+        // Sized to what is pushed below and by the linker (a KeyValue is 56 bytes: room for 18
+        // was a 1 KiB block per span, allocated here and freed on the exporter's thread).
+        let server_only = if target.route.is_some() { 3 } else { 0 };
+        let mut attributes = Vec::with_capacity(
+            ATTRIBUTES_ADDED_AT_EXPORT
+                + 5
+                + usize::from(this.status_code.is_some())
+                + usize::from(this.user_agent.is_some())
+                + usize::from(target.query.is_some())
+                + this.recorded.len()
+                + server_only,
+        );
         attributes.extend([
             KeyValue::str("http.request.method", this.method.clone()),
             KeyValue {
@@ -94,7 +110,7 @@ impl Summary for Http1Summary {
             attributes.push(KeyValue::int("http.response.status_code", i64::from(code)));
         }
         if let Some(ua) = this.user_agent {
-            attributes.push(KeyValue::shared("user_agent.original", strings.get(&ua)));
+            attributes.push(KeyValue::shared("user_agent.original", ua));
         }
         if let Some(query) = target.query {
             attributes.push(KeyValue::str("url.query", query));

@@ -8,7 +8,7 @@ use crate::{
     protocol::{SpanFacts, Summary, url::TargetAttributes},
     trace::{
         intern::Interner,
-        span::{KeyValue, SpanStatus},
+        span::{AttrValue, KeyValue, SpanStatus},
     },
 };
 
@@ -162,7 +162,12 @@ impl Http2Summary {
         attributes.push(KeyValue::str("http.request.method", method.clone()));
         let name = match self.request.path.take() {
             Some(target) => {
-                let target = TargetAttributes::of(&method, target, span.server, strings);
+                let target = TargetAttributes::of(
+                    &method,
+                    AttrValue::Str(String::from(target).into()),
+                    span.server,
+                    strings,
+                );
                 attributes.push(KeyValue {
                     key: "url.path".into(),
                     value: target.path,
