@@ -1,5 +1,22 @@
 //! Low-cardinality span names: `GET /users/{id}` for `GET /users/8812?x=1`.
 
+/// What a byte can be part of, for [`is_identifier`]: bit 0 a digit, bit 1 a hex digit or `-`,
+/// bit 2 a token character (letters, digits, `-`, `_`). One table load per byte instead of three
+/// character-class tests (callgrind: ~450 instructions a path before).
+const CLASSES: [u8; 256] = {
+    let mut classes = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let digit = c.is_ascii_digit();
+        let hexish = c.is_ascii_hexdigit() || c == b'-';
+        let token = c.is_ascii_alphanumeric() || c == b'-' || c == b'_';
+        classes[b] = (digit as u8) | ((hexish as u8) << 1) | ((token as u8) << 2);
+        b += 1;
+    }
+    classes
+};
+
 /// Whether a path segment looks like an identifier rather than a route word: a number, a UUID,
 /// a long hex string, or a long token mixing letters and digits. One pass over the bytes: this
 /// runs for every segment of every span's path.
@@ -7,12 +24,13 @@ fn is_identifier(segment: &[u8]) -> bool {
     if segment.is_empty() {
         return false;
     }
-    let (mut digits, mut hexish, mut token) = (0usize, true, true);
+    let (mut digits, mut all) = (0usize, 0b111u8);
     for &b in segment {
-        digits += usize::from(b.is_ascii_digit());
-        hexish &= b.is_ascii_hexdigit() || b == b'-';
-        token &= b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+        let class = CLASSES[usize::from(b)];
+        digits += usize::from(class & 1);
+        all &= class;
     }
+    let (hexish, token) = (all & 0b010 != 0, all & 0b100 != 0);
     digits == segment.len()
         || (digits > 0 && ((hexish && segment.len() >= 8) || (token && segment.len() >= 16)))
 }
