@@ -111,7 +111,7 @@ impl TraceSink<'_> {
             ),
             own(
                 "http1_heads_remembered_total",
-                "HTTP/1 heads answered from the heads parsed before (same bytes: a connection's other end on this host, a repeated request), not parsed again; counted every 4096 heads.",
+                "HTTP/1 heads answered from the heads parsed before (same bytes: a connection's other end on this host, a repeated request), not parsed again.",
                 crate::protocol::http1::head_cache::remembered_total(),
             ),
             own(

@@ -1,7 +1,8 @@
 //! Request and response heads: the start line and the few headers tracing needs.
 //!
 //! Only the headers below are kept; everything else (credentials and cookies included) is
-//! dropped while parsing and never copied.
+//! dropped while parsing and never copied into a head, a span or any output (the raw bytes of
+//! recent heads stay in memory in [`super::head_cache`], which only the parser reads).
 
 use std::{borrow::Cow, mem::MaybeUninit, sync::Arc};
 

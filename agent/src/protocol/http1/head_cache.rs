@@ -11,10 +11,14 @@
 //! follows it (the parse stops at its blank line), so the check is that `data` starts with the
 //! remembered head's bytes, and no search for the head's end is needed first.
 //!
-//! One table per thread that parses (the ring-draining thread in the agent; each test its own),
-//! direct-mapped: a new head takes its slot from whatever was there, so the table never grows.
-//! The bytes kept are heads the agent already holds while parsing them; they never leave the
-//! table, and a head longer than [`MAX_BYTES`] is parsed every time.
+//! One table per thread that parses (the ring-draining thread in the agent; each test its own):
+//! 64 sets of 4 heads, a set chosen by a hash of the first 128 bytes, a new head replacing the
+//! set's oldest, so the table never grows (at most 256 heads of up to [`MAX_BYTES`] bytes, ~0.5
+//! MiB with their buffers' slack). Four ways, because a server's responses often share their
+//! first bytes (status line, `Server`, `Date`) and a connection's other end reads its response
+//! after the server wrote a few others. The bytes kept are whole heads, credentials included:
+//! they stay in the table until replaced and never reach any output (the table has no `Debug`,
+//! no log or metric carries them); a head longer than [`MAX_BYTES`] is parsed every time.
 
 use std::{
     cell::RefCell,
@@ -25,28 +29,32 @@ use std::{
 use super::head::{Head, RepeatedValues, parse_head_with};
 use crate::protocol::Side;
 
-/// Slots in each thread's table (a power of two).
-const SLOTS: usize = 256;
+/// Sets in each thread's table (a power of two), and heads per set.
+const SETS: usize = 64;
+const WAYS: usize = 4;
 /// Longest head remembered: most request and response heads are 100-800 bytes.
 const MAX_BYTES: usize = 1024;
 /// Bytes a lookup hashes (at most): enough to tell apart heads that share a long prefix
-/// (`POST /api/v1/predictions/…`); both ends of a connection see the same bytes.
-const KEY_BYTES: usize = 64;
-/// Lookups per judgement of the table's worth.
-const WINDOW: u32 = 4096;
-/// Below one hit in this many lookups, only one head in this many is remembered (chosen by its
-/// hash, so both ends of a connection on this host choose the same heads). Remembering costs a
-/// copy of the head and of its bytes, ~400 instructions; a host whose heads never repeat
-/// (every connection's other end elsewhere, every head its own) pays the lookup (~100) and an
-/// eighth of that.
-const SPARSE: u32 = 8;
+/// (`POST /api/v1/predictions/…`, a server's status line and `Date`); both ends of a connection
+/// see the same bytes.
+const KEY_BYTES: usize = 128;
+/// Heads judged per judgement of the table's worth.
+const WINDOW: u32 = if cfg!(test) { 64 } else { 4096 };
+/// Below one hit in this many heads, only one head in this many is remembered (chosen by its
+/// hash, so both ends of a connection on this host choose the same heads), and the next
+/// judgement looks at those heads alone. Remembering costs a copy of the head and of its bytes,
+/// ~400 instructions; a host whose heads never repeat (every connection's other end elsewhere,
+/// every head its own) pays the lookup (~100) and an eighth of that.
+const SPARSE: u64 = 8;
 
-/// Heads answered from a table, every thread's, added at the end of each window (a self-metric
-/// read on another thread; an atomic add per head would cost more than the window's count).
+/// Heads answered from a table, every thread's (a self-metric; one uncontended add per hit,
+/// against the ~2 k instructions of the parse it saves).
 static REMEMBERED: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Default)]
 struct Slot {
+    /// The hash of the bytes the head was found in (its first [`KEY_BYTES`]).
+    hash: u64,
     side: Option<Side>,
     bytes: Vec<u8>,
     head: Option<Head>,
@@ -54,9 +62,11 @@ struct Slot {
 
 struct Table {
     slots: Vec<Slot>,
+    /// Per set, the way the next head replaces (the oldest).
+    next: Vec<u8>,
     state: foldhash::fast::RandomState,
     hits: u64,
-    /// This window's lookups and hits.
+    /// This window's heads and hits.
     looked: u32,
     found: u32,
     /// Whether the last window had too few hits to remember every head.
@@ -65,7 +75,8 @@ struct Table {
 
 thread_local! {
     static TABLE: RefCell<Table> = RefCell::new(Table {
-        slots: std::iter::repeat_with(Slot::default).take(SLOTS).collect(),
+        slots: std::iter::repeat_with(Slot::default).take(SETS * WAYS).collect(),
+        next: vec![0; SETS],
         state: foldhash::fast::RandomState::default(),
         hits: 0,
         looked: 0,
@@ -75,17 +86,22 @@ thread_local! {
 }
 
 impl Table {
-    /// Counts a lookup; at each window's end, judges whether to remember every head.
+    /// Counts a head (found or parsed whole); at each window's end, judges whether to remember
+    /// every head.
     fn judge(&mut self, hit: bool) {
         self.looked += 1;
         self.found += u32::from(hit);
         if self.looked == WINDOW {
-            REMEMBERED.fetch_add(u64::from(self.found), Ordering::Relaxed);
-            self.sparse = self.found * SPARSE < self.looked;
+            self.sparse = u64::from(self.found) * SPARSE < u64::from(self.looked);
             self.looked = 0;
             self.found = 0;
         }
     }
+}
+
+/// Whether a head with this hash is one of those remembered when the table is sparse.
+fn chosen(hash: u64) -> bool {
+    (hash >> 32).is_multiple_of(SPARSE)
 }
 
 /// [`parse_head_with`], answered from the heads this thread parsed before when `data` starts
@@ -99,35 +115,49 @@ pub fn parse_head_remembered(
     TABLE.with_borrow_mut(|table| {
         let key = &data[..data.len().min(KEY_BYTES)];
         let hash = table.state.hash_one((side == Side::Request, key));
-        let index = usize::try_from(hash).unwrap_or_default() & (SLOTS - 1);
-        let slot = &table.slots[index];
-        if slot.side == Some(side)
-            && data.starts_with(&slot.bytes)
-            && let Some(head) = &slot.head
-        {
-            let found = (head.clone(), slot.bytes.len());
+        let set = usize::try_from(hash).unwrap_or_default() & (SETS - 1);
+        let ways = set * WAYS..(set + 1) * WAYS;
+        // While sparse, only the chosen heads are judged: the others cannot be found.
+        let judged = !table.sparse || chosen(hash);
+        let found = table.slots[ways.clone()].iter().find_map(|slot| {
+            (slot.hash == hash && slot.side == Some(side) && data.starts_with(&slot.bytes))
+                .then(|| {
+                    slot.head
+                        .as_ref()
+                        .map(|head| (head.clone(), slot.bytes.len()))
+                })
+                .flatten()
+        });
+        if let Some(found) = found {
             table.hits += 1;
-            table.judge(true);
+            REMEMBERED.fetch_add(1, Ordering::Relaxed);
+            if judged {
+                table.judge(true);
+            }
             return Ok(Some(found));
         }
-        table.judge(false);
         let parsed = parse_head_with(side, data, repeats);
-        let remember = !table.sparse || (hash >> 32) % u64::from(SPARSE) == 0;
-        if remember
-            && let Ok(Some((head, used))) = &parsed
-            && *used <= MAX_BYTES
-        {
-            let slot = &mut table.slots[index];
-            slot.side = Some(side);
-            slot.bytes.clear();
-            slot.bytes.extend_from_slice(&data[..*used]);
-            slot.head = Some(head.clone());
+        // Only whole heads count: a head split over reads is looked up at each.
+        if let Ok(Some((head, used))) = &parsed {
+            if judged {
+                table.judge(false);
+            }
+            if judged && *used <= MAX_BYTES {
+                let way = usize::from(table.next[set]);
+                table.next[set] = u8::try_from((way + 1) % WAYS).unwrap_or_default();
+                let slot = &mut table.slots[ways.start + way];
+                slot.hash = hash;
+                slot.side = Some(side);
+                slot.bytes.clear();
+                slot.bytes.extend_from_slice(&data[..*used]);
+                slot.head = Some(head.clone());
+            }
         }
         parsed
     })
 }
 
-/// Heads answered from the tables, as of each thread's last full window of lookups.
+/// Heads answered from the tables so far, every thread's.
 #[must_use]
 pub fn remembered_total() -> u64 {
     REMEMBERED.load(Ordering::Relaxed)
@@ -169,6 +199,47 @@ mod tests {
         assert_eq!(head.summary(), "GET /users/13?x=1");
         assert_eq!(used, other.len());
         assert_eq!(hits(), before + 1);
+    }
+
+    #[test]
+    fn a_table_that_finds_nothing_remembers_less_and_recovers_when_heads_repeat() {
+        let mut repeats = RepeatedValues::default();
+        let head = |i: usize| format!("GET /sparse/{i} HTTP/1.1\r\nHost: a\r\n\r\n");
+        let mut n = 0;
+        let mut parse = |text: &str| {
+            parse_head_remembered(Side::Request, text.as_bytes(), &mut repeats)
+                .expect("valid")
+                .expect("complete")
+        };
+        // A window of heads seen once: nothing found, the table turns sparse.
+        for _ in 0..WINDOW {
+            parse(&head(n));
+            n += 1;
+        }
+        // Heads seen twice each: only those it still remembers (one in eight) are found.
+        let before = hits();
+        for _ in 0..16 {
+            let text = head(n);
+            n += 1;
+            parse(&text);
+            parse(&text);
+        }
+        assert!(hits() - before < 16, "sparse: {}", hits() - before);
+        // Half of those it remembers are found: enough to remember every head again.
+        for _ in 0..WINDOW as usize * usize::try_from(SPARSE).expect("small") {
+            let text = head(n);
+            n += 1;
+            parse(&text);
+            parse(&text);
+        }
+        let before = hits();
+        for _ in 0..16 {
+            let text = head(n);
+            n += 1;
+            parse(&text);
+            parse(&text);
+        }
+        assert_eq!(hits() - before, 16);
     }
 
     #[test]
