@@ -45,11 +45,13 @@ pub fn netns_of(pid: u32) -> Option<u64> {
     text.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }
 
-/// The TCP tables (v4 and v6) of the namespace `pid` lives in.
-fn tcp_tables(process: &procfs::process::Process) -> Vec<TcpNetEntry> {
-    let mut entries = process.tcp().unwrap_or_default();
-    entries.extend(process.tcp6().unwrap_or_default());
-    entries
+/// The TCP tables (v4 and v6) of the namespace `process` lives in; `None` when either cannot be
+/// read (the process exited: its `/proc/<pid>/net` is gone, and empty tables would say that no
+/// port listens, making the server end of a connection its client).
+fn tcp_tables(process: &procfs::process::Process) -> Option<Vec<TcpNetEntry>> {
+    let mut entries = process.tcp().ok()?;
+    entries.extend(process.tcp6().ok()?);
+    Some(entries)
 }
 
 /// Scans every process except `skip_pid` for open TCP sockets (only those in network namespace
@@ -81,12 +83,22 @@ pub fn scan(skip_pid: u32, only_netns: Option<u64>) -> Vec<DiscoveredSocket> {
         if only_netns.is_some_and(|only| only != netns) {
             continue;
         }
-        let table = tables.entry(netns).or_insert_with(|| {
-            tcp_tables(&process)
-                .into_iter()
-                .map(|entry| (entry.inode, entry))
-                .collect()
-        });
+        let table = match tables.entry(netns) {
+            std::collections::hash_map::Entry::Occupied(read) => read.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                // Unreadable (the process just exited): the next process in the namespace
+                // reads it.
+                let Some(entries) = tcp_tables(&process) else {
+                    continue;
+                };
+                slot.insert(
+                    entries
+                        .into_iter()
+                        .map(|entry| (entry.inode, entry))
+                        .collect(),
+                )
+            }
+        };
         for (fd, inode) in sockets {
             if let Some(entry) = table.get(&inode) {
                 found.push(DiscoveredSocket {
@@ -119,7 +131,8 @@ impl ListeningPorts {
     }
 
     /// Whether `port` is a listening TCP port in the network namespace of `pid`; `None` when the
-    /// process is gone and its namespace unknown.
+    /// process is gone and its namespace unknown, or its tables cannot be read (then the role
+    /// stays unknown, and the protocol's first bytes tell it).
     pub fn is_listening(&mut self, pid: u32, port: u16) -> Option<bool> {
         let netns = netns_of(pid)?;
         let now = Instant::now();
@@ -129,7 +142,7 @@ impl ListeningPorts {
             .is_none_or(|(at, _)| now.duration_since(*at) >= self.ttl);
         if stale {
             let process = procfs::process::Process::new(pid as i32).ok()?;
-            let ports = tcp_tables(&process)
+            let ports = tcp_tables(&process)?
                 .into_iter()
                 .filter(|e| e.state == TcpState::Listen)
                 .map(|e| e.local_address.port())

@@ -7,7 +7,12 @@
 
 pub mod discovery;
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
 
 use agent_common::{ConnEvent, DataEvent, Role, SOCK_STREAM, SockTuple};
 
@@ -171,6 +176,11 @@ pub struct Conntrack {
     config: ConntrackConfig,
     conns: HashMap<u64, Connection, foldhash::fast::RandomState>,
     preexisting: HashMap<(u32, i32), DiscoveredSocket>,
+    /// The sockets of `preexisting` whose local port was listening in their network namespace
+    /// at start-up: server ends. Read then, because by the time such a socket's first record is
+    /// read its process may have exited, its listener with it, and a live look would call it a
+    /// client.
+    servers_at_start: HashSet<(u32, i32)>,
     /// Sockets of `preexisting` still to be checked in this turn of
     /// [`Conntrack::forget_closed_unseen`].
     unseen_to_check: Vec<(u32, i32)>,
@@ -183,6 +193,20 @@ impl Conntrack {
     /// A table that knows the sockets `discovered` at start-up.
     #[must_use]
     pub fn new(config: ConntrackConfig, discovered: Vec<DiscoveredSocket>) -> Self {
+        let listening: HashSet<(u64, u16)> = discovered
+            .iter()
+            .filter(|s| s.listening)
+            .filter_map(|s| Some((discovery::netns_of(s.pid)?, s.local.port())))
+            .collect();
+        let servers_at_start = discovered
+            .iter()
+            .filter(|s| !s.listening)
+            .filter(|s| {
+                discovery::netns_of(s.pid)
+                    .is_some_and(|netns| listening.contains(&(netns, s.local.port())))
+            })
+            .map(|s| (s.pid, s.fd))
+            .collect();
         // A listening socket carries no stream: connections it accepts later are seen open.
         let preexisting = discovered
             .into_iter()
@@ -196,6 +220,7 @@ impl Conntrack {
             ),
             config,
             preexisting,
+            servers_at_start,
             unseen_to_check: Vec::new(),
             listening: ListeningPorts::new(Duration::from_secs(2)),
             processes: ProcessCache::new(16_384, Duration::from_secs(30)),
@@ -261,6 +286,7 @@ impl Conntrack {
             };
             if self.preexisting.get(&key).is_some_and(|s| !s.still_open()) {
                 self.preexisting.remove(&key);
+                self.servers_at_start.remove(&key);
             }
         }
     }
@@ -306,6 +332,11 @@ impl Conntrack {
                     found.remote
                 );
             }
+        }
+        let server_at_start = self.servers_at_start.remove(&(h.pid, h.fd));
+        if role == Role::Unknown && preexisting.is_some() && server_at_start {
+            role = Role::Server;
+            role_source = RoleSource::Procfs;
         }
         if role == Role::Unknown {
             role_source = RoleSource::Unknown;
@@ -513,6 +544,42 @@ mod tests {
         let mut event = open_event(7, 9, 1, Role::Unknown);
         event.tuple.local_port = port;
         let conn = table.open(&event);
+        assert_eq!(
+            (conn.role, conn.role_source),
+            (Role::Server, RoleSource::Procfs)
+        );
+        let conn = table.open(&open_event(8, 10, 1, Role::Unknown));
+        assert_eq!(
+            (conn.role, conn.role_source),
+            (Role::Client, RoleSource::Procfs)
+        );
+    }
+
+    /// A socket open before the agent whose port was listening at start-up is a server end
+    /// even when, by its first record, nothing listens there any more (its process exited with
+    /// its listener before the agent read the record).
+    #[test]
+    fn a_start_up_socket_on_a_port_listening_then_is_a_server_end() {
+        let me = std::process::id();
+        let (local, remote) = (
+            "127.0.0.1:40000".parse().expect("addr"),
+            "127.0.0.1:8080".parse().expect("addr"),
+        );
+        let socket = |fd, listening, remote| DiscoveredSocket {
+            pid: me,
+            fd,
+            local,
+            remote,
+            listening,
+            inode: 1,
+        };
+        let unspecified = "0.0.0.0:0".parse().expect("addr");
+        let mut table = Conntrack::new(
+            config(16),
+            vec![socket(3, true, unspecified), socket(9, false, remote)],
+        );
+        // Nothing listens on 40000 now: the live look alone would say client.
+        let conn = table.open(&open_event(7, 9, 1, Role::Unknown));
         assert_eq!(
             (conn.role, conn.role_source),
             (Role::Server, RoleSource::Procfs)
