@@ -22,6 +22,8 @@ pub struct DiscoveredSocket {
     pub listening: bool,
     /// The socket's inode: the same fd number may name another socket later.
     pub inode: u64,
+    /// The network namespace of its process (`/proc/<pid>/ns/net`'s inode), read during the scan.
+    pub netns: u64,
 }
 
 impl DiscoveredSocket {
@@ -50,8 +52,20 @@ pub fn netns_of(pid: u32) -> Option<u64> {
 /// port listens, making the server end of a connection its client).
 fn tcp_tables(process: &procfs::process::Process) -> Option<Vec<TcpNetEntry>> {
     let mut entries = process.tcp().ok()?;
-    entries.extend(process.tcp6().ok()?);
+    // A host without IPv6 (`ipv6.disable=1`, or a kernel built without it) has no tcp6 table:
+    // empty, not unreadable.
+    match process.tcp6() {
+        Ok(v6) => entries.extend(v6),
+        Err(_) if !ipv6_tables() => {}
+        Err(_) => return None,
+    }
     Some(entries)
+}
+
+/// Whether this kernel keeps IPv6 TCP tables (`/proc/net/tcp6`), looked at once.
+fn ipv6_tables() -> bool {
+    static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PRESENT.get_or_init(|| std::path::Path::new("/proc/net/tcp6").exists())
 }
 
 /// Scans every process except `skip_pid` for open TCP sockets (only those in network namespace
@@ -108,6 +122,7 @@ pub fn scan(skip_pid: u32, only_netns: Option<u64>) -> Vec<DiscoveredSocket> {
                     remote: entry.remote_address,
                     listening: entry.state == TcpState::Listen,
                     inode,
+                    netns,
                 });
             }
         }

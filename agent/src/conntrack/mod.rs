@@ -177,9 +177,9 @@ pub struct Conntrack {
     conns: HashMap<u64, Connection, foldhash::fast::RandomState>,
     preexisting: HashMap<(u32, i32), DiscoveredSocket>,
     /// The sockets of `preexisting` whose local port was listening in their network namespace
-    /// at start-up: server ends. Read then, because by the time such a socket's first record is
-    /// read its process may have exited, its listener with it, and a live look would call it a
-    /// client.
+    /// at start-up: server ends (the others are client ends). Judged then, because by the time
+    /// such a socket's first record is read its process may have exited, its listener and its
+    /// `/proc/<pid>/net` with it.
     servers_at_start: HashSet<(u32, i32)>,
     /// Sockets of `preexisting` still to be checked in this turn of
     /// [`Conntrack::forget_closed_unseen`].
@@ -196,15 +196,11 @@ impl Conntrack {
         let listening: HashSet<(u64, u16)> = discovered
             .iter()
             .filter(|s| s.listening)
-            .filter_map(|s| Some((discovery::netns_of(s.pid)?, s.local.port())))
+            .map(|s| (s.netns, s.local.port()))
             .collect();
         let servers_at_start = discovered
             .iter()
-            .filter(|s| !s.listening)
-            .filter(|s| {
-                discovery::netns_of(s.pid)
-                    .is_some_and(|netns| listening.contains(&(netns, s.local.port())))
-            })
+            .filter(|s| !s.listening && listening.contains(&(s.netns, s.local.port())))
             .map(|s| (s.pid, s.fd))
             .collect();
         // A listening socket carries no stream: connections it accepts later are seen open.
@@ -320,9 +316,13 @@ impl Conntrack {
             .preexisting
             .remove(&(h.pid, h.fd))
             .filter(|_| role == Role::Unknown);
+        // Whether the socket is the one the start-up scan found at this fd (the number may name
+        // another since: passed in, `dup2`ed, a reused pid).
+        let mut same_socket = false;
         if let Some(found) = &preexisting {
             let (local, remote) = tuple_addrs(&event.tuple);
-            if !same_endpoint(found.local, local) || !same_endpoint(found.remote, remote) {
+            same_socket = same_endpoint(found.local, local) && same_endpoint(found.remote, remote);
+            if !same_socket {
                 self.stats.tuple_mismatches += 1;
                 tracing::warn!(
                     pid = h.pid,
@@ -334,8 +334,12 @@ impl Conntrack {
             }
         }
         let server_at_start = self.servers_at_start.remove(&(h.pid, h.fd));
-        if role == Role::Unknown && preexisting.is_some() && server_at_start {
-            role = Role::Server;
+        if role == Role::Unknown && same_socket {
+            role = if server_at_start {
+                Role::Server
+            } else {
+                Role::Client
+            };
             role_source = RoleSource::Procfs;
         }
         if role == Role::Unknown {
@@ -557,7 +561,7 @@ mod tests {
 
     /// A socket open before the agent whose port was listening at start-up is a server end
     /// even when, by its first record, nothing listens there any more (its process exited with
-    /// its listener before the agent read the record).
+    /// its listener before the agent read the record); one whose port was not is a client end.
     #[test]
     fn a_start_up_socket_on_a_port_listening_then_is_a_server_end() {
         let me = std::process::id();
@@ -572,12 +576,21 @@ mod tests {
             remote,
             listening,
             inode: 1,
+            netns: 1,
         };
         let unspecified = "0.0.0.0:0".parse().expect("addr");
-        let mut table = Conntrack::new(
-            config(16),
-            vec![socket(3, true, unspecified), socket(9, false, remote)],
-        );
+        let elsewhere = "127.0.0.1:9999".parse().expect("addr");
+        let mut sockets = vec![
+            socket(3, true, unspecified),
+            socket(9, false, remote),
+            socket(11, false, elsewhere),
+        ];
+        // A client end found at start-up, in a namespace where its port listened nowhere.
+        sockets.push(DiscoveredSocket {
+            netns: 2,
+            ..socket(12, false, remote)
+        });
+        let mut table = Conntrack::new(config(16), sockets);
         // Nothing listens on 40000 now: the live look alone would say client.
         let conn = table.open(&open_event(7, 9, 1, Role::Unknown));
         assert_eq!(
@@ -585,6 +598,17 @@ mod tests {
             (Role::Server, RoleSource::Procfs)
         );
         let conn = table.open(&open_event(8, 10, 1, Role::Unknown));
+        assert_eq!(
+            (conn.role, conn.role_source),
+            (Role::Client, RoleSource::Procfs)
+        );
+        let conn = table.open(&open_event(10, 12, 1, Role::Unknown));
+        assert_eq!(
+            (conn.role, conn.role_source),
+            (Role::Client, RoleSource::Procfs)
+        );
+        // Fd 11 names another socket than the one found there at start-up: the live look.
+        let conn = table.open(&open_event(9, 11, 1, Role::Unknown));
         assert_eq!(
             (conn.role, conn.role_source),
             (Role::Client, RoleSource::Procfs)
