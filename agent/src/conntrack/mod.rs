@@ -591,28 +591,22 @@ mod tests {
             ..socket(12, false, remote)
         });
         let mut table = Conntrack::new(config(16), sockets);
-        // Nothing listens on 40000 now: the live look alone would say client.
-        let conn = table.open(&open_event(7, 9, 1, Role::Unknown));
-        assert_eq!(
-            (conn.role, conn.role_source),
-            (Role::Server, RoleSource::Procfs)
-        );
-        let conn = table.open(&open_event(8, 10, 1, Role::Unknown));
-        assert_eq!(
-            (conn.role, conn.role_source),
-            (Role::Client, RoleSource::Procfs)
-        );
-        let conn = table.open(&open_event(10, 12, 1, Role::Unknown));
-        assert_eq!(
-            (conn.role, conn.role_source),
-            (Role::Client, RoleSource::Procfs)
-        );
-        // Fd 11 names another socket than the one found there at start-up: the live look.
-        let conn = table.open(&open_event(9, 11, 1, Role::Unknown));
-        assert_eq!(
-            (conn.role, conn.role_source),
-            (Role::Client, RoleSource::Procfs)
-        );
+        // (conn id, fd, role): nothing listens on 40000 now, so the live look alone says client;
+        // fd 11 names another socket than the one found there at start-up (the live look); fd
+        // 12's port listened nowhere in its namespace.
+        for (conn_id, fd, role) in [
+            (7, 9, Role::Server),
+            (8, 10, Role::Client),
+            (10, 12, Role::Client),
+            (9, 11, Role::Client),
+        ] {
+            let conn = table.open(&open_event(conn_id, fd, 1, Role::Unknown));
+            assert_eq!(
+                (conn.role, conn.role_source),
+                (role, RoleSource::Procfs),
+                "fd {fd}"
+            );
+        }
     }
 
     #[test]

@@ -40,17 +40,12 @@ impl Interner {
 
     /// The shared copy of `parts` put together (a span name: `GET /users/{id}`).
     pub fn joined(&mut self, parts: &[&str]) -> Arc<str> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        for part in parts {
-            scratch.push_str(part);
-        }
-        let shared = self.get(&scratch);
-        // A name too long to share once would keep its buffer's size forever.
-        if scratch.capacity() <= 2 * MAX_LEN {
-            self.scratch = scratch;
-        }
-        shared
+        self.in_scratch(|this, scratch| {
+            for part in parts {
+                scratch.push_str(part);
+            }
+            this.get(scratch)
+        })
     }
 
     /// The shared span name `method route` for a request whose target's path is `path`, the
@@ -63,17 +58,26 @@ impl Interner {
         path: &str,
         want_route: bool,
     ) -> (Arc<str>, Option<Arc<str>>, bool) {
+        self.in_scratch(|this, scratch| {
+            scratch.push_str(method);
+            scratch.push(' ');
+            let same = crate::trace::route::push_route_of_path(path, scratch);
+            let name = this.get(scratch);
+            let route = want_route.then(|| this.get(&scratch[method.len() + 1..]));
+            (name, route, same)
+        })
+    }
+
+    /// Runs `build` with the kept scratch buffer, emptied (a lookup allocates nothing).
+    fn in_scratch<R>(&mut self, build: impl FnOnce(&mut Self, &mut String) -> R) -> R {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
-        scratch.push_str(method);
-        scratch.push(' ');
-        let same = crate::trace::route::push_route_of_path(path, &mut scratch);
-        let name = self.get(&scratch);
-        let route = want_route.then(|| self.get(&scratch[method.len() + 1..]));
+        let result = build(self, &mut scratch);
+        // A name too long to share once would keep its buffer's size forever.
         if scratch.capacity() <= 2 * MAX_LEN {
             self.scratch = scratch;
         }
-        (name, route, same)
+        result
     }
 
     /// `ip` as text, shared.

@@ -204,42 +204,29 @@ mod tests {
     #[test]
     fn a_table_that_finds_nothing_remembers_less_and_recovers_when_heads_repeat() {
         let mut repeats = RepeatedValues::default();
-        let head = |i: usize| format!("GET /sparse/{i} HTTP/1.1\r\nHost: a\r\n\r\n");
         let mut n = 0;
-        let mut parse = |text: &str| {
-            parse_head_remembered(Side::Request, text.as_bytes(), &mut repeats)
-                .expect("valid")
-                .expect("complete")
+        // `count` new heads, each parsed `times` times; the heads found in the table.
+        let mut heads = |count: usize, times: usize| {
+            let before = hits();
+            for _ in 0..count {
+                let text = format!("GET /sparse/{n} HTTP/1.1\r\nHost: a\r\n\r\n");
+                n += 1;
+                for _ in 0..times {
+                    parse_head_remembered(Side::Request, text.as_bytes(), &mut repeats)
+                        .expect("valid")
+                        .expect("complete");
+                }
+            }
+            hits() - before
         };
         // A window of heads seen once: nothing found, the table turns sparse.
-        for _ in 0..WINDOW {
-            parse(&head(n));
-            n += 1;
-        }
+        heads(WINDOW as usize, 1);
         // Heads seen twice each: only those it still remembers (one in eight) are found.
-        let before = hits();
-        for _ in 0..16 {
-            let text = head(n);
-            n += 1;
-            parse(&text);
-            parse(&text);
-        }
-        assert!(hits() - before < 16, "sparse: {}", hits() - before);
+        let sparse = heads(16, 2);
+        assert!(sparse < 16, "sparse: {sparse}");
         // Half of those it remembers are found: enough to remember every head again.
-        for _ in 0..WINDOW as usize * usize::try_from(SPARSE).expect("small") {
-            let text = head(n);
-            n += 1;
-            parse(&text);
-            parse(&text);
-        }
-        let before = hits();
-        for _ in 0..16 {
-            let text = head(n);
-            n += 1;
-            parse(&text);
-            parse(&text);
-        }
-        assert_eq!(hits() - before, 16);
+        heads(WINDOW as usize * usize::try_from(SPARSE).expect("small"), 2);
+        assert_eq!(heads(16, 2), 16);
     }
 
     #[test]
