@@ -14,10 +14,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::SpanExporter;
+use super::{SpanExporter, spare_lists::SpareLists};
 use crate::{
     store::{Store, StoreError},
-    trace::SpanData,
+    trace::{SpanData, span::KeyValue},
 };
 
 /// How often a commit is made durable (fsync); commits in between are not, so a crash loses at
@@ -51,6 +51,8 @@ pub struct StoreExporter {
     queue: Option<mpsc::Sender<Vec<SpanData>>>,
     writer: Option<JoinHandle<()>>,
     stats: Arc<Stats>,
+    /// Attribute lists of written spans, on their way back to the tracer.
+    spare: Arc<SpareLists>,
     /// Wait for the writer instead of dropping (the pipeline bench: it measures the writing).
     lossless: bool,
 }
@@ -62,12 +64,13 @@ impl StoreExporter {
     /// The thread could not be started.
     pub fn new(store: Store) -> Result<Self, StoreError> {
         let stats = Arc::new(Stats::default());
+        let spare = Arc::new(SpareLists::default());
         let (tx, rx) = mpsc::channel();
         let writer = {
-            let (store, stats) = (store.clone(), Arc::clone(&stats));
+            let (store, stats, spare) = (store.clone(), Arc::clone(&stats), Arc::clone(&spare));
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || write_loop(&store, &rx, &stats))
+                .spawn(move || write_loop(&store, &rx, &stats, &spare))
                 .map_err(|e| StoreError::Writer(e.to_string()))?
         };
         Ok(Self {
@@ -75,6 +78,7 @@ impl StoreExporter {
             queue: Some(tx),
             writer: Some(writer),
             stats,
+            spare,
             lossless: false,
         })
     }
@@ -99,14 +103,21 @@ impl StoreExporter {
 }
 
 /// The writer thread: writes each batch as it comes, makes commits durable and runs retention
-/// on their clocks, and commits durably when the queue closes.
-fn write_loop(store: &Store, rx: &mpsc::Receiver<Vec<SpanData>>, stats: &Stats) {
+/// on their clocks, and commits durably when the queue closes. The attribute lists of the spans
+/// it wrote go back to the tracer through `spare`.
+fn write_loop(
+    store: &Store,
+    rx: &mpsc::Receiver<Vec<SpanData>>,
+    stats: &Stats,
+    spare: &SpareLists,
+) {
+    let mut emptied: Vec<Vec<KeyValue>> = Vec::new();
     let mut last_durable = Instant::now();
     let mut last_retention = Instant::now();
     let mut dirty = false;
     loop {
         match rx.recv_timeout(IDLE_WAKE) {
-            Ok(batch) => {
+            Ok(mut batch) => {
                 let n = batch.len() as u64;
                 match store.write(&batch, false) {
                     Ok(()) => {
@@ -119,6 +130,7 @@ fn write_loop(store: &Store, rx: &mpsc::Receiver<Vec<SpanData>>, stats: &Stats) 
                     }
                 }
                 stats.queued.fetch_sub(n, Ordering::Relaxed);
+                spare.give_back(&mut batch, &mut emptied);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
@@ -184,6 +196,10 @@ impl SpanExporter for StoreExporter {
 
     /// The writer keeps its own clocks.
     fn flush(&mut self) {}
+
+    fn spare_attribute_lists(&mut self, into: &mut Vec<Vec<KeyValue>>) {
+        self.spare.take(into);
+    }
 
     fn finish(&mut self) {
         // Closing the queue lets the writer write what is left, commit durably and end.

@@ -6,8 +6,9 @@ use crate::{
     protocol::http1::framer::Stamp,
     protocol::sql::{Dialect, sanitise},
     protocol::{
-        ConnectionParser, ProtoEvent, dns::DnsConnection, memcached::MemcachedConnection,
-        mysql::MyConnection, postgres::PgConnection, redis::RedisConnection,
+        ConnectionParser, ProtoEvent, Summary as _, dns::DnsConnection,
+        memcached::MemcachedConnection, mysql::MyConnection, postgres::PgConnection,
+        redis::RedisConnection,
     },
 };
 

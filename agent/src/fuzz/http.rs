@@ -11,7 +11,7 @@ use crate::{
         head_cache::parse_head_remembered,
     },
     protocol::{
-        ConnectionParser, ProtoEvent,
+        ConnectionParser, ProtoEvent, Summary as _,
         http2::{
             Http2Connection,
             hpack::{Decoder, Field},

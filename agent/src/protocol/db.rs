@@ -10,7 +10,7 @@
 use std::{borrow::Cow, sync::Arc};
 
 use crate::{
-    protocol::{SpanFacts, Summary},
+    protocol::{ATTRIBUTES_ADDED_AT_EXPORT, SpanFacts, Summary},
     trace::{
         intern::Interner,
         span::{KeyValue, SpanStatus},
@@ -117,13 +117,14 @@ impl DbSummary {
 
 impl Summary for DbSummary {
     fn expand(
-        self: Box<Self>,
+        self,
         span: &SpanFacts,
         strings: &mut Interner,
-    ) -> (Arc<str>, Vec<KeyValue>, SpanStatus) {
+        attributes: &mut Vec<KeyValue>,
+    ) -> (Arc<str>, SpanStatus) {
         let name = strings.get(&self.name());
-        let this = *self;
-        let mut attributes = Vec::with_capacity(10);
+        let this = self;
+        attributes.reserve_exact(10 + ATTRIBUTES_ADDED_AT_EXPORT);
         attributes.push(KeyValue::str("db.system.name", this.system.as_str()));
         if let Some(op) = this.operation {
             attributes.push(KeyValue::str("db.operation.name", op));
@@ -162,8 +163,8 @@ impl Summary for DbSummary {
                 SpanStatus::Error("connection closed before a response".to_string())
             }
         };
-        span.address_attributes(None, strings, &mut attributes);
-        (name, attributes, status)
+        span.address_attributes(None, strings, attributes);
+        (name, status)
     }
 
     fn describe(&self) -> String {
@@ -194,7 +195,9 @@ mod tests {
             local: SocketAddr::from(([127, 0, 0, 1], 40000)),
             remote: SocketAddr::from(([127, 0, 0, 1], 5432)),
         };
-        Box::new(summary).expand(&facts, &mut Interner::default())
+        let mut attributes = Vec::new();
+        let (name, status) = summary.expand(&facts, &mut Interner::default(), &mut attributes);
+        (name, attributes, status)
     }
 
     fn value<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str> {

@@ -20,6 +20,7 @@ pub mod redis;
 #[cfg(test)]
 pub mod replay;
 pub mod sql;
+pub mod summary;
 pub mod table;
 pub mod url;
 
@@ -65,6 +66,9 @@ pub struct Stamp {
 
 /// What a connection's parser reports, in stream order.
 #[derive(Debug)]
+// Events pass through one reused vector and are moved out at once; boxing the exchange would
+// put back the allocation per span that holding its summary inline saves.
+#[allow(clippy::large_enum_variant)]
 pub enum ProtoEvent {
     /// A request started; its [`Exchange`] follows under the same `key`. Only the trace-context
     /// headers travel with it: that is all linking needs at this point.
@@ -111,7 +115,7 @@ pub struct Exchange {
     /// Last response byte (or what ended the exchange without one).
     pub end: Stamp,
     /// The protocol's own facts, expanded into name, attributes and status at export.
-    pub summary: Box<dyn Summary>,
+    pub summary: summary::ProtocolSummary,
 }
 
 /// The span's own facts a summary needs to expand.
@@ -161,12 +165,16 @@ pub const ATTRIBUTES_ADDED_AT_EXPORT: usize = 8;
 /// What one protocol's exchange contributes to its span. Kept compact while the span waits out
 /// the link delay (tens of thousands wait at high rates), expanded only at export.
 pub trait Summary: Debug {
-    /// Span name, the protocol's attributes (OpenTelemetry semantic conventions) and status.
+    /// Span name and status; the protocol's attributes (OpenTelemetry semantic conventions) are
+    /// pushed onto `attributes`, an empty list that may have room from an earlier span (lists
+    /// come back from the exporter that wrote their spans: see
+    /// [`crate::exporter::SpanExporter::spare_attribute_lists`]).
     fn expand(
-        self: Box<Self>,
+        self,
         span: &SpanFacts,
         strings: &mut Interner,
-    ) -> (std::sync::Arc<str>, Vec<KeyValue>, SpanStatus);
+        attributes: &mut Vec<KeyValue>,
+    ) -> (std::sync::Arc<str>, SpanStatus);
 
     /// One line for tests and the fuzz targets (`GET /a -> 200`); never exported.
     #[cfg_attr(not(any(test, feature = "fuzz")), allow(dead_code))]

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use agent_common::Role;
 
-use super::{Chunk, ConnectionParser, Detect, ProtoEvent, Side, SpanFacts, Stamp};
+use super::{Chunk, ConnectionParser, Detect, ProtoEvent, Side, SpanFacts, Stamp, Summary as _};
 use crate::trace::intern::Interner;
 
 /// One syscall of a fixture: (egress, captured bytes, bytes moved).
@@ -211,7 +211,8 @@ fn check_at(events: Vec<ProtoEvent>, server: bool, in_order: bool) -> Vec<Seen> 
                     assert!(after.ts <= r.ts && r.ts <= x.end.ts, "{x:?}");
                 }
                 let line = x.summary.describe();
-                let (name, attributes, status) = x.summary.expand(&facts, &mut strings);
+                let mut attributes = Vec::new();
+                let (name, status) = x.summary.expand(&facts, &mut strings, &mut attributes);
                 let mut expanded = vec![name.to_string(), format!("{status:?}")];
                 expanded.extend(
                     attributes

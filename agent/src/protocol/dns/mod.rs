@@ -14,7 +14,9 @@ use std::collections::VecDeque;
 use message::{HEADER_LEN, Header, Question, query};
 use summary::DnsSummary;
 
-use super::{Chunk, ConnectionParser, Detected, Exchange, ProtoEvent, Side, Stamp};
+use super::{
+    Chunk, ConnectionParser, Detected, Exchange, ProtoEvent, Side, Stamp, summary::ProtocolSummary,
+};
 
 /// A connection is DNS when this process sends a standard query whole: the datagram is the
 /// message, or (TCP) a two-byte length equal to the rest of the syscall's bytes precedes it.
@@ -178,7 +180,7 @@ impl DnsConnection {
             request_end: p.end,
             response_start: response.map(|(_, at)| at),
             end,
-            summary: Box::new(DnsSummary {
+            summary: ProtocolSummary::Dns(DnsSummary {
                 name: p.question.name,
                 qtype: p.question.qtype,
                 rcode: response.map(|(h, _)| h.rcode),
@@ -343,6 +345,7 @@ mod tests {
     }
 
     fn done(out: &[ProtoEvent]) -> Vec<String> {
+        use crate::protocol::Summary as _;
         out.iter()
             .filter_map(|e| match e {
                 ProtoEvent::Exchange(x) => Some(x.summary.describe()),

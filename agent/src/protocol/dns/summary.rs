@@ -1,7 +1,7 @@
 //! What a DNS exchange contributes to its span: the question, its type, the response code.
 
 use crate::{
-    protocol::{SpanFacts, Summary},
+    protocol::{ATTRIBUTES_ADDED_AT_EXPORT, SpanFacts, Summary},
     trace::{
         intern::Interner,
         span::{KeyValue, SpanStatus},
@@ -31,12 +31,13 @@ impl DnsSummary {
 
 impl Summary for DnsSummary {
     fn expand(
-        self: Box<Self>,
+        self,
         span: &SpanFacts,
         strings: &mut Interner,
-    ) -> (std::sync::Arc<str>, Vec<KeyValue>, SpanStatus) {
+        attributes: &mut Vec<KeyValue>,
+    ) -> (std::sync::Arc<str>, SpanStatus) {
         let qtype = type_name(self.qtype);
-        let mut attributes = Vec::with_capacity(8);
+        attributes.reserve_exact(7 + ATTRIBUTES_ADDED_AT_EXPORT);
         attributes.push(KeyValue::shared(
             "dns.question.name",
             strings.get(&self.name),
@@ -56,8 +57,8 @@ impl Summary for DnsSummary {
             }
             None => SpanStatus::Error("no DNS response".to_string()),
         };
-        span.address_attributes(None, strings, &mut attributes);
-        (strings.joined(&["DNS ", &qtype]), attributes, status)
+        span.address_attributes(None, strings, attributes);
+        (strings.joined(&["DNS ", &qtype]), status)
     }
 
     fn describe(&self) -> String {

@@ -142,7 +142,7 @@ impl ResponseSink<'_> {
                 request_start: request.start,
                 response_start: Some(start),
                 end: at,
-                summary: Box::new(Http1Summary::new(request.head, Some(&head))),
+                summary: Http1Summary::new(request.head, Some(&head)).into(),
             }));
         }
     }
@@ -281,7 +281,7 @@ impl ConnectionParser for HttpConnection {
                 request_start: request.start,
                 response_start: None,
                 end: at,
-                summary: Box::new(Http1Summary::new(request.head, None)),
+                summary: Http1Summary::new(request.head, None).into(),
             }));
         }
     }
@@ -300,6 +300,7 @@ impl Default for HttpConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Summary as _;
 
     fn summary(x: &Exchange) -> String {
         // "GET /a -> 200"

@@ -68,21 +68,22 @@ impl Http1Summary {
 impl Summary for Http1Summary {
     /// Name, attributes (OpenTelemetry semantic conventions) and status of the span.
     fn expand(
-        self: Box<Self>,
+        self,
         span: &SpanFacts,
         strings: &mut Interner,
-    ) -> (Arc<str>, Vec<KeyValue>, SpanStatus) {
-        let this = *self;
+        attributes: &mut Vec<KeyValue>,
+    ) -> (Arc<str>, SpanStatus) {
+        let this = self;
         let target = TargetAttributes::of(
             &this.method,
             AttrValue::Shared(this.target),
             span.server,
             strings,
         );
-        // Sized to what is pushed below and by the linker (a KeyValue is 56 bytes: room for 18
-        // was a 1 KiB block per span, allocated here and freed on the exporter's thread).
+        // Room for what is pushed below and by the linker, exactly (a KeyValue is 56 bytes: room
+        // for 18 was a 1 KiB block per span). A list handed back by the exporter usually has it.
         let server_only = if target.route.is_some() { 3 } else { 0 };
-        let mut attributes = Vec::with_capacity(
+        attributes.reserve_exact(
             ATTRIBUTES_ADDED_AT_EXPORT
                 + 5
                 + usize::from(this.status_code.is_some())
@@ -120,7 +121,7 @@ impl Summary for Http1Summary {
             attributes.push(KeyValue::shared("http.route", http_route));
             attributes.push(KeyValue::str("url.scheme", "http"));
         }
-        span.address_attributes(this.host.as_deref(), strings, &mut attributes);
+        span.address_attributes(this.host.as_deref(), strings, attributes);
         let status = match this.status_code {
             None => SpanStatus::Error("connection closed before a response".to_string()),
             Some(code) if code >= 500 || (!span.server && code >= 400) => {
@@ -128,7 +129,7 @@ impl Summary for Http1Summary {
             }
             Some(_) => SpanStatus::Unset,
         };
-        (target.name, attributes, status)
+        (target.name, status)
     }
 
     fn describe(&self) -> String {

@@ -27,7 +27,7 @@ use summary::{Ending, Http2Summary, RequestFacts, ResponseFacts};
 
 use super::{
     Answered, Chunk, ConnectionParser, Detected, Exchange, ProtoEvent, Side, Stamp,
-    budget::BudgetedBytes, http1::record,
+    budget::BudgetedBytes, http1::record, summary::ProtocolSummary,
 };
 use crate::trace::{
     propagation::{self, TraceHeaders},
@@ -547,7 +547,7 @@ fn exchange(id: u32, stream: Stream, ending: Ending, end: Stamp) -> Exchange {
         request_end: stream.request_last,
         response_start: stream.response_start,
         end,
-        summary: Box::new(Http2Summary {
+        summary: ProtocolSummary::Http2(Http2Summary {
             request: stream.request,
             response: stream.response,
             ending,

@@ -5,7 +5,7 @@ use std::{borrow::Cow, sync::Arc};
 
 use super::grpc;
 use crate::{
-    protocol::{SpanFacts, Summary, url::TargetAttributes},
+    protocol::{ATTRIBUTES_ADDED_AT_EXPORT, SpanFacts, Summary, url::TargetAttributes},
     trace::{
         intern::Interner,
         span::{AttrValue, KeyValue, SpanStatus},
@@ -107,8 +107,9 @@ impl Http2Summary {
         self,
         span: &SpanFacts,
         strings: &mut Interner,
-    ) -> (Arc<str>, Vec<KeyValue>, SpanStatus) {
-        let mut attributes = Vec::with_capacity(12);
+        attributes: &mut Vec<KeyValue>,
+    ) -> (Arc<str>, SpanStatus) {
+        attributes.reserve_exact(12 + ATTRIBUTES_ADDED_AT_EXPORT);
         attributes.push(KeyValue::str("rpc.system.name", "grpc"));
         // Until v1.39 of the conventions the system was `rpc.system`; Jaeger and Tempo users'
         // queries and dashboards still name it.
@@ -131,7 +132,7 @@ impl Http2Summary {
             ));
             attributes.push(KeyValue::int("rpc.grpc.status_code", i64::from(code)));
         }
-        self.common_attributes(span, strings, &mut attributes);
+        self.common_attributes(span, strings, attributes);
         let status = if let Some(error) = self.ending_error() {
             SpanStatus::Error(error)
         } else {
@@ -145,15 +146,16 @@ impl Http2Summary {
                 None => SpanStatus::Error("response without grpc-status".to_string()),
             }
         };
-        (name, attributes, status)
+        (name, status)
     }
 
     fn expand_http(
         mut self,
         span: &SpanFacts,
         strings: &mut Interner,
-    ) -> (Arc<str>, Vec<KeyValue>, SpanStatus) {
-        let mut attributes = Vec::with_capacity(14);
+        attributes: &mut Vec<KeyValue>,
+    ) -> (Arc<str>, SpanStatus) {
+        attributes.reserve_exact(14 + ATTRIBUTES_ADDED_AT_EXPORT);
         let method = self
             .request
             .method
@@ -194,7 +196,7 @@ impl Http2Summary {
                 self.request.scheme.unwrap_or("http"),
             ));
         }
-        self.common_attributes(span, strings, &mut attributes);
+        self.common_attributes(span, strings, attributes);
         let status = if let Some(error) = self.ending_error() {
             SpanStatus::Error(error)
         } else {
@@ -206,7 +208,7 @@ impl Http2Summary {
                 Some(_) => SpanStatus::Unset,
             }
         };
-        (name, attributes, status)
+        (name, status)
     }
 
     /// Attributes of both kinds: protocol, addresses, what HPACK could not resolve, recorded
@@ -233,14 +235,15 @@ impl Http2Summary {
 
 impl Summary for Http2Summary {
     fn expand(
-        self: Box<Self>,
+        self,
         span: &SpanFacts,
         strings: &mut Interner,
-    ) -> (Arc<str>, Vec<KeyValue>, SpanStatus) {
+        attributes: &mut Vec<KeyValue>,
+    ) -> (Arc<str>, SpanStatus) {
         if self.is_grpc() {
-            self.expand_grpc(span, strings)
+            self.expand_grpc(span, strings, attributes)
         } else {
-            self.expand_http(span, strings)
+            self.expand_http(span, strings, attributes)
         }
     }
 

@@ -291,7 +291,7 @@ impl MemcachedConnection {
             request_end: pending.end.unwrap_or(pending.start),
             response_start,
             end,
-            summary: Box::new(summary),
+            summary: summary.into(),
         }));
     }
 

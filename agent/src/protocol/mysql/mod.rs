@@ -495,7 +495,7 @@ impl MyConnection {
             request_end: open.request_end,
             response_start: open.response_start,
             end,
-            summary: Box::new(summary),
+            summary: summary.into(),
         }));
     }
 }

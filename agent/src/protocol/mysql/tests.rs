@@ -642,6 +642,7 @@ fn a_mid_stream_prepare_without_eof_packets_ends_at_the_next_command() {
 
 /// The exchanges among `out`, described.
 fn described(out: &[ProtoEvent]) -> Vec<String> {
+    use crate::protocol::Summary as _;
     out.iter()
         .filter_map(|e| match e {
             ProtoEvent::Exchange(x) => Some(x.summary.describe()),

@@ -413,7 +413,7 @@ impl PgConnection {
             request_end: open.request_end,
             response_start: open.response_start,
             end,
-            summary: Box::new(summary),
+            summary: summary.into(),
         }));
     }
 

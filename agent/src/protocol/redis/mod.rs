@@ -208,7 +208,7 @@ impl RedisConnection {
             request_end,
             response_start,
             end,
-            summary: Box::new(summary),
+            summary: summary.into(),
         }));
     }
 

@@ -3,7 +3,7 @@
 
 use super::{OpenSpan, Tracer};
 use crate::{
-    protocol::SpanFacts,
+    protocol::{SpanFacts, Summary as _},
     trace::{
         ids::{SpanId, TraceId},
         span::{AttrValue, KeyValue, SpanData, SpanKind},
@@ -62,13 +62,15 @@ impl Tracer {
             };
             self.stats.spans_exported += 1;
             let end_unix_nano = self.clock.to_unix_ns(finished.end_ts);
-            let (name, mut attributes, status) = finished.summary.expand(
+            let mut attributes = self.spare_attributes.pop().unwrap_or_default();
+            let (name, status) = finished.summary.expand(
                 &SpanFacts {
                     server: span.kind == SpanKind::Server,
                     local,
                     remote,
                 },
                 &mut self.strings,
+                &mut attributes,
             );
             if span.tls {
                 // The protocol's summary knows bytes, not where they were read: a TLS

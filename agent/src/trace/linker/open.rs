@@ -10,7 +10,7 @@ use std::{
 
 use super::{Tracer, trace_ref::TraceRef};
 use crate::{
-    protocol::Summary,
+    protocol::summary::ProtocolSummary,
     trace::{
         ids::SpanId,
         span::{Resource, SpanKind, SpanLink},
@@ -217,15 +217,15 @@ impl BudgetFacts {
     }
 }
 
-/// What a finished exchange left for its span. The protocol's part is boxed: an open span waits
-/// with a pointer here, not the whole summary, and a table of tens of thousands of spans grows
-/// by the size of its entries.
+/// What a finished exchange left for its span. The protocol's part is held inline (the span
+/// itself is boxed in the tracer's table, so the table's entries stay a pointer each): a box of
+/// its own was one more allocation per span.
 #[derive(Debug)]
 pub(super) struct Done {
     pub(super) end_ts: u64,
     /// Last request byte to first response byte.
     pub(super) wait_ns: Option<u64>,
-    pub(super) summary: Box<dyn Summary>,
+    pub(super) summary: ProtocolSummary,
 }
 
 impl OpenSpan {

@@ -73,7 +73,7 @@ fn exchange(request: Head, start: Stamp, end_ts: u64) -> Exchange {
     .0;
     Exchange {
         key: start.offset,
-        summary: Box::new(Http1Summary::new(request, Some(&response))),
+        summary: Http1Summary::new(request, Some(&response)).into(),
         request_start: start,
         request_end: start,
         response_start: Some(Stamp {
