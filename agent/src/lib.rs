@@ -22,6 +22,7 @@ mod exporter;
 mod footprint;
 mod kube;
 mod lock;
+mod memo_worth;
 mod metrics;
 mod net;
 mod peers;

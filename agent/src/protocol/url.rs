@@ -36,19 +36,19 @@ impl TargetAttributes {
         } else {
             record::redacted_query(text)
         };
-        let (name, http_route, route_is_path) = strings.named_route(method, path, server);
-        let path = if route_is_path {
-            AttrValue::Shared(http_route.clone().unwrap_or_else(|| strings.get(path)))
+        let named = strings.named_route(method, path, server);
+        let path = if let Some(shared) = named.path {
+            AttrValue::Shared(shared)
         } else if whole {
             target
         } else {
             AttrValue::Str(path.to_string().into())
         };
         Self {
-            name,
+            name: named.name,
             path,
             query,
-            route: http_route,
+            route: named.route,
         }
     }
 }

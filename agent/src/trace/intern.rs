@@ -1,11 +1,14 @@
 //! Shared copies of strings that repeat across requests (`Host`, `User-Agent`), so thousands of
-//! spans waiting for export hold one allocation each, not one per span.
+//! spans waiting for export hold one allocation each, not one per span; and the span names and
+//! routes of recent request paths, so a path seen lately is not templated again.
 
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
     sync::Arc,
 };
+
+use crate::memo_worth::MemoWorth;
 
 /// Distinct strings kept before the set starts over (a bound, since both headers are chosen by
 /// clients; starting over only costs new copies, never correctness).
@@ -20,6 +23,108 @@ pub struct Interner {
     scratch: String,
     /// Addresses as text: formatting an IP goes through `fmt` machinery on every span otherwise.
     ips: HashMap<IpAddr, Arc<str>, foldhash::fast::RandomState>,
+    /// What [`Interner::named_route`] found for recent requests.
+    routes: RouteMemo,
+}
+
+/// A request's span name and route as [`Interner::named_route`] gives them.
+#[derive(Debug, Clone)]
+pub struct NamedRoute {
+    /// `method route`.
+    pub name: Arc<str>,
+    /// The route, when asked for.
+    pub route: Option<Arc<str>>,
+    /// The path, shared, when the route is the path itself (no segment is an identifier).
+    pub path: Option<Arc<str>>,
+}
+
+/// Route slots: a request path's name and route are found again by a hash of method and path,
+/// checked against the text kept. Services answer few distinct paths most of the time, and
+/// templating a path and looking its name and route up was ~1 500 instructions per span
+/// (callgrind). The route is kept whether or not the caller wants it, so a connection's CLIENT
+/// and SERVER ends on this host find each other's work.
+const ROUTE_SLOTS: usize = 256;
+/// Lookups per judgement of the memo's worth ([`MemoWorth`]: where no path repeats, every
+/// request its own identifier and the other end elsewhere, keeping each costs more than it
+/// saves).
+const ROUTE_WINDOW: u32 = if cfg!(test) { 64 } else { 4096 };
+
+#[derive(Debug)]
+struct RouteSlot {
+    hash: u64,
+    /// `method path`, as requested.
+    key: String,
+    found: NamedRoute,
+}
+
+/// Direct-mapped (a new path takes its slot's place): bounded at [`ROUTE_SLOTS`] paths of at most
+/// [`MAX_LEN`] bytes.
+#[derive(Debug)]
+struct RouteMemo {
+    slots: Vec<Option<RouteSlot>>,
+    worth: MemoWorth,
+}
+
+impl Default for RouteMemo {
+    fn default() -> Self {
+        Self {
+            slots: Vec::new(),
+            worth: MemoWorth::new(ROUTE_WINDOW),
+        }
+    }
+}
+
+impl RouteMemo {
+    fn hash(method: &str, path: &str) -> u64 {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        let mut hasher = foldhash::fast::FixedState::with_seed(0x2073_7061_6e73).build_hasher();
+        hasher.write(method.as_bytes());
+        hasher.write(path.as_bytes());
+        hasher.finish()
+    }
+
+    fn slot(hash: u64) -> usize {
+        usize::try_from(hash >> 56).unwrap_or_default() % ROUTE_SLOTS
+    }
+
+    /// What was found for `method path` before.
+    fn get(&mut self, hash: u64, method: &str, path: &str) -> Option<NamedRoute> {
+        let found = self
+            .slots
+            .get(Self::slot(hash))
+            .and_then(Option::as_ref)
+            .filter(|slot| {
+                let key = slot.key.as_bytes();
+                slot.hash == hash
+                    && key.len() == method.len() + 1 + path.len()
+                    && key.starts_with(method.as_bytes())
+                    && key.ends_with(path.as_bytes())
+            })
+            .map(|slot| slot.found.clone());
+        self.worth.looked_up(hash, found.is_some());
+        found
+    }
+
+    fn put(&mut self, hash: u64, method: &str, path: &str, found: &NamedRoute) {
+        if method.len() + 1 + path.len() > MAX_LEN || !self.worth.keep(hash) {
+            return;
+        }
+        if self.slots.is_empty() {
+            self.slots.resize_with(ROUTE_SLOTS, || None);
+        }
+        let slot = &mut self.slots[Self::slot(hash)];
+        // The replaced path's buffer holds the new one: no allocation once slots are warm.
+        let mut key = slot.take().map(|old| old.key).unwrap_or_default();
+        key.clear();
+        key.push_str(method);
+        key.push(' ');
+        key.push_str(path);
+        *slot = Some(RouteSlot {
+            hash,
+            key,
+            found: found.clone(),
+        });
+    }
 }
 
 impl Interner {
@@ -49,23 +154,34 @@ impl Interner {
     }
 
     /// The shared span name `method route` for a request whose target's path is `path`, the
-    /// shared route too when `want_route`, and whether the route is the path itself. The route is
-    /// built in place after the method, so neither it nor the name is a copy of its own unless it
-    /// is new.
-    pub fn named_route(
-        &mut self,
-        method: &str,
-        path: &str,
-        want_route: bool,
-    ) -> (Arc<str>, Option<Arc<str>>, bool) {
-        self.in_scratch(|this, scratch| {
-            scratch.push_str(method);
-            scratch.push(' ');
-            let same = crate::trace::route::push_route_of_path(path, scratch);
-            let name = this.get(scratch);
-            let route = want_route.then(|| this.get(&scratch[method.len() + 1..]));
-            (name, route, same)
-        })
+    /// shared route too when `want_route`, and the shared path when the route is the path
+    /// itself. The route is built in place after the method, so neither it nor the name is a
+    /// copy of its own unless it is new; a path seen lately is not templated again.
+    pub fn named_route(&mut self, method: &str, path: &str, want_route: bool) -> NamedRoute {
+        let hash = RouteMemo::hash(method, path);
+        let mut found = if let Some(found) = self.routes.get(hash, method, path) {
+            found
+        } else {
+            let found = self.in_scratch(|this, scratch| {
+                scratch.push_str(method);
+                scratch.push(' ');
+                let same = crate::trace::route::push_route_of_path(path, scratch);
+                let name = this.get(scratch);
+                let route = this.get(&scratch[method.len() + 1..]);
+                let path = same.then(|| Arc::clone(&route));
+                NamedRoute {
+                    name,
+                    route: Some(route),
+                    path,
+                }
+            });
+            self.routes.put(hash, method, path, &found);
+            found
+        };
+        if !want_route {
+            found.route = None;
+        }
+        found
     }
 
     /// Runs `build` with the kept scratch buffer, emptied (a lookup allocates nothing).
@@ -113,5 +229,94 @@ mod tests {
         let name = strings.joined(&["GET", " ", "/a/{id}"]);
         assert_eq!(&*name, "GET /a/{id}");
         assert!(Arc::ptr_eq(&name, &strings.get("GET /a/{id}")));
+    }
+
+    fn described(found: &NamedRoute) -> (String, Option<String>, Option<String>) {
+        (
+            found.name.to_string(),
+            found.route.as_deref().map(str::to_string),
+            found.path.as_deref().map(str::to_string),
+        )
+    }
+
+    #[test]
+    fn a_remembered_route_is_the_route_found_afresh() {
+        let cases = [
+            ("GET", "/users/42", true),
+            ("GET", "/users/42", false),
+            ("POST", "/users/42", true),
+            ("GET", "/health", true),
+            ("GET", "/health", false),
+            ("GET", "/", true),
+            ("DELETE", "/a/b/c9f0e1d2-aaaa-bbbb-cccc-0123456789ab", true),
+        ];
+        let mut remembering = Interner::default();
+        for round in 0..3 {
+            for (method, path, want_route) in cases {
+                let found = remembering.named_route(method, path, want_route);
+                let afresh = Interner::default().named_route(method, path, want_route);
+                assert_eq!(
+                    described(&found),
+                    described(&afresh),
+                    "round {round}: {method} {path}"
+                );
+            }
+        }
+        let health = remembering.named_route("GET", "/health", false);
+        assert_eq!(
+            described(&health),
+            ("GET /health".into(), None, Some("/health".into()))
+        );
+        let user = remembering.named_route("GET", "/users/42", true);
+        assert_eq!(
+            described(&user),
+            ("GET /users/{id}".into(), Some("/users/{id}".into()), None)
+        );
+        // Seen again, the same shared copies come back.
+        let again = remembering.named_route("GET", "/users/42", true);
+        assert!(Arc::ptr_eq(&user.name, &again.name));
+
+        // Bounded: many paths, a fixed number of slots; a path too long is not kept.
+        for i in 0..(ROUTE_SLOTS * 4) {
+            let path = format!("/items/{i}/x");
+            let found = remembering.named_route("GET", &path, true);
+            assert_eq!(&*found.name, "GET /items/{id}/x");
+        }
+        assert_eq!(remembering.routes.slots.len(), ROUTE_SLOTS);
+        // Every path its own: the memo goes sparse, and keeps fewer of them.
+        assert!(remembering.routes.worth.is_sparse());
+        let kept = |strings: &Interner, key: &str| {
+            strings
+                .routes
+                .slots
+                .iter()
+                .flatten()
+                .any(|slot| slot.key == key)
+        };
+        let fresh = (0..64)
+            .filter(|i| {
+                let path = format!("/fresh/{i}");
+                remembering.named_route("GET", &path, true);
+                kept(&remembering, &format!("GET {path}"))
+            })
+            .count();
+        assert!((1..32).contains(&fresh), "{fresh} of 64 kept");
+        // One path again and again (`/predict`): it is kept within a few misses, and the memo
+        // recovers.
+        for _ in 0..ROUTE_WINDOW * 2 {
+            remembering.named_route("POST", "/predict", false);
+        }
+        assert!(!remembering.routes.worth.is_sparse());
+        let long = format!("/{}", "a".repeat(MAX_LEN));
+        let found = remembering.named_route("GET", &long, true);
+        assert_eq!(found.route.as_deref(), Some(long.as_str()));
+        assert!(
+            remembering
+                .routes
+                .slots
+                .iter()
+                .flatten()
+                .all(|slot| slot.key.len() <= MAX_LEN)
+        );
     }
 }

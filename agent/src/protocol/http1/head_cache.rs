@@ -27,7 +27,7 @@ use std::{
 };
 
 use super::head::{Head, RepeatedValues, parse_head_with};
-use crate::protocol::Side;
+use crate::{memo_worth::MemoWorth, protocol::Side};
 
 /// Sets in each thread's table (a power of two), and heads per set.
 const SETS: usize = 64;
@@ -40,12 +40,9 @@ const MAX_BYTES: usize = 1024;
 const KEY_BYTES: usize = 128;
 /// Heads judged per judgement of the table's worth.
 const WINDOW: u32 = if cfg!(test) { 64 } else { 4096 };
-/// Below one hit in this many heads, only one head in this many is remembered (chosen by its
-/// hash, so both ends of a connection on this host choose the same heads), and the next
-/// judgement looks at those heads alone. Remembering costs a copy of the head and of its bytes,
-/// ~400 instructions; a host whose heads never repeat (every connection's other end elsewhere,
-/// every head its own) pays the lookup (~100) and an eighth of that.
-const SPARSE: u64 = 8;
+// Remembering costs a copy of the head and of its bytes, ~400 instructions: a host whose heads
+// never repeat (every connection's other end elsewhere, every head its own) pays the lookup
+// (~100) and a fraction of that ([`MemoWorth`]).
 
 /// Heads answered from a table, every thread's (a self-metric; one uncontended add per hit,
 /// against the ~2 k instructions of the parse it saves).
@@ -66,11 +63,8 @@ struct Table {
     next: Vec<u8>,
     state: foldhash::fast::RandomState,
     hits: u64,
-    /// This window's heads and hits.
-    looked: u32,
-    found: u32,
-    /// Whether the last window had too few hits to remember every head.
-    sparse: bool,
+    /// Whether to remember every head.
+    worth: MemoWorth,
 }
 
 thread_local! {
@@ -79,29 +73,8 @@ thread_local! {
         next: vec![0; SETS],
         state: foldhash::fast::RandomState::default(),
         hits: 0,
-        looked: 0,
-        found: 0,
-        sparse: false,
+        worth: MemoWorth::new(WINDOW),
     });
-}
-
-impl Table {
-    /// Counts a head (found or parsed whole); at each window's end, judges whether to remember
-    /// every head.
-    fn judge(&mut self, hit: bool) {
-        self.looked += 1;
-        self.found += u32::from(hit);
-        if self.looked == WINDOW {
-            self.sparse = u64::from(self.found) * SPARSE < u64::from(self.looked);
-            self.looked = 0;
-            self.found = 0;
-        }
-    }
-}
-
-/// Whether a head with this hash is one of those remembered when the table is sparse.
-fn chosen(hash: u64) -> bool {
-    (hash >> 32).is_multiple_of(SPARSE)
 }
 
 /// [`parse_head_with`], answered from the heads this thread parsed before when `data` starts
@@ -117,8 +90,6 @@ pub fn parse_head_remembered(
         let hash = table.state.hash_one((side == Side::Request, key));
         let set = usize::try_from(hash).unwrap_or_default() & (SETS - 1);
         let ways = set * WAYS..(set + 1) * WAYS;
-        // While sparse, only the chosen heads are judged: the others cannot be found.
-        let judged = !table.sparse || chosen(hash);
         let found = table.slots[ways.clone()].iter().find_map(|slot| {
             (slot.hash == hash && slot.side == Some(side) && data.starts_with(&slot.bytes))
                 .then(|| {
@@ -131,18 +102,14 @@ pub fn parse_head_remembered(
         if let Some(found) = found {
             table.hits += 1;
             REMEMBERED.fetch_add(1, Ordering::Relaxed);
-            if judged {
-                table.judge(true);
-            }
+            table.worth.looked_up(hash, true);
             return Ok(Some(found));
         }
         let parsed = parse_head_with(side, data, repeats);
         // Only whole heads count: a head split over reads is looked up at each.
         if let Ok(Some((head, used))) = &parsed {
-            if judged {
-                table.judge(false);
-            }
-            if judged && *used <= MAX_BYTES {
+            table.worth.looked_up(hash, false);
+            if *used <= MAX_BYTES && table.worth.keep(hash) {
                 let way = usize::from(table.next[set]);
                 table.next[set] = u8::try_from((way + 1) % WAYS).unwrap_or_default();
                 let slot = &mut table.slots[ways.start + way];
@@ -221,11 +188,11 @@ mod tests {
         };
         // A window of heads seen once: nothing found, the table turns sparse.
         heads(WINDOW as usize, 1);
-        // Heads seen twice each: only those it still remembers (one in eight) are found.
+        // Heads seen twice each: only those it still remembers are found.
         let sparse = heads(16, 2);
         assert!(sparse < 16, "sparse: {sparse}");
         // Half of those it remembers are found: enough to remember every head again.
-        heads(WINDOW as usize * usize::try_from(SPARSE).expect("small"), 2);
+        heads(WINDOW as usize * 8, 2);
         assert_eq!(heads(16, 2), 16);
     }
 
