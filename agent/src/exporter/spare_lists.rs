@@ -12,7 +12,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::trace::{SpanData, span::KeyValue};
 
-/// Lists waiting to be filled again, at most: a little more than one export chunk of spans.
+/// Lists waiting to be filled again, at most, on each side (the writer's and the tracer's): one
+/// export chunk of spans.
 const MAX_LISTS: usize = 1024;
 /// A list with room for more attributes than this is freed, not kept (a span with many recorded
 /// headers must not make every list that large): a span has about 20.
@@ -30,7 +31,8 @@ impl SpareLists {
     /// `emptied` is the caller's buffer, kept between batches so a hand-back allocates nothing.
     pub fn give_back(&self, spans: &mut [SpanData], emptied: &mut Vec<Vec<KeyValue>>) {
         for span in spans {
-            if span.attributes.capacity() <= MAX_CAPACITY && emptied.len() < MAX_LISTS {
+            let capacity = span.attributes.capacity();
+            if capacity > 0 && capacity <= MAX_CAPACITY && emptied.len() < MAX_LISTS {
                 let mut list = std::mem::take(&mut span.attributes);
                 list.clear();
                 emptied.push(list);

@@ -102,8 +102,10 @@ pub struct FrameBuilder {
     last_keys: usize,
     /// The table of key lists, as stored.
     keys: Vec<u8>,
-    /// LZ4's match table, kept: a new one per frame was an allocation and 8 KiB zeroed.
-    lz4_table: lz4_flex::block::CompressTable,
+    /// LZ4's match tables, kept (a new one per frame was an allocation): 16-bit entries for
+    /// frames under 64 KiB, 32-bit ones above (a frame's last span may take it past).
+    lz4_small: lz4_flex::block::CompressTable,
+    lz4_large: Option<lz4_flex::block::CompressTable>,
 }
 
 impl FrameBuilder {
@@ -195,8 +197,8 @@ impl FrameBuilder {
         self.raw
             .extend_from_slice(&(self.table.len() as u32).to_le_bytes());
         let bound = lz4_flex::block::get_maximum_output_size(self.raw.len());
-        // Grown, never cleared: zeroing the worst case before every frame (with a new match
-        // table) was 6 % of the writer's instructions. Only the bytes written below are read.
+        // Grown, never cleared: zeroing the worst case before every frame (and allocating a new
+        // match table) was 6 % of the writer's instructions. Only the bytes written are read.
         if self.encoded.len() < HEADER + bound {
             self.encoded.resize(HEADER + bound, 0);
         }
@@ -205,10 +207,16 @@ impl FrameBuilder {
         self.encoded[2..10].copy_from_slice(&self.latest_start_ns.to_le_bytes());
         self.encoded[10..14].copy_from_slice(&(self.raw.len() as u32).to_le_bytes());
         // The output buffer holds the worst case, so compression cannot run out of room.
+        let table = if self.raw.len() < usize::from(u16::MAX) {
+            &mut self.lz4_small
+        } else {
+            self.lz4_large
+                .get_or_insert_with(lz4_flex::block::CompressTable::large)
+        };
         let written = lz4_flex::block::compress_into_with_table(
             &self.raw,
             &mut self.encoded[HEADER..HEADER + bound],
-            &mut self.lz4_table,
+            table,
         )
         .unwrap_or_else(|_| unreachable_compress());
         self.reset();
