@@ -4,7 +4,7 @@
 use super::SpanExporter;
 use crate::{
     metrics::{self, SharedMetrics},
-    trace::{SpanData, span::KeyValue},
+    trace::SpanData,
 };
 
 pub struct Metered {
@@ -27,10 +27,6 @@ impl SpanExporter for Metered {
 
     fn flush(&mut self) {
         self.inner.flush();
-    }
-
-    fn spare_attribute_lists(&mut self, into: &mut Vec<Vec<KeyValue>>) {
-        self.inner.spare_attribute_lists(into);
     }
 
     fn finish(&mut self) {

@@ -14,10 +14,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{SpanExporter, spare_lists::SpareLists};
+use super::SpanExporter;
 use crate::{
     store::{Store, StoreError},
-    trace::{SpanData, span::KeyValue},
+    trace::SpanData,
 };
 
 /// How often a commit is made durable (fsync); commits in between are not, so a crash loses at
@@ -51,8 +51,6 @@ pub struct StoreExporter {
     queue: Option<mpsc::Sender<Vec<SpanData>>>,
     writer: Option<JoinHandle<()>>,
     stats: Arc<Stats>,
-    /// Attribute lists of written spans, on their way back to the tracer.
-    spare: Arc<SpareLists>,
     /// Wait for the writer instead of dropping (the pipeline bench: it measures the writing).
     lossless: bool,
 }
@@ -64,13 +62,12 @@ impl StoreExporter {
     /// The thread could not be started.
     pub fn new(store: Store) -> Result<Self, StoreError> {
         let stats = Arc::new(Stats::default());
-        let spare = Arc::new(SpareLists::default());
         let (tx, rx) = mpsc::channel();
         let writer = {
-            let (store, stats, spare) = (store.clone(), Arc::clone(&stats), Arc::clone(&spare));
+            let (store, stats) = (store.clone(), Arc::clone(&stats));
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || write_loop(&store, &rx, &stats, &spare))
+                .spawn(move || write_loop(&store, &rx, &stats))
                 .map_err(|e| StoreError::Writer(e.to_string()))?
         };
         Ok(Self {
@@ -78,7 +75,6 @@ impl StoreExporter {
             queue: Some(tx),
             writer: Some(writer),
             stats,
-            spare,
             lossless: false,
         })
     }
@@ -103,21 +99,14 @@ impl StoreExporter {
 }
 
 /// The writer thread: writes each batch as it comes, makes commits durable and runs retention
-/// on their clocks, and commits durably when the queue closes. The attribute lists of the spans
-/// it wrote go back to the tracer through `spare`.
-fn write_loop(
-    store: &Store,
-    rx: &mpsc::Receiver<Vec<SpanData>>,
-    stats: &Stats,
-    spare: &SpareLists,
-) {
-    let mut emptied: Vec<Vec<KeyValue>> = Vec::new();
+/// on their clocks, and commits durably when the queue closes.
+fn write_loop(store: &Store, rx: &mpsc::Receiver<Vec<SpanData>>, stats: &Stats) {
     let mut last_durable = Instant::now();
     let mut last_retention = Instant::now();
     let mut dirty = false;
     loop {
         match rx.recv_timeout(IDLE_WAKE) {
-            Ok(mut batch) => {
+            Ok(batch) => {
                 let n = batch.len() as u64;
                 match store.write(&batch, false) {
                     Ok(()) => {
@@ -130,7 +119,6 @@ fn write_loop(
                     }
                 }
                 stats.queued.fetch_sub(n, Ordering::Relaxed);
-                spare.give_back(&mut batch, &mut emptied);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
@@ -196,10 +184,6 @@ impl SpanExporter for StoreExporter {
 
     /// The writer keeps its own clocks.
     fn flush(&mut self) {}
-
-    fn spare_attribute_lists(&mut self, into: &mut Vec<Vec<KeyValue>>) {
-        self.spare.take(into);
-    }
 
     fn finish(&mut self) {
         // Closing the queue lets the writer write what is left, commit durably and end.

@@ -166,9 +166,7 @@ pub const ATTRIBUTES_ADDED_AT_EXPORT: usize = 8;
 /// the link delay (tens of thousands wait at high rates), expanded only at export.
 pub trait Summary: Debug {
     /// Span name and status; the protocol's attributes (OpenTelemetry semantic conventions) are
-    /// pushed onto `attributes`, an empty list that may have room from an earlier span (lists
-    /// come back from the exporter that wrote their spans: see
-    /// [`crate::exporter::SpanExporter::spare_attribute_lists`]).
+    /// pushed onto `attributes`, an empty list the summary sizes.
     fn expand(
         self,
         span: &SpanFacts,

@@ -333,8 +333,6 @@ impl<'a> TraceSink<'a> {
     pub fn export(&mut self, flush: bool) {
         let now = monotonic_ns();
         self.exchange_with_peers(now);
-        self.exporter
-            .spare_attribute_lists(self.tracer.spare_attribute_lists());
         loop {
             let more = self.tracer.poll(now, flush, &mut self.spans, EXPORT_CHUNK);
             if !self.spans.is_empty() {

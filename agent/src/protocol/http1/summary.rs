@@ -81,7 +81,7 @@ impl Summary for Http1Summary {
             strings,
         );
         // Room for what is pushed below and by the linker, exactly (a KeyValue is 56 bytes: room
-        // for 18 was a 1 KiB block per span). A list handed back by the exporter usually has it.
+        // for 18 was a 1 KiB block per span, allocated here and freed on the exporter's thread).
         let server_only = if target.route.is_some() { 3 } else { 0 };
         attributes.reserve_exact(
             ATTRIBUTES_ADDED_AT_EXPORT

@@ -62,7 +62,7 @@ impl Tracer {
             };
             self.stats.spans_exported += 1;
             let end_unix_nano = self.clock.to_unix_ns(finished.end_ts);
-            let mut attributes = self.spare_attributes.pop().unwrap_or_default();
+            let mut attributes = Vec::new();
             let (name, status) = finished.summary.expand(
                 &SpanFacts {
                     server: span.kind == SpanKind::Server,

@@ -78,7 +78,7 @@ use super::{
     propagation::{self, TraceHeaders},
     remote::{Announcer, RemoteClients},
     resource::Resources,
-    span::{KeyValue, SpanKind},
+    span::SpanKind,
     tasks::Tasks,
     workers::{Stream, WorkerStats, Workers},
 };
@@ -127,8 +127,6 @@ pub struct Tracer {
     clock: WallClock,
     /// Shared `Host` and `User-Agent` values of finished spans.
     strings: Interner,
-    /// Empty attribute lists the exporter is done with, for the next spans' attributes.
-    spare_attributes: Vec<Vec<KeyValue>>,
     /// Boxed: a span enters and leaves this table once each, and an entry moved by value (~300
     /// bytes, twice at export) was a visible share of the draining thread (`perf`).
     spans: FastMap<SpanKey, Box<OpenSpan>>,
@@ -193,7 +191,6 @@ impl Tracer {
             resources,
             clock: WallClock::new(),
             strings: Interner::default(),
-            spare_attributes: Vec::new(),
             spans: FastMap::default(),
             serving: FastMap::default(),
             forwardable: FastMap::default(),
@@ -233,13 +230,6 @@ impl Tracer {
     #[must_use]
     pub fn held(&self) -> usize {
         self.spans.len()
-    }
-
-    /// Where the exporter puts the emptied attribute lists of spans it is done with
-    /// ([`crate::exporter::SpanExporter::spare_attribute_lists`]): the next spans fill them
-    /// instead of allocating their own.
-    pub fn spare_attribute_lists(&mut self) -> &mut Vec<Vec<KeyValue>> {
-        &mut self.spare_attributes
     }
 
     /// Finished spans of settled traces, ready to export now.
