@@ -5,6 +5,7 @@ mod bench_http;
 mod bench_runtime;
 mod bench_tls;
 mod causality;
+mod compare;
 mod fuzz;
 mod lint;
 mod setup;
@@ -60,6 +61,20 @@ enum Task {
         /// Only the nginx section (saturation, fixed rate, agent CPU per request), printed.
         #[arg(long, conflicts_with_all = ["runtime_probes_only", "flask_only", "ping_pong_only"])]
         nginx_only: bool,
+    },
+    /// Two agent builds' CPU per request, paired: both trace the same wrk traffic against nginx
+    /// at once (steady to ~1.5 % where one build at a time spreads ±25 % on a shared VM).
+    Compare {
+        /// The build measured against (a `sockspan` binary).
+        a: std::path::PathBuf,
+        /// The build measured.
+        b: std::path::PathBuf,
+        /// Rounds, each two runs (A started first, then B).
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
+        /// Seconds of traffic per run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
     },
     /// Runtime chains (threaded, nginx, asyncio, Node.js, Go, mixed) under the release agent,
     /// every request's tree scored; the table goes to docs/causality.md.
@@ -168,6 +183,12 @@ fn main() -> Result<()> {
         Task::Demo { check } => demo(check),
         Task::Causality { chain } => causality::causality(chain.as_deref()),
         Task::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),
+        Task::Compare {
+            a,
+            b,
+            rounds,
+            seconds,
+        } => compare::compare(&a, &b, rounds.max(1), seconds),
         Task::Stress { idle, churn } => stress::stress(idle, churn),
         Task::Soak { minutes } => stress::soak(minutes),
     }
