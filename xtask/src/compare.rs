@@ -3,123 +3,172 @@
 //! port), so both see every request under the same machine conditions: on a shared VM, one
 //! build at a time spreads ±25 % from run to run, while the ratio of two measured together
 //! holds to about ±1.5 %. Each round runs both ways round (the agent started first costs about
-//! 1 % more). The figures are by hand, for BENCHMARKS.md's optimisation log; nothing asserts on
-//! them.
+//! 1 % more). `--a-args`/`--b-args` give either agent flags of its own, so one build can be
+//! measured against itself with a setting changed. The figures are by hand, for BENCHMARKS.md's
+//! optimisation log; nothing asserts on them.
 
 use std::{
-    io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{bench::proc_cpu_seconds, bench_http, util};
+use crate::{bench::proc_cpu_seconds, bench_http};
 
-/// One agent under measurement, and the folder of its lock, store and ready file.
+/// One build under measurement: its binary and the flags it runs with.
+pub struct Build {
+    pub bin: PathBuf,
+    pub args: Vec<String>,
+}
+
+/// One agent under measurement, and the folder of its lock, store, ready file and log. Killed
+/// on drop if it was not stopped: an error on the way must not leave a privileged agent, its
+/// programs attached, behind.
 struct Agent {
     child: Child,
     files: sockspan_tests::ScratchDir,
 }
 
 impl Agent {
-    fn start(bin: &Path, ui_port: u16) -> Result<Self> {
+    fn start(build: &Build) -> Result<Self> {
         let files = sockspan_tests::ScratchDir::new("sockspan-compare");
         let ready = files.path().join("ready.json");
-        let store = files.path().join("store.redb");
-        let mut child = Command::new(bin)
+        let log = files.path().join("agent.log");
+        let mut child = Command::new(&build.bin)
             .args(["run", "--store"])
-            .arg(&store)
-            .args(["--ui", &format!("127.0.0.1:{ui_port}"), "--ready-file"])
+            .arg(files.path().join("store.redb"))
+            .args(["--ui", "127.0.0.1:0", "--ready-file"])
             .arg(&ready)
+            .args(&build.args)
             .env("SOCKSPAN_LOCK_FILE", files.path().join("agent.lock"))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            // A file, not a pipe nobody reads: a full pipe would stall the agent mid-run.
+            .stderr(std::fs::File::create(&log)?)
             .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
+            .with_context(|| format!("cannot start {}", build.bin.display()))?;
         let deadline = Instant::now() + Duration::from_mins(1);
         while !ready.exists() {
-            if child.try_wait()?.is_some() || Instant::now() > deadline {
+            let exited = child.try_wait()?;
+            if exited.is_some() || Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                let log: Vec<String> = child.stderr.take().map_or_else(Vec::new, |e| {
-                    BufReader::new(e).lines().map_while(Result::ok).collect()
-                });
-                let log = log.join("\n");
-                bail!("{} did not get ready within 60 s:\n{log}", bin.display());
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                match exited {
+                    Some(status) => bail!("{} exited ({status}):\n{log}", build.bin.display()),
+                    None => bail!("{} not ready within 60 s:\n{log}", build.bin.display()),
+                }
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(Self { child, files })
     }
 
-    fn cpu_seconds(&self) -> f64 {
-        proc_cpu_seconds(self.child.id())
+    /// CPU seconds so far; an error if the agent is gone (its figures would be meaningless).
+    fn cpu_seconds(&mut self) -> Result<f64> {
+        if let Some(status) = self.child.try_wait()? {
+            let log = std::fs::read_to_string(self.files.path().join("agent.log"));
+            bail!(
+                "an agent exited mid-run ({status}):\n{}",
+                log.unwrap_or_default()
+            );
+        }
+        Ok(proc_cpu_seconds(self.child.id()))
     }
 
     fn stop(mut self) -> Result<()> {
-        util::run(Command::new("kill").args(["-INT", &self.child.id().to_string()]))?;
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-INT", &pid]).status();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait()?.is_none() {
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!("an agent stopped with {status}");
+                }
+                return Ok(());
+            }
             if Instant::now() > deadline {
-                let _ = self.child.kill();
                 bail!("agent did not stop within 30 s");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        drop(self.files);
-        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
 /// One run: `first` and `second` started in that order, wrk for `seconds`; each agent's CPU µs
 /// per request.
-fn paired_run(first: &Path, second: &Path, port: u16, seconds: u64) -> Result<(f64, f64)> {
-    let a = Agent::start(first, 16_781)?;
-    let b = Agent::start(second, 16_782)?;
+fn paired_run(first: &Build, second: &Build, port: u16, seconds: u64) -> Result<(f64, f64)> {
+    let mut a = Agent::start(first)?;
+    let mut b = Agent::start(second)?;
     // Start-up work (BTF, the process scan) is over before the traffic starts.
     std::thread::sleep(Duration::from_secs(2));
-    let (a0, b0) = (a.cpu_seconds(), b.cpu_seconds());
+    let (a0, b0) = (a.cpu_seconds()?, b.cpu_seconds()?);
     let (_, requests) = bench_http::wrk(port, seconds)?;
-    let (a1, b1) = (a.cpu_seconds(), b.cpu_seconds());
-    a.stop()?;
-    b.stop()?;
-    if requests == 0 {
-        bail!("wrk completed no request");
+    let (a1, b1) = (a.cpu_seconds()?, b.cpu_seconds()?);
+    let (stopped_a, stopped_b) = (a.stop(), b.stop());
+    stopped_a?;
+    stopped_b?;
+    if requests == 0 || a1 <= a0 || b1 <= b0 {
+        bail!("nothing measured: {requests} requests, CPU {a0}->{a1} s and {b0}->{b1} s");
     }
     let per_request = |cpu: f64| cpu * 1e6 / requests as f64;
     Ok((per_request(a1 - a0), per_request(b1 - b0)))
 }
 
+fn median(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    if n.is_multiple_of(2) {
+        f64::midpoint(sorted[n / 2 - 1], sorted[n / 2])
+    } else {
+        sorted[n / 2]
+    }
+}
+
 /// Runs `rounds` rounds of two paired runs (A first, then B first) and prints each run and the
 /// median ratio B / A.
-pub fn compare(a: &Path, b: &Path, rounds: usize, seconds: u64) -> Result<()> {
+pub fn compare(a: &Build, b: &Build, rounds: usize, seconds: u64) -> Result<()> {
     bench_http::ensure_installed()?;
-    let (a, b): (PathBuf, PathBuf) = (a.canonicalize()?, b.canonicalize()?);
+    let absolute = |build: &Build| -> Result<Build> {
+        Ok(Build {
+            bin: build
+                .bin
+                .canonicalize()
+                .with_context(|| format!("{}", build.bin.display()))?,
+            args: build.args.clone(),
+        })
+    };
+    let (a, b) = (absolute(a)?, absolute(b)?);
     let nginx = bench_http::start_nginx();
     let mut ratios = Vec::new();
     println!("agent CPU µs per request, both agents tracing the same traffic");
     println!("| run | A | B | B / A |\n|---|---|---|---|");
-    for round in 0..rounds {
+    for round in 1..=rounds {
         let (a_us, b_us) = paired_run(&a, &b, nginx.port, seconds)?;
         let (b_us2, a_us2) = paired_run(&b, &a, nginx.port, seconds)?;
         for (order, a_us, b_us) in [("A first", a_us, b_us), ("B first", a_us2, b_us2)] {
             let ratio = b_us / a_us;
             ratios.push(ratio);
-            println!(
-                "| {} {order} | {a_us:.2} | {b_us:.2} | {ratio:.3} |",
-                round + 1
-            );
+            println!("| {round} {order} | {a_us:.2} | {b_us:.2} | {ratio:.3} |");
         }
     }
     ratios.sort_by(f64::total_cmp);
-    let median = ratios[ratios.len() / 2];
+    let describe = |build: &Build| format!("{} {}", build.bin.display(), build.args.join(" "));
     println!(
-        "A = {}\nB = {}\nB / A: median {median:.3}, range {:.3}–{:.3} over {} runs",
-        a.display(),
-        b.display(),
+        "A = {}\nB = {}\nB / A: median {:.3}, range {:.3}–{:.3} over {} runs",
+        describe(&a),
+        describe(&b),
+        median(&ratios),
         ratios[0],
         ratios[ratios.len() - 1],
         ratios.len()

@@ -75,6 +75,12 @@ enum Task {
         /// Seconds of traffic per run.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Flags A runs with besides its store and UI (`--a-args="--link-delay-ms 20"`).
+        #[arg(long, default_value = "", allow_hyphen_values = true)]
+        a_args: String,
+        /// Flags B runs with besides its store and UI.
+        #[arg(long, default_value = "", allow_hyphen_values = true)]
+        b_args: String,
     },
     /// Runtime chains (threaded, nginx, asyncio, Node.js, Go, mixed) under the release agent,
     /// every request's tree scored; the table goes to docs/causality.md.
@@ -188,7 +194,20 @@ fn main() -> Result<()> {
             b,
             rounds,
             seconds,
-        } => compare::compare(&a, &b, rounds.max(1), seconds),
+            a_args,
+            b_args,
+        } => {
+            let build = |bin, args: &str| compare::Build {
+                bin,
+                args: args.split_whitespace().map(str::to_string).collect(),
+            };
+            compare::compare(
+                &build(a, &a_args),
+                &build(b, &b_args),
+                rounds.max(1),
+                seconds,
+            )
+        }
         Task::Stress { idle, churn } => stress::stress(idle, churn),
         Task::Soak { minutes } => stress::soak(minutes),
     }
