@@ -120,11 +120,10 @@ impl Summary for DbSummary {
         self,
         span: &SpanFacts,
         strings: &mut Interner,
-        attributes: &mut Vec<KeyValue>,
-    ) -> (Arc<str>, SpanStatus) {
+    ) -> (Arc<str>, Vec<KeyValue>, SpanStatus) {
         let name = strings.get(&self.name());
         let this = self;
-        attributes.reserve_exact(10 + ATTRIBUTES_ADDED_AT_EXPORT);
+        let mut attributes = Vec::with_capacity(10 + ATTRIBUTES_ADDED_AT_EXPORT);
         attributes.push(KeyValue::str("db.system.name", this.system.as_str()));
         if let Some(op) = this.operation {
             attributes.push(KeyValue::str("db.operation.name", op));
@@ -163,8 +162,8 @@ impl Summary for DbSummary {
                 SpanStatus::Error("connection closed before a response".to_string())
             }
         };
-        span.address_attributes(None, strings, attributes);
-        (name, status)
+        span.address_attributes(None, strings, &mut attributes);
+        (name, attributes, status)
     }
 
     fn describe(&self) -> String {
@@ -195,9 +194,7 @@ mod tests {
             local: SocketAddr::from(([127, 0, 0, 1], 40000)),
             remote: SocketAddr::from(([127, 0, 0, 1], 5432)),
         };
-        let mut attributes = Vec::new();
-        let (name, status) = summary.expand(&facts, &mut Interner::default(), &mut attributes);
-        (name, attributes, status)
+        summary.expand(&facts, &mut Interner::default())
     }
 
     fn value<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str> {

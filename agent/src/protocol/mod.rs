@@ -165,14 +165,12 @@ pub const ATTRIBUTES_ADDED_AT_EXPORT: usize = 8;
 /// What one protocol's exchange contributes to its span. Kept compact while the span waits out
 /// the link delay (tens of thousands wait at high rates), expanded only at export.
 pub trait Summary: Debug {
-    /// Span name and status; the protocol's attributes (OpenTelemetry semantic conventions) are
-    /// pushed onto `attributes`, an empty list the summary sizes.
+    /// Span name, the protocol's attributes (OpenTelemetry semantic conventions) and status.
     fn expand(
         self,
         span: &SpanFacts,
         strings: &mut Interner,
-        attributes: &mut Vec<KeyValue>,
-    ) -> (std::sync::Arc<str>, SpanStatus);
+    ) -> (std::sync::Arc<str>, Vec<KeyValue>, SpanStatus);
 
     /// One line for tests and the fuzz targets (`GET /a -> 200`); never exported.
     #[cfg_attr(not(any(test, feature = "fuzz")), allow(dead_code))]

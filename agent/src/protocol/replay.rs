@@ -211,8 +211,7 @@ fn check_at(events: Vec<ProtoEvent>, server: bool, in_order: bool) -> Vec<Seen> 
                     assert!(after.ts <= r.ts && r.ts <= x.end.ts, "{x:?}");
                 }
                 let line = x.summary.describe();
-                let mut attributes = Vec::new();
-                let (name, status) = x.summary.expand(&facts, &mut strings, &mut attributes);
+                let (name, attributes, status) = x.summary.expand(&facts, &mut strings);
                 let mut expanded = vec![name.to_string(), format!("{status:?}")];
                 expanded.extend(
                     attributes

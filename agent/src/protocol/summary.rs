@@ -34,13 +34,12 @@ impl Summary for ProtocolSummary {
         self,
         span: &SpanFacts,
         strings: &mut Interner,
-        attributes: &mut Vec<KeyValue>,
-    ) -> (Arc<str>, SpanStatus) {
+    ) -> (Arc<str>, Vec<KeyValue>, SpanStatus) {
         match self {
-            Self::Http1(s) => s.expand(span, strings, attributes),
-            Self::Http2(s) => s.expand(span, strings, attributes),
-            Self::Db(s) => s.expand(span, strings, attributes),
-            Self::Dns(s) => s.expand(span, strings, attributes),
+            Self::Http1(s) => s.expand(span, strings),
+            Self::Http2(s) => s.expand(span, strings),
+            Self::Db(s) => s.expand(span, strings),
+            Self::Dns(s) => s.expand(span, strings),
         }
     }
 

@@ -34,10 +34,9 @@ impl Summary for DnsSummary {
         self,
         span: &SpanFacts,
         strings: &mut Interner,
-        attributes: &mut Vec<KeyValue>,
-    ) -> (std::sync::Arc<str>, SpanStatus) {
+    ) -> (std::sync::Arc<str>, Vec<KeyValue>, SpanStatus) {
         let qtype = type_name(self.qtype);
-        attributes.reserve_exact(7 + ATTRIBUTES_ADDED_AT_EXPORT);
+        let mut attributes = Vec::with_capacity(7 + ATTRIBUTES_ADDED_AT_EXPORT);
         attributes.push(KeyValue::shared(
             "dns.question.name",
             strings.get(&self.name),
@@ -57,8 +56,8 @@ impl Summary for DnsSummary {
             }
             None => SpanStatus::Error("no DNS response".to_string()),
         };
-        span.address_attributes(None, strings, attributes);
-        (strings.joined(&["DNS ", &qtype]), status)
+        span.address_attributes(None, strings, &mut attributes);
+        (strings.joined(&["DNS ", &qtype]), attributes, status)
     }
 
     fn describe(&self) -> String {

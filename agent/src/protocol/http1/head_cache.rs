@@ -192,7 +192,10 @@ mod tests {
         let sparse = heads(16, 2);
         assert!(sparse < 16, "sparse: {sparse}");
         // Half of those it remembers are found: enough to remember every head again.
-        heads(WINDOW as usize * 8, 2);
+        heads(
+            WINDOW as usize * usize::try_from(crate::memo_worth::SPARSE).expect("small"),
+            2,
+        );
         assert_eq!(heads(16, 2), 16);
     }
 

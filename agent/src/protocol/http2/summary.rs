@@ -107,9 +107,8 @@ impl Http2Summary {
         self,
         span: &SpanFacts,
         strings: &mut Interner,
-        attributes: &mut Vec<KeyValue>,
-    ) -> (Arc<str>, SpanStatus) {
-        attributes.reserve_exact(12 + ATTRIBUTES_ADDED_AT_EXPORT);
+    ) -> (Arc<str>, Vec<KeyValue>, SpanStatus) {
+        let mut attributes = Vec::with_capacity(12 + ATTRIBUTES_ADDED_AT_EXPORT);
         attributes.push(KeyValue::str("rpc.system.name", "grpc"));
         // Until v1.39 of the conventions the system was `rpc.system`; Jaeger and Tempo users'
         // queries and dashboards still name it.
@@ -132,7 +131,7 @@ impl Http2Summary {
             ));
             attributes.push(KeyValue::int("rpc.grpc.status_code", i64::from(code)));
         }
-        self.common_attributes(span, strings, attributes);
+        self.common_attributes(span, strings, &mut attributes);
         let status = if let Some(error) = self.ending_error() {
             SpanStatus::Error(error)
         } else {
@@ -146,16 +145,15 @@ impl Http2Summary {
                 None => SpanStatus::Error("response without grpc-status".to_string()),
             }
         };
-        (name, status)
+        (name, attributes, status)
     }
 
     fn expand_http(
         mut self,
         span: &SpanFacts,
         strings: &mut Interner,
-        attributes: &mut Vec<KeyValue>,
-    ) -> (Arc<str>, SpanStatus) {
-        attributes.reserve_exact(14 + ATTRIBUTES_ADDED_AT_EXPORT);
+    ) -> (Arc<str>, Vec<KeyValue>, SpanStatus) {
+        let mut attributes = Vec::with_capacity(14 + ATTRIBUTES_ADDED_AT_EXPORT);
         let method = self
             .request
             .method
@@ -196,7 +194,7 @@ impl Http2Summary {
                 self.request.scheme.unwrap_or("http"),
             ));
         }
-        self.common_attributes(span, strings, attributes);
+        self.common_attributes(span, strings, &mut attributes);
         let status = if let Some(error) = self.ending_error() {
             SpanStatus::Error(error)
         } else {
@@ -208,7 +206,7 @@ impl Http2Summary {
                 Some(_) => SpanStatus::Unset,
             }
         };
-        (name, status)
+        (name, attributes, status)
     }
 
     /// Attributes of both kinds: protocol, addresses, what HPACK could not resolve, recorded
@@ -238,12 +236,11 @@ impl Summary for Http2Summary {
         self,
         span: &SpanFacts,
         strings: &mut Interner,
-        attributes: &mut Vec<KeyValue>,
-    ) -> (Arc<str>, SpanStatus) {
+    ) -> (Arc<str>, Vec<KeyValue>, SpanStatus) {
         if self.is_grpc() {
-            self.expand_grpc(span, strings, attributes)
+            self.expand_grpc(span, strings)
         } else {
-            self.expand_http(span, strings, attributes)
+            self.expand_http(span, strings)
         }
     }
 

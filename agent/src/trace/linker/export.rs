@@ -62,15 +62,13 @@ impl Tracer {
             };
             self.stats.spans_exported += 1;
             let end_unix_nano = self.clock.to_unix_ns(finished.end_ts);
-            let mut attributes = Vec::new();
-            let (name, status) = finished.summary.expand(
+            let (name, mut attributes, status) = finished.summary.expand(
                 &SpanFacts {
                     server: span.kind == SpanKind::Server,
                     local,
                     remote,
                 },
                 &mut self.strings,
-                &mut attributes,
             );
             if span.tls {
                 // The protocol's summary knows bytes, not where they were read: a TLS
