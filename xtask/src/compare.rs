@@ -2,10 +2,16 @@
 //! same wrk traffic against nginx at the same time (each with its own lock file, store and UI
 //! port), so both see every request under the same machine conditions: on a shared VM, one
 //! build at a time spreads ±25 % from run to run, while the ratio of two measured together
-//! holds to about ±1.5 %. Each round runs both ways round (the agent started first costs about
-//! 1 % more). `--a-args`/`--b-args` give either agent flags of its own, so one build can be
-//! measured against itself with a setting changed. The figures are by hand, for BENCHMARKS.md's
-//! optimisation log; nothing asserts on them.
+//! holds to about ±1.5 %. Each round runs both ways round (the agent started first has cost
+//! about 1 % more in some runs). `--a-args`/`--b-args` give either agent flags of its own, so
+//! one build can be measured against itself with a setting changed, and `--a-env`/`--b-env` a
+//! one-off switch read from the environment.
+//!
+//! Each agent's CPU is the scheduler's run time of its threads (`/proc/PID/task/*/schedstat`,
+//! nanoseconds), not `/proc/PID/stat`'s utime and stime, which come in 10 ms units sampled at
+//! the kernel's tick. A build against itself measured 0.985–1.012 this way, about the spread
+//! the tick-sampled figures had: what is left is the machine's. The figures are by hand, for
+//! BENCHMARKS.md's optimisation log; nothing asserts on them.
 
 use std::{
     path::PathBuf,
@@ -15,12 +21,47 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{bench::proc_cpu_seconds, bench_http};
+use crate::bench_http;
 
-/// One build under measurement: its binary and the flags it runs with.
+/// One build under measurement: its binary, the flags and the environment it runs with.
 pub struct Build {
     pub bin: PathBuf,
     pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Build {
+    fn describe(&self) -> String {
+        let env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+        format!(
+            "{}{} {}",
+            env.concat(),
+            self.bin.display(),
+            self.args.join(" ")
+        )
+    }
+}
+
+/// The run time of every thread of `pid` so far, and how many threads: the scheduler's
+/// nanoseconds (the first field of each thread's `schedstat`).
+fn run_time(pid: u32) -> Result<(f64, usize)> {
+    let mut total_ns = 0u64;
+    let mut threads = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path().join("schedstat");
+        // A thread that ended since the listing: the count below catches the change.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let ns = text
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .with_context(|| format!("{}: {text:?}", path.display()))?;
+        total_ns += ns;
+        threads += 1;
+    }
+    Ok((total_ns as f64 / 1e9, threads))
 }
 
 /// One agent under measurement, and the folder of its lock, store, ready file and log. Killed
@@ -42,6 +83,7 @@ impl Agent {
             .args(["--ui", "127.0.0.1:0", "--ready-file"])
             .arg(&ready)
             .args(&build.args)
+            .envs(build.env.iter().map(|(k, v)| (k, v)))
             .env("SOCKSPAN_LOCK_FILE", files.path().join("agent.lock"))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -66,8 +108,9 @@ impl Agent {
         Ok(Self { child, files })
     }
 
-    /// CPU seconds so far; an error if the agent is gone (its figures would be meaningless).
-    fn cpu_seconds(&mut self) -> Result<f64> {
+    /// CPU seconds so far and the thread count; an error if the agent is gone (its figures
+    /// would be meaningless).
+    fn cpu_seconds(&mut self) -> Result<(f64, usize)> {
         if let Some(status) = self.child.try_wait()? {
             let log = std::fs::read_to_string(self.files.path().join("agent.log"));
             bail!(
@@ -75,7 +118,7 @@ impl Agent {
                 log.unwrap_or_default()
             );
         }
-        Ok(proc_cpu_seconds(self.child.id()))
+        run_time(self.child.id())
     }
 
     fn stop(mut self) -> Result<()> {
@@ -113,12 +156,19 @@ fn paired_run(first: &Build, second: &Build, port: u16, seconds: u64) -> Result<
     let mut b = Agent::start(second)?;
     // Start-up work (BTF, the process scan) is over before the traffic starts.
     std::thread::sleep(Duration::from_secs(2));
-    let (a0, b0) = (a.cpu_seconds()?, b.cpu_seconds()?);
+    let ((a0, a_threads), (b0, b_threads)) = (a.cpu_seconds()?, b.cpu_seconds()?);
     let (_, requests) = bench_http::wrk(port, seconds)?;
-    let (a1, b1) = (a.cpu_seconds()?, b.cpu_seconds()?);
+    let ((a1, a_threads1), (b1, b_threads1)) = (a.cpu_seconds()?, b.cpu_seconds()?);
     let (stopped_a, stopped_b) = (a.stop(), b.stop());
     stopped_a?;
     stopped_b?;
+    // A thread that ended mid-run took its run time out of the sum.
+    if (a_threads, b_threads) != (a_threads1, b_threads1) {
+        bail!(
+            "an agent's threads changed mid-run ({a_threads} -> {a_threads1}, \
+             {b_threads} -> {b_threads1}): its CPU cannot be summed"
+        );
+    }
     if requests == 0 || a1 <= a0 || b1 <= b0 {
         bail!("nothing measured: {requests} requests, CPU {a0}->{a1} s and {b0}->{b1} s");
     }
@@ -146,6 +196,7 @@ pub fn compare(a: &Build, b: &Build, rounds: usize, seconds: u64) -> Result<()> 
                 .canonicalize()
                 .with_context(|| format!("{}", build.bin.display()))?,
             args: build.args.clone(),
+            env: build.env.clone(),
         })
     };
     let (a, b) = (absolute(a)?, absolute(b)?);
@@ -163,11 +214,10 @@ pub fn compare(a: &Build, b: &Build, rounds: usize, seconds: u64) -> Result<()> 
         }
     }
     ratios.sort_by(f64::total_cmp);
-    let describe = |build: &Build| format!("{} {}", build.bin.display(), build.args.join(" "));
     println!(
         "A = {}\nB = {}\nB / A: median {:.3}, range {:.3}–{:.3} over {} runs",
-        describe(&a),
-        describe(&b),
+        a.describe(),
+        b.describe(),
         median(&ratios),
         ratios[0],
         ratios[ratios.len() - 1],

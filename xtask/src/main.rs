@@ -81,6 +81,13 @@ enum Task {
         /// Flags B runs with besides its store and UI.
         #[arg(long, default_value = "", allow_hyphen_values = true)]
         b_args: String,
+        /// Environment A runs with, `NAME=VALUE`, repeatable (a one-off switch in a patched
+        /// build).
+        #[arg(long, value_parser = env_pair)]
+        a_env: Vec<(String, String)>,
+        /// Environment B runs with, as `--a-env`.
+        #[arg(long, value_parser = env_pair)]
+        b_env: Vec<(String, String)>,
     },
     /// Runtime chains (threaded, nginx, asyncio, Node.js, Go, mixed) under the release agent,
     /// every request's tree scored; the table goes to docs/causality.md.
@@ -196,19 +203,46 @@ fn main() -> Result<()> {
             seconds,
             a_args,
             b_args,
+            a_env,
+            b_env,
         } => {
-            let build = |bin, args: &str| compare::Build {
+            let build = |bin, args: &str, env| compare::Build {
                 bin,
                 args: args.split_whitespace().map(str::to_string).collect(),
+                env,
             };
             compare::compare(
-                &build(a, &a_args),
-                &build(b, &b_args),
+                &build(a, &a_args, a_env),
+                &build(b, &b_args, b_env),
                 rounds.max(1),
                 seconds,
             )
         }
         Task::Stress { idle, churn } => stress::stress(idle, churn),
         Task::Soak { minutes } => stress::soak(minutes),
+    }
+}
+
+/// `NAME=VALUE` of `--a-env`/`--b-env`.
+fn env_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("`{text}`: expected NAME=VALUE")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::env_pair;
+
+    #[test]
+    fn env_pairs_split_at_the_first_equals_sign() {
+        assert_eq!(
+            env_pair("XSWITCH=a=b"),
+            Ok(("XSWITCH".to_string(), "a=b".to_string()))
+        );
+        assert_eq!(env_pair("X="), Ok(("X".to_string(), String::new())));
+        assert!(env_pair("=1").is_err());
+        assert!(env_pair("NOVALUE").is_err());
     }
 }
