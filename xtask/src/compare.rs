@@ -8,10 +8,11 @@
 //! one-off switch read from the environment.
 //!
 //! Each agent's CPU is the scheduler's run time of its threads (`/proc/PID/task/*/schedstat`,
-//! nanoseconds), not `/proc/PID/stat`'s utime and stime, which come in 10 ms units sampled at
-//! the kernel's tick. A build against itself measured 0.985–1.012 this way, about the spread
-//! the tick-sampled figures had: what is left is the machine's. The figures are by hand, for
-//! BENCHMARKS.md's optimisation log; nothing asserts on them.
+//! nanoseconds) rather than `/proc/PID/stat`'s utime and stime (10 ms units). A build against
+//! itself measured 0.985–1.012 this way, about the spread the 10 ms units had: what is left is
+//! the machine's. The threads must be the same ones at both readings (a thread's run time
+//! leaves the sum when it ends). The figures are by hand, for BENCHMARKS.md's optimisation log;
+//! nothing asserts on them.
 
 use std::{
     path::PathBuf,
@@ -42,14 +43,23 @@ impl Build {
     }
 }
 
-/// The run time of every thread of `pid` so far, and how many threads: the scheduler's
-/// nanoseconds (the first field of each thread's `schedstat`).
-fn run_time(pid: u32) -> Result<(f64, usize)> {
+/// The run time so far of every thread of `pid`, in seconds (the scheduler's nanoseconds: the
+/// first field of each thread's `schedstat`), and the threads' ids, sorted.
+fn run_time(pid: u32) -> Result<(f64, Vec<u32>)> {
+    let dir = format!("/proc/{pid}/task");
     let mut total_ns = 0u64;
-    let mut threads = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let path = task?.path().join("schedstat");
-        // A thread that ended since the listing: the count below catches the change.
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(&dir).with_context(|| dir.clone())? {
+        let task = task.with_context(|| dir.clone())?;
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let path = task.path().join("schedstat");
+        // A thread that ended since the listing: the comparison of the thread sets catches it.
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
@@ -59,8 +69,9 @@ fn run_time(pid: u32) -> Result<(f64, usize)> {
             .and_then(|v| v.parse::<u64>().ok())
             .with_context(|| format!("{}: {text:?}", path.display()))?;
         total_ns += ns;
-        threads += 1;
+        threads.push(tid);
     }
+    threads.sort_unstable();
     Ok((total_ns as f64 / 1e9, threads))
 }
 
@@ -83,9 +94,10 @@ impl Agent {
             .args(["--ui", "127.0.0.1:0", "--ready-file"])
             .arg(&ready)
             .args(&build.args)
-            .envs(build.env.iter().map(|(k, v)| (k, v)))
             .env("SOCKSPAN_LOCK_FILE", files.path().join("agent.lock"))
             .env("RUST_LOG", "warn")
+            // Last, so a build's own environment wins (`RUST_LOG`, say).
+            .envs(build.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             // A file, not a pipe nobody reads: a full pipe would stall the agent mid-run.
             .stderr(std::fs::File::create(&log)?)
@@ -108,9 +120,9 @@ impl Agent {
         Ok(Self { child, files })
     }
 
-    /// CPU seconds so far and the thread count; an error if the agent is gone (its figures
+    /// CPU seconds so far and the threads' ids; an error if the agent is gone (its figures
     /// would be meaningless).
-    fn cpu_seconds(&mut self) -> Result<(f64, usize)> {
+    fn cpu_seconds(&mut self) -> Result<(f64, Vec<u32>)> {
         if let Some(status) = self.child.try_wait()? {
             let log = std::fs::read_to_string(self.files.path().join("agent.log"));
             bail!(
@@ -163,10 +175,10 @@ fn paired_run(first: &Build, second: &Build, port: u16, seconds: u64) -> Result<
     stopped_a?;
     stopped_b?;
     // A thread that ended mid-run took its run time out of the sum.
-    if (a_threads, b_threads) != (a_threads1, b_threads1) {
+    if a_threads != a_threads1 || b_threads != b_threads1 {
         bail!(
-            "an agent's threads changed mid-run ({a_threads} -> {a_threads1}, \
-             {b_threads} -> {b_threads1}): its CPU cannot be summed"
+            "an agent's threads changed mid-run ({a_threads:?} -> {a_threads1:?}, \
+             {b_threads:?} -> {b_threads1:?}): its CPU cannot be summed"
         );
     }
     if requests == 0 || a1 <= a0 || b1 <= b0 {
