@@ -298,7 +298,9 @@ pub struct Resources {
     pods: Option<Arc<PodDirectory>>,
     /// Per pid: the process snapshot, the pod directory's generation it was built at, and the
     /// resource.
-    cache: HashMap<u32, (Arc<ProcessInfo>, u64, Arc<Resource>)>,
+    /// Asked once per span: foldhash, not the default `SipHash` (pids are the kernel's, not a
+    /// peer's choice of keys).
+    cache: HashMap<u32, (Arc<ProcessInfo>, u64, Arc<Resource>), foldhash::fast::RandomState>,
 }
 
 impl Resources {
@@ -311,7 +313,7 @@ impl Resources {
             rule,
             host_name,
             pods: None,
-            cache: HashMap::new(),
+            cache: HashMap::default(),
         }
     }
 

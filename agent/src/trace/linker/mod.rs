@@ -460,7 +460,8 @@ impl Tracer {
             SpanKind::Client => &mut self.clients,
             SpanKind::Server => &mut self.waiting_servers,
         };
-        if let Entry::Occupied(entry) = table.entry(span.mirror)
+        if !table.is_empty()
+            && let Entry::Occupied(entry) = table.entry(span.mirror)
             && *entry.get() == key
         {
             entry.remove();
@@ -488,11 +489,8 @@ impl Tracer {
             summary: exchange.summary,
         });
         if first_finish {
-            self.shedding_on_finish(key);
+            Self::shedding_on_finish(&self.shedding, span, key);
         }
-        let Some(span) = self.spans.get_mut(&key) else {
-            return;
-        };
         if server && !span.datagram && span.unit == Unit::None {
             // A multiplexed stream (HTTP/2): whether a write answered it.
             let stream = Stream {
@@ -502,9 +500,6 @@ impl Tracer {
             };
             self.workers.ended(span.pid, stream, exchange.end.ts);
         }
-        let Some(span) = self.spans.get_mut(&key) else {
-            return;
-        };
         if server {
             match span.unit {
                 Unit::Thread(tid) => remove_open(&mut self.serving, (span.pid, tid), key),
@@ -515,11 +510,15 @@ impl Tracer {
                 remove_open(&mut self.forwardable, (span.pid, span.forward), key);
             }
         }
-        if server && task != 0 && self.tasks.is_tracked(conn.process.pid) {
+        let span = if server && task != 0 && self.tasks.is_tracked(conn.process.pid) {
+            // The task rule may change spans: the span is looked up again after it.
             self.claim_for(key, conn, task);
-        }
-        let Some(span) = self.spans.get_mut(&key) else {
-            return;
+            let Some(span) = self.spans.get_mut(&key) else {
+                return;
+            };
+            span
+        } else {
+            span
         };
         // A span of a settled trace has all the evidence it will get: events reach the agent in
         // the order their syscalls returned, and a client's exchange completes only after its

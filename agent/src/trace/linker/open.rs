@@ -245,9 +245,19 @@ impl Tracer {
         const MAX_EVENT_LOOPS: usize = 64 * 1024;
         match unit {
             Unit::Thread(tid) => {
-                if self.serving.contains_key(&(pid, tid))
-                    && !self.event_loop_threads.contains(&(pid, tid))
-                {
+                // One lookup in `serving` for both questions: is the thread serving already,
+                // and where the new request goes.
+                let serving_already = match self.serving.entry((pid, tid)) {
+                    Entry::Occupied(mut open) => {
+                        open.get_mut().push(key);
+                        true
+                    }
+                    Entry::Vacant(none) => {
+                        none.insert(Serving::One(key));
+                        false
+                    }
+                };
+                if serving_already && !self.event_loop_threads.contains(&(pid, tid)) {
                     if self.event_loop_threads.len() < MAX_EVENT_LOOPS {
                         self.event_loop_threads.insert((pid, tid));
                         self.stats.event_loop_threads += 1;
@@ -255,7 +265,6 @@ impl Tracer {
                         self.stats.event_loops_unremembered += 1;
                     }
                 }
-                add_open(&mut self.serving, (pid, tid), key);
             }
             Unit::Goroutine(g) => add_open(&mut self.goroutine_serving, (pid, g), key),
             Unit::None => {}

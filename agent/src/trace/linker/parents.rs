@@ -135,7 +135,9 @@ impl Tracer {
         forward: u64,
     ) -> bool {
         self.clients.insert(mirror, key);
-        if let Some(server_key) = self.waiting_servers.remove(&mirror)
+        // Usually empty (a client's end is seen first): no 80-byte key hashed for nothing.
+        if !self.waiting_servers.is_empty()
+            && let Some(server_key) = self.waiting_servers.remove(&mirror)
             && let Some(server_span) = self.spans.get_mut(&server_key)
             && server_span.parent.is_none()
         {

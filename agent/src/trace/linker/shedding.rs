@@ -322,17 +322,20 @@ impl Tracer {
     /// A span finished: the pair rules decide now, before the rest of its trace may leave
     /// (a SERVER span of a shed pair without its client, a CLIENT span whose server end was
     /// never seen, drop their trace). A waited span stays counted open until it is exported.
-    pub(super) fn shedding_on_finish(&mut self, key: super::SpanKey) {
-        let Some(span) = self.spans.get(&key) else {
-            return;
-        };
+    /// An associated function over the shedding state, so the caller keeps its span borrowed
+    /// from the span table (one lookup per exchange).
+    pub(super) fn shedding_on_finish(
+        shedding: &Shedding,
+        span: &super::open::OpenSpan,
+        key: super::SpanKey,
+    ) {
         if !span.budget.waited {
             span.trace.closed();
         }
-        if !self.shedding.enabled {
+        if !shedding.enabled {
             return;
         }
-        let drop = match self.shedding.pairs.get(&key.0) {
+        let drop = match shedding.pairs.get(&key.0) {
             Some(true) => span.parent.is_none(),
             Some(false) => !span.budget.served_here,
             None => false,
