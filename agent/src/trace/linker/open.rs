@@ -131,15 +131,21 @@ pub(super) fn same_request(a: u64, b: u64) -> bool {
     a == 0 || b == 0 || a == b
 }
 
+/// Adds an open request at `at`; returns whether `at` had open requests already (one lookup
+/// answers both).
 pub(super) fn add_open<K: std::hash::Hash + Eq>(
     table: &mut FastMap<K, Serving>,
     at: K,
     key: SpanKey,
-) {
+) -> bool {
     match table.entry(at) {
-        Entry::Occupied(mut open) => open.get_mut().push(key),
+        Entry::Occupied(mut open) => {
+            open.get_mut().push(key);
+            true
+        }
         Entry::Vacant(none) => {
             none.insert(Serving::One(key));
+            false
         }
     }
 }
@@ -245,18 +251,7 @@ impl Tracer {
         const MAX_EVENT_LOOPS: usize = 64 * 1024;
         match unit {
             Unit::Thread(tid) => {
-                // One lookup in `serving` for both questions: is the thread serving already,
-                // and where the new request goes.
-                let serving_already = match self.serving.entry((pid, tid)) {
-                    Entry::Occupied(mut open) => {
-                        open.get_mut().push(key);
-                        true
-                    }
-                    Entry::Vacant(none) => {
-                        none.insert(Serving::One(key));
-                        false
-                    }
-                };
+                let serving_already = add_open(&mut self.serving, (pid, tid), key);
                 if serving_already && !self.event_loop_threads.contains(&(pid, tid)) {
                     if self.event_loop_threads.len() < MAX_EVENT_LOOPS {
                         self.event_loop_threads.insert((pid, tid));
@@ -266,7 +261,9 @@ impl Tracer {
                     }
                 }
             }
-            Unit::Goroutine(g) => add_open(&mut self.goroutine_serving, (pid, g), key),
+            Unit::Goroutine(g) => {
+                add_open(&mut self.goroutine_serving, (pid, g), key);
+            }
             Unit::None => {}
         }
         if forward != 0 {
