@@ -537,6 +537,15 @@ pub struct Score {
     /// Requests whose whole tree is right: every span, every parent, one trace, each child
     /// inside its parent's time.
     pub whole_traces: usize,
+    /// The sequential requests (ids `s<n>`, one in flight at a time), and how many were whole.
+    pub sequential: usize,
+    pub sequential_whole: usize,
+    /// Spans exported with no parent where the tree expects one; how many of them carry a span
+    /// link to the expected parent (a rule that saw candidates and named none), and how many
+    /// carry links none of which is it.
+    pub orphans: usize,
+    pub orphans_linked_right: usize,
+    pub orphans_linked_wrong: usize,
     /// Evidence of the right links, counted (`thread`, `connection`, …).
     pub evidence: HashMap<String, usize>,
     /// The first few problems, for the test's message.
@@ -584,6 +593,11 @@ impl Score {
             "right_links": self.right_links,
             "wrong_links": self.wrong_links,
             "whole_traces": self.whole_traces,
+            "sequential": self.sequential,
+            "sequential_whole": self.sequential_whole,
+            "orphans": self.orphans,
+            "orphans_linked_right": self.orphans_linked_right,
+            "orphans_linked_wrong": self.orphans_linked_wrong,
             "evidence": self.evidence,
             "problems": self.problems,
         })
@@ -594,7 +608,8 @@ impl Score {
     pub fn line(&self) -> String {
         format!(
             "{}: {} requests, completeness {:.1} %, precision {:.1} % ({} wrong), recall {:.1} %, \
-             whole-trace {:.1} %, evidence {:?}",
+             whole-trace {:.1} % (sequential {} of {}), no parent {} (linked to it {}, linked \
+             elsewhere {}), evidence {:?}",
             self.chain,
             self.requests,
             100.0 * self.completeness(),
@@ -602,8 +617,37 @@ impl Score {
             self.wrong_links,
             100.0 * self.recall(),
             100.0 * self.whole_trace(),
+            self.sequential_whole,
+            self.sequential,
+            self.orphans,
+            self.orphans_linked_right,
+            self.orphans_linked_wrong,
             self.evidence,
         )
+    }
+
+    /// Counts span `child`, exported with no parent where `parent` was expected, and whether
+    /// its span links name that parent.
+    fn orphan(&mut self, child: &Value, parent: Option<&Value>) {
+        self.orphans += 1;
+        let links = child["links"].as_array().map_or(&[][..], Vec::as_slice);
+        if links.is_empty() {
+            return;
+        }
+        let expected = parent.map(|p| str_of(p, "/span_id"));
+        if links
+            .iter()
+            .any(|l| Some(str_of(l, "/span_id")) == expected)
+        {
+            self.orphans_linked_right += 1;
+        } else {
+            self.orphans_linked_wrong += 1;
+            self.problem(format!(
+                "WRONG links of a span with no parent: {} {}",
+                str_of(child, "/resource/service.name"),
+                path_of(child).unwrap_or_default()
+            ));
+        }
     }
 
     /// Keeps the first dozen problems, and every wrong parent up to fifty.
@@ -753,6 +797,7 @@ fn score_request(
         let got = str_of(c, "/parent_span_id");
         if got.is_empty() {
             whole = false;
+            score.orphan(c, p);
             score.problem(format!("{id}: {child:?} has no parent"));
             continue;
         }
@@ -785,6 +830,10 @@ fn score_request(
     }
     if whole {
         score.whole_traces += 1;
+    }
+    if id.starts_with('s') {
+        score.sequential += 1;
+        score.sequential_whole += usize::from(whole);
     }
 }
 
