@@ -165,8 +165,11 @@ fn asyncio_on_python_3_12_and_3_13_is_whole() {
     }
 }
 
-/// `--no-runtime-probes asyncio`: no task links, and no wrong parent either (the loop's thread
-/// serves every request, so the thread rule names none there once it has seen two at once).
+/// `--no-runtime-probes asyncio`: no task links, and no wrong parent either. The loop's thread
+/// serves every request and runs the front's own background calls: in a process running
+/// asyncio with the probes off, the thread rule gives links, never a parent, from the first
+/// request on (it adopted 2–3 background calls of 16 requests when it waited to see a thread
+/// serve two requests at once). The calls made for a request carry a link to it.
 #[test]
 fn asyncio_probes_can_be_turned_off() {
     let chain = Chain::start(chain_named("fastapi"));
@@ -180,9 +183,23 @@ fn asyncio_probes_can_be_turned_off() {
     let result = score("fastapi-probes-off", &chain.root, &ids, &out.events);
     eprintln!("{}", result.line());
     assert_eq!(result.evidence.get("task"), None, "{}", result.line());
+    assert_eq!(
+        result.wrong_links,
+        0,
+        "{}\n{:#?}",
+        result.line(),
+        result.problems
+    );
+    assert_eq!(result.evidence.get("thread"), None, "{}", result.line());
+    assert!(
+        result.orphans_linked_right > 0 && result.orphans_linked_wrong == 0,
+        "{}",
+        result.line()
+    );
     assert!(
         out.stderr.contains("Python asyncio probes off")
-            && out.counter("asyncio_processes_followed") == 0,
+            && out.counter("asyncio_processes_followed") == 0
+            && out.counter("asyncio_processes_unfollowed") > 0,
         "{}",
         out.stderr
     );

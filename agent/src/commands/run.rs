@@ -377,6 +377,10 @@ fn linking_stats(stats: &mut FinalStats, tracer: &Tracer) {
             workers.decided_by_elimination,
         )
         .add("event_loop_threads", t.event_loop_threads)
+        .add(
+            "asyncio_processes_unfollowed",
+            t.asyncio_processes_unfollowed,
+        )
         .add("parent_from_connection", t.parent_from_connection)
         .add("mirror_mismatches", t.mirror_mismatches)
         .add("parent_from_peer", t.parent_from_peer)

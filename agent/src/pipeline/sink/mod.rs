@@ -43,7 +43,10 @@ pub struct FeedbackStats {
 
 use crate::peers::{Incoming, wire::Kind};
 pub use runtime_probes::RuntimeProbesOn;
-use runtime_probes::{watch_go, watch_grpcio, watch_inband, watch_node, watch_python, watch_tls};
+use runtime_probes::{
+    watch_go, watch_grpcio, watch_inband, watch_node, watch_python, watch_python_unfollowed,
+    watch_tls,
+};
 
 pub struct TraceSink<'a> {
     pub conntrack: Conntrack,
@@ -414,6 +417,8 @@ impl EventSink for TraceSink<'_> {
                 probes,
                 &conn.process,
             );
+        } else if !self.on.asyncio {
+            watch_python_unfollowed(&mut self.python_seen, &mut self.tracer, &conn.process);
         }
         if self.on.node
             && let Some(probes) = self.probes.as_deref_mut()

@@ -70,19 +70,21 @@ impl<'a> TraceSink<'a> {
                 self.tls_libraries_probed += watch_tls(&mut self.tls_seen, probes, Some(pid));
             }
         }
-        if on.asyncio {
-            // The runtime (one cached look at the executable) first: the whole metadata only
-            // for the Python processes.
-            for pid in crate::runtime::processes_running()
-                .into_iter()
-                .filter(|&pid| {
-                    in_scope(pid)
-                        && crate::runtime::Runtime::of_process(pid)
-                            == crate::runtime::Runtime::Python
-                })
-            {
-                let process = ProcessInfo::read(pid);
+        // The runtime (one cached look at the executable) first: the whole metadata only for
+        // the Python processes. Without the asyncio probes, those running asyncio are marked
+        // for the thread rule ([`watch_python_unfollowed`]).
+        for pid in crate::runtime::processes_running()
+            .into_iter()
+            .filter(|&pid| {
+                in_scope(pid)
+                    && crate::runtime::Runtime::of_process(pid) == crate::runtime::Runtime::Python
+            })
+        {
+            let process = ProcessInfo::read(pid);
+            if on.asyncio {
                 watch_python(&mut self.python_seen, &mut self.tracer, probes, &process);
+            } else {
+                watch_python_unfollowed(&mut self.python_seen, &mut self.tracer, &process);
             }
         }
         if on.node {
@@ -288,6 +290,7 @@ impl TraceSink<'_> {
                     probes.forget(pid);
                 }
                 self.tracer.tasks.untrack(pid);
+                self.tracer.forget_unfollowed(pid);
             }
         }
     }
@@ -319,7 +322,9 @@ pub(super) fn watch_python(
         Some(_) => false,
         None => true,
     };
-    let result = crate::runtime::python::inspect(pid)
+    let inspected = crate::runtime::python::inspect(pid);
+    let runs_asyncio = matches!(&inspected, Ok(Some(found)) if found.asyncio.is_some());
+    let result = inspected
         .map_err(crate::probes::python::PythonProbeError::from)
         .and_then(|found| {
             found.map_or(Ok(None), |interpreter| {
@@ -346,14 +351,73 @@ pub(super) fn watch_python(
         Err(err) => {
             // Not retried: the same interpreter fails the same way.
             seen.insert(pid, (u64::MAX, false));
+            if runs_asyncio {
+                tracer.asyncio_unfollowed(pid);
+            }
             if first || !matches!(err, crate::probes::python::PythonProbeError::Before(_)) {
                 tracing::warn!(
                     pid,
                     exe = %process.exe,
-                    "no asyncio task causality for this Python process: {err}; its client \
-                     calls get parents from the thread rule only"
+                    "no asyncio task causality for this Python process: {err}; {}",
+                    if runs_asyncio {
+                        "its threads' client calls get span links to the requests they serve, \
+                         no parent"
+                    } else {
+                        "its client calls get parents from the thread rule only"
+                    }
                 );
             }
+        }
+    }
+}
+
+/// With the asyncio probes off, a CPython process that runs asyncio: its event loop's thread
+/// serves every request in flight and runs tasks of the service's own, so one open request on
+/// a thread is no evidence there (`fastapi-probes-off` had 2–3 background calls of 16 requests
+/// adopted by the thread rule before). The tracer gives its threads' client calls span links
+/// to the requests they serve, no parent. A Python process without asyncio yet is looked at
+/// again on a later connection, at most once a second; a pid that runs something else now is
+/// forgotten.
+pub(super) fn watch_python_unfollowed(
+    seen: &mut HashMap<u32, (u64, bool)>,
+    tracer: &mut Tracer,
+    process: &ProcessInfo,
+) {
+    const RETRY_NS: u64 = 1_000_000_000;
+    let pid = process.pid;
+    if !matches!(process.runtime, crate::runtime::Runtime::Python) {
+        if seen.remove(&pid).is_some_and(|(_, marked)| marked) {
+            tracer.forget_unfollowed(pid);
+        }
+        return;
+    }
+    let now = monotonic_ns();
+    match seen.get(&pid) {
+        Some(&(_, true)) => return,
+        Some(&(at, false)) if now.saturating_sub(at) < RETRY_NS => return,
+        _ => {}
+    }
+    match crate::runtime::python::inspect(pid) {
+        Ok(Some(found)) if found.asyncio.is_some() => {
+            seen.insert(pid, (now, true));
+            tracer.asyncio_unfollowed(pid);
+            tracing::info!(
+                pid,
+                exe = %process.exe,
+                "Python process runs asyncio, its probes off: its threads' client calls get \
+                 span links to the requests they serve, no parent"
+            );
+        }
+        Ok(_) => {
+            seen.insert(pid, (now, false));
+        }
+        Err(err) => {
+            // Not retried: the same interpreter fails the same way.
+            seen.insert(pid, (u64::MAX, false));
+            tracing::debug!(
+                pid,
+                "cannot tell whether this Python process runs asyncio: {err}"
+            );
         }
     }
 }

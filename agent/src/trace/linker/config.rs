@@ -59,6 +59,9 @@ pub struct TraceStats {
     pub event_loop_threads: u64,
     /// Event-loop threads not remembered, the table being full.
     pub event_loops_unremembered: u64,
+    /// Python processes running asyncio whose tasks are not followed (the probes off or
+    /// failed): the thread rule names no parent in them.
+    pub asyncio_processes_unfollowed: u64,
     /// Task contexts that wrote the responses of two SERVER requests: not one request's task,
     /// so the task rule names no parent through them.
     pub task_shared_writers: u64,

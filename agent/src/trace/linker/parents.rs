@@ -108,10 +108,33 @@ impl Tracer {
         }
     }
 
+    /// `pid` runs asyncio and its tasks are not followed: the thread rule names no parent in
+    /// it (links instead), as on a thread seen serving two requests at once. Bounded like
+    /// the threads' set; past the bound a process keeps the thread rule (and it is counted).
+    pub fn asyncio_unfollowed(&mut self, pid: u32) {
+        const MAX_PROCESSES: usize = 64 * 1024;
+        if self.loops_unfollowed.len() < MAX_PROCESSES {
+            if self.loops_unfollowed.insert(pid) {
+                self.stats.asyncio_processes_unfollowed += 1;
+            }
+        } else {
+            self.stats.event_loops_unremembered += 1;
+        }
+    }
+
+    /// `pid` exited or runs something else now.
+    pub fn forget_unfollowed(&mut self, pid: u32) {
+        self.loops_unfollowed.remove(&pid);
+    }
+
     /// The candidates of the rule by unit of work for a CLIENT request, and the rule's name.
     fn unit_candidates(&mut self, pid: u32, unit: Unit, ts: u64) -> (Candidates, &'static str) {
         match unit {
-            Unit::Thread(tid) if self.event_loop_threads.contains(&(pid, tid)) => {
+            Unit::Thread(tid)
+                if self.event_loop_threads.contains(&(pid, tid))
+                    || (!self.loops_unfollowed.is_empty()
+                        && self.loops_unfollowed.contains(&pid)) =>
+            {
                 let found = match self.candidates(self.serving.get(&(pid, tid)), ts) {
                     Candidates::One(key) => Candidates::Several(vec![key]),
                     other => other,
