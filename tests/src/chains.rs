@@ -634,11 +634,11 @@ impl Score {
         if links.is_empty() {
             return;
         }
-        let expected = parent.map(|p| str_of(p, "/span_id"));
-        if links
-            .iter()
-            .any(|l| Some(str_of(l, "/span_id")) == expected)
-        {
+        // A missing (or doubled) expected parent is a completeness problem, counted as such.
+        let Some(expected) = parent.map(|p| str_of(p, "/span_id")) else {
+            return;
+        };
+        if links.iter().any(|l| str_of(l, "/span_id") == expected) {
             self.orphans_linked_right += 1;
         } else {
             self.orphans_linked_wrong += 1;

@@ -168,7 +168,7 @@ fn asyncio_on_python_3_12_and_3_13_is_whole() {
 /// `--no-runtime-probes asyncio`: no task links, and no wrong parent either. The loop's thread
 /// serves every request and runs the front's own background calls: in a process running
 /// asyncio with the probes off, the thread rule gives links, never a parent, from the first
-/// request on (it adopted 2–3 background calls of 16 requests when it waited to see a thread
+/// request on (it adopted 2–3 background calls of 16 requests when it waited to see the thread
 /// serve two requests at once). The calls made for a request carry a link to it.
 #[test]
 fn asyncio_probes_can_be_turned_off() {
@@ -191,8 +191,9 @@ fn asyncio_probes_can_be_turned_off() {
         result.problems
     );
     assert_eq!(result.evidence.get("thread"), None, "{}", result.line());
+    // Every call made for a request (two per request) carries a link to it.
     assert!(
-        result.orphans_linked_right > 0 && result.orphans_linked_wrong == 0,
+        result.orphans_linked_right >= 2 * result.requests && result.orphans_linked_wrong == 0,
         "{}",
         result.line()
     );
@@ -462,25 +463,30 @@ fn grpc_chain_from_a_thread_pool_is_whole() {
 /// what holds at any load:
 /// - no wrong parent, and no span whose links leave out its real parent;
 /// - the sequential requests (one answer in flight at a time) whole, bar one;
-/// - ≥ 90 % of all calls parented or linked to their real parent, ≥ 60 % of the model's calls
-///   parented by the worker rule.
+/// - ≥ 90 % of the model's calls parented by the worker rule or linked to their real parent
+///   (only the worker rule gives links in this chain), ≥ 60 % parented by it.
 #[test]
 fn grpc_chain_of_three() {
     let score = measure("grpc-chain");
-    assert_precise(&score);
+    assert_eq!(
+        score.wrong_links,
+        0,
+        "{}\n{:#?}",
+        score.line(),
+        score.problems
+    );
     assert_eq!(score.orphans_linked_wrong, 0, "{}", score.line());
     assert!(
         score.sequential_whole + 1 >= score.sequential,
         "more than one sequential request's tree was not whole: {}",
         score.line()
     );
-    let placed = score.right_links + score.orphans_linked_right;
+    let by_worker = score.evidence.get("worker").copied().unwrap_or(0);
     assert!(
-        placed * 10 >= score.expected_links * 9,
-        "fewer than 90 % of calls were parented or linked to their parent: {}",
+        (by_worker + score.orphans_linked_right) * 10 >= score.requests * 9,
+        "fewer than 90 % of the model's calls were parented or linked to their parent: {}",
         score.line()
     );
-    let by_worker = score.evidence.get("worker").copied().unwrap_or(0);
     assert!(
         by_worker * 10 >= score.requests * 6,
         "the worker rule parented fewer than 60 % of the model's calls: {}",

@@ -32,6 +32,11 @@ fn add_run(into: &mut Score, more: Score) {
     into.right_links += more.right_links;
     into.wrong_links += more.wrong_links;
     into.whole_traces += more.whole_traces;
+    into.sequential += more.sequential;
+    into.sequential_whole += more.sequential_whole;
+    into.orphans += more.orphans;
+    into.orphans_linked_right += more.orphans_linked_right;
+    into.orphans_linked_wrong += more.orphans_linked_wrong;
     for (evidence, n) in more.evidence {
         *into.evidence.entry(evidence).or_default() += n;
     }

@@ -381,6 +381,10 @@ fn linking_stats(stats: &mut FinalStats, tracer: &Tracer) {
             "asyncio_processes_unfollowed",
             t.asyncio_processes_unfollowed,
         )
+        .add(
+            "asyncio_processes_unremembered",
+            t.asyncio_processes_unremembered,
+        )
         .add("parent_from_connection", t.parent_from_connection)
         .add("mirror_mismatches", t.mirror_mismatches)
         .add("parent_from_peer", t.parent_from_peer)

@@ -147,6 +147,24 @@ pub fn is_interpreter_name(name: &str) -> bool {
     name.starts_with("python") && version_in_name(name).is_some()
 }
 
+/// Whether `path` is asyncio's C extension module (`_asyncio.cpython-311-x86_64-linux-gnu.so`).
+fn is_asyncio_module(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+        n.starts_with("_asyncio.")
+            && Path::new(n)
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("so"))
+    })
+}
+
+/// Whether process `pid` has loaded asyncio's C extension module, from its maps alone (so
+/// whatever its interpreter's release). An interpreter built with the module inside (Debian's)
+/// maps none: [`inspect`] tells those.
+#[must_use]
+pub fn loads_asyncio_module(pid: u32) -> bool {
+    mapped_files(pid).is_ok_and(|maps| maps.iter().any(|m| is_asyncio_module(&m.path)))
+}
+
 /// Reads `/proc/<pid>/maps`: the files mapped at offset 0 (their load base), in order.
 fn mapped_files(pid: u32) -> Result<Vec<Mapped>, PythonError> {
     let path = format!("/proc/{pid}/maps");
@@ -259,17 +277,7 @@ pub fn inspect(pid: u32) -> Result<Option<Interpreter>, PythonError> {
         return Ok(None);
     };
     let layout = layout(major, minor).ok_or_else(|| PythonError::Version(version.clone()))?;
-    let asyncio = match maps.iter().find(|m| {
-        m.path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| {
-                n.starts_with("_asyncio.")
-                    && Path::new(n)
-                        .extension()
-                        .is_some_and(|e| e.eq_ignore_ascii_case("so"))
-            })
-    }) {
+    let asyncio = match maps.iter().find(|m| is_asyncio_module(&m.path)) {
         Some(module) => {
             let file = through_root(pid, &module.path);
             let data = read_file(&file)?;

@@ -428,7 +428,8 @@ impl EventSink for TraceSink<'_> {
         if let Some(probes) = self.probes.as_deref_mut()
             && probes.inband_on()
         {
-            watch_inband(&mut self.inband_seen, probes, &conn.process);
+            let unfollowed = self.tracer.is_asyncio_unfollowed(conn.process.pid);
+            watch_inband(&mut self.inband_seen, probes, &conn.process, unfollowed);
             if event.role == agent_common::Role::Unknown as u32
                 && conn.role != agent_common::Role::Unknown
                 && let Some(kernel) = &mut self.kernel_conns

@@ -105,7 +105,8 @@ impl<'a> TraceSink<'a> {
                 .filter(|&pid| in_scope(pid))
             {
                 let process = ProcessInfo::read(pid);
-                watch_inband(&mut self.inband_seen, probes, &process);
+                let unfollowed = self.tracer.is_asyncio_unfollowed(pid);
+                watch_inband(&mut self.inband_seen, probes, &process, unfollowed);
             }
         }
         self.probes = Some(probes);
@@ -129,14 +130,17 @@ impl<'a> TraceSink<'a> {
 
 /// In the in-band mode, classifies `process` for the programs: only when its threads serve one
 /// request at a time (its runtime is not Go nor Node.js; a followed asyncio process the programs
-/// leave out themselves) do its CLIENT requests carry their thread's trace. A pid that runs
-/// something else now is classified again.
+/// leave out themselves, an unfollowed one `asyncio_unfollowed` says) do its CLIENT requests
+/// carry their thread's trace. A pid that runs something else now is classified again.
 pub(super) fn watch_inband(
     seen: &mut HashMap<u32, bool>,
     probes: &mut Probes,
     process: &ProcessInfo,
+    asyncio_unfollowed: bool,
 ) {
-    let allowed = process.runtime.threads_are_tasks();
+    // An asyncio process whose tasks are not followed: its loop's thread would stamp one
+    // request's trace on a background call, which the server's host cannot take back.
+    let allowed = process.runtime.threads_are_tasks() && !asyncio_unfollowed;
     if seen.insert(process.pid, allowed) == Some(allowed) {
         return;
     }
@@ -281,17 +285,20 @@ impl TraceSink<'_> {
             .filter(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
             .collect();
         for pid in gone {
+            // The bool is "followed" with the probes on, "marked as running asyncio" with them
+            // off; the tracer forgets either.
             if self
                 .python_seen
                 .remove(&pid)
                 .is_some_and(|(_, followed)| followed)
+                && self.on.asyncio
             {
                 if let Some(probes) = self.probes.as_deref_mut() {
                     probes.forget(pid);
                 }
                 self.tracer.tasks.untrack(pid);
-                self.tracer.forget_unfollowed(pid);
             }
+            self.tracer.forget_unfollowed(pid);
         }
     }
 }
@@ -313,6 +320,7 @@ pub(super) fn watch_python(
             probes.forget(pid);
             tracer.tasks.untrack(pid);
         }
+        tracer.forget_unfollowed(pid);
         return;
     }
     let now = monotonic_ns();
@@ -323,7 +331,7 @@ pub(super) fn watch_python(
         None => true,
     };
     let inspected = crate::runtime::python::inspect(pid);
-    let runs_asyncio = matches!(&inspected, Ok(Some(found)) if found.asyncio.is_some());
+    let found_asyncio = matches!(&inspected, Ok(Some(found)) if found.asyncio.is_some());
     let result = inspected
         .map_err(crate::probes::python::PythonProbeError::from)
         .and_then(|found| {
@@ -351,6 +359,9 @@ pub(super) fn watch_python(
         Err(err) => {
             // Not retried: the same interpreter fails the same way.
             seen.insert(pid, (u64::MAX, false));
+            // Whatever failed (an interpreter release not checked included), a process with
+            // asyncio loaded keeps no thread-rule parent on its loop's thread.
+            let runs_asyncio = found_asyncio || crate::runtime::python::loads_asyncio_module(pid);
             if runs_asyncio {
                 tracer.asyncio_unfollowed(pid);
             }
@@ -360,8 +371,8 @@ pub(super) fn watch_python(
                     exe = %process.exe,
                     "no asyncio task causality for this Python process: {err}; {}",
                     if runs_asyncio {
-                        "its threads' client calls get span links to the requests they serve, \
-                         no parent"
+                        "its main thread's client calls get span links to the requests it \
+                         serves, no parent"
                     } else {
                         "its client calls get parents from the thread rule only"
                     }
@@ -373,11 +384,11 @@ pub(super) fn watch_python(
 
 /// With the asyncio probes off, a CPython process that runs asyncio: its event loop's thread
 /// serves every request in flight and runs tasks of the service's own, so one open request on
-/// a thread is no evidence there (`fastapi-probes-off` had 2–3 background calls of 16 requests
-/// adopted by the thread rule before). The tracer gives its threads' client calls span links
-/// to the requests they serve, no parent. A Python process without asyncio yet is looked at
-/// again on a later connection, at most once a second; a pid that runs something else now is
-/// forgotten.
+/// it is no evidence (`fastapi-probes-off` had 2–3 background calls of 16 requests adopted by
+/// the thread rule before). The tracer gives the calls of its main thread, where asyncio's
+/// servers run their loop, span links to the requests it serves, no parent. A Python process
+/// without asyncio yet is looked at again on a later connection, at most once a second; a pid
+/// that runs something else now is forgotten.
 pub(super) fn watch_python_unfollowed(
     seen: &mut HashMap<u32, (u64, bool)>,
     tracer: &mut Tracer,
@@ -386,7 +397,7 @@ pub(super) fn watch_python_unfollowed(
     const RETRY_NS: u64 = 1_000_000_000;
     let pid = process.pid;
     if !matches!(process.runtime, crate::runtime::Runtime::Python) {
-        if seen.remove(&pid).is_some_and(|(_, marked)| marked) {
+        if seen.remove(&pid).is_some() {
             tracer.forget_unfollowed(pid);
         }
         return;
@@ -397,28 +408,24 @@ pub(super) fn watch_python_unfollowed(
         Some(&(at, false)) if now.saturating_sub(at) < RETRY_NS => return,
         _ => {}
     }
-    match crate::runtime::python::inspect(pid) {
-        Ok(Some(found)) if found.asyncio.is_some() => {
-            seen.insert(pid, (now, true));
-            tracer.asyncio_unfollowed(pid);
-            tracing::info!(
-                pid,
-                exe = %process.exe,
-                "Python process runs asyncio, its probes off: its threads' client calls get \
-                 span links to the requests they serve, no parent"
-            );
-        }
-        Ok(_) => {
-            seen.insert(pid, (now, false));
-        }
-        Err(err) => {
-            // Not retried: the same interpreter fails the same way.
-            seen.insert(pid, (u64::MAX, false));
-            tracing::debug!(
-                pid,
-                "cannot tell whether this Python process runs asyncio: {err}"
-            );
-        }
+    // The maps first (any release); the interpreter's own metadata for one built with the
+    // module inside.
+    let runs_asyncio = crate::runtime::python::loads_asyncio_module(pid)
+        || matches!(
+            crate::runtime::python::inspect(pid),
+            Ok(Some(found)) if found.asyncio.is_some()
+        );
+    if runs_asyncio {
+        seen.insert(pid, (now, true));
+        tracer.asyncio_unfollowed(pid);
+        tracing::info!(
+            pid,
+            exe = %process.exe,
+            "Python process runs asyncio, its probes off: its main thread's client calls get \
+             span links to the requests it serves, no parent"
+        );
+    } else {
+        seen.insert(pid, (now, false));
     }
 }
 

@@ -60,8 +60,10 @@ pub struct TraceStats {
     /// Event-loop threads not remembered, the table being full.
     pub event_loops_unremembered: u64,
     /// Python processes running asyncio whose tasks are not followed (the probes off or
-    /// failed): the thread rule names no parent in them.
+    /// failed): the thread rule names no parent on their main thread.
     pub asyncio_processes_unfollowed: u64,
+    /// Such processes not remembered, the table being full.
+    pub asyncio_processes_unremembered: u64,
     /// Task contexts that wrote the responses of two SERVER requests: not one request's task,
     /// so the task rule names no parent through them.
     pub task_shared_writers: u64,

@@ -136,9 +136,9 @@ pub struct Tracer {
     /// request is no evidence that a write is its (a timer or a task of the service's own may be
     /// writing). The thread rule gives links there, never a parent.
     event_loop_threads: std::collections::HashSet<(u32, u32), foldhash::fast::RandomState>,
-    /// Processes running asyncio whose tasks are not followed (its probes off or failed): any
-    /// of their threads may be the event loop's, so the thread rule gives links there too,
-    /// from the first request on (before a thread is seen serving two at once).
+    /// Processes running asyncio whose tasks are not followed (its probes off or failed): their
+    /// main thread may be the event loop's, so the thread rule gives links there from the first
+    /// request on (before it is seen serving two at once).
     loops_unfollowed: std::collections::HashSet<u32, foldhash::fast::RandomState>,
     /// Open SERVER spans per (pid, what the request asks), for the proxy rule.
     forwardable: FastMap<(u32, u64), Serving>,

@@ -108,9 +108,9 @@ impl Tracer {
         }
     }
 
-    /// `pid` runs asyncio and its tasks are not followed: the thread rule names no parent in
-    /// it (links instead), as on a thread seen serving two requests at once. Bounded like
-    /// the threads' set; past the bound a process keeps the thread rule (and it is counted).
+    /// `pid` runs asyncio and its tasks are not followed: the thread rule names no parent on
+    /// its main thread (links instead), as on a thread seen serving two requests at once.
+    /// Bounded; past the bound a process keeps the thread rule (counted).
     pub fn asyncio_unfollowed(&mut self, pid: u32) {
         const MAX_PROCESSES: usize = 64 * 1024;
         if self.loops_unfollowed.len() < MAX_PROCESSES {
@@ -118,7 +118,7 @@ impl Tracer {
                 self.stats.asyncio_processes_unfollowed += 1;
             }
         } else {
-            self.stats.event_loops_unremembered += 1;
+            self.stats.asyncio_processes_unremembered += 1;
         }
     }
 
@@ -127,13 +127,28 @@ impl Tracer {
         self.loops_unfollowed.remove(&pid);
     }
 
+    /// Whether `pid` runs asyncio with its tasks not followed ([`Tracer::asyncio_unfollowed`]).
+    #[must_use]
+    pub fn is_asyncio_unfollowed(&self, pid: u32) -> bool {
+        !self.loops_unfollowed.is_empty() && self.loops_unfollowed.contains(&pid)
+    }
+
+    /// Whether thread `tid` of `pid` may run an event loop whose tasks are not followed: the
+    /// main thread of such a process, where asyncio's servers (uvicorn, aiohttp,
+    /// `asyncio.run`) run their loop. Its other threads (a grpcio or `ThreadPoolExecutor`
+    /// pool's) keep the thread rule until one is seen serving two requests at once. (A
+    /// threaded server whose main thread serves requests, a gunicorn sync worker importing
+    /// asyncio, loses its thread-rule parents there while the probes are off.)
+    pub(super) fn may_run_unfollowed_loop(&self, pid: u32, tid: u32) -> bool {
+        tid == pid && self.is_asyncio_unfollowed(pid)
+    }
+
     /// The candidates of the rule by unit of work for a CLIENT request, and the rule's name.
     fn unit_candidates(&mut self, pid: u32, unit: Unit, ts: u64) -> (Candidates, &'static str) {
         match unit {
             Unit::Thread(tid)
                 if self.event_loop_threads.contains(&(pid, tid))
-                    || (!self.loops_unfollowed.is_empty()
-                        && self.loops_unfollowed.contains(&pid)) =>
+                    || self.may_run_unfollowed_loop(pid, tid) =>
             {
                 let found = match self.candidates(self.serving.get(&(pid, tid)), ts) {
                     Candidates::One(key) => Candidates::Several(vec![key]),

@@ -39,6 +39,7 @@ impl Tracer {
         let worker = !self.callbacks.is_tracked(pid)
             && !self.tasks.is_loop_thread(pid, tid)
             && !self.event_loop_threads.contains(&(pid, tid))
+            && !self.may_run_unfollowed_loop(pid, tid)
             && self.workers.applies(pid, tid);
         worker.then_some(tid)
     }

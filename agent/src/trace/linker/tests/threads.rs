@@ -50,6 +50,44 @@ fn a_thread_seen_serving_two_requests_at_once_is_an_event_loop() {
     );
 }
 
+/// A process running asyncio whose tasks are not followed: its main thread (the loop's, with
+/// asyncio's servers) gives links from its first request on; its other threads, and the main
+/// thread once the process is forgotten, keep the thread rule.
+#[test]
+fn an_unfollowed_asyncio_processes_main_thread_gives_links_not_a_parent() {
+    let mut t = tracer();
+    t.asyncio_unfollowed(5);
+    assert_eq!(t.stats.asyncio_processes_unfollowed, 1);
+    let one_call = |t: &mut Tracer, id: u64, tid: u32, ts: u64| {
+        let inbound = conn(id, 5, Role::Server, 80, 5000 + id as u16);
+        let call = conn(id + 1, 5, Role::Client, 6000 + id as u16, 90);
+        on_req(t, &inbound, true, None, stamp(ts, tid, 0));
+        on_req(t, &call, false, None, stamp(ts + 1, tid, 0));
+        finish_in_task(t, &call, stamp(ts + 1, tid, 0), ts + 2, 0);
+        finish_in_task(t, &inbound, stamp(ts, tid, 0), ts + 3, 0);
+        let spans = drain(t);
+        let server_id = spans
+            .iter()
+            .find(|s| s.kind == SpanKind::Server)
+            .expect("server")
+            .span_id;
+        let client = spans
+            .into_iter()
+            .find(|s| s.kind == SpanKind::Client)
+            .expect("client");
+        (server_id, client)
+    };
+    let (server, on_main) = one_call(&mut t, 10, 5, 10);
+    assert_eq!(on_main.parent_span_id, None);
+    assert_eq!(on_main.links.len(), 1);
+    assert_eq!(on_main.links[0].span_id, server);
+    let (server, on_other) = one_call(&mut t, 20, 8, 20);
+    assert_eq!(on_other.parent_span_id, Some(server));
+    t.forget_unfollowed(5);
+    let (server, forgotten) = one_call(&mut t, 30, 5, 30);
+    assert_eq!(forgotten.parent_span_id, Some(server));
+}
+
 #[test]
 fn a_thread_serving_two_requests_gives_links_not_a_parent() {
     let mut t = tracer();
