@@ -16,7 +16,7 @@ use crate::{
     net::loopback_tuple,
     pipeline::sink::TraceSink,
     pipeline::{self, PipelineError},
-    probes::{ExitStage, Probes, ProgramSet},
+    probes::{FloorHooks, Probes, ProgramSet},
     receiver::{Event, EventSink as _},
     store::{Store, StoreConfig, StoreError},
     trace::{TraceConfig, Tracer, resource::Resources},
@@ -32,8 +32,12 @@ pub enum BenchCommand {
         duration: Option<u64>,
         /// Instead of empty programs, the capture `sys_enter` and an exit program that stops
         /// after this step.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "hooks")]
         stage: Option<crate::probes::ExitStage>,
+        /// Where the empty programs go: the capture programs' raw syscall tracepoints, or the
+        /// socket layer's send and receive tracepoints.
+        #[arg(long, value_enum, default_value = "syscalls")]
+        hooks: FloorHooks,
         /// Written once the programs are attached (as `run --ready-file`).
         #[arg(long, value_name = "PATH")]
         ready_file: Option<std::path::PathBuf>,
@@ -77,10 +81,12 @@ pub fn run(command: BenchCommand) -> i32 {
         BenchCommand::Floor {
             duration,
             stage,
+            hooks,
             ready_file,
             capture,
         } => crate::run_async(async move {
-            floor(&capture, duration, stage, ready_file.as_deref()).await
+            let set = stage.map_or(ProgramSet::Floor(hooks), ProgramSet::Stage);
+            floor(&capture, duration, set, ready_file.as_deref()).await
         }),
         BenchCommand::StoreCount { store, service } => {
             done(store_count(&store, &service).map(|n| println!("{n}")))
@@ -93,23 +99,24 @@ pub fn run(command: BenchCommand) -> i32 {
     }
 }
 
-/// `sockspan bench-floor`: empty programs on sockspan's tracepoints until stopped, or with
-/// `stage`, the capture path cut short after one step (nothing reads the ring meanwhile: these
-/// programs send only connection records).
+/// `sockspan bench-floor`: empty programs on sockspan's tracepoints (or the socket layer's)
+/// until stopped, or with `--stage`, the capture path cut short after one step (nothing reads
+/// the ring meanwhile: these programs send only connection records).
 pub async fn floor(
     args: &CaptureArgs,
     duration: Option<u64>,
-    stage: Option<ExitStage>,
+    set: ProgramSet,
     ready_file: Option<&Path>,
 ) -> Result<(), PipelineError> {
     super::report_files::check(&[("--ready-file", ready_file)])?;
     caps::check_can_load().map_err(PipelineError::Privilege)?;
-    let set = stage.map_or(ProgramSet::Floor, ProgramSet::Stage);
     let _probes = Probes::load_set(&args.probes(), std::process::id(), set)?;
-    if let Some(stage) = stage {
-        tracing::info!(?stage, "capture path attached (cut short)");
-    } else {
-        tracing::info!("capture path attached (floor: empty programs)");
+    match set {
+        ProgramSet::Stage(stage) => tracing::info!(?stage, "capture path attached (cut short)"),
+        ProgramSet::Floor(hooks) => {
+            tracing::info!(?hooks, "capture path attached (floor: empty programs)");
+        }
+        ProgramSet::Capture => tracing::info!("capture path attached"),
     }
     if let Some(path) = ready_file {
         let ready = serde_json::json!({ "pid": std::process::id() });

@@ -510,12 +510,42 @@ fn verifier_tail(log: &str) -> String {
 pub enum ProgramSet {
     /// The capture programs.
     Capture,
-    /// Empty programs on the same hooks: the benchmark floor.
+    /// Empty programs: the benchmark floor, on these hooks.
     #[cfg(feature = "bench")]
-    Floor,
+    Floor(FloorHooks),
     /// The capture programs with their exit cut short: the benchmark's breakdown.
     #[cfg(feature = "bench")]
     Stage(ExitStage),
+}
+
+/// The hooks of the benchmark floor's empty programs.
+#[cfg(feature = "bench")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum FloorHooks {
+    /// The capture programs' hooks, the raw tracepoints `sys_enter` and `sys_exit`: every
+    /// syscall of every task runs them, and takes the kernel's slow syscall path.
+    #[default]
+    Syscalls,
+    /// The socket layer's tracepoints `sock_send_length` and `sock_recv_length`: only socket
+    /// sends and receives run them, and syscalls keep their fast path.
+    Socket,
+}
+
+#[cfg(feature = "bench")]
+impl FloorHooks {
+    /// (program, tracepoint) of each empty program.
+    fn programs(self) -> [(&'static str, &'static str); 2] {
+        match self {
+            Self::Syscalls => [
+                ("floor_sys_enter", "sys_enter"),
+                ("floor_sys_exit", "sys_exit"),
+            ],
+            Self::Socket => [
+                ("floor_sock_send_length", "sock_send_length"),
+                ("floor_sock_recv_length", "sock_recv_length"),
+            ],
+        }
+    }
 }
 
 /// Where the capture exit programs stop in the benchmark's breakdown (`CaptureConfig::stop_after`).
@@ -581,14 +611,16 @@ impl Probes {
                 other => ProbesError::Object(error_chain(&other)),
             })?;
         drop(loader);
-        for name in PROGRAMS {
-            match set {
-                #[cfg(feature = "bench")]
-                ProgramSet::Floor => {
-                    attach(&mut ebpf, &format!("floor_{name}"), name, &kernel_btf)?;
+        match set {
+            #[cfg(feature = "bench")]
+            ProgramSet::Floor(hooks) => {
+                for (name, tracepoint) in hooks.programs() {
+                    attach(&mut ebpf, name, tracepoint, &kernel_btf)?;
                 }
-                // The breakdown stages are the capture programs stopped early.
-                _ => {
+            }
+            // The breakdown stages are the capture programs stopped early.
+            _ => {
+                for name in PROGRAMS {
                     if *name == "sys_exit" {
                         // Before the dispatcher is attached: an exit it sees finds its
                         // family's program in place.

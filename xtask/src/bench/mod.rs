@@ -38,6 +38,9 @@ const BUDGET_SETTLING_S: u64 = 3;
 enum Variant {
     Untraced,
     Floor,
+    /// Empty programs on the socket layer's send and receive tracepoints instead: the floor of
+    /// capturing there (`bench-floor --hooks socket`).
+    FloorSocket,
     Sockspan,
     /// The agent, with the ping-pong carrying bytes that are not HTTP (section 1 only).
     SockspanOpaque,
@@ -60,18 +63,20 @@ enum Variant {
 
 impl Variant {
     /// The end-to-end variants (section 4).
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::Untraced,
         Self::Floor,
+        Self::FloorSocket,
         Self::Sockspan,
         Self::SockspanStore,
         Self::SockspanBudget,
         Self::SockspanTightBudget,
     ];
     /// The ping-pong variants (section 1).
-    const PING_PONG: [Self; 5] = [
+    const PING_PONG: [Self; 6] = [
         Self::Untraced,
         Self::Floor,
+        Self::FloorSocket,
         Self::Sockspan,
         Self::SockspanOpaque,
         Self::SockspanInband,
@@ -87,6 +92,7 @@ impl Variant {
             Self::StageCopy => "… and after the payload copy (no ring output)",
             Self::Untraced => "(a) no programs",
             Self::Floor => "(b) empty programs (floor)",
+            Self::FloorSocket => "(i) empty programs on the socket layer's tracepoints",
             Self::Sockspan => "(c) sockspan run",
             Self::SockspanOpaque => "(d) sockspan run, bytes that are not HTTP",
             Self::SockspanStore => "(e) sockspan run, default output (embedded store and UI)",
@@ -128,6 +134,8 @@ const PING_OPAQUE: &[u8; 64] = &[7; 64];
 #[derive(Debug, Default, Clone)]
 struct Sample {
     ns_per_syscall: f64,
+    /// ns per `getppid`: a syscall sockspan never traces.
+    ns_per_other_syscall: f64,
     /// (program name, `run_time_ns`, `run_cnt`) deltas over the statistics pass.
     programs: Vec<(String, u64, u64)>,
     /// Ping-pong syscalls in the statistics pass.
@@ -154,6 +162,18 @@ fn ping_pong(round_trips: u64, request: &[u8; 64], response: &[u8; 64]) -> Resul
         client.read_exact(&mut buf)?;
     }
     Ok(started.elapsed().as_nanos() as f64 / (round_trips as f64 * 4.0))
+}
+
+/// `getppid` calls timed in one thread: ns per call. No traced syscall's hook does anything
+/// for it, so what is added over no programs is what the hooks cost every other syscall of
+/// every process (`epoll_wait`, `futex`, file I/O, …).
+fn other_syscalls(calls: u64) -> f64 {
+    let started = Instant::now();
+    for _ in 0..calls {
+        // SAFETY: `getppid` takes no arguments and cannot fail.
+        std::hint::black_box(unsafe { libc::syscall(libc::SYS_getppid) });
+    }
+    started.elapsed().as_nanos() as f64 / calls as f64
 }
 
 /// `run_time_ns` and `run_cnt` of every loaded tracepoint program, by name.
@@ -220,6 +240,7 @@ fn start_variant(bin: &Path, variant: Variant, spans: Option<&Path>) -> Result<O
     let args: &[&str] = match variant {
         Variant::Untraced => return Ok(None),
         Variant::Floor => &["bench-floor"],
+        Variant::FloorSocket => &["bench-floor", "--hooks", "socket"],
         Variant::StageLookup => &["bench-floor", "--stage", "lookup"],
         Variant::StageClock => &["bench-floor", "--stage", "clock"],
         Variant::StageCopy => &["bench-floor", "--stage", "copy"],
@@ -369,6 +390,7 @@ fn measure(bin: &Path, variant: Variant, round_trips: u64) -> Result<Sample> {
     let cpu_before = pid.map_or(0.0, proc_cpu_seconds);
     let ns = ping_pong(round_trips, request, response)?;
     let cpu_after = pid.map_or(0.0, proc_cpu_seconds);
+    let other_ns = other_syscalls(round_trips * 4);
     let peak = pid.map_or(0, proc_peak_rss_kb);
     bpf_stats(true)?;
     let before = program_stats()?;
@@ -391,6 +413,7 @@ fn measure(bin: &Path, variant: Variant, round_trips: u64) -> Result<Sample> {
         .collect();
     Ok(Sample {
         ns_per_syscall: ns,
+        ns_per_other_syscall: other_ns,
         programs,
         stats_syscalls: stats_round_trips as f64 * 4.0,
         agent_cpu_s: cpu_after - cpu_before,

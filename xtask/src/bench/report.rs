@@ -257,8 +257,16 @@ pub(super) fn syscall_section(out: &mut String, samples: &[(Variant, Sample)], r
             .map(|s| s.ns_per_syscall)
             .collect()
     };
+    let other = |v: Variant| -> (f64, String) {
+        let values: Vec<f64> = samples_of(samples, v)
+            .iter()
+            .map(|s| s.ns_per_other_syscall)
+            .collect();
+        summary(&values, 0)
+    };
     let (a, a_text) = summary(&ns(Variant::Untraced), 0);
     let (b, b_text) = summary(&ns(Variant::Floor), 0);
+    let (socket_floor, i_text) = summary(&ns(Variant::FloorSocket), 0);
     let (c, c_text) = summary(&ns(Variant::Sockspan), 0);
     let (d, d_text) = summary(&ns(Variant::SockspanOpaque), 0);
     let (inband, inband_text) = summary(&ns(Variant::SockspanInband), 0);
@@ -267,27 +275,49 @@ pub(super) fn syscall_section(out: &mut String, samples: &[(Variant, Sample)], r
         out,
         "Method: one thread, a loopback TCP connection, {round_trips} round trips of `write` (a 64-byte \
          request) → `read` → `write` (a 64-byte response) → `read` (four socket syscalls each, no \
-         wake-ups), timed with the monotonic clock; ns per syscall = elapsed ÷ (4 × round trips). (a) \
-         nothing attached; (b) `sockspan bench-floor`: empty programs on the same two hooks (the raw \
-         tracepoints `sys_enter` and `sys_exit`, attached by BTF); (c) `sockspan run --output jsonl > \
+         wake-ups), timed with the monotonic clock; ns per syscall = elapsed ÷ (4 × round trips); then, \
+         in the same run, {calls} calls of `getppid`, a syscall sockspan never traces, timed the same \
+         way: what the hooks cost every other syscall of every process (`epoll_wait`, `futex`, file \
+         I/O). (a) nothing attached; (b) `sockspan bench-floor`: empty programs on the same two hooks (the raw \
+         tracepoints `sys_enter` and `sys_exit`, attached by BTF); (i) `sockspan bench-floor --hooks \
+         socket`: empty programs on the socket layer's tracepoints instead (`sock_send_length` and \
+         `sock_recv_length`, which `sock_sendmsg` and `sock_recvmsg` fire after each send and \
+         receive, whatever the syscall), the floor of capturing there; (c) `sockspan run --output jsonl > \
          /dev/null`: the full agent, the messages an HTTP/1.1 request and response, so every syscall \
          takes the capture path (payload copied and sent, each exchange turned into a client and a server \
          span); (d) the same agent with 64 bytes that are not HTTP: after each connection's first 8 data \
          syscalls the programs know it is opaque and send nothing more. (a), (b) and (c) carry the HTTP \
          messages; (d) is the cost on traffic sockspan does not parse; (g) is (c) in the in-band \
          cross-host mode: each request's first segment carries its context in a TCP header option \
-         (written by the `sock_ops` program, read back on the server's end, both ends in the agent).\n"
+         (written by the `sock_ops` program, read back on the server's end, both ends in the agent).\n",
+        calls = round_trips * 4
     );
-    let _ = writeln!(out, "| variant | ns per syscall |\n|---|---|");
+    let _ = writeln!(
+        out,
+        "| variant | ns per socket syscall | ns per other syscall (`getppid`) |\n|---|---|---|"
+    );
     for (v, text) in [
         (Variant::Untraced, &a_text),
         (Variant::Floor, &b_text),
+        (Variant::FloorSocket, &i_text),
         (Variant::Sockspan, &c_text),
         (Variant::SockspanOpaque, &d_text),
         (Variant::SockspanInband, &inband_text),
     ] {
-        let _ = writeln!(out, "| {} | {text} |", v.label());
+        let _ = writeln!(out, "| {} | {text} | {} |", v.label(), other(v).1);
     }
+    let (other_a, _) = other(Variant::Untraced);
+    let _ = writeln!(
+        out,
+        "\n- The floor on other syscalls: (b) over (a) **{:.0} ns per `getppid`**, (i) over (a) {:.0} \
+         ns. Any program on a syscall tracepoint puts every task on the kernel's slow syscall path and \
+         runs on every syscall; the socket layer's run only where a socket sends or receives. On \
+         socket syscalls, (b) over (a) {:.0} ns and (i) over (a) {:.0} ns.",
+        other(Variant::Floor).0 - other_a,
+        other(Variant::FloorSocket).0 - other_a,
+        b - a,
+        socket_floor - a
+    );
     let _ = writeln!(
         out,
         "\n- (g) over (c), the in-band mode: **{:.0} ns per syscall**, {:.0} ns per request (its four \
