@@ -25,7 +25,8 @@ use crate::{
 /// The hidden subcommands `cargo xtask bench` drives.
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
-    /// Benchmark helper: attach empty programs to sockspan's tracepoints (the floor).
+    /// Benchmark helper: attach empty programs to sockspan's tracepoints (the floor), or with
+    /// `--hooks socket` to the socket layer's.
     #[command(hide = true, name = "bench-floor")]
     Floor {
         #[arg(long, value_name = "SECS")]
@@ -36,7 +37,7 @@ pub enum BenchCommand {
         stage: Option<crate::probes::ExitStage>,
         /// Where the empty programs go: the capture programs' raw syscall tracepoints, or the
         /// socket layer's send and receive tracepoints.
-        #[arg(long, value_enum, default_value = "syscalls")]
+        #[arg(long, value_enum, default_value_t = FloorHooks::Syscalls)]
         hooks: FloorHooks,
         /// Written once the programs are attached (as `run --ready-file`).
         #[arg(long, value_name = "PATH")]

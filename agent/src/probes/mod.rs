@@ -520,11 +520,10 @@ pub enum ProgramSet {
 
 /// The hooks of the benchmark floor's empty programs.
 #[cfg(feature = "bench")]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FloorHooks {
     /// The capture programs' hooks, the raw tracepoints `sys_enter` and `sys_exit`: every
     /// syscall of every task runs them, and takes the kernel's slow syscall path.
-    #[default]
     Syscalls,
     /// The socket layer's tracepoints `sock_send_length` and `sock_recv_length`: only socket
     /// sends and receives run them, and syscalls keep their fast path.
@@ -578,7 +577,8 @@ impl Probes {
         Self::load_set(config, agent_tgid, ProgramSet::Capture)
     }
 
-    /// Loads the object and attaches one set of its programs to the raw syscall tracepoints.
+    /// Loads the object and attaches one set of its programs: to the raw syscall tracepoints, or
+    /// for the socket-layer floor, to the socket layer's send and receive tracepoints.
     pub fn load_set(
         config: &ProbesConfig,
         agent_tgid: u32,

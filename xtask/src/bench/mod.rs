@@ -103,6 +103,29 @@ impl Variant {
     }
 
     /// Held to a CPU budget.
+    /// `variants` without those this kernel cannot run: variant (i) needs the socket layer's
+    /// tracepoints (kernels from 2023 on), looked up once in the kernel's BTF.
+    fn runnable(variants: &[Self]) -> Vec<Self> {
+        static SOCKET_TRACEPOINTS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let socket = *SOCKET_TRACEPOINTS.get_or_init(|| {
+            let name = b"btf_trace_sock_send_length";
+            let found = std::fs::read("/sys/kernel/btf/vmlinux")
+                .is_ok_and(|btf| btf.windows(name.len()).any(|w| w == name));
+            if !found {
+                eprintln!(
+                    "xtask bench: this kernel has no socket-layer tracepoints \
+                     (`sock_send_length`): variant (i) is left out"
+                );
+            }
+            found
+        });
+        variants
+            .iter()
+            .copied()
+            .filter(|v| *v != Self::FloorSocket || socket)
+            .collect()
+    }
+
     fn is_budget(self) -> bool {
         matches!(self, Self::SockspanBudget | Self::SockspanTightBudget)
     }
@@ -570,7 +593,7 @@ pub fn bench(quick: bool, part: Part) -> Result<()> {
     let restore = BpfStatsRestored::save();
     bpf_stats(false)?;
     let mut samples: Vec<(Variant, Sample)> = Vec::new();
-    for (round, variant) in rotating(&Variant::PING_PONG, rounds) {
+    for (round, variant) in rotating(&Variant::runnable(&Variant::PING_PONG), rounds) {
         eprintln!(
             "xtask bench: round {} of {rounds}: {} ({round_trips} round trips)",
             round + 1,
@@ -641,7 +664,7 @@ pub fn bench(quick: bool, part: Part) -> Result<()> {
     Ok(())
 }
 
-/// What the agent did during one phase of an end-to-end run (zeros for (a) and (b)).
+/// What the agent did during one phase of an end-to-end run (zeros for (a), (b) and (i)).
 #[derive(Debug, Clone, Copy, Default)]
 struct AgentPhase {
     requests: u64,
@@ -692,7 +715,7 @@ fn phase(
     let cpu_after = pid.map_or(0.0, proc_cpu_seconds);
     let peak_rss_kb = pid.map_or(0, proc_peak_rss_kb);
     let counters = child.map(stop).transpose()?;
-    // Only the agent has spans, drops and a cost to report; (a) and (b) just count requests.
+    // Only the agent has spans, drops and a cost to report; (a), (b) and (i) just count requests.
     let Some(counters) = counters.filter(|_| variant.is_agent()) else {
         return Ok(AgentPhase {
             requests,
@@ -734,7 +757,7 @@ fn http_rounds(bin: &Path, quick: bool) -> Result<Vec<HttpSample>> {
     let fixed_rate = (calibration * 0.5).min(crate::bench_http::CLIENT_MAX_RATE);
     let spans_file = std::env::temp_dir().join("sockspan-bench-spans.jsonl");
     let mut out = Vec::new();
-    for (round, variant) in rotating(&Variant::ALL, rounds) {
+    for (round, variant) in rotating(&Variant::runnable(&Variant::ALL), rounds) {
         eprintln!(
             "xtask bench: nginx round {} of {rounds}: {}",
             round + 1,

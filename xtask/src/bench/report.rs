@@ -60,7 +60,8 @@ pub(super) fn http_section(out: &mut String, samples: &[HttpSample]) {
          sent, its ring drops read from its final counters (`--stats-file`). (e) is the agent as its README starts it: \
          `sockspan run` with spans into its embedded store (a new one per phase) and the query API and UI \
          serving; its nginx spans are counted in the store after it stops (`sockspan bench-store-count`). \
-         (f) is (e) held to a CPU budget (`--max-cpu 0.25`), (h) to a tight one (`--max-cpu 0.05`): \
+         (b) and (i) are the empty programs of section 1, on the syscall tracepoints and on the socket \
+         layer's. (f) is (e) held to a CPU budget (`--max-cpu 0.25`), (h) to a tight one (`--max-cpu 0.05`): \
          their coverage is what the budget kept (docs/overhead.md); in both phases they first take 3 s of the same \
          load unmeasured, for the budget to settle (its looks are half a second apart, from full capture), \
          which their coverage and CPU include.\n"
@@ -71,6 +72,10 @@ pub(super) fn http_section(out: &mut String, samples: &[HttpSample]) {
     );
     for v in Variant::ALL {
         let list = of(v);
+        // A variant this kernel could not run (`Variant::runnable`).
+        if list.is_empty() {
+            continue;
+        }
         let (rps, rps_text) = summary(
             &list.iter().map(|s| s.saturation_rps).collect::<Vec<_>>(),
             0,
@@ -257,13 +262,7 @@ pub(super) fn syscall_section(out: &mut String, samples: &[(Variant, Sample)], r
             .map(|s| s.ns_per_syscall)
             .collect()
     };
-    let other = |v: Variant| -> (f64, String) {
-        let values: Vec<f64> = samples_of(samples, v)
-            .iter()
-            .map(|s| s.ns_per_other_syscall)
-            .collect();
-        summary(&values, 0)
-    };
+    let other = |v: Variant| other_syscall_ns(samples, v);
     let (a, a_text) = summary(&ns(Variant::Untraced), 0);
     let (b, b_text) = summary(&ns(Variant::Floor), 0);
     let (socket_floor, i_text) = summary(&ns(Variant::FloorSocket), 0);
@@ -286,8 +285,8 @@ pub(super) fn syscall_section(out: &mut String, samples: &[(Variant, Sample)], r
          /dev/null`: the full agent, the messages an HTTP/1.1 request and response, so every syscall \
          takes the capture path (payload copied and sent, each exchange turned into a client and a server \
          span); (d) the same agent with 64 bytes that are not HTTP: after each connection's first 8 data \
-         syscalls the programs know it is opaque and send nothing more. (a), (b) and (c) carry the HTTP \
-         messages; (d) is the cost on traffic sockspan does not parse; (g) is (c) in the in-band \
+         syscalls the programs know it is opaque and send nothing more. (a), (b), (i), (c) and (g) carry the \
+         HTTP messages; (d) is the cost on traffic sockspan does not parse; (g) is (c) in the in-band \
          cross-host mode: each request's first segment carries its context in a TCP header option \
          (written by the `sock_ops` program, read back on the server's end, both ends in the agent).\n",
         calls = round_trips * 4
@@ -296,6 +295,7 @@ pub(super) fn syscall_section(out: &mut String, samples: &[(Variant, Sample)], r
         out,
         "| variant | ns per socket syscall | ns per other syscall (`getppid`) |\n|---|---|---|"
     );
+    let socket_ran = !samples_of(samples, Variant::FloorSocket).is_empty();
     for (v, text) in [
         (Variant::Untraced, &a_text),
         (Variant::Floor, &b_text),
@@ -304,20 +304,13 @@ pub(super) fn syscall_section(out: &mut String, samples: &[(Variant, Sample)], r
         (Variant::SockspanOpaque, &d_text),
         (Variant::SockspanInband, &inband_text),
     ] {
-        let _ = writeln!(out, "| {} | {text} | {} |", v.label(), other(v).1);
+        if v == Variant::FloorSocket && !socket_ran {
+            let _ = writeln!(out, "| {} | — (not on this kernel) | — |", v.label());
+        } else {
+            let _ = writeln!(out, "| {} | {text} | {} |", v.label(), other(v).1);
+        }
     }
-    let (other_a, _) = other(Variant::Untraced);
-    let _ = writeln!(
-        out,
-        "\n- The floor on other syscalls: (b) over (a) **{:.0} ns per `getppid`**, (i) over (a) {:.0} \
-         ns. Any program on a syscall tracepoint puts every task on the kernel's slow syscall path and \
-         runs on every syscall; the socket layer's run only where a socket sends or receives. On \
-         socket syscalls, (b) over (a) {:.0} ns and (i) over (a) {:.0} ns.",
-        other(Variant::Floor).0 - other_a,
-        other(Variant::FloorSocket).0 - other_a,
-        b - a,
-        socket_floor - a
-    );
+    floor_note(out, samples, b - a, socket_ran.then_some(socket_floor - a));
     let _ = writeln!(
         out,
         "\n- (g) over (c), the in-band mode: **{:.0} ns per syscall**, {:.0} ns per request (its four \
@@ -340,6 +333,42 @@ pub(super) fn syscall_section(out: &mut String, samples: &[(Variant, Sample)], r
         b - a
     );
     program_table(out, samples, c - b);
+}
+
+/// ns per `getppid` of a variant's samples: median and "median (min–max)".
+fn other_syscall_ns(samples: &[(Variant, Sample)], v: Variant) -> (f64, String) {
+    let values: Vec<f64> = samples_of(samples, v)
+        .iter()
+        .map(|s| s.ns_per_other_syscall)
+        .collect();
+    summary(&values, 0)
+}
+
+/// Section 1's bullet on the floors: what the syscall hooks add to a syscall they do not trace,
+/// and (`socket_over_a`, when (i) ran) what the socket layer's add.
+fn floor_note(
+    out: &mut String,
+    samples: &[(Variant, Sample)],
+    b_over_a: f64,
+    socket_over_a: Option<f64>,
+) {
+    let (other_a, _) = other_syscall_ns(samples, Variant::Untraced);
+    let _ = write!(
+        out,
+        "\n- The floor on other syscalls: (b) over (a) **{:.0} ns per `getppid`**. Any program on a \
+         syscall tracepoint puts every task on the kernel's slow syscall path and runs on every \
+         syscall; on socket syscalls, (b) over (a) {b_over_a:.0} ns.",
+        other_syscall_ns(samples, Variant::Floor).0 - other_a,
+    );
+    if let Some(socket_over_a) = socket_over_a {
+        let _ = write!(
+            out,
+            " The socket layer's programs run only where a socket sends or receives: (i) over (a) \
+             {:.0} ns per `getppid`, {socket_over_a:.0} ns per socket syscall.",
+            other_syscall_ns(samples, Variant::FloorSocket).0 - other_a,
+        );
+    }
+    let _ = writeln!(out);
 }
 
 /// The programs' own run time in section 1, from the kernel's BPF statistics.
