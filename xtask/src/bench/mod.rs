@@ -102,7 +102,6 @@ impl Variant {
         }
     }
 
-    /// Held to a CPU budget.
     /// `variants` without those this kernel cannot run: variant (i) needs the socket layer's
     /// tracepoints (kernels from 2023 on), looked up once in the kernel's BTF.
     fn runnable(variants: &[Self]) -> Vec<Self> {
@@ -126,6 +125,7 @@ impl Variant {
             .collect()
     }
 
+    /// Held to a CPU budget.
     fn is_budget(self) -> bool {
         matches!(self, Self::SockspanBudget | Self::SockspanTightBudget)
     }

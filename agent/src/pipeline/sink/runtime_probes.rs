@@ -303,6 +303,21 @@ impl TraceSink<'_> {
     }
 }
 
+/// How long a Python process found without asyncio waits before it is looked at again.
+const PYTHON_RETRY_NS: u64 = 1_000_000_000;
+
+/// Whether Python process `pid` is due for a look (`seen`: when it was last looked at, and
+/// whether that settled it): `Some(first)` if so, `None` while it is settled or was looked at
+/// less than [`PYTHON_RETRY_NS`] ago.
+fn python_look_due(seen: &HashMap<u32, (u64, bool)>, pid: u32, now: u64) -> Option<bool> {
+    match seen.get(&pid) {
+        Some(&(_, true)) => None,
+        Some(&(at, false)) if now.saturating_sub(at) < PYTHON_RETRY_NS => None,
+        Some(_) => Some(false),
+        None => Some(true),
+    }
+}
+
 /// Follows `process` with the asyncio probes if it is a CPython process with asyncio loaded;
 /// the tracer follows its tasks when that worked. A Python process without asyncio yet is looked
 /// at again on a later connection, at most once a second; why one cannot be followed is logged
@@ -313,7 +328,6 @@ pub(super) fn watch_python(
     probes: &mut Probes,
     process: &ProcessInfo,
 ) {
-    const RETRY_NS: u64 = 1_000_000_000;
     let pid = process.pid;
     if !matches!(process.runtime, crate::runtime::Runtime::Python) {
         if seen.remove(&pid).is_some_and(|(_, followed)| followed) {
@@ -324,11 +338,8 @@ pub(super) fn watch_python(
         return;
     }
     let now = monotonic_ns();
-    let first = match seen.get(&pid) {
-        Some(&(_, true)) => return,
-        Some(&(at, false)) if now.saturating_sub(at) < RETRY_NS => return,
-        Some(_) => false,
-        None => true,
+    let Some(first) = python_look_due(seen, pid, now) else {
+        return;
     };
     let inspected = crate::runtime::python::inspect(pid);
     let found_asyncio = matches!(&inspected, Ok(Some(found)) if found.asyncio.is_some());
@@ -394,7 +405,6 @@ pub(super) fn watch_python_unfollowed(
     tracer: &mut Tracer,
     process: &ProcessInfo,
 ) {
-    const RETRY_NS: u64 = 1_000_000_000;
     let pid = process.pid;
     if !matches!(process.runtime, crate::runtime::Runtime::Python) {
         if seen.remove(&pid).is_some() {
@@ -403,10 +413,8 @@ pub(super) fn watch_python_unfollowed(
         return;
     }
     let now = monotonic_ns();
-    match seen.get(&pid) {
-        Some(&(_, true)) => return,
-        Some(&(at, false)) if now.saturating_sub(at) < RETRY_NS => return,
-        _ => {}
+    if python_look_due(seen, pid, now).is_none() {
+        return;
     }
     // The maps first (any release); the interpreter's own metadata for one built with the
     // module inside.
