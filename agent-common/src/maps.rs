@@ -74,9 +74,13 @@ pub struct ConnInfo {
     /// open (counted in its [`InbandServing`]), 0 when none: whichever thread answers or closes,
     /// that thread's count goes down.
     pub inband_reader: u64,
+    /// The socket's `struct sock` (any inet socket, 0 until known). Capture at the socket layer
+    /// ([`SEND_FAMILIES`]) sees no `close`: a send or receive whose socket is not this
+    /// one finds the entry of a closed fd whose number was reused, and closes it then.
+    pub sk: u64,
 }
 const _: () =
-    assert!(core::mem::size_of::<ConnInfo>() == 8 + 40 + 8 + 16 + 8 + 8 + 8 + 8 + 8 + 8 + 8);
+    assert!(core::mem::size_of::<ConnInfo>() == 8 + 40 + 8 + 16 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 8);
 
 /// `SHED_CONTROL[0]`: non-zero while the agent's budget sheds any connection. Only then do the
 /// programs count hidden work and look it up for [`crate::DATA_HIDDEN_WORK`].
@@ -135,6 +139,32 @@ pub mod exit_family {
 }
 /// The program array the exit dispatcher tail-calls into.
 pub const MAP_EXIT_JUMPS: &str = "EXIT_JUMPS";
+
+/// The family programs of capture at the socket layer, after a send (`sock_send_length`), at
+/// the same indices as [`EXIT_FAMILIES`] (the `open` slot stays empty: opens come from
+/// `inet_sock_set_state`). The kernel refuses a tail call into a program loaded for another
+/// hook, so each hook has its own copies and its own program array.
+pub const SEND_FAMILIES: [&str; 6] = [
+    "",
+    "sock_send_buffer",
+    "sock_send_vector",
+    "sock_send_other",
+    "sock_send_discover",
+    "sock_send_message",
+];
+/// The same after a receive (`sock_recv_length`).
+pub const RECV_FAMILIES: [&str; 6] = [
+    "",
+    "sock_recv_buffer",
+    "sock_recv_vector",
+    "sock_recv_other",
+    "sock_recv_discover",
+    "sock_recv_message",
+];
+/// The program array the `sock_send_length` dispatcher tail-calls into.
+pub const MAP_SEND_JUMPS: &str = "SEND_JUMPS";
+/// The program array the `sock_recv_length` dispatcher tail-calls into.
+pub const MAP_RECV_JUMPS: &str = "RECV_JUMPS";
 
 /// What a connection speaks, as far as the programs can tell from its first bytes. They
 /// recognise, with the same rules as the agent's detectors but looser (so they never give up on

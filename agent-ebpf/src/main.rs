@@ -1,4 +1,5 @@
-//! sockspan's eBPF programs: socket syscalls seen from the raw `sys_enter`/`sys_exit` tracepoints.
+//! sockspan's eBPF programs: socket syscalls seen from the raw `sys_enter`/`sys_exit` tracepoints,
+//! or from the socket layer's own tracepoints (`socket_layer`).
 //!
 //! Tracepoints are the hook that holds on every kernel this agent targets (kprobes may be absent,
 //! fentry refused); the raw syscall ones, attached by BTF, are the cheapest of them. The programs resolve each fd to its kernel socket with offsets user space read
@@ -52,6 +53,8 @@ mod regs;
 mod shed;
 #[cfg(target_arch = "bpf")]
 mod socket;
+#[cfg(target_arch = "bpf")]
+mod socket_layer;
 #[cfg(target_arch = "bpf")]
 mod syscalls;
 #[cfg(target_arch = "bpf")]

@@ -15,7 +15,11 @@ compile_error!(
 );
 
 use agent_common::Syscall;
-use aya_ebpf::{bindings::pt_regs, programs::BtfTracePointContext};
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    programs::BtfTracePointContext,
+};
 
 /// `__USER_CS`: the code segment of a 64-bit task. A 32-bit (compat) task has `__USER32_CS` and
 /// its own syscall numbers and argument registers; it is skipped, as the `syscalls/*`
@@ -95,6 +99,19 @@ impl Regs {
     #[inline(always)]
     pub fn of(ctx: &BtfTracePointContext) -> Self {
         Self(ctx.arg(0))
+    }
+
+    /// The current task's registers as its syscall entered, for programs whose hook does not
+    /// pass them (the socket layer's tracepoints, `crate::socket_layer`): `bpf_task_pt_regs` of
+    /// `bpf_get_current_task_btf` (kernels from 5.15 on), a BTF-typed `struct pt_regs *` whose
+    /// loads the verifier checks and makes fault-safe, as for the raw tracepoints' argument.
+    /// A kernel thread's hold no syscall ([`Self::is_native`] is false for them).
+    #[inline(always)]
+    pub fn current() -> Self {
+        // SAFETY: helpers with no preconditions; the task pointer they pass between them is the
+        // verifier-tracked current task, and the result is only read through BTF-checked loads.
+        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) };
+        Self(regs as *const pt_regs)
     }
 
     /// The registers' address: it names the current task while the task lives.

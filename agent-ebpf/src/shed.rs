@@ -321,10 +321,11 @@ pub fn answered(entry: *mut ConnInfo) {
 /// A shed connection closes: a server's request still counted (read and not answered, or
 /// answered by a process that calls nothing, [`calls_out`]) stops counting as its reader's
 /// hidden work.
+/// `info` is the connection's own copy, out of the table (changed here).
 #[inline(never)]
-pub fn closed(mut info: ConnInfo) {
+pub fn closed(info: &mut ConnInfo) {
     if info.role == Role::Server as u32 {
-        answered(&raw mut info);
+        answered(info);
     }
 }
 

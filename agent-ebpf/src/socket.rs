@@ -33,8 +33,8 @@ fn read_at<T>(base: u64, offset: u32) -> Result<T, i64> {
     unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.map_err(i64::from)
 }
 
-/// Classifies `fd` of the current task; for an inet socket, fills `conn`'s `tuple` and
-/// `tcp_sk` (in place: the exit program's stack has no room for a copy). Errors are failed
+/// Classifies `fd` of the current task; for a socket, fills `conn`'s `sk`, and for an inet
+/// socket its `tuple` and `tcp_sk` (in place: the exit program's stack has no room for a copy). Errors are failed
 /// kernel reads.
 #[inline(always)]
 pub fn classify_fd(fd: i32, conn: &mut ConnInfo) -> Result<FdKind, i64> {
@@ -66,6 +66,8 @@ pub fn classify_fd(fd: i32, conn: &mut ConnInfo) -> Result<FdKind, i64> {
     if sk == 0 {
         return Ok(FdKind::Untraced);
     }
+    // Before the family test: an ignored socket's entry keeps it too (see `ConnInfo::sk`).
+    conn.sk = sk;
     let family: u16 = read_at(sk, offset!(skc_family))?;
     if family != AF_INET && family != AF_INET6 {
         return Ok(FdKind::Untraced);

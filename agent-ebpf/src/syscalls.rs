@@ -20,9 +20,9 @@
 //! that, for its stack. Each family's program is verified on its own, with only its own paths.
 
 use agent_common::{
-    CONN_SHED_AT_OPEN, ConnEvent, ConnInfo, ConnKey, Counter, DATA_RESUMED, DATA_SEQ_VALID,
-    DataEvent, Direction, EventHeader, EventKind, MAX_CAPTURE_BYTES, MAX_IOVECS, MAX_MMSG,
-    Protocol, Role, Syscall, exit_family, exit_stage,
+    COMM_LEN, CONN_SHED_AT_OPEN, ConnEvent, ConnInfo, ConnKey, Counter, DATA_RESUMED,
+    DATA_SEQ_VALID, DataEvent, Direction, EventHeader, EventKind, MAX_CAPTURE_BYTES, MAX_IOVECS,
+    MAX_MMSG, Protocol, Role, Syscall, exit_family, exit_stage,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
@@ -133,6 +133,30 @@ pub fn emit_conn(
     syscall: u32,
     flags: u32,
 ) {
+    // Where a Node.js socket was opened (the callback whose request it is for).
+    let task = match kind {
+        EventKind::ConnOpen => match followed::current_task(pid_tgid) {
+            NOT_FOLLOWED => 0,
+            task => task,
+        },
+        _ => 0,
+    };
+    emit_conn_as(kind, pid_tgid, fd, info, syscall, flags, task);
+}
+
+/// [`emit_conn`] with the record's `task` given: at the socket layer an open is announced at
+/// the connection's first data, and its task is the one that connected
+/// ([`crate::socket_layer`]).
+#[inline(always)]
+pub fn emit_conn_as(
+    kind: EventKind,
+    pid_tgid: u64,
+    fd: i32,
+    info: &ConnInfo,
+    syscall: u32,
+    flags: u32,
+    task: u64,
+) {
     let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
         count(Counter::RingFull);
         return;
@@ -144,15 +168,14 @@ pub fn emit_conn(
         syscall,
         bytes_sent: info.bytes_sent,
         bytes_received: info.bytes_received,
-        comm: current_comm(),
-        // Where a Node.js socket was opened (the callback whose request it is for).
-        task: match kind {
-            EventKind::ConnOpen => match followed::current_task(pid_tgid) {
-                NOT_FOLLOWED => 0,
-                task => task,
-            },
-            _ => 0,
+        // A close at the socket layer's `TCP_CLOSE` often runs in another task (softirq): its
+        // name would be that task's.
+        comm: if bpf_get_current_pid_tgid() >> 32 == pid_tgid >> 32 {
+            current_comm()
+        } else {
+            [0; COMM_LEN]
         },
+        task,
         flags,
         reserved: 0,
     });
@@ -179,6 +202,7 @@ fn track(
     role: Role,
     syscall: u32,
     shed: bool,
+    opened_by: Option<u64>,
 ) -> Option<u64> {
     info.conn_id = next_conn_id();
     info.role = role as u32;
@@ -202,22 +226,28 @@ fn track(
         count(Counter::ConnTableFull);
         return None;
     }
-    emit_conn(
-        EventKind::ConnOpen,
-        pid_tgid,
-        fd,
-        info,
-        syscall,
-        if shed { CONN_SHED_AT_OPEN } else { 0 },
-    );
+    let flags = if shed { CONN_SHED_AT_OPEN } else { 0 };
+    match opened_by {
+        Some(task) => emit_conn_as(
+            EventKind::ConnOpen,
+            pid_tgid,
+            fd,
+            info,
+            syscall,
+            flags,
+            task,
+        ),
+        None => emit_conn(EventKind::ConnOpen, pid_tgid, fd, info, syscall, flags),
+    }
     Some(info.conn_id)
 }
 
-/// Remembers a non-inet socket so later syscalls on it skip the walk.
+/// Remembers a non-inet socket (`struct sock` `sk`) so later syscalls on it skip the walk.
 #[inline(always)]
-fn ignore(pid_tgid: u64, fd: i32) {
+fn ignore(pid_tgid: u64, fd: i32, sk: u64) {
     let info = ConnInfo {
         ignored: 1,
+        sk,
         ..ConnInfo::default()
     };
     let key = conn_key(pid_tgid, fd);
@@ -269,18 +299,35 @@ fn lookup(pid_tgid: u64, fd: i32) -> Lookup {
 }
 
 /// `fd` if it is a tracked inet socket. An fd the table does not know goes to the discovery
-/// program ([`sys_exit_discover`]), which walks the kernel's structs and, for an inet socket,
-/// hands the exit back to this family's program.
+/// program ([`sys_exit_discover`], or its socket-layer copy), which walks the kernel's structs
+/// and, for an inet socket, hands the exit back to this family's program. At the socket layer
+/// (`HOOK`), `sk` is the socket the tracepoint moved bytes on: an entry of another socket is a
+/// closed fd's whose number was reused ([`ConnInfo::sk`]), closed here and discovered afresh.
 #[inline(always)]
-fn tracked(
+fn tracked<const HOOK: u32>(
     ctx: &BtfTracePointContext,
     regs: Regs,
     pid_tgid: u64,
     fd: i32,
     entered: Option<u64>,
+    sk: u64,
 ) -> Option<Tracked> {
-    match lookup(pid_tgid, fd) {
-        Lookup::Tracked(tracked) => Some(tracked),
+    let found = if HOOK != hook::SYS_EXIT && retired_if_reused(pid_tgid, fd, sk) {
+        Lookup::Unknown
+    } else {
+        lookup(pid_tgid, fd)
+    };
+    match found {
+        Lookup::Tracked(tracked) => {
+            if fresh(tracked.entry) {
+                // Its discovery's note, if any, is used up: left, it would match the next
+                // discovery of the same thread, syscall and fd number and lose that exit (at the
+                // socket layer every connection is discovered, and a reused fd number is the
+                // rule).
+                clear_discovery_note();
+            }
+            Some(tracked)
+        }
         Lookup::Ignored => None,
         Lookup::Unknown => {
             let number = regs.number();
@@ -290,18 +337,47 @@ fn tracked(
                 count(Counter::ConnTableFull);
                 return None;
             }
-            // The entry stamp stays for the run after discovery.
-            if let Some(ts_ns) = entered {
+            // The entry stamp stays for the run after discovery (at the socket layer it is
+            // taken only once the socket is found).
+            if HOOK == hook::SYS_EXIT
+                && let Some(ts_ns) = entered
+            {
                 stamp_entry_at(regs, number, ts_ns);
             }
-            // SAFETY: a tail call with this program's own context; on success it does not
-            // return.
-            unsafe { EXIT_JUMPS.tail_call(ctx, exit_family::DISCOVER) };
-            count(Counter::TailCallFailed);
-            let _ = take_entry_stamp(regs, number);
+            if jump::<HOOK, { exit_family::DISCOVER }>(ctx) {
+                count(Counter::TailCallFailed);
+            }
+            if HOOK == hook::SYS_EXIT {
+                let _ = take_entry_stamp(regs, number);
+            }
             None
         }
     }
+}
+
+/// At the socket layer: whether `fd`'s table entry belongs to a socket other than `sk` (a closed
+/// fd whose number was reused: no `close` is seen there), and so was closed and removed here.
+#[inline(always)]
+fn retired_if_reused(pid_tgid: u64, fd: i32, sk: u64) -> bool {
+    let key = conn_key(pid_tgid, fd);
+    let Some(entry) = CONNS.get_ptr_mut(&key) else {
+        return false;
+    };
+    // SAFETY: a pointer from a successful lookup, read at once.
+    let held = unsafe { (*entry).sk };
+    if held == 0 || held == sk {
+        return false;
+    }
+    let Some(info) = new_conn() else {
+        return false;
+    };
+    // SAFETY: as above; copied into this CPU's scratch slot (the family program's stack has no
+    // room for a copy), which discovery fills afresh afterwards.
+    *info = unsafe { *entry };
+    let _ = CONNS.remove(&key);
+    crate::socket_layer::forget_socket(held);
+    closed(pid_tgid, fd, info);
+    true
 }
 
 /// Notes that discovery hands this exit back to its family's program.
@@ -318,6 +394,23 @@ fn note_discovery(pid_tgid: u64, regs: Regs, number: u64, fd: i32) {
             number,
             fd: i64::from(fd),
         };
+    }
+}
+
+/// Whether table entry `entry` has moved no bytes yet: only then may this exit be the one its
+/// discovery handed back.
+#[inline(always)]
+fn fresh(entry: *mut ConnInfo) -> bool {
+    // SAFETY: a pointer from a successful lookup in this run.
+    unsafe { (*entry).bytes_sent == 0 && (*entry).bytes_received == 0 }
+}
+
+/// Forgets this CPU's discovery note ([`note_discovery`]).
+#[inline(always)]
+fn clear_discovery_note() {
+    if let Some(slot) = DISCOVERY_NOTES.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; programs on one CPU do not nest.
+        unsafe { (*slot).pid_tgid = 0 };
     }
 }
 
@@ -344,23 +437,72 @@ fn take_discovery_note(pid_tgid: u64, regs: Regs, number: u64, fd: i32) -> bool 
 /// remembers to skip it and returns 0. Out of line: the walk and the open record would
 /// otherwise take stack from every exit program's own frame, and a frame and its deepest call
 /// chain share 512 bytes.
+///
+/// At the socket layer (`HOOK`), `sk` is the socket the tracepoint moved bytes on: an fd that
+/// holds another socket (a kernel send from inside some other syscall) is left alone, and a
+/// connection whose opening was seen ([`crate::socket_layer`]) takes its role from it.
 #[inline(never)]
-fn discover(pid_tgid: u64, fd: i32, syscall: u32) -> u64 {
+fn discover<const HOOK: u32>(pid_tgid: u64, fd: i32, syscall: u32, sk: u64) -> u64 {
     let Some(info) = new_conn() else {
         return 0;
     };
     match classify_fd(fd, info) {
-        Ok(FdKind::Other) => 0,
         Ok(FdKind::Untraced) => {
-            ignore(pid_tgid, fd);
+            if HOOK == hook::SYS_EXIT || info.sk == sk {
+                ignore(pid_tgid, fd, info.sk);
+            }
             0
         }
-        Ok(FdKind::Inet) => track(pid_tgid, fd, info, Role::Unknown, syscall, false).unwrap_or(0),
+        Ok(FdKind::Inet) if HOOK == hook::SYS_EXIT => {
+            track(pid_tgid, fd, info, Role::Unknown, syscall, false, None).unwrap_or(0)
+        }
+        // Tracked by the caller ([`track_opened`]): in here the call chain's stack went over
+        // the 512 bytes.
+        Ok(FdKind::Inet) if info.sk == sk => FOUND_AT_SOCKET,
+        // Not a socket, or (at the socket layer) not the one that moved the bytes.
+        Ok(FdKind::Other | FdKind::Inet) => 0,
         Err(_) => {
             count(Counter::SocketWalkFailed);
             0
         }
     }
+}
+
+/// What [`discover`] returns at the socket layer for an inet socket left in the scratch slot's
+/// entry for [`track_opened`]. Connection ids count from 1 up on each CPU, with the CPU in the
+/// high bits: never this.
+const FOUND_AT_SOCKET: u64 = u64::MAX;
+
+/// At the socket layer: tracks the inet socket [`discover`] left in this CPU's new entry
+/// (socket `fd` of `pid_tgid`, first seen at data syscall `syscall`) with the role, opening syscall and task its opening left
+/// ([`crate::socket_layer::take_opening`]), and the budget's bookkeeping `open_exit` does for a
+/// connection seen at its `connect`. Out of line: inlined, discovery's frame went over the 512
+/// bytes.
+#[inline(never)]
+fn track_opened(pid_tgid: u64, fd: i32, syscall: u32) -> u64 {
+    let Some(info) = new_conn() else {
+        return 0;
+    };
+    let tgid = (pid_tgid >> 32) as u32;
+    let opening = crate::socket_layer::take_opening(info.sk, tgid);
+    let (role, opened_in, task) = match opening {
+        Some(open) => (open.role, open.syscall, open.task),
+        None => (Role::Unknown, syscall, None),
+    };
+    let shed = role == Role::Client && shed::sheds_opening(tgid, &info.tuple);
+    let Some(conn_id) = track(pid_tgid, fd, info, role, opened_in, shed, task) else {
+        if shed {
+            shed::forget_opening(&info.tuple);
+        }
+        return 0;
+    };
+    if role == Role::Client {
+        shed::note_caller(tgid);
+    }
+    if info.tcp_sk != 0 {
+        crate::socket_layer::note_socket(info.sk, &conn_key(pid_tgid, fd));
+    }
+    conn_id
 }
 
 /// Notes when the current thread's egress syscall `number` started.
@@ -526,7 +668,7 @@ const MMSGHDR_LEN: u64 = 56;
 const MMSG_IOVECS: usize = 4;
 
 #[inline(always)]
-fn data_exit<const FAMILY: u32>(
+fn data_exit<const FAMILY: u32, const HOOK: u32>(
     ctx: &BtfTracePointContext,
     regs: Regs,
     pid_tgid: u64,
@@ -538,8 +680,16 @@ fn data_exit<const FAMILY: u32>(
         return Ok(());
     };
     let fd = regs.arg0() as i32;
-    let Some(mut conn) = tracked(ctx, regs, pid_tgid, fd, entered) else {
+    let sk = sock_of::<HOOK>(ctx);
+    let Some(mut conn) = tracked::<HOOK>(ctx, regs, pid_tgid, fd, entered, sk) else {
         return Ok(());
+    };
+    // At the socket layer a TCP send's start was stamped by `tcp_sendmsg_locked`; taken only
+    // now that the socket is found (discovery hands the exit back, and the stamp waits).
+    let entered = if HOOK == hook::SOCK_SEND {
+        crate::socket_layer::take_send_stamp(sk)
+    } else {
+        entered
     };
     // Before anything reads the state (the in-band mode's look included): from here on this
     // server end is shed like any other.
@@ -581,17 +731,7 @@ fn data_exit<const FAMILY: u32>(
     if stops_after(exit_stage::LOOKUP) {
         return Ok(());
     }
-    // Egress bytes left when the syscall entered; the exit's own time is read only when that
-    // entry was not seen (see `EventHeader::ts_ns`).
-    let (ts_ns, moved_ns) = if let Some(ts) = entered {
-        (ts, ts)
-    } else {
-        if direction == Direction::Egress {
-            count(Counter::EntryTimeMissed);
-        }
-        let now = now_ns();
-        (now, now)
-    };
+    let (ts_ns, moved_ns) = times::<HOOK>(entered, direction, conn.entry);
     if stops_after(exit_stage::CLOCK) {
         return Ok(());
     }
@@ -697,6 +837,33 @@ fn inband_tls_data(regs: Regs, pid_tgid: u64, entry: *mut ConnInfo, syscall: Sys
         0
     };
     inband::after_data(pid_tgid, regs.arg0() as i32, entry, direction as u32, seq);
+}
+
+/// A data record's times (`EventHeader::ts_ns`, `DataEvent::moved_ns`): egress bytes left when
+/// the syscall entered (`entered`); the exit's own time is read only when that entry was not
+/// seen.
+#[inline(always)]
+fn times<const HOOK: u32>(
+    entered: Option<u64>,
+    direction: Direction,
+    entry: *mut ConnInfo,
+) -> (u64, u64) {
+    if let Some(ts) = entered {
+        return (ts, ts);
+    }
+    // (At the socket layer only TCP sends are stamped: a datagram's time is its send's end.)
+    if direction == Direction::Egress && (HOOK == hook::SYS_EXIT || sk_is_tcp(entry)) {
+        count(Counter::EntryTimeMissed);
+    }
+    let now = now_ns();
+    (now, now)
+}
+
+/// Whether table entry `entry` is a TCP socket's.
+#[inline(always)]
+fn sk_is_tcp(entry: *mut ConnInfo) -> bool {
+    // SAFETY: a pointer from a successful lookup in this run, or null.
+    !entry.is_null() && unsafe { (*entry).tcp_sk } != 0
 }
 
 /// Whether this record's detection found a protocol whose requests the in-band mode does not
@@ -976,7 +1143,7 @@ fn open_exit(regs: Regs, pid_tgid: u64, syscall: Syscall, result: i64) {
         Ok(FdKind::Inet) => {
             let tgid = (pid_tgid >> 32) as u32;
             let shed = role == Role::Client && shed::sheds_opening(tgid, &info.tuple);
-            if track(pid_tgid, fd, info, role, syscall as u32, shed).is_some() {
+            if track(pid_tgid, fd, info, role, syscall as u32, shed, None).is_some() {
                 if role == Role::Client {
                     shed::note_caller(tgid);
                 }
@@ -984,7 +1151,7 @@ fn open_exit(regs: Regs, pid_tgid: u64, syscall: Syscall, result: i64) {
                 shed::forget_opening(&info.tuple);
             }
         }
-        Ok(FdKind::Untraced) => ignore(pid_tgid, fd),
+        Ok(FdKind::Untraced) => ignore(pid_tgid, fd, info.sk),
         Ok(FdKind::Other) => {}
         Err(_) => count(Counter::SocketWalkFailed),
     }
@@ -1000,10 +1167,17 @@ fn close_enter(regs: Regs) {
     let fd = regs.arg0() as i32;
     let key = conn_key(pid_tgid, fd);
     // SAFETY: copied out at once.
-    let Some(info) = (unsafe { CONNS.get(&key) }).copied() else {
+    let Some(mut info) = (unsafe { CONNS.get(&key) }).copied() else {
         return;
     };
     let _ = CONNS.remove(&key);
+    closed(pid_tgid, fd, &mut info);
+}
+
+/// What ends with a connection removed from the table (`info`, socket `fd` of `pid_tgid`): the
+/// in-band mode's and the budget's bookkeeping, and its close record.
+#[inline(always)]
+pub fn closed(pid_tgid: u64, fd: i32, info: &mut ConnInfo) {
     if config!(inband) != 0 && info.inband_reader != 0 {
         inband::closed(info.inband_reader);
     }
@@ -1015,7 +1189,7 @@ fn close_enter(regs: Regs) {
         }
     }
     if info.ignored == 0 {
-        emit_close(pid_tgid, fd, &info);
+        emit_close(pid_tgid, fd, info);
     }
 }
 
@@ -1068,7 +1242,7 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
 pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     let regs = Regs::of(&ctx);
     let number = regs.number();
-    if jump_to_family(&ctx, number) {
+    if jump_to_family::<{ hook::SYS_EXIT }>(&ctx, number) {
         // The jump failed: the exit ends here, and its entry stamp goes with it.
         count(Counter::TailCallFailed);
         let _ = take_entry_stamp(regs, number);
@@ -1081,24 +1255,32 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
 /// constant index: the kernel then patches each into a direct jump instead of an indirect one
 /// (a retpoline on kernels with that mitigation).
 #[inline(always)]
-fn jump_to_family(ctx: &BtfTracePointContext, number: u64) -> bool {
+pub fn jump_to_family<const HOOK: u32>(ctx: &BtfTracePointContext, number: u64) -> bool {
     match exit_family_of(number) {
-        Some(exit_family::BUFFER) => jump::<{ exit_family::BUFFER }>(ctx),
-        Some(exit_family::VECTOR) => jump::<{ exit_family::VECTOR }>(ctx),
-        Some(exit_family::MESSAGE) => jump::<{ exit_family::MESSAGE }>(ctx),
-        Some(exit_family::OPEN) => jump::<{ exit_family::OPEN }>(ctx),
-        Some(exit_family::OTHER) => jump::<{ exit_family::OTHER }>(ctx),
-        _ => return false,
+        Some(exit_family::BUFFER) => jump::<HOOK, { exit_family::BUFFER }>(ctx),
+        Some(exit_family::VECTOR) => jump::<HOOK, { exit_family::VECTOR }>(ctx),
+        Some(exit_family::MESSAGE) => jump::<HOOK, { exit_family::MESSAGE }>(ctx),
+        // Opens are not data: the socket layer sees none.
+        Some(exit_family::OPEN) if HOOK == hook::SYS_EXIT => {
+            jump::<HOOK, { exit_family::OPEN }>(ctx)
+        }
+        Some(exit_family::OTHER) => jump::<HOOK, { exit_family::OTHER }>(ctx),
+        _ => false,
     }
-    true
 }
 
-/// Tail-calls program `INDEX` of [`EXIT_JUMPS`]; returns only if that failed. The helper call
-/// is written out (`bpf_tail_call` is helper 12) because the compiler merges calls that differ
-/// only in a constant argument into one call with a variable index, which the kernel can only
-/// run as an indirect jump; it never merges inline assembly.
+/// Tail-calls program `INDEX` of hook `HOOK`'s program array ([`EXIT_JUMPS`], or the socket
+/// layer's); returns `true`, and only if that failed. The helper call is written out
+/// (`bpf_tail_call` is helper 12) because the compiler merges calls that differ only in a
+/// constant argument into one call with a variable index, which the kernel can only run as an
+/// indirect jump; it never merges inline assembly.
 #[inline(always)]
-fn jump<const INDEX: u32>(ctx: &BtfTracePointContext) {
+fn jump<const HOOK: u32, const INDEX: u32>(ctx: &BtfTracePointContext) -> bool {
+    let jumps: *const u8 = match HOOK {
+        hook::SOCK_SEND => (&raw const crate::socket_layer::SEND_JUMPS).cast(),
+        hook::SOCK_RECV => (&raw const crate::socket_layer::RECV_JUMPS).cast(),
+        _ => (&raw const EXIT_JUMPS).cast(),
+    };
     // SAFETY: `bpf_tail_call(ctx, map, index)` with the running program's own context and the
     // program array; on success it does not return, on failure it returns an error in r0 and
     // clobbers the caller-saved registers r0–r5, as declared.
@@ -1106,44 +1288,45 @@ fn jump<const INDEX: u32>(ctx: &BtfTracePointContext) {
         core::arch::asm!(
             "call 12",
             inout("r1") aya_ebpf::EbpfContext::as_ptr(ctx) => _,
-            inout("r2") (&raw const EXIT_JUMPS) => _,
+            inout("r2") jumps => _,
             inout("r3") u64::from(INDEX) => _,
             lateout("r0") _,
             lateout("r4") _,
             lateout("r5") _,
         );
     }
+    true
 }
 
 /// The family programs, tail-called by [`sys_exit`] with its context (`ret`: the bytes moved, a
 /// message count for `*mmsg`, the accepted fd, or `connect`'s status). Never attached.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit_open(ctx: BtfTracePointContext) -> i32 {
-    exit_program::<{ exit_family::OPEN }>(&ctx)
+    exit_program::<{ exit_family::OPEN }, { hook::SYS_EXIT }>(&ctx)
 }
 
 /// See [`sys_exit_open`]: `read`, `write`, `recvfrom`, `sendto`.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit_buffer(ctx: BtfTracePointContext) -> i32 {
-    exit_program::<{ exit_family::BUFFER }>(&ctx)
+    exit_program::<{ exit_family::BUFFER }, { hook::SYS_EXIT }>(&ctx)
 }
 
 /// See [`sys_exit_open`]: `readv`, `writev`.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit_vector(ctx: BtfTracePointContext) -> i32 {
-    exit_program::<{ exit_family::VECTOR }>(&ctx)
+    exit_program::<{ exit_family::VECTOR }, { hook::SYS_EXIT }>(&ctx)
 }
 
 /// See [`sys_exit_open`]: `recvmsg`, `sendmsg`.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit_message(ctx: BtfTracePointContext) -> i32 {
-    exit_program::<{ exit_family::MESSAGE }>(&ctx)
+    exit_program::<{ exit_family::MESSAGE }, { hook::SYS_EXIT }>(&ctx)
 }
 
 /// See [`sys_exit_open`]: `recvmmsg`, `sendmmsg`, `sendfile`.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit_other(ctx: BtfTracePointContext) -> i32 {
-    exit_program::<{ exit_family::OTHER }>(&ctx)
+    exit_program::<{ exit_family::OTHER }, { hook::SYS_EXIT }>(&ctx)
 }
 
 /// Discovery, tail-called by a family's program for an fd the table does not know: walks the
@@ -1151,20 +1334,32 @@ pub fn sys_exit_other(ctx: BtfTracePointContext) -> i32 {
 /// to the family's program, which now finds it. Never attached.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit_discover(ctx: BtfTracePointContext) -> i32 {
-    let regs = Regs::of(&ctx);
+    discover_program::<{ hook::SYS_EXIT }>(&ctx)
+}
+
+/// The discovery program of hook `HOOK` (see [`sys_exit_discover`]).
+#[inline(always)]
+pub fn discover_program<const HOOK: u32>(ctx: &BtfTracePointContext) -> i32 {
+    let regs = regs_of::<HOOK>(ctx);
     let number = regs.number();
     let (Some(syscall), Some(pid_tgid)) = (exit_traced(number), traced_pid_tgid()) else {
         return 0;
     };
     let fd = regs.arg0() as i32;
-    if discover(pid_tgid, fd, syscall as u32) != 0 {
+    let mut found = discover::<HOOK>(pid_tgid, fd, syscall as u32, sock_of::<HOOK>(ctx));
+    if HOOK != hook::SYS_EXIT && found == FOUND_AT_SOCKET {
+        found = track_opened(pid_tgid, fd, syscall as u32);
+    }
+    if found != 0 {
         note_discovery(pid_tgid, regs, number, fd);
-        if jump_to_family(&ctx, number) {
+        if jump_to_family::<HOOK>(ctx, number) {
             count(Counter::TailCallFailed);
         }
     }
     // The exit ends here: its entry stamp goes with it.
-    let _ = take_entry_stamp(regs, number);
+    if HOOK == hook::SYS_EXIT {
+        let _ = take_entry_stamp(regs, number);
+    }
     0
 }
 
@@ -1175,10 +1370,12 @@ fn stops_after(stage: u32) -> bool {
     config!(stop_after) == stage
 }
 
-/// The exit of a socket syscall of family `FAMILY` (`agent_common::exit_family`).
+/// The exit of a socket syscall of family `FAMILY` (`agent_common::exit_family`), seen from
+/// hook `HOOK` ([`hook`]): at a syscall's exit, or at the socket layer after one send or
+/// receive inside it.
 #[inline(always)]
-fn exit_program<const FAMILY: u32>(ctx: &BtfTracePointContext) -> i32 {
-    let regs = Regs::of(ctx);
+pub fn exit_program<const FAMILY: u32, const HOOK: u32>(ctx: &BtfTracePointContext) -> i32 {
+    let regs = regs_of::<HOOK>(ctx);
     let number = regs.number();
     let Some(syscall) = exit_traced(number) else {
         return 0;
@@ -1193,15 +1390,76 @@ fn exit_program<const FAMILY: u32>(ctx: &BtfTracePointContext) -> i32 {
     if !regs.is_native() {
         return 0;
     }
-    let entered = take_entry_stamp(regs, number);
-    let result: i64 = ctx.arg(1);
+    if HOOK != hook::SYS_EXIT {
+        // The hook fires once per message of a `*mmsg` call, and the registers cannot say
+        // which message it was; a send hook inside a read (or the reverse) is the kernel's own.
+        let wanted = if HOOK == hook::SOCK_SEND {
+            Direction::Egress
+        } else {
+            Direction::Ingress
+        };
+        if matches!(syscall, Syscall::Sendmmsg | Syscall::Recvmmsg)
+            || syscall.direction() != Some(wanted)
+        {
+            return 0;
+        }
+    }
+    let entered = if HOOK == hook::SYS_EXIT {
+        take_entry_stamp(regs, number)
+    } else {
+        None
+    };
+    let result = result_of::<HOOK>(ctx);
     let Some(pid_tgid) = traced_pid_tgid() else {
         return 0;
     };
     if open {
         open_exit(regs, pid_tgid, syscall, result);
     } else {
-        let _ = data_exit::<FAMILY>(ctx, regs, pid_tgid, syscall, result, entered);
+        let _ = data_exit::<FAMILY, HOOK>(ctx, regs, pid_tgid, syscall, result, entered);
     }
     0
+}
+
+/// The hooks the family programs run from, each with its own copies and program array.
+pub mod hook {
+    /// `raw_syscalls/sys_exit`, whose first argument is the syscall's registers.
+    pub const SYS_EXIT: u32 = 0;
+    /// `sock/sock_send_length` (`(struct sock *sk, int ret, int flags)`), after a send.
+    pub const SOCK_SEND: u32 = 1;
+    /// `sock/sock_recv_length`, after a receive.
+    pub const SOCK_RECV: u32 = 2;
+}
+
+/// The syscall's registers: the raw tracepoint's argument, or at the socket layer the task's
+/// own ([`Regs::current`]).
+#[inline(always)]
+fn regs_of<const HOOK: u32>(ctx: &BtfTracePointContext) -> Regs {
+    if HOOK == hook::SYS_EXIT {
+        Regs::of(ctx)
+    } else {
+        Regs::current()
+    }
+}
+
+/// What the syscall (or, at the socket layer, the one send or receive) returned: `sys_exit`'s
+/// `long ret`, the socket tracepoints' `int ret`.
+#[inline(always)]
+pub fn result_of<const HOOK: u32>(ctx: &BtfTracePointContext) -> i64 {
+    if HOOK == hook::SYS_EXIT {
+        ctx.arg(1)
+    } else {
+        let ret: u64 = ctx.arg(1);
+        i64::from(ret as u32 as i32)
+    }
+}
+
+/// The socket a socket-layer tracepoint moved bytes on (its `struct sock *`); 0 at `sys_exit`.
+#[inline(always)]
+pub fn sock_of<const HOOK: u32>(ctx: &BtfTracePointContext) -> u64 {
+    if HOOK == hook::SYS_EXIT {
+        0
+    } else {
+        ctx.arg(0)
+    }
 }

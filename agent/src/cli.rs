@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     conntrack::ConntrackConfig,
-    probes::ProbesConfig,
+    probes::{CaptureHooks, ProbesConfig},
     trace::{TraceConfig, resource::ServiceNameRule},
 };
 
@@ -336,6 +336,12 @@ pub struct CaptureArgs {
     /// the host's and name it (deploy/daemonset.yaml).
     #[arg(long, value_name = "PATH", requires = "in_band")]
     pub in_band_cgroup: Option<std::path::PathBuf>,
+    /// Where capture hooks into the kernel: `syscalls` (every syscall of the host runs the
+    /// programs, any kernel from 5.5 on) or `socket` (only socket sends and receives do, every
+    /// other syscall keeps its fast path; kernels from 6.3 on, no `*mmsg` data, no `--in-band`;
+    /// docs/overhead.md). `sockspan check` says which this kernel has.
+    #[arg(long, value_enum, value_name = "HOOKS", default_value_t = CaptureHooks::Syscalls)]
+    pub capture_hooks: CaptureHooks,
 }
 
 impl CaptureArgs {
@@ -353,6 +359,7 @@ impl CaptureArgs {
             inband_cgroup: self.in_band_cgroup.clone(),
             inband_starts_traces: true,
             inband_return_addr: None,
+            hooks: self.capture_hooks,
         }
     }
 

@@ -57,11 +57,13 @@ fn assert_no_loss(out: &Output) {
     assert_eq!(stats["receiver_ring_resyncs"], 0, "stats: {stats}");
 }
 
-/// curl against `python3 -m http.server`: both ends, mirrored tuples, request and response bytes.
-fn http_exchange(bind: &str, url_host: &str, family: &str) {
+/// curl against `python3 -m http.server`: both ends, mirrored tuples, request and response bytes;
+/// the agent started with `hooks` besides.
+fn http_exchange(bind: &str, url_host: &str, family: &str, hooks: &[&str]) {
     let port = free_port();
     let server = http_server(bind, port);
-    let agent = Agent::start(&["--port", &port.to_string()]);
+    let port_text = port.to_string();
+    let agent = Agent::start(&[&["--port", port_text.as_str()], hooks].concat());
     let curl = Command::new("curl")
         .args(["-s", "-o", "/dev/null", "--max-time", "10"])
         .arg(format!("http://{url_host}:{port}/"))
@@ -146,12 +148,22 @@ fn http_exchange(bind: &str, url_host: &str, family: &str) {
 
 #[test]
 fn http_over_ipv4_both_ends() {
-    http_exchange("127.0.0.1", "127.0.0.1", "ipv4");
+    http_exchange("127.0.0.1", "127.0.0.1", "ipv4", &[]);
 }
+
+/// The same exchange captured at the socket layer (`--capture-hooks socket`): opens with their
+/// roles from the TCP state changes, closes from `TCP_CLOSE`, the same bytes.
+#[test]
+fn http_over_ipv4_at_the_socket_layer() {
+    http_exchange("127.0.0.1", "127.0.0.1", "ipv4", SOCKET_HOOKS);
+}
+
+/// Capture at the socket layer.
+const SOCKET_HOOKS: &[&str] = &["--capture-hooks", "socket"];
 
 #[test]
 fn http_over_ipv6_both_ends() {
-    http_exchange("::1", "[::1]", "ipv6");
+    http_exchange("::1", "[::1]", "ipv6", &[]);
 }
 
 #[test]
@@ -216,9 +228,19 @@ fn connection_opened_before_the_agent() {
 
 #[test]
 fn vectored_io_sendmsg_recvmsg_readv_writev() {
+    vectored_io(&[]);
+}
+
+#[test]
+fn vectored_io_at_the_socket_layer() {
+    vectored_io(SOCKET_HOOKS);
+}
+
+fn vectored_io(hooks: &[&str]) {
     let port = free_port();
     let server = python_fixture("vectored_io.py", &["server", &port.to_string()], &[]);
-    let agent = Agent::start(&["--port", &port.to_string()]);
+    let port_text = port.to_string();
+    let agent = Agent::start(&[&["--port", port_text.as_str()], hooks].concat());
     let client = Command::new("python3")
         .arg(fixture("vectored_io.py"))
         .args(["client", &port.to_string()])
@@ -547,4 +569,110 @@ fn dual_stack_server_sees_v4_mapped_peer() {
     assert_eq!(str_of(&server_open, "local_addr"), "::ffff:127.0.0.1");
     assert_eq!(server_open["remote_port"], client_open["local_port"]);
     assert_eq!(stream_of(&out, server.pid(), "ingress"), b"v4");
+}
+
+/// Connections closed and opened one after another reuse their fd number. At the socket layer no
+/// `close` is seen: a TCP connection ends at `TCP_CLOSE`, and a UDP socket's entry when its fd
+/// number next moves bytes on another socket. Each connection must keep its own id, bytes and
+/// close, whichever comes first.
+#[test]
+fn reused_fds_keep_their_own_connections_at_the_socket_layer() {
+    const ROUNDS: usize = 5;
+    let port = free_port();
+    let _server = python_fixture("echo_server.py", &["127.0.0.1", &port.to_string()], &[]);
+    let agent = Agent::start(SOCKET_HOOKS);
+    let rounds = ROUNDS.to_string();
+    let run = |args: &[&str]| -> (u32, Value) {
+        let child = Command::new("python3")
+            .arg(fixture("reused_fds.py"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("reused_fds.py");
+        let pid = child.id();
+        let out = child.wait_with_output().expect("ran");
+        assert!(out.status.success(), "reused_fds.py {args:?} failed");
+        (pid, serde_json::from_slice(&out.stdout).expect("json"))
+    };
+    let (tcp_pid, tcp) = run(&["tcp", &port.to_string(), &rounds]);
+    let (udp_pid, udp) = run(&["udp", &rounds]);
+    let out = agent.stop();
+
+    for (pid, info, transport) in [(tcp_pid, &tcp, "tcp"), (udp_pid, &udp, "udp")] {
+        let fds: Vec<&Value> = info["fds"].as_array().expect("fds").iter().collect();
+        assert!(
+            fds.windows(2).all(|w| w[0] == w[1]),
+            "each round reuses the fd: {fds:?}"
+        );
+        let opens: Vec<&Value> = out
+            .of_type("open")
+            .filter(|e| e["pid"] == pid && e["fd"] == *fds[0])
+            .collect();
+        assert_eq!(
+            opens.len(),
+            ROUNDS,
+            "{transport}: one open per round: {opens:?}"
+        );
+        let sent = info["sent"].as_array().expect("sent");
+        for (open, message) in opens.iter().zip(sent) {
+            assert_eq!(str_of(open, "transport"), transport, "{open}");
+            let bytes: Vec<u8> = out
+                .of_type("data")
+                .filter(|e| e["conn_id"] == open["conn_id"] && e["direction"] == "egress")
+                .flat_map(payload)
+                .collect();
+            assert_eq!(
+                String::from_utf8_lossy(&bytes),
+                message.as_str().expect("text"),
+                "{transport}: each round's bytes under its own connection"
+            );
+        }
+        let closes: Vec<&Value> = out
+            .of_type("close")
+            .filter(|e| e["pid"] == pid && e["fd"] == *fds[0])
+            .collect();
+        // A UDP socket's last round has nothing after it to end it.
+        let expected = if transport == "tcp" {
+            ROUNDS
+        } else {
+            ROUNDS - 1
+        };
+        assert!(
+            closes.len() >= expected,
+            "{transport}: {} closes of {ROUNDS} rounds: {closes:?}",
+            closes.len()
+        );
+        for close in closes {
+            let message = opens
+                .iter()
+                .position(|o| o["conn_id"] == close["conn_id"])
+                .map(|i| sent[i].as_str().expect("text").len() as u64)
+                .expect("a close of an announced connection");
+            assert_eq!(u64_of(close, "bytes_sent"), message, "{close}");
+            assert_eq!(u64_of(close, "bytes_received"), message, "{close}");
+        }
+    }
+    assert_no_loss(&out);
+}
+
+/// `--capture-hooks` with an unknown value, or with the in-band mode it cannot carry, is refused
+/// with the flag named.
+#[test]
+fn capture_hooks_flag_is_checked() {
+    let out = Command::new(sockspan_tests::sockspan_bin())
+        .args(["events", "--capture-hooks", "sockets"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--capture-hooks"));
+    let out = Command::new(sockspan_tests::sockspan_bin())
+        .args(["events", "--capture-hooks", "socket", "--in-band"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("capture-hooks socket cannot carry the in-band mode"),
+        "{stderr}"
+    );
 }

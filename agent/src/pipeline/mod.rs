@@ -105,7 +105,7 @@ pub fn start(
         .first()
         .map_or(0, |&(_, count)| count);
     tracing::info!(
-        programs = crate::probes::PROGRAMS.len(),
+        hooks = ?probes_config.hooks,
         preexisting_sockets = discovered.len(),
         largest_verifier_walk = largest_walk,
         in_band = probes_config.inband,

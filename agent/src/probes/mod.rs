@@ -15,7 +15,8 @@ pub mod tls;
 use agent_common::conn_update::{ConnUpdate, NOT_WRITTEN, apply as apply_update};
 use agent_common::{
     CaptureConfig, Counter, DEFAULT_CAPTURE_BYTES, DEFAULT_MAX_CONNS, DEFAULT_RING_BYTES,
-    EXIT_FAMILIES, MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAP_EXIT_JUMPS, MAX_CAPTURE_BYTES,
+    EXIT_FAMILIES, MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAP_EXIT_JUMPS, MAP_RECV_JUMPS,
+    MAP_SEND_JUMPS, MAX_CAPTURE_BYTES, RECV_FAMILIES, SEND_FAMILIES,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -29,6 +30,51 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// Every program, named as the raw tracepoint it attaches to (`raw_syscalls/sys_enter` and
 /// `sys_exit`, which fire for every syscall; the programs pick out the socket ones).
 pub const PROGRAMS: &[&str] = &["sys_enter", "sys_exit"];
+
+/// Capture at the socket layer: (program, tracepoint) of each attached program, in the order
+/// they are attached (openings and send stamps before the data they serve).
+pub const SOCKET_PROGRAMS: [(&str, &str); 4] = [
+    ("tcp_state", "inet_sock_set_state"),
+    ("tcp_send_start", "tcp_sendmsg_locked"),
+    ("sock_send", "sock_send_length"),
+    ("sock_recv", "sock_recv_length"),
+];
+
+/// The one socket-layer tracepoint capture can do without: TCP sends' start times (without it
+/// a send's time is its end, which on loopback can come after its receiver's answer began).
+pub const SEND_START_TRACEPOINT: &str = "tcp_sendmsg_locked";
+
+/// Where capture hooks into the kernel (`--capture-hooks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum CaptureHooks {
+    /// The raw syscall tracepoints `sys_enter` and `sys_exit`: every syscall of every task
+    /// runs them (~155–215 ns each here), on any kernel from 5.5 on.
+    #[default]
+    Syscalls,
+    /// The socket layer's tracepoints: only socket sends and receives run programs, and every
+    /// other syscall keeps the kernel's fast path. Kernels from 2023 on (`sock_send_length`);
+    /// no `*mmsg` data and no `--in-band` (docs/overhead.md).
+    Socket,
+}
+
+impl CaptureHooks {
+    /// The tracepoints these hooks need that the kernel's BTF lacks (optional ones excluded).
+    #[must_use]
+    pub fn missing(self, btf: &btf::Btf) -> Vec<&'static str> {
+        match self {
+            Self::Syscalls => PROGRAMS
+                .iter()
+                .copied()
+                .filter(|tp| !btf.has_raw_tracepoint(tp))
+                .collect(),
+            Self::Socket => SOCKET_PROGRAMS
+                .iter()
+                .map(|&(_, tp)| tp)
+                .filter(|&tp| tp != SEND_START_TRACEPOINT && !btf.has_raw_tracepoint(tp))
+                .collect(),
+        }
+    }
+}
 
 /// What the capture stage can be told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +103,8 @@ pub struct ProbesConfig {
     /// questions, which a CLIENT request the programs cannot give a trace carries instead
     /// (`agent_common::INBAND_OPTION_EXID_ASK`). `None`: such requests carry nothing.
     pub inband_return_addr: Option<std::net::IpAddr>,
+    /// Where capture hooks into the kernel.
+    pub hooks: CaptureHooks,
 }
 
 impl Default for ProbesConfig {
@@ -71,6 +119,7 @@ impl Default for ProbesConfig {
             inband_cgroup: None,
             inband_starts_traces: true,
             inband_return_addr: None,
+            hooks: CaptureHooks::default(),
         }
     }
 }
@@ -107,6 +156,14 @@ pub enum ProbesError {
     Map { name: &'static str, reason: String },
     #[error(transparent)]
     Inband(#[from] inband::InbandError),
+    #[error(
+        "capture-hooks socket cannot carry the in-band mode (it marks a request's first segment from sys_enter); use --capture-hooks syscalls with --in-band"
+    )]
+    SocketHooksInband,
+    #[error(
+        "capture-hooks socket needs the kernel tracepoints {0} (sock_send_length and sock_recv_length are in Linux 6.3 and newer); use --capture-hooks syscalls on this kernel"
+    )]
+    SocketHooksMissing(String),
 }
 
 impl ProbesConfig {
@@ -122,6 +179,9 @@ impl ProbesConfig {
         }
         if !(16..=16_777_216).contains(&self.max_conns) {
             return Err(ProbesError::MaxConns(self.max_conns));
+        }
+        if self.hooks == CaptureHooks::Socket && self.inband {
+            return Err(ProbesError::SocketHooksInband);
         }
         Ok(())
     }
@@ -196,10 +256,12 @@ impl Drop for Probes {
     /// dispatcher's program array is emptied when its fd closes, so every exit in between would
     /// fail its tail call (counted as lost).
     fn drop(&mut self) {
-        if let Some(program) = self.ebpf.program_mut("sys_exit")
-            && let Ok(dispatcher) = <&mut BtfTracePoint>::try_from(program)
-        {
-            let _ = dispatcher.unload();
+        for name in ["sys_exit", "sock_send", "sock_recv"] {
+            if let Some(program) = self.ebpf.program_mut(name)
+                && let Ok(dispatcher) = <&mut BtfTracePoint>::try_from(program)
+            {
+                let _ = dispatcher.unload();
+            }
         }
     }
 }
@@ -585,7 +647,24 @@ impl Probes {
         set: ProgramSet,
     ) -> Result<Self, ProbesError> {
         config.validate()?;
-        let offsets = offsets::resolve(&btf::Btf::from_kernel()?)?;
+        let own_btf = btf::Btf::from_kernel()?;
+        let offsets = offsets::resolve(&own_btf)?;
+        let capture_programs = match set {
+            #[cfg(feature = "bench")]
+            ProgramSet::Floor(_) => false,
+            _ => true,
+        };
+        let socket_hooks = capture_programs && config.hooks == CaptureHooks::Socket;
+        let send_starts = if socket_hooks {
+            let missing = CaptureHooks::Socket.missing(&own_btf);
+            if !missing.is_empty() {
+                return Err(ProbesError::SocketHooksMissing(missing.join(", ")));
+            }
+            own_btf.has_raw_tracepoint(SEND_START_TRACEPOINT)
+        } else {
+            false
+        };
+        drop(own_btf);
         raise_memlock_limit();
 
         let capture = capture_config(config, agent_tgid, set)?;
@@ -618,13 +697,20 @@ impl Probes {
                     attach(&mut ebpf, name, tracepoint, &kernel_btf)?;
                 }
             }
+            _ if socket_hooks => attach_socket_layer(&mut ebpf, send_starts, &kernel_btf)?,
             // The breakdown stages are the capture programs stopped early.
             _ => {
                 for name in PROGRAMS {
                     if *name == "sys_exit" {
                         // Before the dispatcher is attached: an exit it sees finds its
                         // family's program in place.
-                        load_exit_families(&mut ebpf, &kernel_btf)?;
+                        load_families(
+                            &mut ebpf,
+                            &EXIT_FAMILIES,
+                            "sys_exit",
+                            MAP_EXIT_JUMPS,
+                            &kernel_btf,
+                        )?;
                     }
                     attach(&mut ebpf, name, name, &kernel_btf)?;
                 }
@@ -678,6 +764,9 @@ impl Probes {
         let mut counts: Vec<(&'static str, u32)> = PROGRAMS
             .iter()
             .chain(EXIT_FAMILIES.iter())
+            .chain(SOCKET_PROGRAMS.iter().map(|(name, _)| name))
+            .chain(SEND_FAMILIES.iter().filter(|name| !name.is_empty()))
+            .chain(RECV_FAMILIES.iter().filter(|name| !name.is_empty()))
             .filter_map(|name| {
                 let program = self.ebpf.program(name)?;
                 let count = program.info().ok()?.verified_instruction_count()?;
@@ -959,6 +1048,40 @@ impl Probes {
     }
 }
 
+/// Loads and attaches capture at the socket layer (`--capture-hooks socket`); `send_starts`:
+/// whether the kernel has the `tcp_sendmsg_locked` tracepoint.
+fn attach_socket_layer(
+    ebpf: &mut Ebpf,
+    send_starts: bool,
+    btf: &aya::Btf,
+) -> Result<(), ProbesError> {
+    // The family programs first: a send or receive the dispatchers see finds them.
+    load_families(
+        ebpf,
+        &SEND_FAMILIES,
+        "sock_send_length",
+        MAP_SEND_JUMPS,
+        btf,
+    )?;
+    load_families(
+        ebpf,
+        &RECV_FAMILIES,
+        "sock_recv_length",
+        MAP_RECV_JUMPS,
+        btf,
+    )?;
+    for (name, tracepoint) in SOCKET_PROGRAMS {
+        if tracepoint == SEND_START_TRACEPOINT && !send_starts {
+            tracing::warn!(
+                "the kernel has no tcp_sendmsg_locked tracepoint (Linux 6.14 and newer): a TCP send's time is its end, not its start"
+            );
+            continue;
+        }
+        attach(ebpf, name, tracepoint, btf)?;
+    }
+    Ok(())
+}
+
 /// Loads program `name` and attaches it to the raw tracepoint `tracepoint`, found in `btf`.
 fn attach(
     ebpf: &mut Ebpf,
@@ -974,29 +1097,39 @@ fn attach(
     Ok(())
 }
 
-/// Loads the exit programs of each syscall family (never attached: the `sys_exit` dispatcher
-/// tail-calls them) and puts them in the dispatcher's program array.
-fn load_exit_families(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<(), ProbesError> {
-    let mut fds = Vec::with_capacity(EXIT_FAMILIES.len());
-    for name in EXIT_FAMILIES {
-        let program = load_btf_tracepoint(ebpf, name, "sys_exit", btf)?;
+/// Loads the family programs `names` of one hook (never attached: the hook's dispatcher
+/// tail-calls them), each for `tracepoint`, and puts them in the dispatcher's program array
+/// `map` at their index; an empty name leaves its slot empty.
+fn load_families(
+    ebpf: &mut Ebpf,
+    names: &[&str],
+    tracepoint: &str,
+    map: &'static str,
+    btf: &aya::Btf,
+) -> Result<(), ProbesError> {
+    let mut fds = Vec::with_capacity(names.len());
+    for (index, name) in (0_u32..).zip(names) {
+        if name.is_empty() {
+            continue;
+        }
+        let program = load_btf_tracepoint(ebpf, name, tracepoint, btf)?;
         let fd = program
             .fd()
             .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
             .map_err(|e| ProbesError::Object(format!("program `{name}`: {e}")))?;
-        fds.push(fd);
+        fds.push((index, fd));
     }
     let map_error = |e: aya::maps::MapError| ProbesError::Map {
-        name: MAP_EXIT_JUMPS,
+        name: map,
         reason: e.to_string(),
     };
     let mut jumps: aya::maps::ProgramArray<&mut MapData> = ebpf
-        .map_mut(MAP_EXIT_JUMPS)
-        .ok_or(ProbesError::MissingMap(MAP_EXIT_JUMPS))?
+        .map_mut(map)
+        .ok_or(ProbesError::MissingMap(map))?
         .try_into()
         .map_err(map_error)?;
-    for (index, fd) in (0_u32..).zip(&fds) {
-        jumps.set(index, fd, 0).map_err(map_error)?;
+    for (index, fd) in &fds {
+        jumps.set(*index, fd, 0).map_err(map_error)?;
     }
     Ok(())
 }

@@ -129,6 +129,41 @@ fn privilege_rows(rows: &mut Vec<Row>) {
     });
 }
 
+/// The socket layer's tracepoints (`--capture-hooks socket`): present, or which are missing.
+fn socket_hooks_row(btf: Option<&Btf>) -> Row {
+    let (ok, detail) = match btf {
+        None => (false, "BTF unavailable".to_string()),
+        Some(b) => {
+            let missing = probes::CaptureHooks::Socket.missing(b);
+            let starts = b.has_raw_tracepoint(probes::SEND_START_TRACEPOINT);
+            let config = ProbesConfig {
+                hooks: probes::CaptureHooks::Socket,
+                ..ProbesConfig::default()
+            };
+            if !missing.is_empty() {
+                (
+                    false,
+                    format!("not in the kernel's BTF: {}", missing.join(", ")),
+                )
+            } else if let Err(e) = Probes::load(&config, std::process::id()) {
+                (false, format!("did not load: {e}"))
+            } else if starts {
+                (true, "sock_send_length, sock_recv_length, inet_sock_set_state and tcp_sendmsg_locked: programs loaded, verified and attached".to_string())
+            } else {
+                (true, "programs loaded, verified and attached; no tcp_sendmsg_locked: a TCP send's time would be its end, not its start".to_string())
+            }
+        }
+    };
+    Row {
+        feature: "socket-layer tracepoints (BTF)".into(),
+        ok,
+        detail,
+        need: Need::Optional,
+        role: "--capture-hooks socket: only socket sends and receives run programs, other syscalls keep their fast path",
+        fix: "use Linux 6.3 or newer (6.14 or newer for TCP send start times), or keep --capture-hooks syscalls",
+    }
+}
+
 /// BTF, the raw syscall tracepoints, the ring buffer, and a real load of the programs.
 /// Returns whether a uprobe attached (the runtime probes' real test; the programs are loaded here).
 fn capture_rows(
@@ -161,11 +196,7 @@ fn capture_rows(
     });
 
     let missing: Vec<&str> = match btf {
-        Some(b) => probes::PROGRAMS
-            .iter()
-            .copied()
-            .filter(|tp| !b.has_raw_tracepoint(tp))
-            .collect(),
+        Some(b) => probes::CaptureHooks::Syscalls.missing(b),
         None => probes::PROGRAMS.to_vec(),
     };
     rows.push(Row {
@@ -179,9 +210,10 @@ fn capture_rows(
             format!("not in the kernel's BTF: {}", missing.join(", "))
         },
         need: Need::Required,
-        role: "socket syscall capture: one program at every syscall's entry and exit",
+        role: "socket syscall capture (--capture-hooks syscalls, the default): one program at every syscall's entry and exit",
         fix: "use Linux 5.5 or newer built with CONFIG_DEBUG_INFO_BTF=y",
     });
+    rows.push(socket_hooks_row(btf));
 
     let bpf_loop = btf.and_then(|b| b.func_id("bpf_loop")).is_some();
     rows.push(Row {

@@ -1,0 +1,365 @@
+//! Capture at the socket layer (`--capture-hooks socket`): the same family programs as at
+//! `sys_exit` (`crate::syscalls`), run from tracepoints that only socket I/O fires.
+//!
+//! A program on `raw_syscalls/sys_enter` or `sys_exit` puts every task of the host on the
+//! kernel's slow syscall path: ~155–215 ns more on every syscall, socket or not (measured here
+//! with `getppid`, BENCHMARKS.md), and nginx serving wrk makes ~11 syscalls per request of which
+//! 4 are socket I/O. These hooks cost nothing to any other syscall:
+//!
+//! - `sock/sock_send_length` and `sock/sock_recv_length` (`(struct sock *sk, int ret, int
+//!   flags)`, kernels from 2023 on): fired by `sock_sendmsg` and `sock_recvmsg` after each send
+//!   and receive, whatever the syscall. They run inside the syscall, so the task's registers
+//!   (`Regs::current`) still hold its number and arguments, and the dispatchers here hand each
+//!   one to its family's program as `sys_exit` does. Once per message for `*mmsg`, which is
+//!   why those are skipped here (the registers cannot say which message it was).
+//! - `tcp/tcp_sendmsg_locked` (`(const struct sock *sk, const struct msghdr *msg, const struct
+//!   sk_buff *skb, int size_goal)`, kernels from 2025 on): before a TCP send's bytes are copied,
+//!   the start time `sys_enter` gives the syscall path ([`SEND_STAMPS`]).
+//! - `sock/inet_sock_set_state` (`(const struct sock *sk, int oldstate, int newstate)`): a TCP
+//!   connection's opening (`SYN_SENT` in the connecting task; `SYN_RECV` for an accepted one)
+//!   and its end (`TCP_CLOSE`), which stand in for `connect`, `accept` and `close`.
+//!
+//! A connection is announced at its first data (its local port is not known at `SYN_SENT`),
+//! with the role and opening its state change left ([`PENDING_OPENS`]). No `close` is seen: a
+//! TCP socket's entry goes at `TCP_CLOSE` ([`SOCK_KEYS`]), and any entry whose socket is not the
+//! one a send or receive moved bytes on belongs to a closed fd whose number was reused, and is
+//! closed then (`ConnInfo::sk`). UDP sockets have no state change: their entries go that way or
+//! leave the LRU table.
+
+use agent_common::{ConnKey, Counter, EXIT_FAMILIES, Role, Syscall, exit_family};
+use aya_ebpf::{
+    helpers::bpf_get_current_task,
+    macros::{btf_tracepoint, map},
+    maps::{LruHashMap, PerCpuArray, ProgramArray},
+    programs::BtfTracePointContext,
+};
+
+use crate::{
+    followed::{self, NOT_FOLLOWED},
+    maps::{CONNS, count},
+    regs::{Regs, exit_family_of},
+    syscalls::{
+        closed, discover_program, exit_program, hook, jump_to_family, now_ns, result_of,
+        traced_pid_tgid,
+    },
+};
+
+/// The `sock_send_length` dispatcher's program array (`agent_common::SEND_FAMILIES`).
+#[map]
+pub static SEND_JUMPS: ProgramArray = ProgramArray::with_max_entries(EXIT_FAMILIES.len() as u32, 0);
+
+/// The `sock_recv_length` dispatcher's program array (`agent_common::RECV_FAMILIES`).
+#[map]
+pub static RECV_JUMPS: ProgramArray = ProgramArray::with_max_entries(EXIT_FAMILIES.len() as u32, 0);
+
+/// Tracked TCP sockets' table keys, by `struct sock` address: where `TCP_CLOSE` finds the entry
+/// to close. An LRU of the connection table's default size.
+#[map]
+static SOCK_KEYS: LruHashMap<u64, ConnKey> =
+    LruHashMap::with_max_entries(agent_common::DEFAULT_MAX_CONNS, 0);
+
+/// A TCP connection's opening, by `struct sock` address, until its first data announces it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Opening {
+    /// A [`Role`].
+    role: u32,
+    /// The [`Syscall`] it stands for: `connect` or `accept`.
+    syscall: u32,
+    /// The connecting process (0 for an accepted connection: no task of its own opened it).
+    tgid: u32,
+    reserved: u32,
+    /// What the connecting thread ran (`followed::current_task`), 0 when not followed.
+    task: u64,
+}
+
+/// Openings not yet announced. Bounded (an LRU): a connection that never moves a byte leaves
+/// its entry until it is pushed out, or its `TCP_CLOSE` takes it.
+#[map]
+static PENDING_OPENS: LruHashMap<u64, Opening> = LruHashMap::with_max_entries(16_384, 0);
+
+/// When a thread's TCP send started (`tcp_sendmsg_locked`), until its `sock_send_length`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SendStamp {
+    /// The sending task (`task_struct` address), 0 for a free slot.
+    task: u64,
+    sk: u64,
+    ts_ns: u64,
+}
+
+/// Slots per CPU in [`SEND_STAMPS`].
+const STAMP_SLOTS: usize = 8;
+
+/// Per CPU, a few send stamps, a slot per task by hash. One slot was not enough: on loopback a
+/// send wakes its receiver inside the send, and a receiver that preempts the sender on its CPU
+/// and sends in turn overwrote the sender's stamp before the sender's send ended.
+#[map]
+static SEND_STAMPS: PerCpuArray<[SendStamp; STAMP_SLOTS]> = PerCpuArray::with_max_entries(1, 0);
+
+/// `TCP_ESTABLISHED`, `TCP_SYN_SENT`, `TCP_SYN_RECV`, `TCP_CLOSE` (`include/net/tcp_states.h`).
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
+
+/// What a connection's opening said, for its announcement ([`take_opening`]).
+pub struct Opened {
+    pub role: Role,
+    pub syscall: u32,
+    /// The task that connected, when the announcing process is the one that connected; `None`:
+    /// the announcement asks the current thread.
+    pub task: Option<u64>,
+}
+
+/// Takes the opening noted for socket `sk`, announced by process `tgid`.
+#[inline(always)]
+pub fn take_opening(sk: u64, tgid: u32) -> Option<Opened> {
+    // SAFETY: copied out at once.
+    let opening = (unsafe { PENDING_OPENS.get(&sk) }).copied()?;
+    let _ = PENDING_OPENS.remove(&sk);
+    let client = opening.role == Role::Client as u32;
+    Some(Opened {
+        role: if client { Role::Client } else { Role::Server },
+        syscall: opening.syscall,
+        task: if !client {
+            Some(0)
+        } else if opening.tgid == tgid {
+            Some(opening.task)
+        } else {
+            None
+        },
+    })
+}
+
+/// Notes that TCP socket `sk` is tracked under `key`, for its `TCP_CLOSE`.
+#[inline(always)]
+pub fn note_socket(sk: u64, key: &ConnKey) {
+    let _ = SOCK_KEYS.insert(&sk, key, 0);
+}
+
+/// Forgets socket `sk`'s key (its entry was closed another way).
+#[inline(always)]
+pub fn forget_socket(sk: u64) {
+    let _ = SOCK_KEYS.remove(&sk);
+}
+
+/// The slot of `task` among this CPU's stamps.
+#[inline(always)]
+fn stamp_slot(task: u64) -> usize {
+    // `task_struct`s are slab objects of several KiB: the bits above the low ones tell them
+    // apart.
+    ((task >> 8) ^ (task >> 14) ^ (task >> 20)) as usize % STAMP_SLOTS
+}
+
+/// When the current thread's TCP send on `sk` started, if this CPU stamped it; the slot is
+/// freed.
+#[inline(always)]
+pub fn take_send_stamp(sk: u64) -> Option<u64> {
+    let slots = SEND_STAMPS.get_ptr_mut(0)?;
+    // SAFETY: the helper has no preconditions; the address only names the task.
+    let task = unsafe { bpf_get_current_task() };
+    // SAFETY: this CPU's slots; tracepoint programs on one CPU do not nest, and the index is
+    // below the array's length.
+    let slot = unsafe { &mut (*slots)[stamp_slot(task)] };
+    if slot.task != task || slot.sk != sk {
+        return None;
+    }
+    slot.task = 0;
+    Some(slot.ts_ns)
+}
+
+/// `tcp/tcp_sendmsg_locked`, attached by BTF: `(const struct sock *sk, const struct msghdr
+/// *msg, const struct sk_buff *skb, int size_goal)`, before each chunk of a TCP send is copied.
+/// Stamps the send's first chunk: a later chunk of the same send keeps the stamp.
+#[btf_tracepoint(function = "tcp_sendmsg_locked")]
+pub fn tcp_send_start(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let Some(slots) = SEND_STAMPS.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: as in `take_send_stamp`.
+    let task = unsafe { bpf_get_current_task() };
+    // SAFETY: as in `take_send_stamp`.
+    let slot = unsafe { &mut (*slots)[stamp_slot(task)] };
+    if slot.task == task && slot.sk == sk {
+        return 0;
+    }
+    *slot = SendStamp {
+        task,
+        sk,
+        ts_ns: now_ns(),
+    };
+    0
+}
+
+/// `sock/inet_sock_set_state`, attached by BTF: `(const struct sock *sk, int oldstate, int
+/// newstate)`, at every TCP state change. Notes openings and closes a tracked connection.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn tcp_state(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let old = ctx.arg::<u64>(1) as u32 as i32;
+    let new = ctx.arg::<u64>(2) as u32 as i32;
+    match new {
+        TCP_SYN_SENT => {
+            // In the connecting task (`connect`, or a Fast Open `sendto`).
+            let Some(pid_tgid) = traced_pid_tgid() else {
+                return 0;
+            };
+            let task = match followed::current_task(pid_tgid) {
+                NOT_FOLLOWED => 0,
+                task => task,
+            };
+            note_opening(
+                sk,
+                Opening {
+                    role: Role::Client as u32,
+                    syscall: Syscall::Connect as u32,
+                    tgid: (pid_tgid >> 32) as u32,
+                    reserved: 0,
+                    task,
+                },
+            );
+        }
+        // A connection accepted from a listener (in softirq: no task of its own).
+        TCP_SYN_RECV => note_accepted(sk),
+        TCP_ESTABLISHED if old == TCP_SYN_RECV => note_accepted(sk),
+        TCP_CLOSE => tcp_closed(sk),
+        _ => {}
+    }
+    0
+}
+
+#[inline(always)]
+fn note_opening(sk: u64, opening: Opening) {
+    let _ = PENDING_OPENS.insert(&sk, &opening, 0);
+}
+
+#[inline(always)]
+fn note_accepted(sk: u64) {
+    note_opening(
+        sk,
+        Opening {
+            role: Role::Server as u32,
+            syscall: Syscall::Accept as u32,
+            tgid: 0,
+            reserved: 0,
+            task: 0,
+        },
+    );
+}
+
+/// TCP socket `sk` reached `TCP_CLOSE`: its entry, if still its own (the fd may already hold a
+/// newer socket), is removed and closed.
+#[inline(always)]
+fn tcp_closed(sk: u64) {
+    let _ = PENDING_OPENS.remove(&sk);
+    // SAFETY: copied out at once.
+    let Some(key) = (unsafe { SOCK_KEYS.get(&sk) }).copied() else {
+        return;
+    };
+    let _ = SOCK_KEYS.remove(&sk);
+    // SAFETY: copied out at once.
+    let Some(mut info) = (unsafe { CONNS.get(&key) }).copied() else {
+        return;
+    };
+    if info.sk != sk {
+        return;
+    }
+    let _ = CONNS.remove(&key);
+    // Often in softirq (the peer's last ACK or FIN): the record names the owner, not whoever
+    // runs.
+    let owner = (u64::from(key.tgid) << 32) | u64::from(key.tgid);
+    closed(owner, key.fd, &mut info);
+}
+
+/// Hands a send or receive to its syscall's family program (`HOOK`'s copy); anything else, a
+/// kernel thread's socket I/O or a failed call, ends here.
+#[inline(always)]
+fn dispatch<const HOOK: u32>(ctx: &BtfTracePointContext) -> i32 {
+    if result_of::<HOOK>(ctx) <= 0 {
+        return 0;
+    }
+    let regs = Regs::current();
+    if !regs.is_native() {
+        return 0;
+    }
+    let number = regs.number();
+    if matches!(exit_family_of(number), None | Some(exit_family::OPEN)) {
+        return 0;
+    }
+    if jump_to_family::<HOOK>(ctx, number) {
+        count(Counter::TailCallFailed);
+    }
+    0
+}
+
+/// `sock/sock_send_length`, attached by BTF: `(struct sock *sk, int ret, int flags)`, after each
+/// send on a socket.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send(ctx: BtfTracePointContext) -> i32 {
+    dispatch::<{ hook::SOCK_SEND }>(&ctx)
+}
+
+/// `sock/sock_recv_length`, attached by BTF: `(struct sock *sk, int ret, int flags)`, after each
+/// receive on a socket.
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv(ctx: BtfTracePointContext) -> i32 {
+    dispatch::<{ hook::SOCK_RECV }>(&ctx)
+}
+
+/// The family programs of one socket-layer hook, tail-called by its dispatcher with its
+/// context. Never attached: loaded for the hook's tracepoint, as the kernel requires of a tail
+/// call's target.
+macro_rules! family_programs {
+    ($hook:expr, $tracepoint:tt, $buffer:ident, $vector:ident, $message:ident, $other:ident, $discover:ident) => {
+        /// `read`, `write`, `recvfrom`, `sendto`.
+        #[btf_tracepoint(function = $tracepoint)]
+        pub fn $buffer(ctx: BtfTracePointContext) -> i32 {
+            exit_program::<{ exit_family::BUFFER }, { $hook }>(&ctx)
+        }
+
+        /// `readv`, `writev`.
+        #[btf_tracepoint(function = $tracepoint)]
+        pub fn $vector(ctx: BtfTracePointContext) -> i32 {
+            exit_program::<{ exit_family::VECTOR }, { $hook }>(&ctx)
+        }
+
+        /// `recvmsg`, `sendmsg`.
+        #[btf_tracepoint(function = $tracepoint)]
+        pub fn $message(ctx: BtfTracePointContext) -> i32 {
+            exit_program::<{ exit_family::MESSAGE }, { $hook }>(&ctx)
+        }
+
+        /// `sendfile` (once per chunk here); `*mmsg` end in the program.
+        #[btf_tracepoint(function = $tracepoint)]
+        pub fn $other(ctx: BtfTracePointContext) -> i32 {
+            exit_program::<{ exit_family::OTHER }, { $hook }>(&ctx)
+        }
+
+        /// Discovery of an fd the table does not know, handing back to its family's program.
+        #[btf_tracepoint(function = $tracepoint)]
+        pub fn $discover(ctx: BtfTracePointContext) -> i32 {
+            discover_program::<{ $hook }>(&ctx)
+        }
+    };
+}
+
+family_programs!(
+    hook::SOCK_SEND,
+    "sock_send_length",
+    sock_send_buffer,
+    sock_send_vector,
+    sock_send_message,
+    sock_send_other,
+    sock_send_discover
+);
+family_programs!(
+    hook::SOCK_RECV,
+    "sock_recv_length",
+    sock_recv_buffer,
+    sock_recv_vector,
+    sock_recv_message,
+    sock_recv_other,
+    sock_recv_discover
+);
