@@ -71,6 +71,8 @@ struct Opening {
     reserved: u32,
     /// What the connecting thread ran (`followed::current_task`), 0 when not followed.
     task: u64,
+    /// When: the connect, or the handshake's end for an accepted connection.
+    ts_ns: u64,
 }
 
 /// Openings not yet announced. Bounded (an LRU): a connection that never moves a byte leaves
@@ -110,6 +112,8 @@ pub struct Opened {
     /// The task that connected, when the announcing process is the one that connected; `None`:
     /// the announcement asks the current thread.
     pub task: Option<u64>,
+    /// When it opened.
+    pub ts_ns: u64,
 }
 
 /// Takes the opening noted for socket `sk`, announced by process `tgid`.
@@ -129,6 +133,7 @@ pub fn take_opening(sk: u64, tgid: u32) -> Option<Opened> {
         } else {
             None
         },
+        ts_ns: opening.ts_ns,
     })
 }
 
@@ -218,17 +223,23 @@ pub fn tcp_state(ctx: BtfTracePointContext) -> i32 {
                     tgid: (pid_tgid >> 32) as u32,
                     reserved: 0,
                     task,
+                    ts_ns: now_ns(),
                 },
             );
         }
-        // A connection accepted from a listener (in softirq: no task of its own).
-        TCP_SYN_RECV => note_accepted(sk),
-        TCP_ESTABLISHED if old == TCP_SYN_RECV => note_accepted(sk),
+        // A connection accepted from a listener (in softirq: no task of its own): its child
+        // socket is made in `SYN_RECV`, then established; the first note stands.
+        TCP_SYN_RECV | TCP_ESTABLISHED if new == TCP_SYN_RECV || old == TCP_SYN_RECV => {
+            note_accepted(sk);
+        }
         TCP_CLOSE => tcp_closed(sk),
         _ => {}
     }
     0
 }
+
+/// `BPF_NOEXIST`: insert only where no entry is.
+const BPF_NOEXIST: u64 = 1;
 
 #[inline(always)]
 fn note_opening(sk: u64, opening: Opening) {
@@ -237,15 +248,17 @@ fn note_opening(sk: u64, opening: Opening) {
 
 #[inline(always)]
 fn note_accepted(sk: u64) {
-    note_opening(
-        sk,
-        Opening {
+    let _ = PENDING_OPENS.insert(
+        &sk,
+        &Opening {
             role: Role::Server as u32,
             syscall: Syscall::Accept as u32,
             tgid: 0,
             reserved: 0,
             task: 0,
+            ts_ns: now_ns(),
         },
+        BPF_NOEXIST,
     );
 }
 

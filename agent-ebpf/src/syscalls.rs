@@ -141,12 +141,25 @@ pub fn emit_conn(
         },
         _ => 0,
     };
-    emit_conn_as(kind, pid_tgid, fd, info, syscall, flags, task);
+    let at = Opening {
+        task,
+        ts_ns: now_ns(),
+    };
+    emit_conn_as(kind, pid_tgid, fd, info, syscall, flags, &at);
 }
 
-/// [`emit_conn`] with the record's `task` given: at the socket layer an open is announced at
-/// the connection's first data, and its task is the one that connected
-/// ([`crate::socket_layer`]).
+/// Where and when a connection opened, as its open record says.
+pub struct Opening {
+    /// What the opening thread ran (`ConnEvent::task`), 0 when not followed.
+    pub task: u64,
+    /// The record's time.
+    pub ts_ns: u64,
+}
+
+/// [`emit_conn`] with the record's task and time given: at the socket layer an open is
+/// announced at the connection's first data, and its task and time are those of its opening
+/// ([`crate::socket_layer`]): the task rule takes a task made before its connection opened for
+/// one of the service's own.
 #[inline(always)]
 pub fn emit_conn_as(
     kind: EventKind,
@@ -155,14 +168,14 @@ pub fn emit_conn_as(
     info: &ConnInfo,
     syscall: u32,
     flags: u32,
-    task: u64,
+    at: &Opening,
 ) {
     let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
         count(Counter::RingFull);
         return;
     };
     entry.write(ConnEvent {
-        header: header(kind, pid_tgid, fd, info.conn_id, now_ns()),
+        header: header(kind, pid_tgid, fd, info.conn_id, at.ts_ns),
         tuple: info.tuple,
         role: info.role,
         syscall,
@@ -175,7 +188,7 @@ pub fn emit_conn_as(
         } else {
             [0; COMM_LEN]
         },
-        task,
+        task: at.task,
         flags,
         reserved: 0,
     });
@@ -202,7 +215,7 @@ fn track(
     role: Role,
     syscall: u32,
     shed: bool,
-    opened_by: Option<u64>,
+    opened: Option<&Opening>,
 ) -> Option<u64> {
     info.conn_id = next_conn_id();
     info.role = role as u32;
@@ -227,16 +240,8 @@ fn track(
         return None;
     }
     let flags = if shed { CONN_SHED_AT_OPEN } else { 0 };
-    match opened_by {
-        Some(task) => emit_conn_as(
-            EventKind::ConnOpen,
-            pid_tgid,
-            fd,
-            info,
-            syscall,
-            flags,
-            task,
-        ),
+    match opened {
+        Some(at) => emit_conn_as(EventKind::ConnOpen, pid_tgid, fd, info, syscall, flags, at),
         None => emit_conn(EventKind::ConnOpen, pid_tgid, fd, info, syscall, flags),
     }
     Some(info.conn_id)
@@ -485,12 +490,25 @@ fn track_opened(pid_tgid: u64, fd: i32, syscall: u32) -> u64 {
     };
     let tgid = (pid_tgid >> 32) as u32;
     let opening = crate::socket_layer::take_opening(info.sk, tgid);
-    let (role, opened_in, task) = match opening {
-        Some(open) => (open.role, open.syscall, open.task),
+    let (role, opened_in, at) = match opening {
+        Some(open) => (
+            open.role,
+            open.syscall,
+            Some(Opening {
+                task: match open.task {
+                    Some(task) => task,
+                    None => match followed::current_task(pid_tgid) {
+                        NOT_FOLLOWED => 0,
+                        task => task,
+                    },
+                },
+                ts_ns: open.ts_ns,
+            }),
+        ),
         None => (Role::Unknown, syscall, None),
     };
     let shed = role == Role::Client && shed::sheds_opening(tgid, &info.tuple);
-    let Some(conn_id) = track(pid_tgid, fd, info, role, opened_in, shed, task) else {
+    let Some(conn_id) = track(pid_tgid, fd, info, role, opened_in, shed, at.as_ref()) else {
         if shed {
             shed::forget_opening(&info.tuple);
         }

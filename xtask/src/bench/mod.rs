@@ -54,6 +54,12 @@ enum Variant {
     /// As `Sockspan`, in the in-band cross-host mode (section 1 only): every request's first
     /// segment carries its context in a TCP header option, and the other end adopts it.
     SockspanInband,
+    /// As `Sockspan`, capturing at the socket layer (`--capture-hooks socket`; section 1).
+    SockspanSocket,
+    /// As `SockspanStore`, capturing at the socket layer (section 4).
+    SockspanSocketStore,
+    /// As `SockspanTightBudget`, capturing at the socket layer (section 4).
+    SockspanSocketTightBudget,
     /// The capture `sys_enter` with an exit program that stops after the connection lookup,
     /// after the timestamps, after the payload copy (section 1's breakdown only).
     StageLookup,
@@ -63,7 +69,7 @@ enum Variant {
 
 impl Variant {
     /// The end-to-end variants (section 4).
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 9] = [
         Self::Untraced,
         Self::Floor,
         Self::FloorSocket,
@@ -71,15 +77,18 @@ impl Variant {
         Self::SockspanStore,
         Self::SockspanBudget,
         Self::SockspanTightBudget,
+        Self::SockspanSocketStore,
+        Self::SockspanSocketTightBudget,
     ];
     /// The ping-pong variants (section 1).
-    const PING_PONG: [Self; 6] = [
+    const PING_PONG: [Self; 7] = [
         Self::Untraced,
         Self::Floor,
         Self::FloorSocket,
         Self::Sockspan,
         Self::SockspanOpaque,
         Self::SockspanInband,
+        Self::SockspanSocket,
     ];
 
     /// The breakdown variants (section 1), each ending one step later than the one before.
@@ -99,11 +108,14 @@ impl Variant {
             Self::SockspanBudget => "(f) as (e), with a CPU budget (`--max-cpu 0.25`)",
             Self::SockspanTightBudget => "(h) as (e), with a tight CPU budget (`--max-cpu 0.05`)",
             Self::SockspanInband => "(g) as (c), in the in-band mode (`--in-band`)",
+            Self::SockspanSocket => "(j) as (c), at the socket layer (`--capture-hooks socket`)",
+            Self::SockspanSocketStore => "(k) as (e), at the socket layer",
+            Self::SockspanSocketTightBudget => "(l) as (h), at the socket layer",
         }
     }
 
-    /// `variants` without those this kernel cannot run: variant (i) needs the socket layer's
-    /// tracepoints (kernels from 2023 on), looked up once in the kernel's BTF.
+    /// `variants` without those this kernel cannot run: variants (i), (j), (k) and (l) need the
+    /// socket layer's tracepoints (kernels from 2023 on), looked up once in the kernel's BTF.
     fn runnable(variants: &[Self]) -> Vec<Self> {
         static SOCKET_TRACEPOINTS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let socket = *SOCKET_TRACEPOINTS.get_or_init(|| {
@@ -113,7 +125,7 @@ impl Variant {
             if !found {
                 eprintln!(
                     "xtask bench: this kernel has no socket-layer tracepoints \
-                     (`sock_send_length`): variant (i) is left out"
+                     (`sock_send_length`): variants (i), (j), (k) and (l) are left out"
                 );
             }
             found
@@ -121,13 +133,27 @@ impl Variant {
         variants
             .iter()
             .copied()
-            .filter(|v| *v != Self::FloorSocket || socket)
+            .filter(|v| !v.at_socket_layer() || socket)
             .collect()
+    }
+
+    /// Hooked at the socket layer's tracepoints.
+    fn at_socket_layer(self) -> bool {
+        matches!(
+            self,
+            Self::FloorSocket
+                | Self::SockspanSocket
+                | Self::SockspanSocketStore
+                | Self::SockspanSocketTightBudget
+        )
     }
 
     /// Held to a CPU budget.
     fn is_budget(self) -> bool {
-        matches!(self, Self::SockspanBudget | Self::SockspanTightBudget)
+        matches!(
+            self,
+            Self::SockspanBudget | Self::SockspanTightBudget | Self::SockspanSocketTightBudget
+        )
     }
 
     fn is_agent(self) -> bool {
@@ -139,6 +165,9 @@ impl Variant {
                 | Self::SockspanBudget
                 | Self::SockspanTightBudget
                 | Self::SockspanInband
+                | Self::SockspanSocket
+                | Self::SockspanSocketStore
+                | Self::SockspanSocketTightBudget
         )
     }
 }
@@ -269,11 +298,42 @@ fn start_variant(bin: &Path, variant: Variant, spans: Option<&Path>) -> Result<O
         Variant::StageCopy => &["bench-floor", "--stage", "copy"],
         Variant::Sockspan | Variant::SockspanOpaque => &["run", "--output", "jsonl"],
         Variant::SockspanInband => &["run", "--output", "jsonl", "--in-band"],
+        Variant::SockspanSocket => &["run", "--output", "jsonl", "--capture-hooks", "socket"],
         Variant::SockspanStore => {
             if let Some(path) = &store {
                 remove_store(path);
             }
             &["run", "--store", &store_arg, "--ui", "127.0.0.1:0"]
+        }
+        Variant::SockspanSocketStore => {
+            if let Some(path) = &store {
+                remove_store(path);
+            }
+            &[
+                "run",
+                "--store",
+                &store_arg,
+                "--ui",
+                "127.0.0.1:0",
+                "--capture-hooks",
+                "socket",
+            ]
+        }
+        Variant::SockspanSocketTightBudget => {
+            if let Some(path) = &store {
+                remove_store(path);
+            }
+            &[
+                "run",
+                "--store",
+                &store_arg,
+                "--ui",
+                "127.0.0.1:0",
+                "--max-cpu",
+                TIGHT_BUDGET_CORES,
+                "--capture-hooks",
+                "socket",
+            ]
         }
         Variant::SockspanBudget | Variant::SockspanTightBudget => {
             if let Some(path) = &store {
@@ -722,7 +782,11 @@ fn phase(
             ..AgentPhase::default()
         });
     };
-    let nginx_spans = if variant == Variant::SockspanStore || variant.is_budget() {
+    let nginx_spans = if matches!(
+        variant,
+        Variant::SockspanStore | Variant::SockspanSocketStore
+    ) || variant.is_budget()
+    {
         let store = store_path(spans_file);
         let count = output_of(Command::new(bin).args([
             "bench-store-count",

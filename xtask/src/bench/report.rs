@@ -62,7 +62,8 @@ pub(super) fn http_section(out: &mut String, samples: &[HttpSample]) {
          serving; its nginx spans are counted in the store after it stops (`sockspan bench-store-count`). \
          (b) and (i) are the empty programs of section 1, on the syscall tracepoints and on the socket \
          layer's. (f) is (e) held to a CPU budget (`--max-cpu 0.25`), (h) to a tight one (`--max-cpu 0.05`): \
-         their coverage is what the budget kept (docs/overhead.md); in both phases they first take 3 s of the same \
+         their coverage is what the budget kept (docs/overhead.md); (k) and (l) are (e) and (h) capturing \
+         at the socket layer (`--capture-hooks socket`, (i)'s hooks); in both phases they first take 3 s of the same \
          load unmeasured, for the budget to settle (its looks are half a second apart, from full capture), \
          which their coverage and CPU include.\n"
     );
@@ -117,8 +118,14 @@ pub(super) fn http_section(out: &mut String, samples: &[HttpSample]) {
         Variant::SockspanStore,
         Variant::SockspanBudget,
         Variant::SockspanTightBudget,
+        Variant::SockspanSocketStore,
+        Variant::SockspanSocketTightBudget,
     ] {
         let traced = of(variant);
+        if traced.is_empty() {
+            // Not runnable on this kernel (`Variant::runnable`).
+            continue;
+        }
         let (rps, _) = summary(
             &traced.iter().map(|s| s.saturation_rps).collect::<Vec<_>>(),
             0,
@@ -269,6 +276,7 @@ pub(super) fn syscall_section(out: &mut String, samples: &[(Variant, Sample)], r
     let (c, c_text) = summary(&ns(Variant::Sockspan), 0);
     let (d, d_text) = summary(&ns(Variant::SockspanOpaque), 0);
     let (inband, inband_text) = summary(&ns(Variant::SockspanInband), 0);
+    let (at_socket, j_text) = summary(&ns(Variant::SockspanSocket), 0);
     let _ = writeln!(out, "## 1. Per-syscall cost on a loopback socket\n");
     let _ = writeln!(
         out,
@@ -288,7 +296,8 @@ pub(super) fn syscall_section(out: &mut String, samples: &[(Variant, Sample)], r
          syscalls the programs know it is opaque and send nothing more. (a), (b), (i), (c) and (g) carry the \
          HTTP messages; (d) is the cost on traffic sockspan does not parse; (g) is (c) in the in-band \
          cross-host mode: each request's first segment carries its context in a TCP header option \
-         (written by the `sock_ops` program, read back on the server's end, both ends in the agent).\n",
+         (written by the `sock_ops` program, read back on the server's end, both ends in the agent); \
+         (j) is (c) capturing at the socket layer (`--capture-hooks socket`), on (i)'s hooks.\n",
         calls = round_trips * 4
     );
     let _ = writeln!(
@@ -303,14 +312,26 @@ pub(super) fn syscall_section(out: &mut String, samples: &[(Variant, Sample)], r
         (Variant::Sockspan, &c_text),
         (Variant::SockspanOpaque, &d_text),
         (Variant::SockspanInband, &inband_text),
+        (Variant::SockspanSocket, &j_text),
     ] {
-        if v == Variant::FloorSocket && !socket_ran {
+        if v.at_socket_layer() && !socket_ran {
             let _ = writeln!(out, "| {} | — (not on this kernel) | — |", v.label());
         } else {
             let _ = writeln!(out, "| {} | {text} | {} |", v.label(), other(v).1);
         }
     }
     floor_note(out, samples, b - a, socket_ran.then_some(socket_floor - a));
+    if socket_ran {
+        let _ = writeln!(
+            out,
+            "\n- (j) over (i), capture at the socket layer beyond its floor: **{:.0} ns per syscall**; \
+             (j) over (c): {:+.0} ns per socket syscall, {:+.0} ns per other syscall.",
+            at_socket - socket_floor,
+            at_socket - c,
+            other_syscall_ns(samples, Variant::SockspanSocket).0
+                - other_syscall_ns(samples, Variant::Sockspan).0
+        );
+    }
     let _ = writeln!(
         out,
         "\n- (g) over (c), the in-band mode: **{:.0} ns per syscall**, {:.0} ns per request (its four \
