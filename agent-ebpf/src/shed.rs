@@ -70,6 +70,12 @@ pub fn calls_out(tgid: u32) -> bool {
 
 /// A client end of process `tgid` connected: while anything is shed, it is a caller from now
 /// on ([`calls_out`]). Its hidden requests started before keep asking anything.
+/// Whether the budget sheds any connection now (the agent's switch, [`SHED_CONTROL`]).
+#[inline(always)]
+pub fn shedding() -> bool {
+    SHED_CONTROL.get(0).copied().unwrap_or(0) != 0
+}
+
 #[inline(always)]
 pub fn note_caller(tgid: u32) {
     if SHED_CONTROL.get(0).copied().unwrap_or(0) == 0 || calls_out(tgid) {

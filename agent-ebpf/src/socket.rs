@@ -107,6 +107,20 @@ pub fn stream_seq(tcp_sk: u64, egress: bool, moved: u64) -> Result<u32, i64> {
     Ok(after.wrapping_sub(moved as u32))
 }
 
+/// The endpoints of the TCP socket `sk` (IPv4 or IPv6), as `classify_fd` fills them; `None`
+/// for another family or a failed read.
+#[inline(always)]
+pub fn tcp_tuple(sk: u64) -> Option<SockTuple> {
+    let family: u16 = read_at(sk, offset!(skc_family)).ok()?;
+    if family != AF_INET && family != AF_INET6 {
+        return None;
+    }
+    let mut tuple = SockTuple::default();
+    read_tuple(sk, family, &mut tuple).ok()?;
+    tuple.sock_type = SOCK_STREAM;
+    Some(tuple)
+}
+
 /// Reads the endpoints of an inet socket.
 #[inline(always)]
 fn read_tuple(sk: u64, family: u16, tuple: &mut SockTuple) -> Result<(), i64> {

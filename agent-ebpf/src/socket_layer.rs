@@ -10,8 +10,9 @@
 //!   flags)`, kernels from 2023 on): fired by `sock_sendmsg` and `sock_recvmsg` after each send
 //!   and receive, whatever the syscall. They run inside the syscall, so the task's registers
 //!   (`Regs::current`) still hold its number and arguments, and the dispatchers here hand each
-//!   one to its family's program as `sys_exit` does. Once per message for `*mmsg`, which is
-//!   why those are skipped here (the registers cannot say which message it was).
+//!   one to its family's program as `sys_exit` does. Once per message for `*mmsg`: a
+//!   `sendmmsg` message is found by order and length ([`mmsg_index`]); `recvmmsg` is skipped
+//!   (a received message's length says nothing of which buffer it went to).
 //! - `tcp/tcp_sendmsg_locked` (`(const struct sock *sk, const struct msghdr *msg, const struct
 //!   sk_buff *skb, int size_goal)`, kernels from 2025 on): before a TCP send's bytes are copied,
 //!   the start time `sys_enter` gives the syscall path ([`SEND_STAMPS`]).
@@ -38,6 +39,8 @@ use crate::{
     followed::{self, NOT_FOLLOWED},
     maps::{CONNS, count},
     regs::{Regs, exit_family_of},
+    shed,
+    socket::tcp_tuple,
     syscalls::{
         closed, discover_program, exit_program, hook, jump_to_family, now_ns, result_of,
         traced_pid_tgid,
@@ -68,7 +71,8 @@ struct Opening {
     syscall: u32,
     /// The connecting process (0 for an accepted connection: no task of its own opened it).
     tgid: u32,
-    reserved: u32,
+    /// 1 when the budget shed this client end at its opening ([`client_established`]).
+    shed: u32,
     /// What the connecting thread ran (`followed::current_task`), 0 when not followed.
     task: u64,
     /// When: the connect, or the handshake's end for an accepted connection.
@@ -99,6 +103,86 @@ const STAMP_SLOTS: usize = 8;
 #[map]
 static SEND_STAMPS: PerCpuArray<[SendStamp; STAMP_SLOTS]> = PerCpuArray::with_max_entries(1, 0);
 
+/// Where a thread's `sendmmsg` is up to: the message its next send hook is for.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MmsgCursor {
+    /// The call's `struct mmsghdr` vector.
+    vector: u64,
+    next: u64,
+}
+
+/// Each thread's `sendmmsg` cursor, by `pid_tgid` (a thread runs one syscall at a time).
+#[map]
+static MMSG_CURSORS: LruHashMap<u64, MmsgCursor> = LruHashMap::with_max_entries(4096, 0);
+
+/// `struct user_msghdr` (64-bit ABI): `msg_iov` at 16, `msg_iovlen` at 24.
+const MSGHDR_IOV: u64 = 16;
+const MSGHDR_IOVLEN: u64 = 24;
+/// Iovecs summed per message ([`message_len`]); a message with more is not recognised.
+const MESSAGE_IOVECS: u64 = 4;
+
+/// The bytes message `i` of the `struct mmsghdr` vector `vector` carries (the sum of its
+/// iovecs' lengths), `None` when unreadable or with more than [`MESSAGE_IOVECS`] iovecs.
+#[inline(always)]
+fn message_len(vector: u64, i: u64) -> Option<u64> {
+    let msg = vector + i * crate::syscalls::MMSGHDR_SIZE;
+    let iov: u64 = read_user(msg + MSGHDR_IOV)?;
+    let count: u64 = read_user(msg + MSGHDR_IOVLEN)?;
+    if count > MESSAGE_IOVECS {
+        return None;
+    }
+    let mut total = 0;
+    let mut k = 0;
+    while k < MESSAGE_IOVECS {
+        if k >= count {
+            break;
+        }
+        // `struct iovec`: base, then length.
+        total += read_user::<u64>(iov + k * 16 + 8)?;
+        k += 1;
+    }
+    Some(total)
+}
+
+/// Reads a `T` of user memory.
+#[inline(always)]
+fn read_user<T>(address: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_user returns an error for a bad user address; it never faults.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_user(address as *const T) }.ok()
+}
+
+/// Which message of the current thread's `sendmmsg` (vector `vector` of `vlen` messages) a send
+/// of `len` bytes at the socket layer was: the one after the thread's last (the kernel sends
+/// them in order), or the first when its last was the vector's last or is another call's.
+/// Checked: the message's own length must be `len`, or, failing that, the first's (a call
+/// after one that sent fewer than `vlen`); else `None`, and nothing is sent. Messages of
+/// equal length are told apart only by their order.
+#[inline(always)]
+pub fn mmsg_index(pid_tgid: u64, vector: u64, vlen: u64, len: u64) -> Option<u64> {
+    // SAFETY: copied out at once.
+    let next = match unsafe { MMSG_CURSORS.get(&pid_tgid) }.copied() {
+        Some(cursor) if cursor.vector == vector && cursor.next < vlen => cursor.next,
+        _ => 0,
+    };
+    let i = if message_len(vector, next) == Some(len) {
+        next
+    } else if next != 0 && message_len(vector, 0) == Some(len) {
+        0
+    } else {
+        return None;
+    };
+    let _ = MMSG_CURSORS.insert(
+        &pid_tgid,
+        &MmsgCursor {
+            vector,
+            next: i + 1,
+        },
+        0,
+    );
+    Some(i)
+}
+
 /// `TCP_ESTABLISHED`, `TCP_SYN_SENT`, `TCP_SYN_RECV`, `TCP_CLOSE` (`include/net/tcp_states.h`).
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
@@ -114,6 +198,8 @@ pub struct Opened {
     pub task: Option<u64>,
     /// When it opened.
     pub ts_ns: u64,
+    /// Whether the budget shed it at its opening (a client end).
+    pub shed: bool,
 }
 
 /// Takes the opening noted for socket `sk`, announced by process `tgid`.
@@ -134,6 +220,7 @@ pub fn take_opening(sk: u64, tgid: u32) -> Option<Opened> {
             None
         },
         ts_ns: opening.ts_ns,
+        shed: opening.shed != 0,
     })
 }
 
@@ -221,7 +308,7 @@ pub fn tcp_state(ctx: BtfTracePointContext) -> i32 {
                     role: Role::Client as u32,
                     syscall: Syscall::Connect as u32,
                     tgid: (pid_tgid >> 32) as u32,
-                    reserved: 0,
+                    shed: 0,
                     task,
                     ts_ns: now_ns(),
                 },
@@ -232,10 +319,36 @@ pub fn tcp_state(ctx: BtfTracePointContext) -> i32 {
         TCP_SYN_RECV | TCP_ESTABLISHED if new == TCP_SYN_RECV || old == TCP_SYN_RECV => {
             note_accepted(sk);
         }
+        TCP_ESTABLISHED if old == TCP_SYN_SENT => client_established(sk),
         TCP_CLOSE => tcp_closed(sk),
         _ => {}
     }
     0
+}
+
+/// A client end's handshake is done (in softirq, at the server's SYN-ACK): its endpoints are
+/// known, and no byte has moved yet. While the budget sheds, whether it is shed at its opening
+/// is decided here (`shed::sheds_opening`) and not at its first data: at the socket layer the
+/// first send's hook runs after its bytes reached a loopback server, which may have read them,
+/// found no shed tuple, and kept a server end whose client is shed (a cut trace).
+#[inline(always)]
+fn client_established(sk: u64) {
+    if !shed::shedding() {
+        return;
+    }
+    let Some(opening) = PENDING_OPENS.get_ptr_mut(&sk) else {
+        return;
+    };
+    let Some(tuple) = tcp_tuple(sk) else {
+        return;
+    };
+    // SAFETY: a pointer from a successful lookup of this LRU's entry; a concurrent eviction
+    // can at worst lose the mark (the decision is then taken again at the first data).
+    unsafe {
+        if shed::sheds_opening((*opening).tgid, &tuple) {
+            (*opening).shed = 1;
+        }
+    }
 }
 
 /// `BPF_NOEXIST`: insert only where no entry is.
@@ -254,7 +367,7 @@ fn note_accepted(sk: u64) {
             role: Role::Server as u32,
             syscall: Syscall::Accept as u32,
             tgid: 0,
-            reserved: 0,
+            shed: 0,
             task: 0,
             ts_ns: now_ns(),
         },

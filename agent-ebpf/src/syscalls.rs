@@ -22,7 +22,7 @@
 use agent_common::{
     COMM_LEN, CONN_SHED_AT_OPEN, ConnEvent, ConnInfo, ConnKey, Counter, DATA_RESUMED,
     DATA_SEQ_VALID, DataEvent, Direction, EventHeader, EventKind, MAX_CAPTURE_BYTES, MAX_IOVECS,
-    MAX_MMSG, Protocol, Role, Syscall, exit_family, exit_stage,
+    MAX_MMSG, Protocol, Role, SOCK_DGRAM, Syscall, exit_family, exit_stage,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
@@ -490,7 +490,7 @@ fn track_opened(pid_tgid: u64, fd: i32, syscall: u32) -> u64 {
     };
     let tgid = (pid_tgid >> 32) as u32;
     let opening = crate::socket_layer::take_opening(info.sk, tgid);
-    let (role, opened_in, at) = match opening {
+    let (role, opened_in, at) = match &opening {
         Some(open) => (
             open.role,
             open.syscall,
@@ -505,9 +505,19 @@ fn track_opened(pid_tgid: u64, fd: i32, syscall: u32) -> u64 {
                 ts_ns: open.ts_ns,
             }),
         ),
+        // A UDP socket with a peer was connected (`connect`, which moves no bytes and fires no
+        // state change): its client end, as `open_exit` takes it.
+        None if info.tuple.sock_type == SOCK_DGRAM && info.tuple.remote_port != 0 => {
+            (Role::Client, Syscall::Connect as u32, None)
+        }
         None => (Role::Unknown, syscall, None),
     };
-    let shed = role == Role::Client && shed::sheds_opening(tgid, &info.tuple);
+    // A TCP client end's decision was taken at its handshake's end
+    // (`socket_layer::client_established`); a connected UDP socket's is taken now.
+    let shed = match &opening {
+        Some(open) => open.shed,
+        None => role == Role::Client && shed::sheds_opening(tgid, &info.tuple),
+    };
     let Some(conn_id) = track(pid_tgid, fd, info, role, opened_in, shed, at.as_ref()) else {
         if shed {
             shed::forget_opening(&info.tuple);
@@ -680,7 +690,7 @@ fn interim_response(regs: Regs, syscall: Syscall, result: i64) -> bool {
 }
 
 /// `struct mmsghdr` (64-bit ABI): a `struct user_msghdr` (56 bytes) then `unsigned int msg_len`.
-const MMSGHDR_SIZE: u64 = 64;
+pub const MMSGHDR_SIZE: u64 = 64;
 const MMSGHDR_LEN: u64 = 56;
 /// Iovec entries walked per message of a `*mmsg` call.
 const MMSG_IOVECS: usize = 4;
@@ -799,7 +809,7 @@ fn data_exit<const FAMILY: u32, const HOOK: u32>(
             exit.seq,
         );
     }
-    emit_records::<FAMILY>(regs, &mut exit, result)?;
+    emit_records::<FAMILY, HOOK>(regs, &mut exit, result)?;
     if config!(inband) != 0
         && FAMILY != exit_family::OTHER
         && exit.conn.protocol == Protocol::Detecting as u32
@@ -900,7 +910,11 @@ fn detected_unfollowed(entry: *mut ConnInfo) -> bool {
 
 /// Sends the records of one data syscall: one per message for `*mmsg`, else one.
 #[inline(always)]
-fn emit_records<const FAMILY: u32>(regs: Regs, exit: &mut Exit, result: i64) -> Result<(), i64> {
+fn emit_records<const FAMILY: u32, const HOOK: u32>(
+    regs: Regs,
+    exit: &mut Exit,
+    result: i64,
+) -> Result<(), i64> {
     let (syscall, pid_tgid) = (exit.syscall, exit.pid_tgid);
     let buf = regs.arg1();
     if FAMILY != exit_family::OTHER {
@@ -921,6 +935,21 @@ fn emit_records<const FAMILY: u32>(regs: Regs, exit: &mut Exit, result: i64) -> 
     }
     if syscall == Syscall::Sendfile {
         emit_data::<false>(exit, result, Source::Uncapturable);
+        return Ok(());
+    }
+    if HOOK != hook::SYS_EXIT {
+        // At the socket layer, one message of a `sendmmsg` (`result` its bytes): which one is
+        // worked out, and checked against its length, or nothing is sent.
+        match crate::socket_layer::mmsg_index(exit.pid_tgid, buf, regs.arg2(), result as u64) {
+            Some(i) => emit_data::<false>(
+                exit,
+                result,
+                Source::MsgHdr {
+                    ptr: buf + i * MMSGHDR_SIZE,
+                },
+            ),
+            None => count(Counter::PayloadReadFailed),
+        }
         return Ok(());
     }
     // `*mmsg`: `result` is a message count; each message's byte count is in its msg_len.
@@ -1410,15 +1439,16 @@ pub fn exit_program<const FAMILY: u32, const HOOK: u32>(ctx: &BtfTracePointConte
     }
     if HOOK != hook::SYS_EXIT {
         // The hook fires once per message of a `*mmsg` call, and the registers cannot say
-        // which message it was; a send hook inside a read (or the reverse) is the kernel's own.
+        // which message it was: a `sendmmsg` message is found by its length
+        // ([`crate::socket_layer::mmsg_index`]), a `recvmmsg` one cannot be (its length is its
+        // buffer's at most), and is skipped. A send hook inside a read (or the reverse) is the
+        // kernel's own.
         let wanted = if HOOK == hook::SOCK_SEND {
             Direction::Egress
         } else {
             Direction::Ingress
         };
-        if matches!(syscall, Syscall::Sendmmsg | Syscall::Recvmmsg)
-            || syscall.direction() != Some(wanted)
-        {
+        if syscall == Syscall::Recvmmsg || syscall.direction() != Some(wanted) {
             return 0;
         }
     }

@@ -299,7 +299,19 @@ fn assert_later_requests_linked(spans: &[Value]) {
 /// instead of every record of the connection being discarded until it closes.
 #[test]
 fn a_connection_the_agent_forgot_is_announced_again() {
-    let agent = Agent::start_command("run", &["--output", "jsonl", "--idle-timeout", "1"]);
+    // On the syscall tracepoints: the socket layer announces a connection at its first data, and
+    // the server end here moves none before the pause (nothing of it to forget).
+    let agent = Agent::start_command(
+        "run",
+        &[
+            "--output",
+            "jsonl",
+            "--idle-timeout",
+            "1",
+            "--capture-hooks",
+            "syscalls",
+        ],
+    );
     let mut server = Talking::start("midstream_keepalive.py", &["server"]);
     let port = server.line("port ", Duration::from_secs(10));
     let port = port.trim_start_matches("port ").to_string();

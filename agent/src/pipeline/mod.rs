@@ -105,7 +105,7 @@ pub fn start(
         .first()
         .map_or(0, |&(_, count)| count);
     tracing::info!(
-        hooks = ?probes_config.hooks,
+        hooks = ?probes.hooks(),
         preexisting_sockets = discovered.len(),
         largest_verifier_walk = largest_walk,
         in_band = probes_config.inband,

@@ -47,9 +47,12 @@ pub const SEND_START_TRACEPOINT: &str = "tcp_sendmsg_locked";
 /// Where capture hooks into the kernel (`--capture-hooks`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum CaptureHooks {
+    /// The socket layer's where the kernel has them and the in-band mode is off, else the
+    /// syscall tracepoints.
+    #[default]
+    Auto,
     /// The raw syscall tracepoints `sys_enter` and `sys_exit`: every syscall of every task
     /// runs them (~155–215 ns each here), on any kernel from 5.5 on.
-    #[default]
     Syscalls,
     /// The socket layer's tracepoints: only socket sends and receives run programs, and every
     /// other syscall keeps the kernel's fast path. Kernels from 2023 on (`sock_send_length`);
@@ -58,11 +61,22 @@ pub enum CaptureHooks {
 }
 
 impl CaptureHooks {
+    /// What `Auto` comes to on this kernel (`btf`) with the in-band mode on or off; the others
+    /// are themselves.
+    #[must_use]
+    pub fn resolve(self, btf: &btf::Btf, inband: bool) -> Self {
+        match self {
+            Self::Auto if !inband && Self::Socket.missing(btf).is_empty() => Self::Socket,
+            Self::Auto => Self::Syscalls,
+            hooks => hooks,
+        }
+    }
+
     /// The tracepoints these hooks need that the kernel's BTF lacks (optional ones excluded).
     #[must_use]
     pub fn missing(self, btf: &btf::Btf) -> Vec<&'static str> {
         match self {
-            Self::Syscalls => PROGRAMS
+            Self::Syscalls | Self::Auto => PROGRAMS
                 .iter()
                 .copied()
                 .filter(|tp| !btf.has_raw_tracepoint(tp))
@@ -190,6 +204,8 @@ impl ProbesConfig {
 /// Loaded and attached programs. Dropping it detaches everything.
 pub struct Probes {
     ebpf: Ebpf,
+    /// Where capture hooked into the kernel (`Auto` resolved).
+    hooks: CaptureHooks,
     /// The Go runtime probes (capture set only), attached per Go executable met.
     go: Option<go::GoProbes>,
     /// The OpenSSL probes (capture set only), attached per libssl file met.
@@ -649,21 +665,7 @@ impl Probes {
         config.validate()?;
         let own_btf = btf::Btf::from_kernel()?;
         let offsets = offsets::resolve(&own_btf)?;
-        let capture_programs = match set {
-            #[cfg(feature = "bench")]
-            ProgramSet::Floor(_) => false,
-            _ => true,
-        };
-        let socket_hooks = capture_programs && config.hooks == CaptureHooks::Socket;
-        let send_starts = if socket_hooks {
-            let missing = CaptureHooks::Socket.missing(&own_btf);
-            if !missing.is_empty() {
-                return Err(ProbesError::SocketHooksMissing(missing.join(", ")));
-            }
-            own_btf.has_raw_tracepoint(SEND_START_TRACEPOINT)
-        } else {
-            false
-        };
+        let (socket_hooks, send_starts) = socket_layer_for(config, set, &own_btf)?;
         drop(own_btf);
         raise_memlock_limit();
 
@@ -753,7 +755,18 @@ impl Probes {
             followed,
             inband,
             inband_marked,
+            hooks: if socket_hooks {
+                CaptureHooks::Socket
+            } else {
+                CaptureHooks::Syscalls
+            },
         })
+    }
+
+    /// Where capture hooked into the kernel.
+    #[must_use]
+    pub fn hooks(&self) -> CaptureHooks {
+        self.hooks
     }
 
     /// The instructions the verifier walked for each syscall program (dispatchers and families),
@@ -1048,6 +1061,28 @@ impl Probes {
     }
 }
 
+/// Whether `set` captures at the socket layer with `config` on this kernel (`btf`), and if so
+/// whether the kernel has TCP send starts; an error names what `--capture-hooks socket` misses.
+fn socket_layer_for(
+    config: &ProbesConfig,
+    set: ProgramSet,
+    btf: &btf::Btf,
+) -> Result<(bool, bool), ProbesError> {
+    let capture_programs = match set {
+        #[cfg(feature = "bench")]
+        ProgramSet::Floor(_) => false,
+        _ => true,
+    };
+    if !capture_programs || config.hooks.resolve(btf, config.inband) != CaptureHooks::Socket {
+        return Ok((false, false));
+    }
+    let missing = CaptureHooks::Socket.missing(btf);
+    if !missing.is_empty() {
+        return Err(ProbesError::SocketHooksMissing(missing.join(", ")));
+    }
+    Ok((true, btf.has_raw_tracepoint(SEND_START_TRACEPOINT)))
+}
+
 /// Loads and attaches capture at the socket layer (`--capture-hooks socket`); `send_starts`:
 /// whether the kernel has the `tcp_sendmsg_locked` tracepoint.
 fn attach_socket_layer(
@@ -1073,7 +1108,7 @@ fn attach_socket_layer(
     for (name, tracepoint) in SOCKET_PROGRAMS {
         if tracepoint == SEND_START_TRACEPOINT && !send_starts {
             tracing::warn!(
-                "the kernel has no tcp_sendmsg_locked tracepoint (Linux 6.14 and newer): a TCP send's time is its end, not its start"
+                "the kernel has no tcp_sendmsg_locked tracepoint (kernels from 2025 on): a TCP send's time is its end, not its start"
             );
             continue;
         }
@@ -1264,6 +1299,17 @@ mod tests {
                 .expect_err("1")
                 .to_string()
                 .contains("max-conns")
+        );
+        let bad = ProbesConfig {
+            hooks: CaptureHooks::Socket,
+            inband: true,
+            ..ProbesConfig::default()
+        };
+        assert!(
+            bad.validate()
+                .expect_err("socket hooks with the in-band mode")
+                .to_string()
+                .starts_with("capture-hooks socket cannot carry the in-band mode")
         );
     }
 }

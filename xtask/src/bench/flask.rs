@@ -149,7 +149,7 @@ pub(super) fn rounds(bin: &Path, quick: bool) -> Result<Vec<FlaskSample>> {
             });
             let (front, _chain) = start_chain(otel_port)?;
             let agent: Option<Running> = if tracing == Tracing::Sockspan {
-                start_variant(bin, Variant::SockspanStore, Some(&spans_file))?
+                start_variant(bin, Variant::default_store(), Some(&spans_file))?
             } else {
                 None
             };

@@ -102,14 +102,16 @@ impl Variant {
             Self::Untraced => "(a) no programs",
             Self::Floor => "(b) empty programs (floor)",
             Self::FloorSocket => "(i) empty programs on the socket layer's tracepoints",
-            Self::Sockspan => "(c) sockspan run",
+            Self::Sockspan => "(c) sockspan run, on the syscall tracepoints",
             Self::SockspanOpaque => "(d) sockspan run, bytes that are not HTTP",
-            Self::SockspanStore => "(e) sockspan run, default output (embedded store and UI)",
+            Self::SockspanStore => {
+                "(e) sockspan run, default output (embedded store and UI), on the syscall tracepoints"
+            }
             Self::SockspanBudget => "(f) as (e), with a CPU budget (`--max-cpu 0.25`)",
             Self::SockspanTightBudget => "(h) as (e), with a tight CPU budget (`--max-cpu 0.05`)",
             Self::SockspanInband => "(g) as (c), in the in-band mode (`--in-band`)",
             Self::SockspanSocket => "(j) as (c), at the socket layer (`--capture-hooks socket`)",
-            Self::SockspanSocketStore => "(k) as (e), at the socket layer",
+            Self::SockspanSocketStore => "(k) as (e), at the socket layer: the defaults",
             Self::SockspanSocketTightBudget => "(l) as (h), at the socket layer",
         }
     }
@@ -135,6 +137,22 @@ impl Variant {
             .copied()
             .filter(|v| !v.at_socket_layer() || socket)
             .collect()
+    }
+
+    /// The capture programs on the raw syscall tracepoints, asked for by name: every agent and
+    /// breakdown variant not at the socket layer.
+    fn on_syscall_hooks(self) -> bool {
+        (self.is_agent() || Self::STAGES.contains(&self)) && !self.at_socket_layer()
+    }
+
+    /// The agent as `sockspan run` starts it by default, with its store and UI: at the socket
+    /// layer where this kernel has it, else on the syscall tracepoints.
+    pub(super) fn default_store() -> Self {
+        if Self::runnable(&[Self::SockspanSocketStore]).is_empty() {
+            Self::SockspanStore
+        } else {
+            Self::SockspanSocketStore
+        }
     }
 
     /// Hooked at the socket layer's tracepoints.
@@ -281,78 +299,58 @@ impl Running {
     }
 }
 
+/// The command line of `variant` (`None`: untraced); a store variant's store at `store` is
+/// emptied first.
+fn variant_args(variant: Variant, store: Option<&Path>) -> Option<Vec<String>> {
+    let store_arg = store.map(|path| path.display().to_string());
+    let mut args: Vec<&str> = match variant {
+        Variant::Untraced => return None,
+        Variant::Floor => vec!["bench-floor"],
+        Variant::FloorSocket => vec!["bench-floor", "--hooks", "socket"],
+        Variant::StageLookup => vec!["bench-floor", "--stage", "lookup"],
+        Variant::StageClock => vec!["bench-floor", "--stage", "clock"],
+        Variant::StageCopy => vec!["bench-floor", "--stage", "copy"],
+        Variant::Sockspan | Variant::SockspanOpaque | Variant::SockspanSocket => {
+            vec!["run", "--output", "jsonl"]
+        }
+        Variant::SockspanInband => vec!["run", "--output", "jsonl", "--in-band"],
+        Variant::SockspanStore
+        | Variant::SockspanSocketStore
+        | Variant::SockspanBudget
+        | Variant::SockspanTightBudget
+        | Variant::SockspanSocketTightBudget => {
+            if let Some(path) = store {
+                remove_store(path);
+            }
+            let mut args = vec!["run", "--ui", "127.0.0.1:0"];
+            if let Some(path) = &store_arg {
+                args.extend(["--store", path.as_str()]);
+            }
+            args
+        }
+    };
+    match variant {
+        Variant::SockspanBudget => args.extend(["--max-cpu", BUDGET_CORES]),
+        Variant::SockspanTightBudget | Variant::SockspanSocketTightBudget => {
+            args.extend(["--max-cpu", TIGHT_BUDGET_CORES]);
+        }
+        _ => {}
+    }
+    if variant.at_socket_layer() && variant.is_agent() {
+        args.extend(["--capture-hooks", "socket"]);
+    } else if variant.on_syscall_hooks() {
+        // The default is the socket layer where the kernel has it (`--capture-hooks auto`).
+        args.extend(["--capture-hooks", "syscalls"]);
+    }
+    Some(args.into_iter().map(String::from).collect())
+}
+
 /// Starts the agent (or the floor) and waits until its programs are attached; the agent's
 /// stdout (spans as JSON lines) goes to `spans` when given, and (e) stores its spans in a new
 /// store beside it ([`store_path`]).
 fn start_variant(bin: &Path, variant: Variant, spans: Option<&Path>) -> Result<Option<Running>> {
-    let store = spans.map(store_path);
-    let store_arg = store
-        .as_deref()
-        .map_or_else(String::new, |p| p.display().to_string());
-    let args: &[&str] = match variant {
-        Variant::Untraced => return Ok(None),
-        Variant::Floor => &["bench-floor"],
-        Variant::FloorSocket => &["bench-floor", "--hooks", "socket"],
-        Variant::StageLookup => &["bench-floor", "--stage", "lookup"],
-        Variant::StageClock => &["bench-floor", "--stage", "clock"],
-        Variant::StageCopy => &["bench-floor", "--stage", "copy"],
-        Variant::Sockspan | Variant::SockspanOpaque => &["run", "--output", "jsonl"],
-        Variant::SockspanInband => &["run", "--output", "jsonl", "--in-band"],
-        Variant::SockspanSocket => &["run", "--output", "jsonl", "--capture-hooks", "socket"],
-        Variant::SockspanStore => {
-            if let Some(path) = &store {
-                remove_store(path);
-            }
-            &["run", "--store", &store_arg, "--ui", "127.0.0.1:0"]
-        }
-        Variant::SockspanSocketStore => {
-            if let Some(path) = &store {
-                remove_store(path);
-            }
-            &[
-                "run",
-                "--store",
-                &store_arg,
-                "--ui",
-                "127.0.0.1:0",
-                "--capture-hooks",
-                "socket",
-            ]
-        }
-        Variant::SockspanSocketTightBudget => {
-            if let Some(path) = &store {
-                remove_store(path);
-            }
-            &[
-                "run",
-                "--store",
-                &store_arg,
-                "--ui",
-                "127.0.0.1:0",
-                "--max-cpu",
-                TIGHT_BUDGET_CORES,
-                "--capture-hooks",
-                "socket",
-            ]
-        }
-        Variant::SockspanBudget | Variant::SockspanTightBudget => {
-            if let Some(path) = &store {
-                remove_store(path);
-            }
-            &[
-                "run",
-                "--store",
-                &store_arg,
-                "--ui",
-                "127.0.0.1:0",
-                "--max-cpu",
-                if variant == Variant::SockspanBudget {
-                    BUDGET_CORES
-                } else {
-                    TIGHT_BUDGET_CORES
-                },
-            ]
-        }
+    let Some(args) = variant_args(variant, spans.map(store_path).as_deref()) else {
+        return Ok(None);
     };
     let stdout = match spans {
         Some(path) => Stdio::from(std::fs::File::create(path)?),
@@ -361,7 +359,7 @@ fn start_variant(bin: &Path, variant: Variant, spans: Option<&Path>) -> Result<O
     let files = sockspan_tests::ScratchDir::new("sockspan-bench");
     let ready = files.path().join("ready.json");
     let mut cmd = Command::new(bin);
-    cmd.args(args).arg("--ready-file").arg(&ready);
+    cmd.args(&args).arg("--ready-file").arg(&ready);
     if variant.is_agent() {
         cmd.arg("--stats-file").arg(files.path().join("stats.json"));
     }

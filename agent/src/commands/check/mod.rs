@@ -160,7 +160,7 @@ fn socket_hooks_row(btf: Option<&Btf>) -> Row {
         detail,
         need: Need::Optional,
         role: "--capture-hooks socket: only socket sends and receives run programs, other syscalls keep their fast path",
-        fix: "use Linux 6.3 or newer (6.14 or newer for TCP send start times), or keep --capture-hooks syscalls",
+        fix: "use Linux 6.3 or newer (a kernel from 2025 on for TCP send start times), or keep --capture-hooks syscalls",
     }
 }
 
@@ -345,11 +345,18 @@ fn inband_mark_row(probes: &mut Probes) -> Row {
 /// The capture path's row: what loaded, and the verifier's walk of the largest program against
 /// its limit (a program near it may be refused by another kernel or compiler).
 fn capture_detail(probes: &Probes) -> String {
-    let loaded = format!(
-        "{} programs attached, {} more reached by tail call; all verified",
-        probes::PROGRAMS.len(),
-        agent_common::EXIT_FAMILIES.len()
-    );
+    let loaded = match probes.hooks() {
+        probes::CaptureHooks::Socket => format!(
+            "at the socket layer (the default here): {} programs attached, {} more reached by tail call; all verified",
+            probes::SOCKET_PROGRAMS.len(),
+            2 * (agent_common::EXIT_FAMILIES.len() - 1)
+        ),
+        _ => format!(
+            "on the syscall tracepoints: {} programs attached, {} more reached by tail call; all verified",
+            probes::PROGRAMS.len(),
+            agent_common::EXIT_FAMILIES.len()
+        ),
+    };
     match probes.verified_instructions().first() {
         Some((name, count)) => format!(
             "{loaded}; largest walk: `{name}`, {count} instructions ({:.0} % of the verifier's 1,000,000)",
