@@ -715,7 +715,7 @@ fn data_exit<const FAMILY: u32, const HOOK: u32>(
     // At the socket layer a TCP send's start was stamped by `tcp_sendmsg_locked`; taken only
     // now that the socket is found (discovery hands the exit back, and the stamp waits).
     let entered = if HOOK == hook::SOCK_SEND {
-        crate::socket_layer::take_send_stamp(sk)
+        crate::socket_layer::take_send_stamp(sk, result as u64)
     } else {
         entered
     };
