@@ -72,13 +72,8 @@ pub fn classify_fd(fd: i32, conn: &mut ConnInfo) -> Result<FdKind, i64> {
     if family != AF_INET && family != AF_INET6 {
         return Ok(FdKind::Untraced);
     }
-    let netns = config!(netns);
-    if netns != 0 {
-        let net: u64 = read_at(sk, offset!(skc_net))?;
-        let inum: u32 = read_at(net, offset!(net_ns_inum))?;
-        if inum != netns {
-            return Ok(FdKind::Untraced);
-        }
+    if !in_traced_netns(sk) {
+        return Ok(FdKind::Untraced);
     }
     read_tuple(sk, family, &mut conn.tuple)?;
     conn.tuple.sock_type = sock_type as u16;
@@ -107,18 +102,39 @@ pub fn stream_seq(tcp_sk: u64, egress: bool, moved: u64) -> Result<u32, i64> {
     Ok(after.wrapping_sub(moved as u32))
 }
 
+/// Whether socket `sk` is in the network namespace traced (`--netns-only`; any without it). A
+/// failed read is taken as another namespace.
+#[inline(always)]
+pub fn in_traced_netns(sk: u64) -> bool {
+    let netns = config!(netns);
+    if netns == 0 {
+        return true;
+    }
+    let Ok(net) = read_at::<u64>(sk, offset!(skc_net)) else {
+        return false;
+    };
+    read_at::<u32>(net, offset!(net_ns_inum)) == Ok(netns)
+}
+
 /// The endpoints of the TCP socket `sk` (IPv4 or IPv6), as `classify_fd` fills them; `None`
 /// for another family or a failed read.
 #[inline(always)]
 pub fn tcp_tuple(sk: u64) -> Option<SockTuple> {
-    let family: u16 = read_at(sk, offset!(skc_family)).ok()?;
-    if family != AF_INET && family != AF_INET6 {
-        return None;
-    }
     let mut tuple = SockTuple::default();
-    read_tuple(sk, family, &mut tuple).ok()?;
+    tcp_tuple_into(sk, &mut tuple).then_some(tuple)
+}
+
+/// [`tcp_tuple`] written in place (no copy on the caller's stack); whether it was read.
+#[inline(always)]
+pub fn tcp_tuple_into(sk: u64, tuple: &mut SockTuple) -> bool {
+    let Ok(family) = read_at::<u16>(sk, offset!(skc_family)) else {
+        return false;
+    };
+    if family != AF_INET && family != AF_INET6 || read_tuple(sk, family, tuple).is_err() {
+        return false;
+    }
     tuple.sock_type = SOCK_STREAM;
-    Some(tuple)
+    true
 }
 
 /// Reads the endpoints of an inet socket.

@@ -27,7 +27,7 @@
 //! closed then (`ConnInfo::sk`). UDP sockets have no state change: their entries go that way or
 //! leave the LRU table.
 
-use agent_common::{ConnKey, Counter, EXIT_FAMILIES, Role, Syscall, exit_family};
+use agent_common::{COMM_LEN, ConnKey, Counter, EXIT_FAMILIES, Role, Syscall, exit_family};
 use aya_ebpf::{
     helpers::bpf_get_current_task,
     macros::{btf_tracepoint, map},
@@ -37,13 +37,13 @@ use aya_ebpf::{
 
 use crate::{
     followed::{self, NOT_FOLLOWED},
-    maps::{CONNS, count},
-    regs::{Regs, exit_family_of},
+    maps::{CONNS, count, current_comm},
+    regs::{Regs, exit_family_of, nr},
     shed,
     socket::{stream_seq, tcp_tuple},
     syscalls::{
         closed, discover_program, exit_program, hook, jump_to_family, now_ns, result_of,
-        traced_pid_tgid,
+        retire_held, traced_pid_tgid, track_connected,
     },
 };
 
@@ -73,10 +73,17 @@ struct Opening {
     tgid: u32,
     /// 1 when the budget shed this client end at its opening ([`client_established`]).
     shed: u32,
+    /// The connecting thread.
+    tid: u32,
+    /// The socket's fd in the connecting process (from its `connect`'s registers), -1 when
+    /// unknown (the connection is then announced at its first data).
+    fd: i32,
     /// What the connecting thread ran (`followed::current_task`), 0 when not followed.
     task: u64,
     /// When: the connect, or the handshake's end for an accepted connection.
     ts_ns: u64,
+    /// The connecting process's name.
+    comm: [u8; COMM_LEN],
 }
 
 /// Openings not yet announced. Bounded (an LRU): a connection that never moves a byte leaves
@@ -306,27 +313,7 @@ pub fn tcp_state(ctx: BtfTracePointContext) -> i32 {
     let old = ctx.arg::<u64>(1) as u32 as i32;
     let new = ctx.arg::<u64>(2) as u32 as i32;
     match new {
-        TCP_SYN_SENT => {
-            // In the connecting task (`connect`, or a Fast Open `sendto`).
-            let Some(pid_tgid) = traced_pid_tgid() else {
-                return 0;
-            };
-            let task = match followed::current_task(pid_tgid) {
-                NOT_FOLLOWED => 0,
-                task => task,
-            };
-            note_opening(
-                sk,
-                Opening {
-                    role: Role::Client as u32,
-                    syscall: Syscall::Connect as u32,
-                    tgid: (pid_tgid >> 32) as u32,
-                    shed: 0,
-                    task,
-                    ts_ns: now_ns(),
-                },
-            );
-        }
+        TCP_SYN_SENT => connecting(sk),
         // A connection accepted from a listener (in softirq: no task of its own): its child
         // socket is made in `SYN_RECV`, then established; the first note stands.
         TCP_SYN_RECV | TCP_ESTABLISHED if new == TCP_SYN_RECV || old == TCP_SYN_RECV => {
@@ -340,15 +327,52 @@ pub fn tcp_state(ctx: BtfTracePointContext) -> i32 {
 }
 
 /// A client end's handshake is done (in softirq, at the server's SYN-ACK): its endpoints are
-/// known, and no byte has moved yet. While the budget sheds, whether it is shed at its opening
-/// is decided here (`shed::sheds_opening`) and not at its first data: at the socket layer the
-/// first send's hook runs after its bytes reached a loopback server, which may have read them,
-/// found no shed tuple, and kept a server end whose client is shed (a cut trace).
-#[inline(always)]
+/// known, and no byte has moved yet. With its fd known from its `connect`, it is tracked and
+/// announced now (`syscalls::track_connected`, which takes the budget's decision too). Else,
+/// while the budget sheds, whether it is shed at its opening is decided here
+/// (`shed::sheds_opening`) and not at its first data: at the socket layer the first send's hook
+/// runs after its bytes reached a loopback server, which may have read them, found no shed
+/// tuple, and kept a server end whose client is shed (a cut trace).
+#[inline(never)]
 fn client_established(sk: u64) {
-    if !shed::shedding() {
+    let Some(opening) = PENDING_OPENS.get_ptr(&sk) else {
         return;
+    };
+    // SAFETY: a pointer from a successful lookup, its fields read at once (the entry is removed
+    // only below, after its name was copied into the record).
+    let (fd, pid_tgid, task, ts_ns) = unsafe {
+        (
+            (*opening).fd,
+            (u64::from((*opening).tgid) << 32) | u64::from((*opening).tid),
+            (*opening).task,
+            (*opening).ts_ns,
+        )
+    };
+    if fd >= 0
+        && let Some(scratch) = TCP_STATE_SCRATCH.get_ptr_mut(0)
+    {
+        // SAFETY: this CPU's slot of this program's own scratch map: the kernel does not run a
+        // program nested in itself on one CPU.
+        let scratch = unsafe { &mut *scratch };
+        retire_held(pid_tgid, fd, sk, scratch);
+        let at = crate::syscalls::Opening {
+            task,
+            ts_ns,
+            // SAFETY: as above.
+            comm: unsafe { &raw const (*opening).comm },
+        };
+        track_connected(sk, pid_tgid, fd, &at, scratch);
+        // Tracked and announced, with the opening's task and time: the opening is used up.
+        let _ = PENDING_OPENS.remove(&sk);
+    } else if shed::shedding() {
+        shed_mark(sk);
     }
+}
+
+/// While the budget sheds: whether the client end `sk`, to be announced at its first data, is
+/// shed at its opening, decided now ([`client_established`]). Out of line, for the stack.
+#[inline(never)]
+fn shed_mark(sk: u64) {
     let Some(opening) = PENDING_OPENS.get_ptr_mut(&sk) else {
         return;
     };
@@ -367,8 +391,36 @@ fn client_established(sk: u64) {
 /// `BPF_NOEXIST`: insert only where no entry is.
 const BPF_NOEXIST: u64 = 1;
 
-#[inline(always)]
-fn note_opening(sk: u64, opening: Opening) {
+/// A client end sends its SYN, in the connecting task (`connect`, or a Fast Open `sendto`):
+/// its opening is noted. Out of line: the record takes room the other state changes' paths
+/// need.
+#[inline(never)]
+fn connecting(sk: u64) {
+    let Some(pid_tgid) = traced_pid_tgid() else {
+        return;
+    };
+    let task = match followed::current_task(pid_tgid) {
+        NOT_FOLLOWED => 0,
+        task => task,
+    };
+    // `connect`, or `sendto` with `MSG_FASTOPEN`: the fd is their first argument.
+    let regs = Regs::current();
+    let fd = if regs.is_native() && matches!(regs.number(), nr::CONNECT | nr::SENDTO) {
+        regs.arg0() as i32
+    } else {
+        -1
+    };
+    let opening = Opening {
+        role: Role::Client as u32,
+        syscall: Syscall::Connect as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        shed: 0,
+        tid: pid_tgid as u32,
+        fd,
+        task,
+        ts_ns: now_ns(),
+        comm: current_comm(),
+    };
     let _ = PENDING_OPENS.insert(&sk, &opening, 0);
 }
 
@@ -381,8 +433,11 @@ fn note_accepted(sk: u64) {
             syscall: Syscall::Accept as u32,
             tgid: 0,
             shed: 0,
+            tid: 0,
+            fd: -1,
             task: 0,
             ts_ns: now_ns(),
+            comm: [0; COMM_LEN],
         },
         BPF_NOEXIST,
     );
@@ -390,7 +445,7 @@ fn note_accepted(sk: u64) {
 
 /// TCP socket `sk` reached `TCP_CLOSE`: its entry, if still its own (the fd may already hold a
 /// newer socket), is removed and closed.
-#[inline(always)]
+#[inline(never)]
 fn tcp_closed(sk: u64) {
     let _ = PENDING_OPENS.remove(&sk);
     // SAFETY: copied out at once.
@@ -398,9 +453,15 @@ fn tcp_closed(sk: u64) {
         return;
     };
     let _ = SOCK_KEYS.remove(&sk);
-    // SAFETY: copied out at once.
-    let Some(mut info) = (unsafe { CONNS.get(&key) }).copied() else {
+    let (Some(entry), Some(scratch)) = (CONNS.get_ptr(&key), TCP_STATE_SCRATCH.get_ptr_mut(0))
+    else {
         return;
+    };
+    // SAFETY: a pointer from a successful lookup, copied at once into this CPU's slot of this
+    // program's own scratch map (no nested run of it on one CPU).
+    let info = unsafe {
+        *scratch = *entry;
+        &mut *scratch
     };
     if info.sk != sk {
         return;
@@ -409,8 +470,13 @@ fn tcp_closed(sk: u64) {
     // Often in softirq (the peer's last ACK or FIN): the record names the owner, not whoever
     // runs.
     let owner = (u64::from(key.tgid) << 32) | u64::from(key.tgid);
-    closed(owner, key.fd, &mut info);
+    closed(owner, key.fd, info);
 }
+
+/// `tcp_state`'s room for a table entry (its stack has none left): a copy of a closed one, or a
+/// new one assembled.
+#[map]
+static TCP_STATE_SCRATCH: PerCpuArray<agent_common::ConnInfo> = PerCpuArray::with_max_entries(1, 0);
 
 /// Hands a send or receive to its syscall's family program (`HOOK`'s copy); anything else, a
 /// kernel thread's socket I/O or a failed call, ends here.

@@ -41,7 +41,7 @@ use crate::{
     },
     regs::{Regs, exit_family_of, exit_traced, is_egress, nr},
     shed,
-    socket::{FdKind, classify_fd, stream_seq},
+    socket::{FdKind, classify_fd, in_traced_netns, stream_seq, tcp_tuple_into},
     tls,
 };
 
@@ -144,6 +144,7 @@ pub fn emit_conn(
     let at = Opening {
         task,
         ts_ns: now_ns(),
+        comm: core::ptr::null(),
     };
     emit_conn_as(kind, pid_tgid, fd, info, syscall, flags, &at);
 }
@@ -154,6 +155,9 @@ pub struct Opening {
     pub task: u64,
     /// The record's time.
     pub ts_ns: u64,
+    /// The opening process's name, when the record is sent from another task's context
+    /// (softirq); null: the current task's, if it is the connection's process.
+    pub comm: *const [u8; COMM_LEN],
 }
 
 /// [`emit_conn`] with the record's task and time given: at the socket layer an open is
@@ -183,7 +187,10 @@ pub fn emit_conn_as(
         bytes_received: info.bytes_received,
         // A close at the socket layer's `TCP_CLOSE` often runs in another task (softirq): its
         // name would be that task's.
-        comm: if bpf_get_current_pid_tgid() >> 32 == pid_tgid >> 32 {
+        comm: if !at.comm.is_null() {
+            // SAFETY: a non-null `comm` points at the caller's live copy (`Opening::comm`).
+            unsafe { *at.comm }
+        } else if bpf_get_current_pid_tgid() >> 32 == pid_tgid >> 32 {
             current_comm()
         } else {
             [0; COMM_LEN]
@@ -473,6 +480,57 @@ fn discover<const HOOK: u32>(pid_tgid: u64, fd: i32, syscall: u32, sk: u64) -> u
     }
 }
 
+/// At the socket layer: tracks a client end at its handshake's end (`inet_sock_set_state`,
+/// `SYN_SENT` → `ESTABLISHED`, often in softirq), socket `sk`, fd `fd` of `pid_tgid` (read from
+/// the registers of its `connect` at `SYN_SENT`), and announces it as `connect`'s exit does:
+/// before its first byte, so that what the agent learns of the code that opened it is as of
+/// then (Node.js: the callback rule reads the opener's state when the open record comes; read at
+/// the first write instead, a socket that had carried another request meanwhile gave the wrong
+/// parent, 1 in 40 calls in half the runs). The caller closes first an entry of another
+/// socket on that fd ([`retire_held`]). Out of line: the program's own stack holds the
+/// opening.
+#[inline(never)]
+pub fn track_connected(sk: u64, pid_tgid: u64, fd: i32, at: &Opening, info: &mut ConnInfo) {
+    if !in_traced_netns(sk) {
+        return;
+    }
+    if !tcp_tuple_into(sk, &mut info.tuple) {
+        return;
+    }
+    info.sk = sk;
+    info.tcp_sk = sk;
+    let tgid = (pid_tgid >> 32) as u32;
+    let shed = shed::sheds_opening(tgid, &info.tuple);
+    let connect = Syscall::Connect as u32;
+    if track(pid_tgid, fd, info, Role::Client, connect, shed, Some(at)).is_some() {
+        shed::note_caller(tgid);
+        crate::socket_layer::note_socket(sk, &conn_key(pid_tgid, fd));
+    } else if shed {
+        shed::forget_opening(&info.tuple);
+    }
+}
+
+/// Closes and removes the entry `fd` of `pid_tgid` holds for a socket other than `sk` (closed,
+/// its `TCP_CLOSE` not seen yet), copied into `copy` first: from softirq, where this CPU's
+/// scratch slot may be a syscall's it interrupted, the caller gives room of its own.
+#[inline(never)]
+pub fn retire_held(pid_tgid: u64, fd: i32, sk: u64, copy: &mut ConnInfo) {
+    let key = conn_key(pid_tgid, fd);
+    let Some(entry) = CONNS.get_ptr(&key) else {
+        return;
+    };
+    // SAFETY: a pointer from a successful lookup, copied at once.
+    *copy = unsafe { *entry };
+    if copy.sk == sk {
+        return;
+    }
+    let _ = CONNS.remove(&key);
+    if copy.tcp_sk != 0 {
+        crate::socket_layer::forget_socket(copy.sk);
+    }
+    closed(pid_tgid, fd, copy);
+}
+
 /// What [`discover`] returns at the socket layer for an inet socket left in the scratch slot's
 /// entry for [`track_opened`]. Connection ids count from 1 up on each CPU, with the CPU in the
 /// high bits: never this.
@@ -503,6 +561,7 @@ fn track_opened(pid_tgid: u64, fd: i32, syscall: u32) -> u64 {
                     },
                 },
                 ts_ns: open.ts_ns,
+                comm: core::ptr::null(),
             }),
         ),
         // A UDP socket with a peer was connected (`connect`, which moves no bytes and fires no
