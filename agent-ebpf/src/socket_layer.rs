@@ -20,8 +20,9 @@
 //!   connection's opening (`SYN_SENT` in the connecting task; `SYN_RECV` for an accepted one)
 //!   and its end (`TCP_CLOSE`), which stand in for `connect`, `accept` and `close`.
 //!
-//! A connection is announced at its first data (its local port is not known at `SYN_SENT`),
-//! with the role and opening its state change left ([`PENDING_OPENS`]). No `close` is seen: a
+//! A client end is tracked and announced at its handshake's end, with the fd, task and time its
+//! `connect` left at `SYN_SENT` (its local port is not picked yet then); an accepted connection
+//! at its first data, with the role and time its handshake left ([`PENDING_OPENS`]). No `close` is seen: a
 //! TCP socket's entry goes at `TCP_CLOSE` ([`SOCK_KEYS`]), and any entry whose socket is not the
 //! one a send or receive moved bytes on belongs to a closed fd whose number was reused, and is
 //! closed then (`ConnInfo::sk`). UDP sockets have no state change: their entries go that way or
