@@ -16,6 +16,16 @@ pub static FOLLOWED_PROCESSES: HashMap<u32, FollowedProcess> = HashMap::with_max
 /// callback probes never saw.
 pub const NOT_FOLLOWED: u64 = u64::MAX;
 
+/// What the calling thread runs now, as an open record names it ([`agent_common::ConnEvent::task`]):
+/// [`current_task`], 0 when the process is not followed.
+#[inline(always)]
+pub fn opening_task(pid_tgid: u64) -> u64 {
+    match current_task(pid_tgid) {
+        NOT_FOLLOWED => 0,
+        task => task,
+    }
+}
+
 /// What the calling thread runs now, for [`agent_common::DataEvent::task`]: in a followed
 /// Python process, its asyncio task's context (0 when unknown); in a followed Node.js process,
 /// the libuv callback it is in; else [`NOT_FOLLOWED`]. Out of line: the exit program calls it

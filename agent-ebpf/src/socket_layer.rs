@@ -37,7 +37,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    followed::{self, NOT_FOLLOWED},
+    followed,
     maps::{CONNS, count, current_comm},
     regs::{Regs, exit_family_of, nr},
     shed,
@@ -400,10 +400,7 @@ fn connecting(sk: u64) {
     let Some(pid_tgid) = traced_pid_tgid() else {
         return;
     };
-    let task = match followed::current_task(pid_tgid) {
-        NOT_FOLLOWED => 0,
-        task => task,
-    };
+    let task = followed::opening_task(pid_tgid);
     // `connect`, or `sendto` with `MSG_FASTOPEN`: the fd is their first argument.
     let regs = Regs::current();
     let fd = if regs.is_native() && matches!(regs.number(), nr::CONNECT | nr::SENDTO) {

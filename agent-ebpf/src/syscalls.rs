@@ -135,10 +135,7 @@ pub fn emit_conn(
 ) {
     // Where a Node.js socket was opened (the callback whose request it is for).
     let task = match kind {
-        EventKind::ConnOpen => match followed::current_task(pid_tgid) {
-            NOT_FOLLOWED => 0,
-            task => task,
-        },
+        EventKind::ConnOpen => followed::opening_task(pid_tgid),
         _ => 0,
     };
     let at = Opening {
@@ -555,10 +552,7 @@ fn track_opened(pid_tgid: u64, fd: i32, syscall: u32) -> u64 {
             Some(Opening {
                 task: match open.task {
                     Some(task) => task,
-                    None => match followed::current_task(pid_tgid) {
-                        NOT_FOLLOWED => 0,
-                        task => task,
-                    },
+                    None => followed::opening_task(pid_tgid),
                 },
                 ts_ns: open.ts_ns,
                 comm: core::ptr::null(),
