@@ -10,6 +10,8 @@ pub mod inband_mark;
 pub mod node;
 pub mod offsets;
 pub mod python;
+#[cfg(test)]
+mod stack_budget;
 pub mod tls;
 
 use agent_common::conn_update::{ConnUpdate, NOT_WRITTEN, apply as apply_update};
