@@ -532,6 +532,31 @@ impl Agent {
         }
     }
 
+    /// The stderr lines printed so far (those not read yet are taken now, without waiting).
+    pub fn stderr_now(&mut self) -> &[String] {
+        while let Ok(line) = self.stderr_lines.try_recv() {
+            self.stderr_seen.push(line);
+        }
+        &self.stderr_seen
+    }
+
+    /// Waits for a stderr line containing `needle` among those from the `from`th on (0: the
+    /// first); [`Agent::wait_for_stderr`] takes any line printed so far.
+    pub fn wait_for_stderr_from(&mut self, needle: &str, from: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stderr_now().iter().skip(from).any(|l| l.contains(needle)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sockspan did not print {needle:?} within {timeout:?}; stderr so far:\n{}",
+                self.stderr_seen.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     #[must_use]
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
