@@ -545,7 +545,12 @@ impl Agent {
     pub fn wait_for_stderr_from(&mut self, needle: &str, from: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.stderr_now().iter().skip(from).any(|l| l.contains(needle)) {
+            if self
+                .stderr_now()
+                .iter()
+                .skip(from)
+                .any(|l| l.contains(needle))
+            {
                 return;
             }
             assert!(
