@@ -342,7 +342,10 @@ impl<W: Write> EventSink for JsonSink<'_, W> {
     }
 
     fn on_tick(&mut self) {
-        self.conntrack.sweep(monotonic_ns());
+        let now = monotonic_ns();
+        self.conntrack.sweep(now);
+        // The wall clock may have been set since the offset was sampled (`WallClock`).
+        self.clock.refresh(now);
         self.report_loss();
         if !self.write_failed && self.out.flush().is_err() {
             self.write_failed = true;

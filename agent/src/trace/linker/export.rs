@@ -152,6 +152,8 @@ impl Tracer {
 
     /// What waited is settled before an export: announcements, the worker rule, parked spans.
     fn settle_before_export(&mut self, now_mono: u64, flush: bool) {
+        // Before any span of this export is dated: the wall clock may have been set since.
+        self.clock.refresh(now_mono);
         self.announce_settled(now_mono, flush);
         self.answer_settled(now_mono, flush);
         self.remote.expire(now_mono);
