@@ -506,17 +506,36 @@ impl Agent {
         }
     }
 
-    /// Waits for a stderr line containing `needle`.
+    /// Waits for a stderr line containing `needle` (any printed so far counts).
     pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) {
+        self.wait_for_stderr_from(needle, 0, timeout);
+    }
+
+    /// The stderr lines printed so far (those not read yet are taken now, without waiting).
+    pub fn stderr_now(&mut self) -> &[String] {
+        while let Ok(line) = self.stderr_lines.try_recv() {
+            self.stderr_seen.push(line);
+        }
+        &self.stderr_seen
+    }
+
+    /// Waits for a stderr line containing `needle` among those from the `from`th on (0: the
+    /// first).
+    pub fn wait_for_stderr_from(&mut self, needle: &str, from: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        if self.stderr_seen.iter().any(|l| l.contains(needle)) {
+        if self
+            .stderr_seen
+            .iter()
+            .skip(from)
+            .any(|l| l.contains(needle))
+        {
             return;
         }
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.stderr_lines.recv_timeout(left) {
                 Ok(line) => {
-                    let hit = line.contains(needle);
+                    let hit = self.stderr_seen.len() >= from && line.contains(needle);
                     self.stderr_seen.push(line);
                     if hit {
                         return;
@@ -529,36 +548,6 @@ impl Agent {
                     )
                 }
             }
-        }
-    }
-
-    /// The stderr lines printed so far (those not read yet are taken now, without waiting).
-    pub fn stderr_now(&mut self) -> &[String] {
-        while let Ok(line) = self.stderr_lines.try_recv() {
-            self.stderr_seen.push(line);
-        }
-        &self.stderr_seen
-    }
-
-    /// Waits for a stderr line containing `needle` among those from the `from`th on (0: the
-    /// first); [`Agent::wait_for_stderr`] takes any line printed so far.
-    pub fn wait_for_stderr_from(&mut self, needle: &str, from: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self
-                .stderr_now()
-                .iter()
-                .skip(from)
-                .any(|l| l.contains(needle))
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sockspan did not print {needle:?} within {timeout:?}; stderr so far:\n{}",
-                self.stderr_seen.join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

@@ -43,6 +43,7 @@ struct Function {
 /// Every function of `elf`, keyed by (section, byte offset).
 fn functions(elf: &object::File<'_>) -> HashMap<(SectionIndex, u64), Function> {
     let mut found = HashMap::new();
+    let mut relocations_by_section = HashMap::new();
     for symbol in elf.symbols() {
         let (Some(section_index), SymbolKind::Text) = (symbol.section_index(), symbol.kind())
         else {
@@ -56,17 +57,10 @@ fn functions(elf: &object::File<'_>) -> HashMap<(SectionIndex, u64), Function> {
         };
         let start = symbol.address();
         let end = (start + symbol.size()).min(code.len() as u64);
-        // Each call instruction's relocation, by its offset in the section.
-        let relocations: HashMap<u64, (SectionIndex, u64)> = section
-            .relocations()
-            .filter_map(|(offset, relocation)| {
-                let RelocationTarget::Symbol(target) = relocation.target() else {
-                    return None;
-                };
-                let target = elf.symbol_by_index(target).ok()?;
-                Some((offset, (target.section_index()?, target.address())))
-            })
-            .collect();
+        // Each call instruction's relocation, by its offset in the section: read once a section.
+        let relocations = relocations_by_section
+            .entry(section_index)
+            .or_insert_with(|| relocations_of(elf, &section));
         let mut function = Function {
             name: symbol.name().unwrap_or("?").to_string(),
             frame: 0,
@@ -113,6 +107,24 @@ fn functions(elf: &object::File<'_>) -> HashMap<(SectionIndex, u64), Function> {
         found.insert((section_index, start), function);
     }
     found
+}
+
+/// Where each relocated instruction of `section` points: (its offset, (target section, target
+/// symbol's address)).
+fn relocations_of(
+    elf: &object::File<'_>,
+    section: &object::Section<'_, '_>,
+) -> HashMap<u64, (SectionIndex, u64)> {
+    section
+        .relocations()
+        .filter_map(|(offset, relocation)| {
+            let RelocationTarget::Symbol(target) = relocation.target() else {
+                return None;
+            };
+            let target = elf.symbol_by_index(target).ok()?;
+            Some((offset, (target.section_index()?, target.address())))
+        })
+        .collect()
 }
 
 /// The deepest chain from `at`: its depth and the functions on it, outermost first. A call
@@ -212,19 +224,14 @@ fn no_program_passes_the_verifiers_stack_limit_in_any_mode() {
 fn the_check_finds_the_frames_and_calls_it_should() {
     let elf = object::File::parse(super::EBPF_OBJECT).expect("the embedded eBPF object parses");
     let functions = functions(&elf);
-    let exit = functions
-        .values()
-        .find(|f| f.name == "sys_exit_buffer")
+    let (&at, exit) = functions
+        .iter()
+        .find(|(_, f)| f.name == "sys_exit_buffer")
         .expect("sys_exit_buffer is in the object");
     // The data exit's frame holds its record's fields; it calls the in-band and budget helpers.
     assert!(exit.frame >= 128, "sys_exit_buffer's frame: {}", exit.frame);
     assert!(!exit.calls.is_empty(), "sys_exit_buffer calls no function");
-    let (section, offset) = functions
-        .iter()
-        .find(|(_, f)| f.name == "sys_exit_buffer")
-        .map(|(&at, _)| at)
-        .expect("found above");
-    let (depth, chain) = deepest(&functions, (section, offset), &mut Vec::new());
+    let (depth, chain) = deepest(&functions, at, &mut Vec::new());
     assert!(chain.len() >= 2, "{chain:?}");
     assert!(depth > exit.frame, "{depth} {chain:?}");
     assert_eq!(
