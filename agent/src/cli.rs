@@ -336,12 +336,12 @@ pub struct CaptureArgs {
     /// the host's and name it (deploy/daemonset.yaml).
     #[arg(long, value_name = "PATH", requires = "in_band")]
     pub in_band_cgroup: Option<std::path::PathBuf>,
-    /// Where capture hooks into the kernel: `syscalls` (every syscall of the host runs the
-    /// programs; any kernel from 5.5 on), `socket` (only socket sends and receives run them,
-    /// every other syscall keeps its fast path; Linux 6.3+, no `--in-band`, `recvmmsg` skipped),
-    /// or `auto`: `socket` where the kernel has it and `--in-band` is off (docs/overhead.md).
-    /// `sockspan check` says what this kernel has.
-    #[arg(long, value_enum, value_name = "HOOKS", default_value_t = CaptureHooks::Syscalls)]
+    /// Where capture hooks into the kernel: `socket` (only socket sends and receives run the
+    /// programs, every other syscall keeps its fast path; Linux 6.3+, no `--in-band`, `recvmmsg`
+    /// skipped), `syscalls` (every syscall of the host runs them; any kernel from 5.5 on), or
+    /// `auto`: `socket` where the kernel has it and `--in-band` is off (docs/overhead.md).
+    /// `sockspan check` says which this kernel gets.
+    #[arg(long, value_enum, value_name = "HOOKS", default_value_t = CaptureHooks::Auto)]
     pub capture_hooks: CaptureHooks,
 }
 

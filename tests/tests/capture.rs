@@ -151,11 +151,12 @@ fn http_over_ipv4_both_ends() {
     http_exchange("127.0.0.1", "127.0.0.1", "ipv4", &[]);
 }
 
-/// The same exchange captured at the socket layer (`--capture-hooks socket`): opens with their
-/// roles from the TCP state changes, closes from `TCP_CLOSE`, the same bytes.
+/// The same exchange captured on the syscall tracepoints (`--capture-hooks syscalls`; the
+/// default, where the kernel has them, is the socket layer: opens with their roles from the TCP
+/// state changes, closes from `TCP_CLOSE`).
 #[test]
-fn http_over_ipv4_at_the_socket_layer() {
-    http_exchange("127.0.0.1", "127.0.0.1", "ipv4", SOCKET_HOOKS);
+fn http_over_ipv4_on_the_syscall_tracepoints() {
+    http_exchange("127.0.0.1", "127.0.0.1", "ipv4", SYSCALL_HOOKS);
 }
 
 /// Capture at the socket layer.
@@ -234,8 +235,8 @@ fn vectored_io_sendmsg_recvmsg_readv_writev() {
 }
 
 #[test]
-fn vectored_io_at_the_socket_layer() {
-    vectored_io(SOCKET_HOOKS);
+fn vectored_io_on_the_syscall_tracepoints() {
+    vectored_io(SYSCALL_HOOKS);
 }
 
 fn vectored_io(hooks: &[&str]) {
@@ -399,7 +400,8 @@ fn check_reports_the_kernel_and_passes_here() {
         walked < 500_000,
         "a program walks {walked} instructions of the verifier's 1,000,000: {capture}"
     );
-    // This kernel has the socket layer's tracepoints (6.18): capture there loads and verifies.
+    // This kernel has the socket layer's tracepoints (6.18): capture there loads and verifies,
+    // and is what the agent uses by default.
     let socket_layer = text
         .lines()
         .find(|l| l.starts_with("socket-layer tracepoints"))
@@ -408,6 +410,7 @@ fn check_reports_the_kernel_and_passes_here() {
         socket_layer.contains(" ok ") && socket_layer.contains("verified"),
         "{socket_layer}"
     );
+    assert!(capture.contains("at the socket layer"), "{capture}");
     // This kernel has no kprobes and refuses fentry: check must say so, not pretend.
     let kprobes = text
         .lines()

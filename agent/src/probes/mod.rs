@@ -51,10 +51,10 @@ pub const SEND_START_TRACEPOINT: &str = "tcp_sendmsg_locked";
 pub enum CaptureHooks {
     /// The socket layer's where the kernel has them and the in-band mode is off, else the
     /// syscall tracepoints.
+    #[default]
     Auto,
     /// The raw syscall tracepoints `sys_enter` and `sys_exit`: every syscall of every task
     /// runs them (~155–215 ns each here), on any kernel from 5.5 on.
-    #[default]
     Syscalls,
     /// The socket layer's tracepoints: only socket sends and receives run programs, and every
     /// other syscall keeps the kernel's fast path. Kernels from 2023 on (`sock_send_length`);

@@ -111,7 +111,7 @@ impl Variant {
             Self::SockspanTightBudget => "(h) as (e), with a tight CPU budget (`--max-cpu 0.05`)",
             Self::SockspanInband => "(g) as (c), in the in-band mode (`--in-band`)",
             Self::SockspanSocket => "(j) as (c), at the socket layer (`--capture-hooks socket`)",
-            Self::SockspanSocketStore => "(k) as (e), at the socket layer",
+            Self::SockspanSocketStore => "(k) as (e), at the socket layer: the defaults",
             Self::SockspanSocketTightBudget => "(l) as (h), at the socket layer",
         }
     }
@@ -145,10 +145,14 @@ impl Variant {
         (self.is_agent() || Self::STAGES.contains(&self)) && !self.at_socket_layer()
     }
 
-    /// The agent as `sockspan run` starts it by default, with its store and UI (on the syscall
-    /// tracepoints, `--capture-hooks syscalls`).
+    /// The agent as `sockspan run` starts it by default, with its store and UI: at the socket
+    /// layer where this kernel has it, else on the syscall tracepoints.
     pub(super) fn default_store() -> Self {
-        Self::SockspanStore
+        if Self::runnable(&[Self::SockspanSocketStore]).is_empty() {
+            Self::SockspanStore
+        } else {
+            Self::SockspanSocketStore
+        }
     }
 
     /// Hooked at the socket layer's tracepoints.
@@ -335,7 +339,7 @@ fn variant_args(variant: Variant, store: Option<&Path>) -> Option<Vec<String>> {
     if variant.at_socket_layer() && variant.is_agent() {
         args.extend(["--capture-hooks", "socket"]);
     } else if variant.on_syscall_hooks() {
-        // Named, whatever the default.
+        // The default is the socket layer where the kernel has it (`--capture-hooks auto`).
         args.extend(["--capture-hooks", "syscalls"]);
     }
     Some(args.into_iter().map(String::from).collect())

@@ -347,7 +347,7 @@ fn inband_mark_row(probes: &mut Probes) -> Row {
 fn capture_detail(probes: &Probes) -> String {
     let loaded = match probes.hooks() {
         probes::CaptureHooks::Socket => format!(
-            "at the socket layer: {} programs attached, {} more reached by tail call; all verified",
+            "at the socket layer (the default here): {} programs attached, {} more reached by tail call; all verified",
             probes::SOCKET_PROGRAMS.len(),
             2 * (agent_common::EXIT_FAMILIES.len() - 1)
         ),
