@@ -567,40 +567,55 @@ fn server_request(pid_tgid: u64, fd: i32, conn: &mut ConnInfo, seq: u32) {
     let event = unsafe { &mut *event };
     event.header = header(EventKind::Inband, pid_tgid, fd, conn_id, now_ns());
     event.seq = seq;
-    // SAFETY: copied out at once.
-    let carried = unsafe { INBAND_IN.get(&key) }.copied();
-    if carried.is_some() {
+    // Read in place, not copied: this function's frame is in the data exits' deepest chain.
+    // SAFETY: the value is read before the entry is removed below, and not after.
+    let carried = unsafe { INBAND_IN.get(&key) };
+    let present = carried.is_some();
+    // Whether the thread serves the trace now in `event.trace_id` (else one unknown to it).
+    let mut serves_known = false;
+    match carried {
+        // A copy of the option the last request adopted (see `ConnInfo::inband_adopted`) is
+        // none.
+        Some(carried) if carried.span_id != conn.inband_adopted => {
+            conn.inband_adopted = carried.span_id;
+            event.trace_id = carried.trace_id;
+            event.span_id = carried.span_id;
+            if carried.flags == INBAND_CONTEXT_ASK {
+                // The trace is the client's agent's to tell this one: unknown to the programs,
+                // so the thread's CLIENT requests ask too.
+                event.flags = INBAND_RECEIVED | INBAND_ADOPTED | INBAND_ASK;
+            } else {
+                event.flags = INBAND_RECEIVED | INBAND_ADOPTED;
+                serves_known = true;
+            }
+            count(Counter::InbandAdopted);
+        }
+        _ if local_peer || config!(inband_starts_traces) == 0 => {
+            // Unknown here (its client's trace is this agent's rules' to name, or its
+            // announcement's to bring): no note, and the thread's CLIENT requests are unsure.
+            event.flags = 0;
+            event.trace_id = [0; 16];
+            event.span_id = [0; 8];
+        }
+        _ => {
+            event.flags = INBAND_RECEIVED;
+            event.trace_id = random_trace_id();
+            event.span_id = [0; 8];
+            serves_known = true;
+        }
+    }
+    if present {
         let _ = INBAND_IN.remove(&key);
     }
-    // A copy of the option the last request adopted (see `ConnInfo::inband_adopted`) is none.
-    let carried = carried.filter(|c| c.span_id != conn.inband_adopted);
-    let mut serves_trace = [0; 16];
-    if let Some(carried) = carried {
-        conn.inband_adopted = carried.span_id;
-        event.trace_id = carried.trace_id;
-        event.span_id = carried.span_id;
-        if carried.flags == INBAND_CONTEXT_ASK {
-            // The trace is the client's agent's to tell this one: unknown to the programs, so
-            // the thread's CLIENT requests ask too.
-            event.flags = INBAND_RECEIVED | INBAND_ADOPTED | INBAND_ASK;
+    serves(
+        pid_tgid,
+        conn,
+        if serves_known {
+            &event.trace_id
         } else {
-            event.flags = INBAND_RECEIVED | INBAND_ADOPTED;
-            serves_trace = carried.trace_id;
-        }
-        count(Counter::InbandAdopted);
-    } else if local_peer || config!(inband_starts_traces) == 0 {
-        // Unknown here (its client's trace is this agent's rules' to name, or its announcement's
-        // to bring): no note, and the thread's CLIENT requests are unsure.
-        event.flags = 0;
-        event.trace_id = [0; 16];
-        event.span_id = [0; 8];
-    } else {
-        event.flags = INBAND_RECEIVED;
-        event.trace_id = random_trace_id();
-        event.span_id = [0; 8];
-        serves_trace = event.trace_id;
-    }
-    serves(pid_tgid, conn, serves_trace);
+            &[0; 16]
+        },
+    );
     if event.flags == 0 {
         return;
     }
@@ -617,40 +632,38 @@ fn server_request(pid_tgid: u64, fd: i32, conn: &mut ConnInfo, seq: u32) {
 /// unknown). One open already: the thread serves several at once (an event loop), and stays
 /// unsure until none is open.
 #[inline(always)]
-fn serves(pid_tgid: u64, conn: &mut ConnInfo, trace_id: [u8; 16]) {
-    // SAFETY: copied out at once.
-    let current = unsafe { INBAND_SERVING.get(&pid_tgid) }.copied();
-    let serving = match current {
-        Some(open) if open.open > 0 => InbandServing {
-            trace_id: [0; 16],
-            conn_id: conn.conn_id,
-            open: open.open + u32::from(conn.inband_reader == 0),
-            several: open.several | u32::from(conn.inband_reader == 0),
-        },
-        _ if conn.inband_reader != 0 => InbandServing {
-            // Counted for another thread: this one's trace is unknown.
-            trace_id: [0; 16],
-            conn_id: conn.conn_id,
-            open: 1,
-            several: 1,
-        },
-        _ => InbandServing {
-            trace_id,
-            conn_id: conn.conn_id,
-            open: 1,
-            several: 0,
-        },
-    };
+fn serves(pid_tgid: u64, conn: &mut ConnInfo, trace_id: &[u8; 16]) {
+    let first_here = u32::from(conn.inband_reader == 0);
     if conn.inband_reader == 0 {
         conn.inband_reader = pid_tgid;
     }
+    if let Some(open) = INBAND_SERVING.get_ptr_mut(&pid_tgid) {
+        // SAFETY: a pointer from a successful lookup; only this thread's syscalls add to its
+        // entry (another thread's answer may lose one count at worst, as in `one_fewer_open`).
+        let open = unsafe { &mut *open };
+        if open.open > 0 {
+            // Updated in place: no second copy of the entry on this frame.
+            open.trace_id = [0; 16];
+            open.conn_id = conn.conn_id;
+            open.open += first_here;
+            open.several |= first_here;
+            return;
+        }
+    }
+    let serving = InbandServing {
+        // Counted for another thread: this one's trace is unknown.
+        trace_id: if first_here == 0 { [0; 16] } else { *trace_id },
+        conn_id: conn.conn_id,
+        open: 1,
+        several: 1 - first_here,
+    };
     let _ = INBAND_SERVING.insert(&pid_tgid, &serving, 0);
 }
 
 /// The thread read the start of a request the programs cannot follow (see [`InbandServing`]).
 #[inline(always)]
 fn serves_unknown(pid_tgid: u64, conn: &mut ConnInfo) {
-    serves(pid_tgid, conn, [0; 16]);
+    serves(pid_tgid, conn, &[0; 16]);
 }
 
 /// A SERVER response's first write on `conn` (by any thread): one request fewer open on the
@@ -662,8 +675,8 @@ fn answered(conn: &mut ConnInfo) {
         return;
     }
     conn.inband_reader = 0;
-    // Inlined: the exit programs' deepest chain (data exit → `after_data` → a call) would pass
-    // the 512-byte stack by a frame of 16.
+    // Inlined: a call would add a frame to the exit programs' chain through `after_data`
+    // (`agent/src/probes/stack_budget.rs` checks those chains).
     one_fewer_open(reader);
 }
 

@@ -175,27 +175,33 @@ pub fn emit_conn_as(
         count(Counter::RingFull);
         return;
     };
-    entry.write(ConnEvent {
-        header: header(kind, pid_tgid, fd, info.conn_id, at.ts_ns),
-        tuple: info.tuple,
-        role: info.role,
-        syscall,
-        bytes_sent: info.bytes_sent,
-        bytes_received: info.bytes_received,
+    // Filled in place, field by field: a `ConnEvent` built on the stack and copied (128 bytes)
+    // would count in the frame of every caller, and some (`shed::sheds_server_end`) are called
+    // from the data exits, whose chains are near the verifier's 512 bytes.
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` is the reserved ring slot, sized and aligned for a `ConnEvent` and this
+    // program's alone until it is submitted; every field is written before the submit.
+    unsafe {
+        (*record).header = header(kind, pid_tgid, fd, info.conn_id, at.ts_ns);
+        (*record).tuple = info.tuple;
+        (*record).role = info.role;
+        (*record).syscall = syscall;
+        (*record).bytes_sent = info.bytes_sent;
+        (*record).bytes_received = info.bytes_received;
         // A close at the socket layer's `TCP_CLOSE` often runs in another task (softirq): its
         // name would be that task's.
-        comm: if !at.comm.is_null() {
-            // SAFETY: a non-null `comm` points at the caller's live copy (`Opening::comm`).
-            unsafe { *at.comm }
+        (*record).comm = if !at.comm.is_null() {
+            // A non-null `comm` points at the caller's live copy (`Opening::comm`).
+            *at.comm
         } else if bpf_get_current_pid_tgid() >> 32 == pid_tgid >> 32 {
             current_comm()
         } else {
             [0; COMM_LEN]
-        },
-        task: at.task,
-        flags,
-        reserved: 0,
-    });
+        };
+        (*record).task = at.task;
+        (*record).flags = flags;
+        (*record).reserved = 0;
+    }
     entry.submit(wakeup_for(core::mem::size_of::<ConnEvent>() as u64));
     count(Counter::EventsSent);
 }
