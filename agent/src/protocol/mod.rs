@@ -24,7 +24,7 @@ pub mod summary;
 pub mod table;
 pub mod url;
 
-use std::{fmt::Debug, net::SocketAddr};
+use std::{fmt::Debug, net::SocketAddr, sync::Arc};
 
 use agent_common::Role;
 
@@ -130,18 +130,11 @@ impl SpanFacts {
     /// its port, else the server's IP), `server.port`, and on SERVER spans `client.address`.
     pub fn address_attributes(
         &self,
-        authority: Option<&str>,
+        authority: Option<&Arc<str>>,
         strings: &mut Interner,
         attributes: &mut Vec<KeyValue>,
     ) {
-        let host = authority.map(|a| {
-            strings.get(
-                a.rsplit_once(':')
-                    .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-                    .map_or(a, |(host, _)| host)
-                    .trim_matches(['[', ']']),
-            )
-        });
+        let host = authority.map(|a| strings.host_of(a));
         let server = if self.server { self.local } else { self.remote };
         attributes.push(KeyValue::shared(
             "server.address",
@@ -170,7 +163,7 @@ pub trait Summary: Debug {
         self,
         span: &SpanFacts,
         strings: &mut Interner,
-    ) -> (std::sync::Arc<str>, Vec<KeyValue>, SpanStatus);
+    ) -> (Arc<str>, Vec<KeyValue>, SpanStatus);
 
     /// One line for tests and the fuzz targets (`GET /a -> 200`); never exported.
     #[cfg_attr(not(any(test, feature = "fuzz")), allow(dead_code))]

@@ -27,6 +27,18 @@ impl TargetAttributes {
     /// Of a request for `target` (a string value: moved into `url.path` when it is all path)
     /// with `method`.
     pub fn of(method: &str, target: AttrValue, server: bool, strings: &mut Interner) -> Self {
+        // A shared target repeats (a head parsed again is a clone of the first parse): what a
+        // whole one gave is found again by its address, without finding its path and hashing it.
+        if let AttrValue::Shared(shared) = &target
+            && let Some(named) = strings.target_named(shared, method, server)
+        {
+            return Self {
+                name: named.name,
+                path: AttrValue::Shared(named.path.unwrap_or_else(|| Arc::clone(shared))),
+                query: None,
+                route: named.route,
+            };
+        }
         let text = target.as_str().unwrap_or_default();
         let path = route::path_of(text);
         // A target that is its own path (no query, no origin: nearly all) has no query to redact.
@@ -37,6 +49,9 @@ impl TargetAttributes {
             record::redacted_query(text)
         };
         let named = strings.named_route(method, path, server);
+        if whole && let AttrValue::Shared(shared) = &target {
+            strings.remember_target(shared, method, server, &named);
+        }
         let path = if let Some(shared) = named.path {
             AttrValue::Shared(shared)
         } else if whole {

@@ -3,6 +3,7 @@
 //! routes of recent request paths, so a path seen lately is not templated again.
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, HashSet},
     net::IpAddr,
     sync::Arc,
@@ -25,7 +26,29 @@ pub struct Interner {
     ips: HashMap<IpAddr, Arc<str>, foldhash::fast::RandomState>,
     /// What [`Interner::named_route`] found for recent requests.
     routes: RouteMemo,
+    /// [`Interner::host_of`] of recent shared authorities (`Host`, `:authority`), by the shared
+    /// copy's address: each holds its key, so an address cannot be another string's while it is
+    /// here. Direct-mapped, [`HOST_SLOTS`] at most.
+    hosts: Vec<Option<(Arc<str>, Arc<str>)>>,
+    /// [`Interner::named_route`] of recent shared request targets that are all path, by the
+    /// shared copy's address (held, as in `hosts`), method and span kind. Direct-mapped,
+    /// [`TARGET_SLOTS`] at most.
+    targets: Vec<Option<TargetSlot>>,
 }
+
+/// Slots of [`Interner::targets`].
+const TARGET_SLOTS: usize = 64;
+
+#[derive(Debug)]
+struct TargetSlot {
+    target: Arc<str>,
+    method: Cow<'static, str>,
+    server: bool,
+    found: NamedRoute,
+}
+
+/// Slots of [`Interner::hosts`]: a host serves and calls few names.
+const HOST_SLOTS: usize = 16;
 
 /// A request's span name and route as [`Interner::named_route`] gives them.
 #[derive(Debug, Clone)]
@@ -153,6 +176,77 @@ impl Interner {
             }
             this.get(scratch)
         })
+    }
+
+    /// `server.address` of an authority (`Host`, `:authority`): the name without its port or an
+    /// IPv6 literal's brackets, shared. `authority` is the head's shared copy, so a repeat is
+    /// found by its address, without hashing or trimming it again (~250 instructions a span).
+    pub fn host_of(&mut self, authority: &Arc<str>) -> Arc<str> {
+        let slot = (Arc::as_ptr(authority).cast::<u8>() as usize >> 4) % HOST_SLOTS;
+        if let Some(Some((key, host))) = self.hosts.get(slot)
+            && Arc::ptr_eq(key, authority)
+        {
+            return Arc::clone(host);
+        }
+        let host = self.get(
+            authority
+                .rsplit_once(':')
+                .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+                .map_or(&**authority, |(host, _)| host)
+                .trim_matches(['[', ']']),
+        );
+        if self.hosts.is_empty() {
+            self.hosts.resize_with(HOST_SLOTS, || None);
+        }
+        self.hosts[slot] = Some((Arc::clone(authority), Arc::clone(&host)));
+        host
+    }
+
+    /// What [`Interner::named_route`] gave for `method target` before ([`Interner::remember_target`]),
+    /// `target` being the same shared copy.
+    pub fn target_named(
+        &self,
+        target: &Arc<str>,
+        method: &str,
+        server: bool,
+    ) -> Option<NamedRoute> {
+        match self.targets.get(Self::target_slot(target, server)) {
+            Some(Some(slot))
+                if Arc::ptr_eq(&slot.target, target)
+                    && slot.server == server
+                    && slot.method == method =>
+            {
+                Some(slot.found.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Keeps what [`Interner::named_route`] gave for a target that is all path.
+    pub fn remember_target(
+        &mut self,
+        target: &Arc<str>,
+        method: &str,
+        server: bool,
+        found: &NamedRoute,
+    ) {
+        if target.len() > MAX_LEN {
+            return;
+        }
+        if self.targets.is_empty() {
+            self.targets.resize_with(TARGET_SLOTS, || None);
+        }
+        self.targets[Self::target_slot(target, server)] = Some(TargetSlot {
+            target: Arc::clone(target),
+            method: crate::protocol::http1::head::method_of(method),
+            server,
+            found: found.clone(),
+        });
+    }
+
+    /// A target's CLIENT and SERVER spans (a connection's two ends on this host) take two slots.
+    fn target_slot(target: &Arc<str>, server: bool) -> usize {
+        ((Arc::as_ptr(target).cast::<u8>() as usize >> 3) ^ usize::from(server)) % TARGET_SLOTS
     }
 
     /// The shared span name `method route` for a request whose target's path is `path`, the
@@ -324,6 +418,92 @@ mod tests {
                 .iter()
                 .flatten()
                 .all(|slot| slot.key.len() <= MAX_LEN)
+        );
+    }
+
+    #[test]
+    fn an_authoritys_host_is_found_again_by_its_shared_copy() {
+        let mut strings = Interner::default();
+        for (authority, host) in [
+            ("api:8080", "api"),
+            ("api", "api"),
+            ("[::1]:80", "::1"),
+            ("[::1]", "::1"),
+            ("a:b", "a:b"),
+        ] {
+            let shared: Arc<str> = Arc::from(authority);
+            let first = strings.host_of(&shared);
+            assert_eq!(&*first, host, "{authority}");
+            assert!(Arc::ptr_eq(&first, &strings.host_of(&shared)));
+            // Another copy of the same text: the same answer, found afresh.
+            assert_eq!(&*strings.host_of(&Arc::from(authority)), host);
+        }
+        // Every slot taken by other authorities, then the first again.
+        let first: Arc<str> = Arc::from("first:1");
+        let _ = strings.host_of(&first);
+        for i in 0..HOST_SLOTS * 4 {
+            let _ = strings.host_of(&Arc::from(format!("h{i}:1")));
+        }
+        assert_eq!(&*strings.host_of(&first), "first");
+    }
+
+    #[test]
+    fn a_targets_remembered_name_and_route_are_those_found_afresh() {
+        let mut strings = Interner::default();
+        let target: Arc<str> = Arc::from("/users/42");
+        for (method, server) in [
+            ("GET", true),
+            ("GET", false),
+            ("POST", true),
+            ("BREW", true),
+        ] {
+            assert!(strings.target_named(&target, method, server).is_none());
+            let found = strings.named_route(method, &target, server);
+            strings.remember_target(&target, method, server, &found);
+        }
+        for (method, server) in [
+            ("GET", true),
+            ("GET", false),
+            ("POST", true),
+            ("BREW", true),
+        ] {
+            let Some(again) = strings.target_named(&target, method, server) else {
+                // Two keys may share a slot; the one kept last is found.
+                continue;
+            };
+            let afresh = Interner::default().named_route(method, &target, server);
+            assert_eq!(described(&again), described(&afresh), "{method} {server}");
+        }
+        let last = strings
+            .target_named(&target, "BREW", true)
+            .expect("kept last");
+        assert_eq!(&*last.name, "BREW /users/{id}");
+        // The same text in another copy is not the remembered one.
+        assert!(
+            strings
+                .target_named(&Arc::from("/users/42"), "BREW", true)
+                .is_none()
+        );
+        // A CLIENT span has no route; its SERVER twin keeps its own.
+        let client = strings.named_route("GET", "/a", false);
+        let server = strings.named_route("GET", "/a", true);
+        let a: Arc<str> = Arc::from("/a");
+        strings.remember_target(&a, "GET", false, &client);
+        strings.remember_target(&a, "GET", true, &server);
+        assert!(
+            strings
+                .target_named(&a, "GET", false)
+                .expect("client")
+                .route
+                .is_none()
+        );
+        assert_eq!(
+            strings
+                .target_named(&a, "GET", true)
+                .expect("server")
+                .route
+                .as_deref(),
+            Some("/a")
         );
     }
 }

@@ -157,7 +157,7 @@ pub const KNOWN_METHODS: [&str; 9] = [
 ];
 
 /// `method` as a static string if it is a known one, else a copy.
-fn method_of(method: &str) -> Cow<'static, str> {
+pub(crate) fn method_of(method: &str) -> Cow<'static, str> {
     KNOWN_METHODS
         .iter()
         .find(|known| **known == method)

@@ -120,7 +120,7 @@ impl Summary for Http1Summary {
             attributes.push(KeyValue::shared("http.route", http_route));
             attributes.push(KeyValue::str("url.scheme", "http"));
         }
-        span.address_attributes(this.host.as_deref(), strings, &mut attributes);
+        span.address_attributes(this.host.as_ref(), strings, &mut attributes);
         let status = match this.status_code {
             None => SpanStatus::Error("connection closed before a response".to_string()),
             Some(code) if code >= 500 || (!span.server && code >= 400) => {

@@ -219,7 +219,7 @@ impl Http2Summary {
     ) {
         attributes.push(KeyValue::str("network.protocol.name", "http"));
         attributes.push(KeyValue::str("network.protocol.version", "2"));
-        span.address_attributes(self.request.authority.as_deref(), strings, attributes);
+        span.address_attributes(self.request.authority.as_ref(), strings, attributes);
         let unknown = self.unknown_fields();
         if unknown > 0 {
             attributes.push(KeyValue::int(
