@@ -293,11 +293,15 @@ enum Lookup {
 
 /// What the connection table holds for `fd`.
 #[inline(always)]
-fn lookup(pid_tgid: u64, fd: i32) -> Lookup {
+fn lookup<const HOOK: u32>(pid_tgid: u64, fd: i32, sk: u64) -> Lookup {
     let key = conn_key(pid_tgid, fd);
     let Some(entry) = CONNS.get_ptr_mut(&key) else {
         return Lookup::Unknown;
     };
+    // One lookup serves both questions (the socket layer asked the table twice).
+    if HOOK != hook::SYS_EXIT && retired_if_reused(&key, entry, pid_tgid, fd, sk) {
+        return Lookup::Unknown;
+    }
     // SAFETY: a pointer from a successful lookup, read at once; a concurrent delete can at
     // worst make the copy stale, which costs one mislabelled event, never memory safety.
     let info = unsafe { &*entry };
@@ -327,12 +331,7 @@ fn tracked<const HOOK: u32>(
     entered: Option<u64>,
     sk: u64,
 ) -> Option<Tracked> {
-    let found = if HOOK != hook::SYS_EXIT && retired_if_reused(pid_tgid, fd, sk) {
-        Lookup::Unknown
-    } else {
-        lookup(pid_tgid, fd)
-    };
-    match found {
+    match lookup::<HOOK>(pid_tgid, fd, sk) {
         Lookup::Tracked(tracked) => {
             if fresh(tracked.entry) {
                 // Its discovery's note, if any, is used up: left, it would match the next
@@ -373,12 +372,8 @@ fn tracked<const HOOK: u32>(
 /// At the socket layer: whether `fd`'s table entry belongs to a socket other than `sk` (a closed
 /// fd whose number was reused: no `close` is seen there), and so was closed and removed here.
 #[inline(always)]
-fn retired_if_reused(pid_tgid: u64, fd: i32, sk: u64) -> bool {
-    let key = conn_key(pid_tgid, fd);
-    let Some(entry) = CONNS.get_ptr_mut(&key) else {
-        return false;
-    };
-    // SAFETY: a pointer from a successful lookup, read at once.
+fn retired_if_reused(key: &ConnKey, entry: *mut ConnInfo, pid_tgid: u64, fd: i32, sk: u64) -> bool {
+    // SAFETY: a pointer from a successful lookup in this run, read at once.
     let held = unsafe { (*entry).sk };
     if held == 0 || held == sk {
         return false;
@@ -389,7 +384,7 @@ fn retired_if_reused(pid_tgid: u64, fd: i32, sk: u64) -> bool {
     // SAFETY: as above; copied into this CPU's scratch slot (the family program's stack has no
     // room for a copy), which discovery fills afresh afterwards.
     *info = unsafe { *entry };
-    let _ = CONNS.remove(&key);
+    let _ = CONNS.remove(key);
     crate::socket_layer::forget_socket(held);
     closed(pid_tgid, fd, info);
     true
