@@ -26,29 +26,63 @@ pub struct Interner {
     ips: HashMap<IpAddr, Arc<str>, foldhash::fast::RandomState>,
     /// What [`Interner::named_route`] found for recent requests.
     routes: RouteMemo,
-    /// [`Interner::host_of`] of recent shared authorities (`Host`, `:authority`), by the shared
-    /// copy's address: each holds its key, so an address cannot be another string's while it is
-    /// here. Direct-mapped, [`HOST_SLOTS`] at most.
-    hosts: Vec<Option<(Arc<str>, Arc<str>)>>,
-    /// [`Interner::named_route`] of recent shared request targets that are all path, by the
-    /// shared copy's address (held, as in `hosts`), method and span kind. Direct-mapped,
-    /// [`TARGET_SLOTS`] at most.
-    targets: Vec<Option<TargetSlot>>,
+    /// [`Interner::host_of`] of recent shared authorities (`Host`, `:authority`).
+    hosts: ByAddress<Arc<str>, HOST_SLOTS>,
+    /// [`Interner::named_route`] of recent shared request targets that are all path, with the
+    /// method and span kind it was for.
+    targets: ByAddress<TargetFound, TARGET_SLOTS>,
 }
 
+/// Slots of [`Interner::hosts`]: a host serves and calls few names.
+const HOST_SLOTS: usize = 16;
 /// Slots of [`Interner::targets`].
 const TARGET_SLOTS: usize = 64;
 
+/// What [`Interner::named_route`] gave for a target, and what for.
 #[derive(Debug)]
-struct TargetSlot {
-    target: Arc<str>,
+struct TargetFound {
     method: Cow<'static, str>,
     server: bool,
     found: NamedRoute,
 }
 
-/// Slots of [`Interner::hosts`]: a host serves and calls few names.
-const HOST_SLOTS: usize = 16;
+/// Values of shared strings found again by the shared copy's address: a head parsed again is a
+/// clone of the first parse, so a repeated value is the same `Arc`, and no hashing of its text
+/// is needed. Each slot holds its key, so an address cannot be another string's while it is
+/// here. Direct-mapped, `N` slots, allocated at the first value.
+#[derive(Debug)]
+struct ByAddress<V, const N: usize> {
+    slots: Vec<Option<(Arc<str>, V)>>,
+}
+
+impl<V, const N: usize> Default for ByAddress<V, N> {
+    fn default() -> Self {
+        Self { slots: Vec::new() }
+    }
+}
+
+impl<V, const N: usize> ByAddress<V, N> {
+    /// `key`'s slot; `salt` (0 or 1) gives one key two neighbouring slots.
+    fn slot(key: &Arc<str>, salt: usize) -> usize {
+        ((Arc::as_ptr(key).cast::<u8>() as usize >> 3) ^ salt) % N
+    }
+
+    /// The value kept for this very copy of `key` with `salt`.
+    fn get(&self, key: &Arc<str>, salt: usize) -> Option<&V> {
+        match self.slots.get(Self::slot(key, salt)) {
+            Some(Some((kept, value))) if Arc::ptr_eq(kept, key) => Some(value),
+            _ => None,
+        }
+    }
+
+    /// Keeps `value` for `key` with `salt`, in place of what its slot held.
+    fn put(&mut self, key: &Arc<str>, salt: usize, value: V) {
+        if self.slots.is_empty() {
+            self.slots.resize_with(N, || None);
+        }
+        self.slots[Self::slot(key, salt)] = Some((Arc::clone(key), value));
+    }
+}
 
 /// A request's span name and route as [`Interner::named_route`] gives them.
 #[derive(Debug, Clone)]
@@ -179,13 +213,10 @@ impl Interner {
     }
 
     /// `server.address` of an authority (`Host`, `:authority`): the name without its port or an
-    /// IPv6 literal's brackets, shared. `authority` is the head's shared copy, so a repeat is
-    /// found by its address, without hashing or trimming it again (~250 instructions a span).
+    /// IPv6 literal's brackets, shared. A repeat of the head's shared copy is found by its
+    /// address ([`ByAddress`]), without trimming and hashing it again.
     pub fn host_of(&mut self, authority: &Arc<str>) -> Arc<str> {
-        let slot = (Arc::as_ptr(authority).cast::<u8>() as usize >> 4) % HOST_SLOTS;
-        if let Some(Some((key, host))) = self.hosts.get(slot)
-            && Arc::ptr_eq(key, authority)
-        {
+        if let Some(host) = self.hosts.get(authority, 0) {
             return Arc::clone(host);
         }
         let host = self.get(
@@ -195,10 +226,7 @@ impl Interner {
                 .map_or(&**authority, |(host, _)| host)
                 .trim_matches(['[', ']']),
         );
-        if self.hosts.is_empty() {
-            self.hosts.resize_with(HOST_SLOTS, || None);
-        }
-        self.hosts[slot] = Some((Arc::clone(authority), Arc::clone(&host)));
+        self.hosts.put(authority, 0, Arc::clone(&host));
         host
     }
 
@@ -210,16 +238,12 @@ impl Interner {
         method: &str,
         server: bool,
     ) -> Option<NamedRoute> {
-        match self.targets.get(Self::target_slot(target, server)) {
-            Some(Some(slot))
-                if Arc::ptr_eq(&slot.target, target)
-                    && slot.server == server
-                    && slot.method == method =>
-            {
-                Some(slot.found.clone())
-            }
-            _ => None,
-        }
+        // A target's CLIENT and SERVER spans (a connection's two ends on this host) take two
+        // slots.
+        self.targets
+            .get(target, usize::from(server))
+            .filter(|kept| kept.server == server && kept.method == method)
+            .map(|kept| kept.found.clone())
     }
 
     /// Keeps what [`Interner::named_route`] gave for a target that is all path.
@@ -233,20 +257,12 @@ impl Interner {
         if target.len() > MAX_LEN {
             return;
         }
-        if self.targets.is_empty() {
-            self.targets.resize_with(TARGET_SLOTS, || None);
-        }
-        self.targets[Self::target_slot(target, server)] = Some(TargetSlot {
-            target: Arc::clone(target),
+        let kept = TargetFound {
             method: crate::protocol::http1::head::method_of(method),
             server,
             found: found.clone(),
-        });
-    }
-
-    /// A target's CLIENT and SERVER spans (a connection's two ends on this host) take two slots.
-    fn target_slot(target: &Arc<str>, server: bool) -> usize {
-        ((Arc::as_ptr(target).cast::<u8>() as usize >> 3) ^ usize::from(server)) % TARGET_SLOTS
+        };
+        self.targets.put(target, usize::from(server), kept);
     }
 
     /// The shared span name `method route` for a request whose target's path is `path`, the
