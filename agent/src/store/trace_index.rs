@@ -12,8 +12,6 @@
 //! The open run is not written on each commit: after a restart it is rebuilt from the frames
 //! newer than the last sealed run, which are on disk anyway.
 
-use std::collections::{HashMap, hash_map::Entry};
-
 /// Pairs the open run holds before it is sealed: about a megabyte of memory, and one sequential
 /// write of 768 KiB per 32 Ki spans.
 pub const RUN_PAIRS: usize = 32 * 1024;
@@ -67,115 +65,112 @@ pub fn frames_in_block<'a>(
         })
 }
 
-/// The pairs of the frames written since the last sealed run, by trace id; sorted only when
-/// sealed. (A B-tree set of pairs, sorted on every insert, was 5 % of `bench-pipeline --store`'s
-/// CPU, in comparisons of random 16-byte keys.) Nearly every trace's spans reach the store
-/// together, in one frame: its first frame is the map's value (24 bytes a slot, ~1.6 MiB at the
-/// run's size, released when the run is sealed), any later ones are in `more`.
+/// The pairs of the frames written since the last sealed run, in the order they were written;
+/// sorted only when sealed. Appending is a copy of 24 bytes: the earlier hash map by trace id
+/// cost each span a probe at a random place in ~1.6 MiB (a cache miss), and sealing looked each
+/// trace up twice more; together ~7 % of the agent's CPU under wrk. What it gave, finding a
+/// trace's open frames at once, only the store's readers ask, a few times per query: a scan of
+/// the run (at most [`RUN_PAIRS`] pairs) is tens of microseconds.
 #[derive(Debug, Default)]
 pub struct OpenRun {
-    first: HashMap<[u8; 16], u64, foldhash::fast::RandomState>,
-    more: HashMap<[u8; 16], Vec<u64>, foldhash::fast::RandomState>,
-    pairs: usize,
+    pairs: Vec<Pair>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pair {
+    trace_id: [u8; 16],
+    frame: u64,
+}
+
+impl Pair {
+    /// Block order: trace id (as its bytes compare), then frame.
+    fn order(&self) -> (u128, u64) {
+        (u128::from_be_bytes(self.trace_id), self.frame)
+    }
+}
+
+/// Pairs just written that [`OpenRun::insert`] compares a new one with. A trace's spans mostly
+/// reach the store together, a few spans apart, so a repeated pair is mostly refused at once;
+/// one that is not is kept until sealing drops it (it only costs its 24 bytes till then).
+const LOOK_BACK: usize = 32;
+
 impl OpenRun {
-    /// Adds a pair; false if it was there already.
+    /// Adds a pair; false if it is one of the last few added (sealing drops other repeats).
     pub fn insert(&mut self, trace_id: [u8; 16], frame: u64) -> bool {
-        match self.first.entry(trace_id) {
-            Entry::Vacant(slot) => {
-                slot.insert(frame);
-            }
-            Entry::Occupied(slot) => {
-                if *slot.get() == frame {
-                    return false;
-                }
-                // Kept sorted; frames come in increasing order, so this is nearly always a push.
-                let more = self.more.entry(trace_id).or_default();
-                match more.binary_search(&frame) {
-                    Ok(_) => return false,
-                    Err(at) => more.insert(at, frame),
-                }
-            }
+        let pair = Pair { trace_id, frame };
+        let recent = self.pairs.len().saturating_sub(LOOK_BACK);
+        if self.pairs[recent..].contains(&pair) {
+            return false;
         }
-        self.pairs += 1;
+        self.pairs.push(pair);
         true
     }
 
-    /// Takes back a pair of a write that was not committed.
-    pub fn remove(&mut self, trace_id: [u8; 16], frame: u64) {
-        let Entry::Occupied(mut first) = self.first.entry(trace_id) else {
-            return;
-        };
-        let Entry::Occupied(mut more) = self.more.entry(trace_id) else {
-            if *first.get() == frame {
-                first.remove();
-                self.pairs -= 1;
-            }
-            return;
-        };
-        let frames = more.get_mut();
-        if let Ok(at) = frames.binary_search(&frame) {
-            frames.remove(at);
-        } else if *first.get() == frame {
-            // The next frame takes the first's place.
-            *first.get_mut() = frames.remove(0);
-        } else {
-            return;
-        }
-        if frames.is_empty() {
-            more.remove();
-        }
-        self.pairs -= 1;
+    /// Takes back every pair of frame `frame` and later: a write that was not committed (its
+    /// frames are the newest; the next write numbers its own frames from `frame` again).
+    pub fn forget_from(&mut self, frame: u64) {
+        self.pairs.retain(|pair| pair.frame < frame);
     }
 
-    /// Frames of the open run holding spans of `trace_id`, in no particular order.
-    pub fn frames_of(&self, trace_id: &[u8; 16]) -> impl Iterator<Item = u64> + '_ {
-        let more = self.more.get(trace_id).map_or(&[][..], Vec::as_slice);
-        self.first
-            .get(trace_id)
-            .copied()
-            .into_iter()
-            .chain(more.iter().copied())
-    }
-
-    pub fn len(&self) -> usize {
+    /// Frames of the open run holding spans of `trace_id`, in no particular order, a frame
+    /// possibly more than once.
+    pub fn frames_of<'a>(&'a self, trace_id: &'a [u8; 16]) -> impl Iterator<Item = u64> + 'a {
         self.pairs
+            .iter()
+            .filter(move |pair| pair.trace_id == *trace_id)
+            .map(|pair| pair.frame)
     }
 
-    /// The trace ids the open run holds, in no particular order (for the sealed run's filter).
+    /// Pairs held (a repeat not refused at insertion counts until sealing).
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// Puts the pairs in block order and drops repeats: what sealing does first. After it,
+    /// [`Self::trace_ids`] names each trace once and [`Self::len`] counts distinct pairs.
+    pub fn sort(&mut self) {
+        self.pairs.sort_unstable_by_key(Pair::order);
+        self.pairs.dedup();
+    }
+
+    /// The trace ids the open run holds (for the sealed run's filter): each once after
+    /// [`Self::sort`], in no particular order and maybe repeated before it.
     pub fn trace_ids(&self) -> impl Iterator<Item = &[u8; 16]> {
-        self.first.keys()
+        let mut last = None;
+        self.pairs.iter().filter_map(move |pair| {
+            (last != Some(pair.trace_id)).then(|| {
+                last = Some(pair.trace_id);
+                &pair.trace_id
+            })
+        })
     }
 
-    /// The open run as sealed run `run`: calls `f` with each block's key and bytes, in key
-    /// order. A block closes after [`BLOCK_PAIRS`] pairs, at the next change of trace id.
+    /// The open run as sealed run `run`: sorts it ([`Self::sort`]), then calls `f` with each
+    /// block's key and bytes, in key order. A block closes after [`BLOCK_PAIRS`] pairs, at the
+    /// next change of trace id.
     pub fn for_each_block<E>(
-        &self,
+        &mut self,
         run: u64,
         mut f: impl FnMut(&BlockKey, &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut traces: Vec<&[u8; 16]> = self.first.keys().collect();
-        traces.sort_unstable();
+        self.sort();
         let mut block = Vec::with_capacity((BLOCK_PAIRS + 8) * PAIR_BYTES);
         let mut first = [0u8; 16];
-        let mut frames = Vec::new();
-        for trace_id in traces {
+        let mut last = None;
+        for pair in &self.pairs {
             // A trace's pairs stay in one block: a full block closes before the next trace.
-            if block.len() >= BLOCK_PAIRS * PAIR_BYTES {
-                f(&block_key(run, &first), &block)?;
-                block.clear();
+            if last != Some(pair.trace_id) {
+                if block.len() >= BLOCK_PAIRS * PAIR_BYTES {
+                    f(&block_key(run, &first), &block)?;
+                    block.clear();
+                }
+                if block.is_empty() {
+                    first = pair.trace_id;
+                }
+                last = Some(pair.trace_id);
             }
-            if block.is_empty() {
-                first = *trace_id;
-            }
-            frames.clear();
-            frames.extend(self.frames_of(trace_id));
-            frames.sort_unstable();
-            for frame in &frames {
-                block.extend_from_slice(trace_id);
-                block.extend_from_slice(&frame.to_be_bytes());
-            }
+            block.extend_from_slice(&pair.trace_id);
+            block.extend_from_slice(&pair.frame.to_be_bytes());
         }
         if !block.is_empty() {
             f(&block_key(run, &first), &block)?;
@@ -191,6 +186,8 @@ impl OpenRun {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     #[test]
@@ -244,51 +241,56 @@ mod tests {
     }
 
     #[test]
-    fn the_open_run_finds_every_frame_of_a_trace_once() {
+    fn the_open_run_finds_every_frame_of_a_trace_and_seals_each_pair_once() {
         let mut run = OpenRun::default();
         for (trace, frame) in [(1u8, 4u64), (2, 4), (1, 9), (1, 4), (3, 1)] {
             run.insert([trace; 16], frame);
         }
-        assert_eq!(run.len(), 4, "the repeated pair is kept once");
+        assert_eq!(run.len(), 4, "a pair repeated just after is refused");
         assert!(!run.insert([1; 16], 9));
-        run.remove([3; 16], 1);
-        assert_eq!(run.frames_of(&[3; 16]).count(), 0);
-        run.insert([3; 16], 1);
-        let mut frames: Vec<u64> = run.frames_of(&[1; 16]).collect();
-        frames.sort_unstable();
-        assert_eq!(frames, [4, 9]);
+        let frames: BTreeSet<u64> = run.frames_of(&[1; 16]).collect();
+        assert_eq!(frames, BTreeSet::from([4, 9]));
         assert_eq!(run.frames_of(&[9; 16]).count(), 0);
+        // A repeat further back than the look-back is held, and dropped when sealed.
+        for trace in 10..10 + LOOK_BACK as u8 {
+            run.insert([trace; 16], 5);
+        }
+        assert!(run.insert([2; 16], 4), "out of sight");
+        assert_eq!(run.len(), 5 + LOOK_BACK);
+        let ids: Vec<u8> = run.trace_ids().map(|id| id[0]).collect();
+        assert_eq!(
+            ids.iter().filter(|&&id| id == 2).count(),
+            2,
+            "unsorted: repeats"
+        );
         let mut sealed = Vec::new();
         run.for_each_block(1, |_, block| {
             sealed.extend(block.chunks_exact(PAIR_BYTES).map(|p| (p[0], p[23])));
             Ok::<(), ()>(())
         })
         .expect("blocks");
-        assert_eq!(
-            sealed,
-            [(1, 4), (1, 9), (2, 4), (3, 1)],
-            "sealed in key order"
-        );
-        // Taking back the first frame of a trace with more keeps the others.
-        run.remove([1; 16], 4);
-        assert_eq!(run.frames_of(&[1; 16]).collect::<Vec<_>>(), [9]);
-        assert_eq!(run.len(), 3);
-        // Frames out of order (a rebuild), repeats refused wherever they sit.
-        for frame in [30, 20, 25, 20, 30, 9] {
-            run.insert([1; 16], frame);
-        }
-        let mut frames: Vec<u64> = run.frames_of(&[1; 16]).collect();
-        frames.sort_unstable();
-        assert_eq!(frames, [9, 20, 25, 30]);
-        assert_eq!(run.len(), 6);
-        run.remove([1; 16], 25);
-        run.remove([1; 16], 9);
-        run.remove([1; 16], 99);
-        let mut frames: Vec<u64> = run.frames_of(&[1; 16]).collect();
-        frames.sort_unstable();
-        assert_eq!(frames, [20, 30]);
-        assert_eq!(run.len(), 4);
+        let mut expect = vec![(1, 4), (1, 9), (2, 4), (3, 1)];
+        expect.extend((10..10 + LOOK_BACK as u8).map(|trace| (trace, 5)));
+        assert_eq!(sealed, expect, "sealed in key order, each pair once");
+        assert_eq!(run.len(), expect.len());
+        let ids: Vec<u8> = run.trace_ids().map(|id| id[0]).collect();
+        assert_eq!(ids.len(), 3 + LOOK_BACK, "sorted: each trace once");
         run.clear();
         assert_eq!(run.len(), 0);
+    }
+
+    #[test]
+    fn a_write_not_committed_takes_back_its_frames_only() {
+        let mut run = OpenRun::default();
+        for (trace, frame) in [(1u8, 3u64), (2, 4), (1, 5), (3, 5), (4, 6)] {
+            run.insert([trace; 16], frame);
+        }
+        run.forget_from(5);
+        assert_eq!(run.len(), 2);
+        assert_eq!(run.frames_of(&[1; 16]).collect::<Vec<_>>(), [3]);
+        assert_eq!(run.frames_of(&[3; 16]).count(), 0);
+        // The next write numbers its frames from 5 again.
+        assert!(run.insert([3; 16], 5));
+        assert_eq!(run.frames_of(&[3; 16]).collect::<Vec<_>>(), [5]);
     }
 }

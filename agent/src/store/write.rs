@@ -14,7 +14,7 @@ use super::{
     frame::FrameBuilder,
     frame_log::Appender,
     frame_log::{FrameLog, Part},
-    lock, read,
+    lock,
     start_index::StartBlock,
     write,
 };
@@ -123,9 +123,15 @@ impl Store {
         // first.
         writer.frame.reset();
         writer.starts.reset();
-        writer.pairs.clear();
+        if !writer.pairs.is_empty() {
+            // A panic in a write: its pairs may be in the open run, under frame numbers the
+            // next write gives its own frames (as after an error, below).
+            write(&self.open_run).forget_from(writer.next_frame);
+            writer.pairs.clear();
+        }
         writer.appender.discard();
         let result = self.write_locked(writer, spans, durable);
+        writer.pairs.clear();
         if result.is_err() {
             // Frames queued and not written: never named by a commit.
             writer.appender.discard();
@@ -135,10 +141,9 @@ impl Store {
             // that do not exist (their numbers are used again by the next write).
             writer.services.clear();
             writer.operations.clear();
-            let mut open_run = write(&self.open_run);
-            for (trace_id, frame) in writer.pairs.drain(..) {
-                open_run.remove(trace_id, frame);
-            }
+            // This write's frames are numbered from `next_frame` on, and every other pair the
+            // open run holds is of an earlier frame.
+            write(&self.open_run).forget_from(writer.next_frame);
         }
         result
     }
@@ -200,20 +205,18 @@ impl Store {
             if spread > stored_spread {
                 counts.insert(SPREAD, spread).map_err(db_err)?;
             }
-            // Into the open run before the commit, so a reader never misses a committed span;
-            // `pairs` keeps the ones this write added, for the caller to take back on failure.
-            {
-                let mut open_run = write(&self.open_run);
-                writer
-                    .pairs
-                    .retain(|&(trace_id, f)| open_run.insert(trace_id, f));
+            // Into the open run before the commit, so a reader never misses a committed span
+            // (the caller takes them back on failure, by their frames).
+            let mut open_run = write(&self.open_run);
+            for &(trace_id, f) in &writer.pairs {
+                open_run.insert(trace_id, f);
             }
-            let open_run = read(&self.open_run);
             // Sealed only by a write that added frames: the run is named by its last frame,
             // which must not be a run's name already.
             if open_run.len() >= self.run_pairs && frame > writer.next_frame {
                 let run = frame - 1;
                 let mut index = txn.open_table(TRACE_RUNS).map_err(db_err)?;
+                open_run.sort();
                 let mut bloom = Bloom::with_capacity(open_run.len());
                 for trace_id in open_run.trace_ids() {
                     bloom.insert(trace_id);
