@@ -47,6 +47,7 @@ impl Tracer {
             let Some(span) = self.spans.remove(&key) else {
                 continue;
             };
+            let span = self.span_boxes.unbox(span);
             self.unmirror(&span, key);
             if let Some(lineage) = &span.lineage {
                 self.stop_waiting(span.pid, key, lineage);

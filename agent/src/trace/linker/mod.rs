@@ -63,6 +63,7 @@ mod open;
 mod parents;
 mod peers;
 mod shedding;
+mod span_boxes;
 mod stream_asking;
 mod task_rule;
 mod trace_ref;
@@ -130,6 +131,8 @@ pub struct Tracer {
     /// Boxed: a span enters and leaves this table once each, and an entry moved by value (~300
     /// bytes, twice at export) was a visible share of the draining thread (`perf`).
     spans: FastMap<SpanKey, Box<OpenSpan>>,
+    /// The boxes of exported spans, for the next ones.
+    span_boxes: span_boxes::SpanBoxes,
     /// Open SERVER spans per (pid, tid) that read their request.
     serving: FastMap<(u32, u32), Serving>,
     /// (pid, tid) of threads seen serving two requests at once: event loops, where one open
@@ -196,6 +199,7 @@ impl Tracer {
             clock: WallClock::new(),
             strings: Interner::default(),
             spans: FastMap::default(),
+            span_boxes: span_boxes::SpanBoxes::default(),
             serving: FastMap::default(),
             forwardable: FastMap::default(),
             event_loop_threads: std::collections::HashSet::default(),
@@ -331,34 +335,32 @@ impl Tracer {
         let resource = self.resources.get(&conn.process);
         let budget = open::BudgetFacts::served(served_here);
         trace.opened();
-        self.spans.insert(
-            key,
-            Box::new(OpenSpan {
-                span_id,
-                trace,
-                parent,
-                evidence,
-                links,
-                kind: if server {
-                    SpanKind::Server
-                } else {
-                    SpanKind::Client
-                },
-                pid: conn.process.pid,
-                tid: start.tid,
-                start_ts: start.ts,
-                resource,
-                mirror,
-                forward,
-                unit,
-                datagram: conn.tuple.sock_type == agent_common::SOCK_DGRAM,
-                tls: conn.tls,
-                inband_trace,
-                lineage,
-                budget,
-                finished: None,
-            }),
-        );
+        let span = self.span_boxes.boxed(OpenSpan {
+            span_id,
+            trace,
+            parent,
+            evidence,
+            links,
+            kind: if server {
+                SpanKind::Server
+            } else {
+                SpanKind::Client
+            },
+            pid: conn.process.pid,
+            tid: start.tid,
+            start_ts: start.ts,
+            resource,
+            mirror,
+            forward,
+            unit,
+            datagram: conn.tuple.sock_type == agent_common::SOCK_DGRAM,
+            tls: conn.tls,
+            inband_trace,
+            lineage,
+            budget,
+            finished: None,
+        });
+        self.spans.insert(key, span);
         self.stats.held_peak = self.stats.held_peak.max(self.spans.len() as u64);
         self.shedding_on_request(key, end, header, start.ts);
     }

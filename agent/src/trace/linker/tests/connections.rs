@@ -165,3 +165,18 @@ fn requests_of_an_abandoned_connection_are_nobodys_parent() {
     assert_eq!(t.stats.abandoned, 1);
     assert_eq!(t.held(), 0);
 }
+
+#[test]
+fn an_exported_spans_box_holds_the_next_span_and_nothing_of_the_last() {
+    let mut t = tracer();
+    for round in 0..3u64 {
+        let server = conn(10 + round, 5, Role::Server, 80, 5000 + round as u16);
+        on_req(&mut t, &server, true, None, stamp(10 * round + 1, 7, 0));
+        assert_eq!(t.span_boxes.spare(), 0, "the spare box is taken");
+        finish(&mut t, &server, stamp(10 * round + 1, 7, 0), 10 * round + 5);
+        let spans = drain(&mut t);
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].start_unix_nano + 4, spans[0].end_unix_nano);
+        assert_eq!(t.span_boxes.spare(), 1, "the exported span's box is kept");
+    }
+}
