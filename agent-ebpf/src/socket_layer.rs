@@ -259,10 +259,12 @@ fn stamp_slot(task: u64) -> usize {
     ((task >> 8) ^ (task >> 14) ^ (task >> 20)) as usize % STAMP_SLOTS
 }
 
-/// When the current thread's TCP send of `moved` bytes on `sk` started, if this CPU stamped
-/// that very send (the stamp's sequence number is its first byte's); the slot is freed.
+/// When the current thread's TCP send of `moved` bytes on `sk` started, and the sequence number
+/// of its first byte, if this CPU stamped that very send (the stamp's sequence number is its
+/// first byte's); the slot is freed. The number is the send's stream position: the record
+/// takes it from here instead of reading the socket again.
 #[inline(always)]
-pub fn take_send_stamp(sk: u64, moved: u64) -> Option<u64> {
+pub fn take_send_stamp(sk: u64, moved: u64) -> Option<(u64, u32)> {
     let slots = SEND_STAMPS.get_ptr_mut(0)?;
     // SAFETY: the helper has no preconditions; the address only names the task.
     let task = unsafe { bpf_get_current_task() };
@@ -274,7 +276,7 @@ pub fn take_send_stamp(sk: u64, moved: u64) -> Option<u64> {
     }
     slot.task = 0;
     let first = stream_seq(sk, true, moved).ok()?;
-    (slot.seq == first).then_some(slot.ts_ns)
+    (slot.seq == first).then_some((slot.ts_ns, first))
 }
 
 /// `tcp/tcp_sendmsg_locked`, attached by BTF: `(const struct sock *sk, const struct msghdr

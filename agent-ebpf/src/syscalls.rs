@@ -767,11 +767,15 @@ fn data_exit<const FAMILY: u32, const HOOK: u32>(
         return Ok(());
     };
     // At the socket layer a TCP send's start was stamped by `tcp_sendmsg_locked`; taken only
-    // now that the socket is found (discovery hands the exit back, and the stamp waits).
-    let entered = if HOOK == hook::SOCK_SEND {
-        crate::socket_layer::take_send_stamp(sk, result as u64)
+    // now that the socket is found (discovery hands the exit back, and the stamp waits). Its
+    // first byte's stream position comes with it (`SEQ_VALID | seq`, 0 when not known).
+    let (entered, send_seq) = if HOOK == hook::SOCK_SEND {
+        match crate::socket_layer::take_send_stamp(sk, result as u64) {
+            Some((ts_ns, seq)) => (Some(ts_ns), SEQ_VALID | u64::from(seq)),
+            None => (None, 0),
+        }
     } else {
-        entered
+        (entered, 0)
     };
     // Before anything reads the state (the in-band mode's look included): from here on this
     // server end is shed like any other.
@@ -820,6 +824,7 @@ fn data_exit<const FAMILY: u32, const HOOK: u32>(
     // Datagrams (`*mmsg`) have no stream position; a receive's flags may say it only peeked.
     let seq = match syscall {
         Syscall::Sendmmsg | Syscall::Recvmmsg => 0,
+        _ if send_seq != 0 => send_seq,
         _ => stream_position(
             conn.entry,
             match syscall {
