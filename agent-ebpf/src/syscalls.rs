@@ -766,17 +766,9 @@ fn data_exit<const FAMILY: u32, const HOOK: u32>(
     let Some(mut conn) = tracked::<HOOK>(ctx, regs, pid_tgid, fd, entered, sk) else {
         return Ok(());
     };
-    // At the socket layer a TCP send's start was stamped by `tcp_sendmsg_locked`; taken only
-    // now that the socket is found (discovery hands the exit back, and the stamp waits). Its
-    // first byte's stream position comes with it (`SEQ_VALID | seq`, 0 when not known).
-    let (entered, send_seq) = if HOOK == hook::SOCK_SEND {
-        match crate::socket_layer::take_send_stamp(sk, result as u64) {
-            Some((ts_ns, seq)) => (Some(ts_ns), SEQ_VALID | u64::from(seq)),
-            None => (None, 0),
-        }
-    } else {
-        (entered, 0)
-    };
+    // Taken only now that the socket is found (discovery hands the exit back, and the stamp
+    // waits).
+    let (entered, send_seq) = send_start::<HOOK>(sk, result, entered);
     // Before anything reads the state (the in-band mode's look included): from here on this
     // server end is shed like any other.
     if conn.protocol == Protocol::Detecting as u32
@@ -878,6 +870,20 @@ fn data_exit<const FAMILY: u32, const HOOK: u32>(
         inband::unfollowed_data(pid_tgid, exit.conn.entry, exit.direction as u32);
     }
     Ok(())
+}
+
+/// When a send started and its first byte's stream position (`SEQ_VALID | seq`, 0 when not
+/// known): at the socket layer, a TCP send's start as `tcp_sendmsg_locked` stamped it, with the
+/// position the stamp's check reads; elsewhere `entered`, and the position is read later.
+#[inline(always)]
+fn send_start<const HOOK: u32>(sk: u64, moved: i64, entered: Option<u64>) -> (Option<u64>, u64) {
+    if HOOK != hook::SOCK_SEND {
+        return (entered, 0);
+    }
+    match crate::socket_layer::take_send_stamp(sk, moved as u64) {
+        Some((ts_ns, seq)) => (Some(ts_ns), SEQ_VALID | u64::from(seq)),
+        None => (None, 0),
+    }
 }
 
 /// The in-band mode before a data syscall's record (`direction` from `syscall`, which moved

@@ -137,12 +137,14 @@ impl OpenRun {
     /// [`Self::sort`], in no particular order and maybe repeated before it.
     pub fn trace_ids(&self) -> impl Iterator<Item = &[u8; 16]> {
         let mut last = None;
-        self.pairs.iter().filter_map(move |pair| {
-            (last != Some(pair.trace_id)).then(|| {
-                last = Some(pair.trace_id);
-                &pair.trace_id
+        self.pairs
+            .iter()
+            .map(|pair| &pair.trace_id)
+            .filter(move |&id| {
+                let new = last != Some(*id);
+                last = Some(*id);
+                new
             })
-        })
     }
 
     /// The open run as sealed run `run`: sorts it ([`Self::sort`]), then calls `f` with each
@@ -257,12 +259,8 @@ mod tests {
         }
         assert!(run.insert([2; 16], 4), "out of sight");
         assert_eq!(run.len(), 5 + LOOK_BACK);
-        let ids: Vec<u8> = run.trace_ids().map(|id| id[0]).collect();
-        assert_eq!(
-            ids.iter().filter(|&&id| id == 2).count(),
-            2,
-            "unsorted: repeats"
-        );
+        let twos = run.trace_ids().filter(|id| id[0] == 2).count();
+        assert_eq!(twos, 2, "unsorted: repeats");
         let mut sealed = Vec::new();
         run.for_each_block(1, |_, block| {
             sealed.extend(block.chunks_exact(PAIR_BYTES).map(|p| (p[0], p[23])));

@@ -17,6 +17,8 @@ const MAX_SPARE: usize = 1024;
 /// Spare boxes, each holding no span.
 #[derive(Default)]
 pub(super) struct SpanBoxes {
+    // The boxes themselves are what is kept: each is a span's allocation, handed out whole.
+    #[allow(clippy::vec_box)]
     spare: Vec<Box<MaybeUninit<OpenSpan>>>,
 }
 
