@@ -128,13 +128,13 @@ impl OpenRun {
 
     /// Puts the pairs in block order and drops repeats: what sealing does first. After it,
     /// [`Self::trace_ids`] names each trace once and [`Self::len`] counts distinct pairs.
-    pub fn sort(&mut self) {
+    fn sort(&mut self) {
         self.pairs.sort_unstable_by_key(Pair::order);
         self.pairs.dedup();
     }
 
     /// The trace ids the open run holds (for the sealed run's filter): each once after
-    /// [`Self::sort`], in no particular order and maybe repeated before it.
+    /// [`Self::for_each_block`] sorted them, in no particular order and maybe repeated before.
     pub fn trace_ids(&self) -> impl Iterator<Item = &[u8; 16]> {
         let mut last = None;
         self.pairs

@@ -216,14 +216,14 @@ impl Store {
             if open_run.len() >= self.run_pairs && frame > writer.next_frame {
                 let run = frame - 1;
                 let mut index = txn.open_table(TRACE_RUNS).map_err(db_err)?;
-                open_run.sort();
+                // Sorted by the blocks' writing, so the filter names each trace once.
+                open_run.for_each_block(run, |key, block| {
+                    index.insert(&key[..], block).map(drop).map_err(db_err)
+                })?;
                 let mut bloom = Bloom::with_capacity(open_run.len());
                 for trace_id in open_run.trace_ids() {
                     bloom.insert(trace_id);
                 }
-                open_run.for_each_block(run, |key, block| {
-                    index.insert(&key[..], block).map(drop).map_err(db_err)
-                })?;
                 let mut runs = txn.open_table(RUNS).map_err(db_err)?;
                 runs.insert(run, bloom.to_bytes().as_slice())
                     .map_err(db_err)?;
