@@ -128,7 +128,15 @@ struct IovWalk {
     want: u64,
     copied: u64,
     failed: u64,
+    /// Entries read ahead into the destination's stash ([`STASH`]): 0 or [`STASHED`].
+    stashed: u64,
 }
+
+/// Where the first iovec entries are read ahead, all in one copy: the destination's last bytes,
+/// which no walk writes (it copies at most `MAX_CAPTURE_BYTES` in all; the buffer is twice that
+/// so the verifier can bound each copy).
+const STASHED: u64 = 2;
+const STASH: usize = 2 * MAX_CAPTURE_BYTES - STASHED as usize * 16;
 
 /// One entry of the iovec walk (a `bpf_loop` callback: index, context; 1 stops the loop).
 /// A callback is verified once for every entry, where an unrolled loop was verified once per
@@ -142,11 +150,24 @@ extern "C" fn iov_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     if index >= walk.count || walk.copied >= walk.want {
         return 1;
     }
-    // SAFETY: bpf_probe_read_user returns an error for a bad user address; it never faults.
-    let Ok(entry) = (unsafe { bpf_probe_read_user((walk.iov + index * 16) as *const Iovec) })
-    else {
-        walk.failed = 1;
-        return 1;
+    let entry = if index < walk.stashed && index < STASHED {
+        // SAFETY: `dst` points at this CPU's scratch payload; the stash lies inside it, 8-byte
+        // aligned, and holds the entries `copy_iovecs` read ahead.
+        unsafe {
+            (*walk.dst)
+                .as_ptr()
+                .add(STASH + index as usize * 16)
+                .cast::<Iovec>()
+                .read_unaligned()
+        }
+    } else {
+        // SAFETY: bpf_probe_read_user returns an error for a bad user address; it never faults.
+        let Ok(entry) = (unsafe { bpf_probe_read_user((walk.iov + index * 16) as *const Iovec) })
+        else {
+            walk.failed = 1;
+            return 1;
+        };
+        entry
     };
     let remaining = walk.want - walk.copied;
     let take = if entry.len < remaining {
@@ -173,6 +194,21 @@ fn copy_iovecs(
     want: u64,
     max_iovecs: usize,
 ) -> Copied {
+    // The first entries in one copy (nginx answers with a head and a body in two).
+    let stashed = if count >= STASHED {
+        // SAFETY: the stash lies inside `dst`; the helper checks the user address and returns
+        // an error instead of faulting.
+        let ret = unsafe {
+            read_user_raw(
+                dst.as_mut_ptr().add(STASH).cast(),
+                (STASHED * 16) as u32,
+                iov as *const core::ffi::c_void,
+            )
+        };
+        if ret < 0 { 0 } else { STASHED }
+    } else {
+        0
+    };
     let mut walk = IovWalk {
         dst: core::ptr::from_mut(dst),
         iov,
@@ -180,6 +216,7 @@ fn copy_iovecs(
         want,
         copied: 0,
         failed: 0,
+        stashed,
     };
     let max_iovecs = if max_iovecs < MAX_IOVECS {
         max_iovecs
