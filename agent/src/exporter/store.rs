@@ -31,6 +31,10 @@ const RETAIN_EVERY: Duration = Duration::from_secs(2);
 const MAX_QUEUED_SPANS: u64 = 32 * 1024;
 /// How often the writer wakes without spans, for durability and retention.
 const IDLE_WAKE: Duration = Duration::from_millis(250);
+/// Written batches waiting to go back to the thread that made them, at most (a few MiB at
+/// [`crate::pipeline::sink::EXPORT_CHUNK`] spans a batch); past it the writer frees them
+/// itself.
+const MAX_GIVEN_BACK: usize = 2;
 
 /// What the writer did, shared with the exporter for its counts and `/metrics`.
 #[derive(Debug, Default)]
@@ -49,6 +53,8 @@ struct Stats {
 pub struct StoreExporter {
     store: Store,
     queue: Option<mpsc::Sender<Vec<SpanData>>>,
+    /// Batches the writer has written ([`SpanExporter::give_back`]).
+    given_back: mpsc::Receiver<Vec<SpanData>>,
     writer: Option<JoinHandle<()>>,
     stats: Arc<Stats>,
     /// Wait for the writer instead of dropping (the pipeline bench: it measures the writing).
@@ -63,16 +69,18 @@ impl StoreExporter {
     pub fn new(store: Store) -> Result<Self, StoreError> {
         let stats = Arc::new(Stats::default());
         let (tx, rx) = mpsc::channel();
+        let (back_tx, given_back) = mpsc::sync_channel(MAX_GIVEN_BACK);
         let writer = {
             let (store, stats) = (store.clone(), Arc::clone(&stats));
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || write_loop(&store, &rx, &stats))
+                .spawn(move || write_loop(&store, &rx, &back_tx, &stats))
                 .map_err(|e| StoreError::Writer(e.to_string()))?
         };
         Ok(Self {
             store,
             queue: Some(tx),
+            given_back,
             writer: Some(writer),
             stats,
             lossless: false,
@@ -98,9 +106,15 @@ impl StoreExporter {
     }
 }
 
-/// The writer thread: writes each batch as it comes, makes commits durable and runs retention
-/// on their clocks, and commits durably when the queue closes.
-fn write_loop(store: &Store, rx: &mpsc::Receiver<Vec<SpanData>>, stats: &Stats) {
+/// The writer thread: writes each batch as it comes (and gives it back to be freed), makes
+/// commits durable and runs retention on their clocks, and commits durably when the queue
+/// closes.
+fn write_loop(
+    store: &Store,
+    rx: &mpsc::Receiver<Vec<SpanData>>,
+    back: &mpsc::SyncSender<Vec<SpanData>>,
+    stats: &Stats,
+) {
     let mut last_durable = Instant::now();
     let mut last_retention = Instant::now();
     let mut dirty = false;
@@ -119,6 +133,10 @@ fn write_loop(store: &Store, rx: &mpsc::Receiver<Vec<SpanData>>, stats: &Stats) 
                     }
                 }
                 stats.queued.fetch_sub(n, Ordering::Relaxed);
+                // Freed where it was made: a span's shared strings and resource are counted
+                // references the other thread takes, and its blocks came from that thread's
+                // allocator cache. When the other thread is behind (or gone), freed here.
+                let _ = back.try_send(batch);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
@@ -182,6 +200,10 @@ impl SpanExporter for StoreExporter {
         }
     }
 
+    fn give_back(&mut self) -> Option<Vec<SpanData>> {
+        self.given_back.try_recv().ok()
+    }
+
     /// The writer keeps its own clocks.
     fn flush(&mut self) {}
 
@@ -236,5 +258,70 @@ impl SpanExporter for StoreExporter {
 impl Drop for StoreExporter {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        metrics::test_span,
+        store::StoreConfig,
+        trace::span::{Resource, SpanKind},
+    };
+
+    /// Written spans come back to the exporting thread, the same spans, their resource shared
+    /// with nobody on the writer's side any more; past the bound, the writer frees them itself.
+    #[test]
+    fn written_batches_are_given_back_to_be_freed_by_their_maker() {
+        let dir = std::env::temp_dir().join(format!("sockspan-give-back-{}", std::process::id()));
+        let store = Store::open(StoreConfig {
+            path: dir.join("s.redb"),
+            retention: Duration::from_hours(1),
+            max_spans: 1000,
+        })
+        .expect("open");
+        let mut exporter = StoreExporter::new(store).expect("writer");
+        let resource = Arc::new(Resource::new(Vec::new()));
+        let batches = MAX_GIVEN_BACK + 3;
+        for id in 0..batches {
+            let mut span = test_span(
+                "svc",
+                SpanKind::Server,
+                u8::try_from(id).expect("id"),
+                None,
+                1,
+            );
+            span.resource = Arc::clone(&resource);
+            exporter.export(&mut vec![span]);
+        }
+        // Bounded: the writer writes `batches` one-span batches.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while exporter.counts().0 < batches as u64 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(exporter.counts(), (batches as u64, 0));
+        // The writer done with every batch (the last ones freed, not merely counted).
+        exporter.finish();
+        let mut given_back = Vec::new();
+        while let Some(batch) = exporter.give_back() {
+            given_back.extend(batch);
+        }
+        assert_eq!(
+            given_back.len(),
+            MAX_GIVEN_BACK,
+            "the rest freed by the writer"
+        );
+        assert_eq!(given_back[0].span_id, [0; 8], "in the order written");
+        assert_eq!(
+            Arc::strong_count(&resource),
+            1 + MAX_GIVEN_BACK,
+            "the spans given back hold the only other references"
+        );
+        drop(given_back);
+        assert_eq!(Arc::strong_count(&resource), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
