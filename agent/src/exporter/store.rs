@@ -31,9 +31,9 @@ const RETAIN_EVERY: Duration = Duration::from_secs(2);
 const MAX_QUEUED_SPANS: u64 = 32 * 1024;
 /// How often the writer wakes without spans, for durability and retention.
 const IDLE_WAKE: Duration = Duration::from_millis(250);
-/// Written batches waiting to go back to the thread that made them, at most (a few MiB at
-/// [`crate::pipeline::sink::EXPORT_CHUNK`] spans a batch); past it the writer frees them
-/// itself.
+/// Written batches waiting to go back to the thread that made them, at most (each at most
+/// [`crate::pipeline::sink::EXPORT_CHUNK`] spans, taken out of the writer's bounded queue);
+/// past it the writer frees them itself.
 const MAX_GIVEN_BACK: usize = 2;
 
 /// What the writer did, shared with the exporter for its counts and `/metrics`.

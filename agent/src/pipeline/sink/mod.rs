@@ -351,9 +351,7 @@ impl<'a> TraceSink<'a> {
         self.exchange_with_peers(now);
         self.exporter.flush();
     }
-}
 
-impl TraceSink<'_> {
     /// Frees on this thread, which made them, the spans the exporter is done with: their shared
     /// strings and resource are counted references this thread takes (a release on another
     /// core pulls each count's cache line away), and their blocks go back to this thread's
