@@ -1,7 +1,7 @@
 //! `--output store` (the default): spans into the embedded store the query API and UI read.
 //!
 //! Writes, their fsyncs and retention run on a thread of their own: the thread that drains the
-//! ring hands each batch of spans over and never waits for the disk. The queue is bounded (in
+//! ring gathers spans into batches, hands each over and never waits for the disk. The queue is bounded (in
 //! spans); a batch that would pass the bound is dropped and counted, as OTLP's queue does.
 
 use std::{
@@ -31,9 +31,12 @@ const RETAIN_EVERY: Duration = Duration::from_secs(2);
 const MAX_QUEUED_SPANS: u64 = 32 * 1024;
 /// How often the writer wakes without spans, for durability and retention.
 const IDLE_WAKE: Duration = Duration::from_millis(250);
-/// Written batches waiting to go back to the thread that made them, at most (each at most
-/// [`crate::pipeline::sink::EXPORT_CHUNK`] spans, taken out of the writer's bounded queue);
-/// past it the writer frees them itself.
+/// Spans gathered into one batch for the writer at most (one transaction; a tick hands over a
+/// smaller one): as many as the pipeline exports at a time at most.
+const BATCH_SPANS: usize = crate::pipeline::sink::EXPORT_CHUNK;
+/// Written batches waiting to go back to the thread that made them, at most (each of at most
+/// about 2 × [`BATCH_SPANS`] spans, taken out of the writer's bounded queue); past it the
+/// writer frees them itself.
 const MAX_GIVEN_BACK: usize = 2;
 
 /// What the writer did, shared with the exporter for its counts and `/metrics`.
@@ -57,6 +60,8 @@ pub struct StoreExporter {
     given_back: mpsc::Receiver<Vec<SpanData>>,
     writer: Option<JoinHandle<()>>,
     stats: Arc<Stats>,
+    /// Spans exported since the last batch went to the writer ([`BATCH_SPANS`]).
+    gathering: Vec<SpanData>,
     /// Wait for the writer instead of dropping (the pipeline bench: it measures the writing).
     lossless: bool,
 }
@@ -83,6 +88,7 @@ impl StoreExporter {
             given_back,
             writer: Some(writer),
             stats,
+            gathering: Vec::with_capacity(BATCH_SPANS),
             lossless: false,
         })
     }
@@ -170,10 +176,12 @@ fn commit_durably(store: &Store) {
     }
 }
 
-impl SpanExporter for StoreExporter {
-    fn export(&mut self, spans: &mut Vec<SpanData>) {
+impl StoreExporter {
+    /// Hands the gathered spans to the writer as one batch, or drops and counts them when the
+    /// queue is full.
+    fn hand_over(&mut self) {
         let Some(queue) = &self.queue else { return };
-        let n = spans.len() as u64;
+        let n = self.gathering.len() as u64;
         if n == 0 {
             return;
         }
@@ -187,16 +195,29 @@ impl SpanExporter for StoreExporter {
             self.stats
                 .dropped_queue_full
                 .fetch_add(n, Ordering::Relaxed);
+            self.gathering.clear();
             return;
         }
         self.stats.queued.fetch_add(n, Ordering::Relaxed);
-        // The caller fills the same vector again: left with room for a batch, it does not grow
-        // from empty, copying every span it holds at each doubling.
-        let batch = std::mem::replace(spans, Vec::with_capacity(spans.len()));
+        // Left with room for a batch, the next one does not grow from empty, copying every
+        // span it holds at each doubling.
+        let batch = std::mem::replace(&mut self.gathering, Vec::with_capacity(BATCH_SPANS));
         if queue.send(batch).is_err() {
             // The writer is gone (it panicked): nothing will be written.
             self.stats.queued.fetch_sub(n, Ordering::Relaxed);
             self.stats.failed.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+impl SpanExporter for StoreExporter {
+    /// Gathers the spans into the batch being made; a full batch goes to the writer. Between
+    /// ticks the pipeline exports a few spans at a time, and each batch is a transaction of its
+    /// own (a commit, the frames' ends), so the writer gets batches, not the pipeline's chunks.
+    fn export(&mut self, spans: &mut Vec<SpanData>) {
+        self.gathering.append(spans);
+        if self.gathering.len() >= BATCH_SPANS {
+            self.hand_over();
         }
     }
 
@@ -204,10 +225,14 @@ impl SpanExporter for StoreExporter {
         self.given_back.try_recv().ok()
     }
 
-    /// The writer keeps its own clocks.
-    fn flush(&mut self) {}
+    /// The batch being made goes to the writer, whatever its size (the writer keeps its own
+    /// clocks for durability and retention).
+    fn flush(&mut self) {
+        self.hand_over();
+    }
 
     fn finish(&mut self) {
+        self.hand_over();
         // Closing the queue lets the writer write what is left, commit durably and end.
         self.queue = None;
         if let Some(writer) = self.writer.take()
@@ -296,6 +321,7 @@ mod tests {
             );
             span.resource = Arc::clone(&resource);
             exporter.export(&mut vec![span]);
+            exporter.flush();
         }
         // Bounded: the writer writes `batches` one-span batches.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -322,6 +348,52 @@ mod tests {
         );
         drop(given_back);
         assert_eq!(Arc::strong_count(&resource), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Spans exported a few at a time reach the writer as one batch: when a batch's worth is
+    /// gathered, or at a flush.
+    #[test]
+    fn small_exports_are_gathered_into_one_batch() {
+        let dir = std::env::temp_dir().join(format!("sockspan-gather-{}", std::process::id()));
+        let store = Store::open(StoreConfig {
+            path: dir.join("s.redb"),
+            retention: Duration::from_hours(1),
+            max_spans: 10_000,
+        })
+        .expect("open");
+        let mut exporter = StoreExporter::new(store).expect("writer");
+        let span = |id: usize| {
+            let mut id_bytes = [0; 8];
+            id_bytes[..2].copy_from_slice(&u16::try_from(id).expect("id").to_le_bytes());
+            let mut span = test_span("svc", SpanKind::Server, 1, None, 1);
+            span.span_id = id_bytes;
+            span
+        };
+        let mut id = 0;
+        // Chunks of 32 until a batch's worth, then 3 more and a flush.
+        while id < BATCH_SPANS {
+            exporter.export(&mut (id..id + 32).map(span).collect());
+            id += 32;
+        }
+        exporter.export(&mut (id..id + 3).map(span).collect());
+        exporter.flush();
+        let written = BATCH_SPANS as u64 + 3;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while exporter.counts().0 < written && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        exporter.finish();
+        assert_eq!(exporter.counts(), (written, 0));
+        let mut sizes = Vec::new();
+        while let Some(batch) = exporter.give_back() {
+            sizes.push(batch.len());
+        }
+        assert_eq!(
+            sizes,
+            [BATCH_SPANS, 3],
+            "one full batch, then what the flush found"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
