@@ -25,10 +25,6 @@ impl SpanExporter for Metered {
         self.inner.export(spans);
     }
 
-    fn give_back(&mut self) -> Option<Vec<SpanData>> {
-        self.inner.give_back()
-    }
-
     fn flush(&mut self) {
         self.inner.flush();
     }

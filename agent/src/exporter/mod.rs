@@ -16,12 +16,6 @@ pub trait SpanExporter {
     /// Takes the spans it keeps out of `spans` (no copy for a queue); the caller clears what is
     /// left.
     fn export(&mut self, spans: &mut Vec<SpanData>);
-    /// Spans the exporter is done with, handed back to be freed on the caller's thread, which
-    /// made them (an exporter that writes them on a thread of its own gives them back rather
-    /// than freeing them there). Called before each export until it returns `None`.
-    fn give_back(&mut self) -> Option<Vec<SpanData>> {
-        None
-    }
     /// Pushes out anything buffered (called on ticks and at shutdown).
     fn flush(&mut self);
     /// No more spans will come; background senders finish what they hold.

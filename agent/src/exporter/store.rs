@@ -1,7 +1,8 @@
 //! `--output store` (the default): spans into the embedded store the query API and UI read.
 //!
 //! Writes, their fsyncs and retention run on a thread of their own: the thread that drains the
-//! ring gathers spans into batches, hands each over and never waits for the disk. The queue is bounded (in
+//! ring makes spans into frames as they come ([`crate::store::prepare`]: read while they are
+//! still in its core's cache), hands each batch of frames over and never waits for the disk. The queue is bounded (in
 //! spans); a batch that would pass the bound is dropped and counted, as OTLP's queue does.
 
 use std::{
@@ -16,7 +17,10 @@ use std::{
 
 use super::SpanExporter;
 use crate::{
-    store::{Store, StoreError},
+    store::{
+        Store, StoreError,
+        prepare::{Batch, Preparer},
+    },
     trace::SpanData,
 };
 
@@ -31,12 +35,11 @@ const RETAIN_EVERY: Duration = Duration::from_secs(2);
 const MAX_QUEUED_SPANS: u64 = 32 * 1024;
 /// How often the writer wakes without spans, for durability and retention.
 const IDLE_WAKE: Duration = Duration::from_millis(250);
-/// Spans gathered into one batch for the writer at most (one transaction; a tick hands over a
-/// smaller one): as many as the pipeline exports at a time at most.
-const BATCH_SPANS: usize = crate::pipeline::sink::EXPORT_CHUNK;
-/// Written batches waiting to go back to the thread that made them, at most (each of at most
-/// about 2 × [`BATCH_SPANS`] spans, taken out of the writer's bounded queue); past it the
-/// writer frees them itself.
+/// Spans gathered into one batch for the writer (one transaction; a tick hands over a smaller
+/// one).
+const BATCH_SPANS: u64 = crate::pipeline::sink::EXPORT_CHUNK as u64;
+/// Written batches waiting to go back to the thread that made them (their buffers build the
+/// next frames), at most; past it the writer frees them.
 const MAX_GIVEN_BACK: usize = 2;
 
 /// What the writer did, shared with the exporter for its counts and `/metrics`.
@@ -55,13 +58,13 @@ struct Stats {
 
 pub struct StoreExporter {
     store: Store,
-    queue: Option<mpsc::Sender<Vec<SpanData>>>,
-    /// Batches the writer has written ([`SpanExporter::give_back`]).
-    given_back: mpsc::Receiver<Vec<SpanData>>,
+    queue: Option<mpsc::Sender<Batch>>,
+    /// Batches the writer has written, for their buffers.
+    given_back: mpsc::Receiver<Batch>,
     writer: Option<JoinHandle<()>>,
     stats: Arc<Stats>,
-    /// Spans exported since the last batch went to the writer ([`BATCH_SPANS`]).
-    gathering: Vec<SpanData>,
+    /// Makes the batch being gathered ([`BATCH_SPANS`]).
+    preparer: Preparer,
     /// Wait for the writer instead of dropping (the pipeline bench: it measures the writing).
     lossless: bool,
 }
@@ -83,12 +86,12 @@ impl StoreExporter {
                 .map_err(|e| StoreError::Writer(e.to_string()))?
         };
         Ok(Self {
+            preparer: store.preparer(),
             store,
             queue: Some(tx),
             given_back,
             writer: Some(writer),
             stats,
-            gathering: Vec::with_capacity(BATCH_SPANS),
             lossless: false,
         })
     }
@@ -112,13 +115,13 @@ impl StoreExporter {
     }
 }
 
-/// The writer thread: writes each batch as it comes (and gives it back to be freed), makes
+/// The writer thread: writes each batch as it comes (and gives it back for its buffers), makes
 /// commits durable and runs retention on their clocks, and commits durably when the queue
 /// closes.
 fn write_loop(
     store: &Store,
-    rx: &mpsc::Receiver<Vec<SpanData>>,
-    back: &mpsc::SyncSender<Vec<SpanData>>,
+    rx: &mpsc::Receiver<Batch>,
+    back: &mpsc::SyncSender<Batch>,
     stats: &Stats,
 ) {
     let mut last_durable = Instant::now();
@@ -127,8 +130,8 @@ fn write_loop(
     loop {
         match rx.recv_timeout(IDLE_WAKE) {
             Ok(batch) => {
-                let n = batch.len() as u64;
-                match store.write(&batch, false) {
+                let n = batch.spans;
+                match store.write_prepared(&batch, false) {
                     Ok(()) => {
                         stats.written.fetch_add(n, Ordering::Relaxed);
                         dirty = true;
@@ -139,9 +142,8 @@ fn write_loop(
                     }
                 }
                 stats.queued.fetch_sub(n, Ordering::Relaxed);
-                // Freed where it was made: a span's shared strings and resource are counted
-                // references the other thread takes, and its blocks came from that thread's
-                // allocator cache. When the other thread is behind (or gone), freed here.
+                // Back to the thread that made it, whose next frames are built in its buffers;
+                // when that thread is behind (or gone), freed here.
                 let _ = back.try_send(batch);
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -177,14 +179,15 @@ fn commit_durably(store: &Store) {
 }
 
 impl StoreExporter {
-    /// Hands the gathered spans to the writer as one batch, or drops and counts them when the
-    /// queue is full.
+    /// Hands the batch being made to the writer, or drops and counts its spans when the queue
+    /// is full.
     fn hand_over(&mut self) {
-        let Some(queue) = &self.queue else { return };
-        let n = self.gathering.len() as u64;
+        let n = self.preparer.spans();
         if n == 0 {
             return;
         }
+        let batch = self.preparer.take();
+        let Some(queue) = &self.queue else { return };
         while self.lossless
             && self.stats.queued.load(Ordering::Relaxed) > 0
             && self.stats.queued.load(Ordering::Relaxed) + n > MAX_QUEUED_SPANS
@@ -195,13 +198,10 @@ impl StoreExporter {
             self.stats
                 .dropped_queue_full
                 .fetch_add(n, Ordering::Relaxed);
-            self.gathering.clear();
+            self.preparer.recycle(batch);
             return;
         }
         self.stats.queued.fetch_add(n, Ordering::Relaxed);
-        // Left with room for a batch, the next one does not grow from empty, copying every
-        // span it holds at each doubling.
-        let batch = std::mem::replace(&mut self.gathering, Vec::with_capacity(BATCH_SPANS));
         if queue.send(batch).is_err() {
             // The writer is gone (it panicked): nothing will be written.
             self.stats.queued.fetch_sub(n, Ordering::Relaxed);
@@ -211,18 +211,20 @@ impl StoreExporter {
 }
 
 impl SpanExporter for StoreExporter {
-    /// Gathers the spans into the batch being made; a full batch goes to the writer. Between
-    /// ticks the pipeline exports a few spans at a time, and each batch is a transaction of its
-    /// own (a commit, the frames' ends), so the writer gets batches, not the pipeline's chunks.
+    /// Makes the spans into the batch being gathered (the caller then frees them, on the thread
+    /// that made them); a full batch goes to the writer. Between ticks the pipeline exports a
+    /// few spans at a time, and each batch is a transaction of its own (a commit, the frames'
+    /// ends), so the writer gets batches, not the pipeline's chunks.
     fn export(&mut self, spans: &mut Vec<SpanData>) {
-        self.gathering.append(spans);
-        if self.gathering.len() >= BATCH_SPANS {
+        while let Ok(written) = self.given_back.try_recv() {
+            self.preparer.recycle(written);
+        }
+        for span in spans.iter() {
+            self.preparer.push(span);
+        }
+        if self.preparer.spans() >= BATCH_SPANS {
             self.hand_over();
         }
-    }
-
-    fn give_back(&mut self) -> Option<Vec<SpanData>> {
-        self.given_back.try_recv().ok()
     }
 
     /// The batch being made goes to the writer, whatever its size (the writer keeps its own
@@ -291,109 +293,96 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::{
-        metrics::test_span,
-        store::StoreConfig,
-        trace::span::{Resource, SpanKind},
-    };
+    use crate::{metrics::test_span, store::StoreConfig, trace::span::SpanKind};
 
-    /// Written spans come back to the exporting thread, the same spans, their resource shared
-    /// with nobody on the writer's side any more; past the bound, the writer frees them itself.
-    #[test]
-    fn written_batches_are_given_back_to_be_freed_by_their_maker() {
-        let dir = std::env::temp_dir().join(format!("sockspan-give-back-{}", std::process::id()));
-        let store = Store::open(StoreConfig {
-            path: dir.join("s.redb"),
-            retention: Duration::from_hours(1),
-            max_spans: 1000,
-        })
-        .expect("open");
-        let mut exporter = StoreExporter::new(store).expect("writer");
-        let resource = Arc::new(Resource::new(Vec::new()));
-        let batches = MAX_GIVEN_BACK + 3;
-        for id in 0..batches {
-            let mut span = test_span(
-                "svc",
-                SpanKind::Server,
-                u8::try_from(id).expect("id"),
-                None,
-                1,
-            );
-            span.resource = Arc::clone(&resource);
-            exporter.export(&mut vec![span]);
-            exporter.flush();
-        }
-        // Bounded: the writer writes `batches` one-span batches.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while exporter.counts().0 < batches as u64 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(exporter.counts(), (batches as u64, 0));
-        // The writer done with every batch (the last ones freed, not merely counted).
-        exporter.finish();
-        let mut given_back = Vec::new();
-        while let Some(batch) = exporter.give_back() {
-            given_back.extend(batch);
-        }
-        assert_eq!(
-            given_back.len(),
-            MAX_GIVEN_BACK,
-            "the rest freed by the writer"
-        );
-        assert_eq!(given_back[0].span_id, [0; 8], "in the order written");
-        assert_eq!(
-            Arc::strong_count(&resource),
-            1 + MAX_GIVEN_BACK,
-            "the spans given back hold the only other references"
-        );
-        drop(given_back);
-        assert_eq!(Arc::strong_count(&resource), 1);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    /// Spans exported a few at a time reach the writer as one batch: when a batch's worth is
-    /// gathered, or at a flush.
-    #[test]
-    fn small_exports_are_gathered_into_one_batch() {
-        let dir = std::env::temp_dir().join(format!("sockspan-gather-{}", std::process::id()));
+    fn open(name: &str) -> (std::path::PathBuf, Store) {
+        let dir = std::env::temp_dir().join(format!("sockspan-{name}-{}", std::process::id()));
         let store = Store::open(StoreConfig {
             path: dir.join("s.redb"),
             retention: Duration::from_hours(1),
             max_spans: 10_000,
         })
         .expect("open");
-        let mut exporter = StoreExporter::new(store).expect("writer");
-        let span = |id: usize| {
-            let mut id_bytes = [0; 8];
-            id_bytes[..2].copy_from_slice(&u16::try_from(id).expect("id").to_le_bytes());
-            let mut span = test_span("svc", SpanKind::Server, 1, None, 1);
-            span.span_id = id_bytes;
-            span
-        };
-        let mut id = 0;
-        // Chunks of 32 until a batch's worth, then 3 more and a flush.
-        while id < BATCH_SPANS {
-            exporter.export(&mut (id..id + 32).map(span).collect());
-            id += 32;
-        }
-        exporter.export(&mut (id..id + 3).map(span).collect());
-        exporter.flush();
-        let written = BATCH_SPANS as u64 + 3;
+        (dir, store)
+    }
+
+    /// A span of its own trace, numbered `n`.
+    fn span(n: usize) -> SpanData {
+        let mut span = test_span("svc", SpanKind::Server, 1, None, 1);
+        let n = u16::try_from(n).expect("n").to_le_bytes();
+        span.trace_id[..2].copy_from_slice(&n);
+        span.span_id[..2].copy_from_slice(&n);
+        span
+    }
+
+    /// Waits (bounded) until the writer has written `n` spans.
+    fn wait_written(exporter: &StoreExporter, n: u64) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while exporter.counts().0 < written && Instant::now() < deadline {
+        while exporter.counts().0 < n && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        exporter.finish();
-        assert_eq!(exporter.counts(), (written, 0));
-        let mut sizes = Vec::new();
-        while let Some(batch) = exporter.give_back() {
-            sizes.push(batch.len());
+    }
+
+    /// Spans exported a few at a time reach the writer as batches (a full one, then what a flush
+    /// finds), every span readable by its trace afterwards; written batches come back for their
+    /// buffers.
+    #[test]
+    fn small_exports_are_written_in_batches_and_every_span_is_stored() {
+        let (dir, store) = open("gather");
+        let mut exporter = StoreExporter::new(store.clone()).expect("writer");
+        let total = usize::try_from(BATCH_SPANS).expect("small") + 3;
+        let mut n = 0;
+        while n < total {
+            let end = (n + 32).min(total);
+            exporter.export(&mut (n..end).map(span).collect());
+            n = end;
         }
-        assert_eq!(
-            sizes,
-            [BATCH_SPANS, 3],
-            "one full batch, then what the flush found"
+        assert!(
+            exporter.counts().0 < total as u64,
+            "the last spans wait for the flush"
         );
+        exporter.flush();
+        wait_written(&exporter, total as u64);
+        exporter.finish();
+        assert_eq!(exporter.counts(), (total as u64, 0));
+        let mut sizes = Vec::new();
+        while let Ok(batch) = exporter.given_back.try_recv() {
+            sizes.push(batch.spans);
+        }
+        // The full batch may have been taken back already by the last export, for its buffers.
+        assert!(
+            sizes == [BATCH_SPANS, 3] || sizes == [3],
+            "batches given back: {sizes:?}"
+        );
+        for n in [0, 31, 32, 1023, total - 1] {
+            let trace = store.trace(&span(n).trace_id).expect("read");
+            assert_eq!(trace.len(), 1, "span {n}");
+        }
+        assert_eq!(store.services().expect("services"), ["svc"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A queue that is full drops a whole batch, counted, and the next batch is written.
+    #[test]
+    fn a_full_queue_drops_the_batch_and_counts_it() {
+        let (dir, store) = open("full");
+        let mut exporter = StoreExporter::new(store.clone()).expect("writer");
+        // As if the writer were that far behind.
+        exporter
+            .stats
+            .queued
+            .store(MAX_QUEUED_SPANS, Ordering::Relaxed);
+        exporter.export(&mut (0..5).map(span).collect());
+        exporter.flush();
+        assert_eq!(exporter.stats.dropped_queue_full.load(Ordering::Relaxed), 5);
+        exporter.stats.queued.store(0, Ordering::Relaxed);
+        exporter.export(&mut (5..7).map(span).collect());
+        exporter.flush();
+        wait_written(&exporter, 2);
+        exporter.finish();
+        assert_eq!(exporter.counts(), (2, 5));
+        assert!(store.trace(&span(0).trace_id).expect("read").is_empty());
+        assert_eq!(store.trace(&span(6).trace_id).expect("read").len(), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

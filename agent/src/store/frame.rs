@@ -83,13 +83,13 @@ pub(super) fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
     out
 }
 
-/// Builds frames into buffers reused from one frame to the next (the writer's hot path).
+/// Builds frames into buffers reused from one frame to the next (on the thread that made the
+/// spans: [`super::prepare`]).
 #[derive(Default)]
 pub struct FrameBuilder {
     raw: Vec<u8>,
     spans: u8,
     latest_start_ns: u64,
-    encoded: Vec<u8>,
     /// The resources of the frame's spans, in table order; held, so that the pointer a span's
     /// resource is matched by cannot be reused by another while the frame is built.
     resources: Vec<Arc<Resource>>,
@@ -102,6 +102,22 @@ pub struct FrameBuilder {
     last_keys: usize,
     /// The table of key lists, as stored.
     keys: Vec<u8>,
+}
+
+/// A frame's spans and tables, built and not compressed yet: what crosses from the thread that
+/// builds frames (where the spans were made) to the store's writer (which compresses them).
+#[derive(Debug, Default)]
+pub struct RawFrame {
+    /// The raw bytes as stored once decompressed (records, tables, their lengths).
+    pub bytes: Vec<u8>,
+    pub spans: u8,
+    pub latest_start_ns: u64,
+}
+
+/// Compresses frames into a buffer reused from one frame to the next (the writer's side).
+#[derive(Default)]
+pub struct FrameCompressor {
+    encoded: Vec<u8>,
     /// LZ4's match tables, kept (a new one per frame was an allocation): 16-bit entries for
     /// frames under 64 KiB, 32-bit ones above (a frame's last span may take it past).
     lz4_small: lz4_flex::block::CompressTable,
@@ -178,48 +194,58 @@ impl FrameBuilder {
         self.keys.clear();
     }
 
-    /// Spans in the frame, and the latest start among them.
-    pub fn counts(&self) -> (u32, u64) {
-        (u32::from(self.spans), self.latest_start_ns)
-    }
-
     pub fn is_full(&self) -> bool {
         usize::from(self.spans) >= FRAME_SPANS
             || self.raw.len() + self.table.len() + self.keys.len() >= FRAME_RAW_BYTES
     }
 
-    /// Compresses the frame and starts the next one; the bytes stay valid until the next call.
-    pub fn finish(&mut self) -> &[u8] {
-        let records = self.raw.len() as u32;
-        self.raw.extend_from_slice(&self.table);
-        self.raw.extend_from_slice(&self.keys);
-        self.raw.extend_from_slice(&records.to_le_bytes());
-        self.raw
-            .extend_from_slice(&(self.table.len() as u32).to_le_bytes());
-        let bound = lz4_flex::block::get_maximum_output_size(self.raw.len());
+    /// Ends the frame: its raw bytes; `spare` (a buffer of an earlier frame, kept for its room)
+    /// holds the next frame's records.
+    pub fn finish_raw(&mut self, mut spare: Vec<u8>) -> RawFrame {
+        spare.clear();
+        let mut bytes = std::mem::replace(&mut self.raw, spare);
+        let records = bytes.len() as u32;
+        bytes.extend_from_slice(&self.table);
+        bytes.extend_from_slice(&self.keys);
+        bytes.extend_from_slice(&records.to_le_bytes());
+        bytes.extend_from_slice(&(self.table.len() as u32).to_le_bytes());
+        let frame = RawFrame {
+            bytes,
+            spans: self.spans,
+            latest_start_ns: self.latest_start_ns,
+        };
+        self.reset();
+        frame
+    }
+}
+
+impl FrameCompressor {
+    /// The stored frame of `frame`; the bytes stay valid until the next call.
+    pub fn compress(&mut self, frame: &RawFrame) -> &[u8] {
+        let raw = &frame.bytes;
+        let bound = lz4_flex::block::get_maximum_output_size(raw.len());
         // Grown, never cleared: zeroing the worst case before every frame (and allocating a new
         // match table) was 6 % of the writer's instructions. Only the bytes written are read.
         if self.encoded.len() < HEADER + bound {
             self.encoded.resize(HEADER + bound, 0);
         }
         self.encoded[0] = FORMAT;
-        self.encoded[1] = self.spans;
-        self.encoded[2..10].copy_from_slice(&self.latest_start_ns.to_le_bytes());
-        self.encoded[10..14].copy_from_slice(&(self.raw.len() as u32).to_le_bytes());
+        self.encoded[1] = frame.spans;
+        self.encoded[2..10].copy_from_slice(&frame.latest_start_ns.to_le_bytes());
+        self.encoded[10..14].copy_from_slice(&(raw.len() as u32).to_le_bytes());
         // The output buffer holds the worst case, so compression cannot run out of room.
-        let table = if self.raw.len() < usize::from(u16::MAX) {
+        let table = if raw.len() < usize::from(u16::MAX) {
             &mut self.lz4_small
         } else {
             self.lz4_large
                 .get_or_insert_with(lz4_flex::block::CompressTable::large)
         };
         let written = lz4_flex::block::compress_into_with_table(
-            &self.raw,
+            raw,
             &mut self.encoded[HEADER..HEADER + bound],
             table,
         )
         .unwrap_or_else(|_| unreachable_compress());
-        self.reset();
         &self.encoded[..HEADER + written]
     }
 }
@@ -327,6 +353,12 @@ mod tests {
     use super::*;
     use crate::trace::span::KeyValue;
 
+    /// The stored frame of what `builder` holds, ending it.
+    fn finish(builder: &mut FrameBuilder, compressor: &mut FrameCompressor) -> Vec<u8> {
+        let raw = builder.finish_raw(Vec::new());
+        compressor.compress(&raw).to_vec()
+    }
+
     fn span(trace: u8, start: u64, path: &str) -> SpanData {
         let mut span = super::super::tests::span(trace, trace, "svc", start);
         span.attributes = vec![KeyValue::str("url.path", path.to_string())];
@@ -338,6 +370,7 @@ mod tests {
     #[test]
     fn frames_round_trip_and_compress() {
         let mut builder = FrameBuilder::default();
+        let mut compressor = FrameCompressor::default();
         let spans: Vec<SpanData> = (0..FRAME_SPANS as u8)
             .map(|i| span(i, 1_000 + u64::from(i), "/a/rather/long/path/that/repeats"))
             .collect();
@@ -349,7 +382,7 @@ mod tests {
             raw_size += RECORD_HEADER + json_of(s).len();
         }
         assert!(builder.is_full());
-        let frame = builder.finish().to_vec();
+        let frame = finish(&mut builder, &mut compressor);
         assert!(builder.is_empty());
         assert!(
             frame.len() * 4 < raw_size,
@@ -371,7 +404,7 @@ mod tests {
         // of them may reach the new frame.
         let small = span(7, 5, "/b");
         builder.push(&small);
-        let next = builder.finish().to_vec();
+        let next = finish(&mut builder, &mut compressor);
         assert!(next.len() < frame.len() / 4, "{} bytes", next.len());
         let records = decode(&next, &mut raw).expect("decode");
         assert_eq!(records.len(), 1);
@@ -385,6 +418,7 @@ mod tests {
     fn resources_and_key_lists_are_written_once_per_frame_and_each_frame_has_its_own() {
         let shared = span(1, 1, "/a").resource;
         let mut builder = FrameBuilder::default();
+        let mut compressor = FrameCompressor::default();
         for round in 0..3u8 {
             let spans: Vec<SpanData> = (0..10u8)
                 .map(|i| {
@@ -412,7 +446,7 @@ mod tests {
             }
             assert_eq!(builder.resources.len(), 6, "round {round}");
             assert_eq!(builder.key_lists.len(), 3, "round {round}");
-            let frame = builder.finish().to_vec();
+            let frame = finish(&mut builder, &mut compressor);
             let mut raw = Vec::new();
             let records = decode(&frame, &mut raw).expect("decode");
             for (record, s) in records.iter().zip(&spans) {
@@ -504,8 +538,9 @@ mod tests {
     #[test]
     fn damaged_frames_are_errors_not_panics() {
         let mut builder = FrameBuilder::default();
+        let mut compressor = FrameCompressor::default();
         builder.push(&span(7, 5, "/p"));
-        let frame = builder.finish().to_vec();
+        let frame = finish(&mut builder, &mut compressor);
         let mut raw = Vec::new();
         assert_eq!(
             decode(&frame[..5], &mut raw).err(),

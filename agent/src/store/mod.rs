@@ -17,6 +17,7 @@ mod frame;
 mod frame_log;
 #[cfg(test)]
 mod log_tests;
+pub mod prepare;
 mod read;
 mod record;
 mod retention;
@@ -273,6 +274,9 @@ pub struct Store {
     db: Arc<Database>,
     config: StoreConfig,
     writer: Arc<Mutex<Writer>>,
+    /// Prepares [`Store::write`]'s spans (the exporter has its own: [`Store::preparer`]).
+    preparer: Arc<Mutex<prepare::Preparer>>,
+    names_lost: Arc<prepare::NamesLost>,
     open_run: Arc<RwLock<OpenRun>>,
     /// The filter of each sealed run; `None` where a stored filter was damaged (the run is then
     /// always probed).
@@ -284,6 +288,12 @@ pub struct Store {
 impl Store {
     pub fn open(config: StoreConfig) -> Result<Self, StoreError> {
         Self::open_with_run_pairs(config, RUN_PAIRS)
+    }
+
+    /// A preparer of batches for [`Store::write_prepared`], for a thread that hands spans over.
+    #[must_use]
+    pub fn preparer(&self) -> prepare::Preparer {
+        prepare::Preparer::new(Arc::clone(&self.names_lost))
     }
 
     fn open_with_run_pairs(config: StoreConfig, run_pairs: usize) -> Result<Self, StoreError> {
@@ -331,10 +341,13 @@ impl Store {
         }
         txn.commit().map_err(db_err)?;
         let log = FrameLog::open(&config.path).map_err(|e| open_err(&e))?;
+        let names_lost = Arc::new(prepare::NamesLost::default());
         let mut store = Self {
             db: Arc::new(db),
             config,
             writer: Arc::new(Mutex::new(Writer::default())),
+            preparer: Arc::new(Mutex::new(prepare::Preparer::new(Arc::clone(&names_lost)))),
+            names_lost,
             open_run: Arc::new(RwLock::new(OpenRun::default())),
             blooms: Arc::new(RwLock::new(BTreeMap::new())),
             run_pairs,

@@ -34,6 +34,16 @@ pub enum StartIndexError {
     Utf8(usize),
 }
 
+/// One frame's entry, ended.
+#[derive(Debug, Default)]
+pub struct StartEntry {
+    /// The entry's key: the latest start among its spans.
+    pub key_start: u64,
+    pub earliest: u64,
+    pub spans: u32,
+    pub bytes: Vec<u8>,
+}
+
 /// Builds one frame's entry in a buffer reused from frame to frame.
 #[derive(Default)]
 pub struct StartBlock {
@@ -74,7 +84,21 @@ impl StartBlock {
         Some((self.latest, &self.bytes))
     }
 
+    /// Ends the entry as [`Self::finish`] does, handing its bytes out; `spare` (an earlier
+    /// entry's buffer, kept for its room) holds the next entry's.
+    pub fn take(&mut self, mut spare: Vec<u8>) -> Option<StartEntry> {
+        let (key_start, _) = self.finish()?;
+        spare.clear();
+        Some(StartEntry {
+            key_start,
+            earliest: self.earliest,
+            spans: self.spans,
+            bytes: std::mem::replace(&mut self.bytes, spare),
+        })
+    }
+
     /// The earliest start and the number of spans pushed since the last reset.
+    #[cfg(test)]
     pub fn counts(&self) -> (u64, u32) {
         (self.earliest, self.spans)
     }
