@@ -1,9 +1,10 @@
 //! `--output store` (the default): spans into the embedded store the query API and UI read.
 //!
 //! Writes, their fsyncs and retention run on a thread of their own: the thread that drains the
-//! ring makes spans into frames as they come ([`crate::store::prepare`]: read while they are
-//! still in its core's cache), hands each batch of frames over and never waits for the disk. The queue is bounded (in
-//! spans); a batch that would pass the bound is dropped and counted, as OTLP's queue does.
+//! ring makes spans into frames as they come ([`crate::store::prepare`]: read on the core that
+//! built them), hands each batch of frames over and never waits for the disk. The queue is
+//! bounded (in spans); a batch that would pass the bound is dropped and counted, as OTLP's
+//! queue does.
 
 use std::{
     sync::{

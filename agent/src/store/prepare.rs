@@ -25,9 +25,9 @@ use super::{
 };
 use crate::trace::SpanData;
 
-/// Buffers of written batches kept to build the next frames in, at most (a frame's records and
-/// its start-index entry each): a batch's worth of frames.
-const MAX_SPARE_BUFFERS: usize = 32;
+/// Frames of written batches kept to build the next frames in (their records, start-index
+/// entry and trace ids), at most.
+const MAX_SPARE_FRAMES: usize = 32;
 
 /// One frame, ready to be written.
 #[derive(Debug, Default)]
@@ -79,10 +79,8 @@ pub struct Preparer {
     names_lost: Arc<NamesLost>,
     /// The store's count of lost names when the caches above were last right.
     names_lost_seen: u64,
-    /// Buffers of written batches, for the next frames.
-    spare_raw: Vec<Vec<u8>>,
-    spare_start: Vec<Vec<u8>>,
-    spare_ids: Vec<Vec<[u8; 16]>>,
+    /// Frames of written batches, whose buffers the next frames are built in.
+    spare: Vec<PreparedFrame>,
 }
 
 impl Preparer {
@@ -97,9 +95,7 @@ impl Preparer {
             operations: HashMap::default(),
             names_lost,
             names_lost_seen,
-            spare_raw: Vec::new(),
-            spare_start: Vec::new(),
-            spare_ids: Vec::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -147,34 +143,20 @@ impl Preparer {
         std::mem::take(&mut self.batch)
     }
 
-    /// Keeps a written batch's buffers for the next frames (a bounded number), freeing the rest.
+    /// Keeps a written batch's frames for their buffers (a bounded number), freeing the rest.
     pub fn recycle(&mut self, batch: Batch) {
-        for frame in batch.frames {
-            if self.spare_raw.len() < MAX_SPARE_BUFFERS {
-                self.spare_raw.push(frame.raw.bytes);
-            }
-            if self.spare_start.len() < MAX_SPARE_BUFFERS {
-                self.spare_start.push(frame.start.bytes);
-            }
-            if self.spare_ids.len() < MAX_SPARE_BUFFERS {
-                self.spare_ids.push(frame.trace_ids);
-            }
-        }
+        let room = MAX_SPARE_FRAMES.saturating_sub(self.spare.len());
+        self.spare.extend(batch.frames.into_iter().take(room));
     }
 
     fn close_frame(&mut self) {
-        let raw = self
-            .frame
-            .finish_raw(self.spare_raw.pop().unwrap_or_default());
+        let spare = self.spare.pop().unwrap_or_default();
+        let raw = self.frame.finish_raw(spare.raw.bytes);
         // Every frame has spans, so an entry.
-        let start = self
-            .starts
-            .take(self.spare_start.pop().unwrap_or_default())
-            .unwrap_or_default();
-        let mut ids = self.spare_ids.pop().unwrap_or_default();
+        let start = self.starts.take(spare.start.bytes).unwrap_or_default();
+        let mut ids = spare.trace_ids;
         ids.clear();
         let trace_ids = std::mem::replace(&mut self.trace_ids, ids);
-        self.starts.reset();
         self.batch.frames.push(PreparedFrame {
             raw,
             start,
@@ -251,10 +233,10 @@ mod tests {
         assert_eq!(preparer.take().spans, 0, "the next batch starts empty");
         // Buffers come back, bounded, and the next frames are built in them.
         preparer.recycle(batch);
-        assert_eq!(preparer.spare_raw.len(), 2);
+        assert_eq!(preparer.spare.len(), 2);
         preparer.push(&span(1, "GET"));
         assert_eq!(preparer.take().frames[0].raw.spans, 1);
-        assert_eq!(preparer.spare_raw.len(), 1);
+        assert_eq!(preparer.spare.len(), 1);
     }
 
     #[test]

@@ -103,6 +103,7 @@ impl StartBlock {
         (self.earliest, self.spans)
     }
 
+    #[cfg(test)]
     pub fn reset(&mut self) {
         self.bytes.clear();
     }
