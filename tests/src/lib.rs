@@ -453,7 +453,11 @@ impl Agent {
     pub fn spawn(mut cmd: Command) -> Self {
         let files = ReportFiles::for_command(&mut cmd);
         let mut child = cmd
-            .env("RUST_LOG", "info")
+            // SOCKSPAN_TEST_LOG raises the agents' log level when a test is looked into.
+            .env(
+                "RUST_LOG",
+                std::env::var("SOCKSPAN_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -210,21 +210,28 @@ enum Load {
     ConnectionPerRequest,
 }
 
-/// Drives `port` with wrk under a 0.05-core budget and checks what was kept: every request
-/// from outside is `spans` spans when whole.
+/// The CPU budget of [`budget_holds`], in cores. The debug agent the tests run spends 33 to 45
+/// millicores idle (its 10 ms drain timer and housekeeping, unoptimised), and the share grows
+/// back only under 0.7 of the budget: at 0.05 cores the idle agent sat at that edge, took from
+/// 8 to over 60 seconds to return to full capture, and did not in session 37's CI run. At 0.08
+/// an idle agent is near half its budget, while wrk still drives it to twice that and more.
+const BUDGET_CORES: &str = "0.08";
+
+/// Drives `port` with wrk under a [`BUDGET_CORES`] budget and checks what was kept: every
+/// request from outside is `spans` spans when whole.
 fn budget_holds(port: u16, spans_per_request: usize, load: Load) {
     assert!(
         Command::new("wrk").arg("--version").output().is_ok(),
         "wrk is not installed (cargo xtask setup installs it)"
     );
-    let budget = 0.05;
+    let budget: f64 = BUDGET_CORES.parse().expect("a number");
     let mut agent = Agent::start_command(
         "run",
         &[
             "--output",
             "jsonl",
             "--max-cpu",
-            "0.05",
+            BUDGET_CORES,
             "--max-memory",
             "off",
         ],

@@ -12,15 +12,24 @@ use crate::{
     util::{cargo, is_root, run, target_dir, workspace_root},
 };
 
-/// Passed and failed counts read from `test result:` lines.
+/// Passed and failed counts read from `test result:` lines, and what each failing test said.
 #[derive(Default)]
 struct Tally {
     passed: u64,
     failed: u64,
+    /// "test name: panic message" for each failure, repeated just above the summary: CI keeps
+    /// only the head and the tail of a long run, and a backtrace or a server's output can push a
+    /// failure's own message out of both.
+    failures: Vec<String>,
+    /// The test whose captured output (`---- name stdout ----`) is being read.
+    reading: Option<String>,
+    /// The next line is the message of a panic in `reading`.
+    message_next: bool,
 }
 
 impl Tally {
     fn read(&mut self, line: &str) {
+        self.read_failure(line);
         // "test result: ok. 12 passed; 0 failed; 0 ignored; ..."
         let Some(rest) = line.trim().strip_prefix("test result: ") else {
             return;
@@ -41,6 +50,31 @@ impl Tally {
                 "failed" => self.failed += n,
                 _ => {}
             }
+        }
+    }
+
+    /// Notes the first panic message in each failing test's captured output.
+    fn read_failure(&mut self, line: &str) {
+        if let Some(name) = line
+            .strip_prefix("---- ")
+            .and_then(|rest| rest.strip_suffix(" stdout ----"))
+        {
+            self.reading = Some(name.to_owned());
+            self.message_next = false;
+            return;
+        }
+        let Some(name) = &self.reading else {
+            return;
+        };
+        if self.message_next {
+            self.failures.push(format!("{name}: {}", line.trim()));
+            self.reading = None;
+            self.message_next = false;
+        } else if line.contains("' panicked at ") {
+            // "thread 'main' panicked at tests/budget.rs:296:5:" then the message's first line.
+            self.message_next = true;
+        } else if line.starts_with("failures:") || line.starts_with("test result: ") {
+            self.reading = None;
         }
     }
 }
@@ -145,6 +179,9 @@ pub fn test(filter: Option<&str>, unit_only: bool) -> Result<()> {
             &mut tally,
         )?;
     }
+    for failure in &tally.failures {
+        println!("failed: {failure}");
+    }
     println!("tests: {} passed, {} failed", tally.passed, tally.failed);
     if !ok {
         bail!("tests failed");
@@ -163,5 +200,30 @@ mod tests {
         t.read("test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out");
         t.read("running 5 tests");
         assert_eq!((t.passed, t.failed), (15, 2));
+    }
+
+    #[test]
+    fn keeps_each_failing_tests_panic_message() {
+        let mut t = Tally::default();
+        for line in [
+            "failures:",
+            "",
+            "---- budget_holds stdout ----",
+            "agent 0.104 cores during wrk",
+            "",
+            "thread 'main' panicked at tests/budget.rs:296:5:",
+            "few whole traces kept: Shapes { whole: 3 }",
+            "stack backtrace:",
+            "   0: std::panicking::begin_panic",
+            "---- quiet_failure stdout ----",
+            "failures:",
+            "    budget_holds",
+        ] {
+            t.read(line);
+        }
+        assert_eq!(
+            t.failures,
+            ["budget_holds: few whole traces kept: Shapes { whole: 3 }"]
+        );
     }
 }
