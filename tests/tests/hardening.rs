@@ -78,7 +78,7 @@ fn otlp_outage_is_counted_survived_and_recovered() {
 /// 5000 connections each holding 2 KiB of an unfinished head (10 000 sockets traced, both ends),
 /// and 20 000 short connections. The agent keeps running and tracing, the table never passes its
 /// bound (evictions counted), memory stays bounded, and every short request became two spans
-/// unless the ring said it dropped events.
+/// unless the ring said it dropped events or the agent said it saw a connection first in use.
 #[test]
 fn hostile_traffic_keeps_the_agent_bounded_and_tracing() {
     let nginx = Nginx::start();
@@ -137,8 +137,23 @@ fn hostile_traffic_keeps_the_agent_bounded_and_tracing() {
         .iter()
         .filter(|s| s["attributes"]["url.path"] == "/c")
         .count() as u64;
+    eprintln!(
+        "{short} short spans for {churned} connections; first seen in use {}, records dropped {}",
+        out.counter("conns_seen_in_use"),
+        out.counter("ring_full_drops")
+    );
     if out.counter("ring_full_drops") == 0 {
-        assert_eq!(short, 2 * churned, "two spans per short connection");
+        // Unless the agent says it missed a connection's start: the programs' table (bounded
+        // at 4096 too) sometimes lost an accepted connection of nginx before its request was
+        // read, and announced it at its response's write: 2 of 13 runs of session 36's agent
+        // here, 3 of 13 of session 37's, whenever spans are exported. Each such connection
+        // costs one span at most, and the agent counts it.
+        let seen_in_use = out.counter("conns_seen_in_use");
+        assert!(
+            short <= 2 * churned && 2 * churned - short <= seen_in_use,
+            "two spans per short connection: {short} for {churned} connections, {seen_in_use} \
+             connections first seen in use"
+        );
     } else {
         assert!(short > 0);
     }

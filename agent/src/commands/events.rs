@@ -175,6 +175,7 @@ struct StatsRecord {
     conntrack_evicted_full: u64,
     conntrack_data_unknown_conn: u64,
     conntrack_tuple_mismatches: u64,
+    conntrack_seen_in_use: u64,
 }
 
 /// Prints each event that passes the filter; the conntrack stage runs on every event.
@@ -268,6 +269,7 @@ impl<W: Write> JsonSink<'_, W> {
             conntrack_evicted_full: c.evicted_full,
             conntrack_data_unknown_conn: c.data_unknown_conn,
             conntrack_tuple_mismatches: c.tuple_mismatches,
+            conntrack_seen_in_use: c.seen_in_use,
         }
     }
 }

@@ -486,6 +486,7 @@ fn capture_stats(stats: &mut FinalStats, sink: &TraceSink<'_>, receiver: &receiv
         )
         .add("conns_opened", conns.opened)
         .add("data_unknown_conn", conns.data_unknown_conn)
+        .add("conns_seen_in_use", conns.seen_in_use)
         .add("conns_peak", conns.peak)
         .add("conns_evicted_full", conns.evicted_full)
         .add("conns_evicted_idle", conns.evicted_idle)

@@ -168,6 +168,12 @@ pub struct ConntrackStats {
     pub data_unknown_conn: u64,
     /// Pre-existing sockets whose procfs tuple disagreed with the kernel's.
     pub tuple_mismatches: u64,
+    /// Connections first seen in use that were not open at start-up: the programs lost their
+    /// opening (their table was full, or the agent had them forget it) and announced them again
+    /// at a data syscall. What they carried before that syscall was not seen: a request read
+    /// then has no span (`tests/hardening.rs` saw a server end of nginx announced at its
+    /// response's write, under more live sockets than `--max-conns`).
+    pub seen_in_use: u64,
     /// Most connections tracked at once.
     pub peak: u64,
 }
@@ -360,6 +366,8 @@ impl Conntrack {
         }
         let process = self.processes.get_with_comm(h.pid, &event.comm);
         self.stats.opened += 1;
+        // Not the socket the start-up scan found at this fd (none, or another since).
+        self.stats.seen_in_use += u64::from(!same_socket && role_source != RoleSource::Syscall);
         let tracked = self.conns.len() + usize::from(!self.conns.contains_key(&h.conn_id));
         self.stats.peak = self.stats.peak.max(tracked as u64);
         let conn = Connection {
@@ -557,6 +565,9 @@ mod tests {
             (conn.role, conn.role_source),
             (Role::Client, RoleSource::Procfs)
         );
+        // Neither was open at start-up: both were first seen in use, their openings lost.
+        table.open(&open_event(9, 11, 1, Role::Client));
+        assert_eq!(table.stats.seen_in_use, 2, "an opening seen is not counted");
     }
 
     /// A socket open before the agent whose port was listening at start-up is a server end
@@ -607,6 +618,10 @@ mod tests {
                 "fd {fd}"
             );
         }
+        assert_eq!(
+            table.stats.seen_in_use, 2,
+            "fds 10 and 11 were not the sockets open at start-up"
+        );
     }
 
     #[test]
