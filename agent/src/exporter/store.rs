@@ -213,7 +213,9 @@ impl StoreExporter {
 
 impl SpanExporter for StoreExporter {
     /// Makes the spans into the batch being gathered (the caller then frees them, on the thread
-    /// that made them); a full batch goes to the writer, the rest at the next flush (a tick).
+    /// that made them); a full batch goes to the writer. Between ticks the pipeline exports a
+    /// few spans at a time, and each batch is a transaction of its own (a commit, the frames'
+    /// ends), so the writer gets batches, not the pipeline's chunks.
     fn export(&mut self, spans: &mut Vec<SpanData>) {
         while let Ok(written) = self.given_back.try_recv() {
             self.preparer.recycle(written);

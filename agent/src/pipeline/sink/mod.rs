@@ -28,6 +28,16 @@ use crate::{
 
 /// Spans built and handed to the exporter at a time.
 pub const EXPORT_CHUNK: usize = 1024;
+/// Spans ready at once that start an export between ticks. Few, so a span is built while what
+/// it is built from (its open span, its summary, the strings they share) is still in the core's
+/// caches: paired runs against nginx (`cargo xtask compare`), agent CPU per request, 4 rounds
+/// of 2 runs each: 128 against 1024 0.905, 32 against 128 0.974, 8 against 32 1.013 (each
+/// export's fixed work catches up); with the store's frames built on the draining thread
+/// (session 38), 32 against 1024 0.859. Exporters that write in batches gather them
+/// ([`crate::exporter::store`]). (Session 37 held it back for a server span that
+/// `tests/hardening.rs` lost; session 38 found the agents before it lose that span too, at the
+/// same rate: the programs' full table, counted as `conns_seen_in_use`.)
+const EXPORT_READY_AT: usize = 32;
 
 /// Self-metrics of the sink's feedback to the programs.
 #[derive(Debug, Default, Clone, Copy)]
@@ -333,8 +343,15 @@ impl<'a> TraceSink<'a> {
     }
 
     /// Hands finished spans to the exporter, in chunks; everything finished when `flush`. The
-    /// exporter then pushes out what it buffers.
+    /// exporter then pushes out what it buffers (ticks and shutdown).
     pub fn export(&mut self, flush: bool) {
+        self.export_due(flush);
+        self.exporter.flush();
+    }
+
+    /// Hands the spans whose wait is over to the exporter, in chunks, and leaves what the
+    /// exporter buffers there (between ticks: it gathers its own batches).
+    fn export_due(&mut self, flush: bool) {
         let now = monotonic_ns();
         self.exchange_with_peers(now);
         loop {
@@ -349,7 +366,6 @@ impl<'a> TraceSink<'a> {
         }
         // What the export's poll announced leaves now, not a tick later.
         self.exchange_with_peers(now);
-        self.exporter.flush();
     }
 }
 
@@ -591,12 +607,9 @@ impl EventSink for TraceSink<'_> {
         }
         // The export tick competes with draining the ring, and under load ran only every
         // ~100 ms: 10–25 k finished spans waited for it (`held_peak`), ~15 MB of the agent's
-        // peak memory. A chunk's worth goes out as soon as it is ready. (Fewer at a time, 32,
-        // measured 0.888 of the agent's CPU paired, spans built while still cached, but lost a
-        // server span in 3 of 17 runs of `tests/hardening.rs`'s hostile traffic, none of 8
-        // before: not kept until that is understood.)
-        if self.tracer.ready_now() >= EXPORT_CHUNK {
-            self.export(false);
+        // peak memory. Spans go out a few at a time as they are ready ([`EXPORT_READY_AT`]).
+        if self.tracer.ready_now() >= EXPORT_READY_AT {
+            self.export_due(false);
         }
     }
 
