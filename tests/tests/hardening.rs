@@ -138,8 +138,10 @@ fn hostile_traffic_keeps_the_agent_bounded_and_tracing() {
         .filter(|s| s["attributes"]["url.path"] == "/c")
         .count() as u64;
     eprintln!(
-        "{short} short spans for {churned} connections; first seen in use {}, records dropped {}",
+        "{short} short spans for {churned} connections; first seen in use {}, refused by the \
+         programs' table {}, records dropped {}",
         out.counter("conns_seen_in_use"),
+        out.counter("conn_table_full"),
         out.counter("ring_full_drops")
     );
     if out.counter("ring_full_drops") == 0 {

@@ -70,8 +70,9 @@ impl Tally {
             self.failures.push(format!("{name}: {}", line.trim()));
             self.reading = None;
             self.message_next = false;
-        } else if line.contains("' panicked at ") {
-            // "thread 'main' panicked at tests/budget.rs:296:5:" then the message's first line.
+        } else if line.starts_with("thread '") && line.contains(" panicked at ") {
+            // "thread 'name' (9786) panicked at tests/budget.rs:296:5:" (the id since Rust
+            // 1.91), then the message's first line.
             self.message_next = true;
         } else if line.starts_with("failures:") || line.starts_with("test result: ") {
             self.reading = None;
@@ -211,7 +212,7 @@ mod tests {
             "---- budget_holds stdout ----",
             "agent 0.104 cores during wrk",
             "",
-            "thread 'main' panicked at tests/budget.rs:296:5:",
+            "thread 'budget_holds' (9786) panicked at tests/budget.rs:296:5:",
             "few whole traces kept: Shapes { whole: 3 }",
             "stack backtrace:",
             "   0: std::panicking::begin_panic",

@@ -467,6 +467,7 @@ fn capture_stats(stats: &mut FinalStats, sink: &TraceSink<'_>, receiver: &receiv
         .add("undecodable_records", receiver.decode_errors)
         .add("ring_resyncs", receiver.ring_resyncs)
         .add("ring_full_drops", kernel.get(Counter::RingFull))
+        .add("conn_table_full", kernel.get(Counter::ConnTableFull))
         .add("entry_time_missed", kernel.get(Counter::EntryTimeMissed))
         .add("tls_unlinked", kernel.get(Counter::TlsUnlinked))
         .add(

@@ -39,6 +39,11 @@ impl TraceSink<'_> {
                 kernel.get(agent_common::Counter::PayloadReadFailed),
             ),
             own(
+                "kernel_conn_table_full_total",
+                "Sockets the programs could not add to their connection table (an insert refused: a full table, `--max-conns`): their records until the next try are lost.",
+                kernel.get(agent_common::Counter::ConnTableFull),
+            ),
+            own(
                 "tail_call_failed_total",
                 "Socket syscall exits lost: a tail call between the exit programs failed.",
                 kernel.get(agent_common::Counter::TailCallFailed),
