@@ -169,7 +169,8 @@ pub struct ConntrackStats {
     /// Pre-existing sockets whose procfs tuple disagreed with the kernel's.
     pub tuple_mismatches: u64,
     /// Connections first seen in use that were not open at start-up: the programs lost their
-    /// opening (their table was full, or the agent had them forget it) and announced them again
+    /// opening (under more live sockets than `--max-conns`, or the agent had them forget it) and
+    /// announced them again
     /// at a data syscall. What they carried before that syscall was not seen: a request read
     /// then has no span (`tests/hardening.rs` saw a server end of nginx announced at its
     /// response's write, under more live sockets than `--max-conns`).

@@ -34,9 +34,7 @@ pub const EXPORT_CHUNK: usize = 1024;
 /// of 2 runs each: 128 against 1024 0.905, 32 against 128 0.974, 8 against 32 1.013 (each
 /// export's fixed work catches up); with the store's frames built on the draining thread
 /// (session 38), 32 against 1024 0.859. Exporters that write in batches gather them
-/// ([`crate::exporter::store`]). (Session 37 held it back for a server span that
-/// `tests/hardening.rs` lost; session 38 found the agents before it lose that span too, at the
-/// same rate: the programs' full table, counted as `conns_seen_in_use`.)
+/// ([`crate::exporter::store`]).
 const EXPORT_READY_AT: usize = 32;
 
 /// Self-metrics of the sink's feedback to the programs.

@@ -101,7 +101,7 @@ impl TraceSink<'_> {
             own("connections_opened_total", "Connections tracked.", c.opened),
             own(
                 "connections_seen_in_use_total",
-                "Connections first seen at a data syscall, not at their opening, that were not open at start-up: the programs lost their opening (a full table) and announced them again; what they carried before was not seen.",
+                "Connections first seen at a data syscall, not at their opening, that were not open at start-up: the programs lost their opening and announced them again; what they carried before was not seen.",
                 c.seen_in_use,
             ),
             own(
